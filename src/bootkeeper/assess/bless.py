@@ -1,0 +1,209 @@
+"""Marking the booted entry good, bad or indeterminate — systemd-bless-boot's job, for an ESP
+mounted read-only at /efi.
+
+The booted entry comes from ``LoaderBootCountPath`` (the name systemd-boot renamed the entry
+to, e.g. ``\\loader\\entries\\active+2-1.conf``). As in systemd-bless-boot, three names are
+derived from it: *indeterminate* (that name), *good* (no counter) and *bad* (``+0-DONE``);
+whichever exists is renamed to the one asked for, and asking for the state the entry is already
+in changes nothing. On top of that, bootkeeper:
+
+* keeps loader.conf's ``default`` valid when it named the renamed file literally;
+* removes stale siblings (``foo.conf`` next to the booted ``foo+1-2.conf``): the file that just
+  booted is the one kept;
+* never blesses a recovery boot (so a recovery that cannot repair the node falls through to
+  statereset), and re-arms recovery and statereset when active or passive is blessed good;
+* with ``rearm: true`` gives the booted entry fresh tries instead of dropping its counter.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from bootkeeper.config import BootAssessment
+from bootkeeper.errors import NotApplicableError, ParseError
+from bootkeeper.esp import counter as counter_mod
+from bootkeeper.esp import loader as loader_mod
+from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Role
+from bootkeeper.esp.store import LOADER_CONF, EspStore
+
+
+class Verdict(StrEnum):
+    GOOD = "good"
+    BAD = "bad"
+    INDETERMINATE = "indeterminate"
+
+
+@dataclass(frozen=True)
+class BootedEntry:
+    directory: str  # loader/entries or EFI/Linux
+    name: counter_mod.CountedName  # the name LoaderBootCountPath gives (counted)
+
+    @property
+    def path(self) -> str:
+        return f"{self.directory}/{self.name.name}"
+
+    @property
+    def good_name(self) -> str:
+        return self.name.base
+
+    @property
+    def bad_name(self) -> str:
+        bad = self.name.bad_name()
+        assert bad is not None
+        return bad
+
+    @property
+    def role(self) -> Role | None:
+        return Role.from_stem(self.name.stem)
+
+
+_CTRL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def parse_entry_path(value: str, source: str) -> BootedEntry:
+    """Validate a LoaderBootCountPath value or ``--entry`` argument (relative to the ESP)."""
+    if not value or _CTRL.search(value):
+        raise ParseError(f"{source}: {value!r} is empty or has control characters")
+    parts = [p for p in value.replace("\\", "/").split("/") if p != ""]
+    if any(p in (".", "..") for p in parts):
+        raise ParseError(f"{source}: {value!r} has a '.' or '..' component; entries live in "
+                         f"{TYPE1_DIR}/ or {TYPE2_DIR}/")
+    if len(parts) != 3:
+        raise ParseError(f"{source}: {value!r} is not a file in {TYPE1_DIR}/ or {TYPE2_DIR}/")
+    directory, name = "/".join(parts[:2]), parts[2]
+    if directory.lower() == TYPE1_DIR.lower():
+        directory, suffix = TYPE1_DIR, ".conf"
+    elif directory.lower() == TYPE2_DIR.lower():
+        directory, suffix = TYPE2_DIR, ".efi"
+    else:
+        raise ParseError(f"{source}: {value!r} is not a file in {TYPE1_DIR}/ or {TYPE2_DIR}/")
+    cn = counter_mod.parse(name, suffix)
+    if not cn.counted:
+        raise NotApplicableError(f"{source}: {value!r} does not contain a boot counter, refusing")
+    return BootedEntry(directory, cn)
+
+
+@dataclass
+class BlessResult:
+    booted: str
+    verdict: Verdict
+    state_before: str
+    actions: list[str] = field(default_factory=list)
+    note: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "booted": self.booted,
+            "verdict": self.verdict.value,
+            "state_before": self.state_before,
+            "actions": self.actions,
+            "note": self.note,
+        }
+
+
+def _current(store: EspStore, b: BootedEntry) -> tuple[str, str] | None:
+    """(state, file name) of whichever of the three names exists; good wins, as in bless-boot."""
+    for state, name in (("good", b.good_name), ("bad", b.bad_name), ("indeterminate", b.name.name)):
+        if store.exists(f"{b.directory}/{name}"):
+            return state, name
+    return None
+
+
+def status(store: EspStore, booted: BootedEntry) -> str:
+    cur = _current(store, booted)
+    if cur is None:
+        raise NotApplicableError(
+            f"{store.root}: none of {booted.name.name}, {booted.good_name}, {booted.bad_name} exists "
+            f"in {booted.directory}: cannot determine the boot state"
+        )
+    return cur[0]
+
+
+def _siblings(store: EspStore, b: BootedEntry, keep: str) -> list[str]:
+    """Other files of the same entry (same base name, any counter) that are not ``keep``."""
+    suffix = b.name.suffix
+    out = []
+    for name in store.list_dir(b.directory):
+        if name == keep or store_is_tmp(name):
+            continue
+        cn = counter_mod.parse(name, suffix)
+        if cn.base.lower() == b.good_name.lower() and (cn.counted or name.lower() == b.good_name.lower()):
+            out.append(name)
+    return out
+
+
+def store_is_tmp(name: str) -> bool:
+    from bootkeeper.esp.store import is_temporary
+
+    return is_temporary(name)
+
+
+def _rearm_fallbacks(store: EspStore, tries: int, result: BlessResult) -> None:
+    for directory, suffix in ((TYPE1_DIR, ".conf"), (TYPE2_DIR, ".efi")):
+        for name in store.list_dir(directory):
+            cn = counter_mod.parse(name, suffix)
+            role = Role.from_stem(cn.stem)
+            if role is None or role.burns_own_tries or not cn.counted:
+                continue
+            if cn.tries_left == tries and cn.tries_done == 0:
+                continue
+            assert cn.prefix is not None and cn.tail is not None
+            new = counter_mod.format_name(cn.prefix, cn.tail, tries)
+            store.rename(f"{directory}/{name}", f"{directory}/{new}")
+            result.actions.append(f"re-armed {directory}/{name} -> {new}")
+
+
+def _fix_default(store: EspStore, old: str, new: str, result: BlessResult) -> None:
+    if not store.exists(LOADER_CONF):
+        return
+    conf = loader_mod.parse(store.read_text(LOADER_CONF))
+    value = loader_mod.default_after_rename(conf, old, new)
+    if value is None:
+        return
+    store.write_atomic(LOADER_CONF, loader_mod.set_default(conf.text, value).encode())
+    result.actions.append(f"{LOADER_CONF}: default {conf.default} -> {value}")
+
+
+def bless(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAssessment) -> BlessResult:
+    with store.transaction():
+        cur = _current(store, booted)
+        if cur is None:
+            raise NotApplicableError(
+                f"{store.root}: can't find {booted.path} (nor {booted.good_name} or {booted.bad_name}) "
+                f"to mark it {verdict.value}"
+            )
+        state, existing = cur
+        result = BlessResult(booted=booted.path, verdict=verdict, state_before=state)
+        role = booted.role
+        if verdict is Verdict.GOOD and role is Role.RECOVERY:
+            result.note = ("recovery boots are never blessed: if recovery cannot repair the node, its tries "
+                           "run out and statereset boots")
+            return result
+        if verdict is Verdict.GOOD:
+            target = booted.good_name
+            if cfg.rearm:
+                assert booted.name.prefix is not None and booted.name.tail is not None
+                target = counter_mod.format_name(booted.name.prefix, booted.name.tail, cfg.tries)
+        elif verdict is Verdict.BAD:
+            target = booted.bad_name
+        else:
+            target = booted.name.name
+        d = booted.directory
+        # The booted file is the one that proved itself: if both foo.conf and foo+N-M.conf
+        # exist, the counted one the boot loader named wins over the stale sibling.
+        if existing != booted.name.name and store.exists(f"{d}/{booted.name.name}"):
+            existing = booted.name.name
+        if existing == target:
+            result.note = f"already {verdict.value}: {d}/{target}"
+        else:
+            store.rename(f"{d}/{existing}", f"{d}/{target}")
+            result.actions.append(f"renamed {d}/{existing} -> {target}")
+            _fix_default(store, existing, target, result)
+        for stale in _siblings(store, booted, keep=target):
+            store.unlink(f"{d}/{stale}")
+            result.actions.append(f"removed stale duplicate {d}/{stale}")
+        if verdict is Verdict.GOOD and role is not None and role.burns_own_tries:
+            _rearm_fallbacks(store, cfg.recovery_tries, result)
+        return result

@@ -1,0 +1,133 @@
+"""Boots with injected faults on a scratch ESP, driving the same decision and bless code a node
+runs: :func:`bootloader.choose` picks and renames as systemd-boot would, the outcome per role
+decides whether ``bless good`` runs (a good boot reaches boot-complete.target), a kernel panic
+resets the machine, and a failed service reboots only where ``reboot_on_failure`` says so —
+otherwise the node stays up on that entry, unblessed, and the run ends there.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from bootkeeper.assess import bless as bless_mod
+from bootkeeper.assess import bootloader
+from bootkeeper.config import BootAssessment, RebootOnFailure
+from bootkeeper.errors import UsageError
+from bootkeeper.esp.efivars import LoaderVars
+from bootkeeper.esp.entries import Role
+from bootkeeper.esp.store import EspStore
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    PANIC = "panic"  # kernel panic, initrd failure, power loss: the machine resets
+    SERVICE = "service"  # boots, but a service that decides the boot fails
+
+
+@dataclass(frozen=True)
+class Fault:
+    role: Role
+    count: int | None  # fail the first N boots of this role; None: always
+    outcome: Outcome
+
+    def fails(self, nth_boot_of_role: int) -> bool:
+        return self.count is None or nth_boot_of_role <= self.count
+
+
+_FAULT = re.compile(r"^(?P<role>[a-z]+)=(?P<count>always|\d+)(?::(?P<kind>panic|service))?$")
+
+
+def parse_fault(text: str) -> Fault:
+    m = _FAULT.match(text.strip())
+    if not m:
+        raise UsageError(f"--fail {text!r}: expected ROLE=always|N[:panic|service], e.g. active=always:service")
+    try:
+        role = Role(m["role"])
+    except ValueError:
+        raise UsageError(
+            f"--fail {text!r}: role {m['role']!r} is not one of {', '.join(r.value for r in Role)}"
+        ) from None
+    count = None if m["count"] == "always" else int(m["count"])
+    return Fault(role, count, Outcome(m["kind"] or "panic"))
+
+
+@dataclass
+class BootRecord:
+    n: int
+    entry: str
+    role: str | None
+    reason: str
+    renamed_to: str | None
+    outcome: Outcome
+    verdict: str
+    after: str  # what happens next
+    actions: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "boot": self.n,
+            "entry": self.entry,
+            "role": self.role,
+            "reason": self.reason,
+            "renamed_to": self.renamed_to,
+            "outcome": self.outcome.value,
+            "verdict": self.verdict,
+            "after": self.after,
+            "actions": self.actions,
+        }
+
+
+def _reboots(policy: RebootOnFailure, role: Role | None) -> bool:
+    return policy is RebootOnFailure.ALWAYS or (policy is RebootOnFailure.ACTIVE and role is Role.ACTIVE)
+
+
+def simulate(
+    store: EspStore,
+    cfg: BootAssessment,
+    faults: list[Fault],
+    boots: int,
+    *,
+    reboot_on_failure: RebootOnFailure = RebootOnFailure.NEVER,
+    efivars: LoaderVars | None = None,
+    sdboot_version: int | None = None,
+) -> list[BootRecord]:
+    by_role = {f.role: f for f in faults}
+    seen: dict[Role | None, int] = {}
+    out: list[BootRecord] = []
+    for n in range(1, boots + 1):
+        snap = store.snapshot(sdboot_version)
+        choice = bootloader.choose(snap, efivars)
+        if choice is None:
+            out.append(BootRecord(n, "-", None, "no bootable entry", None, Outcome.PANIC, "-", "stops"))
+            break
+        # The boot loader's own act: rename before starting the kernel.
+        if choice.rename_to is not None:
+            store.rename(choice.entry.path, choice.path_after)
+        role = choice.entry.role
+        seen[role] = seen.get(role, 0) + 1
+        fault = by_role.get(role) if role is not None else None
+        outcome = fault.outcome if fault is not None and fault.fails(seen[role]) else Outcome.SUCCESS
+        rec = BootRecord(n, choice.entry.path, role.value if role else None, choice.reason,
+                         choice.rename_to, outcome, "-", "reboot")
+        if outcome is Outcome.SUCCESS:
+            if choice.boot_count_path is None:
+                rec.verdict = "good (not counted)"
+            else:
+                booted = bless_mod.parse_entry_path(choice.boot_count_path, "LoaderBootCountPath")
+                res = bless_mod.bless(store, booted, bless_mod.Verdict.GOOD, cfg)
+                rec.actions = res.actions
+                rec.verdict = "not blessed (recovery)" if res.note and "recovery" in res.note else "good"
+            rec.after = "up; later reboot"
+        elif outcome is Outcome.PANIC:
+            rec.verdict = "none (reset)"
+        else:
+            rec.verdict = "not good (service failed)"
+            if not _reboots(reboot_on_failure, role):
+                rec.after = "stays up, not blessed"
+                out.append(rec)
+                break
+            rec.after = "FailureAction=reboot"
+        out.append(rec)
+    return out

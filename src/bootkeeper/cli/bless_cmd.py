@@ -1,0 +1,67 @@
+"""``bootkeeper bless good|bad|indeterminate|status`` (boot path: imports stay light)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bootkeeper.cli.common import config_option, efivars_option, esp_option, find_esp, json_option, print_json
+
+
+@click.command()
+@click.argument("action", type=click.Choice(["good", "bad", "indeterminate", "status"]))
+@esp_option
+@efivars_option
+@click.option("--entry", "entry", default=None,
+              help="The booted entry relative to the ESP (e.g. loader/entries/active+2-1.conf) "
+                   "instead of LoaderBootCountPath.")
+@config_option
+@json_option
+def bless(action: str, esp: Path | None, efivars: Path, entry: str | None,
+          config_files: tuple[Path, ...], as_json: bool) -> None:
+    """Mark the booted entry as systemd-bless-boot does, on a read-only ESP too.
+
+    status prints good, bad, indeterminate or clean (not booted with boot counting).
+    """
+    from bootkeeper.assess import bless as bless_mod
+    from bootkeeper.errors import NotApplicableError
+    from bootkeeper.esp.efivars import read_string
+    from bootkeeper.esp.store import EspStore
+
+    source = "--entry"
+    value = entry
+    if value is None:
+        source = "LoaderBootCountPath"
+        value = read_string(efivars, "LoaderBootCountPath") if efivars.is_dir() else None
+    root = find_esp(esp)
+    if value is None:
+        if action == "status":
+            if as_json:
+                print_json({"state": "clean", "booted": None})
+            else:
+                click.echo("clean")
+            return
+        raise NotApplicableError("not booted with boot counting in effect (LoaderBootCountPath is not set)",
+                                 hint="pass --entry PATH to name the entry")
+    booted = bless_mod.parse_entry_path(value, source)
+    store = EspStore(root)
+    if action == "status":
+        state = bless_mod.status(store, booted)
+        if as_json:
+            print_json({"state": state, "booted": booted.path})
+        else:
+            click.echo(state)
+        return
+    from bootkeeper.cli.common import load_config
+
+    cfg = load_config(config_files).boot_assessment
+    result = bless_mod.bless(store, booted, bless_mod.Verdict(action), cfg)
+    if as_json:
+        print_json(result.as_json())
+        return
+    for a in result.actions:
+        click.echo(a)
+    if result.note:
+        click.echo(result.note)
+    click.echo(f"marked {booted.path} as {action}")

@@ -1,0 +1,52 @@
+"""``bootkeeper arm`` and ``bootkeeper rotate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bootkeeper.cli.common import config_option, esp_option, find_esp, json_option, load_config, print_json
+
+
+def _report(res: object, as_json: bool) -> None:
+    from bootkeeper.assess.chain import ChainResult
+
+    assert isinstance(res, ChainResult)
+    if as_json:
+        print_json(res.as_json())
+        return
+    for a in res.actions or ["nothing to change"]:
+        click.echo(a)
+    for w in res.warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+@click.command()
+@click.argument("roles", nargs=-1, type=click.Choice(["active", "passive", "recovery", "statereset"]))
+@esp_option
+@config_option
+@json_option
+def arm(roles: tuple[str, ...], esp: Path | None, config_files: tuple[Path, ...], as_json: bool) -> None:
+    """Give ROLES (default: all) fresh counters, fallback sort keys, and drop a pinning default."""
+    from bootkeeper.assess import chain
+    from bootkeeper.esp.entries import Role
+    from bootkeeper.esp.store import EspStore
+
+    cfg = load_config(config_files).boot_assessment
+    res = chain.arm(EspStore(find_esp(esp)), cfg, [Role(r) for r in roles] or None)
+    _report(res, as_json)
+
+
+@click.command()
+@click.argument("new_entry", type=click.Path(path_type=Path))
+@esp_option
+@config_option
+@json_option
+def rotate(new_entry: Path, esp: Path | None, config_files: tuple[Path, ...], as_json: bool) -> None:
+    """Install NEW_ENTRY (.conf or UKI .efi) as active; the old active becomes passive, fresh counter."""
+    from bootkeeper.assess import chain
+    from bootkeeper.esp.store import EspStore
+
+    cfg = load_config(config_files).boot_assessment
+    _report(chain.rotate(EspStore(find_esp(esp)), cfg, new_entry), as_json)

@@ -1,0 +1,91 @@
+"""Options and helpers shared by the verbs (kept light: boot-path verbs import this)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bootkeeper.errors import EspError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ESP_CANDIDATES = (Path("/efi"), Path("/boot/efi"), Path("/boot"))
+
+
+def esp_option(f: F) -> F:
+    return click.option(
+        "--esp", "esp", type=click.Path(path_type=Path), default=None,
+        help="The ESP (default: the first of /efi, /boot/efi, /boot that holds loader/ or EFI/).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(f)
+
+
+def efivars_option(f: F) -> F:
+    return click.option(
+        "--efivars", type=click.Path(path_type=Path), default=Path("/sys/firmware/efi/efivars"),
+        show_default=True, help="Where the EFI variables are (efivarfs, or a folder laid out like it).",
+    )(f)
+
+
+def version_option(f: F) -> F:
+    return click.option(
+        "--systemd-boot-version", "sdboot_version", type=click.IntRange(200, 999), default=None,
+        help="Model this systemd-boot version instead of the one read from the ESP's BOOTX64.EFI.",
+    )(f)
+
+
+def config_option(f: F) -> F:
+    return click.option(
+        "--config", "config_files", type=click.Path(path_type=Path), multiple=True,
+        help="Config file(s) instead of /oem/*.yaml.",
+    )(f)
+
+
+def find_esp(esp: Path | None) -> Path:
+    if esp is not None:
+        return esp
+    for c in ESP_CANDIDATES:
+        if (c / "loader").is_dir() or (c / "EFI").is_dir():
+            return c
+    raise EspError("no ESP found at /efi, /boot/efi or /boot; pass --esp DIR")
+
+
+def print_json(obj: object) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None) -> None:
+    """A table: rich on a terminal, plain aligned text otherwise (pipes, logs, tests)."""
+    cells = [[("" if c is None else str(c)) for c in r] for r in rows]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title)
+        for h in headers:
+            t.add_column(h)
+        for r in cells:
+            t.add_row(*r)
+        Console().print(t)
+        return
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    if title:
+        click.echo(title)
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    click.echo("  ".join("-" * w for w in widths))
+    for r in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def load_config(files: tuple[Path, ...]) -> Any:
+    from bootkeeper import config
+
+    return config.load(list(files) if files else None)

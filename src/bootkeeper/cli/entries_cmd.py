@@ -1,0 +1,139 @@
+"""``bootkeeper entries`` and ``bootkeeper status``: read-only views of the ESP (boot path: no rich
+unless on a terminal, no cryptography)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bootkeeper.cli.common import (
+    efivars_option,
+    esp_option,
+    find_esp,
+    json_option,
+    print_json,
+    table,
+    version_option,
+)
+
+
+def _view(esp: Path, efivars: Path, sdboot_version: int | None) -> dict[str, Any]:
+    from bootkeeper.assess import bootloader
+    from bootkeeper.esp import entries as entries_mod
+    from bootkeeper.esp.efivars import LoaderVars
+    from bootkeeper.esp.store import EspStore
+
+    store = EspStore(esp)
+    snap = store.snapshot(sdboot_version)
+    ev = LoaderVars.read(efivars)
+    order = entries_mod.menu_order(list(snap.entries), snap.sdboot_version)
+    choice = bootloader.choose(snap, ev)
+    rows = []
+    for e in order:
+        rows.append({
+            "path": e.path,
+            "id": e.entry_id(snap.sdboot_version),
+            "role": e.role.value if e.role else None,
+            "state": e.state.value,
+            "tries_left": e.name.tries_left,
+            "tries_done": e.name.tries_done,
+            "sort_key": e.sort_key,
+            "version": e.version,
+            "title": e.title,
+            "type": e.kind.value,
+            "loader": e.loader_type.value,
+        })
+    return {
+        "esp": str(esp),
+        "systemd_boot_version": {"value": snap.sdboot_version, "source": snap.sdboot_version_source},
+        "default": snap.loader_conf.default if snap.loader_conf else None,
+        "efi_variables": {
+            "LoaderEntryDefault": ev.entry_default,
+            "LoaderEntryOneShot": ev.entry_oneshot,
+            "LoaderEntrySelected": ev.entry_selected,
+            "LoaderBootCountPath": ev.boot_count_path,
+        },
+        "next": choice.as_json() if choice else None,
+        "entries": rows,
+        "unlisted": [{"path": e.path, "why": e.why_unlisted} for e in snap.entries if not e.listed],
+        "problems": list(snap.problems),
+    }
+
+
+def _print_human(view: dict[str, Any]) -> None:
+    v = view["systemd_boot_version"]
+    click.echo(f"ESP {view['esp']}  (systemd-boot {v['value']}, {v['source']})")
+    table(
+        ["#", "entry", "role", "state", "left", "done", "sort-key", "id"],
+        [
+            [i + 1, r["path"], r["role"], r["state"], r["tries_left"], r["tries_done"], r["sort_key"], r["id"]]
+            for i, r in enumerate(view["entries"])
+        ],
+    )
+    for u in view["unlisted"]:
+        click.echo(f"not listed by systemd-boot: {u['path']}: {u['why']}")
+    nxt = view["next"]
+    if nxt:
+        after = f" (renamed to {nxt['next_after_boot']})" if nxt["next_after_boot"] != nxt["path"] else ""
+        click.echo(f"next boot: {nxt['path']}{after}: {nxt['reason']}")
+    else:
+        click.echo("next boot: nothing — systemd-boot finds no entry")
+    for p in view["problems"]:
+        click.echo(f"warning: {p}", err=True)
+
+
+@click.command()
+@esp_option
+@efivars_option
+@version_option
+@json_option
+def entries(esp: Path | None, efivars: Path, sdboot_version: int | None, as_json: bool) -> None:
+    """Boot entries in systemd-boot's menu order, their counters, and which one boots next."""
+    view = _view(find_esp(esp), efivars, sdboot_version)
+    if as_json:
+        print_json(view)
+    else:
+        _print_human(view)
+
+
+@click.command()
+@esp_option
+@efivars_option
+@version_option
+@json_option
+def status(esp: Path | None, efivars: Path, sdboot_version: int | None, as_json: bool) -> None:
+    """Which entry booted, whether this boot is blessed yet, and what boots next and why."""
+    from bootkeeper.assess import bless as bless_mod
+    from bootkeeper.errors import BootkeeperError
+    from bootkeeper.esp.store import EspStore
+
+    root = find_esp(esp)
+    view = _view(root, efivars, sdboot_version)
+    countpath = view["efi_variables"]["LoaderBootCountPath"]
+    booted: dict[str, Any] = {"selected": view["efi_variables"]["LoaderEntrySelected"],
+                              "boot_count_path": countpath}
+    if countpath:
+        try:
+            b = bless_mod.parse_entry_path(countpath, "LoaderBootCountPath")
+            booted["path"] = b.path
+            booted["role"] = b.role.value if b.role else None
+            booted["blessed"] = bless_mod.status(EspStore(root), b)
+        except BootkeeperError as exc:
+            booted["blessed"] = None
+            booted["error"] = str(exc)
+    else:
+        booted["blessed"] = "clean" if view["efi_variables"]["LoaderEntrySelected"] else None
+    view["booted"] = booted
+    if as_json:
+        print_json(view)
+        return
+    if countpath:
+        click.echo(f"booted: {booted.get('path', countpath)} (role {booted.get('role')}): "
+                   f"{booted.get('blessed') or booted.get('error')}")
+    elif booted["selected"]:
+        click.echo(f"booted: {booted['selected']} without boot counting")
+    else:
+        click.echo("booted: unknown (no systemd-boot variables)")
+    _print_human(view)

@@ -1,0 +1,81 @@
+"""The command line: one click group whose verbs are imported only when they run.
+
+Errors from the library arrive as :class:`BootkeeperError` and leave here as one line on stderr
+and the documented exit code; a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+from bootkeeper.errors import BootkeeperError
+
+# verb -> "module:attribute"; the module is imported only when the verb runs (or --help lists it)
+VERBS = {
+    "entries": ("bootkeeper.cli.entries_cmd:entries", "List boot entries in menu order and what boots next."),
+    "status": ("bootkeeper.cli.entries_cmd:status", "Booted entry, its state, and what boots next and why."),
+    "bless": ("bootkeeper.cli.bless_cmd:bless", "Mark the booted entry good, bad or indeterminate."),
+    "arm": ("bootkeeper.cli.chain_cmd:arm", "Give entries fresh boot counters and fallback sort keys."),
+    "rotate": ("bootkeeper.cli.chain_cmd:rotate", "Install a new active entry; the old active becomes passive."),
+    "simulate": ("bootkeeper.cli.simulate_cmd:simulate", "Run boots with injected faults on a scratch ESP."),
+    "demo": ("bootkeeper.cli.demo_cmd:demo", "Full demonstration on a scratch ESP in a temporary folder."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(VERBS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = VERBS.get(cmd_name)
+        if spec is None:
+            return None
+        module, attr = spec[0].split(":")
+        cmd = getattr(importlib.import_module(module), attr)
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, spec[1]) for name, spec in VERBS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Log external commands and show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """bootkeeper keeps an A/B node bootable: systemd-boot boot assessment on a read-only ESP."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        return cli.main(args=argv, prog_name="bootkeeper", standalone_mode=False)
+    except BootkeeperError as exc:
+        if debug:
+            raise
+        click.echo(f"bootkeeper: error: {exc}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("bootkeeper: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except OSError as exc:
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"bootkeeper: error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(6)

@@ -1,0 +1,403 @@
+"""Boot Loader Specification entries and their order, as systemd-boot sees them.
+
+Type #1: ``loader/entries/*.conf`` (keys title, version, sort-key, machine-id, linux, uki, efi,
+initrd, options, architecture, devicetree). Type #2: ``EFI/Linux/*.efi`` UKIs, whose title,
+version and sort key come from the ``.osrel`` section (PRETTY_NAME|IMAGE_ID|NAME|ID,
+IMAGE_VERSION|VERSION|VERSION_ID|BUILD_ID, IMAGE_ID|ID). Order is ``boot_entry_compare()``:
+entries with no tries left last, then entries with a sort key before those without; by sort key,
+machine-id, version (newest first); then id (newest first); then more tries left, fewer done.
+
+What changed between systemd-boot versions and is modelled here, checked against the real boot
+loader under QEMU for 252 and 257: entry ids of 252 keep the boot counter (``active+3.conf``),
+those of 257 drop it (``active.conf``), which decides whether a ``default`` pattern or an EFI
+variable can match a counted entry.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cmp_to_key
+
+from bootkeeper.esp import counter as counter_mod
+from bootkeeper.esp.counter import CountedName, EntryState
+from bootkeeper.esp.keyvalue import Junk, KeyValue, split_lines
+
+TYPE1_DIR = "loader/entries"
+TYPE2_DIR = "EFI/Linux"
+
+# The first systemd-boot version whose entry ids drop the boot counter. 252 keeps it and 257
+# drops it (both seen under QEMU); the versions in between are assumed to follow 257.
+COUNTER_FREE_IDS_SINCE = 254
+# The Type #1 "uki" key arrived after 252; an entry that only has "uki" is ignored by older ones.
+UKI_KEY_SINCE = 254
+DEFAULT_SDBOOT_VERSION = 257
+
+
+class EntryKind(StrEnum):
+    TYPE1 = "type1"
+    TYPE2 = "type2"
+
+
+class LoaderType(StrEnum):
+    LINUX = "linux"
+    UKI = "uki"
+    EFI = "efi"
+    TYPE2 = "type2"
+    UNDEFINED = "undefined"  # no linux/uki/efi line: systemd-boot drops the entry
+    BAD = "bad"  # two kinds of loader line: systemd-boot drops the entry
+    IGNORE = "ignore"  # other architecture: systemd-boot drops the entry
+
+    @property
+    def bumps_counters(self) -> bool:
+        """systemd-boot renames counted entries only for these; ``efi`` entries never count down."""
+        return self in (LoaderType.LINUX, LoaderType.UKI, LoaderType.TYPE2)
+
+
+class Role(StrEnum):
+    ACTIVE = "active"
+    PASSIVE = "passive"
+    RECOVERY = "recovery"
+    STATERESET = "statereset"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    @property
+    def sort_key(self) -> str:
+        """Sort keys that order the fallback chain active → passive → recovery → statereset."""
+        return f"{self.rank + 1}-{self.value}"
+
+    @property
+    def burns_own_tries(self) -> bool:
+        """Recovery and statereset are re-armed when active or passive is blessed good."""
+        return self in (Role.ACTIVE, Role.PASSIVE)
+
+    @classmethod
+    def from_stem(cls, stem: str) -> Role | None:
+        m = re.match(r"(active|passive|recovery|statereset)(?:$|[-_.@ ])", stem.lower())
+        return cls(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry file, parsed; ``listed`` says whether systemd-boot would show and boot it."""
+
+    path: str  # relative to the ESP, "/"-separated, e.g. loader/entries/active+3.conf
+    kind: EntryKind
+    name: CountedName
+    loader_type: LoaderType
+    title: str | None = None
+    version: str | None = None
+    sort_key: str | None = None
+    machine_id: str | None = None
+    loader: str | None = None
+    options: str | None = None
+    initrd: tuple[str, ...] = ()
+    listed: bool = True
+    why_unlisted: str | None = None
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def directory(self) -> str:
+        return TYPE1_DIR if self.kind is EntryKind.TYPE1 else TYPE2_DIR
+
+    @property
+    def file_name(self) -> str:
+        return self.name.name
+
+    @property
+    def state(self) -> EntryState:
+        return self.name.state
+
+    @property
+    def role(self) -> Role | None:
+        return Role.from_stem(self.name.stem)
+
+    @property
+    def counted(self) -> bool:
+        return self.name.counted
+
+    def entry_id(self, sdboot_version: int) -> str:
+        """The id systemd-boot gives the entry (matched by ``default`` and the EFI variables)."""
+        if sdboot_version >= COUNTER_FREE_IDS_SINCE and self.name.counted:
+            return self.name.base.lower()
+        return self.file_name.lower()
+
+    def next_name(self) -> str | None:
+        """The name systemd-boot renames this entry to when it boots it, or None."""
+        if not self.loader_type.bumps_counters:
+            return None
+        return self.name.next_name()
+
+    def with_name(self, new_name: str) -> Entry:
+        return _replace_name(self, new_name)
+
+
+def _replace_name(e: Entry, new_name: str) -> Entry:
+    from dataclasses import replace
+
+    suffix = ".conf" if e.kind is EntryKind.TYPE1 else ".efi"
+    return replace(e, path=f"{e.directory}/{new_name}", name=counter_mod.parse(new_name, suffix))
+
+
+def valid_type1_filename(name: str) -> bool:
+    low = name.lower()
+    return bool(name) and not name.startswith(".") and low.endswith(".conf") and not low.startswith("auto-")
+
+
+def valid_type2_filename(name: str) -> bool:
+    low = name.lower()
+    return bool(name) and not name.startswith(".") and low.endswith(".efi") and not low.startswith("auto-")
+
+
+_SINGLE_KEYS = ("title", "version", "sort-key", "machine-id", "linux", "uki", "efi", "architecture", "devicetree")
+_KNOWN_KEYS = {*_SINGLE_KEYS, "initrd", "options", "uki-url", "profile"}
+
+
+def parse_type1(
+    file_name: str,
+    text: str,
+    *,
+    loader_exists: bool | None = None,
+    sdboot_version: int = DEFAULT_SDBOOT_VERSION,
+    arch: str = "x64",
+) -> Entry:
+    """Parse a ``.conf`` entry as systemd-boot does; oddities become ``problems``, not errors.
+
+    ``loader_exists`` says whether the file named by linux/uki/efi is on the ESP (systemd-boot
+    drops entries whose loader is missing); None means "not checked".
+    """
+    problems: list[str] = []
+    values: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    options: list[str] = []
+    initrd: list[str] = []
+    loader_type = LoaderType.UNDEFINED
+    loader: str | None = None
+    for item in split_lines(text, " \t"):
+        if isinstance(item, Junk):
+            problems.append(f"line {item.lineno}: no value after '{item.text[:40]}' (ignored)")
+            continue
+        assert isinstance(item, KeyValue)
+        key, value = item.key, item.value
+        if key not in _KNOWN_KEYS:
+            problems.append(f"line {item.lineno}: unknown key '{key[:40]}' (ignored)")
+            continue
+        if key in _SINGLE_KEYS and key in seen:
+            problems.append(f"line {item.lineno}: duplicate key '{key}' (line {seen[key]} is overridden)")
+        seen.setdefault(key, item.lineno)
+        if key == "options":
+            options.append(value)
+        elif key == "initrd":
+            initrd.append(value)
+        elif key in ("linux", "efi", "uki"):
+            kind = LoaderType(key)
+            if key == "uki" and sdboot_version < UKI_KEY_SINCE:
+                problems.append(f"line {item.lineno}: 'uki' is unknown to systemd-boot {sdboot_version}")
+                continue
+            if loader_type not in (LoaderType.UNDEFINED, kind):
+                loader_type = LoaderType.BAD
+                problems.append(f"line {item.lineno}: '{key}' mixed with another loader line")
+                break
+            loader_type = kind
+            loader = value
+        elif key == "architecture":
+            if value.lower() != arch:
+                loader_type = LoaderType.IGNORE
+                break
+        else:
+            values[key] = value
+    listed, why = True, None
+    if loader_type in (LoaderType.UNDEFINED, LoaderType.BAD, LoaderType.IGNORE):
+        listed = False
+        why = {
+            LoaderType.UNDEFINED: "no linux, uki or efi line",
+            LoaderType.BAD: "more than one kind of loader line",
+            LoaderType.IGNORE: f"architecture is not {arch}",
+        }[loader_type]
+    elif loader_exists is False:
+        listed, why = False, f"its loader {loader} is not on the ESP"
+    if loader_type is LoaderType.EFI and counter_mod.parse(file_name, ".conf").counted:
+        problems.append("uses the 'efi' key: systemd-boot never counts its boots down")
+    return Entry(
+        path=f"{TYPE1_DIR}/{file_name}",
+        kind=EntryKind.TYPE1,
+        name=counter_mod.parse(file_name, ".conf"),
+        loader_type=loader_type,
+        title=values.get("title"),
+        version=values.get("version"),
+        sort_key=values.get("sort-key"),
+        machine_id=values.get("machine-id"),
+        loader=loader,
+        options=" ".join(options) if options else None,
+        initrd=tuple(initrd),
+        listed=listed,
+        why_unlisted=why,
+        problems=tuple(problems),
+    )
+
+
+def parse_osrel(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in split_lines(text, "="):
+        if isinstance(item, KeyValue):
+            out[item.key] = item.value
+    return out
+
+
+def parse_type2(file_name: str, osrel: bytes | None, *, problem: str | None = None) -> Entry:
+    """A UKI in ``EFI/Linux``; ``osrel`` is its ``.osrel`` section (None: missing/unreadable)."""
+    name = counter_mod.parse(file_name, ".efi")
+    path = f"{TYPE2_DIR}/{file_name}"
+    if osrel is None:
+        why = problem or "no .osrel section"
+        return Entry(path, EntryKind.TYPE2, name, LoaderType.TYPE2, listed=False, why_unlisted=why,
+                     problems=(why,))
+    rel = parse_osrel(osrel.decode("utf-8", "replace"))
+    good_name = rel.get("PRETTY_NAME") or rel.get("IMAGE_ID") or rel.get("NAME") or rel.get("ID")
+    good_version = rel.get("IMAGE_VERSION") or rel.get("VERSION") or rel.get("VERSION_ID") or rel.get("BUILD_ID")
+    sort_key = rel.get("IMAGE_ID") or rel.get("ID")
+    if not good_name:
+        return Entry(path, EntryKind.TYPE2, name, LoaderType.TYPE2, listed=False,
+                     why_unlisted=".osrel has no PRETTY_NAME, IMAGE_ID, NAME or ID")
+    return Entry(
+        path=path,
+        kind=EntryKind.TYPE2,
+        name=name,
+        loader_type=LoaderType.TYPE2,
+        title=good_name,
+        version=good_version,
+        sort_key=sort_key,
+        loader=f"/{path}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Ordering
+
+
+def _cmp(a: object, b: object) -> int:
+    return (a > b) - (a < b)  # type: ignore[operator]
+
+
+def _is_alpha(c: str) -> bool:
+    return ("a" <= c <= "z") or ("A" <= c <= "Z")
+
+
+def _is_digit(c: str) -> bool:
+    return "0" <= c <= "9"
+
+
+def _valid_version_char(c: str) -> bool:
+    return _is_digit(c) or _is_alpha(c) or c in "~-^."
+
+
+def _strcmp_ptr(a: str | None, b: str | None) -> int:
+    if a is None or b is None:
+        return _cmp(a is not None, b is not None)
+    return _cmp(a, b)
+
+
+def strverscmp_improved(a: str | None, b: str | None) -> int:
+    """systemd's version comparison (rpmvercmp-like), with '~' '-' '^' '.' handled specially."""
+    if not a or not b:
+        return _strcmp_ptr(a, b)
+    sa, sb = a + "\0", b + "\0"
+    i = j = 0
+    while True:
+        while sa[i] != "\0" and not _valid_version_char(sa[i]):
+            i += 1
+        while sb[j] != "\0" and not _valid_version_char(sb[j]):
+            j += 1
+        if sa[i] == "~" or sb[j] == "~":
+            r = _cmp(sa[i] != "~", sb[j] != "~")
+            if r:
+                return r
+            i += 1
+            j += 1
+        if sa[i] == "\0" or sb[j] == "\0":
+            return _cmp(sa[i], sb[j])
+        for ch in "-^.":
+            if sa[i] == ch or sb[j] == ch:
+                r = _cmp(sa[i] != ch, sb[j] != ch)
+                if r:
+                    return r
+                i += 1
+                j += 1
+        if _is_digit(sa[i]) or _is_digit(sb[j]):
+            while sa[i] == "0":
+                i += 1
+            while sb[j] == "0":
+                j += 1
+            ii, jj = i, j
+            while _is_digit(sa[ii]):
+                ii += 1
+            while _is_digit(sb[jj]):
+                jj += 1
+            r = _cmp(ii - i, jj - j)
+            if r:
+                return r
+            r = _cmp(sa[i:ii], sb[j:jj])
+            if r:
+                return r
+        else:
+            ii, jj = i, j
+            while _is_alpha(sa[ii]):
+                ii += 1
+            while _is_alpha(sb[jj]):
+                jj += 1
+            n = min(ii - i, jj - j)
+            r = _cmp(sa[i : i + n], sb[j : j + n])
+            if r:
+                return r
+            r = _cmp(ii - i, jj - j)
+            if r:
+                return r
+        i, j = ii, jj
+
+
+def _tries(e: Entry) -> tuple[int, int]:
+    if e.name.tries_left is None or e.name.tries_done is None:
+        return -1, -1
+    return e.name.tries_left, e.name.tries_done
+
+
+def compare(a: Entry, b: Entry, sdboot_version: int = DEFAULT_SDBOOT_VERSION) -> int:
+    """``boot_entry_compare()``: negative when ``a`` comes first in the menu."""
+    a_left, a_done = _tries(a)
+    b_left, b_done = _tries(b)
+    r = _cmp(a_left == 0, b_left == 0)
+    if r:
+        return r
+    r = _cmp(a.sort_key is None, b.sort_key is None)
+    if r:
+        return r
+    if a.sort_key is not None and b.sort_key is not None:
+        r = _cmp(a.sort_key, b.sort_key)
+        if r:
+            return r
+        r = _strcmp_ptr(a.machine_id, b.machine_id)
+        if r:
+            return r
+        r = -strverscmp_improved(a.version, b.version)
+        if r:
+            return r
+    r = -strverscmp_improved(a.entry_id(sdboot_version), b.entry_id(sdboot_version))
+    if r:
+        return r
+    if a_left < 0 or b_left < 0:
+        return 0
+    r = -_cmp(a_left, b_left)
+    if r:
+        return r
+    return _cmp(a_done, b_done)
+
+
+def menu_order(entries: list[Entry], sdboot_version: int = DEFAULT_SDBOOT_VERSION) -> list[Entry]:
+    """Listed entries in boot-menu order: Type #2 first, then Type #1 (the scan order), stable sort."""
+    listed = [e for e in entries if e.listed]
+    scan = [e for e in listed if e.kind is EntryKind.TYPE2] + [e for e in listed if e.kind is EntryKind.TYPE1]
+    return sorted(scan, key=cmp_to_key(lambda x, y: compare(x, y, sdboot_version)))

@@ -1,0 +1,109 @@
+"""``loader/loader.conf``: read as systemd-boot reads it, rewrite by touching only ``default``.
+
+systemd-boot takes the last ``default`` line; its value is a glob pattern matched against entry
+ids after both are folded to lower case (``@saved`` means the LoaderEntryLastBooted variable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bootkeeper.esp import counter as counter_mod
+from bootkeeper.esp.keyvalue import KeyValue, split_lines
+
+KNOWN_KEYS = frozenset(
+    {
+        "timeout", "default", "editor", "auto-entries", "auto-firmware", "auto-poweroff", "auto-reboot",
+        "beep", "reboot-for-bitlocker", "reboot-on-error", "secure-boot-enroll", "secure-boot-enroll-action",
+        "console-mode", "random-seed-mode", "preferred",
+    }
+)
+
+
+@dataclass(frozen=True)
+class LoaderConf:
+    text: str
+    default: str | None  # the value of the last default line, as written
+    default_line: int | None
+    timeout: str | None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def default_pattern(self) -> str | None:
+        """The pattern systemd-boot matches: lower-cased; ``@saved`` kept as is."""
+        if self.default is None:
+            return None
+        if self.default.startswith("@") and self.default.lower() != "@saved":
+            return None  # systemd-boot: "Unsupported special entry identifier, ignoring"
+        return self.default.lower()
+
+
+def parse(text: str) -> LoaderConf:
+    default: str | None = None
+    default_line: int | None = None
+    timeout: str | None = None
+    problems: list[str] = []
+    for item in split_lines(text, " \t"):
+        if not isinstance(item, KeyValue):
+            problems.append(f"line {item.lineno}: no value after '{item.text[:40]}' (ignored)")
+            continue
+        if item.key == "default":
+            default, default_line = item.value, item.lineno
+        elif item.key == "timeout":
+            timeout = item.value
+        elif item.key not in KNOWN_KEYS:
+            problems.append(f"line {item.lineno}: unknown key '{item.key[:40]}' (ignored)")
+    return LoaderConf(text=text, default=default, default_line=default_line, timeout=timeout,
+                      problems=tuple(problems))
+
+
+def _is_default_line(line: str) -> bool:
+    s = line.strip(" \t\r")
+    if not s.startswith("default"):
+        return False
+    rest = s[len("default"):]
+    return rest == "" or rest[0] in " \t"
+
+
+def set_default(text: str, value: str | None) -> str:
+    """Return ``text`` with every ``default`` line replaced by one ``default VALUE`` line
+    (at the place of the last one), or removed when ``value`` is None. Nothing else changes."""
+    if value is not None and (any(c in value for c in "\r\n\0") or not value.strip()):
+        raise ValueError(f"invalid default value {value!r}")
+    lines = text.splitlines(keepends=True)
+    idx = [i for i, line in enumerate(lines) if _is_default_line(line)]
+    if not idx:
+        if value is None:
+            return text
+        sep = "" if not text or text.endswith("\n") else "\n"
+        return f"{text}{sep}default {value}\n"
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        if i not in idx:
+            out.append(line)
+        elif i == idx[-1] and value is not None:
+            ending = line[len(line.rstrip("\r\n")):] or "\n"
+            out.append(f"default {value}{ending}")
+    return "".join(out)
+
+
+def default_after_rename(conf: LoaderConf, old_name: str, new_name: str) -> str | None:
+    """The seed's ``sed`` fix-up, done by parsing: if ``default`` names the renamed entry file
+    literally (with or without a counter), return the value it should have now; else None.
+
+    Only a literal name is rewritten: a glob is the user's choice and may be meant to match many.
+    """
+    if conf.default is None or any(c in conf.default for c in "*?[\\"):
+        return None
+    for suffix in (".conf", ".efi"):
+        if old_name.lower().endswith(suffix):
+            break
+    else:
+        return None
+    cur = counter_mod.parse(conf.default, suffix)
+    old = counter_mod.parse(old_name, suffix)
+    if cur.base.lower() != old.base.lower():
+        return None
+    if conf.default == new_name:
+        return None
+    return new_name
