@@ -1,0 +1,108 @@
+#!/bin/bash
+# Install what the test suite needs on a fresh Debian 12 machine (as root), and fetch the pieces the
+# VM tests boot: a Debian kernel, systemd-boot 252 (bookworm) and 257 (trixie) EFI binaries, and a
+# busybox initramfs. Idempotent; downloads are cached in $VM_CACHE (default .cache/vm).
+#
+# Nothing here installs systemd-boot or a kernel on the machine: the .debs are fetched with
+# `apt-get download` and unpacked with `dpkg-deb -x` (installing bookworm's systemd-boot-efi could
+# pull a systemd upgrade). The Debian mirror is taken from the machine's own apt sources.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=${VM_CACHE:-$here/.cache/vm}
+mkdir -p "$cache"
+[ "$(id -u)" = 0 ] || { echo "setup-test-deps: must run as root (apt-get, QEMU, mount namespaces)" >&2; exit 2; }
+export DEBIAN_FRONTEND=noninteractive
+
+need=()
+for p in qemu-system-x86 ovmf mtools dosfstools busybox-static cpio util-linux mount; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ] || [ ! -f "$cache/.apt-updated" ]; then
+  apt-get update -q >/dev/null
+  touch "$cache/.apt-updated"
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup-test-deps: installing ${need[*]}"
+  apt-get install -y -q --no-install-recommends "${need[@]}" >"$cache/apt-install.log" 2>&1 \
+    || { tail -20 "$cache/apt-install.log" >&2; exit 1; }
+fi
+
+mirror=${DEBIAN_MIRROR:-}
+if [ -z "$mirror" ]; then
+  mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+fi
+if [ -z "$mirror" ]; then
+  mirror=$(awk '$1=="deb"{for(i=2;i<=NF;i++) if ($i ~ /^https?:/) {print $i; exit}}' /etc/apt/sources.list 2>/dev/null || true)
+fi
+
+extract_deb() { # DEB DEST
+  local x; x=$(mktemp -d); dpkg-deb -x "$1" "$x"; mkdir -p "$2"; echo "$x"
+}
+
+# --- kernel (bookworm's current) -----------------------------------------------------------
+if [ ! -s "$cache/kernel/vmlinuz" ] || [ ! -s "$cache/kernel/efivarfs.ko" ]; then
+  pkg=$(apt-cache show linux-image-amd64 2>/dev/null | sed -n 's/^Depends: \(linux-image-[^ ,]*\).*/\1/p' | head -1)
+  [ -n "$pkg" ] || { echo "setup-test-deps: cannot resolve linux-image-amd64" >&2; exit 1; }
+  w=$(mktemp -d); (cd "$w" && apt-get download -q "$pkg" >/dev/null 2>&1) \
+    || { echo "setup-test-deps: apt-get download $pkg failed" >&2; exit 1; }
+  mkdir -p "$w/x" "$cache/kernel"
+  dpkg-deb --fsys-tarfile "$w"/*.deb | tar -x -C "$w/x" --wildcards './boot/vmlinuz-*' '*/efivarfs.ko*'
+  cp "$w"/x/boot/vmlinuz-* "$cache/kernel/vmlinuz"
+  ko=$(find "$w/x" -name 'efivarfs.ko*' | head -1)
+  case "$ko" in
+    *.xz) xz -dc "$ko" > "$cache/kernel/efivarfs.ko" ;;
+    *.zst) zstd -dc "$ko" > "$cache/kernel/efivarfs.ko" ;;
+    *) cp "$ko" "$cache/kernel/efivarfs.ko" ;;
+  esac
+  echo "$pkg" > "$cache/kernel/version"; rm -rf "$w"
+fi
+
+# --- systemd-boot 252 (bookworm, the machine's own sources) --------------------------------
+if [ ! -s "$cache/sdboot-252/systemd-bootx64.efi" ]; then
+  w=$(mktemp -d); (cd "$w" && apt-get download -q systemd-boot-efi >/dev/null 2>&1) \
+    || { echo "setup-test-deps: apt-get download systemd-boot-efi (bookworm) failed" >&2; exit 1; }
+  x=$(extract_deb "$w"/*.deb "$cache/sdboot-252")
+  cp "$x/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$cache/sdboot-252/"
+  dpkg-deb -f "$w"/*.deb Version > "$cache/sdboot-252/version"; rm -rf "$w" "$x"
+fi
+
+# --- systemd-boot 257 (trixie, through a private apt configuration) ------------------------
+if [ ! -s "$cache/sdboot-257/systemd-bootx64.efi" ]; then
+  [ -n "$mirror" ] || { echo "setup-test-deps: no Debian mirror in the machine's apt sources; set DEBIAN_MIRROR" >&2; exit 1; }
+  a="$cache/apt-trixie"; mkdir -p "$a/lists/partial" "$a/etc" "$a/archives/partial"
+  printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$mirror" > "$a/etc/trixie.sources"
+  O=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$a/etc" -o Dir::State::Lists="$a/lists"
+     -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o Dir::Cache::archives="$a/archives")
+  apt-get "${O[@]}" update -q >/dev/null
+  w=$(mktemp -d); (cd "$w" && apt-get "${O[@]}" download -q systemd-boot-efi >/dev/null 2>&1) \
+    || { echo "setup-test-deps: apt-get download systemd-boot-efi (trixie) failed" >&2; exit 1; }
+  x=$(extract_deb "$w"/*.deb "$cache/sdboot-257")
+  cp "$x/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$cache/sdboot-257/"
+  dpkg-deb -f "$w"/*.deb Version > "$cache/sdboot-257/version"; rm -rf "$w" "$x" "$a/lists"
+fi
+
+# --- busybox initramfs: prints the command line and the Loader* variables, powers off -------
+if [ ! -s "$cache/initrd.img" ] || [ "$here/scripts/setup-test-deps.sh" -nt "$cache/initrd.img" ]; then
+  w=$(mktemp -d); mkdir -p "$w"/{bin,proc,sys,dev,lib}
+  cp /bin/busybox "$w/bin/busybox"; cp "$cache/kernel/efivarfs.ko" "$w/lib/efivarfs.ko"
+  cat > "$w/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+echo "@@@ CMDLINE $(cat /proc/cmdline)"
+insmod /lib/efivarfs.ko 2>/dev/null
+mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
+for v in LoaderEntrySelected LoaderBootCountPath LoaderInfo; do
+  f=/sys/firmware/efi/efivars/$v-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+  if [ -e "$f" ]; then echo "@@@ EFIVAR $v=$(tail -c +5 "$f" | tr -d '\000')"; else echo "@@@ EFIVAR $v="; fi
+done
+echo "@@@ DONE"
+poweroff -f
+INIT
+  chmod +x "$w/init"
+  (cd "$w" && find . | cpio -o -H newc --quiet | gzip -9) > "$cache/initrd.img"; rm -rf "$w"
+fi
+
+echo "setup-test-deps: qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), kernel $(cat "$cache/kernel/version"), systemd-boot $(cat "$cache/sdboot-252/version") and $(cat "$cache/sdboot-257/version") in $cache"

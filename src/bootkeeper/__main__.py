@@ -1,0 +1,3 @@
+from bootkeeper.cli.main import main
+
+main()

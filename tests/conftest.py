@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    try:
+        from test_vm_bootcount import VM_RESULTS
+    except ImportError:
+        return
+    if VM_RESULTS:
+        terminalreporter.section("real systemd-boot vs bootkeeper model")
+        terminalreporter.write_line("| scenario | systemd-boot | booted (real) | model: role:file->renamed | |")
+        terminalreporter.write_line("|---|---|---|---|---|")
+        for row in VM_RESULTS:
+            terminalreporter.write_line(row)

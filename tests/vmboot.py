@@ -1,0 +1,108 @@
+"""Test harness: boot a scratch ESP written by bootkeeper with the real systemd-boot in QEMU/OVMF.
+
+The ESP folder is packed into a FAT image with mtools (no mounting), booted once under TCG (KVM
+fails on these machines), and read back: the serial console gives the ``@@@`` lines of the test
+initramfs (command line, LoaderEntrySelected, LoaderBootCountPath, LoaderInfo) and ``mdir`` the
+file names systemd-boot left. The folder is then brought in line with the image, so bootkeeper's
+own commands can run on it between boots.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("VM_CACHE", ROOT / ".cache" / "vm"))
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
+MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+BOOT_TIMEOUT = 180
+
+
+def missing_pieces() -> list[str]:
+    need = [CACHE / "kernel" / "vmlinuz", CACHE / "initrd.img", OVMF,
+            CACHE / "sdboot-252" / "systemd-bootx64.efi", CACHE / "sdboot-257" / "systemd-bootx64.efi"]
+    out = [str(p) for p in need if not p.exists()]
+    out += [t for t in ("qemu-system-x86_64", "mcopy", "mkfs.vfat") if shutil.which(t) is None]
+    return out
+
+
+def sdboot(version: int) -> Path:
+    return CACHE / f"sdboot-{version}" / "systemd-bootx64.efi"
+
+
+@dataclass(frozen=True)
+class BootResult:
+    role: str | None  # entry=ROLE from the kernel command line
+    selected: str
+    count_path: str
+    loader_info: str
+    seconds: float
+    names_after: tuple[str, ...]  # loader/entries after the boot
+
+
+def _mt(*args: str) -> str:
+    p = subprocess.run(list(args), env=MTOOLS_ENV, capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {p.stderr.strip()}")
+    return p.stdout
+
+
+def pack(esp: Path, img: Path) -> None:
+    img.unlink(missing_ok=True)
+    subprocess.run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-C", str(img), str(64 * 1024)],
+                   check=True, capture_output=True)
+    for d in sorted(p for p in esp.rglob("*") if p.is_dir()):
+        _mt("mmd", "-i", str(img), "::/" + str(d.relative_to(esp)))
+    for f in sorted(p for p in esp.rglob("*") if p.is_file()):
+        _mt("mcopy", "-i", str(img), str(f), "::/" + str(f.relative_to(esp)))
+
+
+def entry_names(img: Path) -> tuple[str, ...]:
+    out = _mt("mdir", "-b", "-i", str(img), "::/loader/entries")
+    return tuple(sorted(line.rsplit("/", 1)[-1] for line in out.splitlines() if line.strip()))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>c]")
+
+
+def boot(img: Path, log: Path) -> BootResult:
+    cmd = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "512", "-smp", "1", "-nographic",
+           "-no-reboot", "-bios", str(OVMF), "-drive", f"format=raw,file={img}", "-net", "none"]
+    t0 = time.monotonic()
+    with log.open("wb") as out:
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                           timeout=BOOT_TIMEOUT, check=False)
+    secs = time.monotonic() - t0
+    text = _ANSI.sub("", log.read_bytes().decode("utf-8", "replace")).replace("\r", "")
+    if "@@@ DONE" not in text:
+        raise RuntimeError(f"guest did not finish (qemu exit {p.returncode}); serial log in {log}")
+    vals: dict[str, str] = {}
+    role = None
+    for line in text.splitlines():
+        if line.startswith("@@@ EFIVAR "):
+            k, _, v = line[len("@@@ EFIVAR "):].partition("=")
+            vals[k] = v.strip()
+        elif line.startswith("@@@ CMDLINE "):
+            m = re.search(r"\bentry=(\S+)", line)
+            role = m.group(1) if m else None
+    return BootResult(role, vals.get("LoaderEntrySelected", ""), vals.get("LoaderBootCountPath", ""),
+                      vals.get("LoaderInfo", ""), secs, entry_names(img))
+
+
+def sync_back(esp: Path, names_after: tuple[str, ...]) -> None:
+    """Apply the boot loader's rename (at most one file) to the ESP folder."""
+    d = esp / "loader" / "entries"
+    # FAT keeps the case systemd-boot wrote; compare case-insensitively like the firmware does
+    before = {p.name for p in d.iterdir()}
+    gone = [n for n in before if n not in names_after]
+    new = [n for n in names_after if n not in before]
+    if len(gone) != len(new) or len(gone) > 1:
+        raise RuntimeError(f"unexpected change: {sorted(before)} -> {list(names_after)}")
+    if gone:
+        (d / gone[0]).rename(d / new[0])
