@@ -1,0 +1,38 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bootkeeper.esp.efivars import LOADER_GUID, encode_string
+
+
+def esp_with(root: Path, entries: dict[str, str], loader_conf: str = "timeout 0\n") -> Path:
+    """A scratch ESP with the given loader/entries/*.conf bodies; every entry's kernel exists."""
+    (root / "loader" / "entries").mkdir(parents=True, exist_ok=True)
+    (root / "EFI" / "kairos").mkdir(parents=True, exist_ok=True)
+    (root / "EFI" / "kairos" / "vmlinuz").write_bytes(b"k")
+    (root / "loader" / "loader.conf").write_text(loader_conf)
+    for name, body in entries.items():
+        (root / "loader" / "entries" / name).write_text(body)
+    return root
+
+
+def entry_body(role: str, sort_key: bool = True) -> str:
+    sk = f"sort-key {['active', 'passive', 'recovery', 'statereset'].index(role) + 1}-{role}\n" if sort_key else ""
+    return f"title {role}\n{sk}linux /EFI/kairos/vmlinuz\noptions entry={role}\n"
+
+
+def names(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "loader" / "entries").iterdir())
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def fake_efivars(d: Path, **values: str) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for k, v in values.items():
+        (d / f"{k}-{LOADER_GUID}").write_bytes(encode_string(v))
+    return d

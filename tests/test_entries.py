@@ -1,0 +1,161 @@
+"""Entry parsing and menu order against systemd-boot's rules."""
+
+from __future__ import annotations
+
+import struct
+from functools import cmp_to_key
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bootkeeper.esp import entries, pe
+from bootkeeper.esp.entries import EntryKind, LoaderType, Role, strverscmp_improved
+
+
+def test_strverscmp_follows_systemds_documented_order() -> None:
+    # The order given in the comment of systemd's strverscmp_improved(), oldest first.
+    order = ["122.1", "123~rc1-1", "123", "123-a", "123-a.1", "123-1", "123-1.1", "123^post1", "123.a-1",
+             "123.1-1", "123a-1", "124-1"]
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            assert strverscmp_improved(a, b) < 0, (a, b)
+            assert strverscmp_improved(b, a) > 0, (b, a)
+    assert strverscmp_improved("00123", "123") == 0
+    assert strverscmp_improved(None, "1") < 0
+    assert strverscmp_improved("", "1") < 0
+
+
+@given(st.text(alphabet="0123456789.-~^ab_", max_size=12), st.text(alphabet="0123456789.-~^ab_", max_size=12))
+def test_strverscmp_is_antisymmetric(a: str, b: str) -> None:
+    assert strverscmp_improved(a, b) == -strverscmp_improved(b, a)
+
+
+def _t1(name: str, body: str, version: int = 257) -> entries.Entry:
+    return entries.parse_type1(name, body, loader_exists=True, sdboot_version=version)
+
+
+def test_type1_parse_like_systemd_boot() -> None:
+    e = _t1("active+2-1.conf", '  title  "Kairos active"\n# comment\nsort-key 1-active\r\noptions a=1\n'
+            "options b=2\ninitrd /i1\ninitrd /i2\nlinux /vmlinuz\nmachine-id abc\nversion 1.2\njunk\n")
+    assert e.title == "Kairos active"
+    assert e.sort_key == "1-active" and e.machine_id == "abc" and e.version == "1.2"
+    assert e.options == "a=1 b=2" and e.initrd == ("/i1", "/i2")
+    assert e.loader_type is LoaderType.LINUX and e.listed
+    assert e.role is Role.ACTIVE
+    assert any("line 11" in p for p in e.problems)  # the junk line is named, and ignored
+
+
+def test_type1_problems_and_unlisted() -> None:
+    dup = _t1("a.conf", "title one\ntitle two\nlinux /k\n")
+    assert dup.title == "two" and any("duplicate key 'title'" in p for p in dup.problems)
+    assert not _t1("a.conf", "title x\n").listed  # no loader line
+    mixed = _t1("a.conf", "linux /k\nefi /e\n")
+    assert not mixed.listed and mixed.loader_type is LoaderType.BAD
+    assert not entries.parse_type1("a.conf", "linux /k\n", loader_exists=False).listed
+    assert not _t1("a.conf", "linux /k\narchitecture aa64\n").listed
+    assert _t1("a.conf", "title x\0linux /k\n").loader_type is LoaderType.UNDEFINED  # NUL ends the text
+
+
+def test_efi_entries_are_never_renamed() -> None:
+    e = _t1("active+3.conf", "efi /EFI/x.efi\n")
+    assert e.counted and e.next_name() is None
+    assert any("efi" in p for p in e.problems)
+
+
+def test_uki_key_unknown_to_252() -> None:
+    assert _t1("a.conf", "uki /EFI/a.efi\n", version=257).listed
+    assert not _t1("a.conf", "uki /EFI/a.efi\n", version=252).listed
+
+
+def test_ids_per_version() -> None:
+    e = _t1("Active+3.conf", "linux /k\n")
+    assert e.entry_id(252) == "active+3.conf"
+    assert e.entry_id(257) == "active.conf"
+
+
+def _order(names_bodies: list[tuple[str, str]], version: int = 257) -> list[str]:
+    es = [_t1(n, b, version) for n, b in names_bodies]
+    return [e.file_name for e in entries.menu_order(es, version)]
+
+
+def test_bad_last_then_sort_key() -> None:
+    got = _order([("recovery+3.conf", "sort-key 3-recovery\nlinux /k\n"),
+                  ("active+0-3.conf", "sort-key 1-active\nlinux /k\n"),
+                  ("passive+1-2.conf", "sort-key 2-passive\nlinux /k\n")])
+    assert got == ["passive+1-2.conf", "recovery+3.conf", "active+0-3.conf"]
+
+
+def test_without_sort_keys_ids_sort_descending() -> None:
+    # what made recovery boot first on a real 252 ESP without sort keys (reference notes)
+    got = _order([("active+3.conf", "linux /k\n"), ("passive+3.conf", "linux /k\n"), ("recovery.conf", "linux /k\n")])
+    assert got == ["recovery.conf", "passive+3.conf", "active+3.conf"]
+
+
+def test_sort_key_entries_before_those_without_and_version_newest_first() -> None:
+    got = _order([("z.conf", "linux /k\n"), ("b.conf", "sort-key k\nversion 1\nlinux /k\n"),
+                  ("a.conf", "sort-key k\nversion 2\nlinux /k\n")])
+    assert got == ["a.conf", "b.conf", "z.conf"]
+
+
+def test_more_tries_left_first_when_otherwise_equal() -> None:
+    es = [_t1("x+1-2.conf", "linux /k\n", 257), _t1("x+2-1.conf", "linux /k\n", 257)]
+    ordered = sorted(es, key=cmp_to_key(lambda a, b: entries.compare(a, b, 257)))
+    assert [e.file_name for e in ordered] == ["x+2-1.conf", "x+1-2.conf"]
+
+
+def make_uki(path: Path, osrel: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> Path:
+    """A minimal PE file with named sections, enough for the section-table readers."""
+    sections = ((b".osrel", osrel), *extra)
+    pe_off = 0x80
+    opt_size = 0xF0
+    table_off = pe_off + 24 + opt_size
+    data_off = (table_off + 40 * len(sections) + 0x1FF) & ~0x1FF
+    dos = bytearray(b"MZ" + b"\0" * 0x3A + struct.pack("<I", pe_off))
+    hdr = b"PE\0\0" + struct.pack("<HHIIIHH", 0x8664, len(sections), 0, 0, 0, opt_size, 0x22)
+    out = bytearray(dos.ljust(pe_off, b"\0") + hdr + b"\0" * opt_size)
+    body = bytearray()
+    for name, data in sections:
+        off = data_off + len(body)
+        out += struct.pack("<8sIIIIIIHHI", name.ljust(8, b"\0"), len(data), 0x1000, len(data), off, 0, 0, 0, 0, 0)
+        body += data.ljust((len(data) + 0x1FF) & ~0x1FF, b"\0")
+    out = out.ljust(data_off, b"\0") + body
+    path.write_bytes(bytes(out))
+    return path
+
+
+def test_type2_from_osrel(tmp_path: Path) -> None:
+    uki = make_uki(tmp_path / "active+3.efi", b'ID=kairos\nNAME="Kairos"\nPRETTY_NAME="Kairos active"\nVERSION_ID=3\n')
+    e = entries.parse_type2(uki.name, pe.read_osrel(uki))
+    assert e.kind is EntryKind.TYPE2 and e.title == "Kairos active"
+    assert e.sort_key == "kairos" and e.version == "3"
+    assert e.next_name() == "active+2-1.efi"
+    img = entries.parse_type2("x.efi", pe.read_osrel(make_uki(tmp_path / "x.efi", b"IMAGE_ID=img\nID=k\nIMAGE_VERSION=9\n")))
+    assert img.sort_key == "img" and img.version == "9" and img.title == "img"
+    none = entries.parse_type2("y.efi", pe.read_osrel(make_uki(tmp_path / "y.efi", b"VERSION_ID=1\n")))
+    assert not none.listed
+
+
+def test_type2_order_by_version(tmp_path: Path) -> None:
+    es = []
+    for role, v in (("recovery", 1), ("active", 3), ("passive", 2)):
+        u = make_uki(tmp_path / f"{role}+3.efi", f"ID=kairos\nVERSION_ID={v}\n".encode())
+        es.append(entries.parse_type2(u.name, pe.read_osrel(u)))
+    assert [e.role for e in entries.menu_order(es)] == [Role.ACTIVE, Role.PASSIVE, Role.RECOVERY]
+
+
+@pytest.mark.parametrize("data", [b"", b"MZ", b"MZ" + b"\0" * 58 + b"\xff\xff\xff\x7f", b"NOTPE" * 20])
+def test_hostile_pe(tmp_path: Path, data: bytes) -> None:
+    p = tmp_path / "bad.efi"
+    p.write_bytes(data)
+    with pytest.raises(Exception) as ei:
+        pe.read_osrel(p)
+    assert "bad.efi" in str(ei.value)
+
+
+def test_sdboot_version_from_real_style_magic(tmp_path: Path) -> None:
+    magic = b"#### LoaderInfo: systemd-boot 252.39-1~deb12u2 ####"
+    p = make_uki(tmp_path / "BOOTX64.EFI", b"", extra=((b".sdmagic", magic),))
+    assert pe.sdboot_version(p) == "252.39-1~deb12u2"
+    assert pe.major_version("257.13-1~deb13u1") == 257
