@@ -37,9 +37,11 @@ def test_set_default_property(ls: list[str], value: str | None) -> None:
 
 def test_default_after_rename_is_the_seeds_sed_done_by_parsing() -> None:
     conf = loader.parse("default active+3.conf\n")
-    assert loader.default_after_rename(conf, "active+2-1.conf", "active.conf") == "active.conf"
-    assert loader.default_after_rename(conf, "passive+2-1.conf", "passive.conf") is None
-    assert loader.default_after_rename(loader.parse("default active*.conf\n"), "active+2-1.conf", "active.conf") is None
+    assert loader.default_after_rename(conf, "active+2-1.conf", "active.conf") == (True, "active.conf")
+    assert loader.default_after_rename(conf, "active+2-1.conf", "active+0-1.conf") == (True, None)  # never pin bad
+    assert loader.default_after_rename(conf, "passive+2-1.conf", "passive.conf") == (False, None)
+    assert loader.default_after_rename(loader.parse("default active*.conf\n"), "active+2-1.conf",
+                                       "active.conf") == (False, None)
     # the seed's sed would also have rewritten 'activeBad+3.conf'; parsing only touches the renamed entry
     assert loader.default_after_rename(loader.parse("default activeBad+3.conf\n"), "active+2-1.conf",
-                                       "active.conf") is None
+                                       "active.conf") == (False, None)

@@ -159,11 +159,14 @@ def _fix_default(store: EspStore, old: str, new: str, result: BlessResult) -> No
     if not store.exists(LOADER_CONF):
         return
     conf = loader_mod.parse(store.read_text(LOADER_CONF))
-    value = loader_mod.default_after_rename(conf, old, new)
-    if value is None:
+    change, value = loader_mod.default_after_rename(conf, old, new)
+    if not change:
         return
     store.write_atomic(LOADER_CONF, loader_mod.set_default(conf.text, value).encode())
-    result.actions.append(f"{LOADER_CONF}: default {conf.default} -> {value}")
+    if value is None:
+        result.actions.append(f"{LOADER_CONF}: removed 'default {conf.default}': it would pin the bad entry")
+    else:
+        result.actions.append(f"{LOADER_CONF}: default {conf.default} -> {value}")
 
 
 def bless(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAssessment) -> BlessResult:

@@ -203,8 +203,6 @@ def rotate(store: EspStore, cfg: BootAssessment, new_entry: Path) -> ChainResult
                 res.actions.append(f"{old.path} -> {directory}/{new_passive} (fresh counter)")
         else:
             res.warnings.append("there was no active entry: nothing moved to passive")
-        if olds and olds[0].state is not entries_mod.EntryState.BAD and olds[0].file_name == new_active:
-            pass  # overwritten in place below
         store.write_atomic(f"{directory}/{new_active}", data)
         res.actions.append(f"installed {new_entry} as {directory}/{new_active}")
     return res

@@ -87,23 +87,27 @@ def set_default(text: str, value: str | None) -> str:
     return "".join(out)
 
 
-def default_after_rename(conf: LoaderConf, old_name: str, new_name: str) -> str | None:
+def default_after_rename(conf: LoaderConf, old_name: str, new_name: str) -> tuple[bool, str | None]:
     """The seed's ``sed`` fix-up, done by parsing: if ``default`` names the renamed entry file
-    literally (with or without a counter), return the value it should have now; else None.
+    literally (with or without a counter), return ``(True, value)`` with the value it should have
+    now — or ``(True, None)`` to drop the line when the entry became bad, since a default that
+    matches a bad entry makes systemd-boot boot it anyway. ``(False, None)``: leave it alone.
 
     Only a literal name is rewritten: a glob is the user's choice and may be meant to match many.
     """
     if conf.default is None or any(c in conf.default for c in "*?[\\"):
-        return None
+        return False, None
     for suffix in (".conf", ".efi"):
         if old_name.lower().endswith(suffix):
             break
     else:
-        return None
+        return False, None
     cur = counter_mod.parse(conf.default, suffix)
     old = counter_mod.parse(old_name, suffix)
     if cur.base.lower() != old.base.lower():
-        return None
+        return False, None
+    if counter_mod.parse(new_name, suffix).state is counter_mod.EntryState.BAD:
+        return True, None
     if conf.default == new_name:
-        return None
-    return new_name
+        return False, None
+    return True, new_name

@@ -1,0 +1,156 @@
+"""The command line on bad input: one line on stderr, the documented exit code, the ESP unchanged."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import entry_body, esp_with, fake_efivars, names, tree
+
+
+def bk(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def _one_line_error(p: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    lines = [x for x in p.stderr.splitlines() if not x.startswith("hint:")]
+    assert len(lines) == 1 and lines[0].startswith("bootkeeper: error: "), p.stderr
+    assert "Traceback" not in p.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture
+def esp(tmp_path: Path) -> Path:
+    return esp_with(tmp_path / "esp", {"active+2-1.conf": entry_body("active"), "passive+3.conf": entry_body("passive"),
+                                       "recovery+3.conf": entry_body("recovery")})
+
+
+def test_entries_json_shape(esp: Path) -> None:
+    p = bk("entries", "--esp", str(esp), "--json", "--systemd-boot-version", "257")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["next"]["path"] == "loader/entries/active+2-1.conf"
+    assert out["next"]["next_after_boot"] == "loader/entries/active+1-2.conf"
+    assert [e["role"] for e in out["entries"]] == ["active", "passive", "recovery"]
+    assert out["entries"][0] | {"tries_left": 2, "tries_done": 1, "state": "indeterminate",
+                                 "sort_key": "1-active", "id": "active.conf"} == out["entries"][0]
+
+
+def test_bless_from_efivars_and_status(esp: Path, tmp_path: Path) -> None:
+    ev = fake_efivars(tmp_path / "efivars", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    assert bk("bless", "status", "--esp", str(esp), "--efivars", str(ev)).stdout.strip() == "indeterminate"
+    p = bk("bless", "good", "--esp", str(esp), "--efivars", str(ev))
+    assert p.returncode == 0, p.stderr
+    assert "active.conf" in names(esp)
+    assert bk("bless", "status", "--esp", str(esp), "--efivars", str(ev)).stdout.strip() == "good"
+    st = json.loads(bk("status", "--esp", str(esp), "--efivars", str(ev), "--json").stdout)
+    assert st["booted"]["blessed"] == "good" and st["booted"]["role"] == "active"
+
+
+def test_not_booted_with_counting(esp: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "no-vars"
+    empty.mkdir()
+    assert bk("bless", "status", "--esp", str(esp), "--efivars", str(empty)).stdout.strip() == "clean"
+    _one_line_error(bk("bless", "good", "--esp", str(esp), "--efivars", str(empty)), 3, "not booted with boot counting")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["bless", "good", "--entry", "../../etc/x+1.conf"], 4, ["'..'"]),
+        (["bless", "good", "--entry", "loader/entries/active.conf"], 3, ["does not contain a boot counter"]),
+        (["bless", "good", "--entry", "loader/entries/gone+2-1.conf"], 3, ["can't find"]),
+        (["arm", "--config", "/nonexistent.yaml"], 4, ["/nonexistent.yaml"]),
+    ],
+)
+def test_bad_input_leaves_esp_unchanged(esp: Path, args: list[str], code: int, words: list[str]) -> None:
+    before = tree(esp)
+    _one_line_error(bk(*args, "--esp", str(esp)), code, *words)
+    assert tree(esp) == before
+
+
+def test_not_an_esp(tmp_path: Path) -> None:
+    _one_line_error(bk("entries", "--esp", str(tmp_path)), 4, "not an ESP")
+    _one_line_error(bk("bless", "good", "--esp", str(tmp_path / "missing"), "--entry", "loader/entries/a+1.conf"),
+                    4, "not a directory")
+
+
+def test_bad_config_names_file_and_key(esp: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "90_boot.yaml"
+    cfg.write_text("boot_assessment:\n  tries: many\n")
+    before = tree(esp)
+    _one_line_error(bk("arm", "--esp", str(esp), "--config", str(cfg)), 4, str(cfg), "boot_assessment.tries", "'many'")
+    cfg.write_text("boot_assessment: [\n")
+    _one_line_error(bk("arm", "--esp", str(esp), "--config", str(cfg)), 4, str(cfg))
+    assert tree(esp) == before
+
+
+def test_junk_entry_is_reported_and_arm_refuses(esp: Path) -> None:
+    (esp / "loader" / "entries" / "statereset.conf").write_text("title s\nsort-key 4\nthis-is-junk\nlinux /EFI/kairos/vmlinuz\n")
+    p = bk("entries", "--esp", str(esp))
+    assert p.returncode == 0 and "statereset.conf: line 3" in p.stderr
+    before = tree(esp)
+    _one_line_error(bk("arm", "--esp", str(esp)), 4, "statereset.conf", "line 3")
+    assert tree(esp) == before
+
+
+def test_two_runs_at_once(esp: Path) -> None:
+    fd = os.open(esp, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        before = tree(esp)
+        p = subprocess.run([sys.executable, "-c",
+                            "import sys; from bootkeeper.cli.main import main; "
+                            "import bootkeeper.esp.store as s; s.EspStore.__init__.__kwdefaults__['lock_timeout']=0.3; "
+                            f"main(['bless','good','--esp',{str(esp)!r},'--entry','loader/entries/active+2-1.conf'])"],
+                           capture_output=True, text=True, check=False)
+        _one_line_error(p, 5, "holds the ESP lock")
+        assert tree(esp) == before
+    finally:
+        os.close(fd)
+
+
+def test_simulate_and_demo_run() -> None:
+    p = bk("simulate", "--fail", "active=always", "--boots", "6", "--json")
+    assert p.returncode == 0, p.stderr
+    boots = json.loads(p.stdout)["boots"]
+    assert [b["role"] for b in boots] == ["active", "active", "active", "passive", "passive", "passive"]
+    _one_line_error(bk("simulate", "--fail", "nobody=2"), 2, "nobody")
+    d = bk("demo")
+    assert d.returncode == 0, d.stderr
+    assert "fell back to passive" in d.stdout
+
+
+@pytest.mark.integration
+def test_read_only_esp_is_remounted_and_back(esp: Path, tmp_path: Path) -> None:
+    """A real read-only mount (tmpfs in a private mount namespace): bless remounts rw, renames, and
+    leaves it read-only again."""
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is missing; scripts/setup-test-deps.sh installs it")
+    mnt = tmp_path / "efi"
+    mnt.mkdir()
+    script = f"""
+set -e
+mount -t tmpfs -o size=4m tmpfs {mnt}
+cp -a {esp}/. {mnt}/
+mount -o remount,ro {mnt}
+touch {mnt}/probe 2>/dev/null && {{ echo "not read-only"; exit 9; }}
+{sys.executable} -m bootkeeper bless good --esp {mnt} --entry loader/entries/active+2-1.conf
+ls {mnt}/loader/entries
+grep -w {mnt} /proc/self/mounts
+"""
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                       capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "active.conf" in p.stdout.split()
+    mount_line = [x for x in p.stdout.splitlines() if str(mnt) in x and "tmpfs" in x][-1]
+    assert " ro," in mount_line or mount_line.split()[3].startswith("ro")
