@@ -82,6 +82,21 @@ if [ ! -s "$cache/sdboot-257/systemd-bootx64.efi" ]; then
   dpkg-deb -f "$w"/*.deb Version > "$cache/sdboot-257/version"; rm -rf "$w" "$x" "$a/lists"
 fi
 
+# --- bookworm's own bootctl and systemd-bless-boot, for bench/ (same version as the host's
+# libsystemd-shared, unpacked, not installed) ------------------------------------------------
+if [ ! -x "$cache/host-tools/bootctl" ]; then
+  v=$(dpkg-query -W -f='${Version}' libsystemd-shared)
+  w=$(mktemp -d)
+  if (cd "$w" && apt-get download -q "systemd-boot=$v" >/dev/null 2>&1); then
+    x=$(extract_deb "$w"/*.deb "$cache/host-tools")
+    cp "$x/usr/bin/bootctl" "$x/lib/systemd/systemd-bless-boot" "$cache/host-tools/"
+    rm -rf "$x"
+  else
+    echo "setup-test-deps: systemd-boot=$v is no longer served; bench/ will compare with python3 only" >&2
+  fi
+  rm -rf "$w"
+fi
+
 # --- busybox initramfs: prints the command line and the Loader* variables, powers off -------
 if [ ! -s "$cache/initrd.img" ] || [ "$here/scripts/setup-test-deps.sh" -nt "$cache/initrd.img" ]; then
   w=$(mktemp -d); mkdir -p "$w"/{bin,proc,sys,dev,lib}

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import entry_body, esp_with, names
 
 from bootkeeper.assess import bless
 from bootkeeper.assess.bless import Verdict
 from bootkeeper.config import BootAssessment
 from bootkeeper.errors import NotApplicableError, ParseError
 from bootkeeper.esp.store import EspStore
+from helpers import entry_body, esp_with, names
 
 CFG = BootAssessment()
 
@@ -62,31 +62,50 @@ def test_refusals(tmp_path: Path) -> None:
         bless.parse_entry_path("\\loader\\entries\\active.conf", "LoaderBootCountPath")
     with pytest.raises(NotApplicableError, match="can't find"):
         _bless(root, "loader/entries/active+2-1.conf", Verdict.GOOD)
-    for bad in ("../loader/entries/a+1.conf", "loader/entries/../../x+1.conf", "etc/passwd+1.conf",
-                "loader/entries/sub/a+1.conf", "loader/entries/a\n+1.conf", ""):
+    for bad in (
+        "../loader/entries/a+1.conf",
+        "loader/entries/../../x+1.conf",
+        "etc/passwd+1.conf",
+        "loader/entries/sub/a+1.conf",
+        "loader/entries/a\n+1.conf",
+        "",
+    ):
         with pytest.raises(ParseError):
             bless.parse_entry_path(bad, "--entry")
     assert names(root) == ["passive+3.conf"]
 
 
 def test_loader_conf_default_follows_the_rename(tmp_path: Path) -> None:
-    root = esp_with(tmp_path, {"active+2-1.conf": entry_body("active")}, "timeout 0\ndefault active+3.conf\neditor no\n")
+    root = esp_with(
+        tmp_path, {"active+2-1.conf": entry_body("active")}, "timeout 0\ndefault active+3.conf\neditor no\n"
+    )
     r = _bless(root, "loader/entries/active+2-1.conf", Verdict.GOOD)
     assert (root / "loader" / "loader.conf").read_text() == "timeout 0\ndefault active.conf\neditor no\n"
     assert any("loader.conf" in a for a in r.actions)
 
 
 def test_duplicate_is_repaired_booted_file_wins(tmp_path: Path) -> None:
-    root = esp_with(tmp_path, {"active.conf": "title stale\nlinux /EFI/kairos/vmlinuz\n",
-                               "active+1-2.conf": "title booted\nlinux /EFI/kairos/vmlinuz\n"})
+    root = esp_with(
+        tmp_path,
+        {
+            "active.conf": "title stale\nlinux /EFI/kairos/vmlinuz\n",
+            "active+1-2.conf": "title booted\nlinux /EFI/kairos/vmlinuz\n",
+        },
+    )
     _bless(root, "loader/entries/active+1-2.conf", Verdict.GOOD)
     assert names(root) == ["active.conf"]
     assert "booted" in (root / "loader" / "entries" / "active.conf").read_text()
 
 
 def test_recovery_is_never_blessed_and_is_rearmed_by_a_good_active(tmp_path: Path) -> None:
-    root = esp_with(tmp_path, {"active+2-1.conf": entry_body("active"), "recovery+1-2.conf": entry_body("recovery"),
-                               "statereset+0-3.conf": entry_body("statereset")})
+    root = esp_with(
+        tmp_path,
+        {
+            "active+2-1.conf": entry_body("active"),
+            "recovery+1-2.conf": entry_body("recovery"),
+            "statereset+0-3.conf": entry_body("statereset"),
+        },
+    )
     r = _bless(root, "loader/entries/recovery+1-2.conf", Verdict.GOOD)
     assert r.note and "never blessed" in r.note
     assert "recovery+1-2.conf" in names(root)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import entry_body, esp_with
-
 from bootkeeper.assess import bootloader
 from bootkeeper.esp.efivars import LoaderVars
 from bootkeeper.esp.store import EspStore
+from helpers import entry_body, esp_with
 
 
 def _choose(root: Path, version: int, ev: LoaderVars | None = None) -> bootloader.BootChoice:
@@ -19,8 +18,11 @@ def _choose(root: Path, version: int, ev: LoaderVars | None = None) -> bootloade
 
 
 def test_default_literal_matches_bad_entry_on_257_not_on_252(tmp_path: Path) -> None:
-    root = esp_with(tmp_path, {"active+0-3.conf": entry_body("active"), "passive+3.conf": entry_body("passive")},
-                    "default active.conf\n")
+    root = esp_with(
+        tmp_path,
+        {"active+0-3.conf": entry_body("active"), "passive+3.conf": entry_body("passive")},
+        "default active.conf\n",
+    )
     c257 = _choose(root, 257)
     assert c257.entry.file_name == "active+0-3.conf" and c257.rename_to == "active+0-4.conf"
     assert c257.pins_bad and "booted anyway" in c257.reason
@@ -31,15 +33,19 @@ def test_default_literal_matches_bad_entry_on_257_not_on_252(tmp_path: Path) -> 
 
 
 def test_glob_pins_bad_on_both(tmp_path: Path) -> None:
-    root = esp_with(tmp_path, {"active+0-3.conf": entry_body("active"), "passive+3.conf": entry_body("passive")},
-                    "default active*.conf\n")
+    root = esp_with(
+        tmp_path,
+        {"active+0-3.conf": entry_body("active"), "passive+3.conf": entry_body("passive")},
+        "default active*.conf\n",
+    )
     for v in (252, 257):
         assert _choose(root, v).entry.file_name == "active+0-3.conf"
 
 
 def test_efi_variables_take_precedence(tmp_path: Path) -> None:
-    root = esp_with(tmp_path, {"active+3.conf": entry_body("active"), "passive+3.conf": entry_body("passive")},
-                    "default active*\n")
+    root = esp_with(
+        tmp_path, {"active+3.conf": entry_body("active"), "passive+3.conf": entry_body("passive")}, "default active*\n"
+    )
     assert _choose(root, 257, LoaderVars(entry_default="passive.conf")).entry.role.value == "passive"  # type: ignore[union-attr]
     c = _choose(root, 257, LoaderVars(entry_oneshot="PASSIVE*", entry_default="active.conf"))
     assert c.entry.file_name == "passive+3.conf" and "OneShot" in c.reason

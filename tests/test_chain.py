@@ -3,20 +3,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import entry_body, esp_with, names
 
 from bootkeeper.assess import bootloader, chain
 from bootkeeper.config import BootAssessment
 from bootkeeper.errors import EspError, ParseError
 from bootkeeper.esp.store import EspStore
+from helpers import entry_body, esp_with, names
 
 CFG = BootAssessment(tries=3, recovery_tries=2)
 
 
 def test_arm_counters_sort_keys_and_pinning_default(tmp_path: Path) -> None:
-    root = esp_with(tmp_path, {f"{r}.conf": entry_body(r, sort_key=False)
-                               for r in ("active", "passive", "recovery", "statereset")},
-                    "timeout 0\ndefault active.conf\n")
+    root = esp_with(
+        tmp_path,
+        {f"{r}.conf": entry_body(r, sort_key=False) for r in ("active", "passive", "recovery", "statereset")},
+        "timeout 0\ndefault active.conf\n",
+    )
     res = chain.arm(EspStore(root), CFG)
     assert names(root) == ["active+3.conf", "passive+3.conf", "recovery+2.conf", "statereset+2.conf"]
     assert "sort-key 2-passive" in (root / "loader" / "entries" / "passive+3.conf").read_text()
@@ -27,14 +29,21 @@ def test_arm_counters_sort_keys_and_pinning_default(tmp_path: Path) -> None:
     from bootkeeper.esp.entries import menu_order
 
     assert [e.role.value for e in menu_order(list(snap.entries), 257) if e.role] == [
-        "active", "passive", "recovery", "statereset"]
+        "active",
+        "passive",
+        "recovery",
+        "statereset",
+    ]
     again = chain.arm(EspStore(root), CFG)
     assert again.actions == []  # idempotent
 
 
 def test_arm_keeps_a_default_that_cannot_pin(tmp_path: Path) -> None:
-    root = esp_with(tmp_path, {"active.conf": entry_body("active"), "recovery.conf": entry_body("recovery")},
-                    "default passive-old.conf\n")
+    root = esp_with(
+        tmp_path,
+        {"active.conf": entry_body("active"), "recovery.conf": entry_body("recovery")},
+        "default passive-old.conf\n",
+    )
     chain.arm(EspStore(root), CFG)
     assert "default passive-old.conf" in (root / "loader" / "loader.conf").read_text()
 
@@ -45,13 +54,19 @@ def test_arm_refuses_duplicates_and_junk(tmp_path: Path) -> None:
         chain.arm(EspStore(root), CFG)
     assert names(root) == ["active+1-2.conf", "active.conf"]
     root2 = esp_with(tmp_path / "b", {"active.conf": entry_body("active") + "junkline\n"})
-    with pytest.raises(ParseError, match="active.conf: line 5"):
+    with pytest.raises(ParseError, match=r"active\.conf: line 5"):
         chain.arm(EspStore(root2), CFG)
 
 
 def test_rotate_moves_good_active_to_passive_with_fresh_counter(tmp_path: Path) -> None:
-    root = esp_with(tmp_path, {"active+1-2.conf": entry_body("active"), "passive.conf": entry_body("passive"),
-                               "recovery+2.conf": entry_body("recovery")})
+    root = esp_with(
+        tmp_path,
+        {
+            "active+1-2.conf": entry_body("active"),
+            "passive.conf": entry_body("passive"),
+            "recovery+2.conf": entry_body("recovery"),
+        },
+    )
     new = tmp_path / "new.conf"
     new.write_text("title new\nlinux /EFI/kairos/vmlinuz\n")
     chain.rotate(EspStore(root), CFG, new)

@@ -11,12 +11,18 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import entry_body, esp_with, fake_efivars, names, tree
 
 
 def bk(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bootkeeper", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def _one_line_error(p: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
@@ -30,8 +36,14 @@ def _one_line_error(p: subprocess.CompletedProcess[str], code: int, *words: str)
 
 @pytest.fixture
 def esp(tmp_path: Path) -> Path:
-    return esp_with(tmp_path / "esp", {"active+2-1.conf": entry_body("active"), "passive+3.conf": entry_body("passive"),
-                                       "recovery+3.conf": entry_body("recovery")})
+    return esp_with(
+        tmp_path / "esp",
+        {
+            "active+2-1.conf": entry_body("active"),
+            "passive+3.conf": entry_body("passive"),
+            "recovery+3.conf": entry_body("recovery"),
+        },
+    )
 
 
 def test_entries_json_shape(esp: Path) -> None:
@@ -41,8 +53,11 @@ def test_entries_json_shape(esp: Path) -> None:
     assert out["next"]["path"] == "loader/entries/active+2-1.conf"
     assert out["next"]["next_after_boot"] == "loader/entries/active+1-2.conf"
     assert [e["role"] for e in out["entries"]] == ["active", "passive", "recovery"]
-    assert out["entries"][0] | {"tries_left": 2, "tries_done": 1, "state": "indeterminate",
-                                 "sort_key": "1-active", "id": "active.conf"} == out["entries"][0]
+    assert (
+        out["entries"][0]
+        | {"tries_left": 2, "tries_done": 1, "state": "indeterminate", "sort_key": "1-active", "id": "active.conf"}
+        == out["entries"][0]
+    )
 
 
 def test_bless_from_efivars_and_status(esp: Path, tmp_path: Path) -> None:
@@ -80,8 +95,11 @@ def test_bad_input_leaves_esp_unchanged(esp: Path, args: list[str], code: int, w
 
 def test_not_an_esp(tmp_path: Path) -> None:
     _one_line_error(bk("entries", "--esp", str(tmp_path)), 4, "not an ESP")
-    _one_line_error(bk("bless", "good", "--esp", str(tmp_path / "missing"), "--entry", "loader/entries/a+1.conf"),
-                    4, "not a directory")
+    _one_line_error(
+        bk("bless", "good", "--esp", str(tmp_path / "missing"), "--entry", "loader/entries/a+1.conf"),
+        4,
+        "not a directory",
+    )
 
 
 def test_bad_config_names_file_and_key(esp: Path, tmp_path: Path) -> None:
@@ -95,7 +113,9 @@ def test_bad_config_names_file_and_key(esp: Path, tmp_path: Path) -> None:
 
 
 def test_junk_entry_is_reported_and_arm_refuses(esp: Path) -> None:
-    (esp / "loader" / "entries" / "statereset.conf").write_text("title s\nsort-key 4\nthis-is-junk\nlinux /EFI/kairos/vmlinuz\n")
+    (esp / "loader" / "entries" / "statereset.conf").write_text(
+        "title s\nsort-key 4\nthis-is-junk\nlinux /EFI/kairos/vmlinuz\n"
+    )
     p = bk("entries", "--esp", str(esp))
     assert p.returncode == 0 and "statereset.conf: line 3" in p.stderr
     before = tree(esp)
@@ -108,11 +128,18 @@ def test_two_runs_at_once(esp: Path) -> None:
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         before = tree(esp)
-        p = subprocess.run([sys.executable, "-c",
-                            "import sys; from bootkeeper.cli.main import main; "
-                            "import bootkeeper.esp.store as s; s.EspStore.__init__.__kwdefaults__['lock_timeout']=0.3; "
-                            f"main(['bless','good','--esp',{str(esp)!r},'--entry','loader/entries/active+2-1.conf'])"],
-                           capture_output=True, text=True, check=False)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from bootkeeper.cli.main import main; "
+                "import bootkeeper.esp.store as s; s.EspStore.__init__.__kwdefaults__['lock_timeout']=0.3; "
+                f"main(['bless','good','--esp',{str(esp)!r},'--entry','loader/entries/active+2-1.conf'])",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         _one_line_error(p, 5, "holds the ESP lock")
         assert tree(esp) == before
     finally:
@@ -148,8 +175,9 @@ touch {mnt}/probe 2>/dev/null && {{ echo "not read-only"; exit 9; }}
 ls {mnt}/loader/entries
 grep -w {mnt} /proc/self/mounts
 """
-    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                       capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True, check=False
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "active.conf" in p.stdout.split()
     mount_line = [x for x in p.stdout.splitlines() if str(mnt) in x and "tmpfs" in x][-1]

@@ -71,8 +71,9 @@ def test_done_saturates_at_int_max() -> None:
 
 # An independent statement of the grammar, straight from the Boot Loader Specification text:
 # "+LEFT[-DONE]" right before the suffix, introduced by the last "+".
-_SPEC = re.compile(r"^(?P<prefix>[^+]*(?:\+[^+]*)*?)\+(?P<left>[0-9]+)(?:-(?P<done>[0-9]+))?(?P<suffix>\.conf)$",
-                   re.IGNORECASE)
+_SPEC = re.compile(
+    r"^(?P<prefix>[^+]*(?:\+[^+]*)*?)\+(?P<left>[0-9]+)(?:-(?P<done>[0-9]+))?(?P<suffix>\.conf)$", re.IGNORECASE
+)
 
 names = st.text(alphabet=st.sampled_from(list("ab+-.019CONFconf_")), max_size=20).map(lambda s: s)
 
@@ -94,8 +95,7 @@ def test_parse_agrees_with_the_spec_regex(name: str) -> None:
 
 
 @given(
-    st.text(alphabet=st.characters(blacklist_characters="+/\0", blacklist_categories=("Cs",)), min_size=1,
-            max_size=30),
+    st.text(alphabet=st.characters(blacklist_characters="+/\0", blacklist_categories=["Cs"]), min_size=1, max_size=30),
     st.sampled_from([".conf", ".efi"]),
     st.integers(0, counter.INT_MAX),
     st.one_of(st.none(), st.integers(0, counter.INT_MAX)),

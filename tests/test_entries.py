@@ -16,8 +16,20 @@ from bootkeeper.esp.entries import EntryKind, LoaderType, Role, strverscmp_impro
 
 def test_strverscmp_follows_systemds_documented_order() -> None:
     # The order given in the comment of systemd's strverscmp_improved(), oldest first.
-    order = ["122.1", "123~rc1-1", "123", "123-a", "123-a.1", "123-1", "123-1.1", "123^post1", "123.a-1",
-             "123.1-1", "123a-1", "124-1"]
+    order = [
+        "122.1",
+        "123~rc1-1",
+        "123",
+        "123-a",
+        "123-a.1",
+        "123-1",
+        "123-1.1",
+        "123^post1",
+        "123.a-1",
+        "123.1-1",
+        "123a-1",
+        "124-1",
+    ]
     for i, a in enumerate(order):
         for b in order[i + 1 :]:
             assert strverscmp_improved(a, b) < 0, (a, b)
@@ -37,8 +49,11 @@ def _t1(name: str, body: str, version: int = 257) -> entries.Entry:
 
 
 def test_type1_parse_like_systemd_boot() -> None:
-    e = _t1("active+2-1.conf", '  title  "Kairos active"\n# comment\nsort-key 1-active\r\noptions a=1\n'
-            "options b=2\ninitrd /i1\ninitrd /i2\nlinux /vmlinuz\nmachine-id abc\nversion 1.2\njunk\n")
+    e = _t1(
+        "active+2-1.conf",
+        '  title  "Kairos active"\n# comment\nsort-key 1-active\r\noptions a=1\n'
+        "options b=2\ninitrd /i1\ninitrd /i2\nlinux /vmlinuz\nmachine-id abc\nversion 1.2\njunk\n",
+    )
     assert e.title == "Kairos active"
     assert e.sort_key == "1-active" and e.machine_id == "abc" and e.version == "1.2"
     assert e.options == "a=1 b=2" and e.initrd == ("/i1", "/i2")
@@ -81,9 +96,13 @@ def _order(names_bodies: list[tuple[str, str]], version: int = 257) -> list[str]
 
 
 def test_bad_last_then_sort_key() -> None:
-    got = _order([("recovery+3.conf", "sort-key 3-recovery\nlinux /k\n"),
-                  ("active+0-3.conf", "sort-key 1-active\nlinux /k\n"),
-                  ("passive+1-2.conf", "sort-key 2-passive\nlinux /k\n")])
+    got = _order(
+        [
+            ("recovery+3.conf", "sort-key 3-recovery\nlinux /k\n"),
+            ("active+0-3.conf", "sort-key 1-active\nlinux /k\n"),
+            ("passive+1-2.conf", "sort-key 2-passive\nlinux /k\n"),
+        ]
+    )
     assert got == ["passive+1-2.conf", "recovery+3.conf", "active+0-3.conf"]
 
 
@@ -94,14 +113,23 @@ def test_without_sort_keys_ids_sort_descending() -> None:
 
 
 def test_sort_key_entries_before_those_without_and_version_newest_first() -> None:
-    got = _order([("z.conf", "linux /k\n"), ("b.conf", "sort-key k\nversion 1\nlinux /k\n"),
-                  ("a.conf", "sort-key k\nversion 2\nlinux /k\n")])
+    got = _order(
+        [
+            ("z.conf", "linux /k\n"),
+            ("b.conf", "sort-key k\nversion 1\nlinux /k\n"),
+            ("a.conf", "sort-key k\nversion 2\nlinux /k\n"),
+        ]
+    )
     assert got == ["a.conf", "b.conf", "z.conf"]
 
 
 def test_more_tries_left_first_when_otherwise_equal() -> None:
     es = [_t1("x+1-2.conf", "linux /k\n", 257), _t1("x+2-1.conf", "linux /k\n", 257)]
-    ordered = sorted(es, key=cmp_to_key(lambda a, b: entries.compare(a, b, 257)))
+
+    def cmp(a: entries.Entry, b: entries.Entry) -> int:
+        return entries.compare(a, b, 257)
+
+    ordered = sorted(es, key=cmp_to_key(cmp))
     assert [e.file_name for e in ordered] == ["x+2-1.conf", "x+1-2.conf"]
 
 
@@ -131,7 +159,9 @@ def test_type2_from_osrel(tmp_path: Path) -> None:
     assert e.kind is EntryKind.TYPE2 and e.title == "Kairos active"
     assert e.sort_key == "kairos" and e.version == "3"
     assert e.next_name() == "active+2-1.efi"
-    img = entries.parse_type2("x.efi", pe.read_osrel(make_uki(tmp_path / "x.efi", b"IMAGE_ID=img\nID=k\nIMAGE_VERSION=9\n")))
+    img = entries.parse_type2(
+        "x.efi", pe.read_osrel(make_uki(tmp_path / "x.efi", b"IMAGE_ID=img\nID=k\nIMAGE_VERSION=9\n"))
+    )
     assert img.sort_key == "img" and img.version == "9" and img.title == "img"
     none = entries.parse_type2("y.efi", pe.read_osrel(make_uki(tmp_path / "y.efi", b"VERSION_ID=1\n")))
     assert not none.listed

@@ -7,7 +7,7 @@ from bootkeeper.esp import loader
 
 
 def test_parse_last_default_wins() -> None:
-    c = loader.parse("timeout 0\ndefault a.conf\n# x\ndefault   \"B*.conf\"\nbogus-key 1\n")
+    c = loader.parse('timeout 0\ndefault a.conf\n# x\ndefault   "B*.conf"\nbogus-key 1\n')
     assert c.default == "B*.conf" and c.default_pattern == "b*.conf" and c.default_line == 4
     assert any("bogus-key" in p for p in c.problems)
     assert loader.parse("default @foo\n").default_pattern is None  # unsupported special id is ignored
@@ -22,8 +22,12 @@ def test_set_default_touches_only_default_lines() -> None:
     assert loader.set_default("defaultish 1\n", None) == "defaultish 1\n"
 
 
-lines = st.lists(st.sampled_from(["timeout 0", "default a.conf", "  default b+3.conf", "editor no", "# default c",
-                                  "defaulted x", ""]), max_size=8)
+lines = st.lists(
+    st.sampled_from(
+        ["timeout 0", "default a.conf", "  default b+3.conf", "editor no", "# default c", "defaulted x", ""]
+    ),
+    max_size=8,
+)
 
 
 @given(lines, st.one_of(st.none(), st.sampled_from(["x.conf", "y*.conf"])))
@@ -40,8 +44,11 @@ def test_default_after_rename_is_the_seeds_sed_done_by_parsing() -> None:
     assert loader.default_after_rename(conf, "active+2-1.conf", "active.conf") == (True, "active.conf")
     assert loader.default_after_rename(conf, "active+2-1.conf", "active+0-1.conf") == (True, None)  # never pin bad
     assert loader.default_after_rename(conf, "passive+2-1.conf", "passive.conf") == (False, None)
-    assert loader.default_after_rename(loader.parse("default active*.conf\n"), "active+2-1.conf",
-                                       "active.conf") == (False, None)
+    assert loader.default_after_rename(loader.parse("default active*.conf\n"), "active+2-1.conf", "active.conf") == (
+        False,
+        None,
+    )
     # the seed's sed would also have rewritten 'activeBad+3.conf'; parsing only touches the renamed entry
-    assert loader.default_after_rename(loader.parse("default activeBad+3.conf\n"), "active+2-1.conf",
-                                       "active.conf") == (False, None)
+    assert loader.default_after_rename(
+        loader.parse("default activeBad+3.conf\n"), "active+2-1.conf", "active.conf"
+    ) == (False, None)

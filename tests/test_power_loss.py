@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import entry_body, esp_with
 
 from bootkeeper.assess import bless, bootloader, chain
 from bootkeeper.config import BootAssessment
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader
 from bootkeeper.esp.store import EspStore, is_temporary
+from helpers import entry_body, esp_with
 
 CFG = BootAssessment(tries=3, recovery_tries=3)
 
@@ -47,21 +47,37 @@ def _check_bootable(root: Path) -> None:
 
 
 def _make_counted(root: Path) -> Path:
-    return esp_with(root, {"active+2-1.conf": entry_body("active"), "active.conf": entry_body("active"),
-                           "passive+3.conf": entry_body("passive"), "recovery+1-2.conf": entry_body("recovery"),
-                           "statereset+2-1.conf": entry_body("statereset")},
-                    "timeout 0\ndefault active+3.conf\n")
+    return esp_with(
+        root,
+        {
+            "active+2-1.conf": entry_body("active"),
+            "active.conf": entry_body("active"),
+            "passive+3.conf": entry_body("passive"),
+            "recovery+1-2.conf": entry_body("recovery"),
+            "statereset+2-1.conf": entry_body("statereset"),
+        },
+        "timeout 0\ndefault active+3.conf\n",
+    )
 
 
 def _make_rotatable(root: Path) -> Path:
-    return esp_with(root, {"active+1-2.conf": entry_body("active"), "passive.conf": entry_body("passive"),
-                           "recovery+3.conf": entry_body("recovery")}, "timeout 0\n")
+    return esp_with(
+        root,
+        {
+            "active+1-2.conf": entry_body("active"),
+            "passive.conf": entry_body("passive"),
+            "recovery+3.conf": entry_body("recovery"),
+        },
+        "timeout 0\n",
+    )
 
 
 def _make_plain(root: Path) -> Path:
-    return esp_with(root, {f"{r}.conf": entry_body(r, sort_key=False)
-                           for r in ("active", "passive", "recovery", "statereset")},
-                    "timeout 0\ndefault active.conf\n")
+    return esp_with(
+        root,
+        {f"{r}.conf": entry_body(r, sort_key=False) for r in ("active", "passive", "recovery", "statereset")},
+        "timeout 0\ndefault active.conf\n",
+    )
 
 
 def _new_entry(tmp: Path) -> Path:
@@ -71,10 +87,18 @@ def _new_entry(tmp: Path) -> Path:
 
 
 CASES: dict[str, tuple[Callable[[Path], Path], Callable[[EspStore, Path], object]]] = {
-    "bless-good": (_make_counted, lambda s, t: bless.bless(
-        s, bless.parse_entry_path("loader/entries/active+2-1.conf", "t"), bless.Verdict.GOOD, CFG)),
-    "bless-bad": (_make_counted, lambda s, t: bless.bless(
-        s, bless.parse_entry_path("loader/entries/active+2-1.conf", "t"), bless.Verdict.BAD, CFG)),
+    "bless-good": (
+        _make_counted,
+        lambda s, t: bless.bless(
+            s, bless.parse_entry_path("loader/entries/active+2-1.conf", "t"), bless.Verdict.GOOD, CFG
+        ),
+    ),
+    "bless-bad": (
+        _make_counted,
+        lambda s, t: bless.bless(
+            s, bless.parse_entry_path("loader/entries/active+2-1.conf", "t"), bless.Verdict.BAD, CFG
+        ),
+    ),
     "arm": (_make_plain, lambda s, t: chain.arm(s, CFG)),
     "rotate": (_make_rotatable, lambda s, t: chain.rotate(s, CFG, _new_entry(t))),
 }
@@ -85,7 +109,7 @@ def test_crash_at_every_step(case: str, tmp_path: Path) -> None:
     make, act = CASES[case]
     steps = _steps(make, lambda s: act(s, tmp_path), tmp_path)
     assert len(steps) >= 2, steps
-    for k, step in enumerate(steps):
+    for k in range(len(steps)):
         root = make(tmp_path / f"crash-{k}")
 
         def fault(name: str, k: int = k, count: list[int] = [0]) -> None:  # noqa: B006

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from vmboot import boot, missing_pieces, pack, sdboot, sync_back
 
 from bootkeeper.assess import bootloader
 from bootkeeper.esp import scratch
 from bootkeeper.esp.store import EspStore
+from vmboot import boot, missing_pieces, pack, sdboot, sync_back
 
 pytestmark = pytest.mark.vm
 
@@ -59,9 +59,15 @@ def _pieces() -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name.replace(" ", "-"))
 def test_real_systemd_boot_matches_model(scenario: Scenario, version: int, tmp_path: Path) -> None:
     cache = sdboot(version).parent.parent
-    esp = scratch.make(tmp_path / "esp", tries=scenario.tries, recovery_tries=scenario.recovery_tries,
-                       default=scenario.default, kernel=cache / "kernel" / "vmlinuz",
-                       initrd=cache / "initrd.img", sdboot=sdboot(version))
+    esp = scratch.make(
+        tmp_path / "esp",
+        tries=scenario.tries,
+        recovery_tries=scenario.recovery_tries,
+        default=scenario.default,
+        kernel=cache / "kernel" / "vmlinuz",
+        initrd=cache / "initrd.img",
+        sdboot=sdboot(version),
+    )
     img = tmp_path / "esp.img"
     real_seq, model_seq = [], []
     for n in range(1, scenario.boots + 1):

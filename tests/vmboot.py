@@ -25,8 +25,13 @@ BOOT_TIMEOUT = 180
 
 
 def missing_pieces() -> list[str]:
-    need = [CACHE / "kernel" / "vmlinuz", CACHE / "initrd.img", OVMF,
-            CACHE / "sdboot-252" / "systemd-bootx64.efi", CACHE / "sdboot-257" / "systemd-bootx64.efi"]
+    need = [
+        CACHE / "kernel" / "vmlinuz",
+        CACHE / "initrd.img",
+        OVMF,
+        CACHE / "sdboot-252" / "systemd-bootx64.efi",
+        CACHE / "sdboot-257" / "systemd-bootx64.efi",
+    ]
     out = [str(p) for p in need if not p.exists()]
     out += [t for t in ("qemu-system-x86_64", "mcopy", "mkfs.vfat") if shutil.which(t) is None]
     return out
@@ -55,8 +60,9 @@ def _mt(*args: str) -> str:
 
 def pack(esp: Path, img: Path) -> None:
     img.unlink(missing_ok=True)
-    subprocess.run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-C", str(img), str(64 * 1024)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["mkfs.vfat", "-F", "32", "-n", "ESP", "-C", str(img), str(64 * 1024)], check=True, capture_output=True
+    )
     for d in sorted(p for p in esp.rglob("*") if p.is_dir()):
         _mt("mmd", "-i", str(img), "::/" + str(d.relative_to(esp)))
     for f in sorted(p for p in esp.rglob("*") if p.is_file()):
@@ -72,12 +78,28 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>c]")
 
 
 def boot(img: Path, log: Path) -> BootResult:
-    cmd = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-m", "512", "-smp", "1", "-nographic",
-           "-no-reboot", "-bios", str(OVMF), "-drive", f"format=raw,file={img}", "-net", "none"]
+    cmd = [
+        "qemu-system-x86_64",
+        "-machine",
+        "q35,accel=tcg",
+        "-m",
+        "512",
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+        "-bios",
+        str(OVMF),
+        "-drive",
+        f"format=raw,file={img}",
+        "-net",
+        "none",
+    ]
     t0 = time.monotonic()
     with log.open("wb") as out:
-        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                           timeout=BOOT_TIMEOUT, check=False)
+        p = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=BOOT_TIMEOUT, check=False
+        )
     secs = time.monotonic() - t0
     text = _ANSI.sub("", log.read_bytes().decode("utf-8", "replace")).replace("\r", "")
     if "@@@ DONE" not in text:
@@ -86,13 +108,19 @@ def boot(img: Path, log: Path) -> BootResult:
     role = None
     for line in text.splitlines():
         if line.startswith("@@@ EFIVAR "):
-            k, _, v = line[len("@@@ EFIVAR "):].partition("=")
+            k, _, v = line[len("@@@ EFIVAR ") :].partition("=")
             vals[k] = v.strip()
         elif line.startswith("@@@ CMDLINE "):
             m = re.search(r"\bentry=(\S+)", line)
             role = m.group(1) if m else None
-    return BootResult(role, vals.get("LoaderEntrySelected", ""), vals.get("LoaderBootCountPath", ""),
-                      vals.get("LoaderInfo", ""), secs, entry_names(img))
+    return BootResult(
+        role,
+        vals.get("LoaderEntrySelected", ""),
+        vals.get("LoaderBootCountPath", ""),
+        vals.get("LoaderInfo", ""),
+        secs,
+        entry_names(img),
+    )
 
 
 def sync_back(esp: Path, names_after: tuple[str, ...]) -> None:

@@ -62,9 +62,7 @@ def _parse_boot_assessment(src: str, raw: Any) -> BootAssessment:
     allowed = {"tries", "rearm", "recovery_tries", "services"}
     for key in raw:
         if key not in allowed:
-            raise ConfigError(
-                f"{src}: boot_assessment.{key}: unknown key (allowed: {', '.join(sorted(allowed))})"
-            )
+            raise ConfigError(f"{src}: boot_assessment.{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
     ba = BootAssessment()
     tries = _int(f"{src}: boot_assessment.tries", raw.get("tries", ba.tries), 1, 100)
     rtries = _int(f"{src}: boot_assessment.recovery_tries", raw.get("recovery_tries", ba.recovery_tries), 1, 100)

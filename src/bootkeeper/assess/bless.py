@@ -68,8 +68,9 @@ def parse_entry_path(value: str, source: str) -> BootedEntry:
         raise ParseError(f"{source}: {value!r} is empty or has control characters")
     parts = [p for p in value.replace("\\", "/").split("/") if p != ""]
     if any(p in (".", "..") for p in parts):
-        raise ParseError(f"{source}: {value!r} has a '.' or '..' component; entries live in "
-                         f"{TYPE1_DIR}/ or {TYPE2_DIR}/")
+        raise ParseError(
+            f"{source}: {value!r} has a '.' or '..' component; entries live in {TYPE1_DIR}/ or {TYPE2_DIR}/"
+        )
     if len(parts) != 3:
         raise ParseError(f"{source}: {value!r} is not a file in {TYPE1_DIR}/ or {TYPE2_DIR}/")
     directory, name = "/".join(parts[:2]), parts[2]
@@ -181,8 +182,10 @@ def bless(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAsses
         result = BlessResult(booted=booted.path, verdict=verdict, state_before=state)
         role = booted.role
         if verdict is Verdict.GOOD and role is Role.RECOVERY:
-            result.note = ("recovery boots are never blessed: if recovery cannot repair the node, its tries "
-                           "run out and statereset boots")
+            result.note = (
+                "recovery boots are never blessed: if recovery cannot repair the node, its tries "
+                "run out and statereset boots"
+            )
             return result
         if verdict is Verdict.GOOD:
             target = booted.good_name

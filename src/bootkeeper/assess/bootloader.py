@@ -80,7 +80,10 @@ def choose(snap: Snapshot, efivars: LoaderVars | None = None) -> BootChoice | No
         if efivar_default and efivar_default.lower() == "@saved":
             hit = _find(order, ev.entry_last_booted, v)
             if hit:
-                return hit, f"LoaderEntryDefault is @saved and LoaderEntryLastBooted '{ev.entry_last_booted}' matches it"
+                return (
+                    hit,
+                    f"LoaderEntryDefault is @saved and LoaderEntryLastBooted '{ev.entry_last_booted}' matches it",
+                )
         else:
             hit = _find(order, efivar_default, v)
             if hit:
@@ -115,9 +118,7 @@ def after_boot(snap: Snapshot, choice: BootChoice) -> Snapshot:
     """The ESP as the boot loader leaves it after booting ``choice``."""
     if choice.rename_to is None:
         return snap
-    renamed = tuple(
-        e.with_name(choice.rename_to) if e.path == choice.entry.path else e for e in snap.entries
-    )
+    renamed = tuple(e.with_name(choice.rename_to) if e.path == choice.entry.path else e for e in snap.entries)
     return replace(snap, entries=renamed)
 
 

@@ -54,8 +54,10 @@ def _check_unique(role: Role, found: list[Entry]) -> None:
     for group in per_kind.values():
         if len(group) > 1:
             names = ", ".join(e.path for e in group)
-            raise EspError(f"more than one {role.value} entry: {names}; remove the stale one "
-                           f"(bootkeeper bless repairs this for the booted entry)")
+            raise EspError(
+                f"more than one {role.value} entry: {names}; remove the stale one "
+                f"(bootkeeper bless repairs this for the booted entry)"
+            )
 
 
 def _check_rewritable(e: Entry) -> None:
@@ -118,8 +120,9 @@ def arm(store: EspStore, cfg: BootAssessment, roles: list[Role] | None = None) -
                         store.write_atomic(e.path, new_text.encode())
                         res.actions.append(f"{e.path}: sort-key {role.sort_key}")
                     if e.loader_type is entries_mod.LoaderType.EFI:
-                        res.warnings.append(f"{e.path}: uses the 'efi' key, which systemd-boot never counts; "
-                                            "use 'uki' or 'linux'")
+                        res.warnings.append(
+                            f"{e.path}: uses the 'efi' key, which systemd-boot never counts; use 'uki' or 'linux'"
+                        )
                 stem = e.name.base[: len(e.name.base) - len(e.name.suffix)]
                 new_name = counter_mod.format_name(stem, e.name.suffix, tries)
                 if new_name != current:
@@ -140,8 +143,11 @@ def arm(store: EspStore, cfg: BootAssessment, roles: list[Role] | None = None) -
 
 
 def _check_type2_order(entries: tuple[Entry, ...], version: int, res: ChainResult) -> None:
-    ukis = [e for e in entries_mod.menu_order(list(entries), version)
-            if e.kind is EntryKind.TYPE2 and e.role is not None and e.state is not entries_mod.EntryState.BAD]
+    ukis = [
+        e
+        for e in entries_mod.menu_order(list(entries), version)
+        if e.kind is EntryKind.TYPE2 and e.role is not None and e.state is not entries_mod.EntryState.BAD
+    ]
     ranks = [e.role.rank for e in ukis if e.role is not None]
     if ranks != sorted(ranks):
         order = " → ".join(e.role.value for e in ukis if e.role is not None)
@@ -165,7 +171,7 @@ def rotate(store: EspStore, cfg: BootAssessment, new_entry: Path) -> ChainResult
     directory, suffix = (TYPE2_DIR, ".efi") if is_uki else (TYPE1_DIR, ".conf")
     if not is_uki:
         probe = entries_mod.parse_type1("active.conf", data.decode("utf-8", "replace"))
-        if not probe.listed and probe.why_unlisted != "no linux, uki or efi line" or probe.problems:
+        if (not probe.listed and probe.why_unlisted != "no linux, uki or efi line") or probe.problems:
             raise ParseError(f"{new_entry}: {probe.why_unlisted or probe.problems[0]}")
         if probe.loader_type is entries_mod.LoaderType.UNDEFINED:
             raise ParseError(f"{new_entry}: no linux or uki line")

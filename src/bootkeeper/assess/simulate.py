@@ -109,8 +109,9 @@ def simulate(
         seen[role] = seen.get(role, 0) + 1
         fault = by_role.get(role) if role is not None else None
         outcome = fault.outcome if fault is not None and fault.fails(seen[role]) else Outcome.SUCCESS
-        rec = BootRecord(n, choice.entry.path, role.value if role else None, choice.reason,
-                         choice.rename_to, outcome, "-", "reboot")
+        rec = BootRecord(
+            n, choice.entry.path, role.value if role else None, choice.reason, choice.rename_to, outcome, "-", "reboot"
+        )
         if outcome is Outcome.SUCCESS:
             if choice.boot_count_path is None:
                 rec.verdict = "good (not counted)"

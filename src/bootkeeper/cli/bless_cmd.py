@@ -13,13 +13,17 @@ from bootkeeper.cli.common import config_option, efivars_option, esp_option, fin
 @click.argument("action", type=click.Choice(["good", "bad", "indeterminate", "status"]))
 @esp_option
 @efivars_option
-@click.option("--entry", "entry", default=None,
-              help="The booted entry relative to the ESP (e.g. loader/entries/active+2-1.conf) "
-                   "instead of LoaderBootCountPath.")
+@click.option(
+    "--entry",
+    "entry",
+    default=None,
+    help="The booted entry relative to the ESP (e.g. loader/entries/active+2-1.conf) instead of LoaderBootCountPath.",
+)
 @config_option
 @json_option
-def bless(action: str, esp: Path | None, efivars: Path, entry: str | None,
-          config_files: tuple[Path, ...], as_json: bool) -> None:
+def bless(
+    action: str, esp: Path | None, efivars: Path, entry: str | None, config_files: tuple[Path, ...], as_json: bool
+) -> None:
     """Mark the booted entry as systemd-bless-boot does, on a read-only ESP too.
 
     status prints good, bad, indeterminate or clean (not booted with boot counting).
@@ -42,8 +46,10 @@ def bless(action: str, esp: Path | None, efivars: Path, entry: str | None,
             else:
                 click.echo("clean")
             return
-        raise NotApplicableError("not booted with boot counting in effect (LoaderBootCountPath is not set)",
-                                 hint="pass --entry PATH to name the entry")
+        raise NotApplicableError(
+            "not booted with boot counting in effect (LoaderBootCountPath is not set)",
+            hint="pass --entry PATH to name the entry",
+        )
     booted = bless_mod.parse_entry_path(value, source)
     store = EspStore(root)
     if action == "status":

@@ -19,7 +19,10 @@ ESP_CANDIDATES = (Path("/efi"), Path("/boot/efi"), Path("/boot"))
 
 def esp_option(f: F) -> F:
     return click.option(
-        "--esp", "esp", type=click.Path(path_type=Path), default=None,
+        "--esp",
+        "esp",
+        type=click.Path(path_type=Path),
+        default=None,
         help="The ESP (default: the first of /efi, /boot/efi, /boot that holds loader/ or EFI/).",
     )(f)
 
@@ -30,21 +33,30 @@ def json_option(f: F) -> F:
 
 def efivars_option(f: F) -> F:
     return click.option(
-        "--efivars", type=click.Path(path_type=Path), default=Path("/sys/firmware/efi/efivars"),
-        show_default=True, help="Where the EFI variables are (efivarfs, or a folder laid out like it).",
+        "--efivars",
+        type=click.Path(path_type=Path),
+        default=Path("/sys/firmware/efi/efivars"),
+        show_default=True,
+        help="Where the EFI variables are (efivarfs, or a folder laid out like it).",
     )(f)
 
 
 def version_option(f: F) -> F:
     return click.option(
-        "--systemd-boot-version", "sdboot_version", type=click.IntRange(200, 999), default=None,
+        "--systemd-boot-version",
+        "sdboot_version",
+        type=click.IntRange(200, 999),
+        default=None,
         help="Model this systemd-boot version instead of the one read from the ESP's BOOTX64.EFI.",
     )(f)
 
 
 def config_option(f: F) -> F:
     return click.option(
-        "--config", "config_files", type=click.Path(path_type=Path), multiple=True,
+        "--config",
+        "config_files",
+        type=click.Path(path_type=Path),
+        multiple=True,
         help="Config file(s) instead of /oem/*.yaml.",
     )(f)
 

@@ -44,15 +44,23 @@ def demo(keep: bool) -> None:
     _print_human(_view(root, no_vars, 257))
 
     _step("3. A failed upgrade: active panics on every boot (systemd-boot 257 model)")
-    records = simulate(EspStore(root), cfg, [Fault(Role.ACTIVE, None, Outcome.PANIC)], 5,
-                       reboot_on_failure=RebootOnFailure.ACTIVE, sdboot_version=257)
+    records = simulate(
+        EspStore(root),
+        cfg,
+        [Fault(Role.ACTIVE, None, Outcome.PANIC)],
+        5,
+        reboot_on_failure=RebootOnFailure.ACTIVE,
+        sdboot_version=257,
+    )
     print_timeline(records)
     click.echo("active used its 3 tries; systemd-boot fell back to passive, which booted and was blessed.")
 
     _step("4. The fixed active is installed with bootkeeper rotate, boots, and is blessed good")
     new = Path(tmp) / "new-active.conf"
-    new.write_text("title Kairos active (fixed)\nversion 2\nlinux /EFI/kairos/vmlinuz\n"
-                   "initrd /EFI/kairos/initrd.img\noptions console=ttyS0 entry=active\n")
+    new.write_text(
+        "title Kairos active (fixed)\nversion 2\nlinux /EFI/kairos/vmlinuz\n"
+        "initrd /EFI/kairos/initrd.img\noptions console=ttyS0 entry=active\n"
+    )
     for a in chain.rotate(EspStore(root), cfg, new).actions:
         click.echo(f"  {a}")
     store = EspStore(root)

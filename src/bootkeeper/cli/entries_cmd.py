@@ -32,19 +32,21 @@ def _view(esp: Path, efivars: Path, sdboot_version: int | None) -> dict[str, Any
     choice = bootloader.choose(snap, ev)
     rows = []
     for e in order:
-        rows.append({
-            "path": e.path,
-            "id": e.entry_id(snap.sdboot_version),
-            "role": e.role.value if e.role else None,
-            "state": e.state.value,
-            "tries_left": e.name.tries_left,
-            "tries_done": e.name.tries_done,
-            "sort_key": e.sort_key,
-            "version": e.version,
-            "title": e.title,
-            "type": e.kind.value,
-            "loader": e.loader_type.value,
-        })
+        rows.append(
+            {
+                "path": e.path,
+                "id": e.entry_id(snap.sdboot_version),
+                "role": e.role.value if e.role else None,
+                "state": e.state.value,
+                "tries_left": e.name.tries_left,
+                "tries_done": e.name.tries_done,
+                "sort_key": e.sort_key,
+                "version": e.version,
+                "title": e.title,
+                "type": e.kind.value,
+                "loader": e.loader_type.value,
+            }
+        )
     return {
         "esp": str(esp),
         "systemd_boot_version": {"value": snap.sdboot_version, "source": snap.sdboot_version_source},
@@ -112,8 +114,7 @@ def status(esp: Path | None, efivars: Path, sdboot_version: int | None, as_json:
     root = find_esp(esp)
     view = _view(root, efivars, sdboot_version)
     countpath = view["efi_variables"]["LoaderBootCountPath"]
-    booted: dict[str, Any] = {"selected": view["efi_variables"]["LoaderEntrySelected"],
-                              "boot_count_path": countpath}
+    booted: dict[str, Any] = {"selected": view["efi_variables"]["LoaderEntrySelected"], "boot_count_path": countpath}
     if countpath:
         try:
             b = bless_mod.parse_entry_path(countpath, "LoaderBootCountPath")
@@ -130,8 +131,10 @@ def status(esp: Path | None, efivars: Path, sdboot_version: int | None, as_json:
         print_json(view)
         return
     if countpath:
-        click.echo(f"booted: {booted.get('path', countpath)} (role {booted.get('role')}): "
-                   f"{booted.get('blessed') or booted.get('error')}")
+        click.echo(
+            f"booted: {booted.get('path', countpath)} (role {booted.get('role')}): "
+            f"{booted.get('blessed') or booted.get('error')}"
+        )
     elif booted["selected"]:
         click.echo(f"booted: {booted['selected']} without boot counting")
     else:

@@ -15,27 +15,51 @@ from bootkeeper.cli.common import config_option, json_option, load_config, print
 def print_timeline(records: list[Any]) -> None:
     table(
         ["boot", "entry chosen", "renamed to", "outcome", "verdict", "then", "bless actions"],
-        [[r.n, r.entry, r.renamed_to or "-", r.outcome.value, r.verdict, r.after, "; ".join(r.actions) or "-"]
-         for r in records],
+        [
+            [r.n, r.entry, r.renamed_to or "-", r.outcome.value, r.verdict, r.after, "; ".join(r.actions) or "-"]
+            for r in records
+        ],
     )
 
 
 @click.command()
-@click.option("--esp", "esp", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
-              help="Simulate on a copy of this ESP (it is never changed). Default: a scratch ESP.")
-@click.option("--fail", "fails", multiple=True, metavar="ROLE=always|N[:panic|service]",
-              help="Inject a fault: the first N boots (or all) of ROLE fail; panic resets, service fails a "
-                   "unit that decides the boot. Repeatable.")
+@click.option(
+    "--esp",
+    "esp",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Simulate on a copy of this ESP (it is never changed). Default: a scratch ESP.",
+)
+@click.option(
+    "--fail",
+    "fails",
+    multiple=True,
+    metavar="ROLE=always|N[:panic|service]",
+    help="Inject a fault: the first N boots (or all) of ROLE fail; panic resets, service fails a "
+    "unit that decides the boot. Repeatable.",
+)
 @click.option("--boots", type=click.IntRange(1, 1000), default=10, show_default=True)
-@click.option("--reboot-on-failure", type=click.Choice(["never", "active", "always"]), default="active",
-              show_default=True, help="Where a failed service reboots the node (FailureAction=reboot).")
+@click.option(
+    "--reboot-on-failure",
+    type=click.Choice(["never", "active", "always"]),
+    default="active",
+    show_default=True,
+    help="Where a failed service reboots the node (FailureAction=reboot).",
+)
 @click.option("--default", "default", default=None, help="Scratch ESP only: a loader.conf default pattern.")
 @version_option
 @config_option
 @json_option
-def simulate(esp: Path | None, fails: tuple[str, ...], boots: int, reboot_on_failure: str,
-             default: str | None, sdboot_version: int | None, config_files: tuple[Path, ...],
-             as_json: bool) -> None:
+def simulate(
+    esp: Path | None,
+    fails: tuple[str, ...],
+    boots: int,
+    reboot_on_failure: str,
+    default: str | None,
+    sdboot_version: int | None,
+    config_files: tuple[Path, ...],
+    as_json: bool,
+) -> None:
     """Run BOOTS boots and print what systemd-boot chose, renamed, and how each boot was judged."""
     from bootkeeper.assess.simulate import parse_fault
     from bootkeeper.assess.simulate import simulate as run_sim
@@ -51,8 +75,14 @@ def simulate(esp: Path | None, fails: tuple[str, ...], boots: int, reboot_on_fai
             shutil.copytree(esp, root, symlinks=False)
         else:
             scratch.make(root, tries=cfg.tries, recovery_tries=cfg.recovery_tries, default=default)
-        records = run_sim(EspStore(root), cfg, faults, boots,
-                          reboot_on_failure=RebootOnFailure(reboot_on_failure), sdboot_version=sdboot_version)
+        records = run_sim(
+            EspStore(root),
+            cfg,
+            faults,
+            boots,
+            reboot_on_failure=RebootOnFailure(reboot_on_failure),
+            sdboot_version=sdboot_version,
+        )
         final = sorted(str(p.relative_to(root)) for p in (root / "loader" / "entries").glob("*.conf"))
     if as_json:
         print_json({"boots": [r.as_json() for r in records], "entries_after": final})

@@ -19,7 +19,7 @@ def set_key(text: str, key: str, value: str) -> str:
             if i in idx[:-1]:
                 continue
             if i == idx[-1]:
-                ending = line[len(line.rstrip("\r\n")):] or "\n"
+                ending = line[len(line.rstrip("\r\n")) :] or "\n"
                 out.append(f"{key} {value}{ending}")
             else:
                 out.append(line)

@@ -19,9 +19,12 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cmp_to_key
+from typing import Any
 
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp.counter import CountedName, EntryState
+
+__all__ = ["CountedName", "EntryState"]
 from bootkeeper.esp.keyvalue import Junk, KeyValue, split_lines
 
 TYPE1_DIR = "loader/entries"
@@ -254,15 +257,20 @@ def parse_type2(file_name: str, osrel: bytes | None, *, problem: str | None = No
     path = f"{TYPE2_DIR}/{file_name}"
     if osrel is None:
         why = problem or "no .osrel section"
-        return Entry(path, EntryKind.TYPE2, name, LoaderType.TYPE2, listed=False, why_unlisted=why,
-                     problems=(why,))
+        return Entry(path, EntryKind.TYPE2, name, LoaderType.TYPE2, listed=False, why_unlisted=why, problems=(why,))
     rel = parse_osrel(osrel.decode("utf-8", "replace"))
     good_name = rel.get("PRETTY_NAME") or rel.get("IMAGE_ID") or rel.get("NAME") or rel.get("ID")
     good_version = rel.get("IMAGE_VERSION") or rel.get("VERSION") or rel.get("VERSION_ID") or rel.get("BUILD_ID")
     sort_key = rel.get("IMAGE_ID") or rel.get("ID")
     if not good_name:
-        return Entry(path, EntryKind.TYPE2, name, LoaderType.TYPE2, listed=False,
-                     why_unlisted=".osrel has no PRETTY_NAME, IMAGE_ID, NAME or ID")
+        return Entry(
+            path,
+            EntryKind.TYPE2,
+            name,
+            LoaderType.TYPE2,
+            listed=False,
+            why_unlisted=".osrel has no PRETTY_NAME, IMAGE_ID, NAME or ID",
+        )
     return Entry(
         path=path,
         kind=EntryKind.TYPE2,
@@ -279,8 +287,8 @@ def parse_type2(file_name: str, osrel: bytes | None, *, problem: str | None = No
 # Ordering
 
 
-def _cmp(a: object, b: object) -> int:
-    return (a > b) - (a < b)  # type: ignore[operator]
+def _cmp(a: Any, b: Any) -> int:
+    return int(a > b) - int(a < b)
 
 
 def _is_alpha(c: str) -> bool:
@@ -400,4 +408,8 @@ def menu_order(entries: list[Entry], sdboot_version: int = DEFAULT_SDBOOT_VERSIO
     """Listed entries in boot-menu order: Type #2 first, then Type #1 (the scan order), stable sort."""
     listed = [e for e in entries if e.listed]
     scan = [e for e in listed if e.kind is EntryKind.TYPE2] + [e for e in listed if e.kind is EntryKind.TYPE1]
-    return sorted(scan, key=cmp_to_key(lambda x, y: compare(x, y, sdboot_version)))
+
+    def cmp(x: Entry, y: Entry) -> int:
+        return compare(x, y, sdboot_version)
+
+    return sorted(scan, key=cmp_to_key(cmp))

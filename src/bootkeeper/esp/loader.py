@@ -13,9 +13,21 @@ from bootkeeper.esp.keyvalue import KeyValue, split_lines
 
 KNOWN_KEYS = frozenset(
     {
-        "timeout", "default", "editor", "auto-entries", "auto-firmware", "auto-poweroff", "auto-reboot",
-        "beep", "reboot-for-bitlocker", "reboot-on-error", "secure-boot-enroll", "secure-boot-enroll-action",
-        "console-mode", "random-seed-mode", "preferred",
+        "timeout",
+        "default",
+        "editor",
+        "auto-entries",
+        "auto-firmware",
+        "auto-poweroff",
+        "auto-reboot",
+        "beep",
+        "reboot-for-bitlocker",
+        "reboot-on-error",
+        "secure-boot-enroll",
+        "secure-boot-enroll-action",
+        "console-mode",
+        "random-seed-mode",
+        "preferred",
     }
 )
 
@@ -53,15 +65,14 @@ def parse(text: str) -> LoaderConf:
             timeout = item.value
         elif item.key not in KNOWN_KEYS:
             problems.append(f"line {item.lineno}: unknown key '{item.key[:40]}' (ignored)")
-    return LoaderConf(text=text, default=default, default_line=default_line, timeout=timeout,
-                      problems=tuple(problems))
+    return LoaderConf(text=text, default=default, default_line=default_line, timeout=timeout, problems=tuple(problems))
 
 
 def _is_default_line(line: str) -> bool:
     s = line.strip(" \t\r")
     if not s.startswith("default"):
         return False
-    rest = s[len("default"):]
+    rest = s[len("default") :]
     return rest == "" or rest[0] in " \t"
 
 
@@ -82,7 +93,7 @@ def set_default(text: str, value: str | None) -> str:
         if i not in idx:
             out.append(line)
         elif i == idx[-1] and value is not None:
-            ending = line[len(line.rstrip("\r\n")):] or "\n"
+            ending = line[len(line.rstrip("\r\n")) :] or "\n"
             out.append(f"default {value}{ending}")
     return "".join(out)
 

@@ -38,8 +38,8 @@ def read_sections(f: BinaryIO, what: str) -> list[Section]:
     hdr = f.read(24)
     if len(hdr) < 24 or hdr[:4] != b"PE\0\0":
         raise ParseError(f"{what}: not a PE file (no PE signature at offset {pe_off})")
-    n_sections, = struct.unpack_from("<H", hdr, 6)
-    opt_size, = struct.unpack_from("<H", hdr, 20)
+    (n_sections,) = struct.unpack_from("<H", hdr, 6)
+    (opt_size,) = struct.unpack_from("<H", hdr, 20)
     if n_sections > MAX_SECTIONS:
         raise ParseError(f"{what}: {n_sections} PE sections, more than the {MAX_SECTIONS} allowed")
     f.seek(pe_off + 24 + opt_size)

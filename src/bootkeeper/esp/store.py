@@ -18,7 +18,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -172,7 +171,7 @@ class EspStore:
         """Write ``rel`` so that a crash leaves either the old or the new content, and no file
         the boot loader would read."""
         dest = self.path(rel)
-        tmp = dest.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}{TMP_SUFFIX}"
+        tmp = dest.parent / f"{TMP_PREFIX}{os.urandom(6).hex()}{TMP_SUFFIX}"
         try:
             self.step(f"write:{dest.name}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

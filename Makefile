@@ -1,0 +1,30 @@
+# Two entry points (README.md): `make demo` and `make test`. Both use the venv in .venv/.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit vm bench clean
+
+$(STAMP): pyproject.toml scripts/venv.sh
+	bash scripts/venv.sh $(VENV)
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/bootkeeper demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+test: $(STAMP)
+	bash scripts/setup-test-deps.sh
+	$(MAKE) --no-print-directory lint
+	$(VENV)/bin/pytest -v -p no:cacheprovider
+	$(PY) bench/startup.py
+
+bench: $(STAMP)
+	$(PY) bench/startup.py
+
+clean:
+	rm -rf $(VENV) .cache build src/*.egg-info
