@@ -94,3 +94,23 @@ def test_rotate_rejects_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ParseError):
         chain.rotate(EspStore(root), CFG, tmp_path / "missing.conf")
     assert names(root) == ["active.conf"]
+
+
+def test_rotate_type2_ukis(tmp_path: Path) -> None:
+    from test_entries import make_uki
+
+    root = esp_with(tmp_path / "esp", {})
+    linux = root / "EFI" / "Linux"
+    linux.mkdir(parents=True)
+    make_uki(linux / "active+0-1.efi", b"ID=kairos\nVERSION_ID=2\n")
+    make_uki(linux / "passive.efi", b"ID=kairos\nVERSION_ID=1\n")
+    new = make_uki(tmp_path / "kairos-3.efi", b"ID=kairos\nVERSION_ID=3\n")
+    # active is bad (+0-1 after a bless bad): it is dropped and passive stays
+    chain.rotate(EspStore(root), CFG, new)
+    assert sorted(p.name for p in linux.iterdir()) == ["active+3.efi", "passive.efi"]
+    c = bootloader.choose(EspStore(root).snapshot(257))
+    assert c is not None and c.entry.file_name == "active+3.efi" and c.rename_to == "active+2-1.efi"
+    # a good active moves to passive with a fresh counter
+    (linux / "active+3.efi").rename(linux / "active.efi")
+    chain.rotate(EspStore(root), CFG, make_uki(tmp_path / "kairos-4.efi", b"ID=kairos\nVERSION_ID=4\n"))
+    assert sorted(p.name for p in linux.iterdir()) == ["active+3.efi", "passive+3.efi"]

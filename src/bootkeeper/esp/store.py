@@ -287,4 +287,13 @@ class EspStore:
             problems.extend(f"{LOADER_CONF}: {p}" for p in conf.problems)
         for e in found:
             problems.extend(f"{e.path}: {p}" for p in e.problems)
+        bases: dict[tuple[str, str], list[str]] = {}
+        for e in found:
+            bases.setdefault((e.directory, e.name.base.lower()), []).append(e.file_name)
+        for (d, _), files in bases.items():
+            if len(files) > 1:
+                problems.append(
+                    f"{d}: {', '.join(sorted(files))} are the same entry; the next 'bootkeeper bless' of the "
+                    "booted one removes the other"
+                )
         return Snapshot(tuple(found), conf, version, source, tuple(problems))

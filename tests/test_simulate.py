@@ -1,0 +1,77 @@
+"""The simulator on scratch ESPs: sequences that follow from systemd-boot's counting and the
+chain's rules (tries per role, reboot-on-failure), each worked out by hand in the comments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bootkeeper.assess.simulate import Outcome, parse_fault, simulate
+from bootkeeper.config import BootAssessment, RebootOnFailure
+from bootkeeper.errors import UsageError
+from bootkeeper.esp import scratch
+from bootkeeper.esp.store import EspStore
+
+
+def _run(tmp: Path, faults: list[str], boots: int, policy: str = "active", **kw: object) -> list[str]:
+    root = scratch.make(tmp / "esp", tries=2, recovery_tries=2, **kw)  # type: ignore[arg-type]
+    recs = simulate(
+        EspStore(root),
+        BootAssessment(tries=2, recovery_tries=2),
+        [parse_fault(f) for f in faults],
+        boots,
+        reboot_on_failure=RebootOnFailure(policy),
+        sdboot_version=257,
+    )
+    return [f"{r.role}:{r.verdict}:{r.after}" for r in recs]
+
+
+def test_panicking_active_falls_back_and_passive_is_blessed(tmp_path: Path) -> None:
+    # active+2 -> +1-1 -> +0-2 (bad), then passive+2 boots fine and is blessed
+    got = _run(tmp_path, ["active=always"], 4)
+    assert [g.split(":")[0] for g in got] == ["active", "active", "passive", "passive"]
+    assert got[2].split(":")[1] == "good" and got[3].split(":")[1] == "good (not counted)"
+
+
+def test_service_failure_reboots_on_active_only(tmp_path: Path) -> None:
+    # the seed's advice: FailureAction=reboot on active only -> the node stays up on passive
+    got = _run(tmp_path, ["active=always:service", "passive=always:service"], 10)
+    assert got == [
+        "active:not good (service failed):FailureAction=reboot",
+        "active:not good (service failed):FailureAction=reboot",
+        "passive:not good (service failed):stays up, not blessed",
+    ]
+
+
+def test_reboot_always_loops_through_to_statereset(tmp_path: Path) -> None:
+    got = _run(tmp_path, ["active=always:service", "passive=always:service", "recovery=always"], 8, policy="always")
+    assert [g.split(":")[0] for g in got] == ["active"] * 2 + ["passive"] * 2 + ["recovery"] * 2 + ["statereset"] * 2
+
+
+def test_recovery_is_not_blessed_and_falls_through(tmp_path: Path) -> None:
+    got = _run(tmp_path, ["active=always", "passive=always"], 7)
+    roles = [g.split(":")[0] for g in got]
+    assert roles == ["active", "active", "passive", "passive", "recovery", "recovery", "statereset"]
+    assert all("not blessed (recovery)" in g for g in got[4:6])
+
+
+def test_transient_fault(tmp_path: Path) -> None:
+    got = _run(tmp_path, ["active=1"], 3)
+    assert [g.split(":")[:2] for g in got] == [
+        ["active", "none (reset)"],
+        ["active", "good"],
+        ["active", "good (not counted)"],
+    ]
+
+
+def test_default_glob_pins_bad_active(tmp_path: Path) -> None:
+    got = _run(tmp_path, ["active=always"], 4, default="active*")
+    assert [g.split(":")[0] for g in got] == ["active"] * 4
+
+
+@pytest.mark.parametrize("bad", ["active", "active=", "active=x", "active=2:melt", "king=2"])
+def test_fault_grammar(bad: str) -> None:
+    with pytest.raises(UsageError):
+        parse_fault(bad)
+    assert parse_fault("passive=2:service").outcome is Outcome.SERVICE
