@@ -41,6 +41,8 @@ SCENARIOS = [
     Scenario("good boot blessed between boots", 3, 2, 2, ("active",)),
     Scenario("default glob pins a bad entry", 3, 1, 1, (), default="active*.conf"),
     Scenario("recovery falls through to statereset", 5, 1, 1, ("recovery", "statereset")),
+    # the version difference: ids keep the counter on 252 (no match, fallback), drop it on 257 (pinned)
+    Scenario("literal default active.conf", 3, 1, 1, (), default="active.conf"),
 ]
 
 
