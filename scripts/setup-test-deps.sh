@@ -14,7 +14,7 @@ mkdir -p "$cache"
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
-for p in qemu-system-x86 ovmf mtools dosfstools busybox-static cpio util-linux mount; do
+for p in qemu-system-x86 ovmf mtools dosfstools busybox-static cpio util-linux mount binutils; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ] || [ ! -f "$cache/.apt-updated" ]; then
@@ -58,11 +58,12 @@ if [ ! -s "$cache/kernel/vmlinuz" ] || [ ! -s "$cache/kernel/efivarfs.ko" ]; the
 fi
 
 # --- systemd-boot 252 (bookworm, the machine's own sources) --------------------------------
-if [ ! -s "$cache/sdboot-252/systemd-bootx64.efi" ]; then
+if [ ! -s "$cache/sdboot-252/systemd-bootx64.efi" ] || [ ! -s "$cache/sdboot-252/linuxx64.efi.stub" ]; then
   w=$(mktemp -d); (cd "$w" && apt-get download -q systemd-boot-efi >/dev/null 2>&1) \
     || { echo "setup-test-deps: apt-get download systemd-boot-efi (bookworm) failed" >&2; exit 1; }
   x=$(extract_deb "$w"/*.deb "$cache/sdboot-252")
-  cp "$x/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$cache/sdboot-252/"
+  cp "$x/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$x/usr/lib/systemd/boot/efi/linuxx64.efi.stub" \
+    "$cache/sdboot-252/"
   dpkg-deb -f "$w"/*.deb Version > "$cache/sdboot-252/version"; rm -rf "$w" "$x"
 fi
 

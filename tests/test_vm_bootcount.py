@@ -19,7 +19,7 @@ import pytest
 from bootkeeper.assess import bootloader
 from bootkeeper.esp import scratch
 from bootkeeper.esp.store import EspStore
-from vmboot import boot, missing_pieces, pack, sdboot, sync_back
+from vmboot import boot, build_uki, missing_pieces, pack, sdboot, sync_back
 
 pytestmark = pytest.mark.vm
 
@@ -57,6 +57,45 @@ def _pieces() -> None:
         pytest.fail(f"VM pieces missing: {', '.join(missing)}; run scripts/setup-test-deps.sh (make test does)")
 
 
+def _boot_and_compare(
+    esp: Path, tmp_path: Path, version: int, boots: int, bless_roles: tuple[str, ...], rel: str
+) -> tuple[list[str], list[str]]:
+    img = tmp_path / "esp.img"
+    real_seq, model_seq = [], []
+    for n in range(1, boots + 1):
+        snap = EspStore(esp).snapshot()  # the version comes from the ESP's own BOOTX64.EFI
+        assert snap.sdboot_version == version, snap.sdboot_version_source
+        choice = bootloader.choose(snap)
+        assert choice is not None
+        predicted = sorted(
+            (choice.rename_to if e.path == choice.entry.path and choice.rename_to else e.file_name)
+            for e in snap.entries
+        )
+        pack(esp, img)
+        res = boot(img, tmp_path / f"serial-{n}.log", rel)
+        assert str(version) in res.loader_info
+        role = choice.entry.role.value if choice.entry.role else None
+        model_seq.append(f"{role}:{choice.entry.file_name}->{choice.rename_to or '='}")
+        before = {e.file_name for e in snap.entries}
+        real_renamed = next((x for x in res.names_after if x not in before), None)
+        real_seq.append(f"{res.role}:{choice.entry.file_name if res.role == role else '?'}->{real_renamed or '='}")
+        assert res.role == role, f"boot {n}: systemd-boot {version} booted {res.role}, model said {role}"
+        assert res.selected == choice.entry_id, f"boot {n}: LoaderEntrySelected"
+        assert res.count_path == (choice.boot_count_path or ""), f"boot {n}: LoaderBootCountPath"
+        assert list(res.names_after) == predicted, f"boot {n}: files after boot"
+        sync_back(esp, res.names_after, rel)
+        if role in bless_roles and res.count_path:
+            p = _bootkeeper("bless", "good", "--esp", str(esp), "--entry", res.count_path, "--json")
+            assert p.returncode == 0, p.stderr
+    return real_seq, model_seq
+
+
+def _row(name: str, version: int, real_seq: list[str], model_seq: list[str]) -> None:
+    seq = " ".join(s.split(":")[0][0].upper() for s in real_seq)
+    verdict = "match" if real_seq == model_seq else "MISMATCH"
+    VM_RESULTS.append(f"| {name} | {version} | {seq} | {' '.join(model_seq)} | {verdict} |")
+
+
 @pytest.mark.parametrize("version", [252, 257])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name.replace(" ", "-"))
 def test_real_systemd_boot_matches_model(scenario: Scenario, version: int, tmp_path: Path) -> None:
@@ -70,33 +109,27 @@ def test_real_systemd_boot_matches_model(scenario: Scenario, version: int, tmp_p
         initrd=cache / "initrd.img",
         sdboot=sdboot(version),
     )
-    img = tmp_path / "esp.img"
-    real_seq, model_seq = [], []
-    for n in range(1, scenario.boots + 1):
-        store = EspStore(esp)
-        snap = store.snapshot()  # the version comes from the ESP's own BOOTX64.EFI
-        assert snap.sdboot_version == version, snap.sdboot_version_source
-        choice = bootloader.choose(snap)
-        assert choice is not None
-        predicted = sorted(
-            (choice.rename_to if e.path == choice.entry.path and choice.rename_to else e.file_name)
-            for e in snap.entries
+    real_seq, model_seq = _boot_and_compare(
+        esp, tmp_path, version, scenario.boots, scenario.bless_roles, "loader/entries"
+    )
+    _row(scenario.name, version, real_seq, model_seq)
+    assert real_seq == model_seq
+
+
+@pytest.mark.parametrize("version", [252, 257])
+def test_type2_ukis_ordered_by_osrel(version: int, tmp_path: Path) -> None:
+    """UKIs in EFI/Linux: order from .osrel (same ID, VERSION_ID 3/2/1), counted like Type #1."""
+    esp = tmp_path / "esp"
+    for d in ("EFI/Linux", "EFI/BOOT", "loader"):
+        (esp / d).mkdir(parents=True)
+    (esp / "EFI" / "BOOT" / "BOOTX64.EFI").write_bytes(sdboot(version).read_bytes())
+    (esp / "loader" / "loader.conf").write_text("timeout 0\n")
+    for role, v in (("active", 3), ("passive", 2), ("recovery", 1)):
+        build_uki(
+            esp / "EFI" / "Linux" / f"{role}+1.efi",
+            f"console=ttyS0 loglevel=1 entry={role}",
+            f'ID=kairos\nNAME=Kairos\nPRETTY_NAME="Kairos {role}"\nVERSION_ID={v}\n',
         )
-        pack(esp, img)
-        res = boot(img, tmp_path / f"serial-{n}.log")
-        assert str(version) in res.loader_info
-        role = choice.entry.role.value if choice.entry.role else None
-        model_seq.append(f"{role}:{choice.entry.file_name}->{choice.rename_to or '='}")
-        real_renamed = next((x for x in res.names_after if x not in {e.file_name for e in snap.entries}), None)
-        real_seq.append(f"{res.role}:{choice.entry.file_name if res.role == role else '?'}->{real_renamed or '='}")
-        assert res.role == role, f"boot {n}: systemd-boot {version} booted {res.role}, model said {role}"
-        assert res.selected == choice.entry_id, f"boot {n}: LoaderEntrySelected"
-        assert res.count_path == (choice.boot_count_path or ""), f"boot {n}: LoaderBootCountPath"
-        assert list(res.names_after) == predicted, f"boot {n}: files after boot"
-        sync_back(esp, res.names_after)
-        if role in scenario.bless_roles and res.count_path:
-            p = _bootkeeper("bless", "good", "--esp", str(esp), "--entry", res.count_path, "--json")
-            assert p.returncode == 0, p.stderr
-    seq = " ".join(s.split(":")[0][0].upper() for s in real_seq)
-    VM_RESULTS.append(f"| {scenario.name} | {version} | {seq} | {' '.join(model_seq)} | match |")
+    real_seq, model_seq = _boot_and_compare(esp, tmp_path, version, 4, ("recovery",), "EFI/Linux")
+    _row("Type #2 UKIs, active fails", version, real_seq, model_seq)
     assert real_seq == model_seq

@@ -77,7 +77,7 @@ def entry_names(img: Path) -> tuple[str, ...]:
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>c]")
 
 
-def boot(img: Path, log: Path) -> BootResult:
+def boot(img: Path, log: Path, rel: str = "loader/entries") -> BootResult:
     cmd = [
         "qemu-system-x86_64",
         "-machine",
@@ -119,14 +119,13 @@ def boot(img: Path, log: Path) -> BootResult:
         vals.get("LoaderBootCountPath", ""),
         vals.get("LoaderInfo", ""),
         secs,
-        entry_names(img),
+        entry_names(img) if rel == "loader/entries" else uki_names(img),
     )
 
 
-def sync_back(esp: Path, names_after: tuple[str, ...]) -> None:
+def sync_back(esp: Path, names_after: tuple[str, ...], rel: str = "loader/entries") -> None:
     """Apply the boot loader's rename (at most one file) to the ESP folder."""
-    d = esp / "loader" / "entries"
-    # FAT keeps the case systemd-boot wrote; compare case-insensitively like the firmware does
+    d = esp / rel
     before = {p.name for p in d.iterdir()}
     gone = [n for n in before if n not in names_after]
     new = [n for n in names_after if n not in before]
@@ -134,3 +133,44 @@ def sync_back(esp: Path, names_after: tuple[str, ...]) -> None:
         raise RuntimeError(f"unexpected change: {sorted(before)} -> {list(names_after)}")
     if gone:
         (d / gone[0]).rename(d / new[0])
+
+
+def build_uki(out: Path, cmdline: str, osrel: str) -> Path:
+    """A Type #2 UKI made with objcopy and bookworm's systemd-stub (no ukify needed)."""
+    stub = CACHE / "sdboot-252" / "linuxx64.efi.stub"
+    tmp = out.parent / f".{out.name}.parts"
+    tmp.mkdir(exist_ok=True)
+    (tmp / "cmdline").write_text(cmdline)
+    (tmp / "osrel").write_text(osrel)
+    subprocess.run(
+        [
+            "objcopy",
+            "--add-section",
+            f".osrel={tmp / 'osrel'}",
+            "--change-section-vma",
+            ".osrel=0x20000",
+            "--add-section",
+            f".cmdline={tmp / 'cmdline'}",
+            "--change-section-vma",
+            ".cmdline=0x30000",
+            "--add-section",
+            f".linux={CACHE / 'kernel' / 'vmlinuz'}",
+            "--change-section-vma",
+            ".linux=0x2000000",
+            "--add-section",
+            f".initrd={CACHE / 'initrd.img'}",
+            "--change-section-vma",
+            ".initrd=0x3000000",
+            str(stub),
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    shutil.rmtree(tmp)
+    return out
+
+
+def uki_names(img: Path) -> tuple[str, ...]:
+    out = _mt("mdir", "-b", "-i", str(img), "::/EFI/Linux")
+    return tuple(sorted(line.rsplit("/", 1)[-1] for line in out.splitlines() if line.strip()))
