@@ -13,7 +13,7 @@ import struct
 import uuid
 import zlib
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from bootkeeper.errors import ParseError
 
@@ -93,7 +93,7 @@ def _guid_bytes(s: str) -> bytes:
     return uuid.UUID(s).bytes_le
 
 
-def _header(raw: bytes, lba: int, what: str) -> tuple[int, ...]:
+def _header(raw: bytes, lba: int, what: str) -> tuple[Any, ...]:
     if len(raw) < HEADER_SIZE:
         raise ParseError(f"{what}: GPT header at LBA {lba} is truncated")
     f = struct.unpack_from(HEADER_FORMAT, raw)
@@ -183,10 +183,10 @@ def write(f: BinaryIO, parts: list[NewPartition], disk_uuid: str, align: int = 4
     first_usable = 2 + entry_sectors
     lba = -(-first_usable * SECTOR // align) * align // SECTOR
     placed = []
-    for i, p in enumerate(parts):
-        sectors = max(1, -(-len(p.data) // SECTOR))
+    for i, new in enumerate(parts):
+        sectors = max(1, -(-len(new.data) // SECTOR))
         sectors = -(-sectors * SECTOR // align) * align // SECTOR
-        placed.append(Partition(i + 1, p.type_uuid, p.part_uuid, lba, lba + sectors - 1, p.attributes, p.name))
+        placed.append(Partition(i + 1, new.type_uuid, new.part_uuid, lba, lba + sectors - 1, new.attributes, new.name))
         lba += sectors
     last_usable = lba - 1
     disk_lbas = last_usable + 1 + entry_sectors + 1
@@ -239,8 +239,8 @@ def write(f: BinaryIO, parts: list[NewPartition], disk_uuid: str, align: int = 4
     f.write(mbr)
     f.write(header(1, disk_lbas - 1, 2))
     f.write(array)
-    for p, src in zip(placed, parts, strict=True):
-        f.seek(p.offset)
+    for part, src in zip(placed, parts, strict=True):
+        f.seek(part.offset)
         f.write(src.data)
     f.seek((disk_lbas - 1 - entry_sectors) * SECTOR)
     f.write(array)
