@@ -152,13 +152,13 @@ class Tree:
         return sb + b"\0" * (self.superblock.hash_block_size - len(sb)) + self.tree
 
 
-def _leaf_digests(f: BinaryIO, sb: Superblock, threads: int, progress: Callable[[int], None] | None) -> bytes:
+def _leaf_digests(fd: int, base: int, sb: Superblock, threads: int, progress: Callable[[int], None] | None) -> bytes:
     chunk = _CHUNK_BLOCKS * sb.data_block_size
     total = sb.data_blocks * sb.data_block_size
 
     def task(off: int) -> bytes:
         n = min(chunk, total - off)
-        data = os.pread(f.fileno(), n, off)
+        data = os.pread(fd, n, base + off)
         if len(data) < n:
             raise ParseError(f"data area ends at byte {off + len(data)}, before its {sb.data_blocks} blocks")
         return _hash_blocks(sb.algorithm, sb.salt, data, sb.data_block_size)
@@ -205,7 +205,7 @@ def build(
     )
     digest_size = hashlib.new(algorithm).digest_size
     lv = levels(data_blocks, hash_block_size, digest_size)
-    digests = _leaf_digests(f, sb, threads or (os.cpu_count() or 1), progress)
+    digests = _leaf_digests(f.fileno(), 0, sb, threads or (os.cpu_count() or 1), progress)
     if not lv.sizes:  # a single data block: its hash is the root
         return Tree(sb, digests, b"")
     blocks: list[bytes] = [b""] * len(lv.sizes)
@@ -226,35 +226,48 @@ class VerifyResult:
 
 
 def verify(
-    data: BinaryIO,
+    data: BinaryIO, hash_area: bytes, root_hash: bytes, *, full: bool = True, threads: int | None = None
+) -> VerifyResult:
+    """Check the superblock, the tree against ``root_hash`` and (``full``) every data block of the
+    file ``data``; ``hash_area`` starts with the superblock."""
+    return verify_at(
+        data.fileno(), 0, os.fstat(data.fileno()).st_size, hash_area, root_hash, full=full, threads=threads
+    )
+
+
+def verify_at(
+    fd: int,
+    base: int,
+    size: int,
     hash_area: bytes,
     root_hash: bytes,
     *,
     full: bool = True,
     threads: int | None = None,
-    hash_offset: int = 0,
 ) -> VerifyResult:
-    """Check the superblock, the tree against ``root_hash`` and (``full``) every data block.
-
-    ``hash_area`` starts with the superblock (at ``hash_offset``, usually 0)."""
-    sb = Superblock.unpack(hash_area[hash_offset : hash_offset + SB_SIZE])
+    """Like :func:`verify` for data that starts at byte ``base`` of ``fd`` and spans ``size`` bytes."""
+    sb = Superblock.unpack(hash_area[:SB_SIZE])
     digest_size = hashlib.new(sb.algorithm).digest_size
     if len(root_hash) != digest_size:
         return VerifyResult(False, f"root hash is {len(root_hash)} bytes, {sb.algorithm} gives {digest_size}")
+    if sb.data_blocks * sb.data_block_size > size:
+        return VerifyResult(
+            False,
+            f"superblock says {sb.data_blocks} data blocks, more than the "
+            f"{size // sb.data_block_size} the data area holds",
+        )
     lv = levels(sb.data_blocks, sb.hash_block_size, digest_size)
-    start = hash_offset + sb.hash_block_size
-    tree = hash_area[start : start + lv.total_blocks * sb.hash_block_size]
-    if len(tree) < lv.total_blocks * sb.hash_block_size:
-        return VerifyResult(False, f"hash area holds {len(tree)} bytes of tree, {lv.total_blocks} blocks needed")
     hbs = sb.hash_block_size
+    tree = hash_area[hbs : hbs + lv.total_blocks * hbs]
+    if len(tree) < lv.total_blocks * hbs:
+        return VerifyResult(False, f"hash area holds {len(tree)} bytes of tree, {lv.total_blocks} blocks needed")
     if not lv.sizes:
-        top = os.pread(data.fileno(), sb.data_block_size, 0)
+        top = os.pread(fd, sb.data_block_size, base)
         ok = _hash_blocks(sb.algorithm, sb.salt, top, sb.data_block_size) == root_hash
         return VerifyResult(ok, None if ok else "root hash does not match the data")
     top = tree[lv.offsets[-1] * hbs : (lv.offsets[-1] + 1) * hbs]
     if _hash_blocks(sb.algorithm, sb.salt, top, hbs) != root_hash:
         return VerifyResult(False, "root hash does not match the top of the hash tree")
-    # each level's blocks must hash to the entries of the level above
     for i in range(len(lv.sizes) - 1, 0, -1):
         upper = tree[lv.offsets[i] * hbs : (lv.offsets[i] + lv.sizes[i]) * hbs]
         lower = tree[lv.offsets[i - 1] * hbs : (lv.offsets[i - 1] + lv.sizes[i - 1]) * hbs]
@@ -263,14 +276,11 @@ def verify(
             return VerifyResult(False, f"hash tree level {i - 1} does not match level {i}")
     if not full:
         return VerifyResult(True)
-    size = os.fstat(data.fileno()).st_size
-    if size < sb.data_blocks * sb.data_block_size:
-        return VerifyResult(False, f"data area is {size} bytes, the superblock says {sb.data_blocks} blocks")
-    leaves = _pack_level(_leaf_digests(data, sb, threads or (os.cpu_count() or 1), None), digest_size, hbs)
+    leaves = _pack_level(_leaf_digests(fd, base, sb, threads or (os.cpu_count() or 1), None), digest_size, hbs)
     stored = tree[lv.offsets[0] * hbs : (lv.offsets[0] + lv.sizes[0]) * hbs]
     if leaves != stored:
+        slot = _digest_slot(digest_size)
         for b in range(sb.data_blocks):
-            s = b * digest_size
-            if leaves[s : s + digest_size] != stored[s : s + digest_size]:
+            if leaves[b * slot : (b + 1) * slot] != stored[b * slot : (b + 1) * slot]:
                 return VerifyResult(False, f"data block {b} (byte {b * sb.data_block_size}) does not match its hash")
     return VerifyResult(True)

@@ -1,0 +1,331 @@
+"""Inspect and validate a system extension disk image (a DDI), like ``systemd-dissect --validate``
+— and more: it also checks the hash tree, the root hash and the signature, which
+``systemd-dissect --validate`` does not (it checks structure and policy only).
+
+An image is a GPT disk with, per data designator (root or usr) and architecture: the data
+partition (erofs or squashfs), its ``-verity`` partition (dm-verity superblock + hash tree) and
+its ``-verity-sig`` partition (JSON with a PKCS#7 signature of the root hash). The data and
+verity partition UUIDs are the two halves of the root hash, as systemd-repart names them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bootkeeper.errors import ParseError
+from bootkeeper.sysext import gpt, policy, signature, verity
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+EROFS_MAGIC = 0xE0F5E1E2
+
+
+def host_architecture() -> str:
+    m = platform.machine()
+    return {"x86_64": "x86-64", "aarch64": "arm64", "arm64": "arm64"}.get(m, m)
+
+
+def detect_fs(head: bytes) -> str | None:
+    if len(head) >= 1028 and int.from_bytes(head[1024:1028], "little") == EROFS_MAGIC:
+        return "erofs"
+    if head[:4] == b"hsqs":
+        return "squashfs"
+    return None
+
+
+@dataclass
+class Designated:
+    designator: str  # root or usr
+    architecture: str
+    data: gpt.Partition
+    verity: gpt.Partition | None = None
+    sig: gpt.Partition | None = None
+
+
+@dataclass
+class ImageInfo:
+    path: str
+    size: int
+    table: gpt.Table
+    found: dict[str, Designated]
+    others: list[str]  # other discoverable designators present
+    fstype: dict[str, str | None] = field(default_factory=dict)
+    superblock: dict[str, verity.Superblock] = field(default_factory=dict)
+    sig: dict[str, signature.SigJson] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def root_hash(self, d: str) -> bytes | None:
+        """From the signature JSON if there is one, else from the partition UUIDs (repart's naming)."""
+        if d in self.sig:
+            return self.sig[d].root_hash
+        des = self.found.get(d)
+        if des is None or des.verity is None:
+            return None
+        return uuid.UUID(des.data.part_uuid).bytes + uuid.UUID(des.verity.part_uuid).bytes
+
+    def as_json(self) -> dict[str, Any]:
+        parts = [
+            {
+                "number": p.number,
+                "designator": p.designator,
+                "architecture": p.architecture,
+                "type": p.type_uuid,
+                "uuid": p.part_uuid,
+                "name": p.name,
+                "offset": p.offset,
+                "size": p.size,
+                "read_only": bool(p.attributes & gpt.ATTR_READ_ONLY),
+            }
+            for p in self.table.partitions
+        ]
+        out: dict[str, Any] = {
+            "image": self.path,
+            "size": self.size,
+            "disk_uuid": self.table.disk_uuid,
+            "partitions": parts,
+            "problems": self.problems,
+        }
+        for d, des in self.found.items():
+            rh = self.root_hash(d)
+            sb = self.superblock.get(d)
+            out[d] = {
+                "architecture": des.architecture,
+                "fstype": self.fstype.get(d),
+                "root_hash": rh.hex() if rh else None,
+                "verity": None
+                if sb is None
+                else {
+                    "data_blocks": sb.data_blocks,
+                    "data_block_size": sb.data_block_size,
+                    "hash_block_size": sb.hash_block_size,
+                    "algorithm": sb.algorithm,
+                    "salt": sb.salt.hex(),
+                },
+                "signature": None if d not in self.sig else {"certificate_fingerprint": self.sig[d].fingerprint.hex()},
+            }
+        return out
+
+
+def _read(f: Any, p: gpt.Partition, n: int | None = None) -> bytes:
+    f.seek(p.offset)
+    return bytes(f.read(p.size if n is None else min(n, p.size)))
+
+
+def inspect(path: Path) -> ImageInfo:
+    what = str(path)
+    try:
+        size = path.stat().st_size
+        f = path.open("rb")
+    except OSError as exc:
+        raise ParseError(f"{what}: cannot open ({exc.strerror})") from exc
+    with f:
+        table = gpt.read(f, size, what)
+        found: dict[str, Designated] = {}
+        others: list[str] = []
+        problems: list[str] = [f"GPT: {w}" for w in table.warnings]
+        for p in table.partitions:
+            d, arch = p.designator, p.architecture
+            if d is None:
+                continue
+            if d in ("root", "usr"):
+                if d in found:
+                    problems.append(f"two {d} partitions (numbers {found[d].data.number} and {p.number})")
+                    continue
+                found[d] = Designated(d, arch or "?", p)
+        for p in table.partitions:
+            d = p.designator
+            if d in policy.DATA_OF_VERITY or d in policy.DATA_OF_SIG:
+                base = policy.DATA_OF_VERITY.get(d or "") or policy.DATA_OF_SIG[d or ""]
+                des = found.get(base)
+                if des is None:
+                    others.append(d or "?")
+                    continue
+                if p.architecture != des.architecture:
+                    problems.append(
+                        f"{d} partition {p.number} is for {p.architecture}, its data partition for {des.architecture}"
+                    )
+                slot = "verity" if d in policy.DATA_OF_VERITY else "sig"
+                if getattr(des, slot) is not None:
+                    problems.append(f"two {d} partitions")
+                    continue
+                setattr(des, slot, p)
+        info = ImageInfo(str(path), size, table, found, others, problems=problems)
+        for d, des in found.items():
+            info.fstype[d] = detect_fs(_read(f, des.data, 4096))
+            if des.verity is not None:
+                try:
+                    info.superblock[d] = verity.Superblock.unpack(_read(f, des.verity, 512), f"{d}-verity superblock")
+                except ParseError as exc:
+                    problems.append(str(exc))
+            if des.sig is not None:
+                try:
+                    info.sig[d] = signature.parse_sig_json(_read(f, des.sig, 65536), f"{d}-verity-sig")
+                except ParseError as exc:
+                    problems.append(str(exc))
+    return info
+
+
+@dataclass
+class Validation:
+    image: str
+    ok: bool
+    reasons: list[str]
+    decisions: list[policy.Decision]
+    signer: str | None = None
+    root_hash: str | None = None
+    qualified_as: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "ok": self.ok,
+            "reasons": self.reasons,
+            "signer": self.signer,
+            "root_hash": self.root_hash,
+            "qualified_as": self.qualified_as,
+            "partitions": [
+                {"designator": d.designator, "ok": d.ok, "used_as": d.used_as, "reason": d.reason}
+                for d in self.decisions
+            ],
+        }
+
+
+def validate(
+    path: Path,
+    pol: policy.ImagePolicy,
+    trusted: list[x509.Certificate],
+    *,
+    full: bool = False,
+    architecture: str | None = None,
+) -> Validation:
+    """Check one image: structure, verity tree and root hash, signature, then the policy."""
+    try:
+        info = inspect(path)
+    except ParseError as exc:
+        return Validation(str(path), False, [str(exc)], [])
+    reasons = list(p for p in info.problems if not p.startswith("GPT: backup"))
+    arch = architecture or host_architecture()
+    observed: dict[str, policy.Observed] = {}
+    signer = None
+    root_hex = None
+    for d, des in info.found.items():
+        if des.architecture != arch:
+            reasons.append(f"{d} partition is for {des.architecture}, this machine is {arch}")
+        best = policy.Protection.UNPROTECTED
+        why_not = None
+        if des.verity is not None:
+            sb = info.superblock.get(d)
+            rh = info.root_hash(d)
+            if sb is None or rh is None:
+                reasons.append(f"{d}-verity: no usable superblock or root hash")
+                continue
+            root_hex = rh.hex()
+            ver = _verify_with_offset(path, des, sb, rh, full)
+            if not ver.ok:
+                reasons.append(f"{d}-verity: {ver.reason}")
+                continue
+            best = policy.Protection.VERITY
+            if des.sig is None:
+                why_not = "no signature partition"
+            elif d not in info.sig:
+                why_not = "signature partition does not parse"
+            else:
+                check = signature.verify(info.sig[d], rh, trusted)
+                if check.ok:
+                    best = policy.Protection.SIGNED
+                    signer = check.signer
+                else:
+                    why_not = check.reason
+        observed[d] = policy.Observed(
+            d,
+            best,
+            read_only=bool(des.data.attributes & gpt.ATTR_READ_ONLY),
+            growfs=bool(des.data.attributes & gpt.ATTR_GROWFS),
+            fstype=info.fstype.get(d),
+            why_not_better=why_not,
+        )
+    if not info.found:
+        reasons.append("no root or usr partition")
+    decisions = policy.evaluate(pol, observed, info.others)
+    reasons.extend(d.reason for d in decisions if not d.ok)
+    used = [d.used_as for d in decisions if d.ok and d.used_as not in (None, "absent")]
+    return Validation(str(path), not reasons, reasons, decisions, signer, root_hex, used[0] if used else None)
+
+
+def _verify_with_offset(
+    path: Path, des: Designated, sb: verity.Superblock, root_hash: bytes, full: bool
+) -> verity.VerifyResult:
+    assert des.verity is not None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        hash_area = os.pread(fd, des.verity.size, des.verity.offset)
+        return verity.verify_at(fd, des.data.offset, des.data.size, hash_area, root_hash, full=full)
+    finally:
+        os.close(fd)
+
+
+def partition_label(designator: str, arch: str) -> str:
+    base, _, rest = designator.partition("-")
+    return f"{base}-{arch}" + (f"-{rest}" if rest else "")
+
+
+def assemble(
+    data: bytes,
+    key: Any,
+    cert: x509.Certificate | None,
+    *,
+    arch: str = "x86-64",
+    designator: str = "root",
+    salt: bytes | None = None,
+    verity_uuid: bytes | None = None,
+) -> bytes:
+    """A signed DDI around a ready file system image ``data``: data, verity and (with ``key`` and
+    ``cert``) verity-sig partitions, named and UUID'd the way systemd-repart does it."""
+    import hashlib
+    import io
+
+    if len(data) % 4096:
+        data += b"\0" * (4096 - len(data) % 4096)
+    src = io.BytesIO(data)
+    tree = _build_tree(src, salt, verity_uuid)
+    data_uuid, hash_uuid = gpt.split_root_hash(tree.root_hash)
+    parts = [
+        gpt.NewPartition(gpt.TYPES[designator][arch], data_uuid, partition_label(designator, arch), data),
+        gpt.NewPartition(
+            gpt.TYPES[f"{designator}-verity"][arch],
+            hash_uuid,
+            partition_label(f"{designator}-verity", arch),
+            tree.hash_area(),
+        ),
+    ]
+    if key is not None and cert is not None:
+        sig = signature.sign(tree.root_hash, key, cert)
+        sig_uuid = str(uuid.UUID(bytes=hashlib.sha256(tree.root_hash + b"verity-sig").digest()[:16]))
+        parts.append(
+            gpt.NewPartition(
+                gpt.TYPES[f"{designator}-verity-sig"][arch],
+                sig_uuid,
+                partition_label(f"{designator}-verity-sig", arch),
+                sig.dump(),
+            )
+        )
+    disk_uuid = str(uuid.UUID(bytes=hashlib.sha256(tree.root_hash + b"disk").digest()[:16]))
+    out = io.BytesIO()
+    gpt.write(out, parts, disk_uuid)
+    return out.getvalue()
+
+
+def _build_tree(src: Any, salt: bytes | None, verity_uuid: bytes | None) -> verity.Tree:
+    """verity.build wants a real file descriptor: spool the bytes through a temporary file."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as tmp:
+        tmp.write(src.getvalue())
+        tmp.flush()
+        return verity.build(tmp, salt=salt, uuid=verity_uuid)
