@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,8 +74,15 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, x509.Certifi
         .not_valid_after(now + datetime.timedelta(days=9))
         .sign(key, hashes.SHA256())
     )
-    p = tmp_path_factory.mktemp("img") / "big.raw"
-    p.write_bytes(image.assemble(os.urandom(300 * 4096), key, cert))
+    d = tmp_path_factory.mktemp("img")
+    tree = d / "tree"
+    (tree / "usr/lib/extension-release.d").mkdir(parents=True)
+    (tree / "usr/lib/extension-release.d/extension-release.big").write_text("ID=_any\n")
+    (tree / "usr/bin").mkdir()
+    (tree / "usr/bin/blob").write_bytes(os.urandom(300 * 4096))
+    subprocess.run(["mkfs.erofs", "-T0", "--all-root", str(d / "fs"), str(tree)], check=True, capture_output=True)
+    p = d / "big.raw"
+    p.write_bytes(image.assemble((d / "fs").read_bytes(), key, cert))
     return p, cert
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bootkeeper.errors import ParseError
-from bootkeeper.sysext import gpt, policy, signature, verity
+from bootkeeper.sysext import gpt, policy, release, signature, verity
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -203,8 +203,10 @@ def validate(
     *,
     full: bool = False,
     architecture: str | None = None,
+    os_release: dict[str, str] | None = None,
 ) -> Validation:
-    """Check one image: structure, verity tree and root hash, signature, then the policy."""
+    """Check one image: structure, verity tree and root hash, signature, the policy, and its
+    extension-release (against ``os_release``, the host's, when given)."""
     try:
         info = inspect(path)
     except ParseError as exc:
@@ -252,6 +254,19 @@ def validate(
         )
     if not info.found:
         reasons.append("no root or usr partition")
+    for d, des in info.found.items():
+        try:
+            rel = release.read_from_partition(
+                path, des.data.offset, des.data.size, info.fstype.get(d), release.image_name(path)
+            )
+        except ParseError as exc:
+            reasons.append(f"extension-release: {exc}")
+            continue
+        why = release.check(rel, os_release, arch) if os_release is not None else None
+        if why is None and os_release is None and rel.has_os_release:
+            why = "the image carries its own os-release: it is an OS image, not an extension"
+        if why:
+            reasons.append(f"extension-release: {why}")
     decisions = policy.evaluate(pol, observed, info.others)
     reasons.extend(d.reason for d in decisions if not d.ok)
     used = [d.used_as for d in decisions if d.ok and d.used_as not in (None, "absent")]

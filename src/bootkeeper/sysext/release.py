@@ -1,0 +1,149 @@
+"""extension-release inside an image, checked against the host's os-release as systemd-sysext does
+(``extension_release_validate()``): SYSEXT_SCOPE, ARCHITECTURE (``_any`` or the host's), ID
+(``_any``, the host's ID or one of its ID_LIKE), then SYSEXT_LEVEL if both sides have one, else
+VERSION_ID; a host without VERSION_ID and SYSEXT_LEVEL (rolling release) matches on ID alone.
+
+The file is ``usr/lib/extension-release.d/extension-release.NAME`` where NAME is the image file
+name without ``.raw``; if that is missing and exactly one ``extension-release.*`` exists, it is
+used (systemd's relaxed check for renamed images). erofs is read by :mod:`erofs`; squashfs with
+``unsquashfs -cat`` through ``run()``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bootkeeper.errors import CommandError, ParseError
+from bootkeeper.esp.keyvalue import KeyValue, split_lines
+from bootkeeper.sysext.erofs import Erofs
+
+RELEASE_DIR = "usr/lib/extension-release.d"
+
+
+def parse_release(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in split_lines(text, "="):
+        if isinstance(item, KeyValue):
+            v = item.value
+            if len(v) >= 2 and v[0] == v[-1] == "'":
+                v = v[1:-1]
+            out[item.key] = v
+    return out
+
+
+def image_name(path: Path) -> str:
+    name = path.name
+    return name[: -len(".raw")] if name.endswith(".raw") else name
+
+
+@dataclass(frozen=True)
+class Release:
+    file: str
+    fields: dict[str, str]
+    relaxed: bool  # found under another name than the image's
+    has_os_release: bool
+
+
+def read_from_partition(path: Path, offset: int, size: int, fstype: str | None, name: str) -> Release:
+    """The extension-release of the file system in bytes ``offset..offset+size`` of ``path``."""
+    import os
+
+    what = f"{path} (root file system)"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if fstype == "erofs":
+            return _from_erofs(Erofs(lambda off, n: os.pread(fd, n, offset + off), size, what), name, what)
+        if fstype == "squashfs":
+            return _squashfs(os.pread(fd, size, offset), name, what)
+    finally:
+        os.close(fd)
+    raise ParseError(f"{what}: unknown file system, cannot read the extension-release")
+
+
+def read_from_fs(fs: bytes, fstype: str | None, name: str, what: str) -> Release:
+    if fstype == "erofs":
+        return _from_erofs(Erofs(lambda off, n: fs[off : off + n], len(fs), what), name, what)
+    if fstype == "squashfs":
+        return _squashfs(fs, name, what)
+    raise ParseError(f"{what}: unknown file system, cannot read the extension-release")
+
+
+def _from_erofs(e: Erofs, name: str, what: str) -> Release:
+    d = e.lookup(RELEASE_DIR)
+    names = [n for n in (e.listdir(d) if d is not None else {}) if n.startswith("extension-release.")]
+    own = f"extension-release.{name}"
+    pick = own if own in names else (names[0] if len(names) == 1 else None)
+    if pick is None:
+        raise ParseError(f"{what}: no {RELEASE_DIR}/{own}" + (f" (found {', '.join(names)})" if names else ""))
+    ino = e.lookup(f"{RELEASE_DIR}/{pick}")
+    assert ino is not None
+    has_os = e.lookup("usr/lib/os-release") is not None or e.lookup("etc/os-release") is not None
+    return Release(pick, parse_release(e.read(ino).decode("utf-8", "replace")), pick != own, has_os)
+
+
+def _squashfs(fs: bytes, name: str, what: str) -> Release:
+    from bootkeeper.run import check_tool, run
+
+    check_tool("unsquashfs", "to read the extension-release from a squashfs image")
+    with tempfile.NamedTemporaryFile() as tmp:
+        tmp.write(fs)
+        tmp.flush()
+        listing = run(["unsquashfs", "-lc", "-d", "", tmp.name]).stdout.split()
+        names = [
+            p.rsplit("/", 1)[-1]
+            for p in listing
+            if p.startswith(f"{RELEASE_DIR}/extension-release.") or p.startswith(f"/{RELEASE_DIR}/extension-release.")
+        ]
+        own = f"extension-release.{name}"
+        pick = own if own in names else (names[0] if len(names) == 1 else None)
+        if pick is None:
+            raise ParseError(f"{what}: no {RELEASE_DIR}/{own}")
+        try:
+            text = run(["unsquashfs", "-cat", tmp.name, f"{RELEASE_DIR}/{pick}"]).stdout
+        except CommandError as exc:
+            raise ParseError(f"{what}: cannot read {RELEASE_DIR}/{pick} ({exc})") from exc
+        has_os = any(p.rstrip("/").endswith(("usr/lib/os-release", "etc/os-release")) for p in listing)
+        return Release(pick, parse_release(text), pick != own, has_os)
+
+
+def host_os_release(root: Path = Path("/")) -> dict[str, str]:
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        p = root / rel
+        if p.is_file():
+            return parse_release(p.read_text(errors="replace"))
+    raise ParseError(f"{root}: no etc/os-release or usr/lib/os-release")
+
+
+def check(rel: Release, host: dict[str, str], arch: str, scope: str = "system") -> str | None:
+    """None when the extension fits the host; otherwise why not."""
+    f = rel.fields
+    if rel.has_os_release:
+        return "the image carries its own os-release: it is an OS image, not an extension"
+    scopes = f.get("SYSEXT_SCOPE")
+    if scopes is not None and scope not in scopes.split():
+        return f"SYSEXT_SCOPE={scopes} does not include {scope}"
+    a = f.get("ARCHITECTURE")
+    if a and a != "_any" and a != arch:
+        return f"ARCHITECTURE={a}, this machine is {arch}"
+    ext_id = f.get("ID")
+    if not ext_id:
+        return f"{rel.file} has no ID"
+    if ext_id == "_any":
+        return None
+    host_id = host.get("ID", "")
+    if ext_id != host_id and ext_id not in host.get("ID_LIKE", "").split():
+        return f"ID={ext_id}, the host is {host_id}" + (f" (like {host['ID_LIKE']})" if host.get("ID_LIKE") else "")
+    host_ver, host_level = host.get("VERSION_ID", ""), host.get("SYSEXT_LEVEL", "")
+    if not host_ver and not host_level:
+        return None
+    ext_level = f.get("SYSEXT_LEVEL", "")
+    if host_level and ext_level:
+        return None if host_level == ext_level else f"SYSEXT_LEVEL={ext_level}, the host has {host_level}"
+    if not host_ver:
+        return None
+    ext_ver = f.get("VERSION_ID", "")
+    if not ext_ver:
+        return f"{rel.file} has no VERSION_ID (the host has {host_ver}) and no matching SYSEXT_LEVEL"
+    return None if ext_ver == host_ver else f"VERSION_ID={ext_ver}, the host has {host_ver}"

@@ -1,0 +1,112 @@
+"""extension-release: read from erofs (own reader) and squashfs (unsquashfs), checked like
+systemd-sysext's extension_release_validate()."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bootkeeper.errors import ParseError
+from bootkeeper.sysext import release
+from bootkeeper.sysext.erofs import Erofs
+from bootkeeper.sysext.release import Release
+
+HOST = {"ID": "debian", "ID_LIKE": "", "VERSION_ID": "12"}
+
+
+def _rel(**kw: str) -> Release:
+    return Release("extension-release.x", dict(kw), False, False)
+
+
+@pytest.mark.parametrize(
+    ("fields", "host", "ok"),
+    [
+        ({"ID": "_any"}, HOST, True),
+        ({"ID": "debian", "VERSION_ID": "12"}, HOST, True),
+        ({"ID": "debian", "VERSION_ID": "13"}, HOST, False),
+        ({"ID": "debian"}, HOST, False),  # the host has VERSION_ID: the extension must name one
+        ({"ID": "fedora", "VERSION_ID": "12"}, HOST, False),
+        ({"ID": "debian", "VERSION_ID": "1"}, {"ID": "kairos", "ID_LIKE": "debian ubuntu", "VERSION_ID": "1"}, True),
+        ({"ID": "debian", "SYSEXT_LEVEL": "2"}, {"ID": "debian", "VERSION_ID": "12", "SYSEXT_LEVEL": "2"}, True),
+        ({"ID": "debian", "SYSEXT_LEVEL": "3"}, {"ID": "debian", "VERSION_ID": "12", "SYSEXT_LEVEL": "2"}, False),
+        ({"ID": "arch"}, {"ID": "arch"}, True),  # rolling release: ID is enough
+        ({"ID": "_any", "ARCHITECTURE": "arm64"}, HOST, False),
+        ({"ID": "_any", "ARCHITECTURE": "x86-64"}, HOST, True),
+        ({"ID": "_any", "SYSEXT_SCOPE": "initrd"}, HOST, False),
+        ({"ID": "_any", "SYSEXT_SCOPE": "initrd system"}, HOST, True),
+        ({}, HOST, False),
+    ],
+)
+def test_check(fields: dict[str, str], host: dict[str, str], ok: bool) -> None:
+    why = release.check(_rel(**fields), host, "x86-64")
+    assert (why is None) == ok, why
+
+
+def test_os_release_inside_is_refused() -> None:
+    r = Release("extension-release.x", {"ID": "_any"}, False, True)
+    assert "own os-release" in (release.check(r, HOST, "x86-64") or "")
+
+
+def _tree(tmp: Path, files: dict[str, str]) -> Path:
+    t = tmp / "tree"
+    for rel, text in files.items():
+        (t / rel).parent.mkdir(parents=True, exist_ok=True)
+        (t / rel).write_text(text)
+    return t
+
+
+@pytest.mark.parametrize("fs", ["erofs", "squashfs"])
+def test_read_from_real_file_systems(tmp_path: Path, fs: str) -> None:
+    t = _tree(
+        tmp_path,
+        {
+            "usr/lib/extension-release.d/extension-release.demo": "ID=debian\nVERSION_ID='12'\n",
+            "usr/bin/tool": "#!/bin/sh\n",
+        },
+    )
+    img = tmp_path / "fs.img"
+    cmd = (
+        ["mkfs.erofs", "-T0", str(img), str(t)]
+        if fs == "erofs"
+        else ["mksquashfs", str(t), str(img), "-quiet", "-noappend", "-all-root"]
+    )
+    subprocess.run(cmd, check=True, capture_output=True)
+    r = release.read_from_fs(img.read_bytes(), fs, "demo", "test")
+    assert r.fields == {"ID": "debian", "VERSION_ID": "12"} and not r.relaxed and not r.has_os_release
+    renamed = release.read_from_fs(img.read_bytes(), fs, "other-name", "test")
+    assert renamed.relaxed  # the single extension-release.* is taken, as systemd's relaxed check does
+
+
+def test_missing_release_and_os_image(tmp_path: Path) -> None:
+    t = _tree(
+        tmp_path,
+        {
+            "usr/bin/tool": "x",
+            "usr/lib/os-release": "ID=debian\n",
+            "usr/lib/extension-release.d/extension-release.a": "ID=_any\n",
+            "usr/lib/extension-release.d/extension-release.b": "ID=_any\n",
+        },
+    )
+    img = tmp_path / "fs.img"
+    subprocess.run(["mkfs.erofs", "-T0", str(img), str(t)], check=True, capture_output=True)
+    with pytest.raises(ParseError, match=r"no usr/lib/extension-release\.d/extension-release\.c"):
+        release.read_from_fs(img.read_bytes(), "erofs", "c", "test")
+    assert release.read_from_fs(img.read_bytes(), "erofs", "a", "test").has_os_release
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(min_size=0, max_size=3000))
+def test_erofs_reader_fuzz(raw: bytes) -> None:
+    head = bytearray(2048)
+    head[1024:1028] = (0xE0F5E1E2).to_bytes(4, "little")
+    head[1036] = 12
+    data = bytes(head) + raw
+    try:
+        e = Erofs(lambda off, n: data[off : off + n], len(data))
+        e.lookup("usr/lib/extension-release.d/x")
+    except ParseError as exc:
+        assert str(exc)
