@@ -344,3 +344,74 @@ def _build_tree(src: Any, salt: bytes | None, verity_uuid: bytes | None) -> veri
         tmp.write(src.getvalue())
         tmp.flush()
         return verity.build(tmp, salt=salt, uuid=verity_uuid)
+
+
+def build(
+    tree: Path,
+    out: Path,
+    key: Any,
+    cert: x509.Certificate,
+    *,
+    fs: str = "erofs",
+    arch: str | None = None,
+    os_release: dict[str, str] | None = None,
+) -> Path:
+    """Make a signed sysext from the directory ``tree`` (which is not changed): the file system
+    (mkfs.erofs, or mksquashfs), then verity, signature and GPT; written atomically to ``out``."""
+    import os
+    import shutil
+    import tempfile
+
+    from bootkeeper.run import check_tool, run
+
+    arch = arch or host_architecture()
+    if fs not in ("erofs", "squashfs"):
+        raise ParseError(f"--fs {fs!r}: expected erofs or squashfs")
+    tool = "mkfs.erofs" if fs == "erofs" else "mksquashfs"
+    check_tool(tool, f"to make the {fs} file system of the extension")
+    if not tree.is_dir():
+        raise ParseError(f"{tree}: not a directory")
+    name = release.image_name(out)
+    if name.endswith(".sysext"):
+        name = name[: -len(".sysext")]
+    with tempfile.TemporaryDirectory(prefix="bootkeeper-build-") as tmp:
+        work = Path(tmp) / "tree"
+        shutil.copytree(tree, work, symlinks=True)
+        rel_dir = work / release.RELEASE_DIR
+        if not any(rel_dir.glob("extension-release.*")) if rel_dir.is_dir() else True:
+            rel_dir.mkdir(parents=True, exist_ok=True)
+            lines = ["ID=_any"]
+            if os_release:
+                lines = [f"ID={os_release.get('ID', '_any')}"]
+                for k in ("VERSION_ID", "SYSEXT_LEVEL"):
+                    if os_release.get(k):
+                        lines.append(f"{k}={os_release[k]}")
+            lines.append(f"ARCHITECTURE={arch}")
+            (rel_dir / f"extension-release.{name}").write_text("\n".join(lines) + "\n")
+        img = Path(tmp) / "fs.img"
+        if fs == "erofs":
+            run(["mkfs.erofs", "-T0", "--all-root", "--quiet", str(img), str(work)], timeout=3600)
+        else:
+            run(
+                [
+                    "mksquashfs",
+                    str(work),
+                    str(img),
+                    "-quiet",
+                    "-noappend",
+                    "-all-root",
+                    "-mkfs-time",
+                    "0",
+                    "-all-time",
+                    "0",
+                ],
+                timeout=3600,
+            )
+        disk = assemble(img.read_bytes(), key, cert, arch=arch)
+        tmp_out = out.parent / f".{out.name}.bootkeeper-tmp"
+        with tmp_out.open("wb") as f:
+            f.write(disk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp_out, out)
+    return out
