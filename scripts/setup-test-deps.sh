@@ -121,4 +121,6 @@ INIT
   (cd "$w" && find . | cpio -o -H newc --quiet | gzip -9) > "$cache/initrd.img"; rm -rf "$w"
 fi
 
+bash "$here/scripts/setup-trixie.sh"
+
 echo "setup-test-deps: qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), kernel $(cat "$cache/kernel/version"), systemd-boot $(cat "$cache/sdboot-252/version") and $(cat "$cache/sdboot-257/version") in $cache"

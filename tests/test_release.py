@@ -77,8 +77,8 @@ def test_read_from_real_file_systems(tmp_path: Path, fs: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
     r = release.read_from_fs(img.read_bytes(), fs, "demo", "test")
     assert r.fields == {"ID": "debian", "VERSION_ID": "12"} and not r.relaxed and not r.has_os_release
-    renamed = release.read_from_fs(img.read_bytes(), fs, "other-name", "test")
-    assert renamed.relaxed  # the single extension-release.* is taken, as systemd's relaxed check does
+    with pytest.raises(ParseError, match=r"found extension-release\.demo"):
+        release.read_from_fs(img.read_bytes(), fs, "other-name", "test")  # a renamed image does not match
 
 
 def test_missing_release_and_os_image(tmp_path: Path) -> None:

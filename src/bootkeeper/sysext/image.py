@@ -372,8 +372,12 @@ def build(
     if not tree.is_dir():
         raise ParseError(f"{tree}: not a directory")
     name = release.image_name(out)
-    if name.endswith(".sysext"):
-        name = name[: -len(".sysext")]
+    present = sorted(p.name for p in (tree / release.RELEASE_DIR).glob("extension-release.*"))
+    if present and f"extension-release.{name}" not in present:
+        raise ParseError(
+            f"{tree}: has {', '.join(present)} but the image is named {out.name}; systemd looks for "
+            f"extension-release.{name}: rename one of them"
+        )
     with tempfile.TemporaryDirectory(prefix="bootkeeper-build-") as tmp:
         work = Path(tmp) / "tree"
         shutil.copytree(tree, work, symlinks=True)

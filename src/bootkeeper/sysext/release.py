@@ -4,9 +4,9 @@
 VERSION_ID; a host without VERSION_ID and SYSEXT_LEVEL (rolling release) matches on ID alone.
 
 The file is ``usr/lib/extension-release.d/extension-release.NAME`` where NAME is the image file
-name without ``.raw``; if that is missing and exactly one ``extension-release.*`` exists, it is
-used (systemd's relaxed check for renamed images). erofs is read by :mod:`erofs`; squashfs with
-``unsquashfs -cat`` through ``run()``.
+name without ``.raw`` (and without ``.sysext``, as systemd names images). A file under another
+name is not taken: systemd-dissect 257 did not report it either (tests/test_interop.py).
+erofs is read by :mod:`erofs`; squashfs with ``unsquashfs -cat`` through ``run()``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ def parse_release(text: str) -> dict[str, str]:
 
 def image_name(path: Path) -> str:
     name = path.name
-    return name[: -len(".raw")] if name.endswith(".raw") else name
+    for suffix in (".raw", ".sysext"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,9 @@ def _from_erofs(e: Erofs, name: str, what: str) -> Release:
     d = e.lookup(RELEASE_DIR)
     names = [n for n in (e.listdir(d) if d is not None else {}) if n.startswith("extension-release.")]
     own = f"extension-release.{name}"
-    pick = own if own in names else (names[0] if len(names) == 1 else None)
-    if pick is None:
+    if own not in names:
         raise ParseError(f"{what}: no {RELEASE_DIR}/{own}" + (f" (found {', '.join(names)})" if names else ""))
+    pick = own
     ino = e.lookup(f"{RELEASE_DIR}/{pick}")
     assert ino is not None
     has_os = e.lookup("usr/lib/os-release") is not None or e.lookup("etc/os-release") is not None
@@ -97,9 +100,9 @@ def _squashfs(fs: bytes, name: str, what: str) -> Release:
             if p.startswith(f"{RELEASE_DIR}/extension-release.") or p.startswith(f"/{RELEASE_DIR}/extension-release.")
         ]
         own = f"extension-release.{name}"
-        pick = own if own in names else (names[0] if len(names) == 1 else None)
-        if pick is None:
-            raise ParseError(f"{what}: no {RELEASE_DIR}/{own}")
+        if own not in names:
+            raise ParseError(f"{what}: no {RELEASE_DIR}/{own}" + (f" (found {', '.join(names)})" if names else ""))
+        pick = own
         try:
             text = run(["unsquashfs", "-cat", tmp.name, f"{RELEASE_DIR}/{pick}"]).stdout
         except CommandError as exc:

@@ -1,0 +1,31 @@
+#!/bin/bash
+# A Debian 13 (trixie) minbase tree with systemd 257's systemd-repart and systemd-dissect, for the
+# interoperability tests (bookworm's systemd-repart has no -S/--offline and refuses erofs).
+# Idempotent; cached in $TRIXIE_ROOT (default .cache/trixie). The mirror comes from the machine's
+# own apt sources. Nothing is installed on the host except debootstrap.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+root=${TRIXIE_ROOT:-$here/.cache/trixie}
+[ "$(id -u)" = 0 ] || { echo "setup-trixie: must run as root" >&2; exit 2; }
+mirror=${DEBIAN_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
+[ -n "$mirror" ] || { echo "setup-trixie: no Debian mirror in the machine's apt sources; set DEBIAN_MIRROR" >&2; exit 2; }
+pkgs="systemd systemd-repart systemd-container cryptsetup-bin erofs-utils squashfs-tools openssl"
+if [ -x "$root/usr/bin/systemd-dissect" ] && [ -x "$root/usr/bin/systemd-repart" ] && [ -x "$root/usr/bin/mkfs.erofs" ] && [ -x "$root/usr/sbin/veritysetup" ]; then
+  exit 0
+fi
+command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null
+if [ ! -x "$root/usr/bin/apt-get" ]; then
+  rm -rf "$root"; mkdir -p "$(dirname "$root")"
+  debootstrap --variant=minbase trixie "$root" "$mirror" > "$root.debootstrap.log" 2>&1 \
+    || { echo "setup-trixie: debootstrap failed:" >&2; tail -5 "$root.debootstrap.log" >&2; exit 1; }
+fi
+printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod +x "$root/usr/sbin/policy-rc.d"
+unshare --mount --propagation private /bin/bash -c "
+  set -e
+  mount -t proc proc '$root/proc'
+  chroot '$root' /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive /bin/sh -c '
+    apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $pkgs >/tmp/apt.log 2>&1 \
+      || { tail -20 /tmp/apt.log; exit 1; }
+    apt-get clean; rm -rf /var/lib/apt/lists/*'
+"
+echo "setup-trixie: $(chroot "$root" systemd-repart --version | head -1) in $root"
