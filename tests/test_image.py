@@ -87,7 +87,8 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, x509.Certifi
 
 
 def _tampered(src: Path, tmp: Path, where: str) -> Path:
-    out = tmp / f"{where}.raw"
+    (tmp / where).mkdir()
+    out = tmp / where / src.name  # the extension-release is named after the image
     shutil.copy(src, out)
     des = image.inspect(src).found["root"]
     assert des.verity is not None and des.sig is not None
