@@ -10,6 +10,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     try:
+        from test_hostile import HOSTILE_ROWS
+    except ImportError:
+        HOSTILE_ROWS = []
+    if HOSTILE_ROWS:
+        terminalreporter.section("hostile images")
+        for row in HOSTILE_ROWS:
+            terminalreporter.write_line(row)
+    try:
         from test_vm_bootcount import VM_RESULTS
     except ImportError:
         return
