@@ -122,13 +122,16 @@ def _digest_slot(digest_size: int) -> int:
 
 
 def _hash_blocks(alg: str, salt: bytes, data: bytes, block_size: int) -> bytes:
-    h0 = hashlib.new(alg, salt)
-    out = bytearray()
+    # copy() of a salted hash and memoryview slices: no per-block bytes copies, fewer lookups
+    copy = hashlib.new(alg, salt).copy
+    mv = memoryview(data)
+    out = []
+    append = out.append
     for off in range(0, len(data), block_size):
-        h = h0.copy()
-        h.update(data[off : off + block_size])
-        out += h.digest()
-    return bytes(out)
+        h = copy()
+        h.update(mv[off : off + block_size])
+        append(h.digest())
+    return b"".join(out)
 
 
 def _pack_level(digests: bytes, digest_size: int, hash_block_size: int) -> bytes:
