@@ -125,7 +125,7 @@ def _hash_blocks(alg: str, salt: bytes, data: bytes, block_size: int) -> bytes:
     # copy() of a salted hash and memoryview slices: no per-block bytes copies, fewer lookups
     copy = hashlib.new(alg, salt).copy
     mv = memoryview(data)
-    out = []
+    out: list[bytes] = []
     append = out.append
     for off in range(0, len(data), block_size):
         h = copy()
