@@ -30,6 +30,8 @@ def test_inspect_reference() -> None:
     assert rh is not None and rh.hex() == ROOT_HASH
     j = info.as_json()
     assert j["root"]["root_hash"] == ROOT_HASH and j["root"]["verity"]["data_blocks"] == 1
+    assert j["root"]["extension_release"] == {"file": "extension-release.kairos-test", "fields": {"ID": "_any"}}
+    assert j["root"]["signature"]["claimed_signer"] == ["Common Name: kairos-test-db"]
 
 
 @pytest.mark.parametrize("full", [False, True])

@@ -33,6 +33,40 @@ def _certs(paths: tuple[Path, ...]) -> list[Any]:
     return out
 
 
+class _Bar:
+    """A rich progress bar on a terminal for work over 8 MiB; nothing otherwise (logs, pipes)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __call__(self, n: int, total: int) -> None:
+        import sys
+
+        if self.bar is None:
+            if total < (8 << 20) or not sys.stderr.isatty():
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+            self.bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total)
+        self.bar.advance(self.task, n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 @click.group()
 def sysext() -> None:
     """Signed system extension images: build, inspect, validate."""
@@ -61,8 +95,17 @@ def inspect(image_path: Path, as_json: bool) -> None:
     for d in ("root", "usr"):
         if d in j:
             x = j[d]
-            signed = "signed" if x["signature"] else "unsigned"
+            signed = "unsigned"
+            if x["signature"]:
+                who = ", ".join(x["signature"]["claimed_signer"]) or "no certificate embedded"
+                signed = f"signed (claims: {who}; not checked here, see validate)"
             click.echo(f"{d}: {x['fstype']}, root hash {x['root_hash']}, {signed}")
+            rel = x["extension_release"] or {}
+            if "fields" in rel:
+                fields = " ".join(f"{k}={v}" for k, v in rel["fields"].items())
+                click.echo(f"{d}: {rel['file']}: {fields}")
+            elif "error" in rel:
+                click.echo(f"{d}: extension-release: {rel['error']}")
     for p in info.problems:
         click.echo(f"problem: {p}", err=True)
 
@@ -113,7 +156,13 @@ def validate(
         )
     trusted = _certs(certs)
     host = release.parse_release(os_release.read_text()) if os_release else None
-    results = [image.validate(p, pol, trusted, full=full, architecture=arch, os_release=host) for p in images]
+    results = []
+    for p in images:
+        bar = _Bar(f"verifying {p.name}")
+        try:
+            results.append(image.validate(p, pol, trusted, full=full, architecture=arch, os_release=host, progress=bar))
+        finally:
+            bar.close()
     if as_json:
         print_json({"policy": str(pol), "images": [r.as_json() for r in results]})
     else:
@@ -166,7 +215,11 @@ def build(
         raise ParseError(f"{key_path}: not a readable unencrypted PEM private key ({exc})") from exc
     cert = _certs((cert_path,))[0]
     host = release.parse_release(os_release.read_text()) if os_release else None
-    image.build(tree, output, key, cert, fs=fs, arch=arch, os_release=host)
+    bar = _Bar(f"hashing {output.name}")
+    try:
+        image.build(tree, output, key, cert, fs=fs, arch=arch, os_release=host, progress=bar)
+    finally:
+        bar.close()
     info = image.inspect(output)
     rh = info.root_hash("root")
     click.echo(f"{output}: root hash {rh.hex() if rh else '?'}")

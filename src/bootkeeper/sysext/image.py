@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,7 @@ class ImageInfo:
     superblock: dict[str, verity.Superblock] = field(default_factory=dict)
     sig: dict[str, signature.SigJson] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    release: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def root_hash(self, d: str) -> bytes | None:
         """From the signature JSON if there is one, else from the partition UUIDs (repart's naming)."""
@@ -107,7 +109,13 @@ class ImageInfo:
                     "algorithm": sb.algorithm,
                     "salt": sb.salt.hex(),
                 },
-                "signature": None if d not in self.sig else {"certificate_fingerprint": self.sig[d].fingerprint.hex()},
+                "signature": None
+                if d not in self.sig
+                else {
+                    "certificate_fingerprint": self.sig[d].fingerprint.hex(),
+                    "claimed_signer": signature.embedded_subjects(self.sig[d].signature),
+                },
+                "extension_release": self.release.get(d),
             }
         return out
 
@@ -168,6 +176,13 @@ def inspect(path: Path) -> ImageInfo:
                     info.sig[d] = signature.parse_sig_json(_read(f, des.sig, 65536), f"{d}-verity-sig")
                 except ParseError as exc:
                     problems.append(str(exc))
+            try:
+                rel = release.read_from_partition(
+                    path, des.data.offset, des.data.size, info.fstype[d], release.image_name(path)
+                )
+                info.release[d] = {"file": rel.file, "fields": rel.fields}
+            except ParseError as exc:
+                info.release[d] = {"error": str(exc)}
     return info
 
 
@@ -204,6 +219,7 @@ def validate(
     full: bool = False,
     architecture: str | None = None,
     os_release: dict[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Validation:
     """Check one image: structure, verity tree and root hash, signature, the policy, and its
     extension-release (against ``os_release``, the host's, when given)."""
@@ -228,7 +244,7 @@ def validate(
                 reasons.append(f"{d}-verity: no usable superblock or root hash")
                 continue
             root_hex = rh.hex()
-            ver = _verify_with_offset(path, des, sb, rh, full)
+            ver = _verify_with_offset(path, des, sb, rh, full, progress)
             if not ver.ok:
                 reasons.append(f"{d}-verity: {ver.reason}")
                 continue
@@ -274,13 +290,26 @@ def validate(
 
 
 def _verify_with_offset(
-    path: Path, des: Designated, sb: verity.Superblock, root_hash: bytes, full: bool
+    path: Path,
+    des: Designated,
+    sb: verity.Superblock,
+    root_hash: bytes,
+    full: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> verity.VerifyResult:
     assert des.verity is not None
     fd = os.open(path, os.O_RDONLY)
     try:
         hash_area = os.pread(fd, des.verity.size, des.verity.offset)
-        return verity.verify_at(fd, des.data.offset, des.data.size, hash_area, root_hash, full=full)
+        total = sb.data_blocks * sb.data_block_size
+        step = None
+        if progress is not None:
+            report = progress
+
+            def step(n: int) -> None:
+                report(n, total)
+
+        return verity.verify_at(fd, des.data.offset, des.data.size, hash_area, root_hash, full=full, progress=step)
     finally:
         os.close(fd)
 
@@ -299,6 +328,7 @@ def assemble(
     designator: str = "root",
     salt: bytes | None = None,
     verity_uuid: bytes | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> bytes:
     """A signed DDI around a ready file system image ``data``: data, verity and (with ``key`` and
     ``cert``) verity-sig partitions, named and UUID'd the way systemd-repart does it."""
@@ -308,7 +338,7 @@ def assemble(
     if len(data) % 4096:
         data += b"\0" * (4096 - len(data) % 4096)
     src = io.BytesIO(data)
-    tree = _build_tree(src, salt, verity_uuid)
+    tree = _build_tree(src, salt, verity_uuid, progress)
     data_uuid, hash_uuid = gpt.split_root_hash(tree.root_hash)
     parts = [
         gpt.NewPartition(gpt.TYPES[designator][arch], data_uuid, partition_label(designator, arch), data),
@@ -336,14 +366,24 @@ def assemble(
     return out.getvalue()
 
 
-def _build_tree(src: Any, salt: bytes | None, verity_uuid: bytes | None) -> verity.Tree:
+def _build_tree(
+    src: Any, salt: bytes | None, verity_uuid: bytes | None, progress: Callable[[int, int], None] | None = None
+) -> verity.Tree:
     """verity.build wants a real file descriptor: spool the bytes through a temporary file."""
     import tempfile
 
     with tempfile.TemporaryFile() as tmp:
         tmp.write(src.getvalue())
         tmp.flush()
-        return verity.build(tmp, salt=salt, uuid=verity_uuid)
+        total = len(src.getvalue())
+        step = None
+        if progress is not None:
+            report = progress
+
+            def step(n: int) -> None:
+                report(n, total)
+
+        return verity.build(tmp, salt=salt, uuid=verity_uuid, progress=step)
 
 
 def build(
@@ -355,6 +395,7 @@ def build(
     fs: str = "erofs",
     arch: str | None = None,
     os_release: dict[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Make a signed sysext from the directory ``tree`` (which is not changed): the file system
     (mkfs.erofs, or mksquashfs), then verity, signature and GPT; written atomically to ``out``."""
@@ -411,7 +452,7 @@ def build(
                 ],
                 timeout=3600,
             )
-        disk = assemble(img.read_bytes(), key, cert, arch=arch)
+        disk = assemble(img.read_bytes(), key, cert, arch=arch, progress=progress)
         tmp_out = out.parent / f".{out.name}.bootkeeper-tmp"
         with tmp_out.open("wb") as f:
             f.write(disk)

@@ -206,3 +206,18 @@ def verify(sig: SigJson, root_hash: bytes, trusted: list[x509.Certificate]) -> S
             "no trusted certificate has the fingerprint the signature names, and no trusted certificate signed it",
         )
     return SignatureCheck(False, "the signer is not the trusted certificate the fingerprint names")
+
+
+def embedded_subjects(der: bytes) -> list[str]:
+    """Subjects of the certificates carried inside the PKCS#7 blob — for display only: they are
+    what the signer *claims*, never a reason to trust the signature."""
+    from asn1crypto import cms
+
+    try:
+        sd = cms.ContentInfo.load(der)["content"]
+        certs = sd["certificates"]
+        if certs.native is None:
+            return []
+        return [c.chosen.subject.human_friendly for c in certs]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []

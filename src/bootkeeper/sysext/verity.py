@@ -247,8 +247,10 @@ def verify_at(
     *,
     full: bool = True,
     threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyResult:
-    """Like :func:`verify` for data that starts at byte ``base`` of ``fd`` and spans ``size`` bytes."""
+    """Like :func:`verify` for data that starts at byte ``base`` of ``fd`` and spans ``size`` bytes;
+    ``progress(n)`` is called as data bytes are hashed (``full`` only)."""
     sb = Superblock.unpack(hash_area[:SB_SIZE])
     digest_size = hashlib.new(sb.algorithm).digest_size
     if len(root_hash) != digest_size:
@@ -279,7 +281,7 @@ def verify_at(
             return VerifyResult(False, f"hash tree level {i - 1} does not match level {i}")
     if not full:
         return VerifyResult(True)
-    leaves = _pack_level(_leaf_digests(fd, base, sb, threads or (os.cpu_count() or 1), None), digest_size, hbs)
+    leaves = _pack_level(_leaf_digests(fd, base, sb, threads or (os.cpu_count() or 1), progress), digest_size, hbs)
     stored = tree[lv.offsets[0] * hbs : (lv.offsets[0] + lv.sizes[0]) * hbs]
     if leaves != stored:
         slot = _digest_slot(digest_size)
