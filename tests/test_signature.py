@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from bootkeeper.errors import ParseError
 from bootkeeper.sysext import gpt, signature
 
-REF = Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
+REF = Path(__file__).resolve().parent / "data"  # copied from shared/reference (see data/README.md)
 ROOT_HASH = bytes.fromhex("d436759650939e5864323298c629d3c6b1cce030e2c72e49d6ec20fc225fff48")
 
 
