@@ -36,3 +36,34 @@ def fake_efivars(d: Path, **values: str) -> Path:
     for k, v in values.items():
         (d / f"{k}-{LOADER_GUID}").write_bytes(encode_string(v))
     return d
+
+
+def openssl_cms_verify(work: Path, der: bytes, root_hash_hex: str, cert_pem: bytes) -> tuple[int, str]:
+    """The real openssl checking a detached PKCS#7 over the hex root hash against one CA file."""
+    import subprocess
+
+    (work / "sig.der").write_bytes(der)
+    (work / "roothash").write_bytes(root_hash_hex.encode())
+    (work / "ca.pem").write_bytes(cert_pem)
+    p = subprocess.run(
+        [
+            "openssl",
+            "cms",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            str(work / "sig.der"),
+            "-content",
+            str(work / "roothash"),
+            "-CAfile",
+            str(work / "ca.pem"),
+            "-out",
+            "/dev/null",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return p.returncode, p.stderr

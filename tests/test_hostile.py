@@ -4,7 +4,6 @@ plain verity. The table is printed (pytest -s, and in the terminal summary)."""
 
 from __future__ import annotations
 
-import datetime
 import io
 import os
 import struct
@@ -15,9 +14,6 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from bootkeeper.sysext import gpt, image, policy, signature
 
@@ -26,25 +22,8 @@ ENFORCED = policy.parse(policy.ENFORCED_DEFAULT)
 SEED = policy.parse(policy.SEED_POLICY)
 
 
-def _key(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=9))
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-VENDOR = _key("vendor")
-ATTACKER = _key("attacker")
+VENDOR = signature.self_signed("ec", "vendor")
+ATTACKER = signature.self_signed("ec", "attacker")
 
 
 def _fs(tmp: Path, release_name: str = "img", blob: int = 700_000, extra: dict[str, str] | None = None) -> bytes:

@@ -56,26 +56,11 @@ def test_wrong_architecture() -> None:
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, x509.Certificate]:
     """A 300-block image (three-level tree) signed with a fresh key, built by assemble()."""
-    import datetime
     import os
 
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from bootkeeper.sysext import signature
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vendor")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=9))
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = signature.self_signed("ec", "vendor")
     d = tmp_path_factory.mktemp("img")
     tree = d / "tree"
     (tree / "usr/lib/extension-release.d").mkdir(parents=True)

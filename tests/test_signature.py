@@ -3,41 +3,21 @@ certificate only; our signatures pass openssl cms -verify; hostile signatures ar
 
 from __future__ import annotations
 
-import datetime
-import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bootkeeper.errors import ParseError
 from bootkeeper.sysext import gpt, signature
+from helpers import openssl_cms_verify
 
 REF = Path(__file__).resolve().parent / "data"  # copied from shared/reference (see data/README.md)
 ROOT_HASH = bytes.fromhex("d436759650939e5864323298c629d3c6b1cce030e2c72e49d6ec20fc225fff48")
-
-
-def _keypair(kind: str = "rsa", cn: str = "test") -> tuple[object, x509.Certificate]:
-    key: object = rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())  # type: ignore[attr-defined]
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    return key, cert
 
 
 def _ref_sig() -> bytes:
@@ -55,7 +35,7 @@ def test_reference_image_signature() -> None:
     assert sig.root_hash == ROOT_HASH and sig.fingerprint == signature.fingerprint(cert)
     ok = signature.verify(sig, ROOT_HASH, [cert])
     assert ok.ok, ok.reason
-    _, other = _keypair()
+    _, other = signature.self_signed()
     assert not signature.verify(sig, ROOT_HASH, [other]).ok
     assert not signature.verify(sig, ROOT_HASH, []).ok
     bad = signature.verify(sig, bytes(32), [cert])
@@ -64,43 +44,22 @@ def test_reference_image_signature() -> None:
 
 @pytest.mark.parametrize("kind", ["rsa", "ec"])
 def test_our_signature_passes_openssl(tmp_path: Path, kind: str) -> None:
-    key, cert = _keypair(kind)
-    sig = signature.sign(ROOT_HASH, key, cert)  # type: ignore[arg-type]
+    key, cert = signature.self_signed(kind)
+    sig = signature.sign(ROOT_HASH, key, cert)
     assert signature.verify(sig, ROOT_HASH, [cert]).ok
     assert signature.parse_sig_json(sig.dump()) == sig
-    (tmp_path / "sig.der").write_bytes(sig.signature)
-    (tmp_path / "roothash").write_bytes(ROOT_HASH.hex().encode())
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    p = subprocess.run(
-        [
-            "openssl",
-            "cms",
-            "-verify",
-            "-binary",
-            "-inform",
-            "DER",
-            "-in",
-            str(tmp_path / "sig.der"),
-            "-content",
-            str(tmp_path / "roothash"),
-            "-CAfile",
-            str(tmp_path / "cert.pem"),
-            "-out",
-            "/dev/null",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    rc, err = openssl_cms_verify(
+        tmp_path, sig.signature, ROOT_HASH.hex(), cert.public_bytes(serialization.Encoding.PEM)
     )
-    assert p.returncode == 0, p.stderr
+    assert rc == 0, err
 
 
 def test_signed_attributes_are_verified() -> None:
-    key, cert = _keypair()
+    key, cert = signature.self_signed()
     der = (
         pkcs7.PKCS7SignatureBuilder()
         .set_data(ROOT_HASH.hex().encode())
-        .add_signer(cert, key, hashes.SHA256())  # type: ignore[arg-type]
+        .add_signer(cert, key, hashes.SHA256())
         .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary])
     )
     sig = signature.SigJson(ROOT_HASH, signature.fingerprint(cert), der)
@@ -112,9 +71,9 @@ def test_signed_attributes_are_verified() -> None:
 
 
 def test_embedded_certificate_is_not_trusted() -> None:
-    key, cert = _keypair(cn="attacker")
-    _, trusted = _keypair(cn="vendor")
-    sig = signature.sign(ROOT_HASH, key, cert)  # type: ignore[arg-type]  # embeds the attacker's cert
+    key, cert = signature.self_signed(cn="attacker")
+    _, trusted = signature.self_signed(cn="vendor")
+    sig = signature.sign(ROOT_HASH, key, cert)  # embeds the attacker's cert
     r = signature.verify(sig, ROOT_HASH, [trusted])
     assert not r.ok
     named = signature.SigJson(ROOT_HASH, signature.fingerprint(trusted), sig.signature)
@@ -122,9 +81,9 @@ def test_embedded_certificate_is_not_trusted() -> None:
 
 
 def test_fingerprint_naming_another_certificate() -> None:
-    key, cert = _keypair(cn="a")
-    _, other = _keypair(cn="b")
-    sig = signature.sign(ROOT_HASH, key, cert)  # type: ignore[arg-type]
+    key, cert = signature.self_signed(cn="a")
+    _, other = signature.self_signed(cn="b")
+    sig = signature.sign(ROOT_HASH, key, cert)
     lying = signature.SigJson(ROOT_HASH, signature.fingerprint(other), sig.signature)
     r = signature.verify(lying, ROOT_HASH, [cert, other])
     assert not r.ok

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bootkeeper.sysext import image
+from helpers import openssl_cms_verify
 
 
 def bk(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -75,30 +76,8 @@ def test_real_tools_accept_what_we_built(built: Path, tmp_path: Path) -> None:
         capture_output=True,
     )
     sig = info.sig["root"]
-    (tmp_path / "sig.der").write_bytes(sig.signature)
-    (tmp_path / "roothash").write_bytes(rh.hex().encode())
-    p = subprocess.run(
-        [
-            "openssl",
-            "cms",
-            "-verify",
-            "-binary",
-            "-inform",
-            "DER",
-            "-in",
-            str(tmp_path / "sig.der"),
-            "-content",
-            str(tmp_path / "roothash"),
-            "-CAfile",
-            str(built / "c.pem"),
-            "-out",
-            "/dev/null",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert p.returncode == 0, p.stderr
+    rc, err = openssl_cms_verify(tmp_path, sig.signature, rh.hex(), (built / "c.pem").read_bytes())
+    assert rc == 0, err
 
 
 def test_inspect_and_bad_input(built: Path, tmp_path: Path) -> None:

@@ -221,3 +221,30 @@ def embedded_subjects(der: bytes) -> list[str]:
         return [c.chosen.subject.human_friendly for c in certs]
     except (ValueError, TypeError, KeyError, AttributeError):
         return []
+
+
+def self_signed(kind: str = "rsa", cn: str = "bootkeeper test signing key", days: int = 3650) -> tuple[Any, Any]:
+    """A fresh key (``rsa``: RSA-2048, ``ec``: P-256) and a self-signed CA certificate for it —
+    for trying bootkeeper out and for tests, not for production signing."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    key: Any = rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
