@@ -26,7 +26,7 @@ from bootkeeper.errors import NotApplicableError, ParseError
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Role
-from bootkeeper.esp.store import LOADER_CONF, EspStore
+from bootkeeper.esp.store import LOADER_CONF, EspStore, is_temporary
 
 
 class Verdict(StrEnum):
@@ -93,6 +93,7 @@ class BlessResult:
     state_before: str
     actions: list[str] = field(default_factory=list)
     note: str | None = None
+    withheld: bool = False  # a good recovery boot, deliberately not blessed
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -101,6 +102,7 @@ class BlessResult:
             "state_before": self.state_before,
             "actions": self.actions,
             "note": self.note,
+            "withheld": self.withheld,
         }
 
 
@@ -127,18 +129,12 @@ def _siblings(store: EspStore, b: BootedEntry, keep: str) -> list[str]:
     suffix = b.name.suffix
     out = []
     for name in store.list_dir(b.directory):
-        if name == keep or store_is_tmp(name):
+        if name == keep or is_temporary(name):
             continue
         cn = counter_mod.parse(name, suffix)
         if cn.base.lower() == b.good_name.lower() and (cn.counted or name.lower() == b.good_name.lower()):
             out.append(name)
     return out
-
-
-def store_is_tmp(name: str) -> bool:
-    from bootkeeper.esp.store import is_temporary
-
-    return is_temporary(name)
 
 
 def _rearm_fallbacks(store: EspStore, tries: int, result: BlessResult) -> None:
@@ -182,6 +178,7 @@ def bless(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAsses
         result = BlessResult(booted=booted.path, verdict=verdict, state_before=state)
         role = booted.role
         if verdict is Verdict.GOOD and role is Role.RECOVERY:
+            result.withheld = True
             result.note = (
                 "recovery boots are never blessed: if recovery cannot repair the node, its tries "
                 "run out and statereset boots"

@@ -120,8 +120,3 @@ def after_boot(snap: Snapshot, choice: BootChoice) -> Snapshot:
         return snap
     renamed = tuple(e.with_name(choice.rename_to) if e.path == choice.entry.path else e for e in snap.entries)
     return replace(snap, entries=renamed)
-
-
-def selected_variables(choice: BootChoice) -> LoaderVars:
-    """The variables systemd-boot sets for the OS after choosing ``choice``."""
-    return LoaderVars(entry_selected=choice.entry_id, boot_count_path=choice.boot_count_path)

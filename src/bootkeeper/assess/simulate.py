@@ -119,7 +119,7 @@ def simulate(
                 booted = bless_mod.parse_entry_path(choice.boot_count_path, "LoaderBootCountPath")
                 res = bless_mod.bless(store, booted, bless_mod.Verdict.GOOD, cfg)
                 rec.actions = res.actions
-                rec.verdict = "not blessed (recovery)" if res.note and "recovery" in res.note else "good"
+                rec.verdict = "not blessed (recovery)" if res.withheld else "good"
             rec.after = "up; later reboot"
         elif outcome is Outcome.PANIC:
             rec.verdict = "none (reset)"

@@ -13,7 +13,6 @@ from bootkeeper.errors import ParseError
 
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 EFIVARFS = Path("/sys/firmware/efi/efivars")
-DEFAULT_ATTRS = 0x7  # non-volatile | boot service | runtime access
 VOLATILE_ATTRS = 0x6
 
 

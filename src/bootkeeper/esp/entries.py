@@ -16,7 +16,8 @@ variable can match a counted entry.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cmp_to_key
 from typing import Any
@@ -140,8 +141,6 @@ class Entry:
 
 
 def _replace_name(e: Entry, new_name: str) -> Entry:
-    from dataclasses import replace
-
     suffix = ".conf" if e.kind is EntryKind.TYPE1 else ".efi"
     return replace(e, path=f"{e.directory}/{new_name}", name=counter_mod.parse(new_name, suffix))
 
@@ -164,14 +163,15 @@ def parse_type1(
     file_name: str,
     text: str,
     *,
-    loader_exists: bool | None = None,
+    loader_exists: bool | Callable[[str], bool] | None = None,
     sdboot_version: int = DEFAULT_SDBOOT_VERSION,
     arch: str = "x64",
 ) -> Entry:
     """Parse a ``.conf`` entry as systemd-boot does; oddities become ``problems``, not errors.
 
     ``loader_exists`` says whether the file named by linux/uki/efi is on the ESP (systemd-boot
-    drops entries whose loader is missing); None means "not checked".
+    drops entries whose loader is missing): a bool, a function asked with the loader path, or
+    None for "not checked".
     """
     problems: list[str] = []
     values: dict[str, str] = {}
@@ -221,7 +221,7 @@ def parse_type1(
             LoaderType.BAD: "more than one kind of loader line",
             LoaderType.IGNORE: f"architecture is not {arch}",
         }[loader_type]
-    elif loader_exists is False:
+    elif loader is not None and (loader_exists(loader) if callable(loader_exists) else loader_exists) is False:
         listed, why = False, f"its loader {loader} is not on the ESP"
     if loader_type is LoaderType.EFI and counter_mod.parse(file_name, ".conf").counted:
         problems.append("uses the 'efi' key: systemd-boot never counts its boots down")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkeeper.errors import BusyError, EspError, StoreIOError
+from bootkeeper.errors import BusyError, EspError, ParseError, StoreIOError
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp import pe
@@ -189,9 +189,6 @@ class EspStore:
             raise
         self._fsync_dir(dest.parent)
 
-    def copy_atomic(self, src: Path, rel: str) -> None:
-        self.write_atomic(rel, src.read_bytes())
-
     def unlink(self, rel: str) -> None:
         p = self.path(rel)
         self.step(f"unlink:{p.name}")
@@ -240,6 +237,10 @@ class EspStore:
             cur = cur / hit
         return cur
 
+    def _is_file(self, esp_path: str) -> bool:
+        hit = self.find_ci(esp_path)
+        return hit is not None and hit.is_file()
+
     # -- snapshot --------------------------------------------------------------------------
 
     def sdboot_version(self, override: int | None = None) -> tuple[int, str]:
@@ -265,22 +266,14 @@ class EspStore:
                 continue
             path = self.path(f"{TYPE2_DIR}/{name}")
             try:
-                osrel = pe.read_osrel(path)
-                found.append(entries_mod.parse_type2(name, osrel))
-            except (OSError, EspError, ValueError) as exc:
-                found.append(entries_mod.parse_type2(name, None, problem=str(exc)))
-            except Exception as exc:  # ParseError from the PE reader
+                found.append(entries_mod.parse_type2(name, pe.read_osrel(path)))
+            except (OSError, ParseError) as exc:  # systemd-boot skips a UKI it cannot read
                 found.append(entries_mod.parse_type2(name, None, problem=str(exc)))
         for name in self.list_dir(TYPE1_DIR):
             if not entries_mod.valid_type1_filename(name):
                 continue
             text = self.read_text(f"{TYPE1_DIR}/{name}")
-            probe = entries_mod.parse_type1(name, text, sdboot_version=version)
-            exists: bool | None = None
-            if probe.loader:
-                hit = self.find_ci(probe.loader)
-                exists = hit is not None and hit.is_file()
-            found.append(entries_mod.parse_type1(name, text, loader_exists=exists, sdboot_version=version))
+            found.append(entries_mod.parse_type1(name, text, loader_exists=self._is_file, sdboot_version=version))
         conf = None
         if self.path(LOADER_CONF).is_file():
             conf = loader_mod.parse(self.read_text(LOADER_CONF))

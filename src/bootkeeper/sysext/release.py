@@ -111,14 +111,6 @@ def _squashfs(fs: bytes, name: str, what: str) -> Release:
         return Release(pick, parse_release(text), pick != own, has_os)
 
 
-def host_os_release(root: Path = Path("/")) -> dict[str, str]:
-    for rel in ("etc/os-release", "usr/lib/os-release"):
-        p = root / rel
-        if p.is_file():
-            return parse_release(p.read_text(errors="replace"))
-    raise ParseError(f"{root}: no etc/os-release or usr/lib/os-release")
-
-
 def check(rel: Release, host: dict[str, str], arch: str, scope: str = "system") -> str | None:
     """None when the extension fits the host; otherwise why not."""
     f = rel.fields
