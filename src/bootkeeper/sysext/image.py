@@ -60,7 +60,7 @@ class ImageInfo:
     superblock: dict[str, verity.Superblock] = field(default_factory=dict)
     sig: dict[str, signature.SigJson] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    release: dict[str, dict[str, Any]] = field(default_factory=dict)
+    release: dict[str, release.Release | str] = field(default_factory=dict)  # str: why it is unreadable
 
     def root_hash(self, d: str) -> bytes | None:
         """From the signature JSON if there is one, else from the partition UUIDs (repart's naming)."""
@@ -115,9 +115,17 @@ class ImageInfo:
                     "certificate_fingerprint": self.sig[d].fingerprint.hex(),
                     "claimed_signer": signature.embedded_subjects(self.sig[d].signature),
                 },
-                "extension_release": self.release.get(d),
+                "extension_release": _release_json(self.release.get(d)),
             }
         return out
+
+
+def _release_json(rel: release.Release | str | None) -> dict[str, Any] | None:
+    if rel is None:
+        return None
+    if isinstance(rel, str):
+        return {"error": rel}
+    return {"file": rel.file, "fields": rel.fields}
 
 
 def _read(f: Any, p: gpt.Partition, n: int | None = None) -> bytes:
@@ -180,9 +188,9 @@ def inspect(path: Path) -> ImageInfo:
                 rel = release.read_from_partition(
                     path, des.data.offset, des.data.size, info.fstype[d], release.image_name(path)
                 )
-                info.release[d] = {"file": rel.file, "fields": rel.fields}
+                info.release[d] = rel
             except ParseError as exc:
-                info.release[d] = {"error": str(exc)}
+                info.release[d] = str(exc)
     return info
 
 
@@ -270,17 +278,8 @@ def validate(
         )
     if not info.found:
         reasons.append("no root or usr partition")
-    for d, des in info.found.items():
-        try:
-            rel = release.read_from_partition(
-                path, des.data.offset, des.data.size, info.fstype.get(d), release.image_name(path)
-            )
-        except ParseError as exc:
-            reasons.append(f"extension-release: {exc}")
-            continue
-        why = release.check(rel, os_release, arch) if os_release is not None else None
-        if why is None and os_release is None and rel.has_os_release:
-            why = "the image carries its own os-release: it is an OS image, not an extension"
+    for rel in info.release.values():  # read once, by inspect()
+        why = rel if isinstance(rel, str) else release.check(rel, os_release, arch)
         if why:
             reasons.append(f"extension-release: {why}")
     decisions = policy.evaluate(pol, observed, info.others)
@@ -423,7 +422,7 @@ def build(
         work = Path(tmp) / "tree"
         shutil.copytree(tree, work, symlinks=True)
         rel_dir = work / release.RELEASE_DIR
-        if not any(rel_dir.glob("extension-release.*")) if rel_dir.is_dir() else True:
+        if not present:
             rel_dir.mkdir(parents=True, exist_ok=True)
             lines = ["ID=_any"]
             if os_release:

@@ -111,8 +111,9 @@ def _squashfs(fs: bytes, name: str, what: str) -> Release:
         return Release(pick, parse_release(text), pick != own, has_os)
 
 
-def check(rel: Release, host: dict[str, str], arch: str, scope: str = "system") -> str | None:
-    """None when the extension fits the host; otherwise why not."""
+def check(rel: Release, host: dict[str, str] | None, arch: str, scope: str = "system") -> str | None:
+    """None when the extension fits the host; otherwise why not. Without the host's os-release
+    (``host`` None) only what needs no host is checked: own os-release, scope, architecture, ID."""
     f = rel.fields
     if rel.has_os_release:
         return "the image carries its own os-release: it is an OS image, not an extension"
@@ -125,7 +126,7 @@ def check(rel: Release, host: dict[str, str], arch: str, scope: str = "system") 
     ext_id = f.get("ID")
     if not ext_id:
         return f"{rel.file} has no ID"
-    if ext_id == "_any":
+    if ext_id == "_any" or host is None:
         return None
     host_id = host.get("ID", "")
     if ext_id != host_id and ext_id not in host.get("ID_LIKE", "").split():
