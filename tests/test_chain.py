@@ -114,3 +114,12 @@ def test_rotate_type2_ukis(tmp_path: Path) -> None:
     (linux / "active+3.efi").rename(linux / "active.efi")
     chain.rotate(EspStore(root), CFG, make_uki(tmp_path / "kairos-4.efi", b"ID=kairos\nVERSION_ID=4\n"))
     assert sorted(p.name for p in linux.iterdir()) == ["active+3.efi", "passive+3.efi"]
+
+
+def test_rotate_refuses_an_efi_entry(tmp_path: Path) -> None:
+    root = esp_with(tmp_path, {"active.conf": entry_body("active")})
+    new = tmp_path / "new.conf"
+    new.write_text("title chainloaded\nefi /EFI/kairos/vmlinuz\n")
+    with pytest.raises(ParseError, match="needs a linux or uki line"):
+        chain.rotate(EspStore(root), CFG, new)
+    assert names(root) == ["active.conf"]

@@ -171,10 +171,11 @@ def rotate(store: EspStore, cfg: BootAssessment, new_entry: Path) -> ChainResult
     directory, suffix = (TYPE2_DIR, ".efi") if is_uki else (TYPE1_DIR, ".conf")
     if not is_uki:
         probe = entries_mod.parse_type1("active.conf", data.decode("utf-8", "replace"))
-        if (not probe.listed and probe.why_unlisted != "no linux, uki or efi line") or probe.problems:
-            raise ParseError(f"{new_entry}: {probe.why_unlisted or probe.problems[0]}")
-        if probe.loader_type is entries_mod.LoaderType.UNDEFINED:
-            raise ParseError(f"{new_entry}: no linux or uki line")
+        if probe.problems:
+            raise ParseError(f"{new_entry}: {probe.problems[0]}")
+        if probe.loader_type not in (entries_mod.LoaderType.LINUX, entries_mod.LoaderType.UKI):
+            # an 'efi' entry is never counted down, so it could never roll back
+            raise ParseError(f"{new_entry}: needs a linux or uki line ({probe.why_unlisted or 'efi is not counted'})")
         data = edit.set_key(data.decode("utf-8", "replace"), "sort-key", Role.ACTIVE.sort_key).encode()
     with store.transaction():
         snap = store.snapshot()
