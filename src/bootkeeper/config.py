@@ -4,16 +4,17 @@ frozen dataclasses at the edge. Every error names the file, the key and what is 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from bootkeeper.errors import ConfigError
+from bootkeeper.errors import ConfigError, ParseError
 
 OEM_DIR = Path("/oem")
 # Sections other issues own; accepted here so one /oem file can carry all of them.
-_OTHER_SECTIONS = frozenset({"sysext", "stages", "name", "install", "upgrade", "reset", "users", "kairos"})
+_OTHER_SECTIONS = frozenset({"stages", "name", "install", "upgrade", "reset", "users", "kairos"})
 
 
 class RebootOnFailure(StrEnum):
@@ -36,10 +37,49 @@ class BootAssessment:
     services: tuple[ServiceSpec, ...] = ()
 
 
+class SysextMode(StrEnum):
+    DISABLED = "disabled"
+    PERMISSIVE = "permissive"
+    ENFORCED = "enforced"
+
+
+ENFORCED_POLICY = "root=signed+absent:usr=signed+absent"
+FIRMWARE_VARIABLES = ("db", "KEK", "PK")
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """One ``sysext.certificates`` item: PEM text or a file path, and where it was configured."""
+
+    value: str
+    where: str  # "FILE: sysext.certificates[N]"
+
+
+@dataclass(frozen=True)
+class Sysext:
+    mode: SysextMode = SysextMode.ENFORCED
+    policy: str = ENFORCED_POLICY
+    certificates: tuple[Certificate, ...] = ()
+    # entry name -> regular expressions matched (in full) against the image name
+    entries: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    sources: tuple[str, ...] = ()  # extra folders activate reads besides /.extra/sysext
+    firmware: tuple[str, ...] = ("db",)  # firmware variables whose certificates are trusted
+    verity_dirs: tuple[str, ...] = ("/run/verity.d", "/etc/verity.d", "/usr/lib/verity.d")
+    full_check: bool = True  # verify every data block at activation, not only the hash tree
+    refresh: bool = False  # run systemd-sysext refresh after activation
+    hierarchies: tuple[str, ...] = ()  # SYSTEMD_SYSEXT_HIERARCHIES, e.g. /usr:/opt:/usr/local
+    vendor: str | None = None  # EFI/<vendor>/ when the ESP has UKIs in more than one folder
+
+    def rules_for(self, entry: str) -> tuple[str, ...]:
+        return dict(self.entries).get(entry, ())
+
+
 @dataclass(frozen=True)
 class Config:
     boot_assessment: BootAssessment = field(default_factory=BootAssessment)
+    sysext: Sysext = field(default_factory=Sysext)
     sources: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 def _int(where: str, value: Any, lo: int, hi: int) -> int:
@@ -88,6 +128,115 @@ def _parse_boot_assessment(src: str, raw: Any) -> BootAssessment:
     return BootAssessment(tries=tries, rearm=rearm, recovery_tries=rtries, services=tuple(services))
 
 
+def _strings(where: str, value: Any, *, absolute: bool = False) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: expected a list of non-empty strings, got {value!r}")
+    if absolute:
+        for v in value:
+            if not v.startswith("/") or "\0" in v:
+                raise ConfigError(f"{where}: {v!r} is not an absolute path")
+    return tuple(value)
+
+
+_SYSEXT_KEYS = (
+    "mode",
+    "policy",
+    "certificates",
+    "entries",
+    "sources",
+    "firmware",
+    "verity_dirs",
+    "full_check",
+    "refresh",
+    "hierarchies",
+    "vendor",
+)
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
+
+
+def _parse_sysext(src: str, raw: Any, key_src: dict[str, str] | None = None) -> tuple[Sysext, list[str]]:
+    """The ``sysext`` block; ``key_src`` names the file each key came from after a merge."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: sysext: expected a mapping, got {type(raw).__name__}")
+
+    def at(key: str) -> str:
+        return f"{(key_src or {}).get(key, src)}: sysext.{key}"
+
+    for key in raw:
+        if key not in _SYSEXT_KEYS:
+            raise ConfigError(f"{src}: sysext.{key}: unknown key (allowed: {', '.join(_SYSEXT_KEYS)})")
+    d = Sysext()
+    warnings: list[str] = []
+    mode_raw = raw.get("mode", d.mode.value)
+    try:
+        mode = SysextMode(mode_raw)
+    except ValueError:
+        allowed = ", ".join(m.value for m in SysextMode)
+        raise ConfigError(f"{at('mode')}: {mode_raw!r} is not one of {allowed}") from None
+    pol_raw = raw.get("policy", d.policy)
+    if not isinstance(pol_raw, str):
+        raise ConfigError(f"{at('policy')}: expected an image-policy string, got {pol_raw!r}")
+    from bootkeeper.sysext import policy as policy_mod
+
+    try:
+        pol = policy_mod.parse(pol_raw, at("policy"))
+    except ParseError as exc:
+        raise ConfigError(str(exc)) from None
+    if pol == policy_mod.parse(policy_mod.SEED_POLICY):
+        warnings.append(
+            f"{at('policy')}: {pol_raw!r} also admits unsigned verity images (a failed signature passes as "
+            f"verity); {ENFORCED_POLICY} requires a signature"
+        )
+    certs_raw = raw.get("certificates", [])
+    if isinstance(certs_raw, str):
+        certs_raw = [certs_raw]
+    strings = _strings(at("certificates"), certs_raw)
+    certs = tuple(Certificate(v, f"{at('certificates')}[{i}]") for i, v in enumerate(strings))
+    entries_raw = raw.get("entries", {})
+    if not isinstance(entries_raw, dict):
+        raise ConfigError(f"{at('entries')}: expected a mapping of entry name to a list of regular expressions")
+    entries = []
+    for name, rules in entries_raw.items():
+        where = f"{at('entries')}.{name}"
+        if not isinstance(name, str) or not _ENTRY_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: not a boot entry name (letters, digits, '_.@-')")
+        if isinstance(rules, str):
+            rules = [rules]
+        pats = _strings(where, rules)
+        for i, pat in enumerate(pats):
+            try:
+                re.compile(pat)
+            except re.error as exc:
+                raise ConfigError(f"{where}[{i}]: {pat!r} is not a regular expression ({exc})") from None
+        entries.append((name, pats))
+    firmware = _strings(at("firmware"), raw.get("firmware", list(d.firmware)))
+    for v in firmware:
+        if v not in FIRMWARE_VARIABLES:
+            raise ConfigError(f"{at('firmware')}: {v!r} is not one of {', '.join(FIRMWARE_VARIABLES)}")
+    sources = _strings(at("sources"), raw.get("sources", []), absolute=True)
+    verity_dirs = _strings(at("verity_dirs"), raw.get("verity_dirs", list(d.verity_dirs)), absolute=True)
+    hierarchies = _strings(at("hierarchies"), raw.get("hierarchies", []), absolute=True)
+    vendor = raw.get("vendor")
+    if vendor is not None and (not isinstance(vendor, str) or not _ENTRY_NAME.fullmatch(vendor)):
+        raise ConfigError(f"{at('vendor')}: {vendor!r} is not a folder name under EFI/")
+    return (
+        Sysext(
+            mode=mode,
+            policy=str(pol_raw),
+            certificates=certs,
+            entries=tuple(entries),
+            sources=sources,
+            firmware=firmware,
+            verity_dirs=verity_dirs,
+            full_check=_bool(at("full_check"), raw.get("full_check", d.full_check)),
+            refresh=_bool(at("refresh"), raw.get("refresh", d.refresh)),
+            hierarchies=hierarchies,
+            vendor=vendor,
+        ),
+        warnings,
+    )
+
+
 def _load_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
@@ -115,14 +264,27 @@ def load(paths: list[Path] | None = None, oem_dir: Path = OEM_DIR) -> Config:
         paths = sorted(oem_dir.glob("*.yaml")) if oem_dir.is_dir() else []
     merged_ba: dict[str, Any] = {}
     ba_src = "<defaults>"
+    merged_sx: dict[str, Any] = {}
+    sx_src: dict[str, str] = {}
     for p in paths:
         data = _load_yaml(p)
         for key in data:
-            if key != "boot_assessment" and key not in _OTHER_SECTIONS:
+            if key not in ("boot_assessment", "sysext") and key not in _OTHER_SECTIONS:
                 raise ConfigError(f"{p}: {key}: unknown section (bootkeeper reads boot_assessment, sysext)")
         if "boot_assessment" in data:
             block = data["boot_assessment"]
             _parse_boot_assessment(str(p), block)  # validate each file on its own, naming it
             merged_ba.update(block)
             ba_src = str(p)
-    return Config(boot_assessment=_parse_boot_assessment(ba_src, merged_ba), sources=tuple(str(p) for p in paths))
+        if "sysext" in data:
+            block = data["sysext"]
+            _parse_sysext(str(p), block)
+            merged_sx.update(block)
+            sx_src.update({k: str(p) for k in block})
+    sysext, warnings = _parse_sysext("<defaults>", merged_sx, sx_src)
+    return Config(
+        boot_assessment=_parse_boot_assessment(ba_src, merged_ba),
+        sysext=sysext,
+        sources=tuple(str(p) for p in paths),
+        warnings=tuple(warnings),
+    )

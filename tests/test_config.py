@@ -1,0 +1,98 @@
+"""The config's ``sysext`` block: defaults, merging in lexical order, and errors naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bootkeeper import config
+from bootkeeper.errors import ConfigError
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_enforced_with_signed_policy() -> None:
+    c = config.load([])
+    assert c.sysext.mode is config.SysextMode.ENFORCED
+    assert c.sysext.policy == "root=signed+absent:usr=signed+absent"
+    assert c.sysext.firmware == ("db",)
+    assert c.warnings == ()
+
+
+def test_design_example_parses(tmp_path: Path) -> None:
+    p = _write(
+        tmp_path,
+        "90_sysext.yaml",
+        """
+sysext:
+  mode: permissive
+  policy: "root=signed+absent:usr=signed+absent"
+  certificates: ["-----BEGIN CERTIFICATE-----..."]
+  entries:
+    active: ["k3s-v1\\\\.30\\\\..*"]
+    passive: ["k3s-v1\\\\.29\\\\..*"]
+""",
+    )
+    c = config.load([p])
+    assert c.sysext.mode is config.SysextMode.PERMISSIVE
+    assert c.sysext.rules_for("active") == (r"k3s-v1\.30\..*",)
+    assert c.sysext.rules_for("recovery") == ()
+    assert c.sysext.certificates[0].where == f"{p}: sysext.certificates[0]"
+
+
+def test_later_file_wins_per_key(tmp_path: Path) -> None:
+    a = _write(tmp_path, "10.yaml", "sysext:\n  mode: disabled\n  refresh: true\n")
+    b = _write(tmp_path, "20.yaml", "sysext:\n  mode: enforced\n")
+    c = config.load(None, oem_dir=tmp_path)
+    assert [Path(s).name for s in c.sources] == [a.name, b.name]
+    assert c.sysext.mode is config.SysextMode.ENFORCED
+    assert c.sysext.refresh is True
+
+
+def test_seed_policy_gives_a_warning(tmp_path: Path) -> None:
+    p = _write(tmp_path, "s.yaml", 'sysext:\n  policy: "root=verity+signed+absent:usr=verity+signed+absent"\n')
+    c = config.load([p])
+    assert len(c.warnings) == 1
+    assert "admits unsigned verity images" in c.warnings[0] and str(p) in c.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "expect"),
+    [
+        ("sysext:\n  mode: strict\n", "sysext.mode: 'strict' is not one of disabled, permissive, enforced"),
+        ("sysext:\n  modes: enforced\n", "sysext.modes: unknown key"),
+        ("sysext:\n  policy: 42\n", "sysext.policy: expected an image-policy string"),
+        ("sysext:\n  policy: root=bogus\n", "unknown policy flag 'bogus'"),
+        ("sysext:\n  certificates: 7\n", "sysext.certificates: expected a list of non-empty strings"),
+        ("sysext:\n  entries: [active]\n", "sysext.entries: expected a mapping"),
+        ("sysext:\n  entries:\n    active: ['k3s(']\n", "sysext.entries.active[0]: 'k3s(' is not a regular expression"),
+        ("sysext:\n  entries:\n    ../x: ['a']\n", "sysext.entries.../x: not a boot entry name"),
+        ("sysext:\n  sources: [relative/dir]\n", "sysext.sources: 'relative/dir' is not an absolute path"),
+        ("sysext:\n  firmware: [MOK]\n", "sysext.firmware: 'MOK' is not one of db, KEK, PK"),
+        ("sysext:\n  full_check: 'yes'\n", "sysext.full_check: 'yes' is not true or false"),
+        ("sysext:\n  vendor: a/b\n", "sysext.vendor: 'a/b' is not a folder name"),
+        ("sysext: [1]\n", "sysext: expected a mapping"),
+    ],
+)
+def test_wrong_types_name_file_and_key(tmp_path: Path, body: str, expect: str) -> None:
+    p = _write(tmp_path, "bad.yaml", body)
+    with pytest.raises(ConfigError) as ei:
+        config.load([p])
+    msg = str(ei.value)
+    assert str(p) in msg
+    assert expect in msg
+    assert "\n" not in msg
+
+
+def test_merged_warning_names_the_file_that_set_the_key(tmp_path: Path) -> None:
+    a = _write(tmp_path, "10.yaml", "sysext:\n  policy: root=verity+signed+absent:usr=verity+signed+absent\n")
+    b = _write(tmp_path, "20.yaml", "sysext:\n  mode: permissive\n")
+    c = config.load(None, oem_dir=tmp_path)
+    assert c.sysext.mode is config.SysextMode.PERMISSIVE
+    assert len(c.warnings) == 1
+    assert str(a) in c.warnings[0] and str(b) not in c.warnings[0]
