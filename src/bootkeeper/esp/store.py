@@ -23,14 +23,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootkeeper import fsutil
 from bootkeeper.errors import BusyError, EspError, ParseError, StoreIOError
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp import pe
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry
+from bootkeeper.fsutil import TMP_PREFIX, TMP_SUFFIX, is_temporary
 
-TMP_PREFIX = ".bootkeeper-"
-TMP_SUFFIX = ".tmp"
+__all__ = ["TMP_PREFIX", "TMP_SUFFIX", "EspStore", "Snapshot", "is_temporary"]
+
 LOADER_CONF = "loader/loader.conf"
 SDBOOT_PATHS = ("EFI/systemd/systemd-bootx64.efi", "EFI/BOOT/BOOTX64.EFI")
 MAX_ENTRY_SIZE = 64 * 1024  # a .conf larger than this is not an entry file
@@ -45,10 +47,6 @@ class Snapshot:
     sdboot_version: int
     sdboot_version_source: str  # "BOOTX64.EFI 252.38-1~deb12u1", "--systemd-boot-version", "assumed"
     problems: tuple[str, ...] = ()
-
-
-def is_temporary(name: str) -> bool:
-    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
 
 
 def _mount_point(path: Path) -> tuple[str, bool]:
@@ -145,12 +143,7 @@ class EspStore:
         return self.root / rel
 
     def _fsync_dir(self, d: Path) -> None:
-        self.step(f"fsync-dir:{d.name}")
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsutil.fsync_dir(d, self.step)
 
     def exists(self, rel: str) -> bool:
         return self.path(rel).exists()
@@ -170,24 +163,44 @@ class EspStore:
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Write ``rel`` so that a crash leaves either the old or the new content, and no file
         the boot loader would read."""
+        fsutil.write_atomic(self.path(rel), data, self.step)
+
+    def copy_atomic(
+        self, rel: str, src: Path, progress: Callable[[int, int], None] | None = None, mode: int = 0o644
+    ) -> None:
+        """Copy the file ``src`` to ``rel`` crash-safely (the same temporary-name rule)."""
         dest = self.path(rel)
-        tmp = dest.parent / f"{TMP_PREFIX}{os.urandom(6).hex()}{TMP_SUFFIX}"
         try:
-            self.step(f"write:{dest.name}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            sfd = os.open(src, os.O_RDONLY)
+        except OSError as exc:
+            raise StoreIOError(f"{src}: cannot read ({exc.strerror})") from exc
+        try:
+            size = os.fstat(sfd).st_size
+            with fsutil.temp_file(dest, self.step, mode) as (fd, tmp):
+                fsutil.copy_into(sfd, fd, size, progress)
+                fsutil.commit(fd, tmp, dest, self.step)
+        except OSError as exc:
+            raise StoreIOError(f"{dest}: copy failed ({exc.strerror or exc})") from exc
+        finally:
+            os.close(sfd)
+
+    def makedirs(self, rel: str) -> None:
+        d = self.path(rel)
+        missing = []
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        for m in reversed(missing):
+            self.step(f"mkdir:{m.name}")
             try:
-                os.write(fd, data)
-                self.step(f"fsync:{dest.name}")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self.step(f"rename:{tmp.name}->{dest.name}")
-            os.rename(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        self._fsync_dir(dest.parent)
+                m.mkdir()
+            except OSError as exc:
+                raise StoreIOError(f"{m}: mkdir failed ({exc.strerror})") from exc
+            fsutil.fsync_dir(m.parent, self.step)
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
 
     def unlink(self, rel: str) -> None:
         p = self.path(rel)

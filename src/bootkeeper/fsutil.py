@@ -1,0 +1,92 @@
+"""Crash-safe file writes shared by the ESP store, ``/run/verity.d`` and ``/run/extensions``.
+
+A temporary name in the destination's own folder that no loader picks up (``.bootkeeper-*.tmp``:
+dot-prefixed, and neither ``.conf``, ``.efi``, ``.raw`` nor ``.crt``), fsync, rename, fsync the folder.
+``step`` is called before every mutating step so tests can inject a crash at each of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+TMP_PREFIX = ".bootkeeper-"
+TMP_SUFFIX = ".tmp"
+COPY_CHUNK = 8 << 20
+
+Step = Callable[[str], None]
+
+
+def _no_step(name: str) -> None:
+    return None
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
+
+
+def temp_path(folder: Path) -> Path:
+    return folder / f"{TMP_PREFIX}{os.urandom(6).hex()}{TMP_SUFFIX}"
+
+
+def fsync_dir(d: Path, step: Step = _no_step) -> None:
+    step(f"fsync-dir:{d.name}")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def temp_file(dest: Path, step: Step = _no_step, mode: int = 0o644) -> Iterator[tuple[int, Path]]:
+    """An open descriptor on a fresh temporary file beside ``dest``; removed unless the caller
+    renamed it away (see :func:`commit`)."""
+    tmp = temp_path(dest.parent)
+    step(f"write:{dest.name}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        yield fd, tmp
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def commit(fd: int, tmp: Path, dest: Path, step: Step = _no_step) -> None:
+    step(f"fsync:{dest.name}")
+    os.fsync(fd)
+    step(f"rename:{tmp.name}->{dest.name}")
+    os.rename(tmp, dest)
+    fsync_dir(dest.parent, step)
+
+
+def write_atomic(dest: Path, data: bytes, step: Step = _no_step, mode: int = 0o644) -> None:
+    with temp_file(dest, step, mode) as (fd, tmp):
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        commit(fd, tmp, dest, step)
+
+
+def copy_into(src_fd: int, dst_fd: int, size: int, progress: Callable[[int, int], None] | None = None) -> None:
+    """Copy ``size`` bytes from the start of ``src_fd`` (in the kernel where it can)."""
+    done = 0
+    while done < size:
+        want = min(COPY_CHUNK, size - done)
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, want, done, done)
+        except OSError:
+            n = 0
+        if n <= 0:  # not supported across these file systems: plain read/write
+            chunk = os.pread(src_fd, want, done)
+            if not chunk:
+                raise OSError(f"source ended after {done} of {size} bytes")
+            os.lseek(dst_fd, done, os.SEEK_SET)
+            n = os.write(dst_fd, chunk)
+        done += n
+        if progress is not None:
+            progress(n, size)
