@@ -97,7 +97,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str |
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-def load_config(files: tuple[Path, ...]) -> Any:
+def root_option(f: F) -> F:
+    return click.option(
+        "--root",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path("/"),
+        show_default=True,
+        help="Treat this folder as / (its oem/, run/, etc/, .extra/, sys/firmware/efi/efivars): for tests.",
+    )(f)
+
+
+def load_config(files: tuple[Path, ...], root: Path = Path("/")) -> Any:
+    """The merged config (``--config`` files, else ROOT/oem/*.yaml); its warnings go to stderr."""
     from bootkeeper import config
 
-    return config.load(list(files) if files else None)
+    cfg = config.load(list(files) if files else None, oem_dir=root / "oem")
+    for w in cfg.warnings:
+        click.echo(f"bootkeeper: warning: {w}", err=True)
+    return cfg

@@ -24,7 +24,7 @@ VERBS = {
     "simulate": ("bootkeeper.cli.simulate_cmd:simulate", "Run boots with injected faults on a scratch ESP."),
     "demo": ("bootkeeper.cli.demo_cmd:demo", "Full demonstration on a scratch ESP in a temporary folder."),
     "sysext": ("bootkeeper.cli.sysext_cmd:sysext", "Signed system extension images: build, inspect, validate."),
-    "keys": ("bootkeeper.cli.sysext_cmd:keys", "Signing keys for trying bootkeeper out."),
+    "keys": ("bootkeeper.cli.keys_cmd:keys", "Signing keys and the trusted certificates (config, verity.d, db)."),
 }
 
 

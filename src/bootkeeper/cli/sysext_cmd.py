@@ -1,8 +1,7 @@
-"""``bootkeeper sysext inspect|validate|build`` and ``bootkeeper keys generate``."""
+"""``bootkeeper sysext inspect|validate|build|install|remove|list|activate``."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -223,35 +222,3 @@ def build(
     info = image.inspect(output)
     rh = info.root_hash("root")
     click.echo(f"{output}: root hash {rh.hex() if rh else '?'}")
-
-
-@click.group()
-def keys() -> None:
-    """Signing keys for trying bootkeeper out."""
-
-
-@keys.command()
-@click.option("--key", "key_path", required=True, type=click.Path(path_type=Path))
-@click.option("--cert", "cert_path", required=True, type=click.Path(path_type=Path))
-@click.option("--cn", default="bootkeeper test signing key", show_default=True)
-@click.option("--days", type=click.IntRange(1, 36500), default=3650, show_default=True)
-def generate(key_path: Path, cert_path: Path, cn: str, days: int) -> None:
-    """Make an RSA-2048 key and a self-signed certificate (the key written with umask 077)."""
-    from cryptography.hazmat.primitives import serialization
-
-    from bootkeeper.sysext.signature import self_signed
-
-    key, cert = self_signed("rsa", cn, days)
-    old = os.umask(0o077)
-    try:
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(
-                key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-                )
-            )
-    finally:
-        os.umask(old)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    click.echo(f"key {key_path} (mode 0600), certificate {cert_path}")

@@ -1,0 +1,306 @@
+"""Trust anchors for extension signatures.
+
+Three sources, in this order: the config (``sysext.certificates``: PEM text or file paths), the
+``verity.d`` folders (``/run``, ``/etc``, ``/usr/lib``; ``*.crt`` and ``*.pem``, PEM or DER), and the
+firmware's Secure Boot ``db`` (``KEK`` and ``PK`` when configured) read from efivarfs — minus anything
+``dbx`` revokes: an X.509 entry (the same certificate), an ``EFI_CERT_SHA256`` entry equal to the
+certificate's DER SHA-256, or an ``EFI_CERT_X509_SHA256`` entry equal to the SHA-256 of its TBS part.
+
+An efivarfs file is a 4-byte attribute word followed by the variable's data; ``db``/``dbx`` data are
+EFI_SIGNATURE_LISTs back to back (UEFI 2.10, 32.4.1):
+``SignatureType (GUID) | ListSize u32 | HeaderSize u32 | SignatureSize u32 | header | entries``
+where each entry is ``SignatureOwner (GUID) | SignatureData``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bootkeeper.errors import ConfigError, ParseError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from bootkeeper.config import Sysext
+
+EFI_CERT_X509 = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072")
+EFI_CERT_SHA256 = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328")
+EFI_CERT_X509_SHA256 = uuid.UUID("3bd2a492-96c0-4079-b420-fcf98ef103ed")
+IMAGE_SECURITY_DATABASE = "d719b2cb-3d3a-4596-a3bc-dad00e67656f"  # db, dbx
+GLOBAL_VARIABLE = "8be4df61-93ca-11d2-aa0d-00e098032b8c"  # PK, KEK
+VARIABLE_GUID = {
+    "db": IMAGE_SECURITY_DATABASE,
+    "dbx": IMAGE_SECURITY_DATABASE,
+    "KEK": GLOBAL_VARIABLE,
+    "PK": GLOBAL_VARIABLE,
+}
+EFIVARS = Path("/sys/firmware/efi/efivars")
+_ESL_HEADER = struct.Struct("<16sIII")
+EXPORT_PREFIX = "bootkeeper-"
+
+
+@dataclass(frozen=True)
+class EslEntry:
+    type: uuid.UUID
+    owner: uuid.UUID
+    data: bytes
+
+
+def parse_esl(data: bytes, what: str) -> list[EslEntry]:
+    """All entries of the EFI_SIGNATURE_LISTs in ``data``; a truncated or inconsistent list is an
+    error naming ``what`` and the byte offset."""
+    out: list[EslEntry] = []
+    off = 0
+    while off < len(data):
+        if len(data) - off < _ESL_HEADER.size:
+            raise ParseError(f"{what}: signature list at byte {off} is truncated ({len(data) - off} bytes left)")
+        guid, list_size, hdr_size, sig_size = _ESL_HEADER.unpack_from(data, off)
+        where = f"{what}: signature list at byte {off}"
+        if list_size < _ESL_HEADER.size + hdr_size or off + list_size > len(data):
+            raise ParseError(f"{where}: size {list_size} does not fit the {len(data) - off} bytes left (truncated?)")
+        if sig_size <= 16:
+            raise ParseError(f"{where}: signature size {sig_size} is too small")
+        body = list_size - _ESL_HEADER.size - hdr_size
+        if body % sig_size:
+            raise ParseError(f"{where}: {body} bytes of entries is not a multiple of the entry size {sig_size}")
+        typ = uuid.UUID(bytes_le=guid)
+        pos = off + _ESL_HEADER.size + hdr_size
+        for _ in range(body // sig_size):
+            owner = uuid.UUID(bytes_le=data[pos : pos + 16])
+            out.append(EslEntry(typ, owner, data[pos + 16 : pos + sig_size]))
+            pos += sig_size
+        off += list_size
+    return out
+
+
+def build_esl(entries: Iterable[tuple[uuid.UUID, uuid.UUID, bytes]]) -> bytes:
+    """EFI_SIGNATURE_LISTs, one per entry (for tests and for ``keys`` users preparing db updates)."""
+    out = b""
+    for typ, owner, data in entries:
+        sig_size = 16 + len(data)
+        out += _ESL_HEADER.pack(typ.bytes_le, _ESL_HEADER.size + sig_size, 0, sig_size) + owner.bytes_le + data
+    return out
+
+
+def read_efivar(efivars: Path, name: str) -> bytes | None:
+    """The data of an efivarfs variable (without its 4 attribute bytes), or None when it is absent."""
+    p = efivars / f"{name}-{VARIABLE_GUID[name]}"
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ParseError(f"{p}: cannot read ({exc.strerror})") from exc
+    if len(raw) < 4:
+        raise ParseError(f"{p}: {len(raw)} bytes, shorter than the 4-byte attribute header")
+    return raw[4:]
+
+
+@dataclass(frozen=True)
+class Anchor:
+    cert: x509.Certificate
+    source: str  # "config …", "/run/verity.d/x.crt", "firmware db #2"
+
+    @property
+    def fingerprint(self) -> str:
+        from bootkeeper.sysext.signature import fingerprint
+
+        return fingerprint(self.cert).hex()
+
+    @property
+    def subject(self) -> str:
+        return str(self.cert.subject.rfc4514_string())
+
+    def as_json(self, revoked_by: str | None = None) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "fingerprint": self.fingerprint,
+            "source": self.source,
+            "not_after": self.cert.not_valid_after_utc.isoformat(),
+            "revoked_by": revoked_by,
+        }
+
+
+@dataclass
+class TrustStore:
+    anchors: list[Anchor] = field(default_factory=list)
+    revoked: list[tuple[Anchor, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def certificates(self) -> list[x509.Certificate]:
+        return [a.cert for a in self.anchors]
+
+
+def _load_certs(data: bytes, what: str) -> list[x509.Certificate]:
+    from cryptography import x509
+
+    try:
+        if b"-----BEGIN" in data:
+            return list(x509.load_pem_x509_certificates(data))
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError as exc:
+        raise ParseError(f"{what}: not a PEM or DER X.509 certificate ({exc})") from None
+
+
+def _under(root: Path, path: str) -> Path:
+    return root / path.lstrip("/") if str(root) != "/" else Path(path)
+
+
+def _config_anchors(cfg: Sysext, root: Path) -> list[Anchor]:
+    out: list[Anchor] = []
+    for c in cfg.certificates:
+        if "-----BEGIN" in c.value:
+            out.extend(Anchor(x, c.where) for x in _load_certs(c.value.encode(), c.where))
+            continue
+        p = _under(root, c.value)
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{c.where}: {c.value}: cannot read ({exc.strerror})") from None
+        out.extend(Anchor(x, f"{c.where} ({c.value})") for x in _load_certs(data, f"{c.where}: {c.value}"))
+    return out
+
+
+def _dir_anchors(d: Path, problems: list[str]) -> list[Anchor]:
+    out: list[Anchor] = []
+    try:
+        names = sorted(os.listdir(d))
+    except FileNotFoundError:
+        return out
+    except OSError as exc:
+        problems.append(f"{d}: cannot list ({exc.strerror})")
+        return out
+    for n in names:
+        if not n.endswith((".crt", ".pem")) or n.startswith((".", EXPORT_PREFIX)):
+            continue  # our own exports are copies of the other sources
+        p = d / n
+        try:
+            out.extend(Anchor(x, str(p)) for x in _load_certs(p.read_bytes(), str(p)))
+        except (OSError, ParseError) as exc:
+            problems.append(str(exc) if isinstance(exc, ParseError) else f"{p}: cannot read ({exc.strerror})")
+    return out
+
+
+def _firmware_anchors(efivars: Path, name: str) -> list[Anchor]:
+    from cryptography import x509
+
+    data = read_efivar(efivars, name)
+    if data is None:
+        return []
+    out = []
+    what = f"firmware {name} ({efivars}/{name}-{VARIABLE_GUID[name]})"
+    for i, e in enumerate(parse_esl(data, what)):
+        if e.type != EFI_CERT_X509:
+            continue  # image hashes are not certificates
+        try:
+            out.append(Anchor(x509.load_der_x509_certificate(e.data), f"firmware {name} #{i}"))
+        except ValueError as exc:
+            raise ParseError(f"{what}: entry {i} is not an X.509 certificate ({exc})") from None
+    return out
+
+
+def revocation(anchor: Anchor, dbx: list[EslEntry]) -> str | None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = anchor.cert.public_bytes(Encoding.DER)
+    digest = hashlib.sha256(der).digest()
+    tbs = hashlib.sha256(anchor.cert.tbs_certificate_bytes).digest()
+    for i, e in enumerate(dbx):
+        if e.type == EFI_CERT_X509 and e.data == der:
+            return f"dbx #{i} (the certificate itself)"
+        if e.type == EFI_CERT_SHA256 and e.data == digest:
+            return f"dbx #{i} (SHA-256 of the certificate)"
+        if e.type == EFI_CERT_X509_SHA256 and e.data[:32] == tbs:
+            return f"dbx #{i} (SHA-256 of the certificate's TBS part)"
+    return None
+
+
+def load(cfg: Sysext, root: Path = Path("/"), efivars: Path | None = None, *, strict: bool = True) -> TrustStore:
+    """Collect the anchors. ``strict``: the first unreadable source is an error (``keys`` verbs);
+    otherwise it is recorded in ``problems`` and the others still count (boot time: a bad source
+    can only make fewer images pass, never more)."""
+    store = TrustStore()
+    efivars = efivars if efivars is not None else _under(root, str(EFIVARS))
+
+    def collect(fn: Any, *args: Any) -> list[Anchor]:
+        try:
+            result: list[Anchor] = fn(*args)
+            return result
+        except ParseError as exc:
+            if strict:
+                raise
+            store.problems.append(str(exc))
+            return []
+
+    found: list[Anchor] = collect(_config_anchors, cfg, root)
+    for d in cfg.verity_dirs:
+        found.extend(_dir_anchors(_under(root, d), store.problems))
+    for name in cfg.firmware:
+        found.extend(collect(_firmware_anchors, efivars, name))
+    if strict and store.problems:
+        raise ParseError(store.problems[0])
+    dbx_data: bytes | None = None
+    try:
+        dbx_data = read_efivar(efivars, "dbx") if cfg.firmware else None
+        dbx = parse_esl(dbx_data, f"firmware dbx ({efivars})") if dbx_data else []
+    except ParseError as exc:
+        if strict:
+            raise
+        store.problems.append(str(exc))
+        dbx = []
+    seen: set[str] = set()
+    for a in found:
+        fp = a.fingerprint
+        if fp in seen:
+            continue
+        seen.add(fp)
+        why = revocation(a, dbx)
+        if why:
+            store.revoked.append((a, why))
+        else:
+            store.anchors.append(a)
+    return store
+
+
+def export(store: TrustStore, dest: Path) -> tuple[list[str], list[str]]:
+    """Write every anchor that is not already in ``dest`` as ``bootkeeper-<fp16>.crt`` (PEM, crash-safe),
+    and remove earlier ``bootkeeper-*.crt`` no longer trusted. Returns (written, removed) names."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from bootkeeper import fsutil
+
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ParseError(f"{dest}: cannot create ({exc.strerror})") from None
+    want: dict[str, bytes] = {}
+    for a in store.anchors:
+        if Path(a.source).parent == dest:
+            continue  # already there
+        want[f"{EXPORT_PREFIX}{a.fingerprint[:16]}.crt"] = a.cert.public_bytes(Encoding.PEM)
+    written, removed = [], []
+    for name, pem in sorted(want.items()):
+        p = dest / name
+        try:
+            if p.is_file() and p.read_bytes() == pem:
+                continue
+            fsutil.write_atomic(p, pem)
+        except OSError as exc:
+            raise ParseError(f"{p}: cannot write ({exc.strerror})") from None
+        written.append(name)
+    for name in sorted(os.listdir(dest)):
+        if name.startswith(EXPORT_PREFIX) and name.endswith(".crt") and name not in want:
+            try:
+                (dest / name).unlink()
+            except OSError as exc:
+                raise ParseError(f"{dest / name}: cannot remove ({exc.strerror})") from None
+            removed.append(name)
+    return written, removed

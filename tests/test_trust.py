@@ -1,0 +1,193 @@
+"""Trust anchors: config PEMs and paths, verity.d folders, the firmware db in efivarfs format, dbx."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from bootkeeper import config
+from bootkeeper.errors import ParseError
+from bootkeeper.sysext import trust
+from bootkeeper.sysext.signature import self_signed
+
+OWNER = uuid.UUID("11111111-2222-3333-4444-555555555555")
+ATTRS = struct.pack("<I", 0x27)  # NV | BS | RT | time-based authenticated write
+
+
+def _cert(cn: str) -> Any:
+    return self_signed("ec", cn)[1]
+
+
+def _der(c: Any) -> bytes:
+    return bytes(c.public_bytes(Encoding.DER))
+
+
+def _efivar(d: Path, name: str, esl: bytes) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / f"{name}-{trust.VARIABLE_GUID[name]}"
+    p.write_bytes(ATTRS + esl)
+    return p
+
+
+def _cfg(tmp_path: Path, body: str = "") -> config.Sysext:
+    p = tmp_path / "c.yaml"
+    p.write_text("sysext:\n  verity_dirs: []\n" + body)
+    return config.load([p]).sysext
+
+
+def test_esl_round_trip_matches_the_uefi_layout() -> None:
+    c = _cert("a")
+    raw = trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(c))])
+    # header: GUID in mixed-endian, ListSize = 28 + 16 + len(der), HeaderSize 0, SignatureSize 16 + len(der)
+    assert raw[:16] == bytes.fromhex("a159c0a5e494a74a87b5ab155c2bf072")
+    assert struct.unpack_from("<III", raw, 16) == (28 + 16 + len(_der(c)), 0, 16 + len(_der(c)))
+    (e,) = trust.parse_esl(raw, "t")
+    assert (e.type, e.owner, e.data) == (trust.EFI_CERT_X509, OWNER, _der(c))
+
+
+def test_db_certificates_trusted_minus_dbx(tmp_path: Path) -> None:
+    keep, by_hash, by_tbs, by_cert = _cert("keep"), _cert("by-hash"), _cert("by-tbs"), _cert("by-cert")
+    image_hash = hashlib.sha256(b"some EFI binary").digest()
+    db = trust.build_esl(
+        [(trust.EFI_CERT_X509, OWNER, _der(c)) for c in (keep, by_hash, by_tbs, by_cert)]
+        + [(trust.EFI_CERT_SHA256, OWNER, image_hash)]
+    )
+    dbx = trust.build_esl(
+        [
+            (trust.EFI_CERT_SHA256, OWNER, hashlib.sha256(_der(by_hash)).digest()),
+            (trust.EFI_CERT_X509_SHA256, OWNER, hashlib.sha256(by_tbs.tbs_certificate_bytes).digest() + bytes(16)),
+            (trust.EFI_CERT_X509, OWNER, _der(by_cert)),
+        ]
+    )
+    ev = tmp_path / "efivars"
+    _efivar(ev, "db", db)
+    _efivar(ev, "dbx", dbx)
+    store = trust.load(_cfg(tmp_path), tmp_path, ev)
+    assert [a.cert for a in store.anchors] == [keep]
+    assert store.anchors[0].source == "firmware db #0"
+    revoked = {a.cert.subject.rfc4514_string(): why for a, why in store.revoked}
+    assert revoked == {
+        "CN=by-hash": "dbx #0 (SHA-256 of the certificate)",
+        "CN=by-tbs": "dbx #1 (SHA-256 of the certificate's TBS part)",
+        "CN=by-cert": "dbx #2 (the certificate itself)",
+    }
+
+
+def test_kek_and_pk_only_when_configured(tmp_path: Path) -> None:
+    kek = _cert("kek")
+    ev = tmp_path / "efivars"
+    _efivar(ev, "KEK", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(kek))]))
+    assert trust.load(_cfg(tmp_path), tmp_path, ev).anchors == []
+    store = trust.load(_cfg(tmp_path, "  firmware: [db, KEK]\n"), tmp_path, ev)
+    assert [a.source for a in store.anchors] == ["firmware KEK #0"]
+
+
+@pytest.mark.parametrize(
+    ("cut", "expect"),
+    [
+        (10, "truncated (10 bytes left)"),
+        (-5, "does not fit"),
+    ],
+)
+def test_truncated_db_is_a_clear_error(tmp_path: Path, cut: int, expect: str) -> None:
+    db = trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(_cert("a")))])
+    ev = tmp_path / "efivars"
+    p = _efivar(ev, "db", db[:cut])
+    with pytest.raises(ParseError) as ei:
+        trust.load(_cfg(tmp_path), tmp_path, ev)
+    assert expect in str(ei.value) and str(p) in str(ei.value)
+    lenient = trust.load(_cfg(tmp_path), tmp_path, ev, strict=False)
+    assert lenient.anchors == [] and expect in lenient.problems[0]
+
+
+def test_entry_size_not_a_multiple(tmp_path: Path) -> None:
+    raw = bytearray(trust.build_esl([(trust.EFI_CERT_SHA256, OWNER, bytes(32))]))
+    struct.pack_into("<I", raw, 24, 40)  # SignatureSize 40 for a 48-byte body
+    with pytest.raises(ParseError, match="not a multiple of the entry size 40"):
+        trust.parse_esl(bytes(raw), "db")
+
+
+def test_config_pem_text_and_paths_and_verity_dirs(tmp_path: Path) -> None:
+    a, b, c = _cert("inline"), _cert("file"), _cert("dir")
+    (tmp_path / "etc" / "certs").mkdir(parents=True)
+    (tmp_path / "etc" / "certs" / "b.pem").write_bytes(b.public_bytes(Encoding.PEM))
+    vd = tmp_path / "run" / "verity.d"
+    vd.mkdir(parents=True)
+    (vd / "c.crt").write_bytes(_der(c))  # DER is accepted too
+    (vd / "notes.txt").write_text("not a certificate")
+    pem = a.public_bytes(Encoding.PEM).decode().replace("\n", "\n      ")
+    cfgf = tmp_path / "c.yaml"
+    cfgf.write_text(f"sysext:\n  firmware: []\n  certificates:\n    - |\n      {pem}\n    - /etc/certs/b.pem\n")
+    store = trust.load(config.load([cfgf]).sysext, tmp_path)
+    assert [x.cert for x in store.anchors] == [a, b, c]
+    assert store.anchors[0].source == f"{cfgf}: sysext.certificates[0]"
+    assert store.anchors[2].source == str(vd / "c.crt")
+
+
+def test_bad_config_certificate_names_the_key(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "  certificates: [/nope.pem]\n")
+    with pytest.raises(ParseError, match=r"sysext.certificates\[0\]: /nope.pem: cannot read"):
+        trust.load(cfg, tmp_path, tmp_path / "ev")
+
+
+def test_export_writes_pem_and_removes_stale(tmp_path: Path) -> None:
+    a = _cert("a")
+    ev = tmp_path / "efivars"
+    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(a))]))
+    dest = tmp_path / "run" / "verity.d"
+    dest.mkdir(parents=True)
+    (dest / "bootkeeper-0000000000000000.crt").write_text("stale")
+    (dest / "admin.crt").write_bytes(_cert("admin").public_bytes(Encoding.PEM))
+    cfg = _cfg(tmp_path, "")
+    written, removed = trust.export(trust.load(cfg, tmp_path, ev), dest)
+    assert removed == ["bootkeeper-0000000000000000.crt"]
+    assert len(written) == 1
+    assert (dest / written[0]).read_bytes() == a.public_bytes(Encoding.PEM)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(["admin.crt", written[0]])
+    # a second export changes nothing; reading verity.d back does not count our copies twice
+    assert trust.export(trust.load(cfg, tmp_path, ev), dest) == ([], [])
+    (tmp_path / "d.yaml").write_text("sysext: {}\n")  # default verity_dirs, under tmp_path
+    cfg2 = config.load([tmp_path / "d.yaml"]).sysext
+    assert [x.subject for x in trust.load(cfg2, tmp_path, ev).anchors] == ["CN=admin", "CN=a"]
+
+
+def test_keys_list_and_export_cli(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    a, bad = _cert("from-db"), _cert("revoked")
+    ev = tmp_path / "sys/firmware/efi/efivars"
+    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(c)) for c in (a, bad)]))
+    _efivar(ev, "dbx", trust.build_esl([(trust.EFI_CERT_SHA256, OWNER, hashlib.sha256(_der(bad)).digest())]))
+    (tmp_path / "oem").mkdir()
+    (tmp_path / "oem" / "90.yaml").write_text("sysext:\n  mode: enforced\n")
+
+    def bk(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "bootkeeper", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+    r = bk("keys", "list", "--root", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert [t["subject"] for t in j["trusted"]] == ["CN=from-db"]
+    assert [(t["subject"], t["revoked_by"]) for t in j["revoked"]] == [
+        ("CN=revoked", "dbx #0 (SHA-256 of the certificate)")
+    ]
+    r = bk("keys", "export", "--root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    crts = list((tmp_path / "run/verity.d").glob("*.crt"))
+    assert len(crts) == 1 and crts[0].read_bytes() == a.public_bytes(Encoding.PEM)
+    # a truncated db: one line naming the variable, exit 4, nothing written
+    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(a))])[:-1])
+    crts[0].unlink()
+    r = bk("keys", "export", "--root", str(tmp_path))
+    assert r.returncode == 4
+    assert r.stderr.count("\n") == 1 and "firmware db" in r.stderr and "does not fit" in r.stderr
+    assert list((tmp_path / "run/verity.d").iterdir()) == []
