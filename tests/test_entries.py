@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from functools import cmp_to_key
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bootkeeper.esp import entries, pe
+from bootkeeper.esp import entries, pe, scratch
 from bootkeeper.esp.entries import EntryKind, LoaderType, Role, strverscmp_improved
 
 
@@ -134,22 +133,7 @@ def test_more_tries_left_first_when_otherwise_equal() -> None:
 
 
 def make_uki(path: Path, osrel: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> Path:
-    """A minimal PE file with named sections, enough for the section-table readers."""
-    sections = ((b".osrel", osrel), *extra)
-    pe_off = 0x80
-    opt_size = 0xF0
-    table_off = pe_off + 24 + opt_size
-    data_off = (table_off + 40 * len(sections) + 0x1FF) & ~0x1FF
-    dos = bytearray(b"MZ" + b"\0" * 0x3A + struct.pack("<I", pe_off))
-    hdr = b"PE\0\0" + struct.pack("<HHIIIHH", 0x8664, len(sections), 0, 0, 0, opt_size, 0x22)
-    out = bytearray(dos.ljust(pe_off, b"\0") + hdr + b"\0" * opt_size)
-    body = bytearray()
-    for name, data in sections:
-        off = data_off + len(body)
-        out += struct.pack("<8sIIIIIIHHI", name.ljust(8, b"\0"), len(data), 0x1000, len(data), off, 0, 0, 0, 0, 0)
-        body += data.ljust((len(data) + 0x1FF) & ~0x1FF, b"\0")
-    out = out.ljust(data_off, b"\0") + body
-    path.write_bytes(bytes(out))
+    path.write_bytes(scratch.stand_in_uki(((b".osrel", osrel), *extra)))
     return path
 
 

@@ -107,6 +107,15 @@ def root_option(f: F) -> F:
     )(f)
 
 
+def root_efivars_option(f: F) -> F:
+    return click.option(
+        "--efivars",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="efivarfs with db/dbx (default: ROOT/sys/firmware/efi/efivars).",
+    )(f)
+
+
 def load_config(files: tuple[Path, ...], root: Path = Path("/")) -> Any:
     """The merged config (``--config`` files, else ROOT/oem/*.yaml); its warnings go to stderr."""
     from bootkeeper import config

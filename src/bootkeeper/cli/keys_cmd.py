@@ -7,16 +7,15 @@ from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import config_option, json_option, load_config, print_json, root_option, table
-
-
-def _efivars_option(f: click.decorators.FC) -> click.decorators.FC:
-    return click.option(
-        "--efivars",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="efivarfs (default: ROOT/sys/firmware/efi/efivars).",
-    )(f)
+from bootkeeper.cli.common import (
+    config_option,
+    json_option,
+    load_config,
+    print_json,
+    root_efivars_option,
+    root_option,
+    table,
+)
 
 
 @click.group()
@@ -54,7 +53,7 @@ def generate(key_path: Path, cert_path: Path, cn: str, days: int) -> None:
 @keys.command(name="list")
 @config_option
 @root_option
-@_efivars_option
+@root_efivars_option
 @json_option
 def list_(config_files: tuple[Path, ...], root: Path, efivars: Path | None, as_json: bool) -> None:
     """Trusted certificates: config, verity.d folders, firmware db (minus dbx)."""
@@ -82,7 +81,7 @@ def list_(config_files: tuple[Path, ...], root: Path, efivars: Path | None, as_j
 @keys.command()
 @config_option
 @root_option
-@_efivars_option
+@root_efivars_option
 @click.option("--dest", type=click.Path(path_type=Path), default=None, help="Default: ROOT/run/verity.d.")
 @json_option
 def export(config_files: tuple[Path, ...], root: Path, efivars: Path | None, dest: Path | None, as_json: bool) -> None:

@@ -7,7 +7,16 @@ from typing import Any
 
 import click
 
-from bootkeeper.cli.common import json_option, print_json, table
+from bootkeeper.cli.common import (
+    config_option,
+    esp_option,
+    find_esp,
+    json_option,
+    load_config,
+    print_json,
+    root_option,
+    table,
+)
 
 
 def _certs(paths: tuple[Path, ...]) -> list[Any]:
@@ -222,3 +231,223 @@ def build(
     info = image.inspect(output)
     rh = info.root_hash("root")
     click.echo(f"{output}: root hash {rh.hex() if rh else '?'}")
+
+
+def _validate_for(cfg: Any, root: Path, path: Path, full: bool) -> Any:
+    """Validate ``path`` under the configured policy and trust anchors (boot-time rules)."""
+    from bootkeeper.sysext import image, policy, trust
+
+    anchors = trust.load(cfg.sysext, root, strict=False)
+    for p in anchors.problems:
+        click.echo(f"bootkeeper: warning: trust source skipped: {p}", err=True)
+    pol = policy.parse(cfg.sysext.policy, "sysext.policy")
+    bar = _Bar(f"verifying {path.name}")
+    try:
+        return image.validate(path, pol, anchors.certificates, full=full, progress=bar)
+    finally:
+        bar.close()
+
+
+def _entry_option(f: Any) -> Any:
+    return click.option(
+        "--entry",
+        "entries",
+        multiple=True,
+        help="Boot entry name (active, passive, recovery…); repeatable. Default: the sysext.entries rules.",
+    )(f)
+
+
+@sysext.command()
+@click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--name", default=None, help="File name on the ESP (default: IMAGE's own name).")
+@_entry_option
+@click.option("--force", is_flag=True, help="Install even if validation fails (logged).")
+@esp_option
+@config_option
+@root_option
+@json_option
+def install(
+    image_path: Path,
+    name: str | None,
+    entries: tuple[str, ...],
+    force: bool,
+    esp: Path | None,
+    config_files: tuple[Path, ...],
+    root: Path,
+    as_json: bool,
+) -> None:
+    """Copy IMAGE into EFI/<vendor>/<entry>.efi.extra.d/ for the entries that should load it."""
+    import logging
+
+    from bootkeeper.errors import NotApplicableError, ParseError
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.sysext import deploy
+
+    name = deploy.check_name(name if name is not None else image_path.name)
+    if not image_path.is_file():
+        raise ParseError(f"{image_path}: not a readable file")
+    cfg = load_config(config_files, root)
+    store = EspStore(find_esp(esp))
+    available = deploy.targets(store.snapshot(), store, cfg.sysext.vendor)
+    if not available:
+        raise NotApplicableError(f"{store.root}: no boot entry runs a UKI, so no .extra.d folder would be read")
+    chosen, why = deploy.select(name, available, cfg.sysext.entries, entries)
+    if not chosen:
+        raise NotApplicableError(f"{name}: {why}, but none of those entries is on the ESP")
+    v = _validate_for(cfg, root, image_path, full=True)
+    if not v.ok:
+        if not force:
+            from bootkeeper.errors import BootkeeperError
+
+            raise BootkeeperError(
+                f"{image_path}: refused under policy {cfg.sysext.policy}: {'; '.join(v.reasons)}",
+                hint="fix the image or its signature, or pass --force to install it anyway",
+            )
+        msg = f"installing {name} with --force although it fails validation: {'; '.join(v.reasons)}"
+        logging.getLogger("bootkeeper").warning(msg)
+        click.echo(f"bootkeeper: warning: {msg}", err=True)
+    p = deploy.plan(store, image_path, name, chosen, why)
+    bar = _Bar(f"copying {name}")
+    try:
+        deploy.install(store, image_path, p, progress=bar)
+    finally:
+        bar.close()
+    if as_json:
+        print_json({**p.as_json(), "validation": v.as_json(), "forced": force and not v.ok})
+        return
+    for t in p.write:
+        click.echo(f"{t.entry}: {t.extra_dir}/{name} written")
+    for t in p.same:
+        click.echo(f"{t.entry}: {t.extra_dir}/{name} already there")
+    click.echo(f"({why}; signed by {v.signer})" if v.signer else f"({why})")
+
+
+@sysext.command()
+@click.argument("name")
+@_entry_option
+@esp_option
+@config_option
+@json_option
+def remove(
+    name: str, entries: tuple[str, ...], esp: Path | None, config_files: tuple[Path, ...], as_json: bool
+) -> None:
+    """Remove extension NAME from the entries' .extra.d folders (default: from every entry)."""
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.sysext import deploy
+
+    deploy.check_name(name)
+    cfg = load_config(config_files)
+    store = EspStore(find_esp(esp))
+    available = deploy.targets(store.snapshot(), store, cfg.sysext.vendor)
+    chosen = deploy.select(name, available, (), entries)[0] if entries else available
+    gone = deploy.remove(store, name, chosen)
+    if as_json:
+        print_json({"name": name, "removed": gone})
+    elif gone:
+        for g in gone:
+            click.echo(f"removed {g}")
+    else:
+        click.echo(f"{name}: not installed for {', '.join(t.entry for t in chosen) or 'any entry'}")
+
+
+@sysext.command(name="list")
+@esp_option
+@config_option
+@root_option
+@json_option
+def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json: bool) -> None:
+    """Per boot entry: the extensions installed, their version, signer and verdict."""
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.sysext import deploy, image
+
+    cfg = load_config(config_files, root)
+    store = EspStore(find_esp(esp))
+    available = deploy.targets(store.snapshot(), store, cfg.sysext.vendor)
+    rows = []
+    for it in deploy.installed(store, available):
+        info = image.inspect(it.path) if it.size else None
+        rel = info.release.get("root") if info else None
+        version = None
+        if rel is not None and not isinstance(rel, str):
+            version = rel.fields.get("VERSION_ID") or rel.fields.get("SYSEXT_VERSION_ID") or rel.fields.get("VERSION")
+        v = _validate_for(cfg, root, it.path, full=False)
+        rows.append(
+            {
+                "entry": it.target.entry,
+                "path": f"{it.target.extra_dir}/{it.name}",
+                "name": it.name,
+                "size": it.size,
+                "version": version,
+                "signer": v.signer,
+                "ok": v.ok,
+                "reasons": v.reasons,
+            }
+        )
+    if as_json:
+        print_json({"entries": [t.entry for t in available], "extensions": rows})
+        return
+    table(
+        ["entry", "extension", "version", "size", "signer", "verdict"],
+        [
+            [r["entry"], r["name"], r["version"], r["size"], r["signer"], "ok" if r["ok"] else "; ".join(r["reasons"])]
+            for r in rows
+        ],
+    )
+    if not rows:
+        click.echo(f"no extensions installed for {', '.join(t.entry for t in available) or 'any entry'}")
+
+
+@sysext.command()
+@root_option
+@click.option(
+    "--mode",
+    type=click.Choice(["disabled", "permissive", "enforced"]),
+    default=None,
+    help="Override sysext.mode from the config.",
+)
+@config_option
+@click.option(
+    "--efivars", type=click.Path(path_type=Path), default=None, help="Default: ROOT/sys/firmware/efi/efivars."
+)
+@click.option(
+    "--refresh/--no-refresh",
+    "do_refresh",
+    default=None,
+    help="Run systemd-sysext refresh afterwards (default: sysext.refresh from the config).",
+)
+@json_option
+def activate(
+    root: Path,
+    mode: str | None,
+    config_files: tuple[Path, ...],
+    efivars: Path | None,
+    do_refresh: bool | None,
+    as_json: bool,
+) -> None:
+    """Boot time: validate each image of /.extra/sysext and place those the mode allows in /run/extensions."""
+    from bootkeeper.config import SysextMode
+    from bootkeeper.sysext import activate as act
+
+    cfg = load_config(config_files, root)
+    chosen = SysextMode(mode) if mode else cfg.sysext.mode
+    report = act.activate(
+        root,
+        cfg.sysext,
+        chosen,
+        efivars=efivars,
+        log=None if as_json else lambda line: click.echo(f"bootkeeper-sysext: {line}"),
+    )
+    if do_refresh if do_refresh is not None else cfg.sysext.refresh:
+        report.refresh = act.refresh(root, cfg.sysext, chosen)
+        act.write_report(root, report)
+        if not as_json:
+            r = report.refresh
+            click.echo(f"bootkeeper-sysext: {' '.join(r['argv'])}: {'ok' if r['ok'] else r['error']}")
+    if as_json:
+        print_json(report.as_json())
+    else:
+        placed = sum(o.placed for o in report.images)
+        click.echo(
+            f"bootkeeper-sysext: mode {report.mode}: {placed} of {len(report.images)} placed in "
+            f"{root / act.DEST_DIR} ({report.seconds:.2f} s); report {root / act.REPORT}"
+        )

@@ -6,6 +6,7 @@ systemd-boot in it and boot it in QEMU). Nothing here touches a real ESP.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 from bootkeeper.esp.entries import Role
@@ -25,6 +26,7 @@ def make(
     initrd: Path | None = None,
     sdboot: Path | None = None,
     efi_key_roles: tuple[Role, ...] = (),
+    ukis: bool = False,
 ) -> Path:
     """Write ``loader/loader.conf`` and one entry per role; return ``root``.
 
@@ -49,7 +51,11 @@ def make(
         lines = [f"title Kairos {role.value}"]
         if sort_keys:
             lines.append(f"sort-key {role.sort_key}")
-        if role in efi_key_roles:
+        if ukis:  # Kairos UKI layout: the entry names EFI/kairos/<role>.efi
+            uki = root / "EFI" / "kairos" / f"{role.value}.efi"
+            uki.write_bytes(stand_in_uki(((b".osrel", f"ID=kairos\nVERSION_ID=1\nIMAGE_ID={role.value}\n".encode()),)))
+            lines.append(f"efi /EFI/kairos/{role.value}.efi")
+        elif role in efi_key_roles:
             lines.append("efi /EFI/kairos/vmlinuz")
         else:
             lines.append("linux /EFI/kairos/vmlinuz")
@@ -57,3 +63,21 @@ def make(
         lines.append(f"options {DEFAULT_OPTIONS} entry={role.value}")
         (root / "loader" / "entries" / name).write_text("\n".join(lines) + "\n")
     return root
+
+
+def stand_in_uki(sections: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """A minimal PE file with the given named sections: enough for the section-table readers, and
+    a stand-in for a UKI on a scratch ESP (it does not boot)."""
+    pe_off = 0x80
+    opt_size = 0xF0
+    table_off = pe_off + 24 + opt_size
+    data_off = (table_off + 40 * len(sections) + 0x1FF) & ~0x1FF
+    dos = bytearray(b"MZ" + b"\0" * 0x3A + struct.pack("<I", pe_off))
+    hdr = b"PE\0\0" + struct.pack("<HHIIIHH", 0x8664, len(sections), 0, 0, 0, opt_size, 0x22)
+    out = bytearray(dos.ljust(pe_off, b"\0") + hdr + b"\0" * opt_size)
+    body = bytearray()
+    for name, data in sections:
+        off = data_off + len(body)
+        out += struct.pack("<8sIIIIIIHHI", name.ljust(8, b"\0"), len(data), 0x1000, len(data), off, 0, 0, 0, 0, 0)
+        body += data.ljust((len(data) + 0x1FF) & ~0x1FF, b"\0")
+    return bytes(out.ljust(data_off, b"\0") + body)

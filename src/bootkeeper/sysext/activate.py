@@ -1,0 +1,254 @@
+"""Boot time: ``/.extra/sysext/*.raw`` (and configured folders) → validate each → ``/run/extensions``.
+
+systemd-sysext refuses every image when one of them fails its checks, so each image is judged on its
+own here and only what the mode allows is placed:
+
+* ``enforced``: only images that pass the policy, the hash tree, the signature against the trust
+  anchors and the extension-release check;
+* ``permissive``: every image, and those that fail are reported;
+* ``disabled``: every image, unchecked.
+
+Symbolic links and anything but regular files are never followed or placed, in any mode. The bytes
+checked are the bytes used: each image is copied to a temporary name in the destination
+(``.bootkeeper-*.tmp``, which systemd-sysext ignores), the copy is validated, then renamed. Images
+placed by an earlier run that are not placed now are removed (the report lists what we placed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bootkeeper import fsutil
+from bootkeeper.config import Sysext, SysextMode
+from bootkeeper.errors import BootkeeperError, StoreIOError
+
+EXTRA_DIR = ".extra/sysext"
+DEST_DIR = "run/extensions"
+REPORT = "run/bootkeeper/sysext.json"
+
+
+@dataclass
+class Outcome:
+    name: str
+    source: str
+    placed: bool
+    verdict: str  # passed | refused | failed-but-placed | unchecked | skipped
+    reasons: list[str] = field(default_factory=list)
+    signer: str | None = None
+    root_hash: str | None = None
+    qualified_as: str | None = None
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        where = "placed" if self.placed else "not placed"
+        who = f", signed by {self.signer}" if self.signer else ""
+        why = f": {'; '.join(self.reasons)}" if self.reasons else ""
+        return f"{self.name}: {self.verdict}, {where}{who}{why}"
+
+
+@dataclass
+class Report:
+    mode: str
+    policy: str
+    root: str
+    sources: list[str]
+    images: list[Outcome] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    trust: dict[str, Any] = field(default_factory=dict)
+    refresh: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _under(root: Path, path: str) -> Path:
+    return root / path.lstrip("/")
+
+
+def host_os_release(root: Path) -> dict[str, str] | None:
+    from bootkeeper.sysext.release import parse_release
+
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        p = root / rel
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            return parse_release(p.read_text(encoding="utf-8"))
+    return None
+
+
+def _previous(root: Path) -> list[str]:
+    try:
+        old = json.loads((root / REPORT).read_text())
+        return [i["name"] for i in old.get("images", []) if i.get("placed")]
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return []
+
+
+def _candidates(sources: list[Path]) -> list[tuple[str, Path | None, str | None]]:
+    """(name, path, why-skipped) for every entry of the source folders, first folder wins."""
+    from bootkeeper.errors import UsageError
+    from bootkeeper.sysext.deploy import check_name
+
+    out: list[tuple[str, Path | None, str | None]] = []
+    seen: set[str] = set()
+    for d in sources:
+        try:
+            if d.is_symlink():
+                out.append((d.name, None, f"{d}: source folder is a symbolic link; not followed"))
+                continue
+            names = sorted(os.listdir(d))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            out.append((d.name, None, f"{d}: cannot list ({exc.strerror})"))
+            continue
+        for n in names:
+            if fsutil.is_temporary(n) or not n.endswith(".raw"):
+                continue  # systemd-stub only passes *.raw; nothing else is an image
+            p = d / n
+            if n in seen:
+                out.append((n, None, f"{p}: an image of this name came from an earlier folder"))
+                continue
+            seen.add(n)
+            try:
+                check_name(n)
+            except UsageError as exc:
+                out.append((n, None, str(exc)))
+                continue
+            out.append((n, p, None))
+    return out
+
+
+def activate(
+    root: Path,
+    cfg: Sysext,
+    mode: SysextMode | None = None,
+    *,
+    efivars: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Report:
+    from bootkeeper.sysext import image, policy, trust
+
+    started = time.monotonic()
+    mode = mode or cfg.mode
+    sources = [root / EXTRA_DIR, *(_under(root, s) for s in cfg.sources)]
+    dest = root / DEST_DIR
+    report = Report(mode.value, cfg.policy, str(root), [str(s) for s in sources])
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreIOError(f"{dest}: cannot create ({exc.strerror})") from exc
+    if dest.is_symlink() or not dest.is_dir():
+        raise StoreIOError(f"{dest}: not a folder (a symbolic link or a file is in the way)")
+    host = host_os_release(root)
+    anchors: list[Any] = []
+    pol = policy.parse(cfg.policy, "sysext.policy")
+    if mode is not SysextMode.DISABLED:
+        store = trust.load(cfg, root, efivars, strict=False)
+        anchors = store.certificates
+        report.trust = {
+            "trusted": [a.as_json() for a in store.anchors],
+            "revoked": [a.as_json(why) for a, why in store.revoked],
+            "problems": store.problems,
+        }
+    for name, src, skipped in _candidates(sources):
+        t0 = time.monotonic()
+        if src is None:
+            o = Outcome(name, "", False, "skipped", [skipped or "skipped"])
+        else:
+            o = _one(name, src, dest, mode, pol, anchors, host, cfg.full_check, image.validate)
+        o.seconds = round(time.monotonic() - t0, 4)
+        report.images.append(o)
+        if log is not None:
+            log(o.line())
+    placed = {o.name for o in report.images if o.placed}
+    for old in _previous(root):
+        if old not in placed and (dest / old).is_file() and not (dest / old).is_symlink():
+            (dest / old).unlink()
+            report.removed.append(old)
+            if log is not None:
+                log(f"{old}: removed (placed by an earlier run, not any more)")
+    report.seconds = round(time.monotonic() - started, 4)
+    write_report(root, report)
+    return report
+
+
+def _one(
+    name: str,
+    src: Path,
+    dest: Path,
+    mode: SysextMode,
+    pol: Any,
+    anchors: list[Any],
+    host: dict[str, str] | None,
+    full: bool,
+    validate: Any,
+) -> Outcome:
+    try:
+        sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        why = "a symbolic link; not followed" if os.path.islink(src) else f"cannot open ({exc.strerror})"
+        return Outcome(name, str(src), False, "refused", [f"{src}: {why}"])
+    try:
+        st = os.fstat(sfd)
+        if not stat.S_ISREG(st.st_mode):
+            return Outcome(name, str(src), False, "refused", [f"{src}: not a regular file"])
+        target = dest / name
+        with fsutil.temp_file(target) as (fd, tmp):
+            try:
+                fsutil.copy_into(sfd, fd, st.st_size)
+            except OSError as exc:
+                return Outcome(name, str(src), False, "refused", [f"copy to {dest} failed ({exc.strerror or exc})"])
+            if mode is SysextMode.DISABLED:
+                o = Outcome(name, str(src), True, "unchecked")
+            else:
+                v = validate(tmp, pol, anchors, full=full, os_release=host)
+                if v.ok:
+                    verdict, placed = "passed", True
+                elif mode is SysextMode.PERMISSIVE:
+                    verdict, placed = "failed-but-placed", True
+                else:
+                    verdict, placed = "refused", False
+                o = Outcome(name, str(src), placed, verdict, list(v.reasons), v.signer, v.root_hash, v.qualified_as)
+            if o.placed:
+                fsutil.commit(fd, tmp, target)
+            elif target.is_file() and not target.is_symlink():
+                target.unlink()  # an older copy of a now-refused image must not stay
+            return o
+    finally:
+        os.close(sfd)
+
+
+def write_report(root: Path, report: Report) -> None:
+    p = root / REPORT
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fsutil.write_atomic(p, (json.dumps(report.as_json(), indent=2) + "\n").encode())
+    except OSError as exc:
+        raise StoreIOError(f"{p}: cannot write the report ({exc.strerror})") from exc
+
+
+def refresh(root: Path, cfg: Sysext, mode: SysextMode) -> dict[str, Any]:
+    """``systemd-sysext refresh``: with the configured policy in enforced mode (in the other modes a
+    failing image was placed on purpose, and a policy would make systemd-sysext refuse them all)."""
+    from bootkeeper.run import run
+
+    argv = ["systemd-sysext", "refresh"]
+    if str(root) != "/":
+        argv.append(f"--root={root}")
+    if mode is SysextMode.ENFORCED:
+        argv.append(f"--image-policy={cfg.policy}")
+    env = {"SYSTEMD_SYSEXT_HIERARCHIES": ":".join(cfg.hierarchies)} if cfg.hierarchies else None
+    try:
+        run(argv, env=env)
+    except BootkeeperError as exc:
+        return {"argv": argv, "env": env, "ok": False, "error": str(exc)}
+    return {"argv": argv, "env": env, "ok": True, "error": None}
