@@ -170,12 +170,14 @@ def activate(
         if log is not None:
             log(o.line())
     placed = {o.name for o in report.images if o.placed}
-    for old in _previous(root):
-        if old not in placed and (dest / old).is_file() and not (dest / old).is_symlink():
-            (dest / old).unlink()
+    refused = {o.name for o in report.images if not o.placed and o.verdict == "refused"}
+    for old in sorted(refused | set(_previous(root))):
+        p = dest / old
+        if old not in placed and (p.is_file() or p.is_symlink()):
+            p.unlink()  # a copy from an earlier run of an image not placed now must not stay
             report.removed.append(old)
             if log is not None:
-                log(f"{old}: removed (placed by an earlier run, not any more)")
+                log(f"{old}: removed from {dest} (an earlier copy; not placed now)")
     report.seconds = round(time.monotonic() - started, 4)
     write_report(root, report)
     return report
@@ -210,7 +212,7 @@ def _one(
             if mode is SysextMode.DISABLED:
                 o = Outcome(name, str(src), True, "unchecked")
             else:
-                v = validate(tmp, pol, anchors, full=full, os_release=host)
+                v = validate(tmp, pol, anchors, full=full, os_release=host, name=name)
                 if v.ok:
                     verdict, placed = "passed", True
                 elif mode is SysextMode.PERMISSIVE:
@@ -220,8 +222,6 @@ def _one(
                 o = Outcome(name, str(src), placed, verdict, list(v.reasons), v.signer, v.root_hash, v.qualified_as)
             if o.placed:
                 fsutil.commit(fd, tmp, target)
-            elif target.is_file() and not target.is_symlink():
-                target.unlink()  # an older copy of a now-refused image must not stay
             return o
     finally:
         os.close(sfd)

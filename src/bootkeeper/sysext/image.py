@@ -133,8 +133,9 @@ def _read(f: Any, p: gpt.Partition, n: int | None = None) -> bytes:
     return bytes(f.read(p.size if n is None else min(n, p.size)))
 
 
-def inspect(path: Path) -> ImageInfo:
-    what = str(path)
+def inspect(path: Path, name: str | None = None) -> ImageInfo:
+    """``name``: the file name the image is used under, when ``path`` is a temporary copy."""
+    what = str(path) if name is None else f"{name} (at {path})"
     try:
         size = path.stat().st_size
         f = path.open("rb")
@@ -186,7 +187,7 @@ def inspect(path: Path) -> ImageInfo:
                     problems.append(str(exc))
             try:
                 rel = release.read_from_partition(
-                    path, des.data.offset, des.data.size, info.fstype[d], release.image_name(path)
+                    path, des.data.offset, des.data.size, info.fstype[d], release.image_name(Path(name or path.name))
                 )
                 info.release[d] = rel
             except ParseError as exc:
@@ -228,13 +229,14 @@ def validate(
     architecture: str | None = None,
     os_release: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    name: str | None = None,
 ) -> Validation:
     """Check one image: structure, verity tree and root hash, signature, the policy, and its
     extension-release (against ``os_release``, the host's, when given)."""
     try:
-        info = inspect(path)
+        info = inspect(path, name)
     except ParseError as exc:
-        return Validation(str(path), False, [str(exc)], [])
+        return Validation(name or str(path), False, [str(exc)], [])
     reasons = list(p for p in info.problems if not p.startswith("GPT: backup"))
     arch = architecture or host_architecture()
     observed: dict[str, policy.Observed] = {}
@@ -285,7 +287,7 @@ def validate(
     decisions = policy.evaluate(pol, observed, info.others)
     reasons.extend(d.reason for d in decisions if not d.ok)
     used = [d.used_as for d in decisions if d.ok and d.used_as not in (None, "absent")]
-    return Validation(str(path), not reasons, reasons, decisions, signer, root_hex, used[0] if used else None)
+    return Validation(name or str(path), not reasons, reasons, decisions, signer, root_hex, used[0] if used else None)
 
 
 def _verify_with_offset(

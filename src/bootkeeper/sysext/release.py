@@ -53,7 +53,7 @@ def read_from_partition(path: Path, offset: int, size: int, fstype: str | None, 
     """The extension-release of the file system in bytes ``offset..offset+size`` of ``path``."""
     import os
 
-    what = f"{path} (root file system)"
+    what = f"{name} (root file system)"
     fd = os.open(path, os.O_RDONLY)
     try:
         if fstype == "erofs":
