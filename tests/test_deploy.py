@@ -1,0 +1,174 @@
+"""sysext install on bad ground: no room, a read-only ESP, hostile names, symlinks, a crash at
+every step of the copy; and which UKIs get which folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bootkeeper.errors import StoreIOError, UsageError
+from bootkeeper.esp import scratch
+from bootkeeper.esp.entries import Role
+from bootkeeper.esp.store import EspStore
+from bootkeeper.sysext import deploy, image, signature
+from helpers import tree
+
+KEY, CERT = signature.self_signed("ec", "deploy test")
+
+
+@pytest.fixture(scope="module")
+def img(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("img")
+    (d / "t/usr/bin").mkdir(parents=True)
+    (d / "t/usr/bin/x").write_bytes(os.urandom(600_000))
+    return image.build(d / "t", d / "x.sysext.raw", KEY, CERT)
+
+
+def _esp(root: Path) -> Path:
+    return scratch.make(root, roles=(Role.ACTIVE, Role.PASSIVE, Role.RECOVERY), ukis=True)
+
+
+def bk(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
+
+
+def test_targets_strip_the_counter_and_cover_both_entry_types(tmp_path: Path) -> None:
+    esp = _esp(tmp_path / "esp")
+    assert (esp / "loader/entries/active+3.conf").is_file()  # a counted Type #1 entry naming active.efi
+    (esp / "EFI/Linux").mkdir(parents=True)
+    (esp / "EFI/Linux/statereset+2-1.efi").write_bytes(scratch.stand_in_uki(((b".osrel", b"ID=kairos\n"),)))
+    store = EspStore(esp)
+    got = {(t.entry, t.extra_dir) for t in deploy.targets(store.snapshot(), store)}
+    assert got == {
+        ("active", "EFI/kairos/active.efi.extra.d"),
+        ("passive", "EFI/kairos/passive.efi.extra.d"),
+        ("recovery", "EFI/kairos/recovery.efi.extra.d"),
+        ("statereset", "EFI/Linux/statereset.efi.extra.d"),
+    }
+
+
+def test_rules_choose_entries_and_recovery_only_when_named(tmp_path: Path) -> None:
+    esp = _esp(tmp_path / "esp")
+    store = EspStore(esp)
+    ts = deploy.targets(store.snapshot(), store)
+    rules = (("active", (r"k3s-v1\.30.*",)), ("recovery", ("debug",)))
+    pick = {n: [t.entry for t in deploy.select(n, ts, rules, ())[0]] for n in ("k3s-v1.30.2.raw", "x.raw", "debug.raw")}
+    assert pick == {"k3s-v1.30.2.raw": ["active"], "x.raw": ["active", "passive"], "debug.raw": ["recovery"]}
+    # full match: a rule 'k3s' does not take 'k3s-extra'
+    assert [t.entry for t in deploy.select("k3s-extra.raw", ts, (("recovery", ("k3s",)),), ())[0]] == [
+        "active",
+        "passive",
+    ]
+    with pytest.raises(UsageError, match="no UKI entry named nope"):
+        deploy.select("x.raw", ts, (), ("nope",))
+
+
+@pytest.mark.parametrize("name", ["../x.raw", "a/b.raw", "..raw", ".hidden.raw", "x.conf", "x.confext.raw", ""])
+def test_hostile_names_refused_before_anything(tmp_path: Path, img: Path, name: str) -> None:
+    esp = _esp(tmp_path / "esp")
+    before = tree(esp)
+    r = bk("sysext", "install", str(img), "--name", name, "--esp", str(esp), "--root", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("bootkeeper: error: image name") and r.stderr.count("\n") == 1
+    assert tree(esp) == before
+
+
+def test_symlinked_extra_dir_is_refused(tmp_path: Path, img: Path) -> None:
+    esp = _esp(tmp_path / "esp")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (esp / "EFI/kairos/active.efi.extra.d").symlink_to(elsewhere)
+    cert = tmp_path / "c.pem"
+    cert.write_bytes(signature_pem())
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"sysext:\n  certificates: [{cert}]\n  firmware: []\n")
+    r = bk("sysext", "install", str(img), "--esp", str(esp), "--config", str(cfg))
+    assert r.returncode == 6, r.stderr
+    assert "is a symbolic link; refusing to write through it" in r.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert not (esp / "EFI/kairos/passive.efi.extra.d").exists()
+
+
+def signature_pem() -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return bytes(CERT.public_bytes(Encoding.PEM))
+
+
+def test_crash_at_every_step_leaves_old_or_new(tmp_path: Path, img: Path) -> None:
+    """Fault injection at each mutating step: every .raw on the ESP is either absent or complete,
+    and no temporary file is left that a loader would pick up."""
+    steps: list[str] = []
+    esp0 = _esp(tmp_path / "probe")
+    s0 = EspStore(esp0, fault=steps.append)
+    ts = deploy.targets(s0.snapshot(), s0)
+    chosen = [t for t in ts if t.entry in ("active", "passive")]
+    deploy.install(s0, img, deploy.plan(s0, img, "x.sysext.raw", chosen, "test"))
+    assert any(s.startswith("rename:") for s in steps)
+    want = img.read_bytes()
+    first_rename = next(i for i, s in enumerate(steps) if s.startswith("rename:"))
+    for i, step in enumerate(steps):
+        esp = _esp(tmp_path / f"e{i}")
+
+        calls: list[str] = []
+
+        def fault(name: str, at: int = i, calls: list[str] = calls) -> None:  # by index: temp names vary
+            calls.append(name)
+            if len(calls) == at + 1:
+                raise OSError(5, f"injected at {name}")
+
+        store = EspStore(esp, fault=fault)
+        ts = [t for t in deploy.targets(store.snapshot(), store) if t.entry in ("active", "passive")]
+        with pytest.raises(StoreIOError, match="injected"):
+            deploy.install(store, img, deploy.plan(store, img, "x.sysext.raw", ts, "test"))
+        for p in esp.rglob("*"):
+            assert not p.name.startswith(".bootkeeper-"), f"temporary left after a crash at {step}"
+            if p.suffix == ".raw":
+                assert p.read_bytes() == want, f"partial image after a crash at {step}"
+        placed = list(esp.rglob("*.raw"))
+        if i <= first_rename:  # nothing is renamed into place before every copy is complete
+            assert placed == [], f"an image was placed before all copies were complete (crash at {step})"
+
+
+@pytest.mark.integration
+def test_full_and_read_only_esp(tmp_path: Path, img: Path) -> None:
+    """Real small and read-only mounts (tmpfs in a private mount namespace)."""
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is missing; scripts/setup-test-deps.sh installs it")
+    src = _esp(tmp_path / "src")
+    cert = tmp_path / "c.pem"
+    cert.write_bytes(signature_pem())
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"sysext:\n  certificates: [{cert}]\n  firmware: []\n")
+    small, ro = tmp_path / "small", tmp_path / "ro"
+    small.mkdir()
+    ro.mkdir()
+    install = f"{sys.executable} -m bootkeeper sysext install {img} --config {cfg}"
+    script = f"""
+mount -t tmpfs -o size=1m tmpfs {small}
+cp -a {src}/. {small}/
+{install} --esp {small}; echo "rc=$?"
+find {small} -name '*.raw' -o -name '.bootkeeper-*'
+mount -t tmpfs -o size=8m tmpfs {ro}
+cp -a {src}/. {ro}/
+mount -o remount,ro {ro}
+{install} --esp {ro}; echo "rc=$?"
+find {ro} -name '*.raw' | sort
+grep -w {ro} /proc/self/mounts
+"""
+    p = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True, check=False
+    )
+    out = p.stdout.splitlines()
+    assert [x for x in out if x.startswith("rc=")] == ["rc=6", "rc=0"], p.stdout + p.stderr
+    assert "not enough room for x.sysext.raw: 2 copies" in p.stderr and "nothing was changed" in p.stderr
+    assert not [x for x in out if x.startswith(str(small))]  # nothing written on the full ESP
+    raws = [x for x in out if x.startswith(str(ro)) and x.endswith(".raw")]
+    assert raws == [f"{ro}/EFI/kairos/{e}.efi.extra.d/x.sysext.raw" for e in ("active", "passive")]
+    mount = [x for x in out if x.startswith("tmpfs ")][-1]
+    assert mount.split()[3].startswith("ro")  # remounted read-only again
