@@ -24,6 +24,10 @@ VERBS = {
     "simulate": ("bootkeeper.cli.simulate_cmd:simulate", "Run boots with injected faults on a scratch ESP."),
     "demo": ("bootkeeper.cli.demo_cmd:demo", "Full demonstration on a scratch ESP in a temporary folder."),
     "sysext": ("bootkeeper.cli.sysext_cmd:sysext", "Signed system extension images: build, inspect, validate."),
+    "install-units": (
+        "bootkeeper.cli.units_cmd:install_units",
+        "Install the systemd units for boot-time extension activation.",
+    ),
     "keys": ("bootkeeper.cli.keys_cmd:keys", "Signing keys and the trusted certificates (config, verity.d, db)."),
 }
 
