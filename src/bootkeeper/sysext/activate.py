@@ -135,7 +135,7 @@ def activate(
     efivars: Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Report:
-    from bootkeeper.sysext import image, policy, trust
+    from bootkeeper.sysext import policy, trust
 
     started = time.monotonic()
     mode = mode or cfg.mode
@@ -159,16 +159,31 @@ def activate(
             "revoked": [a.as_json(why) for a, why in store.revoked],
             "problems": store.problems,
         }
-    for name, src, skipped in _candidates(sources):
-        t0 = time.monotonic()
-        if src is None:
-            o = Outcome(name, "", False, "skipped", [skipped or "skipped"])
-        else:
-            o = _one(name, src, dest, mode, pol, anchors, host, cfg.full_check, image.validate)
-        o.seconds = round(time.monotonic() - t0, 4)
-        report.images.append(o)
-        if log is not None:
-            log(o.line())
+    jobs = _candidates(sources)
+    with contextlib.ExitStack() as temps:
+        # 1. copy each image to a temporary name in the destination (one at a time: copies in
+        #    parallel only fight over memory bandwidth)
+        copies: dict[str, tuple[int, Path] | Outcome] = {}
+        for name, src, _ in jobs:
+            if src is not None:
+                copies[name] = _copy(name, src, dest, temps)
+        # 2. judge the copies: those bytes are what systemd-sysext will use
+        staged = {n: c for n, c in copies.items() if not isinstance(c, Outcome)}
+        verdicts = _judge({n: c[1] for n, c in staged.items()}, mode, pol, anchors, host, cfg.full_check)
+        # 3. rename what the mode allows into place; the rest of the temporaries go with the ExitStack
+        for name, src, skipped in jobs:
+            c = copies.get(name)
+            if src is None or c is None:
+                o = Outcome(name, "", False, "skipped", [skipped or "skipped"])
+            elif isinstance(c, Outcome):
+                o = c
+            else:
+                o = _outcome(name, src, mode, verdicts.get(name))
+                if o.placed:
+                    fsutil.commit(c[0], c[1], dest / name)
+            report.images.append(o)
+            if log is not None:
+                log(o.line())
     placed = {o.name for o in report.images if o.placed}
     refused = {o.name for o in report.images if not o.placed and o.verdict == "refused"}
     for old in sorted(refused | set(_previous(root))):
@@ -183,17 +198,22 @@ def activate(
     return report
 
 
-def _one(
-    name: str,
-    src: Path,
-    dest: Path,
-    mode: SysextMode,
-    pol: Any,
-    anchors: list[Any],
-    host: dict[str, str] | None,
-    full: bool,
-    validate: Any,
-) -> Outcome:
+PARALLEL_FROM = 64 << 20  # below this in total, worker processes cost more than they save
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    ok: bool
+    reasons: list[str]
+    signer: str | None
+    root_hash: str | None
+    qualified_as: str | None
+    seconds: float
+
+
+def _copy(name: str, src: Path, dest: Path, temps: contextlib.ExitStack) -> tuple[int, Path] | Outcome:
+    """Copy ``src`` (never through a symbolic link, regular files only) to a temporary file in
+    ``dest`` that lives as long as ``temps``; or the reason it was refused."""
     try:
         sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
@@ -203,28 +223,66 @@ def _one(
         st = os.fstat(sfd)
         if not stat.S_ISREG(st.st_mode):
             return Outcome(name, str(src), False, "refused", [f"{src}: not a regular file"])
-        target = dest / name
-        with fsutil.temp_file(target) as (fd, tmp):
-            try:
-                fsutil.copy_into(sfd, fd, st.st_size)
-            except OSError as exc:
-                return Outcome(name, str(src), False, "refused", [f"copy to {dest} failed ({exc.strerror or exc})"])
-            if mode is SysextMode.DISABLED:
-                o = Outcome(name, str(src), True, "unchecked")
-            else:
-                v = validate(tmp, pol, anchors, full=full, os_release=host, name=name)
-                if v.ok:
-                    verdict, placed = "passed", True
-                elif mode is SysextMode.PERMISSIVE:
-                    verdict, placed = "failed-but-placed", True
-                else:
-                    verdict, placed = "refused", False
-                o = Outcome(name, str(src), placed, verdict, list(v.reasons), v.signer, v.root_hash, v.qualified_as)
-            if o.placed:
-                fsutil.commit(fd, tmp, target)
-            return o
+        fd, tmp = temps.enter_context(fsutil.temp_file(dest / name))
+        try:
+            fsutil.copy_into(sfd, fd, st.st_size)
+        except OSError as exc:
+            return Outcome(name, str(src), False, "refused", [f"copy to {dest} failed ({exc.strerror or exc})"])
+        return fd, tmp
     finally:
         os.close(sfd)
+
+
+def _judge_one(
+    name: str, path: Path, pol: Any, anchors: list[bytes], host: dict[str, str] | None, full: bool
+) -> _Verdict:
+    """Validate one staged copy (in a worker process when there are several large images)."""
+    from cryptography import x509
+
+    from bootkeeper.sysext.image import validate
+
+    t0 = time.monotonic()
+    certs = [x509.load_der_x509_certificate(d) for d in anchors]
+    v = validate(path, pol, certs, full=full, os_release=host, name=name)
+    return _Verdict(v.ok, list(v.reasons), v.signer, v.root_hash, v.qualified_as, round(time.monotonic() - t0, 4))
+
+
+def _judge(
+    staged: dict[str, Path],
+    mode: SysextMode,
+    pol: Any,
+    anchors: list[Any],
+    host: dict[str, str] | None,
+    full: bool,
+) -> dict[str, _Verdict]:
+    if mode is SysextMode.DISABLED or not staged:
+        return {}
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = [bytes(c.public_bytes(Encoding.DER)) for c in anchors]
+    total = sum(p.stat().st_size for p in staged.values())
+    workers = min(len(staged), os.cpu_count() or 1)
+    if workers > 1 and full and total >= PARALLEL_FROM:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # one image per worker process: hashing 4 KiB blocks holds the GIL too often for threads
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = {n: pool.submit(_judge_one, n, p, pol, der, host, full) for n, p in staged.items()}
+            return {n: f.result() for n, f in futures.items()}
+    return {n: _judge_one(n, p, pol, der, host, full) for n, p in staged.items()}
+
+
+def _outcome(name: str, src: Path, mode: SysextMode, v: _Verdict | None) -> Outcome:
+    if v is None:  # disabled: not checked
+        return Outcome(name, str(src), True, "unchecked")
+    if v.ok:
+        verdict, placed = "passed", True
+    elif mode is SysextMode.PERMISSIVE:
+        verdict, placed = "failed-but-placed", True
+    else:
+        verdict, placed = "refused", False
+    return Outcome(name, str(src), placed, verdict, v.reasons, v.signer, v.root_hash, v.qualified_as, v.seconds)
 
 
 def write_report(root: Path, report: Report) -> None:
