@@ -25,6 +25,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/startup.py
+	$(PY) bench/verity.py
+	$(PY) bench/activate.py
 
 clean:
 	rm -rf $(VENV) .cache build src/*.egg-info
