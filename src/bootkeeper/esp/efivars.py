@@ -37,15 +37,20 @@ def encode_string(value: str, attrs: int = VOLATILE_ATTRS) -> bytes:
     return attrs.to_bytes(4, "little") + (value + "\0").encode("utf-16-le")
 
 
-def read_string(efivars: Path, name: str) -> str | None:
-    p = var_path(efivars, name)
+def read_raw(p: Path) -> bytes | None:
+    """An efivarfs file as it is (4 attribute bytes, then the data), or None when it is absent."""
     try:
-        raw = p.read_bytes()
+        return p.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ParseError(f"{p}: cannot read ({exc.strerror})") from exc
-    return decode_string(raw, str(p))
+
+
+def read_string(efivars: Path, name: str) -> str | None:
+    p = var_path(efivars, name)
+    raw = read_raw(p)
+    return None if raw is None else decode_string(raw, str(p))
 
 
 @dataclass(frozen=True)

@@ -91,13 +91,12 @@ def build_esl(entries: Iterable[tuple[uuid.UUID, uuid.UUID, bytes]]) -> bytes:
 
 def read_efivar(efivars: Path, name: str) -> bytes | None:
     """The data of an efivarfs variable (without its 4 attribute bytes), or None when it is absent."""
+    from bootkeeper.esp.efivars import read_raw
+
     p = efivars / f"{name}-{VARIABLE_GUID[name]}"
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
+    raw = read_raw(p)
+    if raw is None:
         return None
-    except OSError as exc:
-        raise ParseError(f"{p}: cannot read ({exc.strerror})") from exc
     if len(raw) < 4:
         raise ParseError(f"{p}: {len(raw)} bytes, shorter than the 4-byte attribute header")
     return raw[4:]
