@@ -233,17 +233,24 @@ def build(
     click.echo(f"{output}: root hash {rh.hex() if rh else '?'}")
 
 
-def _validate_for(cfg: Any, root: Path, path: Path, full: bool) -> Any:
-    """Validate ``path`` under the configured policy and trust anchors (boot-time rules)."""
-    from bootkeeper.sysext import image, policy, trust
+def _anchors(cfg: Any, root: Path) -> list[Any]:
+    """The configured trust anchors; a source that cannot be read is a warning (as at boot)."""
+    from bootkeeper.sysext import trust
 
-    anchors = trust.load(cfg.sysext, root, strict=False)
-    for p in anchors.problems:
+    store = trust.load(cfg.sysext, root, strict=False)
+    for p in store.problems:
         click.echo(f"bootkeeper: warning: trust source skipped: {p}", err=True)
+    return store.certificates
+
+
+def _validate_for(cfg: Any, anchors: list[Any], path: Path, full: bool) -> Any:
+    """Validate ``path`` under the configured policy and the trust anchors (boot-time rules)."""
+    from bootkeeper.sysext import image, policy
+
     pol = policy.parse(cfg.sysext.policy, "sysext.policy")
     bar = _Bar(f"verifying {path.name}")
     try:
-        return image.validate(path, pol, anchors.certificates, full=full, progress=bar)
+        return image.validate(path, pol, anchors, full=full, progress=bar)
     finally:
         bar.close()
 
@@ -294,7 +301,7 @@ def install(
     chosen, why = deploy.select(name, available, cfg.sysext.entries, entries)
     if not chosen:
         raise NotApplicableError(f"{name}: {why}, but none of those entries is on the ESP")
-    v = _validate_for(cfg, root, image_path, full=True)
+    v = _validate_for(cfg, _anchors(cfg, root), image_path, full=True)
     if not v.ok:
         if not force:
             from bootkeeper.errors import BootkeeperError
@@ -364,13 +371,14 @@ def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json:
     store = EspStore(find_esp(esp))
     available = deploy.targets(store.snapshot(), store, cfg.sysext.vendor)
     rows = []
+    anchors = _anchors(cfg, root)
     for it in deploy.installed(store, available):
         info = image.inspect(it.path) if it.size else None
         rel = info.release.get("root") if info else None
         version = None
         if rel is not None and not isinstance(rel, str):
             version = rel.fields.get("VERSION_ID") or rel.fields.get("SYSEXT_VERSION_ID") or rel.fields.get("VERSION")
-        v = _validate_for(cfg, root, it.path, full=False)
+        v = _validate_for(cfg, anchors, it.path, full=False)
         rows.append(
             {
                 "entry": it.target.entry,
