@@ -23,6 +23,11 @@ def _no_step(name: str) -> None:
     return None
 
 
+def under(root: Path, path: str) -> Path:
+    """An absolute path of the node, inside ``root`` (``--root`` for tests; ``/`` on a node)."""
+    return root / path.lstrip("/")
+
+
 def is_temporary(name: str) -> bool:
     return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
 

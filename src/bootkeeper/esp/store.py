@@ -165,25 +165,6 @@ class EspStore:
         the boot loader would read."""
         fsutil.write_atomic(self.path(rel), data, self.step)
 
-    def copy_atomic(
-        self, rel: str, src: Path, progress: Callable[[int, int], None] | None = None, mode: int = 0o644
-    ) -> None:
-        """Copy the file ``src`` to ``rel`` crash-safely (the same temporary-name rule)."""
-        dest = self.path(rel)
-        try:
-            sfd = os.open(src, os.O_RDONLY)
-        except OSError as exc:
-            raise StoreIOError(f"{src}: cannot read ({exc.strerror})") from exc
-        try:
-            size = os.fstat(sfd).st_size
-            with fsutil.temp_file(dest, self.step, mode) as (fd, tmp):
-                fsutil.copy_into(sfd, fd, size, progress)
-                fsutil.commit(fd, tmp, dest, self.step)
-        except OSError as exc:
-            raise StoreIOError(f"{dest}: copy failed ({exc.strerror or exc})") from exc
-        finally:
-            os.close(sfd)
-
     def makedirs(self, rel: str) -> None:
         d = self.path(rel)
         missing = []

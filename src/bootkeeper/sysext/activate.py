@@ -70,10 +70,6 @@ class Report:
         return asdict(self)
 
 
-def _under(root: Path, path: str) -> Path:
-    return root / path.lstrip("/")
-
-
 def host_os_release(root: Path) -> dict[str, str] | None:
     from bootkeeper.sysext.release import parse_release
 
@@ -139,7 +135,7 @@ def activate(
 
     started = time.monotonic()
     mode = mode or cfg.mode
-    sources = [root / EXTRA_DIR, *(_under(root, s) for s in cfg.sources)]
+    sources = [root / EXTRA_DIR, *(fsutil.under(root, s) for s in cfg.sources)]
     dest = root / DEST_DIR
     report = Report(mode.value, cfg.policy, str(root), [str(s) for s in sources])
     try:

@@ -18,12 +18,14 @@ import hashlib
 import os
 import struct
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bootkeeper.errors import ConfigError, ParseError
+from bootkeeper.fsutil import under
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -44,6 +46,7 @@ VARIABLE_GUID = {
 EFIVARS = Path("/sys/firmware/efi/efivars")
 _ESL_HEADER = struct.Struct("<16sIII")
 EXPORT_PREFIX = "bootkeeper-"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -149,17 +152,13 @@ def _load_certs(data: bytes, what: str) -> list[x509.Certificate]:
         raise ParseError(f"{what}: not a PEM or DER X.509 certificate ({exc})") from None
 
 
-def _under(root: Path, path: str) -> Path:
-    return root / path.lstrip("/") if str(root) != "/" else Path(path)
-
-
 def _config_anchors(cfg: Sysext, root: Path) -> list[Anchor]:
     out: list[Anchor] = []
     for c in cfg.certificates:
         if "-----BEGIN" in c.value:
             out.extend(Anchor(x, c.where) for x in _load_certs(c.value.encode(), c.where))
             continue
-        p = _under(root, c.value)
+        p = under(root, c.value)
         try:
             data = p.read_bytes()
         except OSError as exc:
@@ -206,6 +205,11 @@ def _firmware_anchors(efivars: Path, name: str) -> list[Anchor]:
     return out
 
 
+def _dbx(efivars: Path) -> list[EslEntry]:
+    data = read_efivar(efivars, "dbx")
+    return parse_esl(data, f"firmware dbx ({efivars})") if data else []
+
+
 def revocation(anchor: Anchor, dbx: list[EslEntry]) -> str | None:
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -227,34 +231,25 @@ def load(cfg: Sysext, root: Path = Path("/"), efivars: Path | None = None, *, st
     otherwise it is recorded in ``problems`` and the others still count (boot time: a bad source
     can only make fewer images pass, never more)."""
     store = TrustStore()
-    efivars = efivars if efivars is not None else _under(root, str(EFIVARS))
+    efivars = efivars if efivars is not None else under(root, str(EFIVARS))
 
-    def collect(fn: Any, *args: Any) -> list[Anchor]:
+    def collect(fn: Callable[[], list[T]]) -> list[T]:
         try:
-            result: list[Anchor] = fn(*args)
-            return result
+            return fn()
         except ParseError as exc:
             if strict:
                 raise
             store.problems.append(str(exc))
             return []
 
-    found: list[Anchor] = collect(_config_anchors, cfg, root)
+    found: list[Anchor] = collect(lambda: _config_anchors(cfg, root))
     for d in cfg.verity_dirs:
-        found.extend(_dir_anchors(_under(root, d), store.problems))
+        found.extend(_dir_anchors(under(root, d), store.problems))
     for name in cfg.firmware:
-        found.extend(collect(_firmware_anchors, efivars, name))
+        found.extend(collect(partial(_firmware_anchors, efivars, name)))
     if strict and store.problems:
         raise ParseError(store.problems[0])
-    dbx_data: bytes | None = None
-    try:
-        dbx_data = read_efivar(efivars, "dbx") if cfg.firmware else None
-        dbx = parse_esl(dbx_data, f"firmware dbx ({efivars})") if dbx_data else []
-    except ParseError as exc:
-        if strict:
-            raise
-        store.problems.append(str(exc))
-        dbx = []
+    dbx = collect(lambda: _dbx(efivars)) if cfg.firmware else []
     seen: set[str] = set()
     for a in found:
         fp = a.fingerprint
