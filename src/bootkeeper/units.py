@@ -5,21 +5,43 @@
 * ``systemd-sysext.service.d/10-bootkeeper.conf``: systemd-sysext with the configured image policy
   (enforced mode only: in the other modes a failing image is placed on purpose, and a policy would make
   systemd-sysext refuse every image) and ``SYSTEMD_SYSEXT_HIERARCHIES`` when configured.
+* ``bootkeeper-bless.service``: systemd-bless-boot's place (``Requires=``/``After=boot-complete.target``),
+  running ``bootkeeper bless good``, which remounts a read-only ``/efi``, keeps loader.conf's ``default``
+  valid and re-arms recovery. ``systemd-bless-boot.service`` is masked so that the two never race.
+* ``bootkeeper-boot.service``: early in every boot, appends the boot to the history
+  (``/var/lib/bootkeeper``) and writes the motd.
+* ``/etc/systemd/system-generators/bootkeeper-generator``: :mod:`bootkeeper.assess.generator`,
+  self-contained, run by the system's Python with ``-IS`` (no site-packages: fast, and nothing a
+  broken Python package can break).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from bootkeeper import fsutil
-from bootkeeper.config import Sysext, SysextMode
+from bootkeeper.config import Config, Sysext, SysextMode
 from bootkeeper.errors import StoreIOError
+from bootkeeper.esp.efivars import LOADER_GUID
 
 UNIT_DIR = "etc/systemd/system"
+GENERATOR_DIR = "etc/systemd/system-generators"
+GENERATOR = "bootkeeper-generator"
 SYSEXT_UNIT = "bootkeeper-sysext.service"
 SYSEXT_DROPIN = "systemd-sysext.service.d/10-bootkeeper.conf"
-WANTED_BY = "sysinit.target"
+BLESS_UNIT = "bootkeeper-bless.service"
+BOOT_UNIT = "bootkeeper-boot.service"
+MASKED = "systemd-bless-boot.service"
+# unit -> the target whose .wants/ enables it
+WANTED_BY = {SYSEXT_UNIT: "sysinit.target", BLESS_UNIT: "basic.target", BOOT_UNIT: "basic.target"}
+
+
+@dataclass(frozen=True)
+class UnitFile:
+    text: str
+    mode: int = 0o644
 
 
 def _quote(s: str) -> str:
@@ -29,11 +51,7 @@ def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render(cfg: Sysext, exe: list[str]) -> dict[str, str]:
-    """``{path under /etc/systemd/system: text}``; ``exe`` runs bootkeeper (``[/usr/bin/bootkeeper]``
-    or ``[/usr/bin/python3, -m, bootkeeper]``), its first word an absolute path."""
-    if not exe or not os.path.isabs(exe[0]):
-        raise StoreIOError(f"{exe[0] if exe else '(empty)'}: the bootkeeper command must start with an absolute path")
+def _sysext(cfg: Sysext, exec_line: str) -> dict[str, UnitFile]:
     service = f"""# Installed by 'bootkeeper install-units'; re-run it after changing the sysext config.
 [Unit]
 Description=Validate system extensions one by one and place them in /run/extensions
@@ -47,10 +65,10 @@ Before=shutdown.target initrd-switch-root.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart={" ".join(_quote(w) for w in exe)} sysext activate --no-refresh
+ExecStart={exec_line} sysext activate --no-refresh
 
 [Install]
-WantedBy={WANTED_BY}
+WantedBy={WANTED_BY[SYSEXT_UNIT]}
 """
     refresh = "systemd-sysext refresh"
     if cfg.mode is SysextMode.ENFORCED:
@@ -68,30 +86,103 @@ ExecStart={refresh}
 ExecReload=
 ExecReload={refresh}
 """
-    return {SYSEXT_UNIT: service, SYSEXT_DROPIN: dropin}
+    return {f"{UNIT_DIR}/{SYSEXT_UNIT}": UnitFile(service), f"{UNIT_DIR}/{SYSEXT_DROPIN}": UnitFile(dropin)}
 
 
-def install(root: Path, units: dict[str, str], enable: bool = True) -> list[str]:
-    """Write the units under ``root/etc/systemd/system`` (crash-safe) and enable the service the way
-    ``systemctl enable`` does (a symlink in ``<target>.wants``). Returns the paths written."""
-    base = root / UNIT_DIR
+def _assessment(exec_line: str) -> dict[str, UnitFile]:
+    counting = f"/sys/firmware/efi/efivars/LoaderBootCountPath-{LOADER_GUID}"
+    bless = f"""# Installed by 'bootkeeper install-units': takes the place of systemd-bless-boot.service (masked).
+[Unit]
+Description=Mark the booted entry good (bootkeeper, read-only ESP)
+Documentation=man:systemd-bless-boot.service(8)
+DefaultDependencies=no
+Requires=boot-complete.target
+After=local-fs.target boot-complete.target {BOOT_UNIT}
+Conflicts=shutdown.target
+Before=shutdown.target
+ConditionPathExists=!/etc/initrd-release
+ConditionPathExists={counting}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={exec_line} bless good
+ExecStartPost=-{exec_line} motd
+
+[Install]
+WantedBy={WANTED_BY[BLESS_UNIT]}
+"""
+    boot = f"""# Installed by 'bootkeeper install-units'.
+[Unit]
+Description=Record this boot in the bootkeeper history and write the motd
+DefaultDependencies=no
+After=local-fs.target
+Conflicts=shutdown.target
+Before=shutdown.target
+ConditionPathExists=!/etc/initrd-release
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={exec_line} history record
+ExecStartPost=-{exec_line} motd
+
+[Install]
+WantedBy={WANTED_BY[BOOT_UNIT]}
+"""
+    return {f"{UNIT_DIR}/{BLESS_UNIT}": UnitFile(bless), f"{UNIT_DIR}/{BOOT_UNIT}": UnitFile(boot)}
+
+
+def generator_script(python: str) -> UnitFile:
+    from bootkeeper.assess import generator
+
+    source = Path(generator.__file__).read_text()
+    return UnitFile(f"#!{python} -IS\n# Installed by 'bootkeeper install-units'.\n{source}", 0o755)
+
+
+def render(cfg: Config, exe: list[str], python: str) -> dict[str, UnitFile]:
+    """``{path under ROOT: file}``; ``exe`` runs bootkeeper (``[/usr/bin/bootkeeper]`` or
+    ``[/usr/bin/python3, -m, bootkeeper]``), ``python`` runs the generator; both absolute paths."""
+    for what, path in (("the bootkeeper command", exe[0] if exe else ""), ("python", python)):
+        if not os.path.isabs(path):
+            raise StoreIOError(f"{path or '(empty)'}: {what} must start with an absolute path")
+    exec_line = " ".join(_quote(w) for w in exe)
+    return {
+        **_sysext(cfg.sysext, exec_line),
+        **_assessment(exec_line),
+        f"{GENERATOR_DIR}/{GENERATOR}": generator_script(python),
+    }
+
+
+def _symlink(link: Path, target: str) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    tmp = fsutil.temp_path(link.parent)
+    os.symlink(target, tmp)
+    os.rename(tmp, link)
+    fsutil.fsync_dir(link.parent)
+
+
+def install(root: Path, files: dict[str, UnitFile], enable: bool = True) -> list[str]:
+    """Write the files under ``root`` (crash-safe), mask systemd-bless-boot.service and enable the
+    services the way ``systemctl enable`` does (a symlink in ``<target>.wants``). Returns the paths."""
     written = []
     try:
-        for rel, text in units.items():
-            p = base / rel
+        for rel, f in files.items():
+            p = root / rel
             p.parent.mkdir(parents=True, exist_ok=True)
-            if not p.is_file() or p.read_text() != text:
-                fsutil.write_atomic(p, text.encode())
+            if not p.is_file() or p.read_text() != f.text or (p.stat().st_mode & 0o777) != f.mode:
+                fsutil.write_atomic(p, f.text.encode(), mode=f.mode)
             written.append(str(p))
+        base = root / UNIT_DIR
+        _symlink(base / MASKED, "/dev/null")
+        written.append(str(base / MASKED))
         if enable:
-            link = base / f"{WANTED_BY}.wants" / SYSEXT_UNIT
-            link.parent.mkdir(parents=True, exist_ok=True)
-            target = f"/{UNIT_DIR}/{SYSEXT_UNIT}"
-            if not link.is_symlink() or os.readlink(link) != target:
-                tmp = fsutil.temp_path(link.parent)
-                os.symlink(target, tmp)
-                os.rename(tmp, link)
-            written.append(str(link))
+            for unit, target in WANTED_BY.items():
+                link = base / f"{target}.wants" / unit
+                _symlink(link, f"/{UNIT_DIR}/{unit}")
+                written.append(str(link))
     except OSError as exc:
-        raise StoreIOError(f"{base}: cannot install units ({exc.strerror or exc})") from exc
+        raise StoreIOError(f"{root}: cannot install units ({exc.strerror or exc})") from exc
     return written

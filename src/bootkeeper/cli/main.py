@@ -26,8 +26,13 @@ VERBS = {
     "sysext": ("bootkeeper.cli.sysext_cmd:sysext", "Signed system extension images: build, inspect, validate."),
     "install-units": (
         "bootkeeper.cli.units_cmd:install_units",
-        "Install the systemd units for boot-time extension activation.",
+        "Install bootkeeper's systemd units, generator, and the enrolled services.",
     ),
+    "service": ("bootkeeper.cli.service_cmd:service", "Enrol services that must start before a boot is good."),
+    "cloud-config": ("bootkeeper.cli.cloudconfig_cmd:cloud_config", "Render the enrolment as yip cloud-config."),
+    "lint": ("bootkeeper.cli.lint_cmd:lint", "Find boot-loop hazards in cloud-config, unit files and the ESP."),
+    "history": ("bootkeeper.cli.history_cmd:history", "The boot history: record this boot, or show it."),
+    "motd": ("bootkeeper.cli.history_cmd:motd", "Write the boot status to /run/motd.d/bootkeeper."),
     "keys": ("bootkeeper.cli.keys_cmd:keys", "Signing keys and the trusted certificates (config, verity.d, db)."),
 }
 

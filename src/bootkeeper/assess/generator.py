@@ -1,0 +1,178 @@
+"""bootkeeper-generator: ``FailureAction=reboot`` for enrolled services, on the active entry only.
+
+A systemd generator (systemd.generator(7)): runs on every boot before any unit is loaded, gets the
+generator output directories as arguments and writes drop-ins into the first (normal priority) one.
+It must be fast and must never fail the boot, so it is standard library only and self-contained:
+``bootkeeper install-units`` copies this file verbatim to ``/etc/systemd/system-generators/`` with a
+``python3 -IS`` shebang. Any problem (unreadable or malformed config, a role it cannot tell) is
+logged and nothing at all is written; the exit status is always 0.
+
+Which services: ``/etc/bootkeeper/services.json`` (written by ``bootkeeper service enroll``),
+``{"version": 1, "services": {"k3s.service": "active", ...}}``; those with ``active`` get
+``<unit>.d/50-bootkeeper-failure-action.conf`` with ``FailureAction=reboot`` when
+
+* the booted role is ``active``: ``/run/cos/<role>_mode`` (exactly one of them), else the role named
+  by the ``LoaderEntrySelected`` EFI variable; and
+* boot counting is in effect for this boot (``LoaderBootCountPath`` is set). Once active has been
+  blessed its entry carries no counter, and a reboot would come back to the same entry, forever; so a
+  failure then leaves the node up instead.
+
+``BOOTKEEPER_GENERATOR_ROOT`` makes it read ``/run``, ``/etc`` and efivarfs under another root (tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+EFIVARS = "sys/firmware/efi/efivars"
+CONFIG = "etc/bootkeeper/services.json"
+COS_DIR = "run/cos"
+ROLES = ("active", "passive", "recovery", "statereset")
+DROPIN = "50-bootkeeper-failure-action.conf"
+DROPIN_TEXT = (
+    "# Written by bootkeeper-generator at boot: this boot is the active entry, still being assessed.\n"
+    "[Unit]\nFailureAction=reboot\n"
+)
+UNIT_TYPES = ("service", "socket", "target", "mount", "path", "timer", "swap", "device", "automount", "scope")
+UNIT_NAME = re.compile(rf"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.({'|'.join(UNIT_TYPES)})$")
+POLICIES = ("never", "active", "always")
+
+
+class GeneratorError(Exception):
+    """Something the generator cannot decide on; it then writes nothing."""
+
+
+def _efivar(root: str, name: str) -> str | None:
+    path = os.path.join(root, EFIVARS, f"{name}-{LOADER_GUID}")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4096)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise GeneratorError(f"{path}: {exc.strerror}") from None
+    data = raw[4:]
+    if len(raw) < 4 or len(data) % 2:
+        raise GeneratorError(f"{path}: not an EFI string variable ({len(raw)} bytes)")
+    try:
+        return data.decode("utf-16-le").split("\0", 1)[0]
+    except UnicodeDecodeError:
+        raise GeneratorError(f"{path}: not UTF-16LE") from None
+
+
+def role_from_entry(name: str) -> str | None:
+    """``active+2-1.conf``, ``\\EFI\\Linux\\passive_1.efi``, ``recovery`` → the role, else None."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    m = re.match(r"(active|passive|recovery|statereset)(?:$|[-_.@ +])", base)
+    return m.group(1) if m else None
+
+
+def booted_role(root: str) -> tuple[str | None, str]:
+    """The role and where it came from."""
+    cos = os.path.join(root, COS_DIR)
+    found = [r for r in ROLES if os.path.exists(os.path.join(cos, f"{r}_mode"))]
+    if len(found) > 1:
+        raise GeneratorError(f"{cos}: more than one mode file ({', '.join(f + '_mode' for f in found)})")
+    if found:
+        return found[0], f"{cos}/{found[0]}_mode"
+    selected = _efivar(root, "LoaderEntrySelected")
+    if selected is None:
+        return None, "no /run/cos/<role>_mode and no LoaderEntrySelected"
+    return role_from_entry(selected), f"LoaderEntrySelected={selected}"
+
+
+def load_config(root: str) -> dict[str, str]:
+    """Enrolled services and their policy; raises GeneratorError on anything malformed."""
+    path = os.path.join(root, CONFIG)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(1 << 20)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise GeneratorError(f"{path}: {exc.strerror}") from None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GeneratorError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("services"), dict):
+        raise GeneratorError(f'{path}: expected {{"version": 1, "services": {{UNIT: POLICY}}}}')
+    services: dict[str, str] = {}
+    for unit, policy in doc["services"].items():
+        if not isinstance(unit, str) or not UNIT_NAME.match(unit) or len(unit) > 255:
+            raise GeneratorError(f"{path}: services: {unit!r} is not a unit name")
+        if policy not in POLICIES:
+            raise GeneratorError(f"{path}: services.{unit}: {policy!r} is not one of {', '.join(POLICIES)}")
+        services[unit] = policy
+    return services
+
+
+def plan(root: str) -> tuple[dict[str, str], str]:
+    """``{relative drop-in path: text}`` to write, and a one-line reason."""
+    services = load_config(root)
+    wanted = sorted(u for u, p in services.items() if p == "active")
+    if not wanted:
+        return {}, "no service enrolled with reboot_on_failure: active"
+    role, source = booted_role(root)
+    if role != "active":
+        return {}, f"booted role {role or 'unknown'} ({source}): no FailureAction"
+    if _efivar(root, "LoaderBootCountPath") is None:
+        return {}, f"active ({source}) without boot counting (already blessed): no FailureAction"
+    return {f"{u}.d/{DROPIN}": DROPIN_TEXT for u in wanted}, f"active ({source}), counting: FailureAction=reboot"
+
+
+def _log(msg: str, root_override: bool) -> None:
+    line = f"bootkeeper-generator: {msg}"
+    if not root_override:
+        try:
+            with open("/dev/kmsg", "w") as k:
+                k.write(f"<5>{line}\n")
+            return
+        except OSError:
+            pass
+    print(line, file=sys.stderr)
+
+
+def _write(outdir: str, files: dict[str, str]) -> None:
+    """All or nothing: on an error, the files already written are removed again."""
+    done: list[str] = []
+    try:
+        for rel, text in files.items():
+            path = os.path.join(outdir, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = os.path.join(os.path.dirname(path), f".bootkeeper-{os.getpid()}.tmp")
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.rename(tmp, path)
+            done.append(path)
+    except OSError as exc:
+        for path in done:
+            os.unlink(path)
+        raise GeneratorError(f"{outdir}: cannot write ({exc.strerror})") from None
+
+
+def main(argv: list[str]) -> int:
+    override = os.environ.get("BOOTKEEPER_GENERATOR_ROOT")
+    root = override or "/"
+    if len(argv) not in (2, 4):
+        _log(f"expected 1 or 3 output directories, got {len(argv) - 1}; writing nothing", bool(override))
+        return 0
+    try:
+        files, why = plan(root)
+        _write(argv[1], files)
+    except GeneratorError as exc:
+        _log(f"{exc}; writing nothing", bool(override))
+        return 0
+    except Exception as exc:  # never fail the boot
+        _log(f"unexpected {type(exc).__name__}: {exc}; writing nothing", bool(override))
+        return 0
+    _log(why, bool(override))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,93 @@
+"""``bootkeeper service enroll|remove|list``: services that must start before a boot is good."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bootkeeper.cli.common import config_option, json_option, load_config, print_json, root_option, table
+
+
+@click.group()
+def service() -> None:
+    """Services that decide whether a boot is good (boot-complete.target)."""
+
+
+@service.command()
+@click.argument("names", nargs=-1)
+@click.option(
+    "--reboot-on-failure",
+    type=click.Choice(["never", "active", "always"]),
+    default="never",
+    show_default=True,
+    help="FailureAction=reboot: never, on the active entry only (bootkeeper-generator), or on every entry.",
+)
+@root_option
+@config_option
+@json_option
+def enroll(
+    names: tuple[str, ...], reboot_on_failure: str, root: Path, config_files: tuple[Path, ...], as_json: bool
+) -> None:
+    """Enrol NAMES (default: boot_assessment.services from the config) under ROOT/etc."""
+    from bootkeeper.assess import services
+    from bootkeeper.config import RebootOnFailure, ServiceSpec
+    from bootkeeper.errors import UsageError
+
+    if names:
+        specs = [ServiceSpec(n, RebootOnFailure(reboot_on_failure)) for n in names]
+    else:
+        specs = list(load_config(config_files, root).boot_assessment.services)
+        if not specs:
+            raise UsageError("no service named and none in boot_assessment.services")
+    actions = services.enroll(root, specs)
+    if as_json:
+        print_json({"actions": actions})
+    else:
+        for a in actions:
+            click.echo(a)
+
+
+@service.command()
+@click.argument("names", nargs=-1, required=True)
+@root_option
+@json_option
+def remove(names: tuple[str, ...], root: Path, as_json: bool) -> None:
+    """Stop NAMES from deciding whether a boot is good."""
+    from bootkeeper.assess import services
+
+    actions = services.remove(root, list(names))
+    if as_json:
+        print_json({"actions": actions})
+    else:
+        for a in actions or ["nothing to remove"]:
+            click.echo(a)
+
+
+@service.command(name="list")
+@root_option
+@json_option
+def list_(root: Path, as_json: bool) -> None:
+    """Enrolled services, their reboot policy, and whether drop-in, link and unit file are in place."""
+    from bootkeeper.assess import services
+
+    rows = services.listing(root)
+    if as_json:
+        print_json({"services": [r.as_json() for r in rows]})
+        return
+    if not rows:
+        click.echo("no service enrolled")
+        return
+    table(
+        ["service", "reboot_on_failure", "drop-in", "requires link", "unit file"],
+        [
+            [
+                r.name,
+                r.policy.value if r.policy else "(no record: run enroll again)",
+                "yes" if r.dropin else "MISSING",
+                "yes" if r.linked else "MISSING",
+                r.unit_file or "not installed",
+            ]
+            for r in rows
+        ],
+    )

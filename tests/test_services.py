@@ -1,0 +1,270 @@
+"""Enrolment of services that decide a boot, and bootkeeper-generator, run as installed.
+
+The generator is run the way systemd runs it (the installed script, three output folders) for every
+booted role; its output and every unit install-units and enroll write are checked by the real
+systemd-analyze verify, with a misspelt key as the control that the generator's folder is read."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import fake_efivars
+
+UNITS = "etc/systemd/system"
+GEN = "etc/systemd/system-generators/bootkeeper-generator"
+K3S = "[Unit]\nDescription=k3s\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n"
+CONFIG = """boot_assessment:
+  services:
+    - name: k3s.service
+      reboot_on_failure: active
+    - name: health
+      reboot_on_failure: never
+    - name: watchdog.service
+      reboot_on_failure: always
+"""
+
+
+def bk(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
+
+
+def node(root: Path, config: str = CONFIG) -> Path:
+    """A root with k3s from an 'extension' in /usr/lib, a health check in /etc, units installed."""
+    (root / "oem").mkdir(parents=True, exist_ok=True)
+    (root / "oem/90.yaml").write_text(config)
+    (root / "usr/lib/systemd/system").mkdir(parents=True, exist_ok=True)
+    (root / "usr/lib/systemd/system/k3s.service").write_text(K3S)
+    (root / UNITS).mkdir(parents=True, exist_ok=True)
+    (root / UNITS / "health.service").write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
+    (root / UNITS / "watchdog.service").write_text("[Service]\nExecStart=/bin/sleep infinity\n")
+    r = bk("install-units", "--root", str(root), "--exe", shutil.which("true") or "/bin/true")
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+def boot_as(root: Path, role: str | None, selected: str | None = None, counting: str | None = None) -> None:
+    shutil.rmtree(root / "run/cos", ignore_errors=True)
+    shutil.rmtree(root / "sys", ignore_errors=True)
+    if role is not None:
+        (root / "run/cos").mkdir(parents=True)
+        (root / f"run/cos/{role}_mode").touch()
+    values = {}
+    if selected is not None:
+        values["LoaderEntrySelected"] = selected
+    if counting is not None:
+        values["LoaderBootCountPath"] = counting
+    fake_efivars(root / "sys/firmware/efi/efivars", **values)
+
+
+def generate(root: Path, out: Path) -> tuple[dict[str, str], str]:
+    """Run the installed generator as systemd does; returns the files it wrote and its log."""
+    shutil.rmtree(out, ignore_errors=True)
+    dirs = [out / "normal", out / "early", out / "late"]
+    for d in dirs:
+        d.mkdir(parents=True)
+    env = {**os.environ, "BOOTKEEPER_GENERATOR_ROOT": str(root)}
+    p = subprocess.run([str(root / GEN), *map(str, dirs)], capture_output=True, text=True, env=env, check=False)
+    assert p.returncode == 0, p.stderr  # never fails the boot
+    files = {str(f.relative_to(out)): f.read_text() for f in sorted(out.rglob("*")) if f.is_file()}
+    return files, p.stderr
+
+
+def settings(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+
+
+COUNTING = "\\loader\\entries\\active+2-1.conf"
+
+
+def test_generator_on_active_with_counting_writes_failure_action_for_active_services_only(tmp_path: Path) -> None:
+    root = node(tmp_path / "root")
+    boot_as(root, "active", counting=COUNTING)
+    files, log = generate(root, tmp_path / "gen")
+    assert list(files) == ["normal/k3s.service.d/50-bootkeeper-failure-action.conf"]
+    assert settings(files["normal/k3s.service.d/50-bootkeeper-failure-action.conf"]) == [
+        "[Unit]",
+        "FailureAction=reboot",
+    ]
+    assert "run/cos/active_mode" in log and "FailureAction=reboot" in log
+
+
+@pytest.mark.parametrize(
+    ("role", "selected", "counting", "why"),
+    [
+        ("passive", None, "\\loader\\entries\\passive+2-1.conf", "booted role passive"),
+        ("recovery", None, "\\loader\\entries\\recovery+1-2.conf", "booted role recovery"),
+        ("statereset", None, "\\loader\\entries\\statereset+1-0.conf", "booted role statereset"),
+        (None, "custom.conf", "\\loader\\entries\\custom+1-2.conf", "booted role unknown"),
+        (None, None, None, "booted role unknown"),
+        ("active", None, None, "without boot counting"),
+    ],
+)
+def test_generator_writes_nothing_off_active(
+    tmp_path: Path, role: str | None, selected: str | None, counting: str | None, why: str
+) -> None:
+    root = node(tmp_path / "root")
+    boot_as(root, role, selected, counting)
+    files, log = generate(root, tmp_path / "gen")
+    assert files == {}
+    assert why in log
+
+
+def test_generator_falls_back_to_loader_entry_selected(tmp_path: Path) -> None:
+    root = node(tmp_path / "root")
+    boot_as(root, None, selected="active+2-1.conf", counting=COUNTING)
+    files, log = generate(root, tmp_path / "gen")
+    assert list(files) == ["normal/k3s.service.d/50-bootkeeper-failure-action.conf"]
+    assert "LoaderEntrySelected=active+2-1.conf" in log
+    # /run/cos wins over the EFI variable
+    boot_as(root, "passive", selected="active+2-1.conf", counting=COUNTING)
+    assert generate(root, tmp_path / "gen")[0] == {}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (b"{not json", "not JSON"),
+        (b'{"version": 2, "services": {}}', 'expected {"version": 1'),
+        (b'{"version": 1, "services": {"../x.service": "active"}}', "is not a unit name"),
+        (b'{"version": 1, "services": {"k3s.service": "sometimes"}}', "'sometimes' is not one of"),
+        (b"\xff\xfe", "not JSON"),
+    ],
+)
+def test_generator_bad_config_logs_and_writes_nothing(tmp_path: Path, config: bytes, message: str) -> None:
+    root = node(tmp_path / "root")
+    boot_as(root, "active", counting=COUNTING)
+    (root / "etc/bootkeeper/services.json").write_bytes(config)
+    files, log = generate(root, tmp_path / "gen")
+    assert files == {}
+    assert message in log and "writing nothing" in log and "Traceback" not in log
+
+
+def test_generator_ambiguous_role_or_bad_variable_writes_nothing(tmp_path: Path) -> None:
+    root = node(tmp_path / "root")
+    boot_as(root, "active", counting=COUNTING)
+    (root / "run/cos/passive_mode").touch()
+    files, log = generate(root, tmp_path / "gen")
+    assert files == {} and "more than one mode file" in log
+    boot_as(root, None, counting=COUNTING)
+    from bootkeeper.esp.efivars import LOADER_GUID
+
+    (root / f"sys/firmware/efi/efivars/LoaderEntrySelected-{LOADER_GUID}").write_bytes(b"\x06\0\0\0a")
+    files, log = generate(root, tmp_path / "gen")
+    assert files == {} and "not an EFI string variable" in log
+
+
+def _verify(root: Path, gen: Path, *names: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.fail("systemd-analyze is missing; scripts/setup-test-deps.sh installs systemd")
+    path = f"{root / UNITS}:{gen / 'normal'}:{root / 'usr/lib/systemd/system'}:"
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": path, "SYSTEMD_LOG_COLOR": "0"}
+    return subprocess.run([tool, "verify", "--man=no", *names], capture_output=True, text=True, env=env, check=False)
+
+
+ALL = ("k3s.service", "health.service", "watchdog.service", "bootkeeper-bless.service", "bootkeeper-boot.service")
+
+
+def test_everything_written_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    root = node(tmp_path / "root")
+    boot_as(root, "active", counting=COUNTING)
+    files, _ = generate(root, tmp_path / "gen")
+    assert files
+    r = _verify(root, tmp_path / "gen", *ALL, "boot-complete.target", "bootkeeper-sysext.service")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    units = root / UNITS
+    assert os.readlink(units / "systemd-bless-boot.service") == "/dev/null"
+    assert os.readlink(units / "boot-complete.target.requires/k3s.service") == "/usr/lib/systemd/system/k3s.service"
+    assert os.readlink(units / "boot-complete.target.requires/health.service") == "/etc/systemd/system/health.service"
+    wants = units / "basic.target.wants/bootkeeper-bless.service"
+    assert os.readlink(wants) == "/etc/systemd/system/bootkeeper-bless.service"
+    bless = (units / "bootkeeper-bless.service").read_text()
+    for line in ("Requires=boot-complete.target", "DefaultDependencies=no", "ExecStart=/"):
+        assert line in bless
+    assert "bless good" in bless
+    # always: FailureAction in the static drop-in; active: only from the generator; never: none
+    assert "FailureAction=reboot" in settings((units / "watchdog.service.d/50-bootkeeper-assessment.conf").read_text())
+    for name in ("k3s", "health"):
+        s = settings((units / f"{name}.service.d/50-bootkeeper-assessment.conf").read_text())
+        assert s == [
+            "[Unit]",
+            "After=default.target graphical.target multi-user.target",
+            "Before=boot-complete.target",
+            "[Install]",
+            "RequiredBy=boot-complete.target",
+        ]
+
+
+def test_verify_reads_the_generator_output(tmp_path: Path) -> None:
+    """The control: a misspelt key in the generator's drop-in is reported, so the pass above means it."""
+    root = node(tmp_path / "root")
+    boot_as(root, "active", counting=COUNTING)
+    generate(root, tmp_path / "gen")
+    p = tmp_path / "gen/normal/k3s.service.d/50-bootkeeper-failure-action.conf"
+    p.write_text(p.read_text().replace("FailureAction=", "FailureActionn="))
+    r = _verify(root, tmp_path / "gen", "k3s.service")
+    assert "FailureActionn" in r.stderr
+
+
+def test_enroll_list_remove_round_trip(tmp_path: Path) -> None:
+    root = node(tmp_path / "root", "boot_assessment: {}\n")
+    before = {str(p.relative_to(root)) for p in root.rglob("*")}
+    r = bk("service", "enroll", "k3s", "--reboot-on-failure", "always", "--root", str(root))
+    assert r.returncode == 0, r.stderr
+    r = bk("service", "list", "--root", str(root), "--json")
+    assert json.loads(r.stdout)["services"] == [
+        {
+            "name": "k3s.service",
+            "reboot_on_failure": "always",
+            "dropin": True,
+            "linked": True,
+            "unit_file": "/usr/lib/systemd/system/k3s.service",
+        }
+    ]
+    # a new policy rewrites the drop-in: FailureAction gone from it, the generator takes over
+    assert bk("service", "enroll", "k3s.service", "--reboot-on-failure", "active", "--root", str(root)).returncode == 0
+    dropin = (root / UNITS / "k3s.service.d/50-bootkeeper-assessment.conf").read_text()
+    assert "FailureAction" not in settings(dropin)
+    assert json.loads((root / "etc/bootkeeper/services.json").read_text())["services"] == {"k3s.service": "active"}
+    r = bk("service", "remove", "k3s", "--root", str(root))
+    assert r.returncode == 0, r.stderr
+    after = {str(p.relative_to(root)) for p in root.rglob("*")}
+    left = {"etc/bootkeeper", "etc/bootkeeper/services.json", f"{UNITS}/boot-complete.target.requires"}
+    assert after - before == left
+    assert json.loads((root / "etc/bootkeeper/services.json").read_text())["services"] == {}
+    assert not [p for p in root.rglob(".bootkeeper-*")]
+
+
+def test_half_enrolled_is_listed_and_healed(tmp_path: Path) -> None:
+    root = node(tmp_path / "root", "boot_assessment: {}\n")
+    assert bk("service", "enroll", "health", "--root", str(root)).returncode == 0
+    (root / "etc/bootkeeper/services.json").write_text('{"version": 1, "services": {}}')  # crash before the record
+    rows = json.loads(bk("service", "list", "--root", str(root), "--json").stdout)["services"]
+    assert rows[0]["name"] == "health.service" and rows[0]["reboot_on_failure"] is None
+    assert "no record" in bk("service", "list", "--root", str(root)).stdout
+    assert bk("service", "enroll", "health", "--root", str(root)).returncode == 0
+    rows = json.loads(bk("service", "list", "--root", str(root), "--json").stdout)["services"]
+    assert rows[0]["reboot_on_failure"] == "never"
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b.service", "", "x y.service", "k3s.service\n"])
+def test_enroll_refuses_bad_names_and_writes_nothing(tmp_path: Path, name: str) -> None:
+    root = node(tmp_path / "root", "boot_assessment: {}\n")
+    before = {str(p.relative_to(root)) for p in root.rglob("*")}
+    r = bk("service", "enroll", name, "--root", str(root))
+    assert r.returncode == 2, r.stderr
+    assert "is not a unit name" in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+    assert {str(p.relative_to(root)) for p in root.rglob("*")} == before
+
+
+def test_enroll_with_nothing_to_do_is_a_usage_error(tmp_path: Path) -> None:
+    root = node(tmp_path / "root", "boot_assessment: {}\n")
+    r = bk("service", "enroll", "--root", str(root))
+    assert r.returncode == 2 and "no service named" in r.stderr
