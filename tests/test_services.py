@@ -268,3 +268,24 @@ def test_enroll_with_nothing_to_do_is_a_usage_error(tmp_path: Path) -> None:
     root = node(tmp_path / "root", "boot_assessment: {}\n")
     r = bk("service", "enroll", "--root", str(root))
     assert r.returncode == 2 and "no service named" in r.stderr
+
+
+def test_requires_link_is_the_one_systemctl_enable_makes(tmp_path: Path) -> None:
+    """The real systemctl (--root, offline) enabling the unit with our drop-in's [Install] makes the
+    same boot-complete.target.requires link that enroll makes."""
+    tool = shutil.which("systemctl")
+    if tool is None:
+        pytest.fail("systemctl is missing; scripts/setup-test-deps.sh installs systemd")
+    links = []
+    for how in ("bootkeeper", "systemctl"):
+        root = tmp_path / how
+        (root / "usr/lib/systemd/system").mkdir(parents=True)
+        (root / "usr/lib/systemd/system/k3s.service").write_text("[Service]\nExecStart=/bin/true\n")
+        assert bk("service", "enroll", "k3s", "--root", str(root)).returncode == 0
+        link = root / UNITS / "boot-complete.target.requires/k3s.service"
+        if how == "systemctl":
+            link.unlink()
+            r = subprocess.run([tool, f"--root={root}", "enable", "k3s.service"], capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+        links.append(os.readlink(link))
+    assert links[0] == links[1] == "/usr/lib/systemd/system/k3s.service"

@@ -53,9 +53,9 @@ def render_dropin(spec: ServiceSpec) -> str:
     if spec.reboot_on_failure is RebootOnFailure.ALWAYS:
         fa = "# reboot_on_failure: always (on every entry, passive and recovery too)\nFailureAction=reboot\n"
     elif spec.reboot_on_failure is RebootOnFailure.ACTIVE:
-        fa = "# reboot_on_failure: active: FailureAction comes from bootkeeper-generator, on active only\n"
+        fa = "# reboot_on_failure: active: FailureAction=reboot is added at boot, on the active entry only\n"
     return (
-        f"# Written by 'bootkeeper service enroll': a boot is good only if {spec.name} starts successfully.\n"
+        f"# bootkeeper: a boot is good only if {spec.name} starts successfully.\n"
         "[Unit]\n"
         f"After={AFTER}\n"
         "Before=boot-complete.target\n"

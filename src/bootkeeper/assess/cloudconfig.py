@@ -1,0 +1,203 @@
+"""Service enrolment as yip cloud-config (Kairos ``stages:``), and the reading of such files for lint.
+
+Rendering gives what ``bootkeeper service enroll`` + bootkeeper-generator do, for nodes managed by
+cloud-config alone:
+
+* ``stages: initramfs:`` a step per service writing the assessment drop-in to
+  ``/etc/systemd/system/<unit>.d/`` (on every entry: a boot is good only when the service starts);
+* for ``reboot_on_failure: active``, a step guarded by ``if: '[ -f "/run/cos/active_mode" ] && [ -e
+  LoaderBootCountPath ]'`` writing ``FailureAction=reboot`` to **/run**/systemd/system: the condition the
+  right way round (seed 000/001 tests ``! -f``, which runs everywhere *except* active), and a file that
+  is gone at the next boot, so a passive boot never inherits it from a persistent /etc;
+* one ``systemctl: enabled:`` step, which creates the ``boot-complete.target.requires`` links.
+
+Reading (:func:`load`) keeps line numbers, so lint can point at the step, the ``if:`` and the line in
+a file's ``content`` at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from bootkeeper.assess import generator, services
+from bootkeeper.config import RebootOnFailure, ServiceSpec
+from bootkeeper.errors import ParseError
+
+ACTIVE_IF = (
+    f'[ -f "/run/cos/active_mode" ] && [ -e "/{generator.EFIVARS}/LoaderBootCountPath-{generator.LOADER_GUID}" ]'
+)
+
+ACTIVE_TEXT = "# bootkeeper: this boot is the active entry, still being assessed.\n[Unit]\nFailureAction=reboot\n"
+
+
+def _literal(text: str, indent: int) -> str:
+    pad = " " * indent
+    return "|\n" + "".join(f"{pad}{line}\n" if line else "\n" for line in text.rstrip("\n").split("\n"))
+
+
+def _file(path: str, content: str) -> str:
+    return (
+        f"        - path: {path}\n"
+        "          permissions: 0644\n"
+        "          owner: 0\n"
+        "          group: 0\n"
+        f"          content: {_literal(content, 12)}"
+    )
+
+
+def render(specs: list[ServiceSpec]) -> str:
+    """The cloud-config text (validated unit names only, so nothing needs YAML quoting)."""
+    names = [services.unit_name(s.name, "service") for s in specs]
+    out = [
+        "#cloud-config",
+        f"name: bootkeeper boot assessment for {', '.join(names)}",
+        "stages:",
+        "  initramfs:",
+    ]
+    for spec, name in zip(specs, names, strict=True):
+        spec = ServiceSpec(name, spec.reboot_on_failure)
+        out.append(f"    - name: {name} decides whether a boot is good")
+        out.append("      files:")
+        out.append(_file(f"/{services.UNIT_DIR}/{name}.d/{services.DROPIN}", services.render_dropin(spec)).rstrip("\n"))
+        if spec.reboot_on_failure is RebootOnFailure.ACTIVE:
+            out.append(f"    - name: {name} reboots on failure on the active entry only, while it is assessed")
+            out.append(f"      if: '{ACTIVE_IF}'")
+            out.append("      files:")
+            path = f"/run/systemd/system/{name}.d/{generator.DROPIN}"
+            out.append(_file(path, ACTIVE_TEXT).rstrip("\n"))
+    out.append("    - name: Enable the services that decide a boot")
+    out.append("      systemctl:")
+    out.append("        enabled:")
+    out.extend(f"          - {n}" for n in names)
+    return "\n".join(out) + "\n"
+
+
+# --- reading, for lint ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileWrite:
+    path: str
+    content: str
+    line: int  # of the "- path:" item
+    content_line: int  # first line of the content
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: str
+    index: int
+    name: str
+    line: int
+    condition: str | None
+    condition_line: int
+    files: tuple[FileWrite, ...] = ()
+    enabled: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    source: str
+    steps: tuple[Step, ...] = ()
+    problems: tuple[tuple[int, str], ...] = field(default_factory=tuple)  # (line, message)
+
+
+def _scalar(node: Any) -> str | None:
+    import yaml
+
+    if isinstance(node, yaml.ScalarNode):
+        return str(node.value)
+    return None
+
+
+def _map(node: Any) -> dict[str, Any]:
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(k.value): v for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+def _content_start(node: Any) -> int:
+    """Line (1-based) of the first content line: the line after ``|`` for block scalars."""
+    line: int = node.start_mark.line + 1
+    return line + 1 if getattr(node, "style", None) in ("|", ">") else line
+
+
+def load(text: str, source: str) -> CloudConfig:
+    """A cloud-config document; a YAML error raises :class:`ParseError` naming file and line."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise ParseError(f"{where}: not valid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ParseError(f"{source}: not valid YAML: {exc}") from None
+    problems: list[tuple[int, str]] = []
+    steps: list[Step] = []
+    stages = _map(root).get("stages")
+    if stages is None:
+        return CloudConfig(source)
+    if not isinstance(stages, yaml.MappingNode):
+        return CloudConfig(source, problems=((stages.start_mark.line + 1, "'stages' is not a mapping"),))
+    for stage, step_list in _map(stages).items():
+        if not isinstance(step_list, yaml.SequenceNode):
+            problems.append((step_list.start_mark.line + 1, f"stages.{stage} is not a list of steps"))
+            continue
+        for i, node in enumerate(step_list.value):
+            m = _map(node)
+            cond = m.get("if")
+            files = []
+            fnode = m.get("files")
+            for f in fnode.value if isinstance(fnode, yaml.SequenceNode) else []:
+                fm = _map(f)
+                path, content = _scalar(fm.get("path")), _scalar(fm.get("content"))
+                if path is None:
+                    problems.append((f.start_mark.line + 1, f"stages.{stage}[{i}].files: an item without 'path'"))
+                    continue
+                c_line = _content_start(fm["content"]) if "content" in fm else f.start_mark.line + 1
+                files.append(FileWrite(path, content or "", f.start_mark.line + 1, c_line))
+            enabled: list[str] = []
+            sc = _map(m.get("systemctl"))
+            if isinstance(sc.get("enabled"), yaml.SequenceNode):
+                enabled = [v for v in (_scalar(x) for x in sc["enabled"].value) if v]
+            cmds = m.get("commands")
+            commands = [v for v in (_scalar(x) for x in cmds.value) if v] if isinstance(cmds, yaml.SequenceNode) else []
+            steps.append(
+                Step(
+                    stage,
+                    i,
+                    _scalar(m.get("name")) or f"stages.{stage}[{i}]",
+                    node.start_mark.line + 1,
+                    _scalar(cond) if cond is not None else None,
+                    cond.start_mark.line + 1 if cond is not None else node.start_mark.line + 1,
+                    tuple(files),
+                    tuple(enabled),
+                    tuple(commands),
+                )
+            )
+    return CloudConfig(source, tuple(steps), tuple(problems))
+
+
+_ENABLE = re.compile(r"\bsystemctl\s+(?:--[\w-]+\s+)*enable\s+(?:--[\w-]+\s+)*([^;&|]+)")
+
+
+def enabled_units(cfg: CloudConfig) -> set[str]:
+    """Units a cloud-config enables: ``systemctl: enabled:`` and ``systemctl enable X`` commands."""
+    out: set[str] = set()
+    for s in cfg.steps:
+        out.update(_normal(u) for u in s.enabled)
+        for c in s.commands:
+            for m in _ENABLE.finditer(c):
+                out.update(_normal(u) for u in m.group(1).split() if not u.startswith("-"))
+    return out
+
+
+def _normal(unit: str) -> str:
+    return unit if unit.endswith(tuple(f".{t}" for t in generator.UNIT_TYPES)) else unit + ".service"

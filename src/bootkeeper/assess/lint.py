@@ -1,0 +1,418 @@
+"""Boot-loop hazards, found before they happen: in cloud-config (yip ``stages:``), in unit files and
+drop-ins, and on the ESP. Each finding has a code, a severity, the file and line, and a fix.
+
+Where a cloud-config step runs is worked out from its ``if:``: the tests of ``/run/cos/<role>_mode``
+(``[ -f … ]``, ``[ ! -f … ]``, ``test -e …``, ``!``, ``&&``, ``||``) are evaluated for each role in
+three values (true, false, maybe); any other shell is "maybe", so a hazard is reported when a step
+*can* run on a role.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bootkeeper.assess import cloudconfig, generator
+from bootkeeper.assess.chain import default_can_pin
+from bootkeeper.config import BootAssessment
+from bootkeeper.errors import ParseError
+from bootkeeper.esp.entries import TYPE1_DIR, EntryKind, LoaderType, Role
+from bootkeeper.esp.store import Snapshot
+
+ROLES = tuple(Role)
+FALLBACK_ROLES = (Role.PASSIVE, Role.RECOVERY, Role.STATERESET)
+REBOOTS = ("reboot", "reboot-force", "reboot-immediate")
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: Severity
+    file: str
+    line: int | None
+    message: str
+    fix: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "severity": self.severity.value,
+            "file": self.file,
+            "line": self.line,
+            "message": self.message,
+            "fix": self.fix,
+        }
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.severity.value} {self.code}: {self.message}\n    fix: {self.fix}"
+
+
+# --- where a step runs -----------------------------------------------------------------------------
+
+Tri = bool | None  # None: maybe
+_MODE = re.compile(r"^/run/cos/([a-z]+)_mode$")
+
+
+def _term(words: list[str], role: Role) -> tuple[Tri, set[str]]:
+    """One test command; returns its value on ``role`` and the roles whose mode file it names."""
+    neg = False
+    while words and words[0] == "!":
+        neg, words = not neg, words[1:]
+    if words and words[0] == "[" and words[-1:] == ["]"]:
+        words = words[1:-1]
+    elif words and words[0] == "test":
+        words = words[1:]
+    else:
+        return None, set()
+    while words and words[0] == "!":
+        neg, words = not neg, words[1:]
+    if len(words) != 2 or words[0] not in ("-f", "-e"):
+        return None, set()
+    m = _MODE.match(words[1])
+    if not m:
+        return None, set()
+    value: Tri = m.group(1) == role.value
+    return (not value if neg else value), {m.group(1)}
+
+
+def evaluate(condition: str | None, role: Role) -> tuple[Tri, set[str]]:
+    """The condition's value when ``role`` booted, and the mode files it tests."""
+    if condition is None or not condition.strip():
+        return True, set()
+    try:
+        tokens = shlex.split(condition.replace("&&", " && ").replace("||", " || "))
+    except ValueError:
+        return None, set()
+    value: Tri = None
+    op: str | None = None
+    named: set[str] = set()
+    words: list[str] = []
+    for tok in [*tokens, "&&END"]:
+        if tok in ("&&", "||", "&&END"):
+            v, n = _term(words, role)
+            named |= n
+            if op is None:
+                value = v
+            elif op == "&&":
+                value = False if (value is False or v is False) else (True if value and v else None)
+            else:
+                value = True if (value is True or v is True) else (False if value is False and v is False else None)
+            op, words = tok, []
+        else:
+            words.append(tok)
+    return value, named
+
+
+def runs_on(condition: str | None) -> tuple[set[Role], set[str]]:
+    roles: set[Role] = set()
+    named: set[str] = set()
+    for r in ROLES:
+        v, n = evaluate(condition, r)
+        named |= n
+        if v is not False:
+            roles.add(r)
+    return roles, named
+
+
+# --- unit text -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitLine:
+    section: str
+    key: str
+    value: str
+    line: int
+
+
+def parse_unit(text: str, first_line: int = 1) -> list[UnitLine]:
+    out: list[UnitLine] = []
+    section = ""
+    for i, raw in enumerate(text.splitlines()):
+        s = raw.strip()
+        if not s or s[0] in "#;":
+            continue
+        if s.startswith("[") and s.endswith("]"):
+            section = s[1:-1]
+        elif "=" in s:
+            k, v = s.split("=", 1)
+            out.append(UnitLine(section, k.strip(), v.strip(), first_line + i))
+    return out
+
+
+def _unit_of(path: str) -> str | None:
+    """``…/k3s.service.d/x.conf`` → ``k3s.service``; ``…/k3s.service`` → ``k3s.service``; else None."""
+    types = "|".join(generator.UNIT_TYPES)
+    m = re.search(rf"([^/]+\.(?:{types}))(?:\.d/[^/]+\.conf)?$", path)
+    return m.group(1) if m else None
+
+
+def _roles_text(roles: set[Role]) -> str:
+    return ", ".join(r.value for r in ROLES if r in roles)
+
+
+def lint_unit(
+    file: str, path: str, text: str, first_line: int, roles: set[Role], enabled: set[str] | None
+) -> list[Finding]:
+    """Findings for one unit file or drop-in that is in effect on ``roles``. ``enabled``: units the
+    same cloud-config enables (None: unknown, e.g. a unit file given alone)."""
+    unit = _unit_of(path) or "this unit"
+    lines = parse_unit(text, first_line)
+    out: list[Finding] = []
+    fallback = roles & set(FALLBACK_ROLES)
+    for ln in lines:
+        if ln.section == "Unit" and ln.key == "FailureAction" and ln.value in REBOOTS and fallback:
+            out.append(
+                Finding(
+                    "BK103",
+                    Severity.ERROR,
+                    file,
+                    ln.line,
+                    f"{unit}: FailureAction={ln.value} is in effect on {_roles_text(roles)}: a service that fails "
+                    f"on every entry (not because of the upgrade) reboots passive and recovery too, "
+                    f"a boot loop that ends in statereset",
+                    f"reboot on the active entry only: 'bootkeeper service enroll {unit} --reboot-on-failure "
+                    f"active', or write this drop-in only under if: '[ -f \"/run/cos/active_mode\" ]'",
+                )
+            )
+    for ln in lines:
+        if ln.section != "Service" or not ln.key.startswith("Exec"):
+            continue
+        if re.search(r"\bsed\b.*\s-[a-zA-Z]*i", ln.value) and ("loader.conf" in ln.value or "/efi" in ln.value):
+            out.append(
+                Finding(
+                    "BK107",
+                    Severity.WARNING,
+                    file,
+                    ln.line,
+                    f"{unit}: {ln.key} edits the ESP with 'sed -i': no fsync of the file or the folder on a FAT "
+                    f"file system, so a power cut can leave loader.conf empty or half-old",
+                    "let 'bootkeeper bless good' (bootkeeper-bless.service) keep loader.conf's default valid: "
+                    "it writes a temporary file, fsyncs, renames and fsyncs the folder",
+                )
+            )
+        if ln.key == "ExecStartPost" and re.search(r"\bmount\b.*remount,ro", ln.value):
+            out.append(
+                Finding(
+                    "BK108",
+                    Severity.WARNING,
+                    file,
+                    ln.line,
+                    f"{unit}: ExecStartPost= runs only when ExecStart= succeeded: when it fails, "
+                    f"{ln.value.split()[-1]} stays mounted read-write",
+                    "remount read-only in ExecStopPost= (runs in every case), or use bootkeeper-bless.service",
+                )
+            )
+    install = {(ln.key, t) for ln in lines if ln.section == "Install" for t in ln.value.split()}
+    pulled = any(k in ("RequiredBy", "WantedBy") and t == "boot-complete.target" for k, t in install)
+    before = [
+        ln for ln in lines if ln.section == "Unit" and ln.key == "Before" and "boot-complete.target" in ln.value.split()
+    ]
+    if before and not pulled:
+        out.append(
+            Finding(
+                "BK105",
+                Severity.WARNING,
+                file,
+                before[0].line,
+                f"{unit}: Before=boot-complete.target orders it but nothing makes boot-complete.target need it: "
+                f"the boot is blessed whether it starts or not",
+                "add '[Install] RequiredBy=boot-complete.target' and enable the unit",
+            )
+        )
+    if pulled and enabled is not None and unit not in enabled:
+        line = next(ln.line for ln in lines if ln.section == "Install")
+        out.append(
+            Finding(
+                "BK104",
+                Severity.ERROR,
+                file,
+                line,
+                f"{unit}: [Install] RequiredBy=boot-complete.target has no effect until the unit is enabled, "
+                f"and nothing here enables it: boot-complete.target is reached without it",
+                f"add {unit} to a 'systemctl: enabled:' list (or run 'bootkeeper service enroll {unit}')",
+            )
+        )
+    return out
+
+
+# --- cloud-config -----------------------------------------------------------------------------------
+
+
+def _roles_in_name(name: str) -> set[str]:
+    return {r.value for r in ROLES if re.search(rf"\b{r.value}\b", name.lower())}
+
+
+def lint_cloud_config(text: str, file: str) -> list[Finding]:
+    try:
+        cfg = cloudconfig.load(text, file)
+    except ParseError as exc:
+        m = re.match(rf"{re.escape(file)}:(\d+): (.*)", str(exc))
+        line, msg = (int(m.group(1)), m.group(2)) if m else (None, str(exc))
+        return [Finding("BK100", Severity.ERROR, file, line, msg, "fix the YAML (indentation, quotes)")]
+    out = [Finding("BK100", Severity.WARNING, file, ln, msg, "fix the step") for ln, msg in cfg.problems]
+    enabled = cloudconfig.enabled_units(cfg)
+    required_links = {w.path.rsplit("/", 1)[-1] for s in cfg.steps for w in s.files if ".requires/" in w.path}
+    writers: dict[str, list[tuple[cloudconfig.Step, cloudconfig.FileWrite, set[Role]]]] = {}
+    for step in cfg.steps:
+        roles, named = runs_on(step.condition)
+        if named and not roles:
+            out.append(
+                Finding(
+                    "BK102",
+                    Severity.ERROR,
+                    file,
+                    step.condition_line,
+                    f"step '{step.name}': if: {step.condition!r} is false on every entry: the step never runs",
+                    "test one mode file: if: '[ -f \"/run/cos/active_mode\" ]'",
+                )
+            )
+        meant = _roles_in_name(step.name)
+        if step.condition is not None and len(meant) == 1:
+            role = next(iter(meant))
+            if role in named and Role(role) not in roles:
+                out.append(
+                    Finding(
+                        "BK101",
+                        Severity.ERROR,
+                        file,
+                        step.condition_line,
+                        f"step '{step.name}' is meant for {role}, but if: {step.condition!r} is false on {role} "
+                        f"and true on {_roles_text(roles)}: the condition is inverted",
+                        f"if: '[ -f \"/run/cos/{role}_mode\" ]'",
+                    )
+                )
+        for w in step.files:
+            writers.setdefault(w.path, []).append((step, w, roles))
+            if _unit_of(w.path) is None:
+                continue
+            out += lint_unit(file, w.path, w.content, w.content_line, roles, enabled | required_links)
+            if step.condition is not None and w.path.startswith("/etc/") and roles != set(ROLES):
+                out.append(
+                    Finding(
+                        "BK106",
+                        Severity.WARNING,
+                        file,
+                        w.line,
+                        f"{w.path} is written only on {_roles_text(roles)} but under /etc, where it stays for later "
+                        f"boots of other entries if /etc persists",
+                        f"write it under /run/systemd/system/ (gone at the next boot), e.g. "
+                        f"/run/systemd/system/{w.path.split('/etc/systemd/system/', 1)[-1]}",
+                    )
+                )
+    for path, ws in writers.items():
+        for i, (s1, w1, r1) in enumerate(ws):
+            for s2, w2, r2 in ws[i + 1 :]:
+                both = r1 & r2
+                if both and w1.content != w2.content:
+                    out.append(
+                        Finding(
+                            "BK102",
+                            Severity.ERROR,
+                            file,
+                            s2.condition_line,
+                            f"steps '{s1.name}' (line {s1.line}) and '{s2.name}' both write {path} on "
+                            f"{_roles_text(both)}, with different content: the conditions contradict each other "
+                            f"and the later step wins",
+                            "make the conditions exclusive ('[ -f X ]' and '[ ! -f X ]'), or write two files",
+                        )
+                    )
+    return sorted(out, key=lambda f: (f.line or 0, f.code))
+
+
+def lint_text(text: str, file: str) -> list[Finding]:
+    """A cloud-config (YAML) or, when it starts with a ``[Section]``, a unit file or drop-in."""
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
+    if first.startswith("["):
+        return lint_unit(file, file, text, 1, set(ROLES), None)
+    return lint_cloud_config(text, file)
+
+
+# --- the ESP ----------------------------------------------------------------------------------------
+
+
+def lint_esp(snap: Snapshot, esp: str, cfg: BootAssessment, entry_default: str | None = None) -> list[Finding]:
+    out: list[Finding] = []
+    listed = [e for e in snap.entries if e.listed]
+    for e in listed:
+        if e.loader_type is LoaderType.EFI and e.role is not None:
+            out.append(
+                Finding(
+                    "BK201",
+                    Severity.ERROR if e.counted else Severity.WARNING,
+                    f"{esp}/{e.path}",
+                    None,
+                    f"{e.role.value} entry uses the 'efi' key: systemd-boot never counts it down, so a bad "
+                    f"{e.role.value} is booted forever and never falls back",
+                    "point to the UKI with 'uki' instead of 'efi'",
+                )
+            )
+    pattern = snap.loader_conf.default_pattern if snap.loader_conf else None
+    for source, pat, where in (
+        ("loader.conf default", pattern, f"{esp}/loader/loader.conf"),
+        ("LoaderEntryDefault", entry_default, "EFI variable LoaderEntryDefault"),
+    ):
+        hits = default_can_pin(pat, listed, cfg)
+        if hits:
+            out.append(
+                Finding(
+                    "BK202",
+                    Severity.ERROR,
+                    where,
+                    None,
+                    f"{source} {pat!r} can match {', '.join(hits)} once it is bad, and systemd-boot boots the "
+                    f"default even when it is bad: no fallback",
+                    "remove it ('bootkeeper arm' does) and let sort-key order the fallback chain",
+                )
+            )
+    by_base: dict[tuple[str, str], list[str]] = {}
+    for e in snap.entries:
+        by_base.setdefault((e.directory, e.name.base.lower()), []).append(e.path)
+    for (_, base), paths in sorted(by_base.items()):
+        if len(paths) > 1:
+            out.append(
+                Finding(
+                    "BK203",
+                    Severity.ERROR,
+                    f"{esp}/{sorted(paths)[0]}",
+                    None,
+                    f"{' and '.join(sorted(paths))} are the same entry ({base}) with and without a counter: "
+                    f"the menu shows both and bless cannot tell which one booted",
+                    "remove the stale one ('bootkeeper bless good' on the next good boot removes it)",
+                )
+            )
+    unsorted = [e.path for e in listed if e.role is not None and e.kind is EntryKind.TYPE1 and not e.sort_key]
+    if unsorted:
+        out.append(
+            Finding(
+                "BK204",
+                Severity.WARNING,
+                f"{esp}/{TYPE1_DIR}",
+                None,
+                f"no sort-key in {', '.join(unsorted)}: the fallback order is left to the file names and versions",
+                "'bootkeeper arm' writes sort keys 1-active, 2-passive, 3-recovery, 4-statereset",
+            )
+        )
+    roles = {e.role for e in listed}
+    for role in (Role.RECOVERY, Role.STATERESET):
+        if role not in roles:
+            out.append(
+                Finding(
+                    "BK205",
+                    Severity.WARNING,
+                    esp,
+                    None,
+                    f"no {role.value} entry: when active and passive are bad there is nothing "
+                    f"{'to repair the node' if role is Role.RECOVERY else 'to reset it'}",
+                    f"install the {role.value} UKI and an entry for it",
+                )
+            )
+    return out

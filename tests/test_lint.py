@@ -1,0 +1,235 @@
+"""bootkeeper lint: every finding has a file that triggers it and a fixed twin that does not; the
+seed files' YAML blocks (tests/data/lint/seed*) are linted as they were published; the rendered
+cloud-config lints clean; the role-condition evaluator is property-tested."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bootkeeper.assess import lint
+from bootkeeper.esp.entries import Role
+from helpers import entry_body, esp_with, fake_efivars
+
+DATA = Path(__file__).parent / "data" / "lint"
+
+
+def bk(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
+
+
+def codes(*args: str) -> tuple[list[str], int, dict[str, Any]]:
+    r = bk("lint", "--json", *args)
+    assert "Traceback" not in r.stderr, r.stderr
+    doc = json.loads(r.stdout)
+    return sorted(f["code"] for f in doc["findings"]), r.returncode, doc
+
+
+@pytest.mark.parametrize(
+    ("bad", "fixed", "expected"),
+    [
+        ("bk101-inverted.yaml", "bk101-fixed.yaml", ["BK101", "BK103"]),
+        ("bk102-contradictory.yaml", "bk102-fixed.yaml", ["BK102", "BK102"]),
+        ("bk103-loop.yaml", "bk103-fixed.yaml", ["BK103"]),
+        ("bk104-not-enabled.yaml", "bk104-fixed.yaml", ["BK104"]),
+        ("bk105-before-only.conf", "bk105-fixed.conf", ["BK105"]),
+        ("bk106-persistent.yaml", "bk106-fixed.yaml", ["BK106"]),
+        ("bk107-bk108-bless-override.conf", "bk107-bk108-fixed.conf", ["BK107", "BK108"]),
+    ],
+)
+def test_each_finding_and_its_fixed_twin(bad: str, fixed: str, expected: list[str]) -> None:
+    found, rc, doc = codes(str(DATA / bad))
+    assert found == expected
+    errors = [f for f in doc["findings"] if isinstance(f, dict) and f["severity"] == "error"]
+    assert rc == (1 if errors else 0)
+    for f in doc["findings"]:
+        assert isinstance(f, dict) and f["file"] == str(DATA / bad) and f["line"] and f["fix"]
+    assert codes(str(DATA / fixed))[:2] == ([], 0)
+
+
+def test_lines_point_at_the_fault() -> None:
+    _, _, doc = codes(str(DATA / "bk101-inverted.yaml"))
+    text = (DATA / "bk101-inverted.yaml").read_text().splitlines()
+    by_code = {f["code"]: f for f in doc["findings"] if isinstance(f, dict)}
+    assert "if:" in text[by_code["BK101"]["line"] - 1]
+    assert "FailureAction=reboot" in text[by_code["BK103"]["line"] - 1]
+
+
+def test_seed_active_only_example_is_flagged_as_inverted() -> None:
+    """Seed 001's second example: '! -f active_mode' for the active case (and '! -f passive_mode')."""
+    found, rc, doc = codes(str(DATA / "seed001-active-only.yaml"))
+    assert found == ["BK101", "BK101", "BK102", "BK103", "BK106", "BK106"]
+    assert rc == 1
+    msgs = [f["message"] for f in doc["findings"] if isinstance(f, dict) and f["code"] == "BK101"]
+    assert any("meant for active" in m and "false on active" in m for m in msgs)
+    assert any("meant for passive" in m for m in msgs)
+    loop = next(f for f in doc["findings"] if isinstance(f, dict) and f["code"] == "BK103")
+    assert "passive, recovery, statereset" in str(loop["message"])
+
+
+def test_seed_every_entry_example_is_a_boot_loop() -> None:
+    assert codes(str(DATA / "seed001-every-entry.yaml"))[:2] == (["BK103"], 1)
+
+
+@pytest.mark.parametrize("name", ["seed000-every-entry.yaml", "seed000-active-only.yaml"])
+def test_seed_000_blocks_lost_their_indentation(name: str) -> None:
+    """The same page, flattened: not YAML any more; one finding with the line, no traceback."""
+    found, rc, doc = codes(str(DATA / name))
+    assert (found, rc) == (["BK100"], 1)
+    f = doc["findings"][0]
+    assert "not valid YAML" in f["message"] and f["line"] > 1
+
+
+def test_seed_002_and_003_blocks() -> None:
+    assert codes(str(DATA / "seed002-bless-override.conf"))[:2] == (["BK107", "BK108"], 0)
+    assert codes(str(DATA / "seed003-extensions-by-entry.yaml"))[:2] == ([], 0)
+    found, rc, _ = codes(str(DATA / "seed003-extensions-by-image.yaml"))  # an unclosed quote
+    assert (found, rc) == (["BK100"], 1)
+
+
+@pytest.mark.parametrize("policy", ["never", "active", "always"])
+def test_rendered_cloud_config_lints_clean_except_always(tmp_path: Path, policy: str) -> None:
+    r = bk("cloud-config", "render", "k3s", "health.service", "--reboot-on-failure", policy)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "cc.yaml").write_text(r.stdout)
+    found, _, _ = codes(str(tmp_path / "cc.yaml"))
+    assert found == (["BK103", "BK103"] if policy == "always" else [])
+
+
+def test_rendered_cloud_config_structure(tmp_path: Path) -> None:
+    import yaml
+
+    r = bk("cloud-config", "render", "k3s", "--reboot-on-failure", "active")
+    doc = yaml.safe_load(r.stdout)
+    assert r.stdout.startswith("#cloud-config\n")
+    steps = doc["stages"]["initramfs"]
+    assert "if" not in steps[0]
+    assert steps[1]["if"].startswith(
+        '[ -f "/run/cos/active_mode" ] && [ -e "/sys/firmware/efi/efivars/LoaderBootCountPath-'
+    )
+    assert steps[1]["files"][0]["path"] == "/run/systemd/system/k3s.service.d/50-bootkeeper-failure-action.conf"
+    assert "FailureAction=reboot" in steps[1]["files"][0]["content"]
+    assert "FailureAction" not in "".join(
+        ln for ln in steps[0]["files"][0]["content"].splitlines() if not ln.startswith("#")
+    )
+    assert steps[0]["files"][0]["permissions"] == 0o644
+    assert steps[-1]["systemctl"]["enabled"] == ["k3s.service"]
+    # the same drop-in text that 'service enroll' writes
+    root = tmp_path / "root"
+    assert bk("service", "enroll", "k3s", "--reboot-on-failure", "active", "--root", str(root)).returncode == 0
+    enrolled = (root / "etc/systemd/system/k3s.service.d/50-bootkeeper-assessment.conf").read_text()
+    assert steps[0]["files"][0]["content"] == enrolled
+
+
+def test_render_refuses_bad_names() -> None:
+    r = bk("cloud-config", "render", "k3s; reboot")
+    assert r.returncode == 2 and "is not a unit name" in r.stderr
+
+
+def _esp(tmp_path: Path, entries: dict[str, str], loader: str = "timeout 0\n") -> Path:
+    return esp_with(tmp_path / "esp", entries, loader)
+
+
+GOOD = {
+    "active+3.conf": entry_body("active"),
+    "passive+3.conf": entry_body("passive"),
+    "recovery+3.conf": entry_body("recovery"),
+    "statereset+3.conf": entry_body("statereset"),
+}
+
+
+def esp_codes(esp: Path, *extra: str) -> list[str]:
+    return codes("--esp", str(esp), "--systemd-boot-version", "257", *extra)[0]
+
+
+def test_esp_clean(tmp_path: Path) -> None:
+    assert esp_codes(_esp(tmp_path, GOOD)) == []
+
+
+def test_esp_efi_key(tmp_path: Path) -> None:
+    bad = {**GOOD, "active+3.conf": "title active\nsort-key 1-active\nefi /EFI/kairos/vmlinuz\n"}
+    assert esp_codes(_esp(tmp_path / "bad", bad)) == ["BK201"]
+    fixed = {**GOOD, "active+3.conf": "title active\nsort-key 1-active\nuki /EFI/kairos/vmlinuz\n"}
+    assert esp_codes(_esp(tmp_path / "fixed", fixed)) == []
+
+
+def test_esp_default_that_pins_a_bad_entry(tmp_path: Path) -> None:
+    esp = _esp(tmp_path / "bad", GOOD, "timeout 0\ndefault active.conf\n")
+    assert esp_codes(esp) == ["BK202"]
+    assert esp_codes(_esp(tmp_path / "glob", GOOD, "timeout 0\ndefault active*\n")) == ["BK202"]
+    assert esp_codes(_esp(tmp_path / "fixed", GOOD, "timeout 0\ndefault @saved\n")) == []
+    efivars = fake_efivars(tmp_path / "efivars", LoaderEntryDefault="passive.conf")
+    assert esp_codes(_esp(tmp_path / "var", GOOD), "--efivars", str(efivars)) == ["BK202"]
+
+
+def test_esp_counted_and_uncounted_twins(tmp_path: Path) -> None:
+    esp = _esp(tmp_path / "bad", {**GOOD, "active.conf": entry_body("active")})
+    assert esp_codes(esp) == ["BK203"]
+
+
+def test_esp_without_sort_keys(tmp_path: Path) -> None:
+    bad = {k: entry_body(k.split("+")[0], sort_key=False) for k in GOOD}
+    assert esp_codes(_esp(tmp_path / "bad", bad)) == ["BK204"]
+
+
+def test_esp_without_recovery_or_statereset(tmp_path: Path) -> None:
+    esp = _esp(tmp_path / "bad", {"active+3.conf": entry_body("active"), "passive+3.conf": entry_body("passive")})
+    assert esp_codes(esp) == ["BK205", "BK205"]
+    assert esp_codes(_esp(tmp_path / "one", {k: v for k, v in GOOD.items() if "statereset" not in k})) == ["BK205"]
+
+
+def test_unreadable_and_binary_input(tmp_path: Path) -> None:
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00stages:")
+    found, rc, _ = codes(str(tmp_path / "bin.yaml"))
+    assert (found, rc) == (["BK100"], 1)
+    r = bk("lint", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 6 and "missing.yaml: cannot read" in r.stderr
+
+
+MODE = st.sampled_from([r.value for r in Role] + ["other"])
+TERM = st.builds(
+    lambda neg, op, mode, test: (
+        f"test {'! ' if neg else ''}{op} /run/cos/{mode}_mode"
+        if test
+        else f'[ {"! " if neg else ""}{op} "/run/cos/{mode}_mode" ]'
+    ),
+    st.booleans(),
+    st.sampled_from(["-f", "-e"]),
+    MODE,
+    st.booleans(),
+)
+
+
+@given(st.lists(TERM, min_size=1, max_size=4), st.lists(st.sampled_from(["&&", "||"]), min_size=3, max_size=3))
+def test_condition_evaluation_matches_the_shell(terms: list[str], ops: list[str]) -> None:
+    """Mode-file conditions are evaluated exactly like sh would (left to right, && and || equal)."""
+    cond = terms[0] + "".join(f" {op} {t}" for op, t in zip(ops, terms[1:], strict=False))
+    for role in Role:
+        value, _ = lint.evaluate(cond, role)
+        assert value is not None
+        expected = _shell(cond, role)
+        assert value == expected, (cond, role)
+
+
+def _shell(cond: str, role: Role) -> bool:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "run/cos").mkdir(parents=True)
+        (Path(d) / f"run/cos/{role.value}_mode").touch()
+        script = cond.replace("/run/cos/", f"{d}/run/cos/")
+        return subprocess.run(["sh", "-c", script], check=False).returncode == 0
+
+
+@given(st.text(max_size=60))
+def test_condition_evaluation_never_raises(cond: str) -> None:
+    for role in Role:
+        value, _ = lint.evaluate(cond, role)
+        assert value in (True, False, None)
