@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from bootkeeper.assess import bless as bless_mod
-from bootkeeper.assess import bootloader
+from bootkeeper.assess import bootloader, history
 from bootkeeper.config import BootAssessment, RebootOnFailure
 from bootkeeper.errors import UsageError
 from bootkeeper.esp.efivars import LoaderVars
@@ -64,6 +65,8 @@ class BootRecord:
     verdict: str
     after: str  # what happens next
     actions: list[str] = field(default_factory=list)
+    boot_count_path: str | None = None  # LoaderBootCountPath during this boot
+    time: float = 0.0
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -79,8 +82,12 @@ class BootRecord:
         }
 
 
-def _reboots(policy: RebootOnFailure, role: Role | None) -> bool:
-    return policy is RebootOnFailure.ALWAYS or (policy is RebootOnFailure.ACTIVE and role is Role.ACTIVE)
+def _reboots(policy: RebootOnFailure, role: Role | None, counting: bool) -> bool:
+    """As on a node: ``always`` is a static drop-in; ``active`` comes from bootkeeper-generator, which
+    writes it only on active while boot counting is in effect."""
+    if policy is RebootOnFailure.ALWAYS:
+        return True
+    return policy is RebootOnFailure.ACTIVE and role is Role.ACTIVE and counting
 
 
 def simulate(
@@ -92,7 +99,12 @@ def simulate(
     reboot_on_failure: RebootOnFailure = RebootOnFailure.NEVER,
     efivars: LoaderVars | None = None,
     sdboot_version: int | None = None,
+    history_root: Path | None = None,
+    start_time: float = 0.0,
+    seconds_per_boot: float = 90.0,
 ) -> list[BootRecord]:
+    """With ``history_root``, each boot is also appended to the boot history there, as
+    bootkeeper-boot.service and bless would (boot ids ``sim-N``, a simulated clock)."""
     by_role = {f.role: f for f in faults}
     seen: dict[Role | None, int] = {}
     out: list[BootRecord] = []
@@ -106,12 +118,17 @@ def simulate(
         if choice.rename_to is not None:
             store.rename(choice.entry.path, choice.path_after)
         role = choice.entry.role
+        now = start_time + (n - 1) * seconds_per_boot
+        if history_root is not None:
+            history.append(history_root, history.boot_record(f"sim-{n}", now, choice.boot_count_path, snap))
         seen[role] = seen.get(role, 0) + 1
         fault = by_role.get(role) if role is not None else None
         outcome = fault.outcome if fault is not None and fault.fails(seen[role]) else Outcome.SUCCESS
         rec = BootRecord(
             n, choice.entry.path, role.value if role else None, choice.reason, choice.rename_to, outcome, "-", "reboot"
         )
+        rec.boot_count_path = choice.boot_count_path
+        rec.time = now
         if outcome is Outcome.SUCCESS:
             if choice.boot_count_path is None:
                 rec.verdict = "good (not counted)"
@@ -120,12 +137,15 @@ def simulate(
                 res = bless_mod.bless(store, booted, bless_mod.Verdict.GOOD, cfg)
                 rec.actions = res.actions
                 rec.verdict = "not blessed (recovery)" if res.withheld else "good"
+                if history_root is not None:
+                    verdict = "withheld" if res.withheld else "good"
+                    history.append(history_root, history.verdict_record(f"sim-{n}", now + 30, verdict))
             rec.after = "up; later reboot"
         elif outcome is Outcome.PANIC:
             rec.verdict = "none (reset)"
         else:
             rec.verdict = "not good (service failed)"
-            if not _reboots(reboot_on_failure, role):
+            if not _reboots(reboot_on_failure, role, choice.boot_count_path is not None):
                 rec.after = "stays up, not blessed"
                 out.append(rec)
                 break

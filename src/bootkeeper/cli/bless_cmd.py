@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import config_option, efivars_option, esp_option, find_esp, json_option, print_json
+from bootkeeper.cli.common import (
+    config_option,
+    efivars_option,
+    esp_option,
+    find_esp,
+    json_option,
+    print_json,
+    root_option,
+)
+from bootkeeper.cli.history_cmd import boot_id_option
 
 
 @click.command()
@@ -20,9 +29,18 @@ from bootkeeper.cli.common import config_option, efivars_option, esp_option, fin
     help="The booted entry relative to the ESP (e.g. loader/entries/active+2-1.conf) instead of LoaderBootCountPath.",
 )
 @config_option
+@root_option
+@boot_id_option
 @json_option
 def bless(
-    action: str, esp: Path | None, efivars: Path, entry: str | None, config_files: tuple[Path, ...], as_json: bool
+    action: str,
+    esp: Path | None,
+    efivars: Path,
+    entry: str | None,
+    config_files: tuple[Path, ...],
+    root: Path,
+    boot_id: str | None,
+    as_json: bool,
 ) -> None:
     """Mark the booted entry as systemd-bless-boot does, on a read-only ESP too.
 
@@ -38,7 +56,7 @@ def bless(
     if value is None:
         source = "LoaderBootCountPath"
         value = read_string(efivars, "LoaderBootCountPath") if efivars.is_dir() else None
-    root = find_esp(esp)
+    esp_root = find_esp(esp)
     if value is None:
         if action == "status":
             if as_json:
@@ -51,7 +69,7 @@ def bless(
             hint="pass --entry PATH to name the entry",
         )
     booted = bless_mod.parse_entry_path(value, source)
-    store = EspStore(root)
+    store = EspStore(esp_root)
     if action == "status":
         state = bless_mod.status(store, booted)
         if as_json:
@@ -63,6 +81,7 @@ def bless(
 
     cfg = load_config(config_files).boot_assessment
     result = bless_mod.bless(store, booted, bless_mod.Verdict(action), cfg)
+    _record_verdict(root, boot_id, "withheld" if result.withheld else action)
     if as_json:
         print_json(result.as_json())
         return
@@ -71,3 +90,20 @@ def bless(
     if result.note:
         click.echo(result.note)
     click.echo(f"marked {booted.path} as {action}")
+
+
+def _record_verdict(root: Path, boot_id: str | None, verdict: str) -> None:
+    """The verdict goes into the boot history (where ``history record`` keeps one: a node with
+    bootkeeper-boot.service); failing to write it never fails the bless."""
+    import time
+
+    from bootkeeper.assess import history
+    from bootkeeper.cli.history_cmd import current_boot_id
+    from bootkeeper.errors import StoreIOError
+
+    if not (root / history.HISTORY).parent.is_dir():
+        return
+    try:
+        history.append(root, history.verdict_record(current_boot_id(boot_id), time.time(), verdict))
+    except StoreIOError as exc:
+        click.echo(f"warning: {exc}", err=True)

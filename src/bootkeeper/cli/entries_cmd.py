@@ -14,6 +14,7 @@ from bootkeeper.cli.common import (
     find_esp,
     json_option,
     print_json,
+    root_option,
     table,
     version_option,
 )
@@ -104,39 +105,23 @@ def entries(esp: Path | None, efivars: Path, sdboot_version: int | None, as_json
 @esp_option
 @efivars_option
 @version_option
+@root_option
 @json_option
-def status(esp: Path | None, efivars: Path, sdboot_version: int | None, as_json: bool) -> None:
-    """Which entry booted, whether this boot is blessed yet, and what boots next and why."""
-    from bootkeeper.assess import bless as bless_mod
-    from bootkeeper.errors import BootkeeperError
-    from bootkeeper.esp.store import EspStore
+def status(esp: Path | None, efivars: Path, sdboot_version: int | None, root: Path, as_json: bool) -> None:
+    """Which entry booted and why, whether this boot is blessed yet, tries left on every entry, the
+    enrolled services' results, the extensions, and what boots next."""
+    from bootkeeper.assess import nodestatus
 
-    root = find_esp(esp)
-    view = _view(root, efivars, sdboot_version)
-    countpath = view["efi_variables"]["LoaderBootCountPath"]
-    booted: dict[str, Any] = {"selected": view["efi_variables"]["LoaderEntrySelected"], "boot_count_path": countpath}
-    if countpath:
-        try:
-            b = bless_mod.parse_entry_path(countpath, "LoaderBootCountPath")
-            booted["path"] = b.path
-            booted["role"] = b.role.value if b.role else None
-            booted["blessed"] = bless_mod.status(EspStore(root), b)
-        except BootkeeperError as exc:
-            booted["blessed"] = None
-            booted["error"] = str(exc)
-    else:
-        booted["blessed"] = "clean" if view["efi_variables"]["LoaderEntrySelected"] else None
-    view["booted"] = booted
+    esp_root = find_esp(esp)
+    view = _view(esp_root, efivars, sdboot_version)
+    node = nodestatus.gather(root, esp_root, efivars, sdboot_version)
     if as_json:
-        print_json(view)
+        print_json({**view, **{k: node[k] for k in ("booted", "services", "extensions", "history", "warnings")}})
         return
-    if countpath:
-        click.echo(
-            f"booted: {booted.get('path', countpath)} (role {booted.get('role')}): "
-            f"{booted.get('blessed') or booted.get('error')}"
-        )
-    elif booted["selected"]:
-        click.echo(f"booted: {booted['selected']} without boot counting")
+    click.echo(nodestatus.render(node), nl=False)
+    nxt = view["next"]
+    if nxt:
+        after = f" (renamed to {nxt['next_after_boot']})" if nxt["next_after_boot"] != nxt["path"] else ""
+        click.echo(f"next boot: {nxt['path']}{after}: {nxt['reason']}")
     else:
-        click.echo("booted: unknown (no systemd-boot variables)")
-    _print_human(view)
+        click.echo("next boot: nothing — systemd-boot finds no entry")

@@ -42,9 +42,9 @@ def print_timeline(records: list[Any]) -> None:
 @click.option(
     "--reboot-on-failure",
     type=click.Choice(["never", "active", "always"]),
-    default="active",
-    show_default=True,
-    help="Where a failed service reboots the node (FailureAction=reboot).",
+    default=None,
+    help="Where a failed service reboots the node (FailureAction=reboot). Default: the widest "
+    "reboot_on_failure in boot_assessment.services, else active.",
 )
 @click.option("--default", "default", default=None, help="Scratch ESP only: a loader.conf default pattern.")
 @version_option
@@ -54,7 +54,7 @@ def simulate(
     esp: Path | None,
     fails: tuple[str, ...],
     boots: int,
-    reboot_on_failure: str,
+    reboot_on_failure: str | None,
     default: str | None,
     sdboot_version: int | None,
     config_files: tuple[Path, ...],
@@ -69,6 +69,16 @@ def simulate(
 
     faults = [parse_fault(f) for f in fails]
     cfg = load_config(config_files).boot_assessment
+    if reboot_on_failure is None:
+        policies = [s.reboot_on_failure.value for s in cfg.services] or ["active"]
+        reboot_on_failure = max(policies, key=["never", "active", "always"].index)
+    warning = None
+    if reboot_on_failure == "always":
+        warning = (
+            "lint BK103: FailureAction=reboot on every entry: a service that fails everywhere reboots "
+            "passive and recovery too (boot loop); use reboot_on_failure: active"
+        )
+        click.echo(f"warning: {warning}", err=True)
     with tempfile.TemporaryDirectory(prefix="bootkeeper-sim-") as tmp:
         root = Path(tmp) / "esp"
         if esp is not None:
@@ -85,7 +95,7 @@ def simulate(
         )
         final = sorted(str(p.relative_to(root)) for p in (root / "loader" / "entries").glob("*.conf"))
     if as_json:
-        print_json({"boots": [r.as_json() for r in records], "entries_after": final})
+        print_json({"boots": [r.as_json() for r in records], "entries_after": final, "warning": warning})
         return
     print_timeline(records)
     click.echo("entries after: " + " ".join(Path(f).name for f in final))

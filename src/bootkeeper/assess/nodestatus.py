@@ -1,0 +1,190 @@
+"""What the operator sees (``bootkeeper status``, ``bootkeeper motd``): which entry booted and why,
+whether this boot is blessed yet, tries left on every entry, the enrolled services' results, and the
+installed and active extensions. Gathering reads files and asks systemctl; the view is plain data,
+rendered as text by :func:`render` (also the motd) or printed as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bootkeeper.assess import history
+from bootkeeper.errors import BootkeeperError
+from bootkeeper.esp.entries import Role
+from bootkeeper.esp.store import EspStore
+
+MOTD = "run/motd.d/bootkeeper"
+SHOW_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "Result")
+
+ServiceReader = Callable[[list[str]], dict[str, dict[str, str]]]
+
+
+def parse_systemctl_show(text: str) -> dict[str, dict[str, str]]:
+    """``systemctl show -p Id,… A B``: blocks of ``Key=Value`` separated by blank lines."""
+    out: dict[str, dict[str, str]] = {}
+    for block in text.split("\n\n"):
+        props = dict(ln.split("=", 1) for ln in block.splitlines() if "=" in ln)
+        if props.get("Id"):
+            out[props["Id"]] = props
+    return out
+
+
+def systemctl_states(units: list[str]) -> dict[str, dict[str, str]]:
+    from bootkeeper.run import run
+
+    if not units:
+        return {}
+    proc = run(["systemctl", "show", f"--property={','.join(SHOW_PROPERTIES)}", "--", *units], timeout=10)
+    return parse_systemctl_show(proc.stdout)
+
+
+def _service_verdict(props: dict[str, str] | None) -> str:
+    if props is None:
+        return "unknown"
+    if props.get("LoadState") == "not-found":
+        return "not installed"
+    active, result = props.get("ActiveState"), props.get("Result")
+    if active == "failed" or (result not in (None, "success")):
+        return f"failed ({result})"
+    if active in ("active", "reloading"):
+        return "passed"
+    if active in ("activating",):
+        return "starting"
+    return "not run"
+
+
+def _extensions(root: Path, store: EspStore, snap: Any) -> dict[str, Any]:
+    from bootkeeper.sysext import deploy
+
+    installed: dict[str, list[str]] = {}
+    try:
+        for i in deploy.installed(store, deploy.targets(snap, store)):
+            installed.setdefault(i.target.entry, []).append(i.name)
+    except (OSError, BootkeeperError) as exc:
+        installed = {"error": [str(exc)]}
+    active: list[dict[str, Any]] = []
+    report_error = None
+    try:
+        report = json.loads((root / "run/bootkeeper/sysext.json").read_text())
+        mode = report.get("mode")
+        for img in report.get("images", []):
+            active.append({k: img.get(k) for k in ("name", "verdict", "placed", "signer")})
+    except FileNotFoundError:
+        mode = None
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        mode, report_error = None, f"run/bootkeeper/sysext.json: {exc}"
+    return {"installed": installed, "activation": active, "mode": mode, "error": report_error}
+
+
+def gather(
+    root: Path,
+    esp: Path,
+    efivars: Path,
+    sdboot_version: int | None,
+    read_services: ServiceReader | None = systemctl_states,
+) -> dict[str, Any]:
+    from bootkeeper.assess import bless as bless_mod
+    from bootkeeper.assess import services
+    from bootkeeper.esp.efivars import LoaderVars
+
+    store = EspStore(esp)
+    snap = store.snapshot(sdboot_version)
+    ev = LoaderVars.read(efivars)
+    booted_path = ev.boot_count_path or ev.entry_selected
+    booted: dict[str, Any] = {"entry": None, "role": None, "blessed": None, "counting": bool(ev.boot_count_path)}
+    role: Role | None = None
+    if ev.boot_count_path:
+        try:
+            b = bless_mod.parse_entry_path(ev.boot_count_path, "LoaderBootCountPath")
+            role = b.role
+            booted.update(entry=b.path, role=role.value if role else None, blessed=bless_mod.status(store, b))
+        except BootkeeperError as exc:
+            booted["error"] = str(exc)
+    elif ev.entry_selected:
+        role = Role.from_stem(ev.entry_selected.split("+", 1)[0].rsplit(".", 1)[0])
+        booted.update(entry=ev.entry_selected, role=role.value if role else None, blessed="not counted")
+    boots, warnings = history.read(root)
+    why = history.explain(snap, role, booted_path, boots) if booted_path else None
+    entries = [
+        {
+            "path": e.path,
+            "role": e.role.value if e.role else None,
+            "state": e.state.value,
+            "tries_left": e.name.tries_left,
+            "tries_done": e.name.tries_done,
+        }
+        for e in sorted(snap.entries, key=lambda x: (x.role.rank if x.role else 99, x.path))
+    ]
+    enrolled: list[dict[str, Any]] = []
+    try:
+        rows = services.listing(root)
+    except BootkeeperError as exc:
+        rows, warnings = [], [*warnings, str(exc)]
+    states: dict[str, dict[str, str]] = {}
+    if rows and read_services is not None:
+        try:
+            states = read_services([r.name for r in rows])
+        except BootkeeperError as exc:
+            warnings.append(f"service states unknown: {exc}")
+    for r in rows:
+        props = states.get(r.name)
+        enrolled.append(
+            {
+                "name": r.name,
+                "reboot_on_failure": r.policy.value if r.policy else None,
+                "result": _service_verdict(props),
+                "active_state": props.get("ActiveState") if props else None,
+            }
+        )
+    return {
+        "booted": {**booted, "why": why.as_json() if why else None},
+        "entries": entries,
+        "services": enrolled,
+        "extensions": _extensions(root, store, snap),
+        "history": [b.as_json() for b in boots[-10:]],
+        "warnings": warnings + list(snap.problems),
+    }
+
+
+def _blessed_text(booted: dict[str, Any]) -> str:
+    state = booted.get("blessed")
+    return {
+        "good": "blessed: this boot is good",
+        "indeterminate": "NOT blessed yet: boot-complete.target not reached (or bless did not run)",
+        "bad": "marked BAD",
+        "not counted": "not counted (entry has no boot counter)",
+    }.get(str(state), f"blessed: {state}")
+
+
+def render(view: dict[str, Any]) -> str:
+    b = view["booted"]
+    lines = []
+    if b["entry"]:
+        lines.append(f"booted: {b['entry']} (role {b['role'] or 'none'}); {_blessed_text(b)}")
+    else:
+        lines.append("booted: unknown (no systemd-boot variables)")
+    if b.get("why"):
+        lines.append(f"why: {b['why']['text']}")
+    lines.append("entries:")
+    for e in view["entries"]:
+        tries = "not counted" if e["tries_left"] is None else f"{e['tries_left']} tries left, {e['tries_done']} used"
+        lines.append(f"  {e['path']:<40} {e['state']:<13} {tries}")
+    if view["services"]:
+        lines.append("services that decide a boot:")
+        for s in view["services"]:
+            lines.append(f"  {s['name']:<30} {s['result']:<20} reboot_on_failure: {s['reboot_on_failure']}")
+    ext = view["extensions"]
+    for entry, names in ext["installed"].items():
+        lines.append(f"extensions installed for {entry}: {', '.join(names)}")
+    if ext["activation"]:
+        placed = [i["name"] for i in ext["activation"] if i["placed"]]
+        refused = [f"{i['name']} ({i['verdict']})" for i in ext["activation"] if not i["placed"]]
+        lines.append(f"extensions active ({ext['mode']}): {', '.join(placed) or 'none'}")
+        if refused:
+            lines.append(f"extensions refused: {', '.join(refused)}")
+    for w in view["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,118 @@
+"""``bootkeeper history record|show`` and ``bootkeeper motd`` (boot path: light imports)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from bootkeeper.cli.common import (
+    efivars_option,
+    esp_option,
+    find_esp,
+    json_option,
+    print_json,
+    root_option,
+    version_option,
+)
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id_option(f: click.decorators.FC) -> click.decorators.FC:
+    return click.option("--boot-id", default=None, help="This boot's id (default: /proc/sys/kernel/random/boot_id).")(f)
+
+
+def current_boot_id(given: str | None) -> str:
+    if given:
+        return given
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return f"unknown-{int(time.time())}"
+
+
+@click.group()
+def history() -> None:
+    """The boot history in /var/lib/bootkeeper/boots.jsonl."""
+
+
+@history.command()
+@esp_option
+@efivars_option
+@version_option
+@root_option
+@boot_id_option
+def record(esp: Path | None, efivars: Path, sdboot_version: int | None, root: Path, boot_id: str | None) -> None:
+    """Append this boot (booted entry, its counter, every entry's state) once per boot id."""
+    from bootkeeper.assess import history as history_mod
+    from bootkeeper.errors import BootkeeperError
+    from bootkeeper.esp.efivars import LoaderVars
+    from bootkeeper.esp.store import EspStore
+
+    bid = current_boot_id(boot_id)
+    boots, _ = history_mod.read(root)
+    if history_mod.recorded(boots, bid):
+        click.echo(f"boot {bid} is already recorded")
+        return
+    ev = LoaderVars.read(efivars)
+    try:
+        snap = EspStore(find_esp(esp)).snapshot(sdboot_version)
+    except BootkeeperError as exc:
+        click.echo(f"warning: ESP not read: {exc}", err=True)
+        snap = None
+    rec = history_mod.boot_record(bid, time.time(), ev.boot_count_path or ev.entry_selected, snap)
+    history_mod.append(root, rec)
+    click.echo(f"recorded boot {bid}: {rec['entry'] or 'unknown entry'}")
+
+
+@history.command()
+@root_option
+@json_option
+def show(root: Path, as_json: bool) -> None:
+    """The recorded boots, oldest first."""
+    from bootkeeper.assess import history as history_mod
+    from bootkeeper.cli.common import table
+
+    boots, warnings = history_mod.read(root)
+    if as_json:
+        print_json({"boots": [b.as_json() for b in boots], "warnings": warnings})
+        return
+    table(
+        ["time (UTC)", "entry", "left", "done", "verdict"],
+        [
+            [
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(b.time)),
+                b.entry,
+                b.left,
+                b.done,
+                b.verdict or "none (boot-complete not reached)",
+            ]
+            for b in boots
+        ],
+    )
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+
+
+@click.command()
+@esp_option
+@efivars_option
+@version_option
+@root_option
+def motd(esp: Path | None, efivars: Path, sdboot_version: int | None, root: Path) -> None:
+    """Write the status to ROOT/run/motd.d/bootkeeper (shown at login)."""
+    from bootkeeper import fsutil
+    from bootkeeper.assess import nodestatus
+    from bootkeeper.errors import StoreIOError
+
+    view = nodestatus.gather(root, find_esp(esp), efivars, sdboot_version)
+    text = "bootkeeper\n" + "".join(f"  {ln}\n" for ln in nodestatus.render(view).splitlines())
+    p = root / nodestatus.MOTD
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fsutil.write_atomic(p, text.encode())
+    except OSError as exc:
+        raise StoreIOError(f"{p}: cannot write ({exc.strerror})") from exc
+    click.echo(f"wrote {p}")

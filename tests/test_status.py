@@ -1,0 +1,202 @@
+"""Boots simulated with the boot engine where an enrolled service fails, the boot history they leave,
+and what ``bootkeeper status`` / ``motd`` then tell the operator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bootkeeper.assess import history, nodestatus
+from bootkeeper.assess.simulate import BootRecord, Fault, Outcome, simulate
+from bootkeeper.config import BootAssessment, RebootOnFailure
+from bootkeeper.esp import scratch
+from bootkeeper.esp.entries import Role
+from bootkeeper.esp.store import EspStore
+from helpers import fake_efivars
+
+START = 1795000000.0  # 2026-11-18 11:06:40 UTC
+STEP = 90.0
+
+
+def bk(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
+
+
+def everywhere() -> list[Fault]:
+    return [Fault(r, None, Outcome.SERVICE) for r in Role]
+
+
+def roles(records: list[BootRecord]) -> list[str | None]:
+    return [r.role for r in records]
+
+
+def test_service_failing_on_active_only_falls_back_to_passive_without_a_loop(tmp_path: Path) -> None:
+    store = EspStore(scratch.make(tmp_path / "esp"))
+    recs = simulate(
+        store,
+        BootAssessment(),
+        [Fault(Role.ACTIVE, None, Outcome.SERVICE)],
+        8,
+        reboot_on_failure=RebootOnFailure.ACTIVE,
+    )
+    assert roles(recs) == ["active"] * 3 + ["passive"] * 5
+    assert [r.after for r in recs[:3]] == ["FailureAction=reboot"] * 3
+    assert recs[3].verdict == "good"
+
+
+def test_service_failing_everywhere_with_active_only_reboot_stays_up_on_passive(tmp_path: Path) -> None:
+    store = EspStore(scratch.make(tmp_path / "esp"))
+    recs = simulate(store, BootAssessment(), everywhere(), 20, reboot_on_failure=RebootOnFailure.ACTIVE)
+    assert roles(recs) == ["active", "active", "active", "passive"]
+    assert recs[-1].after == "stays up, not blessed"
+
+
+def test_service_failing_everywhere_with_reboot_always_loops_and_lint_said_so_first(tmp_path: Path) -> None:
+    store = EspStore(scratch.make(tmp_path / "esp"))
+    recs = simulate(store, BootAssessment(), everywhere(), 14, reboot_on_failure=RebootOnFailure.ALWAYS)
+    assert roles(recs) == ["active"] * 3 + ["passive"] * 3 + ["recovery"] * 3 + ["statereset"] * 3 + ["active"] * 2
+    assert all(r.after == "FailureAction=reboot" for r in recs)
+    # before it happens: the enrolment that leads there is flagged by lint, and simulate warns
+    cc = bk("cloud-config", "render", "k3s", "--reboot-on-failure", "always").stdout
+    (tmp_path / "cc.yaml").write_text(cc)
+    lint = json.loads(bk("lint", "--json", str(tmp_path / "cc.yaml")).stdout)
+    assert [f["code"] for f in lint["findings"]] == ["BK103"]
+    assert "passive, recovery, statereset" in lint["findings"][0]["message"]
+    cfg = tmp_path / "oem.yaml"
+    cfg.write_text("boot_assessment:\n  services:\n    - name: k3s\n      reboot_on_failure: always\n")
+    r = bk("simulate", "--config", str(cfg), "--fail", "active=always:service", "--fail", "passive=always:service")
+    assert r.stderr.startswith("warning: lint BK103")
+
+
+def fallen_back_node(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Active's service fails three times (rebooting), passive boots, the service fails there too and
+    the node stays up on passive, unblessed; history and EFI variables as the node would have them."""
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    assert bk("service", "enroll", "k3s", "--reboot-on-failure", "active", "--root", str(root)).returncode == 0
+    recs = simulate(
+        EspStore(esp),
+        BootAssessment(),
+        everywhere(),
+        10,
+        reboot_on_failure=RebootOnFailure.ACTIVE,
+        history_root=root,
+        start_time=START,
+        seconds_per_boot=STEP,
+    )
+    last = recs[-1]
+    assert last.boot_count_path is not None
+    efivars = fake_efivars(
+        tmp_path / "efivars", LoaderBootCountPath=last.boot_count_path, LoaderEntrySelected="passive+2-1.conf"
+    )
+    return root, esp, efivars
+
+
+SHOW = """Id=k3s.service
+LoadState=loaded
+ActiveState=failed
+SubState=failed
+Result=exit-code
+"""
+
+
+def test_status_of_a_node_that_fell_back(tmp_path: Path) -> None:
+    root, esp, efivars = fallen_back_node(tmp_path)
+    r = bk("status", "--root", str(root), "--esp", str(esp), "--efivars", str(efivars))
+    assert r.returncode == 0, r.stderr
+    last_try = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(START + 2 * STEP))
+    assert last_try == "2026-11-18 11:09:40 UTC"
+    lines = r.stdout.splitlines()
+    assert lines[0] == (
+        "booted: loader/entries/passive+2-1.conf (role passive); "
+        "NOT blessed yet: boot-complete.target not reached (or bless did not run)"
+    )
+    assert lines[1] == (
+        f"why: passive booted as a fallback: active used its 3 tries, last try {last_try} "
+        "(3 boot(s) of it without a good verdict)"
+    )
+    assert "loader/entries/active+0-3.conf" in r.stdout and "0 tries left, 3 used" in r.stdout
+    assert "2 tries left, 1 used" in r.stdout  # passive
+    j = json.loads(bk("status", "--root", str(root), "--esp", str(esp), "--efivars", str(efivars), "--json").stdout)
+    assert j["booted"]["blessed"] == "indeterminate" and j["booted"]["role"] == "passive"
+    fb = j["booted"]["why"]["fallback_from"]
+    assert [(f["role"], f["tries_used"], f["last_try"], f["last_try_text"]) for f in fb] == [
+        ("active", 3, START + 2 * STEP, last_try)
+    ]
+    assert fb[0]["boots"] == [START, START + STEP, START + 2 * STEP]
+    assert j["booted"]["why"]["first_choice"] is False
+    assert [h["verdict"] for h in j["history"]] == [None, None, None, None]
+    assert j["services"][0]["name"] == "k3s.service"
+    # services, with what systemctl show reports on such a node
+    view = nodestatus.gather(root, esp, efivars, None, lambda units: nodestatus.parse_systemctl_show(SHOW))
+    assert view["services"] == [
+        {"name": "k3s.service", "reboot_on_failure": "active", "result": "failed (exit-code)", "active_state": "failed"}
+    ]
+    assert "k3s.service                    failed (exit-code)" in nodestatus.render(view)
+
+
+def test_status_first_choice_and_blessed(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    simulate(EspStore(esp), BootAssessment(), [], 1, history_root=root, start_time=START)
+    efivars = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    j = json.loads(bk("status", "--root", str(root), "--esp", str(esp), "--efivars", str(efivars), "--json").stdout)
+    assert j["booted"]["blessed"] == "good"
+    assert j["booted"]["why"] == {"first_choice": True, "text": "active is the first choice", "fallback_from": []}
+    assert j["history"][0]["verdict"] == "good"
+
+
+def test_motd(tmp_path: Path) -> None:
+    root, esp, efivars = fallen_back_node(tmp_path)
+    r = bk("motd", "--root", str(root), "--esp", str(esp), "--efivars", str(efivars))
+    assert r.returncode == 0, r.stderr
+    text = (root / "run/motd.d/bootkeeper").read_text()
+    assert text.startswith("bootkeeper\n  booted: loader/entries/passive+2-1.conf")
+    assert "active used its 3 tries" in text
+    assert not list((root / "run/motd.d").glob(".bootkeeper-*"))
+
+
+def test_history_record_and_verdict_from_the_cli(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    efivars = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+3.conf")
+    (esp / "loader/entries/active+3.conf").rename(esp / "loader/entries/active+2-1.conf")
+    ev2 = fake_efivars(tmp_path / "ev2", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    base = ["--root", str(root), "--esp", str(esp)]
+    assert bk("history", "record", *base, "--efivars", str(ev2), "--boot-id", "b1").returncode == 0
+    assert "already recorded" in bk("history", "record", *base, "--efivars", str(ev2), "--boot-id", "b1").stdout
+    r = bk("bless", "good", "--esp", str(esp), "--efivars", str(ev2), "--root", str(root), "--boot-id", "b1")
+    assert r.returncode == 0, r.stderr
+    boots = json.loads(bk("history", "show", "--root", str(root), "--json").stdout)["boots"]
+    assert [(b["boot_id"], b["entry"], b["tries_left"], b["tries_done"], b["verdict"]) for b in boots] == [
+        ("b1", "loader/entries/active+2-1.conf", 2, 1, "good")
+    ]
+    assert efivars.is_dir()
+
+
+def test_history_survives_a_torn_line_and_stays_bounded(tmp_path: Path, monkeypatch: object) -> None:
+    root = tmp_path
+    history.append(root, history.boot_record("a", 1.0, "\\loader\\entries\\active+2-1.conf", None))
+    with (root / history.HISTORY).open("ab") as f:
+        f.write(b'{"type":"boot","boot_id":"torn","ti')  # power cut mid-write
+    history.append(root, history.boot_record("b", 2.0, "\\loader\\entries\\active+1-2.conf", None))
+    boots, warnings = history.read(root)
+    assert [b.boot_id for b in boots] == ["a"]  # the torn line swallowed "b" onto the same line
+    assert warnings and "skipped a malformed line" in warnings[0]
+    n = 2000  # ~170 bytes each: well past LIMIT
+    for i in range(n):
+        history.append(root, history.boot_record(f"n{i}", float(i), "\\loader\\entries\\active.conf", None))
+    assert (root / history.HISTORY).stat().st_size <= history.LIMIT
+    boots, warnings = history.read(root)
+    assert history.KEEP <= len(boots) < n and boots[-1].boot_id == f"n{n - 1}"
+    assert warnings == []  # the torn line went with the compaction
+
+
+def test_parse_systemctl_show_blocks() -> None:
+    text = SHOW + "\nId=health.service\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nResult=success\n"
+    states = nodestatus.parse_systemctl_show(text)
+    assert set(states) == {"k3s.service", "health.service"}
+    assert states["health.service"]["LoadState"] == "not-found"
