@@ -289,3 +289,33 @@ def test_requires_link_is_the_one_systemctl_enable_makes(tmp_path: Path) -> None
             assert r.returncode == 0, r.stderr
         links.append(os.readlink(link))
     assert links[0] == links[1] == "/usr/lib/systemd/system/k3s.service"
+
+
+def test_rendered_cloud_config_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The files 'cloud-config render' makes yip write, placed where yip would put them (the active
+    step's too), and the units they touch, verified together."""
+    import yaml
+
+    root = node(tmp_path / "root", "boot_assessment: {}\n")
+    r = bk("cloud-config", "render", "k3s", "health", "--reboot-on-failure", "active")
+    assert r.returncode == 0, r.stderr
+    written = []
+    for step in yaml.safe_load(r.stdout)["stages"]["initramfs"]:
+        for f in step.get("files", []):
+            p = root / f["path"].lstrip("/")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(f["content"])
+            written.append(f["path"])
+    assert "/run/systemd/system/k3s.service.d/50-bootkeeper-failure-action.conf" in written
+    path = f"{root / UNITS}:{root / 'run/systemd/system'}:{root / 'usr/lib/systemd/system'}:"
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": path, "SYSTEMD_LOG_COLOR": "0"}
+    tool = shutil.which("systemd-analyze") or "systemd-analyze"
+    p = subprocess.run(
+        [tool, "verify", "--man=no", "k3s.service", "health.service"], capture_output=True, text=True, env=env
+    )
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    # the control: the runtime drop-in is read
+    dropin = root / "run/systemd/system/k3s.service.d/50-bootkeeper-failure-action.conf"
+    dropin.write_text(dropin.read_text().replace("FailureAction=", "FailureActionn="))
+    p = subprocess.run([tool, "verify", "--man=no", "k3s.service"], capture_output=True, text=True, env=env)
+    assert "FailureActionn" in p.stderr
