@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from bootkeeper.config import BootAssessment
 
 
 def _step(title: str) -> None:
@@ -76,6 +80,8 @@ def demo(keep: bool) -> None:
         click.echo(f"  bless good: {a}")
     _print_human(_view(root, no_vars, 257))
 
+    _services_demo(Path(tmp), cfg)
+
     if keep:
         click.echo(f"\nscratch ESP kept in {root}")
     else:
@@ -83,3 +89,79 @@ def demo(keep: bool) -> None:
 
         shutil.rmtree(tmp)
         click.echo("\nscratch ESP removed (use --keep to look at it)")
+
+
+SEED_EXAMPLE = """#cloud-config
+stages:
+  initramfs:
+    - name: Configure service to trigger boot-complete.target on active
+      if: '[ ! -f "/run/cos/active_mode" ]'
+      files:
+        - path: /etc/systemd/system/k3s.service.d/override.conf
+          content: |
+            [Unit]
+            Before=boot-complete.target
+            FailureAction=reboot
+            [Install]
+            RequiredBy=boot-complete.target
+    - name: Enable service
+      systemctl:
+        enabled: [k3s]
+"""
+
+
+def _services_demo(tmp: Path, cfg: BootAssessment) -> None:
+    """Steps 5-7: a service that decides the boot, the generator, lint, and status after a fallback."""
+    import os
+
+    from bootkeeper import units
+    from bootkeeper.assess import generator, lint, nodestatus, services
+    from bootkeeper.assess.simulate import Fault, Outcome, simulate
+    from bootkeeper.cli.simulate_cmd import print_timeline
+    from bootkeeper.config import Config, RebootOnFailure, ServiceSpec
+    from bootkeeper.esp import scratch
+    from bootkeeper.esp.efivars import encode_string, var_path
+    from bootkeeper.esp.entries import Role
+    from bootkeeper.esp.store import EspStore
+
+    node = tmp / "node"
+    _step(f"5. k3s.service decides the boot (reboot_on_failure: active), installed under {node}")
+    units.install(node, units.render(Config(), ["/usr/bin/bootkeeper"], "/usr/bin/python3"))
+    for a in services.enroll(node, [ServiceSpec("k3s.service", RebootOnFailure.ACTIVE)]):
+        click.echo(f"  {a}")
+    efivars = node / "sys/firmware/efi/efivars"
+    efivars.mkdir(parents=True)
+    var_path(efivars, "LoaderBootCountPath").write_bytes(encode_string("\\loader\\entries\\active+2-1.conf"))
+    for role in ("active", "passive"):
+        (node / "run/cos").mkdir(parents=True, exist_ok=True)
+        for f in (node / "run/cos").iterdir():
+            f.unlink()
+        (node / f"run/cos/{role}_mode").touch()
+        os.environ["BOOTKEEPER_GENERATOR_ROOT"] = str(node)
+        try:
+            files, why = generator.plan(str(node))
+        finally:
+            del os.environ["BOOTKEEPER_GENERATOR_ROOT"]
+        click.echo(f"  bootkeeper-generator on {role}: {why}; writes {', '.join(files) or 'nothing'}")
+
+    _step("6. bootkeeper lint on the seed's 'active only' cloud-config")
+    for finding in lint.lint_text(SEED_EXAMPLE, "seed-example.yaml"):
+        click.echo(f"  {finding}".replace("\n", "\n  "))
+
+    _step("7. k3s fails on every entry: active reboots 3 times, passive stays up; bootkeeper status")
+    esp = scratch.make(tmp / "esp2")
+    faults = [Fault(r, None, Outcome.SERVICE) for r in Role]
+    recs = simulate(
+        EspStore(esp),
+        cfg,
+        faults,
+        10,
+        reboot_on_failure=RebootOnFailure.ACTIVE,
+        history_root=node,
+        start_time=1795000000.0,
+    )
+    print_timeline(recs)
+    last = recs[-1].boot_count_path or ""
+    var_path(efivars, "LoaderBootCountPath").write_bytes(encode_string(last))
+    view = nodestatus.gather(node, esp, efivars, 257, read_services=None)
+    click.echo("".join(f"  {ln}\n" for ln in nodestatus.render(view).splitlines()), nl=False)
