@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import config_option, load_config, root_option
+from bootkeeper.cli.common import config_option, root_option
+from bootkeeper.cli.service_cmd import reboot_option, service_specs
 
 
 @click.group(name="cloud-config")
@@ -16,13 +17,7 @@ def cloud_config() -> None:
 
 @cloud_config.command()
 @click.argument("names", nargs=-1)
-@click.option(
-    "--reboot-on-failure",
-    type=click.Choice(["never", "active", "always"]),
-    default="never",
-    show_default=True,
-    help="For NAMES given here: never, on the active entry only, or on every entry.",
-)
+@reboot_option
 @root_option
 @config_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write here (default: stdout).")
@@ -32,16 +27,8 @@ def render(
     """Print a cloud-config that enrols NAMES (default: boot_assessment.services from the config)."""
     from bootkeeper import fsutil
     from bootkeeper.assess import cloudconfig
-    from bootkeeper.config import RebootOnFailure, ServiceSpec
-    from bootkeeper.errors import UsageError
 
-    if names:
-        specs = [ServiceSpec(n, RebootOnFailure(reboot_on_failure)) for n in names]
-    else:
-        specs = list(load_config(config_files, root).boot_assessment.services)
-        if not specs:
-            raise UsageError("no service named and none in boot_assessment.services")
-    text = cloudconfig.render(specs)
+    text = cloudconfig.render(service_specs(names, reboot_on_failure, config_files, root))
     if output is None:
         click.echo(text, nl=False)
     else:

@@ -3,10 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from bootkeeper.cli.common import config_option, json_option, load_config, print_json, root_option, table
+from bootkeeper.cli.common import F, config_option, json_option, load_config, print_json, root_option, table
+
+if TYPE_CHECKING:
+    from bootkeeper.config import ServiceSpec
+
+
+def reboot_option(f: F) -> F:
+    return click.option(
+        "--reboot-on-failure",
+        type=click.Choice(["never", "active", "always"]),
+        default="never",
+        show_default=True,
+        help="For NAMES: FailureAction=reboot never, on the active entry only (bootkeeper-generator), "
+        "or on every entry.",
+    )(f)
+
+
+def service_specs(
+    names: tuple[str, ...], reboot_on_failure: str, config_files: tuple[Path, ...], root: Path
+) -> list[ServiceSpec]:
+    """NAMES with one policy, or boot_assessment.services from the config when no name is given."""
+    from bootkeeper.config import RebootOnFailure, ServiceSpec
+    from bootkeeper.errors import UsageError
+
+    if names:
+        return [ServiceSpec(n, RebootOnFailure(reboot_on_failure)) for n in names]
+    specs = list(load_config(config_files, root).boot_assessment.services)
+    if not specs:
+        raise UsageError("no service named and none in boot_assessment.services")
+    return specs
 
 
 @click.group()
@@ -16,13 +46,7 @@ def service() -> None:
 
 @service.command()
 @click.argument("names", nargs=-1)
-@click.option(
-    "--reboot-on-failure",
-    type=click.Choice(["never", "active", "always"]),
-    default="never",
-    show_default=True,
-    help="FailureAction=reboot: never, on the active entry only (bootkeeper-generator), or on every entry.",
-)
+@reboot_option
 @root_option
 @config_option
 @json_option
@@ -31,16 +55,8 @@ def enroll(
 ) -> None:
     """Enrol NAMES (default: boot_assessment.services from the config) under ROOT/etc."""
     from bootkeeper.assess import services
-    from bootkeeper.config import RebootOnFailure, ServiceSpec
-    from bootkeeper.errors import UsageError
 
-    if names:
-        specs = [ServiceSpec(n, RebootOnFailure(reboot_on_failure)) for n in names]
-    else:
-        specs = list(load_config(config_files, root).boot_assessment.services)
-        if not specs:
-            raise UsageError("no service named and none in boot_assessment.services")
-    actions = services.enroll(root, specs)
+    actions = services.enroll(root, service_specs(names, reboot_on_failure, config_files, root))
     if as_json:
         print_json({"actions": actions})
     else:
