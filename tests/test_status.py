@@ -200,3 +200,29 @@ def test_parse_systemctl_show_blocks() -> None:
     states = nodestatus.parse_systemctl_show(text)
     assert set(states) == {"k3s.service", "health.service"}
     assert states["health.service"]["LoadState"] == "not-found"
+
+
+def test_status_shows_installed_and_active_extensions(tmp_path: Path) -> None:
+    from bootkeeper.sysext import activate
+
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp", ukis=True)
+    (esp / "EFI/kairos/active.efi.extra.d").mkdir()
+    (esp / "EFI/kairos/active.efi.extra.d/k3s.raw").write_bytes(b"x" * 4096)
+    report = activate.Report("enforced", "root=signed+absent:usr=signed+absent", str(root), ["/.extra/sysext"])
+    report.images = [
+        activate.Outcome("k3s.raw", "/.extra/sysext/k3s.raw", True, "passed", signer="CN=fleet"),
+        activate.Outcome("rogue.raw", "/.extra/sysext/rogue.raw", False, "refused", ["no trusted certificate"]),
+    ]
+    activate.write_report(root, report)
+    efivars = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+3.conf")
+    r = bk("status", "--root", str(root), "--esp", str(esp), "--efivars", str(efivars))
+    assert "extensions installed for active: k3s.raw" in r.stdout
+    assert "extensions active (enforced): k3s.raw" in r.stdout
+    assert "extensions refused: rogue.raw (refused)" in r.stdout
+    j = json.loads(bk("status", "--root", str(root), "--esp", str(esp), "--efivars", str(efivars), "--json").stdout)
+    assert j["extensions"]["installed"] == {"active": ["k3s.raw"]}
+    assert [(i["name"], i["placed"]) for i in j["extensions"]["activation"]] == [
+        ("k3s.raw", True),
+        ("rogue.raw", False),
+    ]
