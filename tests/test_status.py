@@ -226,3 +226,10 @@ def test_status_shows_installed_and_active_extensions(tmp_path: Path) -> None:
         ("k3s.raw", True),
         ("rogue.raw", False),
     ]
+
+
+def test_status_looks_for_enrolment_where_enroll_writes_it() -> None:
+    from bootkeeper.assess import services
+
+    assert nodestatus.ENROLLED_RECORD == services.RECORD
+    assert f"{services.UNIT_DIR}/{services.REQUIRES}" == nodestatus.ENROLLED_LINKS

@@ -14,9 +14,11 @@ from typing import Any
 from bootkeeper.assess import history
 from bootkeeper.errors import BootkeeperError
 from bootkeeper.esp.entries import Role
-from bootkeeper.esp.store import EspStore
+from bootkeeper.esp.store import EspStore, Snapshot
 
 MOTD = "run/motd.d/bootkeeper"
+ENROLLED_RECORD = "etc/bootkeeper/services.json"  # services.RECORD, named here to keep status light
+ENROLLED_LINKS = "etc/systemd/system/boot-complete.target.requires"
 SHOW_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "Result")
 
 ServiceReader = Callable[[list[str]], dict[str, dict[str, str]]]
@@ -56,7 +58,7 @@ def _service_verdict(props: dict[str, str] | None) -> str:
     return "not run"
 
 
-def _extensions(root: Path, store: EspStore, snap: Any) -> dict[str, Any]:
+def _extensions(root: Path, store: EspStore, snap: Snapshot) -> dict[str, Any]:
     from bootkeeper.sysext import deploy
 
     installed: dict[str, list[str]] = {}
@@ -85,13 +87,14 @@ def gather(
     efivars: Path,
     sdboot_version: int | None,
     read_services: ServiceReader | None = systemctl_states,
+    snap: Snapshot | None = None,
 ) -> dict[str, Any]:
     from bootkeeper.assess import bless as bless_mod
-    from bootkeeper.assess import services
     from bootkeeper.esp.efivars import LoaderVars
 
     store = EspStore(esp)
-    snap = store.snapshot(sdboot_version)
+    if snap is None:
+        snap = store.snapshot(sdboot_version)
     ev = LoaderVars.read(efivars)
     booted_path = ev.boot_count_path or ev.entry_selected
     booted: dict[str, Any] = {"entry": None, "role": None, "blessed": None, "counting": bool(ev.boot_count_path)}
@@ -119,10 +122,14 @@ def gather(
         for e in sorted(snap.entries, key=lambda x: (x.role.rank if x.role else 99, x.path))
     ]
     enrolled: list[dict[str, Any]] = []
+    rows = []
     try:
-        rows = services.listing(root)
+        if (root / ENROLLED_RECORD).exists() or (root / ENROLLED_LINKS).is_dir():  # else skip the import
+            from bootkeeper.assess import services
+
+            rows = services.listing(root)
     except BootkeeperError as exc:
-        rows, warnings = [], [*warnings, str(exc)]
+        warnings = [*warnings, str(exc)]
     states: dict[str, dict[str, str]] = {}
     if rows and read_services is not None:
         try:

@@ -20,14 +20,14 @@ from bootkeeper.cli.common import (
 )
 
 
-def _view(esp: Path, efivars: Path, sdboot_version: int | None) -> dict[str, Any]:
+def _view(esp: Path, efivars: Path, sdboot_version: int | None, snap: Any = None) -> dict[str, Any]:
     from bootkeeper.assess import bootloader
     from bootkeeper.esp import entries as entries_mod
     from bootkeeper.esp.efivars import LoaderVars
     from bootkeeper.esp.store import EspStore
 
-    store = EspStore(esp)
-    snap = store.snapshot(sdboot_version)
+    if snap is None:
+        snap = EspStore(esp).snapshot(sdboot_version)
     ev = LoaderVars.read(efivars)
     order = entries_mod.menu_order(list(snap.entries), snap.sdboot_version)
     choice = bootloader.choose(snap, ev)
@@ -111,10 +111,12 @@ def status(esp: Path | None, efivars: Path, sdboot_version: int | None, root: Pa
     """Which entry booted and why, whether this boot is blessed yet, tries left on every entry, the
     enrolled services' results, the extensions, and what boots next."""
     from bootkeeper.assess import nodestatus
+    from bootkeeper.esp.store import EspStore
 
     esp_root = find_esp(esp)
-    view = _view(esp_root, efivars, sdboot_version)
-    node = nodestatus.gather(root, esp_root, efivars, sdboot_version)
+    snap = EspStore(esp_root).snapshot(sdboot_version)  # read once for both views
+    view = _view(esp_root, efivars, sdboot_version, snap)
+    node = nodestatus.gather(root, esp_root, efivars, sdboot_version, snap=snap)
     if as_json:
         print_json({**view, **{k: node[k] for k in ("booted", "services", "extensions", "history", "warnings")}})
         return

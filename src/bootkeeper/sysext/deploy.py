@@ -17,7 +17,6 @@ files and leaves the ESP as it was.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -117,6 +116,8 @@ def select(
 
 
 def _sha256(path: Path) -> str:
+    import hashlib  # not at import time: status imports this module on the boot path
+
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
