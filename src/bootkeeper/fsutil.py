@@ -77,6 +77,18 @@ def write_atomic(dest: Path, data: bytes, step: Step = _no_step, mode: int = 0o6
         commit(fd, tmp, dest, step)
 
 
+def symlink_atomic(link: Path, target: str) -> None:
+    """Point ``link`` at ``target`` (as ``systemctl enable`` links units): a temporary link renamed
+    over it, then the folder fsynced; nothing is done when it already points there."""
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(link.parent)
+    os.symlink(target, tmp)
+    os.rename(tmp, link)
+    fsync_dir(link.parent)
+
+
 def copy_into(src_fd: int, dst_fd: int, size: int, progress: Callable[[int, int], None] | None = None) -> None:
     """Copy ``size`` bytes from the start of ``src_fd`` (in the kernel where it can)."""
     done = 0

@@ -154,16 +154,6 @@ def render(cfg: Config, exe: list[str], python: str) -> dict[str, UnitFile]:
     }
 
 
-def _symlink(link: Path, target: str) -> None:
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink() and os.readlink(link) == target:
-        return
-    tmp = fsutil.temp_path(link.parent)
-    os.symlink(target, tmp)
-    os.rename(tmp, link)
-    fsutil.fsync_dir(link.parent)
-
-
 def install(root: Path, files: dict[str, UnitFile], enable: bool = True) -> list[str]:
     """Write the files under ``root`` (crash-safe), mask systemd-bless-boot.service and enable the
     services the way ``systemctl enable`` does (a symlink in ``<target>.wants``). Returns the paths."""
@@ -176,12 +166,12 @@ def install(root: Path, files: dict[str, UnitFile], enable: bool = True) -> list
                 fsutil.write_atomic(p, f.text.encode(), mode=f.mode)
             written.append(str(p))
         base = root / UNIT_DIR
-        _symlink(base / MASKED, "/dev/null")
+        fsutil.symlink_atomic(base / MASKED, "/dev/null")
         written.append(str(base / MASKED))
         if enable:
             for unit, target in WANTED_BY.items():
                 link = base / f"{target}.wants" / unit
-                _symlink(link, f"/{UNIT_DIR}/{unit}")
+                fsutil.symlink_atomic(link, f"/{UNIT_DIR}/{unit}")
                 written.append(str(link))
     except OSError as exc:
         raise StoreIOError(f"{root}: cannot install units ({exc.strerror or exc})") from exc

@@ -23,6 +23,7 @@ from typing import Any
 from bootkeeper import fsutil
 from bootkeeper.errors import StoreIOError
 from bootkeeper.esp import counter as counter_mod
+from bootkeeper.esp.counter import EntryState
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import Snapshot
 
@@ -176,7 +177,7 @@ def explain(snap: Snapshot, booted_role: Role | None, booted_path: str | None, b
     if booted_role is None:
         return Why(False, f"booted {booted_path or 'an unknown entry'}, which has no role")
     bad_before = [
-        e for e in snap.entries if e.role is not None and e.role.rank < booted_role.rank and e.state.value == "bad"
+        e for e in snap.entries if e.role is not None and e.role.rank < booted_role.rank and e.state is EntryState.BAD
     ]
     if not bad_before:
         if booted_role is Role.ACTIVE:

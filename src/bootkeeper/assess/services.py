@@ -112,16 +112,6 @@ def find_unit(root: Path, name: str) -> str | None:
     return None
 
 
-def _symlink(link: Path, target: str) -> None:
-    if link.is_symlink() and os.readlink(link) == target:
-        return
-    link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fsutil.temp_path(link.parent)
-    os.symlink(target, tmp)
-    os.rename(tmp, link)
-    fsutil.fsync_dir(link.parent)
-
-
 def enroll(root: Path, specs: list[ServiceSpec]) -> list[str]:
     """Enrol (or re-enrol with a new policy) each service; returns what was done."""
     base = root / UNIT_DIR
@@ -141,7 +131,7 @@ def enroll(root: Path, specs: list[ServiceSpec]) -> list[str]:
             if target is None:
                 target = f"{FALLBACK_TARGET}/{name}"
                 actions.append(f"note: {name} is not installed under {root} yet (a system extension may bring it)")
-            _symlink(base / REQUIRES / name, target)
+            fsutil.symlink_atomic(base / REQUIRES / name, target)
             actions.append(f"linked {base / REQUIRES / name} -> {target}")
             record[name] = spec.reboot_on_failure
         _write_record(root, record)
