@@ -1,6 +1,7 @@
 #!/bin/bash
 # A Debian 13 (trixie) minbase tree with systemd 257's systemd-repart and systemd-dissect, for the
-# interoperability tests (bookworm's systemd-repart has no -S/--offline and refuses erofs).
+# interoperability tests (bookworm's systemd-repart has no -S/--offline and refuses erofs), and
+# ukify with systemd-stub and systemd-boot 257, which the node tests build their UKIs and ESP with.
 # Idempotent; cached in $TRIXIE_ROOT (default .cache/trixie). The mirror comes from the machine's
 # own apt sources. Nothing is installed on the host except debootstrap.
 set -euo pipefail
@@ -9,8 +10,9 @@ root=${TRIXIE_ROOT:-$here/.cache/trixie}
 [ "$(id -u)" = 0 ] || { echo "setup-trixie: must run as root" >&2; exit 2; }
 mirror=${DEBIAN_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
 [ -n "$mirror" ] || { echo "setup-trixie: no Debian mirror in the machine's apt sources; set DEBIAN_MIRROR" >&2; exit 2; }
-pkgs="systemd systemd-repart systemd-container cryptsetup-bin erofs-utils squashfs-tools openssl"
-if [ -x "$root/usr/bin/systemd-dissect" ] && [ -x "$root/usr/bin/systemd-repart" ] && [ -x "$root/usr/bin/mkfs.erofs" ] && [ -x "$root/usr/sbin/veritysetup" ]; then
+pkgs="systemd systemd-repart systemd-container cryptsetup-bin erofs-utils squashfs-tools openssl systemd-ukify systemd-boot-efi"
+if [ -x "$root/usr/bin/systemd-dissect" ] && [ -x "$root/usr/bin/systemd-repart" ] && [ -x "$root/usr/bin/mkfs.erofs" ] && [ -x "$root/usr/sbin/veritysetup" ] \
+   && [ -x "$root/usr/bin/ukify" ] && [ -f "$root/usr/lib/systemd/boot/efi/linuxx64.efi.stub" ]; then
   exit 0
 fi
 command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null

@@ -59,6 +59,8 @@ Documentation=man:systemd-sysext(8)
 DefaultDependencies=no
 After=local-fs.target
 Before=systemd-sysext.service sysinit.target systemd-tmpfiles-setup.service
+# Debian ships systemd-sysext.service disabled: what is placed here must also be merged.
+Wants=systemd-sysext.service
 Conflicts=shutdown.target initrd-switch-root.target
 Before=shutdown.target initrd-switch-root.target
 

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,6 +68,32 @@ def _mount_point(path: Path) -> tuple[str, bool]:
     return best, ro
 
 
+TEST_PAUSE_ENV = "BOOTKEEPER_TEST_STEP_PAUSE"
+
+
+def _pause_hook() -> Callable[[str], None] | None:
+    """A test hook for cutting the power in the middle of a write (tests/test_node.py): with
+    ``BOOTKEEPER_TEST_STEP_PAUSE=SECONDS`` every step that changes the ESP is announced on stderr
+    and then waits that long, so a test can kill the machine between two steps."""
+    raw = os.environ.get(TEST_PAUSE_ENV)
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        sys.stderr.write(f"bootkeeper: ignoring {TEST_PAUSE_ENV}={raw!r} (expected seconds, 0 to 3600)\n")
+        return None
+
+    def pause(step: str) -> None:
+        sys.stderr.write(f"bootkeeper: test pause before {step} ({seconds:g} s)\n")
+        sys.stderr.flush()
+        time.sleep(seconds)
+
+    return pause
+
+
 class EspStore:
     def __init__(
         self,
@@ -76,7 +103,7 @@ class EspStore:
         lock_timeout: float = 10.0,
     ) -> None:
         self.root = root
-        self._fault = fault
+        self._fault = fault if fault is not None else _pause_hook()
         self._lock_timeout = lock_timeout
         self._lock_fd: int | None = None
         if not root.is_dir():
@@ -124,6 +151,7 @@ class EspStore:
         try:
             yield
         finally:
+            self.step("remount-ro")
             run(["mount", "-o", "remount,ro", mnt])
 
     @contextlib.contextmanager

@@ -8,6 +8,9 @@ own here and only what the mode allows is placed:
 * ``permissive``: every image, and those that fail are reported;
 * ``disabled``: every image, unchecked.
 
+In enforced and permissive mode the trust anchors are also exported to ``/run/verity.d``, where
+systemd-sysext looks when it checks a signature in userspace.
+
 Symbolic links and anything but regular files are never followed or placed, in any mode. The bytes
 checked are the bytes used: each image is copied to a temporary name in the destination
 (``.bootkeeper-*.tmp``, which systemd-sysext ignores), the copy is validated, then renamed. Images
@@ -33,6 +36,7 @@ from bootkeeper.errors import BootkeeperError, StoreIOError
 EXTRA_DIR = ".extra/sysext"
 DEST_DIR = "run/extensions"
 REPORT = "run/bootkeeper/sysext.json"
+VERITY_EXPORT_DIR = "run/verity.d"
 
 
 @dataclass
@@ -155,6 +159,15 @@ def activate(
             "revoked": [a.as_json(why) for a, why in store.revoked],
             "problems": store.problems,
         }
+        # systemd-sysext checks the signatures again, against the verity.d folders: what bootkeeper
+        # trusts (config, firmware db) must be there too, or it refuses the images placed below.
+        export_dir = root / VERITY_EXPORT_DIR
+        try:
+            written, removed = trust.export(store, export_dir)
+        except BootkeeperError as exc:
+            report.trust["problems"] = [*store.problems, f"export to {export_dir}: {exc}"]
+        else:
+            report.trust["exported"] = {"dir": str(export_dir), "written": written, "removed": removed}
     jobs = _candidates(sources)
     with contextlib.ExitStack() as temps:
         # 1. copy each image to a temporary name in the destination (one at a time: copies in

@@ -1,0 +1,425 @@
+"""The node tests' machine: a Debian 13 guest booted by systemd-boot 257 under QEMU/TCG.
+
+Pieces, each cached under ``.cache/node`` and rebuilt only when its inputs change:
+
+* the guest tree (``scripts/setup-node-guest.sh``): Debian packages only;
+* the root file system image: a copy of the tree with bootkeeper's wheel installed by
+  ``python3 -m installer`` (its dependencies are Debian's python3-* packages), the test rig from
+  ``tests/node/guest``, ``/oem/90-node.yaml``, and whatever ``bootkeeper install-units`` writes, run
+  inside the copy; packed with ``mkfs.ext4 -d`` (no mounting);
+* one UKI per role, made with trixie's ukify: the same kernel and initrd, a command line and
+  ``.osrel`` that name the role (``IMAGE_ID`` is also the entry's sort key).
+
+Each scenario gets its own disk: a GPT with an ESP (FAT32, written with mtools) and that root.
+After every boot the ESP is read back with mtools from the disk image itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trixie
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("NODE_CACHE", ROOT / ".cache" / "node"))
+GUEST = CACHE / "guest"
+RIG = Path(__file__).resolve().parent / "node" / "guest"
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
+MT_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+ROLES = ("active", "passive", "recovery", "statereset")
+ESP_MIB = 192
+ROOT_START_MIB = 1 + ESP_MIB
+CMDLINE = "root=/dev/vda2 rw console=ttyS0 systemd.firstboot=no fsck.mode=skip panic=-1 quiet"
+# Debian 12's QEMU 7.2 TCG corrupts the guest kernel with cmpxchg16b (shared/reference/vm/NOTES.md)
+QEMU_CPU = os.environ.get("QEMU_CPU", "qemu64,-cx16")
+BOOT_TIMEOUT = 420.0
+
+NODE_CONFIG = """\
+# /oem/90-node.yaml of the test guest
+boot_assessment:
+  tries: 2
+  recovery_tries: 2
+  services:
+    - name: bk-health.service
+      reboot_on_failure: active
+sysext:
+  mode: enforced
+  certificates: [/etc/bootkeeper/node-good.crt]
+  sources: [/run/initrd-extra/sysext]
+"""
+
+
+def missing_pieces() -> list[str]:
+    out = [t for t in ("qemu-system-x86_64", "mcopy", "mkfs.vfat", "mkfs.ext4", "sfdisk") if not shutil.which(t)]
+    if not OVMF.exists():
+        out.append(str(OVMF))
+    if not (GUEST / "usr/lib/systemd/systemd").exists():
+        out.append(f"{GUEST} (scripts/setup-node-guest.sh)")
+    if not (trixie.ROOT / "usr/bin/ukify").exists():
+        out.append(f"{trixie.ROOT}/usr/bin/ukify (scripts/setup-trixie.sh)")
+    return out
+
+
+def _run(cmd: list[str], **kw: object) -> str:
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {(p.stderr or p.stdout).strip()[-2000:]}")
+    return str(p.stdout)
+
+
+def _digest(paths: list[Path], extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for base in paths:
+        files = sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else [base]
+        for f in files:
+            if "__pycache__" in f.parts:
+                continue
+            h.update(str(f.relative_to(base.parent)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def kernel_version() -> str:
+    names = sorted(p.name[len("vmlinuz-") :] for p in (GUEST / "boot").glob("vmlinuz-*"))
+    if not names:
+        raise RuntimeError(f"{GUEST}/boot: no kernel")
+    return names[-1]
+
+
+def chroot(tree: Path, script: str) -> str:
+    """Run ``script`` in ``tree`` with proc, sys, dev and a tmpfs /run, in a private mount namespace."""
+    wrapper = f"""
+set -e
+R={tree}
+mount --bind "$R" "$R"
+mount -t proc proc "$R/proc"
+mount --rbind /sys "$R/sys"
+mount --rbind /dev "$R/dev"
+mount -t tmpfs tmpfs "$R/run"
+exec chroot "$R" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \\
+  /bin/sh -ec "$1"
+"""
+    return _run(["unshare", "--mount", "--propagation", "private", "/bin/bash", "-c", wrapper, "chroot", script])
+
+
+# -- the pieces ------------------------------------------------------------------------------
+
+
+def wheel() -> Path:
+    """bootkeeper's own wheel, built from this checkout (cached by the source's digest)."""
+    key = _digest([ROOT / "src", ROOT / "pyproject.toml"])
+    out = CACHE / "wheel" / key
+    found = list(out.glob("bootkeeper-*.whl"))
+    if found:
+        return found[0]
+    shutil.rmtree(CACHE / "wheel", ignore_errors=True)
+    out.mkdir(parents=True)
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)])
+    return next(out.glob("bootkeeper-*.whl"))
+
+
+@dataclass(frozen=True)
+class Keys:
+    good_key: Path
+    good_crt: Path
+    other_key: Path
+    other_crt: Path
+
+
+def keys() -> Keys:
+    d = CACHE / "keys"
+    k = Keys(d / "good.key", d / "good.crt", d / "other.key", d / "other.crt")
+    if not k.other_crt.exists():
+        d.mkdir(parents=True, exist_ok=True)
+        for key, crt, cn in ((k.good_key, k.good_crt, "node good"), (k.other_key, k.other_crt, "node other")):
+            bk("keys", "generate", "--key", str(key), "--cert", str(crt), "--cn", cn)
+    return k
+
+
+def bk(*args: str) -> str:
+    """The host's bootkeeper (this checkout), for building what the node gets."""
+    return _run([sys.executable, "-m", "bootkeeper", *args])
+
+
+def root_image() -> Path:
+    """The root file system: guest tree + bootkeeper (from the wheel) + test rig + install-units."""
+    whl = wheel()
+    k = keys()
+    stamp = (CACHE / "guest.stamp").read_text().strip()
+    key = _digest([whl, RIG, k.good_crt], extra=stamp + NODE_CONFIG)
+    img = CACHE / f"root-{key}.img"
+    if img.exists():
+        return img
+    for old in CACHE.glob("root-*.img"):
+        old.unlink()
+    stage = CACHE / "stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    _run(["cp", "-a", str(GUEST), str(stage)])
+    shutil.copy(whl, stage / "tmp" / whl.name)
+    (stage / "oem").mkdir(exist_ok=True)
+    (stage / "oem" / "90-node.yaml").write_text(NODE_CONFIG)
+    (stage / "etc/bootkeeper").mkdir(parents=True, exist_ok=True)
+    shutil.copy(k.good_crt, stage / "etc/bootkeeper/node-good.crt")
+    lib = stage / "usr/local/lib/bktest"
+    lib.mkdir(parents=True)
+    for f in RIG.glob("*.sh"):
+        shutil.copy(f, lib / f.name)
+        (lib / f.name).chmod(0o755)
+    units = stage / "etc/systemd/system"
+    for f in RIG.glob("*.service"):
+        shutil.copy(f, units / f.name)
+    (units / "bootkeeper-bless.service.d").mkdir(parents=True, exist_ok=True)
+    shutil.copy(RIG / "bootkeeper-bless-bktest.conf", units / "bootkeeper-bless.service.d" / "90-bktest.conf")
+    out = chroot(
+        stage,
+        f"python3 -m installer /tmp/{whl.name}; rm /tmp/{whl.name}; "
+        "systemctl enable bktest-fault.service bktest-reset.service bktest-report.service; "
+        "bootkeeper install-units; "
+        "python3 -c 'import bootkeeper, cryptography; print(bootkeeper.__file__, cryptography.__version__)'",
+    )
+    (CACHE / "install-units.log").write_text(out)
+    size = int(_run(["du", "-sm", str(stage)]).split()[0]) * 13 // 10 + 96
+    tmp = img.with_suffix(".tmp")
+    _run(["mkfs.ext4", "-q", "-F", "-L", "bkroot", "-d", str(stage), str(tmp), f"{size}M"])
+    tmp.rename(img)
+    shutil.rmtree(stage)
+    return img
+
+
+def ukis() -> dict[str, Path]:
+    """One UKI per role (trixie's ukify, systemd-stub 257), cached by kernel, initrd and command line."""
+    kver = kernel_version()
+    initrd = GUEST / "boot" / f"initrd.img-{kver}"
+    key = _digest([initrd], extra=kver + CMDLINE)
+    d = CACHE / f"uki-{key}"
+    out = {r: d / f"{r}.efi" for r in ROLES}
+    if all(p.exists() for p in out.values()):
+        return out
+    for old in CACHE.glob("uki-*"):
+        shutil.rmtree(old)
+    work = CACHE / "uki-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copy(GUEST / "boot" / f"vmlinuz-{kver}", work / "vmlinuz")
+    shutil.copy(initrd, work / "initrd")
+    osrel = (GUEST / "usr/lib/os-release").read_text()
+    cmds = []
+    for r in ROLES:
+        (work / f"os-release.{r}").write_text(f'{osrel}IMAGE_ID={r}\nIMAGE_VERSION=1\nPRETTY_NAME="bk-node {r}"\n')
+        cmds.append(
+            f"ukify build --linux=vmlinuz --initrd=initrd --cmdline='{CMDLINE} bktest.role={r}' "
+            f"--os-release=@os-release.{r} --uname={kver} --output={r}.efi >/dev/null"
+        )
+    p = trixie.run(" && ".join(cmds), work)
+    if p.returncode != 0:
+        raise RuntimeError(f"ukify failed: {p.stderr[-2000:]}")
+    d.mkdir()
+    for r in ROLES:
+        (work / f"{r}.efi").rename(out[r])
+    shutil.rmtree(work)
+    return out
+
+
+def sysext_images() -> dict[str, Path]:
+    """tools-a and tools-b signed by the trusted key, rogue by another key, plain unsigned (verity, no
+    signature); each ships /usr/bin/bk-hello-NAME."""
+    k = keys()
+    d = CACHE / "sysext"
+    want = {n: d / f"{n}.sysext.raw" for n in ("tools-a", "tools-b", "rogue", "plain")}
+    stamp = d / "stamp"
+    key = _digest([k.good_crt, k.other_crt, GUEST / "usr/lib/os-release"], extra="v1")
+    if stamp.exists() and stamp.read_text() == key and all(p.exists() for p in want.values()):
+        return want
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    for name, path in want.items():
+        tree = d / f"tree-{name}"
+        (tree / "usr/bin").mkdir(parents=True)
+        hello = tree / "usr/bin" / f"bk-hello-{name}"
+        hello.write_text(f"#!/bin/sh\necho 'hello from {name}'\n")
+        hello.chmod(0o755)
+        signer = (k.other_key, k.other_crt) if name == "rogue" else (k.good_key, k.good_crt)
+        bk("sysext", "build", str(tree), "-o", str(path), "--key", str(signer[0]), "--cert", str(signer[1]),
+           "--os-release", str(GUEST / "usr/lib/os-release"))  # fmt: skip
+        if name == "plain":
+            from bootkeeper.sysext import image
+
+            data = image.inspect(path).found["root"].data
+            fs = path.read_bytes()[data.offset : data.offset + data.size]
+            path.write_bytes(image.assemble(fs, None, None))
+        shutil.rmtree(tree)
+    stamp.write_text(key)
+    return want
+
+
+# -- ESP and disk ----------------------------------------------------------------------------
+
+
+def make_esp(folder: Path, config: Path) -> Path:
+    """systemd-boot 257, loader.conf, the four UKIs in EFI/Linux; counters from ``bootkeeper arm``."""
+    (folder / "EFI/BOOT").mkdir(parents=True)
+    (folder / "EFI/Linux").mkdir()
+    (folder / "loader").mkdir()
+    (folder / "bktest").mkdir()
+    shutil.copy(trixie.ROOT / "usr/lib/systemd/boot/efi/systemd-bootx64.efi", folder / "EFI/BOOT/BOOTX64.EFI")
+    (folder / "loader/loader.conf").write_text("timeout 0\neditor no\n")
+    for role, uki in ukis().items():
+        shutil.copy(uki, folder / "EFI/Linux" / f"{role}.efi")
+    bk("arm", "--esp", str(folder), "--config", str(config))
+    return folder
+
+
+def pack_esp(folder: Path, img: Path) -> None:
+    img.unlink(missing_ok=True)
+    _run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-C", str(img), str(ESP_MIB * 1024)])
+    for d in sorted(p for p in folder.rglob("*") if p.is_dir()):
+        _run(["mmd", "-i", str(img), "::/" + str(d.relative_to(folder))], env=MT_ENV)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        _run(["mcopy", "-i", str(img), str(f), "::/" + str(f.relative_to(folder))], env=MT_ENV)
+
+
+def make_disk(esp_folder: Path, out: Path) -> Path:
+    root = root_image()
+    esp_img = out.with_name(out.name + ".esp")
+    pack_esp(esp_folder, esp_img)
+    root_mib = root.stat().st_size // (1024 * 1024)
+    out.unlink(missing_ok=True)
+    _run(["truncate", "-s", f"{ROOT_START_MIB + root_mib + 1}M", str(out)])
+    table = (
+        "label: gpt\n"
+        f"start=2048, size={ESP_MIB * 2048}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp\n"
+        f"start={ROOT_START_MIB * 2048}, size={root_mib * 2048}, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=root\n"
+    )
+    _run(["sfdisk", "-q", str(out)], input=table)
+    for src, seek in ((esp_img, 1), (root, ROOT_START_MIB)):
+        _run(["dd", f"if={src}", f"of={out}", "bs=1M", f"seek={seek}", "conv=notrunc,sparse", "status=none"])
+    esp_img.unlink()
+    return out
+
+
+def esp_names(disk: Path, rel: str = "EFI/Linux") -> list[str]:
+    out = _run(["mdir", "-b", "-i", f"{disk}@@1M", f"::/{rel}"], env=MT_ENV)
+    return sorted(line.rstrip("/").rsplit("/", 1)[-1] for line in out.splitlines() if line.strip())
+
+
+def esp_read(disk: Path, rel: str) -> str:
+    return _run(["mtype", "-i", f"{disk}@@1M", f"::/{rel}"], env=MT_ENV)
+
+
+def esp_write(disk: Path, rel: str, text: str) -> None:
+    tmp = disk.with_name(disk.name + ".put")
+    tmp.write_text(text)
+    _run(["mcopy", "-o", "-i", f"{disk}@@1M", str(tmp), f"::/{rel}"], env=MT_ENV)
+    tmp.unlink()
+
+
+def esp_extract(disk: Path, dest: Path) -> Path:
+    """The whole ESP as a folder (for ``bootkeeper simulate --esp``)."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for top in ("EFI", "loader"):
+        _run(["mcopy", "-s", "-n", "-i", f"{disk}@@1M", f"::/{top}", str(dest)], env=MT_ENV)
+    return dest
+
+
+def esp_fsck(disk: Path) -> str:
+    """fsck.fat -n on the ESP, read-only; returns its report."""
+    part = disk.with_name(disk.name + ".espcheck")
+    _run(["dd", f"if={disk}", f"of={part}", "bs=1M", "skip=1", f"count={ESP_MIB}", "status=none"])
+    p = subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True, text=True, check=False)
+    part.unlink()
+    return f"rc={p.returncode}\n{p.stdout}{p.stderr}"
+
+
+# -- booting ---------------------------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>c()][0-9A-B]?")
+
+
+@dataclass
+class Boot:
+    seconds: float
+    lines: list[tuple[float, str]]
+    killed_at: str | None = None
+    qemu_rc: int | None = None
+    marks: dict[str, list[str]] = field(default_factory=dict)
+
+    def mark(self, key: str) -> list[str]:
+        return self.marks.get(key, [])
+
+    def first(self, key: str) -> str | None:
+        v = self.marks.get(key)
+        return v[0] if v else None
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def status(self) -> dict[str, object] | None:
+        raw = self.first("STATUS_JSON")
+        return json.loads(raw) if raw else None
+
+    @property
+    def ending(self) -> str:
+        """How the machine went down: poweroff, reboot, panic or killed."""
+        t = self.text()
+        if self.killed_at is not None:
+            return "killed"
+        if "Kernel panic" in t:
+            return "panic"
+        if "reboot: Restarting system" in t:
+            return "reboot"
+        if "reboot: Power down" in t:
+            return "poweroff"
+        return "unknown"
+
+
+def boot(disk: Path, log: Path, *, kill_on: str | None = None, timeout: float = BOOT_TIMEOUT) -> Boot:
+    """Power on; return when the guest powers off, reboots or panics (-no-reboot), or once a serial
+    line contains ``kill_on`` (then QEMU is killed at once: a power cut)."""
+    cmd = [
+        "qemu-system-x86_64",
+        "-machine", "q35,accel=tcg", "-cpu", QEMU_CPU, "-m", "1024", "-smp", "2",
+        "-nographic", "-no-reboot", "-bios", str(OVMF),
+        "-drive", f"if=virtio,format=raw,file={disk}", "-net", "none",
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    res = Boot(0.0, [])
+    assert p.stdout is not None
+    try:
+        with log.open("w") as f:
+            for raw in iter(p.stdout.readline, b""):
+                line = _ANSI.sub("", raw.decode("utf-8", "replace")).replace("\r", "").rstrip("\n")
+                t = time.monotonic() - t0
+                f.write(f"{t:7.2f} {line}\n")
+                res.lines.append((t, line))
+                m = line.find("@@@ ")
+                if m >= 0:
+                    key, _, val = line[m + 4 :].partition(" ")
+                    res.marks.setdefault(key, []).append(val)
+                if kill_on is not None and kill_on in line:
+                    p.kill()
+                    res.killed_at = line
+                    f.write(f"{t:7.2f} [test: power cut here]\n")
+                    break
+    finally:
+        timer.cancel()
+        if p.poll() is None:
+            p.kill()
+        res.qemu_rc = p.wait()
+        p.stdout.close()
+    res.seconds = time.monotonic() - t0
+    if res.killed_at is None and res.seconds >= timeout - 1:
+        raise RuntimeError(f"guest did not finish within {timeout:.0f} s; serial log in {log}")
+    return res
