@@ -122,5 +122,6 @@ INIT
 fi
 
 bash "$here/scripts/setup-trixie.sh"
+bash "$here/scripts/setup-node-guest.sh"
 
 echo "setup-test-deps: qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), kernel $(cat "$cache/kernel/version"), systemd-boot $(cat "$cache/sdboot-252/version") and $(cat "$cache/sdboot-257/version") in $cache"

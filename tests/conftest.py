@@ -10,6 +10,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     try:
+        from test_node import NODE_TABLES
+    except ImportError:
+        NODE_TABLES = []
+    for title, lines in NODE_TABLES:
+        terminalreporter.section(f"node scenario {title}")
+        for line in lines:
+            terminalreporter.write_line(line)
+    try:
         from test_hostile import HOSTILE_ROWS
     except ImportError:
         HOSTILE_ROWS = []

@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trixie
 
@@ -363,7 +364,7 @@ class Boot:
     def text(self) -> str:
         return "\n".join(line for _, line in self.lines)
 
-    def status(self) -> dict[str, object] | None:
+    def status(self) -> dict[str, Any] | None:
         raw = self.first("STATUS_JSON")
         return json.loads(raw) if raw else None
 

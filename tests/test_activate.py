@@ -196,6 +196,13 @@ def test_activate_modes(
     # placed copies are byte-identical to what the stub handed over
     for n in placed:
         assert (root / "run/extensions" / n).read_bytes() == (root / ".extra/sysext" / n).read_bytes()
+    # the trust anchor is exported for systemd-sysext's own check (not in disabled mode)
+    if mode == "disabled":
+        assert "exported" not in report["trust"]
+    else:
+        assert report["trust"]["exported"]["dir"] == str(root / "run/verity.d")
+        exported = sorted((root / "run/verity.d").glob("bootkeeper-*.crt"))
+        assert [p.read_bytes() for p in exported] == [_pem(TRUSTED[1])]
 
 
 def test_activate_never_follows_symlinks_or_odd_names(node: dict[str, Path], deployed: object, tmp_path: Path) -> None:

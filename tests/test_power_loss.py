@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,3 +129,26 @@ def test_crash_at_every_step(case: str, tmp_path: Path) -> None:
     root = make(tmp_path / "whole")
     act(EspStore(root), tmp_path)
     _check_bootable(root)
+
+
+def test_step_pause_hook_announces_each_write(tmp_path: Path) -> None:
+    """BOOTKEEPER_TEST_STEP_PAUSE (the node tests cut the power on these lines) names every step that
+    changes the ESP, before it happens; a value that is not a number of seconds is refused with a warning."""
+    root = esp_with(tmp_path / "esp", {"active+2-1.conf": entry_body("active")})
+    cmd = [sys.executable, "-m", "bootkeeper", "bless", "good", "--esp", str(root)]
+    cmd += ["--entry", "loader/entries/active+2-1.conf"]
+
+    def bless_with(value: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "BOOTKEEPER_TEST_STEP_PAUSE": value}
+        return subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+
+    p = bless_with("0")
+    assert p.returncode == 0, p.stderr
+    pauses = [line for line in p.stderr.splitlines() if line.startswith("bootkeeper: test pause before ")]
+    assert pauses[0] == "bootkeeper: test pause before rename:active+2-1.conf->active.conf (0 s)"
+    assert "fsync-dir:entries" in pauses[1]
+    assert (root / "loader/entries/active.conf").exists()
+    for bad in ("soon", "-1", "1e9"):
+        p = bless_with(bad)
+        assert f"ignoring BOOTKEEPER_TEST_STEP_PAUSE={bad!r}" in p.stderr
+        assert "test pause before" not in p.stderr

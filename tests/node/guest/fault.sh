@@ -3,15 +3,16 @@
 # The role comes from the UKI's command line (bktest.role=); boots per role are counted on the root
 # file system. panic: the kernel crashes now (panic=-1 resets the machine); service: bk-health fails.
 exec >/dev/ttyS0 2>&1
+say() { printf '@@@ %s\n' "$*"; }  # not echo: dash's echo expands backslashes
 role=$(sed -n 's/.*bktest\.role=\([a-z]*\).*/\1/p' /proc/cmdline)
 mkdir -p /var/lib/bktest /run/bktest
 n=$(( $(cat "/var/lib/bktest/boots-$role" 2>/dev/null || echo 0) + 1 ))
 echo "$n" > "/var/lib/bktest/boots-$role"
 sync
-echo "@@@ BOOT role=$role nth=$n"
+say "BOOT role=$role nth=$n"
 for v in LoaderEntrySelected LoaderBootCountPath; do
   f=/sys/firmware/efi/efivars/$v-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
-  if [ -e "$f" ]; then echo "@@@ EFIVAR $v=$(tail -c +5 "$f" | tr -d '\000')"; else echo "@@@ EFIVAR $v="; fi
+  if [ -e "$f" ]; then say "EFIVAR $v=$(tail -c +5 "$f" | tr -d '\000')"; else say "EFIVAR $v="; fi
 done
 [ -f /efi/bktest/bless-pause ] && cp /efi/bktest/bless-pause /run/bktest/bless.env
 line=$(grep "^$role=" /efi/bktest/faults 2>/dev/null | head -1)
@@ -19,7 +20,7 @@ line=$(grep "^$role=" /efi/bktest/faults 2>/dev/null | head -1)
 spec=${line#*=}; count=${spec%%:*}; kind=panic
 case "$spec" in *:*) kind=${spec#*:} ;; esac
 if [ "$count" = always ] || [ "$n" -le "$count" ]; then
-  echo "@@@ FAULT $kind"
+  say "FAULT $kind"
   if [ "$kind" = panic ]; then
     sync
     echo c > /proc/sysrq-trigger

@@ -1,7 +1,8 @@
 #!/bin/sh
 exec >/dev/ttyS0 2>&1
+say() { printf '@@@ %s\n' "$*"; }  # not echo: dash's echo expands backslashes
 if [ -e /run/bktest/fail-health ]; then
-  echo "@@@ HEALTH fail"
+  say "HEALTH fail"
   exit 1
 fi
-echo "@@@ HEALTH ok"
+say "HEALTH ok"
