@@ -18,6 +18,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for line in lines:
             terminalreporter.write_line(line)
     try:
+        from test_node import NODE_RETRIES
+    except ImportError:
+        NODE_RETRIES = []
+    for line in NODE_RETRIES:
+        terminalreporter.write_line(f"node: {line}")
+    try:
         from test_hostile import HOSTILE_ROWS
     except ImportError:
         HOSTILE_ROWS = []

@@ -284,8 +284,6 @@ def install(
     as_json: bool,
 ) -> None:
     """Copy IMAGE into EFI/<vendor>/<entry>.efi.extra.d/ for the entries that should load it."""
-    import logging
-
     from bootkeeper.errors import NotApplicableError, ParseError
     from bootkeeper.esp.store import EspStore
     from bootkeeper.sysext import deploy
@@ -311,7 +309,6 @@ def install(
                 hint="fix the image or its signature, or pass --force to install it anyway",
             )
         msg = f"installing {name} with --force although it fails validation: {'; '.join(v.reasons)}"
-        logging.getLogger("bootkeeper").warning(msg)
         click.echo(f"bootkeeper: warning: {msg}", err=True)
     p = deploy.plan(store, image_path, name, chosen, why)
     bar = _Bar(f"copying {name}")

@@ -10,9 +10,10 @@ n=$(( $(cat "/var/lib/bktest/boots-$role" 2>/dev/null || echo 0) + 1 ))
 echo "$n" > "/var/lib/bktest/boots-$role"
 sync
 say "BOOT role=$role nth=$n"
+# efivarfs files cannot seek: tail reads them through a pipe
 for v in LoaderEntrySelected LoaderBootCountPath; do
   f=/sys/firmware/efi/efivars/$v-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
-  if [ -e "$f" ]; then say "EFIVAR $v=$(tail -c +5 "$f" | tr -d '\000')"; else say "EFIVAR $v="; fi
+  if [ -e "$f" ]; then say "EFIVAR $v=$(cat "$f" | tail -c +5 | tr -d '\000')"; else say "EFIVAR $v="; fi
 done
 [ -f /efi/bktest/bless-pause ] && cp /efi/bktest/bless-pause /run/bktest/bless.env
 line=$(grep "^$role=" /efi/bktest/faults 2>/dev/null | head -1)
