@@ -335,6 +335,27 @@ def esp_extract(disk: Path, dest: Path) -> Path:
     return dest
 
 
+# What fsck.fat -n says about a FAT file system that was mounted rw when the power went: the dirty
+# flag, which Linux keeps in byte 65 of the FAT32 boot sector (so the backup sector differs there).
+_DIRTY_ONLY = (
+    re.compile(r"^fsck\.fat \S+ \(.*\)$"),
+    re.compile(r"^There are differences between boot sector and its backup\.$"),
+    re.compile(r"^This is mostly harmless\. Differences: \(offset:original/backup\)$"),
+    re.compile(r"^65:01/00$"),
+    re.compile(r"^Not automatically fixing this\.$"),
+    re.compile(r"^Dirty bit is set\. Fs was not properly unmounted and some data may be corrupt\.$"),
+    re.compile(r"^Automatically removing dirty bit\.$"),
+    re.compile(r"^Leaving filesystem unchanged\.$"),
+    re.compile(r"^/\S+: \d+ files, \d+/\d+ clusters$"),
+)
+
+
+def fsck_problems(report: str) -> list[str]:
+    """The lines of an :func:`esp_fsck` report that are more than an unclean unmount."""
+    lines = [line.strip() for line in report.splitlines()[1:] if line.strip()]
+    return [line for line in lines if not any(p.match(line) for p in _DIRTY_ONLY)]
+
+
 def esp_fsck(disk: Path) -> str:
     """fsck.fat -n on the ESP, read-only; returns its report."""
     part = disk.with_name(disk.name + ".espcheck")
