@@ -10,6 +10,7 @@ Every scenario's boots are printed as a table at the end of the run (conftest.py
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import subprocess
@@ -162,6 +163,16 @@ class Node:
         ]
         got = [(r.before, r.booted, r.verdict) for r in real]
         assert got == want, f"real boots {got} != bootkeeper simulate {want}"
+
+    def damaged_ukis(self) -> list[str]:
+        """UKIs on the ESP whose bytes differ from the one built for their role (e.g. empty after a cut)."""
+        esp = nodevm.esp_extract(self.disk, self.work / "esp-now")
+        built = {r: hashlib.sha256(p.read_bytes()).digest() for r, p in nodevm.ukis().items()}
+        return [
+            f"{p.name} ({p.stat().st_size} bytes)"
+            for p in sorted((esp / "EFI/Linux").glob("*.efi"))
+            if hashlib.sha256(p.read_bytes()).digest() != built[_role_of(p.name)]
+        ]
 
     def table(self) -> list[str]:
         out = [
@@ -366,10 +377,14 @@ def test_power_cut_during_bless(pieces: dict[str, Path], tmp_path: Path, node_fa
     assert b1.killed_at is not None
     assert "test pause before remount-rw" in b1.text()
     fsck1 = nodevm.esp_fsck(node.disk)
+    assert node.damaged_ukis() == []
     # cut 2 (next boot): renamed and the directory synced, /efi not yet read-only again
     b2 = node.boot(kill_on="bootkeeper: test pause before remount-ro")
     assert b2.killed_at is not None
     fsck2 = nodevm.esp_fsck(node.disk)
+    # the renamed UKI is whole: on vfat a rename persists the new entry empty until the file's own
+    # fsync writes it (bootkeeper <= 71fffb5 left a 0-byte active.efi here, and passive booted)
+    assert node.damaged_ukis() == []
     nodevm.esp_write(node.disk, "bktest/bless-pause", "")
     node.boot()
     node.check_against(predicted, 1)

@@ -146,7 +146,7 @@ def test_step_pause_hook_announces_each_write(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     pauses = [line for line in p.stderr.splitlines() if line.startswith("bootkeeper: test pause before ")]
     assert pauses[0] == "bootkeeper: test pause before rename:active+2-1.conf->active.conf (0 s)"
-    assert "fsync-dir:entries" in pauses[1]
+    assert [line.split()[4] for line in pauses[1:3]] == ["fsync-renamed:active.conf", "fsync-dir:entries"]
     assert (root / "loader/entries/active.conf").exists()
     for bad in ("soon", "-1", "1e9"):
         p = bless_with(bad)

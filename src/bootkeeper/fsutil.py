@@ -65,7 +65,22 @@ def commit(fd: int, tmp: Path, dest: Path, step: Step = _no_step) -> None:
     os.fsync(fd)
     step(f"rename:{tmp.name}->{dest.name}")
     os.rename(tmp, dest)
+    step(f"fsync-renamed:{dest.name}")
+    os.fsync(fd)  # the entry, in full (see fsync_renamed)
     fsync_dir(dest.parent, step)
+
+
+def fsync_renamed(path: Path, step: Step = _no_step) -> None:
+    """fsync a file just renamed, before its directory. On vfat (the ESP) a rename writes the new
+    directory entry with no first cluster and size 0; the real ones go to disk only with the file's
+    inode. fsync of the directory alone persists the empty entry: a power cut then leaves a 0-byte
+    UKI (seen on the node, tests/test_node.py). fsync of the file writes the entry in full."""
+    step(f"fsync-renamed:{path.name}")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(dest: Path, data: bytes, step: Step = _no_step, mode: int = 0o644) -> None:

@@ -177,7 +177,7 @@ class EspStore:
         return self.path(rel).exists()
 
     def rename(self, old_rel: str, new_rel: str) -> None:
-        """Atomic rename inside one directory, then fsync the directory."""
+        """Atomic rename inside one directory, then fsync the file (vfat) and the directory."""
         old, new = self.path(old_rel), self.path(new_rel)
         if old.parent != new.parent:
             raise ValueError("rename across directories")
@@ -186,6 +186,7 @@ class EspStore:
             os.rename(old, new)
         except OSError as exc:
             raise StoreIOError(f"{old}: rename to {new.name} failed ({exc.strerror})") from exc
+        fsutil.fsync_renamed(new, self.step)
         self._fsync_dir(new.parent)
 
     def write_atomic(self, rel: str, data: bytes) -> None:

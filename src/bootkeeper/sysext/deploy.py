@@ -200,6 +200,7 @@ def install(store: EspStore, src: Path, p: Plan, progress: Callable[[int, int], 
             for tmp, dest in staged:
                 store.step(f"rename:{tmp.name}->{dest.name}")
                 os.rename(tmp, dest)
+                fsutil.fsync_renamed(dest, store.step)
                 fsutil.fsync_dir(dest.parent, store.step)
     except OSError as exc:
         raise StoreIOError(
