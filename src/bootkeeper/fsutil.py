@@ -36,13 +36,17 @@ def temp_path(folder: Path) -> Path:
     return folder / f"{TMP_PREFIX}{os.urandom(6).hex()}{TMP_SUFFIX}"
 
 
-def fsync_dir(d: Path, step: Step = _no_step) -> None:
-    step(f"fsync-dir:{d.name}")
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync_path(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(d: Path, step: Step = _no_step) -> None:
+    step(f"fsync-dir:{d.name}")
+    _fsync_path(d, os.O_DIRECTORY)
 
 
 @contextlib.contextmanager
@@ -76,11 +80,7 @@ def fsync_renamed(path: Path, step: Step = _no_step) -> None:
     inode. fsync of the directory alone persists the empty entry: a power cut then leaves a 0-byte
     UKI (seen on the node, tests/test_node.py). fsync of the file writes the entry in full."""
     step(f"fsync-renamed:{path.name}")
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_path(path, os.O_NOFOLLOW)
 
 
 def write_atomic(dest: Path, data: bytes, step: Step = _no_step, mode: int = 0o644) -> None:
