@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import trixie
+import vmboot
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("NODE_CACHE", ROOT / ".cache" / "node"))
@@ -282,19 +283,10 @@ def make_esp(folder: Path, config: Path) -> Path:
     return folder
 
 
-def pack_esp(folder: Path, img: Path) -> None:
-    img.unlink(missing_ok=True)
-    _run(["mkfs.vfat", "-F", "32", "-n", "ESP", "-C", str(img), str(ESP_MIB * 1024)])
-    for d in sorted(p for p in folder.rglob("*") if p.is_dir()):
-        _run(["mmd", "-i", str(img), "::/" + str(d.relative_to(folder))], env=MT_ENV)
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        _run(["mcopy", "-i", str(img), str(f), "::/" + str(f.relative_to(folder))], env=MT_ENV)
-
-
 def make_disk(esp_folder: Path, out: Path) -> Path:
     root = root_image()
     esp_img = out.with_name(out.name + ".esp")
-    pack_esp(esp_folder, esp_img)
+    vmboot.pack(esp_folder, esp_img, ESP_MIB)
     root_mib = root.stat().st_size // (1024 * 1024)
     out.unlink(missing_ok=True)
     _run(["truncate", "-s", f"{ROOT_START_MIB + root_mib + 1}M", str(out)])
@@ -367,8 +359,6 @@ def esp_fsck(disk: Path) -> str:
 
 # -- booting ---------------------------------------------------------------------------------
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>c()][0-9A-B]?")
-
 
 @dataclass
 class Boot:
@@ -434,7 +424,7 @@ def boot(disk: Path, log: Path, *, kill_on: str | None = None, timeout: float = 
     try:
         with log.open("w") as f:
             for raw in iter(p.stdout.readline, b""):
-                line = _ANSI.sub("", raw.decode("utf-8", "replace")).replace("\r", "").rstrip("\n")
+                line = vmboot.ANSI.sub("", raw.decode("utf-8", "replace")).replace("\r", "").rstrip("\n")
                 t = time.monotonic() - t0
                 f.write(f"{t:7.2f} {line}\n")
                 res.lines.append((t, line))

@@ -58,10 +58,11 @@ def _mt(*args: str) -> str:
     return p.stdout
 
 
-def pack(esp: Path, img: Path) -> None:
+def pack(esp: Path, img: Path, size_mib: int = 64) -> None:
+    """Write the folder ``esp`` into a new FAT32 image ``img`` with mtools (no mounting)."""
     img.unlink(missing_ok=True)
     subprocess.run(
-        ["mkfs.vfat", "-F", "32", "-n", "ESP", "-C", str(img), str(64 * 1024)], check=True, capture_output=True
+        ["mkfs.vfat", "-F", "32", "-n", "ESP", "-C", str(img), str(size_mib * 1024)], check=True, capture_output=True
     )
     for d in sorted(p for p in esp.rglob("*") if p.is_dir()):
         _mt("mmd", "-i", str(img), "::/" + str(d.relative_to(esp)))
@@ -74,7 +75,8 @@ def entry_names(img: Path) -> tuple[str, ...]:
     return tuple(sorted(line.rsplit("/", 1)[-1] for line in out.splitlines() if line.strip()))
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>c]")
+# CSI sequences, keypad/reset escapes and charset selection (OVMF and the Linux console use them)
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>c()][0-9A-B]?")
 
 
 def boot(img: Path, log: Path, rel: str = "loader/entries") -> BootResult:
@@ -101,7 +103,7 @@ def boot(img: Path, log: Path, rel: str = "loader/entries") -> BootResult:
             cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=BOOT_TIMEOUT, check=False
         )
     secs = time.monotonic() - t0
-    text = _ANSI.sub("", log.read_bytes().decode("utf-8", "replace")).replace("\r", "")
+    text = ANSI.sub("", log.read_bytes().decode("utf-8", "replace")).replace("\r", "")
     if "@@@ DONE" not in text:
         raise RuntimeError(f"guest did not finish (qemu exit {p.returncode}); serial log in {log}")
     vals: dict[str, str] = {}
