@@ -90,7 +90,7 @@ def export(config_files: tuple[Path, ...], root: Path, efivars: Path | None, des
 
     cfg = load_config(config_files, root)
     store = trust.load(cfg.sysext, root, efivars)
-    dest = dest if dest is not None else root / "run" / "verity.d"
+    dest = dest if dest is not None else root / trust.EXPORT_DIR
     written, removed = trust.export(store, dest)
     if as_json:
         print_json({"dest": str(dest), "written": written, "removed": removed, "trusted": len(store.anchors)})

@@ -36,7 +36,6 @@ from bootkeeper.errors import BootkeeperError, StoreIOError
 EXTRA_DIR = ".extra/sysext"
 DEST_DIR = "run/extensions"
 REPORT = "run/bootkeeper/sysext.json"
-VERITY_EXPORT_DIR = "run/verity.d"
 
 
 @dataclass
@@ -161,7 +160,7 @@ def activate(
         }
         # systemd-sysext checks the signatures again, against the verity.d folders: what bootkeeper
         # trusts (config, firmware db) must be there too, or it refuses the images placed below.
-        export_dir = root / VERITY_EXPORT_DIR
+        export_dir = root / trust.EXPORT_DIR
         try:
             written, removed = trust.export(store, export_dir)
         except BootkeeperError as exc:

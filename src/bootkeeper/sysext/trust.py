@@ -46,6 +46,7 @@ VARIABLE_GUID = {
 EFIVARS = Path("/sys/firmware/efi/efivars")
 _ESL_HEADER = struct.Struct("<16sIII")
 EXPORT_PREFIX = "bootkeeper-"
+EXPORT_DIR = "run/verity.d"  # under the root: where keys export and activate write the anchors
 T = TypeVar("T")
 
 
