@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +31,32 @@ def under(root: Path, path: str) -> Path:
 
 def is_temporary(name: str) -> bool:
     return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
+
+
+def clear_temporaries(folder: Path, step: Step = _no_step) -> list[str]:
+    """Remove the temporaries an interrupted run left in ``folder`` (only names :func:`is_temporary`
+    accepts, never a directory, never through a link); return the names removed.
+
+    Call it only while holding the lock of whatever owns ``folder`` (the ESP lock): a temporary of a
+    run in progress is indistinguishable from a stale one except by that lock."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if is_temporary(n))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for n in names:
+        p = folder / n
+        try:
+            if not stat.S_ISREG(os.lstat(p).st_mode):
+                continue
+            step(f"unlink:{n}")
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(n)
+    if removed:
+        fsync_dir(folder, step)
+    return removed
 
 
 def temp_path(folder: Path) -> Path:
@@ -55,7 +82,8 @@ def temp_file(dest: Path, step: Step = _no_step, mode: int = 0o644) -> Iterator[
     renamed it away (see :func:`commit`)."""
     tmp = temp_path(dest.parent)
     step(f"write:{dest.name}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    # read-write: a staged copy is validated and then copied on from this descriptor (sysext install)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         yield fd, tmp
     finally:

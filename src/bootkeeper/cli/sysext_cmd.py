@@ -73,6 +73,7 @@ class _Bar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None  # a later call starts a new bar (rich allows one live display at a time)
 
 
 @click.group()
@@ -243,14 +244,15 @@ def _anchors(cfg: Any, root: Path) -> list[Any]:
     return store.certificates
 
 
-def _validate_for(cfg: Any, anchors: list[Any], path: Path, full: bool) -> Any:
-    """Validate ``path`` under the configured policy and the trust anchors (boot-time rules)."""
+def _validate_for(cfg: Any, anchors: list[Any], path: Path, full: bool, name: str | None = None) -> Any:
+    """Validate ``path`` under the configured policy and the trust anchors (boot-time rules);
+    ``name`` is the file name it has once installed (for its extension-release)."""
     from bootkeeper.sysext import image, policy
 
     pol = policy.parse(cfg.sysext.policy, "sysext.policy")
-    bar = _Bar(f"verifying {path.name}")
+    bar = _Bar(f"verifying {name or path.name}")
     try:
-        return image.validate(path, pol, anchors, full=full, progress=bar)
+        return image.validate(path, pol, anchors, full=full, progress=bar, name=name)
     finally:
         bar.close()
 
@@ -299,21 +301,28 @@ def install(
     chosen, why = deploy.select(name, available, cfg.sysext.entries, entries)
     if not chosen:
         raise NotApplicableError(f"{name}: {why}, but none of those entries is on the ESP")
-    v = _validate_for(cfg, _anchors(cfg, root), image_path, full=True)
-    if not v.ok:
-        if not force:
-            from bootkeeper.errors import BootkeeperError
+    anchors = _anchors(cfg, root)
 
-            raise BootkeeperError(
-                f"{image_path}: refused under policy {cfg.sysext.policy}: {'; '.join(v.reasons)}",
-                hint="fix the image or its signature, or pass --force to install it anyway",
-            )
-        msg = f"installing {name} with --force although it fails validation: {'; '.join(v.reasons)}"
-        click.echo(f"bootkeeper: warning: {msg}", err=True)
-    p = deploy.plan(store, image_path, name, chosen, why)
+    def check(staged: Path) -> Any:
+        # the copy that is renamed into place, not the source (which could be swapped meanwhile)
+        bar.close()
+        v = _validate_for(cfg, anchors, staged, full=True, name=name)
+        if not v.ok:
+            if not force:
+                from bootkeeper.errors import BootkeeperError
+
+                raise BootkeeperError(
+                    f"{image_path}: refused under policy {cfg.sysext.policy}: {'; '.join(v.reasons)}; "
+                    "nothing was installed",
+                    hint="fix the image or its signature, or pass --force to install it anyway",
+                )
+            msg = f"installing {name} with --force although it fails validation: {'; '.join(v.reasons)}"
+            click.echo(f"bootkeeper: warning: {msg}", err=True)
+        return v
+
     bar = _Bar(f"copying {name}")
     try:
-        deploy.install(store, image_path, p, progress=bar)
+        p, v = deploy.install(store, image_path, name, chosen, why, check, progress=bar)
     finally:
         bar.close()
     if as_json:

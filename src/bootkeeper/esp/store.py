@@ -2,10 +2,13 @@
 
 * An exclusive ``flock`` on the ESP's root directory, so two runs cannot interleave (no lock file
   is written: the ESP may be read-only).
-* ``writable()``: on a read-only mount, remount rw and always back to ro (through ``run()``).
+* ``writable()``: on a read-only mount, remount rw and always back to ro (through ``run()``);
+  a read-only bind mount only for itself (``remount,bind``), never the file system under it.
 * Crash-safe writes: a temporary name in the same directory that neither systemd-boot nor
   systemd-stub would load (``.bootkeeper-*.tmp``: dot-prefixed, no .conf/.efi/.raw suffix),
-  fsync, rename, fsync the directory.
+  fsync, rename, fsync the directory. Temporaries a killed run left are removed by the next
+  ``transaction()``, under the lock (a live run's temporaries are safe: it holds the lock).
+* Every ``OSError`` of a write becomes a :class:`StoreIOError` naming the file.
 * ``snapshot()``: the entry files as values for the pure model in assess/.
 
 Every mutating step calls ``self.step(name)`` first: tests pass a ``fault`` callback that raises
@@ -18,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -50,22 +54,43 @@ class Snapshot:
     problems: tuple[str, ...] = ()
 
 
-def _mount_point(path: Path) -> tuple[str, bool]:
-    """The mount point holding ``path`` and whether it is mounted read-only (/proc/self/mountinfo)."""
+def _unescape(field: str) -> str:
+    """A /proc/self/mountinfo field: space, tab, newline and backslash are octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """The mount holding the ESP, from /proc/self/mountinfo (proc(5)): the per-mount read-only
+    flag (the mount options, field 6) and the file system's own (the super options after ``-``).
+    A read-only bind of a writable file system has only the first; ``mount -o remount,ro`` of a
+    plain mount sets both."""
+
+    point: str
+    mount_ro: bool
+    super_ro: bool
+
+
+def _mount_of(path: Path) -> Mount | None:
+    """The mount point holding ``path`` (the last, i.e. top, of those mounted there), or None."""
     real = os.path.realpath(path)
-    best, ro = "/", False
+    best: Mount | None = None
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
-        lines = []
+        return None
     for line in lines:
         parts = line.split(" ")
-        if len(parts) < 6:
+        if "-" not in parts[6:]:
             continue
-        mnt = parts[4].replace("\\040", " ")
-        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-            best, ro = mnt, "ro" in parts[5].split(",")
-    return best, ro
+        sep = parts.index("-", 6)
+        if len(parts) < sep + 4:
+            continue
+        mnt = _unescape(parts[4])
+        inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+        if inside and (best is None or len(mnt) >= len(best.point)):
+            best = Mount(mnt, "ro" in parts[5].split(","), "ro" in parts[sep + 3].split(","))
+    return best
 
 
 TEST_PAUSE_ENV = "BOOTKEEPER_TEST_STEP_PAUSE"
@@ -94,6 +119,17 @@ def _pause_hook() -> Callable[[str], None] | None:
     return pause
 
 
+def _subdirs(d: Path) -> list[Path]:
+    try:
+        return sorted(x for x in d.iterdir() if x.is_dir() and not x.is_symlink())
+    except OSError:
+        return []
+
+
+def _warn(line: str) -> None:
+    sys.stderr.write(f"bootkeeper: {line}\n")
+
+
 class EspStore:
     def __init__(
         self,
@@ -101,11 +137,15 @@ class EspStore:
         *,
         fault: Callable[[str], None] | None = None,
         lock_timeout: float = 10.0,
+        log: Callable[[str], None] = _warn,
     ) -> None:
         self.root = root
         self._fault = fault if fault is not None else _pause_hook()
         self._lock_timeout = lock_timeout
         self._lock_fd: int | None = None
+        self._log = log
+        self._injected: BaseException | None = None  # the fault a test raised: passed on unchanged
+        self.cleared: list[str] = []  # stale temporaries removed by this store's transactions
         if not root.is_dir():
             raise EspError(f"{root}: not a directory")
         if not (root / "loader").is_dir() and not (root / "EFI").is_dir():
@@ -115,7 +155,8 @@ class EspStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        with self._naming(self.root, "cannot open for the lock"):
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         deadline = time.monotonic() + self._lock_timeout
         try:
             while True:
@@ -124,7 +165,7 @@ class EspStore:
                     break
                 except OSError as exc:
                     if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                        raise
+                        raise StoreIOError(f"{self.root}: cannot lock ({exc.strerror})") from exc
                     if time.monotonic() >= deadline:
                         raise BusyError(
                             f"{self.root}: another bootkeeper run holds the ESP lock "
@@ -139,31 +180,97 @@ class EspStore:
 
     @contextlib.contextmanager
     def writable(self) -> Iterator[None]:
-        """Remount a read-only ESP rw for the duration, and always back to ro afterwards."""
+        """Make a read-only ESP writable for the duration and restore exactly what was read-only.
+
+        A read-only *bind* mount (``/efi`` bound read-only from a writable file system) only has the
+        per-mount flag: ``remount,bind,rw`` and back ``remount,bind,ro`` change that mount alone. A
+        plain ``remount,ro`` would instead make the file system read-only for every mount of it (the
+        root file system, with ``/efi`` bound from ``/``). A read-only file system is remounted rw and
+        back ro as before; a plain remount also sets this mount's flag, so a mount that was itself
+        writable gets ``remount,bind,rw`` again afterwards."""
         from bootkeeper.run import run
 
-        if not os.statvfs(self.root).f_flag & os.ST_RDONLY:
+        with self._naming(self.root, "cannot read the mount's flags"):
+            read_only = bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
+        if not read_only:
             yield
             return
-        mnt, _ = _mount_point(self.root)
+        m = _mount_of(self.root)
+        if m is None or not (m.mount_ro or m.super_ro):
+            raise StoreIOError(
+                f"{self.root}: read-only, but /proc/self/mountinfo does not say how it is mounted; "
+                "not remounting what bootkeeper cannot restore"
+            )
         self.step("remount-rw")
-        run(["mount", "-o", "remount,rw", mnt])
+        run(["mount", "-o", "remount,rw" if m.super_ro else "remount,bind,rw", m.point])
         try:
             yield
         finally:
             self.step("remount-ro")
-            run(["mount", "-o", "remount,ro", mnt])
+            if m.super_ro:
+                run(["mount", "-o", "remount,ro", m.point])
+                if not m.mount_ro:
+                    run(["mount", "-o", "remount,bind,rw", m.point])
+            else:
+                run(["mount", "-o", "remount,bind,ro", m.point])
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
+        """The lock, a writable ESP, and no temporaries left by an earlier run that was killed."""
         with self.locked(), self.writable():
+            self.clear_temporaries()
             yield
+
+    def temporary_folders(self) -> list[Path]:
+        """Every folder bootkeeper writes to: loader/, loader/entries/, EFI/*/ (EFI/Linux/ too) and
+        every ``*.extra.d/`` beside a UKI there. Links are not followed."""
+        out = [self.path("loader"), self.path(TYPE1_DIR)]
+        efi = self.path("EFI")
+        for d in [] if efi.is_symlink() else _subdirs(efi):
+            out.append(d)
+            out.extend(x for x in _subdirs(d) if x.name.lower().endswith(".extra.d"))
+        return [d for d in out if d.is_dir() and not d.is_symlink()]
+
+    def clear_temporaries(self) -> list[str]:
+        """Remove stale ``.bootkeeper-*.tmp`` files (call with the lock held: a live run's
+        temporaries are protected by it); return their ESP paths. A file that cannot be removed is
+        a warning: a verb is not refused for housekeeping."""
+        removed: list[str] = []
+        for d in self.temporary_folders():
+            rel = d.relative_to(self.root).as_posix()
+            try:
+                gone = fsutil.clear_temporaries(d, self.step)
+            except OSError as exc:
+                if exc is self._injected:
+                    raise
+                self._log(f"{d}: cannot remove stale temporaries ({exc.strerror or exc})")
+                continue
+            removed.extend(f"{rel}/{n}" for n in gone)
+        for r in removed:
+            self._log(f"removed {r}, a temporary left by an interrupted bootkeeper run")
+        self.cleared.extend(removed)
+        return removed
 
     # -- fault injection -------------------------------------------------------------------
 
     def step(self, name: str) -> None:
         if self._fault is not None:
-            self._fault(name)
+            try:
+                self._fault(name)
+            except BaseException as exc:
+                self._injected = exc
+                raise
+
+    @contextlib.contextmanager
+    def _naming(self, path: Path, what: str) -> Iterator[None]:
+        """An OSError of the file system becomes a StoreIOError naming ``path`` and what failed
+        (a full ESP: "…/loader/entries/active.conf: cannot write (No space left on device)")."""
+        try:
+            yield
+        except OSError as exc:
+            if exc is self._injected:
+                raise
+            raise StoreIOError(f"{path}: {what} ({exc.strerror or exc})") from exc
 
     # -- primitives ------------------------------------------------------------------------
 
@@ -186,13 +293,16 @@ class EspStore:
             os.rename(old, new)
         except OSError as exc:
             raise StoreIOError(f"{old}: rename to {new.name} failed ({exc.strerror})") from exc
-        fsutil.fsync_renamed(new, self.step)
-        self._fsync_dir(new.parent)
+        with self._naming(new, "renamed, but cannot sync it to disk"):
+            fsutil.fsync_renamed(new, self.step)
+        with self._naming(new.parent, f"{new.name} renamed, but cannot sync the folder to disk"):
+            self._fsync_dir(new.parent)
 
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Write ``rel`` so that a crash leaves either the old or the new content, and no file
         the boot loader would read."""
-        fsutil.write_atomic(self.path(rel), data, self.step)
+        with self._naming(self.path(rel), "cannot write"):
+            fsutil.write_atomic(self.path(rel), data, self.step)
 
     def makedirs(self, rel: str) -> None:
         d = self.path(rel)
@@ -206,10 +316,12 @@ class EspStore:
                 m.mkdir()
             except OSError as exc:
                 raise StoreIOError(f"{m}: mkdir failed ({exc.strerror})") from exc
-            fsutil.fsync_dir(m.parent, self.step)
+            with self._naming(m.parent, f"{m.name} made, but cannot sync the folder to disk"):
+                fsutil.fsync_dir(m.parent, self.step)
 
     def free_bytes(self) -> int:
-        st = os.statvfs(self.root)
+        with self._naming(self.root, "cannot read the free space"):
+            st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
     def unlink(self, rel: str) -> None:
@@ -221,7 +333,8 @@ class EspStore:
             return
         except OSError as exc:
             raise StoreIOError(f"{p}: unlink failed ({exc.strerror})") from exc
-        self._fsync_dir(p.parent)
+        with self._naming(p.parent, f"{p.name} removed, but cannot sync the folder to disk"):
+            self._fsync_dir(p.parent)
 
     def read_text(self, rel: str) -> str:
         p = self.path(rel)

@@ -11,7 +11,12 @@ the image name in full; else active and passive. Recovery and statereset only wh
 Writes happen in two phases inside the ESP's lock and read-write remount: first every copy to a
 temporary name (``.bootkeeper-*.tmp``, which systemd-stub does not load) with fsync; only when all
 copies are complete are they renamed into place. A failure in the first phase removes the temporary
-files and leaves the ESP as it was.
+files and leaves the ESP as it was; temporaries a killed run left are removed by the next write verb
+(``EspStore.transaction``), before the free space is measured.
+
+What is validated is what lands: the source is opened once, copied to the first temporary, and that
+copy is validated (under the image's final name); the other copies are made from it. A source swapped
+or rewritten after it was opened never reaches the ESP (activate works the same way at boot).
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bootkeeper import fsutil
 from bootkeeper.errors import StoreIOError, UsageError
@@ -115,14 +121,26 @@ def select(
     return [t for t in available if t.entry in DEFAULT_ROLES], "no rule names it: active and passive"
 
 
-def _sha256(path: Path) -> str:
+def _sha256_fd(fd: int, size: int) -> str:
     import hashlib  # not at import time: status imports this module on the boot path
 
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    done = 0
+    while done < size:
+        chunk = os.pread(fd, min(1 << 20, size - done), done)
+        if not chunk:
+            break
+        h.update(chunk)
+        done += len(chunk)
     return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return _sha256_fd(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -132,6 +150,7 @@ class Plan:
     why: str
     write: list[Target] = field(default_factory=list)
     same: list[Target] = field(default_factory=list)  # already there with the same bytes
+    digest: str | None = None  # of the source, when a copy already there was compared with it
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -143,15 +162,15 @@ class Plan:
         }
 
 
-def plan(store: EspStore, src: Path, name: str, chosen: list[Target], why: str) -> Plan:
-    size = src.stat().st_size
+def plan(store: EspStore, src_fd: int, name: str, chosen: list[Target], why: str) -> Plan:
+    """Which targets need a copy of the open source ``src_fd``, and which have it already."""
+    size = os.fstat(src_fd).st_size
     p = Plan(name, size, why)
-    digest: str | None = None
     for t in chosen:
         dest = store.path(f"{t.extra_dir}/{name}")
         if dest.is_file() and not dest.is_symlink() and dest.stat().st_size == size:
-            digest = digest or _sha256(src)
-            if _sha256(dest) == digest:
+            p.digest = p.digest or _sha256_fd(src_fd, size)
+            if _sha256(dest) == p.digest:
                 p.same.append(t)
                 continue
         p.write.append(t)
@@ -175,39 +194,77 @@ def _refuse_links(store: EspStore, t: Target) -> None:
         raise StoreIOError(f"{d}: is a symbolic link; refusing to write through it")
 
 
-def install(store: EspStore, src: Path, p: Plan, progress: Callable[[int, int], None] | None = None) -> None:
-    """Copy ``src`` to every target of ``p`` in two phases (see the module's text)."""
-    if not p.write:
-        return
-    for t in p.write:
-        _refuse_links(store, t)
-    check_space(store, p)
+V = TypeVar("V")
+
+
+def open_source(src: Path) -> int:
+    """The image to install, opened once: every later read (plan, copy) goes through this
+    descriptor, never through the path again."""
     try:
-        sfd = os.open(src, os.O_RDONLY)
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise StoreIOError(f"{src}: cannot read ({exc.strerror})") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreIOError(f"{src}: not a regular file")
+    return fd
+
+
+def install(
+    store: EspStore,
+    src: Path,
+    name: str,
+    chosen: list[Target],
+    why: str,
+    check: Callable[[Path], V],
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Plan, V]:
+    """Copy ``src`` as ``name`` to every chosen target in two phases (see the module's text).
+
+    ``check(path)`` judges the bytes that will be installed: the first staged copy, or, when every
+    target has the image already, the copy at its final name; it raises to refuse (the temporaries
+    are removed) and its result is returned with the plan."""
+    for t in chosen:
+        _refuse_links(store, t)
+    sfd = open_source(src)
+    where = f"{store.root}: installing {name}"
     try:
         with store.transaction(), contextlib.ExitStack() as temps:
-            staged = []
+            p = plan(store, sfd, name, chosen, why)
+            check_space(store, p)
+            if not p.write:
+                return p, check(store.path(f"{p.same[0].extra_dir}/{name}"))
+            staged: list[tuple[Path, Path]] = []
+            first_fd = -1
             for t in p.write:
                 store.makedirs(t.extra_dir)
-                dest = store.path(f"{t.extra_dir}/{p.name}")
+                dest = store.path(f"{t.extra_dir}/{name}")
+                where = f"{dest}: writing"
                 fd, tmp = temps.enter_context(fsutil.temp_file(dest, store.step))
-                fsutil.copy_into(sfd, fd, p.size, progress)
+                # the first copy from the source; the others from that copy, once it was judged
+                fsutil.copy_into(sfd if first_fd < 0 else first_fd, fd, p.size, progress)
                 store.step(f"fsync:{dest.name}")
                 os.fsync(fd)
                 staged.append((tmp, dest))
+                if first_fd < 0:
+                    first_fd = fd
+                    verdict = check(tmp)
+                    if p.digest is not None and _sha256_fd(fd, p.size) != p.digest:
+                        raise StoreIOError(
+                            f"{src}: changed while being installed (the copies already on the ESP differ "
+                            "from what was validated); nothing was changed"
+                        )
             for tmp, dest in staged:
+                where = f"{dest}: renaming {tmp.name} to it"
                 store.step(f"rename:{tmp.name}->{dest.name}")
                 os.rename(tmp, dest)
                 fsutil.fsync_renamed(dest, store.step)
                 fsutil.fsync_dir(dest.parent, store.step)
     except OSError as exc:
-        raise StoreIOError(
-            f"{store.root}: installing {p.name} failed ({exc.strerror or exc}); temporary copies removed"
-        ) from exc
+        raise StoreIOError(f"{where} failed ({exc.strerror or exc}); temporary copies removed") from exc
     finally:
         os.close(sfd)
+    return p, verdict
 
 
 @dataclass(frozen=True)
