@@ -14,7 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
+from bootkeeper.esp import counter
 from helpers import fake_efivars
 
 UNITS = "etc/systemd/system"
@@ -158,6 +162,81 @@ def test_generator_ambiguous_role_or_bad_variable_writes_nothing(tmp_path: Path)
     (root / f"sys/firmware/efi/efivars/LoaderEntrySelected-{LOADER_GUID}").write_bytes(b"\x06\0\0\0a")
     files, log = generate(root, tmp_path / "gen")
     assert files == {} and "not an EFI string variable" in log
+
+
+def _set_tries(root: Path, tries: object) -> None:
+    record = root / "etc/bootkeeper/services.json"
+    doc = json.loads(record.read_text())
+    doc["tries"] = tries
+    record.write_text(json.dumps(doc))
+
+
+ENTRIES = "\\loader\\entries\\"
+
+
+@pytest.mark.parametrize(
+    ("counting", "selected", "tries", "reboots", "why"),
+    [
+        # +1-2 -> +0-3: the last of 3 tries; a reboot falls back to passive
+        (ENTRIES + "active+0-3.conf", None, None, True, "this was its last try"),
+        # +0-3 -> +0-4: booted with no tries left (a default pins it, or it is the only entry)
+        (ENTRIES + "active+0-4.conf", None, None, False, "booted with no tries left"),
+        (ENTRIES + "active+0-3.conf", None, 2, False, "more than the 2 tries"),
+        (ENTRIES + "active+0-5.conf", None, 5, True, "at most the 5 tries"),
+        # systemd-boot 252: LoaderEntrySelected is the name before the rename, counter included
+        (ENTRIES + "active+0-2.conf", "active+0-1.conf", None, False, "LoaderEntrySelected=active+0-1.conf"),
+        (ENTRIES + "active+0-2.conf", "active+1-1.conf", None, True, "LoaderEntrySelected=active+1-1.conf"),
+        # an id that systemd-boot's rename does not turn into LoaderBootCountPath says nothing
+        (ENTRIES + "active+0-4.conf", "active+2-1.conf", None, False, "booted with no tries left"),
+        (ENTRIES + "active+0-4.conf", "passive+1-3.conf", None, False, "booted with no tries left"),
+        ("\\EFI\\Linux\\active+0-4.efi", None, None, False, "booted with no tries left"),
+        (ENTRIES + "active.conf", None, None, False, "has no boot counter"),
+        (ENTRIES + "active+0-" + "9" * 1500 + ".conf", None, None, False, "has no boot counter"),
+    ],
+)
+def test_generator_reboots_only_while_a_try_was_left(
+    tmp_path: Path, counting: str, selected: str | None, tries: int | None, reboots: bool, why: str
+) -> None:
+    root = node(tmp_path / "root")
+    if tries is not None:
+        _set_tries(root, tries)
+    boot_as(root, "active", selected=selected, counting=counting)
+    files, log = generate(root, tmp_path / "gen")
+    assert list(files) == (["normal/k3s.service.d/50-bootkeeper-failure-action.conf"] if reboots else [])
+    assert why in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("tries", [0, 101, "3", True, None])
+def test_generator_bad_tries_writes_nothing(tmp_path: Path, tries: object) -> None:
+    root = node(tmp_path / "root")
+    _set_tries(root, tries)
+    boot_as(root, "active", counting=COUNTING)
+    files, log = generate(root, tmp_path / "gen")
+    assert files == {}
+    assert "services.json: tries:" in log and "writing nothing" in log
+
+
+def test_generator_defaults_agree_with_config() -> None:
+    from bootkeeper.assess import generator
+    from bootkeeper.config import BootAssessment
+
+    assert BootAssessment().tries == generator.DEFAULT_TRIES
+    assert counter.INT_MAX == generator.INT_MAX
+
+
+@settings_(max_examples=2000, deadline=None)
+@given(st.text(alphabet="ab+-0123456789.conefiCONEFI", max_size=24))
+def test_generator_counter_grammar_is_counter_py(name: str) -> None:
+    """The generator restates esp/counter.py's grammar (it runs without bootkeeper importable)."""
+    from bootkeeper.assess import generator
+
+    got = generator.parse_counter(name)
+    suffix = ".efi" if name.lower().endswith(".efi") else ".conf"
+    want = counter.parse(name, suffix)
+    if not want.counted:
+        assert got is None
+    else:
+        assert got == (want.base.lower(), want.tries_left, want.tries_done)
 
 
 def _verify(root: Path, gen: Path, *names: str) -> subprocess.CompletedProcess[str]:

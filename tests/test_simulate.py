@@ -11,6 +11,7 @@ from bootkeeper.assess.simulate import Outcome, parse_fault, simulate
 from bootkeeper.config import BootAssessment, RebootOnFailure
 from bootkeeper.errors import UsageError
 from bootkeeper.esp import scratch
+from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import EspStore
 
 
@@ -75,3 +76,34 @@ def test_fault_grammar(bad: str) -> None:
     with pytest.raises(UsageError):
         parse_fault(bad)
     assert parse_fault("passive=2:service").outcome is Outcome.SERVICE
+
+
+@pytest.mark.parametrize("version", [252, 257])
+@pytest.mark.parametrize(
+    "setup",
+    [
+        # loader.conf default pins active: +2 -> +1-1 -> +0-2 (both reboot: a try was left), then
+        # +0-2 -> +0-3 is booted with no tries left; a reboot would boot it again, forever.
+        {"default": "active*"},
+        # active is the only entry: the same.
+        {"roles": (Role.ACTIVE,)},
+    ],
+)
+def test_service_failure_on_a_pinned_bad_active_stays_up(
+    tmp_path: Path, version: int, setup: dict[str, object]
+) -> None:
+    root = scratch.make(tmp_path / "esp", tries=2, recovery_tries=2, **setup)  # type: ignore[arg-type]
+    recs = simulate(
+        EspStore(root),
+        BootAssessment(tries=2, recovery_tries=2),
+        [parse_fault("active=always:service")],
+        20,
+        reboot_on_failure=RebootOnFailure.ACTIVE,
+        sdboot_version=version,
+    )
+    assert [(r.role, r.after) for r in recs] == [
+        ("active", "FailureAction=reboot"),
+        ("active", "FailureAction=reboot"),
+        ("active", "stays up, not blessed"),
+    ]
+    assert [r.boot_count_path for r in recs][-1] == "\\loader\\entries\\active+0-3.conf"

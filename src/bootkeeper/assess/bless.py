@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import NotApplicableError, ParseError
+from bootkeeper.errors import EspError, NotApplicableError, ParseError, StoreIOError
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Role
@@ -60,29 +60,37 @@ class BootedEntry:
 
 
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
+_SHOWN = 120
+
+
+def _shown(value: str) -> str:
+    """``value`` quoted for a one-line message, cut short when it is long (an operator's typo or a
+    hostile variable can be thousands of characters)."""
+    if len(value) <= _SHOWN:
+        return repr(value)
+    return f"{value[:_SHOWN]!r}… ({len(value)} characters)"
 
 
 def parse_entry_path(value: str, source: str) -> BootedEntry:
     """Validate a LoaderBootCountPath value or ``--entry`` argument (relative to the ESP)."""
+    shown = _shown(value)
     if not value or _CTRL.search(value):
-        raise ParseError(f"{source}: {value!r} is empty or has control characters")
+        raise ParseError(f"{source}: {shown} is empty or has control characters")
     parts = [p for p in value.replace("\\", "/").split("/") if p != ""]
     if any(p in (".", "..") for p in parts):
-        raise ParseError(
-            f"{source}: {value!r} has a '.' or '..' component; entries live in {TYPE1_DIR}/ or {TYPE2_DIR}/"
-        )
+        raise ParseError(f"{source}: {shown} has a '.' or '..' component; entries live in {TYPE1_DIR}/ or {TYPE2_DIR}/")
     if len(parts) != 3:
-        raise ParseError(f"{source}: {value!r} is not a file in {TYPE1_DIR}/ or {TYPE2_DIR}/")
+        raise ParseError(f"{source}: {shown} is not a file in {TYPE1_DIR}/ or {TYPE2_DIR}/")
     directory, name = "/".join(parts[:2]), parts[2]
     if directory.lower() == TYPE1_DIR.lower():
         directory, suffix = TYPE1_DIR, ".conf"
     elif directory.lower() == TYPE2_DIR.lower():
         directory, suffix = TYPE2_DIR, ".efi"
     else:
-        raise ParseError(f"{source}: {value!r} is not a file in {TYPE1_DIR}/ or {TYPE2_DIR}/")
+        raise ParseError(f"{source}: {shown} is not a file in {TYPE1_DIR}/ or {TYPE2_DIR}/")
     cn = counter_mod.parse(name, suffix)
     if not cn.counted:
-        raise NotApplicableError(f"{source}: {value!r} does not contain a boot counter, refusing")
+        raise NotApplicableError(f"{source}: {shown} does not contain a boot counter, refusing")
     return BootedEntry(directory, cn)
 
 
@@ -124,12 +132,12 @@ def status(store: EspStore, booted: BootedEntry) -> str:
     return cur[0]
 
 
-def _siblings(store: EspStore, b: BootedEntry, keep: str) -> list[str]:
-    """Other files of the same entry (same base name, any counter) that are not ``keep``."""
+def _siblings(store: EspStore, b: BootedEntry, keep: set[str]) -> list[str]:
+    """Other files of the same entry (same base name, any counter) that are not in ``keep``."""
     suffix = b.name.suffix
     out = []
     for name in store.list_dir(b.directory):
-        if name == keep or is_temporary(name):
+        if name in keep or is_temporary(name):
             continue
         cn = counter_mod.parse(name, suffix)
         if cn.base.lower() == b.good_name.lower() and (cn.counted or name.lower() == b.good_name.lower()):
@@ -137,7 +145,9 @@ def _siblings(store: EspStore, b: BootedEntry, keep: str) -> list[str]:
     return out
 
 
-def _rearm_fallbacks(store: EspStore, tries: int, result: BlessResult) -> None:
+def _rearm_plan(store: EspStore, tries: int) -> list[tuple[str, str, str]]:
+    """(directory, name, new name) for every recovery and statereset entry that needs fresh tries."""
+    out = []
     for directory, suffix in ((TYPE1_DIR, ".conf"), (TYPE2_DIR, ".efi")):
         for name in store.list_dir(directory):
             cn = counter_mod.parse(name, suffix)
@@ -147,26 +157,51 @@ def _rearm_fallbacks(store: EspStore, tries: int, result: BlessResult) -> None:
             if cn.tries_left == tries and cn.tries_done == 0:
                 continue
             assert cn.prefix is not None and cn.tail is not None
-            new = counter_mod.format_name(cn.prefix, cn.tail, tries)
-            store.rename(f"{directory}/{name}", f"{directory}/{new}")
-            result.actions.append(f"re-armed {directory}/{name} -> {new}")
+            out.append((directory, name, counter_mod.format_name(cn.prefix, cn.tail, tries)))
+    return out
 
 
-def _fix_default(store: EspStore, old: str, new: str, result: BlessResult) -> None:
+# Room a rewritten loader.conf needs besides its bytes: a cluster for the temporary's directory slot
+# and the rounding of its own last cluster (FAT clusters are at most 64 KiB).
+WRITE_MARGIN = 64 * 1024
+
+
+def _default_plan(store: EspStore, old: str, new: str, verdict: Verdict, booted: str) -> tuple[bytes, str] | None:
+    """loader.conf's new text and the action, when its ``default`` named the renamed file; read
+    before the first write, so a loader.conf bootkeeper cannot read stops bless with nothing changed."""
     if not store.exists(LOADER_CONF):
-        return
-    conf = loader_mod.parse(store.read_text(LOADER_CONF))
+        return None
+    try:
+        conf = loader_mod.parse(store.read_text(LOADER_CONF))
+    except EspError as exc:
+        raise EspError(
+            f"{exc}; cannot tell whether its default names {booted}: not marking it {verdict.value} (nothing changed)",
+            hint=f"shorten {LOADER_CONF} (systemd-boot reads only the keys it knows), then run bless again",
+        ) from exc
     change, value = loader_mod.default_after_rename(conf, old, new)
     if not change:
-        return
-    store.write_atomic(LOADER_CONF, loader_mod.set_default(conf.text, value).encode())
+        return None
     if value is None:
-        result.actions.append(f"{LOADER_CONF}: removed 'default {conf.default}': it would pin the bad entry")
+        action = f"{LOADER_CONF}: removed 'default {conf.default}': it would pin the bad entry"
     else:
-        result.actions.append(f"{LOADER_CONF}: default {conf.default} -> {value}")
+        action = f"{LOADER_CONF}: default {conf.default} -> {value}"
+    return loader_mod.set_default(conf.text, value).encode(), action
+
+
+def _check_room(store: EspStore, data: bytes, verdict: Verdict, booted: str) -> None:
+    need = len(data) + WRITE_MARGIN
+    free = store.free_bytes()
+    if free < need:
+        raise StoreIOError(
+            f"{store.path(LOADER_CONF)}: {free} bytes free on the ESP, {need} needed to rewrite it: "
+            f"not marking {booted} {verdict.value} (nothing changed)",
+            hint="make room on the ESP (bootkeeper lint --esp lists stale temporaries), then run bless again",
+        )
 
 
 def bless(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAssessment) -> BlessResult:
+    """Everything bless needs (which file is which, loader.conf, the entries to re-arm, room for a
+    rewrite) is read and checked before the first write: a refusal leaves the ESP as it was."""
     with store.transaction():
         cur = _current(store, booted)
         if cur is None:
@@ -198,15 +233,27 @@ def bless(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAsses
         # exist, the counted one the boot loader named wins over the stale sibling.
         if existing != booted.name.name and store.exists(f"{d}/{booted.name.name}"):
             existing = booted.name.name
+        # Plan: every read and check before the first write.
+        default = None if existing == target else _default_plan(store, existing, target, verdict, booted.path)
+        stale = _siblings(store, booted, keep={existing, target})
+        rearm = []
+        if verdict is Verdict.GOOD and role is not None and role.burns_own_tries:
+            rearm = _rearm_plan(store, cfg.recovery_tries)
+        if default is not None:
+            _check_room(store, default[0], verdict, booted.path)
+        # Act, in the order test_power_loss.py proves bootable after a crash at any step.
         if existing == target:
             result.note = f"already {verdict.value}: {d}/{target}"
         else:
             store.rename(f"{d}/{existing}", f"{d}/{target}")
             result.actions.append(f"renamed {d}/{existing} -> {target}")
-            _fix_default(store, existing, target, result)
-        for stale in _siblings(store, booted, keep=target):
-            store.unlink(f"{d}/{stale}")
-            result.actions.append(f"removed stale duplicate {d}/{stale}")
-        if verdict is Verdict.GOOD and role is not None and role.burns_own_tries:
-            _rearm_fallbacks(store, cfg.recovery_tries, result)
+            if default is not None:
+                store.write_atomic(LOADER_CONF, default[0])
+                result.actions.append(default[1])
+        for name in stale:
+            store.unlink(f"{d}/{name}")
+            result.actions.append(f"removed stale duplicate {d}/{name}")
+        for directory, name, new in rearm:
+            store.rename(f"{directory}/{name}", f"{directory}/{new}")
+            result.actions.append(f"re-armed {directory}/{name} -> {new}")
         return result

@@ -15,7 +15,13 @@ Which services: ``/etc/bootkeeper/services.json`` (written by ``bootkeeper servi
   by the ``LoaderEntrySelected`` EFI variable; and
 * boot counting is in effect for this boot (``LoaderBootCountPath`` is set). Once active has been
   blessed its entry carries no counter, and a reboot would come back to the same entry, forever; so a
-  failure then leaves the node up instead.
+  failure then leaves the node up instead; and
+* this boot used one of the entry's tries (:func:`failure_reboots`, the one rule the simulator uses
+  too). An entry booted with no tries left (a ``default`` or ``LoaderEntryDefault`` that matches it,
+  or the only entry) would be booted again after a reboot, forever.
+
+``services.json`` may carry ``"tries"`` (``boot_assessment.tries``, what ``arm`` and ``rotate`` give
+active); without it the configuration's default, 3, is assumed.
 
 ``BOOTKEEPER_GENERATOR_ROOT`` makes it read ``/run``, ``/etc`` and efivarfs under another root (tests).
 """
@@ -40,6 +46,13 @@ DROPIN_TEXT = (
 UNIT_TYPES = ("service", "socket", "target", "mount", "path", "timer", "swap", "device", "automount", "scope")
 UNIT_NAME = re.compile(rf"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.({'|'.join(UNIT_TYPES)})$")
 POLICIES = ("never", "active", "always")
+DEFAULT_TRIES = 3  # config.BootAssessment.tries (tests/test_services.py checks they agree)
+MAX_TRIES = 100  # the bound config.py puts on boot_assessment.tries
+INT_MAX = 2**31 - 1
+# The counter grammar of esp/counter.py (systemd-boot's boot_entry_parse_tries()), restated here
+# because this file runs alone (python3 -IS, bootkeeper not importable); tests/test_services.py
+# checks that both agree. The counter follows the last "+": no "+" may come after it.
+_COUNTER = re.compile(r"\+([0-9]+)(?:-([0-9]+))?(\.conf|\.efi)$", re.IGNORECASE)
 
 
 class GeneratorError(Exception):
@@ -85,19 +98,77 @@ def booted_role(root: str) -> tuple[str | None, str]:
     return role_from_entry(selected), f"LoaderEntrySelected={selected}"
 
 
-def load_config(root: str) -> dict[str, str]:
-    """Enrolled services and their policy; raises GeneratorError on anything malformed."""
+def parse_counter(name: str) -> tuple[str, int, int] | None:
+    """``active+1-2.conf`` → ``("active.conf", 1, 2)`` (base in lower case, LEFT, DONE), or None when
+    the name carries no counter systemd-boot would count (values above INT_MAX included)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    m = _COUNTER.search(base)
+    if m is None:
+        return None
+    numbers = []
+    for digits in (m.group(1), m.group(2) or "0"):
+        if len(digits.lstrip("0")) > 10:  # above INT_MAX; and int() refuses over 4300 digits
+            return None
+        numbers.append(int(digits))
+    left, done = numbers
+    if left > INT_MAX or done > INT_MAX:
+        return None
+    return (base[: m.start()] + m.group(3)).lower(), left, done
+
+
+def failure_reboots(boot_count_path: str | None, selected: str | None, tries: int) -> tuple[bool, str]:
+    """Whether a failing service on active should reboot the node, and why: only while the booted
+    entry had a try left when systemd-boot picked it. Used by this generator and by the simulator.
+
+    ``boot_count_path`` is ``LoaderBootCountPath``: the name systemd-boot renamed the entry to
+    *before* this boot (``+L-D`` → ``+max(L-1,0)-(D+1)``, systemd-boot's config_entry_bump_counters(),
+    as modelled in assess/bootloader.py and checked against 252 and 257 by tests/test_vm_bootcount.py).
+    With LEFT above 0 there, a try was left. With LEFT 0 the name before was ``+1-(D-1)`` (the last
+    try: a reboot falls back) or ``+0-(D-1)`` (booted while bad: pinned by a ``default`` or
+    ``LoaderEntryDefault``, or the only entry; a reboot boots it again, forever). The name alone
+    cannot tell them apart:
+
+    * ``selected`` (``LoaderEntrySelected``) does on systemd-boot 252 (253 assumed alike), where the id
+      is the file name found, counter included, before the rename (tests/test_vm_bootcount.py);
+    * else ``tries`` (``boot_assessment.tries``, the counter ``arm``/``rotate`` give active): counted
+      down from ``+tries``, LEFT + DONE stays ``tries``; DONE above it means boots while bad. An entry
+      marked bad early (``bless bad`` keeps DONE) may still reboot, but every boot raises DONE, so the
+      reboots stop after at most ``tries`` more.
+    """
+    if boot_count_path is None:
+        return False, "without boot counting (already blessed): no FailureAction"
+    after = parse_counter(boot_count_path)
+    if after is None:
+        return False, f"LoaderBootCountPath {boot_count_path!r} has no boot counter: no FailureAction"
+    base, left, done = after
+    if left > 0:
+        return True, f"counting, {left} tries left after this boot: FailureAction=reboot"
+    before = parse_counter(selected) if selected else None
+    if before is not None and before[0] == base and (max(before[1] - 1, 0), min(before[2] + 1, INT_MAX)) == (0, done):
+        had = before[1]
+        how = f"LoaderEntrySelected={selected}"
+    else:
+        had = 1 if done <= tries else 0
+        how = f"+0-{done}, {'at most' if had else 'more than'} the {tries} tries an entry is armed with"
+    if had:
+        return True, f"counting, this was its last try ({how}): FailureAction=reboot"
+    return False, f"booted with no tries left ({how}): a reboot would boot it again, so no FailureAction"
+
+
+def _load(root: str) -> tuple[dict[str, str], int]:
+    """Enrolled services and their policy, and the tries active is armed with; raises
+    GeneratorError on anything malformed."""
     path = os.path.join(root, CONFIG)
     try:
         with open(path, "rb") as f:
             raw = f.read(1 << 20)
     except FileNotFoundError:
-        return {}
+        return {}, DEFAULT_TRIES
     except OSError as exc:
         raise GeneratorError(f"{path}: {exc.strerror}") from None
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise GeneratorError(f"{path}: not JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("services"), dict):
         raise GeneratorError(f'{path}: expected {{"version": 1, "services": {{UNIT: POLICY}}}}')
@@ -108,21 +179,30 @@ def load_config(root: str) -> dict[str, str]:
         if policy not in POLICIES:
             raise GeneratorError(f"{path}: services.{unit}: {policy!r} is not one of {', '.join(POLICIES)}")
         services[unit] = policy
-    return services
+    tries = doc.get("tries", DEFAULT_TRIES)
+    if type(tries) is not int or not 1 <= tries <= MAX_TRIES:
+        raise GeneratorError(f"{path}: tries: {tries!r} is not a whole number from 1 to {MAX_TRIES}")
+    return services, tries
+
+
+def load_config(root: str) -> dict[str, str]:
+    """Enrolled services and their policy; raises GeneratorError on anything malformed."""
+    return _load(root)[0]
 
 
 def plan(root: str) -> tuple[dict[str, str], str]:
     """``{relative drop-in path: text}`` to write, and a one-line reason."""
-    services = load_config(root)
+    services, tries = _load(root)
     wanted = sorted(u for u, p in services.items() if p == "active")
     if not wanted:
         return {}, "no service enrolled with reboot_on_failure: active"
     role, source = booted_role(root)
     if role != "active":
         return {}, f"booted role {role or 'unknown'} ({source}): no FailureAction"
-    if _efivar(root, "LoaderBootCountPath") is None:
-        return {}, f"active ({source}) without boot counting (already blessed): no FailureAction"
-    return {f"{u}.d/{DROPIN}": DROPIN_TEXT for u in wanted}, f"active ({source}), counting: FailureAction=reboot"
+    reboots, why = failure_reboots(_efivar(root, "LoaderBootCountPath"), _efivar(root, "LoaderEntrySelected"), tries)
+    if not reboots:
+        return {}, f"active ({source}) {why}"
+    return {f"{u}.d/{DROPIN}": DROPIN_TEXT for u in wanted}, f"active ({source}), {why}"
 
 
 def _log(msg: str, root_override: bool) -> None:

@@ -1,8 +1,10 @@
 """Boots with injected faults on a scratch ESP, driving the same decision and bless code a node
 runs: :func:`bootloader.choose` picks and renames as systemd-boot would, the outcome per role
 decides whether ``bless good`` runs (a good boot reaches boot-complete.target), a kernel panic
-resets the machine, and a failed service reboots only where ``reboot_on_failure`` says so —
-otherwise the node stays up on that entry, unblessed, and the run ends there.
+resets the machine, and a failed service reboots only where ``reboot_on_failure`` says so — with
+``active``, by bootkeeper-generator's own rule (:func:`generator.failure_reboots`: only while the
+booted entry had a try left) — otherwise the node stays up on that entry, unblessed, and the run
+ends there.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bootkeeper.assess import bless as bless_mod
-from bootkeeper.assess import bootloader, history
+from bootkeeper.assess import bootloader, generator, history
 from bootkeeper.config import BootAssessment, RebootOnFailure
 from bootkeeper.errors import UsageError
 from bootkeeper.esp.efivars import LoaderVars
@@ -82,12 +84,15 @@ class BootRecord:
         }
 
 
-def _reboots(policy: RebootOnFailure, role: Role | None, counting: bool) -> bool:
+def _reboots(policy: RebootOnFailure, choice: bootloader.BootChoice, tries: int) -> bool:
     """As on a node: ``always`` is a static drop-in; ``active`` comes from bootkeeper-generator, which
-    writes it only on active while boot counting is in effect."""
+    decides on active from what it reads at boot: ``LoaderBootCountPath``, ``LoaderEntrySelected``
+    (the entry id) and the tries active is armed with."""
     if policy is RebootOnFailure.ALWAYS:
         return True
-    return policy is RebootOnFailure.ACTIVE and role is Role.ACTIVE and counting
+    if policy is not RebootOnFailure.ACTIVE or choice.entry.role is not Role.ACTIVE:
+        return False
+    return generator.failure_reboots(choice.boot_count_path, choice.entry_id, tries)[0]
 
 
 def simulate(
@@ -145,7 +150,7 @@ def simulate(
             rec.verdict = "none (reset)"
         else:
             rec.verdict = "not good (service failed)"
-            if not _reboots(reboot_on_failure, role, choice.boot_count_path is not None):
+            if not _reboots(reboot_on_failure, choice, cfg.tries):
                 rec.after = "stays up, not blessed"
                 out.append(rec)
                 break
