@@ -1,8 +1,8 @@
 """GUID Partition Table: protective MBR, primary and backup header, CRC32s, entries — read and write.
 
 UEFI spec 2.10 §5.3. Partition types are those of the Discoverable Partitions Specification for
-the designators a system extension uses (root/usr, their -verity and -verity-sig) on x86-64 and
-arm64. A reader facing hostile input raises :class:`ParseError` naming what is wrong: bad
+the designators a system extension uses (root/usr, their -verity and -verity-sig), on every
+architecture systemd knows. A reader facing hostile input raises :class:`ParseError` naming what is wrong: bad
 signature or CRC, entries beyond the disk or overlapping, too many entries.
 """
 
@@ -24,25 +24,158 @@ ENTRY_FORMAT = "<16s16sQQQ72s"
 ENTRY_SIZE = 128
 N_ENTRIES = 128
 MAX_ENTRIES = 1024
-ATTR_READ_ONLY = 1 << 60  # "read-only" flag of the discoverable partitions, as repart sets it
-ATTR_NO_AUTO = 1 << 63
+# attribute bits of the Discoverable Partitions Specification (systemd's SD_GPT_FLAG_*). Bits 0
+# (required) and 1 (no block IO protocol) change nothing for a root/usr partition: checked against
+# systemd-dissect --validate 257 (tests/test_interop.py).
+ATTR_READ_ONLY = 1 << 60  # as repart sets it
+ATTR_NO_AUTO = 1 << 63  # systemd-dissect skips such a partition as if it were not there
 ATTR_GROWFS = 1 << 59
 
-# designator -> architecture -> type UUID
+# designator -> architecture -> type UUID, every architecture systemd 257 knows (the table printed by
+# `systemd-id128 show` of 257.13, first name per UUID): systemd-dissect considers a root or usr partition
+# of ANY architecture, so a reader that knows only its own would not see an extra partition it judges.
 TYPES: dict[str, dict[str, str]] = {
-    "root": {"x86-64": "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "arm64": "b921b045-1df0-41c3-af44-4c6f280d3fae"},
-    "root-verity": {"x86-64": "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5", "arm64": "df3300ce-d69f-4c92-978c-9bfb0f38d820"},
-    "root-verity-sig": {
-        "x86-64": "41092b05-9fc8-4523-994f-2def0408b176",
-        "arm64": "6db69de6-29f4-4758-a7a5-962190f00ce3",
+    "root": {
+        "alpha": "6523f8ae-3eb1-4e2a-a05a-18b695ae656f",
+        "arc": "d27f46ed-2919-4cb8-bd25-9531f3c16534",
+        "arm": "69dad710-2ce4-4e3c-b16c-21a1d49abed3",
+        "arm64": "b921b045-1df0-41c3-af44-4c6f280d3fae",
+        "ia64": "993d8d3d-f80e-4225-855a-9daf8ed7ea97",
+        "loongarch64": "77055800-792c-4f94-b39a-98c91b762bb6",
+        "mips": "e9434544-6e2c-47cc-bae2-12d6deafb44c",
+        "mips64": "d113af76-80ef-41b4-bdb6-0cff4d3d4a25",
+        "mips-le": "37c58c8a-d913-4156-a25f-48b1b64e07f0",
+        "mips64-le": "700bda43-7a34-4507-b179-eeb93d7a7ca3",
+        "parisc": "1aacdb3b-5444-4138-bd9e-e5c2239b2346",
+        "ppc": "1de3f1ef-fa98-47b5-8dcd-4a860a654d78",
+        "ppc64": "912ade1d-a839-4913-8964-a10eee08fbd2",
+        "ppc64-le": "c31c45e6-3f39-412e-80fb-4809c4980599",
+        "riscv32": "60d5a7fe-8e7d-435c-b714-3dd8162144e1",
+        "riscv64": "72ec70a6-cf74-40e6-bd49-4bda08e8f224",
+        "s390": "08a7acea-624c-4a20-91e8-6e0fa67d23f9",
+        "s390x": "5eead9a9-fe09-4a1e-a1d7-520d00531306",
+        "tilegx": "c50cdd70-3862-4cc3-90e1-809a8c93ee2c",
+        "x86": "44479540-f297-41b2-9af7-d131d5f0458a",
+        "x86-64": "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
     },
-    "usr": {"x86-64": "8484680c-9521-48c6-9c11-b0720656f69e", "arm64": "b0e01050-ee5f-4390-949a-9101b17104e9"},
-    "usr-verity": {"x86-64": "77ff5f63-e7b6-4633-acf4-1565b864c0e6", "arm64": "6e11a4e7-fbca-4ded-b9e9-e1a512bb664e"},
+    "root-verity": {
+        "alpha": "fc56d9e9-e6e5-4c06-be32-e74407ce09a5",
+        "arc": "24b2d975-0f97-4521-afa1-cd531e421b8d",
+        "arm": "7386cdf2-203c-47a9-a498-f2ecce45a2d6",
+        "arm64": "df3300ce-d69f-4c92-978c-9bfb0f38d820",
+        "ia64": "86ed10d5-b607-45bb-8957-d350f23d0571",
+        "loongarch64": "f3393b22-e9af-4613-a948-9d3bfbd0c535",
+        "mips": "7a430799-f711-4c7e-8e5b-1d685bd48607",
+        "mips64": "579536f8-6a33-4055-a95a-df2d5e2c42a8",
+        "mips-le": "d7d150d2-2a04-4a33-8f12-16651205ff7b",
+        "mips64-le": "16b417f8-3e06-4f57-8dd2-9b5232f41aa6",
+        "parisc": "d212a430-fbc5-49f9-a983-a7feef2b8d0e",
+        "ppc": "98cfe649-1588-46dc-b2f0-add147424925",
+        "ppc64": "9225a9a3-3c19-4d89-b4f6-eeff88f17631",
+        "ppc64-le": "906bd944-4589-4aae-a4e4-dd983917446a",
+        "riscv32": "ae0253be-1167-4007-ac68-43926c14c5de",
+        "riscv64": "b6ed5582-440b-4209-b8da-5ff7c419ea3d",
+        "s390": "7ac63b47-b25c-463b-8df8-b4a94e6c90e1",
+        "s390x": "b325bfbe-c7be-4ab8-8357-139e652d2f6b",
+        "tilegx": "966061ec-28e4-4b2e-b4a5-1f0a825a1d84",
+        "x86": "d13c5d3b-b5d1-422a-b29f-9454fdc89d76",
+        "x86-64": "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5",
+    },
+    "root-verity-sig": {
+        "alpha": "d46495b7-a053-414f-80f7-700c99921ef8",
+        "arc": "143a70ba-cbd3-4f06-919f-6c05683a78bc",
+        "arm": "42b0455f-eb11-491d-98d3-56145ba9d037",
+        "arm64": "6db69de6-29f4-4758-a7a5-962190f00ce3",
+        "ia64": "e98b36ee-32ba-4882-9b12-0ce14655f46a",
+        "loongarch64": "5afb67eb-ecc8-4f85-ae8e-ac1e7c50e7d0",
+        "mips": "bba210a2-9c5d-45ee-9e87-ff2ccbd002d0",
+        "mips64": "43ce94d4-0f3d-4999-8250-b9deafd98e6e",
+        "mips-le": "c919cc1f-4456-4eff-918c-f75e94525ca5",
+        "mips64-le": "904e58ef-5c65-4a31-9c57-6af5fc7c5de7",
+        "parisc": "15de6170-65d3-431c-916e-b0dcd8393f25",
+        "ppc": "1b31b5aa-add9-463a-b2ed-bd467fc857e7",
+        "ppc64": "f5e2c20c-45b2-4ffa-bce9-2a60737e1aaf",
+        "ppc64-le": "d4a236e7-e873-4c07-bf1d-bf6cf7f1c3c6",
+        "riscv32": "3a112a75-8729-4380-b4cf-764d79934448",
+        "riscv64": "efe0f087-ea8d-4469-821a-4c2a96a8386a",
+        "s390": "3482388e-4254-435a-a241-766a065f9960",
+        "s390x": "c80187a5-73a3-491a-901a-017c3fa953e9",
+        "tilegx": "b3671439-97b0-4a53-90f7-2d5a8f3ad47b",
+        "x86": "5996fc05-109c-48de-808b-23fa0830b676",
+        "x86-64": "41092b05-9fc8-4523-994f-2def0408b176",
+    },
+    "usr": {
+        "alpha": "e18cf08c-33ec-4c0d-8246-c6c6fb3da024",
+        "arc": "7978a683-6316-4922-bbee-38bff5a2fecc",
+        "arm": "7d0359a3-02b3-4f0a-865c-654403e70625",
+        "arm64": "b0e01050-ee5f-4390-949a-9101b17104e9",
+        "ia64": "4301d2a6-4e3b-4b2a-bb94-9e0b2c4225ea",
+        "loongarch64": "e611c702-575c-4cbe-9a46-434fa0bf7e3f",
+        "mips": "773b2abc-2a99-4398-8bf5-03baac40d02b",
+        "mips64": "57e13958-7331-4365-8e6e-35eeee17c61b",
+        "mips-le": "0f4868e9-9952-4706-979f-3ed3a473e947",
+        "mips64-le": "c97c1f32-ba06-40b4-9f22-236061b08aa8",
+        "parisc": "dc4a4480-6917-4262-a4ec-db9384949f25",
+        "ppc": "7d14fec5-cc71-415d-9d6c-06bf0b3c3eaf",
+        "ppc64": "2c9739e2-f068-46b3-9fd0-01c5a9afbcca",
+        "ppc64-le": "15bb03af-77e7-4d4a-b12b-c0d084f7491c",
+        "riscv32": "b933fb22-5c3f-4f91-af90-e2bb0fa50702",
+        "riscv64": "beaec34b-8442-439b-a40b-984381ed097d",
+        "s390": "cd0f869b-d0fb-4ca0-b141-9ea87cc78d66",
+        "s390x": "8a4f5770-50aa-4ed3-874a-99b710db6fea",
+        "tilegx": "55497029-c7c1-44cc-aa39-815ed1558630",
+        "x86": "75250d76-8cc6-458e-bd66-bd47cc81a812",
+        "x86-64": "8484680c-9521-48c6-9c11-b0720656f69e",
+    },
+    "usr-verity": {
+        "alpha": "8cce0d25-c0d0-4a44-bd87-46331bf1df67",
+        "arc": "fca0598c-d880-4591-8c16-4eda05c7347c",
+        "arm": "c215d751-7bcd-4649-be90-6627490a4c05",
+        "arm64": "6e11a4e7-fbca-4ded-b9e9-e1a512bb664e",
+        "ia64": "6a491e03-3be7-4545-8e38-83320e0ea880",
+        "loongarch64": "f46b2c26-59ae-48f0-9106-c50ed47f673d",
+        "mips": "6e5a1bc8-d223-49b7-bca8-37a5fcceb996",
+        "mips64": "81cf9d90-7458-4df4-8dcf-c8a3a404f09b",
+        "mips-le": "46b98d8d-b55c-4e8f-aab3-37fca7f80752",
+        "mips64-le": "3c3d61fe-b5f3-414d-bb71-8739a694a4ef",
+        "parisc": "5843d618-ec37-48d7-9f12-cea8e08768b2",
+        "ppc": "df765d00-270e-49e5-bc75-f47bb2118b09",
+        "ppc64": "bdb528a5-a259-475f-a87d-da53fa736a07",
+        "ppc64-le": "ee2b9983-21e8-4153-86d9-b6901a54d1ce",
+        "riscv32": "cb1ee4e3-8cd0-4136-a0a4-aa61a32e8730",
+        "riscv64": "8f1056be-9b05-47c4-81d6-be53128e5b54",
+        "s390": "b663c618-e7bc-4d6d-90aa-11b756bb1797",
+        "s390x": "31741cc4-1a2a-4111-a581-e00b447d2d06",
+        "tilegx": "2fb4bf56-07fa-42da-8132-6b139f2026ae",
+        "x86": "8f461b0d-14ee-4e81-9aa9-049b6fb97abd",
+        "x86-64": "77ff5f63-e7b6-4633-acf4-1565b864c0e6",
+    },
     "usr-verity-sig": {
-        "x86-64": "e7bb33fb-06cf-4e81-8273-e543b413e2e2",
+        "alpha": "5c6e1c76-076a-457a-a0fe-f3b4cd21ce6e",
+        "arc": "94f9a9a1-9971-427a-a400-50cb297f0f35",
+        "arm": "d7ff812f-37d1-4902-a810-d76ba57b975a",
         "arm64": "c23ce4ff-44bd-4b00-b2d4-b41b3419e02a",
+        "ia64": "8de58bc2-2a43-460d-b14e-a76e4a17b47f",
+        "loongarch64": "b024f315-d330-444c-8461-44bbde524e99",
+        "mips": "97ae158d-f216-497b-8057-f7f905770f54",
+        "mips64": "05816ce2-dd40-4ac6-a61d-37d32dc1ba7d",
+        "mips-le": "3e23ca0b-a4bc-4b4e-8087-5ab6a26aa8a9",
+        "mips64-le": "f2c2c7ee-adcc-4351-b5c6-ee9816b66e16",
+        "parisc": "450dd7d1-3224-45ec-9cf2-a43a346d71ee",
+        "ppc": "7007891d-d371-4a80-86a4-5cb875b9302e",
+        "ppc64": "0b888863-d7f8-4d9e-9766-239fce4d58af",
+        "ppc64-le": "c8bfbd1e-268e-4521-8bba-bf314c399557",
+        "riscv32": "c3836a13-3137-45ba-b583-b16c50fe5eb4",
+        "riscv64": "d2f9000a-7a18-453f-b5cd-4d32f77a7b32",
+        "s390": "17440e4f-a8d0-467f-a46e-3912ae6ef2c5",
+        "s390x": "3f324816-667b-46ae-86ee-9b0c0c6c11b4",
+        "tilegx": "4ede75e2-6ccc-4cc8-b9c7-70334b087510",
+        "x86": "974a71c0-de41-43c3-be5d-5c5ccd1ad2c0",
+        "x86-64": "e7bb33fb-06cf-4e81-8273-e543b413e2e2",
     },
 }
+# systemd's ARCHITECTURE_SECONDARY (src/basic/architecture.h): the architecture a native one also runs
+SECONDARY_ARCH = {"x86-64": "x86", "arm64": "arm"}
 BY_TYPE: dict[str, tuple[str, str]] = {t: (d, a) for d, per in TYPES.items() for a, t in per.items()}
 
 
@@ -175,6 +308,7 @@ class NewPartition:
     name: str
     data: bytes
     attributes: int = ATTR_READ_ONLY
+    size: int = 0  # at least this many bytes; what ``data`` does not fill stays a hole (sparse)
 
 
 def write(f: BinaryIO, parts: list[NewPartition], disk_uuid: str, align: int = 4096) -> Table:
@@ -184,7 +318,7 @@ def write(f: BinaryIO, parts: list[NewPartition], disk_uuid: str, align: int = 4
     lba = -(-first_usable * SECTOR // align) * align // SECTOR
     placed = []
     for i, new in enumerate(parts):
-        sectors = max(1, -(-len(new.data) // SECTOR))
+        sectors = max(1, -(-max(len(new.data), new.size) // SECTOR))
         sectors = -(-sectors * SECTOR // align) * align // SECTOR
         placed.append(Partition(i + 1, new.type_uuid, new.part_uuid, lba, lba + sectors - 1, new.attributes, new.name))
         lba += sectors

@@ -60,6 +60,7 @@ class ImageInfo:
     superblock: dict[str, verity.Superblock] = field(default_factory=dict)
     sig: dict[str, signature.SigJson] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # partitions systemd-dissect would not use, and why
     release: dict[str, release.Release | str] = field(default_factory=dict)  # str: why it is unreadable
 
     def root_hash(self, d: str) -> bytes | None:
@@ -92,6 +93,7 @@ class ImageInfo:
             "disk_uuid": self.table.disk_uuid,
             "partitions": parts,
             "problems": self.problems,
+            "ignored": self.ignored,
         }
         for d, des in self.found.items():
             rh = self.root_hash(d)
@@ -133,8 +135,65 @@ def _read(f: Any, p: gpt.Partition, n: int | None = None) -> bytes:
     return bytes(f.read(p.size if n is None else min(n, p.size)))
 
 
-def inspect(path: Path, name: str | None = None) -> ImageInfo:
-    """``name``: the file name the image is used under, when ``path`` is a temporary copy."""
+def _rank(arch: str | None, native: str) -> int:
+    """systemd's compare_arch() (src/shared/dissect-image.c, v257): native first, then the
+    secondary architecture, then any other."""
+    if arch == native:
+        return 2
+    return 1 if arch == gpt.SECONDARY_ARCH.get(native) else 0
+
+
+def _select(table: gpt.Table, native: str, problems: list[str]) -> tuple[dict[str, Designated], list[str], list[str]]:
+    """Which partitions count, as systemd-dissect 257 picks them: a partition with the no-auto flag
+    is skipped as if absent; of one designator's partitions the best architecture wins and the
+    others are not looked at (a root-x86 beside a root-x86-64). Two of the same rank are refused
+    here, where systemd would take the newer label: the second one is data nobody verified."""
+    ranked: dict[str, list[gpt.Partition]] = {}
+    ignored: list[str] = []
+    for p in table.partitions:
+        d = p.designator
+        if d is None:
+            continue
+        if p.attributes & gpt.ATTR_NO_AUTO:
+            ignored.append(f"partition {p.number} ({d}, {p.architecture}): no-auto flag, not used")
+            continue
+        ranked.setdefault(d, []).append(p)
+    chosen: dict[str, gpt.Partition] = {}
+    for d, ps in ranked.items():
+        best = max(_rank(p.architecture, native) for p in ps)
+        top = [p for p in ps if _rank(p.architecture, native) == best]
+        if len(top) > 1:
+            problems.append(f"two {d} partitions (numbers {top[0].number} and {top[1].number})")
+        chosen[d] = top[0]
+        ignored.extend(
+            f"partition {p.number} ({d}, {p.architecture}): a {d} partition for {top[0].architecture} wins"
+            for p in ps
+            if _rank(p.architecture, native) < best
+        )
+    found = {d: Designated(d, p.architecture or "?", p) for d, p in chosen.items() if d in ("root", "usr")}
+    others: list[str] = []
+    for d, p in chosen.items():
+        base = policy.DATA_OF_VERITY.get(d) or policy.DATA_OF_SIG.get(d)
+        if base is None:
+            continue
+        des = found.get(base)
+        if des is None:
+            others.append(d)
+            continue
+        if p.architecture != des.architecture:
+            problems.append(
+                f"{d} partition {p.number} is for {p.architecture}, its data partition for {des.architecture}"
+            )
+        if d in policy.DATA_OF_VERITY:
+            des.verity = p
+        else:
+            des.sig = p
+    return found, others, ignored
+
+
+def inspect(path: Path, name: str | None = None, *, architecture: str | None = None) -> ImageInfo:
+    """``name``: the file name the image is used under, when ``path`` is a temporary copy;
+    ``architecture``: the native one, which wins over others (by default this machine's)."""
     what = str(path) if name is None else f"{name} (at {path})"
     try:
         size = path.stat().st_size
@@ -143,36 +202,9 @@ def inspect(path: Path, name: str | None = None) -> ImageInfo:
         raise ParseError(f"{what}: cannot open ({exc.strerror})") from exc
     with f:
         table = gpt.read(f, size, what)
-        found: dict[str, Designated] = {}
-        others: list[str] = []
         problems: list[str] = [f"GPT: {w}" for w in table.warnings]
-        for p in table.partitions:
-            d, arch = p.designator, p.architecture
-            if d is None:
-                continue
-            if d in ("root", "usr"):
-                if d in found:
-                    problems.append(f"two {d} partitions (numbers {found[d].data.number} and {p.number})")
-                    continue
-                found[d] = Designated(d, arch or "?", p)
-        for p in table.partitions:
-            d = p.designator
-            if d in policy.DATA_OF_VERITY or d in policy.DATA_OF_SIG:
-                base = policy.DATA_OF_VERITY.get(d or "") or policy.DATA_OF_SIG[d or ""]
-                des = found.get(base)
-                if des is None:
-                    others.append(d or "?")
-                    continue
-                if p.architecture != des.architecture:
-                    problems.append(
-                        f"{d} partition {p.number} is for {p.architecture}, its data partition for {des.architecture}"
-                    )
-                slot = "verity" if d in policy.DATA_OF_VERITY else "sig"
-                if getattr(des, slot) is not None:
-                    problems.append(f"two {d} partitions")
-                    continue
-                setattr(des, slot, p)
-        info = ImageInfo(str(path), size, table, found, others, problems=problems)
+        found, others, ignored = _select(table, architecture or host_architecture(), problems)
+        info = ImageInfo(str(path), size, table, found, others, problems=problems, ignored=ignored)
         for d, des in found.items():
             info.fstype[d] = detect_fs(_read(f, des.data, 4096))
             if des.verity is not None:
@@ -233,16 +265,20 @@ def validate(
 ) -> Validation:
     """Check one image: structure, verity tree and root hash, signature, the policy, and its
     extension-release (against ``os_release``, the host's, when given)."""
+    arch = architecture or host_architecture()
     try:
-        info = inspect(path, name)
+        info = inspect(path, name, architecture=arch)
     except ParseError as exc:
         return Validation(name or str(path), False, [str(exc)], [])
     reasons = list(p for p in info.problems if not p.startswith("GPT: backup"))
-    arch = architecture or host_architecture()
+    reasons.extend(_structure(info, pol))
     observed: dict[str, policy.Observed] = {}
     signer = None
     root_hex = None
     for d, des in info.found.items():
+        if pol.ignores(d):  # dropped by systemd-dissect before it looks: "unused" in the decisions
+            observed[d] = policy.Observed(d, policy.Protection.UNPROTECTED, read_only=True, growfs=False)
+            continue
         if des.architecture != arch:
             reasons.append(f"{d} partition is for {des.architecture}, this machine is {arch}")
         best = policy.Protection.UNPROTECTED
@@ -290,6 +326,35 @@ def validate(
     return Validation(name or str(path), not reasons, reasons, decisions, signer, root_hex, used[0] if used else None)
 
 
+def _structure(info: ImageInfo, pol: policy.ImagePolicy) -> list[str]:
+    """The partition table rules systemd-dissect 257 refuses an image on whatever the policy allows
+    (its -EADDRNOTAVAIL/-ENOTUNIQ in dissect_image(), src/shared/dissect-image.c), after it has
+    dropped the partitions the policy ignores. Each found with crafted images against
+    systemd-dissect --validate (tests/test_interop.py)."""
+    out = []
+    for d in info.others:
+        if not pol.ignores(d):
+            base = policy.DATA_OF_VERITY.get(d) or policy.DATA_OF_SIG[d]
+            out.append(f"a {d} partition without a {base} partition (systemd-dissect refuses the image)")
+    for d, des in info.found.items():
+        if des.sig is not None and des.verity is None and not pol.ignores(policy.SIG_OF[d]):
+            out.append(f"a {d}-verity-sig partition without a {d}-verity partition (systemd-dissect refuses the image)")
+    root, usr = info.found.get("root"), info.found.get("usr")
+    if (
+        root is not None
+        and root.verity is not None
+        and not pol.ignores("root-verity")
+        and usr is not None
+        and not pol.ignores("usr")
+    ):
+        # a usr partition (of any architecture, with or without its own verity) beside a verity root
+        out.append(
+            f"a usr partition ({usr.architecture}, number {usr.data.number}) beside the verity-protected root "
+            "(systemd-dissect refuses the image)"
+        )
+    return out
+
+
 def _verify_with_offset(
     path: Path,
     des: Designated,
@@ -301,7 +366,7 @@ def _verify_with_offset(
     assert des.verity is not None
     fd = os.open(path, os.O_RDONLY)
     try:
-        hash_area = os.pread(fd, des.verity.size, des.verity.offset)
+        hash_area = verity.HashArea(fd, des.verity.offset, des.verity.size)  # read as needed, not whole
         total = sb.data_blocks * sb.data_block_size
         step = None
         if progress is not None:

@@ -125,6 +125,13 @@ class ImagePolicy:
         got = self.get(designator)
         return got if got is not None else _normalize(designator, self.default)
 
+    def ignores(self, designator: str) -> bool:
+        """systemd-dissect drops a partition whose rule allows nothing but ``unused`` (and ``absent``)
+        before it judges the partition table ("policy dictates to ignore it" in its debug log):
+        ``usr=unused`` or an unlisted designator under the ``ignore`` default; ``usr=absent`` is not
+        ignoring, it refuses. Checked against systemd-dissect --validate 257 (tests/test_interop.py)."""
+        return self.flags(designator) & USE - {Flag.ABSENT} == {Flag.UNUSED}
+
     def __str__(self) -> str:
         def fmt(flags: frozenset[Flag]) -> str:
             if not flags:

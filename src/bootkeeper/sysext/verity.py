@@ -7,19 +7,23 @@ block, level i+1 the hash of every block of level i, each level padded to whole 
 zeros; the levels are laid out top level first (as cryptsetup's ``hash_levels()`` places them).
 A hash is ``H(salt || block)`` for format 1. The root hash is the hash of the top level's block.
 
-Leaf hashing runs on several threads: hashlib releases the GIL for buffers this size.
+Leaf hashing runs on several threads, or forked worker processes for large data (which die with
+their parent: :func:`worker_init`). Verification reads the hash area from the file as it goes, each
+block once: memory stays bounded whatever the size of the partition.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import struct
 import uuid as uuid_mod
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from bootkeeper.errors import ParseError
 
@@ -173,45 +177,78 @@ def _hash_range(fd: int, start: int, n: int, alg: str, salt: bytes, block_size: 
     return b"".join(out)
 
 
-def _leaf_digests(fd: int, base: int, sb: Superblock, threads: int, progress: Callable[[int], None] | None) -> bytes:
-    """The hash of every data block. Large inputs are split across worker processes: per-block
-    hashing of 4 KiB buffers holds the GIL too often for threads to scale."""
+def worker_init() -> None:
+    """Initializer of every forked worker process: die with the parent. A worker orphaned by a
+    kill -9 of its parent would go on hashing (and holding the image open) for nobody;
+    PR_SET_PDEATHSIG(SIGKILL) has the kernel kill it when its parent thread exits. The parent may
+    already be gone by the time this runs (the signal is then never sent): check getppid()."""
+    import ctypes
+    import signal
+
+    ppid = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1 (linux/prctl.h)
+    except (OSError, AttributeError):
+        return  # not Linux: nothing to ask the kernel for
+    if os.getppid() != ppid:
+        os._exit(1)
+
+
+_WINDOW = 2  # tasks in flight per worker: results wait in memory only this long
+
+
+def _leaf_parts(
+    fd: int, base: int, sb: Superblock, threads: int, progress: Callable[[int], None] | None
+) -> Generator[bytes, None, None]:
+    """The hash of every data block, in order, a part at a time (never all at once). Large inputs
+    are split across worker processes: per-block hashing of 4 KiB buffers holds the GIL too often
+    for threads to scale."""
     total = sb.data_blocks * sb.data_block_size
-    digest_size = hashlib.new(sb.algorithm).digest_size
     workers = max(1, threads)
     if workers > 1 and total >= _PROCESS_THRESHOLD:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import Executor, ProcessPoolExecutor
 
-        step = _PROCESS_SLICE
-        offsets = list(range(0, total, step))
         ctx = multiprocessing.get_context("fork")
-        out = bytearray()
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(
-                    _hash_range, fd, base + off, min(step, total - off), sb.algorithm, sb.salt, sb.data_block_size
-                )
-                for off in offsets
-            ]
-            for fut in futures:
+        pool: Executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker_init)
+        step, chunk = _PROCESS_SLICE, _PROCESS_SLICE
+
+        def submit(off: int) -> Future[bytes]:
+            return pool.submit(
+                _hash_range, fd, base + off, min(step, total - off), sb.algorithm, sb.salt, sb.data_block_size
+            )
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        step = chunk = _CHUNK_BLOCKS * sb.data_block_size
+
+        def submit(off: int) -> Future[bytes]:
+            return pool.submit(
+                _hash_range, fd, base + off, min(chunk, total - off), sb.algorithm, sb.salt, sb.data_block_size
+            )
+
+    with pool:
+        offsets = iter(range(0, total, step))
+        pending: deque[tuple[int, Future[bytes]]] = deque()
+        try:
+            for off in itertools.islice(offsets, workers * _WINDOW):
+                pending.append((off, submit(off)))
+            while pending:
+                off, fut = pending.popleft()
                 part = fut.result()
-                out += part
+                nxt = next(offsets, None)
+                if nxt is not None:
+                    pending.append((nxt, submit(nxt)))
                 if progress:
-                    progress(len(part) // digest_size * sb.data_block_size)
-        return bytes(out)
-    chunk = _CHUNK_BLOCKS * sb.data_block_size
+                    progress(min(step, total - off))
+                yield part
+        finally:
+            for _, fut in pending:
+                fut.cancel()
 
-    def task(off: int) -> bytes:
-        return _hash_range(fd, base + off, min(chunk, total - off), sb.algorithm, sb.salt, sb.data_block_size)
 
-    out2 = bytearray()
-    with ThreadPoolExecutor(max_workers=workers) as tpool:
-        for part in tpool.map(task, range(0, total, chunk)):
-            out2 += part
-            if progress:
-                progress(len(part) // digest_size * sb.data_block_size)
-    return bytes(out2)
+def _leaf_digests(fd: int, base: int, sb: Superblock, threads: int, progress: Callable[[int], None] | None) -> bytes:
+    return b"".join(_leaf_parts(fd, base, sb, threads, progress))
 
 
 def build(
@@ -266,6 +303,108 @@ class VerifyResult:
     reason: str | None = None
 
 
+class HashSource(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    def read(self, off: int, n: int) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class HashArea:
+    """A hash area (superblock first) of ``size`` bytes at ``offset`` of ``fd``: read as needed,
+    never whole (a crafted image may declare a verity partition of any size)."""
+
+    fd: int
+    offset: int
+    size: int
+
+    def read(self, off: int, n: int) -> bytes:
+        n = max(0, min(n, self.size - off))
+        return os.pread(self.fd, n, self.offset + off) if n else b""
+
+
+@dataclass(frozen=True)
+class _Bytes:
+    raw: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    def read(self, off: int, n: int) -> bytes:
+        return self.raw[off : off + n]
+
+
+class _Mismatch(Exception):
+    pass
+
+
+_READ_BLOCKS = 256  # hash blocks read at a time while a level is checked
+
+
+def _check_level(
+    area: HashSource,
+    start: int,
+    nblocks: int,
+    upper: bytes,
+    sb: Superblock,
+    slot: int,
+    mismatch: str,
+    keep: bool,
+    leaves: Iterator[bytes] | None = None,
+) -> bytes:
+    """Read one level (``nblocks`` hash blocks at byte ``start`` of the area) once, in order, and
+    check each block's hash against its entry in ``upper``, the level above, already checked. With
+    ``leaves`` (the hashes of the data blocks, in order) also check each entry against the data.
+    Returns the level if ``keep`` (the levels above the leaves are small), else b""."""
+    hbs = sb.hash_block_size
+    copy = hashlib.new(sb.algorithm, sb.salt).copy
+    pad = b"\0" * (slot - copy().digest_size)
+    kept: list[bytes] = []
+    pending = b""  # leaf hashes not yet compared
+    entry = 0  # next data block to compare
+    for first in range(0, nblocks, _READ_BLOCKS):
+        n = min(_READ_BLOCKS, nblocks - first)
+        raw = area.read(start + first * hbs, n * hbs)
+        if len(raw) < n * hbs:
+            raise _Mismatch("hash area ends inside the tree")
+        mv = memoryview(raw)
+        for k in range(n):
+            h = copy()
+            h.update(mv[k * hbs : (k + 1) * hbs])
+            at = (first + k) * slot
+            if upper[at : at + slot] != h.digest() + pad:
+                raise _Mismatch(mismatch)
+        if keep:
+            kept.append(raw)
+        if leaves is None:
+            continue
+        # the leaf hashes of the data blocks this read covers
+        end_entry = min(sb.data_blocks, (first + n) * hbs // slot)
+        while len(pending) < (end_entry - entry) * (slot - len(pad)):
+            part = next(leaves, None)
+            if part is None:
+                break
+            pending += part
+        ds = slot - len(pad)
+        for b in range(entry, end_entry):
+            got = pending[(b - entry) * ds : (b - entry + 1) * ds]
+            at = b * slot - first * hbs
+            if got + pad != raw[at : at + slot]:
+                raise _Mismatch(f"data block {b} (byte {b * sb.data_block_size}) does not match its hash")
+        pending = pending[(end_entry - entry) * ds :]
+        entry = end_entry
+        # entries past the last data block are padding: zero
+        if end_entry == sb.data_blocks:
+            tail = raw[end_entry * slot - first * hbs :]
+            if tail.strip(b"\0"):
+                raise _Mismatch(mismatch)
+    if upper[nblocks * slot :].strip(b"\0"):
+        raise _Mismatch(mismatch)
+    return b"".join(kept)
+
+
 def verify(
     data: BinaryIO, hash_area: bytes, root_hash: bytes, *, full: bool = True, threads: int | None = None
 ) -> VerifyResult:
@@ -280,7 +419,7 @@ def verify_at(
     fd: int,
     base: int,
     size: int,
-    hash_area: bytes,
+    hash_area: bytes | HashSource,
     root_hash: bytes,
     *,
     full: bool = True,
@@ -288,8 +427,10 @@ def verify_at(
     progress: Callable[[int], None] | None = None,
 ) -> VerifyResult:
     """Like :func:`verify` for data that starts at byte ``base`` of ``fd`` and spans ``size`` bytes;
-    ``progress(n)`` is called as data bytes are hashed (``full`` only)."""
-    sb = Superblock.unpack(hash_area[:SB_SIZE])
+    ``hash_area`` is the bytes or a :class:`HashArea`, read level by level (each block once, so
+    what is checked is what was read); ``progress(n)`` is called as data bytes are hashed (``full`` only)."""
+    area: HashSource = _Bytes(hash_area) if isinstance(hash_area, bytes) else hash_area
+    sb = Superblock.unpack(area.read(0, SB_SIZE))
     digest_size = hashlib.new(sb.algorithm).digest_size
     if len(root_hash) != digest_size:
         return VerifyResult(False, f"root hash is {len(root_hash)} bytes, {sb.algorithm} gives {digest_size}")
@@ -301,29 +442,39 @@ def verify_at(
         )
     lv = levels(sb.data_blocks, sb.hash_block_size, digest_size)
     hbs = sb.hash_block_size
-    tree = hash_area[hbs : hbs + lv.total_blocks * hbs]
-    if len(tree) < lv.total_blocks * hbs:
-        return VerifyResult(False, f"hash area holds {len(tree)} bytes of tree, {lv.total_blocks} blocks needed")
+    have = max(0, min(area.size - hbs, lv.total_blocks * hbs))
+    if have < lv.total_blocks * hbs:
+        return VerifyResult(False, f"hash area holds {have} bytes of tree, {lv.total_blocks} blocks needed")
     if not lv.sizes:
         top = os.pread(fd, sb.data_block_size, base)
         ok = _hash_blocks(sb.algorithm, sb.salt, top, sb.data_block_size) == root_hash
         return VerifyResult(ok, None if ok else "root hash does not match the data")
-    top = tree[lv.offsets[-1] * hbs : (lv.offsets[-1] + 1) * hbs]
-    if _hash_blocks(sb.algorithm, sb.salt, top, hbs) != root_hash:
-        return VerifyResult(False, "root hash does not match the top of the hash tree")
-    for i in range(len(lv.sizes) - 1, 0, -1):
-        upper = tree[lv.offsets[i] * hbs : (lv.offsets[i] + lv.sizes[i]) * hbs]
-        lower = tree[lv.offsets[i - 1] * hbs : (lv.offsets[i - 1] + lv.sizes[i - 1]) * hbs]
-        expect = _pack_level(_hash_blocks(sb.algorithm, sb.salt, lower, hbs), digest_size, hbs)
-        if expect != upper:
-            return VerifyResult(False, f"hash tree level {i - 1} does not match level {i}")
-    if not full:
-        return VerifyResult(True)
-    leaves = _pack_level(_leaf_digests(fd, base, sb, threads or (os.cpu_count() or 1), progress), digest_size, hbs)
-    stored = tree[lv.offsets[0] * hbs : (lv.offsets[0] + lv.sizes[0]) * hbs]
-    if leaves != stored:
-        slot = _digest_slot(digest_size)
-        for b in range(sb.data_blocks):
-            if leaves[b * slot : (b + 1) * slot] != stored[b * slot : (b + 1) * slot]:
-                return VerifyResult(False, f"data block {b} (byte {b * sb.data_block_size}) does not match its hash")
+    slot = _digest_slot(digest_size)
+    # the top level is one block; its hash is the root hash: checked like an entry of a level above
+    upper = root_hash + b"\0" * (slot - digest_size)
+    leaves = _leaf_parts(fd, base, sb, threads or (os.cpu_count() or 1), progress) if full else None
+    try:
+        for i in range(len(lv.sizes) - 1, -1, -1):
+            is_top = i == len(lv.sizes) - 1
+            what = (
+                "root hash does not match the top of the hash tree"
+                if is_top
+                else f"hash tree level {i} does not match level {i + 1}"
+            )
+            upper = _check_level(
+                area,
+                hbs + lv.offsets[i] * hbs,
+                lv.sizes[i],
+                upper,
+                sb,
+                slot,
+                what,
+                keep=i > 0,
+                leaves=leaves if i == 0 else None,
+            )
+    except _Mismatch as exc:
+        return VerifyResult(False, str(exc))
+    finally:
+        if leaves is not None:
+            leaves.close()  # stops the workers at a mismatch
     return VerifyResult(True)
