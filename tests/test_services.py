@@ -398,3 +398,19 @@ def test_rendered_cloud_config_files_pass_systemd_analyze_verify(tmp_path: Path)
     dropin.write_text(dropin.read_text().replace("FailureAction=", "FailureActionn="))
     p = subprocess.run([tool, "verify", "--man=no", "k3s.service"], capture_output=True, text=True, env=env)
     assert "FailureActionn" in p.stderr
+
+
+def test_install_units_and_enroll_record_the_tries_the_generator_needs(tmp_path: Path) -> None:
+    """With tries: 5, +0-5 is the last try (a reboot falls back) and +0-6 a boot with none left: the
+    generator can only tell them apart if the record carries boot_assessment.tries."""
+    root = node(tmp_path / "root", CONFIG.replace("boot_assessment:\n", "boot_assessment:\n  tries: 5\n", 1))
+    assert json.loads((root / "etc/bootkeeper/services.json").read_text())["tries"] == 5
+    boot_as(root, "active", counting=ENTRIES + "active+0-5.conf")
+    files, log = generate(root, tmp_path / "gen")
+    assert list(files) == ["normal/k3s.service.d/50-bootkeeper-failure-action.conf"], log
+    boot_as(root, "active", counting=ENTRIES + "active+0-6.conf")
+    assert generate(root, tmp_path / "gen")[0] == {}
+    # service enroll records the config's tries too (here after the config changed to 2)
+    (root / "oem/90.yaml").write_text("boot_assessment:\n  tries: 2\n")
+    assert bk("service", "enroll", "health", "--root", str(root)).returncode == 0
+    assert json.loads((root / "etc/bootkeeper/services.json").read_text())["tries"] == 2

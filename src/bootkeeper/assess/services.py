@@ -88,11 +88,27 @@ def read_record(root: Path) -> dict[str, RebootOnFailure]:
         services = generator.load_config(str(root))
     except generator.GeneratorError as exc:
         raise ParseError(str(exc)) from None
+    except RecursionError:  # json.loads() nested deeper than the stack, if load_config() lets it through
+        raise ParseError(f"{root / RECORD}: not JSON (nested too deeply)") from None
     return {u: RebootOnFailure(p) for u, p in services.items()}
 
 
-def _write_record(root: Path, services: dict[str, RebootOnFailure]) -> None:
-    doc = {"version": 1, "services": {u: services[u].value for u in sorted(services)}}
+def _recorded_tries(root: Path) -> int:
+    """The tries recorded for the generator's reboot rule (generator.failure_reboots)."""
+    try:
+        return generator._load(str(root))[1]
+    except (generator.GeneratorError, RecursionError):
+        return generator.DEFAULT_TRIES
+
+
+def _write_record(root: Path, services: dict[str, RebootOnFailure], tries: int | None = None) -> None:
+    # "tries" is boot_assessment.tries: the generator needs it to tell the last try (reboot: passive
+    # boots next) from a boot with no tries left (no reboot: it would boot the same entry forever).
+    doc: dict[str, object] = {
+        "version": 1,
+        "tries": tries if tries is not None else _recorded_tries(root),
+        "services": {u: services[u].value for u in sorted(services)},
+    }
     path = root / RECORD
     path.parent.mkdir(parents=True, exist_ok=True)
     fsutil.write_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
@@ -112,8 +128,9 @@ def find_unit(root: Path, name: str) -> str | None:
     return None
 
 
-def enroll(root: Path, specs: list[ServiceSpec]) -> list[str]:
-    """Enrol (or re-enrol with a new policy) each service; returns what was done."""
+def enroll(root: Path, specs: list[ServiceSpec], tries: int | None = None) -> list[str]:
+    """Enrol (or re-enrol with a new policy) each service; returns what was done. ``tries``
+    (``boot_assessment.tries``) is recorded for the generator; None keeps what is recorded."""
     base = root / UNIT_DIR
     names = [unit_name(s.name, "service") for s in specs]
     actions: list[str] = []
@@ -134,7 +151,7 @@ def enroll(root: Path, specs: list[ServiceSpec]) -> list[str]:
             fsutil.symlink_atomic(base / REQUIRES / name, target)
             actions.append(f"linked {base / REQUIRES / name} -> {target}")
             record[name] = spec.reboot_on_failure
-        _write_record(root, record)
+        _write_record(root, record, tries)
         actions.append(f"recorded {', '.join(names)} in {root / RECORD}")
     except OSError as exc:
         raise StoreIOError(f"{base}: cannot enrol ({exc.strerror or exc})") from exc

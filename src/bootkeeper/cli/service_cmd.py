@@ -56,7 +56,9 @@ def enroll(
     """Enrol NAMES (default: boot_assessment.services from the config) under ROOT/etc."""
     from bootkeeper.assess import services
 
-    actions = services.enroll(root, service_specs(names, reboot_on_failure, config_files, root))
+    # the tries arm gives active, recorded for the generator's reboot rule
+    tries = load_config(config_files, root).boot_assessment.tries
+    actions = services.enroll(root, service_specs(names, reboot_on_failure, config_files, root), tries)
     if as_json:
         print_json({"actions": actions})
     else:

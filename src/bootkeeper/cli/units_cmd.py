@@ -40,7 +40,11 @@ def install_units(
     else:
         argv = [sys.executable, "-m", "bootkeeper"]
     written = units.install(root, units.render(cfg, argv, python or sys.executable), enable)
-    enrolled = services.enroll(root, list(cfg.boot_assessment.services)) if cfg.boot_assessment.services else []
+    enrolled = (
+        services.enroll(root, list(cfg.boot_assessment.services), cfg.boot_assessment.tries)
+        if cfg.boot_assessment.services
+        else []
+    )
     if as_json:
         print_json({"written": written, "command": argv, "services": enrolled})
         return
