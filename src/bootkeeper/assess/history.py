@@ -15,6 +15,7 @@ bounded: past :data:`LIMIT` bytes it is rewritten (temporary file, fsync, rename
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,18 @@ from bootkeeper.esp.store import Snapshot
 HISTORY = "var/lib/bootkeeper/boots.jsonl"
 LIMIT = 256 * 1024
 KEEP = 200
+# Times are POSIX seconds that time.gmtime() can show: 1970 to the end of year 9999. A line with
+# any other time is as torn as one that is not JSON (a 400-digit number overflows float()).
+LATEST = 253402300799.0
+
+
+def _time(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("time is not a number")
+    t = float(value)
+    if not (math.isfinite(t) and 0 <= t <= LATEST):
+        raise ValueError(f"time {str(value)[:40]!r} is not between 1970 and 9999")
+    return t
 
 
 @dataclass
@@ -95,7 +108,7 @@ def parse(text: str, source: str) -> tuple[list[Boot], list[str]]:
             continue
         try:
             rec = json.loads(line)
-            kind, boot_id, t = rec["type"], rec["boot_id"], float(rec["time"])
+            kind, boot_id, t = rec["type"], rec["boot_id"], _time(rec["time"])
             if not isinstance(boot_id, str):
                 raise TypeError("boot_id")
             if kind == "boot":
@@ -111,8 +124,9 @@ def parse(text: str, source: str) -> tuple[list[Boot], list[str]]:
             elif kind == "verdict" and boot_id in boots:
                 boots[boot_id].verdict = str(rec["verdict"])
                 boots[boot_id].verdict_time = t
-        except (ValueError, KeyError, TypeError) as exc:
-            warnings.append(f"{source}:{n}: skipped a malformed line ({type(exc).__name__}: {exc})")
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser's stack; OverflowError: float()
+            warnings.append(f"{source}:{n}: skipped a malformed line ({type(exc).__name__}: {str(exc)[:120]})")
     return list(boots.values()), warnings
 
 

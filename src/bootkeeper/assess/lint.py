@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from bootkeeper.assess import cloudconfig, generator
 from bootkeeper.assess.chain import default_can_pin
+from bootkeeper.assess.nodestatus import Temporary
 from bootkeeper.config import BootAssessment
 from bootkeeper.errors import ParseError
 from bootkeeper.esp.entries import TYPE1_DIR, EntryKind, LoaderType, Role
@@ -258,6 +260,11 @@ def lint_cloud_config(text: str, file: str) -> list[Finding]:
         m = re.match(rf"{re.escape(file)}:(\d+): (.*)", str(exc))
         line, msg = (int(m.group(1)), m.group(2)) if m else (None, str(exc))
         return [Finding("BK100", Severity.ERROR, file, line, msg, "fix the YAML (indentation, quotes)")]
+    except RecursionError:  # yaml.compose() recurses once per level of nesting
+        msg = "not YAML lint can read: lists or mappings nested too deeply"
+        return [
+            Finding("BK100", Severity.ERROR, file, None, msg, "flatten the nesting (cloud-config needs a few levels)")
+        ]
     out = [Finding("BK100", Severity.WARNING, file, ln, msg, "fix the step") for ln, msg in cfg.problems]
     enabled = cloudconfig.enabled_units(cfg)
     required_links = {w.path.rsplit("/", 1)[-1] for s in cfg.steps for w in s.files if ".requires/" in w.path}
@@ -339,7 +346,13 @@ def lint_text(text: str, file: str) -> list[Finding]:
 # --- the ESP ----------------------------------------------------------------------------------------
 
 
-def lint_esp(snap: Snapshot, esp: str, cfg: BootAssessment, entry_default: str | None = None) -> list[Finding]:
+def lint_esp(
+    snap: Snapshot,
+    esp: str,
+    cfg: BootAssessment,
+    entry_default: str | None = None,
+    temporaries: Sequence[Temporary] = (),
+) -> list[Finding]:
     out: list[Finding] = []
     listed = [e for e in snap.entries if e.listed]
     for e in listed:
@@ -415,4 +428,16 @@ def lint_esp(snap: Snapshot, esp: str, cfg: BootAssessment, entry_default: str |
                     f"install the {role.value} UKI and an entry for it",
                 )
             )
+    for t in temporaries:
+        out.append(
+            Finding(
+                "BK206",
+                Severity.WARNING,
+                f"{esp}/{t.path}",
+                None,
+                f"a temporary left by an interrupted bootkeeper run (kill -9 or a power cut), {t.size} bytes: "
+                f"no boot loader reads it, but it takes space on the ESP and later installs can be refused for it",
+                "any bootkeeper write verb (bless, arm, rotate, sysext install or remove) removes it, or delete it",
+            )
+        )
     return out

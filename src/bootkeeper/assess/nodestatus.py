@@ -7,10 +7,13 @@ rendered as text by :func:`render` (also the motd) or printed as JSON.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bootkeeper import fsutil
 from bootkeeper.assess import history
 from bootkeeper.errors import BootkeeperError
 from bootkeeper.esp.entries import Role
@@ -41,6 +44,33 @@ def systemctl_states(units: list[str]) -> dict[str, dict[str, str]]:
         return {}
     proc = run(["systemctl", "show", f"--property={','.join(SHOW_PROPERTIES)}", "--", *units], timeout=10)
     return parse_systemctl_show(proc.stdout)
+
+
+@dataclass(frozen=True)
+class Temporary:
+    """A ``.bootkeeper-*.tmp`` on the ESP: what a killed write left (neither systemd-boot nor
+    systemd-stub loads it, but it holds its space until a write verb clears it)."""
+
+    path: str  # relative to the ESP
+    size: int
+
+
+def stale_temporaries(esp: Path) -> tuple[Temporary, ...]:
+    """Every temporary anywhere on the ESP (links not followed). Read-only: only a write verb, under
+    the ESP lock, can tell a stale temporary from one a run in progress is writing."""
+    found: list[Temporary] = []
+    for folder, dirs, files in os.walk(esp, onerror=lambda _exc: None):
+        dirs.sort()
+        for name in sorted(files):
+            if not fsutil.is_temporary(name):
+                continue
+            p = Path(folder) / name
+            try:
+                st = p.lstat()
+            except OSError:
+                continue  # gone meanwhile
+            found.append(Temporary(p.relative_to(esp).as_posix(), st.st_size))
+    return tuple(found)
 
 
 def _service_verdict(props: dict[str, str] | None) -> str:
@@ -76,8 +106,8 @@ def _extensions(root: Path, store: EspStore, snap: Snapshot) -> dict[str, Any]:
             active.append({k: img.get(k) for k in ("name", "verdict", "placed", "signer")})
     except FileNotFoundError:
         mode = None
-    except (OSError, ValueError, AttributeError, TypeError) as exc:
-        mode, report_error = None, f"run/bootkeeper/sysext.json: {exc}"
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:
+        mode, report_error = None, f"run/bootkeeper/sysext.json: {type(exc).__name__}: {str(exc)[:120]}"
     return {"installed": installed, "activation": active, "mode": mode, "error": report_error}
 
 

@@ -19,9 +19,11 @@ from bootkeeper.cli.common import (
     version_option,
 )
 
+TEMPORARY_WHY = "a temporary left by an interrupted bootkeeper run: any bootkeeper write verb removes it"
+
 
 def _view(esp: Path, efivars: Path, sdboot_version: int | None, snap: Any = None) -> dict[str, Any]:
-    from bootkeeper.assess import bootloader
+    from bootkeeper.assess import bootloader, nodestatus
     from bootkeeper.esp import entries as entries_mod
     from bootkeeper.esp.efivars import LoaderVars
     from bootkeeper.esp.store import EspStore
@@ -60,7 +62,11 @@ def _view(esp: Path, efivars: Path, sdboot_version: int | None, snap: Any = None
         },
         "next": choice.as_json() if choice else None,
         "entries": rows,
-        "unlisted": [{"path": e.path, "why": e.why_unlisted} for e in snap.entries if not e.listed],
+        "unlisted": [{"path": e.path, "why": e.why_unlisted} for e in snap.entries if not e.listed]
+        + [
+            {"path": t.path, "why": f"{TEMPORARY_WHY} ({t.size} bytes)", "size": t.size}
+            for t in nodestatus.stale_temporaries(esp)
+        ],
         "problems": list(snap.problems),
     }
 

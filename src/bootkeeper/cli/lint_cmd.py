@@ -59,12 +59,14 @@ def lint(
             continue
         findings += lint_mod.lint_text(text, str(path))
     if esp is not None:
+        from bootkeeper.assess.nodestatus import stale_temporaries
         from bootkeeper.esp.efivars import LoaderVars
         from bootkeeper.esp.store import EspStore
 
         cfg = load_config(config_files).boot_assessment
         snap = EspStore(esp).snapshot(sdboot_version)
-        findings += lint_mod.lint_esp(snap, str(esp), cfg, LoaderVars.read(efivars).entry_default)
+        entry_default = LoaderVars.read(efivars).entry_default
+        findings += lint_mod.lint_esp(snap, str(esp), cfg, entry_default, stale_temporaries(esp))
     errors = sum(f.severity is lint_mod.Severity.ERROR for f in findings)
     if as_json:
         print_json({"findings": [f.as_json() for f in findings], "errors": errors})

@@ -32,11 +32,21 @@ class EntryState(StrEnum):
 _DIGITS = re.compile(r"[0-9]+")
 
 
+# UINT64_MAX has 20 decimal digits. Leading zeros do not count: parse_number16() multiplies its way
+# through them without overflowing, so "+0003" is 3.
+_MAX_SIGNIFICANT_DIGITS = len(str(UINT64_MAX))
+
+
 def _parse_number(s: str, pos: int) -> tuple[int, int] | None:
     m = _DIGITS.match(s, pos)
     if m is None:
         return None
-    value = int(m.group(0))
+    digits = m.group(0).lstrip("0") or "0"
+    # Checked before int(): beyond 4300 digits int() raises ValueError (CPython's limit on
+    # str-to-int conversion), and a counter that long overflows anyway.
+    if len(digits) > _MAX_SIGNIFICANT_DIGITS:
+        return None
+    value = int(digits)
     if value > UINT64_MAX:  # parse_number16() fails on overflow
         return None
     return value, m.end()

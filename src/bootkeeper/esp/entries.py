@@ -243,6 +243,21 @@ def parse_type1(
     )
 
 
+def unread_type1(file_name: str, why: str) -> Entry:
+    """A ``.conf`` that was not read (larger than an entry file may be, or unreadable): a finding
+    about that file, listed under ``unlisted`` and ``problems``; the other entries still count.
+    Whether systemd-boot would show it is not modelled: bootkeeper does not parse what it did not read."""
+    return Entry(
+        path=f"{TYPE1_DIR}/{file_name}",
+        kind=EntryKind.TYPE1,
+        name=counter_mod.parse(file_name, ".conf"),
+        loader_type=LoaderType.UNDEFINED,
+        listed=False,
+        why_unlisted=f"not read: {why}",
+        problems=(f"not read: {why}",),
+    )
+
+
 def parse_osrel(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in split_lines(text, "="):
