@@ -30,3 +30,5 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cache build src/*.egg-info
+
+include fuzz.mk  # make fuzz: atheris targets, bounded in time; not part of make test

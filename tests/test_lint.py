@@ -233,3 +233,36 @@ def test_condition_evaluation_never_raises(cond: str) -> None:
     for role in Role:
         value, _ = lint.evaluate(cond, role)
         assert value in (True, False, None)
+
+
+COUNT_CASES = ["active+2-1.conf", "active+1-2.conf", "active+0-3.conf", "active+0-4.conf", "active+0-9.efi"]
+
+
+@pytest.mark.parametrize("tries", [2, 3])
+@pytest.mark.parametrize("booted", COUNT_CASES)
+def test_rendered_active_condition_is_the_generators_rule(tmp_path: Path, booted: str, tries: int) -> None:
+    """The rendered if: run by the real sh on a real efivarfs-format file (4 attribute bytes, UTF-16LE,
+    NUL): it writes FailureAction exactly when generator.failure_reboots() would (no reboot loop on
+    an entry booted with no tries left)."""
+    import subprocess
+
+    import yaml
+
+    from bootkeeper.assess import cloudconfig, generator
+
+    cfg = tmp_path / "oem/90.yaml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text(f"boot_assessment:\n  tries: {tries}\n")
+    r = bk("cloud-config", "render", "k3s", "--reboot-on-failure", "active", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    cond = yaml.safe_load(r.stdout)["stages"]["initramfs"][1]["if"]
+    var = tmp_path / "LoaderBootCountPath"
+    value = "\\loader\\entries\\" + booted
+    var.write_bytes(b"\x06\0\0\0" + (value + "\0").encode("utf-16-le"))
+    mode = tmp_path / "active_mode"
+    mode.touch()
+    cond = cond.replace(cloudconfig.COUNT_PATH, str(var)).replace("/run/cos/active_mode", str(mode))
+    ran = subprocess.run(["sh", "-c", cond], check=False).returncode == 0
+    assert ran == generator.failure_reboots(value, None, tries)[0]
+    var.unlink()  # not counting: never
+    assert subprocess.run(["sh", "-c", cond], check=False).returncode != 0

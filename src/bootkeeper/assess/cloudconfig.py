@@ -6,7 +6,8 @@ cloud-config alone:
 * ``stages: initramfs:`` a step per service writing the assessment drop-in to
   ``/etc/systemd/system/<unit>.d/`` (on every entry: a boot is good only when the service starts);
 * for ``reboot_on_failure: active``, a step guarded by ``if: '[ -f "/run/cos/active_mode" ] && [ -e
-  LoaderBootCountPath ]'`` writing ``FailureAction=reboot`` to **/run**/systemd/system: the condition the
+  LoaderBootCountPath ] && <a try was left>'`` (:func:`active_if`) writing ``FailureAction=reboot`` to
+  **/run**/systemd/system: the condition the
   right way round (seed 000/001 tests ``! -f``, which runs everywhere *except* active), and a file that
   is gone at the next boot, so a passive boot never inherits it from a persistent /etc;
 * one ``systemctl: enabled:`` step, which creates the ``boot-complete.target.requires`` links.
@@ -25,9 +26,19 @@ from bootkeeper.assess import generator, services
 from bootkeeper.config import RebootOnFailure, ServiceSpec
 from bootkeeper.errors import ParseError
 
-ACTIVE_IF = (
-    f'[ -f "/run/cos/active_mode" ] && [ -e "/{generator.EFIVARS}/LoaderBootCountPath-{generator.LOADER_GUID}" ]'
-)
+COUNT_PATH = f"/{generator.EFIVARS}/LoaderBootCountPath-{generator.LOADER_GUID}"
+
+
+def active_if(tries: int = generator.DEFAULT_TRIES) -> str:
+    """The shell condition of the FailureAction step: active, counting, and a try left when
+    systemd-boot picked it — generator.failure_reboots()'s rule without the 252-only refinement:
+    ``+L-D`` with L > 0, or ``+0-D`` with D ≤ ``tries`` (the last try; above it the entry was booted
+    with none left, and a reboot would boot it again forever). The efivarfs file is 4 attribute
+    bytes and UTF-16LE text: dropping the NULs leaves the name. No ``||``, so lint's evaluation of
+    the mode test stays exact."""
+    done = f'D=$(tr -d "\\000" < "{COUNT_PATH}" | sed -n "s/.*+0-\\([0-9]*\\)\\.[A-Za-z]*$/\\1/p")'
+    return f'[ -f "/run/cos/active_mode" ] && [ -e "{COUNT_PATH}" ] && {done} && [ "${{D:-0}}" -le {int(tries)} ]'
+
 
 ACTIVE_TEXT = "# bootkeeper: this boot is the active entry, still being assessed.\n[Unit]\nFailureAction=reboot\n"
 
@@ -47,8 +58,9 @@ def _file(path: str, content: str) -> str:
     )
 
 
-def render(specs: list[ServiceSpec]) -> str:
-    """The cloud-config text (validated unit names only, so nothing needs YAML quoting)."""
+def render(specs: list[ServiceSpec], tries: int = generator.DEFAULT_TRIES) -> str:
+    """The cloud-config text (validated unit names only, so nothing needs YAML quoting); ``tries`` is
+    ``boot_assessment.tries``, for the reboot rule of :func:`active_if`."""
     names = [services.unit_name(s.name, "service") for s in specs]
     out = [
         "#cloud-config",
@@ -63,7 +75,7 @@ def render(specs: list[ServiceSpec]) -> str:
         out.append(_file(f"/{services.UNIT_DIR}/{name}.d/{services.DROPIN}", services.render_dropin(spec)).rstrip("\n"))
         if spec.reboot_on_failure is RebootOnFailure.ACTIVE:
             out.append(f"    - name: {name} reboots on failure on the active entry only, while it is assessed")
-            out.append(f"      if: '{ACTIVE_IF}'")
+            out.append(f"      if: '{active_if(tries)}'")
             out.append("      files:")
             path = f"/run/systemd/system/{name}.d/{generator.DROPIN}"
             out.append(_file(path, ACTIVE_TEXT).rstrip("\n"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import config_option, root_option
+from bootkeeper.cli.common import config_option, load_config, root_option
 from bootkeeper.cli.service_cmd import reboot_option, service_specs
 
 
@@ -28,7 +28,8 @@ def render(
     from bootkeeper import fsutil
     from bootkeeper.assess import cloudconfig
 
-    text = cloudconfig.render(service_specs(names, reboot_on_failure, config_files, root))
+    tries = load_config(config_files, root).boot_assessment.tries
+    text = cloudconfig.render(service_specs(names, reboot_on_failure, config_files, root), tries)
     if output is None:
         click.echo(text, nl=False)
     else:
