@@ -252,3 +252,68 @@ def test_systemd_dissect_on_the_same_images(node: dict[str, Path]) -> None:
     assert verdict["rogue.sysext.raw"] == 0
     assert verdict["k3s-v1.30.1.sysext.raw"] == 0
     assert verdict["unsigned.sysext.raw"] != 0
+
+
+def _fault_root(tmp_path: Path, names: list[str]) -> tuple[Path, Any]:
+    from bootkeeper.config import Certificate, Sysext
+
+    work = tmp_path / "work"
+    work.mkdir()
+    root = tmp_path / "root"
+    (root / ".extra/sysext").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc/os-release").write_text("ID=kairos\nVERSION_ID=1\n")
+    for n in names:
+        shutil.copyfile(_build(work, n, *TRUSTED), root / ".extra/sysext" / n)
+    cfg = Sysext(certificates=(Certificate(_pem(TRUSTED[1]).decode(), "test"),), firmware=(), verity_dirs=())
+    return root, cfg
+
+
+def _faulty_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection below the boundary under test: validation of 'boom' raises what no code
+    expects, validation of 'die' kills its (worker) process; the others run the real validate."""
+    real = image.validate
+
+    def validate(path: Path, *args: Any, **kw: Any) -> image.Validation:
+        if kw.get("name", "").startswith("boom"):
+            raise RuntimeError("unexpected\nfault")
+        if kw.get("name", "").startswith("die"):
+            os._exit(3)
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(image, "validate", validate)
+
+
+def test_an_exception_while_judging_one_image_refuses_only_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bootkeeper.config import SysextMode
+    from bootkeeper.sysext import activate as act
+
+    root, cfg = _fault_root(tmp_path, ["boom.sysext.raw", "tools.sysext.raw"])
+    _faulty_validate(monkeypatch)
+    lines: list[str] = []
+    report = act.activate(root, cfg, SysextMode.ENFORCED, log=lines.append)
+    got = {o.name: o for o in report.images}
+    assert got["tools.sysext.raw"].verdict == "passed"
+    assert got["boom.sysext.raw"].verdict == "refused"
+    assert got["boom.sysext.raw"].reasons == ["validation stopped (RuntimeError: unexpected fault)"]
+    assert sorted(p.name for p in (root / "run/extensions").iterdir()) == ["tools.sysext.raw"]
+    assert (root / act.REPORT).is_file() and len(lines) == 2
+
+
+def test_a_worker_process_that_dies_refuses_only_its_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bootkeeper.config import SysextMode
+    from bootkeeper.sysext import activate as act
+
+    root, cfg = _fault_root(tmp_path, ["boom.sysext.raw", "die.sysext.raw", "k3s.sysext.raw", "tools.sysext.raw"])
+    _faulty_validate(monkeypatch)
+    monkeypatch.setattr(act, "PARALLEL_FROM", 0)  # judge these small images in worker processes
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    report = act.activate(root, cfg, SysextMode.ENFORCED)
+    got = {o.name: (o.verdict, o.reasons) for o in report.images}
+    assert got == {
+        "boom.sysext.raw": ("refused", ["validation stopped (RuntimeError: unexpected fault)"]),
+        "die.sysext.raw": ("refused", ["validation stopped (its worker process died)"]),
+        "k3s.sysext.raw": ("passed", []),
+        "tools.sysext.raw": ("passed", []),
+    }
+    assert sorted(p.name for p in (root / "run/extensions").iterdir()) == ["k3s.sysext.raw", "tools.sysext.raw"]

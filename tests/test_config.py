@@ -96,3 +96,14 @@ def test_merged_warning_names_the_file_that_set_the_key(tmp_path: Path) -> None:
     assert c.sysext.mode is config.SysextMode.PERMISSIVE
     assert len(c.warnings) == 1
     assert str(a) in c.warnings[0] and str(b) not in c.warnings[0]
+
+
+def test_require_valid_dates(tmp_path: Path) -> None:
+    p = tmp_path / "a.yaml"
+    p.write_text("sysext: {}\n")
+    assert config.load([p]).sysext.require_valid_dates is False  # systemd's behaviour
+    p.write_text("sysext:\n  require_valid_dates: true\n")
+    assert config.load([p]).sysext.require_valid_dates is True
+    p.write_text("sysext:\n  require_valid_dates: 'yes'\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: sysext\.require_valid_dates: 'yes' is not true or false$"):
+        config.load([p])

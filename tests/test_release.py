@@ -110,3 +110,48 @@ def test_erofs_reader_fuzz(raw: bytes) -> None:
         e.lookup("usr/lib/extension-release.d/x")
     except ParseError as exc:
         assert str(exc)
+
+
+def test_broken_squashfs_is_a_parse_error_naming_the_image() -> None:
+    """unsquashfs failing on a hostile squashfs is a fault of that image, not a CommandError that
+    would end a whole activation (issue 12, item 1)."""
+    junk = b"hsqs" + bytes(4092)
+    with pytest.raises(ParseError, match=r"^demo \(root file system\): squashfs: unsquashfs -lc .* failed with exit"):
+        release.read_from_fs(junk, "squashfs", "demo", "demo (root file system)")
+
+
+@pytest.mark.integration
+def test_missing_unsquashfs_is_a_parse_error(tmp_path: Path) -> None:
+    """On a node without unsquashfs (hidden here by an empty bind mount over each place it could
+    be), a squashfs image gets a reason, not an exception."""
+    import shutil
+    import sys
+
+    found = [
+        p for p in ("/usr/bin/unsquashfs", "/usr/sbin/unsquashfs", "/usr/local/bin/unsquashfs") if Path(p).exists()
+    ]
+    assert found, "unsquashfs (squashfs-tools) is missing; scripts/setup-test-deps.sh installs it"
+    assert shutil.which("unshare"), "unshare (util-linux) is missing; scripts/setup-test-deps.sh installs it"
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")  # not executable: shutil.which skips it
+    code = (
+        "from bootkeeper.errors import ParseError\n"
+        "from bootkeeper.sysext import release\n"
+        "try:\n"
+        "    release.read_from_fs(b'hsqs' + bytes(4092), 'squashfs', 'demo', 'demo (root file system)')\n"
+        "except ParseError as exc:\n"
+        "    print(exc)\n"
+    )
+    binds = "".join(f"mount --bind {empty} {p}\n" for p in found)
+    script = f'{binds}{sys.executable} -c "$1"'
+    p = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", code],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == (
+        "demo (root file system): squashfs: required tool 'unsquashfs' not found "
+        "(to read the extension-release from a squashfs image)"
+    ), p.stdout + p.stderr

@@ -191,3 +191,137 @@ def test_keys_list_and_export_cli(tmp_path: Path) -> None:
     assert r.returncode == 4
     assert r.stderr.count("\n") == 1 and "firmware db" in r.stderr and "does not fit" in r.stderr
     assert list((tmp_path / "run/verity.d").iterdir()) == []
+
+
+def _malformed_certs() -> dict[str, bytes]:
+    """DER certificates cryptography refuses at load (InvalidVersion) or only when their subject is
+    read (lazily decoded: ValueError, TypeError)."""
+    der = _der(_cert("abc"))
+    v = der.index(b"\xa0\x03\x02\x01\x02")
+    cn = der.rindex(b"\x0c\x03abc")  # the subject's CN (the issuer's comes first)
+    return {
+        "version 6": der[:v] + b"\xa0\x03\x02\x01\x05" + der[v + 5 :],
+        "subject: bad TeletexString": der[:cn] + b"\x14\x03\xff\xfe\xfd" + der[cn + 5 :],
+        "subject: CN as a BIT STRING": der[:cn] + b"\x03\x03\x00ab" + der[cn + 5 :],
+    }
+
+
+def test_one_malformed_db_certificate_drops_only_itself(tmp_path: Path) -> None:
+    first, last = _cert("first"), _cert("last")
+    bad = _malformed_certs()
+    entries = [_der(first), *bad.values(), _der(last)]
+    ev = tmp_path / "efivars"
+    p = _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, d) for d in entries]))
+    store = trust.load(_cfg(tmp_path), tmp_path, ev, strict=False)
+    assert [a.subject for a in store.anchors] == ["CN=first", "CN=last"]
+    assert [a.source for a in store.anchors] == ["firmware db #0", f"firmware db #{len(entries) - 1}"]
+    assert len(store.problems) == len(bad)
+    for i, why in enumerate(store.problems, start=1):
+        assert why.startswith(f"firmware db ({p}): entry {i} is not a usable X.509 certificate (")
+        assert "\n" not in why
+    assert "InvalidVersion" in store.problems[0] or "version" in store.problems[0]
+    assert "TypeError" in store.problems[2]
+    for a in store.anchors:  # what activate reports of each anchor can be read
+        assert a.as_json()["subject"]
+    with pytest.raises(ParseError, match=r"entry 1 is not a usable X\.509 certificate"):
+        trust.load(_cfg(tmp_path), tmp_path, ev)  # keys verbs: still an error
+
+
+def test_one_malformed_verity_d_certificate_drops_only_itself(tmp_path: Path) -> None:
+    good, in_bundle = _cert("good"), _cert("in-bundle")
+    vd = tmp_path / "etc/verity.d"
+    vd.mkdir(parents=True)
+    (vd / "a-good.crt").write_bytes(_der(good))
+    for i, raw in enumerate(_malformed_certs().values()):
+        (vd / f"b-bad{i}.crt").write_bytes(raw)
+    broken_pem = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    (vd / "c-bundle.pem").write_bytes(in_bundle.public_bytes(Encoding.PEM) + broken_pem)
+    cfg = config.load([_write(tmp_path, "sysext:\n  firmware: []\n  verity_dirs: [/etc/verity.d]\n")]).sysext
+    store = trust.load(cfg, tmp_path, strict=False)
+    assert [a.subject for a in store.anchors] == ["CN=good", "CN=in-bundle"]
+    assert [w.split(":")[0] for w in store.problems] == [
+        str(vd / "b-bad0.crt"),
+        str(vd / "b-bad1.crt"),
+        str(vd / "b-bad2.crt"),
+        str(vd / "c-bundle.pem"),
+    ]
+    assert store.problems[3].startswith(f"{vd / 'c-bundle.pem'}: certificate 1: not a usable")
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "w.yaml"
+    p.write_text(text)
+    return p
+
+
+DBX_GUID = trust.VARIABLE_GUID["dbx"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expect"),
+    [
+        (ATTRS + b"\x00\x01\x02\x03", "truncated (4 bytes left)"),
+        (ATTRS + struct.pack("<16sIII", trust.EFI_CERT_SHA256.bytes_le, 28, 0, 16), "signature size 16 is too small"),
+        (ATTRS + trust.build_esl([(trust.EFI_CERT_SHA256, OWNER, bytes(32))])[:-3], "does not fit"),
+        (b"\x07\x00", "shorter than the 4-byte attribute header"),
+        (None, "cannot read (Is a directory)"),  # unreadable: EIO/EACCES/EISDIR all end there
+    ],
+    ids=["four-stray-bytes", "empty-list-size-16", "truncated", "no-attributes", "unreadable"],
+)
+def test_unparsable_dbx_fails_closed(tmp_path: Path, raw: bytes | None, expect: str) -> None:
+    """Revocation that cannot be read revokes every anchor, from every source (issue 12, item 2)."""
+    fw, vd_cert = _cert("from-db"), _cert("from-verity-d")
+    ev = tmp_path / "efivars"
+    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(fw))]))
+    dbx = ev / f"dbx-{DBX_GUID}"
+    if raw is None:
+        dbx.mkdir()
+    else:
+        dbx.write_bytes(raw)
+    vd = tmp_path / "etc/verity.d"
+    vd.mkdir(parents=True)
+    (vd / "v.crt").write_bytes(_der(vd_cert))
+    cfg = config.load([_write(tmp_path, "sysext:\n  verity_dirs: [/etc/verity.d]\n")]).sysext
+    store = trust.load(cfg, tmp_path, ev, strict=False)
+    assert store.anchors == []
+    assert sorted(a.subject for a, _ in store.revoked) == ["CN=from-db", "CN=from-verity-d"]
+    (problem,) = store.problems
+    assert str(dbx) in problem and expect in problem, problem
+    assert problem.endswith("revocation cannot be checked: every trust anchor is treated as revoked")
+    assert all("revocation cannot be checked" in why for _, why in store.revoked)
+    with pytest.raises(ParseError, match=expect.replace("(", r"\(").replace(")", r"\)")):
+        trust.load(cfg, tmp_path, ev)  # keys verbs: an error, as before
+    # an absent dbx revokes nothing; an empty one (attributes only) neither
+    for absent in (True, False):
+        if dbx.is_dir():
+            dbx.rmdir()
+        else:
+            dbx.unlink(missing_ok=True)
+        if not absent:
+            dbx.write_bytes(ATTRS)
+        store = trust.load(cfg, tmp_path, ev, strict=False)
+        assert [a.subject for a in store.anchors] == ["CN=from-verity-d", "CN=from-db"] and not store.problems
+
+
+def test_validity_dates_checked_only_when_required(tmp_path: Path) -> None:
+    import datetime
+
+    c = _cert("dated")  # valid from now for ten years
+    ev = tmp_path / "efivars"
+    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(c))]))
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=20 * 365)
+    earlier = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+    default = _cfg(tmp_path)
+    assert default.require_valid_dates is False
+    for now in (later, earlier):  # as systemd (PKCS7_NOVERIFY): the dates are not checked
+        assert [a.cert for a in trust.load(default, tmp_path, ev, strict=False, now=now).anchors] == [c]
+    required = _cfg(tmp_path, "  require_valid_dates: true\n")
+    assert [a.cert for a in trust.load(required, tmp_path, ev, strict=False).anchors] == [c]
+    for now, why in ((later, "expired "), (earlier, "not valid before ")):
+        store = trust.load(required, tmp_path, ev, strict=False, now=now)
+        assert store.anchors == []
+        ((_, reason),) = store.revoked
+        assert reason.startswith(why) and reason.endswith("(sysext.require_valid_dates)")
+        assert store.problems == [f"firmware db #0: CN=dated: {reason}"]
+        # keys list (strict) lists it as not trusted rather than failing
+        assert trust.load(required, tmp_path, ev, now=now).revoked[0][1] == reason

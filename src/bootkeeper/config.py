@@ -69,6 +69,9 @@ class Sysext:
     refresh: bool = False  # run systemd-sysext refresh after activation
     hierarchies: tuple[str, ...] = ()  # SYSTEMD_SYSEXT_HIERARCHIES, e.g. /usr:/opt:/usr/local
     vendor: str | None = None  # EFI/<vendor>/ when the ESP has UKIs in more than one folder
+    # trust an anchor only inside its validity period (systemd and the kernel never check the
+    # dates: systemd-sysext verifies with PKCS7_NOVERIFY)
+    require_valid_dates: bool = False
 
     def rules_for(self, entry: str) -> tuple[str, ...]:
         return dict(self.entries).get(entry, ())
@@ -150,6 +153,7 @@ _SYSEXT_KEYS = (
     "refresh",
     "hierarchies",
     "vendor",
+    "require_valid_dates",
 )
 _ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 
@@ -232,6 +236,7 @@ def _parse_sysext(src: str, raw: Any, key_src: dict[str, str] | None = None) -> 
             refresh=_bool(at("refresh"), raw.get("refresh", d.refresh)),
             hierarchies=hierarchies,
             vendor=vendor,
+            require_valid_dates=_bool(at("require_valid_dates"), raw.get("require_valid_dates", d.require_valid_dates)),
         ),
         warnings,
     )

@@ -15,6 +15,15 @@ Symbolic links and anything but regular files are never followed or placed, in a
 checked are the bytes used: each image is copied to a temporary name in the destination
 (``.bootkeeper-*.tmp``, which systemd-sysext ignores), the copy is validated, then renamed. Images
 placed by an earlier run that are not placed now are removed (the report lists what we placed).
+
+Space: the images are taken smallest first, in rounds. A round stages as many as fit together in the
+destination's free space (statvfs), judges them (in parallel when large), places what passes and
+frees the refused copies before the next round measures again. So an image larger than what is free
+is refused by its size without being read, and a large junk image can never take the room of a
+smaller good one: it is staged only after every smaller image was placed or dropped.
+
+Boundary: whatever judging one image raises (in this process or a worker), that image is refused
+with a one-line reason and the others are judged as usual; the report is always written.
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,10 @@ from bootkeeper.config import Sysext, SysextMode
 from bootkeeper.errors import BootkeeperError, StoreIOError
 
 EXTRA_DIR = ".extra/sysext"
+# Newer systemd-stub also hands the ESP's loader/extensions/*.raw (extensions for every UKI) to the
+# initrd here; they are judged exactly like the UKI's own, which win on a name clash.
+GLOBAL_DIR = ".extra/global_sysext"
+CONFEXT_SKIPPED = "a configuration extension: systemd-confext's, not placed in /run/extensions"
 DEST_DIR = "run/extensions"
 REPORT = "run/bootkeeper/sysext.json"
 
@@ -51,10 +65,29 @@ class Outcome:
     seconds: float = 0.0
 
     def line(self) -> str:
+        """One journal line; every part escaped (names and subjects come from the ESP)."""
         where = "placed" if self.placed else "not placed"
         who = f", signed by {self.signer}" if self.signer else ""
         why = f": {'; '.join(self.reasons)}" if self.reasons else ""
-        return f"{self.name}: {self.verdict}, {where}{who}{why}"
+        return printable(f"{self.name}: {self.verdict}, {where}{who}{why}")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (and line and paragraph separators) written as ``\\xNN`` /
+    ``\\uNNNN`` and ``\\`` as ``\\\\``, so a file name can neither split a journal line nor forge one."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif "\udc80" <= ch <= "\udcff":  # a byte that is not UTF-8 (os.listdir's surrogateescape)
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif unicodedata.category(ch) == "Cs":
+            out.append(f"\\u{ord(ch):04x}")
+        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 @dataclass
@@ -113,6 +146,9 @@ def _candidates(sources: list[Path]) -> list[tuple[str, Path | None, str | None]
             if fsutil.is_temporary(n) or not n.endswith(".raw"):
                 continue  # systemd-stub only passes *.raw; nothing else is an image
             p = d / n
+            if n.endswith(".confext.raw"):  # systemd-stub hands these to /.extra/confext
+                out.append((n, None, f"{p}: {CONFEXT_SKIPPED}"))
+                continue
             if n in seen:
                 out.append((n, None, f"{p}: an image of this name came from an earlier folder"))
                 continue
@@ -134,11 +170,9 @@ def activate(
     efivars: Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Report:
-    from bootkeeper.sysext import policy, trust
-
     started = time.monotonic()
     mode = mode or cfg.mode
-    sources = [root / EXTRA_DIR, *(fsutil.under(root, s) for s in cfg.sources)]
+    sources = [root / EXTRA_DIR, root / GLOBAL_DIR, *(fsutil.under(root, s) for s in cfg.sources)]
     dest = root / DEST_DIR
     report = Report(mode.value, cfg.policy, str(root), [str(s) for s in sources])
     try:
@@ -147,63 +181,175 @@ def activate(
         raise StoreIOError(f"{dest}: cannot create ({exc.strerror})") from exc
     if dest.is_symlink() or not dest.is_dir():
         raise StoreIOError(f"{dest}: not a folder (a symbolic link or a file is in the way)")
+    from bootkeeper.sysext import policy
+
     host = host_os_release(root)
-    anchors: list[Any] = []
     pol = policy.parse(cfg.policy, "sysext.policy")
-    if mode is not SysextMode.DISABLED:
-        store = trust.load(cfg, root, efivars, strict=False)
-        anchors = store.certificates
-        report.trust = {
-            "trusted": [a.as_json() for a in store.anchors],
-            "revoked": [a.as_json(why) for a, why in store.revoked],
-            "problems": store.problems,
-        }
-        # systemd-sysext checks the signatures again, against the verity.d folders: what bootkeeper
-        # trusts (config, firmware db) must be there too, or it refuses the images placed below.
-        export_dir = root / trust.EXPORT_DIR
-        try:
-            written, removed = trust.export(store, export_dir)
-        except BootkeeperError as exc:
-            report.trust["problems"] = [*store.problems, f"export to {export_dir}: {exc}"]
-        else:
-            report.trust["exported"] = {"dir": str(export_dir), "written": written, "removed": removed}
+    anchors = _trust(root, cfg, efivars, report) if mode is not SysextMode.DISABLED else []
+    outcomes: dict[str, Outcome] = {}
+    pending: list[tuple[str, Path, int]] = []
     jobs = _candidates(sources)
-    with contextlib.ExitStack() as temps:
-        # 1. copy each image to a temporary name in the destination (one at a time: copies in
-        #    parallel only fight over memory bandwidth)
-        copies: dict[str, tuple[int, Path] | Outcome] = {}
-        for name, src, _ in jobs:
-            if src is not None:
-                copies[name] = _copy(name, src, dest, temps)
-        # 2. judge the copies: those bytes are what systemd-sysext will use
-        staged = {n: c for n, c in copies.items() if not isinstance(c, Outcome)}
-        verdicts = _judge({n: c[1] for n, c in staged.items()}, mode, pol, anchors, host, cfg.full_check)
-        # 3. rename what the mode allows into place; the rest of the temporaries go with the ExitStack
-        for name, src, skipped in jobs:
-            c = copies.get(name)
-            if src is None or c is None:
-                o = Outcome(name, "", False, "skipped", [skipped or "skipped"])
-            elif isinstance(c, Outcome):
-                o = c
+    for name, src, skipped in jobs:
+        if src is None:
+            outcomes[name] = Outcome(name, "", False, "skipped", [skipped or "skipped"])
+            continue
+        try:
+            st = os.lstat(src)
+        except OSError as exc:
+            outcomes[name] = Outcome(name, str(src), False, "refused", [f"{src}: cannot open ({exc.strerror})"])
+            continue
+        pending.append((name, src, st.st_size))
+    pending.sort(key=lambda j: (j[2], j[0]))  # smallest first (see the module's docstring)
+    while pending:
+        free, block = _free(dest)
+        room, batch, rest = free, [], []
+        for job in pending:
+            need = _rounded(job[2], block)
+            if need <= room:
+                batch.append(job)
+                room -= need
             else:
-                o = _outcome(name, src, mode, verdicts.get(name))
-                if o.placed:
-                    fsutil.commit(c[0], c[1], dest / name)
-            report.images.append(o)
-            if log is not None:
-                log(o.line())
+                rest.append(job)
+        if not batch:  # not even the smallest left fits on its own: none of the rest does
+            for name, src, size in rest:
+                outcomes[name] = Outcome(
+                    name, str(src), False, "refused", [f"{src}: {_does_not_fit(name, size, dest, free)}"]
+                )
+            break
+        outcomes.update(_round(batch, dest, free, mode, pol, anchors, host, cfg.full_check))
+        pending = rest
+    report.images = [outcomes[name] for name, _, _ in jobs if name in outcomes]
+    for o in report.images:
+        if log is not None:
+            log(o.line())
     placed = {o.name for o in report.images if o.placed}
     refused = {o.name for o in report.images if not o.placed and o.verdict == "refused"}
     for old in sorted(refused | set(_previous(root))):
         p = dest / old
-        if old not in placed and (p.is_file() or p.is_symlink()):
+        if old in placed or not (p.is_file() or p.is_symlink()):
+            continue
+        try:
             p.unlink()  # a copy from an earlier run of an image not placed now must not stay
+        except OSError as exc:
+            line = f"{old}: an earlier copy in {dest} not placed now cannot be removed ({exc.strerror})"
+        else:
             report.removed.append(old)
-            if log is not None:
-                log(f"{old}: removed from {dest} (an earlier copy; not placed now)")
+            line = f"{old}: removed from {dest} (an earlier copy; not placed now)"
+        if log is not None:
+            log(printable(line))
     report.seconds = round(time.monotonic() - started, 4)
     write_report(root, report)
     return report
+
+
+def _trust(root: Path, cfg: Sysext, efivars: Path | None, report: Report) -> list[Any]:
+    """The anchors (recorded in the report) and their export to /run/verity.d. Anything unexpected
+    here trusts nothing: the images then fail, and are still judged and reported one by one."""
+    from bootkeeper.sysext import trust
+
+    try:
+        store = trust.load(cfg, root, efivars, strict=False)
+    except Exception as exc:  # boot-time boundary: fail closed, never stop the run
+        store = trust.TrustStore(problems=[f"trust anchors cannot be loaded ({_fault(exc)}); none is trusted"])
+    report.trust = {
+        "trusted": [a.as_json() for a in store.anchors],
+        "revoked": [a.as_json(why) for a, why in store.revoked],
+        "problems": store.problems,
+    }
+    # systemd-sysext checks the signatures again, against the verity.d folders: what bootkeeper
+    # trusts (config, firmware db) must be there too, or it refuses the images placed below.
+    export_dir = root / trust.EXPORT_DIR
+    try:
+        written, removed = trust.export(store, export_dir)
+    except Exception as exc:  # an export that fails is reported, the images still judged
+        why = str(exc) if isinstance(exc, BootkeeperError) else _fault(exc)
+        report.trust["problems"] = [*store.problems, f"export to {export_dir}: {why}"]
+    else:
+        report.trust["exported"] = {"dir": str(export_dir), "written": written, "removed": removed}
+    return store.certificates
+
+
+def _fault(exc: BaseException) -> str:
+    """An unexpected exception as one line: its class and message."""
+    text = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return printable(text if len(text) <= 300 else text[:299] + "…")
+
+
+def _free(dest: Path) -> tuple[int, int]:
+    """Bytes free for us in ``dest`` and its block size."""
+    try:
+        v = os.statvfs(dest)
+    except OSError:
+        return 1 << 62, 4096  # not measurable: try, and let a failing copy say so
+    return v.f_bavail * v.f_frsize, v.f_frsize or 4096
+
+
+def _rounded(size: int, block: int) -> int:
+    return -(-size // block) * block
+
+
+def _does_not_fit(name: str, size: int, dest: Path, free: int) -> str:
+    return f"does not fit: {name} is {size} bytes, {dest} has {free} bytes free"
+
+
+def _round(
+    batch: Iterable[tuple[str, Path, int]],
+    dest: Path,
+    free: int,
+    mode: SysextMode,
+    pol: Any,
+    anchors: list[Any],
+    host: dict[str, str] | None,
+    full: bool,
+) -> dict[str, Outcome]:
+    """Stage, judge and place one round of images that fit together; the refused copies are gone
+    when it returns."""
+    out: dict[str, Outcome] = {}
+    with contextlib.ExitStack() as temps:
+        # 1. copy each image to a temporary name in the destination (one at a time: copies in
+        #    parallel only fight over memory bandwidth)
+        staged: dict[str, tuple[int, Path, Path]] = {}
+        for name, src, _ in batch:
+            try:
+                c = _copy(name, src, dest, temps, free)
+            except Exception as exc:  # one image's fault, never the run's
+                c = Outcome(name, str(src), False, "refused", [f"{src}: cannot stage a copy ({_fault(exc)})"])
+            if isinstance(c, Outcome):
+                out[name] = c
+            else:
+                staged[name] = (*c, src)
+        # 2. judge the copies: those bytes are what systemd-sysext will use
+        verdicts = _judge({n: c[1] for n, c in staged.items()}, mode, pol, anchors, host, full)
+        # 3. rename what the mode allows into place; the rest of the temporaries go with the ExitStack
+        for name, (fd, tmp, src) in staged.items():
+            o = _outcome(name, src, mode, verdicts.get(name))
+            if o.placed:
+                why = _place(fd, tmp, dest / name)
+                if why is not None:
+                    o.placed, o.verdict = False, "refused"
+                    o.reasons.append(why)
+            out[name] = o
+    return out
+
+
+def _place(fd: int, tmp: Path, target: Path) -> str | None:
+    """Rename the validated copy over ``target``; or why not. Only a regular file (an earlier copy)
+    or a symbolic link is replaced: a directory or anything else there is left alone."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return f"{target}: cannot be checked ({exc.strerror}); not placed"
+    else:
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            return f"{target}: not a regular file in the way (a directory?); left alone, not placed"
+    try:
+        fsutil.commit(fd, tmp, target)
+    except OSError as exc:
+        return f"{target}: cannot place ({exc.strerror or exc})"
+    return None
 
 
 PARALLEL_FROM = 64 << 20  # below this in total, worker processes cost more than they save
@@ -219,7 +365,7 @@ class _Verdict:
     seconds: float
 
 
-def _copy(name: str, src: Path, dest: Path, temps: contextlib.ExitStack) -> tuple[int, Path] | Outcome:
+def _copy(name: str, src: Path, dest: Path, temps: contextlib.ExitStack, free: int) -> tuple[int, Path] | Outcome:
     """Copy ``src`` (never through a symbolic link, regular files only) to a temporary file in
     ``dest`` that lives as long as ``temps``; or the reason it was refused."""
     try:
@@ -231,11 +377,14 @@ def _copy(name: str, src: Path, dest: Path, temps: contextlib.ExitStack) -> tupl
         st = os.fstat(sfd)
         if not stat.S_ISREG(st.st_mode):
             return Outcome(name, str(src), False, "refused", [f"{src}: not a regular file"])
+        if st.st_size > free:  # grew since it was measured
+            return Outcome(name, str(src), False, "refused", [f"{src}: {_does_not_fit(name, st.st_size, dest, free)}"])
         fd, tmp = temps.enter_context(fsutil.temp_file(dest / name))
         try:
             fsutil.copy_into(sfd, fd, st.st_size)
         except OSError as exc:
-            return Outcome(name, str(src), False, "refused", [f"copy to {dest} failed ({exc.strerror or exc})"])
+            why = f"copy to {dest} failed ({exc.strerror or exc}; {name} is {st.st_size} bytes, {free} bytes were free)"
+            return Outcome(name, str(src), False, "refused", [why])
         return fd, tmp
     finally:
         os.close(sfd)
@@ -244,15 +393,23 @@ def _copy(name: str, src: Path, dest: Path, temps: contextlib.ExitStack) -> tupl
 def _judge_one(
     name: str, path: Path, pol: Any, anchors: list[bytes], host: dict[str, str] | None, full: bool
 ) -> _Verdict:
-    """Validate one staged copy (in a worker process when there are several large images)."""
-    from cryptography import x509
-
-    from bootkeeper.sysext.image import validate
-
+    """Validate one staged copy (in a worker process when there are several large images). Never
+    raises: whatever validation raises refuses this image only."""
     t0 = time.monotonic()
-    certs = [x509.load_der_x509_certificate(d) for d in anchors]
-    v = validate(path, pol, certs, full=full, os_release=host, name=name)
+    try:
+        from cryptography import x509
+
+        from bootkeeper.sysext.image import validate
+
+        certs = [x509.load_der_x509_certificate(d) for d in anchors]
+        v = validate(path, pol, certs, full=full, os_release=host, name=name)
+    except Exception as exc:  # the per-image boundary
+        return _failed(f"validation stopped ({_fault(exc)})", round(time.monotonic() - t0, 4))
     return _Verdict(v.ok, list(v.reasons), v.signer, v.root_hash, v.qualified_as, round(time.monotonic() - t0, 4))
+
+
+def _failed(why: str, seconds: float = 0.0) -> _Verdict:
+    return _Verdict(False, [why], None, None, None, seconds)
 
 
 def _judge(
@@ -270,15 +427,50 @@ def _judge(
     der = [bytes(c.public_bytes(Encoding.DER)) for c in anchors]
     total = sum(p.stat().st_size for p in staged.values())
     workers = min(len(staged), os.cpu_count() or 1)
+    out: dict[str, _Verdict] = {}
     if workers > 1 and full and total >= PARALLEL_FROM:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         # one image per worker process: hashing 4 KiB blocks holds the GIL too often for threads
+        broken = _in_workers(staged, workers, out, pol, der, host, full)
+        # a worker that died (a crash in a library, the OOM killer) takes its pool with it: each
+        # image of that pool is judged again alone, in a pool of its own, so only the culprit fails
+        for n in broken:
+            _in_workers({n: staged[n]}, 1, out, pol, der, host, full)
+            if n not in out:
+                out[n] = _failed("validation stopped (its worker process died)")
+    for n, p in staged.items():
+        if n not in out:
+            out[n] = _judge_one(n, p, pol, der, host, full)
+    return out
+
+
+def _in_workers(
+    staged: dict[str, Path],
+    workers: int,
+    out: dict[str, _Verdict],
+    pol: Any,
+    der: list[bytes],
+    host: dict[str, str] | None,
+    full: bool,
+) -> list[str]:
+    """Judge ``staged`` in worker processes into ``out``; the names whose pool broke."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    broken = []
+    try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             futures = {n: pool.submit(_judge_one, n, p, pol, der, host, full) for n, p in staged.items()}
-            return {n: f.result() for n, f in futures.items()}
-    return {n: _judge_one(n, p, pol, der, host, full) for n, p in staged.items()}
+            for n, f in futures.items():
+                try:
+                    out[n] = f.result()
+                except BrokenProcessPool:
+                    broken.append(n)
+                except Exception as exc:  # e.g. a result that does not pickle
+                    out[n] = _failed(f"validation stopped in a worker process ({_fault(exc)})")
+    except Exception:  # no pool at all: the caller judges the rest in this process
+        pass
+    return broken
 
 
 def _outcome(name: str, src: Path, mode: SysextMode, v: _Verdict | None) -> Outcome:

@@ -54,12 +54,17 @@ def read_from_partition(path: Path, offset: int, size: int, fstype: str | None, 
     import os
 
     what = f"{name} (root file system)"
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ParseError(f"{what}: cannot open {path} ({exc.strerror})") from None
     try:
         if fstype == "erofs":
             return _from_erofs(Erofs(lambda off, n: os.pread(fd, n, offset + off), size, what), name, what)
         if fstype == "squashfs":
             return _squashfs(os.pread(fd, size, offset), name, what)
+    except OSError as exc:
+        raise ParseError(f"{what}: cannot read ({exc.strerror or exc})") from None
     finally:
         os.close(fd)
     raise ParseError(f"{what}: unknown file system, cannot read the extension-release")
@@ -87,28 +92,36 @@ def _from_erofs(e: Erofs, name: str, what: str) -> Release:
 
 
 def _squashfs(fs: bytes, name: str, what: str) -> Release:
+    """The squashfs is read by the real ``unsquashfs``. Its failure, or its absence, is a fault of
+    this image's check (a ParseError naming it), never of the whole run: activate judges every
+    image on its own, and the image is then refused for an unreadable extension-release."""
     from bootkeeper.run import check_tool, run
 
-    check_tool("unsquashfs", "to read the extension-release from a squashfs image")
-    with tempfile.NamedTemporaryFile() as tmp:
-        tmp.write(fs)
-        tmp.flush()
-        listing = run(["unsquashfs", "-lc", "-d", "", tmp.name]).stdout.split()
-        names = [
-            p.rsplit("/", 1)[-1]
-            for p in listing
-            if p.startswith(f"{RELEASE_DIR}/extension-release.") or p.startswith(f"/{RELEASE_DIR}/extension-release.")
-        ]
-        own = f"extension-release.{name}"
-        if own not in names:
-            raise ParseError(f"{what}: no {RELEASE_DIR}/{own}" + (f" (found {', '.join(names)})" if names else ""))
-        pick = own
-        try:
-            text = run(["unsquashfs", "-cat", tmp.name, f"{RELEASE_DIR}/{pick}"]).stdout
-        except CommandError as exc:
-            raise ParseError(f"{what}: cannot read {RELEASE_DIR}/{pick} ({exc})") from exc
-        has_os = any(p.rstrip("/").endswith(("usr/lib/os-release", "etc/os-release")) for p in listing)
-        return Release(pick, parse_release(text), pick != own, has_os)
+    try:
+        check_tool("unsquashfs", "to read the extension-release from a squashfs image")
+        with tempfile.NamedTemporaryFile() as tmp:
+            tmp.write(fs)
+            tmp.flush()
+            listing = run(["unsquashfs", "-lc", "-d", "", tmp.name]).stdout.split()
+            names = [
+                p.rsplit("/", 1)[-1]
+                for p in listing
+                if p.startswith((f"{RELEASE_DIR}/extension-release.", f"/{RELEASE_DIR}/extension-release."))
+            ]
+            own = f"extension-release.{name}"
+            if own not in names:
+                found = f" (found {', '.join(names)})" if names else ""
+                raise ParseError(f"{what}: no {RELEASE_DIR}/{own}{found}")
+            try:
+                text = run(["unsquashfs", "-cat", tmp.name, f"{RELEASE_DIR}/{own}"]).stdout
+            except CommandError as exc:
+                raise ParseError(f"{what}: cannot read {RELEASE_DIR}/{own} ({exc})") from None
+            has_os = any(p.rstrip("/").endswith(("usr/lib/os-release", "etc/os-release")) for p in listing)
+            return Release(own, parse_release(text), False, has_os)
+    except CommandError as exc:
+        raise ParseError(f"{what}: squashfs: {exc}") from None
+    except OSError as exc:  # the temporary copy: /tmp full or unwritable
+        raise ParseError(f"{what}: squashfs: cannot stage a copy for unsquashfs ({exc.strerror or exc})") from None
 
 
 def check(rel: Release, host: dict[str, str] | None, arch: str, scope: str = "system") -> str | None:

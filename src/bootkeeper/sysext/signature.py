@@ -54,7 +54,9 @@ def parse_sig_json(raw: bytes, what: str = "verity-sig partition") -> SigJson:
     try:
         obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ParseError(f"{what}: not valid JSON ({exc})") from exc
+        raise ParseError(f"{what}: not valid JSON ({one_line(exc)})") from exc
+    except RecursionError:  # '[[[[…' nested deeper than the interpreter's stack
+        raise ParseError(f"{what}: not valid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise ParseError(f"{what}: JSON is not an object")
     out: dict[str, bytes] = {}
@@ -151,11 +153,37 @@ def _check_one(signer_info: Any, content: bytes, cert: x509.Certificate) -> str 
     return None
 
 
-def verify(sig: SigJson, root_hash: bytes, trusted: list[x509.Certificate]) -> SignatureCheck:
-    """Check the JSON against ``root_hash`` and the PKCS#7 signature against ``trusted`` only."""
-    from asn1crypto import cms
-    from asn1crypto.core import ParsableOctetString
+def decode_errors() -> tuple[type[Exception], ...]:
+    """What decoding a hostile blob (asn1crypto is lazy: any field access may parse) or using a
+    hostile certificate can raise. asn1crypto raises ValueError and TypeError for bad encodings,
+    and the others from its own code on odd shapes (an empty SET where one value is read, a
+    64-bit field too large, a nesting too deep)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
 
+    return (
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        OverflowError,
+        RecursionError,
+        NotImplementedError,
+        UnsupportedAlgorithm,
+    )
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: asn1crypto's messages carry ``\n    while parsing …`` tails."""
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, ValueError) or not text:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def verify(sig: SigJson, root_hash: bytes, trusted: list[x509.Certificate]) -> SignatureCheck:
+    """Check the JSON against ``root_hash`` and the PKCS#7 signature against ``trusted`` only.
+    Never raises on a hostile blob: whatever does not decode is a failed check with its reason."""
     if sig.root_hash != root_hash:
         return SignatureCheck(
             False,
@@ -163,16 +191,23 @@ def verify(sig: SigJson, root_hash: bytes, trusted: list[x509.Certificate]) -> S
             f"the image's root hash ({root_hash.hex()[:16]}…)",
         )
     try:
-        info = cms.ContentInfo.load(sig.signature)
-        if info["content_type"].native != "signed_data":
-            return SignatureCheck(False, "PKCS#7 blob is not SignedData")
-        sd = info["content"]
-        signer_infos = list(sd["signer_infos"])
-        _ = sd["encap_content_info"]["content"]
-    except (ValueError, TypeError, KeyError) as exc:
-        return SignatureCheck(False, f"PKCS#7 blob does not parse ({exc})")
-    econtent = sd["encap_content_info"]["content"]
-    if econtent.native is not None and not isinstance(econtent, ParsableOctetString | type(None)):
+        return _verify(sig, root_hash, trusted)
+    except decode_errors() as exc:
+        return SignatureCheck(False, f"PKCS#7 blob does not parse ({one_line(exc)})")
+
+
+def _verify(sig: SigJson, root_hash: bytes, trusted: list[x509.Certificate]) -> SignatureCheck:
+    from asn1crypto import cms
+    from asn1crypto.core import Void
+
+    info = cms.ContentInfo.load(sig.signature)
+    if info["content_type"].native != "signed_data":
+        return SignatureCheck(False, "PKCS#7 blob is not SignedData")
+    sd = info["content"]
+    signer_infos = list(sd["signer_infos"])
+    # detached means no content at all; a present one is never decoded (its decoding can fail,
+    # and nothing in it would be used)
+    if not isinstance(sd["encap_content_info"]["content"], Void):
         return SignatureCheck(False, "PKCS#7 is not detached")
     if not signer_infos:
         return SignatureCheck(False, "PKCS#7 has no signer")
@@ -196,8 +231,8 @@ def verify(sig: SigJson, root_hash: bytes, trusted: list[x509.Certificate]) -> S
                         )
                     return SignatureCheck(True, "signature verified", cert.subject.rfc4514_string())
                 reasons.append(why)
-        except (ValueError, TypeError, KeyError) as exc:
-            return SignatureCheck(False, f"PKCS#7 signer info does not parse ({exc})")
+        except decode_errors() as exc:
+            return SignatureCheck(False, f"PKCS#7 signer info does not parse ({one_line(exc)})")
     if reasons:
         return SignatureCheck(False, reasons[0])
     if named is None:
@@ -218,8 +253,8 @@ def embedded_subjects(der: bytes) -> list[str]:
         certs = sd["certificates"]
         if certs.native is None:
             return []
-        return [c.chosen.subject.human_friendly for c in certs]
-    except (ValueError, TypeError, KeyError, AttributeError):
+        return [str(c.chosen.subject.human_friendly) for c in certs]
+    except decode_errors():
         return []
 
 

@@ -14,8 +14,10 @@ where each entry is ``SignatureOwner (GUID) | SignatureData``.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
+import re
 import struct
 import uuid
 from collections.abc import Callable, Iterable
@@ -24,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bootkeeper.errors import ConfigError, ParseError
+from bootkeeper.errors import ParseError
 from bootkeeper.fsutil import under
 
 if TYPE_CHECKING:
@@ -142,29 +144,76 @@ class TrustStore:
         return [a.cert for a in self.anchors]
 
 
-def _load_certs(data: bytes, what: str) -> list[x509.Certificate]:
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _load_errors() -> tuple[type[Exception], ...]:
+    """What loading or reading a hostile certificate raises: ValueError for bad DER, InvalidVersion
+    for an unknown X.509 version, and cryptography decodes some fields (subject, dates) only when
+    they are read, raising ValueError and others then."""
     from cryptography import x509
 
-    try:
-        if b"-----BEGIN" in data:
-            return list(x509.load_pem_x509_certificates(data))
-        return [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
-        raise ParseError(f"{what}: not a PEM or DER X.509 certificate ({exc})") from None
+    from bootkeeper.sysext.signature import decode_errors
+
+    return (*decode_errors(), x509.InvalidVersion)
 
 
-def _config_anchors(cfg: Sysext, root: Path) -> list[Anchor]:
+def _probe(cert: x509.Certificate) -> x509.Certificate:
+    """Read now everything bootkeeper reads of an anchor later (report, export, revocation, dates),
+    so a certificate that cannot be decoded fails here, alone, and not the run that uses it."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    cert.subject.rfc4514_string()
+    _ = cert.not_valid_before_utc, cert.not_valid_after_utc, cert.tbs_certificate_bytes
+    cert.public_bytes(Encoding.PEM)
+    cert.public_bytes(Encoding.DER)
+    return cert
+
+
+def _load_certs(data: bytes, what: str, problems: list[str] | None = None) -> list[x509.Certificate]:
+    """Every certificate of a PEM file (each block on its own) or one DER certificate; one that
+    does not load is a problem naming it, and the others still count. Without ``problems`` the
+    first one is a ParseError."""
+    from cryptography import x509
+
+    from bootkeeper.sysext.signature import one_line
+
+    if problems is None:
+        found: list[str] = []
+        certs = _load_certs(data, what, found)
+        if found:
+            raise ParseError(found[0])
+        return certs
+
+    if b"-----BEGIN" in data:
+        blocks = _PEM_BLOCK.findall(data)
+        if not blocks:
+            problems.append(f"{what}: no PEM CERTIFICATE block")
+        items = [(f"{what}: certificate {i}" if len(blocks) > 1 else what, b, True) for i, b in enumerate(blocks)]
+    else:
+        items = [(what, data, False)]
+    out = []
+    for where, raw, pem in items:
+        try:
+            out.append(_probe(x509.load_pem_x509_certificate(raw) if pem else x509.load_der_x509_certificate(raw)))
+        except _load_errors() as exc:
+            problems.append(f"{where}: not a usable PEM or DER X.509 certificate ({one_line(exc)})")
+    return out
+
+
+def _config_anchors(cfg: Sysext, root: Path, problems: list[str]) -> list[Anchor]:
     out: list[Anchor] = []
     for c in cfg.certificates:
         if "-----BEGIN" in c.value:
-            out.extend(Anchor(x, c.where) for x in _load_certs(c.value.encode(), c.where))
+            out.extend(Anchor(x, c.where) for x in _load_certs(c.value.encode(), c.where, problems))
             continue
         p = under(root, c.value)
         try:
             data = p.read_bytes()
         except OSError as exc:
-            raise ConfigError(f"{c.where}: {c.value}: cannot read ({exc.strerror})") from None
-        out.extend(Anchor(x, f"{c.where} ({c.value})") for x in _load_certs(data, f"{c.where}: {c.value}"))
+            problems.append(f"{c.where}: {c.value}: cannot read ({exc.strerror})")
+            continue
+        out.extend(Anchor(x, f"{c.where} ({c.value})") for x in _load_certs(data, f"{c.where}: {c.value}", problems))
     return out
 
 
@@ -182,14 +231,21 @@ def _dir_anchors(d: Path, problems: list[str]) -> list[Anchor]:
             continue  # our own exports are copies of the other sources
         p = d / n
         try:
-            out.extend(Anchor(x, str(p)) for x in _load_certs(p.read_bytes(), str(p)))
-        except (OSError, ParseError) as exc:
-            problems.append(str(exc) if isinstance(exc, ParseError) else f"{p}: cannot read ({exc.strerror})")
+            data = p.read_bytes()
+        except OSError as exc:
+            problems.append(f"{p}: cannot read ({exc.strerror})")
+            continue
+        out.extend(Anchor(x, str(p)) for x in _load_certs(data, str(p), problems))
     return out
 
 
-def _firmware_anchors(efivars: Path, name: str) -> list[Anchor]:
+def _firmware_anchors(efivars: Path, name: str, problems: list[str]) -> list[Anchor]:
+    """The X.509 entries of a firmware variable. A list that does not parse is a ParseError (no
+    entry of it can be told apart); one entry that is not a usable certificate is a problem, and
+    the other entries still count."""
     from cryptography import x509
+
+    from bootkeeper.sysext.signature import one_line
 
     data = read_efivar(efivars, name)
     if data is None:
@@ -200,15 +256,15 @@ def _firmware_anchors(efivars: Path, name: str) -> list[Anchor]:
         if e.type != EFI_CERT_X509:
             continue  # image hashes are not certificates
         try:
-            out.append(Anchor(x509.load_der_x509_certificate(e.data), f"firmware {name} #{i}"))
-        except ValueError as exc:
-            raise ParseError(f"{what}: entry {i} is not an X.509 certificate ({exc})") from None
+            out.append(Anchor(_probe(x509.load_der_x509_certificate(e.data)), f"firmware {name} #{i}"))
+        except _load_errors() as exc:
+            problems.append(f"{what}: entry {i} is not a usable X.509 certificate ({one_line(exc)})")
     return out
 
 
 def _dbx(efivars: Path) -> list[EslEntry]:
     data = read_efivar(efivars, "dbx")
-    return parse_esl(data, f"firmware dbx ({efivars})") if data else []
+    return parse_esl(data, f"firmware dbx ({efivars}/dbx-{VARIABLE_GUID['dbx']})") if data else []
 
 
 def revocation(anchor: Anchor, dbx: list[EslEntry]) -> str | None:
@@ -227,10 +283,18 @@ def revocation(anchor: Anchor, dbx: list[EslEntry]) -> str | None:
     return None
 
 
-def load(cfg: Sysext, root: Path = Path("/"), efivars: Path | None = None, *, strict: bool = True) -> TrustStore:
+def load(
+    cfg: Sysext,
+    root: Path = Path("/"),
+    efivars: Path | None = None,
+    *,
+    strict: bool = True,
+    now: datetime.datetime | None = None,
+) -> TrustStore:
     """Collect the anchors. ``strict``: the first unreadable source is an error (``keys`` verbs);
     otherwise it is recorded in ``problems`` and the others still count (boot time: a bad source
-    can only make fewer images pass, never more)."""
+    can only make fewer images pass, never more). ``now``: when ``sysext.require_valid_dates``
+    is set, the time the anchors must be valid at (default: the clock)."""
     store = TrustStore()
     efivars = efivars if efivars is not None else under(root, str(EFIVARS))
 
@@ -243,26 +307,59 @@ def load(cfg: Sysext, root: Path = Path("/"), efivars: Path | None = None, *, st
             store.problems.append(str(exc))
             return []
 
-    found: list[Anchor] = collect(lambda: _config_anchors(cfg, root))
+    found: list[Anchor] = _config_anchors(cfg, root, store.problems)
     for d in cfg.verity_dirs:
         found.extend(_dir_anchors(under(root, d), store.problems))
     for name in cfg.firmware:
-        found.extend(collect(partial(_firmware_anchors, efivars, name)))
+        found.extend(collect(partial(_firmware_anchors, efivars, name, store.problems)))
     if strict and store.problems:
         raise ParseError(store.problems[0])
-    dbx = collect(lambda: _dbx(efivars)) if cfg.firmware else []
+    dbx: list[EslEntry] = []
+    unreadable: str | None = None
+    if cfg.firmware:
+        try:
+            dbx = _dbx(efivars)
+        except ParseError as exc:
+            if strict:
+                raise
+            # Revocation fails closed. dbx revokes by certificate, whichever source trusts it, so
+            # when it is present but cannot be read or parsed (a torn write, a hostile edit, EIO)
+            # no anchor can be shown to be unrevoked: every one is treated as revoked, and in
+            # enforced mode every image is refused until dbx reads again. Skipping it instead
+            # would trust exactly the certificates it was written to revoke. An absent dbx is
+            # not this case: nothing is revoked then.
+            unreadable = f"{exc}; revocation cannot be checked"
+            store.problems.append(f"{unreadable}: every trust anchor is treated as revoked")
+    if now is None:
+        now = datetime.datetime.now(datetime.UTC)
     seen: set[str] = set()
     for a in found:
         fp = a.fingerprint
         if fp in seen:
             continue
         seen.add(fp)
-        why = revocation(a, dbx)
+        why = unreadable or revocation(a, dbx)
+        if why is None and cfg.require_valid_dates:
+            why = _outside_validity(a, now)
+            if why is not None:
+                store.problems.append(f"{a.source}: {a.subject}: {why}")
         if why:
             store.revoked.append((a, why))
         else:
             store.anchors.append(a)
     return store
+
+
+def _outside_validity(a: Anchor, now: datetime.datetime) -> str | None:
+    """Why ``a`` is not valid at ``now`` (``sysext.require_valid_dates``), or None. By default the
+    dates are not checked, as systemd does not: it verifies with PKCS7_NOVERIFY, and the kernel
+    checks no validity dates of the keys it verifies dm-verity signatures with."""
+    before, after = a.cert.not_valid_before_utc, a.cert.not_valid_after_utc
+    if now < before:
+        return f"not valid before {before.isoformat()} (sysext.require_valid_dates)"
+    if now > after:
+        return f"expired {after.isoformat()} (sysext.require_valid_dates)"
+    return None
 
 
 def export(store: TrustStore, dest: Path) -> tuple[list[str], list[str]]:
