@@ -107,3 +107,24 @@ def test_require_valid_dates(tmp_path: Path) -> None:
     p.write_text("sysext:\n  require_valid_dates: 'yes'\n")
     with pytest.raises(ConfigError, match=r"a\.yaml: sysext\.require_valid_dates: 'yes' is not true or false$"):
         config.load([p])
+
+
+@pytest.mark.parametrize("body", ["[" * 100_000, "a:\n" + "".join(" " * i + "b:\n" for i in range(1, 3000))])
+def test_deeply_nested_config_is_one_line(tmp_path: Path, body: str) -> None:
+    """PyYAML recurses per nesting level: the config verb's answer is a ConfigError naming the file
+    (exit 4 through the CLI), never a RecursionError; shown through the real CLI too."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "90.yaml"
+    p.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        config.load([p])
+    assert str(err.value).startswith(str(p)) and "\n" not in str(err.value)
+    r = subprocess.run(
+        [sys.executable, "-m", "bootkeeper", "arm", "--esp", str(tmp_path), "--config", str(p)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 4 and "Traceback" not in r.stderr and str(p) in r.stderr, r.stderr

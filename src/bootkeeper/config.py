@@ -256,6 +256,8 @@ def _load_yaml(path: Path) -> dict[str, Any]:
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}{where}: {problem}") from exc
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError(f"{path}: nested too deeply to be a bootkeeper config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
