@@ -317,3 +317,52 @@ def test_a_worker_process_that_dies_refuses_only_its_image(tmp_path: Path, monke
         "tools.sysext.raw": ("passed", []),
     }
     assert sorted(p.name for p in (root / "run/extensions").iterdir()) == ["k3s.sysext.raw", "tools.sysext.raw"]
+
+
+def test_judging_workers_die_with_activate(tmp_path: Path) -> None:
+    """kill -9 of activate while its worker processes judge images: none of them outlives it.
+    In a fork of this process, the judging is made to hang (a stand-in for a slow validation, so
+    the kill lands mid-judging every time); the pool and its initializer are activate's own."""
+    import signal
+    import time
+
+    from bootkeeper.sysext import activate as act
+
+    pid = os.fork()
+    if pid == 0:  # the "activate" process
+        try:
+            act._judge_one = _hang  # type: ignore[assignment]
+            act._in_workers({"a.raw": tmp_path / "a", "b.raw": tmp_path / "b"}, 2, {}, None, [], None, True)
+        finally:
+            os._exit(0)
+    workers: set[int] = set()
+    deadline = time.monotonic() + 60  # a bound on the wait, not an assertion about speed
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == pid}
+        time.sleep(0.01)
+    assert len(workers) == 2, "no worker processes started"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    deadline = time.monotonic() + 20
+    while any(_ppid(Path(f"/proc/{w}")) is not None for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [w for w in workers if _ppid(Path(f"/proc/{w}")) is not None]
+    for w in survivors:
+        os.kill(w, signal.SIGKILL)
+    assert not survivors, f"worker processes {survivors} outlived activate"
+
+
+def _hang(*args: object, **kwargs: object) -> None:
+    """A validation that never ends (module level: the pool pickles the function by name)."""
+    import time
+
+    time.sleep(3600)
+
+
+def _ppid(proc: Path) -> int | None:
+    """The parent of a live (not zombie) process, or None."""
+    try:
+        fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[1])
