@@ -105,3 +105,27 @@ def test_superblock_salt_over_256_refused() -> None:
     bad[0x50:0x52] = (300).to_bytes(2, "little")
     with pytest.raises(ParseError, match="salt size 300"):
         verity.Superblock.unpack(bytes(bad))
+
+
+@pytest.mark.parametrize("algorithm", ["sha1", "sha256", "sha512"])
+def test_corrupt_data_block_is_named_for_every_digest_size(tmp_path: Path, algorithm: str) -> None:
+    """sha1's 20-byte digests sit in 32-byte slots (zero padded): the streamed comparison of a whole
+    read must still find and name the one bad block, and veritysetup agrees the data is bad."""
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(2000 * 4096))  # more than one 256-block read of the leaf level
+    with data.open("rb") as f:
+        tree = verity.build(f, algorithm=algorithm)
+        assert verity.verify(f, tree.hash_area(), tree.root_hash).ok
+    raw = bytearray(data.read_bytes())
+    raw[1777 * 4096 + 5] ^= 0x80
+    data.write_bytes(bytes(raw))
+    (tmp_path / "h").write_bytes(tree.hash_area())
+    real = subprocess.run(
+        ["veritysetup", "verify", str(data), str(tmp_path / "h"), tree.root_hash.hex()],
+        capture_output=True,
+        check=False,
+    )
+    assert real.returncode != 0
+    with data.open("rb") as f:
+        r = verity.verify(f, tree.hash_area(), tree.root_hash)
+    assert not r.ok and r.reason and "data block 1777 " in r.reason
