@@ -13,8 +13,8 @@ demo: $(STAMP)
 	$(VENV)/bin/bootkeeper demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench fuzz
+	$(VENV)/bin/ruff format --check src tests bench fuzz
 	$(VENV)/bin/mypy
 
 test: $(STAMP)

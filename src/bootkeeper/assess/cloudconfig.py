@@ -149,8 +149,10 @@ def load(text: str, source: str) -> CloudConfig:
         mark = exc.problem_mark
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         raise ParseError(f"{where}: not valid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ParseError(f"{source}: not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # e.g. ReaderError, whose text spans two lines
+        raise ParseError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # yaml.compose() recurses once per nesting level
+        raise ParseError(f"{source}: not valid YAML: nested too deeply") from None
     problems: list[tuple[int, str]] = []
     steps: list[Step] = []
     stages = _map(root).get("stages")

@@ -78,12 +78,20 @@ def read_from_fs(fs: bytes, fstype: str | None, name: str, what: str) -> Release
     raise ParseError(f"{what}: unknown file system, cannot read the extension-release")
 
 
+def _shown(name: str) -> str:
+    """A file name from the image as it goes into a one-line message: quoted and escaped when it
+    holds anything not printable (a newline would split the line, and the journal's)."""
+    return name if name.isprintable() else repr(name)
+
+
 def _from_erofs(e: Erofs, name: str, what: str) -> Release:
     d = e.lookup(RELEASE_DIR)
     names = [n for n in (e.listdir(d) if d is not None else {}) if n.startswith("extension-release.")]
     own = f"extension-release.{name}"
     if own not in names:
-        raise ParseError(f"{what}: no {RELEASE_DIR}/{own}" + (f" (found {', '.join(names)})" if names else ""))
+        raise ParseError(
+            f"{what}: no {RELEASE_DIR}/{own}" + (f" (found {', '.join(map(_shown, names))})" if names else "")
+        )
     pick = own
     ino = e.lookup(f"{RELEASE_DIR}/{pick}")
     assert ino is not None
@@ -110,7 +118,7 @@ def _squashfs(fs: bytes, name: str, what: str) -> Release:
             ]
             own = f"extension-release.{name}"
             if own not in names:
-                found = f" (found {', '.join(names)})" if names else ""
+                found = f" (found {', '.join(map(_shown, names))})" if names else ""
                 raise ParseError(f"{what}: no {RELEASE_DIR}/{own}{found}")
             try:
                 text = run(["unsquashfs", "-cat", tmp.name, f"{RELEASE_DIR}/{own}"]).stdout
