@@ -139,3 +139,45 @@ def test_worker_init_sets_parent_death_signal() -> None:
         os._exit(0 if sig.value == signal.SIGKILL else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+SQUASH_PART = 768 << 20
+
+
+def test_squashfs_release_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    """A squashfs root partition is handed to unsquashfs through a temporary copy of the partition's
+    bytes (only those: what dm-verity will expose), written a MiB at a time — never the whole
+    partition in memory (the old code read 768 MiB here into one bytes object)."""
+    tree = tmp_path / "tree"
+    (tree / "usr/lib/extension-release.d").mkdir(parents=True)
+    (tree / "usr/lib/extension-release.d/extension-release.sq").write_text("ID=_any\n")
+    subprocess.run(["mksquashfs", str(tree), str(tmp_path / "fs"), "-quiet", "-noappend"], check=True)
+    fs = (tmp_path / "fs").read_bytes()
+    with (tmp_path / "data").open("w+b") as f:
+        f.write(fs)
+        f.truncate(SQUASH_PART)
+        t = verity.build(f)
+    key, cert = signature.self_signed("ec", "sq")
+    data_uuid, hash_uuid = gpt.split_root_hash(t.root_hash)
+    area = t.hash_area()
+    parts = [
+        gpt.NewPartition(gpt.TYPES["root"]["x86-64"], data_uuid, "root-x86-64", fs, size=SQUASH_PART),
+        gpt.NewPartition(gpt.TYPES["root-verity"]["x86-64"], hash_uuid, "root-x86-64-verity", area),
+        gpt.NewPartition(
+            gpt.TYPES["root-verity-sig"]["x86-64"],
+            str(uuid.uuid4()),
+            "root-x86-64-verity-sig",
+            signature.sign(t.root_hash, key, cert).dump(),
+        ),
+    ]
+    img = tmp_path / "sq.raw"
+    with img.open("wb") as f:
+        gpt.write(f, parts, str(uuid.uuid4()))
+    pem = tmp_path / "cert.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    argv = [sys.executable, "-m", "bootkeeper", "sysext", "validate", str(img), "--cert", str(pem)]
+    out = subprocess.run([sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, check=True)
+    rc, rss, text = out.stdout.split(" ", 2)
+    print(f"validate, squashfs in a {SQUASH_PART >> 20} MiB partition: peak RSS {int(rss) >> 10} MiB")
+    assert rc == "0", text
+    assert int(rss) < RSS_BOUND_KIB, f"peak RSS {int(rss) >> 10} MiB"

@@ -11,9 +11,11 @@ erofs is read by :mod:`erofs`; squashfs with ``unsquashfs -cat`` through ``run()
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from bootkeeper.errors import CommandError, ParseError
 from bootkeeper.esp.keyvalue import KeyValue, split_lines
@@ -51,8 +53,6 @@ class Release:
 
 def read_from_partition(path: Path, offset: int, size: int, fstype: str | None, name: str) -> Release:
     """The extension-release of the file system in bytes ``offset..offset+size`` of ``path``."""
-    import os
-
     what = f"{name} (root file system)"
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -62,7 +62,7 @@ def read_from_partition(path: Path, offset: int, size: int, fstype: str | None, 
         if fstype == "erofs":
             return _from_erofs(Erofs(lambda off, n: os.pread(fd, n, offset + off), size, what), name, what)
         if fstype == "squashfs":
-            return _squashfs(os.pread(fd, size, offset), name, what)
+            return _squashfs((fd, offset, size), name, what)
     except OSError as exc:
         raise ParseError(f"{what}: cannot read ({exc.strerror or exc})") from None
     finally:
@@ -99,7 +99,26 @@ def _from_erofs(e: Erofs, name: str, what: str) -> Release:
     return Release(pick, parse_release(e.read(ino).decode("utf-8", "replace")), pick != own, has_os)
 
 
-def _squashfs(fs: bytes, name: str, what: str) -> Release:
+_CHUNK = 1 << 20
+
+
+def _stage(tmp: IO[bytes], fs: bytes | tuple[int, int, int]) -> None:
+    """Write the file system to ``tmp``: bytes, or ``(fd, offset, size)`` copied a MiB at a time
+    (never the whole partition in memory), and only the partition's bytes: what the kernel will see
+    through dm-verity, nothing past its end."""
+    if isinstance(fs, bytes):
+        tmp.write(fs)
+    else:
+        fd, offset, size = fs
+        for off in range(0, size, _CHUNK):
+            chunk = os.pread(fd, min(_CHUNK, size - off), offset + off)
+            if not chunk:
+                break
+            tmp.write(chunk)
+    tmp.flush()
+
+
+def _squashfs(fs: bytes | tuple[int, int, int], name: str, what: str) -> Release:
     """The squashfs is read by the real ``unsquashfs``. Its failure, or its absence, is a fault of
     this image's check (a ParseError naming it), never of the whole run: activate judges every
     image on its own, and the image is then refused for an unreadable extension-release."""
@@ -108,8 +127,7 @@ def _squashfs(fs: bytes, name: str, what: str) -> Release:
     try:
         check_tool("unsquashfs", "to read the extension-release from a squashfs image")
         with tempfile.NamedTemporaryFile() as tmp:
-            tmp.write(fs)
-            tmp.flush()
+            _stage(tmp, fs)
             listing = run(["unsquashfs", "-lc", "-d", "", tmp.name]).stdout.split()
             names = [
                 p.rsplit("/", 1)[-1]
