@@ -155,3 +155,51 @@ def test_missing_unsquashfs_is_a_parse_error(tmp_path: Path) -> None:
         "demo (root file system): squashfs: required tool 'unsquashfs' not found "
         "(to read the extension-release from a squashfs image)"
     ), p.stdout + p.stderr
+
+
+def _squashfs_in_partition(tmp_path: Path, files: dict[str, bytes], before: int = 8192) -> tuple[Path, int, int]:
+    """A real mksquashfs file system at byte ``before`` of a file, with bytes after it (the next
+    partition); returns (path, offset, size of the partition)."""
+    t = tmp_path / "sq-tree"
+    for rel, data in files.items():
+        (t / rel).parent.mkdir(parents=True, exist_ok=True)
+        (t / rel).write_bytes(data)
+    fs = tmp_path / "sq.fs"
+    subprocess.run(["mksquashfs", str(t), str(fs), "-quiet", "-noappend", "-all-root"], check=True, capture_output=True)
+    raw = fs.read_bytes()
+    img = tmp_path / "sq.img"
+    img.write_bytes(b"\0" * before + raw + b"\xaa" * 4096)
+    return img, before, len(raw)
+
+
+def test_squashfs_in_place_with_bytes_that_are_not_utf8(tmp_path: Path) -> None:
+    """unsquashfs reads the partition in place (-o OFFSET); bytes that are not UTF-8 in the
+    extension-release or in a file name are data, never a UnicodeDecodeError."""
+    rel = "usr/lib/extension-release.d/extension-release.demo"
+    img, off, size = _squashfs_in_partition(
+        tmp_path,
+        {rel: b"ID=_any\nX=\xff\n", "usr/bin/t\udcffool": b"x"},  # the byte 0xff in a name
+    )
+    r = release.read_from_partition(img, off, size, "squashfs", "demo")
+    assert r.fields["ID"] == "_any" and r.fields["X"] == "\ufffd"
+    with pytest.raises(ParseError, match=r"no usr/lib/extension-release\.d/extension-release\.other"):
+        release.read_from_partition(img, off, size, "squashfs", "other")
+
+
+def test_squashfs_that_points_past_its_partition_is_refused(tmp_path: Path) -> None:
+    """bytes_used or a table start beyond the partition: unsquashfs would read bytes dm-verity never
+    exposes (the next partition), so the image is refused before unsquashfs runs."""
+    import struct
+
+    rel = "usr/lib/extension-release.d/extension-release.demo"
+    img, off, size = _squashfs_in_partition(tmp_path, {rel: b"ID=_any\n"})
+    assert release.read_from_partition(img, off, size, "squashfs", "demo").fields == {"ID": "_any"}
+    used = struct.unpack_from("<Q", img.read_bytes(), off + 40)[0]  # mksquashfs pads the file past it
+    assert release.read_from_partition(img, off, used, "squashfs", "demo").fields == {"ID": "_any"}
+    with pytest.raises(ParseError, match=r"bytes_used \d+ is past the partition's"):
+        release.read_from_partition(img, off, used - 1, "squashfs", "demo")
+    raw = bytearray(img.read_bytes())
+    struct.pack_into("<Q", raw, off + 64, size + 100)  # inode_table_start past bytes_used
+    img.write_bytes(bytes(raw))
+    with pytest.raises(ParseError, match=r"a table at byte \d+ is past bytes_used"):
+        release.read_from_partition(img, off, size, "squashfs", "demo")

@@ -50,6 +50,8 @@ def run(
             stdin=subprocess.DEVNULL,
             capture_output=capture,
             text=True,
+            encoding="utf-8",
+            errors="replace",  # a tool's output may carry bytes from an image: never a UnicodeDecodeError
             env=full_env,
             timeout=timeout,
             check=False,

@@ -11,11 +11,12 @@ erofs is read by :mod:`erofs`; squashfs with ``unsquashfs -cat`` through ``run()
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from bootkeeper.errors import CommandError, ParseError
 from bootkeeper.esp.keyvalue import KeyValue, split_lines
@@ -62,7 +63,7 @@ def read_from_partition(path: Path, offset: int, size: int, fstype: str | None, 
         if fstype == "erofs":
             return _from_erofs(Erofs(lambda off, n: os.pread(fd, n, offset + off), size, what), name, what)
         if fstype == "squashfs":
-            return _squashfs((fd, offset, size), name, what)
+            return _squashfs((path, offset, size), name, what)
     except OSError as exc:
         raise ParseError(f"{what}: cannot read ({exc.strerror or exc})") from None
     finally:
@@ -99,36 +100,50 @@ def _from_erofs(e: Erofs, name: str, what: str) -> Release:
     return Release(pick, parse_release(e.read(ino).decode("utf-8", "replace")), pick != own, has_os)
 
 
-_CHUNK = 1 << 20
+_SQUASHFS_SB = struct.Struct("<IIIIIHHHHHHQQQQQQQQ")  # squashfs 4.0 super block, 96 bytes
+_ABSENT = 0xFFFF_FFFF_FFFF_FFFF
 
 
-def _stage(tmp: IO[bytes], fs: bytes | tuple[int, int, int]) -> None:
-    """Write the file system to ``tmp``: bytes, or ``(fd, offset, size)`` copied a MiB at a time
-    (never the whole partition in memory), and only the partition's bytes: what the kernel will see
-    through dm-verity, nothing past its end."""
-    if isinstance(fs, bytes):
-        tmp.write(fs)
-    else:
-        fd, offset, size = fs
-        for off in range(0, size, _CHUNK):
-            chunk = os.pread(fd, min(_CHUNK, size - off), offset + off)
-            if not chunk:
-                break
-            tmp.write(chunk)
-    tmp.flush()
+def _squashfs_bounds(fd: int, offset: int, size: int, what: str) -> None:
+    """The super block's own size and every table it points at lie inside the partition: what
+    unsquashfs then reads is what dm-verity will expose, nothing from past the partition's end."""
+    raw = os.pread(fd, _SQUASHFS_SB.size, offset)
+    if len(raw) < _SQUASHFS_SB.size:
+        raise ParseError(f"{what}: squashfs: super block truncated")
+    f = _SQUASHFS_SB.unpack(raw)
+    magic, bytes_used, tables = f[0], f[12], f[13:]
+    if magic != 0x73717368:  # "hsqs"
+        raise ParseError(f"{what}: squashfs: bad magic")
+    if bytes_used > size:
+        raise ParseError(f"{what}: squashfs: bytes_used {bytes_used} is past the partition's {size} bytes")
+    for t in tables:
+        if t != _ABSENT and t >= bytes_used:
+            raise ParseError(f"{what}: squashfs: a table at byte {t} is past bytes_used {bytes_used}")
 
 
-def _squashfs(fs: bytes | tuple[int, int, int], name: str, what: str) -> Release:
-    """The squashfs is read by the real ``unsquashfs``. Its failure, or its absence, is a fault of
-    this image's check (a ParseError naming it), never of the whole run: activate judges every
-    image on its own, and the image is then refused for an unreadable extension-release."""
+def _squashfs(fs: bytes | tuple[Path, int, int], name: str, what: str) -> Release:
+    """The squashfs is read by the real ``unsquashfs``: in place (``-o OFFSET``, after the bounds
+    check, so no copy of the partition in memory or in /tmp), or from a temporary file when given
+    bytes. Its failure, or its absence, is a fault of this image's check (a ParseError naming it),
+    never of the whole run: activate judges every image on its own, and the image is then refused
+    for an unreadable extension-release."""
     from bootkeeper.run import check_tool, run
 
     try:
         check_tool("unsquashfs", "to read the extension-release from a squashfs image")
-        with tempfile.NamedTemporaryFile() as tmp:
-            _stage(tmp, fs)
-            listing = run(["unsquashfs", "-lc", "-d", "", tmp.name]).stdout.split()
+        with contextlib.ExitStack() as stack:
+            if isinstance(fs, bytes):
+                tmp = stack.enter_context(tempfile.NamedTemporaryFile())
+                tmp.write(fs)
+                tmp.flush()
+                image = ["-o", "0", tmp.name]
+            else:
+                path, offset, size = fs
+                fd = os.open(path, os.O_RDONLY)
+                stack.callback(os.close, fd)
+                _squashfs_bounds(fd, offset, size, what)
+                image = ["-o", str(offset), str(path)]
+            listing = run(["unsquashfs", "-lc", "-d", "", *image]).stdout.split()
             names = [
                 p.rsplit("/", 1)[-1]
                 for p in listing
@@ -139,15 +154,15 @@ def _squashfs(fs: bytes | tuple[int, int, int], name: str, what: str) -> Release
                 found = f" (found {', '.join(map(_shown, names))})" if names else ""
                 raise ParseError(f"{what}: no {RELEASE_DIR}/{own}{found}")
             try:
-                text = run(["unsquashfs", "-cat", tmp.name, f"{RELEASE_DIR}/{own}"]).stdout
+                text = run(["unsquashfs", "-cat", *image, f"{RELEASE_DIR}/{own}"]).stdout
             except CommandError as exc:
                 raise ParseError(f"{what}: cannot read {RELEASE_DIR}/{own} ({exc})") from None
             has_os = any(p.rstrip("/").endswith(("usr/lib/os-release", "etc/os-release")) for p in listing)
             return Release(own, parse_release(text), False, has_os)
     except CommandError as exc:
         raise ParseError(f"{what}: squashfs: {exc}") from None
-    except OSError as exc:  # the temporary copy: /tmp full or unwritable
-        raise ParseError(f"{what}: squashfs: cannot stage a copy for unsquashfs ({exc.strerror or exc})") from None
+    except OSError as exc:  # the image, or the temporary copy of given bytes
+        raise ParseError(f"{what}: squashfs: cannot read ({exc.strerror or exc})") from None
 
 
 def check(rel: Release, host: dict[str, str] | None, arch: str, scope: str = "system") -> str | None:
