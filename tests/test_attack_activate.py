@@ -281,6 +281,56 @@ df -B1 --output=avail {root}/run | tail -1 > {out}/avail
         assert why.endswith(" bytes free")
 
 
+def test_a_second_run_on_a_full_run_keeps_what_it_placed(tmp_path: Path, images: dict[str, Path]) -> None:
+    """/run a real tmpfs with room for the two good images once, not twice: a second activate (a
+    manual re-run, or --refresh) counts each earlier copy as room for its own replacement and places
+    both again — it must not refuse them for space and then delete the copies it placed before."""
+    sizes = [images[n].stat().st_size for n in GOOD]
+    kib = (sum(sizes) + max(sizes) // 2) // 1024 + 64  # both once, plus half of one: never both twice
+    root = _root(tmp_path, images, [])
+    out = tmp_path / "out"
+    out.mkdir()
+    (root / "run").mkdir()
+    script = f"""
+mount -t tmpfs -o size={kib}k tmpfs {root}/run || exit 99
+"$@" --json > {out}/first; echo $? > {out}/rc1
+"$@" --json > {out}/second; echo $? > {out}/rc2
+ls -a {root}/run/extensions > {out}/placed
+"""
+    p = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *_cli(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    for run in ("first", "second"):
+        report = json.loads((out / run).read_text())
+        assert [(i["name"], i["verdict"], i["placed"]) for i in report["images"]] == [
+            (n, "passed", True) for n in GOOD
+        ], (run, report["images"])
+        assert report["removed"] == [], run
+    assert (out / "rc1").read_text().strip() == (out / "rc2").read_text().strip() == "0"
+    assert sorted((out / "placed").read_text().split()) == sorted([".", "..", *GOOD])
+
+
+def test_one_name_in_two_folders_is_reported_once_each(tmp_path: Path, images: dict[str, Path]) -> None:
+    """The UKI's own image wins over a global one of the same name; the report has both lines: the
+    one judged, and the one skipped with the reason."""
+    root = _root(tmp_path, images, [])
+    glob = root / ".extra/global_sysext"
+    glob.mkdir(parents=True)
+    shutil.copyfile(images["shared.sysext.raw"], glob / GOOD[0])
+    _, report = _activate(root)
+    rows = [(i["name"], i["verdict"], i["source"]) for i in report["images"]]
+    assert rows == [
+        (GOOD[0], "passed", str(root / ".extra/sysext" / GOOD[0])),
+        (GOOD[1], "passed", str(root / ".extra/sysext" / GOOD[1])),
+        (GOOD[0], "skipped", ""),
+    ], rows
+    assert report["images"][2]["reasons"] == [f"{glob / GOOD[0]}: an image of this name came from an earlier folder"]
+
+
 def test_confext_and_global_extensions(tmp_path: Path, images: dict[str, Path]) -> None:
     """A .confext.raw is never placed in /run/extensions (it is systemd-confext's); global extensions
     (/.extra/global_sysext, from the ESP's loader/extensions) are judged like the UKI's own."""

@@ -145,9 +145,9 @@ SQUASH_PART = 768 << 20
 
 
 def test_squashfs_release_is_read_in_bounded_memory(tmp_path: Path) -> None:
-    """A squashfs root partition is handed to unsquashfs through a temporary copy of the partition's
-    bytes (only those: what dm-verity will expose), written a MiB at a time — never the whole
-    partition in memory (the old code read 768 MiB here into one bytes object)."""
+    """A squashfs root partition is read by unsquashfs in place (-o OFFSET, after its super block
+    is checked against the partition): never the whole partition in memory (the old code read
+    768 MiB here into one bytes object)."""
     tree = tmp_path / "tree"
     (tree / "usr/lib/extension-release.d").mkdir(parents=True)
     (tree / "usr/lib/extension-release.d/extension-release.sq").write_text("ID=_any\n")

@@ -186,12 +186,13 @@ def activate(
     host = host_os_release(root)
     pol = policy.parse(cfg.policy, "sysext.policy")
     anchors = _trust(root, cfg, efivars, report) if mode is not SysextMode.DISABLED else []
-    outcomes: dict[str, Outcome] = {}
+    skips: dict[int, Outcome] = {}  # by job: one name may be skipped in one folder, judged from another
+    outcomes: dict[str, Outcome] = {}  # by name: the names judged are unique (_candidates)
     pending: list[tuple[str, Path, int]] = []
     jobs = _candidates(sources)
-    for name, src, skipped in jobs:
+    for i, (name, src, skipped) in enumerate(jobs):
         if src is None:
-            outcomes[name] = Outcome(name, "", False, "skipped", [skipped or "skipped"])
+            skips[i] = Outcome(name, "", False, "skipped", [skipped or "skipped"])
             continue
         try:
             st = os.lstat(src)
@@ -200,11 +201,21 @@ def activate(
             continue
         pending.append((name, src, st.st_size))
     pending.sort(key=lambda j: (j[2], j[0]))  # smallest first (see the module's docstring)
+    freed: list[str] = []
     while pending:
         free, block = _free(dest)
         room, batch, rest = free, [], []
+        reclaimed = 0
         for job in pending:
             need = _rounded(job[2], block)
+            if need > room:
+                # an earlier run's copy of this very image is replaced by it: its room counts, and
+                # it goes now (the new copy is placed if it passes; if not, the old must go anyway)
+                held = _earlier_copy(dest / job[0])
+                if held and need <= room + held and _remove(dest / job[0]):
+                    freed.append(job[0])
+                    room += held
+                    reclaimed += held
             if need <= room:
                 batch.append(job)
                 room -= need
@@ -216,12 +227,16 @@ def activate(
                     name, str(src), False, "refused", [f"{src}: {_does_not_fit(name, size, dest, free)}"]
                 )
             break
-        outcomes.update(_round(batch, dest, free, mode, pol, anchors, host, cfg.full_check))
+        outcomes.update(_round(batch, dest, free + reclaimed, mode, pol, anchors, host, cfg.full_check))
         pending = rest
-    report.images = [outcomes[name] for name, _, _ in jobs if name in outcomes]
+    report.images = [skips[i] if i in skips else outcomes[name] for i, (name, _, _) in enumerate(jobs)]
+    report.removed = [n for n in freed if not outcomes[n].placed]
     for o in report.images:
         if log is not None:
             log(o.line())
+    for n in report.removed:
+        if log is not None:
+            log(printable(f"{n}: removed from {dest} (an earlier copy; not placed now)"))
     placed = {o.name for o in report.images if o.placed}
     refused = {o.name for o in report.images if not o.placed and o.verdict == "refused"}
     for old in sorted(refused | set(_previous(root))):
@@ -283,6 +298,23 @@ def _free(dest: Path) -> tuple[int, int]:
     except OSError:
         return 1 << 62, 4096  # not measurable: try, and let a failing copy say so
     return v.f_bavail * v.f_frsize, v.f_frsize or 4096
+
+
+def _earlier_copy(p: Path) -> int:
+    """Bytes held by a regular file at ``p`` (a copy an earlier run placed), else 0."""
+    try:
+        st = os.lstat(p)
+    except OSError:
+        return 0
+    return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else 0
+
+
+def _remove(p: Path) -> bool:
+    try:
+        p.unlink()
+    except OSError:
+        return False
+    return True
 
 
 def _rounded(size: int, block: int) -> int:

@@ -316,7 +316,7 @@ def load(
         raise ParseError(store.problems[0])
     dbx: list[EslEntry] = []
     unreadable: str | None = None
-    if cfg.firmware:
+    if cfg.firmware:  # firmware: [] reads no firmware variable at all, dbx included (README)
         try:
             dbx = _dbx(efivars)
         except ParseError as exc:
