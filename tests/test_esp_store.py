@@ -161,6 +161,20 @@ def test_transaction_clears_stale_temporaries_and_nothing_else(esp: Path) -> Non
     assert logged[0] == "removed loader/.bootkeeper-0a.tmp, a temporary left by an interrupted bootkeeper run"
 
 
+def test_temporaries_in_deeper_uki_folders_are_cleared(esp: Path) -> None:
+    """An ``efi /EFI/v/sub/x.efi`` entry puts its extensions in EFI/v/sub/x.efi.extra.d/: an
+    interrupted install there leaves its temporary there, and the next write verb removes it."""
+    deep = esp / "EFI/v/sub/x.efi.extra.d"
+    deep.mkdir(parents=True)
+    (deep / ".bootkeeper-dead.tmp").write_bytes(b"half an image")
+    (deep / "k3s.raw").write_bytes(b"an image")
+    store = EspStore(esp, log=lambda _: None)
+    with store.transaction():
+        pass
+    assert store.cleared == ["EFI/v/sub/x.efi.extra.d/.bootkeeper-dead.tmp"]
+    assert sorted(os.listdir(deep)) == ["k3s.raw"]
+
+
 def test_bless_clears_them_and_says_so(esp: Path) -> None:
     (esp / "loader/entries/.bootkeeper-dead.tmp").write_bytes(b"half an entry")
     p = subprocess.run(

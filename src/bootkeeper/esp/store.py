@@ -223,13 +223,15 @@ class EspStore:
             yield
 
     def temporary_folders(self) -> list[Path]:
-        """Every folder bootkeeper writes to: loader/, loader/entries/, EFI/*/ (EFI/Linux/ too) and
-        every ``*.extra.d/`` beside a UKI there. Links are not followed."""
+        """Every folder bootkeeper writes to: loader/, loader/entries/, and every folder under EFI/
+        at any depth (EFI/Linux/, EFI/<vendor>/, a UKI's ``*.extra.d/`` wherever an ``efi``/``uki``
+        key puts the UKI, e.g. EFI/v/sub/x.efi.extra.d/). Links are not followed."""
         out = [self.path("loader"), self.path(TYPE1_DIR)]
-        efi = self.path("EFI")
-        for d in [] if efi.is_symlink() else _subdirs(efi):
+        todo = [] if self.path("EFI").is_symlink() else _subdirs(self.path("EFI"))
+        while todo:
+            d = todo.pop()
             out.append(d)
-            out.extend(x for x in _subdirs(d) if x.name.lower().endswith(".extra.d"))
+            todo.extend(_subdirs(d))
         return [d for d in out if d.is_dir() and not d.is_symlink()]
 
     def clear_temporaries(self) -> list[str]:
