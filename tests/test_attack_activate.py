@@ -90,6 +90,16 @@ def _cli(root: Path, *more: str) -> list[str]:
     return [sys.executable, "-m", "bootkeeper", "sysext", "activate", "--root", str(root), "--no-refresh", *more]
 
 
+def _in_namespace(script: str, root: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` in a private mount namespace (its mounts vanish with it), with activate's CLI as "$@"."""
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *_cli(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def _activate(root: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     r = subprocess.run(_cli(root), capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -148,12 +158,7 @@ def test_squashfs_without_unsquashfs_on_the_node(tmp_path: Path, images: dict[st
     empty.write_bytes(b"")
     binds = "".join(f"mount --bind {empty} {p}\n" for p in found)
     script = f'{binds}exec "$@"'
-    r = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *_cli(root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    r = _in_namespace(script, root)
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((root / "run/bootkeeper/sysext.json").read_text())
     _rule(root, r, report, {"real-squashfs.sysext.raw": "required tool 'unsquashfs' not found"}, GOOD)
@@ -263,12 +268,7 @@ mount -t tmpfs -o size=2m tmpfs {root}/run || exit 99
 ls -a {root}/run/extensions > {out}/placed
 df -B1 --output=avail {root}/run | tail -1 > {out}/avail
 """
-    p = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *_cli(root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    p = _in_namespace(script, root)
     assert p.returncode == 0 and (out / "rc").read_text().strip() == "0", p.stdout + p.stderr
     report = json.loads((out / "stdout").read_text())
     got = {i["name"]: i for i in report["images"]}
@@ -297,12 +297,7 @@ mount -t tmpfs -o size={kib}k tmpfs {root}/run || exit 99
 "$@" --json > {out}/second; echo $? > {out}/rc2
 ls -a {root}/run/extensions > {out}/placed
 """
-    p = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *_cli(root)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    p = _in_namespace(script, root)
     assert p.returncode == 0, p.stdout + p.stderr
     for run in ("first", "second"):
         report = json.loads((out / run).read_text())

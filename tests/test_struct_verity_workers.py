@@ -23,24 +23,21 @@ VERITY_PART = 1 << 30
 RSS_BOUND_KIB = 300 * 1024  # the old code read the whole verity partition: over 1 GiB
 
 
-@pytest.fixture(scope="module")
-def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("big")
-    tree = d / "tree"
-    (tree / "usr/lib/extension-release.d").mkdir(parents=True)
-    (tree / "usr/lib/extension-release.d/extension-release.big").write_text("ID=_any\n")
-    subprocess.run(["mkfs.erofs", "-T0", "--all-root", str(d / "fs"), str(tree)], check=True, capture_output=True)
-    fs = (d / "fs").read_bytes()
-    with (d / "data").open("w+b") as f:  # the file system, then a hole up to DATA
+def _signed_image(d: Path, fs: bytes, data_size: int, verity_size: int, name: str) -> tuple[Path, Path]:
+    """``fs`` at the start of a sparse root partition of ``data_size`` bytes, its verity tree (in a
+    partition of at least ``verity_size`` bytes, sparse past the tree; 0: just the tree) and its signature;
+    returns the image and the signing certificate (PEM)."""
+    with (d / "data").open("w+b") as f:  # the file system, then a hole up to data_size
         f.write(fs)
-        f.truncate(DATA)
+        f.truncate(data_size)
         t = verity.build(f)
-    key, cert = signature.self_signed("ec", "big")
+    (d / "data").unlink()
+    key, cert = signature.self_signed("ec", name)
     data_uuid, hash_uuid = gpt.split_root_hash(t.root_hash)
     parts = [
-        gpt.NewPartition(gpt.TYPES["root"]["x86-64"], data_uuid, "root-x86-64", fs, size=DATA),
+        gpt.NewPartition(gpt.TYPES["root"]["x86-64"], data_uuid, "root-x86-64", fs, size=data_size),
         gpt.NewPartition(
-            gpt.TYPES["root-verity"]["x86-64"], hash_uuid, "root-x86-64-verity", t.hash_area(), size=VERITY_PART
+            gpt.TYPES["root-verity"]["x86-64"], hash_uuid, "root-x86-64-verity", t.hash_area(), size=verity_size
         ),
         gpt.NewPartition(
             gpt.TYPES["root-verity-sig"]["x86-64"],
@@ -49,13 +46,22 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             signature.sign(t.root_hash, key, cert).dump(),
         ),
     ]
-    img = d / "big.raw"
+    img = d / f"{name}.raw"
     with img.open("wb") as f:
         gpt.write(f, parts, str(uuid.uuid4()))
-    (d / "data").unlink()
-    pem = d / "cert.pem"
+    pem = d / f"{name}.pem"
     pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return img, pem
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("big")
+    tree = d / "tree"
+    (tree / "usr/lib/extension-release.d").mkdir(parents=True)
+    (tree / "usr/lib/extension-release.d/extension-release.big").write_text("ID=_any\n")
+    subprocess.run(["mkfs.erofs", "-T0", "--all-root", str(d / "fs"), str(tree)], check=True, capture_output=True)
+    return _signed_image(d, (d / "fs").read_bytes(), DATA, VERITY_PART, "big")
 
 
 def _validate(img: Path, pem: Path) -> list[str]:
@@ -152,29 +158,7 @@ def test_squashfs_release_is_read_in_bounded_memory(tmp_path: Path) -> None:
     (tree / "usr/lib/extension-release.d").mkdir(parents=True)
     (tree / "usr/lib/extension-release.d/extension-release.sq").write_text("ID=_any\n")
     subprocess.run(["mksquashfs", str(tree), str(tmp_path / "fs"), "-quiet", "-noappend"], check=True)
-    fs = (tmp_path / "fs").read_bytes()
-    with (tmp_path / "data").open("w+b") as f:
-        f.write(fs)
-        f.truncate(SQUASH_PART)
-        t = verity.build(f)
-    key, cert = signature.self_signed("ec", "sq")
-    data_uuid, hash_uuid = gpt.split_root_hash(t.root_hash)
-    area = t.hash_area()
-    parts = [
-        gpt.NewPartition(gpt.TYPES["root"]["x86-64"], data_uuid, "root-x86-64", fs, size=SQUASH_PART),
-        gpt.NewPartition(gpt.TYPES["root-verity"]["x86-64"], hash_uuid, "root-x86-64-verity", area),
-        gpt.NewPartition(
-            gpt.TYPES["root-verity-sig"]["x86-64"],
-            str(uuid.uuid4()),
-            "root-x86-64-verity-sig",
-            signature.sign(t.root_hash, key, cert).dump(),
-        ),
-    ]
-    img = tmp_path / "sq.raw"
-    with img.open("wb") as f:
-        gpt.write(f, parts, str(uuid.uuid4()))
-    pem = tmp_path / "cert.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    img, pem = _signed_image(tmp_path, (tmp_path / "fs").read_bytes(), SQUASH_PART, 0, "sq")
     argv = [sys.executable, "-m", "bootkeeper", "sysext", "validate", str(img), "--cert", str(pem)]
     out = subprocess.run([sys.executable, "-c", MEASURE, *argv], capture_output=True, text=True, check=True)
     rc, rss, text = out.stdout.split(" ", 2)
