@@ -43,7 +43,7 @@ def test_strverscmp_is_antisymmetric(a: str, b: str) -> None:
     assert strverscmp_improved(a, b) == -strverscmp_improved(b, a)
 
 
-def _t1(name: str, body: str, version: int = 257) -> entries.Entry:
+def _t1(name: str, body: str, version: int | str = 257) -> entries.Entry:
     return entries.parse_type1(name, body, loader_exists=True, sdboot_version=version)
 
 
@@ -72,21 +72,45 @@ def test_type1_problems_and_unlisted() -> None:
     assert _t1("a.conf", "title x\0linux /k\n").loader_type is LoaderType.UNDEFINED  # NUL ends the text
 
 
-def test_efi_entries_are_never_renamed() -> None:
-    e = _t1("active+3.conf", "efi /EFI/x.efi\n")
-    assert e.counted and e.next_name() is None
-    assert any("efi" in p for p in e.problems)
+@pytest.mark.parametrize(("version", "counted"), [(252, True), ("257.13", True), ("258", False), ("262.1", False)])
+def test_efi_entries_are_counted_before_258(version: str | int, counted: bool) -> None:
+    e = _t1("active+3.conf", "efi /EFI/x.efi\n", version=version)
+    assert e.counted
+    assert (e.next_name(version) == "active+2-1.conf") is counted
+    assert any("'efi' key" in p for p in e.problems) is not counted
 
 
-def test_uki_key_unknown_to_252() -> None:
-    assert _t1("a.conf", "uki /EFI/a.efi\n", version=257).listed
-    assert not _t1("a.conf", "uki /EFI/a.efi\n", version=252).listed
+@pytest.mark.parametrize(("version", "known"), [(252, False), ("257.13", False), ("258", True), ("262.1", True)])
+def test_uki_key_known_from_258(version: str | int, known: bool) -> None:
+    e = _t1("a+3.conf", "uki /EFI/a.efi\n", version=version)
+    assert e.listed is known
+    if known:
+        assert e.next_name(version) == "a+2-1.conf"
 
 
-def test_ids_per_version() -> None:
-    e = _t1("Active+3.conf", "linux /k\n")
-    assert e.entry_id(252) == "active+3.conf"
-    assert e.entry_id(257) == "active.conf"
+def test_read_only_entry_is_never_renamed() -> None:
+    e = entries.parse_type1("a+3.conf", "linux /k\n", loader_exists=True, read_only=True)
+    assert e.counted and e.next_name(252) is None and e.next_name("262.1") is None
+
+
+@pytest.mark.parametrize(
+    ("version", "type1", "type2"),
+    [
+        (252, "active+3.conf", "active+3.efi"),
+        ("257.9", "active+3.conf", "active+3.efi"),
+        ("257.10", "Active.conf", "Active.efi"),  # the backport strips after lower-casing
+        ("257.13", "Active.conf", "Active.efi"),
+        ("258", "active+3.conf", "active+3.efi"),
+        ("258.1", "Active.conf", "Active.efi"),
+        ("259", "active.conf", "Active.efi"),  # 259 lower-cases Type #1 ids after stripping
+        ("262.1", "active.conf", "Active.efi"),
+    ],
+)
+def test_ids_per_version(version: str | int, type1: str, type2: str) -> None:
+    assert _t1("Active+3.conf", "linux /k\n").entry_id(version) == type1
+    e2 = entries.parse_type2("Active+3.efi", b"ID=kairos\n")
+    assert e2.entry_id(version) == type2
+    assert _t1("Active.conf", "linux /k\n").entry_id(version) == "active.conf"  # uncounted: always lower case
 
 
 def _order(names_bodies: list[tuple[str, str]], version: int = 257) -> list[str]:

@@ -1,18 +1,22 @@
 """What systemd-boot boots next, and what it renames before booting it — a pure model.
 
-Follows systemd-boot's ``config_select_default_entry()`` and ``boot_entry_bump_counters()``:
+Follows systemd-boot's ``config_select_default_entry()`` and ``boot_entry_bump_counters()``
+(src/boot/boot.c; src/boot/efi/boot.c up to 256). The first source that matches an entry id wins:
 
-1. ``LoaderEntryOneShot`` (EFI variable) if it matches an entry id, else
-2. ``LoaderEntryDefault`` (or ``LoaderEntryLastBooted`` when it says ``@saved``), else
-3. loader.conf ``default`` (or ``@saved``), else
-4. the first entry in menu order.
+1. ``LoaderEntryOneShot`` (EFI variable; removed as soon as it is read);
+2. from 260 (450e0dce02): ``LoaderEntryPreferred`` (or ``@saved``), then loader.conf
+   ``preferred`` — both skip entries with no tries left;
+3. ``LoaderEntryDefault`` (or ``@saved``: ``LoaderEntryLastBooted``), then loader.conf ``default``
+   (or ``@saved``);
+4. the first entry in menu order (entries with no tries left sort last).
 
-Patterns match *any* entry, including one with no tries left: a pattern that matches a bad entry
-boots it again and again (``+0-3`` → ``+0-4``). Whether a counted entry's id contains its counter
-depends on the boot loader's version (see :mod:`bootkeeper.esp.entries`). Entries using the
-``efi`` key are never renamed. The rename happens before the kernel starts, and its new path is
-exported as ``LoaderBootCountPath``. Checked against the real systemd-boot 252 and 257 in QEMU
-(tests/test_vm_bootcount.py).
+``LoaderEntrySysFail`` (258) is checked before the one-shot in the source, but is set only after the
+choice is made, so it never changes it (see sdboot.py). One-shot and default patterns match *any*
+entry, including one with no tries left: such a pattern boots a bad entry again and again
+(``+0-3`` → ``+0-4``). Whether an id keeps its counter, which loader keys are counted, and the
+read-only attribute are per version (:mod:`bootkeeper.esp.sdboot`). The rename happens before the
+kernel starts, and its new path is exported as ``LoaderBootCountPath``. Checked against the real
+systemd-boot 252.39, 257.13 and 262.1 in QEMU (tests/test_vm_bootcount.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp.efivars import LoaderVars
 from bootkeeper.esp.entries import Entry
 from bootkeeper.esp.fnmatch import efi_fnmatch
+from bootkeeper.esp.sdboot import SdBoot
 from bootkeeper.esp.store import Snapshot
 
 
@@ -54,63 +59,95 @@ class BootChoice:
         }
 
 
-def _find(order: list[Entry], pattern: str | None, version: int) -> Entry | None:
+def _find(order: list[Entry], pattern: str | None, version: SdBoot, skip_bad: bool = False) -> Entry | None:
+    """The first entry in menu order whose id matches ``pattern`` (lower-cased, as systemd-boot
+    does; ids are compared as they are, so a counted id that keeps upper case is never matched)."""
     if not pattern:
         return None
     pat = pattern.lower()
     for e in order:
+        if skip_bad and e.state is entries_mod.EntryState.BAD:
+            continue
         if efi_fnmatch(pat, e.entry_id(version)):
             return e
     return None
 
 
+def _pattern_source(
+    order: list[Entry],
+    v: SdBoot,
+    ev: LoaderVars,
+    name: str,
+    efivar: str | None,
+    conf_pattern: str | None,
+    skip_bad: bool,
+) -> tuple[Entry, str] | None:
+    """One pair of sources: the EFI variable (``@saved`` → LoaderEntryLastBooted) before loader.conf."""
+    conf_key = name.lower()
+    if efivar and efivar.lower() == "@saved":
+        hit = _find(order, ev.entry_last_booted, v, skip_bad)
+        if hit:
+            return hit, f"LoaderEntry{name} is @saved and LoaderEntryLastBooted '{ev.entry_last_booted}' matches it"
+    else:
+        hit = _find(order, efivar, v, skip_bad)
+        if hit:
+            return hit, f"EFI variable LoaderEntry{name} '{efivar}' matches it"
+    if conf_pattern == "@saved":
+        if not (efivar and efivar.lower() == "@saved"):
+            hit = _find(order, ev.entry_last_booted, v, skip_bad)
+            if hit:
+                return hit, f"loader.conf {conf_key} @saved: LoaderEntryLastBooted '{ev.entry_last_booted}'"
+    else:
+        hit = _find(order, conf_pattern, v, skip_bad)
+        if hit:
+            return hit, f"loader.conf {conf_key} '{conf_pattern}' matches its id '{hit.entry_id(v)}'"
+    return None
+
+
 def choose(snap: Snapshot, efivars: LoaderVars | None = None) -> BootChoice | None:
     """The entry systemd-boot boots next without user input, or None if it finds none."""
-    v = snap.sdboot_version
+    v = snap.sdboot
     ev = efivars or LoaderVars()
     order = entries_mod.menu_order(list(snap.entries), v)
     if not order:
         return None
+    conf = snap.loader_conf
 
     def pick() -> tuple[Entry, str]:
         hit = _find(order, ev.entry_oneshot, v)
         if hit:
             return hit, f"EFI variable LoaderEntryOneShot '{ev.entry_oneshot}' matches it"
-        efivar_default = ev.entry_default
-        if efivar_default and efivar_default.lower() == "@saved":
-            hit = _find(order, ev.entry_last_booted, v)
-            if hit:
-                return (
-                    hit,
-                    f"LoaderEntryDefault is @saved and LoaderEntryLastBooted '{ev.entry_last_booted}' matches it",
-                )
-        else:
-            hit = _find(order, efivar_default, v)
-            if hit:
-                return hit, f"EFI variable LoaderEntryDefault '{efivar_default}' matches it"
-        pattern = snap.loader_conf.default_pattern if snap.loader_conf else None
-        if pattern == "@saved":
-            if not (efivar_default and efivar_default.lower() == "@saved"):
-                hit = _find(order, ev.entry_last_booted, v)
-                if hit:
-                    return hit, f"loader.conf default @saved: LoaderEntryLastBooted '{ev.entry_last_booted}'"
-        else:
-            hit = _find(order, pattern, v)
-            if hit:
-                return hit, f"loader.conf default '{pattern}' matches its id '{hit.entry_id(v)}'"
-        first = order[0]
-        why = "first entry in menu order"
+        notes: list[str] = []
+        if v.has_preferred:
+            found = _pattern_source(
+                order, v, ev, "Preferred", ev.entry_preferred, conf.preferred_pattern if conf else None, True
+            )
+            if found:
+                return found
+            if ev.entry_preferred or (conf and conf.preferred_pattern):
+                notes.append("preferred matches no entry with tries left")
+        found = _pattern_source(
+            order, v, ev, "Default", ev.entry_default, conf.default_pattern if conf else None, False
+        )
+        if found:
+            entry, why = found
+            return entry, "; ".join([why, *notes])
+        pattern = conf.default_pattern if conf else None
         if pattern and pattern != "@saved":
-            why += f" (loader.conf default '{pattern}' matches no id)"
-        return first, why
+            notes.append(f"loader.conf default '{pattern}' matches no id")
+        return order[0], "first entry in menu order" + (f" ({'; '.join(notes)})" if notes else "")
 
     entry, reason = pick()
-    new_name = entry.next_name()
+    new_name = entry.next_name(v)
     count_path = None
     if new_name is not None:
         count_path = "\\" + entry.directory.replace("/", "\\") + "\\" + new_name
     if entry.state is entries_mod.EntryState.BAD:
         reason += "; it has no tries left but is booted anyway"
+    elif entry.counted and new_name is None:
+        reason += "; its counter is not counted down (" + (
+            "FAT read-only attribute)" if entry.read_only else f"systemd-boot {v} does not count '{entry.loader_type}')"
+        )
     return BootChoice(entry, entry.entry_id(v), reason, new_name, count_path)
 
 

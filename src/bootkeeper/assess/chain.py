@@ -23,6 +23,7 @@ from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, EntryKind, Role
 from bootkeeper.esp.fnmatch import efi_fnmatch
+from bootkeeper.esp.sdboot import SdBoot
 from bootkeeper.esp.store import LOADER_CONF, EspStore
 
 
@@ -129,7 +130,7 @@ def arm(store: EspStore, cfg: BootAssessment, roles: list[Role] | None = None) -
                     store.rename(e.path, f"{e.directory}/{new_name}")
                     res.actions.append(f"renamed {e.path} -> {new_name}")
         snap = store.snapshot()
-        _check_type2_order(snap.entries, snap.sdboot_version, res)
+        _check_type2_order(snap.entries, snap.sdboot, res)
         conf = snap.loader_conf
         if conf is not None and conf.default is not None:
             pins = default_can_pin(conf.default_pattern, [e for e in snap.entries if e.counted], cfg)
@@ -142,7 +143,7 @@ def arm(store: EspStore, cfg: BootAssessment, roles: list[Role] | None = None) -
     return res
 
 
-def _check_type2_order(entries: tuple[Entry, ...], version: int, res: ChainResult) -> None:
+def _check_type2_order(entries: tuple[Entry, ...], version: SdBoot, res: ChainResult) -> None:
     ukis = [
         e
         for e in entries_mod.menu_order(list(entries), version)

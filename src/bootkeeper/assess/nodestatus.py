@@ -115,7 +115,7 @@ def gather(
     root: Path,
     esp: Path,
     efivars: Path,
-    sdboot_version: int | None,
+    sdboot_version: str | int | None,
     read_services: ServiceReader | None = systemctl_states,
     snap: Snapshot | None = None,
 ) -> dict[str, Any]:

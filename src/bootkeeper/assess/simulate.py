@@ -103,7 +103,7 @@ def simulate(
     *,
     reboot_on_failure: RebootOnFailure = RebootOnFailure.NEVER,
     efivars: LoaderVars | None = None,
-    sdboot_version: int | None = None,
+    sdboot_version: str | int | None = None,
     history_root: Path | None = None,
     start_time: float = 0.0,
     seconds_per_boot: float = 90.0,

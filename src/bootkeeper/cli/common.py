@@ -45,10 +45,24 @@ def version_option(f: F) -> F:
     return click.option(
         "--systemd-boot-version",
         "sdboot_version",
-        type=click.IntRange(200, 999),
         default=None,
-        help="Model this systemd-boot version instead of the one read from the ESP's BOOTX64.EFI.",
+        callback=_check_version,
+        help="Model this systemd-boot version (252, 257.13, 262.1) instead of the one read from the ESP's "
+        "BOOTX64.EFI. A bare major number means the point release bootkeeper was checked against.",
     )(f)
+
+
+def _check_version(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from bootkeeper.errors import UsageError
+    from bootkeeper.esp.sdboot import SdBoot
+
+    try:
+        SdBoot.parse(value)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    return value
 
 
 def config_option(f: F) -> F:

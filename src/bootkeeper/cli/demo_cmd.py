@@ -39,13 +39,13 @@ def demo(keep: bool) -> None:
 
     _step(f"1. A scratch ESP in {root}: four uncounted entries and a loader.conf that pins 'active.conf'")
     scratch.make(root, tries=None, recovery_tries=None, sort_keys=False, default="active.conf")
-    _print_human(_view(root, no_vars, 257))
+    _print_human(_view(root, no_vars, "257"))
 
     _step("2. bootkeeper arm: fresh counters, fallback sort keys, and the pinning default removed")
     res = chain.arm(EspStore(root), cfg)
     for a in res.actions:
         click.echo(f"  {a}")
-    _print_human(_view(root, no_vars, 257))
+    _print_human(_view(root, no_vars, "257"))
 
     _step("3. A failed upgrade: active panics on every boot (systemd-boot 257 model)")
     records = simulate(
@@ -78,7 +78,7 @@ def demo(keep: bool) -> None:
     result = bless_mod.bless(store, booted, bless_mod.Verdict.GOOD, cfg)
     for a in result.actions:
         click.echo(f"  bless good: {a}")
-    _print_human(_view(root, no_vars, 257))
+    _print_human(_view(root, no_vars, "257"))
 
     _services_demo(Path(tmp), cfg)
 

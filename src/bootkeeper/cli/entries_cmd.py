@@ -22,7 +22,7 @@ from bootkeeper.cli.common import (
 TEMPORARY_WHY = "a temporary left by an interrupted bootkeeper run: any bootkeeper write verb removes it"
 
 
-def _view(esp: Path, efivars: Path, sdboot_version: int | None, snap: Any = None) -> dict[str, Any]:
+def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None) -> dict[str, Any]:
     from bootkeeper.assess import bootloader, nodestatus
     from bootkeeper.esp import entries as entries_mod
     from bootkeeper.esp.efivars import LoaderVars
@@ -31,14 +31,14 @@ def _view(esp: Path, efivars: Path, sdboot_version: int | None, snap: Any = None
     if snap is None:
         snap = EspStore(esp).snapshot(sdboot_version)
     ev = LoaderVars.read(efivars)
-    order = entries_mod.menu_order(list(snap.entries), snap.sdboot_version)
+    order = entries_mod.menu_order(list(snap.entries), snap.sdboot)
     choice = bootloader.choose(snap, ev)
     rows = []
     for e in order:
         rows.append(
             {
                 "path": e.path,
-                "id": e.entry_id(snap.sdboot_version),
+                "id": e.entry_id(snap.sdboot),
                 "role": e.role.value if e.role else None,
                 "state": e.state.value,
                 "tries_left": e.name.tries_left,
@@ -52,7 +52,11 @@ def _view(esp: Path, efivars: Path, sdboot_version: int | None, snap: Any = None
         )
     return {
         "esp": str(esp),
-        "systemd_boot_version": {"value": snap.sdboot_version, "source": snap.sdboot_version_source},
+        "systemd_boot_version": {
+            "value": snap.sdboot_version,
+            "version": str(snap.sdboot),
+            "source": snap.sdboot_version_source,
+        },
         "default": snap.loader_conf.default if snap.loader_conf else None,
         "efi_variables": {
             "LoaderEntryDefault": ev.entry_default,
@@ -98,7 +102,7 @@ def _print_human(view: dict[str, Any]) -> None:
 @efivars_option
 @version_option
 @json_option
-def entries(esp: Path | None, efivars: Path, sdboot_version: int | None, as_json: bool) -> None:
+def entries(esp: Path | None, efivars: Path, sdboot_version: str | None, as_json: bool) -> None:
     """Boot entries in systemd-boot's menu order, their counters, and which one boots next."""
     view = _view(find_esp(esp), efivars, sdboot_version)
     if as_json:
@@ -113,7 +117,7 @@ def entries(esp: Path | None, efivars: Path, sdboot_version: int | None, as_json
 @version_option
 @root_option
 @json_option
-def status(esp: Path | None, efivars: Path, sdboot_version: int | None, root: Path, as_json: bool) -> None:
+def status(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Path, as_json: bool) -> None:
     """Which entry booted and why, whether this boot is blessed yet, tries left on every entry, the
     enrolled services' results, the extensions, and what boots next."""
     from bootkeeper.assess import nodestatus

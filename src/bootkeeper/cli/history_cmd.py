@@ -44,7 +44,7 @@ def history() -> None:
 @version_option
 @root_option
 @boot_id_option
-def record(esp: Path | None, efivars: Path, sdboot_version: int | None, root: Path, boot_id: str | None) -> None:
+def record(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Path, boot_id: str | None) -> None:
     """Append this boot (booted entry, its counter, every entry's state) once per boot id."""
     from bootkeeper.assess import history as history_mod
     from bootkeeper.errors import BootkeeperError
@@ -101,7 +101,7 @@ def show(root: Path, as_json: bool) -> None:
 @efivars_option
 @version_option
 @root_option
-def motd(esp: Path | None, efivars: Path, sdboot_version: int | None, root: Path) -> None:
+def motd(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Path) -> None:
     """Write the status to ROOT/run/motd.d/bootkeeper (shown at login)."""
     from bootkeeper import fsutil
     from bootkeeper.assess import nodestatus

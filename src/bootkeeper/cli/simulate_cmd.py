@@ -56,7 +56,7 @@ def simulate(
     boots: int,
     reboot_on_failure: str | None,
     default: str | None,
-    sdboot_version: int | None,
+    sdboot_version: str | None,
     config_files: tuple[Path, ...],
     as_json: bool,
 ) -> None:

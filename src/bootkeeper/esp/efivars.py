@@ -63,6 +63,8 @@ class LoaderVars:
     entry_selected: str | None = None
     boot_count_path: str | None = None
     loader_info: str | None = None
+    entry_preferred: str | None = None  # 260: bootctl set-preferred
+    entry_sysfail: str | None = None  # 258: bootctl set-sysfail
 
     @classmethod
     def read(cls, efivars: Path = EFIVARFS) -> LoaderVars:
@@ -75,4 +77,6 @@ class LoaderVars:
             entry_selected=read_string(efivars, "LoaderEntrySelected"),
             boot_count_path=read_string(efivars, "LoaderBootCountPath"),
             loader_info=read_string(efivars, "LoaderInfo"),
+            entry_preferred=read_string(efivars, "LoaderEntryPreferred"),
+            entry_sysfail=read_string(efivars, "LoaderEntrySysFail"),
         )

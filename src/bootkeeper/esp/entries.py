@@ -7,10 +7,11 @@ IMAGE_VERSION|VERSION|VERSION_ID|BUILD_ID, IMAGE_ID|ID). Order is ``boot_entry_c
 entries with no tries left last, then entries with a sort key before those without; by sort key,
 machine-id, version (newest first); then id (newest first); then more tries left, fewer done.
 
-What changed between systemd-boot versions and is modelled here, checked against the real boot
-loader under QEMU for 252 and 257: entry ids of 252 keep the boot counter (``active+3.conf``),
-those of 257 drop it (``active.conf``), which decides whether a ``default`` pattern or an EFI
-variable can match a counted entry.
+What changed between systemd-boot versions is decided by :class:`bootkeeper.esp.sdboot.SdBoot`
+(from the full version string the binary carries): which loader keys exist and which are
+counted, whether an entry id keeps its boot counter (``active+3.conf`` on 252, ``active.conf``
+on 257.13 and 259+), multi-profile ids. A counted file with the FAT read-only attribute is never
+renamed, on any version.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from functools import cmp_to_key
 from typing import Any
 
 from bootkeeper.esp import counter as counter_mod
+from bootkeeper.esp import sdboot as sdboot_mod
 from bootkeeper.esp.counter import CountedName, EntryState
+from bootkeeper.esp.sdboot import SdBoot
 
 __all__ = ["CountedName", "EntryState"]
 from bootkeeper.esp.keyvalue import Junk, KeyValue, split_lines
@@ -31,12 +34,7 @@ from bootkeeper.esp.keyvalue import Junk, KeyValue, split_lines
 TYPE1_DIR = "loader/entries"
 TYPE2_DIR = "EFI/Linux"
 
-# The first systemd-boot version whose entry ids drop the boot counter. 252 keeps it and 257
-# drops it (both seen under QEMU); the versions in between are assumed to follow 257.
-COUNTER_FREE_IDS_SINCE = 254
-# The Type #1 "uki" key arrived after 252; an entry that only has "uki" is ignored by older ones.
-UKI_KEY_SINCE = 254
-DEFAULT_SDBOOT_VERSION = 257
+Version = SdBoot | int | str | None  # what callers may pass: see sdboot.of()
 
 
 class EntryKind(StrEnum):
@@ -53,10 +51,12 @@ class LoaderType(StrEnum):
     BAD = "bad"  # two kinds of loader line: systemd-boot drops the entry
     IGNORE = "ignore"  # other architecture: systemd-boot drops the entry
 
-    @property
-    def bumps_counters(self) -> bool:
-        """systemd-boot renames counted entries only for these; ``efi`` entries never count down."""
-        return self in (LoaderType.LINUX, LoaderType.UKI, LoaderType.TYPE2)
+    def bumps_counters(self, sdboot: Version = None) -> bool:
+        """Whether systemd-boot renames a counted entry of this kind when it boots it: ``linux``
+        and Type #2 always, ``uki`` where the key exists, ``efi`` before 258 (see sdboot.py)."""
+        if self not in (LoaderType.LINUX, LoaderType.UKI, LoaderType.EFI, LoaderType.TYPE2):
+            return False
+        return sdboot_mod.of(sdboot).counts(self.value)
 
 
 class Role(StrEnum):
@@ -103,6 +103,7 @@ class Entry:
     listed: bool = True
     why_unlisted: str | None = None
     problems: tuple[str, ...] = field(default=())
+    read_only: bool = False  # the FAT read-only attribute (a vfat file without write bits)
 
     @property
     def directory(self) -> str:
@@ -124,17 +125,26 @@ class Entry:
     def counted(self) -> bool:
         return self.name.counted
 
-    def entry_id(self, sdboot_version: int) -> str:
+    def entry_id(self, sdboot: Version = None) -> str:
         """The id systemd-boot gives the entry (matched by ``default`` and the EFI variables)."""
-        if sdboot_version >= COUNTER_FREE_IDS_SINCE and self.name.counted:
-            return self.name.base.lower()
+        sd = sdboot_mod.of(sdboot)
+        if self.name.counted and sd.ids_drop_counter:
+            base = self.name.base
+            return base if sd.id_keeps_case(self.kind is EntryKind.TYPE2) else base.lower()
         return self.file_name.lower()
 
-    def next_name(self) -> str | None:
-        """The name systemd-boot renames this entry to when it boots it, or None."""
-        if not self.loader_type.bumps_counters:
+    def next_name(self, sdboot: Version = None) -> str | None:
+        """The name systemd-boot renames this entry to when it boots it, or None: not counted, a
+        loader kind this version does not count, or the FAT read-only attribute (the boot loader
+        opens the file for writing to rename it, and the firmware refuses: booted on 252.39,
+        257.13 and 262.1, no rename and no LoaderBootCountPath)."""
+        if self.read_only or not self.loader_type.bumps_counters(sdboot):
             return None
         return self.name.next_name()
+
+    def counts_down(self, sdboot: Version = None) -> bool:
+        """A counted name that this boot loader will actually count down."""
+        return self.counted and self.next_name(sdboot) is not None
 
     def with_name(self, new_name: str) -> Entry:
         return _replace_name(self, new_name)
@@ -156,7 +166,7 @@ def valid_type2_filename(name: str) -> bool:
 
 
 _SINGLE_KEYS = ("title", "version", "sort-key", "machine-id", "linux", "uki", "efi", "architecture", "devicetree")
-_KNOWN_KEYS = {*_SINGLE_KEYS, "initrd", "options", "uki-url", "profile"}
+_KNOWN_KEYS = {*_SINGLE_KEYS, "initrd", "options", "uki-url", "profile", "extra"}
 
 
 def parse_type1(
@@ -164,8 +174,9 @@ def parse_type1(
     text: str,
     *,
     loader_exists: bool | Callable[[str], bool] | None = None,
-    sdboot_version: int = DEFAULT_SDBOOT_VERSION,
+    sdboot_version: Version = None,
     arch: str = "x64",
+    read_only: bool = False,
 ) -> Entry:
     """Parse a ``.conf`` entry as systemd-boot does; oddities become ``problems``, not errors.
 
@@ -173,6 +184,7 @@ def parse_type1(
     drops entries whose loader is missing): a bool, a function asked with the loader path, or
     None for "not checked".
     """
+    sd = sdboot_mod.of(sdboot_version)
     problems: list[str] = []
     values: dict[str, str] = {}
     seen: dict[str, int] = {}
@@ -186,8 +198,8 @@ def parse_type1(
             continue
         assert isinstance(item, KeyValue)
         key, value = item.key, item.value
-        if key not in _KNOWN_KEYS:
-            problems.append(f"line {item.lineno}: unknown key '{key[:40]}' (ignored)")
+        if key not in _KNOWN_KEYS or (key == "extra" and not sd.has_extra_key):
+            problems.append(f"line {item.lineno}: unknown key '{key[:40]}' (ignored by systemd-boot {sd})")
             continue
         if key in _SINGLE_KEYS and key in seen:
             problems.append(f"line {item.lineno}: duplicate key '{key}' (line {seen[key]} is overridden)")
@@ -198,8 +210,8 @@ def parse_type1(
             initrd.append(value)
         elif key in ("linux", "efi", "uki"):
             kind = LoaderType(key)
-            if key == "uki" and sdboot_version < UKI_KEY_SINCE:
-                problems.append(f"line {item.lineno}: 'uki' is unknown to systemd-boot {sdboot_version}")
+            if key == "uki" and not sd.knows_uki_key:
+                problems.append(f"line {item.lineno}: 'uki' is unknown to systemd-boot {sd} (ignored)")
                 continue
             if loader_type not in (LoaderType.UNDEFINED, kind):
                 loader_type = LoaderType.BAD
@@ -223,8 +235,8 @@ def parse_type1(
         }[loader_type]
     elif loader is not None and (loader_exists(loader) if callable(loader_exists) else loader_exists) is False:
         listed, why = False, f"its loader {loader} is not on the ESP"
-    if loader_type is LoaderType.EFI and counter_mod.parse(file_name, ".conf").counted:
-        problems.append("uses the 'efi' key: systemd-boot never counts its boots down")
+    if loader_type is LoaderType.EFI and counter_mod.parse(file_name, ".conf").counted and not sd.counts_efi_key:
+        problems.append(f"uses the 'efi' key: systemd-boot {sd} never counts its boots down")
     return Entry(
         path=f"{TYPE1_DIR}/{file_name}",
         kind=EntryKind.TYPE1,
@@ -240,6 +252,7 @@ def parse_type1(
         listed=listed,
         why_unlisted=why,
         problems=tuple(problems),
+        read_only=read_only,
     )
 
 
@@ -266,7 +279,7 @@ def parse_osrel(text: str) -> dict[str, str]:
     return out
 
 
-def parse_type2(file_name: str, osrel: bytes | None, *, problem: str | None = None) -> Entry:
+def parse_type2(file_name: str, osrel: bytes | None, *, problem: str | None = None, read_only: bool = False) -> Entry:
     """A UKI in ``EFI/Linux``; ``osrel`` is its ``.osrel`` section (None: missing/unreadable)."""
     name = counter_mod.parse(file_name, ".efi")
     path = f"{TYPE2_DIR}/{file_name}"
@@ -295,6 +308,7 @@ def parse_type2(file_name: str, osrel: bytes | None, *, problem: str | None = No
         version=good_version,
         sort_key=sort_key,
         loader=f"/{path}",
+        read_only=read_only,
     )
 
 
@@ -388,7 +402,7 @@ def _tries(e: Entry) -> tuple[int, int]:
     return e.name.tries_left, e.name.tries_done
 
 
-def compare(a: Entry, b: Entry, sdboot_version: int = DEFAULT_SDBOOT_VERSION) -> int:
+def compare(a: Entry, b: Entry, sdboot_version: Version = None) -> int:
     """``boot_entry_compare()``: negative when ``a`` comes first in the menu."""
     a_left, a_done = _tries(a)
     b_left, b_done = _tries(b)
@@ -419,12 +433,14 @@ def compare(a: Entry, b: Entry, sdboot_version: int = DEFAULT_SDBOOT_VERSION) ->
     return _cmp(a_done, b_done)
 
 
-def menu_order(entries: list[Entry], sdboot_version: int = DEFAULT_SDBOOT_VERSION) -> list[Entry]:
+def menu_order(entries: list[Entry], sdboot_version: Version = None) -> list[Entry]:
     """Listed entries in boot-menu order: Type #2 first, then Type #1 (the scan order), stable sort."""
     listed = [e for e in entries if e.listed]
     scan = [e for e in listed if e.kind is EntryKind.TYPE2] + [e for e in listed if e.kind is EntryKind.TYPE1]
 
+    sd = sdboot_mod.of(sdboot_version)
+
     def cmp(x: Entry, y: Entry) -> int:
-        return compare(x, y, sdboot_version)
+        return compare(x, y, sd)
 
     return sorted(scan, key=cmp_to_key(cmp))

@@ -1,7 +1,9 @@
 """``loader/loader.conf``: read as systemd-boot reads it, rewrite by touching only ``default``.
 
 systemd-boot takes the last ``default`` line; its value is a glob pattern matched against entry
-ids after both are folded to lower case (``@saved`` means the LoaderEntryLastBooted variable).
+ids after the pattern is folded to lower case (``@saved`` means the LoaderEntryLastBooted
+variable). ``preferred`` (260, 450e0dce02) is read the same way; where the boot loader has it, it
+comes before ``default`` and skips entries with no tries left.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class LoaderConf:
     default_line: int | None
     timeout: str | None
     problems: tuple[str, ...] = ()
+    preferred: str | None = None  # the value of the last preferred line, as written
+    preferred_line: int | None = None
 
     @property
     def default_pattern(self) -> str | None:
@@ -49,11 +53,21 @@ class LoaderConf:
             return None  # systemd-boot: "Unsupported special entry identifier, ignoring"
         return self.default.lower()
 
+    @property
+    def preferred_pattern(self) -> str | None:
+        if self.preferred is None:
+            return None
+        if self.preferred.startswith("@") and self.preferred.lower() != "@saved":
+            return None
+        return self.preferred.lower()
+
 
 def parse(text: str) -> LoaderConf:
     default: str | None = None
     default_line: int | None = None
     timeout: str | None = None
+    preferred: str | None = None
+    preferred_line: int | None = None
     problems: list[str] = []
     for item in split_lines(text, " \t"):
         if not isinstance(item, KeyValue):
@@ -61,41 +75,55 @@ def parse(text: str) -> LoaderConf:
             continue
         if item.key == "default":
             default, default_line = item.value, item.lineno
+        elif item.key == "preferred":
+            preferred, preferred_line = item.value, item.lineno
         elif item.key == "timeout":
             timeout = item.value
         elif item.key not in KNOWN_KEYS:
             problems.append(f"line {item.lineno}: unknown key '{item.key[:40]}' (ignored)")
-    return LoaderConf(text=text, default=default, default_line=default_line, timeout=timeout, problems=tuple(problems))
+    return LoaderConf(
+        text=text,
+        default=default,
+        default_line=default_line,
+        timeout=timeout,
+        problems=tuple(problems),
+        preferred=preferred,
+        preferred_line=preferred_line,
+    )
 
 
-def _is_default_line(line: str) -> bool:
+def _is_key_line(line: str, key: str) -> bool:
     s = line.strip(" \t\r")
-    if not s.startswith("default"):
+    if not s.startswith(key):
         return False
-    rest = s[len("default") :]
+    rest = s[len(key) :]
     return rest == "" or rest[0] in " \t"
 
 
-def set_default(text: str, value: str | None) -> str:
-    """Return ``text`` with every ``default`` line replaced by one ``default VALUE`` line
-    (at the place of the last one), or removed when ``value`` is None. Nothing else changes."""
+def set_key(text: str, key: str, value: str | None) -> str:
+    """Return ``text`` with every ``KEY`` line replaced by one ``KEY VALUE`` line (at the place
+    of the last one), or removed when ``value`` is None. Nothing else changes."""
     if value is not None and (any(c in value for c in "\r\n\0") or not value.strip()):
-        raise ValueError(f"invalid default value {value!r}")
+        raise ValueError(f"invalid {key} value {value!r}")
     lines = text.splitlines(keepends=True)
-    idx = [i for i, line in enumerate(lines) if _is_default_line(line)]
+    idx = [i for i, line in enumerate(lines) if _is_key_line(line, key)]
     if not idx:
         if value is None:
             return text
         sep = "" if not text or text.endswith("\n") else "\n"
-        return f"{text}{sep}default {value}\n"
+        return f"{text}{sep}{key} {value}\n"
     out: list[str] = []
     for i, line in enumerate(lines):
         if i not in idx:
             out.append(line)
         elif i == idx[-1] and value is not None:
             ending = line[len(line.rstrip("\r\n")) :] or "\n"
-            out.append(f"default {value}{ending}")
+            out.append(f"{key} {value}{ending}")
     return "".join(out)
+
+
+def set_default(text: str, value: str | None) -> str:
+    return set_key(text, "default", value)
 
 
 def default_after_rename(conf: LoaderConf, old_name: str, new_name: str) -> tuple[bool, str | None]:

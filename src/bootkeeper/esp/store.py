@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkeeper import fsutil
-from bootkeeper.errors import BusyError, EspError, ParseError, StoreIOError
+from bootkeeper.errors import BootkeeperError, BusyError, EspError, ParseError, StoreIOError
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp import pe
+from bootkeeper.esp import sdboot as sdboot_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry
 from bootkeeper.fsutil import TMP_PREFIX, TMP_SUFFIX, is_temporary
 
@@ -50,9 +51,14 @@ class Snapshot:
 
     entries: tuple[Entry, ...]
     loader_conf: loader_mod.LoaderConf | None
-    sdboot_version: int
-    sdboot_version_source: str  # "BOOTX64.EFI 252.38-1~deb12u1", "--systemd-boot-version", "assumed"
+    sdboot: sdboot_mod.SdBoot
+    sdboot_version_source: str  # "EFI/BOOT/BOOTX64.EFI (252.38-1~deb12u1)", "--systemd-boot-version", "assumed"
     problems: tuple[str, ...] = ()
+
+    @property
+    def sdboot_version(self) -> int:
+        """The major version (what most messages need; behaviours come from :attr:`sdboot`)."""
+        return self.sdboot.major
 
 
 def _unescape(field: str) -> str:
@@ -392,21 +398,35 @@ class EspStore:
 
     # -- snapshot --------------------------------------------------------------------------
 
-    def sdboot_version(self, override: int | None = None) -> tuple[int, str]:
+    def sdboot_version(self, override: sdboot_mod.SdBoot | int | str | None = None) -> tuple[sdboot_mod.SdBoot, str]:
+        """The boot loader on the ESP, from the full version string in its ``.sdmagic`` (the
+        fallback binary EFI/BOOT/BOOTX64.EFI is what the firmware starts when no boot entry names
+        systemd-boot itself)."""
         if override is not None:
-            return override, "--systemd-boot-version"
+            return sdboot_mod.of(override), "--systemd-boot-version"
         for rel in SDBOOT_PATHS:
             p = self.find_ci(rel)
             if p is None or not p.is_file():
                 continue
-            v = pe.sdboot_version(p)
+            try:
+                v = pe.sdboot_version(p)
+            except OSError:
+                continue
             if v:
-                major = pe.major_version(v)
-                if major is not None:
-                    return major, f"{rel} ({v})"
-        return entries_mod.DEFAULT_SDBOOT_VERSION, "assumed (no systemd-boot binary on the ESP)"
+                try:
+                    return sdboot_mod.SdBoot.parse(v), f"{rel} ({v})"
+                except BootkeeperError:
+                    continue
+        return sdboot_mod.default(), f"assumed {sdboot_mod.DEFAULT} (no systemd-boot binary on the ESP)"
 
-    def snapshot(self, sdboot_version: int | None = None) -> Snapshot:
+    def _read_only(self, rel: str) -> bool:
+        """The FAT read-only attribute: vfat shows it as a file without any write bit."""
+        try:
+            return not self.path(rel).stat().st_mode & 0o222
+        except OSError:
+            return False
+
+    def snapshot(self, sdboot_version: sdboot_mod.SdBoot | int | str | None = None) -> Snapshot:
         version, source = self.sdboot_version(sdboot_version)
         found: list[Entry] = []
         problems: list[str] = []
@@ -415,7 +435,9 @@ class EspStore:
                 continue
             path = self.path(f"{TYPE2_DIR}/{name}")
             try:
-                found.append(entries_mod.parse_type2(name, pe.read_osrel(path)))
+                found.append(
+                    entries_mod.parse_type2(name, pe.read_osrel(path), read_only=self._read_only(f"{TYPE2_DIR}/{name}"))
+                )
             except (OSError, ParseError) as exc:  # systemd-boot skips a UKI it cannot read
                 found.append(entries_mod.parse_type2(name, None, problem=str(exc)))
         listings: Listings = {}  # one listing per folder for the whole snapshot: linear, not quadratic
@@ -430,7 +452,11 @@ class EspStore:
                 continue
             found.append(
                 entries_mod.parse_type1(
-                    name, text, loader_exists=lambda p: self._is_file(p, listings), sdboot_version=version
+                    name,
+                    text,
+                    loader_exists=lambda p: self._is_file(p, listings),
+                    sdboot_version=version,
+                    read_only=self._read_only(rel),
                 )
             )
         conf = None

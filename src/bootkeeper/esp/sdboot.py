@@ -1,0 +1,183 @@
+"""What a given systemd-boot does: its behaviours by version, from the full version string it carries.
+
+systemd-boot embeds ``#### LoaderInfo: systemd-boot 262.1-1 ####`` in its ``.sdmagic`` section and
+exports the same text as the ``LoaderInfo`` EFI variable. Stable releases take fixes from later
+major versions (257.13 drops the counter from entry ids like 259 does), so behaviours are decided
+from the full version, not from the major number alone.
+
+Each behaviour says where it is known from: *booted* (a real boot under QEMU+OVMF in
+tests/test_vm_bootcount.py, on 252.39-1~deb12u2, 257.13-1~deb13u1 and 262.1-1) or *source* (a
+commit of systemd, src/boot/boot.c unless said otherwise). :data:`BEHAVIOURS` is the table README
+prints.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import total_ordering
+
+from bootkeeper.errors import UsageError
+
+DEFAULT = "257.13"  # what is assumed when the ESP carries no systemd-boot binary (Debian 13)
+
+
+@total_ordering
+@dataclass(frozen=True)
+class SdBoot:
+    """One systemd-boot release: ``major.minor`` and the string it was read from."""
+
+    major: int
+    minor: int = 0
+    text: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> SdBoot:
+        """``262``, ``257.13``, ``v257.13``, ``252.39-1~deb12u2``, ``systemd-boot 262.1-1``."""
+        m = re.match(r"\s*(?:systemd-boot\s+)?v?(\d{3})(?:\.(\d+))?", text)
+        if not m:
+            raise UsageError(f"not a systemd-boot version: {text[:60]!r} (want e.g. 252, 257.13 or 262.1)")
+        major = int(m.group(1))
+        if not 200 <= major <= 999:
+            raise UsageError(f"not a systemd-boot version: {text[:60]!r}")
+        return cls(major, int(m.group(2) or 0), text.strip()[:80])
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, SdBoot):
+            return NotImplemented
+        return (self.major, self.minor) < (other.major, other.minor)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SdBoot):
+            return NotImplemented
+        return (self.major, self.minor) == (other.major, other.minor)
+
+    def __hash__(self) -> int:
+        return hash((self.major, self.minor))
+
+    def __str__(self) -> str:
+        return self.text or (f"{self.major}.{self.minor}" if self.minor else str(self.major))
+
+    def at_least(self, since: str) -> bool:
+        return self >= SdBoot.parse(since)
+
+    # -- behaviours ----------------------------------------------------------------------------
+
+    @property
+    def counts_efi_key(self) -> bool:
+        """Type #1 entries with the ``efi`` key are renamed at boot. 729f3c21c5 (PR #36510, 258:
+        ``LOADER_TYPE_BUMP_COUNTERS`` in boot_entry_bump_counters()) limits boot counting to
+        ``linux``, ``uki`` and Type #2 (booted: counted on 252.39 and 257.13, not on 262.1)."""
+        return not self.at_least(EFI_UNCOUNTED_SINCE)
+
+    @property
+    def knows_uki_key(self) -> bool:
+        """The Type #1 ``uki`` key (e2a3d56218, PR #36314, 258; not in any 257.x). An entry with
+        only ``uki`` is dropped by older ones (booted: dropped by 252.39 and 257.13, booted and
+        counted by 262.1)."""
+        return self.at_least(UKI_KEY_SINCE)
+
+    @property
+    def ids_drop_counter(self) -> bool:
+        """The entry id is the file name without ``+LEFT-DONE``, so ``default active.conf`` and the
+        EFI variables match ``active+0-3.conf``. 4301ad00ef (PR #38897, 259), backported as
+        a059f9b2ab (257.10) and e67e514567 (258.1); 252 to 257.9 and 258.0 keep the counter
+        (booted: 252.39 keeps it, 257.13 and 262.1 drop it)."""
+        return (
+            self.at_least("259") or (self.major == 258 and self.minor >= 1) or (self.major == 257 and self.minor >= 10)
+        )
+
+    def id_keeps_case(self, type2: bool) -> bool:
+        """Whether a counted entry's id keeps the file name's case (patterns are lower-cased, and
+        efi_fnmatch is case-sensitive, so ``Active+3.conf`` is matched by nothing). The backports
+        lower-case before stripping the counter, so their stripped ids keep the case; 259 lower-cases
+        Type #1 ids after stripping; Type #2 ids keep the case whenever the counter is stripped."""
+        return self.ids_drop_counter and (type2 or not self.at_least("259"))
+
+    @property
+    def has_preferred(self) -> bool:
+        """loader.conf ``preferred`` and the ``LoaderEntryPreferred`` variable (450e0dce02, PR
+        #40324, 260): after the one-shot and before ``default``, and they skip entries with no tries
+        left (booted on 262.1: ``preferred active*`` with active bad boots passive)."""
+        return self.at_least(PREFERRED_SINCE)
+
+    @property
+    def has_sysfail(self) -> bool:
+        """``LoaderEntrySysFail`` (004e3e4082, 258) is read; it would come before the one-shot when
+        the firmware reports a failed capsule update, but ``sysfail_process()`` runs after the
+        default entry is chosen (258 to 262), so it never changes which entry boots."""
+        return self.at_least(SYSFAIL_SINCE)
+
+    @property
+    def has_profile_ids(self) -> bool:
+        """A UKI with ``.profile`` sections is one entry per profile, ids ``file.efi@N`` (or
+        ``@ID``) for N ≥ 1 (382e4da4a5, 257)."""
+        return self.at_least(PROFILE_IDS_SINCE)
+
+    @property
+    def has_extra_key(self) -> bool:
+        """The Type #1 ``extra`` key (feba5dcc5f, 261): extra files (extensions, credentials) for a UKI."""
+        return self.at_least(EXTRA_KEY_SINCE)
+
+    @property
+    def has_reboot_on_error(self) -> bool:
+        """loader.conf ``reboot-on-error`` (0bdf94e588, 258; default ``auto``: reboot when the
+        entry fails to start and was counted with tries left, instead of returning to the firmware)."""
+        return self.at_least(REBOOT_ON_ERROR_SINCE)
+
+    def counts(self, key: str) -> bool:
+        """Whether an entry of this loader kind (``linux``, ``uki``, ``efi``, ``type2``) is renamed
+        when it boots a counted file name."""
+        if key == "efi":
+            return self.counts_efi_key
+        if key == "uki":
+            return self.knows_uki_key
+        return key in ("linux", "type2")
+
+    def knows_key(self, key: str) -> bool:
+        if key == "uki":
+            return self.knows_uki_key
+        if key == "extra":
+            return self.has_extra_key
+        return True
+
+    def counted_key(self) -> str | None:
+        """The key a Type #1 entry booting a UKI should use to be counted here: ``efi`` where it
+        is counted, else ``uki`` where it exists; None when neither is counted."""
+        if self.counts_efi_key:
+            return "efi"
+        if self.knows_uki_key:
+            return "uki"
+        return None
+
+
+EFI_UNCOUNTED_SINCE = "258"
+UKI_KEY_SINCE = "258"
+PREFERRED_SINCE = "260"
+SYSFAIL_SINCE = "258"
+PROFILE_IDS_SINCE = "257"
+EXTRA_KEY_SINCE = "261"
+REBOOT_ON_ERROR_SINCE = "258"
+
+
+def default() -> SdBoot:
+    return SdBoot.parse(DEFAULT)
+
+
+def of(version: SdBoot | int | str | None) -> SdBoot:
+    """Accept what callers have: an :class:`SdBoot`, a version string, a major number (taken as
+    that release's latest point release known here), or None (the default)."""
+    if version is None:
+        return default()
+    if isinstance(version, SdBoot):
+        return version
+    if isinstance(version, str) and version.strip().isdigit():
+        version = int(version)
+    if isinstance(version, int):
+        return SdBoot(version, LATEST_POINT.get(version, 0), str(version))
+    return SdBoot.parse(version)
+
+
+# A bare major number means the point release bootkeeper was checked against (a Debian stable
+# release ships these): "257" is 257.13, whose ids drop the counter like 259's.
+LATEST_POINT: dict[int, int] = {252: 39, 257: 13, 262: 1}
