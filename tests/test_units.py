@@ -3,6 +3,7 @@ systemd-analyze verify (the host's systemd), with a broken drop-in as the contro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -65,3 +66,121 @@ def test_permissive_mode_passes_no_policy(tmp_path: Path) -> None:
     units = _install(tmp_path, "sysext:\n  mode: enforced\n")
     assert "--image-policy=" in (units / "systemd-sysext.service.d/10-bootkeeper.conf").read_text()
     assert not [p for p in units.rglob(".bootkeeper-*")]
+
+
+# --- what the node's systemd-sysext understands (issue 13, item 5) ---------------------------------
+
+DROPIN = "systemd-sysext.service.d/10-bootkeeper.conf"
+POLICY = "--image-policy=root=signed+absent:usr=signed+absent"
+BINARY = "usr/lib/systemd/systemd"
+
+
+def _with_systemd(root: Path, binary: Path) -> Path:
+    """``root`` holding a copy of a real systemd binary, which is what install-units reads."""
+    (root / "usr/lib/systemd").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(binary, root / BINARY)
+    return root
+
+
+def _host_systemd() -> Path:
+    p = Path("/usr/lib/systemd/systemd")
+    if not p.is_file():
+        pytest.fail("this machine has no /usr/lib/systemd/systemd; scripts/setup-test-deps.sh installs systemd")
+    return p
+
+
+def _trixie_systemd() -> Path:
+    import trixie
+
+    if not trixie.available():
+        pytest.fail("the trixie tree is missing: run bash scripts/setup-test-deps.sh")
+    return trixie.ROOT / BINARY
+
+
+def _exec_start(dropin: str) -> str:
+    lines = [ln.removeprefix("ExecStart=") for ln in dropin.splitlines() if ln.startswith("ExecStart=")]
+    assert lines[0] == "" and len(lines) == 2, lines  # reset, then ours
+    return lines[1]
+
+
+def _install_json(root: Path, cfg: str, *more: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    (root / "oem").mkdir(parents=True, exist_ok=True)
+    (root / "oem/90.yaml").write_text(cfg)
+    r = bk("install-units", "--root", str(root), "--exe", f"{sys.executable} -m bootkeeper", "--json", *more)
+    assert r.returncode == 0, r.stderr
+    return r, (root / UNIT_DIR / DROPIN).read_text()
+
+
+def test_a_252_node_gets_a_dropin_its_systemd_sysext_runs(tmp_path: Path) -> None:
+    """systemd 252 (this machine's, read from the binary under ROOT): no --image-policy, a comment
+    saying why, a warning; systemd-analyze verify passes, and the very command line the drop-in runs
+    is accepted by this machine's systemd-sysext 252 (with --root on an empty tree, in a private mount
+    namespace). Before: the drop-in had --image-policy, which 252 refuses (exit 1, nothing merged)."""
+    root = _with_systemd(tmp_path / "root", _host_systemd())
+    r, dropin = _install_json(root, "sysext:\n  mode: enforced\n")
+    assert json.loads(r.stdout)["systemd"] == {
+        "version": 252,
+        "source": f"{root / BINARY}: needs libsystemd-shared-252.so",
+        "found": True,
+    }
+    assert _exec_start(dropin) == "systemd-sysext refresh" and "ExecReload=systemd-sysext refresh\n" in dropin
+    assert "# No --image-policy: systemd 252's systemd-sysext rejects it (it exists from\n# v254)" in dropin
+    assert r.stderr == (
+        f"bootkeeper: warning: systemd 252 ({root / BINARY}: needs libsystemd-shared-252.so): the node's "
+        "systemd-sysext cannot enforce the image policy itself (--image-policy exists from 254); only "
+        "bootkeeper-sysext.service does, for the images it places, and images in /etc/extensions or "
+        "/var/lib/extensions merge unchecked\n"
+    )
+    v = _verify(root / UNIT_DIR, "bootkeeper-sysext.service", "systemd-sysext.service")
+    assert v.returncode == 0 and v.stderr == "", v.stderr
+    empty = tmp_path / "empty"
+    (empty / "usr/lib").mkdir(parents=True)
+    (empty / "usr/lib/os-release").write_text("ID=debian\nVERSION_ID=12\n")
+    for line, ok in ((_exec_start(dropin), True), (f"systemd-sysext refresh {POLICY}", False)):  # ours, the old one
+        run = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", *line.split(), f"--root={empty}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert (run.returncode == 0) is ok, (line, run.stderr)
+    assert "unrecognized option '--image-policy" in run.stderr
+
+
+def test_a_257_node_keeps_the_policy_and_its_systemd_sysext_takes_it(tmp_path: Path) -> None:
+    """trixie's systemd 257 under ROOT: the policy stays, and trixie's own systemd-sysext runs the
+    drop-in's command line (exit 0). Before: the same drop-in, but no word of the version used."""
+    import trixie
+
+    root = _with_systemd(tmp_path / "root", _trixie_systemd())
+    r, dropin = _install_json(root, "sysext:\n  mode: enforced\n")
+    assert json.loads(r.stdout)["systemd"]["version"] == 257 and r.stderr == ""
+    assert _exec_start(dropin) == f"systemd-sysext refresh {POLICY}" and "# No --image-policy" not in dropin
+    (tmp_path / "empty/usr/lib").mkdir(parents=True)
+    (tmp_path / "empty/usr/lib/os-release").write_text("ID=debian\nVERSION_ID=13\n")
+    run = trixie.run(f"{_exec_start(dropin)} --root=/work/empty", tmp_path)
+    assert run.returncode == 0, run.stderr
+
+
+def test_systemd_version_option_beats_config_beats_what_is_read(tmp_path: Path) -> None:
+    root = _with_systemd(tmp_path / "root", _host_systemd())  # reads 252
+    r, dropin = _install_json(root, "sysext:\n  mode: enforced\n", "--systemd-version", "257")
+    assert _exec_start(dropin) == f"systemd-sysext refresh {POLICY}" and r.stderr == ""
+    assert json.loads(r.stdout)["systemd"] == {"version": 257, "source": "--systemd-version", "found": True}
+    r, dropin = _install_json(root, "sysext:\n  mode: enforced\n  systemd_version: 257\n")
+    assert _exec_start(dropin) == f"systemd-sysext refresh {POLICY}"
+    r, dropin = _install_json(root, "sysext:\n  mode: enforced\n  systemd_version: 257\n", "--systemd-version", "253")
+    assert _exec_start(dropin) == "systemd-sysext refresh" and "systemd 253 (--systemd-version)" in r.stderr
+    assert bk("install-units", "--root", str(root), "--systemd-version", "99").returncode == 2
+
+
+def test_an_unknown_systemd_is_assumed_current_with_a_warning(tmp_path: Path) -> None:
+    r, dropin = _install_json(tmp_path, "sysext:\n  mode: enforced\n")
+    assert _exec_start(dropin) == f"systemd-sysext refresh {POLICY}"
+    assert r.stderr == (
+        f"bootkeeper: warning: {tmp_path}: the node's systemd version was not found (usr/lib/systemd/systemd, "
+        "libsystemd-shared-*.so, dpkg status); assuming 254 or later (set sysext.systemd_version)\n"
+    )
+    assert json.loads(r.stdout)["systemd"] == {"version": 254, "source": "assumed: not found", "found": False}
+    r, dropin = _install_json(tmp_path, "sysext:\n  mode: permissive\n")  # no policy, nothing to warn about
+    assert _exec_start(dropin) == "systemd-sysext refresh" and r.stderr == ""

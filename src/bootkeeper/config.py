@@ -72,6 +72,9 @@ class Sysext:
     # trust an anchor only inside its validity period (systemd and the kernel never check the
     # dates: systemd-sysext verifies with PKCS7_NOVERIFY)
     require_valid_dates: bool = False
+    # the node's systemd major version, when it cannot be read under the root (install-units, activate
+    # --refresh and lint use it to decide what systemd-sysext understands): bootkeeper.systemd_version
+    systemd_version: int | None = None
 
     def rules_for(self, entry: str) -> tuple[str, ...]:
         return dict(self.entries).get(entry, ())
@@ -154,6 +157,7 @@ _SYSEXT_KEYS = (
     "hierarchies",
     "vendor",
     "require_valid_dates",
+    "systemd_version",
 )
 _ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 
@@ -223,6 +227,11 @@ def _parse_sysext(src: str, raw: Any, key_src: dict[str, str] | None = None) -> 
     vendor = raw.get("vendor")
     if vendor is not None and (not isinstance(vendor, str) or not _ENTRY_NAME.fullmatch(vendor)):
         raise ConfigError(f"{at('vendor')}: {vendor!r} is not a folder name under EFI/")
+    systemd_version = raw.get("systemd_version")
+    if systemd_version is not None:
+        from bootkeeper.systemd_version import HIGHEST, LOWEST
+
+        systemd_version = _int(at("systemd_version"), systemd_version, LOWEST, HIGHEST)
     return (
         Sysext(
             mode=mode,
@@ -237,6 +246,7 @@ def _parse_sysext(src: str, raw: Any, key_src: dict[str, str] | None = None) -> 
             hierarchies=hierarchies,
             vendor=vendor,
             require_valid_dates=_bool(at("require_valid_dates"), raw.get("require_valid_dates", d.require_valid_dates)),
+            systemd_version=systemd_version,
         ),
         warnings,
     )

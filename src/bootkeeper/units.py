@@ -4,7 +4,10 @@
   validates ``/.extra/sysext`` and places what passes in ``/run/extensions``.
 * ``systemd-sysext.service.d/10-bootkeeper.conf``: systemd-sysext with the configured image policy
   (enforced mode only: in the other modes a failing image is placed on purpose, and a policy would make
-  systemd-sysext refuse every image) and ``SYSTEMD_SYSEXT_HIERARCHIES`` when configured.
+  systemd-sysext refuse every image) and ``SYSTEMD_SYSEXT_HIERARCHIES`` when configured. The node's
+  systemd-sysext takes ``--image-policy=`` only from v254 (:mod:`bootkeeper.systemd_version`); an older
+  one rejects it and ``systemd-sysext.service`` would fail on every boot, so there the drop-in runs a
+  plain ``systemd-sysext refresh`` and the policy is enforced by ``bootkeeper-sysext.service`` alone.
 * ``bootkeeper-bless.service``: systemd-bless-boot's place (``Requires=``/``After=boot-complete.target``),
   running ``bootkeeper bless good``, which remounts a read-only ``/efi``, keeps loader.conf's ``default``
   valid and re-arms recovery. ``systemd-bless-boot.service`` is masked so that the two never race.
@@ -25,6 +28,7 @@ from bootkeeper import fsutil
 from bootkeeper.config import Config, Sysext, SysextMode
 from bootkeeper.errors import StoreIOError
 from bootkeeper.esp.efivars import LOADER_GUID
+from bootkeeper.systemd_version import ASSUMED, IMAGE_POLICY_SINCE, takes_image_policy
 
 UNIT_DIR = "etc/systemd/system"
 GENERATOR_DIR = "etc/systemd/system-generators"
@@ -51,7 +55,7 @@ def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _sysext(cfg: Sysext, exec_line: str) -> dict[str, UnitFile]:
+def _sysext(cfg: Sysext, exec_line: str, systemd: int) -> dict[str, UnitFile]:
     service = f"""# Installed by 'bootkeeper install-units'; re-run it after changing the sysext config.
 [Unit]
 Description=Validate system extensions one by one and place them in /run/extensions
@@ -73,13 +77,22 @@ ExecStart={exec_line} sysext activate --no-refresh
 WantedBy={WANTED_BY[SYSEXT_UNIT]}
 """
     refresh = "systemd-sysext refresh"
-    if cfg.mode is SysextMode.ENFORCED:
+    why = ""
+    if cfg.mode is SysextMode.ENFORCED and takes_image_policy(systemd):
         refresh += f" --image-policy={_quote(cfg.policy)}"
+    elif cfg.mode is SysextMode.ENFORCED:
+        why = (
+            f"# No --image-policy: systemd {systemd}'s systemd-sysext rejects it (it exists from\n"
+            f"# v{IMAGE_POLICY_SINCE}) and would fail on every boot. The policy is enforced by\n"
+            f"# {SYSEXT_UNIT} (bootkeeper sysext activate), which places in\n"
+            "# /run/extensions only the images that passed it; an image put anywhere else\n"
+            "# systemd-sysext looks (/etc/extensions, /var/lib/extensions) merges without it.\n"
+        )
     env = ""
     if cfg.hierarchies:
         env = f"Environment={_quote('SYSTEMD_SYSEXT_HIERARCHIES=' + ':'.join(cfg.hierarchies))}\n"
     dropin = f"""# Installed by 'bootkeeper install-units' (sysext.mode {cfg.mode.value}).
-[Unit]
+{why}[Unit]
 After={SYSEXT_UNIT}
 
 [Service]
@@ -142,15 +155,16 @@ def generator_script(python: str) -> UnitFile:
     return UnitFile(f"#!{python} -IS\n# Installed by 'bootkeeper install-units'.\n{source}", 0o755)
 
 
-def render(cfg: Config, exe: list[str], python: str) -> dict[str, UnitFile]:
+def render(cfg: Config, exe: list[str], python: str, systemd: int = ASSUMED) -> dict[str, UnitFile]:
     """``{path under ROOT: file}``; ``exe`` runs bootkeeper (``[/usr/bin/bootkeeper]`` or
-    ``[/usr/bin/python3, -m, bootkeeper]``), ``python`` runs the generator; both absolute paths."""
+    ``[/usr/bin/python3, -m, bootkeeper]``), ``python`` runs the generator; both absolute paths.
+    ``systemd`` is the node's systemd major version (what its systemd-sysext understands)."""
     for what, path in (("the bootkeeper command", exe[0] if exe else ""), ("python", python)):
         if not os.path.isabs(path):
             raise StoreIOError(f"{path or '(empty)'}: {what} must start with an absolute path")
     exec_line = " ".join(_quote(w) for w in exe)
     return {
-        **_sysext(cfg.sysext, exec_line),
+        **_sysext(cfg.sysext, exec_line, systemd),
         **_assessment(exec_line),
         f"{GENERATOR_DIR}/{GENERATOR}": generator_script(python),
     }

@@ -1,4 +1,5 @@
-"""``bootkeeper lint``: boot-loop hazards in cloud-config, unit files and on the ESP."""
+"""``bootkeeper lint``: boot-loop hazards in cloud-config, unit files and on the ESP, and the node's
+systemd-sysext setup (:mod:`bootkeeper.assess.sysextconf`)."""
 
 from __future__ import annotations
 
@@ -24,18 +25,28 @@ from bootkeeper.cli.common import (
 @efivars_option
 @version_option
 @config_option
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Also check the node tree at DIR: its sysext.conf and systemd-sysext-sysroot.service (default: / "
+    "when neither FILES nor --esp are given).",
+)
 @json_option
 def lint(
     files: tuple[Path, ...],
     esp: Path | None,
     efivars: Path,
-    sdboot_version: int | None,
+    sdboot_version: str | None,
     config_files: tuple[Path, ...],
+    root: Path | None,
     as_json: bool,
 ) -> None:
-    """Check FILES (cloud-config YAML, unit files, drop-ins) and, with --esp, the ESP.
+    """Check FILES (cloud-config YAML, unit files, drop-ins), with --esp the ESP, and with --root the
+    node's systemd-sysext setup (BK301, BK302).
 
-    With neither, the ESP found at /efi, /boot/efi or /boot and /oem/*.yaml are checked.
+    With none of them, the ESP found at /efi, /boot/efi or /boot, /oem/*.yaml and the node at / are
+    checked; with --root alone, ROOT/oem/*.yaml and the node.
     Exit status 1 when there is an error finding, 0 with warnings only.
     """
     from bootkeeper.assess import lint as lint_mod
@@ -43,8 +54,10 @@ def lint(
 
     findings: list[lint_mod.Finding] = []
     if not files and esp is None:
-        esp = find_esp(None)
-        files = tuple(sorted(Path("/oem").glob("*.yaml")))
+        if root is None:
+            root = Path("/")
+            esp = find_esp(None)
+        files = tuple(sorted((root / "oem").glob("*.yaml")))
     for path in files:
         try:
             text = path.read_bytes().decode("utf-8")
@@ -58,15 +71,20 @@ def lint(
             )
             continue
         findings += lint_mod.lint_text(text, str(path))
-    if esp is not None:
+    cfg = load_config(config_files, root or Path("/")) if esp is not None or root is not None else None
+    if esp is not None and cfg is not None:
         from bootkeeper.assess.nodestatus import stale_temporaries
         from bootkeeper.esp.efivars import LoaderVars
         from bootkeeper.esp.store import EspStore
 
-        cfg = load_config(config_files).boot_assessment
         snap = EspStore(esp).snapshot(sdboot_version)
         entry_default = LoaderVars.read(efivars).entry_default
-        findings += lint_mod.lint_esp(snap, str(esp), cfg, entry_default, stale_temporaries(esp))
+        findings += lint_mod.lint_esp(snap, str(esp), cfg.boot_assessment, entry_default, stale_temporaries(esp))
+    if root is not None and cfg is not None:
+        from bootkeeper.assess import sysextconf
+        from bootkeeper.systemd_version import resolve
+
+        findings += sysextconf.lint_node(root, cfg.sysext, resolve(root, cfg.sysext.systemd_version))
     errors = sum(f.severity is lint_mod.Severity.ERROR for f in findings)
     if as_json:
         print_json({"findings": [f.as_json() for f in findings], "errors": errors})

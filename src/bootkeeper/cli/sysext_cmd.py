@@ -452,7 +452,12 @@ def activate(
         log=None if as_json else lambda line: click.echo(f"bootkeeper-sysext: {line}"),
     )
     if do_refresh if do_refresh is not None else cfg.sysext.refresh:
-        report.refresh = act.refresh(root, cfg.sysext, chosen)
+        from bootkeeper.systemd_version import resolve
+
+        node = resolve(root, cfg.sysext.systemd_version)
+        if chosen is SysextMode.ENFORCED and (w := node.warning(root)) is not None:  # only the policy depends on it
+            click.echo(f"bootkeeper: warning: {w}", err=True)
+        report.refresh = act.refresh(root, cfg.sysext, chosen, node)
         act.write_report(root, report)
         if not as_json:
             r = report.refresh
@@ -465,3 +470,11 @@ def activate(
             f"bootkeeper-sysext: mode {report.mode}: {placed} of {len(report.images)} placed in "
             f"{root / act.DEST_DIR} ({report.seconds:.2f} s); report {root / act.REPORT}"
         )
+    if report.refresh is not None and not report.refresh["ok"]:
+        from bootkeeper.errors import CommandError
+
+        error = str(report.refresh["error"])
+        hint = f"the images stay placed in {root / act.DEST_DIR}; the report is {root / act.REPORT}"
+        if "--image-policy" in error and "unrecognized option" in error:
+            hint = f"the node's systemd-sysext is older than 254: set sysext.systemd_version; {hint}"
+        raise CommandError(error, hint)

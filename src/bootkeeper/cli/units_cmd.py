@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from bootkeeper.cli.common import config_option, json_option, load_config, print_json, root_option
+from bootkeeper.systemd_version import HIGHEST, LOWEST
 
 
 @click.command(name="install-units")
@@ -23,30 +24,63 @@ from bootkeeper.cli.common import config_option, json_option, load_config, print
 @click.option(
     "--enable/--no-enable", default=True, show_default=True, help="Link the services into their targets' .wants."
 )
+@click.option(
+    "--systemd-version",
+    "systemd_version",
+    type=click.IntRange(LOWEST, HIGHEST),
+    default=None,
+    help="The node's systemd major version (default: sysext.systemd_version, else read under ROOT).",
+)
 @json_option
 def install_units(
-    root: Path, config_files: tuple[Path, ...], exe: str | None, python: str | None, enable: bool, as_json: bool
+    root: Path,
+    config_files: tuple[Path, ...],
+    exe: str | None,
+    python: str | None,
+    enable: bool,
+    systemd_version: int | None,
+    as_json: bool,
 ) -> None:
     """Write bootkeeper's units, the systemd-sysext drop-in and bootkeeper-generator under ROOT/etc,
     mask systemd-bless-boot.service, and enrol the services in boot_assessment.services."""
+    from bootkeeper import systemd_version as sv
     from bootkeeper import units
     from bootkeeper.assess import services
+    from bootkeeper.config import SysextMode
 
     cfg = load_config(config_files, root)
+    node = sv.resolve(root, cfg.sysext.systemd_version, systemd_version)
+    enforced = cfg.sysext.mode is SysextMode.ENFORCED  # only the policy in the drop-in depends on the version
+    if enforced and (w := node.warning(root)) is not None:
+        click.echo(f"bootkeeper: warning: {w}", err=True)
+    if enforced and not node.takes_image_policy:
+        click.echo(
+            f"bootkeeper: warning: {node.describe()}: the node's systemd-sysext cannot enforce the image policy "
+            f"itself (--image-policy exists from {sv.IMAGE_POLICY_SINCE}); only bootkeeper-sysext.service does, "
+            "for the images it places, and images in /etc/extensions or /var/lib/extensions merge unchecked",
+            err=True,
+        )
     if exe is not None:
         argv = exe.split()
     elif (found := shutil.which("bootkeeper")) is not None:
         argv = [str(Path(found).resolve())]
     else:
         argv = [sys.executable, "-m", "bootkeeper"]
-    written = units.install(root, units.render(cfg, argv, python or sys.executable), enable)
+    written = units.install(root, units.render(cfg, argv, python or sys.executable, node.major), enable)
     enrolled = (
         services.enroll(root, list(cfg.boot_assessment.services), cfg.boot_assessment.tries)
         if cfg.boot_assessment.services
         else []
     )
     if as_json:
-        print_json({"written": written, "command": argv, "services": enrolled})
+        print_json(
+            {
+                "written": written,
+                "command": argv,
+                "services": enrolled,
+                "systemd": {"version": node.major, "source": node.source, "found": node.found},
+            }
+        )
         return
     for w in written:
         click.echo(f"wrote {w}")

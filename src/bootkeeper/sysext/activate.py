@@ -37,11 +37,14 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bootkeeper import fsutil
 from bootkeeper.config import Sysext, SysextMode
 from bootkeeper.errors import BootkeeperError, StoreIOError
+
+if TYPE_CHECKING:
+    from bootkeeper.systemd_version import NodeSystemd
 
 EXTRA_DIR = ".extra/sysext"
 # Newer systemd-stub also hands the ESP's loader/extensions/*.raw (extensions for every UKI) to the
@@ -530,19 +533,29 @@ def write_report(root: Path, report: Report) -> None:
         raise StoreIOError(f"{p}: cannot write the report ({exc.strerror})") from exc
 
 
-def refresh(root: Path, cfg: Sysext, mode: SysextMode) -> dict[str, Any]:
+def refresh(root: Path, cfg: Sysext, mode: SysextMode, systemd: NodeSystemd | None = None) -> dict[str, Any]:
     """``systemd-sysext refresh``: with the configured policy in enforced mode (in the other modes a
-    failing image was placed on purpose, and a policy would make systemd-sysext refuse them all)."""
-    from bootkeeper.run import run
+    failing image was placed on purpose, and a policy would make systemd-sysext refuse them all), and
+    only when the node's systemd-sysext takes ``--image-policy`` (v254+; 252/253 exit 1 on it and merge
+    nothing). ``systemd`` is the node's systemd (default: :func:`systemd_version.resolve` under ``root``
+    and ``sysext.systemd_version``).
 
+    The result says ``ok: false`` with the tool's one-line error when it exits nonzero or is missing;
+    the caller makes that an error. systemd-sysext 252–255 exit 0 even when the merge itself failed
+    (252–254 ``return r != 123``; 256 exits 1, commit baaa1679268a), so ``ok`` can only mean "it ran"."""
+    from bootkeeper.run import run
+    from bootkeeper.systemd_version import resolve
+
+    node = systemd or resolve(root, cfg.systemd_version)
     argv = ["systemd-sysext", "refresh"]
     if str(root) != "/":
         argv.append(f"--root={root}")
-    if mode is SysextMode.ENFORCED:
+    if mode is SysextMode.ENFORCED and node.takes_image_policy:
         argv.append(f"--image-policy={cfg.policy}")
     env = {"SYSTEMD_SYSEXT_HIERARCHIES": ":".join(cfg.hierarchies)} if cfg.hierarchies else None
+    out: dict[str, Any] = {"argv": argv, "env": env, "systemd": node.describe(), "ok": True, "error": None}
     try:
         run(argv, env=env)
     except BootkeeperError as exc:
-        return {"argv": argv, "env": env, "ok": False, "error": str(exc)}
-    return {"argv": argv, "env": env, "ok": True, "error": None}
+        out.update(ok=False, error=str(exc))
+    return out

@@ -1,0 +1,337 @@
+"""Lint of the node's own systemd-sysext setup: what systemd 259–261 made possible around bootkeeper.
+
+* **BK301** ``ImagePolicy=`` in ``[SysExt]`` of ``sysext.conf`` (v259, commit 72d51c3ebf66, PR #38250)
+  becomes systemd-sysext's explicit policy, and an explicit policy always wins (``pick_image_policy()``,
+  a594288d79f2): it replaces the strict ``root=signed+absent:usr=signed+absent`` that images under
+  ``/.extra/sysext`` get in the initrd too. One that admits more than bootkeeper's ``sysext.policy``
+  is an error in enforced mode, a warning otherwise. A value systemd's parser refuses, and a section
+  or key in the wrong case (systemd matches both exactly, ``[Sysext]`` is an unknown section), are
+  warnings: the setting has no effect.
+* **BK302** ``systemd-sysext-sysroot.service`` (v261, c70b17daad3a, PR #41161) runs
+  ``systemd-sysext --root=/sysroot refresh`` in the initrd without ``--image-policy``; under
+  ``--root`` the normal default applies (unsigned and unprotected images merge), so in enforced mode
+  whatever lies in ``/sysroot/{etc,run,var/lib}/extensions`` bypasses bootkeeper. Not reported when
+  the unit is masked, ``rd.systemd.sysext=0`` is on the kernel command line, or sysext.conf sets a
+  policy no weaker than bootkeeper's.
+
+The configuration is read as systemd's conf-parser reads it (``config_parse_many_files()``): the first
+main file found of ``ROOT/{etc,run,usr/local/lib,usr/lib}/systemd/sysext.conf``, then the drop-ins
+``sysext.conf.d/*.conf`` of all four, one per file name (``/etc`` first), in file name order; a link to
+``/dev/null`` or an empty file masks; the last assignment wins, an empty one resets; the first line
+the parser refuses stops it (nothing after it, drop-ins included, is read).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bootkeeper.assess.lint import Finding, Severity
+from bootkeeper.config import Sysext, SysextMode
+from bootkeeper.errors import ParseError
+from bootkeeper.systemd_version import SYSEXT_CONF_SINCE, NodeSystemd, is_null, read_in, resolve_in
+
+CONF_DIRS = ("etc/systemd", "run/systemd", "usr/local/lib/systemd", "usr/lib/systemd")
+SYSEXT_CONF = "sysext.conf"
+SECTION = "SysExt"
+KEY = "ImagePolicy"
+SYSROOT_UNIT = "systemd-sysext-sysroot.service"
+UNIT_DIRS = (
+    "etc/systemd/system",
+    "run/systemd/system",
+    "usr/local/lib/systemd/system",
+    "usr/lib/systemd/system",
+    "lib/systemd/system",
+)
+CMDLINES = ("etc/kernel/cmdline", "proc/cmdline")
+SYSROOT_DIRS = ("etc/extensions", "var/lib/extensions")  # ROOT's own; /sysroot/run is empty then
+# systemd's image_policy_sysext_strict (src/shared/image-policy.c), for images under /.extra/sysext in the initrd
+SYSTEMD_STRICT = "root=signed+absent:usr=signed+absent"
+_LINE_MAX = 1 << 20  # systemd's LONG_LINE_MAX
+_FILE_MAX = 16 << 20  # a real sysext.conf is a few lines
+_DROPINS_MAX = 1000
+
+
+@dataclass(frozen=True)
+class Assignment:
+    file: str
+    line: int
+    value: str | None  # None: an empty assignment, which resets to the built-in choice
+
+
+@dataclass(frozen=True)
+class SysextConf:
+    """What systemd-sysext would take from the node's sysext.conf, and what it would not."""
+
+    policy: Assignment | None  # the effective ImagePolicy=
+    ignored: tuple[Finding, ...]
+
+
+def _files(root: Path) -> list[tuple[str, bytes]]:
+    """(path as the node sees it, contents) in the order systemd parses them."""
+    out: list[tuple[str, bytes]] = []
+    for d in CONF_DIRS:
+        rel = f"{d}/{SYSEXT_CONF}"
+        if is_null(root, rel):
+            break  # found, and empty: masks the lower ones
+        data = read_in(root, rel, _FILE_MAX + 1)
+        if data is not None:
+            out.append((f"/{rel}", data))
+            break
+    chosen: dict[str, str] = {}
+    for d in CONF_DIRS:
+        rel_dir = f"{d}/{SYSEXT_CONF}.d"
+        folder = resolve_in(root, rel_dir)
+        if folder is None:
+            continue
+        try:
+            names = sorted(os.listdir(folder))[:_DROPINS_MAX]
+        except OSError:
+            continue
+        for n in names:
+            if n.endswith(".conf") and not n.startswith(".") and n not in chosen:
+                chosen[n] = f"{rel_dir}/{n}"
+    for n in sorted(chosen):
+        rel = chosen[n]
+        if is_null(root, rel):
+            continue
+        data = read_in(root, rel, _FILE_MAX + 1)
+        if data is not None:
+            out.append((f"/{rel}", data))
+    return out
+
+
+def _continues(text: str) -> bool:
+    """The line ends in a backslash that is not itself escaped (conf-parser's continuation)."""
+    escaped = False
+    for c in text:
+        escaped = not escaped and c == "\\"
+    return escaped
+
+
+def read_conf(root: Path) -> SysextConf:
+    """Parse the node's sysext.conf as systemd-sysext would (see the module's docstring)."""
+    from bootkeeper.sysext import policy
+
+    effective: Assignment | None = None
+    ignored: list[Finding] = []
+    for path, data in _files(root):
+        where = str(root / path.lstrip("/")) if str(root) != "/" else path
+        if len(data) > _FILE_MAX:
+            ignored.append(
+                Finding(
+                    "BK301",
+                    Severity.WARNING,
+                    where,
+                    None,
+                    f"larger than {_FILE_MAX >> 20} MiB: not checked, nor anything systemd reads after it",
+                    "keep sysext.conf to its few lines",
+                )
+            )
+            return SysextConf(effective, tuple(ignored))
+        section: str | None = None
+        lines = data.decode("utf-8", "replace").split("\n")
+        continuation = ""
+        for number, raw in enumerate(lines, 1):
+            stripped = raw.strip()
+            if stripped[:1] in ("#", ";"):
+                continue
+            text = continuation + raw
+            if len(text) > _LINE_MAX:
+                ignored.append(
+                    Finding(
+                        "BK301",
+                        Severity.WARNING,
+                        where,
+                        number,
+                        f"a line longer than {_LINE_MAX >> 20} MiB: systemd stops reading its configuration here "
+                        "('Line too long'): this line and everything after it, drop-ins included, has no effect",
+                        "keep sysext.conf to its few lines",
+                    )
+                )
+                return SysextConf(effective, tuple(ignored))
+            if _continues(text):
+                continuation = text[:-1] + " "
+                continue
+            continuation = ""
+            text = text.strip()
+            if not text:
+                continue
+            if text.startswith("["):
+                if not text.endswith("]"):
+                    return SysextConf(effective, tuple(ignored))  # "Invalid section header": parsing stops
+                section = text[1:-1]
+                continue
+            name, eq, value = text.partition("=")
+            name, value = name.strip(), value.strip()
+            if not eq or section is None or name.lower() != KEY.lower():
+                continue
+            if section != SECTION or name != KEY:
+                wrong = f"[{section}]" if section != SECTION else name
+                ignored.append(
+                    Finding(
+                        "BK301",
+                        Severity.WARNING,
+                        where,
+                        number,
+                        f"{wrong} is not [{SECTION}] {KEY}=: systemd matches section and key names exactly "
+                        f"and ignores this line, so {name}={value} has no effect",
+                        f"write it as [{SECTION}] {KEY}=…",
+                    )
+                )
+                continue
+            if not value:
+                effective = Assignment(where, number, None)
+                continue
+            try:
+                policy.parse(value, KEY)
+            except ParseError as exc:
+                ignored.append(
+                    Finding(
+                        "BK301",
+                        Severity.WARNING,
+                        where,
+                        number,
+                        f"systemd refuses this value ({exc.message}) and stops reading its configuration "
+                        "there: this line and everything after it, drop-ins included, has no effect",
+                        "fix the policy (systemd.image-policy(7)) or remove the line",
+                    )
+                )
+                return SysextConf(effective, tuple(ignored))
+            effective = Assignment(where, number, value)
+    return SysextConf(effective, tuple(ignored))
+
+
+_PROTECTION = ("verity", "signed", "encrypted", "unprotected")
+
+
+def _extra(configured: str, bootkeeper: str) -> dict[str, list[str]]:
+    """Per data designator, the protection levels ``configured`` admits that ``bootkeeper`` does not."""
+    from bootkeeper.sysext import policy
+
+    conf, bk = policy.parse(configured), policy.parse(bootkeeper)
+    out: dict[str, list[str]] = {}
+    for d in ("root", "usr"):
+        more = [f for f in _PROTECTION if policy.Flag(f) in conf.flags(d) and policy.Flag(f) not in bk.flags(d)]
+        if more:
+            out[d] = more
+    return out
+
+
+def _admits_nothing(configured: str) -> bool:
+    from bootkeeper.sysext import policy
+
+    conf = policy.parse(configured)
+    return not any(policy.Flag(f) in conf.flags(d) for d in ("root", "usr") for f in _PROTECTION)
+
+
+def no_weaker(conf: SysextConf, cfg: Sysext) -> bool:
+    """sysext.conf sets a policy that admits nothing bootkeeper's would not."""
+    return conf.policy is not None and conf.policy.value is not None and not _extra(conf.policy.value, cfg.policy)
+
+
+def bk301(conf: SysextConf, cfg: Sysext, node: NodeSystemd) -> list[Finding]:
+    findings = list(conf.ignored)
+    a = conf.policy
+    if a is None or a.value is None:
+        return findings
+    later = ""
+    if node.found and not node.reads_sysext_conf:
+        later = f" (systemd {node.major} does not read sysext.conf; it takes effect from {SYSEXT_CONF_SINCE})"
+    severity = Severity.ERROR if cfg.mode is SysextMode.ENFORCED and not later else Severity.WARNING
+    extra = _extra(a.value, cfg.policy)
+    if extra:
+        what = "; ".join(f"{d}: {'+'.join(fs)}" for d, fs in extra.items())
+        findings.append(
+            Finding(
+                "BK301",
+                severity,
+                a.file,
+                a.line,
+                f"{KEY}={a.value} admits more than bootkeeper's sysext.policy {cfg.policy} ({what}){later}: "
+                f"systemd-sysext uses it wherever it runs without --image-policy= (systemd-sysext-sysroot.service, a "
+                f"manual refresh), and as an explicit policy it also replaces the strict "
+                f"{SYSTEMD_STRICT} for /.extra/sysext in the initrd",
+                f"remove it, or set {KEY}={cfg.policy}",
+            )
+        )
+    elif _admits_nothing(a.value):
+        findings.append(
+            Finding(
+                "BK301",
+                Severity.WARNING,
+                a.file,
+                a.line,
+                f"{KEY}={a.value} admits no root or usr partition: systemd-sysext merges no image, "
+                "bootkeeper's included",
+                f"set {KEY}={cfg.policy}",
+            )
+        )
+    return findings
+
+
+def _rd_sysext_off(root: Path) -> str | None:
+    """The file whose kernel command line turns the initrd's sysext off (``rd.systemd.sysext=0``)."""
+    for rel in CMDLINES:
+        data = read_in(root, rel, 64 << 10)
+        if data is None:
+            continue
+        value: str | None = None
+        for word in data.decode("utf-8", "replace").split():
+            key, eq, v = word.partition("=")
+            if key == "rd.systemd.sysext":
+                value = v if eq else "1"
+        if value is not None and value.lower() in ("0", "no", "n", "false", "f", "off"):
+            return f"/{rel}"
+    return None
+
+
+def _count(root: Path, rel: str) -> int:
+    d = resolve_in(root, rel)
+    if d is None:
+        return 0
+    try:
+        return sum(1 for n in os.listdir(d) if not n.startswith("."))
+    except OSError:
+        return 0
+
+
+def bk302(root: Path, conf: SysextConf, cfg: Sysext) -> list[Finding]:
+    if cfg.mode is not SysextMode.ENFORCED:
+        return []
+    for d in UNIT_DIRS:
+        rel = f"{d}/{SYSROOT_UNIT}"
+        if is_null(root, rel):
+            return []  # masked
+        p = resolve_in(root, rel)
+        if p is not None and p.is_file():
+            break
+    else:
+        return []
+    if _rd_sysext_off(root) is not None or no_weaker(conf, cfg):
+        return []
+    now = [f"ROOT/{r}: {n}" for r in SYSROOT_DIRS if (n := _count(root, r))]
+    held = f" (now: {', '.join(now)})" if now else ""
+    where = str(root / rel) if str(root) != "/" else f"/{rel}"
+    return [
+        Finding(
+            "BK302",
+            Severity.ERROR,
+            where,
+            None,
+            f"{SYSROOT_UNIT} merges the images in /sysroot/etc/extensions, /sysroot/run/extensions and "
+            f"/sysroot/var/lib/extensions in the initrd ('systemd-sysext --root=/sysroot refresh', no "
+            f"--image-policy): under --root the normal default policy applies, so unsigned and unprotected "
+            f"images merge, bypassing bootkeeper's sysext.policy {cfg.policy}{held}",
+            f"mask it (ln -s /dev/null /etc/systemd/system/{SYSROOT_UNIT}, then rebuild the initrd), add "
+            f"rd.systemd.sysext=0 to the kernel command line, or set [{SECTION}] {KEY}={cfg.policy} in "
+            "/etc/systemd/sysext.conf (systemd 259+)",
+        )
+    ]
+
+
+def lint_node(root: Path, cfg: Sysext, node: NodeSystemd) -> list[Finding]:
+    """BK301 and BK302 for the node tree at ``root``."""
+    conf = read_conf(root)
+    return bk301(conf, cfg, node) + bk302(root, conf, cfg)
