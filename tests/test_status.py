@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bootkeeper.assess import history, nodestatus
 from bootkeeper.assess.simulate import BootRecord, Fault, Outcome, simulate
 from bootkeeper.config import BootAssessment, RebootOnFailure
@@ -233,3 +235,63 @@ def test_status_looks_for_enrolment_where_enroll_writes_it() -> None:
 
     assert nodestatus.ENROLLED_RECORD == services.RECORD
     assert f"{services.UNIT_DIR}/{services.REQUIRES}" == nodestatus.ENROLLED_LINKS
+
+
+def _pinned_node(tmp_path: Path, version: str) -> tuple[list[str], Path, Path]:
+    esp = scratch.make(tmp_path / "esp")
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    args = ["--esp", str(esp), "--efivars", str(ev), "--systemd-boot-version", version]
+    r = bk("select", "passive", "--persistent", *args)
+    assert r.returncode == 0, r.stderr
+    return args, esp, ev
+
+
+@pytest.mark.parametrize(
+    ("version", "kind", "target"), [("262", "preferred", "passive.conf"), ("257", "sort-key", "0-passive")]
+)
+def test_status_shows_a_pin_and_whether_it_is_in_effect(tmp_path: Path, version: str, kind: str, target: str) -> None:
+    """A persistent pin is in effect while passive has tries left; once passive is bad it is not, and
+    status says why and what boots instead (before: no pin key, no pin line)."""
+    args, esp, _ = _pinned_node(tmp_path, version)
+    j = json.loads(bk("status", *args, "--root", str(tmp_path / "root"), "--json").stdout)
+    pin = j["pin"]
+    assert (pin["kind"], pin["target"], pin["entry"], pin["in_effect"], pin["why_not"]) == (
+        kind,
+        target,
+        "loader/entries/passive+3.conf",
+        True,
+        None,
+    )
+    assert pin["others"] == [] and j["next"]["path"] == "loader/entries/passive+3.conf"
+    assert json.loads(bk("entries", *args, "--json").stdout)["pin"] == pin
+    (esp / "loader/entries/passive+3.conf").rename(esp / "loader/entries/passive+0-3.conf")
+    j = json.loads(bk("status", *args, "--root", str(tmp_path / "root"), "--json").stdout)
+    why = (
+        "passive (loader/entries/passive+0-3.conf) has no tries left: active (loader/entries/active+3.conf) boots next"
+    )
+    assert (j["pin"]["in_effect"], j["pin"]["why_not"], j["pin"]["boots"]) == (
+        False,
+        why,
+        "loader/entries/active+3.conf",
+    )
+    r = bk("status", *args, "--root", str(tmp_path / "root"))
+    assert r.returncode == 0, r.stderr
+    pin_lines = [x for x in r.stdout.splitlines() if x.startswith("pin: ")]
+    assert len(pin_lines) == 1 and pin_lines[0].endswith(f": NOT in effect: {why}"), r.stdout
+
+
+def test_status_shows_a_one_shot_first_and_the_persistent_pin_after_it(tmp_path: Path) -> None:
+    args, _, ev = _pinned_node(tmp_path, "262")
+    assert bk("select", "recovery", "--once", *args).returncode == 0
+    j = json.loads(bk("status", *args, "--root", str(tmp_path / "root"), "--json").stdout)
+    assert (j["pin"]["kind"], j["pin"]["target"], j["pin"]["in_effect"]) == ("once", "recovery.conf", True)
+    assert [(o["kind"], o["in_effect"]) for o in j["pin"]["others"]] == [("preferred", True)]
+    text = bk("status", *args, "--root", str(tmp_path / "root")).stdout
+    once = "EFI variable LoaderEntryOneShot 'recovery.conf' (next boot only)"
+    assert f"pin: {once} → loader/entries/recovery+3.conf: in effect" in text
+    assert "  also: loader/loader.conf preferred 'passive.conf' → loader/entries/passive+3.conf: in effect" in text
+    # without a pin the key is there and null
+    assert bk("select", "--clear", *args).returncode == 0
+    assert json.loads(bk("status", *args, "--root", str(tmp_path / "root"), "--json").stdout)["pin"] is None
+    assert list(ev.iterdir()) == []

@@ -59,7 +59,7 @@ class BootChoice:
         }
 
 
-def _find(order: list[Entry], pattern: str | None, version: SdBoot, skip_bad: bool = False) -> Entry | None:
+def find(order: list[Entry], pattern: str | None, version: SdBoot, skip_bad: bool = False) -> Entry | None:
     """The first entry in menu order whose id matches ``pattern`` (lower-cased, as systemd-boot
     does; ids are compared as they are, so a counted id that keeps upper case is never matched)."""
     if not pattern:
@@ -85,20 +85,20 @@ def _pattern_source(
     """One pair of sources: the EFI variable (``@saved`` → LoaderEntryLastBooted) before loader.conf."""
     conf_key = name.lower()
     if efivar and efivar.lower() == "@saved":
-        hit = _find(order, ev.entry_last_booted, v, skip_bad)
+        hit = find(order, ev.entry_last_booted, v, skip_bad)
         if hit:
             return hit, f"LoaderEntry{name} is @saved and LoaderEntryLastBooted '{ev.entry_last_booted}' matches it"
     else:
-        hit = _find(order, efivar, v, skip_bad)
+        hit = find(order, efivar, v, skip_bad)
         if hit:
             return hit, f"EFI variable LoaderEntry{name} '{efivar}' matches it"
     if conf_pattern == "@saved":
         if not (efivar and efivar.lower() == "@saved"):
-            hit = _find(order, ev.entry_last_booted, v, skip_bad)
+            hit = find(order, ev.entry_last_booted, v, skip_bad)
             if hit:
                 return hit, f"loader.conf {conf_key} @saved: LoaderEntryLastBooted '{ev.entry_last_booted}'"
     else:
-        hit = _find(order, conf_pattern, v, skip_bad)
+        hit = find(order, conf_pattern, v, skip_bad)
         if hit:
             return hit, f"loader.conf {conf_key} '{conf_pattern}' matches its id '{hit.entry_id(v)}'"
     return None
@@ -114,7 +114,7 @@ def choose(snap: Snapshot, efivars: LoaderVars | None = None) -> BootChoice | No
     conf = snap.loader_conf
 
     def pick() -> tuple[Entry, str]:
-        hit = _find(order, ev.entry_oneshot, v)
+        hit = find(order, ev.entry_oneshot, v)
         if hit:
             return hit, f"EFI variable LoaderEntryOneShot '{ev.entry_oneshot}' matches it"
         notes: list[str] = []

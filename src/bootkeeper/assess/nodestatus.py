@@ -120,6 +120,7 @@ def gather(
     snap: Snapshot | None = None,
 ) -> dict[str, Any]:
     from bootkeeper.assess import bless as bless_mod
+    from bootkeeper.assess import pin
     from bootkeeper.esp.efivars import LoaderVars
 
     store = EspStore(esp)
@@ -179,6 +180,7 @@ def gather(
     return {
         "booted": {**booted, "why": why.as_json() if why else None},
         "entries": entries,
+        "pin": pin.view(pin.pins(snap, ev)),
         "services": enrolled,
         "extensions": _extensions(root, store, snap),
         "history": [b.as_json() for b in boots[-10:]],
@@ -196,6 +198,13 @@ def _blessed_text(booted: dict[str, Any]) -> str:
     }.get(str(state), f"blessed: {state}")
 
 
+def pin_lines(pin: dict[str, Any] | None) -> list[str]:
+    """The ``pin`` view (assess/pin.py) as text: the pin consulted first, then the others."""
+    if not pin:
+        return []
+    return [f"pin: {pin['text']}"] + [f"  also: {o['text']}" for o in pin.get("others", [])]
+
+
 def render(view: dict[str, Any]) -> str:
     b = view["booted"]
     lines = []
@@ -209,6 +218,7 @@ def render(view: dict[str, Any]) -> str:
     for e in view["entries"]:
         tries = "not counted" if e["tries_left"] is None else f"{e['tries_left']} tries left, {e['tries_done']} used"
         lines.append(f"  {e['path']:<40} {e['state']:<13} {tries}")
+    lines.extend(pin_lines(view.get("pin")))
     if view["services"]:
         lines.append("services that decide a boot:")
         for s in view["services"]:

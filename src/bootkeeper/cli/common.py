@@ -34,7 +34,7 @@ def json_option(f: F) -> F:
 def efivars_option(f: F) -> F:
     return click.option(
         "--efivars",
-        type=click.Path(path_type=Path),
+        type=click.Path(path_type=Path, readable=False),  # an unreadable folder is the verb's one-line error
         default=Path("/sys/firmware/efi/efivars"),
         show_default=True,
         help="Where the EFI variables are (efivarfs, or a folder laid out like it).",
@@ -124,7 +124,7 @@ def root_option(f: F) -> F:
 def root_efivars_option(f: F) -> F:
     return click.option(
         "--efivars",
-        type=click.Path(path_type=Path),
+        type=click.Path(path_type=Path, readable=False),  # an unreadable folder is the verb's one-line error
         default=None,
         help="efivarfs with db/dbx (default: ROOT/sys/firmware/efi/efivars).",
     )(f)

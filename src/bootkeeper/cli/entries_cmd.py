@@ -23,7 +23,7 @@ TEMPORARY_WHY = "a temporary left by an interrupted bootkeeper run: any bootkeep
 
 
 def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None) -> dict[str, Any]:
-    from bootkeeper.assess import bootloader, nodestatus
+    from bootkeeper.assess import bootloader, nodestatus, pin
     from bootkeeper.esp import entries as entries_mod
     from bootkeeper.esp.efivars import LoaderVars
     from bootkeeper.esp.store import EspStore
@@ -65,6 +65,7 @@ def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None
             "LoaderBootCountPath": ev.boot_count_path,
         },
         "next": choice.as_json() if choice else None,
+        "pin": pin.view(pin.pins(snap, ev)),
         "entries": rows,
         "unlisted": [{"path": e.path, "why": e.why_unlisted} for e in snap.entries if not e.listed]
         + [
@@ -76,6 +77,8 @@ def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None
 
 
 def _print_human(view: dict[str, Any]) -> None:
+    from bootkeeper.assess.nodestatus import pin_lines
+
     v = view["systemd_boot_version"]
     click.echo(f"ESP {view['esp']}  (systemd-boot {v['value']}, {v['source']})")
     table(
@@ -87,6 +90,8 @@ def _print_human(view: dict[str, Any]) -> None:
     )
     for u in view["unlisted"]:
         click.echo(f"not listed by systemd-boot: {u['path']}: {u['why']}")
+    for line in pin_lines(view["pin"]):
+        click.echo(line)
     nxt = view["next"]
     if nxt:
         after = f" (renamed to {nxt['next_after_boot']})" if nxt["next_after_boot"] != nxt["path"] else ""
