@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bootkeeper.esp import edit, entries
+from bootkeeper.esp.keyvalue import KeyValue, split_lines
 
 body_lines = st.lists(
     st.sampled_from(["title T", "sort-key old", "  sort-key older", "linux /k", "options a=b", "# sort-key c", ""]),
@@ -24,3 +26,51 @@ def test_set_key_round_trip(lines: list[str], value: str) -> None:
 
 def test_set_key_inserts_after_title() -> None:
     assert edit.set_key("title A\nlinux /k", "sort-key", "1") == "title A\nsort-key 1\nlinux /k"
+
+
+key_lines = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "title T",
+                "efi /EFI/kairos/active.efi",
+                "  efi\t/EFI/x.efi  ",
+                '\tefi   "/EFI/q.efi"',
+                "# efi /commented",
+                "efi",
+                "efi   ",
+                "efix /not-the-key",
+                "linux /k",
+                "options efi /x",
+                "",
+            ]
+        ),
+        st.sampled_from(["\n", "\r\n", "\r"]),
+    ),
+    max_size=8,
+)
+
+
+@given(key_lines, st.booleans())
+def test_rename_key_changes_only_the_key(lines: list[tuple[str, str]], nul: bool) -> None:
+    """Exactly the lines systemd-boot reads as 'efi' (line_get_key_value: LF or CR ends a line,
+    a key needs a value, nothing after a NUL) get 'uki'; every other byte is kept, so the rename
+    back gives the same text."""
+    text = "".join(a + b for a, b in lines) + ("\0efi /after-nul\n" if nul else "")
+    out = edit.rename_key(text, "efi", "uki")
+    before = [kv for kv in split_lines(text, " \t") if isinstance(kv, KeyValue)]
+    after = [kv for kv in split_lines(out, " \t") if isinstance(kv, KeyValue)]
+    assert [(kv.lineno, "uki" if kv.key == "efi" else kv.key, kv.value) for kv in before] == [
+        (kv.lineno, kv.key, kv.value) for kv in after
+    ]
+    assert edit.rename_key(out, "uki", "efi") == text
+    assert out.endswith("\0efi /after-nul\n") == nul
+
+
+def test_rename_key_examples() -> None:
+    assert edit.rename_key("title A\r\n  efi\t/EFI/a.efi \r\noptions efi /x\n", "efi", "uki") == (
+        "title A\r\n  uki\t/EFI/a.efi \r\noptions efi /x\n"
+    )
+    assert edit.rename_key("efi\nefi   \n# efi /x\n", "efi", "uki") == "efi\nefi   \n# efi /x\n"
+    with pytest.raises(ValueError, match="not an entry key"):
+        edit.rename_key("efi /x\n", "efi", "u ki")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bootkeeper.assess import lint
@@ -153,11 +153,139 @@ def test_esp_clean(tmp_path: Path) -> None:
     assert esp_codes(_esp(tmp_path, GOOD)) == []
 
 
-def test_esp_efi_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", ["252", "257", "262"])
+def test_esp_efi_key(tmp_path: Path, version: str) -> None:
+    """An 'efi' role entry is a finding only where 'efi' is not counted (258+, 729f3c21c5); the
+    fix then says what arm does, and the fixed twin ('linux', counted everywhere) is clean."""
     bad = {**GOOD, "active+3.conf": "title active\nsort-key 1-active\nefi /EFI/kairos/vmlinuz\n"}
-    assert esp_codes(_esp(tmp_path / "bad", bad)) == ["BK201"]
-    fixed = {**GOOD, "active+3.conf": "title active\nsort-key 1-active\nuki /EFI/kairos/vmlinuz\n"}
-    assert esp_codes(_esp(tmp_path / "fixed", fixed)) == []
+    found, rc, doc = codes("--esp", str(_esp(tmp_path / "bad", bad)), "--systemd-boot-version", version)
+    if version == "262":
+        assert (found, rc) == (["BK201"], 1)
+        f = doc["findings"][0]
+        assert f["severity"] == "error"
+        assert f["message"] == (
+            "active entry uses the 'efi' key: systemd-boot 262 does not count 'efi' entries (729f3c21c5), but "
+            "/EFI/kairos/vmlinuz is not a UKI (not a PE file), so a bad active is booted again and again and never "
+            "falls back"
+        )
+        assert f["fix"] == "boot the kernel with 'linux' (and 'initrd') lines, which every systemd-boot counts"
+    else:
+        assert (found, rc) == ([], 0)
+    fixed = {**GOOD, "active+3.conf": "title active\nsort-key 1-active\nlinux /EFI/kairos/vmlinuz\n"}
+    assert codes("--esp", str(_esp(tmp_path / "fixed", fixed)), "--systemd-boot-version", version)[:2] == ([], 0)
+
+
+def _kairos(tmp_path: Path, version: int | None, **kw: Any) -> Path:
+    from test_chain import kairos_esp
+
+    return kairos_esp(tmp_path / "esp", version, **kw)
+
+
+def _esp_findings(esp: Path, *extra: str) -> list[dict[str, Any]]:
+    r = bk("lint", "--json", "--esp", str(esp), *extra)
+    assert "Traceback" not in r.stderr, r.stderr
+    found: list[dict[str, Any]] = json.loads(r.stdout)["findings"]
+    return found
+
+
+@pytest.mark.parametrize("version", [252, 257, 262])
+def test_esp_kairos_efi_layout_per_version(tmp_path: Path, version: int) -> None:
+    """Kairos's 'efi /EFI/kairos/<role>.efi' (UKIs), with the real systemd-boot on the ESP: fine on
+    252 and 257, BK201 on 262 with the fix arm carries out; after arm, clean."""
+    esp = _kairos(tmp_path, version)
+    found = _esp_findings(esp)
+    if version == 262:
+        assert [(f["code"], f["severity"]) for f in found] == [("BK201", "error")] * 4
+        assert found[0]["file"] == f"{esp}/loader/entries/active+3.conf"
+        assert found[0]["message"] == (
+            "active entry uses the 'efi' key: systemd-boot 262.1-1 does not count 'efi' entries (729f3c21c5), so a "
+            "bad active is booted again and again and never falls back"
+        )
+        assert found[0]["fix"] == "bootkeeper arm converts it to 'uki' (systemd-boot 262.1-1 knows it)"
+        assert bk("arm", "--esp", str(esp)).returncode == 0
+    assert _esp_findings(esp) == []
+
+
+@pytest.mark.parametrize("version", [252, 257, 262])
+def test_esp_uki_key_per_version(tmp_path: Path, version: int) -> None:
+    """'uki' before 258 (e2a3d56218): systemd-boot drops the entry (booted on 252.39, 257.13), BK207;
+    counted by 262, no finding. The fix names 'efi', and arm's conversion leaves a clean ESP."""
+    esp = _kairos(tmp_path, version, key="uki")
+    found = _esp_findings(esp)
+    if version == 262:
+        assert found == []
+        return
+    # every entry is dropped: no recovery, no statereset either (BK205)
+    assert [(f["code"], f["severity"]) for f in found] == [("BK207", "error")] * 4 + [("BK205", "warning")] * 2
+    sd = {252: "252.39-1~deb12u2", 257: "257.13-1~deb13u1"}[version]
+    assert found[0]["message"] == (
+        f"active entry uses the 'uki' key: systemd-boot {sd} does not know 'uki' (added in 258, e2a3d56218): "
+        "the entry is dropped and never boots"
+    )
+    assert found[0]["fix"] == "use 'efi' (counted by this version); bootkeeper arm converts it"
+    assert bk("arm", "--esp", str(esp)).returncode == 0
+    assert _esp_findings(esp) == []
+
+
+def test_esp_read_only_counted_entry(tmp_path: Path) -> None:
+    """BK208: a counted role entry with the FAT read-only attribute (vfat: no write bits) is never
+    renamed by any systemd-boot; a read-only entry without a counter is not a finding."""
+    import os
+
+    esp = _esp(tmp_path / "bad", GOOD)
+    os.chmod(esp / "loader/entries/passive+3.conf", 0o444)
+    found = _esp_findings(esp, "--systemd-boot-version", "262")
+    assert [(f["code"], f["severity"], f["file"]) for f in found] == [
+        ("BK208", "error", f"{esp}/loader/entries/passive+3.conf")
+    ]
+    assert found[0]["message"] == (
+        "passive entry has the read-only attribute: systemd-boot never renames it (booted on 252.39, 257.13 and "
+        "262.1), so its tries never run down and a bad passive never falls back"
+    )
+    assert found[0]["fix"] == "bootkeeper arm clears the attribute (or mattrib -r / chmod u+w)"
+    blessed = _esp(
+        tmp_path / "blessed",
+        {**{k: v for k, v in GOOD.items() if "passive" not in k}, "passive.conf": GOOD["passive+3.conf"]},
+    )
+    os.chmod(blessed / "loader/entries/passive.conf", 0o444)
+    assert esp_codes(blessed) == []
+    assert bk("arm", "--esp", str(esp)).returncode == 0
+    assert esp_codes(esp) == []
+
+
+@pytest.mark.parametrize("version", [252, 257])
+def test_esp_no_finding_suggests_uki_before_258(tmp_path: Path, version: int) -> None:
+    """Every key a role entry can have, a read-only one and a missing sort key, on 252 and 257:
+    no fix names 'uki', which these versions do not know (an entry with it is dropped)."""
+    import os
+
+    esp = _kairos(tmp_path, version)
+    entries = esp / "loader/entries"
+    (entries / "passive+3.conf").write_text((entries / "passive+3.conf").read_text().replace("efi /", "uki /"))
+    (entries / "recovery+3.conf").write_text("title r\nefi /EFI/kairos/vmlinuz\n")  # no UKI, no sort key
+    os.chmod(entries / "statereset+3.conf", 0o444)
+    found = _esp_findings(esp)
+    assert sorted(f["code"] for f in found) == ["BK204", "BK207", "BK208"]
+    for f in found:
+        assert "uki" not in f["fix"].lower(), f
+
+
+def test_esp_key_on_an_assumed_version(tmp_path: Path) -> None:
+    """No systemd-boot binary: lint says the version is assumed and names --systemd-boot-version."""
+    found = _esp_findings(_kairos(tmp_path, None))
+    assert [(f["code"], f["severity"]) for f in found] == [("BK201", "warning")] * 4
+    assert (
+        "257.13 is only assumed" in found[0]["message"] and "no systemd-boot binary on the ESP" in found[0]["message"]
+    )
+    assert "--systemd-boot-version" in found[0]["fix"]
+
+
+def test_esp_key_with_two_binaries_that_disagree(tmp_path: Path) -> None:
+    found = _esp_findings(_kairos(tmp_path, 257, systemd_dir=262))
+    assert [(f["code"], f["severity"]) for f in found] == [("BK201", "error")] * 4
+    assert "EFI/systemd/systemd-bootx64.efi is systemd-boot 262.1-1" in found[0]["message"]
+    assert "EFI/BOOT/BOOTX64.EFI is 257.13-1~deb13u1" in found[0]["message"]
+    assert "bootctl update" in found[0]["fix"] and "uki" not in found[0]["fix"]
 
 
 def test_esp_default_that_pins_a_bad_entry(tmp_path: Path) -> None:
@@ -207,6 +335,7 @@ TERM = st.builds(
 )
 
 
+@settings(deadline=None)  # each example runs sh four times: a loaded machine missed the 200 ms deadline
 @given(st.lists(TERM, min_size=1, max_size=4), st.lists(st.sampled_from(["&&", "||"]), min_size=3, max_size=3))
 def test_condition_evaluation_matches_the_shell(terms: list[str], ops: list[str]) -> None:
     """Mode-file conditions are evaluated exactly like sh would (left to right, && and || equal)."""

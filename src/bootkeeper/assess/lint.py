@@ -14,14 +14,16 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
-from bootkeeper.assess import cloudconfig, generator
+from bootkeeper.assess import chain, cloudconfig, generator
 from bootkeeper.assess.chain import default_can_pin
 from bootkeeper.assess.nodestatus import Temporary
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import ParseError
-from bootkeeper.esp.entries import TYPE1_DIR, EntryKind, LoaderType, Role
-from bootkeeper.esp.store import Snapshot
+from bootkeeper.errors import BootkeeperError, EspError, ParseError
+from bootkeeper.esp.entries import TYPE1_DIR, Entry, EntryKind, LoaderType, Role
+from bootkeeper.esp.sdboot import SdBoot
+from bootkeeper.esp.store import EspStore, Snapshot
 
 ROLES = tuple(Role)
 FALLBACK_ROLES = (Role.PASSIVE, Role.RECOVERY, Role.STATERESET)
@@ -346,26 +348,108 @@ def lint_text(text: str, file: str) -> list[Finding]:
 # --- the ESP ----------------------------------------------------------------------------------------
 
 
+def _key_of(e: Entry) -> chain.LoaderLine | None:
+    """The loader line from the parsed entry, when the file cannot be read again."""
+    if e.loader_type in (LoaderType.LINUX, LoaderType.EFI, LoaderType.UKI) and e.loader is not None:
+        return chain.LoaderLine(e.loader_type.value, e.loader)
+    if chain.uki_ignored(e):
+        return chain.LoaderLine("uki", "its UKI")
+    return None
+
+
+def _key_finding(e: Entry, file: str, plan: chain.KeyPlan, sd: SdBoot) -> Finding | None:
+    """BK201 ('efi' where it is not counted) and BK207 ('uki' where it is unknown), with hints
+    right for this systemd-boot: the plan is the one arm follows (:func:`chain.plan_key`)."""
+    if plan.case is chain.KeyCase.FINE or e.role is None or plan.key is None:
+        return None
+    role, key = e.role.value, plan.key
+    code = "BK201" if key == "efi" else "BK207"
+    severity = Severity.ERROR if (key == "uki" or e.counted) else Severity.WARNING
+    linux = "boot the kernel with 'linux' (and 'initrd') lines, which every systemd-boot counts"
+    never = f"so a bad {role} is booted again and again and never falls back"
+    if plan.case is chain.KeyCase.CONVERT and key == "efi":
+        message = f"{role} entry uses the 'efi' key: {plan.reason}, {never}"
+        fix = f"bootkeeper arm converts it to 'uki' (systemd-boot {sd} knows it)"
+    elif plan.case is chain.KeyCase.CONVERT:
+        message = f"{role} entry uses the 'uki' key: {plan.reason}"
+        fix = "use 'efi' (counted by this version); bootkeeper arm converts it"
+    elif plan.case is chain.KeyCase.ASSUMED:
+        severity = Severity.WARNING
+        message = (
+            f"{role} entry uses the '{key}' key, and which key systemd-boot counts depends on its version: "
+            f"{plan.reason}"
+        )
+        fix = (
+            "lint with --systemd-boot-version N (the version on the node); 'bootkeeper arm --systemd-boot-version "
+            "N' then writes the key that version counts"
+        )
+    elif plan.case is chain.KeyCase.DISAGREE:
+        severity = Severity.ERROR
+        message = f"{role} entry uses the '{key}' key: {plan.reason}"
+        fix = "install one systemd-boot version as both files (bootctl update); then bootkeeper arm picks the key"
+    else:  # NOT_UKI, UNCOUNTED: no key of the UKI kind suits the file
+        message = f"{role} entry uses the '{key}' key: {plan.reason}" + (f", {never}" if key == "efi" else "")
+        fix = linux
+    return Finding(code, severity, file, None, message, fix)
+
+
+def _loader_key_findings(snap: Snapshot, esp: str, store: EspStore | None) -> list[Finding]:
+    loaders = chain.boot_loaders(store, snap) if store else chain.BootLoaders(snap.sdboot, snap.sdboot_version_source)
+    out: list[Finding] = []
+    for e in snap.entries:
+        if e.role is None or e.kind is not EntryKind.TYPE1:
+            continue
+        line = _key_of(e)
+        if line is None or line.key == "linux":
+            continue
+        if store is not None:
+            try:
+                line, plan = chain.entry_key_plan(store, loaders, store.read_text(e.path))
+            except EspError:
+                continue
+        else:  # no ESP to look at: the file is taken for the UKI the layout names
+            plan = chain.plan_key(line, None, loaders)
+        if not e.listed and (line is None or line.key != "uki"):
+            continue  # dropped for another reason: not a question of the key
+        f = _key_finding(e, f"{esp}/{e.path}", plan, snap.sdboot)
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def _open_store(esp: str) -> EspStore | None:
+    try:
+        return EspStore(Path(esp))
+    except BootkeeperError:
+        return None
+
+
 def lint_esp(
     snap: Snapshot,
     esp: str,
     cfg: BootAssessment,
     entry_default: str | None = None,
     temporaries: Sequence[Temporary] = (),
+    *,
+    store: EspStore | None = None,
 ) -> list[Finding]:
+    """Findings for the ESP ``snap`` was read from. The loader-key checks also look at the files
+    (entry text, whether a loader is a UKI, both systemd-boot binaries): through ``store``, else the
+    ESP at ``esp`` when it is a folder."""
     out: list[Finding] = []
     listed = [e for e in snap.entries if e.listed]
+    out += _loader_key_findings(snap, esp, store if store is not None else _open_store(esp))
     for e in listed:
-        if e.loader_type is LoaderType.EFI and e.role is not None:
+        if e.role is not None and e.counted and e.read_only:
             out.append(
                 Finding(
-                    "BK201",
-                    Severity.ERROR if e.counted else Severity.WARNING,
+                    "BK208",
+                    Severity.ERROR,
                     f"{esp}/{e.path}",
                     None,
-                    f"{e.role.value} entry uses the 'efi' key: systemd-boot never counts it down, so a bad "
-                    f"{e.role.value} is booted forever and never falls back",
-                    "point to the UKI with 'uki' instead of 'efi'",
+                    f"{e.role.value} entry has the read-only attribute: systemd-boot never renames it (booted on "
+                    f"252.39, 257.13 and 262.1), so its tries never run down and a bad {e.role.value} never falls back",
+                    "bootkeeper arm clears the attribute (or mattrib -r / chmod u+w)",
                 )
             )
     pattern = snap.loader_conf.default_pattern if snap.loader_conf else None

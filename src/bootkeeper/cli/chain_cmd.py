@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import config_option, esp_option, find_esp, json_option, load_config, print_json
+from bootkeeper.cli.common import (
+    config_option,
+    esp_option,
+    find_esp,
+    json_option,
+    load_config,
+    print_json,
+    version_option,
+)
 
 
 def _report(res: object, as_json: bool) -> None:
@@ -25,28 +33,37 @@ def _report(res: object, as_json: bool) -> None:
 @click.command()
 @click.argument("roles", nargs=-1, type=click.Choice(["active", "passive", "recovery", "statereset"]))
 @esp_option
+@version_option
 @config_option
 @json_option
-def arm(roles: tuple[str, ...], esp: Path | None, config_files: tuple[Path, ...], as_json: bool) -> None:
-    """Give ROLES (default: all) fresh counters, fallback sort keys, and drop a pinning default."""
+def arm(
+    roles: tuple[str, ...], esp: Path | None, sdboot_version: str | None, config_files: tuple[Path, ...], as_json: bool
+) -> None:
+    """Give ROLES (default: all) fresh counters, fallback sort keys, and drop a pinning default.
+
+    The loader key of an entry that boots a UKI becomes the one the ESP's systemd-boot counts
+    ('efi' before 258, 'uki' from 258), and a read-only attribute on an entry is cleared."""
     from bootkeeper.assess import chain
     from bootkeeper.esp.entries import Role
     from bootkeeper.esp.store import EspStore
 
     cfg = load_config(config_files).boot_assessment
-    res = chain.arm(EspStore(find_esp(esp)), cfg, [Role(r) for r in roles] or None)
+    res = chain.arm(EspStore(find_esp(esp)), cfg, [Role(r) for r in roles] or None, sdboot_version=sdboot_version)
     _report(res, as_json)
 
 
 @click.command()
 @click.argument("new_entry", type=click.Path(path_type=Path))
 @esp_option
+@version_option
 @config_option
 @json_option
-def rotate(new_entry: Path, esp: Path | None, config_files: tuple[Path, ...], as_json: bool) -> None:
+def rotate(
+    new_entry: Path, esp: Path | None, sdboot_version: str | None, config_files: tuple[Path, ...], as_json: bool
+) -> None:
     """Install NEW_ENTRY (.conf or UKI .efi) as active; the old active becomes passive, fresh counter."""
     from bootkeeper.assess import chain
     from bootkeeper.esp.store import EspStore
 
     cfg = load_config(config_files).boot_assessment
-    _report(chain.rotate(EspStore(find_esp(esp)), cfg, new_entry), as_json)
+    _report(chain.rotate(EspStore(find_esp(esp)), cfg, new_entry, sdboot_version=sdboot_version), as_json)

@@ -30,3 +30,17 @@ def set_key(text: str, key: str, value: str) -> str:
         lines[at - 1] += "\n"
     lines.insert(at, f"{key} {value}\n")
     return "".join(lines)
+
+
+def rename_key(text: str, old: str, new: str) -> str:
+    """Rename the key of every ``old`` line to ``new``, where systemd-boot would read it as that key
+    (``line_get_key_value()``: lines end at LF or CR, leading blanks are skipped, the key runs to the
+    first blank and a value follows; nothing after a NUL is read). The value, the blanks around it,
+    the line ending and every other byte stay as they are."""
+    for k in (old, new):
+        if not k or any(c in k for c in " \t\r\n\0#"):
+            raise ValueError(f"not an entry key: {k!r}")
+    nul = text.find("\0")
+    live, rest = (text, "") if nul < 0 else (text[:nul], text[nul:])
+    pat = re.compile(rf"(?<![^\r\n])([ \t]*){re.escape(old)}(?=[ \t]+[^ \t\r\n])")
+    return pat.sub(lambda m: m.group(1) + new, live) + rest
