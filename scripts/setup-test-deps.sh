@@ -1,6 +1,6 @@
 #!/bin/bash
 # Install what the test suite needs on a fresh Debian 12 machine (as root), and fetch the pieces the
-# VM tests boot: a Debian kernel, systemd-boot 252 (bookworm) and 257 (trixie) EFI binaries, and a
+# VM tests boot: a Debian kernel, systemd-boot 252 (bookworm), 257 (trixie) and 262 (sid) EFI binaries, and a
 # busybox initramfs. Idempotent; downloads are cached in $VM_CACHE (default .cache/vm).
 #
 # Nothing here installs systemd-boot or a kernel on the machine: the .debs are fetched with
@@ -83,6 +83,22 @@ if [ ! -s "$cache/sdboot-257/systemd-bootx64.efi" ]; then
   dpkg-deb -f "$w"/*.deb Version > "$cache/sdboot-257/version"; rm -rf "$w" "$x" "$a/lists"
 fi
 
+# --- systemd-boot 262 (Debian sid, through a private apt configuration, never installed) -----
+if [ ! -s "$cache/sdboot-262/systemd-bootx64.efi" ]; then
+  [ -n "$mirror" ] || { echo "setup-test-deps: no Debian mirror in the machine's apt sources; set DEBIAN_MIRROR" >&2; exit 1; }
+  a="$cache/apt-sid"; mkdir -p "$a/lists/partial" "$a/etc" "$a/archives/partial"
+  printf 'Types: deb\nURIs: %s\nSuites: sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$mirror" > "$a/etc/sid.sources"
+  O=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$a/etc" -o Dir::State::Lists="$a/lists"
+     -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o Dir::Cache::archives="$a/archives")
+  apt-get "${O[@]}" update -q >/dev/null
+  w=$(mktemp -d); (cd "$w" && apt-get "${O[@]}" download -q systemd-boot-efi >/dev/null 2>&1) \
+    || { echo "setup-test-deps: apt-get download systemd-boot-efi (sid) failed" >&2; exit 1; }
+  x=$(extract_deb "$w"/*.deb "$cache/sdboot-262")
+  cp "$x/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$cache/sdboot-262/"
+  dpkg-deb -f "$w"/*.deb Version > "$cache/sdboot-262/version"; rm -rf "$w" "$x" "$a/lists"
+fi
+
 # --- bookworm's own bootctl and systemd-bless-boot, for bench/ (same version as the host's
 # libsystemd-shared, unpacked, not installed) ------------------------------------------------
 if [ ! -x "$cache/host-tools/bootctl" ]; then
@@ -110,9 +126,15 @@ mount -t sysfs sysfs /sys
 echo "@@@ CMDLINE $(cat /proc/cmdline)"
 insmod /lib/efivarfs.ko 2>/dev/null
 mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
-for v in LoaderEntrySelected LoaderBootCountPath LoaderInfo; do
+for v in LoaderEntrySelected LoaderBootCountPath LoaderInfo LoaderEntryOneShot LoaderEntryPreferred; do
   f=/sys/firmware/efi/efivars/$v-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
   if [ -e "$f" ]; then echo "@@@ EFIVAR $v=$(tail -c +5 "$f" | tr -d '\000')"; else echo "@@@ EFIVAR $v="; fi
+done
+# Variables a test asks to be set for the next boot: efivarfs files (4 attribute bytes, then the
+# data) exactly as bootkeeper wrote them on the host, carried in an extra cpio after this one.
+for f in /efivars-set/*; do
+  [ -f "$f" ] || continue
+  if cat "$f" > "/sys/firmware/efi/efivars/${f##*/}"; then echo "@@@ SETVAR ${f##*/}"; else echo "@@@ SETVAR-FAILED ${f##*/}"; fi
 done
 echo "@@@ DONE"
 poweroff -f
@@ -124,4 +146,4 @@ fi
 bash "$here/scripts/setup-trixie.sh"
 bash "$here/scripts/setup-node-guest.sh"
 
-echo "setup-test-deps: qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), kernel $(cat "$cache/kernel/version"), systemd-boot $(cat "$cache/sdboot-252/version") and $(cat "$cache/sdboot-257/version") in $cache"
+echo "setup-test-deps: qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), kernel $(cat "$cache/kernel/version"), systemd-boot $(cat "$cache/sdboot-252/version"), $(cat "$cache/sdboot-257/version") and $(cat "$cache/sdboot-262/version") in $cache"

@@ -31,9 +31,10 @@ def missing_pieces() -> list[str]:
         OVMF,
         CACHE / "sdboot-252" / "systemd-bootx64.efi",
         CACHE / "sdboot-257" / "systemd-bootx64.efi",
+        CACHE / "sdboot-262" / "systemd-bootx64.efi",
     ]
     out = [str(p) for p in need if not p.exists()]
-    out += [t for t in ("qemu-system-x86_64", "mcopy", "mkfs.vfat") if shutil.which(t) is None]
+    out += [t for t in ("qemu-system-x86_64", "mcopy", "mattrib", "mkfs.vfat", "cpio") if shutil.which(t) is None]
     return out
 
 
@@ -49,6 +50,8 @@ class BootResult:
     loader_info: str
     seconds: float
     names_after: tuple[str, ...]  # loader/entries after the boot
+    oneshot: str = ""  # LoaderEntryOneShot as the OS saw it (systemd-boot removes it when it reads it)
+    set_vars: tuple[str, ...] = ()  # variables the guest wrote for the next boot (SETVAR lines)
 
 
 def _mt(*args: str) -> str:
@@ -68,6 +71,8 @@ def pack(esp: Path, img: Path, size_mib: int = 64) -> None:
         _mt("mmd", "-i", str(img), "::/" + str(d.relative_to(esp)))
     for f in sorted(p for p in esp.rglob("*") if p.is_file()):
         _mt("mcopy", "-i", str(img), str(f), "::/" + str(f.relative_to(esp)))
+        if not f.stat().st_mode & 0o222:  # vfat shows the FAT read-only attribute as a file without write bits
+            _mt("mattrib", "-i", str(img), "+r", "::/" + str(f.relative_to(esp)))
 
 
 def entry_names(img: Path) -> tuple[str, ...]:
@@ -79,7 +84,10 @@ def entry_names(img: Path) -> tuple[str, ...]:
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>c()][0-9A-B]?")
 
 
-def boot(img: Path, log: Path, rel: str = "loader/entries") -> BootResult:
+def boot(img: Path, log: Path, rel: str = "loader/entries", nvram: Path | None = None) -> BootResult:
+    """One boot to power-off. With ``nvram`` (a copy of OVMF.fd) the firmware is a writable pflash,
+    so EFI variables persist from one boot to the next; without it they start empty every boot."""
+    firmware = ["-drive", f"if=pflash,format=raw,file={nvram}"] if nvram else ["-bios", str(OVMF)]
     cmd = [
         "qemu-system-x86_64",
         "-machine",
@@ -90,8 +98,7 @@ def boot(img: Path, log: Path, rel: str = "loader/entries") -> BootResult:
         "1",
         "-nographic",
         "-no-reboot",
-        "-bios",
-        str(OVMF),
+        *firmware,
         "-drive",
         f"format=raw,file={img}",
         "-net",
@@ -108,8 +115,13 @@ def boot(img: Path, log: Path, rel: str = "loader/entries") -> BootResult:
         raise RuntimeError(f"guest did not finish (qemu exit {p.returncode}); serial log in {log}")
     vals: dict[str, str] = {}
     role = None
+    set_vars: list[str] = []
     for line in text.splitlines():
-        if line.startswith("@@@ EFIVAR "):
+        if line.startswith("@@@ SETVAR-FAILED "):
+            raise RuntimeError(f"guest could not set {line.split()[-1]}; serial log in {log}")
+        if line.startswith("@@@ SETVAR "):
+            set_vars.append(line.split()[-1])
+        elif line.startswith("@@@ EFIVAR "):
             k, _, v = line[len("@@@ EFIVAR ") :].partition("=")
             vals[k] = v.strip()
         elif line.startswith("@@@ CMDLINE "):
@@ -122,7 +134,36 @@ def boot(img: Path, log: Path, rel: str = "loader/entries") -> BootResult:
         vals.get("LoaderInfo", ""),
         secs,
         entry_names(img) if rel == "loader/entries" else uki_names(img),
+        vals.get("LoaderEntryOneShot", ""),
+        tuple(set_vars),
     )
+
+
+def new_nvram(path: Path) -> Path:
+    """A writable firmware image (OVMF.fd holds code and variable store in one file)."""
+    shutil.copyfile(OVMF, path)
+    return path
+
+
+def initrd_with_vars(base: Path, varsdir: Path | None, out: Path) -> None:
+    """``out`` = the test initramfs, followed (when ``varsdir`` has files) by a cpio with them
+    under /efivars-set/: the guest writes each into efivarfs for the next boot."""
+    data = base.read_bytes()
+    files = sorted(p for p in varsdir.iterdir() if p.is_file()) if varsdir and varsdir.is_dir() else []
+    if files:
+        stage = out.parent / f".{out.name}.vars"
+        shutil.rmtree(stage, ignore_errors=True)
+        (stage / "efivars-set").mkdir(parents=True)
+        for f in files:
+            shutil.copyfile(f, stage / "efivars-set" / f.name)
+        names = "\n".join(["efivars-set", *(f"efivars-set/{f.name}" for f in files)]) + "\n"
+        p = subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"], input=names.encode(), cwd=stage, capture_output=True, check=True
+        )
+        shutil.rmtree(stage)
+        pad = (-len(data)) % 4  # a cpio that follows another starts on a 4-byte boundary
+        data += b"\0" * pad + p.stdout
+    out.write_bytes(data)
 
 
 def sync_back(esp: Path, names_after: tuple[str, ...], rel: str = "loader/entries") -> None:
