@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from bootkeeper.esp.efivars import LOADER_GUID, encode_string
@@ -67,3 +68,15 @@ def openssl_cms_verify(work: Path, der: bytes, root_hash_hex: str, cert_pem: byt
         check=False,
     )
     return p.returncode, p.stderr
+
+
+def one_line_error(p: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
+    """A verb's failure as bootkeeper promises it: exit ``code``, one ``bootkeeper: error:`` line
+    (``hint:`` lines aside) containing every word, no traceback."""
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    lines = [x for x in p.stderr.splitlines() if not x.startswith("hint:")]
+    assert len(lines) == 1 and lines[0].startswith("bootkeeper: error: "), p.stderr
+    assert "Traceback" not in p.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import entry_body, esp_with, fake_efivars, names, tree
+from helpers import entry_body, esp_with, fake_efivars, names, one_line_error, tree
 
 
 def bk(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -23,15 +23,6 @@ def bk(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPro
         env={**os.environ, **(env or {})},
         check=False,
     )
-
-
-def _one_line_error(p: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
-    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
-    lines = [x for x in p.stderr.splitlines() if not x.startswith("hint:")]
-    assert len(lines) == 1 and lines[0].startswith("bootkeeper: error: "), p.stderr
-    assert "Traceback" not in p.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 @pytest.fixture
@@ -75,7 +66,7 @@ def test_not_booted_with_counting(esp: Path, tmp_path: Path) -> None:
     empty = tmp_path / "no-vars"
     empty.mkdir()
     assert bk("bless", "status", "--esp", str(esp), "--efivars", str(empty)).stdout.strip() == "clean"
-    _one_line_error(bk("bless", "good", "--esp", str(esp), "--efivars", str(empty)), 3, "not booted with boot counting")
+    one_line_error(bk("bless", "good", "--esp", str(esp), "--efivars", str(empty)), 3, "not booted with boot counting")
 
 
 @pytest.mark.parametrize(
@@ -89,13 +80,13 @@ def test_not_booted_with_counting(esp: Path, tmp_path: Path) -> None:
 )
 def test_bad_input_leaves_esp_unchanged(esp: Path, args: list[str], code: int, words: list[str]) -> None:
     before = tree(esp)
-    _one_line_error(bk(*args, "--esp", str(esp)), code, *words)
+    one_line_error(bk(*args, "--esp", str(esp)), code, *words)
     assert tree(esp) == before
 
 
 def test_not_an_esp(tmp_path: Path) -> None:
-    _one_line_error(bk("entries", "--esp", str(tmp_path)), 4, "not an ESP")
-    _one_line_error(
+    one_line_error(bk("entries", "--esp", str(tmp_path)), 4, "not an ESP")
+    one_line_error(
         bk("bless", "good", "--esp", str(tmp_path / "missing"), "--entry", "loader/entries/a+1.conf"),
         4,
         "not a directory",
@@ -106,9 +97,9 @@ def test_bad_config_names_file_and_key(esp: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "90_boot.yaml"
     cfg.write_text("boot_assessment:\n  tries: many\n")
     before = tree(esp)
-    _one_line_error(bk("arm", "--esp", str(esp), "--config", str(cfg)), 4, str(cfg), "boot_assessment.tries", "'many'")
+    one_line_error(bk("arm", "--esp", str(esp), "--config", str(cfg)), 4, str(cfg), "boot_assessment.tries", "'many'")
     cfg.write_text("boot_assessment: [\n")
-    _one_line_error(bk("arm", "--esp", str(esp), "--config", str(cfg)), 4, str(cfg))
+    one_line_error(bk("arm", "--esp", str(esp), "--config", str(cfg)), 4, str(cfg))
     assert tree(esp) == before
 
 
@@ -119,7 +110,7 @@ def test_junk_entry_is_reported_and_arm_refuses(esp: Path) -> None:
     p = bk("entries", "--esp", str(esp))
     assert p.returncode == 0 and "statereset.conf: line 3" in p.stderr
     before = tree(esp)
-    _one_line_error(bk("arm", "--esp", str(esp)), 4, "statereset.conf", "line 3")
+    one_line_error(bk("arm", "--esp", str(esp)), 4, "statereset.conf", "line 3")
     assert tree(esp) == before
 
 
@@ -140,7 +131,7 @@ def test_two_runs_at_once(esp: Path) -> None:
             text=True,
             check=False,
         )
-        _one_line_error(p, 5, "holds the ESP lock")
+        one_line_error(p, 5, "holds the ESP lock")
         assert tree(esp) == before
     finally:
         os.close(fd)
@@ -151,7 +142,7 @@ def test_simulate_and_demo_run() -> None:
     assert p.returncode == 0, p.stderr
     boots = json.loads(p.stdout)["boots"]
     assert [b["role"] for b in boots] == ["active", "active", "active", "passive", "passive", "passive"]
-    _one_line_error(bk("simulate", "--fail", "nobody=2"), 2, "nobody")
+    one_line_error(bk("simulate", "--fail", "nobody=2"), 2, "nobody")
     d = bk("demo")
     assert d.returncode == 0, d.stderr
     assert "fell back to passive" in d.stdout

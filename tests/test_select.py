@@ -17,7 +17,7 @@ from bootkeeper.esp import efivars as efivars_mod
 from bootkeeper.esp import scratch
 from bootkeeper.esp.efivars import LOADER_GUID, LoaderVars
 from bootkeeper.esp.store import EspStore
-from helpers import entry_body, esp_with, fake_efivars, tree
+from helpers import entry_body, esp_with, fake_efivars, one_line_error, tree
 
 ONESHOT = f"LoaderEntryOneShot-{LOADER_GUID}"
 ENTRIES = "loader/entries"
@@ -27,16 +27,6 @@ def bk(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[
     return subprocess.run(
         [*prefix, sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False
     )
-
-
-def one_line_error(p: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
-    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
-    lines = [x for x in p.stderr.splitlines() if not x.startswith("hint:")]
-    assert len(lines) == 1 and lines[0].startswith("bootkeeper: error: "), p.stderr
-    assert "Traceback" not in p.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 def nxt(esp: Path, ev: Path, version: str) -> str:
