@@ -68,7 +68,8 @@ if [ ! -s "$cache/sdboot-252/systemd-bootx64.efi" ] || [ ! -s "$cache/sdboot-252
 fi
 
 # --- systemd-boot 257 (trixie, through a private apt configuration) ------------------------
-if [ ! -s "$cache/sdboot-257/systemd-bootx64.efi" ]; then
+# (and trixie's systemd-stub 257: it honours the "@N" profile systemd-boot passes for a multi-profile UKI)
+if [ ! -s "$cache/sdboot-257/systemd-bootx64.efi" ] || [ ! -s "$cache/sdboot-257/linuxx64.efi.stub" ]; then
   [ -n "$mirror" ] || { echo "setup-test-deps: no Debian mirror in the machine's apt sources; set DEBIAN_MIRROR" >&2; exit 1; }
   a="$cache/apt-trixie"; mkdir -p "$a/lists/partial" "$a/etc" "$a/archives/partial"
   printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
@@ -79,7 +80,8 @@ if [ ! -s "$cache/sdboot-257/systemd-bootx64.efi" ]; then
   w=$(mktemp -d); (cd "$w" && apt-get "${O[@]}" download -q systemd-boot-efi >/dev/null 2>&1) \
     || { echo "setup-test-deps: apt-get download systemd-boot-efi (trixie) failed" >&2; exit 1; }
   x=$(extract_deb "$w"/*.deb "$cache/sdboot-257")
-  cp "$x/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$cache/sdboot-257/"
+  cp "$x/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$x/usr/lib/systemd/boot/efi/linuxx64.efi.stub" \
+    "$cache/sdboot-257/"
   dpkg-deb -f "$w"/*.deb Version > "$cache/sdboot-257/version"; rm -rf "$w" "$x" "$a/lists"
 fi
 

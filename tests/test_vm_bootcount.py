@@ -33,6 +33,7 @@ from vmboot import (
     BootResult,
     boot,
     build_uki,
+    build_uki_profiles,
     initrd_with_vars,
     missing_pieces,
     new_nvram,
@@ -112,6 +113,26 @@ def _type2(
                 osrel(role, len(roles) - i),
             )
         return d
+
+    return make
+
+
+def _type2_profiles(tries: int, roles: tuple[str, ...] = ("active", "passive", "recovery")) -> Builder:
+    """Type #2 UKIs; active's has a second profile (``.profile`` with ``ID=Debug``), whose command
+    line says ``entry=active@1``, so the kernel shows which profile systemd-boot chose."""
+
+    def make(d: Path, version: int, ukis: dict[str, Path]) -> Path:
+        esp = _type2(_osrel_by_version, tries, roles)(d, version, ukis)
+        build_uki_profiles(
+            esp / "EFI" / "Linux" / f"active+{tries}.efi",
+            _osrel_by_version("active", len(roles)),
+            (
+                ("TITLE=Kairos\n", f"{scratch.DEFAULT_OPTIONS} entry=active"),
+                ("ID=Debug\nTITLE=Debug\n", f"{scratch.DEFAULT_OPTIONS} entry=active@1"),
+            ),
+        )
+        (esp / "loader" / "loader.conf").write_text("timeout 0\ndefault active*@*\n")
+        return esp
 
     return make
 
@@ -201,6 +222,10 @@ SEQUENCES = [
         3,
         _then(_scratch(tries=1, recovery_tries=1), _loader_conf("timeout 0\npreferred passive*\n")),
     ),
+    # multi-profile UKI, default active*@*: 252 has no profiles (no match: active boots); 257.13 gives
+    # profile 1 the id active.efi (no match) and sorts it before profile 0 (fallback: active@1 boots);
+    # 262.1 matches active.efi@Debug (ID= keeps its case) and boots it even once it is bad
+    Seq("profile ids, default active*@*", 3, _type2_profiles(1), rel="EFI/Linux"),
     Seq("FAT read-only attribute", 2, _then(_scratch(tries=2, recovery_tries=2), _read_only("active+2.conf"))),
     # the id's case: 252 'active+1.conf', 257.13 'Active.conf' (matched by nothing), 262.1 'active.conf' (pinned)
     Seq(
@@ -264,12 +289,20 @@ def run_sequence(seq: Seq, version: int, work: Path, ukis: dict[str, Path]) -> O
         res: BootResult = boot(img, work / f"serial-{n}.log", seq.rel, nvram)
         assert str(version) in res.loader_info
         role = choice.entry.role.value if choice.entry.role else None
+        if role and choice.entry.profile:  # a UKI profile: its command line says entry=ROLE@N
+            role = f"{role}@{choice.entry.profile}"
         out.model.append(f"{role}:{choice.entry.file_name}->{choice.rename_to or '='}")
         before = {e.file_name for e in snap.entries}
         real_renamed = next((x for x in res.names_after if x not in before), None)
-        out.real.append(f"{res.role}:{choice.entry.file_name if res.role == role else '?'}->{real_renamed or '='}")
         where = f"{seq.name}, systemd-boot {version}, boot {n}"
-        assert res.role == role, f"{where}: booted {res.role}, model said {role} ({choice.reason})"
+        real_role = res.role
+        if real_role and not snap.sdboot.has_profile_ids:
+            # 252 knows no profiles and takes the *last* .cmdline (src/boot/efi/pe.c locate_sections()
+            # at v252 has no break), so the kernel shows the last profile's command line; the id
+            # (LoaderEntrySelected, asserted below) shows which entry it booted
+            real_role = real_role.split("@")[0]
+        out.real.append(f"{real_role}:{choice.entry.file_name if real_role == role else '?'}->{real_renamed or '='}")
+        assert real_role == role, f"{where}: booted {res.role}, model said {role} ({choice.reason})"
         assert res.selected == choice.entry_id, (
             f"{where}: LoaderEntrySelected {res.selected!r}, model {choice.entry_id!r}"
         )

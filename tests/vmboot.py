@@ -31,6 +31,7 @@ def missing_pieces() -> list[str]:
         OVMF,
         CACHE / "sdboot-252" / "systemd-bootx64.efi",
         CACHE / "sdboot-257" / "systemd-bootx64.efi",
+        CACHE / "sdboot-257" / "linuxx64.efi.stub",
         CACHE / "sdboot-262" / "systemd-bootx64.efi",
     ]
     out = [str(p) for p in need if not p.exists()]
@@ -210,6 +211,49 @@ def build_uki(out: Path, cmdline: str, osrel: str) -> Path:
         check=True,
         capture_output=True,
     )
+    shutil.rmtree(tmp)
+    return out
+
+
+def _pe_layout(stub: Path) -> tuple[int, int]:
+    """ImageBase and SizeOfImage of a PE, from ``objdump -p``."""
+    out = subprocess.run(["objdump", "-p", str(stub)], capture_output=True, text=True, check=True).stdout
+    vals = dict(re.findall(r"^(ImageBase|SizeOfImage)\s+([0-9a-fA-F]+)$", out, re.M))
+    return int(vals["ImageBase"], 16), int(vals["SizeOfImage"], 16)
+
+
+def build_uki_profiles(out: Path, osrel: str, profiles: tuple[tuple[str, str], ...]) -> Path:
+    """A multi-profile UKI (systemd 257+ layout, as ``ukify --join-profile`` makes it): the base
+    (.osrel, .linux, .initrd), then per profile a ``.profile`` section (its text) and a
+    ``.cmdline``. Made with objcopy and trixie's systemd-stub 257, which picks the profile from the
+    ``@N`` systemd-boot passes. GNU objcopy (2.40) refuses to add a second section of the same
+    name, so each is added under a unique name and renamed (``--rename-section`` allows duplicates);
+    sections are placed one after the other above the stub's image, as ukify does."""
+    stub = CACHE / "sdboot-257" / "linuxx64.efi.stub"
+    base, size = _pe_layout(stub)
+    tmp = out.parent / f".{out.name}.parts"
+    tmp.mkdir(exist_ok=True)
+    (tmp / "osrel").write_text(osrel)
+    parts: list[tuple[str, str, Path]] = [
+        (".osrel", ".osrel", tmp / "osrel"),
+        (".linux", ".linux", CACHE / "kernel" / "vmlinuz"),
+        (".initrd", ".initrd", CACHE / "initrd.img"),
+    ]
+    for i, (text, cmdline) in enumerate(profiles):
+        (tmp / f"profile{i}").write_text(text)
+        (tmp / f"cmdline{i}").write_text(cmdline)
+        parts += [(f".prof{i}", ".profile", tmp / f"profile{i}"), (f".cmdl{i}", ".cmdline", tmp / f"cmdline{i}")]
+    args: list[str] = []
+    renames: list[str] = []
+    vma = base + ((size + 0xFFFF) & ~0xFFFF)
+    for tmpname, name, path in parts:
+        args += ["--add-section", f"{tmpname}={path}", "--change-section-vma", f"{tmpname}={vma:#x}"]
+        vma += (path.stat().st_size + 0xFFFF) & ~0xFFFF
+        if tmpname != name:
+            renames += ["--rename-section", f"{tmpname}={name}"]
+    staged = tmp / "staged.efi"
+    subprocess.run(["objcopy", *args, str(stub), str(staged)], check=True, capture_output=True)
+    subprocess.run(["objcopy", *renames, str(staged), str(out)], check=True, capture_output=True)
     shutil.rmtree(tmp)
     return out
 

@@ -8,7 +8,12 @@ Follows systemd-boot's ``config_select_default_entry()`` and ``boot_entry_bump_c
    ``preferred`` — both skip entries with no tries left;
 3. ``LoaderEntryDefault`` (or ``@saved``: ``LoaderEntryLastBooted``), then loader.conf ``default``
    (or ``@saved``);
-4. the first entry in menu order (entries with no tries left sort last).
+4. the first entry in menu order (entries with no tries left sort last); from 261 (a93fa2c6b4, in
+   258.8, 259.6, 260.2) the first with profile 0.
+
+Multi-profile UKIs (257+) are one menu entry per profile (``Snapshot.profiles``), ids
+``file.efi@N``; patterns match the whole id, so ``active.efi`` is profile 0 only and ``active*@*``
+the others. Booting any profile renames the file, i.e. every entry of that file.
 
 ``LoaderEntrySysFail`` (258) is checked before the one-shot in the source, but is set only after the
 choice is made, so it never changes it (see sdboot.py). One-shot and default patterns match *any*
@@ -108,12 +113,13 @@ def choose(snap: Snapshot, efivars: LoaderVars | None = None) -> BootChoice | No
     """The entry systemd-boot boots next without user input, or None if it finds none."""
     v = snap.sdboot
     ev = efivars or LoaderVars()
-    order = entries_mod.menu_order(list(snap.entries), v)
+    order = entries_mod.menu_order(list(snap.menu_entries), v)
     if not order:
         return None
+    fallback = entries_mod.first_auto_boot(order, v)
     conf = snap.loader_conf
 
-    def pick() -> tuple[Entry, str]:
+    def pick() -> tuple[Entry, str] | None:
         hit = find(order, ev.entry_oneshot, v)
         if hit:
             return hit, f"EFI variable LoaderEntryOneShot '{ev.entry_oneshot}' matches it"
@@ -135,9 +141,15 @@ def choose(snap: Snapshot, efivars: LoaderVars | None = None) -> BootChoice | No
         pattern = conf.default_pattern if conf else None
         if pattern and pattern != "@saved":
             notes.append(f"loader.conf default '{pattern}' matches no id")
-        return order[0], "first entry in menu order" + (f" ({'; '.join(notes)})" if notes else "")
+        if fallback is None:
+            return None
+        skipped = " that may auto-boot (never a profile > 0)" if fallback is not order[0] else ""
+        return fallback, f"first entry in menu order{skipped}" + (f" ({'; '.join(notes)})" if notes else "")
 
-    entry, reason = pick()
+    picked = pick()
+    if picked is None:  # only UKI profiles > 0: systemd-boot shows the menu and waits
+        return None
+    entry, reason = picked
     new_name = entry.next_name(v)
     count_path = None
     if new_name is not None:
@@ -153,7 +165,12 @@ def choose(snap: Snapshot, efivars: LoaderVars | None = None) -> BootChoice | No
 
 def after_boot(snap: Snapshot, choice: BootChoice) -> Snapshot:
     """The ESP as the boot loader leaves it after booting ``choice``."""
-    if choice.rename_to is None:
+    new_name = choice.rename_to
+    if new_name is None:
         return snap
-    renamed = tuple(e.with_name(choice.rename_to) if e.path == choice.entry.path else e for e in snap.entries)
-    return replace(snap, entries=renamed)
+
+    def rename(entries: tuple[Entry, ...]) -> tuple[Entry, ...]:
+        # the counter is on the file: every profile of a UKI is renamed with it
+        return tuple(e.with_name(new_name) if e.path == choice.entry.path else e for e in entries)
+
+    return replace(snap, entries=rename(snap.entries), profiles=rename(snap.profiles))

@@ -31,7 +31,7 @@ def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None
     if snap is None:
         snap = EspStore(esp).snapshot(sdboot_version)
     ev = LoaderVars.read(efivars)
-    order = entries_mod.menu_order(list(snap.entries), snap.sdboot)
+    order = entries_mod.menu_order(list(snap.menu_entries), snap.sdboot)
     choice = bootloader.choose(snap, ev)
     rows = []
     for e in order:
@@ -48,6 +48,7 @@ def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None
                 "title": e.title,
                 "type": e.kind.value,
                 "loader": e.loader_type.value,
+                "profile": e.profile,  # a UKI profile (257+): more menu entries of the same file
             }
         )
     return {

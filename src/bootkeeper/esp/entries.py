@@ -12,6 +12,12 @@ What changed between systemd-boot versions is decided by :class:`bootkeeper.esp.
 counted, whether an entry id keeps its boot counter (``active+3.conf`` on 252, ``active.conf``
 on 257.13 and 259+), multi-profile ids. A counted file with the FAT read-only attribute is never
 renamed, on any version.
+
+Multi-profile UKIs (382e4da4a5, PR #34339, v257; src/boot/boot.c ``boot_entry_add_type2()``): a
+Type #2 UKI with ``.profile`` sections is one menu entry per profile. Profile 0 has the file's id;
+profile N ≥ 1 the id ``<file id>@<ID=>`` (``@N`` without ``ID=``), see :meth:`Entry.entry_id`.
+They are :class:`Entry` values with ``profile`` ≥ 1 and the file's path: booting any of them renames
+the file (the counter is on the file).
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ class Entry:
     why_unlisted: str | None = None
     problems: tuple[str, ...] = field(default=())
     read_only: bool = False  # the FAT read-only attribute (a vfat file without write bits)
+    profile: int = 0  # Type #2: the UKI profile (0: the base); Type #1: the 'profile' key (259+)
+    profile_id: str | None = None  # Type #2: ID= of the profile's .profile section
 
     @property
     def directory(self) -> str:
@@ -125,13 +133,57 @@ class Entry:
     def counted(self) -> bool:
         return self.name.counted
 
-    def entry_id(self, sdboot: Version = None) -> str:
-        """The id systemd-boot gives the entry (matched by ``default`` and the EFI variables)."""
-        sd = sdboot_mod.of(sdboot)
+    def _file_id(self, sd: SdBoot) -> str:
         if self.name.counted and sd.ids_drop_counter:
             base = self.name.base
             return base if sd.id_keeps_case(self.kind is EntryKind.TYPE2) else base.lower()
         return self.file_name.lower()
+
+    @property
+    def is_uki_profile(self) -> bool:
+        """A second (third, …) menu entry made from a UKI's ``.profile`` section."""
+        return self.kind is EntryKind.TYPE2 and self.profile > 0
+
+    def entry_id(self, sdboot: Version = None) -> str:
+        """The id systemd-boot gives the entry (matched by ``default`` and the EFI variables).
+
+        UKI profiles N ≥ 1, for ``Foo+3-0.efi`` (profile 1, no ``ID=``):
+
+        * 257.0–257.9, 258.0: ``foo+3-0.efi@1``: ``<file>@N`` (382e4da4a5), then lower-cased;
+        * 257.10–257.13, 258.1–258.2: ``Foo.efi``: the backported counter strip (a059f9b2ab,
+          e67e514567) in ``boot_entry_parse_tries()`` overwrites the id after ``@N`` was
+          appended, so every profile of a *counted* file has profile 0's id (read at v257.13 and
+          v258.1); an uncounted ``Foo.efi`` still gets ``foo.efi@1``;
+        * 258.3+, 259+: ``Foo.efi@1``: the suffix is appended to the file id after it is made
+          (941b91600c, v259; backport a91fdd399f, v258.3), so ``ID=`` keeps its case (read at
+          v258.3, v259 and v261.2: no lower-casing after the append); 262.1 lower-cases ``ID=``
+          (booted: ``ID=Debug`` gives ``active.efi@debug``; the commit is not in the sources read
+          here, so whether 262 lower-cases the whole id is not known: only the suffix is)."""
+        sd = sdboot_mod.of(sdboot)
+        base = self._file_id(sd)
+        if not self.is_uki_profile or not sd.has_profile_ids:
+            return base
+        suffix = self.profile_id if self.profile_id is not None else str(self.profile)
+        if sd.profile_suffix_after_id:
+            return f"{base}@{suffix.lower() if sd.profile_id_lowered else suffix}"
+        if self.name.counted and sd.ids_drop_counter:
+            return base
+        return f"{self.file_name}@{suffix}".lower()
+
+    def id_without_profile(self, sdboot: Version = None) -> str | None:
+        """``BootEntry.id_without_profile``: what ``boot_entry_compare()`` orders a profile ≥ 1 by
+        (None for every other entry, which is ordered by its id). Before 258.3 it is the lower-cased
+        file name, counter and all (``foo+3-0.efi``); from 258.3/259 the file id (``Foo.efi``)."""
+        sd = sdboot_mod.of(sdboot)
+        if not self.is_uki_profile or not sd.has_profile_ids:
+            return None
+        return self._file_id(sd) if sd.profile_suffix_after_id else self.file_name.lower()
+
+    @property
+    def may_auto_boot(self) -> bool:
+        """Whether the "first entry in menu order" fallback may take it, where the version applies
+        ``SdBoot.fallback_skips_profiles``: never an entry with a profile > 0."""
+        return self.profile == 0
 
     def next_name(self, sdboot: Version = None) -> str | None:
         """The name systemd-boot renames this entry to when it boots it, or None: not counted, a
@@ -192,6 +244,7 @@ def parse_type1(
     initrd: list[str] = []
     loader_type = LoaderType.UNDEFINED
     loader: str | None = None
+    profile = 0
     for item in split_lines(text, " \t"):
         if isinstance(item, Junk):
             problems.append(f"line {item.lineno}: no value after '{item.text[:40]}' (ignored)")
@@ -219,6 +272,10 @@ def parse_type1(
                 break
             loader_type = kind
             loader = value
+        elif key == "profile":
+            # 1e9c9773b9 (v259): parse_number8(), the whole value, at most UINT_MAX; the id is unchanged
+            if sd.at_least("259") and value.isascii() and value.isdigit() and int(value) <= 0xFFFFFFFF:
+                profile = int(value)
         elif key == "architecture":
             if value.lower() != arch:
                 loader_type = LoaderType.IGNORE
@@ -253,6 +310,7 @@ def parse_type1(
         why_unlisted=why,
         problems=tuple(problems),
         read_only=read_only,
+        profile=profile,
     )
 
 
@@ -279,13 +337,33 @@ def parse_osrel(text: str) -> dict[str, str]:
     return out
 
 
-def parse_type2(file_name: str, osrel: bytes | None, *, problem: str | None = None, read_only: bool = False) -> Entry:
-    """A UKI in ``EFI/Linux``; ``osrel`` is its ``.osrel`` section (None: missing/unreadable)."""
+def parse_type2(
+    file_name: str,
+    osrel: bytes | None,
+    *,
+    problem: str | None = None,
+    read_only: bool = False,
+    profile: int = 0,
+    profile_id: str | None = None,
+    profile_title: str | None = None,
+) -> Entry:
+    """A UKI in ``EFI/Linux``; ``osrel`` is its ``.osrel`` section (None: missing/unreadable), or
+    with ``profile`` the menu entry of one of its profiles (``osrel`` then is that profile's)."""
     name = counter_mod.parse(file_name, ".efi")
     path = f"{TYPE2_DIR}/{file_name}"
     if osrel is None:
         why = problem or "no .osrel section"
-        return Entry(path, EntryKind.TYPE2, name, LoaderType.TYPE2, listed=False, why_unlisted=why, problems=(why,))
+        return Entry(
+            path,
+            EntryKind.TYPE2,
+            name,
+            LoaderType.TYPE2,
+            listed=False,
+            why_unlisted=why,
+            problems=(why,),
+            profile=profile,
+            profile_id=profile_id,
+        )
     rel = parse_osrel(osrel.decode("utf-8", "replace"))
     good_name = rel.get("PRETTY_NAME") or rel.get("IMAGE_ID") or rel.get("NAME") or rel.get("ID")
     good_version = rel.get("IMAGE_VERSION") or rel.get("VERSION") or rel.get("VERSION_ID") or rel.get("BUILD_ID")
@@ -298,7 +376,11 @@ def parse_type2(file_name: str, osrel: bytes | None, *, problem: str | None = No
             LoaderType.TYPE2,
             listed=False,
             why_unlisted=".osrel has no PRETTY_NAME, IMAGE_ID, NAME or ID",
+            profile=profile,
+            profile_id=profile_id,
         )
+    if profile_title or profile > 0:  # the menu title boot.c gives a profile
+        good_name = f"{good_name} ({profile_title or profile_id or f'Profile #{profile + 1}'})"
     return Entry(
         path=path,
         kind=EntryKind.TYPE2,
@@ -309,6 +391,8 @@ def parse_type2(file_name: str, osrel: bytes | None, *, problem: str | None = No
         sort_key=sort_key,
         loader=f"/{path}",
         read_only=read_only,
+        profile=profile,
+        profile_id=profile_id,
     )
 
 
@@ -403,7 +487,14 @@ def _tries(e: Entry) -> tuple[int, int]:
 
 
 def compare(a: Entry, b: Entry, sdboot_version: Version = None) -> int:
-    """``boot_entry_compare()``: negative when ``a`` comes first in the menu."""
+    """``boot_entry_compare()``: negative when ``a`` comes first in the menu.
+
+    Profiles (257+): the id part compares ``id_without_profile`` where set (profiles ≥ 1), else the
+    id, and then, when both are profiles ≥ 1, the profile number. On 257.10–258.2 a counted file's
+    profile 1 is ordered by ``foo+3-0.efi`` and its profile 0 by ``Foo.efi`` (read at v257.13), so
+    which comes first is whatever strverscmp_improved() says of the two: for ``Foo+3-0.efi`` and
+    ``foo+3-0.efi`` alike profile 1 comes first (``F`` < ``f``; ``.`` sorts before a digit)."""
+    sd = sdboot_mod.of(sdboot_version)
     a_left, a_done = _tries(a)
     b_left, b_done = _tries(b)
     r = _cmp(a_left == 0, b_left == 0)
@@ -422,9 +513,18 @@ def compare(a: Entry, b: Entry, sdboot_version: Version = None) -> int:
         r = -strverscmp_improved(a.version, b.version)
         if r:
             return r
-    r = -strverscmp_improved(a.entry_id(sdboot_version), b.entry_id(sdboot_version))
+        if sd.profile_sorts_after_version:
+            r = _cmp(a.profile, b.profile)
+            if r:
+                return r
+    a_key, b_key = a.id_without_profile(sd), b.id_without_profile(sd)
+    r = -strverscmp_improved(a_key or a.entry_id(sd), b_key or b.entry_id(sd))
     if r:
         return r
+    if a_key is not None and b_key is not None:
+        r = _cmp(a.profile, b.profile)
+        if r:
+            return r
     if a_left < 0 or b_left < 0:
         return 0
     r = -_cmp(a_left, b_left)
@@ -434,9 +534,15 @@ def compare(a: Entry, b: Entry, sdboot_version: Version = None) -> int:
 
 
 def menu_order(entries: list[Entry], sdboot_version: Version = None) -> list[Entry]:
-    """Listed entries in boot-menu order: Type #2 first, then Type #1 (the scan order), stable sort."""
+    """Listed entries in boot-menu order: Type #2 first, then Type #1 (the scan order), a stable
+    sort (systemd-boot's ``sort_pointer_array()`` is an insertion sort). A UKI's profile entries
+    (``Snapshot.profiles``, when given) are scanned right after their file, lowest profile first."""
     listed = [e for e in entries if e.listed]
-    scan = [e for e in listed if e.kind is EntryKind.TYPE2] + [e for e in listed if e.kind is EntryKind.TYPE1]
+    first: dict[str, int] = {}
+    for i, e in enumerate(listed):
+        first.setdefault(e.path, i)
+    type2 = sorted((e for e in listed if e.kind is EntryKind.TYPE2), key=lambda e: (first[e.path], e.profile))
+    scan = type2 + [e for e in listed if e.kind is EntryKind.TYPE1]
 
     sd = sdboot_mod.of(sdboot_version)
 
@@ -444,3 +550,13 @@ def menu_order(entries: list[Entry], sdboot_version: Version = None) -> list[Ent
         return compare(x, y, sd)
 
     return sorted(scan, key=cmp_to_key(cmp))
+
+
+def first_auto_boot(order: list[Entry], sdboot_version: Version = None) -> Entry | None:
+    """The entry "first entry in menu order" boots: the first one, or where
+    ``SdBoot.fallback_skips_profiles`` holds, the first with profile 0 (None: the menu waits)."""
+    sd = sdboot_mod.of(sdboot_version)
+    for e in order:
+        if e.may_auto_boot or not sd.fallback_skips_profiles:
+            return e
+    return None

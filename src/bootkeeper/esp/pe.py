@@ -2,7 +2,9 @@
 
 systemd-boot reads the section table of ``EFI/Linux/*.efi`` and takes ``.osrel`` (an os-release
 file) from it; the boot loader's own version sits in its ``.sdmagic`` section as
-``#### LoaderInfo: systemd-boot VERSION ####``. Reads are bounded: a hostile file gives a
+``#### LoaderInfo: systemd-boot VERSION ####``. A multi-profile UKI (systemd-boot 257+, 382e4da4a5)
+splits its section table at each ``.profile`` section: :func:`read_profiles` reads them as
+``pe_locate_profile_sections()`` (src/boot/pe.c) does. Reads are bounded: a hostile file gives a
 :class:`ParseError` naming the file and what is wrong, never a huge allocation.
 """
 
@@ -15,9 +17,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bootkeeper.errors import ParseError
+from bootkeeper.esp.keyvalue import KeyValue, split_lines
 
 MAX_SECTIONS = 96  # the PE spec allows 96 sections at most
 MAX_SECTION_READ = 1 << 20  # .osrel/.sdmagic/.cmdline are tiny; refuse to read more than 1 MiB
+MAX_PROFILE_READ = 64 << 10  # a .profile (ID=, TITLE=) or a profile's own .osrel: a few lines
 
 
 @dataclass(frozen=True)
@@ -54,19 +58,71 @@ def read_sections(f: BinaryIO, what: str) -> list[Section]:
     return out
 
 
-def read_section(f: BinaryIO, sections: list[Section], name: str, what: str) -> bytes | None:
+def read_section(
+    f: BinaryIO, sections: list[Section], name: str, what: str, limit: int = MAX_SECTION_READ
+) -> bytes | None:
+    """The first section called ``name`` (systemd-boot: "first matching section wins")."""
     for s in sections:
         if s.name != name:
             continue
-        size = min(s.virtual_size, s.file_size) if s.virtual_size else s.file_size
-        if size > MAX_SECTION_READ:
-            raise ParseError(f"{what}: section {name} is {size} bytes, more than {MAX_SECTION_READ}")
-        f.seek(s.file_offset)
-        data = f.read(size)
-        if len(data) < size:
-            raise ParseError(f"{what}: section {name} extends past the end of the file")
-        return data
+        return _read(f, s, what, limit)
     return None
+
+
+def _read(f: BinaryIO, s: Section, what: str, limit: int) -> bytes:
+    size = min(s.virtual_size, s.file_size) if s.virtual_size else s.file_size
+    if size > limit:
+        raise ParseError(f"{what}: section {s.name} is {size} bytes, more than {limit}")
+    f.seek(s.file_offset)
+    data = f.read(size)
+    if len(data) < size:
+        raise ParseError(f"{what}: section {s.name} extends past the end of the file")
+    return data
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One profile of a UKI as systemd-boot 257+ sees it: ``number`` counts the ``.profile``
+    sections from 0; ``osrel`` is the profile's own ``.osrel`` if it has one, else the base's."""
+
+    number: int
+    id: str | None  # ID= of its .profile section
+    title: str | None  # TITLE= of its .profile section
+    osrel: bytes | None
+
+
+def _profile_keys(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in split_lines(data.decode("utf-8", "replace"), "="):
+        if isinstance(item, KeyValue) and item.key in ("ID", "TITLE"):
+            out[item.key] = item.value  # the last one wins, as in boot.c
+    return out
+
+
+def read_profiles(path: Path) -> tuple[Profile, ...]:
+    """The profiles of a UKI, as systemd-boot's ``boot_entry_add_type2()`` (src/boot/boot.c,
+    382e4da4a5, v257) and ``pe_locate_profile_sections()`` (src/boot/pe.c) find them.
+
+    The base is every section before the first ``.profile``. Profile 0 is the base followed by the
+    sections after the *first* ``.profile`` (up to the next); profile N those after the (N+1)-th.
+    A UKI without ``.profile`` has only profile 0 (the base). Sections of a profile override the
+    base's, first match wins. Empty for a file that is not a PE."""
+    what = str(path)
+    with path.open("rb") as f:
+        sections = read_sections(f, what)
+        starts = [i for i, s in enumerate(sections) if s.name == ".profile"]
+        base = sections[: starts[0]] if starts else sections
+        base_osrel = read_section(f, base, ".osrel", what)
+        if not starts:
+            return (Profile(0, None, None, base_osrel),)
+        out = []
+        for n, start in enumerate(starts):
+            end = starts[n + 1] if n + 1 < len(starts) else len(sections)
+            own = sections[start + 1 : end]
+            keys = _profile_keys(_read(f, sections[start], what, MAX_PROFILE_READ))
+            osrel = read_section(f, own, ".osrel", what, MAX_PROFILE_READ)
+            out.append(Profile(n, keys.get("ID"), keys.get("TITLE"), osrel if osrel is not None else base_osrel))
+        return tuple(out)
 
 
 def read_osrel(path: Path) -> bytes | None:

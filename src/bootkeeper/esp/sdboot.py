@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import total_ordering
+from functools import lru_cache, total_ordering
 
 from bootkeeper.errors import UsageError
 
@@ -34,7 +34,7 @@ class SdBoot:
     @classmethod
     def parse(cls, text: str) -> SdBoot:
         """``262``, ``257.13``, ``v257.13``, ``252.39-1~deb12u2``, ``systemd-boot 262.1-1``."""
-        m = re.match(r"\s*(?:systemd-boot\s+)?v?(\d{3})(?:\.(\d+))?", text)
+        m = re.match(r"\s*(?:systemd-boot\s+)?v?(\d{3})(?!\d)(?:\.(\d{1,6}))?", text)
         if not m:
             raise UsageError(f"not a systemd-boot version: {text[:60]!r} (want e.g. 252, 257.13 or 262.1)")
         major = int(m.group(1))
@@ -59,7 +59,7 @@ class SdBoot:
         return self.text or (f"{self.major}.{self.minor}" if self.minor else str(self.major))
 
     def at_least(self, since: str) -> bool:
-        return self >= SdBoot.parse(since)
+        return (self.major, self.minor) >= _since(since)
 
     # -- behaviours ----------------------------------------------------------------------------
 
@@ -115,6 +115,35 @@ class SdBoot:
         return self.at_least(PROFILE_IDS_SINCE)
 
     @property
+    def profile_suffix_after_id(self) -> bool:
+        """``@N`` is appended to the finished file id (941b91600c, v259; a91fdd399f, v258.3); in
+        257.10–258.2 the backported counter strip overwrites it for counted files."""
+        return self.at_least("259") or (self.major == 258 and self.minor >= 3)
+
+    @property
+    def profile_id_lowered(self) -> bool:
+        """The ``@ID`` suffix is lower-cased (booted on 262.1: ``active.efi@debug`` for
+        ``ID=Debug``; 261.2's source keeps the case, the commit is not in the sources read here)."""
+        return self.at_least("262")
+
+    @property
+    def profile_sorts_after_version(self) -> bool:
+        """``boot_entry_compare()`` compares the profile right after the version, inside the sort-key
+        branch (6a4a4f0302, v261; in 258.8, 259.6, 260.2): with equal sort keys and versions every
+        profile 0 comes before every profile 1, across UKIs."""
+        return self._backported("261", {258: 8, 259: 6, 260: 2})
+
+    @property
+    def fallback_skips_profiles(self) -> bool:
+        """``config_select_default_entry()`` falls back to the first entry with profile 0, never a
+        profile > 0 (a93fa2c6b4, v261; in 258.8, 259.6, 260.2). It reads ``BootEntry.profile``,
+        which the Type #1 ``profile`` key sets too (259+)."""
+        return self._backported("261", {258: 8, 259: 6, 260: 2})
+
+    def _backported(self, since: str, backports: dict[int, int]) -> bool:
+        return self.at_least(since) or (self.major in backports and self.minor >= backports[self.major])
+
+    @property
     def has_extra_key(self) -> bool:
         """The Type #1 ``extra`` key (feba5dcc5f, 261): extra files (extensions, credentials) for a UKI."""
         return self.at_least(EXTRA_KEY_SINCE)
@@ -158,6 +187,12 @@ SYSFAIL_SINCE = "258"
 PROFILE_IDS_SINCE = "257"
 EXTRA_KEY_SINCE = "261"
 REBOOT_ON_ERROR_SINCE = "258"
+
+
+@lru_cache(maxsize=64)
+def _since(version: str) -> tuple[int, int]:
+    v = SdBoot.parse(version)  # the model asks this in every comparison of a menu sort
+    return v.major, v.minor
 
 
 def default() -> SdBoot:

@@ -9,7 +9,8 @@
   fsync, rename, fsync the directory. Temporaries a killed run left are removed by the next
   ``transaction()``, under the lock (a live run's temporaries are safe: it holds the lock).
 * Every ``OSError`` of a write becomes a :class:`StoreIOError` naming the file.
-* ``snapshot()``: the entry files as values for the pure model in assess/.
+* ``snapshot()``: the entry files as values for the pure model in assess/ (one :class:`Entry` per
+  file in ``entries``; the extra menu entries of multi-profile UKIs apart, in ``profiles``).
 
 Every mutating step calls ``self.step(name)`` first: tests pass a ``fault`` callback that raises
 ``OSError`` at a chosen step to prove the ESP stays bootable after a crash at any point.
@@ -54,6 +55,14 @@ class Snapshot:
     sdboot: sdboot_mod.SdBoot
     sdboot_version_source: str  # "EFI/BOOT/BOOTX64.EFI (252.38-1~deb12u1)", "--systemd-boot-version", "assumed"
     problems: tuple[str, ...] = ()
+    # UKI profiles ≥ 1 (systemd-boot 257+): more menu entries of files that are in ``entries``.
+    # Kept apart because most consumers (arm, rotate, lint, bless, status) want one Entry per file.
+    profiles: tuple[Entry, ...] = ()
+
+    @property
+    def menu_entries(self) -> tuple[Entry, ...]:
+        """Everything systemd-boot may list: the files and their UKI profiles."""
+        return self.entries + self.profiles
 
     @property
     def sdboot_version(self) -> int:
@@ -429,17 +438,26 @@ class EspStore:
     def snapshot(self, sdboot_version: sdboot_mod.SdBoot | int | str | None = None) -> Snapshot:
         version, source = self.sdboot_version(sdboot_version)
         found: list[Entry] = []
+        profiles: list[Entry] = []
         problems: list[str] = []
         for name in self.list_dir(TYPE2_DIR):
             if not entries_mod.valid_type2_filename(name):
                 continue
             path = self.path(f"{TYPE2_DIR}/{name}")
+            read_only = self._read_only(f"{TYPE2_DIR}/{name}")
             try:
-                found.append(
-                    entries_mod.parse_type2(name, pe.read_osrel(path), read_only=self._read_only(f"{TYPE2_DIR}/{name}"))
-                )
+                base = entries_mod.parse_type2(name, pe.read_osrel(path), read_only=read_only)
             except (OSError, ParseError) as exc:  # systemd-boot skips a UKI it cannot read
                 found.append(entries_mod.parse_type2(name, None, problem=str(exc)))
+                continue
+            if version.has_profile_ids:
+                try:
+                    base, more = self._profiles(name, path, read_only)
+                except (OSError, ParseError) as exc:
+                    problems.append(f"{TYPE2_DIR}/{name}: its UKI profiles are not modelled: {exc}")
+                    more = []
+                profiles.extend(more)
+            found.append(base)
         listings: Listings = {}  # one listing per folder for the whole snapshot: linear, not quadratic
         for name in self.list_dir(TYPE1_DIR):
             if not entries_mod.valid_type1_filename(name):
@@ -474,4 +492,18 @@ class EspStore:
                     f"{d}: {', '.join(sorted(files))} are the same entry; the next 'bootkeeper bless' of the "
                     "booted one removes the other"
                 )
-        return Snapshot(tuple(found), conf, version, source, tuple(problems))
+        return Snapshot(tuple(found), conf, version, source, tuple(problems), tuple(profiles))
+
+    @staticmethod
+    def _profiles(name: str, path: Path, read_only: bool) -> tuple[Entry, list[Entry]]:
+        """Profile 0 (the file's own entry: base sections and those after the first ``.profile``)
+        and the listed profiles ≥ 1 of a UKI; a profile without a usable ``.osrel`` is skipped, as
+        boot.c does, without renumbering the others."""
+        found = pe.read_profiles(path)
+        made = [
+            entries_mod.parse_type2(
+                name, p.osrel, read_only=read_only, profile=p.number, profile_id=p.id, profile_title=p.title
+            )
+            for p in found
+        ]
+        return made[0], [e for e in made[1:] if e.listed]
