@@ -22,8 +22,8 @@ from typing import Any
 
 from bootkeeper import config
 from bootkeeper.assess import cloudconfig, generator, history, lint, services
-from bootkeeper.errors import ParseError
-from bootkeeper.esp import counter, efivars, entries, keyvalue, loader, pe
+from bootkeeper.errors import ParseError, UsageError
+from bootkeeper.esp import counter, efivars, entries, keyvalue, loader, pe, sdboot
 from bootkeeper.esp.fnmatch import efi_fnmatch
 from bootkeeper.sysext import erofs, gpt, image, policy, release, signature, trust, verity
 
@@ -176,9 +176,9 @@ def _entry_conf(data: bytes) -> None:
     first, _, rest = _text(data).partition("\n")
     name = first or "active+3.conf"
     other = entries.parse_type1("passive+2-1.conf", "title p\nsort-key 2-passive\nlinux /vmlinuz\n")
-    for v in (252, 257):
+    for v in ("252.39", "257.9", "257.13", "258.1", "262.1"):
         e = entries.parse_type1(name, rest, loader_exists=True, sdboot_version=v)
-        _ = (e.entry_id(v), e.next_name, e.state, e.role, e.file_name)
+        _ = (e.entry_id(v), e.next_name(v), e.state, e.role, e.file_name)
         entries.menu_order([e, other, e], v)
 
 
@@ -207,9 +207,17 @@ def _pe(data: bytes) -> None:
     p = _write("EFI/Linux/active+3.efi", data)
     pe.read_sections(io.BytesIO(data), str(p))
     pe.read_osrel(p)
+    pe.read_profiles(p)
     v = pe.sdboot_version(p)
     if v is not None:
         pe.major_version(v)
+
+
+@target("sdboot_version", expected=(UsageError,))
+def _sdboot_version(data: bytes) -> None:
+    """esp/sdboot.py SdBoot.parse(): the version string of .sdmagic, LoaderInfo or --systemd-boot-version."""
+    v = sdboot.SdBoot.parse(_text(data))
+    _ = (v.counts_efi_key, v.knows_uki_key, v.ids_drop_counter, v.has_preferred, v.profile_sorts_after_version)
 
 
 @target("efivars", expected=(ParseError, generator.GeneratorError))
