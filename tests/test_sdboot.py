@@ -85,3 +85,49 @@ def test_cli_refuses_a_version_that_is_not_one(tmp_path: Path) -> None:
         check=False,
     )
     assert p.returncode == 2 and "not a systemd-boot version" in p.stderr and "Traceback" not in p.stderr
+
+
+def _entries_json(esp: Path, efivars: Path) -> dict[str, object]:
+    import json
+
+    p = subprocess.run(
+        [sys.executable, "-m", "bootkeeper", "entries", "--esp", str(esp), "--efivars", str(efivars), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    out: dict[str, object] = json.loads(p.stdout)
+    return out
+
+
+def test_loader_info_fills_in_for_an_esp_without_a_binary(tmp_path: Path) -> None:
+    """LoaderInfo is the booted boot loader's own version string: better than assuming one."""
+    from helpers import entry_body, fake_efivars
+
+    esp = esp_with(tmp_path / "esp", {"active+3.conf": entry_body("active")})
+    ev = fake_efivars(tmp_path / "ev", LoaderInfo="systemd-boot 252.39-1~deb12u2")
+    out = _entries_json(esp, ev)
+    version = out["systemd_boot_version"]
+    assert isinstance(version, dict) and version["value"] == 252 and "LoaderInfo" in version["source"]
+    assert out["next"]["id"] == "active+3.conf"  # type: ignore[index]  # 252: the id keeps the counter
+    assumed = _entries_json(esp, tmp_path / "no-efivars")
+    assert "assumed" in assumed["systemd_boot_version"]["source"]  # type: ignore[index]
+    assert assumed["next"]["id"] == "active.conf"  # type: ignore[index]
+
+
+def test_a_booted_boot_loader_that_is_not_the_esps_is_a_problem(tmp_path: Path) -> None:
+    from helpers import entry_body, fake_efivars
+
+    binary = CACHE / "sdboot-262" / "systemd-bootx64.efi"
+    if not binary.exists():
+        pytest.fail(f"{binary} missing: run scripts/setup-test-deps.sh (make test does)")
+    esp = esp_with(tmp_path / "esp", {"active+3.conf": entry_body("active")})
+    (esp / "EFI" / "BOOT").mkdir(parents=True)
+    (esp / "EFI" / "BOOT" / "BOOTX64.EFI").write_bytes(binary.read_bytes())
+    ev = fake_efivars(tmp_path / "ev", LoaderInfo="systemd-boot 257.13-1~deb13u1")
+    out = _entries_json(esp, ev)
+    assert out["systemd_boot_version"]["value"] == 262  # type: ignore[index]  # the next boot runs the ESP's
+    assert any("started by systemd-boot 257.13-1~deb13u1 (LoaderInfo)" in p for p in out["problems"])  # type: ignore[attr-defined]
+    same = fake_efivars(tmp_path / "ev2", LoaderInfo="systemd-boot 262.1-1")
+    assert not any("LoaderInfo" in p for p in _entries_json(esp, same)["problems"])  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from typing import Any
 from bootkeeper import fsutil
 from bootkeeper.assess import history
 from bootkeeper.errors import BootkeeperError
+from bootkeeper.esp import efivars as efivars_mod
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import EspStore, Snapshot
 
@@ -125,7 +126,7 @@ def gather(
 
     store = EspStore(esp)
     if snap is None:
-        snap = store.snapshot(sdboot_version)
+        snap = store.snapshot(sdboot_version, loader_info=efivars_mod.loader_info(efivars))
     ev = LoaderVars.read(efivars)
     booted_path = ev.boot_count_path or ev.entry_selected
     booted: dict[str, Any] = {"entry": None, "role": None, "blessed": None, "counting": bool(ev.boot_count_path)}

@@ -18,6 +18,7 @@ from bootkeeper.cli.common import (
     table,
     version_option,
 )
+from bootkeeper.esp.efivars import loader_info as efivars_loader_info
 
 TEMPORARY_WHY = "a temporary left by an interrupted bootkeeper run: any bootkeeper write verb removes it"
 
@@ -29,7 +30,7 @@ def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None
     from bootkeeper.esp.store import EspStore
 
     if snap is None:
-        snap = EspStore(esp).snapshot(sdboot_version)
+        snap = EspStore(esp).snapshot(sdboot_version, loader_info=efivars_loader_info(efivars))
     ev = LoaderVars.read(efivars)
     order = entries_mod.menu_order(list(snap.menu_entries), snap.sdboot)
     choice = bootloader.choose(snap, ev)
@@ -130,7 +131,7 @@ def status(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Pa
     from bootkeeper.esp.store import EspStore
 
     esp_root = find_esp(esp)
-    snap = EspStore(esp_root).snapshot(sdboot_version)  # read once for both views
+    snap = EspStore(esp_root).snapshot(sdboot_version, loader_info=efivars_loader_info(efivars))  # once for both views
     view = _view(esp_root, efivars, sdboot_version, snap)
     node = nodestatus.gather(root, esp_root, efivars, sdboot_version, snap=snap)
     if as_json:

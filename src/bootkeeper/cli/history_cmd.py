@@ -58,7 +58,7 @@ def record(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Pa
         return
     ev = LoaderVars.read(efivars)
     try:
-        snap = EspStore(find_esp(esp)).snapshot(sdboot_version)
+        snap = EspStore(find_esp(esp)).snapshot(sdboot_version, loader_info=ev.loader_info)
     except BootkeeperError as exc:
         click.echo(f"warning: ESP not read: {exc}", err=True)
         snap = None

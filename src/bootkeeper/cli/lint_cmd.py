@@ -17,6 +17,7 @@ from bootkeeper.cli.common import (
     print_json,
     version_option,
 )
+from bootkeeper.esp.efivars import loader_info as efivars_loader_info
 
 
 @click.command()
@@ -77,7 +78,7 @@ def lint(
         from bootkeeper.esp.efivars import LoaderVars
         from bootkeeper.esp.store import EspStore
 
-        snap = EspStore(esp).snapshot(sdboot_version)
+        snap = EspStore(esp).snapshot(sdboot_version, loader_info=efivars_loader_info(efivars))
         entry_default = LoaderVars.read(efivars).entry_default
         findings += lint_mod.lint_esp(snap, str(esp), cfg.boot_assessment, entry_default, stale_temporaries(esp))
     if root is not None and cfg is not None:

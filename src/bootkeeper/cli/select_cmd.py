@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from bootkeeper.cli.common import efivars_option, esp_option, find_esp, json_option, print_json, version_option
+from bootkeeper.esp.efivars import loader_info as efivars_loader_info
 
 
 def _esp_relative(root: Path, target: str) -> str:
@@ -126,7 +127,7 @@ def select(
     store = EspStore(root)
     warnings: list[str] = []
     with store.locked():
-        snap = store.snapshot(sdboot_version)
+        snap = store.snapshot(sdboot_version, loader_info=efivars_loader_info(efivars))
         ev, oneshot_problem = _read_vars(efivars, mode)
         if mode is pin.Mode.CLEAR:
             plan = pin.plan_clear(snap, ev, os.path.lexists(var_path(efivars, pin.ONESHOT)))
@@ -145,7 +146,7 @@ def select(
                 done = _apply(store, efivars, plan.changes)
         else:
             done = _apply(store, efivars, plan.changes)
-        after = store.snapshot(sdboot_version)
+        after = store.snapshot(sdboot_version, loader_info=efivars_loader_info(efivars))
     ev_after = LoaderVars.read(efivars)
     found = pin.pins(after, ev_after)
     choice = bootloader.choose(after, ev_after)

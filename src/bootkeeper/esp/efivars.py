@@ -243,3 +243,12 @@ def delete_variable(efivars: Path, name: str) -> bool:
         _restore_flags(p, saved)
         raise StoreIOError(f"{p}: cannot delete ({exc.strerror})", hint=_hint(exc)) from exc
     return True
+
+
+def loader_info(efivars: Path) -> str | None:
+    """The LoaderInfo variable (the booted boot loader's version, ``systemd-boot 257.13-1~deb13u1``),
+    or None when it is absent or unreadable: it only fills in for an ESP without a systemd-boot binary."""
+    try:
+        return read_string(efivars, "LoaderInfo")
+    except (ParseError, OSError):
+        return None

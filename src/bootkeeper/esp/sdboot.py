@@ -40,7 +40,10 @@ class SdBoot:
         major = int(m.group(1))
         if not 200 <= major <= 999:
             raise UsageError(f"not a systemd-boot version: {text[:60]!r}")
-        return cls(major, int(m.group(2) or 0), text.strip()[:80])
+        shown = text.strip()
+        if shown.startswith("systemd-boot "):
+            shown = shown[len("systemd-boot ") :].lstrip()
+        return cls(major, int(m.group(2) or 0), shown[:80])
 
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, SdBoot):

@@ -407,10 +407,13 @@ class EspStore:
 
     # -- snapshot --------------------------------------------------------------------------
 
-    def sdboot_version(self, override: sdboot_mod.SdBoot | int | str | None = None) -> tuple[sdboot_mod.SdBoot, str]:
+    def sdboot_version(
+        self, override: sdboot_mod.SdBoot | int | str | None = None, loader_info: str | None = None
+    ) -> tuple[sdboot_mod.SdBoot, str]:
         """The boot loader on the ESP, from the full version string in its ``.sdmagic`` (the
         fallback binary EFI/BOOT/BOOTX64.EFI is what the firmware starts when no boot entry names
-        systemd-boot itself)."""
+        systemd-boot itself); without a binary, ``loader_info`` (the ``LoaderInfo`` EFI variable
+        of the boot loader that started this boot, ``systemd-boot 257.13-1~deb13u1``)."""
         if override is not None:
             return sdboot_mod.of(override), "--systemd-boot-version"
         for rel in SDBOOT_PATHS:
@@ -426,6 +429,11 @@ class EspStore:
                     return sdboot_mod.SdBoot.parse(v), f"{rel} ({v})"
                 except BootkeeperError:
                     continue
+        if loader_info:
+            try:
+                return sdboot_mod.SdBoot.parse(loader_info), f"EFI variable LoaderInfo ({loader_info[:80]})"
+            except BootkeeperError:
+                pass
         return sdboot_mod.default(), f"assumed {sdboot_mod.DEFAULT} (no systemd-boot binary on the ESP)"
 
     def _read_only(self, rel: str) -> bool:
@@ -435,8 +443,12 @@ class EspStore:
         except OSError:
             return False
 
-    def snapshot(self, sdboot_version: sdboot_mod.SdBoot | int | str | None = None) -> Snapshot:
-        version, source = self.sdboot_version(sdboot_version)
+    def snapshot(
+        self, sdboot_version: sdboot_mod.SdBoot | int | str | None = None, *, loader_info: str | None = None
+    ) -> Snapshot:
+        """``loader_info``: the LoaderInfo EFI variable, when the caller read it: the version when the
+        ESP carries no binary, and a problem when the booted boot loader is not the ESP's."""
+        version, source = self.sdboot_version(sdboot_version, loader_info)
         found: list[Entry] = []
         profiles: list[Entry] = []
         problems: list[str] = []
@@ -483,6 +495,16 @@ class EspStore:
             problems.extend(f"{LOADER_CONF}: {p}" for p in conf.problems)
         for e in found:
             problems.extend(f"{e.path}: {p}" for p in e.problems)
+        if loader_info and sdboot_version is None and not source.startswith("EFI variable"):
+            try:
+                booted = sdboot_mod.SdBoot.parse(loader_info)
+            except BootkeeperError:
+                booted = None
+            if booted is not None and booted != version:
+                problems.append(
+                    f"this boot was started by systemd-boot {booted} (LoaderInfo), but the ESP's binary is {source}: "
+                    "the next boot runs the ESP's binary, which is what bootkeeper models"
+                )
         bases: dict[tuple[str, str], list[str]] = {}
         for e in found:
             bases.setdefault((e.directory, e.name.base.lower()), []).append(e.file_name)
