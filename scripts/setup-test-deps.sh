@@ -67,38 +67,31 @@ if [ ! -s "$cache/sdboot-252/systemd-bootx64.efi" ] || [ ! -s "$cache/sdboot-252
   dpkg-deb -f "$w"/*.deb Version > "$cache/sdboot-252/version"; rm -rf "$w" "$x"
 fi
 
-# --- systemd-boot 257 (trixie, through a private apt configuration) ------------------------
-# (and trixie's systemd-stub 257: it honours the "@N" profile systemd-boot passes for a multi-profile UKI)
-if [ ! -s "$cache/sdboot-257/systemd-bootx64.efi" ] || [ ! -s "$cache/sdboot-257/linuxx64.efi.stub" ]; then
+# --- systemd-boot from a newer Debian suite: a private apt configuration (its own sources and
+# lists, the mirror from the machine's own sources), apt-get download, dpkg-deb -x; never installed.
+fetch_sdboot() { # SUITE DEST FILE... (files of /usr/lib/systemd/boot/efi/)
+  local suite=$1 dest=$2; shift 2
   [ -n "$mirror" ] || { echo "setup-test-deps: no Debian mirror in the machine's apt sources; set DEBIAN_MIRROR" >&2; exit 1; }
-  a="$cache/apt-trixie"; mkdir -p "$a/lists/partial" "$a/etc" "$a/archives/partial"
-  printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-    "$mirror" > "$a/etc/trixie.sources"
-  O=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$a/etc" -o Dir::State::Lists="$a/lists"
+  local a="$cache/apt-$suite"; mkdir -p "$a/lists/partial" "$a/etc" "$a/archives/partial"
+  printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$mirror" "$suite" > "$a/etc/$suite.sources"
+  local O=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$a/etc" -o Dir::State::Lists="$a/lists"
      -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o Dir::Cache::archives="$a/archives")
   apt-get "${O[@]}" update -q >/dev/null
-  w=$(mktemp -d); (cd "$w" && apt-get "${O[@]}" download -q systemd-boot-efi >/dev/null 2>&1) \
-    || { echo "setup-test-deps: apt-get download systemd-boot-efi (trixie) failed" >&2; exit 1; }
-  x=$(extract_deb "$w"/*.deb "$cache/sdboot-257")
-  cp "$x/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$x/usr/lib/systemd/boot/efi/linuxx64.efi.stub" \
-    "$cache/sdboot-257/"
-  dpkg-deb -f "$w"/*.deb Version > "$cache/sdboot-257/version"; rm -rf "$w" "$x" "$a/lists"
-fi
+  local w x f; w=$(mktemp -d); (cd "$w" && apt-get "${O[@]}" download -q systemd-boot-efi >/dev/null 2>&1) \
+    || { echo "setup-test-deps: apt-get download systemd-boot-efi ($suite) failed" >&2; exit 1; }
+  x=$(extract_deb "$w"/*.deb "$dest")
+  for f in "$@"; do cp "$x/usr/lib/systemd/boot/efi/$f" "$dest/"; done
+  dpkg-deb -f "$w"/*.deb Version > "$dest/version"; rm -rf "$w" "$x" "$a/lists"
+}
 
-# --- systemd-boot 262 (Debian sid, through a private apt configuration, never installed) -----
+# 257 (trixie), and its systemd-stub: it honours the "@N" profile systemd-boot passes for a multi-profile UKI
+if [ ! -s "$cache/sdboot-257/systemd-bootx64.efi" ] || [ ! -s "$cache/sdboot-257/linuxx64.efi.stub" ]; then
+  fetch_sdboot trixie "$cache/sdboot-257" systemd-bootx64.efi linuxx64.efi.stub
+fi
+# 262 (sid)
 if [ ! -s "$cache/sdboot-262/systemd-bootx64.efi" ]; then
-  [ -n "$mirror" ] || { echo "setup-test-deps: no Debian mirror in the machine's apt sources; set DEBIAN_MIRROR" >&2; exit 1; }
-  a="$cache/apt-sid"; mkdir -p "$a/lists/partial" "$a/etc" "$a/archives/partial"
-  printf 'Types: deb\nURIs: %s\nSuites: sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-    "$mirror" > "$a/etc/sid.sources"
-  O=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$a/etc" -o Dir::State::Lists="$a/lists"
-     -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o Dir::Cache::archives="$a/archives")
-  apt-get "${O[@]}" update -q >/dev/null
-  w=$(mktemp -d); (cd "$w" && apt-get "${O[@]}" download -q systemd-boot-efi >/dev/null 2>&1) \
-    || { echo "setup-test-deps: apt-get download systemd-boot-efi (sid) failed" >&2; exit 1; }
-  x=$(extract_deb "$w"/*.deb "$cache/sdboot-262")
-  cp "$x/usr/lib/systemd/boot/efi/systemd-bootx64.efi" "$cache/sdboot-262/"
-  dpkg-deb -f "$w"/*.deb Version > "$cache/sdboot-262/version"; rm -rf "$w" "$x" "$a/lists"
+  fetch_sdboot sid "$cache/sdboot-262" systemd-bootx64.efi
 fi
 
 # --- bookworm's own bootctl and systemd-bless-boot, for bench/ (same version as the host's
