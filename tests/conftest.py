@@ -32,9 +32,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for row in HOSTILE_ROWS:
             terminalreporter.write_line(row)
     try:
-        from test_vm_bootcount import VM_RESULTS
+        from test_vm_bootcount import VM_RESULTS, VM_STATS
     except ImportError:
         return
+    for line in VM_STATS:
+        terminalreporter.write_line(f"vm: {line}")
     if VM_RESULTS:
         terminalreporter.section("real systemd-boot vs bootkeeper model")
         terminalreporter.write_line("| scenario | systemd-boot | booted (real) | model: role:file->renamed | |")

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,7 @@ from vmboot import (
 pytestmark = pytest.mark.vm
 
 VM_RESULTS: list[str] = []
+VM_STATS: list[str] = []
 VERSIONS = (252, 257, 262)
 KERNEL, INITRD = CACHE / "kernel" / "vmlinuz", CACHE / "initrd.img"
 ONESHOT = f"LoaderEntryOneShot-{LOADER_GUID}"
@@ -254,6 +257,7 @@ SEQUENCES = [
 class Outcome:
     real: list[str]
     model: list[str]
+    seconds: list[float] = field(default_factory=list)  # each boot, QEMU start to power-off
 
 
 def _predicted_names(snap_entries: tuple[object, ...], choice: bootloader.BootChoice) -> list[str]:
@@ -291,6 +295,7 @@ def run_sequence(seq: Seq, version: int, work: Path, ukis: dict[str, Path]) -> O
         role = choice.entry.role.value if choice.entry.role else None
         if role and choice.entry.profile:  # a UKI profile: its command line says entry=ROLE@N
             role = f"{role}@{choice.entry.profile}"
+        out.seconds.append(res.seconds)
         out.model.append(f"{role}:{choice.entry.file_name}->{choice.rename_to or '='}")
         before = {e.file_name for e in snap.entries}
         real_renamed = next((x for x in res.names_after if x not in before), None)
@@ -355,8 +360,16 @@ def pool(
         )
         for c in wanted
     }
+    t0 = time.monotonic()
     yield futures
     ex.shutdown(wait=True, cancel_futures=True)
+    done = [f.result() for f in futures.values() if f.done() and not f.cancelled() and f.exception() is None]
+    boots = [s for o in done for s in o.seconds]
+    if boots:
+        VM_STATS.append(
+            f"{len(done)} sequences, {len(boots)} boots, {sum(boots):.0f} s of QEMU time "
+            f"(median {statistics.median(boots):.1f} s a boot), {time.monotonic() - t0:.0f} s wall, two at a time"
+        )
 
 
 def _row(name: str, version: int, out: Outcome) -> None:
