@@ -351,8 +351,8 @@ def parse_type2(
     with ``profile`` the menu entry of one of its profiles (``osrel`` then is that profile's)."""
     name = counter_mod.parse(file_name, ".efi")
     path = f"{TYPE2_DIR}/{file_name}"
-    if osrel is None:
-        why = problem or "no .osrel section"
+
+    def unlisted(why: str, problems: tuple[str, ...]) -> Entry:
         return Entry(
             path,
             EntryKind.TYPE2,
@@ -360,25 +360,20 @@ def parse_type2(
             LoaderType.TYPE2,
             listed=False,
             why_unlisted=why,
-            problems=(why,),
+            problems=problems,
             profile=profile,
             profile_id=profile_id,
         )
+
+    if osrel is None:
+        why = problem or "no .osrel section"
+        return unlisted(why, (why,))
     rel = parse_osrel(osrel.decode("utf-8", "replace"))
     good_name = rel.get("PRETTY_NAME") or rel.get("IMAGE_ID") or rel.get("NAME") or rel.get("ID")
     good_version = rel.get("IMAGE_VERSION") or rel.get("VERSION") or rel.get("VERSION_ID") or rel.get("BUILD_ID")
     sort_key = rel.get("IMAGE_ID") or rel.get("ID")
     if not good_name:
-        return Entry(
-            path,
-            EntryKind.TYPE2,
-            name,
-            LoaderType.TYPE2,
-            listed=False,
-            why_unlisted=".osrel has no PRETTY_NAME, IMAGE_ID, NAME or ID",
-            profile=profile,
-            profile_id=profile_id,
-        )
+        return unlisted(".osrel has no PRETTY_NAME, IMAGE_ID, NAME or ID", ())
     if profile_title or profile > 0:  # the menu title boot.c gives a profile
         good_name = f"{good_name} ({profile_title or profile_id or f'Profile #{profile + 1}'})"
     return Entry(
