@@ -3,6 +3,7 @@ every step of the copy; and which UKIs get which folder."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -248,13 +249,13 @@ def test_unsigned_image_is_refused_after_staging_and_nothing_is_left(
     tmp_path: Path, unsigned: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     esp = _esp(tmp_path / "esp")
-    before = tree(esp)
+    before, dirs = tree(esp), _dirs(esp)
     rc = _main(["sysext", "install", str(unsigned), "--esp", str(esp), "--config", str(_config(tmp_path))])
     err = capsys.readouterr().err
     assert rc == 1, err
     assert err.startswith(f"bootkeeper: error: {unsigned}: refused under policy root=signed+absent:usr=signed+absent")
     assert "nothing was installed" in err
-    assert {k for k in tree(esp) if not k.endswith(".extra.d")} == set(before)  # at most the empty folders
+    assert tree(esp) == before and _dirs(esp) == dirs  # not even the empty .extra.d folders stay
     assert not list(esp.rglob("*.raw")) and not list(esp.rglob(".bootkeeper-*"))
 
 
@@ -322,3 +323,212 @@ cmp {big} {mnt}/EFI/kairos/passive.efi.extra.d/x.sysext.raw && echo "passive sam
     assert out[-3:] == ["rc=0", "active same", "passive same"], p.stdout + p.stderr
     rel = left[0].relative_to(esp).as_posix()
     assert f"bootkeeper: removed {rel}, a temporary left by an interrupted bootkeeper run" in p.stderr
+
+
+# --- each image against the OS of each target entry ---------------------------------------------------
+
+ARCH = image.host_architecture()
+
+
+class _Images(dict[str, Path]):
+    """Signed images named k3s.raw, one per extension-release text, built on first use."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def __missing__(self, text: str) -> Path:
+        d = self.factory.mktemp("k3s")
+        rel = d / "t/usr/lib/extension-release.d"
+        rel.mkdir(parents=True)
+        (rel / "extension-release.k3s").write_text(text)
+        (d / "t/usr/bin").mkdir(parents=True)
+        (d / "t/usr/bin/k3s").write_bytes(os.urandom(20_000))
+        self[text] = image.build(d / "t", d / "k3s.raw", KEY, CERT)
+        return self[text]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> _Images:
+    return _Images(tmp_path_factory)
+
+
+def _osrel(esp: Path, uki: str, text: str) -> None:
+    (esp / uki).write_bytes(scratch.stand_in_uki(((b".osrel", text.encode()),)))
+
+
+def _node(tmp_path: Path, os_release: str | None = None) -> list[str]:
+    """--config and --root for a node tree at tmp_path/root: the trusted certificate inside it
+    (sysext.certificates are paths under ROOT), and its os-release when given."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "c.pem").write_bytes(signature_pem())
+    if os_release is not None:
+        (root / "etc/os-release").write_text(os_release)
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("sysext:\n  certificates: [/c.pem]\n  firmware: []\n")
+    return ["--config", str(cfg), "--root", str(root)]
+
+
+def _dirs(esp: Path) -> set[str]:
+    return {str(p.relative_to(esp)) for p in esp.rglob("*") if p.is_dir()}
+
+
+def _ab_esp(root: Path, active: str, passive: str) -> Path:
+    esp = _esp(root)
+    _osrel(esp, "EFI/kairos/active.efi", active)
+    _osrel(esp, "EFI/kairos/passive.efi", passive)
+    return esp
+
+
+V2 = "ID=kairos\nVERSION_ID=2\n"
+
+
+@pytest.mark.parametrize(
+    ("ext", "osrel", "built_for"),
+    [
+        ("ID=kairos\nVERSION_ID=2\n", V2, None),
+        ("ID=kairos\nVERSION_ID=1\n", V2, "VERSION_ID=1"),
+        (f"ID=kairos\nVERSION_ID=1\nARCHITECTURE={ARCH}\n", V2, "VERSION_ID=1"),
+        ("ID=kairos\nVERSION_ID=1\nARCHITECTURE=_any\n", V2, "VERSION_ID=1"),
+        ("ID=debian\nVERSION_ID=12\n", "ID=kairos\nID_LIKE=debian ubuntu\nVERSION_ID=12\n", None),
+        ("ID=fedora\nVERSION_ID=12\n", "ID=kairos\nID_LIKE=debian ubuntu\nVERSION_ID=12\n", "ID=fedora"),
+        ("ID=kairos\nVERSION_ID=1\nSYSEXT_LEVEL=1.0\n", "ID=kairos\nVERSION_ID=2\nSYSEXT_LEVEL=1.0\n", None),
+        ("ID=kairos\nSYSEXT_LEVEL=1.0\n", "ID=kairos\nVERSION_ID=2\nSYSEXT_LEVEL=2.0\n", "SYSEXT_LEVEL=1.0"),
+        ("ID=kairos\n", V2, ""),  # no VERSION_ID, no SYSEXT_LEVEL: systemd-sysext refuses it on a versioned OS
+        ("ID=_any\n", V2, None),
+        ("ID=kairos\n", "ID=kairos\n", None),  # a rolling OS (no VERSION_ID): ID alone decides
+    ],
+)
+def test_install_judges_the_image_against_the_os_each_entry_boots(
+    tmp_path: Path, built: _Images, capsys: pytest.CaptureFixture[str], ext: str, osrel: str, built_for: str
+) -> None:
+    """The staged copy's extension-release against the .osrel of the UKI each target entry runs,
+    as systemd-sysext judges it at boot. Before: no OS was consulted and every case installed."""
+    esp = _ab_esp(tmp_path / "esp", osrel, osrel)
+    before, dirs = tree(esp), _dirs(esp)
+    rc = _main(["sysext", "install", str(built[ext]), "--esp", str(esp), *_node(tmp_path)])
+    err = capsys.readouterr().err
+    if built_for is None:
+        assert rc == 0, err
+        assert sorted(p.relative_to(esp).as_posix() for p in esp.rglob("*.raw")) == [
+            "EFI/kairos/active.efi.extra.d/k3s.raw",
+            "EFI/kairos/passive.efi.extra.d/k3s.raw",
+        ]
+        return
+    assert rc == 1, err
+    os_ = (
+        osrel.replace("\n", " ")
+        .replace("ID=kairos ", "kairos ")
+        .replace("ID_LIKE=debian ubuntu", "(like debian ubuntu)")
+    )
+    boots = [f"loader/entries/{e}+3.conf boots {os_.strip()}" for e in ("active", "passive")]
+    if built_for:
+        want = "; ".join(f"k3s.raw: built for {built_for}, {b}" for b in boots)
+    else:
+        why = "extension-release.k3s has no VERSION_ID (the host has 2) and no matching SYSEXT_LEVEL"
+        want = "; ".join(f"k3s.raw: {why}; {b}" for b in boots)
+    assert err.splitlines()[0] == f"bootkeeper: error: {want}; nothing was installed"
+    assert tree(esp) == before and _dirs(esp) == dirs  # nothing written, no folder left either
+
+
+def test_an_image_that_fits_one_entry_is_refused_for_all_and_the_hint_names_where_it_fits(
+    tmp_path: Path, built: _Images, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After an upgrade active boots v2 and passive v1: an extension built for v2 is refused (for
+    passive, by name), nothing is written, and the hint names --entry active, which then installs
+    it there alone. Before: it went to both, and passive refused it at every boot."""
+    esp = _ab_esp(tmp_path / "esp", V2, "ID=kairos\nVERSION_ID=1\n")
+    before, dirs = tree(esp), _dirs(esp)
+    src = built["ID=kairos\nVERSION_ID=2\n"]
+    rc = _main(["sysext", "install", str(src), "--esp", str(esp), *_node(tmp_path)])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 1
+    assert err[0] == (
+        "bootkeeper: error: k3s.raw: built for VERSION_ID=2, loader/entries/passive+3.conf boots kairos "
+        "VERSION_ID=1; nothing was installed"
+    )
+    assert err[1] == (
+        "hint: build k3s.raw for the OS of that entry, install it only where it fits (--entry active), "
+        "or pass --force to install it anyway"
+    )
+    assert tree(esp) == before and _dirs(esp) == dirs
+    rc = _main(["sysext", "install", str(src), "--entry", "active", "--esp", str(esp), *_node(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    assert [p.relative_to(esp).as_posix() for p in esp.rglob("*.raw")] == ["EFI/kairos/active.efi.extra.d/k3s.raw"]
+
+
+def test_force_installs_a_misfit_and_says_so(
+    tmp_path: Path, built: _Images, capsys: pytest.CaptureFixture[str]
+) -> None:
+    esp = _ab_esp(tmp_path / "esp", V2, V2)
+    src = built["ID=kairos\nVERSION_ID=1\n"]
+    rc = _main(["sysext", "install", str(src), "--force", "--json", "--esp", str(esp), *_node(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert (
+        "bootkeeper: warning: installing k3s.raw with --force although k3s.raw: built for VERSION_ID=1, "
+        "loader/entries/active+3.conf boots kairos VERSION_ID=2"
+    ) in err.splitlines()
+    doc = json.loads(out)
+    assert doc["forced"] is True and doc["validation"]["ok"] is True
+    assert [(m["entry"], m["reason"]) for m in doc["misfits"]] == [
+        ("active", "VERSION_ID=1, the host has 2"),
+        ("passive", "VERSION_ID=1, the host has 2"),
+    ]
+    assert [o["source"] for o in doc["os"]] == ["EFI/kairos/active.efi .osrel", "EFI/kairos/passive.efi .osrel"]
+    for e in ("active", "passive"):
+        assert (esp / f"EFI/kairos/{e}.efi.extra.d/k3s.raw").read_bytes() == src.read_bytes()
+
+
+def test_type2_ukis_are_judged_by_their_own_osrel(
+    tmp_path: Path, built: _Images, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """EFI/Linux/<role>+N.efi: the file is the entry and its .osrel the OS."""
+    esp = tmp_path / "esp"
+    (esp / "EFI/Linux").mkdir(parents=True)
+    (esp / "loader").mkdir()
+    (esp / "loader/loader.conf").write_text("timeout 0\n")
+    _osrel(esp, "EFI/Linux/active+3.efi", "ID=kairos\nVERSION_ID=2\nIMAGE_ID=kairos-1-active\n")
+    _osrel(esp, "EFI/Linux/passive+3.efi", "ID=kairos\nVERSION_ID=1\nIMAGE_ID=kairos-2-passive\n")
+    before, dirs = tree(esp), _dirs(esp)
+    rc = _main(["sysext", "install", str(built["ID=kairos\nVERSION_ID=1\n"]), "--esp", str(esp), *_node(tmp_path)])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 1
+    assert err[0] == (
+        "bootkeeper: error: k3s.raw: built for VERSION_ID=1, EFI/Linux/active+3.efi boots kairos VERSION_ID=2; "
+        "nothing was installed"
+    )
+    assert "(--entry passive)" in err[1]
+    assert tree(esp) == before and _dirs(esp) == dirs
+
+
+def test_an_entry_without_osrel_is_judged_against_the_nodes_os_release(
+    tmp_path: Path, built: _Images, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'efi /EFI/kairos/vmlinuz' (a plain EFI-stub kernel, no .osrel): the node's os-release under
+    ROOT stands in, as activate uses at boot; without one, a warning says nothing was checked."""
+    esp = scratch.make(tmp_path / "esp", roles=(Role.ACTIVE, Role.PASSIVE), efi_key_roles=(Role.ACTIVE, Role.PASSIVE))
+    before, dirs = tree(esp), _dirs(esp)
+    src = built["ID=kairos\nVERSION_ID=1\n"]
+    node = _node(tmp_path, "ID=kairos\nVERSION_ID=2\n")
+    root = node[-1]
+    rc = _main(["sysext", "install", str(src), "--esp", str(esp), *node])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 1
+    assert (
+        f"bootkeeper: warning: active: EFI/kairos/vmlinuz has no .osrel; k3s.raw is checked against the "
+        f"os-release under {root}" in err
+    )
+    assert (
+        "bootkeeper: error: k3s.raw: built for VERSION_ID=1, loader/entries/active+3.conf boots EFI/kairos/vmlinuz, "
+        f"which has no .osrel; the os-release under {root} is kairos VERSION_ID=2; "
+    ) in err[-2]
+    assert tree(esp) == before and _dirs(esp) == dirs
+    (Path(root) / "etc/os-release").unlink()
+    rc = _main(["sysext", "install", str(src), "--esp", str(esp), *node])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 0
+    assert (
+        "bootkeeper: warning: passive: EFI/kairos/vmlinuz has no .osrel; k3s.raw is not checked against any OS" in err
+    )

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bootkeeper.assess import lint
+from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
 from helpers import entry_body, esp_with, fake_efivars
 
@@ -395,3 +396,73 @@ def test_rendered_active_condition_is_the_generators_rule(tmp_path: Path, booted
     assert ran == generator.failure_reboots(value, None, tries)[0]
     var.unlink()  # not counting: never
     assert subprocess.run(["sh", "-c", cond], check=False).returncode != 0
+
+
+# --- BK209: the menu order of Type #2 UKIs --------------------------------------------------------
+
+ROLE_NAMES = ("active", "passive", "recovery", "statereset")
+
+
+def _type2_esp(root: Path, osrel: dict[str, str], counters: dict[str, str] | None = None) -> Path:
+    """EFI/Linux/<role>+3.efi stand-in UKIs with the given .osrel per role (no Type #1 entries)."""
+    (root / "EFI/Linux").mkdir(parents=True)
+    (root / "loader").mkdir()
+    (root / "loader/loader.conf").write_text("timeout 0\n")
+    for role, text in osrel.items():
+        name = f"{role}{(counters or {}).get(role, '+3')}.efi"
+        (root / "EFI/Linux" / name).write_bytes(scratch.stand_in_uki(((b".osrel", text.encode()),)))
+    return root
+
+
+SAME = {r: "ID=kairos\nVERSION_ID=2\n" for r in ROLE_NAMES}
+BY_IMAGE_ID = {r: f"ID=kairos\nIMAGE_ID=kairos-{i + 1}-{r}\nVERSION_ID=2\n" for i, r in enumerate(ROLE_NAMES)}
+BY_VERSION = {r: f"ID=kairos\nIMAGE_VERSION={4 - i}\n" for i, r in enumerate(ROLE_NAMES)}
+
+
+@pytest.mark.parametrize(
+    ("osrel", "counters", "bk209"),
+    [
+        (SAME, None, True),  # one sort key, one version: the file names decide, last first
+        ({**SAME, "active": "ID=kairos\nVERSION_ID=1\n"}, None, True),  # the issue: old active kept a newer version
+        ({**BY_VERSION, "passive": "ID=kairos\nIMAGE_VERSION=5\n"}, None, True),
+        (BY_IMAGE_ID, None, False),
+        (BY_VERSION, None, False),
+        (SAME, {"active": "+3", "passive": "+0-3", "recovery": "+0-3", "statereset": "+0-3"}, False),  # bad: last
+        (BY_IMAGE_ID, {"passive": "+0-3"}, False),
+    ],
+)
+def test_esp_type2_menu_order_is_not_the_role_order(
+    tmp_path: Path, osrel: dict[str, str], counters: dict[str, str] | None, bk209: bool
+) -> None:
+    """BK209 per layout: the UKIs' .osrel decides their order, and bootkeeper cannot rewrite it.
+    Before: lint --esp reported none of these (only arm warned)."""
+    esp = _type2_esp(tmp_path / "esp", osrel, counters)
+    found, rc, doc = codes("--esp", str(esp), "--systemd-boot-version", "257")
+    assert found == (["BK209"] if bk209 else []) and rc == (1 if bk209 else 0)
+    if bk209:
+        f = doc["findings"][0]
+        assert f["severity"] == "error" and f["file"] == f"{esp}/EFI/Linux"
+        assert "IMAGE_ID, else ID" in f["message"] and "IMAGE_VERSION, else VERSION, VERSION_ID" in f["message"]
+        assert f["fix"].startswith("bootkeeper cannot rewrite a UKI's .osrel: build the UKIs so that it orders them")
+        assert "Type #1 entries with sort-key" in f["fix"]
+
+
+def test_esp_type2_order_names_the_ukis_and_their_keys(tmp_path: Path) -> None:
+    esp = _type2_esp(tmp_path / "esp", {**SAME, "active": "ID=kairos\nVERSION_ID=1\n"})
+    _, _, doc = codes("--esp", str(esp), "--systemd-boot-version", "257")
+    msg = doc["findings"][0]["message"]
+    assert msg.startswith(
+        "the UKIs boot in the order statereset+3.efi → recovery+3.efi → passive+3.efi → active+3.efi, not the role "
+        "order: statereset+3.efi boots before recovery+3.efi."
+    )
+    assert msg.endswith(
+        "statereset+3.efi: sort key 'kairos', version '2'; recovery+3.efi: sort key 'kairos', version '2'; "
+        "passive+3.efi: sort key 'kairos', version '2'; active+3.efi: sort key 'kairos', version '1'"
+    )
+
+
+def test_esp_type1_uki_layout_has_no_type2_order_finding(tmp_path: Path) -> None:
+    """Kairos's UKIs in EFI/kairos/, booted from Type #1 entries with sort keys: their .osrel
+    (one ID, one VERSION_ID) orders nothing."""
+    esp = scratch.make(tmp_path / "esp", ukis=True)
+    assert "BK209" not in esp_codes(esp)

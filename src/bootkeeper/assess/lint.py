@@ -21,7 +21,8 @@ from bootkeeper.assess.chain import default_can_pin
 from bootkeeper.assess.nodestatus import Temporary
 from bootkeeper.config import BootAssessment
 from bootkeeper.errors import BootkeeperError, EspError, ParseError
-from bootkeeper.esp.entries import TYPE1_DIR, Entry, EntryKind, LoaderType, Role
+from bootkeeper.esp import entries as entries_mod
+from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, EntryKind, LoaderType, Role
 from bootkeeper.esp.sdboot import SdBoot
 from bootkeeper.esp.store import EspStore, Snapshot
 
@@ -417,6 +418,39 @@ def _loader_key_findings(snap: Snapshot, esp: str, store: EspStore | None) -> li
     return out
 
 
+def _type2_order_finding(snap: Snapshot, esp: str) -> Finding | None:
+    """BK209: the menu order of the role UKIs in EFI/Linux/ (the bad ones aside, which sort last) is
+    not active, passive, recovery, statereset. systemd-boot takes their order from each file's
+    ``.osrel`` (:func:`entries.compare`), which bootkeeper does not write and cannot rewrite."""
+    ukis = [
+        e
+        for e in entries_mod.menu_order(list(snap.entries), snap.sdboot)
+        if e.kind is EntryKind.TYPE2
+        and e.profile == 0
+        and e.role is not None
+        and e.state is not entries_mod.EntryState.BAD
+    ]
+    ranks = [e.role.rank for e in ukis if e.role is not None]
+    if ranks == sorted(ranks):
+        return None
+    first = next(i for i in range(1, len(ukis)) if ranks[i] < ranks[i - 1])
+    ahead, behind = ukis[first - 1], ukis[first]
+    keys = "; ".join(f"{e.file_name}: sort key {e.sort_key!r}, version {e.version!r}" for e in ukis)
+    return Finding(
+        "BK209",
+        Severity.ERROR,
+        f"{esp}/{TYPE2_DIR}",
+        None,
+        f"the UKIs boot in the order {' → '.join(e.file_name for e in ukis)}, not the role order: "
+        f"{ahead.file_name} boots before {behind.file_name}. systemd-boot orders them by the sort key of their "
+        f".osrel (IMAGE_ID, else ID), then its version (IMAGE_VERSION, else VERSION, VERSION_ID, BUILD_ID; newest "
+        f"first), then the file name (last first): {keys}",
+        "bootkeeper cannot rewrite a UKI's .osrel: build the UKIs so that it orders them (IMAGE_IDs that sort in "
+        "role order, or one IMAGE_ID and versions that fall in role order), or move them out of EFI/Linux/ and "
+        "boot them from Type #1 entries with sort-key 1-active … 4-statereset, which 'bootkeeper arm' writes",
+    )
+
+
 def _open_store(esp: str) -> EspStore | None:
     try:
         return EspStore(Path(esp))
@@ -439,6 +473,8 @@ def lint_esp(
     out: list[Finding] = []
     listed = [e for e in snap.entries if e.listed]
     out += _loader_key_findings(snap, esp, store if store is not None else _open_store(esp))
+    if (order := _type2_order_finding(snap, esp)) is not None:
+        out.append(order)
     for e in listed:
         if e.role is not None and e.counted and e.read_only:
             out.append(

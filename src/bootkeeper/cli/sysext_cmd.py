@@ -270,7 +270,11 @@ def _entry_option(f: Any) -> Any:
 @click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--name", default=None, help="File name on the ESP (default: IMAGE's own name).")
 @_entry_option
-@click.option("--force", is_flag=True, help="Install even if validation fails (logged).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Install even if validation fails or an entry's OS would refuse it at boot (logged).",
+)
 @esp_option
 @config_option
 @root_option
@@ -285,7 +289,10 @@ def install(
     root: Path,
     as_json: bool,
 ) -> None:
-    """Copy IMAGE into EFI/<vendor>/<entry>.efi.extra.d/ for the entries that should load it."""
+    """Copy IMAGE into EFI/<vendor>/<entry>.efi.extra.d/ for the entries that should load it.
+
+    Refused (nothing written) unless IMAGE validates and its extension-release fits the OS each of
+    those entries boots (its UKI's .osrel; without one, ROOT's os-release)."""
     from bootkeeper.errors import NotApplicableError, ParseError
     from bootkeeper.esp.store import EspStore
     from bootkeeper.sysext import deploy
@@ -302,15 +309,20 @@ def install(
     if not chosen:
         raise NotApplicableError(f"{name}: {why}, but none of those entries is on the ESP")
     anchors = _anchors(cfg, root)
+    from bootkeeper.sysext.activate import host_os_release
 
-    def check(staged: Path) -> Any:
+    node_fields = host_os_release(root)
+    node = (f"the os-release under {root}", node_fields) if node_fields is not None else None
+
+    def check(staged: Path) -> tuple[Any, list[Any], list[Any]]:
         # the copy that is renamed into place, not the source (which could be swapped meanwhile)
+        from bootkeeper.errors import BootkeeperError
+        from bootkeeper.sysext import image
+
         bar.close()
         v = _validate_for(cfg, anchors, staged, full=True, name=name)
         if not v.ok:
             if not force:
-                from bootkeeper.errors import BootkeeperError
-
                 raise BootkeeperError(
                     f"{image_path}: refused under policy {cfg.sysext.policy}: {'; '.join(v.reasons)}; "
                     "nothing was installed",
@@ -318,15 +330,44 @@ def install(
                 )
             msg = f"installing {name} with --force although it fails validation: {'; '.join(v.reasons)}"
             click.echo(f"bootkeeper: warning: {msg}", err=True)
-        return v
+        # read under the ESP lock: the UKIs the targets boot now, judged as systemd-sysext will at boot
+        oses = [deploy.target_os(store, t, node) for t in chosen]
+        for o in oses:
+            if not o.from_uki:
+                what = f"checked against {o.source}" if o.fields is not None else "not checked against any OS"
+                click.echo(
+                    f"bootkeeper: warning: {o.target.entry}: {o.target.uki} has no .osrel; {name} is {what}",
+                    err=True,
+                )
+        rels = [r for r in image.inspect(staged, name).release.values() if not isinstance(r, str)]
+        bad = deploy.misfits(name, rels, oses, image.host_architecture())
+        if bad and not force:
+            misfit = {m.os.target.entry for m in bad}
+            fits = [t.entry for t in chosen if t.entry not in misfit]
+            where = f"install it only where it fits (--entry {' --entry '.join(fits)}), " if fits else ""
+            raise BootkeeperError(
+                "; ".join(m.line for m in bad) + "; nothing was installed",
+                hint=f"build {name} for the OS of that entry, {where}or pass --force to install it anyway",
+            )
+        for m in bad:
+            click.echo(f"bootkeeper: warning: installing {name} with --force although {m.line}", err=True)
+        return v, oses, bad
 
     bar = _Bar(f"copying {name}")
     try:
-        p, v = deploy.install(store, image_path, name, chosen, why, check, progress=bar)
+        p, (v, oses, bad) = deploy.install(store, image_path, name, chosen, why, check, progress=bar)
     finally:
         bar.close()
     if as_json:
-        print_json({**p.as_json(), "validation": v.as_json(), "forced": force and not v.ok})
+        print_json(
+            {
+                **p.as_json(),
+                "validation": v.as_json(),
+                "os": [o.as_json() for o in oses],
+                "misfits": [m.as_json() for m in bad],
+                "forced": force and (not v.ok or bool(bad)),
+            }
+        )
         return
     for t in p.write:
         click.echo(f"{t.entry}: {t.extra_dir}/{name} written")

@@ -17,6 +17,15 @@ files and leaves the ESP as it was; temporaries a killed run left are removed by
 What is validated is what lands: the source is opened once, copied to the first temporary, and that
 copy is validated (under the image's final name); the other copies are made from it. A source swapped
 or rewritten after it was opened never reaches the ESP (activate works the same way at boot).
+
+Each target's OS: systemd-sysext judges an extension at boot against the os-release of the OS that
+booted, which is the ``.osrel`` of the UKI the entry runs. The staged copy's extension-release is
+checked against it with :func:`release.check` (the same rule activate and validate use); a UKI
+without a readable ``.osrel`` (an ``efi`` entry naming a plain EFI-stub kernel) is checked against
+the node's os-release under ROOT, as activate does; with neither, only what needs no OS is checked.
+Entries with ``linux`` lines are no targets at all (no stub reads ``.extra.d`` for them). An image
+that does not fit one target's OS is refused for all (nothing is written, the ESP is as it was):
+``--entry`` then installs it where it fits.
 """
 
 from __future__ import annotations
@@ -25,16 +34,20 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bootkeeper import fsutil
-from bootkeeper.errors import StoreIOError, UsageError
+from bootkeeper.errors import ParseError, StoreIOError, UsageError
 from bootkeeper.esp import counter as counter_mod
+from bootkeeper.esp import pe
 from bootkeeper.esp.entries import EntryKind, LoaderType, Role
 from bootkeeper.esp.store import EspStore, Snapshot
+
+if TYPE_CHECKING:
+    from bootkeeper.sysext.release import Release
 
 EXTRA_SUFFIX = ".extra.d"
 DEFAULT_ROLES = (Role.ACTIVE.value, Role.PASSIVE.value)
@@ -121,6 +134,87 @@ def select(
     return [t for t in available if t.entry in DEFAULT_ROLES], "no rule names it: active and passive"
 
 
+@dataclass(frozen=True)
+class TargetOs:
+    """The OS a target boots, as systemd-sysext sees it there: ``fields`` of its os-release (None:
+    unknown), read from ``source`` (``EFI/kairos/active.efi .osrel``, ``ROOT/etc/os-release``)."""
+
+    target: Target
+    fields: dict[str, str] | None
+    source: str
+    from_uki: bool
+
+    def describe(self) -> str:
+        """``kairos VERSION_ID=2``: the fields an extension is judged by."""
+        f = self.fields or {}
+        out = f.get("ID") or "an OS without ID"
+        if f.get("ID_LIKE"):
+            out += f" (like {f['ID_LIKE']})"
+        for k in ("VERSION_ID", "SYSEXT_LEVEL"):
+            if f.get(k):
+                out += f" {k}={f[k]}"
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {"entry": self.target.entry, "source": self.source or None, "os_release": self.fields}
+
+
+def target_os(store: EspStore, t: Target, node: tuple[str, dict[str, str]] | None) -> TargetOs:
+    """Read the ``.osrel`` of ``t``'s UKI; without one, the node's os-release ``node`` (its path and
+    fields) stands in."""
+    from bootkeeper.sysext.release import parse_release
+
+    try:
+        raw = pe.read_osrel(store.path(t.uki))
+    except (OSError, ParseError):
+        raw = None  # not a PE (a plain kernel named by 'efi' is one; a broken file is not loaded either)
+    if raw is not None:
+        return TargetOs(t, parse_release(raw.decode("utf-8", "replace")), f"{t.uki} .osrel", True)
+    if node is not None:
+        return TargetOs(t, node[1], node[0], False)
+    return TargetOs(t, None, "", False)
+
+
+@dataclass(frozen=True)
+class Misfit:
+    """An image whose extension-release the OS of ``os.target`` refuses, and the line that says so."""
+
+    os: TargetOs
+    reason: str  # release.check's, e.g. "VERSION_ID=1, the host has 2"
+    line: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"entry": self.os.target.entry, "via": self.os.target.via, "reason": self.reason, "message": self.line}
+
+
+_FIELD = re.compile(r"(?:ID|VERSION_ID|SYSEXT_LEVEL)=[^,]*")
+
+
+def misfits(name: str, releases: list[Release], oses: list[TargetOs], arch: str) -> list[Misfit]:
+    """Per target, whether systemd-sysext on the OS it boots would merge an image with these
+    extension-releases. What fails whatever the OS (scope, architecture, no ID, an OS image) is
+    validation's to report, once, and not repeated here."""
+    from bootkeeper.sysext import release
+
+    out: list[Misfit] = []
+    for o in oses:
+        if o.fields is None:
+            continue
+        for rel in releases:
+            if release.check(rel, None, arch) is not None:
+                continue
+            why = release.check(rel, o.fields, arch)
+            if why is None:
+                continue
+            boots = f"{o.target.via} boots {o.describe()}"
+            if not o.from_uki:
+                boots = f"{o.target.via} boots {o.target.uki}, which has no .osrel; {o.source} is {o.describe()}"
+            m = _FIELD.match(why)
+            line = f"{name}: built for {m.group(0)}, {boots}" if m else f"{name}: {why}; {boots}"
+            out.append(Misfit(o, why, line))
+    return out
+
+
 def _sha256_fd(fd: int, size: int) -> str:
     import hashlib  # not at import time: status imports this module on the boot path
 
@@ -197,6 +291,22 @@ def _refuse_links(store: EspStore, t: Target) -> None:
 V = TypeVar("V")
 
 
+@contextlib.contextmanager
+def _removed_unless_done(store: EspStore, made: list[Path]) -> Iterator[None]:
+    """A refused or failed install leaves the ESP as it was: the empty folders it made go too
+    (after the temporaries, which the inner ExitStack removes first). Best effort: a folder that
+    cannot be removed is empty, and systemd-stub reads nothing from it."""
+    try:
+        yield
+    except BaseException:
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                store.step(f"rmdir:{d.name}")
+                os.rmdir(d)
+                fsutil.fsync_dir(d.parent, store.step)
+        raise
+
+
 def open_source(src: Path) -> int:
     """The image to install, opened once: every later read (plan, copy) goes through this
     descriptor, never through the path again."""
@@ -228,8 +338,9 @@ def install(
         _refuse_links(store, t)
     sfd = open_source(src)
     where = f"{store.root}: installing {name}"
+    made: list[Path] = []  # the .extra.d folders this run creates: removed again when it fails
     try:
-        with store.transaction(), contextlib.ExitStack() as temps:
+        with store.transaction(), _removed_unless_done(store, made), contextlib.ExitStack() as temps:
             p = plan(store, sfd, name, chosen, why)
             check_space(store, p)
             if not p.write:
@@ -237,6 +348,8 @@ def install(
             staged: list[tuple[Path, Path]] = []
             first_fd = -1
             for t in p.write:
+                if not store.path(t.extra_dir).exists():
+                    made.append(store.path(t.extra_dir))
                 store.makedirs(t.extra_dir)
                 dest = store.path(f"{t.extra_dir}/{name}")
                 where = f"{dest}: writing"
