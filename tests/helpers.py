@@ -80,3 +80,36 @@ def one_line_error(p: subprocess.CompletedProcess[str], code: int, *words: str) 
     for w in words:
         assert w in lines[0], (w, lines[0])
     return lines[0]
+
+
+def uki(osrel: str, *, linux: bool = True, tag: str = "") -> bytes:
+    """A stand-in UKI (a PE with ``.osrel`` and, unless told, ``.linux``): what upgrade's gate and the
+    model read; ``tag`` makes two UKIs with the same ``.osrel`` differ in their bytes."""
+    from bootkeeper.esp import scratch
+
+    sections = [(b".osrel", osrel.encode())]
+    if linux:
+        sections.insert(0, (b".linux", f"kernel {tag}".encode()))
+    return scratch.stand_in_uki(tuple(sections))
+
+
+def signed_extension(out: Path, key: object, cert: object, os_release: dict[str, str] | None = None) -> Path:
+    """A real signed sysext (erofs, verity, PKCS#7) named ``out``; ``os_release`` decides its
+    extension-release (ID, VERSION_ID), None gives ``ID=_any``."""
+    from bootkeeper.sysext import image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t = out.parent / f"{out.name}.tree"
+    (t / "usr/bin").mkdir(parents=True, exist_ok=True)
+    (t / "usr/bin" / out.name.split(".")[0]).write_bytes(out.name.encode() * 100)
+    return image.build(t, out, key, cert, os_release=os_release)  # type: ignore[arg-type]
+
+
+def extra_sets(root: Path, folder: str) -> dict[str, dict[str, bytes]]:
+    """Every ``*.extra.d`` folder under ``folder`` with its images' bytes."""
+    d = root / folder
+    return {
+        x.name: {p.name: p.read_bytes() for p in sorted(x.iterdir()) if p.name.endswith(".raw")}
+        for x in sorted(d.iterdir())
+        if x.is_dir() and x.name.endswith(".extra.d")
+    }

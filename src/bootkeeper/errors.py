@@ -1,7 +1,8 @@
 """Typed exceptions. Each carries a one-line user message and the exit code the CLI uses.
 
 Exit codes (documented in README.md):
-  0 success, 1 unexpected failure, 2 usage error, 3 nothing to act on / state not determinable,
+  0 success, 1 a refusal (RefusedError: upgrade's gate) or unexpected failure, 2 usage error,
+  3 nothing to act on / state not determinable,
   4 malformed input (a file or value at fault), 5 ESP busy (another run holds the lock),
   6 I/O or external command failure (remount, rename, fsync).
 """
@@ -21,6 +22,13 @@ class BootkeeperError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class RefusedError(BootkeeperError):
+    """A check refused the request before anything was changed (``upgrade``'s gate); the message gives
+    one reason per thing at fault."""
+
+    exit_code = 1
 
 
 class UsageError(BootkeeperError):

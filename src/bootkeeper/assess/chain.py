@@ -300,6 +300,16 @@ def _check_unique(role: Role, found: list[Entry]) -> None:
             )
 
 
+def role_entries(entries: tuple[Entry, ...]) -> dict[Role, list[Entry]]:
+    """The entry files of each role (upgrade's sets start from these)."""
+    return _by_role(entries)
+
+
+def check_unique(role: Role, found: list[Entry]) -> None:
+    """Refuse two entries of one role and kind (which one would boot is a matter of names)."""
+    _check_unique(role, found)
+
+
 def _rewrite_problems(e: Entry) -> list[str]:
     """The entry's problems except those about its loader key, which :func:`plan_key` deals with."""
     return [p for p in e.problems if not _EFI_PROBLEM.match(p) and not _UKI_IGNORED.match(p)]

@@ -61,7 +61,9 @@ def arm(
 def rotate(
     new_entry: Path, esp: Path | None, sdboot_version: str | None, config_files: tuple[Path, ...], as_json: bool
 ) -> None:
-    """Install NEW_ENTRY (.conf or UKI .efi) as active; the old active becomes passive, fresh counter."""
+    """Install NEW_ENTRY (.conf or UKI .efi) as active; the old active becomes passive, fresh counter.
+
+    To install a whole new OS (UKI and its extensions, the old one kept as the fallback), use 'upgrade'."""
     from bootkeeper.assess import chain
     from bootkeeper.esp.store import EspStore
 

@@ -21,6 +21,10 @@ VERBS = {
     "bless": ("bootkeeper.cli.bless_cmd:bless", "Mark the booted entry good, bad or indeterminate."),
     "arm": ("bootkeeper.cli.chain_cmd:arm", "Give entries fresh boot counters and fallback sort keys."),
     "rotate": ("bootkeeper.cli.chain_cmd:rotate", "Install a new active entry; the old active becomes passive."),
+    "upgrade": (
+        "bootkeeper.cli.upgrade_cmd:upgrade",
+        "A new OS: the old active's UKI and extensions become passive; gated before the first write.",
+    ),
     "select": ("bootkeeper.cli.select_cmd:select", "Pin an entry: the next boot, or until cleared while it has tries."),
     "simulate": ("bootkeeper.cli.simulate_cmd:simulate", "Run boots with injected faults on a scratch ESP."),
     "demo": ("bootkeeper.cli.demo_cmd:demo", "Full demonstration on a scratch ESP in a temporary folder."),

@@ -1,0 +1,237 @@
+"""``bootkeeper upgrade NEW.efi``: a new OS as one transaction over role sets, gated before the first write.
+
+The gate is where assess and sysext meet (DESIGN.md): the plan and the order check come from
+``assess/upgrade.py``; each extension the new set will load is validated here as ``sysext install`` does
+(configured policy and trust anchors), with the new UKI's ``.osrel`` as the host's os-release.
+"""
+
+from __future__ import annotations
+
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bootkeeper.cli.common import (
+    config_option,
+    esp_option,
+    find_esp,
+    json_option,
+    load_config,
+    print_json,
+    root_option,
+    version_option,
+)
+
+
+@dataclass(frozen=True)
+class ExtVerdict:
+    name: str
+    source: str
+    carried: bool
+    ok: bool
+    reasons: tuple[str, ...]
+    signer: str | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "carried": self.carried,
+            "verdict": "ok" if self.ok else "refused",
+            "reasons": list(self.reasons),
+            "signer": self.signer,
+        }
+
+
+def _judge(cfg: Any, root: Path, plan: Any, host: dict[str, str], show: Any) -> list[ExtVerdict]:
+    from bootkeeper.cli.sysext_cmd import _anchors
+    from bootkeeper.sysext import image, policy
+
+    if not plan.extensions:
+        return []
+    pol = policy.parse(cfg.sysext.policy, "sysext.policy")
+    anchors = _anchors(cfg, root)
+    out = []
+    for x in plan.extensions:
+        v = image.validate(x.source, pol, anchors, full=True, os_release=host, name=x.name)
+        out.append(ExtVerdict(x.name, show(str(x.source)), x.carried, v.ok, tuple(v.reasons), v.signer))
+    return out
+
+
+def _private(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` in bootkeeper's own temporary folder, read through one descriptor."""
+    import os
+
+    from bootkeeper import fsutil
+    from bootkeeper.errors import ParseError
+
+    try:
+        sfd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ParseError(f"{src}: cannot read ({exc.strerror})") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(sfd).st_mode):
+            raise ParseError(f"{src}: not a regular file")
+        dst.parent.mkdir(mode=0o700)
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fsutil.copy_into(sfd, fd, os.fstat(sfd).st_size)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(sfd)
+    return dst
+
+
+@click.command()
+@click.argument("new_uki", metavar="NEW.efi", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--extension",
+    "extensions",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="An extension image for the new OS; repeatable. Replaces a carried one of the same extension name.",
+)
+@click.option("--recovery", is_flag=True, help="Replace the recovery set instead; active and passive stay.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and the gate; write nothing.")
+@click.option("--force", is_flag=True, help="Go on although extensions or the menu order fail the gate (logged).")
+@esp_option
+@config_option
+@version_option
+@root_option
+@json_option
+def upgrade(
+    new_uki: Path,
+    extensions: tuple[Path, ...],
+    recovery: bool,
+    dry_run: bool,
+    force: bool,
+    esp: Path | None,
+    config_files: tuple[Path, ...],
+    sdboot_version: str | None,
+    root: Path,
+    as_json: bool,
+) -> None:
+    """Install NEW.efi as active: the old active's set (UKI, extensions) becomes passive, the old passive goes.
+
+    Refused (exit 1, nothing changed) unless NEW.efi is a UKI, every extension it will load validates and
+    matches its .osrel, and (Type #2) the menu order stays active, passive, recovery, statereset."""
+    from bootkeeper.errors import ParseError, UsageError
+    from bootkeeper.sysext import deploy
+
+    cfg = load_config(config_files, root)
+    for x in extensions:
+        if not x.is_file():
+            raise ParseError(f"{x}: not a readable file")
+    names = [deploy.check_name(x.name) for x in extensions]
+    stems = [deploy.image_stem(n) for n in names]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise UsageError(f"--extension: more than one image named {', '.join(twice)}")
+    with tempfile.TemporaryDirectory(prefix="bootkeeper-upgrade-") as tmp:
+        # what is judged is what lands: the gate reads private copies (0700), and the ESP gets those bytes
+        priv = Path(tmp)
+        shown = {str(priv / "new" / new_uki.name): str(new_uki)}
+        shown.update({str(priv / str(i) / n): str(x) for i, (n, x) in enumerate(zip(names, extensions, strict=True))})
+        new_copy = _private(new_uki, priv / "new" / new_uki.name)
+        added = [(n, _private(x, priv / str(i) / n)) for i, (n, x) in enumerate(zip(names, extensions, strict=True))]
+        _upgrade(cfg, root, new_copy, added, shown, (recovery, dry_run, force, as_json), esp, sdboot_version)
+
+
+def _upgrade(
+    cfg: Any,
+    root: Path,
+    new_uki: Path,
+    added: list[tuple[str, Path]],
+    shown: dict[str, str],
+    flags: tuple[bool, bool, bool, bool],
+    esp: Path | None,
+    sdboot_version: str | None,
+) -> None:
+    """The gate and the transaction, on private copies; ``shown``: copy -> the path the user gave."""
+    from bootkeeper.assess import upgrade as up
+    from bootkeeper.errors import RefusedError
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.sysext import deploy, release
+
+    recovery, dry_run, force, as_json = flags
+
+    def show(text: str) -> str:
+        for copy, given in shown.items():
+            text = text.replace(copy, given)
+        return text
+
+    uki = up.check_uki(new_uki)
+    if not uki.ok:  # never overridden: the boot loader could not start it
+        raise RefusedError(show(f"upgrade refused: {uki.reason}; nothing was changed"))
+    digests = {str(new_uki): up.sha256(new_uki)}  # what was judged is what lands
+    store = EspStore(find_esp(esp))
+    snap = store.snapshot(sdboot_version)
+
+    def make(s: Any) -> Any:
+        return up.plan(store, s, cfg.boot_assessment, new_uki, added, deploy.image_stem, recovery=recovery)
+
+    plan = make(snap)
+    verdicts = _judge(cfg, root, plan, release.parse_release(uki.text), show)
+    digests.update({str(x.source): up.sha256(x.source) for x in plan.extensions})
+    order = up.order_check(store, snap, plan, uki.text.encode())
+    reasons = [f"{v.name}: {r}" for v in verdicts for r in v.reasons]
+    reasons += list(order.reasons)
+    forced = bool(reasons) and force
+    gate = {
+        "verdict": "ok" if not reasons else ("forced" if forced else "refused"),
+        "uki": {"path": show(str(new_uki)), **uki.as_json()},
+        "extensions": [v.as_json() for v in verdicts],
+        "order": order.as_json(),
+        "forced": forced,
+    }
+
+    def report(result: str) -> None:
+        if as_json:
+            print_json(
+                {
+                    "layout": plan.layout.value,
+                    "role": plan.role.value,
+                    "actions": [show(op.line()) for op in plan.ops],
+                    "gate": gate,
+                    "warnings": plan.warnings,
+                    "result": result,
+                }
+            )
+            return
+        click.echo(f"gate: {show(str(new_uki))}: a UKI ({', '.join(f'{k}={v}' for k, v in uki.osrel.items())})")
+        for v in verdicts:
+            where = "carried" if v.carried else "--extension"
+            state = f"ok, signed by {v.signer}" if v.ok else f"refused: {'; '.join(v.reasons)}"
+            click.echo(f"gate: {v.name} ({where}): {state}")
+        if order.order:
+            click.echo(f"gate: menu order after the upgrade: {' → '.join(order.order)}")
+        for op in plan.ops:
+            click.echo(("would " if result == "dry-run" else "") + show(op.line()))
+        click.echo(f"result: {result}")
+
+    for w in plan.warnings:
+        click.echo(f"bootkeeper: warning: {w}", err=True)
+    if plan.done:
+        if not as_json:
+            click.echo(f"{show(str(new_uki))} is the active UKI already: nothing to do")
+        report("unchanged")
+        return
+    if reasons and not force:
+        if as_json or dry_run:
+            report("refused")
+        raise RefusedError(
+            show("upgrade refused: " + "; ".join(reasons) + "; nothing was changed"),
+            hint="build the extensions for the new OS (or pass --force to upgrade anyway; it is logged)",
+        )
+    if forced:
+        click.echo(show(f"bootkeeper: warning: upgrading with --force although: {'; '.join(reasons)}"), err=True)
+    if dry_run:
+        report("dry-run")
+        return
+    up.apply(store, make, plan, sdboot_version=sdboot_version, digests=digests)
+    report("upgraded")
