@@ -16,7 +16,7 @@ import pytest
 from bootkeeper.errors import StoreIOError, UsageError
 from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
-from bootkeeper.esp.store import EspStore
+from bootkeeper.esp.store import SPACE_MARGIN, EspStore
 from bootkeeper.sysext import deploy, image, policy, signature
 from helpers import tree
 
@@ -305,7 +305,7 @@ def test_kill_9_mid_install_leaves_a_temporary_the_next_install_removes(tmp_path
 
     mnt = tmp_path / "small"
     mnt.mkdir()
-    room_kib = (2 * size + deploy.SPACE_MARGIN + (1 << 20)) // 1024  # two copies and the margin, not three
+    room_kib = (2 * size + SPACE_MARGIN + (1 << 20)) // 1024  # two copies and the margin, not three
     script = f"""
 mount -t tmpfs -o size={room_kib}k tmpfs {mnt}
 cp -a {esp}/. {mnt}/

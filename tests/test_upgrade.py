@@ -18,7 +18,7 @@ from bootkeeper.assess import upgrade as up
 from bootkeeper.config import BootAssessment
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import scratch
-from bootkeeper.esp.entries import Role
+from bootkeeper.esp.entries import Role, extra_dir
 from bootkeeper.esp.store import EspStore
 from bootkeeper.sysext import deploy, signature
 from helpers import extra_sets, signed_extension, tree, uki
@@ -142,9 +142,7 @@ def booted(esp: Path, version: int = 252) -> tuple[bytes, dict[str, bytes]]:
     assert c is not None
     rel = up.uki_of(store, c.entry)
     assert rel is not None
-    return (esp / rel).read_bytes(), extra_sets(esp, rel.rpartition("/")[0]).get(
-        up.extra_dir(rel).rpartition("/")[2], {}
-    )
+    return (esp / rel).read_bytes(), extra_sets(esp, rel.rpartition("/")[0]).get(extra_dir(rel).rpartition("/")[2], {})
 
 
 # --- the transaction ---------------------------------------------------------------------------
@@ -373,7 +371,7 @@ def _invariant(esp: Path, known: dict[bytes, dict[str, bytes]]) -> None:
                 continue
             b = (esp / rel).read_bytes()
             assert b in known, f"{e.path}: an unknown UKI"
-            got = extra_sets(esp, rel.rpartition("/")[0]).get(up.extra_dir(rel).rpartition("/")[2], {})
+            got = extra_sets(esp, rel.rpartition("/")[0]).get(extra_dir(rel).rpartition("/")[2], {})
             assert got == known[b], f"{e.path}: its extension set is half there: {sorted(got)}"
 
 

@@ -68,20 +68,11 @@ from bootkeeper.errors import EspError, NotApplicableError, ParseError, RefusedE
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import edit, pe
 from bootkeeper.esp import entries as entries_mod
-from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, EntryKind, LoaderType, Role
+from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, EntryKind, LoaderType, Role, extra_dir
 from bootkeeper.esp.sdboot import SdBoot
-from bootkeeper.esp.store import EspStore, Snapshot
+from bootkeeper.esp.store import SPACE_MARGIN, EspStore, Snapshot
 
-EXTRA_SUFFIX = ".extra.d"
 STAGE_PREFIX = ".bootkeeper-upgrade-"
-SPACE_MARGIN = 1 << 20  # as sysext install: room for the boot loader's renames and random seed
-
-
-def extra_dir(uki: str) -> str:
-    """The folder systemd-stub reads for the UKI at ESP path ``uki``: its uncounted name + ``.extra.d``."""
-    folder, _, name = uki.rpartition("/")
-    base = counter_mod.parse(name, ".efi").base + EXTRA_SUFFIX
-    return f"{folder}/{base}" if folder else base
 
 
 def _stage_dir(folder: str, role: Role) -> str:
@@ -590,23 +581,11 @@ def _copy(store: EspStore, src: Path, rel: str, digest: str | None) -> None:
         os.close(sfd)
 
 
-def _rmdir(store: EspStore, rel: str) -> None:
-    d = store.path(rel)
-    store.step(f"rmdir:{d.name}")
-    try:
-        d.rmdir()
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise StoreIOError(f"{d}: cannot remove the folder ({exc.strerror})") from exc
-    fsutil.fsync_dir(d.parent, store.step)
-
-
 def _run(store: EspStore, op: Op, digests: Mapping[str, str]) -> None:
     if op.kind is OpKind.UNLINK:
         store.unlink(op.path)
     elif op.kind is OpKind.RMDIR:
-        _rmdir(store, op.path)
+        store.rmdir(op.path)
     elif op.kind is OpKind.MKDIR:
         store.makedirs(op.path)
     elif op.kind is OpKind.COPY:

@@ -202,6 +202,18 @@ class Entry:
         return _replace_name(self, new_name)
 
 
+EXTRA_SUFFIX = ".extra.d"
+
+
+def extra_dir(uki: str) -> str:
+    """The folder systemd-stub reads for the UKI at ESP path ``uki`` (its extensions, credentials):
+    the UKI's name without the boot counter, plus ``.extra.d`` (``active+2-1.efi`` reads
+    ``active.efi.extra.d``; src/boot/stub.c, the loaded image's own path + ``.extra.d``)."""
+    folder, _, name = uki.rpartition("/")
+    base = counter_mod.parse(name, ".efi").base + EXTRA_SUFFIX
+    return f"{folder}/{base}" if folder else base
+
+
 def _replace_name(e: Entry, new_name: str) -> Entry:
     suffix = ".conf" if e.kind is EntryKind.TYPE1 else ".efi"
     return replace(e, path=f"{e.directory}/{new_name}", name=counter_mod.parse(new_name, suffix))

@@ -43,6 +43,7 @@ __all__ = ["TMP_PREFIX", "TMP_SUFFIX", "EspStore", "Snapshot", "is_temporary"]
 LOADER_CONF = "loader/loader.conf"
 SDBOOT_PATHS = ("EFI/systemd/systemd-bootx64.efi", "EFI/BOOT/BOOTX64.EFI")
 MAX_ENTRY_SIZE = 64 * 1024  # a .conf larger than this is not an entry file
+SPACE_MARGIN = 1 << 20  # left free on the ESP by every install: the boot loader's renames and random seed
 Listings = dict[Path, dict[str, str] | None]  # folder -> {lower-case name: name}; None: not listable
 
 
@@ -341,6 +342,19 @@ class EspStore:
         with self._naming(self.root, "cannot read the free space"):
             st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
+
+    def rmdir(self, rel: str) -> None:
+        """Remove an empty folder (gone already: nothing to do), then sync its parent."""
+        d = self.path(rel)
+        self.step(f"rmdir:{d.name}")
+        try:
+            d.rmdir()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreIOError(f"{d}: cannot remove the folder ({exc.strerror})") from exc
+        with self._naming(d.parent, f"{d.name} removed, but cannot sync the folder to disk"):
+            self._fsync_dir(d.parent)
 
     def unlink(self, rel: str) -> None:
         p = self.path(rel)

@@ -41,17 +41,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bootkeeper import fsutil
 from bootkeeper.errors import ParseError, StoreIOError, UsageError
-from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import pe
-from bootkeeper.esp.entries import EntryKind, LoaderType, Role
-from bootkeeper.esp.store import EspStore, Snapshot
+from bootkeeper.esp.entries import EntryKind, LoaderType, Role, extra_dir
+from bootkeeper.esp.store import SPACE_MARGIN, EspStore, Snapshot
 
 if TYPE_CHECKING:
     from bootkeeper.sysext.release import Release
 
-EXTRA_SUFFIX = ".extra.d"
 DEFAULT_ROLES = (Role.ACTIVE.value, Role.PASSIVE.value)
-SPACE_MARGIN = 1 << 20  # keep 1 MiB free on the ESP for the boot loader's renames and random seed
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+~-]*\.raw")
 
 
@@ -89,10 +86,6 @@ class Target:
         return Role.from_stem(self.entry)
 
 
-def _uncounted(file_name: str) -> str:
-    return counter_mod.parse(file_name, ".efi").base
-
-
 def targets(snap: Snapshot, store: EspStore, vendor: str | None = None) -> list[Target]:
     """Every entry that boots a UKI (Type #1 with ``efi``/``uki``, or a Type #2 file)."""
     out: list[Target] = []
@@ -106,11 +99,10 @@ def targets(snap: Snapshot, store: EspStore, vendor: str | None = None) -> list[
             uki = found.relative_to(store.root).as_posix()
         else:
             continue  # a linux/initrd entry has no stub to read .extra.d
-        folder, _, file_name = uki.rpartition("/")
+        folder = uki.rpartition("/")[0]
         if vendor is not None and e.kind is EntryKind.TYPE1 and folder.lower() != f"efi/{vendor}".lower():
             continue
-        extra = f"{folder}/{_uncounted(file_name)}{EXTRA_SUFFIX}" if folder else _uncounted(file_name) + EXTRA_SUFFIX
-        out.append(Target(e.name.stem, uki, extra, e.path))
+        out.append(Target(e.name.stem, uki, extra_dir(uki), e.path))
     return sorted(out, key=lambda t: (t.role.rank if t.role else 99, t.entry, t.extra_dir))
 
 
