@@ -417,13 +417,8 @@ def arm(
 
 
 def _check_type2_order(entries: tuple[Entry, ...], version: SdBoot, res: ChainResult) -> None:
-    ukis = [
-        e
-        for e in entries_mod.menu_order(list(entries), version)
-        if e.kind is EntryKind.TYPE2 and e.role is not None and e.state is not entries_mod.EntryState.BAD
-    ]
-    ranks = [e.role.rank for e in ukis if e.role is not None]
-    if ranks != sorted(ranks):
+    ukis = entries_mod.type2_role_order(list(entries), version)
+    if entries_mod.out_of_role_order(ukis):
         order = " → ".join(e.role.value for e in ukis if e.role is not None)
         res.warnings.append(
             f"{TYPE2_DIR}: UKIs boot in the order {order}; their .osrel IMAGE_ID/ID and VERSION fields decide "

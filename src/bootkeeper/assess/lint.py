@@ -422,19 +422,11 @@ def _type2_order_finding(snap: Snapshot, esp: str) -> Finding | None:
     """BK209: the menu order of the role UKIs in EFI/Linux/ (the bad ones aside, which sort last) is
     not active, passive, recovery, statereset. systemd-boot takes their order from each file's
     ``.osrel`` (:func:`entries.compare`), which bootkeeper does not write and cannot rewrite."""
-    ukis = [
-        e
-        for e in entries_mod.menu_order(list(snap.entries), snap.sdboot)
-        if e.kind is EntryKind.TYPE2
-        and e.profile == 0
-        and e.role is not None
-        and e.state is not entries_mod.EntryState.BAD
-    ]
-    ranks = [e.role.rank for e in ukis if e.role is not None]
-    if ranks == sorted(ranks):
+    ukis = entries_mod.type2_role_order(list(snap.entries), snap.sdboot)
+    pairs = entries_mod.out_of_role_order(ukis)
+    if not pairs:
         return None
-    first = next(i for i in range(1, len(ukis)) if ranks[i] < ranks[i - 1])
-    ahead, behind = ukis[first - 1], ukis[first]
+    ahead, behind = next((a, b) for a, b in pairs if ukis.index(b) == ukis.index(a) + 1)
     keys = "; ".join(f"{e.file_name}: sort key {e.sort_key!r}, version {e.version!r}" for e in ukis)
     return Finding(
         "BK209",

@@ -530,23 +530,16 @@ def order_check(store: EspStore, snap: Snapshot, p: Plan, new_osrel: bytes) -> O
         if e.file_name not in osrels:
             raw = pe.read_osrel(store.path(e.path))
             osrels[e.file_name] = entries_mod.parse_osrel((raw or b"").decode("utf-8", "replace"))
-    ranked = [
-        e
-        for e in entries_mod.menu_order(after, snap.sdboot)
-        if e.role is not None and e.state is not entries_mod.EntryState.BAD and e.listed
-    ]
+    ranked = [e for e in entries_mod.type2_role_order(after, snap.sdboot) if e.listed]
     order = tuple(e.role.value for e in ranked if e.role is not None)
-    reasons = []
-    for i, a in enumerate(ranked):
-        for b in ranked[i + 1 :]:
-            assert a.role is not None and b.role is not None
-            if a.role.rank > b.role.rank:
-                reasons.append(
-                    f"{TYPE2_DIR}/{a.file_name} ({a.role.value}: {_fields(osrels[a.file_name])}) would boot before "
-                    f"{TYPE2_DIR}/{b.file_name} ({b.role.value}: {_fields(osrels[b.file_name])}): the .osrel sort key "
-                    "(IMAGE_ID, else ID) and version (IMAGE_VERSION, VERSION, VERSION_ID, BUILD_ID) decide it, and "
-                    "bootkeeper cannot rewrite them"
-                )
+    reasons = [
+        f"{TYPE2_DIR}/{a.file_name} ({a.role.value}: {_fields(osrels[a.file_name])}) would boot before "
+        f"{TYPE2_DIR}/{b.file_name} ({b.role.value}: {_fields(osrels[b.file_name])}): the .osrel sort key "
+        "(IMAGE_ID, else ID) and version (IMAGE_VERSION, VERSION, VERSION_ID, BUILD_ID) decide it, and "
+        "bootkeeper cannot rewrite them"
+        for a, b in entries_mod.out_of_role_order(ranked)
+        if a.role is not None and b.role is not None
+    ]
     return OrderCheck(not reasons, order, tuple(reasons))
 
 

@@ -567,3 +567,25 @@ def first_auto_boot(order: list[Entry], sdboot_version: Version = None) -> Entry
         if e.may_auto_boot or not sd.fallback_skips_profiles:
             return e
     return None
+
+
+def type2_role_order(entries: list[Entry], sdboot_version: Version = None) -> list[Entry]:
+    """The role UKIs of EFI/Linux in menu order, as the fallback chain sees them: listed, profile 0,
+    not bad (bad ones sort last anyway). Their order comes from each file's ``.osrel``, which
+    bootkeeper cannot rewrite; :func:`out_of_role_order` says whether it is the role order."""
+    return [
+        e
+        for e in menu_order(entries, sdboot_version)
+        if e.kind is EntryKind.TYPE2 and e.profile == 0 and e.role is not None and e.state is not EntryState.BAD
+    ]
+
+
+def out_of_role_order(ukis: list[Entry]) -> list[tuple[Entry, Entry]]:
+    """Every pair (earlier, later) in ``ukis`` where a later role boots first: active, passive,
+    recovery, statereset is the order the fallback chain needs."""
+    return [
+        (a, b)
+        for i, a in enumerate(ukis)
+        for b in ukis[i + 1 :]
+        if a.role is not None and b.role is not None and a.role.rank > b.role.rank
+    ]
