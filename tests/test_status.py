@@ -295,3 +295,66 @@ def test_status_shows_a_one_shot_first_and_the_persistent_pin_after_it(tmp_path:
     assert bk("select", "--clear", *args).returncode == 0
     assert json.loads(bk("status", *args, "--root", str(tmp_path / "root"), "--json").stdout)["pin"] is None
     assert list(ev.iterdir()) == []
+
+
+def test_status_shows_each_roles_os_and_extension_set(tmp_path: Path) -> None:
+    """Each entry that boots a UKI: the OS its ``.osrel`` names and the images in its ``.extra.d``
+    (before: no ``roles`` key, no OS line)."""
+    from helpers import uki
+
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp", ukis=True)
+    (esp / "EFI/kairos/active.efi").write_bytes(
+        uki('PRETTY_NAME="Kairos v3.4.2"\nID=kairos\nVERSION_ID=24.04\nIMAGE_VERSION=v3.4.2\n')
+    )
+    for role, names in (("active", ["k3s.raw", "tools.raw"]), ("passive", ["k3s.raw"])):
+        (esp / f"EFI/kairos/{role}.efi.extra.d").mkdir()
+        for n in names:
+            (esp / f"EFI/kairos/{role}.efi.extra.d/{n}").write_bytes(b"x" * 4096)
+    efivars = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+3.conf")
+    args = ["--root", str(root), "--esp", str(esp), "--efivars", str(efivars)]
+    j = json.loads(bk("status", *args, "--json").stdout)
+    assert [(r["role"], r["uki"], r["os"], r["version"], r["extensions"]) for r in j["roles"]] == [
+        (
+            "active",
+            "EFI/kairos/active.efi",
+            {"PRETTY_NAME": "Kairos v3.4.2", "VERSION_ID": "24.04", "IMAGE_VERSION": "v3.4.2"},
+            "v3.4.2",
+            ["k3s.raw", "tools.raw"],
+        ),
+        ("passive", "EFI/kairos/passive.efi", {"VERSION_ID": "1"}, "1", ["k3s.raw"]),
+        ("recovery", "EFI/kairos/recovery.efi", {"VERSION_ID": "1"}, "1", []),
+        ("statereset", "EFI/kairos/statereset.efi", {"VERSION_ID": "1"}, "1", []),
+    ]
+    assert j["failed_upgrade"] is None and j["upgrades"] == []
+    lines = bk("status", *args).stdout.splitlines()
+    at = lines.index("OS per entry (its UKI's .osrel):")
+    assert lines[at + 1 : at + 3] == [
+        "  active       Kairos v3.4.2 (VERSION_ID=24.04, IMAGE_VERSION=v3.4.2)",
+        "  passive      VERSION_ID=1",
+    ]
+
+
+def test_a_fallback_with_no_recorded_upgrade_names_no_upgrade(tmp_path: Path) -> None:
+    """The fallback line stays the boot history's; without an upgrade record nothing claims one failed."""
+    root, esp, efivars = fallen_back_node(tmp_path)
+    r = bk("status", "--root", str(root), "--esp", str(esp), "--efivars", str(efivars), "--json")
+    j = json.loads(r.stdout)
+    assert j["booted"]["why"]["fallback_from"] and j["failed_upgrade"] is None and j["upgrades"] == []
+    assert (
+        "the upgrade to" not in bk("status", "--root", str(root), "--esp", str(esp), "--efivars", str(efivars)).stdout
+    )
+
+
+def test_failed_upgrade_is_the_last_active_upgrade_not_running() -> None:
+    why = history.Why(False, "passive booted as a fallback", ({"role": "active"},))
+    v1, v2 = history.role_os({"VERSION_ID": "1"}, []), history.role_os({"VERSION_ID": "2"}, [])
+    up = history.Upgrade("b", START, Role.ACTIVE, v1, v2, "upgraded", False)
+    rec = history.Upgrade("b", START + 1, Role.RECOVERY, v1, v2, "upgraded", False)
+    found = history.failed_upgrade([up, rec], Role.PASSIVE, why, {"VERSION_ID": "1"})
+    assert found is not None and found.upgrade is up
+    assert found.text == "the upgrade to 2 (2026-11-18 11:06:40 UTC) failed: running 1 on passive"
+    assert history.failed_upgrade([up], Role.PASSIVE, why, {"VERSION_ID": "2"}) is None  # passive runs v2
+    assert history.failed_upgrade([up], Role.ACTIVE, why, {"VERSION_ID": "1"}) is None
+    assert history.failed_upgrade([up], Role.PASSIVE, history.Why(False, "picked"), {"VERSION_ID": "1"}) is None
+    assert history.failed_upgrade([rec], Role.PASSIVE, why, {"VERSION_ID": "1"}) is None

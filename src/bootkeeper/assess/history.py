@@ -4,12 +4,17 @@ say *why* this entry booted and *when* the entries before it used their tries.
 * ``boot`` (written early in every boot by ``bootkeeper history record``): boot id, time, the booted
   entry as systemd-boot renamed it (``LoaderBootCountPath``, else ``LoaderEntrySelected``), its counter,
   and every entry's name and state as the ESP showed them then;
-* ``verdict`` (written by ``bootkeeper bless``): good / bad / indeterminate / withheld for that boot id.
+* ``verdict`` (written by ``bootkeeper bless``): good / bad / indeterminate / withheld for that boot id;
+* ``upgrade`` (written by ``bootkeeper upgrade`` after the transaction): the role replaced (active or
+  recovery), the OS before and after (``PRETTY_NAME``, ``VERSION_ID``, ``IMAGE_VERSION`` of the two UKIs'
+  ``.osrel``) and both extension sets (name, size, sha256). Readers that predate it skip it without a
+  word (neither ``boot`` nor ``verdict``), so a history with upgrades stays readable by them.
 
 A boot without a verdict did not reach boot-complete.target (or bless failed). Lines are appended with
 ``O_APPEND`` and fsynced; a torn last line after a power cut is skipped with a warning. The file is
 bounded: past :data:`LIMIT` bytes it is rewritten (temporary file, fsync, rename) with the newest
-:data:`KEEP` boots.
+:data:`KEEP` boots and at most :data:`KEEP_UPGRADES` upgrades; an upgrade record holds at most
+:data:`MAX_EXTENSIONS` images per set and :data:`MAX_FIELD` characters per field.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,10 @@ from bootkeeper.esp.store import Snapshot
 HISTORY = "var/lib/bootkeeper/boots.jsonl"
 LIMIT = 256 * 1024
 KEEP = 200
+KEEP_UPGRADES = 10  # with MAX_EXTENSIONS and MAX_FIELD: at most ~200 KiB of upgrades
+MAX_EXTENSIONS = 32
+MAX_FIELD = 200
+OS_FIELDS = ("PRETTY_NAME", "VERSION_ID", "IMAGE_VERSION")
 # Times are POSIX seconds that time.gmtime() can show: 1970 to the end of year 9999. A line with
 # any other time is as torn as one that is not JSON (a 400-digit number overflows float()).
 LATEST = 253402300799.0
@@ -99,9 +109,150 @@ def verdict_record(boot_id: str, now: float, verdict: str) -> dict[str, Any]:
     return {"type": "verdict", "boot_id": boot_id, "time": now, "verdict": verdict}
 
 
-def parse(text: str, source: str) -> tuple[list[Boot], list[str]]:
-    """Boots in the order recorded; malformed lines are skipped and reported."""
+def os_fields(osrel: Mapping[str, str]) -> dict[str, str]:
+    """The fields of an os-release that name an OS version for the operator (each cut to MAX_FIELD)."""
+    return {k: str(osrel[k])[:MAX_FIELD] for k in OS_FIELDS if k in osrel}
+
+
+def os_version(fields: Mapping[str, str] | None) -> str:
+    """``IMAGE_VERSION``, else ``VERSION_ID``, else ``PRETTY_NAME``: what "the upgrade to vN" names."""
+    fields = fields or {}
+    return fields.get("IMAGE_VERSION") or fields.get("VERSION_ID") or fields.get("PRETTY_NAME") or "an unknown OS"
+
+
+def os_text(fields: Mapping[str, str] | None) -> str:
+    """``Kairos 2 (VERSION_ID=2, IMAGE_VERSION=2.0)``; ``no .osrel`` for None."""
+    if fields is None:
+        return "no .osrel"
+    if not fields:
+        return f"no {', '.join(OS_FIELDS)} in .osrel"
+    ids = ", ".join(f"{k}={fields[k]}" for k in OS_FIELDS[1:] if k in fields)
+    name = fields.get("PRETTY_NAME")
+    return f"{name} ({ids})" if name and ids else (name or ids)
+
+
+@dataclass(frozen=True)
+class Image:
+    """One extension of a set as an upgrade found it."""
+
+    name: str
+    size: int | None
+    sha256: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class RoleOs:
+    """A role's set at an upgrade: the OS of its UKI and its extensions (``left_off``: past MAX_EXTENSIONS)."""
+
+    os: dict[str, str]
+    extensions: tuple[Image, ...]
+    left_off: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"os": self.os, "extensions": [x.as_json() for x in self.extensions], "left_off": self.left_off}
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    boot_id: str  # the boot during which the upgrade ran
+    time: float
+    role: Role  # ACTIVE (A/B) or RECOVERY
+    before: RoleOs
+    after: RoleOs
+    result: str
+    forced: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "boot_id": self.boot_id,
+            "time": self.time,
+            "time_text": _stamp(self.time),
+            "role": self.role.value,
+            "from": self.before.as_json(),
+            "to": self.after.as_json(),
+            "result": self.result,
+            "forced": self.forced,
+        }
+
+
+def role_os(osrel: Mapping[str, str] | None, images: list[Image]) -> RoleOs:
+    cut = [Image(x.name[:MAX_FIELD], x.size, x.sha256) for x in images[:MAX_EXTENSIONS]]
+    return RoleOs(os_fields(osrel or {}), tuple(cut), max(0, len(images) - MAX_EXTENSIONS))
+
+
+def upgrade_record(
+    boot_id: str, now: float, role: Role, before: RoleOs, after: RoleOs, result: str, forced: bool
+) -> dict[str, Any]:
+    return {
+        "type": "upgrade",
+        "boot_id": boot_id,
+        "time": now,
+        "role": role.value,
+        "from": before.as_json(),
+        "to": after.as_json(),
+        "result": result,
+        "forced": forced,
+    }
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is not a string")
+    if len(value) > MAX_FIELD:
+        raise ValueError(f"{what} is longer than {MAX_FIELD} characters")
+    return value
+
+
+def _side(value: Any, what: str) -> RoleOs:
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} is not an object")
+    osrel, exts, left = value.get("os"), value.get("extensions"), value.get("left_off", 0)
+    if not isinstance(osrel, dict) or not isinstance(exts, list):
+        raise TypeError(f"{what}: os is not an object or extensions not a list")
+    if len(exts) > MAX_EXTENSIONS:
+        raise ValueError(f"{what}: more than {MAX_EXTENSIONS} extensions")
+    if isinstance(left, bool) or not isinstance(left, int) or left < 0:
+        raise TypeError(f"{what}: left_off is not a count")
+    images = []
+    for x in exts:
+        if not isinstance(x, dict):
+            raise TypeError(f"{what}: an extension is not an object")
+        size, digest = x.get("size"), x.get("sha256")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise TypeError(f"{what}: size is not a count")
+        images.append(
+            Image(_str(x.get("name"), f"{what} name"), size, None if digest is None else _str(digest, "sha256"))
+        )
+    fields = {k: _str(osrel[k], f"{what} {k}") for k in OS_FIELDS if k in osrel}
+    return RoleOs(fields, tuple(images), left)
+
+
+def _upgrade(rec: dict[str, Any], boot_id: str, t: float) -> Upgrade:
+    role = Role(_str(rec["role"], "role"))
+    if role not in (Role.ACTIVE, Role.RECOVERY):
+        raise ValueError(f"role {role.value!r} is not active or recovery")
+    forced = rec.get("forced", False)
+    if not isinstance(forced, bool):
+        raise TypeError("forced is not true or false")
+    return Upgrade(
+        boot_id, t, role, _side(rec["from"], "from"), _side(rec["to"], "to"), _str(rec["result"], "result"), forced
+    )
+
+
+@dataclass(frozen=True)
+class History:
+    boots: list[Boot]
+    upgrades: list[Upgrade]
+    warnings: list[str]
+
+
+def parse_all(text: str, source: str) -> History:
+    """Boots and upgrades in the order recorded; malformed lines are skipped and reported."""
     boots: dict[str, Boot] = {}
+    upgrades: list[Upgrade] = []
     warnings: list[str] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -124,21 +275,34 @@ def parse(text: str, source: str) -> tuple[list[Boot], list[str]]:
             elif kind == "verdict" and boot_id in boots:
                 boots[boot_id].verdict = str(rec["verdict"])
                 boots[boot_id].verdict_time = t
+            elif kind == "upgrade":
+                upgrades.append(_upgrade(rec, boot_id, t))
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser's stack; OverflowError: float()
             warnings.append(f"{source}:{n}: skipped a malformed line ({type(exc).__name__}: {str(exc)[:120]})")
-    return list(boots.values()), warnings
+    return History(list(boots.values()), upgrades, warnings)
 
 
-def read(root: Path) -> tuple[list[Boot], list[str]]:
+def parse(text: str, source: str) -> tuple[list[Boot], list[str]]:
+    """Boots in the order recorded; malformed lines are skipped and reported."""
+    h = parse_all(text, source)
+    return h.boots, h.warnings
+
+
+def read_all(root: Path) -> History:
     p = root / HISTORY
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        return [], []
+        return History([], [], [])
     except OSError as exc:
-        return [], [f"{p}: cannot read ({exc.strerror})"]
-    return parse(raw.decode("utf-8", "replace"), str(p))
+        return History([], [], [f"{p}: cannot read ({exc.strerror})"])
+    return parse_all(raw.decode("utf-8", "replace"), str(p))
+
+
+def read(root: Path) -> tuple[list[Boot], list[str]]:
+    h = read_all(root)
+    return h.boots, h.warnings
 
 
 def append(root: Path, record: dict[str, Any]) -> None:
@@ -162,8 +326,11 @@ def append(root: Path, record: dict[str, Any]) -> None:
 def _compact(p: Path) -> None:
     lines = p.read_bytes().splitlines(keepends=True)
     starts = [i for i, ln in enumerate(lines) if b'"type":"boot"' in ln]
-    if len(starts) > KEEP:
-        fsutil.write_atomic(p, b"".join(lines[starts[-KEEP] :]))
+    first = starts[-KEEP] if len(starts) > KEEP else 0
+    upgrades = [i for i in range(first, len(lines)) if b'"type":"upgrade"' in lines[i]]
+    dropped = set(upgrades[:-KEEP_UPGRADES])
+    if first or dropped:
+        fsutil.write_atomic(p, b"".join(ln for i, ln in enumerate(lines[first:], first) if i not in dropped))
 
 
 def recorded(boots: list[Boot], boot_id: str) -> bool:
@@ -228,3 +395,41 @@ def explain(snap: Snapshot, booted_role: Role | None, booted_path: str | None, b
             }
         )
     return Why(False, f"{booted_role.value} booted as a fallback: " + "; ".join(parts), tuple(fallbacks))
+
+
+@dataclass(frozen=True)
+class FailedUpgrade:
+    """After a fallback to passive: the last upgrade of active installed an OS that is not the one running."""
+
+    upgrade: Upgrade
+    running: dict[str, str] | None  # the booted passive's .osrel fields (None: unreadable)
+
+    @property
+    def text(self) -> str:
+        running = os_version(self.running if self.running is not None else self.upgrade.before.os)
+        return (
+            f"the upgrade to {os_version(self.upgrade.after.os)} ({_stamp(self.upgrade.time)}) failed: "
+            f"running {running} on passive"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "time": self.upgrade.time,
+            "to": self.upgrade.after.os,
+            "from": self.upgrade.before.os,
+            "running": self.running,
+        }
+
+
+def failed_upgrade(
+    upgrades: list[Upgrade], booted_role: Role | None, why: Why | None, running: dict[str, str] | None
+) -> FailedUpgrade | None:
+    """The upgrade that a fallback undid: passive booted because active used its tries (:func:`explain`),
+    and the last upgrade of active installed an OS other than the one passive runs."""
+    if booted_role is not Role.PASSIVE or why is None or not any(f["role"] == "active" for f in why.fallbacks):
+        return None
+    last = next((u for u in reversed(upgrades) if u.role is Role.ACTIVE), None)
+    if last is None or (running is not None and running == last.after.os):
+        return None
+    return FailedUpgrade(last, running)

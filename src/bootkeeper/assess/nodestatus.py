@@ -1,7 +1,8 @@
 """What the operator sees (``bootkeeper status``, ``bootkeeper motd``): which entry booted and why,
-whether this boot is blessed yet, tries left on every entry, the enrolled services' results, and the
-installed and active extensions. Gathering reads files and asks systemctl; the view is plain data,
-rendered as text by :func:`render` (also the motd) or printed as JSON.
+whether this boot is blessed yet, tries left on every entry, the enrolled services' results, each
+role's OS (its UKI's ``.osrel``) and extension set, the installed and active extensions, and, after a
+fallback to passive, which recorded upgrade failed. Gathering reads files and asks systemctl; the view
+is plain data, rendered as text by :func:`render` (also the motd) or printed as JSON.
 """
 
 from __future__ import annotations
@@ -89,15 +90,49 @@ def _service_verdict(props: dict[str, str] | None) -> str:
     return "not run"
 
 
-def _extensions(root: Path, store: EspStore, snap: Snapshot) -> dict[str, Any]:
+def _roles(store: EspStore, snap: Snapshot) -> tuple[list[dict[str, Any]], dict[str, list[str]], list[str]]:
+    """Each entry that boots a UKI: its OS (the ``.osrel`` fields that name a version) and the images
+    in its ``.extra.d``; also the images per entry (``installed``) and what could not be read."""
+    from bootkeeper.esp import pe
+    from bootkeeper.esp.entries import parse_osrel
     from bootkeeper.sysext import deploy
 
-    installed: dict[str, list[str]] = {}
     try:
-        for i in deploy.installed(store, deploy.targets(snap, store)):
-            installed.setdefault(i.target.entry, []).append(i.name)
+        targets = deploy.targets(snap, store)
+        found = deploy.installed(store, targets)
     except (OSError, BootkeeperError) as exc:
-        installed = {"error": [str(exc)]}
+        return [], {"error": [str(exc)]}, [f"extensions not read: {exc}"]
+    installed: dict[str, list[str]] = {}
+    for i in found:
+        installed.setdefault(i.target.entry, []).append(i.name)
+    out: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for t in targets:
+        fields: dict[str, str] | None = None
+        try:
+            raw = pe.read_osrel(store.path(t.uki))  # None: a plain EFI-stub kernel, no OS to name
+            if raw is not None:
+                fields = history.os_fields(parse_osrel(raw.decode("utf-8", "replace")))
+        except OSError as exc:
+            warnings.append(f"{t.uki}: cannot read its .osrel ({exc.strerror or exc})")
+        except BootkeeperError as exc:
+            warnings.append(f"{t.uki}: its .osrel is not readable: {str(exc)[:160]}")
+        out.append(
+            {
+                "entry": t.entry,
+                "role": t.role.value if t.role else None,
+                "via": t.via,
+                "uki": t.uki,
+                "os": fields,
+                "version": history.os_version(fields) if fields is not None else None,
+                "extra_dir": t.extra_dir,
+                "extensions": [i.name for i in found if i.target == t],
+            }
+        )
+    return out, installed, warnings
+
+
+def _extensions(root: Path, installed: dict[str, list[str]]) -> dict[str, Any]:
     active: list[dict[str, Any]] = []
     report_error = None
     try:
@@ -141,8 +176,13 @@ def gather(
     elif ev.entry_selected:
         role = Role.from_stem(ev.entry_selected.split("+", 1)[0].rsplit(".", 1)[0])
         booted.update(entry=ev.entry_selected, role=role.value if role else None, blessed="not counted")
-    boots, warnings = history.read(root)
+    recorded = history.read_all(root)
+    boots, warnings = recorded.boots, list(recorded.warnings)
     why = history.explain(snap, role, booted_path, boots) if booted_path else None
+    roles, installed, role_warnings = _roles(store, snap)
+    warnings += role_warnings
+    running = next((r["os"] for r in roles if role is not None and r["role"] == role.value), None)
+    failed = history.failed_upgrade(recorded.upgrades, role, why, running)
     entries = [
         {
             "path": e.path,
@@ -180,11 +220,14 @@ def gather(
         )
     return {
         "booted": {**booted, "why": why.as_json() if why else None},
+        "failed_upgrade": failed.as_json() if failed else None,
         "entries": entries,
+        "roles": roles,
         "pin": pin.view(pin.pins(snap, ev)),
         "services": enrolled,
-        "extensions": _extensions(root, store, snap),
+        "extensions": _extensions(root, installed),
         "history": [b.as_json() for b in boots[-10:]],
+        "upgrades": [u.as_json() for u in recorded.upgrades[-5:]],
         "warnings": warnings + list(snap.problems),
     }
 
@@ -215,11 +258,17 @@ def render(view: dict[str, Any]) -> str:
         lines.append("booted: unknown (no systemd-boot variables)")
     if b.get("why"):
         lines.append(f"why: {b['why']['text']}")
+    if view.get("failed_upgrade"):
+        lines.append(view["failed_upgrade"]["text"])
     lines.append("entries:")
     for e in view["entries"]:
         tries = "not counted" if e["tries_left"] is None else f"{e['tries_left']} tries left, {e['tries_done']} used"
         lines.append(f"  {e['path']:<40} {e['state']:<13} {tries}")
     lines.extend(pin_lines(view.get("pin")))
+    if view.get("roles"):
+        lines.append("OS per entry (its UKI's .osrel):")
+        for r in view["roles"]:
+            lines.append(f"  {r['entry']:<12} {history.os_text(r['os'])}")
     if view["services"]:
         lines.append("services that decide a boot:")
         for s in view["services"]:

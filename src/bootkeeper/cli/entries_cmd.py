@@ -125,8 +125,9 @@ def entries(esp: Path | None, efivars: Path, sdboot_version: str | None, as_json
 @root_option
 @json_option
 def status(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Path, as_json: bool) -> None:
-    """Which entry booted and why, whether this boot is blessed yet, tries left on every entry, the
-    enrolled services' results, the extensions, and what boots next."""
+    """Which entry booted and why, whether this boot is blessed yet, tries left on every entry, each
+    entry's OS and extensions, after a fallback the upgrade that failed, the enrolled services' results,
+    the extensions, and what boots next."""
     from bootkeeper.assess import nodestatus
     from bootkeeper.esp.store import EspStore
 
@@ -135,7 +136,8 @@ def status(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Pa
     view = _view(esp_root, efivars, sdboot_version, snap)
     node = nodestatus.gather(root, esp_root, efivars, sdboot_version, snap=snap)
     if as_json:
-        print_json({**view, **{k: node[k] for k in ("booted", "services", "extensions", "history", "warnings")}})
+        keys = ("booted", "failed_upgrade", "roles", "services", "extensions", "history", "upgrades", "warnings")
+        print_json({**view, **{k: node[k] for k in keys}})
         return
     click.echo(nodestatus.render(node), nl=False)
     nxt = view["next"]

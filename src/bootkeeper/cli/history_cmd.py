@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -71,13 +72,20 @@ def record(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Pa
 @root_option
 @json_option
 def show(root: Path, as_json: bool) -> None:
-    """The recorded boots, oldest first."""
+    """The recorded boots and upgrades, oldest first."""
     from bootkeeper.assess import history as history_mod
     from bootkeeper.cli.common import table
 
-    boots, warnings = history_mod.read(root)
+    recorded = history_mod.read_all(root)
+    boots, warnings = recorded.boots, recorded.warnings
     if as_json:
-        print_json({"boots": [b.as_json() for b in boots], "warnings": warnings})
+        print_json(
+            {
+                "boots": [b.as_json() for b in boots],
+                "upgrades": [u.as_json() for u in recorded.upgrades],
+                "warnings": warnings,
+            }
+        )
         return
     table(
         ["time (UTC)", "entry", "left", "done", "verdict"],
@@ -92,8 +100,25 @@ def show(root: Path, as_json: bool) -> None:
             for b in boots
         ],
     )
+    for u in recorded.upgrades:
+        click.echo(upgrade_line(u))
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
+
+
+def upgrade_line(u: Any) -> str:
+    """``2026-12-01 15:20:00 upgrade of active: 1 → 2; extensions a.raw → a.raw, b.raw``."""
+    from bootkeeper.assess.history import os_version
+
+    def names(side: Any) -> str:
+        more = f" and {side.left_off} more" if side.left_off else ""
+        return (", ".join(x.name for x in side.extensions) or "none") + more
+
+    forced = " (forced)" if u.forced else ""
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(u.time))} upgrade of {u.role.value}: "
+        f"{os_version(u.before.os)} → {os_version(u.after.os)}; extensions {names(u.before)} → {names(u.after)}{forced}"
+    )
 
 
 @click.command()

@@ -233,5 +233,59 @@ def _upgrade(
     if dry_run:
         report("dry-run")
         return
+    before = _before(store, plan, digests)
     up.apply(store, make, plan, sdboot_version=sdboot_version, digests=digests)
+    _record(root, plan, before, uki.osrel, digests, forced)
     report("upgraded")
+
+
+def _before(store: Any, plan: Any, digests: dict[str, str]) -> Any:
+    """The set the upgrade replaces, as the boot history records it: read before the first write moves it."""
+    from bootkeeper.assess import history
+    from bootkeeper.assess import upgrade as up
+    from bootkeeper.errors import BootkeeperError
+    from bootkeeper.esp import pe
+    from bootkeeper.esp.entries import parse_osrel
+
+    old = plan.old if plan.old is not None else plan.kept_passive  # resume: the old active, moved already
+    if old is None:
+        return history.role_os(None, [])
+    try:
+        raw = pe.read_osrel(store.path(old.uki))
+    except (OSError, BootkeeperError):
+        raw = None
+    images = []
+    for n in old.extensions:
+        path = store.path(f"{old.extra_dir}/{n}")
+        try:
+            size: int | None = path.stat().st_size
+            digest: str | None = digests.get(str(path)) or up.sha256(path)
+        except OSError:
+            size = digest = None
+        images.append(history.Image(n, size, digest))
+    return history.role_os(parse_osrel(raw.decode("utf-8", "replace")) if raw is not None else None, images)
+
+
+def _record(root: Path, plan: Any, before: Any, osrel: dict[str, str], digests: dict[str, str], forced: bool) -> None:
+    """The upgrade in the boot history; a failure to write it is a warning, never the upgrade's failure."""
+    import time
+
+    from bootkeeper.assess import history
+    from bootkeeper.cli.history_cmd import current_boot_id
+    from bootkeeper.errors import BootkeeperError
+
+    after = history.role_os(
+        osrel, [history.Image(x.name, _size(x.source), digests.get(str(x.source))) for x in plan.extensions]
+    )
+    rec = history.upgrade_record(current_boot_id(None), time.time(), plan.role, before, after, "upgraded", forced)
+    try:
+        history.append(root, rec)
+    except BootkeeperError as exc:
+        click.echo(f"bootkeeper: warning: upgraded, but not recorded in the boot history: {exc}", err=True)
+
+
+def _size(p: Path) -> int | None:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return None
