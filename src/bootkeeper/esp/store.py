@@ -345,26 +345,20 @@ class EspStore:
 
     def rmdir(self, rel: str) -> None:
         """Remove an empty folder (gone already: nothing to do), then sync its parent."""
-        d = self.path(rel)
-        self.step(f"rmdir:{d.name}")
-        try:
-            d.rmdir()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise StoreIOError(f"{d}: cannot remove the folder ({exc.strerror})") from exc
-        with self._naming(d.parent, f"{d.name} removed, but cannot sync the folder to disk"):
-            self._fsync_dir(d.parent)
+        self._remove(rel, "rmdir", "cannot remove the folder")
 
     def unlink(self, rel: str) -> None:
+        self._remove(rel, "unlink", "unlink failed")
+
+    def _remove(self, rel: str, how: str, failed: str) -> None:
         p = self.path(rel)
-        self.step(f"unlink:{p.name}")
+        self.step(f"{how}:{p.name}")
         try:
-            p.unlink()
+            p.rmdir() if how == "rmdir" else p.unlink()
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise StoreIOError(f"{p}: unlink failed ({exc.strerror})") from exc
+            raise StoreIOError(f"{p}: {failed} ({exc.strerror})") from exc
         with self._naming(p.parent, f"{p.name} removed, but cannot sync the folder to disk"):
             self._fsync_dir(p.parent)
 
