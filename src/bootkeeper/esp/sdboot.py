@@ -7,8 +7,7 @@ from the full version, not from the major number alone.
 
 Each behaviour says where it is known from: *booted* (a real boot under QEMU+OVMF in
 tests/test_vm_bootcount.py, on 252.39-1~deb12u2, 257.13-1~deb13u1 and 262.1-1) or *source* (a
-commit of systemd, src/boot/boot.c unless said otherwise). :data:`BEHAVIOURS` is the table README
-prints.
+commit of systemd, src/boot/boot.c unless said otherwise); README's per-version table lists them.
 """
 
 from __future__ import annotations
