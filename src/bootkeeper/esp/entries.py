@@ -194,10 +194,6 @@ class Entry:
             return None
         return self.name.next_name()
 
-    def counts_down(self, sdboot: Version = None) -> bool:
-        """A counted name that this boot loader will actually count down."""
-        return self.counted and self.next_name(sdboot) is not None
-
     def with_name(self, new_name: str) -> Entry:
         return _replace_name(self, new_name)
 

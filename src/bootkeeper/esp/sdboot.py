@@ -8,6 +8,10 @@ from the full version, not from the major number alone.
 Each behaviour says where it is known from: *booted* (a real boot under QEMU+OVMF in
 tests/test_vm_bootcount.py, on 252.39-1~deb12u2, 257.13-1~deb13u1 and 262.1-1) or *source* (a
 commit of systemd, src/boot/boot.c unless said otherwise); README's per-version table lists them.
+Two 258 features change nothing the model predicts, so they have no property here: the
+``LoaderEntrySysFail`` variable (004e3e4082) is checked before the one-shot, but
+``sysfail_process()`` runs after the entry is chosen (258 to 262); ``reboot-on-error`` (0bdf94e588,
+default ``auto``) only decides what happens when an entry fails to start.
 """
 
 from __future__ import annotations
@@ -104,13 +108,6 @@ class SdBoot:
         return self.at_least(PREFERRED_SINCE)
 
     @property
-    def has_sysfail(self) -> bool:
-        """``LoaderEntrySysFail`` (004e3e4082, 258) is read; it would come before the one-shot when
-        the firmware reports a failed capsule update, but ``sysfail_process()`` runs after the
-        default entry is chosen (258 to 262), so it never changes which entry boots."""
-        return self.at_least(SYSFAIL_SINCE)
-
-    @property
     def has_profile_ids(self) -> bool:
         """A UKI with ``.profile`` sections is one entry per profile, ids ``file.efi@N`` (or
         ``@ID``) for N ≥ 1 (382e4da4a5, 257)."""
@@ -150,12 +147,6 @@ class SdBoot:
         """The Type #1 ``extra`` key (feba5dcc5f, 261): extra files (extensions, credentials) for a UKI."""
         return self.at_least(EXTRA_KEY_SINCE)
 
-    @property
-    def has_reboot_on_error(self) -> bool:
-        """loader.conf ``reboot-on-error`` (0bdf94e588, 258; default ``auto``: reboot when the
-        entry fails to start and was counted with tries left, instead of returning to the firmware)."""
-        return self.at_least(REBOOT_ON_ERROR_SINCE)
-
     def counts(self, key: str) -> bool:
         """Whether an entry of this loader kind (``linux``, ``uki``, ``efi``, ``type2``) is renamed
         when it boots a counted file name."""
@@ -164,13 +155,6 @@ class SdBoot:
         if key == "uki":
             return self.knows_uki_key
         return key in ("linux", "type2")
-
-    def knows_key(self, key: str) -> bool:
-        if key == "uki":
-            return self.knows_uki_key
-        if key == "extra":
-            return self.has_extra_key
-        return True
 
     def counted_key(self) -> str | None:
         """The key a Type #1 entry booting a UKI should use to be counted here: ``efi`` where it
@@ -185,10 +169,8 @@ class SdBoot:
 EFI_UNCOUNTED_SINCE = "258"
 UKI_KEY_SINCE = "258"
 PREFERRED_SINCE = "260"
-SYSFAIL_SINCE = "258"
 PROFILE_IDS_SINCE = "257"
 EXTRA_KEY_SINCE = "261"
-REBOOT_ON_ERROR_SINCE = "258"
 
 
 @lru_cache(maxsize=64)
