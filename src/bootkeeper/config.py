@@ -37,6 +37,11 @@ class BootAssessment:
     services: tuple[ServiceSpec, ...] = ()
 
 
+class SysextStore(StrEnum):
+    ESP = "esp"  # EFI/<vendor>/<uki>.efi.extra.d/, handed over by systemd-stub
+    PERSISTENT = "persistent"  # sysext.store_dir, per-role folders of links (esp/linkstore.py)
+
+
 class SysextMode(StrEnum):
     DISABLED = "disabled"
     PERMISSIVE = "permissive"
@@ -75,6 +80,8 @@ class Sysext:
     # the node's systemd major version, when it cannot be read under the root (install-units, activate
     # --refresh and lint use it to decide what systemd-sysext understands): bootkeeper.systemd_version
     systemd_version: int | None = None
+    store: SysextStore = SysextStore.ESP
+    store_dir: str = "/var/lib/bootkeeper/extensions"  # esp/linkstore.DEFAULT_DIR
 
     def rules_for(self, entry: str) -> tuple[str, ...]:
         return dict(self.entries).get(entry, ())
@@ -158,6 +165,8 @@ _SYSEXT_KEYS = (
     "vendor",
     "require_valid_dates",
     "systemd_version",
+    "store",
+    "store_dir",
 )
 _ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 
@@ -232,6 +241,16 @@ def _parse_sysext(src: str, raw: Any, key_src: dict[str, str] | None = None) -> 
         from bootkeeper.systemd_version import HIGHEST, LOWEST
 
         systemd_version = _int(at("systemd_version"), systemd_version, LOWEST, HIGHEST)
+    store_raw = raw.get("store", d.store.value)
+    try:
+        store = SysextStore(store_raw)
+    except ValueError:
+        raise ConfigError(
+            f"{at('store')}: {store_raw!r} is not one of {', '.join(s.value for s in SysextStore)}"
+        ) from None
+    store_dir = raw.get("store_dir", d.store_dir)
+    if not isinstance(store_dir, str) or not store_dir.startswith("/") or "\0" in store_dir:
+        raise ConfigError(f"{at('store_dir')}: {store_dir!r} is not an absolute path")
     return (
         Sysext(
             mode=mode,
@@ -247,6 +266,8 @@ def _parse_sysext(src: str, raw: Any, key_src: dict[str, str] | None = None) -> 
             vendor=vendor,
             require_valid_dates=_bool(at("require_valid_dates"), raw.get("require_valid_dates", d.require_valid_dates)),
             systemd_version=systemd_version,
+            store=store,
+            store_dir=store_dir,
         ),
         warnings,
     )

@@ -289,10 +289,12 @@ def install(
     root: Path,
     as_json: bool,
 ) -> None:
-    """Copy IMAGE into EFI/<vendor>/<entry>.efi.extra.d/ for the entries that should load it.
+    """Copy IMAGE into EFI/<vendor>/<entry>.efi.extra.d/ for the entries that should load it (with
+    sysext.store: persistent, into the store and its folders of links).
 
     Refused (nothing written) unless IMAGE validates and its extension-release fits the OS each of
     those entries boots (its UKI's .osrel; without one, ROOT's os-release)."""
+    from bootkeeper.config import SysextStore
     from bootkeeper.errors import NotApplicableError, ParseError
     from bootkeeper.esp.store import EspStore
     from bootkeeper.sysext import deploy
@@ -303,11 +305,17 @@ def install(
     cfg = load_config(config_files, root)
     store = EspStore(find_esp(esp))
     available = deploy.targets(store.snapshot(), store, cfg.sysext.vendor)
-    if not available:
-        raise NotApplicableError(f"{store.root}: no boot entry runs a UKI, so no .extra.d folder would be read")
-    chosen, why = deploy.select(name, available, cfg.sysext.entries, entries)
-    if not chosen:
-        raise NotApplicableError(f"{name}: {why}, but none of those entries is on the ESP")
+    persistent = cfg.sysext.store is SysextStore.PERSISTENT
+    folders: list[str] = []
+    if persistent:
+        folders, why = deploy.store_folders(name, cfg.sysext.entries, entries)
+        chosen = deploy.folder_targets(folders, available)  # the OSes that will load it
+    else:
+        if not available:
+            raise NotApplicableError(f"{store.root}: no boot entry runs a UKI, so no .extra.d folder would be read")
+        chosen, why = deploy.select(name, available, cfg.sysext.entries, entries)
+        if not chosen:
+            raise NotApplicableError(f"{name}: {why}, but none of those entries is on the ESP")
     anchors = _anchors(cfg, root)
     from bootkeeper.sysext.activate import host_os_release
 
@@ -330,7 +338,7 @@ def install(
                 )
             msg = f"installing {name} with --force although it fails validation: {'; '.join(v.reasons)}"
             click.echo(f"bootkeeper: warning: {msg}", err=True)
-        # read under the ESP lock: the UKIs the targets boot now, judged as systemd-sysext will at boot
+        # read under the lock: the UKIs the targets boot now, judged as systemd-sysext will at boot
         oses = [deploy.target_os(store, t, node) for t in chosen]
         for o in oses:
             if not o.from_uki:
@@ -344,6 +352,8 @@ def install(
         if bad and not force:
             misfit = {m.os.target.entry for m in bad}
             fits = [t.entry for t in chosen if t.entry not in misfit]
+            if persistent:
+                fits = [f for f in folders if f in fits]
             where = f"install it only where it fits (--entry {' --entry '.join(fits)}), " if fits else ""
             raise BootkeeperError(
                 "; ".join(m.line for m in bad) + "; nothing was installed",
@@ -355,13 +365,21 @@ def install(
 
     bar = _Bar(f"copying {name}")
     try:
-        p, (v, oses, bad) = deploy.install(store, image_path, name, chosen, why, check, progress=bar)
+        if persistent:
+            ls = _link_store(cfg, root)
+            sp, (v, oses, bad) = deploy.install_persistent(ls, image_path, name, folders, why, check, progress=bar)
+            plan_json, written, same = sp.as_json(), sp.linked, sp.unchanged
+            where = [f"{ls.root}/{f}/{name} -> ../{name}" for f in (*written, *same)]
+        else:
+            p, (v, oses, bad) = deploy.install(store, image_path, name, chosen, why, check, progress=bar)
+            plan_json, written, same = p.as_json(), [t.entry for t in p.write], [t.entry for t in p.same]
+            where = [f"{t.extra_dir}/{name}" for t in (*p.write, *p.same)]
     finally:
         bar.close()
     if as_json:
         print_json(
             {
-                **p.as_json(),
+                **plan_json,
                 "validation": v.as_json(),
                 "os": [o.as_json() for o in oses],
                 "misfits": [m.as_json() for m in bad],
@@ -369,11 +387,16 @@ def install(
             }
         )
         return
-    for t in p.write:
-        click.echo(f"{t.entry}: {t.extra_dir}/{name} written")
-    for t in p.same:
-        click.echo(f"{t.entry}: {t.extra_dir}/{name} already there")
+    for who, path in zip((*written, *same), where, strict=True):
+        click.echo(f"{who}: {path} {'written' if who in written else 'already there'}")
     click.echo(f"({why}; signed by {v.signer})" if v.signer else f"({why})")
+
+
+def _link_store(cfg: Any, root: Path) -> Any:
+    from bootkeeper import fsutil
+    from bootkeeper.esp.linkstore import LinkStore
+
+    return LinkStore(fsutil.under(root, cfg.sysext.store_dir))
 
 
 @sysext.command()
@@ -381,16 +404,35 @@ def install(
 @_entry_option
 @esp_option
 @config_option
+@root_option
 @json_option
 def remove(
-    name: str, entries: tuple[str, ...], esp: Path | None, config_files: tuple[Path, ...], as_json: bool
+    name: str, entries: tuple[str, ...], esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json: bool
 ) -> None:
-    """Remove extension NAME from the entries' .extra.d folders (default: from every entry)."""
+    """Remove extension NAME from the entries' .extra.d folders (default: from every entry); with
+    sysext.store: persistent, its links (and the image once nothing links to it)."""
+    from bootkeeper.config import SysextStore
     from bootkeeper.esp.store import EspStore
     from bootkeeper.sysext import deploy
 
     deploy.check_name(name)
-    cfg = load_config(config_files)
+    cfg = load_config(config_files, root)
+    if cfg.sysext.store is SysextStore.PERSISTENT:
+        from bootkeeper.esp.linkstore import FOLDERS
+
+        folders = deploy.store_folders(name, (), entries)[0] if entries else list(FOLDERS)
+        ls = _link_store(cfg, root)
+        links, images = deploy.remove_persistent(ls, name, folders)
+        if as_json:
+            print_json({"name": name, "removed": links, "images_removed": images, "store": str(ls.root)})
+            return
+        for g in links:
+            click.echo(f"removed {ls.root}/{g}")
+        for g in images:
+            click.echo(f"removed {ls.root}/{g} (no folder links to it)")
+        if not links:
+            click.echo(f"{name}: not linked from {', '.join(f + '/' for f in folders)} in {ls.root}")
+        return
     store = EspStore(find_esp(esp))
     available = deploy.targets(store.snapshot(), store, cfg.sysext.vendor)
     chosen = deploy.select(name, available, (), entries)[0] if entries else available
@@ -410,36 +452,63 @@ def remove(
 @root_option
 @json_option
 def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json: bool) -> None:
-    """Per boot entry: the extensions installed, their version, signer and verdict."""
-    from bootkeeper.esp.store import EspStore
-    from bootkeeper.sysext import deploy, image
+    """Per boot entry: the extensions installed, their version, signer and verdict (with
+    sysext.store: persistent, per folder of links: active/, passive/, recovery/, statereset/, common/)."""
+    from bootkeeper.config import SysextStore
+    from bootkeeper.sysext import deploy
 
     cfg = load_config(config_files, root)
+    anchors = _anchors(cfg, root)
+    rows = []
+    if cfg.sysext.store is SysextStore.PERSISTENT:
+        from bootkeeper.esp.linkstore import FOLDERS
+
+        ls = _link_store(cfg, root)
+        for lk in deploy.installed_persistent(ls):
+            row: dict[str, Any] = {"entry": lk.folder, "path": f"{lk.folder}/{lk.name}", "name": lk.name}
+            if lk.image is None:
+                rows.append(
+                    {**row, "size": None, "version": None, "signer": None, "ok": False, "reasons": [lk.problem]}
+                )
+                continue
+            rows.append({**row, "image": lk.image, **_listed(cfg, anchors, ls.root / lk.image, lk.name)})
+        where = f"{ls.root} ({', '.join(f + '/' for f in FOLDERS)})"
+        _list_out(as_json, {"store": str(ls.root), "entries": list(FOLDERS), "extensions": rows}, rows, where)
+        return
+    from bootkeeper.esp.store import EspStore
+
     store = EspStore(find_esp(esp))
     available = deploy.targets(store.snapshot(), store, cfg.sysext.vendor)
-    rows = []
-    anchors = _anchors(cfg, root)
     for it in deploy.installed(store, available):
-        info = image.inspect(it.path) if it.size else None
-        rel = info.release.get("root") if info else None
-        version = None
-        if rel is not None and not isinstance(rel, str):
-            version = rel.fields.get("VERSION_ID") or rel.fields.get("SYSEXT_VERSION_ID") or rel.fields.get("VERSION")
-        v = _validate_for(cfg, anchors, it.path, full=False)
         rows.append(
             {
                 "entry": it.target.entry,
                 "path": f"{it.target.extra_dir}/{it.name}",
                 "name": it.name,
-                "size": it.size,
-                "version": version,
-                "signer": v.signer,
-                "ok": v.ok,
-                "reasons": v.reasons,
+                **_listed(cfg, anchors, it.path, it.name),
             }
         )
+    where = ", ".join(t.entry for t in available) or "any entry"
+    _list_out(as_json, {"entries": [t.entry for t in available], "extensions": rows}, rows, where)
+
+
+def _listed(cfg: Any, anchors: list[Any], path: Path, name: str) -> dict[str, Any]:
+    """One image's row of ``sysext list``: size, version, signer, verdict (hash tree only)."""
+    from bootkeeper.sysext import image
+
+    size = path.stat().st_size
+    info = image.inspect(path) if size else None
+    rel = info.release.get("root") if info else None
+    version = None
+    if rel is not None and not isinstance(rel, str):
+        version = rel.fields.get("VERSION_ID") or rel.fields.get("SYSEXT_VERSION_ID") or rel.fields.get("VERSION")
+    v = _validate_for(cfg, anchors, path, full=False, name=name)
+    return {"size": size, "version": version, "signer": v.signer, "ok": v.ok, "reasons": v.reasons}
+
+
+def _list_out(as_json: bool, doc: dict[str, Any], rows: list[dict[str, Any]], where: str) -> None:
     if as_json:
-        print_json({"entries": [t.entry for t in available], "extensions": rows})
+        print_json(doc)
         return
     table(
         ["entry", "extension", "version", "size", "signer", "verdict"],
@@ -449,7 +518,7 @@ def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json:
         ],
     )
     if not rows:
-        click.echo(f"no extensions installed for {', '.join(t.entry for t in available) or 'any entry'}")
+        click.echo(f"no extensions installed for {where}")
 
 
 @sysext.command()

@@ -147,7 +147,12 @@ def _warn(line: str) -> None:
     sys.stderr.write(f"bootkeeper: {line}\n")
 
 
-class EspStore:
+class FolderStore:
+    """A folder bootkeeper writes crash-safely under an exclusive lock: the ESP (:class:`EspStore`) and
+    the persistent extension store (:class:`bootkeeper.esp.linkstore.LinkStore`) share these steps."""
+
+    what = "folder"  # in messages: "another bootkeeper run holds the ESP lock"
+
     def __init__(
         self,
         root: Path,
@@ -163,12 +168,8 @@ class EspStore:
         self._log = log
         self._injected: BaseException | None = None  # the fault a test raised: passed on unchanged
         self.cleared: list[str] = []  # stale temporaries removed by this store's transactions
-        if not root.is_dir():
-            raise EspError(f"{root}: not a directory")
-        if not (root / "loader").is_dir() and not (root / "EFI").is_dir():
-            raise EspError(f"{root}: not an ESP (it has neither loader/ nor EFI/)")
 
-    # -- locking and remounting -------------------------------------------------------------
+    # -- locking -------------------------------------------------------------
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -185,7 +186,7 @@ class EspStore:
                         raise StoreIOError(f"{self.root}: cannot lock ({exc.strerror})") from exc
                     if time.monotonic() >= deadline:
                         raise BusyError(
-                            f"{self.root}: another bootkeeper run holds the ESP lock "
+                            f"{self.root}: another bootkeeper run holds the {self.what} lock "
                             f"(waited {self._lock_timeout:.0f} s)"
                         ) from exc
                     time.sleep(0.05)
@@ -195,60 +196,9 @@ class EspStore:
             self._lock_fd = None
             os.close(fd)  # closing the descriptor releases the lock
 
-    @contextlib.contextmanager
-    def writable(self) -> Iterator[None]:
-        """Make a read-only ESP writable for the duration and restore exactly what was read-only.
-
-        A read-only *bind* mount (``/efi`` bound read-only from a writable file system) only has the
-        per-mount flag: ``remount,bind,rw`` and back ``remount,bind,ro`` change that mount alone. A
-        plain ``remount,ro`` would instead make the file system read-only for every mount of it (the
-        root file system, with ``/efi`` bound from ``/``). A read-only file system is remounted rw and
-        back ro as before; a plain remount also sets this mount's flag, so a mount that was itself
-        writable gets ``remount,bind,rw`` again afterwards."""
-        from bootkeeper.run import run
-
-        with self._naming(self.root, "cannot read the mount's flags"):
-            read_only = bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
-        if not read_only:
-            yield
-            return
-        m = _mount_of(self.root)
-        if m is None or not (m.mount_ro or m.super_ro):
-            raise StoreIOError(
-                f"{self.root}: read-only, but /proc/self/mountinfo does not say how it is mounted; "
-                "not remounting what bootkeeper cannot restore"
-            )
-        self.step("remount-rw")
-        run(["mount", "-o", "remount,rw" if m.super_ro else "remount,bind,rw", m.point])
-        try:
-            yield
-        finally:
-            self.step("remount-ro")
-            if m.super_ro:
-                run(["mount", "-o", "remount,ro", m.point])
-                if not m.mount_ro:
-                    run(["mount", "-o", "remount,bind,rw", m.point])
-            else:
-                run(["mount", "-o", "remount,bind,ro", m.point])
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """The lock, a writable ESP, and no temporaries left by an earlier run that was killed."""
-        with self.locked(), self.writable():
-            self.clear_temporaries()
-            yield
-
     def temporary_folders(self) -> list[Path]:
-        """Every folder bootkeeper writes to: loader/, loader/entries/, and every folder under EFI/
-        at any depth (EFI/Linux/, EFI/<vendor>/, a UKI's ``*.extra.d/`` wherever an ``efi``/``uki``
-        key puts the UKI, e.g. EFI/v/sub/x.efi.extra.d/). Links are not followed."""
-        out = [self.path("loader"), self.path(TYPE1_DIR)]
-        todo = [] if self.path("EFI").is_symlink() else _subdirs(self.path("EFI"))
-        while todo:
-            d = todo.pop()
-            out.append(d)
-            todo.extend(_subdirs(d))
-        return [d for d in out if d.is_dir() and not d.is_symlink()]
+        """The folders whose stale temporaries :meth:`clear_temporaries` removes."""
+        return [self.root]
 
     def clear_temporaries(self) -> list[str]:
         """Remove stale ``.bootkeeper-*.tmp`` files (call with the lock held: a live run's
@@ -361,6 +311,81 @@ class EspStore:
             raise StoreIOError(f"{p}: {failed} ({exc.strerror})") from exc
         with self._naming(p.parent, f"{p.name} removed, but cannot sync the folder to disk"):
             self._fsync_dir(p.parent)
+
+
+class EspStore(FolderStore):
+    what = "ESP"
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fault: Callable[[str], None] | None = None,
+        lock_timeout: float = 10.0,
+        log: Callable[[str], None] = _warn,
+    ) -> None:
+        super().__init__(root, fault=fault, lock_timeout=lock_timeout, log=log)
+        if not root.is_dir():
+            raise EspError(f"{root}: not a directory")
+        if not (root / "loader").is_dir() and not (root / "EFI").is_dir():
+            raise EspError(f"{root}: not an ESP (it has neither loader/ nor EFI/)")
+
+    # -- remounting
+
+    @contextlib.contextmanager
+    def writable(self) -> Iterator[None]:
+        """Make a read-only ESP writable for the duration and restore exactly what was read-only.
+
+        A read-only *bind* mount (``/efi`` bound read-only from a writable file system) only has the
+        per-mount flag: ``remount,bind,rw`` and back ``remount,bind,ro`` change that mount alone. A
+        plain ``remount,ro`` would instead make the file system read-only for every mount of it (the
+        root file system, with ``/efi`` bound from ``/``). A read-only file system is remounted rw and
+        back ro as before; a plain remount also sets this mount's flag, so a mount that was itself
+        writable gets ``remount,bind,rw`` again afterwards."""
+        from bootkeeper.run import run
+
+        with self._naming(self.root, "cannot read the mount's flags"):
+            read_only = bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
+        if not read_only:
+            yield
+            return
+        m = _mount_of(self.root)
+        if m is None or not (m.mount_ro or m.super_ro):
+            raise StoreIOError(
+                f"{self.root}: read-only, but /proc/self/mountinfo does not say how it is mounted; "
+                "not remounting what bootkeeper cannot restore"
+            )
+        self.step("remount-rw")
+        run(["mount", "-o", "remount,rw" if m.super_ro else "remount,bind,rw", m.point])
+        try:
+            yield
+        finally:
+            self.step("remount-ro")
+            if m.super_ro:
+                run(["mount", "-o", "remount,ro", m.point])
+                if not m.mount_ro:
+                    run(["mount", "-o", "remount,bind,rw", m.point])
+            else:
+                run(["mount", "-o", "remount,bind,ro", m.point])
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The lock, a writable ESP, and no temporaries left by an earlier run that was killed."""
+        with self.locked(), self.writable():
+            self.clear_temporaries()
+            yield
+
+    def temporary_folders(self) -> list[Path]:
+        """Every folder bootkeeper writes to: loader/, loader/entries/, and every folder under EFI/
+        at any depth (EFI/Linux/, EFI/<vendor>/, a UKI's ``*.extra.d/`` wherever an ``efi``/``uki``
+        key puts the UKI, e.g. EFI/v/sub/x.efi.extra.d/). Links are not followed."""
+        out = [self.path("loader"), self.path(TYPE1_DIR)]
+        todo = [] if self.path("EFI").is_symlink() else _subdirs(self.path("EFI"))
+        while todo:
+            d = todo.pop()
+            out.append(d)
+            todo.extend(_subdirs(d))
+        return [d for d in out if d.is_dir() and not d.is_symlink()]
 
     def read_text(self, rel: str) -> str:
         p = self.path(rel)

@@ -102,6 +102,7 @@ class Report:
     images: list[Outcome] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     trust: dict[str, Any] = field(default_factory=dict)
+    store: dict[str, Any] | None = None  # sysext.store: persistent: the folders read, the role and why
     refresh: dict[str, Any] | None = None
     seconds: float = 0.0
 
@@ -127,33 +128,46 @@ def _previous(root: Path) -> list[str]:
         return []
 
 
-def _candidates(sources: list[Path]) -> list[tuple[str, Path | None, str | None]]:
-    """(name, path, why-skipped) for every entry of the source folders, first folder wins."""
+def _candidates(
+    sources: list[Path | tuple[Any, str]],
+) -> list[tuple[str, Path | None, str | None]]:
+    """(name, path, why-skipped) for every entry of the source folders, first folder wins. A source
+    is a folder of images, or (LinkStore, folder) for a folder of links into the persistent store:
+    a link that is not exactly ``../<image>`` of a regular file there is skipped with its reason."""
     from bootkeeper.errors import UsageError
     from bootkeeper.sysext.deploy import check_name
 
     out: list[tuple[str, Path | None, str | None]] = []
     seen: set[str] = set()
-    for d in sources:
-        try:
-            if d.is_symlink():
-                out.append((d.name, None, f"{d}: source folder is a symbolic link; not followed"))
+    for source in sources:
+        found: list[tuple[str, Path, str | None]] = []
+        if isinstance(source, tuple):
+            store, folder = source
+            for lk in store.links(folder):
+                found.append((lk.name, store.root / (lk.image or f"{folder}/{lk.name}"), lk.problem))
+            label = store.root / folder
+        else:
+            d = label = source
+            try:
+                if d.is_symlink():
+                    out.append((d.name, None, f"{d}: source folder is a symbolic link; not followed"))
+                    continue
+                names = sorted(os.listdir(d))
+            except FileNotFoundError:
                 continue
-            names = sorted(os.listdir(d))
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            out.append((d.name, None, f"{d}: cannot list ({exc.strerror})"))
-            continue
-        for n in names:
-            if fsutil.is_temporary(n) or not n.endswith(".raw"):
-                continue  # systemd-stub only passes *.raw; nothing else is an image
-            p = d / n
+            except OSError as exc:
+                out.append((d.name, None, f"{d}: cannot list ({exc.strerror})"))
+                continue
+            found = [(n, d / n, None) for n in names if not fsutil.is_temporary(n) and n.endswith(".raw")]
+        for n, p, problem in found:  # systemd-stub only passes *.raw; nothing else is an image
+            if problem is not None:
+                out.append((n, None, problem))
+                continue
             if n.endswith(".confext.raw"):  # systemd-stub hands these to /.extra/confext
-                out.append((n, None, f"{p}: {CONFEXT_SKIPPED}"))
+                out.append((n, None, f"{label / n}: {CONFEXT_SKIPPED}"))
                 continue
             if n in seen:
-                out.append((n, None, f"{p}: an image of this name came from an earlier folder"))
+                out.append((n, None, f"{label / n}: an image of this name came from an earlier folder"))
                 continue
             seen.add(n)
             try:
@@ -163,6 +177,21 @@ def _candidates(sources: list[Path]) -> list[tuple[str, Path | None, str | None]
                 continue
             out.append((n, p, None))
     return out
+
+
+def _store_sources(root: Path, cfg: Sysext, efivars: Path | None, report: Report) -> list[tuple[Any, str]]:
+    """``sysext.store: persistent``: the booted role's folder of links and ``common/``. A role that
+    cannot be told loads ``common/`` alone (fewer images, never more)."""
+    from bootkeeper.esp import linkstore
+
+    store = linkstore.LinkStore(fsutil.under(root, cfg.store_dir))
+    role, why = linkstore.booted_role(root, efivars or root / "sys/firmware/efi/efivars")
+    folders = [role.value] if role is not None else []
+    folders.append(linkstore.COMMON)
+    report.store = {"dir": str(store.root), "role": role.value if role else None, "why": why, "folders": folders}
+    if role is None:
+        report.store["problem"] = f"the booted role is unknown ({why}): only {linkstore.COMMON}/ is loaded"
+    return [(store, f) for f in folders]
 
 
 def activate(
@@ -175,9 +204,17 @@ def activate(
 ) -> Report:
     started = time.monotonic()
     mode = mode or cfg.mode
-    sources = [root / EXTRA_DIR, root / GLOBAL_DIR, *(fsutil.under(root, s) for s in cfg.sources)]
+    from bootkeeper.config import SysextStore
+
+    folders = [root / EXTRA_DIR, root / GLOBAL_DIR, *(fsutil.under(root, s) for s in cfg.sources)]
     dest = root / DEST_DIR
-    report = Report(mode.value, cfg.policy, str(root), [str(s) for s in sources])
+    report = Report(mode.value, cfg.policy, str(root), [str(s) for s in folders])
+    sources: list[Path | tuple[Any, str]] = [*folders[:2]]
+    if cfg.store is SysextStore.PERSISTENT:
+        links = _store_sources(root, cfg, efivars, report)
+        sources += links
+        report.sources[2:2] = [str(s.root / f) for s, f in links]
+    sources += folders[2:]
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

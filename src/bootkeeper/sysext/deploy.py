@@ -46,6 +46,7 @@ from bootkeeper.esp.entries import EntryKind, LoaderType, Role, extra_dir
 from bootkeeper.esp.store import SPACE_MARGIN, EspStore, Snapshot
 
 if TYPE_CHECKING:
+    from bootkeeper.esp.linkstore import Link, LinkStore
     from bootkeeper.sysext.release import Release
 
 DEFAULT_ROLES = (Role.ACTIVE.value, Role.PASSIVE.value)
@@ -404,3 +405,130 @@ def remove(store: EspStore, name: str, chosen: list[Target]) -> list[str]:
                 store.unlink(rel)
                 gone.append(rel)
     return gone
+
+
+# --- the persistent store (sysext.store: persistent; esp/linkstore.py) -------------------------
+
+
+def store_folders(
+    name: str, rules: tuple[tuple[str, tuple[str, ...]], ...], wanted: tuple[str, ...]
+) -> tuple[list[str], str]:
+    """The folders of links an image goes to, and why: ``--entry`` (a role or ``common``), else the
+    ``sysext.entries`` rules that match it, else active and passive (the ESP's rule)."""
+    from bootkeeper.esp.linkstore import FOLDERS
+
+    if wanted:
+        bad = [w for w in wanted if w not in FOLDERS]
+        if bad:
+            raise UsageError(f"--entry {', '.join(bad)}: the persistent store has folders {', '.join(FOLDERS)} only")
+        return list(dict.fromkeys(wanted)), "--entry"
+    stem = image_stem(name)
+    matched = [e for e, pats in rules if e in FOLDERS and any(re.fullmatch(p, stem) for p in pats)]
+    if matched:
+        return matched, f"sysext.entries rules for {', '.join(matched)}"
+    return list(DEFAULT_ROLES), "no rule names it: active and passive"
+
+
+def folder_targets(folders: list[str], available: list[Target]) -> list[Target]:
+    """The ESP entries whose OS loads these folders: a role's entries; every role's for ``common``."""
+    from bootkeeper.esp.linkstore import COMMON
+
+    return [t for t in available if t.role is not None and (COMMON in folders or t.role.value in folders)]
+
+
+@dataclass
+class StorePlan:
+    name: str
+    size: int
+    why: str
+    store: str
+    copied: bool = False  # the image was written to the store (False: the same bytes were there)
+    linked: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)  # folders that linked it already
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "why": self.why,
+            "store": self.store,
+            "image_written": self.copied,
+            "written": [f"{f}/{self.name}" for f in self.linked],
+            "unchanged": [f"{f}/{self.name}" for f in self.unchanged],
+        }
+
+
+def install_persistent(
+    ls: LinkStore,
+    src: Path,
+    name: str,
+    folders: list[str],
+    why: str,
+    check: Callable[[Path], V],
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[StorePlan, V]:
+    """Copy ``src`` into the store as image ``name`` (crash-safe, judged by ``check`` on the staged copy,
+    as for the ESP) and link it from each folder. Another image of that name that a folder outside
+    ``folders`` links is never replaced: the install is refused, nothing changed."""
+    sfd = open_source(src)
+    try:
+        size = os.fstat(sfd).st_size
+        p = StorePlan(name, size, why, str(ls.root))
+        with ls.transaction():
+            dest = ls.root / name
+            old = ls.images().get(name)
+            same = old is not None and old.stat().st_size == size and _sha256(old) == _sha256_fd(sfd, size)
+            users = sorted(set(ls.linked().get(name, [])) - set(folders))
+            if old is not None and not same and users:
+                raise UsageError(
+                    f"{dest}: another image of this name is in the store, linked from {', '.join(users)}/; "
+                    "nothing was changed",
+                    hint="install this one under another name (--name), or remove the other first",
+                )
+            if same:
+                verdict = check(dest)
+            else:
+                free = ls.free_bytes()
+                if free < size + SPACE_MARGIN:
+                    raise StoreIOError(
+                        f"{ls.root}: not enough room for {name}: {size} bytes need {size + SPACE_MARGIN} with a "
+                        f"1 MiB margin, {free} are free; nothing was changed"
+                    )
+                with ls._naming(dest, "cannot write"), fsutil.temp_file(dest, ls.step) as (fd, tmp):
+                    fsutil.copy_into(sfd, fd, size, progress)
+                    ls.step(f"fsync:{dest.name}")
+                    os.fsync(fd)
+                    verdict = check(tmp)
+                    fsutil.commit(fd, tmp, dest, ls.step)
+                p.copied = True
+            for f in folders:
+                lk = next((x for x in ls.links(f) if x.name == name), None)
+                if lk is not None and lk.image == name:
+                    p.unchanged.append(f)
+                    continue
+                ls.link(f, name, name)
+                p.linked.append(f)
+    finally:
+        os.close(sfd)
+    return p, verdict
+
+
+def installed_persistent(ls: LinkStore) -> list[Link]:
+    """Every link of every folder (role folders and ``common``), working or not."""
+    from bootkeeper.esp.linkstore import FOLDERS
+
+    return [lk for f in FOLDERS for lk in ls.links(f)]
+
+
+def remove_persistent(ls: LinkStore, name: str, folders: list[str]) -> tuple[list[str], list[str]]:
+    """Unlink ``name`` from ``folders``; the images no folder links to any more go too. Returns the
+    links and the images removed."""
+    check_name(name)
+    gone = []
+    with ls.transaction():
+        for f in folders:
+            if any(x.name == name for x in ls.links(f)) or (ls.root / f / name).is_symlink():
+                ls.unlink(f"{f}/{name}")
+                gone.append(f"{f}/{name}")
+        images = ls.collect()
+    return gone, images
