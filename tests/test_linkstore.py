@@ -121,16 +121,24 @@ def test_install_checks_each_role_os_and_refuses_a_misfit_writing_nothing(
     assert "folders active, passive, recovery, statereset, common only" in capsys.readouterr().err
 
 
-def test_another_image_of_the_same_name_linked_elsewhere_is_never_replaced(
+def test_another_build_of_the_same_name_never_overwrites_what_a_role_loads(
     tmp_path: Path, imgs: Images, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = node(tmp_path, active="1", passive="1")
     assert bk(root, "sysext", "install", str(imgs.tools_a), "--entry", "passive") == 0
-    before = tree(root / "store")
-    assert bk(root, "sysext", "install", str(imgs.tools_b), "--entry", "active") == 2
-    err = capsys.readouterr().err
-    assert "another image of this name is in the store, linked from passive/; nothing was changed" in err
-    assert tree(root / "store") == before
+    capsys.readouterr()
+    assert bk(root, "sysext", "install", str(imgs.tools_b), "--entry", "active", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    image = out["image"]
+    assert image.startswith("tools~") and image.endswith(".raw") and out["written"] == ["active/tools.raw"]
+    assert links(root) == {"active/tools.raw": f"../{image}", "passive/tools.raw": "../tools.raw"}
+    assert (root / "store/tools.raw").read_bytes() == imgs.tools_a.read_bytes()
+    assert (root / "store" / image).read_bytes() == imgs.tools_b.read_bytes()
+    # the same build again for passive: its link moves to the new image, the old one goes
+    assert bk(root, "sysext", "install", str(imgs.tools_b), "--entry", "passive", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["image"] == image and out["images_removed"] == ["tools.raw"]
+    assert sorted(p.name for p in (root / "store").glob("*.raw")) == [image]
 
 
 def test_activate_places_the_booted_roles_links_and_common_only(

@@ -176,6 +176,8 @@ def test_old_active_set_becomes_passive_and_new_set_is_active(tmp_path: Path, im
         p = files["loader/entries/passive+3.conf"].decode()
         assert "efi /EFI/kairos/active.efi" in a and "sort-key 1-active" in a
         assert "efi /EFI/kairos/passive.efi" in p and "sort-key 2-passive" in p
+        # the menu says what it is: the old active's title, with its role word changed
+        assert "title Kairos active\n" in a and "title Kairos passive\n" in p
         assert sorted(n for n in files if n.startswith("loader/entries/")) == [
             f"loader/entries/{r}+3.conf" for r in ("active", "passive", "recovery", "statereset")
         ]
@@ -316,7 +318,8 @@ def test_json_shape(tmp_path: Path, imgs: Images, capsys: pytest.CaptureFixture[
     rc = run(tmp_path, esp, str(new_uki(tmp_path)), "--json", "--dry-run")
     doc = json.loads(capsys.readouterr().out)
     assert rc == 1 and tree(esp) == before
-    assert set(doc) == {"layout", "role", "actions", "gate", "warnings", "result"}
+    assert set(doc) == {"layout", "role", "actions", "gate", "warnings", "left_behind", "store", "history", "result"}
+    assert doc["store"] is None and doc["left_behind"] == [] and doc["history"] is None
     assert doc["result"] == "refused" and doc["layout"] == "type2" and doc["role"] == "active"
     gate = doc["gate"]
     assert gate["verdict"] == "refused" and gate["forced"] is False

@@ -115,6 +115,13 @@ def test_a_history_that_cannot_be_written_is_a_warning_not_a_failure(
     assert len(err) == 1 and err[0].startswith("bootkeeper: warning: upgraded, but not recorded in the boot history: ")
     assert str(tmp_path / history.HISTORY) in err[0]
     assert (esp / "EFI/kairos/active.efi").read_bytes() == new_uki(tmp_path).read_bytes()  # the upgrade stands
+    # --json says so too (here: an upgrade of the recovery set, which also records)
+    import json
+
+    assert run(tmp_path, esp, str(new_uki(tmp_path)), "--recovery", "--json", "--force") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["result"] == "upgraded" and doc["history"]["recorded"] is False
+    assert doc["history"]["file"] == str(tmp_path / history.HISTORY) and "Is a directory" in doc["history"]["error"]
 
 
 def test_upgrade_records_stay_bounded(tmp_path: Path) -> None:

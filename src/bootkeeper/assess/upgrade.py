@@ -54,8 +54,10 @@ must fit in the free space plus what step 1 frees, with a 1 MiB margin.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -69,6 +71,7 @@ from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import edit, pe
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, EntryKind, LoaderType, Role, extra_dir
+from bootkeeper.esp.linkstore import COMMON, LinkStore
 from bootkeeper.esp.sdboot import SdBoot
 from bootkeeper.esp.store import SPACE_MARGIN, EspStore, Snapshot
 
@@ -83,6 +86,10 @@ def _stage_uki(folder: str, role: Role) -> str:
     return f"{folder}/{STAGE_PREFIX}{role.value}.uki"
 
 
+def _stage_entry(role: Role) -> str:
+    return f"{TYPE1_DIR}/{STAGE_PREFIX}{role.value}.entry"  # not *.conf: systemd-boot does not read it
+
+
 # --- the sets ---------------------------------------------------------------------------------
 
 
@@ -93,6 +100,7 @@ class RoleSet:
     uki: str  # ESP path of the UKI (Type #2: the entry itself)
     extra_dir: str
     extensions: tuple[str, ...]  # the *.raw systemd-stub loads for it
+    links: tuple[tuple[str, str], ...] = ()  # persistent store: (link name, image) of its folder
 
     @property
     def folder(self) -> str:
@@ -105,6 +113,7 @@ class RoleSet:
             "uki": self.uki,
             "extra_dir": self.extra_dir,
             "extensions": list(self.extensions),
+            "links": [name for name, _ in self.links],
         }
 
 
@@ -113,6 +122,12 @@ def _raws(store: EspStore, rel: str) -> tuple[str, ...]:
     if d.is_symlink() or not d.is_dir():
         return ()
     return tuple(n for n in store.list_dir(rel) if n.endswith(".raw") and not fsutil.is_temporary(n))
+
+
+def _links(links: LinkStore | None, folder: str) -> tuple[tuple[str, str], ...]:
+    if links is None:
+        return ()
+    return tuple((lk.name, lk.image) for lk in links.links(folder) if lk.image is not None)
 
 
 def uki_of(store: EspStore, e: Entry) -> str | None:
@@ -125,6 +140,16 @@ def uki_of(store: EspStore, e: Entry) -> str | None:
 
 
 @dataclass(frozen=True)
+class Staged:
+    """A recovery set staged by an upgrade that was cut after the old recovery went: its folder (ESP) and
+    links (store) are complete, and a re-run carries them on (they hold the old recovery's extensions)."""
+
+    extra_dir: str
+    extensions: tuple[str, ...]
+    links: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class Found:
     """The role entries of one layout, as a snapshot shows them."""
 
@@ -133,7 +158,7 @@ class Found:
     dangling: tuple[Entry, ...]  # Type #1 role entries whose UKI is not on the ESP (a crash in step 4)
 
 
-def find_sets(store: EspStore, snap: Snapshot) -> Found:
+def find_sets(store: EspStore, snap: Snapshot, links: LinkStore | None = None) -> Found:
     by_role = chain.role_entries(snap.entries)
     kinds = {e.kind for es in by_role.values() for e in es if uki_of(store, e) or e.kind is EntryKind.TYPE1}
     ab = [e for r in (Role.ACTIVE, Role.PASSIVE) for e in by_role.get(r, [])]
@@ -159,7 +184,7 @@ def find_sets(store: EspStore, snap: Snapshot) -> Found:
             dangling.append(e)
             continue
         d = extra_dir(uki)
-        sets[role] = RoleSet(role, e, uki, d, _raws(store, d))
+        sets[role] = RoleSet(role, e, uki, d, _raws(store, d), _links(links, role.value))
     return Found(layout, sets, tuple(dangling))
 
 
@@ -174,6 +199,7 @@ class OpKind(StrEnum):
     RENAME = "rename"  # src (ESP path) -> path, same folder
     WRITE = "write"  # text -> path, crash-safe
     CLEAR_RO = "clear-read-only"  # the FAT read-only attribute of ``entry`` (chain.clear_read_only)
+    LINK = "link"  # persistent store: path (folder/name) -> ../src (an image of the store)
 
 
 @dataclass(frozen=True)
@@ -184,16 +210,21 @@ class Op:
     text: str | None = None
     why: str = ""
     entry: Entry | None = None
+    store: str = ""  # a step in the persistent extension store (its folder), not on the ESP
 
     def line(self) -> str:
+        path = f"{self.store}/{self.path}" if self.store else self.path
+        src = f"{self.store}/{self.src}" if self.store and self.kind is OpKind.RENAME else self.src
+        if self.kind is OpKind.LINK:
+            return f"link {path} -> ../{self.src}" + (f" ({self.why})" if self.why else "")
         what = {
-            OpKind.UNLINK: f"remove {self.path}",
-            OpKind.RMDIR: f"remove folder {self.path}",
-            OpKind.MKDIR: f"make folder {self.path}",
-            OpKind.COPY: f"copy {self.src} -> {self.path}",
-            OpKind.RENAME: f"rename {self.src} -> {self.path}",
-            OpKind.WRITE: f"write {self.path}",
-            OpKind.CLEAR_RO: f"clear the read-only attribute of {self.path}",
+            OpKind.UNLINK: f"remove {path}",
+            OpKind.RMDIR: f"remove folder {path}",
+            OpKind.MKDIR: f"make folder {path}",
+            OpKind.COPY: f"copy {src} -> {path}",
+            OpKind.RENAME: f"rename {src} -> {path}",
+            OpKind.WRITE: f"write {path}",
+            OpKind.CLEAR_RO: f"clear the read-only attribute of {path}",
         }[self.kind]
         return f"{what} ({self.why})" if self.why else what
 
@@ -205,6 +236,8 @@ class Extension:
     name: str
     source: Path
     carried: bool
+    image: str | None = None  # in the persistent store: the image its link names (None: on the ESP)
+    common: bool = False  # a link of common/: every role loads it, the upgrade leaves it in place
 
 
 @dataclass
@@ -223,6 +256,9 @@ class Plan:
     done: bool = False  # the new UKI is the active one already
     new_uki_rel: str = ""  # where the new UKI goes
     new_entry_rel: str = ""  # its entry (Type #2: the UKI itself)
+    common: tuple[Extension, ...] = ()  # persistent store: common/, loaded by the new OS too (gated, not moved)
+    left_behind: tuple[str, ...] = ()  # the old set's extensions the sysext.entries rules do not carry
+    store_need_bytes: int = 0  # persistent store: the new images
 
 
 def _sha256(path: Path) -> str:
@@ -252,19 +288,77 @@ def _size(p: Path) -> int:
 
 
 def carried(
-    store: EspStore, old: RoleSet | None, added: list[tuple[str, Path]], stem: Callable[[str], str]
-) -> list[Extension]:
-    """The new set's extensions: the old set's, each replaced by an ``added`` one of the same
-    extension name (``stem``: the sysext naming rule, owned by sysext/deploy.py), plus the others added."""
+    store: EspStore,
+    old: RoleSet | Staged | None,
+    added: list[tuple[str, Path]],
+    stem: Callable[[str], str],
+    *,
+    links: LinkStore | None = None,
+    carry: Callable[[str], bool] | None = None,
+) -> tuple[list[Extension], list[str]]:
+    """The new set's extensions: the old set's (its ``.extra.d`` and, with the persistent store, its links),
+    each replaced by an ``added`` one of the same extension name (``stem``: the sysext naming rule, owned by
+    sysext/deploy.py) and kept only where ``carry`` (the ``sysext.entries`` rules) allows, plus the others
+    added (into the store, when there is one). Also the names the rules left behind."""
     new_stems = {stem(n) for n, _ in added}
-    out = (
-        []
-        if old is None
-        else [
-            Extension(n, store.path(f"{old.extra_dir}/{n}"), True) for n in old.extensions if stem(n) not in new_stems
-        ]
-    )
-    return out + [Extension(n, p, False) for n, p in added]
+    out: list[Extension] = []
+    left: list[str] = []
+    candidates: list[tuple[str, Path, str | None]] = []
+    if old is not None:
+        candidates += [(n, store.path(f"{old.extra_dir}/{n}"), None) for n in old.extensions]
+        if links is not None:
+            candidates += [(n, links.root / image, image) for n, image in old.links]
+    for n, path, image in candidates:
+        if stem(n) in new_stems:
+            continue
+        if carry is not None and not carry(n):
+            left.append(n)
+            continue
+        out.append(Extension(n, path, True, image))
+    return out + [Extension(n, p, False, n if links is not None else None) for n, p in added], left
+
+
+def _store_dir(folder: str) -> str:
+    return f"{STAGE_PREFIX}{folder}.d"
+
+
+def _store_remove(links: LinkStore, folder: str, why: str) -> list[Op]:
+    """Ops that remove a folder of links (every entry in it: links, and whatever else is there)."""
+    d = links.root / folder
+    if d.is_symlink():
+        raise StoreIOError(f"{d}: is a symbolic link; refusing to write through it")
+    if not d.is_dir():
+        return []
+    names = [n for n in sorted(os.listdir(d)) if not (d / n).is_dir() or (d / n).is_symlink()]
+    root = str(links.root)
+    return [
+        *(Op(OpKind.UNLINK, f"{folder}/{n}", why=why, store=root) for n in names),
+        Op(OpKind.RMDIR, folder, why=why, store=root),
+    ]
+
+
+def _store_stage(links: LinkStore, folder: str, exts: list[tuple[str, str]], why: str) -> list[Op]:
+    """Ops that build a staged folder of links ((name, image) each) under a name activate never reads."""
+    root = str(links.root)
+    return [Op(OpKind.LINK, f"{_store_dir(folder)}/{n}", image, why=why, store=root) for n, image in exts]
+
+
+def _store_images(links: LinkStore, exts: tuple[Extension, ...], p: Plan) -> tuple[list[Op], tuple[Extension, ...]]:
+    """The added images the store does not hold yet, and the extensions with the image each will be:
+    another image of the same name that a folder links is never overwritten (LinkStore.image_for)."""
+    ops = []
+    out = []
+    for x in exts:
+        if x.carried or x.image is None:
+            out.append(x)
+            continue
+        image, copy = links.image_for(x.name, _sha256(x.source))
+        out.append(Extension(x.name, x.source, False, image))
+        if copy:
+            why = "a new extension, linked by nothing yet"
+            ops.append(Op(OpKind.COPY, image, str(x.source), why=why, store=str(links.root)))
+            p.store_need_bytes += _size(x.source)
+    return ops, tuple(out)
 
 
 def _remove_dir(store: EspStore, rel: str, why: str) -> list[Op]:
@@ -286,8 +380,27 @@ def _stage(store: EspStore, rel: str, files: list[tuple[str, str]], why: str) ->
     return [Op(OpKind.MKDIR, rel, why=why), *(Op(OpKind.COPY, f"{rel}/{n}", src, why=why) for n, src in files)]
 
 
+_TITLE = re.compile(r"^([ \t]*title[ \t]+)(.*)$", re.MULTILINE)
+
+
+def retitle(text: str, role: Role) -> str:
+    """The ``title`` with another role's name (a whole word, any case) replaced by ``role``'s: the old
+    active's entry, moved to passive, no longer shows "Kairos active" in the menu."""
+    words = "|".join(r.value for r in Role if r is not role)
+
+    def swap(m: re.Match[str]) -> str:
+        w = m.group(0)
+        new = role.value.upper() if w.isupper() else role.value.capitalize() if w[0].isupper() else role.value
+        return new
+
+    def line(m: re.Match[str]) -> str:
+        return m.group(1) + re.sub(rf"\b({words})\b", swap, m.group(2), flags=re.IGNORECASE)
+
+    return _TITLE.sub(line, text, count=1)
+
+
 def _entry_text(template: str | None, role: Role, uki: str, key: str, title: str) -> str:
-    text = template if template is not None else f"title {title}\n"
+    text = retitle(template, role) if template is not None else f"title {title}\n"
     line = chain.loader_line(text)
     if line is None:
         text = text.rstrip("\n") + f"\n{key} /{uki}\n"
@@ -320,9 +433,12 @@ def plan(
     stem: Callable[[str], str],
     *,
     recovery: bool = False,
+    links: LinkStore | None = None,
+    carry: Callable[[str], bool] | None = None,
 ) -> Plan:
-    """What the upgrade will do on this ESP, as ops in the order of the module's text (no write)."""
-    found = find_sets(store, snap)
+    """What the upgrade will do on this ESP (and in the persistent extension store ``links``), as ops in
+    the order of the module's text (no write)."""
+    found = find_sets(store, snap, links)
     layout, sets = found.layout, found.sets
     loaders = chain.boot_loaders(store, snap)
     role = Role.RECOVERY if recovery else Role.ACTIVE
@@ -341,14 +457,32 @@ def plan(
             "an OS that never booted well the fallback",
             hint="bless the running entry, or remove the bad one, then upgrade",
         )
-    source_set = old if old is not None else kept
-    exts = tuple(carried(store, source_set, added, stem))
     if layout is EntryKind.TYPE2:
         folder = TYPE2_DIR
     else:
         base = old or kept or next(iter(sets.values()), None)
         folder = base.folder if base is not None else "EFI/Linux"
+    source_set: RoleSet | Staged | None = old if old is not None else kept
+    staged: Staged | None = None
+    if recovery and old is None:
+        # a cut after the old recovery went: its extensions are in the staging folders, or already in
+        # the role's own (renamed there before the cut); no recovery UKI exists, so neither is read yet
+        sd = _stage_dir(folder, role)
+        sd = sd if store.path(sd).is_dir() else f"{folder}/{role.value}.efi.extra.d"
+        ld = _store_dir(role.value)
+        ld = ld if links is not None and (links.root / ld).is_dir() else role.value
+        if store.path(sd).is_dir() or (links is not None and (links.root / ld).is_dir()):
+            staged = source_set = Staged(sd, _raws(store, sd), _links(links, ld))
+    exts_list, left = carried(store, source_set, added, stem, links=links, carry=carry)
+    exts = tuple(exts_list)
     p = Plan(layout, role, new_uki, old, gone, kept, exts)
+    p.left_behind = tuple(left)
+    if links is not None:
+        p.common = tuple(
+            Extension(lk.name, links.root / lk.image, False, lk.image, common=True)
+            for lk in links.links(COMMON)
+            if lk.image is not None
+        )
     tries = chain.tries_for(role, cfg)
     suffix = ".efi" if layout is EntryKind.TYPE2 else ".conf"
     if layout is EntryKind.TYPE2:
@@ -360,6 +494,12 @@ def plan(
     p.new_uki_rel, p.new_entry_rel = new_uki_rel, new_entry_rel
     if old is not None and same_bytes(store.path(old.uki), new_uki):
         p.done = True
+        if links is not None:  # a crash after the commit: what is left to tidy is in the store
+            for r in Role:
+                p.ops += _store_remove(links, _store_dir(r.value), "left by an interrupted upgrade")
+            used = {i for i, fs in links.linked().items() if any(not f.startswith(STAGE_PREFIX) for f in fs)}
+            why = "no folder links to it any more (an interrupted upgrade)"
+            p.ops += [Op(OpKind.UNLINK, n, why=why, store=str(links.root)) for n in links.images() if n not in used]
         return p
     ops = p.ops
     if layout is EntryKind.TYPE2 and old is not None and old.entry.read_only and role is Role.ACTIVE:
@@ -367,9 +507,15 @@ def plan(
         ops.append(Op(OpKind.CLEAR_RO, old.entry.path, why=why, entry=old.entry))
     # 0. leftovers of an interrupted upgrade
     for r in Role:
-        ops += _remove_dir(store, _stage_dir(folder, r), "left by an interrupted upgrade")
-        if store.path(_stage_uki(folder, r)).is_file():
-            ops.append(Op(OpKind.UNLINK, _stage_uki(folder, r), why="left by an interrupted upgrade"))
+        if staged is None or r is not role:
+            ops += _remove_dir(store, _stage_dir(folder, r), "left by an interrupted upgrade")
+        for leftover in (_stage_uki(folder, r), _stage_entry(r)):
+            if store.path(leftover).is_file():
+                ops.append(Op(OpKind.UNLINK, leftover, why="left by an interrupted upgrade"))
+    if links is not None:
+        for r in Role:
+            if staged is None or r is not role:
+                ops += _store_remove(links, _store_dir(r.value), "left by an interrupted upgrade")
     for e in found.dangling:
         if e.role is role or (role is Role.ACTIVE and e.role is Role.PASSIVE and kept is None):
             ops.append(Op(OpKind.UNLINK, e.path, why="its UKI is not on the ESP (an interrupted upgrade)"))
@@ -377,8 +523,30 @@ def plan(
     new_dir = extra_dir(new_uki_rel)
     stage_new = _stage_dir(folder, role)
     stage_uki = _stage_uki(folder, role)
-    new_files = [(x.name, str(x.source)) for x in exts]
-    p.need_bytes = sum(_size(x.source) for x in exts) + _size(new_uki) + SPACE_MARGIN
+    store_ops: list[Op] = []
+    if links is not None:
+        store_ops, exts = _store_images(links, exts, p)
+        p.extensions = exts
+    new_files = [(x.name, str(x.source)) for x in exts if x.image is None]
+    new_links = [(x.name, x.image) for x in exts if x.image is not None]
+    if links is not None:
+        store_ops += _store_stage(links, role.value, new_links, f"the new {role.value}'s links")
+    sroot = str(links.root) if links is not None else ""
+    # the new UKI, and (Type #1) its entry, under names nothing loads: the entry is staged with the rest so
+    # that a re-run after the old recovery's entry went still has its text
+    stage_entry = _stage_entry(role)
+    uki_ops = [Op(OpKind.COPY, stage_uki, str(new_uki), why="the new UKI, under a name nothing loads")]
+    if layout is EntryKind.TYPE1:
+        template_set = old if old is not None else kept
+        template = store.read_text(template_set.entry.path) if template_set is not None else None
+        if template is None and store.path(stage_entry).is_file():
+            template = store.read_text(stage_entry)
+        line = chain.loader_line(template) if template is not None else None
+        key = _key_for(loaders, line.key if line else None, new_uki_rel, p.warnings, new_entry_rel)
+        t = _entry_text(template, role, new_uki_rel, key, role.value)
+        why = "the new entry, under a name systemd-boot does not read"
+        uki_ops.append(Op(OpKind.WRITE, stage_entry, text=t, why=why))
+    p.need_bytes = sum(_size(x.source) for x in exts if x.image is None) + _size(new_uki) + SPACE_MARGIN
     if role is Role.ACTIVE:
         pas_uki = (
             f"{TYPE2_DIR}/{counter_mod.format_name('passive', '.efi', chain.tries_for(Role.PASSIVE, cfg))}"
@@ -402,14 +570,31 @@ def plan(
             stray = layout is EntryKind.TYPE1 and (gone is None or gone.uki != pas_uki) and pas_uki not in referenced
             if stray and store.path(pas_uki).is_file():
                 ops.append(Op(OpKind.UNLINK, pas_uki, why="no entry uses it"))
+            if links is not None:  # no passive entry is left: passive/ is unread
+                ops += _store_remove(links, Role.PASSIVE.value, "no passive entry: unread")
             # 2. staging, under names nothing loads
+            if links is not None:
+                ops += _store_stage(
+                    links, Role.PASSIVE.value, list(old.links), "the old active's links, for it as passive"
+                )
+                ops += store_ops
             pas_files = [(n, str(store.path(f"{old.extra_dir}/{n}"))) for n in old.extensions]
             p.need_bytes += sum(_size(Path(s)) for _, s in pas_files)
             stage_pas = _stage_dir(folder, Role.PASSIVE)
             ops += _stage(store, stage_pas, pas_files, "the old active's extensions, for it as passive")
             ops += _stage(store, stage_new, new_files, "the new active's extensions")
-            ops.append(Op(OpKind.COPY, stage_uki, str(new_uki), why="the new UKI, under a name nothing loads"))
+            ops += uki_ops
             # 3. the passive's folder
+            if links is not None and old.links:
+                ops.append(
+                    Op(
+                        OpKind.RENAME,
+                        Role.PASSIVE.value,
+                        _store_dir(Role.PASSIVE.value),
+                        why="no passive entry yet: unread",
+                        store=sroot,
+                    )
+                )
             if pas_files:
                 ops.append(Op(OpKind.RENAME, pas_dir, stage_pas, why="no passive UKI yet: unread"))
             # 4. the old active becomes passive
@@ -427,13 +612,38 @@ def plan(
                     ops.append(Op(OpKind.UNLINK, old.entry.path, why="its UKI is passive now"))
             # 5. the old active's folder
             ops += _remove_dir(store, old.extra_dir, "no active UKI: unread")
+            if links is not None:
+                ops += _store_remove(links, Role.ACTIVE.value, "no active entry: unread")
         else:  # resume: the passive is in place
             ops += _remove_dir(store, new_dir, "no active UKI: unread")
+            if links is not None:
+                ops += _store_remove(links, Role.ACTIVE.value, "no active entry: unread")
+                ops += store_ops
             ops += _stage(store, stage_new, new_files, "the new active's extensions")
-            ops.append(Op(OpKind.COPY, stage_uki, str(new_uki), why="the new UKI, under a name nothing loads"))
+            ops += uki_ops
     else:  # recovery: stage first (carried copies come out of the old folder), then the old set goes
-        ops += _stage(store, stage_new, new_files, "the new recovery's extensions")
-        ops.append(Op(OpKind.COPY, stage_uki, str(new_uki), why="the new UKI, under a name nothing loads"))
+        if staged is not None:  # resume: the staged set is complete; what it holds that goes is removed
+            keep = {x.name for x in exts}
+            sroot_ = str(links.root) if links is not None else ""
+            ops += [
+                Op(OpKind.UNLINK, f"{staged.extra_dir}/{n}", why="replaced") for n in staged.extensions if n not in keep
+            ]
+            ops += [
+                Op(OpKind.UNLINK, f"{_store_dir(role.value)}/{n}", why="replaced", store=sroot_)
+                for n, _ in staged.links
+                if n not in keep
+            ]
+            to_copy = [(n, src) for n, src in new_files if Path(src) != store.path(f"{stage_new}/{n}")]
+            if to_copy and not store.path(stage_new).is_dir():
+                ops.append(Op(OpKind.MKDIR, stage_new, why="the new recovery's extensions"))
+            if not new_files and store.path(stage_new).is_dir():
+                ops += _remove_dir(store, stage_new, "empty: nothing is carried")
+            ops += store_ops
+            ops += [Op(OpKind.COPY, f"{stage_new}/{n}", src, why="the new recovery's extensions") for n, src in to_copy]
+        else:
+            ops += store_ops
+            ops += _stage(store, stage_new, new_files, "the new recovery's extensions")
+        ops += uki_ops
         if old is not None:
             ops.append(Op(OpKind.UNLINK, old.entry.path, why="the old recovery goes"))
             if layout is EntryKind.TYPE1 and old.uki not in {s.uki for s in sets.values() if s is not old}:
@@ -441,20 +651,37 @@ def plan(
             ops += _remove_dir(store, old.extra_dir, "the old recovery's extensions")
         if old is None or old.extra_dir != new_dir:
             ops += _remove_dir(store, new_dir, "no recovery loads it")
-    # 6. the new set: folder, UKI, (Type #1) entry: the commit
+        if links is not None:
+            ops += _store_remove(links, Role.RECOVERY.value, "no recovery entry: unread")
+    # 6. the new set: links, folder, UKI, (Type #1) entry: the commit
+    if new_links:
+        ops.append(
+            Op(OpKind.RENAME, role.value, _store_dir(role.value), why=f"no {role.value} entry yet: unread", store=sroot)
+        )
     if new_files:
         ops.append(Op(OpKind.RENAME, new_dir, stage_new, why=f"no {role.value} UKI yet: unread"))
     if layout is EntryKind.TYPE2:
         ops.append(Op(OpKind.RENAME, new_uki_rel, stage_uki, why=f"the new OS is {role.value}"))
     else:
         ops.append(Op(OpKind.RENAME, new_uki_rel, stage_uki, why=f"no {role.value} entry yet: unread"))
-        template_set = old if old is not None else kept
-        template = store.read_text(template_set.entry.path) if template_set is not None else None
-        line = chain.loader_line(template) if template is not None else None
-        key = _key_for(loaders, line.key if line else None, new_uki_rel, p.warnings, new_entry_rel)
-        t = _entry_text(template, role, new_uki_rel, key, role.value)
-        ops.append(Op(OpKind.WRITE, new_entry_rel, text=t, why=f"the new OS is {role.value}"))
+        ops.append(Op(OpKind.RENAME, new_entry_rel, stage_entry, why=f"the new OS is {role.value}"))
+    # 7. persistent store: the images no folder links to any more (the old passive's)
+    if links is not None:
+        ops += _store_collect(links, p)
     return p
+
+
+def _store_collect(links: LinkStore, p: Plan) -> list[Op]:
+    moved = {Role.ACTIVE.value, Role.PASSIVE.value} if p.role is Role.ACTIVE else {p.role.value}
+    used = {x.image for x in p.extensions if x.image is not None}
+    for image, folders in links.linked().items():
+        if any(f not in moved and not f.startswith(STAGE_PREFIX) for f in folders):
+            used.add(image)
+    kept = p.old if p.old is not None else p.kept_passive
+    if p.role is Role.ACTIVE and kept is not None:
+        used |= {image for _, image in kept.links}
+    why = "no folder links to it any more"
+    return [Op(OpKind.UNLINK, n, why=why, store=str(links.root)) for n in links.images() if n not in used]
 
 
 # --- the gate: what needs no sysext/ ------------------------------------------------------------
@@ -574,8 +801,11 @@ def _copy(store: EspStore, src: Path, rel: str, digest: str | None) -> None:
         os.close(sfd)
 
 
-def _run(store: EspStore, op: Op, digests: Mapping[str, str]) -> None:
-    if op.kind is OpKind.UNLINK:
+def _run(store: EspStore, op: Op, digests: Mapping[str, str], links: LinkStore | None) -> None:
+    if op.store:
+        assert links is not None
+        _run_store(links, op, digests)
+    elif op.kind is OpKind.UNLINK:
         store.unlink(op.path)
     elif op.kind is OpKind.RMDIR:
         store.rmdir(op.path)
@@ -595,13 +825,39 @@ def _run(store: EspStore, op: Op, digests: Mapping[str, str]) -> None:
         store.write_atomic(op.path, op.text.encode())
 
 
-def check_space(store: EspStore, p: Plan) -> None:
+def _run_store(links: LinkStore, op: Op, digests: Mapping[str, str]) -> None:
+    if op.kind is OpKind.UNLINK:
+        links.unlink(op.path)
+    elif op.kind is OpKind.RMDIR:
+        links.rmdir(op.path)
+    elif op.kind is OpKind.COPY:
+        assert op.src is not None
+        links.put(Path(op.src), op.path, digests.get(op.src))
+    elif op.kind is OpKind.LINK:
+        assert op.src is not None
+        folder, _, name = op.path.rpartition("/")
+        links.link(folder, name, op.src)
+    elif op.kind is OpKind.RENAME:
+        assert op.src is not None
+        links.rename(op.src, op.path)
+    else:
+        raise AssertionError(f"no store step {op.kind}")
+
+
+def check_space(store: EspStore, p: Plan, links: LinkStore | None = None) -> None:
     free = store.free_bytes()
     if free + p.freed_bytes < p.need_bytes:
         raise StoreIOError(
             f"{store.root}: not enough room for the upgrade: it needs {p.need_bytes} bytes with a 1 MiB margin, "
             f"{free} are free and the old passive frees {p.freed_bytes}; nothing was changed"
         )
+    if links is not None and p.store_need_bytes:
+        free = links.free_bytes()
+        if free < p.store_need_bytes + SPACE_MARGIN:
+            raise StoreIOError(
+                f"{links.root}: not enough room for the new extensions: they need {p.store_need_bytes + SPACE_MARGIN} "
+                f"bytes with a 1 MiB margin, {free} are free; nothing was changed"
+            )
 
 
 def apply(
@@ -611,16 +867,17 @@ def apply(
     *,
     sdboot_version: SdBoot | int | str | None = None,
     digests: Mapping[str, str] | None = None,
+    links: LinkStore | None = None,
 ) -> Plan:
     """Under the lock: plan again, refuse if the ESP changed since ``gated`` was judged, check the space
     once, then run the ops in order. ``digests``: source path -> sha256 of the bytes the gate judged."""
-    with store.transaction():
+    with store.transaction(), links.transaction() if links is not None else contextlib.nullcontext():
         p = make_plan(store.snapshot(sdboot_version))
         if [op.line() for op in p.ops] != [op.line() for op in gated.ops] or p.done != gated.done:
             raise RefusedError(f"{store.root}: the ESP changed while the upgrade was checked; nothing was changed")
-        if p.done:
+        if p.done and not p.ops:
             return p
-        check_space(store, p)
+        check_space(store, p, links)
         for op in p.ops:
-            _run(store, op, digests or {})
+            _run(store, op, digests or {}, links)
     return p

@@ -35,12 +35,14 @@ class ExtVerdict:
     ok: bool
     reasons: tuple[str, ...]
     signer: str | None
+    origin: str  # carried | --extension | common
 
     def as_json(self) -> dict[str, object]:
         return {
             "name": self.name,
             "source": self.source,
             "carried": self.carried,
+            "origin": self.origin,
             "verdict": "ok" if self.ok else "refused",
             "reasons": list(self.reasons),
             "signer": self.signer,
@@ -51,14 +53,16 @@ def _judge(cfg: Any, root: Path, plan: Any, host: dict[str, str], show: Any) -> 
     from bootkeeper.cli.sysext_cmd import _anchors
     from bootkeeper.sysext import image, policy
 
-    if not plan.extensions:
+    exts = [*plan.extensions, *plan.common]  # common/ stays, and the new OS loads it too
+    if not exts:
         return []
     pol = policy.parse(cfg.sysext.policy, "sysext.policy")
     anchors = _anchors(cfg, root)
     out = []
-    for x in plan.extensions:
+    for x in exts:
         v = image.validate(x.source, pol, anchors, full=True, os_release=host, name=x.name)
-        out.append(ExtVerdict(x.name, show(str(x.source)), x.carried, v.ok, tuple(v.reasons), v.signer))
+        origin = "common" if x.common else "carried" if x.carried else "--extension"
+        out.append(ExtVerdict(x.name, show(str(x.source)), x.carried, v.ok, tuple(v.reasons), v.signer, origin))
     return out
 
 
@@ -171,9 +175,17 @@ def _upgrade(
     digests = {str(new_uki): up.sha256(new_uki)}  # what was judged is what lands
     store = EspStore(find_esp(esp))
     snap = store.snapshot(sdboot_version)
+    links = _links(cfg, root)
+    role = "recovery" if recovery else "active"
+
+    def carry(name: str) -> bool:
+        return deploy.stays_with(name, cfg.sysext.entries, role)
 
     def make(s: Any) -> Any:
-        return up.plan(store, s, cfg.boot_assessment, new_uki, added, deploy.image_stem, recovery=recovery)
+        return up.plan(
+            store, s, cfg.boot_assessment, new_uki, added, deploy.image_stem,
+            recovery=recovery, links=links, carry=carry,
+        )  # fmt: skip
 
     plan = make(snap)
     verdicts = _judge(cfg, root, plan, release.parse_release(uki.text), show)
@@ -190,6 +202,8 @@ def _upgrade(
         "forced": forced,
     }
 
+    recorded: dict[str, Any] | None = None  # the boot history's line, once written (or why not)
+
     def report(result: str) -> None:
         if as_json:
             print_json(
@@ -199,6 +213,9 @@ def _upgrade(
                     "actions": [show(op.line()) for op in plan.ops],
                     "gate": gate,
                     "warnings": plan.warnings,
+                    "left_behind": list(plan.left_behind),
+                    "store": str(links.root) if links is not None else None,
+                    "history": recorded,
                     "result": result,
                 }
             )
@@ -214,11 +231,19 @@ def _upgrade(
             click.echo(("would " if result == "dry-run" else "") + show(op.line()))
         click.echo(f"result: {result}")
 
+    for n in plan.left_behind:
+        plan.warnings.append(
+            f"{n}: not carried to the new {role} (the sysext.entries rules give it to other entries); "
+            + ("passive keeps it with the old OS" if role == "active" else "it goes with the old recovery")
+        )
     for w in plan.warnings:
         click.echo(f"bootkeeper: warning: {w}", err=True)
     if plan.done:
+        if plan.ops:  # the store's tidying after a crash that came after the commit
+            up.apply(store, make, plan, sdboot_version=sdboot_version, digests=digests, links=links)
         if not as_json:
-            click.echo(f"{show(str(new_uki))} is the active UKI already: nothing to do")
+            tidy = "; finished tidying the extension store" if plan.ops else ": nothing to do"
+            click.echo(f"{show(str(new_uki))} is the active UKI already{tidy}")
         report("unchanged")
         return
     if reasons and not force:
@@ -233,13 +258,24 @@ def _upgrade(
     if dry_run:
         report("dry-run")
         return
-    before = _before(store, plan, digests)
-    up.apply(store, make, plan, sdboot_version=sdboot_version, digests=digests)
-    _record(root, plan, before, uki.osrel, digests, forced)
+    before = _before(store, plan, digests, links)
+    up.apply(store, make, plan, sdboot_version=sdboot_version, digests=digests, links=links)
+    recorded = _record(root, plan, before, uki.osrel, digests, forced)
     report("upgraded")
 
 
-def _before(store: Any, plan: Any, digests: dict[str, str]) -> Any:
+def _links(cfg: Any, root: Path) -> Any:
+    """The persistent extension store when ``sysext.store: persistent``, else None."""
+    from bootkeeper import fsutil
+    from bootkeeper.config import SysextStore
+    from bootkeeper.esp.linkstore import LinkStore
+
+    if cfg.sysext.store is not SysextStore.PERSISTENT:
+        return None
+    return LinkStore(fsutil.under(root, cfg.sysext.store_dir))
+
+
+def _before(store: Any, plan: Any, digests: dict[str, str], links: Any) -> Any:
     """The set the upgrade replaces, as the boot history records it: read before the first write moves it."""
     from bootkeeper.assess import history
     from bootkeeper.assess import upgrade as up
@@ -255,8 +291,9 @@ def _before(store: Any, plan: Any, digests: dict[str, str]) -> Any:
     except (OSError, BootkeeperError):
         raw = None
     images = []
-    for n in old.extensions:
-        path = store.path(f"{old.extra_dir}/{n}")
+    where = [(n, store.path(f"{old.extra_dir}/{n}")) for n in old.extensions]
+    where += [(n, links.root / image) for n, image in old.links] if links is not None else []
+    for n, path in where:
         try:
             size: int | None = path.stat().st_size
             digest: str | None = digests.get(str(path)) or up.sha256(path)
@@ -266,8 +303,11 @@ def _before(store: Any, plan: Any, digests: dict[str, str]) -> Any:
     return history.role_os(parse_osrel(raw.decode("utf-8", "replace")) if raw is not None else None, images)
 
 
-def _record(root: Path, plan: Any, before: Any, osrel: dict[str, str], digests: dict[str, str], forced: bool) -> None:
-    """The upgrade in the boot history; a failure to write it is a warning, never the upgrade's failure."""
+def _record(
+    root: Path, plan: Any, before: Any, osrel: dict[str, str], digests: dict[str, str], forced: bool
+) -> dict[str, Any]:
+    """The upgrade in the boot history; a failure to write it is a warning, never the upgrade's failure.
+    Returns ``upgrade --json``'s ``history``: the file, and ``recorded`` with the error when it failed."""
     import time
 
     from bootkeeper.assess import history
@@ -278,10 +318,13 @@ def _record(root: Path, plan: Any, before: Any, osrel: dict[str, str], digests: 
         osrel, [history.Image(x.name, _size(x.source), digests.get(str(x.source))) for x in plan.extensions]
     )
     rec = history.upgrade_record(current_boot_id(None), time.time(), plan.role, before, after, "upgraded", forced)
+    where = str(root / history.HISTORY)
     try:
         history.append(root, rec)
     except BootkeeperError as exc:
         click.echo(f"bootkeeper: warning: upgraded, but not recorded in the boot history: {exc}", err=True)
+        return {"file": where, "recorded": False, "error": str(exc)}
+    return {"file": where, "recorded": True, "error": None}
 
 
 def _size(p: Path) -> int | None:

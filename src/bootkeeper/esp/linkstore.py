@@ -153,6 +153,22 @@ class LinkStore(FolderStore):
                     out.setdefault(lk.image, []).append(f)
         return out
 
+    def image_for(self, name: str, digest: str) -> tuple[str, bool]:
+        """Where an image called ``name`` with SHA-256 ``digest`` goes, and whether it must be copied:
+        ``name`` itself, unless another image of that name is linked from a folder; then
+        ``<stem>~<digest[:12]>.raw`` (links keep the name systemd-sysext sees, so a new build of
+        ``k3s.raw`` never replaces the bytes an older OS still loads)."""
+        held = self.images()
+        for candidate in (name, f"{name[: -len('.raw')]}~{digest[:12]}.raw"):
+            have = held.get(candidate)
+            if have is None:
+                return candidate, True
+            if sha256_file(have) == digest:
+                return candidate, False
+            if candidate not in self.linked():
+                return candidate, True  # garbage of an earlier run: replaced
+        raise StoreIOError(f"{self.root}: {name}: two other images of this name are linked; remove one first")
+
     # -- writing (inside transaction()) ----------------------------------------------------
 
     def put(self, src: Path, image: str, digest: str | None = None) -> None:
@@ -161,7 +177,7 @@ class LinkStore(FolderStore):
         from bootkeeper.fsutil import copy_into
 
         dest = self.root / image
-        with self._naming(dest, "cannot write"):
+        with self.naming(dest, "cannot write"):
             sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
             try:
                 with fsutil.temp_file(dest, self.step) as (fd, tmp):
@@ -176,7 +192,7 @@ class LinkStore(FolderStore):
         """``folder/name`` -> ``../image``: a temporary link renamed over it, the folder synced."""
         self.makedirs(folder)
         p = self.root / folder / name
-        with self._naming(p, "cannot link"):
+        with self.naming(p, "cannot link"):
             tmp = fsutil.temp_path(p.parent)
             self.step(f"symlink:{name}")
             os.symlink(target_of(image), tmp)
@@ -196,7 +212,7 @@ class LinkStore(FolderStore):
             raise StoreIOError(f"{d}: is a symbolic link; refusing to write through it")
         if not d.is_dir():
             return
-        with self._naming(d, "cannot list"):
+        with self.naming(d, "cannot list"):
             names = sorted(os.listdir(d))
         for n in names:
             self.unlink(f"{folder}/{n}")
@@ -209,6 +225,14 @@ class LinkStore(FolderStore):
         for n in gone:
             self.unlink(n)
         return gone
+
+
+def sha256_file(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return sha256_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def sha256_fd(fd: int) -> str:

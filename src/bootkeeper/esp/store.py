@@ -173,7 +173,7 @@ class FolderStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        with self._naming(self.root, "cannot open for the lock"):
+        with self.naming(self.root, "cannot open for the lock"):
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         deadline = time.monotonic() + self._lock_timeout
         try:
@@ -231,7 +231,7 @@ class FolderStore:
                 raise
 
     @contextlib.contextmanager
-    def _naming(self, path: Path, what: str) -> Iterator[None]:
+    def naming(self, path: Path, what: str) -> Iterator[None]:
         """An OSError of the file system becomes a StoreIOError naming ``path`` and what failed
         (a full ESP: "…/loader/entries/active.conf: cannot write (No space left on device)")."""
         try:
@@ -262,15 +262,15 @@ class FolderStore:
             os.rename(old, new)
         except OSError as exc:
             raise StoreIOError(f"{old}: rename to {new.name} failed ({exc.strerror})") from exc
-        with self._naming(new, "renamed, but cannot sync it to disk"):
+        with self.naming(new, "renamed, but cannot sync it to disk"):
             fsutil.fsync_renamed(new, self.step)
-        with self._naming(new.parent, f"{new.name} renamed, but cannot sync the folder to disk"):
+        with self.naming(new.parent, f"{new.name} renamed, but cannot sync the folder to disk"):
             self._fsync_dir(new.parent)
 
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Write ``rel`` so that a crash leaves either the old or the new content, and no file
         the boot loader would read."""
-        with self._naming(self.path(rel), "cannot write"):
+        with self.naming(self.path(rel), "cannot write"):
             fsutil.write_atomic(self.path(rel), data, self.step)
 
     def makedirs(self, rel: str) -> None:
@@ -285,11 +285,11 @@ class FolderStore:
                 m.mkdir()
             except OSError as exc:
                 raise StoreIOError(f"{m}: mkdir failed ({exc.strerror})") from exc
-            with self._naming(m.parent, f"{m.name} made, but cannot sync the folder to disk"):
+            with self.naming(m.parent, f"{m.name} made, but cannot sync the folder to disk"):
                 fsutil.fsync_dir(m.parent, self.step)
 
     def free_bytes(self) -> int:
-        with self._naming(self.root, "cannot read the free space"):
+        with self.naming(self.root, "cannot read the free space"):
             st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
@@ -309,7 +309,7 @@ class FolderStore:
             return
         except OSError as exc:
             raise StoreIOError(f"{p}: {failed} ({exc.strerror})") from exc
-        with self._naming(p.parent, f"{p.name} removed, but cannot sync the folder to disk"):
+        with self.naming(p.parent, f"{p.name} removed, but cannot sync the folder to disk"):
             self._fsync_dir(p.parent)
 
 
@@ -344,7 +344,7 @@ class EspStore(FolderStore):
         writable gets ``remount,bind,rw`` again afterwards."""
         from bootkeeper.run import run
 
-        with self._naming(self.root, "cannot read the mount's flags"):
+        with self.naming(self.root, "cannot read the mount's flags"):
             read_only = bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
         if not read_only:
             yield

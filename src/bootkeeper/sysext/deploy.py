@@ -127,6 +127,14 @@ def select(
     return [t for t in available if t.entry in DEFAULT_ROLES], "no rule names it: active and passive"
 
 
+def stays_with(name: str, rules: tuple[tuple[str, tuple[str, ...]], ...], entry: str) -> bool:
+    """Whether an image of ``entry``'s set goes with it to its new OS (``upgrade``): yes, unless
+    ``sysext.entries`` rules match the image and none of them is ``entry``'s."""
+    stem = image_stem(name)
+    matched = [e for e, pats in rules if any(re.fullmatch(p, stem) for p in pats)]
+    return not matched or entry in matched
+
+
 @dataclass(frozen=True)
 class TargetOs:
     """The OS a target boots, as systemd-sysext sees it there: ``fields`` of its os-release (None:
@@ -443,6 +451,8 @@ class StorePlan:
     why: str
     store: str
     copied: bool = False  # the image was written to the store (False: the same bytes were there)
+    image: str = ""  # its name in the store (the link's name, or <stem>~<digest>.raw beside another build)
+    collected: list[str] = field(default_factory=list)  # images no folder links to any more, removed
     linked: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)  # folders that linked it already
 
@@ -452,7 +462,9 @@ class StorePlan:
             "size": self.size,
             "why": self.why,
             "store": self.store,
+            "image": self.image,
             "image_written": self.copied,
+            "images_removed": self.collected,
             "written": [f"{f}/{self.name}" for f in self.linked],
             "unchanged": [f"{f}/{self.name}" for f in self.unchanged],
         }
@@ -467,25 +479,19 @@ def install_persistent(
     check: Callable[[Path], V],
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[StorePlan, V]:
-    """Copy ``src`` into the store as image ``name`` (crash-safe, judged by ``check`` on the staged copy,
-    as for the ESP) and link it from each folder. Another image of that name that a folder outside
-    ``folders`` links is never replaced: the install is refused, nothing changed."""
+    """Copy ``src`` into the store (crash-safe, judged by ``check`` on the staged copy, as for the ESP)
+    and link it as ``name`` from each folder. Another image of that name that a folder links is never
+    overwritten: the new bytes get their own image name (:meth:`LinkStore.image_for`); images no folder
+    links to any more are removed afterwards."""
     sfd = open_source(src)
     try:
         size = os.fstat(sfd).st_size
         p = StorePlan(name, size, why, str(ls.root))
         with ls.transaction():
-            dest = ls.root / name
-            old = ls.images().get(name)
-            same = old is not None and old.stat().st_size == size and _sha256(old) == _sha256_fd(sfd, size)
-            users = sorted(set(ls.linked().get(name, [])) - set(folders))
-            if old is not None and not same and users:
-                raise UsageError(
-                    f"{dest}: another image of this name is in the store, linked from {', '.join(users)}/; "
-                    "nothing was changed",
-                    hint="install this one under another name (--name), or remove the other first",
-                )
-            if same:
+            image, copy = ls.image_for(name, _sha256_fd(sfd, size))
+            p.image = image
+            dest = ls.root / image
+            if not copy:
                 verdict = check(dest)
             else:
                 free = ls.free_bytes()
@@ -494,7 +500,7 @@ def install_persistent(
                         f"{ls.root}: not enough room for {name}: {size} bytes need {size + SPACE_MARGIN} with a "
                         f"1 MiB margin, {free} are free; nothing was changed"
                     )
-                with ls._naming(dest, "cannot write"), fsutil.temp_file(dest, ls.step) as (fd, tmp):
+                with ls.naming(dest, "cannot write"), fsutil.temp_file(dest, ls.step) as (fd, tmp):
                     fsutil.copy_into(sfd, fd, size, progress)
                     ls.step(f"fsync:{dest.name}")
                     os.fsync(fd)
@@ -503,11 +509,12 @@ def install_persistent(
                 p.copied = True
             for f in folders:
                 lk = next((x for x in ls.links(f) if x.name == name), None)
-                if lk is not None and lk.image == name:
+                if lk is not None and lk.image == image:
                     p.unchanged.append(f)
                     continue
-                ls.link(f, name, name)
+                ls.link(f, name, image)
                 p.linked.append(f)
+            p.collected = ls.collect()
     finally:
         os.close(sfd)
     return p, verdict
