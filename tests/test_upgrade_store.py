@@ -149,6 +149,18 @@ def test_links_move_with_the_roles(
     store = EspStore(root / "efi")
     c = bootloader.choose(store.snapshot(252))
     assert c is not None and (root / "efi" / (up.uki_of(store, c.entry) or "")).read_bytes() == NEW
+    # status shows each role's set from the store (its folder and common/)
+    from bootkeeper.cli.main import main
+    from helpers import fake_efivars
+
+    ev = fake_efivars(root / "efivars", LoaderEntrySelected="active+3.efi")
+    argv = ["status", "--json", "--esp", str(root / "efi"), "--efivars", str(ev), "--root", str(root)]
+    main([*argv, "--config", str(root / "c.yaml")])
+    st = json.loads(capsys.readouterr().out)
+    sets = {r["role"]: r["extensions"] for r in st["roles"]}
+    assert sets["active"] == ["common.raw", "tools.raw"] and sets["passive"] == ["common.raw", "tools.raw"]
+    assert sets["recovery"] == ["common.raw"]
+    assert st["extensions"]["installed"][f"{root}/store/active"] == ["tools.raw"]
     # the history has both sets, from the store
     hist = [json.loads(line) for line in (root / "var/lib/bootkeeper/boots.jsonl").read_text().splitlines()]
     rec = hist[-1]

@@ -90,9 +90,12 @@ def _service_verdict(props: dict[str, str] | None) -> str:
     return "not run"
 
 
-def _roles(store: EspStore, snap: Snapshot) -> tuple[list[dict[str, Any]], dict[str, list[str]], list[str]]:
+def _roles(
+    store: EspStore, snap: Snapshot, links: Path | None = None
+) -> tuple[list[dict[str, Any]], dict[str, list[str]], list[str]]:
     """Each entry that boots a UKI: its OS (the ``.osrel`` fields that name a version) and the images
-    in its ``.extra.d``; also the images per entry (``installed``) and what could not be read."""
+    in its ``.extra.d`` (and, with the persistent store ``links``, its role's folder of links and
+    ``common/``); also the images per entry (``installed``) and what could not be read."""
     from bootkeeper.esp import pe
     from bootkeeper.esp.entries import parse_osrel
     from bootkeeper.sysext import deploy
@@ -107,6 +110,19 @@ def _roles(store: EspStore, snap: Snapshot) -> tuple[list[dict[str, Any]], dict[
         installed.setdefault(i.target.entry, []).append(i.name)
     out: list[dict[str, Any]] = []
     warnings: list[str] = []
+    linked: dict[str, list[str]] = {}
+    if links is not None:
+        from bootkeeper.esp.linkstore import FOLDERS, LinkStore
+
+        ls = LinkStore(links)
+        for f in FOLDERS:
+            for lk in ls.links(f):
+                if lk.ok:
+                    linked.setdefault(f, []).append(lk.name)
+                else:
+                    warnings.append(f"extension store: {lk.problem}")
+        for f, names in linked.items():
+            installed.setdefault(f"{links}/{f}", []).extend(names)
     for t in targets:
         fields: dict[str, str] | None = None
         try:
@@ -126,7 +142,8 @@ def _roles(store: EspStore, snap: Snapshot) -> tuple[list[dict[str, Any]], dict[
                 "os": fields,
                 "version": history.os_version(fields) if fields is not None else None,
                 "extra_dir": t.extra_dir,
-                "extensions": [i.name for i in found if i.target == t],
+                "extensions": [i.name for i in found if i.target == t]
+                + sorted({*linked.get(t.role.value if t.role else "", []), *linked.get("common", [])}),
             }
         )
     return out, installed, warnings
@@ -154,6 +171,7 @@ def gather(
     sdboot_version: str | int | None,
     read_services: ServiceReader | None = systemctl_states,
     snap: Snapshot | None = None,
+    links: Path | None = None,
 ) -> dict[str, Any]:
     from bootkeeper.assess import bless as bless_mod
     from bootkeeper.assess import pin
@@ -179,7 +197,7 @@ def gather(
     recorded = history.read_all(root)
     boots, warnings = recorded.boots, list(recorded.warnings)
     why = history.explain(snap, role, booted_path, boots) if booted_path else None
-    roles, installed, role_warnings = _roles(store, snap)
+    roles, installed, role_warnings = _roles(store, snap, links)
     warnings += role_warnings
     running = next((r["os"] for r in roles if role is not None and r["role"] == role.value), None)
     failed = history.failed_upgrade(recorded.upgrades, role, why, running)

@@ -9,10 +9,12 @@ from typing import Any
 import click
 
 from bootkeeper.cli.common import (
+    config_option,
     efivars_option,
     esp_option,
     find_esp,
     json_option,
+    load_config,
     print_json,
     root_option,
     table,
@@ -118,13 +120,30 @@ def entries(esp: Path | None, efivars: Path, sdboot_version: str | None, as_json
         _print_human(view)
 
 
+def _links(config_files: tuple[Path, ...], root: Path) -> Path | None:
+    """The persistent extension store's folder, when the config says ``sysext.store: persistent``."""
+    from bootkeeper import fsutil
+    from bootkeeper.config import SysextStore
+
+    cfg = load_config(config_files, root)
+    return fsutil.under(root, cfg.sysext.store_dir) if cfg.sysext.store is SysextStore.PERSISTENT else None
+
+
 @click.command()
 @esp_option
 @efivars_option
 @version_option
 @root_option
+@config_option
 @json_option
-def status(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Path, as_json: bool) -> None:
+def status(
+    esp: Path | None,
+    efivars: Path,
+    sdboot_version: str | None,
+    root: Path,
+    config_files: tuple[Path, ...],
+    as_json: bool,
+) -> None:
     """Which entry booted and why, whether this boot is blessed yet, tries left on every entry, each
     entry's OS and extensions, after a fallback the upgrade that failed, the enrolled services' results,
     the extensions, and what boots next."""
@@ -134,7 +153,7 @@ def status(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Pa
     esp_root = find_esp(esp)
     snap = EspStore(esp_root).snapshot(sdboot_version, loader_info=efivars_loader_info(efivars))  # once for both views
     view = _view(esp_root, efivars, sdboot_version, snap)
-    node = nodestatus.gather(root, esp_root, efivars, sdboot_version, snap=snap)
+    node = nodestatus.gather(root, esp_root, efivars, sdboot_version, snap=snap, links=_links(config_files, root))
     if as_json:
         keys = ("booted", "failed_upgrade", "roles", "services", "extensions", "history", "upgrades", "warnings")
         print_json({**view, **{k: node[k] for k in keys}})

@@ -26,6 +26,10 @@ the node's os-release under ROOT, as activate does; with neither, only what need
 Entries with ``linux`` lines are no targets at all (no stub reads ``.extra.d`` for them). An image
 that does not fit one target's OS is refused for all (nothing is written, the ESP is as it was):
 ``--entry`` then installs it where it fits.
+
+With ``sysext.store: persistent`` (esp/linkstore.py) the image goes to the store instead and is linked
+from the chosen folders (:func:`install_persistent`): the same staged-copy check, the same OS check
+against the UKIs of the entries that will load it (:func:`folder_targets`).
 """
 
 from __future__ import annotations
