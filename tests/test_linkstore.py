@@ -264,3 +264,39 @@ def test_install_crashed_at_every_step_leaves_no_half_link_and_a_rerun_completes
             "passive/t.raw",
             "t.raw",
         ], (k, steps[k])
+
+
+@pytest.mark.parametrize(
+    ("block", "words"),
+    [
+        ("  store: nfs\n", ("sysext.store", "'nfs' is not one of esp, persistent")),
+        ("  store_dir: var/lib/x\n", ("sysext.store_dir", "is not an absolute path")),
+        ("  store_dir: [1]\n", ("sysext.store_dir", "is not an absolute path")),
+    ],
+)
+def test_a_bad_store_setting_is_one_line_naming_file_and_key(
+    tmp_path: Path, block: str, words: tuple[str, ...]
+) -> None:
+    import subprocess
+    import sys
+
+    from helpers import one_line_error
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("sysext:\n" + block)
+    p = subprocess.run(
+        [sys.executable, "-m", "bootkeeper", "sysext", "list", "--config", str(cfg), "--root", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    one_line_error(p, 4, str(cfg), *words)
+
+
+def test_a_store_behind_a_symbolic_link_is_never_written_through(
+    tmp_path: Path, imgs: Images, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = node(tmp_path)
+    (root / "elsewhere").mkdir()
+    os.symlink("elsewhere", root / "store")
+    assert bk(root, "sysext", "install", str(imgs.tools_v1)) == 6
+    assert "is a symbolic link; refusing to write through it" in capsys.readouterr().err
+    assert list((root / "elsewhere").iterdir()) == []

@@ -478,3 +478,22 @@ def test_a_read_only_old_active_is_passive_with_its_counter_free(tmp_path: Path,
     assert run(tmp_path, esp, str(new_uki(tmp_path)), "--extension", str(imgs.tools_v2)) == 0
     assert (esp / "EFI/Linux/passive+3.efi").stat().st_mode & 0o200
     assert not EspStore(esp).snapshot(252).entries[0].read_only
+
+
+def test_sysext_entries_rules_decide_what_the_new_active_carries(
+    tmp_path: Path, imgs: Images, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """common.raw is given to passive by a rule: it stays with the old OS (now passive) only."""
+    esp = esp_type2(tmp_path / "esp", imgs)
+    cfg = config(tmp_path)
+    cfg.write_text(cfg.read_text() + '  entries:\n    passive: ["common"]\n')
+    from bootkeeper.cli.main import main
+
+    argv = ["upgrade", str(new_uki(tmp_path)), "--extension", str(imgs.tools_v2), "--json"]
+    main([*argv, "--esp", str(esp), "--config", str(cfg), "--root", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["left_behind"] == ["common.raw"]
+    assert "common.raw: not carried to the new active" in captured.err
+    sets = extra_sets(esp, "EFI/Linux")
+    assert set(sets["active.efi.extra.d"]) == {"tools.raw"}
+    assert set(sets["passive.efi.extra.d"]) == {"tools.raw", "common.raw"}
