@@ -117,3 +117,29 @@ def test_rearm_gives_the_booted_entry_fresh_tries(tmp_path: Path) -> None:
     root = esp_with(tmp_path, {"active+1-2.conf": entry_body("active")})
     _bless(root, "loader/entries/active+1-2.conf", Verdict.GOOD, BootAssessment(tries=5, rearm=True))
     assert names(root) == ["active+5.conf"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "booted", "last"),
+    [
+        ("recovery+1-2.conf", "recovery+1-2.conf", "loader/entries/recovery+1-2.conf: not marked good; left as it is"),
+        ("active+2-1.conf", "active+2-1.conf", "marked loader/entries/active+2-1.conf as good"),
+        ("passive.conf", "passive+1-1.conf", "already good: loader/entries/passive.conf"),
+    ],
+)
+def test_the_last_line_of_bless_good_says_what_happened(tmp_path: Path, entry: str, booted: str, last: str) -> None:
+    """What bootkeeper-bless.service leaves in the journal (issue 15, item 1: a recovery boot printed
+    "marked ...recovery+3.conf as good" although nothing was renamed)."""
+    import subprocess
+    import sys
+
+    root = esp_with(tmp_path / "esp", {entry: entry_body(entry.split("+")[0].split(".")[0])})
+    (tmp_path / "c.yaml").write_text("boot_assessment: {tries: 3}\n")
+    p = subprocess.run(
+        [sys.executable, "-m", "bootkeeper", "bless", "good", "--esp", str(root), "--entry", f"loader/entries/{booted}",
+         "--config", str(tmp_path / "c.yaml"), "--root", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1] == last
+    assert last.startswith("marked ") or not [ln for ln in p.stdout.splitlines() if ln.startswith("marked ")]

@@ -89,7 +89,11 @@ def bless(
         click.echo(a)
     if result.note:
         click.echo(result.note)
-    click.echo(f"marked {booted.path} as {action}")
+    # the last line says what happened (it is what bootkeeper-bless.service leaves in the journal)
+    if result.withheld:
+        click.echo(f"{booted.path}: not marked {action}; left as it is")
+    elif any(a.startswith("renamed ") for a in result.actions):
+        click.echo(f"marked {booted.path} as {action}")
 
 
 def _record_verdict(root: Path, boot_id: str | None, verdict: str) -> None:
