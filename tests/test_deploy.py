@@ -532,3 +532,20 @@ def test_an_entry_without_osrel_is_judged_against_the_nodes_os_release(
     assert (
         "bootkeeper: warning: passive: EFI/kairos/vmlinuz has no .osrel; k3s.raw is not checked against any OS" in err
     )
+
+
+def test_name_is_the_name_validated(tmp_path: Path, img: Path) -> None:
+    """--name renames the image: its extension-release must match the new name, as systemd-sysext
+    will check it at boot (issue 15, item 5)."""
+    esp = _esp(tmp_path / "esp")
+    cert = tmp_path / "c.pem"
+    cert.write_bytes(signature_pem())
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"sysext:\n  certificates: [{cert}]\n  firmware: []\n")
+    before = tree(esp)
+    r = bk("sysext", "install", str(img), "--name", "other.raw", "--esp", str(esp), "--config", str(cfg))
+    assert r.returncode == 1, r.stderr
+    assert "no usr/lib/extension-release.d/extension-release.other (found extension-release.x)" in r.stderr
+    assert tree(esp) == before
+    r = bk("sysext", "install", str(img), "--name", "x.raw", "--esp", str(esp), "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
