@@ -414,3 +414,26 @@ def test_install_units_and_enroll_record_the_tries_the_generator_needs(tmp_path:
     (root / "oem/90.yaml").write_text("boot_assessment:\n  tries: 2\n")
     assert bk("service", "enroll", "health", "--root", str(root)).returncode == 0
     assert json.loads((root / "etc/bootkeeper/services.json").read_text())["tries"] == 2
+
+
+def test_every_writer_of_a_reboot_always_drop_in_says_what_lint_will_call_it(tmp_path: Path) -> None:
+    """service enroll, cloud-config render and install-units write FailureAction=reboot for every entry
+    with reboot_on_failure: always, which lint reports as error BK103: each says so when it writes it
+    (issue 15, item 6), and says nothing for 'active'."""
+    always = "boot_assessment:\n  services:\n    - name: health.service\n      reboot_on_failure: always\n"
+    root = node(tmp_path / "root", always)
+    runs = {
+        "enroll": bk("service", "enroll", "health", "--reboot-on-failure", "always", "--root", str(root)),
+        "render": bk("cloud-config", "render", "--root", str(root)),
+        "install-units": bk("install-units", "--root", str(root), "--exe", shutil.which("true") or "/bin/true"),
+    }
+    for verb, r in runs.items():
+        assert r.returncode == 0, (verb, r.stderr)
+        warned = [ln for ln in r.stderr.splitlines() if ln.startswith("bootkeeper: warning: health.service:")]
+        assert len(warned) == 1 and "(lint: BK103)" in warned[0], (verb, r.stderr)
+    from bootkeeper.assess.services import DROPIN
+
+    lint = bk("lint", str(root / UNITS / "health.service.d" / DROPIN))
+    assert "BK103" in lint.stdout + lint.stderr
+    quiet = bk("service", "enroll", "health", "--reboot-on-failure", "active", "--root", str(root))
+    assert quiet.returncode == 0 and "BK103" not in quiet.stderr

@@ -48,6 +48,18 @@ def unit_name(name: str, where: str) -> str:
     return name
 
 
+def loop_warnings(specs: list[ServiceSpec]) -> list[str]:
+    """What ``lint`` reports as error BK103 about the drop-ins ``reboot_on_failure: always`` writes,
+    said when they are written (the writers: ``service enroll``, ``install-units``, ``cloud-config render``)."""
+    return [
+        f"{s.name if '.' in s.name else s.name + '.service'}: reboot_on_failure: always writes FailureAction=reboot for every entry; a service that "
+        "fails on every entry (not because of the upgrade) reboots passive and recovery too, a boot loop that "
+        "ends in statereset (lint: BK103); 'active' reboots on the active entry only"
+        for s in specs
+        if s.reboot_on_failure is RebootOnFailure.ALWAYS
+    ]
+
+
 def render_dropin(spec: ServiceSpec) -> str:
     fa = ""
     if spec.reboot_on_failure is RebootOnFailure.ALWAYS:

@@ -28,8 +28,13 @@ def render(
     from bootkeeper import fsutil
     from bootkeeper.assess import cloudconfig
 
+    from bootkeeper.assess import services
+
     tries = load_config(config_files, root).boot_assessment.tries
-    text = cloudconfig.render(service_specs(names, reboot_on_failure, config_files, root), tries)
+    specs = service_specs(names, reboot_on_failure, config_files, root)
+    for w in services.loop_warnings(specs):
+        click.echo(f"bootkeeper: warning: {w}", err=True)
+    text = cloudconfig.render(specs, tries)
     if output is None:
         click.echo(text, nl=False)
     else:

@@ -58,7 +58,10 @@ def enroll(
 
     # the tries arm gives active, recorded for the generator's reboot rule
     tries = load_config(config_files, root).boot_assessment.tries
-    actions = services.enroll(root, service_specs(names, reboot_on_failure, config_files, root), tries)
+    specs = service_specs(names, reboot_on_failure, config_files, root)
+    for w in services.loop_warnings(specs):
+        click.echo(f"bootkeeper: warning: {w}", err=True)
+    actions = services.enroll(root, specs, tries)
     if as_json:
         print_json({"actions": actions})
     else:

@@ -67,6 +67,8 @@ def install_units(
     else:
         argv = [sys.executable, "-m", "bootkeeper"]
     written = units.install(root, units.render(cfg, argv, python or sys.executable, node.major), enable)
+    for w in services.loop_warnings(list(cfg.boot_assessment.services)):
+        click.echo(f"bootkeeper: warning: {w}", err=True)
     enrolled = (
         services.enroll(root, list(cfg.boot_assessment.services), cfg.boot_assessment.tries)
         if cfg.boot_assessment.services
