@@ -52,7 +52,8 @@ def loop_warnings(specs: list[ServiceSpec]) -> list[str]:
     """What ``lint`` reports as error BK103 about the drop-ins ``reboot_on_failure: always`` writes,
     said when they are written (the writers: ``service enroll``, ``install-units``, ``cloud-config render``)."""
     return [
-        f"{s.name if '.' in s.name else s.name + '.service'}: reboot_on_failure: always writes FailureAction=reboot for every entry; a service that "
+        f"{s.name if '.' in s.name else s.name + '.service'}: reboot_on_failure: always writes "
+        "FailureAction=reboot for every entry; a service that "
         "fails on every entry (not because of the upgrade) reboots passive and recovery too, a boot loop that "
         "ends in statereset (lint: BK103); 'active' reboots on the active entry only"
         for s in specs
