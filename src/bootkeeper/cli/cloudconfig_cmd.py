@@ -26,9 +26,7 @@ def render(
 ) -> None:
     """Print a cloud-config that enrols NAMES (default: boot_assessment.services from the config)."""
     from bootkeeper import fsutil
-    from bootkeeper.assess import cloudconfig
-
-    from bootkeeper.assess import services
+    from bootkeeper.assess import cloudconfig, services
 
     tries = load_config(config_files, root).boot_assessment.tries
     specs = service_specs(names, reboot_on_failure, config_files, root)
