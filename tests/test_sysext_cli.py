@@ -89,3 +89,36 @@ def test_inspect_and_bad_input(built: Path, tmp_path: Path) -> None:
     assert p.returncode == 4 and p.stderr.startswith("bootkeeper: error: ") and "Traceback" not in p.stderr
     p = bk("sysext", "validate", str(junk), "--policy", "root=bogus")
     assert p.returncode == 4 and "unknown policy flag 'bogus'" in p.stderr
+
+
+def test_build_refuses_a_key_that_is_not_the_certificates_and_a_bad_arch(tmp_path: Path) -> None:
+    """issue 15, item 4: a mismatched key built an image that validate refused later; --arch aarch64 was a
+    traceback; an ARCHITECTURE in the tree's extension-release that --arch contradicts went through."""
+    from helpers import one_line_error
+
+    for n in ("a", "b"):
+        assert (
+            bk("keys", "generate", "--key", str(tmp_path / f"{n}.key"), "--cert", str(tmp_path / f"{n}.crt")).returncode
+            == 0
+        )
+    tree = tmp_path / "tree"
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "usr/bin/x").write_text("x\n")
+
+    def build(*extra: str, key: str = "a", out: str = "x.sysext.raw") -> subprocess.CompletedProcess[str]:
+        return bk("sysext", "build", str(tree), "-o", str(tmp_path / out), "--key", str(tmp_path / f"{key}.key"),
+                  "--cert", str(tmp_path / "a.crt"), *extra)  # fmt: skip
+
+    one_line_error(build(key="b"), 4, "b.key: not the key of", "would not verify")
+    assert not (tmp_path / "x.sysext.raw").exists()
+    one_line_error(build("--arch", "sparc9"), 4, "--arch 'sparc9': not an architecture systemd knows")
+    p = build("--arch", "aarch64")  # uname's name for arm64
+    assert p.returncode == 0, p.stderr
+    assert "no usr/lib/extension-release.d/extension-release.*: writing one with ID=_any" in p.stderr
+    rel = image.inspect(tmp_path / "x.sysext.raw").release["root"]
+    assert not isinstance(rel, str) and rel.fields["ARCHITECTURE"] == "arm64"
+    (tree / "usr/lib/extension-release.d").mkdir(parents=True)
+    (tree / "usr/lib/extension-release.d/extension-release.x").write_text("ID=_any\nARCHITECTURE=x86-64\n")
+    one_line_error(build("--arch", "arm64"), 4, "ARCHITECTURE=x86-64, but the image is built for arm64")
+    p = build("--arch", "x86_64", out="x")
+    assert p.returncode == 0 and p.stderr.startswith("bootkeeper: warning: x does not end in .raw"), p.stderr

@@ -223,7 +223,28 @@ def build(
     except (OSError, ValueError, TypeError) as exc:
         raise ParseError(f"{key_path}: not a readable unencrypted PEM private key ({exc})") from exc
     cert = _certs((cert_path,))[0]
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise ParseError(
+            f"{key_path}: not the key of {cert_path} ({cert.subject.rfc4514_string()}): the signature would "
+            "not verify against that certificate"
+        )
     host = release.parse_release(os_release.read_text()) if os_release else None
+    arch = image.architecture(arch) if arch else None
+    if not output.name.endswith(".raw"):
+        click.echo(
+            f"bootkeeper: warning: {output.name} does not end in .raw: systemd-stub and systemd-sysext load *.raw only",
+            err=True,
+        )
+    if not list((tree / release.RELEASE_DIR).glob("extension-release.*")):
+        rel = f"ID={host.get('ID', '_any')}" if host else "ID=_any (any OS)"
+        click.echo(
+            f"bootkeeper: warning: {tree} has no {release.RELEASE_DIR}/extension-release.*: writing one with {rel}"
+            + ("" if host else "; pass --os-release to tie the image to the OS it was built for"),
+            err=True,
+        )
     bar = _Bar(f"hashing {output.name}")
     try:
         image.build(tree, output, key, cert, fs=fs, arch=arch, os_release=host, progress=bar)

@@ -27,9 +27,31 @@ if TYPE_CHECKING:
 EROFS_MAGIC = 0xE0F5E1E2
 
 
+# uname -m names -> systemd's (src/basic/architecture.c, arch_map[] of v257: the kernel's names per
+# architecture); systemd's own names map to themselves (gpt.TYPES has one per architecture)
+UNAME_ARCH = {
+    "x86_64": "x86-64", "amd64": "x86-64", "i386": "x86", "i486": "x86", "i586": "x86", "i686": "x86",
+    "aarch64": "arm64", "aarch64_be": "arm64-be", "armv8l": "arm", "armv7l": "arm", "armv7hl": "arm",
+    "armv6l": "arm", "armv5tel": "arm", "ppc64le": "ppc64-le", "mips64el": "mips64-le", "mipsel": "mips-le",
+    "parisc": "parisc", "parisc64": "parisc64", "sh4": "sh",
+}  # fmt: skip
+
+
+def architecture(name: str, where: str = "--arch") -> str:
+    """systemd's name for an architecture given by it or by ``uname -m``; a ParseError otherwise."""
+    known = set(gpt.TYPES["root"])
+    arch = name if name in known else UNAME_ARCH.get(name, "")
+    if arch not in known:
+        raise ParseError(
+            f"{where} {name!r}: not an architecture systemd knows ({', '.join(sorted(known))}; "
+            "uname -m names such as x86_64 or aarch64 are accepted)"
+        )
+    return arch
+
+
 def host_architecture() -> str:
     m = platform.machine()
-    return {"x86_64": "x86-64", "aarch64": "arm64", "arm64": "arm64"}.get(m, m)
+    return UNAME_ARCH.get(m, m)
 
 
 def detect_fs(head: bytes) -> str | None:
@@ -471,7 +493,7 @@ def build(
 
     from bootkeeper.run import check_tool, run
 
-    arch = arch or host_architecture()
+    arch = architecture(arch) if arch else host_architecture()
     if fs not in ("erofs", "squashfs"):
         raise ParseError(f"--fs {fs!r}: expected erofs or squashfs")
     tool = "mkfs.erofs" if fs == "erofs" else "mksquashfs"
@@ -485,6 +507,15 @@ def build(
             f"{tree}: has {', '.join(present)} but the image is named {out.name}; systemd looks for "
             f"extension-release.{name}: rename one of them"
         )
+    if present:
+        own = release.parse_release(
+            (tree / release.RELEASE_DIR / f"extension-release.{name}").read_text(encoding="utf-8", errors="replace")
+        ).get("ARCHITECTURE")
+        if own and own != "_any" and own != arch:
+            raise ParseError(
+                f"{tree / release.RELEASE_DIR}/extension-release.{name}: ARCHITECTURE={own}, but the image is "
+                f"built for {arch} (--arch): systemd-sysext would refuse it"
+            )
     with tempfile.TemporaryDirectory(prefix="bootkeeper-build-") as tmp:
         work = Path(tmp) / "tree"
         shutil.copytree(tree, work, symlinks=True)
