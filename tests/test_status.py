@@ -358,3 +358,37 @@ def test_failed_upgrade_is_the_last_active_upgrade_not_running() -> None:
     assert history.failed_upgrade([up], Role.ACTIVE, why, {"VERSION_ID": "1"}) is None
     assert history.failed_upgrade([up], Role.PASSIVE, history.Why(False, "picked"), {"VERSION_ID": "1"}) is None
     assert history.failed_upgrade([rec], Role.PASSIVE, why, {"VERSION_ID": "1"}) is None
+
+
+def test_root_covers_the_efi_variables_and_a_missing_booted_file_is_named(tmp_path: Path) -> None:
+    """issue 15, item 7: status, history record and bless status read ROOT/sys/firmware/efi/efivars under
+    --root (they read the host's), and status says why the booted entry's state is unknown when
+    LoaderBootCountPath names a file that is not there (it printed "no systemd-boot variables")."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import entry_body, esp_with, fake_efivars
+
+    esp = esp_with(tmp_path / "efi", {"active+1-1.conf": entry_body("active")})
+    ev = fake_efivars(tmp_path / "sys/firmware/efi/efivars", LoaderBootCountPath="\\loader\\entries\\active+1-1.conf")
+
+    def bk(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "bootkeeper", *args, "--esp", str(esp), "--root", str(tmp_path)]
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+    p = bk("status", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["booted"]["entry"] == "loader/entries/active+1-1.conf"
+    p = bk("bless", "status")
+    assert (p.returncode, p.stdout.strip()) == (0, "indeterminate"), p.stderr
+    assert bk("history", "record").returncode == 0
+    rec = json.loads((tmp_path / "var/lib/bootkeeper/boots.jsonl").read_text().splitlines()[-1])
+    assert "active+1-1.conf" in json.dumps(rec)
+    # the file it names is gone: the real reason, not "no systemd-boot variables"
+    (esp / "loader/entries/active+1-1.conf").rename(esp / "loader/entries/passive+2.conf")
+    p = bk("status")
+    first = p.stdout.splitlines()[0]
+    assert first.startswith("booted: loader/entries/active+1-1.conf (role active); its state is unknown: "), first
+    assert "none of active+1-1.conf, active.conf, active+0-1.conf exists" in first
+    assert str(ev).startswith(str(tmp_path))

@@ -188,7 +188,8 @@ def gather(
         try:
             b = bless_mod.parse_entry_path(ev.boot_count_path, "LoaderBootCountPath")
             role = b.role
-            booted.update(entry=b.path, role=role.value if role else None, blessed=bless_mod.status(store, b))
+            booted.update(entry=b.path, role=role.value if role else None)
+            booted["blessed"] = bless_mod.status(store, b)
         except BootkeeperError as exc:
             booted["error"] = str(exc)
     elif ev.entry_selected:
@@ -270,7 +271,10 @@ def pin_lines(pin: dict[str, Any] | None) -> list[str]:
 def render(view: dict[str, Any]) -> str:
     b = view["booted"]
     lines = []
-    if b["entry"]:
+    if b.get("error"):  # the variables are there and say something that cannot be followed: say what
+        what = f"{b['entry']} (role {b['role'] or 'none'})" if b["entry"] else "unknown"
+        lines.append(f"booted: {what}; its state is unknown: {b['error']}")
+    elif b["entry"]:
         lines.append(f"booted: {b['entry']} (role {b['role'] or 'none'}); {_blessed_text(b)}")
     else:
         lines.append("booted: unknown (no systemd-boot variables)")

@@ -8,6 +8,7 @@ import click
 
 from bootkeeper.cli.common import (
     config_option,
+    efivars_dir,
     efivars_option,
     esp_option,
     find_esp,
@@ -35,7 +36,7 @@ from bootkeeper.cli.history_cmd import boot_id_option
 def bless(
     action: str,
     esp: Path | None,
-    efivars: Path,
+    efivars: Path | None,
     entry: str | None,
     config_files: tuple[Path, ...],
     root: Path,
@@ -46,6 +47,7 @@ def bless(
 
     status prints good, bad, indeterminate or clean (not booted with boot counting).
     """
+    efivars = efivars_dir(efivars, root)
     from bootkeeper.assess import bless as bless_mod
     from bootkeeper.errors import NotApplicableError
     from bootkeeper.esp.efivars import read_string

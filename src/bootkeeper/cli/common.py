@@ -35,10 +35,15 @@ def efivars_option(f: F) -> F:
     return click.option(
         "--efivars",
         type=click.Path(path_type=Path, readable=False),  # an unreadable folder is the verb's one-line error
-        default=Path("/sys/firmware/efi/efivars"),
-        show_default=True,
-        help="Where the EFI variables are (efivarfs, or a folder laid out like it).",
+        default=None,
+        help="Where the EFI variables are (efivarfs, or a folder laid out like it; default: "
+        "ROOT/sys/firmware/efi/efivars, ROOT being --root where the verb has it, else /).",
     )(f)
+
+
+def efivars_dir(efivars: Path | None, root: Path = Path("/")) -> Path:
+    """``--efivars``, else the efivarfs under ``--root`` (every verb: a test root never reads the host's)."""
+    return efivars if efivars is not None else root / "sys/firmware/efi/efivars"
 
 
 def version_option(f: F) -> F:

@@ -10,6 +10,7 @@ import click
 
 from bootkeeper.cli.common import (
     config_option,
+    efivars_dir,
     efivars_option,
     esp_option,
     find_esp,
@@ -111,8 +112,9 @@ def _print_human(view: dict[str, Any]) -> None:
 @efivars_option
 @version_option
 @json_option
-def entries(esp: Path | None, efivars: Path, sdboot_version: str | None, as_json: bool) -> None:
+def entries(esp: Path | None, efivars: Path | None, sdboot_version: str | None, as_json: bool) -> None:
     """Boot entries in systemd-boot's menu order, their counters, and which one boots next."""
+    efivars = efivars_dir(efivars)
     view = _view(find_esp(esp), efivars, sdboot_version)
     if as_json:
         print_json(view)
@@ -138,7 +140,7 @@ def _links(config_files: tuple[Path, ...], root: Path) -> Path | None:
 @json_option
 def status(
     esp: Path | None,
-    efivars: Path,
+    efivars: Path | None,
     sdboot_version: str | None,
     root: Path,
     config_files: tuple[Path, ...],
@@ -147,6 +149,7 @@ def status(
     """Which entry booted and why, whether this boot is blessed yet, tries left on every entry, each
     entry's OS and extensions, after a fallback the upgrade that failed, the enrolled services' results,
     the extensions, and what boots next."""
+    efivars = efivars_dir(efivars, root)
     from bootkeeper.assess import nodestatus
     from bootkeeper.esp.store import EspStore
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from bootkeeper.cli.common import (
+    efivars_dir,
     efivars_option,
     esp_option,
     find_esp,
@@ -45,8 +46,9 @@ def history() -> None:
 @version_option
 @root_option
 @boot_id_option
-def record(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Path, boot_id: str | None) -> None:
+def record(esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path, boot_id: str | None) -> None:
     """Append this boot (booted entry, its counter, every entry's state) once per boot id."""
+    efivars = efivars_dir(efivars, root)
     from bootkeeper.assess import history as history_mod
     from bootkeeper.errors import BootkeeperError
     from bootkeeper.esp.efivars import LoaderVars
@@ -126,8 +128,9 @@ def upgrade_line(u: Any) -> str:
 @efivars_option
 @version_option
 @root_option
-def motd(esp: Path | None, efivars: Path, sdboot_version: str | None, root: Path) -> None:
+def motd(esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path) -> None:
     """Write the status to ROOT/run/motd.d/bootkeeper (shown at login)."""
+    efivars = efivars_dir(efivars, root)
     from bootkeeper import fsutil
     from bootkeeper.assess import nodestatus
     from bootkeeper.errors import StoreIOError

@@ -9,6 +9,7 @@ import click
 
 from bootkeeper.cli.common import (
     config_option,
+    efivars_dir,
     efivars_option,
     esp_option,
     find_esp,
@@ -37,7 +38,7 @@ from bootkeeper.esp.efivars import loader_info as efivars_loader_info
 def lint(
     files: tuple[Path, ...],
     esp: Path | None,
-    efivars: Path,
+    efivars: Path | None,
     sdboot_version: str | None,
     config_files: tuple[Path, ...],
     root: Path | None,
@@ -50,6 +51,7 @@ def lint(
     checked; with --root alone, ROOT/oem/*.yaml and the node.
     Exit status 1 when there is an error finding, 0 with warnings only.
     """
+    efivars = efivars_dir(efivars, root or Path("/"))
     from bootkeeper.assess import lint as lint_mod
     from bootkeeper.errors import StoreIOError
 

@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from bootkeeper.cli.common import efivars_option, esp_option, find_esp, json_option, print_json, version_option
+from bootkeeper.cli.common import (
+    efivars_dir,
+    efivars_option,
+    esp_option,
+    find_esp,
+    json_option,
+    print_json,
+    version_option,
+)
 from bootkeeper.esp.efivars import loader_info as efivars_loader_info
 
 
@@ -99,7 +107,7 @@ def select(
     persistent: bool,
     clear: bool,
     esp: Path | None,
-    efivars: Path,
+    efivars: Path | None,
     sdboot_version: str | None,
     as_json: bool,
 ) -> None:
@@ -107,6 +115,7 @@ def select(
 
     A persistent pin skips the entry once it has no tries left, so boot assessment still rolls back.
     """
+    efivars = efivars_dir(efivars)
     from bootkeeper.assess import bootloader, pin
     from bootkeeper.errors import UsageError
     from bootkeeper.esp.efivars import LoaderVars, var_path
