@@ -147,6 +147,21 @@ def test_worker_init_sets_parent_death_signal() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_a_worker_whose_parent_died_before_its_initializer_exits() -> None:
+    """The parent was killed between the fork and worker_init (under load: seen as a flaky survivor in
+    test_workers_die_with_their_parent): the death signal is never sent then, so the worker compares its
+    parent with the pid the pool's owner had before the fork, and leaves."""
+    for parent, code in ((None, 0), ("ours", 0), ("gone", 1)):
+        mine = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            want = {None: None, "ours": mine, "gone": mine + 1 if mine + 1 != os.getppid() else mine + 2}[parent]
+            verity.worker_init(want)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == code, parent
+
+
 SQUASH_PART = 768 << 20
 
 

@@ -535,7 +535,7 @@ def _in_workers(
 
         # worker_init: a worker dies with activate (kill -9 of the unit, a timeout), never left hashing
         ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=worker_init) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=worker_init, initargs=(os.getpid(),)) as pool:
             futures = {n: pool.submit(_judge_one, n, p, pol, der, host, full) for n, p in staged.items()}
             for n, f in futures.items():
                 try:

@@ -177,21 +177,22 @@ def _hash_range(fd: int, start: int, n: int, alg: str, salt: bytes, block_size: 
     return b"".join(out)
 
 
-def worker_init() -> None:
+def worker_init(parent: int | None = None) -> None:
     """Initializer of every forked worker process: die with the parent. A worker orphaned by a
     kill -9 of its parent would go on hashing (and holding the image open) for nobody;
     PR_SET_PDEATHSIG(SIGKILL) has the kernel kill it when its parent thread exits. The parent may
-    already be gone by the time this runs (the signal is then never sent): check getppid()."""
+    already be gone by the time this runs (the signal is then never sent): ``parent`` is its pid,
+    taken *before* the fork (``initargs=(os.getpid(),)``); a getppid() read here would already name
+    the reaper that adopted an orphan."""
     import ctypes
     import signal
 
-    ppid = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1 (linux/prctl.h)
     except (OSError, AttributeError):
         return  # not Linux: nothing to ask the kernel for
-    if os.getppid() != ppid:
+    if parent is not None and os.getppid() != parent:
         os._exit(1)
 
 
@@ -211,7 +212,9 @@ def _leaf_parts(
         from concurrent.futures import Executor, ProcessPoolExecutor
 
         ctx = multiprocessing.get_context("fork")
-        pool: Executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker_init)
+        pool: Executor = ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=worker_init, initargs=(os.getpid(),)
+        )
         step, chunk = _PROCESS_SLICE, _PROCESS_SLICE
 
         def submit(off: int) -> Future[bytes]:
