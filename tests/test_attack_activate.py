@@ -218,6 +218,9 @@ def test_malformed_db_and_verity_d_certificates(tmp_path: Path, images: dict[str
     problems = report["trust"]["problems"]
     assert len(problems) == 4 and all("\n" not in p for p in problems), problems
     assert sum("entry 0 is not a usable" in p or "entry 2 is not a usable" in p for p in problems) == 2
+    # and on the console (the journal), not only in the report: one warning line each (issue 15, item 8)
+    warned = [ln for ln in r.stderr.splitlines() if ln.startswith("bootkeeper-sysext: warning: trust source skipped: ")]
+    assert len(warned) == 4, r.stderr
 
 
 @pytest.mark.parametrize(

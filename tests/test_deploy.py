@@ -255,6 +255,9 @@ def test_unsigned_image_is_refused_after_staging_and_nothing_is_left(
     assert rc == 1, err
     assert err.startswith(f"bootkeeper: error: {unsigned}: refused under policy root=signed+absent:usr=signed+absent")
     assert "nothing was installed" in err
+    # the hint says where trust comes from, not only --force (issue 15, item 8)
+    hint = next(ln for ln in err.splitlines() if ln.startswith("hint: "))
+    assert "sysext.certificates" in hint and "verity.d folders" in hint and "--force" in hint, hint
     assert tree(esp) == before and _dirs(esp) == dirs  # not even the empty .extra.d folders stay
     assert not list(esp.rglob("*.raw")) and not list(esp.rglob(".bootkeeper-*"))
 

@@ -355,7 +355,9 @@ def install(
                 raise BootkeeperError(
                     f"{image_path}: refused under policy {cfg.sysext.policy}: {'; '.join(v.reasons)}; "
                     "nothing was installed",
-                    hint="fix the image or its signature, or pass --force to install it anyway",
+                    hint="fix the image or its signature (trusted are the certificates of sysext.certificates, "
+                    f"the verity.d folders {', '.join(cfg.sysext.verity_dirs) or '(none configured)'} and the "
+                    f"firmware's {', '.join(cfg.sysext.firmware) or '(none)'}), or pass --force to install it anyway",
                 )
             msg = f"installing {name} with --force although it fails validation: {'; '.join(v.reasons)}"
             click.echo(f"bootkeeper: warning: {msg}", err=True)
@@ -582,6 +584,8 @@ def activate(
         efivars=efivars,
         log=None if as_json else lambda line: click.echo(f"bootkeeper-sysext: {line}"),
     )
+    for problem in report.trust.get("problems", []):  # fewer anchors: images may be refused for it
+        click.echo(f"bootkeeper-sysext: warning: trust source skipped: {act.printable(problem)}", err=True)
     if do_refresh if do_refresh is not None else cfg.sysext.refresh:
         from bootkeeper.systemd_version import resolve
 
