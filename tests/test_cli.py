@@ -173,3 +173,22 @@ grep -w {mnt} /proc/self/mounts
     assert "active.conf" in p.stdout.split()
     mount_line = [x for x in p.stdout.splitlines() if str(mnt) in x and "tmpfs" in x][-1]
     assert " ro," in mount_line or mount_line.split()[3].startswith("ro")
+
+
+def test_version_and_entry_help_say_what_they_do() -> None:
+    """issue 15, item 9: --version did not exist; --entry's help on remove described install's default."""
+    import re
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    want = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["version"]
+    p = subprocess.run([sys.executable, "-m", "bootkeeper", "--version"], capture_output=True, text=True, check=False)
+    assert p.returncode == 0 and re.fullmatch(rf"\S*bootkeeper {re.escape(want)}\n", p.stdout), p.stdout
+    helps = {}
+    for verb in ("install", "remove"):
+        h = subprocess.run([sys.executable, "-m", "bootkeeper", "sysext", verb, "--help"], capture_output=True,
+                           text=True, check=False).stdout  # fmt: skip
+        helps[verb] = " ".join(h.split())
+    assert "Install for these entries" in helps["install"] and "Default: from every entry" in helps["remove"]

@@ -300,3 +300,45 @@ def test_a_store_behind_a_symbolic_link_is_never_written_through(
     assert bk(root, "sysext", "install", str(imgs.tools_v1)) == 6
     assert "is a symbolic link; refusing to write through it" in capsys.readouterr().err
     assert list((root / "elsewhere").iterdir()) == []
+
+
+def test_remove_takes_the_short_name_and_says_when_nothing_matched(
+    tmp_path: Path, imgs: Images, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 15, item 9: `sysext remove tools-v1` (no .raw) was a usage error; a name nothing matches
+    says so."""
+    root = node(tmp_path)
+    assert bk(root, "sysext", "install", str(imgs.tools_v1)) == 0
+    capsys.readouterr()
+    assert bk(root, "sysext", "remove", "nothing-here") == 0
+    assert "nothing-here: nothing matched in active/, passive/" in capsys.readouterr().out
+    assert bk(root, "sysext", "remove", "tools-v1", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["removed"] == ["active/tools-v1.raw", "passive/tools-v1.raw"] and out["images_removed"] == [
+        "tools-v1.raw"
+    ]
+
+
+def test_list_shows_the_extensions_own_version_and_sizes_for_people(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 15, item 9: the version column showed the host's VERSION_ID the image is built for."""
+    root = node(tmp_path)
+    from bootkeeper.sysext import image
+
+    t = tmp_path / "tree"
+    (t / "usr/lib/extension-release.d").mkdir(parents=True)
+    (t / "usr/lib/extension-release.d/extension-release.k3s").write_text(
+        "ID=kairos\nVERSION_ID=1\nSYSEXT_VERSION_ID=1.30.2\nARCHITECTURE=x86-64\n"
+    )
+    (t / "usr/bin").mkdir()
+    (t / "usr/bin/k3s").write_bytes(os.urandom(300_000))
+    img = image.build(t, tmp_path / "k3s.raw", KEY, CERT)
+    assert bk(root, "sysext", "install", str(img), "--entry", "active") == 0
+    capsys.readouterr()
+    assert bk(root, "sysext", "list", "--json") == 0
+    [row] = json.loads(capsys.readouterr().out)["extensions"]
+    assert (row["version"], row["built_for"], row["size"]) == ("1.30.2", "ID=kairos VERSION_ID=1", img.stat().st_size)
+    assert bk(root, "sysext", "list") == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "k3s.raw" in ln)
+    assert "1.30.2" in line and "ID=kairos VERSION_ID=1" in line and " KiB" in line, line

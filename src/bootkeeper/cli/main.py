@@ -61,6 +61,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bootkeeper", message="%(prog)s %(version)s")
 @click.option("--debug", is_flag=True, help="Log external commands and show tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from bootkeeper.cli.common import (
+    F,
     config_option,
     esp_option,
     find_esp,
@@ -278,19 +280,23 @@ def _validate_for(cfg: Any, anchors: list[Any], path: Path, full: bool, name: st
         bar.close()
 
 
-def _entry_option(f: Any) -> Any:
-    return click.option(
-        "--entry",
-        "entries",
-        multiple=True,
-        help="Boot entry name (active, passive, recovery…); repeatable. Default: the sysext.entries rules.",
-    )(f)
+def _entry_option(what: str) -> Callable[[F], F]:
+    def deco(f: F) -> F:
+        return click.option(
+            "--entry",
+            "entries",
+            multiple=True,
+            help=f"Boot entry name (active, passive, recovery…; with sysext.store: persistent also common); "
+            f"repeatable. {what}",
+        )(f)
+
+    return deco
 
 
 @sysext.command()
 @click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--name", default=None, help="File name on the ESP (default: IMAGE's own name).")
-@_entry_option
+@_entry_option("Install for these entries. Default: the sysext.entries rules, else active and passive.")
 @click.option(
     "--force",
     is_flag=True,
@@ -424,7 +430,7 @@ def _link_store(cfg: Any, root: Path) -> Any:
 
 @sysext.command()
 @click.argument("name")
-@_entry_option
+@_entry_option("Remove from these entries only. Default: from every entry.")
 @esp_option
 @config_option
 @root_option
@@ -432,20 +438,26 @@ def _link_store(cfg: Any, root: Path) -> Any:
 def remove(
     name: str, entries: tuple[str, ...], esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json: bool
 ) -> None:
-    """Remove extension NAME from the entries' .extra.d folders (default: from every entry); with
-    sysext.store: persistent, its links (and the image once nothing links to it)."""
+    """Remove extension NAME (k3s-v1.30.sysext.raw, or its short name k3s-v1.30) from the entries' .extra.d
+    folders (default: from every entry); with sysext.store: persistent, its links (and the image once
+    nothing links to it)."""
     from bootkeeper.config import SysextStore
     from bootkeeper.esp.store import EspStore
     from bootkeeper.sysext import deploy
 
-    deploy.check_name(name)
     cfg = load_config(config_files, root)
     if cfg.sysext.store is SysextStore.PERSISTENT:
         from bootkeeper.esp.linkstore import FOLDERS
 
         folders = deploy.store_folders(name, (), entries)[0] if entries else list(FOLDERS)
         ls = _link_store(cfg, root)
-        links, images = deploy.remove_persistent(ls, name, folders)
+        names = deploy.resolve_name(name, [lk.name for f in folders for lk in ls.links(f)])
+        links: list[str] = []
+        images: list[str] = []
+        for n in names:
+            got = deploy.remove_persistent(ls, n, folders)
+            links += got[0]
+            images += got[1]
         if as_json:
             print_json({"name": name, "removed": links, "images_removed": images, "store": str(ls.root)})
             return
@@ -454,19 +466,21 @@ def remove(
         for g in images:
             click.echo(f"removed {ls.root}/{g} (no folder links to it)")
         if not links:
-            click.echo(f"{name}: not linked from {', '.join(f + '/' for f in folders)} in {ls.root}")
+            click.echo(f"{name}: nothing matched in {', '.join(f + '/' for f in folders)} of {ls.root}")
         return
     store = EspStore(find_esp(esp))
     available = deploy.targets(store.snapshot(), store, cfg.sysext.vendor)
     chosen = deploy.select(name, available, (), entries)[0] if entries else available
-    gone = deploy.remove(store, name, chosen)
+    gone = []
+    for n in deploy.resolve_name(name, [i.name for i in deploy.installed(store, chosen)]):
+        gone += deploy.remove(store, n, chosen)
     if as_json:
         print_json({"name": name, "removed": gone})
     elif gone:
         for g in gone:
             click.echo(f"removed {g}")
     else:
-        click.echo(f"{name}: not installed for {', '.join(t.entry for t in chosen) or 'any entry'}")
+        click.echo(f"{name}: nothing matched in the .extra.d of {', '.join(t.entry for t in chosen) or 'any entry'}")
 
 
 @sysext.command(name="list")
@@ -491,7 +505,15 @@ def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json:
             row: dict[str, Any] = {"entry": lk.folder, "path": f"{lk.folder}/{lk.name}", "name": lk.name}
             if lk.image is None:
                 rows.append(
-                    {**row, "size": None, "version": None, "signer": None, "ok": False, "reasons": [lk.problem]}
+                    {
+                        **row,
+                        "size": None,
+                        "version": None,
+                        "built_for": None,
+                        "signer": None,
+                        "ok": False,
+                        "reasons": [lk.problem],
+                    }
                 )
                 continue
             rows.append({**row, "image": lk.image, **_listed(cfg, anchors, ls.root / lk.image, lk.name)})
@@ -522,11 +544,32 @@ def _listed(cfg: Any, anchors: list[Any], path: Path, name: str) -> dict[str, An
     size = path.stat().st_size
     info = image.inspect(path) if size else None
     rel = info.release.get("root") if info else None
-    version = None
+    version = built_for = None
     if rel is not None and not isinstance(rel, str):
-        version = rel.fields.get("VERSION_ID") or rel.fields.get("SYSEXT_VERSION_ID") or rel.fields.get("VERSION")
+        version = rel.fields.get("SYSEXT_VERSION_ID")  # the extension's own version
+        host = [f"{k}={rel.fields[k]}" for k in ("ID", "VERSION_ID", "SYSEXT_LEVEL") if rel.fields.get(k)]
+        built_for = " ".join(host) or None  # the OS it is for, not its version
     v = _validate_for(cfg, anchors, path, full=False, name=name)
-    return {"size": size, "version": version, "signer": v.signer, "ok": v.ok, "reasons": v.reasons}
+    return {
+        "size": size,
+        "version": version,
+        "built_for": built_for,
+        "signer": v.signer,
+        "ok": v.ok,
+        "reasons": v.reasons,
+    }
+
+
+def _human(size: int | None) -> str:
+    """1.4 MiB: sizes as people read them (the JSON keeps bytes)."""
+    if size is None:
+        return "?"
+    n = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{int(n)} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def _list_out(as_json: bool, doc: dict[str, Any], rows: list[dict[str, Any]], where: str) -> None:
@@ -534,9 +577,17 @@ def _list_out(as_json: bool, doc: dict[str, Any], rows: list[dict[str, Any]], wh
         print_json(doc)
         return
     table(
-        ["entry", "extension", "version", "size", "signer", "verdict"],
+        ["entry", "extension", "version", "built for", "size", "signer", "verdict"],
         [
-            [r["entry"], r["name"], r["version"], r["size"], r["signer"], "ok" if r["ok"] else "; ".join(r["reasons"])]
+            [
+                r["entry"],
+                r["name"],
+                r["version"] or "-",
+                r["built_for"] or "-",
+                _human(r["size"]),
+                r["signer"],
+                "ok" if r["ok"] else "; ".join(r["reasons"]),
+            ]
             for r in rows
         ],
     )

@@ -71,6 +71,15 @@ def check_name(name: str) -> str:
     return name
 
 
+def resolve_name(name: str, installed: list[str]) -> list[str]:
+    """The installed image names ``name`` means: itself when it is a file name (``k3s.sysext.raw``), or
+    every installed one whose short name (:func:`image_stem`) it is (``k3s``)."""
+    if name.endswith(".raw"):
+        return [check_name(name)]
+    check_name(f"{name}.raw")  # the same characters
+    return sorted({n for n in installed if image_stem(n) == name})
+
+
 def image_stem(name: str) -> str:
     """The name that ``sysext.entries`` rules match: without ``.raw`` and ``.sysext``."""
     stem = name[: -len(".raw")] if name.endswith(".raw") else name
