@@ -48,7 +48,9 @@ def node(root: Path, config: str = CONFIG) -> Path:
     (root / UNITS).mkdir(parents=True, exist_ok=True)
     (root / UNITS / "health.service").write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
     (root / UNITS / "watchdog.service").write_text("[Service]\nExecStart=/bin/sleep infinity\n")
-    r = bk("install-units", "--root", str(root), "--exe", shutil.which("true") or "/bin/true")
+    r = bk(
+        "install-units", "--root", str(root), "--exe", shutil.which("true") or "/bin/true", "--python", sys.executable
+    )
     assert r.returncode == 0, r.stderr
     return root
 
@@ -425,7 +427,15 @@ def test_every_writer_of_a_reboot_always_drop_in_says_what_lint_will_call_it(tmp
     runs = {
         "enroll": bk("service", "enroll", "health", "--reboot-on-failure", "always", "--root", str(root)),
         "render": bk("cloud-config", "render", "--root", str(root)),
-        "install-units": bk("install-units", "--root", str(root), "--exe", shutil.which("true") or "/bin/true"),
+        "install-units": bk(
+            "install-units",
+            "--root",
+            str(root),
+            "--exe",
+            shutil.which("true") or "/bin/true",
+            "--python",
+            sys.executable,
+        ),
     }
     for verb, r in runs.items():
         assert r.returncode == 0, (verb, r.stderr)

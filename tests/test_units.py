@@ -22,7 +22,7 @@ def bk(*args: str) -> subprocess.CompletedProcess[str]:
 def _install(root: Path, cfg: str) -> Path:
     (root / "oem").mkdir(parents=True, exist_ok=True)
     (root / "oem/90.yaml").write_text(cfg)
-    r = bk("install-units", "--root", str(root), "--exe", f"{sys.executable} -m bootkeeper")
+    r = bk("install-units", "--root", str(root), "--exe", f"{sys.executable} -m bootkeeper", "--python", sys.executable)
     assert r.returncode == 0, r.stderr
     return root / UNIT_DIR
 
@@ -106,7 +106,8 @@ def _exec_start(dropin: str) -> str:
 def _install_json(root: Path, cfg: str, *more: str) -> tuple[subprocess.CompletedProcess[str], str]:
     (root / "oem").mkdir(parents=True, exist_ok=True)
     (root / "oem/90.yaml").write_text(cfg)
-    r = bk("install-units", "--root", str(root), "--exe", f"{sys.executable} -m bootkeeper", "--json", *more)
+    r = bk("install-units", "--root", str(root), "--exe", f"{sys.executable} -m bootkeeper", "--python", sys.executable,
+           "--json", *more)  # fmt: skip
     assert r.returncode == 0, r.stderr
     return r, (root / UNIT_DIR / DROPIN).read_text()
 
@@ -184,3 +185,28 @@ def test_an_unknown_systemd_is_assumed_current_with_a_warning(tmp_path: Path) ->
     assert json.loads(r.stdout)["systemd"] == {"version": 254, "source": "assumed: not found", "found": False}
     r, dropin = _install_json(tmp_path, "sysext:\n  mode: permissive\n")  # no policy, nothing to warn about
     assert _exec_start(dropin) == "systemd-sysext refresh" and r.stderr == ""
+
+
+def test_under_root_the_units_name_the_nodes_programs_never_this_virtualenv(tmp_path: Path) -> None:
+    """issue 15, item 3: install-units --root wrote this machine's virtualenv into ExecStart= and the
+    generator's #!; under --root the defaults are the node's paths, refused when the node lacks them."""
+    from helpers import one_line_error
+
+    root = tmp_path / "node"
+    (root / "oem").mkdir(parents=True)
+    (root / "oem/90.yaml").write_text("sysext:\n  systemd_version: 257\n")
+    r = bk("install-units", "--root", str(root))
+    one_line_error(r, 3, "has none of /usr/bin/bootkeeper, /usr/local/bin/bootkeeper")
+    assert not (root / UNIT_DIR).exists()
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "usr/local/bin/bootkeeper").write_text("#!/bin/sh\n")
+    one_line_error(bk("install-units", "--root", str(root)), 3, "has none of /usr/bin/python3")
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/python3").write_text("")
+    r = bk("install-units", "--root", str(root), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["command"] == ["/usr/local/bin/bootkeeper"]
+    texts = [p.read_text() for p in (root / "etc/systemd").rglob("*") if p.is_file()]
+    assert sys.prefix not in "".join(texts) and str(Path(sys.executable).parent) not in "".join(texts)
+    gen = root / "etc/systemd/system-generators/bootkeeper-generator"
+    assert gen.read_text().startswith("#!/usr/bin/python3 -IS\n")

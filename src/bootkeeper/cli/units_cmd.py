@@ -18,9 +18,15 @@ from bootkeeper.systemd_version import HIGHEST, LOWEST
 @click.option(
     "--exe",
     default=None,
-    help="The bootkeeper command the units run (default: bootkeeper on PATH, else this Python with -m bootkeeper).",
+    help="The bootkeeper command the units run (default: bootkeeper on PATH, else this Python with -m bootkeeper; "
+    "under --root: the node's /usr/bin/bootkeeper or /usr/local/bin/bootkeeper).",
 )
-@click.option("--python", "python", default=None, help="The Python that runs the generator (default: this one).")
+@click.option(
+    "--python",
+    "python",
+    default=None,
+    help="The Python that runs the generator (default: this one; under --root: the node's /usr/bin/python3).",
+)
 @click.option(
     "--enable/--no-enable", default=True, show_default=True, help="Link the services into their targets' .wants."
 )
@@ -60,13 +66,18 @@ def install_units(
             "for the images it places, and images in /etc/extensions or /var/lib/extensions merge unchecked",
             err=True,
         )
+    on_node = root.resolve() == Path("/")
     if exe is not None:
         argv = exe.split()
+    elif not on_node:  # the units run on the node: never this machine's virtualenv
+        argv = [_on_node(root, ("/usr/bin/bootkeeper", "/usr/local/bin/bootkeeper"), "--exe")]
     elif (found := shutil.which("bootkeeper")) is not None:
         argv = [str(Path(found).resolve())]
     else:
         argv = [sys.executable, "-m", "bootkeeper"]
-    written = units.install(root, units.render(cfg, argv, python or sys.executable, node.major), enable)
+    if python is None:
+        python = sys.executable if on_node else _on_node(root, ("/usr/bin/python3",), "--python")
+    written = units.install(root, units.render(cfg, argv, python, node.major), enable)
     for w in services.loop_warnings(list(cfg.boot_assessment.services)):
         click.echo(f"bootkeeper: warning: {w}", err=True)
     enrolled = (
@@ -89,3 +100,17 @@ def install_units(
     for a in enrolled:
         click.echo(a)
     click.echo("run 'systemctl daemon-reload' (on a running system) for systemd to see them")
+
+
+def _on_node(root: Path, candidates: tuple[str, ...], option: str) -> str:
+    """The first of ``candidates`` that the node under ``root`` has; refused when it has none."""
+    from bootkeeper import fsutil
+    from bootkeeper.errors import NotApplicableError
+
+    for c in candidates:
+        if fsutil.under(root, c).exists():
+            return c
+    raise NotApplicableError(
+        f"{root}: has none of {', '.join(candidates)}: the units would name a program the node does not have",
+        hint=f"install bootkeeper into {root} first, or pass {option} with the path it has on the node",
+    )
