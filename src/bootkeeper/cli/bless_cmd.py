@@ -81,7 +81,7 @@ def bless(
         return
     from bootkeeper.cli.common import load_config
 
-    cfg = load_config(config_files).boot_assessment
+    cfg = load_config(config_files, root).boot_assessment
     result = bless_mod.bless(store, booted, bless_mod.Verdict(action), cfg)
     _record_verdict(root, boot_id, "withheld" if result.withheld else action)
     if as_json:
