@@ -56,7 +56,7 @@ print("@@@", json.dumps(sorted({m.split(".")[0] for m in sys.modules})), file=sy
 
 @pytest.mark.parametrize("verb", list(BUDGET))
 def test_boot_path_verbs_import_only_what_they_need(root: Path, verb: str) -> None:
-    args = verb.split() + ["--root", str(root)]
+    args = [*verb.split(), "--root", str(root)]
     if not verb.startswith("sysext"):
         args += ["--esp", str(root / "efi")]
     if verb == "bless good":  # on a copy: it renames the entry
