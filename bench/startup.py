@@ -46,8 +46,7 @@ def heavy_imports(args: list[str]) -> list[str]:
 
 def generator_row(tmp: Path) -> tuple[str, float, int]:
     """bootkeeper-generator as install-units installs it, on an active boot with one enrolled service."""
-    from bootkeeper import units
-    from bootkeeper.assess import services
+    from bootkeeper.assess import services, units
     from bootkeeper.config import Config, RebootOnFailure, ServiceSpec
     from bootkeeper.esp.efivars import LOADER_GUID, encode_string
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bootkeeper.errors import StoreIOError, UsageError
-from bootkeeper.esp import scratch
+from bootkeeper.esp import extra, scratch
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import SPACE_MARGIN, EspStore
 from bootkeeper.sysext import deploy, image, policy, signature
@@ -50,7 +50,7 @@ def test_targets_strip_the_counter_and_cover_both_entry_types(tmp_path: Path) ->
     (esp / "EFI/Linux").mkdir(parents=True)
     (esp / "EFI/Linux/statereset+2-1.efi").write_bytes(scratch.stand_in_uki(((b".osrel", b"ID=kairos\n"),)))
     store = EspStore(esp)
-    got = {(t.entry, t.extra_dir) for t in deploy.targets(store.snapshot(), store)}
+    got = {(t.entry, t.extra_dir) for t in extra.targets(store.snapshot(), store)}
     assert got == {
         ("active", "EFI/kairos/active.efi.extra.d"),
         ("passive", "EFI/kairos/passive.efi.extra.d"),
@@ -62,7 +62,7 @@ def test_targets_strip_the_counter_and_cover_both_entry_types(tmp_path: Path) ->
 def test_rules_choose_entries_and_recovery_only_when_named(tmp_path: Path) -> None:
     esp = _esp(tmp_path / "esp")
     store = EspStore(esp)
-    ts = deploy.targets(store.snapshot(), store)
+    ts = extra.targets(store.snapshot(), store)
     rules = (("active", (r"k3s-v1\.30.*",)), ("recovery", ("debug",)))
     pick = {n: [t.entry for t in deploy.select(n, ts, rules, ())[0]] for n in ("k3s-v1.30.2.raw", "x.raw", "debug.raw")}
     assert pick == {"k3s-v1.30.2.raw": ["active"], "x.raw": ["active", "passive"], "debug.raw": ["recovery"]}
@@ -113,7 +113,7 @@ def test_crash_at_every_step_leaves_old_or_new(tmp_path: Path, img: Path) -> Non
     steps: list[str] = []
     esp0 = _esp(tmp_path / "probe")
     s0 = EspStore(esp0, fault=steps.append)
-    ts = deploy.targets(s0.snapshot(), s0)
+    ts = extra.targets(s0.snapshot(), s0)
     chosen = [t for t in ts if t.entry in ("active", "passive")]
     assert deploy.install(s0, img, "x.sysext.raw", chosen, "test", _check)[1].ok
     assert any(s.startswith("rename:") for s in steps)
@@ -130,7 +130,7 @@ def test_crash_at_every_step_leaves_old_or_new(tmp_path: Path, img: Path) -> Non
                 raise OSError(5, f"injected at {name}")
 
         store = EspStore(esp, fault=fault)
-        ts = [t for t in deploy.targets(store.snapshot(), store) if t.entry in ("active", "passive")]
+        ts = [t for t in extra.targets(store.snapshot(), store) if t.entry in ("active", "passive")]
         with pytest.raises(StoreIOError, match="injected"):
             deploy.install(store, img, "x.sysext.raw", ts, "test", _check)
         for p in esp.rglob("*"):

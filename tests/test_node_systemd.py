@@ -1,7 +1,7 @@
 """The node's systemd userspace (issue 13, item 5): its version read offline from a root tree
 (``bootkeeper.systemd_version``), ``sysext activate --refresh`` with what that systemd-sysext
 understands and a failed refresh as an error, and lint of the node's sysext setup
-(``bootkeeper.assess.sysextconf``: BK301, BK302).
+(``bootkeeper.sysext.conf``: BK301, BK302).
 
 Real data: this machine's systemd (252) and the trixie tree's (257, ``tests/trixie.py``); the real
 ``systemd-sysext`` of this machine runs the refreshes, each in a private mount namespace.

@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from bootkeeper.errors import ConfigError, ParseError
+from bootkeeper.errors import ConfigError
 
 OEM_DIR = Path("/oem")
 # Sections other issues own; accepted here so one /oem file can carry all of them.
@@ -64,6 +64,7 @@ class Certificate:
 class Sysext:
     mode: SysextMode = SysextMode.ENFORCED
     policy: str = ENFORCED_POLICY
+    policy_where: str = "sysext.policy"  # "FILE: sysext.policy": where it was set, for messages
     certificates: tuple[Certificate, ...] = ()
     # entry name -> regular expressions matched (in full) against the image name
     entries: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -193,17 +194,7 @@ def _parse_sysext(src: str, raw: Any, key_src: dict[str, str] | None = None) -> 
     pol_raw = raw.get("policy", d.policy)
     if not isinstance(pol_raw, str):
         raise ConfigError(f"{at('policy')}: expected an image-policy string, got {pol_raw!r}")
-    from bootkeeper.sysext import policy as policy_mod
-
-    try:
-        pol = policy_mod.parse(pol_raw, at("policy"))
-    except ParseError as exc:
-        raise ConfigError(str(exc)) from None
-    if pol == policy_mod.parse(policy_mod.SEED_POLICY):
-        warnings.append(
-            f"{at('policy')}: {pol_raw!r} also admits unsigned verity images (a failed signature passes as "
-            f"verity); {ENFORCED_POLICY} requires a signature"
-        )
+    # the grammar is sysext/policy.py's: checked where the config is loaded for a verb (cli/common.py)
     certs_raw = raw.get("certificates", [])
     if isinstance(certs_raw, str):
         certs_raw = [certs_raw]
@@ -255,6 +246,7 @@ def _parse_sysext(src: str, raw: Any, key_src: dict[str, str] | None = None) -> 
         Sysext(
             mode=mode,
             policy=str(pol_raw),
+            policy_where=at("policy"),
             certificates=certs,
             entries=tuple(entries),
             sources=sources,

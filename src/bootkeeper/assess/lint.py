@@ -13,7 +13,6 @@ import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from bootkeeper.assess import chain, cloudconfig, generator
@@ -25,39 +24,11 @@ from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, EntryKind, LoaderType, Role
 from bootkeeper.esp.sdboot import SdBoot
 from bootkeeper.esp.store import EspStore, Snapshot
+from bootkeeper.findings import Finding, Severity
 
 ROLES = tuple(Role)
 FALLBACK_ROLES = (Role.PASSIVE, Role.RECOVERY, Role.STATERESET)
 REBOOTS = ("reboot", "reboot-force", "reboot-immediate")
-
-
-class Severity(StrEnum):
-    ERROR = "error"
-    WARNING = "warning"
-
-
-@dataclass(frozen=True)
-class Finding:
-    code: str
-    severity: Severity
-    file: str
-    line: int | None
-    message: str
-    fix: str
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "code": self.code,
-            "severity": self.severity.value,
-            "file": self.file,
-            "line": self.line,
-            "message": self.message,
-            "fix": self.fix,
-        }
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.severity.value} {self.code}: {self.message}\n    fix: {self.fix}"
 
 
 # --- where a step runs -----------------------------------------------------------------------------

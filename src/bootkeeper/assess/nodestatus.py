@@ -96,13 +96,12 @@ def _roles(
     """Each entry that boots a UKI: its OS (the ``.osrel`` fields that name a version) and the images
     in its ``.extra.d`` (and, with the persistent store ``links``, its role's folder of links and
     ``common/``); also the images per entry (``installed``) and what could not be read."""
-    from bootkeeper.esp import pe
+    from bootkeeper.esp import extra, pe
     from bootkeeper.esp.entries import parse_osrel
-    from bootkeeper.sysext import deploy
 
     try:
-        targets = deploy.targets(snap, store)
-        found = deploy.installed(store, targets)
+        targets = extra.targets(snap, store)
+        found = extra.installed(store, targets)
     except (OSError, BootkeeperError) as exc:
         return [], {"error": [str(exc)]}, [f"extensions not read: {exc}"]
     installed: dict[str, list[str]] = {}

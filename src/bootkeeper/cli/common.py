@@ -138,8 +138,10 @@ def root_efivars_option(f: F) -> F:
 def load_config(files: tuple[Path, ...], root: Path = Path("/")) -> Any:
     """The merged config (``--config`` files, else ROOT/oem/*.yaml); its warnings go to stderr."""
     from bootkeeper import config
+    from bootkeeper.sysext import policy
 
     cfg = config.load(list(files) if files else None, oem_dir=root / "oem")
-    for w in cfg.warnings:
+    _, policy_warnings = policy.check_config(cfg.sysext.policy, cfg.sysext.policy_where)
+    for w in [*cfg.warnings, *policy_warnings]:
         click.echo(f"bootkeeper: warning: {w}", err=True)
     return cfg

@@ -114,8 +114,7 @@ def _services_demo(tmp: Path, cfg: BootAssessment) -> None:
     """Steps 5-7: a service that decides the boot, the generator, lint, and status after a fallback."""
     import os
 
-    from bootkeeper import units
-    from bootkeeper.assess import generator, lint, nodestatus, services
+    from bootkeeper.assess import generator, lint, nodestatus, services, units
     from bootkeeper.assess.simulate import Fault, Outcome, simulate
     from bootkeeper.cli.simulate_cmd import print_timeline
     from bootkeeper.config import Config, RebootOnFailure, ServiceSpec

@@ -1,5 +1,5 @@
 """``bootkeeper lint``: boot-loop hazards in cloud-config, unit files and on the ESP, and the node's
-systemd-sysext setup (:mod:`bootkeeper.assess.sysextconf`)."""
+systemd-sysext setup (:mod:`bootkeeper.sysext.conf`)."""
 
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ def lint(
     efivars = efivars_dir(efivars, root or Path("/"))
     from bootkeeper.assess import lint as lint_mod
     from bootkeeper.errors import StoreIOError
+    from bootkeeper.findings import Finding, Severity
 
-    findings: list[lint_mod.Finding] = []
+    findings: list[Finding] = []
     if not files and esp is None:
         if root is None:
             root = Path("/")
@@ -68,9 +69,7 @@ def lint(
             raise StoreIOError(f"{path}: cannot read ({exc.strerror})") from exc
         except UnicodeDecodeError as exc:
             findings.append(
-                lint_mod.Finding(
-                    "BK100", lint_mod.Severity.ERROR, str(path), None, f"not UTF-8 ({exc.reason})", "save as UTF-8"
-                )
+                Finding("BK100", Severity.ERROR, str(path), None, f"not UTF-8 ({exc.reason})", "save as UTF-8")
             )
             continue
         findings += lint_mod.lint_text(text, str(path))
@@ -84,11 +83,11 @@ def lint(
         entry_default = LoaderVars.read(efivars).entry_default
         findings += lint_mod.lint_esp(snap, str(esp), cfg.boot_assessment, entry_default, stale_temporaries(esp))
     if root is not None and cfg is not None:
-        from bootkeeper.assess import sysextconf
+        from bootkeeper.sysext import conf as sysextconf
         from bootkeeper.systemd_version import resolve
 
         findings += sysextconf.lint_node(root, cfg.sysext, resolve(root, cfg.sysext.systemd_version))
-    errors = sum(f.severity is lint_mod.Severity.ERROR for f in findings)
+    errors = sum(f.severity is Severity.ERROR for f in findings)
     if as_json:
         print_json({"findings": [f.as_json() for f in findings], "errors": errors})
     else:

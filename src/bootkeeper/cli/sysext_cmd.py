@@ -158,13 +158,9 @@ def validate(
     """Validate each IMAGE; exit 0 only if all pass."""
     from bootkeeper.sysext import image, policy, release
 
-    pol = policy.parse(policy_text if policy_text is not None else policy.ENFORCED_DEFAULT, "--policy")
-    if policy_text is not None and policy.parse(policy.SEED_POLICY) == pol:
-        click.echo(
-            "warning: this policy also admits unsigned verity images (a failed signature passes as "
-            "verity); use root=signed+absent:usr=signed+absent to require signatures",
-            err=True,
-        )
+    pol, warnings = policy.check_config(policy_text if policy_text is not None else policy.ENFORCED_DEFAULT, "--policy")
+    for w in warnings:
+        click.echo(f"bootkeeper: warning: {w}", err=True)
     trusted = _certs(certs)
     host = release.parse_release(os_release.read_text()) if os_release else None
     results = []
@@ -323,6 +319,7 @@ def install(
     those entries boots (its UKI's .osrel; without one, ROOT's os-release)."""
     from bootkeeper.config import SysextStore
     from bootkeeper.errors import NotApplicableError, ParseError
+    from bootkeeper.esp import extra
     from bootkeeper.esp.store import EspStore
     from bootkeeper.sysext import deploy
 
@@ -331,7 +328,7 @@ def install(
         raise ParseError(f"{image_path}: not a readable file")
     cfg = load_config(config_files, root)
     store = EspStore(find_esp(esp))
-    available = deploy.targets(store.snapshot(), store, cfg.sysext.vendor)
+    available = extra.targets(store.snapshot(), store, cfg.sysext.vendor)
     persistent = cfg.sysext.store is SysextStore.PERSISTENT
     folders: list[str] = []
     if persistent:
@@ -442,6 +439,7 @@ def remove(
     folders (default: from every entry); with sysext.store: persistent, its links (and the image once
     nothing links to it)."""
     from bootkeeper.config import SysextStore
+    from bootkeeper.esp import extra
     from bootkeeper.esp.store import EspStore
     from bootkeeper.sysext import deploy
 
@@ -469,10 +467,10 @@ def remove(
             click.echo(f"{name}: nothing matched in {', '.join(f + '/' for f in folders)} of {ls.root}")
         return
     store = EspStore(find_esp(esp))
-    available = deploy.targets(store.snapshot(), store, cfg.sysext.vendor)
+    available = extra.targets(store.snapshot(), store, cfg.sysext.vendor)
     chosen = deploy.select(name, available, (), entries)[0] if entries else available
     gone = []
-    for n in deploy.resolve_name(name, [i.name for i in deploy.installed(store, chosen)]):
+    for n in deploy.resolve_name(name, [i.name for i in extra.installed(store, chosen)]):
         gone += deploy.remove(store, n, chosen)
     if as_json:
         print_json({"name": name, "removed": gone})
@@ -492,6 +490,7 @@ def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json:
     """Per boot entry: the extensions installed, their version, signer and verdict (with
     sysext.store: persistent, per folder of links: active/, passive/, recovery/, statereset/, common/)."""
     from bootkeeper.config import SysextStore
+    from bootkeeper.esp import extra
     from bootkeeper.sysext import deploy
 
     cfg = load_config(config_files, root)
@@ -523,8 +522,8 @@ def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json:
     from bootkeeper.esp.store import EspStore
 
     store = EspStore(find_esp(esp))
-    available = deploy.targets(store.snapshot(), store, cfg.sysext.vendor)
-    for it in deploy.installed(store, available):
+    available = extra.targets(store.snapshot(), store, cfg.sysext.vendor)
+    for it in extra.installed(store, available):
         rows.append(
             {
                 "entry": it.target.entry,

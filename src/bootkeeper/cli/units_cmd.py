@@ -50,8 +50,7 @@ def install_units(
     """Write bootkeeper's units, the systemd-sysext drop-in and bootkeeper-generator under ROOT/etc,
     mask systemd-bless-boot.service, and enrol the services in boot_assessment.services."""
     from bootkeeper import systemd_version as sv
-    from bootkeeper import units
-    from bootkeeper.assess import services
+    from bootkeeper.assess import services, units
     from bootkeeper.config import SysextMode
 
     cfg = load_config(config_files, root)

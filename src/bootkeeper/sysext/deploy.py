@@ -46,8 +46,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bootkeeper import fsutil
 from bootkeeper.errors import ParseError, StoreIOError, UsageError
 from bootkeeper.esp import pe
-from bootkeeper.esp.entries import EntryKind, LoaderType, Role, extra_dir
-from bootkeeper.esp.store import SPACE_MARGIN, EspStore, Snapshot
+from bootkeeper.esp.entries import Role
+from bootkeeper.esp.extra import Target
+from bootkeeper.esp.store import SPACE_MARGIN, EspStore
 
 if TYPE_CHECKING:
     from bootkeeper.esp.linkstore import Link, LinkStore
@@ -84,40 +85,6 @@ def image_stem(name: str) -> str:
     """The name that ``sysext.entries`` rules match: without ``.raw`` and ``.sysext``."""
     stem = name[: -len(".raw")] if name.endswith(".raw") else name
     return stem[: -len(".sysext")] if stem.endswith(".sysext") else stem
-
-
-@dataclass(frozen=True)
-class Target:
-    """A boot entry that runs a UKI, and the folder systemd-stub reads extensions from for it."""
-
-    entry: str  # the entry's name without counter: "active"
-    uki: str  # ESP-relative path of the UKI
-    extra_dir: str  # ESP-relative path of <uki>.extra.d
-    via: str  # the entry file that names the UKI
-
-    @property
-    def role(self) -> Role | None:
-        return Role.from_stem(self.entry)
-
-
-def targets(snap: Snapshot, store: EspStore, vendor: str | None = None) -> list[Target]:
-    """Every entry that boots a UKI (Type #1 with ``efi``/``uki``, or a Type #2 file)."""
-    out: list[Target] = []
-    for e in snap.entries:
-        if e.kind is EntryKind.TYPE2:
-            uki = e.path
-        elif e.loader_type in (LoaderType.EFI, LoaderType.UKI) and e.loader:
-            found = store.find_ci(e.loader)
-            if found is None:
-                continue  # systemd-boot does not list it either
-            uki = found.relative_to(store.root).as_posix()
-        else:
-            continue  # a linux/initrd entry has no stub to read .extra.d
-        folder = uki.rpartition("/")[0]
-        if vendor is not None and e.kind is EntryKind.TYPE1 and folder.lower() != f"efi/{vendor}".lower():
-            continue
-        out.append(Target(e.name.stem, uki, extra_dir(uki), e.path))
-    return sorted(out, key=lambda t: (t.role.rank if t.role else 99, t.entry, t.extra_dir))
 
 
 def select(
@@ -392,27 +359,6 @@ def install(
     finally:
         os.close(sfd)
     return p, verdict
-
-
-@dataclass(frozen=True)
-class Installed:
-    target: Target
-    name: str
-    size: int
-    path: Path
-
-
-def installed(store: EspStore, available: list[Target]) -> list[Installed]:
-    out = []
-    for t in available:
-        d = store.path(t.extra_dir)
-        if d.is_symlink() or not d.is_dir():
-            continue
-        for n in sorted(os.listdir(d)):
-            p = d / n
-            if n.endswith(".raw") and not fsutil.is_temporary(n) and p.is_file() and not p.is_symlink():
-                out.append(Installed(t, n, p.stat().st_size, p))
-    return out
 
 
 def remove(store: EspStore, name: str, chosen: list[Target]) -> list[str]:

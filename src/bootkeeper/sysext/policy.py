@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bootkeeper.config import ENFORCED_POLICY
 from bootkeeper.errors import ParseError
 
 
@@ -71,7 +72,7 @@ SIG_OF = {"root": "root-verity-sig", "usr": "usr-verity-sig"}
 DATA_OF_VERITY = {v: k for k, v in VERITY_OF.items()}
 DATA_OF_SIG = {v: k for k, v in SIG_OF.items()}
 
-ENFORCED_DEFAULT = "root=signed+absent:usr=signed+absent"
+ENFORCED_DEFAULT = ENFORCED_POLICY  # one home: config.py, where the default is
 SEED_POLICY = "root=verity+signed+absent:usr=verity+signed+absent"
 
 
@@ -284,3 +285,21 @@ def evaluate(policy: ImagePolicy, present: dict[str, Observed], other: list[str]
         if not flags & {Flag.UNUSED, Flag.UNPROTECTED, Flag.VERITY, Flag.SIGNED, Flag.ENCRYPTED}:
             out.append(Decision(d, False, None, f"a {d} partition is present, the policy requires it absent"))
     return out
+
+
+def check_config(text: str, where: str) -> tuple[ImagePolicy, list[str]]:
+    """``sysext.policy`` of the config, parsed (a ConfigError naming ``where``, the file and key, when it
+    does not parse), and the warning the seed's policy gets."""
+    from bootkeeper.errors import ConfigError
+
+    try:
+        pol = parse(text, where)
+    except ParseError as exc:
+        raise ConfigError(str(exc)) from None
+    warnings = []
+    if pol == parse(SEED_POLICY):
+        warnings.append(
+            f"{where}: {text!r} also admits unsigned verity images (a failed signature passes as "
+            f"verity); {ENFORCED_DEFAULT} requires a signature"
+        )
+    return pol, warnings

@@ -27,9 +27,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkeeper.assess.lint import Finding, Severity
 from bootkeeper.config import Sysext, SysextMode
 from bootkeeper.errors import ParseError
+from bootkeeper.findings import Finding, Severity
 from bootkeeper.systemd_version import SYSEXT_CONF_SINCE, NodeSystemd, is_null, read_in, resolve_in
 
 CONF_DIRS = ("etc/systemd", "run/systemd", "usr/local/lib/systemd", "usr/lib/systemd")
