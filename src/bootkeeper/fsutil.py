@@ -150,3 +150,28 @@ def copy_into(src_fd: int, dst_fd: int, size: int, progress: Callable[[int, int]
         done += n
         if progress is not None:
             progress(n, size)
+
+
+def sha256_fd(fd: int, size: int | None = None) -> str:
+    """SHA-256 of the first ``size`` bytes of ``fd`` (all of it by default), read with pread: the
+    descriptor's offset is left alone. The one digest of what is judged and what lands."""
+    import hashlib  # not at import time: the boot path imports this module
+
+    h = hashlib.sha256()
+    done = 0
+    while size is None or done < size:
+        chunk = os.pread(fd, 1 << 20 if size is None else min(1 << 20, size - done), done)
+        if not chunk:
+            break
+        h.update(chunk)
+        done += len(chunk)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, never through a symbolic link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return sha256_fd(fd)
+    finally:
+        os.close(fd)

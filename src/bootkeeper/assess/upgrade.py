@@ -55,7 +55,6 @@ must fit in the free space plus what step 1 frees, with a 1 MiB margin.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -261,21 +260,13 @@ class Plan:
     store_need_bytes: int = 0  # persistent store: the new images
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sha256(path: Path) -> str:
-    return _sha256(path)
+    return fsutil.sha256_file(path)
 
 
 def same_bytes(a: Path, b: Path) -> bool:
     try:
-        return a.stat().st_size == b.stat().st_size and _sha256(a) == _sha256(b)
+        return a.stat().st_size == b.stat().st_size and fsutil.sha256_file(a) == fsutil.sha256_file(b)
     except OSError:
         return False
 
@@ -352,7 +343,7 @@ def _store_images(links: LinkStore, exts: tuple[Extension, ...], p: Plan) -> tup
         if x.carried or x.image is None:
             out.append(x)
             continue
-        image, copy = links.image_for(x.name, _sha256(x.source))
+        image, copy = links.image_for(x.name, fsutil.sha256_file(x.source))
         out.append(Extension(x.name, x.source, False, image))
         if copy:
             why = "a new extension, linked by nothing yet"
@@ -773,15 +764,6 @@ def order_check(store: EspStore, snap: Snapshot, p: Plan, new_osrel: bytes) -> O
 # --- applying ---------------------------------------------------------------------------------
 
 
-def _fd_sha256(fd: int) -> str:
-    h = hashlib.sha256()
-    done = 0
-    while chunk := os.pread(fd, 1 << 20, done):
-        h.update(chunk)
-        done += len(chunk)
-    return h.hexdigest()
-
-
 def _copy(store: EspStore, src: Path, rel: str, digest: str | None) -> None:
     """Copy ``src`` to ``rel`` crash-safely; with ``digest`` (the bytes the gate judged) the copy is
     compared before it gets its name: a source swapped or rewritten after the gate never lands."""
@@ -791,7 +773,7 @@ def _copy(store: EspStore, src: Path, rel: str, digest: str | None) -> None:
         size = os.fstat(sfd).st_size
         with fsutil.temp_file(dest, store.step) as (fd, tmp):
             fsutil.copy_into(sfd, fd, size)
-            if digest is not None and _fd_sha256(fd) != digest:
+            if digest is not None and fsutil.sha256_fd(fd) != digest:
                 raise RefusedError(
                     f"{src}: changed after the gate judged it; not copied to {rel}; run bootkeeper upgrade again "
                     "(the ESP boots the old OS meanwhile)"

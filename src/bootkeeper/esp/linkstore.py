@@ -163,7 +163,7 @@ class LinkStore(FolderStore):
             have = held.get(candidate)
             if have is None:
                 return candidate, True
-            if sha256_file(have) == digest:
+            if fsutil.sha256_file(have) == digest:
                 return candidate, False
             if candidate not in self.linked():
                 return candidate, True  # garbage of an earlier run: replaced
@@ -182,7 +182,7 @@ class LinkStore(FolderStore):
             try:
                 with fsutil.temp_file(dest, self.step) as (fd, tmp):
                     copy_into(sfd, fd, os.fstat(sfd).st_size)
-                    if digest is not None and sha256_fd(fd) != digest:
+                    if digest is not None and fsutil.sha256_fd(fd) != digest:
                         raise StoreIOError(f"{src}: changed after it was judged; not copied to {dest}")
                     fsutil.commit(fd, tmp, dest, self.step)
             finally:
@@ -225,25 +225,6 @@ class LinkStore(FolderStore):
         for n in gone:
             self.unlink(n)
         return gone
-
-
-def sha256_file(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        return sha256_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def sha256_fd(fd: int) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    done = 0
-    while chunk := os.pread(fd, 1 << 20, done):
-        h.update(chunk)
-        done += len(chunk)
-    return h.hexdigest()
 
 
 def booted_role(root: Path, efivars: Path) -> tuple[Role | None, str]:

@@ -168,6 +168,10 @@ class FolderStore:
         self._log = log
         self._injected: BaseException | None = None  # the fault a test raised: passed on unchanged
         self.cleared: list[str] = []  # stale temporaries removed by this store's transactions
+        self._check_root()
+
+    def _check_root(self) -> None:
+        """What the folder must be before anything is read (the ESP: a folder with loader/ or EFI/)."""
 
     # -- locking -------------------------------------------------------------
 
@@ -316,19 +320,11 @@ class FolderStore:
 class EspStore(FolderStore):
     what = "ESP"
 
-    def __init__(
-        self,
-        root: Path,
-        *,
-        fault: Callable[[str], None] | None = None,
-        lock_timeout: float = 10.0,
-        log: Callable[[str], None] = _warn,
-    ) -> None:
-        super().__init__(root, fault=fault, lock_timeout=lock_timeout, log=log)
-        if not root.is_dir():
-            raise EspError(f"{root}: not a directory")
-        if not (root / "loader").is_dir() and not (root / "EFI").is_dir():
-            raise EspError(f"{root}: not an ESP (it has neither loader/ nor EFI/)")
+    def _check_root(self) -> None:
+        if not self.root.is_dir():
+            raise EspError(f"{self.root}: not a directory")
+        if not (self.root / "loader").is_dir() and not (self.root / "EFI").is_dir():
+            raise EspError(f"{self.root}: not an ESP (it has neither loader/ nor EFI/)")
 
     # -- remounting
 

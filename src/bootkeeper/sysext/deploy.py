@@ -196,28 +196,6 @@ def misfits(name: str, releases: list[Release], oses: list[TargetOs], arch: str)
     return out
 
 
-def _sha256_fd(fd: int, size: int) -> str:
-    import hashlib  # not at import time: status imports this module on the boot path
-
-    h = hashlib.sha256()
-    done = 0
-    while done < size:
-        chunk = os.pread(fd, min(1 << 20, size - done), done)
-        if not chunk:
-            break
-        h.update(chunk)
-        done += len(chunk)
-    return h.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        return _sha256_fd(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class Plan:
     name: str
@@ -244,8 +222,8 @@ def plan(store: EspStore, src_fd: int, name: str, chosen: list[Target], why: str
     for t in chosen:
         dest = store.path(f"{t.extra_dir}/{name}")
         if dest.is_file() and not dest.is_symlink() and dest.stat().st_size == size:
-            p.digest = p.digest or _sha256_fd(src_fd, size)
-            if _sha256(dest) == p.digest:
+            p.digest = p.digest or fsutil.sha256_fd(src_fd, size)
+            if fsutil.sha256_file(dest) == p.digest:
                 p.same.append(t)
                 continue
         p.write.append(t)
@@ -343,7 +321,7 @@ def install(
                 if first_fd < 0:
                     first_fd = fd
                     verdict = check(tmp)
-                    if p.digest is not None and _sha256_fd(fd, p.size) != p.digest:
+                    if p.digest is not None and fsutil.sha256_fd(fd, p.size) != p.digest:
                         raise StoreIOError(
                             f"{src}: changed while being installed (the copies already on the ESP differ "
                             "from what was validated); nothing was changed"
@@ -447,7 +425,7 @@ def install_persistent(
         size = os.fstat(sfd).st_size
         p = StorePlan(name, size, why, str(ls.root))
         with ls.transaction():
-            image, copy = ls.image_for(name, _sha256_fd(sfd, size))
+            image, copy = ls.image_for(name, fsutil.sha256_fd(sfd, size))
             p.image = image
             dest = ls.root / image
             if not copy:
