@@ -197,3 +197,24 @@ def test_sdboot_version_from_real_style_magic(tmp_path: Path) -> None:
     p = make_uki(tmp_path / "BOOTX64.EFI", b"", extra=((b".sdmagic", magic),))
     assert pe.sdboot_version(p) == "252.39-1~deb12u2"
     assert pe.major_version("257.13-1~deb13u1") == 257
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "role"),
+    [
+        ("active+2.efi", "active"),  # 252 ids keep the counter
+        ("passive.conf", "passive"),
+        ("active.efi@debug", "active"),  # a UKI profile (257+)
+        ("recovery+0-3.conf", "recovery"),
+        ("Statereset.efi", "statereset"),
+        ("auto-windows", None),
+        ("activex.conf", None),
+    ],
+)
+def test_role_from_the_id_systemd_boot_reports(entry_id: str, role: str | None) -> None:
+    """One home (issue 15, item 14) for what status and the persistent store's activate read from
+    LoaderEntrySelected."""
+    from bootkeeper.esp.entries import Role
+
+    got = Role.from_entry_id(entry_id)
+    assert (got.value if got else None) == role

@@ -192,7 +192,7 @@ def gather(
         except BootkeeperError as exc:
             booted["error"] = str(exc)
     elif ev.entry_selected:
-        role = Role.from_stem(ev.entry_selected.split("+", 1)[0].rsplit(".", 1)[0])
+        role = Role.from_entry_id(ev.entry_selected)
         booted.update(entry=ev.entry_selected, role=role.value if role else None, blessed="not counted")
     recorded = history.read_all(root)
     boots, warnings = recorded.boots, list(recorded.warnings)

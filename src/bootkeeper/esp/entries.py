@@ -90,6 +90,12 @@ class Role(StrEnum):
         m = re.match(r"(active|passive|recovery|statereset)(?:$|[-_.@ ])", stem.lower())
         return cls(m.group(1)) if m else None
 
+    @classmethod
+    def from_entry_id(cls, entry_id: str) -> Role | None:
+        """The role of the entry systemd-boot names in ``LoaderEntrySelected`` (``active+2.efi``,
+        ``passive.conf``, ``active.efi@debug``): its file name without counter and suffix."""
+        return cls.from_stem(entry_id.split("+", 1)[0].rsplit(".", 1)[0])
+
 
 @dataclass(frozen=True)
 class Entry:

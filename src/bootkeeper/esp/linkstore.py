@@ -245,5 +245,5 @@ def booted_role(root: Path, efivars: Path) -> tuple[Role | None, str]:
         return None, f"LoaderEntrySelected cannot be read ({exc})"
     if selected is None:
         return None, f"no {cos}/<role>_mode and no LoaderEntrySelected"
-    role = Role.from_stem(selected.split("+", 1)[0].rsplit(".", 1)[0])
+    role = Role.from_entry_id(selected)
     return role, f"LoaderEntrySelected={selected}"
