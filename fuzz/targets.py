@@ -24,7 +24,7 @@ from bootkeeper import config
 from bootkeeper.assess import cloudconfig, generator, history, lint, services
 from bootkeeper.errors import ParseError, UsageError
 from bootkeeper.esp import counter, efivars, entries, keyvalue, loader, pe, sdboot
-from bootkeeper.esp.fnmatch import efi_fnmatch
+from bootkeeper.esp.efiglob import efi_fnmatch
 from bootkeeper.sysext import erofs, gpt, image, policy, release, signature, trust, verity
 
 HERE = Path(__file__).resolve().parent
@@ -239,7 +239,7 @@ def _efivars(data: bytes) -> None:
 
 @target("fnmatch", max_len=2048)
 def _fnmatch(data: bytes) -> None:
-    """esp/fnmatch.py efi_fnmatch(): loader.conf `default` / LoaderEntryDefault patterns
+    """esp/efiglob.py efi_fnmatch(): loader.conf `default` / LoaderEntryDefault patterns
     (pattern, NUL, the id)."""
     pat, _, s = _text(data).partition("\0")
     efi_fnmatch(pat.lower(), s.lower())
@@ -311,7 +311,7 @@ def _release_fs(data: bytes) -> None:
 def _release(data: bytes) -> None:
     """sysext/release.py parse_release() + check(): extension-release text, NUL, host os-release."""
     ext, _, host = _text(data).partition("\0")
-    rel = release.Release("extension-release.tiny", release.parse_release(ext), False, False)
+    rel = release.Release("extension-release.tiny", release.parse_release(ext), False)
     release.check(rel, release.parse_release(host) if host else HOST_OS_RELEASE, "x86-64")
     release.check(rel, None, "arm64", "portable")
 

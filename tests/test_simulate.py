@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bootkeeper.assess.simulate import Outcome, parse_fault, simulate
+from bootkeeper.assess.simulate import BootOutcome, parse_fault, simulate
 from bootkeeper.config import BootAssessment, RebootOnFailure
 from bootkeeper.errors import UsageError
 from bootkeeper.esp import scratch
@@ -75,7 +75,7 @@ def test_default_glob_pins_bad_active(tmp_path: Path) -> None:
 def test_fault_grammar(bad: str) -> None:
     with pytest.raises(UsageError):
         parse_fault(bad)
-    assert parse_fault("passive=2:service").outcome is Outcome.SERVICE
+    assert parse_fault("passive=2:service").outcome is BootOutcome.SERVICE
 
 
 @pytest.mark.parametrize("version", [252, 257])

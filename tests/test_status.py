@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bootkeeper.assess import history, nodestatus
-from bootkeeper.assess.simulate import BootRecord, Fault, Outcome, simulate
+from bootkeeper.assess.simulate import BootOutcome, BootRecord, Fault, simulate
 from bootkeeper.config import BootAssessment, RebootOnFailure
 from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
@@ -28,7 +28,7 @@ def bk(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def everywhere() -> list[Fault]:
-    return [Fault(r, None, Outcome.SERVICE) for r in Role]
+    return [Fault(r, None, BootOutcome.SERVICE) for r in Role]
 
 
 def roles(records: list[BootRecord]) -> list[str | None]:
@@ -40,7 +40,7 @@ def test_service_failing_on_active_only_falls_back_to_passive_without_a_loop(tmp
     recs = simulate(
         store,
         BootAssessment(),
-        [Fault(Role.ACTIVE, None, Outcome.SERVICE)],
+        [Fault(Role.ACTIVE, None, BootOutcome.SERVICE)],
         8,
         reboot_on_failure=RebootOnFailure.ACTIVE,
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bootkeeper.assess import history
-from bootkeeper.assess.simulate import Fault, Outcome, simulate
+from bootkeeper.assess.simulate import BootOutcome, Fault, simulate
 from bootkeeper.config import BootAssessment, RebootOnFailure
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import EspStore
@@ -150,7 +150,7 @@ def fall_back(tmp_path: Path, esp: Path) -> tuple[Path, list[str]]:
     recs = simulate(
         EspStore(esp),
         BootAssessment(),
-        [Fault(Role.ACTIVE, None, Outcome.SERVICE)],
+        [Fault(Role.ACTIVE, None, BootOutcome.SERVICE)],
         4,
         reboot_on_failure=RebootOnFailure.ACTIVE,
         history_root=root,

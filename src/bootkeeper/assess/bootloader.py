@@ -29,9 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from bootkeeper.esp import entries as entries_mod
+from bootkeeper.esp.efiglob import efi_fnmatch
 from bootkeeper.esp.efivars import LoaderVars
 from bootkeeper.esp.entries import Entry
-from bootkeeper.esp.fnmatch import efi_fnmatch
 from bootkeeper.esp.sdboot import SdBoot
 from bootkeeper.esp.store import Snapshot
 

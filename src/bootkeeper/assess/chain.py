@@ -39,8 +39,8 @@ from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import edit, pe
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader as loader_mod
+from bootkeeper.esp.efiglob import efi_fnmatch
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, EntryKind, Role
-from bootkeeper.esp.fnmatch import efi_fnmatch
 from bootkeeper.esp.keyvalue import KeyValue, split_lines
 from bootkeeper.esp.sdboot import SdBoot
 from bootkeeper.esp.store import LOADER_CONF, SDBOOT_PATHS, EspStore, Snapshot

@@ -23,7 +23,7 @@ from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import EspStore
 
 
-class Outcome(StrEnum):
+class BootOutcome(StrEnum):
     SUCCESS = "success"
     PANIC = "panic"  # kernel panic, initrd failure, power loss: the machine resets
     SERVICE = "service"  # boots, but a service that decides the boot fails
@@ -33,7 +33,7 @@ class Outcome(StrEnum):
 class Fault:
     role: Role
     count: int | None  # fail the first N boots of this role; None: always
-    outcome: Outcome
+    outcome: BootOutcome
 
     def fails(self, nth_boot_of_role: int) -> bool:
         return self.count is None or nth_boot_of_role <= self.count
@@ -53,7 +53,7 @@ def parse_fault(text: str) -> Fault:
             f"--fail {text!r}: role {m['role']!r} is not one of {', '.join(r.value for r in Role)}"
         ) from None
     count = None if m["count"] == "always" else int(m["count"])
-    return Fault(role, count, Outcome(m["kind"] or "panic"))
+    return Fault(role, count, BootOutcome(m["kind"] or "panic"))
 
 
 @dataclass
@@ -63,7 +63,7 @@ class BootRecord:
     role: str | None
     reason: str
     renamed_to: str | None
-    outcome: Outcome
+    outcome: BootOutcome
     verdict: str
     after: str  # what happens next
     actions: list[str] = field(default_factory=list)
@@ -117,7 +117,7 @@ def simulate(
         snap = store.snapshot(sdboot_version)
         choice = bootloader.choose(snap, efivars)
         if choice is None:
-            out.append(BootRecord(n, "-", None, "no bootable entry", None, Outcome.PANIC, "-", "stops"))
+            out.append(BootRecord(n, "-", None, "no bootable entry", None, BootOutcome.PANIC, "-", "stops"))
             break
         # The boot loader's own act: rename before starting the kernel.
         if choice.rename_to is not None:
@@ -128,13 +128,13 @@ def simulate(
             history.append(history_root, history.boot_record(f"sim-{n}", now, choice.boot_count_path, snap))
         seen[role] = seen.get(role, 0) + 1
         fault = by_role.get(role) if role is not None else None
-        outcome = fault.outcome if fault is not None and fault.fails(seen[role]) else Outcome.SUCCESS
+        outcome = fault.outcome if fault is not None and fault.fails(seen[role]) else BootOutcome.SUCCESS
         rec = BootRecord(
             n, choice.entry.path, role.value if role else None, choice.reason, choice.rename_to, outcome, "-", "reboot"
         )
         rec.boot_count_path = choice.boot_count_path
         rec.time = now
-        if outcome is Outcome.SUCCESS:
+        if outcome is BootOutcome.SUCCESS:
             if choice.boot_count_path is None:
                 rec.verdict = "good (not counted)"
             else:
@@ -146,7 +146,7 @@ def simulate(
                     verdict = "withheld" if res.withheld else "good"
                     history.append(history_root, history.verdict_record(f"sim-{n}", now + 30, verdict))
             rec.after = "up; later reboot"
-        elif outcome is Outcome.PANIC:
+        elif outcome is BootOutcome.PANIC:
             rec.verdict = "none (reset)"
         else:
             rec.verdict = "not good (service failed)"

@@ -24,7 +24,7 @@ def demo(keep: bool) -> None:
     simulate a failed upgrade falling back to passive, then bless a good boot. No hardware is touched."""
     from bootkeeper.assess import bless as bless_mod
     from bootkeeper.assess import bootloader, chain
-    from bootkeeper.assess.simulate import Fault, Outcome, simulate
+    from bootkeeper.assess.simulate import BootOutcome, Fault, simulate
     from bootkeeper.cli.entries_cmd import _print_human, _view
     from bootkeeper.cli.simulate_cmd import print_timeline
     from bootkeeper.config import BootAssessment, RebootOnFailure
@@ -51,7 +51,7 @@ def demo(keep: bool) -> None:
     records = simulate(
         EspStore(root),
         cfg,
-        [Fault(Role.ACTIVE, None, Outcome.PANIC)],
+        [Fault(Role.ACTIVE, None, BootOutcome.PANIC)],
         5,
         reboot_on_failure=RebootOnFailure.ACTIVE,
         sdboot_version=257,
@@ -115,7 +115,7 @@ def _services_demo(tmp: Path, cfg: BootAssessment) -> None:
     import os
 
     from bootkeeper.assess import generator, lint, nodestatus, services, units
-    from bootkeeper.assess.simulate import Fault, Outcome, simulate
+    from bootkeeper.assess.simulate import BootOutcome, Fault, simulate
     from bootkeeper.cli.simulate_cmd import print_timeline
     from bootkeeper.config import Config, RebootOnFailure, ServiceSpec
     from bootkeeper.esp import scratch
@@ -149,7 +149,7 @@ def _services_demo(tmp: Path, cfg: BootAssessment) -> None:
 
     _step("7. k3s fails on every entry: active reboots 3 times, passive stays up; bootkeeper status")
     esp = scratch.make(tmp / "esp2")
-    faults = [Fault(r, None, Outcome.SERVICE) for r in Role]
+    faults = [Fault(r, None, BootOutcome.SERVICE) for r in Role]
     recs = simulate(
         EspStore(esp),
         cfg,

@@ -48,7 +48,6 @@ def image_name(path: Path) -> str:
 class Release:
     file: str
     fields: dict[str, str]
-    relaxed: bool  # found under another name than the image's
     has_os_release: bool
 
 
@@ -97,7 +96,7 @@ def _from_erofs(e: Erofs, name: str, what: str) -> Release:
     ino = e.lookup(f"{RELEASE_DIR}/{pick}")
     assert ino is not None
     has_os = e.lookup("usr/lib/os-release") is not None or e.lookup("etc/os-release") is not None
-    return Release(pick, parse_release(e.read(ino).decode("utf-8", "replace")), pick != own, has_os)
+    return Release(pick, parse_release(e.read(ino).decode("utf-8", "replace")), has_os)
 
 
 _SQUASHFS_SB = struct.Struct("<IIIIIHHHHHHQQQQQQQQ")  # squashfs 4.0 super block, 96 bytes
@@ -158,7 +157,7 @@ def _squashfs(fs: bytes | tuple[Path, int, int], name: str, what: str) -> Releas
             except CommandError as exc:
                 raise ParseError(f"{what}: cannot read {RELEASE_DIR}/{own} ({exc})") from None
             has_os = any(p.rstrip("/").endswith(("usr/lib/os-release", "etc/os-release")) for p in listing)
-            return Release(own, parse_release(text), False, has_os)
+            return Release(own, parse_release(text), has_os)
     except CommandError as exc:
         raise ParseError(f"{what}: squashfs: {exc}") from None
     except OSError as exc:  # the image, or the temporary copy of given bytes
