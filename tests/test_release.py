@@ -76,7 +76,8 @@ def test_read_from_real_file_systems(tmp_path: Path, fs: str) -> None:
     )
     subprocess.run(cmd, check=True, capture_output=True)
     r = release.read_from_fs(img.read_bytes(), fs, "demo", "test")
-    assert r.fields == {"ID": "debian", "VERSION_ID": "12"} and r.file.endswith("extension-release.demo") and not r.has_os_release
+    assert r.fields == {"ID": "debian", "VERSION_ID": "12"} and not r.has_os_release
+    assert r.file.endswith("extension-release.demo")
     with pytest.raises(ParseError, match=r"found extension-release\.demo"):
         release.read_from_fs(img.read_bytes(), fs, "other-name", "test")  # a renamed image does not match
 
