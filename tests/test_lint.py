@@ -466,3 +466,18 @@ def test_esp_type1_uki_layout_has_no_type2_order_finding(tmp_path: Path) -> None
     (one ID, one VERSION_ID) orders nothing."""
     esp = scratch.make(tmp_path / "esp", ukis=True)
     assert "BK209" not in esp_codes(esp)
+
+
+def test_lint_dash_reads_standard_input() -> None:
+    """issue 15, item 10: `lint -` as systemd's tools read '-' (a cloud-config piped in)."""
+    import subprocess
+    import sys
+
+    text = (
+        "stages:\n  boot:\n    - files:\n        - path: /etc/systemd/system/k3s.service.d/x.conf\n"
+        "          content: |\n            [Unit]\n            FailureAction=reboot\n"
+    )
+    p = subprocess.run([sys.executable, "-m", "bootkeeper", "lint", "-"], input=text, capture_output=True,
+                       text=True, check=False)  # fmt: skip
+    assert p.returncode == 1, p.stderr
+    assert p.stdout.startswith("<stdin>:7: error BK103: k3s.service: FailureAction=reboot"), p.stdout

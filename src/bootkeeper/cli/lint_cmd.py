@@ -3,6 +3,7 @@ systemd-sysext setup (:mod:`bootkeeper.sysext.conf`)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -63,16 +64,16 @@ def lint(
             esp = find_esp(None)
         files = tuple(sorted((root / "oem").glob("*.yaml")))
     for path in files:
+        name = "<stdin>" if str(path) == "-" else str(path)  # '-': a cloud-config on standard input
         try:
-            text = path.read_bytes().decode("utf-8")
+            raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+            text = raw.decode("utf-8")
         except OSError as exc:
-            raise StoreIOError(f"{path}: cannot read ({exc.strerror})") from exc
+            raise StoreIOError(f"{name}: cannot read ({exc.strerror})") from exc
         except UnicodeDecodeError as exc:
-            findings.append(
-                Finding("BK100", Severity.ERROR, str(path), None, f"not UTF-8 ({exc.reason})", "save as UTF-8")
-            )
+            findings.append(Finding("BK100", Severity.ERROR, name, None, f"not UTF-8 ({exc.reason})", "save as UTF-8"))
             continue
-        findings += lint_mod.lint_text(text, str(path))
+        findings += lint_mod.lint_text(text, name)
     cfg = load_config(config_files, root or Path("/")) if esp is not None or root is not None else None
     if esp is not None and cfg is not None:
         from bootkeeper.assess.nodestatus import stale_temporaries
