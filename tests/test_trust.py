@@ -325,3 +325,20 @@ def test_validity_dates_checked_only_when_required(tmp_path: Path) -> None:
         assert store.problems == [f"firmware db #0: CN=dated: {reason}"]
         # keys list (strict) lists it as not trusted rather than failing
         assert trust.load(required, tmp_path, ev, now=now).revoked[0][1] == reason
+
+
+def test_keys_export_that_cannot_write_is_an_io_error(tmp_path: Path) -> None:
+    """issue 15, item 2 (one of its paths): a folder that cannot be made or written is exit 6 (I/O), not
+    exit 4 (malformed input), in one line naming it."""
+    import subprocess
+    import sys
+
+    from helpers import one_line_error
+
+    (tmp_path / "a-file").write_text("")
+    p = subprocess.run(
+        [sys.executable, "-m", "bootkeeper", "keys", "export", "--dest", str(tmp_path / "a-file/verity.d"),
+         "--root", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    one_line_error(p, 6, f"{tmp_path}/a-file/verity.d: cannot create (Not a directory)")

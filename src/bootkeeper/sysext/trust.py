@@ -368,11 +368,12 @@ def export(store: TrustStore, dest: Path) -> tuple[list[str], list[str]]:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from bootkeeper import fsutil
+    from bootkeeper.errors import StoreIOError  # writing failed: I/O (exit 6), not malformed input
 
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ParseError(f"{dest}: cannot create ({exc.strerror})") from None
+        raise StoreIOError(f"{dest}: cannot create ({exc.strerror})") from None
     want: dict[str, bytes] = {}
     for a in store.anchors:
         if Path(a.source).parent == dest:
@@ -386,13 +387,13 @@ def export(store: TrustStore, dest: Path) -> tuple[list[str], list[str]]:
                 continue
             fsutil.write_atomic(p, pem)
         except OSError as exc:
-            raise ParseError(f"{p}: cannot write ({exc.strerror})") from None
+            raise StoreIOError(f"{p}: cannot write ({exc.strerror})") from None
         written.append(name)
     for name in sorted(os.listdir(dest)):
         if name.startswith(EXPORT_PREFIX) and name.endswith(".crt") and name not in want:
             try:
                 (dest / name).unlink()
             except OSError as exc:
-                raise ParseError(f"{dest / name}: cannot remove ({exc.strerror})") from None
+                raise StoreIOError(f"{dest / name}: cannot remove ({exc.strerror})") from None
             removed.append(name)
     return written, removed
