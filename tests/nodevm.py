@@ -429,7 +429,8 @@ def esp_extract(disk: Path, dest: Path) -> Path:
 
 
 # What fsck.fat -n says about a FAT file system that was mounted rw when the power went: the dirty
-# flag, which Linux keeps in byte 65 of the FAT32 boot sector (so the backup sector differs there).
+# flag, which Linux keeps in byte 65 of the FAT32 boot sector (so the backup sector differs there),
+# and a stale free cluster count.
 _DIRTY_ONLY = (
     re.compile(r"^fsck\.fat \S+ \(.*\)$"),
     re.compile(r"^There are differences between boot sector and its backup\.$"),
@@ -440,6 +441,11 @@ _DIRTY_ONLY = (
     re.compile(r"^Automatically removing dirty bit\.$"),
     re.compile(r"^Leaving filesystem unchanged\.$"),
     re.compile(r"^/\S+: \d+ files, \d+/\d+ clusters$"),
+    # FSInfo's free cluster count is a hint (the FAT spec: "not necessarily correct"), which Linux
+    # writes when it syncs the whole file system: clusters allocated since (the upgrade's staged
+    # copies) are not in it after a cut
+    re.compile(r"^Free cluster summary wrong \(\d+ vs\. really \d+\)$"),
+    re.compile(r"^Auto-correcting\.$"),
 )
 
 
