@@ -30,8 +30,8 @@ fi
 if [ -s /efi/bktest/upgrade ] && [ ! -e /var/lib/bktest/upgrade-done ]; then
   env=$(cat /efi/bktest/upgrade-env 2>/dev/null)
   say "LINUX_BEFORE $(ls /efi/EFI/Linux | tr '\n' ' ')"
-  # shellcheck disable=SC2046,SC2086
-  export $env
+  # shellcheck disable=SC2086  # NAME=VALUE words
+  [ -z "$env" ] || export $env
   # shellcheck disable=SC2046
   run upgrade $(cat /efi/bktest/upgrade)
   unset BOOTKEEPER_TEST_STEP_PAUSE
