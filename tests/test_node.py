@@ -625,6 +625,10 @@ def test_power_cut_during_upgrade(pieces: dict[str, Path], tmp_path: Path, node_
     assert state == {**{k: v for k, v in UPGRADED_ESP.items() if k != "passive+2.efi"}, "passive.efi": "v1"}, state
     names = nodevm.esp_names(node.disk)
     assert not [n for n in names if n.startswith(".bootkeeper-")], names
+    # and the completed upgrade boots: v2 as active, with the tools built for v2, blessed
+    node.run_predicted([], 1)
+    assert node.rows[2].role == "active" and node.rows[2].after == "active.efi"
+    assert _runs_os(node.boots[2]) == ("VERSION_ID=2 IMAGE_VERSION=2", "VERSION_ID=2", "tools v2")
 
 
 def test_no_machine_left_running(tmp_path: Path) -> None:
