@@ -8,7 +8,15 @@ Pieces, each cached under ``.cache/node`` and rebuilt only when its inputs chang
   ``tests/node/guest``, ``/oem/90-node.yaml``, and whatever ``bootkeeper install-units`` writes, run
   inside the copy; packed with ``mkfs.ext4 -d`` (no mounting);
 * one UKI per role, made with trixie's ukify: the same kernel and initrd, a command line and
-  ``.osrel`` that name the role (``IMAGE_ID`` is also the entry's sort key).
+  ``.osrel`` that name the role (``IMAGE_ID`` is also the entry's sort key);
+* two versions of the OS for the upgrade scenarios, "v1" and "v2" (:func:`os_ukis`): the same kernel
+  and initrd again, but each its own OS: ``.osrel`` is :func:`os_release` N (``VERSION_ID=N``,
+  ``IMAGE_ID=active``, ``IMAGE_VERSION=N``: systemd-boot puts v2 before v1) and the command line says
+  ``bktest.osversion=N``, for which the rig (bktest-osrel.service) puts that same os-release over
+  ``/usr/lib/os-release`` before any extension is judged: on a Kairos node the OS lives in the UKI and
+  its ``.osrel`` is the running OS's os-release; here the root file system is shared by all UKIs;
+* extensions built for each (:func:`os_sysexts`): ``tools.sysext.raw`` for v1 and for v2, both
+  shipping ``/usr/bin/bk-hello-tools``, which prints the OS version it was built for.
 
 Each scenario gets its own disk: a GPT with an ESP (FAT32, written with mtools) and that root.
 After every boot the ESP is read back with mtools from the disk image itself.
@@ -155,12 +163,33 @@ def bk(*args: str) -> str:
     return _run([sys.executable, "-m", "bootkeeper", *args])
 
 
+OS_VERSIONS = ("1", "2")
+
+
+def os_release(version: str) -> str:
+    """The os-release of OS ``version``: the guest's, with ``VERSION_ID`` replaced; it is both the
+    ``.osrel`` of that OS's UKI and what the rig shows as ``/usr/lib/os-release`` when it boots."""
+    lines = [
+        line
+        for line in (GUEST / "usr/lib/os-release").read_text().splitlines()
+        if not line.startswith(("VERSION_ID=", "PRETTY_NAME=", "IMAGE_ID=", "IMAGE_VERSION="))
+    ]
+    lines += [
+        f'VERSION_ID="{version}"',
+        "IMAGE_ID=active",
+        f"IMAGE_VERSION={version}",
+        f'PRETTY_NAME="bk-node v{version}"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def root_image() -> Path:
     """The root file system: guest tree + bootkeeper (from the wheel) + test rig + install-units."""
     whl = wheel()
     k = keys()
     stamp = (CACHE / "guest.stamp").read_text().strip()
-    key = _digest([whl, RIG, k.good_crt], extra=stamp + NODE_CONFIG)
+    osrels = "".join(os_release(v) for v in OS_VERSIONS)
+    key = _digest([whl, RIG, k.good_crt], extra=stamp + NODE_CONFIG + osrels)
     img = CACHE / f"root-{key}.img"
     if img.exists():
         return img
@@ -179,6 +208,8 @@ def root_image() -> Path:
     for f in RIG.glob("*.sh"):
         shutil.copy(f, lib / f.name)
         (lib / f.name).chmod(0o755)
+    for v in OS_VERSIONS:
+        (lib / f"os-release.v{v}").write_text(os_release(v))
     units = stage / "etc/systemd/system"
     for f in RIG.glob("*.service"):
         shutil.copy(f, units / f.name)
@@ -187,7 +218,7 @@ def root_image() -> Path:
     out = chroot(
         stage,
         f"python3 -m installer /tmp/{whl.name}; rm /tmp/{whl.name}; "
-        "systemctl enable bktest-fault.service bktest-reset.service bktest-report.service; "
+        "systemctl enable bktest-osrel.service bktest-fault.service bktest-reset.service bktest-report.service; "
         "bootkeeper install-units; "
         "python3 -c 'import bootkeeper, cryptography; print(bootkeeper.__file__, cryptography.__version__)'",
     )
@@ -234,6 +265,69 @@ def ukis() -> dict[str, Path]:
     return out
 
 
+def os_ukis() -> dict[str, Path]:
+    """The UKIs of OS v1 and v2 (keys "v1", "v2"), cached by kernel, initrd, command line and os-release.
+    Their own folder (``osuki-*``), so that :func:`ukis` never removes them nor they it."""
+    kver = kernel_version()
+    initrd = GUEST / "boot" / f"initrd.img-{kver}"
+    key = _digest([initrd], extra=kver + CMDLINE + "".join(os_release(v) for v in OS_VERSIONS))
+    d = CACHE / f"osuki-{key}"
+    out = {f"v{v}": d / f"v{v}.efi" for v in OS_VERSIONS}
+    if all(p.exists() for p in out.values()):
+        return out
+    for old in CACHE.glob("osuki-*"):
+        shutil.rmtree(old)
+    work = CACHE / "osuki-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copy(GUEST / "boot" / f"vmlinuz-{kver}", work / "vmlinuz")
+    shutil.copy(initrd, work / "initrd")
+    cmds = []
+    for v in OS_VERSIONS:
+        (work / f"os-release.v{v}").write_text(os_release(v))
+        cmdline = f"{CMDLINE} bktest.role=active bktest.osversion={v}"
+        cmds.append(
+            f"ukify build --linux=vmlinuz --initrd=initrd --cmdline='{cmdline}' "
+            f"--os-release=@os-release.v{v} --uname={kver} --output=v{v}.efi >/dev/null"
+        )
+    p = trixie.run(" && ".join(cmds), work)
+    if p.returncode != 0:
+        raise RuntimeError(f"ukify failed: {p.stderr[-2000:]}")
+    d.mkdir()
+    for path in out.values():
+        (work / path.name).rename(path)
+    shutil.rmtree(work)
+    return out
+
+
+def os_sysexts() -> dict[str, Path]:
+    """``tools.sysext.raw`` built for OS v1 and for v2 (keys "v1", "v2"; extension-release ``ID=debian``,
+    ``VERSION_ID=N``), signed by the trusted key; both ship /usr/bin/bk-hello-tools printing "tools vN"."""
+    k = keys()
+    d = CACHE / "ossysext"
+    want = {f"v{v}": d / f"v{v}" / "tools.sysext.raw" for v in OS_VERSIONS}
+    stamp = d / "stamp"
+    key = _digest([k.good_crt], extra="".join(os_release(v) for v in OS_VERSIONS))
+    if stamp.exists() and stamp.read_text() == key and all(p.exists() for p in want.values()):
+        return want
+    shutil.rmtree(d, ignore_errors=True)
+    for v in OS_VERSIONS:
+        out = want[f"v{v}"]
+        tree = d / f"tree-v{v}"
+        (tree / "usr/bin").mkdir(parents=True)
+        hello = tree / "usr/bin/bk-hello-tools"
+        hello.write_text(f"#!/bin/sh\necho 'tools v{v}'\n")
+        hello.chmod(0o755)
+        osrel = d / f"os-release.v{v}"
+        osrel.write_text(os_release(v))
+        out.parent.mkdir(parents=True)
+        bk("sysext", "build", str(tree), "-o", str(out), "--key", str(k.good_key), "--cert", str(k.good_crt),
+           "--os-release", str(osrel))  # fmt: skip
+        shutil.rmtree(tree)
+    stamp.write_text(key)
+    return want
+
+
 def sysext_images() -> dict[str, Path]:
     """tools-a and tools-b signed by the trusted key, rogue by another key, plain unsigned (verity, no
     signature); each ships /usr/bin/bk-hello-NAME."""
@@ -269,8 +363,9 @@ def sysext_images() -> dict[str, Path]:
 # -- ESP and disk ----------------------------------------------------------------------------
 
 
-def make_esp(folder: Path, config: Path) -> Path:
-    """systemd-boot 257, loader.conf, the four UKIs in EFI/Linux; counters from ``bootkeeper arm``."""
+def make_esp(folder: Path, config: Path, active: Path | None = None) -> Path:
+    """systemd-boot 257, loader.conf, the four UKIs in EFI/Linux (``active``: another UKI as the
+    active one, e.g. OS v1); counters from ``bootkeeper arm``."""
     (folder / "EFI/BOOT").mkdir(parents=True)
     (folder / "EFI/Linux").mkdir()
     (folder / "loader").mkdir()
@@ -278,7 +373,7 @@ def make_esp(folder: Path, config: Path) -> Path:
     shutil.copy(trixie.ROOT / "usr/lib/systemd/boot/efi/systemd-bootx64.efi", folder / "EFI/BOOT/BOOTX64.EFI")
     (folder / "loader/loader.conf").write_text("timeout 0\neditor no\n")
     for role, uki in ukis().items():
-        shutil.copy(uki, folder / "EFI/Linux" / f"{role}.efi")
+        shutil.copy(active if role == "active" and active is not None else uki, folder / "EFI/Linux" / f"{role}.efi")
     bk("arm", "--esp", str(folder), "--config", str(config))
     return folder
 
@@ -318,6 +413,12 @@ def esp_write(disk: Path, rel: str, text: str) -> None:
     tmp.unlink()
 
 
+def esp_tree(disk: Path) -> list[str]:
+    """Every file and folder on the ESP, as paths (``mdir -/ -b``), sorted."""
+    out = _run(["mdir", "-/", "-b", "-i", f"{disk}@@1M", "::/"], env=MT_ENV)
+    return sorted(line.strip().removeprefix("::/") for line in out.splitlines() if line.strip())
+
+
 def esp_extract(disk: Path, dest: Path) -> Path:
     """The whole ESP as a folder (for ``bootkeeper simulate --esp``)."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -328,7 +429,8 @@ def esp_extract(disk: Path, dest: Path) -> Path:
 
 
 # What fsck.fat -n says about a FAT file system that was mounted rw when the power went: the dirty
-# flag, which Linux keeps in byte 65 of the FAT32 boot sector (so the backup sector differs there).
+# flag, which Linux keeps in byte 65 of the FAT32 boot sector (so the backup sector differs there),
+# and a stale free cluster count.
 _DIRTY_ONLY = (
     re.compile(r"^fsck\.fat \S+ \(.*\)$"),
     re.compile(r"^There are differences between boot sector and its backup\.$"),
@@ -339,6 +441,11 @@ _DIRTY_ONLY = (
     re.compile(r"^Automatically removing dirty bit\.$"),
     re.compile(r"^Leaving filesystem unchanged\.$"),
     re.compile(r"^/\S+: \d+ files, \d+/\d+ clusters$"),
+    # FSInfo's free cluster count is a hint (the FAT spec: "not necessarily correct"), which Linux
+    # writes when it syncs the whole file system: clusters allocated since (the upgrade's staged
+    # copies) are not in it after a cut
+    re.compile(r"^Free cluster summary wrong \(\d+ vs\. really \d+\)$"),
+    re.compile(r"^Auto-correcting\.$"),
 )
 
 

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,13 +61,30 @@ def pieces() -> dict[str, Path]:
 class Node:
     """One disk, booted again and again."""
 
-    def __init__(self, work: Path, title: str, faults: list[str], *, sysexts: dict[str, Path] | None = None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        title: str,
+        faults: list[str],
+        *,
+        sysexts: dict[str, Path] | None = None,
+        active: Path | None = None,
+        files: dict[str, Path | str] | None = None,
+    ) -> None:
+        """``active``: another UKI as the active one (OS v1); ``files``: ESP path -> a file to copy
+        there or a text to write (the upgrade scenarios' payload and commands under bktest/)."""
         work.mkdir(parents=True)
         self.work = work
         self.title = title
         self.config = work / "host.yaml"
         self.config.write_text(nodevm.NODE_CONFIG.replace("/etc/bootkeeper/node-good.crt", str(nodevm.keys().good_crt)))
-        esp = nodevm.make_esp(work / "esp", self.config)
+        esp = nodevm.make_esp(work / "esp", self.config, active=active)
+        for rel, what in (files or {}).items():
+            (esp / rel).parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(what, Path):
+                shutil.copy(what, esp / rel)
+            else:
+                (esp / rel).write_text(what)
         self.installed: list[dict[str, Any]] = []
         for img in (sysexts or {}).values():
             out = nodevm.bk(
@@ -106,6 +124,10 @@ class Node:
         assert boot_line, f"boot {n}: the guest never reached the test rig; see {self.work}/boot{n}.log"
         role = boot_line.split()[0].removeprefix("role=")
         pick = {_role_of(x): x for x in before}
+        # an upgrade in this boot (upgrade.sh) printed the names as bless left them, before it ran
+        upgraded = b.first("LINUX_BEFORE")
+        if upgraded is not None:
+            after = [x for x in upgraded.split() if x.endswith(".efi")]
         done = {_role_of(x): x for x in after}
         efivars = dict(v.partition("=")[::2] for v in b.mark("EFIVAR"))
         count_path = efivars.get("LoaderBootCountPath", "")
@@ -120,6 +142,11 @@ class Node:
             "poweroff": "up; powered off by the test",
             "killed": "power cut",
         }.get(b.ending, b.ending)
+        ran = [" rc=".join(line.split(" ", 1)) for line in b.mark("UPGRADE_RC")]
+        row.then = "; ".join([*ran, row.then])
+        if b.killed_at is not None and upgraded is not None and "UPGRADE_RC" not in b.marks:
+            step = b.killed_at.split("test pause before ", 1)[-1].split(" (", 1)[0]
+            row.then = f"power cut in upgrade, before {step}"
         self.rows.append(row)
         self.boots.append(b)
         return b
@@ -164,6 +191,21 @@ class Node:
         got = [(r.before, r.booted, r.verdict) for r in real]
         assert got == want, f"real boots {got} != bootkeeper simulate {want}"
 
+    def esp_state(self) -> dict[str, str]:
+        """Every file under EFI/Linux, named by what it is: the built UKI (role, or OS "v1"/"v2") or
+        extension ("tools v1"/"tools v2") with the same bytes, else "? N bytes"."""
+        esp = nodevm.esp_extract(self.disk, self.work / "esp-now")
+        known = {hashlib.sha256(p.read_bytes()).digest(): r for r, p in nodevm.ukis().items()}
+        known.update({hashlib.sha256(p.read_bytes()).digest(): v for v, p in nodevm.os_ukis().items()})
+        known.update({hashlib.sha256(p.read_bytes()).digest(): f"tools {v}" for v, p in nodevm.os_sysexts().items()})
+        linux = esp / "EFI/Linux"
+        out = {}
+        for p in sorted(x for x in linux.rglob("*") if x.is_file()):
+            out[p.relative_to(linux).as_posix()] = known.get(
+                hashlib.sha256(p.read_bytes()).digest(), f"? {p.stat().st_size} B"
+            )
+        return out
+
     def damaged_ukis(self) -> list[str]:
         """UKIs on the ESP whose bytes differ from the one built for their role (e.g. empty after a cut)."""
         esp = nodevm.esp_extract(self.disk, self.work / "esp-now")
@@ -193,21 +235,20 @@ class GuestCrash(RuntimeError):
 NODE_RETRIES: list[str] = []
 
 
-def retry_on_guest_crash(
-    fn: Callable[[dict[str, Path], Path, list[Node]], None],
-) -> Callable[[dict[str, Path], Path, list[Node]], None]:
+def retry_on_guest_crash(fn: Callable[..., None]) -> Callable[..., None]:
     """A guest kernel that crashes by itself under TCG (rare; see nodevm.QEMU_SMP) consumed a boot the
-    scenario did not plan: the scenario runs once more from a fresh disk, and the run says so."""
+    scenario did not plan: the scenario runs once more from a fresh disk, and the run says so.
+    ``fn`` takes pieces, tmp_path, node_factory and, as keywords, its parameters (``cut``)."""
 
     @functools.wraps(fn)
-    def run(pieces: dict[str, Path], tmp_path: Path, node_factory: list[Node]) -> None:
+    def run(pieces: dict[str, Path], tmp_path: Path, node_factory: list[Node], **params: Any) -> None:
         try:
-            fn(pieces, tmp_path / "try1", node_factory)
+            fn(pieces, tmp_path / "try1", node_factory, **params)
         except GuestCrash as exc:
             NODE_RETRIES.append(f"{fn.__name__}: {exc}; run again from a fresh disk")
             if node_factory:
                 node_factory[-1].title += " (abandoned: the guest crashed by itself)"
-            fn(pieces, tmp_path / "try2", node_factory)
+            fn(pieces, tmp_path / "try2", node_factory, **params)
 
     return run
 
@@ -396,6 +437,198 @@ def test_power_cut_during_bless(pieces: dict[str, Path], tmp_path: Path, node_fa
     names = nodevm.esp_names(node.disk)
     assert not [n for n in names if n.startswith(".bootkeeper-")]
     assert sorted(_role_of(n) for n in names if n.endswith(".efi")) == ["active", "passive", "recovery", "statereset"]
+
+
+# -- upgrades (issue 14, items 5 to 7) -----------------------------------------------------------
+
+UPGRADE_ARGS = "/efi/bktest/v2.efi --extension /efi/bktest/v2/tools.sysext.raw\n"
+# the node runs OS v1 with tools built for v1; bktest/ holds v2 and tools built for v2 (nothing loads them)
+V1_NODE = {"active.efi.extra.d/tools.sysext.raw": "tools v1"}
+V1_ESP = {
+    "active+2.efi": "v1",
+    "passive+2.efi": "passive",
+    "recovery+2.efi": "recovery",
+    "statereset+2.efi": "statereset",
+}
+UPGRADED_ESP = {
+    "active+2.efi": "v2",
+    "active.efi.extra.d/tools.sysext.raw": "tools v2",
+    "passive+2.efi": "v1",
+    "passive.efi.extra.d/tools.sysext.raw": "tools v1",
+    "recovery+2.efi": "recovery",
+    "statereset+2.efi": "statereset",
+}
+
+
+def _v1_node(tmp_path: Path, title: str, files: dict[str, Path | str]) -> Node:
+    osu, osx = nodevm.os_ukis(), nodevm.os_sysexts()
+    payload: dict[str, Path | str] = {"bktest/v2.efi": osu["v2"], "bktest/v2/tools.sysext.raw": osx["v2"]}
+    node = Node(tmp_path, title, [], sysexts={"tools": osx["v1"]}, active=osu["v1"], files={**payload, **files})
+    assert node.installed[0]["written"] == ["EFI/Linux/active.efi.extra.d/tools.sysext.raw"]
+    assert node.installed[0]["validation"]["ok"] and not node.installed[0]["forced"]
+    assert node.esp_state() == {**V1_ESP, **V1_NODE}
+    return node
+
+
+def _upgrade(b: nodevm.Boot, label: str) -> tuple[int, dict[str, Any], str]:
+    """The in-guest ``bootkeeper upgrade --json`` run ``label``: exit code, JSON, stderr."""
+    rc = next(int(v.split()[1]) for v in b.mark("UPGRADE_RC") if v.split()[0] == label)
+    err = next(v.partition(" ")[2] for v in b.mark("UPGRADE_ERR") if v.split()[0] == label)
+    return rc, _marks_json(b, "UPGRADE_JSON", label), err
+
+
+def _runs_os(b: nodevm.Boot) -> tuple[str | None, str | None, str | None]:
+    """(the os-release the rig gave this UKI, the one seen after the sysext merge, what bk-hello-tools printed)."""
+    return b.first("OSREL"), b.first("OS"), b.first("TOOLS")
+
+
+@retry_on_guest_crash
+def test_upgrade_refused_then_failed_rolls_back_to_the_old_os(
+    pieces: dict[str, Path], tmp_path: Path, node_factory: list[Node]
+) -> None:
+    """5. A failed upgrade rolls back to the old OS with its own extensions; 6. a refused upgrade changes
+    nothing (in the first boot, before the upgrade that goes through)."""
+    node = _v1_node(
+        tmp_path,
+        "5./6. upgrade v1 -> v2: refused without tools for v2, then v2 fails, passive v1 runs with its tools",
+        {"bktest/refuse": "/efi/bktest/v2.efi\n", "bktest/upgrade": UPGRADE_ARGS},
+    )
+    node_factory.append(node)
+    node.run_predicted([], 1)
+    b = node.boots[0]
+    # OS v1 runs, and the real systemd-sysext merged the extension built for v1
+    assert _runs_os(b) == ("VERSION_ID=1 IMAGE_VERSION=1", "VERSION_ID=1", "tools v1")
+    assert _unit(b, "bootkeeper-bless.service")["Result"] == "success"
+    assert (b.first("EFI_MOUNT") or "").split(",")[0] == "ro"
+    assert node.rows[0].after == "active.efi"  # as bless left it (LINUX_BEFORE), before the upgrade
+
+    # 6. refused: the only extension (carried) is built for v1; exit 1 naming it; the ESP byte-identical
+    rc, out, err = _upgrade(b, "refuse")
+    assert rc == 1
+    assert out["result"] == "refused" and out["gate"]["verdict"] == "refused"
+    assert [(x["name"], x["carried"], x["verdict"]) for x in out["gate"]["extensions"]] == [
+        ("tools.sysext.raw", True, "refused")
+    ]
+    assert "upgrade refused: tools.sysext.raw: extension-release: VERSION_ID=1, the host has 2" in err
+    hashes = dict(v.split(" ", 1) for v in b.mark("ESP_HASH"))
+    listing = dict(v.split(" ", 1) for v in b.mark("ESP_FILES"))
+    assert hashes["before"] == hashes["after"] and listing["before"] == listing["after"]
+    assert "./EFI/Linux/active.efi" in listing["before"].split()
+
+    # 5. the upgrade, on the node's read-only /efi, with tools built for v2
+    rc, out, err = _upgrade(b, "upgrade")
+    assert rc == 0 and out["result"] == "upgraded" and out["gate"]["verdict"] == "ok", err
+    assert out["gate"]["order"]["order"] == ["active", "passive", "recovery", "statereset"]
+    ro = {v.split()[0]: v.split()[1] for v in b.mark("EFI_MOUNT_AFTER")}
+    assert ro["refuse"].split(",")[0] == "ro" and ro["upgrade"].split(",")[0] == "ro"
+    assert node.esp_state() == UPGRADED_ESP
+    nodevm.esp_write(node.disk, "bktest/refuse", "")  # once (the next boots run no upgrade either: done)
+
+    # v2's enrolled service fails: v2 counts down, then passive (the v1 OS) boots, as simulate says
+    # (three boots: after that passive, blessed, boots on and on)
+    faults = ["active=always:service"]
+    node.set_faults(faults)
+    predicted = node.run_predicted(faults, 3)
+    assert [(p["role"], p["verdict"]) for p in predicted] == [
+        ("active", "not good (service failed)"),
+        ("active", "not good (service failed)"),
+        ("passive", "good"),
+    ]
+    reboot = "FailureAction=reboot"
+    assert [r.then for r in node.rows[1:]] == [reboot, reboot, "up; powered off by the test"]
+    for v2 in node.boots[1:3]:
+        assert _runs_os(v2) == ("VERSION_ID=2 IMAGE_VERSION=2", "VERSION_ID=2", "tools v2")
+        assert (v2.first("BOOT") or "").startswith("role=active")
+    last = node.boots[3]
+    assert (last.first("BOOT") or "").startswith("role=passive")
+    assert _runs_os(last) == ("VERSION_ID=1 IMAGE_VERSION=1", "VERSION_ID=1", "tools v1")
+    assert [r.after for r in node.rows[1:]] == ["active+1-1.efi", "active+0-2.efi", "passive.efi"]
+    assert node.esp_state() == {
+        **{k: v for k, v in UPGRADED_ESP.items() if not k.endswith(".efi")},
+        "active+0-2.efi": "v2",
+        "passive.efi": "v1",
+        "recovery+2.efi": "recovery",
+        "statereset+2.efi": "statereset",
+    }
+    # status on the node: the upgrade to v2 failed, v1 runs on passive
+    status = last.status()
+    assert status is not None
+    assert status["booted"]["role"] == "passive" and status["booted"]["blessed"] == "good"
+    failed = status["failed_upgrade"]
+    assert failed is not None and failed["to"]["VERSION_ID"] == "2" and failed["running"]["VERSION_ID"] == "1"
+    text = "\n".join(last.mark("STATUS"))
+    assert failed["text"] in text and "the upgrade to" in failed["text"] and "failed" in failed["text"]
+
+
+# the step right after the old active's rename to passive (renamed, file and folder synced), and the
+# rename that makes the staged UKI the new active (the commit): labels of EspStore's pause hook
+CUTS = {
+    "after-passive": "bootkeeper: test pause before unlink:tools.sysext.raw",
+    "before-commit": "bootkeeper: test pause before rename:.bootkeeper-upgrade-active.uki->active+",
+}
+
+
+# what else the cut left under EFI/Linux: unread by systemd-stub (no active UKI) or staged under names nothing loads
+CUT_ESP = {
+    "after-passive": {
+        "active.efi.extra.d/tools.sysext.raw": "tools v1",
+        ".bootkeeper-upgrade-active.d/tools.sysext.raw": "tools v2",
+        ".bootkeeper-upgrade-active.uki": "v2",
+        "recovery+2.efi": "recovery",
+        "statereset+2.efi": "statereset",
+    },
+    "before-commit": {
+        "active.efi.extra.d/tools.sysext.raw": "tools v2",
+        ".bootkeeper-upgrade-active.uki": "v2",
+        "recovery+2.efi": "recovery",
+        "statereset+2.efi": "statereset",
+    },
+}
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
+@retry_on_guest_crash
+def test_power_cut_during_upgrade(pieces: dict[str, Path], tmp_path: Path, node_factory: list[Node], cut: str) -> None:
+    """7. A power cut during the upgrade: the next boot runs a consistent OS with its own extensions
+    (the one simulate predicts for the ESP the cut left), and the upgrade run again there completes."""
+    node = _v1_node(
+        tmp_path,
+        f"7. power cut during the upgrade ({cut})",
+        {"bktest/upgrade": UPGRADE_ARGS, "bktest/upgrade-env": "BOOTKEEPER_TEST_STEP_PAUSE=1\n"},
+    )
+    node_factory.append(node)
+    first = node.simulate([], 1)
+    b1 = node.boot(kill_on=CUTS[cut])
+    assert b1.killed_at is not None, f"no cut at {CUTS[cut]!r}"
+    node.check_against(first, 1)
+    assert _runs_os(b1)[2] == "tools v1"
+    assert "test pause before remount-rw" in b1.text()
+    fsck = nodevm.esp_fsck(node.disk)
+    assert nodevm.fsck_problems(fsck) == [], fsck
+    # the old OS is passive with its own copy of its tools; no active entry: nothing listed is half there
+    assert node.esp_state() == {
+        **CUT_ESP[cut],
+        "passive+2.efi": "v1",
+        "passive.efi.extra.d/tools.sysext.raw": "tools v1",
+    }
+
+    # the next boot: the OS simulate predicts, with its own extensions; the upgrade runs again, unpaused
+    nodevm.esp_write(node.disk, "bktest/upgrade-env", "")
+    predicted = node.simulate([], 1)
+    b2 = node.boot()
+    node.check_against(predicted, 2)
+    assert node.rows[1].role == "passive" and node.rows[1].verdict == "good"
+    assert _runs_os(b2) == ("VERSION_ID=1 IMAGE_VERSION=1", "VERSION_ID=1", "tools v1")
+    rc, out, err = _upgrade(b2, "upgrade")
+    assert rc == 0 and out["result"] == "upgraded", err
+    state = node.esp_state()
+    assert state == {**{k: v for k, v in UPGRADED_ESP.items() if k != "passive+2.efi"}, "passive.efi": "v1"}, state
+    names = nodevm.esp_names(node.disk)
+    assert not [n for n in names if n.startswith(".bootkeeper-")], names
+    # and the completed upgrade boots: v2 as active, with the tools built for v2, blessed
+    node.run_predicted([], 1)
+    assert node.rows[2].role == "active" and node.rows[2].after == "active.efi"
+    assert _runs_os(node.boots[2]) == ("VERSION_ID=2 IMAGE_VERSION=2", "VERSION_ID=2", "tools v2")
 
 
 def test_no_machine_left_running(tmp_path: Path) -> None:

@@ -1,20 +1,21 @@
 #!/bin/sh
 # Lines of /efi/bktest/faults read like `bootkeeper simulate --fail`: ROLE=always|N[:panic|service].
-# The role comes from the UKI's command line (bktest.role=); boots per role are counted on the root
-# file system. panic: the kernel crashes now (panic=-1 resets the machine); service: bk-health fails.
+# The role is the booted entry's (LoaderEntrySelected without counter and .efi: after an upgrade the
+# old active's UKI boots as passive), else the UKI's command line (bktest.role=); boots per role are
+# counted on the root file system. panic: the kernel crashes now (panic=-1 resets the machine);
+# service: bk-health fails.
 exec >/dev/ttyS0 2>&1
 say() { printf '@@@ %s\n' "$*"; }  # not echo: dash's echo expands backslashes
-role=$(sed -n 's/.*bktest\.role=\([a-z]*\).*/\1/p' /proc/cmdline)
+efivar() { f=/sys/firmware/efi/efivars/$1-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f; [ -e "$f" ] && cat "$f" | tail -c +5 | tr -d '\000'; }
+role=$(efivar LoaderEntrySelected | sed -n 's/^\([a-z]*\)\(+[0-9-]*\)\{0,1\}\.efi$/\1/p')
+[ -n "$role" ] || role=$(sed -n 's/.*bktest\.role=\([a-z]*\).*/\1/p' /proc/cmdline)
 mkdir -p /var/lib/bktest /run/bktest
 n=$(( $(cat "/var/lib/bktest/boots-$role" 2>/dev/null || echo 0) + 1 ))
 echo "$n" > "/var/lib/bktest/boots-$role"
 sync
 say "BOOT role=$role nth=$n"
-# efivarfs files cannot seek: tail reads them through a pipe
-for v in LoaderEntrySelected LoaderBootCountPath; do
-  f=/sys/firmware/efi/efivars/$v-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
-  if [ -e "$f" ]; then say "EFIVAR $v=$(cat "$f" | tail -c +5 | tr -d '\000')"; else say "EFIVAR $v="; fi
-done
+# efivarfs files cannot seek: tail reads them through a pipe (efivar above)
+for v in LoaderEntrySelected LoaderBootCountPath; do say "EFIVAR $v=$(efivar $v)"; done
 [ -f /efi/bktest/bless-pause ] && cp /efi/bktest/bless-pause /run/bktest/bless.env
 line=$(grep "^$role=" /efi/bktest/faults 2>/dev/null | head -1)
 [ -n "$line" ] || exit 0

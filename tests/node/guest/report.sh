@@ -12,5 +12,6 @@ say "DROPINS $(ls /run/systemd/generator/bk-health.service.d 2>/dev/null | tr '\
 say "STATUS_JSON $(bootkeeper status --json | compact)"
 bootkeeper status 2>&1 | sed 's/^/@@@ STATUS /'
 if [ -e /efi/bktest/sysext-compare ]; then /usr/local/lib/bktest/sysext-compare.sh; fi
+/usr/local/lib/bktest/upgrade.sh
 say "DONE"
 systemctl poweroff --no-block
