@@ -49,7 +49,19 @@ the passive is the old OS already moved, its extensions are the ones carried, an
 installed; an active UKI with the same bytes as NEW.efi means the upgrade is complete: nothing is done.
 
 One space check for the whole transaction, before the first write: the staged copies and the new UKI
-must fit in the free space plus what step 1 frees, with a 1 MiB margin.
+must fit in the free space plus what step 1 frees, with a 1 MiB margin (and the new images in the
+persistent store's file system).
+
+**The persistent extension store** (``sysext.store: persistent``, esp/linkstore.py): a role's set is also
+its folder of links, moved in the same order. Step 0 removes staging folders the store has left; after
+step 1, ``passive/`` goes (no passive entry is left to read it); step 2 copies each new image into the
+store (another build of a linked name gets its own image name) and stages ``.bootkeeper-upgrade-passive.d``
+(the old active's links) and ``.bootkeeper-upgrade-active.d`` (the new set's); step 3 renames the first to
+``passive/``; after step 5 ``active/`` goes and the second is renamed to ``active/`` before the commit;
+after it, images no folder links to are removed. ``common/`` stays: the gate judges its images against
+the new OS (:attr:`Plan.common`). A Type #1 recovery upgrade stages its entry too
+(``loader/entries/.bootkeeper-upgrade-recovery.entry``), so that a re-run after a cut that came after
+the old recovery's entry went still has its text; such a re-run carries the staged folders on (:class:`Staged`).
 """
 
 from __future__ import annotations
