@@ -59,9 +59,9 @@ store (another build of a linked name gets its own image name) and stages ``.boo
 (the old active's links) and ``.bootkeeper-upgrade-active.d`` (the new set's); step 3 renames the first to
 ``passive/``; after step 5 ``active/`` goes and the second is renamed to ``active/`` before the commit;
 after it, images no folder links to are removed. ``common/`` stays: the gate judges its images against
-the new OS (:attr:`Plan.common`). A Type #1 recovery upgrade stages its entry too
-(``loader/entries/.bootkeeper-upgrade-recovery.entry``), so that a re-run after a cut that came after
-the old recovery's entry went still has its text; such a re-run carries the staged folders on (:class:`Staged`).
+the new OS (:attr:`Plan.common`). The staged Type #1 entry (not ``*.conf``: systemd-boot does not read
+it) keeps a ``--recovery`` re-run after a cut that came after the old recovery's entry went in possession
+of its text; such a re-run carries the staged folders on (:class:`Staged`).
 """
 
 from __future__ import annotations
