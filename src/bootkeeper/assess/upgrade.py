@@ -37,8 +37,9 @@ its own extensions or the new OS with its own, and no listed entry whose UKI or 
    of the extensions); then the old active's entry is removed.
 5. The old active's folder ``active.efi.extra.d`` goes (no active UKI exists: unread).
 6. The staged new folder is renamed ``active.efi.extra.d``, then the staged UKI ``active+T.efi`` (Type #2:
-   this rename is the commit) or ``active.efi`` followed by the entry ``active+T.conf`` (Type #1: the entry's
-   write is the commit). Before the commit the old OS boots as passive; after it, the new OS as active.
+   this rename is the commit) or ``active.efi`` followed by the entry ``active+T.conf`` (Type #1: renamed from
+   ``loader/entries/.bootkeeper-upgrade-active.entry``, written in step 2; this rename is the commit).
+   Before the commit the old OS boots as passive; after it, the new OS as active.
 
 ``--recovery``: staging (2) first (the carried extensions are copied out of the old folder), then the old
 recovery set goes, then folder, UKI and (Type #1) entry are renamed/written into place.
