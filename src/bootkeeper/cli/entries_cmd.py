@@ -124,6 +124,8 @@ def entries(esp: Path | None, efivars: Path | None, sdboot_version: str | None, 
 
 def _links(config_files: tuple[Path, ...], root: Path) -> Path | None:
     """The persistent extension store's folder, when the config says ``sysext.store: persistent``."""
+    if not config_files and not any((root / "oem").glob("*.yaml")):
+        return None  # the defaults: extensions on the ESP (and no config import on this path)
     from bootkeeper import fsutil
     from bootkeeper.config import SysextStore
 
