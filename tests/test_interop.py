@@ -136,9 +136,9 @@ def test_what_dissect_validate_does_not_check(work: Path) -> None:
         real = trixie.run(f"systemd-dissect --validate --image-policy={ENFORCED} {t.name}", work)
         ours = image.validate(t, policy.parse(ENFORCED), [_cert(work)], architecture="x86-64")
         assert not ours.ok, name
-        # the real tool passes both (rc 0, trixie's 257.13): the reason bootkeeper checks them itself
+        # the real tool passes both (rc 0, trixie's 257.13): the reason bootkeeper checks them itself. Which
+        # reason bootkeeper gives depends on the byte flipped (the keys and the JSON are new each run)
         assert real.returncode == 0, (name, real.returncode, real.stderr)
-        assert "root hash does not match the top of the hash tree" in ours.reasons[0], (name, ours.reasons)
 
 
 # ---------------------------------------------------------------------------------------------
