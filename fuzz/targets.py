@@ -22,7 +22,7 @@ from typing import Any
 
 from bootkeeper import config
 from bootkeeper.assess import cloudconfig, generator, history, lint, services
-from bootkeeper.errors import ParseError, UsageError
+from bootkeeper.errors import MalformedError, UsageError
 from bootkeeper.esp import counter, efivars, entries, keyvalue, loader, pe, sdboot
 from bootkeeper.esp.efiglob import efi_fnmatch
 from bootkeeper.sysext import erofs, gpt, image, policy, release, signature, trust, verity
@@ -201,7 +201,7 @@ def _loader_conf(data: bytes) -> None:
     loader.parse(loader.set_default(text, None))
 
 
-@target("pe", expected=(ParseError,), max_len=16384)
+@target("pe", expected=(MalformedError,), max_len=16384)
 def _pe(data: bytes) -> None:
     """esp/pe.py read_osrel(), sdboot_version(): UKIs in EFI/Linux and BOOTX64.EFI."""
     p = _write("EFI/Linux/active+3.efi", data)
@@ -220,7 +220,7 @@ def _sdboot_version(data: bytes) -> None:
     _ = (v.counts_efi_key, v.knows_uki_key, v.ids_drop_counter, v.has_preferred, v.profile_sorts_after_version)
 
 
-@target("efivars", expected=(ParseError, generator.GeneratorError))
+@target("efivars", expected=(MalformedError, generator.GeneratorError))
 def _efivars(data: bytes) -> None:
     """esp/efivars.py decode_string()/LoaderVars.read() and the generator's own reader: UTF-16
     EFI variables (attribute word, then UTF-16LE)."""
@@ -248,7 +248,7 @@ def _fnmatch(data: bytes) -> None:
 # --- sysext/ ------------------------------------------------------------------------------------
 
 
-@target("gpt", expected=(ParseError,), max_len=65536)
+@target("gpt", expected=(MalformedError,), max_len=65536)
 def _gpt(data: bytes) -> None:
     """sysext/gpt.py read(): the partition table of a .sysext.raw."""
     t = gpt.read(io.BytesIO(data), len(data), "image")
@@ -256,7 +256,7 @@ def _gpt(data: bytes) -> None:
         _ = (p.offset, p.size, p.designator, p.architecture)
 
 
-@target("verity_superblock", expected=(ParseError,), max_len=1024)
+@target("verity_superblock", expected=(MalformedError,), max_len=1024)
 def _verity(data: bytes) -> None:
     """sysext/verity.py Superblock.unpack(): the first 512 bytes of a verity partition."""
     sb = verity.Superblock.unpack(data)
@@ -264,7 +264,7 @@ def _verity(data: bytes) -> None:
     verity.levels(min(sb.data_blocks, 1 << 40), sb.hash_block_size, hashlib.new(sb.algorithm).digest_size)
 
 
-@target("sig_json", expected=(ParseError,))
+@target("sig_json", expected=(MalformedError,))
 def _sig_json(data: bytes) -> None:
     """sysext/signature.py parse_sig_json(): the verity-sig partition."""
     signature.parse_sig_json(data)
@@ -280,7 +280,7 @@ def _pkcs7(data: bytes) -> None:
     signature.embedded_subjects(data)
 
 
-@target("erofs", expected=(ParseError,), max_len=65536)
+@target("erofs", expected=(MalformedError,), max_len=65536)
 def _erofs(data: bytes) -> None:
     """sysext/erofs.py: superblock, inodes, directories, file contents (the root partition)."""
     e = erofs.Erofs(lambda off, n: data[off : off + n], len(data), "root")
@@ -299,7 +299,7 @@ def _erofs(data: bytes) -> None:
     e.lookup("usr/lib/extension-release.d/extension-release.tiny")
 
 
-@target("release_fs", expected=(ParseError,), max_len=65536)
+@target("release_fs", expected=(MalformedError,), max_len=65536)
 def _release_fs(data: bytes) -> None:
     """sysext/release.py read_from_fs() + check(): the extension-release in an erofs root."""
     rel = release.read_from_fs(data, "erofs", "tiny", "tiny (root file system)")
@@ -316,7 +316,7 @@ def _release(data: bytes) -> None:
     release.check(rel, None, "arm64", "portable")
 
 
-@target("policy", expected=(ParseError,))
+@target("policy", expected=(MalformedError,))
 def _policy(data: bytes) -> None:
     """sysext/policy.py parse(): --image-policy strings and sysext.policy in the config; what it
     prints must parse again."""
@@ -327,13 +327,13 @@ def _policy(data: bytes) -> None:
     policy.evaluate(pol, {})
 
 
-@target("esl", expected=(ParseError,))
+@target("esl", expected=(MalformedError,))
 def _esl(data: bytes) -> None:
     """sysext/trust.py parse_esl(): firmware db/dbx (EFI_SIGNATURE_LISTs)."""
     trust.parse_esl(data, "firmware dbx")
 
 
-@target("trust_cert", expected=(ParseError,))
+@target("trust_cert", expected=(MalformedError,))
 def _trust_cert(data: bytes) -> None:
     """sysext/trust.py certificate loading (verity.d *.crt, PEM or DER) and what `keys list`
     and activate then read from each certificate."""
@@ -342,10 +342,10 @@ def _trust_cert(data: bytes) -> None:
         a.as_json(trust.revocation(a, []))
 
 
-@target("trust_load", expected=(ParseError,))
+@target("trust_load", expected=(MalformedError,))
 def _trust_load(data: bytes) -> None:
     """sysext/trust.py load(): firmware db and dbx from efivarfs (2-byte length of db, db, dbx),
-    strict (keys verbs: ParseError) and not strict (boot: never raises, and an unreadable dbx
+    strict (keys verbs: MalformedError) and not strict (boot: never raises, and an unreadable dbx
     leaves nothing trusted)."""
     (n,) = struct.unpack_from("<H", data.ljust(2, b"\0"))
     db, dbx = data[2 : 2 + n], data[2 + n :]
@@ -359,7 +359,7 @@ def _trust_load(data: bytes) -> None:
         a.as_json()
     try:
         trust.parse_esl(dbx, "dbx")
-    except ParseError:
+    except MalformedError:
         # Revocation must fail closed (issue 12 item 2): a dbx that does not parse trusts nothing.
         if store.anchors:
             raise FailOpen(f"dbx does not parse, yet {len(store.anchors)} anchor(s) are trusted") from None
@@ -370,7 +370,7 @@ def _image_path(data: bytes) -> Path:
     return _write("img/tiny.sysext.raw", data)
 
 
-@target("image_inspect", expected=(ParseError,), max_len=65536)
+@target("image_inspect", expected=(MalformedError,), max_len=65536)
 def _image_inspect(data: bytes) -> None:
     """sysext/image.py inspect() on a file (`sysext inspect`)."""
     info = image.inspect(_image_path(data))
@@ -388,13 +388,13 @@ def _image_validate(data: bytes) -> None:
 # --- config, assess/ ----------------------------------------------------------------------------
 
 
-@target("config", expected=(ParseError,))
+@target("config", expected=(MalformedError,))
 def _config(data: bytes) -> None:
     """config.py load(): /oem/*.yaml."""
     config.load([_write("oem/90_bootkeeper.yaml", data)])
 
 
-@target("cloudconfig", expected=(ParseError,))
+@target("cloudconfig", expected=(MalformedError,))
 def _cloudconfig(data: bytes) -> None:
     """assess/cloudconfig.py load() + enabled_units(): a Kairos cloud-config."""
     cfg = cloudconfig.load(_text(data), "/oem/90_custom.yaml")
@@ -431,7 +431,7 @@ def _services_root(data: bytes) -> Path:
     return root
 
 
-@target("services", expected=(ParseError,))
+@target("services", expected=(MalformedError,))
 def _services(data: bytes) -> None:
     """assess/services.py listing() (`service list`): etc/bootkeeper/services.json."""
     for e in services.listing(_services_root(data)):

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 from bootkeeper.sysext import signature
 
 SIGNED_DATA = "1.2.840.113549.1.7.2"
@@ -157,5 +157,5 @@ def test_reasons_name_what_did_not_parse() -> None:
 
 @pytest.mark.parametrize("raw", [b"[" * 65536, b'{"a":' * 30000])
 def test_deeply_nested_signature_json_is_a_parse_error(raw: bytes) -> None:
-    with pytest.raises(ParseError, match=r"^verity-sig partition: not valid JSON \(nested too deeply\)$"):
+    with pytest.raises(MalformedError, match=r"^verity-sig partition: not valid JSON \(nested too deeply\)$"):
         signature.parse_sig_json(raw)

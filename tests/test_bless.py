@@ -10,7 +10,7 @@ import pytest
 from bootkeeper.assess import bless
 from bootkeeper.assess.bless import Verdict
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import NotApplicableError, ParseError
+from bootkeeper.errors import MalformedError, NotApplicableError
 from bootkeeper.esp.store import EspStore
 from helpers import entry_body, esp_with, names
 
@@ -70,7 +70,7 @@ def test_refusals(tmp_path: Path) -> None:
         "loader/entries/a\n+1.conf",
         "",
     ):
-        with pytest.raises(ParseError):
+        with pytest.raises(MalformedError):
             bless.parse_entry_path(bad, "--entry")
     assert names(root) == ["passive+3.conf"]
 

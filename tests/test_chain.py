@@ -14,7 +14,7 @@ import pytest
 import vmboot
 from bootkeeper.assess import bootloader, chain
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import EspError, ParseError, StoreIOError
+from bootkeeper.errors import EspError, MalformedError, UnreadableError, WriteError
 from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import EntryState, Role
 from bootkeeper.esp.store import EspStore
@@ -66,7 +66,7 @@ def test_arm_refuses_duplicates_and_junk(tmp_path: Path) -> None:
         chain.arm(EspStore(root), CFG)
     assert names(root) == ["active+1-2.conf", "active.conf"]
     root2 = esp_with(tmp_path / "b", {"active.conf": entry_body("active") + "junkline\n"})
-    with pytest.raises(ParseError, match=r"active\.conf: line 5"):
+    with pytest.raises(MalformedError, match=r"active\.conf: line 5"):
         chain.arm(EspStore(root2), CFG)
 
 
@@ -101,9 +101,9 @@ def test_rotate_rejects_bad_input(tmp_path: Path) -> None:
     root = esp_with(tmp_path, {"active.conf": entry_body("active")})
     bad = tmp_path / "new.conf"
     bad.write_text("title no loader\n")
-    with pytest.raises(ParseError):
+    with pytest.raises(MalformedError):
         chain.rotate(EspStore(root), CFG, bad)
-    with pytest.raises(ParseError):
+    with pytest.raises(UnreadableError, match=r"missing\.conf: cannot read"):
         chain.rotate(EspStore(root), CFG, tmp_path / "missing.conf")
     assert names(root) == ["active.conf"]
 
@@ -354,7 +354,7 @@ def test_arm_refuses_an_entry_whose_attribute_cannot_be_cleared(
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(os, "chmod", refuse)
-    with pytest.raises(StoreIOError) as exc:
+    with pytest.raises(WriteError) as exc:
         chain.arm(EspStore(root), CFG)
     assert str(exc.value).startswith(
         f"{root}/{ENTRIES}/active+3.conf: has the read-only attribute, and clearing it failed (Read-only file system)"
@@ -428,7 +428,7 @@ def test_rotate_refuses_an_efi_entry_where_it_is_never_counted(tmp_path: Path) -
     root = _with_binary(esp_with(tmp_path, {"active.conf": entry_body("active")}), 262)
     new = tmp_path / "new.conf"
     new.write_text("title chainloaded\nefi /EFI/kairos/vmlinuz\n")
-    with pytest.raises(ParseError) as exc:
+    with pytest.raises(MalformedError) as exc:
         chain.rotate(EspStore(root), CFG, new)
     assert str(exc.value) == (
         f"{new}: 'efi' is not counted: systemd-boot 262.1-1 does not count 'efi' entries (729f3c21c5), but "

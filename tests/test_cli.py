@@ -75,7 +75,7 @@ def test_not_booted_with_counting(esp: Path, tmp_path: Path) -> None:
         (["bless", "good", "--entry", "../../etc/x+1.conf"], 4, ["'..'"]),
         (["bless", "good", "--entry", "loader/entries/active.conf"], 3, ["does not contain a boot counter"]),
         (["bless", "good", "--entry", "loader/entries/gone+2-1.conf"], 3, ["can't find"]),
-        (["arm", "--config", "/nonexistent.yaml"], 4, ["/nonexistent.yaml"]),
+        (["arm", "--config", "/nonexistent.yaml"], 7, ["/nonexistent.yaml: cannot read (No such file or directory)"]),
     ],
 )
 def test_bad_input_leaves_esp_unchanged(esp: Path, args: list[str], code: int, words: list[str]) -> None:
@@ -88,8 +88,8 @@ def test_not_an_esp(tmp_path: Path) -> None:
     one_line_error(bk("entries", "--esp", str(tmp_path)), 4, "not an ESP")
     one_line_error(
         bk("bless", "good", "--esp", str(tmp_path / "missing"), "--entry", "loader/entries/a+1.conf"),
-        4,
-        "not a directory",
+        7,
+        "missing: does not exist",
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bootkeeper.errors import StoreIOError, UsageError
+from bootkeeper.errors import UsageError, WriteError
 from bootkeeper.esp import extra, scratch
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import SPACE_MARGIN, EspStore
@@ -131,7 +131,7 @@ def test_crash_at_every_step_leaves_old_or_new(tmp_path: Path, img: Path) -> Non
 
         store = EspStore(esp, fault=fault)
         ts = [t for t in extra.targets(store.snapshot(), store) if t.entry in ("active", "passive")]
-        with pytest.raises(StoreIOError, match="injected"):
+        with pytest.raises(WriteError, match="injected"):
             deploy.install(store, img, "x.sysext.raw", ts, "test", _check)
         for p in esp.rglob("*"):
             assert not p.name.startswith(".bootkeeper-"), f"temporary left after a crash at {step}"

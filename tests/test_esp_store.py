@@ -229,5 +229,5 @@ dd if=/dev/zero of={mnt}/filler bs=4k 2>/dev/null
 """
     p = _in_namespace(script)
     assert p.stdout.strip().splitlines()[-1] == (
-        f"StoreIOError {mnt}/loader/entries/active+1-1.conf: cannot write (No space left on device)"
+        f"WriteError {mnt}/loader/entries/active+1-1.conf: cannot write (No space left on device)"
     ), p.stdout + p.stderr

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # fuzz/ is a package at the top
 from fuzz import targets
@@ -55,17 +55,17 @@ def _raise(exc: BaseException) -> targets.Target:
     def run(data: bytes) -> None:
         raise exc
 
-    return targets.Target("probe", run, (ParseError,), True, 16, "")
+    return targets.Target("probe", run, (MalformedError,), True, 16, "")
 
 
 def test_check_passes_documented_errors_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """The harness itself: a documented one-line error is fine, anything else escapes."""
-    monkeypatch.setitem(targets.TARGETS, "probe", _raise(ParseError("x.conf: line 1: bad")))
+    monkeypatch.setitem(targets.TARGETS, "probe", _raise(MalformedError("x.conf: line 1: bad")))
     targets.check("probe", b"")
-    monkeypatch.setitem(targets.TARGETS, "probe", _raise(ParseError("x.conf:\n  bad")))
+    monkeypatch.setitem(targets.TARGETS, "probe", _raise(MalformedError("x.conf:\n  bad")))
     with pytest.raises(targets.BadMessage):
         targets.check("probe", b"")
-    monkeypatch.setitem(targets.TARGETS, "probe", _raise(ParseError("")))
+    monkeypatch.setitem(targets.TARGETS, "probe", _raise(MalformedError("")))
     with pytest.raises(targets.BadMessage):
         targets.check("probe", b"")
     monkeypatch.setitem(targets.TARGETS, "probe", _raise(IndexError("list index out of range")))

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 from bootkeeper.sysext import gpt
 
 REF = Path(__file__).resolve().parent / "data"  # copied from shared/reference (see data/README.md)
@@ -81,13 +81,13 @@ def _set_entry(raw: bytearray, idx: int, first: int, last: int) -> None:
 def test_hostile_tables(mutate: object, words: str) -> None:
     raw = bytearray(_image())
     mutate(raw)  # type: ignore[operator]
-    with pytest.raises(ParseError, match=words):
+    with pytest.raises(MalformedError, match=words):
         gpt.read(io.BytesIO(bytes(raw)), len(raw))
 
 
 def test_truncated() -> None:
     raw = _image()
-    with pytest.raises(ParseError, match=r"beyond the disk|truncated"):
+    with pytest.raises(MalformedError, match=r"beyond the disk|truncated"):
         gpt.read(io.BytesIO(raw[: len(raw) // 2]), len(raw) // 2)
 
 
@@ -98,5 +98,5 @@ def test_fuzz_never_crashes(noise: bytes, at: int) -> None:
     raw[at : at + len(noise)] = noise
     try:
         gpt.read(io.BytesIO(bytes(raw)), len(raw))
-    except ParseError as exc:
+    except MalformedError as exc:
         assert str(exc)

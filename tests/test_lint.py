@@ -319,7 +319,7 @@ def test_unreadable_and_binary_input(tmp_path: Path) -> None:
     found, rc, _ = codes(str(tmp_path / "bin.yaml"))
     assert (found, rc) == (["BK100"], 1)
     r = bk("lint", str(tmp_path / "missing.yaml"))
-    assert r.returncode == 6 and "missing.yaml: cannot read" in r.stderr
+    assert r.returncode == 7 and "missing.yaml: cannot read" in r.stderr
 
 
 MODE = st.sampled_from([r.value for r in Role] + ["other"])

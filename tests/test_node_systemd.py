@@ -234,7 +234,7 @@ def test_refresh_on_a_257_node_passes_the_policy(tmp_path: Path) -> None:
     policy = "--image-policy=root=signed+absent:usr=signed+absent"
     assert refresh["argv"] == ["systemd-sysext", "refresh", f"--root={root}", policy], refresh
     if _real_version(["systemd-sysext", "--version"]) < 254:
-        assert r.returncode == 6 and not refresh["ok"]
+        assert r.returncode == 8 and not refresh["ok"]
         assert r.stderr.splitlines()[0] == (
             f"bootkeeper: error: systemd-sysext refresh --root={root} {policy} failed with exit status 1: "
             f"systemd-sysext: unrecognized option '{policy}'"
@@ -271,7 +271,7 @@ def test_a_failed_refresh_is_an_error_and_keeps_what_was_placed(tmp_path: Path) 
     (root / ".extra/sysext").mkdir(parents=True)
     (root / ".extra/sysext/junk.sysext.raw").write_bytes(os.urandom(100_000))
     r = _activate(root, "--mode", "disabled")
-    assert r.returncode == 6, r.stdout + r.stderr
+    assert r.returncode == 8, r.stdout + r.stderr
     lines = r.stderr.splitlines()
     assert lines[0].startswith(f"bootkeeper: error: systemd-sysext refresh --root={root} failed with exit status 1: ")
     assert "junk.sysext" in lines[0], lines  # systemd-sysext's own message names the image

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 from bootkeeper.sysext import policy
 from bootkeeper.sysext.policy import Flag, Observed, Protection
 
@@ -62,7 +62,7 @@ def test_verity_partitions_derive_from_data() -> None:
     ],
 )
 def test_errors(text: str, words: str) -> None:
-    with pytest.raises(ParseError) as ei:
+    with pytest.raises(MalformedError) as ei:
         policy.parse(text)
     assert words in str(ei.value)
 
@@ -85,7 +85,7 @@ def test_round_trip(r: dict[str, list[str]], default: list[str] | None) -> None:
 def test_fuzz(text: str) -> None:
     try:
         policy.parse(text)
-    except ParseError as exc:
+    except MalformedError as exc:
         assert str(exc)
 
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from bootkeeper.assess import bootloader
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 from bootkeeper.esp import pe
 from bootkeeper.esp.efivars import LoaderVars
 from bootkeeper.esp.entries import Entry, menu_order, parse_type2
@@ -126,7 +126,7 @@ def test_profile_without_osrel_is_skipped_not_renumbered(tmp_path: Path) -> None
 def test_hostile_profile_sections(tmp_path: Path, sections: tuple[tuple[bytes, bytes], ...], words: str) -> None:
     p = tmp_path / "EFI" / "Linux" / "a+3.efi"
     _esp(tmp_path, {"a+3.efi": stand_in_uki(sections)})
-    with pytest.raises(ParseError, match=words) as exc:
+    with pytest.raises(MalformedError, match=words) as exc:
         pe.read_profiles(p)
     assert "\n" not in str(exc.value) and str(p) in str(exc.value)
     snap = EspStore(tmp_path).snapshot("262")
@@ -140,7 +140,7 @@ def test_profile_section_past_end_of_file(tmp_path: Path) -> None:
     off = table + 40 * 2  # the second .profile's header: make its raw data start past the end
     data[off + 20 : off + 24] = (len(data) + 4096).to_bytes(4, "little")
     _esp(tmp_path, {"a.efi": bytes(data)})
-    with pytest.raises(ParseError, match="past the end"):
+    with pytest.raises(MalformedError, match="past the end"):
         pe.read_profiles(tmp_path / "EFI" / "Linux" / "a.efi")
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 from bootkeeper.sysext import release
 from bootkeeper.sysext.erofs import Erofs
 from bootkeeper.sysext.release import Release
@@ -78,7 +78,7 @@ def test_read_from_real_file_systems(tmp_path: Path, fs: str) -> None:
     r = release.read_from_fs(img.read_bytes(), fs, "demo", "test")
     assert r.fields == {"ID": "debian", "VERSION_ID": "12"} and not r.has_os_release
     assert r.file.endswith("extension-release.demo")
-    with pytest.raises(ParseError, match=r"found extension-release\.demo"):
+    with pytest.raises(MalformedError, match=r"found extension-release\.demo"):
         release.read_from_fs(img.read_bytes(), fs, "other-name", "test")  # a renamed image does not match
 
 
@@ -94,7 +94,7 @@ def test_missing_release_and_os_image(tmp_path: Path) -> None:
     )
     img = tmp_path / "fs.img"
     subprocess.run(["mkfs.erofs", "-T0", str(img), str(t)], check=True, capture_output=True)
-    with pytest.raises(ParseError, match=r"no usr/lib/extension-release\.d/extension-release\.c"):
+    with pytest.raises(MalformedError, match=r"no usr/lib/extension-release\.d/extension-release\.c"):
         release.read_from_fs(img.read_bytes(), "erofs", "c", "test")
     assert release.read_from_fs(img.read_bytes(), "erofs", "a", "test").has_os_release
 
@@ -109,7 +109,7 @@ def test_erofs_reader_fuzz(raw: bytes) -> None:
     try:
         e = Erofs(lambda off, n: data[off : off + n], len(data))
         e.lookup("usr/lib/extension-release.d/x")
-    except ParseError as exc:
+    except MalformedError as exc:
         assert str(exc)
 
 
@@ -117,7 +117,9 @@ def test_broken_squashfs_is_a_parse_error_naming_the_image() -> None:
     """unsquashfs failing on a hostile squashfs is a fault of that image, not a CommandError that
     would end a whole activation (issue 12, item 1)."""
     junk = b"hsqs" + bytes(4092)
-    with pytest.raises(ParseError, match=r"^demo \(root file system\): squashfs: unsquashfs -lc .* failed with exit"):
+    with pytest.raises(
+        MalformedError, match=r"^demo \(root file system\): squashfs: unsquashfs -lc .* failed with exit"
+    ):
         release.read_from_fs(junk, "squashfs", "demo", "demo (root file system)")
 
 
@@ -136,11 +138,11 @@ def test_missing_unsquashfs_is_a_parse_error(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_bytes(b"")  # not executable: shutil.which skips it
     code = (
-        "from bootkeeper.errors import ParseError\n"
+        "from bootkeeper.errors import MalformedError\n"
         "from bootkeeper.sysext import release\n"
         "try:\n"
         "    release.read_from_fs(b'hsqs' + bytes(4092), 'squashfs', 'demo', 'demo (root file system)')\n"
-        "except ParseError as exc:\n"
+        "except MalformedError as exc:\n"
         "    print(exc)\n"
     )
     binds = "".join(f"mount --bind {empty} {p}\n" for p in found)
@@ -183,7 +185,7 @@ def test_squashfs_in_place_with_bytes_that_are_not_utf8(tmp_path: Path) -> None:
     )
     r = release.read_from_partition(img, off, size, "squashfs", "demo")
     assert r.fields["ID"] == "_any" and r.fields["X"] == "\ufffd"
-    with pytest.raises(ParseError, match=r"no usr/lib/extension-release\.d/extension-release\.other"):
+    with pytest.raises(MalformedError, match=r"no usr/lib/extension-release\.d/extension-release\.other"):
         release.read_from_partition(img, off, size, "squashfs", "other")
 
 
@@ -197,10 +199,10 @@ def test_squashfs_that_points_past_its_partition_is_refused(tmp_path: Path) -> N
     assert release.read_from_partition(img, off, size, "squashfs", "demo").fields == {"ID": "_any"}
     used = struct.unpack_from("<Q", img.read_bytes(), off + 40)[0]  # mksquashfs pads the file past it
     assert release.read_from_partition(img, off, used, "squashfs", "demo").fields == {"ID": "_any"}
-    with pytest.raises(ParseError, match=r"bytes_used \d+ is past the partition's"):
+    with pytest.raises(MalformedError, match=r"bytes_used \d+ is past the partition's"):
         release.read_from_partition(img, off, used - 1, "squashfs", "demo")
     raw = bytearray(img.read_bytes())
     struct.pack_into("<Q", raw, off + 64, size + 100)  # inode_table_start past bytes_used
     img.write_bytes(bytes(raw))
-    with pytest.raises(ParseError, match=r"a table at byte \d+ is past bytes_used"):
+    with pytest.raises(MalformedError, match=r"a table at byte \d+ is past bytes_used"):
         release.read_from_partition(img, off, size, "squashfs", "demo")

@@ -336,13 +336,13 @@ def test_unreadable_efivars_and_not_a_folder(esp: Path, ev: Path, tmp_path: Path
     ev.chmod(0o444)  # listable, not searchable: no variable can be read
     try:
         p = bk("select", "passive", "--once", "--esp", str(esp), "--efivars", str(ev), prefix=_no_dac())
-        one_line_error(p, 4, f"{ev}: cannot read the folder (Permission denied)")
+        one_line_error(p, 7, f"{ev}: cannot read the folder (Permission denied)")
     finally:
         ev.chmod(0o755)
     (ev / ONESHOT).write_bytes(efivars_mod.encode_string("active.conf"))
     (ev / ONESHOT).chmod(0o000)
     p = bk("select", "passive", "--persistent", "--esp", str(esp), "--efivars", str(ev), prefix=_no_dac())
-    one_line_error(p, 4, f"{ev / ONESHOT}: cannot read (Permission denied)")
+    one_line_error(p, 7, f"{ev / ONESHOT}: cannot read (Permission denied)")
     p = bk("select", "--clear", "--esp", str(esp), "--efivars", str(ev), prefix=_no_dac())
     assert p.returncode == 0, p.stderr  # what cannot be read can still be removed
     assert "warning: removed a " in p.stderr and "cannot read (Permission denied)" in p.stderr
@@ -360,7 +360,7 @@ def test_efivars_folder_without_any_permission(esp: Path, ev: Path) -> None:
         p = bk("select", "passive", "--once", "--esp", str(esp), "--efivars", str(ev), prefix=_no_dac())
     finally:
         ev.chmod(0o755)
-    one_line_error(p, 4, f"{ev}: cannot read the folder")
+    one_line_error(p, 7, f"{ev}: cannot read the folder")
 
 
 @pytest.mark.parametrize("garbage", [b"\x07\x00", b"\x07\x00\x00\x00abc", b"\x07\x00\x00\x00\x00\xd8\x41\x00"])

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 from bootkeeper.sysext import gpt, signature
 from helpers import openssl_cms_verify
 
@@ -102,5 +102,5 @@ def test_pkcs7_fuzz(blob: bytes) -> None:
 def test_json_fuzz(raw: bytes) -> None:
     try:
         signature.parse_sig_json(raw)
-    except ParseError as exc:
+    except MalformedError as exc:
         assert str(exc)

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from bootkeeper import config
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError, UnreadableError
 from bootkeeper.sysext import trust
 from bootkeeper.sysext.signature import self_signed
 
@@ -99,7 +99,7 @@ def test_truncated_db_is_a_clear_error(tmp_path: Path, cut: int, expect: str) ->
     db = trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(_cert("a")))])
     ev = tmp_path / "efivars"
     p = _efivar(ev, "db", db[:cut])
-    with pytest.raises(ParseError) as ei:
+    with pytest.raises(MalformedError) as ei:
         trust.load(_cfg(tmp_path), tmp_path, ev)
     assert expect in str(ei.value) and str(p) in str(ei.value)
     lenient = trust.load(_cfg(tmp_path), tmp_path, ev, strict=False)
@@ -109,7 +109,7 @@ def test_truncated_db_is_a_clear_error(tmp_path: Path, cut: int, expect: str) ->
 def test_entry_size_not_a_multiple(tmp_path: Path) -> None:
     raw = bytearray(trust.build_esl([(trust.EFI_CERT_SHA256, OWNER, bytes(32))]))
     struct.pack_into("<I", raw, 24, 40)  # SignatureSize 40 for a 48-byte body
-    with pytest.raises(ParseError, match="not a multiple of the entry size 40"):
+    with pytest.raises(MalformedError, match="not a multiple of the entry size 40"):
         trust.parse_esl(bytes(raw), "db")
 
 
@@ -132,7 +132,7 @@ def test_config_pem_text_and_paths_and_verity_dirs(tmp_path: Path) -> None:
 
 def test_bad_config_certificate_names_the_key(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, "  certificates: [/nope.pem]\n")
-    with pytest.raises(ParseError, match=r"sysext.certificates\[0\]: /nope.pem: cannot read"):
+    with pytest.raises(MalformedError, match=r"sysext.certificates\[0\]: /nope.pem: cannot read"):
         trust.load(cfg, tmp_path, tmp_path / "ev")
 
 
@@ -223,7 +223,7 @@ def test_one_malformed_db_certificate_drops_only_itself(tmp_path: Path) -> None:
     assert "TypeError" in store.problems[2]
     for a in store.anchors:  # what activate reports of each anchor can be read
         assert a.as_json()["subject"]
-    with pytest.raises(ParseError, match=r"entry 1 is not a usable X\.509 certificate"):
+    with pytest.raises(MalformedError, match=r"entry 1 is not a usable X\.509 certificate"):
         trust.load(_cfg(tmp_path), tmp_path, ev)  # keys verbs: still an error
 
 
@@ -289,7 +289,9 @@ def test_unparsable_dbx_fails_closed(tmp_path: Path, raw: bytes | None, expect: 
     assert str(dbx) in problem and expect in problem, problem
     assert problem.endswith("revocation cannot be checked: every trust anchor is treated as revoked")
     assert all("revocation cannot be checked" in why for _, why in store.revoked)
-    with pytest.raises(ParseError, match=expect.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        UnreadableError if raw is None else MalformedError, match=expect.replace("(", r"\(").replace(")", r"\)")
+    ):
         trust.load(cfg, tmp_path, ev)  # keys verbs: an error, as before
     # an absent dbx revokes nothing; an empty one (attributes only) neither
     for absent in (True, False):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 from bootkeeper.sysext import verity
 
 pytestmark = pytest.mark.integration
@@ -88,7 +88,7 @@ def test_corruption_is_found_like_veritysetup(tmp_path: Path) -> None:
 def test_superblock_parser_fuzz(raw: bytes) -> None:
     try:
         verity.Superblock.unpack(raw)
-    except ParseError as exc:
+    except MalformedError as exc:
         assert str(exc)
 
 
@@ -103,7 +103,7 @@ def test_superblock_salt_over_256_refused() -> None:
     bad = bytearray(sb)
     # salt_size follows signature, version, type, uuid, algorithm, block sizes and block count
     bad[0x50:0x52] = (300).to_bytes(2, "little")
-    with pytest.raises(ParseError, match="salt size 300"):
+    with pytest.raises(MalformedError, match="salt size 300"):
         verity.Superblock.unpack(bytes(bad))
 
 

@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from bootkeeper.errors import ConfigError
+from bootkeeper.errors import ConfigError, UnreadableError
 
 OEM_DIR = Path("/oem")
 # Sections other issues own; accepted here so one /oem file can carry all of them.
@@ -270,8 +270,10 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from exc
+    except OSError as exc:
+        raise UnreadableError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -20,6 +20,29 @@ COPY_CHUNK = 8 << 20
 Step = Callable[[str], None]
 
 
+def read_input(path: Path, what: str = "") -> bytes:
+    """A file the user named, whole; anything that stops it being read is an :class:`UnreadableError`
+    naming the file (and ``what`` it was to be), so every verb gives the same line and exit code."""
+    from bootkeeper.errors import UnreadableError
+
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise UnreadableError(f"{path}: cannot read{' ' + what if what else ''} ({why})") from exc
+
+
+def read_input_text(path: Path, what: str = "") -> str:
+    """:func:`read_input` as UTF-8 text; bytes that are not UTF-8 are malformed input."""
+    from bootkeeper.errors import MalformedError
+
+    data = read_input(path, what)
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise MalformedError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+
+
 def _no_step(name: str) -> None:
     return None
 

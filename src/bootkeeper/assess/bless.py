@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import EspError, NotApplicableError, ParseError, StoreIOError
+from bootkeeper.errors import EspError, MalformedError, NotApplicableError, WriteError
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Role
@@ -75,19 +75,21 @@ def parse_entry_path(value: str, source: str) -> BootedEntry:
     """Validate a LoaderBootCountPath value or ``--entry`` argument (relative to the ESP)."""
     shown = _shown(value)
     if not value or _CTRL.search(value):
-        raise ParseError(f"{source}: {shown} is empty or has control characters")
+        raise MalformedError(f"{source}: {shown} is empty or has control characters")
     parts = [p for p in value.replace("\\", "/").split("/") if p != ""]
     if any(p in (".", "..") for p in parts):
-        raise ParseError(f"{source}: {shown} has a '.' or '..' component; entries live in {TYPE1_DIR}/ or {TYPE2_DIR}/")
+        raise MalformedError(
+            f"{source}: {shown} has a '.' or '..' component; entries live in {TYPE1_DIR}/ or {TYPE2_DIR}/"
+        )
     if len(parts) != 3:
-        raise ParseError(f"{source}: {shown} is not a file in {TYPE1_DIR}/ or {TYPE2_DIR}/")
+        raise MalformedError(f"{source}: {shown} is not a file in {TYPE1_DIR}/ or {TYPE2_DIR}/")
     directory, name = "/".join(parts[:2]), parts[2]
     if directory.lower() == TYPE1_DIR.lower():
         directory, suffix = TYPE1_DIR, ".conf"
     elif directory.lower() == TYPE2_DIR.lower():
         directory, suffix = TYPE2_DIR, ".efi"
     else:
-        raise ParseError(f"{source}: {shown} is not a file in {TYPE1_DIR}/ or {TYPE2_DIR}/")
+        raise MalformedError(f"{source}: {shown} is not a file in {TYPE1_DIR}/ or {TYPE2_DIR}/")
     cn = counter_mod.parse(name, suffix)
     if not cn.counted:
         raise NotApplicableError(f"{source}: {shown} does not contain a boot counter, refusing")
@@ -192,7 +194,7 @@ def _check_room(store: EspStore, data: bytes, verdict: Verdict, booted: str) -> 
     need = len(data) + WRITE_MARGIN
     free = store.free_bytes()
     if free < need:
-        raise StoreIOError(
+        raise WriteError(
             f"{store.path(LOADER_CONF)}: {free} bytes free on the ESP, {need} needed to rewrite it: "
             f"not marking {booted} {verdict.value} (nothing changed)",
             hint="make room on the ESP (bootkeeper lint --esp lists stale temporaries), then run bless again",

@@ -34,7 +34,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import BootkeeperError, EspError, ParseError, StoreIOError
+from bootkeeper.errors import BootkeeperError, EspError, InputError, MalformedError, UnreadableError, WriteError
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import edit, pe
 from bootkeeper.esp import entries as entries_mod
@@ -150,7 +150,7 @@ def uki_problem(store: EspStore, loader: str) -> str | None:
             names = {s.name for s in pe.read_sections(f, str(p))}
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
-    except ParseError:
+    except InputError:
         return "is not a UKI (not a PE file)"
     return None if ".linux" in names else "is not a UKI (no .linux section)"
 
@@ -265,7 +265,7 @@ def clear_read_only(store: EspStore, e: Entry) -> str:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise StoreIOError(
+        raise WriteError(
             f"{p}: has the read-only attribute, and clearing it failed ({exc.strerror or exc}); no systemd-boot "
             "renames a read-only file, so its tries would never run down: clear it (mattrib -r, chmod u+w) and run "
             "bootkeeper arm again"
@@ -318,7 +318,7 @@ def _rewrite_problems(e: Entry) -> list[str]:
 def _check_rewritable(e: Entry) -> None:
     bad = _rewrite_problems(e)
     if bad:
-        raise ParseError(f"{e.path}: {bad[0]}; fix the file before bootkeeper rewrites it")
+        raise MalformedError(f"{e.path}: {bad[0]}; fix the file before bootkeeper rewrites it")
 
 
 def counted_name_variants(e: Entry, tries: int) -> list[str]:
@@ -432,16 +432,16 @@ def _new_type1(store: EspStore, loaders: BootLoaders, new_entry: Path, text: str
     probe = entries_mod.parse_type1("active.conf", text, sdboot_version=loaders.sdboot)
     bad = _rewrite_problems(probe)
     if bad:
-        raise ParseError(f"{new_entry}: {bad[0]}")
+        raise MalformedError(f"{new_entry}: {bad[0]}")
     line, plan = entry_key_plan(store, loaders, text)
     if line is None:
         why = probe.why_unlisted or "no loader line"
-        raise ParseError(f"{new_entry}: needs a linux line, or efi or uki naming a UKI ({why})")
+        raise MalformedError(f"{new_entry}: needs a linux line, or efi or uki naming a UKI ({why})")
     if plan.case is KeyCase.DISAGREE:
         raise EspError(plan.line(str(new_entry)))
     if plan.case in (KeyCase.NOT_UKI, KeyCase.UNCOUNTED) and not loaders.sdboot.counts(line.key):
         # never counted down: a bad active could never fall back
-        raise ParseError(
+        raise MalformedError(
             f"{new_entry}: '{line.key}' is not counted: {plan.reason}; a bad active would never fall back "
             "(use a linux line, or point efi/uki at a UKI)"
         )
@@ -465,11 +465,11 @@ def rotate(
     res = ChainResult()
     is_uki = new_entry.name.lower().endswith(".efi")
     if not is_uki and not new_entry.name.lower().endswith(".conf"):
-        raise ParseError(f"{new_entry}: a new active entry must be a .conf entry file or a .efi UKI")
+        raise MalformedError(f"{new_entry}: a new active entry must be a .conf entry file or a .efi UKI")
     try:
         data = new_entry.read_bytes()
     except OSError as exc:
-        raise ParseError(f"{new_entry}: cannot read ({exc.strerror})") from exc
+        raise UnreadableError(f"{new_entry}: cannot read ({exc.strerror})") from exc
     kind = EntryKind.TYPE2 if is_uki else EntryKind.TYPE1
     directory, suffix = (TYPE2_DIR, ".efi") if is_uki else (TYPE1_DIR, ".conf")
     sd, source = store.sdboot_version(sdboot_version)

@@ -24,7 +24,7 @@ from typing import Any
 
 from bootkeeper.assess import generator, services
 from bootkeeper.config import RebootOnFailure, ServiceSpec
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 
 COUNT_PATH = f"/{generator.EFIVARS}/LoaderBootCountPath-{generator.LOADER_GUID}"
 
@@ -140,7 +140,7 @@ def _content_start(node: Any) -> int:
 
 
 def load(text: str, source: str) -> CloudConfig:
-    """A cloud-config document; a YAML error raises :class:`ParseError` naming file and line."""
+    """A cloud-config document; a YAML error raises :class:`MalformedError` naming file and line."""
     import yaml
 
     try:
@@ -148,11 +148,11 @@ def load(text: str, source: str) -> CloudConfig:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise ParseError(f"{where}: not valid YAML: {exc.problem}") from None
+        raise MalformedError(f"{where}: not valid YAML: {exc.problem}") from None
     except yaml.YAMLError as exc:  # e.g. ReaderError, whose text spans two lines
-        raise ParseError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+        raise MalformedError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
     except RecursionError:  # yaml.compose() recurses once per nesting level
-        raise ParseError(f"{source}: not valid YAML: nested too deeply") from None
+        raise MalformedError(f"{source}: not valid YAML: nested too deeply") from None
     problems: list[tuple[int, str]] = []
     steps: list[Step] = []
     stages = _map(root).get("stages")

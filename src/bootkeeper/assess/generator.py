@@ -59,6 +59,10 @@ class GeneratorError(Exception):
     """Something the generator cannot decide on; it then writes nothing."""
 
 
+class GeneratorUnreadable(GeneratorError):
+    """A file the generator needs exists but cannot be read (the CLI's UnreadableError)."""
+
+
 def _efivar(root: str, name: str) -> str | None:
     path = os.path.join(root, EFIVARS, f"{name}-{LOADER_GUID}")
     try:
@@ -165,7 +169,7 @@ def _load(root: str) -> tuple[dict[str, str], int]:
     except FileNotFoundError:
         return {}, DEFAULT_TRIES
     except OSError as exc:
-        raise GeneratorError(f"{path}: {exc.strerror}") from None
+        raise GeneratorUnreadable(f"{path}: cannot read ({exc.strerror})") from None
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply

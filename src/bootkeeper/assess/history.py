@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bootkeeper import fsutil
-from bootkeeper.errors import StoreIOError
+from bootkeeper.errors import WriteError
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp.counter import EntryState
 from bootkeeper.esp.entries import Role
@@ -320,7 +320,7 @@ def append(root: Path, record: dict[str, Any]) -> None:
         if size > LIMIT:
             _compact(p)
     except OSError as exc:
-        raise StoreIOError(f"{p}: cannot append to the boot history ({exc.strerror})") from exc
+        raise WriteError(f"{p}: cannot append to the boot history ({exc.strerror})") from exc
 
 
 def _compact(p: Path) -> None:

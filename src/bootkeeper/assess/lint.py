@@ -19,7 +19,7 @@ from bootkeeper.assess import chain, cloudconfig, generator
 from bootkeeper.assess.chain import default_can_pin
 from bootkeeper.assess.nodestatus import Temporary
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import BootkeeperError, EspError, ParseError
+from bootkeeper.errors import BootkeeperError, EspError, InputError
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, EntryKind, LoaderType, Role
 from bootkeeper.esp.sdboot import SdBoot
@@ -230,7 +230,7 @@ def _roles_in_name(name: str) -> set[str]:
 def lint_cloud_config(text: str, file: str) -> list[Finding]:
     try:
         cfg = cloudconfig.load(text, file)
-    except ParseError as exc:
+    except InputError as exc:
         m = re.match(rf"{re.escape(file)}:(\d+): (.*)", str(exc))
         line, msg = (int(m.group(1)), m.group(2)) if m else (None, str(exc))
         return [Finding("BK100", Severity.ERROR, file, line, msg, "fix the YAML (indentation, quotes)")]

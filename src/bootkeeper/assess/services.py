@@ -27,7 +27,7 @@ from pathlib import Path
 from bootkeeper import fsutil
 from bootkeeper.assess import generator
 from bootkeeper.config import RebootOnFailure, ServiceSpec
-from bootkeeper.errors import ParseError, StoreIOError, UsageError
+from bootkeeper.errors import MalformedError, UnreadableError, UsageError, WriteError
 
 UNIT_DIR = "etc/systemd/system"
 DROPIN = "50-bootkeeper-assessment.conf"
@@ -99,10 +99,12 @@ class Enrolled:
 def read_record(root: Path) -> dict[str, RebootOnFailure]:
     try:
         services = generator.load_config(str(root))
+    except generator.GeneratorUnreadable as exc:
+        raise UnreadableError(str(exc)) from None
     except generator.GeneratorError as exc:
-        raise ParseError(str(exc)) from None
+        raise MalformedError(str(exc)) from None
     except RecursionError:  # json.loads() nested deeper than the stack, if load_config() lets it through
-        raise ParseError(f"{root / RECORD}: not JSON (nested too deeply)") from None
+        raise MalformedError(f"{root / RECORD}: not JSON (nested too deeply)") from None
     return {u: RebootOnFailure(p) for u, p in services.items()}
 
 
@@ -167,7 +169,7 @@ def enroll(root: Path, specs: list[ServiceSpec], tries: int | None = None) -> li
         _write_record(root, record, tries)
         actions.append(f"recorded {', '.join(names)} in {root / RECORD}")
     except OSError as exc:
-        raise StoreIOError(f"{base}: cannot enrol ({exc.strerror or exc})") from exc
+        raise WriteError(f"{base}: cannot enrol ({exc.strerror or exc})") from exc
     return actions
 
 
@@ -196,7 +198,7 @@ def remove(root: Path, names: list[str]) -> list[str]:
                 if not any(dropin.parent.iterdir()):
                     dropin.parent.rmdir()
     except OSError as exc:
-        raise StoreIOError(f"{base}: cannot remove ({exc.strerror or exc})") from exc
+        raise WriteError(f"{base}: cannot remove ({exc.strerror or exc})") from exc
     return actions
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bootkeeper import fsutil
 from bootkeeper.config import Config, Sysext, SysextMode
-from bootkeeper.errors import StoreIOError
+from bootkeeper.errors import WriteError
 from bootkeeper.esp.efivars import LOADER_GUID
 from bootkeeper.systemd_version import ASSUMED, IMAGE_POLICY_SINCE, takes_image_policy
 
@@ -161,7 +161,7 @@ def render(cfg: Config, exe: list[str], python: str, systemd: int = ASSUMED) -> 
     ``systemd`` is the node's systemd major version (what its systemd-sysext understands)."""
     for what, path in (("the bootkeeper command", exe[0] if exe else ""), ("python", python)):
         if not os.path.isabs(path):
-            raise StoreIOError(f"{path or '(empty)'}: {what} must start with an absolute path")
+            raise WriteError(f"{path or '(empty)'}: {what} must start with an absolute path")
     exec_line = " ".join(_quote(w) for w in exe)
     return {
         **_sysext(cfg.sysext, exec_line, systemd),
@@ -190,5 +190,5 @@ def install(root: Path, files: dict[str, UnitFile], enable: bool = True) -> list
                 fsutil.symlink_atomic(link, f"/{UNIT_DIR}/{unit}")
                 written.append(str(link))
     except OSError as exc:
-        raise StoreIOError(f"{root}: cannot install units ({exc.strerror or exc})") from exc
+        raise WriteError(f"{root}: cannot install units ({exc.strerror or exc})") from exc
     return written

@@ -78,7 +78,7 @@ from pathlib import Path
 from bootkeeper import fsutil
 from bootkeeper.assess import chain
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import EspError, NotApplicableError, ParseError, RefusedError, StoreIOError
+from bootkeeper.errors import EspError, InputError, NotApplicableError, RefusedError, WriteError
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import edit, pe
 from bootkeeper.esp import entries as entries_mod
@@ -330,7 +330,7 @@ def _store_remove(links: LinkStore, folder: str, why: str) -> list[Op]:
     """Ops that remove a folder of links (every entry in it: links, and whatever else is there)."""
     d = links.root / folder
     if d.is_symlink():
-        raise StoreIOError(f"{d}: is a symbolic link; refusing to write through it")
+        raise WriteError(f"{d}: is a symbolic link; refusing to write through it")
     if not d.is_dir():
         return []
     names = [n for n in sorted(os.listdir(d)) if not (d / n).is_dir() or (d / n).is_symlink()]
@@ -368,7 +368,7 @@ def _store_images(links: LinkStore, exts: tuple[Extension, ...], p: Plan) -> tup
 def _remove_dir(store: EspStore, rel: str, why: str) -> list[Op]:
     d = store.path(rel)
     if d.is_symlink():
-        raise StoreIOError(f"{d}: is a symbolic link; refusing to write through it")
+        raise WriteError(f"{d}: is a symbolic link; refusing to write through it")
     if not d.is_dir():
         return []
     # temporaries are the transaction's to remove (EspStore.clear_temporaries), before this runs
@@ -710,7 +710,7 @@ def check_uki(path: Path) -> UkiCheck:
         osrel = pe.read_osrel(path)
     except OSError as exc:
         return UkiCheck(False, f"{path}: cannot read ({exc.strerror or exc})", {})
-    except ParseError as exc:
+    except InputError as exc:
         return UkiCheck(False, f"{path}: is not a UKI ({exc})", {})
     missing = [s for s in (".linux", ".osrel") if s not in names]
     if missing:
@@ -842,14 +842,14 @@ def _run_store(links: LinkStore, op: Op, digests: Mapping[str, str]) -> None:
 def check_space(store: EspStore, p: Plan, links: LinkStore | None = None) -> None:
     free = store.free_bytes()
     if free + p.freed_bytes < p.need_bytes:
-        raise StoreIOError(
+        raise WriteError(
             f"{store.root}: not enough room for the upgrade: it needs {p.need_bytes} bytes with a 1 MiB margin, "
             f"{free} are free and the old passive frees {p.freed_bytes}; nothing was changed"
         )
     if links is not None and p.store_need_bytes:
         free = links.free_bytes()
         if free < p.store_need_bytes + SPACE_MARGIN:
-            raise StoreIOError(
+            raise WriteError(
                 f"{links.root}: not enough room for the new extensions: they need {p.store_need_bytes + SPACE_MARGIN} "
                 f"bytes with a 1 MiB margin, {free} are free; nothing was changed"
             )

@@ -105,11 +105,11 @@ def _record_verdict(root: Path, boot_id: str | None, verdict: str) -> None:
 
     from bootkeeper.assess import history
     from bootkeeper.cli.history_cmd import current_boot_id
-    from bootkeeper.errors import StoreIOError
+    from bootkeeper.errors import WriteError
 
     if not (root / history.HISTORY).parent.is_dir():
         return
     try:
         history.append(root, history.verdict_record(current_boot_id(boot_id), time.time(), verdict))
-    except StoreIOError as exc:
+    except WriteError as exc:
         click.echo(f"warning: {exc}", err=True)

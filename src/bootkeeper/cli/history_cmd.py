@@ -133,7 +133,7 @@ def motd(esp: Path | None, efivars: Path | None, sdboot_version: str | None, roo
     efivars = efivars_dir(efivars, root)
     from bootkeeper import fsutil
     from bootkeeper.assess import nodestatus
-    from bootkeeper.errors import StoreIOError
+    from bootkeeper.errors import WriteError
 
     view = nodestatus.gather(root, find_esp(esp), efivars, sdboot_version)
     text = "bootkeeper\n" + "".join(f"  {ln}\n" for ln in nodestatus.render(view).splitlines())
@@ -142,5 +142,5 @@ def motd(esp: Path | None, efivars: Path | None, sdboot_version: str | None, roo
         p.parent.mkdir(parents=True, exist_ok=True)
         fsutil.write_atomic(p, text.encode())
     except OSError as exc:
-        raise StoreIOError(f"{p}: cannot write ({exc.strerror})") from exc
+        raise WriteError(f"{p}: cannot write ({exc.strerror})") from exc
     click.echo(f"wrote {p}")

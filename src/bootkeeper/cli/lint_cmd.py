@@ -54,7 +54,7 @@ def lint(
     """
     efivars = efivars_dir(efivars, root or Path("/"))
     from bootkeeper.assess import lint as lint_mod
-    from bootkeeper.errors import StoreIOError
+    from bootkeeper.errors import UnreadableError
     from bootkeeper.findings import Finding, Severity
 
     findings: list[Finding] = []
@@ -69,7 +69,7 @@ def lint(
             raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
             text = raw.decode("utf-8")
         except OSError as exc:
-            raise StoreIOError(f"{name}: cannot read ({exc.strerror})") from exc
+            raise UnreadableError(f"{name}: cannot read ({exc.strerror})") from exc
         except UnicodeDecodeError as exc:
             findings.append(Finding("BK100", Severity.ERROR, name, None, f"not UTF-8 ({exc.reason})", "save as UTF-8"))
             continue

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from bootkeeper.errors import BootkeeperError
+from bootkeeper.errors import BootkeeperError, ExitCode
 
 # verb -> "module:attribute"; the module is imported only when the verb runs (or --help lists it)
 VERBS = {
@@ -74,27 +74,39 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
+    """The one boundary: every failure leaves as one line on stderr (``bootkeeper: error: …``, perhaps
+    a ``hint:`` line) and the code :data:`bootkeeper.errors.EXIT_CODES` gives its class."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         return cli.main(args=argv, prog_name="bootkeeper", standalone_mode=False)
     except BootkeeperError as exc:
         if debug:
             raise
-        click.echo(f"bootkeeper: error: {exc}", err=True)
-        if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code, exc.hint)
     except click.exceptions.Abort:
-        click.echo("bootkeeper: aborted", err=True)
-        sys.exit(1)
+        _fail("aborted", ExitCode.REFUSED)
+    except click.UsageError as exc:
+        # click's own three lines (Usage, Try, Error) as one, like every other error
+        path = exc.ctx.command_path if exc.ctx is not None else "bootkeeper"
+        _fail(f"{path}: {exc.format_message().rstrip('.')} (see '{path} --help')", ExitCode.USAGE)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(2)
+        _fail(exc.format_message(), ExitCode.USAGE)
     except KeyboardInterrupt:
         sys.exit(130)
     except OSError as exc:
+        # a path no explicit check named: reading is classified where it happens, so this is a write
         if debug:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"bootkeeper: error: {where}{exc.strerror or exc}", err=True)
-        sys.exit(6)
+        _fail(f"{where}{exc.strerror or exc}", ExitCode.IO)
+    except Exception as exc:  # a bug: still one line, never a traceback unless asked for
+        if debug:
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (--debug shows the traceback)", ExitCode.INTERNAL)
+
+
+def _fail(message: str, code: int, hint: str | None = None) -> NoReturn:
+    click.echo(f"bootkeeper: error: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+    sys.exit(code)

@@ -37,17 +37,17 @@ def _read_vars(efivars: Path, mode: Any) -> tuple[Any, str | None]:
     """The loader variables; a LoaderEntryOneShot that does not decode is read as absent when this
     run replaces it (--once) or removes it (--clear), and returned as the second value."""
     from bootkeeper.assess.pin import ONESHOT, Mode
-    from bootkeeper.errors import ParseError
+    from bootkeeper.errors import InputError
     from bootkeeper.esp.efivars import LoaderVars, read_string
 
     try:
         return LoaderVars.read(efivars), None
-    except ParseError as exc:
+    except InputError as exc:
         try:
             read_string(efivars, ONESHOT)
-        except ParseError as bad:
+        except InputError as bad:
             if mode is Mode.PERSISTENT:
-                raise ParseError(str(bad), hint="bootkeeper select --clear removes it") from bad
+                raise type(bad)(str(bad), hint="bootkeeper select --clear removes it") from bad
             return LoaderVars.read(efivars, skip=frozenset({ONESHOT})), str(bad)
         raise exc from None
 

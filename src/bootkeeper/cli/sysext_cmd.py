@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,12 @@ from bootkeeper.cli.common import (
 def _certs(paths: tuple[Path, ...]) -> list[Any]:
     from cryptography import x509
 
-    from bootkeeper.errors import ParseError
+    from bootkeeper.errors import MalformedError
+    from bootkeeper.fsutil import read_input
 
     out = []
     for p in paths:
-        try:
-            data = p.read_bytes()
-        except OSError as exc:
-            raise ParseError(f"{p}: cannot read certificate ({exc.strerror})") from exc
+        data = read_input(p, "the certificate")
         try:
             out.extend(
                 x509.load_pem_x509_certificates(data)
@@ -39,8 +38,21 @@ def _certs(paths: tuple[Path, ...]) -> list[Any]:
                 else [x509.load_der_x509_certificate(data)]
             )
         except ValueError as exc:
-            raise ParseError(f"{p}: not a PEM or DER certificate ({exc})") from exc
+            raise MalformedError(f"{p}: not a PEM or DER certificate ({exc})") from exc
     return out
+
+
+def _arch(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--arch`` in systemd's name; a name neither systemd nor ``uname -m`` uses is a usage error."""
+    if value is None:
+        return None
+    from bootkeeper.errors import MalformedError
+    from bootkeeper.sysext import image
+
+    try:
+        return image.architecture(value)
+    except MalformedError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 class _Bar:
@@ -143,7 +155,12 @@ def inspect(image_path: Path, as_json: bool) -> None:
     default=None,
     help="Check the extension-release against this os-release.",
 )
-@click.option("--arch", default=None, help="Architecture to require (default: this machine's).")
+@click.option(
+    "--arch",
+    default=None,
+    callback=_arch,
+    help="Architecture to require, systemd's or uname -m's name (default: this machine's).",
+)
 @click.option("--full", is_flag=True, help="Also verify every data block against the hash tree.")
 @json_option
 def validate(
@@ -161,8 +178,15 @@ def validate(
     pol, warnings = policy.check_config(policy_text if policy_text is not None else policy.ENFORCED_DEFAULT, "--policy")
     for w in warnings:
         click.echo(f"bootkeeper: warning: {w}", err=True)
+    from bootkeeper.errors import ExitCode, UnreadableError
+    from bootkeeper.fsutil import read_input_text
+
+    for p in images:  # an image that cannot be read at all stops the run before any verdict (exit 7)
+        if not os.access(p, os.R_OK) or not p.is_file():
+            why = "does not exist" if not p.exists() else "not a file" if not p.is_file() else "not readable"
+            raise UnreadableError(f"{p}: {why}")
     trusted = _certs(certs)
-    host = release.parse_release(os_release.read_text()) if os_release else None
+    host = release.parse_release(read_input_text(os_release, "the os-release")) if os_release else None
     results = []
     for p in images:
         bar = _Bar(f"verifying {p.name}")
@@ -183,7 +207,7 @@ def validate(
                 if d.ok and d.used_as not in ("absent",):
                     click.echo(f"  {d.designator}: {d.reason}")
     if not all(r.ok for r in results):
-        raise SystemExit(1)
+        raise SystemExit(ExitCode.REFUSED)
 
 
 @sysext.command()
@@ -199,7 +223,9 @@ def validate(
 @click.option("--key", "key_path", required=True, type=click.Path(path_type=Path))
 @click.option("--cert", "cert_path", required=True, type=click.Path(path_type=Path))
 @click.option("--fs", type=click.Choice(["erofs", "squashfs"]), default="erofs", show_default=True)
-@click.option("--arch", default=None, help="x86-64 or arm64 (default: this machine's)")
+@click.option(
+    "--arch", default=None, callback=_arch, help="x86-64, arm64, ... or uname -m's name (default: this machine's)"
+)
 @click.option(
     "--os-release",
     "os_release",
@@ -213,24 +239,25 @@ def build(
     """Build a signed sysext image from TREE (like systemd-repart -S)."""
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    from bootkeeper.errors import ParseError
+    from bootkeeper.errors import MalformedError, RefusedError
+    from bootkeeper.fsutil import read_input, read_input_text
     from bootkeeper.sysext import image, release
 
+    key_bytes = read_input(key_path, "the key")
     try:
-        key = load_pem_private_key(key_path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ParseError(f"{key_path}: not a readable unencrypted PEM private key ({exc})") from exc
+        key = load_pem_private_key(key_bytes, password=None)
+    except (ValueError, TypeError) as exc:
+        raise MalformedError(f"{key_path}: not a readable unencrypted PEM private key ({exc})") from exc
     cert = _certs((cert_path,))[0]
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
-        raise ParseError(
+        raise RefusedError(
             f"{key_path}: not the key of {cert_path} ({cert.subject.rfc4514_string()}): the signature would "
             "not verify against that certificate"
         )
-    host = release.parse_release(os_release.read_text()) if os_release else None
-    arch = image.architecture(arch) if arch else None
+    host = release.parse_release(read_input_text(os_release, "the os-release")) if os_release else None
     if not output.name.endswith(".raw"):
         click.echo(
             f"bootkeeper: warning: {output.name} does not end in .raw: systemd-stub and systemd-sysext load *.raw only",
@@ -318,14 +345,14 @@ def install(
     Refused (nothing written) unless IMAGE validates and its extension-release fits the OS each of
     those entries boots (its UKI's .osrel; without one, ROOT's os-release)."""
     from bootkeeper.config import SysextStore
-    from bootkeeper.errors import NotApplicableError, ParseError
+    from bootkeeper.errors import NotApplicableError, UnreadableError
     from bootkeeper.esp import extra
     from bootkeeper.esp.store import EspStore
     from bootkeeper.sysext import deploy
 
     name = deploy.check_name(name if name is not None else image_path.name)
     if not image_path.is_file():
-        raise ParseError(f"{image_path}: not a readable file")
+        raise UnreadableError(f"{image_path}: not a readable file")
     cfg = load_config(config_files, root)
     store = EspStore(find_esp(esp))
     available = extra.targets(store.snapshot(), store, cfg.sysext.vendor)
@@ -348,14 +375,14 @@ def install(
 
     def check(staged: Path) -> tuple[Any, list[Any], list[Any]]:
         # the copy that is renamed into place, not the source (which could be swapped meanwhile)
-        from bootkeeper.errors import BootkeeperError
+        from bootkeeper.errors import RefusedError
         from bootkeeper.sysext import image
 
         bar.close()
         v = _validate_for(cfg, anchors, staged, full=True, name=name)
         if not v.ok:
             if not force:
-                raise BootkeeperError(
+                raise RefusedError(
                     f"{image_path}: refused under policy {cfg.sysext.policy}: {'; '.join(v.reasons)}; "
                     "nothing was installed",
                     hint="fix the image or its signature (trusted are the certificates of sysext.certificates, "
@@ -381,7 +408,7 @@ def install(
             if persistent:
                 fits = [f for f in folders if f in fits]
             where = f"install it only where it fits (--entry {' --entry '.join(fits)}), " if fits else ""
-            raise BootkeeperError(
+            raise RefusedError(
                 "; ".join(m.line for m in bad) + "; nothing was installed",
                 hint=f"build {name} for the OS of that entry, {where}or pass --force to install it anyway",
             )

@@ -71,15 +71,15 @@ def _private(src: Path, dst: Path) -> Path:
     import os
 
     from bootkeeper import fsutil
-    from bootkeeper.errors import ParseError
+    from bootkeeper.errors import MalformedError, UnreadableError
 
     try:
         sfd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        raise ParseError(f"{src}: cannot read ({exc.strerror})") from exc
+        raise UnreadableError(f"{src}: cannot read ({exc.strerror})") from exc
     try:
         if not stat.S_ISREG(os.fstat(sfd).st_mode):
-            raise ParseError(f"{src}: not a regular file")
+            raise MalformedError(f"{src}: not a regular file")
         dst.parent.mkdir(mode=0o700)
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -124,13 +124,13 @@ def upgrade(
 
     Refused (exit 1, nothing changed) unless NEW.efi is a UKI, every extension it will load validates and
     matches its .osrel, and (Type #2) the menu order stays active, passive, recovery, statereset."""
-    from bootkeeper.errors import ParseError, UsageError
+    from bootkeeper.errors import UnreadableError, UsageError
     from bootkeeper.sysext import deploy
 
     cfg = load_config(config_files, root)
     for x in extensions:
         if not x.is_file():
-            raise ParseError(f"{x}: not a readable file")
+            raise UnreadableError(f"{x}: not a readable file")
     names = [deploy.check_name(x.name) for x in extensions]
     stems = [deploy.image_stem(n) for n in names]
     twice = sorted({s for s in stems if stems.count(s) > 1})

@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkeeper.errors import ParseError, StoreIOError
+from bootkeeper.errors import InputError, MalformedError, UnreadableError, WriteError
 
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 EFIVARFS = Path("/sys/firmware/efi/efivars")
@@ -37,14 +37,14 @@ def var_path(efivars: Path, name: str) -> Path:
 
 def decode_string(raw: bytes, what: str) -> str:
     if len(raw) < 4:
-        raise ParseError(f"{what}: {len(raw)} bytes, shorter than the 4-byte attribute header")
+        raise MalformedError(f"{what}: {len(raw)} bytes, shorter than the 4-byte attribute header")
     data = raw[4:]
     if len(data) % 2:
-        raise ParseError(f"{what}: odd length {len(data)}, not UTF-16")
+        raise MalformedError(f"{what}: odd length {len(data)}, not UTF-16")
     try:
         text = data.decode("utf-16-le")
     except UnicodeDecodeError as exc:
-        raise ParseError(f"{what}: not valid UTF-16LE ({exc.reason})") from exc
+        raise MalformedError(f"{what}: not valid UTF-16LE ({exc.reason})") from exc
     return text.split("\0", 1)[0]
 
 
@@ -62,12 +62,12 @@ def read_raw(p: Path) -> bytes | None:
         try:
             os.stat(p)
         except PermissionError:  # the folder itself cannot be searched: name it, not a variable it may not hold
-            raise ParseError(f"{p.parent}: cannot read the folder ({exc.strerror})") from exc
+            raise UnreadableError(f"{p.parent}: cannot read the folder ({exc.strerror})") from exc
         except OSError:
             pass
-        raise ParseError(f"{p}: cannot read ({exc.strerror})") from exc
+        raise UnreadableError(f"{p}: cannot read ({exc.strerror})") from exc
     except OSError as exc:
-        raise ParseError(f"{p}: cannot read ({exc.strerror})") from exc
+        raise UnreadableError(f"{p}: cannot read ({exc.strerror})") from exc
 
 
 def read_string(efivars: Path, name: str) -> str | None:
@@ -158,9 +158,7 @@ def _drop_immutable(p: Path) -> int | None:
         _set_flags(fd, flags & ~FS_IMMUTABLE_FL)
         return flags
     except OSError as exc:
-        raise StoreIOError(
-            f"{p}: cannot clear the immutable flag (chattr -i: {exc.strerror})", hint=_hint(exc)
-        ) from exc
+        raise WriteError(f"{p}: cannot clear the immutable flag (chattr -i: {exc.strerror})", hint=_hint(exc)) from exc
     finally:
         os.close(fd)
 
@@ -208,13 +206,13 @@ def write_variable(efivars: Path, name: str, data: bytes, attrs: int = PERSISTEN
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY, 0o644)
         n = os.write(fd, payload)  # one call: efivarfs sets the whole variable from one write
         if n != len(payload):
-            raise StoreIOError(f"{p}: short write ({n} of {len(payload)} bytes)")
+            raise WriteError(f"{p}: short write ({n} of {len(payload)} bytes)")
         # efivarfs replaces the variable without a truncate; a plain folder keeps a longer old tail
         if os.fstat(fd).st_size > len(payload):
             os.ftruncate(fd, len(payload))
         os.utime(fd)  # efivarfs does not update mtime itself (systemd: futimens)
     except OSError as exc:
-        raise StoreIOError(f"{p}: cannot write ({exc.strerror})", hint=_hint(exc)) from exc
+        raise WriteError(f"{p}: cannot write ({exc.strerror})", hint=_hint(exc)) from exc
     finally:
         if fd is not None:
             _restore_flags(p, saved, fd)
@@ -241,7 +239,7 @@ def delete_variable(efivars: Path, name: str) -> bool:
         return False
     except OSError as exc:
         _restore_flags(p, saved)
-        raise StoreIOError(f"{p}: cannot delete ({exc.strerror})", hint=_hint(exc)) from exc
+        raise WriteError(f"{p}: cannot delete ({exc.strerror})", hint=_hint(exc)) from exc
     return True
 
 
@@ -250,5 +248,5 @@ def loader_info(efivars: Path) -> str | None:
     or None when it is absent or unreadable: it only fills in for an ESP without a systemd-boot binary."""
     try:
         return read_string(efivars, "LoaderInfo")
-    except (ParseError, OSError):
+    except (InputError, OSError):
         return None

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkeeper import fsutil
-from bootkeeper.errors import StoreIOError
+from bootkeeper.errors import UnreadableError, WriteError
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import FolderStore
 
@@ -77,11 +77,11 @@ class LinkStore(FolderStore):
     def transaction(self) -> Iterator[None]:
         """The lock (the folder is made first: a fresh node has none) and no stale temporaries."""
         if self.root.is_symlink():
-            raise StoreIOError(f"{self.root}: is a symbolic link; refusing to write through it")
+            raise WriteError(f"{self.root}: is a symbolic link; refusing to write through it")
         try:
             self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreIOError(f"{self.root}: cannot create ({exc.strerror})") from exc
+            raise WriteError(f"{self.root}: cannot create ({exc.strerror})") from exc
         with self.locked():
             self.clear_temporaries()
             yield
@@ -95,7 +95,7 @@ class LinkStore(FolderStore):
         except (FileNotFoundError, NotADirectoryError):
             return {}
         except OSError as exc:
-            raise StoreIOError(f"{self.root}: cannot list ({exc.strerror})") from exc
+            raise UnreadableError(f"{self.root}: cannot list ({exc.strerror})") from exc
         out = {}
         for n in names:
             p = self.root / n
@@ -167,7 +167,7 @@ class LinkStore(FolderStore):
                 return candidate, False
             if candidate not in self.linked():
                 return candidate, True  # garbage of an earlier run: replaced
-        raise StoreIOError(f"{self.root}: {name}: two other images of this name are linked; remove one first")
+        raise WriteError(f"{self.root}: {name}: two other images of this name are linked; remove one first")
 
     # -- writing (inside transaction()) ----------------------------------------------------
 
@@ -183,7 +183,7 @@ class LinkStore(FolderStore):
                 with fsutil.temp_file(dest, self.step) as (fd, tmp):
                     copy_into(sfd, fd, os.fstat(sfd).st_size)
                     if digest is not None and fsutil.sha256_fd(fd) != digest:
-                        raise StoreIOError(f"{src}: changed after it was judged; not copied to {dest}")
+                        raise WriteError(f"{src}: changed after it was judged; not copied to {dest}")
                     fsutil.commit(fd, tmp, dest, self.step)
             finally:
                 os.close(sfd)
@@ -209,7 +209,7 @@ class LinkStore(FolderStore):
         """The links of ``folder``, then the folder (gone already: nothing to do)."""
         d = self.root / folder
         if d.is_symlink():
-            raise StoreIOError(f"{d}: is a symbolic link; refusing to write through it")
+            raise WriteError(f"{d}: is a symbolic link; refusing to write through it")
         if not d.is_dir():
             return
         with self.naming(d, "cannot list"):

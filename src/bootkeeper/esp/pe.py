@@ -5,7 +5,7 @@ file) from it; the boot loader's own version sits in its ``.sdmagic`` section as
 ``#### LoaderInfo: systemd-boot VERSION ####``. A multi-profile UKI (systemd-boot 257+, 382e4da4a5)
 splits its section table at each ``.profile`` section: :func:`read_profiles` reads them as
 ``pe_locate_profile_sections()`` (src/boot/pe.c) does. Reads are bounded: a hostile file gives a
-:class:`ParseError` naming the file and what is wrong, never a huge allocation.
+:class:`MalformedError` naming the file and what is wrong, never a huge allocation.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import InputError, MalformedError
 from bootkeeper.esp.keyvalue import KeyValue, split_lines
 
 MAX_SECTIONS = 96  # the PE spec allows 96 sections at most
@@ -36,20 +36,20 @@ def read_sections(f: BinaryIO, what: str) -> list[Section]:
     f.seek(0)
     dos = f.read(64)
     if len(dos) < 64 or dos[:2] != b"MZ":
-        raise ParseError(f"{what}: not a PE file (no MZ header)")
+        raise MalformedError(f"{what}: not a PE file (no MZ header)")
     (pe_off,) = struct.unpack_from("<I", dos, 0x3C)
     f.seek(pe_off)
     hdr = f.read(24)
     if len(hdr) < 24 or hdr[:4] != b"PE\0\0":
-        raise ParseError(f"{what}: not a PE file (no PE signature at offset {pe_off})")
+        raise MalformedError(f"{what}: not a PE file (no PE signature at offset {pe_off})")
     (n_sections,) = struct.unpack_from("<H", hdr, 6)
     (opt_size,) = struct.unpack_from("<H", hdr, 20)
     if n_sections > MAX_SECTIONS:
-        raise ParseError(f"{what}: {n_sections} PE sections, more than the {MAX_SECTIONS} allowed")
+        raise MalformedError(f"{what}: {n_sections} PE sections, more than the {MAX_SECTIONS} allowed")
     f.seek(pe_off + 24 + opt_size)
     table = f.read(40 * n_sections)
     if len(table) < 40 * n_sections:
-        raise ParseError(f"{what}: PE section table is truncated")
+        raise MalformedError(f"{what}: PE section table is truncated")
     out = []
     for i in range(n_sections):
         raw_name, vsize, _vaddr, rsize, roff = struct.unpack_from("<8sIIII", table, 40 * i)
@@ -72,11 +72,11 @@ def read_section(
 def _read(f: BinaryIO, s: Section, what: str, limit: int) -> bytes:
     size = min(s.virtual_size, s.file_size) if s.virtual_size else s.file_size
     if size > limit:
-        raise ParseError(f"{what}: section {s.name} is {size} bytes, more than {limit}")
+        raise MalformedError(f"{what}: section {s.name} is {size} bytes, more than {limit}")
     f.seek(s.file_offset)
     data = f.read(size)
     if len(data) < size:
-        raise ParseError(f"{what}: section {s.name} extends past the end of the file")
+        raise MalformedError(f"{what}: section {s.name} extends past the end of the file")
     return data
 
 
@@ -139,7 +139,7 @@ def sdboot_version(path: Path) -> str | None:
     with path.open("rb") as f:
         try:
             data = read_section(f, read_sections(f, str(path)), ".sdmagic", str(path))
-        except ParseError:
+        except InputError:
             data = None
         if data is None:  # older builds: the magic string lives in .data; scan the file
             f.seek(0)

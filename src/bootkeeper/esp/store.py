@@ -8,7 +8,7 @@
   systemd-stub would load (``.bootkeeper-*.tmp``: dot-prefixed, no .conf/.efi/.raw suffix),
   fsync, rename, fsync the directory. Temporaries a killed run left are removed by the next
   ``transaction()``, under the lock (a live run's temporaries are safe: it holds the lock).
-* Every ``OSError`` of a write becomes a :class:`StoreIOError` naming the file.
+* Every ``OSError`` of a write becomes a :class:`WriteError` naming the file.
 * ``snapshot()``: the entry files as values for the pure model in assess/ (one :class:`Entry` per
   file in ``entries``; the extra menu entries of multi-profile UKIs apart, in ``profiles``).
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkeeper import fsutil
-from bootkeeper.errors import BootkeeperError, BusyError, EspError, ParseError, StoreIOError
+from bootkeeper.errors import BootkeeperError, BusyError, EspError, InputError, UnreadableError, WriteError
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp import pe
@@ -187,7 +187,7 @@ class FolderStore:
                     break
                 except OSError as exc:
                     if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                        raise StoreIOError(f"{self.root}: cannot lock ({exc.strerror})") from exc
+                        raise WriteError(f"{self.root}: cannot lock ({exc.strerror})") from exc
                     if time.monotonic() >= deadline:
                         raise BusyError(
                             f"{self.root}: another bootkeeper run holds the {self.what} lock "
@@ -236,14 +236,14 @@ class FolderStore:
 
     @contextlib.contextmanager
     def naming(self, path: Path, what: str) -> Iterator[None]:
-        """An OSError of the file system becomes a StoreIOError naming ``path`` and what failed
+        """An OSError of the file system becomes a WriteError naming ``path`` and what failed
         (a full ESP: "…/loader/entries/active.conf: cannot write (No space left on device)")."""
         try:
             yield
         except OSError as exc:
             if exc is self._injected:
                 raise
-            raise StoreIOError(f"{path}: {what} ({exc.strerror or exc})") from exc
+            raise WriteError(f"{path}: {what} ({exc.strerror or exc})") from exc
 
     # -- primitives ------------------------------------------------------------------------
 
@@ -265,7 +265,7 @@ class FolderStore:
         try:
             os.rename(old, new)
         except OSError as exc:
-            raise StoreIOError(f"{old}: rename to {new.name} failed ({exc.strerror})") from exc
+            raise WriteError(f"{old}: rename to {new.name} failed ({exc.strerror})") from exc
         with self.naming(new, "renamed, but cannot sync it to disk"):
             fsutil.fsync_renamed(new, self.step)
         with self.naming(new.parent, f"{new.name} renamed, but cannot sync the folder to disk"):
@@ -288,7 +288,7 @@ class FolderStore:
             try:
                 m.mkdir()
             except OSError as exc:
-                raise StoreIOError(f"{m}: mkdir failed ({exc.strerror})") from exc
+                raise WriteError(f"{m}: mkdir failed ({exc.strerror})") from exc
             with self.naming(m.parent, f"{m.name} made, but cannot sync the folder to disk"):
                 fsutil.fsync_dir(m.parent, self.step)
 
@@ -312,7 +312,7 @@ class FolderStore:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise StoreIOError(f"{p}: {failed} ({exc.strerror})") from exc
+            raise WriteError(f"{p}: {failed} ({exc.strerror})") from exc
         with self.naming(p.parent, f"{p.name} removed, but cannot sync the folder to disk"):
             self._fsync_dir(p.parent)
 
@@ -321,8 +321,10 @@ class EspStore(FolderStore):
     what = "ESP"
 
     def _check_root(self) -> None:
+        if not self.root.exists():
+            raise UnreadableError(f"{self.root}: does not exist")
         if not self.root.is_dir():
-            raise EspError(f"{self.root}: not a directory")
+            raise UnreadableError(f"{self.root}: not a directory")
         if not (self.root / "loader").is_dir() and not (self.root / "EFI").is_dir():
             raise EspError(f"{self.root}: not an ESP (it has neither loader/ nor EFI/)")
 
@@ -347,7 +349,7 @@ class EspStore(FolderStore):
             return
         m = _mount_of(self.root)
         if m is None or not (m.mount_ro or m.super_ro):
-            raise StoreIOError(
+            raise WriteError(
                 f"{self.root}: read-only, but /proc/self/mountinfo does not say how it is mounted; "
                 "not remounting what bootkeeper cannot restore"
             )
@@ -391,7 +393,7 @@ class EspStore(FolderStore):
                 raise EspError(f"{p}: {size} bytes, larger than the {MAX_ENTRY_SIZE} an entry file may be")
             return p.read_bytes().decode("utf-8", "replace")
         except OSError as exc:
-            raise EspError(f"{p}: cannot read ({exc.strerror})") from exc
+            raise UnreadableError(f"{p}: cannot read ({exc.strerror})") from exc
 
     def list_dir(self, rel: str) -> list[str]:
         d = self.path(rel)
@@ -400,7 +402,7 @@ class EspStore(FolderStore):
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise EspError(f"{d}: cannot list ({exc.strerror})") from exc
+            raise UnreadableError(f"{d}: cannot list ({exc.strerror})") from exc
 
     @staticmethod
     def _folded(d: Path) -> dict[str, str] | None:
@@ -488,13 +490,13 @@ class EspStore(FolderStore):
             read_only = self._read_only(f"{TYPE2_DIR}/{name}")
             try:
                 base = entries_mod.parse_type2(name, pe.read_osrel(path), read_only=read_only)
-            except (OSError, ParseError) as exc:  # systemd-boot skips a UKI it cannot read
+            except (OSError, InputError) as exc:  # systemd-boot skips a UKI it cannot read
                 found.append(entries_mod.parse_type2(name, None, problem=str(exc)))
                 continue
             if version.has_profile_ids:
                 try:
                     base, more = self._profiles(name, path, read_only)
-                except (OSError, ParseError) as exc:
+                except (OSError, InputError) as exc:
                     problems.append(f"{TYPE2_DIR}/{name}: its UKI profiles are not modelled: {exc}")
                     more = []
                 profiles.extend(more)

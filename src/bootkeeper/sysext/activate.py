@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from bootkeeper import fsutil
 from bootkeeper.config import Sysext, SysextMode
-from bootkeeper.errors import BootkeeperError, StoreIOError
+from bootkeeper.errors import BootkeeperError, WriteError
 
 if TYPE_CHECKING:
     from bootkeeper.systemd_version import NodeSystemd
@@ -218,9 +218,9 @@ def activate(
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StoreIOError(f"{dest}: cannot create ({exc.strerror})") from exc
+        raise WriteError(f"{dest}: cannot create ({exc.strerror})") from exc
     if dest.is_symlink() or not dest.is_dir():
-        raise StoreIOError(f"{dest}: not a folder (a symbolic link or a file is in the way)")
+        raise WriteError(f"{dest}: not a folder (a symbolic link or a file is in the way)")
     from bootkeeper.sysext import policy
 
     host = host_os_release(root)
@@ -567,7 +567,7 @@ def write_report(root: Path, report: Report) -> None:
         p.parent.mkdir(parents=True, exist_ok=True)
         fsutil.write_atomic(p, (json.dumps(report.as_json(), indent=2) + "\n").encode())
     except OSError as exc:
-        raise StoreIOError(f"{p}: cannot write the report ({exc.strerror})") from exc
+        raise WriteError(f"{p}: cannot write the report ({exc.strerror})") from exc
 
 
 def refresh(root: Path, cfg: Sysext, mode: SysextMode, systemd: NodeSystemd | None = None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkeeper.config import Sysext, SysextMode
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import InputError
 from bootkeeper.findings import Finding, Severity
 from bootkeeper.systemd_version import SYSEXT_CONF_SINCE, NodeSystemd, is_null, read_in, resolve_in
 
@@ -186,7 +186,7 @@ def read_conf(root: Path) -> SysextConf:
                 continue
             try:
                 policy.parse(value, KEY)
-            except ParseError as exc:
+            except InputError as exc:
                 ignored.append(
                     Finding(
                         "BK301",

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bootkeeper import fsutil
-from bootkeeper.errors import ParseError, StoreIOError, UsageError
+from bootkeeper.errors import InputError, UnreadableError, UsageError, WriteError
 from bootkeeper.esp import pe
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.extra import Target
@@ -147,7 +147,7 @@ def target_os(store: EspStore, t: Target, node: tuple[str, dict[str, str]] | Non
 
     try:
         raw = pe.read_osrel(store.path(t.uki))
-    except (OSError, ParseError):
+    except (OSError, InputError):
         raw = None  # not a PE (a plain kernel named by 'efi' is one; a broken file is not loaded either)
     if raw is not None:
         return TargetOs(t, parse_release(raw.decode("utf-8", "replace")), f"{t.uki} .osrel", True)
@@ -235,7 +235,7 @@ def check_space(store: EspStore, p: Plan) -> None:
     free = store.free_bytes()
     need = p.size * len(p.write) + SPACE_MARGIN
     if p.write and free < need:
-        raise StoreIOError(
+        raise WriteError(
             f"{store.root}: not enough room for {p.name}: {len(p.write)} cop{'y' if len(p.write) == 1 else 'ies'} "
             f"of {p.size} bytes need {need} bytes with a 1 MiB margin, {free} are free; nothing was changed"
         )
@@ -244,7 +244,7 @@ def check_space(store: EspStore, p: Plan) -> None:
 def _refuse_links(store: EspStore, t: Target) -> None:
     d = store.path(t.extra_dir)
     if d.is_symlink():
-        raise StoreIOError(f"{d}: is a symbolic link; refusing to write through it")
+        raise WriteError(f"{d}: is a symbolic link; refusing to write through it")
 
 
 V = TypeVar("V")
@@ -272,10 +272,10 @@ def open_source(src: Path) -> int:
     try:
         fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        raise StoreIOError(f"{src}: cannot read ({exc.strerror})") from exc
+        raise UnreadableError(f"{src}: cannot read ({exc.strerror})") from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise StoreIOError(f"{src}: not a regular file")
+        raise WriteError(f"{src}: not a regular file")
     return fd
 
 
@@ -322,7 +322,7 @@ def install(
                     first_fd = fd
                     verdict = check(tmp)
                     if p.digest is not None and fsutil.sha256_fd(fd, p.size) != p.digest:
-                        raise StoreIOError(
+                        raise WriteError(
                             f"{src}: changed while being installed (the copies already on the ESP differ "
                             "from what was validated); nothing was changed"
                         )
@@ -333,7 +333,7 @@ def install(
                 fsutil.fsync_renamed(dest, store.step)
                 fsutil.fsync_dir(dest.parent, store.step)
     except OSError as exc:
-        raise StoreIOError(f"{where} failed ({exc.strerror or exc}); temporary copies removed") from exc
+        raise WriteError(f"{where} failed ({exc.strerror or exc}); temporary copies removed") from exc
     finally:
         os.close(sfd)
     return p, verdict
@@ -433,7 +433,7 @@ def install_persistent(
             else:
                 free = ls.free_bytes()
                 if free < size + SPACE_MARGIN:
-                    raise StoreIOError(
+                    raise WriteError(
                         f"{ls.root}: not enough room for {name}: {size} bytes need {size + SPACE_MARGIN} with a "
                         f"1 MiB margin, {free} are free; nothing was changed"
                     )

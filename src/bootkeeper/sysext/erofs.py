@@ -4,7 +4,7 @@ Why a reader and not a loop mount: validation runs before any image is trusted, 
 and in containers and build pipelines without root or without the erofs module; mounting an
 unverified file system would also hand the kernel untrusted metadata. Uncompressed layouts only
 (FLAT_PLAIN, FLAT_INLINE), which is what mkfs.erofs and systemd-repart write unless compression is
-asked for; a compressed or chunked file gives a :class:`ParseError` saying so. Format: Linux
+asked for; a compressed or chunked file gives a :class:`MalformedError` saying so. Format: Linux
 ``fs/erofs/erofs_fs.h``.
 """
 
@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 
 MAGIC = 0xE0F5E1E2
 SB_OFFSET = 1024
@@ -39,21 +39,21 @@ class Erofs:
         """``read(offset, n)`` gives bytes of the file system; ``size`` is its length."""
         self._read, self.size, self.what = read, size, what
         if size < SB_OFFSET + 128:
-            raise ParseError(f"{what}: too small for an erofs superblock")
+            raise MalformedError(f"{what}: too small for an erofs superblock")
         data = self._slice(0, SB_OFFSET + 128)
         (magic,) = struct.unpack_from("<I", data, SB_OFFSET)
         if magic != MAGIC:
-            raise ParseError(f"{what}: not erofs (magic {magic:#x})")
+            raise MalformedError(f"{what}: not erofs (magic {magic:#x})")
         self.blkszbits = data[SB_OFFSET + 12]
         if not 9 <= self.blkszbits <= 16:
-            raise ParseError(f"{what}: block size 2^{self.blkszbits} out of range")
+            raise MalformedError(f"{what}: block size 2^{self.blkszbits} out of range")
         self.blksz = 1 << self.blkszbits
         (self.root_nid,) = struct.unpack_from("<H", data, SB_OFFSET + 14)
         (self.meta_blkaddr,) = struct.unpack_from("<I", data, SB_OFFSET + 40)
 
     def _slice(self, off: int, n: int) -> bytes:
         if off < 0 or n < 0 or off + n > self.size:
-            raise ParseError(f"{self.what}: reference to bytes {off}..{off + n} beyond the image ({self.size})")
+            raise MalformedError(f"{self.what}: reference to bytes {off}..{off + n} beyond the image ({self.size})")
         return self._read(off, n)
 
     def inode(self, nid: int) -> Inode:
@@ -76,7 +76,7 @@ class Erofs:
 
     def read(self, ino: Inode) -> bytes:
         if ino.size > MAX_READ:
-            raise ParseError(f"{self.what}: inode {ino.nid} is {ino.size} bytes, more than this reader reads")
+            raise MalformedError(f"{self.what}: inode {ino.nid} is {ino.size} bytes, more than this reader reads")
         if ino.layout == FLAT_PLAIN:
             return self._slice(ino.raw_blkaddr * self.blksz, ino.size)
         if ino.layout == FLAT_INLINE:
@@ -84,14 +84,14 @@ class Erofs:
             head = self._slice(ino.raw_blkaddr * self.blksz, full) if full else b""
             return head + self._slice(ino.inline_at, ino.size - full)
         kind = {COMPRESSED_FULL: "compressed", COMPRESSED_COMPACT: "compressed", CHUNK_BASED: "chunk-based"}
-        raise ParseError(
+        raise MalformedError(
             f"{self.what}: inode {ino.nid} is {kind.get(ino.layout, f'layout {ino.layout}')}; "
             "this reader handles uncompressed erofs only"
         )
 
     def listdir(self, ino: Inode) -> dict[str, int]:
         if ino.mode & S_IFMT != S_IFDIR:
-            raise ParseError(f"{self.what}: inode {ino.nid} is not a directory")
+            raise MalformedError(f"{self.what}: inode {ino.nid} is not a directory")
         raw = self.read(ino)
         out: dict[str, int] = {}
         for boff in range(0, len(raw), self.blksz):
@@ -101,12 +101,12 @@ class Erofs:
             (first_nameoff,) = struct.unpack_from("<H", block, 8)
             n = first_nameoff // 12
             if n == 0 or first_nameoff % 12 or first_nameoff > len(block):
-                raise ParseError(f"{self.what}: directory inode {ino.nid} is corrupt")
+                raise MalformedError(f"{self.what}: directory inode {ino.nid} is corrupt")
             for i in range(n):
                 nid, nameoff = struct.unpack_from("<QH", block, i * 12)
                 end = struct.unpack_from("<H", block, (i + 1) * 12 + 8)[0] if i + 1 < n else len(block)
                 if not nameoff <= end <= len(block):
-                    raise ParseError(f"{self.what}: directory inode {ino.nid} has a bad name offset")
+                    raise MalformedError(f"{self.what}: directory inode {ino.nid} has a bad name offset")
                 name = block[nameoff:end].split(b"\0", 1)[0].decode("utf-8", "replace")
                 out[name] = nid
         return out
@@ -115,7 +115,7 @@ class Erofs:
         ino = self.inode(self.root_nid)
         for depth, part in enumerate(p for p in path.split("/") if p):
             if depth > MAX_DEPTH:
-                raise ParseError(f"{self.what}: path {path} too deep")
+                raise MalformedError(f"{self.what}: path {path} too deep")
             if ino.mode & S_IFMT != S_IFDIR:
                 return None
             nid = self.listdir(ino).get(part)

@@ -2,7 +2,7 @@
 
 UEFI spec 2.10 §5.3. Partition types are those of the Discoverable Partitions Specification for
 the designators a system extension uses (root/usr, their -verity and -verity-sig), on every
-architecture systemd knows. A reader facing hostile input raises :class:`ParseError` naming what is wrong: bad
+architecture systemd knows. A reader facing hostile input raises :class:`MalformedError` naming what is wrong: bad
 signature or CRC, entries beyond the disk or overlapping, too many entries.
 """
 
@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import InputError, MalformedError
 
 SECTOR = 512
 HEADER_FORMAT = "<8sIIIIQQQQ16sQIII"
@@ -228,26 +228,26 @@ def _guid_bytes(s: str) -> bytes:
 
 def _header(raw: bytes, lba: int, what: str) -> tuple[Any, ...]:
     if len(raw) < HEADER_SIZE:
-        raise ParseError(f"{what}: GPT header at LBA {lba} is truncated")
+        raise MalformedError(f"{what}: GPT header at LBA {lba} is truncated")
     f = struct.unpack_from(HEADER_FORMAT, raw)
     sig, rev, hsize, hcrc = f[0], f[1], f[2], f[3]
     if sig != b"EFI PART":
-        raise ParseError(f"{what}: no GPT header at LBA {lba} (signature {sig!r})")
+        raise MalformedError(f"{what}: no GPT header at LBA {lba} (signature {sig!r})")
     if rev != 0x00010000:
-        raise ParseError(f"{what}: GPT revision {rev:#x} at LBA {lba}, expected 0x10000")
+        raise MalformedError(f"{what}: GPT revision {rev:#x} at LBA {lba}, expected 0x10000")
     if hsize < HEADER_SIZE or hsize > SECTOR:
-        raise ParseError(f"{what}: GPT header size {hsize} at LBA {lba} is not within {HEADER_SIZE}..{SECTOR}")
+        raise MalformedError(f"{what}: GPT header size {hsize} at LBA {lba} is not within {HEADER_SIZE}..{SECTOR}")
     check = bytearray(raw[:hsize])
     check[16:20] = b"\0\0\0\0"
     if zlib.crc32(check) != hcrc:
-        raise ParseError(f"{what}: GPT header CRC32 mismatch at LBA {lba}")
+        raise MalformedError(f"{what}: GPT header CRC32 mismatch at LBA {lba}")
     return f
 
 
 def read(f: BinaryIO, size: int, what: str = "image") -> Table:
     """Read and check the primary GPT of a disk image of ``size`` bytes."""
     if size < 3 * SECTOR:
-        raise ParseError(f"{what}: {size} bytes, too small for a GPT")
+        raise MalformedError(f"{what}: {size} bytes, too small for a GPT")
     disk_lbas = size // SECTOR
     f.seek(0)
     mbr = f.read(SECTOR)
@@ -257,34 +257,34 @@ def read(f: BinaryIO, size: int, what: str = "image") -> Table:
     hdr = f.read(SECTOR)
     (_, _, _, _, _, cur, backup, first, last, disk, entries_lba, n, esize, ecrc) = _header(hdr, 1, what)
     if cur != 1:
-        raise ParseError(f"{what}: GPT header says it is at LBA {cur}, not 1")
+        raise MalformedError(f"{what}: GPT header says it is at LBA {cur}, not 1")
     if esize != ENTRY_SIZE:
-        raise ParseError(f"{what}: GPT entry size {esize}, expected {ENTRY_SIZE}")
+        raise MalformedError(f"{what}: GPT entry size {esize}, expected {ENTRY_SIZE}")
     if n == 0 or n > MAX_ENTRIES:
-        raise ParseError(f"{what}: GPT has {n} entries, expected 1..{MAX_ENTRIES}")
+        raise MalformedError(f"{what}: GPT has {n} entries, expected 1..{MAX_ENTRIES}")
     if not (2 <= entries_lba < disk_lbas) or entries_lba + (n * esize + SECTOR - 1) // SECTOR > disk_lbas:
-        raise ParseError(f"{what}: GPT entry array at LBA {entries_lba} lies beyond the disk ({disk_lbas} sectors)")
+        raise MalformedError(f"{what}: GPT entry array at LBA {entries_lba} lies beyond the disk ({disk_lbas} sectors)")
     if not (first <= last < disk_lbas):
-        raise ParseError(
+        raise MalformedError(
             f"{what}: GPT usable area {first}..{last} does not fit the disk ({disk_lbas} sectors): truncated image?"
         )
     if backup >= disk_lbas:
-        raise ParseError(
+        raise MalformedError(
             f"{what}: GPT backup header at LBA {backup} lies beyond the disk ({disk_lbas} sectors): truncated image?"
         )
     f.seek(entries_lba * SECTOR)
     array = f.read(n * esize)
     if len(array) < n * esize:
-        raise ParseError(f"{what}: GPT entry array is truncated")
+        raise MalformedError(f"{what}: GPT entry array is truncated")
     if zlib.crc32(array) != ecrc:
-        raise ParseError(f"{what}: GPT entry array CRC32 mismatch")
+        raise MalformedError(f"{what}: GPT entry array CRC32 mismatch")
     parts = []
     for i in range(n):
         tguid, pguid, p_first, p_last, attrs, name = struct.unpack_from(ENTRY_FORMAT, array, i * esize)
         if tguid == b"\0" * 16:
             continue
         if p_first > p_last or p_first < first or p_last > last:
-            raise ParseError(
+            raise MalformedError(
                 f"{what}: partition {i + 1} spans LBA {p_first}..{p_last}, outside the usable {first}..{last}"
             )
         nm = name.decode("utf-16-le", "replace").split("\0", 1)[0]
@@ -292,11 +292,11 @@ def read(f: BinaryIO, size: int, what: str = "image") -> Table:
     ordered = sorted(parts, key=lambda p: p.first_lba)
     for a, b in itertools.pairwise(ordered):
         if b.first_lba <= a.last_lba:
-            raise ParseError(f"{what}: partitions {a.number} and {b.number} overlap")
+            raise MalformedError(f"{what}: partitions {a.number} and {b.number} overlap")
     f.seek(backup * SECTOR)
     try:
         _header(f.read(SECTOR), backup, what)
-    except ParseError as exc:
+    except InputError as exc:
         warnings.append(f"backup GPT header: {exc}")
     return Table(_guid(disk), first, last, backup, tuple(parts), tuple(warnings))
 

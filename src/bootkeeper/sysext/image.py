@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import InputError, MalformedError, RefusedError, UnreadableError
 from bootkeeper.sysext import gpt, policy, release, signature, verity
 
 if TYPE_CHECKING:
@@ -38,11 +38,11 @@ UNAME_ARCH = {
 
 
 def architecture(name: str, where: str = "--arch") -> str:
-    """systemd's name for an architecture given by it or by ``uname -m``; a ParseError otherwise."""
+    """systemd's name for an architecture given by it or by ``uname -m``; a MalformedError otherwise."""
     known = set(gpt.TYPES["root"])
     arch = name if name in known else UNAME_ARCH.get(name, "")
     if arch not in known:
-        raise ParseError(
+        raise MalformedError(
             f"{where} {name!r}: not an architecture systemd knows ({', '.join(sorted(known))}; "
             "uname -m names such as x86_64 or aarch64 are accepted)"
         )
@@ -221,7 +221,7 @@ def inspect(path: Path, name: str | None = None, *, architecture: str | None = N
         size = path.stat().st_size
         f = path.open("rb")
     except OSError as exc:
-        raise ParseError(f"{what}: cannot open ({exc.strerror})") from exc
+        raise UnreadableError(f"{what}: cannot open ({exc.strerror})") from exc
     with f:
         table = gpt.read(f, size, what)
         problems: list[str] = [f"GPT: {w}" for w in table.warnings]
@@ -232,19 +232,19 @@ def inspect(path: Path, name: str | None = None, *, architecture: str | None = N
             if des.verity is not None:
                 try:
                     info.superblock[d] = verity.Superblock.unpack(_read(f, des.verity, 512), f"{d}-verity superblock")
-                except ParseError as exc:
+                except InputError as exc:
                     problems.append(str(exc))
             if des.sig is not None:
                 try:
                     info.sig[d] = signature.parse_sig_json(_read(f, des.sig, 65536), f"{d}-verity-sig")
-                except ParseError as exc:
+                except InputError as exc:
                     problems.append(str(exc))
             try:
                 rel = release.read_from_partition(
                     path, des.data.offset, des.data.size, info.fstype[d], release.image_name(Path(name or path.name))
                 )
                 info.release[d] = rel
-            except ParseError as exc:
+            except InputError as exc:
                 info.release[d] = str(exc)
     return info
 
@@ -290,7 +290,7 @@ def validate(
     arch = architecture or host_architecture()
     try:
         info = inspect(path, name, architecture=arch)
-    except ParseError as exc:
+    except InputError as exc:
         return Validation(name or str(path), False, [str(exc)], [])
     reasons = list(p for p in info.problems if not p.startswith("GPT: backup"))
     reasons.extend(_structure(info, pol))
@@ -495,15 +495,15 @@ def build(
 
     arch = architecture(arch) if arch else host_architecture()
     if fs not in ("erofs", "squashfs"):
-        raise ParseError(f"--fs {fs!r}: expected erofs or squashfs")
+        raise MalformedError(f"--fs {fs!r}: expected erofs or squashfs")
     tool = "mkfs.erofs" if fs == "erofs" else "mksquashfs"
     check_tool(tool, f"to make the {fs} file system of the extension")
     if not tree.is_dir():
-        raise ParseError(f"{tree}: not a directory")
+        raise UnreadableError(f"{tree}: not a directory")
     name = release.image_name(out)
     present = sorted(p.name for p in (tree / release.RELEASE_DIR).glob("extension-release.*"))
     if present and f"extension-release.{name}" not in present:
-        raise ParseError(
+        raise MalformedError(
             f"{tree}: has {', '.join(present)} but the image is named {out.name}; systemd looks for "
             f"extension-release.{name}: rename one of them"
         )
@@ -512,7 +512,7 @@ def build(
             (tree / release.RELEASE_DIR / f"extension-release.{name}").read_text(encoding="utf-8", errors="replace")
         ).get("ARCHITECTURE")
         if own and own != "_any" and own != arch:
-            raise ParseError(
+            raise RefusedError(
                 f"{tree / release.RELEASE_DIR}/extension-release.{name}: ARCHITECTURE={own}, but the image is "
                 f"built for {arch} (--arch): systemd-sysext would refuse it"
             )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bootkeeper.config import ENFORCED_POLICY
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import InputError, MalformedError
 
 
 class Flag(StrEnum):
@@ -159,7 +159,7 @@ def _flags(text: str, where: str) -> frozenset[Flag]:
             out.add(Flag(w))
         except ValueError:
             known = ", ".join([*(f.value for f in Flag), "open", "ignore"])
-            raise ParseError(f"{where}: unknown policy flag {w!r} (known: {known})") from None
+            raise MalformedError(f"{where}: unknown policy flag {w!r} (known: {known})") from None
     return frozenset(out)
 
 
@@ -176,19 +176,19 @@ def parse(text: str, source: str = "image policy") -> ImagePolicy:
     for rule in s.split(":"):
         where = f"{source} {text!r}: rule {rule!r}"
         if "=" not in rule:
-            raise ParseError(f"{where}: missing '=' (expected DESIGNATOR=FLAGS)")
+            raise MalformedError(f"{where}: missing '=' (expected DESIGNATOR=FLAGS)")
         name, _, flags = rule.partition("=")
         name = name.strip()
         parsed = _flags(flags, where)
         if not name:
             if default is not None:
-                raise ParseError(f"{where}: the default ('=FLAGS') is given more than once")
+                raise MalformedError(f"{where}: the default ('=FLAGS') is given more than once")
             default = parsed
             continue
         if name not in DESIGNATORS:
-            raise ParseError(f"{where}: unknown partition designator {name!r} (known: {', '.join(DESIGNATORS)})")
+            raise MalformedError(f"{where}: unknown partition designator {name!r} (known: {', '.join(DESIGNATORS)})")
         if name in rules:
-            raise ParseError(f"{where}: designator {name!r} is given more than once")
+            raise MalformedError(f"{where}: designator {name!r} is given more than once")
         rules[name] = parsed
     ordered = tuple((d, rules[d]) for d in DESIGNATORS if d in rules)
     return ImagePolicy(ordered, default if default is not None else IGNORE)
@@ -294,7 +294,7 @@ def check_config(text: str, where: str) -> tuple[ImagePolicy, list[str]]:
 
     try:
         pol = parse(text, where)
-    except ParseError as exc:
+    except InputError as exc:
         raise ConfigError(str(exc)) from None
     warnings = []
     if pol == parse(SEED_POLICY):

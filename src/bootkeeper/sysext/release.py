@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkeeper.errors import CommandError, ParseError
+from bootkeeper.errors import CommandError, MalformedError, UnreadableError
 from bootkeeper.esp.keyvalue import KeyValue, split_lines
 from bootkeeper.sysext.erofs import Erofs
 
@@ -57,17 +57,17 @@ def read_from_partition(path: Path, offset: int, size: int, fstype: str | None, 
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise ParseError(f"{what}: cannot open {path} ({exc.strerror})") from None
+        raise UnreadableError(f"{what}: cannot open {path} ({exc.strerror})") from None
     try:
         if fstype == "erofs":
             return _from_erofs(Erofs(lambda off, n: os.pread(fd, n, offset + off), size, what), name, what)
         if fstype == "squashfs":
             return _squashfs((path, offset, size), name, what)
     except OSError as exc:
-        raise ParseError(f"{what}: cannot read ({exc.strerror or exc})") from None
+        raise UnreadableError(f"{what}: cannot read ({exc.strerror or exc})") from None
     finally:
         os.close(fd)
-    raise ParseError(f"{what}: unknown file system, cannot read the extension-release")
+    raise MalformedError(f"{what}: unknown file system, cannot read the extension-release")
 
 
 def read_from_fs(fs: bytes, fstype: str | None, name: str, what: str) -> Release:
@@ -75,7 +75,7 @@ def read_from_fs(fs: bytes, fstype: str | None, name: str, what: str) -> Release
         return _from_erofs(Erofs(lambda off, n: fs[off : off + n], len(fs), what), name, what)
     if fstype == "squashfs":
         return _squashfs(fs, name, what)
-    raise ParseError(f"{what}: unknown file system, cannot read the extension-release")
+    raise MalformedError(f"{what}: unknown file system, cannot read the extension-release")
 
 
 def _shown(name: str) -> str:
@@ -89,7 +89,7 @@ def _from_erofs(e: Erofs, name: str, what: str) -> Release:
     names = [n for n in (e.listdir(d) if d is not None else {}) if n.startswith("extension-release.")]
     own = f"extension-release.{name}"
     if own not in names:
-        raise ParseError(
+        raise MalformedError(
             f"{what}: no {RELEASE_DIR}/{own}" + (f" (found {', '.join(map(_shown, names))})" if names else "")
         )
     pick = own
@@ -108,22 +108,22 @@ def _squashfs_bounds(fd: int, offset: int, size: int, what: str) -> None:
     unsquashfs then reads is what dm-verity will expose, nothing from past the partition's end."""
     raw = os.pread(fd, _SQUASHFS_SB.size, offset)
     if len(raw) < _SQUASHFS_SB.size:
-        raise ParseError(f"{what}: squashfs: super block truncated")
+        raise MalformedError(f"{what}: squashfs: super block truncated")
     f = _SQUASHFS_SB.unpack(raw)
     magic, bytes_used, tables = f[0], f[12], f[13:]
     if magic != 0x73717368:  # "hsqs"
-        raise ParseError(f"{what}: squashfs: bad magic")
+        raise MalformedError(f"{what}: squashfs: bad magic")
     if bytes_used > size:
-        raise ParseError(f"{what}: squashfs: bytes_used {bytes_used} is past the partition's {size} bytes")
+        raise MalformedError(f"{what}: squashfs: bytes_used {bytes_used} is past the partition's {size} bytes")
     for t in tables:
         if t != _ABSENT and t >= bytes_used:
-            raise ParseError(f"{what}: squashfs: a table at byte {t} is past bytes_used {bytes_used}")
+            raise MalformedError(f"{what}: squashfs: a table at byte {t} is past bytes_used {bytes_used}")
 
 
 def _squashfs(fs: bytes | tuple[Path, int, int], name: str, what: str) -> Release:
     """The squashfs is read by the real ``unsquashfs``: in place (``-o OFFSET``, after the bounds
     check, so no copy of the partition in memory or in /tmp), or from a temporary file when given
-    bytes. Its failure, or its absence, is a fault of this image's check (a ParseError naming it),
+    bytes. Its failure, or its absence, is a fault of this image's check (a MalformedError naming it),
     never of the whole run: activate judges every image on its own, and the image is then refused
     for an unreadable extension-release."""
     from bootkeeper.run import check_tool, run
@@ -151,17 +151,17 @@ def _squashfs(fs: bytes | tuple[Path, int, int], name: str, what: str) -> Releas
             own = f"extension-release.{name}"
             if own not in names:
                 found = f" (found {', '.join(map(_shown, names))})" if names else ""
-                raise ParseError(f"{what}: no {RELEASE_DIR}/{own}{found}")
+                raise MalformedError(f"{what}: no {RELEASE_DIR}/{own}{found}")
             try:
                 text = run(["unsquashfs", "-cat", *image, f"{RELEASE_DIR}/{own}"]).stdout
             except CommandError as exc:
-                raise ParseError(f"{what}: cannot read {RELEASE_DIR}/{own} ({exc})") from None
+                raise MalformedError(f"{what}: cannot read {RELEASE_DIR}/{own} ({exc})") from None
             has_os = any(p.rstrip("/").endswith(("usr/lib/os-release", "etc/os-release")) for p in listing)
             return Release(own, parse_release(text), has_os)
     except CommandError as exc:
-        raise ParseError(f"{what}: squashfs: {exc}") from None
+        raise MalformedError(f"{what}: squashfs: {exc}") from None
     except OSError as exc:  # the image, or the temporary copy of given bytes
-        raise ParseError(f"{what}: squashfs: cannot read ({exc.strerror or exc})") from None
+        raise MalformedError(f"{what}: squashfs: cannot read ({exc.strerror or exc})") from None
 
 
 def check(rel: Release, host: dict[str, str] | None, arch: str, scope: str = "system") -> str | None:

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -50,26 +50,26 @@ class SigJson:
 def parse_sig_json(raw: bytes, what: str = "verity-sig partition") -> SigJson:
     body = raw.split(b"\0", 1)[0]
     if raw[len(body) :].strip(b"\0"):
-        raise ParseError(f"{what}: data after the JSON's NUL padding")
+        raise MalformedError(f"{what}: data after the JSON's NUL padding")
     try:
         obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ParseError(f"{what}: not valid JSON ({one_line(exc)})") from exc
+        raise MalformedError(f"{what}: not valid JSON ({one_line(exc)})") from exc
     except RecursionError:  # '[[[[…' nested deeper than the interpreter's stack
-        raise ParseError(f"{what}: not valid JSON (nested too deeply)") from None
+        raise MalformedError(f"{what}: not valid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
-        raise ParseError(f"{what}: JSON is not an object")
+        raise MalformedError(f"{what}: JSON is not an object")
     out: dict[str, bytes] = {}
     for key, kind in (("rootHash", "hex"), ("certificateFingerprint", "hex"), ("signature", "base64")):
         v = obj.get(key)
         if not isinstance(v, str) or not v:
-            raise ParseError(f"{what}: '{key}' is missing or not a string")
+            raise MalformedError(f"{what}: '{key}' is missing or not a string")
         try:
             out[key] = bytes.fromhex(v) if kind == "hex" else base64.b64decode(v, validate=True)
         except (ValueError, binascii.Error) as exc:
-            raise ParseError(f"{what}: '{key}' is not valid {kind}") from exc
+            raise MalformedError(f"{what}: '{key}' is not valid {kind}") from exc
     if len(out["certificateFingerprint"]) != 32:
-        raise ParseError(
+        raise MalformedError(
             f"{what}: 'certificateFingerprint' is not a SHA-256 ({len(out['certificateFingerprint'])} bytes)"
         )
     return SigJson(out["rootHash"], out["certificateFingerprint"], out["signature"])

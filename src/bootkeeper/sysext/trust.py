@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import InputError, MalformedError
 from bootkeeper.fsutil import under
 
 if TYPE_CHECKING:
@@ -66,16 +66,18 @@ def parse_esl(data: bytes, what: str) -> list[EslEntry]:
     off = 0
     while off < len(data):
         if len(data) - off < _ESL_HEADER.size:
-            raise ParseError(f"{what}: signature list at byte {off} is truncated ({len(data) - off} bytes left)")
+            raise MalformedError(f"{what}: signature list at byte {off} is truncated ({len(data) - off} bytes left)")
         guid, list_size, hdr_size, sig_size = _ESL_HEADER.unpack_from(data, off)
         where = f"{what}: signature list at byte {off}"
         if list_size < _ESL_HEADER.size + hdr_size or off + list_size > len(data):
-            raise ParseError(f"{where}: size {list_size} does not fit the {len(data) - off} bytes left (truncated?)")
+            raise MalformedError(
+                f"{where}: size {list_size} does not fit the {len(data) - off} bytes left (truncated?)"
+            )
         if sig_size <= 16:
-            raise ParseError(f"{where}: signature size {sig_size} is too small")
+            raise MalformedError(f"{where}: signature size {sig_size} is too small")
         body = list_size - _ESL_HEADER.size - hdr_size
         if body % sig_size:
-            raise ParseError(f"{where}: {body} bytes of entries is not a multiple of the entry size {sig_size}")
+            raise MalformedError(f"{where}: {body} bytes of entries is not a multiple of the entry size {sig_size}")
         typ = uuid.UUID(bytes_le=guid)
         pos = off + _ESL_HEADER.size + hdr_size
         for _ in range(body // sig_size):
@@ -104,7 +106,7 @@ def read_efivar(efivars: Path, name: str) -> bytes | None:
     if raw is None:
         return None
     if len(raw) < 4:
-        raise ParseError(f"{p}: {len(raw)} bytes, shorter than the 4-byte attribute header")
+        raise MalformedError(f"{p}: {len(raw)} bytes, shorter than the 4-byte attribute header")
     return raw[4:]
 
 
@@ -173,7 +175,7 @@ def _probe(cert: x509.Certificate) -> x509.Certificate:
 def _load_certs(data: bytes, what: str, problems: list[str] | None = None) -> list[x509.Certificate]:
     """Every certificate of a PEM file (each block on its own) or one DER certificate; one that
     does not load is a problem naming it, and the others still count. Without ``problems`` the
-    first one is a ParseError."""
+    first one is a MalformedError."""
     from cryptography import x509
 
     from bootkeeper.sysext.signature import one_line
@@ -182,7 +184,7 @@ def _load_certs(data: bytes, what: str, problems: list[str] | None = None) -> li
         found: list[str] = []
         certs = _load_certs(data, what, found)
         if found:
-            raise ParseError(found[0])
+            raise MalformedError(found[0])
         return certs
 
     if b"-----BEGIN" in data:
@@ -240,7 +242,7 @@ def _dir_anchors(d: Path, problems: list[str]) -> list[Anchor]:
 
 
 def _firmware_anchors(efivars: Path, name: str, problems: list[str]) -> list[Anchor]:
-    """The X.509 entries of a firmware variable. A list that does not parse is a ParseError (no
+    """The X.509 entries of a firmware variable. A list that does not parse is a MalformedError (no
     entry of it can be told apart); one entry that is not a usable certificate is a problem, and
     the other entries still count."""
     from cryptography import x509
@@ -301,7 +303,7 @@ def load(
     def collect(fn: Callable[[], list[T]]) -> list[T]:
         try:
             return fn()
-        except ParseError as exc:
+        except InputError as exc:
             if strict:
                 raise
             store.problems.append(str(exc))
@@ -313,13 +315,13 @@ def load(
     for name in cfg.firmware:
         found.extend(collect(partial(_firmware_anchors, efivars, name, store.problems)))
     if strict and store.problems:
-        raise ParseError(store.problems[0])
+        raise MalformedError(store.problems[0])
     dbx: list[EslEntry] = []
     unreadable: str | None = None
     if cfg.firmware:  # firmware: [] reads no firmware variable at all, dbx included (README)
         try:
             dbx = _dbx(efivars)
-        except ParseError as exc:
+        except InputError as exc:
             if strict:
                 raise
             # Revocation fails closed. dbx revokes by certificate, whichever source trusts it, so
@@ -368,12 +370,12 @@ def export(store: TrustStore, dest: Path) -> tuple[list[str], list[str]]:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from bootkeeper import fsutil
-    from bootkeeper.errors import StoreIOError  # writing failed: I/O (exit 6), not malformed input
+    from bootkeeper.errors import WriteError  # writing failed: I/O (exit 6), not malformed input
 
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StoreIOError(f"{dest}: cannot create ({exc.strerror})") from None
+        raise WriteError(f"{dest}: cannot create ({exc.strerror})") from None
     want: dict[str, bytes] = {}
     for a in store.anchors:
         if Path(a.source).parent == dest:
@@ -387,13 +389,13 @@ def export(store: TrustStore, dest: Path) -> tuple[list[str], list[str]]:
                 continue
             fsutil.write_atomic(p, pem)
         except OSError as exc:
-            raise StoreIOError(f"{p}: cannot write ({exc.strerror})") from None
+            raise WriteError(f"{p}: cannot write ({exc.strerror})") from None
         written.append(name)
     for name in sorted(os.listdir(dest)):
         if name.startswith(EXPORT_PREFIX) and name.endswith(".crt") and name not in want:
             try:
                 (dest / name).unlink()
             except OSError as exc:
-                raise StoreIOError(f"{dest / name}: cannot remove ({exc.strerror})") from None
+                raise WriteError(f"{dest / name}: cannot remove ({exc.strerror})") from None
             removed.append(name)
     return written, removed

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from bootkeeper.errors import ParseError
+from bootkeeper.errors import MalformedError
 
 SB_SIGNATURE = b"verity\0\0"
 SB_SIZE = 512
@@ -67,26 +67,26 @@ class Superblock:
     @classmethod
     def unpack(cls, raw: bytes, what: str = "verity superblock") -> Superblock:
         if len(raw) < SB_SIZE:
-            raise ParseError(f"{what}: {len(raw)} bytes, shorter than the {SB_SIZE}-byte superblock")
+            raise MalformedError(f"{what}: {len(raw)} bytes, shorter than the {SB_SIZE}-byte superblock")
         (sig, version, hash_type, uid, alg, dbs, hbs, blocks, salt_size, _p1, salt, _p2) = struct.unpack(
             SB_FORMAT, raw[:SB_SIZE]
         )
         if sig != SB_SIGNATURE:
-            raise ParseError(f"{what}: no 'verity' signature")
+            raise MalformedError(f"{what}: no 'verity' signature")
         if version != 1:
-            raise ParseError(f"{what}: version {version}, only version 1 is supported")
+            raise MalformedError(f"{what}: version {version}, only version 1 is supported")
         if hash_type != 1:
-            raise ParseError(f"{what}: hash type {hash_type}, only type 1 (salt first) is supported")
+            raise MalformedError(f"{what}: hash type {hash_type}, only type 1 (salt first) is supported")
         if salt_size > MAX_SALT:
-            raise ParseError(f"{what}: salt size {salt_size} is over {MAX_SALT}")
+            raise MalformedError(f"{what}: salt size {salt_size} is over {MAX_SALT}")
         name = alg.split(b"\0", 1)[0].decode("ascii", "replace")
         if name not in hashlib.algorithms_available or name not in ("sha256", "sha512", "sha1"):
-            raise ParseError(f"{what}: hash algorithm {name!r} is not one of sha256, sha512, sha1")
+            raise MalformedError(f"{what}: hash algorithm {name!r} is not one of sha256, sha512, sha1")
         for label, size in (("data block size", dbs), ("hash block size", hbs)):
             if size < 512 or size > 512 * 1024 or size & (size - 1):
-                raise ParseError(f"{what}: {label} {size} is not a power of two from 512 to 524288")
+                raise MalformedError(f"{what}: {label} {size} is not a power of two from 512 to 524288")
         if blocks == 0:
-            raise ParseError(f"{what}: zero data blocks")
+            raise MalformedError(f"{what}: zero data blocks")
         return cls(version, hash_type, uid, name, dbs, hbs, blocks, salt[:salt_size])
 
 
@@ -172,7 +172,7 @@ def _hash_range(fd: int, start: int, n: int, alg: str, salt: bytes, block_size: 
         m = min(chunk, n - off)
         data = os.pread(fd, m, start + off)
         if len(data) < m:
-            raise ParseError(f"data area ends at byte {start + off + len(data)}, before the end of the data")
+            raise MalformedError(f"data area ends at byte {start + off + len(data)}, before the end of the data")
         out.append(_hash_blocks(alg, salt, data, block_size))
     return b"".join(out)
 
@@ -270,10 +270,10 @@ def build(
     if data_blocks is None:
         size = os.fstat(f.fileno()).st_size
         if size % data_block_size:
-            raise ParseError(f"data size {size} is not a multiple of the block size {data_block_size}")
+            raise MalformedError(f"data size {size} is not a multiple of the block size {data_block_size}")
         data_blocks = size // data_block_size
     if data_blocks == 0:
-        raise ParseError("no data to protect")
+        raise MalformedError("no data to protect")
     sb = Superblock(
         1,
         1,
