@@ -89,18 +89,30 @@ def find_esp(esp: Path | None) -> Path:
     raise EspError("no ESP found at /efi, /boot/efi or /boot; pass --esp DIR")
 
 
+def _output() -> dict[str, Any]:
+    """What ``main`` read of systemd's output conventions (``--json=MODE``, ``--no-legend``)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj if isinstance(obj, dict) else {}
+
+
 def print_json(obj: object) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+    """``--json`` / ``--json=pretty``: indented; ``--json=short``: one line, as systemd's tools print it."""
+    if _output().get("json") == "short":
+        click.echo(json.dumps(obj, separators=(",", ":")))
+    else:
+        click.echo(json.dumps(obj, indent=2, sort_keys=False))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None) -> None:
     """A table: rich on a terminal, plain aligned text otherwise (pipes, logs, tests)."""
     cells = [[("" if c is None else str(c)) for c in r] for r in rows]
+    legend = _output().get("legend", True)  # --no-legend: the rows alone, as systemctl prints them
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title=title)
+        t = Table(title=title if legend else None, show_header=legend)
         for h in headers:
             t.add_column(h)
         for r in cells:
@@ -108,10 +120,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str |
         Console().print(t)
         return
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    if title:
-        click.echo(title)
-    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    click.echo("  ".join("-" * w for w in widths))
+    if legend:
+        if title:
+            click.echo(title)
+        click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+        click.echo("  ".join("-" * w for w in widths))
     for r in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 

@@ -7,12 +7,13 @@ and the documented exit code; a traceback only with ``--debug``.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any, NoReturn
 
 import click
 
-from bootkeeper.errors import BootkeeperError, ExitCode
+from bootkeeper.errors import BootkeeperError, ExitCode, UsageError
 
 # verb -> "module:attribute"; the module is imported only when the verb runs (or --help lists it)
 VERBS = {
@@ -66,7 +67,7 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """bootkeeper keeps an A/B node bootable: systemd-boot boot assessment on a read-only ESP."""
-    ctx.obj = {"debug": debug}
+    ctx.ensure_object(dict)["debug"] = debug
     if debug:  # logging costs ~10 ms to import: only when asked for
         import logging
 
@@ -76,13 +77,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def main(argv: list[str] | None = None) -> Any:
     """The one boundary: every failure leaves as one line on stderr (``bootkeeper: error: …``, perhaps
     a ``hint:`` line) and the code :data:`bootkeeper.errors.EXIT_CODES` gives its class."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args
     try:
-        return cli.main(args=argv, prog_name="bootkeeper", standalone_mode=False)
+        args, output = conventions(args)
+        return cli.main(args=args, prog_name="bootkeeper", standalone_mode=False, obj=output)
     except BootkeeperError as exc:
         if debug:
             raise
-        _fail(str(exc), exc.exit_code, exc.hint)
+        _fail(str(exc), exc.exit_code, exc.hint, _root_hint(exc))
     except click.exceptions.Abort:
         _fail("aborted", ExitCode.REFUSED)
     except click.UsageError as exc:
@@ -98,15 +101,71 @@ def main(argv: list[str] | None = None) -> Any:
         if debug:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        _fail(f"{where}{exc.strerror or exc}", ExitCode.IO)
+        _fail(f"{where}{exc.strerror or exc}", ExitCode.IO, None, _root_hint(exc))
     except Exception as exc:  # a bug: still one line, never a traceback unless asked for
         if debug:
             raise
         _fail(f"internal error: {type(exc).__name__}: {exc} (--debug shows the traceback)", ExitCode.INTERNAL)
 
 
-def _fail(message: str, code: int, hint: str | None = None) -> NoReturn:
+JSON_MODES = ("pretty", "short", "off")
+
+
+def conventions(args: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """systemd's output options, accepted by every verb: ``--json=pretty|short|off`` (``--json`` alone
+    is ``pretty``; a verb without ``--json`` still refuses it), ``--no-legend`` (tables without their
+    header) and ``--no-pager`` (bootkeeper never pages: accepted so that scripts written for
+    systemd's tools run). Read here, before click, because click cannot give ``--json`` an optional
+    value without taking the next argument (an image's name) as that value."""
+    out: list[str] = []
+    seen: dict[str, Any] = {}
+    for i, a in enumerate(args):
+        if a == "--":
+            out.extend(args[i:])
+            break
+        if a.startswith("--json="):
+            mode = a.removeprefix("--json=")
+            if mode not in JSON_MODES:
+                raise UsageError(f"--json={mode}: not one of {', '.join(JSON_MODES)}")
+            if mode != "off":
+                seen["json"] = mode
+                out.append("--json")
+        elif a == "--no-legend":
+            seen["legend"] = False
+        elif a != "--no-pager":
+            out.append(a)
+    return out, seen
+
+
+_DENIED = ("Permission denied", "Operation not permitted", "only root", "must be superuser")
+# capability(7) bits: what the verbs that change /efi, /run, /etc and /var need on a node
+_CAPS = {1: "CAP_DAC_OVERRIDE", 21: "CAP_SYS_ADMIN"}
+
+
+def _root_hint(exc: BaseException) -> str | None:
+    """The verbs that change a node need root: when one failed for want of a permission and this
+    process lacks root's capabilities, say so (a scratch ESP of one's own needs none)."""
+    e: BaseException | None = exc
+    denied = False
+    while e is not None and not denied:
+        denied = isinstance(e, PermissionError) or any(w in str(e) for w in _DENIED)
+        e = e.__cause__ or e.__context__
+    if not denied:
+        return None
+    try:
+        with open("/proc/self/status") as f:
+            eff = next(int(x.split()[1], 16) for x in f if x.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    lacking = [name for bit, name in _CAPS.items() if not eff >> bit & 1]
+    if not lacking:
+        return None
+    return f"this needs root: bootkeeper runs as uid {os.geteuid()} without {' and '.join(lacking)}; run it as root"
+
+
+def _fail(message: str, code: int, hint: str | None = None, root_hint: str | None = None) -> NoReturn:
     click.echo(f"bootkeeper: error: {message}", err=True)
-    if hint:
-        click.echo(f"hint: {hint}", err=True)
+    for h in (hint, root_hint):
+        if h:
+            click.echo(f"hint: {h}", err=True)
     sys.exit(code)

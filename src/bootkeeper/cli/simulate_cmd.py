@@ -93,7 +93,12 @@ def simulate(
             reboot_on_failure=RebootOnFailure(reboot_on_failure),
             sdboot_version=sdboot_version,
         )
-        final = sorted(str(p.relative_to(root)) for p in (root / "loader" / "entries").glob("*.conf"))
+        # Type #1 entries and Type #2 UKIs (EFI/Linux/*.efi), each with the name the boot left it
+        final = sorted(
+            str(p.relative_to(root))
+            for d, pattern in (("loader/entries", "*.conf"), ("EFI/Linux", "*.efi"))
+            for p in (root / d).glob(pattern)
+        )
     if as_json:
         print_json({"boots": [r.as_json() for r in records], "entries_after": final, "warning": warning})
         return
