@@ -34,7 +34,7 @@ import os
 import stat
 import time
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -194,6 +194,49 @@ def _store_sources(root: Path, cfg: Sysext, efivars: Path | None, report: Report
     return [(store, f) for f in folders]
 
 
+@dataclass(frozen=True)
+class _Job:
+    """An image to copy and judge: its name in the destination, where it is, its size when listed."""
+
+    name: str
+    src: Path
+    size: int
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A copy of ``src`` at ``tmp`` in the destination, open as ``fd``, to be judged then placed."""
+
+    name: str
+    src: Path
+    fd: int
+    tmp: Path
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """What judging an image needs: the mode, the image policy, the trust anchors, the host's
+    os-release and whether the whole hash tree is checked."""
+
+    mode: SysextMode
+    pol: Any
+    anchors: list[Any]
+    host: dict[str, str] | None
+    full: bool
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One round: the jobs that fit together in ``free`` bytes (plus ``reclaimed``, the room of
+    earlier copies removed for them, named in ``freed``), and the rest for later rounds."""
+
+    batch: list[_Job]
+    rest: list[_Job]
+    free: int
+    reclaimed: int
+    freed: list[str]
+
+
 def activate(
     root: Path,
     cfg: Sysext,
@@ -202,12 +245,38 @@ def activate(
     efivars: Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Report:
+    """Copy, judge and place every image of the source folders, prune the earlier copies not placed
+    now, and write the report (see the module's docstring)."""
     started = time.monotonic()
     mode = mode or cfg.mode
+    report, sources = _begin(root, cfg, mode, efivars)
+    dest = _destination(root)
+    rules = _rules(root, cfg, mode, efivars, report)
+    jobs = _candidates(sources)
+    skips, outcomes, pending = _take_stock(jobs)
+    judged, freed = _rounds(pending, dest, rules)
+    outcomes.update(judged)
+    report.images = [skips[i] if i in skips else outcomes[name] for i, (name, _, _) in enumerate(jobs)]
+    report.removed = [n for n in freed if not outcomes[n].placed]
+    if log is not None:
+        for o in report.images:
+            log(o.line())
+        for n in report.removed:
+            log(printable(f"{n}: removed from {dest} (an earlier copy; not placed now)"))
+    report.removed += _prune(dest, report.images, _previous(root), log)
+    report.seconds = round(time.monotonic() - started, 4)
+    write_report(root, report)
+    return report
+
+
+def _begin(
+    root: Path, cfg: Sysext, mode: SysextMode, efivars: Path | None
+) -> tuple[Report, list[Path | tuple[Any, str]]]:
+    """The report to fill and the sources in the order they are read: the UKI's, the ESP's global
+    ones, the persistent store's folders of links (``sysext.store: persistent``), the configured."""
     from bootkeeper.config import SysextStore
 
     folders = [root / EXTRA_DIR, root / GLOBAL_DIR, *(fsutil.under(root, s) for s in cfg.sources)]
-    dest = root / DEST_DIR
     report = Report(mode.value, cfg.policy, str(root), [str(s) for s in folders])
     sources: list[Path | tuple[Any, str]] = [*folders[:2]]
     if cfg.store is SysextStore.PERSISTENT:
@@ -215,21 +284,39 @@ def activate(
         sources += links
         report.sources[2:2] = [str(s.root / f) for s, f in links]
     sources += folders[2:]
+    return report, sources
+
+
+def _destination(root: Path) -> Path:
+    """``/run/extensions``, made if missing; a symbolic link or a file in its place stops the run."""
+    dest = root / DEST_DIR
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WriteError(f"{dest}: cannot create ({exc.strerror})") from exc
     if dest.is_symlink() or not dest.is_dir():
         raise WriteError(f"{dest}: not a folder (a symbolic link or a file is in the way)")
+    return dest
+
+
+def _rules(root: Path, cfg: Sysext, mode: SysextMode, efivars: Path | None, report: Report) -> _Rules:
     from bootkeeper.sysext import policy
 
     host = host_os_release(root)
     pol = policy.parse(cfg.policy, "sysext.policy")
     anchors = _trust(root, cfg, efivars, report) if mode is not SysextMode.DISABLED else []
-    skips: dict[int, Outcome] = {}  # by job: one name may be skipped in one folder, judged from another
-    outcomes: dict[str, Outcome] = {}  # by name: the names judged are unique (_candidates)
-    pending: list[tuple[str, Path, int]] = []
-    jobs = _candidates(sources)
+    return _Rules(mode, pol, anchors, host, cfg.full_check)
+
+
+def _take_stock(
+    jobs: list[tuple[str, Path | None, str | None]],
+) -> tuple[dict[int, Outcome], dict[str, Outcome], list[_Job]]:
+    """The skipped (by job: one name may be skipped in one folder, judged from another), the refused
+    unopened (by name: the names judged are unique, see _candidates), and the jobs to copy and judge,
+    smallest first (see the module's docstring)."""
+    skips: dict[int, Outcome] = {}
+    outcomes: dict[str, Outcome] = {}
+    pending: list[_Job] = []
     for i, (name, src, skipped) in enumerate(jobs):
         if src is None:
             skips[i] = Outcome(name, "", False, "skipped", [skipped or "skipped"])
@@ -239,62 +326,73 @@ def activate(
         except OSError as exc:
             outcomes[name] = Outcome(name, str(src), False, "refused", [f"{src}: cannot open ({exc.strerror})"])
             continue
-        pending.append((name, src, st.st_size))
-    pending.sort(key=lambda j: (j[2], j[0]))  # smallest first (see the module's docstring)
+        pending.append(_Job(name, src, st.st_size))
+    pending.sort(key=lambda j: (j.size, j.name))
+    return skips, outcomes, pending
+
+
+def _rounds(pending: list[_Job], dest: Path, rules: _Rules) -> tuple[dict[str, Outcome], list[str]]:
+    """Every job's outcome, in rounds of what fits together; and the earlier copies removed to make
+    room (each is replaced by its new copy if that passes)."""
+    outcomes: dict[str, Outcome] = {}
     freed: list[str] = []
     while pending:
-        free, block = _free(dest)
-        room, batch, rest = free, [], []
-        reclaimed = 0
-        for job in pending:
-            need = _rounded(job[2], block)
-            if need > room:
-                # an earlier run's copy of this very image is replaced by it: its room counts, and
-                # it goes now (the new copy is placed if it passes; if not, the old must go anyway)
-                held = _earlier_copy(dest / job[0])
-                if held and need <= room + held and _remove(dest / job[0]):
-                    freed.append(job[0])
-                    room += held
-                    reclaimed += held
-            if need <= room:
-                batch.append(job)
-                room -= need
-            else:
-                rest.append(job)
-        if not batch:  # not even the smallest left fits on its own: none of the rest does
-            for name, src, size in rest:
-                outcomes[name] = Outcome(
-                    name, str(src), False, "refused", [f"{src}: {_does_not_fit(name, size, dest, free)}"]
-                )
+        plan = _plan(pending, dest)
+        freed += plan.freed
+        if not plan.batch:  # not even the smallest left fits on its own: none of the rest does
+            for job in plan.rest:
+                why = f"{job.src}: {_does_not_fit(job.name, job.size, dest, plan.free)}"
+                outcomes[job.name] = Outcome(job.name, str(job.src), False, "refused", [why])
             break
-        outcomes.update(_round(batch, dest, free + reclaimed, mode, pol, anchors, host, cfg.full_check))
-        pending = rest
-    report.images = [skips[i] if i in skips else outcomes[name] for i, (name, _, _) in enumerate(jobs)]
-    report.removed = [n for n in freed if not outcomes[n].placed]
-    for o in report.images:
-        if log is not None:
-            log(o.line())
-    for n in report.removed:
-        if log is not None:
-            log(printable(f"{n}: removed from {dest} (an earlier copy; not placed now)"))
-    placed = {o.name for o in report.images if o.placed}
-    refused = {o.name for o in report.images if not o.placed and o.verdict == "refused"}
-    for old in sorted(refused | set(_previous(root))):
+        outcomes.update(_round(plan.batch, dest, plan.free + plan.reclaimed, rules))
+        pending = plan.rest
+    return outcomes, freed
+
+
+def _plan(pending: list[_Job], dest: Path) -> _Plan:
+    """Which of ``pending`` (smallest first) fit together in ``dest`` now. An earlier run's copy of
+    an image that does not fit otherwise is replaced by it: its room counts, and it is removed here
+    (the new copy is placed if it passes; if not, the old must go anyway)."""
+    free, block = _free(dest)
+    room, batch, rest = free, [], []
+    reclaimed = 0
+    freed: list[str] = []
+    for job in pending:
+        need = _rounded(job.size, block)
+        if need > room:
+            held = _earlier_copy(dest / job.name)
+            if held and need <= room + held and _remove(dest / job.name):
+                freed.append(job.name)
+                room += held
+                reclaimed += held
+        if need <= room:
+            batch.append(job)
+            room -= need
+        else:
+            rest.append(job)
+    return _Plan(batch, rest, free, reclaimed, freed)
+
+
+def _prune(dest: Path, images: list[Outcome], previous: list[str], log: Callable[[str], None] | None) -> list[str]:
+    """Remove from ``dest`` the copies of images not placed now (refused now, or placed by an earlier
+    run per its report): they must not stay. The names removed."""
+    placed = {o.name for o in images if o.placed}
+    refused = {o.name for o in images if not o.placed and o.verdict == "refused"}
+    removed: list[str] = []
+    for old in sorted(refused | set(previous)):
         p = dest / old
         if old in placed or not (p.is_file() or p.is_symlink()):
             continue
         try:
-            p.unlink()  # a copy from an earlier run of an image not placed now must not stay
+            p.unlink()
         except OSError as exc:
             line = f"{old}: an earlier copy in {dest} not placed now cannot be removed ({exc.strerror})"
         else:
-            report.removed.append(old)
+            removed.append(old)
             line = f"{old}: removed from {dest} (an earlier copy; not placed now)"
         if log is not None:
             log(printable(line))
-    report.seconds = round(time.monotonic() - started, 4)
-    write_report(root, report)
-    return report
+    return removed
 
 
 def _trust(root: Path, cfg: Sysext, efivars: Path | None, report: Report) -> list[Any]:
@@ -365,76 +463,35 @@ def _does_not_fit(name: str, size: int, dest: Path, free: int) -> str:
     return f"does not fit: {name} is {size} bytes, {dest} has {free} bytes free"
 
 
-def _round(
-    batch: Iterable[tuple[str, Path, int]],
-    dest: Path,
-    free: int,
-    mode: SysextMode,
-    pol: Any,
-    anchors: list[Any],
-    host: dict[str, str] | None,
-    full: bool,
-) -> dict[str, Outcome]:
-    """Stage, judge and place one round of images that fit together; the refused copies are gone
+def _round(batch: list[_Job], dest: Path, free: int, rules: _Rules) -> dict[str, Outcome]:
+    """Copy, judge and place one round of images that fit together; the refused copies are gone
     when it returns."""
-    out: dict[str, Outcome] = {}
     with contextlib.ExitStack() as temps:
-        # 1. copy each image to a temporary name in the destination (one at a time: copies in
-        #    parallel only fight over memory bandwidth)
-        staged: dict[str, tuple[int, Path, Path]] = {}
-        for name, src, _ in batch:
-            try:
-                c = _copy(name, src, dest, temps, free)
-            except Exception as exc:  # one image's fault, never the run's
-                c = Outcome(name, str(src), False, "refused", [f"{src}: cannot stage a copy ({_fault(exc)})"])
-            if isinstance(c, Outcome):
-                out[name] = c
-            else:
-                staged[name] = (*c, src)
-        # 2. judge the copies: those bytes are what systemd-sysext will use
-        verdicts = _judge({n: c[1] for n, c in staged.items()}, mode, pol, anchors, host, full)
-        # 3. rename what the mode allows into place; the rest of the temporaries go with the ExitStack
-        for name, (fd, tmp, src) in staged.items():
-            o = _outcome(name, src, mode, verdicts.get(name))
-            if o.placed:
-                why = _place(fd, tmp, dest / name)
-                if why is not None:
-                    o.placed, o.verdict = False, "refused"
-                    o.reasons.append(why)
-            out[name] = o
+        staged, out = _copy_all(batch, dest, temps, free)
+        verdicts = _judge({s.name: s.tmp for s in staged}, rules)
+        # the rest of the temporaries go with the ExitStack
+        out.update(_place_all(staged, dest, rules.mode, verdicts))
     return out
 
 
-def _place(fd: int, tmp: Path, target: Path) -> str | None:
-    """Rename the validated copy over ``target``; or why not. Only a regular file (an earlier copy)
-    or a symbolic link is replaced: a directory or anything else there is left alone."""
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        return f"{target}: cannot be checked ({exc.strerror}); not placed"
-    else:
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-            return f"{target}: not a regular file in the way (a directory?); left alone, not placed"
-    try:
-        fsutil.commit(fd, tmp, target)
-    except OSError as exc:
-        return f"{target}: cannot place ({exc.strerror or exc})"
-    return None
-
-
-PARALLEL_FROM = 64 << 20  # below this in total, worker processes cost more than they save
-
-
-@dataclass(frozen=True)
-class _Verdict:
-    ok: bool
-    reasons: list[str]
-    signer: str | None
-    root_hash: str | None
-    qualified_as: str | None
-    seconds: float
+def _copy_all(
+    batch: list[_Job], dest: Path, temps: contextlib.ExitStack, free: int
+) -> tuple[list[_Staged], dict[str, Outcome]]:
+    """Copy each image to a temporary name in the destination (one at a time: copies in parallel
+    only fight over memory bandwidth); the copies and the refused."""
+    staged: list[_Staged] = []
+    refused: dict[str, Outcome] = {}
+    for job in batch:
+        try:
+            c = _copy(job.name, job.src, dest, temps, free)
+        except Exception as exc:  # one image's fault, never the run's
+            why = f"{job.src}: cannot stage a copy ({_fault(exc)})"
+            c = Outcome(job.name, str(job.src), False, "refused", [why])
+        if isinstance(c, Outcome):
+            refused[job.name] = c
+        else:
+            staged.append(_Staged(job.name, job.src, *c))
+    return staged, refused
 
 
 def _copy(name: str, src: Path, dest: Path, temps: contextlib.ExitStack, free: int) -> tuple[int, Path] | Outcome:
@@ -462,6 +519,46 @@ def _copy(name: str, src: Path, dest: Path, temps: contextlib.ExitStack, free: i
         os.close(sfd)
 
 
+PARALLEL_FROM = 64 << 20  # below this in total, worker processes cost more than they save
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    ok: bool
+    reasons: list[str]
+    signer: str | None
+    root_hash: str | None
+    qualified_as: str | None
+    seconds: float
+
+
+def _judge(staged: dict[str, Path], rules: _Rules) -> dict[str, _Verdict]:
+    """Judge the staged copies (by name): those bytes are what systemd-sysext will use. Nothing in
+    disabled mode."""
+    if rules.mode is SysextMode.DISABLED or not staged:
+        return {}
+    pol, anchors, host, full = rules.pol, rules.anchors, rules.host, rules.full
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = [bytes(c.public_bytes(Encoding.DER)) for c in anchors]
+    total = sum(p.stat().st_size for p in staged.values())
+    workers = min(len(staged), os.cpu_count() or 1)
+    out: dict[str, _Verdict] = {}
+    if workers > 1 and full and total >= PARALLEL_FROM:
+        # one image per worker process: hashing 4 KiB blocks holds the GIL too often for threads
+        broken = _in_workers(staged, workers, out, pol, der, host, full)
+        # a worker that died (a crash in a library, the OOM killer) takes its pool with it: each
+        # image of that pool is judged again alone, in a pool of its own, so only the culprit fails
+        for n in broken:
+            _in_workers({n: staged[n]}, 1, out, pol, der, host, full)
+            if n not in out:
+                out[n] = _failed("validation stopped (its worker process died)")
+    for n, p in staged.items():
+        if n not in out:
+            out[n] = _judge_one(n, p, pol, der, host, full)
+    return out
+
+
 def _judge_one(
     name: str, path: Path, pol: Any, anchors: list[bytes], host: dict[str, str] | None, full: bool
 ) -> _Verdict:
@@ -482,37 +579,6 @@ def _judge_one(
 
 def _failed(why: str, seconds: float = 0.0) -> _Verdict:
     return _Verdict(False, [why], None, None, None, seconds)
-
-
-def _judge(
-    staged: dict[str, Path],
-    mode: SysextMode,
-    pol: Any,
-    anchors: list[Any],
-    host: dict[str, str] | None,
-    full: bool,
-) -> dict[str, _Verdict]:
-    if mode is SysextMode.DISABLED or not staged:
-        return {}
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    der = [bytes(c.public_bytes(Encoding.DER)) for c in anchors]
-    total = sum(p.stat().st_size for p in staged.values())
-    workers = min(len(staged), os.cpu_count() or 1)
-    out: dict[str, _Verdict] = {}
-    if workers > 1 and full and total >= PARALLEL_FROM:
-        # one image per worker process: hashing 4 KiB blocks holds the GIL too often for threads
-        broken = _in_workers(staged, workers, out, pol, der, host, full)
-        # a worker that died (a crash in a library, the OOM killer) takes its pool with it: each
-        # image of that pool is judged again alone, in a pool of its own, so only the culprit fails
-        for n in broken:
-            _in_workers({n: staged[n]}, 1, out, pol, der, host, full)
-            if n not in out:
-                out[n] = _failed("validation stopped (its worker process died)")
-    for n, p in staged.items():
-        if n not in out:
-            out[n] = _judge_one(n, p, pol, der, host, full)
-    return out
 
 
 def _in_workers(
@@ -549,6 +615,22 @@ def _in_workers(
     return broken
 
 
+def _place_all(
+    staged: list[_Staged], dest: Path, mode: SysextMode, verdicts: dict[str, _Verdict]
+) -> dict[str, Outcome]:
+    """Rename into place the copies the mode allows (their bytes are the bytes judged)."""
+    out: dict[str, Outcome] = {}
+    for s in staged:
+        o = _outcome(s.name, s.src, mode, verdicts.get(s.name))
+        if o.placed:
+            why = _place(s.fd, s.tmp, dest / s.name)
+            if why is not None:
+                o.placed, o.verdict = False, "refused"
+                o.reasons.append(why)
+        out[s.name] = o
+    return out
+
+
 def _outcome(name: str, src: Path, mode: SysextMode, v: _Verdict | None) -> Outcome:
     if v is None:  # disabled: not checked
         return Outcome(name, str(src), True, "unchecked")
@@ -559,6 +641,25 @@ def _outcome(name: str, src: Path, mode: SysextMode, v: _Verdict | None) -> Outc
     else:
         verdict, placed = "refused", False
     return Outcome(name, str(src), placed, verdict, v.reasons, v.signer, v.root_hash, v.qualified_as, v.seconds)
+
+
+def _place(fd: int, tmp: Path, target: Path) -> str | None:
+    """Rename the validated copy over ``target``; or why not. Only a regular file (an earlier copy)
+    or a symbolic link is replaced: a directory or anything else there is left alone."""
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return f"{target}: cannot be checked ({exc.strerror}); not placed"
+    else:
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            return f"{target}: not a regular file in the way (a directory?); left alone, not placed"
+    try:
+        fsutil.commit(fd, tmp, target)
+    except OSError as exc:
+        return f"{target}: cannot place ({exc.strerror or exc})"
+    return None
 
 
 def write_report(root: Path, report: Report) -> None:
