@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -481,3 +482,106 @@ def test_lint_dash_reads_standard_input() -> None:
                        text=True, check=False)  # fmt: skip
     assert p.returncode == 1, p.stderr
     assert p.stdout.startswith("<stdin>:7: error BK103: k3s.service: FailureAction=reboot"), p.stdout
+
+
+# --- the table of rules (issue 15, item 15): each code has one function, README documents each -------
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _readme_codes() -> dict[str, str]:
+    """README's table of lint codes: code → severity as written ('error', 'warning', 'error/warning')."""
+    import re
+
+    rows = re.findall(r"^\| (BK\d{3}) \| ([a-z/]+) \|", README.read_text(), re.MULTILINE)
+    assert len(rows) == len({code for code, _ in rows}), "a code documented twice"
+    return dict(rows)
+
+
+def _node_codes() -> set[str]:
+    """The codes of the node's systemd-sysext setup, which sysext/conf.py reports (not in the table)."""
+    import re
+
+    from bootkeeper.sysext import conf
+
+    return set(re.findall(r'"(BK3\d\d)"', Path(conf.__file__).read_text()))
+
+
+def test_readme_documents_every_rule_of_the_table_with_its_severity() -> None:
+    documented = _readme_codes()
+    table = {r.code: "/".join(s.value for s in r.severities) for r in lint.RULES}
+    assert len(table) == len(lint.RULES), "a code registered twice"
+    assert {c: documented.get(c) for c in table} == table
+    node = _node_codes()
+    assert node and not node & set(table)
+    assert set(documented) == set(table) | node, "README documents a code nothing reports"
+
+
+def _text_hazard(text: str, name: str = "x.yaml") -> Callable[[Path], list[dict[str, Any]]]:
+    return lambda _: [f.as_json() for f in lint.lint_text(text, name)]
+
+
+def _esp_hazard(make: Callable[[Path], Path], version: str = "257") -> Callable[[Path], list[dict[str, Any]]]:
+    return lambda tmp: codes("--esp", str(make(tmp)), "--systemd-boot-version", version)[2]["findings"]
+
+
+def _read_only_passive(tmp: Path) -> Path:
+    import os
+
+    esp = _esp(tmp, GOOD)
+    os.chmod(esp / "loader/entries/passive+3.conf", 0o444)
+    return esp
+
+
+def _with_temporary(tmp: Path) -> Path:
+    esp = _esp(tmp, GOOD)
+    (esp / "loader/entries/.bootkeeper-0a1b2c3d4e5f.tmp").write_bytes(b"x" * 93)
+    return esp
+
+
+def _step(name: str, cond: str | None, path: str, content: str) -> str:
+    body = "".join(f"            {ln}\n" for ln in content.splitlines())
+    cond_line = f"      if: '{cond}'\n" if cond else ""
+    return (
+        f"stages:\n  boot:\n    - name: {name}\n{cond_line}      files:\n        - path: {path}\n"
+        f"          content: |\n{body}"
+    )
+
+
+ACTIVE = '[ -f "/run/cos/active_mode" ]'
+HAZARDS: dict[str, Callable[[Path], list[dict[str, Any]]]] = {
+    "BK100": _text_hazard("stages:\n  boot: [\n"),
+    "BK101": _text_hazard(_step("active only", '[ ! -f "/run/cos/active_mode" ]', "/run/motd", "hi")),
+    "BK102": _text_hazard(_step("x", f'{ACTIVE} && [ -f "/run/cos/passive_mode" ]', "/run/motd", "hi")),
+    "BK103": _text_hazard("[Unit]\nFailureAction=reboot\n", "x.conf"),
+    "BK104": _text_hazard(
+        _step("x", None, "/run/systemd/system/h.service", "[Install]\nRequiredBy=boot-complete.target")
+    ),
+    "BK105": _text_hazard("[Unit]\nBefore=boot-complete.target\n", "x.conf"),
+    "BK106": _text_hazard(_step("x", ACTIVE, "/etc/systemd/system/h.service.d/x.conf", "[Unit]\nDescription=x")),
+    "BK107": _text_hazard("[Service]\nExecStart=sed -i s/a/b/ /efi/loader/loader.conf\n", "x.conf"),
+    "BK108": _text_hazard("[Service]\nExecStartPost=mount -o remount,ro /efi\n", "x.conf"),
+    "BK201": _esp_hazard(
+        lambda tmp: _esp(tmp, {**GOOD, "active+3.conf": "title a\nsort-key 1-active\nefi /EFI/kairos/vmlinuz\n"}),
+        "262",
+    ),
+    "BK202": _esp_hazard(lambda tmp: _esp(tmp, GOOD, "timeout 0\ndefault active.conf\n")),
+    "BK203": _esp_hazard(lambda tmp: _esp(tmp, {**GOOD, "active.conf": entry_body("active")})),
+    "BK204": _esp_hazard(lambda tmp: _esp(tmp, {k: entry_body(k.split("+")[0], sort_key=False) for k in GOOD})),
+    "BK205": _esp_hazard(lambda tmp: _esp(tmp, {k: v for k, v in GOOD.items() if "statereset" not in k})),
+    "BK206": _esp_hazard(_with_temporary),
+    "BK207": _esp_hazard(
+        lambda tmp: _esp(tmp, {**GOOD, "passive+3.conf": "title p\nsort-key 2-passive\nuki /EFI/kairos/p.efi\n"})
+    ),
+    "BK208": _esp_hazard(_read_only_passive),
+    "BK209": _esp_hazard(lambda tmp: _type2_esp(tmp / "esp", SAME)),
+}
+
+
+@pytest.mark.parametrize("rule", lint.RULES, ids=lambda r: r.code)
+def test_each_rule_of_the_table_is_reached_by_its_hazard(tmp_path: Path, rule: lint.Rule[Any]) -> None:
+    """One input per code (a code without one fails here): exactly that code fires, with a severity
+    the table declares."""
+    found = HAZARDS[rule.code](tmp_path)
+    assert {f["code"] for f in found} == {rule.code}, found
+    assert all(f["severity"] in rule.severities for f in found), found
