@@ -137,3 +137,65 @@ def test_deeply_nested_config_is_one_line(tmp_path: Path, body: str) -> None:
         check=False,
     )
     assert r.returncode == 4 and "Traceback" not in r.stderr and str(p) in r.stderr, r.stderr
+
+
+# --- the settings table (issue 15, item 15): README documents every key with its default ------------
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _config_section() -> str:
+    text = README.read_text()
+    start = text.index("\n## Config\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_readme_documents_every_setting_with_its_default_and_help() -> None:
+    """README's config table has one row per row of SETTINGS, in its order; each default, read as
+    YAML and parsed by the setting's own parser, is the default; the meaning is the help text."""
+    import re
+
+    import yaml
+
+    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| `([^`]*)` \| (.*) \|$", _config_section(), re.MULTILINE)
+    assert [key for key, _, _ in rows] == [s.path for s in config.SETTINGS]
+    for (key, default, meaning), s in zip(rows, config.SETTINGS, strict=True):
+        assert s.parse(yaml.safe_load(default), f"README: {key}") == s.default, key
+        assert meaning == s.help, key
+
+
+def test_every_field_of_a_section_is_a_setting() -> None:
+    """The dataclasses the rest of bootkeeper reads and the table cannot drift: each field is a key
+    (or where one was set), each key a field."""
+    from dataclasses import fields, replace
+
+    for name, cls in config.SECTIONS.items():
+        keys = {s.key for s in config.SETTINGS if s.section == name}
+        recorded = {s.where_field for s in config.SETTINGS if s.section == name and s.where_field}
+        assert {f.name for f in fields(cls)} == keys | recorded, name
+    loaded = config.load([])  # the table's defaults are the dataclasses' defaults
+    assert loaded.boot_assessment == config.BootAssessment()
+    assert loaded.sysext == replace(config.Sysext(), policy_where="<defaults>: sysext.policy")
+
+
+def test_readme_example_config_loads(tmp_path: Path) -> None:
+    section = _config_section()
+    example = section[section.index("```yaml\n") + 8 : section.index("```\n", section.index("```yaml\n"))]
+    c = config.load([_write(tmp_path, "90_example.yaml", example)])
+    assert c.sysext.rules_for("active") == (r"k3s-v1\.30\..*",)
+    assert c.boot_assessment.services == (config.ServiceSpec("k3s.service", config.RebootOnFailure.ACTIVE),)
+
+
+def test_unknown_key_lists_the_table_order(tmp_path: Path) -> None:
+    """The message lists a section's keys from the table (boot_assessment's as it always did, sorted)."""
+    p = _write(tmp_path, "a.yaml", "boot_assessment:\n  retries: 3\n")
+    with pytest.raises(ConfigError, match=r"allowed: rearm, recovery_tries, services, tries\)$"):
+        config.load([p])
+    p.write_text("sysext:\n  modes: enforced\n")
+    with pytest.raises(ConfigError) as ei:
+        config.load([p])
+    allowed = (
+        "mode, policy, certificates, entries, sources, firmware, verity_dirs, full_check, refresh, hierarchies, "
+        "vendor, require_valid_dates, systemd_version, store, store_dir"
+    )
+    assert str(ei.value) == f"{p}: sysext.modes: unknown key (allowed: {allowed})"

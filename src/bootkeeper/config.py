@@ -1,14 +1,21 @@
 """Configuration: ``/oem/*.yaml`` merged in lexical order (or ``--config FILE``), parsed into
 frozen dataclasses at the edge. Every error names the file, the key and what is allowed.
+
+Each key is one row of :data:`SETTINGS` (the way mkosi's ``SETTINGS`` declares its options): its
+section and key, the parser that checks a value and names the key at fault, and the help text that
+README's config table repeats (tests/test_config.py holds them to it). The type and the default are
+the field of the frozen dataclass the rest of bootkeeper reads (``BootAssessment``, ``Sysext``),
+which is also what a section's keys come from when a file does not set them.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from bootkeeper.errors import ConfigError, UnreadableError
 
@@ -31,6 +38,8 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class BootAssessment:
+    """The ``boot_assessment`` section; what each key means is its row in :data:`SETTINGS`."""
+
     tries: int = 3
     rearm: bool = False
     recovery_tries: int = 3
@@ -62,19 +71,20 @@ class Certificate:
 
 @dataclass(frozen=True)
 class Sysext:
+    """The ``sysext`` section; what each key means is its row in :data:`SETTINGS`."""
+
     mode: SysextMode = SysextMode.ENFORCED
     policy: str = ENFORCED_POLICY
     policy_where: str = "sysext.policy"  # "FILE: sysext.policy": where it was set, for messages
     certificates: tuple[Certificate, ...] = ()
-    # entry name -> regular expressions matched (in full) against the image name
     entries: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    sources: tuple[str, ...] = ()  # extra folders activate reads besides /.extra/sysext
-    firmware: tuple[str, ...] = ("db",)  # firmware variables whose certificates are trusted
+    sources: tuple[str, ...] = ()
+    firmware: tuple[str, ...] = ("db",)
     verity_dirs: tuple[str, ...] = ("/run/verity.d", "/etc/verity.d", "/usr/lib/verity.d")
-    full_check: bool = True  # verify every data block at activation, not only the hash tree
-    refresh: bool = False  # run systemd-sysext refresh after activation
-    hierarchies: tuple[str, ...] = ()  # SYSTEMD_SYSEXT_HIERARCHIES, e.g. /usr:/opt:/usr/local
-    vendor: str | None = None  # EFI/<vendor>/ when the ESP has UKIs in more than one folder
+    full_check: bool = True
+    refresh: bool = False
+    hierarchies: tuple[str, ...] = ()
+    vendor: str | None = None
     # trust an anchor only inside its validity period (systemd and the kernel never check the
     # dates: systemd-sysext verifies with PKCS7_NOVERIFY)
     require_valid_dates: bool = False
@@ -96,6 +106,12 @@ class Config:
     warnings: tuple[str, ...] = ()
 
 
+# --- parsers: (value, "FILE: section.key") -> the field's value, or a ConfigError naming both --------
+
+T = TypeVar("T")
+Parser = Callable[[Any, str], T]
+
+
 def _int(where: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where}: {value!r} is not a whole number from {lo} to {hi}")
@@ -104,42 +120,27 @@ def _int(where: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-def _bool(where: str, value: Any) -> bool:
+def _whole(lo: int, hi: int) -> Parser[int]:
+    return lambda value, where: _int(where, value, lo, hi)
+
+
+def _bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{where}: {value!r} is not true or false")
     return value
 
 
-def _parse_boot_assessment(src: str, raw: Any) -> BootAssessment:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{src}: boot_assessment: expected a mapping, got {type(raw).__name__}")
-    allowed = {"tries", "rearm", "recovery_tries", "services"}
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(f"{src}: boot_assessment.{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
-    ba = BootAssessment()
-    tries = _int(f"{src}: boot_assessment.tries", raw.get("tries", ba.tries), 1, 100)
-    rtries = _int(f"{src}: boot_assessment.recovery_tries", raw.get("recovery_tries", ba.recovery_tries), 1, 100)
-    rearm = _bool(f"{src}: boot_assessment.rearm", raw.get("rearm", ba.rearm))
-    services_raw = raw.get("services", [])
-    if not isinstance(services_raw, list):
-        raise ConfigError(f"{src}: boot_assessment.services: expected a list")
-    services = []
-    for i, s in enumerate(services_raw):
-        where = f"{src}: boot_assessment.services[{i}]"
-        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not s["name"]:
-            raise ConfigError(f"{where}: expected a mapping with a non-empty 'name'")
-        for key in s:
-            if key not in ("name", "reboot_on_failure"):
-                raise ConfigError(f"{where}.{key}: unknown key (allowed: name, reboot_on_failure)")
-        rof = s.get("reboot_on_failure", "never")
+E = TypeVar("E", bound=StrEnum)
+
+
+def _one_of(kind: type[E]) -> Parser[E]:
+    def parse(value: Any, where: str) -> E:
         try:
-            rof_v = RebootOnFailure(rof)
+            return kind(value)
         except ValueError:
-            allowed_v = ", ".join(v.value for v in RebootOnFailure)
-            raise ConfigError(f"{where}.reboot_on_failure: {rof!r} is not one of {allowed_v}") from None
-        services.append(ServiceSpec(s["name"], rof_v))
-    return BootAssessment(tries=tries, rearm=rearm, recovery_tries=rtries, services=tuple(services))
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(v.value for v in kind)}") from None
+
+    return parse
 
 
 def _strings(where: str, value: Any, *, absolute: bool = False) -> tuple[str, ...]:
@@ -152,117 +153,196 @@ def _strings(where: str, value: Any, *, absolute: bool = False) -> tuple[str, ..
     return tuple(value)
 
 
-_SYSEXT_KEYS = (
-    "mode",
-    "policy",
-    "certificates",
-    "entries",
-    "sources",
-    "firmware",
-    "verity_dirs",
-    "full_check",
-    "refresh",
-    "hierarchies",
-    "vendor",
-    "require_valid_dates",
-    "systemd_version",
-    "store",
-    "store_dir",
-)
+def _paths(value: Any, where: str) -> tuple[str, ...]:
+    return _strings(where, value, absolute=True)
+
+
+def _path(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ConfigError(f"{where}: {value!r} is not an absolute path")
+    return value
+
+
+def _services(value: Any, where: str) -> tuple[ServiceSpec, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list")
+    services = []
+    for i, s in enumerate(value):
+        item = f"{where}[{i}]"
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not s["name"]:
+            raise ConfigError(f"{item}: expected a mapping with a non-empty 'name'")
+        for key in s:
+            if key not in ("name", "reboot_on_failure"):
+                raise ConfigError(f"{item}.{key}: unknown key (allowed: name, reboot_on_failure)")
+        rof = _one_of(RebootOnFailure)(s.get("reboot_on_failure", "never"), f"{item}.reboot_on_failure")
+        services.append(ServiceSpec(s["name"], rof))
+    return tuple(services)
+
+
+def _policy(value: Any, where: str) -> str:
+    # the grammar is sysext/policy.py's: checked where the config is loaded for a verb (cli/common.py)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected an image-policy string, got {value!r}")
+    return value
+
+
+def _certificates(value: Any, where: str) -> tuple[Certificate, ...]:
+    strings = _strings(where, [value] if isinstance(value, str) else value)
+    return tuple(Certificate(v, f"{where}[{i}]") for i, v in enumerate(strings))
+
+
 _ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 
 
-def _parse_sysext(src: str, raw: Any, key_src: dict[str, str] | None = None) -> tuple[Sysext, list[str]]:
-    """The ``sysext`` block; ``key_src`` names the file each key came from after a merge."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{src}: sysext: expected a mapping, got {type(raw).__name__}")
-
-    def at(key: str) -> str:
-        return f"{(key_src or {}).get(key, src)}: sysext.{key}"
-
-    for key in raw:
-        if key not in _SYSEXT_KEYS:
-            raise ConfigError(f"{src}: sysext.{key}: unknown key (allowed: {', '.join(_SYSEXT_KEYS)})")
-    d = Sysext()
-    warnings: list[str] = []
-    mode_raw = raw.get("mode", d.mode.value)
-    try:
-        mode = SysextMode(mode_raw)
-    except ValueError:
-        allowed = ", ".join(m.value for m in SysextMode)
-        raise ConfigError(f"{at('mode')}: {mode_raw!r} is not one of {allowed}") from None
-    pol_raw = raw.get("policy", d.policy)
-    if not isinstance(pol_raw, str):
-        raise ConfigError(f"{at('policy')}: expected an image-policy string, got {pol_raw!r}")
-    # the grammar is sysext/policy.py's: checked where the config is loaded for a verb (cli/common.py)
-    certs_raw = raw.get("certificates", [])
-    if isinstance(certs_raw, str):
-        certs_raw = [certs_raw]
-    strings = _strings(at("certificates"), certs_raw)
-    certs = tuple(Certificate(v, f"{at('certificates')}[{i}]") for i, v in enumerate(strings))
-    entries_raw = raw.get("entries", {})
-    if not isinstance(entries_raw, dict):
-        raise ConfigError(f"{at('entries')}: expected a mapping of entry name to a list of regular expressions")
+def _entries(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of entry name to a list of regular expressions")
     entries = []
-    for name, rules in entries_raw.items():
-        where = f"{at('entries')}.{name}"
+    for name, rules in value.items():
+        at = f"{where}.{name}"
         if not isinstance(name, str) or not _ENTRY_NAME.fullmatch(name):
-            raise ConfigError(f"{where}: not a boot entry name (letters, digits, '_.@-')")
-        if isinstance(rules, str):
-            rules = [rules]
-        pats = _strings(where, rules)
+            raise ConfigError(f"{at}: not a boot entry name (letters, digits, '_.@-')")
+        pats = _strings(at, [rules] if isinstance(rules, str) else rules)
         for i, pat in enumerate(pats):
             try:
                 re.compile(pat)
             except re.error as exc:
-                raise ConfigError(f"{where}[{i}]: {pat!r} is not a regular expression ({exc})") from None
+                raise ConfigError(f"{at}[{i}]: {pat!r} is not a regular expression ({exc})") from None
         entries.append((name, pats))
-    firmware = _strings(at("firmware"), raw.get("firmware", list(d.firmware)))
+    return tuple(entries)
+
+
+def _firmware(value: Any, where: str) -> tuple[str, ...]:
+    firmware = _strings(where, value)
     for v in firmware:
         if v not in FIRMWARE_VARIABLES:
-            raise ConfigError(f"{at('firmware')}: {v!r} is not one of {', '.join(FIRMWARE_VARIABLES)}")
-    sources = _strings(at("sources"), raw.get("sources", []), absolute=True)
-    verity_dirs = _strings(at("verity_dirs"), raw.get("verity_dirs", list(d.verity_dirs)), absolute=True)
-    hierarchies = _strings(at("hierarchies"), raw.get("hierarchies", []), absolute=True)
-    vendor = raw.get("vendor")
-    if vendor is not None and (not isinstance(vendor, str) or not _ENTRY_NAME.fullmatch(vendor)):
-        raise ConfigError(f"{at('vendor')}: {vendor!r} is not a folder name under EFI/")
-    systemd_version = raw.get("systemd_version")
-    if systemd_version is not None:
-        from bootkeeper.systemd_version import HIGHEST, LOWEST
+            raise ConfigError(f"{where}: {v!r} is not one of {', '.join(FIRMWARE_VARIABLES)}")
+    return firmware
 
-        systemd_version = _int(at("systemd_version"), systemd_version, LOWEST, HIGHEST)
-    store_raw = raw.get("store", d.store.value)
-    try:
-        store = SysextStore(store_raw)
-    except ValueError:
-        raise ConfigError(
-            f"{at('store')}: {store_raw!r} is not one of {', '.join(s.value for s in SysextStore)}"
-        ) from None
-    store_dir = raw.get("store_dir", d.store_dir)
-    if not isinstance(store_dir, str) or not store_dir.startswith("/") or "\0" in store_dir:
-        raise ConfigError(f"{at('store_dir')}: {store_dir!r} is not an absolute path")
-    return (
-        Sysext(
-            mode=mode,
-            policy=str(pol_raw),
-            policy_where=at("policy"),
-            certificates=certs,
-            entries=tuple(entries),
-            sources=sources,
-            firmware=firmware,
-            verity_dirs=verity_dirs,
-            full_check=_bool(at("full_check"), raw.get("full_check", d.full_check)),
-            refresh=_bool(at("refresh"), raw.get("refresh", d.refresh)),
-            hierarchies=hierarchies,
-            vendor=vendor,
-            require_valid_dates=_bool(at("require_valid_dates"), raw.get("require_valid_dates", d.require_valid_dates)),
-            systemd_version=systemd_version,
-            store=store,
-            store_dir=store_dir,
-        ),
-        warnings,
-    )
+
+def _vendor(value: Any, where: str) -> str | None:
+    if value is not None and (not isinstance(value, str) or not _ENTRY_NAME.fullmatch(value)):
+        raise ConfigError(f"{where}: {value!r} is not a folder name under EFI/")
+    return value
+
+
+def _systemd_version(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    from bootkeeper.systemd_version import HIGHEST, LOWEST  # only when the key is set: not on the boot path
+
+    return _int(where, value, LOWEST, HIGHEST)
+
+
+# --- the settings table ------------------------------------------------------------------------------
+
+SECTIONS: dict[str, type[Any]] = {"boot_assessment": BootAssessment, "sysext": Sysext}
+
+
+class Setting(NamedTuple):  # a NamedTuple, not a dataclass: config is on the boot path, and it is cheaper
+    """One config key: ``section.key`` is the field ``key`` of ``SECTIONS[section]``, whose default
+    applies when no file sets it. ``where_field``: a field that records where the key was set."""
+
+    section: str
+    key: str
+    parse: Parser[Any]
+    help: str
+    where_field: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def default(self) -> Any:
+        f = next(f for f in fields(SECTIONS[self.section]) if f.name == self.key)
+        return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+
+
+# In each section, the order of its rows is the order its unknown-key error lists them (and README's
+# config table: tests/test_config.py).
+SETTINGS = (
+    Setting("boot_assessment", "rearm", _bool, "re-arm the booted entry after every good boot"),
+    Setting(
+        "boot_assessment",
+        "recovery_tries",
+        _whole(1, 100),
+        "tries of recovery and statereset entries; re-armed when active or passive is blessed good",
+    ),
+    Setting(
+        "boot_assessment",
+        "services",
+        _services,
+        "services that must start before a boot is good (install-units, service enroll): `name` and "
+        "`reboot_on_failure` (never, active: through bootkeeper-generator, always)",
+    ),
+    Setting("boot_assessment", "tries", _whole(1, 100), "tries of the active and passive entries (arm, rotate)"),
+    Setting("sysext", "mode", _one_of(SysextMode), "`disabled`, `permissive` or `enforced`"),
+    Setting(
+        "sysext",
+        "policy",
+        _policy,
+        "the image policy images must pass (systemd's grammar); the seed's `verity+signed+absent` gets a warning",
+        where_field="policy_where",
+    ),
+    Setting("sysext", "certificates", _certificates, "trust anchors: PEM text or paths (under --root when given)"),
+    Setting(
+        "sysext",
+        "entries",
+        _entries,
+        "entry name to regular expressions (full match on the image name); an image no rule matches goes to "
+        "active and passive",
+    ),
+    Setting("sysext", "sources", _paths, "more folders activate reads, after `/.extra/sysext`"),
+    Setting("sysext", "firmware", _firmware, "firmware variables whose certificates are trusted: `db`, `KEK`, `PK`"),
+    Setting(
+        "sysext", "verity_dirs", _paths, "folders whose `*.crt`/`*.pem` certificates are trusted (systemd-sysext's own)"
+    ),
+    Setting("sysext", "full_check", _bool, "activate verifies every data block, not only the hash tree"),
+    Setting("sysext", "refresh", _bool, "run systemd-sysext refresh after activate"),
+    Setting("sysext", "hierarchies", _paths, "`SYSTEMD_SYSEXT_HIERARCHIES`, e.g. `[/usr, /opt, /usr/local]`"),
+    Setting("sysext", "vendor", _vendor, "only UKIs under `EFI/<vendor>/` (when the ESP has several vendors)"),
+    Setting(
+        "sysext",
+        "require_valid_dates",
+        _bool,
+        "also refuse anchors outside their validity dates (systemd does not check them)",
+    ),
+    Setting(
+        "sysext",
+        "systemd_version",
+        _systemd_version,
+        "the node's systemd major (e.g. 252) when it cannot be read under --root; decides --image-policy",
+    ),
+    Setting(
+        "sysext",
+        "store",
+        _one_of(SysextStore),
+        "`esp` (`EFI/<vendor>/<uki>.efi.extra.d/`) or `persistent` (`store_dir`, folders of links)",
+    ),
+    Setting("sysext", "store_dir", _path, "the persistent store, for `store: persistent` (under --root when given)"),
+)
+
+S = TypeVar("S")
+
+
+def _parse_section(cls: type[S], src: str, raw: Any, key_src: dict[str, str] | None = None) -> S:
+    """A section's block as its dataclass; ``key_src`` names the file each key came from after a merge."""
+    section = next(name for name, c in SECTIONS.items() if c is cls)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: {section}: expected a mapping, got {type(raw).__name__}")
+    rows = [s for s in SETTINGS if s.section == section]
+    allowed = [s.key for s in rows]
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{src}: {section}.{key}: unknown key (allowed: {', '.join(allowed)})")
+    values: dict[str, Any] = {}
+    for s in rows:
+        where = f"{(key_src or {}).get(s.key, src)}: {s.path}"
+        values[s.key] = s.parse(raw[s.key], where) if s.key in raw else s.default
+        if s.where_field is not None:
+            values[s.where_field] = where
+    return cls(**values)
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -294,29 +374,23 @@ def load(paths: list[Path] | None = None, oem_dir: Path = OEM_DIR) -> Config:
     """Merge the given files (or ``oem_dir/*.yaml`` in lexical order); later files win per key."""
     if paths is None:
         paths = sorted(oem_dir.glob("*.yaml")) if oem_dir.is_dir() else []
-    merged_ba: dict[str, Any] = {}
-    ba_src = "<defaults>"
-    merged_sx: dict[str, Any] = {}
-    sx_src: dict[str, str] = {}
+    merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    key_src: dict[str, dict[str, str]] = {name: {} for name in SECTIONS}
     for p in paths:
         data = _load_yaml(p)
         for key in data:
-            if key not in ("boot_assessment", "sysext") and key not in _OTHER_SECTIONS:
-                raise ConfigError(f"{p}: {key}: unknown section (bootkeeper reads boot_assessment, sysext)")
-        if "boot_assessment" in data:
-            block = data["boot_assessment"]
-            _parse_boot_assessment(str(p), block)  # validate each file on its own, naming it
-            merged_ba.update(block)
-            ba_src = str(p)
-        if "sysext" in data:
-            block = data["sysext"]
-            _parse_sysext(str(p), block)
-            merged_sx.update(block)
-            sx_src.update({k: str(p) for k in block})
-    sysext, warnings = _parse_sysext("<defaults>", merged_sx, sx_src)
+            if key not in SECTIONS and key not in _OTHER_SECTIONS:
+                raise ConfigError(f"{p}: {key}: unknown section (bootkeeper reads {', '.join(SECTIONS)})")
+        for name, cls in SECTIONS.items():
+            if name in data:
+                block = data[name]
+                _parse_section(cls, str(p), block)  # validate each file on its own, naming it
+                merged[name].update(block)
+                key_src[name].update({k: str(p) for k in block})
     return Config(
-        boot_assessment=_parse_boot_assessment(ba_src, merged_ba),
-        sysext=sysext,
+        boot_assessment=_parse_section(
+            BootAssessment, "<defaults>", merged["boot_assessment"], key_src["boot_assessment"]
+        ),
+        sysext=_parse_section(Sysext, "<defaults>", merged["sysext"], key_src["sysext"]),
         sources=tuple(str(p) for p in paths),
-        warnings=tuple(warnings),
     )
