@@ -366,3 +366,49 @@ def _ppid(proc: Path) -> int | None:
     except OSError:
         return None
     return None if fields[0] == "Z" else int(fields[1])
+
+
+def test_report_and_log_lines_follow_the_steps(tmp_path: Path) -> None:
+    """Copy, judge, place, then prune (issue 15, item 15: the steps of activate): the report's keys,
+    the images in the order listed, one log line each, then one per earlier copy pruned; the report
+    on disk is the one returned."""
+    from bootkeeper.config import SysextMode
+    from bootkeeper.sysext import activate as act
+
+    root, cfg = _fault_root(tmp_path, ["a.sysext.raw", "b.sysext.raw"])
+    (root / ".extra/sysext/c.confext.raw").write_bytes(b"x")
+    dest = root / act.DEST_DIR
+    dest.mkdir(parents=True)
+    (dest / "old.sysext.raw").write_bytes(b"an earlier run's copy")
+    (root / act.REPORT).parent.mkdir(parents=True)
+    (root / act.REPORT).write_text(json.dumps({"images": [{"name": "old.sysext.raw", "placed": True}]}))
+    lines: list[str] = []
+    report = act.activate(root, cfg, SysextMode.ENFORCED, log=lines.append)
+    doc = json.loads((root / act.REPORT).read_text())
+    assert doc == report.as_json()
+    assert set(doc) == {
+        "mode",
+        "policy",
+        "root",
+        "sources",
+        "images",
+        "removed",
+        "trust",
+        "store",
+        "refresh",
+        "seconds",
+    }
+    assert [(i["name"], i["verdict"], i["placed"]) for i in doc["images"]] == [
+        ("a.sysext.raw", "passed", True),
+        ("b.sysext.raw", "passed", True),
+        ("c.confext.raw", "skipped", False),
+    ]
+    assert set(doc["images"][0]) == {
+        "name", "source", "placed", "verdict", "reasons", "signer", "root_hash", "qualified_as", "seconds"
+    }  # fmt: skip
+    assert doc["removed"] == ["old.sysext.raw"]
+    assert lines == [
+        *(o.line() for o in report.images),
+        f"old.sysext.raw: removed from {dest} (an earlier copy; not placed now)",
+    ]
+    assert sorted(p.name for p in dest.iterdir()) == ["a.sysext.raw", "b.sysext.raw"]
