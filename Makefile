@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit vm bench clean
+.PHONY: demo test lint unit vm bench clean deb
 
 $(STAMP): pyproject.toml scripts/venv.sh
 	bash scripts/venv.sh $(VENV)
@@ -27,6 +27,11 @@ bench: $(STAMP)
 	$(PY) bench/startup.py
 	$(PY) bench/verity.py
 	$(PY) bench/activate.py
+
+# bootkeeper's Debian package (README.md, Packaging), built in the trixie tree: build/deb/bootkeeper_*_all.deb
+deb:
+	bash scripts/setup-trixie.sh
+	bash scripts/build-deb.sh build/deb
 
 clean:
 	rm -rf $(VENV) .cache build src/*.egg-info

@@ -1,7 +1,10 @@
 #!/bin/bash
 # A Debian 13 (trixie) minbase tree with systemd 257's systemd-repart and systemd-dissect, for the
 # interoperability tests (bookworm's systemd-repart has no -S/--offline and refuses erofs), and
-# ukify with systemd-stub and systemd-boot 257, which the node tests build their UKIs and ESP with.
+# ukify with systemd-stub and systemd-boot 257, which the node tests build their UKIs and ESP with;
+# and Debian's packaging tools (debhelper, dh-python, pybuild's pyproject plugin, setuptools >= 77,
+# which Debian 12 does not have) with bootkeeper's python3-* dependencies, which scripts/build-deb.sh
+# builds the Debian package with (it runs the package's own install-units at build time).
 # Idempotent; cached in $TRIXIE_ROOT (default .cache/trixie). The mirror comes from the machine's
 # own apt sources. Nothing is installed on the host except debootstrap.
 set -euo pipefail
@@ -11,8 +14,13 @@ root=${TRIXIE_ROOT:-$here/.cache/trixie}
 mirror=${DEBIAN_MIRROR:-$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
 [ -n "$mirror" ] || { echo "setup-trixie: no Debian mirror in the machine's apt sources; set DEBIAN_MIRROR" >&2; exit 2; }
 pkgs="systemd systemd-repart systemd-container cryptsetup-bin erofs-utils squashfs-tools openssl systemd-ukify systemd-boot-efi"
+# debian/control's Build-Depends, and build-essential, which dpkg-buildpackage requires of every build
+pkgs="$pkgs build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools"
+pkgs="$pkgs python3-click python3-yaml python3-rich python3-cryptography python3-asn1crypto"
 if [ -x "$root/usr/bin/systemd-dissect" ] && [ -x "$root/usr/bin/systemd-repart" ] && [ -x "$root/usr/bin/mkfs.erofs" ] && [ -x "$root/usr/sbin/veritysetup" ] \
-   && [ -x "$root/usr/bin/ukify" ] && [ -f "$root/usr/lib/systemd/boot/efi/linuxx64.efi.stub" ]; then
+   && [ -x "$root/usr/bin/ukify" ] && [ -f "$root/usr/lib/systemd/boot/efi/linuxx64.efi.stub" ] \
+   && [ -x "$root/usr/bin/dh_python3" ] && [ -d "$root/usr/share/perl5/Debian/Debhelper" ] \
+   && chroot "$root" dpkg-query -W pybuild-plugin-pyproject python3-asn1crypto build-essential >/dev/null 2>&1; then
   exit 0
 fi
 command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null

@@ -3,9 +3,12 @@
 Pieces, each cached under ``.cache/node`` and rebuilt only when its inputs change:
 
 * the guest tree (``scripts/setup-node-guest.sh``): Debian packages only;
-* the root file system image: a copy of the tree with bootkeeper's wheel installed by
-  ``python3 -m installer`` (its dependencies are Debian's python3-* packages), the test rig from
-  ``tests/node/guest``, ``/oem/90-node.yaml``, and whatever ``bootkeeper install-units`` writes, run
+* bootkeeper's Debian package (:func:`deb`, ``scripts/build-deb.sh``: dpkg-buildpackage in the trixie
+  tree), cached by the digest of what it is built from;
+* the root file system image: a copy of the tree with that package installed by ``dpkg -i`` (which
+  checks its Depends against the tree: Debian's python3-* packages), the test rig from
+  ``tests/node/guest``, ``/oem/90-node.yaml``, and what ``bootkeeper install-units`` still writes on a
+  node that has the package (the config's drop-ins, the mask, the links, the enrolled services), run
   inside the copy; packed with ``mkfs.ext4 -d`` (no mounting);
 * one UKI per role, made with trixie's ukify: the same kernel and initrd, a command line and
   ``.osrel`` that name the role (``IMAGE_ID`` is also the entry's sort key);
@@ -80,6 +83,8 @@ def missing_pieces() -> list[str]:
         out.append(f"{GUEST} (scripts/setup-node-guest.sh)")
     if not (trixie.ROOT / "usr/bin/ukify").exists():
         out.append(f"{trixie.ROOT}/usr/bin/ukify (scripts/setup-trixie.sh)")
+    if not (trixie.ROOT / "usr/bin/dh_python3").exists():
+        out.append(f"{trixie.ROOT}/usr/bin/dh_python3 (scripts/setup-trixie.sh)")
     return out
 
 
@@ -127,17 +132,22 @@ exec chroot "$R" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/sbin:/usr/b
 # -- the pieces ------------------------------------------------------------------------------
 
 
-def wheel() -> Path:
-    """bootkeeper's own wheel, built from this checkout (cached by the source's digest)."""
-    key = _digest([ROOT / "src", ROOT / "pyproject.toml"])
-    out = CACHE / "wheel" / key
-    found = list(out.glob("bootkeeper-*.whl"))
+# what scripts/build-deb.sh builds the package from (and the script itself)
+DEB_SOURCES = ("src", "pyproject.toml", "README.md", "LICENSE", "debian", "scripts/build-deb.sh")
+
+
+def deb() -> Path:
+    """bootkeeper's Debian package, built from this checkout with ``scripts/build-deb.sh`` in the
+    trixie tree (cached by the digest of its sources)."""
+    key = _digest([ROOT / s for s in DEB_SOURCES])
+    out = CACHE / "deb" / key
+    found = list(out.glob("bootkeeper_*_all.deb"))
     if found:
         return found[0]
-    shutil.rmtree(CACHE / "wheel", ignore_errors=True)
+    shutil.rmtree(CACHE / "deb", ignore_errors=True)
     out.mkdir(parents=True)
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)])
-    return next(out.glob("bootkeeper-*.whl"))
+    _run(["bash", str(ROOT / "scripts/build-deb.sh"), str(out)], env={**os.environ, "TRIXIE_ROOT": str(trixie.ROOT)})
+    return next(out.glob("bootkeeper_*_all.deb"))
 
 
 @dataclass(frozen=True)
@@ -184,12 +194,12 @@ def os_release(version: str) -> str:
 
 
 def root_image() -> Path:
-    """The root file system: guest tree + bootkeeper (from the wheel) + test rig + install-units."""
-    whl = wheel()
+    """The root file system: guest tree + bootkeeper (its Debian package) + test rig + install-units."""
+    pkg = deb()
     k = keys()
     stamp = (CACHE / "guest.stamp").read_text().strip()
     osrels = "".join(os_release(v) for v in OS_VERSIONS)
-    key = _digest([whl, RIG, k.good_crt], extra=stamp + NODE_CONFIG + osrels)
+    key = _digest([pkg, RIG, k.good_crt], extra=stamp + NODE_CONFIG + osrels)
     img = CACHE / f"root-{key}.img"
     if img.exists():
         return img
@@ -198,7 +208,7 @@ def root_image() -> Path:
     stage = CACHE / "stage"
     shutil.rmtree(stage, ignore_errors=True)
     _run(["cp", "-a", str(GUEST), str(stage)])
-    shutil.copy(whl, stage / "tmp" / whl.name)
+    shutil.copy(pkg, stage / "tmp" / pkg.name)
     (stage / "oem").mkdir(exist_ok=True)
     (stage / "oem" / "90-node.yaml").write_text(NODE_CONFIG)
     (stage / "etc/bootkeeper").mkdir(parents=True, exist_ok=True)
@@ -217,9 +227,10 @@ def root_image() -> Path:
     shutil.copy(RIG / "bootkeeper-bless-bktest.conf", units / "bootkeeper-bless.service.d" / "90-bktest.conf")
     out = chroot(
         stage,
-        f"python3 -m installer /tmp/{whl.name}; rm /tmp/{whl.name}; "
+        f"dpkg -i /tmp/{pkg.name}; rm /tmp/{pkg.name}; "
         "systemctl enable bktest-osrel.service bktest-fault.service bktest-reset.service bktest-report.service; "
         "bootkeeper install-units; "
+        "bootkeeper --version; "
         "python3 -c 'import bootkeeper, cryptography; print(bootkeeper.__file__, cryptography.__version__)'",
     )
     (CACHE / "install-units.log").write_text(out)

@@ -16,6 +16,10 @@
 * ``/etc/systemd/system-generators/bootkeeper-generator``: :mod:`bootkeeper.assess.generator`,
   self-contained, run by the system's Python with ``-IS`` (no site-packages: fast, and nothing a
   broken Python package can break).
+
+The Debian package (``debian/rules``) ships what :func:`render` writes that does not depend on the
+config, rendered by ``install-units`` at build time, in ``/usr/lib/systemd``; on a node that has it,
+:func:`install` writes no copy of those in ``/etc`` (which would shadow the package's files).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ SYSEXT_DROPIN = "systemd-sysext.service.d/10-bootkeeper.conf"
 BLESS_UNIT = "bootkeeper-bless.service"
 BOOT_UNIT = "bootkeeper-boot.service"
 MASKED = "systemd-bless-boot.service"
+# where the node's package ships the files of UNIT_DIR and GENERATOR_DIR (debian/rules)
+PACKAGED_DIRS = {UNIT_DIR: "usr/lib/systemd/system", GENERATOR_DIR: "usr/lib/systemd/system-generators"}
 # unit -> the target whose .wants/ enables it
 WANTED_BY = {SYSEXT_UNIT: "sysinit.target", BLESS_UNIT: "basic.target", BOOT_UNIT: "basic.target"}
 
@@ -170,13 +176,35 @@ def render(cfg: Config, exe: list[str], python: str, systemd: int = ASSUMED) -> 
     }
 
 
+def packaged(root: Path, rel: str, f: UnitFile) -> str | None:
+    """The node's path of the package's copy of ``rel`` (``/usr/lib/systemd/...``) when it is this
+    very file (same text and mode), else None."""
+    folder, _, name = rel.rpartition("/")
+    if (base := PACKAGED_DIRS.get(folder)) is None:
+        return None
+    p = root / base / name
+    try:
+        same = p.is_file() and p.read_text() == f.text and (p.stat().st_mode & 0o777) == f.mode
+    except (OSError, UnicodeDecodeError):
+        return None
+    return f"/{base}/{name}" if same else None
+
+
 def install(root: Path, files: dict[str, UnitFile], enable: bool = True) -> list[str]:
     """Write the files under ``root`` (crash-safe), mask systemd-bless-boot.service and enable the
-    services the way ``systemctl enable`` does (a symlink in ``<target>.wants``). Returns the paths."""
+    services the way ``systemctl enable`` does (a symlink in ``<target>.wants``). Returns the paths.
+    A file the node's package already ships (:func:`packaged`) is not written, and a copy an earlier
+    run left in ``/etc`` is removed when it is the same file: it would shadow the package's."""
     written = []
+    where = {rel: f"/{rel}" for rel in files}
     try:
         for rel, f in files.items():
             p = root / rel
+            if (shipped := packaged(root, rel, f)) is not None:
+                where[rel] = shipped
+                if not p.is_symlink() and p.is_file() and p.read_text() == f.text:
+                    p.unlink()
+                continue
             p.parent.mkdir(parents=True, exist_ok=True)
             if not p.is_file() or p.read_text() != f.text or (p.stat().st_mode & 0o777) != f.mode:
                 fsutil.write_atomic(p, f.text.encode(), mode=f.mode)
@@ -187,7 +215,7 @@ def install(root: Path, files: dict[str, UnitFile], enable: bool = True) -> list
         if enable:
             for unit, target in WANTED_BY.items():
                 link = base / f"{target}.wants" / unit
-                fsutil.symlink_atomic(link, f"/{UNIT_DIR}/{unit}")
+                fsutil.symlink_atomic(link, where.get(f"{UNIT_DIR}/{unit}", f"/{UNIT_DIR}/{unit}"))
                 written.append(str(link))
     except OSError as exc:
         raise WriteError(f"{root}: cannot install units ({exc.strerror or exc})") from exc
