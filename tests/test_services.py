@@ -447,3 +447,36 @@ def test_every_writer_of_a_reboot_always_drop_in_says_what_lint_will_call_it(tmp
     assert "BK103" in lint.stdout + lint.stderr
     quiet = bk("service", "enroll", "health", "--reboot-on-failure", "active", "--root", str(root))
     assert quiet.returncode == 0 and "BK103" not in quiet.stderr
+
+
+@pytest.mark.parametrize("name", ["k3s", "k3s.service", "foo.bar", "getty@tty1", "backup.timer", "a.b.socket"])
+def test_every_writer_names_a_bare_unit_alike(name: str) -> None:
+    """One rule adds ``.service`` to a bare name (generator.with_unit_suffix): enrolment, the
+    cloud-config render, its reader for lint and the BK103 warning all give the same unit name
+    (the warning used to keep ``foo.bar`` while enrolment wrote ``foo.bar.service``)."""
+    from bootkeeper.assess import cloudconfig, services
+    from bootkeeper.config import RebootOnFailure, ServiceSpec
+
+    want = services.unit_name(name, "service")
+    (warning,) = services.loop_warnings([ServiceSpec(name, RebootOnFailure.ALWAYS)])
+    assert warning.startswith(f"{want}: ")
+    rendered = cloudconfig.render([ServiceSpec(name, RebootOnFailure.NEVER)])
+    assert f"          - {want}\n" in rendered
+    assert cloudconfig.enabled_units(cloudconfig.load(rendered, "render")) == {want}
+
+
+def test_cloud_config_writes_the_drop_in_the_generator_writes(tmp_path: Path) -> None:
+    """The ``active`` drop-in has one text, whether bootkeeper-generator writes it at boot or a
+    cloud-config step does."""
+    import yaml
+
+    from bootkeeper.assess import cloudconfig
+    from bootkeeper.config import RebootOnFailure, ServiceSpec
+
+    root = node(tmp_path / "root")
+    boot_as(root, "active", counting=COUNTING)
+    files, _ = generate(root, tmp_path / "gen")
+    generated = files["normal/k3s.service.d/50-bootkeeper-failure-action.conf"]
+    doc = yaml.safe_load(cloudconfig.render([ServiceSpec("k3s", RebootOnFailure.ACTIVE)]))
+    written = {f["path"]: f["content"] for step in doc["stages"]["initramfs"] for f in step.get("files", [])}
+    assert written["/run/systemd/system/k3s.service.d/50-bootkeeper-failure-action.conf"] == generated
