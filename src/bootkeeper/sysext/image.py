@@ -241,7 +241,7 @@ def inspect(path: Path, name: str | None = None, *, architecture: str | None = N
                     problems.append(str(exc))
             try:
                 rel = release.read_from_partition(
-                    path, des.data.offset, des.data.size, info.fstype[d], release.image_name(Path(name or path.name))
+                    path, des.data.offset, des.data.size, info.fstype[d], release.image_stem(name or path.name)
                 )
                 info.release[d] = rel
             except InputError as exc:
@@ -500,7 +500,7 @@ def build(
     check_tool(tool, f"to make the {fs} file system of the extension")
     if not tree.is_dir():
         raise UnreadableError(f"{tree}: not a directory")
-    name = release.image_name(out)
+    name = release.image_stem(out.name)
     present = sorted(p.name for p in (tree / release.RELEASE_DIR).glob("extension-release.*"))
     if present and f"extension-release.{name}" not in present:
         raise MalformedError(
