@@ -81,6 +81,17 @@ class CountedName:
         return self.prefix + self.tail
 
     @property
+    def entry_key(self) -> str:
+        """What names the entry whatever its counter: ``active+2-1.conf``, ``active+0-3.conf`` and
+        ``active.conf`` are one entry (a rename by systemd-boot or a bless), ``ACTIVE.conf`` too (vfat
+        folds case, and the suffix is compared without case). The one rule for "the same entry with
+        and without a counter"."""
+        return self.base.lower()
+
+    def same_entry(self, other: CountedName) -> bool:
+        return self.entry_key == other.entry_key
+
+    @property
     def stem(self) -> str:
         """The base name without its suffix, e.g. ``active`` for ``active+2-1.conf``."""
         b = self.base

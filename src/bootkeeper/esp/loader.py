@@ -143,7 +143,7 @@ def default_after_rename(conf: LoaderConf, old_name: str, new_name: str) -> tupl
         return False, None
     cur = counter_mod.parse(conf.default, suffix)
     old = counter_mod.parse(old_name, suffix)
-    if cur.base.lower() != old.base.lower():
+    if not cur.same_entry(old):
         return False, None
     if counter_mod.parse(new_name, suffix).state is counter_mod.EntryState.BAD:
         return True, None

@@ -538,7 +538,7 @@ class EspStore(FolderStore):
                 )
         bases: dict[tuple[str, str], list[str]] = {}
         for e in found:
-            bases.setdefault((e.directory, e.name.base.lower()), []).append(e.file_name)
+            bases.setdefault((e.directory, e.name.entry_key), []).append(e.file_name)
         for (d, _), files in bases.items():
             if len(files) > 1:
                 problems.append(
