@@ -23,11 +23,6 @@ class EntryState(StrEnum):
     INDETERMINATE = "indeterminate"  # counted, tries left
     BAD = "bad"  # counted, no tries left
 
-    @property
-    def bootable_first(self) -> bool:
-        """systemd-boot sorts entries with no tries left to the end of the menu."""
-        return self is not EntryState.BAD
-
 
 _DIGITS = re.compile(r"[0-9]+")
 

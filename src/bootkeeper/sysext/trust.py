@@ -89,7 +89,8 @@ def parse_esl(data: bytes, what: str) -> list[EslEntry]:
 
 
 def build_esl(entries: Iterable[tuple[uuid.UUID, uuid.UUID, bytes]]) -> bytes:
-    """EFI_SIGNATURE_LISTs, one per entry (for tests and for ``keys`` users preparing db updates)."""
+    """EFI_SIGNATURE_LISTs, one per entry: the writer of what :func:`parse_esl` reads, for its
+    round-trip tests and the fuzz corpus (no verb writes firmware variables)."""
     out = b""
     for typ, owner, data in entries:
         sig_size = 16 + len(data)
