@@ -115,23 +115,35 @@ def test_junk_entry_is_reported_and_arm_refuses(esp: Path) -> None:
 
 
 def test_two_runs_at_once(esp: Path) -> None:
+    """A second run waits BOOTKEEPER_LOCK_TIMEOUT seconds for the ESP lock (10 by default), then is
+    busy: exit 5, one line, nothing changed. A malformed value is a usage error."""
+    import time
+
     fd = os.open(esp, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    args = ["bless", "good", "--esp", str(esp), "--entry", "loader/entries/active+2-1.conf"]
     try:
         before = tree(esp)
+        start = time.monotonic()
         p = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from bootkeeper.cli.main import main; "
-                "import bootkeeper.esp.store as s; s.EspStore.__init__.__kwdefaults__['lock_timeout']=0.3; "
-                f"main(['bless','good','--esp',{str(esp)!r},'--entry','loader/entries/active+2-1.conf'])",
-            ],
+            [sys.executable, "-m", "bootkeeper", *args],
             capture_output=True,
             text=True,
+            env={**os.environ, "BOOTKEEPER_LOCK_TIMEOUT": "0.3"},
             check=False,
         )
-        one_line_error(p, 5, "holds the ESP lock")
+        assert time.monotonic() - start < 8, "BOOTKEEPER_LOCK_TIMEOUT was not honoured"
+        one_line_error(p, 5, "holds the ESP lock", "waited 0.3 s")
+        assert tree(esp) == before
+        for bad in ("soon", "-1", "nan", "3601"):
+            p = subprocess.run(
+                [sys.executable, "-m", "bootkeeper", *args],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "BOOTKEEPER_LOCK_TIMEOUT": bad},
+                check=False,
+            )
+            one_line_error(p, 2, "BOOTKEEPER_LOCK_TIMEOUT", "expected seconds")
         assert tree(esp) == before
     finally:
         os.close(fd)
