@@ -35,6 +35,15 @@ CONFIG = """boot_assessment:
 """
 
 
+def tool(name: str) -> str:
+    """A tool scripts/setup-test-deps.sh installs (systemd, coreutils): its path, or the test fails;
+    never a guess that is run anyway."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is missing; scripts/setup-test-deps.sh installs it (package systemd or coreutils)")
+    return path
+
+
 def bk(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
@@ -48,9 +57,7 @@ def node(root: Path, config: str = CONFIG) -> Path:
     (root / UNITS).mkdir(parents=True, exist_ok=True)
     (root / UNITS / "health.service").write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
     (root / UNITS / "watchdog.service").write_text("[Service]\nExecStart=/bin/sleep infinity\n")
-    r = bk(
-        "install-units", "--root", str(root), "--exe", shutil.which("true") or "/bin/true", "--python", sys.executable
-    )
+    r = bk("install-units", "--root", str(root), "--exe", tool("true"), "--python", sys.executable)
     assert r.returncode == 0, r.stderr
     return root
 
@@ -242,12 +249,10 @@ def test_generator_counter_grammar_is_counter_py(name: str) -> None:
 
 
 def _verify(root: Path, gen: Path, *names: str) -> subprocess.CompletedProcess[str]:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.fail("systemd-analyze is missing; scripts/setup-test-deps.sh installs systemd")
+    analyze = tool("systemd-analyze")
     path = f"{root / UNITS}:{gen / 'normal'}:{root / 'usr/lib/systemd/system'}:"
     env = {**os.environ, "SYSTEMD_UNIT_PATH": path, "SYSTEMD_LOG_COLOR": "0"}
-    return subprocess.run([tool, "verify", "--man=no", *names], capture_output=True, text=True, env=env, check=False)
+    return subprocess.run([analyze, "verify", "--man=no", *names], capture_output=True, text=True, env=env, check=False)
 
 
 ALL = ("k3s.service", "health.service", "watchdog.service", "bootkeeper-bless.service", "bootkeeper-boot.service")
@@ -354,9 +359,7 @@ def test_enroll_with_nothing_to_do_is_a_usage_error(tmp_path: Path) -> None:
 def test_requires_link_is_the_one_systemctl_enable_makes(tmp_path: Path) -> None:
     """The real systemctl (--root, offline) enabling the unit with our drop-in's [Install] makes the
     same boot-complete.target.requires link that enroll makes."""
-    tool = shutil.which("systemctl")
-    if tool is None:
-        pytest.fail("systemctl is missing; scripts/setup-test-deps.sh installs systemd")
+    systemctl = tool("systemctl")
     links = []
     for how in ("bootkeeper", "systemctl"):
         root = tmp_path / how
@@ -366,7 +369,7 @@ def test_requires_link_is_the_one_systemctl_enable_makes(tmp_path: Path) -> None
         link = root / UNITS / "boot-complete.target.requires/k3s.service"
         if how == "systemctl":
             link.unlink()
-            r = subprocess.run([tool, f"--root={root}", "enable", "k3s.service"], capture_output=True, text=True)
+            r = subprocess.run([systemctl, f"--root={root}", "enable", "k3s.service"], capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
         links.append(os.readlink(link))
     assert links[0] == links[1] == "/usr/lib/systemd/system/k3s.service"
@@ -390,15 +393,15 @@ def test_rendered_cloud_config_files_pass_systemd_analyze_verify(tmp_path: Path)
     assert "/run/systemd/system/k3s.service.d/50-bootkeeper-failure-action.conf" in written
     path = f"{root / UNITS}:{root / 'run/systemd/system'}:{root / 'usr/lib/systemd/system'}:"
     env = {**os.environ, "SYSTEMD_UNIT_PATH": path, "SYSTEMD_LOG_COLOR": "0"}
-    tool = shutil.which("systemd-analyze") or "systemd-analyze"
+    analyze = tool("systemd-analyze")
     p = subprocess.run(
-        [tool, "verify", "--man=no", "k3s.service", "health.service"], capture_output=True, text=True, env=env
+        [analyze, "verify", "--man=no", "k3s.service", "health.service"], capture_output=True, text=True, env=env
     )
     assert p.returncode == 0 and p.stderr == "", p.stderr
     # the control: the runtime drop-in is read
     dropin = root / "run/systemd/system/k3s.service.d/50-bootkeeper-failure-action.conf"
     dropin.write_text(dropin.read_text().replace("FailureAction=", "FailureActionn="))
-    p = subprocess.run([tool, "verify", "--man=no", "k3s.service"], capture_output=True, text=True, env=env)
+    p = subprocess.run([analyze, "verify", "--man=no", "k3s.service"], capture_output=True, text=True, env=env)
     assert "FailureActionn" in p.stderr
 
 
@@ -432,7 +435,7 @@ def test_every_writer_of_a_reboot_always_drop_in_says_what_lint_will_call_it(tmp
             "--root",
             str(root),
             "--exe",
-            shutil.which("true") or "/bin/true",
+            tool("true"),
             "--python",
             sys.executable,
         ),
