@@ -483,3 +483,42 @@ def test_cloud_config_writes_the_drop_in_the_generator_writes(tmp_path: Path) ->
     doc = yaml.safe_load(cloudconfig.render([ServiceSpec("k3s", RebootOnFailure.ACTIVE)]))
     written = {f["path"]: f["content"] for step in doc["stages"]["initramfs"] for f in step.get("files", [])}
     assert written["/run/systemd/system/k3s.service.d/50-bootkeeper-failure-action.conf"] == generated
+
+
+@pytest.mark.parametrize("tries", [2, 3, 5])
+@pytest.mark.parametrize(
+    "counted",
+    [
+        "active+3.conf",
+        "active+2-1.conf",
+        "active+1-2.conf",
+        "active+0-2.conf",
+        "active+0-3.conf",
+        "active+0-5.conf",
+        "active+0-6.conf",
+        "active+1-0.efi",
+        "active+0-3.efi",
+        "active+0-12.conf",
+    ],
+)
+def test_cloud_config_condition_is_the_generators_rule(tmp_path: Path, counted: str, tries: int) -> None:
+    """The cloud-config ``if:`` (cloudconfig.active_if, run by the real sh) restates
+    generator.failure_reboots for yip, which cannot run Python: over every LoaderBootCountPath
+    systemd-boot can set, it says reboot exactly when the generator does (without
+    LoaderEntrySelected, the 252-only refinement it leaves out)."""
+    from bootkeeper.assess import cloudconfig, generator
+    from bootkeeper.esp.efivars import encode_string
+
+    path = ENTRIES + counted if counted.endswith(".conf") else "\\EFI\\Linux\\" + counted
+    var = tmp_path / "LoaderBootCountPath"
+    var.write_bytes(encode_string(path))
+    (tmp_path / "cos").mkdir()
+    (tmp_path / "cos/active_mode").touch()
+    cond = cloudconfig.active_if(tries).replace(cloudconfig.COUNT_PATH, str(var))
+    cond = cond.replace("/run/cos/", f"{tmp_path}/cos/")
+    sh = tool("sh")
+    shell = subprocess.run([sh, "-c", cond], capture_output=True, text=True, check=False)
+    assert shell.stderr == ""
+    assert (shell.returncode == 0) is generator.failure_reboots(path, None, tries)[0], (path, tries)
+    (tmp_path / "cos/active_mode").unlink()  # off active, never
+    assert subprocess.run([sh, "-c", cond], capture_output=True, check=False).returncode != 0
