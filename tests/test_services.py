@@ -522,3 +522,18 @@ def test_cloud_config_condition_is_the_generators_rule(tmp_path: Path, counted: 
     assert (shell.returncode == 0) is generator.failure_reboots(path, None, tries)[0], (path, tries)
     (tmp_path / "cos/active_mode").unlink()  # off active, never
     assert subprocess.run([sh, "-c", cond], capture_output=True, check=False).returncode != 0
+
+
+@settings_(max_examples=3000, deadline=None)
+@given(
+    st.text(alphabet="activepsrynoe+-_.@ 0123456789CONFEFI", max_size=24)
+    | st.sampled_from(["active+2.efi", "passive.conf", "active.efi@debug", "Statereset.efi", "recovery+0-3.conf"])
+)
+def test_generator_role_rule_is_entries_py(entry_id: str) -> None:
+    """The generator restates Role.from_entry_id (it runs without bootkeeper importable): for every
+    id systemd-boot can put in LoaderEntrySelected, both name the same role."""
+    from bootkeeper.assess import generator
+    from bootkeeper.esp.entries import Role
+
+    want = Role.from_entry_id(entry_id)
+    assert generator.role_from_entry(entry_id) == (want.value if want else None)
