@@ -337,7 +337,7 @@ def _esl(data: bytes) -> None:
 def _trust_cert(data: bytes) -> None:
     """sysext/trust.py certificate loading (verity.d *.crt, PEM or DER) and what `keys list`
     and activate then read from each certificate."""
-    for c in trust._load_certs(data, "/etc/verity.d/x.crt"):
+    for c in trust.load_certificates(data, "/etc/verity.d/x.crt"):
         a = trust.Anchor(c, "/etc/verity.d/x.crt")
         a.as_json(trust.revocation(a, []))
 

@@ -14,7 +14,7 @@ mkdir -p "$cache"
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
-for p in qemu-system-x86 ovmf mtools dosfstools fdisk e2fsprogs debootstrap busybox-static cpio util-linux mount binutils cryptsetup-bin erofs-utils squashfs-tools openssl systemd; do
+for p in qemu-system-x86 ovmf mtools dosfstools fdisk e2fsprogs debootstrap busybox-static cpio util-linux mount binutils cryptsetup-bin erofs-utils squashfs-tools openssl systemd strace; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ] || [ ! -f "$cache/.apt-updated" ]; then

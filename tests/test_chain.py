@@ -262,7 +262,18 @@ def test_arm_does_not_convert_on_an_assumed_version(tmp_path: Path) -> None:
     )
     assert res.warnings[0].endswith("; give --systemd-boot-version")
     r = subprocess.run(
-        [sys.executable, "-m", "bootkeeper", "arm", "--esp", str(root), "--systemd-boot-version", "262"],
+        [
+            sys.executable,
+            "-m",
+            "bootkeeper",
+            "arm",
+            "--esp",
+            str(root),
+            "--systemd-boot-version",
+            "262",
+            "--root",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -290,7 +301,10 @@ def test_arm_refuses_when_the_two_binaries_disagree(tmp_path: Path) -> None:
     assert "no key suits both" in msg and "bootctl update" in msg
     assert tree(root) == before
     r = subprocess.run(
-        [sys.executable, "-m", "bootkeeper", "arm", "--esp", str(root)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "bootkeeper", "arm", "--esp", str(root), "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert r.returncode == 4 and len(r.stderr.strip().splitlines()) <= 2 and "no key suits both" in r.stderr
     assert tree(root) == before
@@ -438,7 +452,19 @@ def test_rotate_refuses_an_efi_entry_where_it_is_never_counted(tmp_path: Path) -
     assert names(root) == ["active.conf"]
     # the same entry where 'efi' is counted is accepted as it is
     r = subprocess.run(
-        [sys.executable, "-m", "bootkeeper", "rotate", str(new), "--esp", str(root), "--systemd-boot-version", "257"],
+        [
+            sys.executable,
+            "-m",
+            "bootkeeper",
+            "rotate",
+            str(new),
+            "--esp",
+            str(root),
+            "--systemd-boot-version",
+            "257",
+            "--root",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -450,7 +476,7 @@ def test_rotate_refuses_an_efi_entry_where_it_is_never_counted(tmp_path: Path) -
 def test_arm_json_reports_the_conversion(tmp_path: Path) -> None:
     root = kairos_esp(tmp_path / "esp", 262)
     r = subprocess.run(
-        [sys.executable, "-m", "bootkeeper", "arm", "--esp", str(root), "--json"],
+        [sys.executable, "-m", "bootkeeper", "arm", "--esp", str(root), "--json", "--root", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,

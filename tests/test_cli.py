@@ -54,7 +54,7 @@ def test_entries_json_shape(esp: Path) -> None:
 def test_bless_from_efivars_and_status(esp: Path, tmp_path: Path) -> None:
     ev = fake_efivars(tmp_path / "efivars", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
     assert bk("bless", "status", "--esp", str(esp), "--efivars", str(ev)).stdout.strip() == "indeterminate"
-    p = bk("bless", "good", "--esp", str(esp), "--efivars", str(ev))
+    p = bk("bless", "good", "--esp", str(esp), "--efivars", str(ev), "--root", str(tmp_path))
     assert p.returncode == 0, p.stderr
     assert "active.conf" in names(esp)
     assert bk("bless", "status", "--esp", str(esp), "--efivars", str(ev)).stdout.strip() == "good"
@@ -66,7 +66,11 @@ def test_not_booted_with_counting(esp: Path, tmp_path: Path) -> None:
     empty = tmp_path / "no-vars"
     empty.mkdir()
     assert bk("bless", "status", "--esp", str(esp), "--efivars", str(empty)).stdout.strip() == "clean"
-    one_line_error(bk("bless", "good", "--esp", str(esp), "--efivars", str(empty)), 3, "not booted with boot counting")
+    one_line_error(
+        bk("bless", "good", "--esp", str(esp), "--efivars", str(empty), "--root", str(tmp_path)),
+        3,
+        "not booted with boot counting",
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,39 +114,51 @@ def test_junk_entry_is_reported_and_arm_refuses(esp: Path) -> None:
     p = bk("entries", "--esp", str(esp))
     assert p.returncode == 0 and "statereset.conf: line 3" in p.stderr
     before = tree(esp)
-    one_line_error(bk("arm", "--esp", str(esp)), 4, "statereset.conf", "line 3")
+    one_line_error(bk("arm", "--esp", str(esp), "--root", str(esp.parent)), 4, "statereset.conf", "line 3")
     assert tree(esp) == before
 
 
 def test_two_runs_at_once(esp: Path) -> None:
+    """A second run waits BOOTKEEPER_LOCK_TIMEOUT seconds for the ESP lock (10 by default), then is
+    busy: exit 5, one line, nothing changed. A malformed value is a usage error."""
+    import time
+
     fd = os.open(esp, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    args = ["bless", "good", "--esp", str(esp), "--entry", "loader/entries/active+2-1.conf"]
     try:
         before = tree(esp)
+        start = time.monotonic()
         p = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from bootkeeper.cli.main import main; "
-                "import bootkeeper.esp.store as s; s.EspStore.__init__.__kwdefaults__['lock_timeout']=0.3; "
-                f"main(['bless','good','--esp',{str(esp)!r},'--entry','loader/entries/active+2-1.conf'])",
-            ],
+            [sys.executable, "-m", "bootkeeper", *args],
             capture_output=True,
             text=True,
+            env={**os.environ, "BOOTKEEPER_LOCK_TIMEOUT": "0.3"},
             check=False,
         )
-        one_line_error(p, 5, "holds the ESP lock")
+        assert time.monotonic() - start < 8, "BOOTKEEPER_LOCK_TIMEOUT was not honoured"
+        one_line_error(p, 5, "holds the ESP lock", "waited 0.3 s")
+        assert tree(esp) == before
+        for bad in ("soon", "-1", "nan", "3601"):
+            p = subprocess.run(
+                [sys.executable, "-m", "bootkeeper", *args],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "BOOTKEEPER_LOCK_TIMEOUT": bad},
+                check=False,
+            )
+            one_line_error(p, 2, "BOOTKEEPER_LOCK_TIMEOUT", "expected seconds")
         assert tree(esp) == before
     finally:
         os.close(fd)
 
 
-def test_simulate_and_demo_run() -> None:
-    p = bk("simulate", "--fail", "active=always", "--boots", "6", "--json")
+def test_simulate_and_demo_run(tmp_path: Path) -> None:
+    p = bk("simulate", "--fail", "active=always", "--boots", "6", "--json", "--root", str(tmp_path))
     assert p.returncode == 0, p.stderr
     boots = json.loads(p.stdout)["boots"]
     assert [b["role"] for b in boots] == ["active", "active", "active", "passive", "passive", "passive"]
-    one_line_error(bk("simulate", "--fail", "nobody=2"), 2, "nobody")
+    one_line_error(bk("simulate", "--fail", "nobody=2", "--root", str(tmp_path)), 2, "nobody")
     d = bk("demo")
     assert d.returncode == 0, d.stderr
     assert "fell back to passive" in d.stdout
@@ -192,3 +208,47 @@ def test_version_and_entry_help_say_what_they_do() -> None:
                            text=True, check=False).stdout  # fmt: skip
         helps[verb] = " ".join(h.split())
     assert "Install for these entries" in helps["install"] and "Default: from every entry" in helps["remove"]
+
+
+OEM_TRIES_5 = "boot_assessment:\n  tries: 5\n  rearm: true\n"
+
+
+def _traced(args: list[str], log: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run a verb under the real strace: its result and every path it named to the kernel."""
+    import re
+
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.fail("strace is missing; scripts/setup-test-deps.sh installs it")
+    p = subprocess.run(
+        [strace, "-f", "-qq", "-e", "trace=%file", "-o", str(log), sys.executable, "-m", "bootkeeper", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return p, re.findall(r'"(/[^"]*)"', log.read_text())
+
+
+@pytest.mark.parametrize("verb", ["bless", "arm", "rotate", "simulate"])
+def test_verbs_read_the_config_under_root_and_never_the_hosts_oem(tmp_path: Path, esp: Path, verb: str) -> None:
+    """bless, arm, rotate and simulate read ROOT/oem/*.yaml under --root (here tries: 5, rearm:
+    true, which each verb's result shows) and never look at the host's /oem (strace)."""
+    root = tmp_path / "root"
+    (root / "oem").mkdir(parents=True)
+    (root / "oem/90_boot.yaml").write_text(OEM_TRIES_5)
+    new = tmp_path / "new.conf"
+    new.write_text(entry_body("active"))
+    args = {
+        "bless": ["bless", "good", "--entry", "loader/entries/active+2-1.conf", "--esp", str(esp)],
+        "arm": ["arm", "active", "--esp", str(esp)],
+        "rotate": ["rotate", str(new), "--esp", str(esp)],
+        "simulate": ["simulate", "--fail", "active=always", "--boots", "7", "--json"],
+    }[verb]
+    p, paths = _traced([*args, "--root", str(root)], tmp_path / "strace.log")
+    assert p.returncode == 0, p.stderr
+    assert any(x.startswith(f"{root}/oem") for x in paths), "ROOT/oem was not read"
+    assert not [x for x in paths if x == "/oem" or x.startswith("/oem/")]
+    if verb == "simulate":
+        assert [b["role"] for b in json.loads(p.stdout)["boots"]].count("active") == 5
+    else:
+        assert "active+5.conf" in names(esp), names(esp)

@@ -117,3 +117,30 @@ def test_format_parse_round_trip(stem: str, suffix: str, left: int, done: int | 
 def test_parse_never_raises(name: str) -> None:
     c = counter.parse(name, ".conf")
     assert c.name == name
+
+
+SAME_ENTRY = [
+    ("active+2-1.conf", "active.conf", True),
+    ("active+2-1.conf", "active+0-3.conf", True),
+    ("active+3.conf", "ACTIVE+1-2.CONF", True),
+    ("active.conf", "active.conf", True),
+    ("active+2-1.conf", "passive+2-1.conf", False),
+    ("active+2-1.conf", "active-2.conf", False),
+    ("active+x.conf", "active.conf", False),  # "+x" is no counter: the base is active+x.conf
+    ("a+1+2.conf", "a+1+0-3.conf", True),  # the last "+" introduces the counter
+    ("a+1+2.conf", "a+1.conf", False),  # a+1.conf is the entry a.conf
+]
+
+
+@pytest.mark.parametrize(("a", "b", "same"), SAME_ENTRY)
+def test_the_same_entry_with_and_without_a_counter_is_one_rule(a: str, b: str, same: bool) -> None:
+    """counter.CountedName.same_entry is the rule; loader.conf's default follows a rename exactly
+    when the renamed file is the entry the default names (esp/loader.py), and the ESP check groups
+    files by the same key (esp/store.py), bless's siblings too (assess/bless.py)."""
+    from bootkeeper.esp import loader
+
+    ca, cb = counter.parse(a, ".conf"), counter.parse(b, ".conf")
+    assert ca.same_entry(cb) is same and cb.same_entry(ca) is same
+    assert (ca.entry_key == cb.entry_key) is same
+    followed, _ = loader.default_after_rename(loader.parse(f"default {a}\n"), b, "renamed.conf")
+    assert followed is same

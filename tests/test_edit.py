@@ -74,3 +74,39 @@ def test_rename_key_examples() -> None:
     assert edit.rename_key("efi\nefi   \n# efi /x\n", "efi", "uki") == "efi\nefi   \n# efi /x\n"
     with pytest.raises(ValueError, match="not an entry key"):
         edit.rename_key("efi /x\n", "efi", "u ki")
+
+
+TEXTS = [
+    "title A\nsort-key old\n",
+    "title A\r\nsort-key old\r\nsort-key older\r\n",
+    "title A\rsort-key old\rlinux /k\r",  # CR alone ends a line for systemd-boot
+    "title A\x0csort-key old\nlinux /k\n",  # a form feed does not: this is one title line
+    "title A\x85sort-key old\n",  # nor does NEL (str.splitlines() splits at both)
+    "title A\nsort-key\nlinux /k\n",  # no value: systemd-boot skips the line
+    "title A\nsort-keyx old\n# sort-key c\n",
+    "title A\nlinux /k",
+    "title A\nsort-key old\n\0sort-key hidden\n",  # nothing after a NUL is read
+    "",
+]
+
+
+def _read(text: str, key: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """What systemd-boot reads: the last value of ``key``, and every other key and value in order."""
+    items = [i for i in split_lines(text, " \t") if isinstance(i, KeyValue)]
+    values = [i.value for i in items if i.key == key]
+    return (values[-1] if values else None), [(i.key, i.value) for i in items if i.key != key]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+@pytest.mark.parametrize("key", ["sort-key", "default"])
+def test_replacing_the_last_key_line_is_one_rule(text: str, key: str) -> None:
+    """edit.replace_key is the rule for Type #1 entries (edit.set_key) and loader.conf
+    (loader.set_key): read back as systemd-boot reads it, the key has the new value and every other
+    line is untouched, whoever wrote it; removing leaves no key line."""
+    from bootkeeper.esp import loader
+
+    _, others = _read(text, key)
+    for write in (edit.set_key, loader.set_key):
+        out = write(text, key, "new")
+        assert _read(out, key) == ("new", others), (write.__module__, out)
+    assert _read(loader.set_key(text, key, None), key) == (None, others)

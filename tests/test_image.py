@@ -137,3 +137,35 @@ def test_truncated_and_garbage(tmp_path: Path) -> None:
     g.write_bytes(b"\0" * 8192)
     assert not image.validate(g, ENFORCED, [], architecture="x86-64").ok
     assert gpt.TYPES["root"]["x86-64"] in {p.type_uuid for p in image.inspect(IMG).table.partitions}
+
+
+def test_build_writes_its_image_crash_safe(tmp_path: Path) -> None:
+    """build() writes through fsutil.write_atomic like every write of ours: the folder is fsynced
+    after the rename (its own write had no directory fsync), and a crash at any step before the
+    rename leaves the previous image as it was and no temporary behind."""
+    from bootkeeper.sysext import image, signature
+
+    key, cert = signature.self_signed("ec", "vendor")
+    tree = tmp_path / "tree"
+    (tree / "usr/bin").mkdir(parents=True)
+    (tree / "usr/bin/x").write_bytes(b"x" * 1000)
+    out = tmp_path / "out" / "x.raw"
+    out.parent.mkdir()
+    steps: list[str] = []
+    image.build(tree, out, key, cert, step=steps.append)
+    assert [s.split(":")[0] for s in steps] == ["write", "fsync", "rename", "fsync-renamed", "fsync-dir"]
+    assert steps[-1] == "fsync-dir:out"
+    good = out.read_bytes()
+
+    class Crash(Exception):
+        pass
+
+    for at in ("write", "fsync", "rename"):
+
+        def crash(name: str, at: str = at) -> None:
+            if name.startswith(f"{at}:"):
+                raise Crash
+
+        with pytest.raises(Crash):
+            image.build(tree, out, key, cert, step=crash)
+        assert sorted(p.name for p in out.parent.iterdir()) == ["x.raw"] and out.read_bytes() == good

@@ -206,3 +206,26 @@ def test_squashfs_that_points_past_its_partition_is_refused(tmp_path: Path) -> N
     img.write_bytes(bytes(raw))
     with pytest.raises(MalformedError, match=r"a table at byte \d+ is past bytes_used"):
         release.read_from_partition(img, off, size, "squashfs", "demo")
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("k3s.raw", "k3s"),
+        ("k3s.sysext.raw", "k3s"),
+        ("k3s-v1.30.sysext.raw", "k3s-v1.30"),
+        ("k3s.sysext", "k3s"),
+        ("k3s", "k3s"),
+        ("k3s.raw.sysext", "k3s.raw"),
+        ("k3s.sysext.sysext.raw", "k3s.sysext"),
+        ("k3s~0123456789ab.raw", "k3s~0123456789ab"),
+    ],
+)
+def test_the_image_stem_has_one_home(name: str, stem: str) -> None:
+    """The extension-release NAME, the name ``sysext.entries`` rules match and ``sysext remove``'s
+    short name are one rule (release.image_stem), which deploy imports rather than restates."""
+    from bootkeeper.sysext import deploy
+
+    assert release.image_stem(name) == stem
+    assert deploy.image_stem is release.image_stem
+    assert not hasattr(release, "image_name")

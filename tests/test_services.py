@@ -35,6 +35,15 @@ CONFIG = """boot_assessment:
 """
 
 
+def tool(name: str) -> str:
+    """A tool scripts/setup-test-deps.sh installs (systemd, coreutils): its path, or the test fails;
+    never a guess that is run anyway."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is missing; scripts/setup-test-deps.sh installs it (package systemd or coreutils)")
+    return path
+
+
 def bk(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
@@ -48,9 +57,7 @@ def node(root: Path, config: str = CONFIG) -> Path:
     (root / UNITS).mkdir(parents=True, exist_ok=True)
     (root / UNITS / "health.service").write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
     (root / UNITS / "watchdog.service").write_text("[Service]\nExecStart=/bin/sleep infinity\n")
-    r = bk(
-        "install-units", "--root", str(root), "--exe", shutil.which("true") or "/bin/true", "--python", sys.executable
-    )
+    r = bk("install-units", "--root", str(root), "--exe", tool("true"), "--python", sys.executable)
     assert r.returncode == 0, r.stderr
     return root
 
@@ -242,12 +249,10 @@ def test_generator_counter_grammar_is_counter_py(name: str) -> None:
 
 
 def _verify(root: Path, gen: Path, *names: str) -> subprocess.CompletedProcess[str]:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.fail("systemd-analyze is missing; scripts/setup-test-deps.sh installs systemd")
+    analyze = tool("systemd-analyze")
     path = f"{root / UNITS}:{gen / 'normal'}:{root / 'usr/lib/systemd/system'}:"
     env = {**os.environ, "SYSTEMD_UNIT_PATH": path, "SYSTEMD_LOG_COLOR": "0"}
-    return subprocess.run([tool, "verify", "--man=no", *names], capture_output=True, text=True, env=env, check=False)
+    return subprocess.run([analyze, "verify", "--man=no", *names], capture_output=True, text=True, env=env, check=False)
 
 
 ALL = ("k3s.service", "health.service", "watchdog.service", "bootkeeper-bless.service", "bootkeeper-boot.service")
@@ -354,9 +359,7 @@ def test_enroll_with_nothing_to_do_is_a_usage_error(tmp_path: Path) -> None:
 def test_requires_link_is_the_one_systemctl_enable_makes(tmp_path: Path) -> None:
     """The real systemctl (--root, offline) enabling the unit with our drop-in's [Install] makes the
     same boot-complete.target.requires link that enroll makes."""
-    tool = shutil.which("systemctl")
-    if tool is None:
-        pytest.fail("systemctl is missing; scripts/setup-test-deps.sh installs systemd")
+    systemctl = tool("systemctl")
     links = []
     for how in ("bootkeeper", "systemctl"):
         root = tmp_path / how
@@ -366,7 +369,7 @@ def test_requires_link_is_the_one_systemctl_enable_makes(tmp_path: Path) -> None
         link = root / UNITS / "boot-complete.target.requires/k3s.service"
         if how == "systemctl":
             link.unlink()
-            r = subprocess.run([tool, f"--root={root}", "enable", "k3s.service"], capture_output=True, text=True)
+            r = subprocess.run([systemctl, f"--root={root}", "enable", "k3s.service"], capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
         links.append(os.readlink(link))
     assert links[0] == links[1] == "/usr/lib/systemd/system/k3s.service"
@@ -390,15 +393,15 @@ def test_rendered_cloud_config_files_pass_systemd_analyze_verify(tmp_path: Path)
     assert "/run/systemd/system/k3s.service.d/50-bootkeeper-failure-action.conf" in written
     path = f"{root / UNITS}:{root / 'run/systemd/system'}:{root / 'usr/lib/systemd/system'}:"
     env = {**os.environ, "SYSTEMD_UNIT_PATH": path, "SYSTEMD_LOG_COLOR": "0"}
-    tool = shutil.which("systemd-analyze") or "systemd-analyze"
+    analyze = tool("systemd-analyze")
     p = subprocess.run(
-        [tool, "verify", "--man=no", "k3s.service", "health.service"], capture_output=True, text=True, env=env
+        [analyze, "verify", "--man=no", "k3s.service", "health.service"], capture_output=True, text=True, env=env
     )
     assert p.returncode == 0 and p.stderr == "", p.stderr
     # the control: the runtime drop-in is read
     dropin = root / "run/systemd/system/k3s.service.d/50-bootkeeper-failure-action.conf"
     dropin.write_text(dropin.read_text().replace("FailureAction=", "FailureActionn="))
-    p = subprocess.run([tool, "verify", "--man=no", "k3s.service"], capture_output=True, text=True, env=env)
+    p = subprocess.run([analyze, "verify", "--man=no", "k3s.service"], capture_output=True, text=True, env=env)
     assert "FailureActionn" in p.stderr
 
 
@@ -432,7 +435,7 @@ def test_every_writer_of_a_reboot_always_drop_in_says_what_lint_will_call_it(tmp
             "--root",
             str(root),
             "--exe",
-            shutil.which("true") or "/bin/true",
+            tool("true"),
             "--python",
             sys.executable,
         ),
@@ -447,3 +450,90 @@ def test_every_writer_of_a_reboot_always_drop_in_says_what_lint_will_call_it(tmp
     assert "BK103" in lint.stdout + lint.stderr
     quiet = bk("service", "enroll", "health", "--reboot-on-failure", "active", "--root", str(root))
     assert quiet.returncode == 0 and "BK103" not in quiet.stderr
+
+
+@pytest.mark.parametrize("name", ["k3s", "k3s.service", "foo.bar", "getty@tty1", "backup.timer", "a.b.socket"])
+def test_every_writer_names_a_bare_unit_alike(name: str) -> None:
+    """One rule adds ``.service`` to a bare name (generator.with_unit_suffix): enrolment, the
+    cloud-config render, its reader for lint and the BK103 warning all give the same unit name
+    (the warning used to keep ``foo.bar`` while enrolment wrote ``foo.bar.service``)."""
+    from bootkeeper.assess import cloudconfig, services
+    from bootkeeper.config import RebootOnFailure, ServiceSpec
+
+    want = services.unit_name(name, "service")
+    (warning,) = services.loop_warnings([ServiceSpec(name, RebootOnFailure.ALWAYS)])
+    assert warning.startswith(f"{want}: ")
+    rendered = cloudconfig.render([ServiceSpec(name, RebootOnFailure.NEVER)])
+    assert f"          - {want}\n" in rendered
+    assert cloudconfig.enabled_units(cloudconfig.load(rendered, "render")) == {want}
+
+
+def test_cloud_config_writes_the_drop_in_the_generator_writes(tmp_path: Path) -> None:
+    """The ``active`` drop-in has one text, whether bootkeeper-generator writes it at boot or a
+    cloud-config step does."""
+    import yaml
+
+    from bootkeeper.assess import cloudconfig
+    from bootkeeper.config import RebootOnFailure, ServiceSpec
+
+    root = node(tmp_path / "root")
+    boot_as(root, "active", counting=COUNTING)
+    files, _ = generate(root, tmp_path / "gen")
+    generated = files["normal/k3s.service.d/50-bootkeeper-failure-action.conf"]
+    doc = yaml.safe_load(cloudconfig.render([ServiceSpec("k3s", RebootOnFailure.ACTIVE)]))
+    written = {f["path"]: f["content"] for step in doc["stages"]["initramfs"] for f in step.get("files", [])}
+    assert written["/run/systemd/system/k3s.service.d/50-bootkeeper-failure-action.conf"] == generated
+
+
+@pytest.mark.parametrize("tries", [2, 3, 5])
+@pytest.mark.parametrize(
+    "counted",
+    [
+        "active+3.conf",
+        "active+2-1.conf",
+        "active+1-2.conf",
+        "active+0-2.conf",
+        "active+0-3.conf",
+        "active+0-5.conf",
+        "active+0-6.conf",
+        "active+1-0.efi",
+        "active+0-3.efi",
+        "active+0-12.conf",
+    ],
+)
+def test_cloud_config_condition_is_the_generators_rule(tmp_path: Path, counted: str, tries: int) -> None:
+    """The cloud-config ``if:`` (cloudconfig.active_if, run by the real sh) restates
+    generator.failure_reboots for yip, which cannot run Python: over every LoaderBootCountPath
+    systemd-boot can set, it says reboot exactly when the generator does (without
+    LoaderEntrySelected, the 252-only refinement it leaves out)."""
+    from bootkeeper.assess import cloudconfig, generator
+    from bootkeeper.esp.efivars import encode_string
+
+    path = ENTRIES + counted if counted.endswith(".conf") else "\\EFI\\Linux\\" + counted
+    var = tmp_path / "LoaderBootCountPath"
+    var.write_bytes(encode_string(path))
+    (tmp_path / "cos").mkdir()
+    (tmp_path / "cos/active_mode").touch()
+    cond = cloudconfig.active_if(tries).replace(cloudconfig.COUNT_PATH, str(var))
+    cond = cond.replace("/run/cos/", f"{tmp_path}/cos/")
+    sh = tool("sh")
+    shell = subprocess.run([sh, "-c", cond], capture_output=True, text=True, check=False)
+    assert shell.stderr == ""
+    assert (shell.returncode == 0) is generator.failure_reboots(path, None, tries)[0], (path, tries)
+    (tmp_path / "cos/active_mode").unlink()  # off active, never
+    assert subprocess.run([sh, "-c", cond], capture_output=True, check=False).returncode != 0
+
+
+@settings_(max_examples=3000, deadline=None)
+@given(
+    st.text(alphabet="activepsrynoe+-_.@ 0123456789CONFEFI", max_size=24)
+    | st.sampled_from(["active+2.efi", "passive.conf", "active.efi@debug", "Statereset.efi", "recovery+0-3.conf"])
+)
+def test_generator_role_rule_is_entries_py(entry_id: str) -> None:
+    """The generator restates Role.from_entry_id (it runs without bootkeeper importable): for every
+    id systemd-boot can put in LoaderEntrySelected, both name the same role."""
+    from bootkeeper.assess import generator
+    from bootkeeper.esp.entries import Role
+
+    want = Role.from_entry_id(entry_id)
+    assert generator.role_from_entry(entry_id) == (want.value if want else None)

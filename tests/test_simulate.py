@@ -107,3 +107,46 @@ def test_service_failure_on_a_pinned_bad_active_stays_up(
         ("active", "stays up, not blessed"),
     ]
     assert [r.boot_count_path for r in recs][-1] == "\\loader\\entries\\active+0-3.conf"
+
+
+@pytest.mark.parametrize("version", [252, 257])
+@pytest.mark.parametrize("tries", [1, 2, 3])
+@pytest.mark.parametrize("setup", [{}, {"default": "active*"}, {"roles": (Role.ACTIVE,)}])
+def test_the_simulator_and_the_generator_reboot_alike(
+    tmp_path: Path, version: int, tries: int, setup: dict[str, object]
+) -> None:
+    """One reboot-on-failure rule (generator.on_failure): on every boot where the simulator's service
+    fails, the generator, given what that boot sets (the mode file, LoaderBootCountPath,
+    LoaderEntrySelected, the recorded tries), writes FailureAction=reboot exactly when the simulator
+    reboots."""
+    import json
+
+    from bootkeeper.assess import generator
+    from helpers import fake_efivars
+
+    esp = scratch.make(tmp_path / "esp", tries=tries, recovery_tries=tries, **setup)  # type: ignore[arg-type]
+    faults = [parse_fault(f"{r}=always:service") for r in ("active", "passive")]
+    recs = simulate(
+        EspStore(esp),
+        BootAssessment(tries=tries, recovery_tries=tries),
+        faults,
+        20,
+        reboot_on_failure=RebootOnFailure.ACTIVE,
+        sdboot_version=version,
+    )
+    failed = [r for r in recs if r.outcome is BootOutcome.SERVICE]
+    assert failed and failed[-1].after == "stays up, not blessed"
+    for n, rec in enumerate(failed):
+        root = tmp_path / f"node{n}"
+        (root / "etc/bootkeeper").mkdir(parents=True)
+        (root / generator.CONFIG).write_text(
+            json.dumps({"version": 1, "services": {"k3s.service": "active"}, "tries": tries})
+        )
+        (root / "run/cos").mkdir(parents=True)
+        (root / f"run/cos/{rec.role}_mode").touch()
+        values = {"LoaderEntrySelected": rec.entry_selected or ""}
+        if rec.boot_count_path is not None:
+            values["LoaderBootCountPath"] = rec.boot_count_path
+        fake_efivars(root / generator.EFIVARS, **values)
+        files, why = generator.plan(str(root))
+        assert bool(files) == (rec.after == "FailureAction=reboot"), (rec, why)

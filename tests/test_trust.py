@@ -344,3 +344,36 @@ def test_keys_export_that_cannot_write_is_an_io_error(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     one_line_error(p, 6, f"{tmp_path}/a-file/verity.d: cannot create (Not a directory)")
+
+
+@pytest.mark.parametrize("kind", ["version 6", "subject: bad TeletexString", "subject: CN as a BIT STRING", "pem"])
+def test_cert_options_load_certificates_as_trust_anchors_do(tmp_path: Path, kind: str) -> None:
+    """``--cert`` of ``sysext validate`` (and ``build``) goes through trust.load_certificates, the one
+    loader of certificates: a certificate cryptography refuses at load or when it is read is one line
+    naming the file (it was a traceback: InvalidVersion is no ValueError, and nothing was probed)."""
+    import subprocess
+    import sys
+
+    bad = _malformed_certs()
+    cert = tmp_path / "c.pem"
+    if kind == "pem":  # a PEM file whose second block is the bad one
+        import base64
+
+        block = base64.encodebytes(bad["version 6"]).decode()
+        cert.write_text(
+            _cert("ok").public_bytes(Encoding.PEM).decode()
+            + f"-----BEGIN CERTIFICATE-----\n{block}-----END CERTIFICATE-----\n"
+        )
+    else:
+        cert.write_bytes(bad[kind])
+    img = tmp_path / "x.raw"
+    img.write_bytes(b"\0" * 4096)
+    r = subprocess.run(
+        [sys.executable, "-m", "bootkeeper", "sysext", "validate", str(img), "--cert", str(cert)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{cert}" in r.stderr and "not a usable PEM or DER X.509 certificate" in r.stderr

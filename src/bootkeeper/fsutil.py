@@ -43,7 +43,7 @@ def read_input_text(path: Path, what: str = "") -> str:
         raise MalformedError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
 
 
-def _no_step(name: str) -> None:
+def no_step(name: str) -> None:
     return None
 
 
@@ -56,7 +56,7 @@ def is_temporary(name: str) -> bool:
     return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
 
 
-def clear_temporaries(folder: Path, step: Step = _no_step) -> list[str]:
+def clear_temporaries(folder: Path, step: Step = no_step) -> list[str]:
     """Remove the temporaries an interrupted run left in ``folder`` (only names :func:`is_temporary`
     accepts, never a directory, never through a link); return the names removed.
 
@@ -94,13 +94,13 @@ def _fsync_path(path: Path, flags: int) -> None:
         os.close(fd)
 
 
-def fsync_dir(d: Path, step: Step = _no_step) -> None:
+def fsync_dir(d: Path, step: Step = no_step) -> None:
     step(f"fsync-dir:{d.name}")
     _fsync_path(d, os.O_DIRECTORY)
 
 
 @contextlib.contextmanager
-def temp_file(dest: Path, step: Step = _no_step, mode: int = 0o644) -> Iterator[tuple[int, Path]]:
+def temp_file(dest: Path, step: Step = no_step, mode: int = 0o644) -> Iterator[tuple[int, Path]]:
     """An open descriptor on a fresh temporary file beside ``dest``; removed unless the caller
     renamed it away (see :func:`commit`)."""
     tmp = temp_path(dest.parent)
@@ -115,7 +115,7 @@ def temp_file(dest: Path, step: Step = _no_step, mode: int = 0o644) -> Iterator[
             tmp.unlink()
 
 
-def commit(fd: int, tmp: Path, dest: Path, step: Step = _no_step) -> None:
+def commit(fd: int, tmp: Path, dest: Path, step: Step = no_step) -> None:
     step(f"fsync:{dest.name}")
     os.fsync(fd)
     step(f"rename:{tmp.name}->{dest.name}")
@@ -125,7 +125,7 @@ def commit(fd: int, tmp: Path, dest: Path, step: Step = _no_step) -> None:
     fsync_dir(dest.parent, step)
 
 
-def fsync_renamed(path: Path, step: Step = _no_step) -> None:
+def fsync_renamed(path: Path, step: Step = no_step) -> None:
     """fsync a file just renamed, before its directory. On vfat (the ESP) a rename writes the new
     directory entry with no first cluster and size 0; the real ones go to disk only with the file's
     inode. fsync of the directory alone persists the empty entry: a power cut then leaves a 0-byte
@@ -134,7 +134,7 @@ def fsync_renamed(path: Path, step: Step = _no_step) -> None:
     _fsync_path(path, os.O_NOFOLLOW)
 
 
-def write_atomic(dest: Path, data: bytes, step: Step = _no_step, mode: int = 0o644) -> None:
+def write_atomic(dest: Path, data: bytes, step: Step = no_step, mode: int = 0o644) -> None:
     with temp_file(dest, step, mode) as (fd, tmp):
         view = memoryview(data)
         while view:

@@ -141,8 +141,7 @@ def _siblings(store: EspStore, b: BootedEntry, keep: set[str]) -> list[str]:
     for name in store.list_dir(b.directory):
         if name in keep or is_temporary(name):
             continue
-        cn = counter_mod.parse(name, suffix)
-        if cn.base.lower() == b.good_name.lower() and (cn.counted or name.lower() == b.good_name.lower()):
+        if counter_mod.parse(name, suffix).same_entry(b.name):
             out.append(name)
     return out
 

@@ -323,9 +323,8 @@ def _check_rewritable(e: Entry) -> None:
 
 def counted_name_variants(e: Entry, tries: int) -> list[str]:
     """Every id the entry can have while its counter runs down, for either id scheme."""
-    base = e.name.base
-    stem, suffix = base[: len(base) - len(e.name.suffix)], e.name.suffix
-    out = [base.lower()]
+    stem, suffix = e.name.stem, e.name.suffix
+    out = [e.name.entry_key]
     for left in range(tries, -1, -1):
         out.append(f"{stem}+{left}-{tries - left}{suffix}".lower())
     out.append(f"{stem}+{tries}{suffix}".lower())
@@ -397,8 +396,7 @@ def arm(
                     res.actions.append(plan.line(e.path))
                 elif plan.case is not KeyCase.FINE:
                     res.warnings.append(plan.line(e.path))
-            stem = e.name.base[: len(e.name.base) - len(e.name.suffix)]
-            new_name = counter_mod.format_name(stem, e.name.suffix, tries)
+            new_name = counter_mod.format_name(e.name.stem, e.name.suffix, tries)
             if new_name != e.file_name:
                 store.rename(e.path, f"{e.directory}/{new_name}")
                 res.actions.append(f"renamed {e.path} -> {new_name}")

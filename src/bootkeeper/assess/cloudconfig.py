@@ -40,9 +40,6 @@ def active_if(tries: int = generator.DEFAULT_TRIES) -> str:
     return f'[ -f "/run/cos/active_mode" ] && [ -e "{COUNT_PATH}" ] && {done} && [ "${{D:-0}}" -le {int(tries)} ]'
 
 
-ACTIVE_TEXT = "# bootkeeper: this boot is the active entry, still being assessed.\n[Unit]\nFailureAction=reboot\n"
-
-
 def _literal(text: str, indent: int) -> str:
     pad = " " * indent
     return "|\n" + "".join(f"{pad}{line}\n" if line else "\n" for line in text.rstrip("\n").split("\n"))
@@ -78,7 +75,7 @@ def render(specs: list[ServiceSpec], tries: int = generator.DEFAULT_TRIES) -> st
             out.append(f"      if: '{active_if(tries)}'")
             out.append("      files:")
             path = f"/run/systemd/system/{name}.d/{generator.DROPIN}"
-            out.append(_file(path, ACTIVE_TEXT).rstrip("\n"))
+            out.append(_file(path, generator.DROPIN_TEXT).rstrip("\n"))
     out.append("    - name: Enable the services that decide a boot")
     out.append("      systemctl:")
     out.append("        enabled:")
@@ -206,12 +203,8 @@ def enabled_units(cfg: CloudConfig) -> set[str]:
     """Units a cloud-config enables: ``systemctl: enabled:`` and ``systemctl enable X`` commands."""
     out: set[str] = set()
     for s in cfg.steps:
-        out.update(_normal(u) for u in s.enabled)
+        out.update(generator.with_unit_suffix(u) for u in s.enabled)
         for c in s.commands:
             for m in _ENABLE.finditer(c):
-                out.update(_normal(u) for u in m.group(1).split() if not u.startswith("-"))
+                out.update(generator.with_unit_suffix(u) for u in m.group(1).split() if not u.startswith("-"))
     return out
-
-
-def _normal(unit: str) -> str:
-    return unit if unit.endswith(tuple(f".{t}" for t in generator.UNIT_TYPES)) else unit + ".service"

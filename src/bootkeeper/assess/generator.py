@@ -39,10 +39,10 @@ CONFIG = "etc/bootkeeper/services.json"
 COS_DIR = "run/cos"
 ROLES = ("active", "passive", "recovery", "statereset")
 DROPIN = "50-bootkeeper-failure-action.conf"
-DROPIN_TEXT = (
-    "# Written by bootkeeper-generator at boot: this boot is the active entry, still being assessed.\n"
-    "[Unit]\nFailureAction=reboot\n"
-)
+# The FailureAction line every writer uses (services.py for ``always``, cloudconfig.py's step for
+# ``active``), and the whole drop-in ``active`` gets on the active entry, here or from cloud-config.
+FAILURE_ACTION = "FailureAction=reboot"
+DROPIN_TEXT = f"# bootkeeper: this boot is the active entry, still being assessed.\n[Unit]\n{FAILURE_ACTION}\n"
 UNIT_TYPES = ("service", "socket", "target", "mount", "path", "timer", "swap", "device", "automount", "scope")
 UNIT_NAME = re.compile(rf"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.({'|'.join(UNIT_TYPES)})$")
 POLICIES = ("never", "active", "always")
@@ -53,6 +53,13 @@ INT_MAX = 2**31 - 1
 # because this file runs alone (python3 -IS, bootkeeper not importable); tests/test_services.py
 # checks that both agree. The counter follows the last "+": no "+" may come after it.
 _COUNTER = re.compile(r"\+([0-9]+)(?:-([0-9]+))?(\.conf|\.efi)$", re.IGNORECASE)
+
+
+def with_unit_suffix(name: str) -> str:
+    """``k3s`` → ``k3s.service``; a name that already ends in a unit type is kept. What systemctl does
+    with a bare name (systemd src/basic/unit-name.c: unit_name_mangle_with_suffix()); the one
+    rule services.py, cloudconfig.py and their warnings use."""
+    return name if name.endswith(tuple(f".{t}" for t in UNIT_TYPES)) else name + ".service"
 
 
 class GeneratorError(Exception):
@@ -159,6 +166,23 @@ def failure_reboots(boot_count_path: str | None, selected: str | None, tries: in
     return False, f"booted with no tries left ({how}): a reboot would boot it again, so no FailureAction"
 
 
+def on_failure(
+    policy: str, role: str | None, boot_count_path: str | None, selected: str | None, tries: int
+) -> tuple[bool, str]:
+    """The reboot-on-failure rule (README: the simulator's and the node's are the same): whether a
+    service enrolled with ``policy`` (``never``, ``active``, ``always``) reboots the node when it fails
+    on this boot, and why. ``always`` is the static drop-in services.py writes; ``active`` is what
+    this generator adds, on the active entry only and while :func:`failure_reboots` says so.
+    :func:`plan` applies it to ``active``, assess/simulate.py to all three."""
+    if policy == "always":
+        return True, "reboot_on_failure: always: FailureAction=reboot on every entry"
+    if policy != "active":
+        return False, "reboot_on_failure: never: no FailureAction"
+    if role != "active":
+        return False, f"booted role {role or 'unknown'}: no FailureAction"
+    return failure_reboots(boot_count_path, selected, tries)
+
+
 def _load(root: str) -> tuple[dict[str, str], int]:
     """Enrolled services and their policy, and the tries active is armed with; raises
     GeneratorError on anything malformed."""
@@ -201,11 +225,12 @@ def plan(root: str) -> tuple[dict[str, str], str]:
     if not wanted:
         return {}, "no service enrolled with reboot_on_failure: active"
     role, source = booted_role(root)
-    if role != "active":
-        return {}, f"booted role {role or 'unknown'} ({source}): no FailureAction"
-    reboots, why = failure_reboots(_efivar(root, "LoaderBootCountPath"), _efivar(root, "LoaderEntrySelected"), tries)
+    count_path = selected = None
+    if role == "active":  # the variables are read (and may be malformed) only where the rule needs them
+        count_path, selected = _efivar(root, "LoaderBootCountPath"), _efivar(root, "LoaderEntrySelected")
+    reboots, why = on_failure("active", role, count_path, selected, tries)
     if not reboots:
-        return {}, f"active ({source}) {why}"
+        return {}, f"{why} ({source})" if role != "active" else f"active ({source}) {why}"
     return {f"{u}.d/{DROPIN}": DROPIN_TEXT for u in wanted}, f"active ({source}), {why}"
 
 

@@ -55,6 +55,31 @@ def _time(value: Any) -> float:
     return t
 
 
+@dataclass(frozen=True)
+class RecordedEntry:
+    """One entry as the ESP showed it when a boot was recorded."""
+
+    path: str
+    state: str  # good, indeterminate, bad
+    left: int | None
+    done: int | None
+
+    @classmethod
+    def parse(cls, item: Any) -> RecordedEntry | None:
+        """One item of a boot line's ``entries``, or None when it is not one (the line still counts)."""
+        if not isinstance(item, dict):
+            return None
+        path, state, left, done = item.get("path"), item.get("state"), item.get("left"), item.get("done")
+        if not isinstance(path, str) or state not in {s.value for s in EntryState}:
+            return None
+        if any(v is not None and (type(v) is not int or not 0 <= v <= counter_mod.INT_MAX) for v in (left, done)):
+            return None
+        return cls(path[:MAX_FIELD], state, left, done)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": self.path, "state": self.state, "tries_left": self.left, "tries_done": self.done}
+
+
 @dataclass
 class Boot:
     boot_id: str
@@ -63,7 +88,7 @@ class Boot:
     role: str | None
     left: int | None
     done: int | None
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[RecordedEntry] = field(default_factory=list)  # every entry when it was recorded
     verdict: str | None = None
     verdict_time: float | None = None
 
@@ -77,6 +102,7 @@ class Boot:
             "tries_done": self.done,
             "verdict": self.verdict,
             "verdict_time": self.verdict_time,
+            "entries": [e.as_json() for e in self.entries],
         }
 
 
@@ -249,6 +275,13 @@ class History:
     warnings: list[str]
 
 
+def _recorded_entries(raw: Any) -> list[RecordedEntry]:
+    """A boot line's ``entries``; what is not a list of entries is read as none (the boot still counts)."""
+    if not isinstance(raw, list):
+        return []
+    return [e for e in map(RecordedEntry.parse, raw[:1000]) if e is not None]
+
+
 def parse_all(text: str, source: str) -> History:
     """Boots and upgrades in the order recorded; malformed lines are skipped and reported."""
     boots: dict[str, Boot] = {}
@@ -270,7 +303,7 @@ def parse_all(text: str, source: str) -> History:
                     rec.get("role"),
                     rec.get("tries_left"),
                     rec.get("tries_done"),
-                    list(rec.get("entries") or []),
+                    _recorded_entries(rec.get("entries")),
                 )
             elif kind == "verdict" and boot_id in boots:
                 boots[boot_id].verdict = str(rec["verdict"])

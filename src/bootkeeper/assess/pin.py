@@ -209,7 +209,7 @@ def resolve(snap: Snapshot, target: str, where: str) -> Entry:
         return {
             e.path.lower(),
             e.file_name.lower(),
-            e.name.base.lower(),
+            e.name.entry_key,
             f"{e.directory}/{e.name.base}".lower(),
             e.entry_id(v).lower(),
         }

@@ -41,8 +41,7 @@ AFTER = "default.target graphical.target multi-user.target"
 
 def unit_name(name: str, where: str) -> str:
     """A valid unit name; a bare name gets ``.service`` (as systemctl does)."""
-    if not name.endswith(tuple(f".{t}" for t in generator.UNIT_TYPES)):
-        name += ".service"
+    name = generator.with_unit_suffix(name)
     if len(name) > 255 or not generator.UNIT_NAME.match(name):
         raise UsageError(f"{where}: {name!r} is not a unit name (letters, digits, ':-_.\\@' and a unit type suffix)")
     return name
@@ -52,7 +51,7 @@ def loop_warnings(specs: list[ServiceSpec]) -> list[str]:
     """What ``lint`` reports as error BK103 about the drop-ins ``reboot_on_failure: always`` writes,
     said when they are written (the writers: ``service enroll``, ``install-units``, ``cloud-config render``)."""
     return [
-        f"{s.name if '.' in s.name else s.name + '.service'}: reboot_on_failure: always writes "
+        f"{generator.with_unit_suffix(s.name)}: reboot_on_failure: always writes "
         "FailureAction=reboot for every entry; a service that "
         "fails on every entry (not because of the upgrade) reboots passive and recovery too, a boot loop that "
         "ends in statereset (lint: BK103); 'active' reboots on the active entry only"
@@ -64,9 +63,9 @@ def loop_warnings(specs: list[ServiceSpec]) -> list[str]:
 def render_dropin(spec: ServiceSpec) -> str:
     fa = ""
     if spec.reboot_on_failure is RebootOnFailure.ALWAYS:
-        fa = "# reboot_on_failure: always (on every entry, passive and recovery too)\nFailureAction=reboot\n"
+        fa = f"# reboot_on_failure: always (on every entry, passive and recovery too)\n{generator.FAILURE_ACTION}\n"
     elif spec.reboot_on_failure is RebootOnFailure.ACTIVE:
-        fa = "# reboot_on_failure: active: FailureAction=reboot is added at boot, on the active entry only\n"
+        fa = f"# reboot_on_failure: active: {generator.FAILURE_ACTION} is added at boot, on the active entry only\n"
     return (
         f"# bootkeeper: a boot is good only if {spec.name} starts successfully.\n"
         "[Unit]\n"

@@ -2,7 +2,7 @@
 runs: :func:`bootloader.choose` picks and renames as systemd-boot would, the outcome per role
 decides whether ``bless good`` runs (a good boot reaches boot-complete.target), a kernel panic
 resets the machine, and a failed service reboots only where ``reboot_on_failure`` says so — with
-``active``, by bootkeeper-generator's own rule (:func:`generator.failure_reboots`: only while the
+``active``, by bootkeeper-generator's own rule (:func:`generator.on_failure`: only while the
 booted entry had a try left) — otherwise the node stays up on that entry, unblessed, and the run
 ends there.
 """
@@ -68,6 +68,7 @@ class BootRecord:
     after: str  # what happens next
     actions: list[str] = field(default_factory=list)
     boot_count_path: str | None = None  # LoaderBootCountPath during this boot
+    entry_selected: str | None = None  # LoaderEntrySelected during this boot
     time: float = 0.0
 
     def as_json(self) -> dict[str, object]:
@@ -88,11 +89,8 @@ def _reboots(policy: RebootOnFailure, choice: bootloader.BootChoice, tries: int)
     """As on a node: ``always`` is a static drop-in; ``active`` comes from bootkeeper-generator, which
     decides on active from what it reads at boot: ``LoaderBootCountPath``, ``LoaderEntrySelected``
     (the entry id) and the tries active is armed with."""
-    if policy is RebootOnFailure.ALWAYS:
-        return True
-    if policy is not RebootOnFailure.ACTIVE or choice.entry.role is not Role.ACTIVE:
-        return False
-    return generator.failure_reboots(choice.boot_count_path, choice.entry_id, tries)[0]
+    role = choice.entry.role.value if choice.entry.role is not None else None
+    return generator.on_failure(policy.value, role, choice.boot_count_path, choice.entry_id, tries)[0]
 
 
 def simulate(
@@ -133,6 +131,7 @@ def simulate(
             n, choice.entry.path, role.value if role else None, choice.reason, choice.rename_to, outcome, "-", "reboot"
         )
         rec.boot_count_path = choice.boot_count_path
+        rec.entry_selected = choice.entry_id
         rec.time = now
         if outcome is BootOutcome.SUCCESS:
             if choice.boot_count_path is None:

@@ -13,6 +13,7 @@ from bootkeeper.cli.common import (
     json_option,
     load_config,
     print_json,
+    root_option,
     version_option,
 )
 
@@ -35,9 +36,15 @@ def _report(res: object, as_json: bool) -> None:
 @esp_option
 @version_option
 @config_option
+@root_option
 @json_option
 def arm(
-    roles: tuple[str, ...], esp: Path | None, sdboot_version: str | None, config_files: tuple[Path, ...], as_json: bool
+    roles: tuple[str, ...],
+    esp: Path | None,
+    sdboot_version: str | None,
+    config_files: tuple[Path, ...],
+    root: Path,
+    as_json: bool,
 ) -> None:
     """Give ROLES (default: all) fresh counters, fallback sort keys, and drop a pinning default.
 
@@ -47,7 +54,7 @@ def arm(
     from bootkeeper.esp.entries import Role
     from bootkeeper.esp.store import EspStore
 
-    cfg = load_config(config_files).boot_assessment
+    cfg = load_config(config_files, root).boot_assessment
     res = chain.arm(EspStore(find_esp(esp)), cfg, [Role(r) for r in roles] or None, sdboot_version=sdboot_version)
     _report(res, as_json)
 
@@ -57,9 +64,15 @@ def arm(
 @esp_option
 @version_option
 @config_option
+@root_option
 @json_option
 def rotate(
-    new_entry: Path, esp: Path | None, sdboot_version: str | None, config_files: tuple[Path, ...], as_json: bool
+    new_entry: Path,
+    esp: Path | None,
+    sdboot_version: str | None,
+    config_files: tuple[Path, ...],
+    root: Path,
+    as_json: bool,
 ) -> None:
     """Install NEW_ENTRY (.conf or UKI .efi) as active; the old active becomes passive, fresh counter.
 
@@ -67,5 +80,5 @@ def rotate(
     from bootkeeper.assess import chain
     from bootkeeper.esp.store import EspStore
 
-    cfg = load_config(config_files).boot_assessment
+    cfg = load_config(config_files, root).boot_assessment
     _report(chain.rotate(EspStore(find_esp(esp)), cfg, new_entry, sdboot_version=sdboot_version), as_json)

@@ -148,8 +148,10 @@ def root_efivars_option(f: F) -> F:
     )(f)
 
 
-def load_config(files: tuple[Path, ...], root: Path = Path("/")) -> Any:
-    """The merged config (``--config`` files, else ROOT/oem/*.yaml); its warnings go to stderr."""
+def load_config(files: tuple[Path, ...], root: Path) -> Any:
+    """The merged config (``--config`` files, else ROOT/oem/*.yaml); its warnings go to stderr.
+    ``root`` has no default: every verb that reads the config takes ``--root``, so a test root never
+    reads the host's /oem."""
     from bootkeeper import config
     from bootkeeper.sysext import policy
 

@@ -9,7 +9,15 @@ from typing import Any
 
 import click
 
-from bootkeeper.cli.common import config_option, json_option, load_config, print_json, table, version_option
+from bootkeeper.cli.common import (
+    config_option,
+    json_option,
+    load_config,
+    print_json,
+    root_option,
+    table,
+    version_option,
+)
 
 
 def print_timeline(records: list[Any]) -> None:
@@ -49,6 +57,7 @@ def print_timeline(records: list[Any]) -> None:
 @click.option("--default", "default", default=None, help="Scratch ESP only: a loader.conf default pattern.")
 @version_option
 @config_option
+@root_option
 @json_option
 def simulate(
     esp: Path | None,
@@ -58,6 +67,7 @@ def simulate(
     default: str | None,
     sdboot_version: str | None,
     config_files: tuple[Path, ...],
+    root: Path,
     as_json: bool,
 ) -> None:
     """Run BOOTS boots and print what systemd-boot chose, renamed, and how each boot was judged."""
@@ -68,7 +78,7 @@ def simulate(
     from bootkeeper.esp.store import EspStore
 
     faults = [parse_fault(f) for f in fails]
-    cfg = load_config(config_files).boot_assessment
+    cfg = load_config(config_files, root).boot_assessment
     if reboot_on_failure is None:
         policies = [s.reboot_on_failure.value for s in cfg.services] or ["active"]
         reboot_on_failure = max(policies, key=["never", "active", "always"].index)
@@ -80,13 +90,13 @@ def simulate(
         )
         click.echo(f"warning: {warning}", err=True)
     with tempfile.TemporaryDirectory(prefix="bootkeeper-sim-") as tmp:
-        root = Path(tmp) / "esp"
+        work = Path(tmp) / "esp"
         if esp is not None:
-            shutil.copytree(esp, root, symlinks=False)
+            shutil.copytree(esp, work, symlinks=False)
         else:
-            scratch.make(root, tries=cfg.tries, recovery_tries=cfg.recovery_tries, default=default)
+            scratch.make(work, tries=cfg.tries, recovery_tries=cfg.recovery_tries, default=default)
         records = run_sim(
-            EspStore(root),
+            EspStore(work),
             cfg,
             faults,
             boots,
@@ -95,9 +105,9 @@ def simulate(
         )
         # Type #1 entries and Type #2 UKIs (EFI/Linux/*.efi), each with the name the boot left it
         final = sorted(
-            str(p.relative_to(root))
+            str(p.relative_to(work))
             for d, pattern in (("loader/entries", "*.conf"), ("EFI/Linux", "*.efi"))
-            for p in (root / d).glob(pattern)
+            for p in (work / d).glob(pattern)
         )
     if as_json:
         print_json({"boots": [r.as_json() for r in records], "entries_after": final, "warning": warning})

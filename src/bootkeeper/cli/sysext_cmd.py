@@ -23,22 +23,12 @@ from bootkeeper.cli.common import (
 
 
 def _certs(paths: tuple[Path, ...]) -> list[Any]:
-    from cryptography import x509
-
-    from bootkeeper.errors import MalformedError
     from bootkeeper.fsutil import read_input
+    from bootkeeper.sysext.trust import load_certificates
 
     out = []
     for p in paths:
-        data = read_input(p, "the certificate")
-        try:
-            out.extend(
-                x509.load_pem_x509_certificates(data)
-                if b"-----BEGIN" in data
-                else [x509.load_der_x509_certificate(data)]
-            )
-        except ValueError as exc:
-            raise MalformedError(f"{p}: not a PEM or DER certificate ({exc})") from exc
+        out.extend(load_certificates(read_input(p, "the certificate"), str(p)))
     return out
 
 

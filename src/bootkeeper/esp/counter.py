@@ -23,11 +23,6 @@ class EntryState(StrEnum):
     INDETERMINATE = "indeterminate"  # counted, tries left
     BAD = "bad"  # counted, no tries left
 
-    @property
-    def bootable_first(self) -> bool:
-        """systemd-boot sorts entries with no tries left to the end of the menu."""
-        return self is not EntryState.BAD
-
 
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -79,6 +74,17 @@ class CountedName:
         if self.prefix is None or self.tail is None:
             return self.name
         return self.prefix + self.tail
+
+    @property
+    def entry_key(self) -> str:
+        """What names the entry whatever its counter: ``active+2-1.conf``, ``active+0-3.conf`` and
+        ``active.conf`` are one entry (a rename by systemd-boot or a bless), ``ACTIVE.conf`` too (vfat
+        folds case, and the suffix is compared without case). The one rule for "the same entry with
+        and without a counter"."""
+        return self.base.lower()
+
+    def same_entry(self, other: CountedName) -> bool:
+        return self.entry_key == other.entry_key
 
     @property
     def stem(self) -> str:

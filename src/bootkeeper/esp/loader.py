@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bootkeeper.esp import counter as counter_mod
+from bootkeeper.esp import edit
 from bootkeeper.esp.keyvalue import KeyValue, split_lines
 
 KNOWN_KEYS = frozenset(
@@ -92,34 +93,11 @@ def parse(text: str) -> LoaderConf:
     )
 
 
-def _is_key_line(line: str, key: str) -> bool:
-    s = line.strip(" \t\r")
-    if not s.startswith(key):
-        return False
-    rest = s[len(key) :]
-    return rest == "" or rest[0] in " \t"
-
-
 def set_key(text: str, key: str, value: str | None) -> str:
     """Return ``text`` with every ``KEY`` line replaced by one ``KEY VALUE`` line (at the place
-    of the last one), or removed when ``value`` is None. Nothing else changes."""
-    if value is not None and (any(c in value for c in "\r\n\0") or not value.strip()):
-        raise ValueError(f"invalid {key} value {value!r}")
-    lines = text.splitlines(keepends=True)
-    idx = [i for i, line in enumerate(lines) if _is_key_line(line, key)]
-    if not idx:
-        if value is None:
-            return text
-        sep = "" if not text or text.endswith("\n") else "\n"
-        return f"{text}{sep}{key} {value}\n"
-    out: list[str] = []
-    for i, line in enumerate(lines):
-        if i not in idx:
-            out.append(line)
-        elif i == idx[-1] and value is not None:
-            ending = line[len(line.rstrip("\r\n")) :] or "\n"
-            out.append(f"{key} {value}{ending}")
-    return "".join(out)
+    of the last one; appended when there is none), or removed when ``value`` is None
+    (edit.replace_key). Nothing else changes."""
+    return edit.replace_key(text, key, value, len)
 
 
 def set_default(text: str, value: str | None) -> str:
@@ -143,7 +121,7 @@ def default_after_rename(conf: LoaderConf, old_name: str, new_name: str) -> tupl
         return False, None
     cur = counter_mod.parse(conf.default, suffix)
     old = counter_mod.parse(old_name, suffix)
-    if cur.base.lower() != old.base.lower():
+    if not cur.same_entry(old):
         return False, None
     if counter_mod.parse(new_name, suffix).state is counter_mod.EntryState.BAD:
         return True, None

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkeeper import fsutil
-from bootkeeper.errors import BootkeeperError, BusyError, EspError, InputError, UnreadableError, WriteError
+from bootkeeper.errors import BootkeeperError, BusyError, EspError, InputError, UnreadableError, UsageError, WriteError
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp import pe
@@ -111,6 +111,23 @@ def _mount_of(path: Path) -> Mount | None:
 
 
 TEST_PAUSE_ENV = "BOOTKEEPER_TEST_STEP_PAUSE"
+LOCK_TIMEOUT_ENV = "BOOTKEEPER_LOCK_TIMEOUT"
+LOCK_TIMEOUT = 10.0
+
+
+def lock_timeout_from_env() -> float:
+    """How long a verb waits for another run's lock before it is busy (exit 5):
+    ``BOOTKEEPER_LOCK_TIMEOUT=SECONDS`` (0 to 3600; 0 does not wait), else 10 s."""
+    raw = os.environ.get(LOCK_TIMEOUT_ENV)
+    if raw is None or raw == "":
+        return LOCK_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:  # NaN too
+        raise UsageError(f"{LOCK_TIMEOUT_ENV}={raw[:40]!r}: expected seconds, 0 to 3600")
+    return seconds
 
 
 def _pause_hook() -> Callable[[str], None] | None:
@@ -158,12 +175,13 @@ class FolderStore:
         root: Path,
         *,
         fault: Callable[[str], None] | None = None,
-        lock_timeout: float = 10.0,
+        lock_timeout: float | None = None,
         log: Callable[[str], None] = _warn,
     ) -> None:
+        """``lock_timeout``: seconds to wait for the lock; None: :func:`lock_timeout_from_env`."""
         self.root = root
         self._fault = fault if fault is not None else _pause_hook()
-        self._lock_timeout = lock_timeout
+        self._lock_timeout = lock_timeout if lock_timeout is not None else lock_timeout_from_env()
         self._lock_fd: int | None = None
         self._log = log
         self._injected: BaseException | None = None  # the fault a test raised: passed on unchanged
@@ -191,7 +209,7 @@ class FolderStore:
                     if time.monotonic() >= deadline:
                         raise BusyError(
                             f"{self.root}: another bootkeeper run holds the {self.what} lock "
-                            f"(waited {self._lock_timeout:.0f} s)"
+                            f"(waited {self._lock_timeout:g} s)"
                         ) from exc
                     time.sleep(0.05)
             self._lock_fd = fd
@@ -538,7 +556,7 @@ class EspStore(FolderStore):
                 )
         bases: dict[tuple[str, str], list[str]] = {}
         for e in found:
-            bases.setdefault((e.directory, e.name.base.lower()), []).append(e.file_name)
+            bases.setdefault((e.directory, e.name.entry_key), []).append(e.file_name)
         for (d, _), files in bases.items():
             if len(files) > 1:
                 problems.append(

@@ -49,6 +49,7 @@ from bootkeeper.esp import pe
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.extra import Target
 from bootkeeper.esp.store import SPACE_MARGIN, EspStore
+from bootkeeper.sysext.release import image_stem as image_stem  # re-exported: the rules match this name
 
 if TYPE_CHECKING:
     from bootkeeper.esp.linkstore import Link, LinkStore
@@ -79,12 +80,6 @@ def resolve_name(name: str, installed: list[str]) -> list[str]:
         return [check_name(name)]
     check_name(f"{name}.raw")  # the same characters
     return sorted({n for n in installed if image_stem(n) == name})
-
-
-def image_stem(name: str) -> str:
-    """The name that ``sysext.entries`` rules match: without ``.raw`` and ``.sysext``."""
-    stem = name[: -len(".raw")] if name.endswith(".raw") else name
-    return stem[: -len(".sysext")] if stem.endswith(".sysext") else stem
 
 
 def select(

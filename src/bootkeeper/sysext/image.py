@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bootkeeper.errors import InputError, MalformedError, RefusedError, UnreadableError
+from bootkeeper import fsutil
+from bootkeeper.errors import InputError, MalformedError, RefusedError, UnreadableError, WriteError
 from bootkeeper.sysext import gpt, policy, release, signature, verity
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ def inspect(path: Path, name: str | None = None, *, architecture: str | None = N
                     problems.append(str(exc))
             try:
                 rel = release.read_from_partition(
-                    path, des.data.offset, des.data.size, info.fstype[d], release.image_name(Path(name or path.name))
+                    path, des.data.offset, des.data.size, info.fstype[d], release.image_stem(name or path.name)
                 )
                 info.release[d] = rel
             except InputError as exc:
@@ -484,10 +485,11 @@ def build(
     arch: str | None = None,
     os_release: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    step: fsutil.Step = fsutil.no_step,
 ) -> Path:
     """Make a signed sysext from the directory ``tree`` (which is not changed): the file system
-    (mkfs.erofs, or mksquashfs), then verity, signature and GPT; written atomically to ``out``."""
-    import os
+    (mkfs.erofs, or mksquashfs), then verity, signature and GPT; written atomically to ``out``
+    (:func:`fsutil.write_atomic`; ``step`` is its crash point hook, for tests)."""
     import shutil
     import tempfile
 
@@ -500,7 +502,7 @@ def build(
     check_tool(tool, f"to make the {fs} file system of the extension")
     if not tree.is_dir():
         raise UnreadableError(f"{tree}: not a directory")
-    name = release.image_name(out)
+    name = release.image_stem(out.name)
     present = sorted(p.name for p in (tree / release.RELEASE_DIR).glob("extension-release.*"))
     if present and f"extension-release.{name}" not in present:
         raise MalformedError(
@@ -550,10 +552,10 @@ def build(
                 timeout=3600,
             )
         disk = assemble(img.read_bytes(), key, cert, arch=arch, progress=progress)
-        tmp_out = out.parent / f".{out.name}.bootkeeper-tmp"
-        with tmp_out.open("wb") as f:
-            f.write(disk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp_out, out)
+        # crash-safe as every write of ours: the folder is fsynced after the rename, and an error
+        # leaves no temporary behind
+        try:
+            fsutil.write_atomic(out, disk, step)
+        except OSError as exc:
+            raise WriteError(f"{out}: cannot write ({exc.strerror})") from exc
     return out

@@ -36,12 +36,13 @@ def parse_release(text: str) -> dict[str, str]:
     return out
 
 
-def image_name(path: Path) -> str:
-    name = path.name
-    for suffix in (".raw", ".sysext"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name
+def image_stem(name: str) -> str:
+    """An image's name as systemd names it (``k3s.sysext.raw`` → ``k3s``): without ``.raw``, then
+    without the class suffix ``.sysext`` (systemd src/shared/discover-image.c:
+    extract_image_basename() with image_class_suffix_to_string()). The one rule for the
+    extension-release file's NAME, ``sysext.entries`` patterns and the short name of ``sysext remove``."""
+    stem = name.removesuffix(".raw")
+    return stem.removesuffix(".sysext")
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,8 @@ def parse_esl(data: bytes, what: str) -> list[EslEntry]:
 
 
 def build_esl(entries: Iterable[tuple[uuid.UUID, uuid.UUID, bytes]]) -> bytes:
-    """EFI_SIGNATURE_LISTs, one per entry (for tests and for ``keys`` users preparing db updates)."""
+    """EFI_SIGNATURE_LISTs, one per entry: the writer of what :func:`parse_esl` reads, for its
+    round-trip tests and the fuzz corpus (no verb writes firmware variables)."""
     out = b""
     for typ, owner, data in entries:
         sig_size = 16 + len(data)
@@ -172,17 +173,17 @@ def _probe(cert: x509.Certificate) -> x509.Certificate:
     return cert
 
 
-def _load_certs(data: bytes, what: str, problems: list[str] | None = None) -> list[x509.Certificate]:
+def load_certificates(data: bytes, what: str, problems: list[str] | None = None) -> list[x509.Certificate]:
     """Every certificate of a PEM file (each block on its own) or one DER certificate; one that
     does not load is a problem naming it, and the others still count. Without ``problems`` the
-    first one is a MalformedError."""
-    from cryptography import x509
+    first one is a MalformedError. The one loader of certificates: trust anchors here, ``--cert`` of
+    ``sysext build`` and ``validate``."""
 
     from bootkeeper.sysext.signature import one_line
 
     if problems is None:
         found: list[str] = []
-        certs = _load_certs(data, what, found)
+        certs = load_certificates(data, what, found)
         if found:
             raise MalformedError(found[0])
         return certs
@@ -197,17 +198,24 @@ def _load_certs(data: bytes, what: str, problems: list[str] | None = None) -> li
     out = []
     for where, raw, pem in items:
         try:
-            out.append(_probe(x509.load_pem_x509_certificate(raw) if pem else x509.load_der_x509_certificate(raw)))
+            out.append(_load_one(raw, pem))
         except _load_errors() as exc:
             problems.append(f"{where}: not a usable PEM or DER X.509 certificate ({one_line(exc)})")
     return out
+
+
+def _load_one(raw: bytes, pem: bool) -> x509.Certificate:
+    """The one place a certificate is decoded (PEM block or DER), and probed."""
+    from cryptography import x509
+
+    return _probe(x509.load_pem_x509_certificate(raw) if pem else x509.load_der_x509_certificate(raw))
 
 
 def _config_anchors(cfg: Sysext, root: Path, problems: list[str]) -> list[Anchor]:
     out: list[Anchor] = []
     for c in cfg.certificates:
         if "-----BEGIN" in c.value:
-            out.extend(Anchor(x, c.where) for x in _load_certs(c.value.encode(), c.where, problems))
+            out.extend(Anchor(x, c.where) for x in load_certificates(c.value.encode(), c.where, problems))
             continue
         p = under(root, c.value)
         try:
@@ -215,7 +223,9 @@ def _config_anchors(cfg: Sysext, root: Path, problems: list[str]) -> list[Anchor
         except OSError as exc:
             problems.append(f"{c.where}: {c.value}: cannot read ({exc.strerror})")
             continue
-        out.extend(Anchor(x, f"{c.where} ({c.value})") for x in _load_certs(data, f"{c.where}: {c.value}", problems))
+        out.extend(
+            Anchor(x, f"{c.where} ({c.value})") for x in load_certificates(data, f"{c.where}: {c.value}", problems)
+        )
     return out
 
 
@@ -237,7 +247,7 @@ def _dir_anchors(d: Path, problems: list[str]) -> list[Anchor]:
         except OSError as exc:
             problems.append(f"{p}: cannot read ({exc.strerror})")
             continue
-        out.extend(Anchor(x, str(p)) for x in _load_certs(data, str(p), problems))
+        out.extend(Anchor(x, str(p)) for x in load_certificates(data, str(p), problems))
     return out
 
 
@@ -245,7 +255,6 @@ def _firmware_anchors(efivars: Path, name: str, problems: list[str]) -> list[Anc
     """The X.509 entries of a firmware variable. A list that does not parse is a MalformedError (no
     entry of it can be told apart); one entry that is not a usable certificate is a problem, and
     the other entries still count."""
-    from cryptography import x509
 
     from bootkeeper.sysext.signature import one_line
 
@@ -258,7 +267,7 @@ def _firmware_anchors(efivars: Path, name: str, problems: list[str]) -> list[Anc
         if e.type != EFI_CERT_X509:
             continue  # image hashes are not certificates
         try:
-            out.append(Anchor(_probe(x509.load_der_x509_certificate(e.data)), f"firmware {name} #{i}"))
+            out.append(Anchor(_load_one(e.data, pem=False), f"firmware {name} #{i}"))
         except _load_errors() as exc:
             problems.append(f"{what}: entry {i} is not a usable X.509 certificate ({one_line(exc)})")
     return out
