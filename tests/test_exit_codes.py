@@ -442,8 +442,10 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_error_path(world: World, case: Case) -> None:
+def test_error_path(world: World, case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
     from helpers import tree
+
+    monkeypatch.setenv("BOOTKEEPER_LOCK_TIMEOUT", "0.2")  # a busy case need not wait the 10 s default
 
     before = tree(world.esp)
     argv = case.argv(world)

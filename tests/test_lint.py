@@ -204,7 +204,7 @@ def test_esp_kairos_efi_layout_per_version(tmp_path: Path, version: int) -> None
             "bad active is booted again and again and never falls back"
         )
         assert found[0]["fix"] == "bootkeeper arm converts it to 'uki' (systemd-boot 262.1-1 knows it)"
-        assert bk("arm", "--esp", str(esp)).returncode == 0
+        assert bk("arm", "--esp", str(esp), "--root", f"{esp}.noroot").returncode == 0
     assert _esp_findings(esp) == []
 
 
@@ -225,7 +225,7 @@ def test_esp_uki_key_per_version(tmp_path: Path, version: int) -> None:
         "the entry is dropped and never boots"
     )
     assert found[0]["fix"] == "use 'efi' (counted by this version); bootkeeper arm converts it"
-    assert bk("arm", "--esp", str(esp)).returncode == 0
+    assert bk("arm", "--esp", str(esp), "--root", f"{esp}.noroot").returncode == 0
     assert _esp_findings(esp) == []
 
 
@@ -251,7 +251,7 @@ def test_esp_read_only_counted_entry(tmp_path: Path) -> None:
     )
     os.chmod(blessed / "loader/entries/passive.conf", 0o444)
     assert esp_codes(blessed) == []
-    assert bk("arm", "--esp", str(esp)).returncode == 0
+    assert bk("arm", "--esp", str(esp), "--root", f"{esp}.noroot").returncode == 0
     assert esp_codes(esp) == []
 
 

@@ -135,7 +135,3 @@ EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
     ),
 }
 
-
-# Old names, until every branch uses the new ones.
-ParseError = MalformedError
-StoreIOError = WriteError
