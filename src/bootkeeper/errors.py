@@ -134,4 +134,3 @@ EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
         "internal error: a bug in bootkeeper (the message names the exception; --debug shows the traceback)",
     ),
 }
-
