@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from bootkeeper import fsutil
 from bootkeeper.config import Sysext, SysextMode
 from bootkeeper.errors import BootkeeperError, WriteError
+from bootkeeper.sysext.report import REPORT as REPORT  # its home; sysext_cmd names it here
 
 if TYPE_CHECKING:
     from bootkeeper.systemd_version import NodeSystemd
@@ -52,7 +53,6 @@ EXTRA_DIR = ".extra/sysext"
 GLOBAL_DIR = ".extra/global_sysext"
 CONFEXT_SKIPPED = "a configuration extension: systemd-confext's, not placed in /run/extensions"
 DEST_DIR = "run/extensions"
-REPORT = "run/bootkeeper/sysext.json"
 
 
 @dataclass
