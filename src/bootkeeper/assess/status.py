@@ -231,7 +231,6 @@ def _roles(
     ``linked``: the persistent store's folder → its good links (``common`` for every role)."""
     from bootkeeper.esp import extra, pe
     from bootkeeper.esp.entries import parse_osrel
-    from bootkeeper.esp.linkstore import COMMON
 
     try:
         targets = extra.targets(snap, store)
@@ -251,6 +250,12 @@ def _roles(
         except BootkeeperError as exc:
             warnings.append(f"{t.uki}: its .osrel is not readable: {str(exc)[:160]}")
         role = t.role.value if t.role else ""
+        if linked:  # the store's folders (esp/linkstore.py is not imported without one)
+            from bootkeeper.esp.linkstore import COMMON
+
+            linked_set = tuple(sorted({*linked.get(role, ()), *linked.get(COMMON, ())}))
+        else:
+            linked_set = ()
         out.append(
             RoleOs(
                 t.entry,
@@ -260,7 +265,7 @@ def _roles(
                 fields,
                 t.extra_dir,
                 tuple(i.name for i in found if i.target == t),
-                tuple(sorted({*linked.get(role, ()), *linked.get(COMMON, ())})),
+                linked_set,
             )
         )
     return tuple(out), warnings

@@ -78,22 +78,9 @@ def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None
     }
 
 
-def pin_lines(pin: dict[str, Any] | None) -> list[str]:
-    """The ``pin`` view (assess/pin.py) as text: the pin consulted first, then the others."""
-    if not pin:
-        return []
-    return [f"pin: {pin['text']}"] + [f"  also: {o['text']}" for o in pin.get("others", [])]
-
-
-def next_line(nxt: dict[str, Any] | None) -> str:
-    """The ``next`` view (assess/bootloader.py's choice) as text."""
-    if not nxt:
-        return "next boot: nothing — systemd-boot finds no entry"
-    after = f" (renamed to {nxt['next_after_boot']})" if nxt["next_after_boot"] != nxt["path"] else ""
-    return f"next boot: {nxt['path']}{after}: {nxt['reason']}"
-
-
 def _print_human(view: dict[str, Any]) -> None:
+    from bootkeeper.cli.status_cmd import next_line, pin_lines
+
     v = view["systemd_boot_version"]
     click.echo(f"ESP {view['esp']}  (systemd-boot {v['value']}, {v['source']})")
     table(

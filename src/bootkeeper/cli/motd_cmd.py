@@ -1,4 +1,4 @@
-"""``bootkeeper motd``: the text of ``status`` without the menu, for the login message
+"""``bootkeeper motd``: the text of ``status`` without the next boot, for the login message
 (``bootkeeper-boot.service`` runs it at every boot: light imports, no config read)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``bootkeeper status``: the boot half (assess/status.py), the extension half (sysext/status.py) and
 the menu with what boots next (the ``entries`` view), put together and shown as text or JSON. The text
-of ``motd`` (cli/motd_cmd.py) is the same, without the menu. Boot path: no rich unless on a
+of ``motd`` (cli/motd_cmd.py) is the same, without the next boot. Boot path: no rich unless on a
 terminal, no cryptography, PyYAML only when there is a config to read."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Status:
-    """What ``status`` shows. ``menu``: the ``entries`` view (None for motd, which has no menu);
+    """What ``status`` shows. ``menu``: the ``entries`` view (None for motd, which shows no next boot);
     ``problems``: the extension sources that could not be read."""
 
     node: NodeStatus
@@ -55,7 +55,6 @@ class Status:
 
     def lines(self) -> list[str]:
         from bootkeeper.assess import history
-        from bootkeeper.cli.entries_cmd import next_line, pin_lines
 
         node, ext = self.node, self.extensions
         lines = [booted_line(node.booted)]
@@ -88,6 +87,21 @@ class Status:
         if self.menu is not None:
             lines.append(next_line(self.menu["next"]))
         return lines
+
+
+def pin_lines(pin: dict[str, Any] | None) -> list[str]:
+    """The ``pin`` view (assess/pin.py) as text: the pin consulted first, then the others."""
+    if not pin:
+        return []
+    return [f"pin: {pin['text']}"] + [f"  also: {o['text']}" for o in pin.get("others", [])]
+
+
+def next_line(nxt: dict[str, Any] | None) -> str:
+    """The ``next`` view (assess/bootloader.py's choice) as text."""
+    if not nxt:
+        return "next boot: nothing — systemd-boot finds no entry"
+    after = f" (renamed to {nxt['next_after_boot']})" if nxt["next_after_boot"] != nxt["path"] else ""
+    return f"next boot: {nxt['path']}{after}: {nxt['reason']}"
 
 
 def booted_line(b: Booted) -> str:
