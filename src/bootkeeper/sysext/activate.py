@@ -121,11 +121,13 @@ def host_os_release(root: Path) -> dict[str, str] | None:
 
 
 def _previous(root: Path) -> list[str]:
+    from bootkeeper.sysext import report
+
     try:
-        old = json.loads((root / REPORT).read_text())
-        return [i["name"] for i in old.get("images", []) if i.get("placed")]
-    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        last = report.read(root)
+    except BootkeeperError:
         return []
+    return list(last.placed) if last else []
 
 
 def _candidates(
