@@ -523,3 +523,11 @@ def test_a_booted_entry_that_cannot_be_followed_is_a_warning_not_an_error_key(tm
     text = bk("status", *args).stdout
     assert text.splitlines()[0].endswith(f"its state is unknown: {j['warnings'][0]}")
     assert text.count("none of active+1-2.conf") == 1
+
+
+def test_the_activation_reports_path_is_written_in_one_place() -> None:
+    """activate writes the report, status and activate read it: the path is sysext/report.py's alone
+    (it was written in activate.py and again in assess/nodestatus.py, with its schema)."""
+    src = Path(boot_status.__file__).resolve().parent.parent
+    holders = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "sysext.json" in p.read_text())
+    assert holders == ["sysext/report.py"]
