@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bootkeeper.assess import history, nodestatus
+from bootkeeper.assess import history
+from bootkeeper.assess import status as boot_status
 from bootkeeper.assess.simulate import BootOutcome, BootRecord, Fault, simulate
+from bootkeeper.cli import status_cmd
 from bootkeeper.config import BootAssessment, RebootOnFailure
 from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
@@ -133,11 +135,11 @@ def test_status_of_a_node_that_fell_back(tmp_path: Path) -> None:
     assert [h["verdict"] for h in j["history"]] == [None, None, None, None]
     assert j["services"][0]["name"] == "k3s.service"
     # services, with what systemctl show reports on such a node
-    view = nodestatus.gather(root, esp, efivars, None, lambda units: nodestatus.parse_systemctl_show(SHOW))
-    assert view["services"] == [
+    shown = status_cmd.gather(root, esp, efivars, None, read_services=lambda u: boot_status.parse_systemctl_show(SHOW))
+    assert shown.as_json()["services"] == [
         {"name": "k3s.service", "reboot_on_failure": "active", "result": "failed (exit-code)", "active_state": "failed"}
     ]
-    assert "k3s.service                    failed (exit-code)" in nodestatus.render(view)
+    assert "k3s.service                    failed (exit-code)" in "\n".join(shown.lines())
 
 
 def test_status_first_choice_and_blessed(tmp_path: Path) -> None:
@@ -199,7 +201,7 @@ def test_history_survives_a_torn_line_and_stays_bounded(tmp_path: Path, monkeypa
 
 def test_parse_systemctl_show_blocks() -> None:
     text = SHOW + "\nId=health.service\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nResult=success\n"
-    states = nodestatus.parse_systemctl_show(text)
+    states = boot_status.parse_systemctl_show(text)
     assert set(states) == {"k3s.service", "health.service"}
     assert states["health.service"]["LoadState"] == "not-found"
 
@@ -230,11 +232,24 @@ def test_status_shows_installed_and_active_extensions(tmp_path: Path) -> None:
     ]
 
 
-def test_status_looks_for_enrolment_where_enroll_writes_it() -> None:
-    from bootkeeper.assess import services
-
-    assert nodestatus.ENROLLED_RECORD == services.RECORD
-    assert f"{services.UNIT_DIR}/{services.REQUIRES}" == nodestatus.ENROLLED_LINKS
+def test_status_lists_what_service_list_lists_however_half_enrolled(tmp_path: Path) -> None:
+    """status asks services.listing (the one reader of an enrolment) and nothing else: a unit whose
+    record and boot-complete link are gone but whose drop-in is left is still shown, as `service list`
+    shows it (status used to look for the record or the link first, under names of its own, and then
+    showed no service at all)."""
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+3.conf")
+    assert bk("service", "enroll", "k3s", "--reboot-on-failure", "active", "--root", str(root)).returncode == 0
+    (root / "etc/bootkeeper/services.json").unlink()
+    requires = root / "etc/systemd/system/boot-complete.target.requires"
+    for link in requires.iterdir():
+        link.unlink()
+    requires.rmdir()
+    assert "k3s.service" in bk("service", "list", "--root", str(root)).stdout
+    r = bk("status", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "--json")
+    assert r.returncode == 0, r.stderr
+    assert [s["name"] for s in json.loads(r.stdout)["services"]] == ["k3s.service"]
 
 
 def _pinned_node(tmp_path: Path, version: str) -> tuple[list[str], Path, Path]:
@@ -392,3 +407,127 @@ def test_root_covers_the_efi_variables_and_a_missing_booted_file_is_named(tmp_pa
     assert first.startswith("booted: loader/entries/active+1-1.conf (role active); its state is unknown: "), first
     assert "none of active+1-1.conf, active.conf, active+0-1.conf exists" in first
     assert str(ev).startswith(str(tmp_path))
+
+
+STATUS_KEYS = [
+    *("esp", "systemd_boot_version", "default", "efi_variables", "next", "pin", "entries", "unlisted", "problems"),
+    *("booted", "failed_upgrade", "roles", "services", "extensions", "history", "upgrades", "warnings"),
+]
+
+
+def test_status_json_is_the_views_as_json_and_the_views_are_frozen(tmp_path: Path) -> None:
+    """The schema README documents, key by key and in order, is what the frozen views give; their
+    ``as_json()`` holds only JSON values (a tuple left in would not survive the round trip)."""
+    import dataclasses
+
+    root, esp, efivars = fallen_back_node(tmp_path)
+    args = ["--root", str(root), "--esp", str(esp), "--efivars", str(efivars)]
+    j = json.loads(bk("status", *args, "--json").stdout)
+    assert list(j) == STATUS_KEYS
+    assert list(j["booted"]) == ["entry", "role", "blessed", "counting", "why"]
+    assert list(j["extensions"]) == ["installed", "activation", "mode"]
+    shown = status_cmd.gather(root, esp, efivars, None, read_services=None)
+    mine = shown.as_json()
+    assert json.loads(json.dumps(mine)) == mine
+    asked = ("services", "warnings")  # the CLI asked systemctl, which this machine has not for k3s
+    assert {k: v for k, v in j.items() if k in mine and k not in asked} == {
+        k: v for k, v in mine.items() if k not in asked
+    }
+    assert [s["name"] for s in mine["services"]] == ["k3s.service"]
+    for view, field in (
+        (shown, "node"),
+        (shown.node, "booted"),
+        (shown.node.booted, "entry"),
+        (shown.node.entries[0], "state"),
+        (shown.node.roles, None),
+        (shown.node.services[0], "result"),
+        (shown.extensions, "activation"),
+    ):
+        if field is None:
+            assert isinstance(view, tuple)
+            continue
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(view, field, None)
+
+
+def test_the_activation_report_reads_back_what_activate_wrote(tmp_path: Path) -> None:
+    """One home for the report's path and schema (sysext/report.py): activate writes it, status reads it."""
+    from bootkeeper.sysext import activate, report
+
+    assert report.read(tmp_path) is None  # activate has not run
+    rep = activate.Report("permissive", "root=signed+absent", str(tmp_path), ["/.extra/sysext"])
+    rep.images = [
+        activate.Outcome("a.raw", "/.extra/sysext/a.raw", True, "passed", signer="CN=fleet"),
+        activate.Outcome("b.raw", "/.extra/sysext/b.raw", True, "failed-but-placed", ["unsigned"]),
+        activate.Outcome("c.raw", "/.extra/sysext/c.raw", False, "skipped", ["a symbolic link"]),
+    ]
+    activate.write_report(tmp_path, rep)
+    assert (tmp_path / activate.REPORT).is_file() and activate.REPORT == report.REPORT
+    got = report.read(tmp_path)
+    assert got == report.Activation(
+        "permissive",
+        (
+            report.Activated("a.raw", "passed", True, "CN=fleet"),
+            report.Activated("b.raw", "failed-but-placed", True, None),
+            report.Activated("c.raw", "skipped", False, None),
+        ),
+    )
+    assert got.placed == ("a.raw", "b.raw")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(None, "IsADirectoryError"), (b"[1, 2]", "AttributeError"), (b"\xff{", "UnicodeDecodeError")],
+)
+def test_status_names_an_unreadable_activation_report(tmp_path: Path, content: bytes | None, reason: str) -> None:
+    """The report in /run cannot be read: status shows everything else, and a warning line that says
+    which file and why, in the text too (it was only an "error" key inside `extensions` of the JSON)."""
+    root = tmp_path / "root"
+    p = root / "run/bootkeeper/sysext.json"
+    p.parent.mkdir(parents=True)
+    if content is None:
+        p.mkdir()
+    else:
+        p.write_bytes(content)
+    esp = scratch.make(tmp_path / "esp")
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+3.conf")
+    args = ["--root", str(root), "--esp", str(esp), "--efivars", str(ev)]
+    r = bk("status", *args)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    [line] = [ln for ln in r.stdout.splitlines() if ln.startswith("warning: ")]
+    assert line.startswith(f"warning: run/bootkeeper/sysext.json: {reason}: "), line
+    assert r.stdout.splitlines()[-1].startswith("next boot: loader/entries/active+3.conf")
+    j = json.loads(bk("status", *args, "--json").stdout)
+    assert j["extensions"] == {"installed": {}, "activation": [], "mode": None}
+    assert j["warnings"] == [line.removeprefix("warning: ")]
+    assert bk("motd", *args).returncode == 0
+    assert f"  {line}\n" in (root / "run/motd.d/bootkeeper").read_text()
+
+
+def test_a_booted_entry_that_cannot_be_followed_is_a_warning_not_an_error_key(tmp_path: Path) -> None:
+    """LoaderBootCountPath names a file that is not there: `blessed` is null and the reason is the
+    first warning (it was an "error" key inside `booted`); the text says it on the booted line, once."""
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+1-2.conf")
+    args = ["--root", str(root), "--esp", str(esp), "--efivars", str(ev)]
+    j = json.loads(bk("status", *args, "--json").stdout)
+    assert j["booted"] == {
+        "entry": "loader/entries/active+1-2.conf",
+        "role": "active",
+        "blessed": None,
+        "counting": True,
+        "why": j["booted"]["why"],
+    }
+    assert "none of active+1-2.conf" in j["warnings"][0]
+    text = bk("status", *args).stdout
+    assert text.splitlines()[0].endswith(f"its state is unknown: {j['warnings'][0]}")
+    assert text.count("none of active+1-2.conf") == 1
+
+
+def test_the_activation_reports_path_is_written_in_one_place() -> None:
+    """activate writes the report, status and activate read it: the path is sysext/report.py's alone
+    (it was written in activate.py and again in assess/nodestatus.py, with its schema)."""
+    src = Path(boot_status.__file__).resolve().parent.parent
+    holders = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "sysext.json" in p.read_text())
+    assert holders == ["sysext/report.py"]

@@ -19,7 +19,7 @@ from typing import Generic, TypeVar, cast
 
 from bootkeeper.assess import chain, cloudconfig, generator
 from bootkeeper.assess.chain import default_can_pin
-from bootkeeper.assess.nodestatus import Temporary
+from bootkeeper.assess.status import Temporary
 from bootkeeper.config import BootAssessment
 from bootkeeper.errors import BootkeeperError, EspError, InputError
 from bootkeeper.esp import entries as entries_mod

@@ -114,7 +114,7 @@ def _services_demo(tmp: Path, cfg: BootAssessment) -> None:
     """Steps 5-7: a service that decides the boot, the generator, lint, and status after a fallback."""
     import os
 
-    from bootkeeper.assess import generator, lint, nodestatus, services, units
+    from bootkeeper.assess import generator, lint, services, units
     from bootkeeper.assess.simulate import BootOutcome, Fault, simulate
     from bootkeeper.cli.simulate_cmd import print_timeline
     from bootkeeper.config import Config, RebootOnFailure, ServiceSpec
@@ -162,5 +162,7 @@ def _services_demo(tmp: Path, cfg: BootAssessment) -> None:
     print_timeline(recs)
     last = recs[-1].boot_count_path or ""
     var_path(efivars, "LoaderBootCountPath").write_bytes(encode_string(last))
-    view = nodestatus.gather(node, esp, efivars, 257, read_services=None)
-    click.echo("".join(f"  {ln}\n" for ln in nodestatus.render(view).splitlines()), nl=False)
+    from bootkeeper.cli.status_cmd import gather
+
+    shown = gather(node, esp, efivars, 257, read_services=None)
+    click.echo("".join(f"  {ln}\n" for ln in shown.lines()), nl=False)

@@ -1,5 +1,5 @@
-"""``bootkeeper entries`` and ``bootkeeper status``: read-only views of the ESP (boot path: no rich
-unless on a terminal, no cryptography)."""
+"""``bootkeeper entries``: a read-only view of the ESP, which ``status`` (cli/status_cmd.py) shows too
+(boot path: no rich unless on a terminal, no cryptography)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,12 @@ from typing import Any
 import click
 
 from bootkeeper.cli.common import (
-    config_option,
     efivars_dir,
     efivars_option,
     esp_option,
     find_esp,
     json_option,
-    load_config,
     print_json,
-    root_option,
     table,
     version_option,
 )
@@ -27,7 +24,8 @@ TEMPORARY_WHY = "a temporary left by an interrupted bootkeeper run: any bootkeep
 
 
 def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None) -> dict[str, Any]:
-    from bootkeeper.assess import bootloader, nodestatus, pin
+    from bootkeeper.assess import bootloader, pin
+    from bootkeeper.assess.status import stale_temporaries
     from bootkeeper.esp import entries as entries_mod
     from bootkeeper.esp.efivars import LoaderVars
     from bootkeeper.esp.store import EspStore
@@ -74,15 +72,14 @@ def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None
         "entries": rows,
         "unlisted": [{"path": e.path, "why": e.why_unlisted} for e in snap.entries if not e.listed]
         + [
-            {"path": t.path, "why": f"{TEMPORARY_WHY} ({t.size} bytes)", "size": t.size}
-            for t in nodestatus.stale_temporaries(esp)
+            {"path": t.path, "why": f"{TEMPORARY_WHY} ({t.size} bytes)", "size": t.size} for t in stale_temporaries(esp)
         ],
         "problems": list(snap.problems),
     }
 
 
 def _print_human(view: dict[str, Any]) -> None:
-    from bootkeeper.assess.nodestatus import pin_lines
+    from bootkeeper.cli.status_cmd import next_line, pin_lines
 
     v = view["systemd_boot_version"]
     click.echo(f"ESP {view['esp']}  (systemd-boot {v['value']}, {v['source']})")
@@ -97,12 +94,7 @@ def _print_human(view: dict[str, Any]) -> None:
         click.echo(f"not listed by systemd-boot: {u['path']}: {u['why']}")
     for line in pin_lines(view["pin"]):
         click.echo(line)
-    nxt = view["next"]
-    if nxt:
-        after = f" (renamed to {nxt['next_after_boot']})" if nxt["next_after_boot"] != nxt["path"] else ""
-        click.echo(f"next boot: {nxt['path']}{after}: {nxt['reason']}")
-    else:
-        click.echo("next boot: nothing — systemd-boot finds no entry")
+    click.echo(next_line(view["next"]))
     for p in view["problems"]:
         click.echo(f"warning: {p}", err=True)
 
@@ -120,53 +112,3 @@ def entries(esp: Path | None, efivars: Path | None, sdboot_version: str | None, 
         print_json(view)
     else:
         _print_human(view)
-
-
-def _links(config_files: tuple[Path, ...], root: Path) -> Path | None:
-    """The persistent extension store's folder, when the config says ``sysext.store: persistent``."""
-    if not config_files and not any((root / "oem").glob("*.yaml")):
-        return None  # the defaults: extensions on the ESP (and no config import on this path)
-    from bootkeeper import fsutil
-    from bootkeeper.config import SysextStore
-
-    cfg = load_config(config_files, root)
-    return fsutil.under(root, cfg.sysext.store_dir) if cfg.sysext.store is SysextStore.PERSISTENT else None
-
-
-@click.command()
-@esp_option
-@efivars_option
-@version_option
-@root_option
-@config_option
-@json_option
-def status(
-    esp: Path | None,
-    efivars: Path | None,
-    sdboot_version: str | None,
-    root: Path,
-    config_files: tuple[Path, ...],
-    as_json: bool,
-) -> None:
-    """Which entry booted and why, whether this boot is blessed yet, tries left on every entry, each
-    entry's OS and extensions, after a fallback the upgrade that failed, the enrolled services' results,
-    the extensions, and what boots next."""
-    efivars = efivars_dir(efivars, root)
-    from bootkeeper.assess import nodestatus
-    from bootkeeper.esp.store import EspStore
-
-    esp_root = find_esp(esp)
-    snap = EspStore(esp_root).snapshot(sdboot_version, loader_info=efivars_loader_info(efivars))  # once for both views
-    view = _view(esp_root, efivars, sdboot_version, snap)
-    node = nodestatus.gather(root, esp_root, efivars, sdboot_version, snap=snap, links=_links(config_files, root))
-    if as_json:
-        keys = ("booted", "failed_upgrade", "roles", "services", "extensions", "history", "upgrades", "warnings")
-        print_json({**view, **{k: node[k] for k in keys}})
-        return
-    click.echo(nodestatus.render(node), nl=False)
-    nxt = view["next"]
-    if nxt:
-        after = f" (renamed to {nxt['next_after_boot']})" if nxt["next_after_boot"] != nxt["path"] else ""
-        click.echo(f"next boot: {nxt['path']}{after}: {nxt['reason']}")
-    else:
-        click.echo("next boot: nothing — systemd-boot finds no entry")

@@ -1,4 +1,4 @@
-"""``bootkeeper history record|show`` and ``bootkeeper motd`` (boot path: light imports)."""
+"""``bootkeeper history record|show`` (boot path: light imports)."""
 
 from __future__ import annotations
 
@@ -121,26 +121,3 @@ def upgrade_line(u: Any) -> str:
         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(u.time))} upgrade of {u.role.value}: "
         f"{os_version(u.before.os)} → {os_version(u.after.os)}; extensions {names(u.before)} → {names(u.after)}{forced}"
     )
-
-
-@click.command()
-@esp_option
-@efivars_option
-@version_option
-@root_option
-def motd(esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path) -> None:
-    """Write the status to ROOT/run/motd.d/bootkeeper (shown at login)."""
-    efivars = efivars_dir(efivars, root)
-    from bootkeeper import fsutil
-    from bootkeeper.assess import nodestatus
-    from bootkeeper.errors import WriteError
-
-    view = nodestatus.gather(root, find_esp(esp), efivars, sdboot_version)
-    text = "bootkeeper\n" + "".join(f"  {ln}\n" for ln in nodestatus.render(view).splitlines())
-    p = root / nodestatus.MOTD
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fsutil.write_atomic(p, text.encode())
-    except OSError as exc:
-        raise WriteError(f"{p}: cannot write ({exc.strerror})") from exc
-    click.echo(f"wrote {p}")

@@ -76,7 +76,7 @@ def lint(
         findings += lint_mod.lint_text(text, name)
     cfg = load_config(config_files, root or Path("/")) if esp is not None or root is not None else None
     if esp is not None and cfg is not None:
-        from bootkeeper.assess.nodestatus import stale_temporaries
+        from bootkeeper.assess.status import stale_temporaries
         from bootkeeper.esp.efivars import LoaderVars
         from bootkeeper.esp.store import EspStore
 

@@ -18,7 +18,7 @@ from bootkeeper.errors import BootkeeperError, ExitCode, UsageError
 # verb -> "module:attribute"; the module is imported only when the verb runs (or --help lists it)
 VERBS = {
     "entries": ("bootkeeper.cli.entries_cmd:entries", "List boot entries in menu order and what boots next."),
-    "status": ("bootkeeper.cli.entries_cmd:status", "Booted entry, its state, and what boots next and why."),
+    "status": ("bootkeeper.cli.status_cmd:status", "Booted entry, its state, and what boots next and why."),
     "bless": ("bootkeeper.cli.bless_cmd:bless", "Mark the booted entry good, bad or indeterminate."),
     "arm": ("bootkeeper.cli.chain_cmd:arm", "Give entries fresh boot counters and fallback sort keys."),
     "rotate": ("bootkeeper.cli.chain_cmd:rotate", "Install a new active entry; the old active becomes passive."),
@@ -38,7 +38,7 @@ VERBS = {
     "cloud-config": ("bootkeeper.cli.cloudconfig_cmd:cloud_config", "Render the enrolment as yip cloud-config."),
     "lint": ("bootkeeper.cli.lint_cmd:lint", "Find boot-loop hazards in cloud-config, unit files and the ESP."),
     "history": ("bootkeeper.cli.history_cmd:history", "The boot history: record this boot, or show it."),
-    "motd": ("bootkeeper.cli.history_cmd:motd", "Write the boot status to /run/motd.d/bootkeeper."),
+    "motd": ("bootkeeper.cli.motd_cmd:motd", "Write the boot status to /run/motd.d/bootkeeper."),
     "keys": ("bootkeeper.cli.keys_cmd:keys", "Signing keys and the trusted certificates (config, verity.d, db)."),
 }
 

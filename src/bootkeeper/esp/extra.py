@@ -1,7 +1,7 @@
 """Which boot entries run a UKI, and the folder systemd-stub hands to the initrd for each: the UKI's
 ``<uki>.efi.extra.d/`` (the boot counter is not part of the folder's name: ``active+2-1.efi`` reads
 ``active.efi.extra.d``). Pure over a snapshot and the ESP's listings; sysext/deploy.py installs into
-these folders, assess/nodestatus.py shows what they hold.
+these folders, assess/status.py shows what they hold.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from bootkeeper import fsutil
 from bootkeeper.config import Sysext, SysextMode
 from bootkeeper.errors import BootkeeperError, WriteError
+from bootkeeper.sysext.report import REPORT as REPORT  # its home; sysext_cmd names it here
 
 if TYPE_CHECKING:
     from bootkeeper.systemd_version import NodeSystemd
@@ -52,7 +53,6 @@ EXTRA_DIR = ".extra/sysext"
 GLOBAL_DIR = ".extra/global_sysext"
 CONFEXT_SKIPPED = "a configuration extension: systemd-confext's, not placed in /run/extensions"
 DEST_DIR = "run/extensions"
-REPORT = "run/bootkeeper/sysext.json"
 
 
 @dataclass
@@ -121,11 +121,13 @@ def host_os_release(root: Path) -> dict[str, str] | None:
 
 
 def _previous(root: Path) -> list[str]:
+    from bootkeeper.sysext import report
+
     try:
-        old = json.loads((root / REPORT).read_text())
-        return [i["name"] for i in old.get("images", []) if i.get("placed")]
-    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        last = report.read(root)
+    except BootkeeperError:
         return []
+    return list(last.placed) if last else []
 
 
 def _candidates(

@@ -1,0 +1,34 @@
+"""``bootkeeper motd``: the text of ``status`` without the next boot, for the login message
+(``bootkeeper-boot.service`` runs it at every boot: light imports, no config read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bootkeeper.cli.common import efivars_dir, efivars_option, esp_option, find_esp, root_option, version_option
+
+
+@click.command()
+@esp_option
+@efivars_option
+@version_option
+@root_option
+def motd(esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path) -> None:
+    """Write the status to ROOT/run/motd.d/bootkeeper (shown at login)."""
+    efivars = efivars_dir(efivars, root)
+    from bootkeeper import fsutil
+    from bootkeeper.assess.status import MOTD
+    from bootkeeper.cli.status_cmd import gather
+    from bootkeeper.errors import WriteError
+
+    shown = gather(root, find_esp(esp), efivars, sdboot_version)
+    text = "bootkeeper\n" + "".join(f"  {ln}\n" for ln in shown.lines())
+    p = root / MOTD
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fsutil.write_atomic(p, text.encode())
+    except OSError as exc:
+        raise WriteError(f"{p}: cannot write ({exc.strerror})") from exc
+    click.echo(f"wrote {p}")

@@ -1,0 +1,58 @@
+"""Where ``sysext activate`` leaves its report (``/run/bootkeeper/sysext.json``, written by
+``activate.write_report``) and the reader of the part others use: the mode and, per image, its
+verdict, whether it was placed and who signed it. Standard library only: ``status`` and ``motd`` read
+it on the boot path, and ``activate`` reads what it placed last time."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bootkeeper.errors import MalformedError, UnreadableError
+
+REPORT = "run/bootkeeper/sysext.json"
+
+
+@dataclass(frozen=True)
+class Activated:
+    """One image as the last activation judged it."""
+
+    name: str | None
+    verdict: str | None  # passed | refused | failed-but-placed | unchecked | skipped
+    placed: bool | None
+    signer: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "verdict": self.verdict, "placed": self.placed, "signer": self.signer}
+
+
+@dataclass(frozen=True)
+class Activation:
+    mode: str | None
+    images: tuple[Activated, ...]
+
+    @property
+    def placed(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.images if i.placed and i.name is not None)
+
+
+def read(root: Path) -> Activation | None:
+    """The last activation under ``root``; None when there is none (activate has not run this boot).
+    A report that cannot be read is an :class:`UnreadableError`, one that is not the shape activate
+    writes a :class:`MalformedError`, naming the file (it is in /run: only a root process, or a
+    crash, can have left it so)."""
+    try:
+        doc = json.loads((root / REPORT).read_text())
+        images = tuple(
+            Activated(img.get("name"), img.get("verdict"), img.get("placed"), img.get("signer"))
+            for img in doc.get("images", [])
+        )
+        return Activation(doc.get("mode"), images)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UnreadableError(f"{REPORT}: {type(exc).__name__}: {str(exc)[:120]}") from exc
+    except (ValueError, AttributeError, TypeError, RecursionError) as exc:
+        raise MalformedError(f"{REPORT}: {type(exc).__name__}: {str(exc)[:120]}") from exc

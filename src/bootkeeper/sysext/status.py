@@ -1,0 +1,76 @@
+"""The extension half of ``bootkeeper status`` and ``motd``: what each entry and, with
+``sysext.store: persistent``, each folder of the store holds, and what the last activation placed or
+refused (its report: ``sysext/report.py``). Frozen data with ``as_json()``; the CLI
+(``cli/status_cmd.py``) puts it beside the boot half (``assess/status.py``) and renders the text.
+Light imports only: this runs on the boot path."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bootkeeper.errors import BootkeeperError
+from bootkeeper.sysext import report
+from bootkeeper.sysext.report import Activation
+
+
+@dataclass(frozen=True)
+class StoreLinks:
+    """The persistent store's folders (a role or ``common``) → the images they link, and the links
+    skipped with their reason (activate skips them too)."""
+
+    dir: Path
+    folders: Mapping[str, tuple[str, ...]]
+    problems: tuple[str, ...]
+
+
+def store_links(store_dir: Path) -> StoreLinks:
+    from bootkeeper.esp.linkstore import FOLDERS, LinkStore
+
+    ls = LinkStore(store_dir)
+    folders: dict[str, tuple[str, ...]] = {}
+    problems: list[str] = []
+    for f in FOLDERS:
+        names = []
+        for lk in ls.links(f):
+            if lk.ok:
+                names.append(lk.name)
+            else:
+                problems.append(f"extension store: {lk.problem}")
+        if names:
+            folders[f] = tuple(names)
+    return StoreLinks(store_dir, folders, tuple(problems))
+
+
+@dataclass(frozen=True)
+class Extensions:
+    """``installed``: entry (or store folder, by its path) → image names; ``activation``: the last
+    activation (None: no report, activate has not run)."""
+
+    installed: Mapping[str, tuple[str, ...]]
+    activation: Activation | None
+
+    def as_json(self) -> dict[str, Any]:
+        act = self.activation
+        return {
+            "installed": {k: list(v) for k, v in self.installed.items()},
+            "activation": [i.as_json() for i in act.images] if act else [],
+            "mode": act.mode if act else None,
+        }
+
+
+def gather(
+    root: Path, on_esp: Mapping[str, tuple[str, ...]], links: StoreLinks | None
+) -> tuple[Extensions, tuple[str, ...]]:
+    """The extension half, and what could not be read (one line each, for the status warnings)."""
+    installed = dict(on_esp)
+    if links is not None:
+        for f, names in links.folders.items():
+            installed[f"{links.dir}/{f}"] = (*installed.get(f"{links.dir}/{f}", ()), *names)
+    try:
+        activation = report.read(root)
+    except BootkeeperError as exc:
+        return Extensions(installed, None), (str(exc),)
+    return Extensions(installed, activation), ()
