@@ -208,9 +208,7 @@ def _pe(data: bytes) -> None:
     pe.read_sections(io.BytesIO(data), str(p))
     pe.read_osrel(p)
     pe.read_profiles(p)
-    v = pe.sdboot_version(p)
-    if v is not None:
-        pe.major_version(v)
+    pe.sdboot_version(p)
 
 
 @target("sdboot_version", expected=(UsageError,))

@@ -9,6 +9,7 @@ import pytest
 
 from bootkeeper.assess import bootloader
 from bootkeeper.esp.efivars import LoaderVars
+from bootkeeper.esp.entries import EntryState
 from bootkeeper.esp.store import EspStore
 from helpers import entry_body, esp_with
 
@@ -27,7 +28,7 @@ def test_default_literal_matches_bad_entry_on_257_not_on_252(tmp_path: Path) -> 
     )
     c257 = _choose(root, 257)
     assert c257.entry.file_name == "active+0-3.conf" and c257.rename_to == "active+0-4.conf"
-    assert c257.pins_bad and "booted anyway" in c257.reason
+    assert c257.entry.state is EntryState.BAD and "booted anyway" in c257.reason
     c252 = _choose(root, 252)
     assert c252.entry.file_name == "passive+3.conf"
     assert c252.entry_id == "passive+3.conf"
@@ -65,11 +66,13 @@ def test_efi_key_entry_is_counted_only_before_258(tmp_path: Path, version: int |
 
 
 def test_after_boot_renames_only_the_chosen(tmp_path: Path) -> None:
+    """The boot loader's act as the simulator performs it: rename the chosen file to path_after."""
     root = esp_with(tmp_path, {"active+1.conf": entry_body("active"), "passive+3.conf": entry_body("passive")})
-    snap = EspStore(root).snapshot(257)
-    c = bootloader.choose(snap)
+    store = EspStore(root)
+    c = bootloader.choose(store.snapshot(257))
     assert c is not None
-    after = bootloader.after_boot(snap, c)
+    store.rename(c.entry.path, c.path_after)
+    after = store.snapshot(257)
     assert sorted(e.file_name for e in after.entries) == ["active+0-1.conf", "passive+3.conf"]
     c2 = bootloader.choose(after)
     assert c2 is not None and c2.entry.file_name == "passive+3.conf"
@@ -105,7 +108,7 @@ def test_preferred_skips_a_bad_entry_default_does_not(tmp_path: Path) -> None:
 def test_preferred_falls_through_to_default_which_may_pin_bad(tmp_path: Path) -> None:
     root = _ab(tmp_path, "active+0-3.conf", "passive+0-3.conf", "preferred passive*\ndefault active*\n")
     c = _choose(root, 262)
-    assert c.entry.file_name == "active+0-3.conf" and c.pins_bad
+    assert c.entry.file_name == "active+0-3.conf" and c.entry.state is EntryState.BAD
 
 
 def test_preferred_order_of_sources(tmp_path: Path) -> None:

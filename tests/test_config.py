@@ -40,8 +40,8 @@ sysext:
     )
     c = config.load([p])
     assert c.sysext.mode is config.SysextMode.PERMISSIVE
-    assert c.sysext.rules_for("active") == (r"k3s-v1\.30\..*",)
-    assert c.sysext.rules_for("recovery") == ()
+    assert dict(c.sysext.entries).get("active") == (r"k3s-v1\.30\..*",)
+    assert "recovery" not in dict(c.sysext.entries)
     assert c.sysext.certificates[0].where == f"{p}: sysext.certificates[0]"
 
 
@@ -182,7 +182,7 @@ def test_readme_example_config_loads(tmp_path: Path) -> None:
     section = _config_section()
     example = section[section.index("```yaml\n") + 8 : section.index("```\n", section.index("```yaml\n"))]
     c = config.load([_write(tmp_path, "90_example.yaml", example)])
-    assert c.sysext.rules_for("active") == (r"k3s-v1\.30\..*",)
+    assert dict(c.sysext.entries).get("active") == (r"k3s-v1\.30\..*",)
     assert c.boot_assessment.services == (config.ServiceSpec("k3s.service", config.RebootOnFailure.ACTIVE),)
 
 

@@ -94,9 +94,6 @@ class Sysext:
     store: SysextStore = SysextStore.ESP
     store_dir: str = "/var/lib/bootkeeper/extensions"  # esp/linkstore.DEFAULT_DIR
 
-    def rules_for(self, entry: str) -> tuple[str, ...]:
-        return dict(self.entries).get(entry, ())
-
 
 @dataclass(frozen=True)
 class Config:

@@ -26,7 +26,7 @@ systemd-boot 252.39, 257.13 and 262.1 in QEMU (tests/test_vm_bootcount.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp.efiglob import efi_fnmatch
@@ -47,10 +47,6 @@ class BootChoice:
     @property
     def path_after(self) -> str:
         return f"{self.entry.directory}/{self.rename_to}" if self.rename_to else self.entry.path
-
-    @property
-    def pins_bad(self) -> bool:
-        return self.entry.state is entries_mod.EntryState.BAD
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -161,16 +157,3 @@ def choose(snap: Snapshot, efivars: LoaderVars | None = None) -> BootChoice | No
             "FAT read-only attribute)" if entry.read_only else f"systemd-boot {v} does not count '{entry.loader_type}')"
         )
     return BootChoice(entry, entry.entry_id(v), reason, new_name, count_path)
-
-
-def after_boot(snap: Snapshot, choice: BootChoice) -> Snapshot:
-    """The ESP as the boot loader leaves it after booting ``choice``."""
-    new_name = choice.rename_to
-    if new_name is None:
-        return snap
-
-    def rename(entries: tuple[Entry, ...]) -> tuple[Entry, ...]:
-        # the counter is on the file: every profile of a UKI is renamed with it
-        return tuple(e.with_name(new_name) if e.path == choice.entry.path else e for e in entries)
-
-    return replace(snap, entries=rename(snap.entries), profiles=rename(snap.profiles))

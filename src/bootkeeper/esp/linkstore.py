@@ -205,19 +205,6 @@ class LinkStore(FolderStore):
                 raise
             fsutil.fsync_dir(p.parent, self.step)
 
-    def remove_folder(self, folder: str) -> None:
-        """The links of ``folder``, then the folder (gone already: nothing to do)."""
-        d = self.root / folder
-        if d.is_symlink():
-            raise WriteError(f"{d}: is a symbolic link; refusing to write through it")
-        if not d.is_dir():
-            return
-        with self.naming(d, "cannot list"):
-            names = sorted(os.listdir(d))
-        for n in names:
-            self.unlink(f"{folder}/{n}")
-        self.rmdir(folder)
-
     def collect(self) -> list[str]:
         """Remove the images no folder links to; return their names."""
         used = self.linked()

@@ -146,8 +146,3 @@ def sdboot_version(path: Path) -> str | None:
             data = f.read(8 << 20)
     m = _MAGIC.search(data)
     return m.group(1).decode("ascii", "replace") if m else None
-
-
-def major_version(version: str) -> int | None:
-    m = re.match(r"v?(\d+)", version)
-    return int(m.group(1)) if m else None
