@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,82 +20,38 @@ from bootkeeper.cli.common import (
 )
 from bootkeeper.esp.efivars import loader_info as efivars_loader_info
 
-TEMPORARY_WHY = "a temporary left by an interrupted bootkeeper run: any bootkeeper write verb removes it"
+if TYPE_CHECKING:
+    from bootkeeper.assess.menu import Menu
 
 
-def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None) -> dict[str, Any]:
-    from bootkeeper.assess import bootloader, pin
+def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None) -> Menu:
+    from bootkeeper.assess import menu
     from bootkeeper.assess.status import stale_temporaries
-    from bootkeeper.esp import entries as entries_mod
     from bootkeeper.esp.efivars import LoaderVars
     from bootkeeper.esp.store import EspStore
 
     if snap is None:
         snap = EspStore(esp).snapshot(sdboot_version, loader_info=efivars_loader_info(efivars))
-    ev = LoaderVars.read(efivars)
-    order = entries_mod.menu_order(list(snap.menu_entries), snap.sdboot)
-    choice = bootloader.choose(snap, ev)
-    rows = []
-    for e in order:
-        rows.append(
-            {
-                "path": e.path,
-                "id": e.entry_id(snap.sdboot),
-                "role": e.role.value if e.role else None,
-                "state": e.state.value,
-                "tries_left": e.name.tries_left,
-                "tries_done": e.name.tries_done,
-                "sort_key": e.sort_key,
-                "version": e.version,
-                "title": e.title,
-                "type": e.kind.value,
-                "loader": e.loader_type.value,
-                "profile": e.profile,  # a UKI profile (257+): more menu entries of the same file
-            }
-        )
-    return {
-        "esp": str(esp),
-        "systemd_boot_version": {
-            "value": snap.sdboot_version,
-            "version": str(snap.sdboot),
-            "source": snap.sdboot_version_source,
-        },
-        "default": snap.loader_conf.default if snap.loader_conf else None,
-        "efi_variables": {
-            "LoaderEntryDefault": ev.entry_default,
-            "LoaderEntryOneShot": ev.entry_oneshot,
-            "LoaderEntrySelected": ev.entry_selected,
-            "LoaderBootCountPath": ev.boot_count_path,
-        },
-        "next": choice.as_json() if choice else None,
-        "pin": pin.view(pin.pins(snap, ev)),
-        "entries": rows,
-        "unlisted": [{"path": e.path, "why": e.why_unlisted} for e in snap.entries if not e.listed]
-        + [
-            {"path": t.path, "why": f"{TEMPORARY_WHY} ({t.size} bytes)", "size": t.size} for t in stale_temporaries(esp)
-        ],
-        "problems": list(snap.problems),
-    }
+    return menu.build(esp, snap, LoaderVars.read(efivars), stale_temporaries(esp))
 
 
-def _print_human(view: dict[str, Any]) -> None:
+def _print_human(view: Menu) -> None:
     from bootkeeper.cli.status_cmd import next_line, pin_lines
 
-    v = view["systemd_boot_version"]
-    click.echo(f"ESP {view['esp']}  (systemd-boot {v['value']}, {v['source']})")
+    click.echo(f"ESP {view.esp}  (systemd-boot {view.sdboot_value}, {view.sdboot_source})")
     table(
         ["#", "entry", "role", "state", "left", "done", "sort-key", "id"],
         [
-            [i + 1, r["path"], r["role"], r["state"], r["tries_left"], r["tries_done"], r["sort_key"], r["id"]]
-            for i, r in enumerate(view["entries"])
+            [i + 1, r.path, r.role, r.state, r.tries_left, r.tries_done, r.sort_key, r.id]
+            for i, r in enumerate(view.entries)
         ],
     )
-    for u in view["unlisted"]:
-        click.echo(f"not listed by systemd-boot: {u['path']}: {u['why']}")
-    for line in pin_lines(view["pin"]):
+    for u in view.unlisted:
+        click.echo(f"not listed by systemd-boot: {u.path}: {u.why}")
+    for line in pin_lines(dict(view.pin) if view.pin is not None else None):
         click.echo(line)
-    click.echo(next_line(view["next"]))
-    for p in view["problems"]:
+    click.echo(next_line(view.next))
+    for p in view.problems:
         click.echo(f"warning: {p}", err=True)
 
 
@@ -109,6 +65,6 @@ def entries(esp: Path | None, efivars: Path | None, sdboot_version: str | None, 
     efivars = efivars_dir(efivars)
     view = _view(find_esp(esp), efivars, sdboot_version)
     if as_json:
-        print_json(view)
+        print_json(view.as_json())
     else:
         _print_human(view)

@@ -5,7 +5,6 @@ terminal, no cryptography, PyYAML only when there is a config to read."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,8 @@ from bootkeeper.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from bootkeeper.assess.bootloader import BootChoice
+    from bootkeeper.assess.menu import Menu
     from bootkeeper.esp.store import Snapshot
     from bootkeeper.sysext.status import Extensions
 
@@ -40,12 +41,12 @@ class Status:
     node: NodeStatus
     extensions: Extensions
     problems: tuple[str, ...] = ()
-    menu: Mapping[str, Any] | None = None
+    menu: Menu | None = None
 
     def as_json(self) -> dict[str, Any]:
         node = self.node.as_json()
         return {
-            **(self.menu or {}),
+            **(self.menu.as_json() if self.menu is not None else {}),
             **{k: node[k] for k in ("booted", "failed_upgrade", "roles", "services")},
             "extensions": self.extensions.as_json(),
             "history": node["history"],
@@ -85,7 +86,7 @@ class Status:
         # the booted entry's own problem is on its line already
         lines.extend(f"warning: {w}" for w in (*node.warnings, *self.problems))
         if self.menu is not None:
-            lines.append(next_line(self.menu["next"]))
+            lines.append(next_line(self.menu.next))
         return lines
 
 
@@ -96,12 +97,12 @@ def pin_lines(pin: dict[str, Any] | None) -> list[str]:
     return [f"pin: {pin['text']}"] + [f"  also: {o['text']}" for o in pin.get("others", [])]
 
 
-def next_line(nxt: dict[str, Any] | None) -> str:
-    """The ``next`` view (assess/bootloader.py's choice) as text."""
-    if not nxt:
+def next_line(nxt: BootChoice | None) -> str:
+    """The next boot (assess/bootloader.py's choice) as text."""
+    if nxt is None:
         return "next boot: nothing — systemd-boot finds no entry"
-    after = f" (renamed to {nxt['next_after_boot']})" if nxt["next_after_boot"] != nxt["path"] else ""
-    return f"next boot: {nxt['path']}{after}: {nxt['reason']}"
+    after = f" (renamed to {nxt.path_after})" if nxt.path_after != nxt.entry.path else ""
+    return f"next boot: {nxt.entry.path}{after}: {nxt.reason}"
 
 
 def booted_line(b: Booted) -> str:
