@@ -568,11 +568,11 @@ def _judge_one(
     raises: whatever validation raises refuses this image only."""
     t0 = time.monotonic()
     try:
-        from cryptography import x509
-
         from bootkeeper.sysext.image import validate
+        from bootkeeper.sysext.trust import load_certificates
 
-        certs = [x509.load_der_x509_certificate(d) for d in anchors]
+        # the anchors cross into the worker as DER: the one loader of certificates reads them back
+        certs = [c for i, d in enumerate(anchors) for c in load_certificates(d, f"trust anchor {i}")]
         v = validate(path, pol, certs, full=full, os_release=host, name=name)
     except Exception as exc:  # the per-image boundary
         return _failed(f"validation stopped ({_fault(exc)})", round(time.monotonic() - t0, 4))
