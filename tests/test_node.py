@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import re
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ import nodevm
 pytestmark = pytest.mark.node
 
 NODE_TABLES: list[tuple[str, list[str]]] = []
+DISKS: list[Path] = []  # every disk this run made: the QEMU processes booting one of them are this run's
 _COUNTED = re.compile(r"^(?P<stem>[^+]+)(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.efi$")
 
 
@@ -94,6 +98,7 @@ class Node:
             self.installed.append(json.loads(out))
         (esp / "bktest/faults").write_text("".join(f + "\n" for f in faults))
         self.disk = nodevm.make_disk(esp, work / "disk.img")
+        DISKS.append(self.disk)
         self.rows: list[Row] = []
         self.boots: list[nodevm.Boot] = []
 
@@ -631,7 +636,55 @@ def test_power_cut_during_upgrade(pieces: dict[str, Path], tmp_path: Path, node_
     assert _runs_os(node.boots[2]) == ("VERSION_ID=2 IMAGE_VERSION=2", "VERSION_ID=2", "tools v2")
 
 
-def test_no_machine_left_running(tmp_path: Path) -> None:
-    p = subprocess.run(["pgrep", "-af", "qemu-system-x86_64"], capture_output=True, text=True, check=False)
-    mine = [line for line in p.stdout.splitlines() if str(nodevm.ROOT) in line or "/pytest-" in line]
-    assert mine == [], mine
+def _machines_booting(disks: list[Path]) -> list[str]:
+    """The QEMU processes on this machine that boot one of ``disks`` (``-drive …,file=DISK``, as
+    nodevm.boot starts them), as "PID DISK": another run's machines, on their own disks, are not ours."""
+    ours = {str(d.resolve()) for d in disks}
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile
+            continue
+        if not argv or Path(argv[0]).name != "qemu-system-x86_64":
+            continue
+        for flag, value in itertools.pairwise(argv):
+            opts = dict(o.split("=", 1) for o in value.split(",") if "=" in o) if flag == "-drive" else {}
+            if "file" in opts and str(Path(opts["file"]).resolve()) in ours:
+                found.append(f"{proc.name} {opts['file']}")
+    return found
+
+
+def test_no_machine_left_running() -> None:
+    """Issue 15, item 17: no QEMU of this run's scenarios is still running (it used to grep every QEMU
+    on the machine, and failed while another run's scenarios booted)."""
+    assert _machines_booting(DISKS) == []
+
+
+def test_only_this_runs_machines_are_counted(tmp_path: Path) -> None:
+    """The control: a QEMU booting another run's disk is not this run's (the old pgrep check counted it:
+    its command line has "/pytest-" in it); one booting a disk of this run is found."""
+    other, mine = tmp_path / "pytest-other" / "disk.img", tmp_path / "mine" / "disk.img"
+
+    def fake_qemu(disk: Path) -> subprocess.Popen[bytes]:
+        # a process whose command line is a QEMU's as nodevm.boot writes it (exec -a: argv[0])
+        drive = f"if=virtio,format=raw,file={disk}"
+        script = f'exec -a qemu-system-x86_64 "$0" -c "import time; time.sleep(30)" -drive "{drive}"'
+        return subprocess.Popen(["bash", "-c", script, sys.executable])
+
+    procs = [fake_qemu(other), fake_qemu(mine)]
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(_machines_booting([other, mine])) < 2:
+            time.sleep(0.05)
+        pgrep = subprocess.run(["pgrep", "-af", "qemu-system-x86_64"], capture_output=True, text=True, check=False)
+        old_check = [line for line in pgrep.stdout.splitlines() if str(nodevm.ROOT) in line or "/pytest-" in line]
+        assert any(str(other) in line for line in old_check)  # what failed before
+        assert _machines_booting([mine]) == [f"{procs[1].pid} {mine}"]
+        assert _machines_booting([]) == []
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
