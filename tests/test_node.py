@@ -300,6 +300,40 @@ def _merged(b: nodevm.Boot, phase: str) -> object:
     return usr[0]["extensions"]
 
 
+SEED = "loader/random-seed"
+
+
+def _esp_bytes(disk: Path, rel: str) -> bytes | None:
+    """A file of the disk's ESP, byte for byte (mcopy: nodevm.esp_read decodes text), or None."""
+    out = disk.with_name(disk.name + ".get")
+    p = subprocess.run(
+        ["mcopy", "-n", "-i", f"{disk}@@1M", f"::/{rel}", str(out)], capture_output=True, env=nodevm.MT_ENV, check=False
+    )
+    if p.returncode != 0:
+        return None
+    data = out.read_bytes()
+    out.unlink()
+    return data
+
+
+def _assert_seed_refreshed(b: nodevm.Boot, before: bytes | None, after: bytes | None) -> None:
+    """Issue 15, item 11 (seed 002): bootkeeper-random-seed.service ran the real bootctl on the read-only
+    /efi in systemd-boot-random-seed.service's place (masked); the seed the OS left is the one on the disk
+    after power-off, other than systemd-boot's of this boot and the one before the boot; /efi read-only
+    again, and no unit failed (the real unit fails on a read-only ESP: that was seed 002's quiet failure)."""
+    assert (b.first("FAILED") or "").split() == []
+    assert after is not None and len(after) == 32 and after != before, (before, after)
+    seen = dict(kv.split("=", 1) for kv in (b.first("SEED") or "").split())
+    assert seen["after"] == hashlib.sha256(after).hexdigest() != seen["before"], seen
+    unit = _unit(b, "bootkeeper-random-seed.service")
+    assert (unit["ActiveState"], unit["Result"]) == ("active", "success"), unit
+    assert _unit(b, "systemd-boot-random-seed.service")["LoadState"] == "masked"
+    log = b.mark("SEED_LOG")
+    assert any(x.startswith("bootctl: Random seed file /efi/loader/random-seed successfully") for x in log), log
+    line = "/efi/loader/random-seed: {} (32 bytes); /efi read-only again"
+    assert line.format("written") in log or line.format("refreshed") in log, log
+
+
 @retry_on_guest_crash
 def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: Path, node_factory: list[Node]) -> None:
     node = Node(tmp_path, "1. healthy node, four extensions", [], sysexts=pieces)
@@ -312,6 +346,7 @@ def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: 
         (False, True),
     ]
     nodevm.esp_write(node.disk, "bktest/sysext-compare", "1\n")
+    seed_before = _esp_bytes(node.disk, SEED)
     node.run_predicted([], 1)
     b = node.boots[0]
 
@@ -338,6 +373,7 @@ def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: 
     assert _unit(b, "bootkeeper-bless.service")["Result"] == "success"
     assert (b.first("EFI_MOUNT") or "").split(",")[0] == "ro"
     assert node.rows[0].before == "active+2.efi" and node.rows[0].booted == "active+1-1.efi"
+    _assert_seed_refreshed(b, seed_before, _esp_bytes(node.disk, SEED))
     assert node.rows[0].after == "active.efi"
     status = b.status()
     assert status is not None
@@ -634,6 +670,34 @@ def test_power_cut_during_upgrade(pieces: dict[str, Path], tmp_path: Path, node_
     node.run_predicted([], 1)
     assert node.rows[2].role == "active" and node.rows[2].after == "active.efi"
     assert _runs_os(node.boots[2]) == ("VERSION_ID=2 IMAGE_VERSION=2", "VERSION_ID=2", "tools v2")
+
+
+def _unit_section(text: str) -> list[str]:
+    """The [Unit] lines that order and condition a unit (not what describes it), in order."""
+    out, inside = [], False
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            inside = line == "[Unit]"
+        elif inside and line and not line.startswith("#") and not line.startswith(("Description=", "Documentation=")):
+            out.append(line)
+    return out
+
+
+def test_the_random_seed_unit_runs_where_the_real_one_does(tmp_path: Path) -> None:
+    """bootkeeper-random-seed.service has the ordering and conditions of the node's own
+    systemd-boot-random-seed.service (Debian's systemd-boot 257 in the guest tree), and both are
+    wanted by sysinit.target: the seed is refreshed at the same point of every boot."""
+    real = nodevm.GUEST / "usr/lib/systemd/system/systemd-boot-random-seed.service"
+    if not real.exists():
+        pytest.fail(f"{real} is missing: scripts/setup-node-guest.sh installs systemd-boot into the guest")
+    assert (nodevm.GUEST / "usr/lib/systemd/system/sysinit.target.wants" / real.name).is_symlink()
+    nodevm.bk("install-units", "--root", str(tmp_path), "--exe", "/usr/bin/bootkeeper", "--python", "/usr/bin/python3")
+    ours = tmp_path / "etc/systemd/system/bootkeeper-random-seed.service"
+    assert _unit_section(ours.read_text()) == _unit_section(real.read_text())
+    assert "WantedBy=sysinit.target" in ours.read_text()
+    assert "ExecStart=/usr/bin/bootkeeper random-seed" in ours.read_text()
+    assert (tmp_path / "etc/systemd/system" / real.name).readlink() == Path("/dev/null")
 
 
 def _machines_booting(disks: list[Path]) -> list[str]:
