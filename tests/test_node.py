@@ -301,6 +301,7 @@ def _merged(b: nodevm.Boot, phase: str) -> object:
 
 
 SEED = "loader/random-seed"
+PLANTED_SEED = "bktest: an old seed, refresh me\n"  # 32 bytes: a node's seed from its last boot
 
 
 def _esp_bytes(disk: Path, rel: str) -> bytes | None:
@@ -323,20 +324,20 @@ def _assert_seed_refreshed(b: nodevm.Boot, before: bytes | None, after: bytes | 
     again, and no unit failed (the real unit fails on a read-only ESP: that was seed 002's quiet failure)."""
     assert (b.first("FAILED") or "").split() == []
     assert after is not None and len(after) == 32 and after != before, (before, after)
+    action = "refreshed" if before else "written"  # bootctl hashes an old seed in
     seen = dict(kv.split("=", 1) for kv in (b.first("SEED") or "").split())
     assert seen["after"] == hashlib.sha256(after).hexdigest() != seen["before"], seen
     unit = _unit(b, "bootkeeper-random-seed.service")
     assert (unit["ActiveState"], unit["Result"]) == ("active", "success"), unit
     assert _unit(b, "systemd-boot-random-seed.service")["LoadState"] == "masked"
     log = b.mark("SEED_LOG")
-    assert any(x.startswith("bootctl: Random seed file /efi/loader/random-seed successfully") for x in log), log
-    line = "/efi/loader/random-seed: {} (32 bytes); /efi read-only again"
-    assert line.format("written") in log or line.format("refreshed") in log, log
+    assert f"bootctl: Random seed file /efi/loader/random-seed successfully {action} (32 bytes)." in log, log
+    assert f"/efi/loader/random-seed: {action} (32 bytes); /efi read-only again" in log, log
 
 
 @retry_on_guest_crash
 def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: Path, node_factory: list[Node]) -> None:
-    node = Node(tmp_path, "1. healthy node, four extensions", [], sysexts=pieces)
+    node = Node(tmp_path, "1. healthy node, four extensions", [], sysexts=pieces, files={SEED: PLANTED_SEED})
     node_factory.append(node)
     assert [i["written"] for i in node.installed] == [[f"EFI/Linux/active.efi.extra.d/{n}.sysext.raw"] for n in pieces]
     assert [(i["validation"]["ok"], i["forced"]) for i in node.installed] == [
@@ -347,6 +348,7 @@ def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: 
     ]
     nodevm.esp_write(node.disk, "bktest/sysext-compare", "1\n")
     seed_before = _esp_bytes(node.disk, SEED)
+    assert seed_before == PLANTED_SEED.encode()
     node.run_predicted([], 1)
     b = node.boots[0]
 
