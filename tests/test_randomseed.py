@@ -134,15 +134,15 @@ def test_a_writable_esp_is_not_remounted(tmp_path: Path) -> None:
 
 def test_bootctl_failing_is_an_error_and_the_esp_is_read_only_again(tmp_path: Path) -> None:
     """Without SYSTEMD_RELAX_ESP_CHECKS the real bootctl refuses a tmpfs (not FAT): it ran after the
-    remount, so this proves the way back: exit 6, one line naming bootctl and its reason, ro again."""
+    remount, so this proves the way back: exit 8, one line naming bootctl and its reason, ro again."""
     mnt = tmp_path / "efi"
     mnt.mkdir()
     then = f'$BK random-seed --esp {mnt} || echo "@@@ RC $?"\nflags\nls -A {mnt}/loader'
     p = _ns(_read_only_esp(mnt, then), _env())
-    assert "@@@ RC 6" in p.stdout, p.stdout + p.stderr
+    assert "@@@ RC 8" in p.stdout, p.stdout + p.stderr
     one_line_error(
-        subprocess.CompletedProcess(p.args, 6, "", p.stderr),
-        6,
+        subprocess.CompletedProcess(p.args, 8, "", p.stderr),
+        8,
         "bootctl --graceful",
         f"--esp-path={mnt} random-seed failed with exit status 1",
         "not a FAT EFI System Partition",
@@ -158,10 +158,10 @@ def test_missing_bootctl_is_one_line_before_anything_is_touched(tmp_path: Path) 
     mnt.mkdir()
     then = f'PATH=/nonexistent $BK random-seed --esp {mnt} || echo "@@@ RC $?"\nflags'
     p = _ns(_read_only_esp(mnt, then), _env())
-    assert "@@@ RC 6" in p.stdout, p.stdout + p.stderr
+    assert "@@@ RC 8" in p.stdout, p.stdout + p.stderr
     one_line_error(
-        subprocess.CompletedProcess(p.args, 6, "", p.stderr),
-        6,
+        subprocess.CompletedProcess(p.args, 8, "", p.stderr),
+        8,
         "required tool 'bootctl' not found",
         "random seed",
     )

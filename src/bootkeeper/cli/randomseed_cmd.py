@@ -25,8 +25,8 @@ def random_seed(esp: Path | None, root: Path, as_json: bool) -> None:
     from bootkeeper.esp.store import EspStore
     from bootkeeper.run import check_tool
 
+    store = EspStore(find_esp(esp))  # a wrong --esp is named first, bootctl or not
     bootctl = check_tool("bootctl", randomseed.REASON)
-    store = EspStore(find_esp(esp))
     result = randomseed.refresh(store, bootctl, variables=root.resolve() == Path("/"))
     if as_json:
         print_json(result.as_json())

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from bootkeeper.errors import CommandError, StoreIOError
+from bootkeeper.errors import CommandError, UnreadableError
 from bootkeeper.esp.store import EspStore
 
 SEED = "loader/random-seed"
@@ -90,7 +90,7 @@ def _seed_size(store: EspStore) -> int | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StoreIOError(f"{store.path(SEED)}: cannot read ({exc.strerror or exc})") from exc
+        raise UnreadableError(f"{store.path(SEED)}: cannot read ({exc.strerror or exc})") from exc
 
 
 def refresh(
