@@ -696,7 +696,12 @@ def test_the_random_seed_unit_runs_where_the_real_one_does(tmp_path: Path) -> No
     assert (nodevm.GUEST / "usr/lib/systemd/system/sysinit.target.wants" / real.name).is_symlink()
     nodevm.bk("install-units", "--root", str(tmp_path), "--exe", "/usr/bin/bootkeeper", "--python", "/usr/bin/python3")
     ours = tmp_path / "etc/systemd/system/bootkeeper-random-seed.service"
-    assert _unit_section(ours.read_text()) == _unit_section(real.read_text())
+    # one condition more: bootctl (the guest's is /usr/bin/bootctl, from systemd-boot-tools)
+    assert _unit_section(ours.read_text()) == [
+        *_unit_section(real.read_text()),
+        "ConditionFileIsExecutable=/usr/bin/bootctl",
+    ]
+    assert (nodevm.GUEST / "usr/bin/bootctl").is_file()
     assert "WantedBy=sysinit.target" in ours.read_text()
     assert "ExecStart=/usr/bin/bootkeeper random-seed" in ours.read_text()
     assert (tmp_path / "etc/systemd/system" / real.name).readlink() == Path("/dev/null")

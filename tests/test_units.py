@@ -233,7 +233,8 @@ def test_random_seed_unit_takes_the_real_ones_place(tmp_path: Path) -> None:
     text = (units / "bootkeeper-random-seed.service").read_text()
     unit = text.split("[Unit]\n", 1)[1].split("\n[Service]", 1)[0]
     assert [x for x in unit.splitlines() if not x.startswith(("Description=", "Documentation="))] == [
-        *REAL_RANDOM_SEED_UNIT.splitlines()
+        *REAL_RANDOM_SEED_UNIT.splitlines(),
+        "ConditionFileIsExecutable=/usr/bin/bootctl",  # no bootctl: no real unit to replace, and no failure
     ]
     assert f"ExecStart={sys.executable} -m bootkeeper random-seed\n" in text
     assert "Type=oneshot\nRemainAfterExit=yes\n" in text
@@ -242,3 +243,17 @@ def test_random_seed_unit_takes_the_real_ones_place(tmp_path: Path) -> None:
     assert os.readlink(link) == "/etc/systemd/system/bootkeeper-random-seed.service"
     r = _verify(units, "bootkeeper-random-seed.service")
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_random_seed_unit_is_skipped_where_there_is_no_bootctl(tmp_path: Path) -> None:
+    """The one condition more than the real unit has, judged by systemd itself (systemd-analyze condition, on
+    this machine): true exactly where /usr/bin/bootctl is executable (Debian 12 here has none: skipped, so a
+    node without bootctl gets no failed unit on every boot)."""
+    units = _install(tmp_path, "sysext: {}\n")
+    text = (units / "bootkeeper-random-seed.service").read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("ConditionFileIsExecutable=")]
+    tool = shutil.which("systemd-analyze")
+    assert tool is not None
+    r = subprocess.run([tool, "condition", line], capture_output=True, text=True, check=False)
+    assert (r.returncode == 0) == os.access("/usr/bin/bootctl", os.X_OK), r.stdout + r.stderr
+    assert "ConditionFileIsExecutable=/usr/bin/bootctl" in r.stdout + r.stderr

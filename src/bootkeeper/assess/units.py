@@ -44,6 +44,7 @@ BOOT_UNIT = "bootkeeper-boot.service"
 MASKED = "systemd-bless-boot.service"
 RANDOM_SEED_UNIT = "bootkeeper-random-seed.service"
 RANDOM_SEED_MASKED = "systemd-boot-random-seed.service"
+BOOTCTL = "/usr/bin/bootctl"
 # unit -> the target whose .wants/ enables it
 WANTED_BY = {
     SYSEXT_UNIT: "sysinit.target",
@@ -163,7 +164,9 @@ def _random_seed(exec_line: str) -> dict[str, UnitFile]:
     """The real unit's [Unit] section, line for line (systemd v257 ``units/systemd-boot-random-seed.service``,
     Debian's systemd-boot 257.13 ships it in ``sysinit.target.wants``), so that the seed is refreshed at
     the same point of the boot: after the local mounts (the ESP) and systemd-random-seed.service, before
-    sysinit.target; only where the boot loader or stub can pass a seed on."""
+    sysinit.target; only where the boot loader or stub can pass a seed on. One condition more: bootctl
+    (systemd installs it in /usr/bin; Debian ships it in systemd-boot-tools). A node without it has no
+    real unit to replace, and this one would fail on every boot."""
     features = "/sys/firmware/efi/efivars/{}-" + LOADER_GUID
     unit = f"""# Installed by 'bootkeeper install-units': takes the place of {RANDOM_SEED_MASKED} (masked),
 # which cannot write a read-only ESP.
@@ -178,6 +181,7 @@ ConditionVirtualization=!container
 ConditionPathExists=!/etc/initrd-release
 ConditionPathExists=|{features.format("LoaderFeatures")}
 ConditionPathExists=|{features.format("StubFeatures")}
+ConditionFileIsExecutable={BOOTCTL}
 
 [Service]
 Type=oneshot
