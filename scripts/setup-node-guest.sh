@@ -2,7 +2,9 @@
 # The guest tree of the node tests (tests/test_node.py): Debian 13 (trixie) minbase with systemd 257
 # as PID 1, udev, the cloud kernel (dm-verity with root-hash signatures), an initramfs-tools initrd
 # (virtio, ext4, zstd), python3 and the Debian packages bootkeeper's package depends on (python3-click,
-# -yaml, -rich, -cryptography, -asn1crypto; systemd). bootkeeper itself is not in this tree:
+# -yaml, -rich, -cryptography, -asn1crypto; systemd), and systemd-boot as a node that boots with it has
+# it: bootctl (bootkeeper random-seed runs it) and systemd-boot-random-seed.service, which
+# bootkeeper-random-seed.service takes the place of. bootkeeper itself is not in this tree:
 # tests/nodevm.py copies the tree and installs bootkeeper's Debian package (scripts/build-deb.sh) into
 # the copy with dpkg -i, which checks those dependencies; so a code change never rebuilds this.
 #
@@ -45,7 +47,7 @@ unshare --mount --propagation private /bin/bash -c "
     printf \"virtio_pci\nvirtio_blk\next4\n\" >> /etc/initramfs-tools/modules
     apt-get install -y -q --no-install-recommends linux-image-cloud-amd64 systemd systemd-sysv udev \
       libcryptsetup12 dosfstools kmod python3 python3-click python3-yaml python3-rich python3-cryptography \
-      python3-asn1crypto >/tmp/apt.log 2>&1 || { tail -20 /tmp/apt.log; exit 1; }
+      python3-asn1crypto systemd-boot >/tmp/apt.log 2>&1 || { tail -20 /tmp/apt.log; exit 1; }
     ls /boot/initrd.img-* >/dev/null 2>&1 || update-initramfs -c -k all
     systemctl mask serial-getty@ttyS0.service getty@tty1.service getty-static.service >/dev/null 2>&1
     apt-get clean; rm -rf /var/lib/apt/lists/* /tmp/apt.log /var/log/bootstrap.log

@@ -23,6 +23,7 @@ SHIPPED = (
     "usr/lib/systemd/system/bootkeeper-sysext.service",
     "usr/lib/systemd/system/bootkeeper-bless.service",
     "usr/lib/systemd/system/bootkeeper-boot.service",
+    "usr/lib/systemd/system/bootkeeper-random-seed.service",
     "usr/lib/systemd/system-generators/bootkeeper-generator",
 )
 
@@ -134,9 +135,9 @@ def test_the_package_ships_the_cli_units_and_generator(deb: Path, tmp_path: Path
         data = f.read_bytes()
         assert not [b for b in build_paths if b.encode() in data], f
     assert (x / "usr/bin/bootkeeper").read_text().startswith("#! /usr/bin/python3\n")
-    assert (x / SHIPPED[3]).read_text().startswith("#!/usr/bin/python3 -IS\n")
+    assert (x / SHIPPED[-1]).read_text().startswith("#!/usr/bin/python3 -IS\n")
     assert "ExecStart=/usr/bin/bootkeeper sysext activate" in (x / SHIPPED[0]).read_text()
-    assert os.stat(x / SHIPPED[3]).st_mode & 0o777 == 0o755
+    assert os.stat(x / SHIPPED[-1]).st_mode & 0o777 == 0o755
     depends = [d.strip().split()[0] for d in _deb_field(deb, "Depends").split(",")]
     want = {"python3-click", "python3-yaml", "python3-rich", "python3-cryptography", "python3-asn1crypto"}
     assert want <= set(depends) and "systemd" in depends, depends

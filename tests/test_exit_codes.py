@@ -208,6 +208,11 @@ CASES = [
         locked=lambda w: w.esp,
     ),
     Case("bless", U, lambda w: ["bless", "great"], lambda w: ["bootkeeper bless", "great"]),
+    Case(
+        "random-seed", R, lambda w: ["random-seed", "--esp", str(w.missing)], lambda w: [f"{w.missing}: does not exist"]
+    ),
+    Case("random-seed", M, lambda w: ["random-seed", "--esp", str(w.notesp)], lambda w: [str(w.notesp), "not an ESP"]),
+    Case("random-seed", U, lambda w: ["random-seed", "--bogus"], lambda w: ["bootkeeper random-seed", "--bogus"]),
     Case("arm", R, lambda w: ["arm", "--esp", str(w.esp), "--config", str(w.missing)], lambda w: [str(w.missing)]),
     Case("arm", M, lambda w: ["arm", "--esp", str(w.esp), "--config", str(w.badcfg)], lambda w: [str(w.badcfg)]),
     Case("rotate", R, lambda w: ["rotate", f"{w.missing}.conf", "--esp", str(w.esp)], lambda w: [f"{w.missing}.conf"]),

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import re
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ import nodevm
 pytestmark = pytest.mark.node
 
 NODE_TABLES: list[tuple[str, list[str]]] = []
+DISKS: list[Path] = []  # every disk this run made: the QEMU processes booting one of them are this run's
 _COUNTED = re.compile(r"^(?P<stem>[^+]+)(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.efi$")
 
 
@@ -94,6 +98,7 @@ class Node:
             self.installed.append(json.loads(out))
         (esp / "bktest/faults").write_text("".join(f + "\n" for f in faults))
         self.disk = nodevm.make_disk(esp, work / "disk.img")
+        DISKS.append(self.disk)
         self.rows: list[Row] = []
         self.boots: list[nodevm.Boot] = []
 
@@ -295,9 +300,44 @@ def _merged(b: nodevm.Boot, phase: str) -> object:
     return usr[0]["extensions"]
 
 
+SEED = "loader/random-seed"
+PLANTED_SEED = "bktest: an old seed, refresh me\n"  # 32 bytes: a node's seed from its last boot
+
+
+def _esp_bytes(disk: Path, rel: str) -> bytes | None:
+    """A file of the disk's ESP, byte for byte (mcopy: nodevm.esp_read decodes text), or None."""
+    out = disk.with_name(disk.name + ".get")
+    p = subprocess.run(
+        ["mcopy", "-n", "-i", f"{disk}@@1M", f"::/{rel}", str(out)], capture_output=True, env=nodevm.MT_ENV, check=False
+    )
+    if p.returncode != 0:
+        return None
+    data = out.read_bytes()
+    out.unlink()
+    return data
+
+
+def _assert_seed_refreshed(b: nodevm.Boot, before: bytes | None, after: bytes | None) -> None:
+    """Issue 15, item 11 (seed 002): bootkeeper-random-seed.service ran the real bootctl on the read-only
+    /efi in systemd-boot-random-seed.service's place (masked); the seed the OS left is the one on the disk
+    after power-off, other than systemd-boot's of this boot and the one before the boot; /efi read-only
+    again, and no unit failed (the real unit fails on a read-only ESP: that was seed 002's quiet failure)."""
+    assert (b.first("FAILED") or "").split() == []
+    assert after is not None and len(after) == 32 and after != before, (before, after)
+    action = "refreshed" if before else "written"  # bootctl hashes an old seed in
+    seen = dict(kv.split("=", 1) for kv in (b.first("SEED") or "").split())
+    assert seen["after"] == hashlib.sha256(after).hexdigest() != seen["before"], seen
+    unit = _unit(b, "bootkeeper-random-seed.service")
+    assert (unit["ActiveState"], unit["Result"]) == ("active", "success"), unit
+    assert _unit(b, "systemd-boot-random-seed.service")["LoadState"] == "masked"
+    log = b.mark("SEED_LOG")
+    assert f"bootctl: Random seed file /efi/loader/random-seed successfully {action} (32 bytes)." in log, log
+    assert f"/efi/loader/random-seed: {action} (32 bytes); /efi read-only again" in log, log
+
+
 @retry_on_guest_crash
 def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: Path, node_factory: list[Node]) -> None:
-    node = Node(tmp_path, "1. healthy node, four extensions", [], sysexts=pieces)
+    node = Node(tmp_path, "1. healthy node, four extensions", [], sysexts=pieces, files={SEED: PLANTED_SEED})
     node_factory.append(node)
     assert [i["written"] for i in node.installed] == [[f"EFI/Linux/active.efi.extra.d/{n}.sysext.raw"] for n in pieces]
     assert [(i["validation"]["ok"], i["forced"]) for i in node.installed] == [
@@ -307,6 +347,8 @@ def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: 
         (False, True),
     ]
     nodevm.esp_write(node.disk, "bktest/sysext-compare", "1\n")
+    seed_before = _esp_bytes(node.disk, SEED)
+    assert seed_before == PLANTED_SEED.encode()
     node.run_predicted([], 1)
     b = node.boots[0]
 
@@ -333,6 +375,7 @@ def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: 
     assert _unit(b, "bootkeeper-bless.service")["Result"] == "success"
     assert (b.first("EFI_MOUNT") or "").split(",")[0] == "ro"
     assert node.rows[0].before == "active+2.efi" and node.rows[0].booted == "active+1-1.efi"
+    _assert_seed_refreshed(b, seed_before, _esp_bytes(node.disk, SEED))
     assert node.rows[0].after == "active.efi"
     status = b.status()
     assert status is not None
@@ -631,7 +674,88 @@ def test_power_cut_during_upgrade(pieces: dict[str, Path], tmp_path: Path, node_
     assert _runs_os(node.boots[2]) == ("VERSION_ID=2 IMAGE_VERSION=2", "VERSION_ID=2", "tools v2")
 
 
-def test_no_machine_left_running(tmp_path: Path) -> None:
-    p = subprocess.run(["pgrep", "-af", "qemu-system-x86_64"], capture_output=True, text=True, check=False)
-    mine = [line for line in p.stdout.splitlines() if str(nodevm.ROOT) in line or "/pytest-" in line]
-    assert mine == [], mine
+def _unit_section(text: str) -> list[str]:
+    """The [Unit] lines that order and condition a unit (not what describes it), in order."""
+    out, inside = [], False
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            inside = line == "[Unit]"
+        elif inside and line and not line.startswith("#") and not line.startswith(("Description=", "Documentation=")):
+            out.append(line)
+    return out
+
+
+def test_the_random_seed_unit_runs_where_the_real_one_does(tmp_path: Path) -> None:
+    """bootkeeper-random-seed.service has the ordering and conditions of the node's own
+    systemd-boot-random-seed.service (Debian's systemd-boot 257 in the guest tree), and both are
+    wanted by sysinit.target: the seed is refreshed at the same point of every boot."""
+    real = nodevm.GUEST / "usr/lib/systemd/system/systemd-boot-random-seed.service"
+    if not real.exists():
+        pytest.fail(f"{real} is missing: scripts/setup-node-guest.sh installs systemd-boot into the guest")
+    assert (nodevm.GUEST / "usr/lib/systemd/system/sysinit.target.wants" / real.name).is_symlink()
+    nodevm.bk("install-units", "--root", str(tmp_path), "--exe", "/usr/bin/bootkeeper", "--python", "/usr/bin/python3")
+    ours = tmp_path / "etc/systemd/system/bootkeeper-random-seed.service"
+    # one condition more: bootctl (the guest's is /usr/bin/bootctl, from systemd-boot-tools)
+    assert _unit_section(ours.read_text()) == [
+        *_unit_section(real.read_text()),
+        "ConditionFileIsExecutable=/usr/bin/bootctl",
+    ]
+    assert (nodevm.GUEST / "usr/bin/bootctl").is_file()
+    assert "WantedBy=sysinit.target" in ours.read_text()
+    assert "ExecStart=/usr/bin/bootkeeper random-seed" in ours.read_text()
+    assert (tmp_path / "etc/systemd/system" / real.name).readlink() == Path("/dev/null")
+
+
+def _machines_booting(disks: list[Path]) -> list[str]:
+    """The QEMU processes on this machine that boot one of ``disks`` (``-drive …,file=DISK``, as
+    nodevm.boot starts them), as "PID DISK": another run's machines, on their own disks, are not ours."""
+    ours = {str(d.resolve()) for d in disks}
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile
+            continue
+        if not argv or Path(argv[0]).name != "qemu-system-x86_64":
+            continue
+        for flag, value in itertools.pairwise(argv):
+            opts = dict(o.split("=", 1) for o in value.split(",") if "=" in o) if flag == "-drive" else {}
+            if "file" in opts and str(Path(opts["file"]).resolve()) in ours:
+                found.append(f"{proc.name} {opts['file']}")
+    return found
+
+
+def test_no_machine_left_running() -> None:
+    """Issue 15, item 17: no QEMU of this run's scenarios is still running (it used to grep every QEMU
+    on the machine, and failed while another run's scenarios booted)."""
+    assert _machines_booting(DISKS) == []
+
+
+def test_only_this_runs_machines_are_counted(tmp_path: Path) -> None:
+    """The control: a QEMU booting another run's disk is not this run's (the old pgrep check counted it:
+    its command line has "/pytest-" in it); one booting a disk of this run is found."""
+    other, mine = tmp_path / "pytest-other" / "disk.img", tmp_path / "mine" / "disk.img"
+
+    def fake_qemu(disk: Path) -> subprocess.Popen[bytes]:
+        # a process whose command line is a QEMU's as nodevm.boot writes it (exec -a: argv[0])
+        drive = f"if=virtio,format=raw,file={disk}"
+        script = f'exec -a qemu-system-x86_64 "$0" -c "import time; time.sleep(30)" -drive "{drive}"'
+        return subprocess.Popen(["bash", "-c", script, sys.executable])
+
+    procs = [fake_qemu(other), fake_qemu(mine)]
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(_machines_booting([other, mine])) < 2:
+            time.sleep(0.05)
+        pgrep = subprocess.run(["pgrep", "-af", "qemu-system-x86_64"], capture_output=True, text=True, check=False)
+        old_check = [line for line in pgrep.stdout.splitlines() if str(nodevm.ROOT) in line or "/pytest-" in line]
+        assert any(str(other) in line for line in old_check)  # what failed before
+        assert _machines_booting([mine]) == [f"{procs[1].pid} {mine}"]
+        assert _machines_booting([]) == []
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

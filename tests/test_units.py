@@ -210,3 +210,50 @@ def test_under_root_the_units_name_the_nodes_programs_never_this_virtualenv(tmp_
     assert sys.prefix not in "".join(texts) and str(Path(sys.executable).parent) not in "".join(texts)
     gen = root / "etc/systemd/system-generators/bootkeeper-generator"
     assert gen.read_text().startswith("#!/usr/bin/python3 -IS\n")
+
+
+# systemd v257 units/systemd-boot-random-seed.service (Debian's systemd-boot 257.13 ships it in
+# sysinit.target.wants): what orders and conditions it; tests/test_node.py compares with the node's own file.
+REAL_RANDOM_SEED_UNIT = """\
+DefaultDependencies=no
+After=local-fs.target systemd-random-seed.service
+Conflicts=shutdown.target
+Before=sysinit.target shutdown.target
+ConditionVirtualization=!container
+ConditionPathExists=!/etc/initrd-release
+ConditionPathExists=|/sys/firmware/efi/efivars/LoaderFeatures-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+ConditionPathExists=|/sys/firmware/efi/efivars/StubFeatures-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+"""
+
+
+def test_random_seed_unit_takes_the_real_ones_place(tmp_path: Path) -> None:
+    """issue 15, item 11 (seed 002): bootkeeper-random-seed.service runs where systemd-boot-random-seed.service
+    runs (same ordering and conditions, wanted by sysinit.target), which is masked; systemd-analyze verify passes."""
+    units = _install(tmp_path, "sysext: {}\n")
+    text = (units / "bootkeeper-random-seed.service").read_text()
+    unit = text.split("[Unit]\n", 1)[1].split("\n[Service]", 1)[0]
+    assert [x for x in unit.splitlines() if not x.startswith(("Description=", "Documentation="))] == [
+        *REAL_RANDOM_SEED_UNIT.splitlines(),
+        "ConditionFileIsExecutable=/usr/bin/bootctl",  # no bootctl: no real unit to replace, and no failure
+    ]
+    assert f"ExecStart={sys.executable} -m bootkeeper random-seed\n" in text
+    assert "Type=oneshot\nRemainAfterExit=yes\n" in text
+    assert os.readlink(units / "systemd-boot-random-seed.service") == "/dev/null"
+    link = units / "sysinit.target.wants/bootkeeper-random-seed.service"
+    assert os.readlink(link) == "/etc/systemd/system/bootkeeper-random-seed.service"
+    r = _verify(units, "bootkeeper-random-seed.service")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_random_seed_unit_is_skipped_where_there_is_no_bootctl(tmp_path: Path) -> None:
+    """The one condition more than the real unit has, judged by systemd itself (systemd-analyze condition, on
+    this machine): true exactly where /usr/bin/bootctl is executable (Debian 12 here has none: skipped, so a
+    node without bootctl gets no failed unit on every boot)."""
+    units = _install(tmp_path, "sysext: {}\n")
+    text = (units / "bootkeeper-random-seed.service").read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("ConditionFileIsExecutable=")]
+    tool = shutil.which("systemd-analyze")
+    assert tool is not None
+    r = subprocess.run([tool, "condition", line], capture_output=True, text=True, check=False)
+    assert (r.returncode == 0) == os.access("/usr/bin/bootctl", os.X_OK), r.stdout + r.stderr
+    assert "ConditionFileIsExecutable=/usr/bin/bootctl" in r.stdout + r.stderr

@@ -11,6 +11,10 @@
 * ``bootkeeper-bless.service``: systemd-bless-boot's place (``Requires=``/``After=boot-complete.target``),
   running ``bootkeeper bless good``, which remounts a read-only ``/efi``, keeps loader.conf's ``default``
   valid and re-arms recovery. ``systemd-bless-boot.service`` is masked so that the two never race.
+* ``bootkeeper-random-seed.service``: systemd-boot-random-seed.service's place (the same ordering and
+  conditions, before ``sysinit.target``), running ``bootkeeper random-seed``: the real ``bootctl
+  random-seed`` under the ESP lock, with a read-only ``/efi`` remounted rw and back. The real unit
+  cannot write a read-only ESP and fails on every boot; it is masked.
 * ``bootkeeper-boot.service``: early in every boot, appends the boot to the history
   (``/var/lib/bootkeeper``) and writes the motd.
 * ``/etc/systemd/system-generators/bootkeeper-generator``: :mod:`bootkeeper.assess.generator`,
@@ -44,8 +48,16 @@ BOOT_UNIT = "bootkeeper-boot.service"
 MASKED = "systemd-bless-boot.service"
 # where the node's package ships the files of UNIT_DIR and GENERATOR_DIR (debian/rules)
 PACKAGED_DIRS = {UNIT_DIR: "usr/lib/systemd/system", GENERATOR_DIR: "usr/lib/systemd/system-generators"}
+RANDOM_SEED_UNIT = "bootkeeper-random-seed.service"
+RANDOM_SEED_MASKED = "systemd-boot-random-seed.service"
+BOOTCTL = "/usr/bin/bootctl"
 # unit -> the target whose .wants/ enables it
-WANTED_BY = {SYSEXT_UNIT: "sysinit.target", BLESS_UNIT: "basic.target", BOOT_UNIT: "basic.target"}
+WANTED_BY = {
+    SYSEXT_UNIT: "sysinit.target",
+    BLESS_UNIT: "basic.target",
+    BOOT_UNIT: "basic.target",
+    RANDOM_SEED_UNIT: "sysinit.target",
+}
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,40 @@ WantedBy={WANTED_BY[BOOT_UNIT]}
     return {f"{UNIT_DIR}/{BLESS_UNIT}": UnitFile(bless), f"{UNIT_DIR}/{BOOT_UNIT}": UnitFile(boot)}
 
 
+def _random_seed(exec_line: str) -> dict[str, UnitFile]:
+    """The real unit's [Unit] section, line for line (systemd v257 ``units/systemd-boot-random-seed.service``,
+    Debian's systemd-boot 257.13 ships it in ``sysinit.target.wants``), so that the seed is refreshed at
+    the same point of the boot: after the local mounts (the ESP) and systemd-random-seed.service, before
+    sysinit.target; only where the boot loader or stub can pass a seed on. One condition more: bootctl
+    (systemd installs it in /usr/bin; Debian ships it in systemd-boot-tools). A node without it has no
+    real unit to replace, and this one would fail on every boot."""
+    features = "/sys/firmware/efi/efivars/{}-" + LOADER_GUID
+    unit = f"""# Installed by 'bootkeeper install-units': takes the place of {RANDOM_SEED_MASKED} (masked),
+# which cannot write a read-only ESP.
+[Unit]
+Description=Update Boot Loader Random Seed (bootkeeper, read-only ESP)
+Documentation=man:systemd-boot-random-seed.service(8) man:random(4)
+DefaultDependencies=no
+After=local-fs.target systemd-random-seed.service
+Conflicts=shutdown.target
+Before=sysinit.target shutdown.target
+ConditionVirtualization=!container
+ConditionPathExists=!/etc/initrd-release
+ConditionPathExists=|{features.format("LoaderFeatures")}
+ConditionPathExists=|{features.format("StubFeatures")}
+ConditionFileIsExecutable={BOOTCTL}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={exec_line} random-seed
+
+[Install]
+WantedBy={WANTED_BY[RANDOM_SEED_UNIT]}
+"""
+    return {f"{UNIT_DIR}/{RANDOM_SEED_UNIT}": UnitFile(unit)}
+
+
 def generator_script(python: str) -> UnitFile:
     from bootkeeper.assess import generator
 
@@ -172,6 +218,7 @@ def render(cfg: Config, exe: list[str], python: str, systemd: int = ASSUMED) -> 
     return {
         **_sysext(cfg.sysext, exec_line, systemd),
         **_assessment(exec_line),
+        **_random_seed(exec_line),
         f"{GENERATOR_DIR}/{GENERATOR}": generator_script(python),
     }
 
@@ -191,10 +238,10 @@ def packaged(root: Path, rel: str, f: UnitFile) -> str | None:
 
 
 def install(root: Path, files: dict[str, UnitFile], enable: bool = True) -> list[str]:
-    """Write the files under ``root`` (crash-safe), mask systemd-bless-boot.service and enable the
-    services the way ``systemctl enable`` does (a symlink in ``<target>.wants``). Returns the paths.
-    A file the node's package already ships (:func:`packaged`) is not written, and a copy an earlier
-    run left in ``/etc`` is removed when it is the same file: it would shadow the package's."""
+    """Write the files under ``root`` (crash-safe), mask the units bootkeeper's take the place of and
+    enable the services the way ``systemctl enable`` does (a symlink in ``<target>.wants``). Returns the
+    paths. A file the node's package already ships (:func:`packaged`) is not written, and a copy an
+    earlier run left in ``/etc`` is removed when it is the same file: it would shadow the package's."""
     written = []
     where = {rel: f"/{rel}" for rel in files}
     try:
@@ -210,8 +257,9 @@ def install(root: Path, files: dict[str, UnitFile], enable: bool = True) -> list
                 fsutil.write_atomic(p, f.text.encode(), mode=f.mode)
             written.append(str(p))
         base = root / UNIT_DIR
-        fsutil.symlink_atomic(base / MASKED, "/dev/null")
-        written.append(str(base / MASKED))
+        for masked in (MASKED, RANDOM_SEED_MASKED):
+            fsutil.symlink_atomic(base / masked, "/dev/null")
+            written.append(str(base / masked))
         if enable:
             for unit, target in WANTED_BY.items():
                 link = base / f"{target}.wants" / unit

@@ -20,6 +20,10 @@ VERBS = {
     "entries": ("bootkeeper.cli.entries_cmd:entries", "List boot entries in menu order and what boots next."),
     "status": ("bootkeeper.cli.status_cmd:status", "Booted entry, its state, and what boots next and why."),
     "bless": ("bootkeeper.cli.bless_cmd:bless", "Mark the booted entry good, bad or indeterminate."),
+    "random-seed": (
+        "bootkeeper.cli.randomseed_cmd:random_seed",
+        "Refresh the boot loader's random seed with bootctl, on a read-only ESP too.",
+    ),
     "arm": ("bootkeeper.cli.chain_cmd:arm", "Give entries fresh boot counters and fallback sort keys."),
     "rotate": ("bootkeeper.cli.chain_cmd:rotate", "Install a new active entry; the old active becomes passive."),
     "upgrade": (

@@ -48,7 +48,8 @@ def install_units(
     as_json: bool,
 ) -> None:
     """Write bootkeeper's units, the systemd-sysext drop-in and bootkeeper-generator under ROOT/etc,
-    mask systemd-bless-boot.service, and enrol the services in boot_assessment.services."""
+    mask systemd-bless-boot.service and systemd-boot-random-seed.service, and enrol the services in
+    boot_assessment.services."""
     from bootkeeper import systemd_version as sv
     from bootkeeper.assess import services, units
     from bootkeeper.config import SysextMode
