@@ -87,3 +87,34 @@ def test_an_oversized_entry_file_is_a_finding_not_a_failure(tmp_path: Path) -> N
     assert r.returncode == 0 and json.loads(r.stdout)["unlisted"] == [unlisted], r.stderr
     r = bk("lint", *common, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["errors"] == 0, r.stdout + r.stderr
+
+
+def test_an_unreadable_entry_file_is_a_finding_not_a_failure(tmp_path: Path) -> None:
+    """The ESP snapshot reads each entry on its own: one that cannot be read at all (an
+    UnreadableError since exit codes name what failed, no longer an EspError) is named, the others
+    still boot, and no verb that reads the ESP fails on it."""
+    import shutil
+
+    esp = esp_with(tmp_path / "esp", GOOD)
+    bad = esp / "loader/entries/locked+3.conf"
+    bad.write_text(entry_body("active"))
+    bad.chmod(0o000)
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv (util-linux) is missing; scripts/setup-test-deps.sh installs it"
+    no_dac = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+3.conf")
+    common = ["--esp", str(esp), "--efivars", str(ev), "--systemd-boot-version", "257"]
+
+    def run(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*no_dac, sys.executable, "-m", "bootkeeper", *a], capture_output=True, text=True)
+
+    r = run("entries", *common, "--json")
+    assert r.returncode == 0, r.stderr
+    view = json.loads(r.stdout)
+    assert [e["role"] for e in view["entries"]] == ["active", "passive", "recovery", "statereset"]
+    assert [u["path"] for u in view["unlisted"]] == ["loader/entries/locked+3.conf"]
+    assert "cannot read (Permission denied)" in view["unlisted"][0]["why"]
+    r = run("status", *common, "--root", str(tmp_path / "root"), "--json")
+    assert r.returncode == 0, r.stderr
+    r = run("lint", *common, "--root", str(tmp_path / "root"), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["errors"] == 0, r.stdout + r.stderr

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import EspError, MalformedError, NotApplicableError, WriteError
+from bootkeeper.errors import InputError, MalformedError, NotApplicableError, WriteError
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Role
@@ -174,8 +174,8 @@ def _default_plan(store: EspStore, old: str, new: str, verdict: Verdict, booted:
         return None
     try:
         conf = loader_mod.parse(store.read_text(LOADER_CONF))
-    except EspError as exc:
-        raise EspError(
+    except InputError as exc:  # too large (malformed) or unreadable: the same class, so the same exit code
+        raise type(exc)(
             f"{exc}; cannot tell whether its default names {booted}: not marking it {verdict.value} (nothing changed)",
             hint=f"shorten {LOADER_CONF} (systemd-boot reads only the keys it knows), then run bless again",
         ) from exc

@@ -21,7 +21,7 @@ from bootkeeper.assess import chain, cloudconfig, generator
 from bootkeeper.assess.chain import default_can_pin
 from bootkeeper.assess.status import Temporary
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import BootkeeperError, EspError, InputError
+from bootkeeper.errors import BootkeeperError, InputError
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, EntryKind, LoaderType, Role
 from bootkeeper.esp.sdboot import SdBoot
@@ -202,7 +202,7 @@ class EspView:
             if store is not None:
                 try:
                     line, plan = chain.entry_key_plan(store, loaders, store.read_text(e.path))
-                except EspError:
+                except InputError:
                     continue
             else:  # no ESP to look at: the file is taken for the UKI the layout names
                 plan = chain.plan_key(line, None, loaders)

@@ -526,7 +526,7 @@ class EspStore(FolderStore):
             rel = f"{TYPE1_DIR}/{name}"
             try:
                 text = self.read_text(rel)
-            except EspError as exc:  # too large or unreadable: a finding about this file, not the verb's end
+            except InputError as exc:  # too large or unreadable: a finding about this file, not the verb's end
                 found.append(entries_mod.unread_type1(name, str(exc).removeprefix(f"{self.path(rel)}: ")))
                 continue
             found.append(
