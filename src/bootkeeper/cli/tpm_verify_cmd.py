@@ -114,20 +114,25 @@ def verify(
         print_json(report.to_json())
     else:
         click.echo(f"booted: {report.entry or '?'} ({report.uki or '?'}), found by {report.found_by}")
+        # the stub's PCRs, and any other that disagrees; the rest in one line
+        shown = [r for r in report.rows if r.pcr in verify_mod.STUB_PCRS or not r.agree]
         table(
             ("BANK", "PCR", "LIVE", "REPLAYED", "PREDICTED", "AGREE"),
             [
                 (
                     r.bank,
-                    r.pcr,
+                    r.pcr if not r.phases else f"{r.pcr} +{':'.join(r.phases)}",
                     "-" if r.live is None else r.live.hex()[:16] + "…",
                     r.replayed.hex()[:16] + "…",
                     "-" if r.predicted is None else r.predicted.hex()[:16] + "…",
                     "yes" if r.agree else "NO",
                 )
-                for r in report.rows
+                for r in shown
             ],
         )
+        rest = sorted({r.pcr for r in report.rows if r not in shown and r.live is not None})
+        if rest:
+            click.echo(f"PCRs {', '.join(map(str, rest))}: the log replays to the live values")
         for n in report.notes:
             click.echo(f"note: {n}")
         for f in report.findings:
