@@ -20,6 +20,9 @@ import pytest
 
 import eventlog_builder as B
 import trixie
+from bootkeeper.measure.banks import BANKS as BANKS_BY_NAME
+from bootkeeper.measure.events import Event, FileRef
+from bootkeeper.measure.predict import Prediction
 from helpers import fake_efivars
 
 pytestmark = pytest.mark.integration
@@ -322,3 +325,70 @@ def test_a_tag_event_decodes_in_messages(uki: Uki, tmp_path: Path) -> None:
     assert p.returncode == 1
     f = json.loads(p.stdout)["findings"]
     assert any(x.startswith("PCR 12: logged EV_EVENT_TAG 'x.addon.efi'") for x in f), f
+
+
+@pytest.mark.parametrize(
+    ("selected", "stub", "how"),
+    [
+        ("active+2-1.conf", None, "LoaderEntrySelected=active+2-1.conf"),  # a counted entry
+        (None, "\\EFI\\KAIROS\\ACTIVE.EFI", "StubImageIdentifier="),  # vfat: any case
+        (None, None, "the log"),
+    ],
+)
+def test_the_booted_entry_is_found(uki: Uki, tmp_path: Path, selected: str | None, stub: str | None, how: str) -> None:
+    root = make_root(tmp_path, uki)
+    # a second entry on the ESP that did not boot, with other options
+    (root / "efi/loader/entries/passive.conf").write_text("title passive\nefi /EFI/kairos/active.efi\noptions x=1\n")
+    efivars = root / "sys/firmware/efi/efivars"
+    shutil.rmtree(efivars)
+    values = {k: v for k, v in (("LoaderEntrySelected", selected), ("StubImageIdentifier", stub)) if v is not None}
+    fake_efivars(efivars, **values)
+    p = bk("tpm", "verify", "--root", str(root), "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    booted = json.loads(p.stdout)["booted"]
+    assert booted["entry"] == "active" and how in booted["found_by"], booted
+
+
+def test_hostile_inputs_are_one_line(uki: Uki, tmp_path: Path) -> None:
+    root = make_root(tmp_path, uki)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"entries": [{"entry": "active", "events": [{"pcr": 13, "digests": {"sha256": "zz"}}]}]}')
+    p = bk("tpm", "verify", "--root", str(root), "--expect", str(bad))
+    assert p.returncode == 4 and f"{bad}: entries[0]: events[0]: digests: not hex" in p.stderr, p.stderr
+    pcr = root / "sys/class/tpm/tpm0/pcr-sha256/7"
+    pcr.write_text("zz" * 5000)
+    p = bk("tpm", "verify", "--root", str(root))
+    assert p.returncode == 4 and f"{pcr}: " in p.stderr and "not a hex PCR value" in p.stderr, p.stderr
+
+
+def _prediction(entry: str, description: str) -> Prediction:
+    sha = BANKS_BY_NAME["sha256"]
+    ev = Event(12, B.EV_IPL, description, "options", {"sha256": hashlib.sha256(_u16(description)).digest()})
+    return Prediction(None, entry, "EFI/Linux/x.efi", "EFI/Linux/x.efi.extra.d", (sha,), (ev,))
+
+
+@pytest.mark.parametrize(
+    ("selected", "entry"),
+    [("x+3-0.efi@debug", "x@debug"), ("x.efi@2", "x@2"), ("x.efi", "x"), ("X+1.EFI", "x")],
+)
+def test_a_profile_is_found_by_its_id(selected: str, entry: str) -> None:
+    """LoaderEntrySelected of a UKI profile is FILE@ID or FILE@N (src/boot/boot.c, v257.9)."""
+    from bootkeeper.measure import eventlog, verify
+
+    preds = [_prediction("x", "@0"), _prediction("x@debug", "@1"), _prediction("x@2", "@2")]
+    log = eventlog.parse(B.build([], ("sha256",)), "log")
+    got, how = verify._pick(preds, log, None, selected)
+    assert got is not None and got.entry == entry and how == f"LoaderEntrySelected={selected}"
+
+
+def test_diff_files_names_each_change() -> None:
+    from bootkeeper.measure.verify import diff_files
+
+    a, b, c = (FileRef(n, 1, hashlib.sha256(n.encode()).hexdigest()) for n in ("a.raw", "b.raw", "c.raw"))
+    b2 = FileRef("b.raw", 2, "f" * 64)
+    assert diff_files([a, b], [b2, c]) == [
+        "added c.raw",
+        "removed a.raw",
+        f"changed b.raw (sha256 {b.sha256[:12]}… → {'f' * 12}…)",
+    ]
+    assert diff_files([a], [a]) == []

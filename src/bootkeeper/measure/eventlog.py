@@ -258,7 +258,8 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
         with path.open("rb") as f:  # securityfs reports size 0: read, do not stat
             data = f.read(limit + 1)
     except OSError as exc:
-        raise UnreadableError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
+        hint = "the TPM logs are readable by root only" if isinstance(exc, PermissionError) else None
+        raise UnreadableError(f"{path}: cannot read {what} ({exc.strerror or exc})", hint=hint) from exc
     if len(data) > limit:
         raise MalformedError(f"{path}: offset {limit}: {what} is larger than {limit} bytes")
     return data

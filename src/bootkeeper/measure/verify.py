@@ -273,10 +273,11 @@ def _pick(
     candidates: list[Prediction] = []
     how = ""
     if selected:
-        name, _, _ = selected.partition("@")  # "uki.efi@1": a profile of a Type #2 entry
+        # a UKI's profile N >= 1 is "FILE@ID" or "FILE@N" (src/boot/boot.c, v257.9), as predict names it
+        name, at, profile = selected.partition("@")
         suffix = ".efi" if name.lower().endswith(".efi") else ".conf"
-        stem = counter.parse(name, suffix).stem.lower()
-        candidates = [p for p in predictions if p.entry.lower() == stem]
+        key = counter.parse(name, suffix).stem + at + profile
+        candidates = [p for p in predictions if p.entry.lower() == key.lower()]
         how = f"LoaderEntrySelected={selected}"
     if stub_image and (not candidates):
         candidates = [p for p in predictions if norm(p.uki) == norm(stub_image)]
@@ -507,7 +508,8 @@ def live_pcrs(folder: Path, banks: Iterable[Bank]) -> dict[str, dict[int, bytes]
         for n in range(24):
             p = d / str(n)
             try:
-                text = p.read_bytes()[: 2 * b.size + 2].decode("ascii", "replace").strip()
+                with p.open("rb") as f:  # sysfs: one hex line; a fake root's file may be anything
+                    text = f.read(2 * b.size + 2).decode("ascii", "replace").strip()
             except FileNotFoundError:
                 continue
             except OSError as exc:
