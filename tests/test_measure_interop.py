@@ -203,3 +203,61 @@ def test_the_pcrsig_ukify_embeds_authorizes_the_pcr11_it_produces_only_for_its_k
             assert policy.authorized(sigs, key, banks.bank(b), bytes.fromhex(v))
             assert not policy.authorized(sigs, other, banks.bank(b), bytes.fromhex(v))
         assert not policy.authorized(sigs, key, banks.bank(b), bytes(len(bytes.fromhex(values[0]))))
+
+
+def test_each_profile_of_a_multi_profile_uki_is_its_own_entry_with_systemd_measures_pcr11(work: Path) -> None:
+    """ukify --join-profile measures each profile (base + its sections); systemd-boot 257 lists each
+    as an entry, passes ``@1`` (measured in PCR 12 by the boot loader) and the stub measures the profile
+    number (an EV_EVENT_TAG)."""
+    p = trixie.run("ukify build --profile='ID=debug' --cmdline='debug console=ttyS0' --output=p1.efi", work)
+    assert p.returncode == 0, p.stderr
+    values = ukify(work, "multi.efi", "--join-profile=p1.efi", "--pcr-banks=sha256")["sha256"]
+    assert len(values) == 8  # four phases for profile 0, four for profile 1
+    esp = work / "esp-multi"
+    (esp / "EFI/Linux").mkdir(parents=True)
+    (esp / "EFI/BOOT").mkdir(parents=True)
+    import vmboot
+
+    (esp / "EFI/BOOT/BOOTX64.EFI").write_bytes(vmboot.sdboot(257).read_bytes())
+    (esp / "EFI/Linux/active.efi").write_bytes((work / "multi.efi").read_bytes())
+    p2 = bk("tpm", "predict", "--esp", esp, "--json")
+    assert p2.returncode == 0, p2.stderr
+    entries = json.loads(p2.stdout)["entries"]
+    assert [e["entry"] for e in entries] == ["active", "active@debug"]
+    assert [entries[0]["pcr11_phases"]["sha256"][ph] for ph in PHASES] == values[:4]
+    assert [entries[1]["pcr11_phases"]["sha256"][ph] for ph in PHASES] == values[4:]
+    assert [(e["source"], e["type"], e["description"]) for e in entries[1]["events"] if e["pcr"] == 12] == [
+        ("systemd-boot", "EV_IPL", "@1"),
+        ("systemd-stub", "EV_EVENT_TAG", "1"),
+    ]
+    assert [e for e in entries[0]["events"] if e["pcr"] == 12] == []
+
+
+def test_addons_command_lines_join_global_then_the_ukis_own(work: Path) -> None:
+    """Addons built by ukify with the real addon stub: the global ones (loader/addons) first, then
+    the UKI's .extra.d, each sorted, joined into one load-options event in PCR 12; an addon that
+    carries a kernel is skipped, as the stub does."""
+    for name, cmdline in (("b.addon.efi", "two"), ("a.addon.efi", "one"), ("mine.addon.efi", "three")):
+        p = trixie.run(
+            f"ukify build --stub=/usr/lib/systemd/boot/efi/addonx64.efi.stub --cmdline='{cmdline}' --output={name}",
+            work,
+        )
+        assert p.returncode == 0, p.stderr
+    ukify(work, "for-addons.efi")
+    esp = work / "esp-addons"
+    (esp / "EFI/Linux/active.efi.extra.d").mkdir(parents=True)
+    (esp / "loader/addons").mkdir(parents=True)
+    (esp / "EFI/Linux/active+2.efi").write_bytes((work / "for-addons.efi").read_bytes())
+    for n in ("b.addon.efi", "a.addon.efi"):
+        (esp / "loader/addons" / n).write_bytes((work / n).read_bytes())
+    (esp / "EFI/Linux/active.efi.extra.d/mine.addon.efi").write_bytes((work / "mine.addon.efi").read_bytes())
+    (esp / "EFI/Linux/active.efi.extra.d/kernel.addon.efi").write_bytes((work / "for-addons.efi").read_bytes())
+    p = bk("tpm", "predict", "--esp", esp, "--json")
+    assert p.returncode == 0, p.stderr
+    (entry,) = json.loads(p.stdout)["entries"]
+    pcr12 = [e for e in entry["events"] if e["pcr"] == 12]
+    assert [(e["source"], e["description"]) for e in pcr12] == [("systemd-stub", "one two three")]
+    import hashlib
+
+    assert pcr12[0]["digests"]["sha256"] == hashlib.sha256("one two three\0".encode("utf-16-le")).hexdigest()
+    assert entry["pcrs"]["sha256"]["13"] == "0" * 64  # an addon is not an extension
