@@ -133,6 +133,11 @@ def test_sign_policy_is_ukifys_pcrsig_byte_for_byte(work: Path, variant: str) ->
     assert p.stdout.rstrip("\n").encode() == embedded
 
 
+def join(work: Path, uki: str, dest: str) -> subprocess.CompletedProcess[str]:
+    sigs, pub = work / "sigs.json", work / "key.pub.pem"
+    return bk("tpm", "sign-policy", "--uki", work / uki, "--signatures", sigs, "--public-key", pub, "-o", work / dest)
+
+
 def test_the_hsm_form_signed_by_openssl_joins_to_the_same_pcrsig(work: Path) -> None:
     """Step 1 prints the digests; openssl (standing in for an HSM) signs each; step 2 joins them."""
     out = "hsm.efi"
@@ -151,18 +156,7 @@ def test_the_hsm_form_signed_by_openssl_joins_to_the_same_pcrsig(work: Path) -> 
         ).stdout
         sigs.append(base64.b64encode(s).decode())
     (work / "sigs.json").write_text(json.dumps(sigs))
-    p = bk(
-        "tpm",
-        "sign-policy",
-        "--uki",
-        work / out,
-        "--signatures",
-        work / "sigs.json",
-        "--public-key",
-        work / "key.pub.pem",
-        "-o",
-        work / "joined",
-    )
+    p = join(work, out, "joined")
     assert p.returncode == 0, p.stderr
     assert (work / "joined").read_bytes() == _pcrsig(work / out)
     # a signature by another key is refused, nothing written
@@ -173,18 +167,7 @@ def test_the_hsm_form_signed_by_openssl_joins_to_the_same_pcrsig(work: Path) -> 
         capture_output=True,
     ).stdout
     (work / "sigs.json").write_text(json.dumps([base64.b64encode(bad).decode(), *sigs[1:]]))
-    p = bk(
-        "tpm",
-        "sign-policy",
-        "--uki",
-        work / out,
-        "--signatures",
-        work / "sigs.json",
-        "--public-key",
-        work / "key.pub.pem",
-        "-o",
-        work / "joined2",
-    )
+    p = join(work, out, "joined2")
     assert p.returncode == 4 and "signature 1 (sha1" in p.stderr and not (work / "joined2").exists()
 
 
