@@ -458,6 +458,8 @@ CASES = [
         lambda w: [str(w.missing)],
     ),
     Case("tpm sign-policy", U, lambda w: ["tpm", "sign-policy", "--uki", str(w.junk)], lambda w: ["--key"]),
+    Case("tpm verify", N, lambda w: ["tpm", "verify", "--root", str(w.root)], lambda w: ["no TPM event log"]),
+    Case("tpm verify", U, lambda w: ["tpm", "verify", "--bogus"], lambda w: ["--bogus"]),
 ]
 
 
