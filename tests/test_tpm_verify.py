@@ -332,6 +332,7 @@ def test_a_tag_event_decodes_in_messages(uki: Uki, tmp_path: Path) -> None:
     [
         ("active+2-1.conf", None, "LoaderEntrySelected=active+2-1.conf"),  # a counted entry
         (None, "\\EFI\\KAIROS\\ACTIVE.EFI", "StubImageIdentifier="),  # vfat: any case
+        (None, "\\EFI\\kairos\\active+1-1.efi", "StubImageIdentifier="),  # the stub ran it before a bless
         (None, None, "the log"),
     ],
 )

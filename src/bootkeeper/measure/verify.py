@@ -268,7 +268,9 @@ def _pick(
         )
 
     def norm(path: str) -> str:
-        return path.replace("\\", "/").strip("/").lower()
+        """An ESP path without case or boot counter: the stub ran ``active+1-1.efi``, a bless renamed it."""
+        folder, _, base = path.replace("\\", "/").strip("/").rpartition("/")
+        return f"{folder}/{counter.parse(base, '.efi').stem}".lower()
 
     candidates: list[Prediction] = []
     how = ""
