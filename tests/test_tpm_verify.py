@@ -393,3 +393,10 @@ def test_diff_files_names_each_change() -> None:
         f"changed b.raw (sha256 {b.sha256[:12]}… → {'f' * 12}…)",
     ]
     assert diff_files([a], [a]) == []
+
+
+def test_without_the_userspace_log_a_word_off_the_phase_path_is_a_finding(uki: Uki, tmp_path: Path) -> None:
+    root = make_root(tmp_path, uki, phases=("enter-initrd", "sysinit"), user_log=False)  # leave-initrd skipped
+    p = bk("tpm", "verify", "--root", str(root))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "which is the logged handover value after no prefix of the boot phases" in p.stdout, p.stdout

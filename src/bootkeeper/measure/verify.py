@@ -386,8 +386,8 @@ def verify(
             if got is not None and got != value:
                 if n == 11 and user is None:
                     findings.append(
-                        f"PCR 11 ({b.name}): live {_short(got)} is the logged handover value after no prefix of the "
-                        f"boot phases {':'.join(uki.PHASES)}"
+                        f"PCR 11 ({b.name}): the TPM holds {_short(got)}, which is the logged handover value after no "
+                        f"prefix of the boot phases {':'.join(uki.PHASES)} (and there is no userspace log)"
                     )
                 else:
                     findings.append(
