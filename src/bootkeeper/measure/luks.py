@@ -229,9 +229,10 @@ class Authorization:
     """Whether a UKI's ``.pcrsig`` unlocks a token's key, at each phase path it needs."""
 
     uki: str
+    bank: str
     has_pcrsig: bool
     pcrpkey_matches: bool | None  # None: the UKI has no .pcrpkey
-    signed_for_key: bool  # some .pcrsig entry carries the key's fingerprint
+    signed_for_key: bool  # some .pcrsig entry of the bank carries the key's fingerprint
     missing: tuple[str, ...]  # phase paths whose PCR 11 no signature with this key authorizes
 
     @property
@@ -243,12 +244,13 @@ class Authorization:
         if not self.has_pcrsig:
             return f"{self.uki} has no .pcrsig, so nothing signed with key {fp} authorizes its {after}"
         if not self.signed_for_key:
-            return f"{self.uki}'s .pcrsig has no signature with key {fp} (for its {after})"
-        return f"{self.uki}'s .pcrsig does not authorize its {after} with key {fp}"
+            return f"{self.uki}'s .pcrsig has no {self.bank} signature with key {fp} (for its {after})"
+        return f"{self.uki}'s .pcrsig does not authorize its {after} ({self.bank}) with key {fp}"
 
     def as_json(self) -> dict[str, Any]:
         return {
             "uki": self.uki,
+            "bank": self.bank,
             "has_pcrsig": self.has_pcrsig,
             "pcrpkey_matches": self.pcrpkey_matches,
             "signed_for_key": self.signed_for_key,
@@ -270,12 +272,12 @@ def authorization(
         except (InputError, ValueError):
             pcrpkey = False
     if not sections.has(".pcrsig"):
-        return Authorization(what, False, pcrpkey, False, paths)
+        return Authorization(what, b.name, False, pcrpkey, False, paths)
     sigs = policy.parse_pcrsig(sections.read(".pcrsig"), f"{what}: .pcrsig")
     handover = replay(uki.section_events(sections, (b,)), b, policy.PCR)
     items = policy.to_sign({b.name: handover}, (b,), paths)
     missing = tuple(it.phase_path for it in items if not policy.authorized(sigs, public_key, b, it.pcr11))
-    return Authorization(what, True, pcrpkey, any(s.pkfp == fp for s in sigs), missing)
+    return Authorization(what, b.name, True, pcrpkey, any(s.pkfp == fp and s.bank == b.name for s in sigs), missing)
 
 
 class Level(StrEnum):
@@ -473,7 +475,12 @@ def gate(device: str, tokens: list[Token], new_uki: Path, what: str) -> GateResu
             pcrs = "+".join(map(str, t.pubkey_pcrs))
             auths.append(
                 Authorization(
-                    f"{what} (token {t.id} trusts signed PCR {pcrs}, not 11)", False, None, False, GATE_PHASE_PATHS
+                    f"{what} (token {t.id} trusts signed PCR {pcrs}, not 11)",
+                    t.unlock_bank().name,
+                    False,
+                    None,
+                    False,
+                    GATE_PHASE_PATHS,
                 )
             )
             continue
