@@ -458,6 +458,8 @@ CASES = [
         lambda w: [str(w.missing)],
     ),
     Case("tpm sign-policy", U, lambda w: ["tpm", "sign-policy", "--uki", str(w.junk)], lambda w: ["--key"]),
+    Case("tpm audit", M, lambda w: ["tpm", "audit", str(w.junk)], lambda w: [str(w.junk), "not a LUKS volume"]),
+    Case("tpm audit", R, lambda w: ["tpm", "audit", str(w.missing)], lambda w: [str(w.missing), "cannot read"]),
 ]
 
 
