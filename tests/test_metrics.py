@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -168,8 +169,9 @@ def test_metrics_of_a_node_that_fell_back(fell: tuple[Node, float], tmp_path: Pa
     assert len(names(got, "bootkeeper_extension_placed")) == 2
     der = TRUSTED[1].public_bytes(serialization.Encoding.DER)
     info = names(got, "bootkeeper_trust_anchor_info")
-    assert [i["fingerprint"] for i in info] == [hashlib.sha256(der).hexdigest()]
-    assert sum(v for (n, _), v in got.items() if n == "bootkeeper_trust_anchors") == 1
+    assert info == [{"fingerprint": hashlib.sha256(der).hexdigest(), "source": "config"}]
+    assert value(got, "bootkeeper_trust_anchors", source="config") == 1
+    assert names(got, "bootkeeper_trust_anchors") == [{"source": "config"}]
     assert value(got, "bootkeeper_activation_info", mode="enforced") == 1
     assert value(got, "bootkeeper_upgrade_failed") == 0  # no upgrade recorded: none undone
     assert names(got, "bootkeeper_last_upgrade_info") == []
@@ -232,6 +234,11 @@ def test_upgrade_and_tpm_verify_series(tmp_path: Path) -> None:
     assert value(got, "bootkeeper_tpm_verify_findings") == 1
     assert value(got, "bootkeeper_tpm_pcr_agree", bank="sha256", pcr="11") == 0
     assert value(got, "bootkeeper_tpm_pcr_agree", bank="sha256", pcr="12") == 1
+    j = json.loads(bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "--json").stdout)
+    assert j["bootkeeper_tpm_pcr_agree"] == [
+        {"labels": {"bank": "sha256", "pcr": "11"}, "value": 0.0},
+        {"labels": {"bank": "sha256", "pcr": "12"}, "value": 1.0},
+    ]
     (root / "run/bootkeeper/tpm-verify.json").write_text('{"agree": "yes"}')
     r = bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev))
     assert r.returncode == 4 and "tpm-verify.json: not the output of 'tpm verify --json'" in r.stderr, r.stderr
@@ -255,6 +262,21 @@ def test_reason_classes_are_a_closed_vocabulary(reasons: list[str], cls: str) ->
     from bootkeeper.cli.metrics import ReasonClass
 
     assert ReasonClass.of(reasons).value == cls
+
+
+@pytest.mark.parametrize(
+    ("where", "label"),
+    [
+        ("/oem/90.yaml: sysext.certificates[0] (/etc/bootkeeper/db.pem)", "config"),
+        ("/oem/90.yaml: sysext.certificates[1]", "config"),
+        ("firmware db #3", "firmware-db"),
+        ("/etc/verity.d/fleet.crt", "verity.d"),
+    ],
+)
+def test_trust_anchor_sources_are_labels_not_paths(where: str, label: str) -> None:
+    from bootkeeper.cli.metrics import anchor_source
+
+    assert anchor_source(where) == label
 
 
 def test_rules_are_shipped_printed_and_pass_promtool(tmp_path: Path) -> None:
@@ -295,3 +317,45 @@ def test_crash_safe_write_leaves_the_old_file_when_the_folder_is_gone(fell: tupl
     assert f"{tmp_path / 'missing'}: no such folder" in r.stderr
     r = bk("metrics", "--rules", "-o", str(tmp_path / "x"))
     assert r.returncode == 2
+
+
+def test_the_metrics_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The service, the path unit (a boot, a verdict, an upgrade, an activation, tpm verify) and the
+    timer install-units writes, enabled, and accepted by the real systemd-analyze verify; the control
+    shows verify reads the path unit."""
+    from bootkeeper.assess import history
+    from bootkeeper.cli import metrics
+    from bootkeeper.sysext import report
+
+    r = bk(
+        "install-units", "--root", str(tmp_path), "--exe", f"{sys.executable} -m bootkeeper", "--python", sys.executable
+    )
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / "etc/systemd/system"
+    service = (d / "bootkeeper-metrics.service").read_text()
+    assert (
+        f"ExecStart={sys.executable} -m bootkeeper metrics --textfile-dir /var/lib/prometheus/node-exporter\n"
+        in service
+    )
+    assert "ConditionPathIsDirectory=/var/lib/prometheus/node-exporter\n" in service
+    assert "After=local-fs.target bootkeeper-sysext.service bootkeeper-boot.service\n" in service
+    path = (d / "bootkeeper-metrics.path").read_text()
+    watched = [ln.removeprefix("PathChanged=") for ln in path.splitlines() if ln.startswith("PathChanged=")]
+    assert watched == [f"/{history.HISTORY}", f"/{report.REPORT}", f"/{metrics.TPM_VERIFY}"]
+    timer = (d / "bootkeeper-metrics.timer").read_text()
+    assert "OnUnitActiveSec=15min\n" in timer and "Unit=bootkeeper-metrics.service\n" in timer
+    for target, unit in (
+        ("multi-user.target", "bootkeeper-metrics.service"),
+        ("paths.target", "bootkeeper-metrics.path"),
+        ("timers.target", "bootkeeper-metrics.timer"),
+    ):
+        assert (d / f"{target}.wants" / unit).resolve(strict=False).name == unit
+    tool = shutil.which("systemd-analyze")
+    assert tool is not None, "scripts/setup-test-deps.sh installs systemd"
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{d}:", "SYSTEMD_LOG_COLOR": "0"}
+    names = ["bootkeeper-metrics.service", "bootkeeper-metrics.path", "bootkeeper-metrics.timer"]
+    v = subprocess.run([tool, "verify", "--man=no", *names], capture_output=True, text=True, env=env, check=False)
+    assert v.returncode == 0 and v.stderr == "", v.stderr
+    (d / "bootkeeper-metrics.path").write_text(path.replace("PathChanged=", "PathChangd=", 1))
+    v = subprocess.run([tool, "verify", "--man=no", names[1]], capture_output=True, text=True, env=env, check=False)
+    assert "PathChangd" in v.stderr

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from bootkeeper.cli.status_cmd import Status
 
 TEXTFILE = "bootkeeper.prom"  # the name in the textfile collector's folder (it reads *.prom)
-TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's default --collector.textfile.directory
 TPM_VERIFY = "run/bootkeeper/tpm-verify.json"  # `bootkeeper tpm verify --json`, as tpm verify leaves it
 RULES = "alerts.yml"  # in bootkeeper/data/: the alert rules `metrics --rules` prints
 BOOT_STATES = ("good", "indeterminate", "bad", "not counted", "unknown")
@@ -131,6 +130,18 @@ def entry_id(path: str) -> str:
     return f"{folder}/{parsed.stem}{suffix}" if folder else f"{parsed.stem}{suffix}"
 
 
+def anchor_source(where: str | None) -> str:
+    """Where a trust anchor came from, as a label (sysext/trust.py's sources, without the file and
+    position that make each node's text its own): ``config``, ``firmware-db`` (or another variable),
+    ``verity.d``."""
+    w = where or ""
+    if "sysext.certificates" in w:
+        return "config"
+    if w.startswith("firmware "):
+        return "firmware-" + w.split()[1]
+    return "verity.d" if w else "unknown"
+
+
 def last_fallback(boots: Sequence[Boot]) -> float | None:
     """When the node last fell back: the last recorded boot whose role comes later in the chain
     (active, passive, recovery, statereset) than the boot recorded before it."""
@@ -216,8 +227,9 @@ def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
                 placed.add(1.0 if i.placed else 0.0, i.name, i.verdict or "", ReasonClass.of(i.reasons).value)
         by_source: dict[str, int] = {}
         for a in act.anchors:
-            by_source[a.source or ""] = by_source.get(a.source or "", 0) + 1
-            anchor_info.add(1, a.fingerprint or "", a.source or "")
+            src = anchor_source(a.source)
+            by_source[src] = by_source.get(src, 0) + 1
+            anchor_info.add(1, a.fingerprint or "", src)
         for src, n in sorted(by_source.items()):
             anchors.add(n, src)
         revoked.add(act.revoked)
