@@ -458,6 +458,37 @@ CASES = [
         lambda w: [str(w.missing)],
     ),
     Case("tpm sign-policy", U, lambda w: ["tpm", "sign-policy", "--uki", str(w.junk)], lambda w: ["--key"]),
+    Case(
+        "metrics", R, lambda w: ["metrics", "--esp", str(w.missing), "--root", str(w.root)], lambda w: [str(w.missing)]
+    ),
+    Case(
+        "metrics",
+        M,
+        lambda w: ["metrics", "--esp", str(w.esp), "--root", str(w.root), "--config", str(w.badcfg)],
+        lambda w: [str(w.badcfg)],
+    ),
+    Case(
+        "metrics",
+        IO,
+        lambda w: [
+            "metrics",
+            "--esp",
+            str(w.esp),
+            "--efivars",
+            str(w.ev),
+            "--root",
+            str(w.root),
+            "-o",
+            str(w.afile / "m"),
+        ],
+        lambda w: [str(w.afile), "no such folder"],
+    ),
+    Case(
+        "metrics",
+        U,
+        lambda w: ["metrics", "--textfile-dir", str(w.tmp), "-o", str(w.tmp / "m.prom")],
+        lambda w: ["--textfile-dir and -o"],
+    ),
 ]
 
 
