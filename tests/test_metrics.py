@@ -255,6 +255,14 @@ def test_upgrade_and_tpm_verify_series(tmp_path: Path) -> None:
         (["/.extra/sysext/x.raw: a symbolic link; not followed"], "storage"),
         (["validation stopped (its worker process died)"], "validation"),
         (["not a GPT disk image"], "structure"),
+        # as tests/test_hostile.py's images are refused
+        (["root is unprotected, the policy allows signed+absent"], "policy"),
+        (["root is verity, the policy allows signed+absent; no signature partition"], "signature"),
+        (["root is verity, the policy allows signed+absent; no trusted certificate"], "signature"),
+        (["root-verity superblock: salt size 300 is over 256"], "verity"),
+        (["root-verity: root hash does not match the top of the hash tree"], "verity"),
+        (["two root partitions (numbers 1 and 4)"], "structure"),
+        (["/x/img.raw: GPT header CRC32 mismatch at LBA 1"], "structure"),
         ([], "none"),
     ],
 )

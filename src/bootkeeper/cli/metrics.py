@@ -54,7 +54,14 @@ class ReasonClass(StrEnum):
         if not reasons:
             return cls.NONE
         text = reasons[0].lower()
-        return next((c for words, c in _REASON_WORDS if any(w in text for w in words)), cls.STRUCTURE)
+        if "the policy allows" in text:  # policy.evaluate(): "root is verity, the policy allows …; <why not better>"
+            detail = text.partition("; ")[2]
+            return cls._match(detail, cls.POLICY) if detail else cls.POLICY
+        return cls._match(text, cls.STRUCTURE)
+
+    @classmethod
+    def _match(cls, text: str, otherwise: ReasonClass) -> ReasonClass:
+        return next((c for words, c in _REASON_WORDS if any(w in text for w in words)), otherwise)
 
 
 # first match wins: the more specific words first (a verity reason may name the signature partition)
@@ -66,7 +73,7 @@ _REASON_WORDS: tuple[tuple[tuple[str, ...], ReasonClass], ...] = (
         ("cannot stage", "copy to", "does not fit", "not a regular file", "symbolic link", "cannot open"),
         ReasonClass.STORAGE,
     ),
-    (("-verity:", "root hash", "hash tree"), ReasonClass.VERITY),
+    (("-verity", "root hash", "hash tree", "does not match its hash"), ReasonClass.VERITY),
     (("signature", "signed", "certificate", "trust", "pkcs#7", "signer"), ReasonClass.SIGNATURE),
     (("policy",), ReasonClass.POLICY),
 )
