@@ -217,6 +217,14 @@ def test_agrees_after_a_clean_boot(uki: Uki, tmp_path: Path) -> None:
     text = bk("tpm", "verify", "--root", str(root))
     assert text.returncode == 0 and "all agree" in text.stdout, text.stdout + text.stderr
     assert "booted: active (EFI/kairos/active.efi)" in text.stdout
+    # the result stays for `bootkeeper metrics`, which exports it
+    assert json.loads((root / "run/bootkeeper/tpm-verify.json").read_text()) == out
+    m = bk("metrics", "--root", str(root), "--esp", str(root / "efi"))
+    assert m.returncode == 0, m.stderr
+    assert (
+        "bootkeeper_tpm_verify_agree 1.0" in m.stdout
+        and 'bootkeeper_tpm_pcr_agree{bank="sha256",pcr="13"} 1.0' in m.stdout
+    )
 
 
 def test_without_the_userspace_log_any_phase_prefix_agrees(uki: Uki, tmp_path: Path) -> None:

@@ -43,6 +43,25 @@ def _esp(esp: Path | None, root: Path, find_esp: Any) -> Path:
     raise EspError(f"no ESP found under {root} (efi, boot/efi, boot); pass --esp DIR")
 
 
+def _leave_result(root: Path, result: dict[str, Any]) -> None:
+    """The result for ``bootkeeper metrics`` (its TPM series and the TpmVerifyFailed alert), written
+    atomically to ROOT/run/bootkeeper/tpm-verify.json; a root without /run keeps none. Failing to
+    write it is a warning: the verdict on stdout and the exit code stand."""
+    import json
+
+    from bootkeeper import fsutil
+    from bootkeeper.cli.metrics import TPM_VERIFY
+
+    dest = root / TPM_VERIFY
+    if not (root / "run").is_dir():
+        return
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fsutil.write_atomic(dest, (json.dumps(result, indent=2) + "\n").encode())
+    except OSError as exc:
+        click.echo(f"bootkeeper: warning: {dest}: not written ({exc.strerror or exc})", err=True)
+
+
 @click.command()
 @root_option
 @esp_option
@@ -110,6 +129,7 @@ def verify(
         expected=expected,
         expect_what=str(expect_path),
     )
+    _leave_result(root, report.to_json())
     if as_json:
         print_json(report.to_json())
     else:
