@@ -353,3 +353,22 @@ def test_pcrlock_policy_from_our_components_unlocks_every_role(built: Path, thei
     assert _rc(built, "unlock-tampered") != 0 and "TPM2" in out["unlock-tampered"], out
     # pcrlock takes each PCR on its own: the active UKI with passive's extensions opens it too
     assert _rc(built, "unlock-mixed") == 0
+
+
+def test_variant_names_are_roles_unless_taken() -> None:
+    """One file per entry: its role; its entry name when two entries share a role or it has none
+    (made safe for a file name, never hidden)."""
+    from bootkeeper.measure.pcrlock import _names
+    from bootkeeper.measure.predict import Prediction
+
+    def p(role: str | None, entry: str) -> Prediction:
+        return Prediction(role, entry, f"EFI/Linux/{entry}.efi", f"EFI/Linux/{entry}.efi.extra.d", (), ())
+
+    found = [
+        p("active", "active"),
+        p("passive", "passive"),
+        p("passive", "passive-old"),
+        p(None, ".x y/z"),
+        p(None, "_x_y_z"),
+    ]
+    assert _names(found) == ["active", "passive", "passive-old", "x_y_z", "_x_y_z"]

@@ -145,8 +145,8 @@ def _names(found: list[Prediction]) -> list[str]:
     names: list[str] = []
     for p in found:
         base = p.role if p.role is not None and sum(q.role == p.role for q in found) == 1 else p.entry
-        name = _UNSAFE.sub("_", base) or "entry"
-        while name in names or name.startswith("."):
+        name = _UNSAFE.sub("_", base).lstrip(".") or "entry"  # no hidden file, nothing outside the folder
+        while name in names:
             name = f"{name}_"
         names.append(name)
     return names
