@@ -372,3 +372,37 @@ def test_variant_names_are_roles_unless_taken() -> None:
         p(None, "_x_y_z"),
     ]
     assert _names(found) == ["active", "passive", "passive-old", "x_y_z", "_x_y_z"]
+
+
+def test_each_profile_of_a_multi_profile_uki_gets_its_variant(built: Path, theirs: Path, tmp_path: Path) -> None:
+    """systemd-boot 257 lists each profile as an entry; lock-uki 257 gives up on such a UKI (its
+    sections come twice), we write a variant per profile: the same PE hashes, their own PCR 11."""
+    import vmboot
+
+    cmds = [
+        "ukify build --profile='ID=debug' --cmdline='debug console=ttyS0' --output=p1.efi >/dev/null",
+        "ukify build --linux=vmlinuz --initrd=initrd --os-release=@osrel --cmdline='console=ttyS0' "
+        "--join-profile=p1.efi --output=multi.efi >/dev/null",
+        f"{PCRLOCK} lock-pe multi.efi --pcrlock=multi.pe.pcrlock",
+        f"{{ {PCRLOCK} lock-uki multi.efi --pcrlock=multi.uki.pcrlock > lockuki.out 2>&1; echo $? > lockuki.rc; }}",
+    ]
+    p = trixie.run(" && ".join(cmds), built)
+    assert p.returncode == 0, p.stderr
+    assert (built / "lockuki.rc").read_text().strip() != "0"
+    # pe-binary.c uki_hash(): "Duplicate section" (at debug level), EBADMSG
+    assert "Failed to UKI hash PE binary: Bad message" in (built / "lockuki.out").read_text()
+    esp = tmp_path / "esp"
+    (esp / "EFI/Linux").mkdir(parents=True)
+    (esp / "EFI/BOOT").mkdir(parents=True)
+    (esp / "EFI/BOOT/BOOTX64.EFI").write_bytes(vmboot.sdboot(257).read_bytes())
+    shutil.copy(built / "multi.efi", esp / "EFI/Linux/active.efi")
+    q = bk("tpm", "pcrlock", "--esp", str(esp), "--dest", str(tmp_path / "dest"), "--json")
+    assert q.returncode == 0, q.stderr
+    variants = [v for v in json.loads(q.stdout)["variants"] if v["component"] == "650-bootkeeper-uki"]
+    assert [(v["entry"], v["variant"]) for v in variants] == [("active", "active"), ("active@debug", "active_debug")]
+    pe = records(built / "multi.pe.pcrlock")
+    kernel = records(theirs / "kernel.pcrlock")
+    recs = [records(tmp_path / "dest" / v["path"]) for v in variants]
+    for r in recs:
+        assert r[:1] == pe and r[-1:] == kernel
+    assert recs[0][1:-1] != recs[1][1:-1]

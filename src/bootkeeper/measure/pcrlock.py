@@ -41,6 +41,7 @@ from typing import Any
 
 from bootkeeper import fsutil
 from bootkeeper.errors import MalformedError, RefusedError, UnreadableError, WriteError
+from bootkeeper.esp.pe import Section, read_sections
 from bootkeeper.esp.store import EspStore
 from bootkeeper.measure import authenticode, uki
 from bootkeeper.measure.banks import BANKS, Bank
@@ -98,8 +99,7 @@ class Variant:
         }
 
 
-def _kernel_record(path: Path, what: str, sections: uki.UkiSections) -> Record:
-    s = sections.sections[".linux"]
+def _kernel_record(path: Path, what: str, s: Section) -> Record:
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
@@ -114,6 +114,26 @@ def _kernel_record(path: Path, what: str, sections: uki.UkiSections) -> Record:
     return Record(PCR_BOOT_LOADER_CODE, d, f"the kernel PE in .linux of {what} ({s.virtual_size} bytes), by LoadImage")
 
 
+def _linux_section(path: Path, what: str, table: list[Section], p: Prediction) -> Section:
+    """The .linux section the stub starts for this entry: the only one, or (a profile with its own
+    kernel) the one whose bytes are the .linux data the stub measured into PCR 11."""
+    found = [s for s in table if s.name == ".linux" and s.virtual_size]
+    if len(found) == 1:
+        return found[0]
+    data = [e for e in p.events if e.pcr == 11 and e.description == ".linux"]
+    if len(data) != 2:
+        raise MalformedError(f"{what}: no .linux section measured for entry {p.entry}")
+    want = data[1].digests["sha256"]
+    h = BANKS["sha256"]
+    for s in found:
+        sha = h.hash()
+        with path.open("rb") as f:
+            uki.feed(f, s, what, sha.update)
+        if sha.digest() == want:
+            return s
+    raise MalformedError(f"{what}: none of its .linux sections is the one measured for entry {p.entry}")
+
+
 def _uki_record(path: Path, what: str) -> Record:
     try:
         with path.open("rb") as f:
@@ -124,19 +144,22 @@ def _uki_record(path: Path, what: str) -> Record:
     return Record(PCR_BOOT_LOADER_CODE, d, f"the UKI {what}, by LoadImage")
 
 
-def uki_records(store: EspStore, p: Prediction, secure_boot: bool, profile: int = 0) -> list[Record]:
+def uki_records(store: EspStore, p: Prediction, secure_boot: bool) -> list[Record]:
     path = store.root / p.uki
-    sections = uki.sections_of(path, p.uki, profile)
-    skipped = uki.has_unpredicted(sections)
-    if skipped:
+    try:
+        with path.open("rb") as f:
+            table = read_sections(f, p.uki)
+    except OSError as exc:
+        raise UnreadableError(f"{p.uki}: {exc.strerror or exc}") from exc
+    if any(s.name in uki.NOT_PREDICTED and s.virtual_size for s in table):
         raise RefusedError(
-            f"{p.uki}: section {', '.join(skipped)} is measured only when it matches the machine's device tree; "
-            f"no component can say whether it will be (entry {p.entry})"
+            f"{p.uki}: has {', '.join(uki.NOT_PREDICTED)}, which the stub measures only when it matches the "
+            "machine's device tree; no component can say whether it will"
         )
     out = [_uki_record(path, p.uki)]
     out += [Record(e.pcr, e.digests, e.what) for e in p.events if e.pcr == 11 and e.source == "systemd-stub"]
     if not secure_boot:
-        out.append(_kernel_record(path, p.uki, sections))
+        out.append(_kernel_record(path, p.uki, _linux_section(path, p.uki, table, p)))
     return out
 
 
@@ -154,16 +177,11 @@ def _names(found: list[Prediction]) -> list[str]:
 
 def components(store: EspStore, secure_boot: bool, roles: tuple[str, ...] = ()) -> list[Variant]:
     """The variants of both components, one of each per entry that runs a UKI."""
-    from bootkeeper.esp import extra
-
     found = predict(store, PCRLOCK_BANKS, secure_boot, roles)
-    targets = {(t.entry, t.extra_dir): t for t in extra.targets(store.snapshot(), store)}
     out: list[Variant] = []
     for p, name in zip(found, _names(found), strict=True):
-        t = targets.get((p.entry, p.extra_dir))
-        profile = t.profile if t is not None else 0
         try:
-            recs = uki_records(store, p, secure_boot, profile)
+            recs = uki_records(store, p, secure_boot)
         except (MalformedError, UnreadableError, RefusedError) as exc:
             raise type(exc)(f"entry {p.entry}: {exc}") from exc
         out.append(Variant(COMPONENT_UKI, name, p.entry, p.role, p.uki, tuple(recs)))
