@@ -15,7 +15,9 @@ The UKI variant holds what the firmware and systemd-stub log for the entry, in l
 * PCR 4, the UKI's Authenticode hash: the firmware measures it when systemd-boot calls
   ``LoadImage()`` (what ``systemd-pcrlock lock-uki`` writes first);
 * PCR 11, the stub's two records per section (:mod:`bootkeeper.measure.uki`: the entry's profile,
-  sections of VirtualSize 0 left out, which ``lock-uki`` does not do);
+  sections of VirtualSize 0 left out; ``lock-uki`` hashes every section there is, and gives up on a
+  multi-profile UKI, whose sections come twice). A UKI with ``.dtbauto`` is refused: the stub measures
+  it only if it matches the machine's device tree;
 * PCR 4 again, the kernel: stub 257 starts the ``.linux`` section with ``LoadImage()`` from memory
   (src/boot/linux.c ``load_image()``), and the firmware measures that buffer (VirtualSize bytes) as an
   EFI application. ``lock-uki`` 257 leaves this record out (systemd issue #36076), so its policy fails
