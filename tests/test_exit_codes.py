@@ -458,6 +458,13 @@ CASES = [
         lambda w: [str(w.missing)],
     ),
     Case("tpm sign-policy", U, lambda w: ["tpm", "sign-policy", "--uki", str(w.junk)], lambda w: ["--key"]),
+    Case(
+        "tpm pcrlock",
+        N,
+        lambda w: ["tpm", "pcrlock", "--esp", str(w.esp), "--dest", str(w.root / "pcrlock.d")],
+        lambda w: ["no boot entry runs a UKI"],
+    ),
+    Case("tpm pcrlock", U, lambda w: ["tpm", "pcrlock", "--esp", str(w.esp)], lambda w: ["--dest"]),
 ]
 
 
