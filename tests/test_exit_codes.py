@@ -493,6 +493,13 @@ CASES = [
         lambda w: ["metrics", "--textfile-dir", str(w.tmp), "-o", str(w.tmp / "m.prom")],
         lambda w: ["--textfile-dir and -o"],
     ),
+    Case(
+        "tpm pcrlock",
+        N,
+        lambda w: ["tpm", "pcrlock", "--esp", str(w.esp), "--dest", str(w.root / "pcrlock.d")],
+        lambda w: ["no boot entry runs a UKI"],
+    ),
+    Case("tpm pcrlock", U, lambda w: ["tpm", "pcrlock", "--esp", str(w.esp)], lambda w: ["--dest"]),
 ]
 
 

@@ -16,6 +16,7 @@ TPM_VERBS = {
     "sign-policy": ("bootkeeper.cli.tpm_cmd:sign_policy", "The signed PCR 11 policy (.pcrsig) of an entry's UKI."),
     "verify": ("bootkeeper.cli.tpm_verify_cmd:verify", "The event log against the live PCRs and the ESP's prediction."),
     "audit": ("bootkeeper.cli.tpm_audit_cmd:audit", "What LUKS2 TPM2 tokens are bound to; what an upgrade breaks."),
+    "pcrlock": ("bootkeeper.cli.tpm_pcrlock_cmd:pcrlock", "systemd-pcrlock components: each entry's UKI, extensions."),
 }
 
 
