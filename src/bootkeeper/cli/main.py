@@ -43,6 +43,7 @@ VERBS = {
     "lint": ("bootkeeper.cli.lint_cmd:lint", "Find boot-loop hazards in cloud-config, unit files and the ESP."),
     "history": ("bootkeeper.cli.history_cmd:history", "The boot history: record this boot, or show it."),
     "motd": ("bootkeeper.cli.motd_cmd:motd", "Write the boot status to /run/motd.d/bootkeeper."),
+    "tpm": ("bootkeeper.cli.tpm_cmd:tpm", "Measured boot: predict and verify PCRs 11-13, sign the PCR 11 policy."),
     "keys": ("bootkeeper.cli.keys_cmd:keys", "Signing keys and the trusted certificates (config, verity.d, db)."),
 }
 

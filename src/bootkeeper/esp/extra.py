@@ -25,6 +25,8 @@ class Target:
     uki: str  # ESP-relative path of the UKI
     extra_dir: str  # ESP-relative path of <uki>.extra.d
     via: str  # the entry file that names the UKI
+    options: str | None = None  # Type #1: the command line systemd-boot passes to the UKI
+    profile: int = 0  # the UKI profile the entry boots (Type #2 profiles, 257+)
 
     @property
     def role(self) -> Role | None:
@@ -47,7 +49,8 @@ def targets(snap: Snapshot, store: EspStore, vendor: str | None = None) -> list[
         folder = uki.rpartition("/")[0]
         if vendor is not None and e.kind is EntryKind.TYPE1 and folder.lower() != f"efi/{vendor}".lower():
             continue
-        out.append(Target(e.name.stem, uki, extra_dir(uki), e.path))
+        options = e.options if e.kind is EntryKind.TYPE1 else None
+        out.append(Target(e.name.stem, uki, extra_dir(uki), e.path, options, e.profile))
     return sorted(out, key=lambda t: (t.role.rank if t.role else 99, t.entry, t.extra_dir))
 
 

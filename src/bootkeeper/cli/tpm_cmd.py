@@ -1,0 +1,238 @@
+"""``bootkeeper tpm predict|sign-policy|verify|pcrlock|audit``: measured boot, per boot entry."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json, table
+
+# verb -> "module:attribute", imported when it runs (the group stays cheap to list)
+TPM_VERBS = {
+    "predict": ("bootkeeper.cli.tpm_cmd:predict", "PCR 11, 12 and 13 of each boot entry, from the ESP."),
+    "sign-policy": ("bootkeeper.cli.tpm_cmd:sign_policy", "The signed PCR 11 policy (.pcrsig) of an entry's UKI."),
+}
+
+
+class _TpmGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(TPM_VERBS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = TPM_VERBS.get(cmd_name)
+        if spec is None:
+            return None
+        module, attr = spec[0].split(":")
+        cmd = getattr(importlib.import_module(module), attr)
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+
+@click.group(cls=_TpmGroup)
+def tpm() -> None:
+    """What the TPM sees of each boot entry and its extensions, and the policy that unlocks disks."""
+
+
+def bank_option(f: Any) -> Any:
+    return click.option(
+        "--bank",
+        "banks",
+        multiple=True,
+        type=click.Choice(["sha1", "sha256", "sha384", "sha512"]),
+        help="PCR bank (repeatable; default: sha256 for predict, all four for sign-policy as systemd-measure).",
+    )(f)
+
+
+def _banks(names: tuple[str, ...], default: tuple[str, ...] = ("sha256",)) -> tuple[Any, ...]:
+    from bootkeeper.measure.banks import bank
+
+    return tuple(bank(n) for n in dict.fromkeys(names or default))
+
+
+@click.command()
+@esp_option
+@click.option("--entry", "entries", multiple=True, help="Only this role or entry name (repeatable).")
+@bank_option
+@click.option(
+    "--secure-boot",
+    type=click.Choice(["on", "off"]),
+    default="off",
+    show_default=True,
+    help="Under Secure Boot the stub drops a passed command line when the UKI has .cmdline.",
+)
+@json_option
+def predict(
+    esp: Path | None, entries: tuple[str, ...], banks: tuple[str, ...], secure_boot: str, as_json: bool
+) -> None:
+    """For each entry that runs a UKI: every event systemd-boot and systemd-stub 257 log into PCRs 11,
+    12 and 13, the PCRs when the stub hands over to the kernel, and PCR 11 after each boot phase."""
+    from bootkeeper.errors import NotApplicableError
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.measure import predict as predict_mod
+
+    store = EspStore(find_esp(esp))
+    found = predict_mod.predict(store, _banks(banks), secure_boot == "on", entries)
+    if not found:
+        which = f" of {', '.join(entries)}" if entries else ""
+        raise NotApplicableError(f"{store.root}: no boot entry{which} runs a UKI")
+    if as_json:
+        print_json({"entries": [p.to_json() for p in found]})
+        return
+    for n, p in enumerate(found):
+        if n:
+            click.echo()
+        click.echo(f"{p.role or p.entry}: {p.uki}")
+        rows = []
+        for b, pcrs in p.pcrs().items():
+            for pcr, v in pcrs.items():
+                rows.append((b, pcr, v.hex()))
+        table(("BANK", "PCR", "AT HANDOVER"), rows)
+        for b, vals in p.phases().items():
+            table(("BANK", "PHASE", "PCR 11"), [(b, ph, v.hex()) for ph, v in vals.items()])
+        first = p.banks[0].name
+        table(
+            ("PCR", "BY", "EVENT", first.upper()),
+            [(e.pcr, e.source, e.what, e.digests[first].hex()[:16] + "…") for e in p.events],
+        )
+        for note in p.notes:
+            click.echo(f"note: {note}")
+
+
+def _load_private_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from bootkeeper.errors import MalformedError
+    from bootkeeper.fsutil import read_input
+
+    data = read_input(path, "the private key")
+    try:
+        return load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise MalformedError(f"{path}: not an unencrypted PEM private key") from exc
+
+
+def load_public_key(path: Path) -> Any:
+    """A PEM public key, or the key of a PEM certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from bootkeeper.errors import MalformedError
+    from bootkeeper.fsutil import read_input
+
+    data = read_input(path, "the public key")
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            return x509.load_pem_x509_certificate(data).public_key()
+        return load_pem_public_key(data)
+    except ValueError as exc:
+        raise MalformedError(f"{path}: not a PEM public key or certificate") from exc
+
+
+@click.command(name="sign-policy")
+@esp_option
+@click.option("--entry", help="The entry (role or name) whose UKI to sign for.")
+@click.option("--uki", "uki_path", type=click.Path(path_type=Path), help="A UKI file instead of an entry.")
+@click.option("--key", "key_path", type=click.Path(path_type=Path), help="The PEM private key (RSA or EC).")
+@click.option(
+    "--print-digests", is_flag=True, help="HSM form, step 1: print the policy digests to sign, as JSON; no key needed."
+)
+@click.option(
+    "--signatures",
+    "sigs_path",
+    type=click.Path(path_type=Path),
+    help="HSM form, step 2: a JSON list of base64 signatures over step 1's digests, in its order.",
+)
+@click.option(
+    "--public-key", "pub_path", type=click.Path(path_type=Path), help="With --signatures: the signing key's public key."
+)
+@bank_option
+@click.option(
+    "--phase", "phases", multiple=True, help="A phase path to sign for (repeatable; default: systemd-measure's four)."
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Write the policy here (atomically) instead of stdout."
+)
+def sign_policy(
+    esp: Path | None,
+    entry: str | None,
+    uki_path: Path | None,
+    key_path: Path | None,
+    print_digests: bool,
+    sigs_path: Path | None,
+    pub_path: Path | None,
+    banks: tuple[str, ...],
+    phases: tuple[str, ...],
+    output: Path | None,
+) -> None:
+    """The signed PCR 11 policy for a UKI, as ``systemd-measure sign`` computes it and ukify embeds it
+    as ``.pcrsig``: with ukify's defaults the same bytes. Offline; no TPM."""
+    import json
+
+    from bootkeeper import fsutil
+    from bootkeeper.errors import MalformedError, UsageError
+    from bootkeeper.measure import policy, uki
+
+    if (entry is None) == (uki_path is None):
+        raise UsageError("give one of --entry ROLE or --uki FILE")
+    modes = sum((key_path is not None, print_digests, sigs_path is not None))
+    if modes != 1:
+        raise UsageError("give one of --key KEY.pem, --print-digests, or --signatures FILE with --public-key")
+    if sigs_path is not None and pub_path is None:
+        raise UsageError("--signatures needs --public-key, to check them before they are written")
+    # systemd-measure's default: every bank it knows (parse_argv(), v257.9), as ukify signs without --pcr-banks
+    chosen = _banks(banks, ("sha1", "sha256", "sha384", "sha512"))
+    if uki_path is not None:
+        from bootkeeper.errors import UnreadableError
+
+        if not uki_path.is_file():
+            raise UnreadableError(f"{uki_path}: not a readable file")
+        sections = uki.sections_of(uki_path, str(uki_path))
+        events = uki.section_events(sections, chosen)
+        handover = {b.name: _replay(events, b) for b in chosen}
+    else:
+        from bootkeeper.errors import NotApplicableError
+        from bootkeeper.esp.store import EspStore
+        from bootkeeper.measure import predict as predict_mod
+
+        store = EspStore(find_esp(esp))
+        found = predict_mod.predict(store, chosen, False, (entry or "",))
+        if not found:
+            raise NotApplicableError(f"{store.root}: no boot entry {entry} runs a UKI")
+        if len(found) > 1:
+            raise UsageError(f"{entry}: {len(found)} entries match ({', '.join(p.entry for p in found)}); name one")
+        handover = {b: v[11] for b, v in found[0].pcrs().items()}
+    items = policy.to_sign(handover, chosen, policy.phase_paths(phases))
+    if print_digests:
+        text = json.dumps([i.to_json() for i in items], indent=2) + "\n"
+    else:
+        if key_path is not None:
+            signed = policy.sign(items, _load_private_key(key_path))
+        else:
+            assert sigs_path is not None and pub_path is not None
+            try:
+                raw = json.loads(fsutil.read_input_text(sigs_path, "the signatures"))
+                import base64
+
+                if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+                    raise ValueError("not a list of strings")
+                sigs = [base64.b64decode(s, validate=True) for s in raw]
+            except ValueError as exc:
+                raise MalformedError(f"{sigs_path}: not a JSON list of base64 signatures: {exc}") from exc
+            signed = policy.join(items, sigs, load_public_key(pub_path))
+        text = policy.dump_pcrsig(policy.as_object(signed))
+    if output is None:
+        click.echo(text.rstrip("\n"))
+    else:
+        fsutil.write_atomic(output, text.encode())
+
+
+def _replay(events: list[Any], b: Any) -> bytes:
+    from bootkeeper.measure.events import replay
+
+    return replay(events, b, 11)
+
+
+__all__ = ["load_public_key", "predict", "sign_policy", "tpm"]

@@ -1,0 +1,179 @@
+"""PCR 11: what systemd-stub measures of the UKI it runs, and what systemd-pcrphase adds after it.
+
+systemd-stub 257 (src/boot/stub.c, v257.9, ``measure_sections()``) walks ``unified_sections[]``
+(src/fundamental/uki.c) in that order and, for each section the selected profile has (a section of
+VirtualSize 0 counts as absent, src/boot/pe.h ``PE_SECTION_VECTOR_IS_SET``), logs two EV_IPL events
+into PCR 11: the section name with its NUL, then the section's bytes as loaded in memory: VirtualSize
+bytes, of which ``min(VirtualSize, SizeOfRawData)`` come from the file and the rest are zero.
+``.pcrsig`` is never measured (it signs PCR 11, so it cannot be in it). The base sections are those
+before the first ``.profile``; profile N's sections (``.profile`` included) override them, first
+match wins within each (src/boot/pe.c ``pe_locate_profile_sections``).
+
+``.dtbauto`` is taken only when it matches the firmware's device tree or ``.hwids``
+(``pe_use_this_dtb``), which is the machine's, not the ESP's: it is not predicted, and a UKI with one
+says so. systemd-measure 257 (src/measure/measure.c) computes the same from the section files, and
+skips empty ones "as the stub does".
+
+After the handover, systemd-pcrphase extends the phase words ``enter-initrd``, ``leave-initrd``,
+``sysinit``, ``ready`` (the word's bytes, no NUL) into PCR 11 (systemd-measure ``measure_phase()``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from bootkeeper.errors import MalformedError, UnreadableError
+from bootkeeper.esp.pe import Section, read_sections
+from bootkeeper.measure.banks import Bank, extend
+from bootkeeper.measure.events import EV_IPL, Event, Hasher, digests_of
+
+__all__ = ["MEASURED", "PHASES", "UkiSections", "phase_events", "phase_values", "section_events", "sections_of"]
+
+# src/fundamental/uki.c (v257.9) unified_sections[] order, without .pcrsig (unified_section_measure())
+MEASURED = (
+    ".linux",
+    ".osrel",
+    ".cmdline",
+    ".initrd",
+    ".ucode",
+    ".splash",
+    ".dtb",
+    ".uname",
+    ".sbat",
+    ".pcrpkey",
+    ".profile",
+    ".dtbauto",
+    ".hwids",
+)
+ALL = (*MEASURED[:9], ".pcrsig", *MEASURED[9:])
+PHASES = ("enter-initrd", "leave-initrd", "sysinit", "ready")
+NOT_PREDICTED = (".dtbauto",)
+
+
+@dataclass(frozen=True)
+class UkiSections:
+    """The sections systemd-stub uses for one profile of one UKI."""
+
+    path: Path
+    what: str  # the ESP-relative name, for messages
+    profile: int
+    sections: dict[str, Section]
+
+    def has(self, name: str) -> bool:
+        s = self.sections.get(name)
+        return s is not None and s.virtual_size != 0
+
+    def read(self, name: str, limit: int = 1 << 20) -> bytes:
+        """A small section's bytes as the stub sees them (``.osrel``, ``.uname``, ``.cmdline``)."""
+        s = self.sections[name]
+        if s.virtual_size > limit:
+            raise MalformedError(f"{self.what}: section {name} is {s.virtual_size} bytes, more than {limit}")
+        out = bytearray()
+        try:
+            with self.path.open("rb") as f:
+                feed(f, s, self.what, out.extend)
+        except OSError as exc:
+            raise UnreadableError(f"{self.what}: {exc.strerror or exc}") from exc
+        return bytes(out)
+
+
+def _locate(table: list[Section], into: dict[str, Section]) -> None:
+    for name in ALL:
+        for s in table:
+            if s.name == name:
+                into[name] = s  # a zero VirtualSize here still hides the base's (it is "found")
+                break
+
+
+def sections_of(path: Path, what: str, profile: int = 0) -> UkiSections:
+    try:
+        with path.open("rb") as f:
+            table = read_sections(f, what)
+    except OSError as exc:
+        raise UnreadableError(f"{what}: {exc.strerror or exc}") from exc
+    starts = [i for i, s in enumerate(table) if s.name == ".profile"]
+    found: dict[str, Section] = {}
+    _locate(table[: starts[0]] if starts else table, found)
+    if profile < len(starts):
+        end = starts[profile + 1] if profile + 1 < len(starts) else len(table)
+        _locate(table[starts[profile] : end], found)
+    elif profile != 0:
+        raise MalformedError(f"{what}: has no profile {profile} ({len(starts)} .profile sections)")
+    if ".linux" not in found or found[".linux"].virtual_size == 0:
+        raise MalformedError(f"{what}: not a UKI (no .linux section)")
+    return UkiSections(path, what, profile, found)
+
+
+def feed(f: BinaryIO, s: Section, what: str, sink: Callable[[bytes], object]) -> None:
+    """The section as systemd-stub sees it in memory, in chunks: the file's bytes, then zeros up to
+    VirtualSize."""
+    from_file = min(s.virtual_size, s.file_size)
+    f.seek(0, 2)
+    if s.file_offset + from_file > f.tell():
+        raise MalformedError(f"{what}: section {s.name} extends past the end of the file")
+    f.seek(s.file_offset)
+    left = from_file
+    while left:
+        chunk = f.read(min(left, 1 << 20))
+        if not chunk:
+            raise MalformedError(f"{what}: section {s.name} extends past the end of the file")
+        sink(chunk)
+        left -= len(chunk)
+    if s.virtual_size > from_file:
+        sink(bytes(s.virtual_size - from_file))
+
+
+def section_events(uki: UkiSections, banks: tuple[Bank, ...]) -> list[Event]:
+    events: list[Event] = []
+    try:
+        with uki.path.open("rb") as f:
+            for name in MEASURED:
+                if not uki.has(name) or name in NOT_PREDICTED:
+                    continue
+                s = uki.sections[name]
+                events.append(
+                    Event(
+                        11,
+                        EV_IPL,
+                        name,
+                        f"the name of section {name} of {uki.what}",
+                        digests_of(banks, name.encode() + b"\0"),
+                    )
+                )
+                h = Hasher(banks)
+                feed(f, s, uki.what, h.update)
+                events.append(
+                    Event(11, EV_IPL, name, f"section {name} of {uki.what} ({s.virtual_size} bytes)", h.digests())
+                )
+    except OSError as exc:
+        raise UnreadableError(f"{uki.what}: {exc.strerror or exc}") from exc
+    return events
+
+
+def phase_events(banks: tuple[Bank, ...], phases: tuple[str, ...] = PHASES) -> list[Event]:
+    """systemd-pcrphase's extensions, as systemd-pcrextend logs them (they are not in the firmware's
+    log but in /run/log/systemd/tpm2-measure.log)."""
+    return [
+        Event(11, 0, p, f"boot phase {p}", {b.name: b.digest(p.encode()) for b in banks}, source="systemd-pcrphase")
+        for p in phases
+    ]
+
+
+def phase_values(
+    handover: dict[str, bytes], banks: tuple[Bank, ...], path: tuple[str, ...] = PHASES
+) -> dict[str, dict[str, bytes]]:
+    """PCR 11 in each bank after each phase word of ``path``, starting from the handover value."""
+    out: dict[str, dict[str, bytes]] = {}
+    for b in banks:
+        v = handover[b.name]
+        out[b.name] = {}
+        for p in path:
+            v = extend(b, v, b.digest(p.encode()))
+            out[b.name][p] = v
+    return out
+
+
+def has_unpredicted(uki: UkiSections) -> list[str]:
+    return [n for n in NOT_PREDICTED if uki.has(n)]
