@@ -141,17 +141,30 @@ class TpmNode(Node):
 
     def boot(self, *, kill_on: str | None = None) -> nodevm.Boot:
         n = len(self.rows) + 1
-        before = [x for x in nodevm.esp_names(self.disk) if x.endswith(".efi")]
+        before = self._active_name()
         b = nodevm.boot(self.disk, self.work / f"boot{n}.log", kill_on=kill_on, tpm=self.tpm)
         crash = b.crash_line()
         if crash is not None:
             raise GuestCrash(f"boot {n}: the guest kernel crashed by itself ({crash}); see {self.work}/boot{n}.log")
         assert b.first("DONE") is not None, f"boot {n}: the rig did not finish; see {self.work}/boot{n}.log"
-        after = [x for x in nodevm.esp_names(self.disk) if x.endswith(".efi")]
-        entry = dict(v.partition("=")[::2] for v in b.mark("EFIVAR")).get("LoaderEntrySelected", "?")
-        self.rows.append(Row(n, "active", " ".join(before), entry, " ".join(after), "measured", b.ending, b.seconds))
+        booted = dict(v.partition("=")[::2] for v in b.mark("EFIVAR")).get("LoaderBootCountPath", "")
+        booted = booted.replace("\\", "/").rsplit("/", 1)[-1] or before
+        extra = " ".join(nodevm.esp_names(self.disk, EXTRA_D)) or "(empty .extra.d)"
+        self.rows.append(Row(n, "active", before, booted, self._active_name(), extra, b.ending, b.seconds))
         self.boots.append(b)
         return b
+
+    def table(self) -> list[str]:
+        out = [
+            "| boot | active before | booted as | after | .extra.d | then | seconds |",
+            "|---:|---|---|---|---|---|---:|",
+        ]
+        for r in self.rows:
+            out.append(f"| {r.n} | {r.before} | {r.booted} | {r.after} | {r.verdict} | {r.then} | {r.seconds:.1f} |")
+        return out
+
+    def _active_name(self) -> str:
+        return next(x for x in nodevm.esp_names(self.disk) if x.startswith("active") and x.endswith(".efi"))
 
     def predict(self, label: str) -> dict[str, Any]:
         """``bootkeeper tpm predict`` over the ESP as the disk has it now (read back with mtools)."""
@@ -214,8 +227,28 @@ def _boot_thrice(work: Path) -> Run:
     predicted.append(node.predict("boot3"))
     got.append(measured(node.boot()))
     NODE_TABLES.append((node.title, node.table()))
+    NODE_TABLES.append(("TPM: predicted vs live PCRs", _pcr_table(got, predicted, node.tpm.banks)))
     shutil.rmtree(node.work / "esp-now", ignore_errors=True)
     return Run(node, got, predicted, tools["v2"], tools["v1"])
+
+
+def _pcr_table(got: list[Measured], predicted: list[dict[str, Any]], banks: tuple[str, ...]) -> list[str]:
+    """Per boot, bank and PCR: the prediction (PCR 11: at the handover, then after the phases the
+    node's log names) and the live value, as the run prints them."""
+    out = ["| boot | bank | PCR | predicted | live | equal |", "|---:|---|---:|---|---|---|"]
+    for n, (m, p) in enumerate(zip(got, predicted, strict=True), 1):
+        e = _active(p)
+        for bank in banks:
+            for pcr in (11, 12, 13):
+                want = e["pcrs"][bank][str(pcr)]
+                shown = want[:16]
+                if pcr == 11:
+                    for word in m.phases():
+                        want = extend(bank, want, word.encode())
+                    shown += f"… → +{'+'.join(m.phases())} {want[:16]}"
+                live = m.pcrs[bank][pcr]
+                out.append(f"| {n} | {bank} | {pcr} | {shown}… | {live[:16]}… | {'yes' if live == want else 'NO'} |")
+    return out
 
 
 def _active(p: dict[str, Any]) -> dict[str, Any]:
