@@ -443,6 +443,21 @@ CASES = [
         lambda w: ["keys", "list", "--root", str(w.root), "--config", str(w.badcfg)],
         lambda w: [str(w.badcfg)],
     ),
+    Case("tpm predict", N, lambda w: ["tpm", "predict", "--esp", str(w.esp)], lambda w: ["no boot entry runs a UKI"]),
+    Case("tpm predict", U, lambda w: ["tpm", "predict", "--bank", "md5"], lambda w: ["md5"]),
+    Case(
+        "tpm sign-policy",
+        M,
+        lambda w: ["tpm", "sign-policy", "--uki", str(w.junk), "--print-digests"],
+        lambda w: [str(w.junk), "not a PE"],
+    ),
+    Case(
+        "tpm sign-policy",
+        R,
+        lambda w: ["tpm", "sign-policy", "--uki", str(w.missing), "--print-digests"],
+        lambda w: [str(w.missing)],
+    ),
+    Case("tpm sign-policy", U, lambda w: ["tpm", "sign-policy", "--uki", str(w.junk)], lambda w: ["--key"]),
 ]
 
 

@@ -49,11 +49,15 @@ VERBS = {
 
 
 class LazyGroup(click.Group):
+    """A group whose verbs (name -> ("module:attribute", help)) are imported only when they run."""
+
+    verbs: dict[str, tuple[str, str]] = VERBS
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(VERBS)
+        return list(self.verbs)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        spec = VERBS.get(cmd_name)
+        spec = self.verbs.get(cmd_name)
         if spec is None:
             return None
         module, attr = spec[0].split(":")
@@ -63,7 +67,7 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
-            formatter.write_dl([(name, spec[1]) for name, spec in VERBS.items()])
+            formatter.write_dl([(name, spec[1]) for name, spec in self.verbs.items()])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

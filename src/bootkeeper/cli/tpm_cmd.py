@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 import click
 
 from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json, table
+from bootkeeper.cli.main import LazyGroup
 
 # verb -> "module:attribute", imported when it runs (the group stays cheap to list)
 TPM_VERBS = {
@@ -17,18 +17,8 @@ TPM_VERBS = {
 }
 
 
-class _TpmGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(TPM_VERBS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        spec = TPM_VERBS.get(cmd_name)
-        if spec is None:
-            return None
-        module, attr = spec[0].split(":")
-        cmd = getattr(importlib.import_module(module), attr)
-        assert isinstance(cmd, click.Command)
-        return cmd
+class _TpmGroup(LazyGroup):
+    verbs = TPM_VERBS
 
 
 @click.group(cls=_TpmGroup)

@@ -23,6 +23,7 @@ firmware must accept their signatures)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,10 +280,18 @@ def predict(
     store: EspStore, banks: tuple[Bank, ...], secure_boot: bool, roles: tuple[str, ...] = (), vendor: str | None = None
 ) -> list[Prediction]:
     """Every entry that runs a UKI (``roles``: only entries of those roles, or those names)."""
-    targets = extra.targets(store.snapshot(), store, vendor)
+    snap = store.snapshot()
+    targets = extra.targets(snap, store, vendor)
+    # a UKI's profiles >= 1 (systemd-boot 257+) are menu entries of their own: same file, same .extra.d
+    by_file = {t.via: t for t in targets}
+    for p in snap.profiles:
+        t = by_file.get(p.path)
+        if t is not None:
+            targets.append(dataclasses.replace(t, entry=f"{t.entry}@{p.profile_id or p.profile}", profile=p.profile))
     if roles:
         wanted = {r.lower() for r in roles}
         targets = [t for t in targets if t.entry.lower() in wanted or (t.role is not None and t.role.value in wanted)]
+    targets.sort(key=lambda t: (t.role.rank if t.role else 99, t.entry, t.profile))
     out = []
     for t in targets:
         try:
