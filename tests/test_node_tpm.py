@@ -17,6 +17,8 @@ import hashlib
 import json
 import shutil
 import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,7 @@ class Measured:
     """What one boot's rig printed about the TPM."""
 
     pcrs: dict[str, dict[int, str]]
+    raw_log: bytes
     log: list[LogEvent]
     efivars: dict[str, bytes]
     userlog: list[dict[str, Any]]
@@ -124,7 +127,28 @@ def measured(b: nodevm.Boot) -> Measured:
             parsed = js
         verify[label] = (rc, parsed, err)
     userlog = [json.loads(x) for x in b.mark("TPM_USERLOG")]
-    return Measured(pcrs, parse_event_log(raw), efivars, userlog, units, verify)
+    return Measured(pcrs, raw, parse_event_log(raw), efivars, userlog, units, verify)
+
+
+LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+
+
+def node_root(m: Measured, root: Path) -> Path:
+    """What ``tpm verify --root`` reads of a node, as the node had it: the event log, the PCR files
+    (the kernel's format: uppercase hex and a newline) and the Loader*/Stub* variables (efivarfs files)."""
+    sec = root / "sys/kernel/security/tpm0"
+    sec.mkdir(parents=True)
+    (sec / "binary_bios_measurements").write_bytes(m.raw_log)
+    for bank, values in m.pcrs.items():
+        d = root / f"sys/class/tpm/tpm0/pcr-{bank}"
+        d.mkdir(parents=True)
+        for n, v in values.items():
+            (d / str(n)).write_text(v.upper() + "\n")
+    ev = root / "sys/firmware/efi/efivars"
+    ev.mkdir(parents=True)
+    for name, data in m.efivars.items():
+        (ev / f"{name}-{LOADER_GUID}").write_bytes(data)
+    return root
 
 
 def extend(bank: str, value: str, data: bytes) -> str:
@@ -333,6 +357,44 @@ def test_c_an_empty_extra_d_leaves_pcr13_zero(run: Run) -> None:
     _assert_live_equals_predicted(three, run.predicted[2], run.node.tpm.banks)
     assert three.verify["live"][0] == "0", three.verify["live"]
     assert "expect" not in three.verify and "swapped" not in three.verify
+
+
+def _verify_offline(root: Path, esp: Path) -> tuple[int, Any, str]:
+    p = subprocess.run(
+        [sys.executable, "-m", "bootkeeper", "tpm", "verify", "--root", str(root), "--esp", str(esp), "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    try:
+        out: Any = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        out = p.stdout
+    return p.returncode, out, p.stderr
+
+
+def test_d_verify_offline_names_what_changed_on_the_esp(run: Run, tmp_path: Path) -> None:
+    """``tpm verify --root --esp`` on the host, over boot 2's event log, PCRs and variables as the node
+    printed them: with the ESP that boot 2 booted it passes; with tools.sysext.raw changed (v1 again),
+    removed, or another extension added, it exits 1 naming that file."""
+    root = node_root(run.boots[1], tmp_path / "root")
+    booted = run.node.work / "esp-boot2"  # the ESP as boot 2 booted it (read back for its prediction)
+    rc, out, err = _verify_offline(root, booted)
+    assert rc == 0, (out, err)
+    cases: dict[str, tuple[str, Path | None]] = {
+        "changed": ("tools.sysext.raw", run.swapped_back),
+        "removed": ("tools.sysext.raw", None),
+        "added": ("tools-b.sysext.raw", nodevm.sysext_images()["tools-b"]),
+    }
+    for how, (name, src) in cases.items():
+        esp = tmp_path / f"esp-{how}"
+        shutil.copytree(booted, esp)
+        target = esp / EXTRA_D / name
+        if src is None:
+            target.unlink()
+        else:
+            shutil.copy(src, target)
+        rc, out, err = _verify_offline(root, esp)
+        assert rc == 1, (how, out, err)
+        assert name in json.dumps(out), (how, out)
 
 
 def test_swtpm_stops_when_the_boot_fails(tmp_path: Path) -> None:
