@@ -2,7 +2,8 @@
 # Install what the test suite needs on a fresh Debian 12 machine (as root), and fetch the pieces the
 # VM tests boot: a Debian kernel, systemd-boot 252 (bookworm), 257 (trixie) and 262 (sid) EFI binaries, and a
 # busybox initramfs; and swtpm, the software TPM the measured-boot node scenarios boot with
-# (tests/test_node_tpm.py; QEMU's -tpmdev emulator talks to it). Idempotent; downloads are cached in $VM_CACHE (default .cache/vm).
+# (tests/test_node_tpm.py; QEMU's -tpmdev emulator talks to it). Idempotent; downloads are cached in
+# $VM_CACHE (default .cache/vm).
 #
 # Nothing here installs systemd-boot or a kernel on the machine: the .debs are fetched with
 # `apt-get download` and unpacked with `dpkg-deb -x` (installing bookworm's systemd-boot-efi could
