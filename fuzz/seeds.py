@@ -67,6 +67,21 @@ def _build_image(tmp: Path, key: Path, cert: Path) -> bytes:
     return out.read_bytes()
 
 
+def _event_log(banks: dict[int, int], records: list[tuple[int, int, bytes]]) -> bytes:
+    """A TCG2 crypto-agile event log (PC Client PFP 10.2): the Spec ID Event03 header, a
+    StartupLocality record, then ``records`` (pcr, type, data) with each bank's digest of the data."""
+    names = {0x4: "sha1", 0xB: "sha256", 0xC: "sha384", 0xD: "sha512"}
+    spec = b"Spec ID Event03\0" + struct.pack("<IBBBBI", 0, 0, 2, 0, 2, len(banks))
+    spec += b"".join(struct.pack("<HH", a, n) for a, n in banks.items()) + b"\0"
+    out = struct.pack("<II", 0, 3) + bytes(20) + struct.pack("<I", len(spec)) + spec
+    for pcr, etype, data in [(0, 3, b"StartupLocality\0\3"), *records]:
+        out += struct.pack("<III", pcr, etype, len(banks))
+        for a, n in banks.items():
+            out += struct.pack("<H", a) + (bytes(n) if etype == 3 else hashlib.new(names[a], data).digest())
+        out += struct.pack("<I", len(data)) + data
+    return out
+
+
 def make() -> dict[str, dict[str, bytes]]:
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
@@ -148,6 +163,14 @@ def make() -> dict[str, dict[str, bytes]]:
     seeds["history"] = {"boots": (json.dumps(boot) + "\n" + json.dumps(verdict) + "\n").encode()}
     seeds["services"] = {"record": json.dumps({"version": 1, "services": {"k3s.service": "active"}}).encode()}
     seeds["generator_config"] = seeds["services"]
+    stub = [(4, 4, bytes(4)), (11, 0xD, ".linux\0".encode("utf-16-le")), (12, 6, bytes(8) + "1\0".encode("utf-16-le"))]
+    seeds["eventlog"] = {
+        "sha256": _event_log({0xB: 32}, stub),
+        "four-banks": _event_log({0x4: 20, 0xB: 32, 0xC: 48, 0xD: 64}, stub),
+    }
+    phase = {"pcr": 11, "digests": [{"hashAlg": "sha256", "digest": hashlib.sha256(b"sysinit").hexdigest()}]}
+    phase["content"] = {"string": "sysinit", "eventType": "phase"}
+    seeds["tpm_measure_log"] = {"phases": b"\x1e" + json.dumps(phase).encode() + b"\n" + b'\x1e{"pcr": 11'}
     seeds["generator_counter"] = {
         "last-try": b"\\loader\\entries\\active+0-3.conf\0active+1-2.conf",
         "counting": b"\\EFI\\Linux\\active+2-1.efi",

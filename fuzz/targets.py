@@ -25,6 +25,7 @@ from bootkeeper.assess import cloudconfig, generator, history, lint, services
 from bootkeeper.errors import MalformedError, UsageError
 from bootkeeper.esp import counter, efivars, entries, keyvalue, loader, pe, sdboot
 from bootkeeper.esp.efiglob import efi_fnmatch
+from bootkeeper.measure import eventlog
 from bootkeeper.sysext import erofs, gpt, image, policy, release, signature, trust, verity
 
 HERE = Path(__file__).resolve().parent
@@ -323,6 +324,21 @@ def _policy(data: bytes) -> None:
     for d in policy.DESIGNATORS:
         _ = (pol.flags(d), again.flags(d))
     policy.evaluate(pol, {})
+
+
+@target("eventlog", expected=(MalformedError,), max_len=65536)
+def _eventlog(data: bytes) -> None:
+    """measure/eventlog.py parse() and replay(): the firmware's TPM event log (`tpm verify`)."""
+    log = eventlog.parse(data, "binary_bios_measurements")
+    for b in log.banks:
+        log.replay(b)
+
+
+@target("tpm_measure_log", expected=(MalformedError,))
+def _tpm_measure_log(data: bytes) -> None:
+    """measure/eventlog.py parse_user_log(): systemd-pcrextend's JSON-SEQ log, whole and cut off."""
+    for aborted in (False, True):
+        eventlog.parse_user_log(data, "tpm2-measure.log", aborted).phases()
 
 
 @target("esl", expected=(MalformedError,))

@@ -50,8 +50,8 @@ unshare --mount --propagation private /bin/bash -c "
     printf \"virtio_pci\nvirtio_blk\next4\n\" >> /etc/initramfs-tools/modules
     apt-get install -y -q --no-install-recommends linux-image-cloud-amd64 systemd systemd-sysv udev \
       libcryptsetup12 dosfstools kmod python3 python3-click python3-yaml python3-rich python3-cryptography \
-      python3-asn1crypto systemd-boot libtss2-esys-3.0.2-0t64 libtss2-mu-4.0.1-0t64 libtss2-rc0t64 \
-      libtss2-tcti-device0t64 systemd-cryptsetup cryptsetup-bin >/tmp/apt.log 2>&1 || { tail -20 /tmp/apt.log; exit 1; }
+      python3-asn1crypto python3-prometheus-client systemd-boot libtss2-esys-3.0.2-0t64 libtss2-mu-4.0.1-0t64 \
+      libtss2-rc0t64 libtss2-tcti-device0t64 systemd-cryptsetup cryptsetup-bin >/tmp/apt.log 2>&1 || { tail -20 /tmp/apt.log; exit 1; }
     ls /boot/initrd.img-* >/dev/null 2>&1 || update-initramfs -c -k all
     systemctl mask serial-getty@ttyS0.service getty@tty1.service getty-static.service >/dev/null 2>&1
     apt-get clean; rm -rf /var/lib/apt/lists/* /tmp/apt.log /var/log/bootstrap.log

@@ -19,6 +19,7 @@ need=()
 for p in qemu-system-x86 ovmf mtools dosfstools fdisk e2fsprogs debootstrap busybox-static cpio util-linux mount binutils cryptsetup-bin erofs-utils squashfs-tools openssl systemd strace swtpm swtpm-tools; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
+for p in prometheus prometheus-node-exporter; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done  # promtool and the real engines of tests/test_fleet_prometheus.py
 if [ ${#need[@]} -gt 0 ] || [ ! -f "$cache/.apt-updated" ]; then
   apt-get update -q >/dev/null
   touch "$cache/.apt-updated"

@@ -24,6 +24,9 @@ SHIPPED = (
     "usr/lib/systemd/system/bootkeeper-bless.service",
     "usr/lib/systemd/system/bootkeeper-boot.service",
     "usr/lib/systemd/system/bootkeeper-random-seed.service",
+    "usr/lib/systemd/system/bootkeeper-metrics.service",
+    "usr/lib/systemd/system/bootkeeper-metrics.path",
+    "usr/lib/systemd/system/bootkeeper-metrics.timer",
     "usr/lib/systemd/system-generators/bootkeeper-generator",
 )
 
@@ -140,6 +143,7 @@ def test_the_package_ships_the_cli_units_and_generator(deb: Path, tmp_path: Path
     assert os.stat(x / SHIPPED[-1]).st_mode & 0o777 == 0o755
     depends = [d.strip().split()[0] for d in _deb_field(deb, "Depends").split(",")]
     want = {"python3-click", "python3-yaml", "python3-rich", "python3-cryptography", "python3-asn1crypto"}
+    want.add("python3-prometheus-client")  # bootkeeper metrics
     assert want <= set(depends) and "systemd" in depends, depends
     assert _deb_field(deb, "Architecture") == "all"
 

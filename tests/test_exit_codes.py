@@ -458,6 +458,41 @@ CASES = [
         lambda w: [str(w.missing)],
     ),
     Case("tpm sign-policy", U, lambda w: ["tpm", "sign-policy", "--uki", str(w.junk)], lambda w: ["--key"]),
+    Case("tpm verify", N, lambda w: ["tpm", "verify", "--root", str(w.root)], lambda w: ["no TPM event log"]),
+    Case("tpm verify", U, lambda w: ["tpm", "verify", "--bogus"], lambda w: ["--bogus"]),
+    Case("tpm audit", M, lambda w: ["tpm", "audit", str(w.junk)], lambda w: [str(w.junk), "not a LUKS volume"]),
+    Case("tpm audit", R, lambda w: ["tpm", "audit", str(w.missing)], lambda w: [str(w.missing), "cannot read"]),
+    Case(
+        "metrics", R, lambda w: ["metrics", "--esp", str(w.missing), "--root", str(w.root)], lambda w: [str(w.missing)]
+    ),
+    Case(
+        "metrics",
+        M,
+        lambda w: ["metrics", "--esp", str(w.esp), "--root", str(w.root), "--config", str(w.badcfg)],
+        lambda w: [str(w.badcfg)],
+    ),
+    Case(
+        "metrics",
+        IO,
+        lambda w: [
+            "metrics",
+            "--esp",
+            str(w.esp),
+            "--efivars",
+            str(w.ev),
+            "--root",
+            str(w.root),
+            "-o",
+            str(w.afile / "m"),
+        ],
+        lambda w: [str(w.afile), "no such folder"],
+    ),
+    Case(
+        "metrics",
+        U,
+        lambda w: ["metrics", "--textfile-dir", str(w.tmp), "-o", str(w.tmp / "m.prom")],
+        lambda w: ["--textfile-dir and -o"],
+    ),
 ]
 
 

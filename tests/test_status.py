@@ -468,8 +468,8 @@ def test_the_activation_report_reads_back_what_activate_wrote(tmp_path: Path) ->
         "permissive",
         (
             report.Activated("a.raw", "passed", True, "CN=fleet"),
-            report.Activated("b.raw", "failed-but-placed", True, None),
-            report.Activated("c.raw", "skipped", False, None),
+            report.Activated("b.raw", "failed-but-placed", True, None, ("unsigned",)),
+            report.Activated("c.raw", "skipped", False, None, ("a symbolic link",)),
         ),
     )
     assert got.placed == ("a.raw", "b.raw")

@@ -17,6 +17,11 @@
   cannot write a read-only ESP and fails on every boot; it is masked.
 * ``bootkeeper-boot.service``: early in every boot, appends the boot to the history
   (``/var/lib/bootkeeper``) and writes the motd.
+* ``bootkeeper-metrics.service``: ``bootkeeper metrics`` into node_exporter's textfile folder (Debian's
+  default; nothing to do on a node without that folder). Started once the boot is up (after
+  activation and the history record), by ``bootkeeper-metrics.path`` whenever the boot history
+  (a boot, bless's verdict, an upgrade), the activation report or tpm verify's result changes, and
+  every 15 minutes by ``bootkeeper-metrics.timer`` (the stale-metrics alert's heartbeat).
 * ``/etc/systemd/system-generators/bootkeeper-generator``: :mod:`bootkeeper.assess.generator`,
   self-contained, run by the system's Python with ``-IS`` (no site-packages: fast, and nothing a
   broken Python package can break).
@@ -29,6 +34,7 @@ config, rendered by ``install-units`` at build time, in ``/usr/lib/systemd``; on
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,12 +57,19 @@ PACKAGED_DIRS = {UNIT_DIR: "usr/lib/systemd/system", GENERATOR_DIR: "usr/lib/sys
 RANDOM_SEED_UNIT = "bootkeeper-random-seed.service"
 RANDOM_SEED_MASKED = "systemd-boot-random-seed.service"
 BOOTCTL = "/usr/bin/bootctl"
+METRICS_UNIT = "bootkeeper-metrics.service"
+METRICS_PATH = "bootkeeper-metrics.path"
+METRICS_TIMER = "bootkeeper-metrics.timer"
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's --collector.textfile.directory default
 # unit -> the target whose .wants/ enables it
 WANTED_BY = {
     SYSEXT_UNIT: "sysinit.target",
     BLESS_UNIT: "basic.target",
     BOOT_UNIT: "basic.target",
     RANDOM_SEED_UNIT: "sysinit.target",
+    METRICS_UNIT: "multi-user.target",
+    METRICS_PATH: "paths.target",
+    METRICS_TIMER: "timers.target",
 }
 
 
@@ -200,6 +213,56 @@ WantedBy={WANTED_BY[RANDOM_SEED_UNIT]}
     return {f"{UNIT_DIR}/{RANDOM_SEED_UNIT}": UnitFile(unit)}
 
 
+def _metrics(exec_line: str, watch: Sequence[str]) -> dict[str, UnitFile]:
+    """``watch``: the files besides the boot history whose change refreshes the metrics (the caller
+    names them: the activation report is sysext's, tpm verify's result cli's; assess imports neither)."""
+    from bootkeeper.assess.history import HISTORY
+
+    service = f"""# Installed by 'bootkeeper install-units'.
+[Unit]
+Description=Write bootkeeper's status for node_exporter's textfile collector
+Documentation=https://github.com/prometheus/node_exporter#textfile-collector
+# not after the bless service: it waits for boot-complete.target, and an unblessed boot must report
+After=local-fs.target {SYSEXT_UNIT} {BOOT_UNIT}
+ConditionPathIsDirectory={TEXTFILE_DIR}
+
+[Service]
+Type=oneshot
+ExecStart={exec_line} metrics --textfile-dir {TEXTFILE_DIR}
+
+[Install]
+WantedBy={WANTED_BY[METRICS_UNIT]}
+"""
+    paths = "".join(f"PathChanged={p}\n" for p in (f"/{HISTORY}", *watch))
+    path = f"""# Installed by 'bootkeeper install-units'.
+[Unit]
+Description=Refresh bootkeeper's metrics when a boot, a verdict, an upgrade or an activation is recorded
+
+[Path]
+{paths}Unit={METRICS_UNIT}
+
+[Install]
+WantedBy={WANTED_BY[METRICS_PATH]}
+"""
+    timer = f"""# Installed by 'bootkeeper install-units'.
+[Unit]
+Description=Refresh bootkeeper's metrics every 15 minutes
+
+[Timer]
+OnBootSec=5min
+OnUnitActiveSec=15min
+Unit={METRICS_UNIT}
+
+[Install]
+WantedBy={WANTED_BY[METRICS_TIMER]}
+"""
+    return {
+        f"{UNIT_DIR}/{METRICS_UNIT}": UnitFile(service),
+        f"{UNIT_DIR}/{METRICS_PATH}": UnitFile(path),
+        f"{UNIT_DIR}/{METRICS_TIMER}": UnitFile(timer),
+    }
+
+
 def generator_script(python: str) -> UnitFile:
     from bootkeeper.assess import generator
 
@@ -207,10 +270,13 @@ def generator_script(python: str) -> UnitFile:
     return UnitFile(f"#!{python} -IS\n# Installed by 'bootkeeper install-units'.\n{source}", 0o755)
 
 
-def render(cfg: Config, exe: list[str], python: str, systemd: int = ASSUMED) -> dict[str, UnitFile]:
+def render(
+    cfg: Config, exe: list[str], python: str, systemd: int = ASSUMED, metrics_watch: Sequence[str] = ()
+) -> dict[str, UnitFile]:
     """``{path under ROOT: file}``; ``exe`` runs bootkeeper (``[/usr/bin/bootkeeper]`` or
     ``[/usr/bin/python3, -m, bootkeeper]``), ``python`` runs the generator; both absolute paths.
-    ``systemd`` is the node's systemd major version (what its systemd-sysext understands)."""
+    ``systemd`` is the node's systemd major version (what its systemd-sysext understands);
+    ``metrics_watch``: the node's paths, besides the boot history, that refresh the metrics."""
     for what, path in (("the bootkeeper command", exe[0] if exe else ""), ("python", python)):
         if not os.path.isabs(path):
             raise WriteError(f"{path or '(empty)'}: {what} must start with an absolute path")
@@ -219,6 +285,7 @@ def render(cfg: Config, exe: list[str], python: str, systemd: int = ASSUMED) -> 
         **_sysext(cfg.sysext, exec_line, systemd),
         **_assessment(exec_line),
         **_random_seed(exec_line),
+        **_metrics(exec_line, metrics_watch),
         f"{GENERATOR_DIR}/{GENERATOR}": generator_script(python),
     }
 

@@ -44,6 +44,7 @@ VERBS = {
     "history": ("bootkeeper.cli.history_cmd:history", "The boot history: record this boot, or show it."),
     "motd": ("bootkeeper.cli.motd_cmd:motd", "Write the boot status to /run/motd.d/bootkeeper."),
     "tpm": ("bootkeeper.cli.tpm_cmd:tpm", "Measured boot: predict and verify PCRs 11-13, sign the PCR 11 policy."),
+    "metrics": ("bootkeeper.cli.metrics_cmd:metrics", "The status as Prometheus metrics; the alert rules (--rules)."),
     "keys": ("bootkeeper.cli.keys_cmd:keys", "Signing keys and the trusted certificates (config, verity.d, db)."),
 }
 

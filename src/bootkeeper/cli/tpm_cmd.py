@@ -14,6 +14,8 @@ from bootkeeper.cli.main import LazyGroup
 TPM_VERBS = {
     "predict": ("bootkeeper.cli.tpm_cmd:predict", "PCR 11, 12 and 13 of each boot entry, from the ESP."),
     "sign-policy": ("bootkeeper.cli.tpm_cmd:sign_policy", "The signed PCR 11 policy (.pcrsig) of an entry's UKI."),
+    "verify": ("bootkeeper.cli.tpm_verify_cmd:verify", "The event log against the live PCRs and the ESP's prediction."),
+    "audit": ("bootkeeper.cli.tpm_audit_cmd:audit", "What LUKS2 TPM2 tokens are bound to; what an upgrade breaks."),
 }
 
 

@@ -23,15 +23,26 @@ class Activated:
     verdict: str | None  # passed | refused | failed-but-placed | unchecked | skipped
     placed: bool | None
     signer: str | None
+    reasons: tuple[str, ...] = ()  # activate's one-line reasons (free text: metrics reduce them to a class)
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "verdict": self.verdict, "placed": self.placed, "signer": self.signer}
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """A trust anchor the last activation judged signatures with (its report's ``trust.trusted``)."""
+
+    fingerprint: str | None
+    source: str | None
+
+
+@dataclass(frozen=True)
 class Activation:
     mode: str | None
     images: tuple[Activated, ...]
+    anchors: tuple[Anchor, ...] = ()
+    revoked: int = 0  # anchors found but revoked (by dbx or the config)
 
     @property
     def placed(self) -> tuple[str, ...]:
@@ -46,10 +57,18 @@ def read(root: Path) -> Activation | None:
     try:
         doc = json.loads((root / REPORT).read_text())
         images = tuple(
-            Activated(img.get("name"), img.get("verdict"), img.get("placed"), img.get("signer"))
+            Activated(
+                img.get("name"),
+                img.get("verdict"),
+                img.get("placed"),
+                img.get("signer"),
+                tuple(str(r) for r in img.get("reasons") or ()),
+            )
             for img in doc.get("images", [])
         )
-        return Activation(doc.get("mode"), images)
+        trust = doc.get("trust") or {}
+        anchors = tuple(Anchor(a.get("fingerprint"), a.get("source")) for a in trust.get("trusted") or ())
+        return Activation(doc.get("mode"), images, anchors, len(trust.get("revoked") or ()))
     except FileNotFoundError:
         return None
     except OSError as exc:

@@ -1,0 +1,303 @@
+"""The status as Prometheus metrics, for node_exporter's textfile collector (``bootkeeper metrics``).
+
+The boot half (assess/status.py) and the extension half (sysext/status.py) meet here, in cli/, the
+one layer that may join them. :func:`build` is pure: status in, metric families out (name, help,
+label names, samples); :func:`exposition` renders them with ``prometheus_client`` (the text format
+0.0.4 the textfile collector reads), imported only there. Names and labels are made for a fleet:
+every label is a closed vocabulary (role, state, verdict, reason class) or an identifier that stays
+the same from boot to boot (the entry without its counter, the extension's file name), never free
+text, so ``sum by (role) (...)`` over hundreds of nodes stays a handful of series.
+
+``tpm verify`` leaves its result (``bootkeeper tpm verify --json``) in :data:`TPM_VERIFY` under the
+root; when the file is there its ``agree`` and per-PCR ``agree`` become series.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bootkeeper.errors import MalformedError, UnreadableError
+
+if TYPE_CHECKING:
+    from bootkeeper.assess.history import Boot
+    from bootkeeper.cli.status_cmd import Status
+
+TEXTFILE = "bootkeeper.prom"  # the name in the textfile collector's folder (it reads *.prom)
+TPM_VERIFY = "run/bootkeeper/tpm-verify.json"  # `bootkeeper tpm verify --json`, as tpm verify leaves it
+RULES = "alerts.yml"  # in bootkeeper/data/: the alert rules `metrics --rules` prints
+BOOT_STATES = ("good", "indeterminate", "bad", "not counted", "unknown")
+ENTRY_STATES = ("good", "indeterminate", "bad")
+
+
+class ReasonClass(StrEnum):
+    """Why an extension was not placed, as a label: the class of activate's first reason. Each class
+    names the check that said no (sysext/image.py's validate, sysext/activate.py's staging)."""
+
+    NONE = "none"  # placed, or skipped without a reason
+    SIGNATURE = "signature"  # no trusted certificate, a bad or missing signature
+    VERITY = "verity"  # the hash tree or root hash does not match
+    POLICY = "policy"  # the image policy refused a partition
+    RELEASE = "release"  # extension-release does not match the host
+    ARCHITECTURE = "architecture"
+    STRUCTURE = "structure"  # not an image, a partition table systemd-dissect refuses
+    STORAGE = "storage"  # could not be opened, copied or did not fit in /run
+    VALIDATION = "validation"  # validation itself stopped (a crash, a dead worker)
+
+    @classmethod
+    def of(cls, reasons: Sequence[str]) -> ReasonClass:
+        if not reasons:
+            return cls.NONE
+        text = reasons[0].lower()
+        if "the policy allows" in text:  # policy.evaluate(): "root is verity, the policy allows …; <why not better>"
+            detail = text.partition("; ")[2]
+            return cls._match(detail, cls.POLICY) if detail else cls.POLICY
+        return cls._match(text, cls.STRUCTURE)
+
+    @classmethod
+    def _match(cls, text: str, otherwise: ReasonClass) -> ReasonClass:
+        return next((c for words, c in _REASON_WORDS if any(w in text for w in words)), otherwise)
+
+
+# first match wins: the more specific words first (a verity reason may name the signature partition)
+_REASON_WORDS: tuple[tuple[tuple[str, ...], ReasonClass], ...] = (
+    (("validation stopped",), ReasonClass.VALIDATION),
+    (("extension-release",), ReasonClass.RELEASE),
+    (("partition is for",), ReasonClass.ARCHITECTURE),
+    (
+        ("cannot stage", "copy to", "does not fit", "not a regular file", "symbolic link", "cannot open"),
+        ReasonClass.STORAGE,
+    ),
+    (("-verity", "root hash", "hash tree", "does not match its hash"), ReasonClass.VERITY),
+    (("signature", "signed", "certificate", "trust", "pkcs#7", "signer"), ReasonClass.SIGNATURE),
+    (("policy",), ReasonClass.POLICY),
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family: every sample carries a value for each of ``labels``, in that order."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
+
+    def add(self, value: float, *labels: str) -> None:
+        assert len(labels) == len(self.labels), (self.name, labels)
+        self.samples.append((labels, value))
+
+
+@dataclass(frozen=True)
+class TpmResult:
+    """What ``tpm verify --json`` said, as far as metrics need it."""
+
+    agree: bool
+    pcrs: tuple[tuple[str, int, bool], ...]  # bank, PCR, agree
+    findings: int
+    time: float  # the file's modification time: when verify ran
+
+
+def read_tpm(root: Path) -> TpmResult | None:
+    """The result :data:`TPM_VERIFY` holds; None when verify has not run (no file)."""
+    p = root / TPM_VERIFY
+    try:
+        raw = p.read_bytes()
+        mtime = p.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UnreadableError(f"{p}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        doc = json.loads(raw)
+        agree = doc["agree"]
+        if not isinstance(agree, bool):
+            raise TypeError("agree is not true or false")
+        pcrs = tuple((str(r["bank"]), int(r["pcr"]), r["agree"] is True) for r in doc.get("pcrs") or ())
+        return TpmResult(agree, pcrs, len(doc.get("findings") or ()), mtime)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise MalformedError(f"{p}: not the output of 'tpm verify --json' ({type(exc).__name__}: {exc})") from exc
+
+
+def entry_id(path: str) -> str:
+    """An entry's path without its boot counter (``loader/entries/active+2-1.conf`` →
+    ``loader/entries/active.conf``): the label stays the same while the tries are used."""
+    from bootkeeper.esp import counter
+
+    folder, _, name = path.rpartition("/")
+    suffix = ".efi" if name.lower().endswith(".efi") else ".conf"
+    parsed = counter.parse(name, suffix)
+    if not parsed.counted:
+        return path
+    return f"{folder}/{parsed.stem}{suffix}" if folder else f"{parsed.stem}{suffix}"
+
+
+def anchor_source(where: str | None) -> str:
+    """Where a trust anchor came from, as a label (sysext/trust.py's sources, without the file and
+    position that make each node's text its own): ``config``, ``firmware-db`` (or another variable),
+    ``verity.d``."""
+    w = where or ""
+    if "sysext.certificates" in w:
+        return "config"
+    if w.startswith("firmware "):
+        return "firmware-" + w.split()[1]
+    return "verity.d" if w else "unknown"
+
+
+def last_fallback(boots: Sequence[Boot]) -> float | None:
+    """When the node last fell back: the last recorded boot whose role comes later in the chain
+    (active, passive, recovery, statereset) than the boot recorded before it."""
+    from bootkeeper.esp.entries import Role
+
+    ranks = {r.value: r.rank for r in Role}
+    found = None
+    for before, after in itertools.pairwise(boots):
+        if before.role in ranks and after.role in ranks and ranks[after.role] > ranks[before.role]:
+            found = after.time
+    return found
+
+
+def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
+    """The families for one node's status (pure: the values come from ``shown`` and ``tpm``)."""
+    from bootkeeper.assess import history
+    from bootkeeper.assess.status import Unavailable
+
+    node, ext = shown.node, shown.extensions
+    out: list[Family] = []
+
+    def fam(name: str, help_: str, *labels: str) -> Family:
+        f = Family(f"bootkeeper_{name}", help_, labels)
+        out.append(f)
+        return f
+
+    tries_left = fam("entry_tries_left", "Tries left on a counted boot entry.", "entry", "role")
+    tries_done = fam("entry_tries_done", "Tries used on a counted boot entry.", "entry", "role")
+    state = fam(
+        "entry_state", "1 for the state a boot entry is in (good, indeterminate, bad).", "entry", "role", "state"
+    )
+    for e in node.entries:
+        labels = (entry_id(e.path), e.role.value if e.role else "")
+        if e.tries_left is not None:
+            tries_left.add(e.tries_left, *labels)
+        if e.tries_done is not None:
+            tries_done.add(e.tries_done, *labels)
+        for s in ENTRY_STATES:
+            state.add(1.0 if e.state == s else 0.0, *labels, s)
+
+    b = node.booted
+    role = b.role.value if b.role else ""
+    booted = fam("booted_info", "1: the entry this boot came from and its role.", "entry", "role")
+    if b.entry:
+        booted.add(1, entry_id(b.entry), role)
+    boot_state = fam("boot_state", "1 for the state of the booted entry.", "state")
+    current = "unknown" if isinstance(b.blessed, Unavailable) or b.blessed is None else b.blessed
+    for s in BOOT_STATES:
+        boot_state.add(1.0 if current == s else 0.0, s)
+    blessed = fam("boot_blessed", "1 if this boot is blessed good, 0 if not yet (counted boots only).", "role")
+    if current in ENTRY_STATES:
+        blessed.add(1.0 if current == "good" else 0.0, role)
+    fallbacks = b.why.fallbacks if b.why else ()
+    fam("boot_fallback", "1 if this boot is a fallback: an entry before it in the chain is bad.", "role").add(
+        1.0 if fallbacks else 0.0, role
+    )
+    skipped = fam("boot_fallback_from", "1 for each role this fallback boot fell back from.", "role")
+    for f in fallbacks:
+        skipped.add(1, str(f.get("role")))
+    recorded = fam("boot_timestamp_seconds", "When this boot was recorded in the history (history record).")
+    if node.history:
+        recorded.add(node.history[-1].time)
+    when = last_fallback(node.history)
+    last = fam("last_fallback_timestamp_seconds", "When the node last fell back to a later role (boot history).")
+    if when is not None:
+        last.add(when)
+
+    act = ext.activation
+    placed = fam(
+        "extension_placed",
+        "Per extension at the last activation: 1 placed, 0 not; its verdict and the class of its reason.",
+        "extension",
+        "verdict",
+        "reason",
+    )
+    anchors = fam("trust_anchors", "Trust anchors the last activation judged signatures with.", "source")
+    anchor_info = fam("trust_anchor_info", "1 per trust anchor in use, by fingerprint.", "fingerprint", "source")
+    revoked = fam("trust_anchors_revoked", "Trust anchors found but revoked at the last activation.")
+    if act is not None:
+        fam("activation_info", "1: the mode of the last activation.", "mode").add(1, act.mode or "")
+        for i in act.images:
+            if i.name is not None:
+                placed.add(1.0 if i.placed else 0.0, i.name, i.verdict or "", ReasonClass.of(i.reasons).value)
+        by_source: dict[str, int] = {}
+        for a in act.anchors:
+            src = anchor_source(a.source)
+            by_source[src] = by_source.get(src, 0) + 1
+            anchor_info.add(1, a.fingerprint or "", src)
+        for src, n in sorted(by_source.items()):
+            anchors.add(n, src)
+        revoked.add(act.revoked)
+
+    if node.upgrades:
+        u = node.upgrades[-1]
+        fam("last_upgrade_timestamp_seconds", "When the last upgrade ran.", "role").add(u.time, u.role.value)
+        fam(
+            "last_upgrade_info", "1: the last upgrade's role, versions and result.", "role", "from", "to", "result"
+        ).add(1, u.role.value, history.os_version(u.before.os), history.os_version(u.after.os), u.result)
+    fam("upgrade_failed", "1 if this fallback undid the last upgrade of active.").add(
+        1.0 if node.failed_upgrade else 0.0
+    )
+
+    if tpm is not None:
+        fam("tpm_verify_agree", "1 if tpm verify found the live PCRs as predicted, 0 if not.").add(
+            1.0 if tpm.agree else 0.0
+        )
+        fam("tpm_verify_timestamp_seconds", "When tpm verify last ran.").add(tpm.time)
+        fam("tpm_verify_findings", "What tpm verify found wrong.").add(tpm.findings)
+        pcr = fam("tpm_pcr_agree", "1 if this PCR replays and matches the prediction.", "bank", "pcr")
+        for bank, n, ok in tpm.pcrs:
+            pcr.add(1.0 if ok else 0.0, bank, str(n))
+
+    fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
+        len(node.problems) + len(shown.problems)
+    )
+    fam("metrics_timestamp_seconds", "When bootkeeper metrics wrote this file.").add(now)
+    return out
+
+
+def exposition(families: Iterable[Family]) -> bytes:
+    """The text format, written by ``prometheus_client`` (imported here only: ``metrics`` pays for it,
+    no boot-path verb does)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily, Metric
+
+    fams = list(families)
+
+    class _Collector:
+        def collect(self) -> Iterable[Metric]:
+            for f in fams:
+                g = GaugeMetricFamily(f.name, f.help, labels=list(f.labels))
+                for labels, value in f.samples:
+                    g.add_metric(list(labels), value)
+                yield g
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector())
+    return bytes(generate_latest(registry))
+
+
+def rules_text() -> str:
+    """The alert rules the package ships (bootkeeper/data/alerts.yml)."""
+    from importlib.resources import files
+
+    return files("bootkeeper").joinpath("data", RULES).read_text(encoding="utf-8")
+
+
+def as_dict(families: Iterable[Family]) -> dict[str, Any]:
+    """``--json``: name → list of {labels, value}."""
+    return {
+        f.name: [{"labels": dict(zip(f.labels, ls, strict=True)), "value": v} for ls, v in f.samples] for f in families
+    }

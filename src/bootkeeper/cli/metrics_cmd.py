@@ -1,0 +1,96 @@
+"""``bootkeeper metrics``: the status (cli/status_cmd.py's two halves) as Prometheus text for
+node_exporter's textfile collector, written crash-safe (a temporary file in the same folder, then a
+rename: the collector never reads half a file); or the alert rules the package ships (``--rules``).
+The families are cli/metrics.py's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bootkeeper.cli.common import (
+    config_option,
+    efivars_dir,
+    efivars_option,
+    esp_option,
+    find_esp,
+    json_option,
+    print_json,
+    root_option,
+    version_option,
+)
+
+
+@click.command()
+@esp_option
+@efivars_option
+@version_option
+@root_option
+@config_option
+@click.option(
+    "--textfile-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write bootkeeper.prom into this folder (node_exporter's --collector.textfile.directory).",
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write to this file.")
+@click.option("--rules", is_flag=True, help="Print the shipped Prometheus alert rules and exit.")
+@json_option
+def metrics(
+    esp: Path | None,
+    efivars: Path | None,
+    sdboot_version: str | None,
+    root: Path,
+    config_files: tuple[Path, ...],
+    textfile_dir: Path | None,
+    output: Path | None,
+    rules: bool,
+    as_json: bool,
+) -> None:
+    """The boot and extension status as Prometheus metrics: to stdout, into the textfile collector's
+    folder (--textfile-dir) or a file (-o). Every label is a closed vocabulary or a stable name."""
+    import time
+
+    from bootkeeper.cli import metrics as m
+    from bootkeeper.errors import UsageError
+
+    if rules:
+        if textfile_dir or output or as_json:
+            raise UsageError("--rules prints the alert rules: it takes no --textfile-dir, -o or --json")
+        click.echo(m.rules_text(), nl=False)
+        return
+    if textfile_dir is not None and output is not None:
+        raise UsageError("--textfile-dir and -o both name where to write: give one")
+    from bootkeeper.cli.status_cmd import _store_dir, gather
+
+    shown = gather(
+        root,
+        find_esp(esp),
+        efivars_dir(efivars, root),
+        sdboot_version,
+        store_dir=_store_dir(config_files, root),
+        read_services=None,  # no metric needs the services' states: no systemctl call
+    )
+    families = m.build(shown, m.read_tpm(root), time.time())
+    if as_json:
+        print_json(m.as_dict(families))
+        return
+    text = m.exposition(families)
+    dest = textfile_dir / m.TEXTFILE if textfile_dir is not None else output
+    if dest is None:
+        click.echo(text.decode(), nl=False)
+        return
+    _write(dest, text)
+    click.echo(f"wrote {dest}")
+
+
+def _write(dest: Path, data: bytes) -> None:
+    from bootkeeper import fsutil
+    from bootkeeper.errors import WriteError
+
+    if not dest.parent.is_dir():
+        raise WriteError(f"{dest.parent}: no such folder (the textfile collector's folder must exist)")
+    try:
+        fsutil.write_atomic(dest, data)
+    except OSError as exc:
+        raise WriteError(f"{dest}: cannot write ({exc.strerror or exc})") from exc

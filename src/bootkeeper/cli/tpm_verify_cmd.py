@@ -1,0 +1,162 @@
+"""``bootkeeper tpm verify``: the booted machine's TPM event log against its live PCRs and against
+what the ESP predicts for the entry that booted (see :mod:`bootkeeper.measure.verify`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bootkeeper.cli.common import config_option, esp_option, json_option, print_json, root_option, table
+
+__all__ = ["verify"]
+
+FIRMWARE_LOG = "sys/kernel/security/tpm0/binary_bios_measurements"
+USER_LOG = "run/log/systemd/tpm2-measure.log"
+LIVE_PCRS = "sys/class/tpm/tpm0"
+EFIVARS = "sys/firmware/efi/efivars"
+STUB_IMAGE = "StubImageIdentifier"
+# EFI_GLOBAL_VARIABLE (UEFI 2.10, 3.3): SecureBoot is one byte, 1 when on
+SECURE_BOOT = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+
+
+def _secure_boot(efivars: Path) -> bool:
+    from bootkeeper.esp.efivars import read_raw
+
+    raw = read_raw(efivars / SECURE_BOOT)
+    return raw is not None and len(raw) == 5 and raw[4] == 1
+
+
+def _esp(esp: Path | None, root: Path, find_esp: Any) -> Path:
+    """``--esp``, else the first of ROOT/efi, ROOT/boot/efi, ROOT/boot with loader/ or EFI/."""
+    if esp is not None or root == Path("/"):
+        return Path(find_esp(esp))
+    from bootkeeper.cli.common import ESP_CANDIDATES
+
+    for c in ESP_CANDIDATES:
+        d = root / c.relative_to("/")
+        if (d / "loader").is_dir() or (d / "EFI").is_dir():
+            return d
+    from bootkeeper.errors import EspError
+
+    raise EspError(f"no ESP found under {root} (efi, boot/efi, boot); pass --esp DIR")
+
+
+def _leave_result(root: Path, result: dict[str, Any]) -> None:
+    """The result for ``bootkeeper metrics`` (its TPM series and the TpmVerifyFailed alert), written
+    atomically to ROOT/run/bootkeeper/tpm-verify.json; a root without /run keeps none. Failing to
+    write it is a warning: the verdict on stdout and the exit code stand."""
+    import json
+
+    from bootkeeper import fsutil
+    from bootkeeper.cli.metrics import TPM_VERIFY
+
+    dest = root / TPM_VERIFY
+    if not (root / "run").is_dir():
+        return
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fsutil.write_atomic(dest, (json.dumps(result, indent=2) + "\n").encode())
+    except OSError as exc:
+        click.echo(f"bootkeeper: warning: {dest}: not written ({exc.strerror or exc})", err=True)
+
+
+@click.command()
+@root_option
+@esp_option
+@click.option(
+    "--expect",
+    "expect_path",
+    type=click.Path(path_type=Path),
+    help="A saved `tpm predict --json`: the extensions meant to boot; differences are named file by file.",
+)
+@config_option
+@json_option
+def verify(
+    root: Path, esp: Path | None, expect_path: Path | None, config_files: tuple[Path, ...], as_json: bool
+) -> None:
+    """Replay the TPM event log against the live PCRs, find the booted entry, and compare what
+    systemd-stub logged into PCRs 11, 12 and 13 with the ESP's prediction for it. Exit 0 when all
+    agree, 1 with findings."""
+    import json
+
+    from bootkeeper import fsutil
+    from bootkeeper.cli.common import find_esp, load_config
+    from bootkeeper.errors import ExitCode, MalformedError, NotApplicableError
+    from bootkeeper.esp import efivars as ev
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.measure import eventlog
+    from bootkeeper.measure import predict as predict_mod
+    from bootkeeper.measure import verify as verify_mod
+    from bootkeeper.sysext.activate import EXTRA_DIR
+
+    log_path = root / FIRMWARE_LOG
+    if not log_path.exists():
+        raise NotApplicableError(f"{log_path}: no TPM event log (no TPM, or securityfs not mounted)")
+    log = eventlog.read_log(log_path)
+    user = eventlog.read_user_log(root / USER_LOG)
+    live = verify_mod.live_pcrs(root / LIVE_PCRS, log.banks)
+    efivars = root / EFIVARS
+    stub_image = ev.read_string(efivars, STUB_IMAGE) if efivars.is_dir() else None
+    selected = ev.LoaderVars.read(efivars).entry_selected
+    secure_boot = _secure_boot(efivars) if efivars.is_dir() else False
+    store = EspStore(_esp(esp, root, find_esp))
+    predictions = predict_mod.predict(store, log.banks, secure_boot)
+    cfg = load_config(config_files, root)
+    booted = where = None
+    for folder in [root / EXTRA_DIR, *(fsutil.under(root, s) for s in cfg.sysext.sources)]:
+        found = verify_mod.booted_files(folder)
+        if found:
+            booted, where = found, str(folder)
+            break
+    expected = None
+    if expect_path is not None:
+        try:
+            obj = json.loads(fsutil.read_input_text(expect_path, "the expected prediction"))
+        except ValueError as exc:
+            raise MalformedError(f"{expect_path}: not JSON ({exc})") from exc
+        expected = verify_mod.parse_expected(obj, str(expect_path))
+    report = verify_mod.verify(
+        log,
+        user,
+        live,
+        predictions,
+        stub_image=stub_image,
+        selected=selected,
+        booted=booted,
+        booted_where=where,
+        expected=expected,
+        expect_what=str(expect_path),
+    )
+    _leave_result(root, report.to_json())
+    if as_json:
+        print_json(report.to_json())
+    else:
+        click.echo(f"booted: {report.entry or '?'} ({report.uki or '?'}), found by {report.found_by}")
+        # the stub's PCRs, and any other that disagrees; the rest in one line
+        shown = [r for r in report.rows if r.pcr in verify_mod.STUB_PCRS or not r.agree]
+        table(
+            ("BANK", "PCR", "LIVE", "REPLAYED", "PREDICTED", "AGREE"),
+            [
+                (
+                    r.bank,
+                    r.pcr if not r.phases else f"{r.pcr} +{':'.join(r.phases)}",
+                    "-" if r.live is None else r.live.hex()[:16] + "…",
+                    r.replayed.hex()[:16] + "…",
+                    "-" if r.predicted is None else r.predicted.hex()[:16] + "…",
+                    "yes" if r.agree else "NO",
+                )
+                for r in shown
+            ],
+        )
+        rest = sorted({r.pcr for r in report.rows if r not in shown and r.live is not None})
+        if rest:
+            click.echo(f"PCRs {', '.join(map(str, rest))}: the log replays to the live values")
+        for n in report.notes:
+            click.echo(f"note: {n}")
+        for f in report.findings:
+            click.echo(f"finding: {f}")
+        click.echo("all agree" if report.ok else f"{len(report.findings)} finding(s)")
+    if not report.ok:
+        raise SystemExit(int(ExitCode.REFUSED))

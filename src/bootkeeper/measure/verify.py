@@ -1,0 +1,527 @@
+"""``tpm verify``: does what the TPM saw agree with what the ESP says should boot?
+
+Three comparisons, all pure (the CLI reads the machine and hands the values in):
+
+* log integrity: the firmware's event log (and systemd-pcrextend's userspace log, when there is one)
+  replayed gives the live PCR values; a log that does not is a finding, since nothing else in it can
+  then be trusted;
+* the stub's events: PCR 11 (the UKI's sections), 12 (command lines, credentials, addons) and 13 (the
+  system extensions) as logged, event by event (type, event data, digest), against
+  :func:`bootkeeper.measure.predict.predict` for the booted entry;
+* live PCR 11 against the predicted value after the boot phases the userspace log names (without
+  that log: after any prefix of ``enter-initrd:leave-initrd:sysinit:ready``).
+
+When a cpio event differs (PCR 13's extensions, PCR 12's credentials), the files are named: the
+prediction's (name, size, sha256) against the copies the machine booted, and against a saved
+prediction (``--expect``), as "added x.raw", "removed y.raw", "changed z.raw (sha256 a… → b…)"."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bootkeeper.errors import MalformedError
+from bootkeeper.esp import counter
+from bootkeeper.measure import uki
+from bootkeeper.measure.banks import BANKS, Bank, extend
+from bootkeeper.measure.eventlog import EV_NO_ACTION, EventLog, LogEvent, UserLog
+from bootkeeper.measure.events import EV_EVENT_TAG, EVENT_TYPE_NAMES, Event, FileRef
+from bootkeeper.measure.predict import Prediction
+
+__all__ = ["Expected", "PcrRow", "Report", "booted_files", "parse_expected", "verify"]
+
+STUB_PCRS = (11, 12, 13)
+SYSEXT = "System extension initrd"  # predict's PCR 13 cpio event
+SKIPPED = {10: "PCR 10 is IMA's, with its own log"}
+
+
+@dataclass(frozen=True)
+class ExpectedEvent:
+    pcr: int
+    type_name: str
+    description: str
+    digests: dict[str, bytes]
+    files: tuple[FileRef, ...]
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One entry of a saved ``tpm predict --json``."""
+
+    entry: str
+    uki: str
+    events: tuple[ExpectedEvent, ...]
+
+
+@dataclass(frozen=True)
+class PcrRow:
+    bank: str
+    pcr: int
+    live: bytes | None
+    replayed: bytes
+    predicted: bytes | None
+    agree: bool
+    phases: tuple[str, ...] | None = None  # PCR 11: the phase words after the handover
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "bank": self.bank,
+            "pcr": self.pcr,
+            "live": None if self.live is None else self.live.hex(),
+            "replayed": self.replayed.hex(),
+            "predicted": None if self.predicted is None else self.predicted.hex(),
+            "agree": self.agree,
+        }
+        if self.phases is not None:
+            out["phases"] = list(self.phases)
+        return out
+
+
+@dataclass(frozen=True)
+class Report:
+    entry: str | None
+    uki: str | None
+    found_by: str  # how the booted entry was found
+    rows: tuple[PcrRow, ...]
+    findings: tuple[str, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "booted": {"entry": self.entry, "uki": self.uki, "found_by": self.found_by},
+            "agree": self.ok,
+            "pcrs": [r.to_json() for r in self.rows],
+            "findings": list(self.findings),
+            "notes": list(self.notes),
+        }
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+
+def _files_of(raw: Any, where: str) -> tuple[FileRef, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise MalformedError(f"{where}: files: expected a list")
+    out = []
+    for i, f in enumerate(raw):
+        if (
+            not isinstance(f, dict)
+            or not isinstance(f.get("name"), str)
+            or not isinstance(f.get("size"), int)
+            or not isinstance(f.get("sha256"), str)
+        ):
+            raise MalformedError(f"{where}: files[{i}]: expected {{name, size, sha256}}")
+        out.append(FileRef(f["name"], f["size"], f["sha256"]))
+    return tuple(out)
+
+
+def parse_expected(obj: Any, what: str) -> list[Expected]:
+    """The ``entries`` of ``tpm predict --json``."""
+    entries = obj.get("entries") if isinstance(obj, dict) else None
+    if not isinstance(entries, list):
+        raise MalformedError(f"{what}: not the output of tpm predict --json (no entries list)")
+    out = []
+    for i, e in enumerate(entries):
+        where = f"{what}: entries[{i}]"
+        if not isinstance(e, dict) or not isinstance(e.get("entry"), str) or not isinstance(e.get("events"), list):
+            raise MalformedError(f"{where}: expected an object with entry and events")
+        events = []
+        for j, ev in enumerate(e["events"]):
+            w = f"{where}: events[{j}]"
+            if (
+                not isinstance(ev, dict)
+                or not isinstance(ev.get("pcr"), int)
+                or not isinstance(ev.get("digests"), dict)
+            ):
+                raise MalformedError(f"{w}: expected an object with pcr and digests")
+            try:
+                digests = {str(k): bytes.fromhex(str(v)) for k, v in ev["digests"].items()}
+            except ValueError as exc:
+                raise MalformedError(f"{w}: digests: not hex") from exc
+            events.append(
+                ExpectedEvent(
+                    ev["pcr"],
+                    str(ev.get("type", "")),
+                    str(ev.get("description", "")),
+                    digests,
+                    _files_of(ev.get("files"), w),
+                )
+            )
+        out.append(Expected(e["entry"], str(e.get("uki", "")), tuple(events)))
+    return out
+
+
+def booted_files(folder: Path, suffix: str = ".raw", exclude: str | None = ".confext.raw") -> tuple[FileRef, ...]:
+    """(name, size, sha256) of the copies the machine booted (the stub's /.extra/sysext, or a folder the
+    initrd kept them in), as the stub would have picked them."""
+    from bootkeeper.errors import UnreadableError
+    from bootkeeper.measure import cpio
+
+    out = []
+    for m in cpio.members(folder, suffix, exclude, str(folder)):
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with m.path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+        except OSError as exc:
+            raise UnreadableError(f"{m.path}: cannot read ({exc.strerror or exc})") from exc
+        out.append(FileRef(m.name, size, h.hexdigest()))
+    return tuple(out)
+
+
+# -- comparing ------------------------------------------------------------------------------------
+
+
+def _text(event_type: int, data: bytes) -> str:
+    """The UTF-16 description systemd puts in an event's data (behind the tag header for EV_EVENT_TAG)."""
+    body = data[8:] if event_type == EV_EVENT_TAG else data
+    try:
+        return body.decode("utf-16-le").rstrip("\0")
+    except UnicodeDecodeError:
+        return data[:32].hex()
+
+
+def _type_name(t: int) -> str:
+    return EVENT_TYPE_NAMES.get(t, f"0x{t:08x}")
+
+
+def diff_files(before: Sequence[FileRef], after: Sequence[FileRef]) -> list[str]:
+    """What changed from ``before`` to ``after``: "added x", "removed y", "changed z (sha256 a… → b…)"."""
+    old = {f.name: f for f in before}
+    new = {f.name: f for f in after}
+    out = [f"added {n}" for n in new if n not in old]
+    out += [f"removed {n}" for n in old if n not in new]
+    for n, f in new.items():
+        o = old.get(n)
+        if o is not None and (o.sha256 != f.sha256 or o.size != f.size):
+            out.append(f"changed {n} (sha256 {o.sha256[:12]}… → {f.sha256[:12]}…)")
+    return out
+
+
+def _short(v: bytes) -> str:
+    return v.hex()[:16] + "…"
+
+
+def _match_events(
+    logged: list[LogEvent], predicted: list[Event], banks: tuple[Bank, ...]
+) -> tuple[list[str], list[tuple[int, Event | None]]]:
+    """Findings, and the predicted cpio events whose log record differs or is missing (with the PCR)."""
+    findings: list[str] = []
+    bad_cpio: list[tuple[int, Event | None]] = []
+    lk = [(e.pcr, e.event_type, e.data) for e in logged]
+    pk = [(e.pcr, e.event_type, e.event_data()) for e in predicted]
+    sm = difflib.SequenceMatcher(None, lk, pk, autojunk=False)
+    for op, i1, i2, j1, j2 in sm.get_opcodes():
+        if op == "equal":
+            for le, pe in zip(logged[i1:i2], predicted[j1:j2], strict=True):
+                for b in banks:
+                    got, want = le.digests.get(b.name), pe.digests.get(b.name)
+                    if got is not None and want is not None and got != want:
+                        findings.append(
+                            f"PCR {le.pcr}: {pe.type_name} '{pe.description}' ({pe.what}): logged {b.name} "
+                            f"{_short(got)}, predicted {_short(want)}"
+                        )
+                        if pe.files:
+                            bad_cpio.append((pe.pcr, pe))
+                        break
+            continue
+        for le in logged[i1:i2]:
+            findings.append(
+                f"PCR {le.pcr}: logged {_type_name(le.event_type)} '{_text(le.event_type, le.data)}' "
+                f"(offset {le.offset}), not predicted"
+            )
+        for pe in predicted[j1:j2]:
+            findings.append(f"PCR {pe.pcr}: predicted {pe.type_name} '{pe.description}' ({pe.what}), not logged")
+            if pe.files:
+                bad_cpio.append((pe.pcr, pe))
+        if any(le.pcr in (12, 13) and le.event_type != EV_EVENT_TAG for le in logged[i1:i2]) and not any(
+            pe.files for pe in predicted[j1:j2]
+        ):
+            bad_cpio.append((logged[i1].pcr, None))  # a cpio the ESP no longer has
+    return findings, bad_cpio
+
+
+def _pick(
+    predictions: list[Prediction], log: EventLog, stub_image: str | None, selected: str | None
+) -> tuple[Prediction | None, str]:
+    seen = {(e.pcr, e.event_type, e.data, k, v) for e in log.events for k, v in e.digests.items()}
+
+    def score(p: Prediction) -> int:
+        """How many of the prediction's events the log has, digests and all."""
+        common = [b.name for b in p.banks if b in log.banks]
+        return sum(
+            bool(common) and all((e.pcr, e.event_type, e.event_data(), k, e.digests[k]) in seen for k in common)
+            for e in p.events
+        )
+
+    def norm(path: str) -> str:
+        """An ESP path without case or boot counter: the stub ran ``active+1-1.efi``, a bless renamed it."""
+        folder, _, base = path.replace("\\", "/").strip("/").rpartition("/")
+        return f"{folder}/{counter.parse(base, '.efi').stem}".lower()
+
+    candidates: list[Prediction] = []
+    how = ""
+    if selected:
+        # a UKI's profile N >= 1 is "FILE@ID" or "FILE@N" (src/boot/boot.c, v257.9), as predict names it
+        name, at, profile = selected.partition("@")
+        suffix = ".efi" if name.lower().endswith(".efi") else ".conf"
+        key = counter.parse(name, suffix).stem + at + profile
+        candidates = [p for p in predictions if p.entry.lower() == key.lower()]
+        how = f"LoaderEntrySelected={selected}"
+    if stub_image and (not candidates):
+        candidates = [p for p in predictions if norm(p.uki) == norm(stub_image)]
+        how = f"StubImageIdentifier={stub_image}"
+    elif stub_image and candidates:
+        same = [p for p in candidates if norm(p.uki) == norm(stub_image)]
+        candidates = same or candidates
+        how += f", StubImageIdentifier={stub_image}"
+    if not candidates:
+        candidates = predictions
+        how = "the log (no EFI variable names an entry on the ESP)" if (selected or stub_image) else "the log"
+    if not candidates:
+        return None, how
+    best = max(candidates, key=score)
+    if len(candidates) > 1:
+        how += f" (best of {len(candidates)} by the logged events)"
+    return best, how
+
+
+def _phase_prefix(start: bytes, live: bytes, b: Bank) -> tuple[str, ...] | None:
+    """The prefix of the phase path after which PCR 11 is ``live``, or None."""
+    v = start
+    if v == live:
+        return ()
+    for n, p in enumerate(uki.PHASES, 1):
+        v = extend(b, v, b.digest(p.encode()))
+        if v == live:
+            return uki.PHASES[:n]
+    return None
+
+
+def verify(
+    log: EventLog,
+    user: UserLog | None,
+    live: dict[str, dict[int, bytes]],
+    predictions: list[Prediction],
+    *,
+    stub_image: str | None = None,
+    selected: str | None = None,
+    booted: tuple[FileRef, ...] | None = None,
+    booted_where: str | None = None,
+    expected: list[Expected] | None = None,
+    expect_what: str = "--expect",
+) -> Report:
+    findings: list[str] = []
+    notes: list[str] = []
+    pred, how = _pick(predictions, log, stub_image, selected)
+    if pred is None:
+        findings.append("no boot entry on the ESP runs a UKI: nothing to compare the log with")
+    pred_banks = {b.name for b in pred.banks} if pred is not None else set(BANKS)
+    banks = tuple(b for b in log.banks if b.name in pred_banks)
+    if not banks:
+        findings.append(
+            f"{log.what}: the log has no bank the prediction has ({', '.join(b.name for b in log.banks) or 'none'})"
+        )
+    if user is not None:
+        notes += user.notes
+        if user.aborted:
+            findings.append(f"{user.what}: a writer was cut off mid-record (sticky bit set): it may lack a measurement")
+    # log integrity, and what is predicted
+    rows: list[PcrRow] = []
+    predicted_pcrs = pred.pcrs() if pred is not None else {}
+    touched = {e.pcr for e in log.events if e.event_type != EV_NO_ACTION} | set(STUB_PCRS)
+    if user is not None:
+        touched |= {e.pcr for e in user.events}
+    for n, why in SKIPPED.items():
+        if n in touched:
+            notes.append(why + ": not checked")
+    for b in banks:
+        replayed = log.replay(b)
+        live_b = live.get(b.name)
+        if live_b is None:
+            notes.append(f"no live {b.name} PCRs (ROOT/sys/class/tpm/tpm0/pcr-{b.name}/): log integrity not checked")
+        for n in sorted(touched - set(SKIPPED)):
+            value = replayed[n]
+            phases: tuple[str, ...] | None = None
+            got = None if live_b is None else live_b.get(n)
+            if user is not None:
+                for ue in user.of_pcr(n):
+                    d = ue.digests.get(b.name)
+                    if d is None:
+                        findings.append(f"{user.what}: record {ue.index}: no {b.name} digest for PCR {n}")
+                        continue
+                    value = extend(b, value, d)
+                if n == 11:
+                    phases = user.phases()
+            elif n == 11 and got is not None:
+                phases = _phase_prefix(value, got, b)
+                if phases is not None:
+                    for p in phases:
+                        value = extend(b, value, b.digest(p.encode()))
+            elif n == 15 and got is not None and got != value:
+                notes.append(f"PCR 15 ({b.name}) is extended from userspace and there is no userspace log: not checked")
+                continue
+            want: bytes | None = None
+            if n in STUB_PCRS and pred is not None:
+                want = predicted_pcrs[b.name][n]
+                if n == 11:
+                    path = phases if phases is not None else ()
+                    if path:
+                        want = uki.phase_values({b.name: want}, (b,), path)[b.name][path[-1]]
+            agree = (got is None or got == value) and (want is None or want == value)
+            rows.append(PcrRow(b.name, n, got, value, want, agree, phases))
+            if got is not None and got != value:
+                if n == 11 and user is None:
+                    findings.append(
+                        f"PCR 11 ({b.name}): the TPM holds {_short(got)}, which is the logged handover value after no "
+                        f"prefix of the boot phases {':'.join(uki.PHASES)} (and there is no userspace log)"
+                    )
+                else:
+                    findings.append(
+                        f"PCR {n} ({b.name}): the log replays to {_short(value)}, the TPM holds {_short(got)}: "
+                        "the log is not the TPM's"
+                    )
+            elif want is not None and want != value:
+                findings.append(f"PCR {n} ({b.name}): {_short(value)}, predicted {_short(want)}")
+    if user is not None and pred is not None:
+        odd = [e for e in user.of_pcr(11) if e.event_type != "phase"]
+        for e in odd:
+            findings.append(f"{user.what}: record {e.index}: PCR 11 extended with {e.string!r}, not a boot phase")
+    # event by event, and the files behind a cpio event that differs
+    if pred is not None and banks:
+        logged = [e for n in STUB_PCRS for e in log.of_pcr(n)]
+        predicted = [e for n in STUB_PCRS for e in pred.events if e.pcr == n]
+        event_findings, bad_cpio = _match_events(logged, predicted, banks)
+        findings += event_findings
+        findings += _name_files(bad_cpio, pred, booted, booted_where, expected, expect_what, log)
+    return Report(
+        pred.entry if pred else None, pred.uki if pred else None, how, tuple(rows), tuple(findings), tuple(notes)
+    )
+
+
+def _name_files(
+    bad: list[tuple[int, Event | None]],
+    pred: Prediction,
+    booted: tuple[FileRef, ...] | None,
+    booted_where: str | None,
+    expected: list[Expected] | None,
+    expect_what: str,
+    log: EventLog,
+) -> list[str]:
+    out: list[str] = []
+    pcrs = sorted({n for n, _ in bad})
+    if not pcrs:
+        return out
+    exp = None
+    if expected is not None:
+        exp = next((x for x in expected if x.entry.lower() == pred.entry.lower()), None)
+        if exp is None:
+            exp = next((x for x in expected if x.uki.lower() == pred.uki.lower()), None)
+        if exp is None:
+            out.append(f"{expect_what}: has no entry {pred.entry}")
+    for n in pcrs:
+        # the cpio events of this PCR, by description ("System extension initrd", "Credentials initrd", ...)
+        descs = list(dict.fromkeys([e.description for m, e in bad if m == n and e is not None]))
+        if not descs:
+            descs = [SYSEXT] if n == 13 else []
+        if exp is not None:
+            descs += [e.description for e in exp.events if e.pcr == n and e.files and e.description not in descs]
+        for d in descs:
+            out += _name_cpio(
+                n, d, pred, log, booted if n == 13 and d == SYSEXT else None, booted_where, exp, expect_what
+            )
+    return out
+
+
+def _name_cpio(
+    n: int,
+    d: str,
+    pred: Prediction,
+    log: EventLog,
+    booted: tuple[FileRef, ...] | None,
+    booted_where: str | None,
+    exp: Expected | None,
+    expect_what: str,
+) -> list[str]:
+    """The files behind one cpio event: the ESP's against what booted, what booted against ``--expect``."""
+    out: list[str] = []
+    esp = next((e.files for e in pred.events if e.pcr == n and e.description == d), ())
+    what = f"PCR {n} '{d}'"
+    if booted is not None:
+        changes = diff_files(booted, esp)
+        if changes:
+            out.append(f"{what}: the ESP against what booted ({booted_where}): {', '.join(changes)}")
+        else:
+            out.append(f"{what}: the ESP holds what booted ({booted_where})")
+    if exp is None:
+        return out
+    theirs = next((e for e in exp.events if e.pcr == n and e.description == d), None)
+    meant = theirs.files if theirs is not None else ()
+    rec = next((le for le in log.of_pcr(n) if le.data == _event_data(d)), None)
+    log_is_meant = (
+        theirs is not None
+        and rec is not None
+        and all(rec.digests.get(k) == v for k, v in theirs.digests.items() if k in rec.digests)
+    )
+    if booted is not None:
+        changes = diff_files(meant, booted)
+        out.append(
+            f"{what}: what booted against {expect_what}: {', '.join(changes)}"
+            if changes
+            else f"{what}: what booted is what {expect_what} names"
+        )
+    elif log_is_meant:
+        out.append(f"{what}: the log matches {expect_what}")
+    else:
+        out.append(f"{what}: the log matches neither the ESP nor {expect_what}")
+    changes = diff_files(meant, esp)
+    if changes:
+        out.append(f"{what}: the ESP against {expect_what}: {', '.join(changes)}")
+    return out
+
+
+def _event_data(description: str) -> bytes:
+    return (description + "\0").encode("utf-16-le")
+
+
+def live_pcrs(folder: Path, banks: Iterable[Bank]) -> dict[str, dict[int, bytes]]:
+    """``/sys/class/tpm/tpm0/pcr-<bank>/<n>`` (Linux 5.12+): one hex value a file."""
+    from bootkeeper.errors import UnreadableError
+
+    out: dict[str, dict[int, bytes]] = {}
+    for b in banks:
+        d = folder / f"pcr-{b.name}"
+        if not d.is_dir():
+            continue
+        values: dict[int, bytes] = {}
+        for n in range(24):
+            p = d / str(n)
+            try:
+                with p.open("rb") as f:  # sysfs: one hex line; a fake root's file may be anything
+                    text = f.read(2 * b.size + 2).decode("ascii", "replace").strip()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise UnreadableError(f"{p}: cannot read ({exc.strerror or exc})") from exc
+            try:
+                v = bytes.fromhex(text)
+            except ValueError:
+                raise MalformedError(f"{p}: {text[:20]!r} is not a hex PCR value") from None
+            if len(v) != b.size:
+                raise MalformedError(f"{p}: {len(v)} bytes, a {b.name} PCR has {b.size}")
+            values[n] = v
+        out[b.name] = values
+    return out

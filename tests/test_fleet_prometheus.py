@@ -1,0 +1,174 @@
+"""The fleet view with the real engines (issue 17, item 4): Debian's ``prometheus-node-exporter`` on
+127.0.0.1 with only the textfile collector, reading the folder ``bootkeeper metrics --textfile-dir``
+writes, and a real ``prometheus`` scraping it every second with the shipped rules (``metrics
+--rules``). A scratch node falls back to passive with an extension refused by the real activation
+(tests/test_metrics.py's scenario): the series and four alerts appear in Prometheus's HTTP API; after a
+good boot they clear. Both servers run in their own process groups, killed in ``finally``; every wait
+is bounded."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from test_metrics import STEP, bk, fallen_back, good_boot
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+WAIT = 60.0  # seconds: at a 1 s scrape and evaluation interval, a change shows within a few
+FALLBACK_ALERTS = {
+    "BootkeeperFallbackBoot",
+    "BootkeeperBootNotBlessed",
+    "BootkeeperActiveNoTriesLeft",
+    "BootkeeperExtensionRefused",
+}
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is missing; scripts/setup-test-deps.sh installs it")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _server(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _until(what: str, probe: Callable[[], T | None], log: Path) -> T:
+    deadline = time.monotonic() + WAIT
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            got = probe()
+        except OSError as exc:  # not listening yet
+            last = exc
+        else:
+            if got is not None:
+                return got
+            last = got
+        time.sleep(0.25)
+    pytest.fail(f"{what}: not within {WAIT:.0f} s (last: {last!r}); server log:\n{log.read_text()[-3000:]}")
+
+
+def test_series_and_alerts_appear_in_prometheus_and_clear_after_a_good_boot(tmp_path: Path) -> None:
+    exporter, prometheus = _tool("prometheus-node-exporter"), _tool("prometheus")
+    start = time.time() - 3600  # the fallen-back boot was recorded 55 minutes ago: not blessed for long
+    node = fallen_back(tmp_path / "node", start)
+    textfiles = tmp_path / "textfile"
+    textfiles.mkdir()
+    rules = tmp_path / "alerts.yml"
+    r = bk("metrics", "--rules")
+    assert r.returncode == 0, r.stderr
+    rules.write_text(r.stdout)
+    exp_port, prom_port = _free_port(), _free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files:\n  - {rules}\n"
+        "scrape_configs:\n  - job_name: node\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{exp_port}']\n        labels: {{instance: edge-17}}\n"
+    )
+    api = f"http://127.0.0.1:{prom_port}/api/v1"
+
+    def query(q: str) -> list[dict[str, Any]]:
+        doc = _get(f"{api}/query?query={urllib.parse.quote(q)}")
+        assert doc["status"] == "success", doc
+        return list(doc["data"]["result"])
+
+    def firing() -> dict[str, dict[str, str]]:
+        doc = _get(f"{api}/alerts")
+        return {a["labels"]["alertname"]: a["labels"] for a in doc["data"]["alerts"] if a["state"] == "firing"}
+
+    exp_log, prom_log = tmp_path / "exporter.log", tmp_path / "prometheus.log"
+    with (
+        _server(
+            [
+                exporter,
+                f"--web.listen-address=127.0.0.1:{exp_port}",
+                "--collector.disable-defaults",
+                "--collector.textfile",
+                f"--collector.textfile.directory={textfiles}",
+            ],
+            exp_log,
+        ),
+        _server(
+            [
+                prometheus,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            prom_log,
+        ),
+    ):
+        r = bk("metrics", *node.args(), "--textfile-dir", str(textfiles))
+        assert r.returncode == 0, r.stderr
+        # the fallback: the series as Prometheus returns them
+        got = _until("bootkeeper_boot_fallback == 1", lambda: query("bootkeeper_boot_fallback == 1") or None, prom_log)
+        assert [(s["metric"]["instance"], s["metric"]["role"], s["value"][1]) for s in got] == [
+            ("edge-17", "passive", "1")
+        ]
+        assert query("node_textfile_scrape_error") and query("node_textfile_scrape_error")[0]["value"][1] == "0"
+        series = query('{__name__=~"bootkeeper_.+"}')
+        print("@@@ FALLBACK SERIES", json.dumps([[s["metric"], s["value"][1]] for s in series]))
+        by = {(s["metric"]["__name__"], s["metric"].get("role"), s["metric"].get("extension")): s for s in series}
+        assert by[("bootkeeper_boot_fallback_from", "active", None)]["value"][1] == "1"
+        last = float(by[("bootkeeper_last_fallback_timestamp_seconds", None, None)]["value"][1])
+        assert last == pytest.approx(start + 3 * STEP, abs=0.001)
+        assert by[("bootkeeper_entry_tries_left", "active", None)]["value"][1] == "0"
+        assert by[("bootkeeper_extension_placed", None, "rogue.raw")]["metric"]["reason"] == "signature"
+        # fleet aggregation works on these labels
+        assert [s["value"][1] for s in query("sum by (role) (bootkeeper_boot_fallback)")] == ["1"]
+
+        alerts = _until(
+            "the four alerts", lambda: (a if set(a) >= FALLBACK_ALERTS else None) if (a := firing()) else None, prom_log
+        )
+        assert set(alerts) == FALLBACK_ALERTS, alerts
+        assert alerts["BootkeeperExtensionRefused"]["extension"] == "rogue.raw"
+        assert alerts["BootkeeperFallbackBoot"]["instance"] == "edge-17"
+        print("@@@ FALLBACK ALERTS", json.dumps(alerts, sort_keys=True))
+
+        # a good boot: everything clears
+        fixed = good_boot(node, tmp_path / "fixed", time.time() - 30)
+        r = bk("metrics", *fixed.args(), "--textfile-dir", str(textfiles))
+        assert r.returncode == 0, r.stderr
+        _until(
+            "bootkeeper_boot_blessed == 1 on active",
+            lambda: query('bootkeeper_boot_blessed{role="active"} == 1') or None,
+            prom_log,
+        )
+        _until("no alert firing", lambda: True if not firing() else None, prom_log)
+        assert query("bootkeeper_boot_fallback == 1") == []
+        assert query('bootkeeper_extension_placed{verdict="refused"}') == []

@@ -1,0 +1,369 @@
+"""``bootkeeper metrics`` on scratch nodes: a node that fell back to passive with an extension refused
+by the real activation, then the same node after a good boot. The file is read back with
+``prometheus_client``'s parser and accepted by the real ``promtool check metrics``; the shipped rules
+pass ``promtool check rules`` and their unit tests (``promtool test rules``). The scenario builders are
+shared with tests/test_fleet_prometheus.py, which scrapes the same files with a real Prometheus."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from bootkeeper.assess.simulate import BootOutcome, Fault, simulate
+from bootkeeper.config import BootAssessment, RebootOnFailure
+from bootkeeper.esp import scratch
+from bootkeeper.esp.entries import Role
+from bootkeeper.esp.store import EspStore
+from bootkeeper.sysext import signature
+from helpers import fake_efivars, signed_extension
+
+HERE = Path(__file__).resolve().parent
+RULES = HERE.parent / "src/bootkeeper/data/alerts.yml"
+RULE_TESTS = HERE / "data/fleet/alerts_test.yml"
+TRUSTED = signature.self_signed("rsa", "fleet-db")
+UNTRUSTED = signature.self_signed("rsa", "someone else")
+STEP = 90.0
+
+
+def bk(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
+
+
+def promtool() -> str:
+    tool = shutil.which("promtool")
+    if tool is None:
+        pytest.fail("promtool is missing; scripts/setup-test-deps.sh installs prometheus")
+    return tool
+
+
+@dataclass(frozen=True)
+class Node:
+    root: Path
+    esp: Path
+    efivars: Path
+
+    def args(self) -> list[str]:
+        return ["--root", str(self.root), "--esp", str(self.esp), "--efivars", str(self.efivars)]
+
+
+def _pem(obj: Any) -> bytes:
+    return bytes(obj.public_bytes(serialization.Encoding.PEM))
+
+
+def fallen_back(tmp: Path, start: float) -> Node:
+    """Active's service fails its three tries (rebooting each time), passive boots, fails too and the
+    node stays up on passive, unblessed (tests/test_status.py's node), boots from ``start`` on; then
+    the real ``sysext activate`` (enforced) places good.raw (signed by the trusted key) and refuses
+    rogue.raw (signed by a key the node does not trust)."""
+    root = tmp / "root"
+    esp = scratch.make(tmp / "esp")
+    assert bk("service", "enroll", "k3s", "--reboot-on-failure", "active", "--root", str(root)).returncode == 0
+    recs = simulate(
+        EspStore(esp),
+        BootAssessment(),
+        [Fault(r, None, BootOutcome.SERVICE) for r in Role],
+        10,
+        reboot_on_failure=RebootOnFailure.ACTIVE,
+        history_root=root,
+        start_time=start,
+        seconds_per_boot=STEP,
+    )
+    assert [r.role for r in recs] == ["active", "active", "active", "passive"]
+    assert recs[-1].boot_count_path is not None
+    ev = fake_efivars(tmp / "efivars", LoaderBootCountPath=recs[-1].boot_count_path)
+    (root / "etc/bootkeeper").mkdir(parents=True, exist_ok=True)
+    (root / "etc/bootkeeper/db.pem").write_bytes(_pem(TRUSTED[1]))
+    (root / "oem").mkdir()
+    (root / "oem/90_sysext.yaml").write_text(
+        "sysext:\n  mode: enforced\n  certificates: [/etc/bootkeeper/db.pem]\n  firmware: []\n"
+    )
+    extra = root / ".extra/sysext"
+    signed_extension(tmp / "images/good.raw", *TRUSTED)
+    signed_extension(tmp / "images/rogue.raw", *UNTRUSTED)
+    extra.mkdir(parents=True)
+    for n in ("good.raw", "rogue.raw"):
+        shutil.copyfile(tmp / "images" / n, extra / n)
+    r = bk("sysext", "activate", "--root", str(root), "--no-refresh")
+    assert r.returncode == 0, r.stderr
+    return Node(root, esp, ev)
+
+
+def good_boot(node: Node, tmp: Path, at: float) -> Node:
+    """The node after its operator fixed it: a fresh ESP (active first choice), one good boot
+    recorded and blessed, and an activation with only good.raw."""
+    esp = scratch.make(tmp / "esp-fixed")
+    recs = simulate(EspStore(esp), BootAssessment(), [], 1, history_root=node.root, start_time=at)
+    assert [(r.role, r.verdict) for r in recs] == [("active", "good")]
+    ev = fake_efivars(tmp / "efivars-fixed", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    (node.root / ".extra/sysext/rogue.raw").unlink()
+    r = bk("sysext", "activate", "--root", str(node.root), "--no-refresh")
+    assert r.returncode == 0, r.stderr
+    return Node(node.root, esp, ev)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def value(got: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
+    return got.get((name, frozenset(labels.items())))
+
+
+def names(got: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str) -> list[dict[str, str]]:
+    return sorted((dict(k[1]) for k in got if k[0] == name), key=lambda d: sorted(d.items()))
+
+
+@pytest.fixture(scope="module")
+def fell(tmp_path_factory: pytest.TempPathFactory) -> tuple[Node, float]:
+    start = time.time() - 3600
+    return fallen_back(tmp_path_factory.mktemp("fleet"), start), start
+
+
+def test_metrics_of_a_node_that_fell_back(fell: tuple[Node, float], tmp_path: Path) -> None:
+    node, start = fell
+    (tmp_path / "tf").mkdir()
+    before = time.time()
+    r = bk("metrics", *node.args(), "--textfile-dir", str(tmp_path / "tf"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"wrote {tmp_path / 'tf/bootkeeper.prom'}\n"
+    assert sorted(p.name for p in (tmp_path / "tf").iterdir()) == ["bootkeeper.prom"]  # no temporary left
+    text = (tmp_path / "tf/bootkeeper.prom").read_text()
+    got = samples(text)
+    active, passive = "loader/entries/active.conf", "loader/entries/passive.conf"
+    # the scenario: active used 3 tries and is bad, passive used 1 of 3
+    assert value(got, "bootkeeper_entry_tries_left", entry=active, role="active") == 0
+    assert value(got, "bootkeeper_entry_tries_done", entry=active, role="active") == 3
+    assert value(got, "bootkeeper_entry_tries_left", entry=passive, role="passive") == 2
+    assert value(got, "bootkeeper_entry_tries_done", entry=passive, role="passive") == 1
+    assert value(got, "bootkeeper_entry_state", entry=active, role="active", state="bad") == 1
+    assert value(got, "bootkeeper_entry_state", entry=active, role="active", state="good") == 0
+    assert value(got, "bootkeeper_entry_state", entry=passive, role="passive", state="indeterminate") == 1
+    assert names(got, "bootkeeper_booted_info") == [{"entry": passive, "role": "passive"}]
+    assert value(got, "bootkeeper_boot_blessed", role="passive") == 0
+    assert value(got, "bootkeeper_boot_state", state="indeterminate") == 1
+    assert value(got, "bootkeeper_boot_state", state="good") == 0
+    assert value(got, "bootkeeper_boot_fallback", role="passive") == 1
+    assert names(got, "bootkeeper_boot_fallback_from") == [{"role": "active"}]
+    # the fourth boot (passive) followed three of active
+    assert value(got, "bootkeeper_last_fallback_timestamp_seconds") == start + 3 * STEP
+    assert value(got, "bootkeeper_boot_timestamp_seconds") == start + 3 * STEP
+    assert value(got, "bootkeeper_extension_placed", extension="good.raw", verdict="passed", reason="none") == 1
+    assert value(got, "bootkeeper_extension_placed", extension="rogue.raw", verdict="refused", reason="signature") == 0
+    assert len(names(got, "bootkeeper_extension_placed")) == 2
+    der = TRUSTED[1].public_bytes(serialization.Encoding.DER)
+    info = names(got, "bootkeeper_trust_anchor_info")
+    assert info == [{"fingerprint": hashlib.sha256(der).hexdigest(), "source": "config"}]
+    assert value(got, "bootkeeper_trust_anchors", source="config") == 1
+    assert names(got, "bootkeeper_trust_anchors") == [{"source": "config"}]
+    assert value(got, "bootkeeper_activation_info", mode="enforced") == 1
+    assert value(got, "bootkeeper_upgrade_failed") == 0  # no upgrade recorded: none undone
+    assert names(got, "bootkeeper_last_upgrade_info") == []
+    assert names(got, "bootkeeper_tpm_verify_agree") == []  # tpm verify has not run
+    stamp = value(got, "bootkeeper_metrics_timestamp_seconds")
+    assert stamp is not None and before <= stamp <= time.time()
+    # the real checker of the exposition format
+    p = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_after_a_good_boot_the_fallback_and_refusal_are_gone(fell: tuple[Node, float], tmp_path: Path) -> None:
+    node, _ = fell
+    now = time.time()
+    fixed = good_boot(node, tmp_path, now - 60)
+    got = samples(bk("metrics", *fixed.args()).stdout)
+    assert value(got, "bootkeeper_boot_fallback", role="active") == 1 - 1
+    assert names(got, "bootkeeper_boot_fallback_from") == []
+    assert value(got, "bootkeeper_boot_blessed", role="active") == 1
+    assert value(got, "bootkeeper_boot_state", state="good") == 1
+    assert names(got, "bootkeeper_extension_placed") == [
+        {"extension": "good.raw", "reason": "none", "verdict": "passed"}
+    ]
+    assert value(got, "bootkeeper_entry_tries_left", entry="loader/entries/active.conf", role="active") is None
+    assert value(got, "bootkeeper_entry_state", entry="loader/entries/active.conf", role="active", state="good") == 1
+    # going back up the chain is no fallback: the last one is still the passive boot of the scenario
+    assert value(got, "bootkeeper_last_fallback_timestamp_seconds") == fell[1] + 3 * STEP
+
+
+def test_upgrade_and_tpm_verify_series(tmp_path: Path) -> None:
+    """The last upgrade's time and versions (an upgrade record as ``upgrade`` writes it), and the
+    result ``tpm verify --json`` left in run/bootkeeper/tpm-verify.json."""
+    from bootkeeper.assess import history
+
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    simulate(EspStore(esp), BootAssessment(), [], 1, history_root=root, start_time=1795000000.0)
+    before = history.role_os({"PRETTY_NAME": "Kairos v3.4.1", "IMAGE_VERSION": "v3.4.1"}, [])
+    after = history.role_os({"PRETTY_NAME": "Kairos v3.4.2", "IMAGE_VERSION": "v3.4.2"}, [])
+    history.append(root, history.upgrade_record("sim-1", 1795000500.0, Role.ACTIVE, before, after, "ok", False))
+    (root / "run/bootkeeper").mkdir(parents=True)
+    verify = {
+        "booted": {"entry": "loader/entries/active.conf", "uki": None, "found_by": "LoaderBootCountPath"},
+        "agree": False,
+        "pcrs": [
+            {"bank": "sha256", "pcr": 11, "agree": False},
+            {"bank": "sha256", "pcr": 12, "agree": True},
+        ],
+        "findings": ["PCR 11 (sha256): live differs from the prediction"],
+        "notes": [],
+    }
+    (root / "run/bootkeeper/tpm-verify.json").write_text(json.dumps(verify))
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    got = samples(bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev)).stdout)
+    assert value(got, "bootkeeper_last_upgrade_timestamp_seconds", role="active") == 1795000500.0
+    assert names(got, "bootkeeper_last_upgrade_info") == [
+        {"role": "active", "from": "v3.4.1", "to": "v3.4.2", "result": "ok"}
+    ]
+    assert value(got, "bootkeeper_tpm_verify_agree") == 0
+    assert value(got, "bootkeeper_tpm_verify_findings") == 1
+    assert value(got, "bootkeeper_tpm_pcr_agree", bank="sha256", pcr="11") == 0
+    assert value(got, "bootkeeper_tpm_pcr_agree", bank="sha256", pcr="12") == 1
+    j = json.loads(bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "--json").stdout)
+    assert j["bootkeeper_tpm_pcr_agree"] == [
+        {"labels": {"bank": "sha256", "pcr": "11"}, "value": 0.0},
+        {"labels": {"bank": "sha256", "pcr": "12"}, "value": 1.0},
+    ]
+    (root / "run/bootkeeper/tpm-verify.json").write_text('{"agree": "yes"}')
+    r = bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev))
+    assert r.returncode == 4 and "tpm-verify.json: not the output of 'tpm verify --json'" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("reasons", "cls"),
+    [
+        (["no trusted certificate"], "signature"),
+        (["root: no signature partition"], "signature"),
+        (["root-verity: data block 3 does not match its hash"], "verity"),
+        (["extension-release: ID=fedora, this host is ID=kairos"], "release"),
+        (["root partition is for arm64, this machine is x86-64"], "architecture"),
+        (["/.extra/sysext/x.raw: a symbolic link; not followed"], "storage"),
+        (["validation stopped (its worker process died)"], "validation"),
+        (["not a GPT disk image"], "structure"),
+        # as tests/test_hostile.py's images are refused
+        (["root is unprotected, the policy allows signed+absent"], "policy"),
+        (["root is verity, the policy allows signed+absent; no signature partition"], "signature"),
+        (["root is verity, the policy allows signed+absent; no trusted certificate"], "signature"),
+        (["root-verity superblock: salt size 300 is over 256"], "verity"),
+        (["root-verity: root hash does not match the top of the hash tree"], "verity"),
+        (["two root partitions (numbers 1 and 4)"], "structure"),
+        (["/x/img.raw: GPT header CRC32 mismatch at LBA 1"], "structure"),
+        ([], "none"),
+    ],
+)
+def test_reason_classes_are_a_closed_vocabulary(reasons: list[str], cls: str) -> None:
+    from bootkeeper.cli.metrics import ReasonClass
+
+    assert ReasonClass.of(reasons).value == cls
+
+
+@pytest.mark.parametrize(
+    ("where", "label"),
+    [
+        ("/oem/90.yaml: sysext.certificates[0] (/etc/bootkeeper/db.pem)", "config"),
+        ("/oem/90.yaml: sysext.certificates[1]", "config"),
+        ("firmware db #3", "firmware-db"),
+        ("/etc/verity.d/fleet.crt", "verity.d"),
+    ],
+)
+def test_trust_anchor_sources_are_labels_not_paths(where: str, label: str) -> None:
+    from bootkeeper.cli.metrics import anchor_source
+
+    assert anchor_source(where) == label
+
+
+def test_rules_are_shipped_printed_and_pass_promtool(tmp_path: Path) -> None:
+    r = bk("metrics", "--rules")
+    assert r.returncode == 0 and r.stdout == RULES.read_text()
+    (tmp_path / "alerts.yml").write_text(r.stdout)
+    p = subprocess.run(
+        [promtool(), "check", "rules", str(tmp_path / "alerts.yml")], capture_output=True, text=True, check=False
+    )
+    assert p.returncode == 0 and "SUCCESS: 6 rules found" in p.stdout, p.stdout + p.stderr
+    p = subprocess.run([promtool(), "test", "rules", str(RULE_TESTS)], capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "SUCCESS" in p.stdout
+
+
+def test_promtool_rule_tests_can_fail(tmp_path: Path) -> None:
+    """The control: the same unit tests against rules whose fallback alert never fires fail."""
+    broken = tmp_path / "src/bootkeeper/data"
+    broken.mkdir(parents=True)
+    (broken / "alerts.yml").write_text(
+        RULES.read_text().replace("bootkeeper_boot_fallback == 1", "bootkeeper_boot_fallback == 2")
+    )
+    (tmp_path / "tests/data/fleet").mkdir(parents=True)
+    shutil.copyfile(RULE_TESTS, tmp_path / "tests/data/fleet/alerts_test.yml")
+    p = subprocess.run(
+        [promtool(), "test", "rules", str(tmp_path / "tests/data/fleet/alerts_test.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert p.returncode != 0 and "BootkeeperFallbackBoot" in p.stdout + p.stderr
+
+
+def test_crash_safe_write_leaves_the_old_file_when_the_folder_is_gone(fell: tuple[Node, float], tmp_path: Path) -> None:
+    node, _ = fell
+    r = bk("metrics", *node.args(), "-o", str(tmp_path / "missing/bootkeeper.prom"))
+    assert r.returncode == 6 and r.stderr.startswith("bootkeeper: error: "), r.stderr
+    assert f"{tmp_path / 'missing'}: no such folder" in r.stderr
+    r = bk("metrics", "--rules", "-o", str(tmp_path / "x"))
+    assert r.returncode == 2
+
+
+def test_the_metrics_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The service, the path unit (a boot, a verdict, an upgrade, an activation, tpm verify) and the
+    timer install-units writes, enabled, and accepted by the real systemd-analyze verify; the control
+    shows verify reads the path unit."""
+    from bootkeeper.assess import history
+    from bootkeeper.cli import metrics
+    from bootkeeper.sysext import report
+
+    r = bk(
+        "install-units", "--root", str(tmp_path), "--exe", f"{sys.executable} -m bootkeeper", "--python", sys.executable
+    )
+    assert r.returncode == 0, r.stderr
+    d = tmp_path / "etc/systemd/system"
+    service = (d / "bootkeeper-metrics.service").read_text()
+    assert (
+        f"ExecStart={sys.executable} -m bootkeeper metrics --textfile-dir /var/lib/prometheus/node-exporter\n"
+        in service
+    )
+    assert "ConditionPathIsDirectory=/var/lib/prometheus/node-exporter\n" in service
+    assert "After=local-fs.target bootkeeper-sysext.service bootkeeper-boot.service\n" in service
+    path = (d / "bootkeeper-metrics.path").read_text()
+    watched = [ln.removeprefix("PathChanged=") for ln in path.splitlines() if ln.startswith("PathChanged=")]
+    assert watched == [f"/{history.HISTORY}", f"/{report.REPORT}", f"/{metrics.TPM_VERIFY}"]
+    timer = (d / "bootkeeper-metrics.timer").read_text()
+    assert "OnUnitActiveSec=15min\n" in timer and "Unit=bootkeeper-metrics.service\n" in timer
+    for target, unit in (
+        ("multi-user.target", "bootkeeper-metrics.service"),
+        ("paths.target", "bootkeeper-metrics.path"),
+        ("timers.target", "bootkeeper-metrics.timer"),
+    ):
+        assert (d / f"{target}.wants" / unit).resolve(strict=False).name == unit
+    tool = shutil.which("systemd-analyze")
+    assert tool is not None, "scripts/setup-test-deps.sh installs systemd"
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{d}:", "SYSTEMD_LOG_COLOR": "0"}
+    names = ["bootkeeper-metrics.service", "bootkeeper-metrics.path", "bootkeeper-metrics.timer"]
+    v = subprocess.run([tool, "verify", "--man=no", *names], capture_output=True, text=True, env=env, check=False)
+    assert v.returncode == 0 and v.stderr == "", v.stderr
+    (d / "bootkeeper-metrics.path").write_text(path.replace("PathChanged=", "PathChangd=", 1))
+    v = subprocess.run([tool, "verify", "--man=no", names[1]], capture_output=True, text=True, env=env, check=False)
+    assert "PathChangd" in v.stderr
