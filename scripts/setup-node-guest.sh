@@ -7,8 +7,8 @@
 # bootkeeper-random-seed.service takes the place of; and the TPM side of systemd 257 that a measured
 # boot with a software TPM runs (tests/test_node_tpm.py): tpm2-tss, which systemd-pcrphase,
 # systemd-pcrextend and systemd-cryptsetup dlopen (ESYS, MU, RC and the device TCTI), and
-# systemd-cryptsetup with cryptsetup-bin for a LUKS2 volume unlocked by the TPM. bootkeeper itself is not in this tree:
-# tests/nodevm.py copies the tree and installs bootkeeper's Debian package (scripts/build-deb.sh) into
+# systemd-cryptsetup with cryptsetup-bin for a LUKS2 volume unlocked by the TPM. bootkeeper itself is
+# not in this tree: tests/nodevm.py copies the tree and installs bootkeeper's Debian package (scripts/build-deb.sh) into
 # the copy with dpkg -i, which checks those dependencies; so a code change never rebuilds this.
 #
 # Idempotent and cached in $NODE_GUEST (default .cache/node/guest); rebuilt when this script or the

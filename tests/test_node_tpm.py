@@ -133,9 +133,11 @@ def measured(b: nodevm.Boot) -> Measured:
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
 
-def node_root(m: Measured, root: Path) -> Path:
+def node_root(m: Measured, root: Path, booted: dict[str, Path]) -> Path:
     """What ``tpm verify --root`` reads of a node, as the node had it: the event log, the PCR files
-    (the kernel's format: uppercase hex and a newline) and the Loader*/Stub* variables (efivarfs files)."""
+    (the kernel's format: uppercase hex and a newline), the Loader*/Stub* variables (efivarfs files),
+    systemd-pcrextend's log (RFC 7464 records), the node's config and ``booted`` (name -> file) as
+    the copies the initrd handed over in its ``sysext.sources`` folder."""
     sec = root / "sys/kernel/security/tpm0"
     sec.mkdir(parents=True)
     (sec / "binary_bios_measurements").write_bytes(m.raw_log)
@@ -148,7 +150,21 @@ def node_root(m: Measured, root: Path) -> Path:
     ev.mkdir(parents=True)
     for name, data in m.efivars.items():
         (ev / f"{name}-{LOADER_GUID}").write_bytes(data)
+    user = root / "run/log/systemd/tpm2-measure.log"
+    user.parent.mkdir(parents=True)
+    user.write_text("".join("\x1e" + json.dumps(r, separators=(",", ":")) + "\n" for r in m.userlog))
+    (root / "oem").mkdir()
+    (root / "oem/90-node.yaml").write_text(nodevm.NODE_CONFIG)
+    handed = root / "run/initrd-extra/sysext"
+    handed.mkdir(parents=True)
+    for name, src in booted.items():
+        shutil.copy(src, handed / name)
     return root
+
+
+def findings(out: Any) -> list[str]:
+    """``tpm verify --json``'s findings (none when its output was no JSON object)."""
+    return list(out.get("findings", [])) if isinstance(out, dict) else []
 
 
 def extend(bank: str, value: str, data: bytes) -> str:
@@ -352,17 +368,21 @@ def test_c_an_empty_extra_d_leaves_pcr13_zero(run: Run) -> None:
 
 def test_verify_on_the_node(run: Run) -> None:
     """``bootkeeper tpm verify`` on the node: it passes after each of the three boots; in boot 2, given
-    boot 1's prediction (``--expect``) it exits 1 naming tools.sysext.raw, and once the rig put v1 back
-    in its place on the running node (the ESP changed after the boot), it exits 1 naming it too."""
+    boot 1's prediction (``--expect``) it exits 1 naming tools.sysext.raw as changed (what booted
+    against the expectation), and once the rig put v1 back in its place on the running node (the ESP
+    changed after the boot), it exits 1 naming it again (the ESP against what booted)."""
     for n, m in enumerate(run.boots, 1):
-        assert m.verify["live"][0] == "0", (n, m.verify["live"])
+        rc, out, err = m.verify["live"]
+        assert (rc, findings(out)) == ("0", []), (n, out, err)
+        assert out["agree"] is True and out["booted"]["entry"] == "active", (n, out)
     two = run.boots[1]
-    name = "tools.sysext.raw"
-    for label in ("expect", "swapped"):
+    for label, where in (("expect", "against /efi/bktest/tpm-expect.json"), ("swapped", "against what booted")):
         rc, out, err = two.verify[label]
-        assert rc == "1", (label, rc, out, err)
-        assert name in json.dumps(out), (label, out)
-    assert (run.after_boot2 / EXTRA_D / name).read_bytes() == run.swapped_back.read_bytes()
+        assert rc == "1", (label, out, err)
+        named = [f for f in findings(out) if where in f and "changed tools.sysext.raw" in f]
+        assert named, (label, findings(out))
+        assert not any("tools-a.sysext.raw" in f.rpartition(": ")[2] for f in named), named
+    assert (run.after_boot2 / EXTRA_D / "tools.sysext.raw").read_bytes() == run.swapped_back.read_bytes()
     assert sorted(run.boots[2].verify) == ["live"]
 
 
@@ -379,13 +399,15 @@ def _verify_offline(root: Path, esp: Path) -> tuple[int, Any, str]:
 
 
 def test_d_verify_offline_names_what_changed_on_the_esp(run: Run, tmp_path: Path) -> None:
-    """``tpm verify --root --esp`` on the host, over boot 2's event log, PCRs and variables as the node
-    printed them: with the ESP that boot 2 booted it passes; with tools.sysext.raw changed (v1 again),
-    removed, or another extension added, it exits 1 naming that file."""
-    root = node_root(run.boots[1], tmp_path / "root")
+    """``tpm verify --root --esp`` on the host, over boot 2's event log, PCRs, variables and userspace
+    log as the node printed them, and the copies it booted: with the ESP that boot 2 booted it passes;
+    with tools.sysext.raw changed (v1 again), removed, or another extension added, it exits 1 naming
+    that file."""
+    booted_exts = {"tools-a.sysext.raw": nodevm.sysext_images()["tools-a"], "tools.sysext.raw": run.swapped_in}
+    root = node_root(run.boots[1], tmp_path / "root", booted_exts)
     booted = run.node.work / "esp-boot2"  # the ESP as boot 2 booted it (read back for its prediction)
     rc, out, err = _verify_offline(root, booted)
-    assert rc == 0, (out, err)
+    assert (rc, findings(out)) == (0, []), (out, err)
     cases: dict[str, tuple[str, Path | None]] = {
         "changed": ("tools.sysext.raw", run.swapped_back),
         "removed": ("tools.sysext.raw", None),
@@ -401,7 +423,8 @@ def test_d_verify_offline_names_what_changed_on_the_esp(run: Run, tmp_path: Path
             shutil.copy(src, target)
         rc, out, err = _verify_offline(root, esp)
         assert rc == 1, (how, out, err)
-        assert name in json.dumps(out), (how, out)
+        named = [f for f in findings(out) if f"{how} {name}" in f]
+        assert named, (how, findings(out))
 
 
 def test_swtpm_stops_when_the_boot_fails(tmp_path: Path) -> None:
