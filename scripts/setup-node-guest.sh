@@ -4,7 +4,10 @@
 # (virtio, ext4, zstd), python3 and the Debian packages bootkeeper's package depends on (python3-click,
 # -yaml, -rich, -cryptography, -asn1crypto; systemd), and systemd-boot as a node that boots with it has
 # it: bootctl (bootkeeper random-seed runs it) and systemd-boot-random-seed.service, which
-# bootkeeper-random-seed.service takes the place of. bootkeeper itself is not in this tree:
+# bootkeeper-random-seed.service takes the place of; and the TPM side of systemd 257 that a measured
+# boot with a software TPM runs (tests/test_node_tpm.py): tpm2-tss, which systemd-pcrphase,
+# systemd-pcrextend and systemd-cryptsetup dlopen (ESYS, MU, RC and the device TCTI), and
+# systemd-cryptsetup with cryptsetup-bin for a LUKS2 volume unlocked by the TPM. bootkeeper itself is not in this tree:
 # tests/nodevm.py copies the tree and installs bootkeeper's Debian package (scripts/build-deb.sh) into
 # the copy with dpkg -i, which checks those dependencies; so a code change never rebuilds this.
 #
@@ -47,7 +50,8 @@ unshare --mount --propagation private /bin/bash -c "
     printf \"virtio_pci\nvirtio_blk\next4\n\" >> /etc/initramfs-tools/modules
     apt-get install -y -q --no-install-recommends linux-image-cloud-amd64 systemd systemd-sysv udev \
       libcryptsetup12 dosfstools kmod python3 python3-click python3-yaml python3-rich python3-cryptography \
-      python3-asn1crypto systemd-boot >/tmp/apt.log 2>&1 || { tail -20 /tmp/apt.log; exit 1; }
+      python3-asn1crypto systemd-boot libtss2-esys-3.0.2-0t64 libtss2-mu-4.0.1-0t64 libtss2-rc0t64 \
+      libtss2-tcti-device0t64 systemd-cryptsetup cryptsetup-bin >/tmp/apt.log 2>&1 || { tail -20 /tmp/apt.log; exit 1; }
     ls /boot/initrd.img-* >/dev/null 2>&1 || update-initramfs -c -k all
     systemctl mask serial-getty@ttyS0.service getty@tty1.service getty-static.service >/dev/null 2>&1
     apt-get clean; rm -rf /var/lib/apt/lists/* /tmp/apt.log /var/log/bootstrap.log

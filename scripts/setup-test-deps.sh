@@ -1,7 +1,8 @@
 #!/bin/bash
 # Install what the test suite needs on a fresh Debian 12 machine (as root), and fetch the pieces the
 # VM tests boot: a Debian kernel, systemd-boot 252 (bookworm), 257 (trixie) and 262 (sid) EFI binaries, and a
-# busybox initramfs. Idempotent; downloads are cached in $VM_CACHE (default .cache/vm).
+# busybox initramfs; and swtpm, the software TPM the measured-boot node scenarios boot with
+# (tests/test_node_tpm.py; QEMU's -tpmdev emulator talks to it). Idempotent; downloads are cached in $VM_CACHE (default .cache/vm).
 #
 # Nothing here installs systemd-boot or a kernel on the machine: the .debs are fetched with
 # `apt-get download` and unpacked with `dpkg-deb -x` (installing bookworm's systemd-boot-efi could
@@ -14,7 +15,7 @@ mkdir -p "$cache"
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
-for p in qemu-system-x86 ovmf mtools dosfstools fdisk e2fsprogs debootstrap busybox-static cpio util-linux mount binutils cryptsetup-bin erofs-utils squashfs-tools openssl systemd strace; do
+for p in qemu-system-x86 ovmf mtools dosfstools fdisk e2fsprogs debootstrap busybox-static cpio util-linux mount binutils cryptsetup-bin erofs-utils squashfs-tools openssl systemd strace swtpm swtpm-tools; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ] || [ ! -f "$cache/.apt-updated" ]; then

@@ -23,10 +23,18 @@ Pieces, each cached under ``.cache/node`` and rebuilt only when its inputs chang
 
 Each scenario gets its own disk: a GPT with an ESP (FAT32, written with mtools) and that root.
 After every boot the ESP is read back with mtools from the disk image itself.
+
+A measured-boot scenario (tests/test_node_tpm.py) also gets its own TPM (:func:`make_tpm`): a software
+TPM 2.0 (swtpm, manufactured by swtpm_setup with an EK and the sha1 and sha256 banks) and a copy of
+OVMF's variable store, both kept across the scenario's boots as a machine keeps them; every boot starts
+swtpm for that state and stops it when QEMU ends (:func:`swtpm_running`), and boots Debian's 4 MiB OVMF
+build (``OVMF_CODE_4M.fd``, with the TCG2 driver) as pflash with that variable store. The other
+scenarios boot ``OVMF.fd`` as before, with no TPM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,8 +42,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +58,9 @@ CACHE = Path(os.environ.get("NODE_CACHE", ROOT / ".cache" / "node"))
 GUEST = CACHE / "guest"
 RIG = Path(__file__).resolve().parent / "node" / "guest"
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
+OVMF_CODE_4M = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS_4M = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+TPM_BANKS = ("sha1", "sha256")
 MT_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 ROLES = ("active", "passive", "recovery", "statereset")
 ESP_MIB = 192
@@ -75,10 +88,17 @@ sysext:
 """
 
 
-def missing_pieces() -> list[str]:
-    out = [t for t in ("qemu-system-x86_64", "mcopy", "mkfs.vfat", "mkfs.ext4", "sfdisk") if not shutil.which(t)]
-    if not OVMF.exists():
-        out.append(str(OVMF))
+def missing_pieces(*, tpm: bool = False) -> list[str]:
+    """What a node scenario needs and this machine lacks; ``tpm``: also what a measured boot needs."""
+    tools = ["qemu-system-x86_64", "mcopy", "mkfs.vfat", "mkfs.ext4", "sfdisk"]
+    firmware = [OVMF]
+    if tpm:
+        tools += ["swtpm", "swtpm_setup"]
+        firmware += [OVMF_CODE_4M, OVMF_VARS_4M]
+    out = [t for t in tools if not shutil.which(t)]
+    out += [str(f) for f in firmware if not f.exists()]
+    if tpm and not list((GUEST / "usr/lib/x86_64-linux-gnu").glob("libtss2-esys.so.*")):
+        out.append(f"{GUEST}: tpm2-tss (scripts/setup-node-guest.sh)")
     if not (GUEST / "usr/lib/systemd/systemd").exists():
         out.append(f"{GUEST} (scripts/setup-node-guest.sh)")
     if not (trixie.ROOT / "usr/bin/ukify").exists():
@@ -475,6 +495,82 @@ def esp_fsck(disk: Path) -> str:
     return f"rc={p.returncode}\n{p.stdout}{p.stderr}"
 
 
+# -- the TPM ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tpm:
+    """One machine's software TPM and firmware variables (``folder``), kept across its boots."""
+
+    folder: Path
+    banks: tuple[str, ...]
+
+    @property
+    def state(self) -> Path:
+        return self.folder / "state"
+
+    @property
+    def vars(self) -> Path:
+        return self.folder / "OVMF_VARS_4M.fd"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "swtpm.log"
+
+
+def make_tpm(folder: Path, banks: tuple[str, ...] = TPM_BANKS) -> Tpm:
+    """A new TPM 2.0 as a machine leaves the factory: manufactured by swtpm_setup (RSA and ECC EK, the
+    PCR banks ``banks`` active and no other), and a fresh copy of OVMF's variable store. The system's
+    swtpm_setup.conf is not read (``--config /dev/null``): no EK certificate, no CA to set up."""
+    tpm = Tpm(folder, banks)
+    tpm.state.mkdir(parents=True)
+    _run(
+        ["swtpm_setup", "--tpm2", "--tpmstate", str(tpm.state), "--createek", "--pcr-banks", ",".join(banks),
+         "--overwrite", "--config", "/dev/null", "--logfile", str(folder / "swtpm_setup.log")]
+    )  # fmt: skip
+    shutil.copy(OVMF_VARS_4M, tpm.vars)
+    return tpm
+
+
+@contextlib.contextmanager
+def swtpm_running(tpm: Tpm) -> Iterator[list[str]]:
+    """swtpm serving ``tpm`` on a control socket; yields QEMU's arguments for it (and the firmware with
+    its variables). swtpm is stopped when the block ends, however it ends; ``--terminate`` also ends it
+    when QEMU closes the connection."""
+    sockdir = Path(tempfile.mkdtemp(prefix="bktpm-", dir="/tmp"))  # a socket path has at most 107 bytes
+    sock = sockdir / "ctrl"
+    cmd = [
+        "swtpm", "socket", "--tpm2", "--tpmstate", f"dir={tpm.state}", "--ctrl", f"type=unixio,path={sock}",
+        "--log", f"file={tpm.log},level=1", "--terminate",
+    ]  # fmt: skip
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if p.poll() is not None or time.monotonic() > deadline:
+                err = p.stderr.read().decode(errors="replace") if p.stderr and p.poll() is not None else ""
+                raise RuntimeError(f"swtpm did not open {sock} (rc {p.poll()}): {err.strip()[-500:]}; log {tpm.log}")
+            time.sleep(0.02)
+        yield [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_4M}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={tpm.vars}",
+            "-chardev", f"socket,id=chrtpm,path={sock}",
+            "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+            "-device", "tpm-tis,tpmdev=tpm0",
+        ]  # fmt: skip
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        p.wait()
+        if p.stderr is not None:
+            p.stderr.close()
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
 # -- booting ---------------------------------------------------------------------------------
 
 
@@ -524,13 +620,22 @@ class Boot:
         return "unknown"
 
 
-def boot(disk: Path, log: Path, *, kill_on: str | None = None, timeout: float = BOOT_TIMEOUT) -> Boot:
+def boot(
+    disk: Path, log: Path, *, kill_on: str | None = None, timeout: float = BOOT_TIMEOUT, tpm: Tpm | None = None
+) -> Boot:
     """Power on; return when the guest powers off, reboots or panics (-no-reboot), or once a serial
-    line contains ``kill_on`` (then QEMU is killed at once: a power cut)."""
+    line contains ``kill_on`` (then QEMU is killed at once: a power cut). ``tpm``: with that TPM (and
+    its firmware variables); swtpm runs only while QEMU does."""
+    with contextlib.ExitStack() as stack:
+        firmware = stack.enter_context(swtpm_running(tpm)) if tpm is not None else ["-bios", str(OVMF)]
+        return _boot(disk, log, firmware, kill_on=kill_on, timeout=timeout)
+
+
+def _boot(disk: Path, log: Path, firmware: list[str], *, kill_on: str | None, timeout: float) -> Boot:
     cmd = [
         "qemu-system-x86_64",
         "-machine", "q35,accel=tcg", "-cpu", QEMU_CPU, "-m", "1024", "-smp", QEMU_SMP,
-        "-nographic", "-no-reboot", "-bios", str(OVMF),
+        "-nographic", "-no-reboot", *firmware,
         "-drive", f"if=virtio,format=raw,file={disk}", "-net", "none",
     ]  # fmt: skip
     t0 = time.monotonic()

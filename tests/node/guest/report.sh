@@ -15,6 +15,7 @@ journalctl -b -o cat --no-pager -u bootkeeper-random-seed.service -u systemd-boo
 say "DROPINS $(ls /run/systemd/generator/bk-health.service.d 2>/dev/null | tr '\n' ' ')"
 say "STATUS_JSON $(bootkeeper status --json | compact)"
 bootkeeper status 2>&1 | sed 's/^/@@@ STATUS /'
+if [ -e /sys/class/tpm/tpm0 ]; then /usr/local/lib/bktest/tpm.sh; fi
 if [ -e /efi/bktest/sysext-compare ]; then /usr/local/lib/bktest/sysext-compare.sh; fi
 /usr/local/lib/bktest/upgrade.sh
 say "DONE"
