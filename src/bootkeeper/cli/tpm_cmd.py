@@ -14,6 +14,7 @@ from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json,
 TPM_VERBS = {
     "predict": ("bootkeeper.cli.tpm_cmd:predict", "PCR 11, 12 and 13 of each boot entry, from the ESP."),
     "sign-policy": ("bootkeeper.cli.tpm_cmd:sign_policy", "The signed PCR 11 policy (.pcrsig) of an entry's UKI."),
+    "audit": ("bootkeeper.cli.tpm_audit_cmd:audit", "What LUKS2 TPM2 tokens are bound to; what an upgrade breaks."),
 }
 
 

@@ -103,6 +103,13 @@ def _private(src: Path, dst: Path) -> Path:
 @click.option("--recovery", is_flag=True, help="Replace the recovery set instead; active and passive stay.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the gate; write nothing.")
 @click.option("--force", is_flag=True, help="Go on although extensions or the menu order fail the gate (logged).")
+@click.option(
+    "--luks",
+    "luks",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A LUKS2 volume whose signed-policy TPM2 token the new UKI must open (repeatable; default: /etc/crypttab's).",
+)
 @esp_option
 @config_option
 @version_option
@@ -114,6 +121,7 @@ def upgrade(
     recovery: bool,
     dry_run: bool,
     force: bool,
+    luks: tuple[Path, ...],
     esp: Path | None,
     config_files: tuple[Path, ...],
     sdboot_version: str | None,
@@ -143,7 +151,7 @@ def upgrade(
         shown.update({str(priv / str(i) / n): str(x) for i, (n, x) in enumerate(zip(names, extensions, strict=True))})
         new_copy = _private(new_uki, priv / "new" / new_uki.name)
         added = [(n, _private(x, priv / str(i) / n)) for i, (n, x) in enumerate(zip(names, extensions, strict=True))]
-        _upgrade(cfg, root, new_copy, added, shown, (recovery, dry_run, force, as_json), esp, sdboot_version)
+        _upgrade(cfg, root, new_copy, added, shown, (recovery, dry_run, force, as_json), esp, sdboot_version, luks)
 
 
 def _upgrade(
@@ -155,6 +163,7 @@ def _upgrade(
     flags: tuple[bool, bool, bool, bool],
     esp: Path | None,
     sdboot_version: str | None,
+    luks: tuple[Path, ...] = (),
 ) -> None:
     """The gate and the transaction, on private copies; ``shown``: copy -> the path the user gave."""
     from bootkeeper.assess import upgrade as up
@@ -172,6 +181,7 @@ def _upgrade(
     uki = up.check_uki(new_uki)
     if not uki.ok:  # never overridden: the boot loader could not start it
         raise RefusedError(show(f"upgrade refused: {uki.reason}; nothing was changed"))
+    tpm = _tpm_gate(root, luks, new_uki, show(str(new_uki)))
     digests = {str(new_uki): up.sha256(new_uki)}  # what was judged is what lands
     store = EspStore(find_esp(esp))
     snap = store.snapshot(sdboot_version)
@@ -193,12 +203,14 @@ def _upgrade(
     order = up.order_check(store, snap, plan, uki.text.encode())
     reasons = [f"{v.name}: {r}" for v in verdicts for r in v.reasons]
     reasons += list(order.reasons)
+    reasons += [g.reason() for g in tpm if not g.ok]
     forced = bool(reasons) and force
     gate = {
         "verdict": "ok" if not reasons else ("forced" if forced else "refused"),
         "uki": {"path": show(str(new_uki)), **uki.as_json()},
         "extensions": [v.as_json() for v in verdicts],
         "order": order.as_json(),
+        "tpm": [g.as_json() for g in tpm],
         "forced": forced,
     }
 
@@ -227,6 +239,8 @@ def _upgrade(
             click.echo(f"gate: {v.name} ({where}): {state}")
         if order.order:
             click.echo(f"gate: menu order after the upgrade: {' → '.join(order.order)}")
+        for g in tpm:
+            click.echo(f"gate: {g.device}: {'unlocks with the new UKI' if g.ok else g.reason()}")
         for op in plan.ops:
             click.echo(("would " if result == "dry-run" else "") + show(op.line()))
         click.echo(f"result: {result}")
@@ -251,7 +265,12 @@ def _upgrade(
             report("refused")
         raise RefusedError(
             show("upgrade refused: " + "; ".join(reasons) + "; nothing was changed"),
-            hint="build the extensions for the new OS (or pass --force to upgrade anyway; it is logged)",
+            hint=(
+                "sign the new UKI for the key the LUKS token trusts (ukify --pcr-private-key)"
+                if any(not g.ok for g in tpm)
+                else "build the extensions for the new OS"
+            )
+            + " (or pass --force to upgrade anyway; it is logged)",
         )
     if forced:
         click.echo(show(f"bootkeeper: warning: upgrading with --force although: {'; '.join(reasons)}"), err=True)
@@ -262,6 +281,33 @@ def _upgrade(
     up.apply(store, make, plan, sdboot_version=sdboot_version, digests=digests, links=links)
     recorded = _record(root, plan, before, uki.osrel, digests, forced)
     report("upgraded")
+
+
+def _tpm_gate(root: Path, luks: tuple[Path, ...], new_uki: Path, show_path: str) -> list[Any]:
+    """The TPM gate (issue 16, item 6), before the first write: the LUKS2 volumes given with ``--luks``,
+    else every volume of the node's /etc/crypttab (under ``--root``) that is there; for each volume with a
+    signed-policy TPM2 token, whether the new UKI's .pcrsig opens it. No such volume: no gate."""
+    from bootkeeper.errors import BootkeeperError
+    from bootkeeper.measure import luks as luks_mod
+
+    devices = [(str(d), d) for d in luks] or [(str(p), p) for _, p in luks_mod.crypttab_devices(root)]
+    out = []
+    for shown, dev in devices:
+        if not luks and not dev.exists():
+            click.echo(
+                f"bootkeeper: warning: {shown} (from /etc/crypttab) is not there; its TPM token is not checked",
+                err=True,
+            )
+            continue
+        try:
+            tokens = luks_mod.parse_metadata(luks_mod.dump_metadata(dev), shown)
+        except BootkeeperError as exc:  # a volume of crypttab that cannot be read is not checked
+            if luks:
+                raise
+            click.echo(f"bootkeeper: warning: {exc}; its TPM token is not checked", err=True)
+            continue
+        out.append(luks_mod.gate(shown, tokens, new_uki, show_path))
+    return out
 
 
 def _links(cfg: Any, root: Path) -> Any:

@@ -1,0 +1,488 @@
+"""What a LUKS2 volume's TPM2 tokens are bound to, and whether a UKI's signed policy unlocks them.
+
+The tokens are the JSON ``systemd-cryptenroll`` writes into the LUKS2 header (``cryptsetup luksDump
+--dump-json-metadata``), as systemd 257 writes and reads them (src/shared/tpm2-util.c, v257.9,
+``tpm2_make_luks2_json()`` and ``tpm2_parse_luks2_json()``): type ``systemd-tpm2``; ``tpm2-pcrs``, the
+PCRs bound by value (a policy hash over their current values); ``tpm2-pcr-bank``; ``tpm2_pubkey``
+(base64 of the PEM key given to ``--tpm2-public-key``) and ``tpm2_pubkey_pcrs``, the PCRs bound to
+whatever that key signs (TPM2_PolicyAuthorize); ``tpm2_pcrlock``, a policy kept in an NV index by
+systemd-pcrlock; ``tpm2-pin``. The older names with "-" stay for the fields that had them.
+
+At unlock, systemd-cryptsetup (src/cryptsetup/cryptsetup-tokens/luks2-tpm2.c and tpm2-util.c
+``tpm2_unseal()``) finds in ``/.extra/tpm2-pcr-signature.json`` (the stub's copy of the UKI's
+``.pcrsig``) the signature whose ``pkfp`` is the token key's and whose ``pol`` is the PolicyPCR of
+the current PCR 11, and the TPM checks it. So a token bound to *signed* PCR 11 opens under any UKI
+signed with its key and survives every upgrade; a token bound to PCR 11 or 13 *by value* opens only
+under the exact UKI and extensions it was enrolled under. This is the binding Kairos uses (kcrypt
+``bind-public-pcrs``, default 11), and the one bootkeeper recommends."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from bootkeeper.errors import InputError, MalformedError, NotApplicableError, UnreadableError
+from bootkeeper.measure import policy, uki
+from bootkeeper.measure.banks import BANKS, Bank
+from bootkeeper.measure.events import replay
+
+__all__ = [
+    "GATE_PHASE_PATHS",
+    "Authorization",
+    "Finding",
+    "Level",
+    "Token",
+    "audit",
+    "authorization",
+    "dump_metadata",
+    "load_key",
+    "parse_metadata",
+]
+
+TOKEN_TYPE = "systemd-tpm2"
+MAX_METADATA = 4 << 20  # LUKS2's largest JSON area (4 MiB minus the binary header)
+# Phase paths a token's volume may be opened at (units/systemd-pcrphase-initrd.service.in and
+# -sysinit.service.in, v257.9): in the initrd after "enter-initrd"; a volume of the root's /etc/crypttab
+# (cryptsetup.target, before sysinit.target) after "leave-initrd" too. Both are in systemd-measure's
+# and ukify's default paths.
+GATE_PHASE_PATHS = ("enter-initrd", "enter-initrd:leave-initrd")
+SIGNED_PCRS = (policy.PCR,)  # what ukify and systemd-measure sign: PCR 11, nothing else
+# PCRs that change when bootkeeper upgrades a UKI or its extensions: the firmware measures the UKI's
+# PE image and the inner kernel (4), the kernel its initrd (9), the stub the UKI's sections (11), the
+# credentials and confexts (12) and the system extensions (13)
+CHANGES_ON_UPGRADE = {
+    4: "the UKI and its kernel, as the firmware loads them",
+    9: "the initrd, as the kernel measures it",
+    11: "the UKI's sections",
+    12: "the credentials and configuration extensions",
+    13: "the system extensions",
+}
+
+
+def load_key(data: bytes, what: str) -> Any:
+    """A public key as systemd-cryptenroll stores it (the PEM file's bytes), DER accepted too."""
+    from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
+
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return load_pem_public_key(data)
+        return load_der_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise MalformedError(f"{what}: not a PEM or DER public key") from exc
+
+
+@dataclass(frozen=True)
+class Token:
+    id: str
+    keyslots: tuple[str, ...]
+    pcrs: tuple[int, ...]  # bound by value
+    bank: str | None  # None: systemd-cryptsetup picks the best the TPM has (sha256 when it has it)
+    pubkey: bytes | None
+    pubkey_pcrs: tuple[int, ...]  # bound to what the key signs
+    pcrlock: bool
+    pin: bool
+    where: str = field(default="", compare=False)
+
+    @property
+    def signed(self) -> bool:
+        return self.pubkey is not None and bool(self.pubkey_pcrs)
+
+    def key(self) -> Any:
+        assert self.pubkey is not None
+        return load_key(self.pubkey, f"{self.where}: tpm2_pubkey")
+
+    def unlock_bank(self) -> Bank:
+        return BANKS[self.bank or "sha256"]
+
+    def as_json(self) -> dict[str, Any]:
+        fp = policy.fingerprint(self.key()).hex() if self.pubkey is not None else None
+        return {
+            "token": self.id,
+            "keyslots": list(self.keyslots),
+            "pcrs": list(self.pcrs),
+            "pcr_bank": self.bank,
+            "pubkey_pcrs": list(self.pubkey_pcrs),
+            "pubkey_fingerprint": fp,
+            "pcrlock": self.pcrlock,
+            "pin": self.pin,
+        }
+
+
+def _pcr_list(v: Any, where: str) -> tuple[int, ...]:
+    """``tpm2_parse_pcr_json_array()``: an array of PCR numbers below 24."""
+    if not isinstance(v, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in v):
+        raise MalformedError(f"{where}: not a list of PCR numbers 0-23")
+    return tuple(sorted(set(v)))
+
+
+def _bool(tok: dict[str, Any], key: str, where: str) -> bool:
+    v = tok.get(key, False)
+    if not isinstance(v, bool):
+        raise MalformedError(f"{where}: {key}: not a boolean")
+    return v
+
+
+def _shards(tok: dict[str, Any], key: str, where: str) -> None:
+    """``tpm2_parse_shard_array()``: a string, or a non-empty array of strings."""
+    v = tok.get(key)
+    if isinstance(v, str):
+        return
+    if isinstance(v, list) and v and all(isinstance(s, str) for s in v):
+        return
+    raise MalformedError(f"{where}: {key}: missing, or not a string or a list of strings")
+
+
+def parse_token(tid: str, tok: dict[str, Any], what: str) -> Token:
+    where = f"{what}: token {tid}"
+    keyslots = tok.get("keyslots")
+    if not isinstance(keyslots, list) or not all(isinstance(k, str) for k in keyslots):
+        raise MalformedError(f"{where}: keyslots: not a list of strings")
+    if "tpm2-pcrs" not in tok:
+        raise MalformedError(f"{where}: tpm2-pcrs: missing")
+    pcrs = _pcr_list(tok["tpm2-pcrs"], f"{where}: tpm2-pcrs")
+    bank = tok.get("tpm2-pcr-bank")
+    if bank is not None and (not isinstance(bank, str) or bank not in BANKS):
+        raise MalformedError(f"{where}: tpm2-pcr-bank: {bank!r} is not one of {', '.join(BANKS)}")
+    _shards(tok, "tpm2-blob", where)
+    _shards(tok, "tpm2-policy-hash", where)
+    pubkey = None
+    if "tpm2_pubkey" in tok:
+        raw = tok["tpm2_pubkey"]
+        if not isinstance(raw, str):
+            raise MalformedError(f"{where}: tpm2_pubkey: not a string")
+        try:
+            pubkey = base64.b64decode(raw, validate=True)
+        except binascii.Error as exc:
+            raise MalformedError(f"{where}: tpm2_pubkey: not base64") from exc
+    pubkey_pcrs = _pcr_list(tok["tpm2_pubkey_pcrs"], f"{where}: tpm2_pubkey_pcrs") if "tpm2_pubkey_pcrs" in tok else ()
+    if pubkey_pcrs and pubkey is None:  # tpm2_parse_luks2_json() refuses this too
+        raise MalformedError(f"{where}: tpm2_pubkey_pcrs is set but tpm2_pubkey is missing")
+    t = Token(
+        tid,
+        tuple(keyslots),
+        pcrs,
+        bank,
+        pubkey,
+        pubkey_pcrs,
+        _bool(tok, "tpm2_pcrlock", where),
+        _bool(tok, "tpm2-pin", where),
+        where,
+    )
+    if pubkey is not None:
+        t.key()  # a key that does not load is the token's fault, named here
+    return t
+
+
+def parse_metadata(text: str, what: str) -> list[Token]:
+    """The ``systemd-tpm2`` tokens of ``luksDump --dump-json-metadata``'s output, by token number."""
+    if len(text) > MAX_METADATA:
+        raise MalformedError(f"{what}: LUKS2 metadata of {len(text)} bytes, more than {MAX_METADATA}")
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise MalformedError(f"{what}: LUKS2 metadata is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise MalformedError(f"{what}: LUKS2 metadata is not a JSON object")
+    tokens = obj.get("tokens", {})
+    if not isinstance(tokens, dict):
+        raise MalformedError(f"{what}: tokens: not an object")
+    out = []
+    for tid in sorted(tokens, key=lambda k: (len(k), k)):
+        tok = tokens[tid]
+        if not isinstance(tok, dict):
+            raise MalformedError(f"{what}: token {tid}: not an object")
+        if tok.get("type") != TOKEN_TYPE:
+            continue  # fido2, pkcs11, a passphrase keyring token: none of the TPM's business
+        out.append(parse_token(tid, tok, what))
+    return out
+
+
+LUKS_MAGIC = b"LUKS\xba\xbe"
+
+
+def dump_metadata(device: Path) -> str:
+    """``cryptsetup luksDump --dump-json-metadata``, after a look at the header so that a file that
+    is no LUKS2 volume gets a one-line reason and not cryptsetup's."""
+    from bootkeeper.run import check_tool, run
+
+    try:
+        with device.open("rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise UnreadableError(f"{device}: cannot read ({exc.strerror or exc})") from exc
+    if head[:6] != LUKS_MAGIC:
+        raise MalformedError(f"{device}: not a LUKS volume (no LUKS header magic)")
+    version = int.from_bytes(head[6:8], "big")
+    if version != 2:
+        raise NotApplicableError(f"{device}: a LUKS{version} volume; TPM2 tokens need LUKS2")
+    check_tool("cryptsetup", "to read the LUKS2 tokens")
+    return run(["cryptsetup", "luksDump", "--dump-json-metadata", str(device)]).stdout
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """Whether a UKI's ``.pcrsig`` unlocks a token's key, at each phase path it needs."""
+
+    uki: str
+    bank: str
+    has_pcrsig: bool
+    pcrpkey_matches: bool | None  # None: the UKI has no .pcrpkey
+    signed_for_key: bool  # some .pcrsig entry of the bank carries the key's fingerprint
+    missing: tuple[str, ...]  # phase paths whose PCR 11 no signature with this key authorizes
+
+    @property
+    def ok(self) -> bool:
+        return self.has_pcrsig and not self.missing
+
+    def reason(self, fp: str) -> str:
+        after = f"PCR 11 after {', '.join(self.missing)}"
+        if not self.has_pcrsig:
+            return f"{self.uki} has no .pcrsig, so nothing signed with key {fp} authorizes its {after}"
+        if not self.signed_for_key:
+            return f"{self.uki}'s .pcrsig has no {self.bank} signature with key {fp} (for its {after})"
+        return f"{self.uki}'s .pcrsig does not authorize its {after} ({self.bank}) with key {fp}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "uki": self.uki,
+            "bank": self.bank,
+            "has_pcrsig": self.has_pcrsig,
+            "pcrpkey_matches": self.pcrpkey_matches,
+            "signed_for_key": self.signed_for_key,
+            "missing_phases": list(self.missing),
+            "ok": self.ok,
+        }
+
+
+def authorization(
+    path: Path, what: str, public_key: Any, b: Bank, paths: tuple[str, ...] = GATE_PHASE_PATHS, profile: int = 0
+) -> Authorization:
+    """Compute the PCR 11 the UKI gives after each of ``paths`` and ask ``policy.authorized``."""
+    sections = uki.sections_of(path, what, profile)
+    fp = policy.fingerprint(public_key)
+    pcrpkey: bool | None = None
+    if sections.has(".pcrpkey"):
+        try:
+            pcrpkey = policy.fingerprint(load_key(sections.read(".pcrpkey"), f"{what}: .pcrpkey")) == fp
+        except (InputError, ValueError):
+            pcrpkey = False
+    if not sections.has(".pcrsig"):
+        return Authorization(what, b.name, False, pcrpkey, False, paths)
+    sigs = policy.parse_pcrsig(sections.read(".pcrsig"), f"{what}: .pcrsig")
+    handover = replay(uki.section_events(sections, (b,)), b, policy.PCR)
+    items = policy.to_sign({b.name: handover}, (b,), paths)
+    missing = tuple(it.phase_path for it in items if not policy.authorized(sigs, public_key, b, it.pcr11))
+    return Authorization(what, b.name, True, pcrpkey, any(s.pkfp == fp and s.bank == b.name for s in sigs), missing)
+
+
+class Level(StrEnum):
+    FINDING = "finding"  # would break, or does not protect: exit 1
+    NOTE = "note"
+    FINE = "fine"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Level
+    token: str
+    code: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"level": self.level.value, "token": self.token, "code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class EntryUki:
+    """An entry's UKI to check a token's key against."""
+
+    entry: str
+    role: str | None
+    path: Path
+    what: str
+    profile: int = 0
+
+
+def audit(tokens: list[Token], ukis: list[EntryUki]) -> tuple[list[Finding], dict[str, list[Authorization]]]:
+    """Per token: what breaks on upgrade, what does not protect, what is fine; and, for each signed
+    token, every entry's UKI checked against its key."""
+    out: list[Finding] = []
+    checked: dict[str, list[Authorization]] = {}
+    for t in tokens:
+        literal = [n for n in t.pcrs if n in CHANGES_ON_UPGRADE]
+        for n in literal:
+            out.append(
+                Finding(
+                    Level.FINDING,
+                    t.id,
+                    "literal-pcr",
+                    f"PCR {n} is bound by value: it holds {CHANGES_ON_UPGRADE[n]}, so every upgrade of them "
+                    "needs a new enrolment (bind it through a signed policy: --tpm2-public-key-pcrs=11)",
+                )
+            )
+        others = [n for n in t.pcrs if n not in CHANGES_ON_UPGRADE]
+        if others:
+            out.append(
+                Finding(
+                    Level.NOTE,
+                    t.id,
+                    "literal-pcr",
+                    f"PCR {'+'.join(map(str, others))} bound by value: upgrades of the UKI and its extensions leave "
+                    "it alone; firmware or Secure Boot database updates change it",
+                )
+            )
+        if t.pcrlock:
+            out.append(
+                Finding(
+                    Level.NOTE,
+                    t.id,
+                    "pcrlock",
+                    "bound to a systemd-pcrlock policy: make it again (systemd-pcrlock make-policy, with "
+                    "bootkeeper tpm pcrlock's components) before each upgrade",
+                )
+            )
+        if not t.signed:
+            if not literal and not t.pcrlock:
+                what = f"PCR {'+'.join(map(str, t.pcrs))} by value only" if t.pcrs else "no PCR at all"
+                out.append(
+                    Finding(
+                        Level.FINDING,
+                        t.id,
+                        "no-signed-policy",
+                        f"no signed policy (no tpm2_pubkey) and {what}: the volume opens under any OS "
+                        "this machine boots, not only under your signed UKIs",
+                    )
+                )
+            continue
+        fp = policy.fingerprint(t.key()).hex()
+        if t.pubkey_pcrs != SIGNED_PCRS:
+            out.append(
+                Finding(
+                    Level.FINDING,
+                    t.id,
+                    "signed-pcrs",
+                    f"the signed policy covers PCR {'+'.join(map(str, t.pubkey_pcrs))}; ukify and systemd-measure "
+                    "sign PCR 11 only, so no UKI's .pcrsig can open it",
+                )
+            )
+            continue
+        results = [authorization(u.path, u.what, t.key(), t.unlock_bank(), GATE_PHASE_PATHS, u.profile) for u in ukis]
+        checked[t.id] = results
+        good = [u for u, a in zip(ukis, results, strict=True) if a.ok]
+        for u, a in zip(ukis, results, strict=True):
+            if not a.ok:
+                level = Level.FINDING if u.role == "active" else Level.NOTE
+                out.append(
+                    Finding(
+                        level, t.id, "unsigned-entry", f"entry {u.entry}: {a.reason(fp)}: booting it will not unlock"
+                    )
+                )
+        if not good:
+            out.append(
+                Finding(
+                    Level.FINDING,
+                    t.id,
+                    "unknown-key",
+                    f"no UKI on the ESP is signed for key {fp}: the volume will not unlock under any of them",
+                )
+            )
+            continue
+        if not literal:
+            out.append(
+                Finding(
+                    Level.FINE,
+                    t.id,
+                    "signed-pcr11",
+                    f"signed PCR 11 policy, key {fp} ({t.unlock_bank().name}), authorized by "
+                    f"{', '.join(u.entry for u in good)}: survives upgrades signed with this key",
+                )
+            )
+    return out, checked
+
+
+CRYPTTAB = "etc/crypttab"
+_BY = {"UUID": "by-uuid", "PARTUUID": "by-partuuid", "LABEL": "by-label", "PARTLABEL": "by-partlabel"}
+
+
+def crypttab_devices(root: Path) -> list[tuple[str, Path]]:
+    """(volume name, device under ``root``) of each line of the node's /etc/crypttab (crypttab(5):
+    NAME DEVICE [KEY [OPTIONS]]; ``UUID=`` and the like resolved through /dev/disk/by-*, as
+    systemd-cryptsetup-generator does). No crypttab: none."""
+    from bootkeeper.fsutil import read_input_text, under
+
+    path = under(root, CRYPTTAB)
+    if not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(read_input_text(path, "crypttab").splitlines(), 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if len(words) < 2:
+            raise MalformedError(f"{path}:{n}: no device after the volume name {words[0]!r}")
+        dev = words[1]
+        tag, eq, value = dev.partition("=")
+        if eq and tag.upper() in _BY:
+            dev = f"/dev/disk/{_BY[tag.upper()]}/{value}"
+        elif not dev.startswith("/"):
+            raise MalformedError(f"{path}:{n}: device {words[1]!r} is neither a path nor UUID=, PARTUUID=, LABEL=")
+        out.append((words[0], under(root, dev)))
+    return out
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One LUKS volume's verdict on a new UKI."""
+
+    device: str
+    keys: tuple[str, ...]  # fingerprints of the keys its signed tokens trust
+    authorizations: tuple[Authorization, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.keys or any(a.ok for a in self.authorizations)
+
+    def reason(self) -> str:
+        why = "; ".join(a.reason(k) for a, k in zip(self.authorizations, self.keys, strict=True))
+        return f"{self.device} would not unlock after the upgrade: {why}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "keys": list(self.keys),
+            "ukis": [a.as_json() for a in self.authorizations],
+            "ok": self.ok,
+        }
+
+
+def gate(device: str, tokens: list[Token], new_uki: Path, what: str) -> GateResult:
+    """Whether ``new_uki``'s .pcrsig opens one of the volume's signed tokens at every phase path of
+    :data:`GATE_PHASE_PATHS`. A volume with no signed token has no gate (its literal PCRs are
+    ``tpm audit``'s business)."""
+    keys = []
+    auths = []
+    for t in tokens:
+        if not t.signed:
+            continue
+        key = t.key()
+        keys.append(policy.fingerprint(key).hex())
+        if t.pubkey_pcrs != SIGNED_PCRS:
+            pcrs = "+".join(map(str, t.pubkey_pcrs))
+            auths.append(
+                Authorization(
+                    f"{what} (token {t.id} trusts signed PCR {pcrs}, not 11)",
+                    t.unlock_bank().name,
+                    False,
+                    None,
+                    False,
+                    GATE_PHASE_PATHS,
+                )
+            )
+            continue
+        auths.append(authorization(new_uki, what, key, t.unlock_bank()))
+    return GateResult(device, tuple(keys), tuple(auths))
