@@ -245,6 +245,7 @@ def root_image() -> Path:
         shutil.copy(f, units / f.name)
     (units / "bootkeeper-bless.service.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(RIG / "bootkeeper-bless-bktest.conf", units / "bootkeeper-bless.service.d" / "90-bktest.conf")
+    shutil.copy(RIG / "crypttab", stage / "etc/crypttab")  # noauto: for tests/test_node_unlock.py
     out = chroot(
         stage,
         f"dpkg -i /tmp/{pkg.name}; rm /tmp/{pkg.name}; "
