@@ -292,6 +292,44 @@ def test_changed_extensions_are_named(uki: Uki, tmp_path: Path) -> None:
     ) in f
 
 
+def test_expect_names_what_booted_instead_even_when_the_log_and_the_esp_agree(uki: Uki, tmp_path: Path) -> None:
+    """The ESP was changed *before* the boot (b.raw replaced): log, live PCRs and ESP agree, but the
+    saved prediction says b.raw was meant to be another file. Found by the node scenario
+    (tests/test_node_tpm.py, boot 2 against boot 1's prediction)."""
+    root = make_root(tmp_path, uki)
+    meant_esp = tmp_path / "meant-esp"
+    shutil.copytree(root / "efi", meant_esp)
+    (meant_esp / "EFI/kairos/active.efi.extra.d/b.raw").write_bytes(b"the b that was meant")
+    p = bk("tpm", "predict", "--esp", str(meant_esp), "--bank", "sha1", "--bank", "sha256", "--json")
+    assert p.returncode == 0, p.stderr
+    saved = tmp_path / "meant.json"
+    saved.write_text(p.stdout)
+    assert bk("tpm", "verify", "--root", str(root)).returncode == 0  # without it, all agree
+    p = bk("tpm", "verify", "--root", str(root), "--expect", str(saved), "--json")
+    assert p.returncode == 1, p.stdout + p.stderr
+    f = json.loads(p.stdout)["findings"]
+    meant, got = (
+        hashlib.sha256(b"the b that was meant").hexdigest()[:12],
+        hashlib.sha256(SYSEXTS["b.raw"]).hexdigest()[:12],
+    )
+    assert any(
+        x.startswith(
+            f"PCR 13 'System extension initrd': what booted against {saved}: changed b.raw (sha256 {meant}… → {got}…)"
+        )
+        for x in f
+    ), f
+    shutil.rmtree(root / "run/initrd-extra/sysext")
+    f = json.loads(bk("tpm", "verify", "--root", str(root), "--expect", str(saved), "--json").stdout)["findings"]
+    assert f"PCR 13 'System extension initrd': the log matches the ESP, not {saved}" in f, f
+    assert any(x.startswith(f"PCR 13 'System extension initrd': the ESP against {saved}: changed b.raw") for x in f), f
+    # the prediction of what booted itself: nothing to say
+    same = tmp_path / "same.json"
+    same.write_text(
+        bk("tpm", "predict", "--esp", str(root / "efi"), "--bank", "sha1", "--bank", "sha256", "--json").stdout
+    )
+    assert bk("tpm", "verify", "--root", str(root), "--expect", str(same)).returncode == 0
+
+
 def test_a_removed_extension_folder_is_named(uki: Uki, tmp_path: Path) -> None:
     root = make_root(tmp_path, uki)
     shutil.rmtree(root / "efi/EFI/kairos/active.efi.extra.d")

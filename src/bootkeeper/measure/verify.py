@@ -29,7 +29,7 @@ from bootkeeper.esp import counter
 from bootkeeper.measure import uki
 from bootkeeper.measure.banks import BANKS, Bank, extend
 from bootkeeper.measure.eventlog import EV_NO_ACTION, EventLog, LogEvent, UserLog
-from bootkeeper.measure.events import EV_EVENT_TAG, EVENT_TYPE_NAMES, Event, FileRef
+from bootkeeper.measure.events import EV_EVENT_TAG, EV_IPL, EVENT_TYPE_NAMES, Event, FileRef
 from bootkeeper.measure.predict import Prediction
 
 __all__ = ["Expected", "PcrRow", "Report", "booted_files", "parse_expected", "verify"]
@@ -406,10 +406,47 @@ def verify(
         predicted = [e for n in STUB_PCRS for e in pred.events if e.pcr == n]
         event_findings, bad_cpio = _match_events(logged, predicted, banks)
         findings += event_findings
+        if expected is not None:
+            # what was meant to boot is compared with the log even where the log and the ESP agree
+            # (the ESP may have been changed before the boot): each cpio the two disagree on
+            exp = _expected_for(expected, pred)
+            known = {(n, e.description if e is not None else SYSEXT) for n, e in bad_cpio}
+            for n, e in _differs_from_expected(log, exp, banks) if exp is not None else []:
+                if (n, e.description if e is not None else SYSEXT) not in known:
+                    bad_cpio.append((n, e))
         findings += _name_files(bad_cpio, pred, booted, booted_where, expected, expect_what, log)
     return Report(
         pred.entry if pred else None, pred.uki if pred else None, how, tuple(rows), tuple(findings), tuple(notes)
     )
+
+
+def _expected_for(expected: list[Expected], pred: Prediction) -> Expected | None:
+    """The saved prediction's entry for the booted one: by entry name, else by UKI path."""
+    exp = next((x for x in expected if x.entry.lower() == pred.entry.lower()), None)
+    return exp if exp is not None else next((x for x in expected if x.uki.lower() == pred.uki.lower()), None)
+
+
+def _differs_from_expected(log: EventLog, exp: Expected, banks: tuple[Bank, ...]) -> list[tuple[int, Event | None]]:
+    """The cpio events (PCR 12 and 13) where the log and ``--expect`` disagree: a digest, or one of
+    them without the event. The logged event stands in as an :class:`Event` (its description)."""
+    out: list[tuple[int, Event | None]] = []
+    for n in (12, 13):
+        meant = {e.description: e for e in exp.events if e.pcr == n and e.files}
+        logged = {le.data: le for le in log.of_pcr(n) if le.event_type == EV_IPL}
+        names = set(meant) | ({SYSEXT} if n == 13 and _event_data(SYSEXT) in logged else set())
+        for d in sorted(names):
+            rec = logged.get(_event_data(d))
+            theirs = meant.get(d)
+            same = (
+                rec is not None
+                and theirs is not None
+                and all(
+                    rec.digests.get(b.name) == theirs.digests.get(b.name) for b in banks if b.name in theirs.digests
+                )
+            )
+            if not same:
+                out.append((n, Event(n, EV_IPL, d, d, {})))
+    return out
 
 
 def _name_files(
@@ -427,9 +464,7 @@ def _name_files(
         return out
     exp = None
     if expected is not None:
-        exp = next((x for x in expected if x.entry.lower() == pred.entry.lower()), None)
-        if exp is None:
-            exp = next((x for x in expected if x.uki.lower() == pred.uki.lower()), None)
+        exp = _expected_for(expected, pred)
         if exp is None:
             out.append(f"{expect_what}: has no entry {pred.entry}")
     for n in pcrs:
@@ -485,12 +520,19 @@ def _name_cpio(
         )
     elif log_is_meant:
         out.append(f"{what}: the log matches {expect_what}")
+    elif rec is not None and _logged_is(rec, pred, n, d):
+        out.append(f"{what}: the log matches the ESP, not {expect_what}")
     else:
         out.append(f"{what}: the log matches neither the ESP nor {expect_what}")
     changes = diff_files(meant, esp)
     if changes:
         out.append(f"{what}: the ESP against {expect_what}: {', '.join(changes)}")
     return out
+
+
+def _logged_is(rec: Any, pred: Prediction, n: int, d: str) -> bool:
+    ours = next((e for e in pred.events if e.pcr == n and e.description == d), None)
+    return ours is not None and all(rec.digests.get(k) == v for k, v in ours.digests.items() if k in rec.digests)
 
 
 def _event_data(description: str) -> bytes:
