@@ -410,10 +410,10 @@ def verify(
             # what was meant to boot is compared with the log even where the log and the ESP agree
             # (the ESP may have been changed before the boot): each cpio the two disagree on
             exp = _expected_for(expected, pred)
-            known = {(n, e.description if e is not None else SYSEXT) for n, e in bad_cpio}
-            for n, e in _differs_from_expected(log, exp, banks) if exp is not None else []:
-                if (n, e.description if e is not None else SYSEXT) not in known:
-                    bad_cpio.append((n, e))
+            known = {(n, ev.description if ev is not None else SYSEXT) for n, ev in bad_cpio}
+            for n, ev in _differs_from_expected(log, exp, banks) if exp is not None else []:
+                if (n, ev.description if ev is not None else SYSEXT) not in known:
+                    bad_cpio.append((n, ev))
         findings += _name_files(bad_cpio, pred, booted, booted_where, expected, expect_what, log)
     return Report(
         pred.entry if pred else None, pred.uki if pred else None, how, tuple(rows), tuple(findings), tuple(notes)
