@@ -13,8 +13,11 @@ systemd-sysext looks when it checks a signature in userspace.
 
 Symbolic links and anything but regular files are never followed or placed, in any mode. The bytes
 checked are the bytes used: each image is copied to a temporary name in the destination
-(``.bootkeeper-*.tmp``, which systemd-sysext ignores), the copy is validated, then renamed. Images
-placed by an earlier run that are not placed now are removed (the report lists what we placed).
+(``.bootkeeper-*.tmp``, which systemd-sysext ignores), the copy is validated, then renamed. The copy
+is made in one pass (:mod:`bootkeeper.sysext.stage`): the data blocks are hashed from the bytes as
+they are written to it, so the full check reads the image once; the copy's hash levels, GPT,
+signature and extension-release are then read from the copy. Images placed by an earlier run that
+are not placed now are removed (the report lists what we placed).
 
 Space: the images are taken smallest first, in rounds. A round stages as many as fit together in the
 destination's free space (statvfs), judges them (in parallel when large), places what passes and
@@ -207,12 +210,17 @@ class _Job:
 
 @dataclass(frozen=True)
 class _Staged:
-    """A copy of ``src`` at ``tmp`` in the destination, open as ``fd``, to be judged then placed."""
+    """A copy of ``src`` (open as ``sfd``, ``size`` bytes) to be made at ``tmp`` in the
+    destination (open as ``fd``), judged, then placed; ``areas``: its verity data areas, hashed
+    while it is copied (:mod:`bootkeeper.sysext.stage`)."""
 
     name: str
     src: Path
     fd: int
     tmp: Path
+    sfd: int = -1
+    size: int = 0
+    areas: tuple[tuple[int, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -356,10 +364,15 @@ def _plan(pending: list[_Job], dest: Path) -> _Plan:
     an image that does not fit otherwise is replaced by it: its room counts, and it is removed here
     (the new copy is placed if it passes; if not, the old must go anyway)."""
     free, block = _free(dest)
-    room, batch, rest = free, [], []
+    room = free
+    batch: list[_Job] = []
+    rest: list[_Job] = []
     reclaimed = 0
     freed: list[str] = []
     for job in pending:
+        if len(batch) >= MAX_BATCH:  # the next round's
+            rest.append(job)
+            continue
         need = _rounded(job.size, block)
         if need > room:
             held = _earlier_copy(dest / job.name)
@@ -469,56 +482,142 @@ def _round(batch: list[_Job], dest: Path, free: int, rules: _Rules) -> dict[str,
     """Copy, judge and place one round of images that fit together; the refused copies are gone
     when it returns."""
     with contextlib.ExitStack() as temps:
-        staged, out = _copy_all(batch, dest, temps, free)
-        verdicts = _judge({s.name: s.tmp for s in staged}, rules)
+        staged, out = _open_all(batch, dest, temps, free, rules)
+        leaves, failed = _copy_all(staged, dest, free)
+        out.update(failed)
+        staged = [s for s in staged if s.name not in failed]
+        verdicts = _judge({s.name: s.tmp for s in staged}, rules, leaves)
         # the rest of the temporaries go with the ExitStack
         out.update(_place_all(staged, dest, rules.mode, verdicts))
     return out
 
 
-def _copy_all(
-    batch: list[_Job], dest: Path, temps: contextlib.ExitStack, free: int
+def _open_all(
+    batch: list[_Job], dest: Path, temps: contextlib.ExitStack, free: int, rules: _Rules
 ) -> tuple[list[_Staged], dict[str, Outcome]]:
-    """Copy each image to a temporary name in the destination (one at a time: copies in parallel
-    only fight over memory bandwidth); the copies and the refused."""
+    """Open each image and a temporary file for its copy in the destination (both live as long
+    as ``temps``), and find the data areas to hash while copying; the opened and the refused."""
     staged: list[_Staged] = []
     refused: dict[str, Outcome] = {}
+    hashing = rules.full and rules.mode is not SysextMode.DISABLED
     for job in batch:
         try:
-            c = _copy(job.name, job.src, dest, temps, free)
+            c = _open(job.name, job.src, dest, temps, free, hashing)
         except Exception as exc:  # one image's fault, never the run's
             why = f"{job.src}: cannot stage a copy ({_fault(exc)})"
             c = Outcome(job.name, str(job.src), False, "refused", [why])
         if isinstance(c, Outcome):
             refused[job.name] = c
         else:
-            staged.append(_Staged(job.name, job.src, *c))
+            staged.append(c)
     return staged, refused
 
 
-def _copy(name: str, src: Path, dest: Path, temps: contextlib.ExitStack, free: int) -> tuple[int, Path] | Outcome:
-    """Copy ``src`` (never through a symbolic link, regular files only) to a temporary file in
-    ``dest`` that lives as long as ``temps``; or the reason it was refused."""
+def _open(name: str, src: Path, dest: Path, temps: contextlib.ExitStack, free: int, hashing: bool) -> _Staged | Outcome:
+    """``src`` opened (never through a symbolic link, regular files only) with a temporary file in
+    ``dest`` for its copy; or the reason it was refused."""
     try:
         sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         why = "a symbolic link; not followed" if os.path.islink(src) else f"cannot open ({exc.strerror})"
         return Outcome(name, str(src), False, "refused", [f"{src}: {why}"])
-    try:
-        st = os.fstat(sfd)
-        if not stat.S_ISREG(st.st_mode):
-            return Outcome(name, str(src), False, "refused", [f"{src}: not a regular file"])
-        if st.st_size > free:  # grew since it was measured
-            return Outcome(name, str(src), False, "refused", [f"{src}: {_does_not_fit(name, st.st_size, dest, free)}"])
-        fd, tmp = temps.enter_context(fsutil.temp_file(dest / name))
+    temps.callback(os.close, sfd)
+    st = os.fstat(sfd)
+    if not stat.S_ISREG(st.st_mode):
+        return Outcome(name, str(src), False, "refused", [f"{src}: not a regular file"])
+    if st.st_size > free:  # grew since it was measured
+        return Outcome(name, str(src), False, "refused", [f"{src}: {_does_not_fit(name, st.st_size, dest, free)}"])
+    fd, tmp = temps.enter_context(fsutil.temp_file(dest / name))
+    areas: list[tuple[int, Any]] = []
+    if hashing:
+        from bootkeeper.sysext.image import data_areas
+
         try:
-            fsutil.copy_into(sfd, fd, st.st_size)
-        except OSError as exc:
-            why = f"copy to {dest} failed ({exc.strerror or exc}; {name} is {st.st_size} bytes, {free} bytes were free)"
-            return Outcome(name, str(src), False, "refused", [why])
-        return fd, tmp
-    finally:
-        os.close(sfd)
+            areas = data_areas(sfd, st.st_size)
+        except Exception:  # nothing to hash while copying: the copy's validation reads it all
+            areas = []
+    return _Staged(name, src, fd, tmp, sfd, st.st_size, tuple(areas))
+
+
+MAX_BATCH = 256  # images staged together at most: two descriptors each, under the usual limit of 1024
+
+
+def _copy_all(staged: list[_Staged], dest: Path, free: int) -> tuple[dict[str, Any], dict[str, Outcome]]:
+    """Copy every staged image in one pass, hashing its data areas as it goes, in worker processes
+    when there is enough to copy (pieces of every image spread over them; see
+    :mod:`bootkeeper.sysext.stage`); the data blocks' hashes by image (for :func:`_judge`), and
+    the images whose copy failed."""
+    from bootkeeper.sysext import stage
+
+    calls: dict[tuple[str, int], tuple[Any, ...]] = {}
+    for s in staged:
+        for i, piece in enumerate(stage.pieces(s.size, list(s.areas))):
+            calls[(s.name, i)] = (s.sfd, s.fd, piece)
+    total = sum(s.size for s in staged)
+    workers = min(len(calls), os.cpu_count() or 1)
+    results: dict[tuple[str, int], Any] = {}
+    if workers > 1 and total >= PARALLEL_FROM:
+        broken = _run_in_workers(stage.copy_piece, calls, workers, results)
+        # as in _judge: a pool that broke (a worker killed) is tried again image by image, alone
+        for name in dict.fromkeys(n for n, _ in broken):
+            again = {k: v for k, v in calls.items() if k[0] == name}
+            for k in _run_in_workers(stage.copy_piece, again, 1, results):
+                results[k] = OSError(f"copy stopped ({name}: its worker process died)")
+    for k, args in calls.items():
+        if k not in results:
+            try:
+                results[k] = stage.copy_piece(*args)
+            except Exception as exc:  # this image's copy failed; the others go on
+                results[k] = exc
+    leaves: dict[str, Any] = {}
+    failed: dict[str, Outcome] = {}
+    for s in staged:
+        parts: dict[int, list[bytes]] = {}
+        for i, piece in enumerate(stage.pieces(s.size, list(s.areas))):
+            got = results[(s.name, i)]
+            if isinstance(got, BaseException):
+                failed[s.name] = Outcome(s.name, str(s.src), False, "refused", [_copy_failed(s, got, dest, free)])
+                break
+            parts.setdefault(piece.area, []).append(got)
+        else:
+            leaves[s.name] = stage.leaves(list(s.areas), parts)
+    return leaves, failed
+
+
+def _copy_failed(s: _Staged, exc: BaseException, dest: Path, free: int) -> str:
+    if isinstance(exc, OSError):
+        return f"copy to {dest} failed ({exc.strerror or exc}; {s.name} is {s.size} bytes, {free} bytes were free)"
+    return f"{s.src}: cannot stage a copy ({_fault(exc)})"
+
+
+def _run_in_workers(
+    fn: Callable[..., Any], calls: dict[Any, tuple[Any, ...]], workers: int, results: dict[Any, Any]
+) -> list[Any]:
+    """``fn(*args)`` of each call in ``workers`` forked processes (which inherit the descriptors
+    open now, and die with this one: :func:`verity.worker_init`), into ``results`` (an exception
+    raised is the result); the keys whose pool broke. No pool at all: nothing done, nothing broken
+    (the caller runs what is left here)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from bootkeeper.sysext.verity import worker_init
+
+    broken = []
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=worker_init, initargs=(os.getpid(),)) as pool:
+            futures = {k: pool.submit(fn, *args) for k, args in calls.items()}
+            for k, f in futures.items():
+                try:
+                    results[k] = f.result()
+                except BrokenProcessPool:
+                    broken.append(k)
+                except Exception as exc:
+                    results[k] = exc
+    except Exception:  # no pool at all: the caller does the rest in this process
+        pass
+    return broken
 
 
 PARALLEL_FROM = 64 << 20  # below this in total, worker processes cost more than they save
@@ -534,9 +633,9 @@ class _Verdict:
     seconds: float
 
 
-def _judge(staged: dict[str, Path], rules: _Rules) -> dict[str, _Verdict]:
-    """Judge the staged copies (by name): those bytes are what systemd-sysext will use. Nothing in
-    disabled mode."""
+def _judge(staged: dict[str, Path], rules: _Rules, leaves: dict[str, Any] | None = None) -> dict[str, _Verdict]:
+    """Judge the staged copies (by name): those bytes are what systemd-sysext will use; ``leaves``:
+    by name, the hashes of the data blocks taken as each copy was written. Nothing in disabled mode."""
     if rules.mode is SysextMode.DISABLED or not staged:
         return {}
     pol, anchors, host, full = rules.pol, rules.anchors, rules.host, rules.full
@@ -548,21 +647,27 @@ def _judge(staged: dict[str, Path], rules: _Rules) -> dict[str, _Verdict]:
     out: dict[str, _Verdict] = {}
     if workers > 1 and full and total >= PARALLEL_FROM:
         # one image per worker process: hashing 4 KiB blocks holds the GIL too often for threads
-        broken = _in_workers(staged, workers, out, pol, der, host, full)
+        broken = _in_workers(staged, workers, out, pol, der, host, full, leaves)
         # a worker that died (a crash in a library, the OOM killer) takes its pool with it: each
         # image of that pool is judged again alone, in a pool of its own, so only the culprit fails
         for n in broken:
-            _in_workers({n: staged[n]}, 1, out, pol, der, host, full)
+            _in_workers({n: staged[n]}, 1, out, pol, der, host, full, leaves)
             if n not in out:
                 out[n] = _failed("validation stopped (its worker process died)")
     for n, p in staged.items():
         if n not in out:
-            out[n] = _judge_one(n, p, pol, der, host, full)
+            out[n] = _judge_one(n, p, pol, der, host, full, (leaves or {}).get(n))
     return out
 
 
 def _judge_one(
-    name: str, path: Path, pol: Any, anchors: list[bytes], host: dict[str, str] | None, full: bool
+    name: str,
+    path: Path,
+    pol: Any,
+    anchors: list[bytes],
+    host: dict[str, str] | None,
+    full: bool,
+    leaves: dict[int, Any] | None = None,
 ) -> _Verdict:
     """Validate one staged copy (in a worker process when there are several large images). Never
     raises: whatever validation raises refuses this image only."""
@@ -573,7 +678,7 @@ def _judge_one(
 
         # the anchors cross into the worker as DER: the one loader of certificates reads them back
         certs = [c for i, d in enumerate(anchors) for c in load_certificates(d, f"trust anchor {i}")]
-        v = validate(path, pol, certs, full=full, os_release=host, name=name)
+        v = validate(path, pol, certs, full=full, os_release=host, name=name, leaves=leaves)
     except Exception as exc:  # the per-image boundary
         return _failed(f"validation stopped ({_fault(exc)})", round(time.monotonic() - t0, 4))
     return _Verdict(v.ok, list(v.reasons), v.signer, v.root_hash, v.qualified_as, round(time.monotonic() - t0, 4))
@@ -591,29 +696,16 @@ def _in_workers(
     der: list[bytes],
     host: dict[str, str] | None,
     full: bool,
+    leaves: dict[str, Any] | None = None,
 ) -> list[str]:
     """Judge ``staged`` in worker processes into ``out``; the names whose pool broke."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    broken = []
-    try:
-        from bootkeeper.sysext.verity import worker_init
-
-        # worker_init: a worker dies with activate (kill -9 of the unit, a timeout), never left hashing
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=worker_init, initargs=(os.getpid(),)) as pool:
-            futures = {n: pool.submit(_judge_one, n, p, pol, der, host, full) for n, p in staged.items()}
-            for n, f in futures.items():
-                try:
-                    out[n] = f.result()
-                except BrokenProcessPool:
-                    broken.append(n)
-                except Exception as exc:  # e.g. a result that does not pickle
-                    out[n] = _failed(f"validation stopped in a worker process ({_fault(exc)})")
-    except Exception:  # no pool at all: the caller judges the rest in this process
-        pass
+    calls = {n: (n, p, pol, der, host, full, (leaves or {}).get(n)) for n, p in staged.items()}
+    results: dict[Any, Any] = {}
+    # worker_init: a worker dies with activate (kill -9 of the unit, a timeout), never left hashing
+    broken: list[str] = _run_in_workers(_judge_one, calls, workers, results)
+    for n, got in results.items():  # an exception here: e.g. a result that does not pickle
+        why = f"validation stopped in a worker process ({_fault(got)})"
+        out[n] = got if isinstance(got, _Verdict) else _failed(why)
     return broken
 
 

@@ -250,6 +250,37 @@ def inspect(path: Path, name: str | None = None, *, architecture: str | None = N
     return info
 
 
+def data_areas(fd: int, size: int, architecture: str | None = None) -> list[tuple[int, verity.Superblock]]:
+    """Where the verity-protected data of an image of ``size`` bytes at ``fd`` lies, as
+    :func:`inspect` finds it (the GPT, the partitions systemd-dissect would use, their verity
+    superblocks): (byte offset, superblock) of each, in order, none overlapping. For hashing the
+    data while it is copied (:mod:`bootkeeper.sysext.stage`); anything wrong here gives fewer areas
+    or none, and the copy's own validation says what is wrong."""
+    # the caller's descriptor, not closed here; its offset moves (the copy reads and writes at
+    # explicit offsets only)
+    f = open(fd, "rb", closefd=False)  # noqa: SIM115 - closed below, the descriptor stays open
+    try:
+        table = gpt.read(f, size)
+        found, _, _ = _select(table, architecture or host_architecture(), [])
+        areas = []
+        for des in found.values():
+            if des.verity is None:
+                continue
+            sb = verity.Superblock.unpack(_read(f, des.verity, verity.SB_SIZE))
+            if des.data.offset + sb.data_blocks * sb.data_block_size <= min(des.data.offset + des.data.size, size):
+                areas.append((des.data.offset, sb))
+    except (InputError, OSError, ValueError):
+        return []
+    finally:
+        f.close()
+    areas.sort(key=lambda a: a[0])
+    out: list[tuple[int, verity.Superblock]] = []
+    for start, sb in areas:
+        if not out or start >= out[-1][0] + out[-1][1].data_blocks * out[-1][1].data_block_size:
+            out.append((start, sb))
+    return out
+
+
 @dataclass
 class Validation:
     image: str
@@ -285,9 +316,12 @@ def validate(
     os_release: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     name: str | None = None,
+    leaves: dict[int, verity.Leaves] | None = None,
 ) -> Validation:
     """Check one image: structure, verity tree and root hash, signature, the policy, and its
-    extension-release (against ``os_release``, the host's, when given)."""
+    extension-release (against ``os_release``, the host's, when given). ``leaves``: by the byte
+    offset of each data area, the data blocks' hashes taken as ``path`` was written (see
+    :func:`verity.verify_at`)."""
     arch = architecture or host_architecture()
     try:
         info = inspect(path, name, architecture=arch)
@@ -313,7 +347,7 @@ def validate(
                 reasons.append(f"{d}-verity: no usable superblock or root hash")
                 continue
             root_hex = rh.hex()
-            ver = _verify_with_offset(path, des, sb, rh, full, progress)
+            ver = _verify_with_offset(path, des, sb, rh, full, progress, (leaves or {}).get(des.data.offset))
             if not ver.ok:
                 reasons.append(f"{d}-verity: {ver.reason}")
                 continue
@@ -385,6 +419,7 @@ def _verify_with_offset(
     root_hash: bytes,
     full: bool,
     progress: Callable[[int, int], None] | None = None,
+    leaves: verity.Leaves | None = None,
 ) -> verity.VerifyResult:
     assert des.verity is not None
     fd = os.open(path, os.O_RDONLY)
@@ -398,7 +433,9 @@ def _verify_with_offset(
             def step(n: int) -> None:
                 report(n, total)
 
-        return verity.verify_at(fd, des.data.offset, des.data.size, hash_area, root_hash, full=full, progress=step)
+        return verity.verify_at(
+            fd, des.data.offset, des.data.size, hash_area, root_hash, full=full, progress=step, leaves=leaves
+        )
     finally:
         os.close(fd)
 

@@ -125,7 +125,8 @@ def _digest_slot(digest_size: int) -> int:
     return slot
 
 
-def _hash_blocks(alg: str, salt: bytes, data: bytes, block_size: int) -> bytes:
+def hash_blocks(alg: str, salt: bytes, data: bytes | bytearray | memoryview, block_size: int) -> bytes:
+    """The salted hash (format 1: ``H(salt || block)``) of each ``block_size`` block of ``data``, joined."""
     # copy() of a salted hash and memoryview slices: no per-block bytes copies, fewer lookups
     copy = hashlib.new(alg, salt).copy
     mv = memoryview(data)
@@ -173,7 +174,7 @@ def _hash_range(fd: int, start: int, n: int, alg: str, salt: bytes, block_size: 
         data = os.pread(fd, m, start + off)
         if len(data) < m:
             raise MalformedError(f"data area ends at byte {start + off + len(data)}, before the end of the data")
-        out.append(_hash_blocks(alg, salt, data, block_size))
+        out.append(hash_blocks(alg, salt, data, block_size))
     return b"".join(out)
 
 
@@ -294,7 +295,7 @@ def build(
         level = _pack_level(digests, digest_size, hash_block_size)
         assert len(level) == lv.sizes[i] * hash_block_size
         blocks[i] = level
-        digests = _hash_blocks(algorithm, sb.salt, level, hash_block_size)
+        digests = hash_blocks(algorithm, sb.salt, level, hash_block_size)
     root = digests  # the hash of the top level's single block
     tree = b"".join(reversed(blocks))  # top level first
     return Tree(sb, root, tree)
@@ -425,6 +426,26 @@ def verify(
     )
 
 
+@dataclass(frozen=True)
+class Leaves:
+    """The hash of every data block of the data area at byte ``base``, as ``superblock`` says to
+    hash them, computed from the bytes as they were written to the copy being checked
+    (:mod:`bootkeeper.sysext.stage`): the leaf level is then checked against these instead of
+    reading the data again. Used only when the copy's own superblock and partition say the same."""
+
+    base: int
+    superblock: Superblock
+    digests: bytes
+
+
+_LEAF_PART = 1 << 18  # bytes of precomputed leaf hashes handed to the level check at a time
+
+
+def _given_parts(digests: bytes) -> Iterator[bytes]:
+    for off in range(0, len(digests), _LEAF_PART):
+        yield digests[off : off + _LEAF_PART]
+
+
 def verify_at(
     fd: int,
     base: int,
@@ -435,10 +456,13 @@ def verify_at(
     full: bool = True,
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
+    leaves: Leaves | None = None,
 ) -> VerifyResult:
     """Like :func:`verify` for data that starts at byte ``base`` of ``fd`` and spans ``size`` bytes;
     ``hash_area`` is the bytes or a :class:`HashArea`, read level by level (each block once, so
-    what is checked is what was read); ``progress(n)`` is called as data bytes are hashed (``full`` only)."""
+    what is checked is what was read); ``progress(n)`` is called as data bytes are hashed (``full`` only).
+    ``leaves``: the data blocks' hashes taken while the data was copied to ``fd``; used in place of
+    reading the data again when they are of this area, with this superblock, else ignored."""
     area: HashSource = _Bytes(hash_area) if isinstance(hash_area, bytes) else hash_area
     sb = Superblock.unpack(area.read(0, SB_SIZE))
     digest_size = hashlib.new(sb.algorithm).digest_size
@@ -457,12 +481,25 @@ def verify_at(
         return VerifyResult(False, f"hash area holds {have} bytes of tree, {lv.total_blocks} blocks needed")
     if not lv.sizes:
         top = os.pread(fd, sb.data_block_size, base)
-        ok = _hash_blocks(sb.algorithm, sb.salt, top, sb.data_block_size) == root_hash
+        ok = hash_blocks(sb.algorithm, sb.salt, top, sb.data_block_size) == root_hash
         return VerifyResult(ok, None if ok else "root hash does not match the data")
     slot = _digest_slot(digest_size)
     # the top level is one block; its hash is the root hash: checked like an entry of a level above
     upper = root_hash + b"\0" * (slot - digest_size)
-    leaves = _leaf_parts(fd, base, sb, threads or (os.cpu_count() or 1), progress) if full else None
+    parts: Iterator[bytes] | None = None
+    if not full:
+        pass
+    elif (
+        leaves is not None
+        and leaves.base == base
+        and leaves.superblock == sb
+        and len(leaves.digests) == sb.data_blocks * digest_size
+    ):
+        parts = _given_parts(leaves.digests)
+        if progress:
+            progress(sb.data_blocks * sb.data_block_size)
+    else:
+        parts = _leaf_parts(fd, base, sb, threads or (os.cpu_count() or 1), progress)
     try:
         for i in range(len(lv.sizes) - 1, -1, -1):
             is_top = i == len(lv.sizes) - 1
@@ -480,11 +517,11 @@ def verify_at(
                 slot,
                 what,
                 keep=i > 0,
-                leaves=leaves if i == 0 else None,
+                leaves=parts if i == 0 else None,
             )
     except _Mismatch as exc:
         return VerifyResult(False, str(exc))
     finally:
-        if leaves is not None:
-            leaves.close()  # stops the workers at a mismatch
+        if isinstance(parts, Generator):
+            parts.close()  # stops the workers at a mismatch
     return VerifyResult(True)
