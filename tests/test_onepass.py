@@ -200,3 +200,32 @@ def test_many_images_stay_within_the_descriptor_limit(
     assert all(o.verdict == "refused" and "extension-release" in " ".join(o.reasons) for o in others), [
         o.reasons for o in others if "extension-release" not in " ".join(o.reasons)
     ][:3]
+
+
+def test_a_worker_that_dies_while_copying_refuses_only_its_image(
+    cases: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection below the boundary: the copy of 'die.raw' kills its worker process (as the
+    OOM killer would). The pool is lost for every piece in flight; each image is copied again
+    alone, so only 'die.raw' is refused, by name, and the good one is placed."""
+    real = stage.copy_piece
+
+    def copy_piece(src: int, dst: int, piece: stage.Piece) -> bytes:
+        if os.readlink(f"/proc/self/fd/{src}").endswith("/die.raw"):
+            os._exit(9)
+        return real(src, dst, piece)
+
+    monkeypatch.setattr(stage, "copy_piece", copy_piece)
+    monkeypatch.setattr(activate, "PARALLEL_FROM", 0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    root = tmp_path / "root"
+    extra = root / activate.EXTRA_DIR
+    extra.mkdir(parents=True)
+    (extra / "img.raw").write_bytes(cases["good"])
+    (extra / "die.raw").write_bytes(cases["good"])
+    cert = Certificate(VENDOR[1].public_bytes(Encoding.PEM).decode(), "vendor")
+    report = activate.activate(root, Sysext(certificates=(cert,), firmware=(), verity_dirs=()), SysextMode.ENFORCED)
+    got = {o.name: (o.verdict, o.reasons) for o in report.images}
+    assert got["img.raw"] == ("passed", [])
+    assert got["die.raw"] == ("refused", [f"{extra}/die.raw: copy stopped (its worker process died)"])
+    assert sorted(p.name for p in (root / "run/extensions").iterdir()) == ["img.raw"]

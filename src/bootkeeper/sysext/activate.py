@@ -483,10 +483,15 @@ def _round(batch: list[_Job], dest: Path, free: int, rules: _Rules) -> dict[str,
     when it returns."""
     with contextlib.ExitStack() as temps:
         staged, out = _open_all(batch, dest, temps, free, rules)
-        leaves, failed = _copy_all(staged, dest, free)
+        # one set of worker processes for the round, forked once every descriptor is open: copying
+        # and judging both use it when there is enough work (PARALLEL_FROM)
+        total = sum(s.size for s in staged)
+        n = min(len(staged) * 2, os.cpu_count() or 1)
+        pool = temps.enter_context(_Workers(n)) if n > 1 and total >= PARALLEL_FROM else None
+        leaves, failed = _copy_all(staged, dest, free, pool)
         out.update(failed)
         staged = [s for s in staged if s.name not in failed]
-        verdicts = _judge({s.name: s.tmp for s in staged}, rules, leaves)
+        verdicts = _judge({s.name: s.tmp for s in staged}, rules, leaves, pool)
         # the rest of the temporaries go with the ExitStack
         out.update(_place_all(staged, dest, rules.mode, verdicts))
     return out
@@ -542,33 +547,45 @@ def _open(name: str, src: Path, dest: Path, temps: contextlib.ExitStack, free: i
 MAX_BATCH = 256  # images staged together at most: two descriptors each, under the usual limit of 1024
 
 
-def _copy_all(staged: list[_Staged], dest: Path, free: int) -> tuple[dict[str, Any], dict[str, Outcome]]:
-    """Copy every staged image in one pass, hashing its data areas as it goes, in worker processes
-    when there is enough to copy (pieces of every image spread over them; see
-    :mod:`bootkeeper.sysext.stage`); the data blocks' hashes by image (for :func:`_judge`), and
-    the images whose copy failed."""
+def _copy_all(
+    staged: list[_Staged], dest: Path, free: int, pool: _Workers | None
+) -> tuple[dict[str, Any], dict[str, Outcome]]:
+    """Copy every staged image in one pass, hashing its data areas as it goes (see
+    :mod:`bootkeeper.sysext.stage`), in ``pool`` if there is one: the pieces of every image,
+    batched up to a piece's size, spread over its workers. The data blocks' hashes by image (for
+    :func:`_judge`), and the images whose copy failed."""
     from bootkeeper.sysext import stage
 
-    calls: dict[tuple[str, int], tuple[Any, ...]] = {}
-    for s in staged:
-        for i, piece in enumerate(stage.pieces(s.size, list(s.areas))):
-            calls[(s.name, i)] = (s.sfd, s.fd, piece)
-    total = sum(s.size for s in staged)
-    workers = min(len(calls), os.cpu_count() or 1)
+    work: list[tuple[str, int, tuple[int, int, stage.Piece]]] = [
+        (s.name, i, (s.sfd, s.fd, piece)) for s in staged for i, piece in enumerate(stage.pieces(s.size, list(s.areas)))
+    ]
     results: dict[tuple[str, int], Any] = {}
-    if workers > 1 and total >= PARALLEL_FROM:
-        broken = _run_in_workers(stage.copy_piece, calls, workers, results)
+    if pool is not None:
+        batches: dict[int, list[tuple[str, int, tuple[int, int, stage.Piece]]]] = {}
+        size = 0
+        for w in work:  # in order: many small images' pieces to a task, a large image's one each
+            if not batches or size + w[2][2].length > stage.PIECE:
+                batches[len(batches)] = []
+                size = 0
+            batches[len(batches) - 1].append(w)
+            size += w[2][2].length
+        done: dict[int, Any] = {}
+        broken = pool.run(stage.copy_pieces, {k: ([w[2] for w in b],) for k, b in batches.items()}, done)
+        for k, got in done.items():
+            for w, r in zip(batches[k], got if isinstance(got, list) else [got] * len(batches[k]), strict=True):
+                results[(w[0], w[1])] = r
         # as in _judge: a pool that broke (a worker killed) is tried again image by image, alone
-        for name in dict.fromkeys(n for n, _ in broken):
-            again = {k: v for k, v in calls.items() if k[0] == name}
-            for k in _run_in_workers(stage.copy_piece, again, 1, results):
-                results[k] = OSError(f"copy stopped ({name}: its worker process died)")
-    for k, args in calls.items():
-        if k not in results:
-            try:
-                results[k] = stage.copy_piece(*args)
-            except Exception as exc:  # this image's copy failed; the others go on
-                results[k] = exc
+        for name in dict.fromkeys(w[0] for k in broken for w in batches[k]):
+            again = {(n, i): (args,) for n, i, args in work if n == name}
+            redo: dict[Any, Any] = {}
+            with _Workers(1) as alone:
+                lost = alone.run(_copy_one, again, redo)
+            results.update(redo)
+            for k in lost:
+                results[k] = _WorkerDied()
+    for name, i, args in work:
+        if (name, i) not in results:
+            results[(name, i)] = _copy_one(args)
     leaves: dict[str, Any] = {}
     failed: dict[str, Outcome] = {}
     for s in staged:
@@ -584,30 +601,63 @@ def _copy_all(staged: list[_Staged], dest: Path, free: int) -> tuple[dict[str, A
     return leaves, failed
 
 
+def _copy_one(args: tuple[int, int, Any]) -> bytes | BaseException:
+    """One piece copied (:func:`stage.copy_piece`); what it raised is its result, as in a batch."""
+    from bootkeeper.sysext import stage
+
+    return stage.copy_pieces([args])[0]
+
+
+class _WorkerDied(Exception):
+    """The worker process copying a piece died (alone in its pool: the piece's own fault)."""
+
+
 def _copy_failed(s: _Staged, exc: BaseException, dest: Path, free: int) -> str:
+    if isinstance(exc, _WorkerDied):
+        return f"{s.src}: copy stopped (its worker process died)"
     if isinstance(exc, OSError):
         return f"copy to {dest} failed ({exc.strerror or exc}; {s.name} is {s.size} bytes, {free} bytes were free)"
     return f"{s.src}: cannot stage a copy ({_fault(exc)})"
 
 
-def _run_in_workers(
-    fn: Callable[..., Any], calls: dict[Any, tuple[Any, ...]], workers: int, results: dict[Any, Any]
-) -> list[Any]:
-    """``fn(*args)`` of each call in ``workers`` forked processes (which inherit the descriptors
-    open now, and die with this one: :func:`verity.worker_init`), into ``results`` (an exception
-    raised is the result); the keys whose pool broke. No pool at all: nothing done, nothing broken
-    (the caller runs what is left here)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+class _Workers:
+    """Forked worker processes, started on first use (they inherit the descriptors open then) and
+    again after one died; each dies with this process (:func:`verity.worker_init`)."""
 
-    from bootkeeper.sysext.verity import worker_init
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._pool: Any = None
 
-    broken = []
-    try:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=worker_init, initargs=(os.getpid(),)) as pool:
-            futures = {k: pool.submit(fn, *args) for k, args in calls.items()}
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def run(self, fn: Callable[..., Any], calls: dict[Any, tuple[Any, ...]], results: dict[Any, Any]) -> list[Any]:
+        """``fn(*args)`` of each call into ``results`` (an exception raised is the result); the keys
+        whose pool broke. No pool at all: nothing done, nothing broken (the caller runs what is
+        left in this process)."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        broken = []
+        try:
+            if self._pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                from bootkeeper.sysext.verity import worker_init
+
+                ctx = multiprocessing.get_context("fork")
+                self._pool = ProcessPoolExecutor(
+                    self.n, mp_context=ctx, initializer=worker_init, initargs=(os.getpid(),)
+                )
+            futures = {k: self._pool.submit(fn, *args) for k, args in calls.items()}
             for k, f in futures.items():
                 try:
                     results[k] = f.result()
@@ -615,9 +665,11 @@ def _run_in_workers(
                     broken.append(k)
                 except Exception as exc:
                     results[k] = exc
-    except Exception:  # no pool at all: the caller does the rest in this process
-        pass
-    return broken
+        except Exception:  # no pool at all: the caller does the rest in this process
+            pass
+        if broken:
+            self.close()  # a broken pool takes no more work: the next run starts a new one
+        return broken
 
 
 PARALLEL_FROM = 64 << 20  # below this in total, worker processes cost more than they save
@@ -633,7 +685,9 @@ class _Verdict:
     seconds: float
 
 
-def _judge(staged: dict[str, Path], rules: _Rules, leaves: dict[str, Any] | None = None) -> dict[str, _Verdict]:
+def _judge(
+    staged: dict[str, Path], rules: _Rules, leaves: dict[str, Any] | None = None, pool: _Workers | None = None
+) -> dict[str, _Verdict]:
     """Judge the staged copies (by name): those bytes are what systemd-sysext will use; ``leaves``:
     by name, the hashes of the data blocks taken as each copy was written. Nothing in disabled mode."""
     if rules.mode is SysextMode.DISABLED or not staged:
@@ -642,12 +696,11 @@ def _judge(staged: dict[str, Path], rules: _Rules, leaves: dict[str, Any] | None
     from cryptography.hazmat.primitives.serialization import Encoding
 
     der = [bytes(c.public_bytes(Encoding.DER)) for c in anchors]
-    total = sum(p.stat().st_size for p in staged.values())
-    workers = min(len(staged), os.cpu_count() or 1)
     out: dict[str, _Verdict] = {}
-    if workers > 1 and full and total >= PARALLEL_FROM:
-        # one image per worker process: hashing 4 KiB blocks holds the GIL too often for threads
-        broken = _in_workers(staged, workers, out, pol, der, host, full, leaves)
+    if pool is not None:
+        # one image per task in the round's worker processes: the levels, the signature and the
+        # extension-release are Python work, which threads would not spread
+        broken = _in_workers(staged, pool.n, out, pol, der, host, full, leaves, pool)
         # a worker that died (a crash in a library, the OOM killer) takes its pool with it: each
         # image of that pool is judged again alone, in a pool of its own, so only the culprit fails
         for n in broken:
@@ -697,12 +750,16 @@ def _in_workers(
     host: dict[str, str] | None,
     full: bool,
     leaves: dict[str, Any] | None = None,
+    pool: _Workers | None = None,
 ) -> list[str]:
-    """Judge ``staged`` in worker processes into ``out``; the names whose pool broke."""
+    """Judge ``staged`` in worker processes (``pool``, or ``workers`` of their own) into ``out``;
+    the names whose pool broke."""
     calls = {n: (n, p, pol, der, host, full, (leaves or {}).get(n)) for n, p in staged.items()}
     results: dict[Any, Any] = {}
     # worker_init: a worker dies with activate (kill -9 of the unit, a timeout), never left hashing
-    broken: list[str] = _run_in_workers(_judge_one, calls, workers, results)
+    with contextlib.ExitStack() as own:
+        workers_ = pool if pool is not None else own.enter_context(_Workers(workers))
+        broken: list[str] = workers_.run(_judge_one, calls, results)
     for n, got in results.items():  # an exception here: e.g. a result that does not pickle
         why = f"validation stopped in a worker process ({_fault(got)})"
         out[n] = got if isinstance(got, _Verdict) else _failed(why)

@@ -82,6 +82,18 @@ def copy_piece(src: int, dst: int, piece: Piece) -> bytes:
     return b"".join(out)
 
 
+def copy_pieces(work: list[tuple[int, int, Piece]]) -> list[bytes | BaseException]:
+    """:func:`copy_piece` of each (source, copy, piece), in order: a worker process's task. What one
+    raises is its result, so a failing image leaves the others' pieces in the task alone."""
+    out: list[bytes | BaseException] = []
+    for src, dst, piece in work:
+        try:
+            out.append(copy_piece(src, dst, piece))
+        except Exception as exc:  # the caller refuses that image with it
+            out.append(exc)
+    return out
+
+
 def _read_on(src: int, view: memoryview, got: int, want: int, at: int) -> int:
     while got < want:
         n = os.preadv(src, [view[got:want]], at + got)
