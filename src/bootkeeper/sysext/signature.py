@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -107,10 +108,21 @@ class SignatureCheck:
 
 
 def _signer_matches(sid: Any, cert: x509.Certificate) -> bool:
-    from asn1crypto import x509 as ax509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    acert = ax509.Certificate.load(cert.public_bytes(Encoding.DER))
+    return _sid_names(sid.dump(), cert.public_bytes(Encoding.DER))
+
+
+@functools.lru_cache(maxsize=256)
+def _sid_names(sid_der: bytes, cert_der: bytes) -> bool:
+    """Whether the SignerIdentifier ``sid_der`` names the certificate ``cert_der``: a function of
+    the two byte strings alone, remembered (at boot every image names the same few certificates,
+    and comparing X.509 names costs more than the signature check)."""
+    from asn1crypto import cms
+    from asn1crypto import x509 as ax509
+
+    sid = cms.SignerIdentifier.load(sid_der)
+    acert = ax509.Certificate.load(cert_der)
     if sid.name == "issuer_and_serial_number":
         v = sid.chosen
         return bool(v["serial_number"].native == acert.serial_number and v["issuer"] == acert.issuer)
