@@ -582,6 +582,10 @@ def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: 
     node.boot()
     node.rows[-1].then = f"bootkeeper's units masked; {node.rows[-1].then}"
     on, off = BootTimes.of(b), BootTimes.of(node.boots[-1])
+    for t in (on, off):  # boottime.sh names the units it reports: every one install-units enables
+        assert set(BOOTKEEPER_UNITS) <= set(t.units), (
+            f"tests/node/guest/boottime.sh: add {set(BOOTKEEPER_UNITS) - set(t.units)}"
+        )
     node.extra.append((f"{node.title}: what bootkeeper costs this boot (boot 1 vs boot 2)", _boottime_table(on, off)))
     _assert_boot_without_bootkeeper(node, on, off, seed_healthy)
 
