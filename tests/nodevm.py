@@ -621,15 +621,33 @@ class Boot:
         return "unknown"
 
 
+# The SMBIOS Type 11 OEM string systemd-stub appends to the UKI's command line (systemd v257
+# src/boot/stub.c: cmdline_append_and_measure_smbios(), after the .cmdline and any addon's, refused only
+# in a confidential VM; Secure Boot or not does not matter), read by smbios_find_oem_string()
+STUB_CMDLINE_EXTRA = "io.systemd.stub.kernel-cmdline-extra"
+
+
 def boot(
-    disk: Path, log: Path, *, kill_on: str | None = None, timeout: float = BOOT_TIMEOUT, tpm: Tpm | None = None
+    disk: Path,
+    log: Path,
+    *,
+    kill_on: str | None = None,
+    timeout: float = BOOT_TIMEOUT,
+    tpm: Tpm | None = None,
+    cmdline_extra: str | None = None,
 ) -> Boot:
     """Power on; return when the guest powers off, reboots or panics (-no-reboot), or once a serial
     line contains ``kill_on`` (then QEMU is killed at once: a power cut). ``tpm``: with that TPM (and
-    its firmware variables); swtpm runs only while QEMU does."""
+    its firmware variables); swtpm runs only while QEMU does. ``cmdline_extra``: words systemd-stub
+    adds to this boot's kernel command line (:data:`STUB_CMDLINE_EXTRA`), the disk left as it is."""
     with contextlib.ExitStack() as stack:
         firmware = stack.enter_context(swtpm_running(tpm)) if tpm is not None else ["-bios", str(OVMF)]
-        return _boot(disk, log, firmware, kill_on=kill_on, timeout=timeout)
+        smbios = []
+        if cmdline_extra is not None:
+            if "," in cmdline_extra:  # QEMU's option syntax would need it doubled; nothing here needs one
+                raise ValueError(f"{cmdline_extra!r}: no commas in an SMBIOS string here")
+            smbios = ["-smbios", f"type=11,value={STUB_CMDLINE_EXTRA}={cmdline_extra}"]
+        return _boot(disk, log, [*firmware, *smbios], kill_on=kill_on, timeout=timeout)
 
 
 def _boot(disk: Path, log: Path, firmware: list[str], *, kill_on: str | None, timeout: float) -> Boot:

@@ -15,6 +15,7 @@ import itertools
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 
 import nodevm
+from bootkeeper.assess import generator, units
 
 pytestmark = pytest.mark.node
 
@@ -101,6 +103,8 @@ class Node:
         DISKS.append(self.disk)
         self.rows: list[Row] = []
         self.boots: list[nodevm.Boot] = []
+        self.extra: list[tuple[str, list[str]]] = []  # more tables for the run's summary (title, lines)
+        self.cmdline_extra: str | None = None  # words systemd-stub adds to the command line of the next boots
 
     def set_faults(self, faults: list[str]) -> None:
         nodevm.esp_write(self.disk, "bktest/faults", "".join(f + "\n" for f in faults))
@@ -117,7 +121,7 @@ class Node:
     def boot(self, *, kill_on: str | None = None) -> nodevm.Boot:
         before = [n for n in nodevm.esp_names(self.disk) if n.endswith(".efi")]
         n = len(self.rows) + 1
-        b = nodevm.boot(self.disk, self.work / f"boot{n}.log", kill_on=kill_on)
+        b = nodevm.boot(self.disk, self.work / f"boot{n}.log", kill_on=kill_on, cmdline_extra=self.cmdline_extra)
         after = [n for n in nodevm.esp_names(self.disk) if n.endswith(".efi")]
         crash = b.crash_line()
         if crash is not None:
@@ -262,12 +266,12 @@ def retry_on_guest_crash(fn: Callable[..., None]) -> Callable[..., None]:
 def node_factory(tmp_path: Path) -> Iterator[list[Node]]:
     made: list[Node] = []
     yield made
-    for node in made:
-        NODE_TABLES.append((node.title, node.table()))
+    tables = [t for node in made for t in [(node.title, node.table()), *node.extra]]
+    NODE_TABLES.extend(tables)
     table_file = nodevm.CACHE / "tables.md"
     with table_file.open("a") as f:
-        for node in made:
-            f.write(f"\n### {node.title}\n\n" + "\n".join(node.table()) + "\n")
+        for title, lines in tables:
+            f.write(f"\n### {title}\n\n" + "\n".join(lines) + "\n")
 
 
 def _unit(b: nodevm.Boot, name: str) -> dict[str, str]:
@@ -335,6 +339,180 @@ def _assert_seed_refreshed(b: nodevm.Boot, before: bytes | None, after: bytes | 
     assert f"/efi/loader/random-seed: {action} (32 bytes); /efi read-only again" in log, log
 
 
+# -- what bootkeeper costs every boot (issue 18) -------------------------------------------------
+
+# every unit install-units enables; the services among them that a healthy boot of this node runs to
+# the end (bootkeeper-metrics.service runs where node_exporter's textfile folder is: its condition)
+BOOTKEEPER_UNITS = tuple(units.WANTED_BY)
+RUN_ON_A_HEALTHY_BOOT = (units.SYSEXT_UNIT, units.RANDOM_SEED_UNIT, units.BOOT_UNIT, units.BLESS_UNIT)
+# The boot without bootkeeper: the same disk, every unit of bootkeeper masked by the debug generator
+# (systemd v257 src/debug-generator/debug-generator.c: systemd.mask= links the unit to /dev/null in
+# /run/systemd/generator, which comes before /usr/lib/systemd/system, where the package ships them),
+# and boot-complete.target pulled in by the rig's stand-in for systemd-bless-boot.service (masked by
+# install-units; on this node nothing but bootkeeper-bless's Requires= pulls the target in), wanted from
+# the command line (tests/node/guest/bktest-boot-complete.service says why not the target itself).
+BOOT_COMPLETE_STANDIN = "bktest-boot-complete.service"
+WITHOUT_BOOTKEEPER = " ".join(
+    [*(f"systemd.mask={u}" for u in BOOTKEEPER_UNITS), f"systemd.wants={BOOT_COMPLETE_STANDIN}"]
+)
+GENERATOR_DROPIN = f"./normal/bk-health.service.d/{generator.DROPIN}"
+
+
+@dataclass(frozen=True)
+class BootTimes:
+    """What tests/node/guest/boottime.sh printed about one boot: timestamps in µs since the kernel started."""
+
+    units: dict[str, dict[str, str]]
+    manager: dict[str, str]
+    blame: list[str]
+    chain: list[str]
+    generator: list[tuple[int, int, list[str]]]  # (rc, µs, files written) of each run by hand
+    python_us: list[int]
+    cmdline: str
+    activation_report: bool
+
+    @classmethod
+    def of(cls, b: nodevm.Boot) -> BootTimes:
+        assert b.first("BT_DONE") is not None, "boottime.sh did not finish"
+        found = {}
+        for line in b.mark("BT_UNIT"):
+            name, _, props = line.partition(" ")
+            found[name] = dict(p.split("=", 1) for p in props.split())
+        runs = []
+        for line in b.mark("BT_GENERATOR_RUN"):
+            head, _, wrote = line.partition(" wrote=")
+            kv = dict(w.split("=", 1) for w in head.split()[1:])
+            runs.append((int(kv["rc"]), int(kv["us"]), wrote.split()))
+        return cls(
+            units=found,
+            manager=dict(p.split("=", 1) for p in (b.first("BT_MANAGER") or "").split()),
+            blame=b.mark("BT_BLAME"),
+            chain=b.mark("BT_CHAIN"),
+            generator=runs,
+            python_us=[int(x.split("us=", 1)[1]) for x in b.mark("BT_PYTHON_RUN")],
+            cmdline=b.first("BT_CMDLINE") or "",
+            activation_report=b.first("BT_SXREPORT") == "present",
+        )
+
+    def stamp(self, unit: str, key: str) -> int:
+        return int(self.units[unit].get(key) or 0)
+
+    def active_at(self, unit: str) -> float:
+        """Seconds after the kernel started when ``unit`` became active (0: never)."""
+        return self.stamp(unit, "ActiveEnterTimestampMonotonic") / 1e6
+
+    def took_ms(self, unit: str) -> float | None:
+        """From the start job (activating) to active: for a oneshot, ExecStart and ExecStartPost."""
+        start, done = (
+            self.stamp(unit, "InactiveExitTimestampMonotonic"),
+            self.stamp(unit, "ActiveEnterTimestampMonotonic"),
+        )
+        return (done - start) / 1000 if start and done else None
+
+    def main_ms(self, unit: str) -> float | None:
+        start, done = (
+            self.stamp(unit, "ExecMainStartTimestampMonotonic"),
+            self.stamp(unit, "ExecMainExitTimestampMonotonic"),
+        )
+        return (done - start) / 1000 if start and done else None
+
+    def blame_of(self, unit: str) -> str:
+        return next((line.rsplit(" ", 1)[0] for line in self.blame if line.endswith(" " + unit)), "-")
+
+    def generators_ms(self) -> float:
+        start, done = (int(self.manager.get(f"Generators{k}TimestampMonotonic", 0)) for k in ("Start", "Finish"))
+        return (done - start) / 1000
+
+    def generator_ms(self) -> float:
+        return statistics.median(us for _, us, _ in self.generator) / 1000
+
+    def python_ms(self) -> float:
+        return statistics.median(self.python_us) / 1000
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f} ms"
+
+
+def _boottime_table(on: BootTimes, off: BootTimes) -> list[str]:
+    """Each unit's time, the generators', and when boot-complete.target was reached, with bootkeeper and
+    with its units masked (one boot each, QEMU/TCG: one sample, noisy)."""
+    out = [
+        "| | with bootkeeper | bootkeeper's units masked | difference |",
+        "|---|---:|---:|---:|",
+    ]
+    for u in (*BOOTKEEPER_UNITS, "systemd-sysext.service"):
+        took, main = on.took_ms(u), on.main_ms(u)
+        if not u.endswith(".service"):  # a path or timer unit: no process, active at once
+            what = f"{on.units[u].get('ActiveState')} at {on.active_at(u):.2f} s"
+        elif took is None:
+            what = f"did not run ({on.units[u].get('ActiveState')}, condition {on.units[u].get('ConditionResult')})"
+        else:
+            what = f"{_ms(took)} (ExecStart {_ms(main)}; blame {on.blame_of(u)})"
+        state = off.units[u].get("LoadState", "?") if u in BOOTKEEPER_UNITS else _ms(off.took_ms(u))
+        out.append(f"| {u}: activating → active | {what} | {state if state != '-' else 'did not run'} | |")
+    gens, gen, py = (
+        (on.generators_ms(), off.generators_ms()),
+        (on.generator_ms(), off.generator_ms()),
+        (on.python_ms(), off.python_ms()),
+    )
+    out.append(
+        f"| all generators (manager's phase) | {gens[0]:.0f} ms | {gens[1]:.0f} ms | {gens[0] - gens[1]:+.0f} ms |"
+    )
+    out.append(
+        f"| bootkeeper-generator by hand, median of {len(on.generator)} | {gen[0]:.0f} ms | {gen[1]:.0f} ms "
+        "| (it runs in both) |"
+    )
+    out.append(f"| python3 -IS -c pass by hand, median | {py[0]:.0f} ms | {py[1]:.0f} ms | |")
+    for u in ("sysinit.target", "basic.target", "boot-complete.target", "multi-user.target"):
+        a, b = on.active_at(u), off.active_at(u)
+        out.append(f"| {u} active at | {a:.2f} s | {b:.2f} s | {a - b:+.2f} s |")
+    out.append(f"| bootkeeper-bless.service active (blessed) at | {on.active_at(units.BLESS_UNIT):.2f} s | - | |")
+    out.append("")
+    for label, t in (("with bootkeeper", on), ("bootkeeper's units masked", off)):
+        out.append(f"critical-chain boot-complete.target, {label}:")
+        out += [f"    {line}" for line in t.chain if "@" in line or "+" in line]
+    return out
+
+
+def _assert_boot_without_bootkeeper(node: Node, on: BootTimes, off: BootTimes, seed_before: bytes | None) -> None:
+    """The masked boot ran none of bootkeeper's units, the healthy one ran each; both reached
+    boot-complete.target, and what each left is what that says."""
+    assert all(f"systemd.mask={u}" not in on.cmdline for u in BOOTKEEPER_UNITS), on.cmdline
+    assert set(WITHOUT_BOOTKEEPER.split()) <= set(off.cmdline.split()), off.cmdline
+    for u in RUN_ON_A_HEALTHY_BOOT:
+        props = on.units[u]
+        assert (props["ActiveState"], props["Result"]) == ("active", "success"), (u, props)
+        assert 0 < on.stamp(u, "InactiveExitTimestampMonotonic") <= on.stamp(u, "ActiveEnterTimestampMonotonic"), props
+    # its start job ran (its condition, node_exporter's folder, decides whether it does anything)
+    assert on.stamp(units.METRICS_UNIT, "ConditionTimestampMonotonic") > 0, on.units[units.METRICS_UNIT]
+    for u in (units.METRICS_PATH, units.METRICS_TIMER):
+        assert on.units[u]["ActiveState"] == "active", (u, on.units[u])
+    for u in BOOTKEEPER_UNITS:
+        props = off.units[u]
+        assert (props["LoadState"], props["ActiveState"]) == ("masked", "inactive"), (u, props)
+        assert off.stamp(u, "InactiveExitTimestampMonotonic") == off.stamp(u, "ConditionTimestampMonotonic") == 0, props
+    assert on.units[BOOT_COMPLETE_STANDIN]["ActiveState"] == "inactive"
+    assert off.units[BOOT_COMPLETE_STANDIN]["ActiveState"] == "active", off.units[BOOT_COMPLETE_STANDIN]
+    for t in (on, off):
+        assert t.units["boot-complete.target"]["ActiveState"] == "active", t.units["boot-complete.target"]
+        assert any(line.startswith("boot-complete.target @") for line in t.chain), t.chain
+        # the manager's generator phase of the boot (not of a later reload), before anything was up
+        start, finish = (int(t.manager[f"Generators{k}TimestampMonotonic"]) for k in ("Start", "Finish"))
+        assert 0 < start < finish < t.stamp("sysinit.target", "ActiveEnterTimestampMonotonic"), t.manager
+        assert [rc for rc, _, _ in t.generator] == [0] * 3 and len(t.python_us) == 3
+    # the activation report only bootkeeper-sysext writes; the generator wrote its drop-in on the counted
+    # boot of active, and nothing once active was blessed (no counter: a reboot would come back to it)
+    assert on.activation_report and not off.activation_report
+    assert all(wrote == [GENERATOR_DROPIN] for _, _, wrote in on.generator), on.generator
+    assert all(wrote == [] for _, _, wrote in off.generator), off.generator
+    # nothing of bootkeeper's wrote the ESP: no rename, the seed as the healthy boot left it
+    row = node.rows[-1]
+    assert (row.before, row.booted, row.after, row.verdict) == ("active.efi",) * 3 + ("good (not counted)",), row
+    assert _esp_bytes(node.disk, SEED) == seed_before
+    assert (node.boots[-1].first("FAILED") or "").split() == []
+
+
 @retry_on_guest_crash
 def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: Path, node_factory: list[Node]) -> None:
     node = Node(tmp_path, "1. healthy node, four extensions", [], sysexts=pieces, files={SEED: PLANTED_SEED})
@@ -347,6 +525,7 @@ def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: 
         (False, True),
     ]
     nodevm.esp_write(node.disk, "bktest/sysext-compare", "1\n")
+    nodevm.esp_write(node.disk, "bktest/boottime", "1\n")
     seed_before = _esp_bytes(node.disk, SEED)
     assert seed_before == PLANTED_SEED.encode()
     node.run_predicted([], 1)
@@ -394,6 +573,21 @@ def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: 
     assert not any(_runs(b, "permissive").values())
     assert "rc=0" in refresh["enforced"]
     assert _merged(b, "enforced-again") == ["tools-a", "tools-b"]
+
+    # issue 18: what bootkeeper costs this boot. The last boot of the scenario: the same disk once more,
+    # every unit of bootkeeper masked (nothing blesses, nothing counts: active is blessed already)
+    nodevm.esp_write(node.disk, "bktest/sysext-compare", "")  # that ran once; the masked boot only reports
+    seed_healthy = _esp_bytes(node.disk, SEED)
+    node.cmdline_extra = WITHOUT_BOOTKEEPER
+    node.boot()
+    node.rows[-1].then = f"bootkeeper's units masked; {node.rows[-1].then}"
+    on, off = BootTimes.of(b), BootTimes.of(node.boots[-1])
+    for t in (on, off):  # boottime.sh names the units it reports: every one install-units enables
+        assert set(BOOTKEEPER_UNITS) <= set(t.units), (
+            f"tests/node/guest/boottime.sh: add {set(BOOTKEEPER_UNITS) - set(t.units)}"
+        )
+    node.extra.append((f"{node.title}: what bootkeeper costs this boot (boot 1 vs boot 2)", _boottime_table(on, off)))
+    _assert_boot_without_bootkeeper(node, on, off, seed_healthy)
 
 
 @retry_on_guest_crash

@@ -3,6 +3,12 @@ exec >/dev/ttyS0 2>&1
 compact() { python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))' 2>&1; }
 say() { printf '@@@ %s\n' "$*"; }  # not echo: dash's echo expands backslashes
 say "REPORT up=$(cut -d' ' -f1 /proc/uptime)"
+# the manager's generator phase of this boot, before sysext-compare.sh's refresh may reload the manager
+# (a reload runs the generators again and moves these timestamps)
+if [ -e /efi/bktest/boottime ]; then
+  say "BT_MANAGER $(systemctl show -p GeneratorsStartTimestampMonotonic -p GeneratorsFinishTimestampMonotonic \
+    -p UnitsLoadStartTimestampMonotonic -p UnitsLoadFinishTimestampMonotonic -p UserspaceTimestampMonotonic | tr '\n' ' ')"
+fi
 say "HANDED_OVER $(ls /run/initrd-extra/sysext 2>&1 | tr '\n' ' ')"
 say "EFI_MOUNT $(findmnt -no OPTIONS /efi)"
 for u in bk-health.service boot-complete.target bootkeeper-bless.service bootkeeper-sysext.service systemd-sysext.service \
@@ -17,7 +23,13 @@ say "STATUS_JSON $(bootkeeper status --json | compact)"
 bootkeeper status 2>&1 | sed 's/^/@@@ STATUS /'
 if [ -e /sys/class/tpm/tpm0 ]; then /usr/local/lib/bktest/tpm.sh; fi
 if [ -e /dev/disk/by-partlabel/bkdata ]; then /usr/local/lib/bktest/unlock.sh; fi
-if [ -e /efi/bktest/sysext-compare ]; then /usr/local/lib/bktest/sysext-compare.sh; fi
+if [ -s /efi/bktest/sysext-compare ]; then /usr/local/lib/bktest/sysext-compare.sh; fi
 /usr/local/lib/bktest/upgrade.sh
 say "DONE"
-systemctl poweroff --no-block
+if [ -e /efi/bktest/boottime ]; then
+  # boottime.sh reads the finished boot, which this unit is part of: it runs on its own and powers off
+  systemd-run --no-block --collect --unit=bktest-boottime /usr/local/lib/bktest/boottime.sh \
+    || systemctl poweroff --no-block
+else
+  systemctl poweroff --no-block
+fi
