@@ -20,7 +20,7 @@ lint: $(STAMP)
 test: $(STAMP)
 	bash scripts/setup-test-deps.sh
 	$(MAKE) --no-print-directory lint
-	$(VENV)/bin/pytest -v -p no:cacheprovider --durations=12
+	bash scripts/test.sh
 	$(PY) bench/startup.py
 
 bench: $(STAMP)

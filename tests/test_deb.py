@@ -17,6 +17,9 @@ import pytest
 import nodevm
 from trixie import ROOT as TRIXIE
 
+# the node's cache (its package, its guest tree): run with the node tests (scripts/test.sh)
+pytestmark = pytest.mark.guest
+
 ROOT = Path(__file__).resolve().parent.parent
 UNIT_DIR = "etc/systemd/system"
 SHIPPED = (

@@ -12,6 +12,7 @@ core) from a module-wide pool that starts with the first test; each test waits f
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import statistics
@@ -353,7 +354,9 @@ def pool(
         spec = getattr(item, "callspec", None)
         if getattr(item, "module", None) is request.module and spec is not None and "case" in spec.params:
             wanted.append(spec.params["case"])
-    ex = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qemu")  # one QEMU (TCG) per core
+    # one QEMU (TCG) per core; scripts/test.sh runs the node tests' QEMU beside these and sets 1
+    at_a_time = int(os.environ.get("BOOTKEEPER_VM_PARALLEL", "2"))
+    ex = ThreadPoolExecutor(max_workers=at_a_time, thread_name_prefix="qemu")
     futures = {
         _case_id(c): ex.submit(
             run_sequence, c[0], c[1], tmp_path_factory.mktemp(re.sub(r"[^A-Za-z0-9]+", "-", _case_id(c))[:48]), ukis
@@ -368,7 +371,8 @@ def pool(
     if boots:
         VM_STATS.append(
             f"{len(done)} sequences, {len(boots)} boots, {sum(boots):.0f} s of QEMU time "
-            f"(median {statistics.median(boots):.1f} s a boot), {time.monotonic() - t0:.0f} s wall, two at a time"
+            f"(median {statistics.median(boots):.1f} s a boot), {time.monotonic() - t0:.0f} s wall, "
+            f"{at_a_time} at a time"
         )
 
 
