@@ -153,7 +153,7 @@ def test_a_source_that_ends_early_is_refused_by_name(tmp_path: Path) -> None:
     fd, out = os.open(src, os.O_RDONLY), os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
     try:
         for piece in (stage.Piece(0, 16384, 0, sb), stage.Piece(0, 16384)):
-            with pytest.raises(OSError, match="ended at byte 10000 while it was copied"):
+            with pytest.raises(OSError, match="source ended after 10000 of 16384 bytes"):
                 stage.copy_piece(fd, out, piece)
     finally:
         os.close(fd)
@@ -229,3 +229,28 @@ def test_a_worker_that_dies_while_copying_refuses_only_its_image(
     assert got["img.raw"] == ("passed", [])
     assert got["die.raw"] == ("refused", [f"{extra}/die.raw: copy stopped (its worker process died)"])
     assert sorted(p.name for p in (root / "run/extensions").iterdir()) == ["img.raw"]
+
+
+def test_the_fallback_copy_is_positional(tmp_path: Path) -> None:
+    """Across file systems (tmpfs to this disk) copy_file_range fails and the copy reads and writes
+    by hand: still at explicit offsets, never moving the descriptors' shared offset, so worker
+    processes that inherited the same descriptors can copy other pieces at the same time."""
+    shm = Path("/dev/shm")
+    assert os.stat(shm).st_dev != os.stat(tmp_path).st_dev, "the premise: two file systems"
+    data = os.urandom(3 * 4096 + 100)
+    src_path = shm / f"bootkeeper-test-{os.getpid()}"
+    src_path.write_bytes(data)
+    src, dst = os.open(src_path, os.O_RDONLY), os.open(tmp_path / "copy", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(OSError):  # the premise: the kernel refuses, the fallback runs
+            os.copy_file_range(src, dst, 10, 0, 0)
+        sb = verity.Superblock(1, 1, bytes(16), "sha256", 4096, 4096, 2, bytes(32))
+        pieces = [stage.Piece(8192, 4196), stage.Piece(0, 8192, 0, sb)]  # the later piece first
+        got = [stage.copy_piece(src, dst, p) for p in pieces]
+        assert os.lseek(src, 0, os.SEEK_CUR) == 0 and os.lseek(dst, 0, os.SEEK_CUR) == 0
+        assert (tmp_path / "copy").read_bytes() == data
+        assert got[1] == verity.hash_blocks("sha256", bytes(32), data[:8192], 4096)
+    finally:
+        os.close(src)
+        os.close(dst)
+        src_path.unlink()

@@ -155,21 +155,25 @@ def symlink_atomic(link: Path, target: str) -> None:
     fsync_dir(link.parent)
 
 
-def copy_into(src_fd: int, dst_fd: int, size: int, progress: Callable[[int, int], None] | None = None) -> None:
-    """Copy ``size`` bytes from the start of ``src_fd`` (in the kernel where it can)."""
+def copy_into(
+    src_fd: int, dst_fd: int, size: int, progress: Callable[[int, int], None] | None = None, start: int = 0
+) -> None:
+    """Copy ``size`` bytes at ``start`` of ``src_fd`` to the same offset of ``dst_fd`` (in the kernel
+    where it can). Positional on both sides, never through the descriptors' offsets: processes that
+    share the descriptors (forked workers, sysext activate) may copy other ranges at the same time."""
     done = 0
     while done < size:
         want = min(COPY_CHUNK, size - done)
+        at = start + done
         try:
-            n = os.copy_file_range(src_fd, dst_fd, want, done, done)
+            n = os.copy_file_range(src_fd, dst_fd, want, at, at)
         except OSError:
             n = 0
         if n <= 0:  # not supported across these file systems: plain read/write
-            chunk = os.pread(src_fd, want, done)
+            chunk = os.pread(src_fd, want, at)
             if not chunk:
-                raise OSError(f"source ended after {done} of {size} bytes")
-            os.lseek(dst_fd, done, os.SEEK_SET)
-            n = os.write(dst_fd, chunk)
+                raise OSError(f"source ended after {at} of {start + size} bytes")
+            n = os.pwrite(dst_fd, chunk, at)
         done += n
         if progress is not None:
             progress(n, size)

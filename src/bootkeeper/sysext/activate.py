@@ -218,9 +218,9 @@ class _Staged:
     src: Path
     fd: int
     tmp: Path
-    sfd: int = -1
-    size: int = 0
-    areas: tuple[tuple[int, Any], ...] = ()
+    sfd: int
+    size: int
+    areas: tuple[tuple[int, Any], ...]
 
 
 @dataclass(frozen=True)
@@ -556,8 +556,9 @@ def _copy_all(
     :func:`_judge`), and the images whose copy failed."""
     from bootkeeper.sysext import stage
 
+    pieces = {s.name: stage.pieces(s.size, list(s.areas)) for s in staged}
     work: list[tuple[str, int, tuple[int, int, stage.Piece]]] = [
-        (s.name, i, (s.sfd, s.fd, piece)) for s in staged for i, piece in enumerate(stage.pieces(s.size, list(s.areas)))
+        (s.name, i, (s.sfd, s.fd, piece)) for s in staged for i, piece in enumerate(pieces[s.name])
     ]
     results: dict[tuple[str, int], Any] = {}
     if pool is not None:
@@ -590,7 +591,7 @@ def _copy_all(
     failed: dict[str, Outcome] = {}
     for s in staged:
         parts: dict[int, list[bytes]] = {}
-        for i, piece in enumerate(stage.pieces(s.size, list(s.areas))):
+        for i, piece in enumerate(pieces[s.name]):
             got = results[(s.name, i)]
             if isinstance(got, BaseException):
                 failed[s.name] = Outcome(s.name, str(s.src), False, "refused", [_copy_failed(s, got, dest, free)])
@@ -758,8 +759,8 @@ def _in_workers(
     results: dict[Any, Any] = {}
     # worker_init: a worker dies with activate (kill -9 of the unit, a timeout), never left hashing
     with contextlib.ExitStack() as own:
-        workers_ = pool if pool is not None else own.enter_context(_Workers(workers))
-        broken: list[str] = workers_.run(_judge_one, calls, results)
+        use = pool if pool is not None else own.enter_context(_Workers(workers))
+        broken: list[str] = use.run(_judge_one, calls, results)
     for n, got in results.items():  # an exception here: e.g. a result that does not pickle
         why = f"validation stopped in a worker process ({_fault(got)})"
         out[n] = got if isinstance(got, _Verdict) else _failed(why)

@@ -8,7 +8,7 @@ An image is cut into pieces (:func:`pieces`) at the edges of its data areas and 
 many small ones do; each piece is copied and hashed on its own (:func:`copy_piece`) at explicit
 offsets of both descriptors, so pieces may run in any order, in any process that has the two
 descriptors. Outside the data areas (the GPT, the hash tree, the signature) the kernel copies
-(``copy_file_range``).
+(``copy_file_range``, :func:`fsutil.copy_into`).
 
 The areas come from the source's GPT and verity superblock read before copying
 (:func:`image.data_areas`); the copy's validation uses the hashes only when the copy's own GPT and
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from bootkeeper import fsutil
 from bootkeeper.sysext import verity
 
 PIECE = 32 << 20  # bytes of one piece: a worker's unit of work
@@ -63,7 +64,7 @@ def copy_piece(src: int, dst: int, piece: Piece) -> bytes:
     blocks, in order (b"" outside a data area). OSError when the source ends before the piece does
     or the copy cannot be written (a full /run)."""
     if piece.sb is None:
-        _copy_range(src, dst, piece.start, piece.length)
+        fsutil.copy_into(src, dst, piece.length, start=piece.start)
         return b""
     sb = piece.sb
     buf = bytearray(min(max(sb.data_block_size, _CHUNK - _CHUNK % sb.data_block_size), piece.length))
@@ -75,7 +76,7 @@ def copy_piece(src: int, dst: int, piece: Piece) -> bytes:
         at = piece.start + done
         got = os.preadv(src, [view[:want]], at)
         if got < want:  # hash whole blocks only: read on until the chunk is full, or fail
-            got = _read_on(src, view, got, want, at)
+            got = _read_on(src, view, got, want, at, piece.start + piece.length)
         _write_all(dst, view[:want], at)
         out.append(verity.hash_blocks(sb.algorithm, sb.salt, view[:want], sb.data_block_size))
         done += want
@@ -94,11 +95,11 @@ def copy_pieces(work: list[tuple[int, int, Piece]]) -> list[bytes | BaseExceptio
     return out
 
 
-def _read_on(src: int, view: memoryview, got: int, want: int, at: int) -> int:
+def _read_on(src: int, view: memoryview, got: int, want: int, at: int, end: int) -> int:
     while got < want:
         n = os.preadv(src, [view[got:want]], at + got)
         if n == 0:
-            raise OSError(f"the image ended at byte {at + got} while it was copied (it shrank?)")
+            raise OSError(f"source ended after {at + got} of {end} bytes")
         got += n
     return got
 
@@ -108,26 +109,6 @@ def _write_all(dst: int, data: memoryview, at: int) -> None:
         n = os.pwrite(dst, data, at)
         data = data[n:]
         at += n
-
-
-def _copy_range(src: int, dst: int, start: int, length: int) -> None:
-    """``length`` bytes at ``start``, in the kernel where it can."""
-    done = 0
-    while done < length:
-        want = min(_CHUNK * 16, length - done)
-        try:
-            n = os.copy_file_range(src, dst, want, start + done, start + done)
-        except OSError:
-            n = -1
-        if n == 0:
-            raise OSError(f"the image ended at byte {start + done} while it was copied (it shrank?)")
-        if n < 0:  # not across these file systems: read and write
-            chunk = os.pread(src, want, start + done)
-            if not chunk:
-                raise OSError(f"the image ended at byte {start + done} while it was copied (it shrank?)")
-            _write_all(dst, memoryview(chunk), start + done)
-            n = len(chunk)
-        done += n
 
 
 def leaves(areas: list[tuple[int, verity.Superblock]], parts: dict[int, list[bytes]]) -> dict[int, verity.Leaves]:
