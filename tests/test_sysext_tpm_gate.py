@@ -317,3 +317,30 @@ def test_the_persistent_store_is_not_gated_and_pcr13_stays(lab: Lab, tmp_path: P
     assert p.returncode == 0, p.stderr
     assert not (tmp_path / "var/lib/bootkeeper/extensions/active/tools.sysext.raw").exists()
     assert pcr13(tmp_path) == before and tree(tmp_path / "efi") == esp
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"[]",
+        b'{"pcrValues": 13}',
+        b'{"pcrValues": {"13": []}}',
+        b'{"pcrValues": [{"pcr": "13"}]}',
+        b'{"pcrValues": [{"pcr": 99}]}',
+        b'{"pcrValues": [{"pcr": true}]}',
+        b'{"pcrValues": [{"pcr": [13]}]}',
+        b'{"pcrValues": [13]}',
+        b"[" * 100_000,
+        b"\xff\xfe",
+    ],
+)
+def test_a_hostile_pcrlock_policy_file_gates_as_much_as_the_default(tmp_path: Path, raw: bytes) -> None:
+    from bootkeeper.measure import luks as luks_mod
+
+    p = tmp_path / luks_mod.PCRLOCK_POLICY
+    p.parent.mkdir(parents=True)
+    p.write_bytes(raw)
+    got = luks_mod.pcrlock_policy(tmp_path)
+    assert got.pcrs == luks_mod.PCRLOCK_DEFAULT_PCRS and got.covers(13)
+    assert str(p) in got.source and "is not a pcrlock policy" in got.source and "\n" not in got.source

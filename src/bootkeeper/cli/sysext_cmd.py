@@ -516,7 +516,11 @@ def remove(
             links += got[0]
             images += got[1]
         if as_json:
-            print_json({"name": name, "removed": links, "images_removed": images, "store": str(ls.root)})
+            # the persistent store is measured by nothing: no TPM gate, no pcrlock component to make again
+            print_json(
+                {"name": name, "removed": links, "images_removed": images, "store": str(ls.root), "tpm": [],
+                 "pcrlock": None}
+            )  # fmt: skip
             return
         for g in links:
             click.echo(f"removed {ls.root}/{g}")

@@ -563,13 +563,15 @@ def pcrlock_policy(root: Path) -> PcrlockPolicy:
     except OSError as exc:
         return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"cannot be read: {exc.strerror or exc})")
     try:
-        obj = json.loads(raw[:MAX_METADATA])
+        if len(raw) > MAX_METADATA:
+            raise ValueError(f"{len(raw)} bytes, more than {MAX_METADATA}")
+        obj = json.loads(raw)
         values = obj["pcrValues"]
         pcrs = frozenset(v["pcr"] for v in values)
         if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in pcrs):
             raise ValueError("a pcr is not a number 0-23")
-    except (ValueError, KeyError, TypeError) as exc:
-        return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"is not a pcrlock policy: pcrValues: {exc})")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"is not a pcrlock policy: {type(exc).__name__}: {exc})")
     return PcrlockPolicy(pcrs, str(path))
 
 
