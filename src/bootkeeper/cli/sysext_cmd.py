@@ -20,7 +20,7 @@ from bootkeeper.cli.common import (
     root_option,
     table,
 )
-from bootkeeper.cli.tpm_gate import luks_option
+from bootkeeper.cli.tpm_gate import extension_gate, luks_option, refuse_or_warn, rerun_pcrlock
 
 
 def _certs(paths: tuple[Path, ...]) -> list[Any]:
@@ -367,8 +367,6 @@ def install(
     tpm_forced = False
     # systemd-stub measures .extra.d into PCR 13; the persistent store is measured by nothing
     if not persistent and _changing(store, image_path, name, chosen):
-        from bootkeeper.cli.tpm_gate import extension_gate, refuse_or_warn
-
         gates = extension_gate(root, luks)
         tpm_forced = refuse_or_warn(gates, force, f"installing {name}")
     anchors = _anchors(cfg, root)
@@ -433,8 +431,6 @@ def install(
             where = [f"{t.extra_dir}/{name}" for t in (*p.write, *p.same)]
     finally:
         bar.close()
-    from bootkeeper.cli.tpm_gate import rerun_pcrlock
-
     pcrlock = None if persistent else rerun_pcrlock(root, store, {t.extra_dir for t in p.write})
     if as_json:
         print_json(
@@ -537,15 +533,11 @@ def remove(
     changing = {i.target.extra_dir for i in here if i.name in names}
     gates: list[Any] = []
     if changing:
-        from bootkeeper.cli.tpm_gate import extension_gate, refuse_or_warn
-
         gates = extension_gate(root, luks)
         refuse_or_warn(gates, force, f"removing {name}")
     gone = []
     for n in names:
         gone += deploy.remove(store, n, chosen)
-    from bootkeeper.cli.tpm_gate import rerun_pcrlock
-
     pcrlock = rerun_pcrlock(root, store, {g.rpartition("/")[0] for g in gone})
     if as_json:
         print_json(

@@ -25,7 +25,7 @@ from bootkeeper.cli.common import (
     root_option,
     version_option,
 )
-from bootkeeper.cli.tpm_gate import luks_option
+from bootkeeper.cli.tpm_gate import luks_option, volumes
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,6 @@ def _tpm_gate(root: Path, luks: tuple[Path, ...], new_uki: Path, show_path: str)
     """The TPM gate (issue 16, item 6), before the first write: the LUKS2 volumes given with ``--luks``,
     else every volume of the node's /etc/crypttab (under ``--root``) that is there; for each volume with a
     signed-policy TPM2 token, whether the new UKI's .pcrsig opens it. No such volume: no gate."""
-    from bootkeeper.cli.tpm_gate import volumes
     from bootkeeper.measure import luks as luks_mod
 
     return [luks_mod.gate(v.device, list(v.tokens), new_uki, show_path) for v in volumes(root, luks)]
