@@ -530,9 +530,9 @@ def node_volumes(root: Path, given: tuple[Path, ...]) -> tuple[list[Volume], lis
 # --- extension changes: PCR 13 -------------------------------------------------------------------
 
 SYSEXT_PCR = 13  # systemd-stub measures the .extra.d/*.raw it passes on here (and nothing else does)
-# where ``systemd-pcrlock make-policy`` keeps the policy it put into the TPM's NV index (its --policy=
-# default, src/pcrlock/pcrlock.c v257.9), and the PCRs it covers when --pcr= is not given
-# (man/systemd-pcrlock.xml v257: "0-5, 7, 11-15", each only when the event log is fully recognized)
+# where ``systemd-pcrlock make-policy`` keeps the policy it put into the TPM's NV index, and the PCRs it
+# covers when --pcr= is not given: "0-5, 7, 11-15", each only when the event log is fully recognized
+# (systemd v257 man/systemd-pcrlock.xml: make-policy, --policy=, --pcr=; as Debian's 257.9 ships it)
 PCRLOCK_POLICY = "var/lib/systemd/pcrlock.json"
 PCRLOCK_DEFAULT_PCRS = frozenset({0, 1, 2, 3, 4, 5, 7, 11, 12, 13, 14, 15})
 
