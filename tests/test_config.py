@@ -196,6 +196,6 @@ def test_unknown_key_lists_the_table_order(tmp_path: Path) -> None:
         config.load([p])
     allowed = (
         "mode, policy, certificates, entries, sources, firmware, verity_dirs, full_check, refresh, hierarchies, "
-        "vendor, require_valid_dates, systemd_version, store, store_dir"
+        "vendor, require_valid_dates, systemd_version, store, store_dir, timeout"
     )
     assert str(ei.value) == f"{p}: sysext.modes: unknown key (allowed: {allowed})"

@@ -93,6 +93,7 @@ class Sysext:
     systemd_version: int | None = None
     store: SysextStore = SysextStore.ESP
     store_dir: str = "/var/lib/bootkeeper/extensions"  # esp/linkstore.DEFAULT_DIR
+    timeout: str = "5min"  # TimeoutSec= of bootkeeper-sysext.service (assess/units.py)
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,29 @@ def _systemd_version(value: Any, where: str) -> int | None:
     return _int(where, value, LOWEST, HIGHEST)
 
 
+# systemd.time(7) time span, as parse_time() reads it (src/basic/time-util.c, v257.9): numbers, each with
+# an optional unit, spaces between allowed; a bare number is seconds. ASCII only ("µs" is left out): the
+# value lands in a unit file, so nothing but these characters ever reaches it.
+_TIME_UNIT = (
+    "usec|us|msec|ms|seconds|second|sec|s|minutes|minute|min|months|month|M|m|hours|hour|hr|h|days|day|d|"
+    "weeks|week|w|years|year|y"
+)
+# possessive: a run of digits is one number, never split between repetitions (no exponential backtracking)
+_TIMESPAN = re.compile(rf"(?:[0-9]++(?:\.[0-9]++)? *+(?:{_TIME_UNIT})? *+)++")
+
+
+def _timespan(value: Any, where: str) -> str:
+    """A systemd time span (``90s``, ``5min``, ``1h 30min``), whole seconds as a number, or ``infinity``."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**9:
+        return str(value)
+    text = value if isinstance(value, str) and len(value) <= 64 else ""
+    if text == "infinity" or (text[:1].isdigit() and text[-1] != " " and _TIMESPAN.fullmatch(text)):
+        return text
+    raise ConfigError(
+        f"{where}: {value!r} is not a systemd time span (e.g. 90s, 5min, 1h 30min, a number of seconds, or infinity)"
+    )
+
+
 # --- the settings table ------------------------------------------------------------------------------
 
 SECTIONS: dict[str, type[Any]] = {"boot_assessment": BootAssessment, "sysext": Sysext}
@@ -318,6 +342,13 @@ SETTINGS = (
         "`esp` (`EFI/<vendor>/<uki>.efi.extra.d/`) or `persistent` (`store_dir`, folders of links)",
     ),
     Setting("sysext", "store_dir", _path, "the persistent store, for `store: persistent` (under --root when given)"),
+    Setting(
+        "sysext",
+        "timeout",
+        _timespan,
+        "`TimeoutSec=` of bootkeeper-sysext.service: a systemd time span or seconds (`infinity`: none); "
+        "what was placed then is merged (docs/operator-guide.md)",
+    ),
 )
 
 S = TypeVar("S")

@@ -102,6 +102,10 @@ Before=shutdown.target initrd-switch-root.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+# sysext.timeout. When it runs out systemd stops activate: the images placed so far stay, the copy being
+# judged stays a .bootkeeper-*.tmp that systemd-sysext does not load, and systemd-sysext.service, ordered
+# after this unit without requiring it, still merges what was placed.
+TimeoutSec={cfg.timeout}
 ExecStart={exec_line} sysext activate --no-refresh
 
 [Install]

@@ -20,6 +20,7 @@ from bootkeeper.cli.common import (
     root_option,
     table,
 )
+from bootkeeper.cli.tpm_gate import extension_gate, luks_option, refuse_or_warn, rerun_pcrlock
 
 
 def _certs(paths: tuple[Path, ...]) -> list[Any]:
@@ -313,8 +314,10 @@ def _entry_option(what: str) -> Callable[[F], F]:
 @click.option(
     "--force",
     is_flag=True,
-    help="Install even if validation fails or an entry's OS would refuse it at boot (logged).",
+    help="Install even if validation fails, an entry's OS would refuse it at boot or a LUKS volume would not "
+    "unlock from the TPM after it (logged).",
 )
+@luks_option("whose TPM2 tokens must survive the change of PCR 13")
 @esp_option
 @config_option
 @root_option
@@ -324,6 +327,7 @@ def install(
     name: str | None,
     entries: tuple[str, ...],
     force: bool,
+    luks: tuple[Path, ...],
     esp: Path | None,
     config_files: tuple[Path, ...],
     root: Path,
@@ -332,8 +336,10 @@ def install(
     """Copy IMAGE into EFI/<vendor>/<entry>.efi.extra.d/ for the entries that should load it (with
     sysext.store: persistent, into the store and its folders of links).
 
-    Refused (nothing written) unless IMAGE validates and its extension-release fits the OS each of
-    those entries boots (its UKI's .osrel; without one, ROOT's os-release)."""
+    Refused (nothing written) unless IMAGE validates, its extension-release fits the OS each of
+    those entries boots (its UKI's .osrel; without one, ROOT's os-release) and, on the ESP, every LUKS
+    volume still unlocks from the TPM with PCR 13 changed; the systemd-pcrlock components set up by
+    tpm pcrlock are made again for the entries changed."""
     from bootkeeper.config import SysextStore
     from bootkeeper.errors import NotApplicableError, UnreadableError
     from bootkeeper.esp import extra
@@ -357,6 +363,12 @@ def install(
         chosen, why = deploy.select(name, available, cfg.sysext.entries, entries)
         if not chosen:
             raise NotApplicableError(f"{name}: {why}, but none of those entries is on the ESP")
+    gates: list[Any] = []
+    tpm_forced = False
+    # systemd-stub measures .extra.d into PCR 13; the persistent store is measured by nothing
+    if not persistent and _changing(store, image_path, name, chosen):
+        gates = extension_gate(root, luks)
+        tpm_forced = refuse_or_warn(gates, force, f"installing {name}")
     anchors = _anchors(cfg, root)
     from bootkeeper.sysext.activate import host_os_release
 
@@ -419,6 +431,7 @@ def install(
             where = [f"{t.extra_dir}/{name}" for t in (*p.write, *p.same)]
     finally:
         bar.close()
+    pcrlock = None if persistent else rerun_pcrlock(root, store, {t.extra_dir for t in p.write})
     if as_json:
         print_json(
             {
@@ -426,13 +439,27 @@ def install(
                 "validation": v.as_json(),
                 "os": [o.as_json() for o in oses],
                 "misfits": [m.as_json() for m in bad],
-                "forced": force and (not v.ok or bool(bad)),
+                "tpm": [g.as_json() for g in gates],
+                "pcrlock": pcrlock.as_json() if pcrlock is not None else None,
+                "forced": force and (not v.ok or bool(bad) or tpm_forced),
             }
         )
         return
     for who, path in zip((*written, *same), where, strict=True):
         click.echo(f"{who}: {path} {'written' if who in written else 'already there'}")
     click.echo(f"({why}; signed by {v.signer})" if v.signer else f"({why})")
+
+
+def _changing(store: Any, src: Path, name: str, chosen: list[Any]) -> list[Any]:
+    """The targets whose .extra.d the install changes: those without these very bytes under ``name``
+    (an identical copy already there changes no PCR). Read before the ESP's lock, for the TPM gate."""
+    from bootkeeper.sysext import deploy
+
+    fd = deploy.open_source(src)
+    try:
+        return deploy.plan(store, fd, name, chosen, "").write
+    finally:
+        os.close(fd)
 
 
 def _link_store(cfg: Any, root: Path) -> Any:
@@ -445,16 +472,27 @@ def _link_store(cfg: Any, root: Path) -> Any:
 @sysext.command()
 @click.argument("name")
 @_entry_option("Remove from these entries only. Default: from every entry.")
+@click.option("--force", is_flag=True, help="Remove even if a LUKS volume would not unlock from the TPM after it.")
+@luks_option("whose TPM2 tokens must survive the change of PCR 13")
 @esp_option
 @config_option
 @root_option
 @json_option
 def remove(
-    name: str, entries: tuple[str, ...], esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json: bool
+    name: str,
+    entries: tuple[str, ...],
+    force: bool,
+    luks: tuple[Path, ...],
+    esp: Path | None,
+    config_files: tuple[Path, ...],
+    root: Path,
+    as_json: bool,
 ) -> None:
     """Remove extension NAME (k3s-v1.30.sysext.raw, or its short name k3s-v1.30) from the entries' .extra.d
     folders (default: from every entry); with sysext.store: persistent, its links (and the image once
-    nothing links to it)."""
+    nothing links to it). On the ESP, refused (nothing removed) when a LUKS volume would not unlock from
+    the TPM with PCR 13 changed, unless --force; the systemd-pcrlock components set up by tpm pcrlock
+    are made again for the entries changed."""
     from bootkeeper.config import SysextStore
     from bootkeeper.esp import extra
     from bootkeeper.esp.store import EspStore
@@ -474,7 +512,11 @@ def remove(
             links += got[0]
             images += got[1]
         if as_json:
-            print_json({"name": name, "removed": links, "images_removed": images, "store": str(ls.root)})
+            # the persistent store is measured by nothing: no TPM gate, no pcrlock component to make again
+            print_json(
+                {"name": name, "removed": links, "images_removed": images, "store": str(ls.root), "tpm": [],
+                 "pcrlock": None}
+            )  # fmt: skip
             return
         for g in links:
             click.echo(f"removed {ls.root}/{g}")
@@ -486,11 +528,26 @@ def remove(
     store = EspStore(find_esp(esp))
     available = extra.targets(store.snapshot(), store, cfg.sysext.vendor)
     chosen = deploy.select(name, available, (), entries)[0] if entries else available
+    here = extra.installed(store, chosen)
+    names = deploy.resolve_name(name, [i.name for i in here])
+    changing = {i.target.extra_dir for i in here if i.name in names}
+    gates: list[Any] = []
+    if changing:
+        gates = extension_gate(root, luks)
+        refuse_or_warn(gates, force, f"removing {name}")
     gone = []
-    for n in deploy.resolve_name(name, [i.name for i in extra.installed(store, chosen)]):
+    for n in names:
         gone += deploy.remove(store, n, chosen)
+    pcrlock = rerun_pcrlock(root, store, {g.rpartition("/")[0] for g in gone})
     if as_json:
-        print_json({"name": name, "removed": gone})
+        print_json(
+            {
+                "name": name,
+                "removed": gone,
+                "tpm": [g.as_json() for g in gates],
+                "pcrlock": pcrlock.as_json() if pcrlock is not None else None,
+            }
+        )
     elif gone:
         for g in gone:
             click.echo(f"removed {g}")

@@ -25,6 +25,7 @@ from bootkeeper.cli.common import (
     root_option,
     version_option,
 )
+from bootkeeper.cli.tpm_gate import luks_option, volumes
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,7 @@ def _private(src: Path, dst: Path) -> Path:
 @click.option("--recovery", is_flag=True, help="Replace the recovery set instead; active and passive stay.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the gate; write nothing.")
 @click.option("--force", is_flag=True, help="Go on although extensions or the menu order fail the gate (logged).")
-@click.option(
-    "--luks",
-    "luks",
-    multiple=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="A LUKS2 volume whose signed-policy TPM2 token the new UKI must open (repeatable; default: /etc/crypttab's).",
-)
+@luks_option("whose signed-policy TPM2 token the new UKI must open")
 @esp_option
 @config_option
 @version_option
@@ -287,27 +282,9 @@ def _tpm_gate(root: Path, luks: tuple[Path, ...], new_uki: Path, show_path: str)
     """The TPM gate (issue 16, item 6), before the first write: the LUKS2 volumes given with ``--luks``,
     else every volume of the node's /etc/crypttab (under ``--root``) that is there; for each volume with a
     signed-policy TPM2 token, whether the new UKI's .pcrsig opens it. No such volume: no gate."""
-    from bootkeeper.errors import BootkeeperError
     from bootkeeper.measure import luks as luks_mod
 
-    devices = [(str(d), d) for d in luks] or [(str(p), p) for _, p in luks_mod.crypttab_devices(root)]
-    out = []
-    for shown, dev in devices:
-        if not luks and not dev.exists():
-            click.echo(
-                f"bootkeeper: warning: {shown} (from /etc/crypttab) is not there; its TPM token is not checked",
-                err=True,
-            )
-            continue
-        try:
-            tokens = luks_mod.parse_metadata(luks_mod.dump_metadata(dev), shown)
-        except BootkeeperError as exc:  # a volume of crypttab that cannot be read is not checked
-            if luks:
-                raise
-            click.echo(f"bootkeeper: warning: {exc}; its TPM token is not checked", err=True)
-            continue
-        out.append(luks_mod.gate(shown, tokens, new_uki, show_path))
-    return out
+    return [luks_mod.gate(v.device, list(v.tokens), new_uki, show_path) for v in volumes(root, luks)]
 
 
 def _links(cfg: Any, root: Path) -> Any:

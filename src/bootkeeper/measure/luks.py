@@ -34,14 +34,20 @@ from bootkeeper.measure.events import replay
 __all__ = [
     "GATE_PHASE_PATHS",
     "Authorization",
+    "ExtensionGate",
     "Finding",
     "Level",
+    "PcrlockPolicy",
     "Token",
+    "Volume",
     "audit",
     "authorization",
     "dump_metadata",
+    "extension_gate",
     "load_key",
+    "node_volumes",
     "parse_metadata",
+    "pcrlock_policy",
 ]
 
 TOKEN_TYPE = "systemd-tpm2"
@@ -486,3 +492,140 @@ def gate(device: str, tokens: list[Token], new_uki: Path, what: str) -> GateResu
             continue
         auths.append(authorization(new_uki, what, key, t.unlock_bank()))
     return GateResult(device, tuple(keys), tuple(auths))
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A LUKS2 volume the node opens, as shown to the user, and its ``systemd-tpm2`` tokens."""
+
+    device: str
+    tokens: tuple[Token, ...]
+
+
+def node_volumes(root: Path, given: tuple[Path, ...]) -> tuple[list[Volume], list[str]]:
+    """The volumes a change of the boot set is gated on, and the warnings for those skipped: the
+    ``given`` devices (``--luks``; one that cannot be read is an error), else every volume of the
+    node's /etc/crypttab under ``root`` that is there (one missing or unreadable is a warning: it is
+    not checked). One home for the rule, used by ``upgrade`` and ``sysext install|remove``."""
+    from bootkeeper.errors import BootkeeperError
+
+    devices = [(str(d), d) for d in given] or [(str(p), p) for _, p in crypttab_devices(root)]
+    out: list[Volume] = []
+    warnings: list[str] = []
+    for shown, dev in devices:
+        if not given and not dev.exists():
+            warnings.append(f"{shown} (from /etc/crypttab) is not there; its TPM token is not checked")
+            continue
+        try:
+            tokens = parse_metadata(dump_metadata(dev), shown)
+        except BootkeeperError as exc:  # a volume of crypttab that cannot be read is not checked
+            if given:
+                raise
+            warnings.append(f"{exc}; its TPM token is not checked")
+            continue
+        out.append(Volume(shown, tuple(tokens)))
+    return out, warnings
+
+
+# --- extension changes: PCR 13 -------------------------------------------------------------------
+
+SYSEXT_PCR = 13  # systemd-stub measures the .extra.d/*.raw it passes on here (and nothing else does)
+# where ``systemd-pcrlock make-policy`` keeps the policy it put into the TPM's NV index, and the PCRs it
+# covers when --pcr= is not given: "0-5, 7, 11-15", each only when the event log is fully recognized
+# (systemd v257 man/systemd-pcrlock.xml: make-policy, --policy=, --pcr=; as Debian's 257.9 ships it)
+PCRLOCK_POLICY = "var/lib/systemd/pcrlock.json"
+PCRLOCK_DEFAULT_PCRS = frozenset({0, 1, 2, 3, 4, 5, 7, 11, 12, 13, 14, 15})
+
+
+@dataclass(frozen=True)
+class PcrlockPolicy:
+    """The PCRs the node's systemd-pcrlock policy covers: read from :data:`PCRLOCK_POLICY` when it is
+    there, else pcrlock's default (which covers PCR 13). ``source`` says which, for messages."""
+
+    pcrs: frozenset[int]
+    source: str
+
+    def covers(self, pcr: int) -> bool:
+        return pcr in self.pcrs
+
+
+def pcrlock_policy(root: Path) -> PcrlockPolicy:
+    """The node's pcrlock policy file, read for its ``pcrValues``. Missing, unreadable or malformed:
+    pcrlock's default PCRs, so that what cannot be read gates more, never less."""
+    from bootkeeper.fsutil import under
+
+    path = under(root, PCRLOCK_POLICY)
+    default = f"systemd-pcrlock's default PCRs ({path} "
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + "is not there)")
+    except OSError as exc:
+        return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"cannot be read: {exc.strerror or exc})")
+    try:
+        if len(raw) > MAX_METADATA:
+            raise ValueError(f"{len(raw)} bytes, more than {MAX_METADATA}")
+        obj = json.loads(raw)
+        values = obj["pcrValues"]
+        pcrs = frozenset(v["pcr"] for v in values)
+        if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in pcrs):
+            raise ValueError("a pcr is not a number 0-23")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"is not a pcrlock policy: {type(exc).__name__}: {exc})")
+    return PcrlockPolicy(pcrs, str(path))
+
+
+@dataclass(frozen=True)
+class ExtensionGate:
+    """One LUKS volume's verdict on a change of the extensions systemd-stub measures into PCR 13:
+    the tokens the change breaks (and why) and those it leaves working. The volume still unlocks
+    when one of its TPM2 tokens does (systemd-cryptsetup tries each), as :class:`GateResult` has it."""
+
+    device: str
+    broken: tuple[tuple[str, str], ...]  # (token, why)
+    working: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.broken or bool(self.working)
+
+    def reason(self) -> str:
+        return f"{self.device} would not unlock from the TPM after the change: {self._why()}"
+
+    def note(self) -> str:
+        """For a volume that still unlocks: which tokens stop working."""
+        return f"{self.device} still unlocks with token {', '.join(self.working)} after the change, but {self._why()}"
+
+    def _why(self) -> str:
+        return "; ".join(f"token {t} {w}" for t, w in self.broken)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "broken": [{"token": t, "why": w} for t, w in self.broken],
+            "working": list(self.working),
+            "ok": self.ok,
+        }
+
+
+def extension_gate(volume: Volume, policy_of_pcrlock: PcrlockPolicy) -> ExtensionGate:
+    """Which of the volume's tokens an extension change breaks: one bound to PCR 13 by value (a
+    policy hash over its current value), or to a systemd-pcrlock policy that covers PCR 13 (the NV
+    index holds the old prediction until ``systemd-pcrlock make-policy`` runs again). A token bound
+    to the signed PCR 11 policy, or by value to PCRs the extensions leave alone, keeps working."""
+    broken: list[tuple[str, str]] = []
+    working: list[str] = []
+    for t in volume.tokens:
+        if SYSEXT_PCR in t.pcrs:
+            broken.append((t.id, f"binds PCR {SYSEXT_PCR} by value, which holds {CHANGES_ON_UPGRADE[SYSEXT_PCR]}"))
+        elif t.pcrlock and policy_of_pcrlock.covers(SYSEXT_PCR):
+            broken.append(
+                (
+                    t.id,
+                    f"is bound to a systemd-pcrlock policy that covers PCR {SYSEXT_PCR} ({policy_of_pcrlock.source}): "
+                    "it opens again only once systemd-pcrlock make-policy has run with the new components",
+                )
+            )
+        else:
+            working.append(t.id)
+    return ExtensionGate(volume.device, tuple(broken), tuple(working))

@@ -49,7 +49,17 @@ from bootkeeper.measure import authenticode, uki
 from bootkeeper.measure.banks import BANKS, Bank
 from bootkeeper.measure.predict import Prediction, predict
 
-__all__ = ["COMPONENT_SYSEXT", "COMPONENT_UKI", "Record", "Variant", "components", "write"]
+__all__ = [
+    "COMPONENT_SYSEXT",
+    "COMPONENT_UKI",
+    "Record",
+    "Variant",
+    "components",
+    "setup_dirs",
+    "sysext_variants",
+    "update",
+    "write",
+]
 
 # tpm2_hash_algorithms[] (src/shared/tpm2-util.c, v257.9): the banks and their order in every record
 PCRLOCK_BANKS: tuple[Bank, ...] = tuple(BANKS[n] for n in ("sha1", "sha256", "sha384", "sha512"))
@@ -57,6 +67,8 @@ COMPONENT_UKI = "650-bootkeeper-uki"
 COMPONENT_SYSEXT = "660-bootkeeper-sysext"
 SUFFIX = ".pcrlock"
 PCR_BOOT_LOADER_CODE = 4
+# systemd-pcrlock's search path without /usr (read-only on an immutable node): systemd.pcrlock(5), v257
+PCRLOCK_DIRS = ("etc/pcrlock.d", "run/pcrlock.d", "var/lib/pcrlock.d")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
@@ -187,9 +199,49 @@ def components(store: EspStore, secure_boot: bool, roles: tuple[str, ...] = ()) 
         except (MalformedError, UnreadableError, RefusedError) as exc:
             raise type(exc)(f"entry {p.entry}: {exc}") from exc
         out.append(Variant(COMPONENT_UKI, name, p.entry, p.role, p.uki, tuple(recs)))
-        sysext = tuple(Record(e.pcr, e.digests, e.what) for e in p.events if e.pcr == 13)
-        out.append(Variant(COMPONENT_SYSEXT, name, p.entry, p.role, p.uki, sysext))
+        out.append(_sysext_variant(p, name))
     return sorted(out, key=lambda v: (v.component, v.name))
+
+
+def _sysext_variant(p: Prediction, name: str) -> Variant:
+    records = tuple(Record(e.pcr, e.digests, e.what) for e in p.events if e.pcr == 13)
+    return Variant(COMPONENT_SYSEXT, name, p.entry, p.role, p.uki, records)
+
+
+def sysext_variants(store: EspStore, extra_dirs: set[str]) -> list[Variant]:
+    """The 660-bootkeeper-sysext variants of the entries whose ``.extra.d`` is one of ``extra_dirs``
+    (each profile of a UKI is an entry of its own, with the same folder), named as :func:`components`
+    names them over every entry: what ``sysext install|remove`` re-runs for the entries it changed.
+    An extension change moves PCR 13 alone, so the UKI component stays as it is."""
+    found = predict(store, PCRLOCK_BANKS, False)  # Secure Boot changes PCR 4 and 12 only
+    wanted = {d.lower() for d in extra_dirs}  # the ESP is FAT: its names match whatever their case
+    return [_sysext_variant(p, n) for p, n in zip(found, _names(found), strict=True) if p.extra_dir.lower() in wanted]
+
+
+def setup_dirs(root: Path) -> list[Path]:
+    """The pcrlock.d folders under ``root`` where ``tpm pcrlock`` was set up: those of systemd-pcrlock's
+    writable search path (systemd.pcrlock(5), v257) that hold the 660-bootkeeper-sysext component."""
+    out = []
+    for d in PCRLOCK_DIRS:
+        p = fsutil.under(root, d)
+        if (p / f"{COMPONENT_SYSEXT}{SUFFIX}.d").is_dir():
+            out.append(p)
+    return out
+
+
+def update(dest: Path, variants: list[Variant]) -> list[str]:
+    """Write these variants under ``dest``, each atomically, and leave every other file as it is (the
+    other entries' variants stay valid). Returns the paths written, relative to ``dest``."""
+    written: list[str] = []
+    try:
+        for v in variants:
+            folder = dest / f"{v.component}{SUFFIX}.d"
+            folder.mkdir(parents=True, exist_ok=True)
+            fsutil.write_atomic(dest / v.relpath, v.document())
+            written.append(v.relpath)
+    except OSError as exc:
+        raise WriteError(f"{dest}: {exc.strerror or exc}") from exc
+    return written
 
 
 def write(dest: Path, variants: list[Variant]) -> list[str]:
