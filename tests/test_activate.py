@@ -169,7 +169,17 @@ def _boot(node: dict[str, Path], entry: str = "active") -> Path:
     ("mode", "placed", "verdicts"),
     [
         ("enforced", SIGNED, {**dict.fromkeys(SIGNED, "passed"), **dict.fromkeys(BAD, "refused")}),
-        ("permissive", ALL, {**dict.fromkeys(SIGNED, "passed"), **dict.fromkeys(BAD, "failed-but-placed")}),
+        # permissive places only what systemd-sysext would merge: a signature that does not verify or
+        # a hash tree that does not match would make it merge none (issue 26 item 4)
+        (
+            "permissive",
+            sorted([*SIGNED, "unsigned.sysext.raw"]),
+            {
+                **dict.fromkeys(SIGNED, "passed"),
+                **dict.fromkeys(BAD, "refused"),
+                "unsigned.sysext.raw": "failed-but-placed",
+            },
+        ),
         ("disabled", ALL, dict.fromkeys(ALL, "unchecked")),
     ],
 )

@@ -5,7 +5,10 @@ own here and only what the mode allows is placed:
 
 * ``enforced``: only images that pass the policy, the hash tree, the signature against the trust
   anchors and the extension-release check;
-* ``permissive``: every image, and those that fail are reported;
+* ``permissive``: every image the node's systemd-sysext would merge under its own policy, and
+  those that fail bootkeeper's checks are reported ``failed-but-placed``; one it would not merge is
+  refused with the reason (``image.Validation.blockers``): systemd-sysext refuses every image when one
+  of them cannot be opened (systemd#32762), and then permissive would lose them all;
 * ``disabled``: every image, unchecked.
 
 In enforced and permissive mode the trust anchors are also exported to ``/run/verity.d``, where
@@ -684,6 +687,7 @@ class _Verdict:
     root_hash: str | None
     qualified_as: str | None
     seconds: float
+    blockers: tuple[str, ...] = ()  # why the node's systemd-sysext would not merge it (see image.validate)
 
 
 def _judge(
@@ -735,11 +739,12 @@ def _judge_one(
         v = validate(path, pol, certs, full=full, os_release=host, name=name, leaves=leaves)
     except Exception as exc:  # the per-image boundary
         return _failed(f"validation stopped ({_fault(exc)})", round(time.monotonic() - t0, 4))
-    return _Verdict(v.ok, list(v.reasons), v.signer, v.root_hash, v.qualified_as, round(time.monotonic() - t0, 4))
+    took = round(time.monotonic() - t0, 4)
+    return _Verdict(v.ok, list(v.reasons), v.signer, v.root_hash, v.qualified_as, took, tuple(v.blockers))
 
 
 def _failed(why: str, seconds: float = 0.0) -> _Verdict:
-    return _Verdict(False, [why], None, None, None, seconds)
+    return _Verdict(False, [why], None, None, None, seconds, (why,))
 
 
 def _in_workers(
@@ -786,13 +791,24 @@ def _place_all(
 def _outcome(name: str, src: Path, mode: SysextMode, v: _Verdict | None) -> Outcome:
     if v is None:  # disabled: not checked
         return Outcome(name, str(src), True, "unchecked")
+    reasons = list(v.reasons)
     if v.ok:
         verdict, placed = "passed", True
-    elif mode is SysextMode.PERMISSIVE:
+    elif mode is SysextMode.PERMISSIVE and not v.blockers:
         verdict, placed = "failed-but-placed", True
     else:
         verdict, placed = "refused", False
-    return Outcome(name, str(src), placed, verdict, v.reasons, v.signer, v.root_hash, v.qualified_as, v.seconds)
+        if mode is SysextMode.PERMISSIVE:
+            reasons.append(permissive_refusal(list(v.blockers)))
+    return Outcome(name, str(src), placed, verdict, reasons, v.signer, v.root_hash, v.qualified_as, v.seconds)
+
+
+def permissive_refusal(blockers: list[str]) -> str:
+    """The reason a permissive run does not place an image: what stops systemd-sysext from merging it."""
+    return (
+        f"permissive: not placed, systemd-sysext would not merge it ({blockers[0]}); "
+        "one it cannot open makes it merge none (systemd#32762)"
+    )
 
 
 def _place(fd: int, tmp: Path, target: Path) -> str | None:
