@@ -28,6 +28,10 @@ frees the refused copies before the next round measures again. So an image large
 is refused by its size without being read, and a large junk image can never take the room of a
 smaller good one: it is staged only after every smaller image was placed or dropped.
 
+The other folders systemd-sysext merges, ``/etc/extensions`` and ``/var/lib/extensions``, are judged
+the same way in place, and what the mode refuses is moved into a quarantine folder
+(:mod:`bootkeeper.sysext.extdirs`; the report's ``residents``).
+
 Boundary: whatever judging one image raises (in this process or a worker), that image is refused
 with a one-line reason and the others are judged as usual; the report is always written.
 """
@@ -111,6 +115,8 @@ class Report:
     store: dict[str, Any] | None = None  # sysext.store: persistent: the folders read, the role and why
     refresh: dict[str, Any] | None = None
     seconds: float = 0.0
+    # /etc/extensions and /var/lib/extensions, judged in place (sysext/extdirs.py): extdirs.Resident
+    residents: list[Any] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -277,6 +283,7 @@ def activate(
         for n in report.removed:
             log(printable(f"{n}: removed from {dest} (an earlier copy; not placed now)"))
     report.removed += _prune(dest, report.images, _previous(root), log)
+    report.residents = _residents(root, rules, log)
     report.seconds = round(time.monotonic() - started, 4)
     write_report(root, report)
     return report
@@ -319,6 +326,14 @@ def _rules(root: Path, cfg: Sysext, mode: SysextMode, efivars: Path | None, repo
     pol = policy.parse(cfg.policy, "sysext.policy")
     anchors = _trust(root, cfg, efivars, report) if mode is not SysextMode.DISABLED else []
     return _Rules(mode, pol, anchors, host, cfg.full_check)
+
+
+def _residents(root: Path, rules: _Rules, log: Callable[[str], None] | None) -> list[Any]:
+    """The other extension folders, judged as the images placed here and the refused moved aside."""
+    from bootkeeper.sysext import extdirs
+
+    judge = extdirs.Judge(rules.mode, rules.pol, rules.anchors, rules.host, rules.full)
+    return extdirs.sweep(root, judge, move=True, log=log)
 
 
 def _take_stock(
