@@ -80,7 +80,7 @@ def test_enforced_moves_what_it_refuses_into_the_quarantine(tmp_path: Path, imgs
     var, etc = root / "var/lib/extensions", root / "etc/extensions"
     good = _put(root, "var/lib/extensions", imgs["good.raw"])
     rogue = _put(root, "var/lib/extensions", imgs["rogue.raw"])
-    unsigned = _put(root, "var/lib/extensions", imgs["unsigned.raw"])
+    _put(root, "var/lib/extensions", imgs["unsigned.raw"])
     (var / "tree").mkdir()
     (var / "tree/usr").mkdir()
     (var / "link.raw").symlink_to(good)
@@ -176,10 +176,7 @@ def test_across_file_systems_the_image_is_copied_then_unlinked(tmp_path: Path, i
     assert shutil.which("unshare"), "unshare (util-linux) is missing; scripts/setup-test-deps.sh installs it"
     root = _root(tmp_path, "enforced")
     var = root / "var/lib/extensions"
-    script = (
-        f"mount -t tmpfs tmpfs {var} && cp {imgs['rogue.raw']} {var}/rogue.raw && "
-        f'"$@" && ls -a {var}'
-    )
+    script = f'mount -t tmpfs tmpfs {var} && cp {imgs["rogue.raw"]} {var}/rogue.raw && "$@" && ls -a {var}'
     cmd = [sys.executable, "-m", "bootkeeper", "sysext", "activate", "--root", str(root), "--no-refresh"]
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *cmd],
                        capture_output=True, text=True, check=False)  # fmt: skip
