@@ -407,7 +407,9 @@ def test_report_and_log_lines_follow_the_steps(tmp_path: Path) -> None:
         "store",
         "refresh",
         "seconds",
+        "residents",  # /etc/extensions, /var/lib/extensions (sysext/extdirs.py): none here
     }
+    assert doc["residents"] == []
     assert [(i["name"], i["verdict"], i["placed"]) for i in doc["images"]] == [
         ("a.sysext.raw", "passed", True),
         ("b.sysext.raw", "passed", True),
