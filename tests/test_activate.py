@@ -169,7 +169,17 @@ def _boot(node: dict[str, Path], entry: str = "active") -> Path:
     ("mode", "placed", "verdicts"),
     [
         ("enforced", SIGNED, {**dict.fromkeys(SIGNED, "passed"), **dict.fromkeys(BAD, "refused")}),
-        ("permissive", ALL, {**dict.fromkeys(SIGNED, "passed"), **dict.fromkeys(BAD, "failed-but-placed")}),
+        # permissive places only what systemd-sysext would merge: a signature that does not verify or
+        # a hash tree that does not match would make it merge none (issue 26 item 4)
+        (
+            "permissive",
+            sorted([*SIGNED, "unsigned.sysext.raw"]),
+            {
+                **dict.fromkeys(SIGNED, "passed"),
+                **dict.fromkeys(BAD, "refused"),
+                "unsigned.sysext.raw": "failed-but-placed",
+            },
+        ),
         ("disabled", ALL, dict.fromkeys(ALL, "unchecked")),
     ],
 )
@@ -397,7 +407,9 @@ def test_report_and_log_lines_follow_the_steps(tmp_path: Path) -> None:
         "store",
         "refresh",
         "seconds",
+        "residents",  # /etc/extensions, /var/lib/extensions (sysext/extdirs.py): none here
     }
+    assert doc["residents"] == []
     assert [(i["name"], i["verdict"], i["placed"]) for i in doc["images"]] == [
         ("a.sysext.raw", "passed", True),
         ("b.sysext.raw", "passed", True),

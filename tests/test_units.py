@@ -129,8 +129,8 @@ def test_a_252_node_gets_a_dropin_its_systemd_sysext_runs(tmp_path: Path) -> Non
     assert r.stderr == (
         f"bootkeeper: warning: systemd 252 ({root / BINARY}: needs libsystemd-shared-252.so): the node's "
         "systemd-sysext cannot enforce the image policy itself (--image-policy exists from 254); only "
-        "bootkeeper-sysext.service does, for the images it places, and images in /etc/extensions or "
-        "/var/lib/extensions merge unchecked\n"
+        "bootkeeper-sysext.service does, for the images it places and those in /etc/extensions or "
+        "/var/lib/extensions when it runs; one put there later merges unchecked at the next refresh\n"
     )
     v = _verify(root / UNIT_DIR, "bootkeeper-sysext.service", "systemd-sysext.service")
     assert v.returncode == 0 and v.stderr == "", v.stderr

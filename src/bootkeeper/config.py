@@ -58,7 +58,7 @@ class SysextMode(StrEnum):
 
 
 ENFORCED_POLICY = "root=signed+absent:usr=signed+absent"
-FIRMWARE_VARIABLES = ("db", "KEK", "PK")
+FIRMWARE_VARIABLES = ("db", "KEK", "PK", "MokListRT")  # MokListRT: shim's MOK (sysext/trust.py)
 
 
 @dataclass(frozen=True)
@@ -315,7 +315,12 @@ SETTINGS = (
         "active and passive",
     ),
     Setting("sysext", "sources", _paths, "more folders activate reads, after `/.extra/sysext`"),
-    Setting("sysext", "firmware", _firmware, "firmware variables whose certificates are trusted: `db`, `KEK`, `PK`"),
+    Setting(
+        "sysext",
+        "firmware",
+        _firmware,
+        "firmware variables whose certificates are trusted: `db`, `KEK`, `PK`, `MokListRT`",
+    ),
     Setting(
         "sysext", "verity_dirs", _paths, "folders whose `*.crt`/`*.pem` certificates are trusted (systemd-sysext's own)"
     ),

@@ -120,8 +120,9 @@ WantedBy={WANTED_BY[SYSEXT_UNIT]}
             f"# No --image-policy: systemd {systemd}'s systemd-sysext rejects it (it exists from\n"
             f"# v{IMAGE_POLICY_SINCE}) and would fail on every boot. The policy is enforced by\n"
             f"# {SYSEXT_UNIT} (bootkeeper sysext activate), which places in\n"
-            "# /run/extensions only the images that passed it; an image put anywhere else\n"
-            "# systemd-sysext looks (/etc/extensions, /var/lib/extensions) merges without it.\n"
+            "# /run/extensions only the images that passed it and moves the refused ones of\n"
+            "# /etc/extensions and /var/lib/extensions aside; one put there after it ran\n"
+            "# merges without it at the next refresh.\n"
         )
     env = ""
     if cfg.hierarchies:

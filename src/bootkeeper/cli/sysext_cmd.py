@@ -590,6 +590,7 @@ def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json:
                 )
                 continue
             rows.append({**row, "image": lk.image, **_listed(cfg, anchors, ls.root / lk.image, lk.name)})
+        rows += _resident_rows(cfg, anchors, root)
         where = f"{ls.root} ({', '.join(f + '/' for f in FOLDERS)})"
         _list_out(as_json, {"store": str(ls.root), "entries": list(FOLDERS), "extensions": rows}, rows, where)
         return
@@ -606,8 +607,48 @@ def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json:
                 **_listed(cfg, anchors, it.path, it.name),
             }
         )
+    rows += _resident_rows(cfg, anchors, root)
     where = ", ".join(t.entry for t in available) or "any entry"
     _list_out(as_json, {"entries": [t.entry for t in available], "extensions": rows}, rows, where)
+
+
+def _resident_rows(cfg: Any, anchors: list[Any], root: Path) -> list[dict[str, Any]]:
+    """Rows for /etc/extensions and /var/lib/extensions (systemd-sysext merges them too) and for the
+    quarantine activation moved refused ones to (entry: the folder, or ``quarantine``)."""
+    from bootkeeper.errors import BootkeeperError
+    from bootkeeper.sysext import extdirs
+
+    rows: list[dict[str, Any]] = []
+    found = [(f"/{rel}", root / rel / n) for rel in extdirs.FOLDERS for n in _names(root / rel)]
+    found += [("quarantine", p) for p in extdirs.quarantined(root)]
+    for entry, p in found:
+        row: dict[str, Any] = {"entry": entry, "path": str(p), "name": p.name}
+        if p.is_symlink() or not p.is_file():
+            kind = "a symbolic link" if p.is_symlink() else "not a regular file"
+            rows.append({**row, "size": None, "version": None, "built_for": None, "signer": None, "ok": False,
+                         "reasons": [f"{kind}: activation refuses it in enforced mode"]})  # fmt: skip
+            continue
+        try:
+            rows.append({**row, **_listed(cfg, anchors, p, p.name)})
+        except (OSError, BootkeeperError) as exc:
+            why = f"{p}: cannot read ({exc.strerror})" if isinstance(exc, OSError) else str(exc)
+            rows.append({**row, "size": None, "version": None, "built_for": None, "signer": None, "ok": False,
+                         "reasons": [why]})  # fmt: skip
+    return rows
+
+
+def _names(d: Path) -> list[str]:
+    """What systemd-sysext reads in an extension folder: not hidden, not a temporary; files *.raw."""
+    from bootkeeper import fsutil
+
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        return []
+    return [
+        n for n in names
+        if not n.startswith(".") and not fsutil.is_temporary(n) and (n.endswith(".raw") or not (d / n).is_file())
+    ]  # fmt: skip
 
 
 def _listed(cfg: Any, anchors: list[Any], path: Path, name: str) -> dict[str, Any]:

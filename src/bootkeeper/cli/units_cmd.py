@@ -63,7 +63,8 @@ def install_units(
         click.echo(
             f"bootkeeper: warning: {node.describe()}: the node's systemd-sysext cannot enforce the image policy "
             f"itself (--image-policy exists from {sv.IMAGE_POLICY_SINCE}); only bootkeeper-sysext.service does, "
-            "for the images it places, and images in /etc/extensions or /var/lib/extensions merge unchecked",
+            "for the images it places and those in /etc/extensions or /var/lib/extensions when it runs; one put "
+            "there later merges unchecked at the next refresh",
             err=True,
         )
     on_node = root.resolve() == Path("/")

@@ -5,7 +5,10 @@ own here and only what the mode allows is placed:
 
 * ``enforced``: only images that pass the policy, the hash tree, the signature against the trust
   anchors and the extension-release check;
-* ``permissive``: every image, and those that fail are reported;
+* ``permissive``: every image the node's systemd-sysext would merge under its own policy, and
+  those that fail bootkeeper's checks are reported ``failed-but-placed``; one it would not merge is
+  refused with the reason (``image.Validation.blockers``): systemd-sysext refuses every image when one
+  of them cannot be opened (systemd#32762), and then permissive would lose them all;
 * ``disabled``: every image, unchecked.
 
 In enforced and permissive mode the trust anchors are also exported to ``/run/verity.d``, where
@@ -24,6 +27,10 @@ destination's free space (statvfs), judges them (in parallel when large), places
 frees the refused copies before the next round measures again. So an image larger than what is free
 is refused by its size without being read, and a large junk image can never take the room of a
 smaller good one: it is staged only after every smaller image was placed or dropped.
+
+The other folders systemd-sysext merges, ``/etc/extensions`` and ``/var/lib/extensions``, are judged
+the same way in place, and what the mode refuses is moved into a quarantine folder
+(:mod:`bootkeeper.sysext.extdirs`; the report's ``residents``).
 
 Boundary: whatever judging one image raises (in this process or a worker), that image is refused
 with a one-line reason and the others are judged as usual; the report is always written.
@@ -108,6 +115,8 @@ class Report:
     store: dict[str, Any] | None = None  # sysext.store: persistent: the folders read, the role and why
     refresh: dict[str, Any] | None = None
     seconds: float = 0.0
+    # /etc/extensions and /var/lib/extensions, judged in place (sysext/extdirs.py): extdirs.Resident
+    residents: list[Any] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -274,6 +283,7 @@ def activate(
         for n in report.removed:
             log(printable(f"{n}: removed from {dest} (an earlier copy; not placed now)"))
     report.removed += _prune(dest, report.images, _previous(root), log)
+    report.residents = _residents(root, rules, log)
     report.seconds = round(time.monotonic() - started, 4)
     write_report(root, report)
     return report
@@ -316,6 +326,14 @@ def _rules(root: Path, cfg: Sysext, mode: SysextMode, efivars: Path | None, repo
     pol = policy.parse(cfg.policy, "sysext.policy")
     anchors = _trust(root, cfg, efivars, report) if mode is not SysextMode.DISABLED else []
     return _Rules(mode, pol, anchors, host, cfg.full_check)
+
+
+def _residents(root: Path, rules: _Rules, log: Callable[[str], None] | None) -> list[Any]:
+    """The other extension folders, judged as the images placed here and the refused moved aside."""
+    from bootkeeper.sysext import extdirs
+
+    judge = extdirs.Judge(rules.mode, rules.pol, rules.anchors, rules.host, rules.full)
+    return extdirs.sweep(root, judge, move=True, log=log)
 
 
 def _take_stock(
@@ -684,6 +702,7 @@ class _Verdict:
     root_hash: str | None
     qualified_as: str | None
     seconds: float
+    blockers: tuple[str, ...] = ()  # why the node's systemd-sysext would not merge it (see image.validate)
 
 
 def _judge(
@@ -735,11 +754,12 @@ def _judge_one(
         v = validate(path, pol, certs, full=full, os_release=host, name=name, leaves=leaves)
     except Exception as exc:  # the per-image boundary
         return _failed(f"validation stopped ({_fault(exc)})", round(time.monotonic() - t0, 4))
-    return _Verdict(v.ok, list(v.reasons), v.signer, v.root_hash, v.qualified_as, round(time.monotonic() - t0, 4))
+    took = round(time.monotonic() - t0, 4)
+    return _Verdict(v.ok, list(v.reasons), v.signer, v.root_hash, v.qualified_as, took, tuple(v.blockers))
 
 
 def _failed(why: str, seconds: float = 0.0) -> _Verdict:
-    return _Verdict(False, [why], None, None, None, seconds)
+    return _Verdict(False, [why], None, None, None, seconds, (why,))
 
 
 def _in_workers(
@@ -786,13 +806,24 @@ def _place_all(
 def _outcome(name: str, src: Path, mode: SysextMode, v: _Verdict | None) -> Outcome:
     if v is None:  # disabled: not checked
         return Outcome(name, str(src), True, "unchecked")
+    reasons = list(v.reasons)
     if v.ok:
         verdict, placed = "passed", True
-    elif mode is SysextMode.PERMISSIVE:
+    elif mode is SysextMode.PERMISSIVE and not v.blockers:
         verdict, placed = "failed-but-placed", True
     else:
         verdict, placed = "refused", False
-    return Outcome(name, str(src), placed, verdict, v.reasons, v.signer, v.root_hash, v.qualified_as, v.seconds)
+        if mode is SysextMode.PERMISSIVE:
+            reasons.append(permissive_refusal(list(v.blockers)))
+    return Outcome(name, str(src), placed, verdict, reasons, v.signer, v.root_hash, v.qualified_as, v.seconds)
+
+
+def permissive_refusal(blockers: list[str]) -> str:
+    """The reason a permissive run does not place an image: what stops systemd-sysext from merging it."""
+    return (
+        f"permissive: not placed, systemd-sysext would not merge it ({blockers[0]}); "
+        "one it cannot open makes it merge none (systemd#32762)"
+    )
 
 
 def _place(fd: int, tmp: Path, target: Path) -> str | None:

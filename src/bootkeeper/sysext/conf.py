@@ -332,6 +332,60 @@ def bk302(root: Path, conf: SysextConf, cfg: Sysext) -> list[Finding]:
 
 
 def lint_node(root: Path, cfg: Sysext, node: NodeSystemd) -> list[Finding]:
-    """BK301 and BK302 for the node tree at ``root``."""
+    """BK301, BK302 and BK303 for the node tree at ``root``."""
     conf = read_conf(root)
-    return bk301(conf, cfg, node) + bk302(root, conf, cfg)
+    return bk301(conf, cfg, node) + bk302(root, conf, cfg) + bk303(root, cfg)
+
+
+def bk303(root: Path, cfg: Sysext) -> list[Finding]:
+    """**BK303**: what lies in ``/etc/extensions`` and ``/var/lib/extensions``, judged as activation
+    judges it (:mod:`bootkeeper.sysext.extdirs`, nothing moved here): an error for what the next
+    activation will refuse and move into the quarantine (in permissive mode: what systemd-sysext
+    cannot open, which makes it merge nothing), a warning for an image only bootkeeper's checks fail
+    (permissive: merged unchecked) and for what the quarantine already holds."""
+    if cfg.mode is SysextMode.DISABLED:
+        return []
+    from bootkeeper.sysext import extdirs, policy, trust
+    from bootkeeper.sysext.activate import host_os_release
+
+    store = trust.load(cfg, root, strict=False)
+    judge = extdirs.Judge(
+        cfg.mode, policy.parse(cfg.policy, "sysext.policy"), store.certificates, host_os_release(root), False
+    )
+    out = []
+    for r in extdirs.sweep(root, judge, move=False):
+        why = "; ".join(r.reasons)
+        if not r.kept:
+            out.append(
+                Finding(
+                    "BK303",
+                    Severity.ERROR,
+                    r.path,
+                    None,
+                    f"{cfg.mode.value} mode: activation will move it to {root / extdirs.QUARANTINE_DIR} ({why})",
+                    "rebuild or re-sign it with a trusted key, or remove it",
+                )
+            )
+        elif r.verdict == "failed-but-kept":
+            out.append(
+                Finding(
+                    "BK303",
+                    Severity.WARNING,
+                    r.path,
+                    None,
+                    f"permissive mode: systemd-sysext merges it although it fails the checks ({why})",
+                    "rebuild or re-sign it with a trusted key",
+                )
+            )
+    for q in extdirs.quarantined(root):
+        out.append(
+            Finding(
+                "BK303",
+                Severity.WARNING,
+                str(q),
+                None,
+                "moved aside by activation: not merged",
+                "inspect it (bootkeeper sysext list), then delete it or put a fixed image back",
+            )
+        )
+    return out

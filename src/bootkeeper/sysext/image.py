@@ -290,12 +290,15 @@ class Validation:
     signer: str | None = None
     root_hash: str | None = None
     qualified_as: str | None = None
+    # why the node's systemd-sysext, left to its own policy, would not merge it (empty: it would)
+    blockers: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "image": self.image,
             "ok": self.ok,
             "reasons": self.reasons,
+            "blockers": self.blockers,
             "signer": self.signer,
             "root_hash": self.root_hash,
             "qualified_as": self.qualified_as,
@@ -321,17 +324,27 @@ def validate(
     """Check one image: structure, verity tree and root hash, signature, the policy, and its
     extension-release (against ``os_release``, the host's, when given). ``leaves``: by the byte
     offset of each data area, the data blocks' hashes taken as ``path`` was written (see
-    :func:`verity.verify_at`)."""
+    :func:`verity.verify_at`).
+
+    ``blockers`` says why the node's systemd-sysext would not merge the image under its own policy
+    (:data:`policy.NODE_SYSEXT_POLICY`): everything but the configured policy's verdicts, that
+    policy's verdicts, and a signature that is there but does not verify. Found with the real tools
+    (tests/test_permissive_merge.py): 252 and 257 refuse every image when one has no
+    extension-release of its own name or is no disk image ("Failed to read metadata for image"), 252
+    also for one carrying os-release; a wrong ID or VERSION_ID is skipped alone; a signature that
+    does not verify stops all (reference/vm/NOTES.md scenario 3, systemd#32762). What bootkeeper
+    cannot read is a blocker too: placing it could lose every image."""
     arch = architecture or host_architecture()
     try:
         info = inspect(path, name, architecture=arch)
     except InputError as exc:
-        return Validation(name or str(path), False, [str(exc)], [])
+        return Validation(name or str(path), False, [str(exc)], [], blockers=[str(exc)])
     reasons = list(p for p in info.problems if not p.startswith("GPT: backup"))
     reasons.extend(_structure(info, pol))
     observed: dict[str, policy.Observed] = {}
     signer = None
     root_hex = None
+    bad_signature: list[str] = []
     for d, des in info.found.items():
         if pol.ignores(d):  # dropped by systemd-dissect before it looks: "unused" in the decisions
             observed[d] = policy.Observed(d, policy.Protection.UNPROTECTED, read_only=True, growfs=False)
@@ -363,6 +376,11 @@ def validate(
                     signer = check.signer
                 else:
                     why_not = check.reason
+            if des.sig is not None and best is not policy.Protection.SIGNED:
+                # systemd v257 src/shared/dissect-image.c: verity_partition() activates a volume with
+                # a signature only by that signature (kernel keyring, then userspace verity.d): it
+                # never falls back to plain verity, and the error stops the whole merge
+                bad_signature.append(f"{d}-verity-sig: {why_not}: systemd-sysext cannot open the image")
         observed[d] = policy.Observed(
             d,
             best,
@@ -377,10 +395,14 @@ def validate(
         why = rel if isinstance(rel, str) else release.check(rel, os_release, arch)
         if why:
             reasons.append(f"extension-release: {why}")
+    node = policy.evaluate(policy.parse(policy.NODE_SYSEXT_POLICY), observed, info.others)
+    blockers = [*reasons, *bad_signature, *(f"systemd-sysext's own policy: {d.reason}" for d in node if not d.ok)]
     decisions = policy.evaluate(pol, observed, info.others)
     reasons.extend(d.reason for d in decisions if not d.ok)
     used = [d.used_as for d in decisions if d.ok and d.used_as not in (None, "absent")]
-    return Validation(name or str(path), not reasons, reasons, decisions, signer, root_hex, used[0] if used else None)
+    return Validation(
+        name or str(path), not reasons, reasons, decisions, signer, root_hex, used[0] if used else None, blockers
+    )
 
 
 def _structure(info: ImageInfo, pol: policy.ImagePolicy) -> list[str]:

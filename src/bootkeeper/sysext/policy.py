@@ -74,6 +74,11 @@ DATA_OF_SIG = {v: k for k, v in SIG_OF.items()}
 
 ENFORCED_DEFAULT = ENFORCED_POLICY  # one home: config.py, where the default is
 SEED_POLICY = "root=verity+signed+absent:usr=verity+signed+absent"
+# What systemd-sysext applies when it is given no --image-policy (bootkeeper passes one in enforced
+# mode only): systemd v257 src/shared/image-policy.c: image_policy_sysext (root and usr: verity,
+# signed, encrypted, unprotected or absent; the rest ignored). systemd 252 has no image policies and
+# dissects any of these too. Whether an image would merge in permissive mode is judged against it.
+NODE_SYSEXT_POLICY = "root=verity+signed+encrypted+unprotected+absent:usr=verity+signed+encrypted+unprotected+absent"
 
 
 def _normalize(designator: str, flags: frozenset[Flag]) -> frozenset[Flag]:

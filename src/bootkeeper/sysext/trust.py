@@ -6,6 +6,15 @@ firmware's Secure Boot ``db`` (``KEK`` and ``PK`` when configured) read from efi
 ``dbx`` revokes: an X.509 entry (the same certificate), an ``EFI_CERT_SHA256`` entry equal to the
 certificate's DER SHA-256, or an ``EFI_CERT_X509_SHA256`` entry equal to the SHA-256 of its TBS part.
 
+``MokListRT`` (shim's Machine Owner Keys, ``sysext.firmware: [..., MokListRT]``) is one more firmware
+source, and ``MokListXRT`` one more revocation list beside ``dbx``; both are read as the kernel reads
+them for its keyrings (security/integrity/platform_certs/load_uefi.c: load_moklist_certs()): the
+kernel's copy of shim's MOKvar configuration table first (``/sys/firmware/efi/mok-variables/NAME``,
+the whole list, no attribute word), else the efivarfs variable, to which we add shim's numbered
+continuations (``NAME1``, ``NAME2``, ...: shim mok.c mirror_mok_db() splits a list too large for
+one variable). shim creates the RT mirrors volatile (mirror_one_mok_variable(): BOOTSERVICE|RUNTIME);
+one with the NON_VOLATILE attribute is not shim's and is refused as unreadable.
+
 An efivarfs file is a 4-byte attribute word followed by the variable's data; ``db``/``dbx`` data are
 EFI_SIGNATURE_LISTs back to back (UEFI 2.10, 32.4.1):
 ``SignatureType (GUID) | ListSize u32 | HeaderSize u32 | SignatureSize u32 | header | entries``
@@ -39,12 +48,19 @@ EFI_CERT_SHA256 = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328")
 EFI_CERT_X509_SHA256 = uuid.UUID("3bd2a492-96c0-4079-b420-fcf98ef103ed")
 IMAGE_SECURITY_DATABASE = "d719b2cb-3d3a-4596-a3bc-dad00e67656f"  # db, dbx
 GLOBAL_VARIABLE = "8be4df61-93ca-11d2-aa0d-00e098032b8c"  # PK, KEK
+SHIM_LOCK = "605dab50-e046-4300-abb6-3dd810dd8b23"  # shim's MokListRT, MokListXRT
 VARIABLE_GUID = {
     "db": IMAGE_SECURITY_DATABASE,
     "dbx": IMAGE_SECURITY_DATABASE,
     "KEK": GLOBAL_VARIABLE,
     "PK": GLOBAL_VARIABLE,
+    "MokListRT": SHIM_LOCK,
+    "MokListXRT": SHIM_LOCK,
 }
+MOK_LISTS = ("MokListRT", "MokListXRT")
+MOKVAR_DIR = "mok-variables"  # beside efivars: /sys/firmware/efi/mok-variables (kernel mokvar-table.c)
+MOK_PARTS_MAX = 64  # shim's numbered continuations read at most (NAME1..NAME64): a bound, not a limit met
+NON_VOLATILE = 0x1
 EFIVARS = Path("/sys/firmware/efi/efivars")
 _ESL_HEADER = struct.Struct("<16sIII")
 EXPORT_PREFIX = "bootkeeper-"
@@ -109,6 +125,45 @@ def read_efivar(efivars: Path, name: str) -> bytes | None:
     if len(raw) < 4:
         raise MalformedError(f"{p}: {len(raw)} bytes, shorter than the 4-byte attribute header")
     return raw[4:]
+
+
+def _efivar_with_attrs(efivars: Path, name: str, guid: str) -> tuple[int, bytes] | None:
+    from bootkeeper.esp.efivars import read_raw
+
+    p = efivars / f"{name}-{guid}"
+    raw = read_raw(p)
+    if raw is None:
+        return None
+    if len(raw) < 4:
+        raise MalformedError(f"{p}: {len(raw)} bytes, shorter than the 4-byte attribute header")
+    return int.from_bytes(raw[:4], "little"), raw[4:]
+
+
+def read_mok(efivars: Path, name: str) -> list[tuple[str, bytes]] | None:
+    """The pieces (where, data) of shim's ``MokListRT`` or ``MokListXRT``, or None when shim left
+    none: the kernel's MOKvar table copy when it has one (all of it), else the efivarfs variable and
+    its numbered continuations up to the first one absent. An unreadable, truncated or
+    non-volatile one is an error naming the file (each piece must parse: the caller's parse_esl)."""
+    from bootkeeper.esp.efivars import read_raw
+
+    table = efivars.parent / MOKVAR_DIR / name
+    raw = read_raw(table)
+    if raw is not None:  # the kernel's sysfs copy: the data alone, no attribute word
+        return [(f"firmware {name} ({table})", raw)]
+    pieces: list[tuple[str, bytes]] = []
+    for i in range(MOK_PARTS_MAX + 1):
+        var = name if i == 0 else f"{name}{i}"
+        got = _efivar_with_attrs(efivars, var, SHIM_LOCK)
+        if got is None:
+            break
+        attrs, data = got
+        where = f"firmware {name} ({efivars}/{var}-{SHIM_LOCK})"
+        if attrs & NON_VOLATILE:
+            # shim mirrors MokList to a volatile BOOTSERVICE|RUNTIME variable; the OS cannot create a
+            # volatile variable after ExitBootServices, so a non-volatile one was not written by shim
+            raise MalformedError(f"{where}: attributes {attrs:#x} include NON_VOLATILE: not shim's mirror, not read")
+        pieces.append((where, data))
+    return pieces or None
 
 
 @dataclass(frozen=True)
@@ -258,27 +313,34 @@ def _firmware_anchors(efivars: Path, name: str, problems: list[str]) -> list[Anc
 
     from bootkeeper.sysext.signature import one_line
 
-    data = read_efivar(efivars, name)
-    if data is None:
-        return []
     out = []
-    what = f"firmware {name} ({efivars}/{name}-{VARIABLE_GUID[name]})"
-    for i, e in enumerate(parse_esl(data, what)):
-        if e.type != EFI_CERT_X509:
-            continue  # image hashes are not certificates
-        try:
-            out.append(Anchor(_load_one(e.data, pem=False), f"firmware {name} #{i}"))
-        except _load_errors() as exc:
-            problems.append(f"{what}: entry {i} is not a usable X.509 certificate ({one_line(exc)})")
+    i = 0
+    for what, data in _firmware_lists(efivars, name):
+        for e in parse_esl(data, what):
+            i += 1
+            if e.type != EFI_CERT_X509:
+                continue  # image hashes are not certificates
+            try:
+                out.append(Anchor(_load_one(e.data, pem=False), f"firmware {name} #{i - 1}"))
+            except _load_errors() as exc:
+                problems.append(f"{what}: entry {i - 1} is not a usable X.509 certificate ({one_line(exc)})")
     return out
 
 
-def _dbx(efivars: Path) -> list[EslEntry]:
-    data = read_efivar(efivars, "dbx")
-    return parse_esl(data, f"firmware dbx ({efivars}/dbx-{VARIABLE_GUID['dbx']})") if data else []
+def _firmware_lists(efivars: Path, name: str) -> list[tuple[str, bytes]]:
+    """(where, data) of a firmware list: shim's in pieces (:func:`read_mok`), the others whole."""
+    if name in MOK_LISTS:
+        return read_mok(efivars, name) or []
+    data = read_efivar(efivars, name)
+    return [] if data is None else [(f"firmware {name} ({efivars}/{name}-{VARIABLE_GUID[name]})", data)]
 
 
-def revocation(anchor: Anchor, dbx: list[EslEntry]) -> str | None:
+def _dbx(efivars: Path, name: str = "dbx") -> list[EslEntry]:
+    """The entries of a revocation list (``dbx``, or shim's ``MokListXRT``); every piece must parse."""
+    return [e for what, data in _firmware_lists(efivars, name) for e in parse_esl(data, what)]
+
+
+def revocation(anchor: Anchor, dbx: list[EslEntry], label: str = "dbx") -> str | None:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     der = anchor.cert.public_bytes(Encoding.DER)
@@ -286,11 +348,11 @@ def revocation(anchor: Anchor, dbx: list[EslEntry]) -> str | None:
     tbs = hashlib.sha256(anchor.cert.tbs_certificate_bytes).digest()
     for i, e in enumerate(dbx):
         if e.type == EFI_CERT_X509 and e.data == der:
-            return f"dbx #{i} (the certificate itself)"
+            return f"{label} #{i} (the certificate itself)"
         if e.type == EFI_CERT_SHA256 and e.data == digest:
-            return f"dbx #{i} (SHA-256 of the certificate)"
+            return f"{label} #{i} (SHA-256 of the certificate)"
         if e.type == EFI_CERT_X509_SHA256 and e.data[:32] == tbs:
-            return f"dbx #{i} (SHA-256 of the certificate's TBS part)"
+            return f"{label} #{i} (SHA-256 of the certificate's TBS part)"
     return None
 
 
@@ -326,10 +388,15 @@ def load(
     if strict and store.problems:
         raise MalformedError(store.problems[0])
     dbx: list[EslEntry] = []
+    mokx: list[EslEntry] = []
     unreadable: str | None = None
     if cfg.firmware:  # firmware: [] reads no firmware variable at all, dbx included (README)
         try:
             dbx = _dbx(efivars)
+            # MokListXRT revokes as dbx does, whichever source trusts the certificate (the kernel
+            # puts both on its blacklist keyring: load_uefi.c, get_handler_for_dbx); read whenever
+            # dbx is, so a revocation shim enrolled is never skipped by leaving MokListRT out
+            mokx = _dbx(efivars, "MokListXRT")
         except InputError as exc:
             if strict:
                 raise
@@ -349,7 +416,7 @@ def load(
         if fp in seen:
             continue
         seen.add(fp)
-        why = unreadable or revocation(a, dbx)
+        why = unreadable or revocation(a, dbx) or revocation(a, mokx, "MokListXRT")
         if why is None and cfg.require_valid_dates:
             why = _outside_validity(a, now)
             if why is not None:

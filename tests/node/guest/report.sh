@@ -23,6 +23,7 @@ say "STATUS_JSON $(bootkeeper status --json | compact)"
 bootkeeper status 2>&1 | sed 's/^/@@@ STATUS /'
 if [ -e /sys/class/tpm/tpm0 ]; then /usr/local/lib/bktest/tpm.sh; fi
 if [ -e /dev/disk/by-partlabel/bkdata ]; then /usr/local/lib/bktest/unlock.sh; fi
+if [ -s /efi/bktest/extdirs ]; then /usr/local/lib/bktest/extdirs.sh; fi  # before sysext-compare unmerges
 if [ -s /efi/bktest/sysext-compare ]; then /usr/local/lib/bktest/sysext-compare.sh; fi
 /usr/local/lib/bktest/upgrade.sh
 say "DONE"

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Scenario 1: what systemd-sysext merged under bootkeeper (enforced), then the same boot in
-# permissive mode (all four images placed: systemd-sysext refuses the whole set), then enforced again.
+# permissive mode (all but rogue placed: its signature would make systemd-sysext refuse the whole
+# set, issue 26 item 4), then enforced again.
 compact() { python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)))' 2>&1; }
 say() { printf '@@@ %s\n' "$*"; }  # not echo: dash's echo expands backslashes
 runs() {
