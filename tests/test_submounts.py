@@ -22,6 +22,8 @@ import pytest
 
 import trixie
 from bootkeeper import submounts
+from bootkeeper.sysext.conf import DROPIN
+from helpers import entry_body, esp_with
 
 TOOL = "#!/bin/sh\necho tool-ok\n"
 MERGED = {"marker": "marker", "write": "ok", "tool": "tool-ok", "anchor": "anchor"}
@@ -176,22 +178,59 @@ def _install(root: Path, version: int, cfg: str = "sysext:\n  mode: permissive\n
 # --- systemd 252 ---------------------------------------------------------------------------------------
 
 
-def test_252_hides_a_persistent_usr_local_and_status_sees_it(tmp_path: Path) -> None:
+def _bk(root: Path, *args: str) -> str:
+    return f"{sys.executable} -m bootkeeper {' '.join(args)} --root {root}"
+
+
+def _status(tmp: Path, root: Path, label: str) -> tuple[str, str]:
+    """A step that runs ``bootkeeper status --json`` (a scratch ESP) into ``tmp/label.json``."""
+    esp = tmp / "esp"
+    if not esp.exists():
+        esp_with(esp, {"active.conf": entry_body("active")})
+        (tmp / "efivars").mkdir()
+    return (
+        label,
+        f"{_bk(root, 'status', '--esp', str(esp), '--efivars', str(tmp / 'efivars'), '--json')} >{tmp / label}.json",
+    )
+
+
+def _findings(tmp: Path, root: Path, label: str) -> tuple[str, str]:
+    """A step that runs ``bootkeeper lint --root ROOT --json`` into ``tmp/label.json``."""
+    return (label, f"{_bk(root, 'lint', '--json')} >{tmp / label}.json")
+
+
+def test_252_hides_a_persistent_usr_local_and_status_and_lint_say_so(tmp_path: Path) -> None:
     """The control, bootkeeper's old default (systemd's hierarchies, no step): 252's overlay on /usr
     hides the persistent /usr/local and the trust anchors (the extension's tool works); writes fail.
-    ``submounts.shadowed`` names both from the real mountinfo; after ``unmerge`` they are back."""
+    ``bootkeeper status`` names both as shadowed from the real mountinfo, and ``lint`` warned before the
+    merge (BK303: mounts below /usr, no drop-in with the step); after ``unmerge`` they are back."""
     _host_252()
     root = _tree(tmp_path / "root")
-    run = _on_host(
-        root,
-        [("merged", f"systemd-sysext --root={root} refresh"), ("unmerged", f"systemd-sysext --root={root} unmerge")],
-    )
+    _oem(root, "sysext:\n  mode: permissive\n  systemd_version: 252\n")
+    steps = [
+        _findings(tmp_path, root, "lint"),
+        ("merged", f"systemd-sysext --root={root} refresh"),
+        _status(tmp_path, root, "status"),
+        ("unmerged", f"systemd-sysext --root={root} unmerge"),
+    ]
+    run = _on_host(root, steps)
     assert run.checks["before"] == MERGED | {"tool": "MISSING"}, run
     assert run.checks["merged"] == {"marker": "MISSING", "write": "fail", "tool": "tool-ok", "anchor": "MISSING"}, run
     assert run.shadowed("before", root) == []
     assert run.shadowed("merged", root) == ["/usr/local", "/usr/share/pki/trust/anchors"]
-    assert submounts.shadowed(run.mountinfo["merged"], root)[0].by == "/usr"
     assert run.checks["unmerged"] == MERGED | {"tool": "MISSING"}, run
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert [m["by"] for m in status["extensions"]["shadowed"]] == ["/usr", "/usr"], status
+    assert [m["target"] for m in status["extensions"]["shadowed"]] == ["/usr/local", "/usr/share/pki/trust/anchors"]
+    assert (
+        "/usr/local (" in status["warnings"][0]
+        and "is shadowed by systemd-sysext's overlay on /usr: what is written there does not reach it"
+        in status["warnings"][0]
+    ), status["warnings"]
+    lint = json.loads((tmp_path / "lint.json").read_text())["findings"]
+    bk303 = [f for f in lint if f["code"] == "BK303"]
+    assert [f["message"].split(" (")[0] for f in bk303] == ["/usr/local", "/usr/share/pki/trust/anchors"], lint
+    assert bk303[0]["file"] == f"{root}/{DROPIN}" and bk303[0]["message"].endswith("the drop-in is missing")
 
 
 def test_252_activate_refresh_keeps_usr_local_visible_and_writable(tmp_path: Path) -> None:
@@ -230,16 +269,21 @@ def test_252_activate_refresh_keeps_usr_local_visible_and_writable(tmp_path: Pat
 
 def test_252_dropin_start_and_reload_keep_usr_local(tmp_path: Path) -> None:
     """The installed drop-in of a 252 node, its lines run as systemd runs them (start, then reload),
-    with the script install-units wrote: /usr/local and the anchors stay visible and writable."""
+    with the script install-units wrote: /usr/local and the anchors stay visible and writable;
+    ``status`` reports nothing shadowed and ``lint`` no BK303 (the drop-in runs the step)."""
     _host_252()
     root = _tree(tmp_path / "root")
-    _install(root, 252)
+    _install(root, 252, "sysext:\n  mode: permissive\n  systemd_version: 252\n")
     steps = _dropin_lines(root, "start", str(root)) + _dropin_lines(root, "reload", str(root))
     assert [c.split()[-1] for _, c in steps] == ["keep", f"--root={root}", "restore"] * 2, steps
-    run = _on_host(root, steps)
+    run = _on_host(root, [_findings(tmp_path, root, "lint"), *steps, _status(tmp_path, root, "status")])
     last = steps[-1][0]
     assert run.checks[steps[2][0]] == run.checks[last] == MERGED, run
     assert run.shadowed(last, root) == []
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["extensions"]["shadowed"] == [] and not any("shadowed" in w for w in status["warnings"]), status
+    lint = json.loads((tmp_path / "lint.json").read_text())["findings"]
+    assert [f for f in lint if f["code"] == "BK303"] == [], lint
 
 
 def test_252_hierarchies_with_usr_local_freeze_it(tmp_path: Path) -> None:
@@ -315,6 +359,37 @@ def test_mountinfo_escapes_and_hostile_lines() -> None:
     ]
     loop = submounts.parse_mountinfo("5 6 0:1 / /a rw - tmpfs t rw\n6 5 0:2 / /a/b rw - tmpfs t rw\n")
     assert submounts.hidden(loop) == set()
+
+
+def test_lint_warns_about_a_hierarchy_below_another(tmp_path: Path) -> None:
+    """README's old example freezes /usr/local (the two tests above show it on 252 and 257): BK303,
+    whatever the version; systemd's default hierarchies are quiet on 257 (it keeps mounts itself)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _oem(root, "sysext:\n  hierarchies: [/usr, /opt, /usr/local]\n  systemd_version: 257\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "bootkeeper", "lint", "--root", str(root), "--json"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    found = [f for f in json.loads(r.stdout)["findings"] if f["code"] == "BK303"]
+    assert found == [
+        {
+            "code": "BK303",
+            "severity": "warning",
+            "file": "sysext.hierarchies",
+            "line": None,
+            "message": "/usr/local is below /usr: systemd-sysext mounts a read-only overlay of its own on /usr/local, "
+            "so what is mounted there (a persistent /usr/local) turns read-only (systemd 252) or is hidden when an "
+            "extension ships files in it (257)",
+            "fix": "drop /usr/local from sysext.hierarchies: the mounts below /usr stay visible and writable over "
+            "the merged /usr (systemd 257 moves them itself, bootkeeper's drop-in puts them back before)",
+        }
+    ]
+    _oem(root, "sysext:\n  systemd_version: 257\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "bootkeeper", "lint", "--root", str(root), "--json"], capture_output=True, text=True
+    )
+    assert [f for f in json.loads(r.stdout)["findings"] if f["code"] == "BK303"] == []
 
 
 def test_nested_hierarchies() -> None:

@@ -13,6 +13,13 @@
   whatever lies in ``/sysroot/{etc,run,var/lib}/extensions`` bypasses bootkeeper. Not reported when
   the unit is masked, ``rd.systemd.sysext=0`` is on the kernel command line, or sysext.conf sets a
   policy no weaker than bootkeeper's.
+* **BK303** a mount below a merged hierarchy that would be hidden or frozen (:mod:`bootkeeper.submounts`):
+  ``sysext.hierarchies`` listing a hierarchy below another (``[/usr, /opt, /usr/local]``: systemd-sysext
+  puts a read-only overlay of its own on ``/usr/local``: 252 shows the persistent folder read-only, 257
+  hides it when an extension ships ``/usr/local``); and, on a systemd older than v257, a mount below
+  a hierarchy now (``/proc/self/mountinfo``, inside ROOT) while the installed drop-in of
+  ``systemd-sysext.service`` does not run bootkeeper's ``sysext-submounts`` step (installed by an
+  older bootkeeper, or replaced): the next refresh hides it. Warnings.
 
 The configuration is read as systemd's conf-parser reads it (``config_parse_many_files()``): the first
 main file found of ``ROOT/{etc,run,usr/local/lib,usr/lib}/systemd/sysext.conf``, then the drop-ins
@@ -27,6 +34,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootkeeper import submounts
 from bootkeeper.config import Sysext, SysextMode
 from bootkeeper.errors import InputError
 from bootkeeper.findings import Finding, Severity
@@ -331,7 +339,55 @@ def bk302(root: Path, conf: SysextConf, cfg: Sysext) -> list[Finding]:
     ]
 
 
+DROPIN = "etc/systemd/system/systemd-sysext.service.d/10-bootkeeper.conf"  # assess/units.py's SYSEXT_DROPIN
+
+
+def bk303(root: Path, cfg: Sysext, node: NodeSystemd, mountinfo: str = submounts.MOUNTINFO) -> list[Finding]:
+    out = [
+        Finding(
+            "BK303",
+            Severity.WARNING,
+            "sysext.hierarchies",
+            None,
+            f"{inner} is below {outer}: systemd-sysext mounts a read-only overlay of its own on {inner}, so "
+            f"what is mounted there (a persistent {inner}) turns read-only (systemd 252) or is hidden when an "
+            "extension ships files in it (257)",
+            f"drop {inner} from sysext.hierarchies: the mounts below {outer} stay visible and writable over "
+            f"the merged {outer} (systemd 257 moves them itself, bootkeeper's drop-in puts them back before)",
+        )
+        for inner, outer in submounts.nested(cfg.hierarchies)
+    ]
+    if node.major >= submounts.PRESERVED_SINCE:
+        return out
+    data = read_in(root, DROPIN, _FILE_MAX)
+    if data is not None and f"/{submounts.SCRIPT}".encode() in data:
+        return out  # the step runs around every refresh
+    hierarchies = cfg.hierarchies or submounts.DEFAULT_HIERARCHIES
+    top = "" if str(root) == "/" else str(root.resolve())
+    seen: set[str] = set()
+    for m in submounts.mounts_below(submounts.read_mountinfo(mountinfo), hierarchies, root):
+        target = m.target.removeprefix(top) or "/"
+        if target in seen:
+            continue
+        seen.add(target)
+        where = str(root / DROPIN) if top else f"/{DROPIN}"
+        why = "runs no sysext-submounts step" if data is not None else "is missing"
+        out.append(
+            Finding(
+                "BK303",
+                Severity.WARNING,
+                where,
+                None,
+                f"{target} ({m.fstype} {m.source}) is mounted below a hierarchy systemd-sysext merges, and the "
+                f"node's systemd-sysext ({node.describe()}) mounts its overlay on top of it at the next "
+                f"refresh: hidden, writes fail; the drop-in {why}",
+                "run 'bootkeeper install-units' (its drop-in keeps such mounts over the overlay)",
+            )
+        )
+    return out
+
+
 def lint_node(root: Path, cfg: Sysext, node: NodeSystemd) -> list[Finding]:
-    """BK301 and BK302 for the node tree at ``root``."""
+    """BK301, BK302 and BK303 for the node tree at ``root``."""
     conf = read_conf(root)
-    return bk301(conf, cfg, node) + bk302(root, conf, cfg)
+    return bk301(conf, cfg, node) + bk302(root, conf, cfg) + bk303(root, cfg, node)
