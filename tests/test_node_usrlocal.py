@@ -62,7 +62,9 @@ def test_persistent_usr_local_stays_visible_and_writable_with_extensions_merged(
     node_factory.append(node)
     b = node.boot()
     checks = _checks(b)
-    assert set(checks) == {"merged", "control", "after-control"}, f"{b.mark('UL_CHECK')}; see {node.work}/boot1.log"
+    said = "\n".join(f"{k} {v}" for k in ("UL_CHECK", "UL_CTL", "UL_SX", "UL_STATUS", "UL_MOUNTS") for v in b.mark(k))
+    print(said)  # in the test's output when an assertion below fails
+    assert set(checks) == {"merged", "control", "after-control"}, f"{said}\nsee {node.work}/boot1.log"
     sx, status, mounts = _by_phase(b, "UL_SX"), _by_phase(b, "UL_STATUS"), _by_phase(b, "UL_MOUNTS")
 
     # bootkeeper's default on systemd 257: the extension merged into /usr, its tool runs, and the

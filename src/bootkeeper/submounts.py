@@ -9,8 +9,8 @@ What systemd-sysext does (seen with this machine's 252 and trixie's 257.13 in pr
   lowest layer is the host's ``/usr`` *directory*; overlayfs does not cross mounts, and the overlay is
   mounted on top of the mounts below ``/usr``: ``/usr/local`` shows the root file system's empty,
   read-only directory; the persistent mount is still there, beneath, and reappears on ``unmerge``
-  (systemd v256 ``src/sysext/sysext.c``: ``merge_subprocess()``, nothing moves submounts; upstream
-  issue #31922). Making ``/usr/local`` a hierarchy of its own (``SYSTEMD_SYSEXT_HIERARCHIES``) shows
+  (systemd v256 ``src/sysext/sysext.c``, read at 00217206752c: ``merge_subprocess()`` and
+  ``unmerge_hierarchy()`` move no submounts; upstream issue #31922). Making ``/usr/local`` a hierarchy of its own (``SYSTEMD_SYSEXT_HIERARCHIES``) shows
   its files but through a read-only overlay, and without ``/usr`` in the list ``/usr`` is not merged.
 * **257 and later**: ``move_submounts()`` (PR #34381, "sysext: Deal with nested mounts properly",
   first in v257) moves every submount of the hierarchy into the workspace before the overlay is put in

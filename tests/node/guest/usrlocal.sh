@@ -30,8 +30,8 @@ if [ "${1:-}" = control ]; then
   mkdir -p "$d/usr/local/share" "$d/usr/lib/extension-release.d"
   echo "from an extension" > "$d/usr/local/share/bktest-ctl"
   echo "ID=_any" > "$d/usr/lib/extension-release.d/extension-release.bktest-ctl"
-  SYSTEMD_SYSEXT_HIERARCHIES=/usr:/opt:/usr/local systemd-sysext refresh \
-    --image-policy=root=signed+absent:usr=signed+absent > /tmp/bktest-ctl.log 2>&1
+  export SYSTEMD_SYSEXT_HIERARCHIES=/usr:/opt:/usr/local  # also for UL_SX's status
+  systemd-sysext refresh --image-policy=root=signed+absent:usr=signed+absent > /tmp/bktest-ctl.log 2>&1
   say "UL_CTL rc=$? $(tr '\n' '|' < /tmp/bktest-ctl.log)"
   check control
   exit 0
