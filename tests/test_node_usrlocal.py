@@ -86,7 +86,7 @@ def test_persistent_usr_local_stays_visible_and_writable_with_extensions_merged(
     # read-only overlay of its own hides the persistent folder; status names it
     ctl = b.first("UL_CTL") or ""
     assert ctl.startswith("rc=0"), ctl
-    assert _merged_into(sx["control"], "/usr/local") == ["bktest-ctl"], sx
+    assert "bktest-ctl" in _merged_into(sx["control"], "/usr/local"), sx
     assert checks["control"] == {
         "marker": "MISSING",
         "write": "fail",

@@ -392,6 +392,27 @@ def test_lint_warns_about_a_hierarchy_below_another(tmp_path: Path) -> None:
     assert [f for f in json.loads(r.stdout)["findings"] if f["code"] == "BK303"] == []
 
 
+def test_siblings_on_one_path_the_later_is_on_top() -> None:
+    """As the node's 257 leaves them with hierarchies [/usr, /opt, /usr/local] (test_node_usrlocal.py):
+    the persistent /usr/local moved back onto the /usr overlay, and the /usr/local overlay after it on
+    the same path: the persistent one is shadowed, by the /usr/local overlay."""
+    text = (
+        "1 0 0:1 / / rw - ext4 /dev/vda2 rw\n"
+        "2 1 0:2 / /usr ro - overlay sysext ro\n"
+        "3 2 0:1 /var/lib/bktest/usrlocal /usr/local rw - ext4 /dev/vda2 rw\n"
+        "4 2 0:3 / /usr/local ro - overlay sysext ro\n"
+        "5 3 0:4 / /usr/local/inner rw - tmpfs tmpfs rw\n"
+    )
+    ms = submounts.parse_mountinfo(text)
+    assert submounts.hidden(ms) == {3, 5}
+    assert [(s.target, s.by) for s in submounts.shadowed(ms)] == [
+        ("/usr/local", "/usr/local"),
+        ("/usr/local/inner", "/usr/local"),
+    ]
+    deep = "".join(f"{i} {i - 1} 0:1 / /{'a/' * i} rw - tmpfs t rw\n" for i in range(1, 3000))
+    assert submounts.hidden(submounts.parse_mountinfo(deep)) == set()
+
+
 def test_nested_hierarchies() -> None:
     assert submounts.nested(["/usr", "/opt", "/usr/local"]) == [("/usr/local", "/usr")]
     assert submounts.nested(["/usr/local", "/usr/"]) == [("/usr/local", "/usr/")]

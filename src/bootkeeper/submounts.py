@@ -10,8 +10,9 @@ What systemd-sysext does (seen with this machine's 252 and trixie's 257.13 in pr
   mounted on top of the mounts below ``/usr``: ``/usr/local`` shows the root file system's empty,
   read-only directory; the persistent mount is still there, beneath, and reappears on ``unmerge``
   (systemd v256 ``src/sysext/sysext.c``, read at 00217206752c: ``merge_subprocess()`` and
-  ``unmerge_hierarchy()`` move no submounts; upstream issue #31922). Making ``/usr/local`` a hierarchy of its own (``SYSTEMD_SYSEXT_HIERARCHIES``) shows
-  its files but through a read-only overlay, and without ``/usr`` in the list ``/usr`` is not merged.
+  ``unmerge_hierarchy()`` move no submounts; upstream issue #31922). Making ``/usr/local`` a
+  hierarchy of its own (``SYSTEMD_SYSEXT_HIERARCHIES``) shows its files but through a read-only
+  overlay, and without ``/usr`` in the list ``/usr`` is not merged.
 * **257 and later**: ``move_submounts()`` (PR #34381, "sysext: Deal with nested mounts properly",
   first in v257) moves every submount of the hierarchy into the workspace before the overlay is put in
   place and back on top of it afterwards, also on ``unmerge``: the persistent ``/usr/local`` stays
@@ -46,6 +47,7 @@ DEFAULT_HIERARCHIES = ("/usr", "/opt")  # systemd-sysext's own default (arg_hier
 SCRIPT = "etc/bootkeeper/sysext-submounts"  # under ROOT; install-units writes it next to the drop-in's needs
 KEEP_DIR = "run/bootkeeper/submounts"
 MOUNTINFO = "/proc/self/mountinfo"
+_DEPTH = 256  # mounts nested deeper are taken as reachable (a loop in hostile input ends here)
 
 SCRIPT_TEXT = r"""#!/bin/sh
 # Installed by 'bootkeeper install-units': keeps the mounts below the hierarchies systemd-sysext
@@ -213,37 +215,40 @@ def _under(path: str, top: str) -> bool:
 
 
 def hidden(mounts: Sequence[Mount]) -> set[int]:
-    """The ids of mounts no path reaches: a mount is stacked on them (a later mount on the same path
-    has the one beneath as its parent), another mount sits on their parent above their mount point,
-    or their parent is hidden."""
+    """The ids of mounts no path reaches. Going down from the root, a mount is passed over when a
+    sibling (same parent) sits on a folder above its mount point, or on the same mount point and later
+    in mountinfo (attached later: on top); and a mount with one stacked on it (a child on the same
+    path) shows only that one."""
+    order = {m.id: i for i, m in enumerate(mounts)}
     by_id = {m.id: m for m in mounts}
     children: dict[int, list[Mount]] = {}
     for m in mounts:
         children.setdefault(m.parent, []).append(m)
-    out: set[int] = set()
 
-    def covered(m: Mount) -> bool:
-        if any(c.target == m.target and c.id != m.id for c in children.get(m.id, ())):
-            return True  # a mount stacked on top of it
-        for sib in children.get(m.parent, ()):
-            if sib.id != m.id and sib.target != m.target and _under(m.target, sib.target):
+    def blocked(c: Mount) -> bool:
+        for s in children.get(c.parent, ()):
+            if s.id == c.id:
+                continue
+            if s.target != c.target and _under(c.target, s.target):
+                return True
+            if s.target == c.target and order[s.id] > order[c.id]:
                 return True
         return False
 
-    def walk(m: Mount, depth: int) -> bool:
-        if m.id in out:
-            return True
-        if depth > len(mounts):  # a loop in hostile input
-            return False
-        parent = by_id.get(m.parent)
-        if covered(m) or (parent is not None and parent.id != m.id and walk(parent, depth + 1)):
-            out.add(m.id)
-            return True
-        return False
+    reachable: dict[int, bool] = {}
 
-    for m in mounts:
-        walk(m, 0)
-    return out
+    def reach(m: Mount, depth: int) -> bool:
+        if m.id not in reachable:
+            parent = by_id.get(m.parent)
+            up = parent is None or parent.id == m.id or depth > _DEPTH or reach(parent, depth + 1)
+            reachable[m.id] = up and not blocked(m)
+        return reachable[m.id]
+
+    return {
+        m.id
+        for m in mounts
+        if not reach(m, 0) or any(c.target == m.target and c.id != m.id for c in children.get(m.id, ()))
+    }
 
 
 @dataclass(frozen=True)
