@@ -51,14 +51,16 @@ def _tree(root: Path, ext_local: bool = False) -> Path:
     return root
 
 
-def _script(root: str, steps: list[tuple[str, str]]) -> str:
-    """POSIX sh: set the mounts up, then run each (label, command) and report what the node sees."""
+def _script(root: str, steps: list[tuple[str, str]], nested: bool = False) -> str:
+    """POSIX sh: set the mounts up (``nested``: a tmpfs inside the persistent /usr/local too), then run
+    each (label, command) and report what the node sees."""
     lines = [
         "set -u",
         f"R={root}",
         'mount --bind "$R" "$R"',
         'mount --bind "$R/persist/local" "$R/usr/local"',
         'mount --bind "$R/persist/anchors" "$R/usr/share/pki/trust/anchors"',
+        'mkdir -p "$R/usr/local/inner" && mount -t tmpfs tmpfs "$R/usr/local/inner"' if nested else ":",
         'mount --make-rshared "$R"',
         "check() {",
         '  m=$(cat "$R/usr/local/marker" 2>/dev/null || echo MISSING)',
@@ -100,19 +102,19 @@ class Run:
         return f"checks={self.checks}\nsaid={self.said}\nstderr={self.err}"
 
 
-def _on_host(root: Path, steps: list[tuple[str, str]], env: str = "") -> Run:
+def _on_host(root: Path, steps: list[tuple[str, str]], env: str = "", nested: bool = False) -> Run:
     """In a private mount namespace with its own /run (systemd-sysext 252 makes /run a slave mount)."""
-    script = "mount -t tmpfs tmpfs /run\n" + (f"export {env}\n" if env else "") + _script(str(root), steps)
+    script = "mount -t tmpfs tmpfs /run\n" + (f"export {env}\n" if env else "") + _script(str(root), steps, nested)
     r = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True
     )
     return Run(r.stdout, r.stderr)
 
 
-def _in_trixie(work: Path, steps: list[tuple[str, str]], env: str = "") -> Run:
+def _in_trixie(work: Path, steps: list[tuple[str, str]], env: str = "", nested: bool = False) -> Run:
     if not trixie.available():
         pytest.fail("the trixie tree is missing: run bash scripts/setup-test-deps.sh")
-    r = trixie.run((f"export {env}; " if env else "") + _script("/work/root", steps), work)
+    r = trixie.run((f"export {env}; " if env else "") + _script("/work/root", steps, nested), work)
     return Run(r.stdout, r.stderr)
 
 
@@ -340,6 +342,23 @@ def test_257_hierarchies_with_usr_local_hide_it(tmp_path: Path) -> None:
     )
     assert run.checks["merged"] == {"marker": "MISSING", "write": "fail", "tool": "tool-ok", "anchor": "anchor"}, run
     assert run.shadowed("merged", Path("/work/root")) == ["/usr/local"]
+
+
+def test_257_aborts_on_a_nested_mount_and_lint_warns(tmp_path: Path) -> None:
+    """257.13's move_submounts() aborts on a mount inside the persistent /usr/local (Flatcar #2111,
+    fixed by PR #41875) and the persistent /usr/local is gone from the node's view; lint's BK303 names
+    the nested mount beforehand (the same mounts, a 257 node)."""
+    root = _tree(tmp_path / "root")
+    run = _in_trixie(tmp_path, [("merged", "systemd-sysext --root=/work/root refresh")], nested=True)
+    assert any("Assertion 'original_path' failed" in ln for ln in run.said["merged"]), run
+    assert run.checks["merged"]["marker"] == "MISSING", run
+    _oem(root, "sysext:\n  systemd_version: 257\n")
+    run = _on_host(root, [_findings(tmp_path, root, "lint")], nested=True)
+    lint = json.loads((tmp_path / "lint.json").read_text())["findings"]
+    assert [(f["code"], f["file"]) for f in lint if f["code"] == "BK303"] == [("BK303", "/usr/local/inner")], lint
+    run = _on_host(root, [_findings(tmp_path, root, "lint")])
+    lint = json.loads((tmp_path / "lint.json").read_text())["findings"]
+    assert [f for f in lint if f["code"] == "BK303"] == [], lint
 
 
 # --- the pieces ------------------------------------------------------------------------------------------

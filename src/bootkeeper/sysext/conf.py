@@ -19,7 +19,8 @@
   hides it when an extension ships ``/usr/local``); and, on a systemd older than v257, a mount below
   a hierarchy now (``/proc/self/mountinfo``, inside ROOT) while the installed drop-in of
   ``systemd-sysext.service`` does not run bootkeeper's ``sysext-submounts`` step (installed by an
-  older bootkeeper, or replaced): the next refresh hides it. Warnings.
+  older bootkeeper, or replaced): the next refresh hides it; on v257 and later, a mount nested inside
+  such a mount (257.13 aborts while moving them, Flatcar #2111). Warnings.
 
 The configuration is read as systemd's conf-parser reads it (``config_parse_many_files()``): the first
 main file found of ``ROOT/{etc,run,usr/local/lib,usr/lib}/systemd/sysext.conf``, then the drop-ins
@@ -357,15 +358,17 @@ def bk303(root: Path, cfg: Sysext, node: NodeSystemd, mountinfo: str = submounts
         )
         for inner, outer in submounts.nested(cfg.hierarchies)
     ]
+    top = "" if str(root) == "/" else str(root.resolve())
+    below = submounts.mounts_below(
+        submounts.read_mountinfo(mountinfo), cfg.hierarchies or submounts.DEFAULT_HIERARCHIES, root
+    )
     if node.major >= submounts.PRESERVED_SINCE:
-        return out
+        return out + _nested_mounts(root, below, top, node)
     data = read_in(root, DROPIN, _FILE_MAX)
     if data is not None and f"/{submounts.SCRIPT}".encode() in data:
         return out  # the step runs around every refresh
-    hierarchies = cfg.hierarchies or submounts.DEFAULT_HIERARCHIES
-    top = "" if str(root) == "/" else str(root.resolve())
     seen: set[str] = set()
-    for m in submounts.mounts_below(submounts.read_mountinfo(mountinfo), hierarchies, root):
+    for m in below:
         target = m.target.removeprefix(top) or "/"
         if target in seen:
             continue
@@ -385,6 +388,27 @@ def bk303(root: Path, cfg: Sysext, node: NodeSystemd, mountinfo: str = submounts
             )
         )
     return out
+
+
+def _nested_mounts(root: Path, below: list[submounts.Mount], top: str, node: NodeSystemd) -> list[Finding]:
+    """systemd 257's move_submounts() aborts on a mount nested in a mount below a hierarchy (seen with
+    257.13: ``Assertion 'original_path' failed``, Flatcar #2111; fixed by PR #41875) after it moved the
+    outer one away: the outer mount is missing until the next refresh."""
+    targets = sorted({m.target for m in below})
+    inner = [t for t in targets if any(t != o and t.startswith(o.rstrip("/") + "/") for o in targets)]
+    return [
+        Finding(
+            "BK303",
+            Severity.WARNING,
+            t.removeprefix(top) or "/",
+            None,
+            f"{t.removeprefix(top)} is mounted inside another mount below a hierarchy systemd-sysext merges: the "
+            f"node's systemd-sysext ({node.describe()}) can abort while it moves them over its overlay (seen "
+            "with 257.13: Assertion 'original_path' failed, Flatcar #2111) and leave the outer mount missing",
+            "mount it elsewhere, or take a systemd-sysext with PR #41875 (it clones submounts privately)",
+        )
+        for t in inner
+    ]
 
 
 def lint_node(root: Path, cfg: Sysext, node: NodeSystemd) -> list[Finding]:
