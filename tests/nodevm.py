@@ -250,6 +250,7 @@ def root_image() -> Path:
         stage,
         f"dpkg -i /tmp/{pkg.name}; rm /tmp/{pkg.name}; "
         "systemctl enable bktest-osrel.service bktest-fault.service bktest-reset.service bktest-report.service; "
+        "systemctl enable bktest-usrlocal.service bktest-usrlocal-check.service; "  # test_node_usrlocal.py
         "bootkeeper install-units; "
         "bootkeeper --version; "
         "python3 -c 'import bootkeeper, cryptography; print(bootkeeper.__file__, cryptography.__version__)'",

@@ -195,8 +195,8 @@ def test_list_and_lint_show_the_folders_and_the_quarantine(tmp_path: Path, imgs:
     (esp / "EFI/Linux").mkdir(parents=True)
 
     r = _bk(root, "lint", "--root", str(root), "--json")
-    found = [(f["code"], f["severity"], f["file"]) for f in json.loads(r.stdout)["findings"] if f["code"] == "BK303"]
-    assert found == [("BK303", "error", str(rogue))], r.stdout + r.stderr
+    found = [(f["code"], f["severity"], f["file"]) for f in json.loads(r.stdout)["findings"] if f["code"] == "BK304"]
+    assert found == [("BK304", "error", str(rogue))], r.stdout + r.stderr
     assert r.returncode == 1
 
     _activate(root)
@@ -208,5 +208,5 @@ def test_list_and_lint_show_the_folders_and_the_quarantine(tmp_path: Path, imgs:
         ("quarantine", "rogue.raw"): (False, None),
     }
     r = _bk(root, "lint", "--root", str(root), "--json")
-    found = [(f["code"], f["severity"], f["file"]) for f in json.loads(r.stdout)["findings"] if f["code"] == "BK303"]
-    assert found == [("BK303", "warning", str(root / Q / "var-lib-extensions/rogue.raw"))]
+    found = [(f["code"], f["severity"], f["file"]) for f in json.loads(r.stdout)["findings"] if f["code"] == "BK304"]
+    assert found == [("BK304", "warning", str(root / Q / "var-lib-extensions/rogue.raw"))]

@@ -402,8 +402,8 @@ def test_bk302_the_sysroot_unit_bypasses_the_policy(tmp_path: Path) -> None:
     unit = "usr/lib/systemd/system/systemd-sysext-sysroot.service"
     root = _lint_root(tmp_path, files={unit: SYSROOT_UNIT, "etc/extensions/k3s.raw": "x"})
     rc, findings = _lint(root)
-    # the junk k3s.raw is also what the next activation would move into the quarantine (BK303)
-    assert rc == 1 and _codes(findings) == [("BK302", "error", None), ("BK303", "error", None)], findings
+    # the junk k3s.raw is also what the next activation would move into the quarantine (BK304)
+    assert rc == 1 and _codes(findings) == [("BK302", "error", None), ("BK304", "error", None)], findings
     assert findings[0]["file"] == f"{root}/{unit}" and findings[1]["file"] == f"{root}/etc/extensions/k3s.raw"
     assert str(findings[0]["message"]).startswith(
         "systemd-sysext-sysroot.service merges the images in /sysroot/etc/extensions, /sysroot/run/extensions "

@@ -326,7 +326,12 @@ SETTINGS = (
     ),
     Setting("sysext", "full_check", _bool, "activate verifies every data block, not only the hash tree"),
     Setting("sysext", "refresh", _bool, "run systemd-sysext refresh after activate"),
-    Setting("sysext", "hierarchies", _paths, "`SYSTEMD_SYSEXT_HIERARCHIES`, e.g. `[/usr, /opt, /usr/local]`"),
+    Setting(
+        "sysext",
+        "hierarchies",
+        _paths,
+        "`SYSTEMD_SYSEXT_HIERARCHIES`, e.g. `[/usr, /opt]`; a hierarchy below another freezes it (lint BK303)",
+    ),
     Setting("sysext", "vendor", _vendor, "only UKIs under `EFI/<vendor>/` (when the ESP has several vendors)"),
     Setting(
         "sysext",

@@ -8,6 +8,9 @@
   systemd-sysext takes ``--image-policy=`` only from v254 (:mod:`bootkeeper.systemd_version`); an older
   one rejects it and ``systemd-sysext.service`` would fail on every boot, so there the drop-in runs a
   plain ``systemd-sysext refresh`` and the policy is enforced by ``bootkeeper-sysext.service`` alone.
+  Before v257 systemd-sysext mounts its overlay on top of the mounts below a hierarchy (a persistent
+  ``/usr/local``): there the drop-in runs ``/etc/bootkeeper/sysext-submounts`` (:mod:`bootkeeper.submounts`)
+  before and after every refresh, which puts them back over the overlay.
 * ``bootkeeper-bless.service``: systemd-bless-boot's place (``Requires=``/``After=boot-complete.target``),
   running ``bootkeeper bless good``, which remounts a read-only ``/efi``, keeps loader.conf's ``default``
   valid and re-arms recovery. ``systemd-bless-boot.service`` is masked so that the two never race.
@@ -38,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkeeper import fsutil
+from bootkeeper import fsutil, submounts
 from bootkeeper.config import Config, Sysext, SysextMode
 from bootkeeper.errors import WriteError
 from bootkeeper.esp.efivars import LOADER_GUID
@@ -124,6 +127,18 @@ WantedBy={WANTED_BY[SYSEXT_UNIT]}
             "# /etc/extensions and /var/lib/extensions aside; one put there after it ran\n"
             "# merges without it at the next refresh.\n"
         )
+    pre = post = ""
+    files: dict[str, UnitFile] = {}
+    if not submounts.preserves_submounts(systemd):
+        keep, restore = (" ".join(submounts.step_argv(v)) for v in ("keep", "restore"))
+        why += (
+            f"# systemd {systemd}'s systemd-sysext mounts its overlay on top of the mounts below a\n"
+            f"# hierarchy (a persistent /usr/local); v{submounts.PRESERVED_SINCE} moves them itself. Until then\n"
+            "# sysext-submounts puts them back over the overlay after every refresh ('-': a failure is\n"
+            "# reported by 'bootkeeper status' and never stops the merge).\n"
+        )
+        pre, post = f"ExecStartPre=-{keep}\n", f"ExecStartPost=-{restore}\n"
+        files[submounts.SCRIPT] = UnitFile(submounts.SCRIPT_TEXT, 0o755)
     env = ""
     if cfg.hierarchies:
         env = f"Environment={_quote('SYSTEMD_SYSEXT_HIERARCHIES=' + ':'.join(cfg.hierarchies))}\n"
@@ -132,12 +147,16 @@ WantedBy={WANTED_BY[SYSEXT_UNIT]}
 After={SYSEXT_UNIT}
 
 [Service]
-{env}ExecStart=
+{env}{pre}ExecStart=
 ExecStart={refresh}
-ExecReload=
-ExecReload={refresh}
-"""
-    return {f"{UNIT_DIR}/{SYSEXT_UNIT}": UnitFile(service), f"{UNIT_DIR}/{SYSEXT_DROPIN}": UnitFile(dropin)}
+{post}ExecReload=
+{pre.replace("ExecStartPre", "ExecReload")}ExecReload={refresh}
+{post.replace("ExecStartPost", "ExecReload")}"""
+    return {
+        f"{UNIT_DIR}/{SYSEXT_UNIT}": UnitFile(service),
+        f"{UNIT_DIR}/{SYSEXT_DROPIN}": UnitFile(dropin),
+        **files,
+    }
 
 
 def _assessment(exec_line: str) -> dict[str, UnitFile]:

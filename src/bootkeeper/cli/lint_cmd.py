@@ -46,7 +46,7 @@ def lint(
     as_json: bool,
 ) -> None:
     """Check FILES (cloud-config YAML, unit files, drop-ins), with --esp the ESP, and with --root the
-    node's systemd-sysext setup (BK301, BK302).
+    node's systemd-sysext setup and extension folders (BK301 to BK304).
 
     With none of them, the ESP found at /efi, /boot/efi or /boot, /oem/*.yaml and the node at / are
     checked; with --root alone, ROOT/oem/*.yaml and the node.

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bootkeeper import fsutil
+from bootkeeper import fsutil, submounts
 from bootkeeper.config import Sysext, SysextMode
 from bootkeeper.errors import BootkeeperError, WriteError
 from bootkeeper.sysext.report import REPORT as REPORT  # its home; sysext_cmd names it here
@@ -875,8 +875,29 @@ def refresh(root: Path, cfg: Sysext, mode: SysextMode, systemd: NodeSystemd | No
         argv.append(f"--image-policy={cfg.policy}")
     env = {"SYSTEMD_SYSEXT_HIERARCHIES": ":".join(cfg.hierarchies)} if cfg.hierarchies else None
     out: dict[str, Any] = {"argv": argv, "env": env, "systemd": node.describe(), "ok": True, "error": None}
+    step = not submounts.preserves_submounts(node.major)
+    if step:
+        out["submounts"] = _submounts("keep", root, env)
     try:
         run(argv, env=env)
     except BootkeeperError as exc:
         out.update(ok=False, error=str(exc))
+    if step:
+        out["submounts"] += _submounts("restore", root, env)
     return out
+
+
+def _submounts(verb: str, root: Path, env: dict[str, str] | None) -> list[str]:
+    """The drop-in's step (:mod:`bootkeeper.submounts`, the same script text) around a refresh by
+    systemd-sysext older than v257, which mounts its overlay on top of the mounts below a hierarchy.
+    Its messages, or its failure as one line: a failure never stops the refresh."""
+    from bootkeeper.run import run
+
+    # the text travels in the environment: an error line then names the verb, not the whole script
+    argv = ["/bin/sh", "-c", 'eval "$BOOTKEEPER_SUBMOUNTS"', "sysext-submounts", verb]
+    more = {"BOOTKEEPER_ROOT": str(root), "BOOTKEEPER_SUBMOUNTS": submounts.SCRIPT_TEXT}
+    try:
+        r = run(argv, env={**(env or {}), **more})
+    except BootkeeperError as exc:
+        return [str(exc).splitlines()[0]]
+    return [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]

@@ -13,6 +13,16 @@
   whatever lies in ``/sysroot/{etc,run,var/lib}/extensions`` bypasses bootkeeper. Not reported when
   the unit is masked, ``rd.systemd.sysext=0`` is on the kernel command line, or sysext.conf sets a
   policy no weaker than bootkeeper's.
+* **BK303** a mount below a merged hierarchy that would be hidden or frozen (:mod:`bootkeeper.submounts`):
+  ``sysext.hierarchies`` listing a hierarchy below another (``[/usr, /opt, /usr/local]``: systemd-sysext
+  puts a read-only overlay of its own on ``/usr/local``: 252 shows the persistent folder read-only, 257
+  hides it when an extension ships ``/usr/local``); and, on a systemd older than v257, a mount below
+  a hierarchy now (``/proc/self/mountinfo``, inside ROOT) while the installed drop-in of
+  ``systemd-sysext.service`` does not run bootkeeper's ``sysext-submounts`` step (installed by an
+  older bootkeeper, or replaced): the next refresh hides it; on v257 and later, a mount nested inside
+  such a mount (257.13 aborts while moving them, Flatcar #2111). Warnings.
+* **BK304** what lies in ``/etc/extensions`` and ``/var/lib/extensions`` (:mod:`bootkeeper.sysext.extdirs`):
+  what the next activation will move into the quarantine, and what the quarantine holds.
 
 The configuration is read as systemd's conf-parser reads it (``config_parse_many_files()``): the first
 main file found of ``ROOT/{etc,run,usr/local/lib,usr/lib}/systemd/sysext.conf``, then the drop-ins
@@ -27,6 +37,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootkeeper import submounts
 from bootkeeper.config import Sysext, SysextMode
 from bootkeeper.errors import InputError
 from bootkeeper.findings import Finding, Severity
@@ -331,14 +342,85 @@ def bk302(root: Path, conf: SysextConf, cfg: Sysext) -> list[Finding]:
     ]
 
 
+DROPIN = "etc/systemd/system/systemd-sysext.service.d/10-bootkeeper.conf"  # assess/units.py's SYSEXT_DROPIN
+
+
+def bk303(root: Path, cfg: Sysext, node: NodeSystemd, mountinfo: str = submounts.MOUNTINFO) -> list[Finding]:
+    out = [
+        Finding(
+            "BK303",
+            Severity.WARNING,
+            "sysext.hierarchies",
+            None,
+            f"{inner} is below {outer}: systemd-sysext mounts a read-only overlay of its own on {inner}, so "
+            f"what is mounted there (a persistent {inner}) turns read-only (systemd 252) or is hidden when an "
+            "extension ships files in it (257)",
+            f"drop {inner} from sysext.hierarchies: the mounts below {outer} stay visible and writable over "
+            f"the merged {outer} (systemd 257 moves them itself, bootkeeper's drop-in puts them back before)",
+        )
+        for inner, outer in submounts.nested(cfg.hierarchies)
+    ]
+    top = "" if str(root) == "/" else str(root.resolve())
+    below = submounts.mounts_below(
+        submounts.read_mountinfo(mountinfo), cfg.hierarchies or submounts.DEFAULT_HIERARCHIES, root
+    )
+    if node.major >= submounts.PRESERVED_SINCE:
+        return out + _nested_mounts(root, below, top, node)
+    data = read_in(root, DROPIN, _FILE_MAX)
+    if data is not None and f"/{submounts.SCRIPT}".encode() in data:
+        return out  # the step runs around every refresh
+    seen: set[str] = set()
+    for m in below:
+        target = m.target.removeprefix(top) or "/"
+        if target in seen:
+            continue
+        seen.add(target)
+        where = str(root / DROPIN) if top else f"/{DROPIN}"
+        why = "runs no sysext-submounts step" if data is not None else "is missing"
+        out.append(
+            Finding(
+                "BK303",
+                Severity.WARNING,
+                where,
+                None,
+                f"{target} ({m.fstype} {m.source}) is mounted below a hierarchy systemd-sysext merges, and the "
+                f"node's systemd-sysext ({node.describe()}) mounts its overlay on top of it at the next "
+                f"refresh: hidden, writes fail; the drop-in {why}",
+                "run 'bootkeeper install-units' (its drop-in keeps such mounts over the overlay)",
+            )
+        )
+    return out
+
+
+def _nested_mounts(root: Path, below: list[submounts.Mount], top: str, node: NodeSystemd) -> list[Finding]:
+    """systemd 257's move_submounts() aborts on a mount nested in a mount below a hierarchy (seen with
+    257.13: ``Assertion 'original_path' failed``, Flatcar #2111; fixed by PR #41875) after it moved the
+    outer one away: the outer mount is missing until the next refresh."""
+    targets = sorted({m.target for m in below})
+    inner = [t for t in targets if any(t != o and t.startswith(o.rstrip("/") + "/") for o in targets)]
+    return [
+        Finding(
+            "BK303",
+            Severity.WARNING,
+            t.removeprefix(top) or "/",
+            None,
+            f"{t.removeprefix(top)} is mounted inside another mount below a hierarchy systemd-sysext merges: the "
+            f"node's systemd-sysext ({node.describe()}) can abort while it moves them over its overlay (seen "
+            "with 257.13: Assertion 'original_path' failed, Flatcar #2111) and leave the outer mount missing",
+            "mount it elsewhere, or take a systemd-sysext with PR #41875 (it clones submounts privately)",
+        )
+        for t in inner
+    ]
+
+
 def lint_node(root: Path, cfg: Sysext, node: NodeSystemd) -> list[Finding]:
-    """BK301, BK302 and BK303 for the node tree at ``root``."""
+    """BK301, BK302, BK303 and BK304 for the node tree at ``root``."""
     conf = read_conf(root)
-    return bk301(conf, cfg, node) + bk302(root, conf, cfg) + bk303(root, cfg)
+    return bk301(conf, cfg, node) + bk302(root, conf, cfg) + bk303(root, cfg, node) + bk304(root, cfg)
 
 
-def bk303(root: Path, cfg: Sysext) -> list[Finding]:
-    """**BK303**: what lies in ``/etc/extensions`` and ``/var/lib/extensions``, judged as activation
+def bk304(root: Path, cfg: Sysext) -> list[Finding]:
+    """**BK304**: what lies in ``/etc/extensions`` and ``/var/lib/extensions``, judged as activation
     judges it (:mod:`bootkeeper.sysext.extdirs`, nothing moved here): an error for what the next
     activation will refuse and move into the quarantine (in permissive mode: what systemd-sysext
     cannot open, which makes it merge nothing), a warning for an image only bootkeeper's checks fail
@@ -358,7 +440,7 @@ def bk303(root: Path, cfg: Sysext) -> list[Finding]:
         if not r.kept:
             out.append(
                 Finding(
-                    "BK303",
+                    "BK304",
                     Severity.ERROR,
                     r.path,
                     None,
@@ -369,7 +451,7 @@ def bk303(root: Path, cfg: Sysext) -> list[Finding]:
         elif r.verdict == "failed-but-kept":
             out.append(
                 Finding(
-                    "BK303",
+                    "BK304",
                     Severity.WARNING,
                     r.path,
                     None,
@@ -380,7 +462,7 @@ def bk303(root: Path, cfg: Sysext) -> list[Finding]:
     for q in extdirs.quarantined(root):
         out.append(
             Finding(
-                "BK303",
+                "BK304",
                 Severity.WARNING,
                 str(q),
                 None,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bootkeeper import submounts
 from bootkeeper.errors import BootkeeperError
 from bootkeeper.sysext import report
 from bootkeeper.sysext.report import Activation
@@ -47,10 +48,12 @@ def store_links(store_dir: Path) -> StoreLinks:
 @dataclass(frozen=True)
 class Extensions:
     """``installed``: entry (or store folder, by its path) → image names; ``activation``: the last
-    activation (None: no report, activate has not run)."""
+    activation (None: no report, activate has not run); ``shadowed``: the mounts below a merged
+    hierarchy that systemd-sysext's overlay hides (:mod:`bootkeeper.submounts`)."""
 
     installed: Mapping[str, tuple[str, ...]]
     activation: Activation | None
+    shadowed: tuple[submounts.Shadowed, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         act = self.activation
@@ -58,19 +61,23 @@ class Extensions:
             "installed": {k: list(v) for k, v in self.installed.items()},
             "activation": [i.as_json() for i in act.images] if act else [],
             "mode": act.mode if act else None,
+            "shadowed": [m.as_json() for m in self.shadowed],
         }
 
 
 def gather(
-    root: Path, on_esp: Mapping[str, tuple[str, ...]], links: StoreLinks | None
+    root: Path, on_esp: Mapping[str, tuple[str, ...]], links: StoreLinks | None, mountinfo: str = submounts.MOUNTINFO
 ) -> tuple[Extensions, tuple[str, ...]]:
-    """The extension half, and what could not be read (one line each, for the status warnings)."""
+    """The extension half, and what could not be read or is shadowed (one line each, for the status
+    warnings). ``mountinfo``: where this process's mounts are read."""
     installed = dict(on_esp)
     if links is not None:
         for f, names in links.folders.items():
             installed[f"{links.dir}/{f}"] = (*installed.get(f"{links.dir}/{f}", ()), *names)
+    shadowed = tuple(submounts.shadowed(submounts.read_mountinfo(mountinfo), root))
+    said = tuple(m.text() for m in shadowed)
     try:
         activation = report.read(root)
     except BootkeeperError as exc:
-        return Extensions(installed, None), (str(exc),)
-    return Extensions(installed, activation), ()
+        return Extensions(installed, None, shadowed), (str(exc), *said)
+    return Extensions(installed, activation, shadowed), said
