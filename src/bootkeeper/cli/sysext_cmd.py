@@ -680,3 +680,34 @@ def activate(
         if "--image-policy" in error and "unrecognized option" in error:
             hint = f"the node's systemd-sysext is older than 254: set sysext.systemd_version; {hint}"
         raise CommandError(error, hint)
+
+
+@sysext.command(name="required")
+@root_option
+@click.option(
+    "--record", is_flag=True, help="Also record the reason in the boot history (bootkeeper-sysext-required.service)."
+)
+@click.option("--boot-id", default=None, help="This boot's id (default: /proc/sys/kernel/random/boot_id).")
+def required_(root: Path, record: bool, boot_id: str | None) -> None:
+    """Whether this boot's required extensions (sysext.required) were merged, as the last activation
+    judged them: exit 0 when they were, else exit 1 naming each that was refused or missing."""
+    from bootkeeper.errors import RefusedError
+    from bootkeeper.sysext import required
+    from bootkeeper.sysext.activate import printable
+
+    lines = required.read_failed(root)
+    if lines is None:
+        click.echo("bootkeeper: the required extensions are merged (or none are required)")
+        return
+    why = "; ".join(printable(line) for line in lines)
+    if record:
+        import time
+
+        from bootkeeper.assess import history
+        from bootkeeper.cli.history_cmd import current_boot_id
+
+        history.append(root, history.not_good_record(current_boot_id(boot_id), time.time(), required.UNIT, why))
+    raise RefusedError(
+        f"this boot is not good: {why}",
+        hint=f"the verdict is {root / required.FAILED}; 'bootkeeper status' shows the activation's report",
+    )

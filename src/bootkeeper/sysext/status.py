@@ -58,6 +58,7 @@ class Extensions:
             "installed": {k: list(v) for k, v in self.installed.items()},
             "activation": [i.as_json() for i in act.images] if act else [],
             "mode": act.mode if act else None,
+            "required": act.required.as_json() if act and act.required else None,
         }
 
 
