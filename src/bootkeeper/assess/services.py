@@ -172,21 +172,6 @@ def enroll(root: Path, specs: list[ServiceSpec], tries: int | None = None) -> li
     return actions
 
 
-def record_own(root: Path, name: str, policy: RebootOnFailure, tries: int | None = None) -> list[str]:
-    """Record a unit of bootkeeper's own that ``boot-complete.target`` requires through its own
-    ``[Install]`` (install-units links it; no drop-in), so that bootkeeper-generator applies ``policy``
-    to it as to an enrolled service (``bootkeeper-sysext-required.service``: ``active``)."""
-    try:
-        record = read_record(root)
-        if record.get(name) is policy and (tries is None or _recorded_tries(root) == tries):
-            return []
-        record[name] = policy
-        _write_record(root, record, tries)
-    except OSError as exc:
-        raise WriteError(f"{root / RECORD}: cannot record {name} ({exc.strerror or exc})") from exc
-    return [f"recorded {name} ({policy.value}) in {root / RECORD}"]
-
-
 def remove(root: Path, names: list[str]) -> list[str]:
     base = root / UNIT_DIR
     units = [unit_name(n, "service") for n in names]

@@ -23,8 +23,9 @@
   ``systemd-boot-check-no-failures`` (or, where it has none, the same check of ``NFailedUnits``).
 * ``bootkeeper-sysext-required.service``: ``sysext.required`` (sysext/required.py): required by
   ``boot-complete.target``, after the activation and the merge; it runs only when the activation left
-  its verdict file, and fails the boot. Recorded in ``services.json`` as ``active``, so
-  bootkeeper-generator reboots a counted active boot where it fails.
+  its verdict file, and fails the boot; on a counted active boot with a try used it reboots
+  (``sysext required --reboot-on-failure active``: bootkeeper-generator's rule, decided at that point,
+  as what fails is known only after the activation).
 * ``bootkeeper-boot.service``: early in every boot, appends the boot to the history
   (``/var/lib/bootkeeper``) and writes the motd.
 * ``bootkeeper-metrics.service``: ``bootkeeper metrics`` into node_exporter's textfile folder (Debian's
@@ -237,7 +238,8 @@ RequiredBy={REQUIRED_BY[BOOT_CHECK_UNIT]}
 
 def _required(exec_line: str) -> dict[str, UnitFile]:
     """``sysext.required``'s unit: no process at all unless the activation left its verdict file
-    (the condition); then bootkeeper says why, records it in the history, and exits 1."""
+    (the condition); then bootkeeper says why, records it in the history, reboots by the generator's
+    rule for ``reboot_on_failure: active`` (generator.on_failure) and exits 1."""
     unit = f"""# Installed by 'bootkeeper install-units': fails the boot when a required extension
 # (sysext.required) was refused or missing; the activation leaves {REQUIRED_FAILED} then.
 [Unit]
@@ -253,7 +255,7 @@ ConditionPathExists={REQUIRED_FAILED}
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart={exec_line} sysext required --record
+ExecStart={exec_line} sysext required --record --reboot-on-failure active
 # the login message says why, before FailureAction=reboot (on active) or for the operator
 ExecStopPost=-{exec_line} motd
 StandardOutput=journal+console

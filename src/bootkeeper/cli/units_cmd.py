@@ -79,7 +79,6 @@ def install_units(
         python = sys.executable if on_node else _on_node(root, ("/usr/bin/python3",), "--python")
     from bootkeeper import fsutil
     from bootkeeper.cli.metrics import TPM_VERIFY
-    from bootkeeper.config import RebootOnFailure
     from bootkeeper.sysext.report import REPORT
 
     no_failures = fsutil.under(root, units.NO_FAILURES).exists()
@@ -94,13 +93,6 @@ def install_units(
         if cfg.boot_assessment.services
         else []
     )
-    # bootkeeper's own units that decide a boot are recorded as services are (status lists them):
-    # sysext.required's reboots a counted active boot where it fails (the generator's rule)
-    enrolled += services.record_own(root, units.REQUIRED_UNIT, RebootOnFailure.ACTIVE, cfg.boot_assessment.tries)
-    if f"{units.UNIT_DIR}/{units.BOOT_CHECK_UNIT}" in files:
-        enrolled += services.record_own(root, units.BOOT_CHECK_UNIT, RebootOnFailure.NEVER)
-    elif units.BOOT_CHECK_UNIT in services.read_record(root):  # good_when: services-only now
-        enrolled += services.remove(root, [units.BOOT_CHECK_UNIT])
     if as_json:
         print_json(
             {
