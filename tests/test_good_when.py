@@ -93,7 +93,7 @@ def test_the_default_unit_is_upstreams_ordering_plus_requires_multi_user(tmp_pat
 def test_the_required_unit_runs_only_on_the_activations_verdict(tmp_path: Path) -> None:
     unit_dir = _install(tmp_path, "sysext: {}\n")
     text = (unit_dir / units.REQUIRED_UNIT).read_text()
-    assert units.REQUIRED_UNIT == required.UNIT and units.REQUIRED_FAILED == f"/{required.FAILED}"
+    assert units.REQUIRED_UNIT == required.UNIT and f"/{required.FAILED}" == units.REQUIRED_FAILED
     assert f"\nConditionPathExists=/{required.FAILED}\n" in text
     assert "\nAfter=local-fs.target bootkeeper-sysext.service systemd-sysext.service bootkeeper-boot.service\n" in text
     assert f"\nExecStart={sys.executable} -m bootkeeper sysext required --record --reboot-on-failure active\n" in text
