@@ -128,9 +128,7 @@ def test_no_failed_units_without_the_program_asks_the_manager(tmp_path: Path, fa
     NFailedUnits), the ExecStart line run by the real sh with systemd's $$ unescaped, against a
     systemctl that answers ``failed``."""
     unit_dir = _install(tmp_path / "root", "boot_assessment:\n  good_when: no-failed-units\n")
-    line = next(
-        ln for ln in (unit_dir / units.BOOT_CHECK_UNIT).read_text().splitlines() if ln.startswith("ExecStart=")
-    )
+    line = next(ln for ln in (unit_dir / units.BOOT_CHECK_UNIT).read_text().splitlines() if ln.startswith("ExecStart="))
     assert line.startswith("ExecStart=/bin/sh -c '")
     r = _verify(unit_dir, units.BOOT_CHECK_UNIT)
     assert r.returncode == 0 and r.stderr == "", r.stderr
