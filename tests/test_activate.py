@@ -397,6 +397,7 @@ def test_report_and_log_lines_follow_the_steps(tmp_path: Path) -> None:
         "store",
         "refresh",
         "seconds",
+        "required",
     }
     assert [(i["name"], i["verdict"], i["placed"]) for i in doc["images"]] == [
         ("a.sysext.raw", "passed", True),
