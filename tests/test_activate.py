@@ -408,6 +408,7 @@ def test_report_and_log_lines_follow_the_steps(tmp_path: Path) -> None:
         "refresh",
         "seconds",
         "residents",  # /etc/extensions, /var/lib/extensions (sysext/extdirs.py): none here
+        "required",
     }
     assert doc["residents"] == []
     assert [(i["name"], i["verdict"], i["placed"]) for i in doc["images"]] == [

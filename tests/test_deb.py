@@ -30,6 +30,9 @@ SHIPPED = (
     "usr/lib/systemd/system/bootkeeper-metrics.service",
     "usr/lib/systemd/system/bootkeeper-metrics.path",
     "usr/lib/systemd/system/bootkeeper-metrics.timer",
+    # boot_assessment.good_when's default and sysext.required's check (issue 26)
+    "usr/lib/systemd/system/bootkeeper-boot-check.service",
+    "usr/lib/systemd/system/bootkeeper-sysext-required.service",
     "usr/lib/systemd/system-generators/bootkeeper-generator",
 )
 
@@ -94,6 +97,14 @@ def _check_install_units_on_a_packaged_node(node: Path) -> None:
         ("sysinit.target.wants/bootkeeper-sysext.service", "/usr/lib/systemd/system/bootkeeper-sysext.service"),
         ("basic.target.wants/bootkeeper-bless.service", "/usr/lib/systemd/system/bootkeeper-bless.service"),
         ("basic.target.wants/bootkeeper-boot.service", "/usr/lib/systemd/system/bootkeeper-boot.service"),
+        (
+            "boot-complete.target.requires/bootkeeper-boot-check.service",
+            "/usr/lib/systemd/system/bootkeeper-boot-check.service",
+        ),
+        (
+            "boot-complete.target.requires/bootkeeper-sysext-required.service",
+            "/usr/lib/systemd/system/bootkeeper-sysext-required.service",
+        ),
     ):
         assert os.readlink(units / link) == target
 

@@ -253,6 +253,12 @@ CASES = [
     ),
     Case("sysext activate", U, lambda w: ["sysext", "activate", "--mode", "strict"], lambda w: ["strict"]),
     Case(
+        "sysext required",
+        U,
+        lambda w: ["sysext", "required", "--root", str(w.root), "--reboot-on-failure", "always"],
+        lambda w: ["always"],
+    ),
+    Case(
         "sysext build",
         R,
         lambda w: [

@@ -44,6 +44,7 @@ def codes(*args: str) -> tuple[list[str], int, dict[str, Any]]:
         ("bk105-before-only.conf", "bk105-fixed.conf", ["BK105"]),
         ("bk106-persistent.yaml", "bk106-fixed.yaml", ["BK106"]),
         ("bk107-bk108-bless-override.conf", "bk107-bk108-fixed.conf", ["BK107", "BK108"]),
+        ("bk109-cycle.service", "bk109-fixed.service", ["BK109"]),
     ],
 )
 def test_each_finding_and_its_fixed_twin(bad: str, fixed: str, expected: list[str]) -> None:
@@ -561,6 +562,7 @@ HAZARDS: dict[str, Callable[[Path], list[dict[str, Any]]]] = {
     "BK106": _text_hazard(_step("x", ACTIVE, "/etc/systemd/system/h.service.d/x.conf", "[Unit]\nDescription=x")),
     "BK107": _text_hazard("[Service]\nExecStart=sed -i s/a/b/ /efi/loader/loader.conf\n", "x.conf"),
     "BK108": _text_hazard("[Service]\nExecStartPost=mount -o remount,ro /efi\n", "x.conf"),
+    "BK109": _text_hazard("[Unit]\nAfter=boot-complete.target\n[Install]\nWantedBy=multi-user.target\n", "x.service"),
     "BK201": _esp_hazard(
         lambda tmp: _esp(tmp, {**GOOD, "active+3.conf": "title a\nsort-key 1-active\nefi /EFI/kairos/vmlinuz\n"}),
         "262",

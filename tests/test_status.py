@@ -425,7 +425,7 @@ def test_status_json_is_the_views_as_json_and_the_views_are_frozen(tmp_path: Pat
     j = json.loads(bk("status", *args, "--json").stdout)
     assert list(j) == STATUS_KEYS
     assert list(j["booted"]) == ["entry", "role", "blessed", "counting", "why"]
-    assert list(j["extensions"]) == ["installed", "activation", "mode", "shadowed"]
+    assert list(j["extensions"]) == ["installed", "activation", "mode", "shadowed", "required"]
     shown = status_cmd.gather(root, esp, efivars, None, read_services=None)
     mine = shown.as_json()
     assert json.loads(json.dumps(mine)) == mine
@@ -498,7 +498,7 @@ def test_status_names_an_unreadable_activation_report(tmp_path: Path, content: b
     assert line.startswith(f"warning: run/bootkeeper/sysext.json: {reason}: "), line
     assert r.stdout.splitlines()[-1].startswith("next boot: loader/entries/active+3.conf")
     j = json.loads(bk("status", *args, "--json").stdout)
-    assert j["extensions"] == {"installed": {}, "activation": [], "mode": None, "shadowed": []}
+    assert j["extensions"] == {"installed": {}, "activation": [], "mode": None, "shadowed": [], "required": None}
     assert j["warnings"] == [line.removeprefix("warning: ")]
     assert bk("motd", *args).returncode == 0
     assert f"  {line}\n" in (root / "run/motd.d/bootkeeper").read_text()

@@ -24,6 +24,15 @@ OEM_DIR = Path("/oem")
 _OTHER_SECTIONS = frozenset({"stages", "name", "install", "upgrade", "reset", "users", "kairos"})
 
 
+class GoodWhen(StrEnum):
+    """``boot_assessment.good_when``: what, besides the enrolled services, a boot needs to be good
+    (assess/units.py renders the unit that checks it)."""
+
+    MULTI_USER = "multi-user"  # multi-user.target reached (seed 000's words)
+    NO_FAILED_UNITS = "no-failed-units"  # that, and no unit failed (systemd-boot-check-no-failures)
+    SERVICES_ONLY = "services-only"  # the enrolled services alone (bootkeeper before good_when)
+
+
 class RebootOnFailure(StrEnum):
     NEVER = "never"
     ACTIVE = "active"
@@ -44,6 +53,7 @@ class BootAssessment:
     rearm: bool = False
     recovery_tries: int = 3
     services: tuple[ServiceSpec, ...] = ()
+    good_when: GoodWhen = GoodWhen.MULTI_USER
 
 
 class SysextStore(StrEnum):
@@ -94,6 +104,7 @@ class Sysext:
     store: SysextStore = SysextStore.ESP
     store_dir: str = "/var/lib/bootkeeper/extensions"  # esp/linkstore.DEFAULT_DIR
     timeout: str = "5min"  # TimeoutSec= of bootkeeper-sysext.service (assess/units.py)
+    required: tuple[str, ...] = ()  # extension names (sysext/required.py)
 
 
 @dataclass(frozen=True)
@@ -210,6 +221,25 @@ def _entries(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(entries)
 
 
+# An extension's name as systemd-sysext derives it from the image's file name (what its
+# extension-release.NAME must match): no "/", no leading "."; kept to a portable set, as it reaches a
+# journal line, the metrics' labels and the verdict file in /run.
+_EXTENSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+@-]{0,127}")
+
+
+def _extension_names(value: Any, where: str) -> tuple[str, ...]:
+    names = _strings(where, value)
+    for v in names:
+        if not _EXTENSION_NAME.fullmatch(v) or v.endswith(".raw"):
+            raise ConfigError(
+                f"{where}: {v!r} is not an extension name (letters, digits, '_.+@-', at most 128, "
+                "no '.raw': the image k3s.raw is named k3s)"
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: {sorted(n for n in set(names) if names.count(n) > 1)[0]!r} is listed twice")
+    return names
+
+
 def _firmware(value: Any, where: str) -> tuple[str, ...]:
     firmware = _strings(where, value)
     for v in firmware:
@@ -298,6 +328,13 @@ SETTINGS = (
         "`reboot_on_failure` (never, active: through bootkeeper-generator, always)",
     ),
     Setting("boot_assessment", "tries", _whole(1, 100), "tries of the active and passive entries (arm, rotate)"),
+    Setting(
+        "boot_assessment",
+        "good_when",
+        _one_of(GoodWhen),
+        "what else a good boot needs (install-units): `multi-user` (multi-user.target reached), "
+        "`no-failed-units` (that, and no failed unit) or `services-only` (the services alone)",
+    ),
     Setting("sysext", "mode", _one_of(SysextMode), "`disabled`, `permissive` or `enforced`"),
     Setting(
         "sysext",
@@ -358,6 +395,13 @@ SETTINGS = (
         _timespan,
         "`TimeoutSec=` of bootkeeper-sysext.service: a systemd time span or seconds (`infinity`: none); "
         "what was placed then is merged (docs/operator-guide.md)",
+    ),
+    Setting(
+        "sysext",
+        "required",
+        _extension_names,
+        "extension names (`k3s` for `k3s.raw`) a good boot needs merged in enforced mode; one refused or "
+        "missing fails the boot, and on active reboots it",
     ),
 )
 

@@ -5,6 +5,9 @@ say *why* this entry booted and *when* the entries before it used their tries.
   entry as systemd-boot renamed it (``LoaderBootCountPath``, else ``LoaderEntrySelected``), its counter,
   and every entry's name and state as the ESP showed them then;
 * ``verdict`` (written by ``bootkeeper bless``): good / bad / indeterminate / withheld for that boot id;
+* ``not-good`` (written by a unit that fails the boot assessment, ``bootkeeper sysext required
+  --record``): the unit and why, for that boot id (a boot may have several); no verdict follows, as
+  boot-complete.target is not reached;
 * ``upgrade`` (written by ``bootkeeper upgrade`` after the transaction): the role replaced (active or
   recovery), the OS before and after (``PRETTY_NAME``, ``VERSION_ID``, ``IMAGE_VERSION`` of the two UKIs'
   ``.osrel``) and both extension sets (name, size, sha256). Readers that predate it skip it without a
@@ -40,6 +43,7 @@ KEEP = 200
 KEEP_UPGRADES = 10  # with MAX_EXTENSIONS and MAX_FIELD: at most ~200 KiB of upgrades
 MAX_EXTENSIONS = 32
 MAX_FIELD = 200
+MAX_WHY = 800  # a not-good record's reason: activate's reasons for a refused image can be long
 OS_FIELDS = ("PRETTY_NAME", "VERSION_ID", "IMAGE_VERSION")
 # Times are POSIX seconds that time.gmtime() can show: 1970 to the end of year 9999. A line with
 # any other time is as torn as one that is not JSON (a 400-digit number overflows float()).
@@ -91,6 +95,7 @@ class Boot:
     entries: list[RecordedEntry] = field(default_factory=list)  # every entry when it was recorded
     verdict: str | None = None
     verdict_time: float | None = None
+    not_good: list[str] = field(default_factory=list)  # "UNIT: why" of each not-good record
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +107,7 @@ class Boot:
             "tries_done": self.done,
             "verdict": self.verdict,
             "verdict_time": self.verdict_time,
+            "not_good": list(self.not_good),
             "entries": [e.as_json() for e in self.entries],
         }
 
@@ -133,6 +139,10 @@ def boot_record(boot_id: str, now: float, booted: str | None, snap: Snapshot | N
 
 def verdict_record(boot_id: str, now: float, verdict: str) -> dict[str, Any]:
     return {"type": "verdict", "boot_id": boot_id, "time": now, "verdict": verdict}
+
+
+def not_good_record(boot_id: str, now: float, unit: str, why: str) -> dict[str, Any]:
+    return {"type": "not-good", "boot_id": boot_id, "time": now, "unit": unit[:MAX_FIELD], "why": why[:MAX_WHY]}
 
 
 def os_fields(osrel: Mapping[str, str]) -> dict[str, str]:
@@ -310,6 +320,11 @@ def parse_all(text: str, source: str) -> History:
                 boots[boot_id].verdict_time = t
             elif kind == "upgrade":
                 upgrades.append(_upgrade(rec, boot_id, t))
+            elif kind == "not-good" and boot_id in boots:
+                why = rec["why"]
+                if not isinstance(why, str):
+                    raise TypeError("why is not a string")
+                boots[boot_id].not_good.append(f"{_str(rec['unit'], 'unit')}: {why[:MAX_WHY]}")
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser's stack; OverflowError: float()
             warnings.append(f"{source}:{n}: skipped a malformed line ({type(exc).__name__}: {str(exc)[:120]})")
@@ -416,6 +431,9 @@ def explain(snap: Snapshot, booted_role: Role | None, booted_path: str | None, b
             if last is not None
             else " (no history of when)"
         )
+        reasons = since_good[-1].not_good if since_good else []
+        if reasons:
+            when += f", not good because {'; '.join(reasons)}"
         parts.append(f"{e.role.value} used its {tries} tries{when}")
         fallbacks.append(
             {
@@ -425,6 +443,7 @@ def explain(snap: Snapshot, booted_role: Role | None, booted_path: str | None, b
                 "last_try": last,
                 "last_try_text": _stamp(last) if last is not None else None,
                 "boots": [b.time for b in since_good],
+                "last_try_not_good": list(reasons),
             }
         )
     return Why(False, f"{booted_role.value} booted as a fallback: " + "; ".join(parts), tuple(fallbacks))

@@ -412,6 +412,47 @@ def _bk108(u: UnitFile) -> list[Finding]:
     ]
 
 
+# the targets bootkeeper-boot-check.service (boot_assessment.good_when) and every enrolled service are
+# ordered after (units.py, services.AFTER)
+_UP_TARGETS = ("multi-user.target", "graphical.target", "default.target")
+
+
+def _bk109(u: UnitFile) -> list[Finding]:
+    """A unit a target of the running system pulls in, ordered after boot-complete.target but not after
+    that target: the target gets an implicit After= on the units it wants (systemd.target(5), both with
+    default dependencies), boot-complete.target is after the check that is after the target: a cycle,
+    which systemd breaks by dropping a job (maybe the check's, and the boot is blessed unchecked)."""
+    unit = [ln for ln in u.lines if ln.section == "Unit"]
+    if any(ln.key == "DefaultDependencies" and ln.value.lower() in ("no", "false", "0", "off") for ln in unit):
+        return []
+    after = [ln for ln in unit if ln.key == "After" and "boot-complete.target" in ln.value.split()]
+    ordered = {t for ln in unit if ln.key in ("After", "Before") for t in ln.value.split()}
+    wanted = sorted(
+        {
+            t
+            for ln in u.lines
+            if ln.section == "Install" and ln.key in ("WantedBy", "RequiredBy")
+            for t in ln.value.split()
+            if t in _UP_TARGETS and t not in ordered
+        }
+    )
+    if not after or not wanted:
+        return []
+    return [
+        Finding(
+            "BK109",
+            Severity.ERROR,
+            u.file,
+            after[0].line,
+            f"{u.unit}: After=boot-complete.target, and {', '.join(wanted)} wants it (so is ordered after it): "
+            "an ordering cycle with the units that decide a boot, ordered after "
+            f"{wanted[0]} and before boot-complete.target (boot_assessment.good_when, enrolled services); "
+            "systemd breaks it by dropping a start job",
+            f"add 'After={' '.join(wanted)}' (or DefaultDependencies=no with the ordering it needs)",
+        )
+    ]
+
+
 def _key_of(e: Entry) -> chain.LoaderLine | None:
     """The loader line from the parsed entry, when the file cannot be read again."""
     if e.loader_type in (LoaderType.LINUX, LoaderType.EFI, LoaderType.UKI) and e.loader is not None:
@@ -635,6 +676,7 @@ RULES = (
     Rule("BK108", WARNING, "remount,ro in ExecStartPost=, skipped when ExecStart= fails", UnitFile, _bk108),
     Rule("BK105", WARNING, "Before=boot-complete.target that nothing makes it need", UnitFile, _bk105),
     Rule("BK104", ERROR, "RequiredBy=boot-complete.target on a unit nothing enables", UnitFile, _bk104),
+    Rule("BK109", ERROR, "after boot-complete.target, wanted by multi-user.target: a cycle", UnitFile, _bk109),
     Rule("BK201", EITHER, "a role entry using 'efi' where systemd-boot does not count it", EspView, _bk201),
     Rule("BK207", EITHER, "a role entry using 'uki' where systemd-boot does not know it", EspView, _bk207),
     Rule("BK209", ERROR, "Type #2 UKIs whose menu order is not the role order", EspView, _bk209),

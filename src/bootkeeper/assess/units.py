@@ -18,6 +18,17 @@
   conditions, before ``sysinit.target``), running ``bootkeeper random-seed``: the real ``bootctl
   random-seed`` under the ESP lock, with a read-only ``/efi`` remounted rw and back. The real unit
   cannot write a read-only ESP and fails on every boot; it is masked.
+* ``bootkeeper-boot-check.service`` (``boot_assessment.good_when``; none for ``services-only``): what
+  a good boot needs besides the enrolled services, required by ``boot-complete.target`` and ordered as
+  upstream's ``systemd-boot-check-no-failures.service`` (after the default targets). ``multi-user``:
+  ``Requires=multi-user.target``, so a boot whose multi-user.target cannot be reached fails its start
+  job, and boot-complete.target's and bless's with it; ``no-failed-units``: that, and the node's
+  ``systemd-boot-check-no-failures`` (or, where it has none, the same check of ``NFailedUnits``).
+* ``bootkeeper-sysext-required.service``: ``sysext.required`` (sysext/required.py): required by
+  ``boot-complete.target``, after the activation and the merge; it runs only when the activation left
+  its verdict file, and fails the boot; on a counted active boot with a try used it reboots
+  (``sysext required --reboot-on-failure active``: bootkeeper-generator's rule, decided at that point,
+  as what fails is known only after the activation).
 * ``bootkeeper-boot.service``: early in every boot, appends the boot to the history
   (``/var/lib/bootkeeper``) and writes the motd.
 * ``bootkeeper-metrics.service``: ``bootkeeper metrics`` into node_exporter's textfile folder (Debian's
@@ -42,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkeeper import fsutil, submounts
-from bootkeeper.config import Config, Sysext, SysextMode
+from bootkeeper.config import Config, GoodWhen, Sysext, SysextMode
 from bootkeeper.errors import WriteError
 from bootkeeper.esp.efivars import LOADER_GUID
 from bootkeeper.systemd_version import ASSUMED, IMAGE_POLICY_SINCE, takes_image_policy
@@ -64,6 +75,13 @@ METRICS_UNIT = "bootkeeper-metrics.service"
 METRICS_PATH = "bootkeeper-metrics.path"
 METRICS_TIMER = "bootkeeper-metrics.timer"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's --collector.textfile.directory default
+BOOT_CHECK_UNIT = "bootkeeper-boot-check.service"
+REQUIRED_UNIT = "bootkeeper-sysext-required.service"  # sysext/required.UNIT (tests check they agree)
+REQUIRED_FAILED = "/run/bootkeeper/sysext-required.failed"  # sysext/required.FAILED
+# the node's upstream check (systemd v257 src/boot/boot-check-no-failures.c: the manager's NFailedUnits)
+NO_FAILURES = "/usr/lib/systemd/systemd-boot-check-no-failures"
+# unit -> the target whose .requires/ enables it (its [Install] RequiredBy=)
+REQUIRED_BY = {BOOT_CHECK_UNIT: "boot-complete.target", REQUIRED_UNIT: "boot-complete.target"}
 # unit -> the target whose .wants/ enables it
 WANTED_BY = {
     SYSEXT_UNIT: "sysinit.target",
@@ -203,6 +221,75 @@ WantedBy={WANTED_BY[BOOT_UNIT]}
     return {f"{UNIT_DIR}/{BLESS_UNIT}": UnitFile(bless), f"{UNIT_DIR}/{BOOT_UNIT}": UnitFile(boot)}
 
 
+def _boot_check(good_when: GoodWhen, no_failures: bool) -> dict[str, UnitFile]:
+    """``boot_assessment.good_when``'s unit: upstream's systemd-boot-check-no-failures.service (systemd
+    v257 units/, which Debian ships disabled) line for line in its ordering, plus ``Requires=``.
+    ``no_failures``: the node has :data:`NO_FAILURES`."""
+    if good_when is GoodWhen.SERVICES_ONLY:
+        return {}
+    if good_when is GoodWhen.MULTI_USER:
+        run = "/bin/true"
+    elif no_failures:
+        run = NO_FAILURES
+    else:  # what the upstream program asks the manager ($$: a literal $ for systemd's own expansion)
+        run = (
+            "/bin/sh -c 'n=$$(systemctl show -P NFailedUnits); "
+            """[ "$$n" = 0 ] || { echo "Detected $$n failed units."; exit 1; }'"""
+        )
+    what = "multi-user.target is reached" + ("" if good_when is GoodWhen.MULTI_USER else " and no unit failed")
+    unit = f"""# Installed by 'bootkeeper install-units' (boot_assessment.good_when: {good_when.value}).
+[Unit]
+Description=A boot is good once {what} (bootkeeper)
+Documentation=man:systemd-boot-check-no-failures.service(8)
+# Requires=: when multi-user.target cannot be reached (a unit it requires failed), this start job
+# fails with it, and boot-complete.target's and bootkeeper-bless.service's too: the entry is not
+# blessed and counts down at the next boot (seed 000: "If the system successfully reaches
+# multi-user.target, the boot entry is marked as good")
+Requires=multi-user.target
+After=default.target graphical.target multi-user.target
+Before=boot-complete.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={run}
+
+[Install]
+RequiredBy={REQUIRED_BY[BOOT_CHECK_UNIT]}
+"""
+    return {f"{UNIT_DIR}/{BOOT_CHECK_UNIT}": UnitFile(unit)}
+
+
+def _required(exec_line: str) -> dict[str, UnitFile]:
+    """``sysext.required``'s unit: no process at all unless the activation left its verdict file
+    (the condition); then bootkeeper says why, records it in the history, reboots by the generator's
+    rule for ``reboot_on_failure: active`` (generator.on_failure) and exits 1."""
+    unit = f"""# Installed by 'bootkeeper install-units': fails the boot when a required extension
+# (sysext.required) was refused or missing; the activation leaves {REQUIRED_FAILED} then.
+[Unit]
+Description=Fail the boot assessment when a required system extension is not merged (bootkeeper)
+Documentation=man:systemd-sysext(8)
+DefaultDependencies=no
+After=local-fs.target {SYSEXT_UNIT} systemd-sysext.service {BOOT_UNIT}
+Before=boot-complete.target
+Conflicts=shutdown.target
+Before=shutdown.target
+ConditionPathExists={REQUIRED_FAILED}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={exec_line} sysext required --record --reboot-on-failure active
+# the login message says why, before FailureAction=reboot (on active) or for the operator
+ExecStopPost=-{exec_line} motd
+StandardOutput=journal+console
+
+[Install]
+RequiredBy={REQUIRED_BY[REQUIRED_UNIT]}
+"""
+    return {f"{UNIT_DIR}/{REQUIRED_UNIT}": UnitFile(unit)}
+
+
 def _random_seed(exec_line: str) -> dict[str, UnitFile]:
     """The real unit's [Unit] section, line for line (systemd v257 ``units/systemd-boot-random-seed.service``,
     Debian's systemd-boot 257.13 ships it in ``sysinit.target.wants``), so that the seed is refreshed at
@@ -295,12 +382,18 @@ def generator_script(python: str) -> UnitFile:
 
 
 def render(
-    cfg: Config, exe: list[str], python: str, systemd: int = ASSUMED, metrics_watch: Sequence[str] = ()
+    cfg: Config,
+    exe: list[str],
+    python: str,
+    systemd: int = ASSUMED,
+    metrics_watch: Sequence[str] = (),
+    no_failures: bool = True,
 ) -> dict[str, UnitFile]:
     """``{path under ROOT: file}``; ``exe`` runs bootkeeper (``[/usr/bin/bootkeeper]`` or
     ``[/usr/bin/python3, -m, bootkeeper]``), ``python`` runs the generator; both absolute paths.
     ``systemd`` is the node's systemd major version (what its systemd-sysext understands);
-    ``metrics_watch``: the node's paths, besides the boot history, that refresh the metrics."""
+    ``metrics_watch``: the node's paths, besides the boot history, that refresh the metrics;
+    ``no_failures``: the node has :data:`NO_FAILURES` (for ``good_when: no-failed-units``)."""
     for what, path in (("the bootkeeper command", exe[0] if exe else ""), ("python", python)):
         if not os.path.isabs(path):
             raise WriteError(f"{path or '(empty)'}: {what} must start with an absolute path")
@@ -308,6 +401,8 @@ def render(
     return {
         **_sysext(cfg.sysext, exec_line, systemd),
         **_assessment(exec_line),
+        **_boot_check(cfg.boot_assessment.good_when, no_failures),
+        **_required(exec_line),
         **_random_seed(exec_line),
         **_metrics(exec_line, metrics_watch),
         f"{GENERATOR_DIR}/{GENERATOR}": generator_script(python),
@@ -326,6 +421,20 @@ def packaged(root: Path, rel: str, f: UnitFile) -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     return f"/{base}/{name}" if same else None
+
+
+def _unlink_ours(link: Path, unit: Path) -> None:
+    """Remove the link and the unit file an earlier ``install-units`` wrote (the header says so)."""
+    if link.is_symlink():
+        link.unlink()
+        fsutil.fsync_dir(link.parent)
+    try:
+        ours = unit.is_file() and unit.read_text().startswith("# Installed by 'bootkeeper install-units'")
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if ours:
+        unit.unlink()
+        fsutil.fsync_dir(unit.parent)
 
 
 def install(root: Path, files: dict[str, UnitFile], enable: bool = True) -> list[str]:
@@ -356,6 +465,13 @@ def install(root: Path, files: dict[str, UnitFile], enable: bool = True) -> list
                 link = base / f"{target}.wants" / unit
                 fsutil.symlink_atomic(link, where.get(f"{UNIT_DIR}/{unit}", f"/{UNIT_DIR}/{unit}"))
                 written.append(str(link))
+            for unit, target in REQUIRED_BY.items():
+                link = base / f"{target}.requires" / unit
+                if f"{UNIT_DIR}/{unit}" in files:
+                    fsutil.symlink_atomic(link, where[f"{UNIT_DIR}/{unit}"])
+                    written.append(str(link))
+                else:  # good_when: services-only now: the link an earlier run made would still decide
+                    _unlink_ours(link, base / unit)
     except OSError as exc:
         raise WriteError(f"{root}: cannot install units ({exc.strerror or exc})") from exc
     return written

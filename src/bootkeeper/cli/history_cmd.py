@@ -97,7 +97,7 @@ def show(root: Path, as_json: bool) -> None:
                 b.entry,
                 b.left,
                 b.done,
-                b.verdict or "none (boot-complete not reached)",
+                b.verdict or _no_verdict(b.not_good),
             ]
             for b in boots
         ],
@@ -106,6 +106,11 @@ def show(root: Path, as_json: bool) -> None:
         click.echo(upgrade_line(u))
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
+
+
+def _no_verdict(not_good: list[str]) -> str:
+    """A boot without bless's verdict: what failed it, when a unit said (a not-good record)."""
+    return "not good: " + "; ".join(not_good) if not_good else "none (boot-complete not reached)"
 
 
 def upgrade_line(u: Any) -> str:

@@ -240,6 +240,17 @@ def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
         for src, n in sorted(by_source.items()):
             anchors.add(n, src)
         revoked.add(act.revoked)
+    required = fam(
+        "extension_required",
+        "Per extension of sysext.required at the last activation: 1 merged, 0 not (the boot is not good).",
+        "extension",
+        "problem",
+    )
+    if act is not None and act.required is not None and act.required.enforced:
+        refused = {n for n, _ in act.required.refused}
+        for name in act.required.names:
+            problem = "refused" if name in refused else "missing" if name in act.required.missing else "none"
+            required.add(1.0 if problem == "none" else 0.0, name, problem)
 
     if node.upgrades:
         u = node.upgrades[-1]

@@ -83,6 +83,9 @@ class Status:
             refused = [f"{i.name} ({i.verdict})" for i in act.images if not i.placed]
             if refused:
                 lines.append(f"extensions refused: {', '.join(refused)}")
+        if act is not None and act.required is not None and act.required.names:
+            req = act.required
+            lines.append(f"extensions required: {req.text()}{'' if req.ok else ': this boot is NOT good'}")
         # the booted entry's own problem is on its line already
         lines.extend(f"warning: {w}" for w in (*node.warnings, *self.problems))
         if self.menu is not None:

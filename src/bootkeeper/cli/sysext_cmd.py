@@ -778,3 +778,79 @@ def activate(
         if "--image-policy" in error and "unrecognized option" in error:
             hint = f"the node's systemd-sysext is older than 254: set sysext.systemd_version; {hint}"
         raise CommandError(error, hint)
+
+
+@sysext.command(name="required")
+@root_option
+@config_option
+@click.option(
+    "--record", is_flag=True, help="Also record the reason in the boot history (bootkeeper-sysext-required.service)."
+)
+@click.option(
+    "--reboot-on-failure",
+    "reboot",
+    type=click.Choice(["never", "active"]),
+    default="never",
+    show_default=True,
+    help="active: when they are not merged, reboot a counted boot of the active entry with a try left "
+    "(bootkeeper-generator's rule; only on the node's own root).",
+)
+@click.option("--boot-id", default=None, help="This boot's id (default: /proc/sys/kernel/random/boot_id).")
+def required_(root: Path, config_files: tuple[Path, ...], record: bool, reboot: str, boot_id: str | None) -> None:
+    """Whether this boot's required extensions (sysext.required) were merged, as the last activation
+    judged them: exit 0 when they were, else exit 1 naming each that was refused or missing."""
+    from bootkeeper.errors import RefusedError
+    from bootkeeper.sysext import required
+    from bootkeeper.sysext.activate import printable
+
+    lines = required.read_failed(root)
+    if lines is None:
+        click.echo("bootkeeper: the required extensions are merged (or none are required)")
+        return
+    why = "; ".join(printable(line) for line in lines)
+    if record:
+        import time
+
+        from bootkeeper.assess import history
+        from bootkeeper.cli.history_cmd import current_boot_id
+
+        history.append(root, history.not_good_record(current_boot_id(boot_id), time.time(), required.UNIT, why))
+    click.echo(f"bootkeeper: this boot is not good: {why}", err=True)
+    if reboot == "active":
+        _reboot_if_active(root, config_files)
+    raise RefusedError(
+        f"this boot is not good: {why}",
+        hint=f"the verdict is {root / required.FAILED}; 'bootkeeper status' shows the activation's report",
+    )
+
+
+def _reboot_if_active(root: Path, config_files: tuple[Path, ...]) -> None:
+    """``reboot_on_failure: active`` for the failing check itself: the rule bootkeeper-generator applies to
+    enrolled services (``generator.on_failure``: the active entry, counting, a try used), decided now
+    rather than by a ``FailureAction=`` drop-in, because what fails is known only after the activation.
+    The reboot is ``systemctl reboot``, what ``FailureAction=reboot`` does; never under another ``--root``."""
+    from bootkeeper.assess import generator
+    from bootkeeper.errors import BootkeeperError
+    from bootkeeper.run import run
+
+    tries = load_config(config_files, root).boot_assessment.tries
+    try:
+        role, source = generator.booted_role(str(root))
+        count_path = selected = None
+        if role == "active":
+            count_path = generator._efivar(str(root), "LoaderBootCountPath")
+            selected = generator._efivar(str(root), "LoaderEntrySelected")
+        reboots, why = generator.on_failure("active", role, count_path, selected, tries)
+    except generator.GeneratorError as exc:
+        reboots, why, source = False, f"{exc}: no reboot", "?"
+    if not reboots:
+        click.echo(f"bootkeeper: booted {role or 'unknown'} ({source}): {why}; the node stays up", err=True)
+        return
+    if root.resolve() != Path("/"):
+        click.echo(f"bootkeeper: {why} (not rebooting: --root is not /)", err=True)
+        return
+    click.echo(f"bootkeeper: {why}: rebooting", err=True)
+    try:
+        run(["systemctl", "reboot", "--no-block"], timeout=30)
+    except BootkeeperError as exc:
+        click.echo(f"bootkeeper: cannot reboot: {exc}", err=True)

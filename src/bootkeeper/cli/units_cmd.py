@@ -78,10 +78,14 @@ def install_units(
         argv = [sys.executable, "-m", "bootkeeper"]
     if python is None:
         python = sys.executable if on_node else _on_node(root, ("/usr/bin/python3",), "--python")
+    from bootkeeper import fsutil
     from bootkeeper.cli.metrics import TPM_VERIFY
     from bootkeeper.sysext.report import REPORT
 
-    files = units.render(cfg, argv, python, node.major, metrics_watch=(f"/{REPORT}", f"/{TPM_VERIFY}"))
+    no_failures = fsutil.under(root, units.NO_FAILURES).exists()
+    files = units.render(
+        cfg, argv, python, node.major, metrics_watch=(f"/{REPORT}", f"/{TPM_VERIFY}"), no_failures=no_failures
+    )
     written = units.install(root, files, enable)
     for w in services.loop_warnings(list(cfg.boot_assessment.services)):
         click.echo(f"bootkeeper: warning: {w}", err=True)

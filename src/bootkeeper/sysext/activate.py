@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from bootkeeper import fsutil, submounts
 from bootkeeper.config import Sysext, SysextMode
 from bootkeeper.errors import BootkeeperError, WriteError
+from bootkeeper.sysext import required
 from bootkeeper.sysext.report import REPORT as REPORT  # its home; sysext_cmd names it here
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class Report:
     seconds: float = 0.0
     # /etc/extensions and /var/lib/extensions, judged in place (sysext/extdirs.py): extdirs.Resident
     residents: list[Any] = field(default_factory=list)
+    required: dict[str, Any] | None = None  # sysext.required's verdict (sysext/required.py)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -269,6 +271,7 @@ def activate(
     started = time.monotonic()
     mode = mode or cfg.mode
     report, sources = _begin(root, cfg, mode, efivars)
+    required.pending(root, cfg.required if mode is SysextMode.ENFORCED else ())
     dest = _destination(root)
     rules = _rules(root, cfg, mode, efivars, report)
     jobs = _candidates(sources)
@@ -285,8 +288,18 @@ def activate(
     report.removed += _prune(dest, report.images, _previous(root), log)
     report.residents = _residents(root, rules, log)
     report.seconds = round(time.monotonic() - started, 4)
+    verdict = _required(cfg, mode, report)
     write_report(root, report)
+    required.settle(root, verdict)
     return report
+
+
+def _required(cfg: Sysext, mode: SysextMode, report: Report) -> required.Required:
+    """sysext.required judged on this activation's images, recorded in the report."""
+    reasons = {o.name: printable("; ".join(o.reasons) or o.verdict) for o in report.images}
+    verdict = required.judge(cfg.required, mode is SysextMode.ENFORCED, report.images, reasons)
+    report.required = verdict.as_json()
+    return verdict
 
 
 def _begin(

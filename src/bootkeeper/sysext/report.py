@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bootkeeper.errors import MalformedError, UnreadableError
+from bootkeeper.sysext.required import Required
 
 REPORT = "run/bootkeeper/sysext.json"
 
@@ -43,6 +44,7 @@ class Activation:
     images: tuple[Activated, ...]
     anchors: tuple[Anchor, ...] = ()
     revoked: int = 0  # anchors found but revoked (by dbx or the config)
+    required: Required | None = None  # sysext.required's verdict (None: an activation before it)
 
     @property
     def placed(self) -> tuple[str, ...]:
@@ -68,10 +70,11 @@ def read(root: Path) -> Activation | None:
         )
         trust = doc.get("trust") or {}
         anchors = tuple(Anchor(a.get("fingerprint"), a.get("source")) for a in trust.get("trusted") or ())
-        return Activation(doc.get("mode"), images, anchors, len(trust.get("revoked") or ()))
+        needed = Required.from_json(doc.get("required"))
+        return Activation(doc.get("mode"), images, anchors, len(trust.get("revoked") or ()), needed)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise UnreadableError(f"{REPORT}: {type(exc).__name__}: {str(exc)[:120]}") from exc
-    except (ValueError, AttributeError, TypeError, RecursionError) as exc:
+    except (ValueError, AttributeError, TypeError, KeyError, RecursionError) as exc:
         raise MalformedError(f"{REPORT}: {type(exc).__name__}: {str(exc)[:120]}") from exc

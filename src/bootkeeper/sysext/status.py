@@ -62,6 +62,7 @@ class Extensions:
             "activation": [i.as_json() for i in act.images] if act else [],
             "mode": act.mode if act else None,
             "shadowed": [m.as_json() for m in self.shadowed],
+            "required": act.required.as_json() if act and act.required else None,
         }
 
 
