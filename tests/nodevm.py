@@ -249,7 +249,7 @@ def root_image() -> Path:
     out = chroot(
         stage,
         f"dpkg -i /tmp/{pkg.name}; rm /tmp/{pkg.name}; "
-        "systemctl enable bktest-osrel.service bktest-fault.service bktest-reset.service bktest-report.service; "
+        "systemctl enable bktest-osrel.service bktest-fault.service bktest-report.service; "
         "bootkeeper install-units; "
         "bootkeeper --version; "
         "python3 -c 'import bootkeeper, cryptography; print(bootkeeper.__file__, cryptography.__version__)'",

@@ -289,6 +289,4 @@ def bless(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAsses
         for directory, name, new in rearm:
             store.rename(f"{directory}/{name}", f"{directory}/{new}")
             result.actions.append(f"re-armed {directory}/{name} -> {new}")
-        if result.handback is not None:
-            result.note = "; ".join(n for n in (result.note, result.handback.text) if n)
         return result

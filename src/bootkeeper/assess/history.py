@@ -5,6 +5,8 @@ say *why* this entry booted and *when* the entries before it used their tries.
   entry as systemd-boot renamed it (``LoaderBootCountPath``, else ``LoaderEntrySelected``), its counter,
   and every entry's name and state as the ESP showed them then;
 * ``verdict`` (written by ``bootkeeper bless``): good / bad / indeterminate / withheld for that boot id;
+* ``handback`` (written by ``bootkeeper bless`` on a good statereset boot, assess/handback.py): whether it
+  handed back to active, passive and recovery or stayed (the budget spent), the count and the budget;
 * ``upgrade`` (written by ``bootkeeper upgrade`` after the transaction): the role replaced (active or
   recovery), the OS before and after (``PRETTY_NAME``, ``VERSION_ID``, ``IMAGE_VERSION`` of the two UKIs'
   ``.osrel``) and both extension sets (name, size, sha256). Readers that predate it skip it without a
@@ -80,6 +82,41 @@ class RecordedEntry:
         return {"path": self.path, "state": self.state, "tries_left": self.left, "tries_done": self.done}
 
 
+@dataclass(frozen=True)
+class Handback:
+    """A good statereset boot's hand-back, as bless recorded it."""
+
+    decision: str  # handed-back | stayed | nothing (assess/handback.py's Decision)
+    count: int | None
+    budget: int
+    time: float
+
+    @property
+    def text(self) -> str:
+        used = f"{self.count if self.count is not None else '?'} of {self.budget}"
+        return {
+            "handed-back": f"handed back to active ({used})",
+            "stayed": f"stays on statereset: hand-back budget spent ({used})",
+        }.get(self.decision, "nothing to hand back to")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"decision": self.decision, "count": self.count, "budget": self.budget, "time": self.time}
+
+
+def _handback(rec: dict[str, Any], t: float) -> Handback:
+    from bootkeeper.assess.handback import Decision
+
+    decision, count, budget = rec["decision"], rec.get("count"), rec["budget"]
+    if decision not in {d.value for d in Decision}:
+        raise ValueError(f"decision {str(decision)[:40]!r} is not one of {', '.join(d.value for d in Decision)}")
+    for name, v in (("count", count), ("budget", budget)):
+        if v is not None and (type(v) is not int or not 0 <= v <= counter_mod.INT_MAX):
+            raise TypeError(f"{name} is not a count")
+    if budget is None:
+        raise TypeError("budget is not a count")
+    return Handback(decision, count, budget, t)
+
+
 @dataclass
 class Boot:
     boot_id: str
@@ -91,6 +128,7 @@ class Boot:
     entries: list[RecordedEntry] = field(default_factory=list)  # every entry when it was recorded
     verdict: str | None = None
     verdict_time: float | None = None
+    handback: Handback | None = None  # a good statereset boot: handed back, or stayed
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +141,7 @@ class Boot:
             "verdict": self.verdict,
             "verdict_time": self.verdict_time,
             "entries": [e.as_json() for e in self.entries],
+            "handback": self.handback.as_json() if self.handback is not None else None,
         }
 
 
@@ -310,6 +349,8 @@ def parse_all(text: str, source: str) -> History:
                 boots[boot_id].verdict_time = t
             elif kind == "upgrade":
                 upgrades.append(_upgrade(rec, boot_id, t))
+            elif kind == "handback" and boot_id in boots:
+                boots[boot_id].handback = _handback(rec, t)
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser's stack; OverflowError: float()
             warnings.append(f"{source}:{n}: skipped a malformed line ({type(exc).__name__}: {str(exc)[:120]})")

@@ -97,7 +97,7 @@ def show(root: Path, as_json: bool) -> None:
                 b.entry,
                 b.left,
                 b.done,
-                b.verdict or "none (boot-complete not reached)",
+                (b.verdict or "none (boot-complete not reached)") + (f"; {b.handback.text}" if b.handback else ""),
             ]
             for b in boots
         ],
