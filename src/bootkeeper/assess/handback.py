@@ -199,9 +199,10 @@ class View:
                 f"STAYS ON STATERESET: hand-back budget spent ({used} since the last good active or passive "
                 f"boot{why}); active and passive cannot boot: repair them (bootkeeper upgrade)"
             )
-        if self.spent:
-            return f"hand-back budget spent ({used} since the last good active or passive boot{why})"
-        return f"statereset handed back {used} time(s) since the last good active or passive boot"
+        if self.count is None:
+            return f"hand-back budget spent{why}: the next good statereset boot stays"
+        text = f"statereset handed back {used} time(s) since the last good active or passive boot"
+        return f"{text}; the budget is spent: the next good statereset boot stays" if self.spent else text
 
     def as_json(self) -> dict[str, Any]:
         return {
