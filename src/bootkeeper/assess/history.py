@@ -427,12 +427,41 @@ def _stamp(t: float) -> str:
     return _time.strftime("%Y-%m-%d %H:%M:%S UTC", _time.gmtime(t))
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """An entry as it stood when this boot started: from the boot's own record, else the ESP now."""
+
+    role: Role
+    path: str
+    state: str
+    done: int | None
+
+
+def _entries_at_boot(snap: Snapshot, booted_path: str | None, boots: list[Boot]) -> list[_Seen]:
+    """The entries as ``history record`` saw them at the start of this boot (the last record, when it is
+    this boot's entry): a good statereset boot hands back and re-arms the entries before it, and the
+    reason it booted is what they were then."""
+    last = boots[-1] if boots else None
+    here = (booted_path or "").replace("\\", "/").lstrip("/")
+    if last is not None and here and last.entry == here and last.entries:
+        out = []
+        for r in last.entries:
+            name = r.path.rsplit("/", 1)[-1]
+            role = Role.from_stem(counter_mod.parse(name, ".efi" if name.lower().endswith(".efi") else ".conf").stem)
+            if role is not None:
+                out.append(_Seen(role, r.path, r.state, r.done))
+        return out
+    return [_Seen(e.role, e.path, e.state.value, e.name.tries_done) for e in snap.entries if e.role is not None]
+
+
 def explain(snap: Snapshot, booted_role: Role | None, booted_path: str | None, boots: list[Boot]) -> Why:
     """Why this entry booted: the first choice, or a fallback because the roles before it are bad."""
     if booted_role is None:
         return Why(False, f"booted {booted_path or 'an unknown entry'}, which has no role")
     bad_before = [
-        e for e in snap.entries if e.role is not None and e.role.rank < booted_role.rank and e.state is EntryState.BAD
+        e
+        for e in _entries_at_boot(snap, booted_path, boots)
+        if e.role.rank < booted_role.rank and e.state == EntryState.BAD.value
     ]
     if not bad_before:
         if booted_role is Role.ACTIVE:
@@ -444,9 +473,8 @@ def explain(snap: Snapshot, booted_role: Role | None, booted_path: str | None, b
         )
     parts = []
     fallbacks = []
-    for e in sorted(bad_before, key=lambda x: x.role.rank if x.role else 99):
-        assert e.role is not None
-        tries = e.name.tries_done
+    for e in sorted(bad_before, key=lambda x: x.role.rank):
+        tries = e.done
         own = [b for b in boots if b.role == e.role.value]
         since_good: list[Boot] = []
         for b in own:  # the boots of that role since it was last good
