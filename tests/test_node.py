@@ -642,6 +642,8 @@ def test_nothing_boots_well_then_statereset_and_active_again(
     assert status is not None
     assert status["booted"]["role"] == "statereset" and status["booted"]["blessed"] == "good"
     assert status["handback"]["count"] == 1 and status["handback"]["staying"] is False
+    # why statereset booted: the entries as they stood when it started, not as its hand-back left them
+    assert [f["role"] for f in status["booted"]["why"]["fallback_from"]] == ["active", "passive", "recovery"]
     assert _unit(node.boots[-1], "bootkeeper-bless.service")["Result"] == "success"
     assert (node.boots[-1].first("EFI_MOUNT") or "").startswith("ro")  # /efi read-only again after bless
 
