@@ -369,9 +369,9 @@ def pool(
     wanted: list[tuple[Seq, int]] = []
     for item in request.session.items:  # only the cases this run selected (-k, node ids)
         spec = getattr(item, "callspec", None)
-        mine = getattr(item, "module", None) is request.module and spec is not None and "case" in spec.params
-        # two tests may read one sequence's boots: it is booted once
-        if mine and spec.params["case"] not in wanted:
+        if getattr(item, "module", None) is not request.module or spec is None or "case" not in spec.params:
+            continue
+        if spec.params["case"] not in wanted:  # two tests may read one sequence's boots: it is booted once
             wanted.append(spec.params["case"])
     # one QEMU (TCG) per core; scripts/test.sh runs the node tests' QEMU beside these and sets 1
     at_a_time = int(os.environ.get("BOOTKEEPER_VM_PARALLEL", "2"))
