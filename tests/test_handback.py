@@ -292,9 +292,8 @@ def test_status_after_a_hand_back_and_after_a_good_active_boot(tmp_path: Path) -
     assert shown.node.booted.blessed == "good"  # re-armed statereset+1.conf: blessed, not "unknown"
     # why it booted is how the entries stood when it started (this boot's history record), not re-armed
     why = shown.node.booted.why
-    assert why is not None and why.text.startswith(
-        "statereset booted as a fallback: active used its 1 tries, last try"
-    ), why.text
+    assert why is not None
+    assert why.text.startswith("statereset booted as a fallback: active used its 1 tries, last try"), why.text
     assert [f["role"] for f in why.fallbacks] == ["active", "passive", "recovery"]
     assert shown.node.handback is not None and not shown.node.handback.staying
     assert shown.node.handback.text == (
