@@ -249,7 +249,7 @@ def root_image() -> Path:
     out = chroot(
         stage,
         f"dpkg -i /tmp/{pkg.name}; rm /tmp/{pkg.name}; "
-        "systemctl enable bktest-osrel.service bktest-fault.service bktest-reset.service bktest-report.service; "
+        "systemctl enable bktest-osrel.service bktest-fault.service bktest-report.service; "
         "systemctl enable bktest-usrlocal.service bktest-usrlocal-check.service; "  # test_node_usrlocal.py
         # tests/test_node_goodboot.py: idle unless its files are on the ESP (bktest/oem.yaml, fail-multiuser)
         "systemctl enable bktest-goodboot-oem.service bktest-goodboot-required.service "

@@ -189,7 +189,7 @@ def test_readme_example_config_loads(tmp_path: Path) -> None:
 def test_unknown_key_lists_the_table_order(tmp_path: Path) -> None:
     """The message lists a section's keys from the table (boot_assessment's as it always did, sorted)."""
     p = _write(tmp_path, "a.yaml", "boot_assessment:\n  retries: 3\n")
-    with pytest.raises(ConfigError, match=r"allowed: rearm, recovery_tries, services, tries, good_when\)$"):
+    with pytest.raises(ConfigError, match=r"allowed: handbacks, rearm, recovery_tries, services, tries, good_when\)$"):
         config.load([p])
     p.write_text("sysext:\n  modes: enforced\n")
     with pytest.raises(ConfigError) as ei:

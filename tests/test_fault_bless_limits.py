@@ -54,7 +54,9 @@ def test_oversized_loader_conf_is_not_read_when_nothing_is_renamed(tmp_path: Pat
     assert "already good" in p.stdout
 
 
-def _on_a_full_esp(tmp_path: Path, esp: Path) -> tuple[subprocess.CompletedProcess[str], str, str, str]:
+def _on_a_full_esp(
+    tmp_path: Path, esp: Path, entry: str = "loader/entries/active+2-1.conf"
+) -> tuple[subprocess.CompletedProcess[str], str, str, str]:
     """Copy ``esp`` to a real 1 MiB tmpfs (private mount namespace), fill it, run bless good; returns
     bless's result and the tree (names and checksums) before and after."""
     if shutil.which("unshare") is None:
@@ -70,7 +72,7 @@ dd if=/dev/zero of={mnt}/fill bs=4096 2>/dev/null || true
 echo "@@@ free $(stat -f -c '%a' {mnt})"
 {listing} > {tmp_path}/before
 set +e
-{sys.executable} -m bootkeeper bless good --esp {mnt} --entry loader/entries/active+2-1.conf --root {tmp_path} \
+{sys.executable} -m bootkeeper bless good --esp {mnt} --entry {entry} --root {tmp_path} \
   2> {tmp_path}/stderr
 echo "@@@ rc $?"
 {listing} > {tmp_path}/after
@@ -104,6 +106,25 @@ def test_full_esp_with_renames_only_is_done_in_full(tmp_path: Path) -> None:
     assert "active+2-1.conf" in before and "recovery+1-2.conf" in before
     assert "./loader/entries/active.conf" in after and "./loader/entries/recovery+3.conf" in after
     assert "+2-1" not in after and "+1-2" not in after
+
+
+@pytest.mark.integration
+def test_full_esp_with_a_hand_back_to_write_is_left_unchanged(tmp_path: Path) -> None:
+    """Issue 26 item 9: a good statereset boot writes the hand-back count first; no room for it: one
+    line naming it, and nothing changed (statereset is not half blessed, nothing re-armed)."""
+    esp = esp_with(
+        tmp_path / "esp",
+        {
+            "active+0-3.conf": entry_body("active"),
+            "recovery+0-3.conf": entry_body("recovery"),
+            "statereset+2-1.conf": entry_body("statereset"),
+        },
+    )
+    p, before, after, _ = _on_a_full_esp(tmp_path, esp, "loader/entries/statereset+2-1.conf")
+    assert p.returncode == 6
+    line = _error_line(p)
+    assert "loader/bootkeeper-handbacks" in line and "bytes free" in line and "nothing changed" in line
+    assert after == before
 
 
 def test_entry_with_a_5000_digit_counter_is_one_line(tmp_path: Path) -> None:

@@ -179,6 +179,8 @@ class Node:
             return "good (not counted)"
         if counted["left"] is None:
             return "good"
+        if status["booted"]["blessed"] == "good":  # blessed with fresh tries: statereset always is
+            return "good"
         return "not blessed (recovery)" if role == "recovery" else "?"
 
     def run_predicted(self, faults: list[str], boots: int) -> list[dict[str, Any]]:
@@ -627,23 +629,33 @@ def test_nothing_boots_well_then_statereset_and_active_again(
     pieces: dict[str, Path], tmp_path: Path, node_factory: list[Node]
 ) -> None:
     faults = ["active=always:panic", "passive=always:panic"]
-    node = Node(tmp_path, "3. nothing boots well: recovery, statereset, then active again", faults)
+    node = Node(tmp_path, "3. nothing boots well: recovery, statereset hands back, then active again", faults)
     node_factory.append(node)
     predicted = node.run_predicted(faults, 7)
     assert [p["role"] for p in predicted] == ["active"] * 2 + ["passive"] * 2 + ["recovery"] * 2 + ["statereset"]
     # recovery booted fine twice and was never blessed: its tries ran out, statereset booted
     assert [r.after for r in node.rows if r.role == "recovery"] == ["recovery+1-1.efi", "recovery+0-2.efi"]
-    # statereset's reset armed active and passive again (bootkeeper arm, inside the guest)
-    assert any("active" in line for line in node.boots[-1].mark("RESET"))
-    names = nodevm.esp_names(node.disk)
-    assert "active+2.efi" in names and "passive+2.efi" in names and "recovery+0-2.efi" in names
+    # issue 26 item 9: statereset's own bless (bootkeeper-bless.service, no test rig step) handed back:
+    # active, passive and recovery re-armed from the ESP, statereset with fresh tries, the count on the ESP
+    assert predicted[-1]["handback"] == "handed-back"
+    assert nodevm.esp_names(node.disk) == ["active+2.efi", "passive+2.efi", "recovery+2.efi", "statereset+2.efi"]
+    assert nodevm.esp_read(node.disk, "loader/bootkeeper-handbacks").splitlines()[-1] == "handbacks=1"
+    status = node.boots[-1].status()
+    assert status is not None
+    assert status["booted"]["role"] == "statereset" and status["booted"]["blessed"] == "good"
+    assert status["handback"]["count"] == 1 and status["handback"]["staying"] is False
+    # why statereset booted: the entries as they stood when it started, not as its hand-back left them
+    assert [f["role"] for f in status["booted"]["why"]["fallback_from"]] == ["active", "passive", "recovery"]
+    assert _unit(node.boots[-1], "bootkeeper-bless.service")["Result"] == "success"
+    assert (node.boots[-1].first("EFI_MOUNT") or "").startswith("ro")  # /efi read-only again after bless
 
-    # the fault removed: active boots, is blessed, and its bless re-arms recovery's counter
+    # the next boot is active again (the fault removed): blessed, and its bless gives the budget back
     node.set_faults([])
     node.run_predicted([], 1)
     assert node.rows[-1].role == "active" and node.rows[-1].after == "active.efi"
     names = nodevm.esp_names(node.disk)
     assert "recovery+2.efi" in names and "recovery+0-2.efi" not in names
+    assert "bootkeeper-handbacks" not in nodevm.esp_names(node.disk, "loader")
 
 
 @retry_on_guest_crash

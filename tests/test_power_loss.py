@@ -63,6 +63,20 @@ def _make_counted(root: Path) -> Path:
     )
 
 
+def _make_all_bad(root: Path) -> Path:
+    """Nothing but statereset boots (issue 26 item 9): its good bless hands back."""
+    return esp_with(
+        root,
+        {
+            "active+0-3.conf": entry_body("active"),
+            "passive+0-3.conf": entry_body("passive"),
+            "recovery+0-3.conf": entry_body("recovery"),
+            "statereset+2-1.conf": entry_body("statereset"),
+        },
+        "timeout 0\n",
+    )
+
+
 def _make_rotatable(root: Path) -> Path:
     return esp_with(
         root,
@@ -100,6 +114,12 @@ CASES: dict[str, tuple[Callable[[Path], Path], Callable[[EspStore, Path], object
         _make_counted,
         lambda s, t: bless.bless(
             s, bless.parse_entry_path("loader/entries/active+2-1.conf", "t"), bless.Verdict.BAD, CFG
+        ),
+    ),
+    "bless-statereset-hands-back": (
+        _make_all_bad,
+        lambda s, t: bless.bless(
+            s, bless.parse_entry_path("loader/entries/statereset+2-1.conf", "t"), bless.Verdict.GOOD, CFG
         ),
     ),
     "arm": (_make_plain, lambda s, t: chain.arm(s, CFG)),

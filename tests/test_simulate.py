@@ -45,9 +45,11 @@ def test_service_failure_reboots_on_active_only(tmp_path: Path) -> None:
     ]
 
 
-def test_reboot_always_loops_through_to_statereset(tmp_path: Path) -> None:
+def test_reboot_always_loops_through_to_statereset_which_hands_back(tmp_path: Path) -> None:
     got = _run(tmp_path, ["active=always:service", "passive=always:service", "recovery=always"], 8, policy="always")
-    assert [g.split(":")[0] for g in got] == ["active"] * 2 + ["passive"] * 2 + ["recovery"] * 2 + ["statereset"] * 2
+    roles = [g.split(":")[0] for g in got]
+    assert roles == ["active"] * 2 + ["passive"] * 2 + ["recovery"] * 2 + ["statereset", "active"]
+    assert got[6] == "statereset:good:up; handed back: active boots next"
 
 
 def test_recovery_is_not_blessed_and_falls_through(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ class BootAssessment:
     recovery_tries: int = 3
     services: tuple[ServiceSpec, ...] = ()
     good_when: GoodWhen = GoodWhen.MULTI_USER
+    handbacks: int = 1  # assess/handback.py
 
 
 class SysextStore(StrEnum):
@@ -313,6 +314,13 @@ class Setting(NamedTuple):  # a NamedTuple, not a dataclass: config is on the bo
 # In each section, the order of its rows is the order its unknown-key error lists them (and README's
 # config table: tests/test_config.py).
 SETTINGS = (
+    Setting(
+        "boot_assessment",
+        "handbacks",
+        _whole(0, 100),
+        "times in a row a good statereset boot re-arms active, passive and recovery (the next boot is active) "
+        "without a good active or passive boot between; then statereset stays (0: always)",
+    ),
     Setting("boot_assessment", "rearm", _bool, "re-arm the booted entry after every good boot"),
     Setting(
         "boot_assessment",

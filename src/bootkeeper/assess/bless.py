@@ -12,6 +12,9 @@ in changes nothing. On top of that, bootkeeper:
   booted is the one kept;
 * never blesses a recovery boot (so a recovery that cannot repair the node falls through to
   statereset), and re-arms recovery and statereset when active or passive is blessed good;
+* on a good statereset boot hands the node back to active, passive and recovery while the budget
+  ``handbacks`` allows, and gives statereset fresh tries instead of dropping its counter
+  (assess/handback.py); a good active or passive boot gives the budget back;
 * with ``rearm: true`` gives the booted entry fresh tries instead of dropping its counter.
 """
 
@@ -21,9 +24,11 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from bootkeeper.assess import handback as handback_mod
 from bootkeeper.config import BootAssessment
 from bootkeeper.errors import InputError, MalformedError, NotApplicableError, WriteError
 from bootkeeper.esp import counter as counter_mod
+from bootkeeper.esp import handback as handback_file
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Role
 from bootkeeper.esp.store import LOADER_CONF, EspStore, is_temporary
@@ -104,6 +109,7 @@ class BlessResult:
     actions: list[str] = field(default_factory=list)
     note: str | None = None
     withheld: bool = False  # a good recovery boot, deliberately not blessed
+    handback: handback_mod.Result | None = None  # a good statereset boot: handed back, or stays
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -113,14 +119,23 @@ class BlessResult:
             "actions": self.actions,
             "note": self.note,
             "withheld": self.withheld,
+            "handback": self.handback.as_json() if self.handback is not None else None,
         }
 
 
 def _current(store: EspStore, b: BootedEntry) -> tuple[str, str] | None:
-    """(state, file name) of whichever of the three names exists; good wins, as in bless-boot."""
+    """(state, file name) of whichever of the three names exists; good wins, as in bless-boot. Then
+    bootkeeper's fourth, for statereset, whose good bless always re-arms it: the entry with a fresh
+    counter (``+N``, none used) was blessed good."""
     for state, name in (("good", b.good_name), ("bad", b.bad_name), ("indeterminate", b.name.name)):
         if store.exists(f"{b.directory}/{name}"):
             return state, name
+    if b.role is not Role.STATERESET:
+        return None
+    for name in store.list_dir(b.directory):
+        cn = counter_mod.parse(name, b.name.suffix)
+        if cn.counted and cn.tries_done == 0 and cn.same_entry(b.name) and not is_temporary(name):
+            return "good", name
     return None
 
 
@@ -189,12 +204,12 @@ def _default_plan(store: EspStore, old: str, new: str, verdict: Verdict, booted:
     return loader_mod.set_default(conf.text, value).encode(), action
 
 
-def _check_room(store: EspStore, data: bytes, verdict: Verdict, booted: str) -> None:
+def _check_room(store: EspStore, data: bytes, verdict: Verdict, booted: str, rel: str = LOADER_CONF) -> None:
     need = len(data) + WRITE_MARGIN
     free = store.free_bytes()
     if free < need:
         raise WriteError(
-            f"{store.path(LOADER_CONF)}: {free} bytes free on the ESP, {need} needed to rewrite it: "
+            f"{store.path(rel)}: {free} bytes free on the ESP, {need} needed to rewrite it: "
             f"not marking {booted} {verdict.value} (nothing changed)",
             hint="make room on the ESP (bootkeeper lint --esp lists stale temporaries), then run bless again",
         )
@@ -222,9 +237,12 @@ def bless(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAsses
             return result
         if verdict is Verdict.GOOD:
             target = booted.good_name
-            if cfg.rearm:
+            # statereset keeps a counter: its next boot must be counted and blessed for the hand-back
+            # rule to run again (bootkeeper-bless.service runs only on counted boots)
+            if cfg.rearm or role is Role.STATERESET:
                 assert booted.name.prefix is not None and booted.name.tail is not None
-                target = counter_mod.format_name(booted.name.prefix, booted.name.tail, cfg.tries)
+                tries = cfg.recovery_tries if role is Role.STATERESET else cfg.tries
+                target = counter_mod.format_name(booted.name.prefix, booted.name.tail, tries)
         elif verdict is Verdict.BAD:
             target = booted.bad_name
         else:
@@ -238,11 +256,25 @@ def bless(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAsses
         default = None if existing == target else _default_plan(store, existing, target, verdict, booted.path)
         stale = _siblings(store, booted, keep={existing, target})
         rearm = []
-        if verdict is Verdict.GOOD and role is not None and role.burns_own_tries:
+        good_ab = verdict is Verdict.GOOD and role is not None and role.burns_own_tries
+        if good_ab:
             rearm = _rearm_plan(store, cfg.recovery_tries)
+        handback = None
+        if verdict is Verdict.GOOD and role is Role.STATERESET:
+            handback = handback_mod.plan(store, cfg)
         if default is not None:
             _check_room(store, default[0], verdict, booted.path)
+        if handback is not None and handback.count_after is not None and handback.renames:
+            data = handback_file.render(handback.count_after)
+            _check_room(store, data, verdict, booted.path, handback_file.HANDBACKS)
         # Act, in the order test_power_loss.py proves bootable after a crash at any step.
+        if good_ab:
+            reset = handback_mod.reset(store)  # before the rename: see assess/handback.py
+            if reset is not None:
+                result.actions.append(reset)
+        if handback is not None:
+            result.handback = handback_mod.apply(store, handback)
+            result.actions.extend(result.handback.actions)
         if existing == target:
             result.note = f"already {verdict.value}: {d}/{target}"
         else:

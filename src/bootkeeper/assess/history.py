@@ -8,6 +8,8 @@ say *why* this entry booted and *when* the entries before it used their tries.
 * ``not-good`` (written by a unit that fails the boot assessment, ``bootkeeper sysext required
   --record``): the unit and why, for that boot id (a boot may have several); no verdict follows, as
   boot-complete.target is not reached;
+* ``handback`` (written by ``bootkeeper bless`` on a good statereset boot, assess/handback.py): whether it
+  handed back to active, passive and recovery or stayed (the budget spent), the count and the budget;
 * ``upgrade`` (written by ``bootkeeper upgrade`` after the transaction): the role replaced (active or
   recovery), the OS before and after (``PRETTY_NAME``, ``VERSION_ID``, ``IMAGE_VERSION`` of the two UKIs'
   ``.osrel``) and both extension sets (name, size, sha256). Readers that predate it skip it without a
@@ -84,6 +86,41 @@ class RecordedEntry:
         return {"path": self.path, "state": self.state, "tries_left": self.left, "tries_done": self.done}
 
 
+@dataclass(frozen=True)
+class Handback:
+    """A good statereset boot's hand-back, as bless recorded it."""
+
+    decision: str  # handed-back | stayed | nothing (assess/handback.py's Decision)
+    count: int | None
+    budget: int
+    time: float
+
+    @property
+    def text(self) -> str:
+        used = f"{self.count if self.count is not None else '?'} of {self.budget}"
+        return {
+            "handed-back": f"handed back to active ({used})",
+            "stayed": f"stays on statereset: hand-back budget spent ({used})",
+        }.get(self.decision, "nothing to hand back to")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"decision": self.decision, "count": self.count, "budget": self.budget, "time": self.time}
+
+
+def _handback(rec: dict[str, Any], t: float) -> Handback:
+    from bootkeeper.assess.handback import Decision
+
+    decision, count, budget = rec["decision"], rec.get("count"), rec["budget"]
+    if decision not in {d.value for d in Decision}:
+        raise ValueError(f"decision {str(decision)[:40]!r} is not one of {', '.join(d.value for d in Decision)}")
+    for name, v in (("count", count), ("budget", budget)):
+        if v is not None and (type(v) is not int or not 0 <= v <= counter_mod.INT_MAX):
+            raise TypeError(f"{name} is not a count")
+    if budget is None:
+        raise TypeError("budget is not a count")
+    return Handback(decision, count, budget, t)
+
+
 @dataclass
 class Boot:
     boot_id: str
@@ -96,6 +133,7 @@ class Boot:
     verdict: str | None = None
     verdict_time: float | None = None
     not_good: list[str] = field(default_factory=list)  # "UNIT: why" of each not-good record
+    handback: Handback | None = None  # a good statereset boot: handed back, or stayed
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +147,7 @@ class Boot:
             "verdict_time": self.verdict_time,
             "not_good": list(self.not_good),
             "entries": [e.as_json() for e in self.entries],
+            "handback": self.handback.as_json() if self.handback is not None else None,
         }
 
 
@@ -325,6 +364,8 @@ def parse_all(text: str, source: str) -> History:
                 if not isinstance(why, str):
                     raise TypeError("why is not a string")
                 boots[boot_id].not_good.append(f"{_str(rec['unit'], 'unit')}: {why[:MAX_WHY]}")
+            elif kind == "handback" and boot_id in boots:
+                boots[boot_id].handback = _handback(rec, t)
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser's stack; OverflowError: float()
             warnings.append(f"{source}:{n}: skipped a malformed line ({type(exc).__name__}: {str(exc)[:120]})")
@@ -401,12 +442,41 @@ def _stamp(t: float) -> str:
     return _time.strftime("%Y-%m-%d %H:%M:%S UTC", _time.gmtime(t))
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """An entry as it stood when this boot started: from the boot's own record, else the ESP now."""
+
+    role: Role
+    path: str
+    state: str
+    done: int | None
+
+
+def _entries_at_boot(snap: Snapshot, booted_path: str | None, boots: list[Boot]) -> list[_Seen]:
+    """The entries as ``history record`` saw them at the start of this boot (the last record, when it is
+    this boot's entry): a good statereset boot hands back and re-arms the entries before it, and the
+    reason it booted is what they were then."""
+    last = boots[-1] if boots else None
+    here = (booted_path or "").replace("\\", "/").lstrip("/")
+    if last is not None and here and last.entry == here and last.entries:
+        out = []
+        for r in last.entries:
+            name = r.path.rsplit("/", 1)[-1]
+            role = Role.from_stem(counter_mod.parse(name, ".efi" if name.lower().endswith(".efi") else ".conf").stem)
+            if role is not None:
+                out.append(_Seen(role, r.path, r.state, r.done))
+        return out
+    return [_Seen(e.role, e.path, e.state.value, e.name.tries_done) for e in snap.entries if e.role is not None]
+
+
 def explain(snap: Snapshot, booted_role: Role | None, booted_path: str | None, boots: list[Boot]) -> Why:
     """Why this entry booted: the first choice, or a fallback because the roles before it are bad."""
     if booted_role is None:
         return Why(False, f"booted {booted_path or 'an unknown entry'}, which has no role")
     bad_before = [
-        e for e in snap.entries if e.role is not None and e.role.rank < booted_role.rank and e.state is EntryState.BAD
+        e
+        for e in _entries_at_boot(snap, booted_path, boots)
+        if e.role.rank < booted_role.rank and e.state == EntryState.BAD.value
     ]
     if not bad_before:
         if booted_role is Role.ACTIVE:
@@ -418,9 +488,8 @@ def explain(snap: Snapshot, booted_role: Role | None, booted_path: str | None, b
         )
     parts = []
     fallbacks = []
-    for e in sorted(bad_before, key=lambda x: x.role.rank if x.role else 99):
-        assert e.role is not None
-        tries = e.name.tries_done
+    for e in sorted(bad_before, key=lambda x: x.role.rank):
+        tries = e.done
         own = [b for b in boots if b.role == e.role.value]
         since_good: list[Boot] = []
         for b in own:  # the boots of that role since it was last good

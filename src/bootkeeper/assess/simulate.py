@@ -4,7 +4,8 @@ decides whether ``bless good`` runs (a good boot reaches boot-complete.target), 
 resets the machine, and a failed service reboots only where ``reboot_on_failure`` says so — with
 ``active``, by bootkeeper-generator's own rule (:func:`generator.on_failure`: only while the
 booted entry had a try left) — otherwise the node stays up on that entry, unblessed, and the run
-ends there.
+ends there. A good statereset boot hands back to active, passive and recovery, or stays, as
+bless decides it on the node (assess/handback.py): the count lives on the ESP copy simulate runs on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bootkeeper.assess import bless as bless_mod
-from bootkeeper.assess import bootloader, generator, history
+from bootkeeper.assess import bootloader, generator, handback, history
 from bootkeeper.config import BootAssessment, RebootOnFailure
 from bootkeeper.errors import UsageError
 from bootkeeper.esp.efivars import LoaderVars
@@ -70,6 +71,7 @@ class BootRecord:
     boot_count_path: str | None = None  # LoaderBootCountPath during this boot
     entry_selected: str | None = None  # LoaderEntrySelected during this boot
     time: float = 0.0
+    handback: str | None = None  # a good statereset boot: handback.Decision's value
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -82,7 +84,16 @@ class BootRecord:
             "verdict": self.verdict,
             "after": self.after,
             "actions": self.actions,
+            "handback": self.handback,
         }
+
+
+# what follows a good statereset boot, by its hand-back decision (assess/handback.py)
+_AFTER = {
+    handback.Decision.HANDED_BACK.value: "up; handed back: active boots next",
+    handback.Decision.STAYED.value: "up; stays on statereset (hand-back budget spent)",
+    handback.Decision.NOTHING.value: "up; nothing to hand back to",
+}
 
 
 def _reboots(policy: RebootOnFailure, choice: bootloader.BootChoice, tries: int) -> bool:
@@ -144,7 +155,10 @@ def simulate(
                 if history_root is not None:
                     verdict = "withheld" if res.withheld else "good"
                     history.append(history_root, history.verdict_record(f"sim-{n}", now + 30, verdict))
-            rec.after = "up; later reboot"
+                    if res.handback is not None:
+                        history.append(history_root, handback.record(f"sim-{n}", now + 30, res.handback))
+                rec.handback = res.handback.decision.value if res.handback is not None else None
+            rec.after = _AFTER.get(rec.handback or "", "up; later reboot")
         elif outcome is BootOutcome.PANIC:
             rec.verdict = "none (reset)"
         else:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bootkeeper import fsutil
-from bootkeeper.assess import history
+from bootkeeper.assess import handback, history
 from bootkeeper.assess.history import Boot, FailedUpgrade, Upgrade, Why
 from bootkeeper.errors import BootkeeperError
 from bootkeeper.esp import efivars as efivars_mod
@@ -183,6 +183,7 @@ class NodeStatus:
     history: tuple[Boot, ...]  # the last 10
     upgrades: tuple[Upgrade, ...]  # the last 5
     warnings: tuple[str, ...]  # every source that could not be read, in the order read
+    handback: handback.View | None = None  # statereset's hand-backs (assess/handback.py)
 
     @property
     def on_esp(self) -> dict[str, tuple[str, ...]]:
@@ -206,6 +207,7 @@ class NodeStatus:
             "history": [b.as_json() for b in self.history],
             "upgrades": [u.as_json() for u in self.upgrades],
             "warnings": list(self.problems),
+            "handback": self.handback.as_json() if self.handback is not None else None,
         }
 
 
@@ -326,9 +328,11 @@ def gather(
     snap: Snapshot | None = None,
     linked: Mapping[str, Sequence[str]] | None = None,
     linked_warnings: Sequence[str] = (),
+    handbacks: int = 1,
 ) -> NodeStatus:
     """``linked``/``linked_warnings``: the persistent store's good links per folder and the links it
-    skipped (sysext/status.py reads them; nothing when the extensions live on the ESP)."""
+    skipped (sysext/status.py reads them; nothing when the extensions live on the ESP); ``handbacks``:
+    the budget (``boot_assessment.handbacks``)."""
     from bootkeeper.assess import pin
     from bootkeeper.esp.efivars import LoaderVars
 
@@ -350,6 +354,10 @@ def gather(
         for e in sorted(snap.entries, key=lambda x: (x.role.rank if x.role else 99, x.path))
     )
     services = _services(root, read_services, warnings)
+    from bootkeeper.esp import handback as handback_file
+
+    count = handback_file.read(store)
+    shown = handback.view(count, handbacks, booted.role, snap.entries)
     return NodeStatus(
         Booted(booted.entry, booted.role, booted.blessed, booted.counting, why),
         failed,
@@ -359,5 +367,6 @@ def gather(
         services,
         tuple(boots[-10:]),
         tuple(recorded.upgrades[-5:]),
-        (*warnings, *snap.problems),
+        (*warnings, *snap.problems, *((count.problem,) if count.problem else ())),
+        shown,
     )

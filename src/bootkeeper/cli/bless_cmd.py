@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -83,7 +84,7 @@ def bless(
 
     cfg = load_config(config_files, root).boot_assessment
     result = bless_mod.bless(store, booted, bless_mod.Verdict(action), cfg)
-    _record_verdict(root, boot_id, "withheld" if result.withheld else action)
+    _record_verdict(root, boot_id, "withheld" if result.withheld else action, result.handback)
     if as_json:
         print_json(result.as_json())
         return
@@ -96,11 +97,13 @@ def bless(
         click.echo(f"{booted.path}: not marked {action}; left as it is")
     elif any(a.startswith("renamed ") for a in result.actions):
         click.echo(f"marked {booted.path} as {action}")
+    if result.handback is not None:
+        click.echo(result.handback.text)
 
 
-def _record_verdict(root: Path, boot_id: str | None, verdict: str) -> None:
-    """The verdict goes into the boot history (where ``history record`` keeps one: a node with
-    bootkeeper-boot.service); failing to write it never fails the bless."""
+def _record_verdict(root: Path, boot_id: str | None, verdict: str, handback: Any = None) -> None:
+    """The verdict, and a statereset boot's hand-back, go into the boot history (where ``history record``
+    keeps one: a node with bootkeeper-boot.service); failing to write it never fails the bless."""
     import time
 
     from bootkeeper.assess import history
@@ -109,7 +112,12 @@ def _record_verdict(root: Path, boot_id: str | None, verdict: str) -> None:
 
     if not (root / history.HISTORY).parent.is_dir():
         return
+    bid, now = current_boot_id(boot_id), time.time()
     try:
-        history.append(root, history.verdict_record(current_boot_id(boot_id), time.time(), verdict))
+        history.append(root, history.verdict_record(bid, now, verdict))
+        if handback is not None:
+            from bootkeeper.assess import handback as handback_mod
+
+            history.append(root, handback_mod.record(bid, now, handback))
     except WriteError as exc:
         click.echo(f"warning: {exc}", err=True)

@@ -97,7 +97,7 @@ def show(root: Path, as_json: bool) -> None:
                 b.entry,
                 b.left,
                 b.done,
-                b.verdict or _no_verdict(b.not_good),
+                (b.verdict or _no_verdict(b.not_good)) + (f"; {b.handback.text}" if b.handback else ""),
             ]
             for b in boots
         ],

@@ -261,6 +261,15 @@ def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
     fam("upgrade_failed", "1 if this fallback undid the last upgrade of active.").add(
         1.0 if node.failed_upgrade else 0.0
     )
+    hb = node.handback
+    if hb is not None and hb.count is not None:
+        fam("statereset_handbacks", "Statereset hand-backs since the last good active or passive boot.").add(hb.count)
+    if hb is not None:
+        fam("statereset_handback_budget", "boot_assessment.handbacks: hand-backs allowed in a row.").add(hb.budget)
+    fam(
+        "statereset_stays",
+        "1 if the node stays on statereset: its hand-back budget is spent and active and passive cannot boot.",
+    ).add(1.0 if hb is not None and hb.staying else 0.0)
 
     if tpm is not None:
         fam("tpm_verify_agree", "1 if tpm verify found the live PCRs as predicted, 0 if not.").add(

@@ -61,7 +61,7 @@ def metrics(
         return
     if textfile_dir is not None and output is not None:
         raise UsageError("--textfile-dir and -o both name where to write: give one")
-    from bootkeeper.cli.status_cmd import _store_dir, gather
+    from bootkeeper.cli.status_cmd import _store_dir, gather, handback_budget
 
     shown = gather(
         root,
@@ -70,6 +70,7 @@ def metrics(
         sdboot_version,
         store_dir=_store_dir(config_files, root),
         read_services=None,  # no metric needs the services' states: no systemctl call
+        handbacks=handback_budget(config_files, root),
     )
     families = m.build(shown, m.read_tpm(root), time.time())
     if as_json:

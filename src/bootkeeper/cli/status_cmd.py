@@ -47,7 +47,7 @@ class Status:
         node = self.node.as_json()
         return {
             **(self.menu.as_json() if self.menu is not None else {}),
-            **{k: node[k] for k in ("booted", "failed_upgrade", "roles", "services")},
+            **{k: node[k] for k in ("booted", "failed_upgrade", "handback", "roles", "services")},
             "extensions": self.extensions.as_json(),
             "history": node["history"],
             "upgrades": node["upgrades"],
@@ -63,6 +63,8 @@ class Status:
             lines.append(f"why: {node.booted.why.text}")
         if node.failed_upgrade:
             lines.append(node.failed_upgrade.text)
+        if node.handback:
+            lines.append(f"hand-back: {node.handback.text}")
         lines.append("entries:")
         for e in node.entries:
             tries = "not counted" if e.tries_left is None else f"{e.tries_left} tries left, {e.tries_done} used"
@@ -135,6 +137,7 @@ def gather(
     snap: Snapshot | None = None,
     store_dir: Path | None = None,
     read_services: ServiceReader | None = node_status.systemctl_states,
+    handbacks: int | None = None,
 ) -> Status:
     """Both halves (no menu). ``store_dir``: the persistent extension store, when the config has one;
     ``read_services``: how to ask for the services' states (None: do not ask)."""
@@ -150,6 +153,7 @@ def gather(
         snap=snap,
         linked=links.folders if links else None,
         linked_warnings=links.problems if links else (),
+        **({"handbacks": handbacks} if handbacks is not None else {}),
     )
     ext, problems = ext_status.gather(root, node.on_esp, links)
     return Status(node, ext, problems)
@@ -164,6 +168,13 @@ def _store_dir(config_files: tuple[Path, ...], root: Path) -> Path | None:
 
     cfg = load_config(config_files, root)
     return fsutil.under(root, cfg.sysext.store_dir) if cfg.sysext.store is SysextStore.PERSISTENT else None
+
+
+def handback_budget(config_files: tuple[Path, ...], root: Path) -> int | None:
+    """``boot_assessment.handbacks`` when a config is there (None: the default, and no YAML import)."""
+    if not config_files and not any((root / "oem").glob("*.yaml")):
+        return None
+    return int(load_config(config_files, root).boot_assessment.handbacks)
 
 
 @click.command()
@@ -193,7 +204,15 @@ def status(
     efivars = efivars_dir(efivars, root)
     esp_root = find_esp(esp)
     snap = EspStore(esp_root).snapshot(sdboot_version, loader_info=loader_info(efivars))  # once for both views
-    shown = gather(root, esp_root, efivars, sdboot_version, snap=snap, store_dir=_store_dir(config_files, root))
+    shown = gather(
+        root,
+        esp_root,
+        efivars,
+        sdboot_version,
+        snap=snap,
+        store_dir=_store_dir(config_files, root),
+        handbacks=handback_budget(config_files, root),
+    )
     shown = dataclasses.replace(shown, menu=_view(esp_root, efivars, sdboot_version, snap))
     if as_json:
         print_json(shown.as_json())
