@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from bootkeeper.esp.efivars import LOADER_GUID, encode_string
 
@@ -113,3 +118,25 @@ def extra_sets(root: Path, folder: str) -> dict[str, dict[str, bytes]]:
         for x in sorted(d.iterdir())
         if x.is_dir() and x.name.endswith(".extra.d")
     }
+
+
+def install_units(root: Path, cfg: str) -> Path:
+    """``bootkeeper install-units --root ROOT`` with ``cfg`` as its only /oem file; the unit folder."""
+    (root / "oem").mkdir(parents=True, exist_ok=True)
+    (root / "oem/90.yaml").write_text(cfg)
+    r = subprocess.run(
+        [sys.executable, "-m", "bootkeeper", "install-units", "--root", str(root),
+         "--exe", f"{sys.executable} -m bootkeeper", "--python", sys.executable],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return root / "etc/systemd/system"
+
+
+def systemd_verify(unit_dir: Path, *names: str) -> subprocess.CompletedProcess[str]:
+    """The host's ``systemd-analyze verify`` of NAMES, found in ``unit_dir`` before the system's units."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.fail("systemd-analyze is missing; scripts/setup-test-deps.sh installs systemd")
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:", "SYSTEMD_LOG_COLOR": "0"}
+    return subprocess.run([tool, "verify", "--man=no", *names], capture_output=True, text=True, env=env, check=False)

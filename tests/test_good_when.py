@@ -20,6 +20,7 @@ from bootkeeper import config
 from bootkeeper.assess import units
 from bootkeeper.errors import ConfigError
 from bootkeeper.sysext import required
+from helpers import install_units, systemd_verify
 
 UNIT_DIR = "etc/systemd/system"
 REQUIRES = "boot-complete.target.requires"
@@ -27,22 +28,6 @@ REQUIRES = "boot-complete.target.requires"
 
 def bk(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
-
-
-def _install(root: Path, cfg: str) -> Path:
-    (root / "oem").mkdir(parents=True, exist_ok=True)
-    (root / "oem/90.yaml").write_text(cfg)
-    r = bk("install-units", "--root", str(root), "--exe", f"{sys.executable} -m bootkeeper", "--python", sys.executable)
-    assert r.returncode == 0, r.stderr
-    return root / UNIT_DIR
-
-
-def _verify(unit_dir: Path, *names: str) -> subprocess.CompletedProcess[str]:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.fail("systemd-analyze is missing; scripts/setup-test-deps.sh installs systemd")
-    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:", "SYSTEMD_LOG_COLOR": "0"}
-    return subprocess.run([tool, "verify", "--man=no", *names], capture_output=True, text=True, env=env, check=False)
 
 
 def _unit_section(text: str, keys: tuple[str, ...]) -> list[str]:
@@ -77,7 +62,7 @@ def test_the_default_unit_is_upstreams_ordering_plus_requires_multi_user(tmp_pat
     real = nodevm.GUEST / "usr/lib/systemd/system/systemd-boot-check-no-failures.service"
     if not real.exists():
         pytest.fail(f"{real} is missing: scripts/setup-node-guest.sh installs systemd into the guest")
-    unit_dir = _install(tmp_path, "boot_assessment: {}\n")
+    unit_dir = install_units(tmp_path, "boot_assessment: {}\n")
     ours = (unit_dir / units.BOOT_CHECK_UNIT).read_text()
     keys = ("After", "Before")
     assert _unit_section(ours, keys) == _unit_section(real.read_text(), keys)
@@ -86,12 +71,12 @@ def test_the_default_unit_is_upstreams_ordering_plus_requires_multi_user(tmp_pat
     assert "\nExecStart=/bin/true\n" in ours
     for name in (units.BOOT_CHECK_UNIT, units.REQUIRED_UNIT):
         assert os.readlink(unit_dir / REQUIRES / name) == f"/{UNIT_DIR}/{name}"
-    r = _verify(unit_dir, units.BOOT_CHECK_UNIT, units.REQUIRED_UNIT)
+    r = systemd_verify(unit_dir, units.BOOT_CHECK_UNIT, units.REQUIRED_UNIT)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
 def test_the_required_unit_runs_only_on_the_activations_verdict(tmp_path: Path) -> None:
-    unit_dir = _install(tmp_path, "sysext: {}\n")
+    unit_dir = install_units(tmp_path, "sysext: {}\n")
     text = (unit_dir / units.REQUIRED_UNIT).read_text()
     assert units.REQUIRED_UNIT == required.UNIT and f"/{required.FAILED}" == units.REQUIRED_FAILED
     assert f"\nConditionPathExists=/{required.FAILED}\n" in text
@@ -112,13 +97,13 @@ def test_no_failed_units_uses_the_nodes_own_check(tmp_path: Path) -> None:
     tool = root / units.NO_FAILURES.lstrip("/")
     tool.write_text("#!/bin/sh\n")
     tool.chmod(0o755)
-    unit_dir = _install(root, "boot_assessment:\n  good_when: no-failed-units\n")
+    unit_dir = install_units(root, "boot_assessment:\n  good_when: no-failed-units\n")
     text = (unit_dir / units.BOOT_CHECK_UNIT).read_text()
     assert f"\nExecStart={units.NO_FAILURES}\n" in text and "Requires=multi-user.target" in text
     assert "and no unit failed" in text
     if not Path(units.NO_FAILURES).exists():
         pytest.fail(f"{units.NO_FAILURES} is missing on this host: systemd-analyze verify needs it")
-    r = _verify(unit_dir, units.BOOT_CHECK_UNIT)
+    r = systemd_verify(unit_dir, units.BOOT_CHECK_UNIT)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
@@ -127,10 +112,10 @@ def test_no_failed_units_without_the_program_asks_the_manager(tmp_path: Path, fa
     """Where the node has no systemd-boot-check-no-failures: the same question (the manager's
     NFailedUnits), the ExecStart line run by the real sh with systemd's $$ unescaped, against a
     systemctl that answers ``failed``."""
-    unit_dir = _install(tmp_path / "root", "boot_assessment:\n  good_when: no-failed-units\n")
+    unit_dir = install_units(tmp_path / "root", "boot_assessment:\n  good_when: no-failed-units\n")
     line = next(ln for ln in (unit_dir / units.BOOT_CHECK_UNIT).read_text().splitlines() if ln.startswith("ExecStart="))
     assert line.startswith("ExecStart=/bin/sh -c '")
-    r = _verify(unit_dir, units.BOOT_CHECK_UNIT)
+    r = systemd_verify(unit_dir, units.BOOT_CHECK_UNIT)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -146,16 +131,16 @@ def test_no_failed_units_without_the_program_asks_the_manager(tmp_path: Path, fa
 
 
 def test_services_only_renders_no_check_and_removes_an_earlier_one(tmp_path: Path) -> None:
-    unit_dir = _install(tmp_path, "boot_assessment: {}\n")
+    unit_dir = install_units(tmp_path, "boot_assessment: {}\n")
     assert (unit_dir / REQUIRES / units.BOOT_CHECK_UNIT).is_symlink()
-    _install(tmp_path, "boot_assessment:\n  good_when: services-only\n")
+    install_units(tmp_path, "boot_assessment:\n  good_when: services-only\n")
     assert not (unit_dir / REQUIRES / units.BOOT_CHECK_UNIT).is_symlink()
     assert not (unit_dir / units.BOOT_CHECK_UNIT).exists()
     # the required extensions' check stays: it is the config read at boot that decides
     assert (unit_dir / REQUIRES / units.REQUIRED_UNIT).is_symlink()
     # a unit of that name bootkeeper did not write is left alone
     (unit_dir / units.BOOT_CHECK_UNIT).write_text("[Unit]\nDescription=the operator's\n")
-    _install(tmp_path, "boot_assessment:\n  good_when: services-only\n")
+    install_units(tmp_path, "boot_assessment:\n  good_when: services-only\n")
     assert (unit_dir / units.BOOT_CHECK_UNIT).read_text() == "[Unit]\nDescription=the operator's\n"
 
 
@@ -163,7 +148,7 @@ def test_lint_finds_nothing_in_the_units_that_decide_a_boot(tmp_path: Path) -> N
     """lint's boot-complete.target rules (BK104: RequiredBy= on a unit nothing enables; BK105: Before=
     with nothing that makes it needed; BK103: FailureAction on a fallback role) on the rendered units,
     under the root whose links enable them."""
-    unit_dir = _install(tmp_path, "boot_assessment:\n  good_when: no-failed-units\n")
+    unit_dir = install_units(tmp_path, "boot_assessment:\n  good_when: no-failed-units\n")
     files = [str(unit_dir / units.BOOT_CHECK_UNIT), str(unit_dir / units.REQUIRED_UNIT)]
     r = bk("lint", *files, "--json")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -16,36 +16,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import nodevm
-from test_node import NODE_TABLES, GuestCrash, Node, _marks_json, _merged, _runs, _unit
+from test_node import GuestCrash, Node, _marks_json, _merged, _runs, _unit
 
 pytestmark = pytest.mark.node
 
 Q = "/var/lib/bootkeeper/quarantine"
-
-
-@pytest.fixture(scope="module")
-def pieces() -> dict[str, Path]:
-    """test_node.py's four extensions (and the root image and UKIs they boot with)."""
-    missing = nodevm.missing_pieces()
-    if missing:
-        pytest.fail(f"node test pieces missing (scripts/setup-test-deps.sh installs them): {', '.join(missing)}")
-    nodevm.root_image()
-    nodevm.ukis()
-    return nodevm.sysext_images()
-
-
-@pytest.fixture
-def node_factory() -> Iterator[list[Node]]:
-    """The scenario's node; its table goes into the run's summary as test_node.py's do."""
-    made: list[Node] = []
-    yield made
-    NODE_TABLES.extend(t for node in made for t in [(node.title, node.table()), *node.extra])
 
 
 def _extension(work: Path, name: str, key: Path, crt: Path) -> Path:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import install_units, systemd_verify
+
 UNIT_DIR = "etc/systemd/system"
 
 
@@ -19,24 +21,8 @@ def bk(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
-def _install(root: Path, cfg: str) -> Path:
-    (root / "oem").mkdir(parents=True, exist_ok=True)
-    (root / "oem/90.yaml").write_text(cfg)
-    r = bk("install-units", "--root", str(root), "--exe", f"{sys.executable} -m bootkeeper", "--python", sys.executable)
-    assert r.returncode == 0, r.stderr
-    return root / UNIT_DIR
-
-
-def _verify(units: Path, *names: str) -> subprocess.CompletedProcess[str]:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        pytest.fail("systemd-analyze is missing; scripts/setup-test-deps.sh installs systemd")
-    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:", "SYSTEMD_LOG_COLOR": "0"}
-    return subprocess.run([tool, "verify", "--man=no", *names], capture_output=True, text=True, env=env, check=False)
-
-
-def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    units = _install(tmp_path, "sysext:\n  mode: enforced\n  hierarchies: [/usr, /opt, /usr/local]\n")
+def test_units_pass_systemd_analyzesystemd_verify(tmp_path: Path) -> None:
+    units = install_units(tmp_path, "sysext:\n  mode: enforced\n  hierarchies: [/usr, /opt, /usr/local]\n")
     service = (units / "bootkeeper-sysext.service").read_text()
     dropin = (units / "systemd-sysext.service.d/10-bootkeeper.conf").read_text()
     assert "Before=systemd-sysext.service" in service and "After=local-fs.target" in service
@@ -45,25 +31,25 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "Environment=SYSTEMD_SYSEXT_HIERARCHIES=/usr:/opt:/usr/local" in dropin
     link = units / "sysinit.target.wants/bootkeeper-sysext.service"
     assert os.readlink(link) == "/etc/systemd/system/bootkeeper-sysext.service"
-    r = _verify(units, "bootkeeper-sysext.service", "systemd-sysext.service")
+    r = systemd_verify(units, "bootkeeper-sysext.service", "systemd-sysext.service")
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
 def test_verify_reads_the_dropin(tmp_path: Path) -> None:
     """The control: the same check notices a broken key in our drop-in, so the pass above means it."""
-    units = _install(tmp_path, "sysext: {}\n")
+    units = install_units(tmp_path, "sysext: {}\n")
     p = units / "systemd-sysext.service.d/10-bootkeeper.conf"
     p.write_text(p.read_text().replace("ExecReload=\n", "ExecReloadd=\n"))
-    r = _verify(units, "systemd-sysext.service")
+    r = systemd_verify(units, "systemd-sysext.service")
     assert "ExecReloadd" in r.stderr
 
 
 def test_permissive_mode_passes_no_policy(tmp_path: Path) -> None:
-    units = _install(tmp_path, "sysext:\n  mode: permissive\n")
+    units = install_units(tmp_path, "sysext:\n  mode: permissive\n")
     dropin = (units / "systemd-sysext.service.d/10-bootkeeper.conf").read_text()
     assert "ExecStart=systemd-sysext refresh\n" in dropin and "--image-policy" not in dropin
     # re-running with another mode rewrites the drop-in in place
-    units = _install(tmp_path, "sysext:\n  mode: enforced\n")
+    units = install_units(tmp_path, "sysext:\n  mode: enforced\n")
     assert "--image-policy=" in (units / "systemd-sysext.service.d/10-bootkeeper.conf").read_text()
     assert not [p for p in units.rglob(".bootkeeper-*")]
 
@@ -132,7 +118,7 @@ def test_a_252_node_gets_a_dropin_its_systemd_sysext_runs(tmp_path: Path) -> Non
         "bootkeeper-sysext.service does, for the images it places and those in /etc/extensions or "
         "/var/lib/extensions when it runs; one put there later merges unchecked at the next refresh\n"
     )
-    v = _verify(root / UNIT_DIR, "bootkeeper-sysext.service", "systemd-sysext.service")
+    v = systemd_verify(root / UNIT_DIR, "bootkeeper-sysext.service", "systemd-sysext.service")
     assert v.returncode == 0 and v.stderr == "", v.stderr
     empty = tmp_path / "empty"
     (empty / "usr/lib").mkdir(parents=True)
@@ -229,7 +215,7 @@ ConditionPathExists=|/sys/firmware/efi/efivars/StubFeatures-4a67b082-0a4c-41cf-b
 def test_random_seed_unit_takes_the_real_ones_place(tmp_path: Path) -> None:
     """issue 15, item 11 (seed 002): bootkeeper-random-seed.service runs where systemd-boot-random-seed.service
     runs (same ordering and conditions, wanted by sysinit.target), which is masked; systemd-analyze verify passes."""
-    units = _install(tmp_path, "sysext: {}\n")
+    units = install_units(tmp_path, "sysext: {}\n")
     text = (units / "bootkeeper-random-seed.service").read_text()
     unit = text.split("[Unit]\n", 1)[1].split("\n[Service]", 1)[0]
     assert [x for x in unit.splitlines() if not x.startswith(("Description=", "Documentation="))] == [
@@ -241,7 +227,7 @@ def test_random_seed_unit_takes_the_real_ones_place(tmp_path: Path) -> None:
     assert os.readlink(units / "systemd-boot-random-seed.service") == "/dev/null"
     link = units / "sysinit.target.wants/bootkeeper-random-seed.service"
     assert os.readlink(link) == "/etc/systemd/system/bootkeeper-random-seed.service"
-    r = _verify(units, "bootkeeper-random-seed.service")
+    r = systemd_verify(units, "bootkeeper-random-seed.service")
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
@@ -249,7 +235,7 @@ def test_random_seed_unit_is_skipped_where_there_is_no_bootctl(tmp_path: Path) -
     """The one condition more than the real unit has, judged by systemd itself (systemd-analyze condition, on
     this machine): true exactly where /usr/bin/bootctl is executable (Debian 12 here has none: skipped, so a
     node without bootctl gets no failed unit on every boot)."""
-    units = _install(tmp_path, "sysext: {}\n")
+    units = install_units(tmp_path, "sysext: {}\n")
     text = (units / "bootkeeper-random-seed.service").read_text()
     (line,) = [x for x in text.splitlines() if x.startswith("ConditionFileIsExecutable=")]
     tool = shutil.which("systemd-analyze")
