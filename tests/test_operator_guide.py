@@ -1,6 +1,6 @@
-"""docs/operator-guide.md promises only what tests prove: every ``tests/test_x.py::test_name`` it names is a
-test function of that file (read with ast, so a renamed or deleted test fails here), and every section
-names at least one."""
+"""docs/operator-guide.md and docs/seed-audit.md promise only what tests prove: every
+``tests/test_x.py::test_name`` they name is a test function of that file (read with ast, so a renamed or
+deleted test fails here), and every section names at least one."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "operator-guide.md"
+AUDIT = ROOT / "docs" / "seed-audit.md"
 REF = re.compile(r"`(tests/test_\w+\.py)::(test_\w+)`")
 
 
@@ -18,9 +21,9 @@ def _tests(path: Path) -> set[str]:
     return {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
 
 
-def test_every_test_the_guide_names_exists() -> None:
-    text = GUIDE.read_text()
-    refs = REF.findall(text)
+@pytest.mark.parametrize("doc", [GUIDE, AUDIT], ids=["operator-guide", "seed-audit"])
+def test_every_test_the_guide_names_exists(doc: Path) -> None:
+    refs = REF.findall(doc.read_text())
     assert len(refs) >= 20
     missing = [f"{f}::{t}" for f, t in refs if not (ROOT / f).is_file() or t not in _tests(ROOT / f)]
     assert missing == []
@@ -34,6 +37,14 @@ def test_each_section_names_its_tests() -> None:
         "Extension changes and the disk",
     ]
     for s in sections:
+        assert REF.search(s), s.splitlines()[0]
+
+
+def test_the_seed_audit_names_each_wish_of_issue_26_with_a_test() -> None:
+    sections = re.split(r"^## ", AUDIT.read_text(), flags=re.M)[1:]
+    assert [s.split(".", 1)[0] for s in sections] == [str(n) for n in range(1, 10)]
+    for s in sections:
+        assert s.count("\n> ") >= 1, s.splitlines()[0]  # the seed's words
         assert REF.search(s), s.splitlines()[0]
 
 
