@@ -280,7 +280,7 @@ ConditionPathExists={REQUIRED_FAILED}
 Type=oneshot
 RemainAfterExit=yes
 ExecStart={exec_line} sysext required --record --reboot-on-failure active
-# the login message says why, before FailureAction=reboot (on active) or for the operator
+# the login message says why: before the reboot (on active, by the check itself) or for the operator
 ExecStopPost=-{exec_line} motd
 StandardOutput=journal+console
 
