@@ -116,15 +116,8 @@ def build_esl(entries: Iterable[tuple[uuid.UUID, uuid.UUID, bytes]]) -> bytes:
 
 def read_efivar(efivars: Path, name: str) -> bytes | None:
     """The data of an efivarfs variable (without its 4 attribute bytes), or None when it is absent."""
-    from bootkeeper.esp.efivars import read_raw
-
-    p = efivars / f"{name}-{VARIABLE_GUID[name]}"
-    raw = read_raw(p)
-    if raw is None:
-        return None
-    if len(raw) < 4:
-        raise MalformedError(f"{p}: {len(raw)} bytes, shorter than the 4-byte attribute header")
-    return raw[4:]
+    found = _efivar_with_attrs(efivars, name, VARIABLE_GUID[name])
+    return None if found is None else found[1]
 
 
 def _efivar_with_attrs(efivars: Path, name: str, guid: str) -> tuple[int, bytes] | None:
