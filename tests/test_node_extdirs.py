@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 
 import nodevm
-from test_node import GuestCrash, Node, _marks_json, _merged, _runs, _unit
+from test_node import GuestCrash, Node, _marks_json, _merged, _runs, _unit, node_factory, pieces
 
 pytestmark = pytest.mark.node
+
+__all__ = ["node_factory", "pieces"]  # fixtures, used by name
 
 Q = "/var/lib/bootkeeper/quarantine"
 
