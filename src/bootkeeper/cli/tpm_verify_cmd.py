@@ -19,6 +19,7 @@ EFIVARS = "sys/firmware/efi/efivars"
 STUB_IMAGE = "StubImageIdentifier"
 # EFI_GLOBAL_VARIABLE (UEFI 2.10, 3.3): SecureBoot is one byte, 1 when on
 SECURE_BOOT = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+MAX_EXPECT = 64 << 20  # a saved `tpm predict --json`: a few KiB an entry, file lists included
 
 
 def _secure_boot(efivars: Path) -> bool:
@@ -79,11 +80,10 @@ def verify(
     """Replay the TPM event log against the live PCRs, find the booted entry, and compare what
     systemd-stub logged into PCRs 11, 12 and 13 with the ESP's prediction for it. Exit 0 when all
     agree, 1 with findings."""
-    import json
 
     from bootkeeper import fsutil
     from bootkeeper.cli.common import find_esp, load_config
-    from bootkeeper.errors import ExitCode, MalformedError, NotApplicableError
+    from bootkeeper.errors import ExitCode, NotApplicableError
     from bootkeeper.esp import efivars as ev
     from bootkeeper.esp.store import EspStore
     from bootkeeper.measure import eventlog
@@ -112,10 +112,10 @@ def verify(
             break
     expected = None
     if expect_path is not None:
-        try:
-            obj = json.loads(fsutil.read_input_text(expect_path, "the expected prediction"))
-        except ValueError as exc:
-            raise MalformedError(f"{expect_path}: not JSON ({exc})") from exc
+        from bootkeeper.measure.untrusted import load_json
+
+        raw = fsutil.read_input(expect_path, "the expected prediction")
+        obj = load_json(raw, str(expect_path), MAX_EXPECT, "the output of tpm predict --json")
         expected = verify_mod.parse_expected(obj, str(expect_path))
     report = verify_mod.verify(
         log,

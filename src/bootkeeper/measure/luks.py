@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from bootkeeper.errors import InputError, MalformedError, NotApplicableError, UnreadableError
-from bootkeeper.measure import policy, uki
+from bootkeeper.measure import policy, uki, untrusted
 from bootkeeper.measure.banks import BANKS, Bank
 from bootkeeper.measure.events import replay
 
@@ -71,15 +70,9 @@ CHANGES_ON_UPGRADE = {
 
 
 def load_key(data: bytes, what: str) -> Any:
-    """A public key as systemd-cryptenroll stores it (the PEM file's bytes), DER accepted too."""
-    from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
-
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return load_pem_public_key(data)
-        return load_der_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise MalformedError(f"{what}: not a PEM or DER public key") from exc
+    """A public key as systemd-cryptenroll stores it (the PEM file's bytes), DER accepted too; RSA or
+    EC (:func:`bootkeeper.measure.untrusted.load_public_key`), else a MalformedError naming ``what``."""
+    return untrusted.load_public_key(data, what)
 
 
 @dataclass(frozen=True)
@@ -186,12 +179,7 @@ def parse_token(tid: str, tok: dict[str, Any], what: str) -> Token:
 
 def parse_metadata(text: str, what: str) -> list[Token]:
     """The ``systemd-tpm2`` tokens of ``luksDump --dump-json-metadata``'s output, by token number."""
-    if len(text) > MAX_METADATA:
-        raise MalformedError(f"{what}: LUKS2 metadata of {len(text)} bytes, more than {MAX_METADATA}")
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise MalformedError(f"{what}: LUKS2 metadata is not JSON: {exc}") from exc
+    obj = untrusted.load_json(text, f"{what}: LUKS2 metadata", MAX_METADATA)
     if not isinstance(obj, dict):
         raise MalformedError(f"{what}: LUKS2 metadata is not a JSON object")
     tokens = obj.get("tokens", {})
@@ -563,14 +551,14 @@ def pcrlock_policy(root: Path) -> PcrlockPolicy:
     except OSError as exc:
         return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"cannot be read: {exc.strerror or exc})")
     try:
-        if len(raw) > MAX_METADATA:
-            raise ValueError(f"{len(raw)} bytes, more than {MAX_METADATA}")
-        obj = json.loads(raw)
+        obj = untrusted.load_json(raw, "pcrlock policy", MAX_METADATA)
         values = obj["pcrValues"]
         pcrs = frozenset(v["pcr"] for v in values)
         if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in pcrs):
             raise ValueError("a pcr is not a number 0-23")
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+    except MalformedError as exc:
+        return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"is not a pcrlock policy: {exc})")
+    except (ValueError, KeyError, TypeError) as exc:
         return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"is not a pcrlock policy: {type(exc).__name__}: {exc})")
     return PcrlockPolicy(pcrs, str(path))
 
