@@ -112,6 +112,11 @@ class Token:
         }
 
 
+def _number(s: str) -> bool:
+    """A LUKS2 token or keyslot id: ASCII digits (luksDump prints them as "0", "1", ...)."""
+    return s.isascii() and s.isdecimal() and len(s) <= 10
+
+
 def _pcr_list(v: Any, where: str) -> tuple[int, ...]:
     """``tpm2_parse_pcr_json_array()``: an array of PCR numbers below 24."""
     if not isinstance(v, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in v):
@@ -139,8 +144,8 @@ def _shards(tok: dict[str, Any], key: str, where: str) -> None:
 def parse_token(tid: str, tok: dict[str, Any], what: str) -> Token:
     where = f"{what}: token {tid}"
     keyslots = tok.get("keyslots")
-    if not isinstance(keyslots, list) or not all(isinstance(k, str) for k in keyslots):
-        raise MalformedError(f"{where}: keyslots: not a list of strings")
+    if not isinstance(keyslots, list) or not all(isinstance(k, str) and _number(k) for k in keyslots):
+        raise MalformedError(f"{where}: keyslots: not a list of strings of keyslot numbers")
     if "tpm2-pcrs" not in tok:
         raise MalformedError(f"{where}: tpm2-pcrs: missing")
     pcrs = _pcr_list(tok["tpm2-pcrs"], f"{where}: tpm2-pcrs")
@@ -187,6 +192,8 @@ def parse_metadata(text: str, what: str) -> list[Token]:
         raise MalformedError(f"{what}: tokens: not an object")
     out = []
     for tid in sorted(tokens, key=lambda k: (len(k), k)):
+        if not _number(tid):  # shown in every message and line about the token: a number, as LUKS2 has them
+            raise MalformedError(f"{what}: tokens: {tid[:32]!r} is not a token number")
         tok = tokens[tid]
         if not isinstance(tok, dict):
             raise MalformedError(f"{what}: token {tid}: not an object")
