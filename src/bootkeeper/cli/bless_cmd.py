@@ -67,6 +67,8 @@ def bless(
             else:
                 click.echo("clean")
             return
+        # bless at boot on a node without boot counting: still the run that puts /efi back to ro
+        EspStore(esp_root).restore_read_only()
         raise NotApplicableError(
             "not booted with boot counting in effect (LoaderBootCountPath is not set)",
             hint="pass --entry PATH to name the entry",
