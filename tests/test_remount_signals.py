@@ -14,6 +14,7 @@ the first step after ``remount-rw`` is announced. The flags come from the namesp
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -229,3 +230,49 @@ def test_meant_read_only_reads_units_and_fstab_in_systemd_order(
     assert store_mod._meant_read_only("/boot efi") == (str(fstab), True)
     (etc / "efi.mount").write_text("[Unit]\nOptions=ro\n[Mount]\nOptions=rw\n")  # /etc before fstab
     assert store_mod._meant_read_only("/efi") is None
+
+
+# -- every verb that remounts goes through EspStore.writable(): the class
+
+
+def _scratch(tmp_path: Path) -> Path:
+    from bootkeeper.esp import scratch
+
+    esp = scratch.make(tmp_path / "esp", ukis=True)
+    (esp / "loader/entries/active+3.conf").rename(esp / "loader/entries/active+0-3.conf")  # used up: arm re-arms
+    (tmp_path / "efivars").mkdir()
+    return esp
+
+
+VERBS = {
+    "arm": ["arm", "active", "--esp", "@MNT@", "--systemd-boot-version", "257"],
+    "select": ["select", "--persistent", "passive", "--esp", "@MNT@", "--efivars", "@EFIVARS@"],
+    "rotate": ["rotate", "@NEW@", "--esp", "@MNT@", "--systemd-boot-version", "257"],
+}
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_sigterm_in_other_verbs_leaves_it_read_only(tmp_path: Path, verb: str) -> None:
+    esp = _scratch(tmp_path)
+    new = tmp_path / "new.conf"
+    new.write_text("title new\nlinux /EFI/kairos/vmlinuz\ninitrd /EFI/kairos/initrd.img\n")
+    args = [a.replace("@EFIVARS@", str(tmp_path / "efivars")).replace("@NEW@", str(new)) for a in VERBS[verb]] + [
+        "--root",
+        str(tmp_path),
+    ] * (verb != "select")
+    before = sorted(p.name for p in esp.rglob("*"))
+    out = _in_namespace(tmp_path, how="bind", src=str(esp), args=args, signal=signal.SIGTERM)
+    assert out["during"] == [False, False], out["stderr"]
+    assert out["after"] == [True, False], out["stderr"]
+    assert out["rc"] == -signal.SIGTERM, out["stderr"]
+    assert "bootkeeper: error: stopped by SIGTERM" in out["stderr"].splitlines()
+    assert sorted(p.name for p in esp.rglob("*")) == before  # stopped before its first write
+
+
+def test_only_the_esp_store_remounts() -> None:
+    """The class, structurally: every ``mount -o remount,…`` bootkeeper runs is in esp/store.py
+    (writable() and restore_read_only()), so every verb that remounts gets the signal handling."""
+    src = Path(store_mod.__file__).resolve().parent.parent
+    runs_mount = re.compile(r"""["']mount["'],\s*["']-o["']""")
+    hits = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if runs_mount.search(p.read_text()))
+    assert hits == ["esp/store.py"]
