@@ -66,7 +66,7 @@ env = dict(os.environ)
 if cfg["signal"]:
     env["BOOTKEEPER_TEST_STEP_PAUSE"] = cfg["pause"]
 p = subprocess.Popen([sys.executable, "-m", "bootkeeper", *cfg["args"]], env=env,
-                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 seen = []
 if cfg["signal"]:
     while True:
@@ -79,7 +79,10 @@ if cfg["signal"]:
             if at_remount != cfg["after"]:  # the first step after the remount, or the remount itself
                 break
     out["during"] = flags()
-    p.send_signal(cfg["signal"])
+    if cfg.get("group"):  # as systemd's KillMode=control-group: the process and all its children
+        os.killpg(p.pid, cfg["signal"])
+    else:
+        p.send_signal(cfg["signal"])
 stdout, stderr = p.communicate(timeout=120)
 out.update(rc=p.returncode, stdout=stdout, stderr="".join(seen) + stderr, after=flags())
 print(json.dumps(out))
@@ -131,7 +134,11 @@ def test_a_signal_in_the_writable_window_leaves_the_bind_mount_read_only(tmp_pat
 
 
 def test_sigterm_leaves_a_read_only_file_system_read_only(tmp_path: Path) -> None:
-    out = _in_namespace(tmp_path, how="tmpfs", src=str(_esp(tmp_path)), args=_bless(tmp_path), signal=signal.SIGTERM)
+    """A read-only tmpfs (the file system's flag), and SIGTERM sent to the whole process group, as
+    systemd stops a unit (KillMode=control-group: every process of it)."""
+    out = _in_namespace(
+        tmp_path, how="tmpfs", src=str(_esp(tmp_path)), args=_bless(tmp_path), signal=signal.SIGTERM, group=True
+    )
     assert out["before"] == [True, True]
     assert out["during"] == [False, False], out["stderr"]
     assert out["after"] == [True, True], out["stderr"]

@@ -58,7 +58,7 @@ def guarded() -> Iterator[Callable[[], None]]:
     """Record :data:`SIGNALS` for the duration (the outermost guard installs the handlers and puts the
     old ones back). Yields ``check``: raise a signal that arrived (before the first change). On the way
     out a signal that arrived while deferred is raised, unless an :class:`Interrupted` is already on
-    its way."""
+    its way (it replaces any other exception: the run was asked to stop)."""
     outermost = _state.depth == 0
     if outermost:
         _state.pending, _state.fired, _state.raising = None, False, False
@@ -76,8 +76,10 @@ def guarded() -> Iterator[Callable[[], None]]:
             for s, old in _state.saved.items():
                 signal.signal(s, old)
             _state.saved = {}
-    if outermost:
-        _check()  # reached only when no exception is on its way: a signal during the way back
+            # a signal that arrived while deferred (during the way back, or while a child such as
+            # mount was killed by the same SIGTERM, systemd sending it to the whole control group)
+            # ends the run by that signal, in place of whatever else is on its way
+            _check()
 
 
 @contextlib.contextmanager

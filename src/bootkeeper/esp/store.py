@@ -483,7 +483,16 @@ class EspStore(FolderStore):
             if read_only:
                 self.step("remount-rw")
                 check()
-                run(["mount", "-o", "remount,rw" if m.super_ro else "remount,bind,rw", m.point])
+                try:
+                    run(["mount", "-o", "remount,rw" if m.super_ro else "remount,bind,rw", m.point])
+                except BaseException:
+                    # mount failed, or was killed with us (systemd's SIGTERM goes to the whole
+                    # control group): if the remount happened all the same, it is undone
+                    if not os.statvfs(self.root).f_flag & os.ST_RDONLY:
+                        with contextlib.suppress(BootkeeperError):
+                            for cmd in back:
+                                run(cmd)
+                    raise
             try:
                 with raising():
                     yield
