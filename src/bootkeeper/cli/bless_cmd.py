@@ -50,7 +50,7 @@ def bless(
     """
     efivars = efivars_dir(efivars, root)
     from bootkeeper.assess import bless as bless_mod
-    from bootkeeper.errors import NotApplicableError
+    from bootkeeper.errors import BootkeeperError, NotApplicableError
     from bootkeeper.esp.efivars import read_string
     from bootkeeper.esp.store import EspStore
 
@@ -67,6 +67,12 @@ def bless(
             else:
                 click.echo("clean")
             return
+        # bless on a node without boot counting: still a run that puts /efi back to ro where fstab says
+        # so; a failure to do that is said, and the answer stays this one
+        try:
+            EspStore(esp_root).restore_read_only()
+        except BootkeeperError as exc:
+            click.echo(f"bootkeeper: warning: {exc}", err=True)
         raise NotApplicableError(
             "not booted with boot counting in effect (LoaderBootCountPath is not set)",
             hint="pass --entry PATH to name the entry",

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from bootkeeper.errors import BootkeeperError, ExitCode, UsageError
+from bootkeeper.errors import BootkeeperError, ExitCode, Interrupted, UsageError
 
 # verb -> "module:attribute"; the module is imported only when the verb runs (or --help lists it)
 VERBS = {
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> Any:
         _fail(f"{path}: {exc.format_message().rstrip('.')} (see '{path} --help')", ExitCode.USAGE)
     except click.ClickException as exc:
         _fail(exc.format_message(), ExitCode.USAGE)
+    except Interrupted as exc:
+        _stopped(exc)
     except KeyboardInterrupt:
         sys.exit(130)
     except OSError as exc:
@@ -171,6 +173,20 @@ def _root_hint(exc: BaseException) -> str | None:
     if not lacking:
         return None
     return f"this needs root: bootkeeper runs as uid {os.geteuid()} without {' and '.join(lacking)}; run it as root"
+
+
+def _stopped(exc: Interrupted) -> NoReturn:
+    """A SIGTERM, SIGINT or SIGHUP that arrived while the ESP was writable, after the way back to
+    read-only ran: one line, then the same signal with its default action, so the process ends as
+    it would have (systemd counts SIGTERM as a clean stop; a shell sees 128+N)."""
+    import signal
+
+    click.echo(f"bootkeeper: error: {exc}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(exc.signo, signal.SIG_DFL)
+    os.kill(os.getpid(), exc.signo)
+    sys.exit(128 + exc.signo)  # the signal is blocked: the code a shell would show
 
 
 def _fail(message: str, code: int, hint: str | None = None, root_hint: str | None = None) -> NoReturn:
