@@ -239,9 +239,23 @@ def test_upgrade_and_tpm_verify_series(tmp_path: Path) -> None:
         {"labels": {"bank": "sha256", "pcr": "11"}, "value": 0.0},
         {"labels": {"bank": "sha256", "pcr": "12"}, "value": 1.0},
     ]
-    (root / "run/bootkeeper/tpm-verify.json").write_text('{"agree": "yes"}')
-    r = bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev))
-    assert r.returncode == 4 and "tpm-verify.json: not the output of 'tpm verify --json'" in r.stderr, r.stderr
+    assert value(got, "bootkeeper_tpm_verify_incomplete", reason="entry") == 0
+    # a result that cannot be read is a failed verification (issue 27): exported, not a metrics run
+    # that stops and freezes the last file (it used to exit 4 and write nothing)
+    for bad in (
+        '{"agree": "yes"}',
+        '{"agree": true, "complete": false}',
+        "[" * 100000,
+        '{"agree": true, "unverified": [{"kind": "x"}]}',
+    ):
+        (root / "run/bootkeeper/tpm-verify.json").write_text(bad)
+        r = bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev))
+        assert r.returncode == 0, r.stderr
+        assert "tpm-verify.json: not the output of 'tpm verify --json'" in r.stderr, r.stderr
+        got = samples(r.stdout)
+        assert value(got, "bootkeeper_tpm_verify_agree") == 0, bad
+        assert value(got, "bootkeeper_tpm_verify_incomplete", reason="result") == 1, bad
+        assert value(got, "bootkeeper_status_warnings") == 1, bad
 
 
 @pytest.mark.parametrize(

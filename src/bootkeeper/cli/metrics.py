@@ -93,6 +93,12 @@ class Family:
         self.samples.append((labels, value))
 
 
+# why tpm verify could not complete, the ``reason`` label of bootkeeper_tpm_verify_incomplete:
+# measure/verify.py's INCOMPLETE (an entry that cannot be predicted, an input that stopped verify),
+# and ``result``: the result file itself cannot be read (metrics exports that as a failure too)
+TPM_INCOMPLETE = ("entry", "input", "result")
+
+
 @dataclass(frozen=True)
 class TpmResult:
     """What ``tpm verify --json`` said, as far as metrics need it."""
@@ -101,6 +107,8 @@ class TpmResult:
     pcrs: tuple[tuple[str, int, bool], ...]  # bank, PCR, agree
     findings: int
     time: float  # the file's modification time: when verify ran
+    incomplete: frozenset[str] = frozenset()  # of TPM_INCOMPLETE: what verify could not do
+    problem: str | None = None  # the result could not be read: why (a status warning)
 
 
 def read_tpm(root: Path) -> TpmResult | None:
@@ -119,9 +127,31 @@ def read_tpm(root: Path) -> TpmResult | None:
         if not isinstance(agree, bool):
             raise TypeError("agree is not true or false")
         pcrs = tuple((str(r["bank"]), int(r["pcr"]), r["agree"] is True) for r in doc.get("pcrs") or ())
-        return TpmResult(agree, pcrs, len(doc.get("findings") or ()), mtime)
+        kinds = frozenset(str(u["kind"]) for u in doc.get("unverified") or ())
+        if not kinds <= set(TPM_INCOMPLETE):
+            raise ValueError(f"unverified kind {sorted(kinds - set(TPM_INCOMPLETE))[0]!r} is not one of entry, input")
+        if doc.get("complete", True) is False and not kinds:
+            raise ValueError("complete is false and unverified names nothing")
+        # a result that is not complete is not agreement, whatever else it says
+        return TpmResult(agree and not kinds, pcrs, len(doc.get("findings") or ()), mtime, kinds)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise MalformedError(f"{p}: not the output of 'tpm verify --json' ({type(exc).__name__}: {exc})") from exc
+
+
+def tpm_state(root: Path, now: float) -> TpmResult | None:
+    """:func:`read_tpm`, where a result that cannot be read is a failed verification (agree 0,
+    incomplete ``result``), never a metrics run that stops and leaves the last file (issue 27: a
+    fault must set a series, not remove it)."""
+    from bootkeeper.errors import InputError
+
+    try:
+        return read_tpm(root)
+    except InputError as exc:
+        try:
+            when = (root / TPM_VERIFY).stat().st_mtime
+        except OSError:
+            when = now
+        return TpmResult(False, (), 0, when, frozenset({"result"}), str(exc))
 
 
 def entry_id(path: str) -> str:
@@ -277,12 +307,20 @@ def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
         )
         fam("tpm_verify_timestamp_seconds", "When tpm verify last ran.").add(tpm.time)
         fam("tpm_verify_findings", "What tpm verify found wrong.").add(tpm.findings)
+        incomplete = fam(
+            "tpm_verify_incomplete",
+            "1 for each reason tpm verify could not verify everything (then agree is 0): entry (an ESP entry "
+            "cannot be predicted), input (an input stopped verify), result (its result file cannot be read).",
+            "reason",
+        )
+        for why in TPM_INCOMPLETE:
+            incomplete.add(1.0 if why in tpm.incomplete else 0.0, why)
         pcr = fam("tpm_pcr_agree", "1 if this PCR replays and matches the prediction.", "bank", "pcr")
         for bank, n, ok in tpm.pcrs:
             pcr.add(1.0 if ok else 0.0, bank, str(n))
 
     fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
-        len(node.problems) + len(shown.problems)
+        len(node.problems) + len(shown.problems) + (1 if tpm is not None and tpm.problem else 0)
     )
     fam("metrics_timestamp_seconds", "When bootkeeper metrics wrote this file.").add(now)
     return out

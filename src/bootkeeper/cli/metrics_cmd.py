@@ -72,7 +72,11 @@ def metrics(
         read_services=None,  # no metric needs the services' states: no systemctl call
         handbacks=handback_budget(config_files, root),
     )
-    families = m.build(shown, m.read_tpm(root), time.time())
+    now = time.time()
+    tpm = m.tpm_state(root, now)
+    if tpm is not None and tpm.problem:
+        click.echo(f"bootkeeper: warning: {tpm.problem}: exported as a failed verification", err=True)
+    families = m.build(shown, tpm, now)
     if as_json:
         print_json(m.as_dict(families))
         return
