@@ -79,6 +79,12 @@ _REASON_WORDS: tuple[tuple[tuple[str, ...], ReasonClass], ...] = (
 )
 
 
+def _label(value: str) -> str:
+    from bootkeeper.sysext.activate import printable
+
+    return printable(value)
+
+
 @dataclass(frozen=True)
 class Family:
     """One metric family: every sample carries a value for each of ``labels``, in that order."""
@@ -89,8 +95,12 @@ class Family:
     samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
 
     def add(self, value: float, *labels: str) -> None:
+        """Every label value escaped as the activation log escapes names (sysext/activate.py's
+        :func:`printable`): a name is bytes until shown, and a file name that is not UTF-8 (``\xff``,
+        os.listdir's surrogate) is a label value Prometheus can hold (``\\xff``), never an encoding
+        error that stops ``metrics`` and freezes its file (issue 27)."""
         assert len(labels) == len(self.labels), (self.name, labels)
-        self.samples.append((labels, value))
+        self.samples.append((tuple(_label(v) for v in labels), value))
 
 
 # why tpm verify could not complete, the ``reason`` label of bootkeeper_tpm_verify_incomplete:
@@ -196,6 +206,7 @@ def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
     """The families for one node's status (pure: the values come from ``shown`` and ``tpm``)."""
     from bootkeeper.assess import history
     from bootkeeper.assess.status import Unavailable
+    from bootkeeper.esp.entries import same_entry
 
     node, ext = shown.node, shown.extensions
     out: list[Family] = []
@@ -205,19 +216,39 @@ def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
         out.append(f)
         return f
 
-    tries_left = fam("entry_tries_left", "Tries left on a counted boot entry.", "entry", "role")
-    tries_done = fam("entry_tries_done", "Tries used on a counted boot entry.", "entry", "role")
+    # one series per entry FILE: a stale twin (active+3.conf beside a used-up active+0-3.conf) has the
+    # entry label of the other, and the file label keeps the two apart (issue 27: node_exporter kept one
+    # of two series with one identity, and could hide the used-up one's 0 tries)
+    tries_left = fam("entry_tries_left", "Tries left on a counted boot entry file.", "entry", "file", "role")
+    tries_done = fam("entry_tries_done", "Tries used on a counted boot entry file.", "entry", "file", "role")
     state = fam(
-        "entry_state", "1 for the state a boot entry is in (good, indeterminate, bad).", "entry", "role", "state"
+        "entry_state",
+        "1 for the state a boot entry file is in (good, indeterminate, bad).",
+        "entry",
+        "file",
+        "role",
+        "state",
     )
+    files = fam(
+        "entry_files",
+        "Files on the ESP for one entry: more than 1 is a stale twin (the same entry with another counter).",
+        "entry",
+        "role",
+    )
+    twins = {p: len(g) for g in same_entry(e.path for e in node.entries) for p in g}
     for e in node.entries:
-        labels = (entry_id(e.path), e.role.value if e.role else "")
+        labels = (entry_id(e.path), e.path, e.role.value if e.role else "")
         if e.tries_left is not None:
             tries_left.add(e.tries_left, *labels)
         if e.tries_done is not None:
             tries_done.add(e.tries_done, *labels)
         for s in ENTRY_STATES:
             state.add(1.0 if e.state == s else 0.0, *labels, s)
+    counted: dict[tuple[str, str], int] = {}
+    for e in node.entries:
+        counted.setdefault((entry_id(e.path), e.role.value if e.role else ""), twins.get(e.path, 1))
+    for (eid, r), n in counted.items():
+        files.add(n, eid, r)
 
     b = node.booted
     role = b.role.value if b.role else ""
