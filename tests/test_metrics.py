@@ -387,3 +387,36 @@ def test_the_metrics_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     (d / "bootkeeper-metrics.path").write_text(path.replace("PathChanged=", "PathChangd=", 1))
     v = subprocess.run([tool, "verify", "--man=no", names[1]], capture_output=True, text=True, env=env, check=False)
     assert "PathChangd" in v.stderr
+
+
+def test_names_that_are_not_utf8_are_exported_escaped(tmp_path: Path) -> None:
+    """Issue 27, defect 3: an entry file and an extension image named with the byte 0xff (and one with a
+    newline) made metrics die with exit 70 (the label could not be encoded), freezing the file. Each is
+    a label escaped as the activation log escapes names, and the file passes promtool check metrics."""
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    simulate(EspStore(esp), BootAssessment(), [], 1, history_root=root, start_time=1795000000.0)
+    entries = esp / "loader/entries"
+    shutil.copyfile(entries / "passive+3.conf", os.fsencode(entries) + b"/\xffodd+3.conf")
+    extra = root / ".extra/sysext"
+    extra.mkdir(parents=True)
+    (extra / "x\udcff.raw").write_bytes(b"not an image" * 100)
+    (extra / "two\nlines.raw").write_bytes(b"not an image" * 100)
+    r = bk("sysext", "activate", "--root", str(root), "--no-refresh")
+    assert r.returncode in (0, 1), r.stderr
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    out = tmp_path / "tf"
+    out.mkdir()
+    r = bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "--textfile-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    text = (out / "bootkeeper.prom").read_bytes().decode("utf-8")  # valid UTF-8, as Prometheus requires
+    got = samples(text)
+    odd = "loader/entries/\\xffodd+3.conf"
+    assert value(got, "bootkeeper_entry_tries_left", entry="loader/entries/\\xffodd.conf", file=odd, role="") == 3
+    placed = {x["extension"] for x in names(got, "bootkeeper_extension_placed")}
+    assert placed == {"x\\xff.raw", "two\\x0alines.raw"}, placed
+    p = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    j = bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "--json")
+    assert j.returncode == 0, j.stderr
+    assert {x["labels"]["extension"] for x in json.loads(j.stdout)["bootkeeper_extension_placed"]} == placed
