@@ -314,7 +314,7 @@ def test_rules_are_shipped_printed_and_pass_promtool(tmp_path: Path) -> None:
     p = subprocess.run(
         [promtool(), "check", "rules", str(tmp_path / "alerts.yml")], capture_output=True, text=True, check=False
     )
-    assert p.returncode == 0 and "SUCCESS: 9 rules found" in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 0 and "SUCCESS: 10 rules found" in p.stdout, p.stdout + p.stderr
     p = subprocess.run([promtool(), "test", "rules", str(RULE_TESTS)], capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "SUCCESS" in p.stdout
@@ -420,3 +420,55 @@ def test_names_that_are_not_utf8_are_exported_escaped(tmp_path: Path) -> None:
     j = bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "--json")
     assert j.returncode == 0, j.stderr
     assert {x["labels"]["extension"] for x in json.loads(j.stdout)["bootkeeper_extension_placed"]} == placed
+
+
+def test_a_source_that_cannot_be_read_sets_a_series(tmp_path: Path) -> None:
+    """Issue 27, defect 1's class: each file metrics reads, when it is at fault, sets
+    bootkeeper_source_unreadable{source} (BootkeeperSourceUnreadable) instead of only removing the series
+    it feeds (an unreadable activation report took extension_required with it, and its alert)."""
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    simulate(EspStore(esp), BootAssessment(), [], 1, history_root=root, start_time=1795000000.0)
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    args = ("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev))
+    r = bk(*args)
+    assert r.returncode == 0, r.stderr
+    got = samples(r.stdout)
+    sources = ("status", "efivars", "history", "activation", "handbacks", "tpm_verify")
+    assert {x["source"] for x in names(got, "bootkeeper_source_unreadable")} == set(sources)
+    assert all(value(got, "bootkeeper_source_unreadable", source=s) == 0 for s in sources)
+    (root / "run/bootkeeper").mkdir(parents=True)
+    (root / "run/bootkeeper/sysext.json").write_text("{not json")
+    with (root / "var/lib/bootkeeper/boots.jsonl").open("a") as f:
+        f.write("{half a record\n")
+    (esp / "loader/bootkeeper-handbacks").write_bytes(b"\xff" * 4000)
+    (root / "run/bootkeeper/tpm-verify.json").write_text("[]")
+    r = bk(*args)
+    assert r.returncode == 0, r.stderr
+    got = samples(r.stdout)
+    for s in ("activation", "history", "handbacks", "tpm_verify"):
+        assert value(got, "bootkeeper_source_unreadable", source=s) == 1, s
+    assert value(got, "bootkeeper_source_unreadable", source="status") == 0
+
+
+def test_a_status_that_cannot_be_gathered_still_writes_the_failure(tmp_path: Path) -> None:
+    """A config at fault stopped metrics before it wrote, leaving the last file in place and current
+    looking for an hour: now the failure is written (source_unreadable{source="status"}), then the
+    error's one line and exit code."""
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    simulate(EspStore(esp), BootAssessment(), [], 1, history_root=root, start_time=1795000000.0)
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    tf = tmp_path / "tf"
+    tf.mkdir()
+    args = ("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "--textfile-dir", str(tf))
+    assert bk(*args).returncode == 0
+    assert value(samples((tf / "bootkeeper.prom").read_text()), "bootkeeper_source_unreadable", source="status") == 0
+    (root / "oem").mkdir()
+    (root / "oem/90_bad.yaml").write_text("boot_assessment:\n  handbacks: lots\n")
+    r = bk(*args)
+    assert r.returncode == 4 and r.stderr.startswith("bootkeeper: error: ") and "90_bad.yaml" in r.stderr, r.stderr
+    got = samples((tf / "bootkeeper.prom").read_text())
+    assert value(got, "bootkeeper_source_unreadable", source="status") == 1
+    assert value(got, "bootkeeper_status_warnings") == 1
+    assert (value(got, "bootkeeper_metrics_timestamp_seconds") or 0) >= time.time() - 60

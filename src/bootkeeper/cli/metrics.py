@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -202,8 +203,9 @@ def last_fallback(boots: Sequence[Boot]) -> float | None:
     return found
 
 
-def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
-    """The families for one node's status (pure: the values come from ``shown`` and ``tpm``)."""
+def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: bool = False) -> list[Family]:
+    """The families for one node's status (pure: the values come from ``shown`` and ``tpm``;
+    ``unread_activation``: :func:`activation_unread`)."""
     from bootkeeper.assess import history
     from bootkeeper.assess.status import Unavailable
     from bootkeeper.esp.entries import same_entry
@@ -332,6 +334,22 @@ def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
         "1 if the node stays on statereset: its hand-back budget is spent and active and passive cannot boot.",
     ).add(1.0 if hb is not None and hb.staying else 0.0)
 
+    _tpm_families(fam, tpm)
+
+    fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
+        len(node.problems) + len(shown.problems) + (1 if tpm is not None and tpm.problem else 0)
+    )
+    bad = set(node.unreadable)
+    if unread_activation:
+        bad.add("activation")
+    if tpm is not None and tpm.problem:
+        bad.add("tpm_verify")
+    _sources(fam, bad)
+    fam("metrics_timestamp_seconds", "When bootkeeper metrics wrote this file.").add(now)
+    return out
+
+
+def _tpm_families(fam: Callable[..., Family], tpm: TpmResult | None) -> None:
     if tpm is not None:
         fam("tpm_verify_agree", "1 if tpm verify found the live PCRs as predicted, 0 if not.").add(
             1.0 if tpm.agree else 0.0
@@ -350,9 +368,47 @@ def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
         for bank, n, ok in tpm.pcrs:
             pcr.add(1.0 if ok else 0.0, bank, str(n))
 
-    fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
-        len(node.problems) + len(shown.problems) + (1 if tpm is not None and tpm.problem else 0)
+
+# every file or variable metrics reads, as the ``source`` label of bootkeeper_source_unreadable: a fault
+# in one sets that series (and BootkeeperSourceUnreadable fires) instead of only removing the series
+# it feeds (issue 27). ``status``: the status could not be gathered at all (the ESP, the config).
+SOURCES = ("status", "efivars", "history", "activation", "handbacks", "tpm_verify")
+
+
+def _sources(fam: Callable[..., Family], bad: set[str]) -> None:
+    f = fam(
+        "source_unreadable",
+        "1 for each source bootkeeper metrics could not read (its series are missing or partial): status, "
+        "efivars, history, activation, handbacks, tpm_verify.",
+        "source",
     )
+    for s in SOURCES:
+        f.add(1.0 if s in bad else 0.0, s)
+
+
+def activation_unread(root: Path, shown: Status) -> bool:
+    """An activation report is there (a file, or a name that is not one), but none was read."""
+    from bootkeeper.sysext import report
+
+    return shown.extensions.activation is None and os.path.lexists(root / report.REPORT)
+
+
+def build_unread(tpm: TpmResult | None, now: float) -> list[Family]:
+    """The families when the status could not be gathered at all: the failure as series
+    (status_warnings, source_unreadable{source="status"}, the TPM result, the time), written in place of
+    the last file, which would otherwise stay and look current until BootkeeperMetricsStale."""
+    out: list[Family] = []
+
+    def fam(name: str, help_: str, *labels: str) -> Family:
+        f = Family(f"bootkeeper_{name}", help_, labels)
+        out.append(f)
+        return f
+
+    _tpm_families(fam, tpm)
+    fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
+        1 + (1 if tpm is not None and tpm.problem else 0)
+    )
+    _sources(fam, {"status", *(("tpm_verify",) if tpm is not None and tpm.problem else ())})
     fam("metrics_timestamp_seconds", "When bootkeeper metrics wrote this file.").add(now)
     return out
 
