@@ -449,6 +449,11 @@ def test_a_source_that_cannot_be_read_sets_a_series(tmp_path: Path) -> None:
     for s in ("activation", "history", "handbacks", "tpm_verify"):
         assert value(got, "bootkeeper_source_unreadable", source=s) == 1, s
     assert value(got, "bootkeeper_source_unreadable", source="status") == 0
+    # LoaderBootCountPath names an entry the ESP does not have: the booted entry's state is unknown
+    gone = fake_efivars(tmp_path / "gone", LoaderBootCountPath="\\loader\\entries\\gone+1-1.conf")
+    got = samples(bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(gone)).stdout)
+    assert value(got, "bootkeeper_source_unreadable", source="efivars") == 1
+    assert value(got, "bootkeeper_boot_state", state="unknown") == 1
 
 
 def test_a_status_that_cannot_be_gathered_still_writes_the_failure(tmp_path: Path) -> None:
