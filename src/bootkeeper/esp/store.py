@@ -35,7 +35,7 @@ from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp import pe
 from bootkeeper.esp import sdboot as sdboot_mod
-from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry
+from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, same_entry
 from bootkeeper.fsutil import TMP_PREFIX, TMP_SUFFIX, is_temporary
 
 __all__ = ["TMP_PREFIX", "TMP_SUFFIX", "EspStore", "Snapshot", "is_temporary"]
@@ -692,15 +692,12 @@ class EspStore(FolderStore):
                     f"this boot was started by systemd-boot {booted} (LoaderInfo), but the ESP's binary is {source}: "
                     "the next boot runs the ESP's binary, which is what bootkeeper models"
                 )
-        bases: dict[tuple[str, str], list[str]] = {}
-        for e in found:
-            bases.setdefault((e.directory, e.name.entry_key), []).append(e.file_name)
-        for (d, _), files in bases.items():
-            if len(files) > 1:
-                problems.append(
-                    f"{d}: {', '.join(sorted(files))} are the same entry; the next 'bootkeeper bless' of the "
-                    "booted one removes the other"
-                )
+        for paths in same_entry(e.path for e in found):
+            d = paths[0].rpartition("/")[0]
+            problems.append(
+                f"{d}: {', '.join(p.rpartition('/')[2] for p in paths)} are the same entry; the next "
+                "'bootkeeper bless' of the booted one removes the other"
+            )
         return Snapshot(tuple(found), conf, version, source, tuple(problems), tuple(profiles))
 
     @staticmethod
