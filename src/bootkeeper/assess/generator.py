@@ -235,7 +235,10 @@ def plan(root: str) -> tuple[dict[str, str], str]:
 
 
 def _log(msg: str, root_override: bool) -> None:
-    line = f"bootkeeper-generator: {msg}"
+    from bootkeeper.shown import shown_line
+
+    # one kmsg record per message: what an efivar or the command line holds cannot add one (bootkeeper.shown)
+    line = shown_line(f"bootkeeper-generator: {msg}")
     if not root_override:
         try:
             with open("/dev/kmsg", "w") as k:
