@@ -218,3 +218,35 @@ def test_an_error_quoting_a_hostile_name_is_one_line(tmp_path: Path) -> None:
     p = subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
     line = one_line_error(p, 7, "\\x0abootkeeper: error: forged\\x1b[2J.raw")
     assert raw_controls(r.stderr) == [], line
+
+
+def test_a_table_on_a_terminal_styles_its_own_words_and_escapes_the_names(tmp_path: Path) -> None:
+    """On a terminal ``entries`` draws its table with rich: the header keeps rich's styling, the
+    hostile entry's name stays in its cell as text (not rich markup, no raw ESC, no second line)."""
+    import pty
+
+    esp = scratch.make(tmp_path / "esp", ukis=True)
+    e = esp / "loader/entries"
+    (e / f"evil\n{FORGED}\x1bc[red]x+3.conf").write_bytes((e / "passive+3.conf").read_bytes())
+    efivars = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+3.conf")
+    leader, follower = pty.openpty()
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "COLUMNS": "250", "TERM": "xterm"}
+    argv = [sys.executable, "-m", "bootkeeper", "entries", "--esp", str(esp), "--efivars", str(efivars)]
+    p = subprocess.Popen(argv, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert p.wait(timeout=60) == 0, out
+    text = out.decode()
+    assert "\x1b[1m" in text  # rich's bold header: its own styling is kept
+    assert "\x1bc" not in text and not any(ln.lstrip().startswith(FORGED) for ln in text.splitlines()), text
+    rows = [ln for ln in text.splitlines() if f"evil\\x0a{FORGED}\\x1bc[red]x+3.conf" in ln]
+    assert len(rows) == 1, text
