@@ -62,18 +62,21 @@ class _Bar:
             if total < (8 << 20) or not sys.stderr.isatty():
                 return
             from rich.console import Console
+            from rich.markup import escape
             from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+            from bootkeeper.shown import raw_stream, shown_line
 
             self.bar = Progress(
                 "[progress.description]{task.description}",
                 BarColumn(),
                 DownloadColumn(),
                 TransferSpeedColumn(),
-                console=Console(stderr=True),
+                console=Console(file=raw_stream(sys.stderr)),  # rich's own drawing; the label escaped below
                 transient=True,
             )
             self.bar.start()
-            self.task = self.bar.add_task(self.label, total=total)
+            self.task = self.bar.add_task(escape(shown_line(self.label)), total=total)  # an image's name: text
         self.bar.advance(self.task, n)
 
     def close(self) -> None:
