@@ -250,3 +250,16 @@ def test_a_table_on_a_terminal_styles_its_own_words_and_escapes_the_names(tmp_pa
     assert "\x1bc" not in text and not any(ln.lstrip().startswith(FORGED) for ln in text.splitlines()), text
     rows = [ln for ln in text.splitlines() if f"evil\\x0a{FORGED}\\x1bc[red]x+3.conf" in ln]
     assert len(rows) == 1, text
+
+
+def test_the_generator_escapes_by_the_same_rule() -> None:
+    """The generator (standard library only, run as python3 -IS) carries its own copy of the rule."""
+    from bootkeeper.assess import generator
+    from bootkeeper.shown import shown_line
+
+    every = "".join(chr(c) for c in range(0x3000)) + "\ud800\udc80\udcff\ufeff"
+    assert generator.shown_line(every) == shown_line(every)
+    assert (
+        generator.shown_line("active (LoaderEntrySelected=a\nb\x1b[2J)")
+        == "active (LoaderEntrySelected=a\\x0ab\\x1b[2J)"
+    )
