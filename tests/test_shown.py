@@ -263,3 +263,22 @@ def test_the_generator_escapes_by_the_same_rule() -> None:
         generator.shown_line("active (LoaderEntrySelected=a\nb\x1b[2J)")
         == "active (LoaderEntrySelected=a\\x0ab\\x1b[2J)"
     )
+
+
+def test_the_backstop_escapes_what_no_caller_did() -> None:
+    """stdout and stderr of the command line (bootkeeper.shown.guard_streams): control characters but
+    newline and tab, bytes that are not UTF-8 and bidi controls escaped; backslashes and lines kept."""
+    import io
+
+    import click
+
+    from bootkeeper.shown import Guarded
+
+    buf = io.StringIO()
+    g = Guarded(buf)
+    g.write("a\tb\\c\n")
+    g.write("d\x1b]0;t\x07e\r" + os.fsdecode(b"\xff") + "\u202e\x85\n")
+    click.echo("f\x1bcg", file=g)  # type: ignore[arg-type]
+    assert buf.getvalue() == "a\tb\\c\nd\\x1b]0;t\\x07e\\x0d\\xff\\u202e\\x85\nf\\x1bcg\n"
+    with pytest.raises(TypeError):
+        g.write(b"bytes")  # type: ignore[arg-type]
