@@ -15,10 +15,11 @@ shown it goes through :func:`shown`, which writes
 and leaves every other character as it is. A name can then neither split a line (forge a ``status``
 line, a MOTD line, a journal message) nor move the cursor, clear the screen or reorder what is shown,
 and printing it never fails for want of UTF-8. It is the escaping the activation log has used since it
-was written (``sysext/activate.py`` takes it from here).
+was written, with the bidi controls added (``sysext/activate.py``'s ``printable`` is this function).
 
 One line of output is one unit: a line built from trusted text and untrusted names is escaped as a
-whole (``shown(line)``), table cells one by one, error messages as the one line they are. JSON keeps
+whole (:func:`shown_line`: the same escapes, the line's own backslashes kept), table cells one by one,
+error messages as the one line they are, a ``lint`` finding line by line. JSON keeps
 the true value (``json.dumps`` escapes control characters itself) except that a string holding bytes
 that are not UTF-8 is given in this escaped form (:func:`json_safe`): JSON has no way to carry them.
 
@@ -90,7 +91,7 @@ def echo(text: object = "", err: bool = False) -> None:
     """``click.echo`` of one line (or of nothing) as :func:`shown_line` shows it."""
     import click
 
-    click.echo(shown_line(text), err=err)
+    click.echo(shown_line("" if text is None else text), err=err)
 
 
 def shown_lines(text: str) -> str:
