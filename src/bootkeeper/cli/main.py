@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> Any:
     a ``hint:`` line) and the code :data:`bootkeeper.errors.EXIT_CODES` gives its class."""
     args = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in args
+    from bootkeeper.shown import guard_streams
+
+    guard_streams()  # the backstop: no control character or undecodable byte reaches a terminal raw
     try:
         args, output = conventions(args)
         return cli.main(args=args, prog_name="bootkeeper", standalone_mode=False, obj=output)
@@ -98,6 +101,11 @@ def main(argv: list[str] | None = None) -> Any:
         _fail(str(exc), exc.exit_code, exc.hint, _root_hint(exc))
     except click.exceptions.Abort:
         _fail("aborted", ExitCode.REFUSED)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # a group named without its verb: click's help (its own text, many lines), then the usage code
+        path = exc.ctx.command_path if exc.ctx is not None else "bootkeeper"
+        click.echo(f"bootkeeper: error: {path}: {exc.format_message().rstrip('.')} (see '{path} --help')", err=True)
+        sys.exit(ExitCode.USAGE)
     except click.UsageError as exc:
         # click's own three lines (Usage, Try, Error) as one, like every other error
         path = exc.ctx.command_path if exc.ctx is not None else "bootkeeper"
@@ -190,8 +198,11 @@ def _stopped(exc: Interrupted) -> NoReturn:
 
 
 def _fail(message: str, code: int, hint: str | None = None, root_hint: str | None = None) -> NoReturn:
-    click.echo(f"bootkeeper: error: {message}", err=True)
+    """One line, escaped (bootkeeper.shown): the names a message quotes cannot add lines to it."""
+    from bootkeeper.shown import echo
+
+    echo(f"bootkeeper: error: {message}", err=True)
     for h in (hint, root_hint):
         if h:
-            click.echo(f"hint: {h}", err=True)
+            echo(f"hint: {h}", err=True)
     sys.exit(code)

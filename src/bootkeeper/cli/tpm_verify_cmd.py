@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from bootkeeper.cli.common import config_option, esp_option, json_option, print_json, root_option, table
+from bootkeeper.shown import echo
 
 if TYPE_CHECKING:
     from bootkeeper.measure.verify import Report
@@ -62,7 +63,7 @@ def _leave_result(root: Path, result: dict[str, Any]) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fsutil.write_atomic(dest, (json.dumps(result, indent=2) + "\n").encode())
     except OSError as exc:
-        click.echo(f"bootkeeper: warning: {dest}: not written ({exc.strerror or exc})", err=True)
+        echo(f"bootkeeper: warning: {dest}: not written ({exc.strerror or exc})", err=True)
 
 
 @click.command()
@@ -99,7 +100,7 @@ def verify(
     if as_json:
         print_json(report.to_json())
     else:
-        click.echo(f"booted: {report.entry or '?'} ({report.uki or '?'}), found by {report.found_by}")
+        echo(f"booted: {report.entry or '?'} ({report.uki or '?'}), found by {report.found_by}")
         # the stub's PCRs, and any other that disagrees; the rest in one line
         shown = [r for r in report.rows if r.pcr in verify_mod.STUB_PCRS or not r.agree]
         table(
@@ -118,12 +119,12 @@ def verify(
         )
         rest = sorted({r.pcr for r in report.rows if r not in shown and r.live is not None})
         if rest:
-            click.echo(f"PCRs {', '.join(map(str, rest))}: the log replays to the live values")
+            echo(f"PCRs {', '.join(map(str, rest))}: the log replays to the live values")
         for n in report.notes:
-            click.echo(f"note: {n}")
+            echo(f"note: {n}")
         for f in report.findings:
-            click.echo(f"finding: {f}")
-        click.echo("all agree" if report.ok else f"{len(report.findings)} finding(s)")
+            echo(f"finding: {f}")
+        echo("all agree" if report.ok else f"{len(report.findings)} finding(s)")
     if not report.ok:
         raise SystemExit(int(ExitCode.REFUSED))
 

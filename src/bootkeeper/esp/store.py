@@ -249,7 +249,9 @@ def _subdirs(d: Path) -> list[Path]:
 
 
 def _warn(line: str) -> None:
-    sys.stderr.write(f"bootkeeper: {line}\n")
+    from bootkeeper.shown import shown_line
+
+    sys.stderr.write(f"bootkeeper: {shown_line(line)}\n")  # it may quote a path from the ESP
 
 
 class FolderStore:
