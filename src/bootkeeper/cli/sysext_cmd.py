@@ -619,7 +619,6 @@ def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json:
 def _resident_rows(cfg: Any, anchors: list[Any], root: Path) -> list[dict[str, Any]]:
     """Rows for /etc/extensions and /var/lib/extensions (systemd-sysext merges them too) and for the
     quarantine activation moved refused ones to (entry: the folder, or ``quarantine``)."""
-    from bootkeeper.errors import BootkeeperError
     from bootkeeper.sysext import extdirs
 
     rows: list[dict[str, Any]] = []
@@ -632,12 +631,7 @@ def _resident_rows(cfg: Any, anchors: list[Any], root: Path) -> list[dict[str, A
             rows.append({**row, "size": None, "version": None, "built_for": None, "signer": None, "ok": False,
                          "reasons": [f"{kind}: activation refuses it in enforced mode"]})  # fmt: skip
             continue
-        try:
-            rows.append({**row, **_listed(cfg, anchors, p, p.name)})
-        except (OSError, BootkeeperError) as exc:
-            why = f"{p}: cannot read ({exc.strerror})" if isinstance(exc, OSError) else str(exc)
-            rows.append({**row, "size": None, "version": None, "built_for": None, "signer": None, "ok": False,
-                         "reasons": [why]})  # fmt: skip
+        rows.append({**row, **_listed(cfg, anchors, p, p.name)})
     return rows
 
 
@@ -656,7 +650,19 @@ def _names(d: Path) -> list[str]:
 
 
 def _listed(cfg: Any, anchors: list[Any], path: Path, name: str) -> dict[str, Any]:
-    """One image's row of ``sysext list``: size, version, signer, verdict (hash tree only)."""
+    """One image's row of ``sysext list``: size, version, signer, verdict (hash tree only). An image
+    that cannot be read or parsed is a row that says why, never the end of the list (issue 27: one
+    broken file never stops the verdict on the others)."""
+    from bootkeeper.errors import BootkeeperError
+
+    try:
+        return _inspected(cfg, anchors, path, name)
+    except (OSError, BootkeeperError) as exc:
+        why = f"{path}: cannot read ({exc.strerror})" if isinstance(exc, OSError) else str(exc)
+        return {"size": None, "version": None, "built_for": None, "signer": None, "ok": False, "reasons": [why]}
+
+
+def _inspected(cfg: Any, anchors: list[Any], path: Path, name: str) -> dict[str, Any]:
     from bootkeeper.sysext import image
 
     size = path.stat().st_size
