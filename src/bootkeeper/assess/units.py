@@ -337,7 +337,7 @@ ExecStart={exec_line} metrics --textfile-dir {TEXTFILE_DIR}
 [Install]
 WantedBy={WANTED_BY[METRICS_UNIT]}
 """
-    paths = "".join(f"PathChanged={p}\n" for p in (f"/{HISTORY}", *watch))
+    paths = "".join(unittext.setting("PathChanged", p) + "\n" for p in (f"/{HISTORY}", *watch))
     path = f"""# Installed by 'bootkeeper install-units'.
 [Unit]
 Description=Refresh bootkeeper's metrics when a boot, a verdict, an upgrade or an activation is recorded
