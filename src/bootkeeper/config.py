@@ -429,7 +429,7 @@ SETTINGS = (
         _hierarchies,
         "`SYSTEMD_SYSEXT_HIERARCHIES`, e.g. `[/usr, /opt]`; a hierarchy below another freezes it (lint BK303). "
         "Each an absolute, normalized path other than `/`: no `:`, no `.` or `..`, no `//` or trailing `/`, "
-        "printable characters only",
+        "printable characters only, each listed once",
     ),
     Setting("sysext", "vendor", _vendor, "only UKIs under `EFI/<vendor>/` (when the ESP has several vendors)"),
     Setting(
