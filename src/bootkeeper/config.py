@@ -220,9 +220,11 @@ def _services(value: Any, where: str) -> tuple[ServiceSpec, ...]:
     return tuple(services)
 
 
-# The characters of systemd's image-policy grammar (systemd.image-policy(7); systemd v257
-# src/shared/image-policy.c: designators and flags are lower-case words with '-' and digits, joined by
-# '=', '+' and ':'; '*', '~' and '-' alone). No blank: systemd's parser takes none either.
+# The characters of systemd's image-policy grammar (systemd.image-policy(7); systemd
+# src/shared/image-policy.c as stored from main: designators and flags are lower-case words with '-'
+# and digits, joined by '=', '+' and ':'; '*', '~' and '-' alone). systemd strips blanks around a flag
+# (partition_policy_flags_from_string(): strstrip()); bootkeeper takes none, so the value never needs
+# quoting on the drop-in's command line.
 _POLICY_CHARS = re.compile(r"[a-z0-9=+:~*-]*")
 
 
