@@ -243,6 +243,17 @@ def test_a_hostile_value_in_a_plain_setting_is_refused_by_the_writer(tmp_path: P
         units.render(Config(sysext=Sysext(timeout=value)), ["/usr/bin/bootkeeper"], "/usr/bin/python3")
 
 
+def test_the_program_of_a_command_line_is_no_variable(tmp_path: Path) -> None:
+    """'$' in an argument is written '$$' (systemd gives the program '$'); in the program's own path
+    systemd replaces nothing, so '--exe' with one is refused, exit 2, nothing written."""
+    root = tmp_path / "root"
+    (root / "oem").mkdir(parents=True)
+    r = bk("install-units", "--root", str(root), "--exe", "/opt/$HOME/bootkeeper", "--python", "/usr/bin/python3",
+           "--systemd-version", "257")  # fmt: skip
+    assert r.returncode == 2 and "'/opt/$HOME/bootkeeper'" in r.stderr, r.stderr
+    assert not (root / "etc").exists()
+
+
 @pytest.mark.parametrize(
     ("python", "why"),
     [("/usr/bin/python3\nimport os", "printable"), ("/opt/my python/bin/python3", "blanks"), ("/" + "p" * 260, "255")],

@@ -3,8 +3,9 @@ carries them: every value that comes from the config or the command line goes th
 functions, so that no value can end its line, start a directive of its own, or be read by systemd as
 anything but itself (issue 27, defect 2).
 
-How systemd reads a unit file (systemd.syntax(7); systemd v252 and v257 ``src/shared/conf-parser.c``,
-``src/core/load-fragment.c``, ``src/basic/extract-word.c``):
+How systemd reads a unit file (systemd.syntax(7), systemd.service(5) "Command lines", systemd.exec(5)
+``Environment=``; and what the host's systemd 252 and trixie's 257 make of our files, read back from the
+manager's own parse by tests/test_unit_injection.py):
 
 * a file is read line by line; a newline always ends a setting, and a line ending in a backslash is
   joined with the next one. So no raw control character is ever written: inside quotes a C escape
@@ -108,7 +109,11 @@ def exec_arg(value: str) -> str:
 
 
 def exec_line(argv: list[str]) -> str:
-    """A whole command line (``argv[0]`` an absolute path, so it never starts with a ``-@:+!`` prefix)."""
+    """A whole command line. ``argv[0]`` is an absolute path (so it never starts with a ``-@:+!``
+    prefix) without ``$``: the program to run may not be a variable (systemd.service(5), "Command
+    lines"), and what ``$$`` would become in the path itself is left unguessed: refused."""
+    if not argv or not argv[0].startswith("/") or "$" in argv[0]:
+        raise UnitTextError(f"{argv[0] if argv else ''!r}: a command must start with an absolute path without '$'")
     return " ".join(exec_arg(a) for a in argv)
 
 

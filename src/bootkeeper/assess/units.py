@@ -390,6 +390,8 @@ def render(
     for what, path in (("the bootkeeper command", exe[0] if exe else ""), ("python", python)):
         if not os.path.isabs(path):
             raise WriteError(f"{path or '(empty)'}: {what} must start with an absolute path")
+    if "$" in exe[0]:  # the program to run may not be a variable (unittext.exec_line)
+        raise UsageError(f"{exe[0]!r}: the bootkeeper command's path cannot hold a '$' in a unit's command line")
     # the generator's "#!PYTHON -IS" line: the kernel ends the interpreter's path at the first blank
     # and reads at most 255 bytes of the line (fs/binfmt_script.c, BINPRM_BUF_SIZE 256 since 5.1)
     if not unittext.printable(python) or " " in python or len(f"#!{python} -IS".encode()) > 255:
