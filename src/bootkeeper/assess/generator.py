@@ -44,7 +44,8 @@ DROPIN = "50-bootkeeper-failure-action.conf"
 FAILURE_ACTION = "FailureAction=reboot"
 DROPIN_TEXT = f"# bootkeeper: this boot is the active entry, still being assessed.\n[Unit]\n{FAILURE_ACTION}\n"
 UNIT_TYPES = ("service", "socket", "target", "mount", "path", "timer", "swap", "device", "automount", "scope")
-UNIT_NAME = re.compile(rf"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.({'|'.join(UNIT_TYPES)})$")
+# \Z, not $: "$" also matches before a trailing newline (unittext.unit_name_problem is the same rule)
+UNIT_NAME = re.compile(rf"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.({'|'.join(UNIT_TYPES)})\Z")
 POLICIES = ("never", "active", "always")
 DEFAULT_TRIES = 3  # config.BootAssessment.tries (tests/test_services.py checks they agree)
 MAX_TRIES = 100  # the bound config.py puts on boot_assessment.tries
