@@ -154,6 +154,25 @@ def test_install_follows_the_mapping_and_refuses_bad_images(
     assert listing["entries"] == ["active", "passive", "recovery"]
 
 
+def test_list_names_a_broken_image_and_lists_the_others(
+    node: dict[str, Path], deployed: dict[str, list[subprocess.CompletedProcess[str]]], tmp_path: Path
+) -> None:
+    """One file in an .extra.d that is not a GPT image is a row that says why, not the end of the list
+    (before: exit 4 at the first such file, nothing listed)."""
+    esp = tmp_path / "esp"
+    shutil.copytree(node["esp"], esp, symlinks=True)
+    (esp / "EFI/kairos/active.efi.extra.d/aaa-junk.raw").write_bytes(b"not a disk image\n" * 64)
+    r = bk("sysext", "list", "--esp", str(esp), "--root", str(node["root"]), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {(x["entry"], x["name"]): x for x in json.loads(r.stdout)["extensions"]}
+    junk = rows[("active", "aaa-junk.raw")]
+    assert junk["ok"] is False and junk["signer"] is None and len(junk["reasons"]) == 1, junk
+    assert "aaa-junk.raw" in junk["reasons"][0], junk
+    assert rows[("active", "tools.sysext.raw")]["ok"] is True  # the ones after it are still judged
+    plain = bk("sysext", "list", "--esp", str(esp), "--root", str(node["root"]))
+    assert plain.returncode == 0 and "aaa-junk.raw" in plain.stdout and "tools.sysext.raw" in plain.stdout
+
+
 def _boot(node: dict[str, Path], entry: str = "active") -> Path:
     """What systemd-stub does: the booted UKI's .extra.d/*.raw become /.extra/sysext/."""
     root = node["root"]

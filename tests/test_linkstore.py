@@ -342,3 +342,25 @@ def test_list_shows_the_extensions_own_version_and_sizes_for_people(
     assert bk(root, "sysext", "list") == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "k3s.raw" in ln)
     assert "1.30.2" in line and "ID=kairos VERSION_ID=1" in line and " KiB" in line, line
+
+
+def test_a_source_that_is_a_link_or_no_file_is_unreadable_input_not_a_failed_write(tmp_path: Path) -> None:
+    """issue 27 (Also), as a class: every input bootkeeper opens never through a link (fsutil.open_input:
+    upgrade's copies and digests, LinkStore.put) says "a symbolic link" with exit 7, where the bare ELOOP
+    was reported as a failed write (exit 6); the image sysext install opened turning out not to be a
+    regular file is the input's fault too."""
+    from bootkeeper.errors import ExitCode, UnreadableError
+    from bootkeeper.sysext import deploy
+
+    real = tmp_path / "real.raw"
+    real.write_bytes(b"x" * 100)
+    link = tmp_path / "link.raw"
+    link.symlink_to(real)
+    ls = LinkStore(tmp_path / "store")
+    with ls.transaction(), pytest.raises(UnreadableError) as e:
+        ls.put(link, "link.raw")
+    assert str(e.value) == f"{link}: a symbolic link; not followed" and e.value.exit_code == ExitCode.UNREADABLE
+    assert not (tmp_path / "store" / "link.raw").exists()
+    os.mkfifo(tmp_path / "fifo.raw")
+    with pytest.raises(UnreadableError, match=r"fifo\.raw: not a regular file"):
+        deploy.open_source(tmp_path / "fifo.raw")

@@ -147,14 +147,17 @@ def test_metrics_of_a_node_that_fell_back(fell: tuple[Node, float], tmp_path: Pa
     text = (tmp_path / "tf/bootkeeper.prom").read_text()
     got = samples(text)
     active, passive = "loader/entries/active.conf", "loader/entries/passive.conf"
+    # the series of an entry name its file too (issue 27: a stale twin has the same entry label)
+    af, pf = "loader/entries/active+0-3.conf", "loader/entries/passive+2-1.conf"
     # the scenario: active used 3 tries and is bad, passive used 1 of 3
-    assert value(got, "bootkeeper_entry_tries_left", entry=active, role="active") == 0
-    assert value(got, "bootkeeper_entry_tries_done", entry=active, role="active") == 3
-    assert value(got, "bootkeeper_entry_tries_left", entry=passive, role="passive") == 2
-    assert value(got, "bootkeeper_entry_tries_done", entry=passive, role="passive") == 1
-    assert value(got, "bootkeeper_entry_state", entry=active, role="active", state="bad") == 1
-    assert value(got, "bootkeeper_entry_state", entry=active, role="active", state="good") == 0
-    assert value(got, "bootkeeper_entry_state", entry=passive, role="passive", state="indeterminate") == 1
+    assert value(got, "bootkeeper_entry_tries_left", entry=active, file=af, role="active") == 0
+    assert value(got, "bootkeeper_entry_tries_done", entry=active, file=af, role="active") == 3
+    assert value(got, "bootkeeper_entry_tries_left", entry=passive, file=pf, role="passive") == 2
+    assert value(got, "bootkeeper_entry_tries_done", entry=passive, file=pf, role="passive") == 1
+    assert value(got, "bootkeeper_entry_state", entry=active, file=af, role="active", state="bad") == 1
+    assert value(got, "bootkeeper_entry_state", entry=active, file=af, role="active", state="good") == 0
+    assert value(got, "bootkeeper_entry_state", entry=passive, file=pf, role="passive", state="indeterminate") == 1
+    assert value(got, "bootkeeper_entry_files", entry=active, role="active") == 1
     assert names(got, "bootkeeper_booted_info") == [{"entry": passive, "role": "passive"}]
     assert value(got, "bootkeeper_boot_blessed", role="passive") == 0
     assert value(got, "bootkeeper_boot_state", state="indeterminate") == 1
@@ -195,8 +198,11 @@ def test_after_a_good_boot_the_fallback_and_refusal_are_gone(fell: tuple[Node, f
     assert names(got, "bootkeeper_extension_placed") == [
         {"extension": "good.raw", "reason": "none", "verdict": "passed"}
     ]
-    assert value(got, "bootkeeper_entry_tries_left", entry="loader/entries/active.conf", role="active") is None
-    assert value(got, "bootkeeper_entry_state", entry="loader/entries/active.conf", role="active", state="good") == 1
+    a = "loader/entries/active.conf"
+    assert names(got, "bootkeeper_entry_tries_left") == [] or all(
+        x["entry"] != a for x in names(got, "bootkeeper_entry_tries_left")
+    )
+    assert value(got, "bootkeeper_entry_state", entry=a, file=a, role="active", state="good") == 1
     # going back up the chain is no fallback: the last one is still the passive boot of the scenario
     assert value(got, "bootkeeper_last_fallback_timestamp_seconds") == fell[1] + 3 * STEP
 
@@ -239,9 +245,23 @@ def test_upgrade_and_tpm_verify_series(tmp_path: Path) -> None:
         {"labels": {"bank": "sha256", "pcr": "11"}, "value": 0.0},
         {"labels": {"bank": "sha256", "pcr": "12"}, "value": 1.0},
     ]
-    (root / "run/bootkeeper/tpm-verify.json").write_text('{"agree": "yes"}')
-    r = bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev))
-    assert r.returncode == 4 and "tpm-verify.json: not the output of 'tpm verify --json'" in r.stderr, r.stderr
+    assert value(got, "bootkeeper_tpm_verify_incomplete", reason="entry") == 0
+    # a result that cannot be read is a failed verification (issue 27): exported, not a metrics run
+    # that stops and freezes the last file (it used to exit 4 and write nothing)
+    for bad in (
+        '{"agree": "yes"}',
+        '{"agree": true, "complete": false}',
+        "[" * 100000,
+        '{"agree": true, "unverified": [{"kind": "x"}]}',
+    ):
+        (root / "run/bootkeeper/tpm-verify.json").write_text(bad)
+        r = bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev))
+        assert r.returncode == 0, r.stderr
+        assert "tpm-verify.json: not the output of 'tpm verify --json'" in r.stderr, r.stderr
+        got = samples(r.stdout)
+        assert value(got, "bootkeeper_tpm_verify_agree") == 0, bad
+        assert value(got, "bootkeeper_tpm_verify_incomplete", reason="result") == 1, bad
+        assert value(got, "bootkeeper_status_warnings") == 1, bad
 
 
 @pytest.mark.parametrize(
@@ -294,7 +314,7 @@ def test_rules_are_shipped_printed_and_pass_promtool(tmp_path: Path) -> None:
     p = subprocess.run(
         [promtool(), "check", "rules", str(tmp_path / "alerts.yml")], capture_output=True, text=True, check=False
     )
-    assert p.returncode == 0 and "SUCCESS: 8 rules found" in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 0 and "SUCCESS: 10 rules found" in p.stdout, p.stdout + p.stderr
     p = subprocess.run([promtool(), "test", "rules", str(RULE_TESTS)], capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "SUCCESS" in p.stdout
@@ -367,3 +387,93 @@ def test_the_metrics_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     (d / "bootkeeper-metrics.path").write_text(path.replace("PathChanged=", "PathChangd=", 1))
     v = subprocess.run([tool, "verify", "--man=no", names[1]], capture_output=True, text=True, env=env, check=False)
     assert "PathChangd" in v.stderr
+
+
+def test_names_that_are_not_utf8_are_exported_escaped(tmp_path: Path) -> None:
+    """Issue 27, defect 3: an entry file and an extension image named with the byte 0xff (and one with a
+    newline) made metrics die with exit 70 (the label could not be encoded), freezing the file. Each is
+    a label escaped as the activation log escapes names, and the file passes promtool check metrics."""
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    simulate(EspStore(esp), BootAssessment(), [], 1, history_root=root, start_time=1795000000.0)
+    entries = esp / "loader/entries"
+    shutil.copyfile(entries / "passive+3.conf", os.fsencode(entries) + b"/\xffodd+3.conf")
+    extra = root / ".extra/sysext"
+    extra.mkdir(parents=True)
+    (extra / "x\udcff.raw").write_bytes(b"not an image" * 100)
+    (extra / "two\nlines.raw").write_bytes(b"not an image" * 100)
+    r = bk("sysext", "activate", "--root", str(root), "--no-refresh")
+    assert r.returncode in (0, 1), r.stderr
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    out = tmp_path / "tf"
+    out.mkdir()
+    r = bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "--textfile-dir", str(out))
+    assert r.returncode == 0, r.stderr
+    text = (out / "bootkeeper.prom").read_bytes().decode("utf-8")  # valid UTF-8, as Prometheus requires
+    got = samples(text)
+    odd = "loader/entries/\\xffodd+3.conf"
+    assert value(got, "bootkeeper_entry_tries_left", entry="loader/entries/\\xffodd.conf", file=odd, role="") == 3
+    placed = {x["extension"] for x in names(got, "bootkeeper_extension_placed")}
+    assert placed == {"x\\xff.raw", "two\\x0alines.raw"}, placed
+    p = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    j = bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "--json")
+    assert j.returncode == 0, j.stderr
+    assert {x["labels"]["extension"] for x in json.loads(j.stdout)["bootkeeper_extension_placed"]} == placed
+
+
+def test_a_source_that_cannot_be_read_sets_a_series(tmp_path: Path) -> None:
+    """Issue 27, defect 1's class: each file metrics reads, when it is at fault, sets
+    bootkeeper_source_unreadable{source} (BootkeeperSourceUnreadable) instead of only removing the series
+    it feeds (an unreadable activation report took extension_required with it, and its alert)."""
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    simulate(EspStore(esp), BootAssessment(), [], 1, history_root=root, start_time=1795000000.0)
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    args = ("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev))
+    r = bk(*args)
+    assert r.returncode == 0, r.stderr
+    got = samples(r.stdout)
+    sources = ("status", "efivars", "history", "activation", "handbacks", "tpm_verify")
+    assert {x["source"] for x in names(got, "bootkeeper_source_unreadable")} == set(sources)
+    assert all(value(got, "bootkeeper_source_unreadable", source=s) == 0 for s in sources)
+    (root / "run/bootkeeper").mkdir(parents=True)
+    (root / "run/bootkeeper/sysext.json").write_text("{not json")
+    with (root / "var/lib/bootkeeper/boots.jsonl").open("a") as f:
+        f.write("{half a record\n")
+    (esp / "loader/bootkeeper-handbacks").write_bytes(b"\xff" * 4000)
+    (root / "run/bootkeeper/tpm-verify.json").write_text("[]")
+    r = bk(*args)
+    assert r.returncode == 0, r.stderr
+    got = samples(r.stdout)
+    for s in ("activation", "history", "handbacks", "tpm_verify"):
+        assert value(got, "bootkeeper_source_unreadable", source=s) == 1, s
+    assert value(got, "bootkeeper_source_unreadable", source="status") == 0
+    # LoaderBootCountPath names an entry the ESP does not have: the booted entry's state is unknown
+    gone = fake_efivars(tmp_path / "gone", LoaderBootCountPath="\\loader\\entries\\gone+1-1.conf")
+    got = samples(bk("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(gone)).stdout)
+    assert value(got, "bootkeeper_source_unreadable", source="efivars") == 1
+    assert value(got, "bootkeeper_boot_state", state="unknown") == 1
+
+
+def test_a_status_that_cannot_be_gathered_still_writes_the_failure(tmp_path: Path) -> None:
+    """A config at fault stopped metrics before it wrote, leaving the last file in place and current
+    looking for an hour: now the failure is written (source_unreadable{source="status"}), then the
+    error's one line and exit code."""
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    simulate(EspStore(esp), BootAssessment(), [], 1, history_root=root, start_time=1795000000.0)
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    tf = tmp_path / "tf"
+    tf.mkdir()
+    args = ("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "--textfile-dir", str(tf))
+    assert bk(*args).returncode == 0
+    assert value(samples((tf / "bootkeeper.prom").read_text()), "bootkeeper_source_unreadable", source="status") == 0
+    (root / "oem").mkdir()
+    (root / "oem/90_bad.yaml").write_text("boot_assessment:\n  handbacks: lots\n")
+    r = bk(*args)
+    assert r.returncode == 4 and r.stderr.startswith("bootkeeper: error: ") and "90_bad.yaml" in r.stderr, r.stderr
+    got = samples((tf / "bootkeeper.prom").read_text())
+    assert value(got, "bootkeeper_source_unreadable", source="status") == 1
+    assert value(got, "bootkeeper_status_warnings") == 1
+    assert (value(got, "bootkeeper_metrics_timestamp_seconds") or 0) >= time.time() - 60

@@ -35,6 +35,7 @@ def test_each_section_names_its_tests() -> None:
         "Signing keys for system extensions",
         "The extension step's timeout",
         "Extension changes and the disk",
+        "Names as they are shown",
     ]
     for s in sections:
         assert REF.search(s), s.splitlines()[0]

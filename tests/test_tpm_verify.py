@@ -446,3 +446,68 @@ def test_without_the_userspace_log_a_word_off_the_phase_path_is_a_finding(uki: U
     p = bk("tpm", "verify", "--root", str(root))
     assert p.returncode == 1, p.stdout + p.stderr
     assert "which is the logged handover value after no prefix of the boot phases" in p.stdout, p.stdout
+
+
+def _metric(root: Path, name: str) -> str:
+    m = bk("metrics", "--root", str(root), "--esp", str(root / "efi"))
+    assert m.returncode == 0, m.stderr
+    return "\n".join(x for x in m.stdout.splitlines() if x.startswith(name))
+
+
+def test_an_entry_that_is_not_a_pe_fails_the_verification_and_not_the_verdict(uki: Uki, tmp_path: Path) -> None:
+    """Issue 27, defect 1: a tampered passive entry (its .efi is not a PE) no longer stops verify before
+    it leaves a result: the booted entry is verified all the same, the broken one is a finding, the
+    result file says both, and metrics exports agree 0 with the reason."""
+    root = make_root(tmp_path, uki)
+    (root / "efi/loader/entries/passive.conf").write_text("title passive\nefi /EFI/kairos/passive.efi\n")
+    (root / "efi/EFI/kairos/passive.efi").write_bytes(b"not a PE at all" * 10)
+    p = bk("tpm", "verify", "--root", str(root), "--json")
+    assert p.returncode == 1, p.stdout + p.stderr
+    out = json.loads(p.stdout)
+    assert out["agree"] is False and out["complete"] is False
+    assert out["booted"]["entry"] == "active"
+    # the verdict on the booted entry stands: its stub PCRs replay and match the prediction
+    stub = [r for r in out["pcrs"] if r["pcr"] in (11, 12, 13)]
+    assert len(stub) == 6 and all(r["agree"] and r["predicted"] for r in stub), stub
+    [u] = out["unverified"]
+    assert u["kind"] == "entry" and u["entry"] == "passive" and u["uki"] == "EFI/kairos/passive.efi"
+    assert [f for f in out["findings"] if f.startswith("entry passive (EFI/kairos/passive.efi) cannot be predicted: ")]
+    assert json.loads((root / "run/bootkeeper/tpm-verify.json").read_text()) == out
+    got = _metric(root, "bootkeeper_tpm_verify")
+    assert "bootkeeper_tpm_verify_agree 0.0" in got, got
+    assert 'bootkeeper_tpm_verify_incomplete{reason="entry"} 1.0' in got, got
+    assert 'bootkeeper_tpm_verify_incomplete{reason="input"} 0.0' in got, got
+
+
+def test_a_booted_entry_that_is_not_a_pe_is_unverified_not_another_entry(uki: Uki, tmp_path: Path) -> None:
+    """The entry the efivars name cannot be predicted: verify does not pick another one by the log."""
+    root = make_root(tmp_path, uki)
+    (root / "efi/loader/entries/passive.conf").write_text("title passive\nefi /EFI/kairos/passive.efi\n")
+    shutil.copy(root / "efi/EFI/kairos/active.efi", root / "efi/EFI/kairos/passive.efi")
+    (root / "efi/EFI/kairos/active.efi").write_bytes(b"MZ" + b"\0" * 100)
+    p = bk("tpm", "verify", "--root", str(root), "--json")
+    assert p.returncode == 1, p.stdout + p.stderr
+    out = json.loads(p.stdout)
+    assert out["agree"] is False and out["booted"]["entry"] == "active", out["booted"]
+    assert [u["entry"] for u in out["unverified"]] == ["active"]
+    assert any("it is the booted entry, its PCRs 11, 12 and 13 are not verified" in f for f in out["findings"])
+    # the log and the live PCRs are still checked
+    assert {r["pcr"] for r in out["pcrs"]} >= {0, 7, 11}, out["pcrs"]
+
+
+def test_an_input_that_stops_verify_leaves_a_failed_result(uki: Uki, tmp_path: Path) -> None:
+    """A truncated event log: exit 4 with its one line as before, and the result file says failed
+    (with the reason) instead of keeping the last good one or none."""
+    root = make_root(tmp_path, uki)
+    assert bk("tpm", "verify", "--root", str(root)).returncode == 0
+    assert "bootkeeper_tpm_verify_agree 1.0" in _metric(root, "bootkeeper_tpm_verify_agree")
+    log = root / "sys/kernel/security/tpm0/binary_bios_measurements"
+    log.write_bytes(log.read_bytes()[:-3])
+    p = bk("tpm", "verify", "--root", str(root))
+    assert p.returncode == 4, p.stdout + p.stderr
+    left = json.loads((root / "run/bootkeeper/tpm-verify.json").read_text())
+    assert left["agree"] is False and left["complete"] is False
+    [u] = left["unverified"]
+    assert u["kind"] == "input" and u["reason"] in p.stderr and f"{log}: offset " in u["reason"], (u, p.stderr)
+    got = _metric(root, "bootkeeper_tpm_verify")
+    assert "bootkeeper_tpm_verify_agree 0.0" in got and 'bootkeeper_tpm_verify_incomplete{reason="input"} 1.0' in got

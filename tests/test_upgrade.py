@@ -250,6 +250,25 @@ def test_extension_built_for_the_old_os_is_refused(
     assert "common.raw" not in line  # ID=_any fits: one reason per extension at fault
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_symlinked_image_in_extra_d_is_unreadable_input(
+    tmp_path: Path, imgs: Images, layout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """issue 27 (Also): an image that is a symbolic link inside the old active's .extra.d is never followed;
+    before, the bare ELOOP reached the CLI as a failed write (exit 6, "Too many levels of symbolic links"),
+    now it is unreadable input (exit 7) naming the file, and the ESP is as it was."""
+    esp, folder = LAYOUTS[layout][0](tmp_path / "esp", imgs), LAYOUTS[layout][1]
+    link = esp / folder / "active.efi.extra.d" / "common.raw"
+    link.unlink()
+    link.symlink_to(imgs.common)
+    before = tree(esp)
+    rc = run(tmp_path, esp, str(new_uki(tmp_path)))
+    err = capsys.readouterr().err
+    assert rc == 7, err
+    assert err.splitlines() == [f"bootkeeper: error: {link}: a symbolic link; not followed"]
+    assert tree(esp) == before
+
+
 def test_each_failing_extension_is_named_once(tmp_path: Path, imgs: Images, capsys: pytest.CaptureFixture[str]) -> None:
     esp = esp_type2(tmp_path / "esp", imgs)
     args = [str(new_uki(tmp_path)), "--extension", str(imgs.unsigned), "--extension", str(imgs.tools_v1_for_v2)]

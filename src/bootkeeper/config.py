@@ -10,6 +10,7 @@ which is also what a section's keys come from when a file does not set them.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
@@ -17,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from bootkeeper import unittext
 from bootkeeper.errors import ConfigError, UnreadableError
 
 OEM_DIR = Path("/oem")
@@ -158,8 +160,7 @@ def _strings(where: str, value: Any, *, absolute: bool = False) -> tuple[str, ..
         raise ConfigError(f"{where}: expected a list of non-empty strings, got {value!r}")
     if absolute:
         for v in value:
-            if not v.startswith("/") or "\0" in v:
-                raise ConfigError(f"{where}: {v!r} is not an absolute path")
+            _path(v, where)
     return tuple(value)
 
 
@@ -167,10 +168,37 @@ def _paths(value: Any, where: str) -> tuple[str, ...]:
     return _strings(where, value, absolute=True)
 
 
+PATH_MAX = 4095  # linux/limits.h PATH_MAX, less the NUL
+
+
 def _path(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+    """An absolute path of printable characters (spaces, quotes, ``%`` and non-ASCII letters are fine:
+    every writer quotes them); no control character, line separator or NUL, as a path never needs one
+    and it would start a line of its own in a unit file, the journal or a terminal."""
+    if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(f"{where}: {value!r} is not an absolute path")
+    if not unittext.printable(value) or len(value) > PATH_MAX:
+        raise ConfigError(
+            f"{where}: {value!r} is not an absolute path of printable characters (no control characters, "
+            f"at most {PATH_MAX})"
+        )
     return value
+
+
+def _hierarchies(value: Any, where: str) -> tuple[str, ...]:
+    """``SYSTEMD_SYSEXT_HIERARCHIES`` as systemd-sysext reads it (systemd v252 and v257
+    src/basic/env-util.c getenv_path_list(): split at ':', each absolute and normalized, not '/');
+    normalized here as posixpath.normpath() writes it, so also no trailing '/'."""
+    paths = _paths(value, where)
+    for v in paths:
+        if ":" in v or v == "/" or posixpath.normpath(v) != v or v.startswith("//"):
+            raise ConfigError(
+                f"{where}: {v!r} is not a hierarchy (an absolute, normalized path other than '/': no ':', "
+                "no '.' or '..' component, no '//', no trailing '/')"
+            )
+    if len(set(paths)) != len(paths):
+        raise ConfigError(f"{where}: {sorted(p for p in set(paths) if paths.count(p) > 1)[0]!r} is listed twice")
+    return paths
 
 
 def _services(value: Any, where: str) -> tuple[ServiceSpec, ...]:
@@ -184,15 +212,32 @@ def _services(value: Any, where: str) -> tuple[ServiceSpec, ...]:
         for key in s:
             if key not in ("name", "reboot_on_failure"):
                 raise ConfigError(f"{item}.{key}: unknown key (allowed: name, reboot_on_failure)")
+        name = s["name"]  # a bare name gets .service, as systemctl (and service enroll) give it
+        if (why := unittext.unit_name_problem(unittext.with_unit_suffix(name))) is not None:
+            raise ConfigError(f"{item}.name: {name!r} is not a unit name ({why})")
         rof = _one_of(RebootOnFailure)(s.get("reboot_on_failure", "never"), f"{item}.reboot_on_failure")
         services.append(ServiceSpec(s["name"], rof))
     return tuple(services)
 
 
+# The characters of systemd's image-policy grammar (systemd.image-policy(7); systemd
+# src/shared/image-policy.c as stored from main: designators and flags are lower-case words with '-'
+# and digits, joined by '=', '+' and ':'; '*', '~' and '-' alone). systemd strips blanks around a flag
+# (partition_policy_flags_from_string(): strstrip()); bootkeeper takes none, so the value never needs
+# quoting on the drop-in's command line.
+_POLICY_CHARS = re.compile(r"[a-z0-9=+:~*-]*")
+
+
 def _policy(value: Any, where: str) -> str:
-    # the grammar is sysext/policy.py's: checked where the config is loaded for a verb (cli/common.py)
+    # the grammar is sysext/policy.py's: checked where the config is loaded for a verb (cli/common.py);
+    # the characters here, so that no verb ever sees another
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected an image-policy string, got {value!r}")
+    if not _POLICY_CHARS.fullmatch(value) or len(value) > 1024:
+        raise ConfigError(
+            f"{where}: {value!r} is not an image policy (lower-case letters, digits and '=+:~*-' only, "
+            "e.g. root=signed+absent:usr=signed+absent)"
+        )
     return value
 
 
@@ -333,7 +378,9 @@ SETTINGS = (
         "services",
         _services,
         "services that must start before a boot is good (install-units, service enroll): `name` and "
-        "`reboot_on_failure` (never, active: through bootkeeper-generator, always)",
+        "`reboot_on_failure` (never, active: through bootkeeper-generator, always). `name` is a systemd unit "
+        "name (`k3s` means `k3s.service`): letters, digits, `:-_.\\` and at most one `@`, a unit type suffix, "
+        "at most 255 characters",
     ),
     Setting("boot_assessment", "tries", _whole(1, 100), "tries of the active and passive entries (arm, rotate)"),
     Setting(
@@ -348,7 +395,8 @@ SETTINGS = (
         "sysext",
         "policy",
         _policy,
-        "the image policy images must pass (systemd's grammar); the seed's `verity+signed+absent` gets a warning",
+        "the image policy images must pass (systemd's grammar: lower-case letters, digits and `=+:~*-`); the "
+        "seed's `verity+signed+absent` gets a warning",
         where_field="policy_where",
     ),
     Setting("sysext", "certificates", _certificates, "trust anchors: PEM text or paths (under --root when given)"),
@@ -359,7 +407,13 @@ SETTINGS = (
         "entry name to regular expressions (full match on the image name); an image no rule matches goes to "
         "active and passive",
     ),
-    Setting("sysext", "sources", _paths, "more folders activate reads, after `/.extra/sysext`"),
+    Setting(
+        "sysext",
+        "sources",
+        _paths,
+        "more folders activate reads, after `/.extra/sysext` (this and every other path: absolute, printable "
+        "characters only, at most 4095)",
+    ),
     Setting(
         "sysext",
         "firmware",
@@ -374,8 +428,10 @@ SETTINGS = (
     Setting(
         "sysext",
         "hierarchies",
-        _paths,
-        "`SYSTEMD_SYSEXT_HIERARCHIES`, e.g. `[/usr, /opt]`; a hierarchy below another freezes it (lint BK303)",
+        _hierarchies,
+        "`SYSTEMD_SYSEXT_HIERARCHIES`, e.g. `[/usr, /opt]`; a hierarchy below another freezes it (lint BK303). "
+        "Each an absolute, normalized path other than `/`: no `:`, no `.` or `..`, no `//` or trailing `/`, "
+        "printable characters only, each listed once",
     ),
     Setting("sysext", "vendor", _vendor, "only UKIs under `EFI/<vendor>/` (when the ESP has several vendors)"),
     Setting(

@@ -103,6 +103,18 @@ class CommandError(BootkeeperError):
     exit_code = ExitCode.COMMAND
 
 
+class Interrupted(BaseException):
+    """SIGTERM, SIGINT or SIGHUP arrived while the ESP was writable (:mod:`bootkeeper.interrupt`): a
+    ``BaseException`` like ``KeyboardInterrupt``, so no ``except Exception`` that skips a bad file
+    swallows it while every ``finally`` (the remount back to ro) runs. The CLI ends the process by
+    the same signal."""
+
+    def __init__(self, signo: int, name: str) -> None:
+        super().__init__(f"stopped by {name}")
+        self.signo = signo
+        self.name = name
+
+
 # The table README mirrors: code -> (the class that exits with it, what it means).
 EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
     ExitCode.OK: ("", "success; also already in the requested state, recovery not blessed by design"),

@@ -32,5 +32,10 @@ class Finding:
         }
 
     def __str__(self) -> str:
+        """Two lines, each escaped (bootkeeper.shown): a file name or a value quoted in the message
+        comes from the ESP or a cloud-config and must not add a line of its own."""
+        from bootkeeper.shown import shown_line
+
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.severity.value} {self.code}: {self.message}\n    fix: {self.fix}"
+        first = shown_line(f"{where}: {self.severity.value} {self.code}: {self.message}")
+        return f"{first}\n    fix: {shown_line(self.fix)}"

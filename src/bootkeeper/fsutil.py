@@ -195,9 +195,23 @@ def sha256_fd(fd: int, size: int | None = None) -> str:
     return h.hexdigest()
 
 
+def open_input(path: Path) -> int:
+    """A file bootkeeper reads, opened never through a symbolic link: a link there, or any other
+    failure to open it, is an :class:`~bootkeeper.errors.UnreadableError` naming it (exit 7, unreadable
+    input), not the bare ``OSError`` (ELOOP) the CLI would report as a failed write (exit 6)."""
+    from bootkeeper.errors import UnreadableError
+
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UnreadableError(f"{path}: a symbolic link; not followed") from exc
+        raise UnreadableError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
 def sha256_file(path: Path) -> str:
-    """SHA-256 of a file, never through a symbolic link."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    """SHA-256 of a file, never through a symbolic link (:func:`open_input`)."""
+    fd = open_input(path)
     try:
         return sha256_fd(fd)
     finally:

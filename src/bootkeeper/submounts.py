@@ -44,6 +44,7 @@ from pathlib import Path
 # systemd v257 src/sysext/sysext.c: move_submounts() (PR #34381): submounts survive merge and unmerge.
 PRESERVED_SINCE = 257
 DEFAULT_HIERARCHIES = ("/usr", "/opt")  # systemd-sysext's own default (arg_hierarchies)
+HIERARCHIES_ENV = "SYSTEMD_SYSEXT_HIERARCHIES"  # ':'-separated, read by systemd-sysext and SCRIPT_TEXT
 SCRIPT = "etc/bootkeeper/sysext-submounts"  # under ROOT; install-units writes it next to the drop-in's needs
 KEEP_DIR = "run/bootkeeper/submounts"
 MOUNTINFO = "/proc/self/mountinfo"
@@ -62,13 +63,16 @@ keep="$root/run/bootkeeper/submounts"
 hier=${SYSTEMD_SYSEXT_HIERARCHIES:-/usr:/opt}
 
 below_hierarchy() {
+    # split at ':' alone, and no pathname expansion: a hierarchy with '*', '?' or '[' is that path
     old_ifs=$IFS
     IFS=:
+    set -f
     for h in $hier; do
         h=${h%/}
-        case "$1" in "$root$h"/*) IFS=$old_ifs; return 0 ;; esac
+        case "$1" in "$root$h"/*) IFS=$old_ifs; set +f; return 0 ;; esac
     done
     IFS=$old_ifs
+    set +f
     return 1
 }
 

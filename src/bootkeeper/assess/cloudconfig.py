@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from bootkeeper import unittext
 from bootkeeper.assess import generator, services
 from bootkeeper.config import RebootOnFailure, ServiceSpec
 from bootkeeper.errors import MalformedError
@@ -47,7 +48,7 @@ def _literal(text: str, indent: int) -> str:
 
 def _file(path: str, content: str) -> str:
     return (
-        f"        - path: {path}\n"
+        f"        - path: {unittext.yaml_scalar(path)}\n"
         "          permissions: 0644\n"
         "          owner: 0\n"
         "          group: 0\n"
@@ -56,22 +57,23 @@ def _file(path: str, content: str) -> str:
 
 
 def render(specs: list[ServiceSpec], tries: int = generator.DEFAULT_TRIES) -> str:
-    """The cloud-config text (validated unit names only, so nothing needs YAML quoting); ``tries`` is
-    ``boot_assessment.tries``, for the reboot rule of :func:`active_if`."""
+    """The cloud-config text (validated unit names, and each scalar quoted for YAML where it needs it);
+    ``tries`` is ``boot_assessment.tries``, for the reboot rule of :func:`active_if`."""
     names = [services.unit_name(s.name, "service") for s in specs]
     out = [
         "#cloud-config",
-        f"name: bootkeeper boot assessment for {', '.join(names)}",
+        f"name: {unittext.yaml_scalar('bootkeeper boot assessment for ' + ', '.join(names))}",
         "stages:",
         "  initramfs:",
     ]
     for spec, name in zip(specs, names, strict=True):
         spec = ServiceSpec(name, spec.reboot_on_failure)
-        out.append(f"    - name: {name} decides whether a boot is good")
+        out.append(f"    - name: {unittext.yaml_scalar(f'{name} decides whether a boot is good')}")
         out.append("      files:")
         out.append(_file(f"/{services.UNIT_DIR}/{name}.d/{services.DROPIN}", services.render_dropin(spec)).rstrip("\n"))
         if spec.reboot_on_failure is RebootOnFailure.ACTIVE:
-            out.append(f"    - name: {name} reboots on failure on the active entry only, while it is assessed")
+            what = f"{name} reboots on failure on the active entry only, while it is assessed"
+            out.append(f"    - name: {unittext.yaml_scalar(what)}")
             out.append(f"      if: '{active_if(tries)}'")
             out.append("      files:")
             path = f"/run/systemd/system/{name}.d/{generator.DROPIN}"
@@ -79,7 +81,7 @@ def render(specs: list[ServiceSpec], tries: int = generator.DEFAULT_TRIES) -> st
     out.append("    - name: Enable the services that decide a boot")
     out.append("      systemctl:")
     out.append("        enabled:")
-    out.extend(f"          - {n}" for n in names)
+    out.extend(f"          - {unittext.yaml_scalar(n)}" for n in names)
     return "\n".join(out) + "\n"
 
 

@@ -44,7 +44,8 @@ DROPIN = "50-bootkeeper-failure-action.conf"
 FAILURE_ACTION = "FailureAction=reboot"
 DROPIN_TEXT = f"# bootkeeper: this boot is the active entry, still being assessed.\n[Unit]\n{FAILURE_ACTION}\n"
 UNIT_TYPES = ("service", "socket", "target", "mount", "path", "timer", "swap", "device", "automount", "scope")
-UNIT_NAME = re.compile(rf"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.({'|'.join(UNIT_TYPES)})$")
+# \Z, not $: "$" also matches before a trailing newline (unittext.unit_name_problem is the same rule)
+UNIT_NAME = re.compile(rf"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.({'|'.join(UNIT_TYPES)})\Z")
 POLICIES = ("never", "active", "always")
 DEFAULT_TRIES = 3  # config.BootAssessment.tries (tests/test_services.py checks they agree)
 MAX_TRIES = 100  # the bound config.py puts on boot_assessment.tries
@@ -234,8 +235,31 @@ def plan(root: str) -> tuple[dict[str, str], str]:
     return {f"{u}.d/{DROPIN}": DROPIN_TEXT for u in wanted}, f"active ({source}), {why}"
 
 
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def shown_line(text: str) -> str:
+    """bootkeeper.shown.shown_line, written again: the generator runs as ``python3 -IS`` and cannot import
+    bootkeeper (tests/test_shown.py checks that the two agree)."""
+    import unicodedata
+
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch in _BIDI or unicodedata.category(ch) == "Cs":
+            out.append(f"\\u{o:04x}")
+        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _log(msg: str, root_override: bool) -> None:
-    line = f"bootkeeper-generator: {msg}"
+    # one kmsg record per message: what an efivar or the command line holds cannot add one
+    line = shown_line(f"bootkeeper-generator: {msg}")
     if not root_override:
         try:
             with open("/dev/kmsg", "w") as k:

@@ -579,21 +579,21 @@ def _bk202(v: EspView) -> list[Finding]:
 
 
 def _bk203(v: EspView) -> list[Finding]:
-    by_base: dict[tuple[str, str], list[str]] = {}
-    for e in v.snap.entries:
-        by_base.setdefault((e.directory, e.name.base.lower()), []).append(e.path)
+    from bootkeeper.esp.entries import same_entry
+
+    by_path = {e.path: e for e in v.snap.entries}
     return [
         Finding(
             "BK203",
             Severity.ERROR,
-            f"{v.esp}/{sorted(paths)[0]}",
+            f"{v.esp}/{paths[0]}",
             None,
-            f"{' and '.join(sorted(paths))} are the same entry ({base}) with and without a counter: "
+            f"{' and '.join(paths)} are the same entry ({by_path[paths[0]].name.entry_key}) "
+            "with and without a counter: "
             f"the menu shows both and bless cannot tell which one booted",
             "remove the stale one ('bootkeeper bless good' on the next good boot removes it)",
         )
-        for (_, base), paths in sorted(by_base.items())
-        if len(paths) > 1
+        for paths in same_entry(e.path for e in v.snap.entries)
     ]
 
 

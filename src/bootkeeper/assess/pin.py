@@ -241,6 +241,16 @@ def pattern_for(snap: Snapshot, e: Entry) -> str:
     computes it (252 keeps the counter, 257.10+/259+ drop it), checked to pick ``e`` first."""
     v = snap.sdboot
     entry_id = e.entry_id(v)
+    try:
+        entry_id.encode("utf-8")
+    except UnicodeEncodeError:  # a byte of the file name that is not UTF-8 (os.listdir's surrogateescape)
+        from bootkeeper.shown import shown
+
+        raise NotApplicableError(
+            f"{e.path}: its id '{shown(entry_id)}' is not UTF-8, and an EFI variable or loader.conf line "
+            "holds text, so none can name it",
+            hint="rename the file",
+        ) from None
     pattern = _escape(entry_id)
     first = find_entry(entries_mod.menu_order(list(snap.entries), v), pattern, v)
     if first is None:

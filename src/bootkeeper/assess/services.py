@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkeeper import fsutil
+from bootkeeper import fsutil, unittext
 from bootkeeper.assess import generator
 from bootkeeper.config import RebootOnFailure, ServiceSpec
 from bootkeeper.errors import MalformedError, UnreadableError, UsageError, WriteError
@@ -42,8 +42,8 @@ AFTER = "default.target graphical.target multi-user.target"
 def unit_name(name: str, where: str) -> str:
     """A valid unit name; a bare name gets ``.service`` (as systemctl does)."""
     name = generator.with_unit_suffix(name)
-    if len(name) > 255 or not generator.UNIT_NAME.match(name):
-        raise UsageError(f"{where}: {name!r} is not a unit name (letters, digits, ':-_.\\@' and a unit type suffix)")
+    if (why := unittext.unit_name_problem(name)) is not None:
+        raise UsageError(f"{where}: {name!r} is not a unit name ({why})")
     return name
 
 
@@ -67,7 +67,7 @@ def render_dropin(spec: ServiceSpec) -> str:
     elif spec.reboot_on_failure is RebootOnFailure.ACTIVE:
         fa = f"# reboot_on_failure: active: {generator.FAILURE_ACTION} is added at boot, on the active entry only\n"
     return (
-        f"# bootkeeper: a boot is good only if {spec.name} starts successfully.\n"
+        f"# bootkeeper: a boot is good only if {unittext.comment(spec.name)} starts successfully.\n"
         "[Unit]\n"
         f"After={AFTER}\n"
         "Before=boot-complete.target\n"

@@ -184,6 +184,10 @@ class NodeStatus:
     upgrades: tuple[Upgrade, ...]  # the last 5
     warnings: tuple[str, ...]  # every source that could not be read, in the order read
     handback: handback.View | None = None  # statereset's hand-backs (assess/handback.py)
+    # the sources that could not be read (some of their values are missing): "efivars" (the booted
+    # entry's state), "history" (a record or the whole file), "handbacks" (the ESP's count); metrics
+    # exports each as bootkeeper_source_unreadable, so a fault sets a series instead of removing one
+    unreadable: tuple[str, ...] = ()
 
     @property
     def on_esp(self) -> dict[str, tuple[str, ...]]:
@@ -369,4 +373,13 @@ def gather(
         tuple(recorded.upgrades[-5:]),
         (*warnings, *snap.problems, *((count.problem,) if count.problem else ())),
         shown,
+        tuple(
+            source
+            for source, bad in (
+                ("efivars", isinstance(booted.blessed, Unavailable)),
+                ("history", bool(recorded.warnings)),
+                ("handbacks", count.problem is not None),
+            )
+            if bad
+        ),
     )

@@ -52,9 +52,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootkeeper import fsutil, submounts
+from bootkeeper import fsutil, submounts, unittext
 from bootkeeper.config import Config, GoodWhen, Sysext, SysextMode
-from bootkeeper.errors import WriteError
+from bootkeeper.errors import UsageError, WriteError
 from bootkeeper.esp.efivars import LOADER_GUID
 from bootkeeper.systemd_version import ASSUMED, IMAGE_POLICY_SINCE, takes_image_policy
 
@@ -100,13 +100,6 @@ class UnitFile:
     mode: int = 0o644
 
 
-def _quote(s: str) -> str:
-    """A value for a unit file's Exec/Environment line (systemd's quoting: C-style in double quotes)."""
-    if s and all(c.isalnum() or c in "/._-:+=,@" for c in s):
-        return s
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _sysext(cfg: Sysext, exec_line: str, systemd: int) -> dict[str, UnitFile]:
     service = f"""# Installed by 'bootkeeper install-units'; re-run it after changing the sysext config.
 [Unit]
@@ -126,7 +119,7 @@ RemainAfterExit=yes
 # sysext.timeout. When it runs out systemd stops activate: the images placed so far stay, the copy being
 # judged stays a .bootkeeper-*.tmp that systemd-sysext does not load, and systemd-sysext.service, ordered
 # after this unit without requiring it, still merges what was placed.
-TimeoutSec={cfg.timeout}
+{unittext.setting("TimeoutSec", cfg.timeout)}
 ExecStart={exec_line} sysext activate --no-refresh
 
 [Install]
@@ -135,7 +128,7 @@ WantedBy={WANTED_BY[SYSEXT_UNIT]}
     refresh = "systemd-sysext refresh"
     why = ""
     if cfg.mode is SysextMode.ENFORCED and takes_image_policy(systemd):
-        refresh += f" --image-policy={_quote(cfg.policy)}"
+        refresh += " " + unittext.exec_arg(f"--image-policy={cfg.policy}")
     elif cfg.mode is SysextMode.ENFORCED:
         why = (
             f"# No --image-policy: systemd {systemd}'s systemd-sysext rejects it (it exists from\n"
@@ -148,7 +141,7 @@ WantedBy={WANTED_BY[SYSEXT_UNIT]}
     pre = post = ""
     files: dict[str, UnitFile] = {}
     if not submounts.preserves_submounts(systemd):
-        keep, restore = (" ".join(submounts.step_argv(v)) for v in ("keep", "restore"))
+        keep, restore = (unittext.exec_line(submounts.step_argv(v)) for v in ("keep", "restore"))
         why += (
             f"# systemd {systemd}'s systemd-sysext mounts its overlay on top of the mounts below a\n"
             f"# hierarchy (a persistent /usr/local); v{submounts.PRESERVED_SINCE} moves them itself. Until then\n"
@@ -159,7 +152,7 @@ WantedBy={WANTED_BY[SYSEXT_UNIT]}
         files[submounts.SCRIPT] = UnitFile(submounts.SCRIPT_TEXT, 0o755)
     env = ""
     if cfg.hierarchies:
-        env = f"Environment={_quote('SYSTEMD_SYSEXT_HIERARCHIES=' + ':'.join(cfg.hierarchies))}\n"
+        env = f"Environment={unittext.env_assignment(submounts.HIERARCHIES_ENV, ':'.join(cfg.hierarchies))}\n"
     dropin = f"""# Installed by 'bootkeeper install-units' (sysext.mode {cfg.mode.value}).
 {why}[Unit]
 After={SYSEXT_UNIT}
@@ -344,7 +337,7 @@ ExecStart={exec_line} metrics --textfile-dir {TEXTFILE_DIR}
 [Install]
 WantedBy={WANTED_BY[METRICS_UNIT]}
 """
-    paths = "".join(f"PathChanged={p}\n" for p in (f"/{HISTORY}", *watch))
+    paths = "".join(unittext.setting("PathChanged", p) + "\n" for p in (f"/{HISTORY}", *watch))
     path = f"""# Installed by 'bootkeeper install-units'.
 [Unit]
 Description=Refresh bootkeeper's metrics when a boot, a verdict, an upgrade or an activation is recorded
@@ -397,7 +390,16 @@ def render(
     for what, path in (("the bootkeeper command", exe[0] if exe else ""), ("python", python)):
         if not os.path.isabs(path):
             raise WriteError(f"{path or '(empty)'}: {what} must start with an absolute path")
-    exec_line = " ".join(_quote(w) for w in exe)
+    if "$" in exe[0]:  # the program to run may not be a variable (unittext.exec_line)
+        raise UsageError(f"{exe[0]!r}: the bootkeeper command's path cannot hold a '$' in a unit's command line")
+    # the generator's "#!PYTHON -IS" line: the kernel ends the interpreter's path at the first blank
+    # and reads at most 255 bytes of the line (fs/binfmt_script.c, BINPRM_BUF_SIZE 256 since 5.1)
+    if not unittext.printable(python) or " " in python or len(f"#!{python} -IS".encode()) > 255:
+        raise UsageError(
+            f"{python!r}: the python that runs the generator must be a path of printable characters without "
+            "blanks, its '#!' line at most 255 bytes"
+        )
+    exec_line = unittext.exec_line(exe)
     return {
         **_sysext(cfg.sysext, exec_line, systemd),
         **_assessment(exec_line),

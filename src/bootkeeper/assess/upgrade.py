@@ -78,7 +78,7 @@ from pathlib import Path
 from bootkeeper import fsutil
 from bootkeeper.assess import chain
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import EspError, InputError, NotApplicableError, RefusedError, WriteError
+from bootkeeper.errors import EspError, InputError, NotApplicableError, RefusedError, UnreadableError, WriteError
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import edit, pe
 from bootkeeper.esp import entries as entries_mod
@@ -280,7 +280,7 @@ def sha256(path: Path) -> str:
 def same_bytes(a: Path, b: Path) -> bool:
     try:
         return a.stat().st_size == b.stat().st_size and fsutil.sha256_file(a) == fsutil.sha256_file(b)
-    except OSError:
+    except (OSError, UnreadableError):
         return False
 
 
@@ -781,7 +781,7 @@ def _copy(store: EspStore, src: Path, rel: str, digest: str | None) -> None:
     """Copy ``src`` to ``rel`` crash-safely; with ``digest`` (the bytes the gate judged) the copy is
     compared before it gets its name: a source swapped or rewritten after the gate never lands."""
     dest = store.path(rel)
-    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    sfd = fsutil.open_input(src)
     try:
         size = os.fstat(sfd).st_size
         with fsutil.temp_file(dest, store.step) as (fd, tmp):

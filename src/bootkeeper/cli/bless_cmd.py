@@ -18,6 +18,7 @@ from bootkeeper.cli.common import (
     root_option,
 )
 from bootkeeper.cli.history_cmd import boot_id_option
+from bootkeeper.shown import echo
 
 
 @click.command()
@@ -50,7 +51,7 @@ def bless(
     """
     efivars = efivars_dir(efivars, root)
     from bootkeeper.assess import bless as bless_mod
-    from bootkeeper.errors import NotApplicableError
+    from bootkeeper.errors import BootkeeperError, NotApplicableError
     from bootkeeper.esp.efivars import read_string
     from bootkeeper.esp.store import EspStore
 
@@ -65,8 +66,14 @@ def bless(
             if as_json:
                 print_json({"state": "clean", "booted": None})
             else:
-                click.echo("clean")
+                echo("clean")
             return
+        # bless on a node without boot counting: still a run that puts /efi back to ro where fstab says
+        # so; a failure to do that is said, and the answer stays this one
+        try:
+            EspStore(esp_root).restore_read_only()
+        except BootkeeperError as exc:
+            click.echo(f"bootkeeper: warning: {exc}", err=True)
         raise NotApplicableError(
             "not booted with boot counting in effect (LoaderBootCountPath is not set)",
             hint="pass --entry PATH to name the entry",
@@ -78,7 +85,7 @@ def bless(
         if as_json:
             print_json({"state": state, "booted": booted.path})
         else:
-            click.echo(state)
+            echo(state)
         return
     from bootkeeper.cli.common import load_config
 
@@ -89,16 +96,16 @@ def bless(
         print_json(result.as_json())
         return
     for a in result.actions:
-        click.echo(a)
+        echo(a)
     if result.note:
-        click.echo(result.note)
+        echo(result.note)
     # the last line says what happened (it is what bootkeeper-bless.service leaves in the journal)
     if result.withheld:
-        click.echo(f"{booted.path}: not marked {action}; left as it is")
+        echo(f"{booted.path}: not marked {action}; left as it is")
     elif any(a.startswith("renamed ") for a in result.actions):
-        click.echo(f"marked {booted.path} as {action}")
+        echo(f"marked {booted.path} as {action}")
     if result.handback is not None:
-        click.echo(result.handback.text)
+        echo(result.handback.text)
 
 
 def _record_verdict(root: Path, boot_id: str | None, verdict: str, handback: Any = None) -> None:
@@ -120,4 +127,4 @@ def _record_verdict(root: Path, boot_id: str | None, verdict: str, handback: Any
 
             history.append(root, handback_mod.record(bid, now, handback))
     except WriteError as exc:
-        click.echo(f"warning: {exc}", err=True)
+        echo(f"warning: {exc}", err=True)

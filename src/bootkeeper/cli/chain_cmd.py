@@ -16,6 +16,7 @@ from bootkeeper.cli.common import (
     root_option,
     version_option,
 )
+from bootkeeper.shown import echo
 
 
 def _report(res: object, as_json: bool) -> None:
@@ -26,9 +27,9 @@ def _report(res: object, as_json: bool) -> None:
         print_json(res.as_json())
         return
     for a in res.actions or ["nothing to change"]:
-        click.echo(a)
+        echo(a)
     for w in res.warnings:
-        click.echo(f"warning: {w}", err=True)
+        echo(f"warning: {w}", err=True)
 
 
 @click.command()

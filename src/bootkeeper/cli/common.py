@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from bootkeeper.errors import EspError
+from bootkeeper.shown import echo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -98,6 +99,9 @@ def _output() -> dict[str, Any]:
 
 def print_json(obj: object) -> None:
     """``--json`` / ``--json=pretty``: indented; ``--json=short``: one line, as systemd's tools print it."""
+    from bootkeeper.shown import json_safe
+
+    obj = json_safe(obj)  # a name that is not UTF-8: its escaped form (bootkeeper.shown), never a crash
     if _output().get("json") == "short":
         click.echo(json.dumps(obj, separators=(",", ":")))
     else:
@@ -105,19 +109,25 @@ def print_json(obj: object) -> None:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None) -> None:
-    """A table: rich on a terminal, plain aligned text otherwise (pipes, logs, tests)."""
-    cells = [[("" if c is None else str(c)) for c in r] for r in rows]
+    """A table: rich on a terminal, plain aligned text otherwise (pipes, logs, tests). Every cell and
+    the title are escaped (bootkeeper.shown): a name from the ESP stays in its cell, on its row."""
+    from bootkeeper.shown import raw_stream, shown_line
+
+    cells = [[("" if c is None else shown_line(c)) for c in r] for r in rows]
+    title = shown_line(title) if title is not None else None
     legend = _output().get("legend", True)  # --no-legend: the rows alone, as systemctl prints them
     if sys.stdout.isatty():
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         t = Table(title=title if legend else None, show_header=legend)
+        cells = [[escape(c) for c in r] for r in cells]  # a name is text, not rich markup
         for h in headers:
             t.add_column(h)
         for r in cells:
             t.add_row(*r)
-        Console().print(t)
+        Console(file=raw_stream(sys.stdout)).print(t)  # its styling, not the guard's escapes
         return
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     if legend:
@@ -158,5 +168,5 @@ def load_config(files: tuple[Path, ...], root: Path) -> Any:
     cfg = config.load(list(files) if files else None, oem_dir=root / "oem")
     _, policy_warnings = policy.check_config(cfg.sysext.policy, cfg.sysext.policy_where)
     for w in [*cfg.warnings, *policy_warnings]:
-        click.echo(f"bootkeeper: warning: {w}", err=True)
+        echo(f"bootkeeper: warning: {w}", err=True)
     return cfg

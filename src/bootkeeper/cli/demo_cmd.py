@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +15,9 @@ if TYPE_CHECKING:
 
 def _step(title: str) -> None:
     click.echo("")
-    click.secho(f"== {title}", bold=True)
+    from bootkeeper.shown import raw_stream
+
+    click.secho(f"== {title}", bold=True, file=raw_stream(sys.stdout))  # its own words, styled
 
 
 @click.command()

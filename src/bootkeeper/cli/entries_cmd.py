@@ -19,6 +19,7 @@ from bootkeeper.cli.common import (
     version_option,
 )
 from bootkeeper.esp.efivars import loader_info as efivars_loader_info
+from bootkeeper.shown import echo
 
 if TYPE_CHECKING:
     from bootkeeper.assess.menu import Menu
@@ -38,7 +39,7 @@ def _view(esp: Path, efivars: Path, sdboot_version: str | None, snap: Any = None
 def _print_human(view: Menu) -> None:
     from bootkeeper.cli.status_cmd import next_line, pin_lines
 
-    click.echo(f"ESP {view.esp}  (systemd-boot {view.sdboot_value}, {view.sdboot_source})")
+    echo(f"ESP {view.esp}  (systemd-boot {view.sdboot_value}, {view.sdboot_source})")
     table(
         ["#", "entry", "role", "state", "left", "done", "sort-key", "id"],
         [
@@ -47,12 +48,12 @@ def _print_human(view: Menu) -> None:
         ],
     )
     for u in view.unlisted:
-        click.echo(f"not listed by systemd-boot: {u.path}: {u.why}")
+        echo(f"not listed by systemd-boot: {u.path}: {u.why}")
     for line in pin_lines(dict(view.pin) if view.pin is not None else None):
-        click.echo(line)
-    click.echo(next_line(view.next))
+        echo(line)
+    echo(next_line(view.next))
     for p in view.problems:
-        click.echo(f"warning: {p}", err=True)
+        echo(f"warning: {p}", err=True)
 
 
 @click.command()

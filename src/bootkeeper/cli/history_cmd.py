@@ -18,6 +18,7 @@ from bootkeeper.cli.common import (
     root_option,
     version_option,
 )
+from bootkeeper.shown import echo
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -57,17 +58,17 @@ def record(esp: Path | None, efivars: Path | None, sdboot_version: str | None, r
     bid = current_boot_id(boot_id)
     boots, _ = history_mod.read(root)
     if history_mod.recorded(boots, bid):
-        click.echo(f"boot {bid} is already recorded")
+        echo(f"boot {bid} is already recorded")
         return
     ev = LoaderVars.read(efivars)
     try:
         snap = EspStore(find_esp(esp)).snapshot(sdboot_version, loader_info=ev.loader_info)
     except BootkeeperError as exc:
-        click.echo(f"warning: ESP not read: {exc}", err=True)
+        echo(f"warning: ESP not read: {exc}", err=True)
         snap = None
     rec = history_mod.boot_record(bid, time.time(), ev.boot_count_path or ev.entry_selected, snap)
     history_mod.append(root, rec)
-    click.echo(f"recorded boot {bid}: {rec['entry'] or 'unknown entry'}")
+    echo(f"recorded boot {bid}: {rec['entry'] or 'unknown entry'}")
 
 
 @history.command()
@@ -103,9 +104,9 @@ def show(root: Path, as_json: bool) -> None:
         ],
     )
     for u in recorded.upgrades:
-        click.echo(upgrade_line(u))
+        echo(upgrade_line(u))
     for w in warnings:
-        click.echo(f"warning: {w}", err=True)
+        echo(f"warning: {w}", err=True)
 
 
 def _no_verdict(not_good: list[str]) -> str:

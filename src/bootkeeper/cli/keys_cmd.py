@@ -16,6 +16,7 @@ from bootkeeper.cli.common import (
     root_option,
     table,
 )
+from bootkeeper.shown import echo
 
 
 @click.group()
@@ -47,7 +48,7 @@ def generate(key_path: Path, cert_path: Path, cn: str, days: int) -> None:
     finally:
         os.umask(old)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    click.echo(f"key {key_path} (mode 0600), certificate {cert_path}")
+    echo(f"key {key_path} (mode 0600), certificate {cert_path}")
 
 
 @keys.command(name="list")
@@ -75,7 +76,7 @@ def list_(config_files: tuple[Path, ...], root: Path, efivars: Path | None, as_j
     ]
     table(["subject", "sha256", "expires", "source", "revoked by"], rows)
     if not store.anchors:
-        click.echo("no trusted certificates: enforced mode will refuse every extension", err=True)
+        echo("no trusted certificates: enforced mode will refuse every extension", err=True)
 
 
 @keys.command()
@@ -95,4 +96,4 @@ def export(config_files: tuple[Path, ...], root: Path, efivars: Path | None, des
     if as_json:
         print_json({"dest": str(dest), "written": written, "removed": removed, "trusted": len(store.anchors)})
         return
-    click.echo(f"{dest}: {len(store.anchors)} trusted, wrote {len(written)}, removed {len(removed)}")
+    echo(f"{dest}: {len(store.anchors)} trusted, wrote {len(written)}, removed {len(removed)}")

@@ -20,6 +20,7 @@ from bootkeeper.cli.common import (
     version_option,
 )
 from bootkeeper.esp.efivars import loader_info as efivars_loader_info
+from bootkeeper.shown import echo
 
 
 @click.command()
@@ -93,7 +94,7 @@ def lint(
         print_json({"findings": [f.as_json() for f in findings], "errors": errors})
     else:
         for f in findings:
-            click.echo(str(f))
-        click.echo(f"{len(findings)} finding(s), {errors} error(s)")
+            click.echo(str(f))  # two lines, each escaped (findings.Finding.__str__)
+        echo(f"{len(findings)} finding(s), {errors} error(s)")
     if errors:
         raise SystemExit(1)

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from bootkeeper.errors import BootkeeperError, ExitCode, UsageError
+from bootkeeper.errors import BootkeeperError, ExitCode, Interrupted, UsageError
 
 # verb -> "module:attribute"; the module is imported only when the verb runs (or --help lists it)
 VERBS = {
@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> Any:
     a ``hint:`` line) and the code :data:`bootkeeper.errors.EXIT_CODES` gives its class."""
     args = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in args
+    from bootkeeper.shown import guard_streams
+
+    guard_streams()  # the backstop: no control character or undecodable byte reaches a terminal raw
     try:
         args, output = conventions(args)
         return cli.main(args=args, prog_name="bootkeeper", standalone_mode=False, obj=output)
@@ -98,12 +101,19 @@ def main(argv: list[str] | None = None) -> Any:
         _fail(str(exc), exc.exit_code, exc.hint, _root_hint(exc))
     except click.exceptions.Abort:
         _fail("aborted", ExitCode.REFUSED)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # a group named without its verb: click's help (its own text, many lines), then the usage code
+        path = exc.ctx.command_path if exc.ctx is not None else "bootkeeper"
+        click.echo(f"bootkeeper: error: {path}: {exc.format_message().rstrip('.')} (see '{path} --help')", err=True)
+        sys.exit(ExitCode.USAGE)
     except click.UsageError as exc:
         # click's own three lines (Usage, Try, Error) as one, like every other error
         path = exc.ctx.command_path if exc.ctx is not None else "bootkeeper"
         _fail(f"{path}: {exc.format_message().rstrip('.')} (see '{path} --help')", ExitCode.USAGE)
     except click.ClickException as exc:
         _fail(exc.format_message(), ExitCode.USAGE)
+    except Interrupted as exc:
+        _stopped(exc)
     except KeyboardInterrupt:
         sys.exit(130)
     except OSError as exc:
@@ -173,9 +183,26 @@ def _root_hint(exc: BaseException) -> str | None:
     return f"this needs root: bootkeeper runs as uid {os.geteuid()} without {' and '.join(lacking)}; run it as root"
 
 
+def _stopped(exc: Interrupted) -> NoReturn:
+    """A SIGTERM, SIGINT or SIGHUP that arrived while the ESP was writable, after the way back to
+    read-only ran: one line, then the same signal with its default action, so the process ends as
+    it would have (systemd counts SIGTERM as a clean stop; a shell sees 128+N)."""
+    import signal
+
+    click.echo(f"bootkeeper: error: {exc}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(exc.signo, signal.SIG_DFL)
+    os.kill(os.getpid(), exc.signo)
+    sys.exit(128 + exc.signo)  # the signal is blocked: the code a shell would show
+
+
 def _fail(message: str, code: int, hint: str | None = None, root_hint: str | None = None) -> NoReturn:
-    click.echo(f"bootkeeper: error: {message}", err=True)
+    """One line, escaped (bootkeeper.shown): the names a message quotes cannot add lines to it."""
+    from bootkeeper.shown import echo
+
+    echo(f"bootkeeper: error: {message}", err=True)
     for h in (hint, root_hint):
         if h:
-            click.echo(f"hint: {h}", err=True)
+            echo(f"hint: {h}", err=True)
     sys.exit(code)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -79,6 +80,12 @@ _REASON_WORDS: tuple[tuple[tuple[str, ...], ReasonClass], ...] = (
 )
 
 
+def _label(value: str) -> str:
+    from bootkeeper.sysext.activate import printable
+
+    return printable(value)
+
+
 @dataclass(frozen=True)
 class Family:
     """One metric family: every sample carries a value for each of ``labels``, in that order."""
@@ -89,8 +96,18 @@ class Family:
     samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
 
     def add(self, value: float, *labels: str) -> None:
+        """Every label value escaped as the activation log escapes names (sysext/activate.py's
+        :func:`printable`): a name is bytes until shown, and a file name that is not UTF-8 (``\xff``,
+        os.listdir's surrogate) is a label value Prometheus can hold (``\\xff``), never an encoding
+        error that stops ``metrics`` and freezes its file (issue 27)."""
         assert len(labels) == len(self.labels), (self.name, labels)
-        self.samples.append((labels, value))
+        self.samples.append((tuple(_label(v) for v in labels), value))
+
+
+# why tpm verify could not complete, the ``reason`` label of bootkeeper_tpm_verify_incomplete:
+# measure/verify.py's INCOMPLETE (an entry that cannot be predicted, an input that stopped verify),
+# and ``result``: the result file itself cannot be read (metrics exports that as a failure too)
+TPM_INCOMPLETE = ("entry", "input", "result")
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,8 @@ class TpmResult:
     pcrs: tuple[tuple[str, int, bool], ...]  # bank, PCR, agree
     findings: int
     time: float  # the file's modification time: when verify ran
+    incomplete: frozenset[str] = frozenset()  # of TPM_INCOMPLETE: what verify could not do
+    problem: str | None = None  # the result could not be read: why (a status warning)
 
 
 def read_tpm(root: Path) -> TpmResult | None:
@@ -119,9 +138,31 @@ def read_tpm(root: Path) -> TpmResult | None:
         if not isinstance(agree, bool):
             raise TypeError("agree is not true or false")
         pcrs = tuple((str(r["bank"]), int(r["pcr"]), r["agree"] is True) for r in doc.get("pcrs") or ())
-        return TpmResult(agree, pcrs, len(doc.get("findings") or ()), mtime)
+        kinds = frozenset(str(u["kind"]) for u in doc.get("unverified") or ())
+        if not kinds <= set(TPM_INCOMPLETE):
+            raise ValueError(f"unverified kind {sorted(kinds - set(TPM_INCOMPLETE))[0]!r} is not one of entry, input")
+        if doc.get("complete", True) is False and not kinds:
+            raise ValueError("complete is false and unverified names nothing")
+        # a result that is not complete is not agreement, whatever else it says
+        return TpmResult(agree and not kinds, pcrs, len(doc.get("findings") or ()), mtime, kinds)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise MalformedError(f"{p}: not the output of 'tpm verify --json' ({type(exc).__name__}: {exc})") from exc
+
+
+def tpm_state(root: Path, now: float) -> TpmResult | None:
+    """:func:`read_tpm`, where a result that cannot be read is a failed verification (agree 0,
+    incomplete ``result``), never a metrics run that stops and leaves the last file (issue 27: a
+    fault must set a series, not remove it)."""
+    from bootkeeper.errors import InputError
+
+    try:
+        return read_tpm(root)
+    except InputError as exc:
+        try:
+            when = (root / TPM_VERIFY).stat().st_mtime
+        except OSError:
+            when = now
+        return TpmResult(False, (), 0, when, frozenset({"result"}), str(exc))
 
 
 def entry_id(path: str) -> str:
@@ -162,10 +203,12 @@ def last_fallback(boots: Sequence[Boot]) -> float | None:
     return found
 
 
-def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
-    """The families for one node's status (pure: the values come from ``shown`` and ``tpm``)."""
+def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: bool = False) -> list[Family]:
+    """The families for one node's status (pure: the values come from ``shown`` and ``tpm``;
+    ``unread_activation``: :func:`activation_unread`)."""
     from bootkeeper.assess import history
     from bootkeeper.assess.status import Unavailable
+    from bootkeeper.esp.entries import same_entry
 
     node, ext = shown.node, shown.extensions
     out: list[Family] = []
@@ -175,19 +218,39 @@ def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
         out.append(f)
         return f
 
-    tries_left = fam("entry_tries_left", "Tries left on a counted boot entry.", "entry", "role")
-    tries_done = fam("entry_tries_done", "Tries used on a counted boot entry.", "entry", "role")
+    # one series per entry FILE: a stale twin (active+3.conf beside a used-up active+0-3.conf) has the
+    # entry label of the other, and the file label keeps the two apart (issue 27: node_exporter kept one
+    # of two series with one identity, and could hide the used-up one's 0 tries)
+    tries_left = fam("entry_tries_left", "Tries left on a counted boot entry file.", "entry", "file", "role")
+    tries_done = fam("entry_tries_done", "Tries used on a counted boot entry file.", "entry", "file", "role")
     state = fam(
-        "entry_state", "1 for the state a boot entry is in (good, indeterminate, bad).", "entry", "role", "state"
+        "entry_state",
+        "1 for the state a boot entry file is in (good, indeterminate, bad).",
+        "entry",
+        "file",
+        "role",
+        "state",
     )
+    files = fam(
+        "entry_files",
+        "Files on the ESP for one entry: more than 1 is a stale twin (the same entry with another counter).",
+        "entry",
+        "role",
+    )
+    twins = {p: len(g) for g in same_entry(e.path for e in node.entries) for p in g}
     for e in node.entries:
-        labels = (entry_id(e.path), e.role.value if e.role else "")
+        labels = (entry_id(e.path), e.path, e.role.value if e.role else "")
         if e.tries_left is not None:
             tries_left.add(e.tries_left, *labels)
         if e.tries_done is not None:
             tries_done.add(e.tries_done, *labels)
         for s in ENTRY_STATES:
             state.add(1.0 if e.state == s else 0.0, *labels, s)
+    counted: dict[tuple[str, str], int] = {}
+    for e in node.entries:
+        counted.setdefault((entry_id(e.path), e.role.value if e.role else ""), twins.get(e.path, 1))
+    for (eid, r), n in counted.items():
+        files.add(n, eid, r)
 
     b = node.booted
     role = b.role.value if b.role else ""
@@ -271,19 +334,81 @@ def build(shown: Status, tpm: TpmResult | None, now: float) -> list[Family]:
         "1 if the node stays on statereset: its hand-back budget is spent and active and passive cannot boot.",
     ).add(1.0 if hb is not None and hb.staying else 0.0)
 
+    _tpm_families(fam, tpm)
+
+    fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
+        len(node.problems) + len(shown.problems) + (1 if tpm is not None and tpm.problem else 0)
+    )
+    bad = set(node.unreadable)
+    if unread_activation:
+        bad.add("activation")
+    if tpm is not None and tpm.problem:
+        bad.add("tpm_verify")
+    _sources(fam, bad)
+    fam("metrics_timestamp_seconds", "When bootkeeper metrics wrote this file.").add(now)
+    return out
+
+
+def _tpm_families(fam: Callable[..., Family], tpm: TpmResult | None) -> None:
     if tpm is not None:
         fam("tpm_verify_agree", "1 if tpm verify found the live PCRs as predicted, 0 if not.").add(
             1.0 if tpm.agree else 0.0
         )
         fam("tpm_verify_timestamp_seconds", "When tpm verify last ran.").add(tpm.time)
         fam("tpm_verify_findings", "What tpm verify found wrong.").add(tpm.findings)
+        incomplete = fam(
+            "tpm_verify_incomplete",
+            "1 for each reason tpm verify could not verify everything (then agree is 0): entry (an ESP entry "
+            "cannot be predicted), input (an input stopped verify), result (its result file cannot be read).",
+            "reason",
+        )
+        for why in TPM_INCOMPLETE:
+            incomplete.add(1.0 if why in tpm.incomplete else 0.0, why)
         pcr = fam("tpm_pcr_agree", "1 if this PCR replays and matches the prediction.", "bank", "pcr")
         for bank, n, ok in tpm.pcrs:
             pcr.add(1.0 if ok else 0.0, bank, str(n))
 
-    fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
-        len(node.problems) + len(shown.problems)
+
+# every file or variable metrics reads, as the ``source`` label of bootkeeper_source_unreadable: a fault
+# in one sets that series (and BootkeeperSourceUnreadable fires) instead of only removing the series
+# it feeds (issue 27). ``status``: the status could not be gathered at all (the ESP, the config).
+SOURCES = ("status", "efivars", "history", "activation", "handbacks", "tpm_verify")
+
+
+def _sources(fam: Callable[..., Family], bad: set[str]) -> None:
+    f = fam(
+        "source_unreadable",
+        "1 for each source bootkeeper metrics could not read (its series are missing or partial): status, "
+        "efivars, history, activation, handbacks, tpm_verify.",
+        "source",
     )
+    for s in SOURCES:
+        f.add(1.0 if s in bad else 0.0, s)
+
+
+def activation_unread(root: Path, shown: Status) -> bool:
+    """An activation report is there (a file, or a name that is not one), but none was read."""
+    from bootkeeper.sysext import report
+
+    return shown.extensions.activation is None and os.path.lexists(root / report.REPORT)
+
+
+def build_unread(tpm: TpmResult | None, now: float) -> list[Family]:
+    """The families when the status could not be gathered at all: the failure as series
+    (status_warnings, source_unreadable{source="status"}, the TPM result, the time), written in place of
+    the last file, which would otherwise stay and look current until BootkeeperMetricsStale."""
+    out: list[Family] = []
+
+    def fam(name: str, help_: str, *labels: str) -> Family:
+        f = Family(f"bootkeeper_{name}", help_, labels)
+        out.append(f)
+        return f
+
+    _tpm_families(fam, tpm)
+    fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
+        1 + (1 if tpm is not None and tpm.problem else 0)
+    )
+    _sources(fam, {"status", *(("tpm_verify",) if tpm is not None and tpm.problem else ())})
     fam("metrics_timestamp_seconds", "When bootkeeper metrics wrote this file.").add(now)
     return out
 

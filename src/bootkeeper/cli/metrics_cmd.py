@@ -62,27 +62,46 @@ def metrics(
     if textfile_dir is not None and output is not None:
         raise UsageError("--textfile-dir and -o both name where to write: give one")
     from bootkeeper.cli.status_cmd import _store_dir, gather, handback_budget
+    from bootkeeper.errors import InputError
 
-    shown = gather(
-        root,
-        find_esp(esp),
-        efivars_dir(efivars, root),
-        sdboot_version,
-        store_dir=_store_dir(config_files, root),
-        read_services=None,  # no metric needs the services' states: no systemctl call
-        handbacks=handback_budget(config_files, root),
-    )
-    families = m.build(shown, m.read_tpm(root), time.time())
+    now = time.time()
+    tpm = m.tpm_state(root, now)
+    if tpm is not None and tpm.problem:
+        click.echo(f"bootkeeper: warning: {tpm.problem}: exported as a failed verification", err=True)
+    failure: InputError | None = None
+    try:
+        shown = gather(
+            root,
+            find_esp(esp),
+            efivars_dir(efivars, root),
+            sdboot_version,
+            store_dir=_store_dir(config_files, root),
+            read_services=None,  # no metric needs the services' states: no systemctl call
+            handbacks=handback_budget(config_files, root),
+        )
+        families = m.build(shown, tpm, now, m.activation_unread(root, shown))
+    except InputError as exc:
+        # the status cannot be gathered (an ESP or config at fault): the failure is written as series
+        # (source_unreadable{source="status"}), then the error's exit code; never the last file left
+        # in place looking current
+        failure = exc
+        families = m.build_unread(tpm, now)
     if as_json:
         print_json(m.as_dict(families))
+        if failure is not None:
+            raise failure
         return
     text = m.exposition(families)
     dest = textfile_dir / m.TEXTFILE if textfile_dir is not None else output
     if dest is None:
         click.echo(text.decode(), nl=False)
+        if failure is not None:
+            raise failure
         return
     _write(dest, text)
     click.echo(f"wrote {dest}")
+    if failure is not None:
+        raise failure
 
 
 def _write(dest: Path, data: bytes) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from bootkeeper.cli.common import efivars_dir, efivars_option, esp_option, find_esp, root_option, version_option
+from bootkeeper.shown import echo
 
 
 @click.command()
@@ -31,4 +32,4 @@ def motd(esp: Path | None, efivars: Path | None, sdboot_version: str | None, roo
         fsutil.write_atomic(p, text.encode())
     except OSError as exc:
         raise WriteError(f"{p}: cannot write ({exc.strerror})") from exc
-    click.echo(f"wrote {p}")
+    echo(f"wrote {p}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json, root_option
+from bootkeeper.shown import echo
 
 
 @click.command(name="random-seed")
@@ -32,5 +33,5 @@ def random_seed(esp: Path | None, root: Path, as_json: bool) -> None:
         print_json(result.as_json())
         return
     for line in result.bootctl:
-        click.echo(f"bootctl: {line}", err=True)
-    click.echo(result.line())
+        echo(f"bootctl: {line}", err=True)
+    echo(result.line())

@@ -19,6 +19,7 @@ from bootkeeper.cli.common import (
     version_option,
 )
 from bootkeeper.esp.efivars import loader_info as efivars_loader_info
+from bootkeeper.shown import echo
 
 
 def _esp_relative(root: Path, target: str) -> str:
@@ -182,18 +183,18 @@ def select(
         )
         return
     for c in done:
-        click.echo(c.text())
+        echo(c.text())
     if not done:
-        click.echo("no pin: nothing to clear" if mode is pin.Mode.CLEAR else "already pinned: nothing to change")
+        echo("no pin: nothing to clear" if mode is pin.Mode.CLEAR else "already pinned: nothing to change")
     if own is not None:
-        click.echo(f"pin: {own.text()}")
+        echo(f"pin: {own.text()}")
     elif mode is pin.Mode.CLEAR:
         for p in found:
-            click.echo(f"pin left: {p.text()}")
+            echo(f"pin left: {p.text()}")
     if choice:
         renamed = f" (renamed to {choice.path_after})" if choice.path_after != choice.entry.path else ""
-        click.echo(f"next boot: {choice.entry.path}{renamed}: {choice.reason}")
+        echo(f"next boot: {choice.entry.path}{renamed}: {choice.reason}")
     else:
-        click.echo("next boot: nothing — systemd-boot finds no entry")
+        echo("next boot: nothing — systemd-boot finds no entry")
     for w in warnings:
-        click.echo(f"bootkeeper: warning: {w}", err=True)
+        echo(f"bootkeeper: warning: {w}", err=True)

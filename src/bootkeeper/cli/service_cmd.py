@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bootkeeper.cli.common import F, config_option, json_option, load_config, print_json, root_option, table
+from bootkeeper.shown import echo
 
 if TYPE_CHECKING:
     from bootkeeper.config import ServiceSpec
@@ -60,13 +61,13 @@ def enroll(
     tries = load_config(config_files, root).boot_assessment.tries
     specs = service_specs(names, reboot_on_failure, config_files, root)
     for w in services.loop_warnings(specs):
-        click.echo(f"bootkeeper: warning: {w}", err=True)
+        echo(f"bootkeeper: warning: {w}", err=True)
     actions = services.enroll(root, specs, tries)
     if as_json:
         print_json({"actions": actions})
     else:
         for a in actions:
-            click.echo(a)
+            echo(a)
 
 
 @service.command()
@@ -82,7 +83,7 @@ def remove(names: tuple[str, ...], root: Path, as_json: bool) -> None:
         print_json({"actions": actions})
     else:
         for a in actions or ["nothing to remove"]:
-            click.echo(a)
+            echo(a)
 
 
 @service.command(name="list")
@@ -97,7 +98,7 @@ def list_(root: Path, as_json: bool) -> None:
         print_json({"services": [r.as_json() for r in rows]})
         return
     if not rows:
-        click.echo("no service enrolled")
+        echo("no service enrolled")
         return
     table(
         ["service", "reboot_on_failure", "drop-in", "requires link", "unit file"],

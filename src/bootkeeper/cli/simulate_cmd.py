@@ -18,6 +18,7 @@ from bootkeeper.cli.common import (
     table,
     version_option,
 )
+from bootkeeper.shown import echo
 
 
 def print_timeline(records: list[Any]) -> None:
@@ -88,7 +89,7 @@ def simulate(
             "lint BK103: FailureAction=reboot on every entry: a service that fails everywhere reboots "
             "passive and recovery too (boot loop); use reboot_on_failure: active"
         )
-        click.echo(f"warning: {warning}", err=True)
+        echo(f"warning: {warning}", err=True)
     with tempfile.TemporaryDirectory(prefix="bootkeeper-sim-") as tmp:
         work = Path(tmp) / "esp"
         if esp is not None:
@@ -113,4 +114,4 @@ def simulate(
         print_json({"boots": [r.as_json() for r in records], "entries_after": final, "warning": warning})
         return
     print_timeline(records)
-    click.echo("entries after: " + " ".join(Path(f).name for f in final))
+    echo("entries after: " + " ".join(Path(f).name for f in final))

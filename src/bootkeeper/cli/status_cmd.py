@@ -25,6 +25,7 @@ from bootkeeper.cli.common import (
     root_option,
     version_option,
 )
+from bootkeeper.shown import echo
 
 if TYPE_CHECKING:
     from bootkeeper.assess.bootloader import BootChoice
@@ -56,6 +57,7 @@ class Status:
 
     def lines(self) -> list[str]:
         from bootkeeper.assess import history
+        from bootkeeper.shown import shown_line
 
         node, ext = self.node, self.extensions
         lines = [booted_line(node.booted)]
@@ -92,7 +94,9 @@ class Status:
         lines.extend(f"warning: {w}" for w in (*node.warnings, *self.problems))
         if self.menu is not None:
             lines.append(next_line(self.menu.next))
-        return lines
+        # each line escaped as the one line it is (bootkeeper.shown): an extension's file name, an
+        # .osrel field, an efivar cannot add a line to status or the MOTD, nor move the cursor
+        return [shown_line(line) for line in lines]
 
 
 def pin_lines(pin: dict[str, Any] | None) -> list[str]:
@@ -217,4 +221,5 @@ def status(
     if as_json:
         print_json(shown.as_json())
     else:
-        click.echo("\n".join(shown.lines()))
+        for line in shown.lines():
+            echo(line)

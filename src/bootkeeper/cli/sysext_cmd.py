@@ -21,6 +21,7 @@ from bootkeeper.cli.common import (
     table,
 )
 from bootkeeper.cli.tpm_gate import extension_gate, luks_option, refuse_or_warn, rerun_pcrlock
+from bootkeeper.shown import echo
 
 
 def _certs(paths: tuple[Path, ...]) -> list[Any]:
@@ -61,18 +62,21 @@ class _Bar:
             if total < (8 << 20) or not sys.stderr.isatty():
                 return
             from rich.console import Console
+            from rich.markup import escape
             from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+            from bootkeeper.shown import raw_stream, shown_line
 
             self.bar = Progress(
                 "[progress.description]{task.description}",
                 BarColumn(),
                 DownloadColumn(),
                 TransferSpeedColumn(),
-                console=Console(stderr=True),
+                console=Console(file=raw_stream(sys.stderr)),  # rich's own drawing; the label escaped below
                 transient=True,
             )
             self.bar.start()
-            self.task = self.bar.add_task(self.label, total=total)
+            self.task = self.bar.add_task(escape(shown_line(self.label)), total=total)  # an image's name: text
         self.bar.advance(self.task, n)
 
     def close(self) -> None:
@@ -98,7 +102,7 @@ def inspect(image_path: Path, as_json: bool) -> None:
     if as_json:
         print_json(j)
         return
-    click.echo(f"{image_path}: {info.size} bytes, disk {info.table.disk_uuid}")
+    echo(f"{image_path}: {info.size} bytes, disk {info.table.disk_uuid}")
     table(
         ["#", "designator", "arch", "name", "offset", "size", "uuid"],
         [
@@ -113,15 +117,15 @@ def inspect(image_path: Path, as_json: bool) -> None:
             if x["signature"]:
                 who = ", ".join(x["signature"]["claimed_signer"]) or "no certificate embedded"
                 signed = f"signed (claims: {who}; not checked here, see validate)"
-            click.echo(f"{d}: {x['fstype']}, root hash {x['root_hash']}, {signed}")
+            echo(f"{d}: {x['fstype']}, root hash {x['root_hash']}, {signed}")
             rel = x["extension_release"] or {}
             if "fields" in rel:
                 fields = " ".join(f"{k}={v}" for k, v in rel["fields"].items())
-                click.echo(f"{d}: {rel['file']}: {fields}")
+                echo(f"{d}: {rel['file']}: {fields}")
             elif "error" in rel:
-                click.echo(f"{d}: extension-release: {rel['error']}")
+                echo(f"{d}: extension-release: {rel['error']}")
     for p in info.problems:
-        click.echo(f"problem: {p}", err=True)
+        echo(f"problem: {p}", err=True)
 
 
 @sysext.command()
@@ -168,7 +172,7 @@ def validate(
 
     pol, warnings = policy.check_config(policy_text if policy_text is not None else policy.ENFORCED_DEFAULT, "--policy")
     for w in warnings:
-        click.echo(f"bootkeeper: warning: {w}", err=True)
+        echo(f"bootkeeper: warning: {w}", err=True)
     from bootkeeper.errors import ExitCode, UnreadableError
     from bootkeeper.fsutil import read_input_text
 
@@ -191,12 +195,12 @@ def validate(
         for r in results:
             verdict = f"PASS ({r.qualified_as})" if r.ok else "FAIL"
             signer = f", signed by {r.signer}" if r.signer else ""
-            click.echo(f"{r.image}: {verdict}{signer}")
+            echo(f"{r.image}: {verdict}{signer}")
             for why in r.reasons:
-                click.echo(f"  - {why}")
+                echo(f"  - {why}")
             for d in r.decisions:
                 if d.ok and d.used_as not in ("absent",):
-                    click.echo(f"  {d.designator}: {d.reason}")
+                    echo(f"  {d.designator}: {d.reason}")
     if not all(r.ok for r in results):
         raise SystemExit(ExitCode.REFUSED)
 
@@ -250,13 +254,13 @@ def build(
         )
     host = release.parse_release(read_input_text(os_release, "the os-release")) if os_release else None
     if not output.name.endswith(".raw"):
-        click.echo(
+        echo(
             f"bootkeeper: warning: {output.name} does not end in .raw: systemd-stub and systemd-sysext load *.raw only",
             err=True,
         )
     if not list((tree / release.RELEASE_DIR).glob("extension-release.*")):
         rel = f"ID={host.get('ID', '_any')}" if host else "ID=_any (any OS)"
-        click.echo(
+        echo(
             f"bootkeeper: warning: {tree} has no {release.RELEASE_DIR}/extension-release.*: writing one with {rel}"
             + ("" if host else "; pass --os-release to tie the image to the OS it was built for"),
             err=True,
@@ -268,7 +272,7 @@ def build(
         bar.close()
     info = image.inspect(output)
     rh = info.root_hash("root")
-    click.echo(f"{output}: root hash {rh.hex() if rh else '?'}")
+    echo(f"{output}: root hash {rh.hex() if rh else '?'}")
 
 
 def _anchors(cfg: Any, root: Path) -> list[Any]:
@@ -277,7 +281,7 @@ def _anchors(cfg: Any, root: Path) -> list[Any]:
 
     store = trust.load(cfg.sysext, root, strict=False)
     for p in store.problems:
-        click.echo(f"bootkeeper: warning: trust source skipped: {p}", err=True)
+        echo(f"bootkeeper: warning: trust source skipped: {p}", err=True)
     return store.certificates
 
 
@@ -392,13 +396,13 @@ def install(
                     f"firmware's {', '.join(cfg.sysext.firmware) or '(none)'}), or pass --force to install it anyway",
                 )
             msg = f"installing {name} with --force although it fails validation: {'; '.join(v.reasons)}"
-            click.echo(f"bootkeeper: warning: {msg}", err=True)
+            echo(f"bootkeeper: warning: {msg}", err=True)
         # read under the lock: the UKIs the targets boot now, judged as systemd-sysext will at boot
         oses = [deploy.target_os(store, t, node) for t in chosen]
         for o in oses:
             if not o.from_uki:
                 what = f"checked against {o.source}" if o.fields is not None else "not checked against any OS"
-                click.echo(
+                echo(
                     f"bootkeeper: warning: {o.target.entry}: {o.target.uki} has no .osrel; {name} is {what}",
                     err=True,
                 )
@@ -415,7 +419,7 @@ def install(
                 hint=f"build {name} for the OS of that entry, {where}or pass --force to install it anyway",
             )
         for m in bad:
-            click.echo(f"bootkeeper: warning: installing {name} with --force although {m.line}", err=True)
+            echo(f"bootkeeper: warning: installing {name} with --force although {m.line}", err=True)
         return v, oses, bad
 
     bar = _Bar(f"copying {name}")
@@ -446,8 +450,8 @@ def install(
         )
         return
     for who, path in zip((*written, *same), where, strict=True):
-        click.echo(f"{who}: {path} {'written' if who in written else 'already there'}")
-    click.echo(f"({why}; signed by {v.signer})" if v.signer else f"({why})")
+        echo(f"{who}: {path} {'written' if who in written else 'already there'}")
+    echo(f"({why}; signed by {v.signer})" if v.signer else f"({why})")
 
 
 def _changing(store: Any, src: Path, name: str, chosen: list[Any]) -> list[Any]:
@@ -519,11 +523,11 @@ def remove(
             )  # fmt: skip
             return
         for g in links:
-            click.echo(f"removed {ls.root}/{g}")
+            echo(f"removed {ls.root}/{g}")
         for g in images:
-            click.echo(f"removed {ls.root}/{g} (no folder links to it)")
+            echo(f"removed {ls.root}/{g} (no folder links to it)")
         if not links:
-            click.echo(f"{name}: nothing matched in {', '.join(f + '/' for f in folders)} of {ls.root}")
+            echo(f"{name}: nothing matched in {', '.join(f + '/' for f in folders)} of {ls.root}")
         return
     store = EspStore(find_esp(esp))
     available = extra.targets(store.snapshot(), store, cfg.sysext.vendor)
@@ -550,9 +554,9 @@ def remove(
         )
     elif gone:
         for g in gone:
-            click.echo(f"removed {g}")
+            echo(f"removed {g}")
     else:
-        click.echo(f"{name}: nothing matched in the .extra.d of {', '.join(t.entry for t in chosen) or 'any entry'}")
+        echo(f"{name}: nothing matched in the .extra.d of {', '.join(t.entry for t in chosen) or 'any entry'}")
 
 
 @sysext.command(name="list")
@@ -615,7 +619,6 @@ def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json:
 def _resident_rows(cfg: Any, anchors: list[Any], root: Path) -> list[dict[str, Any]]:
     """Rows for /etc/extensions and /var/lib/extensions (systemd-sysext merges them too) and for the
     quarantine activation moved refused ones to (entry: the folder, or ``quarantine``)."""
-    from bootkeeper.errors import BootkeeperError
     from bootkeeper.sysext import extdirs
 
     rows: list[dict[str, Any]] = []
@@ -628,12 +631,7 @@ def _resident_rows(cfg: Any, anchors: list[Any], root: Path) -> list[dict[str, A
             rows.append({**row, "size": None, "version": None, "built_for": None, "signer": None, "ok": False,
                          "reasons": [f"{kind}: activation refuses it in enforced mode"]})  # fmt: skip
             continue
-        try:
-            rows.append({**row, **_listed(cfg, anchors, p, p.name)})
-        except (OSError, BootkeeperError) as exc:
-            why = f"{p}: cannot read ({exc.strerror})" if isinstance(exc, OSError) else str(exc)
-            rows.append({**row, "size": None, "version": None, "built_for": None, "signer": None, "ok": False,
-                         "reasons": [why]})  # fmt: skip
+        rows.append({**row, **_listed(cfg, anchors, p, p.name)})
     return rows
 
 
@@ -652,7 +650,19 @@ def _names(d: Path) -> list[str]:
 
 
 def _listed(cfg: Any, anchors: list[Any], path: Path, name: str) -> dict[str, Any]:
-    """One image's row of ``sysext list``: size, version, signer, verdict (hash tree only)."""
+    """One image's row of ``sysext list``: size, version, signer, verdict (hash tree only). An image
+    that cannot be read or parsed is a row that says why, never the end of the list (issue 27: one
+    broken file never stops the verdict on the others)."""
+    from bootkeeper.errors import BootkeeperError
+
+    try:
+        return _inspected(cfg, anchors, path, name)
+    except (OSError, BootkeeperError) as exc:
+        why = f"{path}: cannot read ({exc.strerror})" if isinstance(exc, OSError) else str(exc)
+        return {"size": None, "version": None, "built_for": None, "signer": None, "ok": False, "reasons": [why]}
+
+
+def _inspected(cfg: Any, anchors: list[Any], path: Path, name: str) -> dict[str, Any]:
     from bootkeeper.sysext import image
 
     size = path.stat().st_size
@@ -706,7 +716,7 @@ def _list_out(as_json: bool, doc: dict[str, Any], rows: list[dict[str, Any]], wh
         ],
     )
     if not rows:
-        click.echo(f"no extensions installed for {where}")
+        echo(f"no extensions installed for {where}")
 
 
 @sysext.command()
@@ -747,26 +757,26 @@ def activate(
         cfg.sysext,
         chosen,
         efivars=efivars,
-        log=None if as_json else lambda line: click.echo(f"bootkeeper-sysext: {line}"),
+        log=None if as_json else lambda line: echo(f"bootkeeper-sysext: {line}"),
     )
     for problem in report.trust.get("problems", []):  # fewer anchors: images may be refused for it
-        click.echo(f"bootkeeper-sysext: warning: trust source skipped: {act.printable(problem)}", err=True)
+        echo(f"bootkeeper-sysext: warning: trust source skipped: {act.printable(problem)}", err=True)
     if do_refresh if do_refresh is not None else cfg.sysext.refresh:
         from bootkeeper.systemd_version import resolve
 
         node = resolve(root, cfg.sysext.systemd_version)
         if chosen is SysextMode.ENFORCED and (w := node.warning(root)) is not None:  # only the policy depends on it
-            click.echo(f"bootkeeper: warning: {w}", err=True)
+            echo(f"bootkeeper: warning: {w}", err=True)
         report.refresh = act.refresh(root, cfg.sysext, chosen, node)
         act.write_report(root, report)
         if not as_json:
             r = report.refresh
-            click.echo(f"bootkeeper-sysext: {' '.join(r['argv'])}: {'ok' if r['ok'] else r['error']}")
+            echo(f"bootkeeper-sysext: {' '.join(r['argv'])}: {'ok' if r['ok'] else r['error']}")
     if as_json:
         print_json(report.as_json())
     else:
         placed = sum(o.placed for o in report.images)
-        click.echo(
+        echo(
             f"bootkeeper-sysext: mode {report.mode}: {placed} of {len(report.images)} placed in "
             f"{root / act.DEST_DIR} ({report.seconds:.2f} s); report {root / act.REPORT}"
         )
@@ -805,7 +815,7 @@ def required_(root: Path, config_files: tuple[Path, ...], record: bool, reboot: 
 
     lines = required.read_failed(root)
     if lines is None:
-        click.echo("bootkeeper: the required extensions are merged (or none are required)")
+        echo("bootkeeper: the required extensions are merged (or none are required)")
         return
     why = "; ".join(printable(line) for line in lines)
     if record:
@@ -815,7 +825,7 @@ def required_(root: Path, config_files: tuple[Path, ...], record: bool, reboot: 
         from bootkeeper.cli.history_cmd import current_boot_id
 
         history.append(root, history.not_good_record(current_boot_id(boot_id), time.time(), required.UNIT, why))
-    click.echo(f"bootkeeper: this boot is not good: {why}", err=True)
+    echo(f"bootkeeper: this boot is not good: {why}", err=True)
     if reboot == "active":
         _reboot_if_active(root, config_files)
     raise RefusedError(
@@ -844,13 +854,13 @@ def _reboot_if_active(root: Path, config_files: tuple[Path, ...]) -> None:
     except generator.GeneratorError as exc:
         reboots, why, source = False, f"{exc}: no reboot", "?"
     if not reboots:
-        click.echo(f"bootkeeper: booted {role or 'unknown'} ({source}): {why}; the node stays up", err=True)
+        echo(f"bootkeeper: booted {role or 'unknown'} ({source}): {why}; the node stays up", err=True)
         return
     if root.resolve() != Path("/"):
-        click.echo(f"bootkeeper: {why} (not rebooting: --root is not /)", err=True)
+        echo(f"bootkeeper: {why} (not rebooting: --root is not /)", err=True)
         return
-    click.echo(f"bootkeeper: {why}: rebooting", err=True)
+    echo(f"bootkeeper: {why}: rebooting", err=True)
     try:
         run(["systemctl", "reboot", "--no-block"], timeout=30)
     except BootkeeperError as exc:
-        click.echo(f"bootkeeper: cannot reboot: {exc}", err=True)
+        echo(f"bootkeeper: cannot reboot: {exc}", err=True)

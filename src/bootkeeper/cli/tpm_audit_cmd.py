@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json
+from bootkeeper.shown import echo
 
 
 def esp_ukis(esp: Path | None) -> list[Any]:
@@ -49,7 +50,7 @@ def audit(device: Path, esp: Path | None, as_json: bool) -> None:
         )
     else:
         if not tokens:
-            click.echo(f"{what}: no systemd-tpm2 token: the TPM does not unlock this volume")
+            echo(f"{what}: no systemd-tpm2 token: the TPM does not unlock this volume")
         for t in tokens:
             j = t.as_json()
             bound = []
@@ -60,8 +61,8 @@ def audit(device: Path, esp: Path | None, as_json: bool) -> None:
             if t.pcrlock:
                 bound.append("a systemd-pcrlock policy")
             keyslots = ",".join(t.keyslots)
-            click.echo(f"token {t.id} (keyslot {keyslots}, {t.bank or 'any bank'}): {'; '.join(bound) or 'no PCR'}")
+            echo(f"token {t.id} (keyslot {keyslots}, {t.bank or 'any bank'}): {'; '.join(bound) or 'no PCR'}")
         for f in findings:
-            click.echo(f"{f.level.value}: token {f.token}: {f.message}")
+            echo(f"{f.level.value}: token {f.token}: {f.message}")
     if bad:
         raise SystemExit(1)

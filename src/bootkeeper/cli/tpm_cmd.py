@@ -9,6 +9,7 @@ import click
 
 from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json, table
 from bootkeeper.cli.main import LazyGroup
+from bootkeeper.shown import echo
 
 # verb -> "module:attribute", imported when it runs (the group stays cheap to list)
 TPM_VERBS = {
@@ -76,8 +77,8 @@ def predict(
         return
     for n, p in enumerate(found):
         if n:
-            click.echo()
-        click.echo(f"{p.role or p.entry}: {p.uki}")
+            echo()
+        echo(f"{p.role or p.entry}: {p.uki}")
         rows = []
         for b, pcrs in p.pcrs().items():
             for pcr, v in pcrs.items():
@@ -91,7 +92,7 @@ def predict(
             [(e.pcr, e.source, e.what, e.digests[first].hex()[:16] + "…") for e in p.events],
         )
         for note in p.notes:
-            click.echo(f"note: {note}")
+            echo(f"note: {note}")
 
 
 def _load_private_key(path: Path) -> Any:
@@ -217,7 +218,7 @@ def sign_policy(
             signed = policy.join(items, sigs, load_public_key(pub_path))
         text = policy.dump_pcrsig(policy.as_object(signed))
     if output is None:
-        click.echo(text.rstrip("\n"))
+        click.echo(text.rstrip("\n"))  # JSON, or the .pcrsig bootkeeper wrote: many lines of its own
     else:
         fsutil.write_atomic(output, text.encode())
 

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from bootkeeper.cli.common import F
+from bootkeeper.shown import echo
 
 
 def luks_option(what: str) -> Callable[[F], F]:
@@ -35,7 +36,7 @@ def volumes(root: Path, luks: tuple[Path, ...]) -> list[Any]:
 
     found, warnings = luks_mod.node_volumes(root, luks)
     for w in warnings:
-        click.echo(f"bootkeeper: warning: {w}", err=True)
+        echo(f"bootkeeper: warning: {w}", err=True)
     return found
 
 
@@ -58,7 +59,7 @@ def refuse_or_warn(gates: list[Any], force: bool, verb: str) -> bool:
     bad = [g for g in gates if not g.ok]
     for g in gates:
         if g.ok and g.broken:
-            click.echo(f"bootkeeper: warning: {g.note()}", err=True)
+            echo(f"bootkeeper: warning: {g.note()}", err=True)
     if not bad:
         return False
     reasons = "; ".join(g.reason() for g in bad)
@@ -69,7 +70,7 @@ def refuse_or_warn(gates: list[Any], force: bool, verb: str) -> bool:
             "--tpm2-pcrs=), or pass --force and enrol it again (or run systemd-pcrlock make-policy) before "
             "the next boot",
         )
-    click.echo(f"bootkeeper: warning: {verb} with --force although {reasons}", err=True)
+    echo(f"bootkeeper: warning: {verb} with --force although {reasons}", err=True)
     return True
 
 
@@ -102,12 +103,12 @@ def rerun_pcrlock(root: Path, store: Any, extra_dirs: set[str]) -> PcrlockRun | 
             run.written += [str(d / w) for w in pcrlock.update(d, variants)]
     except BootkeeperError as exc:
         run.error = str(exc)
-        click.echo(
+        echo(
             f"bootkeeper: warning: the systemd-pcrlock components were not made again ({exc}); "
             "run bootkeeper tpm pcrlock",
             err=True,
         )
         return run
     for w in run.written:
-        click.echo(f"bootkeeper: pcrlock: {w} written; run systemd-pcrlock make-policy before the next boot", err=True)
+        echo(f"bootkeeper: pcrlock: {w} written; run systemd-pcrlock make-policy before the next boot", err=True)
     return run

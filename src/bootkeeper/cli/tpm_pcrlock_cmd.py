@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json, table
+from bootkeeper.shown import echo
 
 
 @click.command()
@@ -56,7 +57,7 @@ def pcrlock(esp: Path | None, dest: Path, entries: tuple[str, ...], secure_boot:
         rows.append((v.relpath, v.entry, pcrs, len(v.records)))
     table(("FILE", "ENTRY", "PCRS", "RECORDS"), rows)
     for r in removed:
-        click.echo(f"removed {dest / r}")
+        echo(f"removed {dest / r}")
 
 
 __all__ = ["pcrlock"]

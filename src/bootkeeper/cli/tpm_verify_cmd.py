@@ -4,11 +4,15 @@ what the ESP predicts for the entry that booted (see :mod:`bootkeeper.measure.ve
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bootkeeper.cli.common import config_option, esp_option, json_option, print_json, root_option, table
+from bootkeeper.shown import echo
+
+if TYPE_CHECKING:
+    from bootkeeper.measure.verify import Report
 
 __all__ = ["verify"]
 
@@ -60,7 +64,7 @@ def _leave_result(root: Path, result: dict[str, Any]) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fsutil.write_atomic(dest, (json.dumps(result, indent=2) + "\n").encode())
     except OSError as exc:
-        click.echo(f"bootkeeper: warning: {dest}: not written ({exc.strerror or exc})", err=True)
+        echo(f"bootkeeper: warning: {dest}: not written ({exc.strerror or exc})", err=True)
 
 
 @click.command()
@@ -79,61 +83,25 @@ def verify(
 ) -> None:
     """Replay the TPM event log against the live PCRs, find the booted entry, and compare what
     systemd-stub logged into PCRs 11, 12 and 13 with the ESP's prediction for it. Exit 0 when all
-    agree, 1 with findings."""
-
-    from bootkeeper import fsutil
-    from bootkeeper.cli.common import find_esp, load_config
-    from bootkeeper.errors import ExitCode, NotApplicableError
-    from bootkeeper.esp import efivars as ev
-    from bootkeeper.esp.store import EspStore
-    from bootkeeper.measure import eventlog
-    from bootkeeper.measure import predict as predict_mod
+    agree, 1 with findings (and when an entry cannot be predicted)."""
+    from bootkeeper.errors import ExitCode, InputError, NotApplicableError
     from bootkeeper.measure import verify as verify_mod
-    from bootkeeper.sysext.activate import EXTRA_DIR
 
     log_path = root / FIRMWARE_LOG
     if not log_path.exists():
         raise NotApplicableError(f"{log_path}: no TPM event log (no TPM, or securityfs not mounted)")
-    log = eventlog.read_log(log_path)
-    user = eventlog.read_user_log(root / USER_LOG)
-    live = verify_mod.live_pcrs(root / LIVE_PCRS, log.banks)
-    efivars = root / EFIVARS
-    stub_image = ev.read_string(efivars, STUB_IMAGE) if efivars.is_dir() else None
-    selected = ev.LoaderVars.read(efivars).entry_selected
-    secure_boot = _secure_boot(efivars) if efivars.is_dir() else False
-    store = EspStore(_esp(esp, root, find_esp))
-    predictions = predict_mod.predict(store, log.banks, secure_boot)
-    cfg = load_config(config_files, root)
-    booted = where = None
-    for folder in [root / EXTRA_DIR, *(fsutil.under(root, s) for s in cfg.sysext.sources)]:
-        found = verify_mod.booted_files(folder)
-        if found:
-            booted, where = found, str(folder)
-            break
-    expected = None
-    if expect_path is not None:
-        from bootkeeper.measure.untrusted import load_json
-
-        raw = fsutil.read_input(expect_path, "the expected prediction")
-        obj = load_json(raw, str(expect_path), MAX_EXPECT, "the output of tpm predict --json")
-        expected = verify_mod.parse_expected(obj, str(expect_path))
-    report = verify_mod.verify(
-        log,
-        user,
-        live,
-        predictions,
-        stub_image=stub_image,
-        selected=selected,
-        booted=booted,
-        booted_where=where,
-        expected=expected,
-        expect_what=str(expect_path),
-    )
+    try:
+        report = _verify(root, esp, expect_path, config_files)
+    except InputError as exc:
+        # a verification that cannot complete is a failed one: left for metrics (agree 0, the reason),
+        # then the error's exit code; never no result, which would keep the alert silent
+        _leave_result(root, verify_mod.failed(str(exc)).to_json())
+        raise
     _leave_result(root, report.to_json())
     if as_json:
         print_json(report.to_json())
     else:
-        click.echo(f"booted: {report.entry or '?'} ({report.uki or '?'}), found by {report.found_by}")
+        echo(f"booted: {report.entry or '?'} ({report.uki or '?'}), found by {report.found_by}")
         # the stub's PCRs, and any other that disagrees; the rest in one line
         shown = [r for r in report.rows if r.pcr in verify_mod.STUB_PCRS or not r.agree]
         table(
@@ -152,11 +120,62 @@ def verify(
         )
         rest = sorted({r.pcr for r in report.rows if r not in shown and r.live is not None})
         if rest:
-            click.echo(f"PCRs {', '.join(map(str, rest))}: the log replays to the live values")
+            echo(f"PCRs {', '.join(map(str, rest))}: the log replays to the live values")
         for n in report.notes:
-            click.echo(f"note: {n}")
+            echo(f"note: {n}")
         for f in report.findings:
-            click.echo(f"finding: {f}")
-        click.echo("all agree" if report.ok else f"{len(report.findings)} finding(s)")
+            echo(f"finding: {f}")
+        echo("all agree" if report.ok else f"{len(report.findings)} finding(s)")
     if not report.ok:
         raise SystemExit(int(ExitCode.REFUSED))
+
+
+def _verify(root: Path, esp: Path | None, expect_path: Path | None, config_files: tuple[Path, ...]) -> Report:
+    """Read the machine (the event logs, the live PCRs, the efivars, the ESP, the config) and verify;
+    an entry the ESP cannot predict is part of the report (:class:`~bootkeeper.measure.verify.Report`),
+    any other input at fault raises its :class:`~bootkeeper.errors.InputError`."""
+    from bootkeeper import fsutil
+    from bootkeeper.cli.common import find_esp, load_config
+    from bootkeeper.esp import efivars as ev
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.measure import eventlog
+    from bootkeeper.measure import predict as predict_mod
+    from bootkeeper.measure import verify as verify_mod
+    from bootkeeper.sysext.activate import EXTRA_DIR
+
+    log = eventlog.read_log(root / FIRMWARE_LOG)
+    user = eventlog.read_user_log(root / USER_LOG)
+    live = verify_mod.live_pcrs(root / LIVE_PCRS, log.banks)
+    efivars = root / EFIVARS
+    stub_image = ev.read_string(efivars, STUB_IMAGE) if efivars.is_dir() else None
+    selected = ev.LoaderVars.read(efivars).entry_selected
+    secure_boot = _secure_boot(efivars) if efivars.is_dir() else False
+    store = EspStore(_esp(esp, root, find_esp))
+    predictions, unpredictable = predict_mod.predict_each(store, log.banks, secure_boot)
+    cfg = load_config(config_files, root)
+    booted = where = None
+    for folder in [root / EXTRA_DIR, *(fsutil.under(root, s) for s in cfg.sysext.sources)]:
+        found = verify_mod.booted_files(folder)
+        if found:
+            booted, where = found, str(folder)
+            break
+    expected = None
+    if expect_path is not None:
+        from bootkeeper.measure.untrusted import load_json
+
+        raw = fsutil.read_input(expect_path, "the expected prediction")
+        obj = load_json(raw, str(expect_path), MAX_EXPECT, "the output of tpm predict --json")
+        expected = verify_mod.parse_expected(obj, str(expect_path))
+    return verify_mod.verify(
+        log,
+        user,
+        live,
+        predictions,
+        stub_image=stub_image,
+        selected=selected,
+        booted=booted,
+        booted_where=where,
+        expected=expected,
+        expect_what=str(expect_path),
+        unpredictable=unpredictable,
+    )

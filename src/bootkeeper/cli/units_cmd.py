@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from bootkeeper.cli.common import config_option, json_option, load_config, print_json, root_option
+from bootkeeper.shown import echo
 from bootkeeper.systemd_version import HIGHEST, LOWEST
 
 
@@ -58,9 +59,9 @@ def install_units(
     node = sv.resolve(root, cfg.sysext.systemd_version, systemd_version)
     enforced = cfg.sysext.mode is SysextMode.ENFORCED  # only the policy in the drop-in depends on the version
     if enforced and (w := node.warning(root)) is not None:
-        click.echo(f"bootkeeper: warning: {w}", err=True)
+        echo(f"bootkeeper: warning: {w}", err=True)
     if enforced and not node.takes_image_policy:
-        click.echo(
+        echo(
             f"bootkeeper: warning: {node.describe()}: the node's systemd-sysext cannot enforce the image policy "
             f"itself (--image-policy exists from {sv.IMAGE_POLICY_SINCE}); only bootkeeper-sysext.service does, "
             "for the images it places and those in /etc/extensions or /var/lib/extensions when it runs; one put "
@@ -88,7 +89,7 @@ def install_units(
     )
     written = units.install(root, files, enable)
     for w in services.loop_warnings(list(cfg.boot_assessment.services)):
-        click.echo(f"bootkeeper: warning: {w}", err=True)
+        echo(f"bootkeeper: warning: {w}", err=True)
     enrolled = (
         services.enroll(root, list(cfg.boot_assessment.services), cfg.boot_assessment.tries)
         if cfg.boot_assessment.services
@@ -105,10 +106,10 @@ def install_units(
         )
         return
     for w in written:
-        click.echo(f"wrote {w}")
+        echo(f"wrote {w}")
     for a in enrolled:
-        click.echo(a)
-    click.echo("run 'systemctl daemon-reload' (on a running system) for systemd to see them")
+        echo(a)
+    echo("run 'systemctl daemon-reload' (on a running system) for systemd to see them")
 
 
 def _on_node(root: Path, candidates: tuple[str, ...], option: str) -> str:

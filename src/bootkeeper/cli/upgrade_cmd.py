@@ -26,6 +26,7 @@ from bootkeeper.cli.common import (
     version_option,
 )
 from bootkeeper.cli.tpm_gate import luks_option, volumes
+from bootkeeper.shown import echo
 
 
 @dataclass(frozen=True)
@@ -227,18 +228,18 @@ def _upgrade(
                 }
             )
             return
-        click.echo(f"gate: {show(str(new_uki))}: a UKI ({', '.join(f'{k}={v}' for k, v in uki.osrel.items())})")
+        echo(f"gate: {show(str(new_uki))}: a UKI ({', '.join(f'{k}={v}' for k, v in uki.osrel.items())})")
         for v in verdicts:
             where = "carried" if v.carried else "--extension"
             state = f"ok, signed by {v.signer}" if v.ok else f"refused: {'; '.join(v.reasons)}"
-            click.echo(f"gate: {v.name} ({where}): {state}")
+            echo(f"gate: {v.name} ({where}): {state}")
         if order.order:
-            click.echo(f"gate: menu order after the upgrade: {' → '.join(order.order)}")
+            echo(f"gate: menu order after the upgrade: {' → '.join(order.order)}")
         for g in tpm:
-            click.echo(f"gate: {g.device}: {'unlocks with the new UKI' if g.ok else g.reason()}")
+            echo(f"gate: {g.device}: {'unlocks with the new UKI' if g.ok else g.reason()}")
         for op in plan.ops:
-            click.echo(("would " if result == "dry-run" else "") + show(op.line()))
-        click.echo(f"result: {result}")
+            echo(("would " if result == "dry-run" else "") + show(op.line()))
+        echo(f"result: {result}")
 
     for n in plan.left_behind:
         plan.warnings.append(
@@ -246,13 +247,13 @@ def _upgrade(
             + ("passive keeps it with the old OS" if role == "active" else "it goes with the old recovery")
         )
     for w in plan.warnings:
-        click.echo(f"bootkeeper: warning: {w}", err=True)
+        echo(f"bootkeeper: warning: {w}", err=True)
     if plan.done:
         if plan.ops:  # the store's tidying after a crash that came after the commit
             up.apply(store, make, plan, sdboot_version=sdboot_version, digests=digests, links=links)
         if not as_json:
             tidy = "; finished tidying the extension store" if plan.ops else ": nothing to do"
-            click.echo(f"{show(str(new_uki))} is the active UKI already{tidy}")
+            echo(f"{show(str(new_uki))} is the active UKI already{tidy}")
         report("unchanged")
         return
     if reasons and not force:
@@ -268,7 +269,7 @@ def _upgrade(
             + " (or pass --force to upgrade anyway; it is logged)",
         )
     if forced:
-        click.echo(show(f"bootkeeper: warning: upgrading with --force although: {'; '.join(reasons)}"), err=True)
+        echo(show(f"bootkeeper: warning: upgrading with --force although: {'; '.join(reasons)}"), err=True)
     if dry_run:
         report("dry-run")
         return
@@ -345,7 +346,7 @@ def _record(
     try:
         history.append(root, rec)
     except BootkeeperError as exc:
-        click.echo(f"bootkeeper: warning: upgraded, but not recorded in the boot history: {exc}", err=True)
+        echo(f"bootkeeper: warning: upgraded, but not recorded in the boot history: {exc}", err=True)
         return {"file": where, "recorded": False, "error": str(exc)}
     return {"file": where, "recorded": True, "error": None}
 

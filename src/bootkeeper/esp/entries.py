@@ -23,7 +23,7 @@ the file (the counter is on the file).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cmp_to_key
@@ -214,6 +214,19 @@ def extra_dir(uki: str) -> str:
     folder, _, name = uki.rpartition("/")
     base = counter_mod.parse(name, ".efi").base + EXTRA_SUFFIX
     return f"{folder}/{base}" if folder else base
+
+
+def same_entry(paths: Iterable[str]) -> list[tuple[str, ...]]:
+    """The entry files that are one entry with different counters (``active+3.conf`` beside a used-up
+    ``active+0-3.conf``): each group of two or more paths (``loader/entries/x.conf``,
+    ``EFI/Linux/x.efi``) in one folder with one :attr:`CountedName.entry_key`, sorted. The one rule
+    the ESP snapshot's problem, lint's BK203 and the metrics' ``entry_files`` share."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for path in dict.fromkeys(paths):  # a UKI's profiles share its file: one path, one file
+        folder, _, name = path.rpartition("/")
+        suffix = ".efi" if name.lower().endswith(".efi") else ".conf"
+        groups.setdefault((folder.lower(), counter_mod.parse(name, suffix).entry_key), []).append(path)
+    return [tuple(sorted(g)) for _, g in sorted(groups.items()) if len(g) > 1]
 
 
 def _replace_name(e: Entry, new_name: str) -> Entry:

@@ -177,8 +177,8 @@ class LinkStore(FolderStore):
         from bootkeeper.fsutil import copy_into
 
         dest = self.root / image
+        sfd = fsutil.open_input(src)  # the source's fault is not a failed write
         with self.naming(dest, "cannot write"):
-            sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
             try:
                 with fsutil.temp_file(dest, self.step) as (fd, tmp):
                     copy_into(sfd, fd, os.fstat(sfd).st_size)

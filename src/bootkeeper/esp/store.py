@@ -35,7 +35,7 @@ from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader as loader_mod
 from bootkeeper.esp import pe
 from bootkeeper.esp import sdboot as sdboot_mod
-from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry
+from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, same_entry
 from bootkeeper.fsutil import TMP_PREFIX, TMP_SUFFIX, is_temporary
 
 __all__ = ["TMP_PREFIX", "TMP_SUFFIX", "EspStore", "Snapshot", "is_temporary"]
@@ -110,6 +110,94 @@ def _mount_of(path: Path) -> Mount | None:
     return best
 
 
+FSTAB = Path("/etc/fstab")
+# The unit folders that come before the fstab generator's output (/run/systemd/generator), and those
+# after it: systemd's src/basic/path-lookup.c (main at 0130cfdee045, lookup_paths_init(): control,
+# transient, generator.early, /etc, attached, /run, attached, generator, /usr/local/lib, /usr/lib).
+UNITS_BEFORE_FSTAB = (Path("/etc/systemd/system"), Path("/run/systemd/system"))
+UNITS_AFTER_FSTAB = (Path("/usr/local/lib/systemd/system"), Path("/usr/lib/systemd/system"))
+
+
+def _mount_unit_name(point: str) -> str:
+    """``/efi`` → ``efi.mount``, as systemd-escape --path --suffix=mount (src/basic/unit-name.c,
+    unit_name_from_path(): '/' becomes '-', bytes other than [A-Za-z0-9:_.] (and a leading '.') \\xNN)."""
+    trimmed = "/".join(x for x in point.split("/") if x)
+    if not trimmed:
+        return "-.mount"
+    out = []
+    for i, ch in enumerate(trimmed.encode()):
+        c = chr(ch)
+        if c == "/":
+            out.append("-")
+        elif (c.isascii() and (c.isalnum() or c in ":_.")) and not (i == 0 and c == "."):
+            out.append(c)
+        else:
+            out.append(f"\\x{ch:02x}")
+    return "".join(out) + ".mount"
+
+
+def _options_read_only(options: str) -> tuple[bool, bool]:
+    """(read-only, bind) from mount options: the last of ro/rw counts (``defaults`` is rw)."""
+    ro = False
+    bind = False
+    for o in options.split(","):
+        if o == "ro":
+            ro = True
+        elif o in ("rw", "defaults"):
+            ro = False
+        elif o in ("bind", "rbind"):
+            bind = True
+    return ro, bind
+
+
+def _unit_options(path: Path) -> str | None:
+    """``Options=`` of a mount unit's [Mount] section (the last assignment), or None."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    section = ""
+    found: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line
+        elif section == "[Mount]" and "=" in line and line.split("=", 1)[0].strip() == "Options":
+            found = line.split("=", 1)[1].strip()
+    return found if found is not None else ""
+
+
+def _fstab_options(point: str) -> str | None:
+    """The options of the last /etc/fstab line mounting ``point`` (fstab(5): octal escapes), or None."""
+    try:
+        lines = FSTAB.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        f = line.split()
+        if len(f) >= 4 and not f[0].startswith("#") and os.path.normpath(_unescape(f[1])) == point:
+            found = f[3]
+    return found
+
+
+def _meant_read_only(point: str) -> tuple[str, bool] | None:
+    """(where it is said, bind) when the mount unit or fstab line systemd mounts ``point`` from
+    gives ``ro``; None when it says rw or nothing does. A unit in /etc or /run comes before fstab,
+    one in /usr after it, as systemd's unit search path orders them."""
+    name = _mount_unit_name(point)
+    sources: list[tuple[str, str | None]] = [(str(d / name), None) for d in UNITS_BEFORE_FSTAB]
+    sources.append((str(FSTAB), "fstab"))
+    sources += [(str(d / name), None) for d in UNITS_AFTER_FSTAB]
+    for where, kind in sources:
+        options = _fstab_options(point) if kind == "fstab" else _unit_options(Path(where))
+        if options is None:
+            continue
+        ro, bind = _options_read_only(options)
+        return (where, bind) if ro else None
+    return None
+
+
 TEST_PAUSE_ENV = "BOOTKEEPER_TEST_STEP_PAUSE"
 LOCK_TIMEOUT_ENV = "BOOTKEEPER_LOCK_TIMEOUT"
 LOCK_TIMEOUT = 10.0
@@ -161,7 +249,9 @@ def _subdirs(d: Path) -> list[Path]:
 
 
 def _warn(line: str) -> None:
-    sys.stderr.write(f"bootkeeper: {line}\n")
+    from bootkeeper.shown import shown_line
+
+    sys.stderr.write(f"bootkeeper: {shown_line(line)}\n")  # it may quote a path from the ESP
 
 
 class FolderStore:
@@ -357,32 +447,82 @@ class EspStore(FolderStore):
         plain ``remount,ro`` would instead make the file system read-only for every mount of it (the
         root file system, with ``/efi`` bound from ``/``). A read-only file system is remounted rw and
         back ro as before; a plain remount also sets this mount's flag, so a mount that was itself
-        writable gets ``remount,bind,rw`` again afterwards."""
+        writable gets ``remount,bind,rw`` again afterwards.
+
+        Back to ro also when the process is stopped: SIGTERM, SIGINT and SIGHUP unwind through here
+        (:mod:`bootkeeper.interrupt`); a signal before the remount leaves the ESP as it was. An ESP found
+        read-write where fstab or its mount unit mounts it read-only (a run that was killed, an older
+        bootkeeper stopped by systemd) is written as it is and left read-only, said in one line."""
+        from bootkeeper.interrupt import guarded, raising
         from bootkeeper.run import run
 
         with self.naming(self.root, "cannot read the mount's flags"):
             read_only = bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
-        if not read_only:
+        m = _mount_of(self.root)
+        back: list[list[str]] = []  # the commands that make it read-only again
+        if read_only:
+            if m is None or not (m.mount_ro or m.super_ro):
+                raise WriteError(
+                    f"{self.root}: read-only, but /proc/self/mountinfo does not say how it is mounted; "
+                    "not remounting what bootkeeper cannot restore"
+                )
+            if m.super_ro:
+                back.append(["mount", "-o", "remount,ro", m.point])
+                if not m.mount_ro:
+                    back.append(["mount", "-o", "remount,bind,rw", m.point])
+            else:
+                back.append(["mount", "-o", "remount,bind,ro", m.point])
+        elif m is not None and (meant := _meant_read_only(m.point)) is not None:
+            source, bind = meant
+            self._log(f"{m.point}: read-write, but {source} mounts it read-only; read-only again after this run")
+            back.append(["mount", "-o", "remount,bind,ro" if bind else "remount,ro", m.point])
+        if not back:
             yield
             return
-        m = _mount_of(self.root)
-        if m is None or not (m.mount_ro or m.super_ro):
-            raise WriteError(
-                f"{self.root}: read-only, but /proc/self/mountinfo does not say how it is mounted; "
-                "not remounting what bootkeeper cannot restore"
-            )
-        self.step("remount-rw")
-        run(["mount", "-o", "remount,rw" if m.super_ro else "remount,bind,rw", m.point])
-        try:
-            yield
-        finally:
+        assert m is not None
+        with guarded() as check:
+            check()  # stopped before anything changed: nothing to undo
+            if read_only:
+                self.step("remount-rw")
+                check()
+                try:
+                    run(["mount", "-o", "remount,rw" if m.super_ro else "remount,bind,rw", m.point])
+                except BaseException:
+                    # mount failed, or was killed with us (systemd's SIGTERM goes to the whole
+                    # control group): if the remount happened all the same, it is undone
+                    if not os.statvfs(self.root).f_flag & os.ST_RDONLY:
+                        with contextlib.suppress(BootkeeperError):
+                            for cmd in back:
+                                run(cmd)
+                    raise
+            try:
+                with raising():
+                    yield
+            finally:
+                with raising(False):
+                    self.step("remount-ro")
+                    for cmd in back:
+                        run(cmd)
+
+    def restore_read_only(self) -> bool:
+        """Under the lock: an ESP found read-write where fstab or its mount unit mounts it read-only
+        is remounted read-only, said in one line; True if it was. For a verb that may write nothing
+        (bless at boot without boot counting); the verbs that write do it in :meth:`writable`."""
+        from bootkeeper.run import run
+
+        with self.locked():
+            with self.naming(self.root, "cannot read the mount's flags"):
+                if os.statvfs(self.root).f_flag & os.ST_RDONLY:
+                    return False
+            m = _mount_of(self.root)
+            meant = _meant_read_only(m.point) if m is not None else None
+            if m is None or meant is None:
+                return False
+            source, bind = meant
+            self._log(f"{m.point}: read-write, but {source} mounts it read-only; remounting it read-only")
             self.step("remount-ro")
-            if m.super_ro:
-                run(["mount", "-o", "remount,ro", m.point])
-                if not m.mount_ro:
-                    run(["mount", "-o", "remount,bind,rw", m.point])
-            else:
-                run(["mount", "-o", "remount,bind,ro", m.point])
+            run(["mount", "-o", "remount,bind,ro" if bind else "remount,ro", m.point])
+            return True
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -554,15 +694,12 @@ class EspStore(FolderStore):
                     f"this boot was started by systemd-boot {booted} (LoaderInfo), but the ESP's binary is {source}: "
                     "the next boot runs the ESP's binary, which is what bootkeeper models"
                 )
-        bases: dict[tuple[str, str], list[str]] = {}
-        for e in found:
-            bases.setdefault((e.directory, e.name.entry_key), []).append(e.file_name)
-        for (d, _), files in bases.items():
-            if len(files) > 1:
-                problems.append(
-                    f"{d}: {', '.join(sorted(files))} are the same entry; the next 'bootkeeper bless' of the "
-                    "booted one removes the other"
-                )
+        for paths in same_entry(e.path for e in found):
+            d = paths[0].rpartition("/")[0]
+            problems.append(
+                f"{d}: {', '.join(p.rpartition('/')[2] for p in paths)} are the same entry; the next "
+                "'bootkeeper bless' of the booted one removes the other"
+            )
         return Snapshot(tuple(found), conf, version, source, tuple(problems), tuple(profiles))
 
     @staticmethod

@@ -281,6 +281,13 @@ def predict(
     store: EspStore, banks: tuple[Bank, ...], secure_boot: bool, roles: tuple[str, ...] = (), vendor: str | None = None
 ) -> list[Prediction]:
     """Every entry that runs a UKI (``roles``: only entries of those roles, or those names)."""
+    found, failed = _predict_targets(store, _targets(store, roles, vendor), banks, secure_boot)
+    for f in failed:
+        raise type(f.error)(f"entry {f.entry}: {f.error}") from f.error
+    return found
+
+
+def _targets(store: EspStore, roles: tuple[str, ...], vendor: str | None) -> list[extra.Target]:
     snap = store.snapshot()
     targets = extra.targets(snap, store, vendor)
     # a UKI's profiles >= 1 (systemd-boot 257+) are menu entries of their own: same file, same .extra.d
@@ -293,10 +300,41 @@ def predict(
         wanted = {r.lower() for r in roles}
         targets = [t for t in targets if t.entry.lower() in wanted or (t.role is not None and t.role.value in wanted)]
     targets.sort(key=lambda t: (t.role.rank if t.role else 99, t.entry, t.profile))
-    out = []
+    return targets
+
+
+@dataclass(frozen=True)
+class Unpredictable:
+    """An entry whose measurements cannot be predicted: its UKI (or an addon, an ``.extra.d`` file)
+    is unreadable or malformed. ``reason`` is the one line the error said."""
+
+    role: str | None
+    entry: str
+    uki: str
+    error: InputError
+
+    @property
+    def reason(self) -> str:
+        return str(self.error)
+
+
+def predict_each(
+    store: EspStore, banks: tuple[Bank, ...], secure_boot: bool
+) -> tuple[list[Prediction], list[Unpredictable]]:
+    """Every entry that runs a UKI, as :func:`predict`, except that an entry that cannot be predicted
+    is returned beside the others instead of stopping them (``tpm verify``: one broken entry must
+    not take the verdict on the booted one with it)."""
+    return _predict_targets(store, _targets(store, (), None), banks, secure_boot)
+
+
+def _predict_targets(
+    store: EspStore, targets: list[extra.Target], banks: tuple[Bank, ...], secure_boot: bool
+) -> tuple[list[Prediction], list[Unpredictable]]:
+    out: list[Prediction] = []
+    failed: list[Unpredictable] = []
     for t in targets:
         try:
             out.append(predict_target(store, t, banks, secure_boot))
         except InputError as exc:
-            raise type(exc)(f"entry {t.entry}: {exc}") from exc
-    return out
+            failed.append(Unpredictable(t.role.value if t.role is not None else None, t.entry, t.uki, exc))
+    return out, failed

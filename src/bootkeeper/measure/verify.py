@@ -30,9 +30,9 @@ from bootkeeper.measure import uki
 from bootkeeper.measure.banks import BANKS, Bank, extend
 from bootkeeper.measure.eventlog import EV_NO_ACTION, EventLog, LogEvent, UserLog
 from bootkeeper.measure.events import EV_EVENT_TAG, EV_IPL, EVENT_TYPE_NAMES, Event, FileRef
-from bootkeeper.measure.predict import Prediction
+from bootkeeper.measure.predict import Prediction, Unpredictable
 
-__all__ = ["Expected", "PcrRow", "Report", "booted_files", "parse_expected", "verify"]
+__all__ = ["Expected", "PcrRow", "Report", "Unverified", "booted_files", "failed", "parse_expected", "verify"]
 
 STUB_PCRS = (11, 12, 13)
 SYSEXT = "System extension initrd"  # predict's PCR 13 cpio event
@@ -81,6 +81,26 @@ class PcrRow:
         return out
 
 
+# why a part of the verification could not be done (``unverified[].kind`` in the JSON, the ``reason``
+# label of ``bootkeeper_tpm_verify_incomplete``): an entry on the ESP whose measurements cannot be
+# predicted, or an input verify reads (the event log, the live PCRs, the efivars, the ESP, the
+# config, --expect) that stopped it before any verdict
+INCOMPLETE = ("entry", "input")
+
+
+@dataclass(frozen=True)
+class Unverified:
+    """What could not be verified, and why (one line)."""
+
+    kind: str  # one of INCOMPLETE
+    reason: str
+    entry: str | None = None
+    uki: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "entry": self.entry, "uki": self.uki, "reason": self.reason}
+
+
 @dataclass(frozen=True)
 class Report:
     entry: str | None
@@ -89,19 +109,31 @@ class Report:
     rows: tuple[PcrRow, ...]
     findings: tuple[str, ...]
     notes: tuple[str, ...] = field(default=())
+    unverified: tuple[Unverified, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
-        return not self.findings
+        """Everything was verified and agrees: a verification that could not complete is failed
+        (each :class:`Unverified` is a finding too)."""
+        return not self.findings and not self.unverified
 
     def to_json(self) -> dict[str, Any]:
         return {
             "booted": {"entry": self.entry, "uki": self.uki, "found_by": self.found_by},
             "agree": self.ok,
+            "complete": not self.unverified,
+            "unverified": [u.to_json() for u in self.unverified],
             "pcrs": [r.to_json() for r in self.rows],
             "findings": list(self.findings),
             "notes": list(self.notes),
         }
+
+
+def failed(reason: str) -> Report:
+    """The report of a verification an input stopped before any verdict (the CLI leaves it for
+    ``metrics`` before it exits with the error's code): failed, not absent."""
+    u = Unverified("input", reason)
+    return Report(None, None, "nothing (verify stopped)", (), (f"not verified: {reason}",), (), (u,))
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -255,8 +287,12 @@ def _match_events(
 
 
 def _pick(
-    predictions: list[Prediction], log: EventLog, stub_image: str | None, selected: str | None
-) -> tuple[Prediction | None, str]:
+    predictions: list[Prediction],
+    log: EventLog,
+    stub_image: str | None,
+    selected: str | None,
+    broken: Sequence[Unpredictable] = (),
+) -> tuple[Prediction | Unpredictable | None, str]:
     seen = {(e.pcr, e.event_type, e.data, k, v) for e in log.events for k, v in e.digests.items()}
 
     def score(p: Prediction) -> int:
@@ -272,28 +308,34 @@ def _pick(
         folder, _, base = path.replace("\\", "/").strip("/").rpartition("/")
         return f"{folder}/{counter.parse(base, '.efi').stem}".lower()
 
-    candidates: list[Prediction] = []
+    # an entry that cannot be predicted is still a candidate when an EFI variable names it: the
+    # booted entry is then unverifiable, not silently another one
+    everyone: list[Prediction | Unpredictable] = [*predictions, *broken]
+    candidates: list[Prediction | Unpredictable] = []
     how = ""
     if selected:
         # a UKI's profile N >= 1 is "FILE@ID" or "FILE@N" (src/boot/boot.c, v257.9), as predict names it
         name, at, profile = selected.partition("@")
         suffix = ".efi" if name.lower().endswith(".efi") else ".conf"
         key = counter.parse(name, suffix).stem + at + profile
-        candidates = [p for p in predictions if p.entry.lower() == key.lower()]
+        candidates = [p for p in everyone if p.entry.lower() == key.lower()]
         how = f"LoaderEntrySelected={selected}"
     if stub_image and (not candidates):
-        candidates = [p for p in predictions if norm(p.uki) == norm(stub_image)]
+        candidates = [p for p in everyone if norm(p.uki) == norm(stub_image)]
         how = f"StubImageIdentifier={stub_image}"
     elif stub_image and candidates:
         same = [p for p in candidates if norm(p.uki) == norm(stub_image)]
         candidates = same or candidates
         how += f", StubImageIdentifier={stub_image}"
     if not candidates:
-        candidates = predictions
+        candidates = list(predictions)
         how = "the log (no EFI variable names an entry on the ESP)" if (selected or stub_image) else "the log"
     if not candidates:
         return None, how
-    best = max(candidates, key=score)
+    scored = [p for p in candidates if isinstance(p, Prediction)]
+    if not scored:
+        return candidates[0], how
+    best = max(scored, key=score)
     if len(candidates) > 1:
         how += f" (best of {len(candidates)} by the logged events)"
     return best, how
@@ -323,11 +365,24 @@ def verify(
     booted_where: str | None = None,
     expected: list[Expected] | None = None,
     expect_what: str = "--expect",
+    unpredictable: Sequence[Unpredictable] = (),
 ) -> Report:
+    """``unpredictable``: the entries :func:`bootkeeper.measure.predict.predict_each` could not
+    predict. Each is unverified (a finding); the booted entry, when it is another, is verified all
+    the same; when it is one of them, its log and live PCRs still are."""
     findings: list[str] = []
     notes: list[str] = []
-    pred, how = _pick(predictions, log, stub_image, selected)
-    if pred is None:
+    unverified: list[Unverified] = []
+    picked, how = _pick(predictions, log, stub_image, selected, unpredictable)
+    pred = picked if isinstance(picked, Prediction) else None
+    for u in unpredictable:
+        booted_one = u is picked
+        unverified.append(Unverified("entry", u.reason, u.entry, u.uki))
+        findings.append(
+            f"entry {u.entry} ({u.uki}) cannot be predicted: {u.reason}"
+            + (": it is the booted entry, its PCRs 11, 12 and 13 are not verified" if booted_one else "")
+        )
+    if picked is None:
         findings.append("no boot entry on the ESP runs a UKI: nothing to compare the log with")
     pred_banks = {b.name for b in pred.banks} if pred is not None else set(BANKS)
     banks = tuple(b for b in log.banks if b.name in pred_banks)
@@ -416,7 +471,13 @@ def verify(
                     bad_cpio.append((n, ev))
         findings += _name_files(bad_cpio, pred, booted, booted_where, expected, expect_what, log)
     return Report(
-        pred.entry if pred else None, pred.uki if pred else None, how, tuple(rows), tuple(findings), tuple(notes)
+        picked.entry if picked else None,
+        picked.uki if picked else None,
+        how,
+        tuple(rows),
+        tuple(findings),
+        tuple(notes),
+        tuple(unverified),
     )
 
 

@@ -43,7 +43,6 @@ import json
 import os
 import stat
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from bootkeeper import fsutil, submounts
 from bootkeeper.config import Sysext, SysextMode
 from bootkeeper.errors import BootkeeperError, WriteError
+from bootkeeper.shown import shown
 from bootkeeper.sysext import required
 from bootkeeper.sysext.report import REPORT as REPORT  # its home; sysext_cmd names it here
 
@@ -87,21 +87,10 @@ class Outcome:
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters (and line and paragraph separators) written as ``\\xNN`` /
-    ``\\uNNNN`` and ``\\`` as ``\\\\``, so a file name can neither split a journal line nor forge one."""
-    out = []
-    for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif "\udc80" <= ch <= "\udcff":  # a byte that is not UTF-8 (os.listdir's surrogateescape)
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        elif unicodedata.category(ch) == "Cs":
-            out.append(f"\\u{ord(ch):04x}")
-        elif unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    """``text`` escaped by bootkeeper's one rule for what is shown (:func:`bootkeeper.shown.shown`):
+    control characters, bytes that are not UTF-8 and bidi controls written as ``\\xNN`` /
+    ``\\uNNNN``, ``\\`` as ``\\\\``, so a file name can neither split a journal line nor forge one."""
+    return shown(text)
 
 
 @dataclass

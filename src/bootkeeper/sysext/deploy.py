@@ -270,7 +270,7 @@ def open_source(src: Path) -> int:
         raise UnreadableError(f"{src}: cannot read ({exc.strerror})") from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise WriteError(f"{src}: not a regular file")
+        raise UnreadableError(f"{src}: not a regular file")  # the input's fault: exit 7, not a failed write
     return fd
 
 

@@ -80,9 +80,12 @@ def read_from_fs(fs: bytes, fstype: str | None, name: str, what: str) -> Release
 
 
 def _shown(name: str) -> str:
-    """A file name from the image as it goes into a one-line message: quoted and escaped when it
-    holds anything not printable (a newline would split the line, and the journal's)."""
-    return name if name.isprintable() else repr(name)
+    """A file name from the image as it goes into a one-line message: escaped by bootkeeper's one rule
+    (bootkeeper.shown) and quoted when that changed it (a newline would split the line, and the journal's)."""
+    from bootkeeper.shown import shown
+
+    text = shown(name)
+    return text if text == name else f"'{text}'"
 
 
 def _from_erofs(e: Erofs, name: str, what: str) -> Release:

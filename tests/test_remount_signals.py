@@ -1,0 +1,295 @@
+"""The remount promise across signals (issue 27, defect 5): a read-only ``/efi`` that bootkeeper remounted
+rw is read-only again when the run is stopped by SIGTERM (systemd stopping the unit: shutdown,
+``TimeoutSec=``), SIGINT or SIGHUP; and a run that finds it read-write where fstab or its mount unit
+mounts it read-only puts it back.
+
+Real mounts in a private mount namespace (``unshare -m``): a read-only bind mount (the per-mount flag
+only) and a read-only tmpfs (the file system's flag). A real signal is sent to the real bootkeeper
+process while it is inside the writable window, held there by ``BOOTKEEPER_TEST_STEP_PAUSE`` (the
+documented test hook: each ESP write step is announced on stderr, then waits): the signal goes once
+the first step after ``remount-rw`` is announced. The flags come from the namespace's
+/proc/self/mountinfo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bootkeeper.esp import store as store_mod
+from helpers import entry_body, esp_with
+
+pytestmark = pytest.mark.integration
+
+ENTRY = "loader/entries/active+2-1.conf"
+TOOLS = Path(os.environ.get("VM_CACHE", Path(__file__).resolve().parent.parent / ".cache" / "vm")) / "host-tools"
+PAUSE = "2"  # seconds each announced step waits: the window the signal is sent in
+
+# Runs inside the namespace: mounts, runs bootkeeper, sends the signal, prints what it saw as JSON.
+DRIVER = r"""
+import json, os, signal, subprocess, sys
+
+cfg = json.loads(sys.argv[1])
+mnt, src = cfg["mnt"], cfg["src"]
+
+def sh(*a):
+    subprocess.run(a, check=True)
+
+def flags():
+    for line in open("/proc/self/mountinfo").read().splitlines():
+        f = line.split(" ")
+        if f[4] == mnt:
+            sep = f.index("-", 6)
+            found = ("ro" in f[5].split(","), "ro" in f[sep + 3].split(","))
+    return found
+
+if cfg["how"] == "bind":
+    sh("mount", "--bind", src, mnt)
+    if cfg["ro"]:
+        sh("mount", "-o", "remount,bind,ro", mnt)
+else:
+    sh("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt)
+    sh("cp", "-a", src + "/.", mnt + "/")
+    if cfg["ro"]:
+        sh("mount", "-o", "remount,ro", mnt)
+if cfg.get("fstab"):
+    sh("mount", "--bind", cfg["fstab"], "/etc/fstab")
+out = {"before": flags()}
+env = {**os.environ, **cfg.get("env", {})}
+if cfg["signal"]:
+    env["BOOTKEEPER_TEST_STEP_PAUSE"] = cfg["pause"]
+p = subprocess.Popen([sys.executable, "-m", "bootkeeper", *cfg["args"]], env=env,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+seen = []
+if cfg["signal"]:
+    while True:
+        line = p.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if line.startswith("bootkeeper: test pause before "):
+            at_remount = line.startswith("bootkeeper: test pause before remount-rw ")
+            if at_remount != cfg["after"]:  # the first step after the remount, or the remount itself
+                break
+    out["during"] = flags()
+    if cfg.get("group"):  # as systemd's KillMode=control-group: the process and all its children
+        os.killpg(p.pid, cfg["signal"])
+    else:
+        p.send_signal(cfg["signal"])
+stdout, stderr = p.communicate(timeout=120)
+out.update(rc=p.returncode, stdout=stdout, stderr="".join(seen) + stderr, after=flags())
+print(json.dumps(out))
+"""
+
+
+def _esp(tmp_path: Path) -> Path:
+    return esp_with(tmp_path / "esp", {"active+2-1.conf": entry_body("active")}, "timeout 0\n")
+
+
+def _in_namespace(tmp_path: Path, **cfg: Any) -> dict[str, Any]:
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is missing; scripts/setup-test-deps.sh installs it")
+    mnt = tmp_path / "efi"
+    mnt.mkdir(exist_ok=True)
+    cfg = {"mnt": str(mnt), "ro": True, "signal": 0, "pause": PAUSE, "after": True, **cfg}
+    cfg["args"] = [a.replace("@MNT@", str(mnt)) for a in cfg["args"]]
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, "-c", DRIVER, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    out: dict[str, Any] = json.loads(r.stdout)
+    assert "Traceback" not in out["stderr"], out["stderr"]
+    return out
+
+
+def _bless(tmp_path: Path) -> list[str]:
+    return ["bless", "good", "--esp", "@MNT@", "--entry", ENTRY, "--root", str(tmp_path)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_in_the_writable_window_leaves_the_bind_mount_read_only(tmp_path: Path, sig: signal.Signals) -> None:
+    """Before: SIGTERM and SIGHUP ended the process at once, /efi stayed rw; the run ends by the same
+    signal now (what systemd counts as a clean stop), after the way back to ro."""
+    esp = _esp(tmp_path)
+    out = _in_namespace(tmp_path, how="bind", src=str(esp), args=_bless(tmp_path), signal=int(sig))
+    assert out["before"] == [True, False]  # a read-only bind of a writable file system
+    assert out["during"] == [False, False], out["stderr"]  # inside the window: rw
+    assert out["after"] == [True, False], out["stderr"]  # the bind read-only again, the file system untouched
+    assert out["rc"] == -sig, out["stderr"]
+    assert f"bootkeeper: error: stopped by {sig.name}" in out["stderr"].splitlines()
+    assert "test pause before remount-ro" in out["stderr"]  # the way back ran
+    # stopped before the rename: the entry is as it was
+    assert (esp / ENTRY).exists() and not (esp / "loader/entries/active.conf").exists()
+
+
+def test_sigterm_leaves_a_read_only_file_system_read_only(tmp_path: Path) -> None:
+    """A read-only tmpfs (the file system's flag), and SIGTERM sent to the whole process group, as
+    systemd stops a unit (KillMode=control-group: every process of it)."""
+    out = _in_namespace(
+        tmp_path, how="tmpfs", src=str(_esp(tmp_path)), args=_bless(tmp_path), signal=signal.SIGTERM, group=True
+    )
+    assert out["before"] == [True, True]
+    assert out["during"] == [False, False], out["stderr"]
+    assert out["after"] == [True, True], out["stderr"]
+    assert out["rc"] == -signal.SIGTERM
+
+
+def test_sigterm_before_the_remount_changes_nothing(tmp_path: Path) -> None:
+    """The signal arrives while the run waits just before ``mount -o remount,rw``: it is acted on before
+    the remount, so the ESP is never made writable."""
+    esp = _esp(tmp_path)
+    out = _in_namespace(tmp_path, how="bind", src=str(esp), args=_bless(tmp_path), signal=signal.SIGTERM, after=False)
+    assert out["during"] == [True, False]  # still read-only while it waits
+    assert out["after"] == [True, False], out["stderr"]
+    assert out["rc"] == -signal.SIGTERM
+    assert "remount-ro" not in out["stderr"]  # nothing to undo
+    assert (esp / ENTRY).exists()
+
+
+def _fstab(tmp_path: Path, esp: Path, options: str) -> Path:
+    f = tmp_path / "fstab"
+    f.write_text(f"# test\n{esp} {tmp_path / 'efi'} none {options} 0 0\n")
+    return f
+
+
+def test_a_run_that_finds_it_read_write_where_fstab_says_ro_restores_it(tmp_path: Path) -> None:
+    """As a stopped run of the code before the fix left it: rw, while fstab mounts it ro. bless writes
+    and leaves it read-only, saying so in one line."""
+    esp = _esp(tmp_path)
+    fstab = _fstab(tmp_path, esp, "bind,ro")
+    out = _in_namespace(tmp_path, how="bind", src=str(esp), ro=False, fstab=str(fstab), args=_bless(tmp_path))
+    assert out["before"] == [False, False]
+    assert out["rc"] == 0, out["stderr"]
+    assert out["after"] == [True, False], out["stderr"]
+    mnt = tmp_path / "efi"
+    assert out["stderr"].splitlines() == [
+        f"bootkeeper: {mnt}: read-write, but /etc/fstab mounts it read-only; read-only again after this run"
+    ]
+    assert (esp / "loader/entries/active.conf").exists()
+
+
+def test_bless_without_boot_counting_restores_it_too(tmp_path: Path) -> None:
+    """bless at boot on a node not booted with boot counting writes nothing (exit 3), and still puts
+    the ESP back to read-only; a plain (not bind) fstab line gets ``remount,ro``."""
+    esp = _esp(tmp_path)
+    fstab = _fstab(tmp_path, esp, "defaults,ro")
+    (tmp_path / "efivars").mkdir()
+    args = ["bless", "good", "--esp", "@MNT@", "--efivars", str(tmp_path / "efivars"), "--root", str(tmp_path)]
+    out = _in_namespace(tmp_path, how="tmpfs", src=str(esp), ro=False, fstab=str(fstab), args=args)
+    assert out["before"] == [False, False]
+    assert out["rc"] == 3, out["stderr"]
+    assert out["after"] == [True, True], out["stderr"]
+    assert (
+        f"{tmp_path / 'efi'}: read-write, but /etc/fstab mounts it read-only; remounting it read-only"
+        in (out["stderr"])
+    )
+
+
+def test_a_writable_esp_that_fstab_mounts_rw_is_left_writable(tmp_path: Path) -> None:
+    esp = _esp(tmp_path)
+    fstab = _fstab(tmp_path, esp, "bind,ro,rw")  # the last of ro/rw counts, as mount(8) reads it
+    out = _in_namespace(tmp_path, how="bind", src=str(esp), ro=False, fstab=str(fstab), args=_bless(tmp_path))
+    assert out["rc"] == 0, out["stderr"]
+    assert out["after"] == [False, False]
+    assert out["stderr"] == ""
+
+
+# -- what says read-only: the mount unit before or after fstab, as systemd's unit search path orders them
+
+
+def test_mount_unit_names_match_systemd_escape() -> None:
+    tool = shutil.which("systemd-escape")
+    if tool is None:
+        pytest.fail("systemd-escape is missing")
+    for point in ("/efi", "/boot/efi", "/", "/efi/a-b/.x y/ü", "/.hidden"):
+        want = subprocess.run([tool, "--path", "--suffix=mount", point], capture_output=True, text=True, check=True)
+        assert store_mod._mount_unit_name(point) == want.stdout.strip(), point
+
+
+def test_meant_read_only_reads_units_and_fstab_in_systemd_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc, usr = tmp_path / "etc", tmp_path / "usr"
+    etc.mkdir()
+    usr.mkdir()
+    fstab = tmp_path / "fstab"
+    monkeypatch.setattr(store_mod, "FSTAB", fstab)
+    monkeypatch.setattr(store_mod, "UNITS_BEFORE_FSTAB", (etc,))
+    monkeypatch.setattr(store_mod, "UNITS_AFTER_FSTAB", (usr,))
+    assert store_mod._meant_read_only("/efi") is None
+    (usr / "efi.mount").write_text("[Mount]\nWhat=/dev/vda1\nWhere=/efi\nOptions=umask=0077,ro\n")
+    assert store_mod._meant_read_only("/efi") == (str(usr / "efi.mount"), False)
+    fstab.write_text("/dev/vda1 /efi vfat umask=0077 0 2\n")  # fstab comes first: rw
+    assert store_mod._meant_read_only("/efi") is None
+    fstab.write_text("/dev/vda1 /efi vfat umask=0077,ro 0 2\n/ /boot\\040efi none bind,ro 0 0\n")
+    assert store_mod._meant_read_only("/efi") == (str(fstab), False)
+    assert store_mod._meant_read_only("/boot efi") == (str(fstab), True)
+    (etc / "efi.mount").write_text("[Unit]\nOptions=ro\n[Mount]\nOptions=rw\n")  # /etc before fstab
+    assert store_mod._meant_read_only("/efi") is None
+
+
+# -- every verb that remounts goes through EspStore.writable(): the class
+
+
+def _scratch(tmp_path: Path) -> Path:
+    from bootkeeper.esp import scratch
+
+    esp = scratch.make(tmp_path / "esp", ukis=True)
+    (esp / "loader/entries/active+3.conf").rename(esp / "loader/entries/active+0-3.conf")  # used up: arm re-arms
+    (tmp_path / "efivars").mkdir()
+    return esp
+
+
+VERBS = {
+    # the stale temporary gives random-seed a step inside the window before bootctl runs
+    "random-seed": ["random-seed", "--esp", "@MNT@"],
+    "arm": ["arm", "active", "--esp", "@MNT@", "--systemd-boot-version", "257"],
+    "select": ["select", "--persistent", "passive", "--esp", "@MNT@", "--efivars", "@EFIVARS@"],
+    "rotate": ["rotate", "@NEW@", "--esp", "@MNT@", "--systemd-boot-version", "257"],
+}
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_sigterm_in_other_verbs_leaves_it_read_only(tmp_path: Path, verb: str) -> None:
+    esp = _scratch(tmp_path)
+    new = tmp_path / "new.conf"
+    new.write_text("title new\nlinux /EFI/kairos/vmlinuz\ninitrd /EFI/kairos/initrd.img\n")
+    args = [a.replace("@EFIVARS@", str(tmp_path / "efivars")).replace("@NEW@", str(new)) for a in VERBS[verb]] + [
+        "--root",
+        str(tmp_path),
+    ] * (verb != "select")
+    env = {}
+    if verb == "random-seed":
+        if not (TOOLS / "bootctl").exists():
+            pytest.fail(f"{TOOLS}/bootctl is missing: scripts/setup-test-deps.sh unpacks Debian 12's bootctl there")
+        (esp / "loader/.bootkeeper-left.tmp").write_bytes(b"")  # what a killed run leaves
+        env = {"PATH": f"{TOOLS}:{os.environ.get('PATH', '')}", "SYSTEMD_RELAX_ESP_CHECKS": "1"}
+    before = sorted(p.name for p in esp.rglob("*"))
+    out = _in_namespace(tmp_path, how="bind", src=str(esp), args=args, signal=signal.SIGTERM, env=env)
+    assert out["during"] == [False, False], out["stderr"]
+    assert out["after"] == [True, False], out["stderr"]
+    assert out["rc"] == -signal.SIGTERM, out["stderr"]
+    assert "bootkeeper: error: stopped by SIGTERM" in out["stderr"].splitlines()
+    assert sorted(p.name for p in esp.rglob("*")) == before  # stopped before its first write
+
+
+def test_only_the_esp_store_remounts() -> None:
+    """The class, structurally: every ``mount -o remount,…`` bootkeeper runs is in esp/store.py
+    (writable() and restore_read_only()), so every verb that remounts gets the signal handling."""
+    src = Path(store_mod.__file__).resolve().parent.parent
+    runs_mount = re.compile(r"""["']mount["'],\s*["']-o["']""")
+    hits = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if runs_mount.search(p.read_text()))
+    assert hits == ["esp/store.py"]
