@@ -82,6 +82,109 @@ def _event_log(banks: dict[int, int], records: list[tuple[int, int, bytes]]) -> 
     return out
 
 
+def _luks_metadata(tmp: Path, token: dict[str, Any] | None) -> bytes:
+    """``cryptsetup luksDump --dump-json-metadata`` of a LUKS2 volume by the real cryptsetup, with
+    ``token`` put in by ``cryptsetup token import`` (as tests/test_tpm_hostile.py makes them)."""
+    vol, key = tmp / "v.luks", tmp / "pass"
+    vol.unlink(missing_ok=True)
+    with vol.open("wb") as f:
+        f.truncate(32 << 20)
+    key.write_text("fuzz")
+    fmt = ["luksFormat", "--type", "luks2", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]
+    subprocess.run(["cryptsetup", *fmt, "--key-file", str(key), str(vol)], check=True, capture_output=True)
+    if token is not None:
+        (tmp / "t.json").write_text(json.dumps(token))
+        imp = ["token", "import", "--disable-external-tokens", "--json-file", str(tmp / "t.json"), str(vol)]
+        subprocess.run(["cryptsetup", *imp], check=True, capture_output=True)
+    dump = ["cryptsetup", "luksDump", "--dump-json-metadata", str(vol)]
+    return subprocess.run(dump, check=True, capture_output=True).stdout
+
+
+def measure_seeds() -> dict[str, dict[str, bytes]]:
+    """The tpm verbs' inputs (issue 27): LUKS2 metadata with a signed-policy token, keys, a .pcrsig
+    that `tpm sign-policy` wrote (ukify's format), UKIs with and without profiles, a saved
+    `tpm predict --json`, a tpm-verify.json, a pcrlock.json."""
+    import base64
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from bootkeeper.esp.scratch import stand_in_uki
+    from bootkeeper.measure import policy, uki
+    from bootkeeper.measure.banks import BANKS
+    from bootkeeper.measure.events import replay
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pub_pem = rsa_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    ec_der = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
+    token = {
+        "type": "systemd-tpm2",
+        "keyslots": [],
+        "tpm2-blob": "AA==",
+        "tpm2-pcrs": [7],
+        "tpm2-pcr-bank": "sha256",
+        "tpm2-policy-hash": "00",
+        "tpm2_pubkey": base64.b64encode(pub_pem).decode(),
+        "tpm2_pubkey_pcrs": [11],
+        "tpm2_pcrlock": False,
+        "tpm2-pin": False,
+    }
+    osrel = b"ID=kairos\nVERSION_ID=2\n"
+    base = stand_in_uki(((b".linux", b"kernel"), (b".osrel", osrel), (b".uname", b"6.12.0"), (b".pcrpkey", pub_pem)))
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        signed_meta = _luks_metadata(tmp, token)
+        plain_meta = _luks_metadata(tmp, None)
+        u = tmp / "u.efi"
+        u.write_bytes(base)
+        banks = (BANKS["sha1"], BANKS["sha256"])
+        events = uki.section_events(uki.sections_of(u, "u.efi"), banks)
+        handover = {b.name: replay(events, b, policy.PCR) for b in banks}
+        items = policy.to_sign(handover, banks, policy.DEFAULT_PHASE_PATHS)
+        pcrsig = policy.dump_pcrsig(policy.as_object(policy.sign(items, rsa_key))).encode()
+        signed = stand_in_uki(
+            ((b".linux", b"kernel"), (b".osrel", osrel), (b".pcrpkey", pub_pem), (b".pcrsig", pcrsig))
+        )
+        profiles = stand_in_uki(
+            (
+                (b".linux", b"kernel"),
+                (b".osrel", osrel),
+                (b".profile", b"ID=main\nTITLE=Main\n"),
+                (b".profile", b"ID=debug\nTITLE=Debug\n"),
+                (b".cmdline", b"debug"),
+                (b".linux", b"debug kernel"),
+            )
+        )
+        esp = tmp / "esp"
+        (esp / "EFI/Linux").mkdir(parents=True)
+        (esp / "EFI/Linux/active+3.efi").write_bytes(base)
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        predict = [sys.executable, "-m", "bootkeeper", "tpm", "predict", "--esp", str(esp), "--json"]
+        expect = subprocess.run(predict, check=True, capture_output=True, env=env).stdout
+    verify_json = {
+        "booted": {"entry": "active.efi", "uki": "EFI/Linux/active+3.efi", "found_by": "the log"},
+        "agree": True,
+        "pcrs": [{"bank": "sha256", "pcr": 11, "live": "00" * 32, "replayed": "00" * 32, "agree": True}],
+        "findings": [],
+        "notes": [],
+    }
+    pcrlock = {"pcrBank": "sha256", "pcrValues": [{"pcr": 7, "value": "00" * 32}, {"pcr": 11, "value": "11" * 32}]}
+    return {
+        "luks_metadata": {"signed": signed_meta, "plain": plain_meta},
+        "pcrpkey": {"rsa-pem": pub_pem, "ec-der": ec_der},
+        "pcrsig": {"sign-policy": pcrsig},
+        "uki_sections": {"signed": signed, "profiles": profiles},
+        "tpm_expect": {"predict": expect},
+        "tpm_verify_json": {"agree": json.dumps(verify_json, indent=2).encode()},
+        "pcrlock_policy": {"two-pcrs": json.dumps(pcrlock).encode()},
+    }
+
+
 def make() -> dict[str, dict[str, bytes]]:
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
@@ -175,11 +278,13 @@ def make() -> dict[str, dict[str, bytes]]:
         "last-try": b"\\loader\\entries\\active+0-3.conf\0active+1-2.conf",
         "counting": b"\\EFI\\Linux\\active+2-1.efi",
     }
+    seeds |= measure_seeds()
     return seeds
 
 
-def write() -> None:
-    for name, items in make().items():
+def write(only: dict[str, dict[str, bytes]] | None = None) -> None:
+    """Every target's seeds, or ``only`` those given (e.g. ``measure_seeds()``)."""
+    for name, items in (make() if only is None else only).items():
         d = CORPUS / name
         d.mkdir(parents=True, exist_ok=True)
         for old in d.glob("seed-*"):

@@ -479,3 +479,135 @@ def _generator_counter(data: bytes) -> None:
     theirs = (g[1], g[2]) if g is not None else None
     if mine != theirs:
         raise Disagree(f"{base!r}: esp/counter.py reads {mine}, the generator {theirs}")
+
+
+# --- measure/: the tpm verbs' inputs (issue 27) ----------------------------------------------------
+# Not here: the OCI manifests and registry answers of an update channel, which does not exist yet.
+
+
+def _fuzz_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@target("luks_metadata", expected=(MalformedError,), max_len=65536)
+def _luks_metadata(data: bytes) -> None:
+    """measure/luks.py parse_metadata() and what `tpm audit` and the upgrade gates then read of each
+    systemd-tpm2 token: the JSON of `cryptsetup luksDump --dump-json-metadata` (the LUKS2 header's
+    JSON area, tokens included, which anyone who can write the disk writes)."""
+    from bootkeeper.measure import luks
+
+    tokens = luks.parse_metadata(_text(data), "/dev/vda2")
+    for t in tokens:
+        json.dumps(t.as_json())
+        t.unlock_bank()
+    luks.audit(tokens, [])
+    vol = luks.Volume("/dev/vda2", tuple(tokens))
+    luks.extension_gate(vol, luks.PcrlockPolicy(luks.PCRLOCK_DEFAULT_PCRS, "default")).reason()
+
+
+@target("pcrpkey", expected=(MalformedError,))
+def _pcrpkey(data: bytes) -> None:
+    """measure/untrusted.py load_public_key(): a UKI's .pcrpkey, a token's tpm2_pubkey (base64-decoded),
+    `sign-policy --public-key` (a certificate too); what loads is RSA or EC and has a fingerprint."""
+    from bootkeeper.measure import policy, untrusted
+
+    for cert in (False, True):
+        policy.fingerprint(untrusted.load_public_key(data, ".pcrpkey of x.efi", certificate=cert))
+
+
+@target("pcrsig", expected=(MalformedError,), max_len=16384)
+def _pcrsig(data: bytes) -> None:
+    """measure/policy.py parse_pcrsig() and authorized(): a UKI's .pcrsig (or tpm2-pcr-signature.json)
+    checked against a token's key, as `tpm audit` and the upgrade gate do."""
+    from bootkeeper.measure import policy
+    from bootkeeper.measure.banks import BANKS
+
+    key = _cached("rsa", _fuzz_key).public_key()
+    sigs = policy.parse_pcrsig(data, ".pcrsig of x.efi")
+    for name in ("sha1", "sha256"):
+        policy.authorized(sigs, key, BANKS[name], bytes(BANKS[name].size))
+    if sigs:  # one that names the key: its signature is really checked
+        s = sigs[0]
+        b = BANKS[s.bank]
+        fp = policy.fingerprint(key)
+        policy.authorized([policy.PcrSig(s.bank, (policy.PCR,), fp, s.pol, s.sig)], key, b, bytes(b.size))
+
+
+class _SmallBound:
+    """uki.MAX_ZERO_FILL lowered while a target runs: the same rule, without hashing 256 MiB per input."""
+
+    def __enter__(self) -> None:
+        from bootkeeper.measure import uki
+
+        self.saved = uki.MAX_ZERO_FILL
+        uki.MAX_ZERO_FILL = 1 << 20
+
+    def __exit__(self, *exc: object) -> None:
+        from bootkeeper.measure import uki
+
+        uki.MAX_ZERO_FILL = self.saved
+
+
+@target("uki_sections", expected=(MalformedError,), max_len=65536)
+def _uki_sections(data: bytes) -> None:
+    """measure/uki.py sections_of() for the base and two profiles (.profile splits), section_events()
+    (PCR 11 as systemd-stub measures it) and read() of the small sections: what `tpm predict`,
+    `sign-policy --uki` and `tpm audit` read of a UKI."""
+    from bootkeeper.measure import policy, uki
+    from bootkeeper.measure.banks import BANKS
+    from bootkeeper.measure.events import replay
+
+    p = _write("EFI/Linux/active+3.efi", data)
+    banks = (BANKS["sha256"],)
+    with _SmallBound():
+        for profile in range(3):
+            try:
+                s = uki.sections_of(p, "EFI/Linux/active+3.efi", profile)
+            except MalformedError:
+                if profile == 0:
+                    raise
+                continue
+            events = uki.section_events(s, banks)
+            for name in (".osrel", ".uname", ".cmdline", ".pcrsig", ".pcrpkey", ".profile"):
+                if s.has(name):
+                    s.read(name, 64 << 10)
+            uki.has_unpredicted(s)
+            handover = {"sha256": replay(events, banks[0], policy.PCR)}
+            policy.to_sign(handover, banks, policy.DEFAULT_PHASE_PATHS)
+
+
+@target("tpm_expect", expected=(MalformedError,), max_len=65536)
+def _tpm_expect(data: bytes) -> None:
+    """measure/verify.py parse_expected() through the untrusted-JSON loader: `tpm verify --expect`, a
+    saved `tpm predict --json`."""
+    from bootkeeper.measure import untrusted, verify
+
+    obj = untrusted.load_json(data, "expect.json", 1 << 20, "the output of tpm predict --json")
+    for e in verify.parse_expected(obj, "expect.json"):
+        for ev in e.events:
+            verify.diff_files(ev.files, ())
+
+
+@target("tpm_verify_json", expected=(MalformedError,))
+def _tpm_verify_json(data: bytes) -> None:
+    """cli/metrics.py read_tpm(): ROOT/run/bootkeeper/tpm-verify.json, `tpm verify`'s result, as
+    `bootkeeper metrics` reads it (a file root can write, so hostile in the same way)."""
+    from bootkeeper.cli import metrics
+
+    root = scratch() / "tpmroot"
+    _write(f"tpmroot/{metrics.TPM_VERIFY}", data)
+    metrics.read_tpm(root)
+
+
+@target("pcrlock_policy")
+def _pcrlock_policy(data: bytes) -> None:
+    """measure/luks.py pcrlock_policy(): /var/lib/systemd/pcrlock.json; documented never to raise
+    (what it cannot read gates more: pcrlock's default PCRs)."""
+    from bootkeeper.measure import luks
+
+    _write(f"pcrlockroot/{luks.PCRLOCK_POLICY}", data)
+    pol = luks.pcrlock_policy(scratch() / "pcrlockroot")
+    if "\n" in pol.source:
+        raise BadMessage(f"source is not one line: {pol.source[:200]!r}")

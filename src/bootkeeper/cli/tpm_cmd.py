@@ -96,33 +96,30 @@ def predict(
 
 
 def _load_private_key(path: Path) -> Any:
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     from bootkeeper.errors import MalformedError
     from bootkeeper.fsutil import read_input
+    from bootkeeper.measure.untrusted import policy_key
 
     data = read_input(path, "the private key")
     try:
-        return load_pem_private_key(data, password=None)
+        key = load_pem_private_key(data, password=None)
+    except UnsupportedAlgorithm:
+        raise MalformedError(f"{path}: a private key of a type OpenSSL does not know; expected RSA or EC") from None
     except (ValueError, TypeError) as exc:
         raise MalformedError(f"{path}: not an unencrypted PEM private key") from exc
+    policy_key(key.public_key(), str(path))
+    return key
 
 
 def load_public_key(path: Path) -> Any:
-    """A PEM public key, or the key of a PEM certificate."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    from bootkeeper.errors import MalformedError
+    """A PEM public key, or the key of a PEM certificate; RSA or EC."""
     from bootkeeper.fsutil import read_input
+    from bootkeeper.measure.untrusted import load_public_key as load
 
-    data = read_input(path, "the public key")
-    try:
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            return x509.load_pem_x509_certificate(data).public_key()
-        return load_pem_public_key(data)
-    except ValueError as exc:
-        raise MalformedError(f"{path}: not a PEM public key or certificate") from exc
+    return load(read_input(path, "the public key"), str(path), certificate=True)
 
 
 @click.command(name="sign-policy")
@@ -206,15 +203,18 @@ def sign_policy(
             signed = policy.sign(items, _load_private_key(key_path))
         else:
             assert sigs_path is not None and pub_path is not None
+            from bootkeeper.measure.untrusted import load_json
+
+            kind = "a JSON list of base64 signatures"
+            raw = load_json(fsutil.read_input(sigs_path, "the signatures"), str(sigs_path), 1 << 20, kind)
             try:
-                raw = json.loads(fsutil.read_input_text(sigs_path, "the signatures"))
                 import base64
 
                 if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
                     raise ValueError("not a list of strings")
                 sigs = [base64.b64decode(s, validate=True) for s in raw]
             except ValueError as exc:
-                raise MalformedError(f"{sigs_path}: not a JSON list of base64 signatures: {exc}") from exc
+                raise MalformedError(f"{sigs_path}: not {kind}: {exc}") from exc
             signed = policy.join(items, sigs, load_public_key(pub_path))
         text = policy.dump_pcrsig(policy.as_object(signed))
     if output is None:

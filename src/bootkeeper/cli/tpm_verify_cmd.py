@@ -23,6 +23,7 @@ EFIVARS = "sys/firmware/efi/efivars"
 STUB_IMAGE = "StubImageIdentifier"
 # EFI_GLOBAL_VARIABLE (UEFI 2.10, 3.3): SecureBoot is one byte, 1 when on
 SECURE_BOOT = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+MAX_EXPECT = 64 << 20  # a saved `tpm predict --json`: a few KiB an entry, file lists included
 
 
 def _secure_boot(efivars: Path) -> bool:
@@ -133,11 +134,8 @@ def _verify(root: Path, esp: Path | None, expect_path: Path | None, config_files
     """Read the machine (the event logs, the live PCRs, the efivars, the ESP, the config) and verify;
     an entry the ESP cannot predict is part of the report (:class:`~bootkeeper.measure.verify.Report`),
     any other input at fault raises its :class:`~bootkeeper.errors.InputError`."""
-    import json
-
     from bootkeeper import fsutil
     from bootkeeper.cli.common import find_esp, load_config
-    from bootkeeper.errors import MalformedError
     from bootkeeper.esp import efivars as ev
     from bootkeeper.esp.store import EspStore
     from bootkeeper.measure import eventlog
@@ -163,10 +161,10 @@ def _verify(root: Path, esp: Path | None, expect_path: Path | None, config_files
             break
     expected = None
     if expect_path is not None:
-        try:
-            obj = json.loads(fsutil.read_input_text(expect_path, "the expected prediction"))
-        except ValueError as exc:
-            raise MalformedError(f"{expect_path}: not JSON ({exc})") from exc
+        from bootkeeper.measure.untrusted import load_json
+
+        raw = fsutil.read_input(expect_path, "the expected prediction")
+        obj = load_json(raw, str(expect_path), MAX_EXPECT, "the output of tpm predict --json")
         expected = verify_mod.parse_expected(obj, str(expect_path))
     return verify_mod.verify(
         log,

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from bootkeeper.errors import InputError, MalformedError, NotApplicableError, UnreadableError
-from bootkeeper.measure import policy, uki
+from bootkeeper.measure import policy, uki, untrusted
 from bootkeeper.measure.banks import BANKS, Bank
 from bootkeeper.measure.events import replay
 
@@ -71,15 +70,9 @@ CHANGES_ON_UPGRADE = {
 
 
 def load_key(data: bytes, what: str) -> Any:
-    """A public key as systemd-cryptenroll stores it (the PEM file's bytes), DER accepted too."""
-    from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
-
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return load_pem_public_key(data)
-        return load_der_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise MalformedError(f"{what}: not a PEM or DER public key") from exc
+    """A public key as systemd-cryptenroll stores it (the PEM file's bytes), DER accepted too; RSA or
+    EC (:func:`bootkeeper.measure.untrusted.load_public_key`), else a MalformedError naming ``what``."""
+    return untrusted.load_public_key(data, what)
 
 
 @dataclass(frozen=True)
@@ -119,6 +112,11 @@ class Token:
         }
 
 
+def _number(s: str) -> bool:
+    """A LUKS2 token or keyslot id: ASCII digits (luksDump prints them as "0", "1", ...)."""
+    return s.isascii() and s.isdecimal() and len(s) <= 10
+
+
 def _pcr_list(v: Any, where: str) -> tuple[int, ...]:
     """``tpm2_parse_pcr_json_array()``: an array of PCR numbers below 24."""
     if not isinstance(v, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in v):
@@ -146,8 +144,8 @@ def _shards(tok: dict[str, Any], key: str, where: str) -> None:
 def parse_token(tid: str, tok: dict[str, Any], what: str) -> Token:
     where = f"{what}: token {tid}"
     keyslots = tok.get("keyslots")
-    if not isinstance(keyslots, list) or not all(isinstance(k, str) for k in keyslots):
-        raise MalformedError(f"{where}: keyslots: not a list of strings")
+    if not isinstance(keyslots, list) or not all(isinstance(k, str) and _number(k) for k in keyslots):
+        raise MalformedError(f"{where}: keyslots: not a list of strings of keyslot numbers")
     if "tpm2-pcrs" not in tok:
         raise MalformedError(f"{where}: tpm2-pcrs: missing")
     pcrs = _pcr_list(tok["tpm2-pcrs"], f"{where}: tpm2-pcrs")
@@ -186,12 +184,7 @@ def parse_token(tid: str, tok: dict[str, Any], what: str) -> Token:
 
 def parse_metadata(text: str, what: str) -> list[Token]:
     """The ``systemd-tpm2`` tokens of ``luksDump --dump-json-metadata``'s output, by token number."""
-    if len(text) > MAX_METADATA:
-        raise MalformedError(f"{what}: LUKS2 metadata of {len(text)} bytes, more than {MAX_METADATA}")
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise MalformedError(f"{what}: LUKS2 metadata is not JSON: {exc}") from exc
+    obj = untrusted.load_json(text, f"{what}: LUKS2 metadata", MAX_METADATA)
     if not isinstance(obj, dict):
         raise MalformedError(f"{what}: LUKS2 metadata is not a JSON object")
     tokens = obj.get("tokens", {})
@@ -199,6 +192,8 @@ def parse_metadata(text: str, what: str) -> list[Token]:
         raise MalformedError(f"{what}: tokens: not an object")
     out = []
     for tid in sorted(tokens, key=lambda k: (len(k), k)):
+        if not _number(tid):  # shown in every message and line about the token: a number, as LUKS2 has them
+            raise MalformedError(f"{what}: tokens: {tid[:32]!r} is not a token number")
         tok = tokens[tid]
         if not isinstance(tok, dict):
             raise MalformedError(f"{what}: token {tid}: not an object")
@@ -563,14 +558,14 @@ def pcrlock_policy(root: Path) -> PcrlockPolicy:
     except OSError as exc:
         return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"cannot be read: {exc.strerror or exc})")
     try:
-        if len(raw) > MAX_METADATA:
-            raise ValueError(f"{len(raw)} bytes, more than {MAX_METADATA}")
-        obj = json.loads(raw)
+        obj = untrusted.load_json(raw, "pcrlock policy", MAX_METADATA)
         values = obj["pcrValues"]
         pcrs = frozenset(v["pcr"] for v in values)
         if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in pcrs):
             raise ValueError("a pcr is not a number 0-23")
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+    except MalformedError as exc:
+        return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"is not a pcrlock policy: {exc})")
+    except (ValueError, KeyError, TypeError) as exc:
         return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"is not a pcrlock policy: {type(exc).__name__}: {exc})")
     return PcrlockPolicy(pcrs, str(path))
 

@@ -134,6 +134,8 @@ def _linux_section(path: Path, what: str, table: list[Section], p: Prediction) -
     found = [s for s in table if s.name == ".linux" and s.virtual_size]
     if len(found) == 1:
         return found[0]
+    for s in found:
+        uki.bound([s], what)  # each is hashed below, not only the profile's, which sections_of() bounded
     data = [e for e in p.events if e.pcr == 11 and e.description == ".linux"]
     if len(data) != 2:
         raise MalformedError(f"{what}: no .linux section measured for entry {p.entry}")

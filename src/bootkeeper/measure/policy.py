@@ -214,12 +214,9 @@ class PcrSig:
 def parse_pcrsig(data: bytes, what: str) -> list[PcrSig]:
     """A ``.pcrsig`` section or a ``tpm2-pcr-signature.json``; hostile input is a MalformedError
     naming the field."""
-    if len(data) > MAX_PCRSIG:
-        raise MalformedError(f"{what}: {len(data)} bytes, more than {MAX_PCRSIG}")
-    try:
-        obj = json.loads(data.rstrip(b"\0").decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MalformedError(f"{what}: not JSON: {exc}") from exc
+    from bootkeeper.measure.untrusted import load_json
+
+    obj = load_json(data.rstrip(b"\0"), what, MAX_PCRSIG)
     if not isinstance(obj, dict):
         raise MalformedError(f"{what}: not a JSON object of banks")
     out = []

@@ -157,6 +157,7 @@ def _addon_events(
                         continue  # "Unable to locate embedded .cmdline/... sections, ignoring"
                     if ".linux" in found:
                         continue  # "is a UKI, not an addon, ignoring"
+                    uki.bound(found.values(), what)  # the stub measures .ucode/.initrd as loaded, as a UKI's
                     theirs = read_section(f, table, ".uname", what) if ".uname" in found else None
                     if uname is not None and theirs is not None and not _strneq8(uname, theirs):
                         continue  # ".uname mismatch between addon and UKI, ignoring"

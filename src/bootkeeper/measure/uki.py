@@ -19,7 +19,7 @@ After the handover, systemd-pcrphase extends the phase words ``enter-initrd``, `
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +29,17 @@ from bootkeeper.esp.pe import Section, read_sections
 from bootkeeper.measure.banks import Bank, extend
 from bootkeeper.measure.events import EV_IPL, Event, Hasher, digests_of
 
-__all__ = ["MEASURED", "PHASES", "UkiSections", "phase_events", "phase_values", "section_events", "sections_of"]
+__all__ = [
+    "MAX_ZERO_FILL",
+    "MEASURED",
+    "PHASES",
+    "UkiSections",
+    "bound",
+    "phase_events",
+    "phase_values",
+    "section_events",
+    "sections_of",
+]
 
 # src/fundamental/uki.c (v257.9) unified_sections[] order, without .pcrsig (unified_section_measure())
 MEASURED = (
@@ -50,6 +60,19 @@ MEASURED = (
 ALL = (*MEASURED[:9], ".pcrsig", *MEASURED[9:])
 PHASES = ("enter-initrd", "leave-initrd", "sysinit", "ready")
 NOT_PREDICTED = (".dtbauto",)
+# What a UKI's sections may claim beyond their bytes in the file. systemd-stub 257 measures each
+# section as loaded: VirtualSize bytes from ImageBase+VirtualAddress, of which only
+# MIN(SizeOfRawData, VirtualSize) come from the file, the rest being the zeros the firmware's loader
+# fills in; pe_locate_sections_internal() (src/boot/pe.c, systemd 257 as RHEL 10's v257 branch has
+# it, redhat-plumbers/systemd-rhel10 a4541d3e) checks VirtualSize only against address overflow, so a
+# 5 KiB file may claim 4 GiB a section, which the firmware would have to allocate (SizeOfImage) before
+# the stub ever ran. The one section real builders give a zero-filled tail is .linux: ukify sets its
+# VirtualSize to the kernel's own SizeOfImage (src/ukify/ukify.py make_uki(), systemd main 0010d39a),
+# a few tens of MiB beyond the kernel's bytes; every other section's VirtualSize is its data's length
+# (ukify pe_add_sections(), objcopy --add-section). So the zeros of all measured sections together are
+# bounded, generously, and a UKI claiming more is refused with the section and the sizes named:
+# predicting it would hash gigabytes of zeros for a file no firmware loads.
+MAX_ZERO_FILL = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -79,6 +102,25 @@ class UkiSections:
         return bytes(out)
 
 
+def zero_fill(s: Section) -> int:
+    """The bytes of ``s`` in memory that are not in the file (VirtualSize beyond SizeOfRawData)."""
+    return s.virtual_size - min(s.virtual_size, s.file_size)
+
+
+def bound(sections: Iterable[Section], what: str) -> None:
+    """Refuse sections whose zero-filled tails together exceed :data:`MAX_ZERO_FILL`, naming the
+    section that crosses it and its sizes."""
+    total = 0
+    for s in sections:
+        fill = zero_fill(s)
+        total += fill
+        if total > MAX_ZERO_FILL:
+            raise MalformedError(
+                f"{what}: section {s.name} claims VirtualSize {s.virtual_size} with {s.file_size} bytes in the file: "
+                f"{total} bytes of zeros in its measured sections, more than the {MAX_ZERO_FILL} a UKI may claim"
+            )
+
+
 def _locate(table: list[Section], into: dict[str, Section]) -> None:
     for name in ALL:
         for s in table:
@@ -103,6 +145,7 @@ def sections_of(path: Path, what: str, profile: int = 0) -> UkiSections:
         raise MalformedError(f"{what}: has no profile {profile} ({len(starts)} .profile sections)")
     if ".linux" not in found or found[".linux"].virtual_size == 0:
         raise MalformedError(f"{what}: not a UKI (no .linux section)")
+    bound(found.values(), what)
     return UkiSections(path, what, profile, found)
 
 
