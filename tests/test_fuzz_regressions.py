@@ -17,12 +17,7 @@ from fuzz import targets
 
 # Crashers found by fuzz/run.py whose fix is not in the tree yet (see fuzz/FINDINGS.md). Drop a
 # line when its fix lands: the case then runs as a plain regression test.
-OPEN: dict[str, str] = {  # kept inputs that still fail (each line: the file and why)
-    "tpm_verify_json/crash-d2d3a710e471ec66b56c10f3beafb3234e54faf3": (
-        "cli/metrics.py read_tpm(): int() of a pcr of Infinity raises OverflowError, which it does not catch "
-        "(issue 27: metrics.py is the metrics helper's; FINDINGS.md #16)"
-    ),
-}
+OPEN: dict[str, str] = {}  # kept inputs that still fail (each line: the file and why)
 
 
 def _cases() -> list[Any]:

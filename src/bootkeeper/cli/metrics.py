@@ -122,6 +122,9 @@ class TpmResult:
     problem: str | None = None  # the result could not be read: why (a status warning)
 
 
+TPM_VERIFY_LIMIT = 4 << 20  # bytes: a result lists 24 PCRs of a few banks and the ESP's entries
+
+
 def read_tpm(root: Path) -> TpmResult | None:
     """The result :data:`TPM_VERIFY` holds; None when verify has not run (no file)."""
     p = root / TPM_VERIFY
@@ -132,8 +135,10 @@ def read_tpm(root: Path) -> TpmResult | None:
         return None
     except OSError as exc:
         raise UnreadableError(f"{p}: cannot read ({exc.strerror or exc})") from exc
+    from bootkeeper.measure import untrusted
+
     try:
-        doc = json.loads(raw)
+        doc = untrusted.load_json(raw, str(p), TPM_VERIFY_LIMIT, "the output of 'tpm verify --json'")
         agree = doc["agree"]
         if not isinstance(agree, bool):
             raise TypeError("agree is not true or false")
@@ -145,7 +150,7 @@ def read_tpm(root: Path) -> TpmResult | None:
             raise ValueError("complete is false and unverified names nothing")
         # a result that is not complete is not agreement, whatever else it says
         return TpmResult(agree and not kinds, pcrs, len(doc.get("findings") or ()), mtime, kinds)
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise MalformedError(f"{p}: not the output of 'tpm verify --json' ({type(exc).__name__}: {exc})") from exc
 
 

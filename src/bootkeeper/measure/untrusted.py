@@ -41,6 +41,12 @@ def _depth(obj: Any) -> int:
     return deepest
 
 
+def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity are Python's, not JSON's (RFC 8259 section 6): a number no
+    producer of these files writes, and one ``int()`` cannot take (OverflowError)."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def load_json(data: bytes | str, what: str, limit: int, kind: str = "JSON") -> Any:
     """``data`` parsed as JSON, at most ``limit`` bytes (characters for ``str``) and :data:`MAX_DEPTH`
     levels deep. ``kind`` names what was expected in the message ("not <kind>")."""
@@ -54,7 +60,7 @@ def load_json(data: bytes | str, what: str, limit: int, kind: str = "JSON") -> A
     else:
         text = data
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise MalformedError(f"{what}: not {kind}: nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, and an integer of more digits than int() takes
