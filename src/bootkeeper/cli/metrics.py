@@ -15,7 +15,6 @@ root; when the file is there its ``agree`` and per-PCR ``agree`` become series.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
