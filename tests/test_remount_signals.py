@@ -36,7 +36,7 @@ PAUSE = "2"  # seconds each announced step waits: the window the signal is sent 
 
 # Runs inside the namespace: mounts, runs bootkeeper, sends the signal, prints what it saw as JSON.
 DRIVER = r"""
-import json, os, signal, subprocess, sys
+import json, os, signal, subprocess, sys, time
 
 cfg = json.loads(sys.argv[1])
 mnt, src = cfg["mnt"], cfg["src"]
@@ -63,6 +63,11 @@ else:
         sh("mount", "-o", "remount,ro", mnt)
 if cfg.get("fstab"):
     sh("mount", "--bind", cfg["fstab"], "/etc/fstab")
+if cfg.get("wrap"):  # bootkeeper's run() looks in /usr/local/sbin first (its fixed PATH): a mount there
+    sh("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", "/usr/local/sbin")
+    with open("/usr/local/sbin/mount", "w") as f:
+        f.write(cfg["wrap"])
+    os.chmod("/usr/local/sbin/mount", 0o755)
 out = {"before": flags()}
 env = {**os.environ, **cfg.get("env", {})}
 if cfg["signal"]:
@@ -76,7 +81,14 @@ if cfg["signal"]:
         if not line:
             break
         seen.append(line)
-        if line.startswith("bootkeeper: test pause before "):
+        if cfg.get("ready"):  # the way back: wait until its mount has started, then signal
+            if line.startswith("bootkeeper: test pause before remount-ro "):
+                for _ in range(600):
+                    if os.path.exists(cfg["ready"]):
+                        break
+                    time.sleep(0.05)
+                break
+        elif line.startswith("bootkeeper: test pause before "):
             at_remount = line.startswith("bootkeeper: test pause before remount-rw ")
             if at_remount != cfg["after"]:  # the first step after the remount, or the remount itself
                 break
@@ -157,6 +169,57 @@ def test_sigterm_before_the_remount_changes_nothing(tmp_path: Path) -> None:
     assert out["rc"] == -signal.SIGTERM
     assert "remount-ro" not in out["stderr"]  # nothing to undo
     assert (esp / ENTRY).exists()
+
+
+# The way back killed with the run: systemd's KillMode=control-group sends SIGTERM to every process of
+# the unit, the ``mount -o remount,…ro`` bootkeeper is waiting for included. A wrapper over mount holds
+# the first way-back remount (it says so in a file, then sleeps until the signal kills it); the mount a
+# retry spawns after the signal runs the real one.
+WRAP = """#!/bin/sh
+case "$*" in
+*remount,ro*|*remount,bind,ro*)
+    if mkdir "@MARK@" 2>/dev/null; then : > "@MARK@/ready"; sleep 60; fi ;;
+esac
+exec /usr/bin/mount "$@"
+"""
+
+
+def _killed_way_back(tmp_path: Path, **cfg: Any) -> dict[str, Any]:
+    mark = tmp_path / "held"
+    cfg = {"signal": int(signal.SIGTERM), "group": True, "pause": "0.1", **cfg}
+    return _in_namespace(tmp_path, wrap=WRAP.replace("@MARK@", str(mark)), ready=str(mark / "ready"), **cfg)
+
+
+@pytest.mark.parametrize("how", ["bind", "tmpfs"])
+def test_sigterm_that_kills_the_way_back_mount_still_leaves_it_read_only(tmp_path: Path, how: str) -> None:
+    """Before: the way-back mount ran once; killed by the group's SIGTERM, its failure ended the run
+    and /efi stayed read-write. Now the real state is read again and the remount retried (the retry's
+    mount is spawned after the signal), then the run ends by the signal."""
+    esp = _esp(tmp_path)
+    out = _killed_way_back(tmp_path, how=how, src=str(esp), args=_bless(tmp_path))
+    ro = [True, False] if how == "bind" else [True, True]
+    assert out["before"] == ro
+    assert out["during"] == [False, False], out["stderr"]  # the signal came while the way back was held
+    assert out["after"] == ro, out["stderr"]
+    assert out["rc"] == -signal.SIGTERM, out["stderr"]
+    lines = out["stderr"].splitlines()
+    assert lines[-1] == "bootkeeper: error: stopped by SIGTERM", out["stderr"]
+    assert any("failed with killed by signal SIGTERM" in x and "trying again" in x for x in lines), out["stderr"]
+    assert (tmp_path / "held").is_dir()  # the wrapper did hold (and lose) the first attempt
+
+
+def test_sigterm_that_kills_the_restoring_mount_still_leaves_it_read_only(tmp_path: Path) -> None:
+    """bless without boot counting only restores what fstab says (restore_read_only): the same retry."""
+    esp = _esp(tmp_path)
+    (tmp_path / "efivars").mkdir()
+    args = ["bless", "good", "--esp", "@MNT@", "--efivars", str(tmp_path / "efivars"), "--root", str(tmp_path)]
+    fstab = _fstab(tmp_path, esp, "bind,ro")
+    out = _killed_way_back(tmp_path, how="bind", src=str(esp), ro=False, fstab=str(fstab), args=args)
+    assert out["before"] == [False, False]
+    assert out["after"] == [True, False], out["stderr"]
+    assert out["rc"] == -signal.SIGTERM, out["stderr"]
+    assert out["stderr"].splitlines()[-1] == "bootkeeper: error: stopped by SIGTERM", out["stderr"]
+    assert (tmp_path / "held").is_dir()
 
 
 def _fstab(tmp_path: Path, esp: Path, options: str) -> Path:

@@ -198,6 +198,26 @@ def _meant_read_only(point: str) -> tuple[str, bool] | None:
     return None
 
 
+# How often the way back to ro is tried: the mount child may be killed with bootkeeper (systemd's default
+# KillMode=control-group sends SIGTERM to every process of the unit, systemd.kill(5)); the retry's child
+# is spawned after that signal, so it runs. A mount that fails for its own reason fails every time.
+WAY_BACK_ATTEMPTS = 3
+WAY_BACK_DELAY = 0.2  # seconds between attempts
+
+
+def _has_flags(root: Path, mount_ro: bool, super_ro: bool | None) -> bool:
+    """Whether the mount holding ``root`` now has these read-only flags (``super_ro`` None: either),
+    read from the kernel (statvfs, then /proc/self/mountinfo), not from what mount(8) answered."""
+    try:
+        statvfs_ro = bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+    now = _mount_of(root)
+    if now is None or statvfs_ro != (now.mount_ro or now.super_ro):
+        return False
+    return now.mount_ro == mount_ro and (super_ro is None or now.super_ro == super_ro)
+
+
 TEST_PAUSE_ENV = "BOOTKEEPER_TEST_STEP_PAUSE"
 LOCK_TIMEOUT_ENV = "BOOTKEEPER_LOCK_TIMEOUT"
 LOCK_TIMEOUT = 10.0
@@ -460,6 +480,7 @@ class EspStore(FolderStore):
             read_only = bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
         m = _mount_of(self.root)
         back: list[list[str]] = []  # the commands that make it read-only again
+        want: tuple[bool, bool | None] = (True, None)  # and the flags they give (see _has_flags)
         if read_only:
             if m is None or not (m.mount_ro or m.super_ro):
                 raise WriteError(
@@ -472,10 +493,12 @@ class EspStore(FolderStore):
                     back.append(["mount", "-o", "remount,bind,rw", m.point])
             else:
                 back.append(["mount", "-o", "remount,bind,ro", m.point])
+            want = (m.mount_ro, m.super_ro)  # as found
         elif m is not None and (meant := _meant_read_only(m.point)) is not None:
             source, bind = meant
             self._log(f"{m.point}: read-write, but {source} mounts it read-only; read-only again after this run")
             back.append(["mount", "-o", "remount,bind,ro" if bind else "remount,ro", m.point])
+            want = (True, None if bind else True)  # a bind: the mount's flag; remount,ro sets both
         if not back:
             yield
             return
@@ -492,8 +515,7 @@ class EspStore(FolderStore):
                     # control group): if the remount happened all the same, it is undone
                     if not os.statvfs(self.root).f_flag & os.ST_RDONLY:
                         with contextlib.suppress(BootkeeperError):
-                            for cmd in back:
-                                run(cmd)
+                            self._way_back(back, want)
                     raise
             try:
                 with raising():
@@ -501,16 +523,36 @@ class EspStore(FolderStore):
             finally:
                 with raising(False):
                     self.step("remount-ro")
-                    for cmd in back:
-                        run(cmd)
+                    self._way_back(back, want)
+
+    def _way_back(self, back: list[list[str]], want: tuple[bool, bool | None]) -> None:
+        """Run the commands that make the ESP read-only again until the kernel says it is
+        (:func:`_has_flags`), at most :data:`WAY_BACK_ATTEMPTS` times; the last failure is raised.
+        Call it with signals deferred (:func:`bootkeeper.interrupt.raising` off): a SIGTERM that
+        killed the mount child is acted on once the ESP is back."""
+        from bootkeeper.run import run
+
+        for attempt in range(1, WAY_BACK_ATTEMPTS + 1):
+            try:
+                for cmd in back:
+                    run(cmd)
+                return
+            except BootkeeperError as exc:
+                if _has_flags(self.root, *want):  # killed after it did its work
+                    return
+                if attempt == WAY_BACK_ATTEMPTS:
+                    raise
+                self._log(f"{exc}; trying again ({attempt + 1} of {WAY_BACK_ATTEMPTS})")
+                time.sleep(WAY_BACK_DELAY)
 
     def restore_read_only(self) -> bool:
         """Under the lock: an ESP found read-write where fstab or its mount unit mounts it read-only
         is remounted read-only, said in one line; True if it was. For a verb that may write nothing
-        (bless at boot without boot counting); the verbs that write do it in :meth:`writable`."""
-        from bootkeeper.run import run
+        (bless at boot without boot counting); the verbs that write do it in :meth:`writable`. A
+        signal meanwhile is acted on once it is read-only (as in :meth:`writable`)."""
+        from bootkeeper.interrupt import guarded
 
-        with self.locked():
+        with self.locked(), guarded():
             with self.naming(self.root, "cannot read the mount's flags"):
                 if os.statvfs(self.root).f_flag & os.ST_RDONLY:
                     return False
@@ -521,7 +563,9 @@ class EspStore(FolderStore):
             source, bind = meant
             self._log(f"{m.point}: read-write, but {source} mounts it read-only; remounting it read-only")
             self.step("remount-ro")
-            run(["mount", "-o", "remount,bind,ro" if bind else "remount,ro", m.point])
+            self._way_back(
+                [["mount", "-o", "remount,bind,ro" if bind else "remount,ro", m.point]], (True, None if bind else True)
+            )
             return True
 
     @contextlib.contextmanager
