@@ -36,7 +36,7 @@ PAUSE = "2"  # seconds each announced step waits: the window the signal is sent 
 
 # Runs inside the namespace: mounts, runs bootkeeper, sends the signal, prints what it saw as JSON.
 DRIVER = r"""
-import json, os, signal, subprocess, sys
+import json, os, signal, subprocess, sys, time
 
 cfg = json.loads(sys.argv[1])
 mnt, src = cfg["mnt"], cfg["src"]
@@ -63,6 +63,18 @@ else:
         sh("mount", "-o", "remount,ro", mnt)
 if cfg.get("fstab"):
     sh("mount", "--bind", cfg["fstab"], "/etc/fstab")
+if cfg.get("units"):  # systemd's unit folders of this namespace: empty, then these files
+    for d in ("/etc/systemd/system", "/run/systemd"):
+        sh("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", d)
+    for rel, text in cfg["units"].items():
+        os.makedirs(os.path.dirname("/" + rel), exist_ok=True)
+        with open("/" + rel, "w") as f:
+            f.write(text)
+if cfg.get("wrap"):  # bootkeeper's run() looks in /usr/local/sbin first (its fixed PATH): a mount there
+    sh("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", "/usr/local/sbin")
+    with open("/usr/local/sbin/mount", "w") as f:
+        f.write(cfg["wrap"])
+    os.chmod("/usr/local/sbin/mount", 0o755)
 out = {"before": flags()}
 env = {**os.environ, **cfg.get("env", {})}
 if cfg["signal"]:
@@ -76,7 +88,14 @@ if cfg["signal"]:
         if not line:
             break
         seen.append(line)
-        if line.startswith("bootkeeper: test pause before "):
+        if cfg.get("ready"):  # the way back: wait until its mount has started, then signal
+            if line.startswith("bootkeeper: test pause before remount-ro "):
+                for _ in range(600):
+                    if os.path.exists(cfg["ready"]):
+                        break
+                    time.sleep(0.05)
+                break
+        elif line.startswith("bootkeeper: test pause before "):
             at_remount = line.startswith("bootkeeper: test pause before remount-rw ")
             if at_remount != cfg["after"]:  # the first step after the remount, or the remount itself
                 break
@@ -159,6 +178,57 @@ def test_sigterm_before_the_remount_changes_nothing(tmp_path: Path) -> None:
     assert (esp / ENTRY).exists()
 
 
+# The way back killed with the run: systemd's KillMode=control-group sends SIGTERM to every process of
+# the unit, the ``mount -o remount,…ro`` bootkeeper is waiting for included. A wrapper over mount holds
+# the first way-back remount (it says so in a file, then sleeps until the signal kills it); the mount a
+# retry spawns after the signal runs the real one.
+WRAP = """#!/bin/sh
+case "$*" in
+*remount,ro*|*remount,bind,ro*)
+    if mkdir "@MARK@" 2>/dev/null; then : > "@MARK@/ready"; sleep 60; fi ;;
+esac
+exec /usr/bin/mount "$@"
+"""
+
+
+def _killed_way_back(tmp_path: Path, **cfg: Any) -> dict[str, Any]:
+    mark = tmp_path / "held"
+    cfg = {"signal": int(signal.SIGTERM), "group": True, "pause": "0.1", **cfg}
+    return _in_namespace(tmp_path, wrap=WRAP.replace("@MARK@", str(mark)), ready=str(mark / "ready"), **cfg)
+
+
+@pytest.mark.parametrize("how", ["bind", "tmpfs"])
+def test_sigterm_that_kills_the_way_back_mount_still_leaves_it_read_only(tmp_path: Path, how: str) -> None:
+    """Before: the way-back mount ran once; killed by the group's SIGTERM, its failure ended the run
+    and /efi stayed read-write. Now the real state is read again and the remount retried (the retry's
+    mount is spawned after the signal), then the run ends by the signal."""
+    esp = _esp(tmp_path)
+    out = _killed_way_back(tmp_path, how=how, src=str(esp), args=_bless(tmp_path))
+    ro = [True, False] if how == "bind" else [True, True]
+    assert out["before"] == ro
+    assert out["during"] == [False, False], out["stderr"]  # the signal came while the way back was held
+    assert out["after"] == ro, out["stderr"]
+    assert out["rc"] == -signal.SIGTERM, out["stderr"]
+    lines = out["stderr"].splitlines()
+    assert lines[-1] == "bootkeeper: error: stopped by SIGTERM", out["stderr"]
+    assert any("failed with killed by signal SIGTERM" in x and "trying again" in x for x in lines), out["stderr"]
+    assert (tmp_path / "held").is_dir()  # the wrapper did hold (and lose) the first attempt
+
+
+def test_sigterm_that_kills_the_restoring_mount_still_leaves_it_read_only(tmp_path: Path) -> None:
+    """bless without boot counting only restores what fstab says (restore_read_only): the same retry."""
+    esp = _esp(tmp_path)
+    (tmp_path / "efivars").mkdir()
+    args = ["bless", "good", "--esp", "@MNT@", "--efivars", str(tmp_path / "efivars"), "--root", str(tmp_path)]
+    fstab = _fstab(tmp_path, esp, "bind,ro")
+    out = _killed_way_back(tmp_path, how="bind", src=str(esp), ro=False, fstab=str(fstab), args=args)
+    assert out["before"] == [False, False]
+    assert out["after"] == [True, False], out["stderr"]
+    assert out["rc"] == -signal.SIGTERM, out["stderr"]
+    assert out["stderr"].splitlines()[-1] == "bootkeeper: error: stopped by SIGTERM", out["stderr"]
+    assert (tmp_path / "held").is_dir()
+
+
 def _fstab(tmp_path: Path, esp: Path, options: str) -> Path:
     f = tmp_path / "fstab"
     f.write_text(f"# test\n{esp} {tmp_path / 'efi'} none {options} 0 0\n")
@@ -219,26 +289,116 @@ def test_mount_unit_names_match_systemd_escape() -> None:
         assert store_mod._mount_unit_name(point) == want.stdout.strip(), point
 
 
-def test_meant_read_only_reads_units_and_fstab_in_systemd_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    etc, usr = tmp_path / "etc", tmp_path / "usr"
-    etc.mkdir()
-    usr.mkdir()
-    fstab = tmp_path / "fstab"
-    monkeypatch.setattr(store_mod, "FSTAB", fstab)
-    monkeypatch.setattr(store_mod, "UNITS_BEFORE_FSTAB", (etc,))
-    monkeypatch.setattr(store_mod, "UNITS_AFTER_FSTAB", (usr,))
-    assert store_mod._meant_read_only("/efi") is None
-    (usr / "efi.mount").write_text("[Mount]\nWhat=/dev/vda1\nWhere=/efi\nOptions=umask=0077,ro\n")
-    assert store_mod._meant_read_only("/efi") == (str(usr / "efi.mount"), False)
-    fstab.write_text("/dev/vda1 /efi vfat umask=0077 0 2\n")  # fstab comes first: rw
-    assert store_mod._meant_read_only("/efi") is None
-    fstab.write_text("/dev/vda1 /efi vfat umask=0077,ro 0 2\n/ /boot\\040efi none bind,ro 0 0\n")
-    assert store_mod._meant_read_only("/efi") == (str(fstab), False)
-    assert store_mod._meant_read_only("/boot efi") == (str(fstab), True)
-    (etc / "efi.mount").write_text("[Unit]\nOptions=ro\n[Mount]\nOptions=rw\n")  # /etc before fstab
-    assert store_mod._meant_read_only("/efi") is None
+def _write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def _mount(options: str) -> str:
+    return f"[Mount]\nWhat=/dev/vda1\nWhere=/efi\nOptions={options}\n"
+
+
+def test_unit_search_path_is_systemds() -> None:
+    """The folders and their order, from the real tool: ``systemd-analyze unit-paths``."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.fail("systemd-analyze is missing")
+    r = subprocess.run([tool, "unit-paths"], capture_output=True, text=True, check=True)
+    real = [x.removeprefix("/") for x in r.stdout.split()]
+    assert [d for d in store_mod.UNIT_PATH if d in real] == real
+    assert "run/systemd/generator" in real  # where systemd-fstab-generator's units are found
+
+
+def test_meant_read_only_reads_units_and_fstab_in_systemd_order(tmp_path: Path) -> None:
+    root = tmp_path
+    assert store_mod._meant_read_only("/efi", root) is None
+    _write(root, {"usr/lib/systemd/system/efi.mount": _mount("umask=0077,ro")})
+    assert store_mod._meant_read_only("/efi", root) == ("/usr/lib/systemd/system/efi.mount", False)
+    _write(root, {"etc/fstab": "/dev/vda1 /efi vfat umask=0077 0 2\n"})  # the generator's place: before /usr
+    assert store_mod._meant_read_only("/efi", root) is None
+    _write(root, {"etc/fstab": "/dev/vda1 /efi vfat umask=0077,ro 0 2\n/ /boot\\040efi none bind,ro 0 0\n"})
+    assert store_mod._meant_read_only("/efi", root) == ("/etc/fstab", False)
+    assert store_mod._meant_read_only("/boot efi", root) == ("/etc/fstab", True)
+    _write(root, {"run/systemd/generator/efi.mount": _mount("rw")})  # what the generator wrote is loaded
+    assert store_mod._meant_read_only("/efi", root) is None
+    _write(root, {"etc/systemd/system/efi.mount": "[Unit]\nOptions=ro\n[Mount]\nOptions=rw\n"})
+    assert store_mod._meant_read_only("/efi", root) is None
+    _write(root, {"run/systemd/transient/efi.mount": _mount("ro")})  # transient before /etc
+    assert store_mod._meant_read_only("/efi", root) == ("/run/systemd/transient/efi.mount", False)
+    (root / "etc/systemd/system.control").mkdir(parents=True)
+    (root / "etc/systemd/system.control/efi.mount").symlink_to("/dev/null")  # masked: no unit at all
+    assert store_mod._meant_read_only("/efi", root) is None
+
+
+def test_meant_read_only_reads_drop_ins(tmp_path: Path) -> None:
+    """Before: only the unit file was read; a drop-in's Options= (the last, by file name, counts) was not."""
+    root = tmp_path
+    _write(root, {"usr/lib/systemd/system/efi.mount": _mount("rw")})
+    _write(root, {"etc/systemd/system/efi.mount.d/50-ro.conf": "[Mount]\nOptions=umask=0077,ro\n"})
+    assert store_mod._meant_read_only("/efi", root) == ("/etc/systemd/system/efi.mount.d/50-ro.conf", False)
+    _write(root, {"usr/lib/systemd/system/efi.mount.d/60-rw.conf": "[Mount]\nOptions=\n"})  # later name: reset
+    assert store_mod._meant_read_only("/efi", root) is None
+    _write(root, {"run/systemd/system/efi.mount.d/60-rw.conf": "[Mount]\nOptions=bind,ro\n"})  # hides /usr's
+    assert store_mod._meant_read_only("/efi", root) == ("/run/systemd/system/efi.mount.d/60-rw.conf", True)
+    _write(root, {"etc/systemd/system/mount.d/70-all.conf": "[Mount]\nOptions=rw\n"})  # every mount unit
+    assert store_mod._meant_read_only("/efi", root) is None
+    # /boot/efi is boot-efi.mount: its dash prefix boot-.mount.d applies, fstab gives the unit
+    _write(root, {"etc/fstab": "/dev/vda1 /boot/efi vfat umask=0077 0 2\n"})
+    _write(root, {"etc/systemd/system/boot-.mount.d/80-ro.conf": "[Mount]\nOptions=ro\n"})
+    assert store_mod._meant_read_only("/boot/efi", root) == ("/etc/systemd/system/boot-.mount.d/80-ro.conf", False)
+
+
+def test_unit_files_are_read_in_the_order_systemd_analyze_cat_config_shows(tmp_path: Path) -> None:
+    """The real tool on a scratch root: the unit file, then the drop-ins by file name, one in /etc
+    hiding the same name in /usr/lib."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.fail("systemd-analyze is missing")
+    _write(
+        tmp_path,
+        {
+            "usr/lib/systemd/system/efi.mount": _mount("rw"),
+            "usr/lib/systemd/system/efi.mount.d/10-a.conf": "[Mount]\nOptions=ro\n",
+            "usr/lib/systemd/system/efi.mount.d/20-b.conf": "[Mount]\nOptions=rw\n",
+            "etc/systemd/system/efi.mount.d/20-b.conf": "[Mount]\nOptions=bind,ro\n",
+            "run/systemd/system/efi.mount.d/15-c.conf": "[Mount]\n",
+            "etc/systemd/system/efi.mount.d/05-d.conf": "[Mount]\nOptions=rw\n",
+        },
+    )
+    r = subprocess.run(
+        [tool, f"--root={tmp_path}", "--no-pager", "cat-config", "systemd/system/efi.mount"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    real = [x.removeprefix("# ") for x in r.stdout.splitlines() if x.startswith(f"# {tmp_path}/")]
+    sources = store_mod._mount_unit_sources("/efi", tmp_path)
+    assert sources is not None
+    assert [str(p) for p, _ in sources] == real
+    assert store_mod._meant_read_only("/efi", tmp_path) == ("/etc/systemd/system/efi.mount.d/20-b.conf", True)
+
+
+@pytest.mark.parametrize("where", ["drop-in", "generator"])
+def test_a_run_that_finds_it_read_write_where_the_mount_unit_says_ro_restores_it(tmp_path: Path, where: str) -> None:
+    """Before: a drop-in's Options=, and a unit in /run/systemd/generator, were not read: left rw."""
+    esp = _esp(tmp_path)
+    unit = store_mod._mount_unit_name(str(tmp_path / "efi"))
+    if where == "drop-in":  # fstab mounts it rw; a drop-in makes it ro
+        fstab = str(_fstab(tmp_path, esp, "bind"))
+        units = {f"etc/systemd/system/{unit}.d/50-ro.conf": "[Mount]\nOptions=bind,ro\n"}
+        said = f"/etc/systemd/system/{unit}.d/50-ro.conf"
+    else:  # what systemd-fstab-generator wrote at boot (no fstab line now)
+        fstab = ""
+        units = {f"run/systemd/generator/{unit}": f"[Mount]\nWhat={esp}\nOptions=bind,ro\n"}
+        said = f"/run/systemd/generator/{unit}"
+    out = _in_namespace(tmp_path, how="bind", src=str(esp), ro=False, fstab=fstab, units=units, args=_bless(tmp_path))
+    assert out["before"] == [False, False]
+    assert out["rc"] == 0, out["stderr"]
+    assert out["after"] == [True, False], out["stderr"]
+    assert out["stderr"].splitlines() == [
+        f"bootkeeper: {tmp_path / 'efi'}: read-write, but {said} mounts it read-only; read-only again after this run"
+    ]
 
 
 # -- every verb that remounts goes through EspStore.writable(): the class

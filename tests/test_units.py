@@ -243,3 +243,15 @@ def test_random_seed_unit_is_skipped_where_there_is_no_bootctl(tmp_path: Path) -
     r = subprocess.run([tool, "condition", line], capture_output=True, text=True, check=False)
     assert (r.returncode == 0) == os.access("/usr/bin/bootctl", os.X_OK), r.stdout + r.stderr
     assert "ConditionFileIsExecutable=/usr/bin/bootctl" in r.stdout + r.stderr
+
+
+def test_the_units_that_remount_the_esp_stop_only_bootkeeper(tmp_path: Path) -> None:
+    """Review item 1 (issue 27, defect 5): systemd's default KillMode=control-group sends a stop's SIGTERM to
+    the `mount -o remount,ro` bootkeeper is waiting for on its way back; KillMode=mixed sends it to
+    bootkeeper alone (systemd.kill(5)). The units whose verbs remount /efi say so, and verify passes."""
+    units = install_units(tmp_path, "sysext: {}\n")
+    for name in ("bootkeeper-bless.service", "bootkeeper-random-seed.service"):
+        service = (units / name).read_text().split("[Service]\n", 1)[1].split("\n[", 1)[0]
+        assert "KillMode=mixed" in service.splitlines(), name
+        r = systemd_verify(units, name)
+        assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -6,7 +6,8 @@ sends SIGINT and SIGHUP. Python's defaults end the process at once (SIGTERM, SIG
 :func:`guarded` these signals are recorded; inside :func:`raising` they become :class:`Interrupted`, an
 exception every ``finally`` sees, so the way back to ro runs. The remounts themselves run deferred: a
 signal during ``mount -o remount,rw`` (or between it and the ``try``) is acted on once the ``try`` is
-entered; one during the way back, when that is done. The CLI then ends the process by the same signal
+entered; one during the way back, when that is done (a way-back ``mount`` killed by the same signal
+is run again: :meth:`bootkeeper.esp.store.EspStore._way_back`). The CLI then ends the process by the same signal
 with its default action (what systemd counts as a clean stop, and a shell as 128+N).
 
 Nested guards share one set of handlers (the outermost installs and restores them). Signal handlers

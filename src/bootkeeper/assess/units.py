@@ -100,6 +100,11 @@ class UnitFile:
     mode: int = 0o644
 
 
+# KillMode=mixed: a stop's SIGTERM goes to bootkeeper alone, not to the mount it runs to put a read-only
+# /efi back (control-group, the default, killed that too: systemd.kill(5)); SIGKILL still ends the rest.
+KILL_MODE = "KillMode=mixed"
+
+
 def _sysext(cfg: Sysext, exec_line: str, systemd: int) -> dict[str, UnitFile]:
     service = f"""# Installed by 'bootkeeper install-units'; re-run it after changing the sysext config.
 [Unit]
@@ -187,6 +192,7 @@ ConditionPathExists={counting}
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+{KILL_MODE}
 ExecStart={exec_line} bless good
 ExecStartPost=-{exec_line} motd
 
@@ -309,6 +315,7 @@ ConditionFileIsExecutable={BOOTCTL}
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+{KILL_MODE}
 ExecStart={exec_line} random-seed
 
 [Install]

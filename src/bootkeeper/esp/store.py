@@ -110,12 +110,29 @@ def _mount_of(path: Path) -> Mount | None:
     return best
 
 
-FSTAB = Path("/etc/fstab")
-# The unit folders that come before the fstab generator's output (/run/systemd/generator), and those
-# after it: systemd's src/basic/path-lookup.c (main at 0130cfdee045, lookup_paths_init(): control,
-# transient, generator.early, /etc, attached, /run, attached, generator, /usr/local/lib, /usr/lib).
-UNITS_BEFORE_FSTAB = (Path("/etc/systemd/system"), Path("/run/systemd/system"))
-UNITS_AFTER_FSTAB = (Path("/usr/local/lib/systemd/system"), Path("/usr/lib/systemd/system"))
+FSTAB = "etc/fstab"
+# systemd's unit search path, system scope, highest priority first: src/basic/path-lookup.c,
+# lookup_paths_init() (control, transient, generator.early, /etc, attached, /run, attached, generator,
+# /usr/local/lib, /usr/lib, generator.late), as `systemd-analyze unit-paths` prints it (Debian 12's 252
+# adds /lib/systemd/system, a split-usr build; the same folder on a merged /usr).
+UNIT_PATH = (
+    "etc/systemd/system.control",
+    "run/systemd/system.control",
+    "run/systemd/transient",
+    "run/systemd/generator.early",
+    "etc/systemd/system",
+    "etc/systemd/system.attached",
+    "run/systemd/system",
+    "run/systemd/system.attached",
+    "run/systemd/generator",
+    "usr/local/lib/systemd/system",
+    "lib/systemd/system",
+    "usr/lib/systemd/system",
+    "run/systemd/generator.late",
+)
+# where systemd-fstab-generator writes the mount units of /etc/fstab (src/fstab-generator/fstab-generator.c:
+# the normal generator folder, arg_dest)
+FSTAB_GENERATOR = "run/systemd/generator"
 
 
 def _mount_unit_name(point: str) -> str:
@@ -151,7 +168,8 @@ def _options_read_only(options: str) -> tuple[bool, bool]:
 
 
 def _unit_options(path: Path) -> str | None:
-    """``Options=`` of a mount unit's [Mount] section (the last assignment), or None."""
+    """``Options=`` of a unit file or drop-in's [Mount] section (the last assignment; an empty one
+    resets it to none), or None when it has none (or cannot be read)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -164,13 +182,13 @@ def _unit_options(path: Path) -> str | None:
             section = line
         elif section == "[Mount]" and "=" in line and line.split("=", 1)[0].strip() == "Options":
             found = line.split("=", 1)[1].strip()
-    return found if found is not None else ""
+    return found
 
 
-def _fstab_options(point: str) -> str | None:
-    """The options of the last /etc/fstab line mounting ``point`` (fstab(5): octal escapes), or None."""
+def _fstab_options(fstab: Path, point: str) -> str | None:
+    """The options of the last fstab line mounting ``point`` (fstab(5): octal escapes), or None."""
     try:
-        lines = FSTAB.read_text(errors="replace").splitlines()
+        lines = fstab.read_text(errors="replace").splitlines()
     except OSError:
         return None
     found = None
@@ -181,21 +199,102 @@ def _fstab_options(point: str) -> str | None:
     return found
 
 
-def _meant_read_only(point: str) -> tuple[str, bool] | None:
-    """(where it is said, bind) when the mount unit or fstab line systemd mounts ``point`` from
-    gives ``ro``; None when it says rw or nothing does. A unit in /etc or /run comes before fstab,
-    one in /usr after it, as systemd's unit search path orders them."""
+def _masked(path: Path) -> bool:
+    """A unit file linked to /dev/null or empty: masked (systemd loads no unit from it)."""
+    try:
+        return os.path.realpath(path) == "/dev/null" or path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def _dropin_dirs(name: str) -> list[str]:
+    """The drop-in folder names of a unit, most specific first: ``boot-efi.mount.d``, the dash prefixes
+    (``boot-.mount.d``) and the unit type's top-level ``mount.d`` (systemd 244, systemd/systemd#13942):
+    src/shared/dropin.c, unit_file_find_dirs()."""
+    stem, _, suffix = name.rpartition(".")
+    out = [f"{name}.d"]
+    while True:  # "a-b-c" → "a-b-" → "a-": cut after the last dash; a trailing dash is cut once first
+        chopped = False
+        while True:
+            dash = stem.rfind("-")
+            if dash <= 0:
+                break
+            if dash + 1 < len(stem) or chopped:
+                break
+            stem, chopped = stem[:dash], True
+        if dash <= 0:
+            break
+        stem = stem[: dash + 1]
+        out.append(f"{stem}.{suffix}.d")
+    out.append(f"{suffix}.d")
+    return out
+
+
+def _mount_unit_sources(point: str, root: Path = Path("/")) -> list[tuple[Path, str | None]] | None:
+    """What systemd reads for the mount unit of ``point``, in the order it applies them: the unit file
+    found first on :data:`UNIT_PATH` (/etc/fstab where systemd-fstab-generator would write it and has
+    not), then every ``*.conf`` drop-in, sorted by file name, a name in a higher-priority folder hiding
+    the same name in a lower one (src/shared/dropin.c, unit_file_find_dropin_paths(); conf_files_list_strv()).
+    Each with its ``Options=`` (None: it sets none). None when the unit is masked."""
     name = _mount_unit_name(point)
-    sources: list[tuple[str, str | None]] = [(str(d / name), None) for d in UNITS_BEFORE_FSTAB]
-    sources.append((str(FSTAB), "fstab"))
-    sources += [(str(d / name), None) for d in UNITS_AFTER_FSTAB]
-    for where, kind in sources:
-        options = _fstab_options(point) if kind == "fstab" else _unit_options(Path(where))
-        if options is None:
-            continue
-        ro, bind = _options_read_only(options)
-        return (where, bind) if ro else None
-    return None
+    out: list[tuple[Path, str | None]] = []
+    for d in UNIT_PATH:
+        unit = root / d / name
+        if d == FSTAB_GENERATOR and not os.path.lexists(unit):
+            options = _fstab_options(root / FSTAB, point)
+            if options is not None:
+                out.append((root / FSTAB, options))
+                break
+        if os.path.lexists(unit):
+            if _masked(unit):
+                return None
+            out.append((unit, _unit_options(unit)))
+            break
+    dropins: dict[str, Path] = {}
+    for d in UNIT_PATH:
+        for sub in _dropin_dirs(name):
+            with contextlib.suppress(OSError):
+                for f in (root / d / sub).iterdir():
+                    if f.name.endswith(".conf") and f.name not in dropins:
+                        dropins[f.name] = f
+    out += [(dropins[n], _unit_options(dropins[n])) for n in sorted(dropins)]
+    return out
+
+
+def _meant_read_only(point: str, root: Path = Path("/")) -> tuple[str, bool] | None:
+    """(the file that says it, bind) when the mount unit systemd mounts ``point`` from (its unit file
+    or /etc/fstab line, and its drop-ins: the last ``Options=`` counts) gives ``ro``; None when it says
+    rw or nothing does."""
+    where: Path | None = None
+    options = ""
+    for path, opts in _mount_unit_sources(point, root) or []:
+        if opts is not None:
+            where, options = path, opts
+    if where is None:
+        return None
+    ro, bind = _options_read_only(options)
+    shown = "/" + where.relative_to(root).as_posix() if root != Path("/") else str(where)
+    return (shown, bind) if ro else None
+
+
+# How often the way back to ro is tried: the mount child may be killed with bootkeeper (systemd's default
+# KillMode=control-group sends SIGTERM to every process of the unit, systemd.kill(5)); the retry's child
+# is spawned after that signal, so it runs. A mount that fails for its own reason fails every time.
+WAY_BACK_ATTEMPTS = 3
+WAY_BACK_DELAY = 0.2  # seconds between attempts
+
+
+def _has_flags(root: Path, mount_ro: bool, super_ro: bool | None) -> bool:
+    """Whether the mount holding ``root`` now has these read-only flags (``super_ro`` None: either),
+    read from the kernel (statvfs, then /proc/self/mountinfo), not from what mount(8) answered."""
+    try:
+        statvfs_ro = bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+    now = _mount_of(root)
+    if now is None or statvfs_ro != (now.mount_ro or now.super_ro):
+        return False
+    return now.mount_ro == mount_ro and (super_ro is None or now.super_ro == super_ro)
 
 
 TEST_PAUSE_ENV = "BOOTKEEPER_TEST_STEP_PAUSE"
@@ -460,6 +559,7 @@ class EspStore(FolderStore):
             read_only = bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
         m = _mount_of(self.root)
         back: list[list[str]] = []  # the commands that make it read-only again
+        want: tuple[bool, bool | None] = (True, None)  # and the flags they give (see _has_flags)
         if read_only:
             if m is None or not (m.mount_ro or m.super_ro):
                 raise WriteError(
@@ -472,10 +572,12 @@ class EspStore(FolderStore):
                     back.append(["mount", "-o", "remount,bind,rw", m.point])
             else:
                 back.append(["mount", "-o", "remount,bind,ro", m.point])
+            want = (m.mount_ro, m.super_ro)  # as found
         elif m is not None and (meant := _meant_read_only(m.point)) is not None:
             source, bind = meant
             self._log(f"{m.point}: read-write, but {source} mounts it read-only; read-only again after this run")
             back.append(["mount", "-o", "remount,bind,ro" if bind else "remount,ro", m.point])
+            want = (True, None if bind else True)  # a bind: the mount's flag; remount,ro sets both
         if not back:
             yield
             return
@@ -492,8 +594,7 @@ class EspStore(FolderStore):
                     # control group): if the remount happened all the same, it is undone
                     if not os.statvfs(self.root).f_flag & os.ST_RDONLY:
                         with contextlib.suppress(BootkeeperError):
-                            for cmd in back:
-                                run(cmd)
+                            self._way_back(back, want)
                     raise
             try:
                 with raising():
@@ -501,16 +602,36 @@ class EspStore(FolderStore):
             finally:
                 with raising(False):
                     self.step("remount-ro")
-                    for cmd in back:
-                        run(cmd)
+                    self._way_back(back, want)
+
+    def _way_back(self, back: list[list[str]], want: tuple[bool, bool | None]) -> None:
+        """Run the commands that make the ESP read-only again until the kernel says it is
+        (:func:`_has_flags`), at most :data:`WAY_BACK_ATTEMPTS` times; the last failure is raised.
+        Call it with signals deferred (:func:`bootkeeper.interrupt.raising` off): a SIGTERM that
+        killed the mount child is acted on once the ESP is back."""
+        from bootkeeper.run import run
+
+        for attempt in range(1, WAY_BACK_ATTEMPTS + 1):
+            try:
+                for cmd in back:
+                    run(cmd)
+                return
+            except BootkeeperError as exc:
+                if _has_flags(self.root, *want):  # killed after it did its work
+                    return
+                if attempt == WAY_BACK_ATTEMPTS:
+                    raise
+                self._log(f"{exc}; trying again ({attempt + 1} of {WAY_BACK_ATTEMPTS})")
+                time.sleep(WAY_BACK_DELAY)
 
     def restore_read_only(self) -> bool:
         """Under the lock: an ESP found read-write where fstab or its mount unit mounts it read-only
         is remounted read-only, said in one line; True if it was. For a verb that may write nothing
-        (bless at boot without boot counting); the verbs that write do it in :meth:`writable`."""
-        from bootkeeper.run import run
+        (bless at boot without boot counting); the verbs that write do it in :meth:`writable`. A
+        signal meanwhile is acted on once it is read-only (as in :meth:`writable`)."""
+        from bootkeeper.interrupt import guarded
 
-        with self.locked():
+        with self.locked(), guarded():
             with self.naming(self.root, "cannot read the mount's flags"):
                 if os.statvfs(self.root).f_flag & os.ST_RDONLY:
                     return False
@@ -521,7 +642,9 @@ class EspStore(FolderStore):
             source, bind = meant
             self._log(f"{m.point}: read-write, but {source} mounts it read-only; remounting it read-only")
             self.step("remount-ro")
-            run(["mount", "-o", "remount,bind,ro" if bind else "remount,ro", m.point])
+            self._way_back(
+                [["mount", "-o", "remount,bind,ro" if bind else "remount,ro", m.point]], (True, None if bind else True)
+            )
             return True
 
     @contextlib.contextmanager
