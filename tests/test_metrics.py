@@ -314,7 +314,7 @@ def test_rules_are_shipped_printed_and_pass_promtool(tmp_path: Path) -> None:
     p = subprocess.run(
         [promtool(), "check", "rules", str(tmp_path / "alerts.yml")], capture_output=True, text=True, check=False
     )
-    assert p.returncode == 0 and "SUCCESS: 10 rules found" in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 0 and "SUCCESS: 11 rules found" in p.stdout, p.stdout + p.stderr
     p = subprocess.run([promtool(), "test", "rules", str(RULE_TESTS)], capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "SUCCESS" in p.stdout
