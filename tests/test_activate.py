@@ -436,8 +436,12 @@ def test_report_and_log_lines_follow_the_steps(tmp_path: Path) -> None:
         ("c.confext.raw", "skipped", False),
     ]
     assert set(doc["images"][0]) == {
-        "name", "source", "placed", "verdict", "reasons", "signer", "root_hash", "qualified_as", "seconds"
+        "name", "source", "placed", "verdict", "reasons", "signer", "root_hash", "qualified_as", "seconds", "file"
     }  # fmt: skip
+    # where each was found, from the root: one per file, where a name is not (issue 27)
+    assert [i["file"] for i in doc["images"]] == [
+        f"/.extra/sysext/{n}" for n in ("a.sysext.raw", "b.sysext.raw", "c.confext.raw")
+    ]
     assert doc["removed"] == ["old.sysext.raw"]
     assert lines == [
         *(o.line() for o in report.images),

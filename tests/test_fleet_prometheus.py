@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from test_metrics import STEP, bk, fallen_back, good_boot
+from test_metrics import SAME_NAMES, STEP, bk, fallen_back, good_boot, same_names
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -236,3 +236,42 @@ def test_a_stale_twin_keeps_its_own_series_and_the_used_up_entry_alerts(tmp_path
         twin = [a for a in alerts if a["alertname"] == "BootkeeperEntryTwin"]
         assert [(a["entry"], a["role"]) for a in twin] == [("loader/entries/active.conf", "active")], twin
         print("@@@ TWIN ALERTS", json.dumps(alerts, sort_keys=True))
+
+
+def test_one_name_in_many_places_is_one_series_per_file_in_prometheus(tmp_path: Path) -> None:
+    """The review of issue 27 (class 4): images of one name in /.extra/sysext and /.extra/global_sysext,
+    two used-up active entry files, a trust anchor and a PCR listed twice in /run. node_exporter reads
+    the file without a scrape error, and Prometheus holds one series per image file (the ``file``
+    label), one fallback_from for active, one series per PCR; the refused image alerts once, for the
+    file that was judged."""
+    node = same_names(tmp_path / "node")
+    with fleet(tmp_path) as f:
+        r = bk("metrics", *node.args(), "--textfile-dir", str(f.textfiles))
+        assert r.returncode == 0, r.stderr
+        want = 2 * len(SAME_NAMES)
+        got = _until(
+            "every extension file",
+            lambda: q if len(q := f.query("bootkeeper_extension_placed")) >= want else None,
+            f.log,
+        )
+        assert f.query("node_textfile_scrape_error")[0]["value"][1] == "0"
+        assert sorted(s["metric"]["file"] for s in got) == sorted(
+            f"/.extra/{d}/{n}" for d in ("sysext", "global_sysext") for n in SAME_NAMES
+        )
+        assert [(s["metric"]["role"], s["value"][1]) for s in f.query("bootkeeper_boot_fallback_from")] == [
+            ("active", "1")
+        ]
+        assert [s["value"][1] for s in f.query("bootkeeper_tpm_pcr_agree")] == ["0"]
+        assert len(f.query("bootkeeper_trust_anchor_info")) == 1
+        alerts = _until(
+            "the refusal",
+            lambda: (
+                (a if any(x["alertname"] == "BootkeeperExtensionRefused" for x in a) else None)
+                if (a := f.firing_all())
+                else None
+            ),
+            f.log,
+        )
+        refused = [a for a in alerts if a["alertname"] == "BootkeeperExtensionRefused"]
+        assert [(a["extension"], a["file"]) for a in refused] == [("rogue.raw", "/.extra/sysext/rogue.raw")], refused
+        print("@@@ SAME NAMES SERIES", json.dumps([[s["metric"], s["value"][1]] for s in got]))

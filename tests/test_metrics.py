@@ -112,6 +112,58 @@ def good_boot(node: Node, tmp: Path, at: float) -> Node:
     return Node(node.root, esp, ev)
 
 
+SAME_NAMES = ("good.raw", "rogue.raw", "a.confext.raw", "bad name.raw")
+
+
+def same_names(tmp: Path) -> Node:
+    """A hostile but legal node where one name is in many places (issue 27, class 4): the images of
+    SAME_NAMES both in /.extra/sysext and /.extra/global_sysext (activation judges or skips each file:
+    the second of a name is skipped), two used-up active entry files (active+0-3.conf and
+    active+0-2.conf, each a bad entry history names) beside passive+2-1.conf that booted, and what
+    /run holds read back as written by hand: an activation report listing its trust anchor twice,
+    a tpm verify result listing a PCR twice."""
+    from helpers import entry_body, esp_with
+
+    root = tmp / "root"
+    bodies = {n: entry_body(n.partition("+")[0]) for n in ("active+0-3.conf", "active+0-2.conf", "passive+2-1.conf")}
+    esp = esp_with(tmp / "esp", bodies)
+    ev = fake_efivars(tmp / "efivars", LoaderEntrySelected="passive+2-1.conf")
+    (root / "etc/bootkeeper").mkdir(parents=True)
+    (root / "etc/bootkeeper/db.pem").write_bytes(_pem(TRUSTED[1]))
+    (root / "oem").mkdir()
+    (root / "oem/90_sysext.yaml").write_text(
+        "sysext:\n  mode: enforced\n  certificates: [/etc/bootkeeper/db.pem]\n  firmware: []\n"
+    )
+    signed_extension(tmp / "images/good.raw", *TRUSTED)
+    signed_extension(tmp / "images/rogue.raw", *UNTRUSTED)
+    for folder in (".extra/sysext", ".extra/global_sysext"):
+        (root / folder).mkdir(parents=True)
+        for n in SAME_NAMES:
+            shutil.copyfile(tmp / "images" / ("rogue.raw" if n == "rogue.raw" else "good.raw"), root / folder / n)
+    r = bk("sysext", "activate", "--root", str(root), "--no-refresh")
+    assert r.returncode == 0, r.stderr
+    report = root / "run/bootkeeper/sysext.json"
+    doc = json.loads(report.read_text())
+    doc["trust"]["trusted"] *= 2
+    report.write_text(json.dumps(doc))
+    pcrs = [{"bank": "sha256", "pcr": 11, "agree": True}, {"bank": "sha256", "pcr": 11, "agree": False}]
+    (root / "run/bootkeeper/tpm-verify.json").write_text(json.dumps({"agree": False, "pcrs": pcrs}))
+    return Node(root, esp, ev)
+
+
+def series_twice(text: str) -> list[tuple[str, dict[str, str]]]:
+    """Every (name, labels) that is more than one sample of ``text``, as Prometheus's own parser reads
+    them: one identity written twice is one series node_exporter keeps one of (or refuses)."""
+    from collections import Counter
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    seen = Counter(
+        (s.name, tuple(sorted(s.labels.items()))) for fam in text_string_to_metric_families(text) for s in fam.samples
+    )
+    return [(name, dict(labels)) for (name, labels), n in seen.items() if n > 1]
+
+
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -167,8 +219,10 @@ def test_metrics_of_a_node_that_fell_back(fell: tuple[Node, float], tmp_path: Pa
     # the fourth boot (passive) followed three of active
     assert value(got, "bootkeeper_last_fallback_timestamp_seconds") == start + 3 * STEP
     assert value(got, "bootkeeper_boot_timestamp_seconds") == start + 3 * STEP
-    assert value(got, "bootkeeper_extension_placed", extension="good.raw", verdict="passed", reason="none") == 1
-    assert value(got, "bootkeeper_extension_placed", extension="rogue.raw", verdict="refused", reason="signature") == 0
+    good, rogue = {"extension": "good.raw", "file": "/.extra/sysext/good.raw"}, {"extension": "rogue.raw"}
+    assert value(got, "bootkeeper_extension_placed", **good, verdict="passed", reason="none") == 1
+    rogue["file"] = "/.extra/sysext/rogue.raw"
+    assert value(got, "bootkeeper_extension_placed", **rogue, verdict="refused", reason="signature") == 0
     assert len(names(got, "bootkeeper_extension_placed")) == 2
     der = TRUSTED[1].public_bytes(serialization.Encoding.DER)
     info = names(got, "bootkeeper_trust_anchor_info")
@@ -196,7 +250,7 @@ def test_after_a_good_boot_the_fallback_and_refusal_are_gone(fell: tuple[Node, f
     assert value(got, "bootkeeper_boot_blessed", role="active") == 1
     assert value(got, "bootkeeper_boot_state", state="good") == 1
     assert names(got, "bootkeeper_extension_placed") == [
-        {"extension": "good.raw", "reason": "none", "verdict": "passed"}
+        {"extension": "good.raw", "file": "/.extra/sysext/good.raw", "reason": "none", "verdict": "passed"}
     ]
     a = "loader/entries/active.conf"
     assert names(got, "bootkeeper_entry_tries_left") == [] or all(
@@ -314,7 +368,7 @@ def test_rules_are_shipped_printed_and_pass_promtool(tmp_path: Path) -> None:
     p = subprocess.run(
         [promtool(), "check", "rules", str(tmp_path / "alerts.yml")], capture_output=True, text=True, check=False
     )
-    assert p.returncode == 0 and "SUCCESS: 10 rules found" in p.stdout, p.stdout + p.stderr
+    assert p.returncode == 0 and "SUCCESS: 11 rules found" in p.stdout, p.stdout + p.stderr
     p = subprocess.run([promtool(), "test", "rules", str(RULE_TESTS)], capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "SUCCESS" in p.stdout
@@ -477,3 +531,64 @@ def test_a_status_that_cannot_be_gathered_still_writes_the_failure(tmp_path: Pat
     assert value(got, "bootkeeper_source_unreadable", source="status") == 1
     assert value(got, "bootkeeper_status_warnings") == 1
     assert (value(got, "bootkeeper_metrics_timestamp_seconds") or 0) >= time.time() - 60
+
+
+def _twin(tmp: Path) -> Node:
+    node = fallen_back(tmp, time.time() - 3600)
+    entries = node.esp / "loader/entries"
+    shutil.copyfile(entries / "active+0-3.conf", entries / "active+3.conf")
+    return node
+
+
+def _good(tmp: Path) -> Node:
+    return good_boot(fallen_back(tmp / "node", time.time() - 3600), tmp / "fixed", time.time() - 60)
+
+
+def _unread(tmp: Path) -> Node:
+    node = same_names(tmp)
+    (node.root / "oem/90_sysext.yaml").write_text("sysext: [\n")  # the status cannot be gathered
+    return node
+
+
+SCENARIOS: dict[str, Any] = {
+    "fell back": lambda tmp: fallen_back(tmp, time.time() - 3600),
+    "good boot": _good,
+    "stale twin": _twin,
+    "same names": same_names,
+    "status unread": _unread,
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_no_series_is_written_twice(scenario: str, tmp_path: Path) -> None:
+    """Issue 27, class 4, for every family: whatever the node holds, no (name, labels) is two samples
+    of one file (node_exporter keeps one of them, and which one decides whether an alert fires)."""
+    node = SCENARIOS[scenario](tmp_path)
+    r = bk("metrics", *node.args())
+    assert r.stdout.startswith("# HELP"), r.stderr
+    assert series_twice(r.stdout) == []
+    assert len(samples(r.stdout)) > 5  # the check saw the file
+
+
+def test_one_name_in_many_places_is_one_series_per_file(tmp_path: Path) -> None:
+    """The review of issue 27: an image name in /.extra/sysext and /.extra/global_sysext is two files,
+    judged or skipped each (the ``file`` label, where activation found it); two used-up active files
+    are one role fallen back from (``count by (role)`` over a fleet counts nodes); a trust anchor or a
+    PCR a file in /run lists twice is one series."""
+    node = same_names(tmp_path)
+    got = samples(bk("metrics", *node.args()).stdout)
+    placed = names(got, "bootkeeper_extension_placed")
+    assert sorted((x["file"], x["verdict"]) for x in placed) == sorted(
+        [
+            (f"/.extra/sysext/{n}", v)
+            for n, v in zip(SAME_NAMES, ("passed", "refused", "skipped", "skipped"), strict=True)
+        ]
+        + [(f"/.extra/global_sysext/{n}", "skipped") for n in SAME_NAMES]
+    )
+    assert all(x["file"].endswith("/" + x["extension"]) for x in placed), placed
+    assert names(got, "bootkeeper_boot_fallback_from") == [{"role": "active"}]
+    assert value(got, "bootkeeper_boot_fallback", role="passive") == 1
+    assert len(names(got, "bootkeeper_trust_anchor_info")) == 1
+    assert value(got, "bootkeeper_trust_anchors", source="config") == 1
+    assert names(got, "bootkeeper_tpm_pcr_agree") == [{"bank": "sha256", "pcr": "11"}]
+    assert value(got, "bootkeeper_tpm_pcr_agree", bank="sha256", pcr="11") == 0  # one of its rows disagrees

@@ -459,7 +459,7 @@ def test_the_activation_report_reads_back_what_activate_wrote(tmp_path: Path) ->
     rep.images = [
         activate.Outcome("a.raw", "/.extra/sysext/a.raw", True, "passed", signer="CN=fleet"),
         activate.Outcome("b.raw", "/.extra/sysext/b.raw", True, "failed-but-placed", ["unsigned"]),
-        activate.Outcome("c.raw", "/.extra/sysext/c.raw", False, "skipped", ["a symbolic link"]),
+        activate.Outcome("c.raw", "", False, "skipped", ["a symbolic link"], file="/.extra/global_sysext/c.raw"),
     ]
     activate.write_report(tmp_path, rep)
     assert (tmp_path / activate.REPORT).is_file() and activate.REPORT == report.REPORT
@@ -469,7 +469,7 @@ def test_the_activation_report_reads_back_what_activate_wrote(tmp_path: Path) ->
         (
             report.Activated("a.raw", "passed", True, "CN=fleet"),
             report.Activated("b.raw", "failed-but-placed", True, None, ("unsigned",)),
-            report.Activated("c.raw", "skipped", False, None, ("a symbolic link",)),
+            report.Activated("c.raw", "skipped", False, None, ("a symbolic link",), "/.extra/global_sysext/c.raw"),
         ),
     )
     assert got.placed == ("a.raw", "b.raw")

@@ -351,10 +351,13 @@ def test_a_truncated_log_is_one_line_exit_4(uki: Uki, tmp_path: Path) -> None:
 
 
 def test_no_tpm_is_nothing_to_verify(tmp_path: Path) -> None:
+    """No TPM and no result left by an earlier run: exit 3, and no result is written."""
     (tmp_path / "efi/loader").mkdir(parents=True)
+    (tmp_path / "run").mkdir()  # where a result would go
     p = bk("tpm", "verify", "--root", str(tmp_path))
     assert p.returncode == 3, p.stdout + p.stderr
     assert "no TPM event log" in p.stderr
+    assert not (tmp_path / "run/bootkeeper/tpm-verify.json").exists()
 
 
 def test_a_tag_event_decodes_in_messages(uki: Uki, tmp_path: Path) -> None:
@@ -511,3 +514,43 @@ def test_an_input_that_stops_verify_leaves_a_failed_result(uki: Uki, tmp_path: P
     assert u["kind"] == "input" and u["reason"] in p.stderr and f"{log}: offset " in u["reason"], (u, p.stderr)
     got = _metric(root, "bootkeeper_tpm_verify")
     assert "bootkeeper_tpm_verify_agree 0.0" in got and 'bootkeeper_tpm_verify_incomplete{reason="input"} 1.0' in got
+
+
+def test_a_tpm_without_its_event_log_is_a_failed_verification(uki: Uki, tmp_path: Path) -> None:
+    """Review of issue 27, defect 1: a node with a TPM (sys/class/tpm/tpm0) whose event log is gone
+    (removed, securityfs not mounted) cannot be verified. That is a failed verification, recorded with
+    the reason (kind input) and exported as agree 0: not exit 3 with the last good result kept, which
+    metrics went on exporting as agree 1 with its old time."""
+    root = make_root(tmp_path, uki)
+    assert bk("tpm", "verify", "--root", str(root)).returncode == 0
+    assert "bootkeeper_tpm_verify_agree 1.0" in _metric(root, "bootkeeper_tpm_verify_agree")
+    log = root / "sys/kernel/security/tpm0/binary_bios_measurements"
+    log.unlink()
+    p = bk("tpm", "verify", "--root", str(root))
+    assert p.returncode == 7, p.stdout + p.stderr
+    [line] = p.stderr.strip().splitlines()
+    assert f"{log}: no TPM event log" in line and "sys/class/tpm/tpm0" in line, line
+    left = json.loads((root / "run/bootkeeper/tpm-verify.json").read_text())
+    assert left["agree"] is False and left["complete"] is False
+    [u] = left["unverified"]
+    assert u["kind"] == "input" and u["reason"] in line, (u, line)
+    got = _metric(root, "bootkeeper_tpm_verify")
+    assert "bootkeeper_tpm_verify_agree 0.0" in got and 'bootkeeper_tpm_verify_incomplete{reason="input"} 1.0' in got
+
+
+def test_no_tpm_replaces_an_earlier_result_with_a_failed_one(uki: Uki, tmp_path: Path) -> None:
+    """No TPM at all (neither the event log nor sys/class/tpm/tpm0): exit 3, not applicable. A node
+    does not lose its TPM, so a result an earlier run left is not kept agreeing: it becomes a failed
+    one naming why (without one, none is written: test_no_tpm_is_nothing_to_verify)."""
+    root = make_root(tmp_path, uki)
+    assert bk("tpm", "verify", "--root", str(root)).returncode == 0
+    shutil.rmtree(root / "sys/kernel/security")
+    shutil.rmtree(root / "sys/class/tpm")
+    p = bk("tpm", "verify", "--root", str(root))
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert "no TPM event log" in p.stderr
+    left = json.loads((root / "run/bootkeeper/tpm-verify.json").read_text())
+    assert left["agree"] is False and left["complete"] is False
+    [u] = left["unverified"]
+    assert u["kind"] == "input" and "no TPM" in u["reason"] and "earlier tpm verify" in u["reason"], u
+    assert "bootkeeper_tpm_verify_agree 0.0" in _metric(root, "bootkeeper_tpm_verify_agree")

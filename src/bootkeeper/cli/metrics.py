@@ -273,8 +273,11 @@ def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: b
         1.0 if fallbacks else 0.0, role
     )
     skipped = fam("boot_fallback_from", "1 for each role this fallback boot fell back from.", "role")
-    for f in fallbacks:
-        skipped.add(1, str(f.get("role")))
+    # one series per role: history names each bad entry FILE of a role (a used-up twin is a second one),
+    # but what an operator counts is the roles a node fell back from (count by (role) over the fleet);
+    # the files are bootkeeper_entry_state's (issue 27: one identity was written twice)
+    for r in dict.fromkeys(str(f.get("role")) for f in fallbacks):
+        skipped.add(1, r)
     recorded = fam("boot_timestamp_seconds", "When this boot was recorded in the history (history record).")
     if node.history:
         recorded.add(node.history[-1].time)
@@ -284,10 +287,14 @@ def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: b
         last.add(when)
 
     act = ext.activation
+    # one series per image FILE: one name can be in .extra/sysext and .extra/global_sysext (or a store
+    # folder), each judged or skipped on its own; ``file`` (where it was found) keeps them apart
+    # (issue 27: the name alone wrote one identity twice)
     placed = fam(
         "extension_placed",
-        "Per extension at the last activation: 1 placed, 0 not; its verdict and the class of its reason.",
+        "Per extension file at the last activation: 1 placed, 0 not; its verdict and the class of its reason.",
         "extension",
+        "file",
         "verdict",
         "reason",
     )
@@ -298,12 +305,15 @@ def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: b
         fam("activation_info", "1: the mode of the last activation.", "mode").add(1, act.mode or "")
         for i in act.images:
             if i.name is not None:
-                placed.add(1.0 if i.placed else 0.0, i.name, i.verdict or "", ReasonClass.of(i.reasons).value)
+                placed.add(
+                    1.0 if i.placed else 0.0, i.name, i.file or "", i.verdict or "", ReasonClass.of(i.reasons).value
+                )
         by_source: dict[str, int] = {}
-        for a in act.anchors:
-            src = anchor_source(a.source)
+        # one series per (fingerprint, source class): activation keeps one anchor per fingerprint, but
+        # two files of one class (two verity.d certificates) would be one identity if a report said so
+        for fp, src in dict.fromkeys((a.fingerprint or "", anchor_source(a.source)) for a in act.anchors):
             by_source[src] = by_source.get(src, 0) + 1
-            anchor_info.add(1, a.fingerprint or "", src)
+            anchor_info.add(1, fp, src)
         for src, n in sorted(by_source.items()):
             anchors.add(n, src)
         revoked.add(act.revoked)
@@ -315,7 +325,7 @@ def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: b
     )
     if act is not None and act.required is not None and act.required.enforced:
         refused = {n for n, _ in act.required.refused}
-        for name in act.required.names:
+        for name in dict.fromkeys(act.required.names):  # the config refuses a name twice; a report may not
             problem = "refused" if name in refused else "missing" if name in act.required.missing else "none"
             required.add(1.0 if problem == "none" else 0.0, name, problem)
 
@@ -369,7 +379,12 @@ def _tpm_families(fam: Callable[..., Family], tpm: TpmResult | None) -> None:
         for why in TPM_INCOMPLETE:
             incomplete.add(1.0 if why in tpm.incomplete else 0.0, why)
         pcr = fam("tpm_pcr_agree", "1 if this PCR replays and matches the prediction.", "bank", "pcr")
+        # one series per (bank, PCR): verify writes one row each, but the file is read back from /run;
+        # a PCR listed twice agrees only if every row does
+        agrees: dict[tuple[str, int], bool] = {}
         for bank, n, ok in tpm.pcrs:
+            agrees[bank, n] = agrees.get((bank, n), True) and ok
+        for (bank, n), ok in agrees.items():
             pcr.add(1.0 if ok else 0.0, bank, str(n))
 
 

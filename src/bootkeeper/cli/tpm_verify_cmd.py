@@ -3,6 +3,7 @@ what the ESP predicts for the entry that booted (see :mod:`bootkeeper.measure.ve
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,7 @@ def _esp(esp: Path | None, root: Path, find_esp: Any) -> Path:
     raise EspError(f"no ESP found under {root} (efi, boot/efi, boot); pass --esp DIR")
 
 
-def _leave_result(root: Path, result: dict[str, Any]) -> None:
+def _leave_result(root: Path, result: Report) -> None:
     """The result for ``bootkeeper metrics`` (its TPM series and the TpmVerifyFailed alert), written
     atomically to ROOT/run/bootkeeper/tpm-verify.json; a root without /run keeps none. Failing to
     write it is a warning: the verdict on stdout and the exit code stand."""
@@ -62,7 +63,7 @@ def _leave_result(root: Path, result: dict[str, Any]) -> None:
         return
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fsutil.write_atomic(dest, (json.dumps(result, indent=2) + "\n").encode())
+        fsutil.write_atomic(dest, (json.dumps(result.to_json(), indent=2) + "\n").encode())
     except OSError as exc:
         echo(f"bootkeeper: warning: {dest}: not written ({exc.strerror or exc})", err=True)
 
@@ -84,20 +85,32 @@ def verify(
     """Replay the TPM event log against the live PCRs, find the booted entry, and compare what
     systemd-stub logged into PCRs 11, 12 and 13 with the ESP's prediction for it. Exit 0 when all
     agree, 1 with findings (and when an entry cannot be predicted)."""
-    from bootkeeper.errors import ExitCode, InputError, NotApplicableError
+    from bootkeeper.cli.metrics import TPM_VERIFY
+    from bootkeeper.errors import ExitCode, InputError, NotApplicableError, UnreadableError
     from bootkeeper.measure import verify as verify_mod
 
     log_path = root / FIRMWARE_LOG
-    if not log_path.exists():
-        raise NotApplicableError(f"{log_path}: no TPM event log (no TPM, or securityfs not mounted)")
+    tpm = root / LIVE_PCRS
+    if not os.path.lexists(log_path) and not os.path.lexists(tpm):
+        # no TPM at all: nothing to verify, and no result is written. A result an earlier run left is
+        # replaced by a failed one (a node does not lose its TPM: a result there that this run cannot
+        # back is not kept agreeing, issue 27); with none there, none is written
+        why = f"{log_path}: no TPM event log and no {tpm} (no TPM)"
+        if os.path.lexists(root / TPM_VERIFY):
+            _leave_result(root, verify_mod.failed(f"{why}; an earlier tpm verify left a result"))
+        raise NotApplicableError(why)
     try:
+        if not os.path.lexists(log_path):
+            # a TPM without its event log (securityfs not mounted, the file removed) cannot be
+            # verified: a failed verification with the reason, never the last result kept (issue 27)
+            raise UnreadableError(f"{log_path}: no TPM event log, but {tpm} is there (is securityfs mounted?)")
         report = _verify(root, esp, expect_path, config_files)
     except InputError as exc:
         # a verification that cannot complete is a failed one: left for metrics (agree 0, the reason),
         # then the error's exit code; never no result, which would keep the alert silent
-        _leave_result(root, verify_mod.failed(str(exc)).to_json())
+        _leave_result(root, verify_mod.failed(str(exc)))
         raise
-    _leave_result(root, report.to_json())
+    _leave_result(root, report)
     if as_json:
         print_json(report.to_json())
     else:

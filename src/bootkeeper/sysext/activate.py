@@ -77,6 +77,10 @@ class Outcome:
     root_hash: str | None = None
     qualified_as: str | None = None
     seconds: float = 0.0
+    # where it was found, from the root (/.extra/sysext/a.raw, a store folder's link): one per entry of
+    # the source folders, where ``name`` is not (one name can be in .extra/sysext and .extra/global_sysext,
+    # and ``source`` is empty for a skip) — metrics' series identity (issue 27)
+    file: str = ""
 
     def line(self) -> str:
         """One journal line; every part escaped (names and subjects come from the ESP)."""
@@ -135,14 +139,16 @@ def _previous(root: Path) -> list[str]:
 
 def _candidates(
     sources: list[Path | tuple[Any, str]],
-) -> list[tuple[str, Path | None, str | None]]:
-    """(name, path, why-skipped) for every entry of the source folders, first folder wins. A source
+) -> list[tuple[str, Path | None, str | None, Path]]:
+    """(name, path, why-skipped, where found) for every entry of the source folders, first folder wins
+    (where found: the entry in its folder, a link for the store; the folder itself when it cannot be
+    listed). A source
     is a folder of images, or (LinkStore, folder) for a folder of links into the persistent store:
     a link that is not exactly ``../<image>`` of a regular file there is skipped with its reason."""
     from bootkeeper.errors import UsageError
     from bootkeeper.sysext.deploy import check_name
 
-    out: list[tuple[str, Path | None, str | None]] = []
+    out: list[tuple[str, Path | None, str | None, Path]] = []
     seen: set[str] = set()
     for source in sources:
         found: list[tuple[str, Path, str | None]] = []
@@ -155,32 +161,33 @@ def _candidates(
             d = label = source
             try:
                 if d.is_symlink():
-                    out.append((d.name, None, f"{d}: source folder is a symbolic link; not followed"))
+                    out.append((d.name, None, f"{d}: source folder is a symbolic link; not followed", d))
                     continue
                 names = sorted(os.listdir(d))
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                out.append((d.name, None, f"{d}: cannot list ({exc.strerror})"))
+                out.append((d.name, None, f"{d}: cannot list ({exc.strerror})", d))
                 continue
             found = [(n, d / n, None) for n in names if not fsutil.is_temporary(n) and n.endswith(".raw")]
         for n, p, problem in found:  # systemd-stub only passes *.raw; nothing else is an image
+            at = label / n
             if problem is not None:
-                out.append((n, None, problem))
+                out.append((n, None, problem, at))
                 continue
             if n.endswith(".confext.raw"):  # systemd-stub hands these to /.extra/confext
-                out.append((n, None, f"{label / n}: {CONFEXT_SKIPPED}"))
+                out.append((n, None, f"{at}: {CONFEXT_SKIPPED}", at))
                 continue
             if n in seen:
-                out.append((n, None, f"{label / n}: an image of this name came from an earlier folder"))
+                out.append((n, None, f"{at}: an image of this name came from an earlier folder", at))
                 continue
             seen.add(n)
             try:
                 check_name(n)
             except UsageError as exc:
-                out.append((n, None, str(exc)))
+                out.append((n, None, str(exc), at))
                 continue
-            out.append((n, p, None))
+            out.append((n, p, None, at))
     return out
 
 
@@ -267,7 +274,9 @@ def activate(
     skips, outcomes, pending = _take_stock(jobs)
     judged, freed = _rounds(pending, dest, rules)
     outcomes.update(judged)
-    report.images = [skips[i] if i in skips else outcomes[name] for i, (name, _, _) in enumerate(jobs)]
+    report.images = [skips[i] if i in skips else outcomes[name] for i, (name, _, _, _) in enumerate(jobs)]
+    for o, (_, _, _, at) in zip(report.images, jobs, strict=True):
+        o.file = _from_root(root, at)
     report.removed = [n for n in freed if not outcomes[n].placed]
     if log is not None:
         for o in report.images:
@@ -338,8 +347,16 @@ def _residents(root: Path, rules: _Rules, log: Callable[[str], None] | None) -> 
     return extdirs.sweep(root, judge, move=True, log=log)
 
 
+def _from_root(root: Path, p: Path) -> str:
+    """``p`` as the node sees it (``/.extra/sysext/a.raw``), the same under any ``--root``."""
+    try:
+        return "/" + str(p.relative_to(root))
+    except ValueError:
+        return str(p)
+
+
 def _take_stock(
-    jobs: list[tuple[str, Path | None, str | None]],
+    jobs: list[tuple[str, Path | None, str | None, Path]],
 ) -> tuple[dict[int, Outcome], dict[str, Outcome], list[_Job]]:
     """The skipped (by job: one name may be skipped in one folder, judged from another), the refused
     unopened (by name: the names judged are unique, see _candidates), and the jobs to copy and judge,
@@ -347,7 +364,7 @@ def _take_stock(
     skips: dict[int, Outcome] = {}
     outcomes: dict[str, Outcome] = {}
     pending: list[_Job] = []
-    for i, (name, src, skipped) in enumerate(jobs):
+    for i, (name, src, skipped, _) in enumerate(jobs):
         if src is None:
             skips[i] = Outcome(name, "", False, "skipped", [skipped or "skipped"])
             continue

@@ -25,6 +25,7 @@ class Activated:
     placed: bool | None
     signer: str | None
     reasons: tuple[str, ...] = ()  # activate's one-line reasons (free text: metrics reduce them to a class)
+    file: str | None = None  # where it was found (/.extra/sysext/a.raw): one per image file, unlike name
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "verdict": self.verdict, "placed": self.placed, "signer": self.signer}
@@ -65,6 +66,7 @@ def read(root: Path) -> Activation | None:
                 img.get("placed"),
                 img.get("signer"),
                 tuple(str(r) for r in img.get("reasons") or ()),
+                img.get("file") or None,
             )
             for img in doc.get("images", [])
         )
