@@ -547,16 +547,19 @@ class PcrlockPolicy:
 def pcrlock_policy(root: Path) -> PcrlockPolicy:
     """The node's pcrlock policy file, read for its ``pcrValues``. Missing, unreadable or malformed:
     pcrlock's default PCRs, so that what cannot be read gates more, never less."""
-    from bootkeeper.fsutil import under
+    from bootkeeper.errors import UnreadableError
+    from bootkeeper.fsutil import read_bounded, under
 
     path = under(root, PCRLOCK_POLICY)
     default = f"systemd-pcrlock's default PCRs ({path} "
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, MAX_METADATA, "a pcrlock policy")
     except FileNotFoundError:
         return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + "is not there)")
     except OSError as exc:
         return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"cannot be read: {exc.strerror or exc})")
+    except UnreadableError as exc:  # not a regular file, or larger than any policy
+        return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"cannot be read: {exc})")
     try:
         obj = untrusted.load_json(raw, "pcrlock policy", MAX_METADATA)
         values = obj["pcrValues"]
