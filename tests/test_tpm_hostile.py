@@ -260,3 +260,65 @@ def test_a_zero_filled_linux_as_ukify_writes_it_still_predicts(tmp_path: Path) -
     assert p.returncode == 0, p.stderr
     (entry,) = json.loads(p.stdout)["entries"]
     assert any("(8388608 bytes)" in ev["what"] for ev in entry["events"] if ev["pcr"] == 11)
+
+
+def profiled(sections: list[tuple[bytes, bytes]], linux_vsize: int) -> bytes:
+    """A stand-in UKI of ``sections`` (``.profile`` ones included) whose every ``.linux`` claims
+    ``linux_vsize`` bytes of VirtualSize."""
+    data = bytearray(scratch.stand_in_uki(tuple(sections)))
+    pe_off = struct.unpack_from("<I", data, 0x3C)[0]
+    n = struct.unpack_from("<H", data, pe_off + 6)[0]
+    opt = struct.unpack_from("<H", data, pe_off + 20)[0]
+    for i in range(n):
+        at = pe_off + 24 + opt + 40 * i
+        if data[at : at + 8].rstrip(b"\0") == b".linux":
+            struct.pack_into("<I", data, at + 8, linux_vsize)
+    return bytes(data)
+
+
+def test_the_bound_is_the_files_across_its_profiles(tmp_path: Path) -> None:
+    """Three .linux sections (the base one and two profiles' own), each under the bound and each
+    profile's set under it, together over it: the firmware loads them all, so the file is refused
+    by every verb, whichever profile it is asked about (it was bounded per profile)."""
+    from bootkeeper.measure.uki import MAX_ZERO_FILL
+
+    osrel = OSREL.format(v=2).encode()
+    secs = [(b".linux", b"kernel"), (b".osrel", osrel)]
+    for i in (1, 2):
+        secs += [(b".profile", f"ID=p{i}\nTITLE=p{i}\n".encode()), (b".linux", b"kernel%d" % i)]
+    data = profiled(secs, MAX_ZERO_FILL // 2 + 4096)
+    assert len(data) < 8192
+    e = esp_with(tmp_path, active=data)
+    words = ["active+3.efi", "section .linux claims VirtualSize", "(all profiles)", f"more than the {MAX_ZERO_FILL}"]
+    one_line_error(bk("tpm", "predict", "--esp", e), 4, *words)
+    one_line_error(bk("tpm", "pcrlock", "--esp", e, "--dest", tmp_path / "pcrlock.d"), 4, *words)
+    one_line_error(bk("tpm", "sign-policy", "--esp", e, "--entry", "active", "--print-digests"), 4, *words)
+    assert not (tmp_path / "pcrlock.d").exists()
+
+
+def test_profiles_sharing_a_zero_filled_linux_hash_it_once(tmp_path: Path) -> None:
+    """The reviewer's 53 KiB UKI: a base .linux of 250 MiB (under the bound) and 94 profiles that all
+    use it. Every profile's prediction has that section's digest, but it is hashed once: the verb
+    runs under a CPU-time limit that 94 x 250 MiB of SHA-256 (about 24 s of CPU) would cross."""
+    import hashlib
+
+    vsize = 250 << 20
+    secs = [(b".linux", b"kernel"), (b".osrel", OSREL.format(v=2).encode())]
+    secs += [(b".profile", f"ID=p{i}\nTITLE=p{i}\n".encode()) for i in range(94)]
+    data = profiled(secs, vsize)
+    assert len(data) < 64 << 10
+    e = esp_with(tmp_path, active=data)
+    linux = hashlib.sha256(b"kernel" + bytes(vsize - 6)).hexdigest()  # the stub's view: the bytes, then zeros
+    p = subprocess.run(
+        ["prlimit", "--cpu=8", sys.executable, "-m", "bootkeeper", "tpm", "predict", "--esp", e, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=GUARD,
+    )
+    assert p.returncode == 0, (p.returncode, p.stderr[-500:])
+    entries = json.loads(p.stdout)["entries"]
+    assert len(entries) == 94  # profile 0 is the entry itself, then @p1 .. @p93
+    for entry in entries:
+        (ev,) = [ev for ev in entry["events"] if ev["pcr"] == 11 and f"({vsize} bytes)" in ev["what"]]
+        assert ev["digests"]["sha256"] == linux, entry["entry"]
