@@ -322,3 +322,44 @@ def test_profiles_sharing_a_zero_filled_linux_hash_it_once(tmp_path: Path) -> No
     for entry in entries:
         (ev,) = [ev for ev in entry["events"] if ev["pcr"] == 11 and f"({vsize} bytes)" in ev["what"]]
         assert ev["digests"]["sha256"] == linux, entry["entry"]
+
+
+# --- item 7: a FIFO (or other non-regular file) where the verbs read a file ------------------------
+
+FIFO_GUARD = 30  # s: a FIFO nobody writes to blocks a blocking open() forever
+
+
+def bk_fifo(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bootkeeper", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=FIFO_GUARD,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.mark.parametrize("name", ["c.raw", "c.confext.raw", "c.cred", "c.addon.efi"])
+def test_a_fifo_in_extra_d_is_refused_not_waited_on(tmp_path: Path, name: str) -> None:
+    """Every file the stub would pack (or load, an addon) from .extra.d is opened without blocking and
+    refused unless regular: predict and pcrlock say so in one line (it used to hang on open())."""
+    e = esp_with(tmp_path, active=uki(OSREL.format(v=1)))
+    extra = e / "EFI" / "Linux" / "active.efi.extra.d"  # the counter is not part of it
+    extra.mkdir()
+    (extra / "a.raw").write_bytes(b"a regular extension")
+    os.mkfifo(extra / name)
+    words = [f"EFI/Linux/active.efi.extra.d/{name}", "not a regular file (a FIFO); not read"]
+    one_line_error(bk_fifo("tpm", "predict", "--esp", e), 7, *words)
+    one_line_error(bk_fifo("tpm", "pcrlock", "--esp", e, "--dest", tmp_path / "pcrlock.d"), 7, *words)
+    assert not (tmp_path / "pcrlock.d").exists()
+
+
+def test_a_fifo_for_a_global_addon_or_credential_is_refused(tmp_path: Path) -> None:
+    e = esp_with(tmp_path, active=uki(OSREL.format(v=1)))
+    for folder, name in (("loader/addons", "x.addon.efi"), ("loader/credentials", "x.cred")):
+        (e / folder).mkdir(parents=True)
+        os.mkfifo(e / folder / name)
+        one_line_error(bk_fifo("tpm", "predict", "--esp", e), 7, f"{folder}/{name}", "not a regular file (a FIFO)")
+        (e / folder / name).unlink()
+    assert bk_fifo("tpm", "predict", "--esp", e).returncode == 0
