@@ -363,3 +363,59 @@ def test_a_fifo_for_a_global_addon_or_credential_is_refused(tmp_path: Path) -> N
         one_line_error(bk_fifo("tpm", "predict", "--esp", e), 7, f"{folder}/{name}", "not a regular file (a FIFO)")
         (e / folder / name).unlink()
     assert bk_fifo("tpm", "predict", "--esp", e).returncode == 0
+
+
+# --- whole-file reads: bounded before anything is held -----------------------------------------
+
+AS_LIMIT = "--as=1500000000"  # bytes of address space: a whole read of a 2 GiB file cannot fit
+
+
+def sparse(path: Path, size: int = 2 << 30) -> Path:
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+def limited(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["prlimit", AS_LIMIT, sys.executable, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=GUARD,
+    )
+
+
+@pytest.mark.parametrize("option", ["--signatures", "--public-key"])
+def test_sign_policy_an_operator_file_of_2_gib_is_refused_unread(tmp_path: Path, rsa_pub: bytes, option: str) -> None:
+    """fsutil.read_input, every file an operator names (keys, --signatures, --expect, certificates):
+    at most its limit + 1 bytes are read (it read the file whole: MemoryError, exit 70)."""
+    from bootkeeper.fsutil import INPUT_LIMIT
+
+    u = tmp_path / "u.efi"
+    u.write_bytes(uki(OSREL.format(v=1)))
+    sigs, pub = tmp_path / "sigs.json", tmp_path / "pub.pem"
+    sigs.write_text('["AA=="]')
+    pub.write_bytes(rsa_pub)
+    big = sparse(sigs if option == "--signatures" else pub)
+    p = limited("-m", "bootkeeper", "tpm", "sign-policy", "--uki", u, "--signatures", sigs, "--public-key", pub)
+    one_line_error(p, 7, f"{big}: {2 << 30} bytes, more than the {INPUT_LIMIT} bytes")
+
+
+def test_a_pcrlock_policy_of_2_gib_gates_as_pcrlocks_default(tmp_path: Path) -> None:
+    """The node's pcrlock.json (read by the extension gate) is bounded before it is read: one of
+    2 GiB is "cannot be read", which gates on pcrlock's default PCRs (it was read whole)."""
+    from bootkeeper.measure.luks import MAX_METADATA, PCRLOCK_POLICY
+
+    root = tmp_path / "root"
+    policy = root / PCRLOCK_POLICY
+    policy.parent.mkdir(parents=True)
+    sparse(policy)
+    code = (
+        "import pathlib; from bootkeeper.measure import luks; "
+        f"print(luks.pcrlock_policy(pathlib.Path({str(root)!r})).source)"
+    )
+    p = limited("-c", code)
+    assert p.returncode == 0, (p.returncode, p.stderr[-800:])
+    assert p.stdout.startswith(f"systemd-pcrlock's default PCRs ({policy} cannot be read: "), p.stdout
+    assert f"{2 << 30} bytes, more than the {MAX_METADATA} bytes" in p.stdout, p.stdout
