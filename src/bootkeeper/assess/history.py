@@ -19,7 +19,9 @@ A boot without a verdict did not reach boot-complete.target (or bless failed). L
 ``O_APPEND`` and fsynced; a torn last line after a power cut is skipped with a warning. The file is
 bounded: past :data:`LIMIT` bytes it is rewritten (temporary file, fsync, rename) with the newest
 :data:`KEEP` boots and at most :data:`KEEP_UPGRADES` upgrades; an upgrade record holds at most
-:data:`MAX_EXTENSIONS` images per set and :data:`MAX_FIELD` characters per field.
+:data:`MAX_EXTENSIONS` images per set and :data:`MAX_FIELD` characters per field. Readers read only
+its newest :data:`READ_LIMIT` bytes (a larger file was not written by :func:`append`; the older part is
+dropped by the next compaction), never the whole file.
 """
 
 from __future__ import annotations
