@@ -199,20 +199,21 @@ def sha256_fd(fd: int, size: int | None = None) -> str:
     return h.hexdigest()
 
 
-def open_input(path: Path, what: str | None = None) -> int:
+def open_input(path: Path, what: str | None = None, follow: bool = False) -> int:
     """A file bootkeeper reads, opened never through a symbolic link and never blocking: a link there,
     a FIFO, socket or device (opened ``O_NONBLOCK``, then refused unless ``fstat`` says a regular
     file: a FIFO named ``*.raw`` would otherwise hang the reader until some writer came), or any
     other failure to open it, is an :class:`~bootkeeper.errors.UnreadableError` naming it (``what``,
     or the path; exit 7, unreadable input), not the bare ``OSError`` (ELOOP) the CLI would report as
-    a failed write (exit 6)."""
+    a failed write (exit 6). ``follow``: a link is followed (to a regular file, all the same)."""
     from bootkeeper.errors import UnreadableError
 
     name = what or str(path)
+    nofollow = 0 if follow else os.O_NOFOLLOW
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = os.open(path, os.O_RDONLY | nofollow | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
-        if os.path.islink(path):
+        if not follow and os.path.islink(path):
             raise UnreadableError(f"{name}: a symbolic link; not followed") from exc
         raise UnreadableError(f"{name}: cannot read ({exc.strerror or exc})") from exc
     try:
@@ -239,9 +240,27 @@ def _kind(mode: int) -> str:
     return f"mode {mode:o}"
 
 
-def open_regular(path: Path, what: str | None = None) -> BinaryIO:
+def open_regular(path: Path, what: str | None = None, follow: bool = False) -> BinaryIO:
     """:func:`open_input` as a binary file object (``with fsutil.open_regular(p) as f``)."""
-    return os.fdopen(open_input(path, what), "rb")
+    return os.fdopen(open_input(path, what, follow), "rb")
+
+
+def open_nonblocking(path: Path) -> BinaryIO:
+    """A file opened as ``path.open("rb")`` does (links followed), but never blocking: anything but a
+    regular file is the ``OSError`` its callers already turn into "cannot be read" (``EINVAL``, "not a
+    regular file (a FIFO)"), never an open() that waits for a writer."""
+    import errno
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"not a regular file ({_kind(mode)})", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 def read_bounded(path: Path, limit: int, what: str = "", name: str | None = None) -> bytes:

@@ -209,10 +209,18 @@ LUKS_MAGIC = b"LUKS\xba\xbe"
 def dump_metadata(device: Path) -> str:
     """``cryptsetup luksDump --dump-json-metadata``, after a look at the header so that a file that
     is no LUKS2 volume gets a one-line reason and not cryptsetup's."""
+    import os
+    import stat
+
     from bootkeeper.run import check_tool, run
 
     try:
-        with device.open("rb") as f:
+        # never blocking: a FIFO given as a volume must not hang the verb; a block device or an image file
+        fd = os.open(device, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise UnreadableError(f"{device}: cannot read (neither a block device nor a file)")
             head = f.read(8)
     except OSError as exc:
         raise UnreadableError(f"{device}: cannot read ({exc.strerror or exc})") from exc

@@ -206,7 +206,8 @@ def booted_files(folder: Path, suffix: str = ".raw", exclude: str | None = ".con
         h = hashlib.sha256()
         size = 0
         try:
-            with fsutil.open_regular(m.path) as f:  # a FIFO here must not hang the verdict
+            # a FIFO here must not hang the verdict; a link is followed (a folder the initrd kept)
+            with fsutil.open_regular(m.path, follow=True) as f:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
                     size += len(chunk)
