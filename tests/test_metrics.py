@@ -516,6 +516,13 @@ def test_a_sparse_2_gib_tpm_verify_result_is_a_failed_verification_not_a_read(tm
     got = samples(out.read_text())
     assert value(got, "bootkeeper_tpm_verify_agree") == 0
     assert value(got, "bootkeeper_tpm_verify_incomplete", reason="result") == 1
+    # a FIFO there is not waited on (read_bytes() blocked in open() until some writer came)
+    result.unlink()
+    os.mkfifo(result)
+    r = bk_limited("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "-o", str(out))
+    assert r.returncode == 0, (r.returncode, r.stderr[-1000:])
+    assert f"{result}: not a regular file (a FIFO); not read" in r.stderr, r.stderr
+    assert value(samples(out.read_text()), "bootkeeper_tpm_verify_agree") == 0
 
 
 def test_a_sparse_2_gib_boot_history_is_read_from_its_tail(tmp_path: Path) -> None:

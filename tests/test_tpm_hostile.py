@@ -419,3 +419,12 @@ def test_a_pcrlock_policy_of_2_gib_gates_as_pcrlocks_default(tmp_path: Path) -> 
     assert p.returncode == 0, (p.returncode, p.stderr[-800:])
     assert p.stdout.startswith(f"systemd-pcrlock's default PCRs ({policy} cannot be read: "), p.stdout
     assert f"{2 << 30} bytes, more than the {MAX_METADATA} bytes" in p.stdout, p.stdout
+
+
+def test_a_fifo_named_as_the_luks_volume_is_refused(tmp_path: Path) -> None:
+    """A LUKS volume (tpm audit DEVICE: a block device or an image file) is opened without blocking
+    too: a FIFO gets one line (it hung in open())."""
+    fifo = tmp_path / "volume"
+    os.mkfifo(fifo)
+    e = esp_with(tmp_path, active=uki(OSREL.format(v=1)))
+    one_line_error(bk_fifo("tpm", "audit", fifo, "--esp", e), 7, str(fifo), "neither a block device nor a file")
