@@ -428,3 +428,18 @@ def test_a_fifo_named_as_the_luks_volume_is_refused(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     e = esp_with(tmp_path, active=uki(OSREL.format(v=1)))
     one_line_error(bk_fifo("tpm", "audit", fifo, "--esp", e), 7, str(fifo), "neither a block device nor a file")
+
+
+def test_a_link_the_operator_names_is_still_followed(tmp_path: Path) -> None:
+    """read_input bounds and refuses FIFOs, but a link the operator names (/etc/os-release is one to
+    ../usr/lib/os-release) is followed, as before; a link to a FIFO is refused all the same."""
+    from bootkeeper import fsutil
+    from bootkeeper.errors import UnreadableError
+
+    (tmp_path / "os-release.real").write_text("ID=kairos\n")
+    (tmp_path / "os-release").symlink_to("os-release.real")
+    assert fsutil.read_input_text(tmp_path / "os-release", "the os-release") == "ID=kairos\n"
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "to-fifo").symlink_to("fifo")
+    with pytest.raises(UnreadableError, match="not a regular file"):
+        fsutil.read_input(tmp_path / "to-fifo")

@@ -25,13 +25,13 @@ INPUT_LIMIT = 64 << 20  # bytes: the largest file a user names that bootkeeper r
 
 
 def read_input(path: Path, what: str = "", limit: int = INPUT_LIMIT) -> bytes:
-    """A file the user named, whole, through :func:`read_bounded` (regular, never a link, at most
+    """A file the user named, whole, through :func:`read_bounded` (regular, a link followed, at most
     ``limit`` bytes); anything that stops it being read is an :class:`UnreadableError` naming the
     file (and ``what`` it was to be), so every verb gives the same line and exit code."""
     from bootkeeper.errors import UnreadableError
 
     try:
-        return read_bounded(path, limit, what)
+        return read_bounded(path, limit, what, follow=True)  # a link the user names is followed (/etc/os-release)
     except FileNotFoundError as exc:
         raise UnreadableError(f"{path}: cannot read{' ' + what if what else ''} ({exc.strerror})") from exc
 
@@ -263,7 +263,7 @@ def open_nonblocking(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-def read_bounded(path: Path, limit: int, what: str = "", name: str | None = None) -> bytes:
+def read_bounded(path: Path, limit: int, what: str = "", name: str | None = None, follow: bool = False) -> bytes:
     """A file read whole through :func:`open_input`, but never more than ``limit`` bytes: at most
     ``limit + 1`` are read, and a file that has more is an :class:`~bootkeeper.errors.UnreadableError`
     naming it and the limit, before anything is held in memory (a sparse 2 GiB file costs nothing
@@ -274,7 +274,7 @@ def read_bounded(path: Path, limit: int, what: str = "", name: str | None = None
     label = name or str(path)
     if not os.path.lexists(path):
         raise FileNotFoundError(2, "No such file or directory", str(path))
-    fd = open_input(path, label)
+    fd = open_input(path, label, follow)
     try:
         size = os.fstat(fd).st_size
         if size > limit:
