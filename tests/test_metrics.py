@@ -592,3 +592,75 @@ def test_one_name_in_many_places_is_one_series_per_file(tmp_path: Path) -> None:
     assert value(got, "bootkeeper_trust_anchors", source="config") == 1
     assert names(got, "bootkeeper_tpm_pcr_agree") == [{"bank": "sha256", "pcr": "11"}]
     assert value(got, "bootkeeper_tpm_pcr_agree", bank="sha256", pcr="11") == 0  # one of its rows disagrees
+
+
+AS_LIMIT = "--as=1500000000"  # bytes of address space: reading a 2 GiB file whole cannot fit
+
+
+def bk_limited(*args: str) -> subprocess.CompletedProcess[str]:
+    """A verb under a 1.5 GB address-space limit (prlimit, util-linux): a whole read of a 2 GiB file
+    is MemoryError, exit 70, where the file is bounded before it is read."""
+    return subprocess.run(
+        ["prlimit", AS_LIMIT, sys.executable, "-m", "bootkeeper", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_a_sparse_2_gib_tpm_verify_result_is_a_failed_verification_not_a_read(tmp_path: Path) -> None:
+    """tpm-verify.json is read through the bounded reader: a 2 GiB file (sparse: it costs nothing to
+    make) is refused before it is read, and the metrics file is written with the failure exported
+    (it was read whole: MemoryError, exit 70, no file written)."""
+    from bootkeeper.cli.metrics import TPM_VERIFY_LIMIT
+
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    simulate(EspStore(esp), BootAssessment(), [], 1, history_root=root, start_time=1795000000.0)
+    result = root / "run/bootkeeper/tpm-verify.json"
+    result.parent.mkdir(parents=True)
+    with result.open("wb") as f:
+        f.truncate(2 << 30)
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    out = tmp_path / "bootkeeper.prom"
+    r = bk_limited("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "-o", str(out))
+    assert r.returncode == 0, (r.returncode, r.stderr[-1000:])
+    assert "Traceback" not in r.stderr
+    assert f"{result}: {2 << 30} bytes, more than the {TPM_VERIFY_LIMIT} bytes" in r.stderr, r.stderr
+    got = samples(out.read_text())
+    assert value(got, "bootkeeper_tpm_verify_agree") == 0
+    assert value(got, "bootkeeper_tpm_verify_incomplete", reason="result") == 1
+    # a FIFO there is not waited on (read_bytes() blocked in open() until some writer came)
+    result.unlink()
+    os.mkfifo(result)
+    r = bk_limited("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "-o", str(out))
+    assert r.returncode == 0, (r.returncode, r.stderr[-1000:])
+    assert f"{result}: not a regular file (a FIFO); not read" in r.stderr, r.stderr
+    assert value(samples(out.read_text()), "bootkeeper_tpm_verify_agree") == 0
+
+
+def test_a_sparse_2_gib_boot_history_is_read_from_its_tail(tmp_path: Path) -> None:
+    """boots.jsonl is kept near 256 KiB by its own compaction; one of 2 GiB was not written by it: its
+    newest 4 MiB are read (with a warning), never the whole file (MemoryError, exit 70, under the
+    limit; 20 s for status without it)."""
+    from bootkeeper.assess import history
+
+    root = tmp_path / "root"
+    esp = scratch.make(tmp_path / "esp")
+    simulate(EspStore(esp), BootAssessment(), [], 1, history_root=root, start_time=1795000000.0)
+    boots = root / history.HISTORY
+    tail = boots.read_bytes()
+    with boots.open("r+b") as f:
+        f.truncate(2 << 30)
+        f.seek((2 << 30) - len(tail) - 1)
+        f.write(b"\n" + tail)  # the real lines at its end, 2 GiB of NULs before them
+    ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\active+2-1.conf")
+    out = tmp_path / "bootkeeper.prom"
+    r = bk_limited("metrics", "--root", str(root), "--esp", str(esp), "--efivars", str(ev), "-o", str(out))
+    assert r.returncode == 0, (r.returncode, r.stderr[-1000:])
+    got = samples(out.read_text())
+    assert value(got, "bootkeeper_boot_timestamp_seconds") == 1795000000.0  # from the tail's boot line
+    s = bk_limited("status", "--root", str(root), "--esp", str(esp), "--efivars", str(ev))
+    assert s.returncode in (0, 1), (s.returncode, s.stderr[-1000:])
+    assert f"{boots}: {2 << 30} bytes, more than the {history.READ_LIMIT} read" in s.stdout + s.stderr

@@ -260,3 +260,186 @@ def test_a_zero_filled_linux_as_ukify_writes_it_still_predicts(tmp_path: Path) -
     assert p.returncode == 0, p.stderr
     (entry,) = json.loads(p.stdout)["entries"]
     assert any("(8388608 bytes)" in ev["what"] for ev in entry["events"] if ev["pcr"] == 11)
+
+
+def profiled(sections: list[tuple[bytes, bytes]], linux_vsize: int) -> bytes:
+    """A stand-in UKI of ``sections`` (``.profile`` ones included) whose every ``.linux`` claims
+    ``linux_vsize`` bytes of VirtualSize."""
+    data = bytearray(scratch.stand_in_uki(tuple(sections)))
+    pe_off = struct.unpack_from("<I", data, 0x3C)[0]
+    n = struct.unpack_from("<H", data, pe_off + 6)[0]
+    opt = struct.unpack_from("<H", data, pe_off + 20)[0]
+    for i in range(n):
+        at = pe_off + 24 + opt + 40 * i
+        if data[at : at + 8].rstrip(b"\0") == b".linux":
+            struct.pack_into("<I", data, at + 8, linux_vsize)
+    return bytes(data)
+
+
+def test_the_bound_is_the_files_across_its_profiles(tmp_path: Path) -> None:
+    """Three .linux sections (the base one and two profiles' own), each under the bound and each
+    profile's set under it, together over it: the firmware loads them all, so the file is refused
+    by every verb, whichever profile it is asked about (it was bounded per profile)."""
+    from bootkeeper.measure.uki import MAX_ZERO_FILL
+
+    osrel = OSREL.format(v=2).encode()
+    secs = [(b".linux", b"kernel"), (b".osrel", osrel)]
+    for i in (1, 2):
+        secs += [(b".profile", f"ID=p{i}\nTITLE=p{i}\n".encode()), (b".linux", b"kernel%d" % i)]
+    data = profiled(secs, MAX_ZERO_FILL // 2 + 4096)
+    assert len(data) < 8192
+    e = esp_with(tmp_path, active=data)
+    words = ["active+3.efi", "section .linux claims VirtualSize", "(all profiles)", f"more than the {MAX_ZERO_FILL}"]
+    one_line_error(bk("tpm", "predict", "--esp", e), 4, *words)
+    one_line_error(bk("tpm", "pcrlock", "--esp", e, "--dest", tmp_path / "pcrlock.d"), 4, *words)
+    one_line_error(bk("tpm", "sign-policy", "--esp", e, "--entry", "active", "--print-digests"), 4, *words)
+    assert not (tmp_path / "pcrlock.d").exists()
+
+
+def test_profiles_sharing_a_zero_filled_linux_hash_it_once(tmp_path: Path) -> None:
+    """The reviewer's 53 KiB UKI: a base .linux of 250 MiB (under the bound) and 94 profiles that all
+    use it. Every profile's prediction has that section's digest, but it is hashed once: the verb
+    runs under a CPU-time limit that 94 x 250 MiB of SHA-256 (about 24 s of CPU) would cross."""
+    import hashlib
+
+    vsize = 250 << 20
+    secs = [(b".linux", b"kernel"), (b".osrel", OSREL.format(v=2).encode())]
+    secs += [(b".profile", f"ID=p{i}\nTITLE=p{i}\n".encode()) for i in range(94)]
+    data = profiled(secs, vsize)
+    assert len(data) < 64 << 10
+    e = esp_with(tmp_path, active=data)
+    linux = hashlib.sha256(b"kernel" + bytes(vsize - 6)).hexdigest()  # the stub's view: the bytes, then zeros
+    p = subprocess.run(
+        ["prlimit", "--cpu=8", sys.executable, "-m", "bootkeeper", "tpm", "predict", "--esp", e, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=GUARD,
+    )
+    assert p.returncode == 0, (p.returncode, p.stderr[-500:])
+    entries = json.loads(p.stdout)["entries"]
+    assert len(entries) == 94  # profile 0 is the entry itself, then @p1 .. @p93
+    for entry in entries:
+        (ev,) = [ev for ev in entry["events"] if ev["pcr"] == 11 and f"({vsize} bytes)" in ev["what"]]
+        assert ev["digests"]["sha256"] == linux, entry["entry"]
+
+
+# --- item 7: a FIFO (or other non-regular file) where the verbs read a file ------------------------
+
+FIFO_GUARD = 30  # s: a FIFO nobody writes to blocks a blocking open() forever
+
+
+def bk_fifo(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bootkeeper", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=FIFO_GUARD,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.mark.parametrize("name", ["c.raw", "c.confext.raw", "c.cred", "c.addon.efi"])
+def test_a_fifo_in_extra_d_is_refused_not_waited_on(tmp_path: Path, name: str) -> None:
+    """Every file the stub would pack (or load, an addon) from .extra.d is opened without blocking and
+    refused unless regular: predict and pcrlock say so in one line (it used to hang on open())."""
+    e = esp_with(tmp_path, active=uki(OSREL.format(v=1)))
+    extra = e / "EFI" / "Linux" / "active.efi.extra.d"  # the counter is not part of it
+    extra.mkdir()
+    (extra / "a.raw").write_bytes(b"a regular extension")
+    os.mkfifo(extra / name)
+    words = [f"EFI/Linux/active.efi.extra.d/{name}", "not a regular file (a FIFO); not read"]
+    one_line_error(bk_fifo("tpm", "predict", "--esp", e), 7, *words)
+    one_line_error(bk_fifo("tpm", "pcrlock", "--esp", e, "--dest", tmp_path / "pcrlock.d"), 7, *words)
+    assert not (tmp_path / "pcrlock.d").exists()
+
+
+def test_a_fifo_for_a_global_addon_or_credential_is_refused(tmp_path: Path) -> None:
+    e = esp_with(tmp_path, active=uki(OSREL.format(v=1)))
+    for folder, name in (("loader/addons", "x.addon.efi"), ("loader/credentials", "x.cred")):
+        (e / folder).mkdir(parents=True)
+        os.mkfifo(e / folder / name)
+        one_line_error(bk_fifo("tpm", "predict", "--esp", e), 7, f"{folder}/{name}", "not a regular file (a FIFO)")
+        (e / folder / name).unlink()
+    assert bk_fifo("tpm", "predict", "--esp", e).returncode == 0
+
+
+# --- whole-file reads: bounded before anything is held -----------------------------------------
+
+AS_LIMIT = "--as=1500000000"  # bytes of address space: a whole read of a 2 GiB file cannot fit
+
+
+def sparse(path: Path, size: int = 2 << 30) -> Path:
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+def limited(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["prlimit", AS_LIMIT, sys.executable, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=GUARD,
+    )
+
+
+@pytest.mark.parametrize("option", ["--signatures", "--public-key"])
+def test_sign_policy_an_operator_file_of_2_gib_is_refused_unread(tmp_path: Path, rsa_pub: bytes, option: str) -> None:
+    """fsutil.read_input, every file an operator names (keys, --signatures, --expect, certificates):
+    at most its limit + 1 bytes are read (it read the file whole: MemoryError, exit 70)."""
+    from bootkeeper.fsutil import INPUT_LIMIT
+
+    u = tmp_path / "u.efi"
+    u.write_bytes(uki(OSREL.format(v=1)))
+    sigs, pub = tmp_path / "sigs.json", tmp_path / "pub.pem"
+    sigs.write_text('["AA=="]')
+    pub.write_bytes(rsa_pub)
+    big = sparse(sigs if option == "--signatures" else pub)
+    p = limited("-m", "bootkeeper", "tpm", "sign-policy", "--uki", u, "--signatures", sigs, "--public-key", pub)
+    one_line_error(p, 7, f"{big}: {2 << 30} bytes, more than the {INPUT_LIMIT} bytes")
+
+
+def test_a_pcrlock_policy_of_2_gib_gates_as_pcrlocks_default(tmp_path: Path) -> None:
+    """The node's pcrlock.json (read by the extension gate) is bounded before it is read: one of
+    2 GiB is "cannot be read", which gates on pcrlock's default PCRs (it was read whole)."""
+    from bootkeeper.measure.luks import MAX_METADATA, PCRLOCK_POLICY
+
+    root = tmp_path / "root"
+    policy = root / PCRLOCK_POLICY
+    policy.parent.mkdir(parents=True)
+    sparse(policy)
+    code = (
+        "import pathlib; from bootkeeper.measure import luks; "
+        f"print(luks.pcrlock_policy(pathlib.Path({str(root)!r})).source)"
+    )
+    p = limited("-c", code)
+    assert p.returncode == 0, (p.returncode, p.stderr[-800:])
+    assert p.stdout.startswith(f"systemd-pcrlock's default PCRs ({policy} cannot be read: "), p.stdout
+    assert f"{2 << 30} bytes, more than the {MAX_METADATA} bytes" in p.stdout, p.stdout
+
+
+def test_a_fifo_named_as_the_luks_volume_is_refused(tmp_path: Path) -> None:
+    """A LUKS volume (tpm audit DEVICE: a block device or an image file) is opened without blocking
+    too: a FIFO gets one line (it hung in open())."""
+    fifo = tmp_path / "volume"
+    os.mkfifo(fifo)
+    e = esp_with(tmp_path, active=uki(OSREL.format(v=1)))
+    one_line_error(bk_fifo("tpm", "audit", fifo, "--esp", e), 7, str(fifo), "neither a block device nor a file")
+
+
+def test_a_link_the_operator_names_is_still_followed(tmp_path: Path) -> None:
+    """read_input bounds and refuses FIFOs, but a link the operator names (/etc/os-release is one to
+    ../usr/lib/os-release) is followed, as before; a link to a FIFO is refused all the same."""
+    from bootkeeper import fsutil
+    from bootkeeper.errors import UnreadableError
+
+    (tmp_path / "os-release.real").write_text("ID=kairos\n")
+    (tmp_path / "os-release").symlink_to("os-release.real")
+    assert fsutil.read_input_text(tmp_path / "os-release", "the os-release") == "ID=kairos\n"
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "to-fifo").symlink_to("fifo")
+    with pytest.raises(UnreadableError, match="not a regular file"):
+        fsutil.read_input(tmp_path / "to-fifo")

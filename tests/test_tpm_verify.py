@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import struct
@@ -554,3 +555,42 @@ def test_no_tpm_replaces_an_earlier_result_with_a_failed_one(uki: Uki, tmp_path:
     [u] = left["unverified"]
     assert u["kind"] == "input" and "no TPM" in u["reason"] and "earlier tpm verify" in u["reason"], u
     assert "bootkeeper_tpm_verify_agree 0.0" in _metric(root, "bootkeeper_tpm_verify_agree")
+
+
+FIFO_GUARD = 30  # s: a FIFO nobody writes to blocks a blocking open() forever
+
+
+def bk_guarded(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False, timeout=FIFO_GUARD
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "code"),
+    [
+        ("run/initrd-extra/sysext/c.raw", 7),  # what booted (the reviewer's: verify hung)
+        ("sys/kernel/security/tpm0/binary_bios_measurements", 7),
+        ("sys/class/tpm/tpm0/pcr-sha256/11", 7),
+        ("efi/EFI/kairos/active.efi.extra.d/c.raw", 1),  # the ESP's: that entry is not predicted, a finding
+    ],
+)
+def test_a_fifo_is_refused_in_one_line_not_waited_on(uki: Uki, tmp_path: Path, where: str, code: int) -> None:
+    """Every file verify reads is opened without blocking and refused unless regular (it used to
+    block in open() on a FIFO until the guard killed it)."""
+    root = make_root(tmp_path, uki)
+    fifo = root / where
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    p = bk_guarded("tpm", "verify", "--root", str(root))
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    if code == 7:
+        (line,) = p.stderr.splitlines()
+        assert line.startswith(f"bootkeeper: error: {fifo}: ") and "not a regular file" in line, line
+    else:
+        name = where.removeprefix("efi/")
+        assert (
+            f"finding: entry active (EFI/kairos/active.efi) cannot be predicted: {name}: "
+            "not a regular file (a FIFO); not read"
+        ) in p.stdout, p.stdout

@@ -12,6 +12,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 TMP_PREFIX = ".bootkeeper-"
 TMP_SUFFIX = ".tmp"
@@ -20,23 +21,26 @@ COPY_CHUNK = 8 << 20
 Step = Callable[[str], None]
 
 
-def read_input(path: Path, what: str = "") -> bytes:
-    """A file the user named, whole; anything that stops it being read is an :class:`UnreadableError`
-    naming the file (and ``what`` it was to be), so every verb gives the same line and exit code."""
+INPUT_LIMIT = 64 << 20  # bytes: the largest file a user names that bootkeeper reads whole (keys, JSON)
+
+
+def read_input(path: Path, what: str = "", limit: int = INPUT_LIMIT) -> bytes:
+    """A file the user named, whole, through :func:`read_bounded` (regular, a link followed, at most
+    ``limit`` bytes); anything that stops it being read is an :class:`UnreadableError` naming the
+    file (and ``what`` it was to be), so every verb gives the same line and exit code."""
     from bootkeeper.errors import UnreadableError
 
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        why = exc.strerror or str(exc)
-        raise UnreadableError(f"{path}: cannot read{' ' + what if what else ''} ({why})") from exc
+        return read_bounded(path, limit, what, follow=True)  # a link the user names is followed (/etc/os-release)
+    except FileNotFoundError as exc:
+        raise UnreadableError(f"{path}: cannot read{' ' + what if what else ''} ({exc.strerror})") from exc
 
 
-def read_input_text(path: Path, what: str = "") -> str:
+def read_input_text(path: Path, what: str = "", limit: int = INPUT_LIMIT) -> str:
     """:func:`read_input` as UTF-8 text; bytes that are not UTF-8 are malformed input."""
     from bootkeeper.errors import MalformedError
 
-    data = read_input(path, what)
+    data = read_input(path, what, limit)
     try:
         return data.decode()
     except UnicodeDecodeError as exc:
@@ -195,18 +199,103 @@ def sha256_fd(fd: int, size: int | None = None) -> str:
     return h.hexdigest()
 
 
-def open_input(path: Path) -> int:
-    """A file bootkeeper reads, opened never through a symbolic link: a link there, or any other
-    failure to open it, is an :class:`~bootkeeper.errors.UnreadableError` naming it (exit 7, unreadable
-    input), not the bare ``OSError`` (ELOOP) the CLI would report as a failed write (exit 6)."""
+def open_input(path: Path, what: str | None = None, follow: bool = False) -> int:
+    """A file bootkeeper reads, opened never through a symbolic link and never blocking: a link there,
+    a FIFO, socket or device (opened ``O_NONBLOCK``, then refused unless ``fstat`` says a regular
+    file: a FIFO named ``*.raw`` would otherwise hang the reader until some writer came), or any
+    other failure to open it, is an :class:`~bootkeeper.errors.UnreadableError` naming it (``what``,
+    or the path; exit 7, unreadable input), not the bare ``OSError`` (ELOOP) the CLI would report as
+    a failed write (exit 6). ``follow``: a link is followed (to a regular file, all the same)."""
     from bootkeeper.errors import UnreadableError
 
+    name = what or str(path)
+    nofollow = 0 if follow else os.O_NOFOLLOW
     try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | nofollow | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
-        if os.path.islink(path):
-            raise UnreadableError(f"{path}: a symbolic link; not followed") from exc
-        raise UnreadableError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+        if not follow and os.path.islink(path):
+            raise UnreadableError(f"{name}: a symbolic link; not followed") from exc
+        raise UnreadableError(f"{name}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnreadableError(f"{name}: not a regular file ({_kind(mode)}); not read")
+        os.set_blocking(fd, True)  # a regular file: reads never wait anyway
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return f"mode {mode:o}"
+
+
+def open_regular(path: Path, what: str | None = None, follow: bool = False) -> BinaryIO:
+    """:func:`open_input` as a binary file object (``with fsutil.open_regular(p) as f``)."""
+    return os.fdopen(open_input(path, what, follow), "rb")
+
+
+def open_nonblocking(path: Path) -> BinaryIO:
+    """A file opened as ``path.open("rb")`` does (links followed), but never blocking: anything but a
+    regular file is the ``OSError`` its callers already turn into "cannot be read" (``EINVAL``, "not a
+    regular file (a FIFO)"), never an open() that waits for a writer."""
+    import errno
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"not a regular file ({_kind(mode)})", str(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def read_bounded(path: Path, limit: int, what: str = "", name: str | None = None, follow: bool = False) -> bytes:
+    """A file read whole through :func:`open_input`, but never more than ``limit`` bytes: at most
+    ``limit + 1`` are read, and a file that has more is an :class:`~bootkeeper.errors.UnreadableError`
+    naming it and the limit, before anything is held in memory (a sparse 2 GiB file costs nothing
+    to make and everything to read). ``name`` replaces the path in messages; a missing file is the
+    ``FileNotFoundError`` the caller may want to tell apart."""
+    from bootkeeper.errors import UnreadableError
+
+    label = name or str(path)
+    if not os.path.lexists(path):
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    fd = open_input(path, label, follow)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise UnreadableError(
+                f"{label}: {size} bytes, more than the {limit} bytes {what or 'it'} may have; not read"
+            )
+        chunks = []
+        got = 0
+        while got <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except OSError as exc:
+        raise UnreadableError(f"{label}: cannot read{' ' + what if what else ''} ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+    if got > limit:
+        raise UnreadableError(f"{label}: more than the {limit} bytes {what or 'it'} may have; not read")
+    return b"".join(chunks)
 
 
 def sha256_file(path: Path) -> str:

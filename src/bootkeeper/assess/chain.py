@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from bootkeeper import fsutil
 from bootkeeper.config import BootAssessment
 from bootkeeper.errors import BootkeeperError, EspError, InputError, MalformedError, UnreadableError, WriteError
 from bootkeeper.esp import counter as counter_mod
@@ -146,7 +147,7 @@ def uki_problem(store: EspStore, loader: str) -> str | None:
     if p is None or not p.is_file():
         return "is not on the ESP"
     try:
-        with p.open("rb") as f:
+        with fsutil.open_nonblocking(p) as f:  # a FIFO must not hang the reader
             names = {s.name for s in pe.read_sections(f, str(p))}
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"

@@ -19,7 +19,9 @@ A boot without a verdict did not reach boot-complete.target (or bless failed). L
 ``O_APPEND`` and fsynced; a torn last line after a power cut is skipped with a warning. The file is
 bounded: past :data:`LIMIT` bytes it is rewritten (temporary file, fsync, rename) with the newest
 :data:`KEEP` boots and at most :data:`KEEP_UPGRADES` upgrades; an upgrade record holds at most
-:data:`MAX_EXTENSIONS` images per set and :data:`MAX_FIELD` characters per field.
+:data:`MAX_EXTENSIONS` images per set and :data:`MAX_FIELD` characters per field. Readers read only
+its newest :data:`READ_LIMIT` bytes (a larger file was not written by :func:`append`; the older part is
+dropped by the next compaction), never the whole file.
 """
 
 from __future__ import annotations
@@ -378,15 +380,52 @@ def parse(text: str, source: str) -> tuple[list[Boot], list[str]]:
     return h.boots, h.warnings
 
 
+# What is read of the history: its newest READ_LIMIT bytes. append() keeps it near LIMIT; a file
+# larger than this was not written by it (or its compaction failed): the older part is left unread
+# (and dropped by the next compaction) instead of read whole, however large the file claims to be.
+READ_LIMIT = 16 * LIMIT
+
+
+def _tail(p: Path) -> tuple[bytes, str | None]:
+    """The newest :data:`READ_LIMIT` bytes of ``p``, starting at a line; with a warning when older
+    lines were left unread. Never a FIFO, device or link (:func:`fsutil.open_input`)."""
+    fd = fsutil.open_input(p)
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - READ_LIMIT)
+        chunks = []
+        got = 0
+        while got < READ_LIMIT:
+            chunk = os.pread(fd, min(1 << 20, READ_LIMIT - got), start + got)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
+    if not start:
+        return raw, None
+    cut = raw.find(b"\n") + 1  # the first line is likely cut: from the next one
+    return raw[cut:], f"{p}: {size} bytes, more than the {READ_LIMIT} read; only its newest lines were read"
+
+
 def read_all(root: Path) -> History:
+    from bootkeeper.errors import UnreadableError
+
     p = root / HISTORY
     try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        return History([], [], [])
+        raw, cut = _tail(p)
+    except UnreadableError as exc:
+        if not os.path.lexists(p):
+            return History([], [], [])
+        return History([], [], [str(exc)])
     except OSError as exc:
         return History([], [], [f"{p}: cannot read ({exc.strerror})"])
-    return parse_all(raw.decode("utf-8", "replace"), str(p))
+    h = parse_all(raw.decode("utf-8", "replace"), str(p))
+    if cut is not None:
+        h.warnings.insert(0, cut)
+    return h
 
 
 def read(root: Path) -> tuple[list[Boot], list[str]]:
@@ -413,7 +452,7 @@ def append(root: Path, record: dict[str, Any]) -> None:
 
 
 def _compact(p: Path) -> None:
-    lines = p.read_bytes().splitlines(keepends=True)
+    lines = _tail(p)[0].splitlines(keepends=True)
     starts = [i for i, ln in enumerate(lines) if b'"type":"boot"' in ln]
     first = starts[-KEEP] if len(starts) > KEEP else 0
     upgrades = [i for i in range(first, len(lines)) if b'"type":"upgrade"' in lines[i]]

@@ -705,7 +705,7 @@ class UkiCheck:
 def check_uki(path: Path) -> UkiCheck:
     """The new UKI is a PE with ``.linux`` and ``.osrel`` (``--force`` never overrides this)."""
     try:
-        with path.open("rb") as f:
+        with fsutil.open_nonblocking(path) as f:  # a FIFO must not hang the reader
             names = {s.name for s in pe.read_sections(f, str(path))}
         osrel = pe.read_osrel(path)
     except OSError as exc:

@@ -128,7 +128,10 @@ def read_tpm(root: Path) -> TpmResult | None:
     """The result :data:`TPM_VERIFY` holds; None when verify has not run (no file)."""
     p = root / TPM_VERIFY
     try:
-        raw = p.read_bytes()
+        from bootkeeper import fsutil
+
+        # bounded before it is read: a sparse 2 GiB file must not be read whole (issue 27)
+        raw = fsutil.read_bounded(p, TPM_VERIFY_LIMIT, "the output of 'tpm verify --json'")
         mtime = p.stat().st_mtime
     except FileNotFoundError:
         return None

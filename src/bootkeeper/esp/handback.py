@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bootkeeper import fsutil
 from bootkeeper.errors import MalformedError, UnreadableError
 from bootkeeper.esp.store import EspStore
 
@@ -86,7 +87,7 @@ class Count:
 def read(store: EspStore) -> Count:
     p = store.path(HANDBACKS)
     try:
-        with p.open("rb") as f:
+        with fsutil.open_nonblocking(p) as f:  # a FIFO must not hang the reader
             data = f.read(MAX_SIZE + 1)
     except FileNotFoundError:
         return Count(0, False)

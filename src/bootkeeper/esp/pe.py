@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from bootkeeper import fsutil
 from bootkeeper.errors import InputError, MalformedError
 from bootkeeper.esp.keyvalue import KeyValue, split_lines
 
@@ -108,7 +109,7 @@ def read_profiles(path: Path) -> tuple[Profile, ...]:
     A UKI without ``.profile`` has only profile 0 (the base). Sections of a profile override the
     base's, first match wins. Empty for a file that is not a PE."""
     what = str(path)
-    with path.open("rb") as f:
+    with fsutil.open_nonblocking(path) as f:  # a FIFO must not hang the reader
         sections = read_sections(f, what)
         starts = [i for i, s in enumerate(sections) if s.name == ".profile"]
         base = sections[: starts[0]] if starts else sections
@@ -127,7 +128,7 @@ def read_profiles(path: Path) -> tuple[Profile, ...]:
 
 def read_osrel(path: Path) -> bytes | None:
     """The ``.osrel`` section of a UKI, or None if it has none."""
-    with path.open("rb") as f:
+    with fsutil.open_nonblocking(path) as f:  # a FIFO must not hang the reader
         return read_section(f, read_sections(f, str(path)), ".osrel", str(path))
 
 
@@ -136,7 +137,7 @@ _MAGIC = re.compile(rb"#### LoaderInfo: systemd-boot ([^ #\0]+) ####")
 
 def sdboot_version(path: Path) -> str | None:
     """The version string systemd-boot embeds in ``.sdmagic`` (e.g. ``252.38-1~deb12u1``)."""
-    with path.open("rb") as f:
+    with fsutil.open_nonblocking(path) as f:  # a FIFO must not hang the reader
         try:
             data = read_section(f, read_sections(f, str(path)), ".sdmagic", str(path))
         except InputError:

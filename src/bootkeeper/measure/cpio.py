@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootkeeper import fsutil
 from bootkeeper.errors import MalformedError, UnreadableError
 from bootkeeper.measure.events import FileRef
 
@@ -118,7 +119,8 @@ def write(
         refs.append(FileRef(name, len(data), hashlib.sha256(data).hexdigest()))
     for m in files:
         try:
-            with m.path.open("rb") as f:
+            # never blocking, never a link: a FIFO named *.raw would hang the reader (stub: not a file)
+            with fsutil.open_regular(m.path, f"{what}/{m.name}") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size > MAX_SIZE:
                     raise MalformedError(

@@ -254,9 +254,15 @@ def read_log(path: Path, limit: int = MAX_LOG) -> EventLog:
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    import stat
+
     try:
-        with path.open("rb") as f:  # securityfs reports size 0: read, do not stat
-            data = f.read(limit + 1)
+        # never blocking, never a link: a FIFO there (a fake root's) must not hang tpm verify
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnreadableError(f"{path}: cannot read {what} (not a regular file)")
+            data = f.read(limit + 1)  # securityfs reports size 0: read, do not stat
     except OSError as exc:
         hint = "the TPM logs are readable by root only" if isinstance(exc, PermissionError) else None
         raise UnreadableError(f"{path}: cannot read {what} ({exc.strerror or exc})", hint=hint) from exc

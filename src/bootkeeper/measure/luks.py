@@ -209,10 +209,18 @@ LUKS_MAGIC = b"LUKS\xba\xbe"
 def dump_metadata(device: Path) -> str:
     """``cryptsetup luksDump --dump-json-metadata``, after a look at the header so that a file that
     is no LUKS2 volume gets a one-line reason and not cryptsetup's."""
+    import os
+    import stat
+
     from bootkeeper.run import check_tool, run
 
     try:
-        with device.open("rb") as f:
+        # never blocking: a FIFO given as a volume must not hang the verb; a block device or an image file
+        fd = os.open(device, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise UnreadableError(f"{device}: cannot read (neither a block device nor a file)")
             head = f.read(8)
     except OSError as exc:
         raise UnreadableError(f"{device}: cannot read ({exc.strerror or exc})") from exc
@@ -547,16 +555,19 @@ class PcrlockPolicy:
 def pcrlock_policy(root: Path) -> PcrlockPolicy:
     """The node's pcrlock policy file, read for its ``pcrValues``. Missing, unreadable or malformed:
     pcrlock's default PCRs, so that what cannot be read gates more, never less."""
-    from bootkeeper.fsutil import under
+    from bootkeeper.errors import UnreadableError
+    from bootkeeper.fsutil import read_bounded, under
 
     path = under(root, PCRLOCK_POLICY)
     default = f"systemd-pcrlock's default PCRs ({path} "
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, MAX_METADATA, "a pcrlock policy")
     except FileNotFoundError:
         return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + "is not there)")
     except OSError as exc:
         return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"cannot be read: {exc.strerror or exc})")
+    except UnreadableError as exc:  # not a regular file, or larger than any policy
+        return PcrlockPolicy(PCRLOCK_DEFAULT_PCRS, default + f"cannot be read: {exc})")
     try:
         obj = untrusted.load_json(raw, "pcrlock policy", MAX_METADATA)
         values = obj["pcrValues"]

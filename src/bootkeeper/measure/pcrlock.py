@@ -115,14 +115,16 @@ class Variant:
 
 def _kernel_record(path: Path, what: str, s: Section) -> Record:
     try:
-        with path.open("rb") as f:
+        with fsutil.open_regular(path, what) as f:
             f.seek(0, os.SEEK_END)
             if s.file_offset + min(s.virtual_size, s.file_size) > f.tell():
                 raise MalformedError(f"{what}: section .linux extends past the end of the file")
             img = authenticode.Image(
                 f, f"{what}: section .linux", s.virtual_size, s.file_offset, min(s.virtual_size, s.file_size)
             )
-            d = authenticode.digests(img, PCRLOCK_BANKS)
+            # once per file and run: every profile that starts this .linux has the same record
+            key = ("authenticode", s.file_offset, s.file_size, s.virtual_size)
+            d = uki.memo(f, key, lambda: authenticode.digests(img, PCRLOCK_BANKS))
     except OSError as exc:
         raise UnreadableError(f"{what}: {exc.strerror or exc}") from exc
     return Record(PCR_BOOT_LOADER_CODE, d, f"the kernel PE in .linux of {what} ({s.virtual_size} bytes), by LoadImage")
@@ -134,25 +136,25 @@ def _linux_section(path: Path, what: str, table: list[Section], p: Prediction) -
     found = [s for s in table if s.name == ".linux" and s.virtual_size]
     if len(found) == 1:
         return found[0]
-    for s in found:
-        uki.bound([s], what)  # each is hashed below, not only the profile's, which sections_of() bounded
     data = [e for e in p.events if e.pcr == 11 and e.description == ".linux"]
     if len(data) != 2:
         raise MalformedError(f"{what}: no .linux section measured for entry {p.entry}")
     want = data[1].digests["sha256"]
     h = BANKS["sha256"]
-    for s in found:
-        sha = h.hash()
-        with path.open("rb") as f:
-            uki.feed(f, s, what, sha.update)
-        if sha.digest() == want:
+    for s in found:  # all bounded together by sections_of() (per file); each hashed once per run
+        try:
+            with fsutil.open_regular(path, what) as f:
+                got = uki.section_digests(f, s, what, (h,))["sha256"]
+        except OSError as exc:
+            raise UnreadableError(f"{what}: {exc.strerror or exc}") from exc
+        if got == want:
             return s
     raise MalformedError(f"{what}: none of its .linux sections is the one measured for entry {p.entry}")
 
 
 def _uki_record(path: Path, what: str) -> Record:
     try:
-        with path.open("rb") as f:
+        with fsutil.open_regular(path, what) as f:
             size = os.fstat(f.fileno()).st_size
             d = authenticode.digests(authenticode.Image(f, what, size), PCRLOCK_BANKS)
     except OSError as exc:
@@ -163,7 +165,7 @@ def _uki_record(path: Path, what: str) -> Record:
 def uki_records(store: EspStore, p: Prediction, secure_boot: bool) -> list[Record]:
     path = store.root / p.uki
     try:
-        with path.open("rb") as f:
+        with fsutil.open_regular(path, p.uki) as f:
             table = read_sections(f, p.uki)
     except OSError as exc:
         raise UnreadableError(f"{p.uki}: {exc.strerror or exc}") from exc

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bootkeeper import fsutil
 from bootkeeper.errors import InputError, MalformedError
 from bootkeeper.esp import extra
 from bootkeeper.esp.pe import read_section, read_sections
@@ -146,7 +147,7 @@ def _addon_events(
         for m in cpio.members(folder, ".addon.efi", None, where):
             what = f"{where}/{m.name}"
             try:
-                with m.path.open("rb") as f:
+                with fsutil.open_regular(m.path, what) as f:  # a FIFO there must not hang the prediction
                     table = read_sections(f, what)
                     found: dict[str, Any] = {}
                     for name in (".cmdline", ".dtb", ".dtbauto", ".initrd", ".ucode", ".linux", ".uname"):

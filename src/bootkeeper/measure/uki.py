@@ -19,11 +19,13 @@ After the handover, systemd-pcrphase extends the phase words ``enter-initrd``, `
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from bootkeeper import fsutil
 from bootkeeper.errors import MalformedError, UnreadableError
 from bootkeeper.esp.pe import Section, read_sections
 from bootkeeper.measure.banks import Bank, extend
@@ -71,8 +73,16 @@ NOT_PREDICTED = (".dtbauto",)
 # a few tens of MiB beyond the kernel's bytes; every other section's VirtualSize is its data's length
 # (ukify pe_add_sections(), objcopy --add-section). So the zeros of all measured sections together are
 # bounded, generously, and a UKI claiming more is refused with the section and the sizes named:
-# predicting it would hash gigabytes of zeros for a file no firmware loads.
+# predicting it would hash gigabytes of zeros for a file no firmware loads. The bound is per FILE,
+# over the sections of all its profiles together (each section counted once): the firmware loads
+# the whole image, every profile's sections included, whichever profile the stub then picks. And
+# each section is hashed once per file and run (section_digests()), however many profiles share
+# it: the base .linux of a UKI with 94 profiles is measured into each of 94 predictions, but read
+# and hashed once. A run's work on a UKI is thus its own bytes plus at most MAX_ZERO_FILL of zeros;
+# an ESP's is that times the number of UKI files its entries name.
 MAX_ZERO_FILL = 256 << 20
+CACHE_ENTRIES = 1024  # digests kept per process (a few dozen bytes each)
+_DIGESTS: dict[tuple[object, ...], dict[str, bytes]] = {}
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,7 @@ class UkiSections:
             raise MalformedError(f"{self.what}: section {name} is {s.virtual_size} bytes, more than {limit}")
         out = bytearray()
         try:
-            with self.path.open("rb") as f:
+            with fsutil.open_regular(self.path, self.what) as f:
                 feed(f, s, self.what, out.extend)
         except OSError as exc:
             raise UnreadableError(f"{self.what}: {exc.strerror or exc}") from exc
@@ -107,9 +117,36 @@ def zero_fill(s: Section) -> int:
     return s.virtual_size - min(s.virtual_size, s.file_size)
 
 
+def memo(f: BinaryIO, key: tuple[object, ...], compute: Callable[[], dict[str, bytes]]) -> dict[str, bytes]:
+    """Digests of ``f`` computed once per process for ``key``: the file is known by device, inode,
+    size and change times, so a file rewritten since is hashed again."""
+    st = os.fstat(f.fileno())
+    k = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, *key)
+    found = _DIGESTS.get(k)
+    if found is None:
+        found = compute()
+        if len(_DIGESTS) >= CACHE_ENTRIES:
+            _DIGESTS.clear()
+        _DIGESTS[k] = found
+    return dict(found)
+
+
+def section_digests(f: BinaryIO, s: Section, what: str, banks: tuple[Bank, ...]) -> dict[str, bytes]:
+    """The digests of section ``s`` as loaded (:func:`feed`), hashed once per file (:func:`memo`)."""
+
+    def compute() -> dict[str, bytes]:
+        h = Hasher(banks)
+        feed(f, s, what, h.update)
+        return h.digests()
+
+    key = ("section", s.name, s.file_offset, s.file_size, s.virtual_size, tuple(b.name for b in banks))
+    return memo(f, key, compute)
+
+
 def bound(sections: Iterable[Section], what: str) -> None:
     """Refuse sections whose zero-filled tails together exceed :data:`MAX_ZERO_FILL`, naming the
-    section that crosses it and its sizes."""
+    section that crosses it and its sizes. Give it every section of a file that may be measured
+    (:func:`sections_of` does): the bound is per file, not per profile."""
     total = 0
     for s in sections:
         fill = zero_fill(s)
@@ -117,7 +154,8 @@ def bound(sections: Iterable[Section], what: str) -> None:
         if total > MAX_ZERO_FILL:
             raise MalformedError(
                 f"{what}: section {s.name} claims VirtualSize {s.virtual_size} with {s.file_size} bytes in the file: "
-                f"{total} bytes of zeros in its measured sections, more than the {MAX_ZERO_FILL} a UKI may claim"
+                f"{total} bytes of zeros in its measured sections (all profiles), more than the {MAX_ZERO_FILL} a UKI "
+                "may claim"
             )
 
 
@@ -131,10 +169,12 @@ def _locate(table: list[Section], into: dict[str, Section]) -> None:
 
 def sections_of(path: Path, what: str, profile: int = 0) -> UkiSections:
     try:
-        with path.open("rb") as f:
+        with fsutil.open_regular(path, what) as f:
             table = read_sections(f, what)
     except OSError as exc:
         raise UnreadableError(f"{what}: {exc.strerror or exc}") from exc
+    # every section any profile may measure, each once: the bound is the file's, not a profile's
+    bound([s for s in table if s.name in ALL], what)
     starts = [i for i, s in enumerate(table) if s.name == ".profile"]
     found: dict[str, Section] = {}
     _locate(table[: starts[0]] if starts else table, found)
@@ -145,7 +185,6 @@ def sections_of(path: Path, what: str, profile: int = 0) -> UkiSections:
         raise MalformedError(f"{what}: has no profile {profile} ({len(starts)} .profile sections)")
     if ".linux" not in found or found[".linux"].virtual_size == 0:
         raise MalformedError(f"{what}: not a UKI (no .linux section)")
-    bound(found.values(), what)
     return UkiSections(path, what, profile, found)
 
 
@@ -171,7 +210,7 @@ def feed(f: BinaryIO, s: Section, what: str, sink: Callable[[bytes], object]) ->
 def section_events(uki: UkiSections, banks: tuple[Bank, ...]) -> list[Event]:
     events: list[Event] = []
     try:
-        with uki.path.open("rb") as f:
+        with fsutil.open_regular(uki.path, uki.what) as f:
             for name in MEASURED:
                 if not uki.has(name) or name in NOT_PREDICTED:
                     continue
@@ -185,11 +224,8 @@ def section_events(uki: UkiSections, banks: tuple[Bank, ...]) -> list[Event]:
                         digests_of(banks, name.encode() + b"\0"),
                     )
                 )
-                h = Hasher(banks)
-                feed(f, s, uki.what, h.update)
-                events.append(
-                    Event(11, EV_IPL, name, f"section {name} of {uki.what} ({s.virtual_size} bytes)", h.digests())
-                )
+                d = section_digests(f, s, uki.what, banks)
+                events.append(Event(11, EV_IPL, name, f"section {name} of {uki.what} ({s.virtual_size} bytes)", d))
     except OSError as exc:
         raise UnreadableError(f"{uki.what}: {exc.strerror or exc}") from exc
     return events

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,7 @@ def parse_expected(obj: Any, what: str) -> list[Expected]:
 def booted_files(folder: Path, suffix: str = ".raw", exclude: str | None = ".confext.raw") -> tuple[FileRef, ...]:
     """(name, size, sha256) of the copies the machine booted (the stub's /.extra/sysext, or a folder the
     initrd kept them in), as the stub would have picked them."""
+    from bootkeeper import fsutil
     from bootkeeper.errors import UnreadableError
     from bootkeeper.measure import cpio
 
@@ -204,7 +206,8 @@ def booted_files(folder: Path, suffix: str = ".raw", exclude: str | None = ".con
         h = hashlib.sha256()
         size = 0
         try:
-            with m.path.open("rb") as f:
+            # a FIFO here must not hang the verdict; a link is followed (a folder the initrd kept)
+            with fsutil.open_regular(m.path, follow=True) as f:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
                     size += len(chunk)
@@ -602,6 +605,7 @@ def _event_data(description: str) -> bytes:
 
 def live_pcrs(folder: Path, banks: Iterable[Bank]) -> dict[str, dict[int, bytes]]:
     """``/sys/class/tpm/tpm0/pcr-<bank>/<n>`` (Linux 5.12+): one hex value a file."""
+    from bootkeeper import fsutil
     from bootkeeper.errors import UnreadableError
 
     out: dict[str, dict[int, bytes]] = {}
@@ -612,11 +616,12 @@ def live_pcrs(folder: Path, banks: Iterable[Bank]) -> dict[str, dict[int, bytes]
         values: dict[int, bytes] = {}
         for n in range(24):
             p = d / str(n)
-            try:
-                with p.open("rb") as f:  # sysfs: one hex line; a fake root's file may be anything
-                    text = f.read(2 * b.size + 2).decode("ascii", "replace").strip()
-            except FileNotFoundError:
+            if not os.path.lexists(p):
                 continue
+            try:
+                # sysfs: one hex line; a fake root's file may be anything, a FIFO too (refused, not read)
+                with fsutil.open_regular(p) as f:
+                    text = f.read(2 * b.size + 2).decode("ascii", "replace").strip()
             except OSError as exc:
                 raise UnreadableError(f"{p}: cannot read ({exc.strerror or exc})") from exc
             try:
