@@ -26,13 +26,13 @@ GUARD = 60  # s: a guard against the gigabytes of zeros, not a measure of speed
 DEEP = b"[" * 200_000  # far deeper than the interpreter's recursion limit, 200 KB
 
 
-def bk(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def bk(*args: str | Path, guard: float = GUARD) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bootkeeper", *map(str, args)],
         capture_output=True,
         text=True,
         check=False,
-        timeout=GUARD,
+        timeout=guard,
         env={**os.environ, "COLUMNS": "200"},
     )
 
@@ -330,14 +330,7 @@ FIFO_GUARD = 30  # s: a FIFO nobody writes to blocks a blocking open() forever
 
 
 def bk_fifo(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bootkeeper", *map(str, args)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=FIFO_GUARD,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    return bk(*args, guard=FIFO_GUARD)
 
 
 @pytest.mark.parametrize("name", ["c.raw", "c.confext.raw", "c.cred", "c.addon.efi"])

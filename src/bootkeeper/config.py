@@ -196,9 +196,14 @@ def _hierarchies(value: Any, where: str) -> tuple[str, ...]:
                 f"{where}: {v!r} is not a hierarchy (an absolute, normalized path other than '/': no ':', "
                 "no '.' or '..' component, no '//', no trailing '/')"
             )
-    if len(set(paths)) != len(paths):
-        raise ConfigError(f"{where}: {sorted(p for p in set(paths) if paths.count(p) > 1)[0]!r} is listed twice")
-    return paths
+    return _once(paths, where)
+
+
+def _once(values: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """``values``, refused when one is listed twice (the first such, in sorted order)."""
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{where}: {sorted(v for v in set(values) if values.count(v) > 1)[0]!r} is listed twice")
+    return values
 
 
 def _services(value: Any, where: str) -> tuple[ServiceSpec, ...]:
@@ -281,9 +286,7 @@ def _extension_names(value: Any, where: str) -> tuple[str, ...]:
                 f"{where}: {v!r} is not an extension name (letters, digits, '_.+@-', at most 128, "
                 "no '.raw': the image k3s.raw is named k3s)"
             )
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{where}: {sorted(n for n in set(names) if names.count(n) > 1)[0]!r} is listed twice")
-    return names
+    return _once(names, where)
 
 
 def _firmware(value: Any, where: str) -> tuple[str, ...]:
