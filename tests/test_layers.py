@@ -1,5 +1,6 @@
-"""The layering DESIGN.md promises, enforced (issue 15, item 13): base <- esp <- assess, sysext; cli on top;
-assess and sysext never import each other. Every import of every module under src/bootkeeper, at any
+"""The layering docs/design.md promises, enforced: base <- esp <- assess, sysext, measure <- node <- cli;
+assess, sysext and measure never import each other; node joins them, prints nothing and returns typed
+results; cli parses options and renders. Every import of every module under src/bootkeeper, at any
 depth (the lazy ones inside functions too), is read from the source and checked against the arrows."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "bootkeeper"
-WINGS = ("esp", "assess", "sysext", "measure", "cli")
+WINGS = ("esp", "assess", "sysext", "measure", "node", "cli")
 # layer -> the layers it may import
 ALLOWED = {
     "base": {"base"},
@@ -16,7 +17,8 @@ ALLOWED = {
     "assess": {"base", "esp", "assess"},
     "sysext": {"base", "esp", "sysext"},
     "measure": {"base", "esp", "measure"},
-    "cli": {"base", "esp", "assess", "sysext", "measure", "cli"},
+    "node": {"base", "esp", "assess", "sysext", "measure", "node"},
+    "cli": {"base", "esp", "assess", "sysext", "measure", "node", "cli"},
     "entry": {"cli"},  # __main__: python -m bootkeeper
 }
 
@@ -75,3 +77,47 @@ def test_the_checker_sees_a_forbidden_arrow(tmp_path: Path) -> None:
     assert got == [(2, "bootkeeper.sysext"), (3, "bootkeeper.config")]
     assert layer_of(got[0][1]) not in ALLOWED[layer_of("bootkeeper.assess.x")]
     assert layer_of(got[1][1]) in ALLOWED["assess"]
+
+
+# what a join layer module may not do: it returns results, the CLI renders them
+SPEAKS = ("click", "rich")
+PRINTS = ("print", "echo", "secho")
+
+
+def speaking(path: Path) -> list[str]:
+    """Lines of ``path`` that import a UI library or write to the terminal (print(), click.echo,
+    sys.stdout/sys.stderr)."""
+    out = []
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            out += [f"{node.lineno}: imports {n}" for n in names if n.split(".")[0] in SPEAKS]
+        elif isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            if name in PRINTS:
+                out.append(f"{node.lineno}: calls {name}()")
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr in ("stdout", "stderr")
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+        ):
+            out.append(f"{node.lineno}: uses sys.{node.attr}")
+    return sorted(out, key=lambda w: int(w.partition(":")[0]))
+
+
+def test_the_join_layer_prints_nothing() -> None:
+    wrong = []
+    for path, module in modules():
+        if layer_of(module) == "node":
+            wrong += [f"{path.relative_to(SRC.parent)}:{w}" for w in speaking(path)]
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_the_speaking_check_sees_a_print(tmp_path: Path) -> None:
+    """The control: each way of speaking is caught."""
+    f = tmp_path / "x.py"
+    f.write_text("import sys\nimport click\ndef f():\n    print(1)\n    sys.stderr.write('x')\n    click.echo(2)\n")
+    assert speaking(f) == ["2: imports click", "4: calls print()", "5: uses sys.stderr", "6: calls echo()"]
