@@ -5,7 +5,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+TESTS = Path(__file__).parent
+# The helper modules (helpers.py, nodevm.py, ...) sit here and the tests in folders laid out like src/;
+# a test imports another folder's test module by its bare name (from test_node import Node), so each
+# folder is on the path whatever pytest collects first (file names are unique across folders).
+for folder in [TESTS, *sorted(d for d in TESTS.iterdir() if d.is_dir() and any(d.glob("test_*.py")))]:
+    sys.path.insert(0, str(folder))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

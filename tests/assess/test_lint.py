@@ -20,7 +20,7 @@ from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
 from helpers import entry_body, esp_with, fake_efivars
 
-DATA = Path(__file__).parent / "data" / "lint"
+DATA = Path(__file__).parents[1] / "data" / "lint"
 
 
 def bk(*args: str) -> subprocess.CompletedProcess[str]:
@@ -487,7 +487,7 @@ def test_lint_dash_reads_standard_input() -> None:
 
 # --- the table of rules (issue 15, item 15): each code has one function, README documents each -------
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 
 
 def _readme_codes() -> dict[str, str]:

@@ -141,7 +141,7 @@ def test_deeply_nested_config_is_one_line(tmp_path: Path, body: str) -> None:
 
 # --- the settings table (issue 15, item 15): README documents every key with its default ------------
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 
 
 def _config_section() -> str:

@@ -199,7 +199,7 @@ def test_version_and_entry_help_say_what_they_do() -> None:
     import tomllib
     from pathlib import Path
 
-    want = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["version"]
+    want = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["version"]
     p = subprocess.run([sys.executable, "-m", "bootkeeper", "--version"], capture_output=True, text=True, check=False)
     assert p.returncode == 0 and re.fullmatch(rf"\S*bootkeeper {re.escape(want)}\n", p.stdout), p.stdout
     helps = {}

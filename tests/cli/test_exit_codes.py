@@ -25,7 +25,7 @@ from bootkeeper.cli.main import VERBS, cli, main
 from bootkeeper.errors import EXIT_CODES, ExitCode
 from helpers import entry_body, esp_with, fake_efivars
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_mirrors_the_table_in_errors_py() -> None:

@@ -70,7 +70,7 @@ def test_boot_path_verbs_import_only_what_they_need(root: Path, verb: str) -> No
     if verb == "random-seed":  # the real bootctl runs (and refuses a folder that is not a mount: exit 6)
         import os
 
-        tools = Path(os.environ.get("VM_CACHE", Path(__file__).resolve().parent.parent / ".cache/vm")) / "host-tools"
+        tools = Path(os.environ.get("VM_CACHE", Path(__file__).resolve().parents[2] / ".cache/vm")) / "host-tools"
         env = {**os.environ, "PATH": f"{tools}:{os.environ.get('PATH', '')}"}
     p = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=False, env=env)
     marks = [ln for ln in p.stderr.splitlines() if ln.startswith("@@@ ")]

@@ -28,7 +28,7 @@ from bootkeeper.esp.store import EspStore
 from bootkeeper.sysext import signature
 from helpers import fake_efivars, signed_extension
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]
 RULES = HERE.parent / "src/bootkeeper/data/alerts.yml"
 RULE_TESTS = HERE / "data/fleet/alerts_test.yml"
 TRUSTED = signature.self_signed("rsa", "fleet-db")

@@ -26,7 +26,7 @@ from bootkeeper.esp.store import EspStore
 from bootkeeper.run import _BASE_ENV
 from helpers import one_line_error
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOOLS = Path(os.environ.get("VM_CACHE", ROOT / ".cache" / "vm")) / "host-tools"
 RELAX = {"SYSTEMD_RELAX_ESP_CHECKS": "1"}
 

@@ -31,7 +31,7 @@ from helpers import entry_body, esp_with
 pytestmark = pytest.mark.integration
 
 ENTRY = "loader/entries/active+2-1.conf"
-TOOLS = Path(os.environ.get("VM_CACHE", Path(__file__).resolve().parent.parent / ".cache" / "vm")) / "host-tools"
+TOOLS = Path(os.environ.get("VM_CACHE", Path(__file__).resolve().parents[2] / ".cache" / "vm")) / "host-tools"
 PAUSE = "2"  # seconds each announced step waits: the window the signal is sent in
 
 # Runs inside the namespace: mounts, runs bootkeeper, sends the signal, prints what it saw as JSON.

@@ -20,8 +20,8 @@ from bootkeeper.measure.banks import BANKS
 
 pytestmark = pytest.mark.integration
 ALL = tuple(BANKS[n] for n in ("sha1", "sha256", "sha384", "sha512"))
-CACHE = Path(os.environ.get("NODE_CACHE", Path(__file__).resolve().parent.parent / ".cache" / "node"))
-VM = Path(os.environ.get("VM_CACHE", Path(__file__).resolve().parent.parent / ".cache" / "vm"))
+CACHE = Path(os.environ.get("NODE_CACHE", Path(__file__).resolve().parents[2] / ".cache" / "node"))
+VM = Path(os.environ.get("VM_CACHE", Path(__file__).resolve().parents[2] / ".cache" / "vm"))
 PCRLOCK = "/usr/lib/systemd/systemd-pcrlock"
 
 

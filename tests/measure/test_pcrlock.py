@@ -23,7 +23,7 @@ import trixie
 from bootkeeper.measure import cpio
 
 pytestmark = pytest.mark.integration
-CACHE = Path(os.environ.get("NODE_CACHE", Path(__file__).resolve().parent.parent / ".cache" / "node"))
+CACHE = Path(os.environ.get("NODE_CACHE", Path(__file__).resolve().parents[2] / ".cache" / "node"))
 PCRLOCK = "/usr/lib/systemd/systemd-pcrlock"
 ROLES = ("active", "passive", "recovery")
 UKI_DIR = "EFI/kairos"

@@ -20,7 +20,7 @@ from trixie import ROOT as TRIXIE
 # the node's cache (its package, its guest tree): run with the node tests (scripts/test.sh)
 pytestmark = pytest.mark.guest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT_DIR = "etc/systemd/system"
 SHIPPED = (
     "usr/lib/systemd/system/bootkeeper-sysext.service",

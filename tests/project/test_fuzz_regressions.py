@@ -12,7 +12,7 @@ import pytest
 
 from bootkeeper.errors import MalformedError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # fuzz/ is a package at the top
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # fuzz/ is a package at the top
 from fuzz import targets
 
 # Crashers found by fuzz/run.py whose fix is not in the tree yet (see fuzz/FINDINGS.md). Drop a

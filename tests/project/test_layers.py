@@ -8,7 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "bootkeeper"
+SRC = Path(__file__).resolve().parents[2] / "src" / "bootkeeper"
 WINGS = ("esp", "assess", "sysext", "measure", "node", "cli")
 # layer -> the layers it may import
 ALLOWED = {

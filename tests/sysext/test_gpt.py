@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bootkeeper.errors import MalformedError
 from bootkeeper.sysext import gpt
 
-REF = Path(__file__).resolve().parent / "data"  # copied from shared/reference (see data/README.md)
+REF = Path(__file__).resolve().parents[1] / "data"  # copied from shared/reference (see data/README.md)
 
 
 def test_reads_systemd_repart_image() -> None:

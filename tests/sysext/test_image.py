@@ -11,7 +11,7 @@ from cryptography import x509
 
 from bootkeeper.sysext import gpt, image, policy
 
-REF = Path(__file__).resolve().parent / "data"  # copied from shared/reference (see data/README.md)
+REF = Path(__file__).resolve().parents[1] / "data"  # copied from shared/reference (see data/README.md)
 IMG = REF / "kairos-test.sysext.raw"
 ROOT_HASH = "d436759650939e5864323298c629d3c6b1cce030e2c72e49d6ec20fc225fff48"
 ENFORCED = policy.parse(policy.ENFORCED_DEFAULT)

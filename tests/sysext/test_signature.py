@@ -16,7 +16,7 @@ from bootkeeper.errors import MalformedError
 from bootkeeper.sysext import gpt, signature
 from helpers import openssl_cms_verify
 
-REF = Path(__file__).resolve().parent / "data"  # copied from shared/reference (see data/README.md)
+REF = Path(__file__).resolve().parents[1] / "data"  # copied from shared/reference (see data/README.md)
 ROOT_HASH = bytes.fromhex("d436759650939e5864323298c629d3c6b1cce030e2c72e49d6ec20fc225fff48")
 
 
