@@ -11,11 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import entry_body, esp_with, names, tree
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
+from helpers import bk, entry_body, esp_with, names, tree
 
 
 def _error_line(p: subprocess.CompletedProcess[str]) -> str:

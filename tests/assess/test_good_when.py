@@ -20,14 +20,10 @@ from bootkeeper import config
 from bootkeeper.assess import units
 from bootkeeper.errors import ConfigError
 from bootkeeper.sysext import required
-from helpers import install_units, systemd_verify
+from helpers import bk, install_units, systemd_verify
 
 UNIT_DIR = "etc/systemd/system"
 REQUIRES = "boot-complete.target.requires"
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def _unit_section(text: str, keys: tuple[str, ...]) -> list[str]:

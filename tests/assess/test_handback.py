@@ -7,8 +7,6 @@ tests/test_vm_bootcount.py, the node in tests/test_node.py (scenario 3)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,15 +21,11 @@ from bootkeeper.esp import handback as handback_file
 from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import EspStore
-from helpers import entry_body, esp_with, fake_efivars, names
+from helpers import bk, entry_body, esp_with, fake_efivars, names
 
 START = 1795000000.0
 CFG = BootAssessment(tries=2, recovery_tries=2)
 NOTHING_BOOTS = [Fault(Role.ACTIVE, None, BootOutcome.PANIC), Fault(Role.PASSIVE, None, BootOutcome.PANIC)]
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def _all_bad(root: Path) -> Path:

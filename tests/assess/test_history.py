@@ -5,8 +5,6 @@ the boot line nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +12,7 @@ import pytest
 from bootkeeper.assess import history
 from bootkeeper.esp import scratch
 from bootkeeper.esp.store import EspStore
-from helpers import fake_efivars
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
+from helpers import bk, fake_efivars
 
 
 def test_history_show_has_every_entry_as_recorded(tmp_path: Path) -> None:

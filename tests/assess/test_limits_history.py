@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from bootkeeper.assess import history
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
-
+from helpers import bk
 
 HOSTILE = [
     '{"type":"boot","boot_id":"huge","time":' + "9" * 400 + "}",  # float() overflows

@@ -18,13 +18,9 @@ from hypothesis import strategies as st
 from bootkeeper.assess import lint
 from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
-from helpers import entry_body, esp_with, fake_efivars
+from helpers import bk, entry_body, esp_with, fake_efivars
 
 DATA = Path(__file__).parents[1] / "data" / "lint"
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def codes(*args: str) -> tuple[list[str], int, dict[str, Any]]:
@@ -473,7 +469,6 @@ def test_esp_type1_uki_layout_has_no_type2_order_finding(tmp_path: Path) -> None
 def test_lint_dash_reads_standard_input() -> None:
     """issue 15, item 10: `lint -` as systemd's tools read '-' (a cloud-config piped in)."""
     import subprocess
-    import sys
 
     text = (
         "stages:\n  boot:\n    - files:\n        - path: /etc/systemd/system/k3s.service.d/x.conf\n"

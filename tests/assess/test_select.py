@@ -17,16 +17,10 @@ from bootkeeper.esp import efivars as efivars_mod
 from bootkeeper.esp import scratch
 from bootkeeper.esp.efivars import LOADER_GUID, LoaderVars
 from bootkeeper.esp.store import EspStore
-from helpers import entry_body, esp_with, fake_efivars, one_line_error, tree
+from helpers import bk, entry_body, esp_with, fake_efivars, one_line_error, tree
 
 ONESHOT = f"LoaderEntryOneShot-{LOADER_GUID}"
 ENTRIES = "loader/entries"
-
-
-def bk(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False
-    )
 
 
 def nxt(esp: Path, ev: Path, version: str) -> str:

@@ -19,7 +19,7 @@ from hypothesis import settings as settings_
 from hypothesis import strategies as st
 
 from bootkeeper.esp import counter
-from helpers import fake_efivars
+from helpers import bk, fake_efivars
 
 UNITS = "etc/systemd/system"
 GEN = "etc/systemd/system-generators/bootkeeper-generator"
@@ -42,10 +42,6 @@ def tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is missing; scripts/setup-test-deps.sh installs it (package systemd or coreutils)")
     return path
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def node(root: Path, config: str = CONFIG) -> Path:

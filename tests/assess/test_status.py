@@ -19,14 +19,10 @@ from bootkeeper.config import BootAssessment, RebootOnFailure
 from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import EspStore
-from helpers import fake_efivars
+from helpers import bk, fake_efivars
 
 START = 1795000000.0  # 2026-11-18 11:06:40 UTC
 STEP = 90.0
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def everywhere() -> list[Fault]:
@@ -381,7 +377,6 @@ def test_root_covers_the_efi_variables_and_a_missing_booted_file_is_named(tmp_pa
     LoaderBootCountPath names a file that is not there (it printed "no systemd-boot variables")."""
     import json
     import subprocess
-    import sys
 
     from helpers import entry_body, esp_with, fake_efivars
 

@@ -26,15 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import install_units, systemd_verify
+from helpers import bk, install_units, systemd_verify
 
 UNIT_DIR = "etc/systemd/system"
 DROPIN = "systemd-sysext.service.d/10-bootkeeper.conf"
 INJECTED = "ExecStartPre=/bin/sh -c 'touch /tmp/bootkeeper-pwned'"
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 # --- the manager's own parse -------------------------------------------------------------------------

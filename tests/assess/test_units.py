@@ -12,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import install_units, systemd_verify
+from helpers import bk, install_units, systemd_verify
 
 UNIT_DIR = "etc/systemd/system"
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def test_units_pass_systemd_analyzesystemd_verify(tmp_path: Path) -> None:

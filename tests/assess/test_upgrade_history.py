@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,17 +20,13 @@ from bootkeeper.assess.simulate import BootOutcome, Fault, simulate
 from bootkeeper.config import BootAssessment, RebootOnFailure
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import EspStore
-from helpers import fake_efivars, uki
+from helpers import bk, fake_efivars, uki
 from test_upgrade import LAYOUTS, Images, esp_type1, new_uki, osrel, run
 
 
 @pytest.fixture(scope="module")
 def imgs(tmp_path_factory: pytest.TempPathFactory) -> Images:
     return Images(tmp_path_factory.mktemp("imgs"))
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def sha(p: Path) -> str:

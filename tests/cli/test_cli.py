@@ -12,17 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import entry_body, esp_with, fake_efivars, names, one_line_error, tree
-
-
-def bk(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bootkeeper", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
+from helpers import bk, entry_body, esp_with, fake_efivars, names, one_line_error, tree
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from test_metrics import SAME_NAMES, STEP, bk, fallen_back, good_boot, same_names
+from helpers import bk
+from test_metrics import SAME_NAMES, STEP, fallen_back, good_boot, same_names
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

@@ -26,7 +26,7 @@ from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import EspStore
 from bootkeeper.sysext import signature
-from helpers import fake_efivars, signed_extension
+from helpers import bk, fake_efivars, signed_extension
 
 HERE = Path(__file__).resolve().parents[1]
 RULES = HERE.parent / "src/bootkeeper/data/alerts.yml"
@@ -34,10 +34,6 @@ RULE_TESTS = HERE / "data/fleet/alerts_test.yml"
 TRUSTED = signature.self_signed("rsa", "fleet-db")
 UNTRUSTED = signature.self_signed("rsa", "someone else")
 STEP = 90.0
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def promtool() -> str:

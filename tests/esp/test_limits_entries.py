@@ -16,11 +16,7 @@ from typing import Any
 import pytest
 
 from bootkeeper.esp.store import MAX_ENTRY_SIZE, EspStore
-from helpers import entry_body, esp_with, fake_efivars
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
+from helpers import bk, entry_body, esp_with, fake_efivars
 
 
 def kernels_beside_entries(root: Path, n: int) -> Path:

@@ -4,17 +4,10 @@ and status): a one-line error or finding naming the file, never a RecursionError
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from bootkeeper.esp import scratch
-from helpers import fake_efivars
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
-
+from helpers import bk, fake_efivars
 
 DEEP = 100_000
 

@@ -4,21 +4,15 @@ and ``entries --json`` (under ``unlisted``, with their size). Removing them is t
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from helpers import entry_body, esp_with, fake_efivars
+from helpers import bk, entry_body, esp_with, fake_efivars
 
 GOOD = {r + "+3.conf": entry_body(r) for r in ("active", "passive", "recovery", "statereset")}
 LEFT = {  # where a kill -9 of each write verb leaves one
     "loader/entries/.bootkeeper-0a1b2c3d4e5f.tmp": 93,
     "EFI/kairos/active.efi.extra.d/.bootkeeper-a1a1a1a1a1a1.tmp": 1 << 20,
 }
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def twins(tmp_path: Path) -> tuple[Path, Path]:

@@ -11,21 +11,14 @@ import json
 import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import one_line_error, uki
+from helpers import bk, one_line_error, uki
 
 OSREL = "ID=kairos\nVERSION_ID=1\nIMAGE_ID=active\n"
-
-
-def bk(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bootkeeper", *map(str, args)], capture_output=True, text=True, check=False
-    )
 
 
 def esp(root: Path, extras: dict[str, bytes] | None = None, name: str = "active+3.efi") -> Path:

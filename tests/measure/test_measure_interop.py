@@ -12,21 +12,15 @@ import re
 import shlex
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import trixie
+from helpers import bk
 
 pytestmark = pytest.mark.integration
 PHASES = ("enter-initrd", "leave-initrd", "sysinit", "ready")
-
-
-def bk(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bootkeeper", *map(str, args)], capture_output=True, text=True, check=False
-    )
 
 
 def _bmp() -> bytes:

@@ -12,8 +12,6 @@ import os
 import random
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 
 import trixie
 from bootkeeper.measure import cpio
+from helpers import bk
 
 pytestmark = pytest.mark.integration
 CACHE = Path(os.environ.get("NODE_CACHE", Path(__file__).resolve().parents[2] / ".cache" / "node"))
@@ -29,10 +28,6 @@ ROLES = ("active", "passive", "recovery")
 UKI_DIR = "EFI/kairos"
 # each role's extensions (none for recovery: an empty variant)
 SYSEXTS = {"active": {"tools.raw": 70_001, "zz.raw": 4}, "passive": {"tools.raw": 70_002}, "recovery": {}}
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def records(path: Path) -> list[dict[str, Any]]:

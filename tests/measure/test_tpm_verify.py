@@ -24,7 +24,7 @@ import trixie
 from bootkeeper.measure.banks import BANKS as BANKS_BY_NAME
 from bootkeeper.measure.events import Event, FileRef
 from bootkeeper.measure.predict import Prediction
-from helpers import fake_efivars
+from helpers import bk, fake_efivars
 
 pytestmark = pytest.mark.integration
 
@@ -180,10 +180,6 @@ def make_root(
     (root / "oem").mkdir()
     (root / "oem/90_sysext.yaml").write_text("sysext:\n  sources: [/run/initrd-extra/sysext]\n")
     return root
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def test_the_test_log_is_what_systemd_measure_computes(uki: Uki) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import nodevm
+from helpers import bk
 from trixie import ROOT as TRIXIE
 
 # the node's cache (its package, its guest tree): run with the node tests (scripts/test.sh)
@@ -35,10 +36,6 @@ SHIPPED = (
     "usr/lib/systemd/system/bootkeeper-sysext-required.service",
     "usr/lib/systemd/system-generators/bootkeeper-generator",
 )
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def _deb_field(deb: Path, name: str) -> str:

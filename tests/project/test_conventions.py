@@ -11,17 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import entry_body, esp_with, one_line_error, uki
-
-
-def bk(*args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "bootkeeper", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
+from helpers import bk, entry_body, esp_with, one_line_error, uki
 
 
 def test_json_pretty_short_and_off() -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import trixie
 from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
 from bootkeeper.sysext import image, signature
+from helpers import bk
 
 POLICY = "root=signed+absent:usr=signed+absent"
 TRUSTED = signature.self_signed("rsa", "kairos-test-db")
@@ -35,10 +35,6 @@ BAD = {
     "k3s-v1.30.1.sysext.raw": "does not match its hash",
 }
 ALL = sorted([*SIGNED, *BAD])
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def _pem(obj: Any) -> bytes:

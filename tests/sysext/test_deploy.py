@@ -18,7 +18,7 @@ from bootkeeper.esp import extra, scratch
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import SPACE_MARGIN, EspStore
 from bootkeeper.sysext import deploy, image, policy, signature
-from helpers import tree
+from helpers import bk, tree
 
 KEY, CERT = signature.self_signed("ec", "deploy test")
 
@@ -38,10 +38,6 @@ def _check(staged: Path) -> image.Validation:
 
 def _esp(root: Path) -> Path:
     return scratch.make(root, roles=(Role.ACTIVE, Role.PASSIVE, Role.RECOVERY), ukis=True)
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def test_targets_strip_the_counter_and_cover_both_entry_types(tmp_path: Path) -> None:

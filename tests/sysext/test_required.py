@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,12 @@ from bootkeeper.errors import ConfigError
 from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
 from bootkeeper.sysext import required, signature
-from helpers import fake_efivars, one_line_error, signed_extension
+from helpers import bk, fake_efivars, one_line_error, signed_extension
 
 TRUSTED = signature.self_signed("rsa", "kairos-test-db")
 UNTRUSTED = signature.self_signed("rsa", "someone else")
 OS = {"ID": "kairos", "VERSION_ID": "1"}
 EFIVARS = "sys/firmware/efi/efivars"  # where the generator's rule reads them under --root
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 # -- the config edge ---------------------------------------------------------------------------

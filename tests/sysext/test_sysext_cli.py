@@ -7,19 +7,12 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bootkeeper.sysext import image
-from helpers import openssl_cms_verify
-
-
-def bk(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, cwd=cwd, check=False
-    )
+from helpers import bk, openssl_cms_verify
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from bootkeeper.config import Certificate, Sysext, SysextMode, _timespan
 from bootkeeper.errors import ConfigError
 from bootkeeper.sysext import signature
-from helpers import one_line_error, signed_extension
+from helpers import bk, one_line_error, signed_extension
 
 UNIT_DIR = "etc/systemd/system"
 KEY, CERT = signature.self_signed("ec", "timeout test")
@@ -49,10 +49,6 @@ def _tool() -> str:
     if tool is None:
         pytest.fail("systemd-analyze is missing; scripts/setup-test-deps.sh installs systemd")
     return tool
-
-
-def bk(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bootkeeper", *args], capture_output=True, text=True, check=False)
 
 
 def install_units(root: Path, cfg: str) -> subprocess.CompletedProcess[str]:
