@@ -40,21 +40,13 @@ def osrel(role: str) -> str:
     return f"ID=kairos\nIMAGE_ID={'kairos' if role != 'recovery' else 'kairos-recovery'}\nVERSION_ID=1\n"
 
 
-class Lab:
+class Lab(luks.Lab):
     def __init__(self, work: Path) -> None:
-        self.work = work
-        tok = luks.rsa_key(work, "tok")
-        state = work / "tpm"
-        self.pcr13 = luks.make_volume(work, "pcr13.luks")
-        luks.enroll(work, self.pcr13, state, "--tpm2-pcrs=13")
-        self.signed = luks.make_volume(work, "signed.luks")
-        luks.enroll(work, self.signed, state, f"--tpm2-public-key=/work/{tok[1].name}", "--tpm2-public-key-pcrs=11",
-                    "--tpm2-pcrs=")  # fmt: skip
+        super().__init__(work)
+        self.pcr13 = self.volume("pcr13.luks", ("--tpm2-pcrs=13",))
+        self.signed = self.volume("signed.luks", luks.SIGNED_PCR11)
         # both: the PCR 13 token stops working, the signed one still opens the volume
-        self.both = luks.make_volume(work, "both.luks")
-        luks.enroll(work, self.both, state, "--tpm2-pcrs=13")
-        luks.enroll(work, self.both, state, f"--tpm2-public-key=/work/{tok[1].name}", "--tpm2-public-key-pcrs=11",
-                    "--tpm2-pcrs=")  # fmt: skip
+        self.both = self.volume("both.luks", ("--tpm2-pcrs=13",), luks.SIGNED_PCR11)
         self.pcrlock = self._pcrlock_volume()
         ukis = work / "ukis"
         ukis.mkdir()
@@ -78,14 +70,6 @@ class Lab:
         imp = ["cryptsetup", "token", "import", "--json-file", str(f), str(v)]
         subprocess.run(imp, check=True, capture_output=True)
         return v
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    gone = luks.missing()
-    if gone:
-        pytest.fail(f"missing in the trixie tree: {', '.join(gone)} (scripts/setup-trixie.sh makes it)")
-    return Lab(tmp_path_factory.mktemp("sysext-gate"))
 
 
 def node(lab: Lab, root: Path, store: str = "esp") -> Path:

@@ -24,19 +24,17 @@ pytestmark = pytest.mark.integration
 OSREL = "ID=kairos\nIMAGE_ID=kairos\nVERSION_ID={v}\nIMAGE_VERSION={v}\n"
 
 
-class Lab:
+class Lab(luks.Lab):
     def __init__(self, work: Path) -> None:
-        self.work = work
-        self.tok = luks.rsa_key(work, "tok")
+        super().__init__(work)
         self.other = luks.rsa_key(work, "other")
         self.fp = luks.pkfp(self.tok[1])
         self.other_fp = luks.pkfp(self.other[1])
-        state = work / "tpm"
         pub, other = "--tpm2-public-key=/work/tok.pub.pem", "--tpm2-public-key=/work/other.pub.pem"
         self.volumes: dict[str, Path] = {}
         for name, args in {
             # Kairos kcrypt's binding: signed PCR 11 and nothing by value
-            "signed": (pub, "--tpm2-public-key-pcrs=11", "--tpm2-pcrs="),
+            "signed": luks.SIGNED_PCR11,
             # systemd-cryptenroll 257's default adds PCR 7 by value
             "signed+7": (pub, "--tpm2-public-key-pcrs=11"),
             "literal-7+11": ("--tpm2-pcrs=7+11",),
@@ -48,7 +46,7 @@ class Lab:
         }.items():
             v = luks.make_volume(work, f"{name}.luks")
             if args:
-                luks.enroll(work, v, state, *args)
+                luks.enroll(work, v, self.state, *args)
             self.volumes[name] = v
         ukis = work / "ukis"
         ukis.mkdir()
@@ -64,14 +62,6 @@ class Lab:
         for role, src in ukis.items():
             shutil.copy(src, esp / "EFI" / "Linux" / f"{role}+3.efi")
         return esp
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    gone = luks.missing()
-    if gone:
-        pytest.fail(f"missing in the trixie tree: {', '.join(gone)} (scripts/setup-trixie.sh makes it)")
-    return Lab(tmp_path_factory.mktemp("luks"))
 
 
 def audit(device: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -25,24 +25,13 @@ def osrel(role: str, version: str) -> str:
     return f"ID=kairos\nIMAGE_ID={image_id}\nVERSION_ID={version}\nIMAGE_VERSION={version}\n"
 
 
-class Lab:
+class Lab(luks.Lab):
     def __init__(self, work: Path) -> None:
-        self.work = work
-        self.tok = luks.rsa_key(work, "tok")
+        super().__init__(work)
         self.other = luks.rsa_key(work, "other")
         self.fp = luks.pkfp(self.tok[1])
-        state = work / "tpm"
-        self.signed_vol = luks.make_volume(work, "signed.luks")
-        luks.enroll(
-            work,
-            self.signed_vol,
-            state,
-            "--tpm2-public-key=/work/tok.pub.pem",
-            "--tpm2-public-key-pcrs=11",
-            "--tpm2-pcrs=",
-        )
-        self.literal_vol = luks.make_volume(work, "literal.luks")
-        luks.enroll(work, self.literal_vol, state, "--tpm2-pcrs=7+11")
+        self.signed_vol = self.volume("signed.luks", luks.SIGNED_PCR11)
+        self.literal_vol = self.volume("literal.luks", ("--tpm2-pcrs=7+11",))
         new = osrel("active", "2")
         u = work / "ukis"
         u.mkdir()
@@ -55,14 +44,6 @@ class Lab:
             work, u / "late.efi", new, self.tok, phases="enter-initrd:leave-initrd enter-initrd:leave-initrd:sysinit"
         )
         self.sha1_only = luks.build_uki(work, u / "sha1.efi", new, self.tok, banks="sha1")
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    gone = luks.missing()
-    if gone:
-        pytest.fail(f"missing in the trixie tree: {', '.join(gone)} (scripts/setup-trixie.sh makes it)")
-    return Lab(tmp_path_factory.mktemp("gate"))
 
 
 def esp(root: Path) -> Path:
