@@ -45,6 +45,16 @@ def esp_with(root: Path, entries: dict[str, str], loader_conf: str = "timeout 0\
     return root
 
 
+def type2_esp(root: Path, files: dict[str, bytes], loader_conf: str = "timeout 0\n") -> Path:
+    """A scratch ESP of Type #2 entries: ``files`` (UKIs by file name) in EFI/Linux and a loader.conf."""
+    (root / "EFI" / "Linux").mkdir(parents=True)
+    (root / "loader").mkdir()
+    (root / "loader" / "loader.conf").write_text(loader_conf)
+    for name, data in files.items():
+        (root / "EFI" / "Linux" / name).write_bytes(data)
+    return root
+
+
 def entry_body(role: str, sort_key: bool = True) -> str:
     sk = f"sort-key {['active', 'passive', 'recovery', 'statereset'].index(role) + 1}-{role}\n" if sort_key else ""
     return f"title {role}\n{sk}linux /EFI/kairos/vmlinuz\noptions entry={role}\n"

@@ -18,7 +18,7 @@ from bootkeeper.config import BootAssessment
 from bootkeeper.esp.linkstore import LinkStore
 from bootkeeper.esp.store import EspStore
 from bootkeeper.sysext import deploy, signature
-from helpers import signed_extension, tree, uki
+from helpers import signed_extension, tree, type2_esp, uki
 
 KEY, CERT = signature.self_signed("ec", "upgrade store test")
 CFG = BootAssessment(tries=3, recovery_tries=3)
@@ -57,13 +57,10 @@ def esp(root: Path, layout: str) -> Path:
     from bootkeeper.esp import scratch
 
     if layout == "type2":
-        lx = root / "EFI" / "Linux"
-        lx.mkdir(parents=True)
-        (root / "loader").mkdir()
-        (root / "loader" / "loader.conf").write_text("timeout 0\n")
-        for role, data in (("active", OLD_ACTIVE), ("passive", OLD_PASSIVE), ("recovery", RECOVERY)):
-            (lx / f"{role}+3.efi").write_bytes(data)
-        return root
+        return type2_esp(
+            root,
+            {f"{r}+3.efi": d for r, d in (("active", OLD_ACTIVE), ("passive", OLD_PASSIVE), ("recovery", RECOVERY))},
+        )
     scratch.make(root, ukis=True)
     for role, data in (("active", OLD_ACTIVE), ("passive", OLD_PASSIVE), ("recovery", RECOVERY)):
         (root / "EFI" / "kairos" / f"{role}.efi").write_bytes(data)

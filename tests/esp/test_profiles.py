@@ -18,6 +18,7 @@ from bootkeeper.esp.efivars import LoaderVars
 from bootkeeper.esp.entries import Entry, menu_order, parse_type2
 from bootkeeper.esp.scratch import stand_in_uki
 from bootkeeper.esp.store import EspStore, Snapshot
+from helpers import type2_esp
 
 OSREL = b"ID=kairos\nIMAGE_ID=kairos\nVERSION_ID=1\n"
 
@@ -28,15 +29,6 @@ def _uki(*profiles: bytes, osrel: bytes = OSREL, extra: tuple[tuple[bytes, bytes
     for p in profiles:
         sections += ((b".profile", p),)
     return stand_in_uki(sections)
-
-
-def _esp(root: Path, files: dict[str, bytes], loader_conf: str = "timeout 0\n") -> Path:
-    (root / "EFI" / "Linux").mkdir(parents=True)
-    (root / "loader").mkdir()
-    (root / "loader" / "loader.conf").write_text(loader_conf)
-    for name, data in files.items():
-        (root / "EFI" / "Linux" / name).write_bytes(data)
-    return root
 
 
 def _profile(file_name: str, n: int = 1, pid: str | None = None) -> Entry:
@@ -75,7 +67,7 @@ def test_profile_ids_per_version(version: str, file_name: str, pid: str | None, 
 
 
 def test_no_profile_entries_before_257(tmp_path: Path) -> None:
-    root = _esp(tmp_path, {"active+3.efi": _uki(b"TITLE=base\n", b"ID=debug\n")})
+    root = type2_esp(tmp_path, {"active+3.efi": _uki(b"TITLE=base\n", b"ID=debug\n")})
     assert EspStore(root).snapshot("252").profiles == ()
     snap = EspStore(root).snapshot("257.13")
     assert [(e.profile, e.profile_id) for e in snap.profiles] == [(1, "debug")]
@@ -100,7 +92,7 @@ def test_profile_osrel_overrides_base(tmp_path: Path) -> None:
     data = stand_in_uki(
         ((b".osrel", OSREL), (b".profile", b""), (b".profile", b"ID=x\n"), (b".osrel", b"ID=other\nVERSION_ID=9\n"))
     )
-    root = _esp(tmp_path, {"a.efi": data})
+    root = type2_esp(tmp_path, {"a.efi": data})
     snap = EspStore(root).snapshot("262")
     (p1,) = snap.profiles
     assert p1.sort_key == "other" and p1.version == "9" and p1.title == "other (x)"
@@ -111,7 +103,7 @@ def test_profile_without_osrel_is_skipped_not_renumbered(tmp_path: Path) -> None
     data = stand_in_uki(
         ((b".profile", b""), (b".osrel", OSREL), (b".profile", b"ID=x\n"), (b".profile", b""), (b".osrel", OSREL))
     )
-    snap = EspStore(_esp(tmp_path, {"a.efi": data})).snapshot("262")
+    snap = EspStore(type2_esp(tmp_path, {"a.efi": data})).snapshot("262")
     assert [e.entry_id(snap.sdboot) for e in snap.profiles] == ["a.efi@2"]
     assert snap.entries[0].listed
 
@@ -125,7 +117,7 @@ def test_profile_without_osrel_is_skipped_not_renumbered(tmp_path: Path) -> None
 )
 def test_hostile_profile_sections(tmp_path: Path, sections: tuple[tuple[bytes, bytes], ...], words: str) -> None:
     p = tmp_path / "EFI" / "Linux" / "a+3.efi"
-    _esp(tmp_path, {"a+3.efi": stand_in_uki(sections)})
+    type2_esp(tmp_path, {"a+3.efi": stand_in_uki(sections)})
     with pytest.raises(MalformedError, match=words) as exc:
         pe.read_profiles(p)
     assert "\n" not in str(exc.value) and str(p) in str(exc.value)
@@ -139,16 +131,16 @@ def test_profile_section_past_end_of_file(tmp_path: Path) -> None:
     table = 0x80 + 24 + 0xF0
     off = table + 40 * 2  # the second .profile's header: make its raw data start past the end
     data[off + 20 : off + 24] = (len(data) + 4096).to_bytes(4, "little")
-    _esp(tmp_path, {"a.efi": bytes(data)})
+    type2_esp(tmp_path, {"a.efi": bytes(data)})
     with pytest.raises(MalformedError, match="past the end"):
         pe.read_profiles(tmp_path / "EFI" / "Linux" / "a.efi")
 
 
 def test_many_profiles_are_bounded_by_the_section_table(tmp_path: Path) -> None:
-    _esp(tmp_path, {"a.efi": _uki(*(b"" for _ in range(95)))})
+    type2_esp(tmp_path, {"a.efi": _uki(*(b"" for _ in range(95)))})
     snap = EspStore(tmp_path).snapshot("262")
     assert len(snap.profiles) == 94  # 95 .profile sections: profiles 0..94
-    _esp(tmp_path / "b", {"a.efi": _uki(*(b"" for _ in range(96)))})  # 97 sections: not a PE systemd-boot reads
+    type2_esp(tmp_path / "b", {"a.efi": _uki(*(b"" for _ in range(96)))})  # 97 sections: not a PE systemd-boot reads
     assert not EspStore(tmp_path / "b").snapshot("262").entries[0].listed
 
 
@@ -193,7 +185,7 @@ def test_257_13_counted_profile_0_sorts_last(file_name: str) -> None:
 def _snap(
     tmp_path: Path, version: str, loader_conf: str = "timeout 0\n", files: dict[str, bytes] | None = None
 ) -> Snapshot:
-    return EspStore(_esp(tmp_path, files or {"active+3.efi": _uki(b"", b"")}, loader_conf)).snapshot(version)
+    return EspStore(type2_esp(tmp_path, files or {"active+3.efi": _uki(b"", b"")}, loader_conf)).snapshot(version)
 
 
 @pytest.mark.parametrize(
@@ -276,7 +268,7 @@ def test_type1_profile_key_from_259(tmp_path: Path) -> None:
 def test_entries_view_lists_profiles(tmp_path: Path) -> None:
     from bootkeeper.cli.main import cli
 
-    _esp(tmp_path, {"active+3.efi": _uki(b"", b"ID=debug\n")})
+    type2_esp(tmp_path, {"active+3.efi": _uki(b"", b"ID=debug\n")})
     (tmp_path / "efivars").mkdir()
     r = CliRunner().invoke(
         cli,

@@ -18,7 +18,7 @@ import pytest
 import luks
 from bootkeeper.errors import MalformedError
 from bootkeeper.measure import luks as luks_mod
-from helpers import one_line_error
+from helpers import one_line_error, type2_esp
 
 pytestmark = pytest.mark.integration
 OSREL = "ID=kairos\nIMAGE_ID=kairos\nVERSION_ID={v}\nIMAGE_VERSION={v}\n"
@@ -55,13 +55,7 @@ class Lab(luks.Lab):
         self.esp = self.make_esp("esp", active=self.signed, passive=self.unsigned)
 
     def make_esp(self, name: str, **ukis: Path) -> Path:
-        esp = self.work / name
-        (esp / "EFI" / "Linux").mkdir(parents=True)
-        (esp / "loader").mkdir()
-        (esp / "loader" / "loader.conf").write_text("timeout 0\n")
-        for role, src in ukis.items():
-            shutil.copy(src, esp / "EFI" / "Linux" / f"{role}+3.efi")
-        return esp
+        return type2_esp(self.work / name, {f"{role}+3.efi": src.read_bytes() for role, src in ukis.items()})
 
 
 def audit(device: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import luks
-from helpers import tree, uki
+from helpers import tree, type2_esp, uki
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +47,8 @@ class Lab(luks.Lab):
 
 
 def esp(root: Path) -> Path:
-    e = root / "esp"
-    lx = e / "EFI" / "Linux"
-    lx.mkdir(parents=True)
-    (e / "loader").mkdir()
-    (e / "loader" / "loader.conf").write_text("timeout 0\n")
-    for role, version in (("active", "1"), ("passive", "0"), ("recovery", "1")):
-        (lx / f"{role}+3.efi").write_bytes(uki(osrel(role, version), tag=f"{role} v{version}"))
-    return e
+    versions = (("active", "1"), ("passive", "0"), ("recovery", "1"))
+    return type2_esp(root / "esp", {f"{r}+3.efi": uki(osrel(r, v), tag=f"{r} v{v}") for r, v in versions})
 
 
 def upgrade(root: Path, new: Path, *args: str) -> subprocess.CompletedProcess[str]:
