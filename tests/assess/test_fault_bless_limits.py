@@ -83,6 +83,7 @@ echo "@@@ rc $?"
     return p, (tmp_path / "before").read_text(), (tmp_path / "after").read_text(), r.stdout
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_full_esp_with_loader_conf_to_rewrite_is_left_unchanged(tmp_path: Path) -> None:
     # Before: the entry was renamed, then writing loader.conf failed for space (the ESP half done).
@@ -94,6 +95,7 @@ def test_full_esp_with_loader_conf_to_rewrite_is_left_unchanged(tmp_path: Path) 
     assert after == before
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_full_esp_with_renames_only_is_done_in_full(tmp_path: Path) -> None:
     esp = _esp(tmp_path, "timeout 0\n")
@@ -104,6 +106,7 @@ def test_full_esp_with_renames_only_is_done_in_full(tmp_path: Path) -> None:
     assert "+2-1" not in after and "+1-2" not in after
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_full_esp_with_a_hand_back_to_write_is_left_unchanged(tmp_path: Path) -> None:
     """Issue 26 item 9: a good statereset boot writes the hand-back count first; no room for it: one

@@ -104,6 +104,7 @@ def _flags_hold(d: Path) -> bool:
         probe.unlink()
 
 
+@pytest.mark.root
 def test_an_immutable_variable_is_overwritten_and_deleted(esp: Path, tmp_path: Path) -> None:
     """efivarfs marks LoaderEntryOneShot immutable (not on the kernel's allow list): without
     dropping FS_IMMUTABLE_FL first the write and the delete fail with EPERM, as root too. On this

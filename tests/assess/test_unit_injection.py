@@ -164,6 +164,7 @@ TRICKY = [
 ]
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("systemd", ["host", "trixie"])
 def test_tricky_hierarchies_reach_systemd_sysext_exactly(tmp_path: Path, systemd: str) -> None:
     """Through the real config and install-units: verify passes, and systemd's parse of the drop-in
@@ -175,6 +176,7 @@ def test_tricky_hierarchies_reach_systemd_sysext_exactly(tmp_path: Path, systemd
     assert parsed["Environment"] == ["SYSTEMD_SYSEXT_HIERARCHIES=" + ":".join(["/usr", *TRICKY])]
 
 
+@pytest.mark.root
 def test_tricky_command_words_reach_the_command_exactly(tmp_path: Path) -> None:
     """--exe words with '%', quotes, a backslash and '$' (in an argument: systemd replaces '$$' with
     '$' when it runs the command, systemd.service(5) "Command lines") and a policy of '*': every unit's
@@ -200,6 +202,7 @@ def test_tricky_command_words_reach_the_command_exactly(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("systemd", ["host", "trixie"])
 def test_a_hostile_value_past_the_config_makes_no_line_of_its_own(tmp_path: Path, systemd: str) -> None:
     """The second layer alone: a Config built in code (no config.load) with a newline, a quote and an

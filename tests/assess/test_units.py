@@ -94,6 +94,7 @@ def _install_json(root: Path, cfg: str, *more: str) -> tuple[subprocess.Complete
     return r, (root / UNIT_DIR / DROPIN).read_text()
 
 
+@pytest.mark.root
 def test_a_252_node_gets_a_dropin_its_systemd_sysext_runs(tmp_path: Path) -> None:
     """systemd 252 (this machine's, read from the binary under ROOT): no --image-policy, a comment
     saying why, a warning; systemd-analyze verify passes, and the very command line the drop-in runs
@@ -130,6 +131,7 @@ def test_a_252_node_gets_a_dropin_its_systemd_sysext_runs(tmp_path: Path) -> Non
     assert "unrecognized option '--image-policy" in run.stderr
 
 
+@pytest.mark.root
 def test_a_257_node_keeps_the_policy_and_its_systemd_sysext_takes_it(tmp_path: Path) -> None:
     """trixie's systemd 257 under ROOT: the policy stays, and trixie's own systemd-sysext runs the
     drop-in's command line (exit 0). Before: the same drop-in, but no word of the version used."""

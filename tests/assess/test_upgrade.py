@@ -432,6 +432,7 @@ def test_crash_at_every_step_boots_old_or_new_and_a_rerun_completes(
         shutil.rmtree(esp)
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_one_space_check_before_the_first_write(tmp_path: Path, imgs: Images) -> None:
     """A real small ESP (tmpfs of 2 MiB in a private mount namespace): a new UKI that does not fit with the

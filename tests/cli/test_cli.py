@@ -154,6 +154,7 @@ def test_simulate_and_demo_run(tmp_path: Path) -> None:
     assert "fell back to passive" in d.stdout
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_read_only_esp_is_remounted_and_back(esp: Path, tmp_path: Path) -> None:
     """A real read-only mount (tmpfs in a private mount namespace): bless remounts rw, renames, and

@@ -49,6 +49,7 @@ def _flags(out: str, mnt: Path) -> tuple[bool, bool]:
     return found
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_read_only_bind_mount_is_remounted_as_a_bind(esp: Path, tmp_path: Path) -> None:
     """/efi bound read-only from a writable file system: bless makes only the bind writable and back;
@@ -78,6 +79,7 @@ cat /proc/self/mountinfo
     assert "a writable" in out and "b writable" not in out and "b not read-only" not in out
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_read_only_file_system_and_a_writable_mount_of_it(esp: Path, tmp_path: Path) -> None:
     """The plain case (the file system read-only) still remounts rw and back ro; and when the file
@@ -209,6 +211,7 @@ def test_a_live_run_keeps_its_temporaries(esp: Path) -> None:
         t.join()
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_write_errors_name_the_file(esp: Path, tmp_path: Path) -> None:
     """A full ESP (a real full tmpfs): the error names the file being written. Before, the bare

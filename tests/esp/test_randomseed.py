@@ -86,6 +86,7 @@ def _seed(out: str, label: str) -> str:
     return next(x.split()[2] for x in out.splitlines() if x.startswith(f"@@@ SEED{label} "))
 
 
+@pytest.mark.root
 def test_refreshes_the_seed_on_a_read_only_esp_and_leaves_it_read_only(tmp_path: Path) -> None:
     """Two runs on a read-only ESP: the first writes a 32-byte seed, the second refreshes it (other
     bytes); each prints one line, and the mount is read-only again after each."""
@@ -118,6 +119,7 @@ echo "@@@ SEED2 $(od -An -tx1 {seed} | tr -d ' \\n')"
     assert any("Random seed file" in x for x in out["bootctl"])
 
 
+@pytest.mark.root
 def test_a_writable_esp_is_not_remounted(tmp_path: Path) -> None:
     mnt = tmp_path / "efi"
     mnt.mkdir()
@@ -132,6 +134,7 @@ def test_a_writable_esp_is_not_remounted(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.root
 def test_bootctl_failing_is_an_error_and_the_esp_is_read_only_again(tmp_path: Path) -> None:
     """Without SYSTEMD_RELAX_ESP_CHECKS the real bootctl refuses a tmpfs (not FAT): it ran after the
     remount, so this proves the way back: exit 8, one line naming bootctl and its reason, ro again."""
@@ -151,6 +154,7 @@ def test_bootctl_failing_is_an_error_and_the_esp_is_read_only_again(tmp_path: Pa
     assert "random-seed" not in p.stdout
 
 
+@pytest.mark.root
 def test_missing_bootctl_is_one_line_before_anything_is_touched(tmp_path: Path) -> None:
     if shutil.which("bootctl", path=_BASE_ENV["PATH"]) is not None:
         pytest.fail(f"bootctl is on {_BASE_ENV['PATH']} here: the test needs a machine without it (Debian 12 has none)")

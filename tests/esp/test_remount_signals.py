@@ -138,6 +138,7 @@ def _bless(tmp_path: Path) -> list[str]:
     return ["bless", "good", "--esp", "@MNT@", "--entry", ENTRY, "--root", str(tmp_path)]
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_signal_in_the_writable_window_leaves_the_bind_mount_read_only(tmp_path: Path, sig: signal.Signals) -> None:
     """Before: SIGTERM and SIGHUP ended the process at once, /efi stayed rw; the run ends by the same
@@ -154,6 +155,7 @@ def test_a_signal_in_the_writable_window_leaves_the_bind_mount_read_only(tmp_pat
     assert (esp / ENTRY).exists() and not (esp / "loader/entries/active.conf").exists()
 
 
+@pytest.mark.root
 def test_sigterm_leaves_a_read_only_file_system_read_only(tmp_path: Path) -> None:
     """A read-only tmpfs (the file system's flag), and SIGTERM sent to the whole process group, as
     systemd stops a unit (KillMode=control-group: every process of it)."""
@@ -166,6 +168,7 @@ def test_sigterm_leaves_a_read_only_file_system_read_only(tmp_path: Path) -> Non
     assert out["rc"] == -signal.SIGTERM
 
 
+@pytest.mark.root
 def test_sigterm_before_the_remount_changes_nothing(tmp_path: Path) -> None:
     """The signal arrives while the run waits just before ``mount -o remount,rw``: it is acted on before
     the remount, so the ESP is never made writable."""
@@ -197,6 +200,7 @@ def _killed_way_back(tmp_path: Path, **cfg: Any) -> dict[str, Any]:
     return _in_namespace(tmp_path, wrap=WRAP.replace("@MARK@", str(mark)), ready=str(mark / "ready"), **cfg)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("how", ["bind", "tmpfs"])
 def test_sigterm_that_kills_the_way_back_mount_still_leaves_it_read_only(tmp_path: Path, how: str) -> None:
     """Before: the way-back mount ran once; killed by the group's SIGTERM, its failure ended the run
@@ -215,6 +219,7 @@ def test_sigterm_that_kills_the_way_back_mount_still_leaves_it_read_only(tmp_pat
     assert (tmp_path / "held").is_dir()  # the wrapper did hold (and lose) the first attempt
 
 
+@pytest.mark.root
 def test_sigterm_that_kills_the_restoring_mount_still_leaves_it_read_only(tmp_path: Path) -> None:
     """bless without boot counting only restores what fstab says (restore_read_only): the same retry."""
     esp = _esp(tmp_path)
@@ -235,6 +240,7 @@ def _fstab(tmp_path: Path, esp: Path, options: str) -> Path:
     return f
 
 
+@pytest.mark.root
 def test_a_run_that_finds_it_read_write_where_fstab_says_ro_restores_it(tmp_path: Path) -> None:
     """As a stopped run of the code before the fix left it: rw, while fstab mounts it ro. bless writes
     and leaves it read-only, saying so in one line."""
@@ -251,6 +257,7 @@ def test_a_run_that_finds_it_read_write_where_fstab_says_ro_restores_it(tmp_path
     assert (esp / "loader/entries/active.conf").exists()
 
 
+@pytest.mark.root
 def test_bless_without_boot_counting_restores_it_too(tmp_path: Path) -> None:
     """bless at boot on a node not booted with boot counting writes nothing (exit 3), and still puts
     the ESP back to read-only; a plain (not bind) fstab line gets ``remount,ro``."""
@@ -268,6 +275,7 @@ def test_bless_without_boot_counting_restores_it_too(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.root
 def test_a_writable_esp_that_fstab_mounts_rw_is_left_writable(tmp_path: Path) -> None:
     esp = _esp(tmp_path)
     fstab = _fstab(tmp_path, esp, "bind,ro,rw")  # the last of ro/rw counts, as mount(8) reads it
@@ -379,6 +387,7 @@ def test_unit_files_are_read_in_the_order_systemd_analyze_cat_config_shows(tmp_p
     assert store_mod._meant_read_only("/efi", tmp_path) == ("/etc/systemd/system/efi.mount.d/20-b.conf", True)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("where", ["drop-in", "generator"])
 def test_a_run_that_finds_it_read_write_where_the_mount_unit_says_ro_restores_it(tmp_path: Path, where: str) -> None:
     """Before: a drop-in's Options=, and a unit in /run/systemd/generator, were not read: left rw."""
@@ -422,6 +431,7 @@ VERBS = {
 }
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("verb", list(VERBS))
 def test_sigterm_in_other_verbs_leaves_it_read_only(tmp_path: Path, verb: str) -> None:
     esp = _scratch(tmp_path)

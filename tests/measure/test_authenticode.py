@@ -18,7 +18,7 @@ from bootkeeper.errors import MalformedError
 from bootkeeper.measure import authenticode
 from bootkeeper.measure.banks import BANKS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.root]
 ALL = tuple(BANKS[n] for n in ("sha1", "sha256", "sha384", "sha512"))
 CACHE = Path(os.environ.get("NODE_CACHE", Path(__file__).resolve().parents[2] / ".cache" / "node"))
 VM = Path(os.environ.get("VM_CACHE", Path(__file__).resolve().parents[2] / ".cache" / "vm"))

@@ -62,6 +62,7 @@ def _tpm2_eventlog_pcrs(log: bytes, tmp: Path) -> dict[str, dict[int, bytes]]:
     return out
 
 
+@pytest.mark.root
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("banks", "locality"),

@@ -19,7 +19,7 @@ import pytest
 import trixie
 from helpers import bk
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.root]
 PHASES = ("enter-initrd", "leave-initrd", "sysinit", "ready")
 
 

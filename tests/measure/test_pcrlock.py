@@ -97,6 +97,7 @@ def ours(built: Path) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.root
 def test_uki_variant_is_lock_uki_plus_the_kernel_lock_pe(built: Path, theirs: Path, ours: dict[str, Any]) -> None:
     kernel = records(theirs / "kernel.pcrlock")
     for r in ROLES:
@@ -106,6 +107,7 @@ def test_uki_variant_is_lock_uki_plus_the_kernel_lock_pe(built: Path, theirs: Pa
     assert len({json.dumps(records(theirs / f"{r}.uki.pcrlock")) for r in ROLES}) == len(ROLES)
 
 
+@pytest.mark.root
 def test_sysext_variant_is_lock_raw_of_the_cpio(built: Path, theirs: Path, ours: dict[str, Any]) -> None:
     for r in ROLES:
         mine = records(built / "dest" / "660-bootkeeper-sysext.pcrlock.d" / f"{r}.pcrlock")
@@ -116,6 +118,7 @@ def test_sysext_variant_is_lock_raw_of_the_cpio(built: Path, theirs: Path, ours:
     assert records(theirs / "active.sysext.pcrlock") != records(theirs / "passive.sysext.pcrlock")
 
 
+@pytest.mark.root
 def test_json_summary_names_every_file(built: Path, ours: dict[str, Any]) -> None:
     paths = [v["path"] for v in ours["variants"]]
     assert paths == sorted(paths)
@@ -135,6 +138,7 @@ def test_json_summary_names_every_file(built: Path, ours: dict[str, Any]) -> Non
                 assert all(n in v["records"][0]["what"] for n in SYSEXTS[v["role"]])
 
 
+@pytest.mark.root
 def test_pcrlock_lists_our_components_in_order(built: Path, ours: dict[str, Any]) -> None:
     p = trixie.run(f"{PCRLOCK} list-components --components=/work/dest --json=short", built)
     assert p.returncode == 0, p.stderr
@@ -148,6 +152,7 @@ def test_pcrlock_lists_our_components_in_order(built: Path, ours: dict[str, Any]
     ]
 
 
+@pytest.mark.root
 def test_secure_boot_leaves_the_kernel_record_out(built: Path, theirs: Path, tmp_path: Path) -> None:
     """Under Secure Boot stub 257's security override answers the firmware's hook itself, which is
     where the firmware measures: what lock-uki writes is then the whole story."""
@@ -158,6 +163,7 @@ def test_secure_boot_leaves_the_kernel_record_out(built: Path, theirs: Path, tmp
         assert mine == records(theirs / f"{r}.uki.pcrlock")
 
 
+@pytest.mark.root
 def test_entries_gone_lose_their_variants(built: Path, tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     assert bk("tpm", "pcrlock", "--esp", str(built / "esp"), "--dest", str(dest)).returncode == 0
@@ -177,6 +183,7 @@ def test_entries_gone_lose_their_variants(built: Path, tmp_path: Path) -> None:
     assert not [p for p in dest.rglob("*") if p.name.startswith(".bootkeeper-")]
 
 
+@pytest.mark.root
 def test_hostile_uki_is_one_line_error(built: Path, tmp_path: Path) -> None:
     from helpers import one_line_error
 
@@ -273,6 +280,7 @@ def _live(work: Path) -> dict[int, str]:
     return out
 
 
+@pytest.mark.root
 def test_pcrlock_policy_from_our_components_unlocks_every_role(built: Path, theirs: Path, ours: dict[str, Any]) -> None:
     """On a software TPM: PCRs 4, 11 and 13 of a boot of the active entry, and the firmware log of it.
     systemd-pcrlock recognizes every record with our components (with lock-uki's it drops PCR 4),
@@ -369,6 +377,7 @@ def test_variant_names_are_roles_unless_taken() -> None:
     assert _names(found) == ["active", "passive", "passive-old", "x_y_z", "_x_y_z"]
 
 
+@pytest.mark.root
 def test_each_profile_of_a_multi_profile_uki_gets_its_variant(built: Path, theirs: Path, tmp_path: Path) -> None:
     """systemd-boot 257 lists each profile as an entry; lock-uki 257 gives up on such a UKI (its
     sections come twice), we write a variant per profile: the same PE hashes, their own PCR 11."""

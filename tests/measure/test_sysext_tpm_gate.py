@@ -118,6 +118,7 @@ def refused(p: subprocess.CompletedProcess[str], *words: str) -> None:
 # --- refused: PCR 13 by value, a pcrlock policy covering it -------------------------------------------
 
 
+@pytest.mark.root
 def test_install_refused_with_pcr13_by_value_and_the_esp_untouched(lab: Lab, tmp_path: Path) -> None:
     node(lab, tmp_path)
     before = tree(tmp_path / "efi")
@@ -127,6 +128,7 @@ def test_install_refused_with_pcr13_by_value_and_the_esp_untouched(lab: Lab, tmp
     assert tree(tmp_path / "efi") == before
 
 
+@pytest.mark.root
 def test_remove_refused_with_pcr13_by_value_and_the_esp_untouched(lab: Lab, tmp_path: Path) -> None:
     node(lab, tmp_path)
     assert bk(tmp_path, "install", str(lab.image)).returncode == 0  # no volume: no gate
@@ -140,6 +142,7 @@ def test_remove_refused_with_pcr13_by_value_and_the_esp_untouched(lab: Lab, tmp_
     assert extra(tmp_path, "active") == ["tools.sysext.raw"]
 
 
+@pytest.mark.root
 def test_a_pcrlock_policy_covering_pcr13_refuses_one_leaving_it_out_does_not(lab: Lab, tmp_path: Path) -> None:
     node(lab, tmp_path)
     before = tree(tmp_path / "efi")
@@ -165,6 +168,7 @@ def test_a_pcrlock_policy_covering_pcr13_refuses_one_leaving_it_out_does_not(lab
 # --- allowed: --force, a signed PCR 11 policy, a volume that still opens ------------------------------
 
 
+@pytest.mark.root
 def test_force_installs_and_removes_and_says_so(lab: Lab, tmp_path: Path) -> None:
     node(lab, tmp_path)
     p = bk(tmp_path, "install", str(lab.image), "--luks", str(lab.pcr13), "--force", "--json")
@@ -179,6 +183,7 @@ def test_force_installs_and_removes_and_says_so(lab: Lab, tmp_path: Path) -> Non
     assert extra(tmp_path, "active") == extra(tmp_path, "passive") == []
 
 
+@pytest.mark.root
 def test_a_signed_pcr11_policy_lets_both_through(lab: Lab, tmp_path: Path) -> None:
     node(lab, tmp_path)
     p = bk(tmp_path, "install", str(lab.image), "--luks", str(lab.signed), "--json")
@@ -192,6 +197,7 @@ def test_a_signed_pcr11_policy_lets_both_through(lab: Lab, tmp_path: Path) -> No
     assert json.loads(p.stdout)["tpm"][0]["ok"] and extra(tmp_path, "active") == []
 
 
+@pytest.mark.root
 def test_a_volume_that_still_opens_with_another_token_is_a_warning(lab: Lab, tmp_path: Path) -> None:
     node(lab, tmp_path)
     p = bk(tmp_path, "install", str(lab.image), "--luks", str(lab.both))
@@ -199,6 +205,7 @@ def test_a_volume_that_still_opens_with_another_token_is_a_warning(lab: Lab, tmp
     assert f"warning: {lab.both} still unlocks with token 1 after the change, but token 0 binds PCR 13" in p.stderr
 
 
+@pytest.mark.root
 def test_an_identical_copy_changes_no_pcr_and_is_not_gated(lab: Lab, tmp_path: Path) -> None:
     node(lab, tmp_path)
     assert bk(tmp_path, "install", str(lab.image)).returncode == 0
@@ -230,6 +237,7 @@ def lock_raw(root: Path, role: str) -> list[dict[str, Any]]:
     return records(work / f"{role}.pcrlock")
 
 
+@pytest.mark.root
 def test_pcrlock_components_are_made_again_for_the_changed_entries(lab: Lab, tmp_path: Path) -> None:
     if not (trixie.ROOT / PCRLOCK.lstrip("/")).exists():
         pytest.fail(f"no systemd-pcrlock in {trixie.ROOT}: scripts/setup-trixie.sh makes it (make test runs it)")
@@ -265,6 +273,7 @@ def test_pcrlock_components_are_made_again_for_the_changed_entries(lab: Lab, tmp
     assert records(dest / SYSEXT_D / "passive.pcrlock") == []
 
 
+@pytest.mark.root
 def test_no_pcrlock_set_up_nothing_written(lab: Lab, tmp_path: Path) -> None:
     node(lab, tmp_path)
     p = bk(tmp_path, "install", str(lab.image), "--json")
@@ -285,6 +294,7 @@ def pcr13(root: Path) -> dict[str, str]:
     return {e["entry"]: e["pcrs"]["sha256"]["13"] for e in json.loads(p.stdout)["entries"]}
 
 
+@pytest.mark.root
 def test_the_persistent_store_is_not_gated_and_pcr13_stays(lab: Lab, tmp_path: Path) -> None:
     """With sysext.store: persistent an extension never passes through systemd-stub (esp/linkstore.py), so
     PCR 13 is the same before and after, and a volume bound to it by value keeps unlocking: no refusal."""

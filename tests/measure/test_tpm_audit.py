@@ -78,6 +78,7 @@ def codes(rep: dict[str, Any], level: str) -> list[str]:
     return sorted(f["code"] for f in rep["findings"] if f["level"] == level)
 
 
+@pytest.mark.root
 def test_signed_pcr11_is_fine(lab: Lab) -> None:
     rc, rep = report(lab, "signed")
     assert rc == 0, rep
@@ -94,6 +95,7 @@ def test_signed_pcr11_is_fine(lab: Lab) -> None:
     assert rep["verdict"] == "ok"
 
 
+@pytest.mark.root
 def test_cryptenroll_default_pcr7_is_only_a_note(lab: Lab) -> None:
     rc, rep = report(lab, "signed+7")
     assert rc == 0, rep
@@ -101,6 +103,7 @@ def test_cryptenroll_default_pcr7_is_only_a_note(lab: Lab) -> None:
     assert "literal-pcr" in codes(rep, "note") and codes(rep, "finding") == []
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(("name", "pcrs"), [("literal-7+11", [11]), ("literal-11+13", [11, 13])])
 def test_pcr11_or_13_by_value_is_a_finding(lab: Lab, name: str, pcrs: list[int]) -> None:
     rc, rep = report(lab, name)
@@ -111,6 +114,7 @@ def test_pcr11_or_13_by_value_is_a_finding(lab: Lab, name: str, pcrs: list[int])
     assert rep["tokens"][0]["pubkey_fingerprint"] is None
 
 
+@pytest.mark.root
 def test_no_pcr_and_no_key_is_a_finding(lab: Lab) -> None:
     rc, rep = report(lab, "none")
     assert rc == 1
@@ -118,6 +122,7 @@ def test_no_pcr_and_no_key_is_a_finding(lab: Lab) -> None:
     assert rep["tokens"][0]["pcr_bank"] is None  # systemd-cryptenroll writes no bank without PCRs
 
 
+@pytest.mark.root
 def test_a_key_no_uki_is_signed_for(lab: Lab) -> None:
     rc, rep = report(lab, "other-key")
     assert rc == 1
@@ -128,6 +133,7 @@ def test_a_key_no_uki_is_signed_for(lab: Lab) -> None:
     assert active["has_pcrsig"] and not active["signed_for_key"] and not active["pcrpkey_matches"]
 
 
+@pytest.mark.root
 def test_the_active_entry_unsigned_is_a_finding(lab: Lab) -> None:
     esp = lab.make_esp("esp-passive-signed", active=lab.unsigned, passive=lab.signed)
     rc, rep = report(lab, "signed", esp)
@@ -136,18 +142,21 @@ def test_the_active_entry_unsigned_is_a_finding(lab: Lab) -> None:
     assert "entry active" in next(f["message"] for f in rep["findings"] if f["level"] == "finding")
 
 
+@pytest.mark.root
 def test_a_signed_policy_over_more_than_pcr11(lab: Lab) -> None:
     rc, rep = report(lab, "signed-11+12")
     assert rc == 1
     assert codes(rep, "finding") == ["signed-pcrs"]
 
 
+@pytest.mark.root
 def test_no_token_at_all(lab: Lab) -> None:
     p = audit(lab.volumes["plain"], "--esp", str(lab.esp))
     assert p.returncode == 0, p.stderr
     assert "no systemd-tpm2 token" in p.stdout
 
 
+@pytest.mark.root
 def test_text_output_names_each_token(lab: Lab) -> None:
     p = audit(lab.volumes["literal-7+11"], "--esp", str(lab.esp))
     assert p.returncode == 1
@@ -155,6 +164,7 @@ def test_text_output_names_each_token(lab: Lab) -> None:
     assert "finding: token 0: PCR 11 is bound by value" in p.stdout
 
 
+@pytest.mark.root
 def test_not_a_luks_volume(lab: Lab, tmp_path: Path) -> None:
     f = tmp_path / "junk"
     f.write_bytes(b"\0" * 4096)
@@ -183,6 +193,7 @@ def _hostile(obj: dict[str, Any], field: str, value: Any) -> str:
     return json.dumps(obj)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(
     ("field", "value", "words"),
     [
@@ -222,12 +233,14 @@ def test_hostile_metadata(text: str, words: str) -> None:
         luks_mod.parse_metadata(text, "vol")
 
 
+@pytest.mark.root
 def test_other_token_types_are_not_the_tpms(lab: Lab) -> None:
     obj = _metadata(lab, "signed")
     obj["tokens"]["1"] = {"type": "systemd-fido2", "keyslots": ["1"], "fido2-credential": "x"}
     assert [t.id for t in luks_mod.parse_metadata(json.dumps(obj), "vol")] == ["0"]
 
 
+@pytest.mark.root
 def test_a_hostile_token_in_a_real_header(lab: Lab, tmp_path: Path) -> None:
     """Without systemd's token plugin, cryptsetup checks a token's type and keyslots only: a systemd-tpm2 token
     with a broken field gets into a real LUKS2 header, and audit names the field in one line."""

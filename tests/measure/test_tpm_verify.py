@@ -182,6 +182,7 @@ def make_root(
     return root
 
 
+@pytest.mark.root
 def test_the_test_log_is_what_systemd_measure_computes(uki: Uki) -> None:
     """The log this file writes has the PCR 11 that ukify/systemd-measure compute for the UKI, phase by phase."""
     assert set(uki.measured) == set(BANKS), uki.measured
@@ -195,6 +196,7 @@ def test_the_test_log_is_what_systemd_measure_computes(uki: Uki) -> None:
         assert ours == uki.measured[bank], bank
 
 
+@pytest.mark.root
 def test_agrees_after_a_clean_boot(uki: Uki, tmp_path: Path) -> None:
     root = make_root(tmp_path, uki)
     p = bk("tpm", "verify", "--root", str(root), "--json")
@@ -224,6 +226,7 @@ def test_agrees_after_a_clean_boot(uki: Uki, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.root
 def test_without_the_userspace_log_any_phase_prefix_agrees(uki: Uki, tmp_path: Path) -> None:
     root = make_root(tmp_path, uki, phases=PHASES[:2], user_log=False)
     p = bk("tpm", "verify", "--root", str(root), "--json")
@@ -232,6 +235,7 @@ def test_without_the_userspace_log_any_phase_prefix_agrees(uki: Uki, tmp_path: P
     assert rows and all(r["phases"] == list(PHASES[:2]) and r["agree"] for r in rows)
 
 
+@pytest.mark.root
 def test_a_log_that_is_not_the_tpm_s_is_a_finding(uki: Uki, tmp_path: Path) -> None:
     root = make_root(tmp_path, uki, tamper=4)
     p = bk("tpm", "verify", "--root", str(root), "--json")
@@ -240,6 +244,7 @@ def test_a_log_that_is_not_the_tpm_s_is_a_finding(uki: Uki, tmp_path: Path) -> N
     assert any(f.startswith("PCR 4 (sha256): the log replays to") and "not the TPM's" in f for f in findings)
 
 
+@pytest.mark.root
 def test_phases_not_in_the_userspace_log_are_a_finding(uki: Uki, tmp_path: Path) -> None:
     root = make_root(tmp_path, uki)
     # systemd-pcrphase measured "sysinit" twice; the log says once
@@ -251,6 +256,7 @@ def test_phases_not_in_the_userspace_log_are_a_finding(uki: Uki, tmp_path: Path)
     assert "finding: PCR 11 (sha1): the log replays to" in p.stdout, p.stdout
 
 
+@pytest.mark.root
 def test_changed_extensions_are_named(uki: Uki, tmp_path: Path) -> None:
     """The boot had a.raw and an older b.raw and c.raw; the ESP now has a.raw and b.raw."""
     booted = {"a.raw": SYSEXTS["a.raw"], "b.raw": b"old b", "c.raw": b"C" * 10}
@@ -289,6 +295,7 @@ def test_changed_extensions_are_named(uki: Uki, tmp_path: Path) -> None:
     ) in f
 
 
+@pytest.mark.root
 def test_expect_names_what_booted_instead_even_when_the_log_and_the_esp_agree(uki: Uki, tmp_path: Path) -> None:
     """The ESP was changed *before* the boot (b.raw replaced): log, live PCRs and ESP agree, but the
     saved prediction says b.raw was meant to be another file. Found by the node scenario
@@ -327,6 +334,7 @@ def test_expect_names_what_booted_instead_even_when_the_log_and_the_esp_agree(uk
     assert bk("tpm", "verify", "--root", str(root), "--expect", str(same)).returncode == 0
 
 
+@pytest.mark.root
 def test_a_removed_extension_folder_is_named(uki: Uki, tmp_path: Path) -> None:
     root = make_root(tmp_path, uki)
     shutil.rmtree(root / "efi/EFI/kairos/active.efi.extra.d")
@@ -337,6 +345,7 @@ def test_a_removed_extension_folder_is_named(uki: Uki, tmp_path: Path) -> None:
     assert any("the ESP against what booted" in x and "removed a.raw" in x and "removed b.raw" in x for x in f), f
 
 
+@pytest.mark.root
 def test_a_truncated_log_is_one_line_exit_4(uki: Uki, tmp_path: Path) -> None:
     root = make_root(tmp_path, uki)
     log = root / "sys/kernel/security/tpm0/binary_bios_measurements"
@@ -357,6 +366,7 @@ def test_no_tpm_is_nothing_to_verify(tmp_path: Path) -> None:
     assert not (tmp_path / "run/bootkeeper/tpm-verify.json").exists()
 
 
+@pytest.mark.root
 def test_a_tag_event_decodes_in_messages(uki: Uki, tmp_path: Path) -> None:
     """An extra PCR 12 record (an addon's .initrd, EV_EVENT_TAG) the ESP does not predict."""
     root = make_root(tmp_path, uki)
@@ -373,6 +383,7 @@ def test_a_tag_event_decodes_in_messages(uki: Uki, tmp_path: Path) -> None:
     assert any(x.startswith("PCR 12: logged EV_EVENT_TAG 'x.addon.efi'") for x in f), f
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(
     ("selected", "stub", "how"),
     [
@@ -396,6 +407,7 @@ def test_the_booted_entry_is_found(uki: Uki, tmp_path: Path, selected: str | Non
     assert booted["entry"] == "active" and how in booted["found_by"], booted
 
 
+@pytest.mark.root
 def test_hostile_inputs_are_one_line(uki: Uki, tmp_path: Path) -> None:
     root = make_root(tmp_path, uki)
     bad = tmp_path / "bad.json"
@@ -441,6 +453,7 @@ def test_diff_files_names_each_change() -> None:
     assert diff_files([a], [a]) == []
 
 
+@pytest.mark.root
 def test_without_the_userspace_log_a_word_off_the_phase_path_is_a_finding(uki: Uki, tmp_path: Path) -> None:
     root = make_root(tmp_path, uki, phases=("enter-initrd", "sysinit"), user_log=False)  # leave-initrd skipped
     p = bk("tpm", "verify", "--root", str(root))
@@ -454,6 +467,7 @@ def _metric(root: Path, name: str) -> str:
     return "\n".join(x for x in m.stdout.splitlines() if x.startswith(name))
 
 
+@pytest.mark.root
 def test_an_entry_that_is_not_a_pe_fails_the_verification_and_not_the_verdict(uki: Uki, tmp_path: Path) -> None:
     """Issue 27, defect 1: a tampered passive entry (its .efi is not a PE) no longer stops verify before
     it leaves a result: the booted entry is verified all the same, the broken one is a finding, the
@@ -479,6 +493,7 @@ def test_an_entry_that_is_not_a_pe_fails_the_verification_and_not_the_verdict(uk
     assert 'bootkeeper_tpm_verify_incomplete{reason="input"} 0.0' in got, got
 
 
+@pytest.mark.root
 def test_a_booted_entry_that_is_not_a_pe_is_unverified_not_another_entry(uki: Uki, tmp_path: Path) -> None:
     """The entry the efivars name cannot be predicted: verify does not pick another one by the log."""
     root = make_root(tmp_path, uki)
@@ -495,6 +510,7 @@ def test_a_booted_entry_that_is_not_a_pe_is_unverified_not_another_entry(uki: Uk
     assert {r["pcr"] for r in out["pcrs"]} >= {0, 7, 11}, out["pcrs"]
 
 
+@pytest.mark.root
 def test_an_input_that_stops_verify_leaves_a_failed_result(uki: Uki, tmp_path: Path) -> None:
     """A truncated event log: exit 4 with its one line as before, and the result file says failed
     (with the reason) instead of keeping the last good one or none."""
@@ -513,6 +529,7 @@ def test_an_input_that_stops_verify_leaves_a_failed_result(uki: Uki, tmp_path: P
     assert "bootkeeper_tpm_verify_agree 0.0" in got and 'bootkeeper_tpm_verify_incomplete{reason="input"} 1.0' in got
 
 
+@pytest.mark.root
 def test_a_tpm_without_its_event_log_is_a_failed_verification(uki: Uki, tmp_path: Path) -> None:
     """Review of issue 27, defect 1: a node with a TPM (sys/class/tpm/tpm0) whose event log is gone
     (removed, securityfs not mounted) cannot be verified. That is a failed verification, recorded with
@@ -535,6 +552,7 @@ def test_a_tpm_without_its_event_log_is_a_failed_verification(uki: Uki, tmp_path
     assert "bootkeeper_tpm_verify_agree 0.0" in got and 'bootkeeper_tpm_verify_incomplete{reason="input"} 1.0' in got
 
 
+@pytest.mark.root
 def test_no_tpm_replaces_an_earlier_result_with_a_failed_one(uki: Uki, tmp_path: Path) -> None:
     """No TPM at all (neither the event log nor sys/class/tpm/tpm0): exit 3, not applicable. A node
     does not lose its TPM, so a result an earlier run left is not kept agreeing: it becomes a failed
@@ -562,6 +580,7 @@ def bk_guarded(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(
     ("where", "code"),
     [

@@ -17,7 +17,7 @@ import pytest
 import luks
 from helpers import tree, type2_esp, uki
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 
 def osrel(role: str, version: str) -> str:

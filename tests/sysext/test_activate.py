@@ -261,6 +261,7 @@ def test_enforced_run_removes_images_an_earlier_run_placed(node: dict[str, Path]
     assert sorted(json.loads(r.stdout)["removed"]) == sorted(BAD)
 
 
+@pytest.mark.root
 def test_systemd_dissect_on_the_same_images(node: dict[str, Path]) -> None:
     """Every image activate placed under enforced passes the real systemd-dissect --validate with the
     same policy; for the refused ones, record which systemd-dissect would have caught."""

@@ -145,6 +145,7 @@ def test_squashfs_that_unsquashfs_cannot_read(tmp_path: Path, images: dict[str, 
     )
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_squashfs_without_unsquashfs_on_the_node(tmp_path: Path, images: dict[str, Path]) -> None:
     """unsquashfs hidden by an empty bind mount (not executable) in a private mount namespace."""
@@ -252,6 +253,7 @@ def test_unparsable_dbx_refuses_everything(tmp_path: Path, images: dict[str, Pat
     _rule(root, r, report, {}, GOOD)
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_large_junk_images_never_take_the_room_of_good_ones(tmp_path: Path, images: dict[str, Path]) -> None:
     """/run is a real 2 MiB tmpfs (private mount namespace). "aaa-junk" (1.4 MiB of random bytes)
@@ -284,6 +286,7 @@ df -B1 --output=avail {root}/run | tail -1 > {out}/avail
         assert why.endswith(" bytes free")
 
 
+@pytest.mark.root
 def test_a_second_run_on_a_full_run_keeps_what_it_placed(tmp_path: Path, images: dict[str, Path]) -> None:
     """/run a real tmpfs with room for the two good images once, not twice: a second activate (a
     manual re-run, or --refresh) counts each earlier copy as room for its own replacement and places

@@ -138,6 +138,7 @@ def test_crash_at_every_step_leaves_old_or_new(tmp_path: Path, img: Path) -> Non
             assert placed == [], f"an image was placed before all copies were complete (crash at {step})"
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_full_and_read_only_esp(tmp_path: Path, img: Path) -> None:
     """Real small and read-only mounts (tmpfs in a private mount namespace)."""
@@ -282,6 +283,7 @@ def _kill_mid_install(esp: Path, src: Path, cfg: Path) -> None:
             proc.stderr.close()
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_kill_9_mid_install_leaves_a_temporary_the_next_install_removes(tmp_path: Path) -> None:
     """20 kills left 1.3 GB of temporaries on the ESP and later installs were refused for space.

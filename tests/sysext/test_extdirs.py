@@ -169,6 +169,7 @@ def test_a_move_that_fails_leaves_the_image_and_says_why(tmp_path: Path, imgs: d
     assert rogue.read_bytes() == imgs["rogue.raw"].read_bytes()
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_across_file_systems_the_image_is_copied_then_unlinked(tmp_path: Path, imgs: dict[str, Path]) -> None:
     """/var/lib/extensions on a tmpfs of its own (a private mount namespace): rename gives EXDEV, so

@@ -21,7 +21,7 @@ from cryptography import x509
 import trixie
 from bootkeeper.sysext import gpt, image, policy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.root]
 ENFORCED = policy.ENFORCED_DEFAULT
 
 

@@ -71,6 +71,7 @@ def test_reads_this_machines_systemd_as_systemd_itself_says() -> None:
     assert "libsystemd-shared-" in got[1] and got[1].startswith(str(binary))
 
 
+@pytest.mark.root
 def test_reads_the_trixie_tree_as_its_systemctl_says() -> None:
     root = _trixie()
     got = sv.node_systemd_version(root)
@@ -211,6 +212,7 @@ def _refresh(root: Path) -> dict[str, object]:
     return report["refresh"]
 
 
+@pytest.mark.root
 def test_refresh_on_a_252_node_passes_no_image_policy(tmp_path: Path) -> None:
     """Before: ``--image-policy`` was passed and systemd-sysext 252 refused it (exit 0 all the same)."""
     host = _host_binary()
@@ -224,6 +226,7 @@ def test_refresh_on_a_252_node_passes_no_image_policy(tmp_path: Path) -> None:
     assert r.returncode == 0 and refresh["ok"], r.stderr
 
 
+@pytest.mark.root
 def test_refresh_on_a_257_node_passes_the_policy(tmp_path: Path) -> None:
     """trixie's systemd under ROOT: the policy is passed; this machine's systemd-sysext runs it, and if
     it is older than 254 it refuses the option, which is now an error (exit 6), not exit 0."""
@@ -244,6 +247,7 @@ def test_refresh_on_a_257_node_passes_the_policy(tmp_path: Path) -> None:
         assert r.returncode == 0 and refresh["ok"], r.stderr
 
 
+@pytest.mark.root
 def test_refresh_config_beats_what_is_read_and_unknown_warns(tmp_path: Path) -> None:
     root = _node(tmp_path, _trixie() / BINARY)
     (root / ".extra/sysext").mkdir(parents=True)
@@ -263,6 +267,7 @@ def test_refresh_config_beats_what_is_read_and_unknown_warns(tmp_path: Path) -> 
     assert "--image-policy=root=signed+absent:usr=signed+absent" in _refresh(bare)["argv"]  # type: ignore[operator]
 
 
+@pytest.mark.root
 def test_a_failed_refresh_is_an_error_and_keeps_what_was_placed(tmp_path: Path) -> None:
     """disabled mode places a junk image unchecked; every systemd-sysext (252 on) exits 1 when it cannot
     read an image's metadata. Before: exit 0. Now exit 6, one line naming systemd-sysext and its

@@ -34,7 +34,7 @@ import pytest
 import trixie
 from bootkeeper.sysext import gpt
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 GOOD = ["tools-a.raw", "tools-b.raw"]
 HOST_OS = Path("/usr/lib/os-release")

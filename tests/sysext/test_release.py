@@ -123,6 +123,7 @@ def test_broken_squashfs_is_a_parse_error_naming_the_image() -> None:
         release.read_from_fs(junk, "squashfs", "demo", "demo (root file system)")
 
 
+@pytest.mark.root
 @pytest.mark.integration
 def test_missing_unsquashfs_is_a_parse_error(tmp_path: Path) -> None:
     """On a node without unsquashfs (hidden here by an empty bind mount over each place it could

@@ -201,6 +201,7 @@ def _findings(tmp: Path, root: Path, label: str) -> tuple[str, str]:
     return (label, f"{_bk(root, 'lint', '--json')} >{tmp / label}.json")
 
 
+@pytest.mark.root
 def test_252_hides_a_persistent_usr_local_and_status_and_lint_say_so(tmp_path: Path) -> None:
     """The control, bootkeeper's old default (systemd's hierarchies, no step): 252's overlay on /usr
     hides the persistent /usr/local and the trust anchors (the extension's tool works); writes fail.
@@ -235,6 +236,7 @@ def test_252_hides_a_persistent_usr_local_and_status_and_lint_say_so(tmp_path: P
     assert bk303[0]["file"] == f"{root}/{DROPIN}" and bk303[0]["message"].endswith("the drop-in is missing")
 
 
+@pytest.mark.root
 def test_252_activate_refresh_keeps_usr_local_visible_and_writable(tmp_path: Path) -> None:
     """``sysext activate --refresh`` on a 252 node runs the step around the refresh: after the merge,
     a second refresh and an unmerge, /usr/local and the anchors show, are writable (the writes land
@@ -269,6 +271,7 @@ def test_252_activate_refresh_keeps_usr_local_visible_and_writable(tmp_path: Pat
     ], report
 
 
+@pytest.mark.root
 def test_252_dropin_start_and_reload_keep_usr_local(tmp_path: Path) -> None:
     """The installed drop-in of a 252 node, its lines run as systemd runs them (start, then reload),
     with the script install-units wrote: /usr/local and the anchors stay visible and writable;
@@ -288,6 +291,7 @@ def test_252_dropin_start_and_reload_keep_usr_local(tmp_path: Path) -> None:
     assert [f for f in lint if f["code"] == "BK303"] == [], lint
 
 
+@pytest.mark.root
 def test_252_hierarchies_with_usr_local_freeze_it(tmp_path: Path) -> None:
     """README's old example, hierarchies [/usr, /opt, /usr/local], with an extension shipping
     /usr/local content: 252 shows the marker but read-only (its own overlay on /usr/local); with
@@ -308,6 +312,7 @@ def test_252_hierarchies_with_usr_local_freeze_it(tmp_path: Path) -> None:
 # --- systemd 257 (trixie) -----------------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_257_keeps_usr_local_itself_and_the_step_is_harmless(tmp_path: Path) -> None:
     """257 moves submounts over its overlay (PR #34381): with the drop-in rendered for 257 (no step)
     /usr/local and the anchors stay visible and writable, the tool runs, after start and reload. The
@@ -331,6 +336,7 @@ def test_257_keeps_usr_local_itself_and_the_step_is_harmless(tmp_path: Path) -> 
     assert len(local) == 1, local
 
 
+@pytest.mark.root
 def test_257_hierarchies_with_usr_local_hide_it(tmp_path: Path) -> None:
     """The control on 257: hierarchies [/usr, /opt, /usr/local] with an extension shipping /usr/local
     content puts a read-only overlay on /usr/local without the persistent folder: marker gone."""
@@ -344,6 +350,7 @@ def test_257_hierarchies_with_usr_local_hide_it(tmp_path: Path) -> None:
     assert run.shadowed("merged", Path("/work/root")) == ["/usr/local"]
 
 
+@pytest.mark.root
 def test_257_aborts_on_a_nested_mount_and_lint_warns(tmp_path: Path) -> None:
     """257.13's move_submounts() aborts on a mount inside the persistent /usr/local (Flatcar #2111,
     fixed by PR #41875) and the persistent /usr/local is gone from the node's view; lint's BK303 names
