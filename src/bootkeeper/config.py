@@ -340,7 +340,7 @@ def _timespan(value: object, where: str) -> str:
 
 # --- the settings table ------------------------------------------------------------------------------
 
-Section = BootAssessment | Sysext
+Section = BootAssessment | Sysext  # the dataclass of a section, which its keys are the fields of
 SECTIONS: dict[str, type[Section]] = {"boot_assessment": BootAssessment, "sysext": Sysext}
 
 
