@@ -6,12 +6,15 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from bootkeeper.errors import EspError
 from bootkeeper.shown import echo
+
+if TYPE_CHECKING:
+    from bootkeeper.config import Config
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -158,7 +161,7 @@ def root_efivars_option(f: F) -> F:
     )(f)
 
 
-def load_config(files: tuple[Path, ...], root: Path) -> Any:
+def load_config(files: tuple[Path, ...], root: Path) -> Config:
     """The merged config (``--config`` files, else ROOT/oem/*.yaml); its warnings go to stderr.
     ``root`` has no default: every verb that reads the config takes ``--root``, so a test root never
     reads the host's /oem."""

@@ -32,10 +32,15 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bootkeeper import fsutil
 from bootkeeper.config import SysextMode
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from bootkeeper.sysext.policy import ImagePolicy
 
 FOLDERS = ("etc/extensions", "var/lib/extensions")
 QUARANTINE_DIR = "var/lib/bootkeeper/quarantine"
@@ -71,8 +76,8 @@ class Judge:
     the host's os-release, whether the whole hash tree is read."""
 
     mode: SysextMode
-    pol: Any
-    certs: list[Any]
+    pol: ImagePolicy
+    certs: list[x509.Certificate]
     host: dict[str, str] | None
     full: bool
 
