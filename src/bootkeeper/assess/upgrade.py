@@ -255,6 +255,8 @@ class Extension:
 
 @dataclass
 class UpgradePlan:
+    """What one upgrade does: the sets it moves, its ops in order, and the space they need."""
+
     layout: EntryKind
     role: Role  # ACTIVE (A/B) or RECOVERY
     new_uki: Path
@@ -263,8 +265,8 @@ class UpgradePlan:
     kept_passive: RoleSet | None  # A/B resume: the passive that is the old active already moved
     extensions: tuple[Extension, ...]
     ops: list[Op] = field(default_factory=list)
-    need_bytes: int = 0
-    freed_bytes: int = 0
+    need_bytes: int = 0  # on the ESP, before the margin (check_space adds it)
+    freed_bytes: int = 0  # on the ESP, by step 1
     warnings: list[str] = field(default_factory=list)
     done: bool = False  # the new UKI is the active one already
     new_uki_rel: str = ""  # where the new UKI goes
