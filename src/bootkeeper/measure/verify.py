@@ -23,7 +23,6 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bootkeeper.errors import MalformedError
 from bootkeeper.esp import counter
@@ -68,8 +67,8 @@ class PcrRow:
     agree: bool
     phases: tuple[str, ...] | None = None  # PCR 11: the phase words after the handover
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
             "bank": self.bank,
             "pcr": self.pcr,
             "live": None if self.live is None else self.live.hex(),
@@ -98,7 +97,7 @@ class Unverified:
     entry: str | None = None
     uki: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"kind": self.kind, "entry": self.entry, "uki": self.uki, "reason": self.reason}
 
 
@@ -118,7 +117,7 @@ class Report:
         (each :class:`Unverified` is a finding too)."""
         return not self.findings and not self.unverified
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "booted": {"entry": self.entry, "uki": self.uki, "found_by": self.found_by},
             "agree": self.ok,
@@ -140,25 +139,21 @@ def failed(reason: str) -> Report:
 # -- inputs ---------------------------------------------------------------------------------------
 
 
-def _files_of(raw: Any, where: str) -> tuple[FileRef, ...]:
+def _files_of(raw: object, where: str) -> tuple[FileRef, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
         raise MalformedError(f"{where}: files: expected a list")
     out = []
     for i, f in enumerate(raw):
-        if (
-            not isinstance(f, dict)
-            or not isinstance(f.get("name"), str)
-            or not isinstance(f.get("size"), int)
-            or not isinstance(f.get("sha256"), str)
-        ):
+        name, size, sha256 = (f.get(k) for k in ("name", "size", "sha256")) if isinstance(f, dict) else (None,) * 3
+        if not isinstance(name, str) or not isinstance(size, int) or not isinstance(sha256, str):
             raise MalformedError(f"{where}: files[{i}]: expected {{name, size, sha256}}")
-        out.append(FileRef(f["name"], f["size"], f["sha256"]))
+        out.append(FileRef(name, size, sha256))
     return tuple(out)
 
 
-def parse_expected(obj: Any, what: str) -> list[Expected]:
+def parse_expected(obj: object, what: str) -> list[Expected]:
     """The ``entries`` of ``tpm predict --json``."""
     entries = obj.get("entries") if isinstance(obj, dict) else None
     if not isinstance(entries, list):
@@ -166,32 +161,26 @@ def parse_expected(obj: Any, what: str) -> list[Expected]:
     out = []
     for i, e in enumerate(entries):
         where = f"{what}: entries[{i}]"
-        if not isinstance(e, dict) or not isinstance(e.get("entry"), str) or not isinstance(e.get("events"), list):
+        entry, events = (e.get("entry"), e.get("events")) if isinstance(e, dict) else (None, None)
+        if not isinstance(entry, str) or not isinstance(events, list):
             raise MalformedError(f"{where}: expected an object with entry and events")
-        events = []
-        for j, ev in enumerate(e["events"]):
-            w = f"{where}: events[{j}]"
-            if (
-                not isinstance(ev, dict)
-                or not isinstance(ev.get("pcr"), int)
-                or not isinstance(ev.get("digests"), dict)
-            ):
-                raise MalformedError(f"{w}: expected an object with pcr and digests")
-            try:
-                digests = {str(k): bytes.fromhex(str(v)) for k, v in ev["digests"].items()}
-            except ValueError as exc:
-                raise MalformedError(f"{w}: digests: not hex") from exc
-            events.append(
-                ExpectedEvent(
-                    ev["pcr"],
-                    str(ev.get("type", "")),
-                    str(ev.get("description", "")),
-                    digests,
-                    _files_of(ev.get("files"), w),
-                )
-            )
-        out.append(Expected(e["entry"], str(e.get("uki", "")), tuple(events)))
+        parsed = tuple(_expected_event(ev, f"{where}: events[{j}]") for j, ev in enumerate(events))
+        out.append(Expected(entry, str(e.get("uki", "")), parsed))
     return out
+
+
+def _expected_event(ev: object, where: str) -> ExpectedEvent:
+    """One event of a saved prediction."""
+    pcr, digests = (ev.get("pcr"), ev.get("digests")) if isinstance(ev, dict) else (None, None)
+    if not isinstance(ev, dict) or not isinstance(pcr, int) or not isinstance(digests, dict):
+        raise MalformedError(f"{where}: expected an object with pcr and digests")
+    try:
+        values = {str(k): bytes.fromhex(str(v)) for k, v in digests.items()}
+    except ValueError as exc:
+        raise MalformedError(f"{where}: digests: not hex") from exc
+    return ExpectedEvent(
+        pcr, str(ev.get("type", "")), str(ev.get("description", "")), values, _files_of(ev.get("files"), where)
+    )
 
 
 def booted_files(folder: Path, suffix: str = ".raw", exclude: str | None = ".confext.raw") -> tuple[FileRef, ...]:

@@ -16,14 +16,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from bootkeeper import fsutil
 from bootkeeper.errors import InputError, MalformedError, RefusedError, UnreadableError, WriteError
 from bootkeeper.sysext import gpt, policy, release, signature, verity
 
 if TYPE_CHECKING:
+    import io
+
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 EROFS_MAGIC = 0xE0F5E1E2
 
@@ -145,7 +148,7 @@ class ImageInfo:
         return out
 
 
-def _release_json(rel: release.Release | str | None) -> dict[str, Any] | None:
+def _release_json(rel: release.Release | str | None) -> dict[str, object] | None:
     if rel is None:
         return None
     if isinstance(rel, str):
@@ -153,7 +156,7 @@ def _release_json(rel: release.Release | str | None) -> dict[str, Any] | None:
     return {"file": rel.file, "fields": rel.fields}
 
 
-def _read(f: Any, p: gpt.Partition, n: int | None = None) -> bytes:
+def _read(f: IO[bytes], p: gpt.Partition, n: int | None = None) -> bytes:
     f.seek(p.offset)
     return bytes(f.read(p.size if n is None else min(n, p.size)))
 
@@ -293,7 +296,7 @@ class Validation:
     # why the node's systemd-sysext, left to its own policy, would not merge it (empty: it would)
     blockers: list[str] = field(default_factory=list)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "image": self.image,
             "ok": self.ok,
@@ -505,7 +508,7 @@ def partition_label(designator: str, arch: str) -> str:
 
 def assemble(
     data: bytes,
-    key: Any,
+    key: PrivateKeyTypes | None,
     cert: x509.Certificate | None,
     *,
     arch: str = "x86-64",
@@ -551,7 +554,7 @@ def assemble(
 
 
 def _build_tree(
-    src: Any, salt: bytes | None, verity_uuid: bytes | None, progress: Callable[[int, int], None] | None = None
+    src: io.BytesIO, salt: bytes | None, verity_uuid: bytes | None, progress: Callable[[int, int], None] | None = None
 ) -> verity.Tree:
     """verity.build wants a real file descriptor: spool the bytes through a temporary file."""
     import tempfile
@@ -573,7 +576,7 @@ def _build_tree(
 def build(
     tree: Path,
     out: Path,
-    key: Any,
+    key: PrivateKeyTypes | None,
     cert: x509.Certificate,
     *,
     fs: str = "erofs",
