@@ -52,17 +52,12 @@ from bootkeeper.config import Sysext, SysextMode
 from bootkeeper.errors import WriteError
 from bootkeeper.sysext import required
 from bootkeeper.sysext.activation import copying, found, judging, place, space
-from bootkeeper.sysext.activation.found import EXTRA_DIR as EXTRA_DIR
-from bootkeeper.sysext.activation.found import GLOBAL_DIR as GLOBAL_DIR
-from bootkeeper.sysext.activation.found import Job, Source
+from bootkeeper.sysext.activation.found import EXTRA_DIR, GLOBAL_DIR, Job, Source
 from bootkeeper.sysext.activation.judging import Rules
-from bootkeeper.sysext.activation.outcome import Outcome as Outcome
-from bootkeeper.sysext.activation.outcome import Report as Report
-from bootkeeper.sysext.activation.outcome import printable as printable
-from bootkeeper.sysext.activation.outcome import refused, write_report
-from bootkeeper.sysext.activation.place import permissive_refusal as permissive_refusal
-from bootkeeper.sysext.activation.refresh import refresh as refresh
-from bootkeeper.sysext.report import REPORT as REPORT  # its home; sysext_cmd names it here
+from bootkeeper.sysext.activation.outcome import Outcome, Report, printable, refused, write_report
+from bootkeeper.sysext.activation.place import permissive_refusal
+from bootkeeper.sysext.activation.refresh import refresh
+from bootkeeper.sysext.report import REPORT
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -70,6 +65,7 @@ if TYPE_CHECKING:
     from bootkeeper.sysext.activation.pool import Workers
     from bootkeeper.sysext.extdirs import Resident
 
+# what cli/, extdirs and the tests name here (the report's file has its home in sysext/report.py)
 __all__ = [
     "DEST_DIR",
     "EXTRA_DIR",

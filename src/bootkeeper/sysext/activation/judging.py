@@ -54,6 +54,9 @@ class Checks:
 
 @dataclass(frozen=True)
 class Verdict:
+    """What validating one staged copy said (:class:`bootkeeper.sysext.image.Validation`, as it
+    crosses back from a worker process)."""
+
     ok: bool
     reasons: list[str]
     signer: str | None

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Outcome:
+    """One image as this activation judged it, and whether it was placed."""
+
     name: str
     source: str
     placed: bool
@@ -103,6 +105,9 @@ class Refresh(TypedDict):
 
 @dataclass
 class Report:
+    """One activation as its report file holds it: the mode, the sources read, each image's outcome,
+    the earlier copies removed, the trust anchors, the other extension folders' residents."""
+
     mode: str
     policy: str
     root: str
