@@ -160,9 +160,9 @@ def _judge(p: Path, name: str, judge: Judge) -> Resident | None:
         v = validate(p, judge.pol, judge.certs, full=judge.full, os_release=judge.host, name=name)
         ok, reasons, blockers, signer = v.ok, list(v.reasons), list(v.blockers), v.signer
     except Exception as exc:  # the per-image boundary, as in activate
-        from bootkeeper.sysext.activate import _fault
+        from bootkeeper.sysext.activation.outcome import fault
 
-        why = f"validation stopped ({_fault(exc)})"
+        why = f"validation stopped ({fault(exc)})"
         ok, reasons, blockers, signer = False, [why], [why], None
     if ok:
         return Resident(name, str(p), kind, "passed", True, [], signer)
