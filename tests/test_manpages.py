@@ -84,3 +84,16 @@ def test_the_exit_code_and_lint_lists_have_one_item_per_row() -> None:
     assert len(items(section(BOOTKEEPER_8, "EXIT STATUS"))) >= 9
     assert len(items(section(BOOTKEEPER_8, "LINT RULES"))) >= 20
     assert sorted(p.name for p in MAN.iterdir()) == sorted(p.name for p in PAGES)
+
+
+def test_the_debian_package_is_built_with_the_man_pages() -> None:
+    """What scripts/build-deb.sh copies into the build includes man/, debian/bootkeeper.manpages names
+    each page (dh_installman puts them in usr/share/man/man8 and man5, dh_compress gzips them -9n), and
+    the node tests' cached package is rebuilt when a page changes (tests/test_deb.py checks ``dpkg -c``)."""
+    import nodevm
+
+    script = (ROOT / "scripts" / "build-deb.sh").read_text()
+    copied = next(line for line in script.splitlines() if line.startswith("tar -C") and " -cf - " in line)
+    assert " man " in copied.split(" -cf - ")[1] + " "
+    assert (ROOT / "debian" / "bootkeeper.manpages").read_text().split() == [str(p.relative_to(ROOT)) for p in PAGES]
+    assert "man" in nodevm.DEB_SOURCES
