@@ -28,12 +28,12 @@ def demo(keep: bool) -> None:
     from bootkeeper.assess import bless as bless_mod
     from bootkeeper.assess import bootloader, chain
     from bootkeeper.assess.simulate import BootOutcome, Fault, simulate
-    from bootkeeper.cli.entries_cmd import _print_human, _view
-    from bootkeeper.cli.simulate_cmd import print_timeline
+    from bootkeeper.cli.render import print_menu, print_timeline
     from bootkeeper.config import BootAssessment, RebootOnFailure
     from bootkeeper.esp import scratch
     from bootkeeper.esp.entries import Role
     from bootkeeper.esp.store import EspStore
+    from bootkeeper.node.status import menu
 
     tmp = tempfile.mkdtemp(prefix="bootkeeper-demo-")
     root = Path(tmp) / "esp"
@@ -42,13 +42,13 @@ def demo(keep: bool) -> None:
 
     _step(f"1. A scratch ESP in {root}: four uncounted entries and a loader.conf that pins 'active.conf'")
     scratch.make(root, tries=None, recovery_tries=None, sort_keys=False, default="active.conf")
-    _print_human(_view(root, no_vars, "257"))
+    print_menu(menu(root, no_vars, "257"))
 
     _step("2. bootkeeper arm: fresh counters, fallback sort keys, and the pinning default removed")
     res = chain.arm(EspStore(root), cfg)
     for a in res.actions:
         click.echo(f"  {a}")
-    _print_human(_view(root, no_vars, "257"))
+    print_menu(menu(root, no_vars, "257"))
 
     _step("3. A failed upgrade: active panics on every boot (systemd-boot 257 model)")
     records = simulate(
@@ -81,7 +81,7 @@ def demo(keep: bool) -> None:
     result = bless_mod.bless(store, booted, bless_mod.Verdict.GOOD, cfg)
     for a in result.actions:
         click.echo(f"  bless good: {a}")
-    _print_human(_view(root, no_vars, "257"))
+    print_menu(menu(root, no_vars, "257"))
 
     _services_demo(Path(tmp), cfg)
 
@@ -119,7 +119,7 @@ def _services_demo(tmp: Path, cfg: BootAssessment) -> None:
 
     from bootkeeper.assess import generator, lint, services, units
     from bootkeeper.assess.simulate import BootOutcome, Fault, simulate
-    from bootkeeper.cli.simulate_cmd import print_timeline
+    from bootkeeper.cli.render import print_timeline, status_lines
     from bootkeeper.config import Config, RebootOnFailure, ServiceSpec
     from bootkeeper.esp import scratch
     from bootkeeper.esp.efivars import encode_string, var_path
@@ -165,7 +165,7 @@ def _services_demo(tmp: Path, cfg: BootAssessment) -> None:
     print_timeline(recs)
     last = recs[-1].boot_count_path or ""
     var_path(efivars, "LoaderBootCountPath").write_bytes(encode_string(last))
-    from bootkeeper.cli.status_cmd import gather
+    from bootkeeper.node.status import gather
 
     shown = gather(node, esp, efivars, 257, read_services=None)
-    click.echo("".join(f"  {ln}\n" for ln in shown.lines()), nl=False)
+    click.echo("".join(f"  {ln}\n" for ln in status_lines(shown)), nl=False)

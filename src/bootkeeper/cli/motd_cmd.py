@@ -21,11 +21,13 @@ def motd(esp: Path | None, efivars: Path | None, sdboot_version: str | None, roo
     efivars = efivars_dir(efivars, root)
     from bootkeeper import fsutil
     from bootkeeper.assess.status import MOTD
-    from bootkeeper.cli.status_cmd import gather
+    from bootkeeper.cli.render import status_lines
     from bootkeeper.errors import WriteError
+    from bootkeeper.node.status import gather
 
-    shown = gather(root, find_esp(esp), efivars, sdboot_version)
-    text = "bootkeeper\n" + "".join(f"  {ln}\n" for ln in shown.lines())
+    text = "bootkeeper\n" + "".join(
+        f"  {ln}\n" for ln in status_lines(gather(root, find_esp(esp), efivars, sdboot_version))
+    )
     p = root / MOTD
     try:
         p.parent.mkdir(parents=True, exist_ok=True)

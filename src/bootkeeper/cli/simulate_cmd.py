@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -15,20 +14,9 @@ from bootkeeper.cli.common import (
     load_config,
     print_json,
     root_option,
-    table,
     version_option,
 )
 from bootkeeper.shown import echo
-
-
-def print_timeline(records: list[Any]) -> None:
-    table(
-        ["boot", "entry chosen", "renamed to", "outcome", "verdict", "then", "bless actions"],
-        [
-            [r.n, r.entry, r.renamed_to or "-", r.outcome.value, r.verdict, r.after, "; ".join(r.actions) or "-"]
-            for r in records
-        ],
-    )
 
 
 @click.command()
@@ -113,5 +101,7 @@ def simulate(
     if as_json:
         print_json({"boots": [r.as_json() for r in records], "entries_after": final, "warning": warning})
         return
+    from bootkeeper.cli.render import print_timeline
+
     print_timeline(records)
     echo("entries after: " + " ".join(Path(f).name for f in final))
