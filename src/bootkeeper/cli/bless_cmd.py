@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -91,7 +90,11 @@ def bless(
 
     cfg = load_config(config_files, root).boot_assessment
     result = bless_mod.bless(store, booted, bless_mod.Verdict(action), cfg)
-    _record_verdict(root, boot_id, "withheld" if result.withheld else action, result.handback)
+    from bootkeeper.node.history import record_verdict
+
+    problem = record_verdict(root, boot_id, "withheld" if result.withheld else action, result.handback)
+    if problem is not None:
+        echo(f"warning: {problem}", err=True)
     if as_json:
         print_json(result.as_json())
         return
@@ -106,25 +109,3 @@ def bless(
         echo(f"marked {booted.path} as {action}")
     if result.handback is not None:
         echo(result.handback.text)
-
-
-def _record_verdict(root: Path, boot_id: str | None, verdict: str, handback: Any = None) -> None:
-    """The verdict, and a statereset boot's hand-back, go into the boot history (where ``history record``
-    keeps one: a node with bootkeeper-boot.service); failing to write it never fails the bless."""
-    import time
-
-    from bootkeeper.assess import history
-    from bootkeeper.cli.history_cmd import current_boot_id
-    from bootkeeper.errors import WriteError
-
-    if not (root / history.HISTORY).parent.is_dir():
-        return
-    bid, now = current_boot_id(boot_id), time.time()
-    try:
-        history.append(root, history.verdict_record(bid, now, verdict))
-        if handback is not None:
-            from bootkeeper.assess import handback as handback_mod
-
-            history.append(root, handback_mod.record(bid, now, handback))
-    except WriteError as exc:
-        echo(f"warning: {exc}", err=True)
