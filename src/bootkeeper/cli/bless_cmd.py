@@ -13,6 +13,7 @@ from bootkeeper.cli.common import (
     esp_option,
     find_esp,
     json_option,
+    load_config,
     print_json,
     root_option,
 )
@@ -50,58 +51,38 @@ def bless(
     """
     efivars = efivars_dir(efivars, root)
     from bootkeeper.assess import bless as bless_mod
-    from bootkeeper.errors import BootkeeperError, NotApplicableError
-    from bootkeeper.esp.efivars import read_string
+    from bootkeeper.errors import NotApplicableError
     from bootkeeper.esp.store import EspStore
+    from bootkeeper.node import bless as joined
 
-    source = "--entry"
-    value = entry
-    if value is None:
-        source = "LoaderBootCountPath"
-        value = read_string(efivars, "LoaderBootCountPath") if efivars.is_dir() else None
+    counted = joined.counted_path(efivars, entry)
     esp_root = find_esp(esp)
-    if value is None:
-        if action == "status":
-            if as_json:
-                print_json({"state": "clean", "booted": None})
-            else:
-                echo("clean")
-            return
-        # bless on a node without boot counting: still a run that puts /efi back to ro where fstab says
-        # so; a failure to do that is said, and the answer stays this one
-        try:
-            EspStore(esp_root).restore_read_only()
-        except BootkeeperError as exc:
-            click.echo(f"bootkeeper: warning: {exc}", err=True)
+    if counted is None and action == "status":
+        _say({"state": "clean", "booted": None}, "clean", as_json)
+        return
+    if counted is None:
+        problem = joined.restore_uncounted(esp_root)
+        if problem is not None:
+            click.echo(f"bootkeeper: warning: {problem}", err=True)
         raise NotApplicableError(
             "not booted with boot counting in effect (LoaderBootCountPath is not set)",
             hint="pass --entry PATH to name the entry",
         )
-    booted = bless_mod.parse_entry_path(value, source)
+    booted = bless_mod.parse_entry_path(*counted)
     store = EspStore(esp_root)
     if action == "status":
         state = bless_mod.status(store, booted)
-        if as_json:
-            print_json({"state": state, "booted": booted.path})
-        else:
-            echo(state)
+        _say({"state": state, "booted": booted.path}, state, as_json)
         return
-    from bootkeeper.cli.common import load_config
-
     cfg = load_config(config_files, root).boot_assessment
-    result = bless_mod.bless(store, booted, bless_mod.Verdict(action), cfg)
-    from bootkeeper.node.history import record_verdict
-
-    problem = record_verdict(root, boot_id, "withheld" if result.withheld else action, result.handback)
+    result, problem = joined.bless_recorded(store, booted, bless_mod.Verdict(action), cfg, root, boot_id)
     if problem is not None:
         echo(f"warning: {problem}", err=True)
     if as_json:
         print_json(result.as_json())
         return
-    for a in result.actions:
+    for a in [*result.actions, *([result.note] if result.note else [])]:
         echo(a)
-    if result.note:
-        echo(result.note)
     # the last line says what happened (it is what bootkeeper-bless.service leaves in the journal)
     if result.withheld:
         echo(f"{booted.path}: not marked {action}; left as it is")
@@ -109,3 +90,10 @@ def bless(
         echo(f"marked {booted.path} as {action}")
     if result.handback is not None:
         echo(result.handback.text)
+
+
+def _say(doc: dict[str, str | None], text: str, as_json: bool) -> None:
+    if as_json:
+        print_json(doc)
+    else:
+        echo(text)

@@ -348,6 +348,10 @@ def _extension_families(fam: _Families, act: Activation | None) -> None:
         for src, n in sorted(by_source.items()):
             anchors.add(n, src)
         revoked.add(act.revoked)
+    _required_family(fam, act)
+
+
+def _required_family(fam: _Families, act: Activation | None) -> None:
     required = fam(
         "extension_required",
         "Per extension of sysext.required at the last activation: 1 merged, 0 not (the boot is not good).",
