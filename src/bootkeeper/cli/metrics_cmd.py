@@ -1,13 +1,11 @@
 """``bootkeeper metrics``: the status (node/status.py's two halves) as Prometheus text for
 node_exporter's textfile collector, written crash-safe (a temporary file in the same folder, then a
 rename: the collector never reads half a file); or the alert rules the package ships (``--rules``).
-The families are node/metrics.py's; the text format is rendered here."""
+The families and their text format are node/metrics.py's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -22,12 +20,6 @@ from bootkeeper.cli.common import (
     root_option,
     version_option,
 )
-
-if TYPE_CHECKING:
-    from bootkeeper.node.metrics import Family
-
-TEXTFILE = "bootkeeper.prom"  # the name in the textfile collector's folder (it reads *.prom)
-RULES = "alerts.yml"  # in bootkeeper/data/: the alert rules `metrics --rules` prints
 
 
 @click.command()
@@ -65,7 +57,7 @@ def metrics(
     if rules:
         if textfile_dir or output or as_json:
             raise UsageError("--rules prints the alert rules: it takes no --textfile-dir, -o or --json")
-        click.echo(rules_text(), nl=False)
+        click.echo(m.rules_text(), nl=False)
         return
     if textfile_dir is not None and output is not None:
         raise UsageError("--textfile-dir and -o both name where to write: give one")
@@ -95,60 +87,13 @@ def metrics(
         # in place looking current
         failure = exc
         families = m.build_unread(tpm, now)
-    dest = textfile_dir / TEXTFILE if textfile_dir is not None else output
+    dest = textfile_dir / m.TEXTFILE if textfile_dir is not None else output
     if as_json:
-        print_json(as_dict(families))
+        print_json(m.as_dict(families))
     elif dest is None:
-        click.echo(exposition(families).decode(), nl=False)
+        click.echo(m.exposition(families).decode(), nl=False)
     else:
-        _write(dest, exposition(families))
+        m.write_textfile(dest, m.exposition(families))
         click.echo(f"wrote {dest}")
     if failure is not None:
         raise failure
-
-
-def _write(dest: Path, data: bytes) -> None:
-    from bootkeeper import fsutil
-    from bootkeeper.errors import WriteError
-
-    if not dest.parent.is_dir():
-        raise WriteError(f"{dest.parent}: no such folder (the textfile collector's folder must exist)")
-    try:
-        fsutil.write_atomic(dest, data)
-    except OSError as exc:
-        raise WriteError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
-
-
-def exposition(families: Iterable[Family]) -> bytes:
-    """The text format, written by ``prometheus_client`` (imported here only: ``metrics`` pays
-    for it, no boot-path verb does)."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import GaugeMetricFamily, Metric
-
-    fams = list(families)
-
-    class _Collector:
-        def collect(self) -> Iterable[Metric]:
-            for f in fams:
-                g = GaugeMetricFamily(f.name, f.help, labels=list(f.labels))
-                for labels, value in f.samples:
-                    g.add_metric(list(labels), value)
-                yield g
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector())
-    return bytes(generate_latest(registry))
-
-
-def rules_text() -> str:
-    """The alert rules the package ships (bootkeeper/data/alerts.yml)."""
-    from importlib.resources import files
-
-    return files("bootkeeper").joinpath("data", RULES).read_text(encoding="utf-8")
-
-
-def as_dict(families: Iterable[Family]) -> dict[str, list[dict[str, object]]]:
-    """``--json``: name → list of {labels, value}."""
-    return {
-        f.name: [{"labels": dict(zip(f.labels, ls, strict=True)), "value": v} for ls, v in f.samples] for f in families
-    }

@@ -2,8 +2,8 @@
 
 The boot half (assess/status.py) and the extension half (sysext/status.py) meet here, in node/, the
 layer that joins them. :func:`build` is pure: status in, metric families out (name, help, label
-names, samples); cli/metrics_cmd.py renders them with ``prometheus_client`` (the text format 0.0.4
-the textfile collector reads). Names and labels are made for a fleet:
+names, samples); :func:`exposition` renders them with ``prometheus_client`` (the text format 0.0.4
+the textfile collector reads), imported only there. Names and labels are made for a fleet:
 every label is a closed vocabulary (role, state, verdict, reason class) or an identifier that stays
 the same from boot to boot (the entry without its counter, the extension's file name), never free
 text, so ``sum by (role) (...)`` over hundreds of nodes stays a handful of series.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from bootkeeper.node.status import Status
     from bootkeeper.sysext.report import Activation
 
+TEXTFILE = "bootkeeper.prom"  # the name in the textfile collector's folder (it reads *.prom)
 TPM_VERIFY = "run/bootkeeper/tpm-verify.json"  # `bootkeeper tpm verify --json`, as tpm verify leaves it
+RULES = "alerts.yml"  # in bootkeeper/data/: the alert rules `metrics --rules` prints
 BOOT_STATES = ("good", "indeterminate", "bad", "not counted", "unknown")
 ENTRY_STATES = ("good", "indeterminate", "bad")
 
@@ -449,3 +451,52 @@ def build_unread(tpm: TpmResult | None, now: float) -> list[Family]:
     _sources(fam, {"status", *(("tpm_verify",) if tpm is not None and tpm.problem else ())})
     fam("metrics_timestamp_seconds", "When bootkeeper metrics wrote this file.").add(now)
     return fam.out
+
+
+def write_textfile(dest: Path, data: bytes) -> None:
+    """Crash-safe: a temporary file in the same folder, then a rename (the collector never reads
+    half a file)."""
+    from bootkeeper import fsutil
+    from bootkeeper.errors import WriteError
+
+    if not dest.parent.is_dir():
+        raise WriteError(f"{dest.parent}: no such folder (the textfile collector's folder must exist)")
+    try:
+        fsutil.write_atomic(dest, data)
+    except OSError as exc:
+        raise WriteError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
+
+
+def exposition(families: Iterable[Family]) -> bytes:
+    """The text format, written by ``prometheus_client`` (imported here only: ``metrics`` pays
+    for it, no boot-path verb does); the textfile collector reads format 0.0.4."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily, Metric
+
+    fams = list(families)
+
+    class _Collector:
+        def collect(self) -> Iterable[Metric]:
+            for f in fams:
+                g = GaugeMetricFamily(f.name, f.help, labels=list(f.labels))
+                for labels, value in f.samples:
+                    g.add_metric(list(labels), value)
+                yield g
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector())
+    return bytes(generate_latest(registry))
+
+
+def rules_text() -> str:
+    """The alert rules the package ships (bootkeeper/data/alerts.yml)."""
+    from importlib.resources import files
+
+    return files("bootkeeper").joinpath("data", RULES).read_text(encoding="utf-8")
+
+
+def as_dict(families: Iterable[Family]) -> dict[str, list[dict[str, object]]]:
+    """``--json``: name → list of {labels, value}."""
+    return {
+        f.name: [{"labels": dict(zip(f.labels, ls, strict=True)), "value": v} for ls, v in f.samples] for f in families
+    }

@@ -81,3 +81,18 @@ def menu(esp: Path, efivars: Path, sdboot_version: str | None, snap: Snapshot | 
     if snap is None:
         snap = EspStore(esp).snapshot(sdboot_version, loader_info=loader_info(efivars))
     return menu_mod.build(esp, snap, LoaderVars.read(efivars), stale_temporaries(esp))
+
+
+def write_motd(root: Path, lines: list[str]) -> Path:
+    """The status lines as the login message (ROOT/run/motd.d/bootkeeper), written crash-safe."""
+    from bootkeeper import fsutil
+    from bootkeeper.errors import WriteError
+
+    text = "bootkeeper\n" + "".join(f"  {ln}\n" for ln in lines)
+    p = root / node_status.MOTD
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fsutil.write_atomic(p, text.encode())
+    except OSError as exc:
+        raise WriteError(f"{p}: cannot write ({exc.strerror})") from exc
+    return p
