@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bootkeeper.assess import status as node_status
 from bootkeeper.assess.status import NodeStatus, ServiceReader
@@ -27,7 +27,7 @@ class Status:
     problems: tuple[str, ...] = ()
     menu: Menu | None = None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         node = self.node.as_json()
         return {
             **(self.menu.as_json() if self.menu is not None else {}),
@@ -35,7 +35,7 @@ class Status:
             "extensions": self.extensions.as_json(),
             "history": node["history"],
             "upgrades": node["upgrades"],
-            "warnings": [*node["warnings"], *self.problems],
+            "warnings": [*self.node.problems, *self.problems],
         }
 
 
