@@ -5,7 +5,7 @@ which recorded upgrade failed. :func:`gather` reads files and asks systemctl; wh
 data with ``as_json()`` (the ``status --json`` schema README documents). A source that cannot be read
 is named in ``warnings`` (or, for the booted entry's state, as an :class:`Unavailable` reason), never
 as an error inside the data. The extension half (the activation report, the persistent store's
-links) is sysext's (``sysext/status.py``); the CLI (``cli/status_cmd.py``) puts both together and
+links) is sysext's (``sysext/status.py``); ``node/status.py`` puts both together and ``cli/render.py``
 renders the text.
 """
 
