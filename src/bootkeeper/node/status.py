@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bootkeeper.assess import status as node_status
 from bootkeeper.assess.status import NodeStatus, ServiceReader
@@ -27,7 +27,7 @@ class Status:
     problems: tuple[str, ...] = ()
     menu: Menu | None = None
 
-    def as_json(self) -> dict[str, object]:
+    def as_json(self) -> dict[str, Any]:  # the status --json document, read back by key
         node = self.node.as_json()
         return {
             **(self.menu.as_json() if self.menu is not None else {}),
