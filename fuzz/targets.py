@@ -592,9 +592,9 @@ def _tpm_expect(data: bytes) -> None:
 
 @target("tpm_verify_json", expected=(MalformedError,))
 def _tpm_verify_json(data: bytes) -> None:
-    """cli/metrics.py read_tpm(): ROOT/run/bootkeeper/tpm-verify.json, `tpm verify`'s result, as
+    """node/metrics.py read_tpm(): ROOT/run/bootkeeper/tpm-verify.json, `tpm verify`'s result, as
     `bootkeeper metrics` reads it (a file root can write, so hostile in the same way)."""
-    from bootkeeper.cli import metrics
+    from bootkeeper.node import metrics
 
     root = scratch() / "tpmroot"
     _write(f"tpmroot/{metrics.TPM_VERIFY}", data)
