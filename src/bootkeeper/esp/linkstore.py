@@ -36,7 +36,6 @@ from bootkeeper.errors import UnreadableError, WriteError
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import FolderStore
 
-DEFAULT_DIR = "/var/lib/bootkeeper/extensions"
 COMMON = "common"
 FOLDERS = (*(r.value for r in Role), COMMON)
 COS_DIR = "run/cos"  # Kairos's immucore writes <role>_mode here
