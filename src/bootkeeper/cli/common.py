@@ -100,7 +100,7 @@ def config_option(f: F) -> F:
     )(f)
 
 
-def _output() -> dict[str, Any]:
+def _output() -> dict[str, object]:
     """What ``main`` read of systemd's output conventions (``--json=MODE``, ``--no-legend``)."""
     ctx = click.get_current_context(silent=True)
     obj = ctx.find_root().obj if ctx is not None else None
@@ -125,7 +125,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str |
 
     cells = [[("" if c is None else shown_line(c)) for c in r] for r in rows]
     title = shown_line(title) if title is not None else None
-    legend = _output().get("legend", True)  # --no-legend: the rows alone, as systemctl prints them
+    legend = _output().get("legend", True) is not False  # --no-legend: the rows alone, as systemctl prints them
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.markup import escape

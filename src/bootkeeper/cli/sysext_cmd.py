@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from bootkeeper.node.extensions import Listing, Removed
+    from bootkeeper.sysext.image import Validation
 
 
 def _arch(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -191,7 +192,14 @@ def validate(
             bar.close()
     if as_json:
         print_json({"policy": str(pol), "images": [r.as_json() for r in results]})
-    for r in [] if as_json else results:
+    else:
+        _print_validations(results)
+    if not all(r.ok for r in results):
+        refused_exit()
+
+
+def _print_validations(results: list[Validation]) -> None:
+    for r in results:
         verdict = f"PASS ({r.qualified_as})" if r.ok else "FAIL"
         echo(f"{r.image}: {verdict}" + (f", signed by {r.signer}" if r.signer else ""))
         for why in r.reasons:
@@ -199,8 +207,6 @@ def validate(
         for d in r.decisions:
             if d.ok and d.used_as not in ("absent",):
                 echo(f"  {d.designator}: {d.reason}")
-    if not all(r.ok for r in results):
-        refused_exit()
 
 
 @sysext.command()
