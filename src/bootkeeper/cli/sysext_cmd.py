@@ -464,6 +464,7 @@ def activate(
 ) -> None:
     """Boot time: validate each image of /.extra/sysext and place those the mode allows in /run/extensions."""
     from bootkeeper.config import SysextMode
+    from bootkeeper.node import extensions
     from bootkeeper.sysext import activate as act
 
     cfg = load_config(config_files, root)
@@ -478,15 +479,8 @@ def activate(
     for problem in report.trust.get("problems", []):  # fewer anchors: images may be refused for it
         echo(f"bootkeeper-sysext: warning: trust source skipped: {act.printable(problem)}", err=True)
     if do_refresh if do_refresh is not None else cfg.sysext.refresh:
-        from bootkeeper.systemd_version import resolve
-
-        node = resolve(root, cfg.sysext.systemd_version)
-        if chosen is SysextMode.ENFORCED and (w := node.warning(root)) is not None:  # only the policy depends on it
-            echo(f"bootkeeper: warning: {w}", err=True)
-        report.refresh = act.refresh(root, cfg.sysext, chosen, node)
-        act.write_report(root, report)
-        if not as_json:
-            r = report.refresh
+        extensions.refresh(root, cfg, chosen, report, say)
+        if not as_json and (r := report.refresh) is not None:
             echo(f"bootkeeper-sysext: {' '.join(r['argv'])}: {'ok' if r['ok'] else r['error']}")
     if as_json:
         print_json(report.as_json())
@@ -496,14 +490,8 @@ def activate(
             f"bootkeeper-sysext: mode {report.mode}: {placed} of {len(report.images)} placed in "
             f"{root / act.DEST_DIR} ({report.seconds:.2f} s); report {root / act.REPORT}"
         )
-    if report.refresh is not None and not report.refresh["ok"]:
-        from bootkeeper.errors import CommandError
-
-        error = str(report.refresh["error"])
-        hint = f"the images stay placed in {root / act.DEST_DIR}; the report is {root / act.REPORT}"
-        if "--image-policy" in error and "unrecognized option" in error:
-            hint = f"the node's systemd-sysext is older than 254: set sysext.systemd_version; {hint}"
-        raise CommandError(error, hint)
+    if (failed := extensions.refresh_failed(root, report)) is not None:
+        raise failed
 
 
 @sysext.command(name="required")

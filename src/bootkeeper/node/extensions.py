@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from bootkeeper.config import Config
+    from bootkeeper.config import Config, SysextMode
+    from bootkeeper.errors import CommandError
     from bootkeeper.esp.extra import Target
     from bootkeeper.esp.linkstore import LinkStore
     from bootkeeper.esp.store import EspStore
     from bootkeeper.measure.luks import ExtensionGate
     from bootkeeper.node.tpm import PcrlockRun
+    from bootkeeper.sysext.activate import Report as ActivationReport
     from bootkeeper.sysext.deploy import Misfit, TargetOs
     from bootkeeper.sysext.image import Validation
 
@@ -476,3 +478,33 @@ def reboot_if_active(root: Path, tries: int, say: Say) -> None:
         run(["systemctl", "reboot", "--no-block"], timeout=30)
     except BootkeeperError as exc:
         say(f"bootkeeper: cannot reboot: {exc}")
+
+
+# -- activate --------------------------------------------------------------------------------------
+
+
+def refresh(root: Path, cfg: Config, mode: SysextMode, report: ActivationReport, say: Say) -> None:
+    """``systemd-sysext refresh`` after an activation, its result put in the report (written again)."""
+    from bootkeeper.config import SysextMode
+    from bootkeeper.sysext import activate as act
+    from bootkeeper.systemd_version import resolve
+
+    node = resolve(root, cfg.sysext.systemd_version)
+    if mode is SysextMode.ENFORCED and (w := node.warning(root)) is not None:  # only the policy depends on it
+        say(f"bootkeeper: warning: {w}")
+    report.refresh = act.refresh(root, cfg.sysext, mode, node)
+    act.write_report(root, report)
+
+
+def refresh_failed(root: Path, report: ActivationReport) -> CommandError | None:
+    """The error a failed refresh leaves the verb with (the images stay placed); None when it did not fail."""
+    from bootkeeper.errors import CommandError
+    from bootkeeper.sysext import activate as act
+
+    if report.refresh is None or report.refresh["ok"]:
+        return None
+    error = str(report.refresh["error"])
+    hint = f"the images stay placed in {root / act.DEST_DIR}; the report is {root / act.REPORT}"
+    if "--image-policy" in error and "unrecognized option" in error:
+        hint = f"the node's systemd-sysext is older than 254: set sysext.systemd_version; {hint}"
+    return CommandError(error, hint)
