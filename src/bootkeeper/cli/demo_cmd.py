@@ -122,7 +122,7 @@ def _services_demo(tmp: Path, cfg: BootAssessment) -> None:
     from bootkeeper.cli.simulate_cmd import print_timeline
     from bootkeeper.config import Config, RebootOnFailure, ServiceSpec
     from bootkeeper.esp import scratch
-    from bootkeeper.esp.efivars import encode_string, var_path
+    from bootkeeper.esp.efivars import encode_string, under, var_path
     from bootkeeper.esp.entries import Role
     from bootkeeper.esp.store import EspStore
 
@@ -131,7 +131,7 @@ def _services_demo(tmp: Path, cfg: BootAssessment) -> None:
     units.install(node, units.render(Config(), ["/usr/bin/bootkeeper"], "/usr/bin/python3"))
     for a in services.enroll(node, [ServiceSpec("k3s.service", RebootOnFailure.ACTIVE)]):
         click.echo(f"  {a}")
-    efivars = node / "sys/firmware/efi/efivars"
+    efivars = under(node)
     efivars.mkdir(parents=True)
     var_path(efivars, "LoaderBootCountPath").write_bytes(encode_string("\\loader\\entries\\active+2-1.conf"))
     for role in ("active", "passive"):
