@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -168,28 +167,13 @@ def validate(
     as_json: bool,
 ) -> None:
     """Validate each IMAGE; exit 0 only if all pass."""
-    from bootkeeper.errors import UnreadableError
-    from bootkeeper.fsutil import read_input_text
-    from bootkeeper.node.trust import certificates
-    from bootkeeper.sysext import image, policy, release
+    from bootkeeper.node import extensions
+    from bootkeeper.sysext import policy
 
     pol, warnings = policy.check_config(policy_text if policy_text is not None else policy.ENFORCED_DEFAULT, "--policy")
     for w in warnings:
         say(f"bootkeeper: warning: {w}")
-
-    for p in images:  # an image that cannot be read at all stops the run before any verdict (exit 7)
-        if not os.access(p, os.R_OK) or not p.is_file():
-            why = "does not exist" if not p.exists() else "not a file" if not p.is_file() else "not readable"
-            raise UnreadableError(f"{p}: {why}")
-    trusted = certificates(certs)
-    host = release.parse_release(read_input_text(os_release, "the os-release")) if os_release else None
-    results = []
-    for p in images:
-        bar = _Bar(f"verifying {p.name}")
-        try:
-            results.append(image.validate(p, pol, trusted, full=full, architecture=arch, os_release=host, progress=bar))
-        finally:
-            bar.close()
+    results = extensions.validate_images(images, extensions.ImageRules(pol, certs, os_release, arch, full), _Bar)
     if as_json:
         print_json({"policy": str(pol), "images": [r.as_json() for r in results]})
     else:
@@ -236,27 +220,9 @@ def build(
     tree: Path, output: Path, key_path: Path, cert_path: Path, fs: str, arch: str | None, os_release: Path | None
 ) -> None:
     """Build a signed sysext image from TREE (like systemd-repart -S)."""
-    from bootkeeper.fsutil import read_input_text
-    from bootkeeper.node.trust import signing_pair
-    from bootkeeper.sysext import image, release
+    from bootkeeper.node import extensions
 
-    key, cert = signing_pair(key_path, cert_path)
-    host = release.parse_release(read_input_text(os_release, "the os-release")) if os_release else None
-    if not output.name.endswith(".raw"):
-        say(f"bootkeeper: warning: {output.name} does not end in .raw: systemd-stub and systemd-sysext load *.raw only")
-    if not list((tree / release.RELEASE_DIR).glob("extension-release.*")):
-        rel = f"ID={host.get('ID', '_any')}" if host else "ID=_any (any OS)"
-        say(
-            f"bootkeeper: warning: {tree} has no {release.RELEASE_DIR}/extension-release.*: writing one with {rel}"
-            + ("" if host else "; pass --os-release to tie the image to the OS it was built for")
-        )
-    bar = _Bar(f"hashing {output.name}")
-    try:
-        image.build(tree, output, key, cert, fs=fs, arch=arch, os_release=host, progress=bar)
-    finally:
-        bar.close()
-    info = image.inspect(output)
-    rh = info.root_hash("root")
+    rh = extensions.build(extensions.BuildSpec(tree, output, key_path, cert_path, fs, arch, os_release), say, _Bar)
     echo(f"{output}: root hash {rh.hex() if rh else '?'}")
 
 

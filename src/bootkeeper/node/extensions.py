@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from bootkeeper.sysext.activate import Report as ActivationReport
     from bootkeeper.sysext.deploy import Misfit, TargetOs
     from bootkeeper.sysext.image import Validation
+    from bootkeeper.sysext.policy import ImagePolicy
 
 Say = Callable[[str], None]
 Row = dict[str, object]  # one image of ``sysext list``, as its JSON has it
@@ -508,3 +509,82 @@ def refresh_failed(root: Path, report: ActivationReport) -> CommandError | None:
     if "--image-policy" in error and "unrecognized option" in error:
         hint = f"the node's systemd-sysext is older than 254: set sysext.systemd_version; {hint}"
     return CommandError(error, hint)
+
+
+# -- validate, build -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    """What ``sysext validate`` judges by: the policy, the trusted certificates and the host."""
+
+    policy: ImagePolicy
+    certs: tuple[Path, ...]  # --cert files
+    os_release: Path | None
+    arch: str | None
+    full: bool
+
+
+def validate_images(images: tuple[Path, ...], rules: ImageRules, bars: Bars) -> list[Validation]:
+    """Each image validated; one that cannot be read at all stops the run before any verdict (exit 7)."""
+    from bootkeeper.errors import UnreadableError
+    from bootkeeper.fsutil import read_input_text
+    from bootkeeper.node.trust import certificates
+    from bootkeeper.sysext import image, release
+
+    for p in images:
+        if not os.access(p, os.R_OK) or not p.is_file():
+            why = "does not exist" if not p.exists() else "not a file" if not p.is_file() else "not readable"
+            raise UnreadableError(f"{p}: {why}")
+    trusted = certificates(rules.certs)
+    host = release.parse_release(read_input_text(rules.os_release, "the os-release")) if rules.os_release else None
+    results = []
+    for p in images:
+        bar = bars(f"verifying {p.name}")
+        try:
+            results.append(
+                image.validate(
+                    p, rules.policy, trusted, full=rules.full, architecture=rules.arch, os_release=host, progress=bar
+                )
+            )
+        finally:
+            bar.close()
+    return results
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """``sysext build``: the tree, the image to write, the signing pair and what the image is for."""
+
+    tree: Path
+    output: Path
+    key_path: Path
+    cert_path: Path
+    fs: str
+    arch: str | None
+    os_release: Path | None
+
+
+def build(spec: BuildSpec, say: Say, bars: Bars) -> bytes | None:
+    """Build the signed image (like systemd-repart -S); its root hash."""
+    from bootkeeper.fsutil import read_input_text
+    from bootkeeper.node.trust import signing_pair
+    from bootkeeper.sysext import image, release
+
+    key, cert = signing_pair(spec.key_path, spec.cert_path)
+    host = release.parse_release(read_input_text(spec.os_release, "the os-release")) if spec.os_release else None
+    output, tree = spec.output, spec.tree
+    if not output.name.endswith(".raw"):
+        say(f"bootkeeper: warning: {output.name} does not end in .raw: systemd-stub and systemd-sysext load *.raw only")
+    if not list((tree / release.RELEASE_DIR).glob("extension-release.*")):
+        rel = f"ID={host.get('ID', '_any')}" if host else "ID=_any (any OS)"
+        say(
+            f"bootkeeper: warning: {tree} has no {release.RELEASE_DIR}/extension-release.*: writing one with {rel}"
+            + ("" if host else "; pass --os-release to tie the image to the OS it was built for")
+        )
+    bar = bars(f"hashing {output.name}")
+    try:
+        image.build(tree, output, key, cert, fs=spec.fs, arch=spec.arch, os_release=host, progress=bar)
+    finally:
+        bar.close()
+    return image.inspect(output).root_hash("root")

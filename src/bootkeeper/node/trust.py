@@ -75,3 +75,27 @@ def signing_pair(key_path: Path, cert_path: Path) -> tuple[PrivateKeyTypes, x509
             "not verify against that certificate"
         )
     return key, cert
+
+
+def generate_pair(key_path: Path, cert_path: Path, cn: str, days: int) -> None:
+    """An RSA-2048 key (written with umask 077, never over a file that is there) and its self-signed
+    certificate, for trying out signing."""
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+
+    from bootkeeper.sysext.signature import self_signed
+
+    key, cert = self_signed("rsa", cn, days)
+    old = os.umask(0o077)
+    try:
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+    finally:
+        os.umask(old)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
