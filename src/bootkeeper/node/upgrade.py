@@ -223,12 +223,13 @@ class _Transaction:
         from bootkeeper.assess import upgrade as up
         from bootkeeper.esp.store import EspStore
         from bootkeeper.node.store import find_esp, links_if_persistent
+        from bootkeeper.node.tpm import uki_gate
 
         self.new_uki, self.added = new_uki, added
         uki = up.check_uki(new_uki)
         if not uki.ok:  # never overridden: the boot loader could not start it
             raise RefusedError(self.copies.text(f"upgrade refused: {uki.reason}; nothing was changed"))
-        tpm = _tpm(self.root, self.opts.luks, new_uki, self.copies.name(new_uki), self.say)
+        tpm = uki_gate(self.root, self.opts.luks, new_uki, self.copies.name(new_uki), self.say)
         self.digests[str(new_uki)] = up.sha256(new_uki)  # what was judged is what lands
         self.store = EspStore(find_esp(self.esp))
         snap = self.store.snapshot(self.opts.sdboot_version)
@@ -296,12 +297,6 @@ def _refusal(gate: Gate, copies: Copies) -> RefusedError:
         )
         + " (or pass --force to upgrade anyway; it is logged)",
     )
-
-
-def _tpm(root: Path, luks: tuple[Path, ...], new_uki: Path, shown: str, say: Say) -> list[GateResult]:
-    from bootkeeper.node.tpm import uki_gate
-
-    return uki_gate(root, luks, new_uki, shown, say)
 
 
 def _judge(cfg: Config, root: Path, plan: Plan, host: dict[str, str], copies: Copies, say: Say) -> list[ExtVerdict]:
