@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bootkeeper import fsutil
 from bootkeeper.errors import UnreadableError, WriteError
+from bootkeeper.esp.checked import put_checked
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import FolderStore
 
@@ -57,6 +58,10 @@ class Link:
 
 def target_of(image: str) -> str:
     return f"../{image}"
+
+
+def _accept(_: Path) -> None:
+    """No check beyond the digest: the image was judged before it was put."""
 
 
 def _plain(name: str) -> bool:
@@ -173,19 +178,14 @@ class LinkStore(FolderStore):
     def put(self, src: Path, image: str, digest: str | None = None) -> None:
         """Copy ``src`` to the image ``image``, crash-safely; with ``digest`` (the bytes that were
         judged) the copy is compared before it gets its name."""
-        from bootkeeper.fsutil import copy_into
-
         dest = self.root / image
         sfd = fsutil.open_input(src)  # the source's fault is not a failed write
-        with self.naming(dest, "cannot write"):
-            try:
-                with fsutil.temp_file(dest, self.step) as (fd, tmp):
-                    copy_into(sfd, fd, os.fstat(sfd).st_size)
-                    if digest is not None and fsutil.sha256_fd(fd) != digest:
-                        raise WriteError(f"{src}: changed after it was judged; not copied to {dest}")
-                    fsutil.commit(fd, tmp, dest, self.step)
-            finally:
-                os.close(sfd)
+        try:
+            with self.naming(dest, "cannot write"):
+                changed = f"{src}: changed after it was judged; not copied to {dest}"
+                put_checked(self, sfd, [dest], _accept, digest=digest, changed=changed)
+        finally:
+            os.close(sfd)
 
     def link(self, folder: str, name: str, image: str) -> None:
         """``folder/name`` -> ``../image``: a temporary link renamed over it, the folder synced."""

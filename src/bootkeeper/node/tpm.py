@@ -302,5 +302,4 @@ def public_key(path: Path) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
     from bootkeeper.fsutil import read_input
     from bootkeeper.measure.untrusted import load_public_key
 
-    key = load_public_key(read_input(path, "the public key"), str(path), certificate=True)
-    return cast("rsa.RSAPublicKey | ec.EllipticCurvePublicKey", key)  # load_public_key refused any other type
+    return load_public_key(read_input(path, "the public key"), str(path), certificate=True)

@@ -20,7 +20,7 @@ from bootkeeper.errors import RefusedError
 
 if TYPE_CHECKING:
     from bootkeeper.assess import history
-    from bootkeeper.assess.upgrade import OrderCheck, Plan, UkiCheck
+    from bootkeeper.assess.upgrade import OrderCheck, UkiCheck, UpgradePlan
     from bootkeeper.config import Config
     from bootkeeper.esp.linkstore import LinkStore
     from bootkeeper.esp.store import EspStore, Snapshot
@@ -108,7 +108,7 @@ class Outcome:
     to raise once the outcome is shown (refused)."""
 
     result: str
-    plan: Plan
+    plan: UpgradePlan
     gate: Gate
     actions: tuple[str, ...]  # the plan's steps, naming the user's files
     store: str | None
@@ -198,7 +198,7 @@ class _Transaction:
 
         return deploy.stays_with(name, self.cfg.sysext.entries, self.role)
 
-    def make(self, snap: Snapshot) -> Plan:
+    def make(self, snap: Snapshot) -> UpgradePlan:
         from bootkeeper.assess import upgrade as up
         from bootkeeper.sysext import deploy
 
@@ -210,7 +210,7 @@ class _Transaction:
     def outcome(
         self,
         result: str,
-        plan: Plan,
+        plan: UpgradePlan,
         gate: Gate,
         recorded: dict[str, object] | None = None,
         refusal: RefusedError | None = None,
@@ -254,7 +254,7 @@ class _Transaction:
         recorded = _record(self.root, plan, before, uki.osrel, self.digests, gate.forced, boot_id(), self.say)
         return self.outcome("upgraded", plan, gate, recorded)
 
-    def judge(self, plan: Plan, snap: Snapshot, uki: UkiCheck, tpm: list[GateResult]) -> Gate:
+    def judge(self, plan: UpgradePlan, snap: Snapshot, uki: UkiCheck, tpm: list[GateResult]) -> Gate:
         from bootkeeper.assess import upgrade as up
         from bootkeeper.sysext import release
 
@@ -268,7 +268,7 @@ class _Transaction:
         shown = self.copies.name(self.new_uki)
         return Gate(shown, uki, tuple(verdicts), order, tuple(tpm), tuple(reasons), forced)
 
-    def warn(self, plan: Plan) -> None:
+    def warn(self, plan: UpgradePlan) -> None:
         """The plan's warnings, with the old set's extensions it leaves behind."""
         for n in plan.left_behind:
             plan.warnings.append(
@@ -278,7 +278,7 @@ class _Transaction:
         for w in plan.warnings:
             self.say(f"bootkeeper: warning: {w}")
 
-    def apply(self, plan: Plan) -> None:
+    def apply(self, plan: UpgradePlan) -> None:
         from bootkeeper.assess import upgrade as up
 
         up.apply(
@@ -299,7 +299,9 @@ def _refusal(gate: Gate, copies: Copies) -> RefusedError:
     )
 
 
-def _judge(cfg: Config, root: Path, plan: Plan, host: dict[str, str], copies: Copies, say: Say) -> list[ExtVerdict]:
+def _judge(
+    cfg: Config, root: Path, plan: UpgradePlan, host: dict[str, str], copies: Copies, say: Say
+) -> list[ExtVerdict]:
     from bootkeeper.node.trust import anchors
     from bootkeeper.sysext import image, policy
 
@@ -316,7 +318,7 @@ def _judge(cfg: Config, root: Path, plan: Plan, host: dict[str, str], copies: Co
     return out
 
 
-def _before(store: EspStore, plan: Plan, digests: dict[str, str], links: LinkStore | None) -> history.RoleOs:
+def _before(store: EspStore, plan: UpgradePlan, digests: dict[str, str], links: LinkStore | None) -> history.RoleOs:
     """The set the upgrade replaces, as the boot history records it: read before the first write moves it."""
     from bootkeeper.assess import history
     from bootkeeper.assess import upgrade as up
@@ -346,7 +348,7 @@ def _before(store: EspStore, plan: Plan, digests: dict[str, str], links: LinkSto
 
 def _record(
     root: Path,
-    plan: Plan,
+    plan: UpgradePlan,
     before: history.RoleOs,
     osrel: dict[str, str],
     digests: dict[str, str],
