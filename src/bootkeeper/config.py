@@ -105,7 +105,7 @@ class Sysext:
     # --refresh and lint use it to decide what systemd-sysext understands): bootkeeper.systemd_version
     systemd_version: int | None = None
     store: SysextStore = SysextStore.ESP
-    store_dir: str = "/var/lib/bootkeeper/extensions"  # esp/linkstore.DEFAULT_DIR
+    store_dir: str = "/var/lib/bootkeeper/extensions"  # the persistent store's default: its one home
     timeout: str = "5min"  # TimeoutSec= of bootkeeper-sysext.service (assess/units.py)
     required: tuple[str, ...] = ()  # extension names (sysext/required.py)
 

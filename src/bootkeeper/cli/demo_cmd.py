@@ -75,10 +75,11 @@ def demo(keep: bool) -> None:
 def _services_demo(tmp: Path, cfg: BootAssessment) -> None:
     """Steps 5-7: a service that decides the boot, the generator, lint, and status after a fallback."""
     from bootkeeper.cli.render import print_timeline, status_lines
+    from bootkeeper.esp.efivars import under
     from bootkeeper.node import demo as steps
 
     node = tmp / "node"
-    efivars = node / "sys/firmware/efi/efivars"
+    efivars = under(node)
     _step(f"5. k3s.service decides the boot (reboot_on_failure: active), installed under {node}")
     for a in steps.enroll_k3s(node):
         click.echo(f"  {a}")

@@ -18,7 +18,7 @@ from bootkeeper.cli.common import (
     root_option,
     version_option,
 )
-from bootkeeper.node.history import current_boot_id as current_boot_id  # upgrade_cmd, sysext_cmd import it here
+from bootkeeper.node.history import current_boot_id
 from bootkeeper.shown import echo
 
 if TYPE_CHECKING:

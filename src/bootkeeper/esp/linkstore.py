@@ -37,7 +37,6 @@ from bootkeeper.esp.checked import put_checked
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import FolderStore
 
-DEFAULT_DIR = "/var/lib/bootkeeper/extensions"
 COMMON = "common"
 FOLDERS = (*(r.value for r in Role), COMMON)
 COS_DIR = "run/cos"  # Kairos's immucore writes <role>_mode here

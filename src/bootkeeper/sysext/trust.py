@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bootkeeper.errors import InputError, MalformedError
+from bootkeeper.esp.efivars import EFIVARFS as EFIVARS
 from bootkeeper.fsutil import under
 
 if TYPE_CHECKING:
@@ -61,7 +62,6 @@ MOK_LISTS = ("MokListRT", "MokListXRT")
 MOKVAR_DIR = "mok-variables"  # beside efivars: /sys/firmware/efi/mok-variables (kernel mokvar-table.c)
 MOK_PARTS_MAX = 64  # shim's numbered continuations read at most (NAME1..NAME64): a bound, not a limit met
 NON_VOLATILE = 0x1
-EFIVARS = Path("/sys/firmware/efi/efivars")
 _ESL_HEADER = struct.Struct("<16sIII")
 EXPORT_PREFIX = "bootkeeper-"
 EXPORT_DIR = "run/verity.d"  # under the root: where keys export and activate write the anchors

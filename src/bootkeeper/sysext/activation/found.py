@@ -104,10 +104,11 @@ def _screen(n: str, p: Path, problem: str | None, at: Path, seen: set[str]) -> F
 def store_sources(root: Path, cfg: Sysext, efivars: Path | None) -> tuple[list[tuple[LinkStore, str]], StoreUsed]:
     """``sysext.store: persistent``: the booted role's folder of links and ``common/``, and what the
     report says of them. A role that cannot be told loads ``common/`` alone (fewer images, never more)."""
+    from bootkeeper.esp import efivars as efivars_mod
     from bootkeeper.esp import linkstore
 
     store = linkstore.LinkStore(fsutil.under(root, cfg.store_dir))
-    role, why = linkstore.booted_role(root, efivars or root / "sys/firmware/efi/efivars")
+    role, why = linkstore.booted_role(root, efivars or efivars_mod.under(root))
     folders = [role.value] if role is not None else []
     folders.append(linkstore.COMMON)
     used = StoreUsed(dir=str(store.root), role=role.value if role else None, why=why, folders=folders)
