@@ -80,7 +80,7 @@ def rearm_plan(store: EspStore, cfg: BootAssessment) -> list[Rename]:
 
 
 @dataclass(frozen=True)
-class Plan:
+class HandbackPlan:
     """What a good statereset boot's bless does about the hand-back, read and decided before any write."""
 
     decision: Decision
@@ -96,14 +96,14 @@ class Plan:
         return self.before.count
 
 
-def plan(store: EspStore, cfg: BootAssessment) -> Plan:
+def plan(store: EspStore, cfg: BootAssessment) -> HandbackPlan:
     before = file_mod.read(store)
     if before.spent(cfg.handbacks):
-        return Plan(Decision.STAYED, before, cfg.handbacks)
+        return HandbackPlan(Decision.STAYED, before, cfg.handbacks)
     renames = rearm_plan(store, cfg)
     if not renames:
-        return Plan(Decision.NOTHING, before, cfg.handbacks)
-    return Plan(Decision.HANDED_BACK, before, cfg.handbacks, tuple(renames))
+        return HandbackPlan(Decision.NOTHING, before, cfg.handbacks)
+    return HandbackPlan(Decision.HANDED_BACK, before, cfg.handbacks, tuple(renames))
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Result:
         }
 
 
-def apply(store: EspStore, p: Plan) -> Result:
+def apply(store: EspStore, p: HandbackPlan) -> Result:
     """The count, then the re-arms (the order the module docstring gives)."""
     res = Result(p.decision, p.count_after, p.budget, problem=p.before.problem)
     if p.decision is not Decision.HANDED_BACK:

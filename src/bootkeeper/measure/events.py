@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 from bootkeeper.measure.banks import Bank, extend, zero
 
@@ -29,18 +29,6 @@ class Hasher:
     def update(self, data: bytes) -> None:
         for h in self._h:
             h.update(data)
-
-    def update_file(self, f: BinaryIO, size: int, what: str) -> None:
-        """``size`` bytes from the file's current position; fewer is an error naming ``what``."""
-        from bootkeeper.errors import MalformedError
-
-        left = size
-        while left:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                raise MalformedError(f"{what}: ends {left} bytes early")
-            self.update(chunk)
-            left -= len(chunk)
 
     def digests(self) -> dict[str, bytes]:
         return {b.name: h.digest() for b, h in zip(self.banks, self._h, strict=True)}

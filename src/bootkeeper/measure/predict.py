@@ -73,10 +73,6 @@ class Prediction:
     def phases(self) -> dict[str, dict[str, bytes]]:
         return uki.phase_values({b: v[11] for b, v in self.pcrs().items()}, self.banks)
 
-    def sysexts(self) -> tuple[FileRef, ...]:
-        """The extensions in PCR 13's archive."""
-        return next((e.files for e in self.events if e.pcr == 13), ())
-
     def to_json(self) -> dict[str, Any]:
         return {
             "role": self.role,
