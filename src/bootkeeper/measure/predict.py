@@ -35,7 +35,7 @@ from bootkeeper.esp.pe import read_section, read_sections
 from bootkeeper.esp.store import EspStore
 from bootkeeper.measure import cpio, uki
 from bootkeeper.measure.banks import Bank, extend, zero
-from bootkeeper.measure.events import EV_EVENT_TAG, EV_IPL, Event, FileRef, Hasher, digests_of
+from bootkeeper.measure.events import EV_EVENT_TAG, EV_IPL, Event, Hasher, digests_of
 
 __all__ = ["Prediction", "predict", "predict_target"]
 
