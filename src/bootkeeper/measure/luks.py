@@ -317,6 +317,96 @@ class EntryUki:
     profile: int = 0
 
 
+def _binding_findings(t: Token, literal: list[int]) -> list[Finding]:
+    """What a token's PCRs bound by value and its pcrlock binding mean for upgrades."""
+    out = [
+        Finding(
+            Level.FINDING,
+            t.id,
+            "literal-pcr",
+            f"PCR {n} is bound by value: it holds {CHANGES_ON_UPGRADE[n]}, so every upgrade of them "
+            "needs a new enrolment (bind it through a signed policy: --tpm2-public-key-pcrs=11)",
+        )
+        for n in literal
+    ]
+    others = [n for n in t.pcrs if n not in CHANGES_ON_UPGRADE]
+    if others:
+        out.append(
+            Finding(
+                Level.NOTE,
+                t.id,
+                "literal-pcr",
+                f"PCR {'+'.join(map(str, others))} bound by value: upgrades of the UKI and its extensions leave "
+                "it alone; firmware or Secure Boot database updates change it",
+            )
+        )
+    if t.pcrlock:
+        out.append(
+            Finding(
+                Level.NOTE,
+                t.id,
+                "pcrlock",
+                "bound to a systemd-pcrlock policy: make it again (systemd-pcrlock make-policy, with "
+                "bootkeeper tpm pcrlock's components) before each upgrade",
+            )
+        )
+    return out
+
+
+def _unsigned_finding(t: Token, literal: list[int]) -> list[Finding]:
+    """A token with no signed policy and nothing else tying it to this OS opens under any OS."""
+    if literal or t.pcrlock:
+        return []
+    what = f"PCR {'+'.join(map(str, t.pcrs))} by value only" if t.pcrs else "no PCR at all"
+    return [
+        Finding(
+            Level.FINDING,
+            t.id,
+            "no-signed-policy",
+            f"no signed policy (no tpm2_pubkey) and {what}: the volume opens under any OS "
+            "this machine boots, not only under your signed UKIs",
+        )
+    ]
+
+
+def _signed_findings(
+    t: Token, fp: str, literal: list[int], ukis: list[EntryUki], results: list[Authorization]
+) -> list[Finding]:
+    """A signed PCR 11 token against every entry's UKI: the entries that will not unlock it, and
+    whether any will (``fp``: the key's fingerprint)."""
+    out = [
+        Finding(
+            Level.FINDING if u.role == "active" else Level.NOTE,
+            t.id,
+            "unsigned-entry",
+            f"entry {u.entry}: {a.reason(fp)}: booting it will not unlock",
+        )
+        for u, a in zip(ukis, results, strict=True)
+        if not a.ok
+    ]
+    good = [u for u, a in zip(ukis, results, strict=True) if a.ok]
+    if not good:
+        out.append(
+            Finding(
+                Level.FINDING,
+                t.id,
+                "unknown-key",
+                f"no UKI on the ESP is signed for key {fp}: the volume will not unlock under any of them",
+            )
+        )
+    elif not literal:
+        out.append(
+            Finding(
+                Level.FINE,
+                t.id,
+                "signed-pcr11",
+                f"signed PCR 11 policy, key {fp} ({t.unlock_bank().name}), authorized by "
+                f"{', '.join(u.entry for u in good)}: survives upgrades signed with this key",
+            )
+        )
+    return out
+
+
 def audit(tokens: list[Token], ukis: list[EntryUki]) -> tuple[list[Finding], dict[str, list[Authorization]]]:
     """Per token: what breaks on upgrade, what does not protect, what is fine; and, for each signed
     token, every entry's UKI checked against its key."""
@@ -324,49 +414,9 @@ def audit(tokens: list[Token], ukis: list[EntryUki]) -> tuple[list[Finding], dic
     checked: dict[str, list[Authorization]] = {}
     for t in tokens:
         literal = [n for n in t.pcrs if n in CHANGES_ON_UPGRADE]
-        for n in literal:
-            out.append(
-                Finding(
-                    Level.FINDING,
-                    t.id,
-                    "literal-pcr",
-                    f"PCR {n} is bound by value: it holds {CHANGES_ON_UPGRADE[n]}, so every upgrade of them "
-                    "needs a new enrolment (bind it through a signed policy: --tpm2-public-key-pcrs=11)",
-                )
-            )
-        others = [n for n in t.pcrs if n not in CHANGES_ON_UPGRADE]
-        if others:
-            out.append(
-                Finding(
-                    Level.NOTE,
-                    t.id,
-                    "literal-pcr",
-                    f"PCR {'+'.join(map(str, others))} bound by value: upgrades of the UKI and its extensions leave "
-                    "it alone; firmware or Secure Boot database updates change it",
-                )
-            )
-        if t.pcrlock:
-            out.append(
-                Finding(
-                    Level.NOTE,
-                    t.id,
-                    "pcrlock",
-                    "bound to a systemd-pcrlock policy: make it again (systemd-pcrlock make-policy, with "
-                    "bootkeeper tpm pcrlock's components) before each upgrade",
-                )
-            )
+        out += _binding_findings(t, literal)
         if not t.signed:
-            if not literal and not t.pcrlock:
-                what = f"PCR {'+'.join(map(str, t.pcrs))} by value only" if t.pcrs else "no PCR at all"
-                out.append(
-                    Finding(
-                        Level.FINDING,
-                        t.id,
-                        "no-signed-policy",
-                        f"no signed policy (no tpm2_pubkey) and {what}: the volume opens under any OS "
-                        "this machine boots, not only under your signed UKIs",
-                    )
-                )
+            out += _unsigned_finding(t, literal)
             continue
         fp = policy.fingerprint(t.key()).hex()
         if t.pubkey_pcrs != SIGNED_PCRS:
@@ -382,35 +432,7 @@ def audit(tokens: list[Token], ukis: list[EntryUki]) -> tuple[list[Finding], dic
             continue
         results = [authorization(u.path, u.what, t.key(), t.unlock_bank(), GATE_PHASE_PATHS, u.profile) for u in ukis]
         checked[t.id] = results
-        good = [u for u, a in zip(ukis, results, strict=True) if a.ok]
-        for u, a in zip(ukis, results, strict=True):
-            if not a.ok:
-                level = Level.FINDING if u.role == "active" else Level.NOTE
-                out.append(
-                    Finding(
-                        level, t.id, "unsigned-entry", f"entry {u.entry}: {a.reason(fp)}: booting it will not unlock"
-                    )
-                )
-        if not good:
-            out.append(
-                Finding(
-                    Level.FINDING,
-                    t.id,
-                    "unknown-key",
-                    f"no UKI on the ESP is signed for key {fp}: the volume will not unlock under any of them",
-                )
-            )
-            continue
-        if not literal:
-            out.append(
-                Finding(
-                    Level.FINE,
-                    t.id,
-                    "signed-pcr11",
-                    f"signed PCR 11 policy, key {fp} ({t.unlock_bank().name}), authorized by "
-                    f"{', '.join(u.entry for u in good)}: survives upgrades signed with this key",
-                )
-            )
+        out += _signed_findings(t, fp, literal, ukis, results)
     return out, checked
 
 
