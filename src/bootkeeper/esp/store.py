@@ -524,6 +524,20 @@ class FolderStore:
             self._fsync_dir(p.parent)
 
 
+def _other_booted_loader(loader_info: str, version: sdboot_mod.SdBoot, source: str) -> list[str]:
+    """A problem when LoaderInfo names another systemd-boot than the ESP's binary."""
+    try:
+        booted = sdboot_mod.SdBoot.parse(loader_info)
+    except BootkeeperError:
+        return []
+    if booted == version:
+        return []
+    return [
+        f"this boot was started by systemd-boot {booted} (LoaderInfo), but the ESP's binary is {source}: "
+        "the next boot runs the ESP's binary, which is what bootkeeper models"
+    ]
+
+
 class EspStore(FolderStore):
     what = "ESP"
 
@@ -761,9 +775,29 @@ class EspStore(FolderStore):
         """``loader_info``: the LoaderInfo EFI variable, when the caller read it: the version when the
         ESP carries no binary, and a problem when the booted boot loader is not the ESP's."""
         version, source = self.sdboot_version(sdboot_version, loader_info)
+        problems: list[str] = []
+        found, profiles = self._type2_entries(version, problems)
+        found += self._type1_entries(version)
+        conf = None
+        if self.path(LOADER_CONF).is_file():
+            conf = loader_mod.parse(self.read_text(LOADER_CONF))
+            problems.extend(f"{LOADER_CONF}: {p}" for p in conf.problems)
+        for e in found:
+            problems.extend(f"{e.path}: {p}" for p in e.problems)
+        if loader_info and sdboot_version is None and not source.startswith("EFI variable"):
+            problems += _other_booted_loader(loader_info, version, source)
+        for paths in same_entry(e.path for e in found):
+            d = paths[0].rpartition("/")[0]
+            problems.append(
+                f"{d}: {', '.join(p.rpartition('/')[2] for p in paths)} are the same entry; the next "
+                "'bootkeeper bless' of the booted one removes the other"
+            )
+        return Snapshot(tuple(found), conf, version, source, tuple(problems), tuple(profiles))
+
+    def _type2_entries(self, version: sdboot_mod.SdBoot, problems: list[str]) -> tuple[list[Entry], list[Entry]]:
+        """The UKIs of ``EFI/Linux`` and, where this systemd-boot has them, their profiles ≥ 1."""
         found: list[Entry] = []
         profiles: list[Entry] = []
-        problems: list[str] = []
         for name in self.list_dir(TYPE2_DIR):
             if not entries_mod.valid_type2_filename(name):
                 continue
@@ -782,6 +816,11 @@ class EspStore(FolderStore):
                     more = []
                 profiles.extend(more)
             found.append(base)
+        return found, profiles
+
+    def _type1_entries(self, version: sdboot_mod.SdBoot) -> list[Entry]:
+        """The ``.conf`` entries of ``loader/entries``; one too large or unreadable is a finding about it."""
+        found: list[Entry] = []
         listings: Listings = {}  # one listing per folder for the whole snapshot: linear, not quadratic
         for name in self.list_dir(TYPE1_DIR):
             if not entries_mod.valid_type1_filename(name):
@@ -801,29 +840,7 @@ class EspStore(FolderStore):
                     read_only=self._read_only(rel),
                 )
             )
-        conf = None
-        if self.path(LOADER_CONF).is_file():
-            conf = loader_mod.parse(self.read_text(LOADER_CONF))
-            problems.extend(f"{LOADER_CONF}: {p}" for p in conf.problems)
-        for e in found:
-            problems.extend(f"{e.path}: {p}" for p in e.problems)
-        if loader_info and sdboot_version is None and not source.startswith("EFI variable"):
-            try:
-                booted = sdboot_mod.SdBoot.parse(loader_info)
-            except BootkeeperError:
-                booted = None
-            if booted is not None and booted != version:
-                problems.append(
-                    f"this boot was started by systemd-boot {booted} (LoaderInfo), but the ESP's binary is {source}: "
-                    "the next boot runs the ESP's binary, which is what bootkeeper models"
-                )
-        for paths in same_entry(e.path for e in found):
-            d = paths[0].rpartition("/")[0]
-            problems.append(
-                f"{d}: {', '.join(p.rpartition('/')[2] for p in paths)} are the same entry; the next "
-                "'bootkeeper bless' of the booted one removes the other"
-            )
-        return Snapshot(tuple(found), conf, version, source, tuple(problems), tuple(profiles))
+        return found
 
     @staticmethod
     def _profiles(name: str, path: Path, read_only: bool) -> tuple[Entry, list[Entry]]:
