@@ -23,7 +23,6 @@ import errno
 import fcntl
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from bootkeeper import fsutil
 from bootkeeper.errors import BootkeeperError, BusyError, EspError, InputError, UnreadableError, UsageError, WriteError
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader as loader_mod
-from bootkeeper.esp import pe
+from bootkeeper.esp import pe, stephook
 from bootkeeper.esp import sdboot as sdboot_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, same_entry
 from bootkeeper.fsutil import TMP_PREFIX, TMP_SUFFIX, is_temporary
@@ -297,7 +296,6 @@ def _has_flags(root: Path, mount_ro: bool, super_ro: bool | None) -> bool:
     return now.mount_ro == mount_ro and (super_ro is None or now.super_ro == super_ro)
 
 
-TEST_PAUSE_ENV = "BOOTKEEPER_TEST_STEP_PAUSE"
 LOCK_TIMEOUT_ENV = "BOOTKEEPER_LOCK_TIMEOUT"
 LOCK_TIMEOUT = 10.0
 
@@ -317,40 +315,11 @@ def lock_timeout_from_env() -> float:
     return seconds
 
 
-def _pause_hook() -> Callable[[str], None] | None:
-    """A test hook for cutting the power in the middle of a write (tests/test_node.py): with
-    ``BOOTKEEPER_TEST_STEP_PAUSE=SECONDS`` every step that changes the ESP is announced on stderr
-    and then waits that long, so a test can kill the machine between two steps."""
-    raw = os.environ.get(TEST_PAUSE_ENV)
-    if not raw:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= 3600:
-        sys.stderr.write(f"bootkeeper: ignoring {TEST_PAUSE_ENV}={raw!r} (expected seconds, 0 to 3600)\n")
-        return None
-
-    def pause(step: str) -> None:
-        sys.stderr.write(f"bootkeeper: test pause before {step} ({seconds:g} s)\n")
-        sys.stderr.flush()
-        time.sleep(seconds)
-
-    return pause
-
-
 def _subdirs(d: Path) -> list[Path]:
     try:
         return sorted(x for x in d.iterdir() if x.is_dir() and not x.is_symlink())
     except OSError:
         return []
-
-
-def _warn(line: str) -> None:
-    from bootkeeper.shown import shown_line
-
-    sys.stderr.write(f"bootkeeper: {shown_line(line)}\n")  # it may quote a path from the ESP
 
 
 class FolderStore:
@@ -365,11 +334,13 @@ class FolderStore:
         *,
         fault: Callable[[str], None] | None = None,
         lock_timeout: float | None = None,
-        log: Callable[[str], None] = _warn,
+        log: Callable[[str], None] = stephook.warn_stderr,
     ) -> None:
-        """``lock_timeout``: seconds to wait for the lock; None: :func:`lock_timeout_from_env`."""
+        """``fault``: called with each step's name before it (tests raise there); None: the step hook of
+        :func:`bootkeeper.esp.stephook.pause_from_env`. ``log``: where warnings go (stderr by default).
+        ``lock_timeout``: seconds to wait for the lock; None: :func:`lock_timeout_from_env`."""
         self.root = root
-        self._fault = fault if fault is not None else _pause_hook()
+        self._fault = fault if fault is not None else stephook.pause_from_env()
         self._lock_timeout = lock_timeout if lock_timeout is not None else lock_timeout_from_env()
         self._lock_fd: int | None = None
         self._log = log
