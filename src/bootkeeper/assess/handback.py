@@ -165,16 +165,11 @@ def reset(store: EspStore) -> str | None:
     return f"removed {file_mod.HANDBACKS}: a good {'/'.join(r.value for r in Role if r.burns_own_tries)} boot"
 
 
-def record(boot_id: str, now: float, res: Result) -> dict[str, Any]:
+def record(boot_id: str, now: float, res: Result) -> dict[str, object]:
     """The boot history's line for it (assess/history.py reads it back onto the boot)."""
-    return {
-        "type": "handback",
-        "boot_id": boot_id,
-        "time": now,
-        "decision": res.decision.value,
-        "count": res.count,
-        "budget": res.budget,
-    }
+    from bootkeeper.assess import history
+
+    return history.handback_record(boot_id, now, res.decision.value, res.count, res.budget)
 
 
 # --- what status says --------------------------------------------------------------------------
