@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 from bootkeeper.config import BootAssessment
 from bootkeeper.esp import counter as counter_mod
@@ -132,7 +131,7 @@ class Result:
             f"boot{why}); repair active or passive (bootkeeper upgrade) to leave it"
         )
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "decision": self.decision.value,
             "count": self.count,
@@ -199,7 +198,7 @@ class View:
         text = f"statereset handed back {used} time(s) since the last good active or passive boot"
         return f"{text}; the budget is spent: the next good statereset boot stays" if self.spent else text
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "count": self.count,
             "budget": self.budget,

@@ -84,7 +84,7 @@ class RecordedEntry:
             return None
         return cls(path[:MAX_FIELD], state, left, done)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"path": self.path, "state": self.state, "tries_left": self.left, "tries_done": self.done}
 
     def as_record(self) -> dict[str, object]:
@@ -109,7 +109,7 @@ class Handback:
             "stayed": f"stays on statereset: hand-back budget spent ({used})",
         }.get(self.decision, "nothing to hand back to")
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"decision": self.decision, "count": self.count, "budget": self.budget, "time": self.time}
 
 
@@ -141,7 +141,7 @@ class Boot:
     not_good: list[str] = field(default_factory=list)  # "UNIT: why" of each not-good record
     handback: Handback | None = None  # a good statereset boot: handed back, or stayed
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "boot_id": self.boot_id,
             "time": self.time,
@@ -219,7 +219,7 @@ class Image:
     size: int | None
     sha256: str | None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"name": self.name, "size": self.size, "sha256": self.sha256}
 
 
@@ -231,7 +231,7 @@ class RoleOs:
     extensions: tuple[Image, ...]
     left_off: int = 0
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"os": self.os, "extensions": [x.as_json() for x in self.extensions], "left_off": self.left_off}
 
 
@@ -245,7 +245,7 @@ class Upgrade:
     result: str
     forced: bool
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "boot_id": self.boot_id,
             "time": self.time,
@@ -544,7 +544,7 @@ class Why:
     text: str
     fallbacks: tuple[dict[str, Any], ...] = ()
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"first_choice": self.first_choice, "text": self.text, "fallback_from": list(self.fallbacks)}
 
 
@@ -645,7 +645,7 @@ class FailedUpgrade:
             f"running {running} on passive"
         )
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "text": self.text,
             "time": self.upgrade.time,

@@ -64,7 +64,7 @@ class LogEvent:
     digests: dict[str, bytes]
     data: bytes
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "offset": self.offset,
             "pcr": self.pcr,

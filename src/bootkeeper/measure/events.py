@@ -48,7 +48,7 @@ class FileRef:
     size: int
     sha256: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"name": self.name, "size": self.size, "sha256": self.sha256}
 
 
@@ -80,7 +80,7 @@ class Event:
             return text
         return struct.pack("<II", self.tag, len(text)) + text
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         out: dict[str, Any] = {
             "pcr": self.pcr,
             "type": self.type_name,

@@ -98,7 +98,7 @@ class Token:
     def unlock_bank(self) -> Bank:
         return BANKS[self.bank or "sha256"]
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         fp = policy.fingerprint(self.key()).hex() if self.pubkey is not None else None
         return {
             "token": self.id,
@@ -256,7 +256,7 @@ class Authorization:
             return f"{self.uki}'s .pcrsig has no {self.bank} signature with key {fp} (for its {after})"
         return f"{self.uki}'s .pcrsig does not authorize its {after} ({self.bank}) with key {fp}"
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "uki": self.uki,
             "bank": self.bank,
@@ -482,7 +482,7 @@ class GateResult:
         why = "; ".join(a.reason(k) for a, k in zip(self.authorizations, self.keys, strict=True))
         return f"{self.device} would not unlock after the upgrade: {why}"
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "device": self.device,
             "keys": list(self.keys),
@@ -627,7 +627,7 @@ class ExtensionGate:
     def _why(self) -> str:
         return "; ".join(f"token {t} {w}" for t, w in self.broken)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "device": self.device,
             "broken": [{"token": t, "why": w} for t, w in self.broken],

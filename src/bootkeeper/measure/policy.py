@@ -95,7 +95,7 @@ class ToSign:
     pcr11: bytes
     pol: bytes
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "bank": self.bank.name,
             "phase": self.phase_path,
@@ -146,7 +146,7 @@ class Signed:
     pkfp: bytes
     sig: bytes
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "pcrs": [PCR],
             "pkfp": self.pkfp.hex(),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from bootkeeper import fsutil
 from bootkeeper.errors import InputError, MalformedError
@@ -73,7 +73,7 @@ class Prediction:
     def phases(self) -> dict[str, dict[str, bytes]]:
         return uki.phase_values({b: v[11] for b, v in self.pcrs().items()}, self.banks)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "role": self.role,
             "entry": self.entry,
