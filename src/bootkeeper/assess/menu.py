@@ -55,7 +55,7 @@ class Unlisted:
     size: int | None = None  # a stale temporary's size
 
     def as_json(self) -> dict[str, object]:
-        out: dict[str, Any] = {"path": self.path, "why": self.why}
+        out: dict[str, object] = {"path": self.path, "why": self.why}
         if self.size is not None:
             out["size"] = self.size
         return out

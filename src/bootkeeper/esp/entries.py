@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cmp_to_key
-from typing import Any
+from typing import TypeVar
 
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import sdboot as sdboot_mod
@@ -454,8 +454,10 @@ def parse_type2(
 # ---------------------------------------------------------------------------------------------
 # Ordering
 
+_Ordered = TypeVar("_Ordered", str, int)  # bool is an int
 
-def _cmp(a: Any, b: Any) -> int:
+
+def _cmp(a: _Ordered, b: _Ordered) -> int:
     return int(a > b) - int(a < b)
 
 

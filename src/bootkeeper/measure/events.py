@@ -6,7 +6,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from bootkeeper.measure.banks import Bank, extend, zero
 
@@ -81,7 +80,7 @@ class Event:
         return struct.pack("<II", self.tag, len(text)) + text
 
     def to_json(self) -> dict[str, object]:
-        out: dict[str, Any] = {
+        out: dict[str, object] = {
             "pcr": self.pcr,
             "type": self.type_name,
             "source": self.source,

@@ -23,12 +23,15 @@ import binascii
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bootkeeper.errors import InputError, MalformedError, NotApplicableError, UnreadableError
 from bootkeeper.measure import policy, uki, untrusted
 from bootkeeper.measure.banks import BANKS, Bank
 from bootkeeper.measure.events import replay
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 __all__ = [
     "GATE_PHASE_PATHS",
@@ -69,10 +72,11 @@ CHANGES_ON_UPGRADE = {
 }
 
 
-def load_key(data: bytes, what: str) -> Any:
+def load_key(data: bytes, what: str) -> PublicKeyTypes:
     """A public key as systemd-cryptenroll stores it (the PEM file's bytes), DER accepted too; RSA or
     EC (:func:`bootkeeper.measure.untrusted.load_public_key`), else a MalformedError naming ``what``."""
-    return untrusted.load_public_key(data, what)
+    key: PublicKeyTypes = untrusted.load_public_key(data, what)
+    return key
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class Token:
     def signed(self) -> bool:
         return self.pubkey is not None and bool(self.pubkey_pcrs)
 
-    def key(self) -> Any:
+    def key(self) -> PublicKeyTypes:
         assert self.pubkey is not None
         return load_key(self.pubkey, f"{self.where}: tpm2_pubkey")
 
@@ -269,7 +273,12 @@ class Authorization:
 
 
 def authorization(
-    path: Path, what: str, public_key: Any, b: Bank, paths: tuple[str, ...] = GATE_PHASE_PATHS, profile: int = 0
+    path: Path,
+    what: str,
+    public_key: PublicKeyTypes,
+    b: Bank,
+    paths: tuple[str, ...] = GATE_PHASE_PATHS,
+    profile: int = 0,
 ) -> Authorization:
     """Compute the PCR 11 the UKI gives after each of ``paths`` and ask ``policy.authorized``."""
     sections = uki.sections_of(path, what, profile)
