@@ -73,7 +73,7 @@ class RecordedEntry:
     done: int | None
 
     @classmethod
-    def parse(cls, item: Any) -> RecordedEntry | None:
+    def parse(cls, item: object) -> RecordedEntry | None:
         """One item of a boot line's ``entries``, or None when it is not one (the line still counts)."""
         if not isinstance(item, dict):
             return None
@@ -269,7 +269,7 @@ def upgrade_record(
     return Record("upgrade", boot_id, now, upgrade=Upgrade(boot_id, now, role, before, after, result, forced)).to_json()
 
 
-def _str(value: Any, what: str) -> str:
+def _str(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} is not a string")
     if len(value) > MAX_FIELD:
@@ -277,7 +277,7 @@ def _str(value: Any, what: str) -> str:
     return value
 
 
-def _side(value: Any, what: str) -> RoleOs:
+def _side(value: object, what: str) -> RoleOs:
     if not isinstance(value, dict):
         raise TypeError(f"{what} is not an object")
     osrel, exts, left = value.get("os"), value.get("extensions"), value.get("left_off", 0)
@@ -404,7 +404,7 @@ class Record:
         return None
 
 
-def _recorded_entries(raw: Any) -> list[RecordedEntry]:
+def _recorded_entries(raw: object) -> list[RecordedEntry]:
     """A boot line's ``entries``; what is not a list of entries is read as none (the boot still counts)."""
     if not isinstance(raw, list):
         return []
@@ -542,7 +542,7 @@ def recorded(boots: list[Boot], boot_id: str) -> bool:
 class Why:
     first_choice: bool
     text: str
-    fallbacks: tuple[dict[str, Any], ...] = ()
+    fallbacks: tuple[dict[str, object], ...] = ()
 
     def as_json(self) -> dict[str, object]:
         return {"first_choice": self.first_choice, "text": self.text, "fallback_from": list(self.fallbacks)}
@@ -599,7 +599,7 @@ def explain(snap: Snapshot, booted_role: Role | None, booted_path: str | None, b
             f"(picked from the menu, by a one-shot or default, or they were missing)",
         )
     parts = []
-    fallbacks = []
+    fallbacks: list[dict[str, object]] = []
     for e in sorted(bad_before, key=lambda x: x.role.rank):
         tries = e.done
         own = [b for b in boots if b.role == e.role.value]
