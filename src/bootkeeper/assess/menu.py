@@ -42,7 +42,7 @@ class MenuRow:
     loader: str
     profile: int | None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return dict(vars(self))
 
 
@@ -54,8 +54,8 @@ class Unlisted:
     why: str | None
     size: int | None = None  # a stale temporary's size
 
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"path": self.path, "why": self.why}
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"path": self.path, "why": self.why}
         if self.size is not None:
             out["size"] = self.size
         return out

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bootkeeper.errors import InputError, MalformedError
 from bootkeeper.esp.efivars import EFIVARFS as EFIVARS
@@ -174,7 +174,7 @@ class Anchor:
     def subject(self) -> str:
         return str(self.cert.subject.rfc4514_string())
 
-    def as_json(self, revoked_by: str | None = None) -> dict[str, Any]:
+    def as_json(self, revoked_by: str | None = None) -> dict[str, object]:
         return {
             "subject": self.subject,
             "fingerprint": self.fingerprint,
