@@ -83,7 +83,7 @@ def select(store: EspStore, efivars: Path, mode: pin.Mode, target: str | None, s
 
 def _plan(
     store: EspStore, snap: Snapshot, ev: LoaderVars, efivars: Path, mode: pin.Mode, target: str | None
-) -> pin.Plan:
+) -> pin.PinPlan:
     from bootkeeper.esp.efivars import var_path
 
     if mode is pin.Mode.CLEAR:
@@ -95,7 +95,7 @@ def _plan(
     return pin.plan_persistent(snap, ev, entry)
 
 
-def _pin_warnings(plan: pin.Plan, own: pin.Pin | None, found: tuple[pin.Pin, ...]) -> list[str]:
+def _pin_warnings(plan: pin.PinPlan, own: pin.Pin | None, found: tuple[pin.Pin, ...]) -> list[str]:
     """Why the pin just written may not decide the next boot."""
     if plan.entry is None:
         return []
