@@ -3,9 +3,10 @@ frozen dataclasses at the edge. Every error names the file, the key and what is 
 
 Each key is one row of :data:`SETTINGS` (the way mkosi's ``SETTINGS`` declares its options): its
 section and key, the parser that checks a value and names the key at fault, and the help text that
-README's config table repeats (tests/test_config.py holds them to it). The type and the default are
-the field of the frozen dataclass the rest of bootkeeper reads (``BootAssessment``, ``Sysext``),
-which is also what a section's keys come from when a file does not set them.
+bootkeeper.yaml(5)'s SETTINGS is generated from (tests/test_manpages.py, tests/test_config.py). The
+type and the default are the field of the frozen dataclass the rest of bootkeeper reads
+(``BootAssessment``, ``Sysext``), which is also what a section's keys come from when a file does not
+set them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class GoodWhen(StrEnum):
     """``boot_assessment.good_when``: what, besides the enrolled services, a boot needs to be good
     (assess/units.py renders the unit that checks it)."""
 
-    MULTI_USER = "multi-user"  # multi-user.target reached (seed 000's words)
+    MULTI_USER = "multi-user"  # multi-user.target reached (docs/seed-audit.md, "2. 'Good' means the system is up")
     NO_FAILED_UNITS = "no-failed-units"  # that, and no unit failed (systemd-boot-check-no-failures)
     SERVICES_ONLY = "services-only"  # the enrolled services alone (bootkeeper before good_when)
 
@@ -364,8 +365,8 @@ class Setting(NamedTuple):  # a NamedTuple, not a dataclass: config is on the bo
         return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
 
 
-# In each section, the order of its rows is the order its unknown-key error lists them (and README's
-# config table: tests/test_config.py).
+# In each section, the order of its rows is the order its unknown-key error lists them (and
+# bootkeeper.yaml(5)'s SETTINGS: tests/test_config.py).
 SETTINGS = (
     Setting(
         "boot_assessment",

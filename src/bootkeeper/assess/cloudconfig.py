@@ -8,7 +8,8 @@ cloud-config alone:
 * for ``reboot_on_failure: active``, a step guarded by ``if: '[ -f "/run/cos/active_mode" ] && [ -e
   LoaderBootCountPath ] && <a try was left>'`` (:func:`active_if`) writing ``FailureAction=reboot`` to
   **/run**/systemd/system: the condition the
-  right way round (seed 000/001 tests ``! -f``, which runs everywhere *except* active), and a file that
+  right way round (the seeds test ``! -f``, which runs everywhere *except* active: BK101 in
+  docs/services.md's lint table), and a file that
   is gone at the next boot, so a passive boot never inherits it from a persistent /etc;
 * one ``systemctl: enabled:`` step, which creates the ``boot-complete.target.requires`` links.
 

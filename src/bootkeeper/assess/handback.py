@@ -1,4 +1,5 @@
-"""Statereset hands back (seed 002: a reset "hopefully can do a better job setting every right").
+"""Statereset hands back (a reset "hopefully can do a better job setting every right": docs/upgrades.md,
+"Statereset hands back"; docs/seed-audit.md, "9. Statereset hands back").
 
 A good statereset boot means the reset worked; the node should then run its A/B entries again, not
 statereset for ever. So when bless marks a statereset boot good, it **hands back**: active, passive and

@@ -2,8 +2,9 @@
 and why, the pins, and which entry boots next — what ``entries`` shows and ``status`` includes.
 
 Pure: built from a :class:`~bootkeeper.esp.store.Snapshot` and the loader variables; the CLI reads
-the disk and prints. Each view is a frozen dataclass whose ``as_json()`` is the JSON schema README
-documents for ``entries --json`` (and the menu half of ``status --json``).
+the disk and prints. Each view is a frozen dataclass whose ``as_json()`` is the JSON schema
+bootkeeper(8)'s JSON and docs/upgrades.md, "The verbs", document for ``entries --json`` (and the menu
+half of ``status --json``).
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 booted and why, whether this boot is blessed yet, tries left on every entry, the enrolled services'
 results, each role's OS (its UKI's ``.osrel``) and extension set, and, after a fallback to passive,
 which recorded upgrade failed. :func:`gather` reads files and asks systemctl; what it returns is frozen
-data with ``as_json()`` (the ``status --json`` schema README documents). A source that cannot be read
-is named in ``warnings`` (or, for the booted entry's state, as an :class:`Unavailable` reason), never
-as an error inside the data. The extension half (the activation report, the persistent store's
-links) is sysext's (``sysext/status.py``); ``node/status.py`` puts both together and ``cli/render.py``
-renders the text.
+data with ``as_json()`` (the ``status --json`` schema docs/services.md, "Status", documents). A source
+that cannot be read is named in ``warnings`` (or, for the booted entry's state, as an
+:class:`Unavailable` reason), never as an error inside the data. The extension half (the activation
+report, the persistent store's links) is sysext's (``sysext/status.py``); ``node/status.py`` puts both
+together and ``cli/render.py`` renders the text.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ a temporary name nothing loads, fsync, rename, fsync the folder; temporaries a k
 by the next write). A role's folder is replaced by staging ``.bootkeeper-upgrade-<role>.d`` and renaming it
 into place while no entry of that role can boot (assess/upgrade.py orders those steps).
 
-This module lives in ``esp/`` beside the ESP store because a role's *set* spans both (DESIGN.md): the
-upgrade moves a role's UKI and its links in one ordered transaction.
+This module lives in ``esp/`` beside the ESP store because a role's *set* spans both (docs/design.md,
+"An upgrade is a transaction"): the upgrade moves a role's UKI and its links in one ordered transaction.
 """
 
 from __future__ import annotations

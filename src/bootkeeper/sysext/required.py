@@ -1,5 +1,5 @@
-"""``sysext.required``: the extensions a good boot needs merged (seed 003: "hook systemd into this to
-crash so the boot assessment can kick in").
+"""``sysext.required``: the extensions a good boot needs merged ("hook systemd into this to crash so the
+boot assessment can kick in": docs/seed-audit.md, "3. A required extension decides the boot").
 
 Activation judges them (:func:`judge`, pure: the config's names against the report's images, matched
 by :func:`release.image_stem`, the name systemd-sysext gives an image) and leaves the verdict in two

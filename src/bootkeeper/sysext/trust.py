@@ -383,7 +383,8 @@ def load(
     dbx: list[EslEntry] = []
     mokx: list[EslEntry] = []
     unreadable: str | None = None
-    if cfg.firmware:  # firmware: [] reads no firmware variable at all, dbx included (README)
+    # firmware: [] reads no firmware variable at all, dbx included (docs/extensions.md, "Trust anchors")
+    if cfg.firmware:
         try:
             dbx = _dbx(efivars)
             # MokListXRT revokes as dbx does, whichever source trusts the certificate (the kernel

@@ -33,7 +33,7 @@ class Outcome:
     seconds: float = 0.0
     # where it was found, from the root (/.extra/sysext/a.raw, a store folder's link): one per entry of
     # the source folders, where ``name`` is not (one name can be in .extra/sysext and .extra/global_sysext,
-    # and ``source`` is empty for a skip) — metrics' series identity (issue 27)
+    # and ``source`` is empty for a skip) — metrics' series identity (docs/fleet.md, "The metrics and their labels")
     file: str = ""
 
     def line(self) -> str:
