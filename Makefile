@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/verity.py
 	$(PY) bench/activate.py
 
-# bootkeeper's Debian package (README.md, Packaging), built in the trixie tree: build/deb/bootkeeper_*_all.deb
+# bootkeeper's Debian package (docs/packaging.md), built in the trixie tree: build/deb/bootkeeper_*_all.deb
 deb:
 	bash scripts/setup-trixie.sh
 	bash scripts/build-deb.sh build/deb

@@ -1,4 +1,4 @@
-"""How reading the ESP scales with the number of Type #1 entries (issue 12 item 9).
+"""How reading the ESP scales with the number of Type #1 entries (docs/upgrades.md, "Limits").
 
 Builds scratch ESPs with N entries whose kernels lie in ``loader/entries`` itself (the layout that made
 every entry list that folder again) and prints the median time of one ``EspStore.snapshot()`` and of

@@ -1,5 +1,5 @@
 """Start-up time of the verbs bootkeeper's units run at every boot, next to the interpreter alone and
-to systemd's own tools (issue 18: what bootkeeper costs every boot).
+to systemd's own tools (docs/testing.md, "What bootkeeper costs every boot").
 
 Each verb runs as its unit runs it (src/bootkeeper/assess/units.py), on a scratch node root (``--root
 DIR``, the config in DIR/oem, the ESP in DIR/efi, the EFI variables of a counted boot of active under

@@ -101,8 +101,8 @@ def _luks_metadata(tmp: Path, token: dict[str, Any] | None) -> bytes:
 
 
 def measure_seeds() -> dict[str, dict[str, bytes]]:
-    """The tpm verbs' inputs (issue 27): LUKS2 metadata with a signed-policy token, keys, a .pcrsig
-    that `tpm sign-policy` wrote (ukify's format), UKIs with and without profiles, a saved
+    """The tpm verbs' inputs (docs/measured-boot.md): LUKS2 metadata with a signed-policy token, keys, a
+    .pcrsig that `tpm sign-policy` wrote (ukify's format), UKIs with and without profiles, a saved
     `tpm predict --json`, a tpm-verify.json, a pcrlock.json."""
     import base64
     import os

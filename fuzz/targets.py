@@ -374,7 +374,8 @@ def _trust_load(data: bytes) -> None:
     try:
         trust.parse_esl(dbx, "dbx")
     except MalformedError:
-        # Revocation must fail closed (issue 12 item 2): a dbx that does not parse trusts nothing.
+        # Revocation must fail closed (docs/extensions.md, "Under attack and faults"): a dbx that does not
+        # parse trusts nothing.
         if store.anchors:
             raise FailOpen(f"dbx does not parse, yet {len(store.anchors)} anchor(s) are trusted") from None
     trust.load(cfg, d.parent, d, strict=True)
@@ -481,7 +482,7 @@ def _generator_counter(data: bytes) -> None:
         raise Disagree(f"{base!r}: esp/counter.py reads {mine}, the generator {theirs}")
 
 
-# --- measure/: the tpm verbs' inputs (issue 27) ----------------------------------------------------
+# --- measure/: the tpm verbs' inputs (docs/measured-boot.md) ------------------------------------
 # Not here: the OCI manifests and registry answers of an update channel, which does not exist yet.
 
 
@@ -592,9 +593,9 @@ def _tpm_expect(data: bytes) -> None:
 
 @target("tpm_verify_json", expected=(MalformedError,))
 def _tpm_verify_json(data: bytes) -> None:
-    """cli/metrics.py read_tpm(): ROOT/run/bootkeeper/tpm-verify.json, `tpm verify`'s result, as
+    """node/metrics.py read_tpm(): ROOT/run/bootkeeper/tpm-verify.json, `tpm verify`'s result, as
     `bootkeeper metrics` reads it (a file root can write, so hostile in the same way)."""
-    from bootkeeper.cli import metrics
+    from bootkeeper.node import metrics
 
     root = scratch() / "tpmroot"
     _write(f"tpmroot/{metrics.TPM_VERIFY}", data)

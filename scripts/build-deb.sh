@@ -13,7 +13,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # What the package is built from: nothing of this machine's .venv, caches or build folders.
 mkdir "$work/bootkeeper"
-tar -C "$here" --exclude=__pycache__ --exclude='*.egg-info' -cf - src pyproject.toml README.md LICENSE debian \
+tar -C "$here" --exclude=__pycache__ --exclude='*.egg-info' -cf - src pyproject.toml README.md LICENSE debian man \
   | tar -C "$work/bootkeeper" -xf -
 # Mounted at /build, which no shipped file may name (tests/test_deb.py checks).
 unshare --mount --propagation private /bin/bash -c '

@@ -153,7 +153,7 @@ exec chroot "$R" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/sbin:/usr/b
 
 
 # what scripts/build-deb.sh builds the package from (and the script itself)
-DEB_SOURCES = ("src", "pyproject.toml", "README.md", "LICENSE", "debian", "scripts/build-deb.sh")
+DEB_SOURCES = ("src", "pyproject.toml", "README.md", "LICENSE", "debian", "man", "scripts/build-deb.sh")
 
 
 def deb() -> Path:

@@ -3,9 +3,10 @@ frozen dataclasses at the edge. Every error names the file, the key and what is 
 
 Each key is one row of :data:`SETTINGS` (the way mkosi's ``SETTINGS`` declares its options): its
 section and key, the parser that checks a value and names the key at fault, and the help text that
-README's config table repeats (tests/test_config.py holds them to it). The type and the default are
-the field of the frozen dataclass the rest of bootkeeper reads (``BootAssessment``, ``Sysext``),
-which is also what a section's keys come from when a file does not set them.
+bootkeeper.yaml(5)'s SETTINGS is generated from (tests/test_manpages.py, tests/test_config.py). The
+type and the default are the field of the frozen dataclass the rest of bootkeeper reads
+(``BootAssessment``, ``Sysext``), which is also what a section's keys come from when a file does not
+set them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 from bootkeeper import unittext
 from bootkeeper.errors import ConfigError, UnreadableError
@@ -30,7 +31,7 @@ class GoodWhen(StrEnum):
     """``boot_assessment.good_when``: what, besides the enrolled services, a boot needs to be good
     (assess/units.py renders the unit that checks it)."""
 
-    MULTI_USER = "multi-user"  # multi-user.target reached (seed 000's words)
+    MULTI_USER = "multi-user"  # multi-user.target reached (docs/seed-audit.md, "2. 'Good' means the system is up")
     NO_FAILED_UNITS = "no-failed-units"  # that, and no unit failed (systemd-boot-check-no-failures)
     SERVICES_ONLY = "services-only"  # the enrolled services alone (bootkeeper before good_when)
 
@@ -105,7 +106,7 @@ class Sysext:
     # --refresh and lint use it to decide what systemd-sysext understands): bootkeeper.systemd_version
     systemd_version: int | None = None
     store: SysextStore = SysextStore.ESP
-    store_dir: str = "/var/lib/bootkeeper/extensions"  # esp/linkstore.DEFAULT_DIR
+    store_dir: str = "/var/lib/bootkeeper/extensions"  # the persistent store's default: its one home
     timeout: str = "5min"  # TimeoutSec= of bootkeeper-sysext.service (assess/units.py)
     required: tuple[str, ...] = ()  # extension names (sysext/required.py)
 
@@ -121,10 +122,10 @@ class Config:
 # --- parsers: (value, "FILE: section.key") -> the field's value, or a ConfigError naming both --------
 
 T = TypeVar("T")
-Parser = Callable[[Any, str], T]
+Parser = Callable[[object, str], T]  # the value as YAML gave it: checked, never trusted
 
 
-def _int(where: str, value: Any, lo: int, hi: int) -> int:
+def _int(where: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where}: {value!r} is not a whole number from {lo} to {hi}")
     if not lo <= value <= hi:
@@ -136,7 +137,7 @@ def _whole(lo: int, hi: int) -> Parser[int]:
     return lambda value, where: _int(where, value, lo, hi)
 
 
-def _bool(value: Any, where: str) -> bool:
+def _bool(value: object, where: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{where}: {value!r} is not true or false")
     return value
@@ -146,16 +147,18 @@ E = TypeVar("E", bound=StrEnum)
 
 
 def _one_of(kind: type[E]) -> Parser[E]:
-    def parse(value: Any, where: str) -> E:
+    def parse(value: object, where: str) -> E:
         try:
-            return kind(value)
+            if isinstance(value, str):  # no other type equals a member's value
+                return kind(value)
         except ValueError:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(v.value for v in kind)}") from None
+            pass
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(v.value for v in kind)}")
 
     return parse
 
 
-def _strings(where: str, value: Any, *, absolute: bool = False) -> tuple[str, ...]:
+def _strings(where: str, value: object, *, absolute: bool = False) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{where}: expected a list of non-empty strings, got {value!r}")
     if absolute:
@@ -164,14 +167,14 @@ def _strings(where: str, value: Any, *, absolute: bool = False) -> tuple[str, ..
     return tuple(value)
 
 
-def _paths(value: Any, where: str) -> tuple[str, ...]:
+def _paths(value: object, where: str) -> tuple[str, ...]:
     return _strings(where, value, absolute=True)
 
 
 PATH_MAX = 4095  # linux/limits.h PATH_MAX, less the NUL
 
 
-def _path(value: Any, where: str) -> str:
+def _path(value: object, where: str) -> str:
     """An absolute path of printable characters (spaces, quotes, ``%`` and non-ASCII letters are fine:
     every writer quotes them); no control character, line separator or NUL, as a path never needs one
     and it would start a line of its own in a unit file, the journal or a terminal."""
@@ -185,7 +188,7 @@ def _path(value: Any, where: str) -> str:
     return value
 
 
-def _hierarchies(value: Any, where: str) -> tuple[str, ...]:
+def _hierarchies(value: object, where: str) -> tuple[str, ...]:
     """``SYSTEMD_SYSEXT_HIERARCHIES`` as systemd-sysext reads it (systemd v252 and v257
     src/basic/env-util.c getenv_path_list(): split at ':', each absolute and normalized, not '/');
     normalized here as posixpath.normpath() writes it, so also no trailing '/'."""
@@ -206,7 +209,7 @@ def _once(values: tuple[str, ...], where: str) -> tuple[str, ...]:
     return values
 
 
-def _services(value: Any, where: str) -> tuple[ServiceSpec, ...]:
+def _services(value: object, where: str) -> tuple[ServiceSpec, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list")
     services = []
@@ -233,7 +236,7 @@ def _services(value: Any, where: str) -> tuple[ServiceSpec, ...]:
 _POLICY_CHARS = re.compile(r"[a-z0-9=+:~*-]*")
 
 
-def _policy(value: Any, where: str) -> str:
+def _policy(value: object, where: str) -> str:
     # the grammar is sysext/policy.py's: checked where the config is loaded for a verb (cli/common.py);
     # the characters here, so that no verb ever sees another
     if not isinstance(value, str):
@@ -246,7 +249,7 @@ def _policy(value: Any, where: str) -> str:
     return value
 
 
-def _certificates(value: Any, where: str) -> tuple[Certificate, ...]:
+def _certificates(value: object, where: str) -> tuple[Certificate, ...]:
     strings = _strings(where, [value] if isinstance(value, str) else value)
     return tuple(Certificate(v, f"{where}[{i}]") for i, v in enumerate(strings))
 
@@ -254,7 +257,7 @@ def _certificates(value: Any, where: str) -> tuple[Certificate, ...]:
 _ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
 
 
-def _entries(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+def _entries(value: object, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping of entry name to a list of regular expressions")
     entries = []
@@ -278,7 +281,7 @@ def _entries(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
 _EXTENSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+@-]{0,127}")
 
 
-def _extension_names(value: Any, where: str) -> tuple[str, ...]:
+def _extension_names(value: object, where: str) -> tuple[str, ...]:
     names = _strings(where, value)
     for v in names:
         if not _EXTENSION_NAME.fullmatch(v) or v.endswith(".raw"):
@@ -289,7 +292,7 @@ def _extension_names(value: Any, where: str) -> tuple[str, ...]:
     return _once(names, where)
 
 
-def _firmware(value: Any, where: str) -> tuple[str, ...]:
+def _firmware(value: object, where: str) -> tuple[str, ...]:
     firmware = _strings(where, value)
     for v in firmware:
         if v not in FIRMWARE_VARIABLES:
@@ -297,13 +300,15 @@ def _firmware(value: Any, where: str) -> tuple[str, ...]:
     return firmware
 
 
-def _vendor(value: Any, where: str) -> str | None:
-    if value is not None and (not isinstance(value, str) or not _ENTRY_NAME.fullmatch(value)):
+def _vendor(value: object, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ENTRY_NAME.fullmatch(value):
         raise ConfigError(f"{where}: {value!r} is not a folder name under EFI/")
     return value
 
 
-def _systemd_version(value: Any, where: str) -> int | None:
+def _systemd_version(value: object, where: str) -> int | None:
     if value is None:
         return None
     from bootkeeper.systemd_version import HIGHEST, LOWEST  # only when the key is set: not on the boot path
@@ -322,7 +327,7 @@ _TIME_UNIT = (
 _TIMESPAN = re.compile(rf"(?:[0-9]++(?:\.[0-9]++)? *+(?:{_TIME_UNIT})? *+)++")
 
 
-def _timespan(value: Any, where: str) -> str:
+def _timespan(value: object, where: str) -> str:
     """A systemd time span (``90s``, ``5min``, ``1h 30min``), whole seconds as a number, or ``infinity``."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**9:
         return str(value)
@@ -336,7 +341,8 @@ def _timespan(value: Any, where: str) -> str:
 
 # --- the settings table ------------------------------------------------------------------------------
 
-SECTIONS: dict[str, type[Any]] = {"boot_assessment": BootAssessment, "sysext": Sysext}
+Section = BootAssessment | Sysext  # the dataclass of a section, which its keys are the fields of
+SECTIONS: dict[str, type[Section]] = {"boot_assessment": BootAssessment, "sysext": Sysext}
 
 
 class Setting(NamedTuple):  # a NamedTuple, not a dataclass: config is on the boot path, and it is cheaper
@@ -345,7 +351,7 @@ class Setting(NamedTuple):  # a NamedTuple, not a dataclass: config is on the bo
 
     section: str
     key: str
-    parse: Parser[Any]
+    parse: Parser[object]
     help: str
     where_field: str | None = None
 
@@ -354,13 +360,13 @@ class Setting(NamedTuple):  # a NamedTuple, not a dataclass: config is on the bo
         return f"{self.section}.{self.key}"
 
     @property
-    def default(self) -> Any:
+    def default(self) -> object:
         f = next(f for f in fields(SECTIONS[self.section]) if f.name == self.key)
         return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
 
 
-# In each section, the order of its rows is the order its unknown-key error lists them (and README's
-# config table: tests/test_config.py).
+# In each section, the order of its rows is the order its unknown-key error lists them (and
+# bootkeeper.yaml(5)'s SETTINGS: tests/test_config.py).
 SETTINGS = (
     Setting(
         "boot_assessment",
@@ -475,18 +481,23 @@ SETTINGS = (
 S = TypeVar("S")
 
 
-def _parse_section(cls: type[S], src: str, raw: Any, key_src: dict[str, str] | None = None) -> S:
-    """A section's block as its dataclass; ``key_src`` names the file each key came from after a merge."""
-    section = next(name for name, c in SECTIONS.items() if c is cls)
+def _block(src: str, section: str, raw: object) -> dict[str, object]:
+    """A section's block as a file gave it, refused unless it is a mapping of the section's keys."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{src}: {section}: expected a mapping, got {type(raw).__name__}")
-    rows = [s for s in SETTINGS if s.section == section]
-    allowed = [s.key for s in rows]
+    allowed = [s.key for s in SETTINGS if s.section == section]
     for key in raw:
         if key not in allowed:
             raise ConfigError(f"{src}: {section}.{key}: unknown key (allowed: {', '.join(allowed)})")
-    values: dict[str, Any] = {}
-    for s in rows:
+    return raw
+
+
+def _parse_section(cls: type[S], src: str, raw: dict[str, object], key_src: dict[str, str] | None = None) -> S:
+    """A section's block (checked by :func:`_block`) as its dataclass; ``key_src`` names the file each
+    key came from after a merge."""
+    section = next(name for name, c in SECTIONS.items() if c is cls)
+    values: dict[str, object] = {}
+    for s in [s for s in SETTINGS if s.section == section]:
         where = f"{(key_src or {}).get(s.key, src)}: {s.path}"
         values[s.key] = s.parse(raw[s.key], where) if s.key in raw else s.default
         if s.where_field is not None:
@@ -494,7 +505,7 @@ def _parse_section(cls: type[S], src: str, raw: Any, key_src: dict[str, str] | N
     return cls(**values)
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def _load_yaml(path: Path) -> dict[object, object]:
     import yaml
 
     try:
@@ -523,7 +534,7 @@ def load(paths: list[Path] | None = None, oem_dir: Path = OEM_DIR) -> Config:
     """Merge the given files (or ``oem_dir/*.yaml`` in lexical order); later files win per key."""
     if paths is None:
         paths = sorted(oem_dir.glob("*.yaml")) if oem_dir.is_dir() else []
-    merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    merged: dict[str, dict[str, object]] = {name: {} for name in SECTIONS}
     key_src: dict[str, dict[str, str]] = {name: {} for name in SECTIONS}
     for p in paths:
         data = _load_yaml(p)
@@ -532,7 +543,7 @@ def load(paths: list[Path] | None = None, oem_dir: Path = OEM_DIR) -> Config:
                 raise ConfigError(f"{p}: {key}: unknown section (bootkeeper reads {', '.join(SECTIONS)})")
         for name, cls in SECTIONS.items():
             if name in data:
-                block = data[name]
+                block = _block(str(p), name, data[name])
                 _parse_section(cls, str(p), block)  # validate each file on its own, naming it
                 merged[name].update(block)
                 key_src[name].update({k: str(p) for k in block})

@@ -1,8 +1,9 @@
 """Typed exceptions, named for what failed; each carries a one-line user message and its exit code.
 
 :data:`EXIT_CODES` is the one table of exit codes: the CLI exits with the code of the class it
-caught, and README.md's "Exit codes" table mirrors this one (``tests/test_exit_codes.py`` compares
-them, and drives every verb's error paths). The library never calls ``sys.exit``.
+caught, and bootkeeper(8)'s EXIT STATUS is generated from this one by scripts/manpages.py
+(``tests/test_exit_codes.py`` compares them, and drives every verb's error paths). The library never
+calls ``sys.exit``.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class Interrupted(BaseException):
         self.name = name
 
 
-# The table README mirrors: code -> (the class that exits with it, what it means).
+# The table bootkeeper(8)'s EXIT STATUS mirrors: code -> (the class that exits with it, what it means).
 EXIT_CODES: dict[ExitCode, tuple[str, str]] = {
     ExitCode.OK: ("", "success; also already in the requested state, recovery not blessed by design"),
     ExitCode.REFUSED: (

@@ -20,11 +20,12 @@ import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
 
 from bootkeeper.errors import Interrupted
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# what signal.signal() takes and gives back: a function, SIG_DFL/SIG_IGN, or None (set outside Python)
+Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 
 class _State:
@@ -33,7 +34,7 @@ class _State:
         self.raising = False  # a signal raises Interrupted at once (else it is only recorded)
         self.fired = False  # Interrupted was raised: later signals are only recorded while it unwinds
         self.pending: int | None = None  # the first signal that arrived
-        self.saved: dict[int, Any] = {}
+        self.saved: dict[int, Handler] = {}
 
 
 _state = _State()

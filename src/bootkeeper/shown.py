@@ -33,7 +33,8 @@ from __future__ import annotations
 import os
 import sys
 import unicodedata
-from typing import Any, TextIO
+from collections.abc import Iterable
+from typing import TextIO
 
 BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -102,7 +103,7 @@ def shown_lines(text: str) -> str:
     return "".join(ch if ch in "\n\t" else (_escape(ch) or ch) for ch in text)
 
 
-def json_safe(obj: Any) -> Any:
+def json_safe(obj: object) -> object:
     """``obj`` with every string that holds bytes that are not UTF-8 (lone surrogates) in its
     :func:`shown` form; everything else as it is (JSON escapes control characters itself)."""
     if isinstance(obj, str):
@@ -134,7 +135,7 @@ class Guarded:
         self.raw.write(shown_lines(s))
         return len(s)
 
-    def writelines(self, lines: Any) -> None:
+    def writelines(self, lines: Iterable[str]) -> None:
         for line in lines:
             self.write(line)
 
@@ -144,7 +145,7 @@ class Guarded:
     def isatty(self) -> bool:
         return self.raw.isatty()
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return getattr(self.raw, name)
 
 

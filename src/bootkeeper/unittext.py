@@ -1,7 +1,7 @@
 """Text bootkeeper writes into systemd unit files, drop-ins, generator output and the cloud-config that
 carries them: every value that comes from the config or the command line goes through one of these
 functions, so that no value can end its line, start a directive of its own, or be read by systemd as
-anything but itself (issue 27, defect 2).
+anything but itself (bootkeeper.yaml(5), DESCRIPTION: values that reach the units).
 
 How systemd reads a unit file (systemd.syntax(7), systemd.service(5) "Command lines", systemd.exec(5)
 ``Environment=``; and what the host's systemd 252 and trixie's 257 make of our files, read back from the

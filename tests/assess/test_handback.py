@@ -14,13 +14,14 @@ import pytest
 from bootkeeper.assess import bless, bootloader
 from bootkeeper.assess import handback as handback_mod
 from bootkeeper.assess.simulate import BootOutcome, Fault, simulate
-from bootkeeper.cli import metrics, status_cmd
 from bootkeeper.config import BootAssessment, RebootOnFailure, load
 from bootkeeper.errors import ConfigError, MalformedError
 from bootkeeper.esp import handback as handback_file
 from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import EspStore
+from bootkeeper.node import metrics
+from bootkeeper.node import status as joined
 from helpers import bk, entry_body, esp_with, fake_efivars, names
 
 START = 1795000000.0
@@ -244,7 +245,7 @@ def test_status_history_and_metrics_say_it_stays_on_statereset(tmp_path: Path) -
         LoaderBootCountPath="\\loader\\entries\\statereset+0-1.conf",
         LoaderEntrySelected="statereset+1.conf",
     )
-    shown = status_cmd.gather(root, esp, ev, 257, read_services=None)
+    shown = joined.gather(root, esp, ev, 257, read_services=None)
     hb = shown.as_json()["handback"]
     assert hb == {
         "count": 1,
@@ -282,7 +283,7 @@ def test_status_after_a_hand_back_and_after_a_good_active_boot(tmp_path: Path) -
     esp, root, got = _run(tmp_path, cfg, 4)
     assert got[-1] == "statereset:handed-back"
     ev = fake_efivars(tmp_path / "ev", LoaderBootCountPath="\\loader\\entries\\statereset+0-1.conf")
-    shown = status_cmd.gather(root, esp, ev, 257, read_services=None)
+    shown = joined.gather(root, esp, ev, 257, read_services=None)
     assert shown.node.booted.blessed == "good"  # re-armed statereset+1.conf: blessed, not "unknown"
     # why it booted is how the entries stood when it started (this boot's history record), not re-armed
     why = shown.node.booted.why
@@ -301,7 +302,7 @@ def test_status_after_a_hand_back_and_after_a_good_active_boot(tmp_path: Path) -
     assert recs[0].role == "active" and recs[0].verdict == "good"
     assert not (esp / handback_file.HANDBACKS).exists()
     ev2 = fake_efivars(tmp_path / "ev2", LoaderBootCountPath="\\loader\\entries\\active+0-1.conf")
-    assert status_cmd.gather(root, esp, ev2, 257, read_services=None).node.handback is None
+    assert joined.gather(root, esp, ev2, 257, read_services=None).node.handback is None
 
 
 def test_a_damaged_count_file_is_a_status_warning(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The boot history's boot lines carry every entry as the ESP showed it (README: "every entry's
+"""The boot history's boot lines carry every entry as the ESP showed it (docs/services.md: "every entry's
 state"); that part is read and shown by ``history show --json``, typed, and a malformed one costs
 the boot line nothing."""
 

@@ -480,16 +480,29 @@ def test_lint_dash_reads_standard_input() -> None:
     assert p.stdout.startswith("<stdin>:7: error BK103: k3s.service: FailureAction=reboot"), p.stdout
 
 
-# --- the table of rules (issue 15, item 15): each code has one function, README documents each -------
+# --- the table of rules (issue 15, item 15): each code has one function, the docs document each -------
 
-README = Path(__file__).parents[2] / "README.md"
+SERVICES_GUIDE = Path(__file__).parents[2] / "docs" / "services.md"
 
 
-def _readme_codes() -> dict[str, str]:
-    """README's table of lint codes: code → severity as written ('error', 'warning', 'error/warning')."""
+def _man_codes() -> dict[str, str]:
+    """bootkeeper(8)'s LINT RULES: code -> severity as written ('error', 'warning', 'error/warning')."""
     import re
 
-    rows = re.findall(r"^\| (BK\d{3}) \| ([a-z/]+) \|", README.read_text(), re.MULTILINE)
+    from manpage import BOOTKEEPER_8, items, section
+
+    rows = [re.fullmatch(r"(BK\d{3}) \(([a-z/]+)\)", tag) for tag, _ in items(section(BOOTKEEPER_8, "LINT RULES"))]
+    assert all(rows), "an item of LINT RULES is not 'BKnnn (severity)'"
+    codes = [(m.group(1), m.group(2)) for m in rows if m]
+    assert len(codes) == len({code for code, _ in codes}), "a code documented twice"
+    return dict(codes)
+
+
+def _guide_codes() -> dict[str, str]:
+    """docs/services.md's table of lint codes: code -> severity as written."""
+    import re
+
+    rows = re.findall(r"^\| (BK\d{3}) \| ([a-z/]+) \|", SERVICES_GUIDE.read_text(), re.MULTILINE)
     assert len(rows) == len({code for code, _ in rows}), "a code documented twice"
     return dict(rows)
 
@@ -503,14 +516,15 @@ def _node_codes() -> set[str]:
     return set(re.findall(r'"(BK3\d\d)"', Path(conf.__file__).read_text()))
 
 
-def test_readme_documents_every_rule_of_the_table_with_its_severity() -> None:
-    documented = _readme_codes()
+@pytest.mark.parametrize("documented", [_man_codes, _guide_codes], ids=["bootkeeper.8", "services.md"])
+def test_the_docs_document_every_rule_of_the_table_with_its_severity(documented: Callable[[], dict[str, str]]) -> None:
+    codes = documented()
     table = {r.code: "/".join(s.value for s in r.severities) for r in lint.RULES}
     assert len(table) == len(lint.RULES), "a code registered twice"
-    assert {c: documented.get(c) for c in table} == table
+    assert {c: codes.get(c) for c in table} == table
     node = _node_codes()
     assert node and not node & set(table)
-    assert set(documented) == set(table) | node, "README documents a code nothing reports"
+    assert set(codes) == set(table) | node, "the docs document a code nothing reports"
 
 
 def _text_hazard(text: str, name: str = "x.yaml") -> Callable[[Path], list[dict[str, Any]]]:

@@ -1,4 +1,4 @@
-"""assess/menu.py: the menu view as frozen dataclasses whose as_json() is what README documents."""
+"""assess/menu.py: the menu view as frozen dataclasses whose as_json() is what docs/upgrades.md documents."""
 
 from __future__ import annotations
 

@@ -14,11 +14,12 @@ import pytest
 from bootkeeper.assess import history
 from bootkeeper.assess import status as boot_status
 from bootkeeper.assess.simulate import BootOutcome, BootRecord, Fault, simulate
-from bootkeeper.cli import status_cmd
+from bootkeeper.cli.render import status_lines
 from bootkeeper.config import BootAssessment, RebootOnFailure
 from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import EspStore
+from bootkeeper.node import status as joined
 from helpers import bk, fake_efivars
 
 START = 1795000000.0  # 2026-11-18 11:06:40 UTC
@@ -131,11 +132,11 @@ def test_status_of_a_node_that_fell_back(tmp_path: Path) -> None:
     assert [h["verdict"] for h in j["history"]] == [None, None, None, None]
     assert j["services"][0]["name"] == "k3s.service"
     # services, with what systemctl show reports on such a node
-    shown = status_cmd.gather(root, esp, efivars, None, read_services=lambda u: boot_status.parse_systemctl_show(SHOW))
+    shown = joined.gather(root, esp, efivars, None, read_services=lambda u: boot_status.parse_systemctl_show(SHOW))
     assert shown.as_json()["services"] == [
         {"name": "k3s.service", "reboot_on_failure": "active", "result": "failed (exit-code)", "active_state": "failed"}
     ]
-    assert "k3s.service                    failed (exit-code)" in "\n".join(shown.lines())
+    assert "k3s.service                    failed (exit-code)" in "\n".join(status_lines(shown))
 
 
 def test_status_first_choice_and_blessed(tmp_path: Path) -> None:
@@ -411,8 +412,8 @@ STATUS_KEYS = [
 
 
 def test_status_json_is_the_views_as_json_and_the_views_are_frozen(tmp_path: Path) -> None:
-    """The schema README documents, key by key and in order, is what the frozen views give; their
-    ``as_json()`` holds only JSON values (a tuple left in would not survive the round trip)."""
+    """The schema docs/services.md documents (tests/test_docs_json.py), key by key and in order, is what the
+    frozen views give; their ``as_json()`` holds only JSON values (a tuple left in would not survive the round trip)."""
     import dataclasses
 
     root, esp, efivars = fallen_back_node(tmp_path)
@@ -421,7 +422,7 @@ def test_status_json_is_the_views_as_json_and_the_views_are_frozen(tmp_path: Pat
     assert list(j) == STATUS_KEYS
     assert list(j["booted"]) == ["entry", "role", "blessed", "counting", "why"]
     assert list(j["extensions"]) == ["installed", "activation", "mode", "shadowed", "required"]
-    shown = status_cmd.gather(root, esp, efivars, None, read_services=None)
+    shown = joined.gather(root, esp, efivars, None, read_services=None)
     mine = shown.as_json()
     assert json.loads(json.dumps(mine)) == mine
     asked = ("services", "warnings")  # the CLI asked systemctl, which this machine has not for k3s

@@ -373,7 +373,7 @@ class Crash(OSError):
 def _apply(esp: Path, new: Path, added: list[tuple[str, Path]], fault: object = None) -> None:
     store = EspStore(esp, fault=fault)  # type: ignore[arg-type]
 
-    def make(s: object) -> up.Plan:
+    def make(s: object) -> up.UpgradePlan:
         return up.plan(store, s, CFG, new, added, deploy.image_stem)  # type: ignore[arg-type]
 
     up.apply(store, make, make(store.snapshot()))

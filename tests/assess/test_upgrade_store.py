@@ -198,7 +198,7 @@ def _apply(root: Path, new: Path, added: list[tuple[str, Path]], fault: object =
     store = EspStore(root / "efi", fault=fault)  # type: ignore[arg-type]
     links = LinkStore(root / "store", fault=fault)  # type: ignore[arg-type]
 
-    def make(s: object) -> up.Plan:
+    def make(s: object) -> up.UpgradePlan:
         return up.plan(store, s, CFG, new, added, deploy.image_stem, links=links)  # type: ignore[arg-type]
 
     up.apply(store, make, make(store.snapshot()), links=links)
@@ -316,7 +316,7 @@ def test_recovery_crashed_at_every_step_keeps_its_carried_extensions(
         store = EspStore(root / "efi", fault=fault)  # type: ignore[arg-type]
         links = LinkStore(root / "store", fault=fault)  # type: ignore[arg-type]
 
-        def plan(s: object) -> up.Plan:
+        def plan(s: object) -> up.UpgradePlan:
             return up.plan(store, s, CFG, new, added, deploy.image_stem, recovery=True, links=links)  # type: ignore[arg-type]
 
         up.apply(store, plan, plan(store.snapshot()), links=links)

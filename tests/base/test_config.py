@@ -139,28 +139,32 @@ def test_deeply_nested_config_is_one_line(tmp_path: Path, body: str) -> None:
     assert r.returncode == 4 and "Traceback" not in r.stderr and str(p) in r.stderr, r.stderr
 
 
-# --- the settings table (issue 15, item 15): README documents every key with its default ------------
-
-README = Path(__file__).parents[2] / "README.md"
+# --- the settings table (issue 15, item 15): bootkeeper.yaml(5) documents every key with its default ------
 
 
-def _config_section() -> str:
-    text = README.read_text()
-    start = text.index("\n## Config\n")
-    return text[start : text.index("\n## ", start + 1)]
-
-
-def test_readme_documents_every_setting_with_its_default_and_help() -> None:
-    """README's config table has one row per row of SETTINGS, in its order; each default, read as
-    YAML and parsed by the setting's own parser, is the default; the meaning is the help text."""
+def _settings_page() -> list[tuple[str, str, str]]:
+    """bootkeeper.yaml(5)'s SETTINGS: (key, default as written, meaning), in the page's order."""
     import re
 
+    from manpage import BOOTKEEPER_YAML_5, items, section
+
+    rows = []
+    for tag, meaning in items(section(BOOTKEEPER_YAML_5, "SETTINGS")):
+        m = re.fullmatch(r"([a-z_]+\.[a-z_]+) \(default: (.*)\)", tag)
+        assert m is not None, tag
+        rows.append((m.group(1), m.group(2), meaning))
+    return rows
+
+
+def test_the_man_page_documents_every_setting_with_its_default_and_help() -> None:
+    """bootkeeper.yaml(5) has one entry per row of SETTINGS, in its order; each default, read as
+    YAML and parsed by the setting's own parser, is the default; the meaning is the help text."""
     import yaml
 
-    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| `([^`]*)` \| (.*) \|$", _config_section(), re.MULTILINE)
+    rows = _settings_page()
     assert [key for key, _, _ in rows] == [s.path for s in config.SETTINGS]
     for (key, default, meaning), s in zip(rows, config.SETTINGS, strict=True):
-        assert s.parse(yaml.safe_load(default), f"README: {key}") == s.default, key
+        assert s.parse(yaml.safe_load(default), f"bootkeeper.yaml(5): {key}") == s.default, key
         assert meaning == s.help, key
 
 
@@ -178,10 +182,10 @@ def test_every_field_of_a_section_is_a_setting() -> None:
     assert loaded.sysext == replace(config.Sysext(), policy_where="<defaults>: sysext.policy")
 
 
-def test_readme_example_config_loads(tmp_path: Path) -> None:
-    section = _config_section()
-    example = section[section.index("```yaml\n") + 8 : section.index("```\n", section.index("```yaml\n"))]
-    c = config.load([_write(tmp_path, "90_example.yaml", example)])
+def test_the_man_pages_example_config_loads(tmp_path: Path) -> None:
+    from manpage import BOOTKEEPER_YAML_5, example
+
+    c = config.load([_write(tmp_path, "90_example.yaml", example(BOOTKEEPER_YAML_5))])
     assert dict(c.sysext.entries).get("active") == (r"k3s-v1\.30\..*",)
     assert c.boot_assessment.services == (config.ServiceSpec("k3s.service", config.RebootOnFailure.ACTIVE),)
 

@@ -1,4 +1,4 @@
-"""Exit codes: one table in errors.py, mirrored by README, and every verb's error paths driven
+"""Exit codes: one table in errors.py, mirrored by bootkeeper(8), and every verb's error paths driven
 through the real CLI boundary (issue 15, item 2).
 
 Each case runs ``bootkeeper.cli.main.main`` in this process (as ``python -m bootkeeper`` would)
@@ -25,16 +25,17 @@ from bootkeeper.cli.main import VERBS, cli, main
 from bootkeeper.errors import EXIT_CODES, ExitCode
 from helpers import entry_body, esp_with, fake_efivars
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 
+def test_the_man_page_mirrors_the_table_in_errors_py() -> None:
+    from manpage import BOOTKEEPER_8, items, section
 
-def test_readme_mirrors_the_table_in_errors_py() -> None:
-    text = README.read_text()
-    section = text[text.index("## Exit codes\n") :]
-    section = section[: section.index("\n## ", 4)]
-    rows = re.findall(r"^\| (\d+) \| `?(\w*)`? \| (.+?) \|$", section, re.M)
-    assert rows, "README's exit-code table has no rows"
-    assert [(int(c), cls, m) for c, cls, m in rows] == [(int(c), cls, m) for c, (cls, m) in EXIT_CODES.items()]
+    rows = []
+    for tag, meaning in items(section(BOOTKEEPER_8, "EXIT STATUS")):
+        m = re.fullmatch(r"(\d+)(?: \((\w+)\))?", tag)
+        assert m is not None, tag
+        rows.append((int(m.group(1)), m.group(2) or "", meaning))
+    assert rows, "bootkeeper(8)'s exit-code list has no items"
+    assert rows == [(int(c), cls, m) for c, (cls, m) in EXIT_CODES.items()]
 
 
 def test_each_error_class_has_its_own_code() -> None:

@@ -337,7 +337,7 @@ def test_upgrade_and_tpm_verify_series(tmp_path: Path) -> None:
     ],
 )
 def test_reason_classes_are_a_closed_vocabulary(reasons: list[str], cls: str) -> None:
-    from bootkeeper.cli.metrics import ReasonClass
+    from bootkeeper.node.metrics import ReasonClass
 
     assert ReasonClass.of(reasons).value == cls
 
@@ -352,7 +352,7 @@ def test_reason_classes_are_a_closed_vocabulary(reasons: list[str], cls: str) ->
     ],
 )
 def test_trust_anchor_sources_are_labels_not_paths(where: str, label: str) -> None:
-    from bootkeeper.cli.metrics import anchor_source
+    from bootkeeper.node.metrics import anchor_source
 
     assert anchor_source(where) == label
 
@@ -402,7 +402,7 @@ def test_the_metrics_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     timer install-units writes, enabled, and accepted by the real systemd-analyze verify; the control
     shows verify reads the path unit."""
     from bootkeeper.assess import history
-    from bootkeeper.cli import metrics
+    from bootkeeper.node import metrics
     from bootkeeper.sysext import report
 
     r = bk(
@@ -609,7 +609,7 @@ def test_a_sparse_2_gib_tpm_verify_result_is_a_failed_verification_not_a_read(tm
     """tpm-verify.json is read through the bounded reader: a 2 GiB file (sparse: it costs nothing to
     make) is refused before it is read, and the metrics file is written with the failure exported
     (it was read whole: MemoryError, exit 70, no file written)."""
-    from bootkeeper.cli.metrics import TPM_VERIFY_LIMIT
+    from bootkeeper.node.metrics import TPM_VERIFY_LIMIT
 
     root = tmp_path / "root"
     esp = scratch.make(tmp_path / "esp")

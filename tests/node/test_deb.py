@@ -132,6 +132,30 @@ def deb() -> Path:
     return nodevm.deb()
 
 
+MAN_PAGES = {
+    "usr/share/man/man8/bootkeeper.8.gz": "man/bootkeeper.8",
+    "usr/share/man/man5/bootkeeper.yaml.5.gz": "man/bootkeeper.yaml.5",
+}
+
+
+@pytest.mark.integration
+def test_the_package_ships_the_man_pages_compressed_as_policy_says(deb: Path, tmp_path: Path) -> None:
+    """bootkeeper(8) and bootkeeper.yaml(5), as ``dpkg -c`` lists them, gzip -9n (no name, no time
+    stamp: Debian policy 12.3) of the pages in man/."""
+    import gzip
+
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
+    paths = {line.split()[5].removeprefix("./").rstrip("/") for line in listing.splitlines()}
+    assert set(MAN_PAGES) <= paths
+    x = tmp_path / "x"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(x)], check=True)
+    for shipped, source in MAN_PAGES.items():
+        data = (x / shipped).read_bytes()
+        assert data[3] & 0x08 == 0 and data[4:8] == b"\0\0\0\0", shipped  # no FNAME, MTIME 0
+        assert data[8] == 2, shipped  # XFL 2: maximum compression (-9)
+        assert gzip.decompress(data) == (ROOT / source).read_bytes(), shipped
+
+
 @pytest.mark.integration
 def test_the_package_ships_the_cli_units_and_generator(deb: Path, tmp_path: Path) -> None:
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout

@@ -48,7 +48,8 @@ def test_no_legend_and_no_pager() -> None:
 
 
 def test_shell_completion_as_documented() -> None:
-    """README: `eval "$(_BOOTKEEPER_COMPLETE=bash_source bootkeeper)"`; the lazy verbs complete too."""
+    """bootkeeper(8), ENVIRONMENT: `eval "$(_BOOTKEEPER_COMPLETE=bash_source bootkeeper)"`; the lazy verbs
+    complete too."""
     exe = shutil.which("bootkeeper", path=str(Path(sys.executable).parent))
     assert exe is not None
     src = subprocess.run(

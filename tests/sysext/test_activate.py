@@ -352,13 +352,14 @@ def test_judging_workers_die_with_activate(tmp_path: Path) -> None:
     import signal
     import time
 
-    from bootkeeper.sysext import activate as act
+    from bootkeeper.sysext.activation import judging
 
     pid = os.fork()
     if pid == 0:  # the "activate" process
         try:
-            act._judge_one = _hang  # type: ignore[assignment]
-            act._in_workers({"a.raw": tmp_path / "a", "b.raw": tmp_path / "b"}, 2, {}, None, [], None, True)
+            judging.judge_one = _hang  # type: ignore[assignment]
+            checks = judging.Checks(None, (), None, True)  # type: ignore[arg-type]
+            judging.in_workers({"a.raw": tmp_path / "a", "b.raw": tmp_path / "b"}, 2, {}, checks)
         finally:
             os._exit(0)
     workers: set[int] = set()

@@ -215,6 +215,80 @@ def _check_room(store: EspStore, data: bytes, verdict: Verdict, booted: str, rel
         )
 
 
+def _target_name(booted: BootedEntry, verdict: Verdict, cfg: BootAssessment) -> str:
+    """The name the booted file gets for ``verdict``."""
+    if verdict is Verdict.GOOD:
+        # statereset keeps a counter: its next boot must be counted and blessed for the hand-back
+        # rule to run again (bootkeeper-bless.service runs only on counted boots)
+        if cfg.rearm or booted.role is Role.STATERESET:
+            assert booted.name.prefix is not None and booted.name.tail is not None
+            tries = cfg.recovery_tries if booted.role is Role.STATERESET else cfg.tries
+            return counter_mod.format_name(booted.name.prefix, booted.name.tail, tries)
+        return booted.good_name
+    if verdict is Verdict.BAD:
+        return booted.bad_name
+    return booted.name.name
+
+
+@dataclass(frozen=True)
+class _BlessPlan:
+    """Every read and check of a bless, made before its first write."""
+
+    existing: str
+    target: str
+    default: tuple[bytes, str] | None
+    stale: list[str]
+    good_ab: bool
+    rearm: list[tuple[str, str, str]]
+    handback: handback_mod.HandbackPlan | None
+
+
+def _plan(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAssessment, existing: str) -> _BlessPlan:
+    target = _target_name(booted, verdict, cfg)
+    role = booted.role
+    # The booted file is the one that proved itself: if both foo.conf and foo+N-M.conf
+    # exist, the counted one the boot loader named wins over the stale sibling.
+    if existing != booted.name.name and store.exists(f"{booted.directory}/{booted.name.name}"):
+        existing = booted.name.name
+    default = None if existing == target else _default_plan(store, existing, target, verdict, booted.path)
+    stale = _siblings(store, booted, keep={existing, target})
+    good_ab = verdict is Verdict.GOOD and role is not None and role.burns_own_tries
+    rearm = _rearm_plan(store, cfg.recovery_tries) if good_ab else []
+    handback = handback_mod.plan(store, cfg) if verdict is Verdict.GOOD and role is Role.STATERESET else None
+    if default is not None:
+        _check_room(store, default[0], verdict, booted.path)
+    if handback is not None and handback.count_after is not None and handback.renames:
+        data = handback_file.render(handback.count_after)
+        _check_room(store, data, verdict, booted.path, handback_file.HANDBACKS)
+    return _BlessPlan(existing, target, default, stale, good_ab, rearm, handback)
+
+
+def _apply(store: EspStore, booted: BootedEntry, verdict: Verdict, p: _BlessPlan, result: BlessResult) -> None:
+    """Act, in the order test_power_loss.py proves bootable after a crash at any step."""
+    d = booted.directory
+    if p.good_ab:
+        reset = handback_mod.reset(store)  # before the rename: see assess/handback.py
+        if reset is not None:
+            result.actions.append(reset)
+    if p.handback is not None:
+        result.handback = handback_mod.apply(store, p.handback)
+        result.actions.extend(result.handback.actions)
+    if p.existing == p.target:
+        result.note = f"already {verdict.value}: {d}/{p.target}"
+    else:
+        store.rename(f"{d}/{p.existing}", f"{d}/{p.target}")
+        result.actions.append(f"renamed {d}/{p.existing} -> {p.target}")
+        if p.default is not None:
+            store.write_atomic(LOADER_CONF, p.default[0])
+            result.actions.append(p.default[1])
+    for name in p.stale:
+        store.unlink(f"{d}/{name}")
+        result.actions.append(f"removed stale duplicate {d}/{name}")
+    for directory, name, new in p.rearm:
+        store.rename(f"{directory}/{name}", f"{directory}/{new}")
+        result.actions.append(f"re-armed {directory}/{name} -> {new}")
+
+
 def bless(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAssessment) -> BlessResult:
     """Everything bless needs (which file is which, loader.conf, the entries to re-arm, room for a
     rewrite) is read and checked before the first write: a refusal leaves the ESP as it was."""
@@ -227,66 +301,12 @@ def bless(store: EspStore, booted: BootedEntry, verdict: Verdict, cfg: BootAsses
             )
         state, existing = cur
         result = BlessResult(booted=booted.path, verdict=verdict, state_before=state)
-        role = booted.role
-        if verdict is Verdict.GOOD and role is Role.RECOVERY:
+        if verdict is Verdict.GOOD and booted.role is Role.RECOVERY:
             result.withheld = True
             result.note = (
                 "recovery boots are never blessed: if recovery cannot repair the node, its tries "
                 "run out and statereset boots"
             )
             return result
-        if verdict is Verdict.GOOD:
-            target = booted.good_name
-            # statereset keeps a counter: its next boot must be counted and blessed for the hand-back
-            # rule to run again (bootkeeper-bless.service runs only on counted boots)
-            if cfg.rearm or role is Role.STATERESET:
-                assert booted.name.prefix is not None and booted.name.tail is not None
-                tries = cfg.recovery_tries if role is Role.STATERESET else cfg.tries
-                target = counter_mod.format_name(booted.name.prefix, booted.name.tail, tries)
-        elif verdict is Verdict.BAD:
-            target = booted.bad_name
-        else:
-            target = booted.name.name
-        d = booted.directory
-        # The booted file is the one that proved itself: if both foo.conf and foo+N-M.conf
-        # exist, the counted one the boot loader named wins over the stale sibling.
-        if existing != booted.name.name and store.exists(f"{d}/{booted.name.name}"):
-            existing = booted.name.name
-        # Plan: every read and check before the first write.
-        default = None if existing == target else _default_plan(store, existing, target, verdict, booted.path)
-        stale = _siblings(store, booted, keep={existing, target})
-        rearm = []
-        good_ab = verdict is Verdict.GOOD and role is not None and role.burns_own_tries
-        if good_ab:
-            rearm = _rearm_plan(store, cfg.recovery_tries)
-        handback = None
-        if verdict is Verdict.GOOD and role is Role.STATERESET:
-            handback = handback_mod.plan(store, cfg)
-        if default is not None:
-            _check_room(store, default[0], verdict, booted.path)
-        if handback is not None and handback.count_after is not None and handback.renames:
-            data = handback_file.render(handback.count_after)
-            _check_room(store, data, verdict, booted.path, handback_file.HANDBACKS)
-        # Act, in the order test_power_loss.py proves bootable after a crash at any step.
-        if good_ab:
-            reset = handback_mod.reset(store)  # before the rename: see assess/handback.py
-            if reset is not None:
-                result.actions.append(reset)
-        if handback is not None:
-            result.handback = handback_mod.apply(store, handback)
-            result.actions.extend(result.handback.actions)
-        if existing == target:
-            result.note = f"already {verdict.value}: {d}/{target}"
-        else:
-            store.rename(f"{d}/{existing}", f"{d}/{target}")
-            result.actions.append(f"renamed {d}/{existing} -> {target}")
-            if default is not None:
-                store.write_atomic(LOADER_CONF, default[0])
-                result.actions.append(default[1])
-        for name in stale:
-            store.unlink(f"{d}/{name}")
-            result.actions.append(f"removed stale duplicate {d}/{name}")
-        for directory, name, new in rearm:
-            store.rename(f"{directory}/{name}", f"{directory}/{new}")
-            result.actions.append(f"re-armed {directory}/{name} -> {new}")
+        _apply(store, booted, verdict, _plan(store, booted, verdict, cfg, existing), result)
         return result

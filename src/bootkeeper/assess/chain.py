@@ -347,6 +347,77 @@ def default_can_pin(pattern: str | None, entries: list[Entry], cfg: BootAssessme
     return hits
 
 
+def _report_key(res: ChainResult, plan: KeyPlan, where: str) -> None:
+    """A converted loader key is an action; any other case but a fine one is a warning."""
+    if plan.case is KeyCase.CONVERT:
+        res.actions.append(plan.line(where))
+    elif plan.case is not KeyCase.FINE:
+        res.warnings.append(plan.line(where))
+
+
+def _arm_roles(store: EspStore, entries: tuple[Entry, ...], res: ChainResult) -> dict[Role, list[Entry]]:
+    """The entries by role, each role at most once; refused without an active, warned without a fallback."""
+    by_role = _by_role(entries)
+    for role in Role:
+        _check_unique(role, by_role.get(role, []))
+    missing = [r.value for r in (Role.ACTIVE, Role.RECOVERY) if r not in by_role]
+    if Role.ACTIVE.value in missing:
+        raise EspError(f"{store.root}: no active entry in {TYPE1_DIR}/ or {TYPE2_DIR}/; nothing to arm")
+    for m in missing:
+        res.warnings.append(f"no {m} entry: nothing to fall back to after passive")
+    return by_role
+
+
+def _read_type1_plans(
+    store: EspStore, loaders: BootLoaders, armed: list[Entry]
+) -> tuple[dict[str, str], dict[str, KeyPlan]]:
+    """Each Type #1 entry's text and loader-key plan, read and decided before the first write."""
+    texts: dict[str, str] = {}
+    plans: dict[str, KeyPlan] = {}
+    for e in armed:
+        if e.kind is EntryKind.TYPE1:
+            _check_rewritable(e)
+            texts[e.path] = store.read_text(e.path)
+            plans[e.path] = entry_key_plan(store, loaders, texts[e.path])[1]
+            if plans[e.path].case is KeyCase.DISAGREE:
+                raise EspError(plans[e.path].line(e.path))
+    return texts, plans
+
+
+def _arm_entry(
+    store: EspStore, e: Entry, cfg: BootAssessment, texts: dict[str, str], plans: dict[str, KeyPlan], res: ChainResult
+) -> None:
+    """One entry armed: a Type #1's sort key and loader key written, then the file renamed to a fresh counter."""
+    assert e.role is not None
+    tries = tries_for(e.role, cfg)
+    if e.kind is EntryKind.TYPE1:
+        text, plan = texts[e.path], plans[e.path]
+        with_key = edit.set_key(text, "sort-key", e.role.sort_key)
+        new_text = apply_key(with_key, plan)
+        if new_text != text:
+            store.write_atomic(e.path, new_text.encode())
+        if with_key != text:
+            res.actions.append(f"{e.path}: sort-key {e.role.sort_key}")
+        _report_key(res, plan, e.path)
+    new_name = counter_mod.format_name(e.name.stem, e.name.suffix, tries)
+    if new_name != e.file_name:
+        store.rename(e.path, f"{e.directory}/{new_name}")
+        res.actions.append(f"renamed {e.path} -> {new_name}")
+
+
+def _drop_pinning_default(store: EspStore, snap: Snapshot, cfg: BootAssessment, res: ChainResult) -> None:
+    """loader.conf's ``default`` removed when it can match a counted entry that has gone bad."""
+    conf = snap.loader_conf
+    if conf is not None and conf.default is not None:
+        pins = default_can_pin(conf.default_pattern, [e for e in snap.entries if e.counted], cfg)
+        if pins:
+            store.write_atomic(LOADER_CONF, loader_mod.set_default(conf.text, None).encode())
+            res.actions.append(
+                f"{LOADER_CONF}: removed 'default {conf.default}': it can match {', '.join(pins)} "
+                "once that entry is bad, and systemd-boot would boot it anyway"
+            )
+
+
 def arm(
     store: EspStore,
     cfg: BootAssessment,
@@ -359,59 +430,17 @@ def arm(
     res = ChainResult()
     with store.transaction():
         snap = store.snapshot(sdboot_version)
-        by_role = _by_role(snap.entries)
-        for role in Role:
-            _check_unique(role, by_role.get(role, []))
-        missing = [r.value for r in (Role.ACTIVE, Role.RECOVERY) if r not in by_role]
-        if Role.ACTIVE.value in missing:
-            raise EspError(f"{store.root}: no active entry in {TYPE1_DIR}/ or {TYPE2_DIR}/; nothing to arm")
-        for m in missing:
-            res.warnings.append(f"no {m} entry: nothing to fall back to after passive")
+        by_role = _arm_roles(store, snap.entries, res)
         armed = [e for role in roles for e in by_role.get(role, [])]
-        loaders = boot_loaders(store, snap)
-        texts: dict[str, str] = {}
-        plans: dict[str, KeyPlan] = {}
-        # read and decide everything before the first write
-        for e in armed:
-            if e.kind is EntryKind.TYPE1:
-                _check_rewritable(e)
-                texts[e.path] = store.read_text(e.path)
-                plans[e.path] = entry_key_plan(store, loaders, texts[e.path])[1]
-                if plans[e.path].case is KeyCase.DISAGREE:
-                    raise EspError(plans[e.path].line(e.path))
+        texts, plans = _read_type1_plans(store, boot_loaders(store, snap), armed)
         for e in armed:
             if e.read_only:
                 res.actions.append(clear_read_only(store, e))
         for e in armed:
-            assert e.role is not None
-            tries = tries_for(e.role, cfg)
-            if e.kind is EntryKind.TYPE1:
-                text, plan = texts[e.path], plans[e.path]
-                with_key = edit.set_key(text, "sort-key", e.role.sort_key)
-                new_text = apply_key(with_key, plan)
-                if new_text != text:
-                    store.write_atomic(e.path, new_text.encode())
-                if with_key != text:
-                    res.actions.append(f"{e.path}: sort-key {e.role.sort_key}")
-                if plan.case is KeyCase.CONVERT:
-                    res.actions.append(plan.line(e.path))
-                elif plan.case is not KeyCase.FINE:
-                    res.warnings.append(plan.line(e.path))
-            new_name = counter_mod.format_name(e.name.stem, e.name.suffix, tries)
-            if new_name != e.file_name:
-                store.rename(e.path, f"{e.directory}/{new_name}")
-                res.actions.append(f"renamed {e.path} -> {new_name}")
+            _arm_entry(store, e, cfg, texts, plans, res)
         snap = store.snapshot(sdboot_version)
         _check_type2_order(snap.entries, snap.sdboot, res)
-        conf = snap.loader_conf
-        if conf is not None and conf.default is not None:
-            pins = default_can_pin(conf.default_pattern, [e for e in snap.entries if e.counted], cfg)
-            if pins:
-                store.write_atomic(LOADER_CONF, loader_mod.set_default(conf.text, None).encode())
-                res.actions.append(
-                    f"{LOADER_CONF}: removed 'default {conf.default}': it can match {', '.join(pins)} "
-                    "once that entry is bad, and systemd-boot would boot it anyway"
-                )
+        _drop_pinning_default(store, snap, cfg, res)
     return res
 
 
@@ -444,11 +473,48 @@ def _new_type1(store: EspStore, loaders: BootLoaders, new_entry: Path, text: str
             f"{new_entry}: '{line.key}' is not counted: {plan.reason}; a bad active would never fall back "
             "(use a linux line, or point efi/uki at a UKI)"
         )
-    if plan.case is KeyCase.CONVERT:
-        res.actions.append(plan.line(str(new_entry)))
-    elif plan.case is not KeyCase.FINE:
-        res.warnings.append(plan.line(str(new_entry)))
+    _report_key(res, plan, str(new_entry))
     return edit.set_key(apply_key(text, plan), "sort-key", Role.ACTIVE.sort_key)
+
+
+def _remove_old_passives(store: EspStore, passives: list[Entry], new_passive: str, res: ChainResult) -> None:
+    for p in passives:
+        if p.file_name != new_passive:
+            store.unlink(p.path)
+            res.actions.append(f"removed old passive {p.path}")
+
+
+def _demote_type1(
+    store: EspStore,
+    loaders: BootLoaders,
+    old: Entry,
+    passives: list[Entry],
+    names: tuple[str, str, str],
+    res: ChainResult,
+) -> None:
+    """The old Type #1 active written anew as passive (passive sort key, loader key suited), a fresh
+    counter; ``names`` is the directory and the new active's and passive's file names."""
+    directory, new_active, new_passive = names
+    text = store.read_text(old.path)
+    plan = entry_key_plan(store, loaders, text)[1]
+    if plan.case is KeyCase.DISAGREE:
+        raise EspError(plan.line(old.path))
+    text = apply_key(edit.set_key(text, "sort-key", Role.PASSIVE.sort_key), plan)
+    store.write_atomic(f"{directory}/{new_passive}", text.encode())
+    res.actions.append(f"{old.path} -> {directory}/{new_passive} (fresh counter)")
+    _report_key(res, plan, f"{directory}/{new_passive}")
+    _remove_old_passives(store, passives, new_passive, res)
+    if old.file_name != new_active:
+        store.unlink(old.path)
+
+
+def _demote_type2(store: EspStore, old: Entry, passives: list[Entry], new_path: str, res: ChainResult) -> None:
+    """The old UKI active renamed to passive (``new_path``), with a fresh counter."""
+    if old.read_only:
+        res.actions.append(clear_read_only(store, old))
+    _remove_old_passives(store, passives, new_path.rpartition("/")[2], res)
+    store.rename(old.path, new_path)
+    res.actions.append(f"{old.path} -> {new_path} (fresh counter)")
 
 
 def rotate(
@@ -487,35 +553,10 @@ def rotate(
             # The old active never booted well: the node runs on passive, which must stay.
             store.unlink(olds[0].path)
             res.actions.append(f"removed bad active {olds[0].path}; passive is kept as the fallback")
+        elif olds and kind is EntryKind.TYPE1:
+            _demote_type1(store, loaders, olds[0], passives, (directory, new_active, new_passive), res)
         elif olds:
-            old = olds[0]
-            if kind is EntryKind.TYPE1:
-                text = store.read_text(old.path)
-                plan = entry_key_plan(store, loaders, text)[1]
-                if plan.case is KeyCase.DISAGREE:
-                    raise EspError(plan.line(old.path))
-                text = apply_key(edit.set_key(text, "sort-key", Role.PASSIVE.sort_key), plan)
-                store.write_atomic(f"{directory}/{new_passive}", text.encode())
-                res.actions.append(f"{old.path} -> {directory}/{new_passive} (fresh counter)")
-                if plan.case is KeyCase.CONVERT:
-                    res.actions.append(plan.line(f"{directory}/{new_passive}"))
-                elif plan.case is not KeyCase.FINE:
-                    res.warnings.append(plan.line(f"{directory}/{new_passive}"))
-                for p in passives:
-                    if p.file_name != new_passive:
-                        store.unlink(p.path)
-                        res.actions.append(f"removed old passive {p.path}")
-                if old.file_name != new_active:
-                    store.unlink(old.path)
-            else:
-                if old.read_only:
-                    res.actions.append(clear_read_only(store, old))
-                for p in passives:
-                    if p.file_name != new_passive:
-                        store.unlink(p.path)
-                        res.actions.append(f"removed old passive {p.path}")
-                store.rename(old.path, f"{directory}/{new_passive}")
-                res.actions.append(f"{old.path} -> {directory}/{new_passive} (fresh counter)")
+            _demote_type2(store, olds[0], passives, f"{directory}/{new_passive}", res)
         else:
             res.warnings.append("there was no active entry: nothing moved to passive")
         store.write_atomic(f"{directory}/{new_active}", data)

@@ -8,7 +8,8 @@ cloud-config alone:
 * for ``reboot_on_failure: active``, a step guarded by ``if: '[ -f "/run/cos/active_mode" ] && [ -e
   LoaderBootCountPath ] && <a try was left>'`` (:func:`active_if`) writing ``FailureAction=reboot`` to
   **/run**/systemd/system: the condition the
-  right way round (seed 000/001 tests ``! -f``, which runs everywhere *except* active), and a file that
+  right way round (the seeds test ``! -f``, which runs everywhere *except* active: BK101 in
+  docs/services.md's lint table), and a file that
   is gone at the next boot, so a passive boot never inherits it from a persistent /etc;
 * one ``systemctl: enabled:`` step, which creates the ``boot-complete.target.requires`` links.
 
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bootkeeper import unittext
 from bootkeeper.assess import generator, services
 from bootkeeper.config import RebootOnFailure, ServiceSpec
 from bootkeeper.errors import MalformedError
+
+if TYPE_CHECKING:
+    from yaml import Node
 
 COUNT_PATH = f"/{generator.EFIVARS}/LoaderBootCountPath-{generator.LOADER_GUID}"
 
@@ -116,7 +120,7 @@ class CloudConfig:
     problems: tuple[tuple[int, str], ...] = field(default_factory=tuple)  # (line, message)
 
 
-def _scalar(node: Any) -> str | None:
+def _scalar(node: Node | None) -> str | None:
     import yaml
 
     if isinstance(node, yaml.ScalarNode):
@@ -124,7 +128,7 @@ def _scalar(node: Any) -> str | None:
     return None
 
 
-def _map(node: Any) -> dict[str, Any]:
+def _map(node: Node | None) -> dict[str, Node]:
     import yaml
 
     if not isinstance(node, yaml.MappingNode):
@@ -132,18 +136,24 @@ def _map(node: Any) -> dict[str, Any]:
     return {str(k.value): v for k, v in node.value if isinstance(k, yaml.ScalarNode)}
 
 
-def _content_start(node: Any) -> int:
-    """Line (1-based) of the first content line: the line after ``|`` for block scalars."""
+def _line(node: Node) -> int:
+    """The node's first line, 1-based."""
     line: int = node.start_mark.line + 1
+    return line
+
+
+def _content_start(node: Node) -> int:
+    """Line (1-based) of the first content line: the line after ``|`` for block scalars."""
+    line = _line(node)
     return line + 1 if getattr(node, "style", None) in ("|", ">") else line
 
 
-def load(text: str, source: str) -> CloudConfig:
-    """A cloud-config document; a YAML error raises :class:`MalformedError` naming file and line."""
+def _compose(text: str, source: str) -> Node | None:
+    """The YAML document's node tree; a YAML error raises :class:`MalformedError` naming file and line."""
     import yaml
 
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -152,49 +162,68 @@ def load(text: str, source: str) -> CloudConfig:
         raise MalformedError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
     except RecursionError:  # yaml.compose() recurses once per nesting level
         raise MalformedError(f"{source}: not valid YAML: nested too deeply") from None
+
+
+def _scalars(node: Node | None) -> list[str]:
+    """The non-empty scalars of a sequence node (nothing when it is not one)."""
+    import yaml
+
+    if not isinstance(node, yaml.SequenceNode):
+        return []
+    return [v for v in (_scalar(x) for x in node.value) if v]
+
+
+def _files(fnode: Node | None, where: str, problems: list[tuple[int, str]]) -> list[FileWrite]:
+    """A step's ``files`` list; an item without a path is a problem at ``where``."""
+    import yaml
+
+    files = []
+    for f in fnode.value if isinstance(fnode, yaml.SequenceNode) else []:
+        fm = _map(f)
+        path, content = _scalar(fm.get("path")), _scalar(fm.get("content"))
+        if path is None:
+            problems.append((_line(f), f"{where}.files: an item without 'path'"))
+            continue
+        c_line = _content_start(fm["content"]) if "content" in fm else _line(f)
+        files.append(FileWrite(path, content or "", _line(f), c_line))
+    return files
+
+
+def _step(stage: str, i: int, node: Node, problems: list[tuple[int, str]]) -> Step:
+    m = _map(node)
+    cond = m.get("if")
+    files = _files(m.get("files"), f"stages.{stage}[{i}]", problems)
+    enabled = _scalars(_map(m.get("systemctl")).get("enabled"))
+    return Step(
+        stage,
+        i,
+        _scalar(m.get("name")) or f"stages.{stage}[{i}]",
+        _line(node),
+        _scalar(cond) if cond is not None else None,
+        _line(cond) if cond is not None else _line(node),
+        tuple(files),
+        tuple(enabled),
+        tuple(_scalars(m.get("commands"))),
+    )
+
+
+def load(text: str, source: str) -> CloudConfig:
+    """A cloud-config document; a YAML error raises :class:`MalformedError` naming file and line."""
+    import yaml
+
+    root = _compose(text, source)
     problems: list[tuple[int, str]] = []
     steps: list[Step] = []
     stages = _map(root).get("stages")
     if stages is None:
         return CloudConfig(source)
     if not isinstance(stages, yaml.MappingNode):
-        return CloudConfig(source, problems=((stages.start_mark.line + 1, "'stages' is not a mapping"),))
+        return CloudConfig(source, problems=((_line(stages), "'stages' is not a mapping"),))
     for stage, step_list in _map(stages).items():
         if not isinstance(step_list, yaml.SequenceNode):
-            problems.append((step_list.start_mark.line + 1, f"stages.{stage} is not a list of steps"))
+            problems.append((_line(step_list), f"stages.{stage} is not a list of steps"))
             continue
-        for i, node in enumerate(step_list.value):
-            m = _map(node)
-            cond = m.get("if")
-            files = []
-            fnode = m.get("files")
-            for f in fnode.value if isinstance(fnode, yaml.SequenceNode) else []:
-                fm = _map(f)
-                path, content = _scalar(fm.get("path")), _scalar(fm.get("content"))
-                if path is None:
-                    problems.append((f.start_mark.line + 1, f"stages.{stage}[{i}].files: an item without 'path'"))
-                    continue
-                c_line = _content_start(fm["content"]) if "content" in fm else f.start_mark.line + 1
-                files.append(FileWrite(path, content or "", f.start_mark.line + 1, c_line))
-            enabled: list[str] = []
-            sc = _map(m.get("systemctl"))
-            if isinstance(sc.get("enabled"), yaml.SequenceNode):
-                enabled = [v for v in (_scalar(x) for x in sc["enabled"].value) if v]
-            cmds = m.get("commands")
-            commands = [v for v in (_scalar(x) for x in cmds.value) if v] if isinstance(cmds, yaml.SequenceNode) else []
-            steps.append(
-                Step(
-                    stage,
-                    i,
-                    _scalar(m.get("name")) or f"stages.{stage}[{i}]",
-                    node.start_mark.line + 1,
-                    _scalar(cond) if cond is not None else None,
-                    cond.start_mark.line + 1 if cond is not None else node.start_mark.line + 1,
-                    tuple(files),
-                    tuple(enabled),
-                    tuple(commands),
-                )
-            )
+        steps.extend(_step(stage, i, node, problems) for i, node in enumerate(step_list.value))
     return CloudConfig(source, tuple(steps), tuple(problems))
 
 

@@ -170,10 +170,10 @@ def failure_reboots(boot_count_path: str | None, selected: str | None, tries: in
 def on_failure(
     policy: str, role: str | None, boot_count_path: str | None, selected: str | None, tries: int
 ) -> tuple[bool, str]:
-    """The reboot-on-failure rule (README: the simulator's and the node's are the same): whether a
-    service enrolled with ``policy`` (``never``, ``active``, ``always``) reboots the node when it fails
-    on this boot, and why. ``always`` is the static drop-in services.py writes; ``active`` is what
-    this generator adds, on the active entry only and while :func:`failure_reboots` says so.
+    """The reboot-on-failure rule (the simulator's and the node's are the same: docs/services.md, "Proven"):
+    whether a service enrolled with ``policy`` (``never``, ``active``, ``always``) reboots the node when
+    it fails on this boot, and why. ``always`` is the static drop-in services.py writes; ``active`` is
+    what this generator adds, on the active entry only and while :func:`failure_reboots` says so.
     :func:`plan` applies it to ``active``, assess/simulate.py to all three."""
     if policy == "always":
         return True, "reboot_on_failure: always: FailureAction=reboot on every entry"

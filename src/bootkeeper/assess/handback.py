@@ -1,4 +1,5 @@
-"""Statereset hands back (seed 002: a reset "hopefully can do a better job setting every right").
+"""Statereset hands back (a reset "hopefully can do a better job setting every right": docs/upgrades.md,
+"Statereset hands back"; docs/seed-audit.md, "9. Statereset hands back").
 
 A good statereset boot means the reset worked; the node should then run its A/B entries again, not
 statereset for ever. So when bless marks a statereset boot good, it **hands back**: active, passive and
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 from bootkeeper.config import BootAssessment
 from bootkeeper.esp import counter as counter_mod
@@ -80,7 +80,7 @@ def rearm_plan(store: EspStore, cfg: BootAssessment) -> list[Rename]:
 
 
 @dataclass(frozen=True)
-class Plan:
+class HandbackPlan:
     """What a good statereset boot's bless does about the hand-back, read and decided before any write."""
 
     decision: Decision
@@ -96,14 +96,14 @@ class Plan:
         return self.before.count
 
 
-def plan(store: EspStore, cfg: BootAssessment) -> Plan:
+def plan(store: EspStore, cfg: BootAssessment) -> HandbackPlan:
     before = file_mod.read(store)
     if before.spent(cfg.handbacks):
-        return Plan(Decision.STAYED, before, cfg.handbacks)
+        return HandbackPlan(Decision.STAYED, before, cfg.handbacks)
     renames = rearm_plan(store, cfg)
     if not renames:
-        return Plan(Decision.NOTHING, before, cfg.handbacks)
-    return Plan(Decision.HANDED_BACK, before, cfg.handbacks, tuple(renames))
+        return HandbackPlan(Decision.NOTHING, before, cfg.handbacks)
+    return HandbackPlan(Decision.HANDED_BACK, before, cfg.handbacks, tuple(renames))
 
 
 @dataclass
@@ -132,7 +132,7 @@ class Result:
             f"boot{why}); repair active or passive (bootkeeper upgrade) to leave it"
         )
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "decision": self.decision.value,
             "count": self.count,
@@ -143,7 +143,7 @@ class Result:
         }
 
 
-def apply(store: EspStore, p: Plan) -> Result:
+def apply(store: EspStore, p: HandbackPlan) -> Result:
     """The count, then the re-arms (the order the module docstring gives)."""
     res = Result(p.decision, p.count_after, p.budget, problem=p.before.problem)
     if p.decision is not Decision.HANDED_BACK:
@@ -165,16 +165,11 @@ def reset(store: EspStore) -> str | None:
     return f"removed {file_mod.HANDBACKS}: a good {'/'.join(r.value for r in Role if r.burns_own_tries)} boot"
 
 
-def record(boot_id: str, now: float, res: Result) -> dict[str, Any]:
+def record(boot_id: str, now: float, res: Result) -> dict[str, object]:
     """The boot history's line for it (assess/history.py reads it back onto the boot)."""
-    return {
-        "type": "handback",
-        "boot_id": boot_id,
-        "time": now,
-        "decision": res.decision.value,
-        "count": res.count,
-        "budget": res.budget,
-    }
+    from bootkeeper.assess import history
+
+    return history.handback_record(boot_id, now, res.decision.value, res.count, res.budget)
 
 
 # --- what status says --------------------------------------------------------------------------
@@ -204,7 +199,7 @@ class View:
         text = f"statereset handed back {used} time(s) since the last good active or passive boot"
         return f"{text}; the budget is spent: the next good statereset boot stays" if self.spent else text
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "count": self.count,
             "budget": self.budget,

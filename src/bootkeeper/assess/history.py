@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ class RecordedEntry:
     done: int | None
 
     @classmethod
-    def parse(cls, item: Any) -> RecordedEntry | None:
+    def parse(cls, item: object) -> RecordedEntry | None:
         """One item of a boot line's ``entries``, or None when it is not one (the line still counts)."""
         if not isinstance(item, dict):
             return None
@@ -84,8 +84,12 @@ class RecordedEntry:
             return None
         return cls(path[:MAX_FIELD], state, left, done)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"path": self.path, "state": self.state, "tries_left": self.left, "tries_done": self.done}
+
+    def as_record(self) -> dict[str, object]:
+        """The item as a boot line holds it (what :meth:`parse` reads)."""
+        return {"path": self.path, "state": self.state, "left": self.left, "done": self.done}
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ class Handback:
             "stayed": f"stays on statereset: hand-back budget spent ({used})",
         }.get(self.decision, "nothing to hand back to")
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"decision": self.decision, "count": self.count, "budget": self.budget, "time": self.time}
 
 
@@ -137,7 +141,7 @@ class Boot:
     not_good: list[str] = field(default_factory=list)  # "UNIT: why" of each not-good record
     handback: Handback | None = None  # a good statereset boot: handed back, or stayed
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "boot_id": self.boot_id,
             "time": self.time,
@@ -153,7 +157,8 @@ class Boot:
         }
 
 
-def boot_record(boot_id: str, now: float, booted: str | None, snap: Snapshot | None) -> dict[str, Any]:
+def boot_record(boot_id: str, now: float, booted: str | None, snap: Snapshot | None) -> dict[str, object]:
+    """The ``boot`` line of this boot: the entry systemd-boot booted (``booted``) and every entry of ``snap``."""
     left = done = None
     role = None
     if booted:
@@ -162,28 +167,26 @@ def boot_record(boot_id: str, now: float, booted: str | None, snap: Snapshot | N
         left, done = name.tries_left, name.tries_done
         r = Role.from_stem(name.stem)
         role = r.value if r else None
-    entries = [
-        {"path": e.path, "state": e.state.value, "left": e.name.tries_left, "done": e.name.tries_done}
+    entries = tuple(
+        RecordedEntry(e.path, e.state.value, e.name.tries_left, e.name.tries_done)
         for e in (snap.entries if snap else ())
-    ]
-    return {
-        "type": "boot",
-        "boot_id": boot_id,
-        "time": now,
-        "entry": booted.replace("\\", "/").lstrip("/") if booted else None,
-        "role": role,
-        "tries_left": left,
-        "tries_done": done,
-        "entries": entries,
-    }
+    )
+    entry = booted.replace("\\", "/").lstrip("/") if booted else None
+    return Record(
+        "boot", boot_id, now, entry=entry, role=role, tries_left=left, tries_done=done, entries=entries
+    ).to_json()
 
 
-def verdict_record(boot_id: str, now: float, verdict: str) -> dict[str, Any]:
-    return {"type": "verdict", "boot_id": boot_id, "time": now, "verdict": verdict}
+def verdict_record(boot_id: str, now: float, verdict: str) -> dict[str, object]:
+    return Record("verdict", boot_id, now, verdict=verdict).to_json()
 
 
-def not_good_record(boot_id: str, now: float, unit: str, why: str) -> dict[str, Any]:
-    return {"type": "not-good", "boot_id": boot_id, "time": now, "unit": unit[:MAX_FIELD], "why": why[:MAX_WHY]}
+def not_good_record(boot_id: str, now: float, unit: str, why: str) -> dict[str, object]:
+    return Record("not-good", boot_id, now, unit=unit[:MAX_FIELD], why=why[:MAX_WHY]).to_json()
+
+
+def handback_record(boot_id: str, now: float, decision: str, count: int | None, budget: int) -> dict[str, object]:
+    return Record("handback", boot_id, now, handback=Handback(decision, count, budget, now)).to_json()
 
 
 def os_fields(osrel: Mapping[str, str]) -> dict[str, str]:
@@ -216,7 +219,7 @@ class Image:
     size: int | None
     sha256: str | None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"name": self.name, "size": self.size, "sha256": self.sha256}
 
 
@@ -228,7 +231,7 @@ class RoleOs:
     extensions: tuple[Image, ...]
     left_off: int = 0
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"os": self.os, "extensions": [x.as_json() for x in self.extensions], "left_off": self.left_off}
 
 
@@ -242,7 +245,7 @@ class Upgrade:
     result: str
     forced: bool
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "boot_id": self.boot_id,
             "time": self.time,
@@ -262,20 +265,11 @@ def role_os(osrel: Mapping[str, str] | None, images: list[Image]) -> RoleOs:
 
 def upgrade_record(
     boot_id: str, now: float, role: Role, before: RoleOs, after: RoleOs, result: str, forced: bool
-) -> dict[str, Any]:
-    return {
-        "type": "upgrade",
-        "boot_id": boot_id,
-        "time": now,
-        "role": role.value,
-        "from": before.as_json(),
-        "to": after.as_json(),
-        "result": result,
-        "forced": forced,
-    }
+) -> dict[str, object]:
+    return Record("upgrade", boot_id, now, upgrade=Upgrade(boot_id, now, role, before, after, result, forced)).to_json()
 
 
-def _str(value: Any, what: str) -> str:
+def _str(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} is not a string")
     if len(value) > MAX_FIELD:
@@ -283,7 +277,7 @@ def _str(value: Any, what: str) -> str:
     return value
 
 
-def _side(value: Any, what: str) -> RoleOs:
+def _side(value: object, what: str) -> RoleOs:
     if not isinstance(value, dict):
         raise TypeError(f"{what} is not an object")
     osrel, exts, left = value.get("os"), value.get("extensions"), value.get("left_off", 0)
@@ -326,11 +320,112 @@ class History:
     warnings: list[str]
 
 
-def _recorded_entries(raw: Any) -> list[RecordedEntry]:
+@dataclass(frozen=True)
+class Record:
+    """One line of the history file, of any type: every writer builds one (:meth:`to_json`) and every
+    reader gets one (:meth:`from_json`, which checks it). Only the fields of its ``kind`` are set."""
+
+    kind: str  # boot | verdict | not-good | handback | upgrade
+    boot_id: str
+    time: float
+    # boot: the booted entry (as systemd-boot renamed it), its role and counter, every entry then
+    entry: str | None = None
+    role: str | None = None
+    tries_left: int | None = None
+    tries_done: int | None = None
+    entries: tuple[RecordedEntry, ...] = ()
+    verdict: str | None = None  # verdict
+    unit: str | None = None  # not-good: the unit and why
+    why: str | None = None
+    handback: Handback | None = None  # handback
+    upgrade: Upgrade | None = None  # upgrade
+
+    def to_json(self) -> dict[str, object]:
+        """The line's object, its keys in the order every bootkeeper wrote them."""
+        head: dict[str, object] = {"type": self.kind, "boot_id": self.boot_id, "time": self.time}
+        if self.kind == "boot":
+            return head | {
+                "entry": self.entry,
+                "role": self.role,
+                "tries_left": self.tries_left,
+                "tries_done": self.tries_done,
+                "entries": [e.as_record() for e in self.entries],
+            }
+        if self.kind == "verdict":
+            return head | {"verdict": self.verdict}
+        if self.kind == "not-good":
+            return head | {"unit": self.unit, "why": self.why}
+        if self.kind == "handback":
+            assert self.handback is not None
+            hb = self.handback
+            return head | {"decision": hb.decision, "count": hb.count, "budget": hb.budget}
+        assert self.kind == "upgrade" and self.upgrade is not None
+        up = self.upgrade
+        return head | {
+            "role": up.role.value,
+            "from": up.before.as_json(),
+            "to": up.after.as_json(),
+            "result": up.result,
+            "forced": up.forced,
+        }
+
+    @classmethod
+    def from_json(cls, rec: Any, boots: Container[str]) -> Record | None:
+        """The record of one decoded line, or None when readers pass over it: a type they do not know,
+        or a verdict, not-good or handback line of a boot not in ``boots``. A malformed line raises
+        ValueError, KeyError, TypeError or OverflowError."""
+        kind, boot_id, t = rec["type"], rec["boot_id"], _time(rec["time"])
+        if not isinstance(boot_id, str):
+            raise TypeError("boot_id")
+        if kind == "boot":
+            return cls(
+                kind,
+                boot_id,
+                t,
+                entry=rec.get("entry"),
+                role=rec.get("role"),
+                tries_left=rec.get("tries_left"),
+                tries_done=rec.get("tries_done"),
+                entries=tuple(_recorded_entries(rec.get("entries"))),
+            )
+        if kind == "upgrade":
+            return cls(kind, boot_id, t, upgrade=_upgrade(rec, boot_id, t))
+        if boot_id not in boots:
+            return None
+        if kind == "verdict":
+            return cls(kind, boot_id, t, verdict=str(rec["verdict"]))
+        if kind == "not-good":
+            why = rec["why"]
+            if not isinstance(why, str):
+                raise TypeError("why is not a string")
+            return cls(kind, boot_id, t, unit=_str(rec["unit"], "unit"), why=why[:MAX_WHY])
+        if kind == "handback":
+            return cls(kind, boot_id, t, handback=_handback(rec, t))
+        return None
+
+
+def _recorded_entries(raw: object) -> list[RecordedEntry]:
     """A boot line's ``entries``; what is not a list of entries is read as none (the boot still counts)."""
     if not isinstance(raw, list):
         return []
     return [e for e in map(RecordedEntry.parse, raw[:1000]) if e is not None]
+
+
+def _fold(r: Record, boots: dict[str, Boot], upgrades: list[Upgrade]) -> None:
+    """A record onto the boots read so far (a boot line starts one) or the upgrades."""
+    if r.kind == "boot":
+        entries = list(r.entries)
+        boots[r.boot_id] = Boot(r.boot_id, r.time, r.entry, r.role, r.tries_left, r.tries_done, entries)
+    elif r.kind == "upgrade":
+        assert r.upgrade is not None
+        upgrades.append(r.upgrade)
+    elif r.kind == "verdict":
+        boots[r.boot_id].verdict = r.verdict
+        boots[r.boot_id].verdict_time = r.time
+    elif r.kind == "not-good":
+        boots[r.boot_id].not_good.append(f"{r.unit}: {r.why}")
+    elif r.kind == "handback":
+        boots[r.boot_id].handback = r.handback
 
 
 def parse_all(text: str, source: str) -> History:
@@ -342,32 +437,9 @@ def parse_all(text: str, source: str) -> History:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-            kind, boot_id, t = rec["type"], rec["boot_id"], _time(rec["time"])
-            if not isinstance(boot_id, str):
-                raise TypeError("boot_id")
-            if kind == "boot":
-                boots[boot_id] = Boot(
-                    boot_id,
-                    t,
-                    rec.get("entry"),
-                    rec.get("role"),
-                    rec.get("tries_left"),
-                    rec.get("tries_done"),
-                    _recorded_entries(rec.get("entries")),
-                )
-            elif kind == "verdict" and boot_id in boots:
-                boots[boot_id].verdict = str(rec["verdict"])
-                boots[boot_id].verdict_time = t
-            elif kind == "upgrade":
-                upgrades.append(_upgrade(rec, boot_id, t))
-            elif kind == "not-good" and boot_id in boots:
-                why = rec["why"]
-                if not isinstance(why, str):
-                    raise TypeError("why is not a string")
-                boots[boot_id].not_good.append(f"{_str(rec['unit'], 'unit')}: {why[:MAX_WHY]}")
-            elif kind == "handback" and boot_id in boots:
-                boots[boot_id].handback = _handback(rec, t)
+            r = Record.from_json(json.loads(line), boots)
+            if r is not None:
+                _fold(r, boots, upgrades)
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser's stack; OverflowError: float()
             warnings.append(f"{source}:{n}: skipped a malformed line ({type(exc).__name__}: {str(exc)[:120]})")
@@ -433,7 +505,8 @@ def read(root: Path) -> tuple[list[Boot], list[str]]:
     return h.boots, h.warnings
 
 
-def append(root: Path, record: dict[str, Any]) -> None:
+def append(root: Path, record: Mapping[str, object]) -> None:
+    """One line at the end of the history, fsynced; past :data:`LIMIT` bytes the file is compacted."""
     p = root / HISTORY
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
     try:
@@ -469,9 +542,9 @@ def recorded(boots: list[Boot], boot_id: str) -> bool:
 class Why:
     first_choice: bool
     text: str
-    fallbacks: tuple[dict[str, Any], ...] = ()
+    fallbacks: tuple[dict[str, object], ...] = ()
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"first_choice": self.first_choice, "text": self.text, "fallback_from": list(self.fallbacks)}
 
 
@@ -526,7 +599,7 @@ def explain(snap: Snapshot, booted_role: Role | None, booted_path: str | None, b
             f"(picked from the menu, by a one-shot or default, or they were missing)",
         )
     parts = []
-    fallbacks = []
+    fallbacks: list[dict[str, object]] = []
     for e in sorted(bad_before, key=lambda x: x.role.rank):
         tries = e.done
         own = [b for b in boots if b.role == e.role.value]
@@ -572,7 +645,7 @@ class FailedUpgrade:
             f"running {running} on passive"
         )
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "text": self.text,
             "time": self.upgrade.time,

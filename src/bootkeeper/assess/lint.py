@@ -654,8 +654,8 @@ EITHER = (Severity.ERROR, Severity.WARNING)
 
 @dataclass(frozen=True)
 class Rule(Generic[Subject]):
-    """One lint code: the severities its findings can have, a one-line summary (README's table says
-    the same), what it looks at and the function that finds it."""
+    """One lint code: the severities its findings can have, a one-line summary (bootkeeper(8)'s LINT
+    RULES says the same), what it looks at and the function that finds it."""
 
     code: str
     severities: tuple[Severity, ...]
@@ -665,7 +665,8 @@ class Rule(Generic[Subject]):
 
 
 # The order of a subject's rules is the order of its findings (cloud-config findings are then sorted
-# by line). README's table of codes is checked against this one (tests/test_lint.py).
+# by line). bootkeeper(8)'s LINT RULES and docs/services.md's table of codes are checked against this
+# one (tests/test_lint.py, tests/test_manpages.py).
 RULES = (
     Rule("BK100", EITHER, "not YAML, or a step lint cannot read (warning)", CloudConfigFile, _bk100),
     Rule("BK101", ERROR, "a step meant for a role whose if: is false on that role", CloudConfigFile, _bk101),

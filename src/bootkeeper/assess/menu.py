@@ -2,8 +2,9 @@
 and why, the pins, and which entry boots next — what ``entries`` shows and ``status`` includes.
 
 Pure: built from a :class:`~bootkeeper.esp.store.Snapshot` and the loader variables; the CLI reads
-the disk and prints. Each view is a frozen dataclass whose ``as_json()`` is the JSON schema README
-documents for ``entries --json`` (and the menu half of ``status --json``).
+the disk and prints. Each view is a frozen dataclass whose ``as_json()`` is the JSON schema
+bootkeeper(8)'s JSON and docs/upgrades.md, "The verbs", document for ``entries --json`` (and the menu
+half of ``status --json``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class MenuRow:
     loader: str
     profile: int | None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return dict(vars(self))
 
 
@@ -54,8 +55,8 @@ class Unlisted:
     why: str | None
     size: int | None = None  # a stale temporary's size
 
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"path": self.path, "why": self.why}
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"path": self.path, "why": self.why}
         if self.size is not None:
             out["size"] = self.size
         return out

@@ -308,7 +308,9 @@ class Change:
 
 
 @dataclass(frozen=True)
-class Plan:
+class PinPlan:
+    """A pin, once or persistent, or its clearing: the entry it is for and every change, planned before any write."""
+
     mode: Mode
     entry: Entry | None
     changes: tuple[Change, ...]
@@ -325,14 +327,16 @@ def _restore_sort_keys(snap: Snapshot, keep: Entry | None = None) -> list[Change
     return out
 
 
-def plan_once(snap: Snapshot, e: Entry, current: str | None) -> Plan:
+def plan_once(snap: Snapshot, e: Entry, current: str | None) -> PinPlan:
     notes = []
     if e.state is EntryState.BAD:
         notes.append(f"{label(e)} has no tries left: the one-shot boots it anyway, once; then the fallback chain")
-    return Plan(Mode.ONCE, e, (Change(ChangeKind.EFI_VARIABLE, ONESHOT, current, pattern_for(snap, e)),), tuple(notes))
+    return PinPlan(
+        Mode.ONCE, e, (Change(ChangeKind.EFI_VARIABLE, ONESHOT, current, pattern_for(snap, e)),), tuple(notes)
+    )
 
 
-def plan_persistent(snap: Snapshot, ev: LoaderVars, e: Entry) -> Plan:
+def plan_persistent(snap: Snapshot, ev: LoaderVars, e: Entry) -> PinPlan:
     """``preferred <id>`` from 260; before, ``sort-key 0-<role>``. The other way's pin goes, so
     there is one persistent pin."""
     v = snap.sdboot
@@ -385,10 +389,10 @@ def plan_persistent(snap: Snapshot, ev: LoaderVars, e: Entry) -> Plan:
             f"EFI variable LoaderEntryDefault '{_short(ev.entry_default)}' is set: "
             + ("it decides when no preferred entry has tries left" if v.has_preferred else "it beats the sort order")
         )
-    return Plan(Mode.PERSISTENT, e, tuple(changes), tuple(notes))
+    return PinPlan(Mode.PERSISTENT, e, tuple(changes), tuple(notes))
 
 
-def plan_clear(snap: Snapshot, ev: LoaderVars, oneshot_present: bool) -> Plan:
+def plan_clear(snap: Snapshot, ev: LoaderVars, oneshot_present: bool) -> PinPlan:
     """Remove what ``select`` writes: the one-shot, loader.conf preferred, sort-key pins."""
     changes: list[Change] = []
     notes: list[str] = []
@@ -403,10 +407,10 @@ def plan_clear(snap: Snapshot, ev: LoaderVars, oneshot_present: bool) -> Plan:
             f"EFI variable {PREFERRED_VAR} '{_short(ev.entry_preferred)}' is left as it is: bootkeeper does not "
             "write it (bootctl set-preferred does)"
         )
-    return Plan(Mode.CLEAR, None, tuple(changes), tuple(notes))
+    return PinPlan(Mode.CLEAR, None, tuple(changes), tuple(notes))
 
 
-def own_pin(plan: Plan, found: tuple[Pin, ...]) -> Pin | None:
+def own_pin(plan: PinPlan, found: tuple[Pin, ...]) -> Pin | None:
     """The pin ``plan`` made, as it stands after the write."""
     if plan.entry is None:
         return None

@@ -1,7 +1,8 @@
 """Services that decide a boot: a unit enrolled here must start successfully before
 ``boot-complete.target`` is reached, so a boot where it fails is never blessed.
 
-Enrolment is what seed 000/001 does by hand with ``systemctl edit`` + ``systemctl enable``:
+Enrolment is what the seeds do by hand with ``systemctl edit`` + ``systemctl enable`` (docs/services.md,
+"Enrol"):
 
 * ``/etc/systemd/system/<unit>.d/50-bootkeeper-assessment.conf``: ``After=`` the default targets,
   ``Before=boot-complete.target``, ``[Install] RequiredBy=boot-complete.target``, and for

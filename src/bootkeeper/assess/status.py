@@ -2,11 +2,11 @@
 booted and why, whether this boot is blessed yet, tries left on every entry, the enrolled services'
 results, each role's OS (its UKI's ``.osrel``) and extension set, and, after a fallback to passive,
 which recorded upgrade failed. :func:`gather` reads files and asks systemctl; what it returns is frozen
-data with ``as_json()`` (the ``status --json`` schema README documents). A source that cannot be read
-is named in ``warnings`` (or, for the booted entry's state, as an :class:`Unavailable` reason), never
-as an error inside the data. The extension half (the activation report, the persistent store's
-links) is sysext's (``sysext/status.py``); the CLI (``cli/status_cmd.py``) puts both together and
-renders the text.
+data with ``as_json()`` (the ``status --json`` schema docs/services.md, "Status", documents). A source
+that cannot be read is named in ``warnings`` (or, for the booted entry's state, as an
+:class:`Unavailable` reason), never as an error inside the data. The extension half (the activation
+report, the persistent store's links) is sysext's (``sysext/status.py``); ``node/status.py`` puts both
+together and ``cli/render.py`` renders the text.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Booted:
     counting: bool
     why: Why | None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "entry": self.entry,
             "role": self.role.value if self.role else None,
@@ -112,7 +112,7 @@ class EntryState:
     tries_left: int | None
     tries_done: int | None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "path": self.path,
             "role": self.role.value if self.role else None,
@@ -141,7 +141,7 @@ class RoleOs:
     def version(self) -> str | None:
         return history.os_version(self.os) if self.os is not None else None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "entry": self.entry,
             "role": self.role.value if self.role else None,
@@ -163,7 +163,7 @@ class ServiceResult:
     result: str  # passed | failed (<Result>) | starting | not run | not installed | unknown
     active_state: str | None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "name": self.name,
             "reboot_on_failure": self.reboot_on_failure,
@@ -200,7 +200,7 @@ class NodeStatus:
         b = self.booted.blessed
         return ((b.reason,) if isinstance(b, Unavailable) else ()) + self.warnings
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "booted": self.booted.as_json(),
             "failed_upgrade": self.failed_upgrade.as_json() if self.failed_upgrade else None,

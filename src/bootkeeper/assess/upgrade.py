@@ -60,9 +60,9 @@ store (another build of a linked name gets its own image name) and stages ``.boo
 (the old active's links) and ``.bootkeeper-upgrade-active.d`` (the new set's); step 3 renames the first to
 ``passive/``; after step 5 ``active/`` goes and the second is renamed to ``active/`` before the commit;
 after it, images no folder links to are removed. ``common/`` stays: the gate judges its images against
-the new OS (:attr:`Plan.common`). The staged Type #1 entry (not ``*.conf``: systemd-boot does not read
+the new OS (:attr:`UpgradePlan.common`). The staged Type #1 entry (not ``*.conf``: systemd-boot does not read
 it) keeps a ``--recovery`` re-run after a cut that came after the old recovery's entry went in possession
-of its text; such a re-run carries the staged folders on (:class:`Staged`).
+of its text; such a re-run carries the staged folders on (:class:`StagedRecovery`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -82,10 +82,11 @@ from bootkeeper.errors import EspError, InputError, NotApplicableError, RefusedE
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import edit, pe
 from bootkeeper.esp import entries as entries_mod
+from bootkeeper.esp.checked import put_checked, require_room
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, EntryKind, LoaderType, Role, extra_dir
 from bootkeeper.esp.linkstore import COMMON, LinkStore
 from bootkeeper.esp.sdboot import SdBoot
-from bootkeeper.esp.store import SPACE_MARGIN, EspStore, Snapshot
+from bootkeeper.esp.store import EspStore, FolderStore, Snapshot
 
 STAGE_PREFIX = ".bootkeeper-upgrade-"
 
@@ -152,7 +153,7 @@ def uki_of(store: EspStore, e: Entry) -> str | None:
 
 
 @dataclass(frozen=True)
-class Staged:
+class StagedRecovery:
     """A recovery set staged by an upgrade that was cut after the old recovery went: its folder (ESP) and
     links (store) are complete, and a re-run carries them on (they hold the old recovery's extensions)."""
 
@@ -253,7 +254,9 @@ class Extension:
 
 
 @dataclass
-class Plan:
+class UpgradePlan:
+    """What one upgrade does: the sets it moves, its ops in order, and the space they need."""
+
     layout: EntryKind
     role: Role  # ACTIVE (A/B) or RECOVERY
     new_uki: Path
@@ -262,8 +265,8 @@ class Plan:
     kept_passive: RoleSet | None  # A/B resume: the passive that is the old active already moved
     extensions: tuple[Extension, ...]
     ops: list[Op] = field(default_factory=list)
-    need_bytes: int = 0
-    freed_bytes: int = 0
+    need_bytes: int = 0  # on the ESP, before the margin (check_space adds it)
+    freed_bytes: int = 0  # on the ESP, by step 1
     warnings: list[str] = field(default_factory=list)
     done: bool = False  # the new UKI is the active one already
     new_uki_rel: str = ""  # where the new UKI goes
@@ -284,7 +287,8 @@ def same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
-def _size(p: Path) -> int:
+def _bytes_or_zero(p: Path) -> int:
+    """A file's size for the space sums; one that is not there (or unreadable) adds nothing."""
     try:
         return p.stat().st_size
     except OSError:
@@ -293,7 +297,7 @@ def _size(p: Path) -> int:
 
 def carried(
     store: EspStore,
-    old: RoleSet | Staged | None,
+    old: RoleSet | StagedRecovery | None,
     added: list[tuple[str, Path]],
     stem: Callable[[str], str],
     *,
@@ -347,7 +351,9 @@ def _store_stage(links: LinkStore, folder: str, exts: list[tuple[str, str]], why
     return [Op(OpKind.LINK, f"{_store_dir(folder)}/{n}", image, why=why, store=root) for n, image in exts]
 
 
-def _store_images(links: LinkStore, exts: tuple[Extension, ...], p: Plan) -> tuple[list[Op], tuple[Extension, ...]]:
+def _store_images(
+    links: LinkStore, exts: tuple[Extension, ...], p: UpgradePlan
+) -> tuple[list[Op], tuple[Extension, ...]]:
     """The added images the store does not hold yet, and the extensions with the image each will be:
     another image of the same name that a folder links is never overwritten (LinkStore.image_for)."""
     ops = []
@@ -361,7 +367,7 @@ def _store_images(links: LinkStore, exts: tuple[Extension, ...], p: Plan) -> tup
         if copy:
             why = "a new extension, linked by nothing yet"
             ops.append(Op(OpKind.COPY, image, str(x.source), why=why, store=str(links.root)))
-            p.store_need_bytes += _size(x.source)
+            p.store_need_bytes += _bytes_or_zero(x.source)
     return ops, tuple(out)
 
 
@@ -428,6 +434,50 @@ def _key_for(loaders: chain.BootLoaders, current: str | None, uki: str, warnings
     return line.key
 
 
+@dataclass
+class _Draft:
+    """What the planning steps share: the ESP (and store) as found, the role the upgrade replaces, and
+    the plan the steps fill in, op by op, in the order of the module's text."""
+
+    store: EspStore
+    links: LinkStore | None
+    cfg: BootAssessment
+    found: Found
+    loaders: chain.BootLoaders
+    folder: str  # where the role UKIs live (Type #1: beside the old one; Type #2: EFI/Linux)
+    plan: UpgradePlan
+    staged: StagedRecovery | None = None
+    store_ops: list[Op] = field(default_factory=list)  # the new images into the store, the new links staged
+    uki_ops: list[Op] = field(default_factory=list)  # the new UKI (and Type #1 entry) staged
+
+    @property
+    def role(self) -> Role:
+        return self.plan.role
+
+    @property
+    def layout(self) -> EntryKind:
+        return self.found.layout
+
+    @property
+    def stage_new(self) -> str:
+        return _stage_dir(self.folder, self.role)
+
+    @property
+    def sroot(self) -> str:
+        return str(self.links.root) if self.links is not None else ""
+
+    def new_files(self) -> list[tuple[str, str]]:
+        """The new set's extensions on the ESP: (name, source path)."""
+        return [(x.name, str(x.source)) for x in self.plan.extensions if x.image is None]
+
+    def new_links(self) -> list[tuple[str, str]]:
+        """The new set's links in the persistent store: (name, image)."""
+        return [(x.name, x.image) for x in self.plan.extensions if x.image is not None]
+
+    def add(self, ops: Iterable[Op]) -> None:
+        self.plan.ops.extend(ops)
+
+
 def plan(
     store: EspStore,
     snap: Snapshot,
@@ -439,243 +489,347 @@ def plan(
     recovery: bool = False,
     links: LinkStore | None = None,
     carry: Callable[[str], bool] | None = None,
-) -> Plan:
+) -> UpgradePlan:
     """What the upgrade will do on this ESP (and in the persistent extension store ``links``), as ops in
     the order of the module's text (no write)."""
+    d = _draft(store, snap, cfg, new_uki, Role.RECOVERY if recovery else Role.ACTIVE, links)
+    _carry_extensions(d, added, stem, carry)
+    _name_new_set(d)
+    if _already_done(d):
+        return d.plan
+    _clear_read_only(d)
+    _remove_leftovers(d)  # step 0
+    _stage_new_set(d)  # what step 2 will write, and the space it needs
+    if d.role is Role.ACTIVE:
+        _swap_active_to_passive(d)  # steps 1 to 5
+    else:
+        _replace_recovery(d)
+    _commit_new_set(d)  # step 6
+    _collect_images(d)  # step 7
+    return d.plan
+
+
+def _draft(
+    store: EspStore, snap: Snapshot, cfg: BootAssessment, new_uki: Path, role: Role, links: LinkStore | None
+) -> _Draft:
+    """The sets as found: what the new set replaces (old active or recovery), the old passive that goes,
+    or (a re-run after step 4) the passive that is the old active moved already."""
     found = find_sets(store, snap, links)
-    layout, sets = found.layout, found.sets
     loaders = chain.boot_loaders(store, snap)
-    role = Role.RECOVERY if recovery else Role.ACTIVE
-    old = sets.get(role)
-    gone = sets.get(Role.PASSIVE) if not recovery else None
+    old = found.sets.get(role)
+    gone = found.sets.get(Role.PASSIVE) if role is Role.ACTIVE else None
     kept: RoleSet | None = None
-    if not recovery and old is None:
+    if role is Role.ACTIVE and old is None:
         if gone is None:
             raise NotApplicableError(
                 f"{store.root}: no active UKI entry in {TYPE1_DIR}/ or {TYPE2_DIR}/; upgrade replaces a running OS"
             )
         kept, gone = gone, None  # a re-run after step 4: passive is the old active, moved
-    if not recovery and old is not None and old.entry.state is entries_mod.EntryState.BAD:
+    if role is Role.ACTIVE and old is not None and old.entry.state is entries_mod.EntryState.BAD:
         raise NotApplicableError(
             f"{old.entry.path}: the active entry is bad (the node falls back to passive); upgrading would make "
             "an OS that never booted well the fallback",
             hint="bless the running entry, or remove the bad one, then upgrade",
         )
-    if layout is EntryKind.TYPE2:
+    if found.layout is EntryKind.TYPE2:
         folder = TYPE2_DIR
     else:
-        base = old or kept or next(iter(sets.values()), None)
+        base = old or kept or next(iter(found.sets.values()), None)
         folder = base.folder if base is not None else "EFI/Linux"
-    source_set: RoleSet | Staged | None = old if old is not None else kept
-    staged: Staged | None = None
-    if recovery and old is None:
-        # a cut after the old recovery went: its extensions are in the staging folders, or already in
-        # the role's own (renamed there before the cut); no recovery UKI exists, so neither is read yet
-        sd = _stage_dir(folder, role)
-        sd = sd if store.path(sd).is_dir() else f"{folder}/{role.value}.efi.extra.d"
-        ld = _store_dir(role.value)
-        ld = ld if links is not None and (links.root / ld).is_dir() else role.value
-        if store.path(sd).is_dir() or (links is not None and (links.root / ld).is_dir()):
-            staged = source_set = Staged(sd, _raws(store, sd), _links(links, ld))
-    exts_list, left = carried(store, source_set, added, stem, links=links, carry=carry)
-    exts = tuple(exts_list)
-    p = Plan(layout, role, new_uki, old, gone, kept, exts)
-    p.left_behind = tuple(left)
+    p = UpgradePlan(found.layout, role, new_uki, old, gone, kept, ())
+    return _Draft(store, links, cfg, found, loaders, folder, p)
+
+
+def _staged_recovery(d: _Draft) -> StagedRecovery | None:
+    """A cut after the old recovery went: its extensions are in the staging folders, or already in the
+    role's own (renamed there before the cut); no recovery UKI exists, so neither is read yet."""
+    store, links, role = d.store, d.links, d.role
+    sd = d.stage_new if store.path(d.stage_new).is_dir() else f"{d.folder}/{role.value}.efi.extra.d"
+    ld = _store_dir(role.value)
+    ld = ld if links is not None and (links.root / ld).is_dir() else role.value
+    if store.path(sd).is_dir() or (links is not None and (links.root / ld).is_dir()):
+        return StagedRecovery(sd, _raws(store, sd), _links(links, ld))
+    return None
+
+
+def _carry_extensions(
+    d: _Draft, added: list[tuple[str, Path]], stem: Callable[[str], str], carry: Callable[[str], bool] | None
+) -> None:
+    """The new set's extensions (:func:`carried`), and the store's ``common/`` the gate judges too."""
+    p, links = d.plan, d.links
+    source: RoleSet | StagedRecovery | None = p.old if p.old is not None else p.kept_passive
+    if d.role is Role.RECOVERY and p.old is None:
+        d.staged = _staged_recovery(d)
+        source = d.staged if d.staged is not None else source
+    exts, left = carried(d.store, source, added, stem, links=links, carry=carry)
+    p.extensions, p.left_behind = tuple(exts), tuple(left)
     if links is not None:
         p.common = tuple(
             Extension(lk.name, links.root / lk.image, False, lk.image, common=True)
             for lk in links.links(COMMON)
             if lk.image is not None
         )
-    tries = chain.tries_for(role, cfg)
-    suffix = ".efi" if layout is EntryKind.TYPE2 else ".conf"
-    if layout is EntryKind.TYPE2:
-        new_uki_rel = f"{TYPE2_DIR}/{counter_mod.format_name(role.value, '.efi', tries)}"
-        new_entry_rel = new_uki_rel
+
+
+def _name_new_set(d: _Draft) -> None:
+    """Where the new UKI and its entry go (a fresh counter; Type #2: the UKI is the entry)."""
+    p = d.plan
+    tries = chain.tries_for(d.role, d.cfg)
+    if d.layout is EntryKind.TYPE2:
+        p.new_uki_rel = p.new_entry_rel = f"{TYPE2_DIR}/{counter_mod.format_name(d.role.value, '.efi', tries)}"
     else:
-        new_uki_rel = f"{folder}/{role.value}.efi"
-        new_entry_rel = f"{TYPE1_DIR}/{counter_mod.format_name(role.value, suffix, tries)}"
-    p.new_uki_rel, p.new_entry_rel = new_uki_rel, new_entry_rel
-    if old is not None and same_bytes(store.path(old.uki), new_uki):
-        p.done = True
-        if links is not None:  # a crash after the commit: what is left to tidy is in the store
-            for r in Role:
-                p.ops += _store_remove(links, _store_dir(r.value), "left by an interrupted upgrade")
-            used = {i for i, fs in links.linked().items() if any(not f.startswith(STAGE_PREFIX) for f in fs)}
-            why = "no folder links to it any more (an interrupted upgrade)"
-            p.ops += [Op(OpKind.UNLINK, n, why=why, store=str(links.root)) for n in links.images() if n not in used]
-        return p
-    ops = p.ops
-    if layout is EntryKind.TYPE2 and old is not None and old.entry.read_only and role is Role.ACTIVE:
-        why = "it becomes passive: no systemd-boot renames a read-only file, so its tries would never run down"
-        ops.append(Op(OpKind.CLEAR_RO, old.entry.path, why=why, entry=old.entry))
-    # 0. leftovers of an interrupted upgrade
-    for r in Role:
-        if staged is None or r is not role:
-            ops += _remove_dir(store, _stage_dir(folder, r), "left by an interrupted upgrade")
-        for leftover in (_stage_uki(folder, r), _stage_entry(r)):
-            if store.path(leftover).is_file():
-                ops.append(Op(OpKind.UNLINK, leftover, why="left by an interrupted upgrade"))
+        p.new_uki_rel = f"{d.folder}/{d.role.value}.efi"
+        p.new_entry_rel = f"{TYPE1_DIR}/{counter_mod.format_name(d.role.value, '.conf', tries)}"
+
+
+def _already_done(d: _Draft) -> bool:
+    """The new UKI is the role's already: nothing to do but tidy what a crash after the commit left in
+    the store (staging folders, images no folder links to)."""
+    p, links = d.plan, d.links
+    if p.old is None or not same_bytes(d.store.path(p.old.uki), p.new_uki):
+        return False
+    p.done = True
     if links is not None:
         for r in Role:
-            if staged is None or r is not role:
-                ops += _store_remove(links, _store_dir(r.value), "left by an interrupted upgrade")
-    for e in found.dangling:
-        if e.role is role or (role is Role.ACTIVE and e.role is Role.PASSIVE and kept is None):
-            ops.append(Op(OpKind.UNLINK, e.path, why="its UKI is not on the ESP (an interrupted upgrade)"))
-    referenced = {s.uki for s in sets.values()}
-    new_dir = extra_dir(new_uki_rel)
-    stage_new = _stage_dir(folder, role)
-    stage_uki = _stage_uki(folder, role)
-    store_ops: list[Op] = []
+            d.add(_store_remove(links, _store_dir(r.value), "left by an interrupted upgrade"))
+        used = {i for i, fs in links.linked().items() if any(not f.startswith(STAGE_PREFIX) for f in fs)}
+        why = "no folder links to it any more (an interrupted upgrade)"
+        d.add(Op(OpKind.UNLINK, n, why=why, store=d.sroot) for n in links.images() if n not in used)
+    return True
+
+
+def _clear_read_only(d: _Draft) -> None:
+    """Type #2: the old active's UKI becomes passive by a rename that must run its tries down."""
+    old = d.plan.old
+    if d.layout is EntryKind.TYPE2 and old is not None and old.entry.read_only and d.role is Role.ACTIVE:
+        why = "it becomes passive: no systemd-boot renames a read-only file, so its tries would never run down"
+        d.add([Op(OpKind.CLEAR_RO, old.entry.path, why=why, entry=old.entry)])
+
+
+def _remove_leftovers(d: _Draft) -> None:
+    """Step 0: what an interrupted upgrade left (a staged recovery a re-run carries on stays)."""
+    store, links, role = d.store, d.links, d.role
+    for r in Role:
+        if d.staged is None or r is not role:
+            d.add(_remove_dir(store, _stage_dir(d.folder, r), "left by an interrupted upgrade"))
+        for leftover in (_stage_uki(d.folder, r), _stage_entry(r)):
+            if store.path(leftover).is_file():
+                d.add([Op(OpKind.UNLINK, leftover, why="left by an interrupted upgrade")])
     if links is not None:
-        store_ops, exts = _store_images(links, exts, p)
-        p.extensions = exts
-    new_files = [(x.name, str(x.source)) for x in exts if x.image is None]
-    new_links = [(x.name, x.image) for x in exts if x.image is not None]
+        for r in Role:
+            if d.staged is None or r is not role:
+                d.add(_store_remove(links, _store_dir(r.value), "left by an interrupted upgrade"))
+    for e in d.found.dangling:
+        if e.role is role or (role is Role.ACTIVE and e.role is Role.PASSIVE and d.plan.kept_passive is None):
+            d.add([Op(OpKind.UNLINK, e.path, why="its UKI is not on the ESP (an interrupted upgrade)")])
+
+
+def _stage_new_set(d: _Draft) -> None:
+    """The ops that stage the new set (run in step 2): the new images into the store and their staged
+    links; the new UKI and (Type #1) its entry under names nothing loads (the entry is staged with the
+    rest so that a re-run after the old recovery's entry went still has its text). And the space needed."""
+    p, links, role = d.plan, d.links, d.role
     if links is not None:
-        store_ops += _store_stage(links, role.value, new_links, f"the new {role.value}'s links")
-    sroot = str(links.root) if links is not None else ""
-    # the new UKI, and (Type #1) its entry, under names nothing loads: the entry is staged with the rest so
-    # that a re-run after the old recovery's entry went still has its text
-    stage_entry = _stage_entry(role)
-    uki_ops = [Op(OpKind.COPY, stage_uki, str(new_uki), why="the new UKI, under a name nothing loads")]
-    if layout is EntryKind.TYPE1:
-        template_set = old if old is not None else kept
-        template = store.read_text(template_set.entry.path) if template_set is not None else None
-        if template is None and store.path(stage_entry).is_file():
-            template = store.read_text(stage_entry)
+        d.store_ops, p.extensions = _store_images(links, p.extensions, p)
+        d.store_ops += _store_stage(links, role.value, d.new_links(), f"the new {role.value}'s links")
+    stage_uki = _stage_uki(d.folder, role)
+    d.uki_ops = [Op(OpKind.COPY, stage_uki, str(p.new_uki), why="the new UKI, under a name nothing loads")]
+    if d.layout is EntryKind.TYPE1:
+        stage_entry = _stage_entry(role)
+        template_set = p.old if p.old is not None else p.kept_passive
+        template = d.store.read_text(template_set.entry.path) if template_set is not None else None
+        if template is None and d.store.path(stage_entry).is_file():
+            template = d.store.read_text(stage_entry)
         line = chain.loader_line(template) if template is not None else None
-        key = _key_for(loaders, line.key if line else None, new_uki_rel, p.warnings, new_entry_rel)
-        t = _entry_text(template, role, new_uki_rel, key, role.value)
+        key = _key_for(d.loaders, line.key if line else None, p.new_uki_rel, p.warnings, p.new_entry_rel)
+        t = _entry_text(template, role, p.new_uki_rel, key, role.value)
         why = "the new entry, under a name systemd-boot does not read"
-        uki_ops.append(Op(OpKind.WRITE, stage_entry, text=t, why=why))
-    p.need_bytes = sum(_size(x.source) for x in exts if x.image is None) + _size(new_uki) + SPACE_MARGIN
-    if role is Role.ACTIVE:
-        pas_uki = (
-            f"{TYPE2_DIR}/{counter_mod.format_name('passive', '.efi', chain.tries_for(Role.PASSIVE, cfg))}"
-            if layout is EntryKind.TYPE2
-            else f"{folder}/passive.efi"
-        )
-        pas_dir = extra_dir(pas_uki)
-        pas_entry = f"{TYPE1_DIR}/{counter_mod.format_name('passive', '.conf', chain.tries_for(Role.PASSIVE, cfg))}"
-        # 1. the old passive set goes, its entry first
-        if gone is not None:
-            ops.append(Op(OpKind.UNLINK, gone.entry.path, why="the old passive goes"))
-            p.freed_bytes += _size(store.path(gone.entry.path))
-            if layout is EntryKind.TYPE1 and gone.uki not in {s.uki for s in sets.values() if s is not gone}:
-                ops.append(Op(OpKind.UNLINK, gone.uki, why="the old passive's UKI"))
-                p.freed_bytes += _size(store.path(gone.uki))
-            p.freed_bytes += sum(_size(store.path(f"{gone.extra_dir}/{n}")) for n in gone.extensions)
-            ops += _remove_dir(store, gone.extra_dir, "the old passive's extensions")
-        if old is not None:
-            if gone is None or gone.extra_dir != pas_dir:
-                ops += _remove_dir(store, pas_dir, "no passive loads it")
-            stray = layout is EntryKind.TYPE1 and (gone is None or gone.uki != pas_uki) and pas_uki not in referenced
-            if stray and store.path(pas_uki).is_file():
-                ops.append(Op(OpKind.UNLINK, pas_uki, why="no entry uses it"))
-            if links is not None:  # no passive entry is left: passive/ is unread
-                ops += _store_remove(links, Role.PASSIVE.value, "no passive entry: unread")
-            # 2. staging, under names nothing loads
-            if links is not None:
-                ops += _store_stage(
-                    links, Role.PASSIVE.value, list(old.links), "the old active's links, for it as passive"
-                )
-                ops += store_ops
-            pas_files = [(n, str(store.path(f"{old.extra_dir}/{n}"))) for n in old.extensions]
-            p.need_bytes += sum(_size(Path(s)) for _, s in pas_files)
-            stage_pas = _stage_dir(folder, Role.PASSIVE)
-            ops += _stage(store, stage_pas, pas_files, "the old active's extensions, for it as passive")
-            ops += _stage(store, stage_new, new_files, "the new active's extensions")
-            ops += uki_ops
-            # 3. the passive's folder
-            if links is not None and old.links:
-                ops.append(
-                    Op(
-                        OpKind.RENAME,
-                        Role.PASSIVE.value,
-                        _store_dir(Role.PASSIVE.value),
-                        why="no passive entry yet: unread",
-                        store=sroot,
-                    )
-                )
-            if pas_files:
-                ops.append(Op(OpKind.RENAME, pas_dir, stage_pas, why="no passive UKI yet: unread"))
-            # 4. the old active becomes passive
-            if layout is EntryKind.TYPE2:
-                why = "the old OS, with its extensions, is passive"
-                ops.append(Op(OpKind.RENAME, pas_uki, old.entry.path, why=why))
-            else:
-                text = store.read_text(old.entry.path)
-                line = chain.loader_line(text)
-                key = _key_for(loaders, line.key if line else None, pas_uki, p.warnings, pas_entry)
-                t = _entry_text(text, Role.PASSIVE, pas_uki, key, "passive")
-                ops.append(Op(OpKind.WRITE, pas_entry, text=t, why=f"names {pas_uki}, not there yet: not listed"))
-                ops.append(Op(OpKind.RENAME, pas_uki, old.uki, why="the old OS, with its extensions, is passive"))
-                if old.entry.path != pas_entry:
-                    ops.append(Op(OpKind.UNLINK, old.entry.path, why="its UKI is passive now"))
-            # 5. the old active's folder
-            ops += _remove_dir(store, old.extra_dir, "no active UKI: unread")
-            if links is not None:
-                ops += _store_remove(links, Role.ACTIVE.value, "no active entry: unread")
-        else:  # resume: the passive is in place
-            ops += _remove_dir(store, new_dir, "no active UKI: unread")
-            if links is not None:
-                ops += _store_remove(links, Role.ACTIVE.value, "no active entry: unread")
-                ops += store_ops
-            ops += _stage(store, stage_new, new_files, "the new active's extensions")
-            ops += uki_ops
-    else:  # recovery: stage first (carried copies come out of the old folder), then the old set goes
-        if staged is not None:  # resume: the staged set is complete; what it holds that goes is removed
-            keep = {x.name for x in exts}
-            sroot_ = str(links.root) if links is not None else ""
-            ops += [
-                Op(OpKind.UNLINK, f"{staged.extra_dir}/{n}", why="replaced") for n in staged.extensions if n not in keep
-            ]
-            ops += [
-                Op(OpKind.UNLINK, f"{_store_dir(role.value)}/{n}", why="replaced", store=sroot_)
-                for n, _ in staged.links
-                if n not in keep
-            ]
-            to_copy = [(n, src) for n, src in new_files if Path(src) != store.path(f"{stage_new}/{n}")]
-            if to_copy and not store.path(stage_new).is_dir():
-                ops.append(Op(OpKind.MKDIR, stage_new, why="the new recovery's extensions"))
-            if not new_files and store.path(stage_new).is_dir():
-                ops += _remove_dir(store, stage_new, "empty: nothing is carried")
-            ops += store_ops
-            ops += [Op(OpKind.COPY, f"{stage_new}/{n}", src, why="the new recovery's extensions") for n, src in to_copy]
-        else:
-            ops += store_ops
-            ops += _stage(store, stage_new, new_files, "the new recovery's extensions")
-        ops += uki_ops
-        if old is not None:
-            ops.append(Op(OpKind.UNLINK, old.entry.path, why="the old recovery goes"))
-            if layout is EntryKind.TYPE1 and old.uki not in {s.uki for s in sets.values() if s is not old}:
-                ops.append(Op(OpKind.UNLINK, old.uki, why="the old recovery's UKI"))
-            ops += _remove_dir(store, old.extra_dir, "the old recovery's extensions")
-        if old is None or old.extra_dir != new_dir:
-            ops += _remove_dir(store, new_dir, "no recovery loads it")
-        if links is not None:
-            ops += _store_remove(links, Role.RECOVERY.value, "no recovery entry: unread")
-    # 6. the new set: links, folder, UKI, (Type #1) entry: the commit
-    if new_links:
-        ops.append(
-            Op(OpKind.RENAME, role.value, _store_dir(role.value), why=f"no {role.value} entry yet: unread", store=sroot)
-        )
-    if new_files:
-        ops.append(Op(OpKind.RENAME, new_dir, stage_new, why=f"no {role.value} UKI yet: unread"))
-    if layout is EntryKind.TYPE2:
-        ops.append(Op(OpKind.RENAME, new_uki_rel, stage_uki, why=f"the new OS is {role.value}"))
+        d.uki_ops.append(Op(OpKind.WRITE, stage_entry, text=t, why=why))
+    p.need_bytes = sum(_bytes_or_zero(x.source) for x in p.extensions if x.image is None)
+    p.need_bytes += _bytes_or_zero(p.new_uki)
+
+
+@dataclass(frozen=True)
+class _PassiveNames:
+    """Where the old active goes as passive: its UKI, its extensions' folder and (Type #1) its entry."""
+
+    uki: str
+    extra_dir: str
+    entry: str
+
+
+def _passive_names(d: _Draft) -> _PassiveNames:
+    tries = chain.tries_for(Role.PASSIVE, d.cfg)
+    if d.layout is EntryKind.TYPE2:
+        uki = f"{TYPE2_DIR}/{counter_mod.format_name('passive', '.efi', tries)}"
     else:
-        ops.append(Op(OpKind.RENAME, new_uki_rel, stage_uki, why=f"no {role.value} entry yet: unread"))
-        ops.append(Op(OpKind.RENAME, new_entry_rel, stage_entry, why=f"the new OS is {role.value}"))
-    # 7. persistent store: the images no folder links to any more (the old passive's)
-    if links is not None:
-        ops += _store_collect(links, p)
-    return p
+        uki = f"{d.folder}/passive.efi"
+    return _PassiveNames(uki, extra_dir(uki), f"{TYPE1_DIR}/{counter_mod.format_name('passive', '.conf', tries)}")
 
 
-def _store_collect(links: LinkStore, p: Plan) -> list[Op]:
+def _swap_active_to_passive(d: _Draft) -> None:
+    """A/B, steps 1 to 5: the old passive goes, the old active becomes passive with a copy of its
+    extensions, and the new set is staged; a re-run after step 4 (the passive in place) stages only."""
+    pas = _passive_names(d)
+    _remove_old_passive(d, pas)
+    old = d.plan.old
+    if old is None:  # resume: the passive is in place
+        d.add(_remove_dir(d.store, extra_dir(d.plan.new_uki_rel), "no active UKI: unread"))
+        if d.links is not None:
+            d.add(_store_remove(d.links, Role.ACTIVE.value, "no active entry: unread"))
+        d.add(d.store_ops)
+        d.add(_stage(d.store, d.stage_new, d.new_files(), "the new active's extensions"))
+        d.add(d.uki_ops)
+        return
+    _clear_passive_place(d, pas, old)
+    pas_files = _stage_passive_and_new(d, old)
+    _place_passive_extensions(d, pas, old, pas_files)
+    _active_becomes_passive(d, pas, old)
+    # 5. the old active's folder
+    d.add(_remove_dir(d.store, old.extra_dir, "no active UKI: unread"))
+    if d.links is not None:
+        d.add(_store_remove(d.links, Role.ACTIVE.value, "no active entry: unread"))
+
+
+def _remove_old_passive(d: _Draft, pas: _PassiveNames) -> None:
+    """Step 1: the old passive set goes, its entry first (its space is then free for what follows)."""
+    gone, p, store = d.plan.gone, d.plan, d.store
+    if gone is None:
+        return
+    d.add([Op(OpKind.UNLINK, gone.entry.path, why="the old passive goes")])
+    p.freed_bytes += _bytes_or_zero(store.path(gone.entry.path))
+    if d.layout is EntryKind.TYPE1 and gone.uki not in {s.uki for s in d.found.sets.values() if s is not gone}:
+        d.add([Op(OpKind.UNLINK, gone.uki, why="the old passive's UKI")])
+        p.freed_bytes += _bytes_or_zero(store.path(gone.uki))
+    p.freed_bytes += sum(_bytes_or_zero(store.path(f"{gone.extra_dir}/{n}")) for n in gone.extensions)
+    d.add(_remove_dir(store, gone.extra_dir, "the old passive's extensions"))
+
+
+def _clear_passive_place(d: _Draft, pas: _PassiveNames, old: RoleSet) -> None:
+    """Step 1, the rest: a passive folder, UKI or store folder no passive entry uses goes too."""
+    gone, store = d.plan.gone, d.store
+    if gone is None or gone.extra_dir != pas.extra_dir:
+        d.add(_remove_dir(store, pas.extra_dir, "no passive loads it"))
+    referenced = {s.uki for s in d.found.sets.values()}
+    stray = d.layout is EntryKind.TYPE1 and (gone is None or gone.uki != pas.uki) and pas.uki not in referenced
+    if stray and store.path(pas.uki).is_file():
+        d.add([Op(OpKind.UNLINK, pas.uki, why="no entry uses it")])
+    if d.links is not None:  # no passive entry is left: passive/ is unread
+        d.add(_store_remove(d.links, Role.PASSIVE.value, "no passive entry: unread"))
+
+
+def _stage_passive_and_new(d: _Draft, old: RoleSet) -> list[tuple[str, str]]:
+    """Step 2: staging, under names nothing loads: a copy of the old active's extensions (and links)
+    for it as passive, the new set's, and the new UKI. Returns the passive's files."""
+    if d.links is not None:
+        why = "the old active's links, for it as passive"
+        d.add(_store_stage(d.links, Role.PASSIVE.value, list(old.links), why))
+        d.add(d.store_ops)
+    pas_files = [(n, str(d.store.path(f"{old.extra_dir}/{n}"))) for n in old.extensions]
+    d.plan.need_bytes += sum(_bytes_or_zero(Path(s)) for _, s in pas_files)
+    stage_pas = _stage_dir(d.folder, Role.PASSIVE)
+    d.add(_stage(d.store, stage_pas, pas_files, "the old active's extensions, for it as passive"))
+    d.add(_stage(d.store, d.stage_new, d.new_files(), "the new active's extensions"))
+    d.add(d.uki_ops)
+    return pas_files
+
+
+def _place_passive_extensions(d: _Draft, pas: _PassiveNames, old: RoleSet, pas_files: list[tuple[str, str]]) -> None:
+    """Step 3: the passive's folders are renamed into place (no passive UKI or entry yet: unread)."""
+    if d.links is not None and old.links:
+        why = "no passive entry yet: unread"
+        d.add([Op(OpKind.RENAME, Role.PASSIVE.value, _store_dir(Role.PASSIVE.value), why=why, store=d.sroot)])
+    if pas_files:
+        stage_pas = _stage_dir(d.folder, Role.PASSIVE)
+        d.add([Op(OpKind.RENAME, pas.extra_dir, stage_pas, why="no passive UKI yet: unread")])
+
+
+def _active_becomes_passive(d: _Draft, pas: _PassiveNames, old: RoleSet) -> None:
+    """Step 4: Type #2, one rename; Type #1, the passive entry (naming a UKI not there yet), the UKI's
+    rename, then the old active's entry goes."""
+    if d.layout is EntryKind.TYPE2:
+        why = "the old OS, with its extensions, is passive"
+        d.add([Op(OpKind.RENAME, pas.uki, old.entry.path, why=why)])
+        return
+    text = d.store.read_text(old.entry.path)
+    line = chain.loader_line(text)
+    key = _key_for(d.loaders, line.key if line else None, pas.uki, d.plan.warnings, pas.entry)
+    t = _entry_text(text, Role.PASSIVE, pas.uki, key, "passive")
+    d.add(
+        [
+            Op(OpKind.WRITE, pas.entry, text=t, why=f"names {pas.uki}, not there yet: not listed"),
+            Op(OpKind.RENAME, pas.uki, old.uki, why="the old OS, with its extensions, is passive"),
+        ]
+    )
+    if old.entry.path != pas.entry:
+        d.add([Op(OpKind.UNLINK, old.entry.path, why="its UKI is passive now")])
+
+
+def _replace_recovery(d: _Draft) -> None:
+    """``--recovery``: stage first (carried copies come out of the old folder), then the old set goes."""
+    if d.staged is not None:
+        _restage_recovery(d, d.staged)
+    else:
+        d.add(d.store_ops)
+        d.add(_stage(d.store, d.stage_new, d.new_files(), "the new recovery's extensions"))
+    d.add(d.uki_ops)
+    old, store = d.plan.old, d.store
+    new_dir = extra_dir(d.plan.new_uki_rel)
+    if old is not None:
+        d.add([Op(OpKind.UNLINK, old.entry.path, why="the old recovery goes")])
+        if d.layout is EntryKind.TYPE1 and old.uki not in {s.uki for s in d.found.sets.values() if s is not old}:
+            d.add([Op(OpKind.UNLINK, old.uki, why="the old recovery's UKI")])
+        d.add(_remove_dir(store, old.extra_dir, "the old recovery's extensions"))
+    if old is None or old.extra_dir != new_dir:
+        d.add(_remove_dir(store, new_dir, "no recovery loads it"))
+    if d.links is not None:
+        d.add(_store_remove(d.links, Role.RECOVERY.value, "no recovery entry: unread"))
+
+
+def _restage_recovery(d: _Draft, staged: StagedRecovery) -> None:
+    """A re-run: the staged set is complete; what it holds that goes is removed, what is new copied."""
+    keep = {x.name for x in d.plan.extensions}
+    stage_new, store = d.stage_new, d.store
+    new_files = d.new_files()
+    d.add(Op(OpKind.UNLINK, f"{staged.extra_dir}/{n}", why="replaced") for n in staged.extensions if n not in keep)
+    d.add(
+        Op(OpKind.UNLINK, f"{_store_dir(d.role.value)}/{n}", why="replaced", store=d.sroot)
+        for n, _ in staged.links
+        if n not in keep
+    )
+    to_copy = [(n, src) for n, src in new_files if Path(src) != store.path(f"{stage_new}/{n}")]
+    if to_copy and not store.path(stage_new).is_dir():
+        d.add([Op(OpKind.MKDIR, stage_new, why="the new recovery's extensions")])
+    if not new_files and store.path(stage_new).is_dir():
+        d.add(_remove_dir(store, stage_new, "empty: nothing is carried"))
+    d.add(d.store_ops)
+    d.add(Op(OpKind.COPY, f"{stage_new}/{n}", src, why="the new recovery's extensions") for n, src in to_copy)
+
+
+def _commit_new_set(d: _Draft) -> None:
+    """Step 6: the new set's links, folder, UKI and (Type #1) entry; the last rename is the commit."""
+    p, role = d.plan, d.role.value
+    if d.new_links():
+        d.add([Op(OpKind.RENAME, role, _store_dir(role), why=f"no {role} entry yet: unread", store=d.sroot)])
+    if d.new_files():
+        d.add([Op(OpKind.RENAME, extra_dir(p.new_uki_rel), d.stage_new, why=f"no {role} UKI yet: unread")])
+    stage_uki = _stage_uki(d.folder, d.role)
+    if d.layout is EntryKind.TYPE2:
+        d.add([Op(OpKind.RENAME, p.new_uki_rel, stage_uki, why=f"the new OS is {role}")])
+        return
+    d.add(
+        [
+            Op(OpKind.RENAME, p.new_uki_rel, stage_uki, why=f"no {role} entry yet: unread"),
+            Op(OpKind.RENAME, p.new_entry_rel, _stage_entry(d.role), why=f"the new OS is {role}"),
+        ]
+    )
+
+
+def _collect_images(d: _Draft) -> None:
+    """Step 7, persistent store: the images no folder links to any more (the old passive's)."""
+    if d.links is None:
+        return
+    p, links = d.plan, d.links
     moved = {Role.ACTIVE.value, Role.PASSIVE.value} if p.role is Role.ACTIVE else {p.role.value}
     used = {x.image for x in p.extensions if x.image is not None}
     for image, folders in links.linked().items():
@@ -685,7 +839,7 @@ def _store_collect(links: LinkStore, p: Plan) -> list[Op]:
     if p.role is Role.ACTIVE and kept is not None:
         used |= {image for _, image in kept.links}
     why = "no folder links to it any more"
-    return [Op(OpKind.UNLINK, n, why=why, store=str(links.root)) for n in links.images() if n not in used]
+    d.add(Op(OpKind.UNLINK, n, why=why, store=str(links.root)) for n in links.images() if n not in used)
 
 
 # --- the gate: what needs no sysext/ ------------------------------------------------------------
@@ -738,11 +892,11 @@ def _fields(osrel: dict[str, str]) -> str:
     return ", ".join(shown) or "none of IMAGE_ID, ID, IMAGE_VERSION, VERSION, VERSION_ID, BUILD_ID"
 
 
-def order_check(store: EspStore, snap: Snapshot, p: Plan, new_osrel: bytes) -> OrderCheck:
-    """Type #2: the model's menu order after the transaction must be the role order (each UKI's ``.osrel``
-    decides it, and bootkeeper cannot rewrite it). Type #1 entries get the role sort keys: always fine."""
-    if p.layout is not EntryKind.TYPE2:
-        return OrderCheck(True, (), ())
+def _type2_after(
+    store: EspStore, snap: Snapshot, p: UpgradePlan, new_osrel: bytes
+) -> tuple[list[Entry], dict[str, dict[str, str]]]:
+    """The Type #2 entries the transaction leaves (the new UKI and the old active under its passive
+    name included), and each one's ``.osrel`` fields by file name."""
     moved = {p.old.entry.path} if p.old is not None else set()
     if p.gone is not None:
         moved.add(p.gone.entry.path)
@@ -761,6 +915,15 @@ def order_check(store: EspStore, snap: Snapshot, p: Plan, new_osrel: bytes) -> O
         if e.file_name not in osrels:
             raw = pe.read_osrel(store.path(e.path))
             osrels[e.file_name] = entries_mod.parse_osrel((raw or b"").decode("utf-8", "replace"))
+    return after, osrels
+
+
+def order_check(store: EspStore, snap: Snapshot, p: UpgradePlan, new_osrel: bytes) -> OrderCheck:
+    """Type #2: the model's menu order after the transaction must be the role order (each UKI's ``.osrel``
+    decides it, and bootkeeper cannot rewrite it). Type #1 entries get the role sort keys: always fine."""
+    if p.layout is not EntryKind.TYPE2:
+        return OrderCheck(True, (), ())
+    after, osrels = _type2_after(store, snap, p, new_osrel)
     ranked = [e for e in entries_mod.type2_role_order(after, snap.sdboot) if e.listed]
     order = tuple(e.role.value for e in ranked if e.role is not None)
     reasons = [
@@ -777,93 +940,83 @@ def order_check(store: EspStore, snap: Snapshot, p: Plan, new_osrel: bytes) -> O
 # --- applying ---------------------------------------------------------------------------------
 
 
-def _copy(store: EspStore, src: Path, rel: str, digest: str | None) -> None:
+def _put(folder: FolderStore, src: Path, rel: str, digest: str | None) -> None:
     """Copy ``src`` to ``rel`` crash-safely; with ``digest`` (the bytes the gate judged) the copy is
     compared before it gets its name: a source swapped or rewritten after the gate never lands."""
-    dest = store.path(rel)
+    if isinstance(folder, LinkStore):
+        folder.put(src, rel, digest)
+        return
     sfd = fsutil.open_input(src)
     try:
-        size = os.fstat(sfd).st_size
-        with fsutil.temp_file(dest, store.step) as (fd, tmp):
-            fsutil.copy_into(sfd, fd, size)
-            if digest is not None and fsutil.sha256_fd(fd) != digest:
-                raise RefusedError(
-                    f"{src}: changed after the gate judged it; not copied to {rel}; run bootkeeper upgrade again "
-                    "(the ESP boots the old OS meanwhile)"
-                )
-            fsutil.commit(fd, tmp, dest, store.step)
+        changed = (
+            f"{src}: changed after the gate judged it; not copied to {rel}; run bootkeeper upgrade again "
+            "(the ESP boots the old OS meanwhile)"
+        )
+        put_checked(folder, sfd, [folder.path(rel)], _judged, digest=digest, changed=changed)
     finally:
         os.close(sfd)
 
 
-def _run(store: EspStore, op: Op, digests: Mapping[str, str], links: LinkStore | None) -> None:
-    if op.store:
-        assert links is not None
-        _run_store(links, op, digests)
-    elif op.kind is OpKind.UNLINK:
-        store.unlink(op.path)
-    elif op.kind is OpKind.RMDIR:
-        store.rmdir(op.path)
-    elif op.kind is OpKind.MKDIR:
-        store.makedirs(op.path)
-    elif op.kind is OpKind.COPY:
-        assert op.src is not None
-        _copy(store, Path(op.src), op.path, digests.get(op.src))
-    elif op.kind is OpKind.RENAME:
-        assert op.src is not None
-        store.rename(op.src, op.path)
-    elif op.kind is OpKind.CLEAR_RO:
-        assert op.entry is not None
-        chain.clear_read_only(store, op.entry)
-    else:
-        assert op.text is not None
-        store.write_atomic(op.path, op.text.encode())
+def _judged(_: Path) -> None:
+    """No check on the copy beyond its digest: the gate judged the source before the transaction."""
 
 
-def _run_store(links: LinkStore, op: Op, digests: Mapping[str, str]) -> None:
+def _run(folder: FolderStore, op: Op, digests: Mapping[str, str]) -> None:
+    """One op, on the ESP or in the persistent store (``op.store``): both are a :class:`FolderStore`
+    with the same steps; linking is the store's own, the FAT read-only attribute the ESP's."""
+    src = op.src or ""
     if op.kind is OpKind.UNLINK:
-        links.unlink(op.path)
+        folder.unlink(op.path)
     elif op.kind is OpKind.RMDIR:
-        links.rmdir(op.path)
+        folder.rmdir(op.path)
+    elif op.kind is OpKind.MKDIR:
+        folder.makedirs(op.path)
     elif op.kind is OpKind.COPY:
-        assert op.src is not None
-        links.put(Path(op.src), op.path, digests.get(op.src))
-    elif op.kind is OpKind.LINK:
-        assert op.src is not None
-        folder, _, name = op.path.rpartition("/")
-        links.link(folder, name, op.src)
+        _put(folder, Path(src), op.path, digests.get(src))
     elif op.kind is OpKind.RENAME:
-        assert op.src is not None
-        links.rename(op.src, op.path)
+        folder.rename(src, op.path)
+    elif op.kind is OpKind.WRITE:
+        folder.write_atomic(op.path, (op.text or "").encode())
+    elif op.kind is OpKind.LINK and isinstance(folder, LinkStore):
+        dirname, _, name = op.path.rpartition("/")
+        folder.link(dirname, name, src)
+    elif op.kind is OpKind.CLEAR_RO and isinstance(folder, EspStore) and op.entry is not None:
+        chain.clear_read_only(folder, op.entry)
     else:
-        raise AssertionError(f"no store step {op.kind}")
+        raise AssertionError(f"no step {op.kind} in {folder.root}")
 
 
-def check_space(store: EspStore, p: Plan, links: LinkStore | None = None) -> None:
-    free = store.free_bytes()
-    if free + p.freed_bytes < p.need_bytes:
-        raise WriteError(
-            f"{store.root}: not enough room for the upgrade: it needs {p.need_bytes} bytes with a 1 MiB margin, "
-            f"{free} are free and the old passive frees {p.freed_bytes}; nothing was changed"
-        )
+def check_space(store: EspStore, p: UpgradePlan, links: LinkStore | None = None) -> None:
+    """One space check for the whole transaction, before the first write (see the module's text)."""
+    require_room(
+        store,
+        p.need_bytes,
+        lambda need, free: (
+            f"{store.root}: not enough room for the upgrade: it needs {need} bytes with a 1 MiB "
+            f"margin, {free} are free and the old passive frees {p.freed_bytes}; nothing was changed"
+        ),
+        freed=p.freed_bytes,
+    )
     if links is not None and p.store_need_bytes:
-        free = links.free_bytes()
-        if free < p.store_need_bytes + SPACE_MARGIN:
-            raise WriteError(
-                f"{links.root}: not enough room for the new extensions: they need {p.store_need_bytes + SPACE_MARGIN} "
-                f"bytes with a 1 MiB margin, {free} are free; nothing was changed"
-            )
+        require_room(
+            links,
+            p.store_need_bytes,
+            lambda need, free: (
+                f"{links.root}: not enough room for the new extensions: they need {need} bytes "
+                f"with a 1 MiB margin, {free} are free; nothing was changed"
+            ),
+        )
 
 
 def apply(
     store: EspStore,
-    make_plan: Callable[[Snapshot], Plan],
-    gated: Plan,
+    make_plan: Callable[[Snapshot], UpgradePlan],
+    gated: UpgradePlan,
     *,
     sdboot_version: SdBoot | int | str | None = None,
     digests: Mapping[str, str] | None = None,
     links: LinkStore | None = None,
-) -> Plan:
+) -> UpgradePlan:
     """Under the lock: plan again, refuse if the ESP changed since ``gated`` was judged, check the space
     once, then run the ops in order. ``digests``: source path -> sha256 of the bytes the gate judged."""
     with store.transaction(), links.transaction() if links is not None else contextlib.nullcontext():
@@ -874,5 +1027,5 @@ def apply(
             return p
         check_space(store, p, links)
         for op in p.ops:
-            _run(store, op, digests or {}, links)
+            _run(links if op.store and links is not None else store, op, digests or {})
     return p

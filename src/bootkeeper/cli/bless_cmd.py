@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -14,6 +13,7 @@ from bootkeeper.cli.common import (
     esp_option,
     find_esp,
     json_option,
+    load_config,
     print_json,
     root_option,
 )
@@ -51,54 +51,38 @@ def bless(
     """
     efivars = efivars_dir(efivars, root)
     from bootkeeper.assess import bless as bless_mod
-    from bootkeeper.errors import BootkeeperError, NotApplicableError
-    from bootkeeper.esp.efivars import read_string
+    from bootkeeper.errors import NotApplicableError
     from bootkeeper.esp.store import EspStore
+    from bootkeeper.node import bless as joined
 
-    source = "--entry"
-    value = entry
-    if value is None:
-        source = "LoaderBootCountPath"
-        value = read_string(efivars, "LoaderBootCountPath") if efivars.is_dir() else None
+    counted = joined.counted_path(efivars, entry)
     esp_root = find_esp(esp)
-    if value is None:
-        if action == "status":
-            if as_json:
-                print_json({"state": "clean", "booted": None})
-            else:
-                echo("clean")
-            return
-        # bless on a node without boot counting: still a run that puts /efi back to ro where fstab says
-        # so; a failure to do that is said, and the answer stays this one
-        try:
-            EspStore(esp_root).restore_read_only()
-        except BootkeeperError as exc:
-            click.echo(f"bootkeeper: warning: {exc}", err=True)
+    if counted is None and action == "status":
+        _say({"state": "clean", "booted": None}, "clean", as_json)
+        return
+    if counted is None:
+        problem = joined.restore_uncounted(esp_root)
+        if problem is not None:
+            click.echo(f"bootkeeper: warning: {problem}", err=True)
         raise NotApplicableError(
             "not booted with boot counting in effect (LoaderBootCountPath is not set)",
             hint="pass --entry PATH to name the entry",
         )
-    booted = bless_mod.parse_entry_path(value, source)
+    booted = bless_mod.parse_entry_path(*counted)
     store = EspStore(esp_root)
     if action == "status":
         state = bless_mod.status(store, booted)
-        if as_json:
-            print_json({"state": state, "booted": booted.path})
-        else:
-            echo(state)
+        _say({"state": state, "booted": booted.path}, state, as_json)
         return
-    from bootkeeper.cli.common import load_config
-
     cfg = load_config(config_files, root).boot_assessment
-    result = bless_mod.bless(store, booted, bless_mod.Verdict(action), cfg)
-    _record_verdict(root, boot_id, "withheld" if result.withheld else action, result.handback)
+    result, problem = joined.bless_recorded(store, booted, bless_mod.Verdict(action), cfg, root, boot_id)
+    if problem is not None:
+        echo(f"warning: {problem}", err=True)
     if as_json:
         print_json(result.as_json())
         return
-    for a in result.actions:
+    for a in [*result.actions, *([result.note] if result.note else [])]:
         echo(a)
-    if result.note:
-        echo(result.note)
     # the last line says what happened (it is what bootkeeper-bless.service leaves in the journal)
     if result.withheld:
         echo(f"{booted.path}: not marked {action}; left as it is")
@@ -108,23 +92,8 @@ def bless(
         echo(result.handback.text)
 
 
-def _record_verdict(root: Path, boot_id: str | None, verdict: str, handback: Any = None) -> None:
-    """The verdict, and a statereset boot's hand-back, go into the boot history (where ``history record``
-    keeps one: a node with bootkeeper-boot.service); failing to write it never fails the bless."""
-    import time
-
-    from bootkeeper.assess import history
-    from bootkeeper.cli.history_cmd import current_boot_id
-    from bootkeeper.errors import WriteError
-
-    if not (root / history.HISTORY).parent.is_dir():
-        return
-    bid, now = current_boot_id(boot_id), time.time()
-    try:
-        history.append(root, history.verdict_record(bid, now, verdict))
-        if handback is not None:
-            from bootkeeper.assess import handback as handback_mod
-
-            history.append(root, handback_mod.record(bid, now, handback))
-    except WriteError as exc:
-        echo(f"warning: {exc}", err=True)
+def _say(doc: dict[str, str | None], text: str, as_json: bool) -> None:
+    if as_json:
+        print_json(doc)
+    else:
+        echo(text)

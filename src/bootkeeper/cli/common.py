@@ -6,16 +6,30 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import click
 
-from bootkeeper.errors import EspError
+from bootkeeper.node.store import find_esp as find_esp
 from bootkeeper.shown import echo
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from bootkeeper.config import Config
 
-ESP_CANDIDATES = (Path("/efi"), Path("/boot/efi"), Path("/boot"))
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def say(line: str) -> None:
+    """A line for the operator on stderr: what the node layer hands back as it goes (warnings, notes)."""
+    echo(line, err=True)
+
+
+def refused_exit() -> NoReturn:
+    """Exit 1 after a verdict that was shown in full (an image failed validation, findings): the one
+    way a verb says "refused" when the reasons are its output, not an error line."""
+    from bootkeeper.errors import ExitCode
+
+    raise SystemExit(int(ExitCode.REFUSED))
 
 
 def esp_option(f: F) -> F:
@@ -32,19 +46,24 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(f)
 
 
+def efivars_opt(help: str, readable: bool = False) -> Callable[[F], F]:
+    """``--efivars DIR``: the one declaration of the option; ``help`` says what the verb reads there."""
+    # readable=False: an unreadable folder is the verb's one-line error
+    return click.option("--efivars", type=click.Path(path_type=Path, readable=readable), default=None, help=help)
+
+
 def efivars_option(f: F) -> F:
-    return click.option(
-        "--efivars",
-        type=click.Path(path_type=Path, readable=False),  # an unreadable folder is the verb's one-line error
-        default=None,
-        help="Where the EFI variables are (efivarfs, or a folder laid out like it; default: "
-        "ROOT/sys/firmware/efi/efivars, ROOT being --root where the verb has it, else /).",
+    return efivars_opt(
+        "Where the EFI variables are (efivarfs, or a folder laid out like it; default: "
+        "ROOT/sys/firmware/efi/efivars, ROOT being --root where the verb has it, else /)."
     )(f)
 
 
 def efivars_dir(efivars: Path | None, root: Path = Path("/")) -> Path:
     """``--efivars``, else the efivarfs under ``--root`` (every verb: a test root never reads the host's)."""
-    return efivars if efivars is not None else root / "sys/firmware/efi/efivars"
+    from bootkeeper.esp.efivars import under
+
+    return efivars if efivars is not None else under(root)
 
 
 def version_option(f: F) -> F:
@@ -81,16 +100,7 @@ def config_option(f: F) -> F:
     )(f)
 
 
-def find_esp(esp: Path | None) -> Path:
-    if esp is not None:
-        return esp
-    for c in ESP_CANDIDATES:
-        if (c / "loader").is_dir() or (c / "EFI").is_dir():
-            return c
-    raise EspError("no ESP found at /efi, /boot/efi or /boot; pass --esp DIR")
-
-
-def _output() -> dict[str, Any]:
+def _output() -> dict[str, object]:
     """What ``main`` read of systemd's output conventions (``--json=MODE``, ``--no-legend``)."""
     ctx = click.get_current_context(silent=True)
     obj = ctx.find_root().obj if ctx is not None else None
@@ -115,7 +125,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str |
 
     cells = [[("" if c is None else shown_line(c)) for c in r] for r in rows]
     title = shown_line(title) if title is not None else None
-    legend = _output().get("legend", True)  # --no-legend: the rows alone, as systemctl prints them
+    legend = _output().get("legend", True) is not False  # --no-legend: the rows alone, as systemctl prints them
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.markup import escape
@@ -150,15 +160,10 @@ def root_option(f: F) -> F:
 
 
 def root_efivars_option(f: F) -> F:
-    return click.option(
-        "--efivars",
-        type=click.Path(path_type=Path, readable=False),  # an unreadable folder is the verb's one-line error
-        default=None,
-        help="efivarfs with db/dbx (default: ROOT/sys/firmware/efi/efivars).",
-    )(f)
+    return efivars_opt("efivarfs with db/dbx (default: ROOT/sys/firmware/efi/efivars).")(f)
 
 
-def load_config(files: tuple[Path, ...], root: Path) -> Any:
+def load_config(files: tuple[Path, ...], root: Path) -> Config:
     """The merged config (``--config`` files, else ROOT/oem/*.yaml); its warnings go to stderr.
     ``root`` has no default: every verb that reads the config takes ``--root``, so a test root never
     reads the host's /oem."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,22 +18,15 @@ from bootkeeper.cli.common import (
     root_option,
     version_option,
 )
+from bootkeeper.node.history import current_boot_id
 from bootkeeper.shown import echo
 
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+if TYPE_CHECKING:
+    from bootkeeper.assess.history import RoleOs, Upgrade
 
 
 def boot_id_option(f: click.decorators.FC) -> click.decorators.FC:
     return click.option("--boot-id", default=None, help="This boot's id (default: /proc/sys/kernel/random/boot_id).")(f)
-
-
-def current_boot_id(given: str | None) -> str:
-    if given:
-        return given
-    try:
-        return BOOT_ID.read_text().strip()
-    except OSError:
-        return f"unknown-{int(time.time())}"
 
 
 @click.group()
@@ -114,11 +107,11 @@ def _no_verdict(not_good: list[str]) -> str:
     return "not good: " + "; ".join(not_good) if not_good else "none (boot-complete not reached)"
 
 
-def upgrade_line(u: Any) -> str:
+def upgrade_line(u: Upgrade) -> str:
     """``2026-12-01 15:20:00 upgrade of active: 1 → 2; extensions a.raw → a.raw, b.raw``."""
     from bootkeeper.assess.history import os_version
 
-    def names(side: Any) -> str:
+    def names(side: RoleOs) -> str:
         more = f" and {side.left_off} more" if side.left_off else ""
         return (", ".join(x.name for x in side.extensions) or "none") + more
 

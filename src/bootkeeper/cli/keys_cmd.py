@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -31,23 +30,9 @@ def keys() -> None:
 @click.option("--days", type=click.IntRange(1, 36500), default=3650, show_default=True)
 def generate(key_path: Path, cert_path: Path, cn: str, days: int) -> None:
     """Make an RSA-2048 key and a self-signed certificate (the key written with umask 077)."""
-    from cryptography.hazmat.primitives import serialization
+    from bootkeeper.node.trust import generate_pair
 
-    from bootkeeper.sysext.signature import self_signed
-
-    key, cert = self_signed("rsa", cn, days)
-    old = os.umask(0o077)
-    try:
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(
-                key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-                )
-            )
-    finally:
-        os.umask(old)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    generate_pair(key_path, cert_path, cn, days)
     echo(f"key {key_path} (mode 0600), certificate {cert_path}")
 
 

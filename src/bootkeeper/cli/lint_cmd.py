@@ -19,7 +19,6 @@ from bootkeeper.cli.common import (
     print_json,
     version_option,
 )
-from bootkeeper.esp.efivars import loader_info as efivars_loader_info
 from bootkeeper.shown import echo
 
 
@@ -54,41 +53,20 @@ def lint(
     Exit status 1 when there is an error finding, 0 with warnings only.
     """
     efivars = efivars_dir(efivars, root or Path("/"))
-    from bootkeeper.assess import lint as lint_mod
-    from bootkeeper.errors import UnreadableError
-    from bootkeeper.findings import Finding, Severity
+    from bootkeeper.findings import Severity
+    from bootkeeper.node import lint as joined
 
-    findings: list[Finding] = []
     if not files and esp is None:
         if root is None:
             root = Path("/")
             esp = find_esp(None)
         files = tuple(sorted((root / "oem").glob("*.yaml")))
-    for path in files:
-        name = "<stdin>" if str(path) == "-" else str(path)  # '-': a cloud-config on standard input
-        try:
-            raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
-            text = raw.decode("utf-8")
-        except OSError as exc:
-            raise UnreadableError(f"{name}: cannot read ({exc.strerror})") from exc
-        except UnicodeDecodeError as exc:
-            findings.append(Finding("BK100", Severity.ERROR, name, None, f"not UTF-8 ({exc.reason})", "save as UTF-8"))
-            continue
-        findings += lint_mod.lint_text(text, name)
+    findings = [f for path in files for f in joined.lint_bytes(_read(path), _name(path))]
     cfg = load_config(config_files, root or Path("/")) if esp is not None or root is not None else None
     if esp is not None and cfg is not None:
-        from bootkeeper.assess.status import stale_temporaries
-        from bootkeeper.esp.efivars import LoaderVars
-        from bootkeeper.esp.store import EspStore
-
-        snap = EspStore(esp).snapshot(sdboot_version, loader_info=efivars_loader_info(efivars))
-        entry_default = LoaderVars.read(efivars).entry_default
-        findings += lint_mod.lint_esp(snap, str(esp), cfg.boot_assessment, entry_default, stale_temporaries(esp))
+        findings += joined.lint_esp(cfg, esp, efivars, sdboot_version)
     if root is not None and cfg is not None:
-        from bootkeeper.sysext import conf as sysextconf
-        from bootkeeper.systemd_version import resolve
-
-        findings += sysextconf.lint_node(root, cfg.sysext, resolve(root, cfg.sysext.systemd_version))
+        findings += joined.lint_root(cfg, root)
     errors = sum(f.severity is Severity.ERROR for f in findings)
     if as_json:
         print_json({"findings": [f.as_json() for f in findings], "errors": errors})
@@ -98,3 +76,16 @@ def lint(
         echo(f"{len(findings)} finding(s), {errors} error(s)")
     if errors:
         raise SystemExit(1)
+
+
+def _name(path: Path) -> str:
+    return "<stdin>" if str(path) == "-" else str(path)  # '-': a cloud-config on standard input
+
+
+def _read(path: Path) -> bytes:
+    from bootkeeper.errors import UnreadableError
+
+    try:
+        return sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as exc:
+        raise UnreadableError(f"{_name(path)}: cannot read ({exc.strerror})") from exc

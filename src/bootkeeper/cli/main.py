@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 
@@ -84,7 +84,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
         logging.basicConfig(level=logging.DEBUG, format="%(message)s")
 
 
-def main(argv: list[str] | None = None) -> Any:
+def main(argv: list[str] | None = None) -> object:
     """The one boundary: every failure leaves as one line on stderr (``bootkeeper: error: …``, perhaps
     a ``hint:`` line) and the code :data:`bootkeeper.errors.EXIT_CODES` gives its class."""
     args = list(argv if argv is not None else sys.argv[1:])
@@ -131,14 +131,14 @@ def main(argv: list[str] | None = None) -> Any:
 JSON_MODES = ("pretty", "short", "off")
 
 
-def conventions(args: list[str]) -> tuple[list[str], dict[str, Any]]:
+def conventions(args: list[str]) -> tuple[list[str], dict[str, str | bool]]:
     """systemd's output options, accepted by every verb: ``--json=pretty|short|off`` (``--json`` alone
     is ``pretty``; a verb without ``--json`` still refuses it), ``--no-legend`` (tables without their
     header) and ``--no-pager`` (bootkeeper never pages: accepted so that scripts written for
     systemd's tools run). Read here, before click, because click cannot give ``--json`` an optional
     value without taking the next argument (an image's name) as that value."""
     out: list[str] = []
-    seen: dict[str, Any] = {}
+    seen: dict[str, str | bool] = {}
     for i, a in enumerate(args):
         if a == "--":
             out.extend(args[i:])

@@ -1,7 +1,7 @@
-"""``bootkeeper metrics``: the status (cli/status_cmd.py's two halves) as Prometheus text for
+"""``bootkeeper metrics``: the status (node/status.py's two halves) as Prometheus text for
 node_exporter's textfile collector, written crash-safe (a temporary file in the same folder, then a
 rename: the collector never reads half a file); or the alert rules the package ships (``--rules``).
-The families are cli/metrics.py's."""
+The families and their text format are node/metrics.py's."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def metrics(
     folder (--textfile-dir) or a file (-o). Every label is a closed vocabulary or a stable name."""
     import time
 
-    from bootkeeper.cli import metrics as m
     from bootkeeper.errors import UsageError
+    from bootkeeper.node import metrics as m
 
     if rules:
         if textfile_dir or output or as_json:
@@ -61,8 +61,9 @@ def metrics(
         return
     if textfile_dir is not None and output is not None:
         raise UsageError("--textfile-dir and -o both name where to write: give one")
-    from bootkeeper.cli.status_cmd import _store_dir, gather, handback_budget
+    from bootkeeper.cli.status_cmd import handback_budget, store_dir
     from bootkeeper.errors import InputError
+    from bootkeeper.node.status import gather
 
     now = time.time()
     tpm = m.tpm_state(root, now)
@@ -75,7 +76,7 @@ def metrics(
             find_esp(esp),
             efivars_dir(efivars, root),
             sdboot_version,
-            store_dir=_store_dir(config_files, root),
+            store_dir=store_dir(config_files, root),
             read_services=None,  # no metric needs the services' states: no systemctl call
             handbacks=handback_budget(config_files, root),
         )
@@ -86,31 +87,13 @@ def metrics(
         # in place looking current
         failure = exc
         families = m.build_unread(tpm, now)
+    dest = textfile_dir / m.TEXTFILE if textfile_dir is not None else output
     if as_json:
         print_json(m.as_dict(families))
-        if failure is not None:
-            raise failure
-        return
-    text = m.exposition(families)
-    dest = textfile_dir / m.TEXTFILE if textfile_dir is not None else output
-    if dest is None:
-        click.echo(text.decode(), nl=False)
-        if failure is not None:
-            raise failure
-        return
-    _write(dest, text)
-    click.echo(f"wrote {dest}")
+    elif dest is None:
+        click.echo(m.exposition(families).decode(), nl=False)
+    else:
+        m.write_textfile(dest, m.exposition(families))
+        click.echo(f"wrote {dest}")
     if failure is not None:
         raise failure
-
-
-def _write(dest: Path, data: bytes) -> None:
-    from bootkeeper import fsutil
-    from bootkeeper.errors import WriteError
-
-    if not dest.parent.is_dir():
-        raise WriteError(f"{dest.parent}: no such folder (the textfile collector's folder must exist)")
-    try:
-        fsutil.write_atomic(dest, data)
-    except OSError as exc:
-        raise WriteError(f"{dest}: cannot write ({exc.strerror or exc})") from exc

@@ -19,17 +19,7 @@ from bootkeeper.shown import echo
 def motd(esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path) -> None:
     """Write the status to ROOT/run/motd.d/bootkeeper (shown at login)."""
     efivars = efivars_dir(efivars, root)
-    from bootkeeper import fsutil
-    from bootkeeper.assess.status import MOTD
-    from bootkeeper.cli.status_cmd import gather
-    from bootkeeper.errors import WriteError
+    from bootkeeper.cli.render import status_lines
+    from bootkeeper.node.status import gather, write_motd
 
-    shown = gather(root, find_esp(esp), efivars, sdboot_version)
-    text = "bootkeeper\n" + "".join(f"  {ln}\n" for ln in shown.lines())
-    p = root / MOTD
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fsutil.write_atomic(p, text.encode())
-    except OSError as exc:
-        raise WriteError(f"{p}: cannot write ({exc.strerror})") from exc
-    echo(f"wrote {p}")
+    echo(f"wrote {write_motd(root, status_lines(gather(root, find_esp(esp), efivars, sdboot_version)))}")

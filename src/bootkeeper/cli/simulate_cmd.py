@@ -1,11 +1,8 @@
-"""``bootkeeper simulate``: boots with injected faults, on a copy of an ESP or a scratch one."""
+"""``bootkeeper simulate``: boots with injected faults (node/simulate.py), on a copy of an ESP or a scratch one."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -15,20 +12,9 @@ from bootkeeper.cli.common import (
     load_config,
     print_json,
     root_option,
-    table,
     version_option,
 )
 from bootkeeper.shown import echo
-
-
-def print_timeline(records: list[Any]) -> None:
-    table(
-        ["boot", "entry chosen", "renamed to", "outcome", "verdict", "then", "bless actions"],
-        [
-            [r.n, r.entry, r.renamed_to or "-", r.outcome.value, r.verdict, r.after, "; ".join(r.actions) or "-"]
-            for r in records
-        ],
-    )
 
 
 @click.command()
@@ -73,45 +59,22 @@ def simulate(
 ) -> None:
     """Run BOOTS boots and print what systemd-boot chose, renamed, and how each boot was judged."""
     from bootkeeper.assess.simulate import parse_fault
-    from bootkeeper.assess.simulate import simulate as run_sim
     from bootkeeper.config import RebootOnFailure
-    from bootkeeper.esp import scratch
-    from bootkeeper.esp.store import EspStore
+    from bootkeeper.node import simulate as sim
 
     faults = [parse_fault(f) for f in fails]
     cfg = load_config(config_files, root).boot_assessment
-    if reboot_on_failure is None:
-        policies = [s.reboot_on_failure.value for s in cfg.services] or ["active"]
-        reboot_on_failure = max(policies, key=["never", "active", "always"].index)
-    warning = None
-    if reboot_on_failure == "always":
-        warning = (
-            "lint BK103: FailureAction=reboot on every entry: a service that fails everywhere reboots "
-            "passive and recovery too (boot loop); use reboot_on_failure: active"
-        )
+    policy = sim.reboot_policy(cfg, reboot_on_failure)
+    warning = sim.BOOT_LOOP if policy is RebootOnFailure.ALWAYS else None
+    if warning:
         echo(f"warning: {warning}", err=True)
-    with tempfile.TemporaryDirectory(prefix="bootkeeper-sim-") as tmp:
-        work = Path(tmp) / "esp"
-        if esp is not None:
-            shutil.copytree(esp, work, symlinks=False)
-        else:
-            scratch.make(work, tries=cfg.tries, recovery_tries=cfg.recovery_tries, default=default)
-        records = run_sim(
-            EspStore(work),
-            cfg,
-            faults,
-            boots,
-            reboot_on_failure=RebootOnFailure(reboot_on_failure),
-            sdboot_version=sdboot_version,
-        )
-        # Type #1 entries and Type #2 UKIs (EFI/Linux/*.efi), each with the name the boot left it
-        final = sorted(
-            str(p.relative_to(work))
-            for d, pattern in (("loader/entries", "*.conf"), ("EFI/Linux", "*.efi"))
-            for p in (work / d).glob(pattern)
-        )
+    done = sim.run(esp, cfg, faults, boots, policy, default=default, sdboot_version=sdboot_version)
     if as_json:
-        print_json({"boots": [r.as_json() for r in records], "entries_after": final, "warning": warning})
+        print_json(
+            {"boots": [r.as_json() for r in done.boots], "entries_after": list(done.entries_after), "warning": warning}
+        )
         return
-    print_timeline(records)
-    echo("entries after: " + " ".join(Path(f).name for f in final))
+    from bootkeeper.cli.render import print_timeline
+
+    print_timeline(done.boots)
+    echo("entries after: " + " ".join(Path(f).name for f in done.entries_after))

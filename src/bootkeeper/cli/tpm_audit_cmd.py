@@ -4,25 +4,11 @@ would break (measure/luks.py holds the rules)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
-from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json
+from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json, refused_exit
 from bootkeeper.shown import echo
-
-
-def esp_ukis(esp: Path | None) -> list[Any]:
-    """Every entry on the ESP that boots a UKI, with the profile it boots."""
-    from bootkeeper.esp import extra
-    from bootkeeper.esp.store import EspStore
-    from bootkeeper.measure.luks import EntryUki
-
-    store = EspStore(find_esp(esp))
-    return [
-        EntryUki(t.entry, t.role.value if t.role is not None else None, store.path(t.uki), t.uki, t.profile)
-        for t in extra.targets(store.snapshot(), store)
-    ]
 
 
 @click.command()
@@ -32,11 +18,13 @@ def esp_ukis(esp: Path | None) -> list[Any]:
 def audit(device: Path, esp: Path | None, as_json: bool) -> None:
     """Read DEVICE's LUKS2 TPM2 tokens and say what an upgrade would break: PCR 11 or 13 bound by value,
     no signed policy, a key no UKI on the ESP is signed for. Exit 0 when nothing would, 1 otherwise."""
+    from bootkeeper.esp.store import EspStore
     from bootkeeper.measure import luks
+    from bootkeeper.node.tpm import esp_ukis
 
     what = str(device)
     tokens = luks.parse_metadata(luks.dump_metadata(device), what)
-    ukis = esp_ukis(esp) if any(t.signed for t in tokens) else []
+    ukis = esp_ukis(EspStore(find_esp(esp))) if any(t.signed for t in tokens) else []
     findings, checked = luks.audit(tokens, ukis)
     bad = [f for f in findings if f.level is luks.Level.FINDING]
     if as_json:
@@ -65,4 +53,4 @@ def audit(device: Path, esp: Path | None, as_json: bool) -> None:
         for f in findings:
             echo(f"{f.level.value}: token {f.token}: {f.message}")
     if bad:
-        raise SystemExit(1)
+        refused_exit()

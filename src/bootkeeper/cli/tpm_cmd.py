@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
-from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json, table
+from bootkeeper.cli.common import F, esp_option, find_esp, json_option, print_json, table
 from bootkeeper.cli.main import LazyGroup
 from bootkeeper.shown import echo
+
+if TYPE_CHECKING:
+    from bootkeeper.measure.banks import Bank
 
 # verb -> "module:attribute", imported when it runs (the group stays cheap to list)
 TPM_VERBS = {
@@ -30,7 +33,7 @@ def tpm() -> None:
     """What the TPM sees of each boot entry and its extensions, and the policy that unlocks disks."""
 
 
-def bank_option(f: Any) -> Any:
+def bank_option(f: F) -> F:
     return click.option(
         "--bank",
         "banks",
@@ -40,7 +43,7 @@ def bank_option(f: Any) -> Any:
     )(f)
 
 
-def _banks(names: tuple[str, ...], default: tuple[str, ...] = ("sha256",)) -> tuple[Any, ...]:
+def _banks(names: tuple[str, ...], default: tuple[str, ...] = ("sha256",)) -> tuple[Bank, ...]:
     from bootkeeper.measure.banks import bank
 
     return tuple(bank(n) for n in dict.fromkeys(names or default))
@@ -95,33 +98,6 @@ def predict(
             echo(f"note: {note}")
 
 
-def _load_private_key(path: Path) -> Any:
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    from bootkeeper.errors import MalformedError
-    from bootkeeper.fsutil import read_input
-    from bootkeeper.measure.untrusted import policy_key
-
-    data = read_input(path, "the private key")
-    try:
-        key = load_pem_private_key(data, password=None)
-    except UnsupportedAlgorithm:
-        raise MalformedError(f"{path}: a private key of a type OpenSSL does not know; expected RSA or EC") from None
-    except (ValueError, TypeError) as exc:
-        raise MalformedError(f"{path}: not an unencrypted PEM private key") from exc
-    policy_key(key.public_key(), str(path))
-    return key
-
-
-def load_public_key(path: Path) -> Any:
-    """A PEM public key, or the key of a PEM certificate; RSA or EC."""
-    from bootkeeper.fsutil import read_input
-    from bootkeeper.measure.untrusted import load_public_key as load
-
-    return load(read_input(path, "the public key"), str(path), certificate=True)
-
-
 @click.command(name="sign-policy")
 @esp_option
 @click.option("--entry", help="The entry (role or name) whose UKI to sign for.")
@@ -163,8 +139,9 @@ def sign_policy(
     import json
 
     from bootkeeper import fsutil
-    from bootkeeper.errors import MalformedError, UsageError
-    from bootkeeper.measure import policy, uki
+    from bootkeeper.errors import UsageError
+    from bootkeeper.measure import policy
+    from bootkeeper.node import tpm as node
 
     if (entry is None) == (uki_path is None):
         raise UsageError("give one of --entry ROLE or --uki FILE")
@@ -176,46 +153,19 @@ def sign_policy(
     # systemd-measure's default: every bank it knows (parse_argv(), v257.9), as ukify signs without --pcr-banks
     chosen = _banks(banks, ("sha1", "sha256", "sha384", "sha512"))
     if uki_path is not None:
-        from bootkeeper.errors import UnreadableError
-
-        if not uki_path.is_file():
-            raise UnreadableError(f"{uki_path}: not a readable file")
-        sections = uki.sections_of(uki_path, str(uki_path))
-        events = uki.section_events(sections, chosen)
-        handover = {b.name: _replay(events, b) for b in chosen}
+        handover = node.uki_handover(uki_path, chosen)
     else:
-        from bootkeeper.errors import NotApplicableError
         from bootkeeper.esp.store import EspStore
-        from bootkeeper.measure import predict as predict_mod
 
-        store = EspStore(find_esp(esp))
-        found = predict_mod.predict(store, chosen, False, (entry or "",))
-        if not found:
-            raise NotApplicableError(f"{store.root}: no boot entry {entry} runs a UKI")
-        if len(found) > 1:
-            raise UsageError(f"{entry}: {len(found)} entries match ({', '.join(p.entry for p in found)}); name one")
-        handover = {b: v[11] for b, v in found[0].pcrs().items()}
+        handover = node.entry_handover(EspStore(find_esp(esp)), entry or "", chosen)
     items = policy.to_sign(handover, chosen, policy.phase_paths(phases))
     if print_digests:
         text = json.dumps([i.to_json() for i in items], indent=2) + "\n"
+    elif key_path is not None:
+        text = policy.dump_pcrsig(policy.as_object(policy.sign(items, node.private_key(key_path))))
     else:
-        if key_path is not None:
-            signed = policy.sign(items, _load_private_key(key_path))
-        else:
-            assert sigs_path is not None and pub_path is not None
-            from bootkeeper.measure.untrusted import load_json
-
-            kind = "a JSON list of base64 signatures"
-            raw = load_json(fsutil.read_input(sigs_path, "the signatures"), str(sigs_path), 1 << 20, kind)
-            try:
-                import base64
-
-                if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
-                    raise ValueError("not a list of strings")
-                sigs = [base64.b64decode(s, validate=True) for s in raw]
-            except ValueError as exc:
-                raise MalformedError(f"{sigs_path}: not {kind}: {exc}") from exc
-            signed = policy.join(items, sigs, load_public_key(pub_path))
+        assert sigs_path is not None and pub_path is not None
+        signed = policy.join(items, node.signatures(sigs_path), node.public_key(pub_path))
         text = policy.dump_pcrsig(policy.as_object(signed))
     if output is None:
         click.echo(text.rstrip("\n"))  # JSON, or the .pcrsig bootkeeper wrote: many lines of its own
@@ -223,10 +173,4 @@ def sign_policy(
         fsutil.write_atomic(output, text.encode())
 
 
-def _replay(events: list[Any], b: Any) -> bytes:
-    from bootkeeper.measure.events import replay
-
-    return replay(events, b, 11)
-
-
-__all__ = ["load_public_key", "predict", "sign_policy", "tpm"]
+__all__ = ["predict", "sign_policy", "tpm"]

@@ -15,7 +15,6 @@ from enum import StrEnum
 
 INT_MAX = 2**31 - 1
 UINT64_MAX = 2**64 - 1
-SUFFIXES = (".conf", ".efi")
 
 
 class EntryState(StrEnum):

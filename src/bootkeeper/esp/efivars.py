@@ -23,12 +23,17 @@ from pathlib import Path
 from bootkeeper.errors import InputError, MalformedError, UnreadableError, WriteError
 
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
-EFIVARFS = Path("/sys/firmware/efi/efivars")
+EFIVARFS = Path("/sys/firmware/efi/efivars")  # the one spelling; a --root holds it under itself (under())
 NON_VOLATILE, BOOTSERVICE_ACCESS, RUNTIME_ACCESS = 0x1, 0x2, 0x4
 VOLATILE_ATTRS = BOOTSERVICE_ACCESS | RUNTIME_ACCESS  # what systemd-boot's own exports carry
 # What bootctl writes for LoaderEntryOneShot/LoaderEntryDefault: a volatile one is gone at the reboot
 PERSISTENT_ATTRS = NON_VOLATILE | BOOTSERVICE_ACCESS | RUNTIME_ACCESS
 FS_IMMUTABLE_FL = 0x10
+
+
+def under(root: Path) -> Path:
+    """efivarfs under ``root``: every verb reads it there, so a test root never reads the host's."""
+    return root / EFIVARFS.relative_to("/")
 
 
 def var_path(efivars: Path, name: str) -> Path:

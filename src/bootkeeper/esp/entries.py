@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cmp_to_key
-from typing import Any
+from typing import TypeVar
 
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import sdboot as sdboot_mod
@@ -248,6 +248,91 @@ _SINGLE_KEYS = ("title", "version", "sort-key", "machine-id", "linux", "uki", "e
 _KNOWN_KEYS = {*_SINGLE_KEYS, "initrd", "options", "uki-url", "profile", "extra"}
 
 
+@dataclass
+class _Type1Lines:
+    """What the lines of a ``.conf`` set, gathered in file order (src/boot/boot.c boot_entry_load_type1())."""
+
+    problems: list[str] = field(default_factory=list)
+    values: dict[str, str] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+    options: list[str] = field(default_factory=list)
+    initrd: list[str] = field(default_factory=list)
+    loader_type: LoaderType = LoaderType.UNDEFINED
+    loader: str | None = None
+    profile: int = 0
+
+
+def _read_type1_lines(text: str, sd: SdBoot, arch: str) -> _Type1Lines:
+    f = _Type1Lines()
+    for item in split_lines(text, " \t"):
+        if isinstance(item, Junk):
+            f.problems.append(f"line {item.lineno}: no value after '{item.text[:40]}' (ignored)")
+            continue
+        assert isinstance(item, KeyValue)
+        key = item.key
+        if key not in _KNOWN_KEYS or (key == "extra" and not sd.has_extra_key):
+            f.problems.append(f"line {item.lineno}: unknown key '{key[:40]}' (ignored by systemd-boot {sd})")
+            continue
+        if key in _SINGLE_KEYS and key in f.seen:
+            f.problems.append(f"line {item.lineno}: duplicate key '{key}' (line {f.seen[key]} is overridden)")
+        f.seen.setdefault(key, item.lineno)
+        if not _take_type1_line(f, item, sd, arch):
+            break
+    return f
+
+
+def _take_type1_line(f: _Type1Lines, item: KeyValue, sd: SdBoot, arch: str) -> bool:
+    """One known key's line into ``f``; False when systemd-boot stops reading the file there."""
+    key, value = item.key, item.value
+    if key == "options":
+        f.options.append(value)
+    elif key == "initrd":
+        f.initrd.append(value)
+    elif key in ("linux", "efi", "uki"):
+        return _take_loader_line(f, item, sd)
+    elif key == "profile":
+        # 1e9c9773b9 (v259): parse_number8(), the whole value, at most UINT_MAX; the id is unchanged
+        if sd.at_least("259") and value.isascii() and value.isdigit() and int(value) <= 0xFFFFFFFF:
+            f.profile = int(value)
+    elif key == "architecture":
+        if value.lower() != arch:
+            f.loader_type = LoaderType.IGNORE
+            return False
+    else:
+        f.values[key] = value
+    return True
+
+
+def _take_loader_line(f: _Type1Lines, item: KeyValue, sd: SdBoot) -> bool:
+    key = item.key
+    kind = LoaderType(key)
+    if key == "uki" and not sd.knows_uki_key:
+        f.problems.append(f"line {item.lineno}: 'uki' is unknown to systemd-boot {sd} (ignored)")
+        return True
+    if f.loader_type not in (LoaderType.UNDEFINED, kind):
+        f.loader_type = LoaderType.BAD
+        f.problems.append(f"line {item.lineno}: '{key}' mixed with another loader line")
+        return False
+    f.loader_type = kind
+    f.loader = item.value
+    return True
+
+
+def _type1_unlisted(
+    loader_type: LoaderType, loader: str | None, loader_exists: bool | Callable[[str], bool] | None, arch: str
+) -> str | None:
+    """Why systemd-boot leaves the entry out of its menu, or None when it lists it."""
+    if loader_type in (LoaderType.UNDEFINED, LoaderType.BAD, LoaderType.IGNORE):
+        return {
+            LoaderType.UNDEFINED: "no linux, uki or efi line",
+            LoaderType.BAD: "more than one kind of loader line",
+            LoaderType.IGNORE: f"architecture is not {arch}",
+        }[loader_type]
+    if loader is not None and (loader_exists(loader) if callable(loader_exists) else loader_exists) is False:
+        return f"its loader {loader} is not on the ESP"
+    return None
+
+
 def parse_type1(
     file_name: str,
     text: str,
@@ -264,61 +349,9 @@ def parse_type1(
     None for "not checked".
     """
     sd = sdboot_mod.of(sdboot_version)
-    problems: list[str] = []
-    values: dict[str, str] = {}
-    seen: dict[str, int] = {}
-    options: list[str] = []
-    initrd: list[str] = []
-    loader_type = LoaderType.UNDEFINED
-    loader: str | None = None
-    profile = 0
-    for item in split_lines(text, " \t"):
-        if isinstance(item, Junk):
-            problems.append(f"line {item.lineno}: no value after '{item.text[:40]}' (ignored)")
-            continue
-        assert isinstance(item, KeyValue)
-        key, value = item.key, item.value
-        if key not in _KNOWN_KEYS or (key == "extra" and not sd.has_extra_key):
-            problems.append(f"line {item.lineno}: unknown key '{key[:40]}' (ignored by systemd-boot {sd})")
-            continue
-        if key in _SINGLE_KEYS and key in seen:
-            problems.append(f"line {item.lineno}: duplicate key '{key}' (line {seen[key]} is overridden)")
-        seen.setdefault(key, item.lineno)
-        if key == "options":
-            options.append(value)
-        elif key == "initrd":
-            initrd.append(value)
-        elif key in ("linux", "efi", "uki"):
-            kind = LoaderType(key)
-            if key == "uki" and not sd.knows_uki_key:
-                problems.append(f"line {item.lineno}: 'uki' is unknown to systemd-boot {sd} (ignored)")
-                continue
-            if loader_type not in (LoaderType.UNDEFINED, kind):
-                loader_type = LoaderType.BAD
-                problems.append(f"line {item.lineno}: '{key}' mixed with another loader line")
-                break
-            loader_type = kind
-            loader = value
-        elif key == "profile":
-            # 1e9c9773b9 (v259): parse_number8(), the whole value, at most UINT_MAX; the id is unchanged
-            if sd.at_least("259") and value.isascii() and value.isdigit() and int(value) <= 0xFFFFFFFF:
-                profile = int(value)
-        elif key == "architecture":
-            if value.lower() != arch:
-                loader_type = LoaderType.IGNORE
-                break
-        else:
-            values[key] = value
-    listed, why = True, None
-    if loader_type in (LoaderType.UNDEFINED, LoaderType.BAD, LoaderType.IGNORE):
-        listed = False
-        why = {
-            LoaderType.UNDEFINED: "no linux, uki or efi line",
-            LoaderType.BAD: "more than one kind of loader line",
-            LoaderType.IGNORE: f"architecture is not {arch}",
-        }[loader_type]
-    elif loader is not None and (loader_exists(loader) if callable(loader_exists) else loader_exists) is False:
-        listed, why = False, f"its loader {loader} is not on the ESP"
+    f = _read_type1_lines(text, sd, arch)
+    loader_type, loader, problems, values = f.loader_type, f.loader, f.problems, f.values
+    why = _type1_unlisted(loader_type, loader, loader_exists, arch)
     if loader_type is LoaderType.EFI and counter_mod.parse(file_name, ".conf").counted and not sd.counts_efi_key:
         problems.append(f"uses the 'efi' key: systemd-boot {sd} never counts its boots down")
     return Entry(
@@ -331,13 +364,13 @@ def parse_type1(
         sort_key=values.get("sort-key"),
         machine_id=values.get("machine-id"),
         loader=loader,
-        options=" ".join(options) if options else None,
-        initrd=tuple(initrd),
-        listed=listed,
+        options=" ".join(f.options) if f.options else None,
+        initrd=tuple(f.initrd),
+        listed=why is None,
         why_unlisted=why,
         problems=tuple(problems),
         read_only=read_only,
-        profile=profile,
+        profile=f.profile,
     )
 
 
@@ -421,8 +454,10 @@ def parse_type2(
 # ---------------------------------------------------------------------------------------------
 # Ordering
 
+_Ordered = TypeVar("_Ordered", str, int)  # bool is an int
 
-def _cmp(a: Any, b: Any) -> int:
+
+def _cmp(a: _Ordered, b: _Ordered) -> int:
     return int(a > b) - int(a < b)
 
 
@@ -444,17 +479,57 @@ def _strcmp_ptr(a: str | None, b: str | None) -> int:
     return _cmp(a, b)
 
 
+def _skip_invalid(s: str, i: int) -> int:
+    while s[i] != "\0" and not _valid_version_char(s[i]):
+        i += 1
+    return i
+
+
+def _run_of(s: str, i: int, pred: Callable[[str], bool]) -> int:
+    while pred(s[i]):
+        i += 1
+    return i
+
+
+def _compare_separators(sa: str, i: int, sb: str, j: int) -> tuple[int, int, int]:
+    """The '-', '^' and '.' steps of the loop, in that order: the side without the separator sorts first."""
+    for ch in "-^.":
+        if sa[i] == ch or sb[j] == ch:
+            r = _cmp(sa[i] != ch, sb[j] != ch)
+            if r:
+                return r, i, j
+            i += 1
+            j += 1
+    return 0, i, j
+
+
+def _compare_digits(sa: str, i: int, sb: str, j: int) -> tuple[int, int, int]:
+    """A numeric segment: leading zeros skipped, then the longer number is the larger, then digit by digit."""
+    i = _run_of(sa, i, lambda c: c == "0")
+    j = _run_of(sb, j, lambda c: c == "0")
+    ii, jj = _run_of(sa, i, _is_digit), _run_of(sb, j, _is_digit)
+    return _cmp(ii - i, jj - j) or _cmp(sa[i:ii], sb[j:jj]), ii, jj
+
+
+def _compare_letters(sa: str, i: int, sb: str, j: int) -> tuple[int, int, int]:
+    """An alphabetical segment: the common length compared, then the longer segment is the larger."""
+    ii, jj = _run_of(sa, i, _is_alpha), _run_of(sb, j, _is_alpha)
+    n = min(ii - i, jj - j)
+    return _cmp(sa[i : i + n], sb[j : j + n]) or _cmp(ii - i, jj - j), ii, jj
+
+
 def strverscmp_improved(a: str | None, b: str | None) -> int:
-    """systemd's version comparison (rpmvercmp-like), with '~' '-' '^' '.' handled specially."""
+    """systemd's version comparison (rpmvercmp-like), with '~' '-' '^' '.' handled specially.
+
+    A port of ``strverscmp_improved()`` in src/fundamental/string-util-fundamental.c, its loop body
+    split as the C's comments are: skip invalid characters, '~', the end, '-' '^' '.', then a numeric
+    or an alphabetical segment."""
     if not a or not b:
         return _strcmp_ptr(a, b)
     sa, sb = a + "\0", b + "\0"
     i = j = 0
     while True:
-        while sa[i] != "\0" and not _valid_version_char(sa[i]):
-            i += 1
-        while sb[j] != "\0" and not _valid_version_char(sb[j]):
-            j += 1
+        i, j = _skip_invalid(sa, i), _skip_invalid(sb, j)
         if sa[i] == "~" or sb[j] == "~":
             r = _cmp(sa[i] != "~", sb[j] != "~")
             if r:
@@ -463,43 +538,13 @@ def strverscmp_improved(a: str | None, b: str | None) -> int:
             j += 1
         if sa[i] == "\0" or sb[j] == "\0":
             return _cmp(sa[i], sb[j])
-        for ch in "-^.":
-            if sa[i] == ch or sb[j] == ch:
-                r = _cmp(sa[i] != ch, sb[j] != ch)
-                if r:
-                    return r
-                i += 1
-                j += 1
-        if _is_digit(sa[i]) or _is_digit(sb[j]):
-            while sa[i] == "0":
-                i += 1
-            while sb[j] == "0":
-                j += 1
-            ii, jj = i, j
-            while _is_digit(sa[ii]):
-                ii += 1
-            while _is_digit(sb[jj]):
-                jj += 1
-            r = _cmp(ii - i, jj - j)
-            if r:
-                return r
-            r = _cmp(sa[i:ii], sb[j:jj])
-            if r:
-                return r
-        else:
-            ii, jj = i, j
-            while _is_alpha(sa[ii]):
-                ii += 1
-            while _is_alpha(sb[jj]):
-                jj += 1
-            n = min(ii - i, jj - j)
-            r = _cmp(sa[i : i + n], sb[j : j + n])
-            if r:
-                return r
-            r = _cmp(ii - i, jj - j)
-            if r:
-                return r
-        i, j = ii, jj
+        r, i, j = _compare_separators(sa, i, sb, j)
+        if r:
+            return r
+        segment = _compare_digits if _is_digit(sa[i]) or _is_digit(sb[j]) else _compare_letters
+        r, i, j = segment(sa, i, sb, j)
+        if r:
+            return r
 
 
 def _tries(e: Entry) -> tuple[int, int]:

@@ -18,8 +18,8 @@ a temporary name nothing loads, fsync, rename, fsync the folder; temporaries a k
 by the next write). A role's folder is replaced by staging ``.bootkeeper-upgrade-<role>.d`` and renaming it
 into place while no entry of that role can boot (assess/upgrade.py orders those steps).
 
-This module lives in ``esp/`` beside the ESP store because a role's *set* spans both (DESIGN.md): the
-upgrade moves a role's UKI and its links in one ordered transaction.
+This module lives in ``esp/`` beside the ESP store because a role's *set* spans both (docs/design.md,
+"An upgrade is a transaction"): the upgrade moves a role's UKI and its links in one ordered transaction.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from pathlib import Path
 
 from bootkeeper import fsutil
 from bootkeeper.errors import UnreadableError, WriteError
+from bootkeeper.esp.checked import put_checked
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.store import FolderStore
 
-DEFAULT_DIR = "/var/lib/bootkeeper/extensions"
 COMMON = "common"
 FOLDERS = (*(r.value for r in Role), COMMON)
 COS_DIR = "run/cos"  # Kairos's immucore writes <role>_mode here
@@ -58,6 +58,10 @@ class Link:
 
 def target_of(image: str) -> str:
     return f"../{image}"
+
+
+def _accept(_: Path) -> None:
+    """No check beyond the digest: the image was judged before it was put."""
 
 
 def _plain(name: str) -> bool:
@@ -174,19 +178,14 @@ class LinkStore(FolderStore):
     def put(self, src: Path, image: str, digest: str | None = None) -> None:
         """Copy ``src`` to the image ``image``, crash-safely; with ``digest`` (the bytes that were
         judged) the copy is compared before it gets its name."""
-        from bootkeeper.fsutil import copy_into
-
         dest = self.root / image
         sfd = fsutil.open_input(src)  # the source's fault is not a failed write
-        with self.naming(dest, "cannot write"):
-            try:
-                with fsutil.temp_file(dest, self.step) as (fd, tmp):
-                    copy_into(sfd, fd, os.fstat(sfd).st_size)
-                    if digest is not None and fsutil.sha256_fd(fd) != digest:
-                        raise WriteError(f"{src}: changed after it was judged; not copied to {dest}")
-                    fsutil.commit(fd, tmp, dest, self.step)
-            finally:
-                os.close(sfd)
+        try:
+            with self.naming(dest, "cannot write"):
+                changed = f"{src}: changed after it was judged; not copied to {dest}"
+                put_checked(self, sfd, [dest], _accept, digest=digest, changed=changed)
+        finally:
+            os.close(sfd)
 
     def link(self, folder: str, name: str, image: str) -> None:
         """``folder/name`` -> ``../image``: a temporary link renamed over it, the folder synced."""

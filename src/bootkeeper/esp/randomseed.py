@@ -1,6 +1,7 @@
 """The boot loader's random seed (``loader/random-seed``), refreshed by the real ``bootctl random-seed``
 inside bootkeeper's ESP lock and read-write remount: ``systemd-boot-random-seed.service``'s job, on an
-ESP mounted read-only at /efi (seed 002: that unit fails on such an ESP, and nobody notices).
+ESP mounted read-only at /efi, where that unit fails and nobody notices (docs/upgrades.md, "random-seed:
+the boot loader's seed on a read-only ESP").
 
 bootkeeper does not write the seed itself: bootctl does (systemd's ``src/bootctl/bootctl-random-seed.c``,
 ``install_random_seed()``, read at systemd/systemd 052d4514): the old seed is hashed together with 32

@@ -7,7 +7,8 @@ from the full version, not from the major number alone.
 
 Each behaviour says where it is known from: *booted* (a real boot under QEMU+OVMF in
 tests/test_vm_bootcount.py, on 252.39-1~deb12u2, 257.13-1~deb13u1 and 262.1-1) or *source* (a
-commit of systemd, src/boot/boot.c unless said otherwise); README's per-version table lists them.
+commit of systemd, src/boot/boot.c unless said otherwise); docs/design.md, "The boot loader model,
+per systemd version", lists them.
 Two 258 features change nothing the model predicts, so they have no property here: the
 ``LoaderEntrySysFail`` variable (004e3e4082) is checked before the one-shot, but
 ``sysfail_process()`` runs after the entry is chosen (258 to 262); ``reboot-on-error`` (0bdf94e588,

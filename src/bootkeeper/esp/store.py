@@ -23,7 +23,6 @@ import errno
 import fcntl
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from bootkeeper import fsutil
 from bootkeeper.errors import BootkeeperError, BusyError, EspError, InputError, UnreadableError, UsageError, WriteError
 from bootkeeper.esp import entries as entries_mod
 from bootkeeper.esp import loader as loader_mod
-from bootkeeper.esp import pe
+from bootkeeper.esp import pe, stephook
 from bootkeeper.esp import sdboot as sdboot_mod
 from bootkeeper.esp.entries import TYPE1_DIR, TYPE2_DIR, Entry, same_entry
 from bootkeeper.fsutil import TMP_PREFIX, TMP_SUFFIX, is_temporary
@@ -297,7 +296,6 @@ def _has_flags(root: Path, mount_ro: bool, super_ro: bool | None) -> bool:
     return now.mount_ro == mount_ro and (super_ro is None or now.super_ro == super_ro)
 
 
-TEST_PAUSE_ENV = "BOOTKEEPER_TEST_STEP_PAUSE"
 LOCK_TIMEOUT_ENV = "BOOTKEEPER_LOCK_TIMEOUT"
 LOCK_TIMEOUT = 10.0
 
@@ -317,40 +315,11 @@ def lock_timeout_from_env() -> float:
     return seconds
 
 
-def _pause_hook() -> Callable[[str], None] | None:
-    """A test hook for cutting the power in the middle of a write (tests/test_node.py): with
-    ``BOOTKEEPER_TEST_STEP_PAUSE=SECONDS`` every step that changes the ESP is announced on stderr
-    and then waits that long, so a test can kill the machine between two steps."""
-    raw = os.environ.get(TEST_PAUSE_ENV)
-    if not raw:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= 3600:
-        sys.stderr.write(f"bootkeeper: ignoring {TEST_PAUSE_ENV}={raw!r} (expected seconds, 0 to 3600)\n")
-        return None
-
-    def pause(step: str) -> None:
-        sys.stderr.write(f"bootkeeper: test pause before {step} ({seconds:g} s)\n")
-        sys.stderr.flush()
-        time.sleep(seconds)
-
-    return pause
-
-
 def _subdirs(d: Path) -> list[Path]:
     try:
         return sorted(x for x in d.iterdir() if x.is_dir() and not x.is_symlink())
     except OSError:
         return []
-
-
-def _warn(line: str) -> None:
-    from bootkeeper.shown import shown_line
-
-    sys.stderr.write(f"bootkeeper: {shown_line(line)}\n")  # it may quote a path from the ESP
 
 
 class FolderStore:
@@ -365,11 +334,13 @@ class FolderStore:
         *,
         fault: Callable[[str], None] | None = None,
         lock_timeout: float | None = None,
-        log: Callable[[str], None] = _warn,
+        log: Callable[[str], None] = stephook.warn_stderr,
     ) -> None:
-        """``lock_timeout``: seconds to wait for the lock; None: :func:`lock_timeout_from_env`."""
+        """``fault``: called with each step's name before it (tests raise there); None: the step hook of
+        :func:`bootkeeper.esp.stephook.pause_from_env`. ``log``: where warnings go (stderr by default).
+        ``lock_timeout``: seconds to wait for the lock; None: :func:`lock_timeout_from_env`."""
         self.root = root
-        self._fault = fault if fault is not None else _pause_hook()
+        self._fault = fault if fault is not None else stephook.pause_from_env()
         self._lock_timeout = lock_timeout if lock_timeout is not None else lock_timeout_from_env()
         self._lock_fd: int | None = None
         self._log = log
@@ -522,6 +493,20 @@ class FolderStore:
             raise WriteError(f"{p}: {failed} ({exc.strerror})") from exc
         with self.naming(p.parent, f"{p.name} removed, but cannot sync the folder to disk"):
             self._fsync_dir(p.parent)
+
+
+def _other_booted_loader(loader_info: str, version: sdboot_mod.SdBoot, source: str) -> list[str]:
+    """A problem when LoaderInfo names another systemd-boot than the ESP's binary."""
+    try:
+        booted = sdboot_mod.SdBoot.parse(loader_info)
+    except BootkeeperError:
+        return []
+    if booted == version:
+        return []
+    return [
+        f"this boot was started by systemd-boot {booted} (LoaderInfo), but the ESP's binary is {source}: "
+        "the next boot runs the ESP's binary, which is what bootkeeper models"
+    ]
 
 
 class EspStore(FolderStore):
@@ -761,9 +746,29 @@ class EspStore(FolderStore):
         """``loader_info``: the LoaderInfo EFI variable, when the caller read it: the version when the
         ESP carries no binary, and a problem when the booted boot loader is not the ESP's."""
         version, source = self.sdboot_version(sdboot_version, loader_info)
+        problems: list[str] = []
+        found, profiles = self._type2_entries(version, problems)
+        found += self._type1_entries(version)
+        conf = None
+        if self.path(LOADER_CONF).is_file():
+            conf = loader_mod.parse(self.read_text(LOADER_CONF))
+            problems.extend(f"{LOADER_CONF}: {p}" for p in conf.problems)
+        for e in found:
+            problems.extend(f"{e.path}: {p}" for p in e.problems)
+        if loader_info and sdboot_version is None and not source.startswith("EFI variable"):
+            problems += _other_booted_loader(loader_info, version, source)
+        for paths in same_entry(e.path for e in found):
+            d = paths[0].rpartition("/")[0]
+            problems.append(
+                f"{d}: {', '.join(p.rpartition('/')[2] for p in paths)} are the same entry; the next "
+                "'bootkeeper bless' of the booted one removes the other"
+            )
+        return Snapshot(tuple(found), conf, version, source, tuple(problems), tuple(profiles))
+
+    def _type2_entries(self, version: sdboot_mod.SdBoot, problems: list[str]) -> tuple[list[Entry], list[Entry]]:
+        """The UKIs of ``EFI/Linux`` and, where this systemd-boot has them, their profiles ≥ 1."""
         found: list[Entry] = []
         profiles: list[Entry] = []
-        problems: list[str] = []
         for name in self.list_dir(TYPE2_DIR):
             if not entries_mod.valid_type2_filename(name):
                 continue
@@ -782,6 +787,11 @@ class EspStore(FolderStore):
                     more = []
                 profiles.extend(more)
             found.append(base)
+        return found, profiles
+
+    def _type1_entries(self, version: sdboot_mod.SdBoot) -> list[Entry]:
+        """The ``.conf`` entries of ``loader/entries``; one too large or unreadable is a finding about it."""
+        found: list[Entry] = []
         listings: Listings = {}  # one listing per folder for the whole snapshot: linear, not quadratic
         for name in self.list_dir(TYPE1_DIR):
             if not entries_mod.valid_type1_filename(name):
@@ -801,29 +811,7 @@ class EspStore(FolderStore):
                     read_only=self._read_only(rel),
                 )
             )
-        conf = None
-        if self.path(LOADER_CONF).is_file():
-            conf = loader_mod.parse(self.read_text(LOADER_CONF))
-            problems.extend(f"{LOADER_CONF}: {p}" for p in conf.problems)
-        for e in found:
-            problems.extend(f"{e.path}: {p}" for p in e.problems)
-        if loader_info and sdboot_version is None and not source.startswith("EFI variable"):
-            try:
-                booted = sdboot_mod.SdBoot.parse(loader_info)
-            except BootkeeperError:
-                booted = None
-            if booted is not None and booted != version:
-                problems.append(
-                    f"this boot was started by systemd-boot {booted} (LoaderInfo), but the ESP's binary is {source}: "
-                    "the next boot runs the ESP's binary, which is what bootkeeper models"
-                )
-        for paths in same_entry(e.path for e in found):
-            d = paths[0].rpartition("/")[0]
-            problems.append(
-                f"{d}: {', '.join(p.rpartition('/')[2] for p in paths)} are the same entry; the next "
-                "'bootkeeper bless' of the booted one removes the other"
-            )
-        return Snapshot(tuple(found), conf, version, source, tuple(problems), tuple(profiles))
+        return found
 
     @staticmethod
     def _profiles(name: str, path: Path, read_only: bool) -> tuple[Entry, list[Entry]]:

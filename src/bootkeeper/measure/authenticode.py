@@ -73,9 +73,8 @@ def _u32(b: bytes, at: int) -> int:
     return int(struct.unpack_from("<I", b, at)[0])
 
 
-def hashed_ranges(img: Image, systemd_padding: bool = False) -> tuple[list[tuple[int, int]], int]:
-    """The (offset, length) runs of the image that are hashed, in order, and the number of zero bytes
-    hashed after them (only with ``systemd_padding``)."""
+def _coff_header(img: Image) -> tuple[int, int, int]:
+    """The DOS and COFF headers: where the optional header starts, its size and the number of sections."""
     what = img.what
     if img.size < 64:
         raise MalformedError(f"{what}: {img.size} bytes, too small for a DOS header")
@@ -95,7 +94,11 @@ def hashed_ranges(img: Image, systemd_padding: bool = False) -> tuple[list[tuple
     opt_at = pe + 24
     if opt_size < 2 or opt_at + opt_size > img.size:
         raise MalformedError(f"{what}: SizeOfOptionalHeader {opt_size} does not fit the image")
-    opt = img.read(opt_at, opt_size)
+    return opt_at, opt_size, n_sections
+
+
+def _data_directories(what: str, opt: bytes, opt_size: int) -> tuple[int, int]:
+    """Where the optional header's data directories start (PE32 or PE32+) and how many it has."""
     magic = _u16(opt, 0)
     if magic == 0x10B:
         rva_at, dirs_at = 92, 96
@@ -110,24 +113,12 @@ def hashed_ranges(img: Image, systemd_padding: bool = False) -> tuple[list[tuple
     n_dirs = _u32(opt, rva_at)
     if n_dirs > (opt_size - dirs_at) // 8:
         raise MalformedError(f"{what}: NumberOfRvaAndSizes {n_dirs} does not fit SizeOfOptionalHeader {opt_size}")
-    size_of_headers = _u32(opt, 60)
-    checksum = opt_at + 64
-    runs = [(0, checksum)]
-    if n_dirs > CERT_DIR:
-        cert_entry = opt_at + dirs_at + 8 * CERT_DIR
-        cert_size = _u32(opt, dirs_at + 8 * CERT_DIR + 4)
-        runs.append((checksum + 4, cert_entry - checksum - 4))
-        rest = cert_entry + 8
-    else:
-        cert_size = 0
-        rest = checksum + 4
-    table_at = opt_at + opt_size
-    if size_of_headers < rest or size_of_headers > img.size:
-        raise MalformedError(
-            f"{what}: SizeOfHeaders {size_of_headers} is not between the end of the hashed header fields ({rest}) "
-            f"and the image size ({img.size})"
-        )
-    runs.append((rest, size_of_headers - rest))
+    return dirs_at, n_dirs
+
+
+def _section_runs(img: Image, table_at: int, n_sections: int) -> list[tuple[int, int]]:
+    """The sections' raw data, sorted by offset, empty ones left out."""
+    what = img.what
     if table_at + 40 * n_sections > img.size:
         raise MalformedError(f"{what}: the section table ({n_sections} sections at {table_at}) is truncated")
     table = img.read(table_at, 40 * n_sections)
@@ -145,6 +136,34 @@ def hashed_ranges(img: Image, systemd_padding: bool = False) -> tuple[list[tuple
             )
         sections.append((raw_at, raw_size))
     sections.sort(key=lambda s: s[0])  # stable: equal offsets keep table order, as EDK2's insertion sort
+    return sections
+
+
+def hashed_ranges(img: Image, systemd_padding: bool = False) -> tuple[list[tuple[int, int]], int]:
+    """The (offset, length) runs of the image that are hashed, in order, and the number of zero bytes
+    hashed after them (only with ``systemd_padding``)."""
+    what = img.what
+    opt_at, opt_size, n_sections = _coff_header(img)
+    opt = img.read(opt_at, opt_size)
+    dirs_at, n_dirs = _data_directories(what, opt, opt_size)
+    size_of_headers = _u32(opt, 60)
+    checksum = opt_at + 64
+    runs = [(0, checksum)]
+    if n_dirs > CERT_DIR:
+        cert_entry = opt_at + dirs_at + 8 * CERT_DIR
+        cert_size = _u32(opt, dirs_at + 8 * CERT_DIR + 4)
+        runs.append((checksum + 4, cert_entry - checksum - 4))
+        rest = cert_entry + 8
+    else:
+        cert_size = 0
+        rest = checksum + 4
+    if size_of_headers < rest or size_of_headers > img.size:
+        raise MalformedError(
+            f"{what}: SizeOfHeaders {size_of_headers} is not between the end of the hashed header fields ({rest}) "
+            f"and the image size ({img.size})"
+        )
+    runs.append((rest, size_of_headers - rest))
+    sections = _section_runs(img, opt_at + opt_size, n_sections)
     runs += sections
     hashed = size_of_headers + sum(n for _, n in sections)
     pad = 0

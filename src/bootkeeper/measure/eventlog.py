@@ -64,7 +64,7 @@ class LogEvent:
     digests: dict[str, bytes]
     data: bytes
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "offset": self.offset,
             "pcr": self.pcr,
@@ -188,62 +188,75 @@ def _spec_id(r: _Reader) -> tuple[tuple[int, int], ...]:
     return tuple(algs)
 
 
+def _digests(r: _Reader, n: int, algs: tuple[tuple[int, int], ...]) -> dict[str, bytes]:
+    """Record ``n``'s TPML_DIGEST_VALUES: at least one digest, each of a header algorithm, none twice."""
+    sizes = dict(algs)
+    count_at = r.pos
+    count = r.u32(f"record {n}: digests.count")
+    if count == 0:
+        raise r.fail(count_at, f"record {n}: digests.count", "zero digests")
+    if count > len(algs):
+        raise r.fail(
+            count_at, f"record {n}: digests.count", f"{count}, more than the {len(algs)} algorithms of the header"
+        )
+    digests: dict[str, bytes] = {}
+    for i in range(count):
+        alg_at = r.pos
+        alg = r.u16(f"record {n}: digests[{i}].hashAlg")
+        dsize = sizes.get(alg)
+        if dsize is None:
+            raise r.fail(
+                alg_at, f"record {n}: digests[{i}].hashAlg", f"0x{alg:04x} is not among the header's algorithms"
+            )
+        name = _alg_name(alg)
+        if name in digests:
+            raise r.fail(alg_at, f"record {n}: digests[{i}].hashAlg", f"{name} twice in one record")
+        digests[name] = r.take(dsize, f"record {n}: digests[{i}].digest")
+    return digests
+
+
+def _record(r: _Reader, n: int, algs: tuple[tuple[int, int], ...]) -> LogEvent:
+    """Record ``n``, a TCG_PCR_EVENT2; a measurement must carry a digest for every header algorithm."""
+    at = r.pos
+    pcr = r.u32(f"record {n}: pcrIndex")
+    if pcr >= NUM_PCRS:
+        raise r.fail(at, f"record {n}: pcrIndex", f"{pcr}, expected 0 to {NUM_PCRS - 1}")
+    etype = r.u32(f"record {n}: eventType")
+    count_at = r.pos
+    digests = _digests(r, n, algs)
+    size_at = r.pos
+    size = r.u32(f"record {n}: eventSize")
+    left = len(r.data) - r.pos
+    if size > left:
+        raise r.fail(size_at, f"record {n}: eventSize", f"{size}, more than the {left} bytes left in the log")
+    body = r.take(size, f"record {n}: event")
+    if etype != EV_NO_ACTION:
+        missing = [_alg_name(a) for a, _ in algs if _alg_name(a) not in digests]
+        if missing:
+            raise r.fail(count_at, f"record {n}: digests", f"no {', '.join(missing)} digest (the header lists it)")
+    return LogEvent(at, pcr, etype, digests, body)
+
+
 def parse(data: bytes, what: str) -> EventLog:
     """A crypto-agile firmware event log; ``what`` names it in messages."""
     r = _Reader(data, what)
     if not data:
         raise r.fail(0, "first record", "the log is empty")
     algs = _spec_id(r)
-    sizes = dict(algs)
     events: list[LogEvent] = []
     locality = 0
     seen_locality = False
     while r.pos < len(data):
-        at = r.pos
-        n = len(events) + 1
-        pcr = r.u32(f"record {n}: pcrIndex")
-        if pcr >= NUM_PCRS:
-            raise r.fail(at, f"record {n}: pcrIndex", f"{pcr}, expected 0 to {NUM_PCRS - 1}")
-        etype = r.u32(f"record {n}: eventType")
-        count_at = r.pos
-        count = r.u32(f"record {n}: digests.count")
-        if count == 0:
-            raise r.fail(count_at, f"record {n}: digests.count", "zero digests")
-        if count > len(algs):
-            raise r.fail(
-                count_at, f"record {n}: digests.count", f"{count}, more than the {len(algs)} algorithms of the header"
-            )
-        digests: dict[str, bytes] = {}
-        for i in range(count):
-            alg_at = r.pos
-            alg = r.u16(f"record {n}: digests[{i}].hashAlg")
-            dsize = sizes.get(alg)
-            if dsize is None:
-                raise r.fail(
-                    alg_at, f"record {n}: digests[{i}].hashAlg", f"0x{alg:04x} is not among the header's algorithms"
-                )
-            name = _alg_name(alg)
-            if name in digests:
-                raise r.fail(alg_at, f"record {n}: digests[{i}].hashAlg", f"{name} twice in one record")
-            digests[name] = r.take(dsize, f"record {n}: digests[{i}].digest")
-        size_at = r.pos
-        size = r.u32(f"record {n}: eventSize")
-        left = len(data) - r.pos
-        if size > left:
-            raise r.fail(size_at, f"record {n}: eventSize", f"{size}, more than the {left} bytes left in the log")
-        body = r.take(size, f"record {n}: event")
-        if etype != EV_NO_ACTION:
-            missing = [_alg_name(a) for a, _ in algs if _alg_name(a) not in digests]
-            if missing:
-                raise r.fail(count_at, f"record {n}: digests", f"no {', '.join(missing)} digest (the header lists it)")
-        elif body.startswith(STARTUP_LOCALITY):
-            if pcr != 0 or len(body) != len(STARTUP_LOCALITY) + 1:
+        e = _record(r, len(events) + 1, algs)
+        if e.event_type == EV_NO_ACTION and e.data.startswith(STARTUP_LOCALITY):
+            at, n = e.offset, len(events) + 1
+            if e.pcr != 0 or len(e.data) != len(STARTUP_LOCALITY) + 1:
                 raise r.fail(at, f"record {n}: StartupLocality", "expected PCR 0 and one locality byte")
-            if seen_locality or any(e.pcr == 0 and e.event_type != EV_NO_ACTION for e in events):
+            if seen_locality or any(x.pcr == 0 and x.event_type != EV_NO_ACTION for x in events):
                 raise r.fail(at, f"record {n}: StartupLocality", "must come once, before any PCR 0 extend")
-            locality = body[-1]
+            locality = e.data[-1]
             seen_locality = True
-        events.append(LogEvent(at, pcr, etype, digests, body))
+        events.append(e)
     return EventLog(what, algs, tuple(events), locality)
 
 

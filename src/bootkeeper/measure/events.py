@@ -6,7 +6,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
 
 from bootkeeper.measure.banks import Bank, extend, zero
 
@@ -30,18 +29,6 @@ class Hasher:
         for h in self._h:
             h.update(data)
 
-    def update_file(self, f: BinaryIO, size: int, what: str) -> None:
-        """``size`` bytes from the file's current position; fewer is an error naming ``what``."""
-        from bootkeeper.errors import MalformedError
-
-        left = size
-        while left:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                raise MalformedError(f"{what}: ends {left} bytes early")
-            self.update(chunk)
-            left -= len(chunk)
-
     def digests(self) -> dict[str, bytes]:
         return {b.name: h.digest() for b, h in zip(self.banks, self._h, strict=True)}
 
@@ -60,7 +47,7 @@ class FileRef:
     size: int
     sha256: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"name": self.name, "size": self.size, "sha256": self.sha256}
 
 
@@ -92,8 +79,8 @@ class Event:
             return text
         return struct.pack("<II", self.tag, len(text)) + text
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
             "pcr": self.pcr,
             "type": self.type_name,
             "source": self.source,

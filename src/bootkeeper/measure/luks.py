@@ -23,12 +23,15 @@ import binascii
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bootkeeper.errors import InputError, MalformedError, NotApplicableError, UnreadableError
 from bootkeeper.measure import policy, uki, untrusted
 from bootkeeper.measure.banks import BANKS, Bank
 from bootkeeper.measure.events import replay
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 __all__ = [
     "GATE_PHASE_PATHS",
@@ -69,10 +72,11 @@ CHANGES_ON_UPGRADE = {
 }
 
 
-def load_key(data: bytes, what: str) -> Any:
+def load_key(data: bytes, what: str) -> PublicKeyTypes:
     """A public key as systemd-cryptenroll stores it (the PEM file's bytes), DER accepted too; RSA or
     EC (:func:`bootkeeper.measure.untrusted.load_public_key`), else a MalformedError naming ``what``."""
-    return untrusted.load_public_key(data, what)
+    key: PublicKeyTypes = untrusted.load_public_key(data, what)
+    return key
 
 
 @dataclass(frozen=True)
@@ -91,14 +95,14 @@ class Token:
     def signed(self) -> bool:
         return self.pubkey is not None and bool(self.pubkey_pcrs)
 
-    def key(self) -> Any:
+    def key(self) -> PublicKeyTypes:
         assert self.pubkey is not None
         return load_key(self.pubkey, f"{self.where}: tpm2_pubkey")
 
     def unlock_bank(self) -> Bank:
         return BANKS[self.bank or "sha256"]
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         fp = policy.fingerprint(self.key()).hex() if self.pubkey is not None else None
         return {
             "token": self.id,
@@ -256,7 +260,7 @@ class Authorization:
             return f"{self.uki}'s .pcrsig has no {self.bank} signature with key {fp} (for its {after})"
         return f"{self.uki}'s .pcrsig does not authorize its {after} ({self.bank}) with key {fp}"
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "uki": self.uki,
             "bank": self.bank,
@@ -269,7 +273,12 @@ class Authorization:
 
 
 def authorization(
-    path: Path, what: str, public_key: Any, b: Bank, paths: tuple[str, ...] = GATE_PHASE_PATHS, profile: int = 0
+    path: Path,
+    what: str,
+    public_key: PublicKeyTypes,
+    b: Bank,
+    paths: tuple[str, ...] = GATE_PHASE_PATHS,
+    profile: int = 0,
 ) -> Authorization:
     """Compute the PCR 11 the UKI gives after each of ``paths`` and ask ``policy.authorized``."""
     sections = uki.sections_of(path, what, profile)
@@ -317,6 +326,96 @@ class EntryUki:
     profile: int = 0
 
 
+def _binding_findings(t: Token, literal: list[int]) -> list[Finding]:
+    """What a token's PCRs bound by value and its pcrlock binding mean for upgrades."""
+    out = [
+        Finding(
+            Level.FINDING,
+            t.id,
+            "literal-pcr",
+            f"PCR {n} is bound by value: it holds {CHANGES_ON_UPGRADE[n]}, so every upgrade of them "
+            "needs a new enrolment (bind it through a signed policy: --tpm2-public-key-pcrs=11)",
+        )
+        for n in literal
+    ]
+    others = [n for n in t.pcrs if n not in CHANGES_ON_UPGRADE]
+    if others:
+        out.append(
+            Finding(
+                Level.NOTE,
+                t.id,
+                "literal-pcr",
+                f"PCR {'+'.join(map(str, others))} bound by value: upgrades of the UKI and its extensions leave "
+                "it alone; firmware or Secure Boot database updates change it",
+            )
+        )
+    if t.pcrlock:
+        out.append(
+            Finding(
+                Level.NOTE,
+                t.id,
+                "pcrlock",
+                "bound to a systemd-pcrlock policy: make it again (systemd-pcrlock make-policy, with "
+                "bootkeeper tpm pcrlock's components) before each upgrade",
+            )
+        )
+    return out
+
+
+def _unsigned_finding(t: Token, literal: list[int]) -> list[Finding]:
+    """A token with no signed policy and nothing else tying it to this OS opens under any OS."""
+    if literal or t.pcrlock:
+        return []
+    what = f"PCR {'+'.join(map(str, t.pcrs))} by value only" if t.pcrs else "no PCR at all"
+    return [
+        Finding(
+            Level.FINDING,
+            t.id,
+            "no-signed-policy",
+            f"no signed policy (no tpm2_pubkey) and {what}: the volume opens under any OS "
+            "this machine boots, not only under your signed UKIs",
+        )
+    ]
+
+
+def _signed_findings(
+    t: Token, fp: str, literal: list[int], ukis: list[EntryUki], results: list[Authorization]
+) -> list[Finding]:
+    """A signed PCR 11 token against every entry's UKI: the entries that will not unlock it, and
+    whether any will (``fp``: the key's fingerprint)."""
+    out = [
+        Finding(
+            Level.FINDING if u.role == "active" else Level.NOTE,
+            t.id,
+            "unsigned-entry",
+            f"entry {u.entry}: {a.reason(fp)}: booting it will not unlock",
+        )
+        for u, a in zip(ukis, results, strict=True)
+        if not a.ok
+    ]
+    good = [u for u, a in zip(ukis, results, strict=True) if a.ok]
+    if not good:
+        out.append(
+            Finding(
+                Level.FINDING,
+                t.id,
+                "unknown-key",
+                f"no UKI on the ESP is signed for key {fp}: the volume will not unlock under any of them",
+            )
+        )
+    elif not literal:
+        out.append(
+            Finding(
+                Level.FINE,
+                t.id,
+                "signed-pcr11",
+                f"signed PCR 11 policy, key {fp} ({t.unlock_bank().name}), authorized by "
+                f"{', '.join(u.entry for u in good)}: survives upgrades signed with this key",
+            )
+        )
+    return out
+
+
 def audit(tokens: list[Token], ukis: list[EntryUki]) -> tuple[list[Finding], dict[str, list[Authorization]]]:
     """Per token: what breaks on upgrade, what does not protect, what is fine; and, for each signed
     token, every entry's UKI checked against its key."""
@@ -324,49 +423,9 @@ def audit(tokens: list[Token], ukis: list[EntryUki]) -> tuple[list[Finding], dic
     checked: dict[str, list[Authorization]] = {}
     for t in tokens:
         literal = [n for n in t.pcrs if n in CHANGES_ON_UPGRADE]
-        for n in literal:
-            out.append(
-                Finding(
-                    Level.FINDING,
-                    t.id,
-                    "literal-pcr",
-                    f"PCR {n} is bound by value: it holds {CHANGES_ON_UPGRADE[n]}, so every upgrade of them "
-                    "needs a new enrolment (bind it through a signed policy: --tpm2-public-key-pcrs=11)",
-                )
-            )
-        others = [n for n in t.pcrs if n not in CHANGES_ON_UPGRADE]
-        if others:
-            out.append(
-                Finding(
-                    Level.NOTE,
-                    t.id,
-                    "literal-pcr",
-                    f"PCR {'+'.join(map(str, others))} bound by value: upgrades of the UKI and its extensions leave "
-                    "it alone; firmware or Secure Boot database updates change it",
-                )
-            )
-        if t.pcrlock:
-            out.append(
-                Finding(
-                    Level.NOTE,
-                    t.id,
-                    "pcrlock",
-                    "bound to a systemd-pcrlock policy: make it again (systemd-pcrlock make-policy, with "
-                    "bootkeeper tpm pcrlock's components) before each upgrade",
-                )
-            )
+        out += _binding_findings(t, literal)
         if not t.signed:
-            if not literal and not t.pcrlock:
-                what = f"PCR {'+'.join(map(str, t.pcrs))} by value only" if t.pcrs else "no PCR at all"
-                out.append(
-                    Finding(
-                        Level.FINDING,
-                        t.id,
-                        "no-signed-policy",
-                        f"no signed policy (no tpm2_pubkey) and {what}: the volume opens under any OS "
-                        "this machine boots, not only under your signed UKIs",
-                    )
-                )
+            out += _unsigned_finding(t, literal)
             continue
         fp = policy.fingerprint(t.key()).hex()
         if t.pubkey_pcrs != SIGNED_PCRS:
@@ -382,35 +441,7 @@ def audit(tokens: list[Token], ukis: list[EntryUki]) -> tuple[list[Finding], dic
             continue
         results = [authorization(u.path, u.what, t.key(), t.unlock_bank(), GATE_PHASE_PATHS, u.profile) for u in ukis]
         checked[t.id] = results
-        good = [u for u, a in zip(ukis, results, strict=True) if a.ok]
-        for u, a in zip(ukis, results, strict=True):
-            if not a.ok:
-                level = Level.FINDING if u.role == "active" else Level.NOTE
-                out.append(
-                    Finding(
-                        level, t.id, "unsigned-entry", f"entry {u.entry}: {a.reason(fp)}: booting it will not unlock"
-                    )
-                )
-        if not good:
-            out.append(
-                Finding(
-                    Level.FINDING,
-                    t.id,
-                    "unknown-key",
-                    f"no UKI on the ESP is signed for key {fp}: the volume will not unlock under any of them",
-                )
-            )
-            continue
-        if not literal:
-            out.append(
-                Finding(
-                    Level.FINE,
-                    t.id,
-                    "signed-pcr11",
-                    f"signed PCR 11 policy, key {fp} ({t.unlock_bank().name}), authorized by "
-                    f"{', '.join(u.entry for u in good)}: survives upgrades signed with this key",
-                )
-            )
+        out += _signed_findings(t, fp, literal, ukis, results)
     return out, checked
 
 
@@ -460,7 +491,7 @@ class GateResult:
         why = "; ".join(a.reason(k) for a, k in zip(self.authorizations, self.keys, strict=True))
         return f"{self.device} would not unlock after the upgrade: {why}"
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "device": self.device,
             "keys": list(self.keys),
@@ -605,7 +636,7 @@ class ExtensionGate:
     def _why(self) -> str:
         return "; ".join(f"token {t} {w}" for t, w in self.broken)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "device": self.device,
             "broken": [{"token": t, "why": w} for t, w in self.broken],

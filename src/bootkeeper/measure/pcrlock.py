@@ -39,7 +39,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bootkeeper import fsutil
 from bootkeeper.errors import MalformedError, RefusedError, UnreadableError, WriteError
@@ -78,7 +77,7 @@ class Record:
     digests: dict[str, bytes]
     what: str  # for the summary; pcrlock's records have no such field
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "pcr": self.pcr,
             "digests": [{"hashAlg": b.name, "digest": self.digests[b.name].hex()} for b in PCRLOCK_BANKS],
@@ -101,7 +100,7 @@ class Variant:
     def document(self) -> bytes:
         return (json.dumps({"records": [r.to_json() for r in self.records]}) + "\n").encode()
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
         return {
             "component": self.component,
             "variant": self.name,

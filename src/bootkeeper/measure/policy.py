@@ -24,11 +24,15 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bootkeeper.errors import MalformedError, UsageError
 from bootkeeper.measure.banks import BANKS, Bank, extend
 from bootkeeper.measure.uki import PHASES
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+    from cryptography.hazmat.primitives.hashes import HashAlgorithm
 
 __all__ = [
     "DEFAULT_PHASE_PATHS",
@@ -95,7 +99,7 @@ class ToSign:
     pcr11: bytes
     pol: bytes
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "bank": self.bank.name,
             "phase": self.phase_path,
@@ -114,7 +118,7 @@ def to_sign(handover: dict[str, bytes], banks: tuple[Bank, ...], paths: tuple[st
     return out
 
 
-def _hash_for(b: Bank) -> Any:
+def _hash_for(b: Bank) -> HashAlgorithm:
     """The bank's hash, which systemd-measure also signs with (``digest_and_sign(p->md, ...)``)."""
     from cryptography.hazmat.primitives import hashes
 
@@ -127,7 +131,7 @@ def _hash_for(b: Bank) -> Any:
     return hashes.SHA256()
 
 
-def fingerprint(public_key: Any) -> bytes:
+def fingerprint(public_key: PublicKeyTypes) -> bytes:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -146,7 +150,7 @@ class Signed:
     pkfp: bytes
     sig: bytes
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "pcrs": [PCR],
             "pkfp": self.pkfp.hex(),
@@ -155,7 +159,7 @@ class Signed:
         }
 
 
-def sign(items: list[ToSign], private_key: Any) -> list[Signed]:
+def sign(items: list[ToSign], private_key: PrivateKeyTypes) -> list[Signed]:
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
     fp = fingerprint(private_key.public_key())
@@ -171,7 +175,7 @@ def sign(items: list[ToSign], private_key: Any) -> list[Signed]:
     return out
 
 
-def join(items: list[ToSign], signatures: list[bytes], public_key: Any) -> list[Signed]:
+def join(items: list[ToSign], signatures: list[bytes], public_key: PublicKeyTypes) -> list[Signed]:
     """The HSM form's second step: signatures made elsewhere, in the order of ``items``; each is
     checked against the public key before it is written."""
     if len(signatures) != len(items):
@@ -187,8 +191,8 @@ def join(items: list[ToSign], signatures: list[bytes], public_key: Any) -> list[
     return out
 
 
-def as_object(signed: list[Signed]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
+def as_object(signed: list[Signed]) -> dict[str, list[dict[str, object]]]:
+    out: dict[str, list[dict[str, object]]] = {}
     for s in signed:
         obj = s.to_json()
         bucket = out.setdefault(s.item.bank.name, [])
@@ -197,7 +201,7 @@ def as_object(signed: list[Signed]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def dump_pcrsig(obj: dict[str, list[dict[str, Any]]]) -> str:
+def dump_pcrsig(obj: dict[str, list[dict[str, object]]]) -> str:
     """ukify's text (``json.dumps()`` with Python's default separators)."""
     return json.dumps(obj)
 
@@ -254,7 +258,7 @@ def _str(it: dict[str, Any], key: str, where: str) -> str:
     return v
 
 
-def _verifies(public_key: Any, b: Bank, pol: bytes, sig: bytes) -> bool:
+def _verifies(public_key: PublicKeyTypes, b: Bank, pol: bytes, sig: bytes) -> bool:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -270,7 +274,7 @@ def _verifies(public_key: Any, b: Bank, pol: bytes, sig: bytes) -> bool:
     return True
 
 
-def authorized(sigs: list[PcrSig], public_key: Any, b: Bank, pcr11: bytes) -> bool:
+def authorized(sigs: list[PcrSig], public_key: PublicKeyTypes, b: Bank, pcr11: bytes) -> bool:
     """Whether one of ``sigs`` lets ``public_key``'s PolicyAuthorize pass for PCR 11 = ``pcr11``."""
     fp = fingerprint(public_key)
     pol = policy_pcr(b, pcr11)

@@ -26,16 +26,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 from bootkeeper import fsutil
 from bootkeeper.errors import InputError, MalformedError
 from bootkeeper.esp import extra
-from bootkeeper.esp.pe import read_section, read_sections
+from bootkeeper.esp.pe import Section, read_section, read_sections
 from bootkeeper.esp.store import EspStore
 from bootkeeper.measure import cpio, uki
 from bootkeeper.measure.banks import Bank, extend, zero
-from bootkeeper.measure.events import EV_EVENT_TAG, EV_IPL, Event, FileRef, Hasher, digests_of
+from bootkeeper.measure.events import EV_EVENT_TAG, EV_IPL, Event, Hasher, digests_of
 
 __all__ = ["Prediction", "predict", "predict_target"]
 
@@ -73,11 +73,7 @@ class Prediction:
     def phases(self) -> dict[str, dict[str, bytes]]:
         return uki.phase_values({b: v[11] for b, v in self.pcrs().items()}, self.banks)
 
-    def sysexts(self) -> tuple[FileRef, ...]:
-        """The extensions in PCR 13's archive."""
-        return next((e.files for e in self.events if e.pcr == 13), ())
-
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "role": self.role,
             "entry": self.entry,
@@ -135,52 +131,75 @@ def _strneq8(ours: bytes, theirs: bytes) -> bool:
     return True
 
 
+_ADDON_KINDS = (".cmdline", ".dtb", ".dtbauto", ".initrd", ".ucode")
+
+
+def _addon_sections(table: list[Section]) -> dict[str, Section] | None:
+    """The addon's non-empty sections by name, or None when the stub ignores the file."""
+    found: dict[str, Section] = {}
+    for name in (*_ADDON_KINDS, ".linux", ".uname"):
+        s = next((s for s in table if s.name == name), None)
+        if s is not None and s.virtual_size:
+            found[name] = s
+    if not any(n in found for n in _ADDON_KINDS):
+        return None  # "Unable to locate embedded .cmdline/... sections, ignoring"
+    if ".linux" in found:
+        return None  # "is a UKI, not an addon, ignoring"
+    return found
+
+
+@dataclass
+class _Addons:
+    """What the addons add, in the order the stub loads them."""
+
+    cmdline: str = ""
+    ucode: list[Event] = field(default_factory=list)
+    initrd: list[Event] = field(default_factory=list)
+
+
+def _read_addon(
+    f: BinaryIO, m: cpio.Member, what: str, uname: bytes | None, banks: tuple[Bank, ...], acc: _Addons
+) -> None:
+    """One addon file into ``acc``: its command line and its .ucode and .initrd events."""
+    table = read_sections(f, what)
+    found = _addon_sections(table)
+    if found is None:
+        return
+    uki.bound(found.values(), what)  # the stub measures .ucode/.initrd as loaded, as a UKI's
+    theirs = read_section(f, table, ".uname", what) if ".uname" in found else None
+    if uname is not None and theirs is not None and not _strneq8(uname, theirs):
+        return  # ".uname mismatch between addon and UKI, ignoring"
+    if ".cmdline" in found:
+        data = uki.UkiSections(m.path, what, 0, {".cmdline": found[".cmdline"]}).read(".cmdline")
+        extra16 = mangle_cmdline(data.split(b"\0")[0].decode("utf-8", "replace"))
+        acc.cmdline = f"{acc.cmdline}{' ' if acc.cmdline else ''}{extra16}"
+    for name, tag, into in (
+        (".ucode", UCODE_ADDON_EVENT_TAG_ID, acc.ucode),
+        (".initrd", INITRD_ADDON_EVENT_TAG_ID, acc.initrd),
+    ):
+        if name in found:
+            h = Hasher(banks)
+            uki.feed(f, found[name], what, h.update)
+            into.append(Event(12, EV_EVENT_TAG, m.name, f"section {name} of addon {what}", h.digests(), tag=tag))
+
+
 def _addon_events(
     store: EspStore, folders: list[tuple[str, Path | None]], uname: bytes | None, banks: tuple[Bank, ...]
 ) -> tuple[str, list[Event], list[Event]]:
     """The addons' combined command line, their .ucode events (reversed) and .initrd events, as
     ``load_addons()``/``measure_and_append_*_addons()`` (src/boot/stub.c, v257.9) take them."""
-    cmdline = ""
-    ucode: list[Event] = []
-    initrd: list[Event] = []
+    acc = _Addons()
     for where, folder in folders:
         for m in cpio.members(folder, ".addon.efi", None, where):
             what = f"{where}/{m.name}"
             try:
                 with fsutil.open_regular(m.path, what) as f:  # a FIFO there must not hang the prediction
-                    table = read_sections(f, what)
-                    found: dict[str, Any] = {}
-                    for name in (".cmdline", ".dtb", ".dtbauto", ".initrd", ".ucode", ".linux", ".uname"):
-                        s = next((s for s in table if s.name == name), None)
-                        if s is not None and s.virtual_size:
-                            found[name] = s
-                    if not any(n in found for n in (".cmdline", ".dtb", ".dtbauto", ".initrd", ".ucode")):
-                        continue  # "Unable to locate embedded .cmdline/... sections, ignoring"
-                    if ".linux" in found:
-                        continue  # "is a UKI, not an addon, ignoring"
-                    uki.bound(found.values(), what)  # the stub measures .ucode/.initrd as loaded, as a UKI's
-                    theirs = read_section(f, table, ".uname", what) if ".uname" in found else None
-                    if uname is not None and theirs is not None and not _strneq8(uname, theirs):
-                        continue  # ".uname mismatch between addon and UKI, ignoring"
-                    if ".cmdline" in found:
-                        data = uki.UkiSections(m.path, what, 0, {".cmdline": found[".cmdline"]}).read(".cmdline")
-                        extra16 = mangle_cmdline(data.split(b"\0")[0].decode("utf-8", "replace"))
-                        cmdline = f"{cmdline}{' ' if cmdline else ''}{extra16}"
-                    for name, tag, into in (
-                        (".ucode", UCODE_ADDON_EVENT_TAG_ID, ucode),
-                        (".initrd", INITRD_ADDON_EVENT_TAG_ID, initrd),
-                    ):
-                        if name in found:
-                            h = Hasher(banks)
-                            uki.feed(f, found[name], what, h.update)
-                            into.append(
-                                Event(12, EV_EVENT_TAG, m.name, f"section {name} of addon {what}", h.digests(), tag=tag)
-                            )
+                    _read_addon(f, m, what, uname, banks, acc)
             except OSError as exc:
                 from bootkeeper.errors import UnreadableError
 
                 raise UnreadableError(f"{what}: {exc.strerror or exc}") from exc
-    return cmdline, list(reversed(ucode)), initrd
+    return acc.cmdline, list(reversed(acc.ucode)), acc.initrd
 
 
 def predict_target(store: EspStore, t: extra.Target, banks: tuple[Bank, ...], secure_boot: bool) -> Prediction:

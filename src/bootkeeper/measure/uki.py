@@ -37,7 +37,6 @@ __all__ = [
     "PHASES",
     "UkiSections",
     "bound",
-    "phase_events",
     "phase_values",
     "section_events",
     "sections_of",
@@ -229,15 +228,6 @@ def section_events(uki: UkiSections, banks: tuple[Bank, ...]) -> list[Event]:
     except OSError as exc:
         raise UnreadableError(f"{uki.what}: {exc.strerror or exc}") from exc
     return events
-
-
-def phase_events(banks: tuple[Bank, ...], phases: tuple[str, ...] = PHASES) -> list[Event]:
-    """systemd-pcrphase's extensions, as systemd-pcrextend logs them (they are not in the firmware's
-    log but in /run/log/systemd/tpm2-measure.log)."""
-    return [
-        Event(11, 0, p, f"boot phase {p}", {b.name: b.digest(p.encode()) for b in banks}, source="systemd-pcrphase")
-        for p in phases
-    ]
 
 
 def phase_values(

@@ -11,9 +11,16 @@ naming neither the token nor the field."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from bootkeeper.errors import MalformedError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    # a key a signed PCR policy can use (:func:`policy_key`)
+    PolicyKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 __all__ = ["MAX_DEPTH", "load_json", "load_public_key", "policy_key"]
 
@@ -22,14 +29,15 @@ __all__ = ["MAX_DEPTH", "load_json", "load_public_key", "policy_key"]
 MAX_DEPTH = 64
 
 
-def _depth(obj: Any) -> int:
+def _depth(obj: object) -> int:
     """The nesting depth of a parsed JSON value, without recursion."""
     deepest = 0
-    todo: list[tuple[Any, int]] = [(obj, 1)]
+    todo: list[tuple[object, int]] = [(obj, 1)]
     while todo:
         v, d = todo.pop()
+        values: Iterable[object]
         if isinstance(v, dict):
-            values: Any = v.values()
+            values = v.values()
         elif isinstance(v, list):
             values = v
         else:
@@ -41,7 +49,7 @@ def _depth(obj: Any) -> int:
     return deepest
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> NoReturn:
     """NaN, Infinity and -Infinity are Python's, not JSON's (RFC 8259 section 6): a number no
     producer of these files writes, and one ``int()`` cannot take (OverflowError)."""
     raise ValueError(f"{name} is not a JSON number")
@@ -49,7 +57,9 @@ def _no_constant(name: str) -> Any:
 
 def load_json(data: bytes | str, what: str, limit: int, kind: str = "JSON") -> Any:
     """``data`` parsed as JSON, at most ``limit`` bytes (characters for ``str``) and :data:`MAX_DEPTH`
-    levels deep. ``kind`` names what was expected in the message ("not <kind>")."""
+    levels deep. ``kind`` names what was expected in the message ("not <kind>"). Untyped, not ``object``:
+    two callers (metrics' reader of ``tpm verify --json``, luks' pcrlock policy) index it under a
+    ``try`` that turns a wrong shape into their own error; the others narrow it with isinstance."""
     if len(data) > limit:
         raise MalformedError(f"{what}: {len(data)} bytes, more than the {limit} {kind} may have")
     if isinstance(data, bytes):
@@ -71,7 +81,7 @@ def load_json(data: bytes | str, what: str, limit: int, kind: str = "JSON") -> A
     return obj
 
 
-def policy_key(key: Any, what: str) -> Any:
+def policy_key(key: object, what: str) -> PolicyKey:
     """``key`` if the signed PCR policy can use it: RSA or EC, the two kinds systemd-measure signs
     with and :func:`bootkeeper.measure.policy.fingerprint` (``i2d_PublicKey()``) knows."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -82,14 +92,14 @@ def policy_key(key: Any, what: str) -> Any:
     raise MalformedError(f"{what}: a {kind} key; a signed PCR policy takes an RSA or EC key")
 
 
-def load_public_key(data: bytes, what: str, certificate: bool = False) -> Any:
+def load_public_key(data: bytes, what: str, certificate: bool = False) -> PolicyKey:
     """A PEM or DER public key (with ``certificate``, the key of a PEM certificate too), RSA or EC."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
     expected = "a PEM public key or certificate" if certificate else "a PEM or DER public key"
-    key: Any
+    key: object
     try:
         if certificate and b"-----BEGIN CERTIFICATE-----" in data:
             key = x509.load_pem_x509_certificate(data).public_key()

@@ -23,7 +23,6 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bootkeeper.errors import MalformedError
 from bootkeeper.esp import counter
@@ -68,8 +67,8 @@ class PcrRow:
     agree: bool
     phases: tuple[str, ...] | None = None  # PCR 11: the phase words after the handover
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
             "bank": self.bank,
             "pcr": self.pcr,
             "live": None if self.live is None else self.live.hex(),
@@ -98,7 +97,7 @@ class Unverified:
     entry: str | None = None
     uki: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {"kind": self.kind, "entry": self.entry, "uki": self.uki, "reason": self.reason}
 
 
@@ -118,7 +117,7 @@ class Report:
         (each :class:`Unverified` is a finding too)."""
         return not self.findings and not self.unverified
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "booted": {"entry": self.entry, "uki": self.uki, "found_by": self.found_by},
             "agree": self.ok,
@@ -140,25 +139,21 @@ def failed(reason: str) -> Report:
 # -- inputs ---------------------------------------------------------------------------------------
 
 
-def _files_of(raw: Any, where: str) -> tuple[FileRef, ...]:
+def _files_of(raw: object, where: str) -> tuple[FileRef, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
         raise MalformedError(f"{where}: files: expected a list")
     out = []
     for i, f in enumerate(raw):
-        if (
-            not isinstance(f, dict)
-            or not isinstance(f.get("name"), str)
-            or not isinstance(f.get("size"), int)
-            or not isinstance(f.get("sha256"), str)
-        ):
+        name, size, sha256 = (f.get(k) for k in ("name", "size", "sha256")) if isinstance(f, dict) else (None,) * 3
+        if not isinstance(name, str) or not isinstance(size, int) or not isinstance(sha256, str):
             raise MalformedError(f"{where}: files[{i}]: expected {{name, size, sha256}}")
-        out.append(FileRef(f["name"], f["size"], f["sha256"]))
+        out.append(FileRef(name, size, sha256))
     return tuple(out)
 
 
-def parse_expected(obj: Any, what: str) -> list[Expected]:
+def parse_expected(obj: object, what: str) -> list[Expected]:
     """The ``entries`` of ``tpm predict --json``."""
     entries = obj.get("entries") if isinstance(obj, dict) else None
     if not isinstance(entries, list):
@@ -166,32 +161,26 @@ def parse_expected(obj: Any, what: str) -> list[Expected]:
     out = []
     for i, e in enumerate(entries):
         where = f"{what}: entries[{i}]"
-        if not isinstance(e, dict) or not isinstance(e.get("entry"), str) or not isinstance(e.get("events"), list):
+        entry, events = (e.get("entry"), e.get("events")) if isinstance(e, dict) else (None, None)
+        if not isinstance(entry, str) or not isinstance(events, list):
             raise MalformedError(f"{where}: expected an object with entry and events")
-        events = []
-        for j, ev in enumerate(e["events"]):
-            w = f"{where}: events[{j}]"
-            if (
-                not isinstance(ev, dict)
-                or not isinstance(ev.get("pcr"), int)
-                or not isinstance(ev.get("digests"), dict)
-            ):
-                raise MalformedError(f"{w}: expected an object with pcr and digests")
-            try:
-                digests = {str(k): bytes.fromhex(str(v)) for k, v in ev["digests"].items()}
-            except ValueError as exc:
-                raise MalformedError(f"{w}: digests: not hex") from exc
-            events.append(
-                ExpectedEvent(
-                    ev["pcr"],
-                    str(ev.get("type", "")),
-                    str(ev.get("description", "")),
-                    digests,
-                    _files_of(ev.get("files"), w),
-                )
-            )
-        out.append(Expected(e["entry"], str(e.get("uki", "")), tuple(events)))
+        parsed = tuple(_expected_event(ev, f"{where}: events[{j}]") for j, ev in enumerate(events))
+        out.append(Expected(entry, str(e.get("uki", "")), parsed))
     return out
+
+
+def _expected_event(ev: object, where: str) -> ExpectedEvent:
+    """One event of a saved prediction."""
+    pcr, digests = (ev.get("pcr"), ev.get("digests")) if isinstance(ev, dict) else (None, None)
+    if not isinstance(ev, dict) or not isinstance(pcr, int) or not isinstance(digests, dict):
+        raise MalformedError(f"{where}: expected an object with pcr and digests")
+    try:
+        values = {str(k): bytes.fromhex(str(v)) for k, v in digests.items()}
+    except ValueError as exc:
+        raise MalformedError(f"{where}: digests: not hex") from exc
+    return ExpectedEvent(
+        pcr, str(ev.get("type", "")), str(ev.get("description", "")), values, _files_of(ev.get("files"), where)
+    )
 
 
 def booted_files(folder: Path, suffix: str = ".raw", exclude: str | None = ".confext.raw") -> tuple[FileRef, ...]:
@@ -296,23 +285,31 @@ def _pick(
     selected: str | None,
     broken: Sequence[Unpredictable] = (),
 ) -> tuple[Prediction | Unpredictable | None, str]:
-    seen = {(e.pcr, e.event_type, e.data, k, v) for e in log.events for k, v in e.digests.items()}
-
-    def score(p: Prediction) -> int:
-        """How many of the prediction's events the log has, digests and all."""
-        common = [b.name for b in p.banks if b in log.banks]
-        return sum(
-            bool(common) and all((e.pcr, e.event_type, e.event_data(), k, e.digests[k]) in seen for k in common)
-            for e in p.events
-        )
-
-    def norm(path: str) -> str:
-        """An ESP path without case or boot counter: the stub ran ``active+1-1.efi``, a bless renamed it."""
-        folder, _, base = path.replace("\\", "/").strip("/").rpartition("/")
-        return f"{folder}/{counter.parse(base, '.efi').stem}".lower()
-
+    """The booted entry and how it was found: the one the EFI variables name, else the prediction
+    that has most of its events in the log."""
     # an entry that cannot be predicted is still a candidate when an EFI variable names it: the
     # booted entry is then unverifiable, not silently another one
+    candidates, how = _named(predictions, broken, stub_image, selected)
+    if not candidates:
+        candidates = list(predictions)
+        how = "the log (no EFI variable names an entry on the ESP)" if (selected or stub_image) else "the log"
+    if not candidates:
+        return None, how
+    scored = [p for p in candidates if isinstance(p, Prediction)]
+    if not scored:
+        return candidates[0], how
+    seen = {(e.pcr, e.event_type, e.data, k, v) for e in log.events for k, v in e.digests.items()}
+    best = max(scored, key=lambda p: _score(p, log, seen))
+    if len(candidates) > 1:
+        how += f" (best of {len(candidates)} by the logged events)"
+    return best, how
+
+
+def _named(
+    predictions: list[Prediction], broken: Sequence[Unpredictable], stub_image: str | None, selected: str | None
+) -> tuple[list[Prediction | Unpredictable], str]:
+    """The entries the EFI variables name (LoaderEntrySelected, narrowed by StubImageIdentifier, or
+    the latter alone), and the words saying so."""
     everyone: list[Prediction | Unpredictable] = [*predictions, *broken]
     candidates: list[Prediction | Unpredictable] = []
     how = ""
@@ -324,24 +321,28 @@ def _pick(
         candidates = [p for p in everyone if p.entry.lower() == key.lower()]
         how = f"LoaderEntrySelected={selected}"
     if stub_image and (not candidates):
-        candidates = [p for p in everyone if norm(p.uki) == norm(stub_image)]
+        candidates = [p for p in everyone if _norm(p.uki) == _norm(stub_image)]
         how = f"StubImageIdentifier={stub_image}"
     elif stub_image and candidates:
-        same = [p for p in candidates if norm(p.uki) == norm(stub_image)]
+        same = [p for p in candidates if _norm(p.uki) == _norm(stub_image)]
         candidates = same or candidates
         how += f", StubImageIdentifier={stub_image}"
-    if not candidates:
-        candidates = list(predictions)
-        how = "the log (no EFI variable names an entry on the ESP)" if (selected or stub_image) else "the log"
-    if not candidates:
-        return None, how
-    scored = [p for p in candidates if isinstance(p, Prediction)]
-    if not scored:
-        return candidates[0], how
-    best = max(scored, key=score)
-    if len(candidates) > 1:
-        how += f" (best of {len(candidates)} by the logged events)"
-    return best, how
+    return candidates, how
+
+
+def _score(p: Prediction, log: EventLog, seen: set[tuple[int, int, bytes, str, bytes]]) -> int:
+    """How many of the prediction's events the log has (``seen``), digests and all."""
+    common = [b.name for b in p.banks if b in log.banks]
+    return sum(
+        bool(common) and all((e.pcr, e.event_type, e.event_data(), k, e.digests[k]) in seen for k in common)
+        for e in p.events
+    )
+
+
+def _norm(path: str) -> str:
+    """An ESP path without case or boot counter: the stub ran ``active+1-1.efi``, a bless renamed it."""
+    folder, _, base = path.replace("\\", "/").strip("/").rpartition("/")
+    return f"{folder}/{counter.parse(base, '.efi').stem}".lower()
 
 
 def _phase_prefix(start: bytes, live: bytes, b: Bank) -> tuple[str, ...] | None:
@@ -373,115 +374,189 @@ def verify(
     """``unpredictable``: the entries :func:`bootkeeper.measure.predict.predict_each` could not
     predict. Each is unverified (a finding); the booted entry, when it is another, is verified all
     the same; when it is one of them, its log and live PCRs still are."""
-    findings: list[str] = []
-    notes: list[str] = []
-    unverified: list[Unverified] = []
     picked, how = _pick(predictions, log, stub_image, selected, unpredictable)
-    pred = picked if isinstance(picked, Prediction) else None
-    for u in unpredictable:
-        booted_one = u is picked
-        unverified.append(Unverified("entry", u.reason, u.entry, u.uki))
-        findings.append(
-            f"entry {u.entry} ({u.uki}) cannot be predicted: {u.reason}"
-            + (": it is the booted entry, its PCRs 11, 12 and 13 are not verified" if booted_one else "")
-        )
+    v = _Verifying(log, user, live, picked if isinstance(picked, Prediction) else None)
+    unverified = _unpredictable(v, unpredictable, picked)
     if picked is None:
-        findings.append("no boot entry on the ESP runs a UKI: nothing to compare the log with")
-    pred_banks = {b.name for b in pred.banks} if pred is not None else set(BANKS)
-    banks = tuple(b for b in log.banks if b.name in pred_banks)
-    if not banks:
-        findings.append(
-            f"{log.what}: the log has no bank the prediction has ({', '.join(b.name for b in log.banks) or 'none'})"
-        )
+        v.findings.append("no boot entry on the ESP runs a UKI: nothing to compare the log with")
+    banks = _banks(v)
     if user is not None:
-        notes += user.notes
+        v.notes += user.notes
         if user.aborted:
-            findings.append(f"{user.what}: a writer was cut off mid-record (sticky bit set): it may lack a measurement")
+            v.findings.append(
+                f"{user.what}: a writer was cut off mid-record (sticky bit set): it may lack a measurement"
+            )
     # log integrity, and what is predicted
-    rows: list[PcrRow] = []
-    predicted_pcrs = pred.pcrs() if pred is not None else {}
-    touched = {e.pcr for e in log.events if e.event_type != EV_NO_ACTION} | set(STUB_PCRS)
-    if user is not None:
-        touched |= {e.pcr for e in user.events}
-    for n, why in SKIPPED.items():
-        if n in touched:
-            notes.append(why + ": not checked")
-    for b in banks:
-        replayed = log.replay(b)
-        live_b = live.get(b.name)
-        if live_b is None:
-            notes.append(f"no live {b.name} PCRs (ROOT/sys/class/tpm/tpm0/pcr-{b.name}/): log integrity not checked")
-        for n in sorted(touched - set(SKIPPED)):
-            value = replayed[n]
-            phases: tuple[str, ...] | None = None
-            got = None if live_b is None else live_b.get(n)
-            if user is not None:
-                for ue in user.of_pcr(n):
-                    d = ue.digests.get(b.name)
-                    if d is None:
-                        findings.append(f"{user.what}: record {ue.index}: no {b.name} digest for PCR {n}")
-                        continue
-                    value = extend(b, value, d)
-                if n == 11:
-                    phases = user.phases()
-            elif n == 11 and got is not None:
-                phases = _phase_prefix(value, got, b)
-                if phases is not None:
-                    for p in phases:
-                        value = extend(b, value, b.digest(p.encode()))
-            elif n == 15 and got is not None and got != value:
-                notes.append(f"PCR 15 ({b.name}) is extended from userspace and there is no userspace log: not checked")
-                continue
-            want: bytes | None = None
-            if n in STUB_PCRS and pred is not None:
-                want = predicted_pcrs[b.name][n]
-                if n == 11:
-                    path = phases if phases is not None else ()
-                    if path:
-                        want = uki.phase_values({b.name: want}, (b,), path)[b.name][path[-1]]
-            agree = (got is None or got == value) and (want is None or want == value)
-            rows.append(PcrRow(b.name, n, got, value, want, agree, phases))
-            if got is not None and got != value:
-                if n == 11 and user is None:
-                    findings.append(
-                        f"PCR 11 ({b.name}): the TPM holds {_short(got)}, which is the logged handover value after no "
-                        f"prefix of the boot phases {':'.join(uki.PHASES)} (and there is no userspace log)"
-                    )
-                else:
-                    findings.append(
-                        f"PCR {n} ({b.name}): the log replays to {_short(value)}, the TPM holds {_short(got)}: "
-                        "the log is not the TPM's"
-                    )
-            elif want is not None and want != value:
-                findings.append(f"PCR {n} ({b.name}): {_short(value)}, predicted {_short(want)}")
-    if user is not None and pred is not None:
+    _replay(v, banks)
+    if user is not None and v.pred is not None:
         odd = [e for e in user.of_pcr(11) if e.event_type != "phase"]
         for e in odd:
-            findings.append(f"{user.what}: record {e.index}: PCR 11 extended with {e.string!r}, not a boot phase")
+            v.findings.append(f"{user.what}: record {e.index}: PCR 11 extended with {e.string!r}, not a boot phase")
     # event by event, and the files behind a cpio event that differs
-    if pred is not None and banks:
-        logged = [e for n in STUB_PCRS for e in log.of_pcr(n)]
-        predicted = [e for n in STUB_PCRS for e in pred.events if e.pcr == n]
-        event_findings, bad_cpio = _match_events(logged, predicted, banks)
-        findings += event_findings
-        if expected is not None:
-            # what was meant to boot is compared with the log even where the log and the ESP agree
-            # (the ESP may have been changed before the boot): each cpio the two disagree on
-            exp = _expected_for(expected, pred)
-            known = {(n, ev.description if ev is not None else SYSEXT) for n, ev in bad_cpio}
-            for n, ev in _differs_from_expected(log, exp, banks) if exp is not None else []:
-                if (n, ev.description if ev is not None else SYSEXT) not in known:
-                    bad_cpio.append((n, ev))
-        findings += _name_files(bad_cpio, pred, booted, booted_where, expected, expect_what, log)
+    if v.pred is not None and banks:
+        against = _Against(booted, booted_where, expected, expect_what)
+        v.findings += _event_findings(log, v.pred, banks, against)
     return Report(
         picked.entry if picked else None,
         picked.uki if picked else None,
         how,
-        tuple(rows),
-        tuple(findings),
-        tuple(notes),
+        tuple(v.rows),
+        tuple(v.findings),
+        tuple(v.notes),
         tuple(unverified),
     )
+
+
+@dataclass
+class _Verifying:
+    """One verification: what it compares (the log, the userspace log, the live PCRs, the booted
+    entry's prediction) and what it found so far, in the order the report lists it."""
+
+    log: EventLog
+    user: UserLog | None
+    live: dict[str, dict[int, bytes]]
+    pred: Prediction | None
+    findings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    rows: list[PcrRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Against:
+    """What the files behind a cpio event are compared with: the copies the machine booted (and
+    where they are) and a saved prediction (and how it was named)."""
+
+    booted: tuple[FileRef, ...] | None
+    booted_where: str | None
+    expected: list[Expected] | None
+    expect_what: str
+
+
+def _unpredictable(
+    v: _Verifying, unpredictable: Sequence[Unpredictable], picked: Prediction | Unpredictable | None
+) -> list[Unverified]:
+    """Each entry that cannot be predicted: unverified, and a finding (saying so when it is the booted one)."""
+    unverified: list[Unverified] = []
+    for u in unpredictable:
+        booted_one = u is picked
+        unverified.append(Unverified("entry", u.reason, u.entry, u.uki))
+        v.findings.append(
+            f"entry {u.entry} ({u.uki}) cannot be predicted: {u.reason}"
+            + (": it is the booted entry, its PCRs 11, 12 and 13 are not verified" if booted_one else "")
+        )
+    return unverified
+
+
+def _banks(v: _Verifying) -> tuple[Bank, ...]:
+    """The banks both the log and the prediction have (any the log has, without a prediction)."""
+    pred_banks = {b.name for b in v.pred.banks} if v.pred is not None else set(BANKS)
+    banks = tuple(b for b in v.log.banks if b.name in pred_banks)
+    if not banks:
+        have = ", ".join(b.name for b in v.log.banks) or "none"
+        v.findings.append(f"{v.log.what}: the log has no bank the prediction has ({have})")
+    return banks
+
+
+def _replay(v: _Verifying, banks: tuple[Bank, ...]) -> None:
+    """A row for each PCR the logs touch (and the stub's), in each bank: replayed, live, predicted."""
+    predicted = v.pred.pcrs() if v.pred is not None else {}
+    touched = {e.pcr for e in v.log.events if e.event_type != EV_NO_ACTION} | set(STUB_PCRS)
+    if v.user is not None:
+        touched |= {e.pcr for e in v.user.events}
+    for n, why in SKIPPED.items():
+        if n in touched:
+            v.notes.append(why + ": not checked")
+    for b in banks:
+        replayed = v.log.replay(b)
+        live_b = v.live.get(b.name)
+        if live_b is None:
+            v.notes.append(f"no live {b.name} PCRs (ROOT/sys/class/tpm/tpm0/pcr-{b.name}/): log integrity not checked")
+        for n in sorted(touched - set(SKIPPED)):
+            _row(v, b, n, replayed[n], None if live_b is None else live_b.get(n), predicted)
+
+
+def _row(
+    v: _Verifying, b: Bank, n: int, value: bytes, got: bytes | None, predicted: dict[str, dict[int, bytes]]
+) -> None:
+    """PCR ``n`` of bank ``b``: the firmware log's ``value`` extended by what came after it (the
+    userspace log's records, or the boot phases that make it the live value), against ``got``
+    (live) and the prediction."""
+    phases: tuple[str, ...] | None = None
+    if v.user is not None:
+        value = _user_extends(v, v.user, b, n, value)
+        if n == 11:
+            phases = v.user.phases()
+    elif n == 11 and got is not None:
+        phases = _phase_prefix(value, got, b)
+        for p in phases or ():
+            value = extend(b, value, b.digest(p.encode()))
+    elif n == 15 and got is not None and got != value:
+        v.notes.append(f"PCR 15 ({b.name}) is extended from userspace and there is no userspace log: not checked")
+        return
+    want = _want(v.pred, predicted, b, n, phases)
+    agree = (got is None or got == value) and (want is None or want == value)
+    v.rows.append(PcrRow(b.name, n, got, value, want, agree, phases))
+    if got is not None and got != value:
+        v.findings.append(_not_the_tpms(b, n, got, value, v.user is None))
+    elif want is not None and want != value:
+        v.findings.append(f"PCR {n} ({b.name}): {_short(value)}, predicted {_short(want)}")
+
+
+def _user_extends(v: _Verifying, user: UserLog, b: Bank, n: int, value: bytes) -> bytes:
+    """``value`` extended by the userspace log's records of PCR ``n`` (a record without this bank's
+    digest is a finding)."""
+    for ue in user.of_pcr(n):
+        d = ue.digests.get(b.name)
+        if d is None:
+            v.findings.append(f"{user.what}: record {ue.index}: no {b.name} digest for PCR {n}")
+            continue
+        value = extend(b, value, d)
+    return value
+
+
+def _want(
+    pred: Prediction | None,
+    predicted: dict[str, dict[int, bytes]],
+    b: Bank,
+    n: int,
+    phases: tuple[str, ...] | None,
+) -> bytes | None:
+    """The predicted value of one of the stub's PCRs (PCR 11 after ``phases``); None for the others."""
+    if n not in STUB_PCRS or pred is None:
+        return None
+    want = predicted[b.name][n]
+    if n == 11 and phases:
+        want = uki.phase_values({b.name: want}, (b,), phases)[b.name][phases[-1]]
+    return want
+
+
+def _not_the_tpms(b: Bank, n: int, got: bytes, value: bytes, no_user_log: bool) -> str:
+    """The finding for a live PCR the logs do not replay to."""
+    if n == 11 and no_user_log:
+        return (
+            f"PCR 11 ({b.name}): the TPM holds {_short(got)}, which is the logged handover value after no "
+            f"prefix of the boot phases {':'.join(uki.PHASES)} (and there is no userspace log)"
+        )
+    return (
+        f"PCR {n} ({b.name}): the log replays to {_short(value)}, the TPM holds {_short(got)}: the log is not the TPM's"
+    )
+
+
+def _event_findings(log: EventLog, pred: Prediction, banks: tuple[Bank, ...], against: _Against) -> list[str]:
+    """The stub's events as logged against the prediction, and the files behind each cpio event that
+    differs (from the prediction, or from ``--expect``)."""
+    logged = [e for n in STUB_PCRS for e in log.of_pcr(n)]
+    predicted = [e for n in STUB_PCRS for e in pred.events if e.pcr == n]
+    findings, bad_cpio = _match_events(logged, predicted, banks)
+    if against.expected is not None:
+        # what was meant to boot is compared with the log even where the log and the ESP agree
+        # (the ESP may have been changed before the boot): each cpio the two disagree on
+        exp = _expected_for(against.expected, pred)
+        known = {(n, ev.description if ev is not None else SYSEXT) for n, ev in bad_cpio}
+        for n, ev in _differs_from_expected(log, exp, banks) if exp is not None else []:
+            if (n, ev.description if ev is not None else SYSEXT) not in known:
+                bad_cpio.append((n, ev))
+    return findings + _name_files(bad_cpio, pred, against, log)
 
 
 def _expected_for(expected: list[Expected], pred: Prediction) -> Expected | None:
@@ -513,24 +588,16 @@ def _differs_from_expected(log: EventLog, exp: Expected, banks: tuple[Bank, ...]
     return out
 
 
-def _name_files(
-    bad: list[tuple[int, Event | None]],
-    pred: Prediction,
-    booted: tuple[FileRef, ...] | None,
-    booted_where: str | None,
-    expected: list[Expected] | None,
-    expect_what: str,
-    log: EventLog,
-) -> list[str]:
+def _name_files(bad: list[tuple[int, Event | None]], pred: Prediction, against: _Against, log: EventLog) -> list[str]:
     out: list[str] = []
     pcrs = sorted({n for n, _ in bad})
     if not pcrs:
         return out
     exp = None
-    if expected is not None:
-        exp = _expected_for(expected, pred)
+    if against.expected is not None:
+        exp = _expected_for(against.expected, pred)
         if exp is None:
-            out.append(f"{expect_what}: has no entry {pred.entry}")
+            out.append(f"{against.expect_what}: has no entry {pred.entry}")
     for n in pcrs:
         # the cpio events of this PCR, by description ("System extension initrd", "Credentials initrd", ...)
         descs = list(dict.fromkeys([e.description for m, e in bad if m == n and e is not None]))
@@ -539,9 +606,7 @@ def _name_files(
         if exp is not None:
             descs += [e.description for e in exp.events if e.pcr == n and e.files and e.description not in descs]
         for d in descs:
-            out += _name_cpio(
-                n, d, pred, log, booted if n == 13 and d == SYSEXT else None, booted_where, exp, expect_what
-            )
+            out += _name_cpio(n, d, pred, log, against.booted if n == 13 and d == SYSEXT else None, against, exp)
     return out
 
 
@@ -551,9 +616,8 @@ def _name_cpio(
     pred: Prediction,
     log: EventLog,
     booted: tuple[FileRef, ...] | None,
-    booted_where: str | None,
+    against: _Against,
     exp: Expected | None,
-    expect_what: str,
 ) -> list[str]:
     """The files behind one cpio event: the ESP's against what booted, what booted against ``--expect``."""
     out: list[str] = []
@@ -562,41 +626,46 @@ def _name_cpio(
     if booted is not None:
         changes = diff_files(booted, esp)
         if changes:
-            out.append(f"{what}: the ESP against what booted ({booted_where}): {', '.join(changes)}")
+            out.append(f"{what}: the ESP against what booted ({against.booted_where}): {', '.join(changes)}")
         else:
-            out.append(f"{what}: the ESP holds what booted ({booted_where})")
+            out.append(f"{what}: the ESP holds what booted ({against.booted_where})")
     if exp is None:
         return out
     theirs = next((e for e in exp.events if e.pcr == n and e.description == d), None)
     meant = theirs.files if theirs is not None else ()
-    rec = next((le for le in log.of_pcr(n) if le.data == _event_data(d)), None)
-    log_is_meant = (
-        theirs is not None
-        and rec is not None
-        and all(rec.digests.get(k) == v for k, v in theirs.digests.items() if k in rec.digests)
-    )
     if booted is not None:
         changes = diff_files(meant, booted)
         out.append(
-            f"{what}: what booted against {expect_what}: {', '.join(changes)}"
+            f"{what}: what booted against {against.expect_what}: {', '.join(changes)}"
             if changes
-            else f"{what}: what booted is what {expect_what} names"
+            else f"{what}: what booted is what {against.expect_what} names"
         )
-    elif log_is_meant:
-        out.append(f"{what}: the log matches {expect_what}")
-    elif rec is not None and _logged_is(rec, pred, n, d):
-        out.append(f"{what}: the log matches the ESP, not {expect_what}")
     else:
-        out.append(f"{what}: the log matches neither the ESP nor {expect_what}")
+        out.append(f"{what}: {_logged_against(n, d, pred, log, theirs, against.expect_what)}")
     changes = diff_files(meant, esp)
     if changes:
-        out.append(f"{what}: the ESP against {expect_what}: {', '.join(changes)}")
+        out.append(f"{what}: the ESP against {against.expect_what}: {', '.join(changes)}")
     return out
 
 
-def _logged_is(rec: Any, pred: Prediction, n: int, d: str) -> bool:
+def _logged_against(
+    n: int, d: str, pred: Prediction, log: EventLog, theirs: ExpectedEvent | None, expect_what: str
+) -> str:
+    """Which of ``--expect`` and the ESP the logged cpio event ``d`` matches."""
+    rec = next((le for le in log.of_pcr(n) if le.data == _event_data(d)), None)
+    if rec is None:
+        return f"the log matches neither the ESP nor {expect_what}"
+    if theirs is not None and _has(rec, theirs.digests):
+        return f"the log matches {expect_what}"
     ours = next((e for e in pred.events if e.pcr == n and e.description == d), None)
-    return ours is not None and all(rec.digests.get(k) == v for k, v in ours.digests.items() if k in rec.digests)
+    if ours is not None and _has(rec, ours.digests):
+        return f"the log matches the ESP, not {expect_what}"
+    return f"the log matches neither the ESP nor {expect_what}"
+
+
+def _has(rec: LogEvent, digests: dict[str, bytes]) -> bool:
+    """The logged record has ``digests`` in every bank it was logged in."""
+    return all(rec.digests.get(k) == v for k, v in digests.items() if k in rec.digests)
 
 
 def _event_data(description: str) -> bytes:

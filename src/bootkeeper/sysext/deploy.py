@@ -41,14 +41,15 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bootkeeper import fsutil
 from bootkeeper.errors import InputError, UnreadableError, UsageError, WriteError
 from bootkeeper.esp import pe
+from bootkeeper.esp.checked import put_checked, require_room
 from bootkeeper.esp.entries import Role
 from bootkeeper.esp.extra import Target
-from bootkeeper.esp.store import SPACE_MARGIN, EspStore
+from bootkeeper.esp.store import EspStore
 from bootkeeper.sysext.release import image_stem as image_stem  # re-exported: the rules match this name
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class TargetOs:
                 out += f" {k}={f[k]}"
         return out
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"entry": self.target.entry, "source": self.source or None, "os_release": self.fields}
 
 
@@ -159,7 +160,7 @@ class Misfit:
     reason: str  # release.check's, e.g. "VERSION_ID=1, the host has 2"
     line: str
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"entry": self.os.target.entry, "via": self.os.target.via, "reason": self.reason, "message": self.line}
 
 
@@ -192,7 +193,9 @@ def misfits(name: str, releases: list[Release], oses: list[TargetOs], arch: str)
 
 
 @dataclass
-class Plan:
+class InstallPlan:
+    """Where ``sysext install`` copies one image on the ESP, and where the same bytes are already."""
+
     name: str
     size: int
     why: str
@@ -200,7 +203,7 @@ class Plan:
     same: list[Target] = field(default_factory=list)  # already there with the same bytes
     digest: str | None = None  # of the source, when a copy already there was compared with it
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "name": self.name,
             "size": self.size,
@@ -210,10 +213,10 @@ class Plan:
         }
 
 
-def plan(store: EspStore, src_fd: int, name: str, chosen: list[Target], why: str) -> Plan:
+def plan(store: EspStore, src_fd: int, name: str, chosen: list[Target], why: str) -> InstallPlan:
     """Which targets need a copy of the open source ``src_fd``, and which have it already."""
     size = os.fstat(src_fd).st_size
-    p = Plan(name, size, why)
+    p = InstallPlan(name, size, why)
     for t in chosen:
         dest = store.path(f"{t.extra_dir}/{name}")
         if dest.is_file() and not dest.is_symlink() and dest.stat().st_size == size:
@@ -225,15 +228,19 @@ def plan(store: EspStore, src_fd: int, name: str, chosen: list[Target], why: str
     return p
 
 
-def check_space(store: EspStore, p: Plan) -> None:
+def check_space(store: EspStore, p: InstallPlan) -> None:
     """ESPs are small: refuse, with the numbers, before writing anything."""
-    free = store.free_bytes()
-    need = p.size * len(p.write) + SPACE_MARGIN
-    if p.write and free < need:
-        raise WriteError(
-            f"{store.root}: not enough room for {p.name}: {len(p.write)} cop{'y' if len(p.write) == 1 else 'ies'} "
-            f"of {p.size} bytes need {need} bytes with a 1 MiB margin, {free} are free; nothing was changed"
-        )
+    if not p.write:
+        return
+    copies = f"{len(p.write)} cop{'y' if len(p.write) == 1 else 'ies'}"
+    require_room(
+        store,
+        p.size * len(p.write),
+        lambda need, free: (
+            f"{store.root}: not enough room for {p.name}: {copies} of {p.size} bytes need {need} "
+            f"bytes with a 1 MiB margin, {free} are free; nothing was changed"
+        ),
+    )
 
 
 def _refuse_links(store: EspStore, t: Target) -> None:
@@ -282,7 +289,7 @@ def install(
     why: str,
     check: Callable[[Path], V],
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[Plan, V]:
+) -> tuple[InstallPlan, V]:
     """Copy ``src`` as ``name`` to every chosen target in two phases (see the module's text).
 
     ``check(path)`` judges the bytes that will be installed: the first staged copy, or, when every
@@ -293,40 +300,39 @@ def install(
     sfd = open_source(src)
     where = f"{store.root}: installing {name}"
     made: list[Path] = []  # the .extra.d folders this run creates: removed again when it fails
+
+    def make_folder(dest: Path) -> None:
+        if not dest.parent.exists():
+            made.append(dest.parent)
+        store.makedirs(dest.parent.relative_to(store.root).as_posix())
+
+    def doing(what: str) -> None:
+        nonlocal where
+        where = what
+
     try:
-        with store.transaction(), _removed_unless_done(store, made), contextlib.ExitStack() as temps:
+        with store.transaction(), _removed_unless_done(store, made):
             p = plan(store, sfd, name, chosen, why)
             check_space(store, p)
             if not p.write:
                 return p, check(store.path(f"{p.same[0].extra_dir}/{name}"))
-            staged: list[tuple[Path, Path]] = []
-            first_fd = -1
-            for t in p.write:
-                if not store.path(t.extra_dir).exists():
-                    made.append(store.path(t.extra_dir))
-                store.makedirs(t.extra_dir)
-                dest = store.path(f"{t.extra_dir}/{name}")
-                where = f"{dest}: writing"
-                fd, tmp = temps.enter_context(fsutil.temp_file(dest, store.step))
-                # the first copy from the source; the others from that copy, once it was judged
-                fsutil.copy_into(sfd if first_fd < 0 else first_fd, fd, p.size, progress)
-                store.step(f"fsync:{dest.name}")
-                os.fsync(fd)
-                staged.append((tmp, dest))
-                if first_fd < 0:
-                    first_fd = fd
-                    verdict = check(tmp)
-                    if p.digest is not None and fsutil.sha256_fd(fd, p.size) != p.digest:
-                        raise WriteError(
-                            f"{src}: changed while being installed (the copies already on the ESP differ "
-                            "from what was validated); nothing was changed"
-                        )
-            for tmp, dest in staged:
-                where = f"{dest}: renaming {tmp.name} to it"
-                store.step(f"rename:{tmp.name}->{dest.name}")
-                os.rename(tmp, dest)
-                fsutil.fsync_renamed(dest, store.step)
-                fsutil.fsync_dir(dest.parent, store.step)
+            changed = (
+                f"{src}: changed while being installed (the copies already on the ESP differ from what was "
+                "validated); nothing was changed"
+            )
+            dests = [store.path(f"{t.extra_dir}/{name}") for t in p.write]
+            verdict = put_checked(
+                store,
+                sfd,
+                dests,
+                check,
+                size=p.size,
+                digest=p.digest,
+                changed=changed,
+                progress=progress,
+                before=make_folder,
+                doing=doing,
+            )
     except OSError as exc:
         raise WriteError(f"{where} failed ({exc.strerror or exc}); temporary copies removed") from exc
     finally:
@@ -388,7 +394,7 @@ class StorePlan:
     linked: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)  # folders that linked it already
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "name": self.name,
             "size": self.size,
@@ -426,18 +432,16 @@ def install_persistent(
             if not copy:
                 verdict = check(dest)
             else:
-                free = ls.free_bytes()
-                if free < size + SPACE_MARGIN:
-                    raise WriteError(
-                        f"{ls.root}: not enough room for {name}: {size} bytes need {size + SPACE_MARGIN} with a "
+                require_room(
+                    ls,
+                    size,
+                    lambda need, free: (
+                        f"{ls.root}: not enough room for {name}: {size} bytes need {need} with a "
                         f"1 MiB margin, {free} are free; nothing was changed"
-                    )
-                with ls.naming(dest, "cannot write"), fsutil.temp_file(dest, ls.step) as (fd, tmp):
-                    fsutil.copy_into(sfd, fd, size, progress)
-                    ls.step(f"fsync:{dest.name}")
-                    os.fsync(fd)
-                    verdict = check(tmp)
-                    fsutil.commit(fd, tmp, dest, ls.step)
+                    ),
+                )
+                with ls.naming(dest, "cannot write"):
+                    verdict = put_checked(ls, sfd, [dest], check, size=size, progress=progress)
                 p.copied = True
             for f in folders:
                 lk = next((x for x in ls.links(f) if x.name == name), None)

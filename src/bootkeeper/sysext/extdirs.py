@@ -32,10 +32,15 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bootkeeper import fsutil
 from bootkeeper.config import SysextMode
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from bootkeeper.sysext.policy import ImagePolicy
 
 FOLDERS = ("etc/extensions", "var/lib/extensions")
 QUARANTINE_DIR = "var/lib/bootkeeper/quarantine"
@@ -71,8 +76,8 @@ class Judge:
     the host's os-release, whether the whole hash tree is read."""
 
     mode: SysextMode
-    pol: Any
-    certs: list[Any]
+    pol: ImagePolicy
+    certs: list[x509.Certificate]
     host: dict[str, str] | None
     full: bool
 
@@ -155,9 +160,9 @@ def _judge(p: Path, name: str, judge: Judge) -> Resident | None:
         v = validate(p, judge.pol, judge.certs, full=judge.full, os_release=judge.host, name=name)
         ok, reasons, blockers, signer = v.ok, list(v.reasons), list(v.blockers), v.signer
     except Exception as exc:  # the per-image boundary, as in activate
-        from bootkeeper.sysext.activate import _fault
+        from bootkeeper.sysext.activation.outcome import fault
 
-        why = f"validation stopped ({_fault(exc)})"
+        why = f"validation stopped ({fault(exc)})"
         ok, reasons, blockers, signer = False, [why], [why], None
     if ok:
         return Resident(name, str(p), kind, "passed", True, [], signer)

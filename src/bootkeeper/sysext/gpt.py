@@ -244,18 +244,11 @@ def _header(raw: bytes, lba: int, what: str) -> tuple[Any, ...]:
     return f
 
 
-def read(f: BinaryIO, size: int, what: str = "image") -> Table:
-    """Read and check the primary GPT of a disk image of ``size`` bytes."""
-    if size < 3 * SECTOR:
-        raise MalformedError(f"{what}: {size} bytes, too small for a GPT")
-    disk_lbas = size // SECTOR
-    f.seek(0)
-    mbr = f.read(SECTOR)
-    warnings = []
-    if mbr[510:512] != b"\x55\xaa" or mbr[450] != 0xEE:
-        warnings.append("no protective MBR")
-    hdr = f.read(SECTOR)
-    (_, _, _, _, _, cur, backup, first, last, disk, entries_lba, n, esize, ecrc) = _header(hdr, 1, what)
+def _check_header(
+    what: str, disk_lbas: int, cur: int, backup: int, first: int, last: int, entries_lba: int, n: int, esize: int
+) -> None:
+    """The primary header's fields against the disk: its own LBA, the entry array's place and size,
+    the usable area and the backup header inside the disk."""
     if cur != 1:
         raise MalformedError(f"{what}: GPT header says it is at LBA {cur}, not 1")
     if esize != ENTRY_SIZE:
@@ -272,15 +265,13 @@ def read(f: BinaryIO, size: int, what: str = "image") -> Table:
         raise MalformedError(
             f"{what}: GPT backup header at LBA {backup} lies beyond the disk ({disk_lbas} sectors): truncated image?"
         )
-    f.seek(entries_lba * SECTOR)
-    array = f.read(n * esize)
-    if len(array) < n * esize:
-        raise MalformedError(f"{what}: GPT entry array is truncated")
-    if zlib.crc32(array) != ecrc:
-        raise MalformedError(f"{what}: GPT entry array CRC32 mismatch")
+
+
+def _partitions(array: bytes, n: int, first: int, last: int, what: str) -> list[Partition]:
+    """The used entries of the array, each inside the usable area ``first..last``, none overlapping."""
     parts = []
     for i in range(n):
-        tguid, pguid, p_first, p_last, attrs, name = struct.unpack_from(ENTRY_FORMAT, array, i * esize)
+        tguid, pguid, p_first, p_last, attrs, name = struct.unpack_from(ENTRY_FORMAT, array, i * ENTRY_SIZE)
         if tguid == b"\0" * 16:
             continue
         if p_first > p_last or p_first < first or p_last > last:
@@ -293,6 +284,29 @@ def read(f: BinaryIO, size: int, what: str = "image") -> Table:
     for a, b in itertools.pairwise(ordered):
         if b.first_lba <= a.last_lba:
             raise MalformedError(f"{what}: partitions {a.number} and {b.number} overlap")
+    return parts
+
+
+def read(f: BinaryIO, size: int, what: str = "image") -> Table:
+    """Read and check the primary GPT of a disk image of ``size`` bytes."""
+    if size < 3 * SECTOR:
+        raise MalformedError(f"{what}: {size} bytes, too small for a GPT")
+    disk_lbas = size // SECTOR
+    f.seek(0)
+    mbr = f.read(SECTOR)
+    warnings = []
+    if mbr[510:512] != b"\x55\xaa" or mbr[450] != 0xEE:
+        warnings.append("no protective MBR")
+    hdr = f.read(SECTOR)
+    (_, _, _, _, _, cur, backup, first, last, disk, entries_lba, n, esize, ecrc) = _header(hdr, 1, what)
+    _check_header(what, disk_lbas, cur, backup, first, last, entries_lba, n, esize)
+    f.seek(entries_lba * SECTOR)
+    array = f.read(n * esize)
+    if len(array) < n * esize:
+        raise MalformedError(f"{what}: GPT entry array is truncated")
+    if zlib.crc32(array) != ecrc:
+        raise MalformedError(f"{what}: GPT entry array CRC32 mismatch")
+    parts = _partitions(array, n, first, last, what)
     f.seek(backup * SECTOR)
     try:
         _header(f.read(SECTOR), backup, what)

@@ -16,14 +16,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from bootkeeper import fsutil
 from bootkeeper.errors import InputError, MalformedError, RefusedError, UnreadableError, WriteError
 from bootkeeper.sysext import gpt, policy, release, signature, verity
 
 if TYPE_CHECKING:
+    import io
+
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 EROFS_MAGIC = 0xE0F5E1E2
 
@@ -145,7 +148,7 @@ class ImageInfo:
         return out
 
 
-def _release_json(rel: release.Release | str | None) -> dict[str, Any] | None:
+def _release_json(rel: release.Release | str | None) -> dict[str, object] | None:
     if rel is None:
         return None
     if isinstance(rel, str):
@@ -153,7 +156,7 @@ def _release_json(rel: release.Release | str | None) -> dict[str, Any] | None:
     return {"file": rel.file, "fields": rel.fields}
 
 
-def _read(f: Any, p: gpt.Partition, n: int | None = None) -> bytes:
+def _read(f: IO[bytes], p: gpt.Partition, n: int | None = None) -> bytes:
     f.seek(p.offset)
     return bytes(f.read(p.size if n is None else min(n, p.size)))
 
@@ -293,7 +296,7 @@ class Validation:
     # why the node's systemd-sysext, left to its own policy, would not merge it (empty: it would)
     blockers: list[str] = field(default_factory=list)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {
             "image": self.image,
             "ok": self.ok,
@@ -334,75 +337,111 @@ def validate(
     also for one carrying os-release; a wrong ID or VERSION_ID is skipped alone; a signature that
     does not verify stops all (reference/vm/NOTES.md scenario 3, systemd#32762). What bootkeeper
     cannot read is a blocker too: placing it could lose every image."""
-    arch = architecture or host_architecture()
+    checking = _Validating(path, pol, trusted, full, progress, leaves or {}, architecture or host_architecture())
     try:
-        info = inspect(path, name, architecture=arch)
+        info = inspect(path, name, architecture=checking.arch)
     except InputError as exc:
         return Validation(name or str(path), False, [str(exc)], [], blockers=[str(exc)])
-    reasons = list(p for p in info.problems if not p.startswith("GPT: backup"))
-    reasons.extend(_structure(info, pol))
-    observed: dict[str, policy.Observed] = {}
-    signer = None
-    root_hex = None
-    bad_signature: list[str] = []
+    checking.reasons = [p for p in info.problems if not p.startswith("GPT: backup")]
+    checking.reasons.extend(_structure(info, pol))
     for d, des in info.found.items():
-        if pol.ignores(d):  # dropped by systemd-dissect before it looks: "unused" in the decisions
-            observed[d] = policy.Observed(d, policy.Protection.UNPROTECTED, read_only=True, growfs=False)
-            continue
-        if des.architecture != arch:
-            reasons.append(f"{d} partition is for {des.architecture}, this machine is {arch}")
-        best = policy.Protection.UNPROTECTED
-        why_not = None
-        if des.verity is not None:
-            sb = info.superblock.get(d)
-            rh = info.root_hash(d)
-            if sb is None or rh is None:
-                reasons.append(f"{d}-verity: no usable superblock or root hash")
-                continue
-            root_hex = rh.hex()
-            ver = _verify_with_offset(path, des, sb, rh, full, progress, (leaves or {}).get(des.data.offset))
-            if not ver.ok:
-                reasons.append(f"{d}-verity: {ver.reason}")
-                continue
-            best = policy.Protection.VERITY
-            if des.sig is None:
-                why_not = "no signature partition"
-            elif d not in info.sig:
-                why_not = "signature partition does not parse"
-            else:
-                check = signature.verify(info.sig[d], rh, trusted)
-                if check.ok:
-                    best = policy.Protection.SIGNED
-                    signer = check.signer
-                else:
-                    why_not = check.reason
-            if des.sig is not None and best is not policy.Protection.SIGNED:
-                # systemd v257 src/shared/dissect-image.c: verity_partition() activates a volume with
-                # a signature only by that signature (kernel keyring, then userspace verity.d): it
-                # never falls back to plain verity, and the error stops the whole merge
-                bad_signature.append(f"{d}-verity-sig: {why_not}: systemd-sysext cannot open the image")
-        observed[d] = policy.Observed(
-            d,
-            best,
-            read_only=bool(des.data.attributes & gpt.ATTR_READ_ONLY),
-            growfs=bool(des.data.attributes & gpt.ATTR_GROWFS),
-            fstype=info.fstype.get(d),
-            why_not_better=why_not,
-        )
+        _observe(checking, info, d, des)
     if not info.found:
-        reasons.append("no root or usr partition")
+        checking.reasons.append("no root or usr partition")
     for rel in info.release.values():  # read once, by inspect()
-        why = rel if isinstance(rel, str) else release.check(rel, os_release, arch)
+        why = rel if isinstance(rel, str) else release.check(rel, os_release, checking.arch)
         if why:
-            reasons.append(f"extension-release: {why}")
-    node = policy.evaluate(policy.parse(policy.NODE_SYSEXT_POLICY), observed, info.others)
-    blockers = [*reasons, *bad_signature, *(f"systemd-sysext's own policy: {d.reason}" for d in node if not d.ok)]
-    decisions = policy.evaluate(pol, observed, info.others)
-    reasons.extend(d.reason for d in decisions if not d.ok)
-    used = [d.used_as for d in decisions if d.ok and d.used_as not in (None, "absent")]
-    return Validation(
-        name or str(path), not reasons, reasons, decisions, signer, root_hex, used[0] if used else None, blockers
+            checking.reasons.append(f"extension-release: {why}")
+    return _verdict(checking, info, name or str(path))
+
+
+@dataclass
+class _Validating:
+    """One validation: what it checks against, and what it found so far, partition by partition."""
+
+    path: Path
+    pol: policy.ImagePolicy
+    trusted: list[x509.Certificate]
+    full: bool
+    progress: Callable[[int, int], None] | None
+    leaves: dict[int, verity.Leaves]
+    arch: str
+    reasons: list[str] = field(default_factory=list)
+    observed: dict[str, policy.Observed] = field(default_factory=dict)
+    signer: str | None = None
+    root_hex: str | None = None
+    bad_signature: list[str] = field(default_factory=list)  # why systemd-sysext cannot open it
+
+
+def _observe(v: _Validating, info: ImageInfo, d: str, des: Designated) -> None:
+    """Designator ``d``'s partitions: their protection as observed for the policies, or a reason."""
+    if v.pol.ignores(d):  # dropped by systemd-dissect before it looks: "unused" in the decisions
+        v.observed[d] = policy.Observed(d, policy.Protection.UNPROTECTED, read_only=True, growfs=False)
+        return
+    if des.architecture != v.arch:
+        v.reasons.append(f"{d} partition is for {des.architecture}, this machine is {v.arch}")
+    best, why_not = policy.Protection.UNPROTECTED, None
+    if des.verity is not None:
+        verified = _verified(v, info, d, des)
+        if verified is None:
+            return
+        best, why_not = _signed(v, info, d, des, verified)
+    v.observed[d] = policy.Observed(
+        d,
+        best,
+        read_only=bool(des.data.attributes & gpt.ATTR_READ_ONLY),
+        growfs=bool(des.data.attributes & gpt.ATTR_GROWFS),
+        fstype=info.fstype.get(d),
+        why_not_better=why_not,
     )
+
+
+def _verified(v: _Validating, info: ImageInfo, d: str, des: Designated) -> bytes | None:
+    """The root hash of ``d``'s verity partition when its hash tree verifies; else None, with why."""
+    sb = info.superblock.get(d)
+    rh = info.root_hash(d)
+    if sb is None or rh is None:
+        v.reasons.append(f"{d}-verity: no usable superblock or root hash")
+        return None
+    v.root_hex = rh.hex()
+    ver = _verify_with_offset(v.path, des, sb, rh, v.full, v.progress, v.leaves.get(des.data.offset))
+    if not ver.ok:
+        v.reasons.append(f"{d}-verity: {ver.reason}")
+        return None
+    return rh
+
+
+def _signed(
+    v: _Validating, info: ImageInfo, d: str, des: Designated, rh: bytes
+) -> tuple[policy.Protection, str | None]:
+    """The protection of verified partitions: signed when the signature of ``rh`` verifies against
+    the trusted certificates; else verity, and why not better."""
+    if des.sig is None:
+        return policy.Protection.VERITY, "no signature partition"
+    if d not in info.sig:
+        why_not = "signature partition does not parse"
+    else:
+        check = signature.verify(info.sig[d], rh, v.trusted)
+        if check.ok:
+            v.signer = check.signer
+            return policy.Protection.SIGNED, None
+        why_not = check.reason
+    # systemd v257 src/shared/dissect-image.c: verity_partition() activates a volume with a signature
+    # only by that signature (kernel keyring, then userspace verity.d): it never falls back to plain
+    # verity, and the error stops the whole merge
+    v.bad_signature.append(f"{d}-verity-sig: {why_not}: systemd-sysext cannot open the image")
+    return policy.Protection.VERITY, why_not
+
+
+def _verdict(v: _Validating, info: ImageInfo, name: str) -> Validation:
+    """The policies' verdicts on what was observed: the configured one's, and the node's
+    systemd-sysext's own for the blockers."""
+    node = policy.evaluate(policy.parse(policy.NODE_SYSEXT_POLICY), v.observed, info.others)
+    blockers = [*v.reasons, *v.bad_signature, *(f"systemd-sysext's own policy: {d.reason}" for d in node if not d.ok)]
+    decisions = policy.evaluate(v.pol, v.observed, info.others)
+    reasons = [*v.reasons, *(d.reason for d in decisions if not d.ok)]
+    used = [d.used_as for d in decisions if d.ok and d.used_as not in (None, "absent")]
+    return Validation(name, not reasons, reasons, decisions, v.signer, v.root_hex, used[0] if used else None, blockers)
 
 
 def _structure(info: ImageInfo, pol: policy.ImagePolicy) -> list[str]:
@@ -469,7 +508,7 @@ def partition_label(designator: str, arch: str) -> str:
 
 def assemble(
     data: bytes,
-    key: Any,
+    key: PrivateKeyTypes | None,
     cert: x509.Certificate | None,
     *,
     arch: str = "x86-64",
@@ -515,7 +554,7 @@ def assemble(
 
 
 def _build_tree(
-    src: Any, salt: bytes | None, verity_uuid: bytes | None, progress: Callable[[int, int], None] | None = None
+    src: io.BytesIO, salt: bytes | None, verity_uuid: bytes | None, progress: Callable[[int, int], None] | None = None
 ) -> verity.Tree:
     """verity.build wants a real file descriptor: spool the bytes through a temporary file."""
     import tempfile
@@ -537,7 +576,7 @@ def _build_tree(
 def build(
     tree: Path,
     out: Path,
-    key: Any,
+    key: PrivateKeyTypes | None,
     cert: x509.Certificate,
     *,
     fs: str = "erofs",

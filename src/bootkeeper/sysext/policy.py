@@ -242,54 +242,49 @@ def _protection_choices(best: Protection) -> list[Flag]:
 
 def evaluate(policy: ImagePolicy, present: dict[str, Observed], other: list[str] | None = None) -> list[Decision]:
     """Decide, like systemd-dissect, whether each designator of the image is acceptable."""
-    out: list[Decision] = []
-    for d in ("root", "usr"):
-        flags = policy.flags(d)
-        obs = present.get(d)
-        if obs is None:
-            if Flag.ABSENT in flags:
-                out.append(Decision(d, True, "absent", "absent, as allowed"))
-            else:
-                out.append(Decision(d, False, None, f"{d} partition is missing, the policy requires it"))
-            continue
-        allowed = [f for f in _protection_choices(obs.best) if f in flags]
-        if not allowed:
-            want = "+".join(f.value for f in Flag if f in flags & USE) or "nothing"
-            why = f"; {obs.why_not_better}" if obs.why_not_better else ""
-            if flags & USE <= IGNORE and Flag.UNUSED in flags:
-                out.append(Decision(d, True, "unused", "present, not used (the policy says unused)"))
-                continue
-            out.append(Decision(d, False, None, f"{d} is {obs.best.value}, the policy allows {want}{why}"))
-            continue
-        use = allowed[0]
-        ro_flag = Flag.READ_ONLY_ON if obs.read_only else Flag.READ_ONLY_OFF
-        if ro_flag not in flags:
-            out.append(
-                Decision(
-                    d,
-                    False,
-                    None,
-                    f"{d} read-only flag is {'on' if obs.read_only else 'off'}, the policy does not allow that",
-                )
-            )
-            continue
-        gf = Flag.GROWFS_ON if obs.growfs else Flag.GROWFS_OFF
-        if gf not in flags:
-            out.append(Decision(d, False, None, f"{d} growfs flag is {'on' if obs.growfs else 'off'}, not allowed"))
-            continue
-        fs_flag = next((f for f in FSTYPES if f.value == obs.fstype), None)
-        if obs.fstype and flags & FSTYPES and fs_flag not in flags:
-            out.append(Decision(d, False, None, f"{d} file system {obs.fstype} is not allowed by the policy"))
-            continue
-        note = f"qualified as {use.value}"
-        if use is not Flag.SIGNED and obs.why_not_better:
-            note += f", not signed ({obs.why_not_better})"
-        out.append(Decision(d, True, use.value, note))
+    out = [_decide(d, policy.flags(d), present.get(d)) for d in ("root", "usr")]
     for d in other or []:
         flags = policy.flags(d)
         if not flags & {Flag.UNUSED, Flag.UNPROTECTED, Flag.VERITY, Flag.SIGNED, Flag.ENCRYPTED}:
             out.append(Decision(d, False, None, f"a {d} partition is present, the policy requires it absent"))
     return out
+
+
+def _decide(d: str, flags: frozenset[Flag], obs: Observed | None) -> Decision:
+    """The decision for the root or usr designator ``d``: absent, then its protection, then its flags."""
+    if obs is None:
+        if Flag.ABSENT in flags:
+            return Decision(d, True, "absent", "absent, as allowed")
+        return Decision(d, False, None, f"{d} partition is missing, the policy requires it")
+    allowed = [f for f in _protection_choices(obs.best) if f in flags]
+    if not allowed:
+        if flags & USE <= IGNORE and Flag.UNUSED in flags:
+            return Decision(d, True, "unused", "present, not used (the policy says unused)")
+        want = "+".join(f.value for f in Flag if f in flags & USE) or "nothing"
+        why = f"; {obs.why_not_better}" if obs.why_not_better else ""
+        return Decision(d, False, None, f"{d} is {obs.best.value}, the policy allows {want}{why}")
+    refused = _refused_flag(d, flags, obs)
+    if refused is not None:
+        return Decision(d, False, None, refused)
+    use = allowed[0]
+    note = f"qualified as {use.value}"
+    if use is not Flag.SIGNED and obs.why_not_better:
+        note += f", not signed ({obs.why_not_better})"
+    return Decision(d, True, use.value, note)
+
+
+def _refused_flag(d: str, flags: frozenset[Flag], obs: Observed) -> str | None:
+    """Why the read-only, growfs or file system flag of a protected designator is not allowed, or None."""
+    ro_flag = Flag.READ_ONLY_ON if obs.read_only else Flag.READ_ONLY_OFF
+    if ro_flag not in flags:
+        return f"{d} read-only flag is {'on' if obs.read_only else 'off'}, the policy does not allow that"
+    gf = Flag.GROWFS_ON if obs.growfs else Flag.GROWFS_OFF
+    if gf not in flags:
+        return f"{d} growfs flag is {'on' if obs.growfs else 'off'}, not allowed"
+    fs_flag = next((f for f in FSTYPES if f.value == obs.fstype), None)
+    if obs.fstype and flags & FSTYPES and fs_flag not in flags:
+        return f"{d} file system {obs.fstype} is not allowed by the policy"
+    return None
 
 
 def check_config(text: str, where: str) -> tuple[ImagePolicy, list[str]]:

@@ -188,6 +188,12 @@ def check(rel: Release, host: dict[str, str] | None, arch: str, scope: str = "sy
     host_id = host.get("ID", "")
     if ext_id != host_id and ext_id not in host.get("ID_LIKE", "").split():
         return f"ID={ext_id}, the host is {host_id}" + (f" (like {host['ID_LIKE']})" if host.get("ID_LIKE") else "")
+    return _check_level(rel, host)
+
+
+def _check_level(rel: Release, host: dict[str, str]) -> str | None:
+    """The extension's SYSEXT_LEVEL, else its VERSION_ID, against the host's (the ID already matches)."""
+    f = rel.fields
     host_ver, host_level = host.get("VERSION_ID", ""), host.get("SYSEXT_LEVEL", "")
     if not host_ver and not host_level:
         return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bootkeeper.errors import MalformedError, UnreadableError
 from bootkeeper.sysext.required import Required
@@ -27,7 +26,7 @@ class Activated:
     reasons: tuple[str, ...] = ()  # activate's one-line reasons (free text: metrics reduce them to a class)
     file: str | None = None  # where it was found (/.extra/sysext/a.raw): one per image file, unlike name
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         return {"name": self.name, "verdict": self.verdict, "placed": self.placed, "signer": self.signer}
 
 

@@ -1,5 +1,5 @@
-"""``sysext.required``: the extensions a good boot needs merged (seed 003: "hook systemd into this to
-crash so the boot assessment can kick in").
+"""``sysext.required``: the extensions a good boot needs merged ("hook systemd into this to crash so the
+boot assessment can kick in": docs/seed-audit.md, "3. A required extension decides the boot").
 
 Activation judges them (:func:`judge`, pure: the config's names against the report's images, matched
 by :func:`release.image_stem`, the name systemd-sysext gives an image) and leaves the verdict in two
@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol, TypedDict
 
 from bootkeeper import fsutil
 from bootkeeper.errors import WriteError
@@ -32,6 +32,22 @@ from bootkeeper.errors import WriteError
 FAILED = "run/bootkeeper/sysext-required.failed"
 UNIT = "bootkeeper-sysext-required.service"  # assess/units.py renders it (the wings share no import)
 PENDING = "bootkeeper-sysext did not finish: the required extensions ({names}) were not judged"
+
+
+class RefusedJson(TypedDict):
+    name: str
+    why: str
+
+
+class RequiredJson(TypedDict):
+    """The verdict as the report carries it (:meth:`Required.as_json`)."""
+
+    names: list[str]
+    enforced: bool
+    ok: bool
+    missing: list[str]
+    refused: list[RefusedJson]
+    text: str
 
 
 class Judged(Protocol):
@@ -71,7 +87,7 @@ class Required:
             return f"{', '.join(self.names)} required, judged in enforced mode only"
         return "; ".join(self.lines()) if not self.ok else f"{', '.join(self.names)}: all merged"
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:  # shaped as RequiredJson, which from_json reads
         return {
             "names": list(self.names),
             "enforced": self.enforced,
@@ -82,8 +98,9 @@ class Required:
         }
 
     @classmethod
-    def from_json(cls, doc: Any) -> Required | None:
-        """The report's ``required``; None when absent (an activation before sysext.required)."""
+    def from_json(cls, doc: RequiredJson | None) -> Required | None:
+        """The report's ``required``; None when absent (an activation before sysext.required). The
+        report is read as JSON: its reader turns a key or type this finds wrong into MalformedError."""
         if doc is None:
             return None
         names = tuple(str(n) for n in doc["names"])

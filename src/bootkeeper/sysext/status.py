@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bootkeeper import submounts
 from bootkeeper.errors import BootkeeperError
@@ -55,7 +54,7 @@ class Extensions:
     activation: Activation | None
     shadowed: tuple[submounts.Shadowed, ...] = ()
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         act = self.activation
         return {
             "installed": {k: list(v) for k, v in self.installed.items()},

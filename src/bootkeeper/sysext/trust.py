@@ -33,9 +33,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bootkeeper.errors import InputError, MalformedError
+from bootkeeper.esp.efivars import EFIVARFS as EFIVARS
 from bootkeeper.fsutil import under
 
 if TYPE_CHECKING:
@@ -61,7 +62,6 @@ MOK_LISTS = ("MokListRT", "MokListXRT")
 MOKVAR_DIR = "mok-variables"  # beside efivars: /sys/firmware/efi/mok-variables (kernel mokvar-table.c)
 MOK_PARTS_MAX = 64  # shim's numbered continuations read at most (NAME1..NAME64): a bound, not a limit met
 NON_VOLATILE = 0x1
-EFIVARS = Path("/sys/firmware/efi/efivars")
 _ESL_HEADER = struct.Struct("<16sIII")
 EXPORT_PREFIX = "bootkeeper-"
 EXPORT_DIR = "run/verity.d"  # under the root: where keys export and activate write the anchors
@@ -174,7 +174,7 @@ class Anchor:
     def subject(self) -> str:
         return str(self.cert.subject.rfc4514_string())
 
-    def as_json(self, revoked_by: str | None = None) -> dict[str, Any]:
+    def as_json(self, revoked_by: str | None = None) -> dict[str, object]:
         return {
             "subject": self.subject,
             "fingerprint": self.fingerprint,
@@ -383,7 +383,8 @@ def load(
     dbx: list[EslEntry] = []
     mokx: list[EslEntry] = []
     unreadable: str | None = None
-    if cfg.firmware:  # firmware: [] reads no firmware variable at all, dbx included (README)
+    # firmware: [] reads no firmware variable at all, dbx included (docs/extensions.md, "Trust anchors")
+    if cfg.firmware:
         try:
             dbx = _dbx(efivars)
             # MokListXRT revokes as dbx does, whichever source trusts the certificate (the kernel

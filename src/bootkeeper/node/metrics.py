@@ -1,9 +1,9 @@
 """The status as Prometheus metrics, for node_exporter's textfile collector (``bootkeeper metrics``).
 
-The boot half (assess/status.py) and the extension half (sysext/status.py) meet here, in cli/, the
-one layer that may join them. :func:`build` is pure: status in, metric families out (name, help,
-label names, samples); :func:`exposition` renders them with ``prometheus_client`` (the text format
-0.0.4 the textfile collector reads), imported only there. Names and labels are made for a fleet:
+The boot half (assess/status.py) and the extension half (sysext/status.py) meet here, in node/, the
+layer that joins them. :func:`build` is pure: status in, metric families out (name, help, label
+names, samples); :func:`exposition` renders them with ``prometheus_client`` (the text format 0.0.4
+the textfile collector reads), imported only there. Names and labels are made for a fleet:
 every label is a closed vocabulary (role, state, verdict, reason class) or an identifier that stays
 the same from boot to boot (the entry without its counter, the extension's file name), never free
 text, so ``sum by (role) (...)`` over hundreds of nodes stays a handful of series.
@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bootkeeper.errors import MalformedError, UnreadableError
 
 if TYPE_CHECKING:
     from bootkeeper.assess.history import Boot
-    from bootkeeper.cli.status_cmd import Status
+    from bootkeeper.assess.status import NodeStatus
+    from bootkeeper.node.status import Status
+    from bootkeeper.sysext.report import Activation
 
 TEXTFILE = "bootkeeper.prom"  # the name in the textfile collector's folder (it reads *.prom)
 TPM_VERIFY = "run/bootkeeper/tpm-verify.json"  # `bootkeeper tpm verify --json`, as tpm verify leaves it
@@ -210,20 +212,43 @@ def last_fallback(boots: Sequence[Boot]) -> float | None:
     return found
 
 
+class _Families:
+    """The families of one exposition, in the order they are made (the order of the file)."""
+
+    def __init__(self) -> None:
+        self.out: list[Family] = []
+
+    def __call__(self, name: str, help_: str, *labels: str) -> Family:
+        f = Family(f"bootkeeper_{name}", help_, labels)
+        self.out.append(f)
+        return f
+
+
 def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: bool = False) -> list[Family]:
     """The families for one node's status (pure: the values come from ``shown`` and ``tpm``;
     ``unread_activation``: :func:`activation_unread`)."""
-    from bootkeeper.assess import history
-    from bootkeeper.assess.status import Unavailable
+    fam = _Families()
+    node = shown.node
+    _entry_families(fam, node)
+    _boot_families(fam, node)
+    _extension_families(fam, shown.extensions.activation)
+    _upgrade_families(fam, node)
+    _tpm_families(fam, tpm)
+    fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
+        len(node.problems) + len(shown.problems) + (1 if tpm is not None and tpm.problem else 0)
+    )
+    bad = set(node.unreadable)
+    if unread_activation:
+        bad.add("activation")
+    if tpm is not None and tpm.problem:
+        bad.add("tpm_verify")
+    _sources(fam, bad)
+    fam("metrics_timestamp_seconds", "When bootkeeper metrics wrote this file.").add(now)
+    return fam.out
+
+
+def _entry_families(fam: _Families, node: NodeStatus) -> None:
     from bootkeeper.esp.entries import same_entry
-
-    node, ext = shown.node, shown.extensions
-    out: list[Family] = []
-
-    def fam(name: str, help_: str, *labels: str) -> Family:
-        f = Family(f"bootkeeper_{name}", help_, labels)
-        out.append(f)
-        return f
 
     # one series per entry FILE: a stale twin (active+3.conf beside a used-up active+0-3.conf) has the
     # entry label of the other, and the file label keeps the two apart (issue 27: node_exporter kept one
@@ -259,6 +284,10 @@ def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: b
     for (eid, r), n in counted.items():
         files.add(n, eid, r)
 
+
+def _boot_families(fam: _Families, node: NodeStatus) -> None:
+    from bootkeeper.assess.status import Unavailable
+
     b = node.booted
     role = b.role.value if b.role else ""
     booted = fam("booted_info", "1: the entry this boot came from and its role.", "entry", "role")
@@ -289,7 +318,8 @@ def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: b
     if when is not None:
         last.add(when)
 
-    act = ext.activation
+
+def _extension_families(fam: _Families, act: Activation | None) -> None:
     # one series per image FILE: one name can be in .extra/sysext and .extra/global_sysext (or a store
     # folder), each judged or skipped on its own; ``file`` (where it was found) keeps them apart
     # (issue 27: the name alone wrote one identity twice)
@@ -320,6 +350,10 @@ def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: b
         for src, n in sorted(by_source.items()):
             anchors.add(n, src)
         revoked.add(act.revoked)
+    _required_family(fam, act)
+
+
+def _required_family(fam: _Families, act: Activation | None) -> None:
     required = fam(
         "extension_required",
         "Per extension of sysext.required at the last activation: 1 merged, 0 not (the boot is not good).",
@@ -331,6 +365,10 @@ def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: b
         for name in dict.fromkeys(act.required.names):  # the config refuses a name twice; a report may not
             problem = "refused" if name in refused else "missing" if name in act.required.missing else "none"
             required.add(1.0 if problem == "none" else 0.0, name, problem)
+
+
+def _upgrade_families(fam: _Families, node: NodeStatus) -> None:
+    from bootkeeper.assess import history
 
     if node.upgrades:
         u = node.upgrades[-1]
@@ -351,22 +389,8 @@ def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: b
         "1 if the node stays on statereset: its hand-back budget is spent and active and passive cannot boot.",
     ).add(1.0 if hb is not None and hb.staying else 0.0)
 
-    _tpm_families(fam, tpm)
 
-    fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
-        len(node.problems) + len(shown.problems) + (1 if tpm is not None and tpm.problem else 0)
-    )
-    bad = set(node.unreadable)
-    if unread_activation:
-        bad.add("activation")
-    if tpm is not None and tpm.problem:
-        bad.add("tpm_verify")
-    _sources(fam, bad)
-    fam("metrics_timestamp_seconds", "When bootkeeper metrics wrote this file.").add(now)
-    return out
-
-
-def _tpm_families(fam: Callable[..., Family], tpm: TpmResult | None) -> None:
+def _tpm_families(fam: _Families, tpm: TpmResult | None) -> None:
     if tpm is not None:
         fam("tpm_verify_agree", "1 if tpm verify found the live PCRs as predicted, 0 if not.").add(
             1.0 if tpm.agree else 0.0
@@ -397,7 +421,7 @@ def _tpm_families(fam: Callable[..., Family], tpm: TpmResult | None) -> None:
 SOURCES = ("status", "efivars", "history", "activation", "handbacks", "tpm_verify")
 
 
-def _sources(fam: Callable[..., Family], bad: set[str]) -> None:
+def _sources(fam: _Families, bad: set[str]) -> None:
     f = fam(
         "source_unreadable",
         "1 for each source bootkeeper metrics could not read (its series are missing or partial): status, "
@@ -419,25 +443,33 @@ def build_unread(tpm: TpmResult | None, now: float) -> list[Family]:
     """The families when the status could not be gathered at all: the failure as series
     (status_warnings, source_unreadable{source="status"}, the TPM result, the time), written in place of
     the last file, which would otherwise stay and look current until BootkeeperMetricsStale."""
-    out: list[Family] = []
-
-    def fam(name: str, help_: str, *labels: str) -> Family:
-        f = Family(f"bootkeeper_{name}", help_, labels)
-        out.append(f)
-        return f
-
+    fam = _Families()
     _tpm_families(fam, tpm)
     fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
         1 + (1 if tpm is not None and tpm.problem else 0)
     )
     _sources(fam, {"status", *(("tpm_verify",) if tpm is not None and tpm.problem else ())})
     fam("metrics_timestamp_seconds", "When bootkeeper metrics wrote this file.").add(now)
-    return out
+    return fam.out
+
+
+def write_textfile(dest: Path, data: bytes) -> None:
+    """Crash-safe: a temporary file in the same folder, then a rename (the collector never reads
+    half a file)."""
+    from bootkeeper import fsutil
+    from bootkeeper.errors import WriteError
+
+    if not dest.parent.is_dir():
+        raise WriteError(f"{dest.parent}: no such folder (the textfile collector's folder must exist)")
+    try:
+        fsutil.write_atomic(dest, data)
+    except OSError as exc:
+        raise WriteError(f"{dest}: cannot write ({exc.strerror or exc})") from exc
 
 
 def exposition(families: Iterable[Family]) -> bytes:
-    """The text format, written by ``prometheus_client`` (imported here only: ``metrics`` pays for it,
-    no boot-path verb does)."""
+    """The text format, written by ``prometheus_client`` (imported here only: ``metrics`` pays
+    for it, no boot-path verb does); the textfile collector reads format 0.0.4."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -463,7 +495,7 @@ def rules_text() -> str:
     return files("bootkeeper").joinpath("data", RULES).read_text(encoding="utf-8")
 
 
-def as_dict(families: Iterable[Family]) -> dict[str, Any]:
+def as_dict(families: Iterable[Family]) -> dict[str, list[dict[str, object]]]:
     """``--json``: name → list of {labels, value}."""
     return {
         f.name: [{"labels": dict(zip(f.labels, ls, strict=True)), "value": v} for ls, v in f.samples] for f in families

@@ -1,0 +1,101 @@
+"""Trust anchors and validation under the configured rules: what ``sysext install``, ``list`` and
+``upgrade``'s gate judge an image by, as activation does at boot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+    from bootkeeper.config import Config
+    from bootkeeper.sysext.image import Validation
+
+Progress = Callable[[int, int], None]
+
+
+def anchors(cfg: Config, root: Path, say: Callable[[str], None]) -> list[x509.Certificate]:
+    """The configured trust anchors; a source that cannot be read is a warning (as at boot)."""
+    from bootkeeper.sysext import trust
+
+    store = trust.load(cfg.sysext, root, strict=False)
+    for p in store.problems:
+        say(f"bootkeeper: warning: trust source skipped: {p}")
+    return store.certificates
+
+
+def certificates(paths: tuple[Path, ...]) -> list[x509.Certificate]:
+    """The certificates of ``--cert`` files (PEM or DER); one that does not load is an error."""
+    from bootkeeper.fsutil import read_input
+    from bootkeeper.sysext.trust import load_certificates
+
+    out = []
+    for p in paths:
+        out.extend(load_certificates(read_input(p, "the certificate"), str(p)))
+    return out
+
+
+def validate_for(
+    cfg: Config,
+    trusted: list[x509.Certificate],
+    path: Path,
+    full: bool,
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> Validation:
+    """Validate ``path`` under the configured policy and the trust anchors (boot-time rules);
+    ``name`` is the file name it has once installed (for its extension-release)."""
+    from bootkeeper.sysext import image, policy
+
+    pol = policy.parse(cfg.sysext.policy, "sysext.policy")
+    return image.validate(path, pol, trusted, full=full, progress=progress, name=name)
+
+
+def signing_pair(key_path: Path, cert_path: Path) -> tuple[PrivateKeyTypes, x509.Certificate]:
+    """The key and the certificate ``sysext build`` signs with: refused unless the key is the certificate's
+    (the signature would not verify against it)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+
+    from bootkeeper.errors import MalformedError, RefusedError
+    from bootkeeper.fsutil import read_input
+
+    key_bytes = read_input(key_path, "the key")
+    try:
+        key = load_pem_private_key(key_bytes, password=None)
+    except (ValueError, TypeError) as exc:
+        raise MalformedError(f"{key_path}: not a readable unencrypted PEM private key ({exc})") from exc
+    cert = certificates((cert_path,))[0]
+    spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise RefusedError(
+            f"{key_path}: not the key of {cert_path} ({cert.subject.rfc4514_string()}): the signature would "
+            "not verify against that certificate"
+        )
+    return key, cert
+
+
+def generate_pair(key_path: Path, cert_path: Path, cn: str, days: int) -> None:
+    """An RSA-2048 key (written with umask 077, never over a file that is there) and its self-signed
+    certificate, for trying out signing."""
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+
+    from bootkeeper.sysext.signature import self_signed
+
+    key, cert = self_signed("rsa", cn, days)
+    old = os.umask(0o077)
+    try:
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+    finally:
+        os.umask(old)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
