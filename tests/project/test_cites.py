@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "bootkeeper"
 DOCS = ROOT / "docs"
 MAN = {"bootkeeper(8)": ROOT / "man" / "bootkeeper.8", "bootkeeper.yaml(5)": ROOT / "man" / "bootkeeper.yaml.5"}

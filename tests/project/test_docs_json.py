@@ -10,7 +10,7 @@ from pathlib import Path
 from test_menu import KEYS as MENU_KEYS
 from test_status import STATUS_KEYS
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def _names(text: str) -> list[str]:

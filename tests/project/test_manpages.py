@@ -16,7 +16,7 @@ import pytest
 
 from manpage import BOOTKEEPER_8, BOOTKEEPER_YAML_5, MAN, items, section
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [BOOTKEEPER_8, BOOTKEEPER_YAML_5]
 
 
