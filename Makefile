@@ -1,9 +1,10 @@
 # Two entry points (README.md): `make demo` and `make test`. Both use the venv in .venv/.
+# `make check` is the quick one before a commit: lint and the fast tests, no QEMU, no root.
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit vm bench clean deb
+.PHONY: demo test check lint bench clean deb
 
 $(STAMP): pyproject.toml scripts/venv.sh
 	bash scripts/venv.sh $(VENV)
@@ -22,6 +23,12 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory lint
 	bash scripts/test.sh
 	$(PY) bench/startup.py
+
+# lint and the tests that boot no VM (markers node, guest, vm) and need no root (marker root: mounts,
+# namespaces, chroot into the trixie tree); about 10 minutes on two cores
+check: $(STAMP)
+	$(MAKE) --no-print-directory lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not node and not guest and not vm and not root"
 
 bench: $(STAMP)
 	$(PY) bench/startup.py

@@ -5,7 +5,25 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+TESTS = Path(__file__).parent
+# The helper modules (helpers.py, nodevm.py, ...) sit here and the tests in folders laid out like src/;
+# a test imports another folder's test module by its bare name (from test_node import Node), so each
+# folder is on the path whatever pytest collects first (file names are unique across folders).
+for folder in [TESTS, *sorted(d for d in TESTS.iterdir() if d.is_dir() and any(d.glob("test_*.py")))]:
+    sys.path.insert(0, str(folder))
+
+import luks  # noqa: E402  (a helper module in tests/, importable once the path above is set)
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> luks.Lab:
+    """The test module's own ``Lab`` (a subclass of luks.Lab: its LUKS volumes and UKIs), made once per
+    module as they are slow to make."""
+    gone = luks.missing()
+    if gone:
+        pytest.fail(f"missing in the trixie tree: {', '.join(gone)} (scripts/setup-trixie.sh makes it)")
+    made: luks.Lab = request.module.Lab(tmp_path_factory.mktemp("lab"))
+    return made
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

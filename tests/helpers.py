@@ -6,11 +6,32 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from bootkeeper.esp.efivars import LOADER_GUID, encode_string
+
+
+def bk(
+    *args: str | Path,
+    env: Mapping[str, str] | None = None,
+    prefix: Sequence[str] = (),
+    cwd: Path | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """The CLI run as a user runs it (``python -m bootkeeper`` in a fresh interpreter), output captured as
+    text; ``env`` adds to the environment, ``prefix`` goes before the interpreter (``unshare``, ``setpriv``)."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "bootkeeper", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def esp_with(root: Path, entries: dict[str, str], loader_conf: str = "timeout 0\n") -> Path:
@@ -21,6 +42,16 @@ def esp_with(root: Path, entries: dict[str, str], loader_conf: str = "timeout 0\
     (root / "loader" / "loader.conf").write_text(loader_conf)
     for name, body in entries.items():
         (root / "loader" / "entries" / name).write_text(body)
+    return root
+
+
+def type2_esp(root: Path, files: dict[str, bytes], loader_conf: str = "timeout 0\n") -> Path:
+    """A scratch ESP of Type #2 entries: ``files`` (UKIs by file name) in EFI/Linux and a loader.conf."""
+    (root / "EFI" / "Linux").mkdir(parents=True)
+    (root / "loader").mkdir()
+    (root / "loader" / "loader.conf").write_text(loader_conf)
+    for name, data in files.items():
+        (root / "EFI" / "Linux" / name).write_bytes(data)
     return root
 
 

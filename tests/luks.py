@@ -154,3 +154,25 @@ def build_uki(
         "ukify build",
     )
     return out
+
+
+# systemd-cryptenroll's options for Kairos kcrypt's binding: PCR 11 under the signing key tok, nothing by value
+SIGNED_PCR11 = ("--tpm2-public-key=/work/tok.pub.pem", "--tpm2-public-key-pcrs=11", "--tpm2-pcrs=")
+
+
+class Lab:
+    """One test module's LUKS work folder: the software TPM's state and the key ``tok`` its UKIs are
+    signed with; the module's own ``Lab`` subclass enrolls its volumes and builds its UKIs. The ``lab``
+    fixture (tests/conftest.py) makes it once per module."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.state = work / "tpm"
+        self.tok = rsa_key(work, "tok")
+
+    def volume(self, name: str, *tokens: tuple[str, ...]) -> Path:
+        """A LUKS volume ``name`` with one TPM2 token enrolled per item of ``tokens`` (cryptenroll options)."""
+        v = make_volume(self.work, name)
+        for args in tokens:
+            enroll(self.work, v, self.state, *args)
+        return v
