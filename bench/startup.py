@@ -3,12 +3,12 @@ to systemd's own tools (docs/testing.md, "What bootkeeper costs every boot").
 
 Each verb runs as its unit runs it (src/bootkeeper/assess/units.py), on a scratch node root (``--root
 DIR``, the config in DIR/oem, the ESP in DIR/efi, the EFI variables of a counted boot of active under
-DIR/sys/firmware/efi/efivars), as tests/test_import_budget.py builds one. Prints a table of medians
+DIR/sys/firmware/efi/efivars), as tests/cli/test_import_budget.py builds one. Prints a table of medians
 over 15 runs each (wall time, this machine) and each median as a ratio to ``python3 -c pass`` measured
 in the same run: the ratio is what carries over to a slower machine (the node's CPU, or QEMU's TCG).
 Asserts nothing about time: it reports. It fails (SystemExit) when a verb exits other than 0 (a broken
 verb is not timed as a fast error) and when a boot-path verb imports rich or cryptography that it must
-not (``sysext activate`` judges signatures: cryptography is its own, as in tests/test_import_budget.py).
+not (``sysext activate`` judges signatures: cryptography is its own, as in tests/cli/test_import_budget.py).
 
 ``random-seed`` runs the real bootctl (Debian 12's, from scripts/setup-test-deps.sh) on a read-only
 tmpfs ESP in a private mount namespace (it needs root), as bootkeeper-random-seed.service finds the

@@ -84,7 +84,7 @@ def _event_log(banks: dict[int, int], records: list[tuple[int, int, bytes]]) -> 
 
 def _luks_metadata(tmp: Path, token: dict[str, Any] | None) -> bytes:
     """``cryptsetup luksDump --dump-json-metadata`` of a LUKS2 volume by the real cryptsetup, with
-    ``token`` put in by ``cryptsetup token import`` (as tests/test_tpm_hostile.py makes them)."""
+    ``token`` put in by ``cryptsetup token import`` (as tests/measure/test_tpm_hostile.py makes them)."""
     vol, key = tmp / "v.luks", tmp / "pass"
     vol.unlink(missing_ok=True)
     with vol.open("wb") as f:

@@ -1,7 +1,7 @@
 """One fuzzing target per parser: ``run(data)`` feeds the bytes to the parser the way the verb
 that reads that input does, and ``expected`` names the errors the parser documents. Anything
 else escaping is a crash (the CLI would print a traceback). Importable without atheris: the
-regression test (``tests/test_fuzz_regressions.py``) runs the same code on every kept input.
+regression test (``tests/project/test_fuzz_regressions.py``) runs the same code on every kept input.
 """
 
 from __future__ import annotations

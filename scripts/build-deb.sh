@@ -15,7 +15,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir "$work/bootkeeper"
 tar -C "$here" --exclude=__pycache__ --exclude='*.egg-info' -cf - src pyproject.toml README.md LICENSE debian man \
   | tar -C "$work/bootkeeper" -xf -
-# Mounted at /build, which no shipped file may name (tests/test_deb.py checks).
+# Mounted at /build, which no shipped file may name (tests/node/test_deb.py checks).
 unshare --mount --propagation private /bin/bash -c '
   set -e
   R=$1

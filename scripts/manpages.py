@@ -6,7 +6,7 @@ everything else is written by hand and kept as it is.
     python scripts/manpages.py          # rewrite the generated sections in place
     python scripts/manpages.py --check  # exit 1 when a committed page differs from the code
 
-tests/test_manpages.py runs the check. Not part of the package: it imports the whole CLI (every verb).
+tests/project/test_manpages.py runs the check. Not part of the package: it imports the whole CLI (every verb).
 """
 
 from __future__ import annotations

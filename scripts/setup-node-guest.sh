@@ -1,11 +1,11 @@
 #!/bin/bash
-# The guest tree of the node tests (tests/test_node.py): Debian 13 (trixie) minbase with systemd 257
+# The guest tree of the node tests (tests/node/test_node.py): Debian 13 (trixie) minbase with systemd 257
 # as PID 1, udev, the cloud kernel (dm-verity with root-hash signatures), an initramfs-tools initrd
 # (virtio, ext4, zstd), python3 and the Debian packages bootkeeper's package depends on (python3-click,
 # -yaml, -rich, -cryptography, -asn1crypto; systemd), and systemd-boot as a node that boots with it has
 # it: bootctl (bootkeeper random-seed runs it) and systemd-boot-random-seed.service, which
 # bootkeeper-random-seed.service takes the place of; and the TPM side of systemd 257 that a measured
-# boot with a software TPM runs (tests/test_node_tpm.py): tpm2-tss, which systemd-pcrphase,
+# boot with a software TPM runs (tests/node/test_node_tpm.py): tpm2-tss, which systemd-pcrphase,
 # systemd-pcrextend and systemd-cryptsetup dlopen (ESYS, MU, RC and the device TCTI), and
 # systemd-cryptsetup with cryptsetup-bin for a LUKS2 volume unlocked by the TPM. bootkeeper itself is
 # not in this tree: tests/nodevm.py copies the tree and installs bootkeeper's Debian package (scripts/build-deb.sh) into

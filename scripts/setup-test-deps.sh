@@ -2,7 +2,7 @@
 # Install what the test suite needs on a fresh Debian 12 machine (as root), and fetch the pieces the
 # VM tests boot: a Debian kernel, systemd-boot 252 (bookworm), 257 (trixie) and 262 (sid) EFI binaries, and a
 # busybox initramfs; and swtpm, the software TPM the measured-boot node scenarios boot with
-# (tests/test_node_tpm.py; QEMU's -tpmdev emulator talks to it). Idempotent; downloads are cached in
+# (tests/node/test_node_tpm.py; QEMU's -tpmdev emulator talks to it). Idempotent; downloads are cached in
 # $VM_CACHE (default .cache/vm).
 #
 # Nothing here installs systemd-boot or a kernel on the machine: the .debs are fetched with
@@ -19,8 +19,8 @@ need=()
 for p in qemu-system-x86 ovmf mtools dosfstools fdisk e2fsprogs debootstrap busybox-static cpio util-linux mount binutils cryptsetup-bin erofs-utils squashfs-tools openssl systemd strace swtpm swtpm-tools; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
-for p in prometheus prometheus-node-exporter; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done  # promtool and the real engines of tests/test_fleet_prometheus.py
-for p in man-db groff-base; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done  # man -l and groff -ww render the man pages (tests/test_manpages.py)
+for p in prometheus prometheus-node-exporter; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done  # promtool and the real engines of tests/cli/test_fleet_prometheus.py
+for p in man-db groff-base; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done  # man -l and groff -ww render the man pages (tests/project/test_manpages.py)
 if [ ${#need[@]} -gt 0 ] || [ ! -f "$cache/.apt-updated" ]; then
   apt-get update -q >/dev/null
   touch "$cache/.apt-updated"

@@ -24,7 +24,7 @@ Pieces, each cached under ``.cache/node`` and rebuilt only when its inputs chang
 Each scenario gets its own disk: a GPT with an ESP (FAT32, written with mtools) and that root.
 After every boot the ESP is read back with mtools from the disk image itself.
 
-A measured-boot scenario (tests/test_node_tpm.py) also gets its own TPM (:func:`make_tpm`): a software
+A measured-boot scenario (tests/node/test_node_tpm.py) also gets its own TPM (:func:`make_tpm`): a software
 TPM 2.0 (swtpm, manufactured by swtpm_setup with an EK and the sha1 and sha256 banks) and a copy of
 OVMF's variable store, both kept across the scenario's boots as a machine keeps them; every boot starts
 swtpm for that state and stops it when QEMU ends (:func:`swtpm_running`), and boots Debian's 4 MiB OVMF
@@ -245,13 +245,13 @@ def root_image() -> Path:
         shutil.copy(f, units / f.name)
     (units / "bootkeeper-bless.service.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(RIG / "bootkeeper-bless-bktest.conf", units / "bootkeeper-bless.service.d" / "90-bktest.conf")
-    shutil.copy(RIG / "crypttab", stage / "etc/crypttab")  # noauto: for tests/test_node_unlock.py
+    shutil.copy(RIG / "crypttab", stage / "etc/crypttab")  # noauto: for tests/node/test_node_unlock.py
     out = chroot(
         stage,
         f"dpkg -i /tmp/{pkg.name}; rm /tmp/{pkg.name}; "
         "systemctl enable bktest-osrel.service bktest-fault.service bktest-report.service; "
         "systemctl enable bktest-usrlocal.service bktest-usrlocal-check.service; "  # test_node_usrlocal.py
-        # tests/test_node_goodboot.py: idle unless its files are on the ESP (bktest/oem.yaml, fail-multiuser)
+        # tests/node/test_node_goodboot.py: idle unless its files are on the ESP (bktest/oem.yaml, fail-multiuser)
         "systemctl enable bktest-goodboot-oem.service bktest-goodboot-required.service "
         "bktest-goodboot-multiuser.service; "
         "bootkeeper install-units; "

@@ -3,7 +3,7 @@ frozen dataclasses at the edge. Every error names the file, the key and what is 
 
 Each key is one row of :data:`SETTINGS` (the way mkosi's ``SETTINGS`` declares its options): its
 section and key, the parser that checks a value and names the key at fault, and the help text that
-bootkeeper.yaml(5)'s SETTINGS is generated from (tests/test_manpages.py, tests/test_config.py). The
+bootkeeper.yaml(5)'s SETTINGS is generated from (tests/project/test_manpages.py, tests/base/test_config.py). The
 type and the default are the field of the frozen dataclass the rest of bootkeeper reads
 (``BootAssessment``, ``Sysext``), which is also what a section's keys come from when a file does not
 set them.
@@ -366,7 +366,7 @@ class Setting(NamedTuple):  # a NamedTuple, not a dataclass: config is on the bo
 
 
 # In each section, the order of its rows is the order its unknown-key error lists them (and
-# bootkeeper.yaml(5)'s SETTINGS: tests/test_config.py).
+# bootkeeper.yaml(5)'s SETTINGS: tests/base/test_config.py).
 SETTINGS = (
     Setting(
         "boot_assessment",

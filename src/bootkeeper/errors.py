@@ -2,7 +2,7 @@
 
 :data:`EXIT_CODES` is the one table of exit codes: the CLI exits with the code of the class it
 caught, and bootkeeper(8)'s EXIT STATUS is generated from this one by scripts/manpages.py
-(``tests/test_exit_codes.py`` compares them, and drives every verb's error paths). The library never
+(``tests/cli/test_exit_codes.py`` compares them, and drives every verb's error paths). The library never
 calls ``sys.exit``.
 """
 

@@ -133,7 +133,7 @@ def fsync_renamed(path: Path, step: Step = no_step) -> None:
     """fsync a file just renamed, before its directory. On vfat (the ESP) a rename writes the new
     directory entry with no first cluster and size 0; the real ones go to disk only with the file's
     inode. fsync of the directory alone persists the empty entry: a power cut then leaves a 0-byte
-    UKI (seen on the node, tests/test_node.py). fsync of the file writes the entry in full."""
+    UKI (seen on the node, tests/node/test_node.py). fsync of the file writes the entry in full."""
     step(f"fsync-renamed:{path.name}")
     _fsync_path(path, os.O_NOFOLLOW)
 

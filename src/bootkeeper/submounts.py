@@ -3,7 +3,7 @@
 and writable where systemd does not, and how to see from ``/proc/self/mountinfo`` that one was shadowed.
 
 What systemd-sysext does (seen with this machine's 252 and trixie's 257.13 in private namespaces,
-``tests/test_submounts.py``):
+``tests/sysext/test_submounts.py``):
 
 * **252-256**: ``merge_hierarchy()`` mounts a read-only overlayfs on the hierarchy (``/usr``) whose
   lowest layer is the host's ``/usr`` *directory*; overlayfs does not cross mounts, and the overlay is

@@ -5,7 +5,7 @@ anything but itself (bootkeeper.yaml(5), DESCRIPTION: values that reach the unit
 
 How systemd reads a unit file (systemd.syntax(7), systemd.service(5) "Command lines", systemd.exec(5)
 ``Environment=``; and what the host's systemd 252 and trixie's 257 make of our files, read back from the
-manager's own parse by tests/test_unit_injection.py):
+manager's own parse by tests/assess/test_unit_injection.py):
 
 * a file is read line by line; a newline always ends a setting, and a line ending in a backslash is
   joined with the next one. So no raw control character is ever written: inside quotes a C escape
@@ -31,7 +31,7 @@ from bootkeeper.errors import ConfigError
 # systemd src/basic/unit-name.h (v252, v257): UNIT_NAME_MAX is 256 with the NUL; VALID_CHARS of
 # unit-name.c; a unit type suffix from unit-def.c's unit_type_table (slice is left out: a slice
 # cannot decide a boot). assess/generator.py restates them (it runs alone, python3 -IS) and
-# tests/test_unit_injection.py checks that both agree.
+# tests/assess/test_unit_injection.py checks that both agree.
 UNIT_NAME_MAX = 255
 UNIT_TYPES = ("service", "socket", "target", "mount", "path", "timer", "swap", "device", "automount", "scope")
 _UNIT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789:-_.\\")

@@ -1,5 +1,5 @@
 """The model's choices, each tied to behaviour the real systemd-boot showed (reference notes and
-tests/test_vm_bootcount.py)."""
+tests/vm/test_vm_bootcount.py)."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def test_good_when_is_parsed_at_the_edge(tmp_path: Path) -> None:
 def test_the_default_unit_is_upstreams_ordering_plus_requires_multi_user(tmp_path: Path) -> None:
     """Ordered as the node's own systemd-boot-check-no-failures.service (Debian's systemd 257, in the
     guest tree), RequiredBy= boot-complete.target and enabled so, and Requires=multi-user.target, the
-    line that makes a boot whose multi-user.target fails not good (tests/test_node_goodboot.py)."""
+    line that makes a boot whose multi-user.target fails not good (tests/node/test_node_goodboot.py)."""
     real = nodevm.GUEST / "usr/lib/systemd/system/systemd-boot-check-no-failures.service"
     if not real.exists():
         pytest.fail(f"{real} is missing: scripts/setup-node-guest.sh installs systemd into the guest")

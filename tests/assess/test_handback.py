@@ -2,7 +2,7 @@
 recovery from the ESP and the next boot is active; ``boot_assessment.handbacks`` hand-backs in a row,
 then statereset stays and status, history and the metrics say so. On scratch ESPs with the real bless,
 the boot loader model and simulate; the real systemd-boot boots the same sequence in
-tests/test_vm_bootcount.py, the node in tests/test_node.py (scenario 3)."""
+tests/vm/test_vm_bootcount.py, the node in tests/node/test_node.py (scenario 3)."""
 
 from __future__ import annotations
 

@@ -412,7 +412,7 @@ STATUS_KEYS = [
 
 
 def test_status_json_is_the_views_as_json_and_the_views_are_frozen(tmp_path: Path) -> None:
-    """The schema docs/services.md documents (tests/test_docs_json.py), key by key and in order, is what the
+    """The schema docs/services.md documents (tests/project/test_docs_json.py), key by key and in order, is what the
     frozen views give; their ``as_json()`` holds only JSON values (a tuple left in would not survive the round trip)."""
     import dataclasses
 

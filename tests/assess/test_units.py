@@ -197,7 +197,7 @@ def test_under_root_the_units_name_the_nodes_programs_never_this_virtualenv(tmp_
 
 
 # systemd v257 units/systemd-boot-random-seed.service (Debian's systemd-boot 257.13 ships it in
-# sysinit.target.wants): what orders and conditions it; tests/test_node.py compares with the node's own file.
+# sysinit.target.wants): what orders and conditions it; tests/node/test_node.py compares with the node's own file.
 REAL_RANDOM_SEED_UNIT = """\
 DefaultDependencies=no
 After=local-fs.target systemd-random-seed.service

@@ -2,7 +2,7 @@
 extension sets), and after a fallback to passive ``status`` says that the upgrade failed.
 
 Real scratch ESPs in both layouts, real signed extension images and real ``bootkeeper upgrade`` runs
-(builders of ``tests/test_upgrade.py``); the fallback is the boot engine's (``simulate``) with active's
+(builders of ``tests/assess/test_upgrade.py``); the fallback is the boot engine's (``simulate``) with active's
 enrolled service failing."""
 
 from __future__ import annotations

@@ -561,7 +561,7 @@ def test_every_verb_has_its_error_paths_driven() -> None:
 def test_every_code_is_reached() -> None:
     reached = {c.code for c in CASES}
     # OK and INTERNAL are not error paths of the input; COMMAND is driven where the tool runs
-    # (tests/test_node_systemd.py: a failing systemd-sysext refresh exits 8)
+    # (tests/sysext/test_node_systemd.py: a failing systemd-sysext refresh exits 8)
     assert set(ExitCode) - reached == {ExitCode.OK, ExitCode.COMMAND, ExitCode.INTERNAL}
 
 

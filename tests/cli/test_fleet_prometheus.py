@@ -2,7 +2,7 @@
 127.0.0.1 with only the textfile collector, reading the folder ``bootkeeper metrics --textfile-dir``
 writes, and a real ``prometheus`` scraping it every second with the shipped rules (``metrics
 --rules``). A scratch node falls back to passive with an extension refused by the real activation
-(tests/test_metrics.py's scenario): the series and four alerts appear in Prometheus's HTTP API; after a
+(tests/cli/test_metrics.py's scenario): the series and four alerts appear in Prometheus's HTTP API; after a
 good boot they clear. Both servers run in their own process groups, killed in ``finally``; every wait
 is bounded."""
 

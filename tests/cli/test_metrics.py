@@ -2,7 +2,7 @@
 by the real activation, then the same node after a good boot. The file is read back with
 ``prometheus_client``'s parser and accepted by the real ``promtool check metrics``; the shipped rules
 pass ``promtool check rules`` and their unit tests (``promtool test rules``). The scenario builders are
-shared with tests/test_fleet_prometheus.py, which scrapes the same files with a real Prometheus."""
+shared with tests/cli/test_fleet_prometheus.py, which scrapes the same files with a real Prometheus."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _pem(obj: Any) -> bytes:
 
 def fallen_back(tmp: Path, start: float) -> Node:
     """Active's service fails its three tries (rebooting each time), passive boots, fails too and the
-    node stays up on passive, unblessed (tests/test_status.py's node), boots from ``start`` on; then
+    node stays up on passive, unblessed (tests/assess/test_status.py's node), boots from ``start`` on; then
     the real ``sysext activate`` (enforced) places good.raw (signed by the trusted key) and refuses
     rogue.raw (signed by a key the node does not trust)."""
     root = tmp / "root"
@@ -325,7 +325,7 @@ def test_upgrade_and_tpm_verify_series(tmp_path: Path) -> None:
         (["/.extra/sysext/x.raw: a symbolic link; not followed"], "storage"),
         (["validation stopped (its worker process died)"], "validation"),
         (["not a GPT disk image"], "structure"),
-        # as tests/test_hostile.py's images are refused
+        # as tests/sysext/test_hostile.py's images are refused
         (["root is unprotected, the policy allows signed+absent"], "policy"),
         (["root is verity, the policy allows signed+absent; no signature partition"], "signature"),
         (["root is verity, the policy allows signed+absent; no trusted certificate"], "signature"),

@@ -1,7 +1,7 @@
 """Multi-profile UKIs (esp/pe.py read_profiles, esp/entries.py ids and order, store.snapshot's
 ``profiles``, assess/bootloader.py): as systemd-boot's src/boot/boot.c does it at v257, v257.13,
 v258.1, v258.3, v259, v261 (read in the sources; 252, 257.13 and 262.1 also booted in
-tests/test_vm_bootcount.py)."""
+tests/vm/test_vm_bootcount.py)."""
 
 from __future__ import annotations
 

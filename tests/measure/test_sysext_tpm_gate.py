@@ -155,7 +155,7 @@ def test_a_pcrlock_policy_covering_pcr13_refuses_one_leaving_it_out_does_not(lab
     policy.write_text("{not json")  # unreadable: gates as much as the default
     refused(bk(tmp_path, "install", str(lab.image), "--luks", str(lab.pcrlock)), "is not a pcrlock policy")
     assert tree(tmp_path / "efi") == before
-    # make-policy's file, as tests/test_pcrlock.py reads it: its pcrValues name the PCRs it covers
+    # make-policy's file, as tests/measure/test_pcrlock.py reads it: its pcrValues name the PCRs it covers
     values = [{"pcr": n, "values": ["00" * 32]} for n in (4, 11, 13)]
     policy.write_text(json.dumps({"pcrBank": "sha256", "pcrValues": values}))
     refused(bk(tmp_path, "install", str(lab.image), "--luks", str(lab.pcrlock)), f"({policy})")

@@ -299,7 +299,7 @@ def test_changed_extensions_are_named(uki: Uki, tmp_path: Path) -> None:
 def test_expect_names_what_booted_instead_even_when_the_log_and_the_esp_agree(uki: Uki, tmp_path: Path) -> None:
     """The ESP was changed *before* the boot (b.raw replaced): log, live PCRs and ESP agree, but the
     saved prediction says b.raw was meant to be another file. Found by the node scenario
-    (tests/test_node_tpm.py, boot 2 against boot 1's prediction)."""
+    (tests/node/test_node_tpm.py, boot 2 against boot 1's prediction)."""
     root = make_root(tmp_path, uki)
     meant_esp = tmp_path / "meant-esp"
     shutil.copytree(root / "efi", meant_esp)

@@ -567,7 +567,7 @@ def test_healthy_node_with_signed_extensions(pieces: dict[str, Path], tmp_path: 
 
     # the same boot in permissive mode: all but rogue placed (its signature would make the real
     # systemd-sysext refuse the whole set, issue 26 item 4), and it merges the three, plain
-    # unchecked; enforced again merges the two good ones (also tests/test_node_extdirs.py)
+    # unchecked; enforced again merges the two good ones (also tests/node/test_node_extdirs.py)
     perm = _marks_json(b, "SX_ACTIVATE", "permissive")
     placed = sorted(i["name"] for i in perm["images"] if i["placed"])
     assert placed == sorted(f"{n}.sysext.raw" for n in pieces if n != "rogue")

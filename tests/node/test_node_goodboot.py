@@ -37,7 +37,7 @@ node_factory = test_node.node_factory
 pytestmark = pytest.mark.node
 
 NOT_GOOD = "not good (service failed)"
-OEM = "# tests/test_node_goodboot.py, boots 2 and 3\nsysext:\n  required: [tools-a]\n"
+OEM = "# tests/node/test_node_goodboot.py, boots 2 and 3\nsysext:\n  required: [tools-a]\n"
 
 
 class GoodNode(Node):

@@ -13,7 +13,7 @@ another boot, the control: README's old example, hierarchies [/usr, /opt, /usr/l
 extension that ships /usr/local content.
 
 This machine's systemd-sysext 252, which hides /usr/local where 257 keeps it, is shown in
-tests/test_submounts.py (the same checks in a private namespace on the host).
+tests/sysext/test_submounts.py (the same checks in a private namespace on the host).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The JSON the guides document is the JSON the views give (issue 28 item 8): the key lists of
 ``status --json`` (docs/services.md) and ``entries --json`` (docs/upgrades.md, the frozen view
-assess/menu.py:Menu) are the ones tests/test_status.py and tests/test_menu.py hold the code to."""
+assess/menu.py:Menu) are the ones tests/assess/test_status.py and tests/assess/test_menu.py hold the code to."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _names(text: str) -> list[str]:
 def test_the_status_keys_the_guide_lists_are_the_views() -> None:
     text = (DOCS / "services.md").read_text()
     start = text.index("`status --json` keys, in order:")
-    listed = " ".join(text[start : text.index("(`tests/test_status.py`)", start)].split()).split(":", 1)[1]
+    listed = " ".join(text[start : text.index("(`tests/assess/test_status.py`)", start)].split()).split(":", 1)[1]
     nested = dict(re.findall(r"`(\w+)` \(([^)]*)\)", listed))
     assert _names(re.sub(r"\([^)]*\)", "", listed)) == STATUS_KEYS
     assert _names(nested["booted"]) == ["entry", "role", "blessed", "counting", "why"]

@@ -80,7 +80,7 @@ def test_man_renders_the_page_without_warnings(page: Path) -> None:
 
 
 def test_the_exit_code_and_lint_lists_have_one_item_per_row() -> None:
-    """The items the other tests read (tests/test_exit_codes.py, tests/test_lint.py) are there."""
+    """The items the other tests read (tests/cli/test_exit_codes.py, tests/assess/test_lint.py) are there."""
     assert len(items(section(BOOTKEEPER_8, "EXIT STATUS"))) >= 9
     assert len(items(section(BOOTKEEPER_8, "LINT RULES"))) >= 20
     assert sorted(p.name for p in MAN.iterdir()) == sorted(p.name for p in PAGES)
@@ -89,7 +89,7 @@ def test_the_exit_code_and_lint_lists_have_one_item_per_row() -> None:
 def test_the_debian_package_is_built_with_the_man_pages() -> None:
     """What scripts/build-deb.sh copies into the build includes man/, debian/bootkeeper.manpages names
     each page (dh_installman puts them in usr/share/man/man8 and man5, dh_compress gzips them -9n), and
-    the node tests' cached package is rebuilt when a page changes (tests/test_deb.py checks ``dpkg -c``)."""
+    the node tests' cached package is rebuilt when a page changes (tests/node/test_deb.py checks ``dpkg -c``)."""
     import nodevm
 
     script = (ROOT / "scripts" / "build-deb.sh").read_text()

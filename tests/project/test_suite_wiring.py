@@ -2,7 +2,7 @@
 
 The node tests run only in CI's node process, an hour after a change; a fixture a module forgot to
 import (``fixture 'pieces' not found``) then shows as an error at setup after 55 minutes, as it did
-for tests/test_node_extdirs.py (stop 33). ``pytest --setup-plan`` resolves every fixture of every
+for tests/node/test_node_extdirs.py (stop 33). ``pytest --setup-plan`` resolves every fixture of every
 selected test without running one, so this fast test finds the same fault in seconds.
 """
 

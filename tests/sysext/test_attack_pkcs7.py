@@ -1,6 +1,6 @@
 """Malformed PKCS#7 blobs, crafted field by field: every one is a failed SignatureCheck with a
 one-line reason, never an exception (issue 12, item 1). ``malformed()`` is also used by
-tests/test_attack_activate.py to put these blobs into real images."""
+tests/sysext/test_attack_activate.py to put these blobs into real images."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 which systemd-sysext merges beside ``/run/extensions``, judged by ``sysext activate`` as it judges
 the images it places; what the mode refuses is moved into ``/var/lib/bootkeeper/quarantine``,
 never deleted. Through the real CLI; the node VM shows the same with the real systemd-sysext
-(tests/test_node_extdirs.py)."""
+(tests/node/test_node_extdirs.py)."""
 
 from __future__ import annotations
 

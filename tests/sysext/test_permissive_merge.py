@@ -12,7 +12,7 @@ which need no device mapper: this machine has none), measured here and asserted 
 * a wrong ID (extension_release_validate(), src/shared/extension-util.c, returns 0): that image alone
   is skipped, the others merge, in 252 and 257 alike;
 * a signature that does not verify (needs dm-verity: shown on the node, reference/vm/NOTES.md
-  scenario 3, tests/test_node.py scenario 1): none.
+  scenario 3, tests/node/test_node.py scenario 1): none.
 
 systemd-sysext 252 runs from this machine, 257 from the trixie tree, each in a private mount namespace
 whose mounts are shared within it, so the overlay its child process mounts is seen by ``ls``.

@@ -21,7 +21,7 @@ entry, including one with no tries left: such a pattern boots a bad entry again 
 (``+0-3`` → ``+0-4``). Whether an id keeps its counter, which loader keys are counted, and the
 read-only attribute are per version (:mod:`bootkeeper.esp.sdboot`). The rename happens before the
 kernel starts, and its new path is exported as ``LoaderBootCountPath``. Checked against the real
-systemd-boot 252.39, 257.13 and 262.1 in QEMU (tests/test_vm_bootcount.py).
+systemd-boot 252.39, 257.13 and 262.1 in QEMU (tests/vm/test_vm_bootcount.py).
 """
 
 from __future__ import annotations

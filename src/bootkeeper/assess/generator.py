@@ -47,11 +47,11 @@ UNIT_TYPES = ("service", "socket", "target", "mount", "path", "timer", "swap", "
 # \Z, not $: "$" also matches before a trailing newline (unittext.unit_name_problem is the same rule)
 UNIT_NAME = re.compile(rf"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.({'|'.join(UNIT_TYPES)})\Z")
 POLICIES = ("never", "active", "always")
-DEFAULT_TRIES = 3  # config.BootAssessment.tries (tests/test_services.py checks they agree)
+DEFAULT_TRIES = 3  # config.BootAssessment.tries (tests/assess/test_services.py checks they agree)
 MAX_TRIES = 100  # the bound config.py puts on boot_assessment.tries
 INT_MAX = 2**31 - 1
 # The counter grammar of esp/counter.py (systemd-boot's boot_entry_parse_tries()), restated here
-# because this file runs alone (python3 -IS, bootkeeper not importable); tests/test_services.py
+# because this file runs alone (python3 -IS, bootkeeper not importable); tests/assess/test_services.py
 # checks that both agree. The counter follows the last "+": no "+" may come after it.
 _COUNTER = re.compile(r"\+([0-9]+)(?:-([0-9]+))?(\.conf|\.efi)$", re.IGNORECASE)
 
@@ -134,14 +134,14 @@ def failure_reboots(boot_count_path: str | None, selected: str | None, tries: in
 
     ``boot_count_path`` is ``LoaderBootCountPath``: the name systemd-boot renamed the entry to
     *before* this boot (``+L-D`` → ``+max(L-1,0)-(D+1)``, systemd-boot's config_entry_bump_counters(),
-    as modelled in assess/bootloader.py and checked against 252 and 257 by tests/test_vm_bootcount.py).
+    as modelled in assess/bootloader.py and checked against 252 and 257 by tests/vm/test_vm_bootcount.py).
     With LEFT above 0 there, a try was left. With LEFT 0 the name before was ``+1-(D-1)`` (the last
     try: a reboot falls back) or ``+0-(D-1)`` (booted while bad: pinned by a ``default`` or
     ``LoaderEntryDefault``, or the only entry; a reboot boots it again, forever). The name alone
     cannot tell them apart:
 
     * ``selected`` (``LoaderEntrySelected``) does on systemd-boot 252 (253 assumed alike), where the id
-      is the file name found, counter included, before the rename (tests/test_vm_bootcount.py);
+      is the file name found, counter included, before the rename (tests/vm/test_vm_bootcount.py);
     * else ``tries`` (``boot_assessment.tries``, the counter ``arm``/``rotate`` give active): counted
       down from ``+tries``, LEFT + DONE stays ``tries``; DONE above it means boots while bad. An entry
       marked bad early (``bless bad`` keeps DONE) may still reboot, but every boot raises DONE, so the
@@ -240,7 +240,7 @@ _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\
 
 def shown_line(text: str) -> str:
     """bootkeeper.shown.shown_line, written again: the generator runs as ``python3 -IS`` and cannot import
-    bootkeeper (tests/test_shown.py checks that the two agree)."""
+    bootkeeper (tests/base/test_shown.py checks that the two agree)."""
     import unicodedata
 
     out = []

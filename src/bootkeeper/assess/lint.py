@@ -666,7 +666,7 @@ class Rule(Generic[Subject]):
 
 # The order of a subject's rules is the order of its findings (cloud-config findings are then sorted
 # by line). bootkeeper(8)'s LINT RULES and docs/services.md's table of codes are checked against this
-# one (tests/test_lint.py, tests/test_manpages.py).
+# one (tests/assess/test_lint.py, tests/project/test_manpages.py).
 RULES = (
     Rule("BK100", EITHER, "not YAML, or a step lint cannot read (warning)", CloudConfigFile, _bk100),
     Rule("BK101", ERROR, "a step meant for a role whose if: is false on that role", CloudConfigFile, _bk101),

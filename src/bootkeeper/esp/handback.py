@@ -8,7 +8,7 @@ copy of the ESP (``simulate --esp``, a scratch ESP) does not carry. The name is 
 systemd-boot nor systemd-stub loads: systemd-boot reads ``loader/loader.conf``, ``loader/entries/*.conf``,
 ``loader/random-seed``, ``loader/keys/`` and ``EFI/Linux/*.efi``; the stub ``loader/credentials/*.cred``,
 ``loader/addons/*.addon.efi`` and a UKI's ``.extra.d/``; a plain file in ``loader/`` without a suffix is
-none of those (booted with it in place on 252.39, 257.13 and 262.1: tests/test_vm_bootcount.py).
+none of those (booted with it in place on 252.39, 257.13 and 262.1: tests/vm/test_vm_bootcount.py).
 
 The format is os-release-like text, one key::
 

@@ -6,7 +6,7 @@ major versions (257.13 drops the counter from entry ids like 259 does), so behav
 from the full version, not from the major number alone.
 
 Each behaviour says where it is known from: *booted* (a real boot under QEMU+OVMF in
-tests/test_vm_bootcount.py, on 252.39-1~deb12u2, 257.13-1~deb13u1 and 262.1-1) or *source* (a
+tests/vm/test_vm_bootcount.py, on 252.39-1~deb12u2, 257.13-1~deb13u1 and 262.1-1) or *source* (a
 commit of systemd, src/boot/boot.c unless said otherwise); docs/design.md, "The boot loader model,
 per systemd version", lists them.
 Two 258 features change nothing the model predicts, so they have no property here: the

@@ -1,7 +1,7 @@
 """What a store is given from outside, kept out of esp/store.py (which reads no environment and writes
 nothing to stderr itself): where its warnings go, and the power-cut tests' step hook.
 
-``BOOTKEEPER_TEST_STEP_PAUSE=SECONDS`` (tests/test_node.py, tests/test_remount_signals.py): every step
+``BOOTKEEPER_TEST_STEP_PAUSE=SECONDS`` (tests/node/test_node.py, tests/esp/test_remount_signals.py): every step
 that changes the ESP is announced on stderr and then waits that long, so a test can kill the machine
 between two steps.
 """

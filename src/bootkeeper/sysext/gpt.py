@@ -26,7 +26,7 @@ N_ENTRIES = 128
 MAX_ENTRIES = 1024
 # attribute bits of the Discoverable Partitions Specification (systemd's SD_GPT_FLAG_*). Bits 0
 # (required) and 1 (no block IO protocol) change nothing for a root/usr partition: checked against
-# systemd-dissect --validate 257 (tests/test_interop.py).
+# systemd-dissect --validate 257 (tests/sysext/test_interop.py).
 ATTR_READ_ONLY = 1 << 60  # as repart sets it
 ATTR_NO_AUTO = 1 << 63  # systemd-dissect skips such a partition as if it were not there
 ATTR_GROWFS = 1 << 59

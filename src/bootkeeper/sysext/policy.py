@@ -135,7 +135,7 @@ class ImagePolicy:
         """systemd-dissect drops a partition whose rule allows nothing but ``unused`` (and ``absent``)
         before it judges the partition table ("policy dictates to ignore it" in its debug log):
         ``usr=unused`` or an unlisted designator under the ``ignore`` default; ``usr=absent`` is not
-        ignoring, it refuses. Checked against systemd-dissect --validate 257 (tests/test_interop.py)."""
+        ignoring, it refuses. Checked against systemd-dissect --validate 257 (tests/sysext/test_interop.py)."""
         return self.flags(designator) & USE - {Flag.ABSENT} == {Flag.UNUSED}
 
     def __str__(self) -> str:

@@ -5,7 +5,7 @@ VERSION_ID; a host without VERSION_ID and SYSEXT_LEVEL (rolling release) matches
 
 The file is ``usr/lib/extension-release.d/extension-release.NAME`` where NAME is the image file
 name without ``.raw`` (and without ``.sysext``, as systemd names images). A file under another
-name is not taken: systemd-dissect 257 did not report it either (tests/test_interop.py).
+name is not taken: systemd-dissect 257 did not report it either (tests/sysext/test_interop.py).
 erofs is read by :mod:`erofs`; squashfs with ``unsquashfs -cat`` through ``run()``.
 """
 
