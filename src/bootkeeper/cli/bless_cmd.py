@@ -14,6 +14,7 @@ from bootkeeper.cli.common import (
     find_esp,
     json_option,
     load_config,
+    options,
     print_json,
     root_option,
 )
@@ -23,18 +24,14 @@ from bootkeeper.shown import echo
 
 @click.command()
 @click.argument("action", type=click.Choice(["good", "bad", "indeterminate", "status"]))
-@esp_option
-@efivars_option
+@options(esp_option, efivars_option)
 @click.option(
     "--entry",
     "entry",
     default=None,
     help="The booted entry relative to the ESP (e.g. loader/entries/active+2-1.conf) instead of LoaderBootCountPath.",
 )
-@config_option
-@root_option
-@boot_id_option
-@json_option
+@options(config_option, root_option, boot_id_option, json_option)
 def bless(
     action: str,
     esp: Path | None,

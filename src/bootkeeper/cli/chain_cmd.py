@@ -12,6 +12,7 @@ from bootkeeper.cli.common import (
     find_esp,
     json_option,
     load_config,
+    options,
     print_json,
     root_option,
     version_option,
@@ -34,11 +35,7 @@ def _report(res: object, as_json: bool) -> None:
 
 @click.command()
 @click.argument("roles", nargs=-1, type=click.Choice(["active", "passive", "recovery", "statereset"]))
-@esp_option
-@version_option
-@config_option
-@root_option
-@json_option
+@options(esp_option, version_option, config_option, root_option, json_option)
 def arm(
     roles: tuple[str, ...],
     esp: Path | None,
@@ -62,11 +59,7 @@ def arm(
 
 @click.command()
 @click.argument("new_entry", type=click.Path(path_type=Path))
-@esp_option
-@version_option
-@config_option
-@root_option
-@json_option
+@options(esp_option, version_option, config_option, root_option, json_option)
 def rotate(
     new_entry: Path,
     esp: Path | None,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import config_option, load_config, root_option
+from bootkeeper.cli.common import config_option, load_config, options, root_option
 from bootkeeper.cli.service_cmd import reboot_option, service_specs
 
 
@@ -17,9 +17,7 @@ def cloud_config() -> None:
 
 @cloud_config.command()
 @click.argument("names", nargs=-1)
-@reboot_option
-@root_option
-@config_option
+@options(reboot_option, root_option, config_option)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write here (default: stdout).")
 def render(
     names: tuple[str, ...], reboot_on_failure: str, root: Path, config_files: tuple[Path, ...], output: Path | None

@@ -32,6 +32,17 @@ def refused_exit() -> NoReturn:
     raise SystemExit(int(ExitCode.REFUSED))
 
 
+def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several option decorators as one, in the order given (the order ``--help`` lists them)."""
+
+    def deco(f: F) -> F:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return deco
+
+
 def esp_option(f: F) -> F:
     return click.option(
         "--esp",

@@ -14,6 +14,7 @@ from bootkeeper.cli.common import (
     esp_option,
     find_esp,
     json_option,
+    options,
     print_json,
     root_option,
     version_option,
@@ -35,11 +36,7 @@ def history() -> None:
 
 
 @history.command()
-@esp_option
-@efivars_option
-@version_option
-@root_option
-@boot_id_option
+@options(esp_option, efivars_option, version_option, root_option, boot_id_option)
 def record(esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path, boot_id: str | None) -> None:
     """Append this boot (booted entry, its counter, every entry's state) once per boot id."""
     efivars = efivars_dir(efivars, root)
@@ -65,8 +62,7 @@ def record(esp: Path | None, efivars: Path | None, sdboot_version: str | None, r
 
 
 @history.command()
-@root_option
-@json_option
+@options(root_option, json_option)
 def show(root: Path, as_json: bool) -> None:
     """The recorded boots and upgrades, oldest first."""
     from bootkeeper.assess import history as history_mod

@@ -10,6 +10,7 @@ from bootkeeper.cli.common import (
     config_option,
     json_option,
     load_config,
+    options,
     print_json,
     root_efivars_option,
     root_option,
@@ -37,10 +38,7 @@ def generate(key_path: Path, cert_path: Path, cn: str, days: int) -> None:
 
 
 @keys.command(name="list")
-@config_option
-@root_option
-@root_efivars_option
-@json_option
+@options(config_option, root_option, root_efivars_option, json_option)
 def list_(config_files: tuple[Path, ...], root: Path, efivars: Path | None, as_json: bool) -> None:
     """Trusted certificates: config, verity.d folders, firmware db (minus dbx)."""
     from bootkeeper.sysext import trust
@@ -65,9 +63,7 @@ def list_(config_files: tuple[Path, ...], root: Path, efivars: Path | None, as_j
 
 
 @keys.command()
-@config_option
-@root_option
-@root_efivars_option
+@options(config_option, root_option, root_efivars_option)
 @click.option("--dest", type=click.Path(path_type=Path), default=None, help="Default: ROOT/run/verity.d.")
 @json_option
 def export(config_files: tuple[Path, ...], root: Path, efivars: Path | None, dest: Path | None, as_json: bool) -> None:

@@ -16,6 +16,7 @@ from bootkeeper.cli.common import (
     find_esp,
     json_option,
     load_config,
+    options,
     print_json,
     version_option,
 )
@@ -24,10 +25,7 @@ from bootkeeper.shown import echo
 
 @click.command()
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
-@esp_option
-@efivars_option
-@version_option
-@config_option
+@options(esp_option, efivars_option, version_option, config_option)
 @click.option(
     "--root",
     type=click.Path(path_type=Path, file_okay=False),

@@ -16,6 +16,7 @@ from bootkeeper.cli.common import (
     esp_option,
     find_esp,
     json_option,
+    options,
     print_json,
     root_option,
     version_option,
@@ -23,11 +24,7 @@ from bootkeeper.cli.common import (
 
 
 @click.command()
-@esp_option
-@efivars_option
-@version_option
-@root_option
-@config_option
+@options(esp_option, efivars_option, version_option, root_option, config_option)
 @click.option(
     "--textfile-dir",
     type=click.Path(path_type=Path, file_okay=False),

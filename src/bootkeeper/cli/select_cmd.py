@@ -14,6 +14,7 @@ from bootkeeper.cli.common import (
     esp_option,
     find_esp,
     json_option,
+    options,
     print_json,
     version_option,
 )
@@ -33,10 +34,7 @@ if TYPE_CHECKING:
     "before).",
 )
 @click.option("--clear", is_flag=True, help="Remove the one-shot, loader.conf preferred and sort-key pins.")
-@esp_option
-@efivars_option
-@version_option
-@json_option
+@options(esp_option, efivars_option, version_option, json_option)
 def select(
     target: str | None,
     once: bool,

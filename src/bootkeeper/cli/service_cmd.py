@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bootkeeper.cli.common import F, config_option, json_option, load_config, print_json, root_option, table
+from bootkeeper.cli.common import F, config_option, json_option, load_config, options, print_json, root_option, table
 from bootkeeper.shown import echo
 
 if TYPE_CHECKING:
@@ -47,10 +47,7 @@ def service() -> None:
 
 @service.command()
 @click.argument("names", nargs=-1)
-@reboot_option
-@root_option
-@config_option
-@json_option
+@options(reboot_option, root_option, config_option, json_option)
 def enroll(
     names: tuple[str, ...], reboot_on_failure: str, root: Path, config_files: tuple[Path, ...], as_json: bool
 ) -> None:
@@ -72,8 +69,7 @@ def enroll(
 
 @service.command()
 @click.argument("names", nargs=-1, required=True)
-@root_option
-@json_option
+@options(root_option, json_option)
 def remove(names: tuple[str, ...], root: Path, as_json: bool) -> None:
     """Stop NAMES from deciding whether a boot is good."""
     from bootkeeper.assess import services
@@ -87,8 +83,7 @@ def remove(names: tuple[str, ...], root: Path, as_json: bool) -> None:
 
 
 @service.command(name="list")
-@root_option
-@json_option
+@options(root_option, json_option)
 def list_(root: Path, as_json: bool) -> None:
     """Enrolled services, their reboot policy, and whether drop-in, link and unit file are in place."""
     from bootkeeper.assess import services

@@ -16,6 +16,7 @@ from bootkeeper.cli.common import (
     find_esp,
     json_option,
     load_config,
+    options,
     print_json,
     root_option,
     version_option,
@@ -42,12 +43,7 @@ def handback_budget(config_files: tuple[Path, ...], root: Path) -> int | None:
 
 
 @click.command()
-@esp_option
-@efivars_option
-@version_option
-@root_option
-@config_option
-@json_option
+@options(esp_option, efivars_option, version_option, root_option, config_option, json_option)
 def status(
     esp: Path | None,
     efivars: Path | None,

@@ -16,6 +16,7 @@ from bootkeeper.cli.common import (
     find_esp,
     json_option,
     load_config,
+    options,
     print_json,
     refused_exit,
     root_option,
@@ -249,10 +250,7 @@ def _entry_option(what: str) -> Callable[[F], F]:
     help="Install even if validation fails, an entry's OS would refuse it at boot or a LUKS volume would not "
     "unlock from the TPM after it (logged).",
 )
-@luks_option("whose TPM2 tokens must survive the change of PCR 13")
-@esp_option
-@config_option
-@root_option
+@options(luks_option("whose TPM2 tokens must survive the change of PCR 13"), esp_option, config_option, root_option)
 @json_option
 def install(
     image_path: Path,
@@ -304,10 +302,7 @@ def install(
 @click.argument("name")
 @_entry_option("Remove from these entries only. Default: from every entry.")
 @click.option("--force", is_flag=True, help="Remove even if a LUKS volume would not unlock from the TPM after it.")
-@luks_option("whose TPM2 tokens must survive the change of PCR 13")
-@esp_option
-@config_option
-@root_option
+@options(luks_option("whose TPM2 tokens must survive the change of PCR 13"), esp_option, config_option, root_option)
 @json_option
 def remove(
     name: str,
@@ -354,10 +349,7 @@ def _removed_json(name: str, gone: Removed) -> dict[str, object]:
 
 
 @sysext.command(name="list")
-@esp_option
-@config_option
-@root_option
-@json_option
+@options(esp_option, config_option, root_option, json_option)
 def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json: bool) -> None:
     """Per boot entry: the extensions installed, their version, signer and verdict (with
     sysext.store: persistent, per folder of links: active/, passive/, recovery/, statereset/, common/)."""
@@ -411,8 +403,7 @@ def _list_out(as_json: bool, listing: Listing) -> None:
     default=None,
     help="Override sysext.mode from the config.",
 )
-@config_option
-@efivars_opt("Default: ROOT/sys/firmware/efi/efivars.", readable=True)
+@options(config_option, efivars_opt("Default: ROOT/sys/firmware/efi/efivars.", readable=True))
 @click.option(
     "--refresh/--no-refresh",
     "do_refresh",
@@ -461,8 +452,7 @@ def activate(
 
 
 @sysext.command(name="required")
-@root_option
-@config_option
+@options(root_option, config_option)
 @click.option(
     "--record", is_flag=True, help="Also record the reason in the boot history (bootkeeper-sysext-required.service)."
 )

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json, refused_exit
+from bootkeeper.cli.common import esp_option, find_esp, json_option, options, print_json, refused_exit
 from bootkeeper.shown import echo
 
 
 @click.command()
 @click.argument("device", type=click.Path(path_type=Path, dir_okay=False))
-@esp_option
-@json_option
+@options(esp_option, json_option)
 def audit(device: Path, esp: Path | None, as_json: bool) -> None:
     """Read DEVICE's LUKS2 TPM2 tokens and say what an upgrade would break: PCR 11 or 13 bound by value,
     no signed policy, a key no UKI on the ESP is signed for. Exit 0 when nothing would, 1 otherwise."""

@@ -14,6 +14,7 @@ from bootkeeper.cli.common import (
     esp_option,
     json_option,
     load_config,
+    options,
     print_json,
     refused_exit,
     root_option,
@@ -29,16 +30,14 @@ __all__ = ["verify"]
 
 
 @click.command()
-@root_option
-@esp_option
+@options(root_option, esp_option)
 @click.option(
     "--expect",
     "expect_path",
     type=click.Path(path_type=Path),
     help="A saved `tpm predict --json`: the extensions meant to boot; differences are named file by file.",
 )
-@config_option
-@json_option
+@options(config_option, json_option)
 def verify(
     root: Path, esp: Path | None, expect_path: Path | None, config_files: tuple[Path, ...], as_json: bool
 ) -> None:

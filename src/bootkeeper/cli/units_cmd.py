@@ -6,14 +6,13 @@ from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import config_option, json_option, load_config, print_json, root_option, say
+from bootkeeper.cli.common import config_option, json_option, load_config, options, print_json, root_option, say
 from bootkeeper.shown import echo
 from bootkeeper.systemd_version import HIGHEST, LOWEST
 
 
 @click.command(name="install-units")
-@root_option
-@config_option
+@options(root_option, config_option)
 @click.option(
     "--exe",
     default=None,

@@ -13,6 +13,7 @@ from bootkeeper.cli.common import (
     esp_option,
     json_option,
     load_config,
+    options,
     print_json,
     root_option,
     say,
@@ -37,12 +38,8 @@ if TYPE_CHECKING:
 @click.option("--recovery", is_flag=True, help="Replace the recovery set instead; active and passive stay.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the gate; write nothing.")
 @click.option("--force", is_flag=True, help="Go on although extensions or the menu order fail the gate (logged).")
-@luks_option("whose signed-policy TPM2 token the new UKI must open")
-@esp_option
-@config_option
-@version_option
-@root_option
-@json_option
+@options(luks_option("whose signed-policy TPM2 token the new UKI must open"), esp_option, config_option, version_option)
+@options(root_option, json_option)
 def upgrade(
     new_uki: Path,
     extensions: tuple[Path, ...],
