@@ -29,7 +29,7 @@ from bootkeeper.shown import echo
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from bootkeeper.node.extensions import Listing, Removed
+    from bootkeeper.node.extensions import Listing
     from bootkeeper.sysext.image import Validation
 
 
@@ -280,17 +280,7 @@ def install(
     cfg = load_config(config_files, root)
     done = extensions.install(cfg, root, find_esp(esp), image_path, name, entries, force, luks, say, _Bar)
     if as_json:
-        print_json(
-            {
-                **done.plan,
-                "validation": done.validation.as_json(),
-                "os": [o.as_json() for o in done.oses],
-                "misfits": [m.as_json() for m in done.misfits],
-                "tpm": [g.as_json() for g in done.gates],
-                "pcrlock": done.pcrlock.as_json() if done.pcrlock is not None else None,
-                "forced": done.forced,
-            }
-        )
+        print_json(done.as_json())
         return
     for who, path in zip((*done.written, *done.same), done.where, strict=True):
         echo(f"{who}: {path} {'written' if who in done.written else 'already there'}")
@@ -324,7 +314,7 @@ def remove(
     cfg = load_config(config_files, root)
     gone = extensions.remove(cfg, root, lambda: find_esp(esp), name, entries, force, luks, say)
     if as_json:
-        print_json(_removed_json(name, gone))
+        print_json(gone.as_json(name))
         return
     prefix = f"{gone.store}/" if gone.store is not None else ""
     for g in gone.removed:
@@ -333,19 +323,6 @@ def remove(
         echo(f"removed {prefix}{g} (no folder links to it)")
     if not gone.removed:
         echo(f"{name}: nothing matched in {gone.where}")
-
-
-def _removed_json(name: str, gone: Removed) -> dict[str, object]:
-    if gone.store is not None:
-        # the persistent store is measured by nothing: no TPM gate, no pcrlock component to make again
-        return {"name": name, "removed": list(gone.removed), "images_removed": list(gone.images),
-                "store": gone.store, "tpm": [], "pcrlock": None}  # fmt: skip
-    return {
-        "name": name,
-        "removed": list(gone.removed),
-        "tpm": [g.as_json() for g in gone.gates],
-        "pcrlock": gone.pcrlock.as_json() if gone.pcrlock is not None else None,
-    }
 
 
 @sysext.command(name="list")

@@ -75,21 +75,9 @@ def upgrade(
 
 def _report(out: Outcome, as_json: bool) -> None:
     """The plan, the gate and the result: as JSON, or a line each."""
-    plan, gate = out.plan, out.gate
+    gate = out.gate
     if as_json:
-        print_json(
-            {
-                "layout": plan.layout.value,
-                "role": plan.role.value,
-                "actions": list(out.actions),
-                "gate": gate.as_json(),
-                "warnings": plan.warnings,
-                "left_behind": list(plan.left_behind),
-                "store": out.store,
-                "history": out.history,
-                "result": out.result,
-            }
-        )
+        print_json(out.as_json())
         return
     echo(f"gate: {gate.uki_path}: a UKI ({', '.join(f'{k}={v}' for k, v in gate.uki.osrel.items())})")
     for v in gate.verdicts:

@@ -73,6 +73,17 @@ class Installed:
     forced: bool
     why: str
 
+    def as_json(self) -> dict[str, object]:
+        return {
+            **self.plan,
+            "validation": self.validation.as_json(),
+            "os": [o.as_json() for o in self.oses],
+            "misfits": [m.as_json() for m in self.misfits],
+            "tpm": [g.as_json() for g in self.gates],
+            "pcrlock": self.pcrlock.as_json() if self.pcrlock is not None else None,
+            "forced": self.forced,
+        }
+
 
 Judged = tuple["Validation", list["TargetOs"], list["Misfit"]]  # the staged copy: validation, OSes, misfits
 
@@ -268,6 +279,18 @@ class Removed:
     images: tuple[str, ...] = ()
     gates: tuple[ExtensionGate, ...] = ()
     pcrlock: PcrlockRun | None = None
+
+    def as_json(self, name: str) -> dict[str, object]:
+        if self.store is not None:
+            # the persistent store is measured by nothing: no TPM gate, no pcrlock component to make again
+            return {"name": name, "removed": list(self.removed), "images_removed": list(self.images),
+                    "store": self.store, "tpm": [], "pcrlock": None}  # fmt: skip
+        return {
+            "name": name,
+            "removed": list(self.removed),
+            "tpm": [g.as_json() for g in self.gates],
+            "pcrlock": self.pcrlock.as_json() if self.pcrlock is not None else None,
+        }
 
 
 def remove(

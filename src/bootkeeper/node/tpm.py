@@ -303,3 +303,90 @@ def public_key(path: Path) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
     from bootkeeper.measure.untrusted import load_public_key
 
     return load_public_key(read_input(path, "the public key"), str(path), certificate=True)
+
+
+def banks(names: tuple[str, ...], default: tuple[str, ...] = ("sha256",)) -> tuple[Bank, ...]:
+    """The ``--bank`` names as banks, each once, in the order given (``default`` when none is)."""
+    from bootkeeper.measure.banks import bank
+
+    return tuple(bank(n) for n in dict.fromkeys(names or default))
+
+
+@dataclass(frozen=True)
+class PolicySigning:
+    """What ``tpm sign-policy`` signs for (an entry or a UKI file) and how: with a key, as the digests
+    an HSM signs (step 1), or joining the HSM's signatures (step 2)."""
+
+    entry: str | None
+    uki_path: Path | None
+    key_path: Path | None
+    print_digests: bool
+    sigs_path: Path | None
+    pub_path: Path | None
+    banks: tuple[str, ...]
+    phases: tuple[str, ...]
+
+
+def sign_policy(req: PolicySigning, esp: Callable[[], Path]) -> str:
+    """The signed PCR 11 policy (``.pcrsig`` JSON), or step 1's digests to sign as JSON."""
+    import json
+
+    from bootkeeper.errors import UsageError
+    from bootkeeper.measure import policy
+
+    if (req.entry is None) == (req.uki_path is None):
+        raise UsageError("give one of --entry ROLE or --uki FILE")
+    modes = sum((req.key_path is not None, req.print_digests, req.sigs_path is not None))
+    if modes != 1:
+        raise UsageError("give one of --key KEY.pem, --print-digests, or --signatures FILE with --public-key")
+    if req.sigs_path is not None and req.pub_path is None:
+        raise UsageError("--signatures needs --public-key, to check them before they are written")
+    # systemd-measure's default: every bank it knows (parse_argv(), v257.9), as ukify signs without --pcr-banks
+    chosen = banks(req.banks, ("sha1", "sha256", "sha384", "sha512"))
+    if req.uki_path is not None:
+        handover = uki_handover(req.uki_path, chosen)
+    else:
+        from bootkeeper.esp.store import EspStore
+
+        handover = entry_handover(EspStore(esp()), req.entry or "", chosen)
+    items = policy.to_sign(handover, chosen, policy.phase_paths(req.phases))
+    if req.print_digests:
+        return json.dumps([i.to_json() for i in items], indent=2) + "\n"
+    if req.key_path is not None:
+        return policy.dump_pcrsig(policy.as_object(policy.sign(items, private_key(req.key_path))))
+    assert req.sigs_path is not None and req.pub_path is not None
+    signed = policy.join(items, signatures(req.sigs_path), public_key(req.pub_path))
+    return policy.dump_pcrsig(policy.as_object(signed))
+
+
+def verify_kept(
+    root: Path, esp: Callable[[], Path], config: Callable[[], Config], expect_path: Path | None, say: Say
+) -> Report:
+    """``tpm verify``: :func:`verify`, its result kept for ``bootkeeper metrics`` whatever it is, a
+    failed one when the verification cannot complete (then the error is raised)."""
+    from bootkeeper.errors import InputError, NotApplicableError
+    from bootkeeper.measure import verify as verify_mod
+    from bootkeeper.node.metrics import TPM_VERIFY
+
+    dest = root / TPM_VERIFY
+    why = no_tpm(root)
+    if why is not None:
+        # no TPM at all: nothing to verify, and no result is written. A result an earlier run left is
+        # replaced by a failed one (a node does not lose its TPM: a result there that this run cannot
+        # back is not kept agreeing: docs/measured-boot.md, tpm verify; docs/fleet.md, "The metrics and
+        # their labels"); with none there, none is written
+        if os.path.lexists(dest):
+            leave_result(dest, root, verify_mod.failed(f"{why}; an earlier tpm verify left a result"), say)
+        raise NotApplicableError(why)
+    try:
+        # a TPM without its event log (securityfs not mounted, the file removed) cannot be verified:
+        # a failed verification with the reason, never the last result kept (docs/measured-boot.md, tpm
+        # verify; docs/fleet.md, "The metrics and their labels")
+        report = verify(root, esp, config, expect_path)
+    except InputError as exc:
+        # a verification that cannot complete is a failed one: left for metrics (agree 0, the reason),
+        # then the error's exit code; never no result, which would keep the alert silent
+        leave_result(dest, root, verify_mod.failed(str(exc)), say)
+        raise
+    leave_result(dest, root, report, say)
+    return report

@@ -115,6 +115,20 @@ class Outcome:
     history: dict[str, object] | None = None
     refusal: RefusedError | None = None
 
+    def as_json(self) -> dict[str, object]:
+        plan = self.plan
+        return {
+            "layout": plan.layout.value,
+            "role": plan.role.value,
+            "actions": list(self.actions),
+            "gate": self.gate.as_json(),
+            "warnings": plan.warnings,
+            "left_behind": list(plan.left_behind),
+            "store": self.store,
+            "history": self.history,
+            "result": self.result,
+        }
+
 
 def check_extensions(extensions: tuple[Path, ...]) -> list[str]:
     """The file names the ``--extension`` images get: each readable, none named twice."""
