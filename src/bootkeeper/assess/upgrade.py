@@ -1,4 +1,4 @@
-"""``upgrade``: a new OS as one transaction over role *sets* (DESIGN.md, "An upgrade is a transaction").
+"""``upgrade``: a new OS as one transaction over role *sets* (docs/design.md, "An upgrade is a transaction").
 
 A role's set is its UKI, the ``<uki>.efi.extra.d/`` folder systemd-stub hands to the initrd (named after
 the UKI's uncounted name: ``active+2-1.efi`` reads ``active.efi.extra.d``), and its entry. Layouts:

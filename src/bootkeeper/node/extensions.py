@@ -437,8 +437,8 @@ def _names(d: Path) -> list[str]:
 
 def _listed(cfg: Config, trusted: list[x509.Certificate], path: Path, name: str, bars: Bars) -> Row:
     """One image's row of ``sysext list``: size, version, signer, verdict (hash tree only). An image
-    that cannot be read or parsed is a row that says why, never the end of the list (issue 27: one
-    broken file never stops the verdict on the others)."""
+    that cannot be read or parsed is a row that says why, never the end of the list (one broken file
+    never stops the verdict on the others: docs/extensions.md, "Extensions on the node")."""
     from bootkeeper.errors import BootkeeperError
 
     try:

@@ -57,7 +57,8 @@ def extension_gate(root: Path, luks: tuple[Path, ...], say: Say) -> list[Extensi
 def uki_gate(root: Path, luks: tuple[Path, ...], new_uki: Path, shown: str, say: Say) -> list[GateResult]:
     """The TPM gate of an upgrade, before the first write: the LUKS2 volumes given with ``--luks``,
     else every volume of the node's /etc/crypttab (under ``--root``) that is there; for each volume with a
-    signed-policy TPM2 token, whether the new UKI's .pcrsig opens it. No such volume: no gate."""
+    signed-policy TPM2 token, whether the new UKI's .pcrsig opens it. No such volume: no gate
+    (docs/measured-boot.md, "The upgrade gate")."""
     from bootkeeper.measure import luks as luks_mod
 
     return [luks_mod.gate(v.device, list(v.tokens), new_uki, shown) for v in volumes(root, luks, say)]

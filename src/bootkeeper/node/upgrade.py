@@ -1,9 +1,10 @@
 """``upgrade NEW.efi``'s transaction: a new OS over role sets, gated before the first write.
 
-The gate is where assess and sysext meet: the plan and the order check come from ``assess/upgrade.py``;
-each extension the new set will load is validated as ``sysext install`` does (configured policy and trust
-anchors), with the new UKI's ``.osrel`` as the host's os-release. What is judged is what lands: the gate
-reads private copies (0700), and the ESP gets those bytes; every message names the files the user gave.
+The gate is where assess and sysext meet (docs/design.md, "An upgrade is a transaction", 1. Gate, and
+"Layers"): the plan and the order check come from ``assess/upgrade.py``; each extension the new set will
+load is validated as ``sysext install`` does (configured policy and trust anchors), with the new UKI's
+``.osrel`` as the host's os-release. What is judged is what lands: the gate reads private copies (0700),
+and the ESP gets those bytes; every message names the files the user gave.
 """
 
 from __future__ import annotations
