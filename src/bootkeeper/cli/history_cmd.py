@@ -17,9 +17,9 @@ from bootkeeper.cli.common import (
     options,
     print_json,
     root_option,
+    say,
     version_option,
 )
-from bootkeeper.node.history import current_boot_id
 from bootkeeper.shown import echo
 
 if TYPE_CHECKING:
@@ -39,26 +39,13 @@ def history() -> None:
 @options(esp_option, efivars_option, version_option, root_option, boot_id_option)
 def record(esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path, boot_id: str | None) -> None:
     """Append this boot (booted entry, its counter, every entry's state) once per boot id."""
-    efivars = efivars_dir(efivars, root)
-    from bootkeeper.assess import history as history_mod
-    from bootkeeper.errors import BootkeeperError
-    from bootkeeper.esp.efivars import LoaderVars
-    from bootkeeper.esp.store import EspStore
+    from bootkeeper.node.history import record_boot
 
-    bid = current_boot_id(boot_id)
-    boots, _ = history_mod.read(root)
-    if history_mod.recorded(boots, bid):
+    bid, rec = record_boot(root, lambda: find_esp(esp), efivars_dir(efivars, root), sdboot_version, boot_id, say)
+    if rec is None:
         echo(f"boot {bid} is already recorded")
-        return
-    ev = LoaderVars.read(efivars)
-    try:
-        snap = EspStore(find_esp(esp)).snapshot(sdboot_version, loader_info=ev.loader_info)
-    except BootkeeperError as exc:
-        echo(f"warning: ESP not read: {exc}", err=True)
-        snap = None
-    rec = history_mod.boot_record(bid, time.time(), ev.boot_count_path or ev.entry_selected, snap)
-    history_mod.append(root, rec)
-    echo(f"recorded boot {bid}: {rec['entry'] or 'unknown entry'}")
+    else:
+        echo(f"recorded boot {bid}: {rec['entry'] or 'unknown entry'}")
 
 
 @history.command()

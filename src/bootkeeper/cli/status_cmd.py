@@ -4,6 +4,7 @@ PyYAML only when there is a config to read."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
@@ -22,24 +23,6 @@ from bootkeeper.cli.common import (
     version_option,
 )
 from bootkeeper.shown import echo
-
-
-def store_dir(config_files: tuple[Path, ...], root: Path) -> Path | None:
-    """The persistent extension store's folder, when the config says ``sysext.store: persistent``."""
-    if not config_files and not any((root / "oem").glob("*.yaml")):
-        return None  # the defaults: extensions on the ESP (and no config import on this path)
-    from bootkeeper import fsutil
-    from bootkeeper.config import SysextStore
-
-    cfg = load_config(config_files, root)
-    return fsutil.under(root, cfg.sysext.store_dir) if cfg.sysext.store is SysextStore.PERSISTENT else None
-
-
-def handback_budget(config_files: tuple[Path, ...], root: Path) -> int | None:
-    """``boot_assessment.handbacks`` when a config is there (None: the default, and no YAML import)."""
-    if not config_files and not any((root / "oem").glob("*.yaml")):
-        return None
-    return int(load_config(config_files, root).boot_assessment.handbacks)
 
 
 @click.command()
@@ -63,6 +46,7 @@ def status(
     from bootkeeper.node import status as joined
 
     efivars = efivars_dir(efivars, root)
+    config = partial(load_config, config_files, root)
     esp_root = find_esp(esp)
     snap = EspStore(esp_root).snapshot(sdboot_version, loader_info=loader_info(efivars))  # once for both views
     shown = joined.gather(
@@ -71,8 +55,8 @@ def status(
         efivars,
         sdboot_version,
         snap=snap,
-        store_dir=store_dir(config_files, root),
-        handbacks=handback_budget(config_files, root),
+        store_dir=joined.store_dir(root, config_files, config),
+        handbacks=joined.handback_budget(root, config_files, config),
     )
     shown = dataclasses.replace(shown, menu=joined.menu(esp_root, efivars, sdboot_version, snap))
     if as_json:

@@ -447,26 +447,18 @@ def required_(root: Path, config_files: tuple[Path, ...], record: bool, reboot: 
     """Whether this boot's required extensions (sysext.required) were merged, as the last activation
     judged them: exit 0 when they were, else exit 1 naming each that was refused or missing."""
     from bootkeeper.errors import RefusedError
+    from bootkeeper.node import extensions
     from bootkeeper.sysext import required
-    from bootkeeper.sysext.activate import printable
 
-    lines = required.read_failed(root)
-    if lines is None:
+    why = extensions.required_failed(root)
+    if why is None:
         echo("bootkeeper: the required extensions are merged (or none are required)")
         return
-    why = "; ".join(printable(line) for line in lines)
     if record:
-        import time
-
-        from bootkeeper.assess import history
-        from bootkeeper.node.history import current_boot_id
-
-        history.append(root, history.not_good_record(current_boot_id(boot_id), time.time(), required.UNIT, why))
+        extensions.record_not_good(root, boot_id, why)
     echo(f"bootkeeper: this boot is not good: {why}", err=True)
     if reboot == "active":
-        from bootkeeper.node.extensions import reboot_if_active
-
-        reboot_if_active(root, load_config(config_files, root).boot_assessment.tries, say)
+        extensions.reboot_if_active(root, load_config(config_files, root).boot_assessment.tries, say)
     raise RefusedError(
         f"this boot is not good: {why}",
         hint=f"the verdict is {root / required.FAILED}; 'bootkeeper status' shows the activation's report",

@@ -473,6 +473,27 @@ def _inspected(cfg: Config, trusted: list[x509.Certificate], path: Path, name: s
 # -- required --------------------------------------------------------------------------------------
 
 
+def required_failed(root: Path) -> str | None:
+    """Why this boot's required extensions (sysext.required) were not merged, as the last activation
+    judged them; None when they were (or none are required)."""
+    from bootkeeper.sysext import required
+    from bootkeeper.sysext.activate import printable
+
+    lines = required.read_failed(root)
+    return None if lines is None else "; ".join(printable(line) for line in lines)
+
+
+def record_not_good(root: Path, boot_id: str | None, why: str) -> None:
+    """The boot history's not-good record of this boot, for bootkeeper-sysext-required.service."""
+    import time
+
+    from bootkeeper.assess import history
+    from bootkeeper.node.history import current_boot_id
+    from bootkeeper.sysext import required
+
+    history.append(root, history.not_good_record(current_boot_id(boot_id), time.time(), required.UNIT, why))
+
+
 def reboot_if_active(root: Path, tries: int, say: Say) -> None:
     """``reboot_on_failure: active`` for the failing check itself: the rule bootkeeper-generator applies to
     enrolled services (``generator.on_failure``: the active entry, counting, a try used), decided now

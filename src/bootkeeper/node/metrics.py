@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bootkeeper.errors import MalformedError, UnreadableError
+from bootkeeper.errors import InputError, MalformedError, UnreadableError
 
 if TYPE_CHECKING:
     from bootkeeper.assess.history import Boot
@@ -441,6 +441,19 @@ def activation_unread(root: Path, shown: Status) -> bool:
     from bootkeeper.sysext import report
 
     return shown.extensions.activation is None and os.path.lexists(root / report.REPORT)
+
+
+def collect(
+    root: Path, tpm: TpmResult | None, now: float, status: Callable[[], Status]
+) -> tuple[list[Family], InputError | None]:
+    """The families of ``status()``; when the status cannot be gathered (an ESP or config at fault), the
+    failure written as series (source_unreadable{source="status"}) and the error, for its exit code once
+    the file is written: never the last file left in place looking current."""
+    try:
+        shown = status()
+        return build(shown, tpm, now, activation_unread(root, shown)), None
+    except InputError as exc:
+        return build_unread(tpm, now), exc
 
 
 def build_unread(tpm: TpmResult | None, now: float) -> list[Family]:

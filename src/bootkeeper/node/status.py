@@ -4,6 +4,7 @@ cryptography, and the extension half imported only when gathered."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from bootkeeper.assess.status import NodeStatus, ServiceReader
 
 if TYPE_CHECKING:
     from bootkeeper.assess.menu import Menu
+    from bootkeeper.config import Config
     from bootkeeper.esp.store import Snapshot
     from bootkeeper.sysext.status import Extensions
 
@@ -96,3 +98,21 @@ def write_motd(root: Path, lines: list[str]) -> Path:
     except OSError as exc:
         raise WriteError(f"{p}: cannot write ({exc.strerror})") from exc
     return p
+
+
+def store_dir(root: Path, config_files: tuple[Path, ...], config: Callable[[], Config]) -> Path | None:
+    """The persistent extension store's folder, when the config says ``sysext.store: persistent``."""
+    if not config_files and not any((root / "oem").glob("*.yaml")):
+        return None  # the defaults: extensions on the ESP (and no config import on this path)
+    from bootkeeper import fsutil
+    from bootkeeper.config import SysextStore
+
+    cfg = config()
+    return fsutil.under(root, cfg.sysext.store_dir) if cfg.sysext.store is SysextStore.PERSISTENT else None
+
+
+def handback_budget(root: Path, config_files: tuple[Path, ...], config: Callable[[], Config]) -> int | None:
+    """``boot_assessment.handbacks`` when a config is there (None: the default, and no YAML import)."""
+    if not config_files and not any((root / "oem").glob("*.yaml")):
+        return None
+    return int(config().boot_assessment.handbacks)
