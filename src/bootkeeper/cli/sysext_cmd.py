@@ -397,25 +397,14 @@ def activate(
     as_json: bool,
 ) -> None:
     """Boot time: validate each image of /.extra/sysext and place those the mode allows in /run/extensions."""
-    from bootkeeper.config import SysextMode
     from bootkeeper.node import extensions
     from bootkeeper.sysext import activate as act
 
     cfg = load_config(config_files, root)
-    chosen = SysextMode(mode) if mode else cfg.sysext.mode
-    report = act.activate(
-        root,
-        cfg.sysext,
-        chosen,
-        efivars=efivars,
-        log=None if as_json else lambda line: echo(f"bootkeeper-sysext: {line}"),
-    )
-    for problem in report.trust.get("problems", []):  # fewer anchors: images may be refused for it
-        echo(f"bootkeeper-sysext: warning: trust source skipped: {act.printable(problem)}", err=True)
-    if do_refresh if do_refresh is not None else cfg.sysext.refresh:
-        extensions.refresh(root, cfg, chosen, report, say)
-        if not as_json and (r := report.refresh) is not None:
-            echo(f"bootkeeper-sysext: {' '.join(r['argv'])}: {'ok' if r['ok'] else r['error']}")
+    log = None if as_json else lambda line: echo(f"bootkeeper-sysext: {line}")
+    report = extensions.activate(root, cfg, mode, efivars, do_refresh, log, say)
+    if not as_json and (r := report.refresh) is not None:
+        echo(f"bootkeeper-sysext: {' '.join(r['argv'])}: {'ok' if r['ok'] else r['error']}")
     if as_json:
         print_json(report.as_json())
     else:

@@ -56,16 +56,9 @@ def predict(
 ) -> None:
     """For each entry that runs a UKI: every event systemd-boot and systemd-stub 257 log into PCRs 11,
     12 and 13, the PCRs when the stub hands over to the kernel, and PCR 11 after each boot phase."""
-    from bootkeeper.errors import NotApplicableError
-    from bootkeeper.esp.store import EspStore
-    from bootkeeper.measure import predict as predict_mod
     from bootkeeper.node import tpm as node
 
-    store = EspStore(find_esp(esp))
-    found = predict_mod.predict(store, node.banks(banks), secure_boot == "on", entries)
-    if not found:
-        which = f" of {', '.join(entries)}" if entries else ""
-        raise NotApplicableError(f"{store.root}: no boot entry{which} runs a UKI")
+    found = node.predict(find_esp(esp), node.banks(banks), secure_boot == "on", entries)
     if as_json:
         print_json({"entries": [p.to_json() for p in found]})
         return

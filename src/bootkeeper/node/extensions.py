@@ -528,6 +528,24 @@ def reboot_if_active(root: Path, tries: int, say: Say) -> None:
 # -- activate --------------------------------------------------------------------------------------
 
 
+def activate(
+    root: Path, cfg: Config, mode: str | None, efivars: Path | None, do_refresh: bool | None,
+    log: Callable[[str], None] | None, say: Say,
+) -> ActivationReport:  # fmt: skip
+    """``sysext activate``: the activation under ``mode`` (default: sysext.mode), the trust sources it
+    skipped said, then ``systemd-sysext refresh`` when ``do_refresh`` (default: sysext.refresh) asks."""
+    from bootkeeper.config import SysextMode
+    from bootkeeper.sysext import activate as act
+
+    chosen = SysextMode(mode) if mode else cfg.sysext.mode
+    report = act.activate(root, cfg.sysext, chosen, efivars=efivars, log=log)
+    for problem in report.trust.get("problems", []):  # fewer anchors: images may be refused for it
+        say(f"bootkeeper-sysext: warning: trust source skipped: {act.printable(problem)}")
+    if do_refresh if do_refresh is not None else cfg.sysext.refresh:
+        refresh(root, cfg, chosen, report, say)
+    return report
+
+
 def refresh(root: Path, cfg: Config, mode: SysextMode, report: ActivationReport, say: Say) -> None:
     """``systemd-sysext refresh`` after an activation, its result put in the report (written again)."""
     from bootkeeper.config import SysextMode

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from bootkeeper.measure.banks import Bank
     from bootkeeper.measure.events import FileRef
     from bootkeeper.measure.luks import EntryUki, ExtensionGate, GateResult, Volume
+    from bootkeeper.measure.predict import Prediction
     from bootkeeper.measure.verify import Report
 
 Say = Callable[[str], None]
@@ -391,3 +392,17 @@ def verify_kept(
         raise
     leave_result(dest, root, report, say)
     return report
+
+
+def predict(esp: Path, chosen: tuple[Bank, ...], secure_boot: bool, entries: tuple[str, ...]) -> list[Prediction]:
+    """``tpm predict``: each entry (of ``entries``, when given) that runs a UKI, predicted; none is an error."""
+    from bootkeeper.errors import NotApplicableError
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.measure import predict as predict_mod
+
+    store = EspStore(esp)
+    found = predict_mod.predict(store, chosen, secure_boot, entries)
+    if not found:
+        which = f" of {', '.join(entries)}" if entries else ""
+        raise NotApplicableError(f"{store.root}: no boot entry{which} runs a UKI")
+    return found
