@@ -33,15 +33,9 @@ from bootkeeper.shown import echo
 )
 @options(config_option, root_option, boot_id_option, json_option)
 def bless(
-    action: str,
-    esp: Path | None,
-    efivars: Path | None,
-    entry: str | None,
-    config_files: tuple[Path, ...],
-    root: Path,
-    boot_id: str | None,
-    as_json: bool,
-) -> None:
+    action: str, esp: Path | None, efivars: Path | None, entry: str | None, config_files: tuple[Path, ...],
+    root: Path, boot_id: str | None, as_json: bool,
+) -> None:  # fmt: skip
     """Mark the booted entry as systemd-bless-boot does, on a read-only ESP too.
 
     status prints good, bad, indeterminate or clean (not booted with boot counting).

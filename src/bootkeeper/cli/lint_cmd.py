@@ -33,14 +33,9 @@ from bootkeeper.shown import echo
 )
 @json_option
 def lint(
-    files: tuple[Path, ...],
-    esp: Path | None,
-    efivars: Path | None,
-    sdboot_version: str | None,
-    config_files: tuple[Path, ...],
-    root: Path | None,
-    as_json: bool,
-) -> None:
+    files: tuple[Path, ...], esp: Path | None, efivars: Path | None, sdboot_version: str | None,
+    config_files: tuple[Path, ...], root: Path | None, as_json: bool,
+) -> None:  # fmt: skip
     """Check FILES (cloud-config YAML, unit files, drop-ins), with --esp the ESP, and with --root the
     node's systemd-sysext setup and extension folders (BK301 to BK304).
 

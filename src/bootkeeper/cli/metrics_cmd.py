@@ -36,16 +36,9 @@ from bootkeeper.cli.common import (
 @click.option("--rules", is_flag=True, help="Print the shipped Prometheus alert rules and exit.")
 @json_option
 def metrics(
-    esp: Path | None,
-    efivars: Path | None,
-    sdboot_version: str | None,
-    root: Path,
-    config_files: tuple[Path, ...],
-    textfile_dir: Path | None,
-    output: Path | None,
-    rules: bool,
-    as_json: bool,
-) -> None:
+    esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path, config_files: tuple[Path, ...],
+    textfile_dir: Path | None, output: Path | None, rules: bool, as_json: bool,
+) -> None:  # fmt: skip
     """The boot and extension status as Prometheus metrics: to stdout, into the textfile collector's
     folder (--textfile-dir) or a file (-o). Every label is a closed vocabulary or a stable name."""
     import time

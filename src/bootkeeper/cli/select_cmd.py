@@ -32,15 +32,9 @@ from bootkeeper.shown import echo
 @click.option("--clear", is_flag=True, help="Remove the one-shot, loader.conf preferred and sort-key pins.")
 @options(esp_option, efivars_option, version_option, json_option)
 def select(
-    target: str | None,
-    once: bool,
-    persistent: bool,
-    clear: bool,
-    esp: Path | None,
-    efivars: Path | None,
-    sdboot_version: str | None,
-    as_json: bool,
-) -> None:
+    target: str | None, once: bool, persistent: bool, clear: bool, esp: Path | None, efivars: Path | None,
+    sdboot_version: str | None, as_json: bool,
+) -> None:  # fmt: skip
     """Pin ROLE (active, passive, recovery, statereset) or ENTRY (file name, path or id on the ESP).
 
     A persistent pin skips the entry once it has no tries left, so boot assessment still rolls back.

@@ -45,16 +45,9 @@ from bootkeeper.shown import echo
 @click.option("--default", "default", default=None, help="Scratch ESP only: a loader.conf default pattern.")
 @options(version_option, config_option, root_option, json_option)
 def simulate(
-    esp: Path | None,
-    fails: tuple[str, ...],
-    boots: int,
-    reboot_on_failure: str | None,
-    default: str | None,
-    sdboot_version: str | None,
-    config_files: tuple[Path, ...],
-    root: Path,
-    as_json: bool,
-) -> None:
+    esp: Path | None, fails: tuple[str, ...], boots: int, reboot_on_failure: str | None, default: str | None,
+    sdboot_version: str | None, config_files: tuple[Path, ...], root: Path, as_json: bool,
+) -> None:  # fmt: skip
     """Run BOOTS boots and print what systemd-boot chose, renamed, and how each boot was judged."""
     from bootkeeper.assess.simulate import parse_fault
     from bootkeeper.config import RebootOnFailure

@@ -159,14 +159,9 @@ def inspect(image_path: Path, as_json: bool) -> None:
 @click.option("--full", is_flag=True, help="Also verify every data block against the hash tree.")
 @json_option
 def validate(
-    images: tuple[Path, ...],
-    policy_text: str | None,
-    certs: tuple[Path, ...],
-    os_release: Path | None,
-    arch: str | None,
-    full: bool,
-    as_json: bool,
-) -> None:
+    images: tuple[Path, ...], policy_text: str | None, certs: tuple[Path, ...], os_release: Path | None,
+    arch: str | None, full: bool, as_json: bool,
+) -> None:  # fmt: skip
     """Validate each IMAGE; exit 0 only if all pass."""
     from bootkeeper.node import extensions
     from bootkeeper.sysext import policy
@@ -253,16 +248,9 @@ def _entry_option(what: str) -> Callable[[F], F]:
 @options(luks_option("whose TPM2 tokens must survive the change of PCR 13"), esp_option, config_option, root_option)
 @json_option
 def install(
-    image_path: Path,
-    name: str | None,
-    entries: tuple[str, ...],
-    force: bool,
-    luks: tuple[Path, ...],
-    esp: Path | None,
-    config_files: tuple[Path, ...],
-    root: Path,
-    as_json: bool,
-) -> None:
+    image_path: Path, name: str | None, entries: tuple[str, ...], force: bool, luks: tuple[Path, ...],
+    esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json: bool,
+) -> None:  # fmt: skip
     """Copy IMAGE into EFI/<vendor>/<entry>.efi.extra.d/ for the entries that should load it (with
     sysext.store: persistent, into the store and its folders of links).
 
@@ -295,15 +283,9 @@ def install(
 @options(luks_option("whose TPM2 tokens must survive the change of PCR 13"), esp_option, config_option, root_option)
 @json_option
 def remove(
-    name: str,
-    entries: tuple[str, ...],
-    force: bool,
-    luks: tuple[Path, ...],
-    esp: Path | None,
-    config_files: tuple[Path, ...],
-    root: Path,
-    as_json: bool,
-) -> None:
+    name: str, entries: tuple[str, ...], force: bool, luks: tuple[Path, ...], esp: Path | None,
+    config_files: tuple[Path, ...], root: Path, as_json: bool,
+) -> None:  # fmt: skip
     """Remove extension NAME (k3s-v1.30.sysext.raw, or its short name k3s-v1.30) from the entries' .extra.d
     folders (default: from every entry); with sysext.store: persistent, its links (and the image once
     nothing links to it). On the ESP, refused (nothing removed) when a LUKS volume would not unlock from

@@ -107,17 +107,10 @@ def predict(
     "-o", "--output", type=click.Path(path_type=Path), help="Write the policy here (atomically) instead of stdout."
 )
 def sign_policy(
-    esp: Path | None,
-    entry: str | None,
-    uki_path: Path | None,
-    key_path: Path | None,
-    print_digests: bool,
-    sigs_path: Path | None,
-    pub_path: Path | None,
-    banks: tuple[str, ...],
-    phases: tuple[str, ...],
+    esp: Path | None, entry: str | None, uki_path: Path | None, key_path: Path | None, print_digests: bool,
+    sigs_path: Path | None, pub_path: Path | None, banks: tuple[str, ...], phases: tuple[str, ...],
     output: Path | None,
-) -> None:
+) -> None:  # fmt: skip
     """The signed PCR 11 policy for a UKI, as ``systemd-measure sign`` computes it and ukify embeds it
     as ``.pcrsig``: with ukify's defaults the same bytes. Offline; no TPM."""
     from bootkeeper import fsutil

@@ -37,14 +37,9 @@ from bootkeeper.systemd_version import HIGHEST, LOWEST
 )
 @json_option
 def install_units(
-    root: Path,
-    config_files: tuple[Path, ...],
-    exe: str | None,
-    python: str | None,
-    enable: bool,
-    systemd_version: int | None,
-    as_json: bool,
-) -> None:
+    root: Path, config_files: tuple[Path, ...], exe: str | None, python: str | None, enable: bool,
+    systemd_version: int | None, as_json: bool,
+) -> None:  # fmt: skip
     """Write bootkeeper's units, the systemd-sysext drop-in and bootkeeper-generator under ROOT/etc,
     mask systemd-bless-boot.service and systemd-boot-random-seed.service, and enrol the services in
     boot_assessment.services."""

@@ -41,18 +41,9 @@ if TYPE_CHECKING:
 @options(luks_option("whose signed-policy TPM2 token the new UKI must open"), esp_option, config_option, version_option)
 @options(root_option, json_option)
 def upgrade(
-    new_uki: Path,
-    extensions: tuple[Path, ...],
-    recovery: bool,
-    dry_run: bool,
-    force: bool,
-    luks: tuple[Path, ...],
-    esp: Path | None,
-    config_files: tuple[Path, ...],
-    sdboot_version: str | None,
-    root: Path,
-    as_json: bool,
-) -> None:
+    new_uki: Path, extensions: tuple[Path, ...], recovery: bool, dry_run: bool, force: bool, luks: tuple[Path, ...],
+    esp: Path | None, config_files: tuple[Path, ...], sdboot_version: str | None, root: Path, as_json: bool,
+) -> None:  # fmt: skip
     """Install NEW.efi as active: the old active's set (UKI, extensions) becomes passive, the old passive goes.
 
     Refused (exit 1, nothing changed) unless NEW.efi is a UKI, every extension it will load validates and
