@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,11 +20,11 @@ from bootkeeper.cli.common import (
 )
 from bootkeeper.shown import echo
 
-
-def _report(res: object, as_json: bool) -> None:
+if TYPE_CHECKING:
     from bootkeeper.assess.chain import ChainResult
 
-    assert isinstance(res, ChainResult)
+
+def _report(res: ChainResult, as_json: bool) -> None:
     if as_json:
         print_json(res.as_json())
         return

@@ -53,10 +53,8 @@ def list_(config_files: tuple[Path, ...], root: Path, efivars: Path | None, as_j
             }
         )
         return
-    rows = [[a.subject, a.fingerprint[:16], a.cert.not_valid_after_utc.date(), a.source, ""] for a in store.anchors]
-    rows += [
-        [a.subject, a.fingerprint[:16], a.cert.not_valid_after_utc.date(), a.source, why] for a, why in store.revoked
-    ]
+    listed = [*((a, "") for a in store.anchors), *store.revoked]  # trusted, then revoked (and by what)
+    rows = [[a.subject, a.fingerprint[:16], a.cert.not_valid_after_utc.date(), a.source, why] for a, why in listed]
     table(["subject", "sha256", "expires", "source", "revoked by"], rows)
     if not store.anchors:
         echo("no trusted certificates: enforced mode will refuse every extension", err=True)

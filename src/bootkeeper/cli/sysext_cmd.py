@@ -164,14 +164,11 @@ def validate(
 ) -> None:  # fmt: skip
     """Validate each IMAGE; exit 0 only if all pass."""
     from bootkeeper.node import extensions
-    from bootkeeper.sysext import policy
 
-    pol, warnings = policy.check_config(policy_text if policy_text is not None else policy.ENFORCED_DEFAULT, "--policy")
-    for w in warnings:
-        say(f"bootkeeper: warning: {w}")
-    results = extensions.validate_images(images, extensions.ImageRules(pol, certs, os_release, arch, full), _Bar)
+    rules = extensions.image_rules(policy_text, certs, os_release, arch, full, say)
+    results = extensions.validate_images(images, rules, _Bar)
     if as_json:
-        print_json({"policy": str(pol), "images": [r.as_json() for r in results]})
+        print_json({"policy": str(rules.policy), "images": [r.as_json() for r in results]})
     else:
         _print_validations(results)
     if not all(r.ok for r in results):
@@ -258,13 +255,9 @@ def install(
     those entries boots (its UKI's .osrel; without one, ROOT's os-release) and, on the ESP, every LUKS
     volume still unlocks from the TPM with PCR 13 changed; the systemd-pcrlock components set up by
     tpm pcrlock are made again for the entries changed."""
-    from bootkeeper.errors import UnreadableError
     from bootkeeper.node import extensions
-    from bootkeeper.sysext import deploy
 
-    name = deploy.check_name(name if name is not None else image_path.name)
-    if not image_path.is_file():
-        raise UnreadableError(f"{image_path}: not a readable file")
+    name = extensions.install_name(image_path, name)
     cfg = load_config(config_files, root)
     done = extensions.install(cfg, root, find_esp(esp), image_path, name, entries, force, luks, say, _Bar)
     if as_json:

@@ -213,6 +213,17 @@ class _Install:
             bar.close()
 
 
+def install_name(image_path: Path, name: str | None) -> str:
+    """The file name ``sysext install`` gives IMAGE (``--name``, else its own), checked, IMAGE readable."""
+    from bootkeeper.errors import UnreadableError
+    from bootkeeper.sysext import deploy
+
+    name = deploy.check_name(name if name is not None else image_path.name)
+    if not image_path.is_file():
+        raise UnreadableError(f"{image_path}: not a readable file")
+    return name
+
+
 def install(
     cfg: Config,
     root: Path,
@@ -585,6 +596,18 @@ class ImageRules:
     os_release: Path | None
     arch: str | None
     full: bool
+
+
+def image_rules(
+    policy_text: str | None, certs: tuple[Path, ...], os_release: Path | None, arch: str | None, full: bool, say: Say
+) -> ImageRules:
+    """``sysext validate``'s rules: ``--policy`` (default: the enforced one), its warnings said."""
+    from bootkeeper.sysext import policy
+
+    pol, warnings = policy.check_config(policy_text if policy_text is not None else policy.ENFORCED_DEFAULT, "--policy")
+    for w in warnings:
+        say(f"bootkeeper: warning: {w}")
+    return ImageRules(pol, certs, os_release, arch, full)
 
 
 def validate_images(images: tuple[Path, ...], rules: ImageRules, bars: Bars) -> list[Validation]:

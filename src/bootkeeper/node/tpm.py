@@ -15,10 +15,12 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     from bootkeeper.config import Config
+    from bootkeeper.errors import NotApplicableError
     from bootkeeper.esp.store import EspStore
     from bootkeeper.measure.banks import Bank
     from bootkeeper.measure.events import FileRef
-    from bootkeeper.measure.luks import EntryUki, ExtensionGate, GateResult, Volume
+    from bootkeeper.measure.luks import Authorization, EntryUki, ExtensionGate, Finding, GateResult, Token, Volume
+    from bootkeeper.measure.pcrlock import Variant
     from bootkeeper.measure.predict import Prediction
     from bootkeeper.measure.verify import Report
 
@@ -396,13 +398,70 @@ def verify_kept(
 
 def predict(esp: Path, chosen: tuple[Bank, ...], secure_boot: bool, entries: tuple[str, ...]) -> list[Prediction]:
     """``tpm predict``: each entry (of ``entries``, when given) that runs a UKI, predicted; none is an error."""
-    from bootkeeper.errors import NotApplicableError
     from bootkeeper.esp.store import EspStore
     from bootkeeper.measure import predict as predict_mod
 
     store = EspStore(esp)
     found = predict_mod.predict(store, chosen, secure_boot, entries)
     if not found:
-        which = f" of {', '.join(entries)}" if entries else ""
-        raise NotApplicableError(f"{store.root}: no boot entry{which} runs a UKI")
+        raise _no_uki(store, entries)
     return found
+
+
+def _no_uki(store: EspStore, entries: tuple[str, ...]) -> NotApplicableError:
+    from bootkeeper.errors import NotApplicableError
+
+    which = f" of {', '.join(entries)}" if entries else ""
+    return NotApplicableError(f"{store.root}: no boot entry{which} runs a UKI")
+
+
+def write_pcrlock(
+    esp: Path, dest: Path, secure_boot: bool, entries: tuple[str, ...]
+) -> tuple[list[Variant], list[str]]:
+    """``tpm pcrlock``: the components of every entry (of ``entries``) that runs a UKI, written into
+    ``dest``; the variants and the files removed (none is an error)."""
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.measure import pcrlock
+
+    store = EspStore(esp)
+    variants = pcrlock.components(store, secure_boot, entries)
+    if not variants:
+        raise _no_uki(store, entries)
+    return variants, pcrlock.write(dest, variants)
+
+
+@dataclass(frozen=True)
+class Audit:
+    """``tpm audit``: DEVICE's TPM2 tokens, what an upgrade would break, and the UKIs each signed token was
+    checked against."""
+
+    device: str
+    tokens: list[Token]
+    findings: list[Finding]
+    checked: dict[str, list[Authorization]]
+
+    @property
+    def bad(self) -> bool:
+        from bootkeeper.measure.luks import Level
+
+        return any(f.level is Level.FINDING for f in self.findings)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "device": self.device,
+            "tokens": [{**t.as_json(), "ukis": [a.as_json() for a in self.checked.get(t.id, [])]} for t in self.tokens],
+            "findings": [f.as_json() for f in self.findings],
+            "verdict": "findings" if self.bad else "ok",
+        }
+
+
+def audit(device: Path, esp: Callable[[], Path]) -> Audit:
+    """Read DEVICE's LUKS2 TPM2 tokens, and the ESP's UKIs when a token has a signed policy."""
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.measure import luks
+
+    what = str(device)
+    tokens = luks.parse_metadata(luks.dump_metadata(device), what)
+    ukis = esp_ukis(EspStore(esp())) if any(t.signed for t in tokens) else []
+    findings, checked = luks.audit(tokens, ukis)
+    return Audit(what, tokens, findings, checked)
