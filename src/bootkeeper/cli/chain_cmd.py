@@ -38,13 +38,9 @@ def _report(res: ChainResult, as_json: bool) -> None:
 @click.argument("roles", nargs=-1, type=click.Choice(["active", "passive", "recovery", "statereset"]))
 @options(esp_option, version_option, config_option, root_option, json_option)
 def arm(
-    roles: tuple[str, ...],
-    esp: Path | None,
-    sdboot_version: str | None,
-    config_files: tuple[Path, ...],
-    root: Path,
+    roles: tuple[str, ...], esp: Path | None, sdboot_version: str | None, config_files: tuple[Path, ...], root: Path,
     as_json: bool,
-) -> None:
+) -> None:  # fmt: skip
     """Give ROLES (default: all) fresh counters, fallback sort keys, and drop a pinning default.
 
     The loader key of an entry that boots a UKI becomes the one the ESP's systemd-boot counts
@@ -62,13 +58,9 @@ def arm(
 @click.argument("new_entry", type=click.Path(path_type=Path))
 @options(esp_option, version_option, config_option, root_option, json_option)
 def rotate(
-    new_entry: Path,
-    esp: Path | None,
-    sdboot_version: str | None,
-    config_files: tuple[Path, ...],
-    root: Path,
+    new_entry: Path, esp: Path | None, sdboot_version: str | None, config_files: tuple[Path, ...], root: Path,
     as_json: bool,
-) -> None:
+) -> None:  # fmt: skip
     """Install NEW_ENTRY (.conf or UKI .efi) as active; the old active becomes passive, fresh counter.
 
     To install a whole new OS (UKI and its extensions, the old one kept as the fallback), use 'upgrade'."""

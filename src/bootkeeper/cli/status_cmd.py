@@ -28,37 +28,18 @@ from bootkeeper.shown import echo
 @click.command()
 @options(esp_option, efivars_option, version_option, root_option, config_option, json_option)
 def status(
-    esp: Path | None,
-    efivars: Path | None,
-    sdboot_version: str | None,
-    root: Path,
-    config_files: tuple[Path, ...],
+    esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path, config_files: tuple[Path, ...],
     as_json: bool,
-) -> None:
+) -> None:  # fmt: skip
     """Which entry booted and why, whether this boot is blessed yet, tries left on every entry, each
     entry's OS and extensions, after a fallback the upgrade that failed, the enrolled services' results,
     the extensions, and what boots next."""
-    import dataclasses
-
     from bootkeeper.cli.render import status_lines
-    from bootkeeper.esp.efivars import loader_info
-    from bootkeeper.esp.store import EspStore
     from bootkeeper.node import status as joined
 
     efivars = efivars_dir(efivars, root)
     config = partial(load_config, config_files, root)
-    esp_root = find_esp(esp)
-    snap = EspStore(esp_root).snapshot(sdboot_version, loader_info=loader_info(efivars))  # once for both views
-    shown = joined.gather(
-        root,
-        esp_root,
-        efivars,
-        sdboot_version,
-        snap=snap,
-        store_dir=joined.store_dir(root, config_files, config),
-        handbacks=joined.handback_budget(root, config_files, config),
-    )
-    shown = dataclasses.replace(shown, menu=joined.menu(esp_root, efivars, sdboot_version, snap))
+    shown = joined.with_menu(root, find_esp(esp), efivars, sdboot_version, config_files, config)
     if as_json:
         print_json(shown.as_json())
     else:

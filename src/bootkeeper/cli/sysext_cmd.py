@@ -364,13 +364,9 @@ def _list_out(as_json: bool, listing: Listing) -> None:
 )
 @json_option
 def activate(
-    root: Path,
-    mode: str | None,
-    config_files: tuple[Path, ...],
-    efivars: Path | None,
-    do_refresh: bool | None,
+    root: Path, mode: str | None, config_files: tuple[Path, ...], efivars: Path | None, do_refresh: bool | None,
     as_json: bool,
-) -> None:
+) -> None:  # fmt: skip
     """Boot time: validate each image of /.extra/sysext and place those the mode allows in /run/extensions."""
     from bootkeeper.node import extensions
     from bootkeeper.sysext import activate as act

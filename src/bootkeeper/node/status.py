@@ -72,6 +72,25 @@ def gather(
     return Status(node, ext, problems)
 
 
+def with_menu(
+    root: Path, esp: Path, efivars: Path, sdboot_version: str | None, config_files: tuple[Path, ...],
+    config: Callable[[], Config],
+) -> Status:  # fmt: skip
+    """``status``: both halves and the menu, from one snapshot of the ESP; the store and the hand-back
+    budget from the config (``config``) when there is one."""
+    import dataclasses
+
+    from bootkeeper.esp.efivars import loader_info
+    from bootkeeper.esp.store import EspStore
+
+    snap = EspStore(esp).snapshot(sdboot_version, loader_info=loader_info(efivars))  # once for both views
+    shown = gather(
+        root, esp, efivars, sdboot_version, snap=snap, store_dir=store_dir(root, config_files, config),
+        handbacks=handback_budget(root, config_files, config),
+    )  # fmt: skip
+    return dataclasses.replace(shown, menu=menu(esp, efivars, sdboot_version, snap))
+
+
 def menu(esp: Path, efivars: Path, sdboot_version: str | None, snap: Snapshot | None = None) -> Menu:
     """The ``entries`` view: systemd-boot's menu, its counters and what boots next (``snap``: the ESP
     read once already, for status)."""
