@@ -42,10 +42,9 @@ def record(esp: Path | None, efivars: Path | None, sdboot_version: str | None, r
     from bootkeeper.node.history import record_boot
 
     bid, rec = record_boot(root, lambda: find_esp(esp), efivars_dir(efivars, root), sdboot_version, boot_id, say)
-    if rec is None:
-        echo(f"boot {bid} is already recorded")
-    else:
-        echo(f"recorded boot {bid}: {rec['entry'] or 'unknown entry'}")
+    echo(
+        f"boot {bid} is already recorded" if rec is None else f"recorded boot {bid}: {rec['entry'] or 'unknown entry'}"
+    )
 
 
 @history.command()

@@ -220,16 +220,14 @@ def build(
 
 
 def _entry_option(what: str) -> Callable[[F], F]:
-    def deco(f: F) -> F:
-        return click.option(
-            "--entry",
-            "entries",
-            multiple=True,
-            help=f"Boot entry name (active, passive, recovery…; with sysext.store: persistent also common); "
-            f"repeatable. {what}",
-        )(f)
-
-    return deco
+    """``--entry``, for ``install`` and ``remove``: ``what`` says what the entries named are for."""
+    return click.option(
+        "--entry",
+        "entries",
+        multiple=True,
+        help=f"Boot entry name (active, passive, recovery…; with sysext.store: persistent also common); "
+        f"repeatable. {what}",
+    )
 
 
 @sysext.command()

@@ -51,15 +51,7 @@ def install_units(
     watch = (f"/{REPORT}", f"/{TPM_VERIFY}")
     done = units.install(cfg, root, exe, python, enable, systemd_version, watch, say)
     if as_json:
-        node = done.node
-        print_json(
-            {
-                "written": done.written,
-                "command": done.command,
-                "services": done.services,
-                "systemd": {"version": node.major, "source": node.source, "found": node.found},
-            }
-        )
+        print_json(done.as_json())
         return
     for w in done.written:
         echo(f"wrote {w}")

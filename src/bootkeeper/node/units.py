@@ -19,10 +19,21 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class UnitsInstalled:
+    """What ``install-units`` wrote, the command the units run, the services enrolled, the node's systemd."""
+
     written: list[str]
     command: list[str]
     services: list[str]
     node: NodeSystemd
+
+    def as_json(self) -> dict[str, object]:
+        node = self.node
+        return {
+            "written": self.written,
+            "command": self.command,
+            "services": self.services,
+            "systemd": {"version": node.major, "source": node.source, "found": node.found},
+        }
 
 
 def install(
