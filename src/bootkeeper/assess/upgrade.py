@@ -1,4 +1,4 @@
-"""``upgrade``: a new OS as one transaction over role *sets* (DESIGN.md, "An upgrade is a transaction").
+"""``upgrade``: a new OS as one transaction over role *sets* (docs/design.md, "An upgrade is a transaction").
 
 A role's set is its UKI, the ``<uki>.efi.extra.d/`` folder systemd-stub hands to the initrd (named after
 the UKI's uncounted name: ``active+2-1.efi`` reads ``active.efi.extra.d``), and its entry. Layouts:
@@ -225,9 +225,12 @@ class Op:
     entry: Entry | None = None
     store: str = ""  # a step in the persistent extension store (its folder), not on the ESP
 
-    def line(self) -> str:
+    def line(self, shown_src: str | None = None) -> str:
+        """The step as one line; ``shown_src``: the name to show for ``src`` (the file the user gave, when
+        ``src`` is a private copy of it)."""
         path = f"{self.store}/{self.path}" if self.store else self.path
         src = f"{self.store}/{self.src}" if self.store and self.kind is OpKind.RENAME else self.src
+        src = shown_src if shown_src is not None else src
         if self.kind is OpKind.LINK:
             return f"link {path} -> ../{self.src}" + (f" ({self.why})" if self.why else "")
         what = {
@@ -856,19 +859,22 @@ class UkiCheck:
         return {"ok": self.ok, "reason": self.reason, "osrel": self.osrel}
 
 
-def check_uki(path: Path) -> UkiCheck:
-    """The new UKI is a PE with ``.linux`` and ``.osrel`` (``--force`` never overrides this)."""
+def check_uki(path: Path, shown_as: str | None = None) -> UkiCheck:
+    """The new UKI is a PE with ``.linux`` and ``.osrel`` (``--force`` never overrides this).
+    ``shown_as``: the name its reasons give the file (the user's, when ``path`` is a private copy)."""
+    shown = shown_as if shown_as is not None else str(path)
     try:
         with fsutil.open_nonblocking(path) as f:  # a FIFO must not hang the reader
-            names = {s.name for s in pe.read_sections(f, str(path))}
-        osrel = pe.read_osrel(path)
+            sections = pe.read_sections(f, shown)
+            osrel = pe.read_section(f, sections, ".osrel", shown)
+        names = {s.name for s in sections}
     except OSError as exc:
-        return UkiCheck(False, f"{path}: cannot read ({exc.strerror or exc})", {})
+        return UkiCheck(False, f"{shown}: cannot read ({exc.strerror or exc})", {})
     except InputError as exc:
-        return UkiCheck(False, f"{path}: is not a UKI ({exc})", {})
+        return UkiCheck(False, f"{shown}: is not a UKI ({exc})", {})
     missing = [s for s in (".linux", ".osrel") if s not in names]
     if missing:
-        return UkiCheck(False, f"{path}: is not a UKI: no {' and no '.join(missing)} section", {})
+        return UkiCheck(False, f"{shown}: is not a UKI: no {' and no '.join(missing)} section", {})
     assert osrel is not None
     text = osrel.decode("utf-8", "replace")
     return UkiCheck(True, None, entries_mod.parse_osrel(text), text)

@@ -14,6 +14,7 @@ from bootkeeper.cli.common import (
     find_esp,
     json_option,
     load_config,
+    options,
     print_json,
     root_option,
 )
@@ -23,28 +24,18 @@ from bootkeeper.shown import echo
 
 @click.command()
 @click.argument("action", type=click.Choice(["good", "bad", "indeterminate", "status"]))
-@esp_option
-@efivars_option
+@options(esp_option, efivars_option)
 @click.option(
     "--entry",
     "entry",
     default=None,
     help="The booted entry relative to the ESP (e.g. loader/entries/active+2-1.conf) instead of LoaderBootCountPath.",
 )
-@config_option
-@root_option
-@boot_id_option
-@json_option
+@options(config_option, root_option, boot_id_option, json_option)
 def bless(
-    action: str,
-    esp: Path | None,
-    efivars: Path | None,
-    entry: str | None,
-    config_files: tuple[Path, ...],
-    root: Path,
-    boot_id: str | None,
-    as_json: bool,
-) -> None:
+    action: str, esp: Path | None, efivars: Path | None, entry: str | None, config_files: tuple[Path, ...],
+    root: Path, boot_id: str | None, as_json: bool,
+) -> None:  # fmt: skip
     """Mark the booted entry as systemd-bless-boot does, on a read-only ESP too.
 
     status prints good, bad, indeterminate or clean (not booted with boot counting).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,17 +13,18 @@ from bootkeeper.cli.common import (
     find_esp,
     json_option,
     load_config,
+    options,
     print_json,
     root_option,
     version_option,
 )
 from bootkeeper.shown import echo
 
-
-def _report(res: object, as_json: bool) -> None:
+if TYPE_CHECKING:
     from bootkeeper.assess.chain import ChainResult
 
-    assert isinstance(res, ChainResult)
+
+def _report(res: ChainResult, as_json: bool) -> None:
     if as_json:
         print_json(res.as_json())
         return
@@ -34,19 +36,11 @@ def _report(res: object, as_json: bool) -> None:
 
 @click.command()
 @click.argument("roles", nargs=-1, type=click.Choice(["active", "passive", "recovery", "statereset"]))
-@esp_option
-@version_option
-@config_option
-@root_option
-@json_option
+@options(esp_option, version_option, config_option, root_option, json_option)
 def arm(
-    roles: tuple[str, ...],
-    esp: Path | None,
-    sdboot_version: str | None,
-    config_files: tuple[Path, ...],
-    root: Path,
+    roles: tuple[str, ...], esp: Path | None, sdboot_version: str | None, config_files: tuple[Path, ...], root: Path,
     as_json: bool,
-) -> None:
+) -> None:  # fmt: skip
     """Give ROLES (default: all) fresh counters, fallback sort keys, and drop a pinning default.
 
     The loader key of an entry that boots a UKI becomes the one the ESP's systemd-boot counts
@@ -62,19 +56,11 @@ def arm(
 
 @click.command()
 @click.argument("new_entry", type=click.Path(path_type=Path))
-@esp_option
-@version_option
-@config_option
-@root_option
-@json_option
+@options(esp_option, version_option, config_option, root_option, json_option)
 def rotate(
-    new_entry: Path,
-    esp: Path | None,
-    sdboot_version: str | None,
-    config_files: tuple[Path, ...],
-    root: Path,
+    new_entry: Path, esp: Path | None, sdboot_version: str | None, config_files: tuple[Path, ...], root: Path,
     as_json: bool,
-) -> None:
+) -> None:  # fmt: skip
     """Install NEW_ENTRY (.conf or UKI .efi) as active; the old active becomes passive, fresh counter.
 
     To install a whole new OS (UKI and its extensions, the old one kept as the fallback), use 'upgrade'."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import config_option, load_config, root_option
-from bootkeeper.cli.service_cmd import reboot_option, service_specs
+from bootkeeper.cli.common import config_option, load_config, options, root_option
+from bootkeeper.cli.service_cmd import reboot_option
 
 
 @click.group(name="cloud-config")
@@ -17,22 +18,20 @@ def cloud_config() -> None:
 
 @cloud_config.command()
 @click.argument("names", nargs=-1)
-@reboot_option
-@root_option
-@config_option
+@options(reboot_option, root_option, config_option)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write here (default: stdout).")
 def render(
     names: tuple[str, ...], reboot_on_failure: str, root: Path, config_files: tuple[Path, ...], output: Path | None
 ) -> None:
     """Print a cloud-config that enrols NAMES (default: boot_assessment.services from the config)."""
     from bootkeeper import fsutil
-    from bootkeeper.assess import cloudconfig, services
+    from bootkeeper.assess import cloudconfig
+    from bootkeeper.node.units import enrolment
 
-    tries = load_config(config_files, root).boot_assessment.tries
-    specs = service_specs(names, reboot_on_failure, config_files, root)
-    for w in services.loop_warnings(specs):
+    chosen = enrolment(names, reboot_on_failure, partial(load_config, config_files, root))
+    for w in chosen.warnings:
         click.echo(f"bootkeeper: warning: {w}", err=True)
-    text = cloudconfig.render(specs, tries)
+    text = cloudconfig.render(chosen.specs, chosen.tries)
     if output is None:
         click.echo(text, nl=False)
     else:

@@ -32,6 +32,17 @@ def refused_exit() -> NoReturn:
     raise SystemExit(int(ExitCode.REFUSED))
 
 
+def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several option decorators as one, in the order given (the order ``--help`` lists them)."""
+
+    def deco(f: F) -> F:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return deco
+
+
 def esp_option(f: F) -> F:
     return click.option(
         "--esp",
@@ -52,11 +63,10 @@ def efivars_opt(help: str, readable: bool = False) -> Callable[[F], F]:
     return click.option("--efivars", type=click.Path(path_type=Path, readable=readable), default=None, help=help)
 
 
-def efivars_option(f: F) -> F:
-    return efivars_opt(
-        "Where the EFI variables are (efivarfs, or a folder laid out like it; default: "
-        "ROOT/sys/firmware/efi/efivars, ROOT being --root where the verb has it, else /)."
-    )(f)
+efivars_option = efivars_opt(
+    "Where the EFI variables are (efivarfs, or a folder laid out like it; default: "
+    "ROOT/sys/firmware/efi/efivars, ROOT being --root where the verb has it, else /)."
+)
 
 
 def efivars_dir(efivars: Path | None, root: Path = Path("/")) -> Path:
@@ -159,8 +169,7 @@ def root_option(f: F) -> F:
     )(f)
 
 
-def root_efivars_option(f: F) -> F:
-    return efivars_opt("efivarfs with db/dbx (default: ROOT/sys/firmware/efi/efivars).")(f)
+root_efivars_option = efivars_opt("efivarfs with db/dbx (default: ROOT/sys/firmware/efi/efivars).")
 
 
 def load_config(files: tuple[Path, ...], root: Path) -> Config:

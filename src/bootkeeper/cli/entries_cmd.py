@@ -13,16 +13,14 @@ from bootkeeper.cli.common import (
     esp_option,
     find_esp,
     json_option,
+    options,
     print_json,
     version_option,
 )
 
 
 @click.command()
-@esp_option
-@efivars_option
-@version_option
-@json_option
+@options(esp_option, efivars_option, version_option, json_option)
 def entries(esp: Path | None, efivars: Path | None, sdboot_version: str | None, as_json: bool) -> None:
     """Boot entries in systemd-boot's menu order, their counters, and which one boots next."""
     from bootkeeper.cli.render import print_menu

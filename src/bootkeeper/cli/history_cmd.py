@@ -14,11 +14,12 @@ from bootkeeper.cli.common import (
     esp_option,
     find_esp,
     json_option,
+    options,
     print_json,
     root_option,
+    say,
     version_option,
 )
-from bootkeeper.node.history import current_boot_id
 from bootkeeper.shown import echo
 
 if TYPE_CHECKING:
@@ -35,38 +36,19 @@ def history() -> None:
 
 
 @history.command()
-@esp_option
-@efivars_option
-@version_option
-@root_option
-@boot_id_option
+@options(esp_option, efivars_option, version_option, root_option, boot_id_option)
 def record(esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path, boot_id: str | None) -> None:
     """Append this boot (booted entry, its counter, every entry's state) once per boot id."""
-    efivars = efivars_dir(efivars, root)
-    from bootkeeper.assess import history as history_mod
-    from bootkeeper.errors import BootkeeperError
-    from bootkeeper.esp.efivars import LoaderVars
-    from bootkeeper.esp.store import EspStore
+    from bootkeeper.node.history import record_boot
 
-    bid = current_boot_id(boot_id)
-    boots, _ = history_mod.read(root)
-    if history_mod.recorded(boots, bid):
-        echo(f"boot {bid} is already recorded")
-        return
-    ev = LoaderVars.read(efivars)
-    try:
-        snap = EspStore(find_esp(esp)).snapshot(sdboot_version, loader_info=ev.loader_info)
-    except BootkeeperError as exc:
-        echo(f"warning: ESP not read: {exc}", err=True)
-        snap = None
-    rec = history_mod.boot_record(bid, time.time(), ev.boot_count_path or ev.entry_selected, snap)
-    history_mod.append(root, rec)
-    echo(f"recorded boot {bid}: {rec['entry'] or 'unknown entry'}")
+    bid, rec = record_boot(root, lambda: find_esp(esp), efivars_dir(efivars, root), sdboot_version, boot_id, say)
+    echo(
+        f"boot {bid} is already recorded" if rec is None else f"recorded boot {bid}: {rec['entry'] or 'unknown entry'}"
+    )
 
 
 @history.command()
-@root_option
-@json_option
+@options(root_option, json_option)
 def show(root: Path, as_json: bool) -> None:
     """The recorded boots and upgrades, oldest first."""
     from bootkeeper.assess import history as history_mod

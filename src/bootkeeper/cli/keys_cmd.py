@@ -10,6 +10,7 @@ from bootkeeper.cli.common import (
     config_option,
     json_option,
     load_config,
+    options,
     print_json,
     root_efivars_option,
     root_option,
@@ -37,10 +38,7 @@ def generate(key_path: Path, cert_path: Path, cn: str, days: int) -> None:
 
 
 @keys.command(name="list")
-@config_option
-@root_option
-@root_efivars_option
-@json_option
+@options(config_option, root_option, root_efivars_option, json_option)
 def list_(config_files: tuple[Path, ...], root: Path, efivars: Path | None, as_json: bool) -> None:
     """Trusted certificates: config, verity.d folders, firmware db (minus dbx)."""
     from bootkeeper.sysext import trust
@@ -55,19 +53,15 @@ def list_(config_files: tuple[Path, ...], root: Path, efivars: Path | None, as_j
             }
         )
         return
-    rows = [[a.subject, a.fingerprint[:16], a.cert.not_valid_after_utc.date(), a.source, ""] for a in store.anchors]
-    rows += [
-        [a.subject, a.fingerprint[:16], a.cert.not_valid_after_utc.date(), a.source, why] for a, why in store.revoked
-    ]
+    listed = [*((a, "") for a in store.anchors), *store.revoked]  # trusted, then revoked (and by what)
+    rows = [[a.subject, a.fingerprint[:16], a.cert.not_valid_after_utc.date(), a.source, why] for a, why in listed]
     table(["subject", "sha256", "expires", "source", "revoked by"], rows)
     if not store.anchors:
         echo("no trusted certificates: enforced mode will refuse every extension", err=True)
 
 
 @keys.command()
-@config_option
-@root_option
-@root_efivars_option
+@options(config_option, root_option, root_efivars_option)
 @click.option("--dest", type=click.Path(path_type=Path), default=None, help="Default: ROOT/run/verity.d.")
 @json_option
 def export(config_files: tuple[Path, ...], root: Path, efivars: Path | None, dest: Path | None, as_json: bool) -> None:

@@ -3,7 +3,6 @@ systemd-sysext setup (:mod:`bootkeeper.sysext.conf`)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -13,9 +12,9 @@ from bootkeeper.cli.common import (
     efivars_dir,
     efivars_option,
     esp_option,
-    find_esp,
     json_option,
     load_config,
+    options,
     print_json,
     version_option,
 )
@@ -24,10 +23,7 @@ from bootkeeper.shown import echo
 
 @click.command()
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
-@esp_option
-@efivars_option
-@version_option
-@config_option
+@options(esp_option, efivars_option, version_option, config_option)
 @click.option(
     "--root",
     type=click.Path(path_type=Path, file_okay=False),
@@ -37,14 +33,9 @@ from bootkeeper.shown import echo
 )
 @json_option
 def lint(
-    files: tuple[Path, ...],
-    esp: Path | None,
-    efivars: Path | None,
-    sdboot_version: str | None,
-    config_files: tuple[Path, ...],
-    root: Path | None,
-    as_json: bool,
-) -> None:
+    files: tuple[Path, ...], esp: Path | None, efivars: Path | None, sdboot_version: str | None,
+    config_files: tuple[Path, ...], root: Path | None, as_json: bool,
+) -> None:  # fmt: skip
     """Check FILES (cloud-config YAML, unit files, drop-ins), with --esp the ESP, and with --root the
     node's systemd-sysext setup and extension folders (BK301 to BK304).
 
@@ -56,17 +47,7 @@ def lint(
     from bootkeeper.findings import Severity
     from bootkeeper.node import lint as joined
 
-    if not files and esp is None:
-        if root is None:
-            root = Path("/")
-            esp = find_esp(None)
-        files = tuple(sorted((root / "oem").glob("*.yaml")))
-    findings = [f for path in files for f in joined.lint_bytes(_read(path), _name(path))]
-    cfg = load_config(config_files, root or Path("/")) if esp is not None or root is not None else None
-    if esp is not None and cfg is not None:
-        findings += joined.lint_esp(cfg, esp, efivars, sdboot_version)
-    if root is not None and cfg is not None:
-        findings += joined.lint_root(cfg, root)
+    findings = joined.lint(files, esp, efivars, sdboot_version, root, lambda r: load_config(config_files, r))
     errors = sum(f.severity is Severity.ERROR for f in findings)
     if as_json:
         print_json({"findings": [f.as_json() for f in findings], "errors": errors})
@@ -76,16 +57,3 @@ def lint(
         echo(f"{len(findings)} finding(s), {errors} error(s)")
     if errors:
         raise SystemExit(1)
-
-
-def _name(path: Path) -> str:
-    return "<stdin>" if str(path) == "-" else str(path)  # '-': a cloud-config on standard input
-
-
-def _read(path: Path) -> bytes:
-    from bootkeeper.errors import UnreadableError
-
-    try:
-        return sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
-    except OSError as exc:
-        raise UnreadableError(f"{_name(path)}: cannot read ({exc.strerror})") from exc

@@ -14,6 +14,7 @@ from typing import NoReturn
 import click
 
 from bootkeeper.errors import BootkeeperError, ExitCode, Interrupted, UsageError
+from bootkeeper.node.privilege import root_hint
 
 # verb -> "module:attribute"; the module is imported only when the verb runs (or --help lists it)
 VERBS = {
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> object:
     except BootkeeperError as exc:
         if debug:
             raise
-        _fail(str(exc), exc.exit_code, exc.hint, _root_hint(exc))
+        _fail(str(exc), exc.exit_code, exc.hint, root_hint(exc))
     except click.exceptions.Abort:
         _fail("aborted", ExitCode.REFUSED)
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> object:
         if debug:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        _fail(f"{where}{exc.strerror or exc}", ExitCode.IO, None, _root_hint(exc))
+        _fail(f"{where}{exc.strerror or exc}", ExitCode.IO, None, root_hint(exc))
     except Exception as exc:  # a bug: still one line, never a traceback unless asked for
         if debug:
             raise
@@ -157,32 +158,6 @@ def conventions(args: list[str]) -> tuple[list[str], dict[str, str | bool]]:
     return out, seen
 
 
-_DENIED = ("Permission denied", "Operation not permitted", "only root", "must be superuser")
-# capability(7) bits: what the verbs that change /efi, /run, /etc and /var need on a node
-_CAPS = {1: "CAP_DAC_OVERRIDE", 21: "CAP_SYS_ADMIN"}
-
-
-def _root_hint(exc: BaseException) -> str | None:
-    """The verbs that change a node need root: when one failed for want of a permission and this
-    process lacks root's capabilities, say so (a scratch ESP of one's own needs none)."""
-    e: BaseException | None = exc
-    denied = False
-    while e is not None and not denied:
-        denied = isinstance(e, PermissionError) or any(w in str(e) for w in _DENIED)
-        e = e.__cause__ or e.__context__
-    if not denied:
-        return None
-    try:
-        with open("/proc/self/status") as f:
-            eff = next(int(x.split()[1], 16) for x in f if x.startswith("CapEff:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-    lacking = [name for bit, name in _CAPS.items() if not eff >> bit & 1]
-    if not lacking:
-        return None
-    return f"this needs root: bootkeeper runs as uid {os.geteuid()} without {' and '.join(lacking)}; run it as root"
-
-
 def _stopped(exc: Interrupted) -> NoReturn:
     """A SIGTERM, SIGINT or SIGHUP that arrived while the ESP was writable, after the way back to
     read-only ran: one line, then the same signal with its default action, so the process ends as
@@ -197,12 +172,12 @@ def _stopped(exc: Interrupted) -> NoReturn:
     sys.exit(128 + exc.signo)  # the signal is blocked: the code a shell would show
 
 
-def _fail(message: str, code: int, hint: str | None = None, root_hint: str | None = None) -> NoReturn:
+def _fail(message: str, code: int, hint: str | None = None, needs_root: str | None = None) -> NoReturn:
     """One line, escaped (bootkeeper.shown): the names a message quotes cannot add lines to it."""
     from bootkeeper.shown import echo
 
     echo(f"bootkeeper: error: {message}", err=True)
-    for h in (hint, root_hint):
+    for h in (hint, needs_root):
         if h:
             echo(f"hint: {h}", err=True)
     sys.exit(code)

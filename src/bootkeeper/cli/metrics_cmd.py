@@ -5,6 +5,7 @@ The families and their text format are node/metrics.py's."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
@@ -16,6 +17,8 @@ from bootkeeper.cli.common import (
     esp_option,
     find_esp,
     json_option,
+    load_config,
+    options,
     print_json,
     root_option,
     version_option,
@@ -23,11 +26,7 @@ from bootkeeper.cli.common import (
 
 
 @click.command()
-@esp_option
-@efivars_option
-@version_option
-@root_option
-@config_option
+@options(esp_option, efivars_option, version_option, root_option, config_option)
 @click.option(
     "--textfile-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -37,16 +36,9 @@ from bootkeeper.cli.common import (
 @click.option("--rules", is_flag=True, help="Print the shipped Prometheus alert rules and exit.")
 @json_option
 def metrics(
-    esp: Path | None,
-    efivars: Path | None,
-    sdboot_version: str | None,
-    root: Path,
-    config_files: tuple[Path, ...],
-    textfile_dir: Path | None,
-    output: Path | None,
-    rules: bool,
-    as_json: bool,
-) -> None:
+    esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path, config_files: tuple[Path, ...],
+    textfile_dir: Path | None, output: Path | None, rules: bool, as_json: bool,
+) -> None:  # fmt: skip
     """The boot and extension status as Prometheus metrics: to stdout, into the textfile collector's
     folder (--textfile-dir) or a file (-o). Every label is a closed vocabulary or a stable name."""
     import time
@@ -61,32 +53,21 @@ def metrics(
         return
     if textfile_dir is not None and output is not None:
         raise UsageError("--textfile-dir and -o both name where to write: give one")
-    from bootkeeper.cli.status_cmd import handback_budget, store_dir
-    from bootkeeper.errors import InputError
-    from bootkeeper.node.status import gather
+    from bootkeeper.node import status
 
     now = time.time()
     tpm = m.tpm_state(root, now)
     if tpm is not None and tpm.problem:
         click.echo(f"bootkeeper: warning: {tpm.problem}: exported as a failed verification", err=True)
-    failure: InputError | None = None
-    try:
-        shown = gather(
-            root,
-            find_esp(esp),
-            efivars_dir(efivars, root),
-            sdboot_version,
-            store_dir=store_dir(config_files, root),
+    config = partial(load_config, config_files, root)
+    families, failure = m.collect(
+        root, tpm, now, lambda: status.gather(
+            root, find_esp(esp), efivars_dir(efivars, root), sdboot_version,
+            store_dir=status.store_dir(root, config_files, config),
             read_services=None,  # no metric needs the services' states: no systemctl call
-            handbacks=handback_budget(config_files, root),
-        )
-        families = m.build(shown, tpm, now, m.activation_unread(root, shown))
-    except InputError as exc:
-        # the status cannot be gathered (an ESP or config at fault): the failure is written as series
-        # (source_unreadable{source="status"}), then the error's exit code; never the last file left
-        # in place looking current
-        failure = exc
-        families = m.build_unread(tpm, now)
+            handbacks=status.handback_budget(root, config_files, config),
+        ),
+    )  # fmt: skip
     dest = textfile_dir / m.TEXTFILE if textfile_dir is not None else output
     if as_json:
         print_json(m.as_dict(families))

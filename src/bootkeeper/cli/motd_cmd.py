@@ -7,15 +7,20 @@ from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import efivars_dir, efivars_option, esp_option, find_esp, root_option, version_option
+from bootkeeper.cli.common import (
+    efivars_dir,
+    efivars_option,
+    esp_option,
+    find_esp,
+    options,
+    root_option,
+    version_option,
+)
 from bootkeeper.shown import echo
 
 
 @click.command()
-@esp_option
-@efivars_option
-@version_option
-@root_option
+@options(esp_option, efivars_option, version_option, root_option)
 def motd(esp: Path | None, efivars: Path | None, sdboot_version: str | None, root: Path) -> None:
     """Write the status to ROOT/run/motd.d/bootkeeper (shown at login)."""
     efivars = efivars_dir(efivars, root)

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import esp_option, find_esp, json_option, print_json, root_option
+from bootkeeper.cli.common import esp_option, find_esp, json_option, options, print_json, root_option
 from bootkeeper.shown import echo
 
 
 @click.command(name="random-seed")
-@esp_option
-@root_option
-@json_option
+@options(esp_option, root_option, json_option)
 def random_seed(esp: Path | None, root: Path, as_json: bool) -> None:
     """Refresh loader/random-seed with the real 'bootctl random-seed', under the ESP lock, remounting a
     read-only ESP rw and always back to ro.

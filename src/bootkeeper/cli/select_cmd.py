@@ -4,7 +4,6 @@ respects boot assessment (planned by :mod:`bootkeeper.assess.pin`, written by :m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
@@ -14,13 +13,11 @@ from bootkeeper.cli.common import (
     esp_option,
     find_esp,
     json_option,
+    options,
     print_json,
     version_option,
 )
 from bootkeeper.shown import echo
-
-if TYPE_CHECKING:
-    from bootkeeper.assess.pin import Mode
 
 
 @click.command()
@@ -33,20 +30,11 @@ if TYPE_CHECKING:
     "before).",
 )
 @click.option("--clear", is_flag=True, help="Remove the one-shot, loader.conf preferred and sort-key pins.")
-@esp_option
-@efivars_option
-@version_option
-@json_option
+@options(esp_option, efivars_option, version_option, json_option)
 def select(
-    target: str | None,
-    once: bool,
-    persistent: bool,
-    clear: bool,
-    esp: Path | None,
-    efivars: Path | None,
-    sdboot_version: str | None,
-    as_json: bool,
-) -> None:
+    target: str | None, once: bool, persistent: bool, clear: bool, esp: Path | None, efivars: Path | None,
+    sdboot_version: str | None, as_json: bool,
+) -> None:  # fmt: skip
     """Pin ROLE (active, passive, recovery, statereset) or ENTRY (file name, path or id on the ESP).
 
     A persistent pin skips the entry once it has no tries left, so boot assessment still rolls back.
@@ -55,9 +43,10 @@ def select(
     from bootkeeper.assess.pin import Mode
     from bootkeeper.cli.render import next_line
     from bootkeeper.esp.store import EspStore
+    from bootkeeper.node.select import chosen_mode
     from bootkeeper.node.select import select as pin_entry
 
-    mode = _mode(target, once, persistent, clear)
+    mode = chosen_mode(target, once, persistent, clear)
     done = pin_entry(EspStore(find_esp(esp)), efivars, mode, target, sdboot_version)
     if as_json:
         print_json(done.as_json())
@@ -74,22 +63,3 @@ def select(
     echo(next_line(done.choice))
     for w in done.warnings:
         echo(f"bootkeeper: warning: {w}", err=True)
-
-
-def _mode(target: str | None, once: bool, persistent: bool, clear: bool) -> Mode:
-    """The one mode the flags ask for, with a target when it needs one."""
-    from bootkeeper.assess.pin import Mode
-    from bootkeeper.errors import UsageError
-
-    modes = [m for m, on in ((Mode.ONCE, once), (Mode.PERSISTENT, persistent), (Mode.CLEAR, clear)) if on]
-    if len(modes) != 1:
-        raise UsageError(
-            "select needs exactly one of --once (the next boot), --persistent (until --clear) or --clear"
-            + (f", not {' and '.join('--' + m.value for m in modes)}" if modes else "")
-        )
-    mode = modes[0]
-    if mode is Mode.CLEAR and target is not None:
-        raise UsageError(f"--clear removes every pin bootkeeper made; it takes no ROLE|ENTRY (got {target[:80]!r})")
-    if mode is not Mode.CLEAR and not target:
-        raise UsageError(f"--{mode.value} needs a ROLE (active, passive, recovery, statereset) or an ENTRY")
-    return mode

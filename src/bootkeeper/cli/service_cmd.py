@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from bootkeeper.cli.common import F, config_option, json_option, load_config, print_json, root_option, table
+from bootkeeper.cli.common import F, config_option, json_option, load_config, options, print_json, root_option, table
 from bootkeeper.shown import echo
-
-if TYPE_CHECKING:
-    from bootkeeper.config import ServiceSpec
 
 
 def reboot_option(f: F) -> F:
@@ -25,21 +22,6 @@ def reboot_option(f: F) -> F:
     )(f)
 
 
-def service_specs(
-    names: tuple[str, ...], reboot_on_failure: str, config_files: tuple[Path, ...], root: Path
-) -> list[ServiceSpec]:
-    """NAMES with one policy, or boot_assessment.services from the config when no name is given."""
-    from bootkeeper.config import RebootOnFailure, ServiceSpec
-    from bootkeeper.errors import UsageError
-
-    if names:
-        return [ServiceSpec(n, RebootOnFailure(reboot_on_failure)) for n in names]
-    specs = list(load_config(config_files, root).boot_assessment.services)
-    if not specs:
-        raise UsageError("no service named and none in boot_assessment.services")
-    return specs
-
-
 @click.group()
 def service() -> None:
     """Services that decide whether a boot is good (boot-complete.target)."""
@@ -47,22 +29,18 @@ def service() -> None:
 
 @service.command()
 @click.argument("names", nargs=-1)
-@reboot_option
-@root_option
-@config_option
-@json_option
+@options(reboot_option, root_option, config_option, json_option)
 def enroll(
     names: tuple[str, ...], reboot_on_failure: str, root: Path, config_files: tuple[Path, ...], as_json: bool
 ) -> None:
     """Enrol NAMES (default: boot_assessment.services from the config) under ROOT/etc."""
     from bootkeeper.assess import services
+    from bootkeeper.node.units import enrolment
 
-    # the tries arm gives active, recorded for the generator's reboot rule
-    tries = load_config(config_files, root).boot_assessment.tries
-    specs = service_specs(names, reboot_on_failure, config_files, root)
-    for w in services.loop_warnings(specs):
+    chosen = enrolment(names, reboot_on_failure, partial(load_config, config_files, root))
+    for w in chosen.warnings:
         echo(f"bootkeeper: warning: {w}", err=True)
-    actions = services.enroll(root, specs, tries)
+    actions = services.enroll(root, chosen.specs, chosen.tries)
     if as_json:
         print_json({"actions": actions})
     else:
@@ -72,8 +50,7 @@ def enroll(
 
 @service.command()
 @click.argument("names", nargs=-1, required=True)
-@root_option
-@json_option
+@options(root_option, json_option)
 def remove(names: tuple[str, ...], root: Path, as_json: bool) -> None:
     """Stop NAMES from deciding whether a boot is good."""
     from bootkeeper.assess import services
@@ -87,8 +64,7 @@ def remove(names: tuple[str, ...], root: Path, as_json: bool) -> None:
 
 
 @service.command(name="list")
-@root_option
-@json_option
+@options(root_option, json_option)
 def list_(root: Path, as_json: bool) -> None:
     """Enrolled services, their reboot policy, and whether drop-in, link and unit file are in place."""
     from bootkeeper.assess import services

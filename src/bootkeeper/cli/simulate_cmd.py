@@ -10,6 +10,7 @@ from bootkeeper.cli.common import (
     config_option,
     json_option,
     load_config,
+    options,
     print_json,
     root_option,
     version_option,
@@ -42,21 +43,11 @@ from bootkeeper.shown import echo
     "reboot_on_failure in boot_assessment.services, else active.",
 )
 @click.option("--default", "default", default=None, help="Scratch ESP only: a loader.conf default pattern.")
-@version_option
-@config_option
-@root_option
-@json_option
+@options(version_option, config_option, root_option, json_option)
 def simulate(
-    esp: Path | None,
-    fails: tuple[str, ...],
-    boots: int,
-    reboot_on_failure: str | None,
-    default: str | None,
-    sdboot_version: str | None,
-    config_files: tuple[Path, ...],
-    root: Path,
-    as_json: bool,
-) -> None:
+    esp: Path | None, fails: tuple[str, ...], boots: int, reboot_on_failure: str | None, default: str | None,
+    sdboot_version: str | None, config_files: tuple[Path, ...], root: Path, as_json: bool,
+) -> None:  # fmt: skip
     """Run BOOTS boots and print what systemd-boot chose, renamed, and how each boot was judged."""
     from bootkeeper.assess.simulate import parse_fault
     from bootkeeper.config import RebootOnFailure

@@ -16,6 +16,7 @@ from bootkeeper.cli.common import (
     find_esp,
     json_option,
     load_config,
+    options,
     print_json,
     refused_exit,
     root_option,
@@ -28,7 +29,7 @@ from bootkeeper.shown import echo
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from bootkeeper.node.extensions import Listing, Removed
+    from bootkeeper.node.extensions import Listing
     from bootkeeper.sysext.image import Validation
 
 
@@ -158,24 +159,16 @@ def inspect(image_path: Path, as_json: bool) -> None:
 @click.option("--full", is_flag=True, help="Also verify every data block against the hash tree.")
 @json_option
 def validate(
-    images: tuple[Path, ...],
-    policy_text: str | None,
-    certs: tuple[Path, ...],
-    os_release: Path | None,
-    arch: str | None,
-    full: bool,
-    as_json: bool,
-) -> None:
+    images: tuple[Path, ...], policy_text: str | None, certs: tuple[Path, ...], os_release: Path | None,
+    arch: str | None, full: bool, as_json: bool,
+) -> None:  # fmt: skip
     """Validate each IMAGE; exit 0 only if all pass."""
     from bootkeeper.node import extensions
-    from bootkeeper.sysext import policy
 
-    pol, warnings = policy.check_config(policy_text if policy_text is not None else policy.ENFORCED_DEFAULT, "--policy")
-    for w in warnings:
-        say(f"bootkeeper: warning: {w}")
-    results = extensions.validate_images(images, extensions.ImageRules(pol, certs, os_release, arch, full), _Bar)
+    rules = extensions.image_rules(policy_text, certs, os_release, arch, full, say)
+    results = extensions.validate_images(images, rules, _Bar)
     if as_json:
-        print_json({"policy": str(pol), "images": [r.as_json() for r in results]})
+        print_json({"policy": str(rules.policy), "images": [r.as_json() for r in results]})
     else:
         _print_validations(results)
     if not all(r.ok for r in results):
@@ -227,16 +220,14 @@ def build(
 
 
 def _entry_option(what: str) -> Callable[[F], F]:
-    def deco(f: F) -> F:
-        return click.option(
-            "--entry",
-            "entries",
-            multiple=True,
-            help=f"Boot entry name (active, passive, recovery…; with sysext.store: persistent also common); "
-            f"repeatable. {what}",
-        )(f)
-
-    return deco
+    """``--entry``, for ``install`` and ``remove``: ``what`` says what the entries named are for."""
+    return click.option(
+        "--entry",
+        "entries",
+        multiple=True,
+        help=f"Boot entry name (active, passive, recovery…; with sysext.store: persistent also common); "
+        f"repeatable. {what}",
+    )
 
 
 @sysext.command()
@@ -249,22 +240,12 @@ def _entry_option(what: str) -> Callable[[F], F]:
     help="Install even if validation fails, an entry's OS would refuse it at boot or a LUKS volume would not "
     "unlock from the TPM after it (logged).",
 )
-@luks_option("whose TPM2 tokens must survive the change of PCR 13")
-@esp_option
-@config_option
-@root_option
+@options(luks_option("whose TPM2 tokens must survive the change of PCR 13"), esp_option, config_option, root_option)
 @json_option
 def install(
-    image_path: Path,
-    name: str | None,
-    entries: tuple[str, ...],
-    force: bool,
-    luks: tuple[Path, ...],
-    esp: Path | None,
-    config_files: tuple[Path, ...],
-    root: Path,
-    as_json: bool,
-) -> None:
+    image_path: Path, name: str | None, entries: tuple[str, ...], force: bool, luks: tuple[Path, ...],
+    esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json: bool,
+) -> None:  # fmt: skip
     """Copy IMAGE into EFI/<vendor>/<entry>.efi.extra.d/ for the entries that should load it (with
     sysext.store: persistent, into the store and its folders of links).
 
@@ -272,27 +253,13 @@ def install(
     those entries boots (its UKI's .osrel; without one, ROOT's os-release) and, on the ESP, every LUKS
     volume still unlocks from the TPM with PCR 13 changed; the systemd-pcrlock components set up by
     tpm pcrlock are made again for the entries changed."""
-    from bootkeeper.errors import UnreadableError
     from bootkeeper.node import extensions
-    from bootkeeper.sysext import deploy
 
-    name = deploy.check_name(name if name is not None else image_path.name)
-    if not image_path.is_file():
-        raise UnreadableError(f"{image_path}: not a readable file")
+    name = extensions.install_name(image_path, name)
     cfg = load_config(config_files, root)
     done = extensions.install(cfg, root, find_esp(esp), image_path, name, entries, force, luks, say, _Bar)
     if as_json:
-        print_json(
-            {
-                **done.plan,
-                "validation": done.validation.as_json(),
-                "os": [o.as_json() for o in done.oses],
-                "misfits": [m.as_json() for m in done.misfits],
-                "tpm": [g.as_json() for g in done.gates],
-                "pcrlock": done.pcrlock.as_json() if done.pcrlock is not None else None,
-                "forced": done.forced,
-            }
-        )
+        print_json(done.as_json())
         return
     for who, path in zip((*done.written, *done.same), done.where, strict=True):
         echo(f"{who}: {path} {'written' if who in done.written else 'already there'}")
@@ -304,21 +271,12 @@ def install(
 @click.argument("name")
 @_entry_option("Remove from these entries only. Default: from every entry.")
 @click.option("--force", is_flag=True, help="Remove even if a LUKS volume would not unlock from the TPM after it.")
-@luks_option("whose TPM2 tokens must survive the change of PCR 13")
-@esp_option
-@config_option
-@root_option
+@options(luks_option("whose TPM2 tokens must survive the change of PCR 13"), esp_option, config_option, root_option)
 @json_option
 def remove(
-    name: str,
-    entries: tuple[str, ...],
-    force: bool,
-    luks: tuple[Path, ...],
-    esp: Path | None,
-    config_files: tuple[Path, ...],
-    root: Path,
-    as_json: bool,
-) -> None:
+    name: str, entries: tuple[str, ...], force: bool, luks: tuple[Path, ...], esp: Path | None,
+    config_files: tuple[Path, ...], root: Path, as_json: bool,
+) -> None:  # fmt: skip
     """Remove extension NAME (k3s-v1.30.sysext.raw, or its short name k3s-v1.30) from the entries' .extra.d
     folders (default: from every entry); with sysext.store: persistent, its links (and the image once
     nothing links to it). On the ESP, refused (nothing removed) when a LUKS volume would not unlock from
@@ -329,7 +287,7 @@ def remove(
     cfg = load_config(config_files, root)
     gone = extensions.remove(cfg, root, lambda: find_esp(esp), name, entries, force, luks, say)
     if as_json:
-        print_json(_removed_json(name, gone))
+        print_json(gone.as_json(name))
         return
     prefix = f"{gone.store}/" if gone.store is not None else ""
     for g in gone.removed:
@@ -340,24 +298,8 @@ def remove(
         echo(f"{name}: nothing matched in {gone.where}")
 
 
-def _removed_json(name: str, gone: Removed) -> dict[str, object]:
-    if gone.store is not None:
-        # the persistent store is measured by nothing: no TPM gate, no pcrlock component to make again
-        return {"name": name, "removed": list(gone.removed), "images_removed": list(gone.images),
-                "store": gone.store, "tpm": [], "pcrlock": None}  # fmt: skip
-    return {
-        "name": name,
-        "removed": list(gone.removed),
-        "tpm": [g.as_json() for g in gone.gates],
-        "pcrlock": gone.pcrlock.as_json() if gone.pcrlock is not None else None,
-    }
-
-
 @sysext.command(name="list")
-@esp_option
-@config_option
-@root_option
-@json_option
+@options(esp_option, config_option, root_option, json_option)
 def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json: bool) -> None:
     """Per boot entry: the extensions installed, their version, signer and verdict (with
     sysext.store: persistent, per folder of links: active/, passive/, recovery/, statereset/, common/)."""
@@ -411,8 +353,7 @@ def _list_out(as_json: bool, listing: Listing) -> None:
     default=None,
     help="Override sysext.mode from the config.",
 )
-@config_option
-@efivars_opt("Default: ROOT/sys/firmware/efi/efivars.", readable=True)
+@options(config_option, efivars_opt("Default: ROOT/sys/firmware/efi/efivars.", readable=True))
 @click.option(
     "--refresh/--no-refresh",
     "do_refresh",
@@ -421,33 +362,18 @@ def _list_out(as_json: bool, listing: Listing) -> None:
 )
 @json_option
 def activate(
-    root: Path,
-    mode: str | None,
-    config_files: tuple[Path, ...],
-    efivars: Path | None,
-    do_refresh: bool | None,
+    root: Path, mode: str | None, config_files: tuple[Path, ...], efivars: Path | None, do_refresh: bool | None,
     as_json: bool,
-) -> None:
+) -> None:  # fmt: skip
     """Boot time: validate each image of /.extra/sysext and place those the mode allows in /run/extensions."""
-    from bootkeeper.config import SysextMode
     from bootkeeper.node import extensions
     from bootkeeper.sysext import activate as act
 
     cfg = load_config(config_files, root)
-    chosen = SysextMode(mode) if mode else cfg.sysext.mode
-    report = act.activate(
-        root,
-        cfg.sysext,
-        chosen,
-        efivars=efivars,
-        log=None if as_json else lambda line: echo(f"bootkeeper-sysext: {line}"),
-    )
-    for problem in report.trust.get("problems", []):  # fewer anchors: images may be refused for it
-        echo(f"bootkeeper-sysext: warning: trust source skipped: {act.printable(problem)}", err=True)
-    if do_refresh if do_refresh is not None else cfg.sysext.refresh:
-        extensions.refresh(root, cfg, chosen, report, say)
-        if not as_json and (r := report.refresh) is not None:
-            echo(f"bootkeeper-sysext: {' '.join(r['argv'])}: {'ok' if r['ok'] else r['error']}")
+    log = None if as_json else lambda line: echo(f"bootkeeper-sysext: {line}")
+    report = extensions.activate(root, cfg, mode, efivars, do_refresh, log, say)
+    if not as_json and (r := report.refresh) is not None:
+        echo(f"bootkeeper-sysext: {' '.join(r['argv'])}: {'ok' if r['ok'] else r['error']}")
     if as_json:
         print_json(report.as_json())
     else:
@@ -461,8 +387,7 @@ def activate(
 
 
 @sysext.command(name="required")
-@root_option
-@config_option
+@options(root_option, config_option)
 @click.option(
     "--record", is_flag=True, help="Also record the reason in the boot history (bootkeeper-sysext-required.service)."
 )
@@ -480,26 +405,18 @@ def required_(root: Path, config_files: tuple[Path, ...], record: bool, reboot: 
     """Whether this boot's required extensions (sysext.required) were merged, as the last activation
     judged them: exit 0 when they were, else exit 1 naming each that was refused or missing."""
     from bootkeeper.errors import RefusedError
+    from bootkeeper.node import extensions
     from bootkeeper.sysext import required
-    from bootkeeper.sysext.activate import printable
 
-    lines = required.read_failed(root)
-    if lines is None:
+    why = extensions.required_failed(root)
+    if why is None:
         echo("bootkeeper: the required extensions are merged (or none are required)")
         return
-    why = "; ".join(printable(line) for line in lines)
     if record:
-        import time
-
-        from bootkeeper.assess import history
-        from bootkeeper.node.history import current_boot_id
-
-        history.append(root, history.not_good_record(current_boot_id(boot_id), time.time(), required.UNIT, why))
+        extensions.record_not_good(root, boot_id, why)
     echo(f"bootkeeper: this boot is not good: {why}", err=True)
     if reboot == "active":
-        from bootkeeper.node.extensions import reboot_if_active
-
-        reboot_if_active(root, load_config(config_files, root).boot_assessment.tries, say)
+        extensions.reboot_if_active(root, load_config(config_files, root).boot_assessment.tries, say)
     raise RefusedError(
         f"this boot is not good: {why}",
         hint=f"the verdict is {root / required.FAILED}; 'bootkeeper status' shows the activation's report",

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from bootkeeper.cli.common import F, esp_option, find_esp, json_option, print_json, table
 from bootkeeper.cli.main import LazyGroup
 from bootkeeper.shown import echo
-
-if TYPE_CHECKING:
-    from bootkeeper.measure.banks import Bank
 
 # verb -> "module:attribute", imported when it runs (the group stays cheap to list)
 TPM_VERBS = {
@@ -43,12 +39,6 @@ def bank_option(f: F) -> F:
     )(f)
 
 
-def _banks(names: tuple[str, ...], default: tuple[str, ...] = ("sha256",)) -> tuple[Bank, ...]:
-    from bootkeeper.measure.banks import bank
-
-    return tuple(bank(n) for n in dict.fromkeys(names or default))
-
-
 @click.command()
 @esp_option
 @click.option("--entry", "entries", multiple=True, help="Only this role or entry name (repeatable).")
@@ -66,15 +56,9 @@ def predict(
 ) -> None:
     """For each entry that runs a UKI: every event systemd-boot and systemd-stub 257 log into PCRs 11,
     12 and 13, the PCRs when the stub hands over to the kernel, and PCR 11 after each boot phase."""
-    from bootkeeper.errors import NotApplicableError
-    from bootkeeper.esp.store import EspStore
-    from bootkeeper.measure import predict as predict_mod
+    from bootkeeper.node import tpm as node
 
-    store = EspStore(find_esp(esp))
-    found = predict_mod.predict(store, _banks(banks), secure_boot == "on", entries)
-    if not found:
-        which = f" of {', '.join(entries)}" if entries else ""
-        raise NotApplicableError(f"{store.root}: no boot entry{which} runs a UKI")
+    found = node.predict(find_esp(esp), node.banks(banks), secure_boot == "on", entries)
     if as_json:
         print_json({"entries": [p.to_json() for p in found]})
         return
@@ -123,50 +107,17 @@ def predict(
     "-o", "--output", type=click.Path(path_type=Path), help="Write the policy here (atomically) instead of stdout."
 )
 def sign_policy(
-    esp: Path | None,
-    entry: str | None,
-    uki_path: Path | None,
-    key_path: Path | None,
-    print_digests: bool,
-    sigs_path: Path | None,
-    pub_path: Path | None,
-    banks: tuple[str, ...],
-    phases: tuple[str, ...],
+    esp: Path | None, entry: str | None, uki_path: Path | None, key_path: Path | None, print_digests: bool,
+    sigs_path: Path | None, pub_path: Path | None, banks: tuple[str, ...], phases: tuple[str, ...],
     output: Path | None,
-) -> None:
+) -> None:  # fmt: skip
     """The signed PCR 11 policy for a UKI, as ``systemd-measure sign`` computes it and ukify embeds it
     as ``.pcrsig``: with ukify's defaults the same bytes. Offline; no TPM."""
-    import json
-
     from bootkeeper import fsutil
-    from bootkeeper.errors import UsageError
-    from bootkeeper.measure import policy
     from bootkeeper.node import tpm as node
 
-    if (entry is None) == (uki_path is None):
-        raise UsageError("give one of --entry ROLE or --uki FILE")
-    modes = sum((key_path is not None, print_digests, sigs_path is not None))
-    if modes != 1:
-        raise UsageError("give one of --key KEY.pem, --print-digests, or --signatures FILE with --public-key")
-    if sigs_path is not None and pub_path is None:
-        raise UsageError("--signatures needs --public-key, to check them before they are written")
-    # systemd-measure's default: every bank it knows (parse_argv(), v257.9), as ukify signs without --pcr-banks
-    chosen = _banks(banks, ("sha1", "sha256", "sha384", "sha512"))
-    if uki_path is not None:
-        handover = node.uki_handover(uki_path, chosen)
-    else:
-        from bootkeeper.esp.store import EspStore
-
-        handover = node.entry_handover(EspStore(find_esp(esp)), entry or "", chosen)
-    items = policy.to_sign(handover, chosen, policy.phase_paths(phases))
-    if print_digests:
-        text = json.dumps([i.to_json() for i in items], indent=2) + "\n"
-    elif key_path is not None:
-        text = policy.dump_pcrsig(policy.as_object(policy.sign(items, node.private_key(key_path))))
-    else:
-        assert sigs_path is not None and pub_path is not None
-        signed = policy.join(items, node.signatures(sigs_path), node.public_key(pub_path))
-        text = policy.dump_pcrsig(policy.as_object(signed))
+    req = node.PolicySigning(entry, uki_path, key_path, print_digests, sigs_path, pub_path, banks, phases)
+    text = node.sign_policy(req, lambda: find_esp(esp))
     if output is None:
         click.echo(text.rstrip("\n"))  # JSON, or the .pcrsig bootkeeper wrote: many lines of its own
     else:

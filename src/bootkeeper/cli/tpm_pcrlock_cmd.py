@@ -31,16 +31,9 @@ def pcrlock(esp: Path | None, dest: Path, entries: tuple[str, ...], secure_boot:
     """systemd-pcrlock components for every entry that runs a UKI: 650-bootkeeper-uki (the UKI and
     the kernel in it in PCR 4, its sections in PCR 11) and 660-bootkeeper-sysext (its extensions in
     PCR 13), one variant per entry, named for its role. Offline; no TPM."""
-    from bootkeeper.errors import NotApplicableError
-    from bootkeeper.esp.store import EspStore
-    from bootkeeper.measure import pcrlock as pcrlock_mod
+    from bootkeeper.node.tpm import write_pcrlock
 
-    store = EspStore(find_esp(esp))
-    variants = pcrlock_mod.components(store, secure_boot == "on", entries)
-    if not variants:
-        which = f" of {', '.join(entries)}" if entries else ""
-        raise NotApplicableError(f"{store.root}: no boot entry{which} runs a UKI")
-    removed = pcrlock_mod.write(dest, variants)
+    variants, removed = write_pcrlock(find_esp(esp), dest, secure_boot == "on", entries)
     if as_json:
         print_json(
             {

@@ -3,7 +3,6 @@ what the ESP predicts for the entry that booted (see :mod:`bootkeeper.measure.ve
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ from bootkeeper.cli.common import (
     esp_option,
     json_option,
     load_config,
+    options,
     print_json,
     refused_exit,
     root_option,
@@ -29,47 +29,26 @@ __all__ = ["verify"]
 
 
 @click.command()
-@root_option
-@esp_option
+@options(root_option, esp_option)
 @click.option(
     "--expect",
     "expect_path",
     type=click.Path(path_type=Path),
     help="A saved `tpm predict --json`: the extensions meant to boot; differences are named file by file.",
 )
-@config_option
-@json_option
+@options(config_option, json_option)
 def verify(
     root: Path, esp: Path | None, expect_path: Path | None, config_files: tuple[Path, ...], as_json: bool
 ) -> None:
     """Replay the TPM event log against the live PCRs, find the booted entry, and compare what
     systemd-stub logged into PCRs 11, 12 and 13 with the ESP's prediction for it. Exit 0 when all
     agree, 1 with findings (and when an entry cannot be predicted)."""
-    from bootkeeper.errors import InputError, NotApplicableError
-    from bootkeeper.measure import verify as verify_mod
     from bootkeeper.node import tpm
-    from bootkeeper.node.metrics import TPM_VERIFY
     from bootkeeper.node.store import esp_under
 
-    dest = root / TPM_VERIFY
-    why = tpm.no_tpm(root)
-    if why is not None:
-        # no TPM at all: nothing to verify, and no result is written. A result an earlier run left is
-        # replaced by a failed one (a node does not lose its TPM: a result there that this run cannot
-        # back is not kept agreeing, issue 27); with none there, none is written
-        if os.path.lexists(dest):
-            tpm.leave_result(dest, root, verify_mod.failed(f"{why}; an earlier tpm verify left a result"), say)
-        raise NotApplicableError(why)
-    try:
-        # a TPM without its event log (securityfs not mounted, the file removed) cannot be verified:
-        # a failed verification with the reason, never the last result kept (issue 27)
-        report = tpm.verify(root, lambda: esp_under(esp, root), lambda: load_config(config_files, root), expect_path)
-    except InputError as exc:
-        # a verification that cannot complete is a failed one: left for metrics (agree 0, the reason),
-        # then the error's exit code; never no result, which would keep the alert silent
-        tpm.leave_result(dest, root, verify_mod.failed(str(exc)), say)
-        raise
-    tpm.leave_result(dest, root, report, say)
+    report = tpm.verify_kept(
+        root, lambda: esp_under(esp, root), lambda: load_config(config_files, root), expect_path, say
+    )
     if as_json:
         print_json(report.to_json())
     else:

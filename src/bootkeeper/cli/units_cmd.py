@@ -6,14 +6,13 @@ from pathlib import Path
 
 import click
 
-from bootkeeper.cli.common import config_option, json_option, load_config, print_json, root_option, say
+from bootkeeper.cli.common import config_option, json_option, load_config, options, print_json, root_option, say
 from bootkeeper.shown import echo
 from bootkeeper.systemd_version import HIGHEST, LOWEST
 
 
 @click.command(name="install-units")
-@root_option
-@config_option
+@options(root_option, config_option)
 @click.option(
     "--exe",
     default=None,
@@ -38,14 +37,9 @@ from bootkeeper.systemd_version import HIGHEST, LOWEST
 )
 @json_option
 def install_units(
-    root: Path,
-    config_files: tuple[Path, ...],
-    exe: str | None,
-    python: str | None,
-    enable: bool,
-    systemd_version: int | None,
-    as_json: bool,
-) -> None:
+    root: Path, config_files: tuple[Path, ...], exe: str | None, python: str | None, enable: bool,
+    systemd_version: int | None, as_json: bool,
+) -> None:  # fmt: skip
     """Write bootkeeper's units, the systemd-sysext drop-in and bootkeeper-generator under ROOT/etc,
     mask systemd-bless-boot.service and systemd-boot-random-seed.service, and enrol the services in
     boot_assessment.services."""
@@ -57,15 +51,7 @@ def install_units(
     watch = (f"/{REPORT}", f"/{TPM_VERIFY}")
     done = units.install(cfg, root, exe, python, enable, systemd_version, watch, say)
     if as_json:
-        node = done.node
-        print_json(
-            {
-                "written": done.written,
-                "command": done.command,
-                "services": done.services,
-                "systemd": {"version": node.major, "source": node.source, "found": node.found},
-            }
-        )
+        print_json(done.as_json())
         return
     for w in done.written:
         echo(f"wrote {w}")

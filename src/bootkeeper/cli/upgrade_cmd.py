@@ -13,6 +13,7 @@ from bootkeeper.cli.common import (
     esp_option,
     json_option,
     load_config,
+    options,
     print_json,
     root_option,
     say,
@@ -37,25 +38,12 @@ if TYPE_CHECKING:
 @click.option("--recovery", is_flag=True, help="Replace the recovery set instead; active and passive stay.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the gate; write nothing.")
 @click.option("--force", is_flag=True, help="Go on although extensions or the menu order fail the gate (logged).")
-@luks_option("whose signed-policy TPM2 token the new UKI must open")
-@esp_option
-@config_option
-@version_option
-@root_option
-@json_option
+@options(luks_option("whose signed-policy TPM2 token the new UKI must open"), esp_option, config_option, version_option)
+@options(root_option, json_option)
 def upgrade(
-    new_uki: Path,
-    extensions: tuple[Path, ...],
-    recovery: bool,
-    dry_run: bool,
-    force: bool,
-    luks: tuple[Path, ...],
-    esp: Path | None,
-    config_files: tuple[Path, ...],
-    sdboot_version: str | None,
-    root: Path,
-    as_json: bool,
-) -> None:
+    new_uki: Path, extensions: tuple[Path, ...], recovery: bool, dry_run: bool, force: bool, luks: tuple[Path, ...],
+    esp: Path | None, config_files: tuple[Path, ...], sdboot_version: str | None, root: Path, as_json: bool,
+) -> None:  # fmt: skip
     """Install NEW.efi as active: the old active's set (UKI, extensions) becomes passive, the old passive goes.
 
     Refused (exit 1, nothing changed) unless NEW.efi is a UKI, every extension it will load validates and
@@ -78,21 +66,9 @@ def upgrade(
 
 def _report(out: Outcome, as_json: bool) -> None:
     """The plan, the gate and the result: as JSON, or a line each."""
-    plan, gate = out.plan, out.gate
+    gate = out.gate
     if as_json:
-        print_json(
-            {
-                "layout": plan.layout.value,
-                "role": plan.role.value,
-                "actions": list(out.actions),
-                "gate": gate.as_json(),
-                "warnings": plan.warnings,
-                "left_behind": list(plan.left_behind),
-                "store": out.store,
-                "history": out.history,
-                "result": out.result,
-            }
-        )
+        print_json(out.as_json())
         return
     echo(f"gate: {gate.uki_path}: a UKI ({', '.join(f'{k}={v}' for k, v in gate.uki.osrel.items())})")
     for v in gate.verdicts:

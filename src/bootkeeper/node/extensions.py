@@ -73,6 +73,17 @@ class Installed:
     forced: bool
     why: str
 
+    def as_json(self) -> dict[str, object]:
+        return {
+            **self.plan,
+            "validation": self.validation.as_json(),
+            "os": [o.as_json() for o in self.oses],
+            "misfits": [m.as_json() for m in self.misfits],
+            "tpm": [g.as_json() for g in self.gates],
+            "pcrlock": self.pcrlock.as_json() if self.pcrlock is not None else None,
+            "forced": self.forced,
+        }
+
 
 Judged = tuple["Validation", list["TargetOs"], list["Misfit"]]  # the staged copy: validation, OSes, misfits
 
@@ -202,6 +213,17 @@ class _Install:
             bar.close()
 
 
+def install_name(image_path: Path, name: str | None) -> str:
+    """The file name ``sysext install`` gives IMAGE (``--name``, else its own), checked, IMAGE readable."""
+    from bootkeeper.errors import UnreadableError
+    from bootkeeper.sysext import deploy
+
+    name = deploy.check_name(name if name is not None else image_path.name)
+    if not image_path.is_file():
+        raise UnreadableError(f"{image_path}: not a readable file")
+    return name
+
+
 def install(
     cfg: Config,
     root: Path,
@@ -268,6 +290,18 @@ class Removed:
     images: tuple[str, ...] = ()
     gates: tuple[ExtensionGate, ...] = ()
     pcrlock: PcrlockRun | None = None
+
+    def as_json(self, name: str) -> dict[str, object]:
+        if self.store is not None:
+            # the persistent store is measured by nothing: no TPM gate, no pcrlock component to make again
+            return {"name": name, "removed": list(self.removed), "images_removed": list(self.images),
+                    "store": self.store, "tpm": [], "pcrlock": None}  # fmt: skip
+        return {
+            "name": name,
+            "removed": list(self.removed),
+            "tpm": [g.as_json() for g in self.gates],
+            "pcrlock": self.pcrlock.as_json() if self.pcrlock is not None else None,
+        }
 
 
 def remove(
@@ -414,8 +448,8 @@ def _names(d: Path) -> list[str]:
 
 def _listed(cfg: Config, trusted: list[x509.Certificate], path: Path, name: str, bars: Bars) -> Row:
     """One image's row of ``sysext list``: size, version, signer, verdict (hash tree only). An image
-    that cannot be read or parsed is a row that says why, never the end of the list (issue 27: one
-    broken file never stops the verdict on the others)."""
+    that cannot be read or parsed is a row that says why, never the end of the list (one broken file
+    never stops the verdict on the others: docs/extensions.md, "Extensions on the node")."""
     from bootkeeper.errors import BootkeeperError
 
     try:
@@ -450,6 +484,27 @@ def _inspected(cfg: Config, trusted: list[x509.Certificate], path: Path, name: s
 # -- required --------------------------------------------------------------------------------------
 
 
+def required_failed(root: Path) -> str | None:
+    """Why this boot's required extensions (sysext.required) were not merged, as the last activation
+    judged them; None when they were (or none are required)."""
+    from bootkeeper.sysext import required
+    from bootkeeper.sysext.activate import printable
+
+    lines = required.read_failed(root)
+    return None if lines is None else "; ".join(printable(line) for line in lines)
+
+
+def record_not_good(root: Path, boot_id: str | None, why: str) -> None:
+    """The boot history's not-good record of this boot, for bootkeeper-sysext-required.service."""
+    import time
+
+    from bootkeeper.assess import history
+    from bootkeeper.node.history import current_boot_id
+    from bootkeeper.sysext import required
+
+    history.append(root, history.not_good_record(current_boot_id(boot_id), time.time(), required.UNIT, why))
+
+
 def reboot_if_active(root: Path, tries: int, say: Say) -> None:
     """``reboot_on_failure: active`` for the failing check itself: the rule bootkeeper-generator applies to
     enrolled services (``generator.on_failure``: the active entry, counting, a try used), decided now
@@ -482,6 +537,24 @@ def reboot_if_active(root: Path, tries: int, say: Say) -> None:
 
 
 # -- activate --------------------------------------------------------------------------------------
+
+
+def activate(
+    root: Path, cfg: Config, mode: str | None, efivars: Path | None, do_refresh: bool | None,
+    log: Callable[[str], None] | None, say: Say,
+) -> ActivationReport:  # fmt: skip
+    """``sysext activate``: the activation under ``mode`` (default: sysext.mode), the trust sources it
+    skipped said, then ``systemd-sysext refresh`` when ``do_refresh`` (default: sysext.refresh) asks."""
+    from bootkeeper.config import SysextMode
+    from bootkeeper.sysext import activate as act
+
+    chosen = SysextMode(mode) if mode else cfg.sysext.mode
+    report = act.activate(root, cfg.sysext, chosen, efivars=efivars, log=log)
+    for problem in report.trust.get("problems", []):  # fewer anchors: images may be refused for it
+        say(f"bootkeeper-sysext: warning: trust source skipped: {act.printable(problem)}")
+    if do_refresh if do_refresh is not None else cfg.sysext.refresh:
+        refresh(root, cfg, chosen, report, say)
+    return report
 
 
 def refresh(root: Path, cfg: Config, mode: SysextMode, report: ActivationReport, say: Say) -> None:
@@ -523,6 +596,18 @@ class ImageRules:
     os_release: Path | None
     arch: str | None
     full: bool
+
+
+def image_rules(
+    policy_text: str | None, certs: tuple[Path, ...], os_release: Path | None, arch: str | None, full: bool, say: Say
+) -> ImageRules:
+    """``sysext validate``'s rules: ``--policy`` (default: the enforced one), its warnings said."""
+    from bootkeeper.sysext import policy
+
+    pol, warnings = policy.check_config(policy_text if policy_text is not None else policy.ENFORCED_DEFAULT, "--policy")
+    for w in warnings:
+        say(f"bootkeeper: warning: {w}")
+    return ImageRules(pol, certs, os_release, arch, full)
 
 
 def validate_images(images: tuple[Path, ...], rules: ImageRules, bars: Bars) -> list[Validation]:

@@ -4,6 +4,7 @@ the verdict of ``bless`` with a statereset boot's hand-back."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,3 +43,28 @@ def record_verdict(root: Path, boot_id: str | None, verdict: str, handback: Hand
     except WriteError as exc:
         return str(exc)
     return None
+
+
+def record_boot(root: Path, esp: Callable[[], Path], efivars: Path, sdboot_version: str | None, boot_id: str | None,
+                say: Callable[[str], None]) -> tuple[str, dict[str, object] | None]:  # fmt: skip
+    """``history record``: this boot (booted entry, its counter, every entry's state), once per boot id;
+    the record written, or None when this boot is recorded already. An ESP that cannot be read is
+    said and the boot recorded without it."""
+    from bootkeeper.assess import history
+    from bootkeeper.errors import BootkeeperError
+    from bootkeeper.esp.efivars import LoaderVars
+    from bootkeeper.esp.store import EspStore
+
+    bid = current_boot_id(boot_id)
+    boots, _ = history.read(root)
+    if history.recorded(boots, bid):
+        return bid, None
+    ev = LoaderVars.read(efivars)
+    try:
+        snap = EspStore(esp()).snapshot(sdboot_version, loader_info=ev.loader_info)
+    except BootkeeperError as exc:
+        say(f"warning: ESP not read: {exc}")
+        snap = None
+    rec = history.boot_record(bid, time.time(), ev.boot_count_path or ev.entry_selected, snap)
+    history.append(root, rec)
+    return bid, rec

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bootkeeper.errors import MalformedError, UnreadableError
+from bootkeeper.errors import InputError, MalformedError, UnreadableError
 
 if TYPE_CHECKING:
     from bootkeeper.assess.history import Boot
@@ -100,7 +100,7 @@ class Family:
         """Every label value escaped as the activation log escapes names (sysext/activate.py's
         :func:`printable`): a name is bytes until shown, and a file name that is not UTF-8 (``\xff``,
         os.listdir's surrogate) is a label value Prometheus can hold (``\\xff``), never an encoding
-        error that stops ``metrics`` and freezes its file (issue 27)."""
+        error that stops ``metrics`` and freezes its file (docs/fleet.md, "Writing the metrics")."""
         assert len(labels) == len(self.labels), (self.name, labels)
         self.samples.append((tuple(_label(v) for v in labels), value))
 
@@ -132,7 +132,8 @@ def read_tpm(root: Path) -> TpmResult | None:
     try:
         from bootkeeper import fsutil
 
-        # bounded before it is read: a sparse 2 GiB file must not be read whole (issue 27)
+        # bounded before it is read: a sparse 2 GiB file must not be read whole (docs/fleet.md, "Writing the
+        # metrics"; docs/design.md, "Trust")
         raw = fsutil.read_bounded(p, TPM_VERIFY_LIMIT, "the output of 'tpm verify --json'")
         mtime = p.stat().st_mtime
     except FileNotFoundError:
@@ -160,8 +161,8 @@ def read_tpm(root: Path) -> TpmResult | None:
 
 def tpm_state(root: Path, now: float) -> TpmResult | None:
     """:func:`read_tpm`, where a result that cannot be read is a failed verification (agree 0,
-    incomplete ``result``), never a metrics run that stops and leaves the last file (issue 27: a
-    fault must set a series, not remove it)."""
+    incomplete ``result``), never a metrics run that stops and leaves the last file (a fault
+    must set a series, not remove it: docs/fleet.md, "Writing the metrics")."""
     from bootkeeper.errors import InputError
 
     try:
@@ -251,8 +252,9 @@ def _entry_families(fam: _Families, node: NodeStatus) -> None:
     from bootkeeper.esp.entries import same_entry
 
     # one series per entry FILE: a stale twin (active+3.conf beside a used-up active+0-3.conf) has the
-    # entry label of the other, and the file label keeps the two apart (issue 27: node_exporter kept one
-    # of two series with one identity, and could hide the used-up one's 0 tries)
+    # entry label of the other, and the file label keeps the two apart (node_exporter keeps one of two
+    # series with one identity, and could hide the used-up one's 0 tries: docs/fleet.md, "The metrics and
+    # their labels")
     tries_left = fam("entry_tries_left", "Tries left on a counted boot entry file.", "entry", "file", "role")
     tries_done = fam("entry_tries_done", "Tries used on a counted boot entry file.", "entry", "file", "role")
     state = fam(
@@ -307,7 +309,8 @@ def _boot_families(fam: _Families, node: NodeStatus) -> None:
     skipped = fam("boot_fallback_from", "1 for each role this fallback boot fell back from.", "role")
     # one series per role: history names each bad entry FILE of a role (a used-up twin is a second one),
     # but what an operator counts is the roles a node fell back from (count by (role) over the fleet);
-    # the files are bootkeeper_entry_state's (issue 27: one identity was written twice)
+    # the files are bootkeeper_entry_state's (one identity, never written twice: docs/fleet.md, "The metrics
+    # and their labels")
     for r in dict.fromkeys(str(f.get("role")) for f in fallbacks):
         skipped.add(1, r)
     recorded = fam("boot_timestamp_seconds", "When this boot was recorded in the history (history record).")
@@ -322,7 +325,7 @@ def _boot_families(fam: _Families, node: NodeStatus) -> None:
 def _extension_families(fam: _Families, act: Activation | None) -> None:
     # one series per image FILE: one name can be in .extra/sysext and .extra/global_sysext (or a store
     # folder), each judged or skipped on its own; ``file`` (where it was found) keeps them apart
-    # (issue 27: the name alone wrote one identity twice)
+    # (the name alone would write one identity twice: docs/fleet.md, "The metrics and their labels")
     placed = fam(
         "extension_placed",
         "Per extension file at the last activation: 1 placed, 0 not; its verdict and the class of its reason.",
@@ -417,7 +420,8 @@ def _tpm_families(fam: _Families, tpm: TpmResult | None) -> None:
 
 # every file or variable metrics reads, as the ``source`` label of bootkeeper_source_unreadable: a fault
 # in one sets that series (and BootkeeperSourceUnreadable fires) instead of only removing the series
-# it feeds (issue 27). ``status``: the status could not be gathered at all (the ESP, the config).
+# it feeds (docs/fleet.md, "The metrics and their labels"). ``status``: the status could not be gathered
+# at all (the ESP, the config).
 SOURCES = ("status", "efivars", "history", "activation", "handbacks", "tpm_verify")
 
 
@@ -437,6 +441,19 @@ def activation_unread(root: Path, shown: Status) -> bool:
     from bootkeeper.sysext import report
 
     return shown.extensions.activation is None and os.path.lexists(root / report.REPORT)
+
+
+def collect(
+    root: Path, tpm: TpmResult | None, now: float, status: Callable[[], Status]
+) -> tuple[list[Family], InputError | None]:
+    """The families of ``status()``; when the status cannot be gathered (an ESP or config at fault), the
+    failure written as series (source_unreadable{source="status"}) and the error, for its exit code once
+    the file is written: never the last file left in place looking current."""
+    try:
+        shown = status()
+        return build(shown, tpm, now, activation_unread(root, shown)), None
+    except InputError as exc:
+        return build_unread(tpm, now), exc
 
 
 def build_unread(tpm: TpmResult | None, now: float) -> list[Family]:

@@ -54,6 +54,24 @@ def esp_relative(root: Path, target: str) -> str:
         raise UsageError(f"{target[:80]}: not a file on the ESP {root}") from None
 
 
+def chosen_mode(target: str | None, once: bool, persistent: bool, clear: bool) -> pin.Mode:
+    """The one mode ``select``'s flags ask for, with a target when it needs one."""
+    from bootkeeper.errors import UsageError
+
+    modes = [m for m, on in ((pin.Mode.ONCE, once), (pin.Mode.PERSISTENT, persistent), (pin.Mode.CLEAR, clear)) if on]
+    if len(modes) != 1:
+        raise UsageError(
+            "select needs exactly one of --once (the next boot), --persistent (until --clear) or --clear"
+            + (f", not {' and '.join('--' + m.value for m in modes)}" if modes else "")
+        )
+    mode = modes[0]
+    if mode is pin.Mode.CLEAR and target is not None:
+        raise UsageError(f"--clear removes every pin bootkeeper made; it takes no ROLE|ENTRY (got {target[:80]!r})")
+    if mode is not pin.Mode.CLEAR and not target:
+        raise UsageError(f"--{mode.value} needs a ROLE (active, passive, recovery, statereset) or an ENTRY")
+    return mode
+
+
 def select(store: EspStore, efivars: Path, mode: pin.Mode, target: str | None, sdboot_version: str | None) -> Selection:
     """Pin ``target`` (a role or an entry; None with :attr:`Mode.CLEAR`) or clear the pins."""
     from bootkeeper.assess import bootloader

@@ -4,6 +4,7 @@ cryptography, and the extension half imported only when gathered."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from bootkeeper.assess.status import NodeStatus, ServiceReader
 
 if TYPE_CHECKING:
     from bootkeeper.assess.menu import Menu
+    from bootkeeper.config import Config
     from bootkeeper.esp.store import Snapshot
     from bootkeeper.sysext.status import Extensions
 
@@ -70,6 +72,25 @@ def gather(
     return Status(node, ext, problems)
 
 
+def with_menu(
+    root: Path, esp: Path, efivars: Path, sdboot_version: str | None, config_files: tuple[Path, ...],
+    config: Callable[[], Config],
+) -> Status:  # fmt: skip
+    """``status``: both halves and the menu, from one snapshot of the ESP; the store and the hand-back
+    budget from the config (``config``) when there is one."""
+    import dataclasses
+
+    from bootkeeper.esp.efivars import loader_info
+    from bootkeeper.esp.store import EspStore
+
+    snap = EspStore(esp).snapshot(sdboot_version, loader_info=loader_info(efivars))  # once for both views
+    shown = gather(
+        root, esp, efivars, sdboot_version, snap=snap, store_dir=store_dir(root, config_files, config),
+        handbacks=handback_budget(root, config_files, config),
+    )  # fmt: skip
+    return dataclasses.replace(shown, menu=menu(esp, efivars, sdboot_version, snap))
+
+
 def menu(esp: Path, efivars: Path, sdboot_version: str | None, snap: Snapshot | None = None) -> Menu:
     """The ``entries`` view: systemd-boot's menu, its counters and what boots next (``snap``: the ESP
     read once already, for status)."""
@@ -96,3 +117,21 @@ def write_motd(root: Path, lines: list[str]) -> Path:
     except OSError as exc:
         raise WriteError(f"{p}: cannot write ({exc.strerror})") from exc
     return p
+
+
+def store_dir(root: Path, config_files: tuple[Path, ...], config: Callable[[], Config]) -> Path | None:
+    """The persistent extension store's folder, when the config says ``sysext.store: persistent``."""
+    if not config_files and not any((root / "oem").glob("*.yaml")):
+        return None  # the defaults: extensions on the ESP (and no config import on this path)
+    from bootkeeper import fsutil
+    from bootkeeper.config import SysextStore
+
+    cfg = config()
+    return fsutil.under(root, cfg.sysext.store_dir) if cfg.sysext.store is SysextStore.PERSISTENT else None
+
+
+def handback_budget(root: Path, config_files: tuple[Path, ...], config: Callable[[], Config]) -> int | None:
+    """``boot_assessment.handbacks`` when a config is there (None: the default, and no YAML import)."""
+    if not config_files and not any((root / "oem").glob("*.yaml")):
+        return None
+    return int(config().boot_assessment.handbacks)

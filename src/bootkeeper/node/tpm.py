@@ -15,10 +15,13 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     from bootkeeper.config import Config
+    from bootkeeper.errors import NotApplicableError
     from bootkeeper.esp.store import EspStore
     from bootkeeper.measure.banks import Bank
     from bootkeeper.measure.events import FileRef
-    from bootkeeper.measure.luks import EntryUki, ExtensionGate, GateResult, Volume
+    from bootkeeper.measure.luks import Authorization, EntryUki, ExtensionGate, Finding, GateResult, Token, Volume
+    from bootkeeper.measure.pcrlock import Variant
+    from bootkeeper.measure.predict import Prediction
     from bootkeeper.measure.verify import Report
 
 Say = Callable[[str], None]
@@ -57,7 +60,8 @@ def extension_gate(root: Path, luks: tuple[Path, ...], say: Say) -> list[Extensi
 def uki_gate(root: Path, luks: tuple[Path, ...], new_uki: Path, shown: str, say: Say) -> list[GateResult]:
     """The TPM gate of an upgrade, before the first write: the LUKS2 volumes given with ``--luks``,
     else every volume of the node's /etc/crypttab (under ``--root``) that is there; for each volume with a
-    signed-policy TPM2 token, whether the new UKI's .pcrsig opens it. No such volume: no gate."""
+    signed-policy TPM2 token, whether the new UKI's .pcrsig opens it. No such volume: no gate
+    (docs/measured-boot.md, "The upgrade gate")."""
     from bootkeeper.measure import luks as luks_mod
 
     return [luks_mod.gate(v.device, list(v.tokens), new_uki, shown) for v in volumes(root, luks, say)]
@@ -303,3 +307,161 @@ def public_key(path: Path) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
     from bootkeeper.measure.untrusted import load_public_key
 
     return load_public_key(read_input(path, "the public key"), str(path), certificate=True)
+
+
+def banks(names: tuple[str, ...], default: tuple[str, ...] = ("sha256",)) -> tuple[Bank, ...]:
+    """The ``--bank`` names as banks, each once, in the order given (``default`` when none is)."""
+    from bootkeeper.measure.banks import bank
+
+    return tuple(bank(n) for n in dict.fromkeys(names or default))
+
+
+@dataclass(frozen=True)
+class PolicySigning:
+    """What ``tpm sign-policy`` signs for (an entry or a UKI file) and how: with a key, as the digests
+    an HSM signs (step 1), or joining the HSM's signatures (step 2)."""
+
+    entry: str | None
+    uki_path: Path | None
+    key_path: Path | None
+    print_digests: bool
+    sigs_path: Path | None
+    pub_path: Path | None
+    banks: tuple[str, ...]
+    phases: tuple[str, ...]
+
+
+def sign_policy(req: PolicySigning, esp: Callable[[], Path]) -> str:
+    """The signed PCR 11 policy (``.pcrsig`` JSON), or step 1's digests to sign as JSON."""
+    import json
+
+    from bootkeeper.errors import UsageError
+    from bootkeeper.measure import policy
+
+    if (req.entry is None) == (req.uki_path is None):
+        raise UsageError("give one of --entry ROLE or --uki FILE")
+    modes = sum((req.key_path is not None, req.print_digests, req.sigs_path is not None))
+    if modes != 1:
+        raise UsageError("give one of --key KEY.pem, --print-digests, or --signatures FILE with --public-key")
+    if req.sigs_path is not None and req.pub_path is None:
+        raise UsageError("--signatures needs --public-key, to check them before they are written")
+    # systemd-measure's default: every bank it knows (parse_argv(), v257.9), as ukify signs without --pcr-banks
+    chosen = banks(req.banks, ("sha1", "sha256", "sha384", "sha512"))
+    if req.uki_path is not None:
+        handover = uki_handover(req.uki_path, chosen)
+    else:
+        from bootkeeper.esp.store import EspStore
+
+        handover = entry_handover(EspStore(esp()), req.entry or "", chosen)
+    items = policy.to_sign(handover, chosen, policy.phase_paths(req.phases))
+    if req.print_digests:
+        return json.dumps([i.to_json() for i in items], indent=2) + "\n"
+    if req.key_path is not None:
+        return policy.dump_pcrsig(policy.as_object(policy.sign(items, private_key(req.key_path))))
+    assert req.sigs_path is not None and req.pub_path is not None
+    signed = policy.join(items, signatures(req.sigs_path), public_key(req.pub_path))
+    return policy.dump_pcrsig(policy.as_object(signed))
+
+
+def verify_kept(
+    root: Path, esp: Callable[[], Path], config: Callable[[], Config], expect_path: Path | None, say: Say
+) -> Report:
+    """``tpm verify``: :func:`verify`, its result kept for ``bootkeeper metrics`` whatever it is, a
+    failed one when the verification cannot complete (then the error is raised)."""
+    from bootkeeper.errors import InputError, NotApplicableError
+    from bootkeeper.measure import verify as verify_mod
+    from bootkeeper.node.metrics import TPM_VERIFY
+
+    dest = root / TPM_VERIFY
+    why = no_tpm(root)
+    if why is not None:
+        # no TPM at all: nothing to verify, and no result is written. A result an earlier run left is
+        # replaced by a failed one (a node does not lose its TPM: a result there that this run cannot
+        # back is not kept agreeing: docs/measured-boot.md, tpm verify; docs/fleet.md, "The metrics and
+        # their labels"); with none there, none is written
+        if os.path.lexists(dest):
+            leave_result(dest, root, verify_mod.failed(f"{why}; an earlier tpm verify left a result"), say)
+        raise NotApplicableError(why)
+    try:
+        # a TPM without its event log (securityfs not mounted, the file removed) cannot be verified:
+        # a failed verification with the reason, never the last result kept (docs/measured-boot.md, tpm
+        # verify; docs/fleet.md, "The metrics and their labels")
+        report = verify(root, esp, config, expect_path)
+    except InputError as exc:
+        # a verification that cannot complete is a failed one: left for metrics (agree 0, the reason),
+        # then the error's exit code; never no result, which would keep the alert silent
+        leave_result(dest, root, verify_mod.failed(str(exc)), say)
+        raise
+    leave_result(dest, root, report, say)
+    return report
+
+
+def predict(esp: Path, chosen: tuple[Bank, ...], secure_boot: bool, entries: tuple[str, ...]) -> list[Prediction]:
+    """``tpm predict``: each entry (of ``entries``, when given) that runs a UKI, predicted; none is an error."""
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.measure import predict as predict_mod
+
+    store = EspStore(esp)
+    found = predict_mod.predict(store, chosen, secure_boot, entries)
+    if not found:
+        raise _no_uki(store, entries)
+    return found
+
+
+def _no_uki(store: EspStore, entries: tuple[str, ...]) -> NotApplicableError:
+    from bootkeeper.errors import NotApplicableError
+
+    which = f" of {', '.join(entries)}" if entries else ""
+    return NotApplicableError(f"{store.root}: no boot entry{which} runs a UKI")
+
+
+def write_pcrlock(
+    esp: Path, dest: Path, secure_boot: bool, entries: tuple[str, ...]
+) -> tuple[list[Variant], list[str]]:
+    """``tpm pcrlock``: the components of every entry (of ``entries``) that runs a UKI, written into
+    ``dest``; the variants and the files removed (none is an error)."""
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.measure import pcrlock
+
+    store = EspStore(esp)
+    variants = pcrlock.components(store, secure_boot, entries)
+    if not variants:
+        raise _no_uki(store, entries)
+    return variants, pcrlock.write(dest, variants)
+
+
+@dataclass(frozen=True)
+class Audit:
+    """``tpm audit``: DEVICE's TPM2 tokens, what an upgrade would break, and the UKIs each signed token was
+    checked against."""
+
+    device: str
+    tokens: list[Token]
+    findings: list[Finding]
+    checked: dict[str, list[Authorization]]
+
+    @property
+    def bad(self) -> bool:
+        from bootkeeper.measure.luks import Level
+
+        return any(f.level is Level.FINDING for f in self.findings)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "device": self.device,
+            "tokens": [{**t.as_json(), "ukis": [a.as_json() for a in self.checked.get(t.id, [])]} for t in self.tokens],
+            "findings": [f.as_json() for f in self.findings],
+            "verdict": "findings" if self.bad else "ok",
+        }
+
+
+def audit(device: Path, esp: Callable[[], Path]) -> Audit:
+    """Read DEVICE's LUKS2 TPM2 tokens, and the ESP's UKIs when a token has a signed policy."""
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.measure import luks
+
+    what = str(device)
+    tokens = luks.parse_metadata(luks.dump_metadata(device), what)
+    ukis = esp_ukis(EspStore(esp())) if any(t.signed for t in tokens) else []
+    findings, checked = luks.audit(tokens, ukis)
+    return Audit(what, tokens, findings, checked)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bootkeeper.config import Config
+    from bootkeeper.config import Config, ServiceSpec
     from bootkeeper.systemd_version import NodeSystemd
 
 Say = Callable[[str], None]
@@ -19,10 +19,21 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class UnitsInstalled:
+    """What ``install-units`` wrote, the command the units run, the services enrolled, the node's systemd."""
+
     written: list[str]
     command: list[str]
     services: list[str]
     node: NodeSystemd
+
+    def as_json(self) -> dict[str, object]:
+        node = self.node
+        return {
+            "written": self.written,
+            "command": self.command,
+            "services": self.services,
+            "systemd": {"version": node.major, "source": node.source, "found": node.found},
+        }
 
 
 def install(
@@ -100,3 +111,29 @@ def _on_node(root: Path, candidates: tuple[str, ...], option: str) -> str:
         f"{root}: has none of {', '.join(candidates)}: the units would name a program the node does not have",
         hint=f"install bootkeeper into {root} first, or pass {option} with the path it has on the node",
     )
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """The services ``service enroll`` and ``cloud-config render`` enrol, the tries the arm gives active
+    (recorded for the generator's reboot rule), and the boot-loop warnings their drop-ins earn."""
+
+    specs: list[ServiceSpec]
+    tries: int
+    warnings: list[str]
+
+
+def enrolment(names: tuple[str, ...], reboot_on_failure: str, config: Callable[[], Config]) -> Enrolment:
+    """NAMES with one policy, or boot_assessment.services from the config when no name is given."""
+    from bootkeeper.assess import services
+    from bootkeeper.config import RebootOnFailure, ServiceSpec
+    from bootkeeper.errors import UsageError
+
+    tries = config().boot_assessment.tries
+    if names:
+        specs = [ServiceSpec(n, RebootOnFailure(reboot_on_failure)) for n in names]
+    else:
+        specs = list(config().boot_assessment.services)
+        if not specs:
+            raise UsageError("no service named and none in boot_assessment.services")
+    return Enrolment(specs, tries, services.loop_warnings(specs))

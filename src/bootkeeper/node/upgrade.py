@@ -1,9 +1,10 @@
 """``upgrade NEW.efi``'s transaction: a new OS over role sets, gated before the first write.
 
-The gate is where assess and sysext meet: the plan and the order check come from ``assess/upgrade.py``;
-each extension the new set will load is validated as ``sysext install`` does (configured policy and trust
-anchors), with the new UKI's ``.osrel`` as the host's os-release. What is judged is what lands: the gate
-reads private copies (0700), and the ESP gets those bytes; every message names the files the user gave.
+The gate is where assess and sysext meet (docs/design.md, "An upgrade is a transaction", 1. Gate, and
+"Layers"): the plan and the order check come from ``assess/upgrade.py``; each extension the new set will
+load is validated as ``sysext install`` does (configured policy and trust anchors), with the new UKI's
+``.osrel`` as the host's os-release. What is judged is what lands: the gate reads private copies (0700),
+and the ESP gets those bytes; every message names the files the user gave.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from bootkeeper.errors import RefusedError
 
 if TYPE_CHECKING:
     from bootkeeper.assess import history
-    from bootkeeper.assess.upgrade import OrderCheck, UkiCheck, UpgradePlan
+    from bootkeeper.assess.upgrade import Op, OrderCheck, UkiCheck, UpgradePlan
     from bootkeeper.config import Config
     from bootkeeper.esp.linkstore import LinkStore
     from bootkeeper.esp.store import EspStore, Snapshot
@@ -72,11 +73,9 @@ class Copies:
         """The path the user gave for a copy; any other path as it is."""
         return self.given.get(str(path), str(path))
 
-    def text(self, message: str) -> str:
-        """A message of assess or sysext that names a copy, naming the user's file instead."""
-        for copy, given in self.given.items():
-            message = message.replace(copy, given)
-        return message
+    def line(self, op: Op) -> str:
+        """A step of the plan as text, naming the user's file where it copies a private copy."""
+        return op.line(self.given.get(op.src) if op.src is not None else None)
 
 
 @dataclass(frozen=True)
@@ -114,6 +113,20 @@ class Outcome:
     store: str | None
     history: dict[str, object] | None = None
     refusal: RefusedError | None = None
+
+    def as_json(self) -> dict[str, object]:
+        plan = self.plan
+        return {
+            "layout": plan.layout.value,
+            "role": plan.role.value,
+            "actions": list(self.actions),
+            "gate": self.gate.as_json(),
+            "warnings": plan.warnings,
+            "left_behind": list(plan.left_behind),
+            "store": self.store,
+            "history": self.history,
+            "result": self.result,
+        }
 
 
 def check_extensions(extensions: tuple[Path, ...]) -> list[str]:
@@ -215,7 +228,7 @@ class _Transaction:
         recorded: dict[str, object] | None = None,
         refusal: RefusedError | None = None,
     ) -> Outcome:
-        actions = tuple(self.copies.text(op.line()) for op in plan.ops)
+        actions = tuple(self.copies.line(op) for op in plan.ops)
         store = str(self.links.root) if self.links is not None else None
         return Outcome(result, plan, gate, actions, store, recorded, refusal)
 
@@ -226,9 +239,9 @@ class _Transaction:
         from bootkeeper.node.tpm import uki_gate
 
         self.new_uki, self.added = new_uki, added
-        uki = up.check_uki(new_uki)
+        uki = up.check_uki(new_uki, self.copies.name(new_uki))
         if not uki.ok:  # never overridden: the boot loader could not start it
-            raise RefusedError(self.copies.text(f"upgrade refused: {uki.reason}; nothing was changed"))
+            raise RefusedError(f"upgrade refused: {uki.reason}; nothing was changed")
         tpm = uki_gate(self.root, self.opts.luks, new_uki, self.copies.name(new_uki), self.say)
         self.digests[str(new_uki)] = up.sha256(new_uki)  # what was judged is what lands
         self.store = EspStore(find_esp(self.esp))
@@ -242,11 +255,9 @@ class _Transaction:
                 self.apply(plan)
             return self.outcome("unchanged", plan, gate)
         if gate.reasons and not gate.forced:
-            return self.outcome("refused", plan, gate, refusal=_refusal(gate, self.copies))
+            return self.outcome("refused", plan, gate, refusal=_refusal(gate))
         if gate.forced:
-            self.say(
-                self.copies.text(f"bootkeeper: warning: upgrading with --force although: {'; '.join(gate.reasons)}")
-            )
+            self.say(f"bootkeeper: warning: upgrading with --force although: {'; '.join(gate.reasons)}")
         if self.opts.dry_run:
             return self.outcome("dry-run", plan, gate)
         before = _before(self.store, plan, self.digests, self.links)
@@ -287,9 +298,9 @@ class _Transaction:
         )  # fmt: skip
 
 
-def _refusal(gate: Gate, copies: Copies) -> RefusedError:
+def _refusal(gate: Gate) -> RefusedError:
     return RefusedError(
-        copies.text("upgrade refused: " + "; ".join(gate.reasons) + "; nothing was changed"),
+        "upgrade refused: " + "; ".join(gate.reasons) + "; nothing was changed",
         hint=(
             "sign the new UKI for the key the LUKS token trusts (ukify --pcr-private-key)"
             if any(not g.ok for g in gate.tpm)
@@ -312,9 +323,10 @@ def _judge(
     trusted = anchors(cfg, root, say)
     out = []
     for x in exts:
-        v = image.validate(x.source, pol, trusted, full=True, os_release=host, name=x.name)
+        shown = copies.name(x.source)
+        v = image.validate(x.source, pol, trusted, full=True, os_release=host, name=x.name, shown_as=shown)
         origin = "common" if x.common else "carried" if x.carried else "--extension"
-        out.append(ExtVerdict(x.name, copies.name(x.source), x.carried, v.ok, tuple(v.reasons), v.signer, origin))
+        out.append(ExtVerdict(x.name, shown, x.carried, v.ok, tuple(v.reasons), v.signer, origin))
     return out
 
 

@@ -217,10 +217,14 @@ def _select(table: gpt.Table, native: str, problems: list[str]) -> tuple[dict[st
     return found, others, ignored
 
 
-def inspect(path: Path, name: str | None = None, *, architecture: str | None = None) -> ImageInfo:
+def inspect(
+    path: Path, name: str | None = None, *, architecture: str | None = None, shown_as: str | None = None
+) -> ImageInfo:
     """``name``: the file name the image is used under, when ``path`` is a temporary copy;
-    ``architecture``: the native one, which wins over others (by default this machine's)."""
-    what = str(path) if name is None else f"{name} (at {path})"
+    ``architecture``: the native one, which wins over others (by default this machine's);
+    ``shown_as``: what messages call ``path`` (the user's file, when ``path`` is a private copy of it)."""
+    at = shown_as if shown_as is not None else str(path)
+    what = at if name is None else f"{name} (at {at})"
     try:
         size = path.stat().st_size
         f = path.open("rb")
@@ -323,11 +327,12 @@ def validate(
     progress: Callable[[int, int], None] | None = None,
     name: str | None = None,
     leaves: dict[int, verity.Leaves] | None = None,
+    shown_as: str | None = None,
 ) -> Validation:
     """Check one image: structure, verity tree and root hash, signature, the policy, and its
     extension-release (against ``os_release``, the host's, when given). ``leaves``: by the byte
     offset of each data area, the data blocks' hashes taken as ``path`` was written (see
-    :func:`verity.verify_at`).
+    :func:`verity.verify_at`); ``shown_as``: what messages call ``path`` (see :func:`inspect`).
 
     ``blockers`` says why the node's systemd-sysext would not merge the image under its own policy
     (:data:`policy.NODE_SYSEXT_POLICY`): everything but the configured policy's verdicts, that
@@ -339,9 +344,9 @@ def validate(
     cannot read is a blocker too: placing it could lose every image."""
     checking = _Validating(path, pol, trusted, full, progress, leaves or {}, architecture or host_architecture())
     try:
-        info = inspect(path, name, architecture=checking.arch)
+        info = inspect(path, name, architecture=checking.arch, shown_as=shown_as)
     except InputError as exc:
-        return Validation(name or str(path), False, [str(exc)], [], blockers=[str(exc)])
+        return Validation(name or shown_as or str(path), False, [str(exc)], [], blockers=[str(exc)])
     checking.reasons = [p for p in info.problems if not p.startswith("GPT: backup")]
     checking.reasons.extend(_structure(info, pol))
     for d, des in info.found.items():
@@ -352,7 +357,7 @@ def validate(
         why = rel if isinstance(rel, str) else release.check(rel, os_release, checking.arch)
         if why:
             checking.reasons.append(f"extension-release: {why}")
-    return _verdict(checking, info, name or str(path))
+    return _verdict(checking, info, name or shown_as or str(path))
 
 
 @dataclass
