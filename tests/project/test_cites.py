@@ -29,10 +29,6 @@ DOC_PATH = re.compile(OURS + r"([\w.-]+\.md)")
 # bootkeeper(8)'s EXIT STATUS, bootkeeper.yaml(5), SETTINGS
 MAN_SECTION = re.compile(r"(bootkeeper(?:\.yaml)?\([58]\))(?:'s|,)\s+([A-Z]{2,}(?:\s[A-Z]{2,})*)\b")
 
-# Being rewritten in the branch `slim` (issue 28): their citations go with that merge. The merger
-# empties this set; strict xfail makes this test fail once a file here no longer cites an issue.
-PENDING = frozenset({"assess/upgrade.py", "cli/tpm_verify_cmd.py", "node/extensions.py", "node/metrics.py"})
-
 
 def _comments_and_docstrings(path: Path) -> list[tuple[int, str]]:
     """(line, text) of each comment block (consecutive comment lines joined) and each docstring."""
@@ -116,12 +112,7 @@ def _files() -> list[Path]:
 
 @pytest.mark.parametrize(
     "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="citations rewritten in branch slim"))
-        if str(p.relative_to(SRC)) in PENDING
-        else p
-        for p in _files()
-    ],
+    _files(),
     ids=lambda p: str(p.relative_to(SRC)),
 )
 def test_comments_cite_doc_sections(path: Path) -> None:

@@ -337,7 +337,7 @@ def validate(
     ``blockers`` says why the node's systemd-sysext would not merge the image under its own policy
     (:data:`policy.NODE_SYSEXT_POLICY`): everything but the configured policy's verdicts, that
     policy's verdicts, and a signature that is there but does not verify. Found with the real tools
-    (tests/test_permissive_merge.py): 252 and 257 refuse every image when one has no
+    (tests/sysext/test_permissive_merge.py): 252 and 257 refuse every image when one has no
     extension-release of its own name or is no disk image ("Failed to read metadata for image"), 252
     also for one carrying os-release; a wrong ID or VERSION_ID is skipped alone; a signature that
     does not verify stops all (reference/vm/NOTES.md scenario 3, systemd#32762). What bootkeeper
@@ -453,7 +453,7 @@ def _structure(info: ImageInfo, pol: policy.ImagePolicy) -> list[str]:
     """The partition table rules systemd-dissect 257 refuses an image on whatever the policy allows
     (its -EADDRNOTAVAIL/-ENOTUNIQ in dissect_image(), src/shared/dissect-image.c), after it has
     dropped the partitions the policy ignores. Each found with crafted images against
-    systemd-dissect --validate (tests/test_interop.py)."""
+    systemd-dissect --validate (tests/sysext/test_interop.py)."""
     out = []
     for d in info.others:
         if not pol.ignores(d):
