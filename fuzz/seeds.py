@@ -20,6 +20,10 @@ from typing import Any
 from bootkeeper.sysext import gpt, signature, trust
 from fuzz.targets import CORPUS, REPO, ROOT_HASH, SIGNER
 
+# the test suite's ESL writer, written apart from the parser these seeds feed
+sys.path.insert(0, str(REPO / "tests"))
+from helpers import build_esl
+
 
 def _pe(sections: dict[str, bytes]) -> bytes:
     """A minimal PE32+ file carrying ``sections`` (what systemd-boot reads of a UKI)."""
@@ -244,8 +248,8 @@ def make() -> dict[str, dict[str, bytes]]:
     }
     der = rsa_cert.public_bytes(Encoding.DER)
     owner = uuid.UUID("11111111-2222-3333-4444-555555555555")
-    db = trust.build_esl([(trust.EFI_CERT_X509, owner, der)])
-    dbx = trust.build_esl([(trust.EFI_CERT_SHA256, owner, hashlib.sha256(b"revoked").digest())])
+    db = build_esl([(trust.EFI_CERT_X509, owner, der)])
+    dbx = build_esl([(trust.EFI_CERT_SHA256, owner, hashlib.sha256(b"revoked").digest())])
     seeds["esl"] = {"db": db, "dbx": dbx}
     seeds["trust_cert"] = {"pem": rsa_cert.public_bytes(Encoding.PEM), "der": ec_cert.public_bytes(Encoding.DER)}
     seeds["trust_cert"]["repart"] = (REPO / "tests/data/cert.pem").read_bytes()

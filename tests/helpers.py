@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import struct
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+from bootkeeper.esp import counter
 from bootkeeper.esp.efivars import LOADER_GUID, encode_string
+from bootkeeper.esp.entries import Entry, EntryKind
 
 
 def bk(
@@ -171,3 +176,22 @@ def systemd_verify(unit_dir: Path, *names: str) -> subprocess.CompletedProcess[s
         pytest.fail("systemd-analyze is missing; scripts/setup-test-deps.sh installs systemd")
     env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:", "SYSTEMD_LOG_COLOR": "0"}
     return subprocess.run([tool, "verify", "--man=no", *names], capture_output=True, text=True, env=env, check=False)
+
+
+def build_esl(entries: Iterable[tuple[uuid.UUID, uuid.UUID, bytes]]) -> bytes:
+    """EFI_SIGNATURE_LISTs, one per entry, as firmware stores db/dbx/MokListRT (UEFI 2.10, 32.4.1:
+    SignatureType, SignatureListSize, SignatureHeaderSize 0, SignatureSize, then SignatureOwner and the
+    data): written here, apart from :func:`bootkeeper.sysext.trust.parse_esl`, which they test (no verb
+    writes firmware variables)."""
+    out = b""
+    for typ, owner, data in entries:
+        size = 16 + len(data)
+        out += typ.bytes_le + struct.pack("<III", 28 + size, 0, size) + owner.bytes_le + data
+    return out
+
+
+def renamed(e: Entry, new_name: str) -> Entry:
+    """``e`` as systemd-boot would list it after renaming its file to ``new_name`` (a boot counter
+    change): same folder, the name parsed again."""
+    suffix = ".conf" if e.kind is EntryKind.TYPE1 else ".efi"
+    return dataclasses.replace(e, path=f"{e.directory}/{new_name}", name=counter.parse(new_name, suffix))

@@ -21,7 +21,7 @@ from bootkeeper.esp import scratch
 from bootkeeper.esp.entries import Role, extra_dir
 from bootkeeper.esp.store import EspStore
 from bootkeeper.sysext import deploy, signature
-from helpers import extra_sets, signed_extension, tree, uki
+from helpers import extra_sets, renamed, signed_extension, tree, uki
 
 KEY, CERT = signature.self_signed("ec", "upgrade test")
 CFG = BootAssessment(tries=3, recovery_tries=3)
@@ -186,7 +186,7 @@ def test_old_active_set_becomes_passive_and_new_set_is_active(tmp_path: Path, im
     # the fallback, once the new active is bad: the old OS with its own extensions
     store = EspStore(esp)
     snap = store.snapshot(252)
-    bad = [e.with_name(e.name.bad_name() or e.file_name) if e.role is Role.ACTIVE else e for e in snap.entries]
+    bad = [renamed(e, e.name.bad_name() or e.file_name) if e.role is Role.ACTIVE else e for e in snap.entries]
     order = [e for e in entries_mod.menu_order(bad, 252) if e.state is not entries_mod.EntryState.BAD]
     assert order[0].role is Role.PASSIVE and (esp / (up.uki_of(store, order[0]) or "")).read_bytes() == OLD_ACTIVE
 

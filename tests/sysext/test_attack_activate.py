@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from bootkeeper.sysext import gpt, image, signature, trust
+from helpers import build_esl
 from test_attack_pkcs7 import malformed
 
 POLICY = "root=signed+absent:usr=signed+absent"
@@ -209,7 +210,7 @@ def test_malformed_db_and_verity_d_certificates(tmp_path: Path, images: dict[str
     bad = _bad_certs()
     db = [bad[0], bytes(TRUSTED[1].public_bytes(Encoding.DER)), bad[1]]
     ev = root / "sys/firmware/efi/efivars"
-    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, d) for d in db]))
+    _efivar(ev, "db", build_esl([(trust.EFI_CERT_X509, OWNER, d) for d in db]))
     (root / "etc/verity.d").mkdir(parents=True)
     for i, d in enumerate(bad):
         (root / "etc/verity.d" / f"bad{i}.crt").write_bytes(d)
@@ -233,7 +234,7 @@ def test_unparsable_dbx_refuses_everything(tmp_path: Path, images: dict[str, Pat
     """The exception to the rule: revocation that cannot be read fails closed."""
     root = _root(tmp_path, images, [], "  firmware: [db]\n")
     ev = root / "sys/firmware/efi/efivars"
-    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, bytes(TRUSTED[1].public_bytes(Encoding.DER)))]))
+    _efivar(ev, "db", build_esl([(trust.EFI_CERT_X509, OWNER, bytes(TRUSTED[1].public_bytes(Encoding.DER)))]))
     _efivar(ev, "dbx", dbx)
     r, report = _activate(root)
     got = {i["name"]: i for i in report["images"]}

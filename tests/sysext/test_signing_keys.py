@@ -16,7 +16,7 @@ from bootkeeper import config
 from bootkeeper.config import SysextMode
 from bootkeeper.sysext import activate as act
 from bootkeeper.sysext import signature, trust
-from helpers import signed_extension
+from helpers import build_esl, signed_extension
 
 OLD = signature.self_signed("ec", "sysext key 2025")
 NEW = signature.self_signed("ec", "sysext key 2026")
@@ -78,9 +78,9 @@ def test_the_db_key_and_its_revocation_through_dbx(tmp_path: Path) -> None:
     root = _root(tmp_path, {"k3s.raw": DB})
     ev = tmp_path / "efivars"
     der = DB[1].public_bytes(Encoding.DER)
-    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, der)]))
+    _efivar(ev, "db", build_esl([(trust.EFI_CERT_X509, OWNER, der)]))
     cfg = "sysext:\n  firmware: [db]\n  verity_dirs: []\n"
     assert _activate(root, cfg, ev) == {"k3s.raw": "passed"}  # the key that signs the UKIs signs the extensions
-    _efivar(ev, "dbx", trust.build_esl([(trust.EFI_CERT_SHA256, OWNER, hashlib.sha256(der).digest())]))
+    _efivar(ev, "dbx", build_esl([(trust.EFI_CERT_SHA256, OWNER, hashlib.sha256(der).digest())]))
     assert _activate(root, cfg, ev) == {"k3s.raw": "refused"}
     assert _placed(root) == [] and not _exported(root)

@@ -15,6 +15,7 @@ from bootkeeper import config
 from bootkeeper.errors import MalformedError, UnreadableError
 from bootkeeper.sysext import trust
 from bootkeeper.sysext.signature import self_signed
+from helpers import build_esl
 
 OWNER = uuid.UUID("11111111-2222-3333-4444-555555555555")
 ATTRS = struct.pack("<I", 0x27)  # NV | BS | RT | time-based authenticated write
@@ -43,7 +44,7 @@ def _cfg(tmp_path: Path, body: str = "") -> config.Sysext:
 
 def test_esl_round_trip_matches_the_uefi_layout() -> None:
     c = _cert("a")
-    raw = trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(c))])
+    raw = build_esl([(trust.EFI_CERT_X509, OWNER, _der(c))])
     # header: GUID in mixed-endian, ListSize = 28 + 16 + len(der), HeaderSize 0, SignatureSize 16 + len(der)
     assert raw[:16] == bytes.fromhex("a159c0a5e494a74a87b5ab155c2bf072")
     assert struct.unpack_from("<III", raw, 16) == (28 + 16 + len(_der(c)), 0, 16 + len(_der(c)))
@@ -54,11 +55,11 @@ def test_esl_round_trip_matches_the_uefi_layout() -> None:
 def test_db_certificates_trusted_minus_dbx(tmp_path: Path) -> None:
     keep, by_hash, by_tbs, by_cert = _cert("keep"), _cert("by-hash"), _cert("by-tbs"), _cert("by-cert")
     image_hash = hashlib.sha256(b"some EFI binary").digest()
-    db = trust.build_esl(
+    db = build_esl(
         [(trust.EFI_CERT_X509, OWNER, _der(c)) for c in (keep, by_hash, by_tbs, by_cert)]
         + [(trust.EFI_CERT_SHA256, OWNER, image_hash)]
     )
-    dbx = trust.build_esl(
+    dbx = build_esl(
         [
             (trust.EFI_CERT_SHA256, OWNER, hashlib.sha256(_der(by_hash)).digest()),
             (trust.EFI_CERT_X509_SHA256, OWNER, hashlib.sha256(by_tbs.tbs_certificate_bytes).digest() + bytes(16)),
@@ -82,7 +83,7 @@ def test_db_certificates_trusted_minus_dbx(tmp_path: Path) -> None:
 def test_kek_and_pk_only_when_configured(tmp_path: Path) -> None:
     kek = _cert("kek")
     ev = tmp_path / "efivars"
-    _efivar(ev, "KEK", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(kek))]))
+    _efivar(ev, "KEK", build_esl([(trust.EFI_CERT_X509, OWNER, _der(kek))]))
     assert trust.load(_cfg(tmp_path), tmp_path, ev).anchors == []
     store = trust.load(_cfg(tmp_path, "  firmware: [db, KEK]\n"), tmp_path, ev)
     assert [a.source for a in store.anchors] == ["firmware KEK #0"]
@@ -96,7 +97,7 @@ def test_kek_and_pk_only_when_configured(tmp_path: Path) -> None:
     ],
 )
 def test_truncated_db_is_a_clear_error(tmp_path: Path, cut: int, expect: str) -> None:
-    db = trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(_cert("a")))])
+    db = build_esl([(trust.EFI_CERT_X509, OWNER, _der(_cert("a")))])
     ev = tmp_path / "efivars"
     p = _efivar(ev, "db", db[:cut])
     with pytest.raises(MalformedError) as ei:
@@ -107,7 +108,7 @@ def test_truncated_db_is_a_clear_error(tmp_path: Path, cut: int, expect: str) ->
 
 
 def test_entry_size_not_a_multiple(tmp_path: Path) -> None:
-    raw = bytearray(trust.build_esl([(trust.EFI_CERT_SHA256, OWNER, bytes(32))]))
+    raw = bytearray(build_esl([(trust.EFI_CERT_SHA256, OWNER, bytes(32))]))
     struct.pack_into("<I", raw, 24, 40)  # SignatureSize 40 for a 48-byte body
     with pytest.raises(MalformedError, match="not a multiple of the entry size 40"):
         trust.parse_esl(bytes(raw), "db")
@@ -139,7 +140,7 @@ def test_bad_config_certificate_names_the_key(tmp_path: Path) -> None:
 def test_export_writes_pem_and_removes_stale(tmp_path: Path) -> None:
     a = _cert("a")
     ev = tmp_path / "efivars"
-    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(a))]))
+    _efivar(ev, "db", build_esl([(trust.EFI_CERT_X509, OWNER, _der(a))]))
     dest = tmp_path / "run" / "verity.d"
     dest.mkdir(parents=True)
     (dest / "bootkeeper-0000000000000000.crt").write_text("stale")
@@ -164,8 +165,8 @@ def test_keys_list_and_export_cli(tmp_path: Path) -> None:
 
     a, bad = _cert("from-db"), _cert("revoked")
     ev = tmp_path / "sys/firmware/efi/efivars"
-    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(c)) for c in (a, bad)]))
-    _efivar(ev, "dbx", trust.build_esl([(trust.EFI_CERT_SHA256, OWNER, hashlib.sha256(_der(bad)).digest())]))
+    _efivar(ev, "db", build_esl([(trust.EFI_CERT_X509, OWNER, _der(c)) for c in (a, bad)]))
+    _efivar(ev, "dbx", build_esl([(trust.EFI_CERT_SHA256, OWNER, hashlib.sha256(_der(bad)).digest())]))
     (tmp_path / "oem").mkdir()
     (tmp_path / "oem" / "90.yaml").write_text("sysext:\n  mode: enforced\n")
 
@@ -185,7 +186,7 @@ def test_keys_list_and_export_cli(tmp_path: Path) -> None:
     crts = list((tmp_path / "run/verity.d").glob("*.crt"))
     assert len(crts) == 1 and crts[0].read_bytes() == a.public_bytes(Encoding.PEM)
     # a truncated db: one line naming the variable, exit 4, nothing written
-    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(a))])[:-1])
+    _efivar(ev, "db", build_esl([(trust.EFI_CERT_X509, OWNER, _der(a))])[:-1])
     crts[0].unlink()
     r = bk("keys", "export", "--root", str(tmp_path))
     assert r.returncode == 4
@@ -211,7 +212,7 @@ def test_one_malformed_db_certificate_drops_only_itself(tmp_path: Path) -> None:
     bad = _malformed_certs()
     entries = [_der(first), *bad.values(), _der(last)]
     ev = tmp_path / "efivars"
-    p = _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, d) for d in entries]))
+    p = _efivar(ev, "db", build_esl([(trust.EFI_CERT_X509, OWNER, d) for d in entries]))
     store = trust.load(_cfg(tmp_path), tmp_path, ev, strict=False)
     assert [a.subject for a in store.anchors] == ["CN=first", "CN=last"]
     assert [a.source for a in store.anchors] == ["firmware db #0", f"firmware db #{len(entries) - 1}"]
@@ -262,7 +263,7 @@ DBX_GUID = trust.VARIABLE_GUID["dbx"]
     [
         (ATTRS + b"\x00\x01\x02\x03", "truncated (4 bytes left)"),
         (ATTRS + struct.pack("<16sIII", trust.EFI_CERT_SHA256.bytes_le, 28, 0, 16), "signature size 16 is too small"),
-        (ATTRS + trust.build_esl([(trust.EFI_CERT_SHA256, OWNER, bytes(32))])[:-3], "does not fit"),
+        (ATTRS + build_esl([(trust.EFI_CERT_SHA256, OWNER, bytes(32))])[:-3], "does not fit"),
         (b"\x07\x00", "shorter than the 4-byte attribute header"),
         (None, "cannot read (Is a directory)"),  # unreadable: EIO/EACCES/EISDIR all end there
     ],
@@ -272,7 +273,7 @@ def test_unparsable_dbx_fails_closed(tmp_path: Path, raw: bytes | None, expect: 
     """Revocation that cannot be read revokes every anchor, from every source (issue 12, item 2)."""
     fw, vd_cert = _cert("from-db"), _cert("from-verity-d")
     ev = tmp_path / "efivars"
-    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(fw))]))
+    _efivar(ev, "db", build_esl([(trust.EFI_CERT_X509, OWNER, _der(fw))]))
     dbx = ev / f"dbx-{DBX_GUID}"
     if raw is None:
         dbx.mkdir()
@@ -310,7 +311,7 @@ def test_validity_dates_checked_only_when_required(tmp_path: Path) -> None:
 
     c = _cert("dated")  # valid from now for ten years
     ev = tmp_path / "efivars"
-    _efivar(ev, "db", trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(c))]))
+    _efivar(ev, "db", build_esl([(trust.EFI_CERT_X509, OWNER, _der(c))]))
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=20 * 365)
     earlier = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
     default = _cfg(tmp_path)

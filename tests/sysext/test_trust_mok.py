@@ -25,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from bootkeeper.sysext import signature, trust
+from helpers import build_esl
 from test_attack_activate import TRUSTED, _build
 
 OWNER = uuid.UUID("605dab50-e046-4300-abb6-3dd810dd8b23")
@@ -38,7 +39,7 @@ def _der(c: Any) -> bytes:
 
 
 def _esl(*certs: Any) -> bytes:
-    return trust.build_esl([(trust.EFI_CERT_X509, OWNER, _der(c)) for c in certs])
+    return build_esl([(trust.EFI_CERT_X509, OWNER, _der(c)) for c in certs])
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_moklistxrt_revokes_the_mok(tmp_path: Path, signed: Path, entry: tuple[u
     }[typ]
     root = _root(tmp_path, signed)
     _var(root, "MokListRT", _esl(cert))
-    _var(root, "MokListXRT", trust.build_esl([(typ, OWNER, data)]))
+    _var(root, "MokListXRT", build_esl([(typ, OWNER, data)]))
     img, tr, _ = _activate(root)
     assert (img["verdict"], img["placed"]) == ("refused", False), img
     assert _placed(root) == [] and _exported(root) == []

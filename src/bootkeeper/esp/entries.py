@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cmp_to_key
 from typing import TypeVar
@@ -200,9 +200,6 @@ class Entry:
             return None
         return self.name.next_name()
 
-    def with_name(self, new_name: str) -> Entry:
-        return _replace_name(self, new_name)
-
 
 EXTRA_SUFFIX = ".extra.d"
 
@@ -227,11 +224,6 @@ def same_entry(paths: Iterable[str]) -> list[tuple[str, ...]]:
         suffix = ".efi" if name.lower().endswith(".efi") else ".conf"
         groups.setdefault((folder.lower(), counter_mod.parse(name, suffix).entry_key), []).append(path)
     return [tuple(sorted(g)) for _, g in sorted(groups.items()) if len(g) > 1]
-
-
-def _replace_name(e: Entry, new_name: str) -> Entry:
-    suffix = ".conf" if e.kind is EntryKind.TYPE1 else ".efi"
-    return replace(e, path=f"{e.directory}/{new_name}", name=counter_mod.parse(new_name, suffix))
 
 
 def valid_type1_filename(name: str) -> bool:

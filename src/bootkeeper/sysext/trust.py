@@ -29,7 +29,7 @@ import os
 import re
 import struct
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -101,16 +101,6 @@ def parse_esl(data: bytes, what: str) -> list[EslEntry]:
             out.append(EslEntry(typ, owner, data[pos + 16 : pos + sig_size]))
             pos += sig_size
         off += list_size
-    return out
-
-
-def build_esl(entries: Iterable[tuple[uuid.UUID, uuid.UUID, bytes]]) -> bytes:
-    """EFI_SIGNATURE_LISTs, one per entry: the writer of what :func:`parse_esl` reads, for its
-    round-trip tests and the fuzz corpus (no verb writes firmware variables)."""
-    out = b""
-    for typ, owner, data in entries:
-        sig_size = 16 + len(data)
-        out += _ESL_HEADER.pack(typ.bytes_le, _ESL_HEADER.size + sig_size, 0, sig_size) + owner.bytes_le + data
     return out
 
 
