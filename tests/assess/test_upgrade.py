@@ -6,6 +6,7 @@ Real files on scratch ESPs in both layouts, real signed extension images (erofs,
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -517,3 +518,21 @@ def test_sysext_entries_rules_decide_what_the_new_active_carries(
     sets = extra_sets(esp, "EFI/Linux")
     assert set(sets["active.efi.extra.d"]) == {"tools.raw"}
     assert set(sets["passive.efi.extra.d"]) == {"tools.raw", "common.raw"}
+
+
+def test_the_gate_names_the_files_given_never_its_private_copies(
+    tmp_path: Path, imgs: Images, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gate judges private copies of the new UKI and of each --extension; what it says names the
+    files the operator gave. Before the messages were built from the names to show (issue 28 item 2),
+    each reason still carried the copy's temporary path ("(at /tmp/bootkeeper-upgrade-.../0/bad.raw)"),
+    a folder gone by the time anyone reads it."""
+    esp = esp_type2(tmp_path / "esp", imgs)
+    bad = tmp_path / "bad.raw"
+    bad.write_bytes(b"not a gpt" * 100)
+    rc = run(tmp_path, esp, str(new_uki(tmp_path)), "--extension", str(bad), "--dry-run")
+    out = capsys.readouterr()
+    said = out.out + out.err
+    assert rc == 1, said
+    assert not re.findall(r"bootkeeper-upgrade-\w+/\d+/", said)  # the private copies' folder
+    assert f"bad.raw (at {bad}): 900 bytes, too small for a GPT" in said
