@@ -1,5 +1,6 @@
 # Two entry points (README.md): `make demo` and `make test`. Both use the venv in .venv/.
-# `make check` is the quick one before a commit: lint and the fast tests, no QEMU, no root.
+# `make check` is the quick one before a commit: lint and the fast tests, no QEMU, no root (it uses the
+# tools and caches make test installed once).
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
