@@ -225,6 +225,13 @@ def test_the_check_fails_records_and_applies_the_reboot_rule(tmp_path: Path, ima
     assert "bootkeeper: error: this boot is not good: required extension k3s refused: k3s.sysext.raw:" in r.stderr
     # the generator's rule said reboot (a try left); under --root it is only said
     assert "counting, 1 tries left after this boot: FailureAction=reboot (not rebooting: --root is not /)" in r.stderr
+    # the error and its hint are said before the reboot is decided: on the node the reboot's SIGTERM may
+    # end the check before it returns (CI of 4a35e9f lost the line in tests/node/test_node_goodboot.py)
+    lines = r.stderr.splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith(("bootkeeper: error: ", "hint: the verdict is"))]
+    decided = [i for i, line in enumerate(lines) if "FailureAction=reboot" in line]
+    assert len(said) == 2 and len(decided) == 1 and said[-1] < decided[0], r.stderr
+    assert lines.count(lines[said[0]]) == 1, r.stderr  # said once, not again on the way out
     hist = json.loads(bk("history", "show", "--root", str(root), "--json").stdout)
     (boot,) = hist["boots"]
     assert boot["verdict"] is None

@@ -184,3 +184,14 @@ def load_config(files: tuple[Path, ...], root: Path) -> Config:
     for w in [*cfg.warnings, *policy_warnings]:
         echo(f"bootkeeper: warning: {w}", err=True)
     return cfg
+
+
+def say_error(message: str, *hints: str | None) -> None:
+    """The error's lines as :func:`main` writes them, flushed: for a verb that must have said them
+    before something that may end it (``sysext required --reboot-on-failure active`` queues a reboot,
+    whose SIGTERM may arrive before the verb returns)."""
+    echo(f"bootkeeper: error: {message}", err=True)
+    for h in hints:
+        if h:
+            echo(f"hint: {h}", err=True)
+    sys.stderr.flush()

@@ -174,10 +174,7 @@ def _stopped(exc: Interrupted) -> NoReturn:
 
 def _fail(message: str, code: int, hint: str | None = None, needs_root: str | None = None) -> NoReturn:
     """One line, escaped (bootkeeper.shown): the names a message quotes cannot add lines to it."""
-    from bootkeeper.shown import echo
+    from bootkeeper.cli.common import say_error
 
-    echo(f"bootkeeper: error: {message}", err=True)
-    for h in (hint, needs_root):
-        if h:
-            echo(f"hint: {h}", err=True)
+    say_error(message, hint, needs_root)
     sys.exit(code)

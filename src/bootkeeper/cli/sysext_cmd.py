@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -415,9 +416,15 @@ def required_(root: Path, config_files: tuple[Path, ...], record: bool, reboot: 
     if record:
         extensions.record_not_good(root, boot_id, why)
     echo(f"bootkeeper: this boot is not good: {why}", err=True)
-    if reboot == "active":
-        extensions.reboot_if_active(root, load_config(config_files, root).boot_assessment.tries, say)
-    raise RefusedError(
+    refused = RefusedError(
         f"this boot is not good: {why}",
         hint=f"the verdict is {root / required.FAILED}; 'bootkeeper status' shows the activation's report",
     )
+    if reboot != "active":
+        raise refused
+    # the error is said before the reboot is queued: its SIGTERM may end this process before it returns
+    from bootkeeper.cli.common import say_error
+
+    say_error(refused.message, refused.hint)
+    extensions.reboot_if_active(root, load_config(config_files, root).boot_assessment.tries, say)
+    sys.exit(refused.exit_code)
