@@ -112,9 +112,29 @@ class Sysext:
 
 
 @dataclass(frozen=True)
+class Update:
+    """The ``update`` section; what each key means is its row in :data:`SETTINGS` (docs/updates.md)."""
+
+    source: str | None = None  # oci:|ocifile:|dir:|file: (bootkeeper/update/source.py parses it)
+    channel: str = "stable"
+    schedule: str = "daily"
+    randomized_delay: str = "1h"
+    auto_apply: bool = False
+    auth_file: str | None = None
+    ca_file: str | None = None
+    mirrors: tuple[str, ...] = ()
+    staging_dir: str = "/var/lib/bootkeeper/update"
+    limit_rate: int = 0
+    timeout: str = "30s"
+    deadline: str = "2h"
+    repair_timeout: str = "20min"
+
+
+@dataclass(frozen=True)
 class Config:
     boot_assessment: BootAssessment = field(default_factory=BootAssessment)
     sysext: Sysext = field(default_factory=Sysext)
+    update: Update = field(default_factory=Update)
     sources: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -339,10 +359,51 @@ def _timespan(value: object, where: str) -> str:
     )
 
 
+_SCHEMES = ("oci:", "ocifile:", "dir:", "file:")
+_CHANNEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # an OCI tag
+_MIRROR = re.compile(r"[A-Za-z0-9.-]{1,253}(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
+
+
+def _source(value: object, where: str) -> str | None:
+    """A release source's form (the node parses it fully: bootkeeper/update/source.py); empty or null: none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith(_SCHEMES) or len(value) > PATH_MAX:
+        raise ConfigError(f"{where}: {value!r:.80} is not a release source ({', '.join(_SCHEMES)} then where)")
+    if not unittext.printable(value):
+        raise ConfigError(f"{where}: {value!r:.80} has control characters")
+    return value
+
+
+def _channel(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _CHANNEL.fullmatch(value):
+        raise ConfigError(f"{where}: {value!r:.80} is not a channel (an OCI tag: letters, digits, `._-`, at most 128)")
+    return value
+
+
+def _calendar(value: object, where: str) -> str:
+    """``OnCalendar=``'s value, checked by form here (``systemd-analyze calendar`` is the judge)."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 256 or not unittext.printable(value):
+        raise ConfigError(f"{where}: {value!r:.80} is not a calendar event (e.g. daily, *-*-* 03:00:00)")
+    return value
+
+
+def _optional_path(value: object, where: str) -> str | None:
+    return None if value is None or value == "" else _path(value, where)
+
+
+def _mirrors(value: object, where: str) -> tuple[str, ...]:
+    hosts = _strings(where, value)
+    for h in hosts:
+        if not _MIRROR.fullmatch(h):
+            raise ConfigError(f"{where}: {h!r:.80} is not a registry host (host[:port])")
+    return _once(hosts, where)
+
+
 # --- the settings table ------------------------------------------------------------------------------
 
-Section = BootAssessment | Sysext  # the dataclass of a section, which its keys are the fields of
-SECTIONS: dict[str, type[Section]] = {"boot_assessment": BootAssessment, "sysext": Sysext}
+Section = BootAssessment | Sysext | Update  # the dataclass of a section, which its keys are the fields of
+SECTIONS: dict[str, type[Section]] = {"boot_assessment": BootAssessment, "sysext": Sysext, "update": Update}
 
 
 class Setting(NamedTuple):  # a NamedTuple, not a dataclass: config is on the boot path, and it is cheaper
@@ -476,6 +537,32 @@ SETTINGS = (
         "extension names (`k3s` for `k3s.raw`) a good boot needs merged in enforced mode; one refused or "
         "missing fails the boot, and on active reboots it",
     ),
+    Setting(
+        "update",
+        "source",
+        _source,
+        "where releases come from: `oci:REGISTRY/REPO[:TAG|@sha256:…]`, `ocifile:PATH`, `dir:PATH` or "
+        "`file:PATH` (docs/updates.md); none: `update` needs `--source`, `repair` looks only on removable media",
+    ),
+    Setting("update", "channel", _channel, "the tag of an `oci:` source that names none"),
+    Setting("update", "schedule", _calendar, "`OnCalendar=` of bootkeeper-update.timer"),
+    Setting("update", "randomized_delay", _timespan, "`RandomizedDelaySec=` of bootkeeper-update.timer (jitter)"),
+    Setting(
+        "update",
+        "auto_apply",
+        _bool,
+        "bootkeeper-update.service applies a downloaded release (else it only checks and downloads)",
+    ),
+    Setting("update", "auth_file", _optional_path, "registry credentials: a containers-auth.json(5) file (`auths`)"),
+    Setting(
+        "update", "ca_file", _optional_path, "PEM certificates a registry's HTTPS must chain to (else the system's)"
+    ),
+    Setting("update", "mirrors", _mirrors, "registry hosts tried, in order, before the source's own"),
+    Setting("update", "staging_dir", _path, "where releases are downloaded to (the persistent partition)"),
+    Setting("update", "limit_rate", _whole(0, 10**12), "bytes a second a download may take (0: no limit)"),
+    Setting("update", "timeout", _timespan, "a connection or transfer with no byte for this long is abandoned"),
+    Setting("update", "deadline", _timespan, "the longest one check or download may take"),
+    Setting("update", "repair_timeout", _timespan, "`TimeoutSec=` of bootkeeper-repair.service"),
 )
 
 S = TypeVar("S")
@@ -552,5 +639,6 @@ def load(paths: list[Path] | None = None, oem_dir: Path = OEM_DIR) -> Config:
             BootAssessment, "<defaults>", merged["boot_assessment"], key_src["boot_assessment"]
         ),
         sysext=_parse_section(Sysext, "<defaults>", merged["sysext"], key_src["sysext"]),
+        update=_parse_section(Update, "<defaults>", merged["update"], key_src["update"]),
         sources=tuple(str(p) for p in paths),
     )

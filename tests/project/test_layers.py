@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "bootkeeper"
-WINGS = ("esp", "assess", "sysext", "measure", "node", "cli")
+WINGS = ("esp", "assess", "sysext", "measure", "update", "node", "cli")
 # layer -> the layers it may import
 ALLOWED = {
     "base": {"base"},
@@ -17,8 +17,9 @@ ALLOWED = {
     "assess": {"base", "esp", "assess"},
     "sysext": {"base", "esp", "sysext"},
     "measure": {"base", "esp", "measure"},
-    "node": {"base", "esp", "assess", "sysext", "measure", "node"},
-    "cli": {"base", "esp", "assess", "sysext", "measure", "node", "cli"},
+    "update": {"base", "esp", "update"},
+    "node": {"base", "esp", "assess", "sysext", "measure", "update", "node"},
+    "cli": {"base", "esp", "assess", "sysext", "measure", "update", "node", "cli"},
     "entry": {"cli"},  # __main__: python -m bootkeeper
 }
 
