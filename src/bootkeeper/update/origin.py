@@ -19,6 +19,21 @@ Progress = Callable[[int, int | None], None]
 
 
 @dataclass(frozen=True)
+class Net:
+    """How the network is used (``update.*`` in the config): credentials, the CA bundle a registry's
+    HTTPS must chain to, mirrors tried before the source's own registry, the seconds without a byte
+    after which a transfer is abandoned, the seconds one whole check or download may take, and a rate
+    limit in bytes a second (0: none)."""
+
+    auth_file: Path | None = None
+    ca_file: Path | None = None
+    mirrors: tuple[str, ...] = ()
+    timeout: float = 30.0
+    deadline: float = 7200.0
+    limit_rate: int = 0
+
+
+@dataclass(frozen=True)
 class Descriptor:
     """An OCI content descriptor: what a manifest says a blob is. ``digest`` is ``sha256:<64 hex>``."""
 
