@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from release_kit import files, kairos_image, sha, skopeo, skopeo_dir
 
 from bootkeeper.errors import MalformedError, UsageError
 from bootkeeper.update import acquire, layout, release, source
 from bootkeeper.update.origin import Net
+from release_kit import files, kairos_image, sha, skopeo, skopeo_dir
 
 NET = Net()
 

@@ -10,11 +10,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from release_kit import files, sha, skopeo, tar_bytes
 
 from bootkeeper.errors import MalformedError, UnreadableError
 from bootkeeper.update import layout, release
 from bootkeeper.update.origin import Descriptor
+from release_kit import files, sha, skopeo, tar_bytes
 
 
 def _pushed(tmp_path: Path) -> tuple[Path, list[Path], release.Built]:

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from release_kit import files
 
 from bootkeeper.errors import BusyError, MalformedError, RefusedError
 from bootkeeper.update import acquire, layout, release, source, stage
 from bootkeeper.update.origin import Net
+from release_kit import files
 
 A = "sha256:" + "a" * 64
 B = "sha256:" + "b" * 64
@@ -21,10 +21,9 @@ B = "sha256:" + "b" * 64
 
 def test_lock_keeps_two_runs_apart(tmp_path: Path) -> None:
     st = stage.Staging(tmp_path / "s")
-    with st.locked():
-        with pytest.raises(BusyError, match=f"{tmp_path}/s: another bootkeeper run is downloading into it"):
-            with stage.Staging(tmp_path / "s").locked():
-                pass
+    busy = f"{tmp_path}/s: another bootkeeper run is downloading into it"
+    with st.locked(), pytest.raises(BusyError, match=busy), stage.Staging(tmp_path / "s").locked():
+        pass
     with st.locked():  # released at the end of the block
         pass
 
@@ -48,7 +47,7 @@ def test_record_round_trip_and_clean(tmp_path: Path) -> None:
         assert sorted(os.listdir(tmp_path)) == sorted([".lock", "a" * 64, "notes"])
         assert os.listdir(a) == ["release.json"]
         (a / "release.json").write_text("{")
-        with pytest.raises(MalformedError, match="release.json: not a staged release's record"):
+        with pytest.raises(MalformedError, match=r"release\.json: not a staged release's record"):
             st.record(a)
         st.clean(keep=None)
         assert sorted(os.listdir(tmp_path)) == [".lock", "notes"]

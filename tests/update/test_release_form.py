@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from release_kit import files, sha
 
 from bootkeeper.errors import MalformedError
 from bootkeeper.update import release
 from bootkeeper.update.origin import Fetched
+from release_kit import files, sha
 
 
 def fetched(doc: object, media: str = "application/vnd.oci.image.manifest.v1+json") -> Fetched:
