@@ -179,3 +179,4 @@ def test_kill_9_mid_download_then_resume(tmp_path: Path) -> None:
     got = acquire.acquire(source.parse(src), NET, tmp_path / "s", lambda d, t: seen.append(d))
     _same(got, fs)
     assert seen[0] == 2 << 20  # resumed after the megabyte the killed run left, not from 0
+    assert seen[-1] == (3 << 20) + 5000  # the whole release's bytes, both files

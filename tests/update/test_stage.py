@@ -57,12 +57,12 @@ def test_record_round_trip_and_clean(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB tmpfs, unmounted however the test ends."""
+    """A real 24 MiB tmpfs, unmounted however the test ends."""
     if os.geteuid() != 0:
         pytest.fail("needs root to mount a tmpfs (the root marker)")
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "none", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "none", str(mnt)], check=True)
     try:
         yield mnt
     finally:
@@ -71,16 +71,21 @@ def tiny(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.root
 def test_full_staging_refused_before_a_byte(tmp_path: Path, tiny: Path) -> None:
-    fs = files(tmp_path / "files", uki_size=4 << 20)
+    # 4 MiB and the 16 MiB margin fit in 24 MiB; 12 MiB does not
+    small = files(tmp_path / "small", uki_size=4 << 20)
+    layout.write(tmp_path / "L", "small", release.build(small, "v1"))
+    fits = acquire.acquire(source.parse(f"ocifile:{tmp_path / 'L'}:small"), Net(), tiny / "staging")
+    assert fits.uki.read_bytes() == small[0].read_bytes()
+    fs = files(tmp_path / "files", uki_size=12 << 20)
     built = release.build(fs, "v2")
     layout.write(tmp_path / "L", "v2", built)
     src = source.parse(f"ocifile:{tmp_path / 'L'}:v2")
     with pytest.raises(RefusedError) as err:
         acquire.acquire(src, Net(), tiny / "staging")
-    free = os.statvfs(tiny).f_bavail * os.statvfs(tiny).f_frsize
+    st = os.statvfs(tiny)
     folder = tiny / "staging" / built.digest.removeprefix("sha256:")
     assert str(err.value) == (
-        f"{folder}: {free} bytes free, the release needs {(4 << 20) + 5000} more "
+        f"{folder}: {st.f_bavail * st.f_frsize} bytes free, the release needs {(12 << 20) + 5000} more "
         f"(and {16 << 20} to spare); nothing downloaded"
     )
     assert os.listdir(folder) == [] and acquire.downloaded(tiny / "staging") is None

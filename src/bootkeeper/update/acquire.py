@@ -123,7 +123,9 @@ def resolve(src: Source, net: Net) -> Release:
 def acquire(src: Source, net: Net, staging: Path, progress: Progress | None = None) -> Staged:
     """``src``'s release downloaded into ``staging`` (under its lock), each blob checked as it streams,
     resumed after an interrupted run; other releases and stale parts removed first. Kairos's form: the
-    layers fetched, then their ``*.efi``/``*.raw`` regular files extracted (:func:`_extract`)."""
+    layers fetched, then their ``*.efi``/``*.raw`` regular files extracted (:func:`_extract`).
+    ``progress`` hears the bytes of the whole release: done (those a resumed run already had count
+    once the blob continues), of all."""
     st = Staging(staging)
     with st.locked():
         found, origin = _resolve(src, net)
@@ -146,8 +148,11 @@ def _acquire(st: Staging, src: Source, found: Release, origin: Any, progress: Pr
     else:
         blobs = [(f.desc, folder / f.name) for f in found.files]
     st.check_space(folder, sum(_missing(d, p) for d, p in blobs))
+    total = sum(d.size for d, _ in blobs)
+    before = 0
     for desc, path in blobs:
-        _fetch(origin, desc, path, progress)
+        _fetch(origin, desc, path, _offset(progress, before, total))
+        before += desc.size
     if found.form == "kairos":
         uki, exts = _extract(st, folder, [p for _, p in blobs], origin.where)
         for _, p in blobs:
@@ -158,6 +163,14 @@ def _acquire(st: Staging, src: Source, found: Release, origin: Any, progress: Pr
     staged = _staged(st, folder)
     assert staged is not None
     return staged
+
+
+def _offset(progress: Progress | None, before: int, total: int) -> Progress | None:
+    """One blob's progress as the whole release's: bytes done of all its blobs."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda done, _size: report(before + done, total)
 
 
 def _missing(desc: Descriptor, path: Path) -> int:

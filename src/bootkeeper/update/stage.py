@@ -84,10 +84,9 @@ class Staging:
     def make(self, manifest_digest: str) -> Path:
         path = self.folder(manifest_digest)
         try:
-            if not path.is_dir() or path.is_symlink():
-                with contextlib.suppress(FileNotFoundError):
-                    if path.is_symlink() or not path.is_dir():
-                        path.unlink()
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                path.unlink()  # not ours to follow: a folder is made in its place
+            if not path.is_dir():
                 path.mkdir(mode=0o700)
                 fsutil.fsync_dir(self.root)
         except OSError as exc:
