@@ -180,3 +180,34 @@ def test_kill_9_mid_download_then_resume(tmp_path: Path) -> None:
     _same(got, fs)
     assert seen[0] == 2 << 20  # resumed after the megabyte the killed run left, not from 0
     assert seen[-1] == (3 << 20) + 5000  # the whole release's bytes, both files
+
+
+def test_kairos_docker_archive_through_skopeo(tmp_path: Path) -> None:
+    """AuroraBoot writes its container as a docker save tar, not a layout; skopeo turns one into an
+    oci-archive (its layer now an uncompressed tar), which is an ocifile: source."""
+    uki, ext = os.urandom(5000), os.urandom(700)
+    members: list[tuple[str, bytes | None, str]] = [
+        ("EFI/kairos/norole.efi", uki, "file"),
+        ("k3s.sysext.raw", ext, "file"),
+    ]
+    kairos_image(tmp_path / "k", members)
+    skopeo("copy", "--quiet", f"dir:{tmp_path / 'k'}", f"docker-archive:{tmp_path / 'd.tar'}:kairos/uki:v3")
+    with pytest.raises(MalformedError, match="is not part of an OCI layout"):  # a docker save tar
+        acquire.resolve(source.parse(f"ocifile:{tmp_path / 'd.tar'}"), NET)
+    skopeo("copy", "--quiet", f"docker-archive:{tmp_path / 'd.tar'}", f"oci-archive:{tmp_path / 'o.tar'}:v3")
+    got = acquire.acquire(source.parse(f"ocifile:{tmp_path / 'o.tar'}:v3"), NET, tmp_path / "s")
+    assert (got.uki.name, got.uki.read_bytes()) == ("norole.efi", uki)
+    assert [(p.name, p.read_bytes()) for p in got.extensions] == [("k3s.sysext.raw", ext)]
+
+
+def test_hostile_title_through_a_layout(tmp_path: Path) -> None:
+    fs = files(tmp_path / "files")
+    built = release.build(fs, "v2")
+    doc = json.loads(built.manifest)
+    doc["layers"][1]["annotations"][release.TITLE] = "../../x.raw"
+    layout.write(tmp_path / "L", "v2", release.Built(built.config, json.dumps(doc).encode(), built.blobs))
+    with pytest.raises(MalformedError) as err:
+        acquire.acquire(source.parse(f"ocifile:{tmp_path / 'L'}:v2"), NET, tmp_path / "s" / "staging")
+    assert str(err.value) == f"ocifile:{tmp_path / 'L'}: layers[1]: file name '../../x.raw' is not a plain file name"
+    assert not (tmp_path / "x.raw").exists() and not (tmp_path / "s" / "x.raw").exists()
+    assert acquire.downloaded(tmp_path / "s" / "staging") is None

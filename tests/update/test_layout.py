@@ -13,7 +13,7 @@ import pytest
 
 from bootkeeper.errors import MalformedError, UnreadableError
 from bootkeeper.update import layout, release
-from bootkeeper.update.origin import Descriptor
+from bootkeeper.update.origin import Descriptor, Origin
 from release_kit import files, sha, skopeo, tar_bytes
 
 
@@ -28,7 +28,8 @@ def test_write_then_read(tmp_path: Path) -> None:
     a, fs, built = _pushed(tmp_path)
     assert json.loads((a / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     with layout.Layout(a) as lay:
-        got = lay.manifest("v2")
+        origin: Origin = lay  # the protocol, checked by mypy
+        got = origin.manifest("v2")
         assert got.digest == "sha256:" + hashlib.sha256(got.raw).hexdigest() == built.digest
         for p in fs:
             desc = Descriptor("x", sha(p.read_bytes()), p.stat().st_size)
