@@ -117,8 +117,6 @@ class Staging:
             raw = fsutil.read_bounded(path, MAX_RECORD)
         except FileNotFoundError:
             return None
-        except UnreadableError:
-            raise
         try:
             doc = json.loads(raw)
             rec = Record(
