@@ -211,3 +211,22 @@ def test_hostile_title_through_a_layout(tmp_path: Path) -> None:
     assert str(err.value) == f"ocifile:{tmp_path / 'L'}: layers[1]: file name '../../x.raw' is not a plain file name"
     assert not (tmp_path / "x.raw").exists() and not (tmp_path / "s" / "x.raw").exists()
     assert acquire.downloaded(tmp_path / "s" / "staging") is None
+
+
+def test_crash_after_a_rename_before_the_record(tmp_path: Path) -> None:
+    """A kill between a checked file's rename and release.json: the next run hashes what is there
+    again, fetches what is wrong or missing, and only then writes the record."""
+    fs = files(tmp_path / "files")
+    built = release.build(fs, "v2")
+    layout.write(tmp_path / "L", "v2", built)
+    src = source.parse(f"ocifile:{tmp_path / 'L'}:v2")
+    got = acquire.acquire(src, NET, tmp_path / "s")
+    (got.folder / "release.json").unlink()
+    got.uki.write_bytes(b"not the UKI")
+    (got.folder / "k3s-v1.30.sysext.raw").unlink()
+    (tmp_path / "s" / ("f" * 64)).mkdir()  # another release's leftovers
+    assert acquire.downloaded(tmp_path / "s") is None
+    again = acquire.acquire(src, NET, tmp_path / "s")
+    assert again == got
+    _same(again, fs)
+    assert sorted(os.listdir(tmp_path / "s")) == [".lock", got.folder.name]

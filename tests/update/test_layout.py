@@ -159,3 +159,16 @@ def test_tar_blob_streams_by_member(tmp_path: Path) -> None:
         (tmp_path / "u").write_bytes(fs[0].read_bytes()[:10])
         lay.blob(d, tmp_path / "u")
     assert (tmp_path / "u").read_bytes() == fs[0].read_bytes()
+
+
+def test_huge_manifest_refused(tmp_path: Path) -> None:
+    a, _, built = _pushed(tmp_path)
+    index = json.loads((a / "index.json").read_text())
+    index["manifests"][0]["size"] = 100 << 20
+    (a / "index.json").write_text(json.dumps(index))
+    blob = a / "blobs" / "sha256" / built.digest.removeprefix("sha256:")
+    with open(blob, "r+b") as f:
+        f.truncate(100 << 20)
+    with layout.Layout(a) as lay, pytest.raises(MalformedError) as err:
+        lay.manifest("v2")
+    assert str(err.value) == f"ocifile:{a}: manifest {built.digest}: {100 << 20} bytes, more than 4194304"
