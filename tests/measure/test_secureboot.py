@@ -136,6 +136,14 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sign(w, "uki.efi", "leaf.efi", "leaf")
     sign(w, "uki.efi", "leaf2.efi", "leaf2", "--addcert", "mid.crt")
     sign(w, "uki.efi", "old.efi", "old")
+    run(
+        w,
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -config cnf -keyout E.key -out E.crt "
+        "-extensions v3ca -subj '/CN=EC key' -days 30",
+    )
+    sign(w, "uki.efi", "e.efi", "E")
+    (w / "odd.efi").write_bytes((w / "uki.efi").read_bytes() + b"abc")  # sbsign pads it to 8 bytes
+    sign(w, "odd.efi", "aodd.efi", "A")
     data = bytearray((w / "a.efi").read_bytes())
     data[len(data) // 3] ^= 0x01  # inside .linux: hashed, signed over
     (w / "changed.efi").write_bytes(bytes(data))
@@ -166,6 +174,9 @@ TABLE = [
     ("the leaf's CA is not the anchor", "leaf.efi", "A", False),
     ("through an intermediate that is not a CA", "leaf2.efi", "ca", False),
     ("an expired signer (the firmware checks no dates)", "old.efi", "old", True),
+    ("an ECDSA P-256 signer", "e.efi", "E", True),
+    ("an image of a size not a multiple of 8, padded by sbsign", "aodd.efi", "A", True),
+    ("the padded image, another key", "aodd.efi", "B", False),
 ]
 
 
