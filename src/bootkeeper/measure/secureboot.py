@@ -11,11 +11,13 @@ systemd-pcrlock's padded variant); the signer's signature over its authenticated
 a signature whose signer chains to a revoked certificate (a ``dbx`` X.509 entry, or the SHA-256 of a
 chain certificate's TBS part as an ``EFI_CERT_X509_SHA256`` entry) refuses the image whatever the other
 signatures say; one signature whose signer chains to a trust anchor (the anchor itself, or issued by it
-through the SignedData's own certificates) admits it. Kairos checks the same before an upgrade
-(kairos-io/kairos-sdk 0723b763a2a1c7202f5054dacbf2c24e8160f935 signatures/signatures.go
-``CheckArtifactSignatureIsValid``, called by kairos-agent pkg/uki before it rotates the sets), there with
-go-uefi; here with asn1crypto for the structure and cryptography for the keys, as sysext/signature.py
-verifies extension signatures.
+through the SignedData's own certificates; the signer's certificate must be one the signature carries,
+as OpenSSL's PKCS7_verify looks for it) admits it. Kairos checks this before an upgrade rotates the sets:
+kairos-io/kairos-agent 027116d785eb8ced1a0d5261f5e79be2a54369da pkg/uki/upgrade.go calls
+``checkArtifactsignatureIsValid`` (pkg/uki/common.go: ``db`` only), which later moved to kairos-io/kairos-sdk
+0723b763a2a1c7202f5054dacbf2c24e8160f935 signatures/signatures.go ``CheckArtifactSignatureIsValid``
+(``dbx`` hashes and certificates first, then ``db``), both with go-uefi; here with asn1crypto for the
+structure and cryptography for the keys, as sysext/signature.py verifies extension signatures.
 
 Like the firmware (and sbverify 0.9.4, whose ``x509_verify_cb`` accepts expired certificates: "UEFI
 explicitly allows expired certificates") no validity dates and no key usages are checked: a node's
