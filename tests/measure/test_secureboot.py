@@ -25,7 +25,7 @@ from bootkeeper.errors import RefusedError
 from bootkeeper.measure import authenticode
 from bootkeeper.measure.banks import BANKS
 from bootkeeper.measure.secureboot import Revoked, SbVerdict, verify_uki
-from bootkeeper.node.trust import uki_anchors
+from bootkeeper.node.trust import require_signed_uki, uki_anchors
 from bootkeeper.sysext import trust
 
 pytestmark = [pytest.mark.integration]
@@ -280,6 +280,12 @@ def test_db_admits_and_dbx_refuses(tmp_path: Path, work: Path) -> None:
     assert (v.ok, v.reason) == (False, "signature 1: CN=key A chains to CN=key A, which dbx revokes")
     assert any("CN=key A" in s and "not trusted for UKIs" in s for s in n.said)
     assert judge(n, work, "b.efi").ok
+    assert require_signed_uki(n.cfg, n.root, n.efivars, work / "b.efi", "v2/b.efi", n.said.append) == "CN=key B"
+    with pytest.raises(RefusedError) as e:
+        require_signed_uki(n.cfg, n.root, n.efivars, work / "ab.efi", "v2/uki.efi", n.said.append)
+    assert (
+        str(e.value) == "v2/uki.efi: Secure Boot signature: signature 1: CN=key A chains to CN=key A, which dbx revokes"
+    )
     # the CA above the signer in dbx, the CA still in db (dbx wins)
     n = node(tmp_path / "4", work, ["ca"], esl(work, "x509", der(cert(work, "ca"))))
     assert "which dbx revokes" in judge(n, work, "leaf.efi").reason

@@ -77,6 +77,20 @@ def uki_anchors(
     return store.certificates, Revoked(frozenset(images), tuple(certs), frozenset(tbs))
 
 
+def require_signed_uki(
+    cfg: Config, root: Path, efivars: Path | None, path: Path, what: str, say: Callable[[str], None]
+) -> str:
+    """The subject of the certificate that admits the UKI at ``path`` under :func:`uki_anchors`; else
+    :class:`RefusedError` "WHAT: Secure Boot signature: REASON" (``what`` names the file as the user
+    knows it: the release's file name, not the staging path)."""
+    from bootkeeper.measure.secureboot import verify_uki
+
+    anchors, revoked = uki_anchors(cfg, root, efivars, say)
+    verdict = verify_uki(path, anchors, revoked)
+    verdict.require(what)
+    return verdict.signer or ""  # an ok verdict names its signer
+
+
 def certificates(paths: tuple[Path, ...]) -> list[x509.Certificate]:
     """The certificates of ``--cert`` files (PEM or DER); one that does not load is an error."""
     from bootkeeper.fsutil import read_input
