@@ -74,23 +74,20 @@ def main() -> None:
         (t / "release").mkdir()
         config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}})
         (t / "release/config.json").write_text(config)
-        cfg = {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": "sha256:" + hashlib.sha256(config.encode()).hexdigest(),
-            "size": len(config),
-        }
-        files = {cfg["digest"]: t / "release/config.json"}
+        cfg_digest = "sha256:" + hashlib.sha256(config.encode()).hexdigest()
+        cfg = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_digest, "size": len(config)}
+        files = {cfg_digest: t / "release/config.json"}
         layers = []
         for i, size in enumerate(sizes):
             path = t / "release" / ("node.efi" if i == 0 else f"ext{i}.sysext.raw")
             digest = write_random(path, size)
-            files[str(digest)] = path
+            files[digest] = path
             layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size})
         manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cfg, "layers": layers})
         with registry.serve(t / "registry") as reg:
             client = Registry(reg.host, "os/node", Net(timeout=30, deadline=600))
             for digest, path in files.items():
-                client.push_blob(path, str(digest), path.stat().st_size)
+                client.push_blob(path, digest, path.stat().st_size)
             client.push_manifest("v1", manifest.encode(), OCI_MANIFEST)
             shutil.rmtree(t / "release")
 

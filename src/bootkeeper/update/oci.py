@@ -239,10 +239,10 @@ class Registry:
         what = f"blob {digest}"
         clock = _Clock(self.net)
         with self._guard(self.registry, what):
-            with self._request(clock, self.registry, "HEAD", f"/v2/{self.repository}/blobs/{digest}") as resp:
+            with self._request(clock, self.registry, what, "HEAD", f"/v2/{self.repository}/blobs/{digest}") as resp:
                 if resp.status == 200:
                     return
-            with self._request(clock, self.registry, "POST", f"/v2/{self.repository}/blobs/uploads/") as resp:
+            with self._request(clock, self.registry, what, "POST", f"/v2/{self.repository}/blobs/uploads/") as resp:
                 if resp.status != 202:
                     self._fail(self.registry, what, f"upload refused: {_status(resp)}")
                 location = resp.getheader("Location") or ""
@@ -252,7 +252,7 @@ class Registry:
             query = f"{url.query}&" if url.query else ""
             target = f"{url.path}?{query}digest={urllib.parse.quote(digest)}"
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-            with self._request(clock, self.registry, "PUT", target, headers, body=path) as resp:
+            with self._request(clock, self.registry, what, "PUT", target, headers, body=path) as resp:
                 if resp.status != 201:
                     self._fail(self.registry, what, f"upload refused: {_status(resp)}")
 
@@ -268,7 +268,10 @@ class Registry:
         clock = _Clock(self.net)
         headers = {"Content-Type": media_type, "Content-Length": str(len(raw))}
         path = f"/v2/{self.repository}/manifests/{reference}"
-        with self._guard(self.registry, what), self._request(clock, self.registry, "PUT", path, headers, raw) as resp:
+        with (
+            self._guard(self.registry, what),
+            self._request(clock, self.registry, what, "PUT", path, headers, raw) as resp,
+        ):
             if resp.status != 201:
                 self._fail(self.registry, what, f"push refused: {_status(resp)}")
         return digest
@@ -279,7 +282,7 @@ class Registry:
         what = f"manifest {reference}"
         clock = _Clock(self.net)
         path = f"/v2/{self.repository}/manifests/{reference}"
-        with self._guard(host, what), self._request(clock, host, "GET", path, {"Accept": ACCEPT}) as resp:
+        with self._guard(host, what), self._request(clock, host, what, "GET", path, {"Accept": ACCEPT}) as resp:
             if resp.status != 200:
                 self._fail(host, what, _status(resp))
             length = resp.getheader("Content-Length")
@@ -331,7 +334,7 @@ class Registry:
         what = f"blob {desc.digest}"
         where = self._where(host)
         path = f"/v2/{self.repository}/blobs/{desc.digest}"
-        with self._guard(host, what), self._request(clock, host, "GET", path, headers) as resp:
+        with self._guard(host, what), self._request(clock, host, what, "GET", path, headers) as resp:
             if resp.status == 200:
                 hasher, have = hashlib.sha256(), 0  # the registry ignored the Range: start over
             elif resp.status == 206 and have:
@@ -467,6 +470,7 @@ class Registry:
         self,
         clock: _Clock,
         host: str,
+        what: str,
         method: str,
         path: str,
         headers: dict[str, str] | None = None,
@@ -478,7 +482,7 @@ class Registry:
         for _hop in range(MAX_REDIRECTS + 1):
             for attempt in range(3):
                 conn, resp = self._exchange(clock, ep, host, method, path, headers or {}, body)
-                if resp.status == 401 and attempt < 2 and self._answer(clock, host, resp):
+                if resp.status == 401 and attempt < 2 and self._answer(clock, host, what, resp):
                     conn.close()
                     continue
                 break
@@ -488,13 +492,13 @@ class Registry:
                     host, self.repository
                 )
                 why = "credentials refused" if known else "no credentials for it in update.auth_file"
-                self._fail(host, f"{method} {path}", f"401 Unauthorized ({why})")
+                self._fail(host, what, f"401 Unauthorized ({why})")
             if resp.status in _REDIRECTS and method in ("GET", "HEAD"):
                 location = resp.getheader("Location") or ""
                 conn.close()
                 url = urllib.parse.urlsplit(urllib.parse.urljoin(self._url(host, path), location))
                 if not ep.same_origin(url):
-                    self._fail(host, f"{method} {path}", f"redirect to {location[:160]!r} refused: not {host}")
+                    self._fail(host, what, f"redirect to {location[:160]!r} refused: not {host}")
                 path = f"{url.path}?{url.query}" if url.query else url.path
                 continue
             try:
@@ -502,7 +506,7 @@ class Registry:
             finally:
                 conn.close()
             return
-        self._fail(host, f"{method} {path}", f"more than {MAX_REDIRECTS} redirects")
+        self._fail(host, what, f"more than {MAX_REDIRECTS} redirects")
 
     def _exchange(
         self,
@@ -539,7 +543,7 @@ class Registry:
             raise
         return conn, resp
 
-    def _answer(self, clock: _Clock, host: str, resp: http.client.HTTPResponse) -> bool:
+    def _answer(self, clock: _Clock, host: str, what: str, resp: http.client.HTTPResponse) -> bool:
         """Earns the Authorization a 401's challenge asks for; False when there is nothing to try."""
         challenge = resp.getheader("WWW-Authenticate") or ""
         scheme = challenge.partition(" ")[0].lower()
@@ -553,16 +557,17 @@ class Registry:
             return True
         if scheme != "bearer" or "realm" not in params:
             return False
-        token = self._token(clock, host, params, basic, creds.identity_token(host, self.repository))
+        token = self._token(clock, host, what, params, basic, creds.identity_token(host, self.repository))
         if self._auth.get(host) == f"Bearer {token}":
             return False
         self._auth[host] = f"Bearer {token}"
         return True
 
-    def _token(self, clock: _Clock, host: str, params: dict[str, str], basic: str | None, identity: str | None) -> str:
+    def _token(
+        self, clock: _Clock, host: str, what: str, params: dict[str, str], basic: str | None, identity: str | None
+    ) -> str:
         """The bearer token flow (distribution docs/spec/auth/token.md, oauth.md for an identity token)."""
         realm = urllib.parse.urlsplit(params["realm"])
-        what = "token"
         if not (realm.scheme == "https" or (realm.scheme == "http" and is_loopback(realm.hostname or ""))):
             self._fail(host, what, f"token realm {params['realm'][:160]!r} refused: not https (nor http on loopback)")
         query: dict[str, str] = {k: params[k] for k in ("service", "scope") if k in params}
