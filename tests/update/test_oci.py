@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import registry
-from bootkeeper.errors import MalformedError, UnreadableError
+from bootkeeper.errors import MalformedError, UnreadableError, WriteError
 from bootkeeper.update.oci import Endpoint, Registry, open_registry
 from bootkeeper.update.origin import MAX_MANIFEST, Descriptor, Net
 from bootkeeper.update.source import parse
@@ -512,3 +512,17 @@ def test_the_scheme_rule() -> None:
     assert Endpoint.of("registry.example", None) == Endpoint(True, "registry.example", 443)
     assert Endpoint.of("10.0.0.1:5000", None) == Endpoint(True, "10.0.0.1", 5000)
     assert Endpoint.of("128.0.0.1:80", None).https
+
+
+def test_a_local_write_failure_is_a_write_error(tmp_path: Path) -> None:
+    data = os.urandom(1000)
+
+    def whole(h: http.server.BaseHTTPRequestHandler) -> None:
+        head(h, 200, Content_Length=str(len(data)))
+        h.wfile.write(data)
+
+    dest = tmp_path / "no-such-folder" / "b"
+    with hostile(whole) as (host, _):
+        with pytest.raises(WriteError) as e:
+            Registry(host, "os/node", FAST).blob(Descriptor(OCI_LAYER, sha(data), len(data)), dest)
+        assert str(e.value) == f"{dest}: No such file or directory"

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
-from bootkeeper.errors import InputError, MalformedError, UnreadableError, UsageError
+from bootkeeper.errors import InputError, MalformedError, UnreadableError, UsageError, WriteError
 from bootkeeper.update.origin import MAX_MANIFEST, Descriptor, Fetched, Net, Progress
 from bootkeeper.update.source import Kind, Source, parse
 
@@ -222,12 +222,14 @@ class Registry:
 
     def manifest(self, reference: str) -> Fetched:
         self._check_reference(reference)
-        return self._each_host(f"manifest {reference}", lambda host: self._manifest(host, reference))
+        clock = _Clock(self.net)  # one deadline for the call, mirrors included
+        return self._each_host(f"manifest {reference}", lambda host: self._manifest(host, reference, clock))
 
     def blob(self, desc: Descriptor, dest: Path, progress: Progress | None = None) -> None:
         if not _SHA256.fullmatch(desc.digest) or desc.size < 0:
             raise MalformedError(f"{self.where}: blob {desc.digest!r:.80}: not a sha256: digest with a size")
-        self._each_host(f"blob {desc.digest}", lambda host: self._blob(host, desc, dest, progress))
+        clock = _Clock(self.net)
+        self._each_host(f"blob {desc.digest}", lambda host: self._blob(host, desc, dest, progress, clock))
 
     # -- pushes: to the registry itself, never a mirror --------------------------------------------
 
@@ -278,9 +280,8 @@ class Registry:
 
     # -- one host --------------------------------------------------------------------------------
 
-    def _manifest(self, host: str, reference: str) -> Fetched:
+    def _manifest(self, host: str, reference: str, clock: _Clock) -> Fetched:
         what = f"manifest {reference}"
-        clock = _Clock(self.net)
         path = f"/v2/{self.repository}/manifests/{reference}"
         with self._guard(host, what), self._request(clock, host, what, "GET", path, {"Accept": ACCEPT}) as resp:
             if resp.status != 200:
@@ -306,8 +307,7 @@ class Registry:
             raise MalformedError(f"{self._where(host)}: {what}: the bytes served hash to {digest}")
         return Fetched(bytes(raw), media_type, digest)
 
-    def _blob(self, host: str, desc: Descriptor, dest: Path, progress: Progress | None) -> None:
-        clock = _Clock(self.net)
+    def _blob(self, host: str, desc: Descriptor, dest: Path, progress: Progress | None, clock: _Clock) -> None:
         hasher, have = _hash_prefix(dest, desc.size)
         if have == desc.size and "sha256:" + hasher.hexdigest() == desc.digest:
             return
@@ -348,10 +348,9 @@ class Registry:
                 raise MalformedError(
                     f"{where}: {what}: serves {have + int(length)} bytes, the manifest says {desc.size}"
                 )
-            with _open_at(dest, have) as out:
+            with _Sink(dest, have) as out:
                 have = self._stream(resp, out, hasher, have, desc.size, clock, progress, where, what)
-                out.flush()
-                os.fsync(out.fileno())
+                out.sync()
             if have != desc.size:
                 if resp.length or (resp.length is None and not resp.chunked):  # cut short: kept, to resume
                     self._fail(host, what, f"the connection ended after {have} of {desc.size} bytes")
@@ -363,7 +362,7 @@ class Registry:
     def _stream(
         self,
         resp: http.client.HTTPResponse,
-        out: IO[bytes],
+        out: _Sink,
         hasher: hashlib._Hash,
         have: int,
         size: int,
@@ -650,20 +649,55 @@ def _hash_prefix(dest: Path, size: int) -> tuple[hashlib._Hash, int]:
         raise UnreadableError(f"{dest}: {e.strerror or e}") from None
     if have > size:
         return hasher, 0
-    with dest.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            hasher.update(chunk)
+    try:
+        with dest.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                hasher.update(chunk)
+    except OSError as e:
+        raise UnreadableError(f"{dest}: {e.strerror or e}") from None
     return hasher, have
 
 
-@contextmanager
-def _open_at(dest: Path, offset: int) -> Iterator[IO[bytes]]:
-    """``dest`` open for writing at ``offset``, cut there (what follows is what the registry sends)."""
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        out.truncate(offset)
-        out.seek(offset)
-        yield out
+class _Sink:
+    """``dest`` open for writing at ``offset`` and cut there (what follows is what the registry sends). A
+    failure of the local disk (a full staging partition) is a WriteError naming ``dest``, never taken for
+    a network one, and leaves what was written for the next run."""
+
+    def __init__(self, dest: Path, offset: int) -> None:
+        self.dest = dest
+        self.fd = -1
+        try:
+            self.fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.ftruncate(self.fd, offset)
+            os.lseek(self.fd, offset, os.SEEK_SET)
+        except OSError as e:
+            self.close()
+            raise WriteError(f"{dest}: {e.strerror or e}") from None
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as e:
+            raise WriteError(f"{self.dest}: {e.strerror or e}") from None
+
+    def sync(self) -> None:
+        try:
+            os.fsync(self.fd)
+        except OSError as e:
+            raise WriteError(f"{self.dest}: fsync: {e.strerror or e}") from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _remove(dest: Path) -> None:
