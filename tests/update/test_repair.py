@@ -203,3 +203,21 @@ def test_a_calendar_systemd_refuses_fails_verify(tmp_path: Path) -> None:
     units = install_units(tmp_path, "update:\n  schedule: 'every full moon'\n")
     r = systemd_verify(units, "bootkeeper-update.timer")
     assert r.returncode != 0 or "every full moon" in r.stderr, r.stderr
+
+
+def test_the_repair_alert_fires_for_a_failed_repair_only(tmp_path: Path) -> None:
+    """promtool's unit test of BootkeeperRepairFailed (tests/data/update/repair_alerts_test.yml), and its
+    control: the same test against rules whose repair alert never fires fails."""
+    from test_metrics import RULES, promtool
+
+    tests = Path(__file__).resolve().parents[1] / "data/update/repair_alerts_test.yml"
+    p = subprocess.run([promtool(), "test", "rules", str(tests)], capture_output=True, text=True, check=False)
+    assert p.returncode == 0 and "SUCCESS" in p.stdout, p.stdout + p.stderr
+    (tmp_path / "src/bootkeeper/data").mkdir(parents=True)
+    rules = RULES.read_text().replace('{result="failed"} == 1', '{result="failed"} == 2')
+    (tmp_path / "src/bootkeeper/data/alerts.yml").write_text(rules)
+    (tmp_path / "tests/data/update").mkdir(parents=True)
+    (tmp_path / "tests/data/update/t.yml").write_text(tests.read_text())
+    p = subprocess.run([promtool(), "test", "rules", str(tmp_path / "tests/data/update/t.yml")],
+                       capture_output=True, text=True, check=False)  # fmt: skip
+    assert p.returncode != 0 and "BootkeeperRepairFailed" in p.stdout + p.stderr
