@@ -221,3 +221,27 @@ def test_the_repair_alert_fires_for_a_failed_repair_only(tmp_path: Path) -> None
     p = subprocess.run([promtool(), "test", "rules", str(tmp_path / "tests/data/update/t.yml")],
                        capture_output=True, text=True, check=False)  # fmt: skip
     assert p.returncode != 0 and "BootkeeperRepairFailed" in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(
+    ("span", "seconds"), [("20min", 1200.0), ("1h 30min", 5400.0), ("90", 90.0), ("2 d", 172800.0), ("infinity", None)]
+)
+def test_repair_timeout_in_seconds(span: str, seconds: float | None) -> None:
+    from bootkeeper.node.repair import _seconds
+
+    assert _seconds(span) == seconds
+
+
+def test_a_fetch_that_outlives_its_share_of_repair_timeout_ends_as_an_error() -> None:
+    import time
+
+    from bootkeeper.node.repair import RepairTimeout, _bounded
+
+    started = time.monotonic()
+    expected = r"did not finish in 0 s \(80% of update.repair_timeout 1s\)"
+    with pytest.raises(RepairTimeout, match=expected), _bounded(0.3, "1s"):
+        time.sleep(5)
+    assert time.monotonic() - started < 2
+    with _bounded(0.3, "1s"):  # disarmed after a fetch that finished in time
+        pass
+    time.sleep(0.5)

@@ -261,7 +261,9 @@ def _seconds(span: str) -> float | None:
 def _bounded(seconds: float | None, span: str) -> Iterator[None]:
     """SIGALRM after ``seconds`` raises :class:`RepairTimeout` in the fetch (which resumes next time):
     only around the fetch, never while the transaction writes the ESP."""
-    if not seconds:
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread():  # signals: main thread only
         yield
         return
 
