@@ -407,7 +407,18 @@ def test_root_covers_the_efi_variables_and_a_missing_booted_file_is_named(tmp_pa
 
 STATUS_KEYS = [
     *("esp", "systemd_boot_version", "default", "efi_variables", "next", "pin", "entries", "unlisted", "problems"),
-    *("booted", "failed_upgrade", "handback", "roles", "services", "extensions", "history", "upgrades", "warnings"),
+    *(
+        "booted",
+        "failed_upgrade",
+        "handback",
+        "roles",
+        "services",
+        "extensions",
+        "history",
+        "upgrades",
+        "repairs",
+        "warnings",
+    ),
 ]
 
 

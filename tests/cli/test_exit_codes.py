@@ -173,6 +173,19 @@ E, U, M, R, B, IO, N, C = (
 BLESS = "loader/entries/active+2-1.conf"
 
 CASES = [
+    Case("repair", U, lambda w: ["repair", "--bogus"], lambda w: ["bootkeeper repair", "--bogus"]),
+    Case(
+        "repair",
+        N,
+        lambda w: ["repair", "--root", str(w.root), "--esp", str(w.esp), "--no-reboot"],
+        lambda w: ["booted an unknown role", "repair runs on recovery and statereset boots only"],
+    ),
+    Case(
+        "repair",
+        M,
+        lambda w: ["repair", "--root", str(w.root), "--esp", str(w.esp), "--config", str(w.badcfg)],
+        lambda w: [str(w.badcfg)],
+    ),
     Case("entries", R, lambda w: ["entries", "--esp", str(w.missing)], lambda w: [f"{w.missing}: does not exist"]),
     Case("entries", M, lambda w: ["entries", "--esp", str(w.notesp)], lambda w: [str(w.notesp), "not an ESP"]),
     Case("entries", U, lambda w: ["entries", "--bogus"], lambda w: ["bootkeeper entries", "--bogus"]),

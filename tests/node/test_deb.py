@@ -34,6 +34,10 @@ SHIPPED = (
     # boot_assessment.good_when's default and sysext.required's check (issue 26)
     "usr/lib/systemd/system/bootkeeper-boot-check.service",
     "usr/lib/systemd/system/bootkeeper-sysext-required.service",
+    # updates and repair (docs/updates.md): rendered with the config's defaults, shadowed in /etc when it differs
+    "usr/lib/systemd/system/bootkeeper-update.service",
+    "usr/lib/systemd/system/bootkeeper-update.timer",
+    "usr/lib/systemd/system/bootkeeper-repair.service",
     "usr/lib/systemd/system-generators/bootkeeper-generator",
 )
 

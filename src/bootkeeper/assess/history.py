@@ -13,7 +13,9 @@ say *why* this entry booted and *when* the entries before it used their tries.
 * ``upgrade`` (written by ``bootkeeper upgrade`` after the transaction): the role replaced (active or
   recovery), the OS before and after (``PRETTY_NAME``, ``VERSION_ID``, ``IMAGE_VERSION`` of the two UKIs'
   ``.osrel``) and both extension sets (name, size, sha256). Readers that predate it skip it without a
-  word (neither ``boot`` nor ``verdict``), so a history with upgrades stays readable by them.
+  word (neither ``boot`` nor ``verdict``), so a history with upgrades stays readable by them;
+* ``repair`` (written by ``bootkeeper repair``, docs/updates.md, "Repair"): one attempt from recovery or
+  statereset: the role it ran on, the source, the release's version, ``repaired`` or ``failed`` and why.
 
 A boot without a verdict did not reach boot-complete.target (or bless failed). Lines are appended with
 ``O_APPEND`` and fsynced; a torn last line after a power cut is skipped with a warning. The file is
@@ -45,6 +47,8 @@ HISTORY = "var/lib/bootkeeper/boots.jsonl"
 LIMIT = 256 * 1024
 KEEP = 200
 KEEP_UPGRADES = 10  # with MAX_EXTENSIONS and MAX_FIELD: at most ~200 KiB of upgrades
+KEEP_REPAIRS = 20  # repair attempts kept by a compaction (each line well under 2 KiB)
+REPAIR_RESULTS = ("repaired", "failed")  # a repair record's result: the metrics' closed vocabulary
 MAX_EXTENSIONS = 32
 MAX_FIELD = 200
 MAX_WHY = 800  # a not-good record's reason: activate's reasons for a refused image can be long
@@ -269,6 +273,67 @@ def upgrade_record(
     return Record("upgrade", boot_id, now, upgrade=Upgrade(boot_id, now, role, before, after, result, forced)).to_json()
 
 
+@dataclass(frozen=True)
+class Repair:
+    """One ``bootkeeper repair`` attempt: the boot and role it ran on, where the release came from, its
+    version (None: not known, the fetch failed first), ``repaired`` or ``failed`` and why."""
+
+    boot_id: str
+    time: float
+    role: str | None
+    source: str | None
+    version: str | None
+    result: str  # of REPAIR_RESULTS
+    reason: str | None
+    forced: bool = False
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "boot_id": self.boot_id,
+            "time": self.time,
+            "time_text": _stamp(self.time),
+            "role": self.role,
+            "source": self.source,
+            "version": self.version,
+            "result": self.result,
+            "reason": self.reason,
+            "forced": self.forced,
+        }
+
+    @property
+    def text(self) -> str:
+        """``2026-12-07 23:50:00 UTC repair on recovery from oci:…: repaired (v2)``."""
+        where = f" from {self.source}" if self.source else ""
+        what = f"repaired ({self.version or 'an unknown version'})" if self.result == "repaired" else self.result
+        why = f": {self.reason}" if self.reason else ""
+        forced = " (forced)" if self.forced else ""
+        return f"{_stamp(self.time)} repair on {self.role or 'an unknown role'}{where}{forced}: {what}{why}"
+
+
+def repair_record(
+    boot_id: str, now: float, role: str | None, source: str | None, version: str | None, result: str,
+    reason: str | None, forced: bool = False,
+) -> dict[str, object]:  # fmt: skip
+    role, source, version = (None if v is None else v[:MAX_FIELD] for v in (role, source, version))
+    rep = Repair(boot_id, now, role, source, version, result, None if reason is None else reason[:MAX_WHY], forced)
+    return Record("repair", boot_id, now, repair=rep).to_json()
+
+
+def _repair(rec: dict[str, Any], boot_id: str, t: float) -> Repair:
+    result = rec["result"]
+    if result not in REPAIR_RESULTS:
+        raise ValueError(f"result {str(result)[:40]!r} is not one of {', '.join(REPAIR_RESULTS)}")
+    opt = {k: (None if rec.get(k) is None else _str(rec[k], k)) for k in ("role", "source", "version")}
+    reason = rec.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise TypeError("reason is not a string")
+    forced = rec.get("forced", False)
+    if not isinstance(forced, bool):
+        raise TypeError("forced is not true or false")
+    return Repair(boot_id, t, opt["role"], opt["source"], opt["version"], result,
+                  None if reason is None else reason[:MAX_WHY], forced)  # fmt: skip
+
+
 def _str(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} is not a string")
@@ -318,6 +383,7 @@ class History:
     boots: list[Boot]
     upgrades: list[Upgrade]
     warnings: list[str]
+    repairs: list[Repair] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -325,7 +391,7 @@ class Record:
     """One line of the history file, of any type: every writer builds one (:meth:`to_json`) and every
     reader gets one (:meth:`from_json`, which checks it). Only the fields of its ``kind`` are set."""
 
-    kind: str  # boot | verdict | not-good | handback | upgrade
+    kind: str  # boot | verdict | not-good | handback | upgrade | repair
     boot_id: str
     time: float
     # boot: the booted entry (as systemd-boot renamed it), its role and counter, every entry then
@@ -339,6 +405,7 @@ class Record:
     why: str | None = None
     handback: Handback | None = None  # handback
     upgrade: Upgrade | None = None  # upgrade
+    repair: Repair | None = None  # repair
 
     def to_json(self) -> dict[str, object]:
         """The line's object, its keys in the order every bootkeeper wrote them."""
@@ -359,6 +426,17 @@ class Record:
             assert self.handback is not None
             hb = self.handback
             return head | {"decision": hb.decision, "count": hb.count, "budget": hb.budget}
+        if self.kind == "repair":
+            assert self.repair is not None
+            rp = self.repair
+            return head | {
+                "role": rp.role,
+                "source": rp.source,
+                "version": rp.version,
+                "result": rp.result,
+                "reason": rp.reason,
+                "forced": rp.forced,
+            }
         assert self.kind == "upgrade" and self.upgrade is not None
         up = self.upgrade
         return head | {
@@ -390,6 +468,8 @@ class Record:
             )
         if kind == "upgrade":
             return cls(kind, boot_id, t, upgrade=_upgrade(rec, boot_id, t))
+        if kind == "repair":
+            return cls(kind, boot_id, t, repair=_repair(rec, boot_id, t))
         if boot_id not in boots:
             return None
         if kind == "verdict":
@@ -411,9 +491,12 @@ def _recorded_entries(raw: object) -> list[RecordedEntry]:
     return [e for e in map(RecordedEntry.parse, raw[:1000]) if e is not None]
 
 
-def _fold(r: Record, boots: dict[str, Boot], upgrades: list[Upgrade]) -> None:
-    """A record onto the boots read so far (a boot line starts one) or the upgrades."""
-    if r.kind == "boot":
+def _fold(r: Record, boots: dict[str, Boot], upgrades: list[Upgrade], repairs: list[Repair]) -> None:
+    """A record onto the boots read so far (a boot line starts one), the upgrades or the repairs."""
+    if r.kind == "repair":
+        assert r.repair is not None
+        repairs.append(r.repair)
+    elif r.kind == "boot":
         entries = list(r.entries)
         boots[r.boot_id] = Boot(r.boot_id, r.time, r.entry, r.role, r.tries_left, r.tries_done, entries)
     elif r.kind == "upgrade":
@@ -432,6 +515,7 @@ def parse_all(text: str, source: str) -> History:
     """Boots and upgrades in the order recorded; malformed lines are skipped and reported."""
     boots: dict[str, Boot] = {}
     upgrades: list[Upgrade] = []
+    repairs: list[Repair] = []
     warnings: list[str] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -439,11 +523,11 @@ def parse_all(text: str, source: str) -> History:
         try:
             r = Record.from_json(json.loads(line), boots)
             if r is not None:
-                _fold(r, boots, upgrades)
+                _fold(r, boots, upgrades, repairs)
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the parser's stack; OverflowError: float()
             warnings.append(f"{source}:{n}: skipped a malformed line ({type(exc).__name__}: {str(exc)[:120]})")
-    return History(list(boots.values()), upgrades, warnings)
+    return History(list(boots.values()), upgrades, warnings, repairs)
 
 
 def parse(text: str, source: str) -> tuple[list[Boot], list[str]]:
@@ -529,7 +613,8 @@ def _compact(p: Path) -> None:
     starts = [i for i, ln in enumerate(lines) if b'"type":"boot"' in ln]
     first = starts[-KEEP] if len(starts) > KEEP else 0
     upgrades = [i for i in range(first, len(lines)) if b'"type":"upgrade"' in lines[i]]
-    dropped = set(upgrades[:-KEEP_UPGRADES])
+    repairs = [i for i in range(first, len(lines)) if b'"type":"repair"' in lines[i]]
+    dropped = set(upgrades[:-KEEP_UPGRADES]) | set(repairs[:-KEEP_REPAIRS])
     if first or dropped:
         fsutil.write_atomic(p, b"".join(ln for i, ln in enumerate(lines[first:], first) if i not in dropped))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from bootkeeper import fsutil
 from bootkeeper.assess import handback, history
-from bootkeeper.assess.history import Boot, FailedUpgrade, Upgrade, Why
+from bootkeeper.assess.history import Boot, FailedUpgrade, Repair, Upgrade, Why
 from bootkeeper.errors import BootkeeperError
 from bootkeeper.esp import efivars as efivars_mod
 from bootkeeper.esp.entries import Role
@@ -188,6 +188,7 @@ class NodeStatus:
     # entry's state), "history" (a record or the whole file), "handbacks" (the ESP's count); metrics
     # exports each as bootkeeper_source_unreadable, so a fault sets a series instead of removing one
     unreadable: tuple[str, ...] = ()
+    repairs: tuple[Repair, ...] = ()  # the last 5 repair attempts (bootkeeper repair), oldest first
 
     @property
     def on_esp(self) -> dict[str, tuple[str, ...]]:
@@ -212,6 +213,7 @@ class NodeStatus:
             "upgrades": [u.as_json() for u in self.upgrades],
             "warnings": list(self.problems),
             "handback": self.handback.as_json() if self.handback is not None else None,
+            "repairs": [r.as_json() for r in self.repairs],
         }
 
 
@@ -382,4 +384,5 @@ def gather(
             )
             if bad
         ),
+        tuple(recorded.repairs[-5:]),
     )

@@ -36,6 +36,16 @@
   activation and the history record), by ``bootkeeper-metrics.path`` whenever the boot history
   (a boot, bless's verdict, an upgrade), the activation report or tpm verify's result changes, and
   every 15 minutes by ``bootkeeper-metrics.timer`` (the stale-metrics alert's heartbeat).
+* ``bootkeeper-update.timer`` / ``.service``: ``bootkeeper update --scheduled`` on ``update.schedule`` with
+  ``update.randomized_delay`` of jitter (``Persistent=``: a node that was off catches up), after the
+  network is online; never on a recovery or statereset boot (``/run/cos/<role>_mode``; ``update``
+  itself checks the role where Kairos's files are missing), which repair instead.
+* ``bootkeeper-repair.service``: ``bootkeeper repair`` on recovery and statereset boots only
+  (``ExecCondition=bootkeeper repair --needed``: the role, and on statereset whether active and passive
+  are still bad, so a healthy boot skips it), after the network is online and after bless (a statereset
+  that hands back needs no repair), with ``update.repair_timeout``. ``DefaultDependencies=no``: its wanting
+  target does not wait for it, and nothing of boot-complete.target does (recovery is never blessed;
+  docs/updates.md, "Repair").
 * ``/etc/systemd/system-generators/bootkeeper-generator``: :mod:`bootkeeper.assess.generator`,
   self-contained, run by the system's Python with ``-IS`` (no site-packages: fast, and nothing a
   broken Python package can break).
@@ -53,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootkeeper import fsutil, submounts, unittext
-from bootkeeper.config import Config, GoodWhen, Sysext, SysextMode
+from bootkeeper.config import Config, GoodWhen, Sysext, SysextMode, Update
 from bootkeeper.errors import UsageError, WriteError
 from bootkeeper.esp.efivars import LOADER_GUID
 from bootkeeper.systemd_version import ASSUMED, IMAGE_POLICY_SINCE, takes_image_policy
@@ -78,6 +88,9 @@ TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's --collector.textf
 BOOT_CHECK_UNIT = "bootkeeper-boot-check.service"
 REQUIRED_UNIT = "bootkeeper-sysext-required.service"  # sysext/required.UNIT (tests check they agree)
 REQUIRED_FAILED = "/run/bootkeeper/sysext-required.failed"  # sysext/required.FAILED
+UPDATE_UNIT = "bootkeeper-update.service"
+UPDATE_TIMER = "bootkeeper-update.timer"
+REPAIR_UNIT = "bootkeeper-repair.service"
 # the node's upstream check (systemd v257 src/boot/boot-check-no-failures.c: the manager's NFailedUnits)
 NO_FAILURES = "/usr/lib/systemd/systemd-boot-check-no-failures"
 # unit -> the target whose .requires/ enables it (its [Install] RequiredBy=)
@@ -91,6 +104,8 @@ WANTED_BY = {
     METRICS_UNIT: "multi-user.target",
     METRICS_PATH: "paths.target",
     METRICS_TIMER: "timers.target",
+    UPDATE_TIMER: "timers.target",
+    REPAIR_UNIT: "multi-user.target",
 }
 
 
@@ -374,6 +389,71 @@ WantedBy={WANTED_BY[METRICS_TIMER]}
     }
 
 
+def _update(cfg: Update, exec_line: str) -> dict[str, UnitFile]:
+    """The scheduled update (``update.schedule``, ``update.randomized_delay``) and the repair
+    (``update.repair_timeout``): docs/updates.md."""
+    service = f"""# Installed by 'bootkeeper install-units'.
+[Unit]
+Description=Check for, download and (update.auto_apply) apply a new OS release (bootkeeper)
+Documentation=man:bootkeeper(8)
+Wants=network-online.target
+After=network-online.target {BLESS_UNIT}
+# recovery and statereset repair instead ({REPAIR_UNIT})
+ConditionPathExists=!/run/cos/recovery_mode
+ConditionPathExists=!/run/cos/statereset_mode
+
+[Service]
+Type=oneshot
+{KILL_MODE}
+ExecStart={exec_line} update --scheduled
+"""
+    timer = f"""# Installed by 'bootkeeper install-units'; re-run it after changing update.schedule.
+[Unit]
+Description=Look for a new OS release on update.schedule (bootkeeper)
+
+[Timer]
+{unittext.setting("OnCalendar", cfg.schedule)}
+{unittext.setting("RandomizedDelaySec", cfg.randomized_delay)}
+Persistent=true
+Unit={UPDATE_UNIT}
+
+[Install]
+WantedBy={WANTED_BY[UPDATE_TIMER]}
+"""
+    repair = f"""# Installed by 'bootkeeper install-units'; re-run it after changing update.repair_timeout.
+[Unit]
+Description=Repair active and passive from a release on a recovery or statereset boot (bootkeeper)
+Documentation=man:bootkeeper(8)
+# no default dependencies: multi-user.target, which wants this unit, is then not ordered after it
+DefaultDependencies=no
+Requires=sysinit.target
+Wants=network-online.target
+# after bless: a good statereset boot hands back to active first, and then no repair is needed
+After=sysinit.target basic.target local-fs.target network-online.target {BOOT_UNIT} {BLESS_UNIT}
+Conflicts=shutdown.target
+Before=shutdown.target
+ConditionPathExists=!/etc/initrd-release
+
+[Service]
+Type=oneshot
+{KILL_MODE}
+{unittext.setting("TimeoutStartSec", cfg.repair_timeout)}
+# recovery, or statereset with active and passive still bad: else the unit is skipped, not failed
+ExecCondition={exec_line} repair --needed
+ExecStart={exec_line} repair
+ExecStopPost=-{exec_line} motd
+StandardOutput=journal+console
+
+[Install]
+WantedBy={WANTED_BY[REPAIR_UNIT]}
+"""
+    return {
+        f"{UNIT_DIR}/{UPDATE_UNIT}": UnitFile(service),
+        f"{UNIT_DIR}/{UPDATE_TIMER}": UnitFile(timer),
+        f"{UNIT_DIR}/{REPAIR_UNIT}": UnitFile(repair),
+    }
+
+
 def generator_script(python: str) -> UnitFile:
     from bootkeeper.assess import generator
 
@@ -414,6 +494,7 @@ def render(
         **_required(exec_line),
         **_random_seed(exec_line),
         **_metrics(exec_line, metrics_watch),
+        **_update(cfg.update, exec_line),
         f"{GENERATOR_DIR}/{GENERATOR}": generator_script(python),
     }
 

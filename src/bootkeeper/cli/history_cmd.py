@@ -50,7 +50,7 @@ def record(esp: Path | None, efivars: Path | None, sdboot_version: str | None, r
 @history.command()
 @options(root_option, json_option)
 def show(root: Path, as_json: bool) -> None:
-    """The recorded boots and upgrades, oldest first."""
+    """The recorded boots, upgrades and repair attempts, oldest first."""
     from bootkeeper.assess import history as history_mod
     from bootkeeper.cli.common import table
 
@@ -61,6 +61,7 @@ def show(root: Path, as_json: bool) -> None:
             {
                 "boots": [b.as_json() for b in boots],
                 "upgrades": [u.as_json() for u in recorded.upgrades],
+                "repairs": [r.as_json() for r in recorded.repairs],
                 "warnings": warnings,
             }
         )
@@ -80,6 +81,8 @@ def show(root: Path, as_json: bool) -> None:
     )
     for u in recorded.upgrades:
         echo(upgrade_line(u))
+    for rp in recorded.repairs:
+        echo(rp.text)
     for w in warnings:
         echo(f"warning: {w}", err=True)
 

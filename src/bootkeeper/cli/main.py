@@ -31,6 +31,10 @@ VERBS = {
         "bootkeeper.cli.upgrade_cmd:upgrade",
         "A new OS: the old active's UKI and extensions become passive; gated before the first write.",
     ),
+    "repair": (
+        "bootkeeper.cli.repair_cmd:repair",
+        "From recovery or statereset: rebuild active and passive from a release, then boot active.",
+    ),
     "select": ("bootkeeper.cli.select_cmd:select", "Pin an entry: the next boot, or until cleared while it has tries."),
     "simulate": ("bootkeeper.cli.simulate_cmd:simulate", "Run boots with injected faults on a scratch ESP."),
     "demo": ("bootkeeper.cli.demo_cmd:demo", "Full demonstration on a scratch ESP in a temporary folder."),

@@ -44,6 +44,8 @@ def _boot_lines(node: NodeStatus) -> Iterable[str]:
         yield node.failed_upgrade.text
     if node.handback:
         yield f"hand-back: {node.handback.text}"
+    if node.repairs:
+        yield f"last repair: {node.repairs[-1].text}"
     yield "entries:"
     for e in node.entries:
         tries = "not counted" if e.tries_left is None else f"{e.tries_left} tries left, {e.tries_done} used"

@@ -234,6 +234,7 @@ def build(shown: Status, tpm: TpmResult | None, now: float, unread_activation: b
     _boot_families(fam, node)
     _extension_families(fam, shown.extensions.activation)
     _upgrade_families(fam, node)
+    _repair_families(fam, node)
     _tpm_families(fam, tpm)
     fam("status_warnings", "Sources status could not read (see bootkeeper status).").add(
         len(node.problems) + len(shown.problems) + (1 if tpm is not None and tpm.problem else 0)
@@ -391,6 +392,26 @@ def _upgrade_families(fam: _Families, node: NodeStatus) -> None:
         "statereset_stays",
         "1 if the node stays on statereset: its hand-back budget is spent and active and passive cannot boot.",
     ).add(1.0 if hb is not None and hb.staying else 0.0)
+
+
+def _repair_families(fam: _Families, node: NodeStatus) -> None:
+    """``bootkeeper repair``'s attempts from the boot history (docs/updates.md, "Repair"): when the last
+    ran and how it ended (one series per result, always written: a node that never repaired reports 0s),
+    and how many the history holds."""
+    from bootkeeper.assess.history import REPAIR_RESULTS
+
+    last = node.repairs[-1] if node.repairs else None
+    when = fam(
+        "repair_last_attempt_timestamp_seconds", "When bootkeeper repair last tried to repair active and passive."
+    )
+    if last is not None:
+        when.add(last.time)
+    result = fam(
+        "repair_last_result", "1 for how the last repair attempt ended (repaired, failed); 0s: none recorded.", "result"
+    )
+    for r in REPAIR_RESULTS:
+        result.add(1.0 if last is not None and last.result == r else 0.0, r)
+    fam("repair_attempts", "Repair attempts in the boot history (the newest 5 are read).").add(len(node.repairs))
 
 
 def _tpm_families(fam: _Families, tpm: TpmResult | None) -> None:

@@ -37,6 +37,7 @@ class Status:
             "extensions": self.extensions.as_json(),
             "history": node["history"],
             "upgrades": node["upgrades"],
+            "repairs": node["repairs"],
             "warnings": [*self.node.problems, *self.problems],
         }
 

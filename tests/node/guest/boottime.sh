@@ -30,6 +30,7 @@ systemctl show -p Id -p LoadState -p ActiveState -p Result -p ConditionResult -p
     -p ActiveEnterTimestampMonotonic \
     bootkeeper-sysext.service bootkeeper-random-seed.service bootkeeper-boot.service bootkeeper-bless.service \
     bootkeeper-metrics.service bootkeeper-metrics.path bootkeeper-metrics.timer systemd-sysext.service \
+    bootkeeper-update.timer bootkeeper-repair.service \
     bktest-fault.service bk-health.service bktest-boot-complete.service sysinit.target basic.target \
     boot-complete.target multi-user.target \
   | awk 'BEGIN { RS = ""; FS = "\n" }
