@@ -31,6 +31,11 @@ VERBS = {
         "bootkeeper.cli.upgrade_cmd:upgrade",
         "A new OS: the old active's UKI and extensions become passive; gated before the first write.",
     ),
+    "update": (
+        "bootkeeper.cli.update_cmd:update",
+        "Check a source for a newer release, download it, apply it as an upgrade.",
+    ),
+    "release": ("bootkeeper.cli.release_cmd:release", "Publish a UKI and its extensions as one release (OCI)."),
     "select": ("bootkeeper.cli.select_cmd:select", "Pin an entry: the next boot, or until cleared while it has tries."),
     "simulate": ("bootkeeper.cli.simulate_cmd:simulate", "Run boots with injected faults on a scratch ESP."),
     "demo": ("bootkeeper.cli.demo_cmd:demo", "Full demonstration on a scratch ESP in a temporary folder."),
