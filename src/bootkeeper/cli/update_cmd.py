@@ -111,8 +111,11 @@ def update(
             echo(f"downloaded: {staged.version or 'the release'} into {staged.folder}")
         _done(out, as_json)
         return
-    out["applied"] = _apply(cfg, root, esp, staged, opts, as_json).as_json()
+    applied = _apply(cfg, root, esp, staged, opts, as_json)
+    out["applied"] = applied.as_json()
     _done(out, as_json)
+    if scheduled and applied.result == "upgraded":  # auto_apply: the node switches now, as it was told to
+        node.reboot(root, f"applied {applied.version or 'the release'}", say)
 
 
 def _fetch(cfg: Config, root: Path, src: Source, limit_rate: int | None, as_json: bool) -> Staged:

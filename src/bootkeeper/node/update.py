@@ -255,3 +255,21 @@ def apply_staged(
     )  # fmt: skip
     outcome = node.upgrade(cfg, root, esp, staged.uki, staged.extensions, up_opts, say, boot_id)
     return Applied(version, signer, outcome)
+
+
+def reboot(root: Path, why: str, say: Say) -> bool:
+    """``systemctl reboot`` into the new active (``update --scheduled`` with ``update.auto_apply``,
+    ``repair``); never under another ``--root``. Returns whether the reboot was queued."""
+    from bootkeeper.errors import BootkeeperError
+    from bootkeeper.run import run
+
+    if root.resolve() != Path("/"):
+        say(f"bootkeeper: {why} (not rebooting: --root is not /)")
+        return False
+    say(f"bootkeeper: {why}: rebooting")
+    try:
+        run(["systemctl", "reboot", "--no-block"], timeout=30)
+    except BootkeeperError as exc:
+        say(f"bootkeeper: cannot reboot: {exc}")
+        return False
+    return True
