@@ -574,7 +574,8 @@ SETTINGS = (
         "update",
         "auto_apply",
         _bool,
-        "bootkeeper-update.service applies a downloaded release (else it only checks and downloads)",
+        "bootkeeper-update.service applies a downloaded release and reboots into it (else it only checks and "
+        "downloads: `update --apply-downloaded` switches, e.g. in a maintenance window)",
     ),
     Setting("update", "auth_file", _optional_path, "registry credentials: a containers-auth.json(5) file (`auths`)"),
     Setting(
