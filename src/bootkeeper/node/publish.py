@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bootkeeper.errors import UsageError
+
+if TYPE_CHECKING:
+    from bootkeeper.update.release import Built
+    from bootkeeper.update.source import Source
 
 
 @dataclass(frozen=True)
@@ -46,35 +51,47 @@ def _version(files: list[Path], given: str | None) -> str | None:
 def push(
     files: list[Path], target: str, tags: tuple[str, ...], version: str | None, auth: Path | None, ca: Path | None
 ) -> Pushed:
+    """``files`` as one release at ``target`` (``oci:REGISTRY/REPO:TAG`` or ``ocifile:DIR``), also
+    tagged ``tags``; an ``ocifile:`` layout is tagged with the version when no tag is given."""
     from bootkeeper.update import release, source
-    from bootkeeper.update.origin import Net
 
     dest = source.parse(target, "--to")
     version = _version(files, version)
     built = release.build(files, version)
-    names = dict(zip((str(d.digest) for d, _ in built.blobs), (p.name for _, p in built.blobs), strict=True))
+    blobs = tuple((p.name, d.digest) for d, p in built.blobs)
     if dest.kind is source.Kind.OCIFILE:
         from bootkeeper.update import layout
 
-        refs = [t for t in (*(_tag(dest, version),), *tags) if t]
-        digest = ""
+        folder, tag = layout.split(dest.path)
+        refs = list(dict.fromkeys(t for t in (tag or version, *tags) if t))
+        if not refs:
+            raise UsageError(f"--to {target}: name a tag (ocifile:DIR:TAG, --tag or --version)")
         for ref in refs:
-            digest = layout.write(Path(dest.path), ref, built)
-        return Pushed(version, digest, tuple(f"ocifile:{dest.path}:{r}" for r in refs), tuple(names.items())[::-1])
+            layout.write(folder, ref, built)
+        return Pushed(version, built.digest, tuple(f"ocifile:{folder}:{r}" for r in refs), blobs)
     if dest.kind is not source.Kind.OCI or dest.tag is None:
         raise UsageError(f"--to {target}: give oci:REGISTRY/REPO:TAG or ocifile:DIR")
-    from bootkeeper.update import oci
+    _to_registry(dest, built, (dest.tag, *tags), auth, ca)
+    return Pushed(
+        version, built.digest, tuple(f"oci:{dest.registry}/{dest.repository}:{r}" for r in (dest.tag, *tags)), blobs
+    )
+
+
+def _to_registry(dest: Source, built: Built, refs: tuple[str, ...], auth: Path | None, ca: Path | None) -> None:
+    """Every blob (the config too), then the manifest under each reference: a registry accepts a
+    manifest only once the blobs it names are there (OCI distribution spec, pushing manifests)."""
+    import hashlib
+    import tempfile
+
+    from bootkeeper.update import oci, release
+    from bootkeeper.update.origin import Net
 
     reg = oci.Registry(dest.registry, dest.repository, Net(auth_file=auth, ca_file=ca))
     for desc, path in built.blobs:
         reg.push_blob(path, desc.digest, desc.size)
-    reg.push_config(built)
-    digest = ""
-    for ref in (dest.tag, *tags):
-        digest = reg.push_manifest(ref, built.manifest, built.media_type)
-    refs = tuple(f"oci:{dest.registry}/{dest.repository}:{r}" for r in (dest.tag, *tags))
-    return Pushed(version, digest, refs, tuple((p.name, d.digest) for d, p in built.blobs))
-
-
-def _tag(dest: object, version: str | None) -> str | None:
-    return version
+    with tempfile.NamedTemporaryFile(prefix="bootkeeper-config-") as f:
+        f.write(built.config)
+        f.flush()
+        reg.push_blob(Path(f.name), "sha256:" + hashlib.sha256(built.config).hexdigest(), len(built.config))
+    for ref in refs:
+        reg.push_manifest(ref, built.manifest, release.MANIFEST_TYPE)

@@ -160,7 +160,7 @@ def check(cfg: Config, root: Path, src: Source) -> Check:
     done = acquire.downloaded(staging)
     staged = done.version if done is not None and done.manifest_digest == rel.manifest_digest else None
     return Check(
-        str(src), rel.version, running, newer(rel.version, running), _files(rel), _size(rel), _room(staging), staged
+        str(src), rel.version, running, newer(rel.version, running), _files(rel), rel.size, _room(staging), staged
     )
 
 
@@ -168,8 +168,6 @@ def _files(rel: Release) -> tuple[tuple[str, str, int], ...]:
     return tuple((f.name, f.kind, f.desc.size) for f in rel.files)
 
 
-def _size(rel: Release) -> int:
-    return sum(f.desc.size for f in rel.files) + sum(d.size for d in getattr(rel, "layers", ()))
 
 
 def _room(folder: Path) -> int | None:
