@@ -16,6 +16,14 @@ pads the hash with zeros to a multiple of 8 bytes of the *file* size when data t
 ``systemd-pcrlock lock-pe``. The two agree on every image whose size is a multiple of 8 or that ends
 with its last section, which is what signing tools and ukify write.
 
+The certificate table (data directory 4, "Attribute Certificate Table" of the PE/COFF specification)
+holds the image's signatures: WIN_CERTIFICATE entries (``dwLength u32 | wRevision u16 |
+wCertificateType u16 | bCertificate``), each starting on an 8-byte boundary, and ``wRevision``
+0x0200 with ``wCertificateType`` PKCS_SIGNED_DATA (2) carrying one PKCS#7 SignedData, as sbsign and
+pesign append them and EDK2 walks them (SecurityPkg/Library/DxeImageVerificationLib
+``DxeImageVerificationHandler``). :func:`signatures` returns those blobs; measure/secureboot.py judges
+them.
+
 Input is hostile: sizes and offsets are checked against the image before anything is read, and a bad
 one is a :class:`MalformedError` naming the file and the field."""
 
@@ -30,10 +38,16 @@ from bootkeeper.errors import MalformedError, UnreadableError
 from bootkeeper.measure.banks import Bank
 from bootkeeper.measure.events import CHUNK, Hasher
 
-__all__ = ["Image", "digests", "hashed_ranges"]
+__all__ = ["Image", "certificate_table", "digests", "hashed_ranges", "signatures"]
 
 MAX_SECTIONS = 96
 CERT_DIR = 4  # IMAGE_DIRECTORY_ENTRY_SECURITY
+# A signature is a few KiB (a certificate chain of three is under 6 KiB); a table larger than this
+# is refused before it is read, as are more entries than any signing tool appends.
+MAX_CERT_TABLE = 1 << 20
+MAX_SIGNATURES = 16
+WIN_CERT_REVISION_2_0 = 0x0200
+WIN_CERT_TYPE_PKCS_SIGNED_DATA = 0x0002
 
 
 @dataclass(frozen=True)
@@ -137,6 +151,54 @@ def _section_runs(img: Image, table_at: int, n_sections: int) -> list[tuple[int,
         sections.append((raw_at, raw_size))
     sections.sort(key=lambda s: s[0])  # stable: equal offsets keep table order, as EDK2's insertion sort
     return sections
+
+
+def certificate_table(img: Image) -> tuple[int, int]:
+    """(file offset, size) of the certificate table, (0, 0) when the image has none. The table must
+    end the image: the Authenticode hash leaves out exactly its size from the end (EDK2 computes it so),
+    so a table anywhere else would leave bytes out of the hash that the signature does not cover."""
+    what = img.what
+    opt_at, opt_size, _ = _coff_header(img)
+    opt = img.read(opt_at, opt_size)
+    dirs_at, n_dirs = _data_directories(what, opt, opt_size)
+    if n_dirs <= CERT_DIR:
+        return 0, 0
+    at = _u32(opt, dirs_at + 8 * CERT_DIR)
+    size = _u32(opt, dirs_at + 8 * CERT_DIR + 4)
+    if at == 0 or size == 0:
+        return 0, 0
+    if size > MAX_CERT_TABLE:
+        raise MalformedError(f"{what}: certificate table of {size} bytes, more than the {MAX_CERT_TABLE} allowed")
+    if at + size != img.size:
+        raise MalformedError(
+            f"{what}: certificate table at {at} of {size} bytes does not end the image ({img.size} bytes)"
+        )
+    return at, size
+
+
+def signatures(img: Image) -> list[bytes]:
+    """The PKCS#7 SignedData blobs of the certificate table's PKCS_SIGNED_DATA entries, in order (an
+    entry of another revision or type is skipped, as EDK2 skips it); [] for an unsigned image."""
+    what = img.what
+    at, size = certificate_table(img)
+    table = img.read(at, size) if size else b""
+    out: list[bytes] = []
+    off = 0
+    while off < size:
+        if size - off < 8:
+            raise MalformedError(f"{what}: certificate table: {size - off} bytes at {off}, too few for an entry header")
+        length, revision, kind = struct.unpack_from("<IHH", table, off)
+        if length <= 8 or length > size - off:
+            raise MalformedError(
+                f"{what}: certificate table: entry at {off} has dwLength {length}, "
+                f"not within the {size - off} bytes left"
+            )
+        if revision == WIN_CERT_REVISION_2_0 and kind == WIN_CERT_TYPE_PKCS_SIGNED_DATA:
+            if len(out) == MAX_SIGNATURES:
+                raise MalformedError(f"{what}: certificate table: more than {MAX_SIGNATURES} signatures")
+            out.append(table[off + 8 : off + length])
+        off += (length + 7) & ~7
+    return out
 
 
 def hashed_ranges(img: Image, systemd_padding: bool = False) -> tuple[list[tuple[int, int]], int]:

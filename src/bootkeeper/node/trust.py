@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
     from bootkeeper.config import Config
+    from bootkeeper.measure.secureboot import Revoked
     from bootkeeper.sysext.image import Validation
 
 Progress = Callable[[int, int], None]
@@ -25,6 +26,69 @@ def anchors(cfg: Config, root: Path, say: Callable[[str], None]) -> list[x509.Ce
     for p in store.problems:
         say(f"bootkeeper: warning: trust source skipped: {p}")
     return store.certificates
+
+
+def uki_anchors(
+    cfg: Config, root: Path, efivars: Path | None, say: Callable[[str], None]
+) -> tuple[list[x509.Certificate], Revoked]:
+    """What a release's UKI is judged by before it reaches the ESP (docs/updates.md, "The UKI's
+    signature"): the certificates ``sysext.certificates`` configures and the firmware's ``db`` (and
+    shim's ``MokListRT`` when ``sysext.firmware`` names it), less what ``dbx`` and ``MokListXRT`` revoke;
+    and what those two revoke, for :func:`bootkeeper.measure.secureboot.verify_uki`. No ``verity.d``
+    folder counts (they are systemd-sysext's, not the firmware's), and no validity dates (the firmware
+    checks none). A source that cannot be read is said and left out: fewer anchors, never more; an
+    unreadable ``dbx`` leaves none at all (sysext/trust.py ``load`` fails closed)."""
+    import dataclasses
+
+    from bootkeeper.errors import InputError
+    from bootkeeper.esp.efivars import EFIVARFS
+    from bootkeeper.fsutil import under
+    from bootkeeper.measure.secureboot import Revoked
+    from bootkeeper.sysext import trust
+
+    ev = efivars if efivars is not None else under(root, str(EFIVARFS))
+    firmware = ("db", "MokListRT") if "MokListRT" in cfg.sysext.firmware else ("db",)
+    sysext = dataclasses.replace(cfg.sysext, firmware=firmware, verity_dirs=(), require_valid_dates=False)
+    store = trust.load(sysext, root, ev, strict=False)
+    for p in store.problems:
+        say(f"bootkeeper: warning: UKI trust source skipped: {p}")
+    for a, why in store.revoked:
+        say(f"bootkeeper: {a.subject} ({a.source}) is not trusted for UKIs: {why}")
+    entries: list[trust.EslEntry] = []
+    try:
+        data = trust.read_efivar(ev, "dbx")
+        pieces = [("dbx", data)] if data is not None else []
+        pieces += trust.read_mok(ev, "MokListXRT") or []
+        for what, raw in pieces:
+            entries += trust.parse_esl(raw, what)
+    except InputError:
+        return [], Revoked()  # said above: load() found it unreadable too, and trusts nothing
+    images, tbs, certs = set(), set(), []
+    for i, e in enumerate(entries):
+        if e.type == trust.EFI_CERT_SHA256:
+            images.add(e.data[:32])
+        elif e.type == trust.EFI_CERT_X509_SHA256:
+            tbs.add(e.data[:32])
+        elif e.type == trust.EFI_CERT_X509:
+            found: list[str] = []
+            certs += trust.load_certificates(e.data, f"dbx entry {i}", found)
+            for p in found:
+                say(f"bootkeeper: warning: {p}: it revokes nothing")
+    return store.certificates, Revoked(frozenset(images), tuple(certs), frozenset(tbs))
+
+
+def require_signed_uki(
+    cfg: Config, root: Path, efivars: Path | None, path: Path, what: str, say: Callable[[str], None]
+) -> str:
+    """The subject of the certificate that admits the UKI at ``path`` under :func:`uki_anchors`; else
+    :class:`RefusedError` "WHAT: Secure Boot signature: REASON" (``what`` names the file as the user
+    knows it: the release's file name, not the staging path)."""
+    from bootkeeper.measure.secureboot import verify_uki
+
+    anchors, revoked = uki_anchors(cfg, root, efivars, say)
+    verdict = verify_uki(path, anchors, revoked)
+    verdict.require(what)
+    return verdict.signer or ""  # an ok verdict names its signer
 
 
 def certificates(paths: tuple[Path, ...]) -> list[x509.Certificate]:

@@ -203,22 +203,6 @@ def downloaded(cfg: Config, root: Path) -> Staged:
     return staged
 
 
-def verify_uki(cfg: Config, root: Path, uki: Path, shown: str, say: Say) -> str | None:
-    """The UKI's Secure Boot signature against the configured certificates and the firmware's ``db``
-    minus ``dbx``; refused (nothing changed) unless it verifies. Returns the signer."""
-    from bootkeeper.measure import secureboot
-    from bootkeeper.node.trust import uki_anchors
-
-    anchors, revoked = uki_anchors(cfg, root, None, say)
-    verdict = secureboot.verify_uki(uki, anchors, revoked)
-    if not verdict.ok:
-        raise RefusedError(
-            f"{shown}: the UKI's Secure Boot signature: {verdict.reason}; nothing was changed",
-            hint="releases are applied only when signed by a key in sysext.certificates or the firmware's db",
-        )
-    return verdict.signer
-
-
 def apply_staged(
     cfg: Config,
     root: Path,
@@ -232,12 +216,13 @@ def apply_staged(
     extension against the new UKI's ``.osrel``). Refused releases leave the ESP untouched."""
     from bootkeeper.assess import upgrade as up
     from bootkeeper.node import upgrade as node
+    from bootkeeper.node.trust import require_signed_uki
 
     shown = f"{staged.source}: {staged.uki.name}"
     uki = up.check_uki(staged.uki, shown)
     if not uki.ok:
         raise RefusedError(f"upgrade refused: {uki.reason}; nothing was changed")
-    signer = verify_uki(cfg, root, staged.uki, shown, say)
+    signer = require_signed_uki(cfg, root, None, staged.uki, shown, say)
     version = next((uki.osrel[k] for k in VERSION_KEYS if uki.osrel.get(k)), None)
     if not opts.rebuild:
         running = running_version(root)
