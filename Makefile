@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/startup.py
 	$(PY) bench/verity.py
 	$(PY) bench/activate.py
+	$(PY) bench/update.py
 
 # bootkeeper's Debian package (docs/packaging.md), built in the trixie tree: build/deb/bootkeeper_*_all.deb
 deb:

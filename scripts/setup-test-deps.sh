@@ -20,7 +20,7 @@ for p in qemu-system-x86 ovmf mtools dosfstools fdisk e2fsprogs debootstrap busy
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 for p in prometheus prometheus-node-exporter; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done  # promtool and the real engines of tests/cli/test_fleet_prometheus.py
-for p in docker-registry skopeo sbsigntool; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done  # the OCI registry and skopeo of tests/update/, sbsign/sbverify of the UKI signature checks (docs/updates.md)
+for p in docker-registry skopeo sbsigntool apache2-utils; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done  # the OCI registry (and htpasswd, for its basic-auth variant) and skopeo of tests/update/, sbsign/sbverify of the UKI signature checks (docs/updates.md)
 for p in man-db groff-base; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p"); done  # man -l and groff -ww render the man pages (tests/project/test_manpages.py)
 if [ ${#need[@]} -gt 0 ] || [ ! -f "$cache/.apt-updated" ]; then
   apt-get update -q >/dev/null

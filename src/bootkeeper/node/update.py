@@ -168,8 +168,6 @@ def _files(rel: Release) -> tuple[tuple[str, str, int], ...]:
     return tuple((f.name, f.kind, f.desc.size) for f in rel.files)
 
 
-
-
 def _room(folder: Path) -> int | None:
     """Free bytes where ``folder`` is or would be made (its nearest existing parent)."""
     p = folder
@@ -234,7 +232,7 @@ def apply_staged(
             )
     up_opts = node.UpgradeOptions(
         dry_run=opts.dry_run, force=opts.force, sdboot_version=opts.sdboot_version, luks=opts.luks,
-        rebuild=opts.rebuild,
+        **({"rebuild": True} if opts.rebuild else {}),  # type: ignore[arg-type]
     )  # fmt: skip
     outcome = node.upgrade(cfg, root, esp, staged.uki, staged.extensions, up_opts, say, boot_id)
     return Applied(version, signer, outcome)
