@@ -16,12 +16,18 @@ import pytest
 
 import trixie
 from bootkeeper.esp import scratch
-from bootkeeper.esp.entries import Role
-from helpers import bk, tree
+from helpers import bk, tree, type2_esp
 
 pytestmark = [pytest.mark.integration]
 STUB = trixie.ROOT / "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 OS = "ID=debian\nVERSION_ID=13\n"
+ROLES = ("active", "passive", "recovery", "statereset")
+
+
+def _stand_in(role: str) -> bytes:
+    """The node's UKIs of OS 1 (stand-ins: they are read, never booted here)."""
+    osrel = f"{OS}IMAGE_ID={role}\nIMAGE_VERSION=1\n".encode()
+    return scratch.stand_in_uki(((b".osrel", osrel), (b".linux", role.encode())))
 
 
 def _run(cwd: Path, *args: str) -> None:
@@ -35,7 +41,7 @@ def _uki(w: Path, out: Path, version: str) -> Path:
     raw = STUB.read_bytes()
     pe = struct.unpack_from("<I", raw, 0x3C)[0]
     base = struct.unpack_from("<Q", raw, pe + 24 + 24)[0]
-    (w / "osrel").write_text(f"{OS}IMAGE_ID=kairos\nIMAGE_VERSION={version}\n")
+    (w / "osrel").write_text(f"{OS}IMAGE_ID=active\nIMAGE_VERSION={version}\n")  # IMAGE_ID: the Type #2 sort key
     (w / "cmdline").write_text("console=ttyS0")
     (w / "linux").write_bytes(version.encode() * 4096)
     args = []
@@ -104,9 +110,11 @@ def node(tmp_path: Path, kit: Kit) -> Node:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     (root / "etc/os-release").write_text(f"{OS}IMAGE_ID=kairos\nIMAGE_VERSION=1\n")
-    esp = scratch.make(tmp_path / "efi", roles=tuple(Role), ukis=True)
+    esp = type2_esp(tmp_path / "efi", {f"{r}+3.efi": _stand_in(r) for r in ROLES})
     cfg = tmp_path / "bootkeeper.yaml"
-    cfg.write_text(f"sysext:\n  certificates: [{kit.good_crt}]\n")
+    (root / "etc/bootkeeper").mkdir()
+    shutil.copy(kit.good_crt, root / "etc/bootkeeper/release.crt")  # certificates are read under --root
+    cfg.write_text("sysext:\n  certificates: [/etc/bootkeeper/release.crt]\n")
     return Node(root, esp, cfg)
 
 
@@ -176,14 +184,20 @@ def test_a_release_that_fails_the_trust_checks_never_reaches_the_esp(
     assert tree(node.esp) == before
 
 
-def test_a_downgrade_goes_through_only_when_allowed(tmp_path: Path, kit: Kit, node: Node) -> None:
+def test_a_downgrade_passes_the_version_rule_only_when_allowed(tmp_path: Path, kit: Kit, node: Node) -> None:
     _push(kit, f"ocifile:{tmp_path / 'layout'}:0", "v0")
-    # check says it is not newer, and update without --allow-downgrade does nothing
+    before = tree(node.esp)
+    # not newer: update does nothing
     r = node.bk("--source", f"ocifile:{tmp_path / 'layout'}:0")
     assert r.returncode == 0 and "nothing to do: 0 is not newer than the running 1" in r.stdout, r.stderr
+    # --allow-downgrade: past the version rule, to the upgrade's gate, which on Type #2 refuses it: the
+    # old OS (1), passive after the upgrade, would sort before the new active (0) in systemd-boot's menu
     r = node.bk("--source", f"ocifile:{tmp_path / 'layout'}:0", "--allow-downgrade")
-    assert r.returncode == 0, r.stderr
-    assert "result: upgraded (0, signed by CN=release good)" in r.stdout
+    assert r.returncode == 1, r.stderr
+    line = _one_line(r)
+    assert "would boot before EFI/Linux/active+3.efi" in line and "IMAGE_VERSION=0" in line
+    assert "not newer" not in line
+    assert tree(node.esp) == before
 
 
 def test_a_blob_that_does_not_match_its_digest_stops_before_the_esp(tmp_path: Path, kit: Kit, node: Node) -> None:

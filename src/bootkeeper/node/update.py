@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bootkeeper.errors import NotApplicableError, RefusedError, UsageError
+from bootkeeper.errors import BootkeeperError, NotApplicableError, RefusedError, UsageError
 
 if TYPE_CHECKING:
     from bootkeeper.config import Config
@@ -155,13 +155,31 @@ def check(cfg: Config, root: Path, src: Source) -> Check:
     from bootkeeper.update import acquire
 
     rel = acquire.resolve(src, net_for(cfg, root))
+    announced = rel.version if rel.version is not None else _local_version(src, rel)
     running = running_version(root)
     staging = staging_for(cfg, root)
     done = acquire.downloaded(staging)
     staged = done.version if done is not None and done.manifest_digest == rel.manifest_digest else None
-    return Check(
-        str(src), rel.version, running, newer(rel.version, running), _files(rel), rel.size, _room(staging), staged
-    )
+    return Check(str(src), announced, running, newer(announced, running), _files(rel), rel.size, _room(staging), staged)
+
+
+def _local_version(src: Source, rel: Release) -> str | None:
+    """A ``dir:`` or ``file:`` release announces no version: its UKI's ``.osrel`` says it (a hint
+    here, as a manifest's is; apply reads it again once the signature verified)."""
+    from bootkeeper.esp import pe
+    from bootkeeper.esp.entries import parse_osrel
+    from bootkeeper.update.source import Kind
+
+    if src.kind not in (Kind.DIR, Kind.FILE):
+        return None
+    uki = next((f.name for f in rel.files if f.kind == "uki"), None)
+    path = Path(src.path) if src.kind is Kind.FILE else Path(src.path) / (uki or "")
+    try:
+        raw = pe.read_osrel(path)
+    except (OSError, BootkeeperError):
+        return None
+    fields = parse_osrel(raw.decode("utf-8", "replace")) if raw is not None else {}
+    return next((fields[k] for k in VERSION_KEYS if fields.get(k)), None)
 
 
 def _files(rel: Release) -> tuple[tuple[str, str, int], ...]:
