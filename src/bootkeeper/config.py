@@ -347,6 +347,29 @@ _TIME_UNIT = (
 _TIMESPAN = re.compile(rf"(?:[0-9]++(?:\.[0-9]++)? *+(?:{_TIME_UNIT})? *+)++")
 
 
+_UNIT_SECONDS = {
+    **dict.fromkeys(("usec", "us"), 1e-6),
+    **dict.fromkeys(("msec", "ms"), 1e-3),
+    **dict.fromkeys(("seconds", "second", "sec", "s", ""), 1.0),
+    **dict.fromkeys(("minutes", "minute", "min", "m"), 60.0),
+    **dict.fromkeys(("hours", "hour", "hr", "h"), 3600.0),
+    **dict.fromkeys(("days", "day", "d"), 86400.0),
+    **dict.fromkeys(("weeks", "week", "w"), 604800.0),
+    **dict.fromkeys(("months", "month", "M"), 2629800.0),
+    **dict.fromkeys(("years", "year", "y"), 31557600.0),
+}  # fmt: skip  (systemd's src/basic/time-util.c, parse_sec(): a month is 30.44 days, a year 365.25)
+
+
+def seconds(span: str) -> float:
+    """A time span :func:`_timespan` accepted, in seconds (``infinity``: ``math.inf``), as systemd reads it."""
+    if span == "infinity":
+        return float("inf")
+    total = 0.0
+    for number, unit in re.findall(rf"([0-9]+(?:\.[0-9]+)?) *({_TIME_UNIT}|)", span):
+        total += float(number) * _UNIT_SECONDS[unit]
+    return total
+
+
 def _timespan(value: object, where: str) -> str:
     """A systemd time span (``90s``, ``5min``, ``1h 30min``), whole seconds as a number, or ``infinity``."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**9:
@@ -551,7 +574,8 @@ SETTINGS = (
         "update",
         "auto_apply",
         _bool,
-        "bootkeeper-update.service applies a downloaded release (else it only checks and downloads)",
+        "bootkeeper-update.service applies a downloaded release and reboots into it (else it only checks and "
+        "downloads: `update --apply-downloaded` switches, e.g. in a maintenance window)",
     ),
     Setting("update", "auth_file", _optional_path, "registry credentials: a containers-auth.json(5) file (`auths`)"),
     Setting(

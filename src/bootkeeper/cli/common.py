@@ -14,6 +14,8 @@ from bootkeeper.node.store import find_esp as find_esp
 from bootkeeper.shown import echo
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from bootkeeper.config import Config
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -195,3 +197,42 @@ def say_error(message: str, *hints: str | None) -> None:
         if h:
             echo(f"hint: {h}", err=True)
     sys.stderr.flush()
+
+
+class ProgressBar:
+    """A rich progress bar on a terminal for work over 8 MiB; nothing otherwise (logs, pipes)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def __call__(self, n: int, total: int) -> None:
+        import sys
+
+        if self.bar is None:
+            if total < (8 << 20) or not sys.stderr.isatty():
+                return
+            from rich.console import Console
+            from rich.markup import escape
+            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+            from bootkeeper.shown import raw_stream, shown_line
+
+            self.bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=Console(file=raw_stream(sys.stderr)),  # rich's own drawing; the label escaped below
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(escape(shown_line(self.label)), total=total)  # an image's name: text
+        assert self.task is not None
+        self.bar.advance(self.task, n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None  # a later call starts a new bar (rich allows one live display at a time)

@@ -31,6 +31,11 @@ VERBS = {
         "bootkeeper.cli.upgrade_cmd:upgrade",
         "A new OS: the old active's UKI and extensions become passive; gated before the first write.",
     ),
+    "update": (
+        "bootkeeper.cli.update_cmd:update",
+        "Check a source for a newer release, download it, apply it as an upgrade.",
+    ),
+    "release": ("bootkeeper.cli.release_cmd:release", "Publish a UKI and its extensions as one release (OCI)."),
     "repair": (
         "bootkeeper.cli.repair_cmd:repair",
         "From recovery or statereset: rebuild active and passive from a release, then boot active.",

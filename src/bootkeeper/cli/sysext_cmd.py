@@ -11,6 +11,7 @@ import click
 
 from bootkeeper.cli.common import (
     F,
+    ProgressBar,
     config_option,
     efivars_opt,
     esp_option,
@@ -28,8 +29,6 @@ from bootkeeper.cli.tpm_gate import luks_option
 from bootkeeper.shown import echo
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-
     from bootkeeper.node.extensions import Listing
     from bootkeeper.sysext.image import Validation
 
@@ -45,45 +44,6 @@ def _arch(ctx: click.Context, param: click.Parameter, value: str | None) -> str 
         return image.architecture(value)
     except MalformedError as exc:
         raise click.BadParameter(str(exc)) from exc
-
-
-class _Bar:
-    """A rich progress bar on a terminal for work over 8 MiB; nothing otherwise (logs, pipes)."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.bar: Progress | None = None
-        self.task: TaskID | None = None
-
-    def __call__(self, n: int, total: int) -> None:
-        import sys
-
-        if self.bar is None:
-            if total < (8 << 20) or not sys.stderr.isatty():
-                return
-            from rich.console import Console
-            from rich.markup import escape
-            from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-            from bootkeeper.shown import raw_stream, shown_line
-
-            self.bar = Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=Console(file=raw_stream(sys.stderr)),  # rich's own drawing; the label escaped below
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(escape(shown_line(self.label)), total=total)  # an image's name: text
-        assert self.task is not None
-        self.bar.advance(self.task, n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None  # a later call starts a new bar (rich allows one live display at a time)
 
 
 @click.group()
@@ -167,7 +127,7 @@ def validate(
     from bootkeeper.node import extensions
 
     rules = extensions.image_rules(policy_text, certs, os_release, arch, full, say)
-    results = extensions.validate_images(images, rules, _Bar)
+    results = extensions.validate_images(images, rules, ProgressBar)
     if as_json:
         print_json({"policy": str(rules.policy), "images": [r.as_json() for r in results]})
     else:
@@ -216,7 +176,9 @@ def build(
     """Build a signed sysext image from TREE (like systemd-repart -S)."""
     from bootkeeper.node import extensions
 
-    rh = extensions.build(extensions.BuildSpec(tree, output, key_path, cert_path, fs, arch, os_release), say, _Bar)
+    rh = extensions.build(
+        extensions.BuildSpec(tree, output, key_path, cert_path, fs, arch, os_release), say, ProgressBar
+    )
     echo(f"{output}: root hash {rh.hex() if rh else '?'}")
 
 
@@ -258,7 +220,7 @@ def install(
 
     name = extensions.install_name(image_path, name)
     cfg = load_config(config_files, root)
-    done = extensions.install(cfg, root, find_esp(esp), image_path, name, entries, force, luks, say, _Bar)
+    done = extensions.install(cfg, root, find_esp(esp), image_path, name, entries, force, luks, say, ProgressBar)
     if as_json:
         print_json(done.as_json())
         return
@@ -307,7 +269,7 @@ def list_(esp: Path | None, config_files: tuple[Path, ...], root: Path, as_json:
     from bootkeeper.node import extensions
 
     cfg = load_config(config_files, root)
-    _list_out(as_json, extensions.listing(cfg, root, lambda: find_esp(esp), say, _Bar))
+    _list_out(as_json, extensions.listing(cfg, root, lambda: find_esp(esp), say, ProgressBar))
 
 
 def _human(size: int | None) -> str:

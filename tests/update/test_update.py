@@ -1,0 +1,273 @@
+"""``bootkeeper update`` end to end on a scratch node (a root folder and a Type #2 ESP): releases
+published with ``release push`` into OCI layouts (``ocifile:``), folders (``dir:``) and single files
+(``file:``), UKIs made from trixie's systemd-stub and signed by the real ``sbsign``, an extension
+built by ``sysext build`` for the new OS. Each refusal leaves the ESP byte for byte as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import trixie
+from bootkeeper.esp import scratch
+from helpers import bk, tree, type2_esp
+
+pytestmark = [pytest.mark.integration]
+STUB = trixie.ROOT / "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+OS = "ID=debian\nVERSION_ID=13\n"
+ROLES = ("active", "passive", "recovery", "statereset")
+
+
+def _stand_in(role: str) -> bytes:
+    """The node's UKIs of OS 1 (stand-ins: they are read, never booted here)."""
+    osrel = f"{OS}IMAGE_ID={role}\nIMAGE_VERSION=1\n".encode()
+    return scratch.stand_in_uki(((b".osrel", osrel), (b".linux", role.encode())))
+
+
+def _run(cwd: Path, *args: str) -> None:
+    p = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, f"{args}: {p.stderr}"
+
+
+def _uki(w: Path, out: Path, version: str) -> Path:
+    """A UKI's shape: the stub with .osrel (IMAGE_VERSION=version), .cmdline and .linux, placed after
+    the stub's own sections as ukify places them (their addresses relative to the stub's ImageBase)."""
+    raw = STUB.read_bytes()
+    pe = struct.unpack_from("<I", raw, 0x3C)[0]
+    base = struct.unpack_from("<Q", raw, pe + 24 + 24)[0]
+    (w / "osrel").write_text(f"{OS}IMAGE_ID=active\nIMAGE_VERSION={version}\n")  # IMAGE_ID: the Type #2 sort key
+    (w / "cmdline").write_text("console=ttyS0")
+    (w / "linux").write_bytes(version.encode() * 4096)
+    args = []
+    for i, name in enumerate(("osrel", "cmdline", "linux")):
+        args += ["--add-section", f".{name}={name}", "--change-section-vma", f".{name}={base + 0x100000 * (i + 1):#x}"]
+    _run(w, "objcopy", *args, str(STUB), str(out))
+    return out
+
+
+@dataclass(frozen=True)
+class Kit:
+    good_crt: Path
+    ukis: dict[str, Path]  # "v2" (signed by good), "v2-unsigned", "v2-other", "v0", "v3"
+    tools_v2: Path  # tools-v2.sysext.raw, signed by good, built for OS (ID=debian, VERSION_ID=13)
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
+    for tool in ("objcopy", "sbsign", "openssl"):
+        assert shutil.which(tool), f"{tool} missing: scripts/setup-test-deps.sh installs it"
+    assert STUB.exists(), f"{STUB}: scripts/setup-trixie.sh"
+    w = tmp_path_factory.mktemp("kit")
+    for name in ("good", "other"):
+        _run(w, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+             f"{name}.crt", "-subj", f"/CN=release {name}", "-days", "30")  # fmt: skip
+    ukis: dict[str, Path] = {}
+    for label, version, key in (("v2", "2", "good"), ("v2-unsigned", "2", None), ("v2-other", "2", "other"),
+                                ("v0", "0", "good"), ("v3", "3", "good")):  # fmt: skip
+        d = w / label
+        d.mkdir()
+        plain = _uki(d, d / "plain.efi", version)
+        out = d / f"node-{version}.efi"
+        if key is None:
+            plain.rename(out)
+        else:
+            _run(d, "sbsign", "--key", str(w / f"{key}.key"), "--cert", str(w / f"{key}.crt"), "--output", str(out),
+                 str(plain))  # fmt: skip
+        ukis[label] = out
+    t = w / "tools-tree"
+    (t / "usr/bin").mkdir(parents=True)
+    (t / "usr/bin/bk-hello-tools").write_text("#!/bin/sh\necho tools v2\n")
+    (w / "os-release").write_text(OS)
+    tools = w / "tools-v2.sysext.raw"
+    r = bk("sysext", "build", t, "-o", tools, "--key", w / "good.key", "--cert", w / "good.crt",
+           "--os-release", w / "os-release")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return Kit(w / "good.crt", ukis, tools)
+
+
+@dataclass(frozen=True)
+class Node:
+    root: Path
+    esp: Path
+    config: Path
+
+    def bk(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        return bk("update", "--root", self.root, "--esp", self.esp, "--config", self.config, *args)
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "var/lib/bootkeeper/update"
+
+
+@pytest.fixture
+def node(tmp_path: Path, kit: Kit) -> Node:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text(f"{OS}IMAGE_ID=kairos\nIMAGE_VERSION=1\n")
+    esp = type2_esp(tmp_path / "efi", {f"{r}+3.efi": _stand_in(r) for r in ROLES})
+    cfg = tmp_path / "bootkeeper.yaml"
+    (root / "etc/bootkeeper").mkdir()
+    shutil.copy(kit.good_crt, root / "etc/bootkeeper/release.crt")  # certificates are read under --root
+    cfg.write_text("sysext:\n  certificates: [/etc/bootkeeper/release.crt]\n")
+    return Node(root, esp, cfg)
+
+
+def _push(kit: Kit, dest: str, uki: str = "v2", *more: Path) -> str:
+    r = bk("release", "push", kit.ukis[uki], *more, "--to", dest)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _one_line(r: subprocess.CompletedProcess[str]) -> str:
+    errors = [line for line in r.stderr.splitlines() if line.startswith("bootkeeper: error: ")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    return errors[0]
+
+
+def test_check_says_what_the_source_offers_and_changes_nothing(tmp_path: Path, kit: Kit, node: Node) -> None:
+    _push(kit, f"ocifile:{tmp_path / 'layout'}:2", "v2", kit.tools_v2)
+    before = tree(node.esp)
+    r = node.bk("--check", "--source", f"ocifile:{tmp_path / 'layout'}:2", "--json")
+    assert r.returncode == 0, r.stderr
+    check = json.loads(r.stdout)["check"]
+    assert (check["version"], check["running"], check["newer"]) == ("2", "1", True)
+    sizes = {f["name"]: f["size"] for f in check["files"]}
+    assert sizes == {"node-2.efi": kit.ukis["v2"].stat().st_size, "tools-v2.sysext.raw": kit.tools_v2.stat().st_size}
+    assert check["size"] == sum(sizes.values()) and check["downloaded"] is None
+    assert tree(node.esp) == before and not node.staging.exists()
+
+
+def test_an_update_from_a_layout_installs_the_release_as_active(tmp_path: Path, kit: Kit, node: Node) -> None:
+    _push(kit, f"ocifile:{tmp_path / 'layout'}:2", "v2", kit.tools_v2)
+    old_active = (node.esp / "EFI/Linux/active+3.efi").read_bytes()
+    r = node.bk("--source", f"ocifile:{tmp_path / 'layout'}:2", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["applied"]["version"] == "2" and out["applied"]["signer"] == "CN=release good"
+    assert out["applied"]["upgrade"]["result"] == "upgraded"
+    linux = sorted(p.name for p in (node.esp / "EFI/Linux").iterdir())
+    active = next(n for n in linux if n.startswith("active+") and n.endswith(".efi"))
+    passive = next(n for n in linux if n.startswith("passive+") and n.endswith(".efi"))
+    assert (node.esp / "EFI/Linux" / active).read_bytes() == kit.ukis["v2"].read_bytes()
+    assert (node.esp / "EFI/Linux" / passive).read_bytes() == old_active
+    extra = node.esp / "EFI/Linux/active.efi.extra.d/tools-v2.sysext.raw"
+    assert extra.read_bytes() == kit.tools_v2.read_bytes()
+    hist = json.loads(bk("history", "show", "--root", node.root, "--json").stdout)
+    assert any(e.get("event") == "upgrade" for e in hist.get("events", hist.get("boots", []))) or "upgrade" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("uki", "announced", "why"),
+    [
+        ("v2-unsigned", "2", "node-2.efi: Secure Boot signature: "),
+        ("v2-other", "2", "node-2.efi: Secure Boot signature: "),
+        # the manifest says 5; the UKI's own .osrel, read once its signature verified, says 0
+        ("v0", "5", "node-0.efi: version 0 is not newer than the running 1; nothing was changed"),
+    ],
+)
+def test_a_release_that_fails_the_trust_checks_never_reaches_the_esp(
+    tmp_path: Path, kit: Kit, node: Node, uki: str, announced: str, why: str
+) -> None:
+    layout = tmp_path / "layout"
+    r = bk("release", "push", kit.ukis[uki], "--to", f"ocifile:{layout}:x", "--version", announced)
+    assert r.returncode == 0, r.stderr
+    before = tree(node.esp)
+    r = node.bk("--source", f"ocifile:{layout}:x")
+    assert r.returncode == 1, r.stderr
+    assert why in _one_line(r)
+    assert tree(node.esp) == before
+
+
+def test_a_downgrade_passes_the_version_rule_only_when_allowed(tmp_path: Path, kit: Kit, node: Node) -> None:
+    _push(kit, f"ocifile:{tmp_path / 'layout'}:0", "v0")
+    before = tree(node.esp)
+    # not newer: update does nothing
+    r = node.bk("--source", f"ocifile:{tmp_path / 'layout'}:0")
+    assert r.returncode == 0 and "nothing to do: 0 is not newer than the running 1" in r.stdout, r.stderr
+    # --allow-downgrade: past the version rule, to the upgrade's gate, which on Type #2 refuses it: the
+    # old OS (1), passive after the upgrade, would sort before the new active (0) in systemd-boot's menu
+    r = node.bk("--source", f"ocifile:{tmp_path / 'layout'}:0", "--allow-downgrade")
+    assert r.returncode == 1, r.stderr
+    line = _one_line(r)
+    assert "would boot before EFI/Linux/active+3.efi" in line and "IMAGE_VERSION=0" in line
+    assert "not newer" not in line
+    assert tree(node.esp) == before
+
+
+def test_a_blob_that_does_not_match_its_digest_stops_before_the_esp(tmp_path: Path, kit: Kit, node: Node) -> None:
+    layout = tmp_path / "layout"
+    _push(kit, f"ocifile:{layout}:2", "v2")
+    blob = next(p for p in (layout / "blobs/sha256").iterdir() if p.stat().st_size == kit.ukis["v2"].stat().st_size)
+    data = bytearray(blob.read_bytes())
+    data[4096] ^= 1
+    blob.write_bytes(bytes(data))
+    before = tree(node.esp)
+    r = node.bk("--source", f"ocifile:{layout}:2")
+    assert r.returncode == 4, r.stderr
+    assert blob.name in _one_line(r)
+    assert tree(node.esp) == before
+    assert bk("update", "--root", node.root, "--config", node.config, "--apply-downloaded").returncode == 3
+
+
+def test_download_then_apply_in_two_steps(tmp_path: Path, kit: Kit, node: Node) -> None:
+    _push(kit, f"ocifile:{tmp_path / 'layout'}:2", "v2", kit.tools_v2)
+    before = tree(node.esp)
+    r = node.bk("--download-only", "--source", f"ocifile:{tmp_path / 'layout'}:2", "--json")
+    assert r.returncode == 0, r.stderr
+    folder = Path(json.loads(r.stdout)["downloaded"]["folder"])
+    assert folder.is_relative_to(node.staging) and (folder / "node-2.efi").read_bytes() == kit.ukis["v2"].read_bytes()
+    assert tree(node.esp) == before
+    shutil.rmtree(tmp_path / "layout")  # the source is gone: apply needs only what was downloaded
+    r = node.bk("--apply-downloaded")
+    assert r.returncode == 0, r.stderr
+    assert "result: upgraded (2, signed by CN=release good)" in r.stdout
+
+
+def test_scheduled_downloads_and_applies_only_when_told(tmp_path: Path, kit: Kit, node: Node) -> None:
+    _push(kit, f"ocifile:{tmp_path / 'layout'}:stable", "v2")
+    before = tree(node.esp)
+    src = f"ocifile:{tmp_path / 'layout'}:stable"
+    r = node.bk("--scheduled", "--source", src)
+    assert r.returncode == 0, r.stderr
+    assert "downloaded: 2 into" in r.stdout and tree(node.esp) == before
+    node.config.write_text(node.config.read_text() + "update:\n  auto_apply: true\n")
+    r = node.bk("--scheduled", "--source", src)
+    assert r.returncode == 0, r.stderr
+    assert "result: upgraded" in r.stdout
+    assert "applied 2 (not rebooting: --root is not /)" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["dir", "file"])
+def test_a_folder_or_a_file_is_a_source_too(tmp_path: Path, kit: Kit, node: Node, kind: str) -> None:
+    d = tmp_path / "release"
+    d.mkdir()
+    shutil.copy(kit.ukis["v2"], d / "node-2.efi")
+    src = f"dir:{d}" if kind == "dir" else f"file:{d / 'node-2.efi'}"
+    r = node.bk("--source", src)
+    assert r.returncode == 0, r.stderr
+    assert "result: upgraded (2, signed by CN=release good)" in r.stdout
+
+
+def test_update_without_a_source_is_a_usage_error(node: Node) -> None:
+    r = node.bk("--check")
+    assert r.returncode == 2
+    assert "no release source: give --source, or set update.source" in _one_line(r)
+
+
+def test_a_release_skopeo_copied_updates_the_node(tmp_path: Path, kit: Kit, node: Node) -> None:
+    """Interoperability: pushed by bootkeeper, copied by the real skopeo, applied from the copy."""
+    _push(kit, f"ocifile:{tmp_path / 'ours'}:2", "v2", kit.tools_v2)
+    p = subprocess.run(
+        ["skopeo", "copy", f"oci:{tmp_path / 'ours'}:2", f"oci:{tmp_path / 'theirs'}:2"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    r = node.bk("--source", f"ocifile:{tmp_path / 'theirs'}:2")
+    assert r.returncode == 0, r.stderr
+    assert "result: upgraded (2, signed by CN=release good)" in r.stdout
