@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import struct
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -20,7 +20,6 @@ that a source that hangs ends as a recorded failure before systemd's ``TimeoutSt
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from bootkeeper.config import Config
     from bootkeeper.node.media import Host
     from bootkeeper.update.origin import Progress
+    from bootkeeper.update.source import Source
 
 Say = Callable[[str], None]
 REPAIR_ROLES = ("recovery", "statereset")
@@ -85,14 +85,6 @@ class RepairOutcome:
             "tried": list(self.tried),
             "applied": self.applied,
         }
-
-
-def _update() -> Any:
-    """node/update.py (fetch, apply_staged, source_for, ApplyOptions), imported when a repair runs. By
-    name: it joins the update wing and the transaction, and is merged beside this module."""
-    import importlib
-
-    return importlib.import_module("bootkeeper.node.update")
 
 
 def booted_role(root: Path) -> tuple[str | None, str]:
@@ -176,7 +168,8 @@ class _Attempt:
     error: BootkeeperError | None = None
 
     def run(self, given: str | None) -> None:
-        update = _update()
+        from bootkeeper.node import update
+
         try:
             staged = self.fetch(given)
             self.version = staged.version
@@ -192,7 +185,8 @@ class _Attempt:
 
     def fetch(self, given: str | None) -> Any:
         """The release staged from ``given`` (only it), else the configured source, else the first medium."""
-        update = _update()
+        from bootkeeper.node import update
+
         budget = _seconds(self.cfg.update.repair_timeout)
         with _bounded(budget * FETCH_SHARE if budget else None, self.cfg.update.repair_timeout):
             src = update.source_for(self.cfg, given)
@@ -208,10 +202,12 @@ class _Attempt:
                     self.say(f"bootkeeper: {src}: {exc}; looking for a removable medium")
             return self._from_media()
 
-    def _fetch_from(self, src: object) -> Any:
+    def _fetch_from(self, src: Source) -> Any:
         self.source = str(src)
         self.say(f"bootkeeper: fetching the release from {src}")
-        return _update().fetch(self.cfg, self.root, src, self.say, self.opts.progress)
+        from bootkeeper.node import update
+
+        return update.fetch(self.cfg, self.root, src, self.say, self.opts.progress)
 
     def _from_media(self) -> Any:
         from bootkeeper.node import media
@@ -235,26 +231,12 @@ class _Attempt:
                 raise
 
 
-# systemd's time span units (systemd.time(7)), in seconds: update.repair_timeout's grammar is config.py's
-_UNITS = {
-    **dict.fromkeys(("usec", "us"), 1e-6),
-    **dict.fromkeys(("msec", "ms"), 1e-3),
-    **dict.fromkeys(("seconds", "second", "sec", "s", ""), 1.0),
-    **dict.fromkeys(("minutes", "minute", "min", "m"), 60.0),
-    **dict.fromkeys(("hours", "hour", "hr", "h"), 3600.0),
-    **dict.fromkeys(("days", "day", "d"), 86400.0),
-    **dict.fromkeys(("weeks", "week", "w"), 604800.0),
-    **dict.fromkeys(("months", "month", "M"), 2629800.0),
-    **dict.fromkeys(("years", "year", "y"), 31557600.0),
-}
-_SPAN = re.compile(r"([0-9]+(?:\.[0-9]+)?) *([A-Za-z]*) *")
-
-
 def _seconds(span: str) -> float | None:
     """A time span config.py accepted, in seconds; None for ``infinity`` (no bound)."""
-    if span == "infinity":
-        return None
-    return sum(float(n) * _UNITS.get(u, 1.0) for n, u in _SPAN.findall(span))
+    from bootkeeper.config import seconds
+
+    value = seconds(span)
+    return None if value == float("inf") else value
 
 
 @contextlib.contextmanager
