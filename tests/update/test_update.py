@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import registry
 import trixie
 from bootkeeper.esp import scratch
 from helpers import bk, tree, type2_esp
@@ -271,3 +272,63 @@ def test_a_release_skopeo_copied_updates_the_node(tmp_path: Path, kit: Kit, node
     r = node.bk("--source", f"ocifile:{tmp_path / 'theirs'}:2")
     assert r.returncode == 0, r.stderr
     assert "result: upgraded (2, signed by CN=release good)" in r.stdout
+
+
+# -- from a registry: Debian's docker-registry on 127.0.0.1, and skopeo both ways ------------------------
+
+
+def test_an_update_from_a_registry_pushed_by_release_push(tmp_path: Path, kit: Kit, node: Node) -> None:
+    with registry.serve(tmp_path / "registry") as reg:
+        out = _push(kit, f"oci:{reg.host}/bk/node:2", "v2", kit.tools_v2)
+        assert f"at oci:{reg.host}/bk/node:2" in out
+        r = bk("release", "push", kit.ukis["v2"], kit.tools_v2, "--to", f"oci:{reg.host}/bk/node:2", "--tag", "stable")
+        assert r.returncode == 0, r.stderr
+        # the channel names the tag: update.source without one
+        node.config.write_text(node.config.read_text() + f"update:\n  source: oci:{reg.host}/bk/node\n")
+        r = node.bk("--json")
+        assert r.returncode == 0, r.stderr
+        out_j = json.loads(r.stdout)
+        assert out_j["check"]["source"] == f"oci:{reg.host}/bk/node:stable"
+        assert out_j["applied"]["upgrade"]["result"] == "upgraded"
+    extra = node.esp / "EFI/Linux/active.efi.extra.d/tools-v2.sysext.raw"
+    assert extra.read_bytes() == kit.tools_v2.read_bytes()
+
+
+def test_a_registry_blob_tampered_at_rest_never_reaches_the_esp(tmp_path: Path, kit: Kit, node: Node) -> None:
+    with registry.serve(tmp_path / "registry") as reg:
+        _push(kit, f"oci:{reg.host}/bk/node:2", "v2")
+        r = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reg.host}/bk/node:2"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        uki_digest = next(x["digest"] for x in json.loads(r.stdout)["layers"] if x["mediaType"].endswith("uki.v1"))
+        data = reg.blob_data(uki_digest)
+        raw = bytearray(data.read_bytes())
+        raw[100] ^= 0xFF
+        data.write_bytes(bytes(raw))
+        before = tree(node.esp)
+        r = node.bk("--source", f"oci:{reg.host}/bk/node:2")
+    assert r.returncode == 4, r.stderr
+    assert uki_digest in _one_line(r)
+    assert tree(node.esp) == before
+
+
+def test_skopeo_copies_both_ways_and_the_node_updates_from_either_copy(tmp_path: Path, kit: Kit, node: Node) -> None:
+    """Pushed by bootkeeper to a registry, copied by skopeo into a layout: the node updates from the
+    layout. And the reverse: pushed by bootkeeper into a layout, copied by skopeo into the registry:
+    the node updates from the registry (--preserve-digests: skopeo would otherwise recompress)."""
+    with registry.serve(tmp_path / "registry") as reg:
+        _push(kit, f"oci:{reg.host}/bk/node:2", "v2", kit.tools_v2)
+        copy = ["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"]
+        p = subprocess.run([*copy, f"docker://{reg.host}/bk/node:2", f"oci:{tmp_path / 'copy'}:2"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        _push(kit, f"ocifile:{tmp_path / 'ours'}:3", "v3")
+        p = subprocess.run([*copy, f"oci:{tmp_path / 'ours'}:3", f"docker://{reg.host}/bk/other:3"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        r = node.bk("--source", f"ocifile:{tmp_path / 'copy'}:2")
+        assert r.returncode == 0, r.stderr
+        assert "result: upgraded (2, signed by CN=release good)" in r.stdout
+        r = node.bk("--source", f"oci:{reg.host}/bk/other:3")
+        assert r.returncode == 0, r.stderr
+        assert "result: upgraded (3, signed by CN=release good)" in r.stdout
