@@ -277,6 +277,7 @@ class UpgradePlan:
     common: tuple[Extension, ...] = ()  # persistent store: common/, loaded by the new OS too (gated, not moved)
     left_behind: tuple[str, ...] = ()  # the old set's extensions the sysext.entries rules do not carry
     store_need_bytes: int = 0  # persistent store: the new images
+    replaced: RoleSet | None = None  # A/B: a bad (or, rebuilding, an unblessed) active the new set replaces
 
 
 def sha256(path: Path) -> str:
@@ -306,12 +307,21 @@ def carried(
     *,
     links: LinkStore | None = None,
     carry: Callable[[str], bool] | None = None,
+    key: Callable[[str, Path], str] | None = None,
 ) -> tuple[list[Extension], list[str]]:
     """The new set's extensions: the old set's (its ``.extra.d`` and, with the persistent store, its links),
     each replaced by an ``added`` one of the same extension name (``stem``: the sysext naming rule, owned by
     sysext/deploy.py) and kept only where ``carry`` (the ``sysext.entries`` rules) allows, plus the others
-    added (into the store, when there is one). Also the names the rules left behind."""
-    new_stems = {stem(n) for n, _ in added}
+    added (into the store, when there is one). Also the names the rules left behind.
+
+    ``key``: which extension an image is a build of (node/upgrade.py: its ``SYSEXT_ID``, else its name
+    without the version, docs/upgrades.md "Versioned extensions"); an old image whose key or file name
+    an added one has is replaced by it, so the new set never holds two builds of one extension."""
+
+    def key_of(n: str, path: Path) -> str:
+        return key(n, path) if key is not None else stem(n)
+
+    new_stems = {key_of(n, p) for n, p in added} | {n for n, _ in added}
     out: list[Extension] = []
     left: list[str] = []
     candidates: list[tuple[str, Path, str | None]] = []
@@ -320,7 +330,7 @@ def carried(
         if links is not None:
             candidates += [(n, links.root / image, image) for n, image in old.links]
     for n, path, image in candidates:
-        if stem(n) in new_stems:
+        if n in new_stems or key_of(n, path) in new_stems:
             continue
         if carry is not None and not carry(n):
             left.append(n)
@@ -492,11 +502,18 @@ def plan(
     recovery: bool = False,
     links: LinkStore | None = None,
     carry: Callable[[str], bool] | None = None,
+    key: Callable[[str, Path], str] | None = None,
+    role: Role | None = None,
+    rebuild: bool = False,
 ) -> UpgradePlan:
     """What the upgrade will do on this ESP (and in the persistent extension store ``links``), as ops in
-    the order of the module's text (no write)."""
-    d = _draft(store, snap, cfg, new_uki, Role.RECOVERY if recovery else Role.ACTIVE, links)
-    _carry_extensions(d, added, stem, carry)
+    the order of the module's text (no write). ``role``: the set replaced (default active; recovery with
+    ``recovery``; passive only for a rebuild's second half). ``rebuild``: an active that was never blessed
+    is replaced like a bad one, and an ESP with neither active nor passive gets a new active (see the
+    module's text, "Rebuild")."""
+    role = role if role is not None else Role.RECOVERY if recovery else Role.ACTIVE
+    d = _draft(store, snap, cfg, new_uki, role, links, rebuild)
+    _carry_extensions(d, added, stem, carry, key)
     _name_new_set(d)
     if _already_done(d):
         return d.plan
@@ -504,6 +521,7 @@ def plan(
     _remove_leftovers(d)  # step 0
     _stage_new_set(d)  # what step 2 will write, and the space it needs
     if d.role is Role.ACTIVE:
+        _remove_replaced(d)  # a bad active goes, passive stays (module's text, "A bad active")
         _swap_active_to_passive(d)  # steps 1 to 5
     else:
         _replace_recovery(d)
@@ -513,34 +531,87 @@ def plan(
 
 
 def _draft(
-    store: EspStore, snap: Snapshot, cfg: BootAssessment, new_uki: Path, role: Role, links: LinkStore | None
+    store: EspStore,
+    snap: Snapshot,
+    cfg: BootAssessment,
+    new_uki: Path,
+    role: Role,
+    links: LinkStore | None,
+    rebuild: bool = False,
 ) -> _Draft:
     """The sets as found: what the new set replaces (old active or recovery), the old passive that goes,
-    or (a re-run after step 4) the passive that is the old active moved already."""
+    or (a re-run after step 4) the passive that is the old active moved already. A bad active (a rebuild:
+    any active not blessed) is ``replaced``: it goes, and the passive stays as it is."""
     found = find_sets(store, snap, links)
     loaders = chain.boot_loaders(store, snap)
     old = found.sets.get(role)
     gone = found.sets.get(Role.PASSIVE) if role is Role.ACTIVE else None
     kept: RoleSet | None = None
+    replaced: RoleSet | None = None
+    if role is Role.ACTIVE and old is not None and _replaceable(store, old, new_uki, rebuild):
+        replaced, old = old, None
     if role is Role.ACTIVE and old is None:
-        if gone is None:
+        staged = store.path(_stage_uki(_folder_of(found), Role.ACTIVE)).is_file()
+        if gone is None and replaced is None and not rebuild and not staged:
             raise NotApplicableError(
                 f"{store.root}: no active UKI entry in {TYPE1_DIR}/ or {TYPE2_DIR}/; upgrade replaces a running OS"
             )
-        kept, gone = gone, None  # a re-run after step 4: passive is the old active, moved
-    if role is Role.ACTIVE and old is not None and old.entry.state is entries_mod.EntryState.BAD:
-        raise NotApplicableError(
-            f"{old.entry.path}: the active entry is bad (the node falls back to passive); upgrading would make "
-            "an OS that never booted well the fallback",
-            hint="bless the running entry, or remove the bad one, then upgrade",
-        )
+        kept, gone = gone, None  # a re-run after step 4, or a bad active replaced: passive stays
+    p = UpgradePlan(found.layout, role, new_uki, old, gone, kept, (), replaced=replaced)
+    return _Draft(store, links, cfg, found, loaders, _folder_of(found, old or kept or replaced), p)
+
+
+def _replaceable(store: EspStore, active: RoleSet, new_uki: Path, rebuild: bool) -> bool:
+    """A bad active (no tries left) is replaced, never moved to passive: it never booted well. A rebuild
+    also replaces an active that is not blessed (a counter: it is being tried, or failed), unless it is
+    the new UKI already (a re-run after the rebuild: nothing to do)."""
+    state = active.entry.state
+    if state is entries_mod.EntryState.BAD:
+        return True
+    return rebuild and state is not entries_mod.EntryState.GOOD and not same_bytes(store.path(active.uki), new_uki)
+
+
+def fit_to_stay(s: RoleSet) -> bool:
+    """Whether a rebuild keeps a passive set: blessed (no counter: systemd-bless-boot dropped it) or
+    never failed (a counter with no try done, as an upgrade leaves the old active it moved). A set with
+    a failed try, or none left, is rebuilt from the new set (docs/upgrades.md, "Rebuild")."""
+    name = s.entry.name
+    return not name.counted or (not name.tries_done and (name.tries_left or 0) > 0)
+
+
+def rearm(store: EspStore, cfg: BootAssessment) -> list[str]:
+    """Fresh counters for every role entry (a rebuild's last step): active and passive
+    ``boot_assessment.tries``, recovery and statereset ``recovery_tries``. Each is one rename in its own
+    folder (a crash between two leaves every entry bootable; a re-run renames the rest). Returns the
+    renames as lines."""
+    from bootkeeper.assess import handback
+
+    renames = handback.rearm_plan(store, cfg)
+    for directory, suffix in ((TYPE1_DIR, ".conf"), (TYPE2_DIR, ".efi")):
+        for name in store.list_dir(directory):
+            cn = counter_mod.parse(name, suffix)
+            if Role.from_stem(cn.stem) is not Role.STATERESET or fsutil.is_temporary(name):
+                continue
+            if cn.prefix is not None and cn.tail is not None:
+                new = counter_mod.format_name(cn.prefix, cn.tail, cfg.recovery_tries)
+            else:
+                new = counter_mod.format_name(cn.stem, name[len(cn.stem) :], cfg.recovery_tries)
+            if new != name and new not in store.list_dir(directory):
+                renames.append((directory, name, new))
+    if not renames:
+        return []
+    with store.transaction():
+        for directory, name, new in renames:
+            store.rename(f"{directory}/{name}", f"{directory}/{new}")
+    return [f"rename {d}/{n} -> {d}/{m} (fresh tries)" for d, n, m in renames]
+
+
+def _folder_of(found: Found, base: RoleSet | None = None) -> str:
+    """Where the role UKIs live (Type #1: beside the set's, else beside any role's UKI)."""
     if found.layout is EntryKind.TYPE2:
-        folder = TYPE2_DIR
-    else:
-        base = old or kept or next(iter(found.sets.values()), None)
-        folder = base.folder if base is not None else "EFI/Linux"
-    p = UpgradePlan(found.layout, role, new_uki, old, gone, kept, ())
-    return _Draft(store, links, cfg, found, loaders, folder, p)
+        return TYPE2_DIR
+    base = base or found.sets.get(Role.ACTIVE) or found.sets.get(Role.PASSIVE) or next(iter(found.sets.values()), None)
+    return base.folder if base is not None else "EFI/Linux"
 
 
 def _staged_recovery(d: _Draft) -> StagedRecovery | None:
@@ -556,15 +627,20 @@ def _staged_recovery(d: _Draft) -> StagedRecovery | None:
 
 
 def _carry_extensions(
-    d: _Draft, added: list[tuple[str, Path]], stem: Callable[[str], str], carry: Callable[[str], bool] | None
+    d: _Draft,
+    added: list[tuple[str, Path]],
+    stem: Callable[[str], str],
+    carry: Callable[[str], bool] | None,
+    key: Callable[[str, Path], str] | None,
 ) -> None:
-    """The new set's extensions (:func:`carried`), and the store's ``common/`` the gate judges too."""
+    """The new set's extensions (:func:`carried`), and the store's ``common/`` the gate judges too. A
+    replaced bad active's are not carried: the new set carries the running passive's."""
     p, links = d.plan, d.links
     source: RoleSet | StagedRecovery | None = p.old if p.old is not None else p.kept_passive
-    if d.role is Role.RECOVERY and p.old is None:
+    if d.role is not Role.ACTIVE and p.old is None:
         d.staged = _staged_recovery(d)
         source = d.staged if d.staged is not None else source
-    exts, left = carried(d.store, source, added, stem, links=links, carry=carry)
+    exts, left = carried(d.store, source, added, stem, links=links, carry=carry, key=key)
     p.extensions, p.left_behind = tuple(exts), tuple(left)
     if links is not None:
         p.common = tuple(
@@ -589,8 +665,8 @@ def _already_done(d: _Draft) -> bool:
     """The new UKI is the role's already: nothing to do but tidy what a crash after the commit left in
     the store (staging folders, images no folder links to)."""
     p, links = d.plan, d.links
-    if p.old is None or not same_bytes(d.store.path(p.old.uki), p.new_uki):
-        return False
+    if d.role is Role.PASSIVE or p.old is None or not same_bytes(d.store.path(p.old.uki), p.new_uki):
+        return False  # passive: the rebuild decides from its state whether to replace it
     p.done = True
     if links is not None:
         for r in Role:
@@ -640,6 +716,8 @@ def _stage_new_set(d: _Draft) -> None:
     if d.layout is EntryKind.TYPE1:
         stage_entry = _stage_entry(role)
         template_set = p.old if p.old is not None else p.kept_passive
+        if role is Role.PASSIVE:  # a rebuild's passive: the active's entry, there all along
+            template_set = d.found.sets.get(Role.ACTIVE)
         template = d.store.read_text(template_set.entry.path) if template_set is not None else None
         if template is None and d.store.path(stage_entry).is_file():
             template = d.store.read_text(stage_entry)
@@ -650,6 +728,22 @@ def _stage_new_set(d: _Draft) -> None:
         d.uki_ops.append(Op(OpKind.WRITE, stage_entry, text=t, why=why))
     p.need_bytes = sum(_bytes_or_zero(x.source) for x in p.extensions if x.image is None)
     p.need_bytes += _bytes_or_zero(p.new_uki)
+
+
+def _remove_replaced(d: _Draft) -> None:
+    """A bad active goes, entry first (the model boots passive, the fallback, meanwhile); a re-run after
+    it plans as after step 4 (no active, the passive in place) and gives the same tree. Its folder and
+    links go with the resumed steps (``_swap_active_to_passive``)."""
+    bad, store = d.plan.replaced, d.store
+    if bad is None:
+        return
+    d.add([Op(OpKind.UNLINK, bad.entry.path, why="the bad active goes (no tries left: it never booted well)")])
+    d.plan.freed_bytes += _bytes_or_zero(store.path(bad.entry.path))
+    if d.layout is EntryKind.TYPE1 and bad.uki not in {s.uki for s in d.found.sets.values() if s is not bad}:
+        d.add([Op(OpKind.UNLINK, bad.uki, why="the bad active's UKI")])
+        d.plan.freed_bytes += _bytes_or_zero(store.path(bad.uki))
+    if bad.extra_dir != extra_dir(d.plan.new_uki_rel):
+        d.add(_remove_dir(store, bad.extra_dir, "the bad active's extensions"))
 
 
 @dataclass(frozen=True)
@@ -769,24 +863,25 @@ def _active_becomes_passive(d: _Draft, pas: _PassiveNames, old: RoleSet) -> None
 
 
 def _replace_recovery(d: _Draft) -> None:
-    """``--recovery``: stage first (carried copies come out of the old folder), then the old set goes."""
+    """``--recovery`` (and a rebuild's passive): stage first (carried copies come out of the old folder),
+    then the old set goes."""
     if d.staged is not None:
         _restage_recovery(d, d.staged)
     else:
         d.add(d.store_ops)
-        d.add(_stage(d.store, d.stage_new, d.new_files(), "the new recovery's extensions"))
+        d.add(_stage(d.store, d.stage_new, d.new_files(), f"the new {d.role.value}'s extensions"))
     d.add(d.uki_ops)
     old, store = d.plan.old, d.store
     new_dir = extra_dir(d.plan.new_uki_rel)
     if old is not None:
-        d.add([Op(OpKind.UNLINK, old.entry.path, why="the old recovery goes")])
+        d.add([Op(OpKind.UNLINK, old.entry.path, why=f"the old {d.role.value} goes")])
         if d.layout is EntryKind.TYPE1 and old.uki not in {s.uki for s in d.found.sets.values() if s is not old}:
-            d.add([Op(OpKind.UNLINK, old.uki, why="the old recovery's UKI")])
-        d.add(_remove_dir(store, old.extra_dir, "the old recovery's extensions"))
+            d.add([Op(OpKind.UNLINK, old.uki, why=f"the old {d.role.value}'s UKI")])
+        d.add(_remove_dir(store, old.extra_dir, f"the old {d.role.value}'s extensions"))
     if old is None or old.extra_dir != new_dir:
-        d.add(_remove_dir(store, new_dir, "no recovery loads it"))
+        d.add(_remove_dir(store, new_dir, f"no {d.role.value} loads it"))
     if d.links is not None:
-        d.add(_store_remove(d.links, Role.RECOVERY.value, "no recovery entry: unread"))
+        d.add(_store_remove(d.links, d.role.value, f"no {d.role.value} entry: unread"))
 
 
 def _restage_recovery(d: _Draft, staged: StagedRecovery) -> None:
@@ -802,11 +897,11 @@ def _restage_recovery(d: _Draft, staged: StagedRecovery) -> None:
     )
     to_copy = [(n, src) for n, src in new_files if Path(src) != store.path(f"{stage_new}/{n}")]
     if to_copy and not store.path(stage_new).is_dir():
-        d.add([Op(OpKind.MKDIR, stage_new, why="the new recovery's extensions")])
+        d.add([Op(OpKind.MKDIR, stage_new, why=f"the new {d.role.value}'s extensions")])
     if not new_files and store.path(stage_new).is_dir():
         d.add(_remove_dir(store, stage_new, "empty: nothing is carried"))
     d.add(d.store_ops)
-    d.add(Op(OpKind.COPY, f"{stage_new}/{n}", src, why="the new recovery's extensions") for n, src in to_copy)
+    d.add(Op(OpKind.COPY, f"{stage_new}/{n}", src, why=f"the new {d.role.value}'s extensions") for n, src in to_copy)
 
 
 def _commit_new_set(d: _Draft) -> None:
@@ -904,6 +999,8 @@ def _type2_after(
     """The Type #2 entries the transaction leaves (the new UKI and the old active under its passive
     name included), and each one's ``.osrel`` fields by file name."""
     moved = {p.old.entry.path} if p.old is not None else set()
+    if p.replaced is not None:
+        moved.add(p.replaced.entry.path)
     if p.gone is not None:
         moved.add(p.gone.entry.path)
     after: list[Entry] = [e for e in snap.entries if e.path not in moved and e.kind is EntryKind.TYPE2]
