@@ -579,6 +579,35 @@ def fit_to_stay(s: RoleSet) -> bool:
     return not name.counted or (not name.tries_done and (name.tries_left or 0) > 0)
 
 
+def finish_rebuild(
+    store: EspStore,
+    cfg: BootAssessment,
+    *,
+    links: LinkStore | None = None,
+    sdboot_version: SdBoot | int | str | None = None,
+) -> list[str]:
+    """A rebuild's second half, on the ESP its first (the active, :func:`plan` with ``rebuild``) left; a
+    re-run decides again from what it finds: the passive from the active's set unless it is
+    :func:`fit_to_stay`, then fresh counters for every role (:func:`rearm`). Returns the steps as lines."""
+    found = find_sets(store, store.snapshot(sdboot_version), links)
+    active, passive = found.sets.get(Role.ACTIVE), found.sets.get(Role.PASSIVE)
+    lines: list[str] = []
+    if active is not None and (passive is None or not fit_to_stay(passive)):
+        src = store.path(active.uki)
+        added = [(n, store.path(f"{active.extra_dir}/{n}")) for n in active.extensions]
+        added += [(n, links.root / image) for n, image in active.links] if links is not None else []
+
+        def make(snap: Snapshot) -> UpgradePlan:
+            return plan(
+                store, snap, cfg, src, added, lambda n: n, links=links, carry=lambda _: False, role=Role.PASSIVE
+            )
+
+        p = make(store.snapshot(sdboot_version))
+        apply(store, make, p, sdboot_version=sdboot_version, links=links)
+        lines += [op.line() for op in p.ops]
+    return lines + rearm(store, cfg)
+
+
 def rearm(store: EspStore, cfg: BootAssessment) -> list[str]:
     """Fresh counters for every role entry (a rebuild's last step): active and passive
     ``boot_assessment.tries``, recovery and statereset ``recovery_tries``. Each is one rename in its own

@@ -321,31 +321,11 @@ class _Transaction:
         )
 
     def rebuild_rest(self) -> tuple[str, ...]:
-        """A rebuild's second half, on the ESP the first left (a re-run decides again from what it finds):
-        passive from the new set unless it is fit to stay, then fresh counters for every role."""
+        """A rebuild's second half, on the ESP the first left (assess/upgrade.py, "Rebuild")."""
         from bootkeeper.assess import upgrade as up
-        from bootkeeper.esp.entries import Role
-        from bootkeeper.sysext import deploy
 
-        store, links, cfg = self.store, self.links, self.cfg.boot_assessment
-        found = up.find_sets(store, store.snapshot(self.opts.sdboot_version), links)
-        active, passive = found.sets.get(Role.ACTIVE), found.sets.get(Role.PASSIVE)
-        lines: list[str] = []
-        if active is not None and (passive is None or not up.fit_to_stay(passive)):
-            src = store.path(active.uki)
-            added = [(n, store.path(f"{active.extra_dir}/{n}")) for n in active.extensions]
-            added += [(n, links.root / image) for n, image in active.links] if links is not None else []
-
-            def make(snap: Snapshot) -> UpgradePlan:
-                return up.plan(
-                    store, snap, cfg, src, added, deploy.image_stem, links=links, carry=lambda _: False,
-                    role=Role.PASSIVE,
-                )  # fmt: skip
-
-            p2 = make(store.snapshot(self.opts.sdboot_version))
-            up.apply(store, make, p2, sdboot_version=self.opts.sdboot_version, links=links)
-            lines += [self.copies.line(op) for op in p2.ops]
-        lines += up.rearm(store, cfg)
+        lines = up.finish_rebuild(self.store, self.cfg.boot_assessment, links=self.links,
+                                  sdboot_version=self.opts.sdboot_version)  # fmt: skip
         return tuple(lines)
 
     def judge(self, plan: UpgradePlan, snap: Snapshot, uki: UkiCheck, tpm: list[GateResult]) -> Gate:
