@@ -375,6 +375,9 @@ def _store_images(
         if x.carried or x.image is None:
             out.append(x)
             continue
+        if x.source.parent == links.root and x.source.name in links.images():  # the store's own (a rebuild's
+            out.append(Extension(x.name, x.source, False, x.source.name))  # passive): linked, never copied
+            continue
         image, copy = links.image_for(x.name, fsutil.sha256_file(x.source))
         out.append(Extension(x.name, x.source, False, image))
         if copy:
@@ -592,7 +595,9 @@ def finish_rebuild(
     found = find_sets(store, store.snapshot(sdboot_version), links)
     active, passive = found.sets.get(Role.ACTIVE), found.sets.get(Role.PASSIVE)
     lines: list[str] = []
-    if active is not None and (passive is None or not fit_to_stay(passive)):
+    if found.layout is EntryKind.TYPE2 and (passive is None or not fit_to_stay(passive)):
+        lines += _drop_passive(store, passive, links)  # a copy of the new UKI would sort before it
+    elif active is not None and (passive is None or not fit_to_stay(passive)):
         src = store.path(active.uki)
         added = [(n, store.path(f"{active.extra_dir}/{n}")) for n in active.extensions]
         added += [(n, links.root / image) for n, image in active.links] if links is not None else []
@@ -606,6 +611,28 @@ def finish_rebuild(
         apply(store, make, p, sdboot_version=sdboot_version, links=links)
         lines += [op.line() for op in p.ops]
     return lines + rearm(store, cfg)
+
+
+def _drop_passive(store: EspStore, passive: RoleSet | None, links: LinkStore | None) -> list[str]:
+    """Type #2: the passive that is not fit to stay goes, entry first (then its folder and links are
+    unread), and the store's images no folder links to any more. Not rebuilt from the new set: two UKIs
+    with one ``.osrel`` are ordered by their ids, descending, so ``passive+3.efi`` would boot before
+    ``active+3.efi`` (docs/design.md, "Menu order"); recovery is the fallback until the next upgrade."""
+    ops: list[Op] = []
+    if passive is not None:
+        ops.append(Op(OpKind.UNLINK, passive.entry.path, why="the passive is bad and a copy would boot first"))
+    ops += _remove_dir(store, f"{TYPE2_DIR}/passive.efi.extra.d", "no passive loads it")
+    if links is not None:
+        ops += _store_remove(links, Role.PASSIVE.value, "no passive entry: unread")
+        used = {i for i, fs in links.linked().items() if any(f != Role.PASSIVE.value for f in fs)}
+        why = "no folder links to it any more"
+        ops += [Op(OpKind.UNLINK, n, why=why, store=str(links.root)) for n in links.images() if n not in used]
+    if not ops:
+        return []
+    with store.transaction(), links.transaction() if links is not None else contextlib.nullcontext():
+        for op in ops:
+            _run(links if op.store and links is not None else store, op, {})
+    return [op.line() for op in ops]
 
 
 def rearm(store: EspStore, cfg: BootAssessment) -> list[str]:
@@ -1027,7 +1054,7 @@ def _type2_after(
 ) -> tuple[list[Entry], dict[str, dict[str, str]]]:
     """The Type #2 entries the transaction leaves (the new UKI and the old active under its passive
     name included), and each one's ``.osrel`` fields by file name."""
-    moved = {p.old.entry.path} if p.old is not None else set()
+    moved = {p.old.entry.path} if p.old is not None and not p.done else set()
     if p.replaced is not None:
         moved.add(p.replaced.entry.path)
     if p.gone is not None:
@@ -1035,9 +1062,10 @@ def _type2_after(
     after: list[Entry] = [e for e in snap.entries if e.path not in moved and e.kind is EntryKind.TYPE2]
     osrels: dict[str, dict[str, str]] = {}
     new_name = p.new_uki_rel.rpartition("/")[2]
-    after.append(entries_mod.parse_type2(new_name, new_osrel))
-    osrels[new_name] = entries_mod.parse_osrel(new_osrel.decode("utf-8", "replace"))
-    if p.old is not None and p.role is Role.ACTIVE:
+    if not p.done:  # done: the new UKI is the active entry already, nothing moves
+        after.append(entries_mod.parse_type2(new_name, new_osrel))
+        osrels[new_name] = entries_mod.parse_osrel(new_osrel.decode("utf-8", "replace"))
+    if p.old is not None and p.role is Role.ACTIVE and not p.done:
         raw = pe.read_osrel(store.path(p.old.entry.path))
         pas = counter_mod.format_name("passive", ".efi", p.old.entry.name.tries_left)
         name = next((op.path.rpartition("/")[2] for op in p.ops if op.src == p.old.entry.path), pas)
