@@ -69,10 +69,18 @@ def entry_names(layout: str, active: str | None, passive: str | None) -> dict[st
 
 
 def make_node(
-    root: Path, imgs: Images, layout: str, store: str, *, active: str | None = "+0-3", passive: str | None = ""
+    root: Path,
+    imgs: Images,
+    layout: str,
+    store: str,
+    *,
+    active: str | None = "+0-3",
+    passive: str | None = "",
+    sets: dict[str, list[Path]] | None = None,
 ) -> Path:
     """A node after a fallback: active v2 (``active``: its counter; bad by default) loads tools v2 and
-    badonly; passive v1 (blessed by default) loads tools v1 and common; recovery and statereset."""
+    badonly; passive v1 (blessed by default) loads tools v1 and common (``sets``: other images, each
+    under its file name); recovery and statereset."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
     esp = root / "efi"
@@ -98,7 +106,8 @@ def make_node(
             name = names[role]
             if name is not None:
                 (folder / name).write_bytes(d)
-    sets = {"active": [imgs.tools_v2, imgs.bad_only], "passive": [imgs.tools_v1, imgs.common]}
+    if sets is None:
+        sets = {"active": [imgs.tools_v2, imgs.bad_only], "passive": [imgs.tools_v1, imgs.common]}
     for role, images in sets.items():
         if names[role] is None:
             continue
