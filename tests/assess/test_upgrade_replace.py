@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,12 +119,12 @@ def make_node(
             else:
                 link(root / "store", role, img)
     (root / "c.pem").write_bytes(CERT.public_bytes(Encoding.PEM))
-    conf = "sysext:\n  certificates: [/c.pem]\n  firmware: []\n  verity_dirs: []\n"
+    text = "sysext:\n  certificates: [/c.pem]\n  firmware: []\n  verity_dirs: []\n"
     if store == "persistent":
-        conf += "  store: persistent\n  store_dir: /store\n"
+        text += "  store: persistent\n  store_dir: /store\n"
         (root / "store").mkdir(exist_ok=True)
-    conf += f"boot_assessment:\n  tries: {CFG.tries}\n  recovery_tries: {CFG.recovery_tries}\n"
-    (root / "c.yaml").write_text(conf)
+    text += f"boot_assessment:\n  tries: {CFG.tries}\n  recovery_tries: {CFG.recovery_tries}\n"
+    (root / "c.yaml").write_text(text)
     return root
 
 
@@ -159,7 +160,8 @@ def new_uki(root: Path) -> Path:
 def loads(root: Path, rel: str, store: str) -> dict[str, bytes]:
     """What the UKI at ``rel`` loads: its ``.extra.d`` (ESP), or its role's folder of links (store)."""
     if store == "esp":
-        return extra_sets(root / "efi", rel.rpartition("/")[0]).get(extra_dir(rel).rpartition("/")[2], {})
+        sets: dict[str, dict[str, bytes]] = extra_sets(root / "efi", rel.rpartition("/")[0])
+        return sets.get(extra_dir(rel).rpartition("/")[2], {})
     role = rel.rpartition("/")[2].split("+")[0].split(".")[0]
     ls = LinkStore(root / "store")
     out = {}
@@ -178,7 +180,7 @@ def booted(root: Path, store: str, version: int) -> tuple[bytes, dict[str, bytes
     return (root / "efi" / rel).read_bytes(), loads(root, rel, store)
 
 
-def whole(root: Path) -> dict[str, object]:
+def whole(root: Path) -> dict[str, Any]:
     """ESP files, and the store's links (each with the bytes of the image it names) and images. Not the
     image names: a new build gets a name with a digest when another image of its name is linked at plan
     time, and a re-run after the bad active's links went finds that name free (LinkStore.image_for)."""
@@ -283,14 +285,14 @@ def test_upgrade_after_a_fallback_replaces_the_bad_active_and_keeps_passive(
     esp_after = after["esp"]
     assert isinstance(esp_after, dict)
     # passive: the same entry file, UKI and extensions
-    assert esp_after[pas_entry] == before["esp"][pas_entry]  # type: ignore[index]
+    assert esp_after[pas_entry] == before["esp"][pas_entry]
     assert esp_after[pas_uki] == GOOD_V1
     assert loads(root, pas_uki, store) == {
         "tools.raw": imgs.tools_v1.read_bytes(),
         "common.raw": imgs.common.read_bytes(),
     }
     # the bad set is gone, with its extensions (badonly.raw is in no set any more)
-    values = list(esp_after.values()) + list(after["images"])  # type: ignore[arg-type]
+    values = list(esp_after.values()) + list(after["images"])
     assert BAD_V2 not in values and imgs.bad_only.read_bytes() not in values
     assert imgs.tools_v2.read_bytes() not in values
     # the new active: its extension, plus what the running passive carries

@@ -73,7 +73,7 @@ def with_sysext_id(out: Path, sysext_id: str, version: dict[str, str]) -> Path:
     )
     (t / "usr/bin").mkdir(parents=True)
     (t / "usr/bin" / stem).write_bytes(out.name.encode() * 50)
-    return image.build(t, out, KEY, CERT)  # type: ignore[arg-type]
+    return image.build(t, out, KEY, CERT)
 
 
 class Builds:

@@ -49,6 +49,18 @@ the rename and the entry's removal in 4) counts as absent; with no active but a 
 the passive is the old OS already moved, its extensions are the ones carried, and only the new active is
 installed; an active UKI with the same bytes as NEW.efi means the upgrade is complete: nothing is done.
 
+**A bad active** (no tries left: the node fell back to passive) is never moved to passive: it is
+``replaced``. Its entry goes first (Type #1: then its UKI; the model boots passive meanwhile, as it did),
+then the steps of a re-run after step 4 run (no active, the passive in place): the active's folder and
+links go, the new set is staged and committed, carrying the running passive's extensions. A re-run after
+the bad entry went plans exactly those steps, so it gives the same tree (docs/upgrades.md, "A bad active
+is replaced").
+
+**Rebuild** (``rebuild``, for repair): an active that is not blessed is replaced like a bad one, an ESP
+with neither active nor passive gets a new active; then :func:`finish_rebuild` gives passive the new set
+(Type #1) or drops it (Type #2) unless it is :func:`fit_to_stay`, and :func:`rearm` gives every role fresh
+tries. Each part is its own transaction and decides from what it finds (docs/upgrades.md, "Rebuild").
+
 One space check for the whole transaction, before the first write: the staged copies and the new UKI
 must fit in the free space plus what step 1 frees, with a 1 MiB margin (and the new images in the
 persistent store's file system).
@@ -617,7 +629,7 @@ def _drop_passive(store: EspStore, passive: RoleSet | None, links: LinkStore | N
     """Type #2: the passive that is not fit to stay goes, entry first (then its folder and links are
     unread), and the store's images no folder links to any more. Not rebuilt from the new set: two UKIs
     with one ``.osrel`` are ordered by their ids, descending, so ``passive+3.efi`` would boot before
-    ``active+3.efi`` (docs/design.md, "Menu order"); recovery is the fallback until the next upgrade."""
+    ``active+3.efi`` (docs/upgrades.md, "Rebuild (for repair)"); recovery is the fallback until the next upgrade."""
     ops: list[Op] = []
     if passive is not None:
         ops.append(Op(OpKind.UNLINK, passive.entry.path, why="the passive is bad and a copy would boot first"))

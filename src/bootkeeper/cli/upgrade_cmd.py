@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 @options(luks_option("whose signed-policy TPM2 token the new UKI must open"), esp_option, config_option, version_option)
 @options(root_option, json_option)
 def upgrade(
-    new_uki: Path, extensions: tuple[Path, ...], recovery: bool, rebuild: bool, dry_run: bool, force: bool, luks: tuple[Path, ...],
+    new_uki: Path, extensions: tuple[Path, ...], recovery: bool, rebuild: bool, dry_run: bool, force: bool,
+    luks: tuple[Path, ...],
     esp: Path | None, config_files: tuple[Path, ...], sdboot_version: str | None, root: Path, as_json: bool,
 ) -> None:  # fmt: skip
     """Install NEW.efi as active: the old active's set (UKI, extensions) becomes passive, the old passive goes.
