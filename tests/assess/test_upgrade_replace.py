@@ -340,31 +340,35 @@ def test_both_bad_the_new_active_replaces_active_and_passive_stays(
     assert booted(root, "esp", 262)[0] == NEW_V3
 
 
+@pytest.mark.parametrize("passive", ["", None])
 @pytest.mark.parametrize("store", STORES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_replace_crash_at_every_step_boots_a_whole_set_and_a_rerun_completes(
-    tmp_path: Path, imgs: Images, layout: str, store: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, imgs: Images, layout: str, store: str, passive: str | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """With the running passive (the model boots it or the new OS), and with none (recovery or the new
+    OS: the new set is then staged before the bad one goes, so a re-run still knows the transaction)."""
     added = [("tools.raw", imgs.tools_v3)]
     common = {"common.raw": imgs.common.read_bytes()}
     known = {
         GOOD_V1: {"tools.raw": imgs.tools_v1.read_bytes(), **common},
-        NEW_V3: {"tools.raw": imgs.tools_v3.read_bytes(), **common},
+        # what the running passive carries (with none, nothing: the bad set's extensions go)
+        NEW_V3: {"tools.raw": imgs.tools_v3.read_bytes(), **(common if passive is not None else {})},
         BAD_V2: {"tools.raw": imgs.tools_v2.read_bytes(), "badonly.raw": imgs.bad_only.read_bytes()},
         RECOVERY: {},
         STATERESET: {},
     }
     steps: list[str] = []
-    replace(make_node(tmp_path / "count", imgs, layout, store), store, added, steps.append)
+    replace(make_node(tmp_path / "count", imgs, layout, store, passive=passive), store, added, steps.append)
     assert len(steps) > 8, steps
-    ref = make_node(tmp_path / "whole", imgs, layout, store)
+    ref = make_node(tmp_path / "whole", imgs, layout, store, passive=passive)
     replace(ref, store, added)
     expected = whole(ref)
     for k in range(len(steps)):
-        root = make_node(tmp_path / f"crash-{k}", imgs, layout, store)
+        root = make_node(tmp_path / f"crash-{k}", imgs, layout, store, passive=passive)
         with pytest.raises(Crash):
             replace(root, store, added, crash_at(k))
-        invariant(root, store, known, {GOOD_V1, NEW_V3})
+        invariant(root, store, known, {GOOD_V1 if passive is not None else RECOVERY, NEW_V3})
         rc = bk(root, str(new_uki(root)), "--extension", str(imgs.tools_v3))
         assert rc == 0, (k, steps[k], capsys.readouterr().err)
         assert whole(root) == expected, (k, steps[k])

@@ -535,7 +535,9 @@ def plan(
     _clear_read_only(d)
     _remove_leftovers(d)  # step 0
     _stage_new_set(d)  # what step 2 will write, and the space it needs
-    if d.role is Role.ACTIVE:
+    if d.role is Role.ACTIVE and d.plan.replaced is not None and d.plan.kept_passive is None:
+        _stage_then_replace(d)  # no passive: the staged UKI is what a re-run finds
+    elif d.role is Role.ACTIVE:
         _remove_replaced(d)  # a bad active goes, passive stays (module's text, "A bad active")
         _swap_active_to_passive(d)  # steps 1 to 5
     else:
@@ -566,7 +568,9 @@ def _draft(
     if role is Role.ACTIVE and old is not None and _replaceable(store, old, new_uki, rebuild):
         replaced, old = old, None
     if role is Role.ACTIVE and old is None:
-        staged = store.path(_stage_uki(_folder_of(found), Role.ACTIVE)).is_file()
+        staged = any(
+            store.path(x).is_file() for x in (_stage_uki(_folder_of(found), Role.ACTIVE), _stage_entry(Role.ACTIVE))
+        )
         if gone is None and replaced is None and not rebuild and not staged:
             raise NotApplicableError(
                 f"{store.root}: no active UKI entry in {TYPE1_DIR}/ or {TYPE2_DIR}/; upgrade replaces a running OS"
@@ -760,6 +764,8 @@ def _remove_leftovers(d: _Draft) -> None:
         if d.staged is None or r is not role:
             d.add(_remove_dir(store, _stage_dir(d.folder, r), "left by an interrupted upgrade"))
         for leftover in (_stage_uki(d.folder, r), _stage_entry(r)):
+            if r is role:  # staged again below (a crash-safe copy over it): never a moment without it
+                continue
             if store.path(leftover).is_file():
                 d.add([Op(OpKind.UNLINK, leftover, why="left by an interrupted upgrade")])
     if links is not None:
@@ -783,7 +789,7 @@ def _stage_new_set(d: _Draft) -> None:
     d.uki_ops = [Op(OpKind.COPY, stage_uki, str(p.new_uki), why="the new UKI, under a name nothing loads")]
     if d.layout is EntryKind.TYPE1:
         stage_entry = _stage_entry(role)
-        template_set = p.old if p.old is not None else p.kept_passive
+        template_set = p.old or p.kept_passive or p.replaced
         if role is Role.PASSIVE:  # a rebuild's passive: the active's entry, there all along
             template_set = d.found.sets.get(Role.ACTIVE)
         template = d.store.read_text(template_set.entry.path) if template_set is not None else None
@@ -812,6 +818,18 @@ def _remove_replaced(d: _Draft) -> None:
         d.plan.freed_bytes += _bytes_or_zero(store.path(bad.uki))
     if bad.extra_dir != extra_dir(d.plan.new_uki_rel):
         d.add(_remove_dir(store, bad.extra_dir, "the bad active's extensions"))
+
+
+def _stage_then_replace(d: _Draft) -> None:
+    """A bad active and no passive: the new set is staged first, then the bad set goes. A re-run after
+    the bad entry went finds no active and no passive, only the staged UKI: it plans as after step 4."""
+    d.add(d.store_ops)
+    d.add(_stage(d.store, d.stage_new, d.new_files(), "the new active's extensions"))
+    d.add(d.uki_ops)
+    _remove_replaced(d)
+    d.add(_remove_dir(d.store, extra_dir(d.plan.new_uki_rel), "no active UKI: unread"))
+    if d.links is not None:
+        d.add(_store_remove(d.links, Role.ACTIVE.value, "no active entry: unread"))
 
 
 @dataclass(frozen=True)
