@@ -477,3 +477,43 @@ def test_rebuild_crash_at_every_step_boots_a_whole_set_and_a_rerun_completes(
         assert out.result in ("rebuilt", "unchanged"), (k, steps[k])
         assert whole(root) == expected, (k, steps[k])
         shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rebuild_through_the_node_api_says_rebuilt_and_records_it(tmp_path: Path, imgs: Images, layout: str) -> None:
+    """What ``bootkeeper repair`` calls: ``upgrade(..., UpgradeOptions(rebuild=True), ...)``."""
+    from bootkeeper.config import load
+
+    root = make_node(tmp_path, imgs, layout, "esp", passive="+0-3")
+    said: list[str] = []
+    out = node_up.upgrade(
+        load([root / "c.yaml"]), root, root / "efi", new_uki(root), (imgs.tools_v3,),
+        node_up.UpgradeOptions(rebuild=True), said.append, lambda: "repair-boot",
+    )  # fmt: skip
+    assert out.result == "rebuilt" and out.refusal is None
+    assert out.plan.replaced is not None and out.plan.replaced.entry.name.tries_left == 0
+    assert any(a.endswith("(fresh tries)") and "recovery+2" in a for a in out.actions)
+    last = json.loads((root / "var/lib/bootkeeper/boots.jsonl").read_text().splitlines()[-1])
+    assert (last["type"], last["result"], last["boot_id"]) == ("upgrade", "rebuilt", "repair-boot")
+    assert last["from"]["os"]["VERSION_ID"] == "2" and last["to"]["os"]["VERSION_ID"] == "3"
+
+
+def test_rebuild_dry_run_writes_nothing_and_says_what_follows(
+    tmp_path: Path, imgs: Images, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_node(tmp_path, imgs, "type1", "esp", passive="+0-3")
+    before = whole(root)
+    assert bk(root, str(new_uki(root)), "--extension", str(imgs.tools_v3), "--rebuild", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert whole(root) == before
+    assert "would then: active, passive, recovery and statereset get fresh counters" in out
+    assert out.rstrip().endswith("result: dry-run")
+
+
+def test_rebuild_does_not_go_with_recovery(tmp_path: Path, imgs: Images, capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_node(tmp_path, imgs, "type2", "esp")
+    before = whole(root)
+    assert bk(root, str(new_uki(root)), "--rebuild", "--recovery") == 2
+    err = capsys.readouterr().err
+    assert "bootkeeper: error: --rebuild rebuilds active and passive; it does not go with --recovery" in err
+    assert whole(root) == before
