@@ -517,3 +517,24 @@ def test_rebuild_does_not_go_with_recovery(tmp_path: Path, imgs: Images, capsys:
     err = capsys.readouterr().err
     assert "bootkeeper: error: --rebuild rebuilds active and passive; it does not go with --recovery" in err
     assert whole(root) == before
+
+
+def test_rotate_refuses_a_uki_on_a_type1_esp_instead_of_a_wrong_path(
+    tmp_path: Path, imgs: Images, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, ``rotate new.efi`` on a Kairos (Type #1) ESP after a fallback wrote to EFI/Linux/active+3.efi,
+    a folder that ESP does not have, and failed (exit 6, "cannot write ... (No such file or directory)")
+    after it had remounted the ESP; now it refuses before any write and names the verb for it."""
+    from bootkeeper.cli.main import main
+
+    root = make_node(tmp_path, imgs, "type1", "esp")
+    before = whole(root)
+    with pytest.raises(SystemExit) as exc:
+        main(["rotate", str(new_uki(root)), "--esp", str(root / "efi"), "--root", str(root)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 3, err
+    assert err.splitlines()[0] == (
+        f"bootkeeper: error: {root}/new.efi: the active and passive entries are Type #1 (loader/entries/); "
+        "rotate installs a UKI only as a Type #2 entry in EFI/Linux/; nothing was changed"
+    )
+    assert whole(root) == before
