@@ -35,7 +35,15 @@ from pathlib import Path
 
 from bootkeeper import fsutil
 from bootkeeper.config import BootAssessment
-from bootkeeper.errors import BootkeeperError, EspError, InputError, MalformedError, UnreadableError, WriteError
+from bootkeeper.errors import (
+    BootkeeperError,
+    EspError,
+    InputError,
+    MalformedError,
+    NotApplicableError,
+    UnreadableError,
+    WriteError,
+)
 from bootkeeper.esp import counter as counter_mod
 from bootkeeper.esp import edit, pe
 from bootkeeper.esp import entries as entries_mod
@@ -541,6 +549,15 @@ def rotate(
     loaders = BootLoaders(sd, source, sdboot_binaries(store))
     if not is_uki:  # checked before the transaction: a refused entry never remounts the ESP
         data = _new_type1(store, loaders, new_entry, data.decode("utf-8", "replace"), res).encode()
+    ab = [e for r in (Role.ACTIVE, Role.PASSIVE) for e in _by_role(store.snapshot(sdboot_version).entries).get(r, [])]
+    if is_uki and ab and all(e.kind is EntryKind.TYPE1 for e in ab):
+        # A UKI would land in EFI/Linux/ beside Type #1 entries that name EFI/<vendor>/: a second,
+        # unmanaged active (docs/upgrades.md, "A bad active is replaced").
+        raise NotApplicableError(
+            f"{new_entry}: the active and passive entries are Type #1 ({TYPE1_DIR}/); rotate installs a UKI "
+            f"only as a Type #2 entry in {TYPE2_DIR}/; nothing was changed",
+            hint=f"bootkeeper upgrade {new_entry} installs it with its extensions (and replaces a bad active)",
+        )
     with store.transaction():
         snap = store.snapshot(sdboot_version)
         by_role = _by_role(snap.entries)

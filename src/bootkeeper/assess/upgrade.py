@@ -49,6 +49,18 @@ the rename and the entry's removal in 4) counts as absent; with no active but a 
 the passive is the old OS already moved, its extensions are the ones carried, and only the new active is
 installed; an active UKI with the same bytes as NEW.efi means the upgrade is complete: nothing is done.
 
+**A bad active** (no tries left: the node fell back to passive) is never moved to passive: it is
+``replaced``. Its entry goes first (Type #1: then its UKI; the model boots passive meanwhile, as it did),
+then the steps of a re-run after step 4 run (no active, the passive in place): the active's folder and
+links go, the new set is staged and committed, carrying the running passive's extensions. A re-run after
+the bad entry went plans exactly those steps, so it gives the same tree (docs/upgrades.md, "A bad active
+is replaced").
+
+**Rebuild** (``rebuild``, for repair): an active that is not blessed is replaced like a bad one, an ESP
+with neither active nor passive gets a new active; then :func:`finish_rebuild` gives passive the new set
+(Type #1) or drops it (Type #2) unless it is :func:`fit_to_stay`, and :func:`rearm` gives every role fresh
+tries. Each part is its own transaction and decides from what it finds (docs/upgrades.md, "Rebuild").
+
 One space check for the whole transaction, before the first write: the staged copies and the new UKI
 must fit in the free space plus what step 1 frees, with a 1 MiB margin (and the new images in the
 persistent store's file system).
@@ -277,6 +289,7 @@ class UpgradePlan:
     common: tuple[Extension, ...] = ()  # persistent store: common/, loaded by the new OS too (gated, not moved)
     left_behind: tuple[str, ...] = ()  # the old set's extensions the sysext.entries rules do not carry
     store_need_bytes: int = 0  # persistent store: the new images
+    replaced: RoleSet | None = None  # A/B: a bad (or, rebuilding, an unblessed) active the new set replaces
 
 
 def sha256(path: Path) -> str:
@@ -306,12 +319,21 @@ def carried(
     *,
     links: LinkStore | None = None,
     carry: Callable[[str], bool] | None = None,
+    key: Callable[[str, Path], str] | None = None,
 ) -> tuple[list[Extension], list[str]]:
     """The new set's extensions: the old set's (its ``.extra.d`` and, with the persistent store, its links),
     each replaced by an ``added`` one of the same extension name (``stem``: the sysext naming rule, owned by
     sysext/deploy.py) and kept only where ``carry`` (the ``sysext.entries`` rules) allows, plus the others
-    added (into the store, when there is one). Also the names the rules left behind."""
-    new_stems = {stem(n) for n, _ in added}
+    added (into the store, when there is one). Also the names the rules left behind.
+
+    ``key``: which extension an image is a build of (node/upgrade.py: its ``SYSEXT_ID``, else its name
+    without the version, docs/upgrades.md "Versioned extensions"); an old image whose key or file name
+    an added one has is replaced by it, so the new set never holds two builds of one extension."""
+
+    def key_of(n: str, path: Path) -> str:
+        return key(n, path) if key is not None else stem(n)
+
+    new_stems = {key_of(n, p) for n, p in added} | {n for n, _ in added}
     out: list[Extension] = []
     left: list[str] = []
     candidates: list[tuple[str, Path, str | None]] = []
@@ -320,7 +342,7 @@ def carried(
         if links is not None:
             candidates += [(n, links.root / image, image) for n, image in old.links]
     for n, path, image in candidates:
-        if stem(n) in new_stems:
+        if n in new_stems or key_of(n, path) in new_stems:
             continue
         if carry is not None and not carry(n):
             left.append(n)
@@ -364,6 +386,9 @@ def _store_images(
     for x in exts:
         if x.carried or x.image is None:
             out.append(x)
+            continue
+        if x.source.parent == links.root and x.source.name in links.images():  # the store's own (a rebuild's
+            out.append(Extension(x.name, x.source, False, x.source.name))  # passive): linked, never copied
             continue
         image, copy = links.image_for(x.name, fsutil.sha256_file(x.source))
         out.append(Extension(x.name, x.source, False, image))
@@ -492,18 +517,28 @@ def plan(
     recovery: bool = False,
     links: LinkStore | None = None,
     carry: Callable[[str], bool] | None = None,
+    key: Callable[[str, Path], str] | None = None,
+    role: Role | None = None,
+    rebuild: bool = False,
 ) -> UpgradePlan:
     """What the upgrade will do on this ESP (and in the persistent extension store ``links``), as ops in
-    the order of the module's text (no write)."""
-    d = _draft(store, snap, cfg, new_uki, Role.RECOVERY if recovery else Role.ACTIVE, links)
-    _carry_extensions(d, added, stem, carry)
+    the order of the module's text (no write). ``role``: the set replaced (default active; recovery with
+    ``recovery``; passive only for a rebuild's second half). ``rebuild``: an active that was never blessed
+    is replaced like a bad one, and an ESP with neither active nor passive gets a new active (see the
+    module's text, "Rebuild")."""
+    role = role if role is not None else Role.RECOVERY if recovery else Role.ACTIVE
+    d = _draft(store, snap, cfg, new_uki, role, links, rebuild)
+    _carry_extensions(d, added, stem, carry, key)
     _name_new_set(d)
     if _already_done(d):
         return d.plan
     _clear_read_only(d)
     _remove_leftovers(d)  # step 0
     _stage_new_set(d)  # what step 2 will write, and the space it needs
-    if d.role is Role.ACTIVE:
+    if d.role is Role.ACTIVE and d.plan.replaced is not None and d.plan.kept_passive is None:
+        _stage_then_replace(d)  # no passive: the staged UKI is what a re-run finds
+    elif d.role is Role.ACTIVE:
+        _remove_replaced(d)  # a bad active goes, passive stays (module's text, "A bad active")
         _swap_active_to_passive(d)  # steps 1 to 5
     else:
         _replace_recovery(d)
@@ -513,34 +548,142 @@ def plan(
 
 
 def _draft(
-    store: EspStore, snap: Snapshot, cfg: BootAssessment, new_uki: Path, role: Role, links: LinkStore | None
+    store: EspStore,
+    snap: Snapshot,
+    cfg: BootAssessment,
+    new_uki: Path,
+    role: Role,
+    links: LinkStore | None,
+    rebuild: bool = False,
 ) -> _Draft:
     """The sets as found: what the new set replaces (old active or recovery), the old passive that goes,
-    or (a re-run after step 4) the passive that is the old active moved already."""
+    or (a re-run after step 4) the passive that is the old active moved already. A bad active (a rebuild:
+    any active not blessed) is ``replaced``: it goes, and the passive stays as it is."""
     found = find_sets(store, snap, links)
     loaders = chain.boot_loaders(store, snap)
     old = found.sets.get(role)
     gone = found.sets.get(Role.PASSIVE) if role is Role.ACTIVE else None
     kept: RoleSet | None = None
+    replaced: RoleSet | None = None
+    if role is Role.ACTIVE and old is not None and _replaceable(store, old, new_uki, rebuild):
+        replaced, old = old, None
     if role is Role.ACTIVE and old is None:
-        if gone is None:
+        staged = any(
+            store.path(x).is_file() for x in (_stage_uki(_folder_of(found), Role.ACTIVE), _stage_entry(Role.ACTIVE))
+        )
+        if gone is None and replaced is None and not rebuild and not staged:
             raise NotApplicableError(
                 f"{store.root}: no active UKI entry in {TYPE1_DIR}/ or {TYPE2_DIR}/; upgrade replaces a running OS"
             )
-        kept, gone = gone, None  # a re-run after step 4: passive is the old active, moved
-    if role is Role.ACTIVE and old is not None and old.entry.state is entries_mod.EntryState.BAD:
-        raise NotApplicableError(
-            f"{old.entry.path}: the active entry is bad (the node falls back to passive); upgrading would make "
-            "an OS that never booted well the fallback",
-            hint="bless the running entry, or remove the bad one, then upgrade",
-        )
+        kept, gone = gone, None  # a re-run after step 4, or a bad active replaced: passive stays
+    p = UpgradePlan(found.layout, role, new_uki, old, gone, kept, (), replaced=replaced)
+    return _Draft(store, links, cfg, found, loaders, _folder_of(found, old or kept or replaced), p)
+
+
+def _replaceable(store: EspStore, active: RoleSet, new_uki: Path, rebuild: bool) -> bool:
+    """A bad active (no tries left) is replaced, never moved to passive: it never booted well. A rebuild
+    also replaces an active that is not blessed (a counter: it is being tried, or failed), unless it is
+    the new UKI already (a re-run after the rebuild: nothing to do)."""
+    state = active.entry.state
+    if state is entries_mod.EntryState.BAD:
+        return True
+    return rebuild and state is not entries_mod.EntryState.GOOD and not same_bytes(store.path(active.uki), new_uki)
+
+
+def fit_to_stay(s: RoleSet) -> bool:
+    """Whether a rebuild keeps a passive set: blessed (no counter: systemd-bless-boot dropped it) or
+    never failed (a counter with no try done, as an upgrade leaves the old active it moved). A set with
+    a failed try, or none left, is rebuilt from the new set (docs/upgrades.md, "Rebuild")."""
+    name = s.entry.name
+    return not name.counted or (not name.tries_done and (name.tries_left or 0) > 0)
+
+
+def finish_rebuild(
+    store: EspStore,
+    cfg: BootAssessment,
+    *,
+    links: LinkStore | None = None,
+    sdboot_version: SdBoot | int | str | None = None,
+) -> list[str]:
+    """A rebuild's second half, on the ESP its first (the active, :func:`plan` with ``rebuild``) left; a
+    re-run decides again from what it finds: the passive from the active's set unless it is
+    :func:`fit_to_stay`, then fresh counters for every role (:func:`rearm`). Returns the steps as lines."""
+    found = find_sets(store, store.snapshot(sdboot_version), links)
+    active, passive = found.sets.get(Role.ACTIVE), found.sets.get(Role.PASSIVE)
+    lines: list[str] = []
+    if found.layout is EntryKind.TYPE2 and (passive is None or not fit_to_stay(passive)):
+        lines += _drop_passive(store, passive, links)  # a copy of the new UKI would sort before it
+    elif active is not None and (passive is None or not fit_to_stay(passive)):
+        src = store.path(active.uki)
+        added = [(n, store.path(f"{active.extra_dir}/{n}")) for n in active.extensions]
+        added += [(n, links.root / image) for n, image in active.links] if links is not None else []
+
+        def make(snap: Snapshot) -> UpgradePlan:
+            return plan(
+                store, snap, cfg, src, added, lambda n: n, links=links, carry=lambda _: False, role=Role.PASSIVE
+            )
+
+        p = make(store.snapshot(sdboot_version))
+        apply(store, make, p, sdboot_version=sdboot_version, links=links)
+        lines += [op.line() for op in p.ops]
+    return lines + rearm(store, cfg)
+
+
+def _drop_passive(store: EspStore, passive: RoleSet | None, links: LinkStore | None) -> list[str]:
+    """Type #2: the passive that is not fit to stay goes, entry first (then its folder and links are
+    unread), and the store's images no folder links to any more. Not rebuilt from the new set: two UKIs
+    with one ``.osrel`` are ordered by their ids, descending, so ``passive+3.efi`` would boot before
+    ``active+3.efi`` (docs/upgrades.md, "Rebuild (for repair)"); recovery is the fallback until the next upgrade."""
+    ops: list[Op] = []
+    if passive is not None:
+        ops.append(Op(OpKind.UNLINK, passive.entry.path, why="the passive is bad and a copy would boot first"))
+    ops += _remove_dir(store, f"{TYPE2_DIR}/passive.efi.extra.d", "no passive loads it")
+    if links is not None:
+        ops += _store_remove(links, Role.PASSIVE.value, "no passive entry: unread")
+        used = {i for i, fs in links.linked().items() if any(f != Role.PASSIVE.value for f in fs)}
+        why = "no folder links to it any more"
+        ops += [Op(OpKind.UNLINK, n, why=why, store=str(links.root)) for n in links.images() if n not in used]
+    if not ops:
+        return []
+    with store.transaction(), links.transaction() if links is not None else contextlib.nullcontext():
+        for op in ops:
+            _run(links if op.store and links is not None else store, op, {})
+    return [op.line() for op in ops]
+
+
+def rearm(store: EspStore, cfg: BootAssessment) -> list[str]:
+    """Fresh counters for every role entry (a rebuild's last step): active and passive
+    ``boot_assessment.tries``, recovery and statereset ``recovery_tries``. Each is one rename in its own
+    folder (a crash between two leaves every entry bootable; a re-run renames the rest). Returns the
+    renames as lines."""
+    from bootkeeper.assess import handback
+
+    renames = handback.rearm_plan(store, cfg)
+    for directory, suffix in ((TYPE1_DIR, ".conf"), (TYPE2_DIR, ".efi")):
+        for name in store.list_dir(directory):
+            cn = counter_mod.parse(name, suffix)
+            if Role.from_stem(cn.stem) is not Role.STATERESET or fsutil.is_temporary(name):
+                continue
+            if cn.prefix is not None and cn.tail is not None:
+                new = counter_mod.format_name(cn.prefix, cn.tail, cfg.recovery_tries)
+            else:
+                new = counter_mod.format_name(cn.stem, name[len(cn.stem) :], cfg.recovery_tries)
+            if new != name and new not in store.list_dir(directory):
+                renames.append((directory, name, new))
+    if not renames:
+        return []
+    with store.transaction():
+        for directory, name, new in renames:
+            store.rename(f"{directory}/{name}", f"{directory}/{new}")
+    return [f"rename {d}/{n} -> {d}/{m} (fresh tries)" for d, n, m in renames]
+
+
+def _folder_of(found: Found, base: RoleSet | None = None) -> str:
+    """Where the role UKIs live (Type #1: beside the set's, else beside any role's UKI)."""
     if found.layout is EntryKind.TYPE2:
-        folder = TYPE2_DIR
-    else:
-        base = old or kept or next(iter(found.sets.values()), None)
-        folder = base.folder if base is not None else "EFI/Linux"
-    p = UpgradePlan(found.layout, role, new_uki, old, gone, kept, ())
-    return _Draft(store, links, cfg, found, loaders, folder, p)
+        return TYPE2_DIR
+    base = base or found.sets.get(Role.ACTIVE) or found.sets.get(Role.PASSIVE) or next(iter(found.sets.values()), None)
+    return base.folder if base is not None else "EFI/Linux"
 
 
 def _staged_recovery(d: _Draft) -> StagedRecovery | None:
@@ -556,15 +699,20 @@ def _staged_recovery(d: _Draft) -> StagedRecovery | None:
 
 
 def _carry_extensions(
-    d: _Draft, added: list[tuple[str, Path]], stem: Callable[[str], str], carry: Callable[[str], bool] | None
+    d: _Draft,
+    added: list[tuple[str, Path]],
+    stem: Callable[[str], str],
+    carry: Callable[[str], bool] | None,
+    key: Callable[[str, Path], str] | None,
 ) -> None:
-    """The new set's extensions (:func:`carried`), and the store's ``common/`` the gate judges too."""
+    """The new set's extensions (:func:`carried`), and the store's ``common/`` the gate judges too. A
+    replaced bad active's are not carried: the new set carries the running passive's."""
     p, links = d.plan, d.links
     source: RoleSet | StagedRecovery | None = p.old if p.old is not None else p.kept_passive
-    if d.role is Role.RECOVERY and p.old is None:
+    if d.role is not Role.ACTIVE and p.old is None:
         d.staged = _staged_recovery(d)
         source = d.staged if d.staged is not None else source
-    exts, left = carried(d.store, source, added, stem, links=links, carry=carry)
+    exts, left = carried(d.store, source, added, stem, links=links, carry=carry, key=key)
     p.extensions, p.left_behind = tuple(exts), tuple(left)
     if links is not None:
         p.common = tuple(
@@ -589,8 +737,8 @@ def _already_done(d: _Draft) -> bool:
     """The new UKI is the role's already: nothing to do but tidy what a crash after the commit left in
     the store (staging folders, images no folder links to)."""
     p, links = d.plan, d.links
-    if p.old is None or not same_bytes(d.store.path(p.old.uki), p.new_uki):
-        return False
+    if d.role is Role.PASSIVE or p.old is None or not same_bytes(d.store.path(p.old.uki), p.new_uki):
+        return False  # passive: the rebuild decides from its state whether to replace it
     p.done = True
     if links is not None:
         for r in Role:
@@ -616,6 +764,8 @@ def _remove_leftovers(d: _Draft) -> None:
         if d.staged is None or r is not role:
             d.add(_remove_dir(store, _stage_dir(d.folder, r), "left by an interrupted upgrade"))
         for leftover in (_stage_uki(d.folder, r), _stage_entry(r)):
+            if r is role:  # staged again below (a crash-safe copy over it): never a moment without it
+                continue
             if store.path(leftover).is_file():
                 d.add([Op(OpKind.UNLINK, leftover, why="left by an interrupted upgrade")])
     if links is not None:
@@ -639,7 +789,9 @@ def _stage_new_set(d: _Draft) -> None:
     d.uki_ops = [Op(OpKind.COPY, stage_uki, str(p.new_uki), why="the new UKI, under a name nothing loads")]
     if d.layout is EntryKind.TYPE1:
         stage_entry = _stage_entry(role)
-        template_set = p.old if p.old is not None else p.kept_passive
+        template_set = p.old or p.kept_passive or p.replaced
+        if role is Role.PASSIVE:  # a rebuild's passive: the active's entry, there all along
+            template_set = d.found.sets.get(Role.ACTIVE)
         template = d.store.read_text(template_set.entry.path) if template_set is not None else None
         if template is None and d.store.path(stage_entry).is_file():
             template = d.store.read_text(stage_entry)
@@ -650,6 +802,34 @@ def _stage_new_set(d: _Draft) -> None:
         d.uki_ops.append(Op(OpKind.WRITE, stage_entry, text=t, why=why))
     p.need_bytes = sum(_bytes_or_zero(x.source) for x in p.extensions if x.image is None)
     p.need_bytes += _bytes_or_zero(p.new_uki)
+
+
+def _remove_replaced(d: _Draft) -> None:
+    """A bad active goes, entry first (the model boots passive, the fallback, meanwhile); a re-run after
+    it plans as after step 4 (no active, the passive in place) and gives the same tree. Its folder and
+    links go with the resumed steps (``_swap_active_to_passive``)."""
+    bad, store = d.plan.replaced, d.store
+    if bad is None:
+        return
+    d.add([Op(OpKind.UNLINK, bad.entry.path, why="the bad active goes (no tries left: it never booted well)")])
+    d.plan.freed_bytes += _bytes_or_zero(store.path(bad.entry.path))
+    if d.layout is EntryKind.TYPE1 and bad.uki not in {s.uki for s in d.found.sets.values() if s is not bad}:
+        d.add([Op(OpKind.UNLINK, bad.uki, why="the bad active's UKI")])
+        d.plan.freed_bytes += _bytes_or_zero(store.path(bad.uki))
+    if bad.extra_dir != extra_dir(d.plan.new_uki_rel):
+        d.add(_remove_dir(store, bad.extra_dir, "the bad active's extensions"))
+
+
+def _stage_then_replace(d: _Draft) -> None:
+    """A bad active and no passive: the new set is staged first, then the bad set goes. A re-run after
+    the bad entry went finds no active and no passive, only the staged UKI: it plans as after step 4."""
+    d.add(d.store_ops)
+    d.add(_stage(d.store, d.stage_new, d.new_files(), "the new active's extensions"))
+    d.add(d.uki_ops)
+    _remove_replaced(d)
+    d.add(_remove_dir(d.store, extra_dir(d.plan.new_uki_rel), "no active UKI: unread"))
+    if d.links is not None:
+        d.add(_store_remove(d.links, Role.ACTIVE.value, "no active entry: unread"))
 
 
 @dataclass(frozen=True)
@@ -769,24 +949,25 @@ def _active_becomes_passive(d: _Draft, pas: _PassiveNames, old: RoleSet) -> None
 
 
 def _replace_recovery(d: _Draft) -> None:
-    """``--recovery``: stage first (carried copies come out of the old folder), then the old set goes."""
+    """``--recovery`` (and a rebuild's passive): stage first (carried copies come out of the old folder),
+    then the old set goes."""
     if d.staged is not None:
         _restage_recovery(d, d.staged)
     else:
         d.add(d.store_ops)
-        d.add(_stage(d.store, d.stage_new, d.new_files(), "the new recovery's extensions"))
+        d.add(_stage(d.store, d.stage_new, d.new_files(), f"the new {d.role.value}'s extensions"))
     d.add(d.uki_ops)
     old, store = d.plan.old, d.store
     new_dir = extra_dir(d.plan.new_uki_rel)
     if old is not None:
-        d.add([Op(OpKind.UNLINK, old.entry.path, why="the old recovery goes")])
+        d.add([Op(OpKind.UNLINK, old.entry.path, why=f"the old {d.role.value} goes")])
         if d.layout is EntryKind.TYPE1 and old.uki not in {s.uki for s in d.found.sets.values() if s is not old}:
-            d.add([Op(OpKind.UNLINK, old.uki, why="the old recovery's UKI")])
-        d.add(_remove_dir(store, old.extra_dir, "the old recovery's extensions"))
+            d.add([Op(OpKind.UNLINK, old.uki, why=f"the old {d.role.value}'s UKI")])
+        d.add(_remove_dir(store, old.extra_dir, f"the old {d.role.value}'s extensions"))
     if old is None or old.extra_dir != new_dir:
-        d.add(_remove_dir(store, new_dir, "no recovery loads it"))
+        d.add(_remove_dir(store, new_dir, f"no {d.role.value} loads it"))
     if d.links is not None:
-        d.add(_store_remove(d.links, Role.RECOVERY.value, "no recovery entry: unread"))
+        d.add(_store_remove(d.links, d.role.value, f"no {d.role.value} entry: unread"))
 
 
 def _restage_recovery(d: _Draft, staged: StagedRecovery) -> None:
@@ -802,11 +983,11 @@ def _restage_recovery(d: _Draft, staged: StagedRecovery) -> None:
     )
     to_copy = [(n, src) for n, src in new_files if Path(src) != store.path(f"{stage_new}/{n}")]
     if to_copy and not store.path(stage_new).is_dir():
-        d.add([Op(OpKind.MKDIR, stage_new, why="the new recovery's extensions")])
+        d.add([Op(OpKind.MKDIR, stage_new, why=f"the new {d.role.value}'s extensions")])
     if not new_files and store.path(stage_new).is_dir():
         d.add(_remove_dir(store, stage_new, "empty: nothing is carried"))
     d.add(d.store_ops)
-    d.add(Op(OpKind.COPY, f"{stage_new}/{n}", src, why="the new recovery's extensions") for n, src in to_copy)
+    d.add(Op(OpKind.COPY, f"{stage_new}/{n}", src, why=f"the new {d.role.value}'s extensions") for n, src in to_copy)
 
 
 def _commit_new_set(d: _Draft) -> None:
@@ -903,15 +1084,18 @@ def _type2_after(
 ) -> tuple[list[Entry], dict[str, dict[str, str]]]:
     """The Type #2 entries the transaction leaves (the new UKI and the old active under its passive
     name included), and each one's ``.osrel`` fields by file name."""
-    moved = {p.old.entry.path} if p.old is not None else set()
+    moved = {p.old.entry.path} if p.old is not None and not p.done else set()
+    if p.replaced is not None:
+        moved.add(p.replaced.entry.path)
     if p.gone is not None:
         moved.add(p.gone.entry.path)
     after: list[Entry] = [e for e in snap.entries if e.path not in moved and e.kind is EntryKind.TYPE2]
     osrels: dict[str, dict[str, str]] = {}
     new_name = p.new_uki_rel.rpartition("/")[2]
-    after.append(entries_mod.parse_type2(new_name, new_osrel))
-    osrels[new_name] = entries_mod.parse_osrel(new_osrel.decode("utf-8", "replace"))
-    if p.old is not None and p.role is Role.ACTIVE:
+    if not p.done:  # done: the new UKI is the active entry already, nothing moves
+        after.append(entries_mod.parse_type2(new_name, new_osrel))
+        osrels[new_name] = entries_mod.parse_osrel(new_osrel.decode("utf-8", "replace"))
+    if p.old is not None and p.role is Role.ACTIVE and not p.done:
         raw = pe.read_osrel(store.path(p.old.entry.path))
         pas = counter_mod.format_name("passive", ".efi", p.old.entry.name.tries_left)
         name = next((op.path.rpartition("/")[2] for op in p.ops if op.src == p.old.entry.path), pas)

@@ -36,12 +36,19 @@ if TYPE_CHECKING:
     help="An extension image for the new OS; repeatable. Replaces a carried one of the same extension name.",
 )
 @click.option("--recovery", is_flag=True, help="Replace the recovery set instead; active and passive stay.")
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Repair: NEW.efi replaces an active that is not blessed, passive is rebuilt from it unless fit to stay, "
+    "every role gets fresh tries.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the gate; write nothing.")
 @click.option("--force", is_flag=True, help="Go on although extensions or the menu order fail the gate (logged).")
 @options(luks_option("whose signed-policy TPM2 token the new UKI must open"), esp_option, config_option, version_option)
 @options(root_option, json_option)
 def upgrade(
-    new_uki: Path, extensions: tuple[Path, ...], recovery: bool, dry_run: bool, force: bool, luks: tuple[Path, ...],
+    new_uki: Path, extensions: tuple[Path, ...], recovery: bool, rebuild: bool, dry_run: bool, force: bool,
+    luks: tuple[Path, ...],
     esp: Path | None, config_files: tuple[Path, ...], sdboot_version: str | None, root: Path, as_json: bool,
 ) -> None:  # fmt: skip
     """Install NEW.efi as active: the old active's set (UKI, extensions) becomes passive, the old passive goes.
@@ -52,7 +59,7 @@ def upgrade(
     from bootkeeper.node.history import current_boot_id
 
     cfg = load_config(config_files, root)
-    opts = node.UpgradeOptions(recovery, dry_run, force, sdboot_version, luks)
+    opts = node.UpgradeOptions(recovery, dry_run, force, sdboot_version, luks, rebuild=rebuild)
     out = node.upgrade(cfg, root, esp, new_uki, extensions, opts, say, lambda: current_boot_id(None))
     if out.result == "unchanged" and not as_json:
         tidy = "; finished tidying the extension store" if out.plan.ops else ": nothing to do"

@@ -39,6 +39,7 @@ class UpgradeOptions:
     force: bool = False
     sdboot_version: str | None = None
     luks: tuple[Path, ...] = ()
+    rebuild: bool = False  # repair: active and passive rebuilt, every role re-armed (docs/upgrades.md, "Rebuild")
 
 
 @dataclass(frozen=True)
@@ -138,11 +139,43 @@ def check_extensions(extensions: tuple[Path, ...]) -> list[str]:
         if not x.is_file():
             raise UnreadableError(f"{x}: not a readable file")
     names = [deploy.check_name(x.name) for x in extensions]
-    stems = [deploy.image_stem(n) for n in names]
+    stems = [deploy.unversioned(n) for n in names]
     twice = sorted({s for s in stems if stems.count(s) > 1})
     if twice:
-        raise UsageError(f"--extension: more than one image named {', '.join(twice)}")
+        raise UsageError(f"--extension: more than one image named {', '.join(twice)} (a build of one extension each)")
     return names
+
+
+def extension_key(name: str, path: Path) -> str:
+    """Which extension an image is a build of (docs/upgrades.md, "Versioned extensions"): the ``SYSEXT_ID``
+    of its extension-release (os-release(5)), else its name without the version
+    (:func:`bootkeeper.sysext.deploy.unversioned`). An image whose extension-release cannot be read is
+    known by its name: the gate refuses it anyway when the new set would load it."""
+    from bootkeeper.errors import BootkeeperError
+    from bootkeeper.sysext import deploy, image
+    from bootkeeper.sysext.release import Release
+
+    try:
+        info = image.inspect(path, name=name)
+    except (BootkeeperError, OSError):
+        return deploy.unversioned(name)
+    for rel in info.release.values():
+        if isinstance(rel, Release) and rel.fields.get("SYSEXT_ID"):
+            return rel.fields["SYSEXT_ID"]
+    return deploy.unversioned(name)
+
+
+def _same_extension_twice(added: list[tuple[str, Path]], copies: Copies) -> None:
+    """Two ``--extension`` images that are builds of one extension (one ``SYSEXT_ID``): the new set would
+    hold both, and systemd-sysext would merge both."""
+    from bootkeeper.errors import UsageError
+
+    keys: dict[str, list[str]] = {}
+    for n, path in added:
+        keys.setdefault(extension_key(n, path), []).append(copies.name(path))
+    twice = [f"{k} ({', '.join(v)})" for k, v in sorted(keys.items()) if len(v) > 1]
+    if twice:
+        raise UsageError(f"--extension: more than one build of the extension {'; '.join(twice)}")
 
 
 def private_copy(src: Path, dst: Path) -> Path:
@@ -188,6 +221,7 @@ def upgrade(
         added = [
             (n, private_copy(x, priv / str(i) / n)) for i, (n, x) in enumerate(zip(names, extensions, strict=True))
         ]
+        _same_extension_twice(added, Copies(given))
         return _Transaction(cfg, root, esp, opts, say, Copies(given)).run(new_copy, added, boot_id)
 
 
@@ -203,12 +237,18 @@ class _Transaction:
         self, cfg: Config, root: Path, esp: Path | None, opts: UpgradeOptions, say: Say, copies: Copies
     ) -> None:
         self.cfg, self.root, self.esp, self.opts, self.say, self.copies = cfg, root, esp, opts, say, copies
+        if opts.rebuild and opts.recovery:
+            from bootkeeper.errors import UsageError
+
+            raise UsageError("--rebuild rebuilds active and passive; it does not go with --recovery")
         self.role = "recovery" if opts.recovery else "active"
         self.digests: dict[str, str] = {}
 
     def carry(self, name: str) -> bool:
         from bootkeeper.sysext import deploy
 
+        if self.opts.rebuild:  # a rebuild installs the release as it is: nothing of a broken set travels
+            return False
         return deploy.stays_with(name, self.cfg.sysext.entries, self.role)
 
     def make(self, snap: Snapshot) -> UpgradePlan:
@@ -217,7 +257,8 @@ class _Transaction:
 
         return up.plan(
             self.store, snap, self.cfg.boot_assessment, self.new_uki, self.added, deploy.image_stem,
-            recovery=self.opts.recovery, links=self.links, carry=self.carry,
+            recovery=self.opts.recovery, links=self.links, carry=self.carry, key=extension_key,
+            rebuild=self.opts.rebuild,
         )  # fmt: skip
 
     def outcome(
@@ -227,8 +268,9 @@ class _Transaction:
         gate: Gate,
         recorded: dict[str, object] | None = None,
         refusal: RefusedError | None = None,
+        rest: tuple[str, ...] = (),
     ) -> Outcome:
-        actions = tuple(self.copies.line(op) for op in plan.ops)
+        actions = tuple(self.copies.line(op) for op in plan.ops) + rest
         store = str(self.links.root) if self.links is not None else None
         return Outcome(result, plan, gate, actions, store, recorded, refusal)
 
@@ -250,7 +292,7 @@ class _Transaction:
         plan = self.make(snap)
         gate = self.judge(plan, snap, uki, tpm)
         self.warn(plan)
-        if plan.done:
+        if plan.done and not self.opts.rebuild:
             if plan.ops:  # the store's tidying after a crash that came after the commit
                 self.apply(plan)
             return self.outcome("unchanged", plan, gate)
@@ -259,11 +301,32 @@ class _Transaction:
         if gate.forced:
             self.say(f"bootkeeper: warning: upgrading with --force although: {'; '.join(gate.reasons)}")
         if self.opts.dry_run:
-            return self.outcome("dry-run", plan, gate)
+            return self.outcome("dry-run", plan, gate, rest=self.rebuild_preview())
         before = _before(self.store, plan, self.digests, self.links)
-        self.apply(plan)
-        recorded = _record(self.root, plan, before, uki.osrel, self.digests, gate.forced, boot_id(), self.say)
-        return self.outcome("upgraded", plan, gate, recorded)
+        if plan.ops:
+            self.apply(plan)
+        rest = self.rebuild_rest() if self.opts.rebuild else ()
+        if plan.done and not rest:
+            return self.outcome("unchanged", plan, gate)
+        result = "rebuilt" if self.opts.rebuild else "replaced-bad" if plan.replaced is not None else "upgraded"
+        recorded = _record(self.root, plan, before, uki.osrel, self.digests, gate.forced, boot_id(), self.say, result)
+        return self.outcome("upgraded" if result != "rebuilt" else "rebuilt", plan, gate, recorded, rest=rest)
+
+    def rebuild_preview(self) -> tuple[str, ...]:
+        if not self.opts.rebuild:
+            return ()
+        return (
+            "then: passive stays if it is blessed or has not failed a try, else it is rebuilt from the new set",
+            "then: active, passive, recovery and statereset get fresh counters",
+        )
+
+    def rebuild_rest(self) -> tuple[str, ...]:
+        """A rebuild's second half, on the ESP the first left (assess/upgrade.py, "Rebuild")."""
+        from bootkeeper.assess import upgrade as up
+
+        lines = up.finish_rebuild(self.store, self.cfg.boot_assessment, links=self.links,
+                                  sdboot_version=self.opts.sdboot_version)  # fmt: skip
+        return tuple(lines)
 
     def judge(self, plan: UpgradePlan, snap: Snapshot, uki: UkiCheck, tpm: list[GateResult]) -> Gate:
         from bootkeeper.assess import upgrade as up
@@ -281,10 +344,17 @@ class _Transaction:
 
     def warn(self, plan: UpgradePlan) -> None:
         """The plan's warnings, with the old set's extensions it leaves behind."""
-        for n in plan.left_behind:
+        for n in () if self.opts.rebuild else plan.left_behind:  # a rebuild carries nothing, by design
             plan.warnings.append(
                 f"{n}: not carried to the new {self.role} (the sysext.entries rules give it to other entries); "
                 + ("passive keeps it with the old OS" if self.role == "active" else "it goes with the old recovery")
+            )
+        if plan.replaced is not None:
+            pas = plan.kept_passive.entry.path if plan.kept_passive is not None else "no passive"
+            self.say(
+                f"bootkeeper: {plan.replaced.entry.path}: the active entry "
+                + ("is bad (no tries left)" if plan.replaced.entry.name.tries_left == 0 else "was never blessed")
+                + f"; the new OS replaces it and {pas} stays as it is"
             )
         for w in plan.warnings:
             self.say(f"bootkeeper: warning: {w}")
@@ -338,7 +408,7 @@ def _before(store: EspStore, plan: UpgradePlan, digests: dict[str, str], links: 
     from bootkeeper.esp import pe
     from bootkeeper.esp.entries import parse_osrel
 
-    old = plan.old if plan.old is not None else plan.kept_passive  # resume: the old active, moved already
+    old = plan.replaced or plan.old or plan.kept_passive  # a bad active replaced; resume: the old active, moved
     if old is None:
         return history.role_os(None, [])
     try:
@@ -367,6 +437,7 @@ def _record(
     forced: bool,
     boot_id: str,
     say: Say,
+    result: str = "upgraded",
 ) -> dict[str, object]:
     """The upgrade in the boot history; a failure to write it is a warning, never the upgrade's failure.
     Returns ``upgrade --json``'s ``history``: the file, and ``recorded`` with the error when it failed."""
@@ -378,7 +449,7 @@ def _record(
     after = history.role_os(
         osrel, [history.Image(x.name, _size(x.source), digests.get(str(x.source))) for x in plan.extensions]
     )
-    rec = history.upgrade_record(boot_id, time.time(), plan.role, before, after, "upgraded", forced)
+    rec = history.upgrade_record(boot_id, time.time(), plan.role, before, after, result, forced)
     where = str(root / history.HISTORY)
     try:
         history.append(root, rec)

@@ -74,6 +74,22 @@ def check_name(name: str) -> str:
     return name
 
 
+# A version begins where a '-' or '_' is followed by a digit, or by 'v'/'V' and a digit: the names
+# systemd-sysupdate's patterns make (``k3s_@v.raw``, sysupdate.d(5)) and Kairos users give
+# (``k3s-v1.30.2+k3s1.sysext.raw``). docs/upgrades.md, "Versioned extensions".
+_VERSION = re.compile(r"[-_][vV]?[0-9]")
+
+
+def unversioned(name: str) -> str:
+    """An image's name without its version: :func:`image_stem`, cut before the first ``-`` or ``_`` that
+    a digit (or ``v`` and a digit) follows (``k3s-v1.30.sysext.raw``, ``k3s_1.30.raw``, ``k3s-1.30.raw`` →
+    ``k3s``; ``k3s.raw`` → ``k3s``; ``linux-firmware-20240101.raw`` → ``linux-firmware``). The name's
+    first character never starts a version, so the result is never empty."""
+    stem = image_stem(name)
+    m = _VERSION.search(stem, 1)
+    return stem[: m.start()] if m else stem
+
+
 def resolve_name(name: str, installed: list[str]) -> list[str]:
     """The installed image names ``name`` means: itself when it is a file name (``k3s.sysext.raw``), or
     every installed one whose short name (:func:`image_stem`) it is (``k3s``)."""
