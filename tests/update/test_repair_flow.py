@@ -18,12 +18,12 @@ from bootkeeper.assess import history
 from bootkeeper.esp import scratch
 from bootkeeper.node import media
 from bootkeeper.node import repair as node
-from helpers import bk, fake_efivars, tree, uki
+from helpers import bk, fake_efivars, tree
 
 
 def _recovery_node(tmp: Path) -> tuple[Path, Path]:
     """Booted recovery, active and passive used up (the state repair exists for)."""
-    root, esp = tmp / "root", scratch.make(tmp / "esp")
+    root, esp = tmp / "root", scratch.make(tmp / "esp", ukis=True)
     for r in ("active", "passive"):
         (esp / f"loader/entries/{r}+3.conf").rename(esp / f"loader/entries/{r}+0-3.conf")
     (root / "run/cos").mkdir(parents=True)
@@ -68,7 +68,8 @@ def _sign(tmp: Path, data: bytes) -> tuple[bytes, Path]:
 @pytest.mark.integration
 def test_a_dir_release_rebuilds_active_and_passive_from_recovery(tmp_path: Path) -> None:
     root, esp = _recovery_node(tmp_path)
-    signed, crt = _sign(tmp_path, uki('ID=kairos\nVERSION_ID=2\nIMAGE_VERSION=2.0\nPRETTY_NAME="Kairos 2"\n'))
+    osrel = b'ID=kairos\nVERSION_ID=2\nIMAGE_VERSION=2.0\nPRETTY_NAME="Kairos 2"\n'
+    signed, crt = _sign(tmp_path, scratch.signable_stand_in(((b".osrel", osrel), (b".linux", b"kernel"))))
     rel = tmp_path / "release"
     rel.mkdir()
     (rel / "kairos-2.0.efi").write_bytes(signed)
