@@ -250,7 +250,7 @@ def apply_staged(
             )
     up_opts = node.UpgradeOptions(
         dry_run=opts.dry_run, force=opts.force, sdboot_version=opts.sdboot_version, luks=opts.luks,
-        **({"rebuild": True} if opts.rebuild else {}),  # type: ignore[arg-type]
+        rebuild=opts.rebuild,
     )  # fmt: skip
     outcome = node.upgrade(cfg, root, esp, staged.uki, staged.extensions, up_opts, say, boot_id)
     return Applied(version, signer, outcome)
