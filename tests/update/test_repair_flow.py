@@ -8,11 +8,11 @@ The release's UKI is signed by the real ``sbsign`` with a key whose certificate 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
+import ukikit
 from bootkeeper import config
 from bootkeeper.assess import history
 from bootkeeper.esp import scratch
@@ -52,24 +52,18 @@ def test_an_unreachable_registry_and_no_medium_is_a_recorded_failure_and_the_esp
     assert (rec.boot_id, rec.role, rec.result, rec.reason) == ("b1", "recovery", "failed", out.reason)
 
 
-def _sign(tmp: Path, data: bytes) -> tuple[bytes, Path]:
-    """``data`` signed by sbsign with a fresh key; the certificate (PEM)."""
-    key, crt = tmp / "db.key", tmp / "db.crt"
-    req = ["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30"]
-    subprocess.run(
-        [*req, "-subj", "/CN=repair test db", "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True
-    )
-    (tmp / "unsigned.efi").write_bytes(data)
-    subprocess.run(["sbsign", "--key", str(key), "--cert", str(crt), "--output", str(tmp / "signed.efi"),
-                    str(tmp / "unsigned.efi")], check=True, capture_output=True)  # fmt: skip
-    return (tmp / "signed.efi").read_bytes(), crt
+def _sign(tmp: Path, osrel: str) -> tuple[bytes, Path]:
+    """A UKI of ``osrel`` signed by sbsign with a fresh key; the certificate (PEM)."""
+    ukikit.need_tools()
+    key, crt = ukikit.key_pair(tmp, "db", "repair test db")
+    plain = ukikit.make_uki(tmp / "uki", tmp / "unsigned.efi", osrel, b"kernel 2" * 1024)
+    return ukikit.sign(plain, tmp / "signed.efi", key, crt).read_bytes(), crt
 
 
 @pytest.mark.integration
 def test_a_dir_release_rebuilds_active_and_passive_from_recovery(tmp_path: Path) -> None:
     root, esp = _recovery_node(tmp_path)
-    osrel = b'ID=kairos\nVERSION_ID=2\nIMAGE_VERSION=2.0\nPRETTY_NAME="Kairos 2"\n'
-    signed, crt = _sign(tmp_path, scratch.signable_stand_in(((b".osrel", osrel), (b".linux", b"kernel"))))
+    signed, crt = _sign(tmp_path, 'ID=kairos\nVERSION_ID=2\nIMAGE_VERSION=2.0\nPRETTY_NAME="Kairos 2"\n')
     rel = tmp_path / "release"
     rel.mkdir()
     (rel / "kairos-2.0.efi").write_bytes(signed)

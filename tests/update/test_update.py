@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,11 @@ from pathlib import Path
 import pytest
 
 import registry
-import trixie
+import ukikit
 from bootkeeper.esp import scratch
 from helpers import bk, tree, type2_esp
 
 pytestmark = [pytest.mark.integration]
-STUB = trixie.ROOT / "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 OS = "ID=debian\nVERSION_ID=13\n"
 ROLES = ("active", "passive", "recovery", "statereset")
 
@@ -31,25 +29,9 @@ def _stand_in(role: str) -> bytes:
     return scratch.stand_in_uki(((b".osrel", osrel), (b".linux", role.encode())))
 
 
-def _run(cwd: Path, *args: str) -> None:
-    p = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
-    assert p.returncode == 0, f"{args}: {p.stderr}"
-
-
 def _uki(w: Path, out: Path, version: str) -> Path:
-    """A UKI's shape: the stub with .osrel (IMAGE_VERSION=version), .cmdline and .linux, placed after
-    the stub's own sections as ukify places them (their addresses relative to the stub's ImageBase)."""
-    raw = STUB.read_bytes()
-    pe = struct.unpack_from("<I", raw, 0x3C)[0]
-    base = struct.unpack_from("<Q", raw, pe + 24 + 24)[0]
-    (w / "osrel").write_text(f"{OS}IMAGE_ID=active\nIMAGE_VERSION={version}\n")  # IMAGE_ID: the Type #2 sort key
-    (w / "cmdline").write_text("console=ttyS0")
-    (w / "linux").write_bytes(version.encode() * 4096)
-    args = []
-    for i, name in enumerate(("osrel", "cmdline", "linux")):
-        args += ["--add-section", f".{name}={name}", "--change-section-vma", f".{name}={base + 0x100000 * (i + 1):#x}"]
-    _run(w, "objcopy", *args, str(STUB), str(out))
-    return out
+    """OS ``version``'s UKI (IMAGE_ID=active: the Type #2 sort key, as the node's own UKIs have)."""
+    return ukikit.make_uki(w, out, f"{OS}IMAGE_ID=active\nIMAGE_VERSION={version}\n", version.encode() * 4096)
 
 
 @dataclass(frozen=True)
@@ -61,13 +43,9 @@ class Kit:
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
-    for tool in ("objcopy", "sbsign", "openssl"):
-        assert shutil.which(tool), f"{tool} missing: scripts/setup-test-deps.sh installs it"
-    assert STUB.exists(), f"{STUB}: scripts/setup-trixie.sh"
+    ukikit.need_tools()
     w = tmp_path_factory.mktemp("kit")
-    for name in ("good", "other"):
-        _run(w, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-             f"{name}.crt", "-subj", f"/CN=release {name}", "-days", "30")  # fmt: skip
+    pairs = {name: ukikit.key_pair(w, name, f"release {name}") for name in ("good", "other")}
     ukis: dict[str, Path] = {}
     for label, version, key in (("v2", "2", "good"), ("v2-unsigned", "2", None), ("v2-other", "2", "other"),
                                 ("v0", "0", "good"), ("v3", "3", "good")):  # fmt: skip
@@ -78,8 +56,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
         if key is None:
             plain.rename(out)
         else:
-            _run(d, "sbsign", "--key", str(w / f"{key}.key"), "--cert", str(w / f"{key}.crt"), "--output", str(out),
-                 str(plain))  # fmt: skip
+            ukikit.sign(plain, out, *pairs[key])
         ukis[label] = out
     t = w / "tools-tree"
     (t / "usr/bin").mkdir(parents=True)
@@ -332,3 +309,19 @@ def test_skopeo_copies_both_ways_and_the_node_updates_from_either_copy(tmp_path:
         r = node.bk("--source", f"oci:{reg.host}/bk/other:3")
         assert r.returncode == 0, r.stderr
         assert "result: upgraded (3, signed by CN=release good)" in r.stdout
+
+
+def test_after_a_fallback_the_next_update_replaces_the_bad_active(tmp_path: Path, kit: Kit, node: Node) -> None:
+    """Active used its tries (the node fell back and runs passive): the update replaces the bad active and
+    keeps the running passive byte for byte; no entry is deleted by hand on the read-only /efi."""
+    linux = node.esp / "EFI/Linux"
+    (linux / "active+3.efi").rename(linux / "active+0-3.efi")
+    passive = (linux / "passive+3.efi").read_bytes()
+    _push(kit, f"ocifile:{tmp_path / 'layout'}:3", "v3")
+    r = node.bk("--source", f"ocifile:{tmp_path / 'layout'}:3")
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in linux.iterdir() if p.is_file())
+    assert "active+0-3.efi" not in names and "passive+3.efi" in names, names
+    active = next(n for n in names if n.startswith("active+"))
+    assert (linux / active).read_bytes() == kit.ukis["v3"].read_bytes()
+    assert (linux / "passive+3.efi").read_bytes() == passive
