@@ -88,11 +88,12 @@ def signable_stand_in(sections: tuple[tuple[bytes, bytes], ...]) -> bytes:
     stand-in UKI that the real ``sbsign`` signs and ``sbverify`` verifies (it does not boot: no code).
 
     The layout is what the PE/COFF specification asks of an image ("PE Format", Microsoft Learn) and what
-    sbsigntool's ``image_pecoff_parse()`` (src/image.c) checks: the optional header's magic 0x20B with all
-    16 data directories (the certificate table is the fifth, which sbsign fills in), FileAlignment 0x200,
-    SectionAlignment 0x1000, each section's raw data on a FileAlignment boundary and its VirtualAddress on
-    a SectionAlignment one, in ascending order, SizeOfHeaders and SizeOfImage rounded up to them. Sections
-    are initialised read-only data, as ukify adds ``.osrel`` and ``.linux``."""
+    sbsigntool's ``image_pecoff_parse()`` and ``image_pecoff_parse_64()`` (src/image.c) check: the optional
+    header's magic 0x20B with all 16 data directories (the certificate table is the fifth, which sbsign
+    fills in), FileAlignment 0x200, SectionAlignment 0x1000, each section's raw data on a FileAlignment
+    boundary and its VirtualAddress on a SectionAlignment one, in ascending order, SizeOfHeaders and
+    SizeOfImage rounded up to them. Sections are initialised read-only data, as ukify adds ``.osrel`` and
+    ``.linux``."""
     file_align, section_align = 0x200, 0x1000
     pe_off, opt_size = 0x80, 112 + 16 * 8  # PE32+ fields, then 16 data directories of 8 bytes
 
