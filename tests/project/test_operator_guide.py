@@ -41,6 +41,7 @@ def test_each_section_names_its_tests() -> None:
     sections = re.split(r"^## ", GUIDE.read_text(), flags=re.M)[1:]
     assert [s.splitlines()[0] for s in sections] == [
         "Signing keys for system extensions",
+        "Releases: push, update, a failed update, repair",
         "The extension step's timeout",
         "Extension changes and the disk",
         "Names as they are shown",

@@ -32,13 +32,13 @@ def test_every_link_of_the_readme_leads_to_a_file() -> None:
 
 def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
     """Every ``sh`` block of the quick start, in order, in one shell that stops at the first failure."""
-    for tool in ("mkfs.erofs", "veritysetup"):
+    for tool in ("mkfs.erofs", "veritysetup", "sbsign"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing; scripts/setup-test-deps.sh installs it")
     text = README.read_text()
     quick = text[text.index("## Quick start") : text.index("## The verbs")]
     blocks = re.findall(r"```sh\n(.*?)```", quick, re.S)
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     script = "set -euo pipefail\n" + "".join(blocks)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
     r = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -46,4 +46,21 @@ def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
     assert "result: upgraded" in r.stdout
     assert "hello.raw" in r.stdout
     assert "bootkeeper_entry_tries_left" in r.stdout
+    # the loop: push, update, a failed update (refused, then past a fallback), repair
+    assert "release: 3; running: 2; newer" in r.stdout
+    assert "result: upgraded (3, signed by CN=bootkeeper test signing key)" in r.stdout
+    refusals = [line for line in r.stderr.splitlines() if line.startswith("bootkeeper: error: ")]
+    assert len(refusals) == 1, r.stderr
+    assert refusals[0].endswith(
+        "/releases:4-unsigned: kairos-4.efi: Secure Boot signature: not signed"
+        " (no certificate table, or no PKCS#7 signature in it)"
+    )
+    assert (
+        "bootkeeper: loader/entries/active+0-3.conf: the active entry is bad (no tries left); the new OS replaces it"
+        " and loader/entries/passive+3.conf stays as it is"
+    ) in r.stderr.splitlines()
+    assert "result: upgraded (4, signed by CN=bootkeeper test signing key)" in r.stdout
+    assert re.search(r"^repair: booted recovery \(.*/node/run/cos/recovery_mode\)$", r.stdout, re.M)
+    assert re.search(r"^repaired: active and passive rebuilt from ocifile:.*/releases:stable \(4\)$", r.stdout, re.M)
+    assert re.search(r" UTC repair on recovery from ocifile:.*/releases:stable: repaired \(4\)$", r.stdout, re.M)
     assert list(tmp_path.iterdir()) == []  # the quick start cleans up after itself

@@ -81,3 +81,56 @@ def stand_in_uki(sections: tuple[tuple[bytes, bytes], ...]) -> bytes:
         out += struct.pack("<8sIIIIIIHHI", name.ljust(8, b"\0"), len(data), 0x1000, len(data), off, 0, 0, 0, 0, 0)
         body += data.ljust((len(data) + 0x1FF) & ~0x1FF, b"\0")
     return bytes(out.ljust(data_off, b"\0") + body)
+
+
+def signable_stand_in(sections: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """A minimal but valid PE32+ image (x86-64, an EFI application) with the given named sections: a
+    stand-in UKI that the real ``sbsign`` signs and ``sbverify`` verifies (it does not boot: no code).
+
+    The layout is what the PE/COFF specification asks of an image ("PE Format", Microsoft Learn) and what
+    sbsigntool's ``image_pecoff_parse()`` and ``image_pecoff_parse_64()`` (src/image.c) check: the optional
+    header's magic 0x20B with all 16 data directories (the certificate table is the fifth, which sbsign
+    fills in), FileAlignment 0x200, SectionAlignment 0x1000, each section's raw data on a FileAlignment
+    boundary and its VirtualAddress on a SectionAlignment one, in ascending order, SizeOfHeaders and
+    SizeOfImage rounded up to them. Sections are initialised read-only data, as ukify adds ``.osrel`` and
+    ``.linux``."""
+    file_align, section_align = 0x200, 0x1000
+    pe_off, opt_size = 0x80, 112 + 16 * 8  # PE32+ fields, then 16 data directories of 8 bytes
+
+    def up(n: int, a: int) -> int:
+        return (n + a - 1) & ~(a - 1)
+
+    headers = up(pe_off + 24 + opt_size + 40 * len(sections), file_align)
+    table, body = bytearray(), bytearray()
+    va = section_align
+    for name, data in sections:
+        raw = up(len(data), file_align)
+        at = headers + len(body) if raw else 0
+        # IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ
+        table += struct.pack("<8sIIIIIIHHI", name.ljust(8, b"\0"), len(data), va, raw, at, 0, 0, 0, 0, 0x40000040)
+        body += data.ljust(raw, b"\0")
+        va += up(max(len(data), 1), section_align)
+    # Machine x86-64; Characteristics EXECUTABLE_IMAGE | LARGE_ADDRESS_AWARE | DEBUG_STRIPPED
+    coff = b"PE\0\0" + struct.pack("<HHIIIHH", 0x8664, len(sections), 0, 0, 0, opt_size, 0x0222)
+    opt = struct.pack(
+        "<HBBIIIIIQIIHHHHHHIIIIHHQQQQII",
+        0x20B,  # PE32+
+        0, 0,  # linker version
+        0, len(body), 0,  # SizeOfCode, SizeOfInitializedData, SizeOfUninitializedData
+        0, 0,  # AddressOfEntryPoint, BaseOfCode: no code
+        0,  # ImageBase
+        section_align, file_align,
+        0, 0, 0, 0, 0, 0,  # OS, image and subsystem versions
+        0,  # Win32VersionValue
+        va,  # SizeOfImage: the last section's end, on a SectionAlignment boundary
+        headers,  # SizeOfHeaders
+        0,  # CheckSum (sbsign computes it)
+        10,  # Subsystem: EFI application
+        0x0100,  # DllCharacteristics: NX_COMPAT
+        0, 0, 0, 0,  # stack and heap reserve and commit
+        0,  # LoaderFlags
+        16,  # NumberOfRvaAndSizes
+    )  # fmt: skip
+    dos = b"MZ" + b"\0" * 0x3A + struct.pack("<I", pe_off)
+    out = dos.ljust(pe_off, b"\0") + coff + opt.ljust(opt_size, b"\0") + table
+    return bytes(out.ljust(headers, b"\0") + body)
