@@ -96,6 +96,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     for n in ("a", "b"):
         assert _run(["keys", "generate", "--key", str(t / f"{n}.key"), "--cert", str(t / f"{n}.crt")])[0] == 0
     (t / "a-file").write_text("")
+    (t / "not-a-uki.efi").write_text("not a PE file")
     (t / "tree/usr/bin").mkdir(parents=True)
     (t / "tree/usr/bin/x").write_text("x")
     (t / "blocked").mkdir()
@@ -185,6 +186,44 @@ CASES = [
         M,
         lambda w: ["repair", "--root", str(w.root), "--esp", str(w.esp), "--config", str(w.badcfg)],
         lambda w: [str(w.badcfg)],
+    ),
+    Case("update", U, lambda w: ["update", "--bogus"], lambda w: ["bootkeeper update", "--bogus"]),
+    Case(
+        "update",
+        U,
+        lambda w: ["update", "--check", "--root", str(w.root)],
+        lambda w: ["no release source: give --source, or set update.source in the config"],
+    ),
+    Case(
+        "update",
+        R,
+        lambda w: ["update", "--check", "--root", str(w.root), "--source", f"ocifile:{w.missing}"],
+        lambda w: [f"ocifile:{w.missing}: cannot read"],
+    ),
+    Case(
+        "update",
+        N,
+        lambda w: ["update", "--apply-downloaded", "--root", str(w.root)],
+        lambda w: ["var/lib/bootkeeper/update: no downloaded release"],
+    ),
+    Case(
+        "update",
+        M,
+        lambda w: ["update", "--check", "--root", str(w.root), "--config", str(w.badcfg)],
+        lambda w: [str(w.badcfg)],
+    ),
+    Case("release push", U, lambda w: ["release", "push", "--bogus"], lambda w: ["bootkeeper release push", "--bogus"]),
+    Case(
+        "release push",
+        R,
+        lambda w: ["release", "push", str(w.missing / "a.efi"), "--to", f"ocifile:{w.missing}"],
+        lambda w: [f"{w.missing / 'a.efi'}: cannot read"],
+    ),
+    Case(
+        "release push",
+        M,
+        lambda w: ["release", "push", str(w.tmp / "not-a-uki.efi"), "--to", f"ocifile:{w.missing}"],
+        lambda w: ["is not a UKI"],
     ),
     Case("entries", R, lambda w: ["entries", "--esp", str(w.missing)], lambda w: [f"{w.missing}: does not exist"]),
     Case("entries", M, lambda w: ["entries", "--esp", str(w.notesp)], lambda w: [str(w.notesp), "not an ESP"]),

@@ -61,6 +61,6 @@ def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
     ) in r.stderr.splitlines()
     assert "result: upgraded (4, signed by CN=bootkeeper test signing key)" in r.stdout
     assert re.search(r"^repair: booted recovery \(.*/node/run/cos/recovery_mode\)$", r.stdout, re.M)
-    assert re.search(r"^repaired: active and passive rebuilt from ocifile:.*/releases:stable \(4\)$", r.stdout, re.M)
-    assert re.search(r" UTC repair on recovery from ocifile:.*/releases:stable: repaired \(4\)$", r.stdout, re.M)
+    assert re.search(r"^repaired: active and passive rebuilt from ocifile:.*/releases:stable \(5\)$", r.stdout, re.M)
+    assert re.search(r" UTC repair on recovery from ocifile:.*/releases:stable: repaired \(5\)$", r.stdout, re.M)
     assert list(tmp_path.iterdir()) == []  # the quick start cleans up after itself

@@ -325,3 +325,20 @@ def test_after_a_fallback_the_next_update_replaces_the_bad_active(tmp_path: Path
     active = next(n for n in names if n.startswith("active+"))
     assert (linux / active).read_bytes() == kit.ukis["v3"].read_bytes()
     assert (linux / "passive+3.efi").read_bytes() == passive
+
+
+def test_a_release_that_failed_here_is_not_installed_again(tmp_path: Path, kit: Kit, node: Node) -> None:
+    """After a fallback the running passive is older, so a channel still naming the release that failed
+    offers it as newer: refused while it is the bad active byte for byte; --force installs it anyway."""
+    linux = node.esp / "EFI/Linux"
+    (linux / "active+3.efi").unlink()
+    shutil.copy(kit.ukis["v2"], linux / "active+0-3.efi")  # v2 was installed and used its tries
+    _push(kit, f"ocifile:{tmp_path / 'layout'}:stable", "v2")
+    before = tree(node.esp)
+    r = node.bk("--source", f"ocifile:{tmp_path / 'layout'}:stable")
+    assert r.returncode == 1, r.stderr
+    assert "node-2.efi: this release is the active entry that failed here (EFI/Linux/active+0-3.efi)" in _one_line(r)
+    assert tree(node.esp) == before
+    r = node.bk("--source", f"ocifile:{tmp_path / 'layout'}:stable", "--force")
+    assert r.returncode == 0, r.stderr
+    assert any(p.name.startswith("active+3") for p in linux.iterdir())

@@ -652,24 +652,19 @@ def _drop_passive(store: EspStore, passive: RoleSet | None, links: LinkStore | N
 
 
 def rearm(store: EspStore, cfg: BootAssessment) -> list[str]:
-    """Fresh counters for every role entry (a rebuild's last step): active and passive
-    ``boot_assessment.tries``, recovery and statereset ``recovery_tries``. Each is one rename in its own
-    folder (a crash between two leaves every entry bootable; a re-run renames the rest). Returns the
-    renames as lines."""
+    """Fresh counters for active and passive (``boot_assessment.tries``), a rebuild's last step. Recovery
+    and statereset keep theirs: a repair runs on a recovery boot that is never blessed, so each attempt,
+    one that installs a release that fails again included, costs one of recovery's tries and in the
+    end statereset, never a loop; the new active's good boot re-arms recovery as every good boot does
+    (docs/updates.md, Repair). Each is one rename in its own folder (a crash between two leaves every
+    entry bootable; a re-run renames the rest). Returns the renames as lines."""
     from bootkeeper.assess import handback
 
-    renames = handback.rearm_plan(store, cfg)
-    for directory, suffix in ((TYPE1_DIR, ".conf"), (TYPE2_DIR, ".efi")):
-        for name in store.list_dir(directory):
-            cn = counter_mod.parse(name, suffix)
-            if Role.from_stem(cn.stem) is not Role.STATERESET or fsutil.is_temporary(name):
-                continue
-            if cn.prefix is not None and cn.tail is not None:
-                new = counter_mod.format_name(cn.prefix, cn.tail, cfg.recovery_tries)
-            else:
-                new = counter_mod.format_name(cn.stem, name[len(cn.stem) :], cfg.recovery_tries)
-            if new != name and new not in store.list_dir(directory):
-                renames.append((directory, name, new))
+    renames = []
+    for directory, name, new in handback.rearm_plan(store, cfg):
+        suffix = ".conf" if directory == TYPE1_DIR else ".efi"
+        if Role.from_stem(counter_mod.parse(name, suffix).stem) in (Role.ACTIVE, Role.PASSIVE):
+            renames.append((directory, name, new))
     if not renames:
         return []
     with store.transaction():

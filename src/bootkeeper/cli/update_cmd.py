@@ -58,6 +58,8 @@ _HELP = {
     "allow-downgrade": "Apply a release whose version is not newer than the running OS's.",
     "limit-rate": "Bytes a second a download may take (default: update.limit_rate).",
     "dry-run": "Apply as far as the upgrade's plan and gate; write nothing to the ESP.",
+    "force": "Apply although the upgrade's gate refuses the extensions or the release failed here before (logged); "
+    "never past the UKI's signature or the version rule.",
 }
 
 
@@ -70,11 +72,12 @@ _HELP = {
 @click.option("--allow-downgrade", is_flag=True, help=_HELP["allow-downgrade"])
 @click.option("--limit-rate", type=click.IntRange(0), default=None, help=_HELP["limit-rate"])
 @click.option("--dry-run", is_flag=True, help=_HELP["dry-run"])
+@click.option("--force", is_flag=True, help=_HELP["force"])
 @options(luks_option("whose signed-policy TPM2 token the new UKI must open"), esp_option, config_option, version_option)
 @options(root_option, json_option)
 def update(
     source: str | None, step: str | None, scheduled: bool, allow_downgrade: bool, limit_rate: int | None,
-    dry_run: bool, luks: tuple[Path, ...], esp: Path | None, config_files: tuple[Path, ...],
+    dry_run: bool, force: bool, luks: tuple[Path, ...], esp: Path | None, config_files: tuple[Path, ...],
     sdboot_version: str | None, root: Path, as_json: bool,
 ) -> None:  # fmt: skip
     """Check a source for a newer release, download it into the staging folder, and apply it.
@@ -87,7 +90,7 @@ def update(
     if scheduled and step is not None:
         raise UsageError("--scheduled decides the steps itself: give it alone, without a step option")
     cfg = load_config(config_files, root)
-    opts = node.ApplyOptions(allow_downgrade, False, dry_run, False, luks, sdboot_version)
+    opts = node.ApplyOptions(allow_downgrade, False, dry_run, force, luks, sdboot_version)
     out: dict[str, object] = {}
     if step == "apply-downloaded":
         staged = node.downloaded(cfg, root)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bootkeeper.errors import UsageError
+from bootkeeper.errors import MalformedError, UnreadableError, UsageError
 
 if TYPE_CHECKING:
     from bootkeeper.update.release import Built
@@ -33,18 +33,24 @@ class Pushed:
 
 
 def _version(files: list[Path], given: str | None) -> str | None:
-    """``--version``, else the UKI's ``.osrel`` ``IMAGE_VERSION`` or ``VERSION_ID``."""
+    """The files checked (each readable, one UKI that is one), and the version: ``--version``, else the
+    UKI's ``.osrel`` ``IMAGE_VERSION`` or ``VERSION_ID``."""
     from bootkeeper.assess import upgrade as up
     from bootkeeper.node.update import VERSION_KEYS
 
-    if given is not None:
-        return given
     ukis = [f for f in files if f.name.endswith(".efi")]
     if len(ukis) != 1:
         raise UsageError(f"a release is one UKI (*.efi) and its extensions (*.raw): {len(ukis)} UKIs given")
+    for f in files:
+        try:
+            f.stat()
+        except OSError as exc:
+            raise UnreadableError(f"{f}: cannot read ({exc.strerror})") from exc
     uki = up.check_uki(ukis[0])
     if not uki.ok:
-        raise UsageError(f"{ukis[0]}: {uki.reason}")
+        raise MalformedError(uki.reason or f"{ukis[0]}: not a UKI")
+    if given is not None:
+        return given
     return next((uki.osrel[k] for k in VERSION_KEYS if uki.osrel.get(k)), None)
 
 

@@ -252,8 +252,31 @@ def apply_staged(
         dry_run=opts.dry_run, force=opts.force, sdboot_version=opts.sdboot_version, luks=opts.luks,
         rebuild=opts.rebuild,
     )  # fmt: skip
+    if not opts.force:
+        _refuse_a_release_that_failed(esp, staged.uki, shown, opts.sdboot_version)
     outcome = node.upgrade(cfg, root, esp, staged.uki, staged.extensions, up_opts, say, boot_id)
     return Applied(version, signer, outcome)
+
+
+def _refuse_a_release_that_failed(esp: Path | None, uki: Path, shown: str, sdboot_version: str | None) -> None:
+    """A release whose UKI is the bad active's, byte for byte, failed on this node already: after a
+    fallback the running passive is older, so a channel that still names that release would offer it
+    as newer, and installing it again would fail the same way. Refused until the channel moves (or
+    ``--force``)."""
+    from bootkeeper.assess import upgrade as up
+    from bootkeeper.esp.counter import EntryState
+    from bootkeeper.esp.entries import Role
+    from bootkeeper.esp.store import EspStore
+    from bootkeeper.node.store import find_esp
+
+    store = EspStore(find_esp(esp))
+    found = up.find_sets(store, store.snapshot(sdboot_version))
+    bad = found.sets.get(Role.ACTIVE)
+    if bad is not None and bad.entry.state is EntryState.BAD and up.same_bytes(store.path(bad.uki), uki):
+        raise RefusedError(
+            f"{shown}: this release is the active entry that failed here ({bad.entry.path}); nothing was changed",
+            hint="publish a fixed release on the channel (or pass --force to install it again)",
+        )
 
 
 def reboot(root: Path, why: str, say: Say) -> bool:
