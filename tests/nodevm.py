@@ -193,7 +193,9 @@ def bk(*args: str) -> str:
     return _run([sys.executable, "-m", "bootkeeper", *args])
 
 
-OS_VERSIONS = ("1", "2")
+# 1 and 2: the upgrade scenarios (tests/node/test_node.py); 3 and 4 too: the update scenarios
+# (tests/node/test_node_update.py), where v3 is a release that fails its health check (fault.sh: v3=...)
+OS_VERSIONS = ("1", "2", "3", "4")
 
 
 def os_release(version: str) -> str:
@@ -213,13 +215,22 @@ def os_release(version: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The update and repair units (docs/updates.md) as the rig enables them in case install-units does not
+# (yet): each only where the package ships it, so the image builds from a package without them too.
+UPDATE_UNITS_ENABLE = (
+    "for u in bootkeeper-update.timer bootkeeper-repair.service; do "
+    "if [ -e /usr/lib/systemd/system/$u ] || [ -e /lib/systemd/system/$u ]; then systemctl enable $u; "
+    "echo enabled $u; else echo no $u; fi; done; "
+)
+
+
 def root_image() -> Path:
     """The root file system: guest tree + bootkeeper (its Debian package) + test rig + install-units."""
     pkg = deb()
     k = keys()
     stamp = (CACHE / "guest.stamp").read_text().strip()
     osrels = "".join(os_release(v) for v in OS_VERSIONS)
-    key = _digest([pkg, RIG, k.good_crt], extra=stamp + NODE_CONFIG + osrels)
+    key = _digest([pkg, RIG, k.good_crt], extra=stamp + NODE_CONFIG + osrels + UPDATE_UNITS_ENABLE)
     img = CACHE / f"root-{key}.img"
     if img.exists():
         return img
@@ -246,6 +257,17 @@ def root_image() -> Path:
     (units / "bootkeeper-bless.service.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(RIG / "bootkeeper-bless-bktest.conf", units / "bootkeeper-bless.service.d" / "90-bktest.conf")
     shutil.copy(RIG / "crypttab", stage / "etc/crypttab")  # noauto: for tests/node/test_node_unlock.py
+    # tests/node/test_node_update.py: DHCP on the NIC QEMU's user network gives a scenario with a registry
+    # (boot(net=...)); wait-online skipped where the machine has no NIC (-net none), so nothing stalls
+    (stage / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
+    shutil.copy(RIG / "50-bktest.network", stage / "etc/systemd/network/50-bktest.network")
+    for unit, dropin in (
+        ("systemd-networkd-wait-online.service", "bktest-wait-online.conf"),
+        ("bootkeeper-update.service", "bktest-update.conf"),
+        ("bootkeeper-repair.service", "bktest-update.conf"),
+    ):
+        (units / f"{unit}.d").mkdir(parents=True, exist_ok=True)
+        shutil.copy(RIG / dropin, units / f"{unit}.d" / "90-bktest.conf")
     out = chroot(
         stage,
         f"dpkg -i /tmp/{pkg.name}; rm /tmp/{pkg.name}; "
@@ -254,7 +276,9 @@ def root_image() -> Path:
         # tests/node/test_node_goodboot.py: idle unless its files are on the ESP (bktest/oem.yaml, fail-multiuser)
         "systemctl enable bktest-goodboot-oem.service bktest-goodboot-required.service "
         "bktest-goodboot-multiuser.service; "
+        "systemctl enable systemd-networkd.service; "  # tests/node/test_node_update.py: the registry's NIC
         "bootkeeper install-units; "
+        f"{UPDATE_UNITS_ENABLE}"
         "bootkeeper --version; "
         "python3 -c 'import bootkeeper, cryptography; print(bootkeeper.__file__, cryptography.__version__)'",
     )
@@ -302,11 +326,15 @@ def ukis() -> dict[str, Path]:
 
 
 def os_ukis() -> dict[str, Path]:
-    """The UKIs of OS v1 and v2 (keys "v1", "v2"), cached by kernel, initrd, command line and os-release.
-    Their own folder (``osuki-*``), so that :func:`ukis` never removes them nor they it."""
+    """The UKIs of OS v1 to v4 (keys "v1" ... "v4"), cached by kernel, initrd, command line, os-release
+    and the good key; each signed by the real ``sbsign`` with the good key (node-good.crt, which the
+    node's ``sysext.certificates`` trusts: ``bootkeeper update`` verifies a release's Authenticode
+    signature against them). Their own folder (``osuki-*``), so that :func:`ukis` never removes them nor
+    they it."""
     kver = kernel_version()
     initrd = GUEST / "boot" / f"initrd.img-{kver}"
-    key = _digest([initrd], extra=kver + CMDLINE + "".join(os_release(v) for v in OS_VERSIONS))
+    k = keys()
+    key = _digest([initrd, k.good_crt], extra=kver + CMDLINE + "".join(os_release(v) for v in OS_VERSIONS) + "sbsign")
     d = CACHE / f"osuki-{key}"
     out = {f"v{v}": d / f"v{v}.efi" for v in OS_VERSIONS}
     if all(p.exists() for p in out.values()):
@@ -331,7 +359,18 @@ def os_ukis() -> dict[str, Path]:
         raise RuntimeError(f"ukify failed: {p.stderr[-2000:]}")
     d.mkdir()
     for path in out.values():
-        (work / path.name).rename(path)
+        _run(
+            [
+                "sbsign",
+                "--key",
+                str(k.good_key),
+                "--cert",
+                str(k.good_crt),
+                "--output",
+                str(path),
+                str(work / path.name),
+            ]
+        )
     shutil.rmtree(work)
     return out
 
@@ -359,6 +398,38 @@ def os_sysexts() -> dict[str, Path]:
         out.parent.mkdir(parents=True)
         bk("sysext", "build", str(tree), "-o", str(out), "--key", str(k.good_key), "--cert", str(k.good_crt),
            "--os-release", str(osrel))  # fmt: skip
+        shutil.rmtree(tree)
+    stamp.write_text(key)
+    return want
+
+
+def update_sysexts() -> dict[str, Path]:
+    """The versioned extension of each OS (keys "v1" ... "v4"): ``tools-vN.sysext.raw``, whose
+    extension-release (``extension-release.tools-vN``, written here: ``sysext build`` writes none with a
+    SYSEXT_ID) says ``ID=debian``, ``VERSION_ID=N``, ``SYSEXT_ID=tools``, ``SYSEXT_VERSION_ID=N``; signed
+    by the trusted key; ships /usr/bin/bk-hello-tools printing "tools vN" (as :func:`os_sysexts`)."""
+    k = keys()
+    d = CACHE / "updsysext"
+    want = {f"v{v}": d / f"v{v}" / f"tools-v{v}.sysext.raw" for v in OS_VERSIONS}
+    stamp = d / "stamp"
+    key = _digest([k.good_crt], extra="".join(os_release(v) for v in OS_VERSIONS) + "SYSEXT_ID=tools")
+    if stamp.exists() and stamp.read_text() == key and all(p.exists() for p in want.values()):
+        return want
+    shutil.rmtree(d, ignore_errors=True)
+    for v in OS_VERSIONS:
+        out = want[f"v{v}"]
+        tree = d / f"tree-v{v}"
+        (tree / "usr/bin").mkdir(parents=True)
+        hello = tree / "usr/bin/bk-hello-tools"
+        hello.write_text(f"#!/bin/sh\necho 'tools v{v}'\n")
+        hello.chmod(0o755)
+        rel = tree / "usr/lib/extension-release.d"
+        rel.mkdir(parents=True)
+        (rel / f"extension-release.tools-v{v}").write_text(
+            f"ID=debian\nVERSION_ID={v}\nSYSEXT_ID=tools\nSYSEXT_VERSION_ID={v}\nARCHITECTURE=x86-64\n"
+        )
+        out.parent.mkdir(parents=True)
+        bk("sysext", "build", str(tree), "-o", str(out), "--key", str(k.good_key), "--cert", str(k.good_crt))
         shutil.rmtree(tree)
     stamp.write_text(key)
     return want
@@ -631,6 +702,62 @@ class Boot:
 STUB_CMDLINE_EXTRA = "io.systemd.stub.kernel-cmdline-extra"
 
 
+# -- the network and the USB stick (tests/node/test_node_update.py) ---------------------------------
+
+# Where the guest finds the registry: QEMU's user network forwards this address and port (guestfwd) to
+# the host's loopback registry; restrict=on lets the guest reach nothing else (QEMU docs, -netdev user).
+GUEST_REGISTRY = "10.0.2.100:5000"
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """The guest's one NIC: QEMU user networking, restricted, with ``10.0.2.100:5000`` forwarded to
+    ``127.0.0.1:registry_port`` on the host (a registry the test started: tests/node/noderegistry.py)."""
+
+    registry_port: int
+
+    def qemu_args(self) -> list[str]:
+        host, port = GUEST_REGISTRY.split(":")
+        fwd = f"guestfwd=tcp:{host}:{port}-tcp:127.0.0.1:{self.registry_port}"
+        return ["-netdev", f"user,id=n0,restrict=on,{fwd}", "-device", "virtio-net-pci,netdev=n0"]
+
+
+def stick_args(stick: Path) -> list[str]:
+    """QEMU's arguments for ``stick`` as a removable USB mass storage device on an xHCI controller: the
+    guest sees it as /dev/sdX with /sys/block/sdX/removable 1."""
+    return [
+        "-device", "qemu-xhci,id=xhci",
+        "-drive", f"if=none,id=stick,format=raw,file={stick}",
+        "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on",
+    ]  # fmt: skip
+
+
+def make_stick(folder: Path, out: Path, *, fs: str = "vfat", label: str = "BKSTICK") -> Path:
+    """A whole-disk file system image (no partition table, as many sticks are formatted) holding the
+    tree ``folder`` at its root: FAT32 written with mtools (no mount), or ext4 by ``mkfs.ext4 -d``.
+    E.g. an OCI layout made by ``bootkeeper release push ... --to ocifile:DIR`` (``ocifile:``), or a
+    folder ``bootkeeper-release/`` (``dir:``)."""
+    files = [f for f in folder.rglob("*") if f.is_file()]
+    mib = sum(f.stat().st_size for f in files) * 12 // 10 // (1024 * 1024) + 64
+    out.unlink(missing_ok=True)
+    if fs == "ext4":
+        _run(["mkfs.ext4", "-q", "-F", "-L", label, "-d", str(folder), str(out), f"{mib}M"])
+        return out
+    if fs != "vfat":
+        raise ValueError(f"{fs}: vfat or ext4")
+    _run(["truncate", "-s", f"{mib}M", str(out)])
+    _run(["mkfs.vfat", "-F", "32", "-n", label, str(out)])
+    for top in sorted(folder.iterdir()):
+        _run(["mcopy", "-s", "-i", str(out), str(top), "::/"], env=MT_ENV)
+    return out
+
+
+def stick_tree(stick: Path) -> list[str]:
+    """Every file and folder on a FAT stick made by :func:`make_stick`, as paths (no trailing slash), sorted."""
+    out = _run(["mdir", "-/", "-b", "-i", str(stick), "::/"], env=MT_ENV)
+    return sorted(line.strip().removeprefix("::/").rstrip("/") for line in out.splitlines() if line.strip())
+
+
 def boot(
     disk: Path,
     log: Path,
@@ -639,11 +766,16 @@ def boot(
     timeout: float = BOOT_TIMEOUT,
     tpm: Tpm | None = None,
     cmdline_extra: str | None = None,
+    net: NetSpec | None = None,
+    stick: Path | None = None,
 ) -> Boot:
     """Power on; return when the guest powers off, reboots or panics (-no-reboot), or once a serial
     line contains ``kill_on`` (then QEMU is killed at once: a power cut). ``tpm``: with that TPM (and
     its firmware variables); swtpm runs only while QEMU does. ``cmdline_extra``: words systemd-stub
-    adds to this boot's kernel command line (:data:`STUB_CMDLINE_EXTRA`), the disk left as it is."""
+    adds to this boot's kernel command line (:data:`STUB_CMDLINE_EXTRA`), the disk left as it is.
+    ``net``: a NIC on QEMU's restricted user network that reaches the registry alone (else no NIC,
+    ``-net none``); ``stick``: a raw image attached as a removable USB stick (:func:`stick_args`)."""
+    extra = [*(net.qemu_args() if net is not None else ["-net", "none"]), *(stick_args(stick) if stick else [])]
     with contextlib.ExitStack() as stack:
         firmware = stack.enter_context(swtpm_running(tpm)) if tpm is not None else ["-bios", str(OVMF)]
         smbios = []
@@ -651,15 +783,23 @@ def boot(
             if "," in cmdline_extra:  # QEMU's option syntax would need it doubled; nothing here needs one
                 raise ValueError(f"{cmdline_extra!r}: no commas in an SMBIOS string here")
             smbios = ["-smbios", f"type=11,value={STUB_CMDLINE_EXTRA}={cmdline_extra}"]
-        return _boot(disk, log, [*firmware, *smbios], kill_on=kill_on, timeout=timeout)
+        return _boot(disk, log, [*firmware, *smbios], kill_on=kill_on, timeout=timeout, devices=extra)
 
 
-def _boot(disk: Path, log: Path, firmware: list[str], *, kill_on: str | None, timeout: float) -> Boot:
+def _boot(
+    disk: Path,
+    log: Path,
+    firmware: list[str],
+    *,
+    kill_on: str | None,
+    timeout: float,
+    devices: tuple[str, ...] | list[str] = ("-net", "none"),
+) -> Boot:
     cmd = [
         "qemu-system-x86_64",
         "-machine", "q35,accel=tcg", "-cpu", QEMU_CPU, "-m", "1024", "-smp", QEMU_SMP,
         "-nographic", "-no-reboot", *firmware,
-        "-drive", f"if=virtio,format=raw,file={disk}", "-net", "none",
+        "-drive", f"if=virtio,format=raw,file={disk}", *devices,
     ]  # fmt: skip
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
