@@ -723,12 +723,15 @@ class NetSpec:
 
 
 def stick_args(stick: Path) -> list[str]:
-    """QEMU's arguments for ``stick`` as a removable USB mass storage device on an xHCI controller: the
-    guest sees it as /dev/sdX with /sys/block/sdX/removable 1."""
+    """QEMU's arguments for ``stick`` as a removable disk: the guest sees /dev/sdX with
+    /sys/block/sdX/removable 1, as a USB stick is. Not USB mass storage: the guest's kernel
+    (linux-image-cloud-amd64) is built without USB (``# CONFIG_USB_SUPPORT is not set``), so the stick is a
+    SCSI disk on virtio-scsi whose INQUIRY says removable (QEMU's scsi-hd ``removable=on``: the RMB bit,
+    which Linux's sd driver shows as ``removable``)."""
     return [
-        "-device", "qemu-xhci,id=xhci",
+        "-device", "virtio-scsi-pci,id=stickbus",
         "-drive", f"if=none,id=stick,format=raw,file={stick}",
-        "-device", "usb-storage,bus=xhci.0,drive=stick,removable=on",
+        "-device", "scsi-hd,bus=stickbus.0,drive=stick,removable=on",
     ]  # fmt: skip
 
 
@@ -774,7 +777,7 @@ def boot(
     its firmware variables); swtpm runs only while QEMU does. ``cmdline_extra``: words systemd-stub
     adds to this boot's kernel command line (:data:`STUB_CMDLINE_EXTRA`), the disk left as it is.
     ``net``: a NIC on QEMU's restricted user network that reaches the registry alone (else no NIC,
-    ``-net none``); ``stick``: a raw image attached as a removable USB stick (:func:`stick_args`)."""
+    ``-net none``); ``stick``: a raw image attached as a removable disk, the USB stick (:func:`stick_args`)."""
     extra = [*(net.qemu_args() if net is not None else ["-net", "none"]), *(stick_args(stick) if stick else [])]
     with contextlib.ExitStack() as stack:
         firmware = stack.enter_context(swtpm_running(tpm)) if tpm is not None else ["-bios", str(OVMF)]

@@ -64,8 +64,9 @@ def oem(source: str | None, *, auto_apply: bool = True) -> str:
         '  schedule: "*:*:0/10"',
         "  randomized_delay: 0",
         f"  auto_apply: {'true' if auto_apply else 'false'}",
-        f"  ca_file: /efi/{CA_ON_ESP}",
     ]
+    if source is not None:
+        lines.append(f"  ca_file: /efi/{CA_ON_ESP}")
     return "\n".join(lines) + "\n"
 
 
@@ -103,8 +104,9 @@ class UpdateNode(Node):
             for p in sorted(x for x in linux.rglob("*") if x.is_file())
         }
 
-    def stay_up(self, seconds: int) -> None:
-        nodevm.esp_write(self.disk, "bktest/stay-up", f"{seconds}\n")
+    def stay_up(self, seconds: int | None) -> None:
+        """The next boots stay up ``seconds`` after their report; None: report and power off at once."""
+        nodevm.esp_write(self.disk, "bktest/stay-up", "" if seconds is None else f"{seconds}\n")
 
     def boot(self, *, kill_on: str | None = None) -> nodevm.Boot:
         b = super().boot(kill_on=kill_on)
@@ -217,3 +219,272 @@ def test_rig_the_guest_reaches_the_registry_alone_and_sees_the_stick(
     assert sticks == ["sda"], blocks
     assert "./bootkeeper-release/hello.txt" in (b.first("STICK_FILES") or ""), b.first("STICK_FILES")
     assert (b.first("FAILED") or "").split() == []
+
+
+# -- (a) and (b): the timer updates the node, and gets past a failed update -------------------------
+
+
+def _by_role(state: dict[str, str]) -> dict[str, str]:
+    """An :meth:`UpdateNode.esp_state` with the counters left out: ``active`` for ``active+2.efi``,
+    ``active/tools-v2.sysext.raw`` for ``active.efi.extra.d/tools-v2.sysext.raw``."""
+    out = {}
+    for path, what in state.items():
+        top, _, rest = path.partition("/")
+        if rest:
+            out[f"{top.removesuffix('.efi.extra.d')}/{rest}"] = what
+        else:
+            out[test_node._role_of(top)] = what
+    return out
+
+
+def _v_node(tmp_path: Path, title: str, version: str, files: dict[str, Path | str]) -> UpdateNode:
+    """A node on OS ``version`` (active, with tools-vN), passive, recovery and statereset as built."""
+    osu, upd = nodevm.os_ukis(), nodevm.update_sysexts()
+    node = UpdateNode(
+        tmp_path, title, [], sysexts={"tools": upd[f"v{version}"]}, active=osu[f"v{version}"], files=files
+    )
+    assert node.installed[0]["written"] == [f"EFI/Linux/active.efi.extra.d/tools-v{version}.sysext.raw"]
+    assert node.installed[0]["validation"]["ok"] and not node.installed[0]["forced"]
+    assert _by_role(node.esp_state()) == {
+        "active": f"v{version}",
+        f"active/tools-v{version}.sysext.raw": f"tools v{version}",
+        "passive": "passive",
+        "recovery": "recovery",
+        "statereset": "statereset",
+    }
+    return node
+
+
+def _os_pair(active: str, passive: str) -> dict[str, str]:
+    """The ESP by role with OS ``active`` and ``passive``, each with its own tools extension."""
+    return {
+        "active": f"v{active}",
+        f"active/tools-v{active}.sysext.raw": f"tools v{active}",
+        "passive": f"v{passive}",
+        f"passive/tools-v{passive}.sysext.raw": f"tools v{passive}",
+        "recovery": "recovery",
+        "statereset": "statereset",
+    }
+
+
+@retry_on_guest_crash
+def test_the_timer_updates_the_node_and_gets_past_a_failed_update(
+    pieces: dict[str, Path],
+    tmp_path: Path,
+    node_factory: list[Node],
+    *,
+    registry: noderegistry.Registry,
+    releases: dict[str, Path],
+) -> None:
+    repo = f"bk/node-{tmp_path.name}"  # a retry starts from an empty repository
+    to = f"oci:{registry.host}/{repo}"
+    push("2", f"{to}:v2", ca=registry.ca)
+    node = _v_node(
+        tmp_path,
+        "update (a)+(b): v1 updates itself to v2; v3 fails its health check, v4 replaces it",
+        "1",
+        {
+            "bktest/oem.yaml": oem(registry.source(repo)),
+            CA_ON_ESP: registry.ca,
+            "bktest/history": "1\n",
+            "bktest/stay-up": f"{STAY_UP}\n",
+        },
+    )
+    node_factory.append(node)
+    node.net = registry.net
+
+    # (a) boot 1: v1 is blessed, then the timer's update fetches v2 with tools-v2, applies, reboots
+    b1 = node.boot()
+    assert _os(b1) == ("VERSION_ID=1", "tools v1")
+    assert (node.rows[0].role, node.rows[0].after, node.rows[0].verdict) == ("active", "active.efi", "good")
+    assert b1.ending == "reboot", f"the update did not reboot the node; see {node.work}/boot1.log"
+    # v2 is active with tools-v2 (the v1 build of tools gone from active: same SYSEXT_ID), v1 with its own
+    # tools-v1 is passive, both with fresh tries
+    assert _by_role(node.esp_state()) == _os_pair("2", "1")
+    assert _counters(node.disk)["active"] == "active+2.efi" and _counters(node.disk)["passive"] == "passive+2.efi"
+
+    # v3 is pushed as stable and fails its health check wherever it runs
+    push("3", f"{to}:v3", ca=registry.ca)
+    node.set_faults(["v3=always:service"])
+
+    # boot 2: v2 runs with tools v2, is blessed; the timer finds v3 and updates to it
+    b2 = node.boot()
+    assert _os(b2) == ("VERSION_ID=2", "tools v2")
+    assert (node.rows[1].role, node.rows[1].after, node.rows[1].verdict) == ("active", "active.efi", "good")
+    assert b2.ending == "reboot"
+    assert _by_role(node.esp_state()) == _os_pair("3", "2")
+
+    # (b) boots 3 and 4: v3 fails (bk-health; the generator's FailureAction=reboot), its tries run out;
+    # boot 5: passive, v2, runs and is blessed: what bootkeeper simulate says of the same faults
+    predicted = node.simulate(["active=always:service"], 3)
+    b3, b4 = node.boot(), node.boot()
+    for b in (b3, b4):
+        assert b.first("OSFAULT") is not None and "fail" in b.mark("HEALTH"), b.marks.get("OSFAULT")
+        assert b.ending == "reboot"
+    assert [r.after for r in node.rows[2:4]] == ["active+1-1.efi", "active+0-2.efi"]
+    # v4 is pushed as stable; the next scheduled update replaces the bad v3 (no hand step on the ESP) and
+    # keeps the running v2 as passive
+    push("4", f"{to}:v4", ca=registry.ca)
+    b5 = node.boot()
+    node.check_against(predicted, 3)
+    assert node.rows[4].role == "passive" and node.rows[4].verdict == "good"
+    assert _os(b5) == ("VERSION_ID=2", "tools v2")
+    assert b5.ending == "reboot", f"the update did not replace the bad v3; see {node.work}/boot5.log"
+    assert _by_role(node.esp_state()) == _os_pair("4", "2")
+    assert _counters(node.disk)["active"] == "active+2.efi"
+
+    # boot 6: v4 with tools v4, blessed; nothing newer: the node stays up until the rig powers it off
+    node.stay_up(STAY_UP_IDLE)
+    b6 = node.boot()
+    assert _os(b6) == ("VERSION_ID=4", "tools v4")
+    assert (node.rows[5].role, node.rows[5].after, node.rows[5].verdict) == ("active", "active.efi", "good")
+    assert b6.ending == "poweroff"
+    assert _by_role(node.esp_state()) == _os_pair("4", "2")
+    # the history has the three updates, each replacing active: v1 -> v2, v2 -> v3, v3 -> v4
+    ups = _history(b6)["upgrades"]
+    assert [(u["role"], u["from"]["os"]["VERSION_ID"], u["to"]["os"]["VERSION_ID"]) for u in ups] == [
+        ("active", "1", "2"),
+        ("active", "2", "3"),
+        ("active", "3", "4"),
+    ], ups
+
+
+# -- (c), (d), (e): active and passive both out of tries: recovery repairs --------------------------
+
+
+def _repair_node(tmp_path: Path, title: str, files: dict[str, Path | str]) -> UpdateNode:
+    """A node on v1 whose active and passive have used their tries: the next boot is recovery."""
+    node = _v_node(tmp_path, title, "1", {"bktest/history": "1\n", "bktest/stay-up": f"{STAY_UP}\n", **files})
+    _out_of_tries(node, "active", "passive")
+    assert sorted(_counters(node.disk).values()) == [
+        "active+0-2.efi",
+        "passive+0-2.efi",
+        "recovery+2.efi",
+        "statereset+2.efi",
+    ]
+    return node
+
+
+def _repaired(node: UpdateNode, release: str) -> None:
+    """Boot 1 was recovery, not blessed, and its repair rebuilt active and passive and rebooted; boot 2
+    is active on ``release``, blessed, and recovery's counter is re-armed."""
+    b1 = node.boots[0]
+    r1 = node.rows[0]
+    assert (r1.role, r1.before, r1.booted, r1.verdict) == (
+        "recovery",
+        "recovery+2.efi",
+        "recovery+1-1.efi",
+        "not blessed (recovery)",
+    ), r1
+    assert b1.ending == "reboot", f"the repair did not reboot the node; see {node.work}/boot1.log"
+    state = _by_role(node.esp_state())
+    # active from the release with its own extension; passive a good OS again (the release, or the
+    # last blessed one): not the UKI that used its tries, each with its own tools
+    assert state["active"] == f"v{release}" and state[f"active/tools-v{release}.sysext.raw"] == f"tools v{release}"
+    assert state["passive"] in {f"v{release}", "v1"}, state
+    passive = state["passive"].removeprefix("v")
+    assert state[f"passive/tools-v{passive}.sysext.raw"] == f"tools v{passive}", state
+    names = _counters(node.disk)
+    assert names["active"] == "active+2.efi" and names["passive"] == "passive+2.efi", names
+    b2 = node.boots[1]
+    assert _os(b2) == (f"VERSION_ID={release}", f"tools v{release}")
+    assert (node.rows[1].role, node.rows[1].after, node.rows[1].verdict) == ("active", "active.efi", "good")
+    # the good active boot gave recovery its tries back
+    assert _counters(node.disk)["recovery"] == "recovery+2.efi", _counters(node.disk)
+    assert _repairs(_history(b2)), _history(b2)
+
+
+@retry_on_guest_crash
+def test_recovery_repairs_the_node_from_the_registry(
+    pieces: dict[str, Path],
+    tmp_path: Path,
+    node_factory: list[Node],
+    *,
+    registry: noderegistry.Registry,
+    releases: dict[str, Path],
+) -> None:
+    repo = f"bk/repair-{tmp_path.name}"
+    push("2", f"oci:{registry.host}/{repo}:v2", ca=registry.ca)
+    node = _repair_node(
+        tmp_path,
+        "update (c): active and passive out of tries; recovery repairs from the registry",
+        {"bktest/oem.yaml": oem(registry.source(repo)), CA_ON_ESP: registry.ca},
+    )
+    node_factory.append(node)
+    node.net = registry.net
+    node.boot()
+    node.stay_up(None)  # the repaired active: report and power off (bktest/stay-up empty)
+    node.boot()
+    _repaired(node, "2")
+
+
+@retry_on_guest_crash
+def test_recovery_repairs_the_node_from_a_usb_stick_without_network(
+    pieces: dict[str, Path],
+    tmp_path: Path,
+    node_factory: list[Node],
+    *,
+    releases: dict[str, Path],
+) -> None:
+    stick_tree = tmp_path / "stick-tree"
+    push("2", f"ocifile:{stick_tree}")
+    assert (stick_tree / "oci-layout").is_file() and (stick_tree / "index.json").is_file()
+    node = _repair_node(
+        tmp_path,
+        "update (d): active and passive out of tries, no NIC; recovery repairs from the USB stick",
+        {"bktest/oem.yaml": oem(None), "bktest/rigcheck": "1\n"},
+    )
+    node_factory.append(node)
+    node.stick = nodevm.make_stick(stick_tree, tmp_path / "stick.img")
+    assert "oci-layout" in nodevm.stick_tree(node.stick)
+    node.boot()
+    b1 = node.boots[0]
+    assert (b1.first("NET_LINKS") or "").split() == ["lo"]  # no NIC: the stick is the only source
+    assert any(line.startswith("sda removable=1") for line in b1.mark("BLOCK")), b1.mark("BLOCK")
+    node.stay_up(None)
+    nodevm.esp_write(node.disk, "bktest/rigcheck", "")
+    node.boot()
+    _repaired(node, "2")
+
+
+@retry_on_guest_crash
+def test_a_repair_that_cannot_finish_ends_in_statereset_which_hands_back(
+    pieces: dict[str, Path],
+    tmp_path: Path,
+    node_factory: list[Node],
+    *,
+    registry: noderegistry.Registry,
+    releases: dict[str, Path],
+) -> None:
+    # the source is the registry, but the node has no NIC, and no stick: nothing to repair from
+    node = _repair_node(
+        tmp_path,
+        "update (e): no NIC, no stick: the repair fails, recovery's tries run out, statereset hands back",
+        {"bktest/oem.yaml": oem(registry.source("bk/unreachable")), CA_ON_ESP: registry.ca},
+    )
+    node_factory.append(node)
+    node.stay_up(STAY_UP_IDLE)  # a failed repair does not reboot: the rig powers the node off
+    predicted = node.simulate([], 4)
+    assert [p["role"] for p in predicted] == ["recovery", "recovery", "statereset", "active"]
+    for _ in range(3):
+        node.boot()
+    assert [r.after for r in node.rows] == ["recovery+1-1.efi", "recovery+0-2.efi", "statereset+2.efi"]
+    for b in node.boots[:2]:
+        assert b.ending == "poweroff", "a repair with nothing to repair from rebooted the node"
+    # statereset's bless handed back: every entry re-armed, the count on the ESP
+    assert predicted[2]["handback"] == "handed-back"
+    assert nodevm.esp_names(node.disk) == ["active+2.efi", "passive+2.efi", "recovery+2.efi", "statereset+2.efi"]
+    status = node.boots[2].status()
+    assert status is not None and status["booted"]["role"] == "statereset"
+    assert status["handback"]["count"] == 1
+    # every failed attempt is in the history (both recovery boots; statereset's too, where it ran one)
+    # and in status
+    tried = _repairs(_history(node.boots[2]))
+    assert len(tried) >= 2, tried
+    assert "repair" in json.dumps(status).lower(), status
+    # the next boot is active again: v1, blessed
+    node.stay_up(None)
+    node.boot()
+    node.check_against(predicted, 1)
+    assert _os(node.boots[3]) == ("VERSION_ID=1", "tools v1")
+    assert node.rows[3].after == "active.efi" and node.rows[3].verdict == "good"
