@@ -111,7 +111,7 @@ class UpdateNode(Node):
     def boot(self, *, kill_on: str | None = None) -> nodevm.Boot:
         b = super().boot(kill_on=kill_on)
         row = self.rows[-1]
-        if b.first("STAYING") is not None:
+        if b.first("STAYING") is not None and "fail" not in b.mark("HEALTH"):
             row.then = {
                 "reboot": "stayed up; rebooted by the update or the repair",
                 "poweroff": "stayed up; nothing rebooted it: powered off by the rig",
@@ -469,8 +469,8 @@ def test_a_repair_that_cannot_finish_ends_in_statereset_which_hands_back(
     for _ in range(3):
         node.boot()
     assert [r.after for r in node.rows] == ["recovery+1-1.efi", "recovery+0-2.efi", "statereset+2.efi"]
-    for b in node.boots[:2]:
-        assert b.ending == "poweroff", "a repair with nothing to repair from rebooted the node"
+    for b in node.boots[:2]:  # recovery stayed up, or its failed repair rebooted it: never a panic
+        assert b.ending in ("poweroff", "reboot") and b.first("HEALTH") == "ok", b.ending
     # statereset's bless handed back: every entry re-armed, the count on the ESP
     assert predicted[2]["handback"] == "handed-back"
     assert nodevm.esp_names(node.disk) == ["active+2.efi", "passive+2.efi", "recovery+2.efi", "statereset+2.efi"]
