@@ -207,6 +207,9 @@ def test_rig_the_guest_reaches_the_registry_alone_and_sees_the_stick(
         x.startswith("en") for x in (b.first("NET_LINKS") or "").split()
     ), b.first("NET_LINKS")
     assert b.first("WAIT_ONLINE") == "rc=0", b.first("WAIT_ONLINE")
+    # network-online.target (what the repair's unit waits for) was reached after wait-online ran
+    assert (b.first("ONLINE_TARGET") or "").startswith("rc=0 "), b.first("ONLINE_TARGET")
+    assert "ActiveState=active" in (b.first("NET_ONLINE") or "").split(), b.first("NET_ONLINE")
     assert b.first("REGISTRY") == "status=200 api=registry/2.0", b.first("REGISTRY")
     assert "GET /v2/" in log  # through the guestfwd, to this registry
     # restrict=on: the gateway (the host's loopback under slirp) is not reached
@@ -426,20 +429,24 @@ def test_recovery_repairs_the_node_from_a_usb_stick_without_network(
     *,
     releases: dict[str, Path],
 ) -> None:
-    stick_tree = tmp_path / "stick-tree"
-    push("2", f"ocifile:{stick_tree}")
-    assert (stick_tree / "oci-layout").is_file() and (stick_tree / "index.json").is_file()
     node = _repair_node(
         tmp_path,
         "update (d): active and passive out of tries, no NIC; recovery repairs from the USB stick",
         {"bktest/oem.yaml": oem(None), "bktest/rigcheck": "1\n"},
     )
     node_factory.append(node)
+    # the release as an OCI layout at the stick's root (the node's tree, made after it: Node makes tmp_path)
+    stick_tree = tmp_path / "stick-tree"
+    push("2", f"ocifile:{stick_tree}")
+    assert (stick_tree / "oci-layout").is_file() and (stick_tree / "index.json").is_file()
     node.stick = nodevm.make_stick(stick_tree, tmp_path / "stick.img")
     assert "oci-layout" in nodevm.stick_tree(node.stick)
     node.boot()
     b1 = node.boots[0]
     assert (b1.first("NET_LINKS") or "").split() == ["lo"]  # no NIC: the stick is the only source
+    # network-online.target reached at once: wait-online skipped where there is no NIC (it never waits)
+    online = dict(kv.split("=", 1) for kv in (b1.first("ONLINE_TARGET") or "").split())
+    assert online.get("rc") == "0" and int(online["ms"]) < 15000, online
     assert any(line.startswith("sda removable=1") for line in b1.mark("BLOCK")), b1.mark("BLOCK")
     node.stay_up(None)
     nodevm.esp_write(node.disk, "bktest/rigcheck", "")
@@ -463,7 +470,7 @@ def test_a_repair_that_cannot_finish_ends_in_statereset_which_hands_back(
         {"bktest/oem.yaml": oem(registry.source("bk/unreachable")), CA_ON_ESP: registry.ca},
     )
     node_factory.append(node)
-    node.stay_up(STAY_UP_IDLE)  # a failed repair does not reboot: the rig powers the node off
+    node.stay_up(STAY_UP_IDLE)  # where a failed repair leaves the node up, the rig powers it off
     predicted = node.simulate([], 4)
     assert [p["role"] for p in predicted] == ["recovery", "recovery", "statereset", "active"]
     for _ in range(3):
