@@ -19,7 +19,13 @@ Pieces, each cached under ``.cache/node`` and rebuilt only when its inputs chang
   ``/usr/lib/os-release`` before any extension is judged: on a Kairos node the OS lives in the UKI and
   its ``.osrel`` is the running OS's os-release; here the root file system is shared by all UKIs;
 * extensions built for each (:func:`os_sysexts`): ``tools.sysext.raw`` for v1 and for v2, both
-  shipping ``/usr/bin/bk-hello-tools``, which prints the OS version it was built for.
+  shipping ``/usr/bin/bk-hello-tools``, which prints the OS version it was built for;
+* for the update scenarios (tests/node/test_node_update.py): OS v1 to v4, each UKI signed by ``sbsign``
+  with the good key, and each OS's versioned extension ``tools-vN.sysext.raw`` (``SYSEXT_ID=tools``,
+  :func:`update_sysexts`); a NIC on QEMU's user network with ``restrict=on`` whose one ``guestfwd``
+  reaches a registry on the host's loopback (:class:`NetSpec`; the registry: tests/node/noderegistry.py;
+  systemd-networkd does DHCP on it, and wait-online is skipped on a machine without a NIC); a second
+  disk, removable, as the USB stick (:func:`stick_args`, :func:`make_stick`).
 
 Each scenario gets its own disk: a GPT with an ESP (FAT32, written with mtools) and that root.
 After every boot the ESP is read back with mtools from the disk image itself.
