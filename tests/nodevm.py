@@ -221,22 +221,13 @@ def os_release(version: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The update and repair units (docs/updates.md) as the rig enables them in case install-units does not
-# (yet): each only where the package ships it, so the image builds from a package without them too.
-UPDATE_UNITS_ENABLE = (
-    "for u in bootkeeper-update.timer bootkeeper-repair.service; do "
-    "if [ -e /usr/lib/systemd/system/$u ] || [ -e /lib/systemd/system/$u ]; then systemctl enable $u; "
-    "echo enabled $u; else echo no $u; fi; done; "
-)
-
-
 def root_image() -> Path:
     """The root file system: guest tree + bootkeeper (its Debian package) + test rig + install-units."""
     pkg = deb()
     k = keys()
     stamp = (CACHE / "guest.stamp").read_text().strip()
     osrels = "".join(os_release(v) for v in OS_VERSIONS)
-    key = _digest([pkg, RIG, k.good_crt], extra=stamp + NODE_CONFIG + osrels + UPDATE_UNITS_ENABLE)
+    key = _digest([pkg, RIG, k.good_crt], extra=stamp + NODE_CONFIG + osrels)
     img = CACHE / f"root-{key}.img"
     if img.exists():
         return img
@@ -282,9 +273,9 @@ def root_image() -> Path:
         # tests/node/test_node_goodboot.py: idle unless its files are on the ESP (bktest/oem.yaml, fail-multiuser)
         "systemctl enable bktest-goodboot-oem.service bktest-goodboot-required.service "
         "bktest-goodboot-multiuser.service; "
-        "systemctl enable systemd-networkd.service; "  # tests/node/test_node_update.py: the registry's NIC
+        # tests/node/test_node_update.py: the registry's NIC; the update units from the scenario's config
+        "systemctl enable systemd-networkd.service bktest-update-units.service; "
         "bootkeeper install-units; "
-        f"{UPDATE_UNITS_ENABLE}"
         "bootkeeper --version; "
         "python3 -c 'import bootkeeper, cryptography; print(bootkeeper.__file__, cryptography.__version__)'",
     )
