@@ -704,6 +704,7 @@ STUB_CMDLINE_EXTRA = "io.systemd.stub.kernel-cmdline-extra"
 # Where the guest finds the registry: QEMU's user network forwards this address and port (guestfwd) to
 # the host's loopback registry; restrict=on lets the guest reach nothing else (QEMU docs, -netdev user).
 GUEST_REGISTRY = "10.0.2.100:5000"
+RELAY = Path(__file__).resolve().parent / "node" / "guestfwd_relay.py"
 
 
 @dataclass(frozen=True)
@@ -714,8 +715,12 @@ class NetSpec:
     registry_port: int
 
     def qemu_args(self) -> list[str]:
+        """Each guest connection runs tests/node/guestfwd_relay.py (``-cmd:``), which joins it to a new
+        connection to the registry: ``-tcp:`` would be one stream for all of them."""
         host, port = GUEST_REGISTRY.split(":")
-        fwd = f"guestfwd=tcp:{host}:{port}-tcp:127.0.0.1:{self.registry_port}"
+        fwd = f"guestfwd=tcp:{host}:{port}-cmd:{sys.executable} {RELAY} {self.registry_port}"
+        if "," in fwd:  # QEMU's option syntax would need it doubled
+            raise ValueError(f"{fwd!r}: a comma in the relay's path")
         return ["-netdev", f"user,id=n0,restrict=on,{fwd}", "-device", "virtio-net-pci,netdev=n0"]
 
 
