@@ -385,6 +385,7 @@ def _repaired(node: UpdateNode, release: str) -> None:
     # active from the release with its own extension; passive a good OS again (the release, or the
     # last blessed one): not the UKI that used its tries, each with its own tools
     assert state["active"] == f"v{release}" and state[f"active/tools-v{release}.sysext.raw"] == f"tools v{release}"
+    assert "passive" in state, f"the repair left no passive: {state}"
     assert state["passive"] in {f"v{release}", "v1"}, state
     passive = state["passive"].removeprefix("v")
     assert state[f"passive/tools-v{passive}.sysext.raw"] == f"tools v{passive}", state
