@@ -19,7 +19,13 @@ Pieces, each cached under ``.cache/node`` and rebuilt only when its inputs chang
   ``/usr/lib/os-release`` before any extension is judged: on a Kairos node the OS lives in the UKI and
   its ``.osrel`` is the running OS's os-release; here the root file system is shared by all UKIs;
 * extensions built for each (:func:`os_sysexts`): ``tools.sysext.raw`` for v1 and for v2, both
-  shipping ``/usr/bin/bk-hello-tools``, which prints the OS version it was built for.
+  shipping ``/usr/bin/bk-hello-tools``, which prints the OS version it was built for;
+* for the update scenarios (tests/node/test_node_update.py): OS v1 to v4, each UKI signed by ``sbsign``
+  with the good key, and each OS's versioned extension ``tools-vN.sysext.raw`` (``SYSEXT_ID=tools``,
+  :func:`update_sysexts`); a NIC on QEMU's user network with ``restrict=on`` whose one ``guestfwd``
+  reaches a registry on the host's loopback (:class:`NetSpec`; the registry: tests/node/noderegistry.py;
+  systemd-networkd does DHCP on it, and wait-online is skipped on a machine without a NIC); a second
+  disk, removable, as the USB stick (:func:`stick_args`, :func:`make_stick`).
 
 Each scenario gets its own disk: a GPT with an ESP (FAT32, written with mtools) and that root.
 After every boot the ESP is read back with mtools from the disk image itself.
@@ -193,7 +199,9 @@ def bk(*args: str) -> str:
     return _run([sys.executable, "-m", "bootkeeper", *args])
 
 
-OS_VERSIONS = ("1", "2")
+# 1 and 2: the upgrade scenarios (tests/node/test_node.py); 3 and 4 too: the update scenarios
+# (tests/node/test_node_update.py), where v3 is a release that fails its health check (fault.sh: v3=...)
+OS_VERSIONS = ("1", "2", "3", "4")
 
 
 def os_release(version: str) -> str:
@@ -246,6 +254,17 @@ def root_image() -> Path:
     (units / "bootkeeper-bless.service.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(RIG / "bootkeeper-bless-bktest.conf", units / "bootkeeper-bless.service.d" / "90-bktest.conf")
     shutil.copy(RIG / "crypttab", stage / "etc/crypttab")  # noauto: for tests/node/test_node_unlock.py
+    # tests/node/test_node_update.py: DHCP on the NIC QEMU's user network gives a scenario with a registry
+    # (boot(net=...)); wait-online skipped where the machine has no NIC (-net none), so nothing stalls
+    (stage / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
+    shutil.copy(RIG / "50-bktest.network", stage / "etc/systemd/network/50-bktest.network")
+    for unit, dropin in (
+        ("systemd-networkd-wait-online.service", "bktest-wait-online.conf"),
+        ("bootkeeper-update.service", "bktest-update.conf"),
+        ("bootkeeper-repair.service", "bktest-update.conf"),
+    ):
+        (units / f"{unit}.d").mkdir(parents=True, exist_ok=True)
+        shutil.copy(RIG / dropin, units / f"{unit}.d" / "90-bktest.conf")
     out = chroot(
         stage,
         f"dpkg -i /tmp/{pkg.name}; rm /tmp/{pkg.name}; "
@@ -254,6 +273,8 @@ def root_image() -> Path:
         # tests/node/test_node_goodboot.py: idle unless its files are on the ESP (bktest/oem.yaml, fail-multiuser)
         "systemctl enable bktest-goodboot-oem.service bktest-goodboot-required.service "
         "bktest-goodboot-multiuser.service; "
+        # tests/node/test_node_update.py: the registry's NIC; the update units from the scenario's config
+        "systemctl enable systemd-networkd.service bktest-update-units.service; "
         "bootkeeper install-units; "
         "bootkeeper --version; "
         "python3 -c 'import bootkeeper, cryptography; print(bootkeeper.__file__, cryptography.__version__)'",
@@ -302,11 +323,15 @@ def ukis() -> dict[str, Path]:
 
 
 def os_ukis() -> dict[str, Path]:
-    """The UKIs of OS v1 and v2 (keys "v1", "v2"), cached by kernel, initrd, command line and os-release.
-    Their own folder (``osuki-*``), so that :func:`ukis` never removes them nor they it."""
+    """The UKIs of OS v1 to v4 (keys "v1" ... "v4"), cached by kernel, initrd, command line, os-release
+    and the good key; each signed by the real ``sbsign`` with the good key (node-good.crt, which the
+    node's ``sysext.certificates`` trusts: ``bootkeeper update`` verifies a release's Authenticode
+    signature against them). Their own folder (``osuki-*``), so that :func:`ukis` never removes them nor
+    they it."""
     kver = kernel_version()
     initrd = GUEST / "boot" / f"initrd.img-{kver}"
-    key = _digest([initrd], extra=kver + CMDLINE + "".join(os_release(v) for v in OS_VERSIONS))
+    k = keys()
+    key = _digest([initrd, k.good_crt], extra=kver + CMDLINE + "".join(os_release(v) for v in OS_VERSIONS) + "sbsign")
     d = CACHE / f"osuki-{key}"
     out = {f"v{v}": d / f"v{v}.efi" for v in OS_VERSIONS}
     if all(p.exists() for p in out.values()):
@@ -331,7 +356,18 @@ def os_ukis() -> dict[str, Path]:
         raise RuntimeError(f"ukify failed: {p.stderr[-2000:]}")
     d.mkdir()
     for path in out.values():
-        (work / path.name).rename(path)
+        _run(
+            [
+                "sbsign",
+                "--key",
+                str(k.good_key),
+                "--cert",
+                str(k.good_crt),
+                "--output",
+                str(path),
+                str(work / path.name),
+            ]
+        )
     shutil.rmtree(work)
     return out
 
@@ -359,6 +395,38 @@ def os_sysexts() -> dict[str, Path]:
         out.parent.mkdir(parents=True)
         bk("sysext", "build", str(tree), "-o", str(out), "--key", str(k.good_key), "--cert", str(k.good_crt),
            "--os-release", str(osrel))  # fmt: skip
+        shutil.rmtree(tree)
+    stamp.write_text(key)
+    return want
+
+
+def update_sysexts() -> dict[str, Path]:
+    """The versioned extension of each OS (keys "v1" ... "v4"): ``tools-vN.sysext.raw``, whose
+    extension-release (``extension-release.tools-vN``, written here: ``sysext build`` writes none with a
+    SYSEXT_ID) says ``ID=debian``, ``VERSION_ID=N``, ``SYSEXT_ID=tools``, ``SYSEXT_VERSION_ID=N``; signed
+    by the trusted key; ships /usr/bin/bk-hello-tools printing "tools vN" (as :func:`os_sysexts`)."""
+    k = keys()
+    d = CACHE / "updsysext"
+    want = {f"v{v}": d / f"v{v}" / f"tools-v{v}.sysext.raw" for v in OS_VERSIONS}
+    stamp = d / "stamp"
+    key = _digest([k.good_crt], extra="".join(os_release(v) for v in OS_VERSIONS) + "SYSEXT_ID=tools")
+    if stamp.exists() and stamp.read_text() == key and all(p.exists() for p in want.values()):
+        return want
+    shutil.rmtree(d, ignore_errors=True)
+    for v in OS_VERSIONS:
+        out = want[f"v{v}"]
+        tree = d / f"tree-v{v}"
+        (tree / "usr/bin").mkdir(parents=True)
+        hello = tree / "usr/bin/bk-hello-tools"
+        hello.write_text(f"#!/bin/sh\necho 'tools v{v}'\n")
+        hello.chmod(0o755)
+        rel = tree / "usr/lib/extension-release.d"
+        rel.mkdir(parents=True)
+        (rel / f"extension-release.tools-v{v}").write_text(
+            f"ID=debian\nVERSION_ID={v}\nSYSEXT_ID=tools\nSYSEXT_VERSION_ID={v}\nARCHITECTURE=x86-64\n"
+        )
+        out.parent.mkdir(parents=True)
+        bk("sysext", "build", str(tree), "-o", str(out), "--key", str(k.good_key), "--cert", str(k.good_crt))
         shutil.rmtree(tree)
     stamp.write_text(key)
     return want
@@ -631,6 +699,70 @@ class Boot:
 STUB_CMDLINE_EXTRA = "io.systemd.stub.kernel-cmdline-extra"
 
 
+# -- the network and the USB stick (tests/node/test_node_update.py) ---------------------------------
+
+# Where the guest finds the registry: QEMU's user network forwards this address and port (guestfwd) to
+# the host's loopback registry; restrict=on lets the guest reach nothing else (QEMU docs, -netdev user).
+GUEST_REGISTRY = "10.0.2.100:5000"
+RELAY = Path(__file__).resolve().parent / "node" / "guestfwd_relay.py"
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """The guest's one NIC: QEMU user networking, restricted, with ``10.0.2.100:5000`` forwarded to
+    ``127.0.0.1:registry_port`` on the host (a registry the test started: tests/node/noderegistry.py)."""
+
+    registry_port: int
+
+    def qemu_args(self) -> list[str]:
+        """Each guest connection runs tests/node/guestfwd_relay.py (``-cmd:``), which joins it to a new
+        connection to the registry: ``-tcp:`` would be one stream for all of them."""
+        host, port = GUEST_REGISTRY.split(":")
+        fwd = f"guestfwd=tcp:{host}:{port}-cmd:{sys.executable} {RELAY} {self.registry_port}"
+        if "," in fwd:  # QEMU's option syntax would need it doubled
+            raise ValueError(f"{fwd!r}: a comma in the relay's path")
+        return ["-netdev", f"user,id=n0,restrict=on,{fwd}", "-device", "virtio-net-pci,netdev=n0"]
+
+
+def stick_args(stick: Path) -> list[str]:
+    """QEMU's arguments for ``stick`` as a removable disk: the guest sees /dev/sdX with
+    /sys/block/sdX/removable 1, as a USB stick is. Not USB mass storage: the guest's kernel
+    (linux-image-cloud-amd64) is built without USB (``# CONFIG_USB_SUPPORT is not set``), so the stick is a
+    SCSI disk on virtio-scsi whose INQUIRY says removable (QEMU's scsi-hd ``removable=on``: the RMB bit,
+    which Linux's sd driver shows as ``removable``)."""
+    return [
+        "-device", "virtio-scsi-pci,id=stickbus",
+        "-drive", f"if=none,id=stick,format=raw,file={stick}",
+        "-device", "scsi-hd,bus=stickbus.0,drive=stick,removable=on",
+    ]  # fmt: skip
+
+
+def make_stick(folder: Path, out: Path, *, fs: str = "vfat", label: str = "BKSTICK") -> Path:
+    """A whole-disk file system image (no partition table, as many sticks are formatted) holding the
+    tree ``folder`` at its root: FAT32 written with mtools (no mount), or ext4 by ``mkfs.ext4 -d``.
+    E.g. an OCI layout made by ``bootkeeper release push ... --to ocifile:DIR`` (``ocifile:``), or a
+    folder ``bootkeeper-release/`` (``dir:``)."""
+    files = [f for f in folder.rglob("*") if f.is_file()]
+    mib = sum(f.stat().st_size for f in files) * 12 // 10 // (1024 * 1024) + 64
+    out.unlink(missing_ok=True)
+    if fs == "ext4":
+        _run(["mkfs.ext4", "-q", "-F", "-L", label, "-d", str(folder), str(out), f"{mib}M"])
+        return out
+    if fs != "vfat":
+        raise ValueError(f"{fs}: vfat or ext4")
+    _run(["truncate", "-s", f"{mib}M", str(out)])
+    _run(["mkfs.vfat", "-F", "32", "-n", label, str(out)])
+    for top in sorted(folder.iterdir()):
+        _run(["mcopy", "-s", "-i", str(out), str(top), "::/"], env=MT_ENV)
+    return out
+
+
+def stick_tree(stick: Path) -> list[str]:
+    """Every file and folder on a FAT stick made by :func:`make_stick`, as paths (no trailing slash), sorted."""
+    out = _run(["mdir", "-/", "-b", "-i", str(stick), "::/"], env=MT_ENV)
+    return sorted(line.strip().removeprefix("::/").rstrip("/") for line in out.splitlines() if line.strip())
+
+
 def boot(
     disk: Path,
     log: Path,
@@ -639,11 +771,16 @@ def boot(
     timeout: float = BOOT_TIMEOUT,
     tpm: Tpm | None = None,
     cmdline_extra: str | None = None,
+    net: NetSpec | None = None,
+    stick: Path | None = None,
 ) -> Boot:
     """Power on; return when the guest powers off, reboots or panics (-no-reboot), or once a serial
     line contains ``kill_on`` (then QEMU is killed at once: a power cut). ``tpm``: with that TPM (and
     its firmware variables); swtpm runs only while QEMU does. ``cmdline_extra``: words systemd-stub
-    adds to this boot's kernel command line (:data:`STUB_CMDLINE_EXTRA`), the disk left as it is."""
+    adds to this boot's kernel command line (:data:`STUB_CMDLINE_EXTRA`), the disk left as it is.
+    ``net``: a NIC on QEMU's restricted user network that reaches the registry alone (else no NIC,
+    ``-net none``); ``stick``: a raw image attached as a removable disk, the USB stick (:func:`stick_args`)."""
+    extra = [*(net.qemu_args() if net is not None else ["-net", "none"]), *(stick_args(stick) if stick else [])]
     with contextlib.ExitStack() as stack:
         firmware = stack.enter_context(swtpm_running(tpm)) if tpm is not None else ["-bios", str(OVMF)]
         smbios = []
@@ -651,15 +788,23 @@ def boot(
             if "," in cmdline_extra:  # QEMU's option syntax would need it doubled; nothing here needs one
                 raise ValueError(f"{cmdline_extra!r}: no commas in an SMBIOS string here")
             smbios = ["-smbios", f"type=11,value={STUB_CMDLINE_EXTRA}={cmdline_extra}"]
-        return _boot(disk, log, [*firmware, *smbios], kill_on=kill_on, timeout=timeout)
+        return _boot(disk, log, [*firmware, *smbios], kill_on=kill_on, timeout=timeout, devices=extra)
 
 
-def _boot(disk: Path, log: Path, firmware: list[str], *, kill_on: str | None, timeout: float) -> Boot:
+def _boot(
+    disk: Path,
+    log: Path,
+    firmware: list[str],
+    *,
+    kill_on: str | None,
+    timeout: float,
+    devices: tuple[str, ...] | list[str] = ("-net", "none"),
+) -> Boot:
     cmd = [
         "qemu-system-x86_64",
         "-machine", "q35,accel=tcg", "-cpu", QEMU_CPU, "-m", "1024", "-smp", QEMU_SMP,
         "-nographic", "-no-reboot", *firmware,
-        "-drive", f"if=virtio,format=raw,file={disk}", "-net", "none",
+        "-drive", f"if=virtio,format=raw,file={disk}", *devices,
     ]  # fmt: skip
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -105,6 +105,8 @@ class Node:
         self.boots: list[nodevm.Boot] = []
         self.extra: list[tuple[str, list[str]]] = []  # more tables for the run's summary (title, lines)
         self.cmdline_extra: str | None = None  # words systemd-stub adds to the command line of the next boots
+        self.net: nodevm.NetSpec | None = None  # the next boots' NIC (tests/node/test_node_update.py)
+        self.stick: Path | None = None  # the next boots' USB stick
 
     def set_faults(self, faults: list[str]) -> None:
         nodevm.esp_write(self.disk, "bktest/faults", "".join(f + "\n" for f in faults))
@@ -121,7 +123,14 @@ class Node:
     def boot(self, *, kill_on: str | None = None) -> nodevm.Boot:
         before = [n for n in nodevm.esp_names(self.disk) if n.endswith(".efi")]
         n = len(self.rows) + 1
-        b = nodevm.boot(self.disk, self.work / f"boot{n}.log", kill_on=kill_on, cmdline_extra=self.cmdline_extra)
+        b = nodevm.boot(
+            self.disk,
+            self.work / f"boot{n}.log",
+            kill_on=kill_on,
+            cmdline_extra=self.cmdline_extra,
+            net=self.net,
+            stick=self.stick,
+        )
         after = [n for n in nodevm.esp_names(self.disk) if n.endswith(".efi")]
         crash = b.crash_line()
         if crash is not None:

@@ -26,8 +26,19 @@ if [ -e /dev/disk/by-partlabel/bkdata ]; then /usr/local/lib/bktest/unlock.sh; f
 if [ -s /efi/bktest/extdirs ]; then /usr/local/lib/bktest/extdirs.sh; fi  # before sysext-compare unmerges
 if [ -s /efi/bktest/sysext-compare ]; then /usr/local/lib/bktest/sysext-compare.sh; fi
 /usr/local/lib/bktest/upgrade.sh
+if [ -e /efi/bktest/rigcheck ]; then /usr/local/lib/bktest/rigcheck.sh; fi
+# tests/node/test_node_update.py: the history (updates and repairs) and what status says of the last one
+if [ -e /efi/bktest/history ]; then say "HISTORY_JSON $(bootkeeper history show --json | compact)"; fi
 say "DONE"
-if [ -e /efi/bktest/boottime ]; then
+if [ -s /efi/bktest/stay-up ]; then
+  # the update scenarios: the node stays up for the update timer or the repair, whose reboot ends the
+  # machine (-no-reboot); the entries as bless left them, before either renames one (Node.boot reads
+  # them); powered off after the seconds the file says if nothing rebooted it
+  say "LINUX_BEFORE $(ls /efi/EFI/Linux | tr '\n' ' ')"
+  say "STAYING $(cat /efi/bktest/stay-up)"
+  systemd-run --no-block --collect --unit=bktest-stay-up --on-active="$(cat /efi/bktest/stay-up)" \
+    /usr/bin/systemctl poweroff --no-block || systemctl poweroff --no-block
+elif [ -e /efi/bktest/boottime ]; then
   # boottime.sh reads the finished boot, which this unit is part of: it runs on its own and powers off
   systemd-run --no-block --collect --unit=bktest-boottime /usr/local/lib/bktest/boottime.sh \
     || systemctl poweroff --no-block
