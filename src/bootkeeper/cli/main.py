@@ -94,6 +94,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
         logging.basicConfig(level=logging.DEBUG, format="%(message)s")
 
 
+# click 8.2 raises NoArgsIsHelpError for a group named without its verb; Debian 13's click 8.1.8 has no
+# such class (it prints the help and exits itself), and naming a missing attribute in an ``except``
+# clause would turn every other exception that reaches it into an AttributeError (seen on the node)
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", None)
+_NO_ARGS_IS_HELP: tuple[type[click.UsageError], ...] = (
+    (_NO_ARGS,) if isinstance(_NO_ARGS, type) and issubclass(_NO_ARGS, click.UsageError) else ()
+)
+
+
 def main(argv: list[str] | None = None) -> object:
     """The one boundary: every failure leaves as one line on stderr (``bootkeeper: error: …``, perhaps
     a ``hint:`` line) and the code :data:`bootkeeper.errors.EXIT_CODES` gives its class."""
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> object:
         _fail(str(exc), exc.exit_code, exc.hint, root_hint(exc))
     except click.exceptions.Abort:
         _fail("aborted", ExitCode.REFUSED)
-    except click.exceptions.NoArgsIsHelpError as exc:
+    except _NO_ARGS_IS_HELP as exc:
         # a group named without its verb: click's help (its own text, many lines), then the usage code
         path = exc.ctx.command_path if exc.ctx is not None else "bootkeeper"
         click.echo(f"bootkeeper: error: {path}: {exc.format_message().rstrip('.')} (see '{path} --help')", err=True)
