@@ -11,11 +11,14 @@ copy chunk, so its download is announced half written."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,12 @@ pytestmark = [pytest.mark.integration]
 ANNOUNCE = "bootkeeper: test pause before "
 PAUSES = (0.05, 0.5, 3.0)  # seconds each step waits; a kill that came late is tried again with a longer one
 EXT = "tools-v2.sysext.raw"
+TEMP = re.compile(r"\.bootkeeper-[0-9a-f]+\.tmp")  # a temporary's random name (src/bootkeeper/fsutil.py)
+
+
+def step_of(line: str) -> str:
+    """An announcement's step, its temporaries' random names made alike."""
+    return TEMP.sub(".bootkeeper-X.tmp", line.removeprefix(ANNOUNCE).rsplit(" (", 1)[0])
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,11 @@ def copy_node(src: Node, at: Path) -> Node:
     return Node(at / "root", at / "efi", at / "bootkeeper.yaml")
 
 
+def copies(template: Node, where: Path, k: int) -> Callable[[int], Node]:
+    """Fresh copies of ``template`` for the kills before step ``k``, one per attempt."""
+    return lambda attempt: copy_node(template, where / f"{k}-{attempt}")
+
+
 def command(node: Node, *args: str) -> list[str]:
     return [sys.executable, "-m", "bootkeeper", "update", "--root", str(node.root), "--esp", str(node.esp),
             "--config", str(node.config), *args]  # fmt: skip
@@ -98,7 +112,7 @@ def announced(node: Node, *args: str) -> list[str]:
     env = {**os.environ, "BOOTKEEPER_TEST_STEP_PAUSE": "0"}
     p = subprocess.run(command(node, *args), capture_output=True, text=True, env=env, timeout=300, check=False)
     assert p.returncode == 0, p.stderr
-    return [line.removeprefix(ANNOUNCE).rsplit(" (", 1)[0] for line in p.stderr.splitlines() if line.startswith(ANNOUNCE)]
+    return [step_of(line) for line in p.stderr.splitlines() if line.startswith(ANNOUNCE)]
 
 
 def kill_at(node: Node, k: int, step: str, pause: float, *args: str) -> bool:
@@ -114,7 +128,7 @@ def kill_at(node: Node, k: int, step: str, pause: float, *args: str) -> bool:
                 continue
             if seen == k:
                 proc.send_signal(signal.SIGKILL)
-                assert line.removeprefix(ANNOUNCE).rsplit(" (", 1)[0] == step, (k, line)
+                assert step_of(line) == step, (k, line)
                 break
             seen += 1
         else:
@@ -128,12 +142,12 @@ def kill_at(node: Node, k: int, step: str, pause: float, *args: str) -> bool:
     return ANNOUNCE not in rest
 
 
-def crash(node: Node, k: int, step: str, *args: str, fresh: object) -> Node:
+def crash(k: int, step: str, *args: str, fresh: Callable[[int], Node]) -> Node:
     """A fresh node (``fresh(attempt)``) whose run was killed before step ``k``."""
     for attempt, pause in enumerate(PAUSES):
-        n = fresh(attempt)  # type: ignore[operator]
+        n = fresh(attempt)
         if kill_at(n, k, step, pause, *args):
-            return n  # type: ignore[no-any-return]
+            return n
     pytest.fail(f"step {k} ({step}): every kill came after the next step, even with a pause of {PAUSES[-1]} s")
 
 
@@ -173,7 +187,7 @@ def test_a_kill_at_every_step_of_apply_boots_a_whole_set_and_a_rerun_completes(t
     known = {old: {}, new: {EXT: kit.ext.read_bytes()}}
     known |= {_stand_in(r): {} for r in ROLES}
     for k, step in enumerate(steps):
-        node = crash(template, k, step, "--apply-downloaded", fresh=lambda a, k=k: copy_node(template, tmp_path / f"{k}-{a}"))
+        node = crash(k, step, "--apply-downloaded", fresh=copies(template, tmp_path, k))
         boots_a_whole_set(node.esp, known, old, new)
         r = node.bk("--apply-downloaded")
         assert r.returncode == 0, (k, step, r.stderr)
@@ -187,14 +201,13 @@ def test_a_kill_at_every_step_of_apply_boots_a_whole_set_and_a_rerun_completes(t
 
 def _staged_truth(staging: Path, truth: dict[str, bytes]) -> None:
     """Every ``release.json`` that says complete lists files there, each the release's own bytes."""
-    import json
-
     for rec in staging.glob("*/release.json"):
         doc = json.loads(rec.read_text())
         if doc["complete"] is not True:
             continue
         for name in [doc["uki"], *doc["extensions"]]:
-            assert (rec.parent / name).read_bytes() == truth[name], f"{rec}: complete, but {name} is not"
+            path = rec.parent / name
+            assert path.is_file() and path.read_bytes() == truth[name], f"{rec}: complete, but {name} is not"
 
 
 def test_a_kill_at_every_step_of_a_download_is_resumed_or_cleaned(tmp_path: Path, kit: Kit) -> None:
@@ -214,8 +227,7 @@ def test_a_kill_at_every_step_of_a_download_is_resumed_or_cleaned(tmp_path: Path
     assert not [n for n in expected if n.endswith(".part")] and len(expected) == 4, sorted(expected)
     truth = {"node-2.efi": kit.uki.read_bytes(), EXT: kit.ext.read_bytes()}
     for k, step in enumerate(steps):
-        node = crash(template, k, step, "--download-only", "--source", src,
-                     fresh=lambda a, k=k: copy_node(template, tmp_path / f"{k}-{a}"))  # fmt: skip
+        node = crash(k, step, "--download-only", "--source", src, fresh=copies(template, tmp_path, k))
         assert tree(node.esp) == esp_before, (k, step)
         _staged_truth(node.staging, truth)
         parts = {p.name.removesuffix(".part"): p.stat().st_ino for p in node.staging.glob("*/*.part")}
