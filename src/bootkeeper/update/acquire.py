@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from bootkeeper import fsutil
 from bootkeeper.errors import MalformedError, UnreadableError, UsageError, WriteError
+from bootkeeper.esp import stephook
 from bootkeeper.update import release
 from bootkeeper.update.layout import CHUNK, Layout, copy_checked, split
 from bootkeeper.update.origin import Descriptor, Net, Progress
@@ -126,10 +127,11 @@ def acquire(src: Source, net: Net, staging: Path, progress: Progress | None = No
     layers fetched, then their ``*.efi``/``*.raw`` regular files extracted (:func:`_extract`).
     ``progress`` hears the bytes of the whole release: done (those a resumed run already had count
     once the blob continues), of all."""
-    st = Staging(staging)
+    st = Staging(staging, stephook.pause_from_env())
     with st.locked():
         found, origin = _resolve(src, net)
         try:
+            st.step(f"staging-manifest:{found.manifest_digest}")
             return _acquire(st, src, found, origin, progress)
         finally:
             if isinstance(origin, Layout):
@@ -151,7 +153,7 @@ def _acquire(st: Staging, src: Source, found: Release, origin: Any, progress: Pr
     total = sum(d.size for d, _ in blobs)
     before = 0
     for desc, path in blobs:
-        _fetch(origin, desc, path, _offset(progress, before, total))
+        _fetch(st, origin, desc, path, _offset(progress, before, total))
         before += desc.size
     if found.form == "kairos":
         uki, exts = _extract(st, folder, [p for _, p in blobs], origin.where)
@@ -159,7 +161,9 @@ def _acquire(st: Staging, src: Source, found: Release, origin: Any, progress: Pr
             p.unlink()
     else:
         uki, exts = found.uki.name, tuple(f.name for f in found.extensions)
+    st.step(f"staging-record:{folder.name[:12]}/release.json")
     st.write_record(folder, Record(str(src), found.manifest_digest, found.version, uki, exts, True))
+    st.step(f"staging-complete:{folder.name[:12]}")
     staged = _staged(st, folder)
     assert staged is not None
     return staged
@@ -173,6 +177,19 @@ def _offset(progress: Progress | None, before: int, total: int) -> Progress | No
     return lambda done, _size: report(before + done, total)
 
 
+def _stepped(st: Staging, name: str, progress: Progress | None) -> Progress | None:
+    """``progress`` that also announces each written chunk to the test hook, when one is set."""
+    if st.hook is None:
+        return progress
+
+    def report(done: int, size: int | None) -> None:
+        st.step(f"staging-part:{name}:{done}/{size}")
+        if progress is not None:
+            progress(done, size)
+
+    return report
+
+
 def _missing(desc: Descriptor, path: Path) -> int:
     if path.exists():
         return 0
@@ -182,15 +199,18 @@ def _missing(desc: Descriptor, path: Path) -> int:
     return desc.size
 
 
-def _fetch(origin: Any, desc: Descriptor, path: Path, progress: Progress | None) -> None:
+def _fetch(st: Staging, origin: Any, desc: Descriptor, path: Path, progress: Progress | None) -> None:
     """One blob into ``path``: a file already there is hashed again (a kill may have come after the
-    rename), else it streams into ``path.part`` (resumed) and is renamed once checked."""
+    rename), else it streams into ``path.part`` (resumed) and is renamed once checked. Each step is
+    announced to the staging folder's test hook (:meth:`Staging.step`)."""
     if path.exists():
         if path.stat().st_size == desc.size and "sha256:" + fsutil.sha256_file(path) == desc.digest:
             return
         path.unlink()
     part = path.with_name(path.name + PART)
-    origin.blob(desc, part, progress)
+    st.step(f"staging-blob:{path.name}")
+    origin.blob(desc, part, _stepped(st, path.name, progress))
+    st.step(f"staging-rename:{part.name}->{path.name}")
     try:
         os.rename(part, path)
         fsutil.fsync_dir(path.parent)

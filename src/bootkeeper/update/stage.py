@@ -13,7 +13,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +52,17 @@ class Record:
 
 
 class Staging:
-    """The staging folder, held under its lock (:meth:`locked`) while a run downloads or reads."""
+    """The staging folder, held under its lock (:meth:`locked`) while a run downloads or reads.
+    ``hook``: the crash tests' step hook (:func:`bootkeeper.esp.stephook.pause_from_env`), told of
+    each step that changes the folder before it happens; None (the default) costs nothing."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, hook: Callable[[str], None] | None = None) -> None:
         self.root = root
+        self.hook = hook
+
+    def step(self, name: str) -> None:
+        if self.hook is not None:
+            self.hook(name)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Staging]:
@@ -87,6 +94,7 @@ class Staging:
             if path.is_symlink() or (path.exists() and not path.is_dir()):
                 path.unlink()  # not ours to follow: a folder is made in its place
             if not path.is_dir():
+                self.step(f"staging-mkdir:{path.name[:12]}")
                 path.mkdir(mode=0o700)
                 fsutil.fsync_dir(self.root)
         except OSError as exc:
@@ -156,6 +164,7 @@ class Staging:
             if p.name == kept:
                 removed += self._clean_kept(p)
                 continue
+            self.step(f"staging-remove:{p.name[:12]}")
             try:
                 shutil.rmtree(p)
             except OSError as exc:
