@@ -16,7 +16,7 @@ import pytest
 import registry
 import ukikit
 from bootkeeper.esp import scratch
-from helpers import bk, tree, type2_esp
+from helpers import bk, fake_efivars, tree, type2_esp
 
 pytestmark = [pytest.mark.integration]
 OS = "ID=debian\nVERSION_ID=13\n"
@@ -342,3 +342,15 @@ def test_a_release_that_failed_here_is_not_installed_again(tmp_path: Path, kit: 
     r = node.bk("--source", f"ocifile:{tmp_path / 'layout'}:stable", "--force")
     assert r.returncode == 0, r.stderr
     assert any(p.name.startswith("active+3") for p in linux.iterdir())
+
+
+def test_the_scheduled_update_stays_out_of_recovery(tmp_path: Path, kit: Kit, node: Node) -> None:
+    """On a recovery boot (here named by LoaderEntrySelected, as on a node without /run/cos) the timer's
+    run does nothing: repair owns that boot (the node scenario saw both download at once)."""
+    fake_efivars(node.root / "sys/firmware/efi/efivars", LoaderEntrySelected="recovery.efi")
+    _push(kit, f"ocifile:{tmp_path / 'layout'}:stable", "v2")
+    before = tree(node.esp)
+    r = node.bk("--scheduled", "--source", f"ocifile:{tmp_path / 'layout'}:stable")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("no update: booted recovery (LoaderEntrySelected=recovery.efi)")
+    assert tree(node.esp) == before and not node.staging.exists()

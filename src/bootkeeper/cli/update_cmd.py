@@ -89,6 +89,13 @@ def update(
 
     if scheduled and step is not None:
         raise UsageError("--scheduled decides the steps itself: give it alone, without a step option")
+    if scheduled:
+        from bootkeeper.node.repair import REPAIR_ROLES, booted_role
+
+        role, why = booted_role(root)
+        if role in REPAIR_ROLES:  # the unit's ConditionPathExists= covers Kairos's /run/cos only
+            echo(f"no update: booted {role} ({why}); bootkeeper-repair.service runs there")
+            return
     cfg = load_config(config_files, root)
     opts = node.ApplyOptions(allow_downgrade, False, dry_run, force, luks, sdboot_version)
     out: dict[str, object] = {}
