@@ -354,3 +354,26 @@ def test_the_scheduled_update_stays_out_of_recovery(tmp_path: Path, kit: Kit, no
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("no update: booted recovery (LoaderEntrySelected=recovery.efi)")
     assert tree(node.esp) == before and not node.staging.exists()
+
+
+def test_the_timer_on_a_node_without_a_source_does_nothing(node: Node) -> None:
+    """bootkeeper-update.timer is installed on every node: without update.source its run is not a failed
+    unit (a failed unit fails the boot under good_when: no-failed-units)."""
+    r = node.bk("--scheduled")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "no update: update.source is not set\n"
+
+
+def test_a_medium_holding_several_releases_gives_the_channel_s(tmp_path: Path, kit: Kit) -> None:
+    """A stick written by ``release push --tag stable`` holds one release under two tags (the version's
+    and the channel's) and may hold older ones: repair takes the one update.channel names."""
+    from bootkeeper.node.repair import _channel_on_medium
+    from bootkeeper.update.source import parse
+
+    stick = tmp_path / "stick"
+    _push(kit, f"ocifile:{stick}:0", "v0")
+    r = bk("release", "push", kit.ukis["v2"], "--to", f"ocifile:{stick}:2", "--tag", "stable")
+    assert r.returncode == 0, r.stderr
+    assert str(_channel_on_medium(parse(f"ocifile:{stick}"), "stable")) == f"ocifile:{stick}:stable"
+    assert str(_channel_on_medium(parse(f"ocifile:{stick}"), "edge")) == f"ocifile:{stick}"  # not there: as found
+    assert str(_channel_on_medium(parse(f"ocifile:{stick}:0"), "stable")) == f"ocifile:{stick}:0"  # tag given

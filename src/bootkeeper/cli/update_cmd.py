@@ -97,6 +97,9 @@ def update(
             echo(f"no update: booted {role} ({why}); bootkeeper-repair.service runs there")
             return
     cfg = load_config(config_files, root)
+    if scheduled and source is None and cfg.update.source is None:  # the timer on a node not set up for it
+        echo("no update: update.source is not set")
+        return
     opts = node.ApplyOptions(allow_downgrade, False, dry_run, force, luks, sdboot_version)
     out: dict[str, object] = {}
     if step == "apply-downloaded":

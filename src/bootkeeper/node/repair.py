@@ -223,12 +223,30 @@ class _Attempt:
                     hint=f"plug in a medium with an OCI layout, *{media.OCI_TAR} or {media.RELEASE_DIR}/ "
                     f"(a filesystem labelled {media.LABELS[0]} on a disk that is not removable), or pass --source",
                 )
-            src = source_mod.parse(found.source, found.medium.text)
+            src = _channel_on_medium(source_mod.parse(found.source, found.medium.text), self.cfg.update.channel)
             try:
                 return self._fetch_from(src)
             except BootkeeperError as exc:
                 self.tried.append(f"{src}: {exc}")
                 raise
+
+
+def _channel_on_medium(src: Source, channel: str) -> Source:
+    """A layout on a medium holding several releases (``release push --tag stable`` tags one twice):
+    the one ``update.channel`` names, when it is there; else the source as found (one release)."""
+    from bootkeeper.errors import BootkeeperError
+    from bootkeeper.update import layout
+    from bootkeeper.update.source import Kind
+    from bootkeeper.update.source import Source as Src
+
+    if src.kind is not Kind.OCIFILE or layout.split(src.path)[1] is not None:
+        return src
+    try:
+        with layout.Layout(Path(src.path)) as lay:
+            lay.manifest(channel)
+    except BootkeeperError:
+        return src
+    return Src(Kind.OCIFILE, path=f"{src.path}:{channel}")
 
 
 def _seconds(span: str) -> float | None:
