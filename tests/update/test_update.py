@@ -377,3 +377,63 @@ def test_a_medium_holding_several_releases_gives_the_channel_s(tmp_path: Path, k
     assert str(_channel_on_medium(parse(f"ocifile:{stick}"), "stable")) == f"ocifile:{stick}:stable"
     assert str(_channel_on_medium(parse(f"ocifile:{stick}"), "edge")) == f"ocifile:{stick}"  # not there: as found
     assert str(_channel_on_medium(parse(f"ocifile:{stick}:0"), "stable")) == f"ocifile:{stick}:0"  # tag given
+
+
+def _hostile_layout(kit: Kit, at: Path, how: str) -> None:
+    """A layout of the v2 release (with tools-v2) whose manifest is made hostile: ``title`` names a file
+    ``../../x.raw``; ``layers`` lists 10,000 layers; ``huge`` is a manifest over the 4 MiB any origin may
+    hand over (padded with an annotation)."""
+    from bootkeeper.update import layout, release
+
+    built = release.build([kit.ukis["v2"], kit.tools_v2], "2")
+    doc = json.loads(built.manifest)
+    if how == "title":
+        doc["layers"][1]["annotations"][release.TITLE] = "../../x.raw"
+    elif how == "layers":
+        doc["layers"] = [dict(doc["layers"][1], annotations={release.TITLE: f"e{i}.raw"}) for i in range(10_000)]
+    else:
+        doc["annotations"]["pad"] = "x" * (5 << 20)
+    layout.write(at, "2", release.Built(built.config, json.dumps(doc).encode(), built.blobs))
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("title", "layers[1]: file name '../../x.raw' is not a plain file name"),
+        ("layers", "10000 layers, more than the 256 a release may have"),
+        ("huge", "bytes, more than 4194304"),
+    ],
+)
+def test_a_hostile_manifest_stops_the_update_in_one_line(
+    tmp_path: Path, kit: Kit, node: Node, how: str, why: str
+) -> None:
+    _hostile_layout(kit, tmp_path / "layout", how)
+    before = tree(node.esp)
+    r = node.bk("--source", f"ocifile:{tmp_path / 'layout'}:2")
+    assert r.returncode == 4, r.stderr
+    assert why in _one_line(r)
+    assert tree(node.esp) == before
+    assert not (tmp_path / "x.raw").exists() and not (node.root / "x.raw").exists()
+    assert bk("update", "--root", node.root, "--config", node.config, "--apply-downloaded").returncode == 3
+
+
+def test_a_hostile_registry_stops_the_update_in_one_line(tmp_path: Path, kit: Kit, node: Node) -> None:
+    """Through the verb, with the node's config: a registry answering one byte a second ends at
+    update.deadline (not a hang), and a redirect to another host is refused; the ESP stays as it was."""
+    import time
+
+    from test_oci import head, hostile, trickle
+
+    node.config.write_text(node.config.read_text() + "update:\n  deadline: 2s\n  timeout: 3s\n")
+    before = tree(node.esp)
+    with hostile(trickle) as (host, _):
+        t0 = time.monotonic()
+        r = node.bk("--source", f"oci:{host}/bk/node:2")
+        assert time.monotonic() - t0 < 20
+    assert r.returncode == 7, r.stderr
+    assert "manifest 2: the deadline of 2 s passed (update.deadline)" in _one_line(r)
+    with hostile(lambda h: head(h, 307, Location="http://127.0.0.2:9/x", Content_Length="0")) as (host, _):
+        r = node.bk("--source", f"oci:{host}/bk/node:2")
+    assert r.returncode == 7, r.stderr
+    assert "redirect to 'http://127.0.0.2:9/x' refused" in _one_line(r)
+    assert tree(node.esp) == before
