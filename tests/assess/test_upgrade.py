@@ -381,12 +381,16 @@ def _apply(esp: Path, new: Path, added: list[tuple[str, Path]], fault: object = 
 
 
 def _invariant(esp: Path, known: dict[bytes, dict[str, bytes]]) -> None:
-    """The model boots the old or the new OS with its own extensions, and no listed entry runs a UKI
-    whose extension set is another's or half there."""
+    boots_a_whole_set(esp, known, OLD_ACTIVE, NEW)
+
+
+def boots_a_whole_set(esp: Path, known: dict[bytes, dict[str, bytes]], old: bytes, new: bytes) -> None:
+    """The model (systemd-boot 252 and 262) boots the ``old`` or the ``new`` OS with its own extensions,
+    and no listed entry runs a UKI whose extension set is another's or half there."""
     store = EspStore(esp)
     for v in (252, 262):
         data, exts = booted(esp, v)
-        assert data in (OLD_ACTIVE, NEW), f"{v} boots neither the old nor the new OS"
+        assert data in (old, new), f"{v} boots neither the old nor the new OS"
         assert exts == known[data], f"{v}: the OS boots with another extension set: {sorted(exts)}"
         for e in store.snapshot(v).entries:
             rel = up.uki_of(store, e)

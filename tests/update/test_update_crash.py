@@ -25,13 +25,10 @@ from pathlib import Path
 import pytest
 
 import ukikit
-from bootkeeper.assess import upgrade as up
-from bootkeeper.esp.entries import extra_dir
-from bootkeeper.esp.store import EspStore
 from bootkeeper.update.layout import CHUNK
-from helpers import bk, extra_sets, tree
+from helpers import bk, tree
 from test_update import OS, ROLES, Node, _stand_in
-from test_upgrade import booted
+from test_upgrade import boots_a_whole_set
 
 pytestmark = [pytest.mark.integration]
 ANNOUNCE = "bootkeeper: test pause before "
@@ -149,24 +146,6 @@ def crash(k: int, step: str, *args: str, fresh: Callable[[int], Node]) -> Node:
         if kill_at(n, k, step, pause, *args):
             return n
     pytest.fail(f"step {k} ({step}): every kill came after the next step, even with a pause of {PAUSES[-1]} s")
-
-
-def boots_a_whole_set(esp: Path, known: dict[bytes, dict[str, bytes]], old: bytes, new: bytes) -> None:
-    """The model (systemd-boot 252 and 262) boots the old or the new OS with its own extensions, and no
-    listed entry runs a UKI whose extension set is another's or half there (tests/assess/test_upgrade.py)."""
-    store = EspStore(esp)
-    for v in (252, 262):
-        data, exts = booted(esp, v)
-        assert data in (old, new), f"{v} boots neither the old nor the new OS"
-        assert exts == known[data], f"{v}: the OS boots with another extension set: {sorted(exts)}"
-        for e in store.snapshot(v).entries:
-            rel = up.uki_of(store, e)
-            if not e.listed or e.role is None or rel is None:
-                continue
-            b = (esp / rel).read_bytes()
-            assert b in known, f"{e.path}: an unknown UKI"
-            got = extra_sets(esp, rel.rpartition("/")[0]).get(extra_dir(rel).rpartition("/")[2], {})
-            assert got == known[b], f"{e.path}: its extension set is half there: {sorted(got)}"
 
 
 def test_a_kill_at_every_step_of_apply_boots_a_whole_set_and_a_rerun_completes(tmp_path: Path, kit: Kit) -> None:
